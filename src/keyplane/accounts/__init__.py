@@ -1,0 +1,1 @@
+"""Users, organizations, projects and service accounts."""

@@ -1,0 +1,389 @@
+"""The ``keyplane`` command: thin commands over the container (BRIEF C10)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import re
+import secrets
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from keyplane import bootstrap, logs, server
+from keyplane.config import Settings, UpstreamSettings, load_settings
+from keyplane.errors import KeyplaneError
+from keyplane.keys.format import KeyKind
+from keyplane.keys.models import ApiKey
+from keyplane.simulator import SimulatorConfig
+from keyplane.simulator import create_app as simulator_app
+
+app = typer.Typer(
+    help="keyplane: API keys, spend and limits in front of OpenAI-compatible APIs.",
+    no_args_is_help=True,
+)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+out = Console()
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+OrgOpt = Annotated[
+    str | None, typer.Option("--org", help="Organization name or id (default: the only one).")
+]
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """``30d``, ``24h``, ``90m``, ``45s`` or plain seconds → seconds."""
+    m = _DURATION.match(text.strip())
+    if m is None:
+        raise typer.BadParameter(f"'{text}' is not a duration like 30d, 24h, 90m or 3600")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+def _container(**overrides: Any) -> bootstrap.Container:
+    try:
+        return bootstrap.build(load_settings(**overrides))
+    except ValueError as exc:
+        _fail(str(exc))
+        raise  # unreachable
+
+
+def _iso(ts: int | None) -> str:
+    return (
+        "" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    )
+
+
+def _key_json(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "name": key.name,
+        "redacted_value": key.redacted_value,
+        "project_id": key.project_id,
+        "kind": key.kind.value,
+        "status": key.status,
+        "created_at": key.created_at,
+        "expires_at": key.expires_at,
+        "last_used_at": key.last_used_at,
+        "last_used_ip": key.last_used_ip,
+    }
+
+
+@app.command()
+def init(
+    email: Annotated[str, typer.Option(help="The first Owner's email.")],
+    org: Annotated[str, typer.Option(help="The organization's name.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create the first Owner, the organization, 'Default project' and an admin key (shown once)."""
+    if not password_stdin:
+        _fail("pass the password on standard input with --password-stdin")
+    password = sys.stdin.readline().rstrip("\n")
+    c = _container()
+    try:
+        user, organization, project = c.accounts.initialize(
+            email=email, password=password, org_name=org
+        )
+        _, secret = c.keys.create(
+            kind=KeyKind.ADMIN, org_id=organization.id, project_id=None, name="Initial admin key",
+            owner_type="user", owner_id=user.id, created_by=user.id,
+        )  # fmt: skip
+    except KeyplaneError as exc:
+        _fail(exc.message)
+        return
+    if as_json:
+        payload = {
+            "user_id": user.id,
+            "org_id": organization.id,
+            "project_id": project.id,
+            "admin_key": secret,
+        }
+        out.print_json(json.dumps(payload))
+        return
+    out.print(
+        f"Organization [bold]{organization.name}[/bold] ({organization.id}) with Owner {user.email}"
+    )
+    out.print(f"Project [bold]{project.name}[/bold] ({project.id})")
+    out.print("Admin key (shown once, store it now):")
+    out.print(secret, highlight=False, soft_wrap=True)
+
+
+@app.command("migrate")
+def migrate_cmd(
+    check: Annotated[
+        bool, typer.Option("--check", help="Only check that the tables match the migrations.")
+    ] = False,
+) -> None:
+    """Upgrade the database schema (or check migrations against the models)."""
+    from keyplane.storage import migrate
+
+    if check:
+        migrate.check_models_match_migrations()
+        out.print("Models and migrations agree.")
+        return
+    c = _container()
+    c.close()
+    out.print(f"Database at {c.settings.resolved_database_url.split('@')[-1]} is up to date.")
+
+
+@keys_app.command("create")
+def keys_create(
+    project: Annotated[str, typer.Option(help="Project name or id.")],
+    name: Annotated[str, typer.Option(help="A name to recognize the key by.")],
+    expires_in: Annotated[
+        str | None, typer.Option(help="Lifetime such as 30d or 12h (default: never).")
+    ] = None,
+    org: OrgOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a project key and print its secret once."""
+    c = _container()
+    try:
+        organization = c.accounts.find_organization(org)
+        proj = c.accounts.find_project(organization.id, project)
+        owner = c.accounts.owners(organization.id)[0]
+        key, secret = c.keys.create(
+            kind=KeyKind.PROJECT, org_id=organization.id, project_id=proj.id, name=name,
+            owner_type="user", owner_id=owner.id, created_by=owner.id,
+            expires_in_s=parse_duration(expires_in) if expires_in else None,
+        )  # fmt: skip
+    except KeyplaneError as exc:
+        _fail(exc.message)
+        return
+    if as_json:
+        out.print_json(json.dumps({**_key_json(key), "value": secret}))
+        return
+    out.print(f"Created key [bold]{key.name}[/bold] ({key.id}) in project {proj.name}.")
+    out.print("Secret (shown once, store it now):")
+    out.print(secret, highlight=False, soft_wrap=True)
+
+
+@keys_app.command("list")
+def keys_list(
+    project: Annotated[str | None, typer.Option(help="Only this project's keys.")] = None,
+    org: OrgOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List keys (redacted)."""
+    c = _container()
+    try:
+        organization = c.accounts.find_organization(org)
+        project_id = c.accounts.find_project(organization.id, project).id if project else None
+    except KeyplaneError as exc:
+        _fail(exc.message)
+        return
+    keys = c.keys.list(organization.id, project_id)
+    if as_json:
+        out.print_json(json.dumps([_key_json(k) for k in keys]))
+        return
+    table = Table("id", "name", "key", "project", "status", "created", "expires", "last used")
+    for k in keys:
+        table.add_row(
+            k.id, k.name, k.redacted_value, k.project_id or "(admin)", k.status,
+            _iso(k.created_at), _iso(k.expires_at), _iso(k.last_used_at),
+        )  # fmt: skip
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")], org: OrgOpt = None
+) -> None:
+    """Revoke a key: every gateway refuses it within a second."""
+    c = _container()
+    try:
+        key = c.keys.revoke(c.accounts.find_organization(org).id, key_id)
+    except KeyplaneError as exc:
+        _fail(exc.message)
+        return
+    out.print(f"Revoked {key.id} ({key.name}, {key.redacted_value}).")
+
+
+@app.command()
+def usage(
+    project: Annotated[str | None, typer.Option(help="Only this project.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="A date (2026-11-01), a time, or a duration back (24h).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many records.")] = 1000,
+    org: OrgOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show usage records: one per request, with tokens and cost."""
+    c = _container()
+    try:
+        organization = c.accounts.find_organization(org)
+        project_id = c.accounts.find_project(organization.id, project).id if project else None
+    except KeyplaneError as exc:
+        _fail(exc.message)
+        return
+    start = _parse_since(since, c.clock.now()) if since else None
+    records = c.usage_store.query(organization.id, project_id=project_id, since=start, limit=limit)
+    if as_json:
+        rows = [
+            {**{f: getattr(r, f) for f in r.__slots__}, "outcome": r.outcome.value} for r in records
+        ]
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("time", "request", "model", "endpoint", "in", "cached", "out", "status", "cost $")
+    total = 0
+    for r in records:
+        total += r.cost_micro_usd
+        table.add_row(
+            _iso(r.created_at), r.request_id, r.model, r.endpoint, str(r.input_tokens),
+            str(r.cached_input_tokens), str(r.output_tokens), str(r.status), _dollars(r.cost_micro_usd),
+        )  # fmt: skip
+    out.print(table)
+    out.print(f"{len(records)} requests, total ${_dollars(total)}")
+
+
+def _dollars(micros: int) -> str:
+    return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
+
+
+def _parse_since(text: str, now: float) -> int:
+    if _DURATION.match(text):
+        return int(now) - parse_duration(text)
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"'{text}' is neither a date nor a duration") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp())
+
+
+@app.command()
+def simulate(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9000,
+    latency_ms: Annotated[float, typer.Option(help="Delay before every answer.")] = 0.0,
+    tokens_per_second: Annotated[
+        float, typer.Option(help="Streaming speed (0: as fast as possible).")
+    ] = 0.0,
+    completion_tokens: Annotated[
+        int, typer.Option(help="Output tokens per answer (capped by max_tokens).")
+    ] = 16,
+) -> None:
+    """Run the upstream simulator: an OpenAI-compatible server with deterministic token counts."""
+    from keyplane import simulator
+
+    out.print(f"keyplane upstream SIMULATOR (not a real model) on http://{host}:{port}/v1")
+    simulator.serve(host, port, SimulatorConfig(latency_ms, tokens_per_second, completion_tokens))
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default 8080).")] = None,
+    upstream: Annotated[
+        str | None, typer.Option(help="Send every model to this OpenAI-compatible base URL (…/v1).")
+    ] = None,
+    upstream_key: Annotated[
+        str | None, typer.Option(help="The provider key for --upstream.")
+    ] = None,
+) -> None:
+    """Run the gateway."""
+    overrides: dict[str, Any] = {"host": host, "port": port}
+    if upstream:
+        overrides["upstreams"] = [
+            UpstreamSettings(name="cli", base_url=upstream, api_key=upstream_key)
+        ]
+    c = _container(**overrides)
+    if not c.settings.upstreams:
+        _fail(
+            "no upstream configured: pass --upstream URL, set KEYPLANE_UPSTREAMS, or use `make run` for the simulator"
+        )
+    asyncio.run(_serve(c, simulator_port=None))
+
+
+@app.command()
+def dev(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default 8080).")] = None,
+) -> None:
+    """What `make run` does: initialize on first start, add the simulator if no upstream is set, serve."""
+    c = _container(host=host, port=port)
+    if c.accounts.organizations():
+        out.print("keyplane is already initialized. Create more keys with:")
+        out.print(
+            "  .venv/bin/keyplane keys create --project 'Default project' --name my-app",
+            highlight=False,
+        )
+    else:
+        _first_start(c)
+    sim_sock = None
+    if not c.settings.upstreams:
+        sim_sock = server.bind("127.0.0.1", 0)
+        sim_url = f"http://127.0.0.1:{sim_sock.getsockname()[1]}/v1"
+        c.settings = c.settings.model_copy(
+            update={"upstreams": [UpstreamSettings(name="simulator", base_url=sim_url)]}
+        )
+        out.print(
+            f"No upstream configured: using the built-in upstream [bold]SIMULATOR[/bold] at {sim_url} (not a real model)."
+        )
+    asyncio.run(_serve(c, simulator_sock=sim_sock))
+
+
+def _first_start(c: bootstrap.Container) -> None:
+    password = secrets.token_urlsafe(15)
+    user, org, project = c.accounts.initialize(
+        email="owner@keyplane.local", password=password, org_name="My organization"
+    )
+    _, secret = c.keys.create(
+        kind=KeyKind.PROJECT, org_id=org.id, project_id=project.id, name="First key",
+        owner_type="user", owner_id=user.id, created_by=user.id,
+    )  # fmt: skip
+    out.print(
+        "[bold]First start: keyplane is initialized.[/bold] These are shown once, store them now."
+    )
+    out.print(f"  Owner login: {user.email}  password: {password}", highlight=False)
+    out.print(f"  Project key ({project.name}): {secret}", highlight=False, soft_wrap=True)
+
+
+async def _serve(
+    c: bootstrap.Container, *, simulator_sock: Any = None, simulator_port: None = None
+) -> None:
+    s: Settings = c.settings
+    logs.configure(s.log_level)
+    sock = server.bind(s.host, s.port)
+    gateway = server.make_server(
+        bootstrap.build_gateway(c), log_level=s.log_level, access_log=s.access_log
+    )
+    servers = [gateway.serve(sockets=[sock])]
+    if simulator_sock is not None:
+        servers.append(
+            server.make_server(simulator_app(SimulatorConfig())).serve(sockets=[simulator_sock])
+        )
+    host, port = sock.getsockname()[:2]
+    out.print(f"keyplane is listening on [bold]http://{host}:{port}/v1[/bold]  (Ctrl-C to stop)")
+    out.print(
+        f'  OpenAI(base_url="http://{host}:{port}/v1", api_key="sk-kp-proj-…")', highlight=False
+    )
+    try:
+        await asyncio.gather(*servers)
+    finally:
+        c.close()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,128 @@
+"""Settings: the only module that reads the environment.
+
+Sources, highest first: keyword arguments (the CLI's flags), ``KEYPLANE_*`` environment variables,
+a TOML file (``KEYPLANE_CONFIG``, else ``<data dir>/keyplane.toml`` if present), defaults.
+Secrets the operator did not set (the key pepper, the encryption key) are generated into the data
+directory on first start in development and refused in production.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+PLACEHOLDERS = {"", "changeme", "change-me", "secret", "placeholder", "xxx"}
+
+
+class UpstreamSettings(BaseModel):
+    """An OpenAI-compatible server keyplane forwards to."""
+
+    name: str = ""
+    base_url: str
+    api_key: SecretStr | None = None
+    models: list[str] = Field(default_factory=lambda: ["*"])  # "*": whatever the upstream lists
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        v = v.rstrip("/")
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("an upstream base_url starts with http:// or https://")
+        return v
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get("KEYPLANE_CONFIG")
+    if explicit:
+        return Path(explicit)
+    default = Path(os.environ.get("KEYPLANE_DATA_DIR", ".keyplane")) / "keyplane.toml"
+    return default if default.exists() else None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KEYPLANE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    env: Literal["development", "production"] = "development"
+    data_dir: Path = Path(".keyplane")
+    database_url: str = ""  # default: SQLite file in the data directory
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    upstreams: list[UpstreamSettings] = Field(default_factory=list)
+    pepper: SecretStr | None = None
+    encryption_key: SecretStr | None = None
+    price_files: list[Path] = Field(default_factory=list)
+
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
+    upstream_read_timeout_s: float = Field(default=600.0, gt=0)
+    upstream_retries: int = Field(default=2, ge=0, le=10)
+    upstream_max_connections: int = Field(default=512, ge=1)
+    key_poll_interval_s: float = Field(default=0.25, gt=0, le=1.0)
+    last_used_flush_s: float = Field(default=5.0, gt=0)
+    usage_flush_interval_s: float = Field(default=0.2, gt=0)
+    usage_batch_size: int = Field(default=500, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _production_secrets(self) -> Settings:
+        if self.env == "production":
+            for name in ("pepper", "encryption_key"):
+                value: SecretStr | None = getattr(self, name)
+                if value is None or value.get_secret_value().strip().lower() in PLACEHOLDERS:
+                    raise ValueError(
+                        f"KEYPLANE_{name.upper()} must be set to a real secret in production"
+                    )
+                if len(value.get_secret_value()) < 32:
+                    raise ValueError(f"KEYPLANE_{name.upper()} needs at least 32 characters")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'keyplane.db'}"
+
+    def secret_bytes(self, name: Literal["pepper", "encryption_key"]) -> bytes:
+        """Returns the configured secret, or one generated once into the data directory (dev)."""
+        value: SecretStr | None = getattr(self, name)
+        if value is not None:
+            return value.get_secret_value().encode()
+        path = self.data_dir / f"{name}.secret"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+        return path.read_text().strip().encode()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Builds Settings from the environment, the TOML file and explicit overrides."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**clean)

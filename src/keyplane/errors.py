@@ -1,0 +1,32 @@
+"""Domain errors. Each adapter (gateway, admin API, CLI) maps them to its own answer in one table."""
+
+from __future__ import annotations
+
+
+class KeyplaneError(Exception):
+    """Base class; ``message`` is safe to show to the caller (never contains a secret)."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidApiKey(KeyplaneError):
+    pass
+
+
+class NotFound(KeyplaneError):
+    pass
+
+
+class Conflict(KeyplaneError):
+    pass
+
+
+class InvalidRequest(KeyplaneError):
+    pass
+
+
+class StoreUnavailable(KeyplaneError):
+    """The database cannot be reached; callers answer 503, never 401."""

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible gateway: a pure ASGI app and its request pipeline."""

@@ -1,0 +1,136 @@
+"""The gateway as a pure ASGI app: routing, error answers, and the background loops it owns."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from keyplane.errors import KeyplaneError, StoreUnavailable
+from keyplane.gateway.asgi import Receive, Scope, Send, send_json
+from keyplane.gateway.errors import ApiError, from_domain, model_not_found
+from keyplane.gateway.pipeline import ENDPOINTS, Call, Pipeline
+from keyplane.ids import new_request_id
+
+log = logging.getLogger("keyplane.gateway")
+
+MODEL_CREATED = 1_700_000_000
+
+
+class Gateway:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        key_poll_interval_s: float,
+        usage_flush_interval_s: float,
+        last_used_flush_s: float,
+    ) -> None:
+        self.pipeline = pipeline
+        self._loops: list[tuple[float, Callable[[], Awaitable[Any]]]] = [
+            (key_poll_interval_s, pipeline.auth.refresh),
+            (usage_flush_interval_s, pipeline.usage.flush),
+            (last_used_flush_s, self._flush_last_used),
+        ]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = new_request_id()
+        rid = [(b"x-request-id", request_id.encode())]
+        path: str = scope["path"]
+        method: str = scope["method"]
+        try:
+            endpoint = ENDPOINTS.get(path)
+            if endpoint is not None and method == "POST":
+                client = scope.get("client")
+                client_ip = client[0] if client else None
+                key = await self.pipeline.authenticate(scope, client_ip)
+                call = Call(request_id, endpoint, key, client_ip, time.monotonic())
+                await self.pipeline.handle(call, scope, receive, send)
+            elif method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
+                await self._models(scope, send, path.removeprefix("/v1/models").strip("/"), rid)
+            elif method == "GET" and path in ("/healthz", "/readyz"):
+                await send_json(send, 200, {"status": "ok"}, rid)
+            else:
+                raise ApiError(404, f"Invalid URL ({method} {path})")
+        except ApiError as exc:
+            await send_json(send, exc.status, exc.body(), rid + list(exc.extra_headers))
+        except KeyplaneError as exc:
+            error = from_domain(exc)
+            await send_json(send, error.status, error.body(), rid)
+        except Exception:
+            log.exception("unexpected error in %s %s (request %s)", method, path, request_id)
+            error = ApiError(500, "keyplane failed to handle this request.", type="server_error")
+            with contextlib.suppress(Exception):
+                await send_json(send, 500, error.body(), rid)
+
+    async def _models(
+        self, scope: Scope, send: Send, model: str, rid: list[tuple[bytes, bytes]]
+    ) -> None:
+        client = scope.get("client")
+        await self.pipeline.authenticate(scope, client[0] if client else None)
+        names = await self.pipeline.router.models()
+        if model:
+            if model not in names:
+                raise model_not_found(model)
+            await send_json(send, 200, _model(model), rid)
+            return
+        await send_json(send, 200, {"object": "list", "data": [_model(m) for m in names]}, rid)
+
+    async def _flush_last_used(self) -> None:
+        uses = self.pipeline.auth.take_uses()
+        if uses:
+            await asyncio.to_thread(self.pipeline.auth.store_uses, uses)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.pipeline.auth.refresh()
+                except StoreUnavailable:
+                    log.warning("database unavailable at startup; serving from cache as it fills")
+                self._tasks = [asyncio.create_task(_every(s, fn)) for s, fn in self._loops]
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        for _, fn in self._loops[1:]:
+            try:
+                await fn()
+            except StoreUnavailable:
+                log.error("could not write usage at shutdown: database unavailable")
+        await self.pipeline.router.client.aclose()
+
+
+async def _every(seconds: float, fn: Callable[[], Awaitable[Any]]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await fn()
+        except StoreUnavailable:
+            log.warning("%s: database unavailable, will retry", getattr(fn, "__name__", fn))
+        except Exception:
+            log.exception("background task %s failed", getattr(fn, "__name__", fn))
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": MODEL_CREATED, "owned_by": "keyplane"}

@@ -1,0 +1,77 @@
+"""OpenAI's error envelope, and the one table that maps domain errors onto it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from keyplane.errors import (
+    Conflict,
+    InvalidApiKey,
+    InvalidRequest,
+    KeyplaneError,
+    NotFound,
+    StoreUnavailable,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiError(Exception):
+    """An answer in OpenAI's format: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    status: int
+    message: str
+    type: str = "invalid_request_error"
+    code: str | None = None
+    param: str | None = None
+    extra_headers: tuple[tuple[bytes, bytes], ...] = ()
+
+    def body(self) -> dict[str, dict[str, str | None]]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def from_domain(exc: KeyplaneError) -> ApiError:
+    if isinstance(exc, InvalidApiKey):
+        return ApiError(401, exc.message, code="invalid_api_key")
+    if isinstance(exc, StoreUnavailable):
+        return ApiError(
+            503,
+            "keyplane cannot reach its database right now; retry shortly.",
+            type="server_error",
+            code="service_unavailable",
+        )
+    if isinstance(exc, NotFound):
+        return ApiError(404, exc.message, code="not_found", param=exc.param)
+    if isinstance(exc, Conflict):
+        return ApiError(409, exc.message, code="conflict", param=exc.param)
+    if isinstance(exc, InvalidRequest):
+        return ApiError(400, exc.message, param=exc.param)
+    return ApiError(500, "Internal error.", type="server_error")
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def model_not_found(model: str) -> ApiError:
+    return ApiError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        code="model_not_found",
+        param="model",
+    )
+
+
+def missing_key() -> ApiError:
+    return ApiError(
+        401,
+        "You didn't provide an API key. You need to provide your API key in an Authorization header "
+        "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+        code="invalid_api_key",
+    )

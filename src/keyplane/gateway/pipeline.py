@@ -1,0 +1,330 @@
+"""The per-request pipeline, top to bottom:
+
+authenticate → parse → route (model) → forward → meter.
+
+Rate limits, holds and settlement (issues 3 and 4) slot in between route and forward, and after
+meter. Nothing here touches SQL: keys come from the authenticator's cache, usage leaves through
+the buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from keyplane.clock import Clock
+from keyplane.gateway.asgi import Receive, Send, header, send_bytes
+from keyplane.gateway.errors import ApiError, bad_request, missing_key, model_not_found
+from keyplane.gateway.metering import UsageBuffer
+from keyplane.gateway.streaming import SseAccounting, error_event, parse_usage
+from keyplane.gateway.upstreams import UpstreamRouter, UpstreamUnavailable
+from keyplane.keys.authenticator import KeyAuthenticator
+from keyplane.keys.format import KeyKind
+from keyplane.keys.models import ApiKey
+from keyplane.usage import tokens
+from keyplane.usage.pricing import PriceTable
+from keyplane.usage.records import Outcome, UsageRecord
+
+log = logging.getLogger("keyplane.gateway")
+
+_PASS_RESPONSE = frozenset({b"content-type", b"openai-processing-ms", b"openai-version"})
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    name: str  # as recorded in usage: "chat.completions"
+    upstream_path: str  # appended to an upstream's base URL (which ends in /v1)
+    can_stream: bool
+    required: str  # the body field without which the request is malformed
+    estimate_input: Callable[[dict[str, Any]], int]
+
+
+ENDPOINTS: dict[str, Endpoint] = {
+    "/v1/chat/completions": Endpoint(
+        "chat.completions", "/chat/completions", True, "messages",
+        lambda p: tokens.estimate_chat_prompt(p.get("messages")),
+    ),
+    "/v1/completions": Endpoint(
+        "completions", "/completions", True, "prompt", lambda p: tokens.estimate_input(p.get("prompt"))
+    ),
+    "/v1/embeddings": Endpoint(
+        "embeddings", "/embeddings", False, "input", lambda p: tokens.estimate_input(p.get("input"))
+    ),
+}  # fmt: skip
+
+
+@dataclass(slots=True)
+class Call:
+    """What the pipeline knows about one request as it goes."""
+
+    request_id: str
+    endpoint: Endpoint
+    key: ApiKey
+    client_ip: str | None
+    started: float  # monotonic
+    model: str = ""
+    stream: bool = False
+    estimated_input: int = 0
+
+
+class Pipeline:
+    def __init__(
+        self,
+        auth: KeyAuthenticator,
+        router: UpstreamRouter,
+        prices: PriceTable,
+        usage: UsageBuffer,
+        clock: Clock,
+        *,
+        max_body_bytes: int,
+    ) -> None:
+        self.auth = auth
+        self.router = router
+        self.prices = prices
+        self.usage = usage
+        self.clock = clock
+        self.max_body_bytes = max_body_bytes
+        self._unpriced: set[str] = set()
+
+    async def authenticate(self, scope: Any, client_ip: str | None) -> ApiKey:
+        raw = header(scope, b"authorization")
+        if raw is None or not raw.strip():
+            raise missing_key()
+        scheme, _, token = raw.decode("latin-1").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise missing_key()
+        key = await self.auth.authenticate(token.strip(), client_ip)
+        if key.kind is KeyKind.ADMIN:
+            raise ApiError(
+                401, "Admin keys can only call the Admin API (/v1/organization/…); use a project key.",
+                code="invalid_api_key",
+            )  # fmt: skip
+        return key
+
+    async def handle(self, call: Call, scope: Any, receive: Receive, send: Send) -> None:
+        body = await self._read_body(scope, receive)
+        payload = _parse(body, call.endpoint)
+        call.model = payload["model"]
+        upstreams = await self.router.candidates(call.model)
+        if not upstreams:
+            raise model_not_found(call.model)
+        call.estimated_input = call.endpoint.estimate_input(payload)
+        client_wants_usage = False
+        if call.endpoint.can_stream and payload.get("stream") is True:
+            call.stream = True
+            options = payload.get("stream_options")
+            options = options if isinstance(options, dict) else {}
+            client_wants_usage = options.get("include_usage") is True
+            payload["stream_options"] = {**options, "include_usage": True}
+            body = orjson.dumps(payload)
+        headers = [(k, v) for k, v in scope["headers"]]
+        try:
+            resp = await self.router.send(
+                upstreams, call.endpoint.upstream_path, body, headers, stream=call.stream
+            )
+        except UpstreamUnavailable as exc:
+            status = 504 if exc.timed_out else 502
+            # A timed-out request may have been processed upstream: bill its prompt, conservatively.
+            used = (call.estimated_input, 0, 0) if exc.timed_out else (0, 0, 0)
+            self._meter(call, status, used, Outcome.UPSTREAM_UNREACHABLE, estimated=exc.timed_out)
+            raise ApiError(status, str(exc), type="server_error", code="upstream_error") from None
+        try:
+            out_headers = self._response_headers(call, resp)
+            if call.stream and resp.status_code == 200:
+                await self._stream(call, resp, out_headers, receive, send, client_wants_usage)
+                return
+            content = await resp.aread()
+            reported = parse_usage(_loads(content)) if resp.status_code == 200 else None
+            await send_bytes(
+                send, resp.status_code, content, out_headers[1:], content_type=out_headers[0][1]
+            )
+            self._meter(
+                call, resp.status_code, reported or (0, 0, 0), Outcome.COMPLETED, estimated=False
+            )
+        finally:
+            await resp.aclose()
+
+    async def _stream(
+        self, call: Call, resp: httpx.Response, headers: list[tuple[bytes, bytes]],
+        receive: Receive, send: Send, client_wants_usage: bool,
+    ) -> None:  # fmt: skip
+        acc = SseAccounting(client_wants_usage=client_wants_usage)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*headers, (b"cache-control", b"no-cache")],
+            }
+        )
+        outcome = Outcome.COMPLETED
+
+        async def pump() -> None:
+            nonlocal outcome
+            try:
+                async for raw in resp.aiter_raw():
+                    out = acc.feed(raw)
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                tail = acc.rest()
+            except httpx.HTTPError as exc:
+                log.warning("upstream stream broke: %s", type(exc).__name__)
+                outcome = Outcome.UPSTREAM_BROKEN
+                tail = error_event("The upstream stream broke before it finished.")
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+        pumping = asyncio.create_task(pump())
+        watching = asyncio.create_task(_wait_for_disconnect(receive))
+        try:
+            await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # The client left (or we are shutting down): stop reading so the upstream stops
+            # generating, and bill what was produced so far.
+            for task in (pumping, watching):
+                if not task.done():
+                    task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pumping
+            if not pumping.cancelled() and pumping.exception() is not None:
+                outcome = Outcome.UPSTREAM_BROKEN
+            elif pumping.cancelled():
+                outcome = Outcome.CLIENT_DISCONNECTED
+            if acc.usage is not None:
+                self._meter(call, 200, acc.usage, outcome, estimated=False)
+            else:
+                used = (call.estimated_input, 0, acc.estimated_output_tokens)
+                self._meter(call, 200, used, outcome, estimated=True)
+
+    async def _read_body(self, scope: Any, receive: Receive) -> bytes:
+        declared = header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise _too_large(self.max_body_bytes)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ApiError(400, "The client disconnected before sending the whole body.")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise _too_large(self.max_body_bytes)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _response_headers(self, call: Call, resp: httpx.Response) -> list[tuple[bytes, bytes]]:
+        content_type = resp.headers.get("content-type", "application/json").encode("latin-1")
+        out = [(b"content-type", content_type), (b"x-request-id", call.request_id.encode())]
+        for name, value in resp.headers.raw:
+            lower = name.lower()
+            if lower in _PASS_RESPONSE and lower != b"content-type":
+                out.append((lower, value))
+            elif lower == b"x-request-id":
+                out.append((b"x-upstream-request-id", value))
+        return out
+
+    def _meter(
+        self,
+        call: Call,
+        status: int,
+        used: tuple[int, int, int],
+        outcome: Outcome,
+        *,
+        estimated: bool,
+    ) -> None:
+        now = self.clock.now()
+        inp, cached, out = used
+        price = self.prices.price(call.model, now)
+        if price is None and call.model not in self._unpriced:
+            self._unpriced.add(call.model)
+            log.warning("no price for model %r: its requests are metered at $0", call.model)
+        cost = price.token_cost(inp, cached, out) if price else 0
+        self.usage.submit(
+            UsageRecord(
+                request_id=call.request_id,
+                created_at=int(now),
+                org_id=call.key.org_id,
+                project_id=call.key.project_id,
+                key_id=call.key.id,
+                owner_type=call.key.owner_type,
+                owner_id=call.key.owner_id,
+                model=call.model,
+                endpoint=call.endpoint.name,
+                input_tokens=inp,
+                cached_input_tokens=cached,
+                output_tokens=out,
+                status=status,
+                latency_ms=int((time.monotonic() - call.started) * 1000),
+                client_ip=call.client_ip,
+                cost_micro_usd=cost,
+                stream=call.stream,
+                outcome=outcome,
+                tokens_estimated=estimated,
+            )
+        )
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"The request body is larger than the limit of {limit} bytes.",
+        code="request_too_large",
+    )
+
+
+def _loads(content: bytes) -> Any:
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _parse(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
+    """Checks the few fields keyplane itself relies on; the upstream validates the rest."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise bad_request(
+            "We could not parse the JSON body of your request. The body must be a JSON object "
+            "(HINT: check the Content-Type and that the JSON is valid)."
+        ) from None
+    if not isinstance(payload, dict):
+        raise bad_request("The request body must be a JSON object.")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise bad_request("You must provide a model parameter (a non-empty string).", param="model")
+    if len(model) > 256:
+        raise bad_request("The model name is too long.", param="model")
+    if endpoint.required not in payload:
+        raise bad_request(f"'{endpoint.required}' is a required property.", param=endpoint.required)
+    if endpoint.name == "chat.completions" and not isinstance(payload["messages"], list):
+        raise bad_request("'messages' must be an array of message objects.", param="messages")
+    if (
+        "stream" in payload
+        and payload["stream"] is not None
+        and not isinstance(payload["stream"], bool)
+    ):
+        raise bad_request("'stream' must be a boolean.", param="stream")
+    options = payload.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad_request("'stream_options' must be an object.", param="stream_options")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = payload.get(name)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise bad_request(f"'{name}' must be a positive integer.", param=name)
+    return payload

@@ -1,0 +1,99 @@
+"""Server-sent events passed through chunk by chunk, with the accounting a bill needs.
+
+keyplane asks the upstream for ``stream_options.include_usage`` so the last event carries exact
+token counts. Until then it counts the generated text itself, so a stream cut short by the client
+or the upstream is still billed for what was produced (estimated at four characters a token).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from keyplane.usage.tokens import delta_text, estimate_text
+
+_EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
+
+
+def parse_usage(obj: Any) -> tuple[int, int, int] | None:
+    """Returns (input, cached input, output) tokens from an OpenAI ``usage`` object, if valid."""
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    inp = usage.get("prompt_tokens", usage.get("input_tokens"))
+    out = usage.get("completion_tokens", usage.get("output_tokens", 0))
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
+    values = (inp, cached or 0, out or 0)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        return None
+    return values  # type: ignore[return-value]
+
+
+class SseAccounting:
+    """Splits upstream bytes into events, notes usage and generated text, drops what the client
+    did not ask for (the usage-only event when it did not set include_usage)."""
+
+    def __init__(self, *, client_wants_usage: bool) -> None:
+        self._strip_usage = not client_wants_usage
+        self._buf = b""
+        self._chars = 0
+        self.usage: tuple[int, int, int] | None = None
+        self.events = 0
+
+    def feed(self, data: bytes) -> bytes:
+        """Returns the complete events in ``data`` (plus what was held back) to forward now."""
+        self._buf += data
+        out: list[bytes] = []
+        while True:
+            ends = [(i, sep) for sep in _EVENT_ENDS if (i := self._buf.find(sep)) >= 0]
+            if not ends:
+                break
+            i, sep = min(ends)
+            event, self._buf = self._buf[: i + len(sep)], self._buf[i + len(sep) :]
+            if self._keep(event):
+                out.append(event)
+        return b"".join(out)
+
+    def rest(self) -> bytes:
+        """Whatever the upstream sent after its last complete event."""
+        rest, self._buf = self._buf, b""
+        return rest
+
+    def _keep(self, event: bytes) -> bool:
+        self.events += 1
+        for line in event.splitlines():
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                return True
+            try:
+                obj = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                return True
+            usage = parse_usage(obj)
+            if usage is not None:
+                self.usage = usage
+                if self._strip_usage and obj.get("choices") == []:
+                    return False
+            self._chars += len(delta_text(obj))
+        return True
+
+    @property
+    def estimated_output_tokens(self) -> int:
+        return estimate_text("x" * self._chars) if self._chars else 0
+
+
+def error_event(message: str) -> bytes:
+    """An in-stream error as OpenAI sends one (the SDK raises APIError when it reads it)."""
+    body = {
+        "error": {
+            "message": message,
+            "type": "server_error",
+            "param": None,
+            "code": "upstream_error",
+        }
+    }
+    return b"data: " + orjson.dumps(body) + b"\n\n"

@@ -1,0 +1,1 @@
+"""API keys: the secret format, the key record, and authentication with a cache."""

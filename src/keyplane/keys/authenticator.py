@@ -1,0 +1,112 @@
+"""Authentication on the hot path: a key cache invalidated by the store's change feed.
+
+A request costs no database round trip once its key is cached. Revocation reaches the cache through
+``refresh()``, which the gateway runs every ``key_poll_interval_s`` (default 0.25 s), so a key revoked
+by any process (the CLI, another gateway) is refused within that interval plus one database read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from keyplane.clock import Clock
+from keyplane.errors import InvalidApiKey
+from keyplane.keys import format as keyfmt
+from keyplane.keys.models import ApiKey
+from keyplane.keys.ports import KeyStore
+
+_UNKNOWN = None
+
+
+def _invalid(token: str) -> InvalidApiKey:
+    # Never echo the secret: OpenAI shows a redacted form, so do we (and only when it parses).
+    shown = keyfmt.redact(token) if keyfmt.parse(token) else "(not a keyplane key)"
+    return InvalidApiKey(
+        f"Incorrect API key provided: {shown}. You can find your API key in the keyplane dashboard."
+    )
+
+
+class KeyAuthenticator:
+    def __init__(
+        self, store: KeyStore, pepper: bytes, clock: Clock, *, max_entries: int = 1_000_000
+    ) -> None:
+        self._store = store
+        self._pepper = pepper
+        self._clock = clock
+        self._max_entries = max_entries
+        self._cache: dict[str, ApiKey | None] = {}
+        self._seq: int | None = None
+        self._epoch = 0  # bumped whenever refresh() invalidates something
+        self._uses: dict[str, tuple[int, str | None]] = {}
+
+    async def authenticate(self, token: str, client_ip: str | None) -> ApiKey:
+        """Returns the usable key for ``token``.
+
+        Raises InvalidApiKey (unknown, wrong secret, revoked, expired) or StoreUnavailable when the
+        key is not cached and the database cannot be reached (callers answer 503, never 401)."""
+        parsed = keyfmt.parse(token)
+        if parsed is None:
+            raise _invalid(token)
+        kid = keyfmt.key_id(parsed.public_id)
+        if kid in self._cache:
+            key = self._cache[kid]
+        else:
+            epoch = self._epoch
+            key = await asyncio.to_thread(self._store.get, kid)
+            # A refresh() that ran while we were reading may have invalidated this very key; caching
+            # what we read could then resurrect a revoked key, so only cache when none ran.
+            if epoch == self._epoch:
+                self._remember(kid, key)
+        if key is None or key.kind != parsed.kind:
+            raise _invalid(token)
+        if not keyfmt.secret_matches(self._pepper, parsed.secret, key.secret_hash):
+            raise _invalid(token)
+        now = self._clock.now()
+        if key.revoked_at is not None:
+            raise InvalidApiKey(f"The API key {key.redacted_value} has been revoked.")
+        if not key.is_usable(now):
+            raise InvalidApiKey(f"The API key {key.redacted_value} has expired.")
+        self._uses[kid] = (int(now), client_ip)
+        return key
+
+    def _remember(self, kid: str, key: ApiKey | None) -> None:
+        if len(self._cache) >= self._max_entries:
+            # Unknown ids are the cheap ones to forget; a flood of them must not evict real keys.
+            self._cache = {k: v for k, v in self._cache.items() if v is not _UNKNOWN}
+            if len(self._cache) >= self._max_entries:
+                self._cache.clear()
+        self._cache[kid] = key
+
+    async def refresh(self) -> int:
+        """Reads the change feed once and drops changed keys from the cache; returns how many.
+
+        The read runs in a thread; the cache is only touched on the event loop, so the epoch check
+        in authenticate() sees a consistent picture. Raises StoreUnavailable."""
+        if self._seq is None:
+            self._seq, _ = await asyncio.to_thread(self._store.changes_since, 2**62)
+            return 0
+        seq, changed = await asyncio.to_thread(self._store.changes_since, self._seq)
+        self._seq = seq
+        for kid in changed:
+            self._cache.pop(kid, None)
+        if changed:
+            self._epoch += 1
+        return len(changed)
+
+    def forget(self, key_id: str) -> None:
+        """Drops one key at once (used by the process that made the change)."""
+        self._cache.pop(key_id, None)
+        self._epoch += 1
+
+    def take_uses(self) -> dict[str, tuple[int, str | None]]:
+        """Returns and clears the last-use times seen since the previous call (coalesced writes)."""
+        uses, self._uses = self._uses, {}
+        return uses
+
+    def store_uses(self, uses: dict[str, tuple[int, str | None]]) -> None:
+        """Writes last-use times (blocking; run in a thread). Raises StoreUnavailable."""
+        self._store.record_use(uses)
+
+    @property
+    def cached(self) -> int:
+        return len(self._cache)

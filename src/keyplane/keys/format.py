@@ -1,0 +1,94 @@
+"""The secret-key format (BRIEF C2).
+
+``sk-kp-<kind>-`` + 12-char public key id + 32-char secret + 6-char base62 CRC32 of everything
+before the checksum. The checksum lets the gateway and ``keyplane scan`` reject typos, guesses and
+random strings without touching the database; it is not a security control. The secret has
+32 * log2(62) ≈ 190 bits from ``secrets``, so a keyed hash (HMAC-SHA-256 with a pepper kept outside
+the database) is enough; a slow password hash would only add latency.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import re
+import zlib
+from dataclasses import dataclass
+
+from keyplane.ids import BASE62, random_base62
+
+PUBLIC_ID_LEN = 12
+SECRET_LEN = 32
+CHECKSUM_LEN = 6
+BODY_LEN = PUBLIC_ID_LEN + SECRET_LEN + CHECKSUM_LEN
+KEY_PATTERN = re.compile(r"\bsk-kp-(proj|svcacct|admin)-[0-9A-Za-z]{50}\b")
+_FULL = re.compile(r"sk-kp-(proj|svcacct|admin)-([0-9A-Za-z]{50})")
+
+
+class KeyKind(enum.StrEnum):
+    PROJECT = "proj"
+    SERVICE_ACCOUNT = "svcacct"
+    ADMIN = "admin"
+
+
+def _base62(n: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        n, r = divmod(n, 62)
+        out.append(BASE62[r])
+    return "".join(reversed(out))
+
+
+def checksum(text: str) -> str:
+    """Returns the 6-char base62 CRC32 of ``text`` (zero-padded on the left)."""
+    return _base62(zlib.crc32(text.encode("ascii")), CHECKSUM_LEN)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedKey:
+    kind: KeyKind
+    public_id: str
+    secret: str
+
+
+def generate(kind: KeyKind) -> tuple[str, ParsedKey]:
+    """Returns a new key's full text (to show once) and its parts."""
+    public_id = random_base62(PUBLIC_ID_LEN)
+    secret = random_base62(SECRET_LEN)
+    head = f"sk-kp-{kind.value}-{public_id}{secret}"
+    return head + checksum(head), ParsedKey(kind, public_id, secret)
+
+
+def parse(text: str) -> ParsedKey | None:
+    """Returns the parts of a well-formed key with a valid checksum, else None. No I/O."""
+    if len(text) > 64:
+        return None
+    m = _FULL.fullmatch(text)
+    if m is None:
+        return None
+    body = m.group(2)
+    head = text[:-CHECKSUM_LEN]
+    if not hmac.compare_digest(checksum(head), body[-CHECKSUM_LEN:]):
+        return None
+    return ParsedKey(KeyKind(m.group(1)), body[:PUBLIC_ID_LEN], body[PUBLIC_ID_LEN:-CHECKSUM_LEN])
+
+
+def hash_secret(pepper: bytes, secret: str) -> str:
+    """Returns hex HMAC-SHA-256(pepper, secret): what the database stores instead of the secret."""
+    return hmac.new(pepper, secret.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def secret_matches(pepper: bytes, secret: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_secret(pepper, secret), stored_hash)
+
+
+def redact(text: str) -> str:
+    """``sk-kp-proj-…a1B2``: the prefix and the last four characters, as the dashboard shows."""
+    kind = text.split("-")[2]
+    return f"sk-kp-{kind}-…{text[-4:]}"
+
+
+def key_id(public_id: str) -> str:
+    """The key's public object id (``key_<public id>``), used by the API and the CLI."""
+    return "key_" + public_id

@@ -1,0 +1,35 @@
+"""The stored form of an API key. The secret itself is never here, only its keyed hash."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from keyplane.keys.format import KeyKind
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    kind: KeyKind
+    org_id: str
+    project_id: str | None
+    owner_type: str  # "user" | "service_account"
+    owner_id: str
+    name: str
+    secret_hash: str
+    redacted_value: str
+    created_at: int
+    created_by: str | None
+    expires_at: int | None = None
+    revoked_at: int | None = None
+    last_used_at: int | None = None
+    last_used_ip: str | None = None
+
+    def is_usable(self, now: float) -> bool:
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+    @property
+    def status(self) -> str:
+        return "revoked" if self.revoked_at is not None else "active"

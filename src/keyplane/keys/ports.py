@@ -1,0 +1,39 @@
+"""What the key slice needs from storage."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from keyplane.keys.models import ApiKey
+
+
+class KeyStore(Protocol):
+    def get(self, key_id: str) -> ApiKey | None:
+        """Returns the key with this id, revoked or not, or None.
+
+        Raises StoreUnavailable when the database cannot be reached."""
+        ...
+
+    def add(self, key: ApiKey) -> None:
+        """Stores a new key and appends a change event for it."""
+        ...
+
+    def list(self, org_id: str, project_id: str | None = None) -> Sequence[ApiKey]:
+        """Returns the organization's keys (of one project if given), newest first."""
+        ...
+
+    def revoke(self, key_id: str, at: int) -> bool:
+        """Marks the key revoked and appends a change event; returns False if unknown or already
+        revoked."""
+        ...
+
+    def changes_since(self, seq: int) -> tuple[int, Sequence[str]]:
+        """Returns the latest change sequence number and the ids of keys changed after ``seq``.
+
+        Raises StoreUnavailable when the database cannot be reached."""
+        ...
+
+    def record_use(self, uses: Mapping[str, tuple[int, str | None]]) -> None:
+        """Stores last_used_at / last_used_ip for many keys at once (not a change event)."""
+        ...

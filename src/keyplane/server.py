@@ -1,0 +1,36 @@
+"""Running ASGI apps under uvicorn (uvloop + httptools when available)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import uvicorn
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Binds a listening socket now, so the port is known (and taken) before the server starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def make_server(
+    app: Any, *, log_level: str = "warning", access_log: bool = False
+) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,
+        loop="auto",
+        http="auto",
+        lifespan="on",
+        log_level=log_level,
+        access_log=access_log,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    return uvicorn.Server(config)

@@ -1,0 +1,430 @@
+"""Built-in upstream simulator: a small OpenAI-compatible server for offline use.
+
+Used in tests, local demos and benchmarks in place of a real model API. Every answer
+carries the header ``x-simulator: keyplane`` so it cannot be mistaken for a real model.
+
+Token accounting is deterministic (no tokenizer):
+
+* ``text_tokens(text) = ceil(len(text) / TOKEN_CHARS)`` (0 for ``""``);
+* ``prompt_tokens(messages) = sum(3 + text_tokens(text of message)) + 3`` where the text of
+  a message is its string ``content``, or the concatenated ``text`` of its ``{"type": "text"}``
+  parts (other parts count 0);
+* legacy completion prompts and embedding inputs count ``text_tokens`` per string, or the
+  length of each token array;
+* a chat/completion answer has ``n = min(config.completion_tokens, max_tokens)`` output
+  tokens, each exactly ``TOKEN_CHARS`` characters long (see ``completion_text``).
+
+Timing: ``latency_ms`` is slept before answering every POST; when streaming with
+``tokens_per_second > 0``, ``1 / tokens_per_second`` is slept before each token chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import math
+import struct
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+Scope = MutableMapping[str, Any]
+ASGIMessage = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[ASGIMessage]]
+Send = Callable[[ASGIMessage], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+JSON = dict[str, Any]
+
+# fmt: off
+DEFAULT_MODELS: tuple[str, ...] = (
+    "gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o4-mini", "gpt-3.5-turbo",
+    "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
+    "sim-chat", "sim-embed",
+)
+# fmt: on
+TOKEN_CHARS = 4
+MODEL_CREATED = 1700000000
+OWNED_BY = "keyplane-simulator"
+SYSTEM_FINGERPRINT = "fp_keyplane_sim"
+DEFAULT_DIMENSIONS = 8
+MAX_DIMENSIONS = 8192
+_PIECES = ("Hell", "o fr", "om t", "he k", "eypl", "ane ", "simu", "lato", "r.  ")
+_SERVER_HEADERS = [(b"x-simulator", b"keyplane")]
+
+# Indirection so tests can observe the delays without really sleeping.
+_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    latency_ms: float = 0.0  # delay before the first byte of every answer to a POST
+    tokens_per_second: float = 0.0  # 0 = no delay between streamed chunks; else 1/tps
+    completion_tokens: int = 16  # output tokens unless max_tokens is lower
+    models: tuple[str, ...] = DEFAULT_MODELS
+
+
+def text_tokens(text: str) -> int:
+    """Tokens of a text: ``ceil(len(text) / TOKEN_CHARS)``, 0 for the empty string."""
+    return -(-len(text) // TOKEN_CHARS)
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict)
+            and part.get("type") == "text"
+            and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """Prompt tokens of a chat: ``sum(3 + text_tokens(text)) + 3`` over the messages."""
+    return sum(3 + text_tokens(_content_text(m.get("content"))) for m in messages) + 3
+
+
+def completion_text(n_tokens: int) -> str:
+    """``n_tokens`` pieces of exactly ``TOKEN_CHARS`` characters: ``len == 4 * n_tokens``."""
+    return "".join(_PIECES[i % len(_PIECES)] for i in range(max(n_tokens, 0)))
+
+
+class _RequestError(Exception):
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        error = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+        self.status, self.payload = status, {"error": error}
+
+
+@dataclass
+class _Stream:
+    head: list[JSON]
+    tokens: list[JSON]
+    tail: list[JSON]
+
+
+_Reply = tuple[int, JSON] | _Stream
+
+
+def _type_name(value: Any) -> str:
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+    names.update({list: "an array", dict: "an object", type(None): "null"})
+    return names.get(type(value), "an unsupported value")
+
+
+def _invalid_type(param: str, expected: str, value: Any) -> _RequestError:
+    message = (
+        f"Invalid type for '{param}': expected {expected}, but got {_type_name(value)} instead."
+    )
+    return _RequestError(400, message, param, "invalid_type")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _model(body: JSON, config: SimulatorConfig) -> str:
+    model = body.get("model")
+    if model is None:
+        raise _RequestError(400, "Missing required parameter: 'model'.", "model", "missing")
+    if not isinstance(model, str):
+        raise _invalid_type("model", "a string", model)
+    if model not in config.models:
+        message = f"The model `{model}` does not exist or you do not have access to it."
+        raise _RequestError(404, message, None, "model_not_found")
+    return model
+
+
+def _positive_int(body: JSON, name: str, maximum: int | None = None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise _invalid_type(name, "an integer", value)
+    if value < 1 or (maximum is not None and value > maximum):
+        bound = ">= 1" if maximum is None else f"between 1 and {maximum}"
+        message = f"Invalid '{name}': expected an integer {bound}, but got {value} instead."
+        code = "integer_below_min_value" if value < 1 else "integer_above_max_value"
+        raise _RequestError(400, message, name, code)
+    return int(value)
+
+
+def _inputs(value: Any, param: str) -> list[tuple[bytes, int]]:
+    """(hash key, tokens) per input: a string, strings, a token array or token arrays."""
+    if value is None:
+        raise _RequestError(400, f"Missing required parameter: '{param}'.", param, "missing")
+    if isinstance(value, str):
+        return [(value.encode(), text_tokens(value))]
+    if isinstance(value, list) and value:
+        if all(isinstance(v, str) for v in value):
+            return [(v.encode(), text_tokens(v)) for v in value]
+        if all(_is_int(v) for v in value):
+            return [(b"tokens:" + orjson.dumps(value), len(value))]
+        if all(isinstance(v, list) and v and all(_is_int(t) for t in v) for v in value):
+            return [(b"tokens:" + orjson.dumps(v), len(v)) for v in value]
+    expected = "a string, an array of strings, an array of integers or an array of arrays"
+    raise _invalid_type(param, expected, value)
+
+
+def _usage(prompt: int, completion: int) -> JSON:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
+
+
+def _chat_prompt(body: JSON) -> int:
+    messages = body.get("messages")
+    if messages is None:
+        raise _RequestError(400, "Missing required parameter: 'messages'.", "messages", "missing")
+    if not isinstance(messages, list):
+        raise _invalid_type("messages", "an array", messages)
+    if not messages:
+        message = "Invalid 'messages': empty array. Expected an array with minimum length 1."
+        raise _RequestError(400, message, "messages", "empty_array")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise _invalid_type(f"messages[{i}]", "an object", msg)
+        content = msg.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise _invalid_type(f"messages[{i}].content", "a string or an array", content)
+    return prompt_tokens(messages)
+
+
+def _completion(body: JSON, config: SimulatorConfig, *, chat: bool) -> _Reply:
+    """Chat (``chat=True``) or legacy text completion, streamed or not."""
+    model = _model(body, config)
+    prompt = (
+        _chat_prompt(body) if chat else sum(t for _, t in _inputs(body.get("prompt"), "prompt"))
+    )
+    limits = [_positive_int(body, "max_tokens")]
+    if chat:
+        limits.append(_positive_int(body, "max_completion_tokens"))
+    limit = min((x for x in limits if x is not None), default=None)
+    budget = max(config.completion_tokens, 0)
+    n = budget if limit is None else min(limit, budget)
+    finish = "length" if limit is not None and limit < budget else "stop"
+    usage = _usage(prompt, n)
+    stream = body.get("stream") is True
+    options = body.get("stream_options")
+    if options is not None and not stream:
+        message = "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+        raise _RequestError(400, message, "stream_options", "invalid_value")
+    if options is not None and not isinstance(options, dict):
+        raise _invalid_type("stream_options", "an object", options)
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    base: JSON = {
+        "id": ("chatcmpl-sim" if chat else "cmpl-sim") + uuid.uuid4().hex[:24],
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+    if not stream:
+        text = completion_text(n)
+        choice: JSON = {"index": 0, "logprobs": None, "finish_reason": finish}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text, "refusal": None}
+        else:
+            choice["text"] = text
+        return 200, {**base, "choices": [choice], "usage": usage}
+
+    if chat:
+        base["object"] = "chat.completion.chunk"
+    if include_usage:
+        base["usage"] = None
+
+    def chunk(delta: JSON, finish_reason: str | None) -> JSON:
+        choice: JSON = {"index": 0, "logprobs": None, "finish_reason": finish_reason}
+        if chat:
+            choice["delta"] = delta
+        else:
+            choice["text"] = delta.get("content", "")
+        return {**base, "choices": [choice]}
+
+    head = [chunk({"role": "assistant", "content": ""}, None)] if chat else []
+    tokens = [chunk({"content": piece}, None) for piece in _pieces(n)]
+    tail = [chunk({}, finish)]
+    if include_usage:
+        tail.append({**base, "choices": [], "usage": usage})
+    return _Stream(head, tokens, tail)
+
+
+def _pieces(n: int) -> list[str]:
+    text = completion_text(n)
+    return [text[i : i + TOKEN_CHARS] for i in range(0, len(text), TOKEN_CHARS)]
+
+
+def _vector(key: bytes, dimensions: int) -> list[float]:
+    """Deterministic unit vector from a hash, rounded to float32 so base64 round-trips."""
+    raw = hashlib.shake_256(key).digest(4 * dimensions)
+    values = [x / 2**31 - 1.0 for x in struct.unpack(f"<{dimensions}I", raw)]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    packed = struct.pack(f"<{dimensions}f", *(v / norm for v in values))
+    return list(struct.unpack(f"<{dimensions}f", packed))
+
+
+def _embeddings(body: JSON, config: SimulatorConfig) -> _Reply:
+    model = _model(body, config)
+    inputs = _inputs(body.get("input"), "input")
+    dims = _positive_int(body, "dimensions", MAX_DIMENSIONS) or DEFAULT_DIMENSIONS
+    fmt = body.get("encoding_format") or "float"
+    if fmt not in ("float", "base64"):
+        message = f"Invalid value for 'encoding_format': expected 'float' or 'base64', got {fmt!r}."
+        raise _RequestError(400, message, "encoding_format", "invalid_value")
+    data: list[JSON] = []
+    for index, (key, _) in enumerate(inputs):
+        vector = _vector(key, dims)
+        embedding: list[float] | str = vector
+        if fmt == "base64":
+            embedding = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode("ascii")
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    tokens = sum(t for _, t in inputs)
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return 200, {"object": "list", "data": data, "model": model, "usage": usage}
+
+
+def _model_card(model: str) -> JSON:
+    return {"id": model, "object": "model", "created": MODEL_CREATED, "owned_by": OWNED_BY}
+
+
+def _parse(raw: bytes) -> JSON:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        message = (
+            "We could not parse the JSON body of your request. The API expects a JSON payload."
+        )
+        raise _RequestError(400, message) from None
+    if not isinstance(body, dict):
+        raise _RequestError(400, "The request body must be a JSON object.")
+    return body
+
+
+def _dispatch(method: str, path: str, raw: bytes, config: SimulatorConfig) -> _Reply:
+    if method == "GET" and path == "/v1/models":
+        return 200, {"object": "list", "data": [_model_card(m) for m in config.models]}
+    if method == "GET" and path.startswith("/v1/models/"):
+        model = path.removeprefix("/v1/models/")
+        if model not in config.models:
+            message = f"The model '{model}' does not exist"
+            raise _RequestError(404, message, "model", "model_not_found")
+        return 200, _model_card(model)
+    if method == "POST" and path == "/v1/chat/completions":
+        return _completion(_parse(raw), config, chat=True)
+    if method == "POST" and path == "/v1/completions":
+        return _completion(_parse(raw), config, chat=False)
+    if method == "POST" and path == "/v1/embeddings":
+        return _embeddings(_parse(raw), config)
+    raise _RequestError(404, f"Invalid URL ({method} {path})")
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _send_json(send: Send, status: int, payload: JSON) -> None:
+    body = orjson.dumps(payload)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *_SERVER_HEADERS,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _send_stream(send: Send, stream: _Stream, tokens_per_second: float) -> None:
+    headers = [
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"cache-control", b"no-cache"),
+        *_SERVER_HEADERS,
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def event(data: bytes) -> None:
+        body = b"data: " + data + b"\n\n"
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+
+    for payload in stream.head:
+        await event(orjson.dumps(payload))
+    for payload in stream.tokens:
+        if tokens_per_second > 0:
+            await _sleep(1.0 / tokens_per_second)
+        await event(orjson.dumps(payload))
+    for payload in stream.tail:
+        await event(orjson.dumps(payload))
+    await event(b"[DONE]")
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def create_app(config: SimulatorConfig = SimulatorConfig()) -> ASGIApp:
+    """The simulator as a plain ASGI application."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        method = str(scope["method"]).upper()
+        path = str(scope["path"]).rstrip("/") or "/"
+        raw = await _read_body(receive)
+        try:
+            reply = _dispatch(method, path, raw, config)
+        except _RequestError as exc:
+            reply = (exc.status, exc.payload)
+        if method == "POST" and config.latency_ms > 0:
+            await _sleep(config.latency_ms / 1000.0)
+        if isinstance(reply, _Stream):
+            await _send_stream(send, reply, config.tokens_per_second)
+        else:
+            await _send_json(send, *reply)
+
+    return app
+
+
+def serve(host: str, port: int, config: SimulatorConfig) -> None:
+    """Run the simulator under uvicorn until stopped (Ctrl-C / SIGTERM)."""
+    import uvicorn
+
+    uvicorn.run(
+        create_app(config),
+        host=host,
+        port=port,
+        loop="auto",
+        http="auto",
+        log_level="warning",
+        access_log=False,
+    )

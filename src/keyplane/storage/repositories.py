@@ -1,0 +1,226 @@
+"""SQL implementations of the domain ports. Each method is one short transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, RowMapping, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import InterfaceError as SAInterfaceError
+
+from keyplane.accounts.models import Organization, OrgRole, Project, User
+from keyplane.errors import Conflict, StoreUnavailable
+from keyplane.keys.format import KeyKind
+from keyplane.keys.models import ApiKey
+from keyplane.storage import tables as t
+from keyplane.usage.records import Outcome, UsageRecord
+
+T = TypeVar("T")
+
+
+class SqlStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            with self._engine.begin() as conn:
+                yield conn
+        except (OperationalError, SAInterfaceError) as exc:
+            raise StoreUnavailable("The database is unavailable.") from exc
+
+    def _read(self, fn: Callable[[Connection], T]) -> T:
+        try:
+            with (
+                self._engine.connect().execution_options(readonly=True) as conn,
+                conn.begin(),
+            ):
+                return fn(conn)
+        except (OperationalError, SAInterfaceError) as exc:
+            raise StoreUnavailable("The database is unavailable.") from exc
+
+
+def _key(row: RowMapping) -> ApiKey:
+    values = dict(row)
+    values["kind"] = KeyKind(values["kind"])
+    return ApiKey(**values)
+
+
+class SqlKeyStore(SqlStore):
+    def get(self, key_id: str) -> ApiKey | None:
+        row = self._read(
+            lambda c: (
+                c.execute(select(t.api_keys).where(t.api_keys.c.id == key_id)).mappings().first()
+            )
+        )
+        return None if row is None else _key(row)
+
+    def add(self, key: ApiKey) -> None:
+        values = {f: getattr(key, f) for f in ApiKey.__slots__}
+        values["kind"] = key.kind.value
+        with self._write() as conn:
+            conn.execute(insert(t.api_keys).values(**values))
+            conn.execute(insert(t.key_events).values(key_id=key.id, at=key.created_at))
+
+    def list(self, org_id: str, project_id: str | None = None) -> Sequence[ApiKey]:
+        query = select(t.api_keys).where(t.api_keys.c.org_id == org_id)
+        if project_id is not None:
+            query = query.where(t.api_keys.c.project_id == project_id)
+        query = query.order_by(t.api_keys.c.created_at.desc(), t.api_keys.c.id)
+        return [_key(r) for r in self._read(lambda c: c.execute(query).mappings().all())]
+
+    def revoke(self, key_id: str, at: int) -> bool:
+        with self._write() as conn:
+            done = conn.execute(
+                update(t.api_keys)
+                .where(t.api_keys.c.id == key_id, t.api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=at)
+            ).rowcount
+            if done:
+                conn.execute(insert(t.key_events).values(key_id=key_id, at=at))
+        return bool(done)
+
+    def changes_since(self, seq: int) -> tuple[int, Sequence[str]]:
+        def read(c: Connection) -> tuple[int, Sequence[str]]:
+            rows = c.execute(
+                select(t.key_events.c.seq, t.key_events.c.key_id)
+                .where(t.key_events.c.seq > seq)
+                .order_by(t.key_events.c.seq)
+            ).all()
+            if rows:
+                return rows[-1][0], [r[1] for r in rows]
+            latest = c.execute(select(func.max(t.key_events.c.seq))).scalar()
+            return min(seq, latest or 0), []
+
+        return self._read(read)
+
+    def record_use(self, uses: Mapping[str, tuple[int, str | None]]) -> None:
+        if not uses:
+            return
+        with self._write() as conn:
+            for key_id, (at, ip) in uses.items():
+                conn.execute(
+                    update(t.api_keys)
+                    .where(t.api_keys.c.id == key_id)
+                    .values(last_used_at=at, last_used_ip=ip)
+                )
+
+
+class SqlAccountStore(SqlStore):
+    def add_owner_setup(self, user: User, org: Organization, project: Project) -> None:
+        try:
+            with self._write() as conn:
+                conn.execute(insert(t.users).values(**_fields(user)))
+                conn.execute(insert(t.organizations).values(**_fields(org)))
+                conn.execute(
+                    insert(t.org_members).values(
+                        org_id=org.id,
+                        user_id=user.id,
+                        role=OrgRole.OWNER.value,
+                        created_at=org.created_at,
+                    )
+                )
+                conn.execute(insert(t.projects).values(**_fields(project)))
+        except IntegrityError:
+            raise Conflict(f"A user with email '{user.email}' already exists.") from None
+
+    def count_users(self) -> int:
+        return int(
+            self._read(lambda c: c.execute(select(func.count()).select_from(t.users)).scalar() or 0)
+        )
+
+    def organizations(self) -> Sequence[Organization]:
+        rows = self._read(
+            lambda c: (
+                c.execute(select(t.organizations).order_by(t.organizations.c.created_at))
+                .mappings()
+                .all()
+            )
+        )
+        return [Organization(**r) for r in rows]
+
+    def owners(self, org_id: str) -> Sequence[User]:
+        query = (
+            select(t.users)
+            .join(t.org_members, t.org_members.c.user_id == t.users.c.id)
+            .where(t.org_members.c.org_id == org_id, t.org_members.c.role == OrgRole.OWNER.value)
+            .order_by(t.users.c.created_at)
+        )
+        return [User(**r) for r in self._read(lambda c: c.execute(query).mappings().all())]
+
+    def member_role(self, org_id: str, user_id: str) -> OrgRole | None:
+        role = self._read(
+            lambda c: c.execute(
+                select(t.org_members.c.role).where(
+                    t.org_members.c.org_id == org_id, t.org_members.c.user_id == user_id
+                )
+            ).scalar()
+        )
+        return None if role is None else OrgRole(role)
+
+    def projects(self, org_id: str) -> Sequence[Project]:
+        query = (
+            select(t.projects)
+            .where(t.projects.c.org_id == org_id)
+            .order_by(t.projects.c.created_at)
+        )
+        return [Project(**r) for r in self._read(lambda c: c.execute(query).mappings().all())]
+
+    def add_project(self, project: Project) -> None:
+        try:
+            with self._write() as conn:
+                conn.execute(insert(t.projects).values(**_fields(project)))
+        except IntegrityError:
+            raise Conflict(f"A project named '{project.name}' already exists.") from None
+
+
+class SqlUsageStore(SqlStore):
+    def add_many(self, records: Sequence[UsageRecord]) -> int:
+        if not records:
+            return 0
+        ids = [r.request_id for r in records]
+        with self._write() as conn:
+            # Duplicates (a replayed batch after a failed commit) are skipped, never double-billed.
+            seen = set(
+                conn.execute(
+                    select(t.usage_records.c.request_id).where(
+                        t.usage_records.c.request_id.in_(ids)
+                    )
+                ).scalars()
+            )
+            fresh = {r.request_id: r for r in records if r.request_id not in seen}
+            if fresh:
+                conn.execute(insert(t.usage_records), [_usage_row(r) for r in fresh.values()])
+        return len(fresh)
+
+    def query(
+        self,
+        org_id: str,
+        *,
+        project_id: str | None = None,
+        since: int | None = None,
+        limit: int = 1000,
+    ) -> Sequence[UsageRecord]:
+        query = select(t.usage_records).where(t.usage_records.c.org_id == org_id)
+        if project_id is not None:
+            query = query.where(t.usage_records.c.project_id == project_id)
+        if since is not None:
+            query = query.where(t.usage_records.c.created_at >= since)
+        query = query.order_by(t.usage_records.c.created_at, t.usage_records.c.request_id).limit(
+            limit
+        )
+        rows = self._read(lambda c: c.execute(query).mappings().all())
+        return [UsageRecord(**{**r, "outcome": Outcome(r["outcome"])}) for r in rows]
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {f: getattr(obj, f) for f in obj.__slots__}
+
+
+def _usage_row(record: UsageRecord) -> dict[str, Any]:
+    row = _fields(record)
+    row["outcome"] = record.outcome.value
+    return row

@@ -1,0 +1,1 @@
+"""Metering: usage records, the price table and costs in integer micro-dollars."""

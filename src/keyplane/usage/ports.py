@@ -1,0 +1,27 @@
+"""What metering needs from storage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from keyplane.usage.records import UsageRecord
+
+
+class UsageStore(Protocol):
+    def add_many(self, records: Sequence[UsageRecord]) -> int:
+        """Stores records whose request_id is new, ignoring duplicates; returns how many were new.
+
+        Raises StoreUnavailable."""
+        ...
+
+    def query(
+        self,
+        org_id: str,
+        *,
+        project_id: str | None = None,
+        since: int | None = None,
+        limit: int = 1000,
+    ) -> Sequence[UsageRecord]:
+        """Returns records oldest first."""
+        ...

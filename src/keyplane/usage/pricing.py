@@ -1,0 +1,123 @@
+"""The price table and the cost of a request, in integer micro-dollars (no floats near money)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+MICRO = 1_000_000
+_SNAPSHOT = re.compile(r"^(?P<base>.+?)-\d{4}-\d{2}-\d{2}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """Micro-dollars per 1M tokens (input, cached input, output), per audio minute, per image."""
+
+    model: str
+    effective_from: int  # Unix seconds
+    input_per_m: int = 0
+    cached_input_per_m: int = 0
+    output_per_m: int = 0
+    audio_minute: int = 0
+    image: int = 0
+
+    def token_cost(self, input_tokens: int, cached_input_tokens: int, output_tokens: int) -> int:
+        """Cost in micro-dollars, rounded up once at the end so no fraction is lost per part.
+
+        ``input_tokens`` includes the cached ones, as OpenAI's ``prompt_tokens`` does."""
+        cached = min(cached_input_tokens, input_tokens)
+        cached_rate = self.cached_input_per_m if self.cached_input_per_m else self.input_per_m
+        numerator = (
+            (input_tokens - cached) * self.input_per_m
+            + cached * cached_rate
+            + output_tokens * self.output_per_m
+        )
+        return -(-numerator // MICRO)
+
+
+def parse_dollars(value: Any, where: str) -> int:
+    """Returns exact micro-dollars from a decimal string like ``"0.075"``."""
+    if not isinstance(value, str):
+        raise ValueError(f'{where}: write amounts as strings ("0.15"), not {type(value).__name__}')
+    try:
+        micros = Decimal(value) * MICRO
+    except InvalidOperation:
+        raise ValueError(f"{where}: '{value}' is not a decimal amount") from None
+    if micros < 0 or micros != micros.to_integral_value():
+        raise ValueError(f"{where}: '{value}' is negative or finer than a micro-dollar")
+    return int(micros)
+
+
+def _parse_entry(entry: Mapping[str, Any], where: str) -> Price:
+    model = entry.get("model")
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"{where}: every price needs a model")
+    when = entry.get("effective_from")
+    if isinstance(when, str):
+        when = dt.date.fromisoformat(when)
+    if not isinstance(when, dt.date):
+        raise ValueError(f"{where}: {model} needs effective_from as a date")
+    start = int(dt.datetime(when.year, when.month, when.day, tzinfo=dt.UTC).timestamp())
+    fields = {"input": 0, "cached_input": 0, "output": 0, "audio_minute": 0, "image": 0}
+    unknown = set(entry) - set(fields) - {"model", "effective_from"}
+    if unknown:
+        raise ValueError(f"{where}: {model} has unknown fields {sorted(unknown)}")
+    for name in fields:
+        if name in entry:
+            fields[name] = parse_dollars(entry[name], f"{where}: {model}.{name}")
+    return Price(
+        model=model,
+        effective_from=start,
+        input_per_m=fields["input"],
+        cached_input_per_m=fields["cached_input"],
+        output_per_m=fields["output"],
+        audio_minute=fields["audio_minute"],
+        image=fields["image"],
+    )
+
+
+class PriceTable:
+    def __init__(self, prices: Iterable[Price]) -> None:
+        self._by_model: dict[str, list[Price]] = {}
+        for price in prices:
+            self._by_model.setdefault(price.model, []).append(price)
+        for versions in self._by_model.values():
+            versions.sort(key=lambda p: p.effective_from)
+
+    @classmethod
+    def load(cls, extra_files: Iterable[Path] = ()) -> PriceTable:
+        """The shipped table plus operator files; a later entry for the same model and date wins."""
+        texts = [
+            ("prices.toml", resources.files("keyplane.usage").joinpath("prices.toml").read_text())
+        ]
+        texts += [(str(p), p.read_text()) for p in extra_files]
+        merged: dict[tuple[str, int], Price] = {}
+        for where, text in texts:
+            for i, entry in enumerate(tomllib.loads(text).get("price", [])):
+                price = _parse_entry(entry, f"{where}[{i}]")
+                merged[(price.model, price.effective_from)] = price
+        return cls(merged.values())
+
+    def models(self) -> list[str]:
+        return sorted(self._by_model)
+
+    def price(self, model: str, at: float) -> Price | None:
+        """Returns the price in effect for ``model`` at ``at`` (snapshots fall back to their base)."""
+        versions = self._by_model.get(model)
+        if versions is None:
+            m = _SNAPSHOT.match(model)
+            versions = self._by_model.get(m.group("base")) if m else None
+        if not versions:
+            return None
+        current = None
+        for price in versions:
+            if price.effective_from <= at:
+                current = price
+        return current
