@@ -51,7 +51,11 @@ def _config_file() -> Path | None:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="KEYPLANE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+        env_prefix="KEYPLANE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+        hide_input_in_errors=True,  # errors must never echo a configured secret
     )
 
     env: Literal["development", "production"] = "development"
@@ -116,10 +120,24 @@ class Settings(BaseSettings):
         path = self.data_dir / f"{name}.secret"
         if not path.exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # Write a complete file under a temporary name, then link it into place: a reader
+            # never sees a half-written secret, and of two first starts racing, one wins.
+            tmp = path.with_name(f".{name}.{secrets.token_hex(8)}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_urlsafe(48))
-        return path.read_text().strip().encode()
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        stored = path.read_text().strip()
+        if len(stored) < 32:
+            raise ValueError(f"{path} does not hold a usable secret (at least 32 characters)")
+        return stored.encode()
 
 
 def load_settings(**overrides: Any) -> Settings:

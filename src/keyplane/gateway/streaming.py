@@ -25,7 +25,9 @@ def parse_usage(obj: Any) -> tuple[int, int, int] | None:
     out = usage.get("completion_tokens", usage.get("output_tokens", 0))
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
     cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
-    values = (inp, cached or 0, out or 0)
+    # null means "not reported" (0); anything else that is not a count makes the usage unusable,
+    # so the caller falls back to its own estimate instead of billing an exact zero.
+    values = (inp, 0 if cached is None else cached, 0 if out is None else out)
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
         return None
     return values  # type: ignore[return-value]

@@ -83,8 +83,13 @@ class KeyAuthenticator:
         The read runs in a thread; the cache is only touched on the event loop, so the epoch check
         in authenticate() sees a consistent picture. Raises StoreUnavailable."""
         if self._seq is None:
+            # First successful read of the feed: anything cached before it (while the database
+            # was unreachable at startup) may predate a change we will never see; drop it all.
             self._seq, _ = await asyncio.to_thread(self._store.changes_since, 2**62)
-            return 0
+            dropped = len(self._cache)
+            self._cache.clear()
+            self._epoch += 1
+            return dropped
         seq, changed = await asyncio.to_thread(self._store.changes_since, self._seq)
         self._seq = seq
         for kid in changed:

@@ -50,7 +50,7 @@ def parse_dollars(value: Any, where: str) -> int:
         micros = Decimal(value) * MICRO
     except InvalidOperation:
         raise ValueError(f"{where}: '{value}' is not a decimal amount") from None
-    if micros < 0 or micros != micros.to_integral_value():
+    if not micros.is_finite() or micros < 0 or micros != micros.to_integral_value():
         raise ValueError(f"{where}: '{value}' is negative or finer than a micro-dollar")
     return int(micros)
 

@@ -1,0 +1,3 @@
+from keyplane.cli import main
+
+main()

@@ -1,0 +1,120 @@
+"""Shared fixtures: a keyplane instance (SQLite in a temp dir) in front of the simulator."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keyplane import bootstrap
+from keyplane.accounts.models import Organization, Project, User
+from keyplane.clock import Clock, SystemClock
+from keyplane.config import Settings, UpstreamSettings
+from keyplane.gateway.app import Gateway
+from keyplane.keys.format import KeyKind
+from keyplane.simulator import SimulatorConfig, create_app
+from keyplane.usage.records import UsageRecord
+from kptest import ServerThread, wait_until
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PEPPER = "test-pepper-" + "p" * 40
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "pepper": PEPPER,
+        "encryption_key": "e" * 48,
+        "key_poll_interval_s": 0.05,
+        "usage_flush_interval_s": 0.05,
+        "upstream_retries": 1,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+@dataclass
+class Keyplane:
+    """A running gateway plus the container behind it, initialized with one Owner and project."""
+
+    container: bootstrap.Container
+    gateway: Gateway
+    server: ServerThread
+    owner: User
+    org: Organization
+    project: Project
+    key: str  # a project key's full secret
+
+    @property
+    def base_url(self) -> str:
+        return self.server.url + "/v1"
+
+    def new_key(self, name: str = "another", **kwargs: Any) -> tuple[str, str]:
+        """Returns (key id, secret) of a new project key."""
+        key, secret = self.container.keys.create(
+            kind=KeyKind.PROJECT, org_id=self.org.id, project_id=self.project.id, name=name,
+            owner_type="user", owner_id=self.owner.id, created_by=self.owner.id, **kwargs,
+        )  # fmt: skip
+        return key.id, secret
+
+    def flush(self) -> None:
+        self.server.call(self.gateway.pipeline.usage.flush())
+
+    def usage(self, expect: int | None = None) -> list[UsageRecord]:
+        """The stored usage records, waiting (with a deadline) until there are ``expect`` of them."""
+
+        def read() -> list[UsageRecord]:
+            self.flush()
+            return list(self.container.usage_store.query(self.org.id))
+
+        if expect is None:
+            return read()
+        rows = wait_until(lambda: (r := read()) and len(r) >= expect and r)
+        assert len(rows) == expect, rows
+        return rows
+
+
+def start_keyplane(
+    tmp_path: Path, upstream_url: str, *, clock: Clock | None = None, **overrides: Any
+) -> Keyplane:
+    settings = make_settings(
+        tmp_path, upstreams=[UpstreamSettings(name="sim", base_url=upstream_url)], **overrides
+    )
+    container = bootstrap.build(settings, clock=clock or SystemClock())
+    owner, org, project = container.accounts.initialize(
+        email="owner@example.com", password="correct horse battery", org_name="Acme"
+    )
+    _, secret = container.keys.create(
+        kind=KeyKind.PROJECT, org_id=org.id, project_id=project.id, name="test key",
+        owner_type="user", owner_id=owner.id, created_by=owner.id,
+    )  # fmt: skip
+    gateway = bootstrap.build_gateway(container)
+    thread = ServerThread(gateway).start()
+    return Keyplane(container, gateway, thread, owner, org, project, secret)
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[ServerThread]:
+    sim = ServerThread(create_app(SimulatorConfig())).start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def kp(tmp_path: Path, simulator: ServerThread) -> Iterator[Keyplane]:
+    instance = start_keyplane(tmp_path, simulator.url + "/v1")
+    yield instance
+    instance.server.stop()
+    instance.container.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+__all__ = ["IN_CI", "Keyplane", "make_settings", "start_keyplane", "wait_until"]

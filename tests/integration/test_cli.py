@@ -1,0 +1,213 @@
+"""The keyplane command as an operator uses it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from typer.testing import CliRunner
+
+from keyplane.cli import app
+from keyplane.keys.format import KEY_PATTERN
+from kptest import wait_until
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("KEYPLANE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "200")
+    runner = CliRunner()
+
+    def invoke(*args: str, stdin: str | None = None, ok: bool = True) -> Any:
+        result = runner.invoke(app, list(args), input=stdin)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    return invoke
+
+
+def test_init_creates_owner_org_project_and_shows_an_admin_key_once(run: Any) -> None:
+    result = run(
+        "init",
+        "--email",
+        "Boss@Example.com",
+        "--org",
+        "Acme",
+        "--password-stdin",
+        "--json",
+        stdin="correct horse battery\n",
+    )
+    data = json.loads(result.stdout)
+    assert data["admin_key"].startswith("sk-kp-admin-") and KEY_PATTERN.fullmatch(data["admin_key"])
+    again = run(
+        "init",
+        "--email",
+        "x@example.com",
+        "--org",
+        "Other",
+        "--password-stdin",
+        stdin="correct horse battery\n",
+        ok=False,
+    )
+    assert again.exit_code == 1 and "already initialized" in again.output
+    listed = json.loads(run("keys", "list", "--json").stdout)
+    assert [k["kind"] for k in listed] == ["admin"]
+    assert data["admin_key"] not in run("keys", "list").stdout
+
+
+def test_init_refuses_a_short_password(run: Any) -> None:
+    result = run(
+        "init",
+        "--email",
+        "a@example.com",
+        "--org",
+        "A",
+        "--password-stdin",
+        stdin="short\n",
+        ok=False,
+    )
+    assert result.exit_code == 1 and "12 characters" in result.output
+
+
+def test_keys_create_list_revoke(run: Any) -> None:
+    run(
+        "init",
+        "--email",
+        "a@example.com",
+        "--org",
+        "A",
+        "--password-stdin",
+        stdin="correct horse battery\n",
+    )
+    created = json.loads(
+        run(
+            "keys",
+            "create",
+            "--project",
+            "Default project",
+            "--name",
+            "app",
+            "--expires-in",
+            "30d",
+            "--json",
+        ).stdout
+    )
+    assert {"id", "name", "value", "redacted_value", "project_id"} <= set(created)
+    assert (
+        created["value"].startswith("sk-kp-proj-")
+        and created["redacted_value"] == "sk-kp-proj-…" + created["value"][-4:]
+    )
+    assert created["expires_at"] - created["created_at"] == 30 * 86400
+    listed = json.loads(run("keys", "list", "--project", "Default project", "--json").stdout)
+    assert [k["id"] for k in listed] == [created["id"]] and "value" not in listed[0]
+    assert "revoked" not in run("keys", "list").stdout.split(created["id"])[1].split("\n")[0]
+    run("keys", "revoke", created["id"])
+    assert json.loads(run("keys", "list", "--json").stdout)[0]["status"] == "revoked"
+    missing = run("keys", "revoke", "key_doesnotexist", ok=False)
+    assert missing.exit_code == 1 and "No API key" in missing.output
+    bad = run("keys", "create", "--project", "Nope", "--name", "x", ok=False)
+    assert bad.exit_code == 1 and "No project" in bad.output
+
+
+def test_usage_json_shape_before_any_request(run: Any) -> None:
+    run(
+        "init",
+        "--email",
+        "a@example.com",
+        "--org",
+        "A",
+        "--password-stdin",
+        stdin="correct horse battery\n",
+    )
+    assert json.loads(run("usage", "--json").stdout) == []
+    assert "0 requests" in run("usage", "--since", "24h").stdout
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    assert proc.stdout is not None
+    proc.stdout.close()
+
+
+def test_make_run_flow_first_and_second_start(tmp_path: Path) -> None:
+    """`keyplane dev` (what `make run` starts): initializes once, serves with the simulator, and
+    `keyplane usage` shows the request afterwards."""
+    env = {
+        **os.environ,
+        "KEYPLANE_DATA_DIR": str(tmp_path),
+        "COLUMNS": "200",
+        "KEYPLANE_USAGE_FLUSH_INTERVAL_S": "0.05",
+    }
+
+    def start() -> tuple[subprocess.Popen[str], list[str]]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "keyplane", "dev", "--port", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )  # fmt: skip
+        lines: list[str] = []
+
+        def listening() -> bool:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            lines.append(line)
+            return "listening on" in line or proc.poll() is not None
+
+        wait_until(listening, timeout=30, interval=0)
+        return proc, lines
+
+    proc, lines = start()
+    try:
+        text = "".join(lines)
+        assert "Owner login: owner@keyplane.local" in text and "SIMULATOR" in text
+        key = KEY_PATTERN.search(text)
+        url = re.search(r"http://127\.0\.0\.1:\d+/v1", text.split("listening on")[1])
+        assert key and url
+        with openai.OpenAI(base_url=url.group(0), api_key=key.group(0), max_retries=0) as client:
+            reply = client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert reply.choices[0].message.content
+    finally:
+        stop(proc)
+    records = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "keyplane", "usage", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert (
+        len(records) == 1
+        and records[0]["model"] == "gpt-4o-mini"
+        and records[0]["cost_micro_usd"] > 0
+    )
+    assert {
+        "request_id",
+        "created_at",
+        "project_id",
+        "key_id",
+        "endpoint",
+        "input_tokens",
+        "cached_input_tokens",
+        "output_tokens",
+        "status",
+    } <= set(records[0])
+
+    proc, lines = start()
+    stop(proc)
+    text = "".join(lines)
+    assert (
+        "already initialized" in text and "Owner login" not in text and not KEY_PATTERN.search(text)
+    )

@@ -1,0 +1,110 @@
+"""Keys: refused cheaply when malformed, refused everywhere within a second when revoked, and
+never visible in the clear in the database, the logs or an error body."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import event
+
+from conftest import PEPPER, Keyplane
+from keyplane.clock import FrozenClock
+from keyplane.keys import format as keyfmt
+from keyplane.logs import JsonFormatter
+from kptest import wait_until
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def call(kp: Keyplane, key: str) -> httpx.Response:
+    return httpx.post(
+        kp.base_url + "/chat/completions", json=CHAT, headers={"authorization": f"Bearer {key}"}
+    )
+
+
+def test_wrong_checksum_is_refused_without_touching_the_database(kp: Keyplane) -> None:
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(kp.container.engine, "before_cursor_execute", record)
+    try:
+        good = kp.key
+        tampered = good[:-1] + ("a" if good[-1] != "a" else "b")
+        for bad in (tampered, "sk-kp-proj-" + "x" * 50, "sk-kp-proj-short", "Bearer-less"):
+            resp = call(kp, bad)
+            assert resp.status_code == 401 and resp.json()["error"]["code"] == "invalid_api_key"
+    finally:
+        event.remove(kp.container.engine, "before_cursor_execute", record)
+    assert not [s for s in statements if "api_keys" in s]
+
+
+def test_revocation_from_another_process_is_enforced_within_one_second(
+    kp: Keyplane, tmp_path: Path
+) -> None:
+    key_id, secret = kp.new_key("to revoke")
+    assert call(kp, secret).status_code == 200
+    env = {**os.environ, "KEYPLANE_DATA_DIR": str(tmp_path), "KEYPLANE_PEPPER": PEPPER}
+    subprocess.run(
+        [sys.executable, "-m", "keyplane", "keys", "revoke", key_id],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    revoked_at = time.monotonic()
+    wait_until(lambda: call(kp, secret).status_code == 401, timeout=5, interval=0.02)
+    assert time.monotonic() - revoked_at < 1.0
+    assert "revoked" in call(kp, secret).json()["error"]["message"]
+    assert call(kp, kp.key).status_code == 200  # other keys are unaffected
+
+
+def test_expired_key_is_refused(tmp_path: Path, simulator: Any) -> None:
+    from conftest import start_keyplane
+
+    clock = FrozenClock(time.time())
+    kp = start_keyplane(tmp_path, simulator.url + "/v1", clock=clock)
+    try:
+        _, secret = kp.new_key("short-lived", expires_in_s=60)
+        assert call(kp, secret).status_code == 200
+        clock.advance(61)
+        resp = call(kp, secret)
+        assert resp.status_code == 401 and "expired" in resp.json()["error"]["message"]
+    finally:
+        kp.server.stop()
+        kp.container.close()
+
+
+def test_no_secret_reaches_the_database_logs_or_error_bodies(
+    kp: Keyplane, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secrets = [kp.key] + [kp.new_key(f"k{i}")[1] for i in range(5)]
+    bodies: list[bytes] = []
+    for secret in secrets:
+        bodies.append(call(kp, secret).content)
+        tampered = secret[:20] + ("Z" if secret[20] != "Z" else "Y") + secret[21:]
+        bodies.append(call(kp, tampered).content)
+        bodies.append(call(kp, secret + "x").content)
+    kp.container.keys.revoke(kp.org.id, keyfmt.key_id(keyfmt.parse(secrets[1]).public_id))  # type: ignore[union-attr]
+    kp.gateway.pipeline.auth.forget(keyfmt.key_id(keyfmt.parse(secrets[1]).public_id))  # type: ignore[union-attr]
+    bodies.append(call(kp, secrets[1]).content)
+    kp.usage(expect=len(secrets))
+    logging.getLogger("test").warning("a leaked header: Authorization: Bearer %s", secrets[2])
+    formatter = JsonFormatter()
+    logs = "\n".join(formatter.format(r) for r in caplog.records)
+    kp.server.call(kp.gateway._flush_last_used())
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("keyplane.db*"))
+    for secret in secrets:
+        middle = keyfmt.parse(secret).secret  # type: ignore[union-attr]
+        assert middle.encode() not in stored
+        assert middle not in logs
+        assert all(middle.encode() not in b for b in bodies)

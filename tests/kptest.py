@@ -1,0 +1,62 @@
+"""Test support: real servers on loopback sockets in background threads, and polling helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from keyplane import server
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.01) -> T:
+    """Polls ``predicate`` until it returns something truthy; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+class ServerThread:
+    """Runs an ASGI app under uvicorn on 127.0.0.1:<ephemeral> in a thread with its own loop."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.sock = server.bind("127.0.0.1", 0)
+        self.port = self.sock.getsockname()[1]
+        self.server = server.make_server(app)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.server.serve(sockets=[self.sock]))
+        self.loop.close()
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        wait_until(lambda: self.server.started, timeout=15)
+        return self
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        """Runs a coroutine on the server's loop (e.g. flush the usage buffer) and waits for it."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=30)
+        self.sock.close()

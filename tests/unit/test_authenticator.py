@@ -1,0 +1,292 @@
+"""Key authentication with a cache kept fresh by the store's change feed (in-memory fake store)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Callable, Mapping, Sequence
+
+import pytest
+
+from keyplane.clock import FrozenClock
+from keyplane.errors import InvalidApiKey
+from keyplane.keys import format as keyfmt
+from keyplane.keys.authenticator import KeyAuthenticator
+from keyplane.keys.format import KeyKind
+from keyplane.keys.models import ApiKey
+from keyplane.keys.service import KeyService
+
+pytestmark = pytest.mark.anyio
+PEPPER = b"unit-test-pepper-" + b"p" * 32
+ORG, PROJECT = "org-1", "proj_1"
+
+
+class FakeKeyStore:
+    """The KeyStore protocol in memory; change sequence number == number of changes so far."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, ApiKey] = {}
+        self.changes: list[str] = []
+        self.calls: list[str] = []
+        self.used: dict[str, tuple[int, str | None]] = {}
+        self.on_get: Callable[[str], None] | None = None
+
+    def get(self, key_id: str) -> ApiKey | None:
+        self.calls.append("get")
+        key = self.keys.get(key_id)
+        if self.on_get is not None:
+            self.on_get(key_id)  # runs after the read: what we return may now be stale
+        return key
+
+    def add(self, key: ApiKey) -> None:
+        self.calls.append("add")
+        self.keys[key.id] = key
+        self.changes.append(key.id)
+
+    def list(self, org_id: str, project_id: str | None = None) -> Sequence[ApiKey]:
+        self.calls.append("list")
+        keys = [k for k in self.keys.values() if k.org_id == org_id]
+        keys = [k for k in keys if project_id in (None, k.project_id)]
+        return sorted(keys, key=lambda k: -k.created_at)
+
+    def revoke(self, key_id: str, at: int) -> bool:
+        self.calls.append("revoke")
+        key = self.keys.get(key_id)
+        if key is None or key.revoked_at is not None:
+            return False
+        self.keys[key_id] = dataclasses.replace(key, revoked_at=at)
+        self.changes.append(key_id)
+        return True
+
+    def changes_since(self, seq: int) -> tuple[int, Sequence[str]]:
+        self.calls.append("changes_since")
+        return len(self.changes), list(dict.fromkeys(self.changes[seq:]))
+
+    def record_use(self, uses: Mapping[str, tuple[int, str | None]]) -> None:
+        self.calls.append("record_use")
+        self.used.update(uses)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(1_800_000_000.0)
+
+
+@pytest.fixture
+def store() -> FakeKeyStore:
+    return FakeKeyStore()
+
+
+@pytest.fixture
+def service(store: FakeKeyStore, clock: FrozenClock) -> KeyService:
+    return KeyService(store, PEPPER, clock)
+
+
+@pytest.fixture
+async def auth(store: FakeKeyStore, clock: FrozenClock) -> KeyAuthenticator:
+    authenticator = KeyAuthenticator(store, PEPPER, clock)
+    await authenticator.refresh()  # as the gateway does at startup
+    return authenticator
+
+
+def create(service: KeyService, **kwargs: object) -> tuple[ApiKey, str]:
+    return service.create(
+        kind=KeyKind.PROJECT, org_id=ORG, project_id=PROJECT, name="ci", owner_type="user",
+        owner_id="user-1", created_by="user-1", **kwargs,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+async def refused(auth: KeyAuthenticator, token: str, match: str | None = None) -> str:
+    with pytest.raises(InvalidApiKey, match=match) as info:
+        await auth.authenticate(token, "10.0.0.1")
+    message = info.value.message
+    assert not token or token not in message
+    parsed = keyfmt.parse(token)
+    if parsed is not None:
+        assert parsed.secret not in message
+    return message
+
+
+async def test_created_key_authenticates_and_is_stored_without_its_secret(
+    auth: KeyAuthenticator, service: KeyService
+) -> None:
+    key, text = create(service)
+    secret = keyfmt.parse(text).secret  # type: ignore[union-attr]
+
+    assert (await auth.authenticate(text, "10.0.0.1")).id == key.id
+    assert secret not in repr(key)
+    assert key.redacted_value == keyfmt.redact(text)
+
+
+async def test_wrong_secret_with_the_right_public_id_is_refused(
+    auth: KeyAuthenticator, service: KeyService
+) -> None:
+    _, text = create(service)
+    parsed = keyfmt.parse(text)
+    assert parsed is not None
+    head = f"sk-kp-proj-{parsed.public_id}" + "A" * 32
+    forged = head + keyfmt.checksum(head)
+
+    message = await refused(auth, forged, "Incorrect API key")
+    assert parsed.secret not in message
+    assert forged[-4:] in message  # the redacted form, as OpenAI shows it
+
+
+async def test_right_secret_under_another_kind_is_refused(
+    auth: KeyAuthenticator, service: KeyService
+) -> None:
+    _, text = create(service)
+    parsed = keyfmt.parse(text)
+    assert parsed is not None
+    head = f"sk-kp-admin-{parsed.public_id}{parsed.secret}"
+    as_admin = head + keyfmt.checksum(head)
+    await refused(auth, as_admin, "Incorrect API key")
+
+
+@pytest.mark.parametrize("mangle", ["flip", "truncate", "garbage", "empty", "openai"])
+async def test_malformed_tokens_are_refused_without_touching_the_store(
+    auth: KeyAuthenticator, service: KeyService, store: FakeKeyStore, mangle: str
+) -> None:
+    _, text = create(service)
+    tokens = {
+        "flip": text[:20] + ("x" if text[20] != "x" else "y") + text[21:],
+        "truncate": text[:-1],
+        "garbage": "not-a-key",
+        "empty": "",
+        "openai": "sk-proj-" + "a" * 48,
+    }
+    store.calls.clear()
+    message = await refused(auth, tokens[mangle], "not a keyplane key")
+    assert text[11:55] not in message
+    assert store.calls == []
+
+
+async def test_second_authentication_is_served_from_the_cache(
+    auth: KeyAuthenticator, service: KeyService, store: FakeKeyStore
+) -> None:
+    _, text = create(service)
+    await auth.authenticate(text, "10.0.0.1")
+    await auth.authenticate(text, "10.0.0.1")
+    assert store.calls.count("get") == 1
+
+
+async def test_revoked_key_is_refused_after_refresh(
+    auth: KeyAuthenticator, service: KeyService
+) -> None:
+    key, text = create(service)
+    await auth.authenticate(text, "10.0.0.1")
+    auth.take_uses()
+
+    service.revoke(ORG, key.id)
+    assert await auth.refresh() == 1
+    message = await refused(auth, text, "revoked")
+    assert key.redacted_value in message
+    assert auth.take_uses() == {}  # a refused request is not a use
+
+
+async def test_key_expires_at_its_expiry_time(
+    auth: KeyAuthenticator, service: KeyService, clock: FrozenClock
+) -> None:
+    _, text = create(service, expires_in_s=60)
+    await auth.authenticate(text, None)
+    clock.advance(59)
+    await auth.authenticate(text, None)
+    clock.advance(1)
+    await refused(auth, text, "expired")
+
+
+async def test_unknown_id_is_negatively_cached_until_a_change_arrives(
+    auth: KeyAuthenticator, service: KeyService, store: FakeKeyStore, clock: FrozenClock
+) -> None:
+    text, parsed = keyfmt.generate(KeyKind.PROJECT)
+    await refused(auth, text, "Incorrect API key")
+    await refused(auth, text, "Incorrect API key")
+    assert store.calls.count("get") == 1
+
+    # Another process stores a key with this id (e.g. an import): a change event is appended.
+    template, _ = create(service)
+    store.add(
+        dataclasses.replace(
+            template,
+            id=keyfmt.key_id(parsed.public_id),
+            secret_hash=keyfmt.hash_secret(PEPPER, parsed.secret),
+            redacted_value=keyfmt.redact(text),
+        )
+    )
+    await auth.refresh()
+    assert (await auth.authenticate(text, None)).id == keyfmt.key_id(parsed.public_id)
+    assert store.calls.count("get") == 2
+
+
+async def test_a_read_overtaken_by_refresh_is_not_cached(
+    auth: KeyAuthenticator, service: KeyService, store: FakeKeyStore
+) -> None:
+    key, text = create(service)
+    read_done, release = threading.Event(), threading.Event()
+
+    def pause(_: str) -> None:
+        read_done.set()
+        assert release.wait(10)
+
+    store.on_get = pause
+    in_flight = asyncio.create_task(auth.authenticate(text, None))
+    assert await asyncio.to_thread(read_done.wait, 10)
+    store.on_get = None
+    service.revoke(ORG, key.id)  # lands after the read, before the read is cached
+    assert await auth.refresh() == 1
+    release.set()
+    await in_flight  # this request was already past the store
+
+    reads = store.calls.count("get")
+    await refused(auth, text, "revoked")
+    assert (
+        store.calls.count("get") == reads + 1
+    )  # read again, not served from a resurrected cache entry
+
+
+async def test_a_read_overtaken_by_forget_is_not_cached(
+    auth: KeyAuthenticator, service: KeyService, store: FakeKeyStore
+) -> None:
+    _, text = create(service)
+    store.on_get = auth.forget
+    await auth.authenticate(text, None)
+    store.on_get = None
+    await auth.authenticate(text, None)
+    assert store.calls.count("get") == 2
+
+
+async def test_key_cached_before_the_first_refresh_is_still_revocable(
+    store: FakeKeyStore, service: KeyService, clock: FrozenClock
+) -> None:
+    auth = KeyAuthenticator(store, PEPPER, clock)  # startup refresh failed (StoreUnavailable)
+    key, text = create(service)
+    await auth.authenticate(text, None)
+    service.revoke(ORG, key.id)
+    await auth.refresh()
+    await auth.refresh()
+    await refused(auth, text, "revoked")
+
+
+async def test_take_uses_coalesces_the_latest_use_per_key(
+    auth: KeyAuthenticator, service: KeyService, store: FakeKeyStore, clock: FrozenClock
+) -> None:
+    first, text1 = create(service)
+    second, text2 = create(service)
+    await auth.authenticate(text1, "10.0.0.1")
+    clock.advance(5.7)
+    await auth.authenticate(text1, "10.0.0.2")
+    await auth.authenticate(text2, None)
+    await refused(auth, text1[:-1])
+
+    uses = auth.take_uses()
+    t = int(clock.now())
+    assert uses == {first.id: (t, "10.0.0.2"), second.id: (t, None)}
+    assert auth.take_uses() == {}
+    auth.store_uses(uses)
+    assert store.used == uses

@@ -1,0 +1,232 @@
+"""The price table and request costs in integer micro-dollars, checked against exact fractions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import random
+import tomllib
+from fractions import Fraction
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keyplane.usage.pricing import PriceTable, parse_dollars
+
+NOW = 1_800_000_000  # 2027-01-15, after every shipped effective date
+
+
+def ts(day: str, time: str = "00:00:00") -> int:
+    return int(dt.datetime.fromisoformat(f"{day}T{time}+00:00").timestamp())
+
+
+def shipped_rates() -> dict[str, tuple[Fraction, Fraction, Fraction]]:
+    """model -> dollars per 1M (input, cached input, output), read straight from the TOML."""
+    text = resources.files("keyplane.usage").joinpath("prices.toml").read_text()
+    latest: dict[str, dict[str, Any]] = {}
+    for entry in tomllib.loads(text)["price"]:
+        prev = latest.get(entry["model"])
+        if prev is None or str(entry["effective_from"]) >= str(prev["effective_from"]):
+            latest[entry["model"]] = entry
+    rates = {}
+    for model, e in latest.items():
+        inp = Fraction(e.get("input", "0"))
+        rates[model] = (
+            inp,
+            Fraction(e.get("cached_input", e.get("input", "0"))),
+            Fraction(e.get("output", "0")),
+        )
+    return rates
+
+
+RATES = shipped_rates()
+TABLE = PriceTable.load()
+
+
+def exact_cost(model: str, inp: int, cached: int, out: int) -> Fraction:
+    """Exact cost in micro-dollars (dollars per 1M tokens == micro-dollars per token)."""
+    rate_in, rate_cached, rate_out = RATES[model]
+    cached = min(cached, inp)
+    return (inp - cached) * rate_in + cached * rate_cached + out * rate_out
+
+
+@pytest.fixture
+def table() -> PriceTable:
+    return TABLE
+
+
+def write_prices(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "prices.toml"
+    path.write_text(body)
+    return path
+
+
+def test_shipped_table_loads_every_model(table: PriceTable) -> None:
+    assert set(table.models()) == set(RATES)
+    assert "gpt-4o-mini" in table.models()
+
+
+def test_gpt_4o_mini_price(table: PriceTable) -> None:
+    price = table.price("gpt-4o-mini", NOW)
+    assert price is not None
+    assert (price.input_per_m, price.cached_input_per_m, price.output_per_m) == (
+        150_000,
+        75_000,
+        600_000,
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "inp", "cached", "out", "micros"),
+    [
+        ("gpt-4o-mini", 7, 0, 16, 11),  # ceil((7*150000 + 16*600000) / 1e6)
+        ("gpt-4o-mini", 1, 0, 1, 1),  # 0.15 + 0.6 = 0.75: rounded up once, not twice
+        ("gpt-4o-mini", 1_000_000, 0, 0, 150_000),
+        ("gpt-4o", 1_000_000, 0, 1_000_000, 12_500_000),
+        ("gpt-4o-mini", 1000, 1000, 0, 75),  # all cached: half price
+        ("gpt-4o-mini", 1000, 400, 0, 120),  # 600*0.15 + 400*0.075
+        ("gpt-4o-mini", 1000, 5000, 0, 75),  # cached never exceeds input
+        ("gpt-3.5-turbo", 1000, 1000, 0, 500),  # no cached rate: charged at the input rate
+        ("gpt-4o-mini", 0, 0, 0, 0),
+    ],
+)
+def test_exact_costs(
+    table: PriceTable, model: str, inp: int, cached: int, out: int, micros: int
+) -> None:
+    price = table.price(model, NOW)
+    assert price is not None
+    cost = price.token_cost(inp, cached, out)
+    assert type(cost) is int
+    assert cost == micros
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(
+    model=st.sampled_from(sorted(RATES)),
+    inp=st.integers(0, 10**9),
+    cached=st.integers(0, 2 * 10**9),
+    out=st.integers(0, 10**9),
+)
+def test_cost_is_the_exact_cost_rounded_up_once(
+    model: str, inp: int, cached: int, out: int
+) -> None:
+    price = TABLE.price(model, NOW)
+    assert price is not None
+    cost = price.token_cost(inp, cached, out)
+    assert type(cost) is int
+    assert cost == math.ceil(exact_cost(model, inp, cached, out))
+    assert cost <= price.token_cost(inp, 0, out)  # caching never costs more
+
+
+def test_many_charges_sum_exactly_in_integers() -> None:
+    rng = random.Random(1234)
+    models = sorted(RATES)
+    prices = {m: TABLE.price(m, NOW) for m in models}
+    total = 0
+    exact_total = Fraction(0)
+    for _ in range(10**5):
+        model = rng.choice(models)
+        inp, out = rng.randrange(50_000), rng.randrange(5_000)
+        cached = rng.randrange(inp + 1)
+        price = prices[model]
+        assert price is not None
+        total += price.token_cost(inp, cached, out)
+        exact_total += math.ceil(exact_cost(model, inp, cached, out))
+    assert type(total) is int
+    assert total == exact_total
+
+
+def test_dated_snapshot_falls_back_to_its_base_model(table: PriceTable) -> None:
+    assert table.price("gpt-4o-mini-2024-07-18", NOW) == table.price("gpt-4o-mini", NOW)
+    assert table.price("gpt-4o-2024-08-06", NOW) == table.price("gpt-4o", NOW)
+
+
+@pytest.mark.parametrize("model", ["no-such-model", "gpt-4o-mini-latest", "no-such-2024-07-18", ""])
+def test_unknown_model_has_no_price(table: PriceTable, model: str) -> None:
+    assert table.price(model, NOW) is None
+
+
+def test_effective_dates_pick_the_price_in_force(tmp_path: Path) -> None:
+    path = write_prices(
+        tmp_path,
+        """
+[[price]]
+model = "acme-chat"
+effective_from = "2025-01-01"
+input = "1.00"
+output = "2.00"
+
+[[price]]
+model = "acme-chat"
+effective_from = 2025-06-01
+input = "0.50"
+output = "1.00"
+""",
+    )
+    table = PriceTable.load([path])
+    assert table.price("acme-chat", ts("2024-12-31", "23:59:59")) is None
+    before = table.price("acme-chat", ts("2025-05-31", "23:59:59"))
+    after = table.price("acme-chat", ts("2025-06-01"))
+    assert before is not None
+    assert after is not None
+    assert (before.input_per_m, before.output_per_m) == (1_000_000, 2_000_000)
+    assert (after.input_per_m, after.output_per_m) == (500_000, 1_000_000)
+    assert table.price("acme-chat-2025-07-01", ts("2025-07-01")) == after
+
+
+def test_operator_file_overrides_a_shipped_entry(tmp_path: Path) -> None:
+    path = write_prices(
+        tmp_path,
+        '[[price]]\nmodel = "gpt-4o-mini"\neffective_from = "2024-07-18"\ninput = "0.20"\n',
+    )
+    price = PriceTable.load([path]).price("gpt-4o-mini", NOW)
+    assert price is not None
+    assert (price.input_per_m, price.output_per_m) == (200_000, 0)
+
+
+@pytest.mark.parametrize(
+    ("line", "match"),
+    [
+        ("input = 0.15", "strings"),
+        ('input = "-0.01"', "negative"),
+        ('input = "0.0000001"', "finer than a micro-dollar"),
+        ('input = "cheap"', "not a decimal"),
+        ('inptu = "0.15"', "unknown fields"),
+    ],
+)
+def test_bad_entries_are_refused(tmp_path: Path, line: str, match: str) -> None:
+    path = write_prices(
+        tmp_path, f'[[price]]\nmodel = "acme"\neffective_from = "2025-01-01"\n{line}\n'
+    )
+    with pytest.raises(ValueError, match=match) as info:
+        PriceTable.load([path])
+    assert "acme" in str(info.value)
+
+
+def test_entry_without_a_date_is_refused(tmp_path: Path) -> None:
+    path = write_prices(tmp_path, '[[price]]\nmodel = "acme"\ninput = "1"\n')
+    with pytest.raises(ValueError, match="effective_from"):
+        PriceTable.load([path])
+
+
+@pytest.mark.parametrize(
+    ("value", "micros"), [("0.15", 150_000), ("0.000001", 1), ("10", 10_000_000), ("0", 0)]
+)
+def test_parse_dollars_is_exact(value: str, micros: int) -> None:
+    assert parse_dollars(value, "here") == micros
+
+
+@pytest.mark.parametrize("value", [0.15, 1, None, "-1", "1e-9", "0.0000015"])
+def test_parse_dollars_refuses_non_strings_negatives_and_sub_micros(value: Any) -> None:
+    with pytest.raises(ValueError, match="here"):
+        parse_dollars(value, "here")
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity"])
+def test_parse_dollars_refuses_nan_and_infinity_with_value_error(value: str) -> None:
+    with pytest.raises(ValueError, match="here"):
+        parse_dollars(value, "here")

@@ -1,0 +1,251 @@
+"""Server-sent events passed through chunk by chunk: framing, usage capture and stripping."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keyplane.gateway.streaming import SseAccounting, error_event, parse_usage
+
+TEXTS = ["", "Hello", ", wor", "ld! ", "How can I help?"]
+USAGE = {
+    "prompt_tokens": 19,
+    "completion_tokens": 7,
+    "total_tokens": 26,
+    "prompt_tokens_details": {"cached_tokens": 4, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 0},
+}
+
+
+def chunk(choices: list[Any], usage: Any = None) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-abc",
+        "object": "chat.completion.chunk",
+        "created": 1_800_000_000,
+        "model": "gpt-4o-mini-2024-07-18",
+        "system_fingerprint": "fp_1",
+        "choices": choices,
+        "usage": usage,
+    }
+
+
+def event(obj: Any, sep: bytes = b"\n\n") -> bytes:
+    return b"data: " + orjson.dumps(obj) + sep
+
+
+def content_events(sep: bytes = b"\n\n") -> list[bytes]:
+    first = [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+    out = [event(chunk(first), sep)]
+    for text in TEXTS[1:]:
+        out.append(event(chunk([{"index": 0, "delta": {"content": text}}]), sep))
+    out.append(event(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]), sep))
+    return out
+
+
+def usage_event(sep: bytes = b"\n\n") -> bytes:
+    return event(chunk([], USAGE), sep)
+
+
+def done(sep: bytes = b"\n\n") -> bytes:
+    return b"data: [DONE]" + sep
+
+
+def run(data: bytes, cuts: list[int], *, wants_usage: bool) -> tuple[bytes, SseAccounting]:
+    acc = SseAccounting(client_wants_usage=wants_usage)
+    bounds = [0, *sorted(set(cuts)), len(data)]
+    out = b"".join(acc.feed(data[a:b]) for a, b in itertools.pairwise(bounds))
+    return out + acc.rest(), acc
+
+
+def cut_points(max_len: int) -> st.SearchStrategy[list[int]]:
+    return st.lists(st.integers(0, max_len), max_size=40)
+
+
+STREAM_LEN = len(b"".join([*content_events(b"\r\n\r\n"), usage_event(b"\r\n\r\n"), done()]))
+fuzz = settings(max_examples=300, deadline=None, database=None)
+seps = st.sampled_from([b"\n\n", b"\r\n\r\n"])
+
+
+@fuzz
+@given(sep=seps, cuts=cut_points(STREAM_LEN), end=st.integers(0, STREAM_LEN))
+def test_everything_is_forwarded_when_the_client_wants_usage(
+    sep: bytes, cuts: list[int], end: int
+) -> None:
+    full = b"".join([*content_events(sep), usage_event(sep), done(sep)])
+    data = full[:end]  # possibly cut short, even mid-event
+    out, _ = run(data, [c for c in cuts if c <= len(data)], wants_usage=True)
+    assert out == data
+
+
+@fuzz
+@given(sep=seps, cuts=cut_points(STREAM_LEN))
+def test_only_the_usage_event_is_removed_when_the_client_did_not_ask(
+    sep: bytes, cuts: list[int]
+) -> None:
+    events = content_events(sep)
+    full = b"".join([*events, usage_event(sep), done(sep)])
+    out, acc = run(full, [c for c in cuts if c <= len(full)], wants_usage=False)
+
+    assert out == b"".join([*events, done(sep)])
+    assert acc.usage == (19, 4, 7)  # still billed exactly
+    assert acc.events == len(events) + 2
+
+
+@fuzz
+@given(cuts=cut_points(STREAM_LEN))
+def test_usage_and_estimate_do_not_depend_on_where_the_bytes_are_cut(cuts: list[int]) -> None:
+    full = b"".join([*content_events(), usage_event(), done()])
+    _, acc = run(full, [c for c in cuts if c <= len(full)], wants_usage=True)
+    assert acc.usage == (19, 4, 7)
+    assert acc.estimated_output_tokens == math.ceil(len("".join(TEXTS)) / 4)
+
+
+def test_usage_is_taken_from_the_last_chunk_that_carries_it() -> None:
+    acc = SseAccounting(client_wants_usage=True)
+    early = {"prompt_tokens": 19, "completion_tokens": 1}
+    acc.feed(event(chunk([{"index": 0, "delta": {"content": "a"}}], early)))
+    assert acc.usage == (19, 0, 1)
+    acc.feed(usage_event())
+    assert acc.usage == (19, 4, 7)
+
+
+def test_final_chunk_with_choices_and_usage_is_counted_and_forwarded() -> None:
+    last = event(
+        chunk([{"index": 0, "delta": {"content": "Bye!"}, "finish_reason": "stop"}], USAGE)
+    )
+    data = b"".join([*content_events(), last, done()])
+    out, acc = run(data, [], wants_usage=False)
+
+    assert out == data
+    assert acc.usage == (19, 4, 7)
+    assert acc.estimated_output_tokens == math.ceil(len("".join(TEXTS) + "Bye!") / 4)
+
+
+def test_crlf_separated_events_are_split() -> None:
+    acc = SseAccounting(client_wants_usage=False)
+    first, second = content_events(b"\r\n\r\n")[1:3]
+    assert acc.feed(first + second[:10]) == first
+    assert acc.feed(second[10:] + usage_event(b"\r\n\r\n")) == second
+    assert acc.usage == (19, 4, 7)
+    assert acc.rest() == b""
+
+
+def test_an_incomplete_event_is_held_back_until_rest() -> None:
+    acc = SseAccounting(client_wants_usage=True)
+    partial = content_events()[1][:-1]
+    assert acc.feed(partial) == b""
+    assert acc.rest() == partial
+    assert acc.rest() == b""
+
+
+def test_estimated_output_tokens_is_ceil_of_streamed_characters_over_four() -> None:
+    acc = SseAccounting(client_wants_usage=True)
+    assert acc.estimated_output_tokens == 0
+    acc.feed(event(chunk([{"index": 0, "delta": {"content": "abcde"}}])))
+    assert acc.estimated_output_tokens == 2
+    acc.feed(event(chunk([{"index": 0, "delta": {"content": "fgh"}}])))
+    assert acc.estimated_output_tokens == 2
+    acc.feed(event(chunk([{"index": 0, "delta": {"content": "i"}}])))
+    assert acc.estimated_output_tokens == 3
+    assert acc.usage is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"data: {not json\n\n",
+        b'data: {"choices": [], "usage": \n\n',
+        b"data: \xff\xfe\n\n",
+        b": keep-alive\n\n",
+        b"event: ping\ndata: \n\n",
+    ],
+)
+def test_unparseable_events_are_forwarded_untouched(raw: bytes) -> None:
+    acc = SseAccounting(client_wants_usage=False)
+    data = raw + usage_event() + done()
+    assert acc.feed(data) == raw + done()
+    assert acc.usage == (19, 4, 7)
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        (USAGE, (19, 4, 7)),
+        ({"prompt_tokens": 5, "completion_tokens": 0}, (5, 0, 0)),
+        ({"prompt_tokens": 5}, (5, 0, 0)),  # embeddings report no completion tokens
+        ({"prompt_tokens": 5, "completion_tokens": 2, "prompt_tokens_details": None}, (5, 0, 2)),
+        (
+            {"input_tokens": 30, "output_tokens": 9, "input_tokens_details": {"cached_tokens": 8}},
+            (30, 8, 9),
+        ),
+    ],
+)
+def test_parse_usage_reads_chat_and_responses_shapes(
+    usage: dict[str, Any], expected: tuple[int, int, int]
+) -> None:
+    assert parse_usage({"usage": usage}) == expected
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        None,
+        [],
+        {},
+        {"usage": None},
+        {"usage": "19"},
+        {"usage": {"completion_tokens": 3}},
+        {"usage": {"prompt_tokens": -1, "completion_tokens": 3}},
+        {"usage": {"prompt_tokens": 1, "completion_tokens": -3}},
+        {"usage": {"prompt_tokens": True, "completion_tokens": 3}},
+        {"usage": {"prompt_tokens": 1, "completion_tokens": True}},
+        {"usage": {"prompt_tokens": "19", "completion_tokens": 3}},
+        {"usage": {"prompt_tokens": 1, "completion_tokens": "3"}},
+        {"usage": {"prompt_tokens": 1.5, "completion_tokens": 3}},
+        {"usage": {"prompt_tokens": 9, "prompt_tokens_details": {"cached_tokens": "4"}}},
+        {"usage": {"prompt_tokens": 9, "prompt_tokens_details": {"cached_tokens": -4}}},
+    ],
+)
+def test_parse_usage_rejects_invalid_counts(obj: Any) -> None:
+    assert parse_usage(obj) is None
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 9, "completion_tokens": False},
+        {"prompt_tokens": 9, "completion_tokens": ""},
+        {
+            "prompt_tokens": 9,
+            "completion_tokens": 1,
+            "prompt_tokens_details": {"cached_tokens": ""},
+        },
+    ],
+)
+def test_parse_usage_rejects_falsy_non_integer_counts(usage: dict[str, Any]) -> None:
+    assert parse_usage({"usage": usage}) is None
+
+
+def test_error_event_is_one_openai_style_sse_event() -> None:
+    message = 'The upstream "broke"\n\nbefore it finished.'
+    raw = error_event(message)
+
+    assert raw.startswith(b"data: ")
+    assert raw.endswith(b"\n\n")
+    assert raw.count(b"\n\n") == 1  # the message cannot end the event early
+    body = orjson.loads(raw[len(b"data: ") :])
+    assert body["error"]["message"] == message
+    assert body["error"]["type"] == "server_error"
+
+
+def test_error_event_passes_through_the_accounting_unchanged() -> None:
+    raw = error_event("The upstream stream broke before it finished.")
+    acc = SseAccounting(client_wants_usage=False)
+    assert acc.feed(raw) == raw
+    assert acc.usage is None

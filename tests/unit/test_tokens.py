@@ -1,0 +1,142 @@
+"""Token estimates used when the upstream reports no usage (about four characters a token)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keyplane.usage import tokens
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("", 0), ("a", 1), ("abcd", 1), ("abcde", 2), ("x" * 400, 100)]
+)
+def test_estimate_text_rounds_up_to_whole_tokens(text: str, expected: int) -> None:
+    assert tokens.estimate_text(text) == expected
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.text(max_size=500))
+def test_estimate_text_is_ceil_of_a_quarter_of_the_characters(text: str) -> None:
+    assert tokens.estimate_text(text) == math.ceil(len(text) / 4)
+
+
+def test_content_text_of_a_plain_string() -> None:
+    assert tokens.content_text("hello") == "hello"
+
+
+def test_content_text_joins_the_text_parts_only() -> None:
+    parts = [
+        {"type": "text", "text": "Describe "},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "text", "text": "this image."},
+        {"type": "text", "text": None},
+        "not a part",
+    ]
+    assert tokens.content_text(parts) == "Describe this image."
+
+
+@pytest.mark.parametrize("content", [None, 42, {"text": "dict, not list"}])
+def test_content_text_of_anything_else_is_empty(content: Any) -> None:
+    assert tokens.content_text(content) == ""
+
+
+def test_estimate_chat_prompt_counts_text_and_per_message_overhead() -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},  # 9 chars -> 3 tokens
+        {"role": "user", "content": [{"type": "text", "text": "Hi!"}]},  # 3 chars -> 1 token
+        {"role": "assistant", "content": None, "tool_calls": []},  # 0 tokens
+    ]
+    assert tokens.estimate_chat_prompt(messages) == 3 + (3 + 3) + (3 + 1) + (3 + 0)
+
+
+@pytest.mark.parametrize("messages", [None, "hello", {"role": "user"}])
+def test_estimate_chat_prompt_of_a_non_list_is_zero(messages: Any) -> None:
+    assert tokens.estimate_chat_prompt(messages) == 0
+
+
+def test_estimate_chat_prompt_skips_non_dict_messages() -> None:
+    assert tokens.estimate_chat_prompt(["junk", 3]) == 3
+    assert tokens.estimate_chat_prompt([]) == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("abcdefgh", 2),
+        (["abcd", "abcde"], 1 + 2),
+        ([101, 2023, 2003], 3),  # token ids count one each
+        ([[1, 2, 3], [4, 5]], 5),  # batches of token ids
+        ([], 0),
+        (None, 0),
+        (12, 0),
+    ],
+)
+def test_estimate_input(value: Any, expected: int) -> None:
+    assert tokens.estimate_input(value) == expected
+
+
+def chunk(**delta: Any) -> dict[str, Any]:
+    return {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
+
+
+def test_delta_text_of_content() -> None:
+    assert tokens.delta_text(chunk(content="Hello")) == "Hello"
+
+
+def test_delta_text_of_refusal_and_reasoning() -> None:
+    assert tokens.delta_text(chunk(refusal="I can't")) == "I can't"
+    assert tokens.delta_text(chunk(reasoning_content="thinking")) == "thinking"
+
+
+def test_delta_text_of_tool_call_arguments() -> None:
+    calls = [
+        {
+            "index": 0,
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "f", "arguments": '{"ci'},
+        },
+        {"index": 1, "function": {"arguments": 'ty":"Oslo"}'}},
+        {"index": 2, "function": {"name": "g"}},
+        "junk",
+    ]
+    assert tokens.delta_text(chunk(tool_calls=calls)) == '{"city":"Oslo"}'
+
+
+def test_delta_text_of_legacy_completions() -> None:
+    legacy = {"object": "text_completion", "choices": [{"index": 0, "text": "Once upon"}]}
+    assert tokens.delta_text(legacy) == "Once upon"
+
+
+def test_delta_text_joins_several_choices() -> None:
+    obj = {
+        "choices": [
+            {"index": 0, "delta": {"content": "ab"}},
+            {"index": 1, "delta": {"content": "cd"}},
+            "junk",
+        ]
+    }
+    assert tokens.delta_text(obj) == "abcd"
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        None,
+        "data",
+        [],
+        {"choices": []},
+        {"choices": None},
+        chunk(role="assistant"),
+        chunk(content=None),
+        {"choices": [{"delta": "text"}]},
+        {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}},
+    ],
+)
+def test_delta_text_without_generated_text_is_empty(obj: Any) -> None:
+    assert tokens.delta_text(obj) == ""
