@@ -77,6 +77,16 @@ class Settings(BaseSettings):
     last_used_flush_s: float = Field(default=5.0, gt=0)
     usage_flush_interval_s: float = Field(default=0.2, gt=0)
     usage_batch_size: int = Field(default=500, ge=1)
+    # Email (verification, invitations, limit notifications), sent through the outbox.
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_tls: Literal["none", "starttls", "tls"] = "none"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout_s: float = Field(default=10.0, gt=0)
+    mail_from: str = "keyplane <keyplane@localhost>"
+    public_url: str = "http://127.0.0.1:8080"  # used in links inside emails
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
 
