@@ -62,7 +62,7 @@ class Keyplane:
         return key.id, secret
 
     def flush(self) -> None:
-        self.server.call(self.gateway.pipeline.usage.flush())
+        self.server.call(self.gateway.flush())
 
     def usage(self, expect: int | None = None) -> list[UsageRecord]:
         """The stored usage records, waiting (with a deadline) until there are ``expect`` of them."""
@@ -79,7 +79,12 @@ class Keyplane:
 
 
 def start_keyplane(
-    tmp_path: Path, upstream_url: str, *, clock: Clock | None = None, **overrides: Any
+    tmp_path: Path,
+    upstream_url: str,
+    *,
+    clock: Clock | None = None,
+    credit: int = 5_000_000,
+    **overrides: Any,
 ) -> Keyplane:
     settings = make_settings(
         tmp_path, upstreams=[UpstreamSettings(name="sim", base_url=upstream_url)], **overrides
@@ -92,6 +97,8 @@ def start_keyplane(
         kind=KeyKind.PROJECT, org_id=org.id, project_id=project.id, name="test key",
         owner_type="user", owner_id=owner.id, created_by=owner.id,
     )  # fmt: skip
+    if credit:
+        container.billing.grant(org.id, credit, note="test credit")
     gateway = bootstrap.build_gateway(container)
     thread = ServerThread(gateway).start()
     return Keyplane(container, gateway, thread, owner, org, project, secret)
@@ -100,6 +107,14 @@ def start_keyplane(
 @pytest.fixture(scope="session")
 def simulator() -> Iterator[ServerThread]:
     sim = ServerThread(create_app(SimulatorConfig())).start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture(scope="session")
+def obedient_simulator() -> Iterator[ServerThread]:
+    """A simulator that always writes exactly ``max_tokens`` tokens (so costs are predictable)."""
+    sim = ServerThread(create_app(SimulatorConfig(completion_tokens=1_000_000))).start()
     yield sim
     sim.stop()
 

@@ -8,18 +8,20 @@ import httpx
 from sqlalchemy import Engine
 
 from keyplane.accounts.service import AccountService
+from keyplane.billing.service import BillingService
 from keyplane.clock import Clock, SystemClock
 from keyplane.config import Settings
 from keyplane.gateway.app import Gateway
-from keyplane.gateway.metering import UsageBuffer
+from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.pipeline import Pipeline
 from keyplane.gateway.upstreams import Upstream, UpstreamRouter
 from keyplane.keys.authenticator import KeyAuthenticator
 from keyplane.keys.service import KeyService
 from keyplane.storage import migrate
+from keyplane.storage.billing_repository import SqlMoneyStore
 from keyplane.storage.engine import make_engine
 from keyplane.storage.repositories import SqlAccountStore, SqlKeyStore, SqlUsageStore
-from keyplane.usage.pricing import PriceTable
+from keyplane.usage.pricing import PriceTable, parse_dollars
 
 
 @dataclass
@@ -31,6 +33,8 @@ class Container:
     keys: KeyService
     key_store: SqlKeyStore
     usage_store: SqlUsageStore
+    money_store: SqlMoneyStore
+    billing: BillingService
     prices: PriceTable
     pepper: bytes
 
@@ -47,6 +51,8 @@ def build(
         migrate.upgrade(engine)
     pepper = settings.secret_bytes("pepper")
     key_store = SqlKeyStore(engine)
+    money_store = SqlMoneyStore(engine)
+    usage_limit = parse_dollars(settings.default_usage_limit_usd, "default_usage_limit_usd")
     return Container(
         settings=settings,
         clock=clock,
@@ -55,6 +61,8 @@ def build(
         keys=KeyService(key_store, pepper, clock),
         key_store=key_store,
         usage_store=SqlUsageStore(engine),
+        money_store=money_store,
+        billing=BillingService(money_store, clock, default_usage_limit=usage_limit),
         prices=PriceTable.load(settings.price_files),
         pepper=pepper,
     )
@@ -85,13 +93,22 @@ def build_gateway(
         auth=KeyAuthenticator(container.key_store, container.pepper, container.clock),
         router=UpstreamRouter(upstreams, client, retries=s.upstream_retries),
         prices=container.prices,
-        usage=UsageBuffer(container.usage_store, batch_size=s.usage_batch_size),
+        money=MoneyGuard(
+            container.money_store,
+            container.clock,
+            default_usage_limit=container.billing.default_usage_limit,
+            hold_ttl_s=s.hold_ttl_s,
+            min_output_tokens=s.min_output_tokens,
+            batch_size=s.usage_batch_size,
+        ),
         clock=container.clock,
         max_body_bytes=s.max_body_bytes,
+        default_max_output_tokens=s.default_max_output_tokens,
     )
     return Gateway(
         pipeline,
         key_poll_interval_s=s.key_poll_interval_s,
         usage_flush_interval_s=s.usage_flush_interval_s,
         last_used_flush_s=s.last_used_flush_s,
+        sweep_interval_s=s.sweep_interval_s,
     )

@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     mail_from: str = "keyplane <keyplane@localhost>"
     public_url: str = "http://127.0.0.1:8080"  # used in links inside emails
 
+    # Money (BRIEF C5/C6). Amounts are decimal dollar strings, read as exact micro-dollars.
+    default_usage_limit_usd: str = "100"  # per organization per month, until tiers say otherwise
+    hold_ttl_s: int = Field(default=900, ge=1)  # an orphaned hold is settled after this long
+    sweep_interval_s: float = Field(default=5.0, gt=0)
+    min_output_tokens: int = Field(default=16, ge=1)  # a clamp below this refuses the request
+    default_max_output_tokens: int = Field(default=4096, ge=1)  # models with no known output cap
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
 

@@ -30,3 +30,13 @@ class InvalidRequest(KeyplaneError):
 
 class StoreUnavailable(KeyplaneError):
     """The database cannot be reached; callers answer 503, never 401."""
+
+
+class SpendRefused(KeyplaneError):
+    """A request would exceed the credit balance, a monthly budget or the usage limit.
+
+    ``scope`` is one of ``keyplane.billing.wallet.Scope``'s values."""
+
+    def __init__(self, scope: str, message: str) -> None:
+        super().__init__(message)
+        self.scope = scope

@@ -111,7 +111,8 @@ def test_keys_create_list_revoke(run: Any) -> None:
     assert [k["id"] for k in listed] == [created["id"]] and "value" not in listed[0]
     assert "revoked" not in run("keys", "list").stdout.split(created["id"])[1].split("\n")[0]
     run("keys", "revoke", created["id"])
-    assert json.loads(run("keys", "list", "--json").stdout)[0]["status"] == "revoked"
+    statuses = {k["id"]: k["status"] for k in json.loads(run("keys", "list", "--json").stdout)}
+    assert statuses[created["id"]] == "revoked"
     missing = run("keys", "revoke", "key_doesnotexist", ok=False)
     assert missing.exit_code == 1 and "No API key" in missing.output
     bad = run("keys", "create", "--project", "Nope", "--name", "x", ok=False)

@@ -28,14 +28,27 @@ class Gateway:
         key_poll_interval_s: float,
         usage_flush_interval_s: float,
         last_used_flush_s: float,
+        sweep_interval_s: float = 5.0,
+        after_flush: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self._after_flush = after_flush
+        # The last two also run once more at shutdown, so nothing settled is left unwritten.
         self._loops: list[tuple[float, Callable[[], Awaitable[Any]]]] = [
             (key_poll_interval_s, pipeline.auth.refresh),
-            (usage_flush_interval_s, pipeline.usage.flush),
+            (key_poll_interval_s, pipeline.money.refresh),
+            (sweep_interval_s, pipeline.money.sweep),
+            (usage_flush_interval_s, self.flush),
             (last_used_flush_s, self._flush_last_used),
         ]
         self._tasks: list[asyncio.Task[None]] = []
+
+    async def flush(self) -> None:
+        """Writes settled requests (usage records and ledger entries), then runs the after-flush
+        hook (threshold notifications)."""
+        await self.pipeline.money.flush()
+        if self._after_flush is not None:
+            await self._after_flush()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -66,7 +79,7 @@ class Gateway:
             await send_json(send, exc.status, exc.body(), rid + list(exc.extra_headers))
         except KeyplaneError as exc:
             error = from_domain(exc)
-            await send_json(send, error.status, error.body(), rid)
+            await send_json(send, error.status, error.body(), rid + list(error.extra_headers))
         except Exception:
             log.exception("unexpected error in %s %s (request %s)", method, path, request_id)
             error = ApiError(500, "keyplane failed to handle this request.", type="server_error")
@@ -97,6 +110,7 @@ class Gateway:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.pipeline.auth.refresh()
+                    await self.pipeline.money.refresh()
                 except StoreUnavailable:
                     log.warning("database unavailable at startup; serving from cache as it fills")
                 self._tasks = [asyncio.create_task(_every(s, fn)) for s, fn in self._loops]
@@ -113,7 +127,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        for _, fn in self._loops[1:]:
+        for _, fn in self._loops[-2:]:
             try:
                 await fn()
             except StoreUnavailable:

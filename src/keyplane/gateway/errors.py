@@ -10,8 +10,18 @@ from keyplane.errors import (
     InvalidRequest,
     KeyplaneError,
     NotFound,
+    SpendRefused,
     StoreUnavailable,
 )
+
+# Money refusals: (code, x-keyplane-limit). No Retry-After and x-should-retry: false, because
+# retrying cannot help (the official SDKs honour x-should-retry).
+_SPEND = {
+    "credits": ("insufficient_quota", b"credits"),
+    "usage_limit": ("insufficient_quota", b"usage_limit"),
+    "org_budget": ("organization_spend_limit_exceeded", b"budget"),
+    "project_budget": ("project_spend_limit_exceeded", b"budget"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +47,12 @@ class ApiError(Exception):
 
 
 def from_domain(exc: KeyplaneError) -> ApiError:
+    if isinstance(exc, SpendRefused):
+        code, limit = _SPEND[exc.scope]
+        headers = ((b"x-keyplane-limit", limit), (b"x-should-retry", b"false"))
+        return ApiError(
+            429, exc.message, type="insufficient_quota", code=code, extra_headers=headers
+        )
     if isinstance(exc, InvalidApiKey):
         return ApiError(401, exc.message, code="invalid_api_key")
     if isinstance(exc, StoreUnavailable):

@@ -1,10 +1,9 @@
 """The per-request pipeline, top to bottom:
 
-authenticate → parse → route (model) → forward → meter.
+authenticate → parse → route (model) → hold money → forward → meter → settle.
 
-Rate limits, holds and settlement (issues 3 and 4) slot in between route and forward, and after
-meter. Nothing here touches SQL: keys come from the authenticator's cache, usage leaves through
-the buffer.
+Rate limits (issue 4) slot in between route and hold. Nothing here touches SQL: keys come from the
+authenticator's cache; holds, settlements and usage records go through the money guard.
 """
 
 from __future__ import annotations
@@ -20,10 +19,12 @@ from typing import Any
 import httpx
 import orjson
 
+from keyplane.billing.bounds import cost_bound, input_token_bound
+from keyplane.billing.wallet import Hold
 from keyplane.clock import Clock
 from keyplane.gateway.asgi import Receive, Send, header, send_bytes
 from keyplane.gateway.errors import ApiError, bad_request, missing_key, model_not_found
-from keyplane.gateway.metering import UsageBuffer
+from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.streaming import SseAccounting, error_event, parse_usage
 from keyplane.gateway.upstreams import UpstreamRouter, UpstreamUnavailable
 from keyplane.keys.authenticator import KeyAuthenticator
@@ -45,6 +46,7 @@ class Endpoint:
     can_stream: bool
     required: str  # the body field without which the request is malformed
     estimate_input: Callable[[dict[str, Any]], int]
+    has_output: bool = True  # generates tokens (capped by max_tokens); embeddings do not
 
 
 ENDPOINTS: dict[str, Endpoint] = {
@@ -56,7 +58,8 @@ ENDPOINTS: dict[str, Endpoint] = {
         "completions", "/completions", True, "prompt", lambda p: tokens.estimate_input(p.get("prompt"))
     ),
     "/v1/embeddings": Endpoint(
-        "embeddings", "/embeddings", False, "input", lambda p: tokens.estimate_input(p.get("input"))
+        "embeddings", "/embeddings", False, "input", lambda p: tokens.estimate_input(p.get("input")),
+        has_output=False,
     ),
 }  # fmt: skip
 
@@ -73,6 +76,9 @@ class Call:
     model: str = ""
     stream: bool = False
     estimated_input: int = 0
+    hold: Hold | None = None
+    forwarded: bool = False
+    metered: bool = False
 
 
 class Pipeline:
@@ -81,17 +87,19 @@ class Pipeline:
         auth: KeyAuthenticator,
         router: UpstreamRouter,
         prices: PriceTable,
-        usage: UsageBuffer,
+        money: MoneyGuard,
         clock: Clock,
         *,
         max_body_bytes: int,
+        default_max_output_tokens: int,
     ) -> None:
         self.auth = auth
         self.router = router
         self.prices = prices
-        self.usage = usage
+        self.money = money
         self.clock = clock
         self.max_body_bytes = max_body_bytes
+        self.default_max_output_tokens = default_max_output_tokens
         self._unpriced: set[str] = set()
 
     async def authenticate(self, scope: Any, client_ip: str | None) -> ApiKey:
@@ -117,6 +125,7 @@ class Pipeline:
         if not upstreams:
             raise model_not_found(call.model)
         call.estimated_input = call.endpoint.estimate_input(payload)
+        rewrite = False
         client_wants_usage = False
         if call.endpoint.can_stream and payload.get("stream") is True:
             call.stream = True
@@ -124,8 +133,54 @@ class Pipeline:
             options = options if isinstance(options, dict) else {}
             client_wants_usage = options.get("include_usage") is True
             payload["stream_options"] = {**options, "include_usage": True}
+            rewrite = True
+        rewrite |= await self._hold(call, payload, len(body))
+        if rewrite:
             body = orjson.dumps(payload)
+        try:
+            await self._forward(call, upstreams, body, scope, receive, send, client_wants_usage)
+        finally:
+            if not call.metered:  # an unexpected error or cancellation: settle conservatively
+                used = (call.estimated_input, 0, 0) if call.forwarded else (0, 0, 0)
+                self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True)
+
+    async def _hold(self, call: Call, payload: dict[str, Any], body_len: int) -> bool:
+        """Places the money hold; returns True when the payload now carries a lower output cap."""
+        price = self.prices.price(call.model, self.clock.now())
+        n = payload.get("n")
+        bound = cost_bound(
+            price, input_token_bound(body_len, payload), n if isinstance(n, int) else 1
+        )
+        field, asked = _output_cap(payload)
+        model_max = price.max_output_tokens if price else None
+        wanted = (
+            (asked or model_max or self.default_max_output_tokens)
+            if call.endpoint.has_output
+            else 0
+        )
+        admission = await self.money.admit(
+            call.key, call.request_id, call.model, call.endpoint.name, bound, wanted
+        )
+        call.hold = admission.hold
+        # The upstream must not produce more than the hold covers: send the cap when it was lowered,
+        # or when neither the client nor the price table bounds the output.
+        if (
+            price is None
+            or not call.endpoint.has_output
+            or not (admission.clamped or (asked is None and model_max is None))
+        ):
+            return False
+        if field is None:
+            field = price.output_param if call.endpoint.name == "chat.completions" else "max_tokens"
+        payload[field] = admission.output_tokens
+        return True
+
+    async def _forward(
+        self, call: Call, upstreams: list[Any], body: bytes, scope: Any,
+        receive: Receive, send: Send, client_wants_usage: bool,
+    ) -> None:  # fmt: skip
         headers = [(k, v) for k, v in scope["headers"]]
+        call.forwarded = True
         try:
             resp = await self.router.send(
                 upstreams, call.endpoint.upstream_path, body, headers, stream=call.stream
@@ -143,11 +198,11 @@ class Pipeline:
                 return
             content = await resp.aread()
             reported = parse_usage(_loads(content)) if resp.status_code == 200 else None
-            await send_bytes(
-                send, resp.status_code, content, out_headers[1:], content_type=out_headers[0][1]
-            )
             self._meter(
                 call, resp.status_code, reported or (0, 0, 0), Outcome.COMPLETED, estimated=False
+            )
+            await send_bytes(
+                send, resp.status_code, content, out_headers[1:], content_type=out_headers[0][1]
             )
         finally:
             await resp.aclose()
@@ -240,6 +295,9 @@ class Pipeline:
         *,
         estimated: bool,
     ) -> None:
+        if call.metered or call.hold is None:
+            return
+        call.metered = True
         now = self.clock.now()
         inp, cached, out = used
         price = self.prices.price(call.model, now)
@@ -247,7 +305,8 @@ class Pipeline:
             self._unpriced.add(call.model)
             log.warning("no price for model %r: its requests are metered at $0", call.model)
         cost = price.token_cost(inp, cached, out) if price else 0
-        self.usage.submit(
+        self.money.finish(
+            call.hold,
             UsageRecord(
                 request_id=call.request_id,
                 created_at=int(now),
@@ -268,13 +327,22 @@ class Pipeline:
                 stream=call.stream,
                 outcome=outcome,
                 tokens_estimated=estimated,
-            )
+            ),
         )
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+def _output_cap(payload: dict[str, Any]) -> tuple[str | None, int | None]:
+    """Returns which field caps the output and its value (already validated as positive ints)."""
+    for field in ("max_completion_tokens", "max_tokens"):
+        value = payload.get(field)
+        if isinstance(value, int):
+            return field, value
+    return None, None
 
 
 def _too_large(limit: int) -> ApiError:

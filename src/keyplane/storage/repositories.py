@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -20,14 +23,28 @@ from keyplane.usage.records import Outcome, UsageRecord
 T = TypeVar("T")
 
 
+_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _write_lock(engine: Engine) -> contextlib.AbstractContextManager[object]:
+    """SQLite has one writer at a time; threads of this process take turns on a lock instead of
+    meeting SQLITE_BUSY, whose busy handler sleeps in steps of up to 100 ms. PostgreSQL needs none."""
+    if engine.dialect.name != "sqlite":
+        return contextlib.nullcontext()
+    with _LOCKS_GUARD:
+        return _WRITE_LOCKS.setdefault(engine, threading.Lock())
+
+
 class SqlStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._lock = _write_lock(engine)
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         try:
-            with self._engine.begin() as conn:
+            with self._lock, self._engine.begin() as conn:
                 yield conn
         except (OperationalError, SAInterfaceError) as exc:
             raise StoreUnavailable("The database is unavailable.") from exc
@@ -193,7 +210,7 @@ class SqlUsageStore(SqlStore):
             )
             fresh = {r.request_id: r for r in records if r.request_id not in seen}
             if fresh:
-                conn.execute(insert(t.usage_records), [_usage_row(r) for r in fresh.values()])
+                conn.execute(insert(t.usage_records), [usage_row(r) for r in fresh.values()])
         return len(fresh)
 
     def query(
@@ -220,7 +237,7 @@ def _fields(obj: Any) -> dict[str, Any]:
     return {f: getattr(obj, f) for f in obj.__slots__}
 
 
-def _usage_row(record: UsageRecord) -> dict[str, Any]:
+def usage_row(record: UsageRecord) -> dict[str, Any]:
     row = _fields(record)
     row["outcome"] = record.outcome.value
     return row

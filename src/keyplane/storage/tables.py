@@ -127,6 +127,11 @@ usage_records = Table(
     Column("stream", Boolean, nullable=False),
     Column("outcome", String(32), nullable=False),
     Column("tokens_estimated", Boolean, nullable=False),
+    Column("period", String(7), nullable=False, server_default=""),  # UTC month of admission
     Index("ix_usage_records_org_time", "org_id", "created_at"),
+    Index("ix_usage_records_org_period", "org_id", "period", "project_id"),
     Index("ix_usage_records_project_time", "project_id", "created_at"),
 )
+
+from keyplane.storage import billing_tables as _billing_tables  # noqa: E402,F401
+from keyplane.storage import notify_tables as _notify_tables  # noqa: E402,F401

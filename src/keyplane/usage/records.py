@@ -11,6 +11,7 @@ class Outcome(enum.StrEnum):
     CLIENT_DISCONNECTED = "client_disconnected"  # billed for what was streamed before
     UPSTREAM_BROKEN = "upstream_broken"  # the stream broke mid-way; billed for what arrived
     UPSTREAM_UNREACHABLE = "upstream_unreachable"  # never got an answer; costs nothing
+    GATEWAY_LOST = "gateway_lost"  # the gateway died mid-request; billed at its hold by the sweeper
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,3 +35,4 @@ class UsageRecord:
     stream: bool
     outcome: Outcome
     tokens_estimated: bool = False  # True when counted by keyplane, not reported by the upstream
+    period: str = ""  # UTC month of admission (YYYY-MM): the month its spend counts in

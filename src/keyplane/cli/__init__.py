@@ -5,17 +5,28 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import re
 import secrets
 import sys
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from keyplane import bootstrap, logs, server
-from keyplane.config import Settings, UpstreamSettings, load_settings
+from keyplane.cli.common import (
+    JsonOpt,
+    OrgOpt,
+    container,
+    fail,
+    is_duration,
+    iso,
+    out,
+    parse_duration,
+    parse_usd,
+    usd,
+)
+from keyplane.cli.money import alerts_app, billing_app, budget_app, money_app
+from keyplane.config import Settings, UpstreamSettings
 from keyplane.errors import KeyplaneError
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
@@ -28,42 +39,10 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-out = Console()
-err = Console(stderr=True)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-OrgOpt = Annotated[
-    str | None, typer.Option("--org", help="Organization name or id (default: the only one).")
-]
-_DURATION = re.compile(r"^(\d+)([smhd]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> int:
-    """``30d``, ``24h``, ``90m``, ``45s`` or plain seconds → seconds."""
-    m = _DURATION.match(text.strip())
-    if m is None:
-        raise typer.BadParameter(f"'{text}' is not a duration like 30d, 24h, 90m or 3600")
-    return int(m.group(1)) * _UNITS[m.group(2)]
-
-
-def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(1)
-
-
-def _container(**overrides: Any) -> bootstrap.Container:
-    try:
-        return bootstrap.build(load_settings(**overrides))
-    except ValueError as exc:
-        _fail(str(exc))
-        raise  # unreachable
-
-
-def _iso(ts: int | None) -> str:
-    return (
-        "" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    )
+app.add_typer(money_app, name="credits")
+app.add_typer(budget_app, name="budget")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(billing_app, name="billing")
 
 
 def _key_json(key: ApiKey) -> dict[str, Any]:
@@ -88,13 +67,16 @@ def init(
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from standard input.")
     ] = False,
+    welcome_credit: Annotated[
+        str, typer.Option(help="Dollars of credit to start with (expires in 90 days); 0: none.")
+    ] = "5.00",
     as_json: JsonOpt = False,
 ) -> None:
     """Create the first Owner, the organization, 'Default project' and an admin key (shown once)."""
     if not password_stdin:
-        _fail("pass the password on standard input with --password-stdin")
+        fail("pass the password on standard input with --password-stdin")
     password = sys.stdin.readline().rstrip("\n")
-    c = _container()
+    c = container()
     try:
         user, organization, project = c.accounts.initialize(
             email=email, password=password, org_name=org
@@ -103,8 +85,9 @@ def init(
             kind=KeyKind.ADMIN, org_id=organization.id, project_id=None, name="Initial admin key",
             owner_type="user", owner_id=user.id, created_by=user.id,
         )  # fmt: skip
+        _welcome(c, organization.id, parse_usd(welcome_credit))
     except KeyplaneError as exc:
-        _fail(exc.message)
+        fail(exc.message)
         return
     if as_json:
         payload = {
@@ -136,7 +119,7 @@ def migrate_cmd(
         migrate.check_models_match_migrations()
         out.print("Models and migrations agree.")
         return
-    c = _container()
+    c = container()
     c.close()
     out.print(f"Database at {c.settings.resolved_database_url.split('@')[-1]} is up to date.")
 
@@ -152,7 +135,7 @@ def keys_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a project key and print its secret once."""
-    c = _container()
+    c = container()
     try:
         organization = c.accounts.find_organization(org)
         proj = c.accounts.find_project(organization.id, project)
@@ -163,7 +146,7 @@ def keys_create(
             expires_in_s=parse_duration(expires_in) if expires_in else None,
         )  # fmt: skip
     except KeyplaneError as exc:
-        _fail(exc.message)
+        fail(exc.message)
         return
     if as_json:
         out.print_json(json.dumps({**_key_json(key), "value": secret}))
@@ -180,12 +163,12 @@ def keys_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List keys (redacted)."""
-    c = _container()
+    c = container()
     try:
         organization = c.accounts.find_organization(org)
         project_id = c.accounts.find_project(organization.id, project).id if project else None
     except KeyplaneError as exc:
-        _fail(exc.message)
+        fail(exc.message)
         return
     keys = c.keys.list(organization.id, project_id)
     if as_json:
@@ -195,7 +178,7 @@ def keys_list(
     for k in keys:
         table.add_row(
             k.id, k.name, k.redacted_value, k.project_id or "(admin)", k.status,
-            _iso(k.created_at), _iso(k.expires_at), _iso(k.last_used_at),
+            iso(k.created_at), iso(k.expires_at), iso(k.last_used_at),
         )  # fmt: skip
     out.print(table)
 
@@ -205,11 +188,11 @@ def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")], org: OrgOpt = None
 ) -> None:
     """Revoke a key: every gateway refuses it within a second."""
-    c = _container()
+    c = container()
     try:
         key = c.keys.revoke(c.accounts.find_organization(org).id, key_id)
     except KeyplaneError as exc:
-        _fail(exc.message)
+        fail(exc.message)
         return
     out.print(f"Revoked {key.id} ({key.name}, {key.redacted_value}).")
 
@@ -225,12 +208,12 @@ def usage(
     as_json: JsonOpt = False,
 ) -> None:
     """Show usage records: one per request, with tokens and cost."""
-    c = _container()
+    c = container()
     try:
         organization = c.accounts.find_organization(org)
         project_id = c.accounts.find_project(organization.id, project).id if project else None
     except KeyplaneError as exc:
-        _fail(exc.message)
+        fail(exc.message)
         return
     start = _parse_since(since, c.clock.now()) if since else None
     records = c.usage_store.query(organization.id, project_id=project_id, since=start, limit=limit)
@@ -245,19 +228,15 @@ def usage(
     for r in records:
         total += r.cost_micro_usd
         table.add_row(
-            _iso(r.created_at), r.request_id, r.model, r.endpoint, str(r.input_tokens),
-            str(r.cached_input_tokens), str(r.output_tokens), str(r.status), _dollars(r.cost_micro_usd),
+            iso(r.created_at), r.request_id, r.model, r.endpoint, str(r.input_tokens),
+            str(r.cached_input_tokens), str(r.output_tokens), str(r.status), usd(r.cost_micro_usd),
         )  # fmt: skip
     out.print(table)
-    out.print(f"{len(records)} requests, total ${_dollars(total)}")
-
-
-def _dollars(micros: int) -> str:
-    return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
+    out.print(f"{len(records)} requests, total ${usd(total)}")
 
 
 def _parse_since(text: str, now: float) -> int:
-    if _DURATION.match(text):
+    if is_duration(text):
         return int(now) - parse_duration(text)
     try:
         when = dt.datetime.fromisoformat(text)
@@ -306,9 +285,9 @@ def serve(
         overrides["upstreams"] = [
             UpstreamSettings(name="cli", base_url=upstream, api_key=upstream_key)
         ]
-    c = _container(**overrides)
+    c = container(**overrides)
     if not c.settings.upstreams:
-        _fail(
+        fail(
             "no upstream configured: pass --upstream URL, set KEYPLANE_UPSTREAMS, or use `make run` for the simulator"
         )
     asyncio.run(_serve(c, simulator_port=None))
@@ -322,7 +301,7 @@ def dev(
     port: Annotated[int | None, typer.Option(help="Port to listen on (default 8080).")] = None,
 ) -> None:
     """What `make run` does: initialize on first start, add the simulator if no upstream is set, serve."""
-    c = _container(host=host, port=port)
+    c = container(host=host, port=port)
     if c.accounts.organizations():
         out.print("keyplane is already initialized. Create more keys with:")
         out.print(
@@ -344,6 +323,11 @@ def dev(
     asyncio.run(_serve(c, simulator_sock=sim_sock))
 
 
+def _welcome(c: bootstrap.Container, org_id: str, amount: int) -> None:
+    if amount:
+        c.billing.grant(org_id, amount, expires_in_s=90 * 86400, note="Welcome credit")
+
+
 def _first_start(c: bootstrap.Container) -> None:
     password = secrets.token_urlsafe(15)
     user, org, project = c.accounts.initialize(
@@ -353,6 +337,7 @@ def _first_start(c: bootstrap.Container) -> None:
         kind=KeyKind.PROJECT, org_id=org.id, project_id=project.id, name="First key",
         owner_type="user", owner_id=user.id, created_by=user.id,
     )  # fmt: skip
+    _welcome(c, org.id, 5_000_000)
     out.print(
         "[bold]First start: keyplane is initialized.[/bold] These are shown once, store them now."
     )

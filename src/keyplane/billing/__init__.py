@@ -1,0 +1,1 @@
+"""Money: credit lots, holds and settlement, budgets, the usage limit — in integer micro-dollars."""

@@ -1,0 +1,116 @@
+"""What the money slice needs from storage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from keyplane.billing.wallet import BillingMode, Hold, Lot, OrgMoney, Settlement
+from keyplane.usage.records import UsageRecord
+
+
+@dataclass(frozen=True, slots=True)
+class BillingSettings:
+    org_id: str
+    mode: BillingMode
+    usage_limit: int | None  # None: the default from settings
+    budget: int | None
+    auto_recharge: bool = False
+    recharge_threshold: int | None = None
+    recharge_target: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SpendAlert:
+    id: str
+    org_id: str
+    project_id: str | None
+    threshold: int
+    recipients: tuple[str, ...] | None
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a request that held money ended: settled (with a Settlement) or voided."""
+
+    record: UsageRecord
+    settlement: Settlement | None  # None: the hold was voided (nothing charged)
+
+
+@dataclass(frozen=True, slots=True)
+class MoneyEvent:
+    seq: int
+    org_id: str
+    kind: str  # lot_added | lot_revoked | settings
+    ref: str | None
+
+
+class MoneyStore(Protocol):
+    def load(self, org_id: str, period: str, default_usage_limit: int) -> OrgMoney:
+        """Returns the organization's money state: settings, live lots with what remains in them,
+        open holds, and settled spend in ``period``. Raises StoreUnavailable."""
+        ...
+
+    def orgs_with_open_holds(self) -> Sequence[str]: ...
+
+    def add_holds(self, holds: Sequence[Hold]) -> None:
+        """Stores new holds (status open) in one transaction. Raises StoreUnavailable."""
+        ...
+
+    def resolve(self, outcomes: Sequence[Outcome], at: int) -> int:
+        """In one transaction, for each outcome whose hold is still open: closes the hold, writes
+        the ledger entries and the usage record. Outcomes whose hold was already resolved are
+        skipped entirely (a hold resolves at most once). Returns how many were applied."""
+        ...
+
+    def add_lot(self, org_id: str, lot: Lot, note: str, source: str) -> None:
+        """Stores a lot and its funding entries (+amount on the lot, -amount on ``source``)."""
+        ...
+
+    def revoke_lot(self, org_id: str, lot_id: str, at: int) -> int:
+        """Revokes a grant lot: a new entry moves what remains back; returns that amount."""
+        ...
+
+    def lots(self, org_id: str) -> Sequence[tuple[Lot, str]]:
+        """Returns every lot of the organization with its note, remaining computed from entries."""
+        ...
+
+    def totals(self, org_id: str) -> tuple[int, int]:
+        """Returns (open holds, all-time settled spend) as stored."""
+        ...
+
+    def settings(self, org_id: str) -> BillingSettings | None: ...
+
+    def save_settings(self, settings: BillingSettings, at: int) -> None: ...
+
+    def project_budget(self, project_id: str) -> int | None: ...
+
+    def save_project_budget(
+        self, org_id: str, project_id: str, amount: int | None, at: int
+    ) -> None: ...
+
+    def alerts(self, org_id: str) -> Sequence[SpendAlert]: ...
+
+    def add_alert(self, alert: SpendAlert) -> None: ...
+
+    def delete_alert(self, org_id: str, alert_id: str) -> bool: ...
+
+    def month_spend(self, org_id: str, period: str) -> tuple[int, dict[str, int]]:
+        """Returns settled spend in the month for the organization and per project."""
+        ...
+
+    def events_since(self, seq: int) -> tuple[int, Sequence[MoneyEvent]]: ...
+
+    def idempotent(self, scope: str, key: str, request_hash: str) -> str | None:
+        """Returns the stored response for (scope, key), or None if new.
+
+        Raises Conflict when the key was used with a different request."""
+        ...
+
+    def remember(self, scope: str, key: str, request_hash: str, response: str, at: int) -> None: ...
+
+    def enqueue_recharge(self, job_id: str, org_id: str, target: int, at: int) -> bool:
+        """Enqueues a recharge unless one is already pending; returns whether it was enqueued."""
+        ...

@@ -1,0 +1,213 @@
+"""Money administration: grants, balance, budgets, alerts, billing settings (not the hot path).
+
+Every change is written to the database and announced on the money change feed, which each
+gateway applies within its poll interval (immediately in the process that made the change, when
+it calls the guard's refresh).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from keyplane.billing.ports import BillingSettings, MoneyStore, SpendAlert
+from keyplane.billing.wallet import BillingMode, Lot
+from keyplane.clock import Clock
+from keyplane.errors import InvalidRequest, NotFound
+from keyplane.ids import new_id
+
+T = TypeVar("T")
+DAY = 86400
+MAX_GRANT = 1_000_000 * 1_000_000  # $1M: a typo guard, not a business rule
+
+
+@dataclass(frozen=True, slots=True)
+class RechargeBounds:
+    """Auto-recharge bounds (BRIEF C5): threshold $5-$95, target $10-$100, target > threshold."""
+
+    threshold_min: int = 5_000_000
+    threshold_max: int = 95_000_000
+    target_min: int = 10_000_000
+    target_max: int = 100_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class CreditBalance:
+    available: int
+    held: int
+    spent: int
+    lots: Sequence[tuple[Lot, str]]
+
+
+class BillingService:
+    def __init__(self, store: MoneyStore, clock: Clock, *, default_usage_limit: int) -> None:
+        self._store = store
+        self._clock = clock
+        self.default_usage_limit = default_usage_limit
+        self.recharge_bounds = RechargeBounds()
+
+    def _now(self) -> int:
+        return int(self._clock.now())
+
+    # -- credits --------------------------------------------------------------------------------
+    def grant(
+        self, org_id: str, amount: int, *, expires_in_s: int | None = 365 * DAY, note: str = "",
+        kind: str = "grant", idempotency_key: str | None = None,
+    ) -> Lot:  # fmt: skip
+        """Adds a credit lot (a grant, or a purchase paid through a provider)."""
+        if not 0 < amount <= MAX_GRANT:
+            raise InvalidRequest("A grant is a positive amount up to $1,000,000.", param="amount")
+        if expires_in_s is not None and expires_in_s <= 0:
+            raise InvalidRequest("A grant's expiry must be in the future.", param="expires_in")
+        if len(note) > 500:
+            raise InvalidRequest("A note has at most 500 characters.", param="note")
+        params = {"amount": amount, "expires_in_s": expires_in_s, "note": note, "kind": kind}
+
+        def run() -> Lot:
+            now = self._now()
+            lot = Lot(
+                new_id("cg_"),
+                kind,
+                amount,
+                amount,
+                now,
+                None if expires_in_s is None else now + expires_in_s,
+            )
+            self._store.add_lot(org_id, lot, note, "purchases" if kind == "purchase" else "grants")
+            return lot
+
+        return self._idempotent(
+            f"grant:{org_id}", idempotency_key, params, run, _lot_json, _lot_from_json
+        )
+
+    def revoke_grant(self, org_id: str, lot_id: str) -> int:
+        """Revokes a grant; returns the amount that was still unspent. Purchases are non-refundable."""
+        lot = next((lot for lot, _ in self._store.lots(org_id) if lot.id == lot_id), None)
+        if lot is None:
+            raise NotFound(f"No credit grant '{lot_id}'.")
+        if lot.kind != "grant":
+            raise InvalidRequest("Purchased credits are non-refundable and cannot be revoked.")
+        returned = self._store.revoke_lot(org_id, lot_id, self._now())
+        if returned < 0:
+            raise InvalidRequest(f"Credit grant '{lot_id}' is already revoked.")
+        return returned
+
+    def balance(self, org_id: str) -> CreditBalance:
+        now = self._clock.now()
+        lots = self._store.lots(org_id)
+        held, spent = self._store.totals(org_id)
+        live = sum(lot.remaining for lot, _ in lots if lot.live(now))
+        return CreditBalance(available=live - held, held=held, spent=spent, lots=lots)
+
+    # -- settings -------------------------------------------------------------------------------
+    def settings(self, org_id: str) -> BillingSettings:
+        return self._store.settings(org_id) or BillingSettings(
+            org_id, BillingMode.PREPAID, None, None
+        )
+
+    def update_settings(self, org_id: str, **changes: Any) -> BillingSettings:
+        """Changes mode, usage_limit, budget or the auto-recharge rule (validated)."""
+        current = self.settings(org_id)
+        unknown = set(changes) - {f for f in BillingSettings.__slots__ if f != "org_id"}
+        if unknown:
+            raise InvalidRequest(f"Unknown billing settings: {sorted(unknown)}")
+        updated = dataclasses.replace(current, **changes)
+        if not isinstance(updated.mode, BillingMode):
+            updated = dataclasses.replace(updated, mode=BillingMode(updated.mode))
+        for name in ("usage_limit", "budget"):
+            value = getattr(updated, name)
+            if value is not None and value < 0:
+                raise InvalidRequest(f"{name} cannot be negative.", param=name)
+        if updated.auto_recharge:
+            self._check_recharge(updated.recharge_threshold, updated.recharge_target)
+        self._store.save_settings(updated, self._now())
+        return updated
+
+    def _check_recharge(self, threshold: int | None, target: int | None) -> None:
+        b = self.recharge_bounds
+        if threshold is None or not b.threshold_min <= threshold <= b.threshold_max:
+            raise InvalidRequest(
+                "Enter a recharge threshold between $5 and $95.", param="recharge_threshold"
+            )
+        if target is None or not b.target_min <= target <= b.target_max:
+            raise InvalidRequest(
+                "Enter a recharge target between $10 and $100.", param="recharge_target"
+            )
+        if target <= threshold:
+            raise InvalidRequest(
+                "The recharge target must be above the threshold.", param="recharge_target"
+            )
+
+    def project_budget(self, project_id: str) -> int | None:
+        return self._store.project_budget(project_id)
+
+    def set_project_budget(self, org_id: str, project_id: str, amount: int | None) -> None:
+        if amount is not None and amount < 0:
+            raise InvalidRequest("A budget cannot be negative.", param="threshold_amount")
+        self._store.save_project_budget(org_id, project_id, amount, self._now())
+
+    # -- alerts ---------------------------------------------------------------------------------
+    def alerts(self, org_id: str) -> Sequence[SpendAlert]:
+        return self._store.alerts(org_id)
+
+    def add_alert(
+        self,
+        org_id: str,
+        threshold: int,
+        *,
+        project_id: str | None = None,
+        recipients: Sequence[str] | None = None,
+    ) -> SpendAlert:
+        if threshold <= 0:
+            raise InvalidRequest(
+                "A notification threshold is a positive amount.", param="threshold_amount"
+            )
+        for address in recipients or ():
+            if "@" not in address or len(address) > 254:
+                raise InvalidRequest(f"'{address}' is not an email address.", param="recipients")
+        alert = SpendAlert(
+            new_id("sa_"),
+            org_id,
+            project_id,
+            threshold,
+            tuple(recipients) if recipients else None,
+            self._now(),
+        )
+        self._store.add_alert(alert)
+        return alert
+
+    def delete_alert(self, org_id: str, alert_id: str) -> None:
+        if not self._store.delete_alert(org_id, alert_id):
+            raise NotFound(f"No spend alert '{alert_id}'.")
+
+    # -- idempotency ----------------------------------------------------------------------------
+    def _idempotent(
+        self, scope: str, key: str | None, params: dict[str, Any], run: Callable[[], T],
+        dump: Callable[[T], str], load: Callable[[str], T],
+    ) -> T:  # fmt: skip
+        """Runs ``run`` once per (scope, key): a replay returns the first result; the same key with
+        other parameters raises Conflict."""
+        if key is None:
+            return run()
+        if not 0 < len(key) <= 255:
+            raise InvalidRequest("An Idempotency-Key has 1 to 255 characters.")
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+        stored = self._store.idempotent(scope, key, digest)
+        if stored is not None:
+            return load(stored)
+        result = run()
+        self._store.remember(scope, key, digest, dump(result), self._now())
+        return result
+
+
+def _lot_json(lot: Lot) -> str:
+    return json.dumps([lot.id, lot.kind, lot.amount, lot.remaining, lot.created_at, lot.expires_at])
+
+
+def _lot_from_json(text: str) -> Lot:
+    lot_id, kind, amount, remaining, created_at, expires_at = json.loads(text)
+    return Lot(lot_id, kind, amount, remaining, created_at, expires_at)

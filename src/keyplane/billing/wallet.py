@@ -1,0 +1,216 @@
+"""The money state of one organization, as a pure state machine.
+
+Everything here is synchronous and does no I/O, so a gateway can check and reserve in one step
+(no ``await`` between the two) and concurrent requests can never both spend the same micro-dollar.
+
+- **Lots**: each purchase or grant is a lot with its own expiry; a lot stops counting at its
+  expiry instant; lots are consumed earliest-expiry first.
+- **Holds**: before forwarding, a request reserves its worst-case cost in every scope at once
+  (credits, organization budget, project budget, usage limit) — all or none. Settling consumes the
+  real cost (at most the hold, see below) and releases the rest; a hold resolves at most once.
+- **Periods**: spend is counted per calendar month (UTC) of the hold's admission.
+
+Settled spend never exceeds what was allowed because every hold fits the headroom of every scope at
+admission and settling charges ``min(actual, hold)``. An upstream reporting more than keyplane's
+bound (a misbehaving upstream, or a bound that is wrong) is therefore never charged beyond the hold;
+the gateway logs such an overrun.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from keyplane.billing.periods import period_of
+
+
+class Scope(enum.StrEnum):
+    CREDITS = "credits"
+    USAGE_LIMIT = "usage_limit"
+    ORG_BUDGET = "org_budget"
+    PROJECT_BUDGET = "project_budget"
+
+
+class BillingMode(enum.StrEnum):
+    PREPAID = "prepaid"  # a request needs credit
+    POSTPAID = "postpaid"  # spend accrues; budgets and the usage limit still stop it
+
+
+@dataclass(slots=True)
+class Lot:
+    id: str
+    kind: str  # "purchase" | "grant"
+    amount: int
+    remaining: int
+    created_at: int
+    expires_at: int | None
+    revoked: bool = False
+
+    def live(self, at: float) -> bool:
+        return not self.revoked and (self.expires_at is None or at < self.expires_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    id: str  # the request id
+    org_id: str
+    project_id: str
+    amount: int
+    period: str
+    created_at: int
+    expires_at: int
+    # What the sweeper needs to write a usage record if the gateway dies mid-request.
+    key_id: str = ""
+    model: str = ""
+    endpoint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    hold: Hold
+    cost: int  # what the request really cost
+    charged: int  # min(cost, hold): what the scopes are charged
+    consumed: tuple[tuple[str, int], ...]  # (lot id, amount) drawn from lots, earliest expiry first
+    uncovered: int  # charged but not covered by lots (postpaid, or a lot revoked meanwhile)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    scope: Scope
+    headroom: int
+
+
+@dataclass(slots=True)
+class OrgMoney:
+    org_id: str
+    mode: BillingMode = BillingMode.PREPAID
+    usage_limit: int | None = None  # per month
+    budget: int | None = None  # per month
+    project_budgets: dict[str, int] = field(default_factory=dict)
+    lots: list[Lot] = field(default_factory=list)
+    holds: dict[str, Hold] = field(default_factory=dict)
+    spent: dict[str, int] = field(default_factory=dict)  # period -> settled charge
+    project_spent: dict[tuple[str, str], int] = field(default_factory=dict)
+    held: dict[str, int] = field(default_factory=dict)  # period -> open holds
+    project_held: dict[tuple[str, str], int] = field(default_factory=dict)
+    held_total: int = 0
+    auto_recharge: bool = False
+    recharge_threshold: int | None = None
+    recharge_target: int | None = None
+
+    # -- reading ----------------------------------------------------------------------------
+    def balance(self, at: float) -> int:
+        """Credit left in live lots (not counting holds)."""
+        return sum(lot.remaining for lot in self.lots if lot.live(at))
+
+    def available(self, at: float) -> int:
+        return self.balance(at) - self.held_total
+
+    def month_spend(self, period: str, project_id: str | None = None) -> int:
+        """Settled plus held spend of the organization (or one project) in a month."""
+        if project_id is None:
+            return self.spent.get(period, 0) + self.held.get(period, 0)
+        key = (project_id, period)
+        return self.project_spent.get(key, 0) + self.project_held.get(key, 0)
+
+    def headroom(self, project_id: str, at: float) -> tuple[int, Scope | None]:
+        """Returns the most a new request may be held for, and the scope that sets it (None: no
+        scope limits it)."""
+        period = period_of(at)
+        limits: list[tuple[int, Scope]] = []
+        if self.mode is BillingMode.PREPAID:
+            limits.append((self.available(at), Scope.CREDITS))
+        if self.usage_limit is not None:
+            limits.append((self.usage_limit - self.month_spend(period), Scope.USAGE_LIMIT))
+        if self.budget is not None:
+            limits.append((self.budget - self.month_spend(period), Scope.ORG_BUDGET))
+        project_budget = self.project_budgets.get(project_id)
+        if project_budget is not None:
+            limits.append(
+                (project_budget - self.month_spend(period, project_id), Scope.PROJECT_BUDGET)
+            )
+        if not limits:
+            return 2**62, None
+        amount, scope = min(limits, key=lambda x: x[0])
+        return max(amount, 0), scope
+
+    # -- changing ---------------------------------------------------------------------------
+    def place_hold(self, hold: Hold) -> Rejection | None:
+        """Reserves ``hold.amount`` in every scope, or nothing and says which scope refused."""
+        if hold.id in self.holds:
+            raise ValueError(f"hold {hold.id} exists")
+        room, scope = self.headroom(hold.project_id, hold.created_at)
+        if hold.amount > room:
+            assert scope is not None
+            return Rejection(scope, room)
+        self._add_held(hold, hold.amount)
+        self.holds[hold.id] = hold
+        return None
+
+    def settle(self, hold_id: str, cost: int) -> Settlement | None:
+        """Charges the real cost of a held request and releases the rest; None if the hold was
+        already resolved (a hold resolves at most once)."""
+        hold = self.holds.pop(hold_id, None)
+        if hold is None:
+            return None
+        if cost < 0:
+            raise ValueError("a cost is never negative")
+        self._add_held(hold, -hold.amount)
+        charged = min(cost, hold.amount)
+        self.spent[hold.period] = self.spent.get(hold.period, 0) + charged
+        key = (hold.project_id, hold.period)
+        self.project_spent[key] = self.project_spent.get(key, 0) + charged
+        consumed, uncovered = self._consume(charged, hold.created_at)
+        return Settlement(hold, cost, charged, consumed, uncovered)
+
+    def void(self, hold_id: str) -> Hold | None:
+        """Releases a hold without charge; None if it was already resolved."""
+        hold = self.holds.pop(hold_id, None)
+        if hold is not None:
+            self._add_held(hold, -hold.amount)
+        return hold
+
+    def restore_hold(self, hold: Hold) -> None:
+        """Re-adds an open hold read back from storage (after a restart), without checks."""
+        if hold.id not in self.holds:
+            self.holds[hold.id] = hold
+            self._add_held(hold, hold.amount)
+
+    def add_lot(self, lot: Lot) -> None:
+        self.lots.append(lot)
+        self.lots.sort(key=lambda x: (x.expires_at is None, x.expires_at or 0, x.created_at, x.id))
+
+    def revoke_lot(self, lot_id: str) -> int:
+        """Revokes a lot; returns the amount it still held."""
+        for lot in self.lots:
+            if lot.id == lot_id and not lot.revoked:
+                lot.revoked = True
+                return lot.remaining
+        return 0
+
+    def apply_consumption(self, consumed: tuple[tuple[str, int], ...]) -> None:
+        by_id = {lot.id: lot for lot in self.lots}
+        for lot_id, amount in consumed:
+            if lot_id in by_id:
+                by_id[lot_id].remaining -= amount
+
+    def _consume(self, amount: int, admitted_at: int) -> tuple[tuple[tuple[str, int], ...], int]:
+        # A request admitted while a lot was live may draw on it even if it expired since.
+        out: list[tuple[str, int]] = []
+        if self.mode is BillingMode.PREPAID:
+            for lot in self.lots:
+                if amount == 0:
+                    break
+                if lot.remaining <= 0 or not lot.live(admitted_at):
+                    continue
+                take = min(lot.remaining, amount)
+                lot.remaining -= take
+                amount -= take
+                out.append((lot.id, take))
+        return tuple(out), amount
+
+    def _add_held(self, hold: Hold, delta: int) -> None:
+        self.held_total += delta
+        self.held[hold.period] = self.held.get(hold.period, 0) + delta
+        key = (hold.project_id, hold.period)
+        self.project_held[key] = self.project_held.get(key, 0) + delta

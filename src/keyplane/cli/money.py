@@ -1,0 +1,267 @@
+"""Money commands: credits, budgets, notification thresholds, billing settings."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from keyplane import bootstrap
+from keyplane.billing.wallet import BillingMode
+from keyplane.cli.common import (
+    JsonOpt,
+    OrgOpt,
+    container,
+    fail,
+    iso,
+    out,
+    parse_duration,
+    parse_usd,
+    usd,
+)
+from keyplane.errors import KeyplaneError
+
+money_app = typer.Typer(help="Prepaid credit: grant, show, revoke.", no_args_is_help=True)
+budget_app = typer.Typer(
+    help="Monthly budgets (hard: requests over them get 429).", no_args_is_help=True
+)
+alerts_app = typer.Typer(
+    help="Notification thresholds (an email to the Owners once a month).", no_args_is_help=True
+)
+billing_app = typer.Typer(help="Billing mode, usage limit, auto-recharge.", no_args_is_help=True)
+
+ProjectOpt = Annotated[
+    str | None, typer.Option("--project", help="A project (default: the organization).")
+]
+
+
+def _scope(org: str | None, project: str | None) -> tuple[bootstrap.Container, str, str | None]:
+    c = container()
+    try:
+        organization = c.accounts.find_organization(org)
+        project_id = c.accounts.find_project(organization.id, project).id if project else None
+    except KeyplaneError as exc:
+        fail(exc.message)
+    return c, organization.id, project_id
+
+
+@money_app.command("grant")
+def credits_grant(
+    amount: Annotated[str, typer.Option(help="Dollars, e.g. 10.00.")],
+    expires_in: Annotated[str, typer.Option(help="Lifetime such as 365d or 90d.")] = "365d",
+    note: Annotated[str, typer.Option(help="Why (shown in billing history).")] = "",
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Replays return the first grant.")
+    ] = None,
+    org: OrgOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Grant credit to an organization (a lot with its own expiry)."""
+    c, org_id, _ = _scope(org, None)
+    try:
+        lot = c.billing.grant(
+            org_id, parse_usd(amount), expires_in_s=parse_duration(expires_in), note=note,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
+    except KeyplaneError as exc:
+        fail(exc.message)
+    if as_json:
+        out.print_json(
+            json.dumps({"id": lot.id, "amount_micro_usd": lot.amount, "expires_at": lot.expires_at})
+        )
+        return
+    out.print(f"Granted ${usd(lot.amount)} ({lot.id}), expires {iso(lot.expires_at)}.")
+
+
+@money_app.command("revoke")
+def credits_revoke(
+    lot_id: Annotated[str, typer.Argument(help="The grant's id (cg_…).")], org: OrgOpt = None
+) -> None:
+    """Revoke a grant: what is left of it stops counting (purchases cannot be revoked)."""
+    c, org_id, _ = _scope(org, None)
+    try:
+        returned = c.billing.revoke_grant(org_id, lot_id)
+    except KeyplaneError as exc:
+        fail(exc.message)
+    out.print(f"Revoked {lot_id}; ${usd(returned)} unspent was removed from the balance.")
+
+
+@money_app.command("show")
+def credits_show(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
+    """Balance, holds, spend and every lot with what remains in it."""
+    c, org_id, _ = _scope(org, None)
+    balance = c.billing.balance(org_id)
+    lots = [
+        {
+            "id": lot.id, "kind": lot.kind, "amount_micro_usd": lot.amount, "remaining_micro_usd": lot.remaining,
+            "created_at": lot.created_at, "expires_at": lot.expires_at, "revoked": lot.revoked, "note": note,
+        }
+        for lot, note in balance.lots
+    ]  # fmt: skip
+    if as_json:
+        payload = {
+            "available_micro_usd": balance.available,
+            "held_micro_usd": balance.held,
+            "spent_micro_usd": balance.spent,
+            "lots": lots,
+        }
+        out.print_json(json.dumps(payload))
+        return
+    out.print(
+        f"Available ${usd(balance.available)}   held ${usd(balance.held)}   spent ${usd(balance.spent)}"
+    )
+    table = Table("lot", "kind", "amount $", "remaining $", "expires", "note")
+    for lot in lots:
+        state = " (revoked)" if lot["revoked"] else ""
+        table.add_row(
+            str(lot["id"]) + state, str(lot["kind"]), usd(int(str(lot["amount_micro_usd"]))),
+            usd(int(str(lot["remaining_micro_usd"]))), iso(lot["expires_at"]),  # type: ignore[arg-type]
+            str(lot["note"]),
+        )  # fmt: skip
+    out.print(table)
+
+
+@budget_app.command("set")
+def budget_set(
+    amount: Annotated[str, typer.Option(help="Dollars per calendar month (UTC).")],
+    project: ProjectOpt = None,
+    org: OrgOpt = None,
+) -> None:
+    """Set the monthly budget of the organization or one project."""
+    c, org_id, project_id = _scope(org, project)
+    try:
+        if project_id:
+            c.billing.set_project_budget(org_id, project_id, parse_usd(amount))
+        else:
+            c.billing.update_settings(org_id, budget=parse_usd(amount))
+    except KeyplaneError as exc:
+        fail(exc.message)
+    out.print(f"Monthly budget of {project or 'the organization'}: ${usd(parse_usd(amount))}.")
+
+
+@budget_app.command("clear")
+def budget_clear(project: ProjectOpt = None, org: OrgOpt = None) -> None:
+    """Remove the monthly budget."""
+    c, org_id, project_id = _scope(org, project)
+    if project_id:
+        c.billing.set_project_budget(org_id, project_id, None)
+    else:
+        c.billing.update_settings(org_id, budget=None)
+    out.print(f"No monthly budget for {project or 'the organization'}.")
+
+
+@alerts_app.command("add")
+def alerts_add(
+    amount: Annotated[
+        str, typer.Option(help="Dollars of spend in a month that triggers the email.")
+    ],
+    to: Annotated[
+        list[str] | None, typer.Option("--to", help="Recipients (default: the Owners).")
+    ] = None,
+    project: ProjectOpt = None,
+    org: OrgOpt = None,
+) -> None:
+    """Add a notification threshold."""
+    c, org_id, project_id = _scope(org, project)
+    try:
+        alert = c.billing.add_alert(org_id, parse_usd(amount), project_id=project_id, recipients=to)
+    except KeyplaneError as exc:
+        fail(exc.message)
+    out.print(f"Added {alert.id}: email when monthly spend reaches ${usd(alert.threshold)}.")
+
+
+@alerts_app.command("list")
+def alerts_list(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
+    """List notification thresholds."""
+    c, org_id, _ = _scope(org, None)
+    alerts = c.billing.alerts(org_id)
+    if as_json:
+        rows = [
+            {
+                "id": a.id,
+                "project_id": a.project_id,
+                "threshold_micro_usd": a.threshold,
+                "recipients": a.recipients,
+            }
+            for a in alerts
+        ]
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("id", "scope", "threshold $", "recipients")
+    for a in alerts:
+        table.add_row(
+            a.id,
+            a.project_id or "organization",
+            usd(a.threshold),
+            ", ".join(a.recipients or ["Owners"]),
+        )
+    out.print(table)
+
+
+@alerts_app.command("remove")
+def alerts_remove(alert_id: str, org: OrgOpt = None) -> None:
+    """Remove a notification threshold."""
+    c, org_id, _ = _scope(org, None)
+    try:
+        c.billing.delete_alert(org_id, alert_id)
+    except KeyplaneError as exc:
+        fail(exc.message)
+    out.print(f"Removed {alert_id}.")
+
+
+@billing_app.command("show")
+def billing_show(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
+    """Billing mode, usage limit, budget and auto-recharge."""
+    c, org_id, _ = _scope(org, None)
+    s = c.billing.settings(org_id)
+    limit = c.billing.default_usage_limit if s.usage_limit is None else s.usage_limit
+    payload = {
+        "mode": s.mode.value, "usage_limit_micro_usd": limit, "budget_micro_usd": s.budget,
+        "auto_recharge": s.auto_recharge, "recharge_threshold_micro_usd": s.recharge_threshold,
+        "recharge_target_micro_usd": s.recharge_target,
+    }  # fmt: skip
+    if as_json:
+        out.print_json(json.dumps(payload))
+        return
+    for name, value in payload.items():
+        shown = usd(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        out.print(f"{name.replace('_micro_usd', '')}: {shown}")
+
+
+@billing_app.command("set")
+def billing_set(
+    mode: Annotated[
+        BillingMode | None, typer.Option(help="prepaid (needs credit) or postpaid.")
+    ] = None,
+    usage_limit: Annotated[str | None, typer.Option(help="Dollars per month.")] = None,
+    auto_recharge: Annotated[
+        bool | None, typer.Option("--auto-recharge/--no-auto-recharge")
+    ] = None,
+    recharge_threshold: Annotated[
+        str | None, typer.Option(help="Recharge when credit falls below ($5-$95).")
+    ] = None,
+    recharge_target: Annotated[
+        str | None, typer.Option(help="Bring credit back up to ($10-$100).")
+    ] = None,
+    org: OrgOpt = None,
+) -> None:
+    """Change billing settings."""
+    c, org_id, _ = _scope(org, None)
+    changes: dict[str, object] = {}
+    if mode is not None:
+        changes["mode"] = mode
+    if usage_limit is not None:
+        changes["usage_limit"] = parse_usd(usage_limit)
+    if auto_recharge is not None:
+        changes["auto_recharge"] = auto_recharge
+    if recharge_threshold is not None:
+        changes["recharge_threshold"] = parse_usd(recharge_threshold)
+    if recharge_target is not None:
+        changes["recharge_target"] = parse_usd(recharge_target)
+    try:
+        c.billing.update_settings(org_id, **changes)
+    except KeyplaneError as exc:
+        fail(exc.message)
+    out.print("Billing settings saved.")

@@ -1,0 +1,231 @@
+"""Holds on the request path: reserve the worst case before forwarding, settle the real cost after.
+
+Policy (BRIEF C12, STYLE 7): money checks fail closed. If the organization's money state cannot be
+loaded or a hold cannot be written durably, the request gets 503 and is not forwarded.
+
+The embedded default keeps each organization's ``OrgMoney`` in this process (the only process that
+places holds on this database), loaded on first use and kept in step with changes made elsewhere
+(CLI, Admin API) through the ``money_events`` feed. A hold is written to the database (group
+commit) before the request is forwarded; its settlement is written with the usage record in one
+transaction, batched. If the process dies in between, the hold stays open in the database; after
+a restart it counts against the balance until it expires, then the sweeper settles it at the hold
+amount (the most the request could have cost) with a ``gateway_lost`` usage record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+from keyplane.billing.bounds import CostBound
+from keyplane.billing.periods import period_of
+from keyplane.billing.ports import MoneyStore, Outcome
+from keyplane.billing.wallet import Hold, Lot, OrgMoney, Scope
+from keyplane.clock import Clock
+from keyplane.errors import SpendRefused, StoreUnavailable
+from keyplane.gateway.batching import BatchWriter, GroupCommit
+from keyplane.keys.models import ApiKey
+from keyplane.usage.records import Outcome as RequestOutcome
+from keyplane.usage.records import UsageRecord
+
+log = logging.getLogger("keyplane.money")
+
+REFUSALS = {
+    Scope.CREDITS: "You exceeded your current quota, please check your plan and billing details.",
+    Scope.USAGE_LIMIT: "You exceeded your organization's monthly usage limit; it resets at the start of next month (UTC).",
+    Scope.ORG_BUDGET: "Your organization has reached its monthly budget; requests are rejected until the budget is raised or the month ends (UTC).",
+    Scope.PROJECT_BUDGET: "This project has reached its monthly budget; requests are rejected until the budget is raised or the month ends (UTC).",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Admission:
+    hold: Hold
+    output_tokens: (
+        int  # the output the hold covers (the cap to send when it is below the request's)
+    )
+    clamped: bool
+
+
+class MoneyGuard:
+    def __init__(
+        self,
+        store: MoneyStore,
+        clock: Clock,
+        *,
+        default_usage_limit: int,
+        hold_ttl_s: int,
+        min_output_tokens: int,
+        batch_size: int = 500,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._default_usage_limit = default_usage_limit
+        self._hold_ttl_s = hold_ttl_s
+        self._min_output = min_output_tokens
+        self._orgs: dict[str, OrgMoney] = {}
+        self._loading: dict[str, asyncio.Future[OrgMoney]] = {}
+        self._journal: GroupCommit[Hold] = GroupCommit(store.add_holds)
+        self._outcomes: BatchWriter[Outcome] = BatchWriter(self._resolve, batch_size=batch_size)
+        self._seq: int | None = None
+        self.touched: set[str] = set()  # organizations with settlements since the last flush
+
+    # -- the request path ---------------------------------------------------------------------
+    async def admit(
+        self,
+        key: ApiKey,
+        request_id: str,
+        model: str,
+        endpoint: str,
+        bound: CostBound,
+        output_tokens: int,
+    ) -> Admission:
+        """Places a hold for the request's worst case, lowering ``output_tokens`` if only that fits.
+
+        Raises SpendRefused (no scope has room), StoreUnavailable (fail closed)."""
+        org = await self.org(key.org_id)
+        now = self._clock.now()
+        project_id = key.project_id or ""
+        # From here to place_hold() there is no await: no other request can take the same money.
+        room, scope = org.headroom(project_id, now)
+        amount = bound.cost(output_tokens)
+        clamped = False
+        if amount > room:
+            affordable = bound.max_output_for(room) if output_tokens else -1
+            if affordable < min(output_tokens, self._min_output) or affordable < 0:
+                assert scope is not None
+                raise SpendRefused(scope.value, REFUSALS[scope])
+            output_tokens, amount, clamped = affordable, bound.cost(affordable), True
+        hold = Hold(
+            id=request_id, org_id=key.org_id, project_id=project_id, amount=amount,
+            period=period_of(now), created_at=int(now), expires_at=int(now) + self._hold_ttl_s,
+            key_id=key.id, model=model, endpoint=endpoint,
+        )  # fmt: skip
+        refused = org.place_hold(hold)
+        assert refused is None, "headroom was checked in the same step"
+        try:
+            await self._journal.submit(hold)
+        except Exception:
+            org.void(hold.id)
+            raise StoreUnavailable("Could not record the spending hold.") from None
+        return Admission(hold, output_tokens, clamped)
+
+    def finish(self, hold: Hold, record: UsageRecord) -> UsageRecord:
+        """Settles the request at its real cost (never more than the hold) and queues the usage
+        record with the settlement. Returns the record as stored."""
+        org = self._orgs[hold.org_id]
+        settlement = org.settle(hold.id, record.cost_micro_usd)
+        if settlement is None:
+            log.warning(
+                "hold %s was already resolved (expired and swept); usage not recorded twice",
+                hold.id,
+            )
+            return record
+        if settlement.cost > settlement.charged:
+            log.warning(
+                "request %s cost %d micro-USD, more than its hold of %d: charged the hold",
+                hold.id, settlement.cost, settlement.charged,
+            )  # fmt: skip
+        stored = dataclasses.replace(record, cost_micro_usd=settlement.charged, period=hold.period)
+        self._outcomes.submit(Outcome(stored, settlement))
+        self.touched.add(hold.org_id)
+        return stored
+
+    # -- background ---------------------------------------------------------------------------
+    async def flush(self) -> int:
+        return await self._outcomes.flush()
+
+    def _resolve(self, outcomes: Sequence[Outcome]) -> int:
+        return self._store.resolve(outcomes, int(self._clock.now()))
+
+    async def sweep(self) -> int:
+        """Settles expired holds at their full amount (their request's gateway died or the request
+        outlived the hold); returns how many."""
+        now = self._clock.now()
+        swept = 0
+        for org in list(self._orgs.values()):
+            for hold in [h for h in org.holds.values() if h.expires_at <= now]:
+                record = UsageRecord(
+                    request_id=hold.id, created_at=int(now), org_id=hold.org_id,
+                    project_id=hold.project_id or None, key_id=hold.key_id, owner_type="", owner_id="",
+                    model=hold.model, endpoint=hold.endpoint, input_tokens=0, cached_input_tokens=0,
+                    output_tokens=0, status=0, latency_ms=0, client_ip=None, cost_micro_usd=hold.amount,
+                    stream=False, outcome=RequestOutcome.GATEWAY_LOST, tokens_estimated=True,
+                )  # fmt: skip
+                self.finish(hold, record)
+                swept += 1
+        return swept
+
+    async def refresh(self) -> int:
+        """Applies changes other processes made (grants, revocations, settings); returns how many."""
+        if self._seq is None:
+            self._seq, _ = await asyncio.to_thread(self._store.events_since, 2**62)
+            for org_id in await asyncio.to_thread(self._store.orgs_with_open_holds):
+                await self.org(org_id)  # counts holds left open by a previous process
+            return 0
+        seq, events = await asyncio.to_thread(self._store.events_since, self._seq)
+        self._seq = seq
+        for event in events:
+            org = self._orgs.get(event.org_id)
+            if org is None:
+                continue  # loaded fresh on first use
+            if event.kind == "lot_added":
+                await self._add_new_lots(org)
+            elif event.kind == "lot_revoked" and event.ref:
+                org.revoke_lot(event.ref)
+            elif event.kind == "settings":
+                await self._apply_settings(org, event.ref)
+        return len(events)
+
+    async def org(self, org_id: str) -> OrgMoney:
+        """The organization's money state, loaded once (concurrent first requests share the load)."""
+        money = self._orgs.get(org_id)
+        if money is not None:
+            return money
+        pending = self._loading.get(org_id)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            self._loading[org_id] = pending
+            try:
+                period = period_of(self._clock.now())
+                loaded = await asyncio.to_thread(
+                    self._store.load, org_id, period, self._default_usage_limit
+                )
+            except Exception as exc:
+                pending.set_exception(exc)
+                pending.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
+                raise
+            else:
+                self._orgs[org_id] = loaded
+                pending.set_result(loaded)
+            finally:
+                del self._loading[org_id]
+        return await asyncio.shield(pending)
+
+    async def _add_new_lots(self, org: OrgMoney) -> None:
+        known = {lot.id for lot in org.lots}
+        for lot, _note in await asyncio.to_thread(self._store.lots, org.org_id):
+            if lot.id not in known and not lot.revoked:
+                org.add_lot(
+                    Lot(lot.id, lot.kind, lot.amount, lot.remaining, lot.created_at, lot.expires_at)
+                )
+
+    async def _apply_settings(self, org: OrgMoney, project_id: str | None) -> None:
+        settings = await asyncio.to_thread(self._store.settings, org.org_id)
+        if settings is not None:
+            org.mode = settings.mode
+            org.usage_limit = (
+                self._default_usage_limit if settings.usage_limit is None else settings.usage_limit
+            )
+            org.budget = settings.budget
+            org.auto_recharge = settings.auto_recharge
+            org.recharge_threshold = settings.recharge_threshold
+            org.recharge_target = settings.recharge_target
+        if project_id:
+            budget = await asyncio.to_thread(self._store.project_budget, project_id)
+            if budget is None:
+                org.project_budgets.pop(project_id, None)
+            else:
+                org.project_budgets[project_id] = budget

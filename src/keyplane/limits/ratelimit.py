@@ -1,0 +1,362 @@
+"""Rate limits: what a request costs, which limits apply, and one atomic decision over all of them.
+
+The algorithm is GCRA with one theoretical arrival time (TAT) per scope x dimension, a *cell*.
+A cell with limit ``L`` per period ``P`` (60 s, or 86 400 s for RPD) emits one unit every
+``T = P / L`` seconds. Its TAT is when everything it admitted would have been emitted at that steady
+rate, so ``TAT - now`` is how far ahead of its rate the cell runs (0: at rest, and then forgotten).
+
+**Burst, exactly.** Each cell has a burst ``b >= 0`` in units. A request costing ``c`` units at
+time ``t`` is admitted iff, once charged, the cell is at most ``b + 1`` units ahead of its rate::
+
+    max(TAT, t) + c·T - t <= (b + 1)·T          and then  TAT := max(TAT, t) + c·T
+
+So ``b + 1`` units go through at one instant from rest, and in every window ``[t, t + P)`` at most
+``L + b`` units are admitted: the debt ``TAT - s`` drains at most one second per second and stays
+``<= (b + 1)·T`` after each admission, hence ``Σc·T < (b + 1)·T + P``, i.e. ``Σc <= L + b``.
+``b = 0`` is strict pacing (never more than ``L`` in any window of one period). A request with
+``c > b + 1`` can never be admitted: it is rejected as *too large*, without a retry time.
+
+Default bursts (``burst_for``): RPM gets 10 seconds' worth, ``ceil(L / 6)`` (RPM 60: burst 10, so
+at most 70 in any 60 s, while random traffic at half the limit is almost never rejected).
+Tokens, images, audio MB and RPD get ``b = L - 1``: any single request within the limit can
+succeed and at most ``L`` are admitted at one instant, at the price of up to ``2L - 1`` in one
+period (a day's requests may be spent in the morning). ``settle`` adds token overruns on top.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Protocol
+
+DEFAULT_RPM_BURST_S = 10.0
+_EPS = 1e-9  # seconds; absorbs float rounding in sums like 10 x 1000 tokens x (60 / 10000)
+
+
+class Dimension(StrEnum):
+    REQUESTS = "requests"  # per minute
+    TOKENS = "tokens"  # per minute
+    REQUESTS_PER_DAY = "requests_per_day"
+    IMAGES = "images"  # per minute
+    AUDIO_MB = "audio_mb"  # per minute
+
+    @property
+    def period(self) -> float:
+        return 86_400.0 if self is Dimension.REQUESTS_PER_DAY else 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLimits:
+    """Limits for one model in one scope; None means no limit on that dimension."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    rpd: int | None = None
+    images_per_min: int | None = None
+    audio_mb_per_min: int | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and (type(value) is not int or value <= 0):
+                raise ValueError(f"{f.name} must be a positive integer or None, not {value!r}")
+
+    def limit(self, dimension: Dimension) -> int | None:
+        value: int | None = getattr(self, _FIELD[dimension])
+        return value
+
+    def items(self) -> Iterator[tuple[Dimension, int]]:
+        """Yields (dimension, limit) for every limited dimension."""
+        for dimension, name in _FIELD.items():
+            value = getattr(self, name)
+            if value is not None:
+                yield dimension, value
+
+
+_FIELD: dict[Dimension, str] = {
+    Dimension.REQUESTS: "rpm",
+    Dimension.TOKENS: "tpm",
+    Dimension.REQUESTS_PER_DAY: "rpd",
+    Dimension.IMAGES: "images_per_min",
+    Dimension.AUDIO_MB: "audio_mb_per_min",
+}
+UNLIMITED = ModelLimits()
+
+
+def effective(
+    org: ModelLimits, project: ModelLimits | None = None, key: ModelLimits | None = None
+) -> ModelLimits:
+    """Returns the per-dimension minimum: overrides can lower the organization's limits, never
+    raise them (an override above the tier's limit simply has no effect)."""
+    values: dict[str, int | None] = {}
+    for name in _FIELD.values():
+        given = [v for v in (getattr(s, name) for s in (org, project, key) if s) if v is not None]
+        values[name] = min(given) if given else None
+    return ModelLimits(**values)
+
+
+def raised_fields(base: ModelLimits, override: ModelLimits) -> tuple[str, ...]:
+    """Returns the fields where ``override`` asks for more than ``base`` allows, for refusing such
+    an override when it is written (``effective`` ignores it anyway)."""
+    return tuple(
+        name
+        for name in _FIELD.values()
+        if (b := getattr(base, name)) is not None
+        and (o := getattr(override, name)) is not None
+        and o > b
+    )
+
+
+def burst_for(dimension: Dimension, limit: int, rpm_burst_s: float = DEFAULT_RPM_BURST_S) -> int:
+    """Returns the burst ``b`` of a cell (see the module docstring for what it guarantees)."""
+    if dimension is Dimension.REQUESTS:
+        return min(limit - 1, math.ceil(limit * rpm_burst_s / dimension.period - _EPS))
+    return limit - 1
+
+
+@dataclass(frozen=True, slots=True)
+class LimitScope:
+    """One set of limits a request counts against, e.g. ``org:org-1:gpt-4o-mini``."""
+
+    scope_id: str
+    limits: ModelLimits
+
+
+def scope_id(kind: str, owner_id: str, model: str) -> str:
+    """Returns the id of a scope's cells: ``kind`` is "org", "project" or "key"; ``model`` is the
+    one the limits were looked up for (snapshots share their base model's cells)."""
+    return f"{kind}:{owner_id}:{model}"
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """What a request takes: ``tokens`` is the estimated prompt plus ``max_tokens``; audio in whole
+    megabytes, rounded up."""
+
+    tokens: int = 0
+    requests: int = 1
+    images: int = 0
+    audio_mb: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.tokens, self.requests, self.images, self.audio_mb) < 0:
+            raise ValueError("a cost cannot be negative")
+
+    def units(self, dimension: Dimension) -> int:
+        if dimension is Dimension.TOKENS:
+            return self.tokens
+        if dimension is Dimension.IMAGES:
+            return self.images
+        if dimension is Dimension.AUDIO_MB:
+            return self.audio_mb
+        return self.requests
+
+
+@dataclass(frozen=True, slots=True)
+class Headroom:
+    """One ``x-ratelimit-*`` triple: the limit, units admittable right now, seconds until at rest."""
+
+    limit: int
+    remaining: int
+    reset_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    scope_id: str
+    dimension: Dimension
+    limit: int
+    used: int  # limit minus what is admittable now: what the limiter counts against the limit
+    requested: int
+    retry_after: float | None  # seconds until this request would fit; None when too_large
+    too_large: bool = False  # larger than the cell can ever admit: retrying cannot help
+
+
+@dataclass(slots=True)
+class Ticket:
+    """An admitted request's token charge, to be corrected by ``settle`` exactly once."""
+
+    estimated_tokens: int
+    token_scopes: tuple[tuple[str, int], ...]  # (scope id, TPM at admission)
+    settled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    admitted: bool
+    ticket: Ticket | None  # set when admitted
+    requests: Headroom | None  # of the scope with the fewest requests left (None: no RPM limit)
+    tokens: Headroom | None  # likewise for TPM
+    rejection: Rejection | None = None
+
+
+class RateLimiter(Protocol):
+    def admit(self, scopes: Sequence[LimitScope], cost: Cost, now: float) -> Decision:
+        """Returns a decision over every scope and dimension at once: when admitted, all of the
+        scopes' cells are charged; when rejected, none is. ``now`` is Unix seconds.
+
+        Raises LimiterUnavailable when a shared store cannot be reached (the caller's fail mode
+        decides what happens then)."""
+        ...
+
+    def settle(self, ticket: Ticket, actual_tokens: int, now: float) -> None:
+        """Corrects the ticket's token charge to ``actual_tokens`` (refund or overrun); a ticket
+        settles once, later calls do nothing.
+
+        Raises LimiterUnavailable like ``admit``."""
+        ...
+
+
+class LimiterUnavailable(Exception):
+    """A shared limiter store could not answer in time."""
+
+
+@dataclass(slots=True)
+class _Check:
+    key: tuple[str, Dimension]
+    limit: int
+    interval: float  # T
+    room: float  # (b + 1)·T
+    units: int
+    debt_before: float
+    debt_after: float
+
+    def available(self, debt: float) -> int:
+        return math.floor((self.room - debt + _EPS) / self.interval)
+
+    def headroom(self, debt: float) -> Headroom:
+        return Headroom(self.limit, max(0, min(self.limit, self.available(debt))), debt)
+
+
+class InMemoryRateLimiter:
+    """The limiter of a single gateway process: one lock, O(scopes x dimensions) per call.
+
+    Thread-safe; the lock is held for microseconds, so calling it from the event loop is fine.
+    Memory stays bounded: each call also inspects a few of the least recently charged cells and
+    forgets those at rest (a forgotten cell and a cell at rest behave identically)."""
+
+    def __init__(self, rpm_burst_s: float = DEFAULT_RPM_BURST_S) -> None:
+        if not rpm_burst_s >= 0:
+            raise ValueError("rpm_burst_s must be >= 0")
+        self._rpm_burst_s = rpm_burst_s
+        self._lock = threading.Lock()
+        # TATs relative to the first `now` seen, so floats keep ~10 ps resolution instead of the
+        # ~0.2 µs of raw Unix seconds (a TPM of 150M is 0.4 µs per token).
+        self._epoch: float | None = None
+        self._cells: OrderedDict[tuple[str, Dimension], float] = OrderedDict()
+
+    def admit(self, scopes: Sequence[LimitScope], cost: Cost, now: float) -> Decision:
+        with self._lock:
+            t = self._clock(now)
+            checks: list[_Check] = []
+            pending: dict[tuple[str, Dimension], float] = {}
+            for scope in scopes:
+                for dimension, limit in scope.limits.items():
+                    key = (scope.scope_id, dimension)
+                    interval = dimension.period / limit
+                    room = (burst_for(dimension, limit, self._rpm_burst_s) + 1) * interval
+                    units = cost.units(dimension)
+                    base = max(pending.get(key, self._cells.get(key, t)), t)
+                    pending[key] = base + units * interval
+                    checks.append(
+                        _Check(key, limit, interval, room, units, base - t, pending[key] - t)
+                    )
+            rejection = _worst(checks)
+            if rejection is None:
+                for key, tat in pending.items():
+                    if tat > t:
+                        self._cells[key] = tat
+                        self._cells.move_to_end(key)
+            self._sweep(t, 2 * len(pending) + 2)
+        return _decision(checks, rejection, cost, scopes)
+
+    def settle(self, ticket: Ticket, actual_tokens: int, now: float) -> None:
+        if actual_tokens < 0:
+            raise ValueError("actual_tokens cannot be negative")
+        with self._lock:
+            if ticket.settled:
+                return
+            ticket.settled = True
+            delta = actual_tokens - ticket.estimated_tokens
+            if delta == 0:
+                return
+            t = self._clock(now)
+            for scope_id, tpm in ticket.token_scopes:
+                key = (scope_id, Dimension.TOKENS)
+                tat = max(self._cells.get(key, t), t)
+                # A refund never goes below rest: unused time is not banked for later bursts.
+                tat = max(tat + delta * Dimension.TOKENS.period / tpm, t)
+                if tat > t:
+                    self._cells[key] = tat
+                    self._cells.move_to_end(key)
+                else:
+                    self._cells.pop(key, None)
+
+    def snapshot(self, now: float) -> dict[tuple[str, Dimension], float]:
+        """Returns seconds until at rest for every cell that is not at rest (for tests, metrics)."""
+        with self._lock:
+            t = self._clock(now)
+            return {key: tat - t for key, tat in self._cells.items() if tat > t}
+
+    def __len__(self) -> int:
+        return len(self._cells)
+
+    def _clock(self, now: float) -> float:
+        if self._epoch is None:
+            self._epoch = now
+        return now - self._epoch
+
+    def _sweep(self, t: float, budget: int) -> None:
+        for _ in range(min(budget, len(self._cells))):
+            key, tat = next(iter(self._cells.items()))
+            if tat <= t:
+                del self._cells[key]
+            else:
+                self._cells.move_to_end(key)
+
+
+def _worst(checks: Sequence[_Check]) -> Rejection | None:
+    """Returns the rejection to report: a too-large request first, else the longest wait."""
+    worst: Rejection | None = None
+    for c in checks:
+        too_large = c.units > 0 and c.units * c.interval > c.room + _EPS
+        wait = c.debt_after - c.room
+        if not too_large and wait <= _EPS:
+            continue
+        used = c.limit - c.available(c.debt_before)
+        candidate = Rejection(
+            c.key[0], c.key[1], c.limit, used, c.units, None if too_large else wait, too_large
+        )
+        if (
+            worst is None
+            or (too_large and not worst.too_large)
+            or (not worst.too_large and not too_large and wait > (worst.retry_after or 0.0))
+        ):
+            worst = candidate
+    return worst
+
+
+def _decision(
+    checks: Sequence[_Check], rejection: Rejection | None, cost: Cost, scopes: Sequence[LimitScope]
+) -> Decision:
+    admitted = rejection is None
+
+    def tightest(dimension: Dimension) -> Headroom | None:
+        rooms = [
+            c.headroom(c.debt_after if admitted else c.debt_before)
+            for c in checks
+            if c.key[1] is dimension
+        ]
+        return min(rooms, key=lambda h: (h.remaining, -h.reset_s), default=None)
+
+    ticket = None
+    if admitted:
+        token_scopes = tuple((s.scope_id, tpm) for s in scopes if (tpm := s.limits.tpm) is not None)
+        ticket = Ticket(cost.tokens, token_scopes)
+    return Decision(
+        admitted, ticket, tightest(Dimension.REQUESTS), tightest(Dimension.TOKENS), rejection
+    )

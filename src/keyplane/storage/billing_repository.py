@@ -1,0 +1,408 @@
+"""SQL implementation of the MoneyStore port."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from keyplane.billing.ports import BillingSettings, MoneyEvent, Outcome, SpendAlert
+from keyplane.billing.wallet import BillingMode, Hold, Lot, OrgMoney
+from keyplane.errors import Conflict
+from keyplane.storage import tables as t
+from keyplane.storage.billing_tables import (
+    credit_lots,
+    holds,
+    idempotency_keys,
+    ledger_entries,
+    money_events,
+    org_billing,
+    project_budgets,
+    recharge_jobs,
+    spend_alerts,
+)
+from keyplane.storage.repositories import SqlStore, usage_row
+
+
+def _event(conn: Connection, org_id: str, kind: str, ref: str | None, at: int) -> None:
+    conn.execute(insert(money_events).values(org_id=org_id, kind=kind, ref=ref, at=at))
+
+
+def _settings(row: Any) -> BillingSettings:
+    return BillingSettings(
+        org_id=row.org_id,
+        mode=BillingMode(row.mode),
+        usage_limit=row.usage_limit_micro,
+        budget=row.budget_micro,
+        auto_recharge=row.auto_recharge,
+        recharge_threshold=row.recharge_threshold_micro,
+        recharge_target=row.recharge_target_micro,
+    )
+
+
+def _remaining(conn: Connection, org_id: str) -> dict[str, int]:
+    rows = conn.execute(
+        select(ledger_entries.c.lot_id, func.sum(ledger_entries.c.amount_micro))
+        .where(ledger_entries.c.org_id == org_id, ledger_entries.c.account == "lot")
+        .group_by(ledger_entries.c.lot_id)
+    ).all()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def _hold(row: Any) -> Hold:
+    return Hold(
+        id=row.id, org_id=row.org_id, project_id=row.project_id, amount=row.amount_micro,
+        period=row.period, created_at=row.created_at, expires_at=row.expires_at,
+        key_id=row.key_id, model=row.model, endpoint=row.endpoint,
+    )  # fmt: skip
+
+
+class SqlMoneyStore(SqlStore):
+    def load(self, org_id: str, period: str, default_usage_limit: int) -> OrgMoney:
+        def read(c: Connection) -> OrgMoney:
+            row = c.execute(select(org_billing).where(org_billing.c.org_id == org_id)).first()
+            s = _settings(row) if row else BillingSettings(org_id, BillingMode.PREPAID, None, None)
+            money = OrgMoney(
+                org_id=org_id,
+                mode=s.mode,
+                usage_limit=default_usage_limit if s.usage_limit is None else s.usage_limit,
+                budget=s.budget,
+                auto_recharge=s.auto_recharge,
+                recharge_threshold=s.recharge_threshold,
+                recharge_target=s.recharge_target,
+            )
+            for pid, amount in c.execute(
+                select(project_budgets.c.project_id, project_budgets.c.budget_micro).where(
+                    project_budgets.c.org_id == org_id
+                )
+            ):
+                money.project_budgets[pid] = amount
+            remaining = _remaining(c, org_id)
+            for lot in c.execute(
+                select(credit_lots).where(
+                    credit_lots.c.org_id == org_id, credit_lots.c.revoked_at.is_(None)
+                )
+            ):
+                money.add_lot(
+                    Lot(
+                        lot.id,
+                        lot.kind,
+                        lot.amount_micro,
+                        remaining.get(lot.id, 0),
+                        lot.created_at,
+                        lot.expires_at,
+                    )
+                )
+            for h in c.execute(
+                select(holds).where(holds.c.org_id == org_id, holds.c.status == "open")
+            ):
+                money.restore_hold(_hold(h))
+            spent = c.execute(
+                select(t.usage_records.c.project_id, func.sum(t.usage_records.c.cost_micro_usd))
+                .where(t.usage_records.c.org_id == org_id, t.usage_records.c.period == period)
+                .group_by(t.usage_records.c.project_id)
+            ).all()
+            for pid, amount in spent:
+                money.spent[period] = money.spent.get(period, 0) + int(amount)
+                money.project_spent[(pid or "", period)] = int(amount)
+            return money
+
+        return self._read(read)
+
+    def orgs_with_open_holds(self) -> Sequence[str]:
+        return self._read(
+            lambda c: list(
+                c.execute(
+                    select(holds.c.org_id).where(holds.c.status == "open").distinct()
+                ).scalars()
+            )
+        )
+
+    def add_holds(self, new: Sequence[Hold]) -> None:
+        rows = [
+            {
+                "id": h.id, "org_id": h.org_id, "project_id": h.project_id, "amount_micro": h.amount,
+                "period": h.period, "created_at": h.created_at, "expires_at": h.expires_at, "status": "open",
+                "key_id": h.key_id, "model": h.model, "endpoint": h.endpoint,
+            }
+            for h in new
+        ]  # fmt: skip
+        with self._write() as conn:
+            conn.execute(insert(holds), rows)
+
+    def resolve(self, outcomes: Sequence[Outcome], at: int) -> int:
+        applied = 0
+        with self._write() as conn:
+            for outcome in outcomes:
+                record, settlement = outcome.record, outcome.settlement
+                charged = settlement.charged if settlement else 0
+                closed = conn.execute(
+                    update(holds)
+                    .where(holds.c.id == record.request_id, holds.c.status == "open")
+                    .values(
+                        status="settled" if settlement else "voided",
+                        charged_micro=charged,
+                        resolved_at=at,
+                    )
+                ).rowcount
+                if not closed:
+                    continue  # resolved already (by the sweeper, or a replayed batch)
+                applied += 1
+                conn.execute(insert(t.usage_records).values(**usage_row(record)))
+                if settlement is None or charged == 0:
+                    continue
+                entries = [
+                    {"account": "lot", "lot_id": lot_id, "amount_micro": -amount}
+                    for lot_id, amount in settlement.consumed
+                ]
+                if settlement.uncovered:
+                    entries.append(
+                        {
+                            "account": "receivable",
+                            "lot_id": None,
+                            "amount_micro": -settlement.uncovered,
+                        }
+                    )
+                entries.append({"account": "usage", "lot_id": None, "amount_micro": charged})
+                for entry in entries:
+                    entry.update(txn_id=record.request_id, org_id=record.org_id, created_at=at)
+                conn.execute(insert(ledger_entries), entries)
+        return applied
+
+    def add_lot(self, org_id: str, lot: Lot, note: str, source: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                insert(credit_lots).values(
+                    id=lot.id, org_id=org_id, kind=lot.kind, amount_micro=lot.amount,
+                    created_at=lot.created_at, expires_at=lot.expires_at, note=note,
+                )
+            )  # fmt: skip
+            conn.execute(
+                insert(ledger_entries),
+                [
+                    {"txn_id": lot.id, "org_id": org_id, "account": "lot", "lot_id": lot.id,
+                     "amount_micro": lot.amount, "created_at": lot.created_at},
+                    {"txn_id": lot.id, "org_id": org_id, "account": source, "lot_id": None,
+                     "amount_micro": -lot.amount, "created_at": lot.created_at},
+                ],
+            )  # fmt: skip
+            _event(conn, org_id, "lot_added", lot.id, lot.created_at)
+
+    def revoke_lot(self, org_id: str, lot_id: str, at: int) -> int:
+        with self._write() as conn:
+            done = conn.execute(
+                update(credit_lots)
+                .where(
+                    credit_lots.c.id == lot_id,
+                    credit_lots.c.org_id == org_id,
+                    credit_lots.c.revoked_at.is_(None),
+                )
+                .values(revoked_at=at)
+            ).rowcount
+            if not done:
+                return -1
+            remaining = _remaining(conn, org_id).get(lot_id, 0)
+            if remaining:
+                txn = f"revoke:{lot_id}"
+                conn.execute(
+                    insert(ledger_entries),
+                    [
+                        {"txn_id": txn, "org_id": org_id, "account": "lot", "lot_id": lot_id,
+                         "amount_micro": -remaining, "created_at": at},
+                        {"txn_id": txn, "org_id": org_id, "account": "grants", "lot_id": None,
+                         "amount_micro": remaining, "created_at": at},
+                    ],
+                )  # fmt: skip
+            _event(conn, org_id, "lot_revoked", lot_id, at)
+            return remaining
+
+    def lots(self, org_id: str) -> Sequence[tuple[Lot, str]]:
+        def read(c: Connection) -> list[tuple[Lot, str]]:
+            remaining = _remaining(c, org_id)
+            rows = c.execute(
+                select(credit_lots)
+                .where(credit_lots.c.org_id == org_id)
+                .order_by(credit_lots.c.created_at)
+            )
+            return [
+                (
+                    Lot(
+                        r.id,
+                        r.kind,
+                        r.amount_micro,
+                        remaining.get(r.id, 0),
+                        r.created_at,
+                        r.expires_at,
+                        r.revoked_at is not None,
+                    ),
+                    r.note,
+                )
+                for r in rows
+            ]
+
+        return self._read(read)
+
+    def totals(self, org_id: str) -> tuple[int, int]:
+        def read(c: Connection) -> tuple[int, int]:
+            held = c.execute(
+                select(func.sum(holds.c.amount_micro)).where(
+                    holds.c.org_id == org_id, holds.c.status == "open"
+                )
+            ).scalar()
+            spent = c.execute(
+                select(func.sum(ledger_entries.c.amount_micro)).where(
+                    ledger_entries.c.org_id == org_id, ledger_entries.c.account == "usage"
+                )
+            ).scalar()
+            return int(held or 0), int(spent or 0)
+
+        return self._read(read)
+
+    def settings(self, org_id: str) -> BillingSettings | None:
+        row = self._read(
+            lambda c: c.execute(select(org_billing).where(org_billing.c.org_id == org_id)).first()
+        )
+        return _settings(row) if row else None
+
+    def save_settings(self, s: BillingSettings, at: int) -> None:
+        values = {
+            "mode": s.mode.value, "usage_limit_micro": s.usage_limit, "budget_micro": s.budget,
+            "auto_recharge": s.auto_recharge, "recharge_threshold_micro": s.recharge_threshold,
+            "recharge_target_micro": s.recharge_target, "updated_at": at,
+        }  # fmt: skip
+        with self._write() as conn:
+            if not conn.execute(
+                update(org_billing).where(org_billing.c.org_id == s.org_id).values(**values)
+            ).rowcount:
+                conn.execute(insert(org_billing).values(org_id=s.org_id, **values))
+            _event(conn, s.org_id, "settings", None, at)
+
+    def project_budget(self, project_id: str) -> int | None:
+        return self._read(
+            lambda c: c.execute(
+                select(project_budgets.c.budget_micro).where(
+                    project_budgets.c.project_id == project_id
+                )
+            ).scalar()
+        )
+
+    def save_project_budget(
+        self, org_id: str, project_id: str, amount: int | None, at: int
+    ) -> None:
+        with self._write() as conn:
+            conn.execute(delete(project_budgets).where(project_budgets.c.project_id == project_id))
+            if amount is not None:
+                conn.execute(
+                    insert(project_budgets).values(
+                        project_id=project_id, org_id=org_id, budget_micro=amount, updated_at=at
+                    )
+                )
+            _event(conn, org_id, "settings", project_id, at)
+
+    def alerts(self, org_id: str) -> Sequence[SpendAlert]:
+        rows = self._read(
+            lambda c: c.execute(
+                select(spend_alerts)
+                .where(spend_alerts.c.org_id == org_id)
+                .order_by(spend_alerts.c.created_at, spend_alerts.c.id)
+            ).all()
+        )
+        return [
+            SpendAlert(
+                r.id,
+                r.org_id,
+                r.project_id,
+                r.threshold_micro,
+                tuple(json.loads(r.recipients)) if r.recipients else None,
+                r.created_at,
+            )
+            for r in rows
+        ]
+
+    def add_alert(self, alert: SpendAlert) -> None:
+        with self._write() as conn:
+            conn.execute(
+                insert(spend_alerts).values(
+                    id=alert.id, org_id=alert.org_id, project_id=alert.project_id,
+                    threshold_micro=alert.threshold, created_at=alert.created_at,
+                    recipients=json.dumps(list(alert.recipients)) if alert.recipients else None,
+                )
+            )  # fmt: skip
+
+    def delete_alert(self, org_id: str, alert_id: str) -> bool:
+        with self._write() as conn:
+            return bool(
+                conn.execute(
+                    delete(spend_alerts).where(
+                        and_(spend_alerts.c.id == alert_id, spend_alerts.c.org_id == org_id)
+                    )
+                ).rowcount
+            )
+
+    def month_spend(self, org_id: str, period: str) -> tuple[int, dict[str, int]]:
+        rows = self._read(
+            lambda c: c.execute(
+                select(t.usage_records.c.project_id, func.sum(t.usage_records.c.cost_micro_usd))
+                .where(t.usage_records.c.org_id == org_id, t.usage_records.c.period == period)
+                .group_by(t.usage_records.c.project_id)
+            ).all()
+        )
+        per_project = {r[0] or "": int(r[1]) for r in rows}
+        return sum(per_project.values()), per_project
+
+    def events_since(self, seq: int) -> tuple[int, Sequence[MoneyEvent]]:
+        def read(c: Connection) -> tuple[int, Sequence[MoneyEvent]]:
+            rows = c.execute(
+                select(money_events).where(money_events.c.seq > seq).order_by(money_events.c.seq)
+            ).all()
+            if rows:
+                return rows[-1].seq, [MoneyEvent(r.seq, r.org_id, r.kind, r.ref) for r in rows]
+            latest = c.execute(select(func.max(money_events.c.seq))).scalar()
+            return min(seq, latest or 0), []
+
+        return self._read(read)
+
+    def idempotent(self, scope: str, key: str, request_hash: str) -> str | None:
+        row = self._read(
+            lambda c: c.execute(
+                select(idempotency_keys).where(
+                    idempotency_keys.c.scope == scope, idempotency_keys.c.key == key
+                )
+            ).first()
+        )
+        if row is None:
+            return None
+        if row.request_hash != request_hash:
+            raise Conflict("This Idempotency-Key was already used with different parameters.")
+        return str(row.response)
+
+    def remember(self, scope: str, key: str, request_hash: str, response: str, at: int) -> None:
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    insert(idempotency_keys).values(
+                        scope=scope,
+                        key=key,
+                        request_hash=request_hash,
+                        response=response,
+                        created_at=at,
+                    )
+                )
+        except IntegrityError:
+            pass  # a concurrent replay stored it first; both answers describe the same operation
+
+    def enqueue_recharge(self, job_id: str, org_id: str, target: int, at: int) -> bool:
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    insert(recharge_jobs).values(
+                        id=job_id, org_id=org_id, pending_org_id=org_id, target_micro=target,
+                        status="pending", created_at=at,
+                    )
+                )  # fmt: skip
+        except IntegrityError:
+            return False
+        return True

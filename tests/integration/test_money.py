@@ -1,0 +1,182 @@
+"""Spend never exceeds a balance or a budget, under concurrency, over real sockets (BRIEF C12)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import func, select
+
+from conftest import Keyplane, start_keyplane
+from keyplane.storage.billing_tables import ledger_entries
+from keyplane.usage.pricing import PriceTable
+from kptest import ServerThread
+
+DOLLAR = 1_000_000
+GPT4O = PriceTable.load().price("gpt-4o", 2_000_000_000)
+
+
+async def fire(
+    kp: Keyplane, bodies: list[dict[str, Any]], concurrency: int = 100
+) -> list[httpx.Response]:
+    """Sends every body at once, ``concurrency`` of them in flight at any moment."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    gate = asyncio.Semaphore(concurrency)  # httpx's pool gets slow with a thousand waiters
+    async with httpx.AsyncClient(base_url=kp.base_url, limits=limits, timeout=60) as client:
+        headers = {"authorization": f"Bearer {kp.key}"}
+
+        async def post(body: dict[str, Any]) -> httpx.Response:
+            async with gate:
+                return await client.post("/chat/completions", json=body, headers=headers)
+
+        return await asyncio.gather(*(post(b) for b in bodies))
+
+
+def bodies(n: int, seed: int = 7) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    return [
+        {
+            "model": "gpt-4o",
+            "messages": [{"role": "user", "content": "x" * rng.randint(1, 40)}],
+            "max_tokens": rng.randint(100, 200),
+        }
+        for _ in range(n)
+    ]
+
+
+def ledger_total(kp: Keyplane) -> int:
+    with kp.container.engine.connect() as conn:
+        return int(
+            conn.execute(select(func.coalesce(func.sum(ledger_entries.c.amount_micro), 0))).scalar()
+            or 0
+        )
+
+
+@pytest.fixture
+def funded(tmp_path: Path, obedient_simulator: ServerThread) -> Any:
+    instance = start_keyplane(tmp_path, obedient_simulator.url + "/v1", credit=DOLLAR)
+    yield instance
+    instance.server.stop()
+    instance.container.close()
+
+
+def test_a_thousand_concurrent_requests_never_overspend_one_dollar(funded: Keyplane) -> None:
+    kp = funded
+    responses = asyncio.run(fire(kp, bodies(1000)))
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) <= {200, 429}, statuses
+    refused = [r for r in responses if r.status_code == 429]
+    assert refused, "the balance should run out"
+    for r in refused:
+        assert r.json()["error"]["code"] == "insufficient_quota"
+        assert r.headers["x-keyplane-limit"] == "credits" and "retry-after" not in r.headers
+    records = kp.usage(expect=statuses[200])
+    spent = sum(r.cost_micro_usd for r in records)
+    assert spent <= DOLLAR  # never a micro-dollar over
+    assert spent >= 0.95 * DOLLAR  # and the money is usable: at least 95% of it was admitted
+    # Every record is billed at its real tokens, exactly.
+    assert GPT4O is not None
+    for r in records:
+        assert r.cost_micro_usd == GPT4O.token_cost(r.input_tokens, 0, r.output_tokens)
+    balance = kp.container.billing.balance(kp.org.id)
+    assert balance.held == 0 and balance.available == DOLLAR - spent >= 0
+    assert balance.spent == spent
+    assert all(lot.remaining >= 0 for lot, _ in balance.lots)
+    assert ledger_total(kp) == 0  # double entry: every transaction sums to zero
+
+
+def test_the_lowest_of_balance_and_budgets_wins(funded: Keyplane) -> None:
+    kp = funded
+    kp.container.billing.update_settings(kp.org.id, budget=DOLLAR // 2)
+    kp.container.billing.set_project_budget(kp.org.id, kp.project.id, 3 * DOLLAR // 10)
+    kp.server.call(kp.gateway.pipeline.money.refresh())
+    responses = asyncio.run(fire(kp, bodies(400, seed=3)))
+    refused = [r for r in responses if r.status_code == 429]
+    assert refused
+    assert {r.json()["error"]["code"] for r in refused} == {"project_spend_limit_exceeded"}
+    assert {r.headers["x-keyplane-limit"] for r in refused} == {"budget"}
+    records = kp.usage(expect=sum(r.status_code == 200 for r in responses))
+    spent = sum(r.cost_micro_usd for r in records)
+    assert 0.95 * 0.3 * DOLLAR <= spent <= 0.3 * DOLLAR
+    # The organization budget binds for another project's keys once it is lower than the project's.
+    kp.container.billing.update_settings(kp.org.id, budget=spent)
+    kp.server.call(kp.gateway.pipeline.money.refresh())
+    [r] = asyncio.run(fire(kp, bodies(1)))
+    assert r.status_code == 429 and r.json()["error"]["code"] == "organization_spend_limit_exceeded"
+
+
+def test_output_is_clamped_to_what_the_money_affords(funded: Keyplane) -> None:
+    kp = funded
+    [first] = asyncio.run(
+        fire(
+            kp,
+            [
+                {
+                    "model": "gpt-4o",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 100_000,
+                }
+            ],
+        )
+    )
+    assert first.status_code == 200
+    body = first.json()
+    assert body["choices"][0]["finish_reason"] == "length"
+    # $1 at $10/M output covers < 100k tokens minus the prompt bound: the upstream was told less.
+    assert 100_000 > body["usage"]["completion_tokens"] >= 100_000 - 100
+    [record] = kp.usage(expect=1)
+    assert record.cost_micro_usd <= DOLLAR
+
+
+def test_budget_change_applies_at_once_without_a_spurious_429(funded: Keyplane) -> None:
+    kp = funded
+    assert all(r.status_code == 200 for r in asyncio.run(fire(kp, bodies(5))))
+    spent = sum(r.cost_micro_usd for r in kp.usage(expect=5))
+    kp.container.billing.update_settings(
+        kp.org.id, budget=spent + DOLLAR // 10
+    )  # above current spend
+    kp.server.call(kp.gateway.pipeline.money.refresh())
+    assert all(r.status_code == 200 for r in asyncio.run(fire(kp, bodies(3))))
+    kp.container.billing.update_settings(kp.org.id, budget=spent)  # at or below current spend
+    kp.server.call(kp.gateway.pipeline.money.refresh())
+    [r] = asyncio.run(fire(kp, bodies(1)))
+    assert r.status_code == 429 and r.json()["error"]["code"] == "organization_spend_limit_exceeded"
+
+
+def test_sdk_raises_rate_limit_error_once_without_retrying(
+    tmp_path: Path, simulator: ServerThread
+) -> None:
+    kp = start_keyplane(tmp_path, simulator.url + "/v1", credit=0)
+    sent: list[httpx.Request] = []
+    try:
+        http = openai.DefaultHttpxClient(event_hooks={"request": [sent.append]})
+        client = openai.OpenAI(
+            base_url=kp.base_url, api_key=kp.key, http_client=http
+        )  # default retries
+        with client, pytest.raises(openai.RateLimitError) as err:
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert err.value.code == "insufficient_quota"
+        assert len(sent) == 1, "insufficient_quota must not be retried"
+    finally:
+        kp.server.stop()
+        kp.container.close()
+
+
+def test_grants_are_idempotent(funded: Keyplane) -> None:
+    from keyplane.errors import Conflict
+
+    billing = funded.container.billing
+    first = billing.grant(funded.org.id, 2 * DOLLAR, idempotency_key="k1")
+    again = billing.grant(funded.org.id, 2 * DOLLAR, idempotency_key="k1")
+    assert again.id == first.id
+    with pytest.raises(Conflict):
+        billing.grant(funded.org.id, 3 * DOLLAR, idempotency_key="k1")
+    assert billing.balance(funded.org.id).available == 3 * DOLLAR
