@@ -84,6 +84,7 @@ def start_keyplane(
     *,
     clock: Clock | None = None,
     credit: int = 5_000_000,
+    tier: str = "tier-5",  # generous rate limits unless a test is about them
     **overrides: Any,
 ) -> Keyplane:
     settings = make_settings(
@@ -97,10 +98,11 @@ def start_keyplane(
         kind=KeyKind.PROJECT, org_id=org.id, project_id=project.id, name="test key",
         owner_type="user", owner_id=owner.id, created_by=owner.id,
     )  # fmt: skip
+    container.billing.open_account(org.id, tier=tier, welcome_credit=0)
     if credit:
         container.billing.grant(org.id, credit, note="test credit")
-    gateway = bootstrap.build_gateway(container)
-    thread = ServerThread(gateway).start()
+    app, gateway = bootstrap.build_app(container)
+    thread = ServerThread(app).start()
     return Keyplane(container, gateway, thread, owner, org, project, secret)
 
 

@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import httpx
 from sqlalchemy import Engine
 
 from keyplane.accounts.service import AccountService
+from keyplane.app import KeyplaneApp
+from keyplane.billing.promotion import TierPromoter
 from keyplane.billing.service import BillingService
+from keyplane.billing.watcher import SpendWatcher
 from keyplane.clock import Clock, SystemClock
 from keyplane.config import Settings
 from keyplane.gateway.app import Gateway
 from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.pipeline import Pipeline
+from keyplane.gateway.ratelimits import RateGuard
 from keyplane.gateway.upstreams import Upstream, UpstreamRouter
 from keyplane.keys.authenticator import KeyAuthenticator
 from keyplane.keys.service import KeyService
+from keyplane.limits.ratelimit import InMemoryRateLimiter
+from keyplane.limits.service import RateLimitService
+from keyplane.limits.tiers import TierTable
+from keyplane.notify.dispatcher import EmailDispatcher
+from keyplane.notify.smtp import SmtpMailer
 from keyplane.storage import migrate
 from keyplane.storage.billing_repository import SqlMoneyStore
 from keyplane.storage.engine import make_engine
+from keyplane.storage.limits_repository import SqlRateLimitStore
+from keyplane.storage.notify_repository import SqlOutbox
 from keyplane.storage.repositories import SqlAccountStore, SqlKeyStore, SqlUsageStore
-from keyplane.usage.pricing import PriceTable, parse_dollars
+from keyplane.usage.pricing import PriceTable
+from keyplane.web.admin import create_admin_app
 
 
 @dataclass
@@ -35,6 +48,11 @@ class Container:
     usage_store: SqlUsageStore
     money_store: SqlMoneyStore
     billing: BillingService
+    promoter: TierPromoter
+    rate_limits: SqlRateLimitStore
+    rate_limit_service: RateLimitService
+    outbox: SqlOutbox
+    mailer: SmtpMailer
     prices: PriceTable
     pepper: bytes
 
@@ -52,17 +70,30 @@ def build(
     pepper = settings.secret_bytes("pepper")
     key_store = SqlKeyStore(engine)
     money_store = SqlMoneyStore(engine)
-    usage_limit = parse_dollars(settings.default_usage_limit_usd, "default_usage_limit_usd")
+    tiers = TierTable.load(settings.tier_files)
+    accounts = AccountService(SqlAccountStore(engine), clock)
+    billing = BillingService(money_store, clock, tiers=tiers)
+    outbox = SqlOutbox(engine)
+    rate_store = SqlRateLimitStore(engine)
+    promoter = TierPromoter(
+        money_store, billing, outbox, clock,
+        owner_emails=accounts.owner_emails, org_name=accounts.org_name,
+    )  # fmt: skip
     return Container(
         settings=settings,
         clock=clock,
         engine=engine,
-        accounts=AccountService(SqlAccountStore(engine), clock),
+        accounts=accounts,
         keys=KeyService(key_store, pepper, clock),
         key_store=key_store,
         usage_store=SqlUsageStore(engine),
         money_store=money_store,
-        billing=BillingService(money_store, clock, default_usage_limit=usage_limit),
+        billing=billing,
+        promoter=promoter,
+        rate_limits=rate_store,
+        rate_limit_service=RateLimitService(rate_store, clock, tier_of=promoter.current),
+        outbox=outbox,
+        mailer=SmtpMailer.from_settings(settings),
         prices=PriceTable.load(settings.price_files),
         pepper=pepper,
     )
@@ -89,6 +120,12 @@ def build_gateway(
             max_keepalive_connections=s.upstream_max_connections,
         ),
     )
+    rates = RateGuard(
+        InMemoryRateLimiter(s.rpm_burst_s),
+        container.billing.tiers,
+        container.rate_limits,
+        container.clock,
+    )
     pipeline = Pipeline(
         auth=KeyAuthenticator(container.key_store, container.pepper, container.clock),
         router=UpstreamRouter(upstreams, client, retries=s.upstream_retries),
@@ -96,19 +133,54 @@ def build_gateway(
         money=MoneyGuard(
             container.money_store,
             container.clock,
-            default_usage_limit=container.billing.default_usage_limit,
+            usage_limit_for=container.billing.usage_limit_for,
             hold_ttl_s=s.hold_ttl_s,
             min_output_tokens=s.min_output_tokens,
             batch_size=s.usage_batch_size,
         ),
+        rates=rates,
         clock=container.clock,
         max_body_bytes=s.max_body_bytes,
         default_max_output_tokens=s.default_max_output_tokens,
     )
+    pipeline.money.listeners.append(lambda event: rates.forget(event.ref))
+    watcher = SpendWatcher(
+        container.money_store,
+        container.outbox,
+        container.clock,
+        owner_emails=container.accounts.owner_emails,
+        org_name=container.accounts.org_name,
+        public_url=s.public_url,
+    )
+    dispatcher = EmailDispatcher(container.outbox, container.mailer, container.clock)
+
+    async def after_flush() -> None:
+        touched, states = pipeline.money.take_touched()
+        if touched:
+            await asyncio.to_thread(watcher.check, touched, states)
+
     return Gateway(
         pipeline,
         key_poll_interval_s=s.key_poll_interval_s,
         usage_flush_interval_s=s.usage_flush_interval_s,
         last_used_flush_s=s.last_used_flush_s,
         sweep_interval_s=s.sweep_interval_s,
+        after_flush=after_flush,
+        background=[
+            (s.email_dispatch_interval_s, dispatcher.run_once),
+            (s.tier_check_interval_s, lambda: asyncio.to_thread(container.promoter.check_all)),
+        ],
     )
+
+
+def build_app(
+    container: Container, *, transport: httpx.AsyncBaseTransport | None = None
+) -> tuple[KeyplaneApp, Gateway]:
+    """The one ASGI app keyplane serves (Admin API + gateway), and the gateway inside it.
+
+    The Admin API shares the gateway's key cache and applies money changes to its guard at once."""
+    gateway = build_gateway(container, transport=transport)
+    admin = create_admin_app(
+        container, auth=gateway.pipeline.auth, on_money_change=gateway.pipeline.money.refresh
+    )
+    return KeyplaneApp(gateway, admin), gateway

@@ -86,9 +86,15 @@ class Settings(BaseSettings):
     smtp_timeout_s: float = Field(default=10.0, gt=0)
     mail_from: str = "keyplane <keyplane@localhost>"
     public_url: str = "http://127.0.0.1:8080"  # used in links inside emails
+    email_dispatch_interval_s: float = Field(default=2.0, gt=0)
 
     # Money (BRIEF C5/C6). Amounts are decimal dollar strings, read as exact micro-dollars.
-    default_usage_limit_usd: str = "100"  # per organization per month, until tiers say otherwise
+    tier_files: list[Path] = Field(
+        default_factory=list
+    )  # extra usage-tier TOML (limits/tiers.toml)
+    initial_tier: str = "tier-1"  # the tier `keyplane init` gives the operator's organization
+    rpm_burst_s: float = Field(default=10.0, ge=0)  # RPM burst: this many seconds' worth
+    tier_check_interval_s: float = Field(default=3600.0, gt=0)  # periodic tier promotion check
     hold_ttl_s: int = Field(default=900, ge=1)  # an orphaned hold is settled after this long
     sweep_interval_s: float = Field(default=5.0, gt=0)
     min_output_tokens: int = Field(default=16, ge=1)  # a clamp below this refuses the request

@@ -24,6 +24,10 @@ class Conflict(KeyplaneError):
     pass
 
 
+class IdempotencyKeyReused(Conflict):
+    """The Idempotency-Key was used with other parameters, or its first request is still running."""
+
+
 class InvalidRequest(KeyplaneError):
     pass
 

@@ -212,3 +212,97 @@ def test_make_run_flow_first_and_second_start(tmp_path: Path) -> None:
     assert (
         "already initialized" in text and "Owner login" not in text and not KEY_PATTERN.search(text)
     )
+
+
+def test_credits_budget_alerts_and_billing_commands(run: Any) -> None:
+    run(
+        "init",
+        "--email",
+        "a@example.com",
+        "--org",
+        "A",
+        "--password-stdin",
+        stdin="correct horse battery\n",
+    )
+    shown = json.loads(run("credits", "show", "--json").stdout)
+    assert shown["available_micro_usd"] == 5_000_000  # the welcome credit
+    [welcome] = shown["lots"]
+    assert welcome["expires_at"] - welcome["created_at"] == 90 * 86400
+    granted = json.loads(
+        run(
+            "credits",
+            "grant",
+            "--amount",
+            "10.50",
+            "--note",
+            "internal",
+            "--idempotency-key",
+            "g1",
+            "--json",
+        ).stdout
+    )
+    again = json.loads(
+        run(
+            "credits",
+            "grant",
+            "--amount",
+            "10.50",
+            "--note",
+            "internal",
+            "--idempotency-key",
+            "g1",
+            "--json",
+        ).stdout
+    )
+    assert granted["id"] == again["id"] and granted["amount_micro_usd"] == 10_500_000
+    conflict = run("credits", "grant", "--amount", "11", "--idempotency-key", "g1", ok=False)
+    assert conflict.exit_code == 1 and "different parameters" in conflict.output
+    shown = json.loads(run("credits", "show", "--json").stdout)
+    assert (
+        shown["available_micro_usd"] == 15_500_000
+        and shown["held_micro_usd"] == 0
+        and shown["spent_micro_usd"] == 0
+    )
+    assert {"id", "kind", "amount_micro_usd", "remaining_micro_usd", "expires_at"} <= set(
+        shown["lots"][0]
+    )
+    run("credits", "revoke", granted["id"])
+    assert json.loads(run("credits", "show", "--json").stdout)["available_micro_usd"] == 5_000_000
+    run("budget", "set", "--amount", "20")
+    run("budget", "set", "--amount", "5", "--project", "Default project")
+    run("alerts", "add", "--amount", "10")
+    [alert] = json.loads(run("alerts", "list", "--json").stdout)
+    assert alert["threshold_micro_usd"] == 10_000_000 and alert["recipients"] is None
+    settings = json.loads(run("billing", "show", "--json").stdout)
+    assert settings == {
+        "mode": "prepaid", "usage_limit_micro_usd": 100_000_000, "budget_micro_usd": 20_000_000,
+        "auto_recharge": False, "recharge_threshold_micro_usd": None, "recharge_target_micro_usd": None,
+    }  # fmt: skip
+    bad = run(
+        "billing",
+        "set",
+        "--auto-recharge",
+        "--recharge-threshold",
+        "50",
+        "--recharge-target",
+        "40",
+        ok=False,
+    )
+    assert bad.exit_code == 1 and "above the threshold" in bad.output
+    run("billing", "set", "--mode", "postpaid", "--usage-limit", "500")
+    assert json.loads(run("billing", "show", "--json").stdout)["mode"] == "postpaid"
+
+
+def test_init_without_welcome_credit(run: Any) -> None:
+    run(
+        "init",
+        "--email",
+        "a@example.com",
+        "--org",
+        "A",
+        "--password-stdin",
+        "--welcome-credit",
+        "0",
+        stdin="correct horse battery\n",
+    )
+    assert json.loads(run("credits", "show", "--json").stdout)["lots"] == []

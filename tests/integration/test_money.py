@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from conftest import Keyplane, start_keyplane
+from keyplane.errors import KeyplaneError
 from keyplane.storage.billing_tables import ledger_entries
 from keyplane.usage.pricing import PriceTable
 from kptest import ServerThread
@@ -180,3 +181,58 @@ def test_grants_are_idempotent(funded: Keyplane) -> None:
     with pytest.raises(Conflict):
         billing.grant(funded.org.id, 3 * DOLLAR, idempotency_key="k1")
     assert billing.balance(funded.org.id).available == 3 * DOLLAR
+
+
+def test_auto_recharge_is_off_by_default_and_enqueued_exactly_once(funded: Keyplane) -> None:
+    from keyplane.storage.billing_tables import recharge_jobs
+
+    def jobs() -> list[dict[str, Any]]:
+        with funded.container.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(select(recharge_jobs)).mappings()]
+
+    billing = funded.container.billing
+    assert billing.settings(funded.org.id).auto_recharge is False
+    assert all(r.status_code == 200 for r in asyncio.run(fire(funded, bodies(3))))
+    funded.usage(expect=3)
+    assert jobs() == []  # $1 is below any threshold, but auto-recharge is off
+    with pytest.raises(KeyplaneError):
+        billing.update_settings(
+            funded.org.id,
+            auto_recharge=True,
+            recharge_threshold=5_000_000,
+            recharge_target=5_000_000,
+        )
+    billing.update_settings(
+        funded.org.id,
+        auto_recharge=True,
+        recharge_threshold=5 * DOLLAR,
+        recharge_target=10 * DOLLAR,
+    )
+    funded.server.call(funded.gateway.pipeline.money.refresh())
+    assert all(
+        r.status_code == 200 for r in asyncio.run(fire(funded, bodies(20, seed=5), concurrency=20))
+    )
+    funded.usage(expect=23)
+    funded.flush()
+    [job] = jobs()
+    assert job["status"] == "pending" and job["target_micro"] == 10 * DOLLAR
+
+
+def test_concurrent_first_uses_of_one_idempotency_key_grant_once(funded: Keyplane) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from keyplane.errors import IdempotencyKeyReused
+
+    billing = funded.container.billing
+
+    def attempt(_: int) -> str:
+        try:
+            return billing.grant(funded.org.id, DOLLAR, idempotency_key="race").id
+        except IdempotencyKeyReused:
+            return "in progress"
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(attempt, range(20)))
+    grants = {r for r in results if r != "in progress"}
+    assert len(grants) == 1
+    assert billing.balance(funded.org.id).available == 2 * DOLLAR  # $1 funded + exactly one grant

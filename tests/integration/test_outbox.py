@@ -7,8 +7,6 @@ competing dispatchers and a dispatcher that dies holding a lease.
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import json
 import secrets
 import ssl
@@ -17,14 +15,12 @@ import traceback
 from base64 import b64encode
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from email.message import EmailMessage, MIMEPart
+from email.message import MIMEPart
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from pydantic import SecretStr
@@ -40,71 +36,12 @@ from keyplane.storage.engine import make_engine
 from keyplane.storage.notify_repository import SqlOutbox
 from keyplane.storage.notify_tables import email_outbox
 from kptest import wait_until
+from smtp_support import Inbox, SmtpServer, start_smtp
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 FROM = "keyplane <noreply@keyplane.test>"
 PASSWORD = "hunter2-smtp-Secret-9f3a"
 LEASE_S = 300
-
-
-@dataclass(frozen=True)
-class Received:
-    mail_from: str
-    rcpt_tos: list[str]
-    message: EmailMessage
-
-
-class Inbox:
-    """An aiosmtpd handler that keeps what it receives, refuses on demand, and can hold the first
-    ``hold_first`` messages until that many are in flight at once (proof of concurrency)."""
-
-    def __init__(self, *, hold_first: int = 0) -> None:
-        self.received: list[Received] = []
-        self.refuse = False
-        self.refused = 0
-        self.hold_first = hold_first
-        self.rendezvous_failed = False
-        self._arrived = 0
-        self._gate: asyncio.Event | None = None
-
-    async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
-        if self.refuse:
-            self.refused += 1
-            return "451 4.3.0 Mail server busy, try again later"
-        if self._arrived < self.hold_first:
-            self._gate = self._gate or asyncio.Event()
-            self._arrived += 1
-            if self._arrived == self.hold_first:
-                self._gate.set()
-            try:
-                await asyncio.wait_for(self._gate.wait(), 10)
-            except TimeoutError:
-                self.rendezvous_failed = True
-                return "451 4.3.0 no concurrent delivery arrived"
-        assert isinstance(envelope.content, bytes) and envelope.mail_from is not None
-        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
-        self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), msg))
-        return "250 2.0.0 OK"
-
-    def message_ids(self) -> Counter[str]:
-        return Counter(str(r.message["Message-ID"]) for r in self.received)
-
-
-class SmtpServer(Controller):
-    def _trigger_server(self) -> None:
-        # aiosmtpd 1.4 binds port 0 but then probes ``self.port``: learn the real port first.
-        assert isinstance(self.server, asyncio.Server)
-        self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()  # type: ignore[no-untyped-call]
-
-
-def start_smtp(handler: Any, port: int = 0, **kwargs: Any) -> SmtpServer:
-    server = SmtpServer(
-        handler, hostname="127.0.0.1", port=port, server_hostname="localhost", **kwargs
-    )
-    server.start()
-    return server
 
 
 @pytest.fixture

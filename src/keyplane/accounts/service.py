@@ -93,3 +93,10 @@ class AccountService:
 
     def owners(self, org_id: str) -> Sequence[User]:
         return self._store.owners(org_id)
+
+    def owner_emails(self, org_id: str) -> list[str]:
+        """Who receives billing and limit emails: the organization's Owners."""
+        return [user.email for user in self._store.owners(org_id)]
+
+    def org_name(self, org_id: str) -> str:
+        return self.find_organization(org_id).name

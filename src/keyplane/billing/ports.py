@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -14,11 +14,12 @@ from keyplane.usage.records import UsageRecord
 class BillingSettings:
     org_id: str
     mode: BillingMode
-    usage_limit: int | None  # None: the default from settings
+    usage_limit: int | None  # None: the usage tier's monthly usage limit
     budget: int | None
     auto_recharge: bool = False
     recharge_threshold: int | None = None
     recharge_target: int | None = None
+    tier: str | None = None  # None: the lowest tier
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +49,9 @@ class MoneyEvent:
 
 
 class MoneyStore(Protocol):
-    def load(self, org_id: str, period: str, default_usage_limit: int) -> OrgMoney:
+    def load(
+        self, org_id: str, period: str, usage_limit_for: Callable[[str | None], int]
+    ) -> OrgMoney:
         """Returns the organization's money state: settings, live lots with what remains in them,
         open holds, and settled spend in ``period``. Raises StoreUnavailable."""
         ...
@@ -81,6 +84,12 @@ class MoneyStore(Protocol):
         """Returns (open holds, all-time settled spend) as stored."""
         ...
 
+    def payments(self, org_id: str) -> tuple[int, int | None]:
+        """Returns the total of purchased credit and when the first purchase was made."""
+        ...
+
+    def organizations_with_payments(self) -> Sequence[str]: ...
+
     def settings(self, org_id: str) -> BillingSettings | None: ...
 
     def save_settings(self, settings: BillingSettings, at: int) -> None: ...
@@ -103,13 +112,20 @@ class MoneyStore(Protocol):
 
     def events_since(self, seq: int) -> tuple[int, Sequence[MoneyEvent]]: ...
 
-    def idempotent(self, scope: str, key: str, request_hash: str) -> str | None:
-        """Returns the stored response for (scope, key), or None if new.
+    def claim_idempotency(self, scope: str, key: str, request_hash: str, at: int) -> str | None:
+        """Claims (scope, key) for a new request and returns None, or returns the stored response
+        of the request that used it first. The claim is a unique row, so of two concurrent first
+        uses exactly one runs.
 
-        Raises Conflict when the key was used with a different request."""
+        Raises IdempotencyKeyReused when the key was used with other parameters or its first
+        request has not finished."""
         ...
 
-    def remember(self, scope: str, key: str, request_hash: str, response: str, at: int) -> None: ...
+    def complete_idempotency(self, scope: str, key: str, response: str) -> None: ...
+
+    def release_idempotency(self, scope: str, key: str) -> None:
+        """Forgets a claim whose request failed, so the client may retry with the same key."""
+        ...
 
     def enqueue_recharge(self, job_id: str, org_id: str, target: int, at: int) -> bool:
         """Enqueues a recharge unless one is already pending; returns whether it was enqueued."""

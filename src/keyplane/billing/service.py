@@ -19,6 +19,7 @@ from keyplane.billing.wallet import BillingMode, Lot
 from keyplane.clock import Clock
 from keyplane.errors import InvalidRequest, NotFound
 from keyplane.ids import new_id
+from keyplane.limits.tiers import TierTable
 
 T = TypeVar("T")
 DAY = 86400
@@ -44,14 +45,22 @@ class CreditBalance:
 
 
 class BillingService:
-    def __init__(self, store: MoneyStore, clock: Clock, *, default_usage_limit: int) -> None:
+    def __init__(self, store: MoneyStore, clock: Clock, *, tiers: TierTable) -> None:
         self._store = store
         self._clock = clock
-        self.default_usage_limit = default_usage_limit
+        self.tiers = tiers
+        self.default_usage_limit = tiers.lowest.monthly_usage_limit_micro_usd
         self.recharge_bounds = RechargeBounds()
 
     def _now(self) -> int:
         return int(self._clock.now())
+
+    def open_account(self, org_id: str, *, tier: str | None, welcome_credit: int) -> None:
+        """Sets up a new organization's billing: its usage tier and an optional welcome grant
+        (expiring after 90 days, as OpenAI's free trial credit did)."""
+        self.update_settings(org_id, tier=tier)
+        if welcome_credit:
+            self.grant(org_id, welcome_credit, expires_in_s=90 * DAY, note="Welcome credit")
 
     # -- credits --------------------------------------------------------------------------------
     def grant(
@@ -84,6 +93,17 @@ class BillingService:
             f"grant:{org_id}", idempotency_key, params, run, _lot_json, _lot_from_json
         )
 
+    def record_purchase(
+        self, org_id: str, amount: int, *, idempotency_key: str | None = None
+    ) -> Lot:
+        """Adds the credit a successful payment bought: a non-refundable lot expiring one year
+        later. The payment provider calls this when a payment settles; the caller then checks
+        tier promotion."""
+        return self.grant(
+            org_id, amount, expires_in_s=365 * DAY, note="Credit purchase", kind="purchase",
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
+
     def revoke_grant(self, org_id: str, lot_id: str) -> int:
         """Revokes a grant; returns the amount that was still unspent. Purchases are non-refundable."""
         lot = next((lot for lot, _ in self._store.lots(org_id) if lot.id == lot_id), None)
@@ -109,6 +129,19 @@ class BillingService:
             org_id, BillingMode.PREPAID, None, None
         )
 
+    def usage_limit_for(self, tier_id: str | None) -> int:
+        """The monthly usage limit of a tier (the lowest when None or no longer in the table)."""
+        try:
+            tier = self.tiers.get(tier_id) if tier_id else self.tiers.lowest
+        except KeyError:
+            tier = self.tiers.lowest
+        return tier.monthly_usage_limit_micro_usd
+
+    def effective_usage_limit(self, settings: BillingSettings) -> int:
+        if settings.usage_limit is not None:
+            return settings.usage_limit
+        return self.usage_limit_for(settings.tier)
+
     def update_settings(self, org_id: str, **changes: Any) -> BillingSettings:
         """Changes mode, usage_limit, budget or the auto-recharge rule (validated)."""
         current = self.settings(org_id)
@@ -124,6 +157,8 @@ class BillingService:
                 raise InvalidRequest(f"{name} cannot be negative.", param=name)
         if updated.auto_recharge:
             self._check_recharge(updated.recharge_threshold, updated.recharge_target)
+        if updated.tier is not None and updated.tier not in {t.id for t in self.tiers.tiers}:
+            raise InvalidRequest(f"There is no usage tier '{updated.tier}'.", param="tier")
         self._store.save_settings(updated, self._now())
         return updated
 
@@ -196,11 +231,15 @@ class BillingService:
         if not 0 < len(key) <= 255:
             raise InvalidRequest("An Idempotency-Key has 1 to 255 characters.")
         digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-        stored = self._store.idempotent(scope, key, digest)
+        stored = self._store.claim_idempotency(scope, key, digest, self._now())
         if stored is not None:
             return load(stored)
-        result = run()
-        self._store.remember(scope, key, digest, dump(result), self._now())
+        try:
+            result = run()
+        except BaseException:
+            self._store.release_idempotency(scope, key)
+            raise
+        self._store.complete_idempotency(scope, key, dump(result))
         return result
 
 

@@ -97,6 +97,7 @@ class OrgMoney:
     auto_recharge: bool = False
     recharge_threshold: int | None = None
     recharge_target: int | None = None
+    tier: str | None = None  # usage tier id; sets the usage limit and the rate limits
 
     # -- reading ----------------------------------------------------------------------------
     def balance(self, at: float) -> int:

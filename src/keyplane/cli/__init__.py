@@ -25,11 +25,13 @@ from keyplane.cli.common import (
     parse_usd,
     usd,
 )
+from keyplane.cli.limits import Rpd, Rpm, Tpm, ratelimits_app, tier_app
 from keyplane.cli.money import alerts_app, billing_app, budget_app, money_app
 from keyplane.config import Settings, UpstreamSettings
 from keyplane.errors import KeyplaneError
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
+from keyplane.limits.ratelimit import ModelLimits
 from keyplane.simulator import SimulatorConfig
 from keyplane.simulator import create_app as simulator_app
 
@@ -43,6 +45,8 @@ app.add_typer(money_app, name="credits")
 app.add_typer(budget_app, name="budget")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(billing_app, name="billing")
+app.add_typer(tier_app, name="tier")
+app.add_typer(ratelimits_app, name="ratelimits")
 
 
 def _key_json(key: ApiKey) -> dict[str, Any]:
@@ -85,7 +89,9 @@ def init(
             kind=KeyKind.ADMIN, org_id=organization.id, project_id=None, name="Initial admin key",
             owner_type="user", owner_id=user.id, created_by=user.id,
         )  # fmt: skip
-        _welcome(c, organization.id, parse_usd(welcome_credit))
+        c.billing.open_account(
+            organization.id, tier=c.settings.initial_tier, welcome_credit=parse_usd(welcome_credit)
+        )
     except KeyplaneError as exc:
         fail(exc.message)
         return
@@ -195,6 +201,36 @@ def keys_revoke(
         fail(exc.message)
         return
     out.print(f"Revoked {key.id} ({key.name}, {key.redacted_value}).")
+
+
+@keys_app.command("update")
+def keys_update(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")],
+    rpm: Rpm = None,
+    tpm: Tpm = None,
+    rpd: Rpd = None,
+    clear_limits: Annotated[
+        bool, typer.Option("--clear-limits", help="Remove the key's own limits.")
+    ] = False,
+    org: OrgOpt = None,
+) -> None:
+    """Lower one key's rate limits (for every model; never above the organization's)."""
+    c = container()
+    try:
+        organization = c.accounts.find_organization(org)
+        key = c.keys.get(organization.id, key_id)
+        limits = None if clear_limits else ModelLimits(rpm=rpm, tpm=tpm, rpd=rpd)
+        if limits == ModelLimits():
+            fail("say what to change: --rpm, --tpm, --rpd or --clear-limits")
+        c.rate_limit_service.set_key_limits(organization.id, key.id, limits)
+    except KeyplaneError as exc:
+        fail(exc.message)
+    shown = (
+        "none"
+        if limits is None
+        else f"RPM {limits.rpm or '-'}, TPM {limits.tpm or '-'}, RPD {limits.rpd or '-'}"
+    )
+    out.print(f"Limits of {key.id} ({key.name}): {shown}.")
 
 
 @app.command()
@@ -323,11 +359,6 @@ def dev(
     asyncio.run(_serve(c, simulator_sock=sim_sock))
 
 
-def _welcome(c: bootstrap.Container, org_id: str, amount: int) -> None:
-    if amount:
-        c.billing.grant(org_id, amount, expires_in_s=90 * 86400, note="Welcome credit")
-
-
 def _first_start(c: bootstrap.Container) -> None:
     password = secrets.token_urlsafe(15)
     user, org, project = c.accounts.initialize(
@@ -337,7 +368,7 @@ def _first_start(c: bootstrap.Container) -> None:
         kind=KeyKind.PROJECT, org_id=org.id, project_id=project.id, name="First key",
         owner_type="user", owner_id=user.id, created_by=user.id,
     )  # fmt: skip
-    _welcome(c, org.id, 5_000_000)
+    c.billing.open_account(org.id, tier=c.settings.initial_tier, welcome_credit=5_000_000)
     out.print(
         "[bold]First start: keyplane is initialized.[/bold] These are shown once, store them now."
     )
@@ -352,7 +383,7 @@ async def _serve(
     logs.configure(s.log_level)
     sock = server.bind(s.host, s.port)
     gateway = server.make_server(
-        bootstrap.build_gateway(c), log_level=s.log_level, access_log=s.access_log
+        bootstrap.build_app(c)[0], log_level=s.log_level, access_log=s.access_log
     )
     servers = [gateway.serve(sockets=[sock])]
     if simulator_sock is not None:

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from keyplane import bootstrap
 from keyplane.config import load_settings
-from keyplane.usage.pricing import MICRO
+from keyplane.usage.pricing import MICRO, format_usd
 
 out = Console()
 err = Console(stderr=True)
@@ -62,9 +62,7 @@ def parse_usd(text: str) -> int:
 
 
 def usd(micros: int) -> str:
-    sign = "-" if micros < 0 else ""
-    micros = abs(micros)
-    return f"{sign}{micros // MICRO}.{micros % MICRO:06d}"
+    return format_usd(micros)
 
 
 def iso(ts: int | None) -> str:

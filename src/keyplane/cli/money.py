@@ -75,6 +75,29 @@ def credits_grant(
     out.print(f"Granted ${usd(lot.amount)} ({lot.id}), expires {iso(lot.expires_at)}.")
 
 
+@money_app.command("purchase")
+def credits_purchase(
+    amount: Annotated[str, typer.Option(help="Dollars paid, e.g. 50.00.")],
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Replays return the first purchase.")
+    ] = None,
+    org: OrgOpt = None,
+) -> None:
+    """Record a payment received outside keyplane (an invoice paid by transfer): non-refundable
+    credit expiring in a year, counted toward usage-tier promotion."""
+    c, org_id, _ = _scope(org, None)
+    try:
+        lot = c.billing.record_purchase(org_id, parse_usd(amount), idempotency_key=idempotency_key)
+        promoted = c.promoter.check(org_id)
+    except KeyplaneError as exc:
+        fail(exc.message)
+    out.print(
+        f"Recorded a purchase of ${usd(lot.amount)} ({lot.id}), expires {iso(lot.expires_at)}."
+    )
+    if promoted is not None:
+        out.print(f"The organization moved up to {promoted.name}.")
+
+
 @money_app.command("revoke")
 def credits_revoke(
     lot_id: Annotated[str, typer.Argument(help="The grant's id (cg_…).")], org: OrgOpt = None
@@ -216,7 +239,7 @@ def billing_show(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
     """Billing mode, usage limit, budget and auto-recharge."""
     c, org_id, _ = _scope(org, None)
     s = c.billing.settings(org_id)
-    limit = c.billing.default_usage_limit if s.usage_limit is None else s.usage_limit
+    limit = c.billing.effective_usage_limit(s)
     payload = {
         "mode": s.mode.value, "usage_limit_micro_usd": limit, "budget_micro_usd": s.budget,
         "auto_recharge": s.auto_recharge, "recharge_threshold_micro_usd": s.recharge_threshold,

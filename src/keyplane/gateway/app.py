@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from keyplane.errors import KeyplaneError, StoreUnavailable
@@ -30,6 +30,7 @@ class Gateway:
         last_used_flush_s: float,
         sweep_interval_s: float = 5.0,
         after_flush: Callable[[], Awaitable[Any]] | None = None,
+        background: Sequence[tuple[float, Callable[[], Awaitable[Any]]]] = (),
     ) -> None:
         self.pipeline = pipeline
         self._after_flush = after_flush
@@ -38,6 +39,7 @@ class Gateway:
             (key_poll_interval_s, pipeline.auth.refresh),
             (key_poll_interval_s, pipeline.money.refresh),
             (sweep_interval_s, pipeline.money.sweep),
+            *background,
             (usage_flush_interval_s, self.flush),
             (last_used_flush_s, self._flush_last_used),
         ]

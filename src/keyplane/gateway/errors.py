@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from keyplane.errors import (
     Conflict,
+    IdempotencyKeyReused,
     InvalidApiKey,
     InvalidRequest,
     KeyplaneError,
@@ -64,6 +65,8 @@ def from_domain(exc: KeyplaneError) -> ApiError:
         )
     if isinstance(exc, NotFound):
         return ApiError(404, exc.message, code="not_found", param=exc.param)
+    if isinstance(exc, IdempotencyKeyReused):
+        return ApiError(409, exc.message, code="idempotency_key_reused", param="Idempotency-Key")
     if isinstance(exc, Conflict):
         return ApiError(409, exc.message, code="conflict", param=exc.param)
     if isinstance(exc, InvalidRequest):

@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from keyplane.billing.bounds import CostBound
 from keyplane.billing.periods import period_of
-from keyplane.billing.ports import MoneyStore, Outcome
+from keyplane.billing.ports import MoneyEvent, MoneyStore, Outcome
 from keyplane.billing.wallet import Hold, Lot, OrgMoney, Scope
 from keyplane.clock import Clock
 from keyplane.errors import SpendRefused, StoreUnavailable
@@ -55,14 +55,14 @@ class MoneyGuard:
         store: MoneyStore,
         clock: Clock,
         *,
-        default_usage_limit: int,
+        usage_limit_for: Callable[[str | None], int],
         hold_ttl_s: int,
         min_output_tokens: int,
         batch_size: int = 500,
     ) -> None:
         self._store = store
         self._clock = clock
-        self._default_usage_limit = default_usage_limit
+        self._usage_limit_for = usage_limit_for
         self._hold_ttl_s = hold_ttl_s
         self._min_output = min_output_tokens
         self._orgs: dict[str, OrgMoney] = {}
@@ -70,7 +70,10 @@ class MoneyGuard:
         self._journal: GroupCommit[Hold] = GroupCommit(store.add_holds)
         self._outcomes: BatchWriter[Outcome] = BatchWriter(self._resolve, batch_size=batch_size)
         self._seq: int | None = None
+        self._refreshing = asyncio.Lock()
         self.touched: set[str] = set()  # organizations with settlements since the last flush
+        # Told of feed events this guard does not handle itself (rate-limit overrides).
+        self.listeners: list[Callable[[MoneyEvent], None]] = []
 
     # -- the request path ---------------------------------------------------------------------
     async def admit(
@@ -137,6 +140,11 @@ class MoneyGuard:
     async def flush(self) -> int:
         return await self._outcomes.flush()
 
+    def take_touched(self) -> tuple[set[str], dict[str, OrgMoney]]:
+        """Returns the organizations settled since the last call, with the money states."""
+        touched, self.touched = self.touched, set()
+        return touched, self._orgs
+
     def _resolve(self, outcomes: Sequence[Outcome]) -> int:
         return self._store.resolve(outcomes, int(self._clock.now()))
 
@@ -159,15 +167,30 @@ class MoneyGuard:
         return swept
 
     async def refresh(self) -> int:
-        """Applies changes other processes made (grants, revocations, settings); returns how many."""
+        """Applies changes other processes made (grants, revocations, settings); returns how many.
+
+        Serialized: the poll loop and the Admin API both call it, and two overlapping refreshes
+        could otherwise both add the same new lot (counting its credit twice)."""
+        async with self._refreshing:
+            return await self._refresh()
+
+    async def _refresh(self) -> int:
         if self._seq is None:
             self._seq, _ = await asyncio.to_thread(self._store.events_since, 2**62)
+            # Organizations loaded before this first successful read of the feed (the database was
+            # down at startup) may have missed changes: bring them up to date.
+            for loaded in list(self._orgs.values()):
+                await self._resync(loaded)
             for org_id in await asyncio.to_thread(self._store.orgs_with_open_holds):
                 await self.org(org_id)  # counts holds left open by a previous process
             return 0
         seq, events = await asyncio.to_thread(self._store.events_since, self._seq)
         self._seq = seq
         for event in events:
+            if event.kind not in ("lot_added", "lot_revoked", "settings"):
+                for listener in self.listeners:
+                    listener(event)
+                continue
             org = self._orgs.get(event.org_id)
             if org is None:
                 continue  # loaded fresh on first use
@@ -191,7 +214,7 @@ class MoneyGuard:
             try:
                 period = period_of(self._clock.now())
                 loaded = await asyncio.to_thread(
-                    self._store.load, org_id, period, self._default_usage_limit
+                    self._store.load, org_id, period, self._usage_limit_for
                 )
             except Exception as exc:
                 pending.set_exception(exc)
@@ -205,24 +228,37 @@ class MoneyGuard:
         return await asyncio.shield(pending)
 
     async def _add_new_lots(self, org: OrgMoney) -> None:
-        known = {lot.id for lot in org.lots}
-        for lot, _note in await asyncio.to_thread(self._store.lots, org.org_id):
+        stored = await asyncio.to_thread(self._store.lots, org.org_id)
+        known = {lot.id for lot in org.lots}  # read after the await: nothing is added twice
+        for lot, _note in stored:
             if lot.id not in known and not lot.revoked:
                 org.add_lot(
                     Lot(lot.id, lot.kind, lot.amount, lot.remaining, lot.created_at, lot.expires_at)
                 )
+
+    async def _resync(self, org: OrgMoney) -> None:
+        await self._apply_settings(org, None)
+        for project_id in list(org.project_budgets):
+            await self._apply_settings(org, project_id)
+        await self._add_new_lots(org)
+        for lot, _note in await asyncio.to_thread(self._store.lots, org.org_id):
+            if lot.revoked:
+                org.revoke_lot(lot.id)
 
     async def _apply_settings(self, org: OrgMoney, project_id: str | None) -> None:
         settings = await asyncio.to_thread(self._store.settings, org.org_id)
         if settings is not None:
             org.mode = settings.mode
             org.usage_limit = (
-                self._default_usage_limit if settings.usage_limit is None else settings.usage_limit
+                self._usage_limit_for(settings.tier)
+                if settings.usage_limit is None
+                else settings.usage_limit
             )
             org.budget = settings.budget
             org.auto_recharge = settings.auto_recharge
             org.recharge_threshold = settings.recharge_threshold
             org.recharge_target = settings.recharge_target
+            org.tier = settings.tier
         if project_id:
             budget = await asyncio.to_thread(self._store.project_budget, project_id)
             if budget is None:

@@ -1,15 +1,17 @@
 """The per-request pipeline, top to bottom:
 
-authenticate → parse → route (model) → hold money → forward → meter → settle.
+authenticate → parse → route (model) → rate limits → hold money → forward → meter → settle.
 
-Rate limits (issue 4) slot in between route and hold. Nothing here touches SQL: keys come from the
-authenticator's cache; holds, settlements and usage records go through the money guard.
+Nothing here touches SQL: keys come from the authenticator's cache; rate limits from the limiter;
+holds, settlements and usage records go through the money guard. Every answer from the rate-limit
+step on carries OpenAI's ``x-ratelimit-*`` headers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -22,14 +24,18 @@ import orjson
 from keyplane.billing.bounds import cost_bound, input_token_bound
 from keyplane.billing.wallet import Hold
 from keyplane.clock import Clock
+from keyplane.errors import KeyplaneError
 from keyplane.gateway.asgi import Receive, Send, header, send_bytes
-from keyplane.gateway.errors import ApiError, bad_request, missing_key, model_not_found
+from keyplane.gateway.errors import ApiError, bad_request, from_domain, missing_key, model_not_found
 from keyplane.gateway.money import MoneyGuard
+from keyplane.gateway.ratelimits import RateGuard
 from keyplane.gateway.streaming import SseAccounting, error_event, parse_usage
 from keyplane.gateway.upstreams import UpstreamRouter, UpstreamUnavailable
 from keyplane.keys.authenticator import KeyAuthenticator
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
+from keyplane.limits.headers import rate_limit_headers, rejection_message
+from keyplane.limits.ratelimit import Dimension, Ticket
 from keyplane.usage import tokens
 from keyplane.usage.pricing import PriceTable
 from keyplane.usage.records import Outcome, UsageRecord
@@ -77,6 +83,8 @@ class Call:
     stream: bool = False
     estimated_input: int = 0
     hold: Hold | None = None
+    ticket: Ticket | None = None
+    rate_headers: list[tuple[bytes, bytes]] = dataclasses.field(default_factory=list)
     forwarded: bool = False
     metered: bool = False
 
@@ -88,6 +96,7 @@ class Pipeline:
         router: UpstreamRouter,
         prices: PriceTable,
         money: MoneyGuard,
+        rates: RateGuard,
         clock: Clock,
         *,
         max_body_bytes: int,
@@ -97,6 +106,7 @@ class Pipeline:
         self.router = router
         self.prices = prices
         self.money = money
+        self.rates = rates
         self.clock = clock
         self.max_body_bytes = max_body_bytes
         self.default_max_output_tokens = default_max_output_tokens
@@ -118,6 +128,19 @@ class Pipeline:
         return key
 
     async def handle(self, call: Call, scope: Any, receive: Receive, send: Send) -> None:
+        try:
+            await self._handle(call, scope, receive, send)
+        except ApiError as exc:
+            raise dataclasses.replace(
+                exc, extra_headers=(*exc.extra_headers, *call.rate_headers)
+            ) from None
+        except KeyplaneError as exc:
+            error = from_domain(exc)
+            raise dataclasses.replace(
+                error, extra_headers=(*error.extra_headers, *call.rate_headers)
+            ) from None
+
+    async def _handle(self, call: Call, scope: Any, receive: Receive, send: Send) -> None:
         body = await self._read_body(scope, receive)
         payload = _parse(body, call.endpoint)
         call.model = payload["model"]
@@ -134,7 +157,12 @@ class Pipeline:
             client_wants_usage = options.get("include_usage") is True
             payload["stream_options"] = {**options, "include_usage": True}
             rewrite = True
-        rewrite |= await self._hold(call, payload, len(body))
+        await self._rate_limit(call, payload)
+        try:
+            rewrite |= await self._hold(call, payload, len(body))
+        except BaseException:
+            self.rates.settle(call.ticket, 0)  # refused before forwarding: no tokens were used
+            raise
         if rewrite:
             body = orjson.dumps(payload)
         try:
@@ -143,6 +171,21 @@ class Pipeline:
             if not call.metered:  # an unexpected error or cancellation: settle conservatively
                 used = (call.estimated_input, 0, 0) if call.forwarded else (0, 0, 0)
                 self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True)
+
+    async def _rate_limit(self, call: Call, payload: dict[str, Any]) -> None:
+        """Counts the request and its estimated tokens (prompt + max output) against every scope."""
+        org = await self.money.org(call.key.org_id)
+        _, asked = _output_cap(payload)
+        n = payload.get("n")
+        tokens = call.estimated_input + (asked or 0) * (n if isinstance(n, int) and n > 0 else 1)
+        decision = await self.rates.admit(call.key, org.tier, call.model, tokens)
+        call.rate_headers = rate_limit_headers(decision)
+        call.ticket = decision.ticket
+        if decision.rejection is not None:
+            kind = "tokens" if decision.rejection.dimension is Dimension.TOKENS else "requests"
+            message = rejection_message(call.model, call.key.org_id, decision)
+            limit = ((b"x-keyplane-limit", b"rate"),)
+            raise ApiError(429, message, type=kind, code="rate_limit_exceeded", extra_headers=limit)
 
     async def _hold(self, call: Call, payload: dict[str, Any], body_len: int) -> bool:
         """Places the money hold; returns True when the payload now carries a lower output cap."""
@@ -277,7 +320,11 @@ class Pipeline:
 
     def _response_headers(self, call: Call, resp: httpx.Response) -> list[tuple[bytes, bytes]]:
         content_type = resp.headers.get("content-type", "application/json").encode("latin-1")
-        out = [(b"content-type", content_type), (b"x-request-id", call.request_id.encode())]
+        out = [
+            (b"content-type", content_type),
+            (b"x-request-id", call.request_id.encode()),
+            *call.rate_headers,
+        ]
         for name, value in resp.headers.raw:
             lower = name.lower()
             if lower in _PASS_RESPONSE and lower != b"content-type":
@@ -300,6 +347,7 @@ class Pipeline:
         call.metered = True
         now = self.clock.now()
         inp, cached, out = used
+        self.rates.settle(call.ticket, inp + out)
         price = self.prices.price(call.model, now)
         if price is None and call.model not in self._unpriced:
             self._unpriced.add(call.model)

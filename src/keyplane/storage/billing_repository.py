@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from keyplane.billing.ports import BillingSettings, MoneyEvent, Outcome, SpendAlert
 from keyplane.billing.wallet import BillingMode, Hold, Lot, OrgMoney
-from keyplane.errors import Conflict
+from keyplane.errors import IdempotencyKeyReused
 from keyplane.storage import tables as t
 from keyplane.storage.billing_tables import (
     credit_lots,
@@ -40,6 +40,7 @@ def _settings(row: Any) -> BillingSettings:
         auto_recharge=row.auto_recharge,
         recharge_threshold=row.recharge_threshold_micro,
         recharge_target=row.recharge_target_micro,
+        tier=row.tier,
     )
 
 
@@ -61,18 +62,21 @@ def _hold(row: Any) -> Hold:
 
 
 class SqlMoneyStore(SqlStore):
-    def load(self, org_id: str, period: str, default_usage_limit: int) -> OrgMoney:
+    def load(
+        self, org_id: str, period: str, usage_limit_for: Callable[[str | None], int]
+    ) -> OrgMoney:
         def read(c: Connection) -> OrgMoney:
             row = c.execute(select(org_billing).where(org_billing.c.org_id == org_id)).first()
             s = _settings(row) if row else BillingSettings(org_id, BillingMode.PREPAID, None, None)
             money = OrgMoney(
                 org_id=org_id,
                 mode=s.mode,
-                usage_limit=default_usage_limit if s.usage_limit is None else s.usage_limit,
+                usage_limit=usage_limit_for(s.tier) if s.usage_limit is None else s.usage_limit,
                 budget=s.budget,
                 auto_recharge=s.auto_recharge,
                 recharge_threshold=s.recharge_threshold,
                 recharge_target=s.recharge_target,
+                tier=s.tier,
             )
             for pid, amount in c.execute(
                 select(project_budgets.c.project_id, project_budgets.c.budget_micro).where(
@@ -261,6 +265,25 @@ class SqlMoneyStore(SqlStore):
 
         return self._read(read)
 
+    def payments(self, org_id: str) -> tuple[int, int | None]:
+        paid, first = self._read(
+            lambda c: c.execute(
+                select(
+                    func.sum(credit_lots.c.amount_micro), func.min(credit_lots.c.created_at)
+                ).where(credit_lots.c.org_id == org_id, credit_lots.c.kind == "purchase")
+            ).one()
+        )
+        return int(paid or 0), first
+
+    def organizations_with_payments(self) -> Sequence[str]:
+        return self._read(
+            lambda c: list(
+                c.execute(
+                    select(credit_lots.c.org_id).where(credit_lots.c.kind == "purchase").distinct()
+                ).scalars()
+            )
+        )
+
     def settings(self, org_id: str) -> BillingSettings | None:
         row = self._read(
             lambda c: c.execute(select(org_billing).where(org_billing.c.org_id == org_id)).first()
@@ -271,7 +294,7 @@ class SqlMoneyStore(SqlStore):
         values = {
             "mode": s.mode.value, "usage_limit_micro": s.usage_limit, "budget_micro": s.budget,
             "auto_recharge": s.auto_recharge, "recharge_threshold_micro": s.recharge_threshold,
-            "recharge_target_micro": s.recharge_target, "updated_at": at,
+            "recharge_target_micro": s.recharge_target, "updated_at": at, "tier": s.tier,
         }  # fmt: skip
         with self._write() as conn:
             if not conn.execute(
@@ -365,7 +388,17 @@ class SqlMoneyStore(SqlStore):
 
         return self._read(read)
 
-    def idempotent(self, scope: str, key: str, request_hash: str) -> str | None:
+    def claim_idempotency(self, scope: str, key: str, request_hash: str, at: int) -> str | None:
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    insert(idempotency_keys).values(
+                        scope=scope, key=key, request_hash=request_hash, response="", created_at=at
+                    )
+                )
+            return None
+        except IntegrityError:
+            pass
         row = self._read(
             lambda c: c.execute(
                 select(idempotency_keys).where(
@@ -373,26 +406,33 @@ class SqlMoneyStore(SqlStore):
                 )
             ).first()
         )
-        if row is None:
-            return None
+        if row is None:  # released between our insert and this read: the client may retry
+            raise IdempotencyKeyReused("A request with this Idempotency-Key just failed; retry it.")
         if row.request_hash != request_hash:
-            raise Conflict("This Idempotency-Key was already used with different parameters.")
+            raise IdempotencyKeyReused(
+                "This Idempotency-Key was already used with different parameters."
+            )
+        if not row.response:
+            raise IdempotencyKeyReused(
+                "A request with this Idempotency-Key is still in progress; retry shortly."
+            )
         return str(row.response)
 
-    def remember(self, scope: str, key: str, request_hash: str, response: str, at: int) -> None:
-        try:
-            with self._write() as conn:
-                conn.execute(
-                    insert(idempotency_keys).values(
-                        scope=scope,
-                        key=key,
-                        request_hash=request_hash,
-                        response=response,
-                        created_at=at,
-                    )
+    def complete_idempotency(self, scope: str, key: str, response: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                update(idempotency_keys)
+                .where(idempotency_keys.c.scope == scope, idempotency_keys.c.key == key)
+                .values(response=response)
+            )
+
+    def release_idempotency(self, scope: str, key: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                delete(idempotency_keys).where(
+                    idempotency_keys.c.scope == scope, idempotency_keys.c.key == key
                 )
-        except IntegrityError:
-            pass  # a concurrent replay stored it first; both answers describe the same operation
+            )
 
     def enqueue_recharge(self, job_id: str, org_id: str, target: int, at: int) -> bool:
         try:

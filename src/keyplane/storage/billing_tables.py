@@ -11,7 +11,8 @@ org_billing = Table(
     metadata,
     Column("org_id", String(40), ForeignKey("organizations.id"), primary_key=True),
     Column("mode", String(10), nullable=False),
-    Column("usage_limit_micro", BigInteger),  # NULL: the tier's (settings) default
+    Column("tier", String(40)),  # usage tier id (limits/tiers.toml); NULL: the lowest
+    Column("usage_limit_micro", BigInteger),  # NULL: the tier's monthly usage limit
     Column("budget_micro", BigInteger),  # NULL: no monthly budget
     Column("auto_recharge", Boolean, nullable=False, default=False),
     Column("recharge_threshold_micro", BigInteger),

@@ -134,4 +134,5 @@ usage_records = Table(
 )
 
 from keyplane.storage import billing_tables as _billing_tables  # noqa: E402,F401
+from keyplane.storage import limits_tables as _limits_tables  # noqa: E402,F401
 from keyplane.storage import notify_tables as _notify_tables  # noqa: E402,F401

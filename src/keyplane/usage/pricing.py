@@ -44,6 +44,13 @@ class Price:
         return -(-numerator // MICRO)
 
 
+def format_usd(micros: int) -> str:
+    """``1,234.50`` for display: at least cents, and every sub-cent digit an amount has."""
+    sign = "-" if micros < 0 else ""
+    whole, fraction = divmod(abs(micros), MICRO)
+    return f"{sign}{whole:,}.{f'{fraction:06d}'.rstrip('0').ljust(2, '0')}"
+
+
 def parse_dollars(value: Any, where: str) -> int:
     """Returns exact micro-dollars from a decimal string like ``"0.075"``."""
     if not isinstance(value, str):

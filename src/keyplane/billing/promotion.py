@@ -1,0 +1,77 @@
+"""Automatic usage-tier promotion (BRIEF C6): as soon as an organization meets the next tier's
+criteria (amount paid and days since its first successful payment) it moves up — checked when a
+payment settles and by a periodic job — and its Owners get one email. It never moves down."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from keyplane.billing.ports import MoneyStore
+from keyplane.billing.service import BillingService
+from keyplane.clock import Clock
+from keyplane.limits.tiers import Tier, TierProgress, TierTable
+from keyplane.notify.ports import Outbox
+
+
+class TierPromoter:
+    def __init__(
+        self,
+        store: MoneyStore,
+        billing: BillingService,
+        outbox: Outbox,
+        clock: Clock,
+        *,
+        owner_emails: Callable[[str], Sequence[str]],
+        org_name: Callable[[str], str],
+    ) -> None:
+        self._store = store
+        self._billing = billing
+        self._outbox = outbox
+        self._clock = clock
+        self._owner_emails = owner_emails
+        self._org_name = org_name
+
+    @property
+    def tiers(self) -> TierTable:
+        return self._billing.tiers
+
+    def current(self, org_id: str) -> Tier:
+        tier_id = self._billing.settings(org_id).tier
+        try:
+            return self.tiers.get(tier_id) if tier_id else self.tiers.lowest
+        except KeyError:
+            return self.tiers.lowest
+
+    def progress(self, org_id: str) -> TierProgress:
+        paid, first = self._store.payments(org_id)
+        return self.tiers.progress(self.current(org_id), paid, first, self._clock.now())
+
+    def check(self, org_id: str) -> Tier | None:
+        """Promotes the organization if it qualifies for a higher tier; returns the new tier.
+
+        Blocking (database I/O). Raises StoreUnavailable."""
+        current = self.current(org_id)
+        paid, first = self._store.payments(org_id)
+        now = self._clock.now()
+        qualified = self.tiers.tier_for(paid, first, now, current=current)
+        if qualified.rank <= current.rank:
+            return None
+        self._billing.update_settings(org_id, tier=qualified.id)
+        recipients = list(self._owner_emails(org_id))
+        if recipients:
+            limit = qualified.monthly_usage_limit_micro_usd // 1_000_000
+            self._outbox.enqueue(
+                f"tier:{org_id}:{qualified.id}",
+                recipients,
+                f"[keyplane] {self._org_name(org_id)} moved up to {qualified.name}",
+                f"Your organization {self._org_name(org_id)} now is in {qualified.name}: higher rate "
+                f"limits and a monthly usage limit of ${limit:,}.\n",
+                now=now,
+            )
+        return qualified
+
+    def check_all(self) -> int:
+        """The periodic job: checks every organization that has paid; returns how many moved up."""
+        return sum(
+            self.check(org_id) is not None for org_id in self._store.organizations_with_payments()
+        )

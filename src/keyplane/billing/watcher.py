@@ -1,0 +1,96 @@
+"""After spend is written: notification-threshold emails and auto-recharge jobs, each exactly once.
+
+Exactly once comes from storage, not from this process: an email's dedupe key is
+``spend_alert:<alert id>:<month>`` and the outbox's unique constraint keeps one; a recharge job is
+unique per pending organization. The in-memory sets only avoid asking again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from keyplane.billing.periods import period_of
+from keyplane.billing.ports import MoneyStore, SpendAlert
+from keyplane.billing.wallet import OrgMoney
+from keyplane.clock import Clock
+from keyplane.ids import new_id
+from keyplane.notify.ports import Outbox
+from keyplane.usage.pricing import format_usd
+
+
+def _usd(micros: int) -> str:
+    return "$" + format_usd(micros)
+
+
+class SpendWatcher:
+    def __init__(
+        self,
+        store: MoneyStore,
+        outbox: Outbox,
+        clock: Clock,
+        *,
+        owner_emails: Callable[[str], Sequence[str]],
+        org_name: Callable[[str], str],
+        public_url: str,
+    ) -> None:
+        self._store = store
+        self._outbox = outbox
+        self._clock = clock
+        self._owner_emails = owner_emails
+        self._org_name = org_name
+        self._public_url = public_url.rstrip("/")
+        self._notified: set[tuple[str, str]] = set()
+        self._recharging: set[str] = set()
+
+    def check(self, org_ids: Iterable[str], states: Mapping[str, OrgMoney]) -> int:
+        """Enqueues the emails and recharges that settled spend calls for; returns how many.
+
+        Blocking (database I/O). Raises StoreUnavailable."""
+        now = self._clock.now()
+        period = period_of(now)
+        queued = 0
+        for org_id in org_ids:
+            alerts = self._store.alerts(org_id)
+            if alerts:
+                total, per_project = self._store.month_spend(org_id, period)
+                for alert in alerts:
+                    spend = per_project.get(alert.project_id, 0) if alert.project_id else total
+                    if spend >= alert.threshold and (alert.id, period) not in self._notified:
+                        queued += self._notify(alert, spend, period, now)
+                        self._notified.add((alert.id, period))
+            money = states.get(org_id)
+            if money is not None:
+                queued += self._maybe_recharge(money, now)
+        return queued
+
+    def _notify(self, alert: SpendAlert, spend: int, period: str, now: float) -> int:
+        name = self._org_name(alert.org_id)
+        scope = f"project {alert.project_id} of {name}" if alert.project_id else name
+        recipients = alert.recipients or tuple(self._owner_emails(alert.org_id))
+        if not recipients:
+            return 0
+        subject = f"[keyplane] {scope} reached {_usd(alert.threshold)} of spend in {period}"
+        body = (
+            f"Spend of {scope} in {period} (UTC) has reached {_usd(spend)}, crossing your "
+            f"notification threshold of {_usd(alert.threshold)}.\n\n"
+            "Requests keep working: a notification threshold only notifies. To stop spending at a "
+            "limit, set a monthly budget.\n\n"
+            f"Usage and limits: {self._public_url}/\n"
+        )
+        enqueued = self._outbox.enqueue(
+            f"spend_alert:{alert.id}:{period}", recipients, subject, body, now=now
+        )
+        return int(enqueued)
+
+    def _maybe_recharge(self, money: OrgMoney, now: float) -> int:
+        threshold, target = money.recharge_threshold, money.recharge_target
+        if not money.auto_recharge or threshold is None or target is None:
+            self._recharging.discard(money.org_id)
+            return 0
+        if money.balance(now) >= threshold:
+            self._recharging.discard(money.org_id)  # recharged (or topped up): watch again
+            return 0
+        if money.org_id in self._recharging:
+            return 0
+        self._recharging.add(money.org_id)
+        return int(self._store.enqueue_recharge(new_id("rj_"), money.org_id, target, int(now)))

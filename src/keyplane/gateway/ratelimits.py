@@ -1,0 +1,94 @@
+"""Rate limits on the request path: one atomic decision across organization, project and key.
+
+Failure policy (STYLE 7): rate limits may fail open. If the overrides cannot be read (database
+down), the organization's tier limits still apply and the failure is counted; the in-process
+limiter itself cannot fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from keyplane.clock import Clock
+from keyplane.errors import StoreUnavailable
+from keyplane.keys.models import ApiKey
+from keyplane.limits.ports import RateLimitStore
+from keyplane.limits.ratelimit import (
+    Cost,
+    Decision,
+    LimitScope,
+    ModelLimits,
+    RateLimiter,
+    Ticket,
+    effective,
+    scope_id,
+)
+from keyplane.limits.tiers import TierTable, base_model
+
+log = logging.getLogger("keyplane.ratelimits")
+
+
+class RateGuard:
+    def __init__(
+        self, limiter: RateLimiter, tiers: TierTable, store: RateLimitStore, clock: Clock
+    ) -> None:
+        self._limiter = limiter
+        self._tiers = tiers
+        self._store = store
+        self._clock = clock
+        self._projects: dict[str, Mapping[str, ModelLimits]] = {}
+        self._keys: dict[str, ModelLimits | None] = {}
+        self.failed_open = 0
+
+    async def admit(self, key: ApiKey, tier_id: str | None, model: str, tokens: int) -> Decision:
+        try:
+            tier = self._tiers.get(tier_id) if tier_id else self._tiers.lowest
+        except KeyError:
+            tier = self._tiers.lowest
+        base = base_model(model)
+        org_limits = tier.limits_for(model)
+        scopes = [LimitScope(scope_id("org", key.org_id, base), org_limits)]
+        project: ModelLimits | None = None
+        try:
+            if key.project_id:
+                overrides = await self._project(key.project_id)
+                project = overrides.get(base) or overrides.get(model)
+                if project is not None:
+                    limits = effective(org_limits, project)
+                    scopes.append(LimitScope(scope_id("project", key.project_id, base), limits))
+            own = await self._key(key.id)
+            if own is not None:
+                scopes.append(
+                    LimitScope(scope_id("key", key.id, base), effective(org_limits, project, own))
+                )
+        except StoreUnavailable:
+            self.failed_open += 1
+            log.warning("rate-limit overrides unavailable; applying the organization's limits only")
+        return self._limiter.admit(scopes, Cost(tokens=tokens), self._clock.now())
+
+    def settle(self, ticket: Ticket | None, tokens: int) -> None:
+        if ticket is not None:
+            self._limiter.settle(ticket, tokens, self._clock.now())
+
+    def forget(self, ref: str | None) -> None:
+        """Drops cached overrides of a project or key that changed (from the change feed)."""
+        if ref is None:
+            self._projects.clear()
+            self._keys.clear()
+        else:
+            self._projects.pop(ref, None)
+            self._keys.pop(ref, None)
+
+    async def _project(self, project_id: str) -> Mapping[str, ModelLimits]:
+        if project_id not in self._projects:
+            self._projects[project_id] = await asyncio.to_thread(
+                self._store.project_limits, project_id
+            )
+        return self._projects[project_id]
+
+    async def _key(self, key_id: str) -> ModelLimits | None:
+        if key_id not in self._keys:
+            self._keys[key_id] = await asyncio.to_thread(self._store.key_limits, key_id)
+        return self._keys[key_id]

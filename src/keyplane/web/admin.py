@@ -1,0 +1,102 @@
+"""The Admin API app factory: one FastAPI app under ``/v1/organization``, one router per domain.
+
+The app takes its services from the composition root (it builds none) and owns no background work;
+the gateway that shares its process owns the lifespan (see ``keyplane.app.KeyplaneApp``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keyplane import __version__
+from keyplane.web import billing_routes, errors
+from keyplane.web.auth import AdminContext, AdminServices, Authenticator
+
+DESCRIPTION = (
+    "Manage a keyplane organization with an admin key (`sk-kp-admin-…`). Shapes follow OpenAI's "
+    "Administration API where OpenAI has one. Money is integer micro-dollars (`*_micro_usd`), "
+    "except `threshold_amount` of spend limits and alerts, which is in cents as in OpenAI's API. "
+    'Every error is `{"error": {"message", "type", "param", "code"}}`.'
+)
+
+
+class AdminApi(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        """The generated document, minus FastAPI's 422: invalid input answers 400 in the envelope."""
+        if self.openapi_schema is None:
+            schema = get_openapi(
+                title=self.title,
+                version=self.version,
+                description=self.description,
+                routes=self.routes,
+            )
+            for item in schema.get("paths", {}).values():
+                for operation in item.values():
+                    operation.get("responses", {}).pop("422", None)
+            components = schema.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
+            self.openapi_schema = schema
+        return self.openapi_schema
+
+
+class BodySizeLimit:
+    """Refuses request bodies over ``MAX_BODY_BYTES`` in the envelope: at once when the declared
+    Content-Length says so, else as the bytes arrive (raised inside the route, so the error
+    handlers answer it). FastAPI's own limit answers a declared size in plain text."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (
+            not declared.isdigit() or int(declared) > errors.MAX_BODY_BYTES
+        ):
+            await errors.respond(errors.too_large())(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > errors.MAX_BODY_BYTES:
+                raise HTTPException(413)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def create_admin_app(
+    services: AdminServices,
+    *,
+    auth: Authenticator,
+    on_money_change: Callable[[], Awaitable[object]],
+) -> FastAPI:
+    """Builds the Admin API over ``services`` (a ``bootstrap.Container``).
+
+    ``auth`` is the gateway's key authenticator, so both share one key cache and its revocation
+    feed; ``on_money_change`` is the gateway's money refresh, awaited after every money change."""
+    app = AdminApi(
+        title="keyplane Admin API",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.admin = AdminContext(services, auth, on_money_change)
+    errors.install(app)
+    app.add_middleware(BodySizeLimit)
+    app.include_router(billing_routes.router)
+    return app

@@ -1,0 +1,228 @@
+"""Admin API request and response bodies, in OpenAI's shapes (not domain objects, not tables).
+
+Money crosses this boundary as integers only: micro-dollars for keyplane's own fields
+(``*_micro_usd``), cents where OpenAI's API uses cents (``threshold_amount`` of spend limits and
+alerts). One cent is 10,000 micro-dollars. Money fields are strict integers, so ``10.5`` or
+``"10"`` is refused rather than silently converted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Annotated, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from keyplane.billing.wallet import Lot
+from keyplane.errors import InvalidRequest
+
+MICRO_PER_CENT = 10_000
+MAX_CENTS = 100_000_000_000  # $1B: a typo guard that also keeps amounts inside BIGINT
+MAX_MICRO = MAX_CENTS * MICRO_PER_CENT
+DEFAULT_GRANT_EXPIRY_S = 365 * 86400
+MAX_GRANT_EXPIRY_S = 10 * 365 * 86400
+
+Cents = Annotated[int, Field(strict=True, ge=0, le=MAX_CENTS)]
+PositiveCents = Annotated[int, Field(strict=True, gt=0, le=MAX_CENTS)]
+Micro = Annotated[int, Field(strict=True, ge=0, le=MAX_MICRO)]
+T = TypeVar("T")
+
+
+def cents_to_micro(cents: int) -> int:
+    return cents * MICRO_PER_CENT
+
+
+def micro_to_cents(micro: int) -> int:
+    """Whole cents, rounded down (amounts set elsewhere, e.g. the CLI, may carry sub-cent parts)."""
+    return micro // MICRO_PER_CENT
+
+
+class Request(BaseModel):
+    """Request bodies refuse unknown fields: a typo must not be ignored on a money setting."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class MonthlyUsd(Request):
+    currency: str = "USD"
+    interval: str = "month"
+
+    @field_validator("currency")
+    @classmethod
+    def _usd(cls, value: str) -> str:
+        if value.upper() != "USD":
+            raise ValueError("Only USD is supported.")
+        return "USD"
+
+    @field_validator("interval")
+    @classmethod
+    def _month(cls, value: str) -> str:
+        if value != "month":
+            raise ValueError("Only the calendar-month interval ('month', UTC) is supported.")
+        return value
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error the Admin API answers, in OpenAI's format."""
+
+    error: ErrorDetail
+
+
+# -- pages ----------------------------------------------------------------------------------------
+class ListPage(BaseModel, Generic[T]):
+    object: Literal["list"] = "list"
+    data: list[T]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+def page(
+    items: Sequence[T], id_of: Callable[[T], str], *, limit: int, after: str | None
+) -> ListPage[T]:
+    """Cursor pagination as OpenAI does it: ``after`` is the last id of the previous page."""
+    start = 0
+    if after is not None:
+        ids = [id_of(item) for item in items]
+        if after not in ids:
+            raise InvalidRequest(f"No object '{after}' to continue after.", param="after")
+        start = ids.index(after) + 1
+    chunk = list(items[start : start + limit])
+    return ListPage[T](
+        data=chunk,
+        first_id=id_of(chunk[0]) if chunk else None,
+        last_id=id_of(chunk[-1]) if chunk else None,
+        has_more=start + limit < len(items),
+    )
+
+
+# -- credits --------------------------------------------------------------------------------------
+class CreditGrant(BaseModel):
+    object: Literal["organization.credit_grant"] = "organization.credit_grant"
+    id: str
+    kind: Literal["grant", "purchase"]
+    amount_micro_usd: int
+    remaining_micro_usd: int
+    created_at: int
+    expires_at: int | None
+    revoked: bool
+    note: str
+
+    @classmethod
+    def of(cls, lot: Lot, note: str) -> CreditGrant:
+        return cls(
+            id=lot.id,
+            kind="purchase" if lot.kind == "purchase" else "grant",
+            amount_micro_usd=lot.amount,
+            remaining_micro_usd=lot.remaining,
+            created_at=lot.created_at,
+            expires_at=lot.expires_at,
+            revoked=lot.revoked,
+            note=note,
+        )
+
+
+class CreditGrantCreate(Request):
+    amount_micro_usd: Annotated[int, Field(strict=True, gt=0, le=MAX_MICRO)]
+    expires_in_seconds: Annotated[int, Field(strict=True, gt=0, le=MAX_GRANT_EXPIRY_S)] | None = (
+        Field(default=DEFAULT_GRANT_EXPIRY_S, description="null: the grant never expires.")
+    )
+    note: Annotated[str, Field(max_length=500)] = ""
+
+
+class CreditBalance(BaseModel):
+    object: Literal["organization.credit_balance"] = "organization.credit_balance"
+    available_micro_usd: int
+    held_micro_usd: int
+    spent_micro_usd: int
+    lots: list[CreditGrant]
+
+
+# -- spend limits ---------------------------------------------------------------------------------
+class SpendLimitSet(MonthlyUsd):
+    threshold_amount: Cents = Field(description="The monthly hard limit, in cents.")
+
+
+class Enforcement(BaseModel):
+    status: Literal["inactive", "enforcing"]
+
+
+SpendLimitKind = Literal["organization.spend_limit", "organization.project.spend_limit"]
+
+
+class SpendLimit(BaseModel):
+    object: SpendLimitKind
+    currency: Literal["USD"] = "USD"
+    interval: Literal["month"] = "month"
+    threshold_amount: int | None = Field(description="In cents; null: no limit.")
+    enforcement: Enforcement
+
+
+# -- spend alerts ---------------------------------------------------------------------------------
+class EmailChannelIn(Request):
+    type: Literal["email"] = "email"
+    recipients: Annotated[list[Annotated[str, Field(max_length=254)]], Field(max_length=50)] = []
+
+
+class SpendAlertCreate(MonthlyUsd):
+    threshold_amount: PositiveCents = Field(description="Email when monthly spend reaches it.")
+    notification_channel: EmailChannelIn | None = Field(
+        default=None, description="Recipients default to the organization's Owners."
+    )
+
+
+class EmailChannel(BaseModel):
+    type: Literal["email"] = "email"
+    recipients: list[str]
+
+
+class SpendAlert(BaseModel):
+    object: Literal["organization.spend_alert"] = "organization.spend_alert"
+    id: str
+    currency: Literal["USD"] = "USD"
+    interval: Literal["month"] = "month"
+    threshold_amount: int
+    project_id: str | None
+    notification_channel: EmailChannel
+
+
+class Deleted(BaseModel):
+    object: str
+    id: str
+    deleted: Literal[True] = True
+
+
+# -- billing settings -----------------------------------------------------------------------------
+class AutoRecharge(BaseModel):
+    enabled: bool
+    threshold_micro_usd: int | None
+    target_micro_usd: int | None
+
+
+class BillingSettings(BaseModel):
+    object: Literal["organization.billing_settings"] = "organization.billing_settings"
+    mode: Literal["prepaid", "postpaid"]
+    usage_limit_micro_usd: int
+    auto_recharge: AutoRecharge
+
+
+class AutoRechargeUpdate(Request):
+    enabled: bool | None = None
+    threshold_micro_usd: Micro | None = None
+    target_micro_usd: Micro | None = None
+
+
+class BillingSettingsUpdate(Request):
+    """Only the fields present change; ``usage_limit_micro_usd: null`` restores the usage tier's
+    limit."""
+
+    mode: Literal["prepaid", "postpaid"] | None = None
+    usage_limit_micro_usd: Micro | None = None
+    auto_recharge: AutoRechargeUpdate | None = None

@@ -1,0 +1,151 @@
+"""A gateway killed (SIGKILL) between hold and settle: after a restart the sweeper resolves the
+hold once its expiry passes — billed at the hold, the worst case the request could have cost —
+and nothing is released or charged twice (BRIEF C12)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+
+from conftest import PEPPER, make_settings
+from keyplane import bootstrap
+from keyplane.keys.format import KeyKind
+from keyplane.storage.billing_tables import holds, ledger_entries
+from kptest import ServerThread, wait_until
+
+DOLLAR = 1_000_000
+
+
+class HangingUpstream:
+    """Takes the request and never answers (until the test ends)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.received = threading.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        self.received.set()
+        await self.release.wait()
+
+
+def serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keyplane", "serve", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    url = ""
+    lines: list[str] = []
+
+    def listening() -> bool:
+        nonlocal url
+        assert proc.stdout is not None
+        lines.append(proc.stdout.readline())
+        m = re.search(r"listening on \S*(http://127\.0\.0\.1:\d+/v1)", lines[-1])
+        url = m.group(1) if m else ""
+        return bool(url) or proc.poll() is not None
+
+    wait_until(listening, timeout=30, interval=0)
+    assert url, "keyplane serve did not start: " + "".join(lines)
+    return proc, url
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    assert proc.stdout is not None
+    proc.stdout.close()
+
+
+def test_sigkill_between_hold_and_settle(tmp_path: Path) -> None:
+    upstream = HangingUpstream()
+    upstream_server = ServerThread(upstream).start()
+    container = bootstrap.build(make_settings(tmp_path))
+    owner, org, project = container.accounts.initialize(
+        email="o@example.com", password="correct horse battery", org_name="Crash"
+    )
+    _, key = container.keys.create(
+        kind=KeyKind.PROJECT, org_id=org.id, project_id=project.id, name="k",
+        owner_type="user", owner_id=owner.id, created_by=owner.id,
+    )  # fmt: skip
+    lot = container.billing.grant(org.id, DOLLAR)
+    env = {
+        **os.environ,
+        "KEYPLANE_DATA_DIR": str(tmp_path),
+        "KEYPLANE_PEPPER": PEPPER,
+        "KEYPLANE_UPSTREAMS": json.dumps(
+            [{"base_url": upstream_server.url + "/v1", "models": ["gpt-4o"]}]
+        ),
+        "KEYPLANE_HOLD_TTL_S": "2",
+        "KEYPLANE_SWEEP_INTERVAL_S": "0.05",
+        "KEYPLANE_USAGE_FLUSH_INTERVAL_S": "0.05",
+    }
+    proc, url = serve(env)
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 500}
+
+    def request() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # the gateway dies under it
+            httpx.post(
+                url + "/chat/completions",
+                json=body,
+                headers={"authorization": f"Bearer {key}"},
+                timeout=30,
+            )
+
+    client = threading.Thread(target=request)
+    client.start()
+    try:
+        assert upstream.received.wait(30), "the request never reached the upstream"
+        stop(proc, signal.SIGKILL)
+        client.join(timeout=30)
+        with container.engine.connect() as conn:
+            [hold] = list(conn.execute(select(holds)).mappings())
+        assert hold["status"] == "open"
+        balance = container.billing.balance(org.id)
+        assert (
+            balance.held == hold["amount_micro"]
+            and balance.available == DOLLAR - hold["amount_micro"]
+        )
+
+        proc, url = serve(env)  # the restarted gateway counts the hold, then sweeps it once expired
+        try:
+
+            def resolved() -> bool:
+                with container.engine.connect() as conn:
+                    return conn.execute(select(holds.c.status)).scalar() == "settled"
+
+            wait_until(resolved, timeout=30)
+        finally:
+            stop(proc)
+        [record] = container.usage_store.query(org.id)
+        assert (
+            record.outcome.value == "gateway_lost" and record.cost_micro_usd == hold["amount_micro"]
+        )
+        balance = container.billing.balance(org.id)
+        assert balance.held == 0
+        assert balance.spent == hold["amount_micro"]
+        assert balance.available == DOLLAR - hold["amount_micro"]
+        [(stored_lot, _)] = balance.lots
+        assert stored_lot.id == lot.id and stored_lot.remaining == DOLLAR - hold["amount_micro"]
+        with container.engine.connect() as conn:
+            assert conn.execute(select(func.sum(ledger_entries.c.amount_micro))).scalar() == 0
+    finally:
+        upstream_server.loop.call_soon_threadsafe(upstream.release.set)  # type: ignore[union-attr]
+        upstream_server.stop()
+        container.close()
