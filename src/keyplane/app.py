@@ -1,7 +1,9 @@
-"""The one ASGI app keyplane serves: the Admin API under /v1/organization, the gateway elsewhere.
+"""The one ASGI app keyplane serves:
 
-The gateway stays a pure ASGI app (no framework middleware on the hot path); only Admin API
-requests go through FastAPI.
+- ``/v1/organization…``, ``/openapi.json``, ``/docs``: the Admin API (FastAPI);
+- ``/v1/…``, ``/healthz``, ``/readyz``: the gateway, a pure ASGI app (no framework middleware on
+  the hot path), which also owns the lifespan (its background loops);
+- everything else: the dashboard (server-rendered pages), when there is one.
 """
 
 from __future__ import annotations
@@ -9,15 +11,23 @@ from __future__ import annotations
 from keyplane.gateway.asgi import ASGIApp, Receive, Scope, Send
 
 ADMIN_PREFIXES = ("/v1/organization", "/openapi.json", "/docs")
+GATEWAY_PREFIXES = ("/v1/", "/healthz", "/readyz")
 
 
 class KeyplaneApp:
-    def __init__(self, gateway: ASGIApp, admin: ASGIApp) -> None:
+    def __init__(self, gateway: ASGIApp, admin: ASGIApp, dashboard: ASGIApp | None = None) -> None:
         self.gateway = gateway
         self.admin = admin
+        self.dashboard = dashboard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(ADMIN_PREFIXES):
-            await self.admin(scope, receive, send)
-        else:  # the gateway also owns the lifespan (its background loops)
+        if scope["type"] != "http":
             await self.gateway(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path.startswith(ADMIN_PREFIXES):
+            await self.admin(scope, receive, send)
+        elif path.startswith(GATEWAY_PREFIXES) or self.dashboard is None:
+            await self.gateway(scope, receive, send)
+        else:
+            await self.dashboard(scope, receive, send)
