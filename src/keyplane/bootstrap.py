@@ -15,11 +15,13 @@ from keyplane.billing.service import BillingService
 from keyplane.billing.watcher import SpendWatcher
 from keyplane.clock import Clock, SystemClock
 from keyplane.config import Settings
+from keyplane.gateway.access import AccessGuard
 from keyplane.gateway.app import Gateway
 from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.pipeline import Pipeline
 from keyplane.gateway.ratelimits import RateGuard
 from keyplane.gateway.upstreams import Upstream, UpstreamRouter
+from keyplane.keys.access import AccessPolicyService
 from keyplane.keys.authenticator import KeyAuthenticator
 from keyplane.keys.service import KeyService
 from keyplane.limits.ratelimit import InMemoryRateLimiter
@@ -30,7 +32,7 @@ from keyplane.notify.smtp import SmtpMailer
 from keyplane.storage import migrate
 from keyplane.storage.billing_repository import SqlMoneyStore
 from keyplane.storage.engine import make_engine
-from keyplane.storage.limits_repository import SqlRateLimitStore
+from keyplane.storage.limits_repository import SqlAccessPolicyStore, SqlRateLimitStore
 from keyplane.storage.notify_repository import SqlOutbox
 from keyplane.storage.repositories import SqlAccountStore, SqlKeyStore, SqlUsageStore
 from keyplane.usage.pricing import PriceTable
@@ -51,6 +53,8 @@ class Container:
     promoter: TierPromoter
     rate_limits: SqlRateLimitStore
     rate_limit_service: RateLimitService
+    access_policies: SqlAccessPolicyStore
+    access: AccessPolicyService
     outbox: SqlOutbox
     mailer: SmtpMailer
     prices: PriceTable
@@ -75,6 +79,7 @@ def build(
     billing = BillingService(money_store, clock, tiers=tiers)
     outbox = SqlOutbox(engine)
     rate_store = SqlRateLimitStore(engine)
+    access_store = SqlAccessPolicyStore(engine)
     promoter = TierPromoter(
         money_store, billing, outbox, clock,
         owner_emails=accounts.owner_emails, org_name=accounts.org_name,
@@ -92,6 +97,8 @@ def build(
         promoter=promoter,
         rate_limits=rate_store,
         rate_limit_service=RateLimitService(rate_store, clock, tier_of=promoter.current),
+        access_policies=access_store,
+        access=AccessPolicyService(access_store, clock.now),
         outbox=outbox,
         mailer=SmtpMailer.from_settings(settings),
         prices=PriceTable.load(settings.price_files),
@@ -126,6 +133,7 @@ def build_gateway(
         container.rate_limits,
         container.clock,
     )
+    access = AccessGuard(container.access_policies, s.trusted_proxies)
     pipeline = Pipeline(
         auth=KeyAuthenticator(container.key_store, container.pepper, container.clock),
         router=UpstreamRouter(upstreams, client, retries=s.upstream_retries),
@@ -139,11 +147,13 @@ def build_gateway(
             batch_size=s.usage_batch_size,
         ),
         rates=rates,
+        access=access,
         clock=container.clock,
         max_body_bytes=s.max_body_bytes,
         default_max_output_tokens=s.default_max_output_tokens,
     )
     pipeline.money.listeners.append(lambda event: rates.forget(event.ref))
+    pipeline.money.listeners.append(lambda event: access.forget(event.ref))
     watcher = SpendWatcher(
         container.money_store,
         container.outbox,

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     encryption_key: SecretStr | None = None
     price_files: list[Path] = Field(default_factory=list)
 
+    trusted_proxies: list[str] = Field(
+        default_factory=list
+    )  # CIDRs whose X-Forwarded-For is trusted
+    key_rotation_days: int = Field(default=90, ge=1)  # keys older than this are flagged
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
     upstream_read_timeout_s: float = Field(default=600.0, gt=0)

@@ -306,3 +306,64 @@ def test_init_without_welcome_credit(run: Any) -> None:
         stdin="correct horse battery\n",
     )
     assert json.loads(run("credits", "show", "--json").stdout)["lots"] == []
+
+
+def test_keys_restrict_rotate_and_flag_old_keys(run: Any) -> None:
+    run(
+        "init",
+        "--email",
+        "a@example.com",
+        "--org",
+        "A",
+        "--password-stdin",
+        stdin="correct horse battery\n",
+    )
+    created = json.loads(
+        run(
+            "keys",
+            "create",
+            "--project",
+            "Default project",
+            "--name",
+            "ro",
+            "--read-only",
+            "--allow-ip",
+            "10.0.0.0/8",
+            "--json",
+        ).stdout
+    )
+    assert created["permissions"] == "Read only" and created["allowed_ips"] == ["10.0.0.0/8"]
+    run(
+        "keys",
+        "update",
+        created["id"],
+        "--scope",
+        "chat.write",
+        "--allow-model",
+        "gpt-4o-mini",
+        "--any-ip",
+    )
+    [listed] = [
+        k for k in json.loads(run("keys", "list", "--json").stdout) if k["id"] == created["id"]
+    ]
+    assert (
+        listed["scopes"] == ["chat.write"]
+        and listed["allowed_models"] == ["gpt-4o-mini"]
+        and listed["allowed_ips"] is None
+    )
+    assert listed["needs_rotation"] is False
+    bad = run("keys", "update", created["id"], "--allow-ip", "not-an-ip", ok=False)
+    assert bad.exit_code == 1 and "not an IP" in bad.output
+    rotated = json.loads(run("keys", "rotate", created["id"], "--grace", "24h", "--json").stdout)
+    assert rotated["rotated_from"] == created["id"] and rotated["value"].startswith("sk-kp-proj-")
+    statuses = {k["id"]: k for k in json.loads(run("keys", "list", "--json").stdout)}
+    assert (
+        statuses[created["id"]]["expires_at"] is not None
+        and statuses[created["id"]]["status"] == "active"
+    )
+    too_long = run("keys", "rotate", rotated["id"], "--grace", "8d", ok=False)
+    assert too_long.exit_code == 1 and "7 days" in too_long.output
+    run("access", "set", "--project", "Default project", "--allow-model", "gpt-4o-mini")
+    assert json.loads(run("access", "show", "--project", "Default project", "--json").stdout)[
+        "allowed_models"
+    ] == ["gpt-4o-mini"]

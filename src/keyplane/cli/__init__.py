@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from keyplane import bootstrap, logs, server
+from keyplane.cli.access import access_app
 from keyplane.cli.common import (
     JsonOpt,
     OrgOpt,
@@ -25,13 +26,12 @@ from keyplane.cli.common import (
     parse_usd,
     usd,
 )
-from keyplane.cli.limits import Rpd, Rpm, Tpm, ratelimits_app, tier_app
+from keyplane.cli.keys import keys_app
+from keyplane.cli.limits import ratelimits_app, tier_app
 from keyplane.cli.money import alerts_app, billing_app, budget_app, money_app
 from keyplane.config import Settings, UpstreamSettings
 from keyplane.errors import KeyplaneError
 from keyplane.keys.format import KeyKind
-from keyplane.keys.models import ApiKey
-from keyplane.limits.ratelimit import ModelLimits
 from keyplane.simulator import SimulatorConfig
 from keyplane.simulator import create_app as simulator_app
 
@@ -39,7 +39,6 @@ app = typer.Typer(
     help="keyplane: API keys, spend and limits in front of OpenAI-compatible APIs.",
     no_args_is_help=True,
 )
-keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(money_app, name="credits")
 app.add_typer(budget_app, name="budget")
@@ -47,21 +46,7 @@ app.add_typer(alerts_app, name="alerts")
 app.add_typer(billing_app, name="billing")
 app.add_typer(tier_app, name="tier")
 app.add_typer(ratelimits_app, name="ratelimits")
-
-
-def _key_json(key: ApiKey) -> dict[str, Any]:
-    return {
-        "id": key.id,
-        "name": key.name,
-        "redacted_value": key.redacted_value,
-        "project_id": key.project_id,
-        "kind": key.kind.value,
-        "status": key.status,
-        "created_at": key.created_at,
-        "expires_at": key.expires_at,
-        "last_used_at": key.last_used_at,
-        "last_used_ip": key.last_used_ip,
-    }
+app.add_typer(access_app, name="access")
 
 
 @app.command()
@@ -128,109 +113,6 @@ def migrate_cmd(
     c = container()
     c.close()
     out.print(f"Database at {c.settings.resolved_database_url.split('@')[-1]} is up to date.")
-
-
-@keys_app.command("create")
-def keys_create(
-    project: Annotated[str, typer.Option(help="Project name or id.")],
-    name: Annotated[str, typer.Option(help="A name to recognize the key by.")],
-    expires_in: Annotated[
-        str | None, typer.Option(help="Lifetime such as 30d or 12h (default: never).")
-    ] = None,
-    org: OrgOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Create a project key and print its secret once."""
-    c = container()
-    try:
-        organization = c.accounts.find_organization(org)
-        proj = c.accounts.find_project(organization.id, project)
-        owner = c.accounts.owners(organization.id)[0]
-        key, secret = c.keys.create(
-            kind=KeyKind.PROJECT, org_id=organization.id, project_id=proj.id, name=name,
-            owner_type="user", owner_id=owner.id, created_by=owner.id,
-            expires_in_s=parse_duration(expires_in) if expires_in else None,
-        )  # fmt: skip
-    except KeyplaneError as exc:
-        fail(exc.message)
-        return
-    if as_json:
-        out.print_json(json.dumps({**_key_json(key), "value": secret}))
-        return
-    out.print(f"Created key [bold]{key.name}[/bold] ({key.id}) in project {proj.name}.")
-    out.print("Secret (shown once, store it now):")
-    out.print(secret, highlight=False, soft_wrap=True)
-
-
-@keys_app.command("list")
-def keys_list(
-    project: Annotated[str | None, typer.Option(help="Only this project's keys.")] = None,
-    org: OrgOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """List keys (redacted)."""
-    c = container()
-    try:
-        organization = c.accounts.find_organization(org)
-        project_id = c.accounts.find_project(organization.id, project).id if project else None
-    except KeyplaneError as exc:
-        fail(exc.message)
-        return
-    keys = c.keys.list(organization.id, project_id)
-    if as_json:
-        out.print_json(json.dumps([_key_json(k) for k in keys]))
-        return
-    table = Table("id", "name", "key", "project", "status", "created", "expires", "last used")
-    for k in keys:
-        table.add_row(
-            k.id, k.name, k.redacted_value, k.project_id or "(admin)", k.status,
-            iso(k.created_at), iso(k.expires_at), iso(k.last_used_at),
-        )  # fmt: skip
-    out.print(table)
-
-
-@keys_app.command("revoke")
-def keys_revoke(
-    key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")], org: OrgOpt = None
-) -> None:
-    """Revoke a key: every gateway refuses it within a second."""
-    c = container()
-    try:
-        key = c.keys.revoke(c.accounts.find_organization(org).id, key_id)
-    except KeyplaneError as exc:
-        fail(exc.message)
-        return
-    out.print(f"Revoked {key.id} ({key.name}, {key.redacted_value}).")
-
-
-@keys_app.command("update")
-def keys_update(
-    key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")],
-    rpm: Rpm = None,
-    tpm: Tpm = None,
-    rpd: Rpd = None,
-    clear_limits: Annotated[
-        bool, typer.Option("--clear-limits", help="Remove the key's own limits.")
-    ] = False,
-    org: OrgOpt = None,
-) -> None:
-    """Lower one key's rate limits (for every model; never above the organization's)."""
-    c = container()
-    try:
-        organization = c.accounts.find_organization(org)
-        key = c.keys.get(organization.id, key_id)
-        limits = None if clear_limits else ModelLimits(rpm=rpm, tpm=tpm, rpd=rpd)
-        if limits == ModelLimits():
-            fail("say what to change: --rpm, --tpm, --rpd or --clear-limits")
-        c.rate_limit_service.set_key_limits(organization.id, key.id, limits)
-    except KeyplaneError as exc:
-        fail(exc.message)
-    shown = (
-        "none"
-        if limits is None
-        else f"RPM {limits.rpm or '-'}, TPM {limits.tpm or '-'}, RPD {limits.rpd or '-'}"
-    )
-    out.print(f"Limits of {key.id} ({key.name}): {shown}.")
 
 
 @app.command()

@@ -14,6 +14,7 @@ from keyplane.gateway.asgi import Receive, Scope, Send, send_json
 from keyplane.gateway.errors import ApiError, from_domain, model_not_found
 from keyplane.gateway.pipeline import ENDPOINTS, Call, Pipeline
 from keyplane.ids import new_request_id
+from keyplane.keys.permissions import Access, Group
 
 log = logging.getLogger("keyplane.gateway")
 
@@ -66,9 +67,10 @@ class Gateway:
         try:
             endpoint = ENDPOINTS.get(path)
             if endpoint is not None and method == "POST":
-                client = scope.get("client")
-                client_ip = client[0] if client else None
-                key = await self.pipeline.authenticate(scope, client_ip)
+                client_ip = self.pipeline.access.client_ip(scope)
+                key = await self.pipeline.admit_caller(
+                    scope, client_ip, endpoint.group, Access.WRITE
+                )
                 call = Call(request_id, endpoint, key, client_ip, time.monotonic())
                 await self.pipeline.handle(call, scope, receive, send)
             elif method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
@@ -91,9 +93,13 @@ class Gateway:
     async def _models(
         self, scope: Scope, send: Send, model: str, rid: list[tuple[bytes, bytes]]
     ) -> None:
-        client = scope.get("client")
-        await self.pipeline.authenticate(scope, client[0] if client else None)
-        names = await self.pipeline.router.models()
+        access = self.pipeline.access
+        key = await self.pipeline.admit_caller(
+            scope, access.client_ip(scope), Group.MODELS, Access.READ
+        )
+        names = [
+            m for m in await self.pipeline.router.models() if await access.model_allowed(key, m)
+        ]
         if model:
             if model not in names:
                 raise model_not_found(model)

@@ -1,6 +1,7 @@
 """The per-request pipeline, top to bottom:
 
-authenticate → parse → route (model) → rate limits → hold money → forward → meter → settle.
+authenticate → IP allowlists → permission → parse → model allowed → route → rate limits →
+hold money → forward → meter → settle.
 
 Nothing here touches SQL: keys come from the authenticator's cache; rate limits from the limiter;
 holds, settlements and usage records go through the money guard. Every answer from the rate-limit
@@ -25,6 +26,7 @@ from keyplane.billing.bounds import cost_bound, input_token_bound
 from keyplane.billing.wallet import Hold
 from keyplane.clock import Clock
 from keyplane.errors import KeyplaneError
+from keyplane.gateway.access import AccessGuard
 from keyplane.gateway.asgi import Receive, Send, header, send_bytes
 from keyplane.gateway.errors import ApiError, bad_request, from_domain, missing_key, model_not_found
 from keyplane.gateway.money import MoneyGuard
@@ -34,6 +36,7 @@ from keyplane.gateway.upstreams import UpstreamRouter, UpstreamUnavailable
 from keyplane.keys.authenticator import KeyAuthenticator
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
+from keyplane.keys.permissions import Access, Group
 from keyplane.limits.headers import rate_limit_headers, rejection_message
 from keyplane.limits.ratelimit import Dimension, Ticket
 from keyplane.usage import tokens
@@ -52,20 +55,22 @@ class Endpoint:
     can_stream: bool
     required: str  # the body field without which the request is malformed
     estimate_input: Callable[[dict[str, Any]], int]
+    group: Group  # the permission a key needs (write access to this group)
     has_output: bool = True  # generates tokens (capped by max_tokens); embeddings do not
 
 
 ENDPOINTS: dict[str, Endpoint] = {
     "/v1/chat/completions": Endpoint(
         "chat.completions", "/chat/completions", True, "messages",
-        lambda p: tokens.estimate_chat_prompt(p.get("messages")),
+        lambda p: tokens.estimate_chat_prompt(p.get("messages")), Group.CHAT,
     ),
     "/v1/completions": Endpoint(
-        "completions", "/completions", True, "prompt", lambda p: tokens.estimate_input(p.get("prompt"))
+        "completions", "/completions", True, "prompt", lambda p: tokens.estimate_input(p.get("prompt")),
+        Group.CHAT,
     ),
     "/v1/embeddings": Endpoint(
         "embeddings", "/embeddings", False, "input", lambda p: tokens.estimate_input(p.get("input")),
-        has_output=False,
+        Group.EMBEDDINGS, has_output=False,
     ),
 }  # fmt: skip
 
@@ -97,6 +102,7 @@ class Pipeline:
         prices: PriceTable,
         money: MoneyGuard,
         rates: RateGuard,
+        access: AccessGuard,
         clock: Clock,
         *,
         max_body_bytes: int,
@@ -107,10 +113,20 @@ class Pipeline:
         self.prices = prices
         self.money = money
         self.rates = rates
+        self.access = access
         self.clock = clock
         self.max_body_bytes = max_body_bytes
         self.default_max_output_tokens = default_max_output_tokens
         self._unpriced: set[str] = set()
+
+    async def admit_caller(
+        self, scope: Any, client_ip: str | None, group: Group, access: Access
+    ) -> ApiKey:
+        """The first checks, before the body is read: key, IP allowlists, permission."""
+        key = await self.authenticate(scope, client_ip)
+        await self.access.check_ip(key, client_ip)
+        self.access.check_permission(key, group, access)
+        return key
 
     async def authenticate(self, scope: Any, client_ip: str | None) -> ApiKey:
         raw = header(scope, b"authorization")
@@ -144,6 +160,7 @@ class Pipeline:
         body = await self._read_body(scope, receive)
         payload = _parse(body, call.endpoint)
         call.model = payload["model"]
+        await self.access.check_model(call.key, call.model)
         upstreams = await self.router.candidates(call.model)
         if not upstreams:
             raise model_not_found(call.model)

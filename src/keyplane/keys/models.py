@@ -24,11 +24,19 @@ class ApiKey:
     revoked_at: int | None = None
     last_used_at: int | None = None
     last_used_ip: str | None = None
+    scopes: tuple[str, ...] | None = None  # None or empty: All (keys/permissions.py)
+    allowed_models: tuple[str, ...] | None = None  # None: every model the project allows
+    allowed_cidrs: tuple[str, ...] | None = None  # None: any address the project and org allow
+    rotated_from: str | None = None  # the key this one replaced
 
     def is_usable(self, now: float) -> bool:
         if self.revoked_at is not None:
             return False
         return self.expires_at is None or now < self.expires_at
+
+    def needs_rotation(self, now: float, max_age_s: int) -> bool:
+        """Keys older than the rotation policy are flagged ("rotate keys regularly")."""
+        return self.revoked_at is None and now - self.created_at >= max_age_s
 
     @property
     def status(self) -> str:

@@ -19,6 +19,10 @@ class KeyStore(Protocol):
         """Stores a new key and appends a change event for it."""
         ...
 
+    def update(self, key: ApiKey, at: int) -> None:
+        """Stores a key's changed settings and appends a change event for it."""
+        ...
+
     def list(self, org_id: str, project_id: str | None = None) -> Sequence[ApiKey]:
         """Returns the organization's keys (of one project if given), newest first."""
         ...

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from keyplane.clock import Clock
 from keyplane.errors import InvalidRequest, NotFound
 from keyplane.keys import format as keyfmt
+from keyplane.keys import network, permissions
 from keyplane.keys.models import ApiKey
 from keyplane.keys.ports import KeyStore
 
 MAX_EXPIRES_IN_S = 365 * 24 * 3600  # OpenAI's cap for expires_in_seconds
+MAX_GRACE_S = 7 * 24 * 3600
+
+
+def _restrictions(
+    scopes: Sequence[str] | None, models: Sequence[str] | None, cidrs: Sequence[str] | None
+) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None, tuple[str, ...] | None]:
+    """Validates and normalizes a key's restrictions. Raises InvalidRequest."""
+    try:
+        checked_scopes = permissions.validate(scopes) if scopes else None
+        networks = network.parse_networks(cidrs) if cidrs is not None else None
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="scopes" if scopes else "allowed_cidrs") from None
+    if models is not None and any(not m or len(m) > 200 for m in models):
+        raise InvalidRequest("Allowed models are non-empty names.", param="allowed_models")
+    return (
+        checked_scopes,
+        None if models is None else tuple(dict.fromkeys(models)),
+        None if networks is None else tuple(str(n) for n in networks),
+    )
 
 
 class KeyService:
@@ -30,6 +51,10 @@ class KeyService:
         owner_id: str,
         created_by: str | None,
         expires_in_s: int | None = None,
+        scopes: Sequence[str] | None = None,
+        allowed_models: Sequence[str] | None = None,
+        allowed_cidrs: Sequence[str] | None = None,
+        rotated_from: str | None = None,
     ) -> tuple[ApiKey, str]:
         """Returns the stored key and its full secret text, which is never available again."""
         name = name.strip()
@@ -57,9 +82,58 @@ class KeyService:
             created_at=now,
             created_by=created_by,
             expires_at=None if expires_in_s is None else now + expires_in_s,
+            rotated_from=rotated_from,
         )
+        s, m, c = _restrictions(scopes, allowed_models, allowed_cidrs)
+        key = dataclasses.replace(key, scopes=s, allowed_models=m, allowed_cidrs=c)
         self._store.add(key)
         return key, text
+
+    def restrict(
+        self,
+        org_id: str,
+        key_id: str,
+        *,
+        scopes: Sequence[str] | None,
+        allowed_models: Sequence[str] | None,
+        allowed_cidrs: Sequence[str] | None,
+    ) -> ApiKey:
+        """Replaces a key's permissions, allowed models and IP allowlist (None: no restriction)."""
+        key = self.get(org_id, key_id)
+        s, m, c = _restrictions(scopes, allowed_models, allowed_cidrs)
+        changed = dataclasses.replace(key, scopes=s, allowed_models=m, allowed_cidrs=c)
+        self._store.update(changed, int(self._clock.now()))
+        return changed
+
+    def rotate(
+        self, org_id: str, key_id: str, *, grace_s: int, created_by: str | None
+    ) -> tuple[ApiKey, str]:
+        """Issues a new secret for a key: a new key with the same name, project, owner and
+        restrictions; the old one keeps working for ``grace_s`` seconds (0 to 7 days), then stops
+        everywhere. Returns the new key and its secret (shown once)."""
+        if not 0 <= grace_s <= MAX_GRACE_S:
+            raise InvalidRequest(
+                "The grace period is between 0 and 7 days.", param="grace_period_seconds"
+            )
+        old = self.get(org_id, key_id)
+        now = int(self._clock.now())
+        if not old.is_usable(now):
+            raise InvalidRequest(
+                f"The key {old.redacted_value} is revoked or expired: create a new one."
+            )
+        remaining = None if old.expires_at is None else max(old.expires_at - now, 1)
+        new, secret = self.create(
+            kind=old.kind, org_id=old.org_id, project_id=old.project_id, name=old.name,
+            owner_type=old.owner_type, owner_id=old.owner_id, created_by=created_by,
+            expires_in_s=remaining, scopes=old.scopes, allowed_models=old.allowed_models,
+            allowed_cidrs=old.allowed_cidrs, rotated_from=old.id,
+        )  # fmt: skip
+        if grace_s == 0:
+            self._store.revoke(old.id, now)
+        else:
+            ends = now + grace_s if old.expires_at is None else min(old.expires_at, now + grace_s)
+            self._store.update(dataclasses.replace(old, expires_at=ends), now)
+        return new, secret
 
     def list(self, org_id: str, project_id: str | None = None) -> Sequence[ApiKey]:
         return self._store.list(org_id, project_id)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import delete, insert, select
 
+from keyplane.keys.access import NO_POLICY, AccessPolicy
 from keyplane.limits.ratelimit import ModelLimits
 from keyplane.storage.billing_tables import money_events
-from keyplane.storage.limits_tables import key_rate_limits, project_rate_limits
+from keyplane.storage.limits_tables import access_policies, key_rate_limits, project_rate_limits
 from keyplane.storage.repositories import SqlStore
 
 _DIMENSIONS = ("rpm", "tpm", "rpd", "images_per_min", "audio_mb_per_min")
@@ -79,3 +81,46 @@ class SqlRateLimitStore(SqlStore):
             conn.execute(
                 insert(money_events).values(org_id=org_id, kind="rate_limits", ref=key_id, at=at)
             )
+
+
+class SqlAccessPolicyStore(SqlStore):
+    def policy(self, scope_type: str, scope_id: str) -> AccessPolicy:
+        row = self._read(
+            lambda c: c.execute(
+                select(access_policies).where(
+                    access_policies.c.scope_type == scope_type,
+                    access_policies.c.scope_id == scope_id,
+                )
+            ).first()
+        )
+        if row is None:
+            return NO_POLICY
+        return AccessPolicy(_tuple(row.allowed_models), _tuple(row.allowed_cidrs))
+
+    def save_policy(
+        self, org_id: str, scope_type: str, scope_id: str, policy: AccessPolicy, at: int
+    ) -> None:
+        with self._write() as conn:
+            conn.execute(
+                delete(access_policies).where(
+                    access_policies.c.scope_type == scope_type,
+                    access_policies.c.scope_id == scope_id,
+                )
+            )
+            conn.execute(
+                insert(access_policies).values(
+                    scope_type=scope_type, scope_id=scope_id, org_id=org_id, updated_at=at,
+                    allowed_models=_json(policy.allowed_models), allowed_cidrs=_json(policy.allowed_cidrs),
+                )
+            )  # fmt: skip
+            conn.execute(
+                insert(money_events).values(org_id=org_id, kind="access", ref=scope_id, at=at)
+            )
+
+
+def _json(values: tuple[str, ...] | None) -> str | None:
+    return None if values is None else json.dumps(list(values))
+
+
+def _tuple(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(json.loads(text))

@@ -3,7 +3,7 @@ organization's tier limits; NULL means "not lowered" on that dimension."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Integer, String, Table
+from sqlalchemy import BigInteger, Column, ForeignKey, Integer, String, Table, Text
 
 from keyplane.storage.tables import metadata
 
@@ -34,5 +34,17 @@ key_rate_limits = Table(
     Column("key_id", String(40), ForeignKey("api_keys.id"), primary_key=True),
     Column("org_id", String(40), nullable=False),
     *_dimensions(),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# Allowed models and IP allowlists of an organization or a project (keys carry their own).
+access_policies = Table(
+    "access_policies",
+    metadata,
+    Column("scope_type", String(10), primary_key=True),  # org | project
+    Column("scope_id", String(40), primary_key=True),
+    Column("org_id", String(40), nullable=False),
+    Column("allowed_models", Text),  # JSON list; NULL: no restriction
+    Column("allowed_cidrs", Text),  # JSON list; NULL: no restriction
     Column("updated_at", BigInteger, nullable=False),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -60,10 +61,25 @@ class SqlStore:
             raise StoreUnavailable("The database is unavailable.") from exc
 
 
+_JSON_FIELDS = ("scopes", "allowed_models", "allowed_cidrs")
+
+
 def _key(row: RowMapping) -> ApiKey:
     values = dict(row)
     values["kind"] = KeyKind(values["kind"])
+    for name in _JSON_FIELDS:
+        if values[name] is not None:
+            values[name] = tuple(json.loads(values[name]))
     return ApiKey(**values)
+
+
+def _key_row(key: ApiKey) -> dict[str, Any]:
+    values = {f: getattr(key, f) for f in ApiKey.__slots__}
+    values["kind"] = key.kind.value
+    for name in _JSON_FIELDS:
+        if values[name] is not None:
+            values[name] = json.dumps(list(values[name]))
+    return values
 
 
 class SqlKeyStore(SqlStore):
@@ -76,10 +92,8 @@ class SqlKeyStore(SqlStore):
         return None if row is None else _key(row)
 
     def add(self, key: ApiKey) -> None:
-        values = {f: getattr(key, f) for f in ApiKey.__slots__}
-        values["kind"] = key.kind.value
         with self._write() as conn:
-            conn.execute(insert(t.api_keys).values(**values))
+            conn.execute(insert(t.api_keys).values(**_key_row(key)))
             conn.execute(insert(t.key_events).values(key_id=key.id, at=key.created_at))
 
     def list(self, org_id: str, project_id: str | None = None) -> Sequence[ApiKey]:
@@ -99,6 +113,13 @@ class SqlKeyStore(SqlStore):
             if done:
                 conn.execute(insert(t.key_events).values(key_id=key_id, at=at))
         return bool(done)
+
+    def update(self, key: ApiKey, at: int) -> None:
+        """Stores a key's changed settings (expiry, permissions, allowlists) and announces it."""
+        values = _key_row(key)
+        with self._write() as conn:
+            conn.execute(update(t.api_keys).where(t.api_keys.c.id == key.id).values(**values))
+            conn.execute(insert(t.key_events).values(key_id=key.id, at=at))
 
     def changes_since(self, seq: int) -> tuple[int, Sequence[str]]:
         def read(c: Connection) -> tuple[int, Sequence[str]]:

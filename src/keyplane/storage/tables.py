@@ -93,6 +93,10 @@ api_keys = Table(
     Column("revoked_at", BigInteger),
     Column("last_used_at", BigInteger),
     Column("last_used_ip", String(64)),
+    Column("scopes", Text),  # JSON list; NULL: all permissions
+    Column("allowed_models", Text),  # JSON list; NULL: no key-level restriction
+    Column("allowed_cidrs", Text),  # JSON list; NULL: no key-level restriction
+    Column("rotated_from", String(40)),
     Index("ix_api_keys_org_project", "org_id", "project_id"),
 )
 

@@ -1,0 +1,230 @@
+"""API key commands: create, list, update (limits, permissions, allowlists), rotate, revoke."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from keyplane.cli.common import JsonOpt, OrgOpt, container, fail, iso, out, parse_duration
+from keyplane.cli.limits import Rpd, Rpm, Tpm
+from keyplane.errors import KeyplaneError
+from keyplane.keys import permissions
+from keyplane.keys.format import KeyKind
+from keyplane.keys.models import ApiKey
+from keyplane.limits.ratelimit import ModelLimits
+
+keys_app = typer.Typer(
+    help="Create, list, update, rotate and revoke API keys.", no_args_is_help=True
+)
+
+Scopes = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--scope", help="Restricted permission, e.g. chat.write or models.read (repeatable)."
+    ),
+]
+ReadOnly = Annotated[
+    bool, typer.Option("--read-only", help="Read-only permissions (api.all.read).")
+]
+Models = Annotated[
+    list[str] | None, typer.Option("--allow-model", help="Only these models (repeatable).")
+]
+Ips = Annotated[
+    list[str] | None, typer.Option("--allow-ip", help="Only these IPs/CIDRs (repeatable).")
+]
+
+
+def key_json(key: ApiKey, now: float, rotation_days: int) -> dict[str, Any]:
+    return {
+        "id": key.id, "name": key.name, "redacted_value": key.redacted_value, "project_id": key.project_id,
+        "kind": key.kind.value, "status": key.status, "created_at": key.created_at,
+        "expires_at": key.expires_at, "last_used_at": key.last_used_at, "last_used_ip": key.last_used_ip,
+        "permissions": permissions.describe(key.scopes), "scopes": list(key.scopes or ()),
+        "allowed_models": key.allowed_models, "allowed_ips": key.allowed_cidrs,
+        "rotated_from": key.rotated_from, "needs_rotation": key.needs_rotation(now, rotation_days * 86400),
+    }  # fmt: skip
+
+
+def _scopes(scope: list[str] | None, read_only: bool) -> list[str] | None:
+    if read_only and scope:
+        fail("choose --read-only or --scope, not both")
+    return [permissions.ALL_READ] if read_only else scope
+
+
+@keys_app.command("create")
+def keys_create(
+    project: Annotated[str, typer.Option(help="Project name or id.")],
+    name: Annotated[str, typer.Option(help="A name to recognize the key by.")],
+    expires_in: Annotated[
+        str | None, typer.Option(help="Lifetime such as 30d or 12h (default: never).")
+    ] = None,
+    scope: Scopes = None,
+    read_only: ReadOnly = False,
+    allow_model: Models = None,
+    allow_ip: Ips = None,
+    org: OrgOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a project key and print its secret once (permissions All unless restricted)."""
+    c = container()
+    try:
+        organization = c.accounts.find_organization(org)
+        proj = c.accounts.find_project(organization.id, project)
+        owner = c.accounts.owners(organization.id)[0]
+        key, secret = c.keys.create(
+            kind=KeyKind.PROJECT, org_id=organization.id, project_id=proj.id, name=name,
+            owner_type="user", owner_id=owner.id, created_by=owner.id,
+            expires_in_s=parse_duration(expires_in) if expires_in else None,
+            scopes=_scopes(scope, read_only), allowed_models=allow_model, allowed_cidrs=allow_ip,
+        )  # fmt: skip
+    except KeyplaneError as exc:
+        fail(exc.message)
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {**key_json(key, c.clock.now(), c.settings.key_rotation_days), "value": secret}
+            )
+        )
+        return
+    out.print(f"Created key [bold]{key.name}[/bold] ({key.id}) in project {proj.name}.")
+    out.print("Secret (shown once, store it now):")
+    out.print(secret, highlight=False, soft_wrap=True)
+
+
+@keys_app.command("list")
+def keys_list(
+    project: Annotated[str | None, typer.Option(help="Only this project's keys.")] = None,
+    org: OrgOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List keys (redacted); keys older than the rotation policy are flagged."""
+    c = container()
+    try:
+        organization = c.accounts.find_organization(org)
+        project_id = c.accounts.find_project(organization.id, project).id if project else None
+    except KeyplaneError as exc:
+        fail(exc.message)
+    now, days = c.clock.now(), c.settings.key_rotation_days
+    keys = c.keys.list(organization.id, project_id)
+    if as_json:
+        out.print_json(json.dumps([key_json(k, now, days) for k in keys]))
+        return
+    table = Table(
+        "id", "name", "key", "project", "permissions", "status", "created", "expires", "last used"
+    )
+    for k in keys:
+        status = k.status + (
+            " [yellow](rotate)[/yellow]" if k.needs_rotation(now, days * 86400) else ""
+        )
+        table.add_row(
+            k.id, k.name, k.redacted_value, k.project_id or "(admin)", permissions.describe(k.scopes),
+            status, iso(k.created_at), iso(k.expires_at), iso(k.last_used_at),
+        )  # fmt: skip
+    out.print(table)
+    if any(k.needs_rotation(now, days * 86400) for k in keys):
+        out.print(
+            f"Keys older than {days} days should be rotated: keyplane keys rotate KEY_ID --grace 24h"
+        )
+
+
+@keys_app.command("update")
+def keys_update(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")],
+    rpm: Rpm = None,
+    tpm: Tpm = None,
+    rpd: Rpd = None,
+    clear_limits: Annotated[
+        bool, typer.Option("--clear-limits", help="Remove the key's own limits.")
+    ] = False,
+    scope: Scopes = None,
+    read_only: ReadOnly = False,
+    all_permissions: Annotated[
+        bool, typer.Option("--all-permissions", help="Permissions All.")
+    ] = False,
+    allow_model: Models = None,
+    any_model: Annotated[
+        bool, typer.Option("--any-model", help="Remove the key's model list.")
+    ] = False,
+    allow_ip: Ips = None,
+    any_ip: Annotated[
+        bool, typer.Option("--any-ip", help="Remove the key's IP allowlist.")
+    ] = False,
+    org: OrgOpt = None,
+) -> None:
+    """Change a key's rate limits (lower only), permissions, allowed models or IP allowlist."""
+    c = container()
+    try:
+        organization = c.accounts.find_organization(org)
+        key = c.keys.get(organization.id, key_id)
+        changed = False
+        if clear_limits or rpm or tpm or rpd:
+            limits = None if clear_limits else ModelLimits(rpm=rpm, tpm=tpm, rpd=rpd)
+            c.rate_limit_service.set_key_limits(organization.id, key.id, limits)
+            changed = True
+        new_scopes = () if all_permissions else _scopes(scope, read_only)
+        if new_scopes is not None or allow_model or any_model or allow_ip or any_ip:
+            key = c.keys.restrict(
+                organization.id, key.id,
+                scopes=key.scopes if new_scopes is None else new_scopes,
+                allowed_models=None if any_model else (allow_model or key.allowed_models),
+                allowed_cidrs=None if any_ip else (allow_ip or key.allowed_cidrs),
+            )  # fmt: skip
+            changed = True
+        if not changed:
+            fail("say what to change (see --help)")
+    except KeyplaneError as exc:
+        fail(exc.message)
+    out.print(
+        f"Updated {key.id} ({key.name}): permissions {permissions.describe(key.scopes)}, "
+        f"models {', '.join(key.allowed_models or ['any'])}, IPs {', '.join(key.allowed_cidrs or ['any'])}."
+    )
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")],
+    grace: Annotated[
+        str, typer.Option(help="How long the old secret keeps working (0 to 7d).")
+    ] = "0",
+    org: OrgOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Issue a new secret; the old one stops working after the grace period, everywhere."""
+    c = container()
+    try:
+        organization = c.accounts.find_organization(org)
+        new, secret = c.keys.rotate(
+            organization.id, key_id, grace_s=parse_duration(grace), created_by=None
+        )
+        old_limits = c.rate_limit_service.key_limits(key_id)
+        if old_limits is not None:
+            c.rate_limit_service.set_key_limits(organization.id, new.id, old_limits)
+    except KeyplaneError as exc:
+        fail(exc.message)
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {**key_json(new, c.clock.now(), c.settings.key_rotation_days), "value": secret}
+            )
+        )
+        return
+    out.print(
+        f"Rotated {key_id} → {new.id}. The old secret works for {grace} more. New secret (shown once):"
+    )
+    out.print(secret, highlight=False, soft_wrap=True)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")], org: OrgOpt = None
+) -> None:
+    """Revoke a key: every gateway refuses it within a second."""
+    c = container()
+    try:
+        key = c.keys.revoke(c.accounts.find_organization(org).id, key_id)
+    except KeyplaneError as exc:
+        fail(exc.message)
+    out.print(f"Revoked {key.id} ({key.name}, {key.redacted_value}).")

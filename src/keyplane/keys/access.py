@@ -1,0 +1,73 @@
+"""Organization- and project-level access policy: allowed models and IP allowlists (BRIEF C2).
+
+A request must pass every level that is set (organization, project, key): AND, never OR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from keyplane.errors import InvalidRequest
+from keyplane.keys.network import parse_networks
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    allowed_models: tuple[str, ...] | None = None  # None: no restriction at this level
+    allowed_cidrs: tuple[str, ...] | None = None
+
+
+NO_POLICY = AccessPolicy()
+
+
+class AccessPolicyStore(Protocol):
+    def policy(self, scope_type: str, scope_id: str) -> AccessPolicy:
+        """Returns the policy of an organization ("org") or a project ("project"); NO_POLICY when
+        none is set. Raises StoreUnavailable."""
+        ...
+
+    def save_policy(
+        self, org_id: str, scope_type: str, scope_id: str, policy: AccessPolicy, at: int
+    ) -> None:
+        """Stores a policy and announces the change on the change feed (kind "access")."""
+        ...
+
+
+def model_allowed(model: str, lists: Sequence[tuple[str, ...] | None]) -> bool:
+    """True when every list that is set names the model."""
+    return all(allowed is None or model in allowed for allowed in lists)
+
+
+class AccessPolicyService:
+    def __init__(self, store: AccessPolicyStore, now: Callable[[], float]) -> None:
+        self._store = store
+        self._now = now
+
+    def policy(self, scope_type: str, scope_id: str) -> AccessPolicy:
+        return self._store.policy(scope_type, scope_id)
+
+    def set_policy(
+        self, org_id: str, scope_type: str, scope_id: str, *, allowed_models: Sequence[str] | None,
+        allowed_cidrs: Sequence[str] | None,
+    ) -> AccessPolicy:  # fmt: skip
+        """Replaces the allowed models and IP allowlist of an organization or a project.
+
+        Raises InvalidRequest for a malformed CIDR or model name."""
+        if scope_type not in ("org", "project"):
+            raise InvalidRequest("An access policy belongs to an organization or a project.")
+        try:
+            cidrs = (
+                None
+                if allowed_cidrs is None
+                else tuple(str(n) for n in parse_networks(allowed_cidrs))
+            )
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="allowed_ips") from None
+        if allowed_models is not None and any(not m or len(m) > 200 for m in allowed_models):
+            raise InvalidRequest("Allowed models are non-empty names.", param="allowed_models")
+        models = None if allowed_models is None else tuple(dict.fromkeys(allowed_models))
+        policy = AccessPolicy(models, cidrs)
+        self._store.save_policy(org_id, scope_type, scope_id, policy, int(self._now()))
+        return policy

@@ -1,0 +1,66 @@
+"""Client addresses and IP allowlists (BRIEF C2).
+
+The client address is the socket's peer, or — only when that peer is a trusted proxy — taken from
+``X-Forwarded-For`` walked right to left, skipping trusted proxies: the first untrusted hop is the
+client. (The leftmost entry is whatever the client chose to send, so it is never trusted.)
+IPv4-mapped IPv6 addresses (``::ffff:1.2.3.4``) count as their IPv4 address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
+    """Parses CIDRs (a bare address is a /32 or /128); raises ValueError naming a bad one."""
+    out = []
+    for text in cidrs:
+        try:
+            out.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"'{text}' is not an IP address or CIDR range.") from None
+    return tuple(out)
+
+
+def parse_address(text: str | None) -> Address | None:
+    if not text:
+        return None
+    try:
+        addr = ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def allowed(addr: Address | None, networks: Sequence[Network] | None) -> bool:
+    """An empty or absent list allows everyone; otherwise the address must be in one network."""
+    if not networks:
+        return True
+    return addr is not None and any(addr in net for net in networks if addr.version == net.version)
+
+
+def client_address(
+    peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]
+) -> Address | None:
+    """The client's address, trusting X-Forwarded-For only from (and through) trusted proxies."""
+    addr = parse_address(peer)
+    if forwarded_for is None or not allowed_nonempty(addr, trusted):
+        return addr
+    for hop in reversed([h for h in forwarded_for.split(",") if h.strip()]):
+        hop_addr = parse_address(hop)
+        if hop_addr is None:
+            return None  # a malformed hop: the client is unknown (fails any allowlist)
+        addr = hop_addr
+        if not allowed_nonempty(addr, trusted):
+            return addr
+    return addr
+
+
+def allowed_nonempty(addr: Address | None, networks: Sequence[Network]) -> bool:
+    return bool(networks) and allowed(addr, networks)
