@@ -32,3 +32,15 @@ $(STAMP): requirements.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# Benchmark (bench/README.md): keyplane against the bare upstream stub, side by side.
+# `make bench BENCH_ARGS="--quick --no-record"` for a short look; BENCH_ARGS="--at HEAD" measures
+# the last commit while the work tree is being edited.
+.PHONY: bench-guard
+bench: $(STAMP)
+	@bench/setup.sh
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-guard: $(STAMP)
+	@bench/setup.sh
+	$(BIN)/python bench/guard.py $(BENCH_ARGS)
