@@ -8,8 +8,13 @@ from dataclasses import dataclass
 import httpx
 from sqlalchemy import Engine
 
+from keyplane.accounts.orgs import OrgService
 from keyplane.accounts.service import AccountService
+from keyplane.accounts.sessions import LoginService
+from keyplane.accounts.signup import SignupService
+from keyplane.accounts.totp import SecondFactorService
 from keyplane.app import KeyplaneApp
+from keyplane.audit.service import AuditService
 from keyplane.billing.promotion import TierPromoter
 from keyplane.billing.service import BillingService
 from keyplane.billing.watcher import SpendWatcher
@@ -30,13 +35,18 @@ from keyplane.limits.tiers import TierTable
 from keyplane.notify.dispatcher import EmailDispatcher
 from keyplane.notify.smtp import SmtpMailer
 from keyplane.storage import migrate
+from keyplane.storage.audit_repository import SqlAuditLog
+from keyplane.storage.auth_repository import SqlAuthStore
 from keyplane.storage.billing_repository import SqlMoneyStore
 from keyplane.storage.engine import make_engine
 from keyplane.storage.limits_repository import SqlAccessPolicyStore, SqlRateLimitStore
 from keyplane.storage.notify_repository import SqlOutbox
+from keyplane.storage.org_repository import SqlOrgStore
 from keyplane.storage.repositories import SqlAccountStore, SqlKeyStore, SqlUsageStore
 from keyplane.usage.pricing import PriceTable
 from keyplane.web.admin import create_admin_app
+from keyplane.web.dashboard import create_dashboard_app
+from keyplane.web.dashboard.session import AuthServices
 
 
 @dataclass
@@ -55,6 +65,9 @@ class Container:
     rate_limit_service: RateLimitService
     access_policies: SqlAccessPolicyStore
     access: AccessPolicyService
+    auth: AuthServices
+    audit: AuditService
+    orgs: OrgService
     outbox: SqlOutbox
     mailer: SmtpMailer
     prices: PriceTable
@@ -80,6 +93,13 @@ def build(
     outbox = SqlOutbox(engine)
     rate_store = SqlRateLimitStore(engine)
     access_store = SqlAccessPolicyStore(engine)
+    auth_store = SqlAuthStore(engine)
+    audit = AuditService(SqlAuditLog(engine), clock)
+    signup = SignupService(auth_store, outbox, clock, public_url=settings.public_url)
+    keys = KeyService(key_store, pepper, clock)
+    second_factor = SecondFactorService(
+        auth_store, clock, encryption_key=settings.secret_bytes("encryption_key")
+    )
     promoter = TierPromoter(
         money_store, billing, outbox, clock,
         owner_emails=accounts.owner_emails, org_name=accounts.org_name,
@@ -89,7 +109,7 @@ def build(
         clock=clock,
         engine=engine,
         accounts=accounts,
-        keys=KeyService(key_store, pepper, clock),
+        keys=keys,
         key_store=key_store,
         usage_store=SqlUsageStore(engine),
         money_store=money_store,
@@ -99,6 +119,22 @@ def build(
         rate_limit_service=RateLimitService(rate_store, clock, tier_of=promoter.current),
         access_policies=access_store,
         access=AccessPolicyService(access_store, clock.now),
+        auth=AuthServices(
+            signup=signup,
+            login=LoginService(auth_store, clock, second_factor=second_factor),
+            second_factor=second_factor,
+        ),
+        audit=audit,
+        orgs=OrgService(
+            SqlOrgStore(engine),
+            accounts,
+            keys,
+            outbox,
+            audit,
+            clock,
+            public_url=settings.public_url,
+            require_can_create_keys=signup.require_can_create_keys,
+        ),
         outbox=outbox,
         mailer=SmtpMailer.from_settings(settings),
         prices=PriceTable.load(settings.price_files),
@@ -186,11 +222,12 @@ def build_gateway(
 def build_app(
     container: Container, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> tuple[KeyplaneApp, Gateway]:
-    """The one ASGI app keyplane serves (Admin API + gateway), and the gateway inside it.
+    """The one ASGI app keyplane serves (Admin API + gateway + dashboard), and the gateway inside.
 
     The Admin API shares the gateway's key cache and applies money changes to its guard at once."""
     gateway = build_gateway(container, transport=transport)
     admin = create_admin_app(
         container, auth=gateway.pipeline.auth, on_money_change=gateway.pipeline.money.refresh
     )
-    return KeyplaneApp(gateway, admin), gateway
+    dashboard = create_dashboard_app(container, settings=container.settings, auth=container.auth)
+    return KeyplaneApp(gateway, admin, dashboard=dashboard), gateway

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from collections.abc import Coroutine
 from typing import Any
 
 import uvicorn
@@ -37,3 +39,15 @@ def make_server(
         timeout_graceful_shutdown=10,
     )
     return uvicorn.Server(config)
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Runs the servers on uvloop when it is installed (it is, with uvicorn[standard]): uvicorn's
+    own loop choice does not apply when the loop is created here."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is in the lock file
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)

@@ -57,26 +57,22 @@ def post(kp: Keyplane, body: dict[str, Any] = CHAT) -> httpx.Response:
 
 
 def test_headers_on_success_and_on_429_and_the_error_names_the_limit(limited: Keyplane) -> None:
-    limit_key(limited, rpm=60)  # burst: 10 seconds' worth
-    answers = [post(limited) for _ in range(12)]
-    ok, refused = (
-        [a for a in answers if a.status_code == 200],
-        [a for a in answers if a.status_code == 429],
-    )
-    assert len(ok) == 11 and len(refused) == 1  # 1 + a burst of 10
+    limit_key(limited, rpm=6)  # one request each 10 s, plus a burst of 10 seconds' worth: 2 at once
+    answers = [post(limited) for _ in range(4)]  # well within 10 s, even on a loaded machine
+    assert [a.status_code for a in answers] == [200, 200, 429, 429]
     for a in answers:
         assert all(f"x-ratelimit-{h}" in a.headers for h in HEADERS), a.headers
-        assert a.headers["x-ratelimit-limit-requests"] == "60"
-    remaining = [int(a.headers["x-ratelimit-remaining-requests"]) for a in ok]
-    assert remaining == sorted(remaining, reverse=True) and remaining[-1] == 0
-    error = refused[0].json()["error"]
+        assert a.headers["x-ratelimit-limit-requests"] == "6"
+    assert [int(a.headers["x-ratelimit-remaining-requests"]) for a in answers[:2]] == [1, 0]
+    error = answers[2].json()["error"]
     assert error["code"] == "rate_limit_exceeded" and error["type"] == "requests"
     assert error["message"].startswith("Rate limit reached for gpt-4o-mini in API key ")
-    assert "requests per min (RPM): Limit 60" in error["message"]
-    assert refused[0].headers["x-keyplane-limit"] == "rate"
-    assert 0 < int(refused[0].headers["retry-after-ms"]) <= 1000
-    assert re.fullmatch(r"(\d+m)?\d+(\.\d+)?m?s", refused[0].headers["x-ratelimit-reset-requests"])
-    assert len(limited.usage(expect=11)) == 11  # a refused request is never forwarded or billed
+    assert "requests per min (RPM): Limit 6" in error["message"]
+    assert answers[2].headers["x-keyplane-limit"] == "rate"
+    assert 0 < int(answers[2].headers["retry-after-ms"]) <= 10_000
+    assert int(answers[2].headers["retry-after"]) <= 10
+    assert re.fullmatch(r"(\d+m)?\d+(\.\d+)?m?s", answers[2].headers["x-ratelimit-reset-requests"])
+    assert len(limited.usage(expect=2)) == 2  # a refused request is never forwarded or billed
 
 
 def test_the_sdk_retries_rate_limits_by_itself_and_succeeds(limited: Keyplane) -> None:

@@ -208,7 +208,7 @@ def serve(
         fail(
             "no upstream configured: pass --upstream URL, set KEYPLANE_UPSTREAMS, or use `make run` for the simulator"
         )
-    asyncio.run(_serve(c, simulator_port=None))
+    server.run(_serve(c))
 
 
 @app.command()
@@ -238,7 +238,7 @@ def dev(
         out.print(
             f"No upstream configured: using the built-in upstream [bold]SIMULATOR[/bold] at {sim_url} (not a real model)."
         )
-    asyncio.run(_serve(c, simulator_sock=sim_sock))
+    server.run(_serve(c, simulator_sock=sim_sock))
 
 
 def _first_start(c: bootstrap.Container) -> None:

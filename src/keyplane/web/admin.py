@@ -15,7 +15,14 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyplane import __version__
-from keyplane.web import billing_routes, errors
+from keyplane.web import (
+    audit_routes,
+    billing_routes,
+    errors,
+    limits_routes,
+    org_routes,
+    project_routes,
+)
 from keyplane.web.auth import AdminContext, AdminServices, Authenticator
 
 DESCRIPTION = (
@@ -99,4 +106,8 @@ def create_admin_app(
     errors.install(app)
     app.add_middleware(BodySizeLimit)
     app.include_router(billing_routes.router)
+    app.include_router(org_routes.router)
+    app.include_router(project_routes.router)
+    app.include_router(audit_routes.router)
+    app.include_router(limits_routes.router)
     return app

@@ -13,8 +13,9 @@ import asyncio
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Depends, Header, Query
 
+from keyplane.audit.service import changed
 from keyplane.billing.periods import period_of
 from keyplane.billing.ports import BillingSettings as SettingsRecord
 from keyplane.billing.ports import SpendAlert as AlertRecord
@@ -22,7 +23,8 @@ from keyplane.billing.wallet import BillingMode
 from keyplane.errors import Conflict, NotFound, StoreUnavailable
 from keyplane.gateway.errors import ApiError
 from keyplane.web.auth import Admin, AdminContext, AdminServices, Ctx
-from keyplane.web.errors import ERROR_RESPONSES, AdminApiError, params_named
+from keyplane.web.authz import AUTHZ_RESPONSES, Audit, Recorder, authorize
+from keyplane.web.errors import AdminApiError, params_named
 from keyplane.web.schemas import (
     AutoRecharge,
     BillingSettings,
@@ -46,7 +48,9 @@ from keyplane.web.schemas import (
 )
 
 log = logging.getLogger("keyplane.admin")
-router = APIRouter(prefix="/v1/organization", responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/organization", responses=AUTHZ_RESPONSES, dependencies=[Depends(authorize)]
+)
 
 Limit = Annotated[int, Query(ge=1, le=100, description="Objects per page.")]
 After = Annotated[
@@ -90,7 +94,7 @@ def _grant(s: AdminServices, org_id: str, grant_id: str) -> CreditGrant:
     return found
 
 
-@router.get("/credit_balance", tags=["credits"])
+@router.get("/credit_balance", tags=["credits"], name="credit_balance.retrieve")
 async def get_credit_balance(ctx: Ctx, caller: Admin) -> CreditBalance:
     """Available credit (live lots minus holds), open holds, all-time settled spend, every lot."""
     b = await asyncio.to_thread(ctx.services.billing.balance, caller.org_id)
@@ -102,7 +106,7 @@ async def get_credit_balance(ctx: Ctx, caller: Admin) -> CreditBalance:
     )
 
 
-@router.get("/credit_grants", tags=["credits"])
+@router.get("/credit_grants", tags=["credits"], name="credit_grants.list")
 async def list_credit_grants(
     ctx: Ctx, caller: Admin, limit: Limit = 20, after: After = None
 ) -> ListPage[CreditGrant]:
@@ -114,10 +118,15 @@ async def list_credit_grants(
 @router.post(
     "/credit_grants",
     tags=["credits"],
+    name="credit_grants.create",
     responses={409: {"description": "Idempotency-Key reused", "model": ErrorEnvelope}},
 )
 async def create_credit_grant(
-    ctx: Ctx, caller: Admin, body: CreditGrantCreate, idempotency_key: IdempotencyKey = None
+    ctx: Ctx,
+    caller: Admin,
+    audit: Audit,
+    body: CreditGrantCreate,
+    idempotency_key: IdempotencyKey = None,
 ) -> CreditGrant:
     """Adds a credit lot. A replay with the same Idempotency-Key answers 200 with the same grant."""
     names = {"amount": "amount_micro_usd", "expires_in": "expires_in_seconds"}
@@ -134,21 +143,27 @@ async def create_credit_grant(
     except Conflict as exc:  # the only conflict a grant has: a key reused with other parameters
         error = ApiError(409, exc.message, code="idempotency_key_reused", param="Idempotency-Key")
         raise AdminApiError(error) from None
+    grant = CreditGrant.of(lot, body.note)
+    data = grant.model_dump(include={"amount_micro_usd", "expires_at", "note"})
+    await asyncio.to_thread(audit, "credit_grant.created", target_id=lot.id, details={"data": data})
     await _applied(ctx)
-    return CreditGrant.of(lot, body.note)
+    return grant
 
 
-@router.get("/credit_grants/{grant_id}", tags=["credits"])
+@router.get("/credit_grants/{grant_id}", tags=["credits"], name="credit_grants.retrieve")
 async def get_credit_grant(ctx: Ctx, caller: Admin, grant_id: str) -> CreditGrant:
     return await asyncio.to_thread(_grant, ctx.services, caller.org_id, grant_id)
 
 
-@router.post("/credit_grants/{grant_id}/revoke", tags=["credits"])
-async def revoke_credit_grant(ctx: Ctx, caller: Admin, grant_id: str) -> CreditGrant:
+@router.post("/credit_grants/{grant_id}/revoke", tags=["credits"], name="credit_grants.revoke")
+async def revoke_credit_grant(ctx: Ctx, caller: Admin, audit: Audit, grant_id: str) -> CreditGrant:
     """Takes back what remains of a grant. Purchases are non-refundable (400)."""
 
     def revoke() -> CreditGrant:
+        before = _grant(ctx.services, caller.org_id, grant_id)
         ctx.services.billing.revoke_grant(caller.org_id, grant_id)
+        taken = {"remaining_micro_usd": before.remaining_micro_usd}
+        audit("credit_grant.revoked", target_id=grant_id, details={"data": taken})
         return _grant(ctx.services, caller.org_id, grant_id)
 
     grant = await asyncio.to_thread(revoke)
@@ -166,6 +181,12 @@ def _limit(kind: SpendLimitKind, budget: int | None, spent: int) -> SpendLimit:
     )
 
 
+def _budget_change(before: int | None, after: int | None) -> dict[str, Any]:
+    """Audit details of a spend-limit change, in the API's unit (cents; null: no limit)."""
+    cents = [None if v is None else micro_to_cents(v) for v in (before, after)]
+    return changed({"threshold_amount": cents[0]}, {"threshold_amount": cents[1]})
+
+
 def _org_limit(s: AdminServices, org_id: str) -> SpendLimit:
     budget = s.billing.settings(org_id).budget
     spent, _ = s.money_store.month_spend(org_id, period_of(s.clock.now()))
@@ -178,10 +199,14 @@ def _project_limit(s: AdminServices, org_id: str, project_id: str) -> SpendLimit
     return _limit("organization.project.spend_limit", budget, per_project.get(project_id, 0))
 
 
-async def _set_org_limit(ctx: AdminContext, org_id: str, amount: int | None) -> SpendLimit:
+async def _set_org_limit(
+    ctx: AdminContext, audit: Recorder, org_id: str, amount: int | None
+) -> SpendLimit:
     def write() -> SpendLimit:
+        before = ctx.services.billing.settings(org_id).budget
         with params_named({"budget": "threshold_amount"}):
             ctx.services.billing.update_settings(org_id, budget=amount)
+        audit("spend_limit.updated", details=_budget_change(before, amount))
         return _org_limit(ctx.services, org_id)
 
     limit = await asyncio.to_thread(write)
@@ -190,11 +215,18 @@ async def _set_org_limit(ctx: AdminContext, org_id: str, amount: int | None) -> 
 
 
 async def _set_project_limit(
-    ctx: AdminContext, org_id: str, project_id: str, amount: int | None
+    ctx: AdminContext, audit: Recorder, org_id: str, project_id: str, amount: int | None
 ) -> SpendLimit:
     def write() -> SpendLimit:
         _require_project(ctx.services, org_id, project_id)
+        before = ctx.services.billing.project_budget(project_id)
         ctx.services.billing.set_project_budget(org_id, project_id, amount)
+        audit(
+            "spend_limit.updated",
+            target_id=project_id,
+            project_id=project_id,
+            details=_budget_change(before, amount),
+        )
         return _project_limit(ctx.services, org_id, project_id)
 
     limit = await asyncio.to_thread(write)
@@ -202,26 +234,28 @@ async def _set_project_limit(
     return limit
 
 
-@router.get("/spend_limit", tags=["limits"])
+@router.get("/spend_limit", tags=["limits"], name="spend_limit.retrieve")
 async def get_spend_limit(ctx: Ctx, caller: Admin) -> SpendLimit:
     """The organization's monthly hard limit in cents; ``enforcing`` once this month's settled
     spend has reached it (requests then get 429 ``organization_spend_limit_exceeded``)."""
     return await asyncio.to_thread(_org_limit, ctx.services, caller.org_id)
 
 
-@router.post("/spend_limit", tags=["limits"])
-async def set_spend_limit(ctx: Ctx, caller: Admin, body: SpendLimitSet) -> SpendLimit:
+@router.post("/spend_limit", tags=["limits"], name="spend_limit.update")
+async def set_spend_limit(ctx: Ctx, caller: Admin, audit: Audit, body: SpendLimitSet) -> SpendLimit:
     """Sets the limit; the gateway applies it to the next request."""
-    return await _set_org_limit(ctx, caller.org_id, cents_to_micro(body.threshold_amount))
+    return await _set_org_limit(ctx, audit, caller.org_id, cents_to_micro(body.threshold_amount))
 
 
-@router.delete("/spend_limit", tags=["limits"])
-async def delete_spend_limit(ctx: Ctx, caller: Admin) -> SpendLimit:
+@router.delete("/spend_limit", tags=["limits"], name="spend_limit.delete")
+async def delete_spend_limit(ctx: Ctx, caller: Admin, audit: Audit) -> SpendLimit:
     """Removes the limit and answers the limit as it now is (``threshold_amount: null``)."""
-    return await _set_org_limit(ctx, caller.org_id, None)
+    return await _set_org_limit(ctx, audit, caller.org_id, None)
 
 
-@router.get("/projects/{project_id}/spend_limit", tags=["limits"])
+@router.get(
+    "/projects/{project_id}/spend_limit", tags=["limits"], name="project_spend_limit.retrieve"
+)
 async def get_project_spend_limit(ctx: Ctx, caller: Admin, project_id: str) -> SpendLimit:
     def read() -> SpendLimit:
         _require_project(ctx.services, caller.org_id, project_id)
@@ -230,17 +264,23 @@ async def get_project_spend_limit(ctx: Ctx, caller: Admin, project_id: str) -> S
     return await asyncio.to_thread(read)
 
 
-@router.post("/projects/{project_id}/spend_limit", tags=["limits"])
+@router.post(
+    "/projects/{project_id}/spend_limit", tags=["limits"], name="project_spend_limit.update"
+)
 async def set_project_spend_limit(
-    ctx: Ctx, caller: Admin, project_id: str, body: SpendLimitSet
+    ctx: Ctx, caller: Admin, audit: Audit, project_id: str, body: SpendLimitSet
 ) -> SpendLimit:
     amount = cents_to_micro(body.threshold_amount)
-    return await _set_project_limit(ctx, caller.org_id, project_id, amount)
+    return await _set_project_limit(ctx, audit, caller.org_id, project_id, amount)
 
 
-@router.delete("/projects/{project_id}/spend_limit", tags=["limits"])
-async def delete_project_spend_limit(ctx: Ctx, caller: Admin, project_id: str) -> SpendLimit:
-    return await _set_project_limit(ctx, caller.org_id, project_id, None)
+@router.delete(
+    "/projects/{project_id}/spend_limit", tags=["limits"], name="project_spend_limit.delete"
+)
+async def delete_project_spend_limit(
+    ctx: Ctx, caller: Admin, audit: Audit, project_id: str
+) -> SpendLimit:
+    return await _set_project_limit(ctx, audit, caller.org_id, project_id, None)
 
 
 # -- spend alerts (notification thresholds) ---------------------------------------------------
@@ -267,7 +307,11 @@ def _alerts(s: AdminServices, org_id: str, project_id: str | None) -> list[Spend
 
 
 def _add_alert(
-    s: AdminServices, org_id: str, project_id: str | None, body: SpendAlertCreate
+    s: AdminServices,
+    audit: Recorder,
+    org_id: str,
+    project_id: str | None,
+    body: SpendAlertCreate,
 ) -> SpendAlert:
     if project_id is not None:
         _require_project(s, org_id, project_id)
@@ -279,21 +323,29 @@ def _add_alert(
             project_id=project_id,
             recipients=channel.recipients if channel and channel.recipients else None,
         )
-    return _alert(alert, _owner_emails(s, org_id))
+    created = _alert(alert, _owner_emails(s, org_id))
+    data = created.model_dump(include={"threshold_amount", "notification_channel"})
+    audit("spend_alert.created", target_id=alert.id, project_id=project_id, details={"data": data})
+    return created
 
 
-def _delete_alert(s: AdminServices, org_id: str, project_id: str | None, alert_id: str) -> Deleted:
+def _delete_alert(
+    s: AdminServices, audit: Recorder, org_id: str, project_id: str | None, alert_id: str
+) -> Deleted:
     if project_id is not None:
         _require_project(s, org_id, project_id)
     # Deleting through the organization's path reaches only its own alerts, a project's path only
     # that project's: an id from elsewhere is not found.
-    if not any(a.id == alert_id and a.project_id == project_id for a in s.billing.alerts(org_id)):
+    found = [a for a in s.billing.alerts(org_id) if a.id == alert_id and a.project_id == project_id]
+    if not found:
         raise NotFound(f"No spend alert '{alert_id}'.", param="alert_id")
     s.billing.delete_alert(org_id, alert_id)
+    data = {"threshold_amount": micro_to_cents(found[0].threshold)}
+    audit("spend_alert.deleted", target_id=alert_id, project_id=project_id, details={"data": data})
     return Deleted(object="organization.spend_alert.deleted", id=alert_id)
 
 
-@router.get("/spend_alerts", tags=["limits"])
+@router.get("/spend_alerts", tags=["limits"], name="spend_alerts.list")
 async def list_spend_alerts(
     ctx: Ctx, caller: Admin, limit: Limit = 20, after: After = None
 ) -> ListPage[SpendAlert]:
@@ -302,19 +354,25 @@ async def list_spend_alerts(
     return page(alerts, lambda a: a.id, limit=limit, after=after)
 
 
-@router.post("/spend_alerts", tags=["limits"])
-async def create_spend_alert(ctx: Ctx, caller: Admin, body: SpendAlertCreate) -> SpendAlert:
+@router.post("/spend_alerts", tags=["limits"], name="spend_alerts.create")
+async def create_spend_alert(
+    ctx: Ctx, caller: Admin, audit: Audit, body: SpendAlertCreate
+) -> SpendAlert:
     """An email the first time this month's spend reaches the threshold (cents); recipients
     default to the organization's Owners. Traffic continues after an alert."""
-    return await asyncio.to_thread(_add_alert, ctx.services, caller.org_id, None, body)
+    return await asyncio.to_thread(_add_alert, ctx.services, audit, caller.org_id, None, body)
 
 
-@router.delete("/spend_alerts/{alert_id}", tags=["limits"])
-async def delete_spend_alert(ctx: Ctx, caller: Admin, alert_id: str) -> Deleted:
-    return await asyncio.to_thread(_delete_alert, ctx.services, caller.org_id, None, alert_id)
+@router.delete("/spend_alerts/{alert_id}", tags=["limits"], name="spend_alerts.delete")
+async def delete_spend_alert(ctx: Ctx, caller: Admin, audit: Audit, alert_id: str) -> Deleted:
+    return await asyncio.to_thread(
+        _delete_alert, ctx.services, audit, caller.org_id, None, alert_id
+    )
 
 
-@router.get("/projects/{project_id}/spend_alerts", tags=["limits"])
+@router.get(
+    "/projects/{project_id}/spend_alerts", tags=["limits"], name="project_spend_alerts.list"
+)
 async def list_project_spend_alerts(
     ctx: Ctx, caller: Admin, project_id: str, limit: Limit = 20, after: After = None
 ) -> ListPage[SpendAlert]:
@@ -322,18 +380,26 @@ async def list_project_spend_alerts(
     return page(alerts, lambda a: a.id, limit=limit, after=after)
 
 
-@router.post("/projects/{project_id}/spend_alerts", tags=["limits"])
+@router.post(
+    "/projects/{project_id}/spend_alerts", tags=["limits"], name="project_spend_alerts.create"
+)
 async def create_project_spend_alert(
-    ctx: Ctx, caller: Admin, project_id: str, body: SpendAlertCreate
+    ctx: Ctx, caller: Admin, audit: Audit, project_id: str, body: SpendAlertCreate
 ) -> SpendAlert:
-    return await asyncio.to_thread(_add_alert, ctx.services, caller.org_id, project_id, body)
+    return await asyncio.to_thread(_add_alert, ctx.services, audit, caller.org_id, project_id, body)
 
 
-@router.delete("/projects/{project_id}/spend_alerts/{alert_id}", tags=["limits"])
+@router.delete(
+    "/projects/{project_id}/spend_alerts/{alert_id}",
+    tags=["limits"],
+    name="project_spend_alerts.delete",
+)
 async def delete_project_spend_alert(
-    ctx: Ctx, caller: Admin, project_id: str, alert_id: str
+    ctx: Ctx, caller: Admin, audit: Audit, project_id: str, alert_id: str
 ) -> Deleted:
-    return await asyncio.to_thread(_delete_alert, ctx.services, caller.org_id, project_id, alert_id)
+    return await asyncio.to_thread(
+        _delete_alert, ctx.services, audit, caller.org_id, project_id, alert_id
+    )
 
 
 # -- billing settings (keyplane extension) ----------------------------------------------------
@@ -374,24 +440,29 @@ def _changes(body: BillingSettingsUpdate) -> dict[str, Any]:
     return changes
 
 
-@router.get("/billing_settings", tags=["billing"])
+@router.get("/billing_settings", tags=["billing"], name="billing_settings.retrieve")
 async def get_billing_settings(ctx: Ctx, caller: Admin) -> BillingSettings:
     """Billing mode, this month's usage limit and the auto-recharge rule."""
     s = ctx.services
     return _settings(s, await asyncio.to_thread(s.billing.settings, caller.org_id))
 
 
-@router.post("/billing_settings", tags=["billing"])
+@router.post("/billing_settings", tags=["billing"], name="billing_settings.update")
 async def update_billing_settings(
-    ctx: Ctx, caller: Admin, body: BillingSettingsUpdate
+    ctx: Ctx, caller: Admin, audit: Audit, body: BillingSettingsUpdate
 ) -> BillingSettings:
     """Changes what the body names. Auto-recharge needs a threshold of $5-$95 and a target of
     $10-$100 above it; ``usage_limit_micro_usd: null`` restores the tier's."""
     s = ctx.services
 
     def write() -> SettingsRecord:
+        before = _settings(s, s.billing.settings(caller.org_id)).model_dump()
         with params_named(_SETTING_PARAMS):
-            return s.billing.update_settings(caller.org_id, **_changes(body))
+            record = s.billing.update_settings(caller.org_id, **_changes(body))
+        audit(
+            "billing_settings.updated", details=changed(before, _settings(s, record).model_dump())
+        )
+        return record
 
     record = await asyncio.to_thread(write)
     await _applied(ctx)

@@ -1,0 +1,466 @@
+"""Administering an organization: members and roles, invitations, projects and their members,
+service accounts and the keys of all of them (BRIEF C1, C2).
+
+Every change is written to the audit log here, in the service, so the Admin API and the dashboard
+record the same events without repeating themselves. ``actor`` says who asked and from where.
+Reads take the organization id and answer NotFound for another organization's objects, exactly as
+for objects that do not exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from keyplane.accounts.models import OrgRole, Project, ServiceAccount
+from keyplane.accounts.org_ports import (
+    EmailQueue,
+    Invite,
+    InviteStatus,
+    Member,
+    OrgStore,
+    ProjectMember,
+    ProjectRole,
+)
+from keyplane.accounts.service import AccountService
+from keyplane.audit.models import Actor
+from keyplane.audit.service import AuditService, changed
+from keyplane.clock import Clock
+from keyplane.errors import Conflict, InvalidRequest, NotFound
+from keyplane.ids import new_id
+from keyplane.keys.format import KeyKind
+from keyplane.keys.models import ApiKey
+from keyplane.keys.service import KeyService
+
+INVITE_TTL_S = 7 * 86400
+INVITE_PATH = "/invites/accept"  # the dashboard page that takes ?token=
+TOKEN_BYTES = 32  # 256 bits from `secrets`
+
+
+def token_hash(token: str) -> str:
+    """A fast hash is enough: the token is 256 random bits, not a password."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def clean_email(email: str) -> str:
+    email = email.strip().lower()
+    local, _, domain = email.partition("@")
+    if not local or not domain or len(email) > 254 or any(c.isspace() for c in email):
+        raise InvalidRequest(f"'{email}' is not an email address.", param="email")
+    return email
+
+
+def _name(name: str, what: str) -> str:
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise InvalidRequest(f"A {what} name needs 1 to 200 characters.", param="name")
+    return name
+
+
+def _key_data(key: ApiKey) -> dict[str, Any]:
+    return {
+        "name": key.name,
+        "kind": key.kind.value,
+        "redacted_value": key.redacted_value,
+        "owner": {"type": key.owner_type, "id": key.owner_id},
+        "expires_at": key.expires_at,
+    }
+
+
+class OrgService:
+    def __init__(
+        self,
+        store: OrgStore,
+        accounts: AccountService,
+        keys: KeyService,
+        outbox: EmailQueue,
+        audit: AuditService,
+        clock: Clock,
+        *,
+        public_url: str,
+        require_can_create_keys: Callable[[str], None] = lambda user_id: None,
+    ) -> None:
+        self._store = store
+        # Raises unless the user may own keys (their email is verified): BRIEF C1.
+        self._require_can_create_keys = require_can_create_keys
+        self._accounts = accounts
+        self._keys = keys
+        self._outbox = outbox
+        self._audit = audit
+        self._clock = clock
+        self._public_url = public_url.rstrip("/")
+
+    def now(self) -> float:
+        return self._clock.now()
+
+    def _now(self) -> int:
+        return int(self._clock.now())
+
+    # -- members ----------------------------------------------------------------------------------
+    def member(self, org_id: str, user_id: str) -> Member | None:
+        return self._store.member(org_id, user_id)
+
+    def members(self, org_id: str) -> Sequence[Member]:
+        return self._store.members(org_id)
+
+    def get_member(self, org_id: str, user_id: str) -> Member:
+        found = self._store.member(org_id, user_id)
+        if found is None:
+            raise NotFound(f"No user '{user_id}' in this organization.", param="user_id")
+        return found
+
+    def change_role(self, actor: Actor, org_id: str, user_id: str, role: OrgRole) -> Member:
+        """Raises Conflict when it would leave the organization without an Owner."""
+        before = self.get_member(org_id, user_id)
+        if before.role is not role:
+            if not self._store.set_member_role(org_id, user_id, role):
+                raise NotFound(f"No user '{user_id}' in this organization.", param="user_id")
+            self._audit.record(
+                org_id, actor, "user.updated", target_id=user_id,
+                details=changed({"role": before.role.value}, {"role": role.value}),
+            )  # fmt: skip
+        return self.get_member(org_id, user_id)
+
+    def remove_member(self, actor: Actor, org_id: str, user_id: str) -> Member:
+        """Removes a member (never the last Owner) and revokes the keys they own here."""
+        member = self.get_member(org_id, user_id)
+        if not self._store.remove_member(org_id, user_id):
+            raise NotFound(f"No user '{user_id}' in this organization.", param="user_id")
+        owned = [k for k in self._keys.list(org_id) if k.owner_type == "user"]
+        revoked = self._revoke([k for k in owned if k.owner_id == user_id])
+        self._audit.record(
+            org_id, actor, "user.deleted", target_id=user_id,
+            details={"data": {"email": member.user.email, "role": member.role.value},
+                     "revoked_keys": revoked},
+        )  # fmt: skip
+        return member
+
+    # -- invitations ------------------------------------------------------------------------------
+    def invites(self, org_id: str) -> Sequence[Invite]:
+        return self._store.invites(org_id)
+
+    def get_invite(self, org_id: str, invite_id: str) -> Invite:
+        for invite in self._store.invites(org_id):
+            if invite.id == invite_id:
+                return invite
+        raise NotFound(f"No invite '{invite_id}' in this organization.", param="invite_id")
+
+    def invite(self, actor: Actor, org_id: str, email: str, role: OrgRole) -> Invite:
+        """Stores an invitation and queues the email with its single-use link (valid 7 days).
+
+        Raises Conflict if the address is a member or has a pending invitation."""
+        email = clean_email(email)
+        now = self._now()
+        if any(m.user.email.lower() == email for m in self._store.members(org_id)):
+            raise Conflict(f"'{email}' is already a member of this organization.", param="email")
+        if any(
+            i.email == email and i.status(now) is InviteStatus.PENDING
+            for i in self._store.invites(org_id)
+        ):
+            raise Conflict(f"'{email}' already has a pending invitation.", param="email")
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        invite = Invite(
+            id=new_id("invite-"), org_id=org_id, email=email, role=role,
+            token_hash=token_hash(token), created_at=now, expires_at=now + INVITE_TTL_S,
+            created_by=actor.user_id,
+        )  # fmt: skip
+        self._store.add_invite(invite)
+        org = self._accounts.org_name(org_id)
+        self._outbox.enqueue(
+            f"invite:{invite.id}",
+            [email],
+            f"You are invited to join {org} on keyplane",
+            f"You have been invited to join the organization {org} on keyplane as "
+            f"{role.value.capitalize()}.\n\nAccept the invitation within 7 days:\n"
+            f"{self._public_url}{INVITE_PATH}?token={token}\n\n"
+            "The link works once. If you did not expect this email, ignore it.\n",
+            now=now,
+        )
+        self._audit.record(
+            org_id, actor, "invite.sent", target_id=invite.id,
+            details={"data": {"email": email, "role": role.value}},
+        )  # fmt: skip
+        return invite
+
+    def delete_invite(self, actor: Actor, org_id: str, invite_id: str) -> Invite:
+        """Withdraws a pending or expired invitation. Raises InvalidRequest once accepted."""
+        invite = self.get_invite(org_id, invite_id)
+        if invite.accepted_at is not None:
+            raise InvalidRequest("This invitation was accepted and cannot be deleted.")
+        if not self._store.delete_invite(org_id, invite_id):
+            raise NotFound(f"No invite '{invite_id}' in this organization.", param="invite_id")
+        self._audit.record(
+            org_id, actor, "invite.deleted", target_id=invite_id,
+            details={"data": {"email": invite.email, "role": invite.role.value}},
+        )  # fmt: skip
+        return invite
+
+    def accept_invite(self, actor: Actor, token: str, user_id: str) -> Member:
+        """Makes ``user_id`` a member with the invitation's role. The token works once, until it
+        expires, and only for the address it was sent to. Raises InvalidRequest, Conflict."""
+        invite = self._store.invite_by_token_hash(token_hash(token))
+        user = self._store.user(user_id)
+        now = self._now()
+        if invite is None or user is None or invite.status(now) is not InviteStatus.PENDING:
+            raise InvalidRequest("This invitation link is invalid, used or expired.")
+        if user.email.lower() != invite.email:
+            raise InvalidRequest("This invitation was sent to another email address.")
+        if not self._store.accept_invite(invite.id, user_id, now):
+            raise InvalidRequest("This invitation link is invalid, used or expired.")
+        self._audit.record(invite.org_id, actor, "invite.accepted", target_id=invite.id)
+        self._audit.record(
+            invite.org_id, actor, "user.added", target_id=user_id,
+            details={"data": {"email": user.email, "role": invite.role.value}},
+        )  # fmt: skip
+        return self.get_member(invite.org_id, user_id)
+
+    # -- projects ---------------------------------------------------------------------------------
+    def projects(self, org_id: str, *, include_archived: bool = False) -> Sequence[Project]:
+        found = self._accounts.projects(org_id)
+        return [p for p in found if include_archived or p.archived_at is None]
+
+    def project(self, org_id: str, project_id: str) -> Project:
+        found = self._store.project(project_id)
+        if found is None or found.org_id != org_id:
+            raise NotFound(f"No project '{project_id}' in this organization.", param="project_id")
+        return found
+
+    def _active_project(self, org_id: str, project_id: str) -> Project:
+        project = self.project(org_id, project_id)
+        if project.archived_at is not None:
+            raise InvalidRequest(f"The project '{project.name}' is archived.", param="project_id")
+        return project
+
+    def create_project(self, actor: Actor, org_id: str, name: str) -> Project:
+        project = self._accounts.create_project(org_id, name)
+        self._audit.record(
+            org_id, actor, "project.created", target_id=project.id, project_id=project.id,
+            details={"data": {"name": project.name}},
+        )  # fmt: skip
+        return project
+
+    def rename_project(self, actor: Actor, org_id: str, project_id: str, name: str) -> Project:
+        before = self._active_project(org_id, project_id)
+        name = _name(name, "project")
+        if name != before.name:
+            self._store.rename_project(project_id, name)
+            self._audit.record(
+                org_id, actor, "project.updated", target_id=project_id, project_id=project_id,
+                details=changed({"name": before.name}, {"name": name}),
+            )  # fmt: skip
+        return self.project(org_id, project_id)
+
+    def archive_project(self, actor: Actor, org_id: str, project_id: str) -> Project:
+        """Archives (never deletes) a project; its keys stop working. Archiving twice is a no-op."""
+        self.project(org_id, project_id)
+        if self._store.archive_project(project_id, self._now()):
+            revoked = self._revoke(self._keys.list(org_id, project_id))
+            self._audit.record(
+                org_id, actor, "project.archived", target_id=project_id, project_id=project_id,
+                details={"revoked_keys": revoked},
+            )  # fmt: skip
+        return self.project(org_id, project_id)
+
+    # -- project members --------------------------------------------------------------------------
+    def project_members(self, org_id: str, project_id: str) -> Sequence[ProjectMember]:
+        self.project(org_id, project_id)
+        return self._store.project_members(project_id)
+
+    def project_member(self, org_id: str, project_id: str, user_id: str) -> ProjectMember:
+        self.project(org_id, project_id)
+        found = self._store.project_member(project_id, user_id)
+        if found is None:
+            raise NotFound(f"No user '{user_id}' in this project.", param="user_id")
+        return found
+
+    def project_role(self, org_id: str, project_id: str, user_id: str) -> ProjectRole | None:
+        """The user's role in the project, or None (also for another organization's project)."""
+        project = self._store.project(project_id)
+        if project is None or project.org_id != org_id:
+            return None
+        found = self._store.project_member(project_id, user_id)
+        return None if found is None else found.role
+
+    def add_project_member(
+        self, actor: Actor, org_id: str, project_id: str, user_id: str, role: ProjectRole
+    ) -> ProjectMember:
+        """Only members of the organization can join its projects. Raises Conflict if present."""
+        self._active_project(org_id, project_id)
+        self.get_member(org_id, user_id)
+        self._store.add_project_member(project_id, user_id, role, self._now())
+        self._audit.record(
+            org_id, actor, "project_user.added", target_id=user_id, project_id=project_id,
+            details={"data": {"role": role.value}},
+        )  # fmt: skip
+        return self.project_member(org_id, project_id, user_id)
+
+    def change_project_role(
+        self, actor: Actor, org_id: str, project_id: str, user_id: str, role: ProjectRole
+    ) -> ProjectMember:
+        before = self.project_member(org_id, project_id, user_id)
+        if before.role is not role:
+            self._store.set_project_role(project_id, user_id, role)
+            self._audit.record(
+                org_id, actor, "project_user.updated", target_id=user_id, project_id=project_id,
+                details=changed({"role": before.role.value}, {"role": role.value}),
+            )  # fmt: skip
+        return self.project_member(org_id, project_id, user_id)
+
+    def remove_project_member(
+        self, actor: Actor, org_id: str, project_id: str, user_id: str
+    ) -> ProjectMember:
+        member = self.project_member(org_id, project_id, user_id)
+        self._store.remove_project_member(project_id, user_id)
+        self._audit.record(
+            org_id, actor, "project_user.deleted", target_id=user_id, project_id=project_id,
+            details={"data": {"role": member.role.value}},
+        )  # fmt: skip
+        return member
+
+    # -- service accounts -------------------------------------------------------------------------
+    def service_accounts(self, org_id: str, project_id: str) -> Sequence[ServiceAccount]:
+        self.project(org_id, project_id)
+        return self._store.service_accounts(project_id)
+
+    def service_account(self, org_id: str, project_id: str, account_id: str) -> ServiceAccount:
+        found = self._store.service_account(account_id)
+        if found is None or found.org_id != org_id or found.project_id != project_id:
+            raise NotFound(
+                f"No service account '{account_id}' in this project.", param="service_account_id"
+            )
+        return found
+
+    def create_service_account(
+        self, actor: Actor, org_id: str, project_id: str, name: str
+    ) -> tuple[ServiceAccount, ApiKey, str]:
+        """A service account and its first key; the key's text is returned here only."""
+        self._active_project(org_id, project_id)
+        account = ServiceAccount(
+            id=new_id("svc_acct_"), org_id=org_id, project_id=project_id,
+            name=_name(name, "service account"), created_at=self._now(),
+        )  # fmt: skip
+        self._store.add_service_account(account)
+        self._audit.record(
+            org_id, actor, "service_account.created", target_id=account.id,
+            project_id=project_id, details={"data": {"name": account.name, "role": "member"}},
+        )  # fmt: skip
+        key, text = self._create_key(
+            actor, org_id, project_id, KeyKind.SERVICE_ACCOUNT, "Secret key",
+            owner_type="service_account", owner_id=account.id,
+        )  # fmt: skip
+        return account, key, text
+
+    def delete_service_account(
+        self, actor: Actor, org_id: str, project_id: str, account_id: str
+    ) -> ServiceAccount:
+        """Deletes the account and revokes its keys."""
+        account = self.service_account(org_id, project_id, account_id)
+        keys = [
+            k
+            for k in self._keys.list(org_id, project_id)
+            if k.owner_type == "service_account" and k.owner_id == account_id
+        ]
+        revoked = self._revoke(keys)
+        self._store.delete_service_account(account_id)
+        self._audit.record(
+            org_id, actor, "service_account.deleted", target_id=account_id, project_id=project_id,
+            details={"data": {"name": account.name}, "revoked_keys": revoked},
+        )  # fmt: skip
+        return account
+
+    # -- keys -------------------------------------------------------------------------------------
+    def project_keys(self, org_id: str, project_id: str) -> Sequence[ApiKey]:
+        """The project's keys that were not deleted (revoked), newest first."""
+        self.project(org_id, project_id)
+        return [k for k in self._keys.list(org_id, project_id) if k.revoked_at is None]
+
+    def project_key(self, org_id: str, project_id: str, key_id: str) -> ApiKey:
+        found = next((k for k in self.project_keys(org_id, project_id) if k.id == key_id), None)
+        if found is None:
+            raise NotFound(f"No API key '{key_id}' in this project.", param="key_id")
+        return found
+
+    def create_project_key(
+        self, actor: Actor, org_id: str, project_id: str, name: str, owner_id: str,
+        *, expires_in_s: int | None = None,
+    ) -> tuple[ApiKey, str]:  # fmt: skip
+        """A project key owned by the user ``owner_id``; its text is returned here only."""
+        self._active_project(org_id, project_id)
+        self.get_member(org_id, owner_id)
+        return self._create_key(
+            actor, org_id, project_id, KeyKind.PROJECT, name,
+            owner_type="user", owner_id=owner_id, expires_in_s=expires_in_s,
+        )  # fmt: skip
+
+    def rotate_project_key(
+        self, actor: Actor, org_id: str, project_id: str, key_id: str, *, grace_s: int
+    ) -> tuple[ApiKey, str]:
+        """A new secret for a project key; the old one works for ``grace_s`` (0 to 7 days)."""
+        old = self.project_key(org_id, project_id, key_id)
+        new, text = self._keys.rotate(org_id, old.id, grace_s=grace_s, created_by=actor.user_id)
+        self._audit.record(
+            org_id, actor, "api_key.rotated", target_id=new.id, project_id=project_id,
+            details={"data": {**_key_data(new), "rotated_from": old.id, "grace_period_seconds": grace_s}},
+        )  # fmt: skip
+        return new, text
+
+    def revoke_project_key(self, actor: Actor, org_id: str, project_id: str, key_id: str) -> ApiKey:
+        return self._delete_key(actor, self.project_key(org_id, project_id, key_id))
+
+    def admin_keys(self, org_id: str) -> Sequence[ApiKey]:
+        return [
+            k for k in self._keys.list(org_id) if k.kind is KeyKind.ADMIN and k.revoked_at is None
+        ]
+
+    def admin_key(self, org_id: str, key_id: str) -> ApiKey:
+        found = next((k for k in self.admin_keys(org_id) if k.id == key_id), None)
+        if found is None:
+            raise NotFound(f"No admin key '{key_id}' in this organization.", param="key_id")
+        return found
+
+    def create_admin_key(
+        self, actor: Actor, org_id: str, name: str, owner_id: str, *, expires_in_s: int | None
+    ) -> tuple[ApiKey, str]:
+        self.get_member(org_id, owner_id)
+        return self._create_key(
+            actor, org_id, None, KeyKind.ADMIN, name,
+            owner_type="user", owner_id=owner_id, expires_in_s=expires_in_s,
+        )  # fmt: skip
+
+    def revoke_admin_key(self, actor: Actor, org_id: str, key_id: str) -> ApiKey:
+        return self._delete_key(actor, self.admin_key(org_id, key_id))
+
+    def _create_key(
+        self, actor: Actor, org_id: str, project_id: str | None, kind: KeyKind, name: str,
+        *, owner_type: str, owner_id: str, expires_in_s: int | None = None,
+    ) -> tuple[ApiKey, str]:  # fmt: skip
+        if owner_type == "user":
+            self._require_can_create_keys(owner_id)
+        key, text = self._keys.create(
+            kind=kind, org_id=org_id, project_id=project_id, name=name, owner_type=owner_type,
+            owner_id=owner_id, created_by=actor.user_id, expires_in_s=expires_in_s,
+        )  # fmt: skip
+        self._audit.record(
+            org_id, actor, "api_key.created", target_id=key.id, project_id=project_id,
+            details={"data": _key_data(key)},
+        )  # fmt: skip
+        return key, text
+
+    def _delete_key(self, actor: Actor, key: ApiKey) -> ApiKey:
+        revoked = self._keys.revoke(key.org_id, key.id)
+        self._audit.record(
+            key.org_id, actor, "api_key.deleted", target_id=key.id, project_id=key.project_id,
+            details={"data": _key_data(key)},
+        )  # fmt: skip
+        return revoked
+
+    def _revoke(self, keys: Sequence[ApiKey]) -> list[str]:
+        """Revokes the usable ones among ``keys``; returns their ids (for the audit entry)."""
+        done = []
+        for key in keys:
+            if key.revoked_at is None:
+                self._keys.revoke(key.org_id, key.id)
+                done.append(key.id)
+        return done

@@ -1,0 +1,169 @@
+"""Signing in and out with server-side sessions.
+
+A session id is 256 random bits, handed to the browser once (in a cookie) and stored only as its
+SHA-256, so a copy of the database signs nobody in. A session ends after ``idle_s`` without a
+request or ``absolute_s`` after sign-in, whichever comes first (OWASP ASVS 3.3.2, level 2: 30
+minutes idle, 12 hours at most). Every sign-in gets a new id, so an id planted in a browser before
+sign-in (session fixation) is worth nothing after it.
+
+With two-factor on, a right password opens a *pending* session that signs nobody in and only
+lets its holder enter a code within ``second_factor_s``; the code then opens the real session.
+Wrong passwords and wrong codes both count against the login throttle.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from dataclasses import dataclass
+from typing import Protocol
+
+from keyplane.accounts.auth_ports import LoginAttemptStore, SessionStore, UserDirectory, WebSession
+from keyplane.accounts.passwords import hash_password, verify_password
+from keyplane.accounts.signup import MAX_PASSWORD_LENGTH, hash_token, new_token
+from keyplane.accounts.throttle import LoginThrottle, ThrottlePolicy
+from keyplane.accounts.totp import SecondFactorService
+from keyplane.clock import Clock
+from keyplane.errors import KeyplaneError
+
+WRONG_CREDENTIALS = "Incorrect email or password."
+MAX_USER_AGENT = 300
+
+
+class InvalidCredentials(KeyplaneError):
+    """The email or the password is wrong; the message never says which."""
+
+
+class InvalidSecondFactor(KeyplaneError):
+    pass
+
+
+class SignInExpired(KeyplaneError):
+    """The pending sign-in (password given, code awaited) is unknown or over."""
+
+
+class LoginStore(UserDirectory, SessionStore, LoginAttemptStore, Protocol):
+    """What signing in needs: users, sessions and the failed-attempt log."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPolicy:
+    idle_s: int = 30 * 60
+    absolute_s: int = 12 * 3600
+    second_factor_s: int = 5 * 60
+    touch_every_s: int = 60  # record activity at most this often (one write, not one a request)
+
+
+@dataclass(frozen=True, slots=True)
+class SignIn:
+    """A new session: its id for the cookie (returned here only) and the stored record."""
+
+    session_id: str
+    session: WebSession
+
+    @property
+    def needs_second_factor(self) -> bool:
+        return self.session.second_factor_pending
+
+
+@functools.cache
+def _decoy_hash() -> str:
+    """A hash to check unknown emails against, so they take as long as known ones."""
+    return hash_password(secrets.token_urlsafe(24))
+
+
+class LoginService:
+    def __init__(
+        self,
+        store: LoginStore,
+        clock: Clock,
+        *,
+        second_factor: SecondFactorService,
+        throttle: ThrottlePolicy | None = None,
+        policy: SessionPolicy | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._second_factor = second_factor
+        self.throttle = LoginThrottle(store, clock, throttle)
+        self.policy = policy or SessionPolicy()
+
+    def log_in(
+        self, email: str, password: str, *, client_ip: str | None, user_agent: str = ""
+    ) -> SignIn:
+        """Checks the password and opens a session (pending when two-factor is on).
+
+        Raises LoginThrottled (before looking at the password), InvalidCredentials."""
+        email = email.strip().lower()
+        attempt = self.throttle.begin(email, client_ip)
+        user = self._store.user_by_email(email) if email else None
+        if len(password) > MAX_PASSWORD_LENGTH:
+            ok = False
+        else:
+            ok = verify_password(user.password_hash if user else _decoy_hash(), password)
+        if user is None or not ok:
+            raise InvalidCredentials(WRONG_CREDENTIALS)
+        self.throttle.succeeded(attempt)
+        pending = self._second_factor.status(user.id) is not None
+        return self._open(user.id, pending, client_ip, user_agent)
+
+    def complete_second_factor(
+        self, pending_id: str, code: str, *, client_ip: str | None, user_agent: str = ""
+    ) -> SignIn:
+        """Checks a TOTP or recovery code for a pending sign-in and opens the real session.
+
+        Raises SignInExpired, LoginThrottled, InvalidSecondFactor."""
+        pending = self.session(pending_id, pending=True)
+        user = self._store.user(pending.user_id) if pending else None
+        if pending is None or user is None:
+            raise SignInExpired("Your sign-in has expired. Enter your email and password again.")
+        attempt = self.throttle.begin(user.email, client_ip)
+        if not self._second_factor.verify(user.id, code):
+            raise InvalidSecondFactor(
+                "That code is not right. Enter the current 6-digit code from your "
+                "authenticator app, or one of your recovery codes."
+            )
+        self.throttle.succeeded(attempt)
+        self._store.delete_session(pending.id_hash)
+        return self._open(user.id, False, client_ip, user_agent)
+
+    def session(self, session_id: str, *, pending: bool = False) -> WebSession | None:
+        """Returns the live session with this id (signed in, or with ``pending`` awaiting its
+        second factor), recording activity; None when there is none or it has timed out."""
+        if not session_id:
+            return None
+        id_hash = hash_token(session_id)
+        found = self._store.session(id_hash)
+        if found is None or found.second_factor_pending != pending:
+            return None
+        now = int(self._clock.now())
+        if now >= found.expires_at or now - found.last_seen_at >= self.policy.idle_s:
+            self._store.delete_session(id_hash)
+            return None
+        if now - found.last_seen_at >= self.policy.touch_every_s:
+            self._store.touch_session(id_hash, now)
+        return found
+
+    def log_out(self, session_id: str) -> None:
+        if session_id:
+            self._store.delete_session(hash_token(session_id))
+
+    def end_all_sessions(self, user_id: str) -> int:
+        return self._store.delete_user_sessions(user_id)
+
+    def _open(self, user_id: str, pending: bool, client_ip: str | None, user_agent: str) -> SignIn:
+        now = int(self._clock.now())
+        session_id, id_hash = new_token()
+        lifetime = self.policy.second_factor_s if pending else self.policy.absolute_s
+        session = WebSession(
+            id_hash=id_hash,
+            user_id=user_id,
+            created_at=now,
+            last_seen_at=now,
+            expires_at=now + lifetime,
+            second_factor_pending=pending,
+            client_ip=client_ip,
+            user_agent=user_agent[:MAX_USER_AGENT],
+        )
+        self._store.add_session(session)
+        return SignIn(session_id, session)

@@ -1,0 +1,117 @@
+"""Throttling of failed sign-ins, per account and per source address (OWASP ASVS 2.2.1: no more
+than 100 failed attempts per hour on one account).
+
+Only *new* sign-ins are throttled: an attacker who burns an account's attempts cannot end or
+block a session its owner already has, and the owner is told how long to wait instead of being
+silently locked out. The account is keyed by the email typed, whether or not such an account
+exists, so the throttle answers the same for both and reveals nothing about who has an account.
+
+Each attempt first reserves a failure (atomically, against the limit) and is forgiven if it
+succeeds: concurrent guesses can never get past the limit between a check and a record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+
+from keyplane.accounts.auth_ports import LoginAttemptStore
+from keyplane.clock import Clock
+from keyplane.errors import KeyplaneError
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottlePolicy:
+    per_account: int = 100
+    per_address: int = 100
+    window_s: int = 3600
+
+    def __post_init__(self) -> None:
+        if self.per_account < 1 or self.per_address < 1 or self.window_s < 1:
+            raise ValueError("throttle limits and window must be positive")
+
+
+class LoginThrottled(KeyplaneError):
+    """Too many failed sign-ins; ``retry_after_s`` says when the next one will be considered."""
+
+    def __init__(self, retry_after_s: int, *, by_address: bool) -> None:
+        where = "from your network" if by_address else "for this account"
+        super().__init__(
+            f"Too many failed sign-in attempts {where}. Try again in {describe_wait(retry_after_s)}."
+        )
+        self.retry_after_s = retry_after_s
+        self.by_address = by_address
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A sign-in in progress: its provisional failures, forgiven if it succeeds."""
+
+    ids: tuple[int, ...]
+
+
+def describe_wait(seconds: int) -> str:
+    if seconds < 60:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    minutes = -(-seconds // 60)
+    if minutes < 120:
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    hours = -(-minutes // 60)
+    return f"{hours} hours"
+
+
+def account_subject(email: str) -> str:
+    return "acct:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()[:59]
+
+
+def address_subject(ip: str) -> str:
+    """One subject per IPv4 address, and per IPv6 /64: whoever holds one address of a /64 usually
+    holds them all, so counting single IPv6 addresses would throttle nothing."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        key = ip
+    else:
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        if isinstance(addr, ipaddress.IPv6Address):
+            key = str(ipaddress.IPv6Network((addr, 64), strict=False))
+        else:
+            key = str(addr)
+    return "addr:" + hashlib.sha256(key.encode()).hexdigest()[:59]
+
+
+def retry_after(failures: tuple[int, ...], limit: int, window_s: int, now: int) -> int:
+    """Seconds until fewer than ``limit`` of ``failures`` (oldest first) lie inside the window."""
+    if len(failures) < limit:
+        return 0
+    frees_up = failures[len(failures) - limit] + window_s
+    return max(1, frees_up - now)
+
+
+class LoginThrottle:
+    def __init__(
+        self, store: LoginAttemptStore, clock: Clock, policy: ThrottlePolicy | None = None
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self.policy = policy or ThrottlePolicy()
+
+    def begin(self, email: str, client_ip: str | None) -> Attempt:
+        """Reserves one failure for the account and the address.
+
+        Raises LoginThrottled (recording nothing) when either is at its limit."""
+        now = int(self._clock.now())
+        limits = {account_subject(email): self.policy.per_account}
+        if client_ip:
+            limits[address_subject(client_ip)] = self.policy.per_address
+        reservation = self._store.reserve_attempt(limits, since=now - self.policy.window_s, at=now)
+        if reservation.blocked is not None:
+            limit = limits[reservation.blocked]
+            wait = retry_after(reservation.blocked_failures, limit, self.policy.window_s, now)
+            raise LoginThrottled(wait, by_address=reservation.blocked.startswith("addr:"))
+        return Attempt(reservation.ids)
+
+    def succeeded(self, attempt: Attempt) -> None:
+        self._store.forgive_attempt(attempt.ids)

@@ -1,0 +1,81 @@
+"""Recording and reading the audit log."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from keyplane.audit.models import Actor, AuditEvent, AuditFilter, AuditPage
+from keyplane.audit.ports import AuditLog
+from keyplane.clock import Clock
+from keyplane.ids import new_id
+from keyplane.keys import format as keyfmt
+
+MAX_TEXT = 500  # a user agent or a name in an event; longer values are cut
+
+
+def _scrub(value: Any) -> Any:
+    """Masks key-shaped strings anywhere in ``value``. Callers never pass a secret; this is the
+    net under that rule, because an audit row lives forever and is readable by every Reader."""
+    if isinstance(value, str):
+        text = keyfmt.KEY_PATTERN.sub(lambda m: keyfmt.redact(m.group(0)), value)
+        return text[:MAX_TEXT]
+    if isinstance(value, Mapping):
+        return {str(k): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def changed(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """``details`` for an update: only the fields whose value changed, before and after."""
+    keys = [k for k in after if before.get(k) != after[k]]
+    return {"before": {k: before.get(k) for k in keys}, "after": {k: after[k] for k in keys}}
+
+
+class AuditService:
+    def __init__(self, log: AuditLog, clock: Clock) -> None:
+        self._log = log
+        self._clock = clock
+
+    def record(
+        self,
+        org_id: str,
+        actor: Actor,
+        event_type: str,
+        *,
+        target_id: str | None = None,
+        project_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditEvent:
+        """Appends one event and returns it. Raises StoreUnavailable."""
+        event = AuditEvent(
+            id=new_id("audit_log-"),
+            org_id=org_id,
+            type=event_type,
+            effective_at=int(self._clock.now()),
+            actor=Actor(
+                type=actor.type,
+                id=actor.id,
+                user_id=actor.user_id,
+                email=actor.email,
+                ip_address=actor.ip_address,
+                user_agent=None if actor.user_agent is None else actor.user_agent[:MAX_TEXT],
+            ),
+            project_id=project_id,
+            target_id=target_id,
+            details=_scrub(dict(details or {})),
+        )
+        self._log.record(event)
+        return event
+
+    def query(
+        self,
+        org_id: str,
+        filters: AuditFilter,
+        *,
+        limit: int = 20,
+        after: str | None = None,
+        before: str | None = None,
+    ) -> AuditPage:
+        return self._log.query(org_id, filters, limit, after, before)

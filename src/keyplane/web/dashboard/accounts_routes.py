@@ -1,0 +1,295 @@
+"""The account pages: sign up, verify, profile, log in (with the two-factor step), log out, password
+reset, and account security (TOTP and recovery codes). Each route parses a form, calls one service
+method and renders a page; domain errors become the page's error message."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Form, Request
+from starlette.responses import RedirectResponse, Response
+
+from keyplane.accounts.auth_ports import TokenPurpose
+from keyplane.accounts.sessions import InvalidCredentials, InvalidSecondFactor, SignInExpired
+from keyplane.accounts.signup import TokenRefused
+from keyplane.accounts.throttle import LoginThrottled
+from keyplane.errors import InvalidRequest
+from keyplane.web.dashboard.session import (
+    CurrentMember,
+    CurrentUser,
+    MaybeViewer,
+    Redirect,
+    clear_session_cookie,
+    client_ip,
+    context,
+    render,
+    safe_next,
+    session_cookie,
+    set_session_cookie,
+)
+
+router = APIRouter()
+Field = Annotated[str, Form()]
+
+
+def _user_agent(request: Request) -> str:
+    return request.headers.get("user-agent", "")
+
+
+def _signed_in_redirect(request: Request, location: str, session_id: str) -> Response:
+    response = RedirectResponse(location, status_code=303)
+    set_session_cookie(request, response, session_id)
+    return response
+
+
+def _throttled(request: Request, template: str, exc: LoginThrottled, **values: Any) -> Response:
+    response = render(request, template, status=429, error=exc.message, **values)
+    response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
+
+
+@router.get("/")
+def home(request: Request, viewer: CurrentMember) -> Response:
+    return render(request, "home.html", viewer=viewer)
+
+
+# -- sign up and verify ---------------------------------------------------------------------------
+@router.get("/signup")
+def signup_page(request: Request, viewer: MaybeViewer) -> Response:
+    if viewer is not None:
+        raise Redirect("/")
+    return render(request, "signup.html")
+
+
+@router.post("/signup")
+def signup(request: Request, email: Field = "", password: Field = "") -> Response:
+    try:
+        context(request).auth.signup.sign_up(email, password)
+    except InvalidRequest as exc:
+        return render(request, "signup.html", status=400, error=exc.message, email=email)
+    # The same page whether the address was new or taken: nothing to learn about who has one.
+    return render(request, "check_email.html", email=email.strip(), purpose="verify")
+
+
+@router.get("/verify")
+def verify_page(request: Request, token: str = "") -> Response:
+    try:
+        context(request).auth.signup.check_token(TokenPurpose.VERIFY_EMAIL, token)
+    except TokenRefused as exc:
+        return render(request, "verify.html", status=400, error=exc.message)
+    # A button, not an automatic verification: mail scanners that open links must not use them.
+    return render(request, "verify.html", token=token)
+
+
+@router.post("/verify")
+def verify(request: Request, viewer: MaybeViewer, token: Field = "") -> Response:
+    try:
+        context(request).auth.signup.verify_email(token)
+    except TokenRefused as exc:
+        return render(request, "verify.html", status=400, error=exc.message)
+    return render(request, "verify.html", verified=True, signed_in=viewer is not None)
+
+
+@router.get("/verify/pending")
+def verify_pending(request: Request, viewer: CurrentUser) -> Response:
+    if viewer.verified:
+        raise Redirect("/")
+    return render(request, "verify_pending.html")
+
+
+@router.post("/verify/resend")
+def verify_resend(request: Request, viewer: CurrentUser) -> Response:
+    if viewer.verified:
+        raise Redirect("/")
+    sent = context(request).auth.signup.resend_verification(viewer.user.id)
+    notice = (
+        "We sent a new link." if sent else "We sent one less than a minute ago: check your inbox."
+    )
+    return render(request, "verify_pending.html", notice=notice)
+
+
+# -- profile ------------------------------------------------------------------------------------
+@router.get("/profile")
+def profile_page(request: Request, viewer: CurrentUser) -> Response:
+    if not viewer.verified:
+        raise Redirect("/verify/pending")
+    profile = context(request).auth.signup.profile(viewer.user.id)
+    return render(request, "profile.html", profile=profile, name=viewer.user.name)
+
+
+@router.post("/profile")
+def profile(
+    request: Request, viewer: CurrentUser, name: Field = "", org_name: Field = ""
+) -> Response:
+    signup = context(request).auth.signup
+    try:
+        signup.complete_profile(viewer.user.id, name=name, org_name=org_name)
+    except InvalidRequest as exc:  # EmailNotVerified too
+        return render(
+            request, "profile.html", status=400, error=exc.message,
+            profile=signup.profile(viewer.user.id), name=name, org_name=org_name,
+        )  # fmt: skip
+    raise Redirect("/")
+
+
+# -- log in and out -----------------------------------------------------------------------------
+@router.get("/login")
+def login_page(request: Request, viewer: MaybeViewer, next: str = "/") -> Response:
+    if viewer is not None:
+        raise Redirect(safe_next(next))
+    return render(request, "login.html", next=safe_next(next))
+
+
+@router.post("/login")
+def login(request: Request, email: Field = "", password: Field = "", next: Field = "/") -> Response:
+    auth = context(request).auth
+    target = safe_next(next)
+    try:
+        sign_in = auth.login.log_in(
+            email, password, client_ip=client_ip(request), user_agent=_user_agent(request)
+        )
+    except LoginThrottled as exc:
+        return _throttled(request, "login.html", exc, email=email, next=target)
+    except InvalidCredentials as exc:
+        return render(
+            request, "login.html", status=401, error=exc.message, email=email, next=target
+        )
+    auth.login.log_out(session_cookie(request))  # whatever session this browser had ends here
+    if sign_in.needs_second_factor:
+        target = f"/login/totp?next={quote(target, safe='')}"
+    return _signed_in_redirect(request, target, sign_in.session_id)
+
+
+@router.get("/login/totp")
+def totp_page(request: Request, next: str = "/") -> Response:
+    if context(request).auth.login.session(session_cookie(request), pending=True) is None:
+        raise Redirect("/login")
+    return render(request, "login_totp.html", next=safe_next(next))
+
+
+@router.post("/login/totp")
+def totp(request: Request, code: Field = "", next: Field = "/") -> Response:
+    auth = context(request).auth
+    target = safe_next(next)
+    try:
+        sign_in = auth.login.complete_second_factor(
+            session_cookie(request), code,
+            client_ip=client_ip(request), user_agent=_user_agent(request),
+        )  # fmt: skip
+    except SignInExpired as exc:
+        response = render(request, "login.html", status=400, error=exc.message, next=target)
+        clear_session_cookie(request, response)
+        return response
+    except LoginThrottled as exc:
+        return _throttled(request, "login_totp.html", exc, next=target)
+    except InvalidSecondFactor as exc:
+        return render(request, "login_totp.html", status=401, error=exc.message, next=target)
+    return _signed_in_redirect(request, target, sign_in.session_id)
+
+
+@router.get("/logout")
+def logout_page(request: Request, viewer: MaybeViewer) -> Response:
+    return render(request, "logout.html")
+
+
+@router.post("/logout")
+def logout(request: Request) -> Response:
+    context(request).auth.login.log_out(session_cookie(request))
+    response = render(request, "logout.html", done=True, viewer=None)
+    clear_session_cookie(request, response)
+    return response
+
+
+# -- password reset -----------------------------------------------------------------------------
+@router.get("/password/forgot")
+def forgot_page(request: Request) -> Response:
+    return render(request, "forgot.html")
+
+
+@router.post("/password/forgot")
+def forgot(request: Request, email: Field = "") -> Response:
+    try:
+        context(request).auth.signup.request_password_reset(email)
+    except InvalidRequest as exc:
+        return render(request, "forgot.html", status=400, error=exc.message, email=email)
+    return render(request, "check_email.html", email=email.strip(), purpose="reset")
+
+
+@router.get("/password/reset")
+def reset_page(request: Request, token: str = "") -> Response:
+    try:
+        context(request).auth.signup.check_token(TokenPurpose.RESET_PASSWORD, token)
+    except TokenRefused as exc:
+        return render(request, "reset.html", status=400, error=exc.message)
+    return render(request, "reset.html", token=token)
+
+
+@router.post("/password/reset")
+def reset(request: Request, token: Field = "", password: Field = "") -> Response:
+    try:
+        context(request).auth.signup.reset_password(token, password)
+    except TokenRefused as exc:
+        return render(request, "reset.html", status=400, error=exc.message)
+    except InvalidRequest as exc:
+        return render(request, "reset.html", status=400, error=exc.message, token=token)
+    # Every session of the account ended, this browser's too.
+    response = render(request, "reset.html", done=True, viewer=None)
+    clear_session_cookie(request, response)
+    return response
+
+
+# -- account security: two-factor -----------------------------------------------------------------
+def _security(
+    request: Request, viewer: CurrentMember, *, status: int = 200, **values: Any
+) -> Response:
+    factor = context(request).auth.second_factor.status(viewer.user.id)
+    return render(request, "security.html", status=status, viewer=viewer, factor=factor, **values)
+
+
+@router.get("/account/security")
+def security_page(request: Request, viewer: CurrentMember) -> Response:
+    return _security(request, viewer)
+
+
+@router.post("/account/totp/setup")
+def totp_setup(request: Request, viewer: CurrentMember) -> Response:
+    setup = context(request).auth.second_factor.begin_setup(viewer.user)
+    return render(request, "totp_setup.html", viewer=viewer, setup=setup)
+
+
+@router.post("/account/totp/enable")
+def totp_enable(
+    request: Request, viewer: CurrentMember, setup_token: Field = "", code: Field = ""
+) -> Response:
+    second_factor = context(request).auth.second_factor
+    try:
+        codes = second_factor.enable(viewer.user.id, setup_token, code)
+    except InvalidRequest as exc:
+        if exc.param != "code":
+            return _security(request, viewer, status=400, error=exc.message)
+        setup = second_factor.resume_setup(viewer.user, setup_token)
+        return render(
+            request, "totp_setup.html", status=400, viewer=viewer, setup=setup, error=exc.message
+        )
+    return render(request, "recovery_codes.html", viewer=viewer, codes=codes, enabled=True)
+
+
+@router.post("/account/totp/disable")
+def totp_disable(request: Request, viewer: CurrentMember, password: Field = "") -> Response:
+    try:
+        context(request).auth.second_factor.disable(viewer.user.id, password)
+    except InvalidRequest as exc:
+        return _security(request, viewer, status=400, error=exc.message)
+    return _security(request, viewer, notice="Two-factor authentication is off.")
+
+
+@router.post("/account/recovery-codes")
+def recovery_codes(request: Request, viewer: CurrentMember, password: Field = "") -> Response:
+    try:
+        codes = context(request).auth.second_factor.regenerate_recovery_codes(
+            viewer.user.id, password
+        )
+    except InvalidRequest as exc:
+        return _security(request, viewer, status=400, error=exc.message)
+    return render(request, "recovery_codes.html", viewer=viewer, codes=codes)

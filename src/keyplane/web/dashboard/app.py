@@ -1,0 +1,193 @@
+"""The dashboard app factory: server-rendered pages (Jinja2), a stylesheet, no JavaScript build.
+
+Every answer carries a strict Content-Security-Policy (no inline script or style, no framing),
+``Referrer-Policy: no-referrer`` (links in emails carry tokens in their query) and, for pages,
+``Cache-Control: no-store`` (pages show secrets such as recovery codes once). Every visitor gets
+an anonymous CSRF cookie on the first answer, so even the first form they submit is protected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.requests import cookie_parser
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keyplane.config import Settings
+from keyplane.errors import KeyplaneError, StoreUnavailable
+from keyplane.web.dashboard import accounts_routes, csrf
+from keyplane.web.dashboard.session import (
+    AuthServices,
+    DashboardContext,
+    DashboardServices,
+    Redirect,
+    csrf_guard,
+    render,
+)
+
+log = logging.getLogger("keyplane.dashboard")
+
+MAX_BODY_BYTES = 64 * 1024  # forms are a few fields
+SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+STATUS_TEXT = {
+    400: "That request did not make sense.",
+    404: "There is no page at this address.",
+    405: "This page does not take that kind of request.",
+    413: "That form is too large.",
+}
+TITLES = {
+    400: "That did not work",
+    403: "Request refused",
+    404: "Page not found",
+    405: "Not allowed",
+    413: "Too large",
+    503: "Temporarily unavailable",
+}
+
+
+class DashboardGuard:
+    """Pure ASGI (never buffers a response): security headers, the anonymous CSRF cookie, and a
+    cap on request bodies."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+            await PlainTextResponse(STATUS_TEXT[413], status_code=413)(scope, receive, send)
+            return
+        secure = scope.get("scheme") == "https"
+        name = csrf.cookie_name(csrf.ANON_COOKIE, secure)
+        cookies = cookie_parser(headers.get(b"cookie", b"").decode("latin-1"))
+        fresh = None if cookies.get(name) else csrf.new_anonymous_binding()
+        if fresh is not None:
+            scope.setdefault("state", {})["csrf_anon"] = fresh
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY_BYTES:
+                raise HTTPException(413)
+            return message
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                out = MutableHeaders(scope=message)
+                for key, value in SECURITY_HEADERS.items():
+                    out.setdefault(key, value)
+                if out.get("content-type", "").startswith("text/html"):
+                    out.setdefault("cache-control", "no-store")
+                if secure:
+                    out.setdefault("strict-transport-security", "max-age=31536000")
+                if fresh is not None:
+                    cookie = f"{name}={fresh}; Path=/; HttpOnly; SameSite=Lax"
+                    out.append("set-cookie", cookie + ("; Secure" if secure else ""))
+            await send(message)
+
+        await self.app(scope, limited, send_with_headers)
+
+
+def _templates() -> Jinja2Templates:
+    env = Environment(
+        loader=PackageLoader("keyplane.web.dashboard", "templates"),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return Jinja2Templates(env=env)
+
+
+def _install_error_pages(app: FastAPI) -> None:
+    def page(request: Request, status: int, message: str) -> Response:
+        title = TITLES.get(status, "Something went wrong")
+        return render(request, "error.html", status=status, title=title, message=message)
+
+    async def redirect(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Redirect)
+        return RedirectResponse(exc.location, status_code=303)
+
+    async def csrf_rejected(request: Request, exc: Exception) -> Response:
+        return page(
+            request,
+            403,
+            "This form has expired or was sent from another site, so nothing was changed. "
+            "Go back, reload the page and try again.",
+        )
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return page(request, exc.status_code, STATUS_TEXT.get(exc.status_code, exc.detail))
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        return page(request, 400, STATUS_TEXT[400])
+
+    async def domain_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, StoreUnavailable):
+            return page(request, 503, "keyplane cannot reach its database right now; try again.")
+        assert isinstance(exc, KeyplaneError)
+        return page(request, 400, exc.message)
+
+    async def crash(request: Request, exc: Exception) -> Response:
+        log.exception("dashboard error", exc_info=exc)
+        return PlainTextResponse("Something went wrong on our side.", status_code=500)
+
+    handlers: dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]] = {
+        Redirect: redirect,
+        csrf.CsrfRejected: csrf_rejected,
+        HTTPException: http_error,
+        RequestValidationError: invalid,
+        KeyplaneError: domain_error,
+        Exception: crash,
+    }
+    for exc_type, handler in handlers.items():
+        app.add_exception_handler(exc_type, handler)
+
+
+def create_dashboard_app(
+    services: DashboardServices, *, settings: Settings, auth: AuthServices
+) -> FastAPI:
+    """Builds the dashboard over ``services`` (a ``bootstrap.Container``) and the sign-in
+    services; it builds none itself."""
+    app = FastAPI(
+        title="keyplane dashboard",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        # Every route of every router, present and future, checks CSRF before it runs.
+        dependencies=[Depends(csrf_guard)],
+    )
+    csrf_key = hmac.new(
+        settings.secret_bytes("encryption_key"), b"keyplane/dashboard-csrf/v1", hashlib.sha256
+    ).digest()
+    app.state.dashboard = DashboardContext(services, auth, _templates(), csrf_key)
+    _install_error_pages(app)
+    app.add_middleware(DashboardGuard)
+    app.mount("/static", StaticFiles(packages=[("keyplane.web.dashboard", "static")]), "static")
+    app.include_router(accounts_routes.router)
+    return app

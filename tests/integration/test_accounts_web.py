@@ -1,0 +1,704 @@
+"""The account pages of the dashboard, against a real keyplane (SQLite) and a real SMTP server.
+
+Sign-up with email verification, profile, log in and out, sessions, CSRF, password reset, TOTP
+with recovery codes, and the login throttle. Tests that need a client address other than
+loopback talk to the same ASGI app in-process (Starlette's TestClient sets the socket address).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pyotp
+import pytest
+from sqlalchemy import Engine
+from starlette.testclient import TestClient
+
+from conftest import IN_CI, Keyplane, make_settings, start_keyplane
+from keyplane import bootstrap
+from keyplane.accounts.auth_ports import OneTimeToken, TokenPurpose
+from keyplane.accounts.models import User
+from keyplane.accounts.passwords import hash_password
+from keyplane.accounts.signup import SignupService
+from keyplane.accounts.throttle import account_subject
+from keyplane.clock import FrozenClock
+from keyplane.storage import migrate
+from keyplane.storage.auth_repository import SqlAuthStore
+from keyplane.storage.engine import make_engine
+from kptest import ServerThread, wait_until
+from smtp_support import Inbox, SmtpServer, start_smtp
+
+PASSWORD = "violet tractor on the moon"
+OWNER_PASSWORD = "correct horse battery"  # conftest's first Owner
+WRONG = "Incorrect email or password."
+
+Client = httpx.Client | TestClient
+
+
+class Browser:
+    """A user agent with a cookie jar that fills in each form's CSRF token from the last page."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.page = ""
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        response = self.client.get(path, **kwargs)
+        self.page = response.text
+        return response
+
+    def post(self, path: str, data: dict[str, str], *, csrf: bool = True) -> httpx.Response:
+        fields = {"csrf_token": self.csrf_token(), **data} if csrf else data
+        response = self.client.post(path, data=fields)
+        self.page = response.text
+        return response
+
+    def csrf_token(self) -> str:
+        match = re.search(r'name="csrf_token" value="([^"]*)"', self.page)
+        assert match, "the last page had no form"
+        return match.group(1)
+
+    def log_in(self, email: str, password: str) -> httpx.Response:
+        self.get("/login")
+        return self.post("/login", {"email": email, "password": password})
+
+    def log_out(self) -> httpx.Response:
+        self.get("/logout")
+        return self.post("/logout", {})
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def text_of(response: httpx.Response) -> str:
+    main = response.text.partition("<main")[2] or response.text
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", main)).split())
+
+
+def link_in(inbox: Inbox, to: str, path: str, count: int = 1) -> str:
+    """The path and query of the ``count``-th link to ``path`` sent to ``to``."""
+
+    def find() -> list[str]:
+        links = []
+        for mail in inbox.received:
+            if to in mail.rcpt_tos:
+                body = mail.message.get_body(("plain",))
+                assert body is not None
+                links += re.findall(
+                    rf"https?://[^/\s]+({re.escape(path)}\?token=[\w-]+)", body.get_content()
+                )
+        return links if len(links) >= count else []
+
+    return wait_until(find)[count - 1]
+
+
+def token_of(link: str) -> str:
+    return link.partition("token=")[2]
+
+
+@pytest.fixture
+def inbox() -> Inbox:
+    return Inbox()
+
+
+@pytest.fixture
+def smtp(inbox: Inbox) -> Iterator[SmtpServer]:
+    server = start_smtp(inbox)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock()
+
+
+@pytest.fixture
+def kp(
+    tmp_path: Path, simulator: ServerThread, smtp: SmtpServer, clock: FrozenClock
+) -> Iterator[Keyplane]:
+    instance = start_keyplane(
+        tmp_path, simulator.url + "/v1", clock=clock,
+        smtp_port=smtp.port, email_dispatch_interval_s=0.05,
+    )  # fmt: skip
+    yield instance
+    instance.server.stop()
+    instance.container.close()
+
+
+@pytest.fixture
+def browser(kp: Keyplane) -> Iterator[Browser]:
+    b = Browser(httpx.Client(base_url=kp.server.url, follow_redirects=False, timeout=30))
+    yield b
+    b.close()
+
+
+def signups(kp: Keyplane) -> SignupService:
+    return SignupService(
+        SqlAuthStore(kp.container.engine), kp.container.outbox, kp.container.clock,
+        public_url=kp.container.settings.public_url,
+    )  # fmt: skip
+
+
+# -- sign-up ----------------------------------------------------------------------------------------
+def test_sign_up_verify_once_profile_log_in_and_out(
+    kp: Keyplane, browser: Browser, inbox: Inbox
+) -> None:
+    browser.get("/signup")
+    r = browser.post("/signup", {"email": " Ada@Example.com ", "password": PASSWORD})
+    assert r.status_code == 200 and "Check your email" in text_of(r)
+
+    link = link_in(inbox, "ada@example.com", "/verify")
+    user = SqlAuthStore(kp.container.engine).user_by_email("ada@example.com")
+    assert user is not None and user.email_verified_at is None
+    assert not signups(kp).can_create_keys(user.id)  # no keys before the address is verified
+
+    # The link opens a confirmation page (mail scanners that fetch links use up nothing) ...
+    r = browser.get(link)
+    assert r.status_code == 200 and "Verify my email address" in r.text
+    r = browser.post("/verify", {"token": token_of(link)})
+    assert r.status_code == 200 and "Email address verified" in text_of(r)
+    assert signups(kp).can_create_keys(user.id)
+    # ... and works once.
+    for again in (
+        lambda: browser.get(link),
+        lambda: browser.post("/verify", {"token": token_of(link)}),
+    ):
+        browser.get("/signup")
+        r = again()
+        assert r.status_code == 400
+        assert "This verification link has already been used" in text_of(r)
+
+    r = browser.log_in("ada@example.com", PASSWORD)
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    assert browser.get("/").headers["location"] == "/profile"
+    r = browser.get("/profile")
+    assert 'name="org_name"' in r.text
+    r = browser.post("/profile", {"name": "Ada Lovelace", "org_name": "Analytical Engines"})
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    r = browser.get("/")
+    assert r.status_code == 200
+    assert "Welcome, Ada Lovelace" in text_of(r)
+    assert "Organization Analytical Engines" in text_of(r) and "Owner" in text_of(r)
+    org = next(o for o in kp.container.accounts.organizations() if o.name == "Analytical Engines")
+    assert [p.name for p in kp.container.accounts.projects(org.id)] == ["Default project"]
+    assert [u.email for u in kp.container.accounts.owners(org.id)] == ["ada@example.com"]
+
+    r = browser.log_out()
+    assert r.status_code == 200 and "You are logged out" in text_of(r)
+    assert browser.get("/").headers["location"] == "/login"
+    assert browser.log_in("ada@example.com", PASSWORD).status_code == 303
+    assert "Welcome, Ada Lovelace" in text_of(browser.get("/"))
+    browser.log_out()
+
+
+def test_signing_up_with_a_taken_address_looks_the_same_and_tells_its_owner(
+    kp: Keyplane, browser: Browser, inbox: Inbox
+) -> None:
+    answers = []
+    for email in ("owner@example.com", "fresh@example.com"):
+        browser.get("/signup")
+        r = browser.post("/signup", {"email": email, "password": PASSWORD})
+        answers.append(
+            (r.status_code, text_of(r).replace(email, "EMAIL"), r.headers.get("set-cookie"))
+        )
+    assert answers[0] == answers[1]
+    wait_until(lambda: len(inbox.received) == 2)
+    subjects = {r.rcpt_tos[0]: str(r.message["Subject"]) for r in inbox.received}
+    assert subjects == {
+        "owner@example.com": "Someone tried to sign up to keyplane with your email address",
+        "fresh@example.com": "Verify your email address for keyplane",
+    }
+
+
+def test_bad_sign_ups_are_refused_with_a_reason(kp: Keyplane, browser: Browser) -> None:
+    for fields, reason in [
+        ({"email": "nobody", "password": PASSWORD}, "Enter a valid email address"),
+        ({"email": "a@example.com", "password": "short"}, "at least 12 characters"),
+        ({"email": "a@example.com", "password": "Password1234"}, "too common"),
+    ]:
+        browser.get("/signup")
+        r = browser.post("/signup", fields)
+        assert r.status_code == 400 and reason in text_of(r)
+    assert SqlAuthStore(kp.container.engine).user_by_email("a@example.com") is None
+
+
+def test_an_unverified_account_is_asked_to_verify_and_can_get_a_new_link(
+    kp: Keyplane, browser: Browser, inbox: Inbox, clock: FrozenClock
+) -> None:
+    browser.get("/signup")
+    browser.post("/signup", {"email": "new@example.com", "password": PASSWORD})
+    first = link_in(inbox, "new@example.com", "/verify")
+    assert browser.log_in("new@example.com", PASSWORD).status_code == 303
+    assert browser.get("/").headers["location"] == "/verify/pending"
+    assert browser.get("/profile").headers["location"] == "/verify/pending"
+    browser.get("/verify/pending")
+    r = browser.post("/verify/resend", {})
+    assert "less than a minute ago" in text_of(r)
+    clock.advance(61)
+    r = browser.post("/verify/resend", {})
+    assert "We sent a new link" in text_of(r)
+    second = link_in(inbox, "new@example.com", "/verify", count=2)
+    assert second != first
+    r = browser.get(second)
+    r = browser.post("/verify", {"token": token_of(second)})
+    assert "Complete your profile" in r.text  # signed in: straight on to the profile
+
+
+# -- log in, sessions, CSRF ---------------------------------------------------------------------------
+def test_wrong_password_and_unknown_email_get_the_same_answer(
+    kp: Keyplane, browser: Browser
+) -> None:
+    answers = []
+    for email, password in [
+        ("owner@example.com", "not the password"),
+        ("nobody@example.com", "x" * 12),
+    ]:
+        r = browser.log_in(email, password)
+        answers.append(
+            (r.status_code, text_of(r).replace(email, "EMAIL"), "set-cookie" in r.headers)
+        )
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 401 and WRONG in answers[0][1]
+
+
+def test_session_cookie_is_httponly_lax_and_not_secure_over_http(
+    kp: Keyplane, browser: Browser
+) -> None:
+    r = browser.log_in("owner@example.com", OWNER_PASSWORD)
+    cookie = r.headers["set-cookie"]
+    name, _, rest = cookie.partition("=")
+    assert name == "kp_session"
+    flags = {f.strip().lower() for f in rest.split(";")[1:]}
+    assert {"httponly", "samesite=lax", "path=/"} <= flags
+    assert "secure" not in flags
+    assert not any(f.startswith(("max-age", "expires")) for f in flags)  # ends with the browser
+    session_id = rest.split(";")[0]
+    assert len(session_id) >= 43
+    with kp.container.engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT id_hash FROM web_sessions").scalars().all()
+    assert session_id not in stored and len(stored) == 1  # only its hash is kept
+
+
+def test_over_https_cookies_are_secure_host_only_and_hsts_is_sent(kp: Keyplane) -> None:
+    app, _ = bootstrap.build_app(kp.container)
+    with_https = Browser(TestClient(app, base_url="https://keyplane.test", follow_redirects=False))
+    try:
+        r = with_https.get("/login")
+        assert r.headers["strict-transport-security"].startswith("max-age=")
+        assert r.headers["set-cookie"].startswith("__Host-kp_csrf=")
+        r = with_https.post("/login", {"email": "owner@example.com", "password": OWNER_PASSWORD})
+        assert r.status_code == 303
+        cookie = r.headers["set-cookie"]
+        assert cookie.startswith("__Host-kp_session=")
+        assert {"secure", "httponly", "samesite=lax", "path=/"} <= {
+            f.strip().lower() for f in cookie.split(";")[1:]
+        }
+        assert with_https.get("/").headers["location"] == "/profile"  # signed in
+    finally:
+        with_https.close()
+
+
+def test_every_form_post_needs_its_csrf_token(kp: Keyplane, browser: Browser) -> None:
+    browser.get("/login")
+    login = {"email": "owner@example.com", "password": OWNER_PASSWORD}
+    assert browser.post("/login", login, csrf=False).status_code == 403
+    assert browser.post("/login", {**login, "csrf_token": "forged"}, csrf=False).status_code == 403
+    # A token from another browser (bound to its own cookie) is worth nothing here.
+    with httpx.Client(base_url=kp.server.url) as other:
+        stranger = Browser(other)
+        stranger.get("/login")
+        foreign = stranger.csrf_token()
+    assert browser.post("/login", {**login, "csrf_token": foreign}, csrf=False).status_code == 403
+    browser.get("/login")
+    r = browser.client.post(
+        "/login", data={**login, "csrf_token": browser.csrf_token()},
+        headers={"origin": "https://evil.example"},
+    )  # fmt: skip
+    assert r.status_code == 403 and "nothing was changed" in text_of(r)
+
+    browser.get("/login")
+    assert browser.post("/login", login).status_code == 303
+    browser.get("/profile")
+    for path, fields in [
+        ("/profile", {"name": "Mallory"}),
+        ("/logout", {}),
+        ("/account/totp/setup", {}),
+        ("/verify/resend", {}),
+    ]:
+        assert browser.post(path, fields, csrf=False).status_code == 403, path
+    # None of them happened: still signed in, name unchanged.
+    assert browser.get("/").headers["location"] == "/profile"
+    assert kp.container.accounts.owners(kp.org.id)[0].name == ""
+
+
+def test_sessions_end_after_30_idle_minutes_or_12_hours(
+    kp: Keyplane, browser: Browser, clock: FrozenClock
+) -> None:
+    browser.log_in("owner@example.com", OWNER_PASSWORD)
+    browser.get("/profile")
+    browser.post("/profile", {"name": "Olive"})
+    for _ in range(23):  # active every 29 minutes: 11 h 7 min
+        clock.advance(29 * 60)
+        assert browser.get("/").status_code == 200
+    clock.advance(29 * 60)  # 11 h 36 min
+    assert browser.get("/").status_code == 200
+    clock.advance(25 * 60)  # past 12 h, though active
+    assert browser.get("/").headers["location"] == "/login"
+
+    browser.log_in("owner@example.com", OWNER_PASSWORD)
+    clock.advance(30 * 60)  # idle
+    assert browser.get("/").headers["location"] == "/login"
+
+
+def test_next_only_leads_to_pages_of_this_site(kp: Keyplane, browser: Browser) -> None:
+    r = browser.get("/account/security")
+    assert r.headers["location"] == "/login?next=%2Faccount%2Fsecurity"
+    r = browser.get("/login?next=%2Faccount%2Fsecurity")
+    r = browser.post(
+        "/login",
+        {"email": "owner@example.com", "password": OWNER_PASSWORD, "next": "/account/security"},
+    )
+    assert r.headers["location"] == "/account/security"
+    browser.log_out()
+    for evil in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):
+        browser.get("/login")
+        r = browser.post(
+            "/login", {"email": "owner@example.com", "password": OWNER_PASSWORD, "next": evil}
+        )
+        assert r.headers["location"] == "/", evil
+        browser.log_out()
+
+
+# -- password reset ---------------------------------------------------------------------------------
+def test_password_reset_by_email_is_single_use_and_expires(
+    kp: Keyplane, browser: Browser, inbox: Inbox, clock: FrozenClock
+) -> None:
+    victim_session = Browser(httpx.Client(base_url=kp.server.url, follow_redirects=False))
+    try:
+        victim_session.log_in("owner@example.com", OWNER_PASSWORD)
+        assert victim_session.get("/").headers["location"] == "/profile"
+
+        for email in ("nobody@example.com", "owner@example.com"):
+            browser.get("/password/forgot")
+            r = browser.post("/password/forgot", {"email": email})
+            assert (
+                r.status_code == 200
+                and "If" in text_of(r)
+                and "has a keyplane account" in text_of(r)
+            )
+        link = link_in(inbox, "owner@example.com", "/password/reset")
+        assert all(m.rcpt_tos == ["owner@example.com"] for m in inbox.received)
+
+        r = browser.get(link)
+        assert r.status_code == 200 and "Choose a new password" in text_of(r)
+        r = browser.post("/password/reset", {"token": token_of(link), "password": "password1234"})
+        assert r.status_code == 400 and "too common" in text_of(r)  # and the link still works:
+        r = browser.post("/password/reset", {"token": token_of(link), "password": PASSWORD})
+        assert r.status_code == 200 and "Password changed" in text_of(r)
+
+        # Every session of the account ended; the old password is gone, the new one works.
+        assert victim_session.get("/").headers["location"] == "/login"
+        assert browser.log_in("owner@example.com", OWNER_PASSWORD).status_code == 401
+        assert browser.log_in("owner@example.com", PASSWORD).status_code == 303
+        browser.log_out()
+
+        r = browser.get(link)
+        assert r.status_code == 400 and "already been used" in text_of(r)
+        browser.get("/login")
+        r = browser.post(
+            "/password/reset", {"token": token_of(link), "password": "another fine passphrase"}
+        )
+        assert r.status_code == 400 and "already been used" in text_of(r)
+
+        # A link unused for an hour has expired.
+        clock.advance(61)
+        browser.get("/password/forgot")
+        browser.post("/password/forgot", {"email": "owner@example.com"})
+        late = link_in(inbox, "owner@example.com", "/password/reset", count=2)
+        clock.advance(3600)
+        r = browser.get(late)
+        assert r.status_code == 400 and "This link has expired" in text_of(r)
+        browser.get("/login")
+        r = browser.post(
+            "/password/reset", {"token": token_of(late), "password": "another fine passphrase"}
+        )
+        assert r.status_code == 400 and "expired" in text_of(r)
+        assert browser.log_in("owner@example.com", PASSWORD).status_code == 303
+    finally:
+        victim_session.close()
+
+
+def test_a_newer_reset_link_cancels_the_older_one(
+    kp: Keyplane, browser: Browser, inbox: Inbox, clock: FrozenClock
+) -> None:
+    for _ in range(2):
+        browser.get("/password/forgot")
+        browser.post("/password/forgot", {"email": "owner@example.com"})
+        clock.advance(61)
+    old = link_in(inbox, "owner@example.com", "/password/reset", count=1)
+    new = link_in(inbox, "owner@example.com", "/password/reset", count=2)
+    assert browser.get(old).status_code == 400
+    assert browser.get(new).status_code == 200
+
+
+# -- two-factor -------------------------------------------------------------------------------------
+def test_totp_then_log_in_needs_a_code_and_a_recovery_code_works_once(
+    kp: Keyplane, browser: Browser, clock: FrozenClock
+) -> None:
+    browser.log_in("owner@example.com", OWNER_PASSWORD)
+    browser.get("/profile")
+    browser.post("/profile", {"name": "Olive"})
+    r = browser.get("/account/security")
+    assert "Off." in text_of(r)
+    r = browser.post("/account/totp/setup", {})
+    secret = re.search(r'id="totp-secret">([A-Z2-7]+)<', r.text)
+    setup_token = re.search(r'name="setup_token" value="([^"]+)"', r.text)
+    assert secret and setup_token
+    assert "otpauth://totp/keyplane:owner%40example.com?secret=" in html.unescape(r.text)
+    totp = pyotp.TOTP(secret.group(1))
+
+    r = browser.post(
+        "/account/totp/enable",
+        {
+            "setup_token": setup_token.group(1),
+            "code": "000000" if totp.at(clock.now()) != "000000" else "111111",
+        },
+    )
+    assert r.status_code == 400 and secret.group(1) in r.text  # the same secret, to try again
+    r = browser.post(
+        "/account/totp/enable", {"setup_token": setup_token.group(1), "code": totp.at(clock.now())}
+    )
+    assert r.status_code == 200 and "They are shown only now" in text_of(r)
+    codes = re.findall(r"<code>([a-z2-7]{5}(?:-[a-z2-7]{5}){3})</code>", r.text)
+    assert len(codes) == 10
+    with kp.container.engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT sealed_secret FROM user_second_factors").scalar_one()
+        hashes = conn.exec_driver_sql("SELECT code_hash FROM recovery_codes").scalars().all()
+    assert secret.group(1) not in stored and not set(codes) & set(hashes)
+    browser.log_out()
+
+    # The password alone signs nobody in.
+    r = browser.log_in("owner@example.com", OWNER_PASSWORD)
+    assert r.headers["location"] == "/login/totp?next=%2F"
+    assert browser.get("/").headers["location"] == "/login"
+    browser.get("/login/totp")
+    r = browser.post("/login/totp", {"code": totp.at(clock.now())})  # used to turn it on: replay
+    assert r.status_code == 401 and "not right" in text_of(r)
+    clock.advance(30)
+    r = browser.post("/login/totp", {"code": totp.at(clock.now())})
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    assert "Welcome, Olive" in text_of(browser.get("/"))
+    browser.log_out()
+
+    # A recovery code works once.
+    for attempt in ("first", "second"):
+        browser.log_in("owner@example.com", OWNER_PASSWORD)
+        browser.get("/login/totp")
+        r = browser.post("/login/totp", {"code": codes[3].upper()})
+        if attempt == "first":
+            assert r.status_code == 303
+            assert "Recovery codes left: 9" in text_of(browser.get("/account/security"))
+            browser.log_out()
+        else:
+            assert r.status_code == 401
+
+    # A pending sign-in expires after five minutes.
+    clock.advance(301)
+    r = browser.post("/login/totp", {"code": codes[4]})
+    assert r.status_code == 400 and "expired" in text_of(r)
+
+    # Turning it off needs the password.
+    browser.get("/login")
+    browser.post("/login", {"email": "owner@example.com", "password": OWNER_PASSWORD})
+    browser.get("/login/totp")
+    browser.post("/login/totp", {"code": codes[5]})
+    browser.get("/account/security")
+    r = browser.post("/account/totp/disable", {"password": "wrong password!"})
+    assert r.status_code == 400 and "password is not right" in text_of(r)
+    r = browser.post("/account/totp/disable", {"password": OWNER_PASSWORD})
+    assert "Two-factor authentication is off" in text_of(r)
+    browser.log_out()
+    assert browser.log_in("owner@example.com", OWNER_PASSWORD).headers["location"] == "/"
+
+
+# -- throttling ----------------------------------------------------------------------------------
+@pytest.fixture
+def local(tmp_path: Path, clock: FrozenClock) -> Iterator[bootstrap.Container]:
+    """A keyplane container whose app the tests call in-process, from any client address."""
+    container = bootstrap.build(make_settings(tmp_path), clock=clock)
+    owner, _, _ = container.accounts.initialize(
+        email="owner@example.com", password=OWNER_PASSWORD, org_name="Acme"
+    )
+    store = SqlAuthStore(container.engine)
+    store.set_name(owner.id, "Olive")
+    now = int(clock.now())
+    store.add_user(
+        User("user-other", "other@example.com", "Otto", hash_password(PASSWORD), now, now)
+    )
+    yield container
+    container.close()
+
+
+def browser_at(container: bootstrap.Container, ip: str) -> Browser:
+    app, _ = bootstrap.build_app(container)
+    return Browser(TestClient(app, follow_redirects=False, client=(ip, 50000)))
+
+
+@pytest.mark.slow
+def test_100_failed_logins_an_hour_throttle_new_logins_not_existing_sessions(
+    local: bootstrap.Container, clock: FrozenClock
+) -> None:
+    victim = browser_at(local, "198.51.100.7")
+    attacker = browser_at(local, "203.0.113.66")
+    elsewhere = browser_at(local, "192.0.2.10")
+    try:
+        assert victim.log_in("owner@example.com", OWNER_PASSWORD).status_code == 303
+        attacker.get("/login")
+        for i in range(100):
+            r = attacker.post(
+                "/login", {"email": "owner@example.com", "password": f"guess number {i}"}
+            )
+            assert r.status_code == 401, i
+
+        # The 101st is refused even with the right password, with how long to wait.
+        r = attacker.post("/login", {"email": "owner@example.com", "password": OWNER_PASSWORD})
+        assert r.status_code == 429 and r.headers["retry-after"] == "3600"
+        assert (
+            "Too many failed sign-in attempts for this account. Try again in 60 minutes."
+            in text_of(r)
+        )
+        # The account is throttled from every address ...
+        r = elsewhere.log_in("owner@example.com", OWNER_PASSWORD)
+        assert r.status_code == 429 and "for this account" in text_of(r)
+        # ... the attacker's address for every account ...
+        r = attacker.post("/login", {"email": "other@example.com", "password": PASSWORD})
+        assert r.status_code == 429 and "from your network" in text_of(r)
+        # ... while another address still signs other accounts in.
+        assert elsewhere.log_in("other@example.com", PASSWORD).status_code == 303
+        assert elsewhere.get("/").headers["location"] == "/profile"  # signed in (no organization)
+
+        # The victim's session is untouched: it reads and changes things as before.
+        assert "Welcome, Olive" in text_of(victim.get("/"))
+        victim.get("/account/security")
+        assert victim.post("/account/totp/setup", {}).status_code == 200
+
+        clock.advance(3600)
+        assert elsewhere.log_in("owner@example.com", OWNER_PASSWORD).status_code == 303
+    finally:
+        for b in (victim, attacker, elsewhere):
+            b.close()
+
+
+def test_wrong_totp_codes_count_as_failed_logins(
+    local: bootstrap.Container, clock: FrozenClock
+) -> None:
+    user = Browser(TestClient(bootstrap.build_app(local)[0], follow_redirects=False))
+    try:
+        user.log_in("owner@example.com", OWNER_PASSWORD)
+        user.get("/account/security")
+        r = user.post("/account/totp/setup", {})
+        secret = re.search(r'id="totp-secret">([A-Z2-7]+)<', r.text)
+        token = re.search(r'name="setup_token" value="([^"]+)"', r.text)
+        assert secret and token
+        totp = pyotp.TOTP(secret.group(1))
+        user.post(
+            "/account/totp/enable", {"setup_token": token.group(1), "code": totp.at(clock.now())}
+        )
+        user.log_out()
+        clock.advance(30)
+
+        store = SqlAuthStore(local.engine)
+        # 99 failures already on record (password guesses from elsewhere) ...
+        for _ in range(99):
+            store.reserve_attempt(
+                {account_subject("owner@example.com"): 100}, since=0, at=int(clock.now())
+            )
+        user.log_in("owner@example.com", OWNER_PASSWORD)
+        user.get("/login/totp")
+        wrong = "000000" if totp.at(clock.now()) != "000000" else "111111"
+        assert user.post("/login/totp", {"code": wrong}).status_code == 401  # the 100th
+        r = user.post("/login/totp", {"code": totp.at(clock.now())})
+        assert r.status_code == 429 and "Try again in" in text_of(r)
+    finally:
+        user.close()
+
+
+# -- the store under concurrency ------------------------------------------------------------------
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engines(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[Engine]]:
+    """Two engines on one fresh database, as two keyplane processes would have."""
+    if request.param == "sqlite":
+        urls, drop = [f"sqlite:///{tmp_path / 'auth.db'}"] * 2, None
+    else:
+        name = "kp_test_" + secrets.token_hex(6)
+        try:
+            admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+        except psycopg.OperationalError as exc:
+            if IN_CI:
+                pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required in CI: {exc}")
+            pytest.skip(f"PostgreSQL not reachable: {exc}")
+        admin.execute(f'CREATE DATABASE "{name}"')
+        urls, drop = [f"postgresql://postgres@127.0.0.1:5432/{name}"] * 2, (admin, name)
+    made = [make_engine(url) for url in urls]
+    try:
+        migrate.upgrade(made[0])
+        yield made
+    finally:
+        for engine in made:
+            engine.dispose()
+        if drop is not None:
+            admin, name = drop
+            with admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def race(n: int, fn: Callable[[int], Any]) -> list[Any]:
+    """Runs fn(0..n-1) in n threads released at once; returns the results in order."""
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> Any:
+        barrier.wait(timeout=10)
+        return fn(i)
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(run, range(n)))
+
+
+def test_concurrent_failed_logins_never_get_past_the_limit(engines: list[Engine]) -> None:
+    stores = [SqlAuthStore(e) for e in engines]
+    account = account_subject("owner@example.com")
+    results = race(
+        24,
+        lambda i: stores[i % 2].reserve_attempt(
+            {account: 10, f"addr:{i}": 100}, since=1000, at=2000 + i
+        ),
+    )
+    allowed = [r for r in results if r.blocked is None]
+    assert len(allowed) == 10
+    assert all(r.blocked == account and len(r.blocked_failures) == 10 for r in results if r.blocked)
+    stores[0].forgive_attempt(allowed[0].ids)  # a success gives its attempt back
+    assert stores[1].reserve_attempt({account: 10}, since=1000, at=3000).blocked is None
+    assert stores[1].reserve_attempt({account: 10}, since=1000, at=3000).blocked == account
+    # Failures older than the window no longer count.
+    assert stores[0].reserve_attempt({account: 10}, since=2999, at=6000).blocked is None
+
+
+def test_a_link_token_is_used_once_however_many_race_for_it(engines: list[Engine]) -> None:
+    stores = [SqlAuthStore(e) for e in engines]
+    stores[0].add_user(User("user-ada", "ada@example.com", "", "x", 1000))
+    stores[0].add_token(OneTimeToken("h" * 64, TokenPurpose.VERIFY_EMAIL, "user-ada", 1000, 5000))
+    results = race(12, lambda i: stores[i % 2].use_token(TokenPurpose.VERIFY_EMAIL, "h" * 64, 2000))
+    assert sum(r is not None for r in results) == 1

@@ -1,0 +1,56 @@
+"""Admin API for rate limits and usage tiers (BRIEF C6): OpenAI's project.rate_limit objects,
+lowering only, applied by the gateway at once, and the usage tier with its progress."""
+
+from __future__ import annotations
+
+import pytest
+from test_admin_billing import ORG, Env, env  # noqa: F401  (env is a fixture)
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_project_rate_limits_list_lower_and_refuse_raising(env: Env) -> None:  # noqa: F811
+    path = f"{ORG}/projects/{env.project.id}/rate_limits"
+    listed = (await env.client.get(path, headers=env.admin())).json()
+    assert listed["object"] == "list"
+    row = next(r for r in listed["data"] if r["model"] == "gpt-4o")
+    assert row["object"] == "project.rate_limit" and row["id"] == "rl-gpt-4o"
+    assert row["max_requests_per_1_minute"] > 0 and row["max_tokens_per_1_minute"] > 0
+    too_high = await env.client.post(
+        path + "/rl-gpt-4o", json={"max_requests_per_1_minute": 10**9}, headers=env.admin()
+    )
+    assert too_high.status_code == 400 and too_high.json()["error"]["param"] == "rpm"
+    lowered = await env.client.post(
+        path + "/rl-gpt-4o", json={"max_requests_per_1_minute": 1}, headers=env.admin()
+    )
+    assert lowered.status_code == 200 and lowered.json()["max_requests_per_1_minute"] == 1
+    assert (await env.chat(max_tokens=5)).status_code == 200
+    refused = await env.chat(max_tokens=5)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert refused.headers["x-ratelimit-limit-requests"] == "1"
+    other = await env.client.get(
+        f"{ORG}/projects/{env.other_project_id}/rate_limits", headers=env.admin()
+    )
+    assert other.status_code == 404
+    bad = await env.client.post(
+        path + "/rl-gpt-4o", json={"max_requests_per_1_minute": "1"}, headers=env.admin()
+    )
+    assert bad.status_code == 400
+
+
+async def test_usage_tier_shows_progress_to_the_next(env: Env) -> None:  # noqa: F811
+    tier = (await env.client.get(f"{ORG}/usage_tier", headers=env.admin())).json()
+    assert tier["object"] == "organization.usage_tier" and tier["tier"] == "tier-5"
+    env.container.billing.update_settings(env.org.id, tier="free")
+    tier = (await env.client.get(f"{ORG}/usage_tier", headers=env.admin())).json()
+    assert tier["tier"] == "free" and tier["monthly_usage_limit_micro_usd"] == 100_000_000
+    assert tier["next"]["tier"] == "tier-1" and tier["next"]["paid_needed_micro_usd"] == 5_000_000
+    env.container.billing.record_purchase(env.org.id, 5_000_000)
+    tier = (await env.client.get(f"{ORG}/usage_tier", headers=env.admin())).json()
+    assert tier["tier"] == "tier-1"  # promoted when checked
+    assert tier["next"]["paid_micro_usd"] == 5_000_000 and tier["next"]["days_needed"] == 7
+    assert tier["next"]["days_met"] is False and tier["next"]["days_met_at"] is not None
+    project_key = await env.client.get(
+        f"{ORG}/usage_tier", headers={"authorization": f"Bearer {env.project_key}"}
+    )
+    assert project_key.status_code == 401
