@@ -13,6 +13,7 @@ from keyplane.accounts.service import AccountService
 from keyplane.accounts.sessions import LoginService
 from keyplane.accounts.signup import SignupService
 from keyplane.accounts.totp import SecondFactorService
+from keyplane.accounts.verification import OrgVerificationService
 from keyplane.app import KeyplaneApp
 from keyplane.audit.service import AuditService
 from keyplane.billing.promotion import TierPromoter
@@ -41,7 +42,7 @@ from keyplane.storage.billing_repository import SqlMoneyStore
 from keyplane.storage.engine import make_engine
 from keyplane.storage.limits_repository import SqlAccessPolicyStore, SqlRateLimitStore
 from keyplane.storage.notify_repository import SqlOutbox
-from keyplane.storage.org_repository import SqlOrgStore
+from keyplane.storage.org_repository import SqlOrgStore, SqlVerificationStore
 from keyplane.storage.repositories import SqlAccountStore, SqlKeyStore, SqlUsageStore
 from keyplane.usage.pricing import PriceTable
 from keyplane.web.admin import create_admin_app
@@ -68,6 +69,7 @@ class Container:
     auth: AuthServices
     audit: AuditService
     orgs: OrgService
+    verification: OrgVerificationService
     outbox: SqlOutbox
     mailer: SmtpMailer
     prices: PriceTable
@@ -96,14 +98,18 @@ def build(
     auth_store = SqlAuthStore(engine)
     audit = AuditService(SqlAuditLog(engine), clock)
     signup = SignupService(auth_store, outbox, clock, public_url=settings.public_url)
+    verification = OrgVerificationService(
+        SqlVerificationStore(engine), clock.now, required=settings.require_org_verification
+    )
     keys = KeyService(key_store, pepper, clock)
     second_factor = SecondFactorService(
         auth_store, clock, encryption_key=settings.secret_bytes("encryption_key")
     )
     promoter = TierPromoter(
         money_store, billing, outbox, clock,
-        owner_emails=accounts.owner_emails, org_name=accounts.org_name,
+        owner_emails=accounts.owner_emails, org_name=accounts.org_name, audit=audit,
     )  # fmt: skip
+    rate_limits = RateLimitService(rate_store, clock, tier_of=promoter.current)
     return Container(
         settings=settings,
         clock=clock,
@@ -116,7 +122,7 @@ def build(
         billing=billing,
         promoter=promoter,
         rate_limits=rate_store,
-        rate_limit_service=RateLimitService(rate_store, clock, tier_of=promoter.current),
+        rate_limit_service=rate_limits,
         access_policies=access_store,
         access=AccessPolicyService(access_store, clock.now),
         auth=AuthServices(
@@ -134,7 +140,10 @@ def build(
             clock,
             public_url=settings.public_url,
             require_can_create_keys=signup.require_can_create_keys,
+            set_key_limits=rate_limits.set_key_limits,
+            require_org_verified=verification.require_verified,
         ),
+        verification=verification,
         outbox=outbox,
         mailer=SmtpMailer.from_settings(settings),
         prices=PriceTable.load(settings.price_files),

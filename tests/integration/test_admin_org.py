@@ -136,9 +136,9 @@ def admin_key(container: bootstrap.Container, org_id: str, user_id: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def org_env(tmp_path: Path) -> AsyncIterator[OrgEnv]:
+async def org_env(tmp_path: Path, **settings: Any) -> AsyncIterator[OrgEnv]:
     upstream = UpstreamSettings(name="sim", base_url="http://simulator/v1")
-    container = bootstrap.build(make_settings(tmp_path, upstreams=[upstream]))
+    container = bootstrap.build(make_settings(tmp_path, upstreams=[upstream], **settings))
     owner, org, project = container.accounts.initialize(
         email="owner@example.com", password="correct horse battery", org_name="Acme"
     )
@@ -309,6 +309,41 @@ async def test_rotating_a_project_key_returns_a_new_secret_and_ends_the_old_one(
     )
     events = (await env.ok("GET", "/audit_logs?event_types[]=api_key.rotated"))["data"]
     assert len(events) == 2 and all(again["value"] not in str(e) for e in events)
+
+
+async def test_updating_a_key_changes_permissions_allowlists_and_limits_at_once(
+    env: OrgEnv,
+) -> None:
+    path = f"/projects/{env.project.id}/api_keys"
+    created = await env.ok("POST", path, {"name": "narrowed"})
+    assert (
+        created["scopes"] == []
+        and created["allowed_models"] is None
+        and created["allowed_ips"] is None
+    )
+    read_only = await env.ok("POST", f"{path}/{created['id']}", {"scopes": ["api.all.read"]})
+    assert read_only["scopes"] == ["api.all.read"]
+    assert await env.chat(created["value"]) == 401  # chat needs chat.write
+    await env.ok(
+        "POST", f"{path}/{created['id']}", {"scopes": [], "allowed_models": ["gpt-4o-mini"]}
+    )
+    assert await env.chat(created["value"]) == 404  # env.chat asks for gpt-4o
+    await env.ok(
+        "POST", f"{path}/{created['id']}", {"allowed_models": None, "allowed_ips": ["192.0.2.0/24"]}
+    )
+    assert await env.chat(created["value"]) == 403  # the test client is not in that range
+    limited = await env.ok(
+        "POST", f"{path}/{created['id']}", {"allowed_ips": None, "max_requests_per_1_minute": 1}
+    )
+    assert limited["allowed_ips"] is None
+    await env.gateway.pipeline.money.refresh()
+    assert [await env.chat(created["value"]) for _ in range(2)] == [200, 429]
+    error_of(await env.call("POST", f"{path}/{created['id']}", {"scopes": ["chat.admin"]}), 400)
+    error_of(await env.call("POST", f"{path}/{created['id']}", {"allowed_ips": ["nope"]}), 400)
+    events = (await env.ok("GET", "/audit_logs?event_types[]=api_key.updated"))["data"]
+    assert len(events) == 4 and events[-1]["api_key.updated"]["changes_requested"]["scopes"] == [
+        "api.all.read"
+    ]
 
 
 async def test_a_service_account_returns_its_key_once_and_deleting_it_revokes_it(
@@ -602,3 +637,23 @@ async def test_audit_log_filters_and_cursors(env: OrgEnv) -> None:
     theirs = await env.ok("GET", "/audit_logs?limit=100", key=env.other_key)
     assert not set(ids) & {e["id"] for e in theirs["data"]}
     error_of(await env.call("GET", f"/audit_logs?after={ids[0]}", key=env.other_key), 400)
+
+
+async def test_required_organization_verification_gates_key_creation(tmp_path: Path) -> None:
+    async with org_env(tmp_path, require_org_verification=True) as env:
+        path = f"/projects/{env.project.id}/api_keys"
+        refused = error_of(await env.call("POST", path, {"name": "early"}), 400)
+        assert "must be verified" in refused["message"]
+        assert (await env.ok("GET", "/verification"))["status"] == "unverified"
+        started = await env.ok(
+            "POST",
+            "/verification",
+            {"legal_name": "Acme Corporation", "website": "https://acme.example"},
+        )
+        assert started["status"] == "pending" and started["required"] is True
+        error_of(await env.call("POST", path, {"name": "still early"}), 400)
+        env.container.verification.decide(
+            env.org.id, approve=True
+        )  # the operator: keyplane orgs verify
+        assert (await env.ok("POST", path, {"name": "now"}))["value"].startswith("sk-kp-proj-")
+        error_of(await env.call("POST", "/verification", {"legal_name": "x"}), 400)

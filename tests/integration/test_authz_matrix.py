@@ -41,6 +41,8 @@ Body = dict[str, Any] | Callable[[dict[str, str]], dict[str, Any]]
 BODIES: dict[str, Body] = {
     "project_rate_limits.update": {"max_requests_per_1_minute": 1},
     "project_api_keys.rotate": {"grace_period_seconds": 60},
+    "project_api_keys.update": {"scopes": ["chat.write"]},
+    "verification.start": {"legal_name": "Acme Corporation", "website": "https://acme.example"},
     "credit_grants.create": {"amount_micro_usd": 1000},
     "spend_limit.update": {"threshold_amount": 100},
     "project_spend_limit.update": {"threshold_amount": 100},

@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from conftest import Keyplane, start_keyplane
+from keyplane.audit.models import AuditFilter
 from keyplane.clock import FrozenClock
 from keyplane.errors import InvalidRequest
 from keyplane.keys.format import key_id, parse
@@ -162,6 +163,13 @@ def test_tier_promotion_waits_exactly_seven_days_and_emails_the_owners_once(
             "[keyplane] Acme moved up to Tier 2",
         ]
         assert all(r.rcpt_tos == ["owner@example.com"] for r in inbox.received)
+        page = kp.container.audit.query(
+            kp.org.id, AuditFilter(event_types=["organization.tier_promoted"])
+        )
+        assert [e.details["after"]["tier"] for e in page.events] == [
+            "tier-2",
+            "tier-1",
+        ]  # newest first
         # The gateway applies the new tier's limits: Tier 2 allows gpt-4o-mini 5,000 RPM.
         kp.server.call(kp.gateway.pipeline.money.refresh())
         assert post(kp).headers["x-ratelimit-limit-requests"] == "5000"

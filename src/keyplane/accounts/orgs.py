@@ -33,6 +33,7 @@ from keyplane.ids import new_id
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
 from keyplane.keys.service import KeyService
+from keyplane.limits.ratelimit import ModelLimits
 
 INVITE_TTL_S = 7 * 86400
 INVITE_PATH = "/invites/accept"  # the dashboard page that takes ?token=
@@ -69,6 +70,21 @@ def _key_data(key: ApiKey) -> dict[str, Any]:
     }
 
 
+class Unchanged:
+    """Marks an update argument the caller did not give (None means "remove the restriction")."""
+
+
+UNCHANGED = Unchanged()
+
+
+def _key_access(key: ApiKey) -> dict[str, Any]:
+    return {
+        "scopes": list(key.scopes or ()),
+        "allowed_models": None if key.allowed_models is None else list(key.allowed_models),
+        "allowed_ips": None if key.allowed_cidrs is None else list(key.allowed_cidrs),
+    }
+
+
 class OrgService:
     def __init__(
         self,
@@ -81,7 +97,11 @@ class OrgService:
         *,
         public_url: str,
         require_can_create_keys: Callable[[str], None] = lambda user_id: None,
+        set_key_limits: Callable[[str, str, ModelLimits], None] | None = None,
+        require_org_verified: Callable[[str], None] = lambda org_id: None,
     ) -> None:
+        self._require_org_verified = require_org_verified
+        self._set_key_limits = set_key_limits
         self._store = store
         # Raises unless the user may own keys (their email is verified): BRIEF C1.
         self._require_can_create_keys = require_can_create_keys
@@ -394,6 +414,31 @@ class OrgService:
             owner_type="user", owner_id=owner_id, expires_in_s=expires_in_s,
         )  # fmt: skip
 
+    def update_project_key(
+        self, actor: Actor, org_id: str, project_id: str, key_id: str, *,
+        scopes: Sequence[str] | Unchanged | None, allowed_models: Sequence[str] | Unchanged | None,
+        allowed_ips: Sequence[str] | Unchanged | None, limits: ModelLimits | None,
+    ) -> ApiKey:  # fmt: skip
+        """Changes a project key's permissions, allowlists and (lower-only) rate limits."""
+        key = self.project_key(org_id, project_id, key_id)
+        before = _key_access(key)
+        updated = self._keys.restrict(
+            org_id, key.id,
+            scopes=key.scopes if isinstance(scopes, Unchanged) else scopes,
+            allowed_models=key.allowed_models if isinstance(allowed_models, Unchanged) else allowed_models,
+            allowed_cidrs=key.allowed_cidrs if isinstance(allowed_ips, Unchanged) else allowed_ips,
+        )  # fmt: skip
+        if limits is not None and self._set_key_limits is not None:
+            self._set_key_limits(org_id, key.id, limits)
+        after = _key_access(updated)
+        if limits is not None:
+            after["rate_limits"] = {"rpm": limits.rpm, "tpm": limits.tpm, "rpd": limits.rpd}
+        self._audit.record(
+            org_id, actor, "api_key.updated", target_id=key.id, project_id=project_id,
+            details={"before": before, "after": after},
+        )  # fmt: skip
+        return updated
+
     def rotate_project_key(
         self, actor: Actor, org_id: str, project_id: str, key_id: str, *, grace_s: int
     ) -> tuple[ApiKey, str]:
@@ -436,6 +481,7 @@ class OrgService:
         self, actor: Actor, org_id: str, project_id: str | None, kind: KeyKind, name: str,
         *, owner_type: str, owner_id: str, expires_in_s: int | None = None,
     ) -> tuple[ApiKey, str]:  # fmt: skip
+        self._require_org_verified(org_id)
         if owner_type == "user":
             self._require_can_create_keys(owner_id)
         key, text = self._keys.create(

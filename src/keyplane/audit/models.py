@@ -16,6 +16,7 @@ from typing import Any
 class ActorType(enum.StrEnum):
     SESSION = "session"  # a user signed in to the dashboard
     API_KEY = "api_key"  # an admin key on the Admin API
+    SYSTEM = "system"  # keyplane itself (automatic tier promotion, the sweeper)
 
 
 @dataclass(frozen=True, slots=True)

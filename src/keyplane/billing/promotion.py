@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from keyplane.audit.models import Actor, ActorType
+from keyplane.audit.service import AuditService
 from keyplane.billing.ports import MoneyStore
 from keyplane.billing.service import BillingService
 from keyplane.clock import Clock
 from keyplane.limits.tiers import Tier, TierProgress, TierTable
 from keyplane.notify.ports import Outbox
+
+SYSTEM = Actor(ActorType.SYSTEM, "keyplane")
 
 
 class TierPromoter:
@@ -23,7 +27,9 @@ class TierPromoter:
         *,
         owner_emails: Callable[[str], Sequence[str]],
         org_name: Callable[[str], str],
+        audit: AuditService | None = None,
     ) -> None:
+        self._audit = audit
         self._store = store
         self._billing = billing
         self._outbox = outbox
@@ -57,6 +63,11 @@ class TierPromoter:
         if qualified.rank <= current.rank:
             return None
         self._billing.update_settings(org_id, tier=qualified.id)
+        if self._audit is not None:
+            self._audit.record(
+                org_id, SYSTEM, "organization.tier_promoted", target_id=org_id,
+                details={"before": {"tier": current.id}, "after": {"tier": qualified.id}},
+            )  # fmt: skip
         recipients = list(self._owner_emails(org_id))
         if recipients:
             limit = qualified.monthly_usage_limit_micro_usd // 1_000_000

@@ -29,6 +29,7 @@ from keyplane.cli.common import (
 from keyplane.cli.keys import keys_app
 from keyplane.cli.limits import ratelimits_app, tier_app
 from keyplane.cli.money import alerts_app, billing_app, budget_app, money_app
+from keyplane.cli.orgs import orgs_app
 from keyplane.config import Settings, UpstreamSettings
 from keyplane.errors import KeyplaneError
 from keyplane.keys.format import KeyKind
@@ -47,6 +48,7 @@ app.add_typer(billing_app, name="billing")
 app.add_typer(tier_app, name="tier")
 app.add_typer(ratelimits_app, name="ratelimits")
 app.add_typer(access_app, name="access")
+app.add_typer(orgs_app, name="orgs")
 
 
 @app.command()

@@ -10,9 +10,10 @@ from sqlalchemy.exc import IntegrityError
 
 from keyplane.accounts.models import Organization, OrgRole, Project, ServiceAccount, User
 from keyplane.accounts.org_ports import Invite, Member, ProjectMember, ProjectRole
+from keyplane.accounts.verification import OrgVerification, VerificationStatus
 from keyplane.errors import Conflict
 from keyplane.storage import tables as t
-from keyplane.storage.org_tables import invites, project_members
+from keyplane.storage.org_tables import invites, org_verifications, project_members
 from keyplane.storage.repositories import SqlStore
 
 LAST_OWNER = "An organization needs at least one Owner: make someone else an Owner first."
@@ -283,3 +284,28 @@ class SqlOrgStore(SqlStore):
         with self._write() as conn:
             done = conn.execute(delete(sa).where(sa.c.id == service_account_id)).rowcount
         return bool(done)
+
+
+class SqlVerificationStore(SqlStore):
+    def get(self, org_id: str) -> OrgVerification | None:
+        row = self._read(
+            lambda c: c.execute(
+                select(org_verifications).where(org_verifications.c.org_id == org_id)
+            ).first()
+        )
+        if row is None:
+            return None
+        return OrgVerification(
+            row.org_id, VerificationStatus(row.status), row.legal_name, row.website,
+            row.requested_at, row.requested_by, row.decided_at, row.note,
+        )  # fmt: skip
+
+    def save(self, v: OrgVerification) -> None:
+        values = {
+            "status": v.status.value, "legal_name": v.legal_name, "website": v.website,
+            "requested_at": v.requested_at, "requested_by": v.requested_by,
+            "decided_at": v.decided_at, "note": v.note,
+        }  # fmt: skip
+        with self._write() as conn:
+            conn.execute(delete(org_verifications).where(org_verifications.c.org_id == v.org_id))
+            conn.execute(insert(org_verifications).values(org_id=v.org_id, **values))

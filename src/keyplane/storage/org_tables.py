@@ -60,3 +60,16 @@ audit_events = Table(
     Column("details", Text, nullable=False),  # JSON object
     Index("ix_audit_events_org_seq", "org_id", "seq"),
 )
+
+org_verifications = Table(
+    "org_verifications",
+    metadata,
+    Column("org_id", String(40), ForeignKey("organizations.id"), primary_key=True),
+    Column("status", String(12), nullable=False),
+    Column("legal_name", String(200), nullable=False),
+    Column("website", String(300), nullable=False),
+    Column("requested_at", BigInteger),
+    Column("requested_by", String(40)),
+    Column("decided_at", BigInteger),
+    Column("note", String(500), nullable=False),
+)

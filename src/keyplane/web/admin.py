@@ -22,6 +22,7 @@ from keyplane.web import (
     limits_routes,
     org_routes,
     project_routes,
+    verification_routes,
 )
 from keyplane.web.auth import AdminContext, AdminServices, Authenticator
 
@@ -110,4 +111,5 @@ def create_admin_app(
     app.include_router(project_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(limits_routes.router)
+    app.include_router(verification_routes.router)
     return app

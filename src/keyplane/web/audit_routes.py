@@ -12,7 +12,7 @@ import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from keyplane.audit.models import ActorType, AuditEvent, AuditFilter
 from keyplane.web.authz import AUTHZ_RESPONSES, Allowed, Services, authorize
@@ -58,6 +58,13 @@ class ApiKeyActor(BaseModel):
     api_key: AuditApiKey
 
 
+class SystemActor(BaseModel):
+    """keyplane itself: automatic changes such as a usage-tier promotion."""
+
+    type: Literal["system"] = "system"
+    system: dict[str, str] = Field(default_factory=lambda: {"id": "keyplane"})
+
+
 class AuditProject(BaseModel):
     id: str
     name: str | None
@@ -73,14 +80,16 @@ class AuditLogEvent(BaseModel):
     type: str
     effective_at: int
     project: AuditProject | None
-    actor: SessionActor | ApiKeyActor
+    actor: SessionActor | ApiKeyActor | SystemActor
 
 
 def _event(event: AuditEvent, project_names: dict[str, str]) -> AuditLogEvent:
     a = event.actor
     user = AuditUser(id=a.user_id, email=a.email)
-    actor: SessionActor | ApiKeyActor
-    if a.type is ActorType.SESSION:
+    actor: SessionActor | ApiKeyActor | SystemActor
+    if a.type is ActorType.SYSTEM:
+        actor = SystemActor()
+    elif a.type is ActorType.SESSION:
         actor = SessionActor(
             session=AuditSession(
                 id=a.id, user=user, ip_address=a.ip_address, user_agent=a.user_agent

@@ -79,6 +79,9 @@ POLICY: Mapping[str, frozenset[Grant]] = {
     "project_rate_limits.list": READ,
     "project_rate_limits.update": OWNER,
     "usage_tier.retrieve": READ,
+    # organization verification (verification_routes)
+    "verification.retrieve": READ,
+    "verification.start": OWNER,
     # organization (org_routes)
     "admin_api_keys.list": READ,
     "admin_api_keys.create": OWNER,
@@ -104,6 +107,7 @@ POLICY: Mapping[str, frozenset[Grant]] = {
     "project_api_keys.retrieve": READ,
     "project_api_keys.delete": PROJECT_ADMIN | {Grant.KEY_OWNER},
     "project_api_keys.rotate": PROJECT_ADMIN | {Grant.KEY_OWNER},
+    "project_api_keys.update": PROJECT_ADMIN | {Grant.KEY_OWNER},
     "project_service_accounts.list": READ,
     "project_service_accounts.create": PROJECT_ADMIN,
     "project_service_accounts.retrieve": READ,

@@ -16,7 +16,9 @@ from pydantic import BaseModel, Field
 
 from keyplane.accounts.models import Project, ServiceAccount
 from keyplane.accounts.org_ports import Member, ProjectMember, ProjectRole
+from keyplane.accounts.orgs import UNCHANGED
 from keyplane.keys.models import ApiKey
+from keyplane.limits.ratelimit import ModelLimits
 from keyplane.web.authz import AUTHZ_RESPONSES, CONFLICT, Allowed, OrgServices, Services, authorize
 from keyplane.web.billing_routes import After, Limit
 from keyplane.web.org_routes import ExpiresIn, KeyUser, Name, key_user
@@ -130,6 +132,21 @@ class ProjectApiKey(BaseModel):
     last_used_at: int | None
     expires_at: int | None
     owner: UserOwner | ServiceAccountOwner
+    scopes: list[str] = Field(description='Empty: all permissions; ["api.all.read"]: read only.')
+    allowed_models: list[str] | None = Field(description="null: every model the project allows.")
+    allowed_ips: list[str] | None = Field(description="null: any address the project allows.")
+
+
+class ProjectApiKeyUpdate(Request):
+    """OpenAI's key update (``scopes``, ``expires_in_seconds`` is not changeable here), plus
+    keyplane's allowlists and the key's own rate limits (lower only, for every model)."""
+
+    scopes: list[str] | None = None
+    allowed_models: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = None
+    allowed_ips: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = None
+    max_requests_per_1_minute: int | None = Field(default=None, ge=1, strict=True)
+    max_tokens_per_1_minute: int | None = Field(default=None, ge=1, strict=True)
+    max_requests_per_1_day: int | None = Field(default=None, ge=1, strict=True)
 
 
 class ProjectApiKeyCreated(ProjectApiKey):
@@ -172,7 +189,13 @@ def _key(key: ApiKey, owner: UserOwner | ServiceAccountOwner) -> ProjectApiKey:
     return ProjectApiKey(
         id=key.id, name=key.name, redacted_value=key.redacted_value, created_at=key.created_at,
         last_used_at=key.last_used_at, expires_at=key.expires_at, owner=owner,
+        scopes=list(key.scopes or ()), allowed_models=_list(key.allowed_models),
+        allowed_ips=_list(key.allowed_cidrs),
     )  # fmt: skip
+
+
+def _list(values: tuple[str, ...] | None) -> list[str] | None:
+    return None if values is None else list(values)
 
 
 # -- projects -------------------------------------------------------------------------------------
@@ -258,6 +281,40 @@ async def create_project_api_key(
         return ProjectApiKeyCreated(**shown.model_dump(), value=text)
 
     return await asyncio.to_thread(create)
+
+
+@router.post(
+    "/{project_id}/api_keys/{key_id}", tags=["project api keys"], name="project_api_keys.update"
+)
+async def update_project_api_key(
+    svc: Services, principal: Allowed, project_id: str, key_id: str, body: ProjectApiKeyUpdate
+) -> ProjectApiKey:
+    """Changes the fields given: ``scopes`` (``[]`` All, ``["api.all.read"]`` Read only, or
+    ``<group>.read|write``), ``allowed_models`` and ``allowed_ips`` (``null`` lifts the key's own
+    list), and the key's rate limits. Every gateway applies the change within a second."""
+    given = body.model_fields_set
+
+    def update() -> ProjectApiKey:
+        limits = None
+        if given & {
+            "max_requests_per_1_minute",
+            "max_tokens_per_1_minute",
+            "max_requests_per_1_day",
+        }:
+            limits = ModelLimits(
+                rpm=body.max_requests_per_1_minute, tpm=body.max_tokens_per_1_minute,
+                rpd=body.max_requests_per_1_day,
+            )  # fmt: skip
+        key = svc.orgs.update_project_key(
+            principal.actor, principal.org_id, project_id, key_id,
+            scopes=body.scopes if "scopes" in given else UNCHANGED,
+            allowed_models=body.allowed_models if "allowed_models" in given else UNCHANGED,
+            allowed_ips=body.allowed_ips if "allowed_ips" in given else UNCHANGED,
+            limits=limits,
+        )  # fmt: skip
+        return _keys(svc, principal.org_id, [key])[0]
+
+    return await asyncio.to_thread(update)
 
 
 @router.post(
