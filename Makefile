@@ -10,6 +10,7 @@ run: $(STAMP)
 	$(BIN)/keyplane dev
 
 test: check
+	@./scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 check: $(STAMP)

@@ -1,7 +1,9 @@
 """The dashboard app factory: server-rendered pages (Jinja2), a stylesheet, no JavaScript build.
 
 Every answer carries a strict Content-Security-Policy (no inline script or style, no framing),
-``Referrer-Policy: no-referrer`` (links in emails carry tokens in their query) and, for pages,
+``Referrer-Policy: same-origin`` (links in emails carry tokens in their query, so no other site
+may see a Referer; ``no-referrer`` would also make browsers send ``Origin: null`` on our own form
+posts, which the CSRF check refuses) and, for pages,
 ``Cache-Control: no-store`` (pages show secrets such as recovery codes once). Every visitor gets
 an anonymous CSRF cookie on the first answer, so even the first form they submit is protected.
 """
@@ -46,7 +48,7 @@ SECURITY_HEADERS = {
     ),
     "x-frame-options": "DENY",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",
 }
 STATUS_TEXT = {
     400: "That request did not make sense.",
