@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from keyplane import bootstrap
@@ -127,6 +130,33 @@ def kp(tmp_path: Path, simulator: ServerThread) -> Iterator[Keyplane]:
     yield instance
     instance.server.stop()
     instance.container.close()
+
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@contextlib.contextmanager
+def fresh_postgres() -> Iterator[str]:
+    """A fresh, throw-away PostgreSQL database; fails (not skips) in CI when the server is down."""
+    name = "kp_test_" + secrets.token_hex(6)
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required in CI: {exc}")
+        pytest.skip(f"PostgreSQL not reachable: {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with fresh_postgres() as url:
+        yield url
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ loopback talk to the same ASGI app in-process (Starlette's TestClient sets the s
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
-import secrets
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pyotp
 import pytest
 from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
-from conftest import IN_CI, Keyplane, make_settings, start_keyplane
+from conftest import Keyplane, fresh_postgres, make_settings, start_keyplane
 from keyplane import bootstrap
 from keyplane.accounts.auth_ports import OneTimeToken, TokenPurpose
 from keyplane.accounts.models import User
@@ -634,35 +633,21 @@ def test_wrong_totp_codes_count_as_failed_logins(
 
 
 # -- the store under concurrency ------------------------------------------------------------------
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def engines(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[Engine]]:
     """Two engines on one fresh database, as two keyplane processes would have."""
-    if request.param == "sqlite":
-        urls, drop = [f"sqlite:///{tmp_path / 'auth.db'}"] * 2, None
-    else:
-        name = "kp_test_" + secrets.token_hex(6)
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path / 'auth.db'}"
+        else:
+            url = stack.enter_context(fresh_postgres())
+        made = [make_engine(url) for _ in range(2)]
         try:
-            admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-        except psycopg.OperationalError as exc:
-            if IN_CI:
-                pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required in CI: {exc}")
-            pytest.skip(f"PostgreSQL not reachable: {exc}")
-        admin.execute(f'CREATE DATABASE "{name}"')
-        urls, drop = [f"postgresql://postgres@127.0.0.1:5432/{name}"] * 2, (admin, name)
-    made = [make_engine(url) for url in urls]
-    try:
-        migrate.upgrade(made[0])
-        yield made
-    finally:
-        for engine in made:
-            engine.dispose()
-        if drop is not None:
-            admin, name = drop
-            with admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            migrate.upgrade(made[0])
+            yield made
+        finally:
+            for engine in made:
+                engine.dispose()
 
 
 def race(n: int, fn: Callable[[int], Any]) -> list[Any]:

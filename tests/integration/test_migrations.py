@@ -2,41 +2,17 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from alembic import command
 from sqlalchemy import inspect
 
-from conftest import IN_CI
 from keyplane.keys.format import KeyKind
 from keyplane.storage import migrate
 from keyplane.storage.engine import make_engine
 from keyplane.storage.repositories import SqlKeyStore
 from keyplane.storage.tables import metadata
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, throw-away PostgreSQL database; fails (not skips) in CI when the server is down."""
-    name = "kp_test_" + secrets.token_hex(6)
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        if IN_CI:
-            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required in CI: {exc}")
-        pytest.skip(f"PostgreSQL not reachable: {exc}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.mark.postgres

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import ssl
 import threading
 import traceback
@@ -19,14 +18,12 @@ from email.message import MIMEPart
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from pydantic import SecretStr
 from sqlalchemy import Engine, select
 
-from conftest import IN_CI
 from keyplane.clock import FrozenClock
 from keyplane.notify.dispatcher import MAX_DELAY_S, EmailDispatcher
 from keyplane.notify.ports import MailError
@@ -38,7 +35,6 @@ from keyplane.storage.notify_tables import email_outbox
 from kptest import wait_until
 from smtp_support import Inbox, SmtpServer, start_smtp
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 FROM = "keyplane <noreply@keyplane.test>"
 PASSWORD = "hunter2-smtp-Secret-9f3a"
 LEASE_S = 300
@@ -376,24 +372,6 @@ def test_the_background_loop_delivers_and_stops_when_told(
 
     asyncio.run(scenario())
     assert sorted(inbox.message_ids().values()) == [1, 1]
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, throw-away PostgreSQL database; fails (not skips) in CI when the server is down."""
-    name = "kp_test_" + secrets.token_hex(6)
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        if IN_CI:
-            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required in CI: {exc}")
-        pytest.skip(f"PostgreSQL not reachable: {exc}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.mark.postgres
