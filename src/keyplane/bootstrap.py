@@ -26,6 +26,7 @@ from keyplane.gateway.app import Gateway
 from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.pipeline import Pipeline
 from keyplane.gateway.ratelimits import RateGuard
+from keyplane.gateway.transport import AiohttpTransport
 from keyplane.gateway.upstreams import Upstream, UpstreamRouter
 from keyplane.keys.access import AccessPolicyService
 from keyplane.keys.authenticator import KeyAuthenticator
@@ -165,7 +166,7 @@ def build_gateway(
         for u in s.upstreams
     ]
     client = httpx.AsyncClient(
-        transport=transport,
+        transport=transport or AiohttpTransport(max_connections=s.upstream_max_connections),
         timeout=httpx.Timeout(s.upstream_read_timeout_s, connect=s.upstream_connect_timeout_s),
         limits=httpx.Limits(
             max_connections=s.upstream_max_connections,
