@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from keyplane.billing.ports import BillingSettings, MoneyEvent, Outcome, SpendAlert
@@ -51,6 +51,25 @@ def _remaining(conn: Connection, org_id: str) -> dict[str, int]:
         .group_by(ledger_entries.c.lot_id)
     ).all()
     return {r[0]: int(r[1]) for r in rows}
+
+
+def _settlement_entries(outcome: Outcome, at: int) -> list[dict[str, Any]]:
+    """The double-entry lines of one settlement: -x per lot drawn, -y receivable, +charged usage."""
+    settlement, record = outcome.settlement, outcome.record
+    if settlement is None or settlement.charged == 0:
+        return []
+    entries: list[dict[str, Any]] = [
+        {"account": "lot", "lot_id": lot_id, "amount_micro": -amount}
+        for lot_id, amount in settlement.consumed
+    ]
+    if settlement.uncovered:
+        entries.append(
+            {"account": "receivable", "lot_id": None, "amount_micro": -settlement.uncovered}
+        )
+    entries.append({"account": "usage", "lot_id": None, "amount_micro": settlement.charged})
+    for entry in entries:
+        entry.update(txn_id=record.request_id, org_id=record.org_id, created_at=at)
+    return entries
 
 
 def _hold(row: Any) -> Hold:
@@ -138,43 +157,46 @@ class SqlMoneyStore(SqlStore):
             conn.execute(insert(holds), rows)
 
     def resolve(self, outcomes: Sequence[Outcome], at: int) -> int:
-        applied = 0
+        # Batched: one read of which holds are still open (locked on PostgreSQL; SQLite's
+        # BEGIN IMMEDIATE already excludes other writers), then one executemany per table.
+        ids = [o.record.request_id for o in outcomes]
         with self._write() as conn:
-            for outcome in outcomes:
-                record, settlement = outcome.record, outcome.settlement
-                charged = settlement.charged if settlement else 0
-                closed = conn.execute(
-                    update(holds)
-                    .where(holds.c.id == record.request_id, holds.c.status == "open")
-                    .values(
-                        status="settled" if settlement else "voided",
-                        charged_micro=charged,
-                        resolved_at=at,
-                    )
-                ).rowcount
-                if not closed:
-                    continue  # resolved already (by the sweeper, or a replayed batch)
-                applied += 1
-                conn.execute(insert(t.usage_records).values(**usage_row(record)))
-                if settlement is None or charged == 0:
-                    continue
-                entries = [
-                    {"account": "lot", "lot_id": lot_id, "amount_micro": -amount}
-                    for lot_id, amount in settlement.consumed
-                ]
-                if settlement.uncovered:
-                    entries.append(
-                        {
-                            "account": "receivable",
-                            "lot_id": None,
-                            "amount_micro": -settlement.uncovered,
-                        }
-                    )
-                entries.append({"account": "usage", "lot_id": None, "amount_micro": charged})
-                for entry in entries:
-                    entry.update(txn_id=record.request_id, org_id=record.org_id, created_at=at)
+            still_open: set[str] = set()
+            for chunk in range(0, len(ids), 500):
+                query = (
+                    select(holds.c.id)
+                    .where(holds.c.id.in_(ids[chunk : chunk + 500]), holds.c.status == "open")
+                    .with_for_update()
+                )
+                still_open.update(conn.execute(query).scalars())
+            todo: dict[str, Outcome] = {}
+            for outcome in outcomes:  # resolved already (sweeper, replayed batch): skipped whole
+                if outcome.record.request_id in still_open:
+                    todo.setdefault(outcome.record.request_id, outcome)
+            if not todo:
+                return 0
+            conn.execute(
+                update(holds)
+                .where(holds.c.id == bindparam("hold_id"))
+                .values(
+                    status=bindparam("new_status"),
+                    charged_micro=bindparam("charged"),
+                    resolved_at=at,
+                ),
+                [
+                    {
+                        "hold_id": hold_id,
+                        "new_status": "settled" if o.settlement else "voided",
+                        "charged": o.settlement.charged if o.settlement else 0,
+                    }
+                    for hold_id, o in todo.items()
+                ],
+            )
+            conn.execute(insert(t.usage_records), [usage_row(o.record) for o in todo.values()])
+            entries = [e for o in todo.values() for e in _settlement_entries(o, at)]
+            if entries:
                 conn.execute(insert(ledger_entries), entries)
-        return applied
+        return len(todo)
 
     def add_lot(self, org_id: str, lot: Lot, note: str, source: str) -> None:
         with self._write() as conn:

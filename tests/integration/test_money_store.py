@@ -1,0 +1,77 @@
+"""The SQL money store on SQLite and PostgreSQL: settlement writes the hold's resolution, the usage
+record and balanced ledger entries once, however often a batch is replayed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from conftest import fresh_postgres
+from keyplane.accounts.service import AccountService
+from keyplane.billing.ports import Outcome
+from keyplane.billing.wallet import Hold, Lot
+from keyplane.clock import SystemClock
+from keyplane.storage import migrate
+from keyplane.storage.billing_repository import SqlMoneyStore
+from keyplane.storage.billing_tables import holds, ledger_entries
+from keyplane.storage.engine import make_engine
+from keyplane.storage.repositories import SqlAccountStore
+from keyplane.usage.records import Outcome as RequestOutcome
+from keyplane.usage.records import UsageRecord
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        made = make_engine(f"sqlite:///{tmp_path}/money.db")
+        migrate.upgrade(made)
+        yield made
+        made.dispose()
+        return
+    with fresh_postgres() as url:
+        made = make_engine(url)
+        migrate.upgrade(made)
+        yield made
+        made.dispose()
+
+
+def record(request_id: str, org_id: str, project_id: str, cost: int) -> UsageRecord:
+    return UsageRecord(
+        request_id=request_id, created_at=int(time.time()), org_id=org_id, project_id=project_id,
+        key_id="key_x", owner_type="user", owner_id="u", model="gpt-4o", endpoint="chat.completions",
+        input_tokens=10, cached_input_tokens=0, output_tokens=100, status=200, latency_ms=5,
+        client_ip=None, cost_micro_usd=cost, stream=False, outcome=RequestOutcome.COMPLETED, period="2026-11",
+    )  # fmt: skip
+
+
+def test_settlement_batches_are_applied_once(engine: Engine) -> None:
+    _, org, project = AccountService(SqlAccountStore(engine), SystemClock()).initialize(
+        email="o@example.com", password="correct horse battery", org_name="Store"
+    )
+    store = SqlMoneyStore(engine)
+    now = int(time.time())
+    store.add_lot(org.id, Lot("cg_1", "grant", 10_000, 10_000, now, None), "", "grants")
+    money = store.load(org.id, "2026-11", lambda tier: 10**9)
+    made = [Hold(f"req_{i}", org.id, project.id, 1_000, "2026-11", now, now + 60) for i in range(5)]
+    for hold in made:
+        assert money.place_hold(hold) is None
+    store.add_holds(made)
+    outcomes = []
+    for i, hold in enumerate(made):
+        settlement = money.settle(hold.id, 100 * i)
+        outcomes.append(Outcome(record(hold.id, org.id, project.id, 100 * i), settlement))
+    assert store.resolve(outcomes, now) == 5
+    assert store.resolve(outcomes, now) == 0  # a replayed batch changes nothing
+    assert store.resolve(outcomes[:2], now) == 0
+    with engine.connect() as conn:
+        assert conn.execute(select(func.sum(ledger_entries.c.amount_micro))).scalar() == 0
+        statuses = dict(conn.execute(select(holds.c.id, holds.c.charged_micro)).all())
+    assert statuses == {f"req_{i}": 100 * i for i in range(5)}
+    assert store.totals(org.id) == (0, 1_000)
+    [(lot, _)] = store.lots(org.id)
+    assert lot.remaining == 10_000 - 1_000
+    assert len(store.month_spend(org.id, "2026-11")[1]) == 1
