@@ -24,6 +24,7 @@ from keyplane.cli.common import (
     out,
     parse_duration,
     parse_usd,
+    scope,
     usd,
 )
 from keyplane.cli.keys import keys_app
@@ -128,15 +129,9 @@ def usage(
     as_json: JsonOpt = False,
 ) -> None:
     """Show usage records: one per request, with tokens and cost."""
-    c = container()
-    try:
-        organization = c.accounts.find_organization(org)
-        project_id = c.accounts.find_project(organization.id, project).id if project else None
-    except KeyplaneError as exc:
-        fail(exc.message)
-        return
+    c, org_id, project_id = scope(org, project)
     start = _parse_since(since, c.clock.now()) if since else None
-    records = c.usage_store.query(organization.id, project_id=project_id, since=start, limit=limit)
+    records = c.usage_store.query(org_id, project_id=project_id, since=start, limit=limit)
     if as_json:
         rows = [
             {**{f: getattr(r, f) for f in r.__slots__}, "outcome": r.outcome.value} for r in records

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from keyplane import bootstrap
 from keyplane.config import load_settings
+from keyplane.errors import KeyplaneError
 from keyplane.usage.pricing import MICRO, format_usd
 
 out = Console()
@@ -35,6 +36,18 @@ def container(**overrides: Any) -> bootstrap.Container:
         return bootstrap.build(load_settings(**overrides))
     except ValueError as exc:
         fail(str(exc))
+
+
+def scope(org: str | None, project: str | None) -> tuple[bootstrap.Container, str, str | None]:
+    """The container, the organization's id and (when named) the project's id; fails clearly
+    when either is unknown."""
+    c = container()
+    try:
+        organization = c.accounts.find_organization(org)
+        project_id = c.accounts.find_project(organization.id, project).id if project else None
+    except KeyplaneError as exc:
+        fail(exc.message)
+    return c, organization.id, project_id
 
 
 def is_duration(text: str) -> bool:

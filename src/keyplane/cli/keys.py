@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from keyplane.cli.common import JsonOpt, OrgOpt, container, fail, iso, out, parse_duration
+from keyplane.cli.common import JsonOpt, OrgOpt, container, fail, iso, out, parse_duration, scope
 from keyplane.cli.limits import Rpd, Rpm, Tpm
 from keyplane.errors import KeyplaneError
 from keyplane.keys import permissions
@@ -101,14 +101,9 @@ def keys_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List keys (redacted); keys older than the rotation policy are flagged."""
-    c = container()
-    try:
-        organization = c.accounts.find_organization(org)
-        project_id = c.accounts.find_project(organization.id, project).id if project else None
-    except KeyplaneError as exc:
-        fail(exc.message)
+    c, org_id, project_id = scope(org, project)
     now, days = c.clock.now(), c.settings.key_rotation_days
-    keys = c.keys.list(organization.id, project_id)
+    keys = c.keys.list(org_id, project_id)
     if as_json:
         out.print_json(json.dumps([key_json(k, now, days) for k in keys]))
         return

@@ -8,17 +8,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from keyplane import bootstrap
 from keyplane.billing.wallet import BillingMode
 from keyplane.cli.common import (
     JsonOpt,
     OrgOpt,
-    container,
     fail,
     iso,
     out,
     parse_duration,
     parse_usd,
+    scope,
     usd,
 )
 from keyplane.errors import KeyplaneError
@@ -37,16 +36,6 @@ ProjectOpt = Annotated[
 ]
 
 
-def _scope(org: str | None, project: str | None) -> tuple[bootstrap.Container, str, str | None]:
-    c = container()
-    try:
-        organization = c.accounts.find_organization(org)
-        project_id = c.accounts.find_project(organization.id, project).id if project else None
-    except KeyplaneError as exc:
-        fail(exc.message)
-    return c, organization.id, project_id
-
-
 @money_app.command("grant")
 def credits_grant(
     amount: Annotated[str, typer.Option(help="Dollars, e.g. 10.00.")],
@@ -59,7 +48,7 @@ def credits_grant(
     as_json: JsonOpt = False,
 ) -> None:
     """Grant credit to an organization (a lot with its own expiry)."""
-    c, org_id, _ = _scope(org, None)
+    c, org_id, _ = scope(org, None)
     try:
         lot = c.billing.grant(
             org_id, parse_usd(amount), expires_in_s=parse_duration(expires_in), note=note,
@@ -85,7 +74,7 @@ def credits_purchase(
 ) -> None:
     """Record a payment received outside keyplane (an invoice paid by transfer): non-refundable
     credit expiring in a year, counted toward usage-tier promotion."""
-    c, org_id, _ = _scope(org, None)
+    c, org_id, _ = scope(org, None)
     try:
         lot = c.billing.record_purchase(org_id, parse_usd(amount), idempotency_key=idempotency_key)
         promoted = c.promoter.check(org_id)
@@ -103,7 +92,7 @@ def credits_revoke(
     lot_id: Annotated[str, typer.Argument(help="The grant's id (cg_…).")], org: OrgOpt = None
 ) -> None:
     """Revoke a grant: what is left of it stops counting (purchases cannot be revoked)."""
-    c, org_id, _ = _scope(org, None)
+    c, org_id, _ = scope(org, None)
     try:
         returned = c.billing.revoke_grant(org_id, lot_id)
     except KeyplaneError as exc:
@@ -114,7 +103,7 @@ def credits_revoke(
 @money_app.command("show")
 def credits_show(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
     """Balance, holds, spend and every lot with what remains in it."""
-    c, org_id, _ = _scope(org, None)
+    c, org_id, _ = scope(org, None)
     balance = c.billing.balance(org_id)
     lots = [
         {
@@ -153,7 +142,7 @@ def budget_set(
     org: OrgOpt = None,
 ) -> None:
     """Set the monthly budget of the organization or one project."""
-    c, org_id, project_id = _scope(org, project)
+    c, org_id, project_id = scope(org, project)
     try:
         if project_id:
             c.billing.set_project_budget(org_id, project_id, parse_usd(amount))
@@ -167,7 +156,7 @@ def budget_set(
 @budget_app.command("clear")
 def budget_clear(project: ProjectOpt = None, org: OrgOpt = None) -> None:
     """Remove the monthly budget."""
-    c, org_id, project_id = _scope(org, project)
+    c, org_id, project_id = scope(org, project)
     if project_id:
         c.billing.set_project_budget(org_id, project_id, None)
     else:
@@ -187,7 +176,7 @@ def alerts_add(
     org: OrgOpt = None,
 ) -> None:
     """Add a notification threshold."""
-    c, org_id, project_id = _scope(org, project)
+    c, org_id, project_id = scope(org, project)
     try:
         alert = c.billing.add_alert(org_id, parse_usd(amount), project_id=project_id, recipients=to)
     except KeyplaneError as exc:
@@ -198,7 +187,7 @@ def alerts_add(
 @alerts_app.command("list")
 def alerts_list(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
     """List notification thresholds."""
-    c, org_id, _ = _scope(org, None)
+    c, org_id, _ = scope(org, None)
     alerts = c.billing.alerts(org_id)
     if as_json:
         rows = [
@@ -226,7 +215,7 @@ def alerts_list(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
 @alerts_app.command("remove")
 def alerts_remove(alert_id: str, org: OrgOpt = None) -> None:
     """Remove a notification threshold."""
-    c, org_id, _ = _scope(org, None)
+    c, org_id, _ = scope(org, None)
     try:
         c.billing.delete_alert(org_id, alert_id)
     except KeyplaneError as exc:
@@ -237,7 +226,7 @@ def alerts_remove(alert_id: str, org: OrgOpt = None) -> None:
 @billing_app.command("show")
 def billing_show(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
     """Billing mode, usage limit, budget and auto-recharge."""
-    c, org_id, _ = _scope(org, None)
+    c, org_id, _ = scope(org, None)
     s = c.billing.settings(org_id)
     limit = c.billing.effective_usage_limit(s)
     payload = {
@@ -271,7 +260,7 @@ def billing_set(
     org: OrgOpt = None,
 ) -> None:
     """Change billing settings."""
-    c, org_id, _ = _scope(org, None)
+    c, org_id, _ = scope(org, None)
     changes: dict[str, object] = {}
     if mode is not None:
         changes["mode"] = mode
