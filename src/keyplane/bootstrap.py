@@ -36,6 +36,7 @@ from keyplane.limits.service import RateLimitService
 from keyplane.limits.tiers import TierTable
 from keyplane.notify.dispatcher import EmailDispatcher
 from keyplane.notify.smtp import SmtpMailer
+from keyplane.sealing import derive_key
 from keyplane.storage import migrate
 from keyplane.storage.audit_repository import SqlAuditLog
 from keyplane.storage.auth_repository import SqlAuthStore
@@ -93,7 +94,10 @@ def build(
     tiers = TierTable.load(settings.tier_files)
     accounts = AccountService(SqlAccountStore(engine), clock)
     billing = BillingService(money_store, clock, tiers=tiers)
-    outbox = SqlOutbox(engine)
+    # Email bodies carry single-use links (verification, reset, invitations): sealed at rest.
+    outbox = SqlOutbox(
+        engine, key=derive_key(settings.secret_bytes("encryption_key"), "keyplane/outbox/v1")
+    )
     rate_store = SqlRateLimitStore(engine)
     access_store = SqlAccessPolicyStore(engine)
     auth_store = SqlAuthStore(engine)

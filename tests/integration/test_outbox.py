@@ -399,3 +399,31 @@ def test_postgresql_dedupes_enqueues_and_splits_claims(pg_url: str, clock: Froze
     finally:
         for e in engines:
             e.dispose()
+
+
+def test_bodies_are_sealed_at_rest_and_read_back_in_the_clear(
+    engine: Engine, clock: FrozenClock
+) -> None:
+    from keyplane.sealing import derive_key
+
+    outbox = SqlOutbox(engine, key=derive_key(b"k" * 48, "keyplane/outbox/v1"))
+    link = "https://keyplane.example/verify?token=s3cr3t-single-use-token"
+    assert outbox.enqueue(
+        "verify:1",
+        ["a@example.com"],
+        "Verify",
+        f"Open {link}",
+        f"<a href='{link}'>verify</a>",
+        now=clock.now(),
+    )
+    [row] = rows(engine)
+    assert "s3cr3t" not in json.dumps(row, default=str)
+    assert str(row["body_text"]).startswith("sealed:v1:")
+    [email] = outbox.claim_due(clock.now(), 10, LEASE_S)
+    assert (
+        email.body_text == f"Open {link}"
+        and email.body_html is not None
+        and link in email.body_html
+    )
+    with pytest.raises(ValueError, match="sealed"):
+        SqlOutbox(engine).claim_due(clock.now() + 10 * LEASE_S, 10, LEASE_S)

@@ -26,7 +26,6 @@ from keyplane.accounts.throttle import (
 )
 from keyplane.accounts.totp import (
     STEP_S,
-    derive_key,
     hash_recovery_code,
     looks_like_recovery_code,
     matching_step,
@@ -35,6 +34,7 @@ from keyplane.accounts.totp import (
     provisioning_uri,
 )
 from keyplane.errors import InvalidRequest
+from keyplane.sealing import derive_key
 
 NOW = 1_800_000_000.0
 

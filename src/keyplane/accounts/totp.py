@@ -10,7 +10,6 @@ recorded, so a code seen over someone's shoulder cannot be replayed.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
@@ -25,6 +24,7 @@ from keyplane.accounts.models import User
 from keyplane.accounts.passwords import verify_password
 from keyplane.clock import Clock
 from keyplane.errors import InvalidRequest
+from keyplane.sealing import derive_key
 
 ISSUER = "keyplane"
 STEP_S = 30
@@ -47,11 +47,6 @@ class TotpSetup:
     secret: str
     uri: str
     setup_token: str
-
-
-def derive_key(master: bytes, label: str) -> bytes:
-    """A Fernet key for one purpose, derived from the operator's encryption key."""
-    return base64.urlsafe_b64encode(hmac.new(master, label.encode(), hashlib.sha256).digest())
 
 
 def new_totp_secret() -> str:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from sqlalchemy import Connection, RowMapping, insert, or_, select, update
+from cryptography.fernet import Fernet
+from sqlalchemy import Connection, Engine, RowMapping, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from keyplane.ids import new_id
@@ -15,9 +16,33 @@ from keyplane.storage.repositories import SqlStore
 
 MAX_DEDUPE_KEY = 200
 MAX_ERROR = 2000
+SEALED = "sealed:v1:"
 
 
 class SqlOutbox(SqlStore):
+    """Email bodies are stored sealed (Fernet, with a key derived from the operator's encryption
+    key) when a key is given: verification, reset and invitation links are secrets until used,
+    and no secret may sit in the database in the clear (BRIEF C12)."""
+
+    def __init__(self, engine: Engine, *, key: bytes | None = None) -> None:
+        super().__init__(engine)
+        self._fernet = None if key is None else Fernet(key)
+
+    def _seal(self, text: str) -> str:
+        if self._fernet is None:
+            return text
+        return SEALED + self._fernet.encrypt(text.encode()).decode("ascii")
+
+    def _open(self, stored: str) -> str:
+        if not stored.startswith(SEALED):
+            return stored
+        if self._fernet is None:
+            raise ValueError("this email body is sealed and no encryption key was given")
+        return self._fernet.decrypt(stored[len(SEALED) :].encode("ascii")).decode()
+
+    def _email(self, row: RowMapping) -> OutboundEmail:
+        return _email(row, self._open)
+
     def enqueue(
         self,
         dedupe_key: str,
@@ -38,8 +63,8 @@ class SqlOutbox(SqlStore):
             "dedupe_key": dedupe_key,
             "recipients": json.dumps(list(to)),
             "subject": subject,
-            "body_text": body_text,
-            "body_html": body_html,
+            "body_text": self._seal(body_text),
+            "body_html": None if body_html is None else self._seal(body_html),
             "created_at": at,
             "attempts": 0,
             "next_attempt_at": at,
@@ -80,7 +105,7 @@ class SqlOutbox(SqlStore):
             if not claimed:
                 return []
             rows = conn.execute(select(o).where(o.c.id.in_(claimed))).mappings().all()
-        by_id = {r["id"]: _email(r) for r in rows}
+        by_id = {r["id"]: self._email(r) for r in rows}
         return [by_id[i] for i in claimed]
 
     def mark_sent(self, email_id: str, now: float) -> None:
@@ -111,14 +136,15 @@ class SqlOutbox(SqlStore):
         return self._read(read)
 
 
-def _email(row: RowMapping) -> OutboundEmail:
+def _email(row: RowMapping, open_: Callable[[str], str]) -> OutboundEmail:
+    html = row["body_html"]
     return OutboundEmail(
         id=row["id"],
         dedupe_key=row["dedupe_key"],
         to=tuple(json.loads(row["recipients"])),
         subject=row["subject"],
-        body_text=row["body_text"],
-        body_html=row["body_html"],
+        body_text=open_(row["body_text"]),
+        body_html=None if html is None else open_(html),
         created_at=row["created_at"],
         attempts=row["attempts"],
         next_attempt_at=row["next_attempt_at"],
