@@ -108,3 +108,22 @@ def test_no_secret_reaches_the_database_logs_or_error_bodies(
         assert middle.encode() not in stored
         assert middle not in logs
         assert all(middle.encode() not in b for b in bodies)
+
+
+def test_a_valid_key_gets_503_never_401_when_the_database_is_gone(
+    kp: Keyplane, tmp_path: Path
+) -> None:
+    _, uncached = kp.new_key("never used yet")
+    assert call(kp, kp.key).status_code == 200  # this key is now cached
+    # The database disappears under the running gateway: new connections find no tables.
+    kp.container.engine.dispose()
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    for path in tmp_path.glob("keyplane.db*"):
+        path.rename(gone / path.name)
+    kp.container.engine.dispose()
+    for key in (kp.key, uncached):
+        resp = call(kp, key)
+        assert resp.status_code == 503, resp.text
+        assert resp.json()["error"]["type"] == "server_error"
+    assert call(kp, "sk-kp-proj-" + "A" * 50).status_code == 401  # a bad key is still just bad
