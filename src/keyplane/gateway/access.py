@@ -43,7 +43,7 @@ class AccessGuard:
             (project.allowed_cidrs, "project"),
             (key.allowed_cidrs, "API key"),
         ):
-            if cidrs is not None and not network.allowed(addr, network.parse_networks(cidrs)):
+            if cidrs is not None and not network.allowed(addr, network.cached_networks(cidrs)):
                 raise ApiError(
                     403,
                     f"Access forbidden: the IP address {client_ip or 'unknown'} is not allowed by this {level}'s IP allowlist.",

@@ -40,7 +40,7 @@ from keyplane.keys.permissions import Access, Group
 from keyplane.limits.headers import rate_limit_headers, rejection_message
 from keyplane.limits.ratelimit import Dimension, Ticket
 from keyplane.usage import tokens
-from keyplane.usage.pricing import PriceTable
+from keyplane.usage.pricing import Price, PriceTable
 from keyplane.usage.records import Outcome, UsageRecord
 
 log = logging.getLogger("keyplane.gateway")
@@ -88,6 +88,7 @@ class Call:
     stream: bool = False
     estimated_input: int = 0
     hold: Hold | None = None
+    price: Price | None = None  # in effect at admission: the hold and the bill use the same one
     ticket: Ticket | None = None
     rate_headers: list[tuple[bytes, bytes]] = dataclasses.field(default_factory=list)
     forwarded: bool = False
@@ -206,7 +207,7 @@ class Pipeline:
 
     async def _hold(self, call: Call, payload: dict[str, Any], body_len: int) -> bool:
         """Places the money hold; returns True when the payload now carries a lower output cap."""
-        price = self.prices.price(call.model, self.clock.now())
+        price = call.price = self.prices.price(call.model, self.clock.now())
         n = payload.get("n")
         bound = cost_bound(
             price, input_token_bound(body_len, payload), n if isinstance(n, int) else 1
@@ -365,7 +366,7 @@ class Pipeline:
         now = self.clock.now()
         inp, cached, out = used
         self.rates.settle(call.ticket, inp + out)
-        price = self.prices.price(call.model, now)
+        price = call.price
         if price is None and call.model not in self._unpriced:
             self._unpriced.add(call.model)
             log.warning("no price for model %r: its requests are metered at $0", call.model)

@@ -8,6 +8,7 @@ IPv4-mapped IPv6 addresses (``::ffff:1.2.3.4``) count as their IPv4 address.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -24,6 +25,12 @@ def parse_networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
         except ValueError:
             raise ValueError(f"'{text}' is not an IP address or CIDR range.") from None
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def cached_networks(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
+    """``parse_networks`` for stored (already validated) lists: parsed once, not per request."""
+    return parse_networks(cidrs)
 
 
 def parse_address(text: str | None) -> Address | None:
