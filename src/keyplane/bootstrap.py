@@ -172,11 +172,7 @@ def build_gateway(
     client = httpx.AsyncClient(
         transport=transport or AiohttpTransport(max_connections=s.upstream_max_connections),
         timeout=httpx.Timeout(s.upstream_read_timeout_s, connect=s.upstream_connect_timeout_s),
-        limits=httpx.Limits(
-            max_connections=s.upstream_max_connections,
-            max_keepalive_connections=s.upstream_max_connections,
-        ),
-    )
+    )  # the pool size lives in the transport: httpx's limits apply only to its own pool
     rates = RateGuard(
         InMemoryRateLimiter(s.rpm_burst_s),
         container.billing.tiers,

@@ -35,6 +35,19 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return invoke
 
 
+def init(run: Any) -> None:
+    """The first Owner, organization A and its Default project, as an operator sets them up."""
+    run(
+        "init",
+        "--email",
+        "a@example.com",
+        "--org",
+        "A",
+        "--password-stdin",
+        stdin="correct horse battery\n",
+    )
+
+
 def test_init_creates_owner_org_project_and_shows_an_admin_key_once(run: Any) -> None:
     result = run(
         "init",
@@ -79,15 +92,7 @@ def test_init_refuses_a_short_password(run: Any) -> None:
 
 
 def test_keys_create_list_revoke(run: Any) -> None:
-    run(
-        "init",
-        "--email",
-        "a@example.com",
-        "--org",
-        "A",
-        "--password-stdin",
-        stdin="correct horse battery\n",
-    )
+    init(run)
     created = json.loads(
         run(
             "keys",
@@ -120,15 +125,7 @@ def test_keys_create_list_revoke(run: Any) -> None:
 
 
 def test_usage_json_shape_before_any_request(run: Any) -> None:
-    run(
-        "init",
-        "--email",
-        "a@example.com",
-        "--org",
-        "A",
-        "--password-stdin",
-        stdin="correct horse battery\n",
-    )
+    init(run)
     assert json.loads(run("usage", "--json").stdout) == []
     assert "0 requests" in run("usage", "--since", "24h").stdout
 
@@ -215,15 +212,7 @@ def test_make_run_flow_first_and_second_start(tmp_path: Path) -> None:
 
 
 def test_credits_budget_alerts_and_billing_commands(run: Any) -> None:
-    run(
-        "init",
-        "--email",
-        "a@example.com",
-        "--org",
-        "A",
-        "--password-stdin",
-        stdin="correct horse battery\n",
-    )
+    init(run)
     shown = json.loads(run("credits", "show", "--json").stdout)
     assert shown["available_micro_usd"] == 5_000_000  # the welcome credit
     [welcome] = shown["lots"]
@@ -309,15 +298,7 @@ def test_init_without_welcome_credit(run: Any) -> None:
 
 
 def test_keys_restrict_rotate_and_flag_old_keys(run: Any) -> None:
-    run(
-        "init",
-        "--email",
-        "a@example.com",
-        "--org",
-        "A",
-        "--password-stdin",
-        stdin="correct horse battery\n",
-    )
+    init(run)
     created = json.loads(
         run(
             "keys",
