@@ -36,6 +36,10 @@ def make_server(
         access_log=access_log,
         log_config=None,
         server_header=False,
+        # keyplane reads X-Forwarded-For itself, only from its configured trusted proxies
+        # (gateway/access.py). uvicorn's own rewriting trusts 127.0.0.1 by default, which let
+        # any local client claim an allowlisted address; it also cost a middleware per request.
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
     return uvicorn.Server(config)

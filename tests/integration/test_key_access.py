@@ -121,6 +121,17 @@ def test_ip_allowlists_apply_at_every_level_and_xff_only_from_trusted_proxies(kp
     assert call(kp, key, client=("2001:db8::5", 1)).status_code == 200
 
 
+def test_spoofed_xff_over_a_real_socket_is_ignored(kp: Keyplane) -> None:
+    """Through the real server: the HTTP server itself must not rewrite the client address from
+    X-Forwarded-For (uvicorn does so for 127.0.0.1 by default); only keyplane's trusted_proxies
+    decide."""
+    _, key = kp.new_key("office", allowed_cidrs=["192.0.2.0/24"])
+    headers = {"authorization": f"Bearer {key}", "x-forwarded-for": "192.0.2.7"}
+    resp = httpx.post(f"{kp.base_url}/chat/completions", json=CHAT, headers=headers)
+    assert resp.status_code == 403
+    assert "127.0.0.1" in resp.json()["error"]["message"]
+
+
 def test_rotation_with_a_two_second_grace_and_without(
     tmp_path: Path, simulator: ServerThread
 ) -> None:
