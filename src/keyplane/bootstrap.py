@@ -26,7 +26,7 @@ from keyplane.gateway.app import Gateway
 from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.pipeline import Pipeline
 from keyplane.gateway.ratelimits import RateGuard
-from keyplane.gateway.transport import AiohttpTransport
+from keyplane.gateway.transport import AiohttpClient, HttpxClient, UpstreamClient
 from keyplane.gateway.upstreams import Upstream, UpstreamRouter
 from keyplane.keys.access import AccessPolicyService
 from keyplane.keys.authenticator import KeyAuthenticator
@@ -169,10 +169,15 @@ def build_gateway(
         )
         for u in s.upstreams
     ]
-    client = httpx.AsyncClient(
-        transport=transport or AiohttpTransport(max_connections=s.upstream_max_connections),
-        timeout=httpx.Timeout(s.upstream_read_timeout_s, connect=s.upstream_connect_timeout_s),
-    )  # the pool size lives in the transport: httpx's limits apply only to its own pool
+    timeouts = {
+        "connect_timeout_s": s.upstream_connect_timeout_s,
+        "read_timeout_s": s.upstream_read_timeout_s,
+    }
+    client: UpstreamClient = (
+        HttpxClient(transport, **timeouts)
+        if transport is not None
+        else AiohttpClient(max_connections=s.upstream_max_connections, **timeouts)
+    )
     rates = RateGuard(
         InMemoryRateLimiter(s.rpm_burst_s),
         container.billing.tiers,

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 
 from keyplane.billing.bounds import cost_bound, input_token_bound
@@ -32,6 +31,7 @@ from keyplane.gateway.errors import ApiError, bad_request, from_domain, missing_
 from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.ratelimits import RateGuard
 from keyplane.gateway.streaming import SseAccounting, error_event, parse_usage
+from keyplane.gateway.transport import UpstreamError, UpstreamResponse
 from keyplane.gateway.upstreams import UpstreamRouter, UpstreamUnavailable
 from keyplane.keys.authenticator import KeyAuthenticator
 from keyplane.keys.format import KeyKind
@@ -243,33 +243,41 @@ class Pipeline:
         headers = [(k, v) for k, v in scope["headers"]]
         call.forwarded = True
         try:
-            resp = await self.router.send(
+            resp, content = await self.router.send(
                 upstreams, call.endpoint.upstream_path, body, headers, stream=call.stream
             )
         except UpstreamUnavailable as exc:
             status = 504 if exc.timed_out else 502
-            # A timed-out request may have been processed upstream: bill its prompt, conservatively.
-            used = (call.estimated_input, 0, 0) if exc.timed_out else (0, 0, 0)
-            self._meter(call, status, used, Outcome.UPSTREAM_UNREACHABLE, estimated=exc.timed_out)
+            # A request that may have been processed upstream: bill its prompt, conservatively.
+            used = (call.estimated_input, 0, 0) if exc.reached else (0, 0, 0)
+            self._meter(call, status, used, Outcome.UPSTREAM_UNREACHABLE, estimated=exc.reached)
             raise ApiError(status, str(exc), type="server_error", code="upstream_error") from None
         try:
             out_headers = self._response_headers(call, resp)
-            if call.stream and resp.status_code == 200:
-                await self._stream(call, resp, out_headers, receive, send, client_wants_usage)
-                return
-            content = await resp.aread()
-            reported = parse_usage(_loads(content)) if resp.status_code == 200 else None
+            if content is None:
+                if resp.status == 200:
+                    await self._stream(call, resp, out_headers, receive, send, client_wants_usage)
+                    return
+                content = await self._read_error(resp)
+            reported = parse_usage(_loads(content)) if resp.status == 200 else None
             self._meter(
-                call, resp.status_code, reported or (0, 0, 0), Outcome.COMPLETED, estimated=False
+                call, resp.status, reported or (0, 0, 0), Outcome.COMPLETED, estimated=False
             )
             await send_bytes(
-                send, resp.status_code, content, out_headers[1:], content_type=out_headers[0][1]
+                send, resp.status, content, out_headers[1:], content_type=out_headers[0][1]
             )
         finally:
             await resp.aclose()
 
+    async def _read_error(self, resp: UpstreamResponse) -> bytes:
+        """The body of an error answer to a streaming request (a JSON error, not a stream)."""
+        try:
+            return await resp.read()
+        except UpstreamError:
+            return b""
+
     async def _stream(
-        self, call: Call, resp: httpx.Response, headers: list[tuple[bytes, bytes]],
+        self, call: Call, resp: UpstreamResponse, headers: list[tuple[bytes, bytes]],
         receive: Receive, send: Send, client_wants_usage: bool,
     ) -> None:  # fmt: skip
         acc = SseAccounting(client_wants_usage=client_wants_usage)
@@ -285,12 +293,12 @@ class Pipeline:
         async def pump() -> None:
             nonlocal outcome
             try:
-                async for raw in resp.aiter_raw():
+                async for raw in resp.chunks():
                     out = acc.feed(raw)
                     if out:
                         await send({"type": "http.response.body", "body": out, "more_body": True})
                 tail = acc.rest()
-            except httpx.HTTPError as exc:
+            except UpstreamError as exc:
                 log.warning("upstream stream broke: %s", type(exc).__name__)
                 outcome = Outcome.UPSTREAM_BROKEN
                 tail = error_event("The upstream stream broke before it finished.")
@@ -336,19 +344,19 @@ class Pipeline:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    def _response_headers(self, call: Call, resp: httpx.Response) -> list[tuple[bytes, bytes]]:
-        content_type = resp.headers.get("content-type", "application/json").encode("latin-1")
-        out = [
-            (b"content-type", content_type),
-            (b"x-request-id", call.request_id.encode()),
-            *call.rate_headers,
-        ]
-        for name, value in resp.headers.raw:
-            lower = name.lower()
-            if lower in _PASS_RESPONSE and lower != b"content-type":
-                out.append((lower, value))
-            elif lower == b"x-request-id":
+    def _response_headers(self, call: Call, resp: UpstreamResponse) -> list[tuple[bytes, bytes]]:
+        """Content type first, then our request id and rate-limit headers, then the few upstream
+        headers a client may rely on."""
+        content_type = b"application/json"
+        out = [(b"x-request-id", call.request_id.encode()), *call.rate_headers]
+        for name, value in resp.headers:
+            if name == b"content-type":
+                content_type = value
+            elif name in _PASS_RESPONSE:
+                out.append((name, value))
+            elif name == b"x-request-id":
                 out.append((b"x-upstream-request-id", value))
+        out.insert(0, (b"content-type", content_type))
         return out
 
     def _meter(

@@ -9,8 +9,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import httpx
 import orjson
+
+from keyplane.gateway.transport import (
+    ConnectFailed,
+    ReadTimedOut,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+)
 
 log = logging.getLogger("keyplane.upstreams")
 
@@ -44,16 +51,17 @@ class Upstream:
 class UpstreamUnavailable(Exception):
     """No upstream serving the model answered (connection failures or timeouts on every try)."""
 
-    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+    def __init__(self, message: str, *, timed_out: bool = False, reached: bool = False) -> None:
         super().__init__(message)
         self.timed_out = timed_out
+        self.reached = reached or timed_out  # the upstream may have processed (and billed) it
 
 
 class UpstreamRouter:
     def __init__(
         self,
         upstreams: Sequence[Upstream],
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         *,
         retries: int = 2,
         backoff_s: float = 0.05,
@@ -87,10 +95,14 @@ class UpstreamRouter:
         if up._listed is not None and now - up._listed_at < MODEL_LIST_TTL_S:
             return up._listed
         try:
-            resp = await self.client.get(f"{up.base_url}/models", headers=_auth(up), timeout=5.0)
-            data = orjson.loads(resp.content)["data"] if resp.status_code == 200 else None
+            resp = await self.client.request("GET", f"{up.base_url}/models", _auth_raw(up))
+            try:
+                content = await resp.read()
+            finally:
+                await resp.aclose()
+            data = orjson.loads(content)["data"] if resp.status == 200 else None
             listed = frozenset(m["id"] for m in data) if isinstance(data, list) else None
-        except (httpx.HTTPError, orjson.JSONDecodeError, KeyError, TypeError):
+        except (UpstreamError, orjson.JSONDecodeError, KeyError, TypeError):
             listed = None
         if listed is None:
             log.warning("cannot list models of upstream %s", up.name)
@@ -106,15 +118,15 @@ class UpstreamRouter:
         headers: list[tuple[bytes, bytes]],
         *,
         stream: bool,
-    ) -> httpx.Response:
-        """Sends the request to the first upstream that answers; returns the open response.
+    ) -> tuple[UpstreamResponse, bytes | None]:
+        """Sends the request to the first upstream that answers; returns the open response and,
+        unless ``stream``, its body (read, so that a broken body can be retried like a 5xx).
 
         Connection errors and 5xx answers move on to the next try (backing off) and the next
         upstream; the caller must close the returned response. Raises UpstreamUnavailable."""
         out_headers = [(k, v) for k, v in headers if k not in _DROP_REQUEST]
         out_headers.append((b"accept-encoding", b"identity"))
-        last: httpx.Response | None = None
-        timed_out = False
+        last: UpstreamResponse | None = None
         attempt = 0
         for up in upstreams:
             for _ in range(self._retries + 1):
@@ -126,41 +138,35 @@ class UpstreamRouter:
                 if last is not None:
                     await last.aclose()
                     last = None
-                req = self.client.build_request(
-                    "POST", up.base_url + path, content=body, headers=out_headers + _auth_raw(up)
-                )
                 try:
-                    resp = await self.client.send(req, stream=True)
-                except (
-                    httpx.ConnectError,
-                    httpx.ConnectTimeout,
-                    httpx.PoolTimeout,
-                    httpx.RemoteProtocolError,
-                ) as exc:
-                    log.warning("upstream %s unreachable: %s", up.name, type(exc).__name__)
+                    resp = await self.client.request(
+                        "POST", up.base_url + path, out_headers + _auth_raw(up), body
+                    )
+                except ConnectFailed as exc:
+                    log.warning("upstream %s unreachable: %s", up.name, exc)
                     continue
-                except httpx.TimeoutException:
+                except ReadTimedOut:
                     # The request reached the upstream and may be costing money: do not repeat it.
                     raise UpstreamUnavailable(
                         f"The upstream '{up.name}' timed out.", timed_out=True
                     ) from None
-                if resp.status_code in RETRY_STATUSES:
+                if resp.status in RETRY_STATUSES:
                     last = resp
                     continue
-                if not stream:
-                    await resp.aread()
-                return resp
+                return resp, None if stream else await self._read(resp)
         if last is not None:
-            if not stream:
-                await last.aread()
-            return last
-        raise UpstreamUnavailable(
-            "No upstream serving this model could be reached.", timed_out=timed_out
-        )
+            return last, None if stream else await self._read(last)
+        raise UpstreamUnavailable("No upstream serving this model could be reached.")
 
-
-def _auth(up: Upstream) -> dict[str, str]:
-    return {"authorization": f"Bearer {up.api_key}"} if up.api_key else {}
+    @staticmethod
+    async def _read(resp: UpstreamResponse) -> bytes:
+        try:
+            return await resp.read()
+        except UpstreamError:
+            await resp.aclose()
+            raise UpstreamUnavailable(
+                "The upstream's answer broke off before it was complete.", reached=True
+            ) from None
 
 
 def _auth_raw(up: Upstream) -> list[tuple[bytes, bytes]]:
