@@ -23,6 +23,7 @@ from keyplane.clock import Clock, SystemClock
 from keyplane.config import Settings
 from keyplane.gateway.access import AccessGuard
 from keyplane.gateway.app import Gateway
+from keyplane.gateway.journal import HoldJournal
 from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.pipeline import Pipeline
 from keyplane.gateway.ratelimits import RateGuard
@@ -192,10 +193,12 @@ def build_gateway(
         money=MoneyGuard(
             container.money_store,
             container.clock,
+            HoldJournal(s.data_dir / "journal"),
             usage_limit_for=container.billing.usage_limit_for,
             hold_ttl_s=s.hold_ttl_s,
             min_output_tokens=s.min_output_tokens,
             batch_size=s.usage_batch_size,
+            max_unstored=s.max_unstored_settlements,
         ),
         rates=rates,
         access=access,

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     last_used_flush_s: float = Field(default=5.0, gt=0)
     usage_flush_interval_s: float = Field(default=0.2, gt=0)
     usage_batch_size: int = Field(default=500, ge=1)
+    # Settlements kept in memory while the database is unreachable; beyond, requests get 503.
+    max_unstored_settlements: int = Field(default=100_000, ge=1)
     # Email (verification, invitations, limit notifications), sent through the outbox.
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=25, ge=1, le=65535)

@@ -1,6 +1,7 @@
 """A gateway killed (SIGKILL) between hold and settle: after a restart the sweeper resolves the
 hold once its expiry passes — billed at the hold, the worst case the request could have cost —
-and nothing is released or charged twice (BRIEF C12)."""
+and nothing is released or charged twice (BRIEF C12). Killed either before the hold reached the
+database (it was only in the hold journal) or after."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
 from conftest import PEPPER, make_settings
@@ -73,7 +75,13 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:
     proc.stdout.close()
 
 
-def test_sigkill_between_hold_and_settle(tmp_path: Path) -> None:
+def stored_holds(container: bootstrap.Container) -> list[Any]:
+    with container.engine.connect() as conn:
+        return list(conn.execute(select(holds)).mappings())
+
+
+@pytest.mark.parametrize("hold_stored", [False, True], ids=["journal-only", "in-database"])
+def test_sigkill_between_hold_and_settle(tmp_path: Path, hold_stored: bool) -> None:
     upstream = HangingUpstream()
     upstream_server = ServerThread(upstream).start()
     container = bootstrap.build(make_settings(tmp_path))
@@ -94,7 +102,8 @@ def test_sigkill_between_hold_and_settle(tmp_path: Path) -> None:
         ),
         "KEYPLANE_HOLD_TTL_S": "2",
         "KEYPLANE_SWEEP_INTERVAL_S": "0.05",
-        "KEYPLANE_USAGE_FLUSH_INTERVAL_S": "0.05",
+        # Journal-only: no flush runs before the kill, so the hold is only in the journal.
+        "KEYPLANE_USAGE_FLUSH_INTERVAL_S": "0.05" if hold_stored else "3600",
     }
     proc, url = serve(env)
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 500}
@@ -112,17 +121,23 @@ def test_sigkill_between_hold_and_settle(tmp_path: Path) -> None:
     client.start()
     try:
         assert upstream.received.wait(30), "the request never reached the upstream"
+        if hold_stored:
+            wait_until(lambda: stored_holds(container) != [])
         stop(proc, signal.SIGKILL)
         client.join(timeout=30)
-        with container.engine.connect() as conn:
-            [hold] = list(conn.execute(select(holds)).mappings())
-        assert hold["status"] == "open"
-        balance = container.billing.balance(org.id)
-        assert (
-            balance.held == hold["amount_micro"]
-            and balance.available == DOLLAR - hold["amount_micro"]
-        )
+        journal = list((tmp_path / "journal").glob("holds-*.log"))
+        if hold_stored:
+            [hold] = stored_holds(container)
+            assert hold["status"] == "open"
+            balance = container.billing.balance(org.id)
+            assert (
+                balance.held == hold["amount_micro"]
+                and balance.available == DOLLAR - hold["amount_micro"]
+            )
+        else:
+            assert stored_holds(container) == [] and len(journal) == 1
 
+        env["KEYPLANE_USAGE_FLUSH_INTERVAL_S"] = "0.05"
         proc, url = serve(env)  # the restarted gateway counts the hold, then sweeps it once expired
         try:
 
@@ -133,6 +148,8 @@ def test_sigkill_between_hold_and_settle(tmp_path: Path) -> None:
             wait_until(resolved, timeout=30)
         finally:
             stop(proc)
+        [hold] = stored_holds(container)
+        assert list((tmp_path / "journal").glob("holds-*.log")) == []
         [record] = container.usage_store.query(org.id)
         assert (
             record.outcome.value == "gateway_lost" and record.cost_micro_usd == hold["amount_micro"]

@@ -17,6 +17,7 @@ from sqlalchemy import event
 
 from conftest import PEPPER, Keyplane
 from keyplane.clock import FrozenClock
+from keyplane.errors import StoreUnavailable
 from keyplane.keys import format as keyfmt
 from keyplane.logs import JsonFormatter
 from kptest import wait_until
@@ -114,7 +115,8 @@ def test_a_valid_key_gets_503_never_401_when_the_database_is_gone(
     kp: Keyplane, tmp_path: Path
 ) -> None:
     _, uncached = kp.new_key("never used yet")
-    assert call(kp, kp.key).status_code == 200  # this key is now cached
+    assert call(kp, kp.key).status_code == 200  # this key and its organization are now cached
+    kp.usage(expect=1)
     # The database disappears under the running gateway: new connections find no tables.
     kp.container.engine.dispose()
     gone = tmp_path / "gone"
@@ -122,8 +124,16 @@ def test_a_valid_key_gets_503_never_401_when_the_database_is_gone(
     for path in tmp_path.glob("keyplane.db*"):
         path.rename(gone / path.name)
     kp.container.engine.dispose()
-    for key in (kp.key, uncached):
-        resp = call(kp, key)
-        assert resp.status_code == 503, resp.text
-        assert resp.json()["error"]["type"] == "server_error"
+    resp = call(kp, uncached)
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"]["type"] == "server_error"
+    # The cached key keeps working: its money state is in memory and its hold in the journal;
+    # the usage is stored once the database is back, not lost.
+    assert call(kp, kp.key).status_code == 200
+    with pytest.raises(StoreUnavailable):
+        kp.flush()
+    kp.container.engine.dispose()
+    for path in gone.iterdir():
+        path.rename(tmp_path / path.name)
+    kp.usage(expect=2)
     assert call(kp, "sk-kp-proj-" + "A" * 50).status_code == 401  # a bad key is still just bad

@@ -59,7 +59,8 @@ def test_settlement_batches_are_applied_once(engine: Engine) -> None:
     made = [Hold(f"req_{i}", org.id, project.id, 1_000, "2026-11", now, now + 60) for i in range(5)]
     for hold in made:
         assert money.place_hold(hold) is None
-    store.add_holds(made)
+    assert store.restore_holds(made) == made
+    assert store.restore_holds(made) == []  # a journal replayed twice stores nothing twice
     outcomes = []
     for i, hold in enumerate(made):
         settlement = money.settle(hold.id, 100 * i)

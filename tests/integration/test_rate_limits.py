@@ -83,7 +83,20 @@ def test_the_sdk_retries_rate_limits_by_itself_and_succeeds(limited: Keyplane) -
     assert len(replies) == 13  # the 12th and 13th waited for Retry-After and went through
 
 
-def test_tpm_counts_max_tokens_up_front_under_concurrency(limited: Keyplane) -> None:
+def test_tpm_counts_max_tokens_up_front_under_concurrency(
+    tmp_path: Path, obedient_simulator: ServerThread
+) -> None:
+    # Every answer uses its whole max_tokens: settling refunds nothing, so what was admitted is
+    # bounded by the limit alone (with refunds, a fast upstream frees room for more).
+    limited = start_keyplane(tmp_path, obedient_simulator.url + "/v1")
+    try:
+        _tpm_burst(limited)
+    finally:
+        limited.server.stop()
+        limited.container.close()
+
+
+def _tpm_burst(limited: Keyplane) -> None:
     limit_key(limited, tpm=10_000)
     body = {**CHAT, "max_tokens": 1_000}
 

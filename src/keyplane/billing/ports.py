@@ -58,14 +58,17 @@ class MoneyStore(Protocol):
 
     def orgs_with_open_holds(self) -> Sequence[str]: ...
 
-    def add_holds(self, holds: Sequence[Hold]) -> None:
-        """Stores new holds (status open) in one transaction. Raises StoreUnavailable."""
+    def restore_holds(self, journaled: Sequence[Hold]) -> list[Hold]:
+        """Stores holds read back from a dead gateway's journal as open holds, skipping those
+        already stored; returns the ones stored now."""
         ...
 
-    def resolve(self, outcomes: Sequence[Outcome], at: int) -> int:
-        """In one transaction, for each outcome whose hold is still open: closes the hold, writes
-        the ledger entries and the usage record. Outcomes whose hold was already resolved are
-        skipped entirely (a hold resolves at most once). Returns how many were applied."""
+    def resolve(self, outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = ()) -> int:
+        """In one transaction: stores ``new_holds`` as open holds (skipping stored ones), then for
+        each outcome whose hold is still open (or not stored yet: settled before its hold reached
+        the database) closes the hold and writes the ledger entries and the usage record. Outcomes
+        whose hold was already resolved are skipped entirely (a hold resolves at most once).
+        Returns how many outcomes were applied."""
         ...
 
     def add_lot(self, org_id: str, lot: Lot, note: str, source: str) -> None:

@@ -118,6 +118,7 @@ class Gateway:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.pipeline.auth.refresh()
+                    await self.pipeline.money.recover()  # holds of a gateway that died here
                     await self.pipeline.money.refresh()
                 except StoreUnavailable:
                     log.warning("database unavailable at startup; serving from cache as it fills")
@@ -140,6 +141,7 @@ class Gateway:
                 await fn()
             except StoreUnavailable:
                 log.error("could not write usage at shutdown: database unavailable")
+        self.pipeline.money.close()
         await self.pipeline.router.client.aclose()
 
 

@@ -5,11 +5,13 @@ loaded or a hold cannot be written durably, the request gets 503 and is not forw
 
 The embedded default keeps each organization's ``OrgMoney`` in this process (the only process that
 places holds on this database), loaded on first use and kept in step with changes made elsewhere
-(CLI, Admin API) through the ``money_events`` feed. A hold is written to the database (group
-commit) before the request is forwarded; its settlement is written with the usage record in one
-transaction, batched. If the process dies in between, the hold stays open in the database; after
-a restart it counts against the balance until it expires, then the sweeper settles it at the hold
-amount (the most the request could have cost) with a ``gateway_lost`` usage record.
+(CLI, Admin API) through the ``money_events`` feed. A hold is appended to the hold journal (a local
+file, gateway/journal.py) before the request is forwarded — no database round trip on the request
+path; the batch flushed every few hundred milliseconds then stores new holds and settlements (with
+their usage records and ledger entries) in one transaction. If the process dies in between, the
+next gateway recovers the journal: the hold counts against the balance until it expires, then the
+sweeper settles it at the hold amount (the most the request could have cost) with a
+``gateway_lost`` usage record.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable
 
 from keyplane.billing.bounds import CostBound
 from keyplane.billing.periods import period_of
@@ -25,7 +28,7 @@ from keyplane.billing.ports import MoneyEvent, MoneyStore, Outcome
 from keyplane.billing.wallet import Hold, Lot, OrgMoney, Scope
 from keyplane.clock import Clock
 from keyplane.errors import SpendRefused, StoreUnavailable
-from keyplane.gateway.batching import BatchWriter, GroupCommit
+from keyplane.gateway.journal import HoldJournal, Segment
 from keyplane.keys.models import ApiKey
 from keyplane.usage.records import Outcome as RequestOutcome
 from keyplane.usage.records import UsageRecord
@@ -54,11 +57,13 @@ class MoneyGuard:
         self,
         store: MoneyStore,
         clock: Clock,
+        journal: HoldJournal,
         *,
         usage_limit_for: Callable[[str | None], int],
         hold_ttl_s: int,
         min_output_tokens: int,
         batch_size: int = 500,
+        max_unstored: int = 100_000,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -67,8 +72,12 @@ class MoneyGuard:
         self._min_output = min_output_tokens
         self._orgs: dict[str, OrgMoney] = {}
         self._loading: dict[str, asyncio.Future[OrgMoney]] = {}
-        self._journal: GroupCommit[Hold] = GroupCommit(store.add_holds)
-        self._outcomes: BatchWriter[Outcome] = BatchWriter(self._resolve, batch_size=batch_size)
+        self._journal = journal
+        self._batch_size = batch_size
+        self._max_unstored = max_unstored
+        self._segments: list[Segment] = []  # journaled holds not yet in the database
+        self._outcomes: deque[Outcome] = deque()  # settlements not yet in the database
+        self._flushing = asyncio.Lock()
         self._seq: int | None = None
         self._refreshing = asyncio.Lock()
         self.touched: set[str] = set()  # organizations with settlements since the last flush
@@ -89,6 +98,9 @@ class MoneyGuard:
 
         Raises SpendRefused (no scope has room), StoreUnavailable (fail closed)."""
         org = await self.org(key.org_id)
+        if len(self._outcomes) >= self._max_unstored:
+            # The database has been unreachable for a while: stop before memory does.
+            raise StoreUnavailable("Usage cannot be recorded right now.")
         now = self._clock.now()
         project_id = key.project_id or ""
         # From here to place_hold() there is no await: no other request can take the same money.
@@ -109,9 +121,10 @@ class MoneyGuard:
         refused = org.place_hold(hold)
         assert refused is None, "headroom was checked in the same step"
         try:
-            await self._journal.submit(hold)
-        except Exception:
+            self._journal.append(hold)
+        except OSError as exc:
             org.void(hold.id)
+            log.error("cannot write the hold journal: %s", exc)
             raise StoreUnavailable("Could not record the spending hold.") from None
         return Admission(hold, output_tokens, clamped)
 
@@ -132,25 +145,71 @@ class MoneyGuard:
                 hold.id, settlement.cost, settlement.charged,
             )  # fmt: skip
         stored = dataclasses.replace(record, cost_micro_usd=settlement.charged, period=hold.period)
-        self._outcomes.submit(Outcome(stored, settlement))
+        self._outcomes.append(Outcome(stored, settlement))
         self.touched.add(hold.org_id)
         return stored
 
     # -- background ---------------------------------------------------------------------------
     async def flush(self) -> int:
-        return await self._outcomes.flush()
+        """Stores the holds journaled and the settlements made since the last flush; returns how
+        many settlements were stored. Raises StoreUnavailable (everything stays queued and the
+        journal stays on disk: the next flush retries)."""
+        async with self._flushing:
+            if not self._segments:  # (after a failed flush: store those first, keep one open file)
+                segment = self._journal.rotate()
+                if segment is not None:
+                    self._segments.append(segment)
+            stored = 0
+            while self._segments or self._outcomes:
+                new_holds = [h for seg in self._segments for h in seg.holds]
+                batch = [
+                    self._outcomes[i] for i in range(min(self._batch_size, len(self._outcomes)))
+                ]
+                stored += await asyncio.to_thread(
+                    self._store.resolve, batch, int(self._clock.now()), new_holds
+                )
+                for _ in batch:
+                    self._outcomes.popleft()
+                for seg in self._segments:
+                    self._journal.discard(seg)
+                self._segments = []
+            return stored
+
+    def close(self) -> None:
+        """Lets go of the journal (call after the last flush)."""
+        self._journal.close()
 
     def take_touched(self) -> tuple[set[str], dict[str, OrgMoney]]:
         """Returns the organizations settled since the last call, with the money states."""
         touched, self.touched = self.touched, set()
         return touched, self._orgs
 
-    def _resolve(self, outcomes: Sequence[Outcome]) -> int:
-        return self._store.resolve(outcomes, int(self._clock.now()))
+    async def recover(self) -> int:
+        """Stores the holds of dead gateways' journals as open holds and counts them here; returns
+        how many were recovered."""
+        recovered = 0
+        for segment in self._journal.orphans():
+            try:
+                fresh = await asyncio.to_thread(self._store.restore_holds, segment.holds)
+            except BaseException:
+                self._journal.release(segment)
+                raise
+            self._journal.discard(segment)
+            for hold in fresh:
+                org = self._orgs.get(hold.org_id)
+                if org is not None:
+                    org.restore_hold(hold)
+                else:
+                    await self.org(hold.org_id)  # loads the hold with the rest
+            if fresh:
+                log.warning("recovered %d holds of a gateway that stopped abruptly", len(fresh))
+            recovered += len(fresh)
+        return recovered
 
     async def sweep(self) -> int:
         """Settles expired holds at their full amount (their request's gateway died or the request
-        outlived the hold); returns how many."""
+        outlived the hold); returns how many. Recovers dead gateways' journals first."""
+        await self.recover()
         now = self._clock.now()
         swept = 0
         for org in list(self._orgs.values()):

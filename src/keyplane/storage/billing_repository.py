@@ -53,6 +53,33 @@ def _remaining(conn: Connection, org_id: str) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in rows}
 
 
+def _insert_new_holds(conn: Connection, new: Sequence[Hold]) -> list[Hold]:
+    """Stores holds as open, skipping those already stored (a journal replayed after a crash that
+    came after its holds were written); returns the ones stored now."""
+    known: set[str] = set()
+    ids = [h.id for h in new]
+    for chunk in range(0, len(ids), 500):
+        known.update(
+            conn.execute(
+                select(holds.c.id).where(holds.c.id.in_(ids[chunk : chunk + 500]))
+            ).scalars()
+        )
+    fresh = [h for h in new if h.id not in known]
+    if fresh:
+        conn.execute(
+            insert(holds),
+            [
+                {
+                    "id": h.id, "org_id": h.org_id, "project_id": h.project_id, "amount_micro": h.amount,
+                    "period": h.period, "created_at": h.created_at, "expires_at": h.expires_at,
+                    "status": "open", "key_id": h.key_id, "model": h.model, "endpoint": h.endpoint,
+                }
+                for h in fresh
+            ],
+        )  # fmt: skip
+    return fresh
+
+
 def _settlement_entries(outcome: Outcome, at: int) -> list[dict[str, Any]]:
     """The double-entry lines of one settlement: -x per lot drawn, -y receivable, +charged usage."""
     settlement, record = outcome.settlement, outcome.record
@@ -144,37 +171,36 @@ class SqlMoneyStore(SqlStore):
             )
         )
 
-    def add_holds(self, new: Sequence[Hold]) -> None:
-        rows = [
-            {
-                "id": h.id, "org_id": h.org_id, "project_id": h.project_id, "amount_micro": h.amount,
-                "period": h.period, "created_at": h.created_at, "expires_at": h.expires_at, "status": "open",
-                "key_id": h.key_id, "model": h.model, "endpoint": h.endpoint,
-            }
-            for h in new
-        ]  # fmt: skip
+    def restore_holds(self, journaled: Sequence[Hold]) -> list[Hold]:
         with self._write() as conn:
-            conn.execute(insert(holds), rows)
+            return _insert_new_holds(conn, journaled)
 
-    def resolve(self, outcomes: Sequence[Outcome], at: int) -> int:
+    def resolve(self, outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = ()) -> int:
         # Batched: one read of which holds are still open (locked on PostgreSQL; SQLite's
         # BEGIN IMMEDIATE already excludes other writers), then one executemany per table.
         ids = [o.record.request_id for o in outcomes]
         with self._write() as conn:
-            still_open: set[str] = set()
+            _insert_new_holds(conn, new_holds)
+            status: dict[str, str] = {}
             for chunk in range(0, len(ids), 500):
                 query = (
-                    select(holds.c.id)
-                    .where(holds.c.id.in_(ids[chunk : chunk + 500]), holds.c.status == "open")
+                    select(holds.c.id, holds.c.status)
+                    .where(holds.c.id.in_(ids[chunk : chunk + 500]))
                     .with_for_update()
                 )
-                still_open.update(conn.execute(query).scalars())
+                status.update((row[0], row[1]) for row in conn.execute(query))
             todo: dict[str, Outcome] = {}
+            unseen: list[Outcome] = []  # settled before its hold reached the database
             for outcome in outcomes:  # resolved already (sweeper, replayed batch): skipped whole
-                if outcome.record.request_id in still_open:
-                    todo.setdefault(outcome.record.request_id, outcome)
+                rid = outcome.record.request_id
+                if status.get(rid) == "open":
+                    todo.setdefault(rid, outcome)
+                elif rid not in status and outcome.settlement is not None and rid not in todo:
+                    todo[rid] = outcome
+                    unseen.append(outcome)
             if not todo:
                 return 0
+            _insert_new_holds(conn, [o.settlement.hold for o in unseen if o.settlement])
             conn.execute(
                 update(holds)
                 .where(holds.c.id == bindparam("hold_id"))

@@ -1,0 +1,64 @@
+"""The hold journal: what a killed gateway leaves behind is found, read and taken exactly once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from keyplane.billing.wallet import Hold
+from keyplane.gateway.journal import HoldJournal
+
+
+def hold(i: int) -> Hold:
+    return Hold(f"req_{i}", "org_1", "proj_1", 1_000 + i, "2026-11", 100, 1_000, "key_1", "gpt-4o",
+                "chat.completions")  # fmt: skip
+
+
+def test_a_live_gateways_segments_are_not_orphans(tmp_path: Path) -> None:
+    journal = HoldJournal(tmp_path)
+    journal.append(hold(1))
+    rotated = journal.rotate()
+    assert rotated is not None and rotated.holds == [hold(1)]
+    journal.append(hold(2))
+    # Another gateway on the same directory sees nothing to take: both segments are locked.
+    assert list(HoldJournal(tmp_path).orphans()) == []
+    journal.discard(rotated)
+    assert not rotated.path.exists()
+    journal.close()  # released without deleting: now it is an orphan
+    [orphan] = list(HoldJournal(tmp_path).orphans())
+    assert orphan.holds == [hold(2)]
+
+
+def test_a_killed_process_leaves_its_holds_readable_and_a_cut_line_is_skipped(
+    tmp_path: Path,
+) -> None:
+    script = f"""
+import os, signal
+from pathlib import Path
+from keyplane.billing.wallet import Hold
+from keyplane.gateway.journal import HoldJournal
+j = HoldJournal(Path({str(tmp_path)!r}))
+for i in range(3):
+    j.append(Hold(f"req_{{i}}", "org_1", "proj_1", 5, "2026-11", 1, 2))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    subprocess.run([sys.executable, "-c", script], check=False)
+    [path] = tmp_path.glob("holds-*.log")
+    with open(path, "ab") as f:
+        f.write(b'\n["req_cut", "org_1", "pro')  # a write the process did not finish
+    journal = HoldJournal(tmp_path)
+    [orphan] = list(journal.orphans())
+    assert [h.id for h in orphan.holds] == ["req_0", "req_1", "req_2"]
+    # While one gateway recovers it, no other can take it too.
+    assert list(HoldJournal(tmp_path).orphans()) == []
+    journal.discard(orphan)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nothing_written_means_nothing_to_rotate(tmp_path: Path) -> None:
+    journal = HoldJournal(tmp_path / "journal")
+    assert journal.rotate() is None
+    assert list(journal.orphans()) == []
+    assert not os.path.exists(tmp_path / "journal")
