@@ -8,10 +8,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from keyplane.gateway.asgi import ASGIApp, Receive, Scope, Send
 
 ADMIN_PREFIXES = ("/v1/organization", "/openapi.json", "/docs")
 GATEWAY_PREFIXES = ("/v1/", "/healthz", "/readyz")
+
+
+class Lazy:
+    """An ASGI app built by ``factory`` on its first request."""
+
+    def __init__(self, factory: Callable[[], ASGIApp]) -> None:
+        self._factory = factory
+        self._app: ASGIApp | None = None
+
+    @property
+    def app(self) -> ASGIApp:
+        if self._app is None:
+            self._app = self._factory()
+        return self._app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
 
 
 class KeyplaneApp:

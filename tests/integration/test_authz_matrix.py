@@ -139,7 +139,7 @@ async def test_each_caller_gets_exactly_the_expected_status(env: OrgEnv) -> None
         "Owner": env.owner_key,  # last: the Owner's writes change things
     }
     wrong: list[str] = []
-    routes = admin_routes(env.app.admin)  # type: ignore[arg-type]
+    routes = admin_routes(env.app.admin.app)  # type: ignore[attr-defined]
     assert len(routes) == len(POLICY)
     for route in routes:
         assert route.name in POLICY, route.name

@@ -41,6 +41,21 @@ def test_sqlite_upgrades_from_empty_and_matches_models(tmp_path: Path) -> None:
         engine.dispose()
 
 
+def test_head_is_the_newest_migration_and_an_old_database_is_upgraded(tmp_path: Path) -> None:
+    from alembic.script import ScriptDirectory
+
+    engine = make_engine(f"sqlite:///{tmp_path}/m.db")
+    try:
+        script = ScriptDirectory.from_config(migrate.alembic_config(engine))
+        assert script.get_current_head() == migrate.HEAD
+        assert migrate.current_revision(engine) is None
+        migrate.upgrade(engine, "0007")
+        migrate.ensure_current(engine)  # an older schema is brought up to date at start
+        assert migrate.current_revision(engine) == migrate.HEAD
+    finally:
+        engine.dispose()
+
+
 def test_models_match_migrations_check() -> None:
     migrate.check_models_match_migrations()
 

@@ -26,11 +26,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from keyplane.accounts.auth_services import AuthServices
 from keyplane.config import Settings
 from keyplane.errors import KeyplaneError, StoreUnavailable
 from keyplane.web.dashboard import accounts_routes, csrf
 from keyplane.web.dashboard.session import (
-    AuthServices,
     DashboardContext,
     DashboardServices,
     Redirect,

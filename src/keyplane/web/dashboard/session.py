@@ -30,10 +30,8 @@ from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from keyplane.accounts.auth_ports import Membership, WebSession
+from keyplane.accounts.auth_services import AuthServices
 from keyplane.accounts.models import Organization, OrgRole, User
-from keyplane.accounts.sessions import LoginService
-from keyplane.accounts.signup import SignupService
-from keyplane.accounts.totp import SecondFactorService
 from keyplane.clock import Clock
 from keyplane.web.dashboard import csrf
 
@@ -45,13 +43,6 @@ class DashboardServices(Protocol):
 
     @property
     def clock(self) -> Clock: ...
-
-
-@dataclass(frozen=True, slots=True)
-class AuthServices:
-    signup: SignupService
-    login: LoginService
-    second_factor: SecondFactorService
 
 
 @dataclass(frozen=True, slots=True)
