@@ -172,8 +172,8 @@ class _Conn(asyncio.Protocol):
         except BaseException:  # cancelled: the answer will never be read
             self.abort(None)
             raise
-        if self.error is not None:
-            raise self.error
+        if self.state == _HEAD:  # else the headers are in: a later error is the body's
+            raise self.error or ConnectFailed("the connection was closed")
 
     def wait(self) -> asyncio.Future[None]:
         """A future resolved when more of the body (or its end, or an error) arrives."""
