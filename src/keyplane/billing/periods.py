@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 
+_last: tuple[float, float, str] = (0.0, 0.0, "")  # the month asked last: [start, end), period
+
 
 def period_of(ts: float) -> str:
-    """Returns the UTC month of a Unix time as ``YYYY-MM``."""
+    """Returns the UTC month of a Unix time as ``YYYY-MM`` (asked several times per request:
+    remembered for the month asked last)."""
+    global _last
+    start, end, period = _last
+    if start <= ts < end:
+        return period
     d = dt.datetime.fromtimestamp(ts, dt.UTC)
-    return f"{d.year:04d}-{d.month:02d}"
+    period = f"{d.year:04d}-{d.month:02d}"
+    _last = (period_start(period), period_end(period), period)
+    return period
 
 
 def period_start(period: str) -> int:

@@ -37,6 +37,12 @@ class AccessGuard:
     async def check_ip(self, key: ApiKey, client_ip: str | None) -> None:
         """Raises 403 unless the address passes the organization's, project's and key's lists."""
         org, project = await self._levels(key)
+        if (
+            org.allowed_cidrs is None
+            and project.allowed_cidrs is None
+            and key.allowed_cidrs is None
+        ):
+            return
         addr = network.parse_address(client_ip)
         for cidrs, level in (
             (org.allowed_cidrs, "organization"),

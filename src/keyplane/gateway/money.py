@@ -144,7 +144,11 @@ class MoneyGuard:
                 "request %s cost %d micro-USD, more than its hold of %d: charged the hold",
                 hold.id, settlement.cost, settlement.charged,
             )  # fmt: skip
-        stored = dataclasses.replace(record, cost_micro_usd=settlement.charged, period=hold.period)
+        stored = record
+        if record.cost_micro_usd != settlement.charged or record.period != hold.period:
+            stored = dataclasses.replace(
+                record, cost_micro_usd=settlement.charged, period=hold.period
+            )
         self._outcomes.append(Outcome(stored, settlement))
         self.touched.add(hold.org_id)
         return stored

@@ -401,6 +401,7 @@ class Pipeline:
                 stream=call.stream,
                 outcome=outcome,
                 tokens_estimated=estimated,
+                period=call.hold.period,
             ),
         )
 

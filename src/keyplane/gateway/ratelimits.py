@@ -28,6 +28,7 @@ from keyplane.limits.ratelimit import (
 from keyplane.limits.tiers import TierTable, base_model
 
 log = logging.getLogger("keyplane.ratelimits")
+_MAX_CACHED = 100_000
 
 
 class RateGuard:
@@ -40,9 +41,26 @@ class RateGuard:
         self._clock = clock
         self._projects: dict[str, Mapping[str, ModelLimits]] = {}
         self._keys: dict[str, ModelLimits | None] = {}
+        # (key, tier, model) → scopes: built once, dropped on any override change.
+        self._scopes: dict[tuple[str, str | None, str], list[LimitScope]] = {}
         self.failed_open = 0
 
     async def admit(self, key: ApiKey, tier_id: str | None, model: str, tokens: int) -> Decision:
+        cached = (key.id, tier_id, model)
+        scopes = self._scopes.get(cached)
+        if scopes is None:
+            scopes, complete = await self._scopes_for(key, tier_id, model)
+            if complete:  # (not when overrides could not be read: retried next time)
+                if len(self._scopes) >= _MAX_CACHED:
+                    self._scopes.clear()
+                self._scopes[cached] = scopes
+        return self._limiter.admit(scopes, Cost(tokens=tokens), self._clock.now())
+
+    async def _scopes_for(
+        self, key: ApiKey, tier_id: str | None, model: str
+    ) -> tuple[list[LimitScope], bool]:
+        """The scopes a request counts against: the organization's tier limits, then the
+        project's and the key's overrides (each only lowering the limits above it)."""
         try:
             tier = self._tiers.get(tier_id) if tier_id else self._tiers.lowest
         except KeyError:
@@ -66,7 +84,8 @@ class RateGuard:
         except StoreUnavailable:
             self.failed_open += 1
             log.warning("rate-limit overrides unavailable; applying the organization's limits only")
-        return self._limiter.admit(scopes, Cost(tokens=tokens), self._clock.now())
+            return scopes, False
+        return scopes, True
 
     def settle(self, ticket: Ticket | None, tokens: int) -> None:
         if ticket is not None:
@@ -74,6 +93,7 @@ class RateGuard:
 
     def forget(self, ref: str | None) -> None:
         """Drops cached overrides of a project or key that changed (from the change feed)."""
+        self._scopes.clear()
         if ref is None:
             self._projects.clear()
             self._keys.clear()

@@ -33,6 +33,7 @@ def cached_networks(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
     return parse_networks(cidrs)
 
 
+@functools.lru_cache(maxsize=4096)  # a gateway sees the same few addresses over and over
 def parse_address(text: str | None) -> Address | None:
     if not text:
         return None

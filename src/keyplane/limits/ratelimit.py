@@ -232,6 +232,10 @@ class _Check:
         return Headroom(self.limit, max(0, min(self.limit, self.available(debt))), debt)
 
 
+_Plan = tuple[tuple[tuple[str, Dimension], int, float, float], ...]  # (cell, limit, T, room)
+_MAX_PLANS = 100_000
+
+
 class InMemoryRateLimiter:
     """The limiter of a single gateway process: one lock, O(scopes x dimensions) per call.
 
@@ -248,6 +252,7 @@ class InMemoryRateLimiter:
         # ~0.2 µs of raw Unix seconds (a TPM of 150M is 0.4 µs per token).
         self._epoch: float | None = None
         self._cells: OrderedDict[tuple[str, Dimension], float] = OrderedDict()
+        self._plans: dict[LimitScope, _Plan] = {}
 
     def admit(self, scopes: Sequence[LimitScope], cost: Cost, now: float) -> Decision:
         with self._lock:
@@ -255,11 +260,8 @@ class InMemoryRateLimiter:
             checks: list[_Check] = []
             pending: dict[tuple[str, Dimension], float] = {}
             for scope in scopes:
-                for dimension, limit in scope.limits.items():
-                    key = (scope.scope_id, dimension)
-                    interval = dimension.period / limit
-                    room = (burst_for(dimension, limit, self._rpm_burst_s) + 1) * interval
-                    units = cost.units(dimension)
+                for key, limit, interval, room in self._plan(scope):
+                    units = cost.units(key[1])
                     base = max(pending.get(key, self._cells.get(key, t)), t)
                     pending[key] = base + units * interval
                     checks.append(
@@ -273,6 +275,21 @@ class InMemoryRateLimiter:
                         self._cells.move_to_end(key)
             self._sweep(t, 2 * len(pending) + 2)
         return _decision(checks, rejection, cost, scopes)
+
+    def _plan(self, scope: LimitScope) -> _Plan:
+        """The scope's cells with their limit, emission interval and room, computed once."""
+        plan = self._plans.get(scope)
+        if plan is None:
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            cells = []
+            for dimension, limit in scope.limits.items():
+                interval = dimension.period / limit
+                room = (burst_for(dimension, limit, self._rpm_burst_s) + 1) * interval
+                cells.append(((scope.scope_id, dimension), limit, interval, room))
+            plan = tuple(cells)
+            self._plans[scope] = plan
+        return plan
 
     def settle(self, ticket: Ticket, actual_tokens: int, now: float) -> None:
         if actual_tokens < 0:
