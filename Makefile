@@ -12,6 +12,7 @@ run: $(STAMP)
 test: check
 	@./scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory bench-guard
 
 check: $(STAMP)
 	$(BIN)/ruff format --check src tests $(wildcard bench)
