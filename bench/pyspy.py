@@ -1,7 +1,7 @@
 """Profile keyplane under load: wrk drives the chat scenario while py-spy samples the gateway.
 
     .venv/bin/pip install py-spy          # a developer tool, deliberately not in the lock file
-    .venv/bin/python bench/profile.py [--seconds 15] [--connections 16] [--scenario chat] [--at REV]
+    .venv/bin/python bench/pyspy.py [--seconds 15] [--connections 16] [--scenario chat] [--at REV]
 
 Prints the hottest functions by own time and by inclusive time, and keeps the collapsed stacks
 (for flamegraph.pl or speedscope; path printed at the end).
