@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import httpx
 from sqlalchemy import Engine
 
 from keyplane.accounts.auth_services import AuthServices
@@ -25,11 +25,12 @@ from keyplane.config import Settings
 from keyplane.gateway.access import AccessGuard
 from keyplane.gateway.app import Gateway
 from keyplane.gateway.asgi import ASGIApp
+from keyplane.gateway.h1client import H1Client
 from keyplane.gateway.journal import HoldJournal
 from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.pipeline import Pipeline
 from keyplane.gateway.ratelimits import RateGuard
-from keyplane.gateway.transport import AiohttpClient, HttpxClient, UpstreamClient
+from keyplane.gateway.transport import UpstreamClient
 from keyplane.gateway.upstreams import Upstream, UpstreamRouter
 from keyplane.keys.access import AccessPolicyService
 from keyplane.keys.authenticator import KeyAuthenticator
@@ -50,6 +51,9 @@ from keyplane.storage.notify_repository import SqlOutbox
 from keyplane.storage.org_repository import SqlOrgStore, SqlVerificationStore
 from keyplane.storage.repositories import SqlAccountStore, SqlKeyStore, SqlUsageStore
 from keyplane.usage.pricing import PriceTable
+
+if TYPE_CHECKING:
+    import httpx
 
 
 @dataclass
@@ -173,11 +177,13 @@ def build_gateway(
         "connect_timeout_s": s.upstream_connect_timeout_s,
         "read_timeout_s": s.upstream_read_timeout_s,
     }
-    client: UpstreamClient = (
-        HttpxClient(transport, **timeouts)
-        if transport is not None
-        else AiohttpClient(max_connections=s.upstream_max_connections, **timeouts)
-    )
+    client: UpstreamClient
+    if transport is None:
+        client = H1Client(max_connections=s.upstream_max_connections, **timeouts)
+    else:  # tests: the simulator in-process, a MockTransport
+        from keyplane.gateway.httpx_client import HttpxClient
+
+        client = HttpxClient(transport, **timeouts)
     rates = RateGuard(
         InMemoryRateLimiter(s.rpm_burst_s),
         container.billing.tiers,

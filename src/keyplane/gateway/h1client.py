@@ -4,16 +4,17 @@ Why: aiohttp's client (``ClientSession._request``, building a ``ClientRequest``,
 handling and response objects) cost ~20% of the gateway's CPU per request. This client does the
 one thing the gateway needs: it writes the request with one ``transport.write`` of bytes built
 directly, and parses the answer with ``httptools.HttpResponseParser`` (llhttp, the parser uvicorn
-already uses) straight into a list of header tuples and a list of body pieces. Measured with
-``bench/clients.py`` (CPU per request of the client's process, 626-byte JSON answers with
-content-length from a raw server on another core, median of 3 runs of 4,000 requests):
+already uses) straight into a list of header tuples and a list of body pieces. CPU per request
+of the client's process, from ``bench/clients.py`` (POST of the benchmark's chat request, the
+626-byte JSON answer with content-length from nginx on another core, median of 3 runs of 4,000
+requests; "floor" only writes a prebuilt request and counts the answer's bytes; ±10% run to run):
 
-    ===========  =========================  ============================
-    loop         aiohttp  c=1 / 16 / 64     H1Client  c=1 / 16 / 64
-    ===========  =========================  ============================
-    uvloop       129 / 87 / 84 µs           51 / 23 / 21 µs
-    asyncio      157 / 113 / 111 µs         71 / 41 / 40 µs
-    ===========  =========================  ============================
+    ========  ==========================  ==========================  ======================
+    loop      aiohttp  c=1 / 16 / 64      H1Client  c=1 / 16 / 64     floor  c=1 / 16 / 64
+    ========  ==========================  ==========================  ======================
+    uvloop    149 / 82 / 83 µs            57 / 14 / 13 µs             36 / 7 / 7 µs
+    asyncio   160 / 87 / 84 µs            56 / 17 / 16 µs             42 / 9 / 9 µs
+    ========  ==========================  ==========================  ======================
 
 Behaviour:
 
@@ -27,11 +28,16 @@ Behaviour:
   *reused* connection is closed before a single byte of the answer arrived (the upstream's idle
   timeout raced with our request), the request is sent again, once, on a new connection: the
   same rule as Go's net/http, so the router does not log, back off and count a retry for what is
-  normal keep-alive housekeeping. A new connection failing that way raises ``ConnectFailed``.
-- Timeouts cost no task: one ``call_later`` timer per request. ``connect_timeout_s`` covers the
-  TCP (and TLS) handshake (``ConnectFailed``); ``read_timeout_s`` the wait for the status and
-  headers (``ReadTimedOut``), then the longest silence between body bytes (``StreamBroken``),
-  not counting time the consumer holds reading paused.
+  normal keep-alive housekeeping. (The price: an upstream that processed the request and then
+  died without sending a byte sees it twice, as with any client that retries stale
+  connections.) A new connection failing that way raises ``ConnectFailed``, like a refused one.
+- Timeouts cost no task and no timer per request: ``connect_timeout_s`` covers the TCP (and
+  TLS) handshake (``asyncio.timeout``, ``ConnectFailed``); ``read_timeout_s`` the wait for the
+  status and headers (``ReadTimedOut``), then the longest silence between body bytes
+  (``StreamBroken``), not counting time the consumer holds reading paused. Those two are checked
+  by one watchdog timer per client, every ``read_timeout_s / 10`` (at most 1 s, at least 5 ms)
+  while requests are in flight, so they fire up to that tick late. (A ``call_later`` plus
+  ``cancel`` per request was ~1.3 µs of the ~15.)
 - Bodies: content-length, chunked (``chunks()`` yields the de-chunked data as it arrives) and
   read-until-close. Past 64 KiB buffered and unread, reading from the socket pauses until the
   consumer catches up (``read()`` never pauses: it wants the whole body anyway).
@@ -107,9 +113,9 @@ class _Conn(asyncio.Protocol):
         "paused",
         "pooled",
         "read_timeout",
+        "started",
         "state",
         "status",
-        "timer",
         "transport",
         "unbounded",
         "uses",
@@ -142,13 +148,13 @@ class _Conn(asyncio.Protocol):
         self.paused = False
         self.error: UpstreamError | None = None
         self.waiter: asyncio.Future[None] | None = None  # the consumer waiting for news
-        self.timer: asyncio.TimerHandle | None = None
-        self.last_data = 0.0
+        self.started = 0.0  # when the request was sent
+        self.last_data = 0.0  # when bytes last arrived (or reading resumed)
 
     # --- the exchange, driven by H1Client.request and _H1Response ------------------------------
 
-    async def exchange(self, data: bytes, is_head: bool) -> None:
-        """Sends the request and waits for the status and headers of the answer."""
+    def send(self, data: bytes, is_head: bool) -> asyncio.Future[None]:
+        """Sends the request; the future resolves when the status and headers arrived, or not."""
         transport = self.transport
         assert transport is not None
         self.uses += 1
@@ -164,16 +170,12 @@ class _Conn(asyncio.Protocol):
         if self.paused:  # the previous answer ended with reading paused
             self.paused = False
             transport.resume_reading()
-        self.timer = self.loop.call_later(self.read_timeout, self._on_timer)
+        self.started = self.last_data = self.loop.time()
+        if self.client._watchdog is None:
+            self.client._watch_soon(self.loop)
         transport.write(data)
         waiter = self.waiter = self.loop.create_future()
-        try:
-            await waiter
-        except BaseException:  # cancelled: the answer will never be read
-            self.abort(None)
-            raise
-        if self.state == _HEAD:  # else the headers are in: a later error is the body's
-            raise self.error or ConnectFailed("the connection was closed")
+        return waiter
 
     def wait(self) -> asyncio.Future[None]:
         """A future resolved when more of the body (or its end, or an error) arrives."""
@@ -218,9 +220,6 @@ class _Conn(asyncio.Protocol):
 
     def _drop(self) -> None:
         self.dead = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         self.client._forget(self)
 
     def _wake(self) -> None:
@@ -232,23 +231,16 @@ class _Conn(asyncio.Protocol):
 
     def _complete(self) -> None:
         self.state = _DONE
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         self._wake()
 
-    def _on_timer(self) -> None:
-        self.timer = None
-        if self.state == _HEAD:
-            self.abort(ReadTimedOut(f"no answer within {self.read_timeout:g} s"))
-        elif self.state == _BODY:
-            silent = self.loop.time() - self.last_data
-            if self.paused:
-                self.timer = self.loop.call_later(self.read_timeout, self._on_timer)
-            elif silent < self.read_timeout:
-                self.timer = self.loop.call_later(self.read_timeout - silent, self._on_timer)
-            else:
-                self.abort(StreamBroken(f"the body stalled for {self.read_timeout:g} s"))
+    def check(self, now: float) -> None:
+        """The watchdog's round: fails an exchange that waited too long."""
+        limit = self.read_timeout
+        if self.state == _HEAD and now - self.started >= limit:
+            self.abort(ReadTimedOut(f"no answer within {limit:g} s"))
+        # While reading is paused, the consumer is the slow one.
+        elif self.state == _BODY and not self.paused and now - self.last_data >= limit:
+            self.abort(StreamBroken(f"the body stalled for {limit:g} s"))
 
     # --- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -422,6 +414,10 @@ class H1Client(UpstreamClient):
         self._targets: dict[str, tuple[PoolKey, bytes, bytes]] = {}
         self._methods: dict[str, bytes] = {}
         self._ssl: ssl.SSLContext | None = None
+        # One timer for all read timeouts, running while requests are in flight: cheaper than a
+        # timer per request; a timeout fires up to a tick late.
+        self._tick = min(1.0, max(0.005, read_timeout_s / 10))
+        self._watchdog: asyncio.TimerHandle | None = None
 
     async def request(
         self, method: str, url: str, headers: Headers, body: bytes | None = None
@@ -432,16 +428,31 @@ class H1Client(UpstreamClient):
         key, host, path = target
         data = self._encode(method, host, path, headers, body)
         is_head = method == "HEAD"
-        conn = await self._acquire(key, True)
-        try:
-            await conn.exchange(data, is_head)
-        except _Stale:
-            conn = await self._acquire(key, False)
-            await conn.exchange(data, is_head)  # a new connection never raises _Stale
-        return _H1Response(conn)
+        idle = self._idle.get(key)
+        if idle:  # the hot path, inline
+            conn = idle.pop()
+            conn.pooled = False
+        else:
+            conn = await self._acquire(key, True)
+        while True:
+            waiter = conn.send(data, is_head)
+            try:
+                await waiter
+            except BaseException:  # cancelled: the answer will never be read
+                conn.abort(None)
+                raise
+            if conn.state != _HEAD:  # the headers are in (a later error is the body's)
+                return _H1Response(conn)
+            error = conn.error or ConnectFailed("the connection was closed")
+            if not isinstance(error, _Stale):
+                raise error
+            conn = await self._acquire(key, False)  # a new connection never raises _Stale
 
     async def aclose(self) -> None:
         """Closes every connection (answers being read raise StreamBroken)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         waiters, self._waiters = self._waiters, deque()
         for _, fut in waiters:
             if not fut.done():
@@ -497,7 +508,7 @@ class H1Client(UpstreamClient):
             verb = method.encode("ascii")
             if len(self._methods) < _CACHE_MAX:
                 self._methods[method] = verb
-        lines = [name + b": " + value for name, value in headers if name.lower() not in HOP_BY_HOP]
+        lines = [b": ".join(h) for h in headers if h[0].lower() not in HOP_BY_HOP]
         if lines:
             block = b"\r\n".join(lines)
             # Each separator adds one CR and one LF: any other is in a name or a value.
@@ -515,6 +526,20 @@ class H1Client(UpstreamClient):
         return b"".join(
             (verb, b" ", path, b" HTTP/1.1\r\nhost: ", host, b"\r\n", block, length, body)
         )
+
+    def _watch_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._watchdog = loop.call_later(self._tick, self._watch, loop)
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._watchdog = None
+        now = loop.time()
+        busy = False
+        for conn in list(self._conns):
+            if conn.state == _HEAD or conn.state == _BODY:
+                busy = True
+                conn.check(now)
+        if busy:
+            self._watch_soon(loop)
 
     # --- the pool -----------------------------------------------------------------------------
 
