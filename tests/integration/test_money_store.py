@@ -76,3 +76,38 @@ def test_settlement_batches_are_applied_once(engine: Engine) -> None:
     [(lot, _)] = store.lots(org.id)
     assert lot.remaining == 10_000 - 1_000
     assert len(store.month_spend(org.id, "2026-11")[1]) == 1
+
+
+def test_a_batch_stores_new_holds_settled_or_open_and_applies_once(engine: Engine) -> None:
+    _, org, project = AccountService(SqlAccountStore(engine), SystemClock()).initialize(
+        email="o@example.com", password="correct horse battery", org_name="Store"
+    )
+    store = SqlMoneyStore(engine)
+    now = int(time.time())
+    store.add_lot(org.id, Lot("cg_1", "grant", 10_000, 10_000, now, None), "", "grants")
+    money = store.load(org.id, "2026-11", lambda tier: 10**9)
+    made = [Hold(f"req_{i}", org.id, project.id, 1_000, "2026-11", now, now + 60) for i in range(4)]
+    for hold in made:
+        assert money.place_hold(hold) is None
+    # Three settled within the batch that first stores their holds; one still in flight.
+    outcomes = [
+        Outcome(record(h.id, org.id, project.id, 300), money.settle(h.id, 300)) for h in made[:3]
+    ]
+    assert store.resolve(outcomes, now, made) == 3
+    assert store.resolve(outcomes, now, made) == 0  # replayed: nothing twice
+    late = Outcome(record("req_3", org.id, project.id, 50), money.settle("req_3", 50))
+    assert store.resolve([late], now) == 1  # its hold was stored open by the first batch
+    with engine.connect() as conn:
+        rows = dict(conn.execute(select(holds.c.id, holds.c.status)).all())
+        assert conn.execute(select(func.sum(ledger_entries.c.amount_micro))).scalar() == 0
+    # Settled before its journal segment was flushed: the settlement carries the hold.
+    early = Hold("req_4", org.id, project.id, 1_000, "2026-11", now, now + 60)
+    assert money.place_hold(early) is None
+    unseen = Outcome(record("req_4", org.id, project.id, 25), money.settle("req_4", 25))
+    assert store.resolve([unseen], now) == 1
+    assert store.resolve([unseen], now, [early]) == 0
+    with engine.connect() as conn:
+        rows = dict(conn.execute(select(holds.c.id, holds.c.status)).all())
+    assert rows == {f"req_{i}": "settled" for i in range(5)}
+    assert store.totals(org.id) == (0, 975)
+    assert len(store.month_spend(org.id, "2026-11")[1]) == 1
