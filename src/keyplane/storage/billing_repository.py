@@ -89,29 +89,16 @@ def _marker(conn: Connection) -> str:
 def _insert_rows(
     conn: Connection, table: Table, rows: list[tuple[Any, ...]], columns: Sequence[str] = ()
 ) -> None:
-    """Inserts ``rows`` (in the order of ``columns``, default every column) with multi-row
-    ``VALUES`` statements: one statement per few hundred rows, not one step per row. (Each SQLite
-    step releases and retakes the GIL; a batch written row by row from the writer thread slowed
-    the event loop far more than the writes cost.)"""
+    """executemany at the driver: ``rows`` in the order of ``columns`` (default: every column).
+    (Multi-row ``VALUES`` statements were tried: no faster here, and the driver's cache of large
+    prepared statements made the process grow by tens of megabytes.)"""
     if not rows:
         return
     names = list(columns) or [c.name for c in table.columns]
     mark = _marker(conn)
-    one = "(" + ", ".join([mark] * len(names)) + ")"
-    head = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES "  # our own names  # noqa: S608
-    start = 0
-    while start < len(rows):
-        # Statements of 128, 64, …, 1 rows: a handful of distinct statements for the driver's
-        # prepared-statement cache (one per length would fill it with huge ones).
-        size = min(_ROWS_PER_STATEMENT, 1 << ((len(rows) - start).bit_length() - 1))
-        chunk = rows[start : start + size]
-        conn.exec_driver_sql(
-            head + ", ".join([one] * size), tuple(value for row in chunk for value in row)
-        )
-        start += size
-
-
-_ROWS_PER_STATEMENT = 128  # x 20 columns: well under SQLite's 32,766 parameters
+    # Names from our own table definitions; values only ever as parameters.
+    sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join([mark] * len(names))})"  # noqa: S608
+    conn.exec_driver_sql(sql, rows)
 
 
 _USAGE_COLUMNS = tuple(c.name for c in t.usage_records.columns)
