@@ -17,6 +17,7 @@ well above the SMTP timeout; each message is leased right before its own send fo
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import random
@@ -56,6 +57,9 @@ class EmailDispatcher:
             raise ValueError("batch_size and lease_s must be positive")
         self._outbox = outbox
         self._mailer = mailer
+        # Its own thread: a slow mail server must not hold one of the few threads that do the
+        # gateway's database work (settlement batches, change feeds).
+        self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="keyplane-smtp")
         self._clock = clock
         self._batch_size = batch_size
         self._lease_s = lease_s
@@ -76,7 +80,9 @@ class EmailDispatcher:
                 break
             email = claimed[0]
             try:
-                await asyncio.to_thread(self._mailer.send, email)
+                await asyncio.get_running_loop().run_in_executor(
+                    self._sender, self._mailer.send, email
+                )
             except MailError as exc:
                 attempts = email.attempts + 1
                 now = self._clock.now()
