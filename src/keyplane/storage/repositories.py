@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -64,9 +65,17 @@ class SqlStore:
 _JSON_FIELDS = ("scopes", "allowed_models", "allowed_cidrs")
 
 
+# Ids many keys share: one string each in memory, not one per key (the gateway caches up to a
+# million keys; these were a third of each entry's ~1 KB, bench/keys.py).
+_SHARED_FIELDS = ("org_id", "project_id", "owner_type", "owner_id", "created_by")
+
+
 def _key(row: RowMapping) -> ApiKey:
     values = dict(row)
     values["kind"] = KeyKind(values["kind"])
+    for name in _SHARED_FIELDS:
+        if isinstance(values.get(name), str):
+            values[name] = sys.intern(values[name])
     for name in _JSON_FIELDS:
         if values[name] is not None:
             values[name] = tuple(json.loads(values[name]))
