@@ -102,24 +102,22 @@ class MoneyGuard:
             # The database has been unreachable for a while: stop before memory does.
             raise StoreUnavailable("Usage cannot be recorded right now.")
         now = self._clock.now()
-        project_id = key.project_id or ""
-        # From here to place_hold() there is no await: no other request can take the same money.
-        room, scope = org.headroom(project_id, now)
-        amount = bound.cost(output_tokens)
-        clamped = False
-        if amount > room:
-            affordable = bound.max_output_for(room) if output_tokens else -1
-            if affordable < min(output_tokens, self._min_output) or affordable < 0:
-                assert scope is not None
-                raise SpendRefused(scope.value, REFUSALS[scope])
-            output_tokens, amount, clamped = affordable, bound.cost(affordable), True
+        # From here to the journal there is no await: no other request can take the same money.
         hold = Hold(
-            id=request_id, org_id=key.org_id, project_id=project_id, amount=amount,
-            period=period_of(now), created_at=int(now), expires_at=int(now) + self._hold_ttl_s,
-            key_id=key.id, model=model, endpoint=endpoint,
+            id=request_id, org_id=key.org_id, project_id=key.project_id or "",
+            amount=bound.cost(output_tokens), period=period_of(now), created_at=int(now),
+            expires_at=int(now) + self._hold_ttl_s, key_id=key.id, model=model, endpoint=endpoint,
         )  # fmt: skip
         refused = org.place_hold(hold)
-        assert refused is None, "headroom was checked in the same step"
+        clamped = False
+        if refused is not None:  # only a lower output cap could fit: the most the room affords
+            affordable = bound.max_output_for(refused.headroom) if output_tokens else -1
+            if affordable < min(output_tokens, self._min_output) or affordable < 0:
+                raise SpendRefused(refused.scope.value, REFUSALS[refused.scope])
+            output_tokens, clamped = affordable, True
+            hold = dataclasses.replace(hold, amount=bound.cost(affordable))
+            refused = org.place_hold(hold)
+            assert refused is None, "the clamped amount fits the room just reported"
         try:
             self._journal.append(hold)
         except OSError as exc:

@@ -175,9 +175,12 @@ class Pipeline:
             client_wants_usage = options.get("include_usage") is True
             payload["stream_options"] = {**options, "include_usage": True}
             rewrite = True
-        await self._rate_limit(call, payload)
+        field, asked = _output_cap(payload)
+        n = payload.get("n")
+        choices = n if isinstance(n, int) and n > 0 else 1
+        await self._rate_limit(call, asked, choices)
         try:
-            rewrite |= await self._hold(call, payload, len(body))
+            rewrite |= await self._hold(call, payload, len(body), field, asked, choices)
         except BaseException:
             self.rates.settle(call.ticket, 0)  # refused before forwarding: no tokens were used
             raise
@@ -190,12 +193,10 @@ class Pipeline:
                 used = (call.estimated_input, 0, 0) if call.forwarded else (0, 0, 0)
                 self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True)
 
-    async def _rate_limit(self, call: Call, payload: dict[str, Any]) -> None:
+    async def _rate_limit(self, call: Call, asked: int | None, choices: int) -> None:
         """Counts the request and its estimated tokens (prompt + max output) against every scope."""
         org = await self.money.org(call.key.org_id)
-        _, asked = _output_cap(payload)
-        n = payload.get("n")
-        tokens = call.estimated_input + (asked or 0) * (n if isinstance(n, int) and n > 0 else 1)
+        tokens = call.estimated_input + (asked or 0) * choices
         decision = await self.rates.admit(call.key, org.tier, call.model, tokens)
         call.rate_headers = rate_limit_headers(decision)
         call.ticket = decision.ticket
@@ -205,14 +206,14 @@ class Pipeline:
             limit = ((b"x-keyplane-limit", b"rate"),)
             raise ApiError(429, message, type=kind, code="rate_limit_exceeded", extra_headers=limit)
 
-    async def _hold(self, call: Call, payload: dict[str, Any], body_len: int) -> bool:
-        """Places the money hold; returns True when the payload now carries a lower output cap."""
+    async def _hold(
+        self, call: Call, payload: dict[str, Any], body_len: int,
+        field: str | None, asked: int | None, choices: int,
+    ) -> bool:  # fmt: skip
+        """Places the money hold; returns True when the payload now carries a lower output cap
+        (``field``/``asked``: the client's own cap, if any; ``choices``: how many it asked for)."""
         price = call.price = self.prices.price(call.model, self.clock.now())
-        n = payload.get("n")
-        bound = cost_bound(
-            price, input_token_bound(body_len, payload), n if isinstance(n, int) else 1
-        )
-        field, asked = _output_cap(payload)
+        bound = cost_bound(price, input_token_bound(body_len, payload), choices)
         model_max = price.max_output_tokens if price else None
         wanted = (
             (asked or model_max or self.default_max_output_tokens)
