@@ -15,11 +15,17 @@ It also fails on any non-200 answer: a gateway that answers 401 or 500 fast must
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-from harness import RESULTS, BenchError, cpu_split, last_guard_ratio, log, workdir, write_bodies
+from harness import (
+    RESULTS,
+    cpu_split,
+    entry,
+    last_guard_ratio,
+    workdir,
+    write_bodies,
+)
 from load import WrkResult, run_wrk
 from stub import Stub
 from target import DataDir, Gateway, export_source
@@ -111,8 +117,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        log(f"FAILED: {exc}")
-        sys.exit(2)
+    entry(main)

@@ -20,9 +20,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import fixtures
 
@@ -39,6 +40,26 @@ class BenchError(RuntimeError):
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def entry(main: Callable[[], int]) -> NoReturn:
+    """Runs a script's ``main``: its return code, or 2 with the reason on a BenchError."""
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        log(f"FAILED: {exc}")
+        sys.exit(2)
+
+
+def failed(problems: Sequence[str], heading: str = "") -> int:
+    """Prints ``problems`` to stderr; returns the exit code (1 if there were any)."""
+    if not problems:
+        return 0
+    if heading:
+        print(f"\n!!! {heading} !!!", file=sys.stderr)
+    for p in problems:
+        print(f"!!! {p}", file=sys.stderr)
+    return 1
 
 
 def free_port() -> int:

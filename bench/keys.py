@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import BenchError, Spread, cpu_split, git_commit, log, machine, vm_kb, workdir
+from harness import BenchError, Spread, cpu_split, entry, git_commit, log, machine, vm_kb, workdir
 from report import record
 from target import DataDir, export_source
 
@@ -471,8 +471,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        log(f"FAILED: {exc}")
-        sys.exit(2)
+    entry(main)

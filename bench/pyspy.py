@@ -18,7 +18,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from harness import BenchError, cpu_split, log, pinned, workdir, write_bodies
+from harness import BenchError, cpu_split, entry, log, pinned, workdir, write_bodies
 from load import run_wrk
 from run import SCENARIOS
 from stub import Stub
@@ -139,8 +139,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        log(f"FAILED: {exc}")
-        sys.exit(2)
+    entry(main)

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import fixtures
 from harness import (
-    BenchError,
     core_seconds,
     cpu_split,
+    entry,
+    failed,
     git_commit,
     log,
     machine,
@@ -294,18 +295,8 @@ def main() -> int:
     if not args.no_record:
         record(text)
     log(f"done in {time.monotonic() - started:.0f} s")
-    problems = [p for r in results for p in r.accounting.problems]
-    if problems:
-        print("\n!!! ACCOUNTING MISMATCH !!!", file=sys.stderr)
-        for p in problems:
-            print(f"!!! {p}", file=sys.stderr)
-        return 1
-    return 0
+    return failed([p for r in results for p in r.accounting.problems], "ACCOUNTING MISMATCH")
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        log(f"FAILED: {exc}")
-        sys.exit(2)
+    entry(main)

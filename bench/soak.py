@@ -28,6 +28,8 @@ from harness import (
     BenchError,
     core_seconds,
     cpu_split,
+    entry,
+    failed,
     git_commit,
     log,
     machine,
@@ -230,17 +232,8 @@ def main() -> int:
     if args.record:
         record(text)
     log(f"done in {time.monotonic() - started:.0f} s")
-    if result.accounting.problems:
-        print("\n!!! ACCOUNTING MISMATCH !!!", file=sys.stderr)
-        for p in result.accounting.problems:
-            print(f"!!! {p}", file=sys.stderr)
-        return 1
-    return 0
+    return failed(result.accounting.problems, "ACCOUNTING MISMATCH")
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        log(f"FAILED: {exc}")
-        sys.exit(2)
+    entry(main)

@@ -39,6 +39,8 @@ from harness import (
     HOST,
     BenchError,
     cpu_split,
+    entry,
+    failed,
     free_port,
     git_commit,
     log,
@@ -374,16 +376,8 @@ def main() -> int:
     if args.record:
         record(text)
     log(f"done in {time.monotonic() - started:.0f} s")
-    if outcome.problems:
-        for p in outcome.problems:
-            print(f"!!! {p}", file=sys.stderr)
-        return 1
-    return 0
+    return failed(outcome.problems)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        log(f"FAILED: {exc}")
-        sys.exit(2)
+    entry(main)
