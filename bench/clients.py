@@ -29,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import fixtures
@@ -46,14 +46,11 @@ from keyplane.gateway.transport import (
     StreamBroken,
     UpstreamClient,
     UpstreamResponse,
+    clean_headers,
 )
 
 
 # keyplane's production client before H1Client (commit 0880ff8), kept here for the comparison.
-def _clean(headers: Sequence[tuple[bytes, bytes]]) -> Headers:
-    return [(k.lower(), v) for k, v in headers if k.lower() not in HOP_BY_HOP]
-
-
 class AiohttpClient(UpstreamClient):
     def __init__(
         self, *, max_connections: int, connect_timeout_s: float, read_timeout_s: float
@@ -109,7 +106,7 @@ class _AiohttpResponse(UpstreamResponse):
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp
         self.status = resp.status
-        self.headers = _clean(resp.raw_headers)
+        self.headers = clean_headers(resp.raw_headers)
 
     async def read(self) -> bytes:
         try:
