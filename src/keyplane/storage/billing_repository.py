@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ from keyplane.storage.billing_tables import (
     recharge_jobs,
     spend_alerts,
 )
-from keyplane.storage.repositories import SqlStore, usage_row
+from keyplane.storage.repositories import SqlStore
 from keyplane.usage.records import UsageRecord
 
 
@@ -109,9 +110,13 @@ _HOLD_COLUMNS = (
 )  # fmt: skip
 
 
+_usage_values = operator.attrgetter(*_USAGE_COLUMNS)  # UsageRecord's fields are the columns
+_OUTCOME_AT = _USAGE_COLUMNS.index("outcome")
+
+
 def _usage_tuple(record: UsageRecord) -> tuple[Any, ...]:
-    row = usage_row(record)
-    return tuple(row[name] for name in _USAGE_COLUMNS)
+    row: tuple[Any, ...] = _usage_values(record)
+    return (*row[:_OUTCOME_AT], record.outcome.value, *row[_OUTCOME_AT + 1 :])
 
 
 def _resolution(outcome: Outcome) -> tuple[str, int]:
@@ -121,22 +126,19 @@ def _resolution(outcome: Outcome) -> tuple[str, int]:
     return "settled", outcome.settlement.charged
 
 
-def _settlement_entries(outcome: Outcome, at: int) -> list[dict[str, Any]]:
-    """The double-entry lines of one settlement: -x per lot drawn, -y receivable, +charged usage."""
+def _settlement_entries(outcome: Outcome, at: int) -> list[tuple[Any, ...]]:
+    """The double-entry lines of one settlement: -x per lot drawn, -y receivable, +charged usage;
+    each a row in the order of ``_LEDGER_COLUMNS``."""
     settlement, record = outcome.settlement, outcome.record
     if settlement is None or settlement.charged == 0:
         return []
-    entries: list[dict[str, Any]] = [
-        {"account": "lot", "lot_id": lot_id, "amount_micro": -amount}
-        for lot_id, amount in settlement.consumed
+    txn, org = record.request_id, record.org_id
+    entries: list[tuple[Any, ...]] = [
+        (txn, org, "lot", lot_id, -amount, at) for lot_id, amount in settlement.consumed
     ]
     if settlement.uncovered:
-        entries.append(
-            {"account": "receivable", "lot_id": None, "amount_micro": -settlement.uncovered}
-        )
-    entries.append({"account": "usage", "lot_id": None, "amount_micro": settlement.charged})
-    for entry in entries:
-        entry.update(txn_id=record.request_id, org_id=record.org_id, created_at=at)
+        entries.append((txn, org, "receivable", None, -settlement.uncovered, at))
+    entries.append((txn, org, "usage", None, settlement.charged, at))
     return entries
 
 
@@ -265,11 +267,7 @@ class SqlMoneyStore(SqlStore):
                     updates,
                 )
             _insert_rows(conn, t.usage_records, [_usage_tuple(o.record) for o in todo.values()])
-            entries = [
-                tuple(e[name] for name in _LEDGER_COLUMNS)
-                for o in todo.values()
-                for e in _settlement_entries(o, at)
-            ]
+            entries = [e for o in todo.values() for e in _settlement_entries(o, at)]
             _insert_rows(conn, ledger_entries, entries, columns=_LEDGER_COLUMNS)
         return len(todo)
 
