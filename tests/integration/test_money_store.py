@@ -71,7 +71,19 @@ def test_settlement_batches_are_applied_once(engine: Engine) -> None:
     with engine.connect() as conn:
         assert conn.execute(select(func.sum(ledger_entries.c.amount_micro))).scalar() == 0
         statuses = dict(conn.execute(select(holds.c.id, holds.c.charged_micro)).all())
+        settled = conn.execute(
+            select(ledger_entries.c.txn_id, ledger_entries.c.account, ledger_entries.c.amount_micro)
+            .where(ledger_entries.c.txn_id.like("stl_%"))
+            .order_by(ledger_entries.c.account)
+        ).all()
     assert statuses == {f"req_{i}": 100 * i for i in range(5)}
+    # The batch is one ledger transaction for the organization: its lines are summed over the
+    # requests (each request's own cost is in its usage record).
+    assert len({txn for txn, _, _ in settled}) == 1
+    assert [(account, amount) for _, account, amount in settled] == [
+        ("lot", -1_000),
+        ("usage", 1_000),
+    ]
     assert store.totals(org.id) == (0, 1_000)
     [(lot, _)] = store.lots(org.id)
     assert lot.remaining == 10_000 - 1_000

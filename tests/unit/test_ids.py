@@ -3,6 +3,7 @@ holds, usage and ledger indexes they key grow at one end (ids.py says why)."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -25,3 +26,19 @@ def test_a_later_millisecond_gives_a_larger_id() -> None:
     assert all(earlier < rid for rid in later)
     # The first 12 digits are the Unix milliseconds, readable back.
     assert abs(int(later[0][4:16], 16) - time.time_ns() // 1_000_000) < 1_000
+
+
+def test_a_forked_child_does_not_repeat_its_parents_random_bits() -> None:
+    new_request_id()  # the pool is filled before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: send 50 ids' random parts, exit without running pytest's teardown
+        os.write(write, "".join(new_request_id()[16:] for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    parent = [new_request_id()[16:] for _ in range(50)]
+    assert len(child) == 50 * 20
+    assert not {child[i : i + 20] for i in range(0, len(child), 20)} & set(parent)
