@@ -3,8 +3,9 @@ record and balanced ledger entries once, however often a batch is replayed."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from keyplane.billing.ports import Outcome
 from keyplane.billing.wallet import Hold, Lot
 from keyplane.clock import SystemClock
 from keyplane.storage import migrate
-from keyplane.storage.billing_repository import SqlMoneyStore
+from keyplane.storage.billing_repository import STEP_ROWS, SqlMoneyStore
 from keyplane.storage.billing_tables import holds, ledger_entries
 from keyplane.storage.engine import make_engine
 from keyplane.storage.repositories import SqlAccountStore
@@ -123,3 +124,70 @@ def test_a_batch_stores_new_holds_settled_or_open_and_applies_once(engine: Engin
     assert rows == {f"req_{i}": "settled" for i in range(5)}
     assert store.totals(org.id) == (0, 975)
     assert len(store.month_spend(org.id, "2026-11")[1]) == 1
+
+
+def _settled_batch(engine: Engine, n: int) -> tuple[SqlMoneyStore, list[Outcome], str]:
+    _, org, project = AccountService(SqlAccountStore(engine), SystemClock()).initialize(
+        email="o@example.com", password="correct horse battery", org_name="Store"
+    )
+    store = SqlMoneyStore(engine)
+    now = int(time.time())
+    store.add_lot(org.id, Lot("cg_1", "grant", 10**9, 10**9, now, None), "", "grants")
+    money = store.load(org.id, "2026-11", lambda tier: 10**12)
+    outcomes = []
+    for i in range(n):
+        hold = Hold(f"req_{i:05}", org.id, project.id, 100, "2026-11", now, now + 60)
+        assert money.place_hold(hold) is None
+        outcomes.append(Outcome(record(hold.id, org.id, project.id, 7), money.settle(hold.id, 7)))
+    return store, outcomes, org.id
+
+
+def _run(steps: Generator[None, None, int]) -> tuple[int, int]:
+    """Drives a stepwise batch; returns (its count, how many steps it took)."""
+    taken = 0
+    while True:
+        try:
+            next(steps)
+            taken += 1
+        except StopIteration as done:
+            return int(done.value), taken
+
+
+def test_a_stepwise_batch_writes_in_slices_and_waits_for_no_lock(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path}/money.db")
+    migrate.upgrade(engine)
+    store, outcomes, org_id = _settled_batch(engine, 300)
+    # Another process writing: the event loop must not wait for it, so no stepwise batch now.
+    other = sqlite3.connect(tmp_path / "money.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    assert store.resolve_stepwise(outcomes, 1) is None
+    other.execute("ROLLBACK")
+    other.close()
+
+    # Abandoned half-way (the gateway stopping): rolled back, and the lock is free again.
+    steps = store.resolve_stepwise(outcomes, 1)
+    assert steps is not None
+    next(steps)
+    next(steps)
+    steps.close()
+    assert store.totals(org_id) == (0, 0)
+
+    # While a batch is between steps, a blocking write from the same thread fails at once
+    # instead of waiting for a lock its own batch holds.
+    steps = store.resolve_stepwise(outcomes, 1)
+    assert steps is not None
+    next(steps)
+    with pytest.raises(RuntimeError, match="stepwise"):
+        store.add_lot(org_id, Lot("cg_2", "grant", 1, 1, 1, None), "", "grants")
+    count, taken = _run(steps)
+    assert count == 300
+    assert taken >= 300 // STEP_ROWS  # slices of at most STEP_ROWS rows each
+    assert store.totals(org_id) == (0, 300 * 7)
+    assert _run(store.resolve_stepwise(outcomes, 1) or _no_steps())[0] == 0  # applied once
+    store.checkpoint()
+    engine.dispose()
+
+
+def _no_steps() -> Generator[None, None, int]:
+    raise AssertionError("the write lock should be free")
+    yield

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -69,6 +69,19 @@ class MoneyStore(Protocol):
         the database) closes the hold and writes the ledger entries and the usage record. Outcomes
         whose hold was already resolved are skipped entirely (a hold resolves at most once).
         Returns how many outcomes were applied."""
+        ...
+
+    def resolve_stepwise(
+        self, outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = ()
+    ) -> Generator[None, None, int] | None:
+        """``resolve`` for an event loop to run a slice at a time between other work (each
+        ``next()`` writes a few dozen rows; the generator returns the count), or None when this
+        store cannot do that now (a remote database, or the write lock taken): then ``resolve``
+        on a thread. Raises StoreUnavailable from ``next()``; closing it half-way rolls back."""
+        ...
+
+    def checkpoint(self) -> None:
+        """Housekeeping after stepwise writes (SQLite: copies the WAL into the database)."""
         ...
 
     def add_lot(self, org_id: str, lot: Lot, note: str, source: str) -> None:

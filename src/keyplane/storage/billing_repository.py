@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import operator
-from collections.abc import Callable, Iterable, Sequence
+import sqlite3
+import threading
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import (
+    Connection,
+    RootTransaction,
+    Table,
+    and_,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import InterfaceError as SAInterfaceError
 
 from keyplane.billing.ports import BillingSettings, MoneyEvent, Outcome, SpendAlert
 from keyplane.billing.wallet import BillingMode, Hold, Lot, OrgMoney
-from keyplane.errors import IdempotencyKeyReused
+from keyplane.errors import IdempotencyKeyReused, StoreUnavailable
 from keyplane.ids import ordered_id
 from keyplane.storage import tables as t
 from keyplane.storage.billing_tables import (
@@ -26,8 +41,11 @@ from keyplane.storage.billing_tables import (
     recharge_jobs,
     spend_alerts,
 )
-from keyplane.storage.repositories import SqlStore
+from keyplane.storage.engine import AUTOCHECKPOINT_PAGES, BUSY_TIMEOUT_MS, is_sqlite
+from keyplane.storage.repositories import STEPPING, SqlStore
 from keyplane.usage.records import UsageRecord
+
+log = logging.getLogger("keyplane.storage")
 
 
 def _event(conn: Connection, org_id: str, kind: str, ref: str | None, at: int) -> None:
@@ -156,6 +174,102 @@ def _settlement_entries(outcomes: Iterable[Outcome], at: int) -> list[tuple[Any,
 _USAGE: tuple[str, str | None] = ("usage", None)
 
 
+STEP_ROWS = 64  # rows written per step of resolve_stepwise: ~1 ms of the event loop
+
+
+def _unlock(lock: threading.Lock) -> None:
+    STEPPING.pop(lock, None)
+    lock.release()
+
+
+def _give_back(raw: Any, conn: Connection) -> None:
+    with contextlib.suppress(Exception):
+        raw.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
+    conn.close()
+
+
+def _stepwise(
+    lock: threading.Lock, conn: Connection, raw: Any, transaction: RootTransaction,
+    steps: Generator[None, None, int],
+) -> Generator[None, None, int]:  # fmt: skip
+    try:
+        count = yield from steps
+        transaction.commit()
+        return count
+    except (OperationalError, SAInterfaceError) as exc:
+        raise StoreUnavailable("The database is unavailable.") from exc
+    finally:  # also when abandoned half-way (the generator closed): rolled back
+        if transaction.is_active:
+            transaction.rollback()
+        _give_back(raw, conn)
+        _unlock(lock)
+
+
+def _resolve_steps(
+    conn: Connection, outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold]
+) -> Generator[None, None, int]:
+    """The settlement batch's writes, yielding between slices (``resolve`` runs them through).
+
+    One read of the holds concerned, then driver-level executemany per table (SQLAlchemy's
+    per-row parameter processing cost more than the writes themselves). A hold placed and settled
+    within one batch is inserted settled, never inserted open and then updated."""
+    ids = list({*(h.id for h in new_holds), *(o.record.request_id for o in outcomes)})
+    status: dict[str, str] = {}
+    for chunk in range(0, len(ids), 500):
+        query = (
+            select(holds.c.id, holds.c.status)
+            .where(holds.c.id.in_(ids[chunk : chunk + 500]))
+            .with_for_update()
+        )
+        status.update((row[0], row[1]) for row in conn.execute(query))
+        yield
+    todo: dict[str, Outcome] = {}
+    for outcome in outcomes:  # resolved already (sweeper, replayed batch): skipped whole
+        rid = outcome.record.request_id
+        known = status.get(rid)
+        if rid in todo or (known is None and outcome.settlement is None):
+            continue
+        if known is None or known == "open":
+            todo[rid] = outcome
+    # Holds not stored yet: the journaled ones, and any settled before its journal segment was
+    # flushed (their settlement carries the hold).
+    fresh: dict[str, Hold] = {h.id: h for h in new_holds if h.id not in status}
+    for rid, outcome in todo.items():
+        if rid not in status and rid not in fresh and outcome.settlement is not None:
+            fresh[rid] = outcome.settlement.hold
+    hold_rows = []
+    for h in fresh.values():
+        done = todo.get(h.id)
+        state, charged, resolved = "open", None, None
+        if done is not None:
+            state, charged, resolved = (*_resolution(done), at)
+        hold_rows.append(
+            (h.id, h.org_id, h.project_id, h.key_id, h.model, h.endpoint, h.amount, h.period,
+             h.created_at, h.expires_at, state, charged, resolved)
+        )  # fmt: skip
+    yield from _insert_steps(conn, holds, hold_rows, _HOLD_COLUMNS)
+    updates = [(*_resolution(o), at, rid) for rid, o in todo.items() if rid not in fresh]
+    if updates:
+        mark = _marker(conn)
+        conn.exec_driver_sql(
+            f"UPDATE holds SET status = {mark}, charged_micro = {mark}, "  # noqa: S608
+            f"resolved_at = {mark} WHERE id = {mark}",
+            updates,
+        )
+    usage = [_usage_tuple(o.record) for o in todo.values()]
+    yield from _insert_steps(conn, t.usage_records, usage, _USAGE_COLUMNS)
+    _insert_rows(conn, ledger_entries, _settlement_entries(todo.values(), at), _LEDGER_COLUMNS)
+    return len(todo)
+
+
+def _insert_steps(
+    conn: Connection, table: Table, rows: list[tuple[Any, ...]], columns: Sequence[str]
+) -> Generator[None, None, None]:
+    for start in range(0, len(rows), STEP_ROWS):
+        yield
+        _insert_rows(conn, table, rows[start : start + STEP_ROWS], columns)
+
+
 def _hold(row: Any) -> Hold:
     return Hold(
         id=row.id, org_id=row.org_id, project_id=row.project_id, amount=row.amount_micro,
@@ -233,57 +347,60 @@ class SqlMoneyStore(SqlStore):
             return _insert_new_holds(conn, journaled)
 
     def resolve(self, outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = ()) -> int:
-        # The gateway's settlement batch, every 0.2 s: one locked read of the holds concerned,
-        # then one driver-level executemany per table (SQLAlchemy's per-row parameter processing
-        # cost more than the writes themselves). A hold placed and settled within one batch is
-        # inserted settled, never inserted open and then updated.
         with self._write() as conn:
-            ids = list({*(h.id for h in new_holds), *(o.record.request_id for o in outcomes)})
-            status: dict[str, str] = {}
-            for chunk in range(0, len(ids), 500):
-                query = (
-                    select(holds.c.id, holds.c.status)
-                    .where(holds.c.id.in_(ids[chunk : chunk + 500]))
-                    .with_for_update()
-                )
-                status.update((row[0], row[1]) for row in conn.execute(query))
-            todo: dict[str, Outcome] = {}
-            for outcome in outcomes:  # resolved already (sweeper, replayed batch): skipped whole
-                rid = outcome.record.request_id
-                known = status.get(rid)
-                if rid in todo or (known is None and outcome.settlement is None):
-                    continue
-                if known is None or known == "open":
-                    todo[rid] = outcome
-            # Holds not stored yet: the journaled ones, and any settled before its journal segment
-            # was flushed (their settlement carries the hold).
-            fresh: dict[str, Hold] = {h.id: h for h in new_holds if h.id not in status}
-            for rid, outcome in todo.items():
-                if rid not in status and rid not in fresh and outcome.settlement is not None:
-                    fresh[rid] = outcome.settlement.hold
-            hold_rows = []
-            for h in fresh.values():
-                done = todo.get(h.id)
-                state, charged, resolved = "open", None, None
-                if done is not None:
-                    state, charged, resolved = (*_resolution(done), at)
-                hold_rows.append(
-                    (h.id, h.org_id, h.project_id, h.key_id, h.model, h.endpoint, h.amount,
-                     h.period, h.created_at, h.expires_at, state, charged, resolved)
-                )  # fmt: skip
-            _insert_rows(conn, holds, hold_rows, columns=_HOLD_COLUMNS)
-            updates = [(*_resolution(o), at, rid) for rid, o in todo.items() if rid not in fresh]
-            if updates:
-                mark = _marker(conn)
-                conn.exec_driver_sql(
-                    f"UPDATE holds SET status = {mark}, charged_micro = {mark}, "  # noqa: S608
-                    f"resolved_at = {mark} WHERE id = {mark}",
-                    updates,
-                )
-            _insert_rows(conn, t.usage_records, [_usage_tuple(o.record) for o in todo.values()])
-            entries = _settlement_entries(todo.values(), at)
-            _insert_rows(conn, ledger_entries, entries, columns=_LEDGER_COLUMNS)
-        return len(todo)
+            steps = _resolve_steps(conn, outcomes, at, new_holds)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    return int(done.value)
+
+    def resolve_stepwise(
+        self, outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = ()
+    ) -> Generator[None, None, int] | None:
+        """``resolve`` for a caller on an event loop: the same transaction, done a slice of at most
+        ``STEP_ROWS`` rows per ``next()``, so nothing blocks the loop for long and no thread (and
+        no GIL hand-over per row, which cost more CPU than the writes) is involved. Only on SQLite,
+        and only when the write lock is free right now (another thread or process writing: None,
+        then call ``resolve`` on a thread). Its commit never checkpoints the WAL: ``checkpoint``
+        does, off the loop."""
+        lock = self._sqlite_lock
+        if lock is None or not lock.acquire(blocking=False):
+            return None
+        STEPPING[lock] = threading.get_ident()
+        try:
+            conn = self._engine.connect()
+        except (OperationalError, SAInterfaceError) as exc:
+            _unlock(lock)
+            raise StoreUnavailable("The database is unavailable.") from exc
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        try:
+            raw.execute("PRAGMA busy_timeout=0")  # BEGIN IMMEDIATE must not wait for a lock
+            raw.execute("PRAGMA wal_autocheckpoint=0")
+            try:
+                transaction = conn.begin()
+            finally:
+                raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        except OperationalError:  # another process holds the write lock
+            _give_back(raw, conn)
+            _unlock(lock)
+            return None
+        return _stepwise(
+            lock, conn, raw, transaction, _resolve_steps(conn, outcomes, at, new_holds)
+        )
+
+    def checkpoint(self) -> None:
+        """Copies the WAL back into the database file (PASSIVE: waits for nobody)."""
+        if not is_sqlite(self._engine):
+            return
+        try:
+            with self._engine.connect() as conn:  # on the driver: no transaction around it
+                raw = conn.connection.driver_connection
+                assert raw is not None
+                raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except (OperationalError, SAInterfaceError, sqlite3.Error):
+            log.warning("WAL checkpoint failed; the next one catches up", exc_info=True)
 
     def add_lot(self, org_id: str, lot: Lot, note: str, source: str) -> None:
         with self._write() as conn:

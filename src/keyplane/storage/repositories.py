@@ -27,13 +27,15 @@ T = TypeVar("T")
 
 _WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
+# Write locks held across event-loop steps (billing_repository's resolve_stepwise) → the thread.
+STEPPING: dict[threading.Lock, int] = {}
 
 
-def _write_lock(engine: Engine) -> contextlib.AbstractContextManager[object]:
+def _write_lock(engine: Engine) -> threading.Lock | None:
     """SQLite has one writer at a time; threads of this process take turns on a lock instead of
     meeting SQLITE_BUSY, whose busy handler sleeps in steps of up to 100 ms. PostgreSQL needs none."""
     if engine.dialect.name != "sqlite":
-        return contextlib.nullcontext()
+        return None
     with _LOCKS_GUARD:
         return _WRITE_LOCKS.setdefault(engine, threading.Lock())
 
@@ -41,10 +43,19 @@ def _write_lock(engine: Engine) -> contextlib.AbstractContextManager[object]:
 class SqlStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._lock = _write_lock(engine)
+        self._sqlite_lock = _write_lock(engine)
+        self._lock: contextlib.AbstractContextManager[object] = (
+            self._sqlite_lock or contextlib.nullcontext()
+        )
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
+        if (
+            self._sqlite_lock is not None
+            and STEPPING.get(self._sqlite_lock) == threading.get_ident()
+        ):
+            # This thread holds the lock in a stepwise batch it yielded from: waiting would hang.
+            raise RuntimeError("a blocking write on the event loop during a stepwise batch")
         try:
             with self._lock, self._engine.begin() as conn:
                 yield conn
