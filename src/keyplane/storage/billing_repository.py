@@ -174,7 +174,7 @@ def _settlement_entries(outcomes: Iterable[Outcome], at: int) -> list[tuple[Any,
 _USAGE: tuple[str, str | None] = ("usage", None)
 
 
-STEP_ROWS = 64  # rows written per step of resolve_stepwise: ~1 ms of the event loop
+STEP_ROWS = 16  # rows written per step of resolve_stepwise: a few hundred µs of the event loop
 
 
 def _unlock(lock: threading.Lock) -> None:
