@@ -215,10 +215,10 @@ def _resolve_steps(
     within one batch is inserted settled, never inserted open and then updated."""
     ids = list({*(h.id for h in new_holds), *(o.record.request_id for o in outcomes)})
     status: dict[str, str] = {}
-    for chunk in range(0, len(ids), 500):
+    for chunk in range(0, len(ids), 512):
         query = (
             select(holds.c.id, holds.c.status)
-            .where(holds.c.id.in_(ids[chunk : chunk + 500]))
+            .where(holds.c.id.in_(_padded(ids[chunk : chunk + 512])))
             .with_for_update()
         )
         status.update((row[0], row[1]) for row in conn.execute(query))
@@ -260,6 +260,16 @@ def _resolve_steps(
     yield from _insert_steps(conn, t.usage_records, usage, _USAGE_COLUMNS)
     _insert_rows(conn, ledger_entries, _settlement_entries(todo.values(), at), _LEDGER_COLUMNS)
     return len(todo)
+
+
+def _padded(ids: list[str]) -> list[str]:
+    """``ids`` repeated up to a power of two: each distinct ``IN (?, …)`` length is a statement
+    the driver compiles and caches per connection, and batch sizes vary, so unpadded lists kept
+    up to 128 large prepared statements per connection alive (tens of MB of the process's RSS)."""
+    size = 16
+    while size < len(ids):
+        size *= 2
+    return ids + ids[:1] * (size - len(ids)) if ids else ids
 
 
 def _insert_steps(
