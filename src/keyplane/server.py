@@ -46,6 +46,10 @@ def make_server(
         # any local client claim an allowlisted address; it also cost a middleware per request.
         proxy_headers=False,
         timeout_graceful_shutdown=10,
+        # Longer than clients keep idle connections (httpx, hence the OpenAI SDK: 5 s). At
+        # uvicorn's default of 5 s, server and client expired an idle connection at the same
+        # moment, and a request sent on it just then failed with a reset (seen in CI under load).
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     return uvicorn.Server(config)
 
@@ -60,6 +64,7 @@ def tune_gc() -> None:
 
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter
+KEEP_ALIVE_S = 75  # idle keep-alive connections are closed after this (nginx's default too)
 
 
 def one_malloc_arena() -> bool:

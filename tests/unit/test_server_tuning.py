@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import platform
 
+import httpx
 import pytest
 
-from keyplane.server import one_malloc_arena
+from keyplane.server import make_server, one_malloc_arena
 
 
 def test_one_arena_is_asked_for_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -17,3 +18,10 @@ def test_one_arena_is_asked_for_on_glibc(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_an_operators_malloc_arena_max_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert one_malloc_arena() is False
+
+
+def test_idle_connections_outlive_the_clients_own_expiry() -> None:
+    # A server closing idle connections exactly when httpx (the OpenAI SDK's transport) stops
+    # reusing them loses the race now and then: a request sent just as the server closes fails.
+    config = make_server(app=None).config
+    assert config.timeout_keep_alive >= 2 * httpx.Limits().keepalive_expiry
