@@ -25,10 +25,10 @@ def new_request_id() -> str:
 
 def ordered_id(prefix: str) -> str:
     """``prefix`` + 32 hex digits (``req_…`` like OpenAI's), time-ordered like a UUIDv7: 12 digits
-    of Unix milliseconds, then 80 random bits. Every request's id is a key in the holds, usage and ledger
-    indexes; random keys land on random B-tree pages, so each settlement batch dirtied ~one page
-    per row and writing it got slower as the tables grew (85 → 160 µs per settlement between 30,000
-    and 1.7 M rows); ordered keys append to the last pages (flat at ~65 µs)."""
+    of Unix milliseconds, then 80 random bits. Request ids key the holds, usage and ledger indexes;
+    random keys land on random B-tree pages, so each settlement batch dirtied ~one page per row
+    and writing it got slower as the tables grew (85 → 160 µs per settlement between 30,000 and
+    1.7 M rows); ordered keys append to the last pages (flat at ~65 µs)."""
     return f"{prefix}{time.time_ns() // 1_000_000:012x}{_entropy.take_hex()}"
 
 

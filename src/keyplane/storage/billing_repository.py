@@ -7,7 +7,6 @@ import json
 import logging
 import operator
 import sqlite3
-import threading
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
@@ -42,7 +41,7 @@ from keyplane.storage.billing_tables import (
     spend_alerts,
 )
 from keyplane.storage.engine import AUTOCHECKPOINT_PAGES, BUSY_TIMEOUT_MS, is_sqlite
-from keyplane.storage.repositories import STEPPING, SqlStore
+from keyplane.storage.repositories import SqlStore
 from keyplane.usage.records import UsageRecord
 
 log = logging.getLogger("keyplane.storage")
@@ -177,32 +176,10 @@ _USAGE: tuple[str, str | None] = ("usage", None)
 STEP_ROWS = 16  # rows written per step of resolve_stepwise: a few hundred µs of the event loop
 
 
-def _unlock(lock: threading.Lock) -> None:
-    STEPPING.pop(lock, None)
-    lock.release()
-
-
 def _give_back(raw: Any, conn: Connection) -> None:
     with contextlib.suppress(Exception):
         raw.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
     conn.close()
-
-
-def _stepwise(
-    lock: threading.Lock, conn: Connection, raw: Any, transaction: RootTransaction,
-    steps: Generator[None, None, int],
-) -> Generator[None, None, int]:  # fmt: skip
-    try:
-        count = yield from steps
-        transaction.commit()
-        return count
-    except (OperationalError, SAInterfaceError) as exc:
-        raise StoreUnavailable("The database is unavailable.") from exc
-    finally:  # also when abandoned half-way (the generator closed): rolled back
-        if transaction.is_active:
-            transaction.rollback()
-        _give_back(raw, conn)
-        _unlock(lock)
 
 
 def _resolve_steps(
@@ -374,14 +351,12 @@ class SqlMoneyStore(SqlStore):
         and only when the write lock is free right now (another thread or process writing: None,
         then call ``resolve`` on a thread). Its commit never checkpoints the WAL: ``checkpoint``
         does, off the loop."""
-        lock = self._sqlite_lock
-        if lock is None or not lock.acquire(blocking=False):
+        if not self._lock_for_steps():
             return None
-        STEPPING[lock] = threading.get_ident()
         try:
             conn = self._engine.connect()
         except (OperationalError, SAInterfaceError) as exc:
-            _unlock(lock)
+            self._unlock_steps()
             raise StoreUnavailable("The database is unavailable.") from exc
         raw = conn.connection.driver_connection
         assert raw is not None
@@ -394,11 +369,25 @@ class SqlMoneyStore(SqlStore):
                 raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         except OperationalError:  # another process holds the write lock
             _give_back(raw, conn)
-            _unlock(lock)
+            self._unlock_steps()
             return None
-        return _stepwise(
-            lock, conn, raw, transaction, _resolve_steps(conn, outcomes, at, new_holds)
-        )
+        return self._stepwise(conn, raw, transaction, _resolve_steps(conn, outcomes, at, new_holds))
+
+    def _stepwise(
+        self, conn: Connection, raw: Any, transaction: RootTransaction,
+        steps: Generator[None, None, int],
+    ) -> Generator[None, None, int]:  # fmt: skip
+        try:
+            count = yield from steps
+            transaction.commit()
+            return count
+        except (OperationalError, SAInterfaceError) as exc:
+            raise StoreUnavailable("The database is unavailable.") from exc
+        finally:  # also when abandoned half-way (the generator closed): rolled back
+            if transaction.is_active:
+                transaction.rollback()
+            _give_back(raw, conn)
+            self._unlock_steps()
 
     def checkpoint(self) -> None:
         """Copies the WAL back into the database file (PASSIVE: waits for nobody)."""

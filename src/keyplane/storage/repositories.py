@@ -28,7 +28,7 @@ T = TypeVar("T")
 _WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 # Write locks held across event-loop steps (billing_repository's resolve_stepwise) → the thread.
-STEPPING: dict[threading.Lock, int] = {}
+_STEPPING: dict[threading.Lock, int] = {}
 
 
 def _write_lock(engine: Engine) -> threading.Lock | None:
@@ -52,7 +52,7 @@ class SqlStore:
     def _write(self) -> Iterator[Connection]:
         if (
             self._sqlite_lock is not None
-            and STEPPING.get(self._sqlite_lock) == threading.get_ident()
+            and _STEPPING.get(self._sqlite_lock) == threading.get_ident()
         ):
             # This thread holds the lock in a stepwise batch it yielded from: waiting would hang.
             raise RuntimeError("a blocking write on the event loop during a stepwise batch")
@@ -61,6 +61,20 @@ class SqlStore:
                 yield conn
         except (OperationalError, SAInterfaceError) as exc:
             raise StoreUnavailable("The database is unavailable.") from exc
+
+    def _lock_for_steps(self) -> bool:
+        """Takes the SQLite write lock if it is free right now, to hold across event-loop steps
+        (False: taken, or not SQLite); ``_unlock_steps`` gives it back."""
+        lock = self._sqlite_lock
+        if lock is None or not lock.acquire(blocking=False):
+            return False
+        _STEPPING[lock] = threading.get_ident()
+        return True
+
+    def _unlock_steps(self) -> None:
+        assert self._sqlite_lock is not None
+        _STEPPING.pop(self._sqlite_lock, None)
+        self._sqlite_lock.release()
 
     def _read(self, fn: Callable[[Connection], T]) -> T:
         try:
