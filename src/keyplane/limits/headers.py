@@ -29,10 +29,8 @@ def format_reset(seconds: float) -> str:
     """Returns a duration the way OpenAI writes its reset headers (Go's ``time.Duration``, rounded
     up to whole milliseconds): ``6ms``, ``1s``, ``1.5s``, ``1m2s``, ``6m0s``, ``1h0m0s``."""
     ms = _ceil_ms(seconds)
-    if ms == 0:
-        return "0s"
     if ms < 1000:
-        return f"{ms}ms"
+        return f"{ms}ms" if ms else "0s"
     hours, rest = divmod(ms, 3_600_000)
     minutes, rest = divmod(rest, 60_000)
     whole, frac = divmod(rest, 1000)
@@ -44,22 +42,28 @@ def format_reset(seconds: float) -> str:
     return f"{secs}s"
 
 
+_REQUESTS = tuple(
+    f"x-ratelimit-{what}-requests".encode() for what in ("limit", "remaining", "reset")
+)
+_TOKENS = tuple(f"x-ratelimit-{what}-tokens".encode() for what in ("limit", "remaining", "reset"))
+
+
 def rate_limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     """Returns the ``x-ratelimit-*`` headers for any answer, plus the retry headers on a 429.
 
     A triple is left out when no scope limits that dimension."""
-    out: list[tuple[bytes, bytes]] = []
-    triples: list[tuple[str, Headroom]] = []
+    triples: list[tuple[tuple[bytes, ...], Headroom]] = []
     if decision.requests is not None:
-        triples.append(("requests", decision.requests))
+        triples.append((_REQUESTS, decision.requests))
     if decision.tokens is not None:
-        triples.append(("tokens", decision.tokens))
-    for name, h in triples:
-        out.append((f"x-ratelimit-limit-{name}".encode(), str(h.limit).encode()))
-    for name, h in triples:
-        out.append((f"x-ratelimit-remaining-{name}".encode(), str(h.remaining).encode()))
-    for name, h in triples:
-        out.append((f"x-ratelimit-reset-{name}".encode(), format_reset(h.reset_s).encode()))
+        triples.append((_TOKENS, decision.tokens))
+    out: list[tuple[bytes, bytes]] = []
+    for names, h in triples:
+        out.append((names[0], b"%d" % h.limit))
+    for names, h in triples:
+        out.append((names[1], b"%d" % h.remaining))
+    for names, h in triples:
+        out.append((names[2], format_reset(h.reset_s).encode()))
     rejection = decision.rejection
     if rejection is not None:
         if rejection.retry_after is None:

@@ -118,9 +118,12 @@ def burst_for(dimension: Dimension, limit: int, rpm_burst_s: float = DEFAULT_RPM
     return limit - 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class LimitScope:
-    """One set of limits a request counts against, e.g. ``org:org-1:gpt-4o-mini``."""
+    """One set of limits a request counts against, e.g. ``org:org-1:gpt-4o-mini``.
+
+    Compared and hashed by identity: the limiter caches each scope's plan under the scope object
+    itself, and hashing the limits field by field on every request cost more than the plan."""
 
     scope_id: str
     limits: ModelLimits
@@ -146,14 +149,19 @@ class Cost:
         if min(self.tokens, self.requests, self.images, self.audio_mb) < 0:
             raise ValueError("a cost cannot be negative")
 
+    def amounts(self) -> tuple[int, int, int, int]:
+        """The units of every dimension, each at its place in ``_UNITS_AT``."""
+        return (self.requests, self.tokens, self.images, self.audio_mb)
+
     def units(self, dimension: Dimension) -> int:
-        if dimension is Dimension.TOKENS:
-            return self.tokens
-        if dimension is Dimension.IMAGES:
-            return self.images
-        if dimension is Dimension.AUDIO_MB:
-            return self.audio_mb
-        return self.requests
+        return self.amounts()[_UNITS_AT[dimension]]
+
+
+# Where each dimension's units are in ``Cost.amounts()`` (requests per day count requests).
+_UNITS_AT = {
+    Dimension.REQUESTS: 0, Dimension.TOKENS: 1, Dimension.REQUESTS_PER_DAY: 0,
+    Dimension.IMAGES: 2, Dimension.AUDIO_MB: 3,
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,24 +223,19 @@ class LimiterUnavailable(Exception):
     """A shared limiter store could not answer in time."""
 
 
-@dataclass(slots=True)
-class _Check:
-    key: tuple[str, Dimension]
-    limit: int
-    interval: float  # T
-    room: float  # (b + 1)·T
-    units: int
-    debt_before: float
-    debt_after: float
-
-    def available(self, debt: float) -> int:
-        return math.floor((self.room - debt + _EPS) / self.interval)
-
-    def headroom(self, debt: float) -> Headroom:
-        return Headroom(self.limit, max(0, min(self.limit, self.available(debt))), debt)
+# One cell's arithmetic for one request: (cell, limit, T, room, units, debt before, debt after),
+# debts in seconds ahead of the cell's rate. Plain tuples: a request builds two or three.
+_Check = tuple[tuple[str, Dimension], int, float, float, int, float, float]
 
 
-_Plan = tuple[tuple[tuple[str, Dimension], int, float, float], ...]  # (cell, limit, T, room)
+def _available(interval: float, room: float, debt: float) -> int:
+    """Units admittable now at this debt (negative when a settled overrun put the cell beyond
+    its room)."""
+    return math.floor((room - debt + _EPS) / interval)
+
+
+# (cell, limit, T, room, where its units are)
+_Plan = tuple[tuple[tuple[str, Dimension], int, float, float, int], ...]
 _MAX_PLANS = 100_000
 
 
@@ -255,26 +258,35 @@ class InMemoryRateLimiter:
         self._plans: dict[LimitScope, _Plan] = {}
 
     def admit(self, scopes: Sequence[LimitScope], cost: Cost, now: float) -> Decision:
+        amounts = cost.amounts()
         with self._lock:
             t = self._clock(now)
+            cells = self._cells
             checks: list[_Check] = []
             pending: dict[tuple[str, Dimension], float] = {}
+            over = False
             for scope in scopes:
-                for key, limit, interval, room in self._plan(scope):
-                    units = cost.units(key[1])
-                    base = max(pending.get(key, self._cells.get(key, t)), t)
-                    pending[key] = base + units * interval
-                    checks.append(
-                        _Check(key, limit, interval, room, units, base - t, pending[key] - t)
-                    )
-            rejection = _worst(checks)
+                for key, limit, interval, room, at in self._plan(scope):
+                    units = amounts[at]
+                    tat = pending.get(key)
+                    if tat is None:
+                        tat = cells.get(key, t)
+                    base = tat if tat > t else t
+                    after = pending[key] = base + units * interval
+                    debt_after = after - t
+                    # Too large for the cell at all, or not room for it now.
+                    if debt_after - room > _EPS or units * interval > room + _EPS:
+                        over = True
+                    checks.append((key, limit, interval, room, units, base - t, debt_after))
+            rejection = _worst(checks) if over else None
             if rejection is None:
+                move = cells.move_to_end
                 for key, tat in pending.items():
                     if tat > t:
-                        self._cells[key] = tat
-                        self._cells.move_to_end(key)
+                        cells[key] = tat
+                        move(key)
             self._sweep(t, 2 * len(pending) + 2)
-        return _decision(checks, rejection, cost, scopes)
+        return _decision(checks, rejection, cost)
 
     def _plan(self, scope: LimitScope) -> _Plan:
         """The scope's cells with their limit, emission interval and room, computed once."""
@@ -286,7 +298,9 @@ class InMemoryRateLimiter:
             for dimension, limit in scope.limits.items():
                 interval = dimension.period / limit
                 room = (burst_for(dimension, limit, self._rpm_burst_s) + 1) * interval
-                cells.append(((scope.scope_id, dimension), limit, interval, room))
+                cells.append(
+                    ((scope.scope_id, dimension), limit, interval, room, _UNITS_AT[dimension])
+                )
             plan = tuple(cells)
             self._plans[scope] = plan
         return plan
@@ -328,25 +342,26 @@ class InMemoryRateLimiter:
         return now - self._epoch
 
     def _sweep(self, t: float, budget: int) -> None:
-        for _ in range(min(budget, len(self._cells))):
-            key, tat = next(iter(self._cells.items()))
-            if tat <= t:
-                del self._cells[key]
+        cells = self._cells
+        for _ in range(min(budget, len(cells))):
+            key = next(iter(cells))
+            if cells[key] <= t:
+                del cells[key]
             else:
-                self._cells.move_to_end(key)
+                cells.move_to_end(key)
 
 
 def _worst(checks: Sequence[_Check]) -> Rejection | None:
     """Returns the rejection to report: a too-large request first, else the longest wait."""
     worst: Rejection | None = None
-    for c in checks:
-        too_large = c.units > 0 and c.units * c.interval > c.room + _EPS
-        wait = c.debt_after - c.room
+    for (scope, dimension), limit, interval, room, units, debt_before, debt_after in checks:
+        too_large = units > 0 and units * interval > room + _EPS
+        wait = debt_after - room
         if not too_large and wait <= _EPS:
             continue
-        used = c.limit - c.available(c.debt_before)
+        used = limit - _available(interval, room, debt_before)
         candidate = Rejection(
-            c.key[0], c.key[1], c.limit, used, c.units, None if too_large else wait, too_large
+            scope, dimension, limit, used, units, None if too_large else wait, too_large
         )
         if (
             worst is None
@@ -357,23 +372,28 @@ def _worst(checks: Sequence[_Check]) -> Rejection | None:
     return worst
 
 
-def _decision(
-    checks: Sequence[_Check], rejection: Rejection | None, cost: Cost, scopes: Sequence[LimitScope]
-) -> Decision:
+def _decision(checks: Sequence[_Check], rejection: Rejection | None, cost: Cost) -> Decision:
+    """The decision with, per dimension shown to clients, the headroom of the scope with the fewest
+    units left (on a tie, the one furthest from rest), after the charge when admitted."""
     admitted = rejection is None
-
-    def tightest(dimension: Dimension) -> Headroom | None:
-        rooms = [
-            c.headroom(c.debt_after if admitted else c.debt_before)
-            for c in checks
-            if c.key[1] is dimension
-        ]
-        return min(rooms, key=lambda h: (h.remaining, -h.reset_s), default=None)
-
-    ticket = None
-    if admitted:
-        token_scopes = tuple((s.scope_id, tpm) for s in scopes if (tpm := s.limits.tpm) is not None)
-        ticket = Ticket(cost.tokens, token_scopes)
+    tightest: dict[Dimension, tuple[int, float, int]] = {}
+    token_scopes: list[tuple[str, int]] = []
+    for (scope, dimension), limit, interval, room, _, debt_before, debt_after in checks:
+        if dimension is Dimension.TOKENS:
+            token_scopes.append((scope, limit))
+        elif dimension is not Dimension.REQUESTS:
+            continue
+        debt = debt_after if admitted else debt_before
+        remaining = max(0, min(limit, _available(interval, room, debt)))
+        best = tightest.get(dimension)
+        if best is None or remaining < best[0] or (remaining == best[0] and debt > best[1]):
+            tightest[dimension] = (remaining, debt, limit)
+    requests = tightest.get(Dimension.REQUESTS)
+    tokens = tightest.get(Dimension.TOKENS)
     return Decision(
-        admitted, ticket, tightest(Dimension.REQUESTS), tightest(Dimension.TOKENS), rejection
+        admitted,
+        Ticket(cost.tokens, tuple(token_scopes)) if admitted else None,
+        None if requests is None else Headroom(requests[2], requests[0], requests[1]),
+        None if tokens is None else Headroom(tokens[2], tokens[0], tokens[1]),
+        rejection,
     )
