@@ -81,7 +81,7 @@ class Keyplane:
         return rows
 
 
-def start_keyplane(
+def initialized(
     tmp_path: Path,
     upstream_url: str,
     *,
@@ -89,7 +89,8 @@ def start_keyplane(
     credit: int = 5_000_000,
     tier: str = "tier-5",  # generous rate limits unless a test is about them
     **overrides: Any,
-) -> Keyplane:
+) -> tuple[bootstrap.Container, Any, Any, Any, str]:
+    """A container with one Owner, organization, project and project key (its secret last)."""
     settings = make_settings(
         tmp_path, upstreams=[UpstreamSettings(name="sim", base_url=upstream_url)], **overrides
     )
@@ -104,6 +105,12 @@ def start_keyplane(
     container.billing.open_account(org.id, tier=tier, welcome_credit=0)
     if credit:
         container.billing.grant(org.id, credit, note="test credit")
+    return container, owner, org, project, secret
+
+
+def start_keyplane(tmp_path: Path, upstream_url: str, **options: Any) -> Keyplane:
+    """``initialized`` (same options), served over real sockets."""
+    container, owner, org, project, secret = initialized(tmp_path, upstream_url, **options)
     app, gateway = bootstrap.build_app(container)
     thread = ServerThread(app).start()
     return Keyplane(container, gateway, thread, owner, org, project, secret)

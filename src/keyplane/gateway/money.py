@@ -164,14 +164,17 @@ class MoneyGuard:
                 if segment is not None:
                     self._segments.append(segment)
             stored = 0
-            while self._segments or self._outcomes:
+            # Only what is queued now: settlements made while this flush writes wait for the next
+            # one. Chasing them kept a flush running back to back with batches of a few requests
+            # each, a transaction apiece (at c=1, 3,200 flushes in 5 s averaging 7 settlements).
+            pending = len(self._outcomes)
+            while self._segments or pending:
                 new_holds = [h for seg in self._segments for h in seg.holds]
-                batch = [
-                    self._outcomes[i] for i in range(min(self._batch_size, len(self._outcomes)))
-                ]
+                batch = [self._outcomes[i] for i in range(min(self._batch_size, pending))]
                 stored += await self._resolve(batch, int(self._clock.now()), new_holds)
                 for _ in batch:
                     self._outcomes.popleft()
+                pending -= len(batch)
                 for seg in self._segments:
                     self._journal.discard(seg)
                 self._segments = []
