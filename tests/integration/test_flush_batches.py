@@ -72,8 +72,13 @@ async def _scenario(tmp: Path) -> None:
         assert late == [200] * 5
         assert await flushing == 20
         assert batches == [20], "the late requests must wait for the next flush"
+        # The spend watcher reads stored spend: it hears of the organization after each flush
+        # that stored some of its settlements, including the one storing the late requests.
+        org_id = container.accounts.organizations()[0].id
+        assert money.take_touched()[0] == {org_id}
         assert await money.flush() == 5
         assert batches == [20, 5]
+        assert money.take_touched()[0] == {org_id}
         with container.engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(usage_records)).scalar() == 25
     finally:

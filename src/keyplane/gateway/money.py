@@ -82,7 +82,8 @@ class MoneyGuard:
         self._unchecked = 0  # settlements written on the loop since the last WAL checkpoint
         self._seq: int | None = None
         self._refreshing = asyncio.Lock()
-        self.touched: set[str] = set()  # organizations with settlements since the last flush
+        # Organizations with settlements stored since take_touched (what the spend watcher reads).
+        self.touched: set[str] = set()
         # Told of feed events this guard does not handle itself (rate-limit overrides).
         self.listeners: list[Callable[[MoneyEvent], None]] = []
 
@@ -150,7 +151,6 @@ class MoneyGuard:
                 record, cost_micro_usd=settlement.charged, period=hold.period
             )
         self._outcomes.append(Outcome(stored, settlement))
-        self.touched.add(hold.org_id)
         return stored
 
     # -- background ---------------------------------------------------------------------------
@@ -172,8 +172,9 @@ class MoneyGuard:
                 new_holds = [h for seg in self._segments for h in seg.holds]
                 batch = [self._outcomes[i] for i in range(min(self._batch_size, pending))]
                 stored += await self._resolve(batch, int(self._clock.now()), new_holds)
-                for _ in batch:
+                for outcome in batch:
                     self._outcomes.popleft()
+                    self.touched.add(outcome.record.org_id)
                 pending -= len(batch)
                 for seg in self._segments:
                     self._journal.discard(seg)
@@ -210,7 +211,9 @@ class MoneyGuard:
         self._journal.close()
 
     def take_touched(self) -> tuple[set[str], dict[str, OrgMoney]]:
-        """Returns the organizations settled since the last call, with the money states."""
+        """Returns the organizations whose settlements were stored since the last call (not those
+        settled meanwhile and still queued: the watcher reads spend from the database), with the
+        money states."""
         touched, self.touched = self.touched, set()
         return touched, self._orgs
 
