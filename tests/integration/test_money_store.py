@@ -17,7 +17,7 @@ from keyplane.billing.ports import Outcome
 from keyplane.billing.wallet import Hold, Lot
 from keyplane.clock import SystemClock
 from keyplane.storage import migrate
-from keyplane.storage.billing_repository import STEP_ROWS, SqlMoneyStore
+from keyplane.storage.billing_repository import STEP_SETTLEMENTS, SqlMoneyStore
 from keyplane.storage.billing_tables import holds, ledger_entries
 from keyplane.storage.engine import make_engine
 from keyplane.storage.repositories import SqlAccountStore
@@ -181,7 +181,7 @@ def test_a_stepwise_batch_writes_in_slices_and_waits_for_no_lock(tmp_path: Path)
         store.add_lot(org_id, Lot("cg_2", "grant", 1, 1, 1, None), "", "grants")
     count, taken = _run(steps)
     assert count == 300
-    assert taken >= 300 // STEP_ROWS  # slices of at most STEP_ROWS rows each
+    assert taken >= 300 // STEP_SETTLEMENTS  # slices of at most STEP_SETTLEMENTS settlements each
     assert store.totals(org_id) == (0, 300 * 7)
     assert _run(store.resolve_stepwise(outcomes, 1) or _no_steps())[0] == 0  # applied once
     store.checkpoint()

@@ -173,7 +173,9 @@ def _settlement_entries(outcomes: Iterable[Outcome], at: int) -> list[tuple[Any,
 _USAGE: tuple[str, str | None] = ("usage", None)
 
 
-STEP_ROWS = 16  # rows written per step of resolve_stepwise: a few hundred µs of the event loop
+# A step of resolve_stepwise: ~100 µs of the event loop.
+STEP_SETTLEMENTS = 8  # settlements written per step
+SELECT_IDS = 64  # holds looked up per step
 
 
 def _give_back(raw: Any, conn: Connection) -> None:
@@ -185,58 +187,71 @@ def _give_back(raw: Any, conn: Connection) -> None:
 def _resolve_steps(
     conn: Connection, outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold]
 ) -> Generator[None, None, int]:
-    """The settlement batch's writes, yielding between slices (``resolve`` runs them through).
-
-    One read of the holds concerned, then driver-level executemany per table (SQLAlchemy's
-    per-row parameter processing cost more than the writes themselves). A hold placed and settled
-    within one batch is inserted settled, never inserted open and then updated."""
+    """The settlement batch's writes, yielding between slices (``resolve`` runs them through):
+    the holds concerned looked up ``SELECT_IDS`` at a time, then ``STEP_SETTLEMENTS`` settlements
+    per slice — hold rows, usage records — and last the journaled holds still open and the
+    ledger. Rows go through the driver's executemany (SQLAlchemy's per-row parameter processing
+    cost more than the writes themselves). A hold placed and settled within one batch is
+    inserted settled, never inserted open and then updated."""
     ids = list({*(h.id for h in new_holds), *(o.record.request_id for o in outcomes)})
     status: dict[str, str] = {}
-    for chunk in range(0, len(ids), 512):
+    for chunk in range(0, len(ids), SELECT_IDS):
         query = (
             select(holds.c.id, holds.c.status)
-            .where(holds.c.id.in_(_padded(ids[chunk : chunk + 512])))
+            .where(holds.c.id.in_(_padded(ids[chunk : chunk + SELECT_IDS])))
             .with_for_update()
         )
         status.update((row[0], row[1]) for row in conn.execute(query))
         yield
+    # Holds not stored yet: the journaled ones (stored open unless settled in this batch), and
+    # any settled before its journal segment was flushed (its settlement carries the hold).
+    journaled: dict[str, Hold] = {h.id: h for h in new_holds if h.id not in status}
     todo: dict[str, Outcome] = {}
-    for outcome in outcomes:  # resolved already (sweeper, replayed batch): skipped whole
-        rid = outcome.record.request_id
-        known = status.get(rid)
-        if rid in todo or (known is None and outcome.settlement is None):
-            continue
-        if known is None or known == "open":
+    for start in range(0, len(outcomes), STEP_SETTLEMENTS):
+        hold_rows: list[tuple[Any, ...]] = []
+        updates: list[tuple[Any, ...]] = []
+        usage: list[tuple[Any, ...]] = []
+        for outcome in outcomes[start : start + STEP_SETTLEMENTS]:
+            rid = outcome.record.request_id
+            known = status.get(rid)
+            # Resolved already (sweeper, replayed batch), or voided before it was ever stored:
+            # skipped whole.
+            if rid in todo or (known is None and outcome.settlement is None):
+                continue
+            if known is not None and known != "open":
+                continue
             todo[rid] = outcome
-    # Holds not stored yet: the journaled ones, and any settled before its journal segment was
-    # flushed (their settlement carries the hold).
-    fresh: dict[str, Hold] = {h.id: h for h in new_holds if h.id not in status}
-    for rid, outcome in todo.items():
-        if rid not in status and rid not in fresh and outcome.settlement is not None:
-            fresh[rid] = outcome.settlement.hold
-    hold_rows = []
-    for h in fresh.values():
-        done = todo.get(h.id)
-        state, charged, resolved = "open", None, None
-        if done is not None:
-            state, charged, resolved = (*_resolution(done), at)
-        hold_rows.append(
-            (h.id, h.org_id, h.project_id, h.key_id, h.model, h.endpoint, h.amount, h.period,
-             h.created_at, h.expires_at, state, charged, resolved)
-        )  # fmt: skip
-    yield from _insert_steps(conn, holds, hold_rows, _HOLD_COLUMNS)
-    updates = [(*_resolution(o), at, rid) for rid, o in todo.items() if rid not in fresh]
-    if updates:
-        mark = _marker(conn)
-        conn.exec_driver_sql(
-            f"UPDATE holds SET status = {mark}, charged_micro = {mark}, "  # noqa: S608
-            f"resolved_at = {mark} WHERE id = {mark}",
-            updates,
-        )
-    usage = [_usage_tuple(o.record) for o in todo.values()]
-    yield from _insert_steps(conn, t.usage_records, usage, _USAGE_COLUMNS)
+            state, charged = _resolution(outcome)
+            if known == "open":
+                updates.append((state, charged, at, rid))
+            else:
+                assert outcome.settlement is not None
+                hold = journaled.pop(rid, None) or outcome.settlement.hold
+                hold_rows.append(_hold_row(hold, state, charged, at))
+            usage.append(_usage_tuple(outcome.record))
+        yield
+        _insert_rows(conn, holds, hold_rows, _HOLD_COLUMNS)
+        if updates:
+            mark = _marker(conn)
+            conn.exec_driver_sql(
+                f"UPDATE holds SET status = {mark}, charged_micro = {mark}, "  # noqa: S608
+                f"resolved_at = {mark} WHERE id = {mark}",
+                updates,
+            )
+        _insert_rows(conn, t.usage_records, usage, _USAGE_COLUMNS)
+    still_open = [_hold_row(h, "open", None, None) for h in journaled.values()]
+    for start in range(0, len(still_open), STEP_SETTLEMENTS):
+        yield
+        _insert_rows(conn, holds, still_open[start : start + STEP_SETTLEMENTS], _HOLD_COLUMNS)
     _insert_rows(conn, ledger_entries, _settlement_entries(todo.values(), at), _LEDGER_COLUMNS)
     return len(todo)
+
+
+def _hold_row(h: Hold, state: str, charged: int | None, resolved: int | None) -> tuple[Any, ...]:
+    return (
+        h.id, h.org_id, h.project_id, h.key_id, h.model, h.endpoint, h.amount, h.period,
+        h.created_at, h.expires_at, state, charged, resolved,
+    )  # fmt: skip
 
 
 def _padded(ids: list[str]) -> list[str]:
@@ -247,14 +262,6 @@ def _padded(ids: list[str]) -> list[str]:
     while size < len(ids):
         size *= 2
     return ids + ids[:1] * (size - len(ids)) if ids else ids
-
-
-def _insert_steps(
-    conn: Connection, table: Table, rows: list[tuple[Any, ...]], columns: Sequence[str]
-) -> Generator[None, None, None]:
-    for start in range(0, len(rows), STEP_ROWS):
-        yield
-        _insert_rows(conn, table, rows[start : start + STEP_ROWS], columns)
 
 
 def _hold(row: Any) -> Hold:
@@ -345,9 +352,10 @@ class SqlMoneyStore(SqlStore):
     def resolve_stepwise(
         self, outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = ()
     ) -> Generator[None, None, int] | None:
-        """``resolve`` for a caller on an event loop: the same transaction, done a slice of at most
-        ``STEP_ROWS`` rows per ``next()``, so nothing blocks the loop for long and no thread (and
-        no GIL hand-over per row, which cost more CPU than the writes) is involved. Only on SQLite,
+        """``resolve`` for a caller on an event loop: the same transaction, a slice per ``next()``
+        (``SELECT_IDS`` holds looked up, or ``STEP_SETTLEMENTS`` settlements written), so nothing
+        blocks the loop for long and no thread (and no GIL hand-over per row, which cost more CPU
+        than the writes) is involved. Only on SQLite,
         and only when the write lock is free right now (another thread or process writing: None,
         then call ``resolve`` on a thread). Its commit never checkpoints the WAL: ``checkpoint``
         does, off the loop."""
