@@ -5,7 +5,8 @@ requests, which cost more CPU than the requests themselves at one connection."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,70 +23,105 @@ from keyplane.storage.tables import usage_records
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 
 
-async def _scenario(tmp: Path) -> None:
-    container, _, _, _, key = initialized(
-        tmp, "http://sim/v1", credit=10**9, usage_flush_interval_s=3600
-    )  # (flushes only when this test asks)
-    sim = httpx.ASGITransport(app=create_app(SimulatorConfig()))
-    gateway = bootstrap.build_gateway(container, transport=sim)
-    money = gateway.pipeline.money
-    await gateway.pipeline.auth.refresh()
-    await money.refresh()
-    client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=gateway, client=("127.0.0.1", 5555)),
-        base_url="http://kp",
-        headers={"authorization": f"Bearer {key}"},
-    )
+class InProcess:
+    """The gateway in front of the simulator, in this event loop, without sockets; settlements are
+    flushed only when a test asks."""
 
-    async def post() -> int:
-        return (await client.post("/v1/chat/completions", json=BODY)).status_code
+    def __init__(self, tmp: Path) -> None:
+        self.container, _, org, _, key = initialized(
+            tmp, "http://sim/v1", credit=10**9, usage_flush_interval_s=3600
+        )
+        self.org_id: str = org.id
+        sim = httpx.ASGITransport(app=create_app(SimulatorConfig()))
+        self.gateway = bootstrap.build_gateway(self.container, transport=sim)
+        self.money = self.gateway.pipeline.money
+        self.client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.gateway, client=("127.0.0.1", 5555)),
+            base_url="http://kp",
+            headers={"authorization": f"Bearer {key}"},
+        )
 
+    async def post(self) -> int:
+        return (await self.client.post("/v1/chat/completions", json=BODY)).status_code
+
+    def usage_count(self) -> int:
+        with self.container.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(usage_records)).scalar() or 0)
+
+
+async def in_process(tmp: Path, scenario: Callable[[InProcess], Awaitable[None]]) -> None:
+    kp = InProcess(tmp)
+    await kp.gateway.pipeline.auth.refresh()
+    await kp.money.refresh()
     try:
-        assert [await post() for _ in range(20)] == [200] * 20
-        store: Any = money._store
-        original = store.resolve_stepwise
-        batches: list[int] = []
-        late: list[int] = []
-
-        def held_open(
-            outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = ()
-        ) -> Generator[None, None, int] | None:
-            """The real batch, kept open until the late requests are answered."""
-            batches.append(len(outcomes))
-            steps = original(outcomes, at, new_holds)
-            if steps is None:
-                return None
-
-            def wait_then_write() -> Generator[None, None, int]:
-                for _ in range(100_000):  # each yield lets the event loop run once
-                    if len(late) == 5:
-                        break
-                    yield
-                count: int = yield from steps
-                return count
-
-            return wait_then_write()
-
-        store.resolve_stepwise = held_open
-        flushing = asyncio.create_task(money.flush())
-        late.extend(await asyncio.gather(*(post() for _ in range(5))))
-        assert late == [200] * 5
-        assert await flushing == 20
-        assert batches == [20], "the late requests must wait for the next flush"
-        # The spend watcher reads stored spend: it hears of the organization after each flush
-        # that stored some of its settlements, including the one storing the late requests.
-        org_id = container.accounts.organizations()[0].id
-        assert money.take_touched()[0] == {org_id}
-        assert await money.flush() == 5
-        assert batches == [20, 5]
-        assert money.take_touched()[0] == {org_id}
-        with container.engine.connect() as conn:
-            assert conn.execute(select(func.count()).select_from(usage_records)).scalar() == 25
+        await scenario(kp)
     finally:
-        await client.aclose()
-        await gateway.shutdown()
-        container.close()
+        await kp.client.aclose()
+        await kp.gateway.shutdown()
+        kp.container.close()
+
+
+async def _late_requests_wait(kp: InProcess) -> None:
+    money, post = kp.money, kp.post
+    assert [await post() for _ in range(20)] == [200] * 20
+    store: Any = money._store
+    original = store.resolve_stepwise
+    batches: list[int] = []
+    late: list[int] = []
+
+    def held_open(
+        outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = ()
+    ) -> Generator[None, None, int] | None:
+        """The real batch, kept open until the late requests are answered."""
+        batches.append(len(outcomes))
+        steps = original(outcomes, at, new_holds)
+        if steps is None:
+            return None
+
+        def wait_then_write() -> Generator[None, None, int]:
+            for _ in range(100_000):  # each yield lets the event loop run once
+                if len(late) == 5:
+                    break
+                yield
+            count: int = yield from steps
+            return count
+
+        return wait_then_write()
+
+    store.resolve_stepwise = held_open
+    flushing = asyncio.create_task(money.flush())
+    late.extend(await asyncio.gather(*(post() for _ in range(5))))
+    assert late == [200] * 5
+    assert await flushing == 20
+    assert batches == [20], "the late requests must wait for the next flush"
+    # The spend watcher reads stored spend: it hears of the organization after each flush
+    # that stored some of its settlements, including the one storing the late requests.
+    assert money.take_touched()[0] == {kp.org_id}
+    assert await money.flush() == 5
+    assert batches == [20, 5]
+    assert money.take_touched()[0] == {kp.org_id}
+    assert kp.usage_count() == 25
+
+
+async def _keeps_up_with_a_busy_loop(kp: InProcess) -> None:
+    assert await asyncio.gather(*(kp.post() for _ in range(400))) == [200] * 400
+    flushing = asyncio.create_task(kp.money.flush())
+    passes = 0
+    while not flushing.done():  # the loop busy with other work: 2 ms of CPU per pass
+        passes += 1
+        end = time.perf_counter() + 0.002
+        while time.perf_counter() < end:
+            pass
+        await asyncio.sleep(0)
+    assert await flushing == 400
+    assert kp.usage_count() == 400
+    # One slice per pass (8 settlements) took over 50 passes: under load the writer fell behind.
+    assert passes <= 30, passes
 
 
 def test_a_flush_stores_what_was_queued_when_it_started(tmp_path: Path) -> None:
-    asyncio.run(_scenario(tmp_path))
+    asyncio.run(in_process(tmp_path, _late_requests_wait))
+
+
+def test_the_settlement_writer_keeps_up_when_the_loop_is_busy(tmp_path: Path) -> None:
+    asyncio.run(in_process(tmp_path, _keeps_up_with_a_busy_loop))
