@@ -99,7 +99,8 @@ def accounting_lines(results: list[ScenarioResult]) -> list[str]:
             f"- {res.scenario.title}: {u.records:,} usage records, {a.forwarded:,} requests "
             f"forwarded to the stub, {a.wrk_ok:,} 200s counted by wrk (+{u.status_200 - a.wrk_ok} "
             f"answered after wrk's cutoff), {u.cost_micro_usd:,} µ$ billed = {u.records:,} × "
-            f"{a.unit_cost} µ$ → **{verdict}**"
+            f"{a.unit_cost} µ$, at most {a.behind_s:.2f} s of traffic unwritten after a run "
+            f"→ **{verdict}**"
         )
     return out
 
