@@ -36,7 +36,7 @@ from keyplane.usage.records import UsageRecord
 
 CHECKPOINT_AFTER = 4_000  # settlements: ~1,000 pages of SQLite WAL
 LOOP_SHARE = 0.5  # settlement writing per loop pass, relative to the rest of the pass
-MIN_SLICE_S = 0.0001
+MIN_SLICE_S = 0.0001  # settlement writing per pass when the rest of the loop is idle
 log = logging.getLogger("keyplane.money")
 
 REFUSALS = {
