@@ -37,6 +37,7 @@ from keyplane.usage.records import UsageRecord
 CHECKPOINT_AFTER = 4_000  # settlements: ~1,000 pages of SQLite WAL
 LOOP_SHARE = 0.5  # settlement writing per loop pass, relative to the rest of the pass
 MIN_SLICE_S = 0.0001  # settlement writing per pass when the rest of the loop is idle
+MAX_SLICE_S = 0.005  # and at most, however long the rest of the pass took
 log = logging.getLogger("keyplane.money")
 
 REFUSALS = {
@@ -201,7 +202,7 @@ class MoneyGuard:
                 # the settlements coming in (at 64 connections a pass serves dozens of requests:
                 # 500 settlements took 4 s to write); when idle, one slice at a time.
                 start = time.perf_counter()
-                budget = max(MIN_SLICE_S, LOOP_SHARE * away)
+                budget = min(MAX_SLICE_S, max(MIN_SLICE_S, LOOP_SHARE * away))
                 try:
                     next(steps)
                     while time.perf_counter() - start < budget:
