@@ -214,11 +214,13 @@ def _resolve_steps(
         for outcome in outcomes[start : start + STEP_SETTLEMENTS]:
             rid = outcome.record.request_id
             known = status.get(rid)
-            # Resolved already (sweeper, replayed batch), or voided before it was ever stored:
-            # skipped whole.
-            if rid in todo or (known is None and outcome.settlement is None):
-                continue
-            if known is not None and known != "open":
+            # Skipped whole: resolved already (sweeper, replayed batch), or voided before its
+            # hold was ever stored.
+            if (
+                rid in todo
+                or known not in (None, "open")
+                or (known is None and outcome.settlement is None)
+            ):
                 continue
             todo[rid] = outcome
             state, charged = _resolution(outcome)
@@ -355,10 +357,9 @@ class SqlMoneyStore(SqlStore):
         """``resolve`` for a caller on an event loop: the same transaction, a slice per ``next()``
         (``SELECT_IDS`` holds looked up, or ``STEP_SETTLEMENTS`` settlements written), so nothing
         blocks the loop for long and no thread (and no GIL hand-over per row, which cost more CPU
-        than the writes) is involved. Only on SQLite,
-        and only when the write lock is free right now (another thread or process writing: None,
-        then call ``resolve`` on a thread). Its commit never checkpoints the WAL: ``checkpoint``
-        does, off the loop."""
+        than the writes) is involved. Only on SQLite, and only when the write lock is free right
+        now (another thread or process writing: None, then call ``resolve`` on a thread). Its
+        commit never checkpoints the WAL: ``checkpoint`` does, off the loop."""
         if not self._lock_for_steps():
             return None
         try:
