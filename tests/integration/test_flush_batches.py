@@ -119,6 +119,43 @@ async def _keeps_up_with_a_busy_loop(kp: InProcess) -> None:
     assert passes <= 30, passes
 
 
+async def _waits_for_the_hook_in_progress(kp: InProcess) -> None:
+    """The after-flush hook (spend emails, auto-recharge jobs) of a background flush can still be
+    running when someone else's flush finds nothing left to store; that flush must wait for it, or
+    its caller reads the outbox before the email is in it (test_money's recharge test, 1 in ~10)."""
+    gateway: Any = kp.gateway
+    real_hook = gateway._after_flush
+    entered, gate = asyncio.Event(), asyncio.Event()
+    order: list[str] = []
+
+    async def slow_hook() -> None:
+        if not entered.is_set():
+            entered.set()
+            await gate.wait()
+            order.append("first hook done")
+        await real_hook()
+
+    gateway._after_flush = slow_hook
+    assert await kp.post() == 200
+    first = asyncio.create_task(kp.gateway.flush())
+    await entered.wait()
+
+    async def second_flush() -> None:
+        await kp.gateway.flush()
+        order.append("second flush returned")
+
+    second = asyncio.create_task(second_flush())
+    await asyncio.wait({second}, timeout=0.2)  # (without the wait it returns at once)
+    gate.set()
+    await asyncio.gather(first, second)
+    assert order == ["first hook done", "second flush returned"]
+    assert kp.usage_count() == 1
+
+
+def test_a_flush_waits_for_the_after_flush_hook_in_progress(tmp_path: Path) -> None:
+    asyncio.run(in_process(tmp_path, _waits_for_the_hook_in_progress))
+
+
 def test_a_flush_stores_what_was_queued_when_it_started(tmp_path: Path) -> None:
     asyncio.run(in_process(tmp_path, _late_requests_wait))
 

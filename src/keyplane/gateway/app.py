@@ -35,6 +35,9 @@ class Gateway:
     ) -> None:
         self.pipeline = pipeline
         self._after_flush = after_flush
+        # One hook at a time, so a flush returns only after the hook that took its settlements
+        # (maybe a concurrent flush's) is done: its emails and recharge jobs are then stored.
+        self._after_flush_lock = asyncio.Lock()
         # The last two also run once more at shutdown, so nothing settled is left unwritten.
         self._loops: list[tuple[float, Callable[[], Awaitable[Any]]]] = [
             (key_poll_interval_s, pipeline.auth.refresh),
@@ -48,10 +51,11 @@ class Gateway:
 
     async def flush(self) -> None:
         """Writes settled requests (usage records and ledger entries), then runs the after-flush
-        hook (threshold notifications)."""
+        hook (threshold notifications, auto-recharge jobs)."""
         await self.pipeline.money.flush()
         if self._after_flush is not None:
-            await self._after_flush()
+            async with self._after_flush_lock:
+                await self._after_flush()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
