@@ -20,7 +20,7 @@ from keyplane.storage import migrate
 from keyplane.storage.billing_repository import STEP_SETTLEMENTS, SqlMoneyStore
 from keyplane.storage.billing_tables import holds, ledger_entries
 from keyplane.storage.engine import make_engine
-from keyplane.storage.repositories import SqlAccountStore
+from keyplane.storage.repositories import SqlAccountStore, SqlUsageStore
 from keyplane.usage.records import Outcome as RequestOutcome
 from keyplane.usage.records import UsageRecord
 
@@ -124,6 +124,32 @@ def test_a_batch_stores_new_holds_settled_or_open_and_applies_once(engine: Engin
     assert rows == {f"req_{i}": "settled" for i in range(5)}
     assert store.totals(org.id) == (0, 975)
     assert len(store.month_spend(org.id, "2026-11")[1]) == 1
+
+
+def test_a_batch_reads_back_as_written(engine: Engine) -> None:
+    """Rows are written as tuples in the tables' column order: the records and the holds left
+    open read back field for field."""
+    _, org, project = AccountService(SqlAccountStore(engine), SystemClock()).initialize(
+        email="o@example.com", password="correct horse battery", org_name="Store"
+    )
+    store = SqlMoneyStore(engine)
+    now = int(time.time())
+    store.add_lot(org.id, Lot("cg_1", "grant", 10_000, 10_000, now, None), "", "grants")
+    money = store.load(org.id, "2026-11", lambda tier: 10**9)
+    done, open_ = (
+        Hold(f"req_{i}", org.id, project.id, 900 + i, "2026-11", now - i, now + 60 + i,
+             key_id=f"key_{i}", model=f"model-{i}", endpoint="embeddings")
+        for i in range(2)
+    )  # fmt: skip
+    for hold in (done, open_):
+        assert money.place_hold(hold) is None
+    written = record(done.id, org.id, project.id, 123)._replace(
+        client_ip="10.1.2.3", stream=True, outcome=RequestOutcome.CLIENT_DISCONNECTED,
+        tokens_estimated=True, cached_input_tokens=4, latency_ms=77,
+    )  # fmt: skip
+    assert store.resolve([Outcome(written, money.settle(done.id, 123))], now, [done, open_]) == 1
+    assert list(SqlUsageStore(engine).query(org.id)) == [written]
+    assert store.load(org.id, "2026-11", lambda tier: 10**9).holds == {open_.id: open_}
 
 
 def _settled_batch(engine: Engine, n: int) -> tuple[SqlMoneyStore, list[Outcome], str]:

@@ -10,8 +10,7 @@ lowers the output cap (``max_output_for``) and tells the upstream.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from keyplane.usage.pricing import MICRO, Price
 
@@ -19,8 +18,7 @@ IMAGE_TOKEN_ALLOWANCE = 3000
 NO_LIMIT = 2**62
 
 
-@dataclass(frozen=True, slots=True)
-class CostBound:
+class CostBound(NamedTuple):
     """Cost of a request as a function of its output tokens, in micro-dollars times 10**6 (exact)."""
 
     fixed: int  # input bound * input price

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from keyplane.billing.wallet import BillingMode, Hold, Lot, OrgMoney, Settlement
 from keyplane.usage.records import UsageRecord
@@ -32,8 +32,7 @@ class SpendAlert:
     created_at: int
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """How a request that held money ended: settled (with a Settlement) or voided."""
 
     record: UsageRecord

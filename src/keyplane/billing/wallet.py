@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from keyplane.billing.periods import period_of
 
@@ -50,8 +51,7 @@ class Lot:
         return not self.revoked and (self.expires_at is None or at < self.expires_at)
 
 
-@dataclass(frozen=True, slots=True)
-class Hold:
+class Hold(NamedTuple):
     id: str  # the request id
     org_id: str
     project_id: str
@@ -65,8 +65,7 @@ class Hold:
     endpoint: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
+class Settlement(NamedTuple):
     hold: Hold
     cost: int  # what the request really cost
     charged: int  # min(cost, hold): what the scopes are charged
@@ -74,8 +73,7 @@ class Settlement:
     uncovered: int  # charged but not covered by lots (postpaid, or a lot revoked meanwhile)
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
+class Rejection(NamedTuple):
     scope: Scope
     headroom: int
 

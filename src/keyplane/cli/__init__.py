@@ -133,9 +133,7 @@ def usage(
     start = _parse_since(since, c.clock.now()) if since else None
     records = c.usage_store.query(org_id, project_id=project_id, since=start, limit=limit)
     if as_json:
-        rows = [
-            {**{f: getattr(r, f) for f in r.__slots__}, "outcome": r.outcome.value} for r in records
-        ]
+        rows = [{**r._asdict(), "outcome": r.outcome.value} for r in records]
         out.print_json(json.dumps(rows))
         return
     table = Table("time", "request", "model", "endpoint", "in", "cached", "out", "status", "cost $")

@@ -17,11 +17,11 @@ sweeper settles it at the hold amount (the most the request could have cost) wit
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 from keyplane.billing.bounds import CostBound
 from keyplane.billing.periods import period_of
@@ -48,8 +48,7 @@ REFUSALS = {
 }
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Admission:
+class Admission(NamedTuple):
     hold: Hold
     output_tokens: (
         int  # the output the hold covers (the cap to send when it is below the request's)
@@ -122,7 +121,7 @@ class MoneyGuard:
             if affordable < min(output_tokens, self._min_output) or affordable < 0:
                 raise SpendRefused(refused.scope.value, REFUSALS[refused.scope])
             output_tokens, clamped = affordable, True
-            hold = dataclasses.replace(hold, amount=bound.cost(affordable))
+            hold = hold._replace(amount=bound.cost(affordable))
             refused = org.place_hold(hold)
             assert refused is None, "the clamped amount fits the room just reported"
         try:
@@ -151,9 +150,7 @@ class MoneyGuard:
             )  # fmt: skip
         stored = record
         if record.cost_micro_usd != settlement.charged or record.period != hold.period:
-            stored = dataclasses.replace(
-                record, cost_micro_usd=settlement.charged, period=hold.period
-            )
+            stored = record._replace(cost_micro_usd=settlement.charged, period=hold.period)
         self._outcomes.append(Outcome(stored, settlement))
         return stored
 

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import re
 import zlib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from keyplane.ids import BASE62, random_base62
 
@@ -45,8 +45,7 @@ def checksum(text: str) -> str:
     return _base62(zlib.crc32(text.encode("ascii")), CHECKSUM_LEN)
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedKey:
+class ParsedKey(NamedTuple):
     kind: KeyKind
     public_id: str
     secret: str

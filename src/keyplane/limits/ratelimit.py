@@ -31,7 +31,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 DEFAULT_RPM_BURST_S = 10.0
 _EPS = 1e-9  # seconds; absorbs float rounding in sums like 10 x 1000 tokens x (60 / 10000)
@@ -135,19 +135,14 @@ def scope_id(kind: str, owner_id: str, model: str) -> str:
     return f"{kind}:{owner_id}:{model}"
 
 
-@dataclass(frozen=True, slots=True)
-class Cost:
+class Cost(NamedTuple):
     """What a request takes: ``tokens`` is the estimated prompt plus ``max_tokens``; audio in whole
-    megabytes, rounded up."""
+    megabytes, rounded up. (Never negative: the limiter refuses such a cost.)"""
 
     tokens: int = 0
     requests: int = 1
     images: int = 0
     audio_mb: int = 0
-
-    def __post_init__(self) -> None:
-        if min(self.tokens, self.requests, self.images, self.audio_mb) < 0:
-            raise ValueError("a cost cannot be negative")
 
     def amounts(self) -> tuple[int, int, int, int]:
         """The units of every dimension, each at its place in ``_UNITS_AT``."""
@@ -164,8 +159,7 @@ _UNITS_AT = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class Headroom:
+class Headroom(NamedTuple):
     """One ``x-ratelimit-*`` triple: the limit, units admittable right now, seconds until at rest."""
 
     limit: int
@@ -173,8 +167,7 @@ class Headroom:
     reset_s: float
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
+class Rejection(NamedTuple):
     scope_id: str
     dimension: Dimension
     limit: int
@@ -193,8 +186,7 @@ class Ticket:
     settled: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     admitted: bool
     ticket: Ticket | None  # set when admitted
     requests: Headroom | None  # of the scope with the fewest requests left (None: no RPM limit)
@@ -259,6 +251,8 @@ class InMemoryRateLimiter:
 
     def admit(self, scopes: Sequence[LimitScope], cost: Cost, now: float) -> Decision:
         amounts = cost.amounts()
+        if min(amounts) < 0:
+            raise ValueError("a cost cannot be negative")
         with self._lock:
             t = self._clock(now)
             cells = self._cells

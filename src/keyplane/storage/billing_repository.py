@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import operator
 import sqlite3
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
@@ -152,21 +151,18 @@ class _Writer:
             )
 
 
-_USAGE_COLUMNS = tuple(c.name for c in t.usage_records.columns)
+# A record's fields are the table's columns, in order; a hold's fields are the first of its row's.
+_USAGE_COLUMNS = UsageRecord._fields
 _LEDGER_COLUMNS = ("txn_id", "org_id", "account", "lot_id", "amount_micro", "created_at")
 _HOLD_COLUMNS = (
-    "id", "org_id", "project_id", "key_id", "model", "endpoint", "amount_micro", "period",
-    "created_at", "expires_at", "status", "charged_micro", "resolved_at",
+    "id", "org_id", "project_id", "amount_micro", "period", "created_at", "expires_at", "key_id",
+    "model", "endpoint", "status", "charged_micro", "resolved_at",
 )  # fmt: skip
-
-
-_usage_values = operator.attrgetter(*_USAGE_COLUMNS)  # UsageRecord's fields are the columns
 _OUTCOME_AT = _USAGE_COLUMNS.index("outcome")
 
 
 def _usage_tuple(record: UsageRecord) -> tuple[Any, ...]:
-    row: tuple[Any, ...] = _usage_values(record)
-    return (*row[:_OUTCOME_AT], record.outcome.value, *row[_OUTCOME_AT + 1 :])
+    return (*record[:_OUTCOME_AT], record.outcome.value, *record[_OUTCOME_AT + 1 :])
 
 
 def _resolution(outcome: Outcome) -> tuple[str, int]:
@@ -225,8 +221,11 @@ def _resolve_steps(
     ledger, all through the driver (``_Writer``). A hold placed and settled within one batch is
     inserted settled, never inserted open and then updated."""
     db = _Writer(conn)
+    dbapi: Any = conn.dialect.dbapi  # the driver's errors, as SQLAlchemy would have wrapped them
     try:
         return (yield from _write_batch(db, outcomes, at, new_holds))
+    except (dbapi.OperationalError, dbapi.InterfaceError) as exc:
+        raise StoreUnavailable("The database is unavailable.") from exc
     finally:
         db.cursor.close()
 
@@ -280,10 +279,7 @@ def _write_batch(
 
 
 def _hold_row(h: Hold, state: str, charged: int | None, resolved: int | None) -> tuple[Any, ...]:
-    return (
-        h.id, h.org_id, h.project_id, h.key_id, h.model, h.endpoint, h.amount, h.period,
-        h.created_at, h.expires_at, state, charged, resolved,
-    )  # fmt: skip
+    return (*h, state, charged, resolved)
 
 
 def _padded(ids: list[str]) -> list[str]:

@@ -293,6 +293,6 @@ def _fields(obj: Any) -> dict[str, Any]:
 
 
 def usage_row(record: UsageRecord) -> dict[str, Any]:
-    row = _fields(record)
+    row = record._asdict()
     row["outcome"] = record.outcome.value
     return row

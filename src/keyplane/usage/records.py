@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class Outcome(enum.StrEnum):
@@ -14,8 +14,7 @@ class Outcome(enum.StrEnum):
     GATEWAY_LOST = "gateway_lost"  # the gateway died mid-request; billed at its hold by the sweeper
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRecord:
+class UsageRecord(NamedTuple):
     request_id: str
     created_at: int
     org_id: str
