@@ -72,10 +72,10 @@ class Gateway:
             endpoint = ENDPOINTS.get(path)
             if endpoint is not None and method == "POST":
                 client_ip = self.pipeline.access.client_ip(scope)
-                key = await self.pipeline.admit_caller(
+                key, levels = await self.pipeline.admit_caller(
                     scope, client_ip, endpoint.group, Access.WRITE
                 )
-                call = Call(request_id, endpoint, key, client_ip, time.monotonic())
+                call = Call(request_id, endpoint, key, levels, client_ip, time.monotonic())
                 await self.pipeline.handle(call, scope, receive, send)
             elif method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
                 await self._models(scope, send, path.removeprefix("/v1/models").strip("/"), rid)
@@ -98,11 +98,11 @@ class Gateway:
         self, scope: Scope, send: Send, model: str, rid: list[tuple[bytes, bytes]]
     ) -> None:
         access = self.pipeline.access
-        key = await self.pipeline.admit_caller(
+        key, levels = await self.pipeline.admit_caller(
             scope, access.client_ip(scope), Group.MODELS, Access.READ
         )
         names = [
-            m for m in await self.pipeline.router.models() if await access.model_allowed(key, m)
+            m for m in await self.pipeline.router.models() if access.model_allowed(levels, key, m)
         ]
         if model:
             if model not in names:

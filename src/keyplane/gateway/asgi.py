@@ -25,7 +25,7 @@ async def send_bytes(
     *,
     content_type: bytes = JSON,
 ) -> None:
-    out = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    out = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
     out.extend(headers)
     await send({"type": "http.response.start", "status": status, "headers": out})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -91,24 +91,22 @@ class MoneyGuard:
         self.listeners: list[Callable[[MoneyEvent], None]] = []
 
     # -- the request path ---------------------------------------------------------------------
-    async def admit(
-        self,
-        key: ApiKey,
-        request_id: str,
-        model: str,
-        endpoint: str,
-        bound: CostBound,
-        output_tokens: int,
-    ) -> Admission:
-        """Places a hold for the request's worst case, lowering ``output_tokens`` if only that fits.
+    def cached_org(self, org_id: str) -> OrgMoney | None:
+        """``org`` when it is loaded already (no await on the request path)."""
+        return self._orgs.get(org_id)
+
+    def admit(
+        self, org: OrgMoney, key: ApiKey, request_id: str, model: str, endpoint: str,
+        bound: CostBound, output_tokens: int, now: float,
+    ) -> Admission:  # fmt: skip
+        """Places a hold on ``org`` (the key's, from ``org()``) for the request's worst case,
+        lowering ``output_tokens`` if only that fits. Synchronous, journal included: no other
+        request can take the same money in between.
 
         Raises SpendRefused (no scope has room), StoreUnavailable (fail closed)."""
-        org = await self.org(key.org_id)
         if len(self._outcomes) >= self._max_unstored:
             # The database has been unreachable for a while: stop before memory does.
             raise StoreUnavailable("Usage cannot be recorded right now.")
-        now = self._clock.now()
-        # From here to the journal there is no await: no other request can take the same money.
         hold = Hold(
             id=request_id, org_id=key.org_id, project_id=key.project_id or "",
             amount=bound.cost(output_tokens), period=period_of(now), created_at=int(now),

@@ -22,10 +22,10 @@ from typing import Any
 import orjson
 
 from keyplane.billing.bounds import cost_bound, input_token_bound
-from keyplane.billing.wallet import Hold
+from keyplane.billing.wallet import Hold, OrgMoney
 from keyplane.clock import Clock
 from keyplane.errors import KeyplaneError
-from keyplane.gateway.access import AccessGuard
+from keyplane.gateway.access import AccessGuard, Levels
 from keyplane.gateway.asgi import Receive, Send, header, send_bytes
 from keyplane.gateway.errors import ApiError, bad_request, from_domain, missing_key, model_not_found
 from keyplane.gateway.money import MoneyGuard
@@ -38,7 +38,7 @@ from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
 from keyplane.keys.permissions import Access, Group
 from keyplane.limits.headers import rate_limit_headers, rejection_message
-from keyplane.limits.ratelimit import Dimension, Ticket
+from keyplane.limits.ratelimit import Dimension, LimitScope, Ticket
 from keyplane.usage import tokens
 from keyplane.usage.pricing import Price, PriceTable
 from keyplane.usage.records import Outcome, UsageRecord
@@ -82,6 +82,7 @@ class Call:
     request_id: str
     endpoint: Endpoint
     key: ApiKey
+    levels: Levels  # the key's organization and project access policies
     client_ip: str | None
     started: float  # monotonic
     model: str = ""
@@ -122,29 +123,30 @@ class Pipeline:
 
     async def admit_caller(
         self, scope: Any, client_ip: str | None, group: Group, access: Access
-    ) -> ApiKey:
-        """The first checks, before the body is read: key, IP allowlists, permission."""
-        key = await self.authenticate(scope, client_ip)
-        await self.access.check_ip(key, client_ip)
-        self.access.check_permission(key, group, access)
-        return key
-
-    async def authenticate(self, scope: Any, client_ip: str | None) -> ApiKey:
+    ) -> tuple[ApiKey, Levels]:
+        """The first checks, before the body is read: key, IP allowlists, permission. Returns the
+        key and its organization's and project's access policies."""
         raw = header(scope, b"authorization")
-        if raw is None or not raw.strip():
+        if raw is None:
             raise missing_key()
         scheme, _, token = raw.decode("latin-1").strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if not token or scheme.lower() != "bearer":
             raise missing_key()
-        key = await self.auth.authenticate(token.strip(), client_ip)
+        key = await self.auth.authenticate(token, client_ip)
         if key.kind is KeyKind.ADMIN:
             raise ApiError(
                 401, "Admin keys can only call the Admin API (/v1/organization/…); use a project key.",
                 code="invalid_api_key",
             )  # fmt: skip
-        return key
+        levels = await self.access.levels(key)
+        self.access.check_ip(levels, key, client_ip)
+        self.access.check_permission(key, group, access)
+        return key, levels
 
     async def handle(self, call: Call, scope: Any, receive: Receive, send: Send) -> None:
+        """Everything after ``admit_caller``; errors come out as ApiError carrying the rate-limit
+        headers once the rate limits were checked."""
         try:
             await self._handle(call, scope, receive, send)
         except ApiError as exc:
@@ -160,11 +162,12 @@ class Pipeline:
     async def _handle(self, call: Call, scope: Any, receive: Receive, send: Send) -> None:
         body = await self._read_body(scope, receive)
         payload = _parse(body, call.endpoint)
-        call.model = payload["model"]
-        await self.access.check_model(call.key, call.model)
-        upstreams = await self.router.candidates(call.model)
+        key, model = call.key, payload["model"]
+        call.model = model
+        self.access.check_model(call.levels, key, model)
+        upstreams = await self.router.candidates(model)
         if not upstreams:
-            raise model_not_found(call.model)
+            raise model_not_found(model)
         call.estimated_input = call.endpoint.estimate_input(payload)
         rewrite = False
         client_wants_usage = False
@@ -178,11 +181,17 @@ class Pipeline:
         field, asked = _output_cap(payload)
         n = payload.get("n")
         choices = n if isinstance(n, int) and n > 0 else 1
-        await self._rate_limit(call, asked, choices)
+        org = self.money.cached_org(key.org_id) or await self.money.org(key.org_id)
+        scopes = self.rates.cached_scopes(key, org.tier, model) or await self.rates.scopes(
+            key, org.tier, model
+        )
+        # No await from here to the journal: the admission is one step.
+        now = self.clock.now()
+        self._rate_limit(call, scopes, asked, choices, now)
         try:
-            rewrite |= await self._hold(call, payload, len(body), field, asked, choices)
+            rewrite |= self._hold(call, org, payload, len(body), field, asked, choices, now)
         except BaseException:
-            self.rates.settle(call.ticket, 0)  # refused before forwarding: no tokens were used
+            self.rates.settle(call.ticket, 0, now)  # refused before forwarding: no tokens used
             raise
         if rewrite:
             body = orjson.dumps(payload)
@@ -193,11 +202,12 @@ class Pipeline:
                 used = (call.estimated_input, 0, 0) if call.forwarded else (0, 0, 0)
                 self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True)
 
-    async def _rate_limit(self, call: Call, asked: int | None, choices: int) -> None:
+    def _rate_limit(
+        self, call: Call, scopes: list[LimitScope], asked: int | None, choices: int, now: float
+    ) -> None:
         """Counts the request and its estimated tokens (prompt + max output) against every scope."""
-        org = await self.money.org(call.key.org_id)
         tokens = call.estimated_input + (asked or 0) * choices
-        decision = await self.rates.admit(call.key, org.tier, call.model, tokens)
+        decision = self.rates.admit(scopes, tokens, now)
         call.rate_headers = rate_limit_headers(decision)
         call.ticket = decision.ticket
         if decision.rejection is not None:
@@ -206,13 +216,13 @@ class Pipeline:
             limit = ((b"x-keyplane-limit", b"rate"),)
             raise ApiError(429, message, type=kind, code="rate_limit_exceeded", extra_headers=limit)
 
-    async def _hold(
-        self, call: Call, payload: dict[str, Any], body_len: int,
-        field: str | None, asked: int | None, choices: int,
+    def _hold(
+        self, call: Call, org: OrgMoney, payload: dict[str, Any], body_len: int,
+        field: str | None, asked: int | None, choices: int, now: float,
     ) -> bool:  # fmt: skip
         """Places the money hold; returns True when the payload now carries a lower output cap
         (``field``/``asked``: the client's own cap, if any; ``choices``: how many it asked for)."""
-        price = call.price = self.prices.price(call.model, self.clock.now())
+        price = call.price = self.prices.price(call.model, now)
         bound = cost_bound(price, input_token_bound(body_len, payload), choices)
         model_max = price.max_output_tokens if price else None
         wanted = (
@@ -220,8 +230,8 @@ class Pipeline:
             if call.endpoint.has_output
             else 0
         )
-        admission = await self.money.admit(
-            call.key, call.request_id, call.model, call.endpoint.name, bound, wanted
+        admission = self.money.admit(
+            org, call.key, call.request_id, call.model, call.endpoint.name, bound, wanted, now
         )
         call.hold = admission.hold
         # The upstream must not produce more than the hold covers: send the cap when it was lowered,
@@ -374,7 +384,7 @@ class Pipeline:
         call.metered = True
         now = self.clock.now()
         inp, cached, out = used
-        self.rates.settle(call.ticket, inp + out)
+        self.rates.settle(call.ticket, inp + out, now)
         price = call.price
         if price is None and call.model not in self._unpriced:
             self._unpriced.add(call.model)

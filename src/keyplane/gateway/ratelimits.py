@@ -45,7 +45,15 @@ class RateGuard:
         self._scopes: dict[tuple[str, str | None, str], list[LimitScope]] = {}
         self.failed_open = 0
 
-    async def admit(self, key: ApiKey, tier_id: str | None, model: str, tokens: int) -> Decision:
+    def cached_scopes(
+        self, key: ApiKey, tier_id: str | None, model: str
+    ) -> list[LimitScope] | None:
+        """``scopes`` when they are known already (no await on the request path)."""
+        return self._scopes.get((key.id, tier_id, model))
+
+    async def scopes(self, key: ApiKey, tier_id: str | None, model: str) -> list[LimitScope]:
+        """The scopes a request of ``key`` for ``model`` counts against (built once per key, tier
+        and model; dropped on any override change)."""
         cached = (key.id, tier_id, model)
         scopes = self._scopes.get(cached)
         if scopes is None:
@@ -54,7 +62,10 @@ class RateGuard:
                 if len(self._scopes) >= _MAX_CACHED:
                     self._scopes.clear()
                 self._scopes[cached] = scopes
-        return self._limiter.admit(scopes, Cost(tokens=tokens), self._clock.now())
+        return scopes
+
+    def admit(self, scopes: list[LimitScope], tokens: int, now: float) -> Decision:
+        return self._limiter.admit(scopes, Cost(tokens=tokens), now)
 
     async def _scopes_for(
         self, key: ApiKey, tier_id: str | None, model: str
@@ -87,9 +98,9 @@ class RateGuard:
             return scopes, False
         return scopes, True
 
-    def settle(self, ticket: Ticket | None, tokens: int) -> None:
+    def settle(self, ticket: Ticket | None, tokens: int, now: float) -> None:
         if ticket is not None:
-            self._limiter.settle(ticket, tokens, self._clock.now())
+            self._limiter.settle(ticket, tokens, now)
 
     def forget(self, ref: str | None) -> None:
         """Drops cached overrides of a project or key that changed (from the change feed)."""

@@ -7,7 +7,7 @@ or the upstream is still billed for what was produced (estimated at four charact
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -27,10 +27,15 @@ def parse_usage(obj: Any) -> tuple[int, int, int] | None:
     cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
     # null means "not reported" (0); anything else that is not a count makes the usage unusable,
     # so the caller falls back to its own estimate instead of billing an exact zero.
-    values = (inp, 0 if cached is None else cached, 0 if out is None else out)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-        return None
-    return values  # type: ignore[return-value]
+    cached = 0 if cached is None else cached
+    out = 0 if out is None else out
+    if _count(inp) and _count(cached) and _count(out):
+        return inp, cached, out
+    return None
+
+
+def _count(value: Any) -> TypeGuard[int]:
+    return type(value) is int and value >= 0  # (not bool, nor another int subclass)
 
 
 class SseAccounting:

@@ -42,10 +42,20 @@ class Upstream:
     models: frozenset[str]  # empty = whatever the upstream's /v1/models lists
     _listed: frozenset[str] | None = field(default=None, repr=False)
     _listed_at: float = field(default=0.0, repr=False)
+    auth_headers: list[tuple[bytes, bytes]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Sent with every request to this upstream: built once.
+        self.auth_headers = (
+            [(b"authorization", f"Bearer {self.api_key}".encode())] if self.api_key else []
+        )
 
     @property
     def wildcard(self) -> bool:
         return not self.models
+
+
+_IDENTITY = (b"accept-encoding", b"identity")
 
 
 class UpstreamUnavailable(Exception):
@@ -74,9 +84,11 @@ class UpstreamRouter:
     async def candidates(self, model: str) -> list[Upstream]:
         """Returns the upstreams that serve ``model``, in configured order."""
         out = []
+        now = time.monotonic()
         for up in self.upstreams:
             if up.wildcard:
-                listed = await self._listed(up)
+                fresh = up._listed is not None and now - up._listed_at < MODEL_LIST_TTL_S
+                listed = up._listed if fresh else await self._listed(up)
                 if listed is None or model in listed:
                     out.append(up)
             elif model in up.models:
@@ -95,7 +107,7 @@ class UpstreamRouter:
         if up._listed is not None and now - up._listed_at < MODEL_LIST_TTL_S:
             return up._listed
         try:
-            resp = await self.client.request("GET", f"{up.base_url}/models", _auth_raw(up))
+            resp = await self.client.request("GET", f"{up.base_url}/models", up.auth_headers)
             try:
                 content = await resp.read()
             finally:
@@ -125,7 +137,7 @@ class UpstreamRouter:
         Connection errors and 5xx answers move on to the next try (backing off) and the next
         upstream; the caller must close the returned response. Raises UpstreamUnavailable."""
         out_headers = [(k, v) for k, v in headers if k not in _DROP_REQUEST]
-        out_headers.append((b"accept-encoding", b"identity"))
+        out_headers.append(_IDENTITY)
         last: UpstreamResponse | None = None
         attempt = 0
         for up in upstreams:
@@ -140,7 +152,7 @@ class UpstreamRouter:
                     last = None
                 try:
                     resp = await self.client.request(
-                        "POST", up.base_url + path, out_headers + _auth_raw(up), body
+                        "POST", up.base_url + path, out_headers + up.auth_headers, body
                     )
                 except ConnectFailed as exc:
                     log.warning("upstream %s unreachable: %s", up.name, exc)
@@ -167,7 +179,3 @@ class UpstreamRouter:
             raise UpstreamUnavailable(
                 "The upstream's answer broke off before it was complete.", reached=True
             ) from None
-
-
-def _auth_raw(up: Upstream) -> list[tuple[bytes, bytes]]:
-    return [(b"authorization", f"Bearer {up.api_key}".encode())] if up.api_key else []

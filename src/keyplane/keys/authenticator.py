@@ -47,7 +47,7 @@ class KeyAuthenticator:
         parsed = keyfmt.parse(token)
         if parsed is None:
             raise _invalid(token)
-        kid = keyfmt.key_id(parsed.public_id)
+        kid = "key_" + parsed.public_id  # keyfmt.key_id
         if kid in self._cache:
             key = self._cache[kid]
         else:

@@ -10,7 +10,6 @@ the database) is enough; a slow password hash would only add latency.
 from __future__ import annotations
 
 import enum
-import hashlib
 import hmac
 import re
 import zlib
@@ -32,17 +31,17 @@ class KeyKind(enum.StrEnum):
     ADMIN = "admin"
 
 
-def _base62(n: int, width: int) -> str:
-    out = []
-    for _ in range(width):
-        n, r = divmod(n, 62)
-        out.append(BASE62[r])
-    return "".join(reversed(out))
-
-
 def checksum(text: str) -> str:
     """Returns the 6-char base62 CRC32 of ``text`` (zero-padded on the left)."""
-    return _base62(zlib.crc32(text.encode("ascii")), CHECKSUM_LEN)
+    n = zlib.crc32(text.encode("ascii"))
+    digits = ""
+    for _ in range(CHECKSUM_LEN):
+        n, r = divmod(n, 62)
+        digits = BASE62[r] + digits
+    return digits
+
+
+_KINDS = {kind.value: kind for kind in KeyKind}
 
 
 class ParsedKey(NamedTuple):
@@ -66,16 +65,15 @@ def parse(text: str) -> ParsedKey | None:
     m = _FULL.fullmatch(text)
     if m is None:
         return None
-    body = m.group(2)
-    head = text[:-CHECKSUM_LEN]
-    if not hmac.compare_digest(checksum(head), body[-CHECKSUM_LEN:]):
+    kind, body = m.groups()
+    if not hmac.compare_digest(checksum(text[:-CHECKSUM_LEN]), body[-CHECKSUM_LEN:]):
         return None
-    return ParsedKey(KeyKind(m.group(1)), body[:PUBLIC_ID_LEN], body[PUBLIC_ID_LEN:-CHECKSUM_LEN])
+    return ParsedKey(_KINDS[kind], body[:PUBLIC_ID_LEN], body[PUBLIC_ID_LEN:-CHECKSUM_LEN])
 
 
 def hash_secret(pepper: bytes, secret: str) -> str:
     """Returns hex HMAC-SHA-256(pepper, secret): what the database stores instead of the secret."""
-    return hmac.new(pepper, secret.encode("ascii"), hashlib.sha256).hexdigest()
+    return hmac.digest(pepper, secret.encode("ascii"), "sha256").hex()
 
 
 def secret_matches(pepper: bytes, secret: str, stored_hash: str) -> bool:
