@@ -147,7 +147,7 @@ class Gateway:
         return process_cpu_seconds(self.proc.pid) if self.proc else 0.0
 
     def close(self) -> None:
-        # SIGTERM lets uvicorn shut down gracefully, which flushes the usage buffer. (Not SIGINT:
+        # SIGTERM lets keyplane shut down gracefully, which flushes the usage buffer. (Not SIGINT:
         # a shell starting us in the background makes children ignore it.)
         if self.proc is not None:
             self.clean_stop = stop(self.proc, signal.SIGTERM, 30, "keyplane")

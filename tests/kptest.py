@@ -26,7 +26,7 @@ def wait_until(predicate: Callable[[], T], *, timeout: float = 10.0, interval: f
 
 
 class ServerThread:
-    """Runs an ASGI app under uvicorn on 127.0.0.1:<ephemeral> in a thread with its own loop."""
+    """Runs an ASGI app under keyplane's server on 127.0.0.1:<ephemeral> in a thread with its own loop."""
 
     def __init__(self, app: Any) -> None:
         self.app = app

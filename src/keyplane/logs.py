@@ -48,6 +48,3 @@ def configure(level: str) -> None:
     root.setLevel(level.upper())
     # httpx logs every upstream request at INFO: that is per-request work on the hot path.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True

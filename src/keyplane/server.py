@@ -1,4 +1,4 @@
-"""Running ASGI apps under uvicorn (uvloop + httptools when available)."""
+"""Running the ASGI app: keyplane's HTTP/1.1 server (h1server.py) on uvloop, and process tuning."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import ctypes
 import gc
 import os
 import platform
+import signal
 import socket
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
-import uvicorn
+from keyplane.h1server import Server
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -29,29 +30,28 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(
-    app: Any, *, log_level: str = "warning", access_log: bool = False
-) -> uvicorn.Server:
-    config = uvicorn.Config(
-        app,
-        loop="auto",
-        http="auto",
-        lifespan="on",
-        log_level=log_level,
-        access_log=access_log,
-        log_config=None,
-        server_header=False,
-        # keyplane reads X-Forwarded-For itself, only from its configured trusted proxies
-        # (gateway/access.py). uvicorn's own rewriting trusts 127.0.0.1 by default, which let
-        # any local client claim an allowlisted address; it also cost a middleware per request.
-        proxy_headers=False,
-        timeout_graceful_shutdown=10,
-        # Longer than clients keep idle connections (httpx, hence the OpenAI SDK: 5 s). At
-        # uvicorn's default of 5 s, server and client expired an idle connection at the same
-        # moment, and a request sent on it just then failed with a reset (seen in CI under load).
-        timeout_keep_alive=KEEP_ALIVE_S,
-    )
-    return uvicorn.Server(config)
+def make_server(app: Any, *, access_log: bool = False) -> Server:
+    """keyplane's HTTP/1.1 server (h1server.py) for ``app``, which also gets the ASGI lifespan.
+
+    Idle keep-alive connections are kept ``KEEP_ALIVE_S``: longer than clients keep them (httpx,
+    hence the OpenAI SDK: 5 s). At uvicorn's old default of 5 s, server and client expired an
+    idle connection at the same moment, and a request sent on it just then failed with a reset
+    (seen in CI under load). X-Forwarded-For is not interpreted here: keyplane reads it itself,
+    only from its configured trusted proxies (gateway/access.py)."""
+    return Server(app, keep_alive_s=KEEP_ALIVE_S, graceful_s=10.0, access_log=access_log)
+
+
+def stop_on_signals(servers: Sequence[Server]) -> None:
+    """SIGTERM or SIGINT (Ctrl-C) stops ``servers`` gracefully: requests in flight finish and
+    settled usage is written. Call on the serving event loop, in the main thread."""
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for s in servers:
+            s.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
 
 
 def tune_gc() -> None:
@@ -91,8 +91,7 @@ def io_threads() -> concurrent.futures.ThreadPoolExecutor:
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:
-    """Runs the servers on uvloop (a dependency): uvicorn's own loop choice does not apply when
-    the loop is created here."""
+    """Runs ``main`` (the servers) on uvloop."""
     import uvloop
 
     tune_gc()

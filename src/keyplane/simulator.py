@@ -416,15 +416,14 @@ def create_app(config: SimulatorConfig = SimulatorConfig()) -> ASGIApp:
 
 
 def serve(host: str, port: int, config: SimulatorConfig) -> None:
-    """Run the simulator under uvicorn until stopped (Ctrl-C / SIGTERM)."""
-    import uvicorn
+    """Run the simulator until stopped (Ctrl-C / SIGTERM)."""
+    from keyplane import server
 
-    uvicorn.run(
-        create_app(config),
-        host=host,
-        port=port,
-        loop="auto",
-        http="auto",
-        log_level="warning",
-        access_log=False,
-    )
+    sock = server.bind(host, port)
+    simulator = server.make_server(create_app(config))
+
+    async def main() -> None:
+        server.stop_on_signals([simulator])
+        await simulator.serve([sock])
+
+    server.run(main())

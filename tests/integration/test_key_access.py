@@ -123,7 +123,7 @@ def test_ip_allowlists_apply_at_every_level_and_xff_only_from_trusted_proxies(kp
 
 def test_spoofed_xff_over_a_real_socket_is_ignored(kp: Keyplane) -> None:
     """Through the real server: the HTTP server itself must not rewrite the client address from
-    X-Forwarded-For (uvicorn does so for 127.0.0.1 by default); only keyplane's trusted_proxies
+    X-Forwarded-For (uvicorn did so for 127.0.0.1 by default); only keyplane's trusted_proxies
     decide."""
     _, key = kp.new_key("office", allowed_cidrs=["192.0.2.0/24"])
     headers = {"authorization": f"Bearer {key}", "x-forwarded-for": "192.0.2.7"}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import struct
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -13,7 +11,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 
 from keyplane import simulator
 from keyplane.simulator import (
@@ -25,6 +22,7 @@ from keyplane.simulator import (
     prompt_tokens,
     text_tokens,
 )
+from kptest import ServerThread
 
 pytestmark = pytest.mark.anyio
 
@@ -460,30 +458,11 @@ async def test_malformed_json_and_unknown_routes() -> None:
 
 @contextmanager
 def _running_server(config: SimulatorConfig) -> Iterator[str]:
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config),
-            host="127.0.0.1",
-            port=0,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    server = ServerThread(create_app(config)).start()
     try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert thread.is_alive(), "simulator server thread died"
-            assert time.monotonic() < deadline, "simulator server did not start"
-            time.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}/v1"
+        yield server.url + "/v1"
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-    assert not thread.is_alive()
+        server.stop()
 
 
 def test_official_openai_sdk_against_real_server() -> None:

@@ -259,21 +259,18 @@ async def _serve(
     s: Settings = c.settings
     logs.configure(s.log_level)
     sock = server.bind(s.host, s.port)
-    gateway = server.make_server(
-        bootstrap.build_app(c)[0], log_level=s.log_level, access_log=s.access_log
-    )
-    servers = [gateway.serve(sockets=[sock])]
+    gateway = server.make_server(bootstrap.build_app(c)[0], access_log=s.access_log)
+    running = [(gateway, sock)]
     if simulator_sock is not None:
-        servers.append(
-            server.make_server(simulator_app(SimulatorConfig())).serve(sockets=[simulator_sock])
-        )
+        running.append((server.make_server(simulator_app(SimulatorConfig())), simulator_sock))
+    server.stop_on_signals([srv for srv, _ in running])
     host, port = sock.getsockname()[:2]
     out.print(f"keyplane is listening on [bold]http://{host}:{port}/v1[/bold]  (Ctrl-C to stop)")
     out.print(
         f'  OpenAI(base_url="http://{host}:{port}/v1", api_key="sk-kp-proj-…")', highlight=False
     )
     try:
-        await asyncio.gather(*servers)
+        await asyncio.gather(*(srv.serve(sockets=[sck]) for srv, sck in running))
     finally:
         c.close()
 

@@ -1,0 +1,597 @@
+"""keyplane's HTTP/1.1 server: ASGI apps over asyncio (uvloop) and httptools' parser (llhttp).
+
+Why not uvicorn: measured in the same run, uvicorn's protocol cost ~97,000 instructions per proxied
+request against ~15,000 for the same work on a bare protocol (a sixth of keyplane's whole request,
+bench/RESULTS.md): per-header regular expressions, an Event and a keep-alive timer per request,
+head and body written in two system calls. This server parses with the same llhttp, and:
+
+- writes the head of a response of known length together with its body, in one system call
+  (a streamed response's head goes out at once: a client may wait for it before the first event);
+- checks the head it writes for CR, LF and NUL once, not every header by a regular expression;
+- answers ``receive()`` at once when the body is already here (the usual case: a request arrives
+  in one piece and its task starts after that), waiting on a future only when it is not;
+- closes idle keep-alive connections from one sweep a second, instead of a timer per request.
+
+What it does (HTTP/1.1 and 1.0, no TLS, no WebSocket; keyplane needs none): keep-alive with an
+idle timeout, request bodies by content-length or chunked, streamed through ``receive()`` with
+reading paused past 64 KiB unread; pipelined requests answered in order; ``Expect:
+100-continue``; responses with content-length, or chunked when the app gives none; HEAD; write
+back-pressure (``send()`` waits while the transport's buffer is full); a malformed request gets
+400 and the connection is closed; an app error before the response started gets 500. The ASGI
+lifespan protocol runs around serving; ``should_exit`` stops accepting, lets requests in flight
+finish (up to ``graceful_s``), then shuts the app down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import logging
+import socket
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
+
+import httptools
+
+log = logging.getLogger("keyplane.server")
+access_log = logging.getLogger("keyplane.access")
+
+Message = dict[str, Any]
+App = Callable[[dict[str, Any], Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]  # fmt: skip
+
+HIGH_WATER = 64 * 1024  # request body bytes buffered and unread before reading pauses
+_SWEEP_S = 1.0  # how often idle connections are looked at
+
+
+def _status_line(code: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(code).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {code} {phrase}\r\n".encode()
+
+
+_STATUS = {code: _status_line(code) for code in range(100, 600)}
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+_DISCONNECT: Message = {"type": "http.disconnect"}
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
+
+
+class _Date:
+    """The ``date`` header (RFC 9110 §6.6.1), formatted once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._line = b""
+
+    def line(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            stamp = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))
+            self._line = b"date: " + stamp.encode() + b"\r\n"
+        return self._line
+
+
+class Server:
+    """Serves ``app`` on the sockets given to ``serve``; set ``should_exit`` to stop it."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        keep_alive_s: float,
+        graceful_s: float = 10.0,
+        lifespan: bool = True,
+        access_log: bool = False,
+    ) -> None:
+        self.app = app
+        self.keep_alive_s = keep_alive_s
+        self.graceful_s = graceful_s
+        self.lifespan = lifespan
+        self.access_log = access_log
+        self.should_exit = False
+        self.started = False
+        self.connections: set[_Connection] = set()
+        self.date = _Date()
+        self.state: dict[str, Any] = {}  # the lifespan state, copied into each request's scope
+        self._lifespan: _Lifespan | None = None
+        self._swept = 0.0
+        self.all_closed: asyncio.Event | None = None  # set when draining and the last one closes
+
+    async def serve(self, sockets: Sequence[socket.socket]) -> None:
+        """Starts the app, serves until ``should_exit``, then stops gracefully. Raises
+        RuntimeError when the app's startup fails."""
+        loop = asyncio.get_running_loop()
+        if self.lifespan:
+            self._lifespan = _Lifespan(self.app, self.state)
+            await self._lifespan.startup()
+        listeners = [
+            await loop.create_server(lambda: _Connection(self, loop), sock=sock, backlog=2048)
+            for sock in sockets
+        ]
+        self.started = True
+        try:
+            while not self.should_exit:
+                await asyncio.sleep(0.1)
+                self._close_idle(loop.time())
+        finally:
+            for listener in listeners:
+                listener.close()
+            await self._drain(loop)
+            if self._lifespan is not None:
+                await self._lifespan.shutdown()
+
+    def _close_idle(self, now: float) -> None:
+        if now - self._swept < _SWEEP_S:
+            return
+        self._swept = now
+        expired = now - self.keep_alive_s
+        for conn in [c for c in self.connections if c.idle_since is not None]:
+            if conn.idle_since is not None and conn.idle_since <= expired:
+                conn.close()
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Closes idle connections, lets requests in flight finish (up to ``graceful_s``), then
+        closes what is left."""
+        self.all_closed = asyncio.Event()
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.all_closed.wait(), self.graceful_s)
+        for conn in list(self.connections):
+            conn.abort()
+
+
+class _Lifespan:
+    """The ASGI lifespan protocol: startup before serving, shutdown after."""
+
+    def __init__(self, app: App, state: dict[str, Any]) -> None:
+        """Call on the event loop that serves."""
+        loop = asyncio.get_running_loop()
+        self._app = app
+        self._state = state
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._started: asyncio.Future[None] = loop.create_future()
+        self._stopped: asyncio.Future[None] = loop.create_future()
+        self._task: asyncio.Task[None] | None = None
+
+    async def startup(self) -> None:
+        self._task = asyncio.create_task(self._main())
+        await self._inbox.put({"type": "lifespan.startup"})
+        await self._started
+
+    async def shutdown(self) -> None:
+        if self._stopped.done():
+            return
+        await self._inbox.put({"type": "lifespan.shutdown"})
+        await self._stopped
+
+    async def _main(self) -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}}
+        scope["state"] = self._state
+        try:
+            await self._app(scope, self._inbox.get, self._send)
+        except BaseException as exc:
+            log.error("the application failed in its lifespan", exc_info=exc)
+            self._fail(RuntimeError("Application startup failed."))
+        else:
+            self._fail(None)  # an app without a lifespan returns at once: nothing to start
+
+    def _fail(self, error: Exception | None) -> None:
+        if not self._started.done():
+            if error is None:
+                self._started.set_result(None)
+            else:
+                self._started.set_exception(error)
+        if not self._stopped.done():
+            self._stopped.set_result(None)
+
+    async def _send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "lifespan.startup.complete":
+            self._started.set_result(None)
+        elif kind == "lifespan.startup.failed":
+            self._started.set_exception(RuntimeError(message.get("message") or "startup failed"))
+        elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            if kind.endswith("failed"):
+                log.error("application shutdown failed: %s", message.get("message", ""))
+            self._stopped.set_result(None)
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests, runs the app for each in turn, writes answers."""
+
+    def __init__(self, server: Server, loop: asyncio.AbstractEventLoop) -> None:
+        self.server = server
+        self.loop = loop
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client: tuple[str, int] | None = None
+        self.local: tuple[str, int] | None = None
+        self.current: _Exchange | None = None  # the request being answered
+        self.queued: deque[_Exchange] = deque()  # pipelined requests waiting their turn
+        self.idle_since: float | None = None
+        self.closing = False  # no new requests (shutting down, or the client asked)
+        self.reading = True
+        self.write_paused: asyncio.Future[None] | None = None
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._expect = False
+        self._parsing: _Exchange | None = None  # the request whose body is being parsed
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
+        self.client = _address(transport.get_extra_info("peername"))
+        self.local = _address(transport.get_extra_info("sockname"))
+        self.idle_since = self.loop.time()
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        server = self.server
+        server.connections.discard(self)
+        if server.all_closed is not None and not server.connections:
+            server.all_closed.set()
+        for exchange in (self.current, self._parsing, *self.queued):
+            if exchange is not None:
+                exchange.disconnected()
+        self.queued.clear()
+        if self.write_paused is not None and not self.write_paused.done():
+            self.write_paused.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.idle_since = None
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # No protocol upgrades (WebSocket, h2c): the request is answered as a plain one,
+            # then the connection closed (the parser stops at the upgrade).
+            if self._parsing is not None:
+                self._parsing.keep_alive = False
+                self._parsing.body_complete()
+                self._parsing = None
+        except httptools.HttpParserError:
+            self._reject(400, "Invalid HTTP request received.")
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def pause_writing(self) -> None:
+        if self.write_paused is None or self.write_paused.done():
+            self.write_paused = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self.write_paused is not None and not self.write_paused.done():
+            self.write_paused.set_result(None)
+
+    # -- httptools callbacks -----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._expect = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        self._headers.append((name, value))
+        if name == b"expect" and value.lower() == b"100-continue":
+            self._expect = True
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        url = self._url
+        if b"?" in url or b"%" in url or not url.startswith(b"/"):
+            parsed = httptools.parse_url(url)
+            raw_path, query = parsed.path, parsed.query or b""
+            path = urllib.parse.unquote(raw_path.decode("ascii"))
+        else:
+            raw_path, query, path = url, b"", url.decode("ascii")
+        version = parser.get_http_version()
+        scope = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": version,
+            "server": self.local,
+            "client": self.client,
+            "scheme": "http",
+            "method": parser.get_method().decode("ascii"),
+            "root_path": "",
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": self._headers,
+            "state": self.server.state.copy(),
+        }
+        exchange = _Exchange(self, scope, parser.should_keep_alive() and not self.closing)
+        exchange.expect_continue = self._expect
+        self._parsing = exchange
+        if self.current is None:
+            self._start(exchange)
+        else:
+            self.queued.append(exchange)
+            self._pause_reading()  # one request ahead is enough
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self._parsing
+        if exchange is not None:
+            exchange.add_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._parsing is not None:
+            self._parsing.body_complete()
+            self._parsing = None
+
+    # -- the exchange's side -----------------------------------------------------------------
+    def _start(self, exchange: _Exchange) -> None:
+        self.current = exchange
+        exchange.task = self.loop.create_task(exchange.run(self.server.app))
+
+    def finished(self, exchange: _Exchange) -> None:
+        """The response to ``exchange`` was written completely."""
+        if self.server.access_log:
+            s = exchange.scope
+            access_log.info(
+                '%s - "%s %s HTTP/%s" %d', (self.client or ("-",))[0], s["method"], s["path"],
+                s["http_version"], exchange.status,
+            )  # fmt: skip
+        assert self.transport is not None
+        if not exchange.keep_alive or self.closing:
+            self.transport.close()
+            return
+        self.current = None
+        exchange.body, exchange.buffered = [], 0  # (a body the app did not read: dropped)
+        if self.queued:
+            self._start(self.queued.popleft())
+        elif self._parsing is None:
+            self.idle_since = self.loop.time()
+        if not self.queued:
+            self._resume_reading()
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def _pause_reading(self) -> None:
+        if self.reading and self.transport is not None:
+            self.reading = False
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if not self.reading and self.transport is not None and not self.transport.is_closing():
+            self.reading = True
+            self.transport.resume_reading()
+
+    def _reject(self, status: int, text: str) -> None:
+        log.warning("%s", text)
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.current is None or self.current.status == 0:
+            body = text.encode()
+            self.transport.write(
+                _STATUS[status] + b"content-type: text/plain; charset=utf-8\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+            )
+        self.transport.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.current is not None and self.current.task is not None:
+            self.current.task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def shutdown(self) -> None:
+        """Graceful: idle connections close now, busy ones after their response."""
+        self.closing = True
+        if self.current is None:
+            self.close()
+        else:
+            self.current.keep_alive = False
+
+
+class _Exchange:
+    """One request and its response: the ASGI ``receive`` and ``send`` of that request."""
+
+    __slots__ = (
+        "body", "body_sent", "buffered", "chunked", "conn", "done", "expect_continue", "gone",
+        "head", "is_head", "keep_alive", "left", "more_body", "scope", "status", "task", "waiter",
+    )  # fmt: skip
+
+    def __init__(self, conn: _Connection, scope: dict[str, Any], keep_alive: bool) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.body: list[bytes] = []  # request body received and not yet given to the app
+        self.buffered = 0  # its size
+        self.more_body = True  # request body still arriving
+        self.body_sent = False  # the app has had all of it
+        self.gone = False  # the client disconnected
+        self.waiter: asyncio.Future[None] | None = None  # receive() waiting for body or the end
+        self.expect_continue = False
+        self.task: asyncio.Task[None] | None = None
+        self.status = 0  # set by http.response.start
+        self.head = b""  # written with the first body bytes
+        self.is_head = scope["method"] == "HEAD"
+        self.chunked = False
+        self.left = 0  # content-length bytes still to send
+        self.done = False  # the response is complete
+
+    # -- from the connection -----------------------------------------------------------------
+    def add_body(self, data: bytes) -> None:
+        if self.done:
+            return  # answered without reading it all (413…): the rest is read and dropped
+        self.body.append(data)
+        self.buffered += len(data)
+        if self.buffered > HIGH_WATER:
+            self.conn._pause_reading()
+        self._wake()
+
+    def body_complete(self) -> None:
+        self.more_body = False
+        self._wake()
+
+    def disconnected(self) -> None:
+        self.gone = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- ASGI --------------------------------------------------------------------------------
+    async def run(self, app: App) -> None:
+        try:
+            await app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and self.gone:
+                return
+            log.error("exception in the application", exc_info=exc)
+            if self.done:
+                pass  # answered already (the connection may be serving the next request)
+            elif self.status == 0 and not self.gone:
+                self._server_error()
+            else:
+                self.conn.close()
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if self.gone or self.done:
+                return
+            if self.status == 0:
+                log.error("the application returned without starting a response")
+                self._server_error()
+            else:
+                log.error("the application returned without completing its response")
+                self.conn.close()
+
+    def _server_error(self) -> None:
+        self.keep_alive = False
+        self.status, self.head = 500, b""
+        body = b"Internal Server Error"
+        self.conn.write(
+            _STATUS[500] + b"content-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.done = True
+        self.conn.finished(self)
+
+    async def receive(self) -> Message:
+        while True:
+            if self.gone or self.done:
+                return _DISCONNECT
+            if not self.body_sent and (self.buffered or not self.more_body):
+                chunks, more = self.body, self.more_body
+                self.body, self.buffered = [], 0
+                if more:
+                    self.conn._resume_reading()
+                else:
+                    self.body_sent = True
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                return {"type": "http.request", "body": data, "more_body": more}
+            if self.expect_continue and not self.body_sent:
+                self.expect_continue = False
+                self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.waiter = self.conn.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if self.gone:
+            return
+        paused = self.conn.write_paused
+        if paused is not None and not paused.done():
+            await paused
+        if kind == "http.response.start":
+            if self.status:
+                raise RuntimeError("http.response.start sent twice")
+            self._start(message["status"], message.get("headers", ()))
+        elif kind == "http.response.body":
+            if not self.status:
+                raise RuntimeError("http.response.body sent before http.response.start")
+            if self.done:
+                raise RuntimeError("http.response.body sent after the response completed")
+            self._body(message.get("body", b""), message.get("more_body", False))
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+
+    def _start(self, status: int, headers: Any) -> None:
+        parts = [_STATUS[status] if 100 <= status < 600 else _status_line(status)]
+        length: int | None = None
+        chunked = False
+        count = 0
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+            count += 1
+            if name in _FRAMING:
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"transfer-encoding":
+                    chunked = value.lower() == b"chunked"
+                elif b"close" in value.lower():
+                    self.keep_alive = False
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+            count += 1
+        no_body = self.is_head or status in (204, 304) or status < 200
+        if length is None and not chunked and not no_body:
+            parts.append(b"transfer-encoding: chunked\r\n")
+            count += 1
+            chunked = True
+        parts += (self.conn.server.date.line(), b"\r\n")
+        head = b"".join(parts)
+        # One line per header plus the status line and the blank one: a CR, LF or NUL anywhere
+        # else would let a header value split the response.
+        if head.count(b"\n") != count + 3 or head.count(b"\r") != count + 3 or b"\0" in head:
+            raise RuntimeError("invalid character in a response header")
+        self.status, self.chunked = status, chunked and not no_body
+        self.left = 0 if no_body else (length or 0)
+        if length is None:  # a stream (or no body): the head goes out now
+            self.conn.write(head)
+        else:  # a body of known size follows at once: written with it
+            self.head = head
+
+    def _body(self, data: bytes, more: bool) -> None:
+        out = self.head
+        self.head = b""
+        if self.is_head or self.status in (204, 304):
+            data = b""
+        elif self.chunked:
+            if data:
+                out += b"%x\r\n%s\r\n" % (len(data), data)
+            if not more:
+                out += b"0\r\n\r\n"
+        else:
+            if len(data) > self.left:
+                raise RuntimeError("response body longer than its content-length")
+            self.left -= len(data)
+            out += data
+        if out:
+            self.conn.write(out)
+        if not more:
+            if self.left and not self.chunked and not self.is_head:
+                self.conn.close()
+                raise RuntimeError("response body shorter than its content-length")
+            self.done = True
+            self._wake()
+            self.conn.finished(self)
+
+
+def _address(value: Any) -> tuple[str, int] | None:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return str(value[0]), int(value[1])
+    return None
