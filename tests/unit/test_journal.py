@@ -19,8 +19,8 @@ def hold(i: int) -> Hold:
 def test_a_live_gateways_segments_are_not_orphans(tmp_path: Path) -> None:
     journal = HoldJournal(tmp_path)
     journal.append(hold(1))
-    rotated = journal.rotate()
-    assert rotated is not None and rotated.holds == [hold(1)]
+    [rotated] = journal.rotate()
+    assert rotated.holds == [hold(1)]
     journal.append(hold(2))
     # Another gateway on the same directory sees nothing to take: both segments are locked.
     assert list(HoldJournal(tmp_path).orphans()) == []
@@ -59,6 +59,32 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 def test_nothing_written_means_nothing_to_rotate(tmp_path: Path) -> None:
     journal = HoldJournal(tmp_path / "journal")
-    assert journal.rotate() is None
+    assert journal.rotate() == []
     assert list(journal.orphans()) == []
     assert not os.path.exists(tmp_path / "journal")
+
+
+def test_a_full_segment_is_handed_over_and_a_new_one_started(tmp_path: Path) -> None:
+    journal = HoldJournal(tmp_path, segment_bytes=200)  # two holds (87 bytes each) a segment
+    for i in range(5):
+        journal.append(hold(i))
+    segments = journal.rotate()
+    assert [[h.id for h in s.holds] for s in segments] == [
+        ["req_0", "req_1"], ["req_2", "req_3"], ["req_4"],
+    ]  # fmt: skip
+    # What each file holds is what its segment says (read back as a dead gateway's would be).
+    for s in segments:
+        journal.release(s)
+    found = {h.id for orphan in HoldJournal(tmp_path).orphans() for h in orphan.holds}
+    assert found == {f"req_{i}" for i in range(5)}
+
+
+def test_a_disk_without_room_refuses_the_hold(tmp_path: Path) -> None:
+    journal = HoldJournal(tmp_path, segment_bytes=1 << 62)  # more than any disk has
+    try:
+        journal.append(hold(1))
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the hold should have been refused")
+    assert list(tmp_path.iterdir()) == []  # no half-made segment left behind

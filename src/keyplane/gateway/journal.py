@@ -1,13 +1,16 @@
 """The hold journal: where a hold becomes durable before its request is forwarded.
 
 Writing every hold to the database before forwarding cost a database round trip (through a worker
-thread) per request. Instead, a hold is appended to a local file — one ``write`` system call, a few
-microseconds — and reaches the database with the next settlement batch, in the same transaction as
-the settlements. The file is then deleted.
+thread) per request. Instead, a hold is appended to a local file mapped into memory — a copy of
+~150 bytes, no system call (a ``write`` per hold was ~5% of the gateway's CPU) — and reaches the
+database with the next settlement batch, in the same transaction as the settlements. The file is
+then deleted.
 
-Durability: the data is in the kernel once ``write`` returns, so a killed gateway (SIGKILL, OOM,
-crash) loses nothing — the same guarantee as SQLite's WAL with ``synchronous=NORMAL``, which
-keyplane uses: a power cut may lose the last writes of either.
+Durability: the bytes are in the kernel's page cache once copied (a shared file mapping), so a
+killed gateway (SIGKILL, OOM, crash) loses nothing — the same guarantee as ``write`` and as
+SQLite's WAL with ``synchronous=NORMAL``, which keyplane uses: a power cut may lose the last writes
+of either. A segment's disk space is reserved when it is created (``posix_fallocate``), so a full
+disk is an error then (the request is refused), never a fault while copying into the mapping.
 
 Recovery: each gateway appends to segments it holds an exclusive ``flock`` on. A segment nobody
 holds belongs to a gateway that died; any gateway on the data directory (at start, then every sweep)
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +38,7 @@ log = logging.getLogger("keyplane.journal")
 
 PATTERN = "holds-*.log"
 FIELDS = 10  # a line: the Hold's fields in order
+SEGMENT_BYTES = 1 << 20  # ~7,000 holds; a full segment is handed over and a new one started
 
 
 @dataclass(eq=False)
@@ -41,50 +46,69 @@ class Segment:
     path: Path
     fd: int  # open and locked for as long as the segment exists
     holds: list[Hold] = field(default_factory=list)
+    map: mmap.mmap | None = None  # the file, while holds are appended to it
+    used: int = 0  # bytes written into the map
+
+    def close(self) -> None:
+        if self.map is not None:
+            self.map.close()
+            self.map = None
+        os.close(self.fd)
 
 
 class HoldJournal:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.directory = directory
+        self._segment_bytes = segment_bytes
         self._current: Segment | None = None
+        self._full: list[Segment] = []  # filled up since the last rotate()
 
     def append(self, hold: Hold) -> None:
         """Returns once ``hold`` survives this process dying. Raises OSError (disk full…)."""
-        if self._current is None:
-            self._current = self._open()
-        # The newline goes first: if a write fails half-way (disk full), the next line still starts
-        # on a line of its own and only the failed one (whose request was refused) is unreadable.
+        # The newline goes first: if a copy is cut short (the process killed in the middle),
+        # the next line still starts on a line of its own and only that one is unreadable.
         line = b"\n" + orjson.dumps(
             [hold.id, hold.org_id, hold.project_id, hold.amount, hold.period, hold.created_at,
              hold.expires_at, hold.key_id, hold.model, hold.endpoint]
         )  # fmt: skip
-        view = memoryview(line)
-        while view:
-            view = view[os.write(self._current.fd, view) :]
-        self._current.holds.append(hold)
+        segment = self._current
+        if segment is None or segment.used + len(line) > self._segment_bytes:
+            if len(line) > self._segment_bytes:
+                raise OSError("a hold does not fit in a journal segment")
+            if segment is not None:
+                self._full.append(segment)
+                self._current = None  # (if opening the next one fails, it is not handed twice)
+            segment = self._current = self._open()
+        assert segment.map is not None
+        end = segment.used + len(line)
+        segment.map[segment.used : end] = line
+        segment.used = end
+        segment.holds.append(hold)
 
-    def rotate(self) -> Segment | None:
-        """Closes the current segment to new holds and returns it (None if nothing was written);
-        its holds must be stored, then the segment ``discard``-ed."""
-        segment, self._current = self._current, None
-        return segment
+    def rotate(self) -> list[Segment]:
+        """Closes the segments written since the last call to new holds and returns them (none
+        if nothing was written); their holds must be stored, then each segment ``discard``-ed."""
+        segments, self._full = self._full, []
+        if self._current is not None:
+            segments.append(self._current)
+            self._current = None
+        return segments
 
     def discard(self, segment: Segment) -> None:
         """Deletes a segment whose holds are now in the database."""
         with contextlib.suppress(FileNotFoundError):
             segment.path.unlink()
-        os.close(segment.fd)
+        segment.close()
 
     def release(self, segment: Segment) -> None:
         """Unlocks a segment without deleting it (its holds could not be stored: retried later)."""
-        os.close(segment.fd)
+        segment.close()
 
     def close(self) -> None:
-        """Releases the current segment's lock without deleting it (what remains is recovered by
-        the next gateway)."""
-        if self._current is not None:
-            os.close(self._current.fd)
-            self._current = None
+        """Releases the segments not handed over yet, without deleting them (what they hold is
+        recovered by the next gateway)."""
+        for segment in self.rotate():
+            segment.close()
 
     def orphans(self) -> Iterator[Segment]:
         """Segments of gateways that died: locked by this process while yielded (each must be
@@ -107,14 +131,25 @@ class HoldJournal:
     def _open(self) -> Segment:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"holds-{os.getpid()}-{new_id('j')}.log"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return Segment(path, fd)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.posix_fallocate(fd, 0, self._segment_bytes)  # the disk space, now or never
+            mapped = mmap.mmap(fd, self._segment_bytes, mmap.MAP_SHARED, mmap.PROT_WRITE)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        return Segment(path, fd, map=mapped)
 
 
 def _read(fd: int, path: Path) -> list[Hold]:
     with open(fd, "rb", closefd=False) as f:
         data = f.read()
+    # What was never written is zeros (the file's space is reserved up front); JSON lines hold
+    # no NUL byte, so the holds end at the first one.
+    data = data.split(b"\0", 1)[0]
     out = []
     for line in data.splitlines():
         if not line:

@@ -159,9 +159,7 @@ class MoneyGuard:
         journal stays on disk: the next flush retries)."""
         async with self._flushing:
             if not self._segments:  # (after a failed flush: store those first, keep one open file)
-                segment = self._journal.rotate()
-                if segment is not None:
-                    self._segments.append(segment)
+                self._segments = self._journal.rotate()
             stored = 0
             # Only what is queued now: settlements made while this flush writes wait for the next
             # one. Chasing them kept a flush running back to back with batches of a few requests
