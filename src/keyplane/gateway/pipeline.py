@@ -11,7 +11,6 @@ step on carries OpenAI's ``x-ratelimit-*`` headers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -300,9 +299,20 @@ class Pipeline:
             }
         )
         outcome = Outcome.COMPLETED
+        # The stream is pumped in this task (a task of its own cost the first event a loop pass);
+        # a small watcher cancels it if the client leaves, so the upstream stops generating.
+        this = asyncio.current_task()
+        assert this is not None
+        left = False
 
-        async def pump() -> None:
-            nonlocal outcome
+        async def watch() -> None:
+            nonlocal left
+            await _wait_for_disconnect(receive)
+            left = True
+            this.cancel()
+
+        watching = asyncio.create_task(watch())
+        try:
             try:
                 async for raw in resp.chunks():
                     out = acc.feed(raw)
@@ -314,23 +324,16 @@ class Pipeline:
                 outcome = Outcome.UPSTREAM_BROKEN
                 tail = error_event("The upstream stream broke before it finished.")
             await send({"type": "http.response.body", "body": tail, "more_body": False})
-
-        pumping = asyncio.create_task(pump())
-        watching = asyncio.create_task(_wait_for_disconnect(receive))
-        try:
-            await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # The client left (or we are shutting down): bill what was produced so far.
+            outcome = Outcome.CLIENT_DISCONNECTED
+            if not left or this.uncancel() > 0:
+                raise  # shutting down: the cancellation goes on
+        except BaseException:
+            outcome = Outcome.UPSTREAM_BROKEN
+            raise
         finally:
-            # The client left (or we are shutting down): stop reading so the upstream stops
-            # generating, and bill what was produced so far.
-            for task in (pumping, watching):
-                if not task.done():
-                    task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pumping
-            if not pumping.cancelled() and pumping.exception() is not None:
-                outcome = Outcome.UPSTREAM_BROKEN
-            elif pumping.cancelled():
-                outcome = Outcome.CLIENT_DISCONNECTED
+            watching.cancel()
             if acc.usage is not None:
                 self._meter(call, 200, acc.usage, outcome, estimated=False)
             else:
