@@ -69,15 +69,19 @@ def test_settlement_batches_are_applied_once(engine: Engine) -> None:
     assert store.resolve(outcomes, now) == 5
     assert store.resolve(outcomes, now) == 0  # a replayed batch changes nothing
     assert store.resolve(outcomes[:2], now) == 0
+    # A journal replayed after its batch was written (a crash in between) stores nothing again:
+    # a resolved request's hold stored open would be swept and billed a second time.
+    assert store.restore_holds(made) == []
     with engine.connect() as conn:
         assert conn.execute(select(func.sum(ledger_entries.c.amount_micro))).scalar() == 0
-        statuses = dict(conn.execute(select(holds.c.id, holds.c.charged_micro)).all())
+        assert conn.execute(select(holds)).all() == []  # the holds table: open holds only
         settled = conn.execute(
             select(ledger_entries.c.txn_id, ledger_entries.c.account, ledger_entries.c.amount_micro)
             .where(ledger_entries.c.txn_id.like("stl_%"))
             .order_by(ledger_entries.c.account)
         ).all()
-    assert statuses == {f"req_{i}": 100 * i for i in range(5)}
+    charged = {r.request_id: r.cost_micro_usd for r in SqlUsageStore(engine).query(org.id)}
+    assert charged == {f"req_{i}": 100 * i for i in range(5)}
     # The batch is one ledger transaction for the organization: its lines are summed over the
     # requests (each request's own cost is in its usage record).
     assert len({txn for txn, _, _ in settled}) == 1
@@ -91,7 +95,7 @@ def test_settlement_batches_are_applied_once(engine: Engine) -> None:
     assert len(store.month_spend(org.id, "2026-11")[1]) == 1
 
 
-def test_a_batch_stores_new_holds_settled_or_open_and_applies_once(engine: Engine) -> None:
+def test_a_batch_stores_only_the_holds_still_open_and_applies_once(engine: Engine) -> None:
     _, org, project = AccountService(SqlAccountStore(engine), SystemClock()).initialize(
         email="o@example.com", password="correct horse battery", org_name="Store"
     )
@@ -107,11 +111,12 @@ def test_a_batch_stores_new_holds_settled_or_open_and_applies_once(engine: Engin
         Outcome(record(h.id, org.id, project.id, 300), money.settle(h.id, 300)) for h in made[:3]
     ]
     assert store.resolve(outcomes, now, made) == 3
+    with engine.connect() as conn:  # the one still in flight is the one hold stored
+        assert dict(conn.execute(select(holds.c.id, holds.c.status)).all()) == {"req_3": "open"}
     assert store.resolve(outcomes, now, made) == 0  # replayed: nothing twice
     late = Outcome(record("req_3", org.id, project.id, 50), money.settle("req_3", 50))
     assert store.resolve([late], now) == 1  # its hold was stored open by the first batch
     with engine.connect() as conn:
-        rows = dict(conn.execute(select(holds.c.id, holds.c.status)).all())
         assert conn.execute(select(func.sum(ledger_entries.c.amount_micro))).scalar() == 0
     # Settled before its journal segment was flushed: the settlement carries the hold.
     early = Hold("req_4", org.id, project.id, 1_000, "2026-11", now, now + 60)
@@ -120,8 +125,9 @@ def test_a_batch_stores_new_holds_settled_or_open_and_applies_once(engine: Engin
     assert store.resolve([unseen], now) == 1
     assert store.resolve([unseen], now, [early]) == 0
     with engine.connect() as conn:
-        rows = dict(conn.execute(select(holds.c.id, holds.c.status)).all())
-    assert rows == {f"req_{i}": "settled" for i in range(5)}
+        assert conn.execute(select(holds)).all() == []
+    resolved = {r.request_id for r in SqlUsageStore(engine).query(org.id)}
+    assert resolved == {f"req_{i}" for i in range(5)}
     assert store.totals(org.id) == (0, 975)
     assert len(store.month_spend(org.id, "2026-11")[1]) == 1
 

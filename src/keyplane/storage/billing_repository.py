@@ -6,7 +6,7 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -73,30 +73,17 @@ def _remaining(conn: Connection, org_id: str) -> dict[str, int]:
 
 
 def _insert_new_holds(conn: Connection, new: Sequence[Hold]) -> list[Hold]:
-    """Stores holds as open, skipping those already stored (a journal replayed after a crash that
-    came after its holds were written); returns the ones stored now."""
-    known: set[str] = set()
-    ids = [h.id for h in new]
-    for chunk in range(0, len(ids), 500):
-        known.update(
-            conn.execute(
-                select(holds.c.id).where(holds.c.id.in_(ids[chunk : chunk + 500]))
-            ).scalars()
-        )
-    fresh = [h for h in new if h.id not in known]
-    if fresh:
-        conn.execute(
-            insert(holds),
-            [
-                {
-                    "id": h.id, "org_id": h.org_id, "project_id": h.project_id, "amount_micro": h.amount,
-                    "period": h.period, "created_at": h.created_at, "expires_at": h.expires_at,
-                    "status": "open", "key_id": h.key_id, "model": h.model, "endpoint": h.endpoint,
-                }
-                for h in fresh
-            ],
-        )  # fmt: skip
-    return fresh
+    """Stores holds as open, skipping those the database knows already — stored open, or resolved
+    (a journal replayed after a crash that came after its batch was written): a resolved
+    request's hold stored again would be swept and billed twice. Returns the ones stored now."""
+    with _writer(conn) as db:
+        ids = [h.id for h in new]
+        known: set[str] = set()
+        for chunk in range(0, len(ids), SELECT_IDS):
+            known.update(rid for rid, _ in db.statuses(_padded(ids[chunk : chunk + SELECT_IDS])))
+        fresh = [h for h in new if h.id not in known]
+        db.insert(holds, _HOLD_COLUMNS, [_hold_row(h) for h in fresh])
+        return fresh
 
 
 def _marker(conn: Connection) -> str:
@@ -119,13 +106,20 @@ class _Writer:
         self._inserts: dict[tuple[str, tuple[str, ...]], str] = {}
 
     def statuses(self, ids: list[str]) -> list[tuple[str, str]]:
-        """(id, status) of the stored holds among ``ids``, locked until the commit."""
+        """(id, status) of the requests among ``ids`` known to the database: "open" for a hold
+        stored open (locked until the commit), "resolved" for a request with a usage record."""
         marks = ", ".join([self.mark] * len(ids))
         self.cursor.execute(
             f"SELECT id, status FROM holds WHERE id IN ({marks}){self.for_update}",  # noqa: S608
             ids,
         )
-        return [(row[0], row[1]) for row in self.cursor.fetchall()]
+        found = [(row[0], "open" if row[1] == "open" else "resolved") for row in self.cursor]
+        self.cursor.execute(
+            f"SELECT request_id FROM usage_records WHERE request_id IN ({marks})",  # noqa: S608
+            ids,
+        )
+        found.extend((row[0], "resolved") for row in self.cursor)
+        return found
 
     def insert(self, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
         """executemany of ``rows`` in the order of ``columns``. (Multi-row ``VALUES`` statements
@@ -140,15 +134,24 @@ class _Writer:
             self._inserts[(table.name, tuple(columns))] = sql
         self.cursor.executemany(sql, rows)
 
-    def resolve_open(self, rows: list[tuple[str, int, int, str]]) -> None:
-        """(status, charged, resolved_at, id) for holds stored open earlier."""
-        if rows:
-            m = self.mark
-            self.cursor.executemany(
-                f"UPDATE holds SET status = {m}, charged_micro = {m}, "  # noqa: S608
-                f"resolved_at = {m} WHERE id = {m}",
-                rows,
-            )
+    def resolve_open(self, ids: list[tuple[str]]) -> None:
+        """Removes holds stored open earlier, now resolved (their usage records say how)."""
+        if ids:
+            self.cursor.executemany(f"DELETE FROM holds WHERE id = {self.mark}", ids)  # noqa: S608
+
+
+@contextlib.contextmanager
+def _writer(conn: Connection) -> Iterator[_Writer]:
+    """A ``_Writer`` on ``conn``; the driver's connection errors raise StoreUnavailable, as they
+    would through SQLAlchemy."""
+    db = _Writer(conn)
+    dbapi: Any = conn.dialect.dbapi
+    try:
+        yield db
+    except (dbapi.OperationalError, dbapi.InterfaceError) as exc:
+        raise StoreUnavailable("The database is unavailable.") from exc
+    finally:
+        db.cursor.close()
 
 
 # A record's fields are the table's columns, in order; a hold's fields are the first of its row's.
@@ -156,20 +159,13 @@ _USAGE_COLUMNS = UsageRecord._fields
 _LEDGER_COLUMNS = ("txn_id", "org_id", "account", "lot_id", "amount_micro", "created_at")
 _HOLD_COLUMNS = (
     "id", "org_id", "project_id", "amount_micro", "period", "created_at", "expires_at", "key_id",
-    "model", "endpoint", "status", "charged_micro", "resolved_at",
+    "model", "endpoint", "status",
 )  # fmt: skip
 _OUTCOME_AT = _USAGE_COLUMNS.index("outcome")
 
 
 def _usage_tuple(record: UsageRecord) -> tuple[Any, ...]:
     return (*record[:_OUTCOME_AT], record.outcome.value, *record[_OUTCOME_AT + 1 :])
-
-
-def _resolution(outcome: Outcome) -> tuple[str, int]:
-    """The hold's new status and what it was charged."""
-    if outcome.settlement is None:
-        return "voided", 0
-    return "settled", outcome.settlement.charged
 
 
 def _settlement_entries(outcomes: Iterable[Outcome], at: int) -> list[tuple[Any, ...]]:
@@ -216,18 +212,12 @@ def _resolve_steps(
     conn: Connection, outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold]
 ) -> Generator[None, None, int]:
     """The settlement batch's writes, yielding between slices (``resolve`` runs them through):
-    the holds concerned looked up ``SELECT_IDS`` at a time, then ``STEP_SETTLEMENTS`` settlements
-    per slice — hold rows, usage records — and last the journaled holds still open and the
-    ledger, all through the driver (``_Writer``). A hold placed and settled within one batch is
-    inserted settled, never inserted open and then updated."""
-    db = _Writer(conn)
-    dbapi: Any = conn.dialect.dbapi  # the driver's errors, as SQLAlchemy would have wrapped them
-    try:
+    the requests concerned looked up ``SELECT_IDS`` at a time, then ``STEP_SETTLEMENTS``
+    settlements per slice — usage records, and the removal of their holds stored open — and last
+    the journaled holds still open and the ledger, all through the driver (``_Writer``). The
+    holds table keeps open holds only: one placed and settled within one batch is never stored."""
+    with _writer(conn) as db:
         return (yield from _write_batch(db, outcomes, at, new_holds))
-    except (dbapi.OperationalError, dbapi.InterfaceError) as exc:
-        raise StoreUnavailable("The database is unavailable.") from exc
-    finally:
-        db.cursor.close()
 
 
 def _write_batch(
@@ -238,39 +228,30 @@ def _write_batch(
     for chunk in range(0, len(ids), SELECT_IDS):
         status.update(db.statuses(_padded(ids[chunk : chunk + SELECT_IDS])))
         yield
-    # Holds not stored yet: the journaled ones (stored open unless settled in this batch), and
-    # any settled before its journal segment was flushed (its settlement carries the hold).
+    # Journaled holds not stored yet are stored open, unless resolved in this batch: the holds
+    # table holds open holds only; a resolved request is its usage record (and the ledger).
     journaled: dict[str, Hold] = {h.id: h for h in new_holds if h.id not in status}
     todo: dict[str, Outcome] = {}
     for start in range(0, len(outcomes), STEP_SETTLEMENTS):
-        hold_rows: list[tuple[Any, ...]] = []
-        updates: list[tuple[str, int, int, str]] = []
+        stored_open: list[tuple[str]] = []
         usage: list[tuple[Any, ...]] = []
         for outcome in outcomes[start : start + STEP_SETTLEMENTS]:
             rid = outcome.record.request_id
             known = status.get(rid)
             # Skipped whole: resolved already (sweeper, replayed batch), or voided before its
             # hold was ever stored.
-            if (
-                rid in todo
-                or known not in (None, "open")
-                or (known is None and outcome.settlement is None)
-            ):
+            if rid in todo or known == "resolved" or (known is None and outcome.settlement is None):
                 continue
             todo[rid] = outcome
-            state, charged = _resolution(outcome)
             if known == "open":
-                updates.append((state, charged, at, rid))
+                stored_open.append((rid,))
             else:
-                assert outcome.settlement is not None
-                hold = journaled.pop(rid, None) or outcome.settlement.hold
-                hold_rows.append(_hold_row(hold, state, charged, at))
+                journaled.pop(rid, None)
             usage.append(_usage_tuple(outcome.record))
         yield
-        db.insert(holds, _HOLD_COLUMNS, hold_rows)
-        db.resolve_open(updates)
+        db.resolve_open(stored_open)
         db.insert(t.usage_records, _USAGE_COLUMNS, usage)
-    still_open = [_hold_row(h, "open", None, None) for h in journaled.values()]
+    still_open = [_hold_row(h) for h in journaled.values()]
     for start in range(0, len(still_open), STEP_SETTLEMENTS):
         yield
         db.insert(holds, _HOLD_COLUMNS, still_open[start : start + STEP_SETTLEMENTS])
@@ -278,8 +259,8 @@ def _write_batch(
     return len(todo)
 
 
-def _hold_row(h: Hold, state: str, charged: int | None, resolved: int | None) -> tuple[Any, ...]:
-    return (*h, state, charged, resolved)
+def _hold_row(h: Hold) -> tuple[Any, ...]:
+    return (*h, "open")
 
 
 def _padded(ids: list[str]) -> list[str]:
