@@ -252,8 +252,8 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             # No protocol upgrades (WebSocket, h2c): the request is answered as a plain one,
             # then the connection closed (the parser stops at the upgrade).
+            self.closing = True
             if self._parsing is not None:
-                self._parsing.keep_alive = False
                 self._parsing.body_complete()
                 self._parsing = None
         except httptools.HttpParserError:
@@ -544,6 +544,8 @@ class _Exchange:
                     chunked = value.lower() == b"chunked"
                 elif b"close" in value.lower():
                     self.keep_alive = False
+        if self.conn.closing:
+            self.keep_alive = False
         if not self.keep_alive:
             parts.append(b"connection: close\r\n")
             count += 1

@@ -367,3 +367,48 @@ def test_lifespan_runs_around_serving() -> None:
         assert events == ["lifespan.startup", "lifespan.shutdown"]
 
     run(scenario)
+
+
+def test_a_client_that_does_not_read_holds_the_app_back() -> None:
+    sent: list[int] = []
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(100):
+            await send({"type": "http.response.body", "body": b"x" * 1_000_000, "more_body": True})
+            sent.append(i)
+        await send({"type": "http.response.body", "body": b""})
+
+    async def scenario() -> None:
+        async with serving(app) as (srv, port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(post(b"/", b"", b"connection: close"))
+            [conn] = srv.connections
+            # Nothing read: once the socket and the transport's buffer are full, send() waits.
+            await until(lambda: conn.write_paused is not None and not conn.write_paused.done())
+            assert len(sent) < 100
+            got = 0
+            while chunk := await reader.read(1 << 20):
+                got += len(chunk)
+            writer.close()
+        assert len(sent) == 100 and got > 100_000_000
+
+    run(scenario)
+
+
+def test_http_1_0_closes_after_the_answer_and_upgrades_are_answered_plainly() -> None:
+    async def scenario() -> None:
+        async with serving(echo) as (_, port):
+            old = await talk(port, b"POST /o HTTP/1.0\r\ncontent-length: 2\r\n\r\nhi")
+            upgrade = await talk(
+                port,
+                b"GET /u HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+            )
+        assert old.startswith(b"HTTP/1.1 200 OK") and old.endswith(b"POST /o ? hi")
+        assert b"connection: close" in old  # and then it closed (talk read until EOF)
+        assert upgrade.startswith(b"HTTP/1.1 200 OK") and upgrade.endswith(b"GET /u ? ")
+        assert b"connection: close" in upgrade
+
+    run(scenario)
