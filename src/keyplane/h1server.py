@@ -17,7 +17,7 @@ idle timeout, request bodies by content-length or chunked, streamed through ``re
 reading paused past 64 KiB unread; pipelined requests answered in order; ``Expect:
 100-continue``; responses with content-length, or chunked when the app gives none; HEAD; write
 back-pressure (``send()`` waits while the transport's buffer is full); a malformed request gets
-400 and the connection is closed; an app error before the response started gets 500. The ASGI
+400 and a head (URL and headers) over 64 KiB gets 431, and the connection is closed; an app error before the response started gets 500. The ASGI
 lifespan protocol runs around serving; ``should_exit`` stops accepting, lets requests in flight
 finish (up to ``graceful_s``), then shuts the app down.
 """
@@ -44,6 +44,7 @@ Message = dict[str, Any]
 App = Callable[[dict[str, Any], Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]  # fmt: skip
 
 HIGH_WATER = 64 * 1024  # request body bytes buffered and unread before reading pauses
+MAX_HEAD = 64 * 1024  # bytes of URL and headers a request may have (else 431)
 _SWEEP_S = 1.0  # how often idle connections are looked at
 
 
@@ -223,6 +224,8 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._expect = False
+        self._head_bytes = 0  # of the request line's target and headers so far
+        self._head_too_large = False
         self._parsing: _Exchange | None = None  # the request whose body is being parsed
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -257,7 +260,10 @@ class _Connection(asyncio.Protocol):
                 self._parsing.body_complete()
                 self._parsing = None
         except httptools.HttpParserError:
-            self._reject(400, "Invalid HTTP request received.")
+            if self._head_too_large:
+                self._reject(431, "The request's headers are too large.")
+            else:
+                self._reject(400, "Invalid HTTP request received.")
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -275,15 +281,24 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._expect = False
+        self._head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
         name = name.lower()
         self._headers.append((name, value))
         if name == b"expect" and value.lower() == b"100-continue":
             self._expect = True
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD:
+            self._head_too_large = True
+            raise ValueError("request head too large")
 
     def on_headers_complete(self) -> None:
         parser = self.parser

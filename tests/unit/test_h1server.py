@@ -170,13 +170,15 @@ def test_expect_100_continue_is_answered_before_the_body_is_read() -> None:
     run(scenario)
 
 
-def test_a_malformed_request_gets_400_and_the_connection_closes() -> None:
+def test_a_malformed_request_gets_400_and_a_huge_head_431_and_the_connection_closes() -> None:
     async def scenario() -> None:
         async with serving(echo) as (_, port):
             got = await talk(port, b"POST /x HTTP/1.1\r\ncontent-length: nope\r\n\r\n")
             garbage = await talk(port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # TLS
+            huge = await talk(port, b"GET / HTTP/1.1\r\n" + b"x-pad: %s\r\n" % (b"y" * 1000) * 100)
         assert got.startswith(b"HTTP/1.1 400 Bad Request") and b"connection: close" in got
         assert garbage.startswith(b"HTTP/1.1 400 Bad Request")
+        assert huge.startswith(b"HTTP/1.1 431")
 
     run(scenario)
 
