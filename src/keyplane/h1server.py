@@ -17,9 +17,10 @@ idle timeout, request bodies by content-length or chunked, streamed through ``re
 reading paused past 64 KiB unread; pipelined requests answered in order; ``Expect:
 100-continue``; responses with content-length, or chunked when the app gives none; HEAD; write
 back-pressure (``send()`` waits while the transport's buffer is full); a malformed request gets
-400 and a head (URL and headers) over 64 KiB gets 431, and the connection is closed; an app error before the response started gets 500. The ASGI
-lifespan protocol runs around serving; ``should_exit`` stops accepting, lets requests in flight
-finish (up to ``graceful_s``), then shuts the app down.
+400 and a head (URL and headers) over 64 KiB gets 431, and the connection is closed; an app error
+before the response started gets 500. The ASGI lifespan protocol runs around serving;
+``should_exit`` stops accepting, lets requests in flight finish (up to ``graceful_s``), then shuts
+the app down.
 """
 
 from __future__ import annotations
