@@ -138,6 +138,19 @@ async def test_wrong_secret_with_the_right_public_id_is_refused(
     assert forged[-4:] in message  # the redacted form, as OpenAI shows it
 
 
+async def test_a_wrong_secret_is_refused_after_the_right_one_was_accepted(
+    auth: KeyAuthenticator, service: KeyService
+) -> None:
+    key, text = create(service)
+    parsed = keyfmt.parse(text)
+    assert parsed is not None
+    assert (await auth.authenticate(text, "10.0.0.1")).id == key.id  # verified once, remembered
+    for secret in ("A" * 32, parsed.secret[:-1] + ("B" if parsed.secret[-1] != "B" else "C")):
+        head = f"sk-kp-proj-{parsed.public_id}{secret}"
+        await refused(auth, head + keyfmt.checksum(head), "Incorrect API key")
+    assert (await auth.authenticate(text, "10.0.0.1")).id == key.id
+
+
 async def test_right_secret_under_another_kind_is_refused(
     auth: KeyAuthenticator, service: KeyService
 ) -> None:
