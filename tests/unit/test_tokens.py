@@ -84,16 +84,17 @@ def chunk(**delta: Any) -> dict[str, Any]:
     return {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
 
 
-def test_delta_text_of_content() -> None:
-    assert tokens.delta_text(chunk(content="Hello")) == "Hello"
+def test_generated_chars_of_content() -> None:
+    assert tokens.generated_chars(chunk(content="Hello")) == 5
+    assert tokens.generated_chars(chunk(content=None, role="assistant")) == 0
 
 
-def test_delta_text_of_refusal_and_reasoning() -> None:
-    assert tokens.delta_text(chunk(refusal="I can't")) == "I can't"
-    assert tokens.delta_text(chunk(reasoning_content="thinking")) == "thinking"
+def test_generated_chars_of_refusal_and_reasoning() -> None:
+    assert tokens.generated_chars(chunk(refusal="I can't")) == 7
+    assert tokens.generated_chars(chunk(reasoning_content="thinking", content="ok")) == 10
 
 
-def test_delta_text_of_tool_call_arguments() -> None:
+def test_generated_chars_of_tool_call_arguments() -> None:
     calls = [
         {
             "index": 0,
@@ -105,15 +106,15 @@ def test_delta_text_of_tool_call_arguments() -> None:
         {"index": 2, "function": {"name": "g"}},
         "junk",
     ]
-    assert tokens.delta_text(chunk(tool_calls=calls)) == '{"city":"Oslo"}'
+    assert tokens.generated_chars(chunk(tool_calls=calls)) == len('{"city":"Oslo"}')
 
 
-def test_delta_text_of_legacy_completions() -> None:
+def test_generated_chars_of_legacy_completions() -> None:
     legacy = {"object": "text_completion", "choices": [{"index": 0, "text": "Once upon"}]}
-    assert tokens.delta_text(legacy) == "Once upon"
+    assert tokens.generated_chars(legacy) == len("Once upon")
 
 
-def test_delta_text_joins_several_choices() -> None:
+def test_generated_chars_adds_several_choices() -> None:
     obj = {
         "choices": [
             {"index": 0, "delta": {"content": "ab"}},
@@ -121,7 +122,7 @@ def test_delta_text_joins_several_choices() -> None:
             "junk",
         ]
     }
-    assert tokens.delta_text(obj) == "abcd"
+    assert tokens.generated_chars(obj) == 4
 
 
 @pytest.mark.parametrize(
@@ -138,5 +139,5 @@ def test_delta_text_joins_several_choices() -> None:
         {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}},
     ],
 )
-def test_delta_text_without_generated_text_is_empty(obj: Any) -> None:
-    assert tokens.delta_text(obj) == ""
+def test_generated_chars_without_generated_text_is_zero(obj: Any) -> None:
+    assert tokens.generated_chars(obj) == 0

@@ -11,7 +11,7 @@ from typing import Any, TypeGuard
 
 import orjson
 
-from keyplane.usage.tokens import delta_text, estimate_text
+from keyplane.usage.tokens import CHARS_PER_TOKEN, generated_chars
 
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
 
@@ -51,16 +51,27 @@ class SseAccounting:
 
     def feed(self, data: bytes) -> bytes:
         """Returns the complete events in ``data`` (plus what was held back) to forward now."""
-        self._buf += data
+        buf = self._buf + data if self._buf else data
+        if b"\r" in buf:  # events may end with CRLF CRLF (rare): the general path
+            return self._feed_any(buf)
+        *events, self._buf = buf.split(b"\n\n")
+        kept = [self._keep(event) for event in events]
+        if all(kept):
+            return buf[: len(buf) - len(self._buf)]
+        return b"".join(e + b"\n\n" for e, keep in zip(events, kept, strict=True) if keep)
+
+    def _feed_any(self, buf: bytes) -> bytes:
         out: list[bytes] = []
+        start = 0
         while True:
-            ends = [(i, sep) for sep in _EVENT_ENDS if (i := self._buf.find(sep)) >= 0]
+            ends = [i + len(sep) for sep in _EVENT_ENDS if (i := buf.find(sep, start)) >= 0]
             if not ends:
                 break
-            i, sep = min(ends)
-            event, self._buf = self._buf[: i + len(sep)], self._buf[i + len(sep) :]
-            if self._keep(event):
-                out.append(event)
+            end = min(ends)
+            if self._keep(buf[start:end]):
+                out.append(buf[start:end])
+            start = end
+        self._buf = buf[start:]
         return b"".join(out)
 
     def rest(self) -> bytes:
@@ -70,27 +81,37 @@ class SseAccounting:
 
     def _keep(self, event: bytes) -> bool:
         self.events += 1
+        if event.startswith(b"data: ") and b"\n" not in event:  # the usual event: one data line
+            return self._data(event[6:])
+        keep = True
         for line in event.splitlines():
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                return True
-            try:
-                obj = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                return True
+            if line.startswith(b"data:"):
+                keep = self._data(line[5:]) and keep
+        return keep
+
+    def _data(self, payload: bytes) -> bool:
+        """Notes what one data line says; False for the usage-only chunk the client did not ask
+        for. ``[DONE]`` and anything that is not JSON pass through unread."""
+        if payload == b"[DONE]":
+            return True  # (not parsed: orjson's JSONDecodeError costs more than the rest)
+        try:
+            obj = orjson.loads(payload)  # (whitespace around it is fine)
+        except orjson.JSONDecodeError:
+            return True
+        if type(obj) is not dict:
+            return True
+        if obj.get("usage") is not None:
             usage = parse_usage(obj)
             if usage is not None:
                 self.usage = usage
                 if self._strip_usage and obj.get("choices") == []:
                     return False
-            self._chars += len(delta_text(obj))
+        self._chars += generated_chars(obj)
         return True
 
     @property
     def estimated_output_tokens(self) -> int:
-        return estimate_text("x" * self._chars) if self._chars else 0
+        return -(-self._chars // CHARS_PER_TOKEN)
 
 
 def error_event(message: str) -> bytes:

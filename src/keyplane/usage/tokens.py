@@ -48,28 +48,36 @@ def estimate_input(value: Any) -> int:
     return 0
 
 
-def delta_text(chunk: Any) -> str:
-    """The generated text carried by one streamed chunk (content, refusals, tool-call arguments)."""
-    if not isinstance(chunk, dict):
-        return ""
-    parts: list[str] = []
+def generated_chars(chunk: Any) -> int:
+    """How many characters of generated text one streamed chunk carries (content, refusals,
+    reasoning, tool-call arguments, legacy completions' text). Counted, not joined: it runs for
+    every event of every stream."""
+    if type(chunk) is not dict:
+        return 0
     choices = chunk.get("choices")
-    if isinstance(choices, list):
-        for choice in choices:
-            if not isinstance(choice, dict):
-                continue
-            if isinstance(choice.get("text"), str):  # legacy completions
-                parts.append(choice["text"])
-            delta = choice.get("delta")
-            if not isinstance(delta, dict):
-                continue
-            for field in ("content", "refusal", "reasoning_content"):
-                if isinstance(delta.get(field), str):
-                    parts.append(delta[field])
-            calls = delta.get("tool_calls")
-            if isinstance(calls, list):
-                for call in calls:
-                    fn = call.get("function") if isinstance(call, dict) else None
-                    if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-                        parts.append(fn["arguments"])
-    return "".join(parts)
+    if type(choices) is not list:
+        return 0
+    count = 0
+    for choice in choices:
+        if type(choice) is not dict:
+            continue
+        text = choice.get("text")  # legacy completions
+        if type(text) is str:
+            count += len(text)
+        delta = choice.get("delta")
+        if type(delta) is not dict:
+            continue
+        for field in _DELTA_TEXT:
+            value = delta.get(field)
+            if type(value) is str:
+                count += len(value)
+        calls = delta.get("tool_calls")
+        if type(calls) is list:
+            for call in calls:
+                fn = call.get("function") if type(call) is dict else None
+                if type(fn) is dict and type(fn.get("arguments")) is str:
+                    count += len(fn["arguments"])
+    return count
+
+
+_DELTA_TEXT = ("content", "refusal", "reasoning_content")
