@@ -5,8 +5,9 @@ request against ~15,000 for the same work on a bare protocol (a sixth of keyplan
 bench/RESULTS.md): per-header regular expressions, an Event and a keep-alive timer per request,
 head and body written in two system calls. This server parses with the same llhttp, and:
 
-- writes the head of a response of known length together with its body, in one system call
-  (a streamed response's head goes out at once: a client may wait for it before the first event);
+- writes a response's head together with its first body bytes, in one system call: for a
+  response of known length always; for a stream when they follow in the same loop pass (else the
+  head goes out at the end of the pass: a client may wait for it before the first event);
 - checks the head it writes for CR, LF and NUL once, not every header by a regular expression;
 - answers ``receive()`` at once when the body is already here (the usual case: a request arrives
   in one piece and its task starts after that), waiting on a future only when it is not;
@@ -578,10 +579,14 @@ class _Exchange:
             raise RuntimeError("invalid character in a response header")
         self.status, self.chunked = status, chunked and not no_body
         self.left = 0 if no_body else (length or 0)
-        if length is None:  # a stream (or no body): the head goes out now
-            self.conn.write(head)
-        else:  # a body of known size follows at once: written with it
-            self.head = head
+        self.head = head  # written with the first body bytes...
+        if length is None:  # ...or, for a stream, at the end of this loop pass if none came
+            self.conn.loop.call_soon(self._flush_head)
+
+    def _flush_head(self) -> None:
+        if self.head and not self.gone:
+            self.conn.write(self.head)
+            self.head = b""
 
     def _body(self, data: bytes, more: bool) -> None:
         out = self.head

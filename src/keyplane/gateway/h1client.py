@@ -382,6 +382,11 @@ class _H1Response(UpstreamResponse):
                 raise StopAsyncIteration
         return conn.take()
 
+    @property
+    def drained(self) -> bool:
+        conn = self._conn
+        return conn is None or (conn.state == _DONE and not conn.buf)
+
     def _broken(self, conn: _Conn) -> None:
         self._conn = None
         conn.abort(None)

@@ -314,11 +314,15 @@ class Pipeline:
         watching = asyncio.create_task(watch())
         try:
             try:
+                out = b""
                 async for raw in resp.chunks():
                     out = acc.feed(raw)
+                    if resp.drained:  # the rest is here: one last write ends the response
+                        break
                     if out:
                         await send({"type": "http.response.body", "body": out, "more_body": True})
-                tail = acc.rest()
+                    out = b""
+                tail = out + acc.rest()
             except UpstreamError as exc:
                 log.warning("upstream stream broke: %s", type(exc).__name__)
                 outcome = Outcome.UPSTREAM_BROKEN

@@ -54,6 +54,12 @@ class UpstreamResponse(ABC):
     async def aclose(self) -> None:
         """Gives the connection back (or drops it when the body was not read to the end)."""
 
+    @property
+    def drained(self) -> bool:
+        """True when ``chunks()`` has handed over the whole body: nothing more will come (a
+        client that cannot tell says False)."""
+        return False
+
 
 class UpstreamClient(ABC):
     @abstractmethod
