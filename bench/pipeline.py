@@ -26,7 +26,7 @@ from typing import Any
 from fixtures import CHAT_REQUEST, CHAT_RESPONSE
 from target import BENCH_TIER
 
-from keyplane import bootstrap
+from keyplane import bootstrap, server
 from keyplane.config import Settings, UpstreamSettings
 from keyplane.gateway.transport import Headers, UpstreamClient, UpstreamResponse
 from keyplane.keys.format import KeyKind
@@ -125,6 +125,7 @@ async def main_async(args: argparse.Namespace) -> None:
         await gateway.pipeline.auth.refresh()
         await gateway.pipeline.money.refresh()
         await run(gateway, secret, 500)  # warm-up: caches, compiled statements
+        server.tune_gc()  # the collector as `keyplane serve` sets it
         if args.profile:
             profiler = cProfile.Profile()
             profiler.enable()
