@@ -1,0 +1,118 @@
+"""Instructions per request of keyplane's own work (the in-process pipeline of bench/pipeline.py),
+counted by valgrind's callgrind: repeatable to ~0.1 % where timings on a shared VM drift by tens of
+percent, so a change's effect can be seen in one pair of runs.
+
+    .venv/bin/python bench/instructions.py [--requests 1000] [--flush-only] [--at REV]
+
+Counts only the measured part: the gateway is built, warmed up (500 requests) and then the counting
+is switched on (callgrind_control) for ``--requests`` requests and their settlement flush
+(``--flush-only``: the requests are served uncounted and only the flush is counted). Prints
+instructions per request (~10 s per 1,000 requests). Needs valgrind (Debian package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness import BenchError, entry, log
+from target import export_source
+
+
+def _wait_flag(flag: Path, value: str) -> None:
+    while not (flag.exists() and flag.read_text().strip() == value):
+        time.sleep(0.05)  # (the parent writes it once callgrind switched)
+
+
+async def _child(requests: int, flush_only: bool, flag: Path) -> None:
+    from pipeline import run, setup
+
+    from keyplane import server
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gateway, secret, _ = setup(Path(tmp))
+        await gateway.pipeline.auth.refresh()
+        await gateway.pipeline.money.refresh()
+        await run(gateway, secret, 500)
+        server.tune_gc()
+        flush = gateway.flush
+        if flush_only:
+
+            async def later() -> None:
+                return None
+
+            gateway.flush = later
+            await run(gateway, secret, requests)
+        print("READY", flush=True)
+        _wait_flag(flag, "on")
+        if flush_only:
+            await flush()
+        else:
+            await run(gateway, secret, requests)
+        print("DONE", flush=True)
+        _wait_flag(flag, "off")
+        gateway.pipeline.money.close()
+
+
+def _parent(args: argparse.Namespace) -> int:
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise BenchError("valgrind is not installed (apt-get install valgrind)")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        env = dict(os.environ)
+        if args.at:
+            src, commit = export_source(args.at, work / "src-at")
+            env["PYTHONPATH"] = str(src)
+            log(f"measuring {commit}")
+        out, flag = work / "callgrind.out", work / "flag"
+        argv = [
+            "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+            sys.executable, __file__, "--child", "--flag", str(flag),
+            "--requests", str(args.requests), *(["--flush-only"] if args.flush_only else []),
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip() in ("READY", "DONE"):
+                switch = "on" if line.strip() == "READY" else "off"
+                subprocess.run(
+                    ["callgrind_control", "-i", switch, str(proc.pid)],
+                    check=True, capture_output=True,
+                )  # fmt: skip
+                flag.write_text(switch)
+        if proc.wait() != 0:
+            raise BenchError(f"the measured process failed (exit code {proc.returncode})")
+        found = re.search(r"^totals: (\d+)", out.read_text(), re.MULTILINE)
+        if found is None:
+            raise BenchError("callgrind wrote no totals")
+    what = "per settlement (flush only)" if args.flush_only else "per request (flush included)"
+    print(f"{int(found.group(1)) / args.requests:,.0f} instructions {what}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--flush-only", action="store_true")
+    parser.add_argument("--at", metavar="REV", help="measure src/ as of this commit")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--flag", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        asyncio.run(_child(args.requests, args.flush_only, args.flag))
+        return 0
+    return _parent(args)
+
+
+if __name__ == "__main__":
+    entry(main)
