@@ -7,6 +7,7 @@ import sqlite3
 import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -14,7 +15,7 @@ from sqlalchemy import Engine, func, select
 from conftest import fresh_postgres
 from keyplane.accounts.service import AccountService
 from keyplane.billing.ports import Outcome
-from keyplane.billing.wallet import Hold, Lot
+from keyplane.billing.wallet import Hold, Lot, OrgMoney
 from keyplane.clock import SystemClock
 from keyplane.storage import migrate
 from keyplane.storage.billing_repository import STEP_SETTLEMENTS, SqlMoneyStore
@@ -49,14 +50,19 @@ def record(request_id: str, org_id: str, project_id: str, cost: int) -> UsageRec
     )  # fmt: skip
 
 
-def test_settlement_batches_are_applied_once(engine: Engine) -> None:
+def funded_store(engine: Engine) -> tuple[SqlMoneyStore, OrgMoney, Any, Any, int]:
+    """An organization with a $0.01 grant, its store and its money state (and the time now)."""
     _, org, project = AccountService(SqlAccountStore(engine), SystemClock()).initialize(
         email="o@example.com", password="correct horse battery", org_name="Store"
     )
     store = SqlMoneyStore(engine)
     now = int(time.time())
     store.add_lot(org.id, Lot("cg_1", "grant", 10_000, 10_000, now, None), "", "grants")
-    money = store.load(org.id, "2026-11", lambda tier: 10**9)
+    return store, store.load(org.id, "2026-11", lambda tier: 10**9), org, project, now
+
+
+def test_settlement_batches_are_applied_once(engine: Engine) -> None:
+    store, money, org, project, now = funded_store(engine)
     made = [Hold(f"req_{i}", org.id, project.id, 1_000, "2026-11", now, now + 60) for i in range(5)]
     for hold in made:
         assert money.place_hold(hold) is None
@@ -96,13 +102,7 @@ def test_settlement_batches_are_applied_once(engine: Engine) -> None:
 
 
 def test_a_batch_stores_only_the_holds_still_open_and_applies_once(engine: Engine) -> None:
-    _, org, project = AccountService(SqlAccountStore(engine), SystemClock()).initialize(
-        email="o@example.com", password="correct horse battery", org_name="Store"
-    )
-    store = SqlMoneyStore(engine)
-    now = int(time.time())
-    store.add_lot(org.id, Lot("cg_1", "grant", 10_000, 10_000, now, None), "", "grants")
-    money = store.load(org.id, "2026-11", lambda tier: 10**9)
+    store, money, org, project, now = funded_store(engine)
     made = [Hold(f"req_{i}", org.id, project.id, 1_000, "2026-11", now, now + 60) for i in range(4)]
     for hold in made:
         assert money.place_hold(hold) is None
@@ -135,13 +135,7 @@ def test_a_batch_stores_only_the_holds_still_open_and_applies_once(engine: Engin
 def test_a_batch_reads_back_as_written(engine: Engine) -> None:
     """Rows are written as tuples in the tables' column order: the records and the holds left
     open read back field for field."""
-    _, org, project = AccountService(SqlAccountStore(engine), SystemClock()).initialize(
-        email="o@example.com", password="correct horse battery", org_name="Store"
-    )
-    store = SqlMoneyStore(engine)
-    now = int(time.time())
-    store.add_lot(org.id, Lot("cg_1", "grant", 10_000, 10_000, now, None), "", "grants")
-    money = store.load(org.id, "2026-11", lambda tier: 10**9)
+    store, money, org, project, now = funded_store(engine)
     done, open_ = (
         Hold(f"req_{i}", org.id, project.id, 900 + i, "2026-11", now - i, now + 60 + i,
              key_id=f"key_{i}", model=f"model-{i}", endpoint="embeddings")
