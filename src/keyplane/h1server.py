@@ -100,6 +100,7 @@ class Server:
         self.should_exit = False
         self.started = False
         self.connections: set[_Connection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # the requests being answered
         self.date = _Date()
         self.state: dict[str, Any] = {}  # the lifespan state, copied into each request's scope
         self._lifespan: _Lifespan | None = None
@@ -349,7 +350,12 @@ class _Connection(asyncio.Protocol):
     # -- the exchange's side -----------------------------------------------------------------
     def _start(self, exchange: _Exchange) -> None:
         self.current = exchange
-        exchange.task = self.loop.create_task(exchange.run(self.server.app))
+        task = exchange.task = self.loop.create_task(exchange.run(self.server.app))
+        # Held until done: the loop keeps only weak references to tasks, and an app still
+        # running after its response (or after the client left) is referenced by nothing else.
+        tasks = self.server.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def finished(self, exchange: _Exchange) -> None:
         """The response to ``exchange`` was written completely."""
