@@ -135,7 +135,7 @@ class Server:
             return
         self._swept = now
         expired = now - self.keep_alive_s
-        for conn in [c for c in self.connections if c.idle_since is not None]:
+        for conn in list(self.connections):
             if conn.idle_since is not None and conn.idle_since <= expired:
                 conn.close()
 
@@ -397,11 +397,7 @@ class _Connection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         if self.current is None or self.current.status == 0:
-            body = text.encode()
-            self.transport.write(
-                _STATUS[status] + b"content-type: text/plain; charset=utf-8\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
-            )
+            self.transport.write(_plain(status, text))
         self.transport.close()
 
     def close(self) -> None:
@@ -502,11 +498,7 @@ class _Exchange:
     def _server_error(self) -> None:
         self.keep_alive = False
         self.status, self.head = 500, b""
-        body = b"Internal Server Error"
-        self.conn.write(
-            _STATUS[500] + b"content-type: text/plain; charset=utf-8\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
-        )
+        self.conn.write(_plain(500, "Internal Server Error"))
         self.done = True
         self.conn.finished(self)
 
@@ -618,6 +610,15 @@ class _Exchange:
             self.done = True
             self._wake()
             self.conn.finished(self)
+
+
+def _plain(status: int, text: str) -> bytes:
+    """A whole plain-text answer after which the connection closes (errors of the server's own)."""
+    body = text.encode()
+    return _STATUS[status] + (
+        b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n%s" % (len(body), body)
+    )
 
 
 def _address(value: Any) -> tuple[str, int] | None:

@@ -102,6 +102,12 @@ def create(service: KeyService, **kwargs: object) -> tuple[ApiKey, str]:
     )  # fmt: skip
 
 
+def forge(kind: str, public_id: str, secret: str) -> str:
+    """A well-formed key (valid checksum) of the given parts."""
+    head = f"sk-kp-{kind}-{public_id}{secret}"
+    return head + keyfmt.checksum(head)
+
+
 async def refused(auth: KeyAuthenticator, token: str, match: str | None = None) -> str:
     with pytest.raises(InvalidApiKey, match=match) as info:
         await auth.authenticate(token, "10.0.0.1")
@@ -130,8 +136,7 @@ async def test_wrong_secret_with_the_right_public_id_is_refused(
     _, text = create(service)
     parsed = keyfmt.parse(text)
     assert parsed is not None
-    head = f"sk-kp-proj-{parsed.public_id}" + "A" * 32
-    forged = head + keyfmt.checksum(head)
+    forged = forge("proj", parsed.public_id, "A" * 32)
 
     message = await refused(auth, forged, "Incorrect API key")
     assert parsed.secret not in message
@@ -146,8 +151,7 @@ async def test_a_wrong_secret_is_refused_after_the_right_one_was_accepted(
     assert parsed is not None
     assert (await auth.authenticate(text, "10.0.0.1")).id == key.id  # verified once, remembered
     for secret in ("A" * 32, parsed.secret[:-1] + ("B" if parsed.secret[-1] != "B" else "C")):
-        head = f"sk-kp-proj-{parsed.public_id}{secret}"
-        await refused(auth, head + keyfmt.checksum(head), "Incorrect API key")
+        await refused(auth, forge("proj", parsed.public_id, secret), "Incorrect API key")
     assert (await auth.authenticate(text, "10.0.0.1")).id == key.id
 
 
@@ -157,8 +161,7 @@ async def test_right_secret_under_another_kind_is_refused(
     _, text = create(service)
     parsed = keyfmt.parse(text)
     assert parsed is not None
-    head = f"sk-kp-admin-{parsed.public_id}{parsed.secret}"
-    as_admin = head + keyfmt.checksum(head)
+    as_admin = forge("admin", parsed.public_id, parsed.secret)
     await refused(auth, as_admin, "Incorrect API key")
 
 

@@ -54,6 +54,12 @@ class Upstream:
     def wildcard(self) -> bool:
         return not self.models
 
+    def fresh_list(self, now: float) -> frozenset[str] | None:
+        """The model list read from the upstream, if read less than MODEL_LIST_TTL_S ago."""
+        if self._listed is not None and now - self._listed_at < MODEL_LIST_TTL_S:
+            return self._listed
+        return None
+
 
 _IDENTITY = (b"accept-encoding", b"identity")
 
@@ -87,8 +93,9 @@ class UpstreamRouter:
         now = time.monotonic()
         for up in self.upstreams:
             if up.wildcard:
-                fresh = up._listed is not None and now - up._listed_at < MODEL_LIST_TTL_S
-                listed = up._listed if fresh else await self._listed(up)
+                listed = up.fresh_list(now)
+                if listed is None:  # (read it again: no await while it is fresh)
+                    listed = await self._listed(up)
                 if listed is None or model in listed:
                     out.append(up)
             elif model in up.models:
@@ -104,8 +111,9 @@ class UpstreamRouter:
     async def _listed(self, up: Upstream) -> frozenset[str] | None:
         """The upstream's own model list, cached; None when it cannot be read (then it may serve any)."""
         now = time.monotonic()
-        if up._listed is not None and now - up._listed_at < MODEL_LIST_TTL_S:
-            return up._listed
+        fresh = up.fresh_list(now)
+        if fresh is not None:
+            return fresh
         try:
             resp = await self.client.request("GET", f"{up.base_url}/models", up.auth_headers)
             try:

@@ -55,7 +55,7 @@ class KeyAuthenticator:
         parsed = keyfmt.parse(token)
         if parsed is None:
             raise _invalid(token)
-        kid = "key_" + parsed.public_id  # keyfmt.key_id
+        kid = keyfmt.key_id(parsed.public_id)
         if kid in self._cache:
             key = self._cache[kid]
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import sqlite3
@@ -103,7 +104,6 @@ class _Writer:
         self.cursor = raw.cursor()
         self.mark = _marker(conn)
         self.for_update = "" if conn.dialect.name == "sqlite" else " FOR UPDATE"
-        self._inserts: dict[tuple[str, tuple[str, ...]], str] = {}
 
     def statuses(self, ids: list[str]) -> list[tuple[str, str]]:
         """(id, status) of the requests among ``ids`` known to the database: "open" for a hold
@@ -125,19 +125,19 @@ class _Writer:
         """executemany of ``rows`` in the order of ``columns``. (Multi-row ``VALUES`` statements
         were tried: no faster here, and the driver's cache of large prepared statements made the
         process grow by tens of megabytes.)"""
-        if not rows:
-            return
-        sql = self._inserts.get((table.name, tuple(columns)))
-        if sql is None:
-            names, marks = ", ".join(columns), ", ".join([self.mark] * len(columns))
-            sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks})"  # noqa: S608
-            self._inserts[(table.name, tuple(columns))] = sql
-        self.cursor.executemany(sql, rows)
+        if rows:
+            self.cursor.executemany(_insert_sql(table.name, tuple(columns), self.mark), rows)
 
     def resolve_open(self, ids: list[tuple[str]]) -> None:
         """Removes holds stored open earlier, now resolved (their usage records say how)."""
         if ids:
             self.cursor.executemany(f"DELETE FROM holds WHERE id = {self.mark}", ids)  # noqa: S608
+
+
+@functools.cache
+def _insert_sql(table: str, columns: tuple[str, ...], mark: str) -> str:
+    names, marks = ", ".join(columns), ", ".join([mark] * len(columns))
+    return f"INSERT INTO {table} ({names}) VALUES ({marks})"  # noqa: S608
 
 
 @contextlib.contextmanager
