@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import Table, func, select
 
 from conftest import initialized
 from keyplane import bootstrap
 from keyplane.billing.ports import Outcome
 from keyplane.billing.wallet import Hold
+from keyplane.errors import StoreUnavailable
 from keyplane.simulator import SimulatorConfig, create_app
+from keyplane.storage.billing_tables import holds
 from keyplane.storage.tables import usage_records
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
@@ -44,9 +47,12 @@ class InProcess:
     async def post(self) -> int:
         return (await self.client.post("/v1/chat/completions", json=BODY)).status_code
 
-    def usage_count(self) -> int:
+    def count(self, table: Table) -> int:
         with self.container.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(usage_records)).scalar() or 0)
+            return int(conn.execute(select(func.count()).select_from(table)).scalar() or 0)
+
+    def usage_count(self) -> int:
+        return self.count(usage_records)
 
 
 async def in_process(tmp: Path, scenario: Callable[[InProcess], Awaitable[None]]) -> None:
@@ -119,6 +125,40 @@ async def _keeps_up_with_a_busy_loop(kp: InProcess) -> None:
     assert passes <= 30, passes
 
 
+async def _one_flush_in_batches(kp: InProcess) -> None:
+    """A flush of more settlements than a batch writes them in batches, one transaction each. The
+    holds of requests settled in a later batch are not stored open by an earlier one (only to be
+    deleted a batch later): the journal keeps them until the whole flush is stored, also when a
+    later batch fails."""
+    money: Any = kp.money
+    money._batch_size = 10
+    assert [await kp.post() for _ in range(25)] == [200] * 25
+    store: Any = money._store
+    original = store.resolve_stepwise
+    given: list[tuple[int, int]] = []  # (settlements, journaled holds) per batch
+
+    def second_batch_fails(
+        outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = ()
+    ) -> Generator[None, None, int] | None:
+        given.append((len(outcomes), len(new_holds)))
+        if len(given) == 2:
+            raise StoreUnavailable("The database is unavailable.")
+        return original(outcomes, at, new_holds)
+
+    store.resolve_stepwise = second_batch_fails
+    with pytest.raises(StoreUnavailable):
+        await money.flush()
+    # The first batch was given the holds of its own 10 requests only.
+    assert given == [(10, 10), (10, 0)]
+    assert (kp.usage_count(), kp.count(holds)) == (10, 0)
+    assert list(money._journal.directory.iterdir()), "the journal is kept until all is stored"
+    store.resolve_stepwise = original
+    assert await money.flush() == 15
+    assert (kp.usage_count(), kp.count(holds)) == (25, 0)
+    assert not list(money._journal.directory.iterdir())
+    assert await money.flush() == 0
+
+
 async def _waits_for_the_hook_in_progress(kp: InProcess) -> None:
     """The after-flush hook (spend emails, auto-recharge jobs) of a background flush can still be
     running when someone else's flush finds nothing left to store; that flush must wait for it, or
@@ -158,6 +198,10 @@ def test_a_flush_waits_for_the_after_flush_hook_in_progress(tmp_path: Path) -> N
 
 def test_a_flush_stores_what_was_queued_when_it_started(tmp_path: Path) -> None:
     asyncio.run(in_process(tmp_path, _late_requests_wait))
+
+
+def test_a_flush_in_batches_stores_no_hold_it_settles_later(tmp_path: Path) -> None:
+    asyncio.run(in_process(tmp_path, _one_flush_in_batches))
 
 
 def test_the_settlement_writer_keeps_up_when_the_loop_is_busy(tmp_path: Path) -> None:

@@ -160,22 +160,29 @@ class MoneyGuard:
         async with self._flushing:
             if not self._segments:  # (after a failed flush: store those first, keep one open file)
                 self._segments = self._journal.rotate()
-            stored = 0
+            new_holds = [h for seg in self._segments for h in seg.holds]
             # Only what is queued now: settlements made while this flush writes wait for the next
             # one. Chasing them kept a flush running back to back with batches of a few requests
             # each, a transaction apiece (at c=1, 3,200 flushes in 5 s averaging 7 settlements).
             pending = len(self._outcomes)
-            while self._segments or pending:
-                new_holds = [h for seg in self._segments for h in seg.holds]
-                batch = [self._outcomes[i] for i in range(min(self._batch_size, pending))]
-                stored += await self._resolve(batch, int(self._clock.now()), new_holds)
+            stored = 0
+            while pending or new_holds:
+                size = min(self._batch_size, pending)
+                batch = [self._outcomes[i] for i in range(size)]
+                # A hold settled in a later batch of this flush is not stored open only to be
+                # deleted a batch later (at 1,200 settlements a flush, 900 holds were): the
+                # journal keeps it until the whole flush is stored.
+                later = {self._outcomes[i].record.request_id for i in range(size, pending)}
+                holds = [h for h in new_holds if h.id not in later] if later else new_holds
+                stored += await self._resolve(batch, int(self._clock.now()), holds)
                 for outcome in batch:
                     self._outcomes.popleft()
                     self.touched.add(outcome.record.org_id)
-                pending -= len(batch)
-                for seg in self._segments:
-                    self._journal.discard(seg)
-                self._segments = []
+                pending -= size
+                new_holds = []
+            for seg in self._segments:
+                self._journal.discard(seg)
+            self._segments = []
             return stored
 
     async def _resolve(self, batch: list[Outcome], at: int, new_holds: list[Hold]) -> int:
