@@ -2,12 +2,13 @@
 counted by valgrind's callgrind: repeatable to ~0.1 % where timings on a shared VM drift by tens of
 percent, so a change's effect can be seen in one pair of runs.
 
-    .venv/bin/python bench/instructions.py [--requests 1000] [--flush-only] [--at REV]
+    .venv/bin/python bench/instructions.py [--requests 1000] [--flush-only] [--at REV] [--keep FILE]
 
 Counts only the measured part: the gateway is built, warmed up (500 requests) and then the counting
 is switched on (callgrind_control) for ``--requests`` requests and their settlement flush
 (``--flush-only``: the requests are served uncounted and only the flush is counted). Prints
-instructions per request (~10 s per 1,000 requests). Needs valgrind (Debian package).
+instructions per request (~10 s per 1,000 requests); ``--keep FILE`` keeps callgrind's output for
+``callgrind_annotate --inclusive=yes FILE``. Needs valgrind (Debian package).
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ def _parent(args: argparse.Namespace) -> int:
         found = re.search(r"^totals: (\d+)", out.read_text(), re.MULTILINE)
         if found is None:
             raise BenchError("callgrind wrote no totals")
+        if args.keep:
+            shutil.copy(out, args.keep)  # for callgrind_annotate or kcachegrind
     what = "per settlement (flush only)" if args.flush_only else "per request (flush included)"
     print(f"{int(found.group(1)) / args.requests:,.0f} instructions {what}")
     return 0
@@ -105,6 +108,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--flush-only", action="store_true")
     parser.add_argument("--at", metavar="REV", help="measure src/ as of this commit")
+    parser.add_argument("--keep", type=Path, metavar="FILE", help="keep callgrind's output there")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--flag", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,22 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
+def _null(value: None) -> None:
+    return value
+
+
+def _fast_binding() -> None:
+    """The sqlite3 module binds exact ints, floats and strings directly, but passes every other
+    parameter (a bool, None) through its adapter lookup, which tries two attributes that do not
+    exist and formats an AttributeError for each: ~500 ns a parameter, a fifth of the driver's time
+    writing a usage record. Registered adapters are found in one dict lookup. Both keep what is
+    stored as it was (a bool as 0/1, None as NULL); process-wide and idempotent."""
+    sqlite3.register_adapter(bool, int)
+    sqlite3.register_adapter(type(None), _null)
+
+
 def _sqlite_engine(url: str) -> Engine:
+    _fast_binding()
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
