@@ -306,7 +306,9 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         url = self._url
-        if b"?" in url or b"%" in url or not url.startswith(b"/"):
+        # (find, not `in`: `bytes in bytes` first tries its operand as an integer and formats a
+        # TypeError, ~1,900 instructions each time)
+        if url.find(b"?") >= 0 or url.find(b"%") >= 0 or not url.startswith(b"/"):
             parsed = httptools.parse_url(url)
             raw_path, query = parsed.path, parsed.query or b""
             path = urllib.parse.unquote(raw_path.decode("ascii"))
@@ -573,7 +575,11 @@ class _Exchange:
         head = b"".join(parts)
         # One line per header plus the status line and the blank one: a CR, LF or NUL anywhere
         # else would let a header value split the response.
-        if head.count(b"\n") != count + 3 or head.count(b"\r") != count + 3 or b"\0" in head:
+        if (
+            head.count(b"\n") != count + 3
+            or head.count(b"\r") != count + 3
+            or head.find(b"\0") >= 0
+        ):
             raise RuntimeError("invalid character in a response header")
         self.status, self.chunked = status, chunked and not no_body
         self.left = 0 if no_body else (length or 0)

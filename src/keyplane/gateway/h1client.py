@@ -516,9 +516,10 @@ class H1Client(UpstreamClient):
         lines = [b": ".join(h) for h in headers if h[0].lower() not in HOP_BY_HOP]
         if lines:
             block = b"\r\n".join(lines)
-            # Each separator adds one CR and one LF: any other is in a name or a value.
+            # Each separator adds one CR and one LF: any other is in a name or a value. (find, not
+            # `in`: `bytes in bytes` first tries its operand as an integer, formatting a TypeError.)
             seps = len(lines) - 1
-            if block.count(b"\r") != seps or block.count(b"\n") != seps or b"\0" in block:
+            if block.count(b"\r") != seps or block.count(b"\n") != seps or block.find(b"\0") >= 0:
                 raise ValueError("header names and values must not contain CR, LF or NUL")
             block += b"\r\n"
         else:
