@@ -7,7 +7,7 @@ import functools
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -168,30 +168,40 @@ def _usage_tuple(record: UsageRecord) -> tuple[Any, ...]:
     return (*record[:_OUTCOME_AT], record.outcome.value, *record[_OUTCOME_AT + 1 :])
 
 
-def _settlement_entries(outcomes: Iterable[Outcome], at: int) -> list[tuple[Any, ...]]:
+class _Ledger:
     """A settlement batch's double-entry lines, one transaction per organization: -x per lot drawn,
     -y on receivable for what no lot covered (postpaid), +charged on usage, each summed over the
-    batch (what each request cost is its usage record). Rows in the order of ``_LEDGER_COLUMNS``.
+    batch (what each request cost is its usage record).
 
     Per batch rather than per request: two or three lines per request, each with three index
-    entries, were half of the settlement writer's work."""
-    per_org: dict[str, dict[tuple[str, str | None], int]] = {}
-    for outcome in outcomes:
+    entries, were half of the settlement writer's work. Summed as settlements are written, a step
+    at a time: summing 500 at the end kept the batch's last step (with the commit) 0.3 ms longer,
+    the event loop's longest pause."""
+
+    def __init__(self) -> None:
+        self._per_org: dict[str, dict[tuple[str, str | None], int]] = {}
+
+    def add(self, outcome: Outcome) -> None:
         settlement = outcome.settlement
         if settlement is None or settlement.charged == 0:
-            continue
-        lines = per_org.setdefault(outcome.record.org_id, {})
+            return
+        lines = self._per_org.setdefault(outcome.record.org_id, {})
         for lot_id, amount in settlement.consumed:
             lines[("lot", lot_id)] = lines.get(("lot", lot_id), 0) - amount
         if settlement.uncovered:
             receivable = ("receivable", None)
             lines[receivable] = lines.get(receivable, 0) - settlement.uncovered
         lines[_USAGE] = lines.get(_USAGE, 0) + settlement.charged
-    rows: list[tuple[Any, ...]] = []
-    for org_id, lines in per_org.items():
-        txn = ordered_id("stl_")
-        rows.extend((txn, org_id, acct, lot, amount, at) for (acct, lot), amount in lines.items())
-    return rows
+
+    def rows(self, at: int) -> list[tuple[Any, ...]]:
+        """The lines as rows in the order of ``_LEDGER_COLUMNS``."""
+        rows: list[tuple[Any, ...]] = []
+        for org_id, lines in self._per_org.items():
+            txn = ordered_id("stl_")
+            rows.extend(
+                (txn, org_id, acct, lot, amount, at) for (acct, lot), amount in lines.items()
+            )
+        return rows
 
 
 _USAGE: tuple[str, str | None] = ("usage", None)
@@ -232,6 +242,7 @@ def _write_batch(
     # table holds open holds only; a resolved request is its usage record (and the ledger).
     journaled: dict[str, Hold] = {h.id: h for h in new_holds if h.id not in status}
     todo: dict[str, Outcome] = {}
+    ledger = _Ledger()
     for start in range(0, len(outcomes), STEP_SETTLEMENTS):
         stored_open: list[tuple[str]] = []
         usage: list[tuple[Any, ...]] = []
@@ -243,6 +254,7 @@ def _write_batch(
             if rid in todo or known == "resolved" or (known is None and outcome.settlement is None):
                 continue
             todo[rid] = outcome
+            ledger.add(outcome)
             if known == "open":
                 stored_open.append((rid,))
             else:
@@ -255,7 +267,7 @@ def _write_batch(
     for start in range(0, len(still_open), STEP_SETTLEMENTS):
         yield
         db.insert(holds, _HOLD_COLUMNS, still_open[start : start + STEP_SETTLEMENTS])
-    db.insert(ledger_entries, _LEDGER_COLUMNS, _settlement_entries(todo.values(), at))
+    db.insert(ledger_entries, _LEDGER_COLUMNS, ledger.rows(at))
     return len(todo)
 
 
