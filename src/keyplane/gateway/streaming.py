@@ -11,7 +11,7 @@ from typing import Any, TypeGuard
 
 import orjson
 
-from keyplane.usage.tokens import CHARS_PER_TOKEN, generated_chars
+from keyplane.usage.tokens import estimate_chars, generated_chars
 
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
 
@@ -52,7 +52,9 @@ class SseAccounting:
     def feed(self, data: bytes) -> bytes:
         """Returns the complete events in ``data`` (plus what was held back) to forward now."""
         buf = self._buf + data if self._buf else data
-        if b"\r" in buf:  # events may end with CRLF CRLF (rare): the general path
+        # (find, not `in`: `bytes in bytes` first tries its operand as an integer and formats a
+        # TypeError; this runs for every chunk and event of every stream)
+        if buf.find(b"\r") >= 0:  # events may end with CRLF CRLF (rare): the general path
             return self._feed_any(buf)
         *events, self._buf = buf.split(b"\n\n")
         kept = [self._keep(event) for event in events]
@@ -81,7 +83,7 @@ class SseAccounting:
 
     def _keep(self, event: bytes) -> bool:
         self.events += 1
-        if event.startswith(b"data: ") and b"\n" not in event:  # the usual event: one data line
+        if event.startswith(b"data: ") and event.find(b"\n") < 0:  # the usual: one data line
             return self._data(event[6:])
         keep = True
         for line in event.splitlines():
@@ -111,7 +113,7 @@ class SseAccounting:
 
     @property
     def estimated_output_tokens(self) -> int:
-        return -(-self._chars // CHARS_PER_TOKEN)
+        return estimate_chars(self._chars)
 
 
 def error_event(message: str) -> bytes:

@@ -11,8 +11,13 @@ from typing import Any
 CHARS_PER_TOKEN = 4
 
 
+def estimate_chars(chars: int) -> int:
+    """Tokens for ``chars`` characters of text, rounded up."""
+    return -(-chars // CHARS_PER_TOKEN)
+
+
 def estimate_text(text: str) -> int:
-    return -(-len(text) // CHARS_PER_TOKEN)
+    return estimate_chars(len(text))
 
 
 def content_text(content: Any) -> str:
