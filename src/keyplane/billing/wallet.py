@@ -51,6 +51,15 @@ class Lot:
         return not self.revoked and (self.expires_at is None or at < self.expires_at)
 
 
+# Members the per-request methods use, as module constants: on Python 3.11 ``Scope.CREDITS`` goes
+# through the enum metaclass's ``__getattr__`` hook (~80 ns, against ~10 ns for a global).
+_PREPAID = BillingMode.PREPAID
+_CREDITS = Scope.CREDITS
+_USAGE_LIMIT = Scope.USAGE_LIMIT
+_ORG_BUDGET = Scope.ORG_BUDGET
+_PROJECT_BUDGET = Scope.PROJECT_BUDGET
+
+
 class Hold(NamedTuple):
     id: str  # the request id
     org_id: str
@@ -114,24 +123,27 @@ class OrgMoney:
 
     def headroom(self, project_id: str, at: float) -> tuple[int, Scope | None]:
         """Returns the most a new request may be held for, and the scope that sets it (None: no
-        scope limits it)."""
+        scope limits it; on a tie, the first of credits, usage limit, organization budget,
+        project budget)."""
         period = period_of(at)
-        limits: list[tuple[int, Scope]] = []
-        if self.mode is BillingMode.PREPAID:
-            limits.append((self.available(at), Scope.CREDITS))
+        # (One comparison per scope rather than min() over a list: this runs on every request.)
+        room, scope = 2**62, None
+        if self.mode is _PREPAID:
+            room, scope = self.available(at), _CREDITS
         if self.usage_limit is not None:
-            limits.append((self.usage_limit - self.month_spend(period), Scope.USAGE_LIMIT))
+            left = self.usage_limit - self.month_spend(period)
+            if scope is None or left < room:
+                room, scope = left, _USAGE_LIMIT
         if self.budget is not None:
-            limits.append((self.budget - self.month_spend(period), Scope.ORG_BUDGET))
+            left = self.budget - self.month_spend(period)
+            if scope is None or left < room:
+                room, scope = left, _ORG_BUDGET
         project_budget = self.project_budgets.get(project_id)
         if project_budget is not None:
-            limits.append(
-                (project_budget - self.month_spend(period, project_id), Scope.PROJECT_BUDGET)
-            )
-        if not limits:
-            return 2**62, None
-        amount, scope = min(limits, key=lambda x: x[0])
-        return max(amount, 0), scope
+            left = project_budget - self.month_spend(period, project_id)
+            if scope is None or left < room:
+                room, scope = left, _PROJECT_BUDGET
+        return (room if room > 0 else 0), scope
 
     # -- changing ---------------------------------------------------------------------------
     def place_hold(self, hold: Hold) -> Rejection | None:
@@ -155,7 +167,7 @@ class OrgMoney:
         if cost < 0:
             raise ValueError("a cost is never negative")
         self._add_held(hold, -hold.amount)
-        charged = min(cost, hold.amount)
+        charged = cost if cost < hold.amount else hold.amount
         self.spent[hold.period] = self.spent.get(hold.period, 0) + charged
         key = (hold.project_id, hold.period)
         self.project_spent[key] = self.project_spent.get(key, 0) + charged
@@ -196,13 +208,13 @@ class OrgMoney:
     def _consume(self, amount: int, admitted_at: int) -> tuple[tuple[tuple[str, int], ...], int]:
         # A request admitted while a lot was live may draw on it even if it expired since.
         out: list[tuple[str, int]] = []
-        if self.mode is BillingMode.PREPAID:
+        if self.mode is _PREPAID:
             for lot in self.lots:
                 if amount == 0:
                     break
                 if lot.remaining <= 0 or not lot.live(admitted_at):
                     continue
-                take = min(lot.remaining, amount)
+                take = lot.remaining if lot.remaining < amount else amount
                 lot.remaining -= take
                 amount -= take
                 out.append((lot.id, take))

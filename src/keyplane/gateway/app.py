@@ -19,6 +19,7 @@ from keyplane.keys.permissions import Access, Group
 log = logging.getLogger("keyplane.gateway")
 
 MODEL_CREATED = 1_700_000_000
+_WRITE = Access.WRITE  # (a global: an enum member lookup is ~80 ns on Python 3.11)
 
 
 class Gateway:
@@ -73,7 +74,7 @@ class Gateway:
             if endpoint is not None and method == "POST":
                 client_ip = self.pipeline.access.client_ip(scope)
                 key, levels = await self.pipeline.admit_caller(
-                    scope, client_ip, endpoint.group, Access.WRITE
+                    scope, client_ip, endpoint.group, _WRITE
                 )
                 call = Call(request_id, endpoint, key, levels, client_ip, time.monotonic())
                 await self.pipeline.handle(call, scope, receive, send)

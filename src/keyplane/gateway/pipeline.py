@@ -45,6 +45,10 @@ from keyplane.usage.records import Outcome, UsageRecord
 log = logging.getLogger("keyplane.gateway")
 
 _PASS_RESPONSE = frozenset({b"content-type", b"openai-processing-ms", b"openai-version"})
+# Enum members used on every request, as globals: on Python 3.11 ``KeyKind.ADMIN`` goes through the
+# enum metaclass's ``__getattr__`` hook (~80 ns, against ~10 ns for a global).
+_ADMIN = KeyKind.ADMIN
+_COMPLETED = Outcome.COMPLETED
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +137,7 @@ class Pipeline:
         if not token or scheme.lower() != "bearer":
             raise missing_key()
         key = await self.auth.authenticate(token, client_ip)
-        if key.kind is KeyKind.ADMIN:
+        if key.kind is _ADMIN:
             raise ApiError(
                 401, "Admin keys can only call the Admin API (/v1/organization/…); use a project key.",
                 code="invalid_api_key",
@@ -270,9 +274,7 @@ class Pipeline:
                     return
                 content = await self._read_error(resp)
             reported = parse_usage(_loads(content)) if resp.status == 200 else None
-            self._meter(
-                call, resp.status, reported or (0, 0, 0), Outcome.COMPLETED, estimated=False
-            )
+            self._meter(call, resp.status, reported or (0, 0, 0), _COMPLETED, estimated=False)
             await send_bytes(
                 send, resp.status, content, out_headers[1:], content_type=out_headers[0][1]
             )
