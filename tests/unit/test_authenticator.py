@@ -155,6 +155,17 @@ async def test_a_wrong_secret_is_refused_after_the_right_one_was_accepted(
     assert (await auth.authenticate(text, "10.0.0.1")).id == key.id
 
 
+async def test_a_token_differing_only_in_its_checksum_is_refused_after_the_right_one(
+    auth: KeyAuthenticator, service: KeyService
+) -> None:
+    key, text = create(service)
+    assert (await auth.authenticate(text, "10.0.0.1")).id == key.id
+    last = "0" if text[-1] != "0" else "1"
+    for token in (text[:-1] + last, text + "x", text + "\u00e9", "\u00e9" + text):
+        await refused(auth, token, "not a keyplane key")
+    assert (await auth.authenticate(text, "10.0.0.1")).id == key.id
+
+
 async def test_right_secret_under_another_kind_is_refused(
     auth: KeyAuthenticator, service: KeyService
 ) -> None:
