@@ -58,10 +58,12 @@ class KeyAuthenticator:
         digest = hashlib.blake2b(
             token.encode("utf-8", "surrogateescape"), key=self._digest_key, digest_size=32
         ).digest()
-        kid = self._by_digest.get(digest)
-        key = None if kid is None else self._cache.get(kid)
-        if key is None:  # not seen, or its key was dropped from the cache since: the full path
+        seen = self._by_digest.get(digest)
+        key = None if seen is None else self._cache.get(seen)
+        if seen is None or key is None:  # new, or its key was dropped from the cache since
             kid, key = await self._verify(token, digest)
+        else:
+            kid = seen
         now = self._clock.now()
         if key.revoked_at is not None:
             raise InvalidApiKey(f"The API key {key.redacted_value} has been revoked.")
