@@ -254,11 +254,10 @@ class Pipeline:
         self, call: Call, upstreams: list[Any], body: bytes, scope: Any,
         receive: Receive, send: Send, client_wants_usage: bool,
     ) -> None:  # fmt: skip
-        headers = [(k, v) for k, v in scope["headers"]]
         call.forwarded = True
-        try:
+        try:  # (the router copies the headers it forwards)
             resp, content = await self.router.send(
-                upstreams, call.endpoint.upstream_path, body, headers, stream=call.stream
+                upstreams, call.endpoint.upstream_path, body, scope["headers"], stream=call.stream
             )
         except UpstreamUnavailable as exc:
             status = 504 if exc.timed_out else 502
