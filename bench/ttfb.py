@@ -1,4 +1,5 @@
-"""Streaming: time to the first SSE byte, direct to a paced upstream vs through keyplane (issue #6).
+"""Streaming: time to the first SSE byte, direct to a paced upstream vs through keyplane (issue #6),
+and through nginx ``proxy_pass`` (the floor for any proxy hop).
 
     .venv/bin/python bench/ttfb.py              # 500 streams each way, interleaved (~30 s)
     .venv/bin/python bench/ttfb.py --record     # ... and append the figures to bench/RESULTS.md
@@ -6,16 +7,19 @@
 The upstream (bench/sse_upstream.py) sends the first event of a chat completion stream at once
 and the rest ``--delay-ms`` later, so the first byte is not the whole answer. The client is a raw
 socket (no HTTP library), one keep-alive HTTP/1.1 connection per target, one request at a time,
-alternating between the two targets so a drift in the machine's speed hits both alike. For each
-stream it notes, from the moment the request was written:
+taking the three targets in turn (direct, nginx ``proxy_pass`` with ``proxy_buffering off``, and
+keyplane) so a drift in the machine's speed hits all alike. For each stream it notes, from the
+moment the request was written:
 
 - TTFB: when the first ``data:`` of the body arrived (after the status line and headers);
 - the gap: when the second event arrived minus when the first did. An upstream paced by
   ``delay`` gives a gap of about ``delay``; a gateway that buffered the stream would give ~0
   (everything at once, late). Through keyplane every gap must be at least half the delay.
 
-"Added" is keyplane's figure minus direct's (median minus median, p99 minus p99). The upstream
-and keyplane are pinned to BENCH_SUT_CPUS, this client to BENCH_LOAD_CPUS. Afterwards the usage
+"Added" is keyplane's figure minus direct's (median minus median, p99 minus p99); nginx's added
+TTFB is what one more process in the path costs on this machine, however little it does (waking
+it, two more loopback hops). The upstream, nginx and keyplane are pinned to BENCH_SUT_CPUS, this
+client to BENCH_LOAD_CPUS. Afterwards the usage
 records are checked: one per stream through keyplane, each with the upstream's exact usage
 (read from the usage event that arrived last, after the delay).
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -204,6 +209,60 @@ class PacedUpstream:
         return None
 
 
+class NginxProxy:
+    """nginx ``proxy_pass`` to the paced upstream: one worker, keep-alive upstream connections, no
+    buffering (each event is passed on as it arrives), pinned like the upstream."""
+
+    def __init__(self, workdir: Path, upstream_port: int, cpus: str | None) -> None:
+        self.dir = workdir / "nginx-proxy"
+        self.port = free_port()
+        self.upstream_port = upstream_port
+        self.cpus = cpus
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(nginx).exists():
+            raise BenchError("nginx is not installed (run bench/setup.sh)")
+        self.dir.mkdir(parents=True)
+        d = self.dir
+        conf = d / "nginx.conf"
+        conf.write_text(
+            f"""daemon off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp-body;
+  proxy_temp_path {d}/tmp-proxy;
+  fastcgi_temp_path {d}/tmp-fastcgi;
+  uwsgi_temp_path {d}/tmp-uwsgi;
+  scgi_temp_path {d}/tmp-scgi;
+  keepalive_requests 1000000000;
+  upstream paced {{ server {HOST}:{self.upstream_port}; keepalive 8; }}
+  server {{
+    listen {HOST}:{self.port};
+    location / {{
+      proxy_pass http://paced;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
+        )
+        argv = [nginx, "-p", str(d), "-e", str(d / "error.log"), "-c", str(conf)]
+        self.proc = subprocess.Popen(pinned(self.cpus, argv), stdin=subprocess.DEVNULL)
+        wait_http(f"http://{HOST}:{self.port}/v1/models", 10, self.proc)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            stop(self.proc, signal.SIGQUIT, 10, "nginx")
+
+
 # --- the run ---------------------------------------------------------------------------------------
 
 
@@ -220,7 +279,8 @@ class Side:
 def measure(
     conns: dict[str, Connection], requests: int, warmup: int
 ) -> tuple[dict[str, Side], float]:
-    """``requests`` streams per target, alternating; returns them and the wall time."""
+    """``requests`` streams per target, the targets in turn (the order reversed every other
+    round); returns them and the wall time."""
     for _ in range(warmup):
         for conn in conns.values():
             conn.stream()
@@ -274,7 +334,9 @@ def run(
     upstream = PacedUpstream(args.delay_ms, sut)
     upstream.start()
     served = None
+    proxy = NginxProxy(wd, upstream.port, sut)
     try:
+        proxy.start()
         data = DataDir(wd, src)
         data.init()
         gateway = Gateway(data, upstream.url + "/v1", sut)
@@ -283,6 +345,7 @@ def run(
         body = fixtures.CHAT_STREAM_REQUEST
         conns = {
             "direct": Connection(upstream.port, "/v1/chat/completions", body, ""),
+            "nginx": Connection(proxy.port, "/v1/chat/completions", body, ""),
             "keyplane": Connection(gateway.port, "/v1/chat/completions", body, data.key),
         }
         try:
@@ -292,12 +355,20 @@ def run(
                 conn.close()
             gateway.close()
     finally:
+        proxy.close()
         served = upstream.close()
     unit = expected_cost(fixtures.CHAT_MODEL, fixtures.CHAT_USAGE)
     usage = usage_totals(data.database, fixtures.CHAT_MODEL, fixtures.CHAT_USAGE, unit)
     per_side = args.requests + args.warmup
     outcome = Outcome(
-        sides, args.delay_ms, wall, served, 2 * per_side, usage.records, usage.exact, per_side
+        sides,
+        args.delay_ms,
+        wall,
+        served,
+        len(sides) * per_side,
+        usage.records,
+        usage.exact,
+        per_side,
     )
     outcome.check()
     return outcome
@@ -308,11 +379,13 @@ def report(
 ) -> str:
     m = machine()
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    d, k = o.sides["direct"], o.sides["keyplane"]
+    d, n, k = o.sides["direct"], o.sides["nginx"], o.sides["keyplane"]
     added50 = k.ms("ttfb_ns", 0.5) - d.ms("ttfb_ns", 0.5)
     added99 = k.ms("ttfb_ns", 0.99) - d.ms("ttfb_ns", 0.99)
+    nginx50 = n.ms("ttfb_ns", 0.5) - d.ms("ttfb_ns", 0.5)
+    nginx99 = n.ms("ttfb_ns", 0.99) - d.ms("ttfb_ns", 0.99)
     pin = (
-        f"upstream + keyplane on CPU {cpus[0]}, client on CPU {cpus[1]}"
+        f"upstream + nginx + keyplane on CPU {cpus[0]}, client on CPU {cpus[1]}"
         if cpus[0]
         else "NOT pinned"
     )
@@ -322,7 +395,7 @@ def report(
         f"Machine: {m['nproc']} cores, {m['cpu']}, {m['ram']} RAM, Linux {m['kernel']}, "
         f"Python {m['python']}. {pin}. Load average at the end: {m['loadavg']}. "
         f"{args.requests} streaming chat completions per target, one at a time over one "
-        f"keep-alive connection each, alternating ({args.warmup} each before, not counted), "
+        f"keep-alive connection each, the targets in turn ({args.warmup} each before, not counted), "
         f"{o.wall_s:.0f} s. The upstream (bench/sse_upstream.py, aiohttp) sends the first event "
         f"at once and the rest {o.delay_ms:g} ms later. TTFB: request written → first `data:` "
         "received; gap: first event → second event.",
@@ -330,9 +403,10 @@ def report(
         "| target | TTFB p50 ms | TTFB p99 ms | gap p50 ms | gap min ms | whole stream p50 ms |",
         "|---|---|---|---|---|---|",
     ]
-    for side in (d, k):
+    names = {"direct": "direct to the upstream", "nginx": "nginx `proxy_pass`, unbuffered"}
+    for side in (d, n, k):
         lines.append(
-            f"| {'direct to the upstream' if side is d else '**keyplane**'} "
+            f"| {names.get(side.name, '**keyplane**')} "
             f"| {side.ms('ttfb_ns', 0.5):.3f} | {side.ms('ttfb_ns', 0.99):.3f} "
             f"| {side.ms('gap_ns', 0.5):.2f} | {side.ms('gap_ns', 0):.2f} "
             f"| {side.ms('total_ns', 0.5):.2f} |"
@@ -345,6 +419,9 @@ def report(
         f"+{added99:.3f} ms at p99. Chunks forwarded as they arrive: the first event through "
         f"keyplane came {k.ms('gap_ns', 0.5):.1f} ms (median; at least {k.ms('gap_ns', 0):.1f}) "
         "before the rest.",
+        "",
+        f"One more process in the path, for comparison: nginx `proxy_pass` adds +{nginx50:.3f} ms "
+        f"at the median, +{nginx99:.3f} ms at p99.",
         "",
         f"Checks: {o.records} usage records for {o.keyplane_streams} streams through keyplane "
         f"(warm-up included), {o.exact} with the upstream's exact usage; the upstream served "
