@@ -249,3 +249,29 @@ def test_error_event_passes_through_the_accounting_unchanged() -> None:
     acc = SseAccounting(client_wants_usage=False)
     assert acc.feed(raw) == raw
     assert acc.usage is None
+
+
+def test_a_long_stream_cut_short_is_estimated_on_all_its_text() -> None:
+    # More than the 64 KiB of chunks kept unparsed: counted as they pile up, then at the end.
+    acc = SseAccounting(client_wants_usage=False)
+    texts = [f"{i:05d}" + "x" * 95 for i in range(1500)]
+    for text in texts:
+        acc.feed(event(chunk([{"index": 0, "delta": {"content": text}}])))
+    assert acc.usage is None
+    assert acc.estimated_output_tokens == math.ceil(sum(map(len, texts)) / 4)
+
+
+def test_usage_is_found_however_its_json_is_spaced() -> None:
+    raw = b'data: {"choices": [], "usage" :\t {"prompt_tokens": 3, "completion_tokens": 2}}\n\n'
+    acc = SseAccounting(client_wants_usage=False)
+    assert acc.feed(raw) == b""  # the usage-only chunk the client did not ask for
+    assert acc.usage == (3, 0, 2)
+
+
+def test_usage_written_inside_the_generated_text_is_only_text() -> None:
+    text = 'He said "usage": {"prompt_tokens": 1, "completion_tokens": 1}'
+    raw = event(chunk([{"index": 0, "delta": {"content": text}}]))
+    acc = SseAccounting(client_wants_usage=False)
+    assert acc.feed(raw) == raw
+    assert acc.usage is None
+    assert acc.estimated_output_tokens == math.ceil(len(text) / 4)

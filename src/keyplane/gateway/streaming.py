@@ -7,6 +7,7 @@ or the upstream is still billed for what was produced (estimated at four charact
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeGuard
 
 import orjson
@@ -14,6 +15,11 @@ import orjson
 from keyplane.usage.tokens import estimate_chars, generated_chars
 
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
+# A data line that may carry token counts: a "usage" key whose value is an object. (OpenAI sends
+# "usage":null in every chunk before the last once include_usage is set.) A false match only
+# costs a parse; a key spelt with escapes would be missed, and the stream billed on the estimate.
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_PENDING_MAX = 64 * 1024  # bytes of chunks kept unparsed per stream before they are counted
 
 
 def parse_usage(obj: Any) -> tuple[int, int, int] | None:
@@ -46,6 +52,10 @@ class SseAccounting:
         self._strip_usage = not client_wants_usage
         self._buf = b""
         self._chars = 0
+        # Chunks without usage, not parsed yet: their text matters only if the stream ends before
+        # the usage arrives (client or upstream gone), so they are counted then, or every 64 KiB.
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self.usage: tuple[int, int, int] | None = None
         self.events = 0
 
@@ -96,11 +106,14 @@ class SseAccounting:
         for. ``[DONE]`` and anything that is not JSON pass through unread."""
         if payload == b"[DONE]":
             return True  # (not parsed: orjson's JSONDecodeError costs more than the rest)
-        try:
-            obj = orjson.loads(payload)  # (whitespace around it is fine)
-        except orjson.JSONDecodeError:
+        if _USAGE_OBJECT.search(payload) is None:  # the usual chunk: counted later if needed
+            self._pending.append(payload)
+            self._pending_bytes += len(payload)
+            if self._pending_bytes > _PENDING_MAX:
+                self._count_pending()
             return True
-        if type(obj) is not dict:
+        obj = _json_object(payload)
+        if obj is None:
             return True
         if obj.get("usage") is not None:
             usage = parse_usage(obj)
@@ -111,9 +124,26 @@ class SseAccounting:
         self._chars += generated_chars(obj)
         return True
 
+    def _count_pending(self) -> None:
+        for payload in self._pending:
+            obj = _json_object(payload)
+            if obj is not None:
+                self._chars += generated_chars(obj)
+        self._pending, self._pending_bytes = [], 0
+
     @property
     def estimated_output_tokens(self) -> int:
+        """Tokens of the text streamed so far, estimated (counting the chunks not parsed yet)."""
+        self._count_pending()
         return estimate_chars(self._chars)
+
+
+def _json_object(payload: bytes) -> dict[str, Any] | None:
+    try:
+        obj = orjson.loads(payload)  # (whitespace around it is fine)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if type(obj) is dict else None
 
 
 def error_event(message: str) -> bytes:
