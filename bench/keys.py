@@ -364,6 +364,7 @@ def report(results: list[SizeResult], plan: Plan, commit: str, cpu: str | None) 
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     small, large = results[0], results[-1]
     ratio = large.warm_ns.median / small.warm_ns.median
+    size_ratio = large.few_ns.median / small.warm_ns.median if large.few_ns is not None else None
     lines = [
         f"## {when} · commit {commit} · key lookup at {small.keys:,} and {large.keys:,} keys "
         "(bench/keys.py)",
@@ -372,7 +373,8 @@ def report(results: list[SizeResult], plan: Plan, commit: str, cpu: str | None) 
         f"Python {m['python']}. {f'Pinned to CPU {cpu}' if cpu else 'NOT pinned'}. "
         f"Load average at the end: {m['loadavg']}. In-process, no HTTP: KeyAuthenticator over "
         "SqlKeyStore on a SQLite data directory from `keyplane init`, every key in the table "
-        "and in the cache. Warm: authenticate() of a cached key (checksum, lookup, HMAC), "
+        "and in the cache. Warm: authenticate() of a cached key seen before (its keyed digest, "
+        "the lookups), "
         f"{plan.passes} passes of {plan.sample:,} lookups (at {large.keys:,} keys: "
         f"{plan.sample:,} distinct keys in random order). Cold: the key dropped from the cache "
         f"first, so authenticate() reads it from SQLite in a worker thread ({plan.cold:,} "
@@ -394,14 +396,14 @@ def report(results: list[SizeResult], plan: Plan, commit: str, cpu: str | None) 
             )
     lines += [
         "",
-        f"Warm lookup at {large.keys:,} keys / at {small.keys:,} keys: **{ratio:.2f}×** "
-        f"(goal: O(1); {'met' if ratio <= 2 else 'NOT met'} by the measure ratio ≤ 2, which leaves "
-        f"room for the CPU cache misses of a working set of {plan.sample:,} keys rather than "
-        f"{small.keys})"
+        f"Warm lookup at {large.keys:,} keys / at {small.keys:,} keys: {ratio:.2f}× with "
+        f"{plan.sample:,} distinct keys in random order (that adds the CPU cache misses of a "
+        f"{plan.sample:,}-key working set to the table's size)"
         + (
-            f"; the same {small.keys} keys looked up in the {large.keys:,}-key cache: "
-            f"{large.few_ns.median / small.warm_ns.median:.2f}× (the table's size alone)."
-            if large.few_ns is not None
+            f"; **{size_ratio:.2f}×** for the same {small.keys} keys looked up in the "
+            f"{large.keys:,}-key cache: the table's size alone (goal: O(1); "
+            f"{'met' if size_ratio <= 1.5 else 'NOT met'} by the measure ratio ≤ 1.5)."
+            if size_ratio is not None
             else "."
         ),
     ]
