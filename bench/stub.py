@@ -40,6 +40,39 @@ def _route(files: Path, path: str, body: bytes, content_type: str) -> str:
     )
 
 
+def nginx_config(directory: Path, connections: int, http: str) -> str:
+    """A whole nginx configuration: one worker in the foreground, its pid, error log and temporary
+    files in ``directory``, no access log unless ``http`` (the rest of the http block) asks."""
+    d = directory
+    return f"""
+daemon off;
+master_process on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections {connections}; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp-body;
+  proxy_temp_path {d}/tmp-proxy;
+  fastcgi_temp_path {d}/tmp-fastcgi;
+  uwsgi_temp_path {d}/tmp-uwsgi;
+  scgi_temp_path {d}/tmp-scgi;
+{http}}}
+"""
+
+
+def start_nginx(directory: Path, config: str, cpus: str | None) -> subprocess.Popen[bytes]:
+    """Writes ``config`` to ``directory``/nginx.conf and starts nginx on it, pinned to ``cpus``."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        raise BenchError("nginx is not installed (run bench/setup.sh)")
+    conf = directory / "nginx.conf"
+    conf.write_text(config)
+    argv = [nginx, "-p", str(directory), "-e", str(directory / "error.log"), "-c", str(conf)]
+    return subprocess.Popen(pinned(cpus, argv), stdin=subprocess.DEVNULL)
+
+
 ROUTES: list[tuple[str, bytes, str]] = [
     ("/v1/models", fixtures.MODELS_RESPONSE, "application/json"),
     ("/v1/chat/completions", fixtures.CHAT_RESPONSE, "application/json"),
@@ -78,21 +111,11 @@ class Stub:
         routes = "".join(_route(self.files, p, b, t) for p, b, t in ROUTES)
         (self.dir / "routes.conf").write_text(routes)
         d = self.dir
-        return f"""
-daemon off;
-master_process on;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
+        return nginx_config(
+            d,
+            4096,
+            f"""
   log_format bench '$request $status';
-  client_body_temp_path {d}/tmp-body;
-  proxy_temp_path {d}/tmp-proxy;
-  fastcgi_temp_path {d}/tmp-fastcgi;
-  uwsgi_temp_path {d}/tmp-uwsgi;
-  scgi_temp_path {d}/tmp-scgi;
   client_body_buffer_size 64k;
   client_max_body_size 1m;
   keepalive_requests 1000000000;
@@ -110,23 +133,18 @@ http {{
     access_log {self.access_log} bench buffer=64k flush=1s;
     include {d}/routes.conf;
   }}
-}}
-"""
+""",
+        )
 
     def start(self) -> None:
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        if not Path(nginx).exists():
-            raise BenchError("nginx is not installed (run bench/setup.sh)")
         self.files.mkdir(parents=True)
         # nginx's worker may run as an unprivileged user: let it read the bodies.
         for p in (self.dir.parent, self.dir, self.files):
             p.chmod(0o755)
-        conf = self.dir / "nginx.conf"
-        conf.write_text(self._config())
+        config = self._config()
         for f in self.files.iterdir():
             f.chmod(0o644)
-        argv = [nginx, "-p", str(self.dir), "-e", str(self.dir / "error.log"), "-c", str(conf)]
-        self.proc = subprocess.Popen(pinned(self.cpus, argv), stdin=subprocess.DEVNULL)
+        self.proc = start_nginx(self.dir, config, self.cpus)
         wait_http(f"{self.direct}/v1/models", 10, self.proc)
         wait_http(f"{self.upstream}/v1/models", 10, self.proc)
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -56,6 +55,7 @@ from harness import (
     workdir,
 )
 from report import record
+from stub import nginx_config, start_nginx
 from target import DataDir, Gateway, expected_cost, export_source, usage_totals
 
 TTFB_GOAL_MS = 0.3
@@ -221,25 +221,11 @@ class NginxProxy:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        if not Path(nginx).exists():
-            raise BenchError("nginx is not installed (run bench/setup.sh)")
         self.dir.mkdir(parents=True)
-        d = self.dir
-        conf = d / "nginx.conf"
-        conf.write_text(
-            f"""daemon off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/tmp-body;
-  proxy_temp_path {d}/tmp-proxy;
-  fastcgi_temp_path {d}/tmp-fastcgi;
-  uwsgi_temp_path {d}/tmp-uwsgi;
-  scgi_temp_path {d}/tmp-scgi;
+        config = nginx_config(
+            self.dir,
+            1024,
+            f"""
   keepalive_requests 1000000000;
   upstream paced {{ server {HOST}:{self.upstream_port}; keepalive 8; }}
   server {{
@@ -251,11 +237,9 @@ http {{
       proxy_buffering off;
     }}
   }}
-}}
-"""
+""",
         )
-        argv = [nginx, "-p", str(d), "-e", str(d / "error.log"), "-c", str(conf)]
-        self.proc = subprocess.Popen(pinned(self.cpus, argv), stdin=subprocess.DEVNULL)
+        self.proc = start_nginx(self.dir, config, self.cpus)
         wait_http(f"http://{HOST}:{self.port}/v1/models", 10, self.proc)
 
     def close(self) -> None:
