@@ -317,3 +317,40 @@ async def test_take_uses_coalesces_the_latest_use_per_key(
     assert auth.take_uses() == {}
     auth.store_uses(uses)
     assert store.used == uses
+
+
+async def test_a_full_cache_drops_its_oldest_keys_not_all_of_them(
+    store: FakeKeyStore, service: KeyService, clock: FrozenClock
+) -> None:
+    auth = KeyAuthenticator(store, PEPPER, clock, max_entries=16)
+    await auth.refresh()
+    texts = [create(service)[1] for _ in range(17)]
+    for text in texts:
+        await auth.authenticate(text, None)
+    assert store.calls.count("get") == 17
+    assert auth.cached == 15  # the 17th made room by dropping the oldest eighth (2 keys)
+
+    for text in texts[2:]:  # still cached: no database read
+        await auth.authenticate(text, None)
+    assert store.calls.count("get") == 17
+    await auth.authenticate(texts[0], None)  # dropped: read again, and accepted
+    assert store.calls.count("get") == 18
+
+
+async def test_a_flood_of_unknown_ids_does_not_evict_known_keys(
+    store: FakeKeyStore, service: KeyService, clock: FrozenClock
+) -> None:
+    auth = KeyAuthenticator(store, PEPPER, clock, max_entries=4)
+    await auth.refresh()
+    texts = [create(service)[1] for _ in range(4)]
+    for text in texts:
+        await auth.authenticate(text, None)
+    reads = store.calls.count("get")
+
+    for _ in range(50):
+        await refused(auth, keyfmt.generate(KeyKind.PROJECT)[0], "Incorrect API key")
+    assert store.calls.count("get") == reads + 50
+    for text in texts:
+        await auth.authenticate(text, None)
+    assert store.calls.count("get") == reads + 50
+    assert auth.cached == 4

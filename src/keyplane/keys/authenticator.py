@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 
 from keyplane.clock import Clock
@@ -17,7 +18,9 @@ from keyplane.keys import format as keyfmt
 from keyplane.keys.models import ApiKey
 from keyplane.keys.ports import KeyStore
 
-_UNKNOWN = None
+# Key ids the store does not have are remembered apart, up to this many (then forgotten at once):
+# a flood of made-up ids costs database reads but never evicts a real key.
+MAX_UNKNOWN = 100_000
 
 
 def _invalid(token: str) -> InvalidApiKey:
@@ -36,7 +39,10 @@ class KeyAuthenticator:
         self._pepper = pepper
         self._clock = clock
         self._max_entries = max_entries
-        self._cache: dict[str, ApiKey | None] = {}
+        # Key id → key, in the order they were read. When full, the oldest eighth is dropped (one
+        # database read each when next used) rather than the whole cache at once.
+        self._cache: dict[str, ApiKey] = {}
+        self._unknown: set[str] = set()  # ids the store does not have (until a change arrives)
         self._seq: int | None = None
         self._epoch = 0  # bumped whenever refresh() invalidates something
         self._uses: dict[str, tuple[int, str | None]] = {}
@@ -78,9 +84,8 @@ class KeyAuthenticator:
         if parsed is None:
             raise _invalid(token)
         kid = keyfmt.key_id(parsed.public_id)
-        if kid in self._cache:
-            key = self._cache[kid]
-        else:
+        key = self._cache.get(kid)
+        if key is None and kid not in self._unknown:
             epoch = self._epoch
             key = await asyncio.to_thread(self._store.get, kid)
             # A refresh() that ran while we were reading may have invalidated this very key; caching
@@ -105,15 +110,22 @@ class KeyAuthenticator:
             self._by_digest.pop(digest, None)
 
     def _remember(self, kid: str, key: ApiKey | None) -> None:
+        if key is None:
+            if len(self._unknown) >= MAX_UNKNOWN:
+                self._unknown.clear()
+            self._unknown.add(kid)
+            return
         if len(self._cache) >= self._max_entries:
-            # Unknown ids are the cheap ones to forget; a flood of them must not evict real keys.
-            self._cache = {k: v for k, v in self._cache.items() if v is not _UNKNOWN}
-            if len(self._cache) >= self._max_entries:
-                self._cache.clear()
-            self._verified = {k: v for k, v in self._verified.items() if k in self._cache}
-            self._by_digest = {v: k for k, v in self._verified.items()}
+            for old in list(itertools.islice(self._cache, max(1, self._max_entries // 8))):
+                del self._cache[old]
+                self._forget_digest(old)
         self._forget_digest(kid)
         self._cache[kid] = key
+
+    def _drop(self, kid: str) -> None:
+        self._cache.pop(kid, None)
+        self._unknown.discard(kid)
+        self._forget_digest(kid)
 
     async def refresh(self) -> int:
         """Reads the change feed once and drops changed keys from the cache; returns how many.
@@ -124,8 +136,9 @@ class KeyAuthenticator:
             # First successful read of the feed: anything cached before it (while the database
             # was unreachable at startup) may predate a change we will never see; drop it all.
             self._seq, _ = await asyncio.to_thread(self._store.changes_since, 2**62)
-            dropped = len(self._cache)
+            dropped = len(self._cache) + len(self._unknown)
             self._cache.clear()
+            self._unknown.clear()
             self._verified.clear()
             self._by_digest.clear()
             self._epoch += 1
@@ -133,16 +146,14 @@ class KeyAuthenticator:
         seq, changed = await asyncio.to_thread(self._store.changes_since, self._seq)
         self._seq = seq
         for kid in changed:
-            self._cache.pop(kid, None)
-            self._forget_digest(kid)
+            self._drop(kid)
         if changed:
             self._epoch += 1
         return len(changed)
 
     def forget(self, key_id: str) -> None:
         """Drops one key at once (used by the process that made the change)."""
-        self._cache.pop(key_id, None)
-        self._forget_digest(key_id)
+        self._drop(key_id)
         self._epoch += 1
 
     def take_uses(self) -> dict[str, tuple[int, str | None]]:
