@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from keyplane.limits.ratelimit import Decision, Dimension, Headroom
+from keyplane.limits.ratelimit import Decision, Dimension
 
 _LABEL = {
     Dimension.REQUESTS: "requests per min (RPM)",
@@ -42,28 +42,40 @@ def format_reset(seconds: float) -> str:
     return f"{secs}s"
 
 
-_REQUESTS = tuple(
+def _reset(seconds: float) -> bytes:
+    ms = _ceil_ms(seconds)
+    if ms < 1000:  # (the usual case, without format_reset's str)
+        return b"%dms" % ms if ms else b"0s"
+    return format_reset(seconds).encode()
+
+
+_LIMIT_REQUESTS, _REMAINING_REQUESTS, _RESET_REQUESTS = (
     f"x-ratelimit-{what}-requests".encode() for what in ("limit", "remaining", "reset")
 )
-_TOKENS = tuple(f"x-ratelimit-{what}-tokens".encode() for what in ("limit", "remaining", "reset"))
+_LIMIT_TOKENS, _REMAINING_TOKENS, _RESET_TOKENS = (
+    f"x-ratelimit-{what}-tokens".encode() for what in ("limit", "remaining", "reset")
+)
 
 
 def rate_limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     """Returns the ``x-ratelimit-*`` headers for any answer, plus the retry headers on a 429.
 
-    A triple is left out when no scope limits that dimension."""
-    triples: list[tuple[tuple[bytes, ...], Headroom]] = []
-    if decision.requests is not None:
-        triples.append((_REQUESTS, decision.requests))
-    if decision.tokens is not None:
-        triples.append((_TOKENS, decision.tokens))
+    In OpenAI's order (limits, remainings, resets; requests before tokens). A triple is left out
+    when no scope limits that dimension. (Spelt out: this runs for every request.)"""
+    r, t = decision.requests, decision.tokens
     out: list[tuple[bytes, bytes]] = []
-    for names, h in triples:
-        out.append((names[0], b"%d" % h.limit))
-    for names, h in triples:
-        out.append((names[1], b"%d" % h.remaining))
-    for names, h in triples:
-        out.append((names[2], format_reset(h.reset_s).encode()))
+    if r is not None:
+        out.append((_LIMIT_REQUESTS, b"%d" % r.limit))
+    if t is not None:
+        out.append((_LIMIT_TOKENS, b"%d" % t.limit))
+    if r is not None:
+        out.append((_REMAINING_REQUESTS, b"%d" % r.remaining))
+    if t is not None:
+        out.append((_REMAINING_TOKENS, b"%d" % t.remaining))
+    if r is not None:
+        out.append((_RESET_REQUESTS, _reset(r.reset_s)))
+    if t is not None:
+        out.append((_RESET_TOKENS, _reset(t.reset_s)))
     rejection = decision.rejection
     if rejection is not None:
         if rejection.retry_after is None:
