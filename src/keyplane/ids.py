@@ -41,26 +41,26 @@ class _Entropy:
     every 409 ids costs one such call instead of 409. Forgotten in a forked child, so a parent and
     its child never hand out the same bits."""
 
-    _REFILL = 4096
-    _TAKE = 10  # bytes: 80 random bits per id
+    _REFILL = 4096  # bytes, kept as hex digits
+    _TAKE = 20  # hex digits: 80 random bits per id
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pool = b""
+        self._pool = ""
         self._at = 0
         os.register_at_fork(after_in_child=self._forget)
 
     def take_hex(self) -> str:
         with self._lock:
-            if self._at + self._TAKE > len(self._pool):
-                self._pool, self._at = os.urandom(self._REFILL), 0
             start = self._at
+            if start + self._TAKE > len(self._pool):
+                self._pool, start = os.urandom(self._REFILL).hex(), 0
             self._at = start + self._TAKE
-            return self._pool[start : start + self._TAKE].hex()
+            return self._pool[start : start + self._TAKE]
 
     def _forget(self) -> None:
         self._lock = threading.Lock()
-        self._pool, self._at = b"", 0
+        self._pool, self._at = "", 0
 
 
 _entropy = _Entropy()
