@@ -12,7 +12,13 @@ BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 
 
 def random_base62(length: int) -> str:
-    return "".join(secrets.choice(BASE62) for _ in range(length))
+    """``length`` base62 characters from the OS's CSPRNG, each uniform: bytes 248 and above are
+    dropped (248 = 4 × 62), the rest taken modulo 62. One read for the whole string
+    (``secrets.choice`` per character was one ``getrandom`` call each: ~75 µs for 25)."""
+    out: list[str] = []
+    while len(out) < length:
+        out += (BASE62[b % 62] for b in secrets.token_bytes(length + 8) if b < 248)
+    return "".join(out[:length])
 
 
 def new_id(prefix: str, length: int = 24) -> str:
