@@ -88,3 +88,44 @@ def test_a_disk_without_room_refuses_the_hold(tmp_path: Path) -> None:
     else:
         raise AssertionError("the hold should have been refused")
     assert list(tmp_path.iterdir()) == []  # no half-made segment left behind
+
+
+def test_a_segment_opened_ahead_takes_the_next_append(tmp_path: Path) -> None:
+    journal = HoldJournal(tmp_path)
+    journal.add_spare(journal.prepare())
+    [spare_path] = tmp_path.iterdir()
+    assert not journal.needs_spare
+    journal.append(hold(1))
+    assert journal.needs_spare
+    assert list(tmp_path.iterdir()) == [spare_path]  # no other file was made for the append
+    [rotated] = journal.rotate()
+    assert rotated.path == spare_path and rotated.holds == [hold(1)]
+    journal.release(rotated)
+    [orphan] = HoldJournal(tmp_path).orphans()  # what the file holds, read back
+    assert orphan.holds == [hold(1)]
+
+
+def test_an_unused_spare_is_deleted_at_close_or_recovered_empty_after_a_kill(
+    tmp_path: Path,
+) -> None:
+    journal = HoldJournal(tmp_path / "a")
+    journal.add_spare(journal.prepare())
+    journal.add_spare(journal.prepare())  # one spare at a time: the second is deleted
+    assert len(list((tmp_path / "a").iterdir())) == 1
+    journal.close()
+    assert list((tmp_path / "a").iterdir()) == []
+
+    script = f"""
+import os, signal
+from pathlib import Path
+from keyplane.gateway.journal import HoldJournal
+j = HoldJournal(Path({str(tmp_path / "b")!r}))
+j.add_spare(j.prepare())
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    subprocess.run([sys.executable, "-c", script], check=False)
+    recovering = HoldJournal(tmp_path / "b")
+    [orphan] = list(recovering.orphans())
+    assert orphan.holds == []
+    recovering.discard(orphan)
+    assert list((tmp_path / "b").iterdir()) == []

@@ -83,6 +83,8 @@ class MoneyGuard:
         self._segments: list[Segment] = []  # journaled holds not yet in the database
         self._outcomes: deque[Outcome] = deque()  # settlements not yet in the database
         self._flushing = asyncio.Lock()
+        self._to_discard: list[Segment] = []  # stored segments not deleted yet
+        self._tidying: asyncio.Task[None] | None = None
         self._unchecked = 0  # settlements written on the loop since the last WAL checkpoint
         self._seq: int | None = None
         self._refreshing = asyncio.Lock()
@@ -185,8 +187,7 @@ class MoneyGuard:
                     self.touched.add(outcome.record.org_id)
                 pending -= size
                 new_holds = []
-            for seg in self._segments:
-                self._journal.discard(seg)
+            self._tidy(self._segments)
             self._segments = []
             return stored
 
@@ -227,8 +228,31 @@ class MoneyGuard:
             await asyncio.to_thread(self._store.checkpoint)
         return count
 
+    def _tidy(self, stored: list[Segment]) -> None:
+        """Deletes the stored segments and opens the next append's segment ahead, on a worker
+        thread (both take the disk's time: journal.py), without holding up the flush."""
+        self._to_discard += stored
+        if self._tidying is None or self._tidying.done():
+            self._tidying = asyncio.get_running_loop().create_task(self._tidy_journal())
+
+    async def _tidy_journal(self) -> None:
+        journal = self._journal
+        try:
+            while self._to_discard:
+                done, self._to_discard = self._to_discard, []
+                await asyncio.to_thread(journal.discard_all, done)
+            if journal.needs_spare:
+                journal.add_spare(await asyncio.to_thread(journal.prepare))
+        except OSError as exc:  # (an append then opens its own segment, or refuses the hold)
+            log.warning("journal housekeeping failed: %s", exc)
+
+    async def tidied(self) -> None:
+        """Returns once the journal housekeeping started by flushes is done (before ``close``)."""
+        if self._tidying is not None:
+            await self._tidying
+
     def close(self) -> None:
-        """Lets go of the journal (call after the last flush)."""
+        """Lets go of the journal (call after the last flush and ``tidied``)."""
         self._journal.close()
 
     def take_touched(self) -> tuple[set[str], dict[str, OrgMoney]]:
