@@ -51,14 +51,14 @@ class SpendWatcher:
         queued = 0
         for org_id in org_ids:
             alerts = self._store.alerts(org_id)
+            money = states.get(org_id)
             if alerts:
-                total, per_project = self._store.month_spend(org_id, period)
+                stored = None if money is not None else self._store.month_spend(org_id, period)
                 for alert in alerts:
-                    spend = per_project.get(alert.project_id, 0) if alert.project_id else total
+                    spend = _spend(alert, period, money, stored)
                     if spend >= alert.threshold and (alert.id, period) not in self._notified:
                         queued += self._notify(alert, spend, period, now)
                         self._notified.add((alert.id, period))
-            money = states.get(org_id)
             if money is not None:
                 queued += self._maybe_recharge(money, now)
         return queued
@@ -94,3 +94,23 @@ class SpendWatcher:
             return 0
         self._recharging.add(money.org_id)
         return int(self._store.enqueue_recharge(new_id("rj_"), money.org_id, target, int(now)))
+
+
+def _spend(
+    alert: SpendAlert,
+    period: str,
+    money: OrgMoney | None,
+    stored: tuple[int, dict[str, int]] | None,
+) -> int:
+    """Settled spend of the month for the alert's scope. From the gateway's own books when it has
+    them: the one gateway on its database settles all of the organization's spend and loaded what
+    was stored before. Summing the month's usage records instead (``stored``) cost ~0.45 s at
+    1,000,000 records, after every flush. One dict lookup each: the event loop settles into
+    these dicts while this runs on a worker thread."""
+    if money is not None:
+        if alert.project_id:
+            return money.project_spent.get((alert.project_id, period), 0)
+        return money.spent.get(period, 0)
+    assert stored is not None
+    total, per_project = stored
+    return per_project.get(alert.project_id, 0) if alert.project_id else total

@@ -1,0 +1,80 @@
+"""The spend watcher: a threshold crossed is one email, judged on the gateway's own books."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from keyplane.billing.periods import period_of
+from keyplane.billing.ports import SpendAlert
+from keyplane.billing.wallet import OrgMoney
+from keyplane.billing.watcher import SpendWatcher
+from keyplane.clock import FrozenClock
+
+NOW = 1_800_000_000.0
+PERIOD = period_of(NOW)
+
+
+class Store:
+    def __init__(self, alerts: Sequence[SpendAlert], stored: tuple[int, dict[str, int]]) -> None:
+        self._alerts = list(alerts)
+        self.stored = stored
+        self.sums = 0
+
+    def alerts(self, org_id: str) -> list[SpendAlert]:
+        return [a for a in self._alerts if a.org_id == org_id]
+
+    def month_spend(self, org_id: str, period: str) -> tuple[int, dict[str, int]]:
+        self.sums += 1  # a scan of the month's usage records
+        return self.stored
+
+    def enqueue_recharge(self, *args: Any) -> bool:
+        raise AssertionError("no auto-recharge here")
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self.subjects: list[str] = []
+
+    def enqueue(self, dedupe_key: str, to: Sequence[str], subject: str, *a: Any, **k: Any) -> bool:
+        self.subjects.append(subject)
+        return True
+
+
+def alert(id_: str, threshold: int, project_id: str | None = None) -> SpendAlert:
+    return SpendAlert(id_, "org-1", project_id, threshold, ("owner@example.com",), 0)
+
+
+def watcher(store: Store, outbox: Outbox) -> SpendWatcher:
+    return SpendWatcher(
+        store, outbox, FrozenClock(NOW),  # type: ignore[arg-type]
+        owner_emails=lambda _: ["owner@example.com"], org_name=lambda _: "Acme",
+        public_url="http://keyplane.test",
+    )  # fmt: skip
+
+
+def test_thresholds_are_judged_on_the_gateways_books_without_summing_usage_records() -> None:
+    store = Store([alert("a1", 1_000), alert("a2", 5_000), alert("p1", 600, "proj_1")], (0, {}))
+    outbox = Outbox()
+    w = watcher(store, outbox)
+    money = OrgMoney("org-1")
+    money.spent[PERIOD] = 900
+    money.project_spent[("proj_1", PERIOD)] = 700
+    money.project_spent[("proj_2", PERIOD)] = 200
+    money.spent["2026-01"] = 10**9  # another month's spend counts for nothing
+
+    assert w.check(["org-1"], {"org-1": money}) == 1  # the project's 600, not the org's 1,000
+    money.spent[PERIOD] = 1_200
+    assert w.check(["org-1"], {"org-1": money}) == 1  # now the org's 1,000
+    assert w.check(["org-1"], {"org-1": money}) == 0  # each once
+    assert store.sums == 0
+    assert [s.split(" reached ")[1].split(" of ")[0] for s in outbox.subjects] == [
+        "$0.0006", "$0.001",
+    ]  # fmt: skip
+
+
+def test_an_organization_not_loaded_here_is_judged_on_the_stored_records() -> None:
+    store = Store([alert("a1", 1_000)], (1_500, {"proj_1": 1_500}))
+    outbox = Outbox()
+    assert watcher(store, outbox).check(["org-1"], {}) == 1
+    assert store.sums == 1
