@@ -10,9 +10,10 @@ from sqlalchemy import inspect
 
 from keyplane.keys.format import KeyKind
 from keyplane.storage import migrate
+from keyplane.storage.billing_repository import SqlMoneyStore
 from keyplane.storage.engine import make_engine
 from keyplane.storage.repositories import SqlKeyStore
-from keyplane.storage.tables import metadata
+from keyplane.storage.tables import metadata, usage_records
 
 
 @pytest.mark.postgres
@@ -86,5 +87,40 @@ def test_keys_work_the_same_on_postgresql(pg_url: str) -> None:
         keys.revoke(org.id, key.id)
         assert store.changes_since(seq)[1] == [key.id]
         assert store.get(key.id) is not None and store.get(key.id).revoked_at is not None  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
+
+
+def test_the_spend_totals_migration_adds_up_the_usage_records_already_written(
+    tmp_path: Path,
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path}/m.db")
+    try:
+        migrate.upgrade(engine, "0008")
+        row = {
+            "created_at": 1, "key_id": "k", "owner_type": "user", "owner_id": "u", "model": "m",
+            "endpoint": "chat.completions", "input_tokens": 1, "cached_input_tokens": 0,
+            "output_tokens": 1, "status": 200, "latency_ms": 1, "stream": False,
+            "outcome": "completed", "tokens_estimated": False,
+        }  # fmt: skip
+        spent = [  # (org, month, project, cost)
+            ("org-a", "2026-11", "p1", 5), ("org-a", "2026-11", "p1", 7),
+            ("org-a", "2026-11", None, 11), ("org-a", "2026-10", "p1", 100),
+            ("org-b", "2026-11", "p1", 1000),
+        ]  # fmt: skip
+        with engine.begin() as conn:
+            conn.execute(
+                usage_records.insert(),
+                [
+                    {**row, "request_id": f"req_{i}", "org_id": org, "period": month,
+                     "project_id": project, "cost_micro_usd": cost}
+                    for i, (org, month, project, cost) in enumerate(spent)
+                ],
+            )  # fmt: skip
+        migrate.upgrade(engine)
+        store = SqlMoneyStore(engine)
+        assert store.month_spend("org-a", "2026-11") == (23, {"p1": 12, "": 11})
+        assert store.month_spend("org-a", "2026-10") == (100, {"p1": 100})
+        assert store.month_spend("org-b", "2026-11") == (1000, {"p1": 1000})
     finally:
         engine.dispose()

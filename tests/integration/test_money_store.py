@@ -152,6 +152,20 @@ def test_a_batch_reads_back_as_written(engine: Engine) -> None:
     assert store.load(org.id, "2026-11", lambda tier: 10**9).holds == {open_.id: open_}
 
 
+def test_month_spend_adds_up_the_usage_records_each_counted_once(engine: Engine) -> None:
+    store, outcomes, org_id = _settled_batch(engine, 30)
+    assert store.resolve(outcomes[:20], 1) == 20
+    assert store.resolve(outcomes, 2) == 10  # the first 20 again (a replay): not counted twice
+    records = list(SqlUsageStore(engine).query(org_id))
+    assert len(records) == 30
+    total, per_project = store.month_spend(org_id, "2026-11")
+    assert total == sum(r.cost_micro_usd for r in records) == 30 * 7
+    assert per_project == {records[0].project_id: 30 * 7}
+    assert store.month_spend(org_id, "2026-12") == (0, {})
+    # A gateway starting now begins from the same figure.
+    assert store.load(org_id, "2026-11", lambda tier: 10**12).month_spend("2026-11") == 30 * 7
+
+
 def _settled_batch(engine: Engine, n: int) -> tuple[SqlMoneyStore, list[Outcome], str]:
     _, org, project = AccountService(SqlAccountStore(engine), SystemClock()).initialize(
         email="o@example.com", password="correct horse battery", org_name="Store"

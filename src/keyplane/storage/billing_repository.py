@@ -39,6 +39,7 @@ from keyplane.storage.billing_tables import (
     project_budgets,
     recharge_jobs,
     spend_alerts,
+    spend_totals,
 )
 from keyplane.storage.engine import AUTOCHECKPOINT_PAGES, BUSY_TIMEOUT_MS, is_sqlite
 from keyplane.storage.repositories import SqlStore
@@ -128,10 +129,28 @@ class _Writer:
         if rows:
             self.cursor.executemany(_insert_sql(table.name, tuple(columns), self.mark), rows)
 
+    def add_spend(self, totals: dict[tuple[str, str, str], int]) -> None:
+        """Adds a batch's charges to ``spend_totals``, per (organization, month, project)."""
+        if totals:
+            self.cursor.executemany(
+                _add_spend_sql(self.mark), [(*key, amount) for key, amount in totals.items()]
+            )
+
     def resolve_open(self, ids: list[tuple[str]]) -> None:
         """Removes holds stored open earlier, now resolved (their usage records say how)."""
         if ids:
             self.cursor.executemany(f"DELETE FROM holds WHERE id = {self.mark}", ids)  # noqa: S608
+
+
+@functools.cache
+def _add_spend_sql(mark: str) -> str:
+    # (ON CONFLICT … DO UPDATE: SQLite 3.24+ and PostgreSQL 9.5+ alike)
+    return (
+        "INSERT INTO spend_totals (org_id, period, project_id, charged_micro) "  # noqa: S608
+        f"VALUES ({mark}, {mark}, {mark}, {mark}) "
+        "ON CONFLICT (org_id, period, project_id) "
+        "DO UPDATE SET charged_micro = spend_totals.charged_micro + excluded.charged_micro"
+    )
 
 
 @functools.cache
@@ -243,6 +262,7 @@ def _write_batch(
     journaled: dict[str, Hold] = {h.id: h for h in new_holds if h.id not in status}
     todo: dict[str, Outcome] = {}
     ledger = _Ledger()
+    spend: dict[tuple[str, str, str], int] = {}  # what the usage records written add up to
     for start in range(0, len(outcomes), STEP_SETTLEMENTS):
         stored_open: list[tuple[str]] = []
         usage: list[tuple[Any, ...]] = []
@@ -259,7 +279,11 @@ def _write_batch(
                 stored_open.append((rid,))
             else:
                 journaled.pop(rid, None)
-            usage.append(_usage_tuple(outcome.record))
+            record = outcome.record
+            usage.append(_usage_tuple(record))
+            if record.cost_micro_usd:
+                where = (record.org_id, record.period, record.project_id or "")
+                spend[where] = spend.get(where, 0) + record.cost_micro_usd
         yield
         db.resolve_open(stored_open)
         db.insert(t.usage_records, _USAGE_COLUMNS, usage)
@@ -268,11 +292,22 @@ def _write_batch(
         yield
         db.insert(holds, _HOLD_COLUMNS, still_open[start : start + STEP_SETTLEMENTS])
     db.insert(ledger_entries, _LEDGER_COLUMNS, ledger.rows(at))
+    db.add_spend(spend)
     return len(todo)
 
 
 def _hold_row(h: Hold) -> tuple[Any, ...]:
     return (*h, "open")
+
+
+def _month_spend(conn: Connection, org_id: str, period: str) -> list[tuple[str, int]]:
+    """(project id or "", settled spend) of the organization's month, from ``spend_totals``."""
+    rows = conn.execute(
+        select(spend_totals.c.project_id, spend_totals.c.charged_micro).where(
+            spend_totals.c.org_id == org_id, spend_totals.c.period == period
+        )
+    )
+    return [(pid, int(amount)) for pid, amount in rows]
 
 
 def _padded(ids: list[str]) -> list[str]:
@@ -336,14 +371,9 @@ class SqlMoneyStore(SqlStore):
                 select(holds).where(holds.c.org_id == org_id, holds.c.status == "open")
             ):
                 money.restore_hold(_hold(h))
-            spent = c.execute(
-                select(t.usage_records.c.project_id, func.sum(t.usage_records.c.cost_micro_usd))
-                .where(t.usage_records.c.org_id == org_id, t.usage_records.c.period == period)
-                .group_by(t.usage_records.c.project_id)
-            ).all()
-            for pid, amount in spent:
-                money.spent[period] = money.spent.get(period, 0) + int(amount)
-                money.project_spent[(pid or "", period)] = int(amount)
+            for pid, amount in _month_spend(c, org_id, period):
+                money.spent[period] = money.spent.get(period, 0) + amount
+                money.project_spent[(pid, period)] = amount
             return money
 
         return self._read(read)
@@ -619,14 +649,7 @@ class SqlMoneyStore(SqlStore):
             )
 
     def month_spend(self, org_id: str, period: str) -> tuple[int, dict[str, int]]:
-        rows = self._read(
-            lambda c: c.execute(
-                select(t.usage_records.c.project_id, func.sum(t.usage_records.c.cost_micro_usd))
-                .where(t.usage_records.c.org_id == org_id, t.usage_records.c.period == period)
-                .group_by(t.usage_records.c.project_id)
-            ).all()
-        )
-        per_project = {r[0] or "": int(r[1]) for r in rows}
+        per_project = dict(self._read(lambda c: _month_spend(c, org_id, period)))
         return sum(per_project.values()), per_project
 
     def events_since(self, seq: int) -> tuple[int, Sequence[MoneyEvent]]:

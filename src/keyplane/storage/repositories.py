@@ -250,24 +250,6 @@ class SqlAccountStore(SqlStore):
 
 
 class SqlUsageStore(SqlStore):
-    def add_many(self, records: Sequence[UsageRecord]) -> int:
-        if not records:
-            return 0
-        ids = [r.request_id for r in records]
-        with self._write() as conn:
-            # Duplicates (a replayed batch after a failed commit) are skipped, never double-billed.
-            seen = set(
-                conn.execute(
-                    select(t.usage_records.c.request_id).where(
-                        t.usage_records.c.request_id.in_(ids)
-                    )
-                ).scalars()
-            )
-            fresh = {r.request_id: r for r in records if r.request_id not in seen}
-            if fresh:
-                conn.execute(insert(t.usage_records), [usage_row(r) for r in fresh.values()])
-        return len(fresh)
-
     def query(
         self,
         org_id: str,
@@ -290,9 +272,3 @@ class SqlUsageStore(SqlStore):
 
 def _fields(obj: Any) -> dict[str, Any]:
     return {f: getattr(obj, f) for f in obj.__slots__}
-
-
-def usage_row(record: UsageRecord) -> dict[str, Any]:
-    row = record._asdict()
-    row["outcome"] = record.outcome.value
-    return row
