@@ -319,14 +319,22 @@ async def test_take_uses_coalesces_the_latest_use_per_key(
     assert store.used == uses
 
 
+async def small_cache_in_use(
+    store: FakeKeyStore, service: KeyService, clock: FrozenClock, *, max_entries: int, keys: int
+) -> tuple[KeyAuthenticator, list[str]]:
+    """An authenticator holding at most ``max_entries`` keys, after ``keys`` new keys were used."""
+    auth = KeyAuthenticator(store, PEPPER, clock, max_entries=max_entries)
+    await auth.refresh()
+    texts = [create(service)[1] for _ in range(keys)]
+    for text in texts:
+        await auth.authenticate(text, None)
+    return auth, texts
+
+
 async def test_a_full_cache_drops_its_oldest_keys_not_all_of_them(
     store: FakeKeyStore, service: KeyService, clock: FrozenClock
 ) -> None:
-    auth = KeyAuthenticator(store, PEPPER, clock, max_entries=16)
-    await auth.refresh()
-    texts = [create(service)[1] for _ in range(17)]
-    for text in texts:
-        await auth.authenticate(text, None)
+    auth, texts = await small_cache_in_use(store, service, clock, max_entries=16, keys=17)
     assert store.calls.count("get") == 17
     assert auth.cached == 15  # the 17th made room by dropping the oldest eighth (2 keys)
 
@@ -340,11 +348,7 @@ async def test_a_full_cache_drops_its_oldest_keys_not_all_of_them(
 async def test_a_flood_of_unknown_ids_does_not_evict_known_keys(
     store: FakeKeyStore, service: KeyService, clock: FrozenClock
 ) -> None:
-    auth = KeyAuthenticator(store, PEPPER, clock, max_entries=4)
-    await auth.refresh()
-    texts = [create(service)[1] for _ in range(4)]
-    for text in texts:
-        await auth.authenticate(text, None)
+    auth, texts = await small_cache_in_use(store, service, clock, max_entries=4, keys=4)
     reads = store.calls.count("get")
 
     for _ in range(50):
