@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 
 from keyplane.keys.format import KeyKind
 from keyplane.storage import migrate
 from keyplane.storage.billing_repository import SqlMoneyStore
+from keyplane.storage.billing_tables import ledger_balances, ledger_entries
 from keyplane.storage.engine import make_engine
 from keyplane.storage.repositories import SqlKeyStore
 from keyplane.storage.tables import metadata, usage_records
@@ -91,7 +92,7 @@ def test_keys_work_the_same_on_postgresql(pg_url: str) -> None:
         engine.dispose()
 
 
-def test_the_spend_totals_migration_adds_up_the_usage_records_already_written(
+def test_the_running_totals_migration_adds_up_the_records_and_entries_already_written(
     tmp_path: Path,
 ) -> None:
     engine = make_engine(f"sqlite:///{tmp_path}/m.db")
@@ -108,7 +109,20 @@ def test_the_spend_totals_migration_adds_up_the_usage_records_already_written(
             ("org-a", "2026-11", None, 11), ("org-a", "2026-10", "p1", 100),
             ("org-b", "2026-11", "p1", 1000),
         ]  # fmt: skip
+        ledger = [  # (txn, org, account, lot, amount)
+            ("cg_1", "org-a", "lot", "cg_1", 500), ("cg_1", "org-a", "grants", None, -500),
+            ("stl_1", "org-a", "lot", "cg_1", -23), ("stl_1", "org-a", "usage", None, 23),
+            ("stl_2", "org-a", "lot", "cg_1", -100), ("stl_2", "org-a", "usage", None, 100),
+        ]  # fmt: skip
         with engine.begin() as conn:
+            conn.execute(
+                ledger_entries.insert(),
+                [
+                    {"txn_id": txn, "org_id": org, "account": account, "lot_id": lot,
+                     "amount_micro": amount, "created_at": 1}
+                    for txn, org, account, lot, amount in ledger
+                ],
+            )  # fmt: skip
             conn.execute(
                 usage_records.insert(),
                 [
@@ -122,5 +136,11 @@ def test_the_spend_totals_migration_adds_up_the_usage_records_already_written(
         assert store.month_spend("org-a", "2026-11") == (23, {"p1": 12, "": 11})
         assert store.month_spend("org-a", "2026-10") == (100, {"p1": 100})
         assert store.month_spend("org-b", "2026-11") == (1000, {"p1": 1000})
+        assert store.totals("org-a") == (0, 123)  # all-time spend: the ledger's usage account
+        with engine.connect() as conn:
+            assert set(conn.execute(select(ledger_balances)).all()) == {
+                ("org-a", "lot", "cg_1", 377), ("org-a", "grants", "", -500),
+                ("org-a", "usage", "", 123),
+            }  # fmt: skip
     finally:
         engine.dispose()

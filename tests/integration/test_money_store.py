@@ -19,7 +19,7 @@ from keyplane.billing.wallet import Hold, Lot, OrgMoney
 from keyplane.clock import SystemClock
 from keyplane.storage import migrate
 from keyplane.storage.billing_repository import STEP_SETTLEMENTS, SqlMoneyStore
-from keyplane.storage.billing_tables import holds, ledger_entries
+from keyplane.storage.billing_tables import holds, ledger_balances, ledger_entries
 from keyplane.storage.engine import make_engine
 from keyplane.storage.repositories import SqlAccountStore, SqlUsageStore
 from keyplane.usage.records import Outcome as RequestOutcome
@@ -99,6 +99,34 @@ def test_settlement_batches_are_applied_once(engine: Engine) -> None:
     [(lot, _)] = store.lots(org.id)
     assert lot.remaining == 10_000 - 1_000
     assert len(store.month_spend(org.id, "2026-11")[1]) == 1
+    assert_balances_match_the_ledger(engine)
+    # A revoked lot's remaining credit goes back to grants: its balance is 0 after.
+    assert store.revoke_lot(org.id, lot.id, now) == 9_000
+    assert store.revoke_lot(org.id, lot.id, now) == -1
+    [(lot, _)] = store.lots(org.id)
+    assert lot.remaining == 0 and lot.revoked
+    assert_balances_match_the_ledger(engine)
+
+
+def assert_balances_match_the_ledger(engine: Engine) -> None:
+    """The running balances are the ledger's sums, account by account."""
+    with engine.connect() as conn:
+        summed = {
+            (org, account, lot or ""): int(amount)
+            for org, account, lot, amount in conn.execute(
+                select(
+                    ledger_entries.c.org_id, ledger_entries.c.account, ledger_entries.c.lot_id,
+                    func.sum(ledger_entries.c.amount_micro),
+                ).group_by(
+                    ledger_entries.c.org_id, ledger_entries.c.account, ledger_entries.c.lot_id
+                )
+            )
+        }  # fmt: skip
+        kept = {
+            (org, account, lot): int(amount)
+            for org, account, lot, amount in conn.execute(select(ledger_balances))
+        }
+    assert kept == summed and summed
 
 
 def test_a_batch_stores_only_the_holds_still_open_and_applies_once(engine: Engine) -> None:
@@ -164,6 +192,7 @@ def test_month_spend_adds_up_the_usage_records_each_counted_once(engine: Engine)
     assert store.month_spend(org_id, "2026-12") == (0, {})
     # A gateway starting now begins from the same figure.
     assert store.load(org_id, "2026-11", lambda tier: 10**12).month_spend("2026-11") == 30 * 7
+    assert_balances_match_the_ledger(engine)
 
 
 def _settled_batch(engine: Engine, n: int) -> tuple[SqlMoneyStore, list[Outcome], str]:

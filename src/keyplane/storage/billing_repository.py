@@ -7,7 +7,7 @@ import functools
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -33,6 +33,7 @@ from keyplane.storage.billing_tables import (
     credit_lots,
     holds,
     idempotency_keys,
+    ledger_balances,
     ledger_entries,
     money_events,
     org_billing,
@@ -66,12 +67,37 @@ def _settings(row: Any) -> BillingSettings:
 
 
 def _remaining(conn: Connection, org_id: str) -> dict[str, int]:
+    """Each lot's remaining credit (its ledger balance)."""
     rows = conn.execute(
-        select(ledger_entries.c.lot_id, func.sum(ledger_entries.c.amount_micro))
-        .where(ledger_entries.c.org_id == org_id, ledger_entries.c.account == "lot")
-        .group_by(ledger_entries.c.lot_id)
-    ).all()
-    return {r[0]: int(r[1]) for r in rows}
+        select(ledger_balances.c.lot_id, ledger_balances.c.amount_micro).where(
+            ledger_balances.c.org_id == org_id, ledger_balances.c.account == "lot"
+        )
+    )
+    return {lot_id: int(amount) for lot_id, amount in rows}
+
+
+def _post(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Writes ledger entries and adds them to the accounts' balances (SQLAlchemy callers; the
+    settlement writer does the same through ``_Writer``)."""
+    conn.execute(insert(ledger_entries), rows)
+    balances = _balances((r["org_id"], r["account"], r["lot_id"], r["amount_micro"]) for r in rows)
+    conn.exec_driver_sql(_add_sql("ledger_balances", _marker(conn)), list(_items(balances)))
+
+
+_Balances = dict[tuple[str, str, str], int]
+
+
+def _balances(entries: Iterable[tuple[str, str, str | None, int]]) -> _Balances:
+    """(organization, account, lot or "") → the sum of ``entries``' amounts."""
+    out: _Balances = {}
+    for org_id, account, lot_id, amount in entries:
+        key = (org_id, account, lot_id or "")
+        out[key] = out.get(key, 0) + amount
+    return out
+
+
+def _items(totals: _Balances) -> Iterator[tuple[str, str, str, int]]:
+    return ((*key, amount) for key, amount in totals.items())
 
 
 def _insert_new_holds(conn: Connection, new: Sequence[Hold]) -> list[Hold]:
@@ -129,12 +155,10 @@ class _Writer:
         if rows:
             self.cursor.executemany(_insert_sql(table.name, tuple(columns), self.mark), rows)
 
-    def add_spend(self, totals: dict[tuple[str, str, str], int]) -> None:
-        """Adds a batch's charges to ``spend_totals``, per (organization, month, project)."""
+    def add(self, table: str, totals: dict[tuple[str, str, str], int]) -> None:
+        """Adds ``totals`` to the running totals of ``table`` (``_RUNNING_TOTALS``)."""
         if totals:
-            self.cursor.executemany(
-                _add_spend_sql(self.mark), [(*key, amount) for key, amount in totals.items()]
-            )
+            self.cursor.executemany(_add_sql(table, self.mark), list(_items(totals)))
 
     def resolve_open(self, ids: list[tuple[str]]) -> None:
         """Removes holds stored open earlier, now resolved (their usage records say how)."""
@@ -142,14 +166,21 @@ class _Writer:
             self.cursor.executemany(f"DELETE FROM holds WHERE id = {self.mark}", ids)  # noqa: S608
 
 
+_RUNNING_TOTALS = {  # table → (its key columns, the amount column)
+    "spend_totals": (("org_id", "period", "project_id"), "charged_micro"),
+    "ledger_balances": (("org_id", "account", "lot_id"), "amount_micro"),
+}
+
+
 @functools.cache
-def _add_spend_sql(mark: str) -> str:
-    # (ON CONFLICT … DO UPDATE: SQLite 3.24+ and PostgreSQL 9.5+ alike)
+def _add_sql(table: str, mark: str) -> str:
+    """Adds a row's amount to the running total of its key, creating it if new. (ON CONFLICT …
+    DO UPDATE: SQLite 3.24+ and PostgreSQL 9.5+ alike.)"""
+    keys, amount = _RUNNING_TOTALS[table]
+    names, marks = ", ".join(keys), ", ".join([mark] * (len(keys) + 1))
     return (
-        "INSERT INTO spend_totals (org_id, period, project_id, charged_micro) "  # noqa: S608
-        f"VALUES ({mark}, {mark}, {mark}, {mark}) "
-        "ON CONFLICT (org_id, period, project_id) "
-        "DO UPDATE SET charged_micro = spend_totals.charged_micro + excluded.charged_micro"
+        f"INSERT INTO {table} ({names}, {amount}) VALUES ({marks}) "  # noqa: S608
+        f"ON CONFLICT ({names}) DO UPDATE SET {amount} = {table}.{amount} + excluded.{amount}"
     )
 
 
@@ -291,8 +322,10 @@ def _write_batch(
     for start in range(0, len(still_open), STEP_SETTLEMENTS):
         yield
         db.insert(holds, _HOLD_COLUMNS, still_open[start : start + STEP_SETTLEMENTS])
-    db.insert(ledger_entries, _LEDGER_COLUMNS, ledger.rows(at))
-    db.add_spend(spend)
+    entries = ledger.rows(at)
+    db.insert(ledger_entries, _LEDGER_COLUMNS, entries)
+    db.add("ledger_balances", _balances((e[1], e[2], e[3], e[4]) for e in entries))
+    db.add("spend_totals", spend)
     return len(todo)
 
 
@@ -467,8 +500,8 @@ class SqlMoneyStore(SqlStore):
                     created_at=lot.created_at, expires_at=lot.expires_at, note=note,
                 )
             )  # fmt: skip
-            conn.execute(
-                insert(ledger_entries),
+            _post(
+                conn,
                 [
                     {"txn_id": lot.id, "org_id": org_id, "account": "lot", "lot_id": lot.id,
                      "amount_micro": lot.amount, "created_at": lot.created_at},
@@ -494,8 +527,8 @@ class SqlMoneyStore(SqlStore):
             remaining = _remaining(conn, org_id).get(lot_id, 0)
             if remaining:
                 txn = f"revoke:{lot_id}"
-                conn.execute(
-                    insert(ledger_entries),
+                _post(
+                    conn,
                     [
                         {"txn_id": txn, "org_id": org_id, "account": "lot", "lot_id": lot_id,
                          "amount_micro": -remaining, "created_at": at},
@@ -540,8 +573,10 @@ class SqlMoneyStore(SqlStore):
                 )
             ).scalar()
             spent = c.execute(
-                select(func.sum(ledger_entries.c.amount_micro)).where(
-                    ledger_entries.c.org_id == org_id, ledger_entries.c.account == "usage"
+                select(ledger_balances.c.amount_micro).where(
+                    ledger_balances.c.org_id == org_id,
+                    ledger_balances.c.account == "usage",
+                    ledger_balances.c.lot_id == "",
                 )
             ).scalar()
             return int(held or 0), int(spent or 0)

@@ -53,6 +53,19 @@ spend_totals = Table(
     Column("charged_micro", BigInteger, nullable=False),
 )
 
+# Each ledger account's balance per organization (and lot, "" for none): the sum of its ledger
+# entries, kept by every writer of entries in the same transaction. A lot's remaining credit and
+# an organization's all-time spend are then one row each; the ledger grows by a few entries per
+# settlement batch for ever (tens of millions a month under steady load), too many to sum on read.
+ledger_balances = Table(
+    "ledger_balances",
+    metadata,
+    Column("org_id", String(40), primary_key=True),
+    Column("account", String(20), primary_key=True),
+    Column("lot_id", String(40), primary_key=True),
+    Column("amount_micro", BigInteger, nullable=False),
+)
+
 credit_lots = Table(
     "credit_lots",
     metadata,

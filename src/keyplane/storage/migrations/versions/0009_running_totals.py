@@ -1,4 +1,4 @@
-"""spend totals: settled spend per organization, month and project
+"""running totals: settled spend per organization, month and project; ledger balances
 
 Revision ID: 0009
 Revises: 0008
@@ -31,7 +31,22 @@ def upgrade() -> None:
         "SELECT org_id, period, COALESCE(project_id, ''), SUM(cost_micro_usd) FROM usage_records "
         "GROUP BY org_id, period, COALESCE(project_id, '')"
     )
+    op.create_table(
+        "ledger_balances",
+        sa.Column("org_id", sa.String(length=40), nullable=False),
+        sa.Column("account", sa.String(length=20), nullable=False),
+        sa.Column("lot_id", sa.String(length=40), nullable=False),
+        sa.Column("amount_micro", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("org_id", "account", "lot_id", name=op.f("pk_ledger_balances")),
+    )
+    # What the ledger says so far.
+    op.execute(
+        "INSERT INTO ledger_balances (org_id, account, lot_id, amount_micro) "
+        "SELECT org_id, account, COALESCE(lot_id, ''), SUM(amount_micro) FROM ledger_entries "
+        "GROUP BY org_id, account, COALESCE(lot_id, '')"
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("ledger_balances")
     op.drop_table("spend_totals")
