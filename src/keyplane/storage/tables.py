@@ -133,7 +133,6 @@ usage_records = Table(
     Column("tokens_estimated", Boolean, nullable=False),
     Column("period", String(7), nullable=False, server_default=""),  # UTC month of admission
     Index("ix_usage_records_org_time", "org_id", "created_at"),
-    Index("ix_usage_records_org_period", "org_id", "period", "project_id"),
     Index("ix_usage_records_project_time", "project_id", "created_at"),
 )
 

@@ -1,4 +1,5 @@
-"""running totals: settled spend per organization, month and project; ledger balances
+"""running totals: settled spend per organization, month and project; ledger balances; the
+usage records' month index dropped (only the sum it served read it)
 
 Revision ID: 0009
 Revises: 0008
@@ -31,6 +32,8 @@ def upgrade() -> None:
         "SELECT org_id, period, COALESCE(project_id, ''), SUM(cost_micro_usd) FROM usage_records "
         "GROUP BY org_id, period, COALESCE(project_id, '')"
     )
+    # Only that sum read usage records by month: one index less to write per record.
+    op.drop_index("ix_usage_records_org_period", table_name="usage_records")
     op.create_table(
         "ledger_balances",
         sa.Column("org_id", sa.String(length=40), nullable=False),
@@ -49,4 +52,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("ledger_balances")
+    op.create_index(
+        "ix_usage_records_org_period", "usage_records", ["org_id", "period", "project_id"]
+    )
     op.drop_table("spend_totals")
