@@ -245,6 +245,8 @@ class MoneyGuard:
                 journal.add_spare(await asyncio.to_thread(journal.prepare))
         except OSError as exc:  # (an append then opens its own segment, or refuses the hold)
             log.warning("journal housekeeping failed: %s", exc)
+        except Exception:  # never raised into a flush or the shutdown waiting for it
+            log.exception("journal housekeeping failed")
 
     async def tidied(self) -> None:
         """Returns once the journal housekeeping started by flushes is done (before ``close``)."""
