@@ -324,7 +324,7 @@ def _write_batch(
         db.insert(holds, _HOLD_COLUMNS, still_open[start : start + STEP_SETTLEMENTS])
     entries = ledger.rows(at)
     db.insert(ledger_entries, _LEDGER_COLUMNS, entries)
-    db.add("ledger_balances", _balances((e[1], e[2], e[3], e[4]) for e in entries))
+    db.add("ledger_balances", _balances((org, acct, lot, n) for _, org, acct, lot, n, _ in entries))
     db.add("spend_totals", spend)
     return len(todo)
 
