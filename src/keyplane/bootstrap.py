@@ -192,7 +192,9 @@ def build_gateway(
     )
     access = AccessGuard(container.access_policies, s.trusted_proxies)
     pipeline = Pipeline(
-        auth=KeyAuthenticator(container.key_store, container.pepper, container.clock),
+        auth=KeyAuthenticator(
+            container.key_store, container.pepper, container.clock, max_entries=s.key_cache_size
+        ),
         router=UpstreamRouter(upstreams, client, retries=s.upstream_retries),
         prices=container.prices,
         money=MoneyGuard(

@@ -3,6 +3,7 @@ never visible in the clear in the database, the logs or an error body."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -15,10 +16,12 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from conftest import PEPPER, Keyplane
+from conftest import PEPPER, Keyplane, initialized
+from keyplane import bootstrap
 from keyplane.clock import FrozenClock
 from keyplane.errors import StoreUnavailable
 from keyplane.keys import format as keyfmt
+from keyplane.keys.format import KeyKind
 from keyplane.logs import JsonFormatter
 from kptest import wait_until
 
@@ -152,3 +155,24 @@ def test_a_valid_key_gets_503_never_401_when_the_database_is_gone(
 
     wait_until(stored)
     assert call(kp, "sk-kp-proj-" + "A" * 50).status_code == 401  # a bad key is still just bad
+
+
+def test_the_key_cache_size_setting_bounds_each_gateways_cache(tmp_path: Path) -> None:
+    container, owner, org, project, first = initialized(tmp_path, "http://sim/v1", key_cache_size=8)
+    auth = bootstrap.build_gateway(container).pipeline.auth
+    keys = [first] + [
+        container.keys.create(
+            kind=KeyKind.PROJECT, org_id=org.id, project_id=project.id, name=f"k{i}",
+            owner_type="user", owner_id=owner.id, created_by=owner.id,
+        )[1]
+        for i in range(11)
+    ]  # fmt: skip
+
+    async def use_all() -> None:
+        await auth.refresh()
+        for key in keys:
+            await auth.authenticate(key, None)
+
+    asyncio.run(use_all())
+    assert auth.cached <= 8
+    container.close()
