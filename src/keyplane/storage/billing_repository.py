@@ -322,6 +322,7 @@ def _write_batch(
     for start in range(0, len(still_open), STEP_SETTLEMENTS):
         yield
         db.insert(holds, _HOLD_COLUMNS, still_open[start : start + STEP_SETTLEMENTS])
+    yield  # (the ledger and the totals: a step of their own)
     entries = ledger.rows(at)
     db.insert(ledger_entries, _LEDGER_COLUMNS, entries)
     db.add("ledger_balances", _balances((org, acct, lot, n) for _, org, acct, lot, n, _ in entries))
@@ -470,6 +471,7 @@ class SqlMoneyStore(SqlStore):
     ) -> Generator[None, None, int]:  # fmt: skip
         try:
             count = yield from steps
+            yield  # the commit, a step of its own: it writes the batch's pages to the WAL
             transaction.commit()
             return count
         except (OperationalError, SAInterfaceError) as exc:
