@@ -84,19 +84,19 @@ def _post(conn: Connection, rows: list[dict[str, Any]]) -> None:
     conn.exec_driver_sql(_add_sql("ledger_balances", _marker(conn)), list(_items(balances)))
 
 
-_Balances = dict[tuple[str, str, str], int]
+_Totals = dict[tuple[str, str, str], int]
 
 
-def _balances(entries: Iterable[tuple[str, str, str | None, int]]) -> _Balances:
+def _balances(entries: Iterable[tuple[str, str, str | None, int]]) -> _Totals:
     """(organization, account, lot or "") → the sum of ``entries``' amounts."""
-    out: _Balances = {}
+    out: _Totals = {}
     for org_id, account, lot_id, amount in entries:
         key = (org_id, account, lot_id or "")
         out[key] = out.get(key, 0) + amount
     return out
 
 
-def _items(totals: _Balances) -> Iterator[tuple[str, str, str, int]]:
+def _items(totals: _Totals) -> Iterator[tuple[str, str, str, int]]:
     return ((*key, amount) for key, amount in totals.items())
 
 
@@ -155,7 +155,7 @@ class _Writer:
         if rows:
             self.cursor.executemany(_insert_sql(table.name, tuple(columns), self.mark), rows)
 
-    def add(self, table: str, totals: dict[tuple[str, str, str], int]) -> None:
+    def add(self, table: str, totals: _Totals) -> None:
         """Adds ``totals`` to the running totals of ``table`` (``_RUNNING_TOTALS``)."""
         if totals:
             self.cursor.executemany(_add_sql(table, self.mark), list(_items(totals)))
@@ -226,12 +226,18 @@ class _Ledger:
     Per batch rather than per request: two or three lines per request, each with three index
     entries, were half of the settlement writer's work. Summed as settlements are written, a step
     at a time: summing 500 at the end kept the batch's last step (with the commit) 0.3 ms longer,
-    the event loop's longest pause."""
+    the event loop's longest pause. Also sums what the batch adds to the running totals: the
+    accounts' balances and ``spend`` (the usage records' costs per organization, month, project)."""
 
     def __init__(self) -> None:
         self._per_org: dict[str, dict[tuple[str, str | None], int]] = {}
+        self.spend: _Totals = {}
 
     def add(self, outcome: Outcome) -> None:
+        record = outcome.record
+        if record.cost_micro_usd:
+            where = (record.org_id, record.period, record.project_id or "")
+            self.spend[where] = self.spend.get(where, 0) + record.cost_micro_usd
         settlement = outcome.settlement
         if settlement is None or settlement.charged == 0:
             return
@@ -242,6 +248,14 @@ class _Ledger:
             receivable = ("receivable", None)
             lines[receivable] = lines.get(receivable, 0) - settlement.uncovered
         lines[_USAGE] = lines.get(_USAGE, 0) + settlement.charged
+
+    def balances(self) -> _Totals:
+        """The lines per (organization, account, lot or "")."""
+        return {
+            (org_id, account, lot_id or ""): amount
+            for org_id, lines in self._per_org.items()
+            for (account, lot_id), amount in lines.items()
+        }
 
     def rows(self, at: int) -> list[tuple[Any, ...]]:
         """The lines as rows in the order of ``_LEDGER_COLUMNS``."""
@@ -293,7 +307,6 @@ def _write_batch(
     journaled: dict[str, Hold] = {h.id: h for h in new_holds if h.id not in status}
     todo: dict[str, Outcome] = {}
     ledger = _Ledger()
-    spend: dict[tuple[str, str, str], int] = {}  # what the usage records written add up to
     for start in range(0, len(outcomes), STEP_SETTLEMENTS):
         stored_open: list[tuple[str]] = []
         usage: list[tuple[Any, ...]] = []
@@ -310,11 +323,7 @@ def _write_batch(
                 stored_open.append((rid,))
             else:
                 journaled.pop(rid, None)
-            record = outcome.record
-            usage.append(_usage_tuple(record))
-            if record.cost_micro_usd:
-                where = (record.org_id, record.period, record.project_id or "")
-                spend[where] = spend.get(where, 0) + record.cost_micro_usd
+            usage.append(_usage_tuple(outcome.record))
         yield
         db.resolve_open(stored_open)
         db.insert(t.usage_records, _USAGE_COLUMNS, usage)
@@ -323,10 +332,9 @@ def _write_batch(
         yield
         db.insert(holds, _HOLD_COLUMNS, still_open[start : start + STEP_SETTLEMENTS])
     yield  # (the ledger and the totals: a step of their own)
-    entries = ledger.rows(at)
-    db.insert(ledger_entries, _LEDGER_COLUMNS, entries)
-    db.add("ledger_balances", _balances((org, acct, lot, n) for _, org, acct, lot, n, _ in entries))
-    db.add("spend_totals", spend)
+    db.insert(ledger_entries, _LEDGER_COLUMNS, ledger.rows(at))
+    db.add("ledger_balances", ledger.balances())
+    db.add("spend_totals", ledger.spend)
     return len(todo)
 
 
