@@ -82,6 +82,7 @@ class Container:
     pepper: bytes
 
     def close(self) -> None:
+        self.money_store.close()
         self.engine.dispose()
 
 

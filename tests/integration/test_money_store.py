@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select
 
 from conftest import fresh_postgres
 from keyplane.accounts.service import AccountService
@@ -254,6 +254,49 @@ def test_a_stepwise_batch_writes_in_slices_and_waits_for_no_lock(tmp_path: Path)
     assert store.totals(org_id) == (0, 300 * 7)
     assert _run(store.resolve_stepwise(outcomes, 1) or _no_steps())[0] == 0  # applied once
     store.checkpoint()
+    engine.dispose()
+
+
+def test_stepwise_batches_share_one_connection_and_recover_from_a_broken_one(
+    tmp_path: Path,
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path}/money.db")
+    migrate.upgrade(engine)
+    store, outcomes, org_id = _settled_batch(engine, 90)
+    opened: list[object] = []
+    checkouts: list[object] = []
+    event.listen(engine, "connect", lambda conn, _record: opened.append(conn))
+    event.listen(engine, "checkout", lambda conn, _record, _proxy: checkouts.append(conn))
+
+    # One connection for every batch, taken from the pool once (no checkout and settings per
+    # batch), each batch still a transaction of its own.
+    for part in (outcomes[:10], outcomes[10:30], outcomes[30:60]):
+        steps = store.resolve_stepwise(part, 1)
+        assert steps is not None
+        _run(steps)
+    assert len(checkouts) == 1
+    before = len(opened)
+    assert store.totals(org_id) == (0, 60 * 7)
+
+    # A batch that fails half-way is rolled back and leaves the next batch a working connection.
+    broken = store.resolve_stepwise(outcomes[60:], 1)
+    assert broken is not None
+    next(broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        broken.throw(RuntimeError("boom"))
+    assert store.totals(org_id) == (0, 60 * 7)
+    steps = store.resolve_stepwise(outcomes[60:], 1)
+    assert steps is not None
+    assert _run(steps)[0] == 30
+    assert len(opened) == before + 1  # a fresh one after the failure
+    assert store.totals(org_id) == (0, 90 * 7)
+
+    # close() lets it go: the file is closed (no connection left but the pool's), and a later
+    # batch opens another.
+    store.close()
+    assert _run(store.resolve_stepwise(outcomes, 1) or _no_steps())[0] == 0  # applied once
+    assert len(opened) == before + 2
+    store.close()
     engine.dispose()
 
 

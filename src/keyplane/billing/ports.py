@@ -83,6 +83,10 @@ class MoneyStore(Protocol):
         """Housekeeping after stepwise writes (SQLite: copies the WAL into the database)."""
         ...
 
+    def close(self) -> None:
+        """Lets go of what stepwise batches keep open between them (SQLite: their connection)."""
+        ...
+
     def add_lot(self, org_id: str, lot: Lot, note: str, source: str) -> None:
         """Stores a lot and its funding entries (+amount on the lot, -amount on ``source``)."""
         ...
