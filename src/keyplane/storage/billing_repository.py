@@ -8,6 +8,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import (
@@ -277,7 +278,7 @@ _USAGE: tuple[str, str | None] = ("usage", None)
 
 # A step of resolve_stepwise: ~100 µs of the event loop.
 STEP_SETTLEMENTS = 8  # settlements written per step
-SELECT_IDS = 64  # holds looked up per step
+SELECT_IDS = 32  # holds looked up per step
 
 
 def _resolve_steps(
@@ -298,12 +299,20 @@ def _resolve_steps(
 def _write_batch(
     db: _Writer, outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold]
 ) -> Generator[None, None, int]:
-    # (Gathering the ids is a step of its own: ~0.15 ms for a batch of 500 on this VM.)
-    ids = list(dict.fromkeys([h.id for h in new_holds] + [o.record.request_id for o in outcomes]))
-    yield
+    # The ids gathered a chunk at a time too: all at once took ~0.15 ms at 500 on this VM.
     status: dict[str, str] = {}
-    for chunk in range(0, len(ids), SELECT_IDS):
-        status.update(db.statuses(_padded(ids[chunk : chunk + SELECT_IDS])))
+    seen: set[str] = set()
+    chunk: list[str] = []
+    for rid in chain((h.id for h in new_holds), (o.record.request_id for o in outcomes)):
+        if rid not in seen:
+            seen.add(rid)
+            chunk.append(rid)
+            if len(chunk) == SELECT_IDS:
+                status.update(db.statuses(_padded(chunk)))
+                chunk = []
+                yield
+    if chunk:
+        status.update(db.statuses(_padded(chunk)))
         yield
     # Journaled holds not stored yet are stored open, unless resolved in this batch: the holds
     # table holds open holds only; a resolved request is its usage record (and the ledger).
