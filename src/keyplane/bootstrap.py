@@ -238,6 +238,7 @@ def build_gateway(
         last_used_flush_s=s.last_used_flush_s,
         sweep_interval_s=s.sweep_interval_s,
         after_flush=after_flush,
+        data_version=container.money_store.data_version,
         background=[
             (s.email_dispatch_interval_s, dispatcher.run_once),
             (s.tier_check_interval_s, lambda: asyncio.to_thread(container.promoter.check_all)),

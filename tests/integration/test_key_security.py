@@ -71,6 +71,30 @@ def test_revocation_from_another_process_is_enforced_within_one_second(
     assert call(kp, kp.key).status_code == 200  # other keys are unaffected
 
 
+def test_an_idle_gateway_reads_no_change_feed_until_something_is_written(kp: Keyplane) -> None:
+    feed_reads: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "key_events" in statement or "money_events" in statement:
+            feed_reads.append(statement)
+
+    poll = kp.gateway._poll_feeds
+    kp.server.call(poll())  # up to date
+    event.listen(kp.container.engine, "before_cursor_execute", record)
+    try:
+        for _ in range(3):
+            kp.server.call(poll())
+        assert feed_reads == []  # nothing was written: the feeds were not read
+        key_id, secret = kp.new_key("new")  # written by another connection
+        kp.server.call(poll())
+        assert feed_reads  # read again
+    finally:
+        event.remove(kp.container.engine, "before_cursor_execute", record)
+    assert call(kp, secret).status_code == 200
+    kp.container.keys.revoke(kp.org.id, key_id)  # (not through the gateway: seen by its poll)
+    wait_until(lambda: call(kp, secret).status_code == 401, timeout=5, interval=0.02)
+
+
 def test_expired_key_is_refused(tmp_path: Path, simulator: Any) -> None:
     from conftest import start_keyplane
 

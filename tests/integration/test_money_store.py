@@ -300,6 +300,32 @@ def test_stepwise_batches_share_one_connection_and_recover_from_a_broken_one(
     engine.dispose()
 
 
+def test_the_data_version_moves_only_for_commits_by_other_connections(
+    engine: Engine, tmp_path: Path
+) -> None:
+    store, outcomes, org_id = _settled_batch(engine, 20)
+    if engine.dialect.name != "sqlite":
+        assert store.data_version() is None  # cannot tell: the gateway reads its feeds each time
+        return
+    before = store.data_version()
+    assert before is not None
+    assert _run(store.resolve_stepwise(outcomes, 1) or _no_steps())[0] == 20
+    assert store.data_version() == before  # its own batches: no change to read in any feed
+    store.add_lot(org_id, Lot("cg_2", "grant", 5, 5, 1, None), "", "grants")  # the pool's
+    after = store.data_version()
+    assert after != before
+    other = sqlite3.connect(tmp_path / "money.db", isolation_level=None)  # another process's
+    other.execute(
+        "INSERT INTO money_events (org_id, kind, ref, at) VALUES (?, 'settings', NULL, 1)",
+        (org_id,),
+    )
+    other.close()
+    assert store.data_version() not in (before, after)
+    store.close()  # a new connection counts afresh: never mistaken for the old one's count
+    assert store.data_version() not in (before, after)
+    store.close()
+
+
 def _no_steps() -> Generator[None, None, int]:
     raise AssertionError("the write lock should be free")
     yield

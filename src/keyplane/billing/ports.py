@@ -87,6 +87,12 @@ class MoneyStore(Protocol):
         """Lets go of what stepwise batches keep open between them (SQLite: their connection)."""
         ...
 
+    def data_version(self) -> tuple[int, int] | None:
+        """A value that changes when anything but this store's stepwise batches commits to the
+        database (so the gateway can skip reading its change feeds when it has not), or None
+        when the store cannot tell (read them every time)."""
+        ...
+
     def add_lot(self, org_id: str, lot: Lot, note: str, source: str) -> None:
         """Stores a lot and its funding entries (+amount on the lot, -amount on ``source``)."""
         ...

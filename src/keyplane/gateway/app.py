@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
 from keyplane.errors import KeyplaneError, StoreUnavailable
@@ -33,16 +33,18 @@ class Gateway:
         sweep_interval_s: float = 5.0,
         after_flush: Callable[[], Awaitable[Any]] | None = None,
         background: Sequence[tuple[float, Callable[[], Awaitable[Any]]]] = (),
+        data_version: Callable[[], Hashable | None] = lambda: None,
     ) -> None:
         self.pipeline = pipeline
+        self._data_version = data_version
+        self._polled: Hashable | None = None  # the data version both feeds were last read at
         self._after_flush = after_flush
         # One hook at a time, so a flush returns only after the hook that took its settlements
         # (maybe a concurrent flush's) is done: its emails and recharge jobs are then stored.
         self._after_flush_lock = asyncio.Lock()
         # The last two also run once more at shutdown, so nothing settled is left unwritten.
         self._loops: list[tuple[float, Callable[[], Awaitable[Any]]]] = [
-            (key_poll_interval_s, pipeline.auth.refresh),
-            (key_poll_interval_s, pipeline.money.refresh),
+            (key_poll_interval_s, self._poll_feeds),
             (sweep_interval_s, pipeline.money.sweep),
             *background,
             (usage_flush_interval_s, self.flush),
@@ -111,6 +113,19 @@ class Gateway:
             await send_json(send, 200, _model(model), rid)
             return
         await send_json(send, 200, {"object": "list", "data": [_model(m) for m in names]}, rid)
+
+    async def _poll_feeds(self) -> None:
+        """Reads the key feed and the money feed (revocations, grants, settings changed by other
+        processes or this one's Admin API), unless the database says nothing was committed since
+        they were last read (``data_version``: SQLite's, which the settlement batches leave
+        alone; None on PostgreSQL: always read). An idle gateway then reads nothing (each read
+        cost ~0.3-0.6 ms of CPU, two reads 4 times a second)."""
+        version = self._data_version()
+        if version is not None and version == self._polled:
+            return
+        await self.pipeline.auth.refresh()
+        await self.pipeline.money.refresh()
+        self._polled = version  # (read before the feeds: a commit since then shows next time)
 
     async def _flush_last_used(self) -> None:
         uses = self.pipeline.auth.take_uses()

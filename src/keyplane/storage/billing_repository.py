@@ -386,6 +386,11 @@ class SqlMoneyStore(SqlStore):
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
         self._steps_conn: sqlite3.Connection | None = None
+        self._steps_opened = 0  # connections opened for stepwise batches so far
+        # (An in-memory database is one connection's own: no second connection can share it.)
+        self._steps_possible = self._sqlite_lock is not None and engine.url.database not in (
+            None, "", ":memory:",
+        )  # fmt: skip
 
     def load(
         self, org_id: str, period: str, usage_limit_for: Callable[[str | None], int]
@@ -467,7 +472,7 @@ class SqlMoneyStore(SqlStore):
         than the writes) is involved. Only on SQLite, and only when the write lock is free right
         now (another thread or process writing: None, then call ``resolve`` on a thread). Its
         commit never checkpoints the WAL: ``checkpoint`` does, off the loop."""
-        if not self._lock_for_steps():
+        if not self._steps_possible or not self._lock_for_steps():
             return None
         try:
             raw = self._step_connection()
@@ -502,7 +507,22 @@ class SqlMoneyStore(SqlStore):
                 raw.close()
                 raise StoreUnavailable("The database is unavailable.") from exc
             self._steps_conn = raw
+            self._steps_opened += 1
         return self._steps_conn
+
+    def data_version(self) -> tuple[int, int] | None:
+        """A value that changes whenever a connection other than the stepwise batches' commits
+        to the database (another process, or this one's pool), and only then (about), or None
+        (not SQLite, unreadable): SQLite's ``PRAGMA data_version`` on the batches' connection,
+        with that connection's number (each connection counts on its own). ~6 µs; never waits."""
+        if not self._steps_possible:
+            return None
+        try:
+            raw = self._step_connection()
+            row = raw.execute("PRAGMA data_version").fetchone()
+        except (StoreUnavailable, sqlite3.Error):
+            return None
+        return (self._steps_opened, int(row[0]))
 
     def _stepwise(
         self, raw: sqlite3.Connection, steps: Generator[None, None, int]
