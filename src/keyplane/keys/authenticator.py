@@ -100,9 +100,9 @@ class KeyAuthenticator:
             raise _invalid(token)
         if self._cache.get(kid) is key:  # (not when a refresh ran meanwhile: checked again later)
             self._forget_digest(kid)
-            self._verified[kid] = digest
-            self._by_digest[digest] = kid
-        return kid, key
+            self._verified[key.id] = digest
+            self._by_digest[digest] = key.id
+        return key.id, key
 
     def _forget_digest(self, kid: str) -> None:
         digest = self._verified.pop(kid, None)
@@ -120,7 +120,9 @@ class KeyAuthenticator:
                 del self._cache[old]
                 self._forget_digest(old)
         self._forget_digest(kid)
-        self._cache[kid] = key
+        # Under the key's own id string (equal to ``kid``, which was read by it): a second copy of
+        # every id would be ~60 B more per cached key.
+        self._cache[key.id] = key
 
     def _drop(self, kid: str) -> None:
         self._cache.pop(kid, None)
