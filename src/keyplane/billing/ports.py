@@ -76,7 +76,8 @@ class MoneyStore(Protocol):
         """``resolve`` for an event loop to run a slice at a time between other work (each
         ``next()`` writes a few dozen rows; the generator returns the count), or None when this
         store cannot do that now (a remote database, or the write lock taken): then ``resolve``
-        on a thread. Raises StoreUnavailable from ``next()``; closing it half-way rolls back."""
+        on a thread. Raises StoreUnavailable from ``next()``; closing it at any point before the end
+        rolls back (and frees the write lock)."""
         ...
 
     def checkpoint(self) -> None:

@@ -485,7 +485,9 @@ class SqlMoneyStore(SqlStore):
             self._unlock_steps()
             return None
         writer = _driver_writer(raw, True, sqlite3)
-        return self._stepwise(raw, _resolve_steps(writer, outcomes, at, new_holds))
+        steps = self._stepwise(raw, _resolve_steps(writer, outcomes, at, new_holds))
+        next(steps)  # (started: closed at any point from now on, it rolls back and unlocks)
+        return steps
 
     def _step_connection(self) -> sqlite3.Connection:
         """The driver connection kept for stepwise batches, opened on first use: set up once (no
@@ -529,6 +531,7 @@ class SqlMoneyStore(SqlStore):
     ) -> Generator[None, None, int]:
         broken = True
         try:
+            yield  # (where resolve_stepwise leaves it: the caller's first next() writes)
             count = yield from steps
             yield  # the commit, a step of its own: it writes the batch's pages to the WAL
             try:
