@@ -220,11 +220,15 @@ def write_bodies(directory: Path) -> dict[str, Path]:
     return out
 
 
-GUARD_LINE = re.compile(r"<!-- guard: chat_c16_ratio=([0-9.]+) -->")
+GUARD_LINE = re.compile(r"<!-- guard: chat_c16_ratio=([0-9.]+)(?: commit=([0-9a-f]+))? -->")
 
 
-def last_guard_ratio(results: Path = RESULTS) -> float | None:
+def last_guard(results: Path = RESULTS) -> tuple[float, str | None] | None:
+    """The last recorded guard ratio and the commit it was measured at (None if not recorded)."""
     if not results.exists():
         return None
     found = GUARD_LINE.findall(results.read_text())
-    return float(found[-1]) if found else None
+    if not found:
+        return None
+    ratio, commit = found[-1]
+    return float(ratio), commit or None
