@@ -84,10 +84,6 @@ class MoneyStore(Protocol):
         """Housekeeping after stepwise writes (SQLite: copies the WAL into the database)."""
         ...
 
-    def close(self) -> None:
-        """Lets go of what stepwise batches keep open between them (SQLite: their connection)."""
-        ...
-
     def data_version(self) -> tuple[int, int] | None:
         """A value that changes when anything but this store's stepwise batches commits to the
         database (so the gateway can skip reading its change feeds when it has not), or None

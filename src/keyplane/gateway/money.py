@@ -262,10 +262,8 @@ class MoneyGuard:
             await self._tidying
 
     def close(self) -> None:
-        """Lets go of the journal and the store's batch connection (after the last flush and
-        ``tidied``)."""
+        """Lets go of the journal (call after the last flush and ``tidied``)."""
         self._journal.close()
-        self._store.close()
 
     def take_touched(self) -> tuple[set[str], dict[str, OrgMoney]]:
         """Returns the organizations whose settlements were stored since the last call (not those

@@ -256,11 +256,11 @@ class _Ledger:
 
     def balances(self) -> _Totals:
         """The lines per (organization, account, lot or "")."""
-        return {
-            (org_id, account, lot_id or ""): amount
+        return _balances(
+            (org_id, account, lot_id, amount)
             for org_id, lines in self._per_org.items()
             for (account, lot_id), amount in lines.items()
-        }
+        )
 
     def rows(self, at: int) -> list[tuple[Any, ...]]:
         """The lines as rows in the order of ``_LEDGER_COLUMNS``."""

@@ -9,12 +9,6 @@ from keyplane.usage.records import UsageRecord
 
 
 class UsageStore(Protocol):
-    def add_many(self, records: Sequence[UsageRecord]) -> int:
-        """Stores records whose request_id is new, ignoring duplicates; returns how many were new.
-
-        Raises StoreUnavailable."""
-        ...
-
     def query(
         self,
         org_id: str,
