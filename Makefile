@@ -1,5 +1,6 @@
 # keyplane — the two commands are `make run` and `make test`.
-PYTHON ?= python3
+# The distribution's CPython when there is one (scripts/pick-python.sh says why).
+PYTHON ?= $(shell scripts/pick-python.sh)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed

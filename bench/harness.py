@@ -171,7 +171,8 @@ def machine() -> dict[str, str]:
         "cpu": model.group(1).strip() if model else "unknown",
         "ram": f"{int(mem.group(1)) / 1024 / 1024:.1f} GiB" if mem else "unknown",
         "kernel": os.uname().release,
-        "python": sys.version.split()[0],
+        # (the interpreter's build matters: scripts/pick-python.sh)
+        "python": f"{sys.version.split()[0]} ({os.path.realpath(sys._base_executable)})",
         "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
     }
     for tool, args in (("nginx", ["-v"]), ("wrk", ["-v"])):
