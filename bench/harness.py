@@ -162,6 +162,10 @@ class Spread:
         return cls(statistics.median(values), min(values), max(values))
 
 
+# How the keyplane under test runs (target.compiled sets it), for the Machine line.
+KEYPLANE_BUILD: list[str] = []
+
+
 def machine() -> dict[str, str]:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
@@ -172,7 +176,8 @@ def machine() -> dict[str, str]:
         "ram": f"{int(mem.group(1)) / 1024 / 1024:.1f} GiB" if mem else "unknown",
         "kernel": os.uname().release,
         # (the interpreter's build matters: scripts/pick-python.sh)
-        "python": f"{sys.version.split()[0]} ({os.path.realpath(sys._base_executable)})",
+        "python": f"{sys.version.split()[0]} ({os.path.realpath(sys._base_executable)})"
+        + "".join(f"; keyplane: {b}" for b in KEYPLANE_BUILD),
         "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
     }
     for tool, args in (("nginx", ["-v"]), ("wrk", ["-v"])):

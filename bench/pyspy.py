@@ -101,7 +101,7 @@ def main() -> int:
         stub = Stub(wd, sut)
         try:
             stub.start()
-            data = DataDir(wd, src)
+            data = DataDir(wd, src, plain=True)  # (py-spy sees no Python frames in compiled code)
             data.init()
             gateway = Gateway(data, stub.upstream + scenario.upstream_prefix, sut)
             gateway.start()

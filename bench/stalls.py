@@ -73,7 +73,7 @@ def main() -> int:
         stub = Stub(wd, sut)
         try:
             stub.start()
-            data = DataDir(wd, src)
+            data = DataDir(wd, src, plain=True)  # (compiled classes cannot be patched)
             data.init()
             paths = [str(HOOK), *([data.env["PYTHONPATH"]] if "PYTHONPATH" in data.env else [])]
             data.env["PYTHONPATH"] = os.pathsep.join(paths)

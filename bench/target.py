@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import fixtures
-from harness import HOST, REPO, BenchError, free_port, pinned, stop, vm_kb, wait_http
+import harness
+from harness import HOST, REPO, BenchError, free_port, log, pinned, stop, vm_kb, wait_http
 from harness import cpu_seconds as process_cpu_seconds
 
 
@@ -69,12 +70,29 @@ monthly_usage_limit = "100000000"
 BENCH_CREDIT_USD = "1000000"
 
 
+def compiled(src: Path, out: Path) -> Path | None:
+    """``src`` with keyplane's request path compiled by scripts/compile.py (cached in ``out``), the
+    way `make run` runs it; None when it could not be compiled (keyplane then runs as plain Python,
+    and the Machine line says so)."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "compile.py"), "--src", str(src), "--out", str(out)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0 or not (out / "src").is_dir():
+        log(f"keyplane runs as plain Python: {(done.stdout + done.stderr).strip()[-500:]}")
+        harness.KEYPLANE_BUILD[:] = ["plain Python (not compiled)"]
+        return None
+    harness.KEYPLANE_BUILD[:] = ["its request path compiled with mypyc (scripts/compile.py)"]
+    return out / "src"
+
+
 class DataDir:
     """An initialized keyplane data directory with one project key.
 
-    ``src``: run keyplane from this source tree (an exported commit) instead of the work tree."""
+    ``src``: run keyplane from this source tree (an exported commit) instead of the work tree.
+    Either way compiled first (``compiled``), unless ``plain``."""
 
-    def __init__(self, workdir: Path, src: Path | None = None) -> None:
+    def __init__(self, workdir: Path, src: Path | None = None, *, plain: bool = False) -> None:
         self.path = workdir / "keyplane-data"
         self.key = ""
         tiers = workdir / "bench-tier.toml"
@@ -84,6 +102,11 @@ class DataDir:
             KEYPLANE_DATA_DIR=str(self.path), KEYPLANE_LOG_LEVEL="warning",
             KEYPLANE_TIER_FILES=f'["{tiers}"]', KEYPLANE_INITIAL_TIER="bench",
         )  # fmt: skip
+        if not plain:
+            out = REPO / "build" / "compiled" if src is None else src.parent / "compiled"
+            src = compiled(src or REPO / "src", out) or src
+        else:
+            harness.KEYPLANE_BUILD[:] = ["plain Python (not compiled)"]
         if src is not None:
             # Ahead of the venv's editable install, which points at the work tree.
             self.env["PYTHONPATH"] = str(src)

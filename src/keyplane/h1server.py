@@ -114,10 +114,12 @@ class Server:
         if self.lifespan:
             self._lifespan = _Lifespan(self.app, self.state)
             await self._lifespan.startup()
-        listeners = [
-            await loop.create_server(lambda: _Connection(self, loop), sock=sock, backlog=2048)
-            for sock in sockets
-        ]
+        listeners = []
+        for sock in sockets:  # (not a comprehension with await: mypyc cannot compile that)
+            server = await loop.create_server(
+                lambda: _Connection(self, loop), sock=sock, backlog=2048
+            )
+            listeners.append(server)
         self.started = True
         try:
             while not self.should_exit:
@@ -309,7 +311,9 @@ class _Connection(asyncio.Protocol):
         # (find, not `in`: `bytes in bytes` first tries its operand as an integer and formats a
         # TypeError, ~1,900 instructions each time)
         if url.find(b"?") >= 0 or url.find(b"%") >= 0 or not url.startswith(b"/"):
-            parsed = httptools.parse_url(url)
+            # (Any: httptools' stub says bytes, but a URL without a query has None there, which
+            # compiled code checks: scripts/compile.py)
+            parsed: Any = httptools.parse_url(url)
             raw_path, query = parsed.path, parsed.query or b""
             path = urllib.parse.unquote(raw_path.decode("ascii"))
         else:

@@ -4,6 +4,7 @@ never visible in the clear in the database, the logs or an error body."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import subprocess
@@ -160,7 +161,10 @@ def test_a_valid_key_gets_503_never_401_when_the_database_is_gone(
     # the usage is stored once the database is back, not lost.
     served = call(kp, kp.key)
     assert served.status_code == 200, served.text
-    with pytest.raises(StoreUnavailable):
+    # The flush fails (the database is gone), unless the settlement writer's own connection was
+    # opened before the files moved: it still has the moved file open and writes into it (seen
+    # once in a full run). Either way nothing is lost: the check below finds all three records.
+    with contextlib.suppress(StoreUnavailable):
         kp.flush()
     # Back: replace whatever background polls created at the path while it was gone, and drop
     # connections to it (retried: a poll may open one in between).

@@ -21,6 +21,7 @@ from keyplane.limits import (
     burst_for,
     effective,
     format_reset,
+    limits_from,
     raised_fields,
     rate_limit_headers,
     rejection_message,
@@ -367,9 +368,14 @@ def test_raised_fields_names_what_an_override_cannot_have() -> None:
 
 
 def test_limits_must_be_positive_integers() -> None:
-    for bad in (0, -1, True, 1.5):
+    for bad in (0, -1, True, 1.5, "5"):
         with pytest.raises(ValueError, match="rpm"):
+            limits_from({"rpm": bad})
+        # Built directly: a ValueError, or compiled (scripts/compile.py) a TypeError for a value
+        # that is not an int at all.
+        with pytest.raises(ValueError if isinstance(bad, int) else (ValueError, TypeError)):
             ModelLimits(rpm=bad)  # type: ignore[arg-type]
+    assert limits_from({"rpm": 5, "tpm": None}) == ModelLimits(rpm=5)
 
 
 # --- what clients see ----------------------------------------------------------------------

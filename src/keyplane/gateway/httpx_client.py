@@ -54,6 +54,7 @@ class HttpxClient(UpstreamClient):
 class _HttpxResponse(UpstreamResponse):
     def __init__(self, resp: httpx.Response) -> None:
         self._resp = resp
+        self._raw: AsyncIterator[bytes] | None = None
         self.status = resp.status_code
         self.headers = clean_headers(resp.headers.raw)
 
@@ -63,10 +64,18 @@ class _HttpxResponse(UpstreamResponse):
         except httpx.HTTPError as exc:
             raise StreamBroken(str(exc) or type(exc).__name__) from exc
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    # An async iterator, not an async generator: mypyc (scripts/compile.py) cannot compile those.
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self
+
+    def __aiter__(self) -> _HttpxResponse:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._raw is None:
+            self._raw = self._resp.aiter_raw()
         try:
-            async for chunk in self._resp.aiter_raw():
-                yield chunk
+            return await self._raw.__anext__()
         except httpx.HTTPError as exc:
             raise StreamBroken(str(exc) or type(exc).__name__) from exc
 

@@ -20,6 +20,7 @@ from keyplane.limits.ratelimit import (
     Ticket,
     burst_for,
     effective,
+    limits_from,
     raised_fields,
     scope_id,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "burst_for",
     "effective",
     "format_reset",
+    "limits_from",
     "raised_fields",
     "rate_limit_headers",
     "rejection_message",

@@ -28,10 +28,10 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 DEFAULT_RPM_BURST_S = 10.0
 _EPS = 1e-9  # seconds; absorbs float rounding in sums like 10 x 1000 tokens x (60 / 10000)
@@ -69,9 +69,7 @@ class ModelLimits:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            value = getattr(self, f.name)
-            if value is not None and (type(value) is not int or value <= 0):
-                raise ValueError(f"{f.name} must be a positive integer or None, not {value!r}")
+            _check_limit(f.name, getattr(self, f.name))
 
     def limit(self, dimension: Dimension) -> int | None:
         value: int | None = getattr(self, _FIELD[dimension])
@@ -83,6 +81,20 @@ class ModelLimits:
             value = getattr(self, name)
             if value is not None:
                 yield dimension, value
+
+
+def _check_limit(name: str, value: object) -> None:
+    if value is not None and (type(value) is not int or value <= 0):
+        raise ValueError(f"{name} must be a positive integer or None, not {value!r}")
+
+
+def limits_from(values: Mapping[str, Any]) -> ModelLimits:
+    """ModelLimits from values nobody has checked (an operator's tier file). The ValueError names
+    the field whatever the value's type: compiled (scripts/compile.py), ModelLimits itself refuses
+    a value of the wrong type with a TypeError from its constructor, before ``__post_init__``."""
+    for name, value in values.items():
+        _check_limit(name, value)
+    return ModelLimits(**values)
 
 
 _FIELD: dict[Dimension, str] = {

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from keyplane.limits.ratelimit import ModelLimits
+from keyplane.limits.ratelimit import ModelLimits, limits_from
 from keyplane.usage.pricing import parse_dollars
 
 DAY_S = 86_400
@@ -205,7 +205,7 @@ def _parse_limits(row: Any, where: str) -> ModelLimits:
     if unknown:
         raise ValueError(f"{where}: unknown fields {sorted(unknown)}")
     try:
-        return ModelLimits(**row)
+        return limits_from(row)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
 

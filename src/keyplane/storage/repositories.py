@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 import threading
@@ -108,7 +109,7 @@ def _key(row: RowMapping) -> ApiKey:
 
 
 def _key_row(key: ApiKey) -> dict[str, Any]:
-    values = {f: getattr(key, f) for f in ApiKey.__slots__}
+    values = _fields(key)
     values["kind"] = key.kind.value
     for name in _JSON_FIELDS:
         if values[name] is not None:
@@ -271,4 +272,6 @@ class SqlUsageStore(SqlStore):
 
 
 def _fields(obj: Any) -> dict[str, Any]:
-    return {f: getattr(obj, f) for f in obj.__slots__}
+    """A dataclass instance's fields (``dataclasses.fields``, not ``__slots__``: a class compiled
+    by mypyc has none)."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
