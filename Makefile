@@ -14,7 +14,7 @@ SOURCES  := $(shell find src -type f ! -path '*/__pycache__/*' ! -name '*.so')
 COMPILED_PATH = $$(test -d $(COMPILED)/src && echo $(CURDIR)/$(COMPILED)/src)
 
 run: $(STAMP) $(COMPILED)/.stamp
-	PYTHONPATH="$(COMPILED_PATH)" $(BIN)/keyplane dev
+	@PYTHONPATH="$(COMPILED_PATH)" $(BIN)/keyplane dev
 
 # The suite runs twice: on src/ as written, then on the compiled copy (mypyc checks annotated
 # types at run time, and compiled classes behave slightly differently).

@@ -13,6 +13,7 @@ import socket
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+from keyplane import h1server
 from keyplane.h1server import Server
 
 
@@ -28,6 +29,12 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def compiled() -> bool:
+    """Whether the request path runs compiled by mypyc (scripts/compile.py, build/compiled/src on
+    PYTHONPATH): its modules are then extension modules, not .py files."""
+    return not (h1server.__file__ or "").endswith(".py")
 
 
 def make_server(app: Any, *, access_log: bool = False) -> Server:

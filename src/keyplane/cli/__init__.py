@@ -269,6 +269,10 @@ async def _serve(
     out.print(
         f'  OpenAI(base_url="http://{host}:{port}/v1", api_key="sk-kp-proj-…")', highlight=False
     )
+    if not server.compiled():
+        out.print(
+            "  (request path not compiled: plain Python, ~1.5× slower; see scripts/compile.py)"
+        )
     try:
         await asyncio.gather(*(srv.serve(sockets=[sck]) for srv, sck in running))
     finally:
