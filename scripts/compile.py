@@ -5,7 +5,7 @@ never leaves a stale compiled module in its way, and `pytest` run by hand tests 
 
     .venv/bin/python scripts/compile.py [--src DIR] [--out DIR]
 
-Same code, same tests, ~1.3x the requests per second on one core (bench/RESULTS.md,
+Same code, same tests, ~1.5x the requests per second on one core (bench/RESULTS.md,
 2026-12-04): the compiled modules call each other directly and keep their classes' attributes in
 C structs. mypyc also checks every annotated type at run time, so the whole test suite runs
 against the compiled copy too (`make test`).
@@ -31,9 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The modules every proxied request runs through (docs/architecture.md, "Compiled request path").
-# Not here: modules whose classes the rest of the code or the tests subclass or patch, and
-# gateway/errors.py (mypyc cannot compile a slotted dataclass that is an exception).
+# The modules every proxied request runs through (docs/architecture.md, "A compiled request
+# path"). Not gateway/errors.py: mypyc cannot compile an exception that is a slotted dataclass.
 MODULES = [
     "keyplane/h1server.py",
     "keyplane/ids.py",
