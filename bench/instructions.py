@@ -2,13 +2,15 @@
 counted by valgrind's callgrind: repeatable to ~0.1 % where timings on a shared VM drift by tens of
 percent, so a change's effect can be seen in one pair of runs.
 
-    .venv/bin/python bench/instructions.py [--requests 1000] [--flush-only] [--at REV] [--keep FILE]
+    .venv/bin/python bench/instructions.py [--requests 1000] [--flush-only] [--at REV] [--plain]
+                                            [--keep FILE]
 
 Counts only the measured part: the gateway is built, warmed up (500 requests) and then the counting
 is switched on (callgrind_control) for ``--requests`` requests and their settlement flush
 (``--flush-only``: the requests are served uncounted and only the flush is counted). Prints
 instructions per request (~10 s per 1,000 requests); ``--keep FILE`` keeps callgrind's output for
-``callgrind_annotate --inclusive=yes FILE``. Needs valgrind (Debian package).
+``callgrind_annotate --inclusive=yes FILE``. Needs valgrind (Debian package). Measures keyplane as
+`make run` runs it, its request path compiled (scripts/compile.py), unless ``--plain``.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import BenchError, entry, log
-from target import export_source
+import harness
+from harness import REPO, BenchError, entry, log
+from target import compiled, export_source
 
 
 def _wait_flag(flag: Path, value: str) -> None:
@@ -34,7 +37,7 @@ def _wait_flag(flag: Path, value: str) -> None:
 
 
 async def _child(requests: int, flush_only: bool, flag: Path) -> None:
-    from pipeline import run, setup
+    from pipeline import run, serve, setup
 
     from keyplane import server
 
@@ -44,18 +47,12 @@ async def _child(requests: int, flush_only: bool, flag: Path) -> None:
         await gateway.pipeline.money.refresh()
         await run(gateway, secret, 500)
         server.tune_gc()
-        flush = gateway.flush
         if flush_only:
-
-            async def later() -> None:
-                return None
-
-            gateway.flush = later
-            await run(gateway, secret, requests)
+            await serve(gateway, secret, requests)
         print("READY", flush=True)
         _wait_flag(flag, "on")
         if flush_only:
-            await flush()
+            await gateway.flush()
         else:
             await run(gateway, secret, requests)
         print("DONE", flush=True)
@@ -69,10 +66,16 @@ def _parent(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         env = dict(os.environ)
+        src: Path | None = None
         if args.at:
             src, commit = export_source(args.at, work / "src-at")
-            env["PYTHONPATH"] = str(src)
             log(f"measuring {commit}")
+        if not args.plain:  # what `make run` runs: the request path compiled (scripts/compile.py)
+            out = REPO / "build" / "compiled" if src is None else src.parent / "compiled"
+            src = compiled(src or REPO / "src", out) or src
+            log(f"keyplane: {harness.KEYPLANE_BUILD[0]}")
+        if src is not None:
+            env["PYTHONPATH"] = str(src)
         out, flag = work / "callgrind.out", work / "flag"
         argv = [
             "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
@@ -108,6 +111,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--flush-only", action="store_true")
     parser.add_argument("--at", metavar="REV", help="measure src/ as of this commit")
+    parser.add_argument("--plain", action="store_true", help="keyplane as plain Python")
     parser.add_argument("--keep", type=Path, metavar="FILE", help="keep callgrind's output there")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--flag", type=Path, help=argparse.SUPPRESS)

@@ -58,6 +58,7 @@ MODULES = [
     "keyplane/keys/permissions.py",
     "keyplane/limits/headers.py",
     "keyplane/limits/ratelimit.py",
+    "keyplane/storage/settlement_writer.py",
     "keyplane/usage/pricing.py",
     "keyplane/usage/records.py",
     "keyplane/usage/tokens.py",

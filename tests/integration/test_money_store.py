@@ -18,10 +18,11 @@ from keyplane.billing.ports import Outcome
 from keyplane.billing.wallet import Hold, Lot, OrgMoney
 from keyplane.clock import SystemClock
 from keyplane.storage import migrate
-from keyplane.storage.billing_repository import STEP_SETTLEMENTS, SqlMoneyStore
+from keyplane.storage.billing_repository import SqlMoneyStore
 from keyplane.storage.billing_tables import holds, ledger_balances, ledger_entries
 from keyplane.storage.engine import make_engine
 from keyplane.storage.repositories import SqlAccountStore, SqlUsageStore
+from keyplane.storage.settlement_writer import STEP_SETTLEMENTS
 from keyplane.usage.records import Outcome as RequestOutcome
 from keyplane.usage.records import UsageRecord
 

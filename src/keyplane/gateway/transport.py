@@ -14,6 +14,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 
+from mypy_extensions import mypyc_attr
+
 Headers = list[tuple[bytes, bytes]]
 
 # Hop-by-hop headers: they describe one connection, never forwarded either way.
@@ -38,6 +40,9 @@ class StreamBroken(UpstreamError):
     """The answer's body broke off (connection lost or timed out mid-body)."""
 
 
+# Open to plain-Python implementations when this module is compiled (scripts/compile.py): test
+# doubles, bench/pipeline.py's fixed upstream.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class UpstreamResponse(ABC):
     status: int
     headers: Headers  # lower-case names, hop-by-hop headers removed
@@ -61,6 +66,7 @@ class UpstreamResponse(ABC):
         return False
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class UpstreamClient(ABC):
     @abstractmethod
     async def request(
