@@ -142,7 +142,7 @@ class Gateway:
                     await self.pipeline.money.refresh()
                 except StoreUnavailable:
                     log.warning("database unavailable at startup; serving from cache as it fills")
-                self._tasks = [asyncio.create_task(_every(s, fn)) for s, fn in self._loops]
+                self._tasks = [asyncio.create_task(every(s, fn)) for s, fn in self._loops]
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()
@@ -166,9 +166,22 @@ class Gateway:
         await self.pipeline.router.client.aclose()
 
 
-async def _every(seconds: float, fn: Callable[[], Awaitable[Any]]) -> None:
+async def every(
+    seconds: float,
+    fn: Callable[[], Awaitable[Any]],
+    now: Callable[[], float] | None = None,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+) -> None:
+    """Calls ``fn`` every ``seconds``, counted from one start to the next, not from one end to the
+    next start; one that ran late is followed at once (no burst to catch up). Under load the
+    settlement flush itself takes about its interval: waiting a whole interval after it doubled
+    the settlements queued at a time, and with them the memory they hold (~0.6 KB each, kept by
+    the process once grown) and the batches' size. ``now`` and ``sleep``: the loop's clock."""
+    clock = now or asyncio.get_running_loop().time
+    due = clock()
     while True:
-        await asyncio.sleep(seconds)
+        due = max(due + seconds, clock())
+        await sleep(due - clock())
         try:
             await fn()
         except StoreUnavailable:
