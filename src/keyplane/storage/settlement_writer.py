@@ -131,7 +131,8 @@ _OUTCOME_AT = _USAGE_COLUMNS.index("outcome")
 
 
 def _usage_tuple(record: UsageRecord) -> tuple[Any, ...]:
-    return (*record[:_OUTCOME_AT], record.outcome.value, *record[_OUTCOME_AT + 1 :])
+    # (``_value_``, the member's value as stored on it: ``.value`` is a property written in Python)
+    return (*record[:_OUTCOME_AT], record.outcome._value_, *record[_OUTCOME_AT + 1 :])
 
 
 class _Ledger:
