@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import harness
-from harness import REPO, BenchError, entry, log
+from harness import BenchError, entry, log
 from target import compiled, export_source
 
 
@@ -71,8 +71,7 @@ def _parent(args: argparse.Namespace) -> int:
             src, commit = export_source(args.at, work / "src-at")
             log(f"measuring {commit}")
         if not args.plain:  # what `make run` runs: the request path compiled (scripts/compile.py)
-            out = REPO / "build" / "compiled" if src is None else src.parent / "compiled"
-            src = compiled(src or REPO / "src", out) or src
+            src = compiled(src) or src
             log(f"keyplane: {harness.KEYPLANE_BUILD[0]}")
         if src is not None:
             env["PYTHONPATH"] = str(src)

@@ -70,10 +70,13 @@ monthly_usage_limit = "100000000"
 BENCH_CREDIT_USD = "1000000"
 
 
-def compiled(src: Path, out: Path) -> Path | None:
-    """``src`` with keyplane's request path compiled by scripts/compile.py (cached in ``out``), the
-    way `make run` runs it; None when it could not be compiled (keyplane then runs as plain Python,
-    and the Machine line says so)."""
+def compiled(src: Path | None = None) -> Path | None:
+    """``src`` (the work tree's src/ when None) with keyplane's request path compiled by
+    scripts/compile.py, the way `make run` runs it: into build/compiled for the work tree, beside an
+    exported tree for another commit. None when it could not be compiled (keyplane then runs as
+    plain Python, and the Machine line says so)."""
+    out = REPO / "build" / "compiled" if src is None else src.parent / "compiled"
+    src = src or REPO / "src"
     done = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "compile.py"), "--src", str(src), "--out", str(out)],
         capture_output=True, text=True, check=False,
@@ -103,8 +106,7 @@ class DataDir:
             KEYPLANE_TIER_FILES=f'["{tiers}"]', KEYPLANE_INITIAL_TIER="bench",
         )  # fmt: skip
         if not plain:
-            out = REPO / "build" / "compiled" if src is None else src.parent / "compiled"
-            src = compiled(src or REPO / "src", out) or src
+            src = compiled(src) or src
         else:
             harness.KEYPLANE_BUILD[:] = ["plain Python (not compiled)"]
         if src is not None:
