@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 MODULES = [
     "keyplane/h1server.py",
     "keyplane/ids.py",
+    "keyplane/values.py",
     "keyplane/clock.py",
     "keyplane/gateway/app.py",
     "keyplane/gateway/pipeline.py",

@@ -16,8 +16,7 @@ from sqlalchemy import Table, func, select
 
 from conftest import initialized
 from keyplane import bootstrap
-from keyplane.billing.ports import Outcome
-from keyplane.billing.wallet import Hold
+from keyplane.billing.wallet import Hold, Outcome
 from keyplane.errors import StoreUnavailable
 from keyplane.simulator import SimulatorConfig, create_app
 from keyplane.storage.billing_tables import holds

@@ -14,8 +14,7 @@ from sqlalchemy import Engine, event, func, select
 
 from conftest import fresh_postgres
 from keyplane.accounts.service import AccountService
-from keyplane.billing.ports import Outcome
-from keyplane.billing.wallet import Hold, Lot, OrgMoney
+from keyplane.billing.wallet import Hold, Lot, OrgMoney, Outcome
 from keyplane.clock import SystemClock
 from keyplane.storage import migrate
 from keyplane.storage.billing_repository import SqlMoneyStore
@@ -172,7 +171,7 @@ def test_a_batch_reads_back_as_written(engine: Engine) -> None:
     )  # fmt: skip
     for hold in (done, open_):
         assert money.place_hold(hold) is None
-    written = record(done.id, org.id, project.id, 123)._replace(
+    written = record(done.id, org.id, project.id, 123).replace(
         client_ip="10.1.2.3", stream=True, outcome=RequestOutcome.CLIENT_DISCONNECTED,
         tokens_estimated=True, cached_input_tokens=4, latency_ms=77,
     )  # fmt: skip

@@ -10,19 +10,25 @@ lowers the output cap (``max_output_for``) and tells the upstream.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, final
 
 from keyplane.usage.pricing import MICRO, Price
+from keyplane.values import Value
 
 IMAGE_TOKEN_ALLOWANCE = 3000
 NO_LIMIT = 2**62
 
 
-class CostBound(NamedTuple):
+@final
+class CostBound(Value):
     """Cost of a request as a function of its output tokens, in micro-dollars times 10**6 (exact)."""
 
-    fixed: int  # input bound * input price
-    per_output: int  # output price * n
+    FIELDS = ("fixed", "per_output")
+    __slots__ = FIELDS
+
+    def __init__(self, fixed: int, per_output: int) -> None:
+        self.fixed = fixed  # input bound * input price
+        self.per_output = per_output  # output price * n
 
     def cost(self, output_tokens: int) -> int:
         return -(-(self.fixed + self.per_output * output_tokens) // MICRO)

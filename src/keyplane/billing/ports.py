@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
-from keyplane.billing.wallet import BillingMode, Hold, Lot, OrgMoney, Settlement
-from keyplane.usage.records import UsageRecord
+from keyplane.billing.wallet import BillingMode, Hold, Lot, OrgMoney, Outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,13 +29,6 @@ class SpendAlert:
     threshold: int
     recipients: tuple[str, ...] | None
     created_at: int
-
-
-class Outcome(NamedTuple):
-    """How a request that held money ended: settled (with a Settlement) or voided."""
-
-    record: UsageRecord
-    settlement: Settlement | None  # None: the hold was voided (nothing charged)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import final
 
 from keyplane.billing.periods import period_of
+from keyplane.usage.records import UsageRecord
+from keyplane.values import Value
 
 
 class Scope(enum.StrEnum):
@@ -60,31 +62,80 @@ _ORG_BUDGET = Scope.ORG_BUDGET
 _PROJECT_BUDGET = Scope.PROJECT_BUDGET
 
 
-class Hold(NamedTuple):
-    id: str  # the request id
-    org_id: str
-    project_id: str
-    amount: int
-    period: str
-    created_at: int
-    expires_at: int
-    # What the sweeper needs to write a usage record if the gateway dies mid-request.
-    key_id: str = ""
-    model: str = ""
-    endpoint: str = ""
+@final
+class Hold(Value):
+    FIELDS = (
+        "id", "org_id", "project_id", "amount", "period", "created_at", "expires_at", "key_id",
+        "model", "endpoint",
+    )  # fmt: skip
+    __slots__ = FIELDS
+
+    def __init__(
+        self,
+        id: str,  # the request id
+        org_id: str,
+        project_id: str,
+        amount: int,
+        period: str,
+        created_at: int,
+        expires_at: int,
+        # What the sweeper needs to write a usage record if the gateway dies mid-request.
+        key_id: str = "",
+        model: str = "",
+        endpoint: str = "",
+    ) -> None:
+        self.id = id
+        self.org_id = org_id
+        self.project_id = project_id
+        self.amount = amount
+        self.period = period
+        self.created_at = created_at
+        self.expires_at = expires_at
+        self.key_id = key_id
+        self.model = model
+        self.endpoint = endpoint
 
 
-class Settlement(NamedTuple):
-    hold: Hold
-    cost: int  # what the request really cost
-    charged: int  # min(cost, hold): what the scopes are charged
-    consumed: tuple[tuple[str, int], ...]  # (lot id, amount) drawn from lots, earliest expiry first
-    uncovered: int  # charged but not covered by lots (postpaid, or a lot revoked meanwhile)
+@final
+class Settlement(Value):
+    FIELDS = ("hold", "cost", "charged", "consumed", "uncovered")
+    __slots__ = FIELDS
+
+    def __init__(
+        self,
+        hold: Hold,
+        cost: int,  # what the request really cost
+        charged: int,  # min(cost, hold): what the scopes are charged
+        consumed: tuple[tuple[str, int], ...],  # (lot id, amount) drawn, earliest expiry first
+        uncovered: int,  # charged but not covered by lots (postpaid, or a lot revoked meanwhile)
+    ) -> None:
+        self.hold = hold
+        self.cost = cost
+        self.charged = charged
+        self.consumed = consumed
+        self.uncovered = uncovered
 
 
-class Rejection(NamedTuple):
-    scope: Scope
-    headroom: int
+@final
+class Outcome(Value):
+    """How a request that held money ended: settled (with a Settlement) or voided."""
+
+    FIELDS = ("record", "settlement")
+    __slots__ = FIELDS
+
+    def __init__(self, record: UsageRecord, settlement: Settlement | None) -> None:
+        self.record = record
+        self.settlement = settlement  # None: the hold was voided (nothing charged)
+
+
+@final
+class Rejection(Value):
+    FIELDS = ("scope", "headroom")
+    __slots__ = FIELDS
+
+    def __init__(self, scope: Scope, headroom: int) -> None:
+        self.scope = scope
+        self.headroom = headroom
 
 
 @dataclass(slots=True)

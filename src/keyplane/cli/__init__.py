@@ -133,7 +133,7 @@ def usage(
     start = _parse_since(since, c.clock.now()) if since else None
     records = c.usage_store.query(org_id, project_id=project_id, since=start, limit=limit)
     if as_json:
-        rows = [{**r._asdict(), "outcome": r.outcome.value} for r in records]
+        rows = [{**r.asdict(), "outcome": r.outcome.value} for r in records]
         out.print_json(json.dumps(rows))
         return
     table = Table("time", "request", "model", "endpoint", "in", "cached", "out", "status", "cost $")

@@ -22,18 +22,19 @@ import time
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
-from typing import NamedTuple
+from typing import final
 
 from keyplane.billing.bounds import CostBound
 from keyplane.billing.periods import period_of
-from keyplane.billing.ports import MoneyEvent, MoneyStore, Outcome
-from keyplane.billing.wallet import Hold, Lot, OrgMoney, Scope
+from keyplane.billing.ports import MoneyEvent, MoneyStore
+from keyplane.billing.wallet import Hold, Lot, OrgMoney, Outcome, Scope
 from keyplane.clock import Clock
 from keyplane.errors import SpendRefused, StoreUnavailable
 from keyplane.gateway.journal import HoldJournal, Segment
 from keyplane.keys.models import ApiKey
 from keyplane.usage.records import Outcome as RequestOutcome
 from keyplane.usage.records import UsageRecord
+from keyplane.values import Value
 
 CHECKPOINT_AFTER = 4_000  # settlements: ~1,000 pages of SQLite WAL
 LOOP_SHARE = 0.5  # settlement writing per loop pass, relative to the rest of the pass
@@ -50,12 +51,16 @@ REFUSALS = {
 }
 
 
-class Admission(NamedTuple):
-    hold: Hold
-    output_tokens: (
-        int  # the output the hold covers (the cap to send when it is below the request's)
-    )
-    clamped: bool
+@final
+class Admission(Value):
+    FIELDS = ("hold", "output_tokens", "clamped")
+    __slots__ = FIELDS
+
+    def __init__(self, hold: Hold, output_tokens: int, clamped: bool) -> None:
+        self.hold = hold
+        # The output the hold covers: the cap to send when it is below the request's (clamped).
+        self.output_tokens = output_tokens
+        self.clamped = clamped
 
 
 class MoneyGuard:
@@ -123,7 +128,7 @@ class MoneyGuard:
             if affordable < min(output_tokens, self._min_output) or affordable < 0:
                 raise SpendRefused(refused.scope.value, REFUSALS[refused.scope])
             output_tokens, clamped = affordable, True
-            hold = hold._replace(amount=bound.cost(affordable))
+            hold = hold.replace(amount=bound.cost(affordable))
             refused = org.place_hold(hold)
             assert refused is None, "the clamped amount fits the room just reported"
         try:
@@ -152,7 +157,7 @@ class MoneyGuard:
             )  # fmt: skip
         stored = record
         if record.cost_micro_usd != settlement.charged or record.period != hold.period:
-            stored = record._replace(cost_micro_usd=settlement.charged, period=hold.period)
+            stored = record.replace(cost_micro_usd=settlement.charged, period=hold.period)
         self._outcomes.append(Outcome(stored, settlement))
         return stored
 

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, final
 
 import orjson
 
@@ -78,25 +78,40 @@ ENDPOINTS: dict[str, Endpoint] = {
 }  # fmt: skip
 
 
-@dataclass(slots=True)
+@final
 class Call:
-    """What the pipeline knows about one request as it goes."""
+    """What the pipeline knows about one request as it goes. (A plain class, not a dataclass:
+    compiled, its ``__init__`` is C; a dataclass's stays Python, see keyplane/values.py.)"""
 
-    request_id: str
-    endpoint: Endpoint
-    key: ApiKey
-    levels: Levels  # the key's organization and project access policies
-    client_ip: str | None
-    started: float  # monotonic
-    model: str = ""
-    stream: bool = False
-    estimated_input: int = 0
-    hold: Hold | None = None
-    price: Price | None = None  # in effect at admission: the hold and the bill use the same one
-    ticket: Ticket | None = None
-    rate_headers: list[tuple[bytes, bytes]] = dataclasses.field(default_factory=list)
-    forwarded: bool = False
-    metered: bool = False
+    __slots__ = (
+        "client_ip", "endpoint", "estimated_input", "forwarded", "hold", "key", "levels", "metered",
+        "model", "price", "rate_headers", "request_id", "started", "stream", "ticket",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        request_id: str,
+        endpoint: Endpoint,
+        key: ApiKey,
+        levels: Levels,  # the key's organization and project access policies
+        client_ip: str | None,
+        started: float,  # monotonic
+    ) -> None:
+        self.request_id = request_id
+        self.endpoint = endpoint
+        self.key = key
+        self.levels = levels
+        self.client_ip = client_ip
+        self.started = started
+        self.model = ""
+        self.stream = False
+        self.estimated_input = 0
+        self.hold: Hold | None = None
+        self.price: Price | None = None  # in effect at admission: the hold and the bill use it
+        self.ticket: Ticket | None = None
+        self.rate_headers: list[tuple[bytes, bytes]] = []
+        self.forwarded = False
+        self.metered = False
 
 
 class Pipeline:

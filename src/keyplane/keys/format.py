@@ -13,9 +13,10 @@ import enum
 import hmac
 import re
 import zlib
-from typing import NamedTuple
+from typing import final
 
 from keyplane.ids import BASE62, random_base62
+from keyplane.values import Value
 
 PUBLIC_ID_LEN = 12
 SECRET_LEN = 32
@@ -44,10 +45,18 @@ def checksum(text: str) -> str:
 _KINDS = {kind.value: kind for kind in KeyKind}
 
 
-class ParsedKey(NamedTuple):
-    kind: KeyKind
-    public_id: str
-    secret: str
+@final
+class ParsedKey(Value):
+    FIELDS = ("kind", "public_id", "secret")
+    __slots__ = FIELDS
+
+    def __init__(self, kind: KeyKind, public_id: str, secret: str) -> None:
+        self.kind = kind
+        self.public_id = public_id
+        self.secret = secret
+
+    def __repr__(self) -> str:  # (never the secret, should a key end up in a log line)
+        return f"ParsedKey(kind={self.kind.value!r}, public_id={self.public_id!r}, secret=...)"
 
 
 def generate(kind: KeyKind) -> tuple[str, ParsedKey]:

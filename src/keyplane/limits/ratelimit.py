@@ -31,7 +31,9 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol, final
+
+from keyplane.values import Value
 
 DEFAULT_RPM_BURST_S = 10.0
 _EPS = 1e-9  # seconds; absorbs float rounding in sums like 10 x 1000 tokens x (60 / 10000)
@@ -155,14 +157,21 @@ def scope_id(kind: str, owner_id: str, model: str) -> str:
     return f"{kind}:{owner_id}:{model}"
 
 
-class Cost(NamedTuple):
+@final
+class Cost(Value):
     """What a request takes: ``tokens`` is the estimated prompt plus ``max_tokens``; audio in whole
     megabytes, rounded up. (Never negative: the limiter refuses such a cost.)"""
 
-    tokens: int = 0
-    requests: int = 1
-    images: int = 0
-    audio_mb: int = 0
+    FIELDS = ("tokens", "requests", "images", "audio_mb")
+    __slots__ = FIELDS
+
+    def __init__(
+        self, tokens: int = 0, requests: int = 1, images: int = 0, audio_mb: int = 0
+    ) -> None:
+        self.tokens = tokens
+        self.requests = requests
+        self.images = images
+        self.audio_mb = audio_mb
 
     def amounts(self) -> tuple[int, int, int, int]:
         """The units of every dimension, each at its place in ``_UNITS_AT``."""
@@ -179,39 +188,74 @@ _UNITS_AT = {
 }  # fmt: skip
 
 
-class Headroom(NamedTuple):
+@final
+class Headroom(Value):
     """One ``x-ratelimit-*`` triple: the limit, units admittable right now, seconds until at rest."""
 
-    limit: int
-    remaining: int
-    reset_s: float
+    FIELDS = ("limit", "remaining", "reset_s")
+    __slots__ = FIELDS
+
+    def __init__(self, limit: int, remaining: int, reset_s: float) -> None:
+        self.limit = limit
+        self.remaining = remaining
+        self.reset_s = reset_s
 
 
-class Rejection(NamedTuple):
-    scope_id: str
-    dimension: Dimension
-    limit: int
-    used: int  # limit minus what is admittable now: what the limiter counts against the limit
-    requested: int
-    retry_after: float | None  # seconds until this request would fit; None when too_large
-    too_large: bool = False  # larger than the cell can ever admit: retrying cannot help
+@final
+class Rejection(Value):
+    FIELDS = ("scope_id", "dimension", "limit", "used", "requested", "retry_after", "too_large")
+    __slots__ = FIELDS
+
+    def __init__(
+        self,
+        scope_id: str,
+        dimension: Dimension,
+        limit: int,
+        used: int,  # limit minus what is admittable now: what the limiter counts against the limit
+        requested: int,
+        retry_after: float | None,  # seconds until this request would fit; None when too_large
+        too_large: bool = False,  # larger than the cell can ever admit: retrying cannot help
+    ) -> None:
+        self.scope_id = scope_id
+        self.dimension = dimension
+        self.limit = limit
+        self.used = used
+        self.requested = requested
+        self.retry_after = retry_after
+        self.too_large = too_large
 
 
-@dataclass(slots=True)
+@final
 class Ticket:
-    """An admitted request's token charge, to be corrected by ``settle`` exactly once."""
+    """An admitted request's token charge, to be corrected by ``settle`` exactly once. (A plain
+    class, as ``Value``s are, for the same reason; not one: ``settled`` changes.)"""
 
-    estimated_tokens: int
-    token_scopes: tuple[tuple[str, int], ...]  # (scope id, TPM at admission)
-    settled: bool = False
+    __slots__ = ("estimated_tokens", "settled", "token_scopes")
+
+    def __init__(self, estimated_tokens: int, token_scopes: tuple[tuple[str, int], ...]) -> None:
+        self.estimated_tokens = estimated_tokens
+        self.token_scopes = token_scopes  # (scope id, TPM at admission)
+        self.settled = False
 
 
-class Decision(NamedTuple):
-    admitted: bool
-    ticket: Ticket | None  # set when admitted
-    requests: Headroom | None  # of the scope with the fewest requests left (None: no RPM limit)
-    tokens: Headroom | None  # likewise for TPM
-    rejection: Rejection | None = None
+@final
+class Decision(Value):
+    FIELDS = ("admitted", "ticket", "requests", "tokens", "rejection")
+    __slots__ = FIELDS
+
+    def __init__(
+        self,
+        admitted: bool,
+        ticket: Ticket | None,  # set when admitted
+        requests: Headroom | None,  # of the scope with the fewest requests left (None: no RPM)
+        tokens: Headroom | None,  # likewise for TPM
+        rejection: Rejection | None = None,
+    ) -> None:
+        self.admitted = admitted
+        self.ticket = ticket
+        self.requests = requests
+        self.tokens = tokens
+        self.rejection = rejection
 
 
 class RateLimiter(Protocol):

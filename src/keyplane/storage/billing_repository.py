@@ -22,8 +22,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
 
-from keyplane.billing.ports import BillingSettings, MoneyEvent, Outcome, SpendAlert
-from keyplane.billing.wallet import BillingMode, Hold, Lot, OrgMoney
+from keyplane.billing.ports import BillingSettings, MoneyEvent, SpendAlert
+from keyplane.billing.wallet import BillingMode, Hold, Lot, OrgMoney, Outcome
 from keyplane.errors import IdempotencyKeyReused, StoreUnavailable
 from keyplane.storage.billing_tables import (
     credit_lots,

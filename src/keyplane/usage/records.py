@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+from typing import final
+
+from keyplane.values import Value
 
 
 class Outcome(enum.StrEnum):
@@ -14,24 +16,58 @@ class Outcome(enum.StrEnum):
     GATEWAY_LOST = "gateway_lost"  # the gateway died mid-request; billed at its hold by the sweeper
 
 
-class UsageRecord(NamedTuple):
-    request_id: str
-    created_at: int
-    org_id: str
-    project_id: str | None
-    key_id: str
-    owner_type: str
-    owner_id: str
-    model: str
-    endpoint: str
-    input_tokens: int
-    cached_input_tokens: int
-    output_tokens: int
-    status: int
-    latency_ms: int
-    client_ip: str | None
-    cost_micro_usd: int
-    stream: bool
-    outcome: Outcome
-    tokens_estimated: bool = False  # True when counted by keyplane, not reported by the upstream
-    period: str = ""  # UTC month of admission (YYYY-MM): the month its spend counts in
+@final
+class UsageRecord(Value):
+    """Its fields are the ``usage_records`` table's columns, in order."""
+
+    FIELDS = (
+        "request_id", "created_at", "org_id", "project_id", "key_id", "owner_type", "owner_id",
+        "model", "endpoint", "input_tokens", "cached_input_tokens", "output_tokens", "status",
+        "latency_ms", "client_ip", "cost_micro_usd", "stream", "outcome", "tokens_estimated",
+        "period",
+    )  # fmt: skip
+    __slots__ = FIELDS
+
+    def __init__(
+        self,
+        request_id: str,
+        created_at: int,
+        org_id: str,
+        project_id: str | None,
+        key_id: str,
+        owner_type: str,
+        owner_id: str,
+        model: str,
+        endpoint: str,
+        input_tokens: int,
+        cached_input_tokens: int,
+        output_tokens: int,
+        status: int,
+        latency_ms: int,
+        client_ip: str | None,
+        cost_micro_usd: int,
+        stream: bool,
+        outcome: Outcome,
+        tokens_estimated: bool = False,  # True when counted by keyplane, not reported upstream
+        period: str = "",  # UTC month of admission (YYYY-MM): the month its spend counts in
+    ) -> None:
+        self.request_id = request_id
+        self.created_at = created_at
+        self.org_id = org_id
+        self.project_id = project_id
+        self.key_id = key_id
+        self.owner_type = owner_type
+        self.owner_id = owner_id
+        self.model = model
+        self.endpoint = endpoint
+        self.input_tokens = input_tokens
+        self.cached_input_tokens = cached_input_tokens
+        self.output_tokens = output_tokens
+        self.status = status
+        self.latency_ms = latency_ms
+        self.client_ip = client_ip
+        self.cost_micro_usd = cost_micro_usd
+        self.stream = stream
+        self.outcome = outcome
+        self.tokens_estimated = tokens_estimated
+        self.period = period
