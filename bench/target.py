@@ -50,6 +50,14 @@ def export_source(rev: str, into: Path) -> tuple[Path, str]:
         # 12's 3.11.2 lacks it, and the archive is our own commit's src/ anyway.
         safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         tar.extractall(into, **safe)
+    # The commit's own compile script (its list of compiled modules goes with its sources).
+    script = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{rev}:scripts/compile.py"], capture_output=True,
+        check=False,
+    )  # fmt: skip
+    if script.returncode == 0:
+        (into / "scripts").mkdir(exist_ok=True)
+        (into / "scripts" / "compile.py").write_bytes(script.stdout)
     return into / "src", commit.stdout.strip()
 
 
@@ -73,12 +81,14 @@ BENCH_CREDIT_USD = "1000000"
 def compiled(src: Path | None = None) -> Path | None:
     """``src`` (the work tree's src/ when None) with keyplane's request path compiled by
     scripts/compile.py, the way `make run` runs it: into build/compiled for the work tree, beside an
-    exported tree for another commit. None when it could not be compiled (keyplane then runs as
-    plain Python, and the Machine line says so)."""
+    exported tree for another commit, by that commit's own script (its list of modules; a commit
+    from before it runs plain). None when it could not be compiled (keyplane then runs as plain
+    Python, and the Machine line says so)."""
     out = REPO / "build" / "compiled" if src is None else src.parent / "compiled"
     src = src or REPO / "src"
+    script = src.parent / "scripts" / "compile.py"  # (an export's own: ``export_source``)
     done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "compile.py"), "--src", str(src), "--out", str(out)],
+        [sys.executable, str(script), "--src", str(src), "--out", str(out)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0 or not (out / "src").is_dir():
