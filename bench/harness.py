@@ -198,7 +198,10 @@ def git_commit() -> str:
         return out.stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    # (Not counting the results file itself: a run recorded just before does not make the next
+    # one's code "dirty".)
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/RESULTS.md")
+    return commit + ("+dirty" if changed else "")
 
 
 @contextlib.contextmanager
