@@ -63,19 +63,11 @@ def stop_on_signals(servers: Sequence[Server]) -> None:
 
 def tune_gc() -> None:
     """Moves what exists at start (modules, classes, the app) out of the cyclic collector's sight
-    (every full collection would otherwise walk every object of the process), and keeps each
-    young collection short.
-
-    What young collections find alive under load is the settlements queued for the next flush
-    (~0.2 s of requests, a few tracked objects each): collected 10,000 at a time that was a
-    2.4-3 ms pause five times a second at 18,000 req/s, the c=16 p99; 1,000 at a time, ~0.08 ms.
-    The middle generation, where the survivors go until the flush frees them by reference
-    counting, is collected only every 1,000 young collections (~20 s at that rate): requests
-    leave no cyclic garbage to pile up there (350 objects after 95,000 requests with collection
-    off, bench/RESULTS.md 2026-12-05 notes)."""
+    and collects the youngest generation less often: each request allocates many short-lived
+    containers, and every full collection would otherwise walk every object of the process."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(1_000, 1_000, 100)
+    gc.set_threshold(10_000, 20, 20)
 
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter
