@@ -5,7 +5,7 @@ Why not NamedTuple or dataclass: keyplane's request path is compiled with mypyc
 (scripts/compile.py), which turns a plain class with an ``__init__`` into a C struct built in
 ~20 ns, while a NamedTuple's ``__new__`` and a dataclass's generated ``__init__`` stay Python
 functions (~300 ns; ~700 ns frozen), with keyword arguments more. At a dozen records per request
-that was ~12 % of its instructions (bench/RESULTS.md, 2026-12-05 notes).
+that was ~16 % of its instructions (bench/RESULTS.md, 2026-12-05 notes).
 
 A subclass lists its attributes in ``FIELDS``, in the order of its ``__init__``'s parameters
 (tests/unit/test_values.py checks every subclass), sets them once in ``__init__`` and never
