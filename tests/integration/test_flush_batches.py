@@ -5,6 +5,7 @@ requests, which cost more CPU than the requests themselves at one connection."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from pathlib import Path
@@ -193,6 +194,48 @@ async def _waits_for_the_hook_in_progress(kp: InProcess) -> None:
     await asyncio.gather(first, second)
     assert order == ["first hook done", "second flush returned"]
     assert kp.usage_count() == 1
+
+
+async def _checkpoint_in_the_background(kp: InProcess) -> None:
+    """The WAL checkpoint (a disk sync, at times long) runs beside the flushes, one at a time: a
+    flush that waited for it let settlements queue meanwhile, and the process kept that memory."""
+    money: Any = kp.money
+    money._checkpoint_after = 10
+    store: Any = money._store
+    real_checkpoint = store.checkpoint
+    started, release = threading.Semaphore(0), threading.Event()
+    calls: list[str] = []
+
+    def slow_checkpoint() -> None:
+        calls.append(threading.current_thread().name)
+        started.release()
+        assert release.wait(30), "never released"
+        real_checkpoint()
+
+    store.checkpoint = slow_checkpoint
+    try:
+        assert [await kp.post() for _ in range(10)] == [200] * 10
+        assert await asyncio.wait_for(money.flush(), 10) == 10
+        assert await asyncio.to_thread(started.acquire, True, 10), "no checkpoint after 10"
+        # While it syncs, the next flushes store what is queued and start no second checkpoint.
+        for _ in range(2):
+            assert [await kp.post() for _ in range(10)] == [200] * 10
+            assert await asyncio.wait_for(money.flush(), 10) == 10
+        assert kp.usage_count() == 30
+        assert len(calls) == 1
+        assert calls[0] != threading.current_thread().name, "checkpointed on the event loop"
+    finally:
+        release.set()
+    await asyncio.wait_for(money.tidied(), 10)
+    # The settlements written meanwhile are due for the next one, which the next flush starts.
+    assert await money.flush() == 0
+    assert await asyncio.to_thread(started.acquire, True, 10), "no second checkpoint"
+    await money.tidied()
+    assert len(calls) == 2
+
+
+def test_a_slow_wal_checkpoint_holds_up_no_flush(tmp_path: Path) -> None:
+    asyncio.run(in_process(tmp_path, _checkpoint_in_the_background))
 
 
 def test_a_flush_waits_for_the_after_flush_hook_in_progress(tmp_path: Path) -> None:

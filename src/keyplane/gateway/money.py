@@ -75,6 +75,7 @@ class MoneyGuard:
         min_output_tokens: int,
         batch_size: int = 500,
         max_unstored: int = 100_000,
+        checkpoint_after: int = CHECKPOINT_AFTER,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -92,6 +93,8 @@ class MoneyGuard:
         self._to_discard: list[Segment] = []  # stored segments not deleted yet
         self._tidying: asyncio.Task[None] | None = None
         self._unchecked = 0  # settlements written on the loop since the last WAL checkpoint
+        self._checkpoint_after = checkpoint_after
+        self._checkpointing: asyncio.Task[None] | None = None
         self._seq: int | None = None
         self._refreshing = asyncio.Lock()
         # Organizations with settlements stored since take_touched (what the spend watcher reads).
@@ -200,6 +203,7 @@ class MoneyGuard:
                 await _release(batch)
             self._tidy(self._segments)
             self._segments = []
+            self._checkpoint_if_due()
             return stored
 
     async def _resolve(self, batch: list[Outcome], at: int, new_holds: list[Hold]) -> int:
@@ -234,12 +238,29 @@ class MoneyGuard:
         finally:
             steps.close()
         await asyncio.sleep(0)  # (the commit was a step: what follows, another)
-        # About as often as SQLite's own autocheckpoint (1,000 pages of WAL), never on the loop.
         self._unchecked += count
-        if self._unchecked >= CHECKPOINT_AFTER:
-            self._unchecked = 0
-            await asyncio.to_thread(self._store.checkpoint)
         return count
+
+    def _checkpoint_if_due(self) -> None:
+        """Starts a WAL checkpoint on a worker thread once ``checkpoint_after`` settlements were
+        written on the loop since the last, about as often as SQLite's own autocheckpoint (1,000
+        pages of WAL); one at a time. Flushes do not wait for it: a checkpoint syncs the WAL and
+        the database file to disk (``synchronous=NORMAL``), 15-50 ms on this VM and at times far
+        longer, and a flush that waited let the settlements queue meanwhile (the process keeps the
+        memory a backlog once took, bench/RESULTS.md). Started as a flush ends, it usually copies
+        the whole WAL before the next batch, so the WAL starts over from its beginning."""
+        if self._unchecked < self._checkpoint_after:
+            return
+        if self._checkpointing is not None and not self._checkpointing.done():
+            return  # (the next flush after it starts another)
+        self._unchecked = 0
+        self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint())
+
+    async def _checkpoint(self) -> None:
+        try:
+            await asyncio.to_thread(self._store.checkpoint)
+        except Exception:  # (the store logs its own failures; never raised into a shutdown)
+            log.exception("WAL checkpoint failed")
 
     def _tidy(self, stored: list[Segment]) -> None:
         """Deletes the stored segments and opens the next append's segment ahead, on a worker
@@ -262,9 +283,11 @@ class MoneyGuard:
             log.exception("journal housekeeping failed")
 
     async def tidied(self) -> None:
-        """Returns once the journal housekeeping started by flushes is done (before ``close``)."""
-        if self._tidying is not None:
-            await self._tidying
+        """Returns once the journal housekeeping and the WAL checkpoint started by flushes are
+        done (before ``close``)."""
+        for task in (self._tidying, self._checkpointing):
+            if task is not None:
+                await task
 
     def close(self) -> None:
         """Lets go of the journal (call after the last flush and ``tidied``)."""
