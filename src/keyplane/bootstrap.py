@@ -207,6 +207,7 @@ def build_gateway(
             min_output_tokens=s.min_output_tokens,
             batch_size=s.usage_batch_size,
             max_unstored=s.max_unstored_settlements,
+            flush_interval_s=s.usage_flush_interval_s,
         ),
         rates=rates,
         access=access,

@@ -109,20 +109,73 @@ async def _late_requests_wait(kp: InProcess) -> None:
     assert kp.usage_count() == 25
 
 
+class BusyLoop:
+    """Flushes while the event loop is busy with other work (2 ms of CPU per pass), counting the
+    settlement writer's steps in each pass."""
+
+    def __init__(self, kp: InProcess) -> None:
+        self.kp = kp
+        self.passes = 0
+        self.steps: dict[int, int] = {}  # pass → writer steps run in it
+        store: Any = kp.money._store
+        original = store.resolve_stepwise
+
+        def counted(
+            outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = ()
+        ) -> Generator[None, None, int] | None:
+            steps = original(outcomes, at, new_holds)
+            return None if steps is None else self._count(steps)
+
+        store.resolve_stepwise = counted
+
+    def _count(self, steps: Generator[None, None, int]) -> Generator[None, None, int]:
+        try:
+            while True:
+                next(steps)
+                self.steps[self.passes] = self.steps.get(self.passes, 0) + 1
+                yield
+        except StopIteration as done:
+            count: int = done.value
+            return count
+
+    async def flush(self, requests: int) -> int:
+        """Flushes ``requests`` new settlements; returns the most writer steps run in one pass."""
+        kp = self.kp
+        assert await asyncio.gather(*(kp.post() for _ in range(requests))) == [200] * requests
+        self.steps.clear()
+        flushing = asyncio.create_task(kp.money.flush())
+        first = self.passes
+        while not flushing.done():
+            self.passes += 1
+            end = time.perf_counter() + 0.002
+            while time.perf_counter() < end:
+                pass
+            await asyncio.sleep(0)
+        assert await flushing == requests
+        self.last_passes = self.passes - first
+        return max(self.steps.values())
+
+
 async def _keeps_up_with_a_busy_loop(kp: InProcess) -> None:
-    assert await asyncio.gather(*(kp.post() for _ in range(400))) == [200] * 400
-    flushing = asyncio.create_task(kp.money.flush())
-    passes = 0
-    while not flushing.done():  # the loop busy with other work: 2 ms of CPU per pass
-        passes += 1
-        end = time.perf_counter() + 0.002
-        while time.perf_counter() < end:
-            pass
-        await asyncio.sleep(0)
-    assert await flushing == 400
+    busy = BusyLoop(kp)
+    await busy.flush(400)
     assert kp.usage_count() == 400
     # One slice per pass (8 settlements) took over 50 passes: under load the writer fell behind.
-    assert passes <= 30, passes
+    assert busy.last_passes <= 30, busy.last_passes
+
+
+async def _catches_up_when_behind(kp: InProcess) -> None:
+    """A flush that lasts longer than the interval between flushes gets a growing share of the
+    loop: the queue (and the memory it takes) stays a few intervals' worth."""
+    money: Any = kp.money
+    assert money._flush_interval_s == 3600  # (in_process: flushes only when asked)
+    busy = BusyLoop(kp)
+    on_time = max([await busy.flush(400) for _ in range(2)])
+    money._flush_interval_s = 0.002  # every pass of this busy loop lasts an interval
+    behind = max([await busy.flush(400) for _ in range(2)])
+    assert kp.usage_count() == 1600
+    # On time: steps for half the 2 ms the rest of a pass took; behind: up to 5 ms a pass.
+    assert behind >= 2 * on_time, (behind, on_time)
 
 
 async def _one_flush_in_batches(kp: InProcess) -> None:
@@ -252,3 +305,7 @@ def test_a_flush_in_batches_stores_no_hold_it_settles_later(tmp_path: Path) -> N
 
 def test_the_settlement_writer_keeps_up_when_the_loop_is_busy(tmp_path: Path) -> None:
     asyncio.run(in_process(tmp_path, _keeps_up_with_a_busy_loop))
+
+
+def test_a_flush_that_falls_behind_takes_more_of_the_loop(tmp_path: Path) -> None:
+    asyncio.run(in_process(tmp_path, _catches_up_when_behind))

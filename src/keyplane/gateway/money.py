@@ -76,6 +76,7 @@ class MoneyGuard:
         batch_size: int = 500,
         max_unstored: int = 100_000,
         checkpoint_after: int = CHECKPOINT_AFTER,
+        flush_interval_s: float = 0.2,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -95,6 +96,8 @@ class MoneyGuard:
         self._unchecked = 0  # settlements written on the loop since the last WAL checkpoint
         self._checkpoint_after = checkpoint_after
         self._checkpointing: asyncio.Task[None] | None = None
+        self._flush_interval_s = flush_interval_s  # how often the gateway starts a flush
+        self._flush_started = 0.0  # time.perf_counter() when the current flush started
         self._seq: int | None = None
         self._refreshing = asyncio.Lock()
         # Organizations with settlements stored since take_touched (what the spend watcher reads).
@@ -178,6 +181,7 @@ class MoneyGuard:
             # each, a transaction apiece (at c=1, 3,200 flushes in 5 s averaging 7 settlements).
             pending = len(self._outcomes)
             stored = 0
+            self._flush_started = time.perf_counter()
             while pending or new_holds:
                 # Each batch starts on a pass of the loop of its own: reading the journal's holds,
                 # the previous batch's bookkeeping and this one's opening together held the loop
@@ -212,7 +216,10 @@ class MoneyGuard:
         with a worker thread, which cost more CPU than the writes themselves (~130 against ~50 µs
         per settlement, bench/RESULTS.md). Each pass of the loop runs slices for ``LOOP_SHARE`` of
         the time the rest of that pass took (at least one slice): near 100 µs at one connection,
-        enough to keep up with thousands of settlements a second at many."""
+        enough to keep up with thousands of settlements a second at many. A flush still running
+        when the next is due is falling behind: its share grows with the intervals it has lasted
+        (twice at two, four times at four…), so the queue stays a few intervals' worth whatever
+        slowed it (the process keeps the memory a queue once took, bench/RESULTS.md)."""
         steps = self._store.resolve_stepwise(batch, at, new_holds)
         if steps is None:
             return await asyncio.to_thread(self._store.resolve, batch, at, new_holds)
@@ -224,7 +231,9 @@ class MoneyGuard:
                 # the settlements coming in (at 64 connections a pass serves dozens of requests:
                 # 500 settlements took 4 s to write); when idle, one slice at a time.
                 start = time.perf_counter()
-                budget = min(MAX_SLICE_S, max(MIN_SLICE_S, LOOP_SHARE * away))
+                behind = (start - self._flush_started) / self._flush_interval_s
+                share = LOOP_SHARE * behind if behind > 1.0 else LOOP_SHARE
+                budget = min(MAX_SLICE_S, max(MIN_SLICE_S, share * away))
                 try:
                     next(steps)
                     while time.perf_counter() - start < budget:
