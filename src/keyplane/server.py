@@ -13,7 +13,7 @@ import socket
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from keyplane import h1server
+from keyplane import h1server, sched
 from keyplane.h1server import Server
 
 
@@ -94,7 +94,9 @@ def io_threads() -> concurrent.futures.ThreadPoolExecutor:
     cached yet). Two: SQLite writes are serialized anyway, and each thread costs memory — its own
     malloc arena and database connection: with Python's default (6 here) the gateway grew to
     ~185 MB over a 10-minute soak, with two it stays at ~115 MB (bench/RESULTS.md)."""
-    return concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="keyplane-io")
+    return concurrent.futures.ThreadPoolExecutor(
+        max_workers=2, thread_name_prefix="keyplane-io", initializer=sched.worker_thread
+    )
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:
@@ -103,6 +105,7 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
     tune_gc()
     one_malloc_arena()
+    sched.set_time_slice(sched.LOOP_SLICE_NS)  # (this thread runs the loop: keyplane/sched.py)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.get_loop().set_default_executor(io_threads())
         runner.run(main)

@@ -1,14 +1,20 @@
 """Process tuning at start: one malloc arena on glibc, unless the operator chose otherwise; the
-request path compiled when run from the compiled copy."""
+request path compiled when run from the compiled copy; the event loop's thread asks Linux for a
+long time slice, worker threads keep the default (keyplane/sched.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
+from keyplane.sched import LOOP_SLICE_NS
 from keyplane.server import compiled, make_server, one_malloc_arena
 
 
@@ -34,3 +40,46 @@ def test_the_request_path_is_compiled_exactly_when_run_from_the_compiled_copy() 
     # shadowing src/).
     from_copy = "build/compiled/src" in os.environ.get("PYTHONPATH", "")
     assert compiled() is from_copy
+
+
+SLICES = """
+import asyncio, json, threading
+from keyplane import server
+from keyplane.gateway.housekeeping import housekeeping_thread
+
+def slice_ns():
+    for line in open("/proc/thread-self/sched"):
+        if line.startswith("se.slice"):
+            return int(line.split(":")[1])
+
+async def main():
+    loop = asyncio.get_running_loop()
+    with housekeeping_thread() as housekeeping:
+        print(json.dumps({
+            "loop": slice_ns(),
+            "worker": await asyncio.to_thread(slice_ns),
+            "housekeeping": await loop.run_in_executor(housekeeping, slice_ns),
+        }))
+
+server.run(main())
+"""
+
+
+def _kernel_shows_slices() -> bool:
+    path = Path("/proc/thread-self/sched")
+    return path.exists() and "se.slice" in path.read_text()
+
+
+@pytest.mark.skipif(not _kernel_shows_slices(), reason="a kernel without EEVDF time slices")
+def test_the_event_loop_asks_for_a_long_time_slice_and_workers_keep_the_default() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SLICES], capture_output=True, text=True, timeout=60, check=True
+    )
+    slices = json.loads(done.stdout)
+    default = int(
+        next(
+            x for x in Path("/proc/thread-self/sched").read_text().splitlines() if "se.slice" in x
+        ).split(":")[1]
+    )
+    assert default < LOOP_SLICE_NS
+    assert slices == {"loop": LOOP_SLICE_NS, "worker": default, "housekeeping": default}, slices

@@ -17,12 +17,13 @@ sweeper settles it at the hold amount (the most the request could have cost) wit
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
-from typing import final
+from typing import TypeVar, final
 
 from keyplane.billing.bounds import CostBound
 from keyplane.billing.periods import period_of
@@ -30,6 +31,7 @@ from keyplane.billing.ports import MoneyEvent, MoneyStore
 from keyplane.billing.wallet import Hold, Lot, OrgMoney, Outcome, Scope
 from keyplane.clock import Clock
 from keyplane.errors import SpendRefused, StoreUnavailable
+from keyplane.gateway.housekeeping import housekeeping_thread
 from keyplane.gateway.journal import HoldJournal, Segment
 from keyplane.keys.models import ApiKey
 from keyplane.usage.records import Outcome as RequestOutcome
@@ -42,6 +44,7 @@ MIN_SLICE_S = 0.0001  # settlement writing per pass when the rest of the loop is
 MAX_SLICE_S = 0.005  # and at most, however long the rest of the pass took
 RELEASE_SLICE = 100  # settlements freed per pass of the loop once stored
 log = logging.getLogger("keyplane.money")
+T = TypeVar("T")
 
 REFUSALS = {
     Scope.CREDITS: "You exceeded your current quota, please check your plan and billing details.",
@@ -93,6 +96,8 @@ class MoneyGuard:
         self._flushing = asyncio.Lock()
         self._to_discard: list[Segment] = []  # stored segments not deleted yet
         self._tidying: asyncio.Task[None] | None = None
+        # The journal's file work and the WAL checkpoint, below the event loop's priority.
+        self._housekeeping = housekeeping_thread()
         self._unchecked = 0  # settlements written on the loop since the last WAL checkpoint
         self._checkpoint_after = checkpoint_after
         self._checkpointing: asyncio.Task[None] | None = None
@@ -267,13 +272,14 @@ class MoneyGuard:
 
     async def _checkpoint(self) -> None:
         try:
-            await asyncio.to_thread(self._store.checkpoint)
+            await self._housekeep(self._store.checkpoint)
         except Exception:  # (the store logs its own failures; never raised into a shutdown)
             log.exception("WAL checkpoint failed")
 
     def _tidy(self, stored: list[Segment]) -> None:
-        """Deletes the stored segments and opens the next append's segment ahead, on a worker
-        thread (both take the disk's time: journal.py), without holding up the flush."""
+        """Deletes the stored segments and opens the next append's segment ahead, on the
+        housekeeping thread (both take the disk's time: journal.py), without holding up the
+        flush."""
         self._to_discard += stored
         if self._tidying is None or self._tidying.done():
             self._tidying = asyncio.get_running_loop().create_task(self._tidy_journal())
@@ -283,13 +289,17 @@ class MoneyGuard:
         try:
             while self._to_discard:
                 done, self._to_discard = self._to_discard, []
-                await asyncio.to_thread(journal.discard_all, done)
+                await self._housekeep(functools.partial(journal.discard_all, done))
             if journal.needs_spare:
-                journal.add_spare(await asyncio.to_thread(journal.prepare))
+                journal.add_spare(await self._housekeep(journal.prepare))
         except OSError as exc:  # (an append then opens its own segment, or refuses the hold)
             log.warning("journal housekeeping failed: %s", exc)
         except Exception:  # never raised into a flush or the shutdown waiting for it
             log.exception("journal housekeeping failed")
+
+    async def _housekeep(self, job: Callable[[], T]) -> T:
+        """``job()`` on the housekeeping thread (gateway/housekeeping.py)."""
+        return await asyncio.get_running_loop().run_in_executor(self._housekeeping, job)
 
     async def tidied(self) -> None:
         """Returns once the journal housekeeping and the WAL checkpoint started by flushes are
@@ -299,8 +309,10 @@ class MoneyGuard:
                 await task
 
     def close(self) -> None:
-        """Lets go of the journal (call after the last flush and ``tidied``)."""
+        """Lets go of the journal and the housekeeping thread (call after the last flush and
+        ``tidied``)."""
         self._journal.close()
+        self._housekeeping.shutdown(wait=False)
 
     def take_touched(self) -> tuple[set[str], dict[str, OrgMoney]]:
         """Returns the organizations whose settlements were stored since the last call (not those
