@@ -24,7 +24,6 @@ import threading
 
 LOOP_SLICE_NS = 100_000_000  # the most Linux grants (it clamps a request to 0.1-100 ms)
 _SCHED_SETATTR = {"x86_64": 314, "aarch64": 274}  # the system call's number per architecture
-_SCHED_OTHER = 0
 
 
 class _SchedAttr(ctypes.Structure):
@@ -47,17 +46,21 @@ class _SchedAttr(ctypes.Structure):
 def set_time_slice(ns: int) -> bool:
     """Asks for a time slice of ``ns`` for the calling thread (0: the kernel's default), keeping its
     policy and nice value; returns whether the kernel took the request (Linux 6.12+ honours it;
-    older kernels accept and ignore it). Threads started later inherit it."""
+    older kernels accept and ignore it). Threads started later inherit it. A thread an operator put
+    under another policy than the normal or batch one (``chrt``: idle, real-time) is left alone."""
     number = _SCHED_SETATTR.get(platform.machine())
     if sys.platform != "linux" or number is None:
         return False
     try:
+        policy = os.sched_getscheduler(0)  # (0: the calling thread)
+        if policy not in (os.SCHED_OTHER, os.SCHED_BATCH):
+            return False
         libc = ctypes.CDLL(None, use_errno=True)
         nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     except (OSError, AttributeError):
         return False
     attr = _SchedAttr(
-        size=ctypes.sizeof(_SchedAttr), sched_policy=_SCHED_OTHER, sched_nice=nice, sched_runtime=ns
+        size=ctypes.sizeof(_SchedAttr), sched_policy=policy, sched_nice=nice, sched_runtime=ns
     )
     # (pid 0: the calling thread)
     return int(libc.syscall(number, 0, ctypes.byref(attr), 0)) == 0

@@ -9,12 +9,13 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
-from keyplane.sched import LOOP_SLICE_NS
+from keyplane.sched import LOOP_SLICE_NS, set_time_slice
 from keyplane.server import compiled, make_server, one_malloc_arena
 
 
@@ -83,3 +84,18 @@ def test_the_event_loop_asks_for_a_long_time_slice_and_workers_keep_the_default(
     )
     assert default < LOOP_SLICE_NS
     assert slices == {"loop": LOOP_SLICE_NS, "worker": default, "housekeeping": default}, slices
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread scheduling policies are Linux's")
+def test_a_thread_an_operator_put_under_another_policy_is_left_alone() -> None:
+    seen: list[object] = []
+
+    def idle_thread() -> None:  # (a thread of its own: the policy is per thread on Linux)
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        seen.append(set_time_slice(LOOP_SLICE_NS))
+        seen.append(os.sched_getscheduler(0) == os.SCHED_IDLE)
+
+    thread = threading.Thread(target=idle_thread)
+    thread.start()
+    thread.join()
+    assert seen == [False, True]
