@@ -7,8 +7,9 @@ time slice ahead of its share. With equal slices the woken upstream often had th
 and waited for the loop's slice to run out, up to the next scheduler tick (4 ms at 250 Hz): seen
 with ``perf sched``, the bench's stub waited more than 1 ms ~20 times a second at 16 connections,
 and every request forwarded meanwhile with it (bench/RESULTS.md). The loop's thread asks for the
-longest slice (``LOOP_SLICE_NS``): a later deadline, so what it wakes runs at once, while its
-weight — its share of the core — stays what its nice value gives. Worker threads go back to the
+longest slice (``LOOP_SLICE_NS``): a later deadline, so what it wakes mostly runs at once (the
+stub's waits over 1 ms fell from ~20 to ~3 a second), while its weight — its share of the core —
+stays what its nice value gives. Worker threads go back to the
 default slice (a blocking job should not hold a core that long), the housekeeping thread also
 gives way to everything else (``lower_priority``).
 """
