@@ -2,13 +2,16 @@
 handling and of each background task (settlement flush, feed polls, journal housekeeping, …) holds
 the loop, and each request's whole time inside keyplane, against what wrk sees.
 
-    .venv/bin/python bench/stalls.py [-c 1] [--seconds 15] [--scenario chat] [--at REV]
+    .venv/bin/python bench/stalls.py [-c 1] [--seconds 15] [--scenario chat] [--at REV] [--compiled]
 
 A request waits for whatever piece holds the loop when it arrives, so the longest pieces bound what
 keyplane's own scheduling adds to a tail; when wrk's p99 is well above the whole-request p99 inside
 keyplane, the tail is outside its handling (the kernel, waking processes on a busy core). Runs the
 real `keyplane serve` with bench/stalls_hook on its PYTHONPATH (a sitecustomize that times every
-step of those coroutines; SIGUSR2 dumps the figures). The timing costs ~1 µs per piece.
+step of those coroutines, every pass of the event loop and every cyclic garbage collection; SIGUSR2
+dumps the figures). The timing costs ~1 µs per piece. Plain Python by default (compiled classes
+cannot be patched); `--compiled` runs the compiled request path and times only the loop's passes
+and the collections.
 """
 
 from __future__ import annotations
@@ -63,6 +66,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--scenario", default="chat", choices=list(SCENARIOS))
     parser.add_argument("--at", metavar="REV", help="measure src/ as of this commit")
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="run the compiled request path: loop passes and collections only, no pieces",
+    )
     args = parser.parse_args()
     scenario = SCENARIOS[args.scenario]
     sut, load = cpu_split()
@@ -73,7 +81,8 @@ def main() -> int:
         stub = Stub(wd, sut)
         try:
             stub.start()
-            data = DataDir(wd, src, plain=True)  # (compiled classes cannot be patched)
+            # (compiled classes cannot be patched: by default plain, to time each piece)
+            data = DataDir(wd, src, plain=not args.compiled)
             data.init()
             paths = [str(HOOK), *([data.env["PYTHONPATH"]] if "PYTHONPATH" in data.env else [])]
             data.env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -97,7 +106,8 @@ def main() -> int:
     print(f"wrk: {wrk.rps:,.0f} req/s, p50 {wrk.p50_ms:.3f} ms, p99 {wrk.p99_ms:.3f} ms\n")
     print("| on the loop | pieces | p50 ms | p99 ms | p99.9 ms | max ms | over 0.5 ms |")
     print("|---|---|---|---|---|---|---|")
-    print(_row("a request, whole (app called → returned)", whole))
+    if whole:
+        print(_row("a request, whole (app called → returned)", whole))
     for name, values in sorted(pieces.items(), key=lambda kv: -len(kv[1])):
         if values:
             print(_row(f"`{name}`, a piece", values))

@@ -1,12 +1,14 @@
 """Loaded by ``keyplane serve`` when bench/stalls.py puts this directory on PYTHONPATH (and sets
 KEYPLANE_BENCH_STALLS to an output file): times every uninterrupted piece of the gateway's request
 handling and background work on the event loop (each ``send()`` into the coroutine, i.e. from one
-await to the next) and, per request, the whole time from the app call to its end. SIGUSR2 writes
-the figures as JSON. A bench tool: it reaches into the gateway's private attributes and fails
-loudly at start if they are gone."""
+await to the next), each cyclic garbage collection, and, per request, the whole time from the app
+call to its end. SIGUSR2 writes the figures as JSON. A bench tool: it reaches into the gateway's
+private attributes and fails loudly at start if they are gone."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import os
 import signal
@@ -54,9 +56,50 @@ def _timed(fn: Callable[[], Awaitable[Any]], name: str) -> Callable[[], Awaitabl
 
 
 def _install() -> None:
+    from keyplane import server
     from keyplane.gateway import app as gateway_app
 
-    cls = gateway_app.Gateway
+    original_run = server.run
+
+    def run(main: Any) -> None:
+        async def timed_main() -> None:
+            _time_passes(asyncio.get_running_loop())
+            await main
+
+        original_run(timed_main())
+
+    server.run = run
+    if not server.compiled():  # (compiled classes cannot be patched: passes and collections only)
+        _patch_gateway(gateway_app.Gateway)
+
+    def dump(*_: Any) -> None:
+        assert OUT is not None
+        with open(OUT + ".part", "w") as f:
+            json.dump({"pieces": PIECES, "whole": WHOLE}, f)
+        os.replace(OUT + ".part", OUT)  # (whole or not there: the reader polls for it)
+
+    signal.signal(signal.SIGUSR2, dump)
+    gc.callbacks.append(_gc_timer())
+
+
+def _time_passes(loop: asyncio.AbstractEventLoop) -> None:
+    """Times each pass of the event loop, from one run of a callback that re-queues itself to the
+    next: how long an event that became ready just after a pass began waits, at most, to be
+    handled (the pass includes any wait in epoll when the loop is idle)."""
+    passes = PIECES.setdefault("a pass of the loop", [])
+    last = perf_counter()
+
+    def tick() -> None:
+        nonlocal last
+        now = perf_counter()
+        passes.append(now - last)
+        last = now
+        loop.call_soon(tick)
+
+    loop.call_soon(tick)
+
+
+def _patch_gateway(cls: Any) -> None:
     original_init, original_call = cls.__init__, cls.__call__
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -73,13 +116,21 @@ def _install() -> None:
     cls.__init__ = __init__  # type: ignore[method-assign]
     cls.__call__ = __call__  # type: ignore[method-assign]
 
-    def dump(*_: Any) -> None:
-        assert OUT is not None
-        with open(OUT + ".part", "w") as f:
-            json.dump({"pieces": PIECES, "whole": WHOLE}, f)
-        os.replace(OUT + ".part", OUT)  # (whole or not there: the reader polls for it)
 
-    signal.signal(signal.SIGUSR2, dump)
+def _gc_timer() -> Callable[[str, dict[str, int]], None]:
+    """Times each cyclic garbage collection (it holds the loop like any piece), per generation."""
+    began = 0.0
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        nonlocal began
+        if phase == "start":
+            began = perf_counter()
+        else:
+            PIECES.setdefault(f"gc, generation {info['generation']}", []).append(
+                perf_counter() - began
+            )
+
+    return on_gc
 
 
 if OUT and "serve" in sys.argv:
