@@ -1,9 +1,9 @@
 """Loaded by ``keyplane serve`` when bench/stalls.py puts this directory on PYTHONPATH (and sets
 KEYPLANE_BENCH_STALLS to an output file): times every uninterrupted piece of the gateway's request
 handling and background work on the event loop (each ``send()`` into the coroutine, i.e. from one
-await to the next), each cyclic garbage collection, and, per request, the whole time from the app
-call to its end. SIGUSR2 writes the figures as JSON. A bench tool: it reaches into the gateway's
-private attributes and fails loudly at start if they are gone."""
+await to the next), each pass of the busy loop, each cyclic garbage collection, and, per request,
+the whole time from the app call to its end. SIGUSR2 writes the figures as JSON. A bench tool: it
+reaches into the gateway's private attributes and fails loudly at start if they are gone."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from typing import Any
 OUT = os.environ.get("KEYPLANE_BENCH_STALLS")
 PIECES: dict[str, list[float]] = {}  # activity → durations of its uninterrupted pieces (s)
 WHOLE: list[float] = []  # per request: app called → app returned (s)
+IDLE_PASS_S = 0.000015  # a pass this short: the loop had nothing else to do
+IDLE_WAIT_S = 0.0005
 
 
 class _Timed:
@@ -83,17 +85,27 @@ def _install() -> None:
 
 
 def _time_passes(loop: asyncio.AbstractEventLoop) -> None:
-    """Times each pass of the event loop, from one run of a callback that re-queues itself to the
-    next: how long an event that became ready just after a pass began waits, at most, to be
-    handled (the pass includes any wait in epoll when the loop is idle)."""
-    passes = PIECES.setdefault("a pass of the loop", [])
+    """Times each pass of the event loop while it is busy: a callback queued with ``call_soon`` runs
+    once per pass, so from one run to the next is a pass, i.e. how long an event that became ready
+    just after a pass began waits to be handled. After a pass shorter than ``IDLE_PASS_S`` (nothing
+    else to do) it comes back ``IDLE_WAIT_S`` later instead, untimed: a callback always queued
+    would keep an idle loop spinning instead of waiting in epoll, and change what it measures."""
+    passes = PIECES.setdefault("a pass of the busy loop", [])
     last = perf_counter()
 
     def tick() -> None:
         nonlocal last
         now = perf_counter()
-        passes.append(now - last)
-        last = now
+        took, last = now - last, now
+        if took < IDLE_PASS_S:
+            loop.call_later(IDLE_WAIT_S, wake)
+        else:
+            passes.append(took)
+            loop.call_soon(tick)
+
+    def wake() -> None:
+        nonlocal last
+        last = perf_counter()
         loop.call_soon(tick)
 
     loop.call_soon(tick)
