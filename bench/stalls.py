@@ -9,9 +9,9 @@ keyplane's own scheduling adds to a tail; when wrk's p99 is well above the whole
 keyplane, the tail is outside its handling (the kernel, waking processes on a busy core). Runs the
 real `keyplane serve` with bench/stalls_hook on its PYTHONPATH (a sitecustomize that times every
 step of those coroutines, every pass of the busy event loop and every cyclic garbage collection;
-SIGUSR2 dumps the figures). The timing costs ~1 µs per piece. Plain Python by default (compiled classes
-cannot be patched); `--compiled` runs the compiled request path and times only the loop's passes
-and the collections.
+SIGUSR2 dumps the figures). The timing costs ~1 µs per piece. Plain Python by default (compiled
+classes cannot be patched); `--compiled` runs the compiled request path and times only the loop's
+passes and the collections.
 """
 
 from __future__ import annotations
