@@ -78,11 +78,11 @@ async def _late_requests_wait(kp: InProcess) -> None:
     late: list[int] = []
 
     def held_open(
-        outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = ()
+        outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = (), *rest: Any
     ) -> Generator[None, None, int] | None:
         """The real batch, kept open until the late requests are answered."""
         batches.append(len(outcomes))
-        steps = original(outcomes, at, new_holds)
+        steps = original(outcomes, at, new_holds, *rest)
         if steps is None:
             return None
 
@@ -123,9 +123,9 @@ class BusyLoop:
         original = store.resolve_stepwise
 
         def counted(
-            outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = ()
+            outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = (), *rest: Any
         ) -> Generator[None, None, int] | None:
-            steps = original(outcomes, at, new_holds)
+            steps = original(outcomes, at, new_holds, *rest)
             return None if steps is None else self._count(steps)
 
         store.resolve_stepwise = counted
@@ -196,12 +196,12 @@ async def _one_flush_in_batches(kp: InProcess) -> None:
     given: list[tuple[int, int]] = []  # (settlements, journaled holds) per batch
 
     def second_batch_fails(
-        outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = ()
+        outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = (), *rest: Any
     ) -> Generator[None, None, int] | None:
         given.append((len(outcomes), len(new_holds)))
         if len(given) == 2:
             raise StoreUnavailable("The database is unavailable.")
-        return original(outcomes, at, new_holds)
+        return original(outcomes, at, new_holds, *rest)
 
     store.resolve_stepwise = second_batch_fails
     with pytest.raises(StoreUnavailable):
@@ -219,6 +219,34 @@ async def _one_flush_in_batches(kp: InProcess) -> None:
     [spare] = money._journal.directory.iterdir()
     assert spare.read_bytes().strip(b"\0") == b""
     assert await money.flush() == 0
+
+
+async def _a_retry_settles_ahead_of_the_journal(kp: InProcess) -> None:
+    """A flush does not look up the requests whose holds were journaled since the last flush (they
+    cannot be in the database yet), except after a retry: a flush retried after a failure also
+    stores the settlements made since, whose holds are still in the journal's open segment. The
+    flush that takes that segment must find those requests settled, not store their holds as
+    open holds (counted against the balance, later settled again by the sweeper)."""
+    money: Any = kp.money
+    store: Any = money._store
+    original = store.resolve_stepwise
+
+    def down(*args: Any) -> Generator[None, None, int] | None:
+        raise StoreUnavailable("The database is unavailable.")
+
+    assert [await kp.post() for _ in range(5)] == [200] * 5
+    store.resolve_stepwise = down
+    with pytest.raises(StoreUnavailable):
+        await money.flush()
+    store.resolve_stepwise = original
+    assert [await kp.post() for _ in range(3)] == [200] * 3
+    assert await money.flush() == 8  # the retry: the 5, and the 3 settled since
+    assert await money.flush() == 0  # the segment with the 3 holds: nothing left to store
+    assert (kp.usage_count(), kp.count(holds)) == (8, 0)
+    # And the next flushes, back to holds journaled since the last one, store each request once.
+    assert [await kp.post() for _ in range(4)] == [200] * 4
+    assert await money.flush() == 4
+    assert (kp.usage_count(), kp.count(holds)) == (12, 0)
 
 
 async def _waits_for_the_hook_in_progress(kp: InProcess) -> None:
@@ -319,3 +347,7 @@ def test_the_settlement_writer_keeps_up_when_the_loop_is_busy(tmp_path: Path) ->
 
 def test_a_flush_that_falls_behind_takes_more_of_the_loop(tmp_path: Path) -> None:
     asyncio.run(in_process(tmp_path, _catches_up_when_behind))
+
+
+def test_a_flush_after_a_retry_finds_the_requests_the_retry_settled(tmp_path: Path) -> None:
+    asyncio.run(in_process(tmp_path, _a_retry_settles_ahead_of_the_journal))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,16 +55,28 @@ class MoneyStore(Protocol):
         already stored; returns the ones stored now."""
         ...
 
-    def resolve(self, outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = ()) -> int:
+    def resolve(
+        self,
+        outcomes: Sequence[Outcome],
+        at: int,
+        new_holds: Sequence[Hold] = (),
+        never_stored: AbstractSet[str] = frozenset(),
+    ) -> int:
         """In one transaction: stores ``new_holds`` as open holds (skipping stored ones), then for
         each outcome whose hold is still open (or not stored yet: settled before its hold reached
         the database) closes the hold and writes the ledger entries and the usage record. Outcomes
         whose hold was already resolved are skipped entirely (a hold resolves at most once).
+        ``never_stored``: request ids the caller knows are in neither the holds nor the usage
+        records (holds journaled since its last flush, never handed to a store): not looked up.
         Returns how many outcomes were applied."""
         ...
 
     def resolve_stepwise(
-        self, outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = ()
+        self,
+        outcomes: Sequence[Outcome],
+        at: int,
+        new_holds: Sequence[Hold] = (),
+        never_stored: AbstractSet[str] = frozenset(),
     ) -> Generator[None, None, int] | None:
         """``resolve`` for an event loop to run a slice at a time between other work (each
         ``next()`` writes a few dozen rows; the generator returns the count), or None when this

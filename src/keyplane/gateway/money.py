@@ -92,6 +92,8 @@ class MoneyGuard:
         self._batch_size = batch_size
         self._max_unstored = max_unstored
         self._segments: list[Segment] = []  # journaled holds not yet in the database
+        # A retried flush stored settlements whose holds the journal's current segment still has.
+        self._settled_ahead = False
         self._outcomes: deque[Outcome] = deque()  # settlements not yet in the database
         self._flushing = asyncio.Lock()
         self._to_discard: list[Segment] = []  # stored segments not deleted yet
@@ -178,8 +180,17 @@ class MoneyGuard:
         many settlements were stored. Raises StoreUnavailable (everything stays queued and the
         journal stays on disk: the next flush retries)."""
         async with self._flushing:
-            if not self._segments:  # (after a failed flush: store those first, keep one open file)
+            # The holds journaled since the last flush have never been handed to the store, so
+            # their requests need not be looked up there; unless a retry (below) stored
+            # settlements whose holds were still in the journal's current segment.
+            never_stored: set[str] = set()
+            if not self._segments:
                 self._segments = self._journal.rotate()
+                if not self._settled_ahead:
+                    never_stored = {h.id for seg in self._segments for h in seg.holds}
+                self._settled_ahead = False
+            else:  # after a failed flush: store those first, keep one open file
+                self._settled_ahead = True
             new_holds = [h for seg in self._segments for h in seg.holds]
             # Only what is queued now: settlements made while this flush writes wait for the next
             # one. Chasing them kept a flush running back to back with batches of a few requests
@@ -203,10 +214,12 @@ class MoneyGuard:
                     holds = [h for h in new_holds if h.id not in later]
                 else:
                     holds = new_holds
-                stored += await self._resolve(batch, int(self._clock.now()), holds)
+                stored += await self._resolve(batch, int(self._clock.now()), holds, never_stored)
                 for outcome in batch:
                     self._outcomes.popleft()
                     self.touched.add(outcome.record.org_id)
+                    never_stored.discard(outcome.record.request_id)
+                never_stored.difference_update(h.id for h in holds)
                 pending -= size
                 new_holds = []
                 await _release(batch)
@@ -215,7 +228,9 @@ class MoneyGuard:
             self._checkpoint_if_due()
             return stored
 
-    async def _resolve(self, batch: list[Outcome], at: int, new_holds: list[Hold]) -> int:
+    async def _resolve(
+        self, batch: list[Outcome], at: int, new_holds: list[Hold], never_stored: set[str]
+    ) -> int:
         """Writes a batch on the event loop a slice at a time when the store can (SQLite, write
         lock free), else on a worker thread. On the loop there is no GIL to hand back and forth
         with a worker thread, which cost more CPU than the writes themselves (~130 against ~50 µs
@@ -225,9 +240,11 @@ class MoneyGuard:
         when the next is due is falling behind: its share grows with the intervals it has lasted
         (twice at two, four times at four…), so the queue stays a few intervals' worth whatever
         slowed it (the process keeps the memory a queue once took, bench/RESULTS.md)."""
-        steps = self._store.resolve_stepwise(batch, at, new_holds)
+        steps = self._store.resolve_stepwise(batch, at, new_holds, never_stored)
         if steps is None:
-            return await asyncio.to_thread(self._store.resolve, batch, at, new_holds)
+            return await asyncio.to_thread(
+                self._store.resolve, batch, at, new_holds, frozenset(never_stored)
+            )
         away = 0.0  # how long the rest of the loop's last pass took
         try:
             await asyncio.sleep(0)  # (opening the batch was a step: writing starts on the next)

@@ -7,6 +7,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Callable, Generator, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from sqlalchemy import (
@@ -207,9 +208,15 @@ class SqlMoneyStore(SqlStore):
         with self._write() as conn:
             return _insert_new_holds(conn, journaled)
 
-    def resolve(self, outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = ()) -> int:
+    def resolve(
+        self,
+        outcomes: Sequence[Outcome],
+        at: int,
+        new_holds: Sequence[Hold] = (),
+        never_stored: AbstractSet[str] = frozenset(),
+    ) -> int:
         with self._write() as conn:
-            steps = resolve_steps(_writer(conn), outcomes, at, new_holds)
+            steps = resolve_steps(_writer(conn), outcomes, at, new_holds, never_stored)
             while True:
                 try:
                     next(steps)
@@ -217,7 +224,11 @@ class SqlMoneyStore(SqlStore):
                     return int(done.value)
 
     def resolve_stepwise(
-        self, outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold] = ()
+        self,
+        outcomes: Sequence[Outcome],
+        at: int,
+        new_holds: Sequence[Hold] = (),
+        never_stored: AbstractSet[str] = frozenset(),
     ) -> Generator[None, None, int] | None:
         """``resolve`` for a caller on an event loop: the same transaction, a slice per ``next()``
         (``SELECT_IDS`` holds looked up, or ``STEP_SETTLEMENTS`` settlements written), so nothing
@@ -238,7 +249,7 @@ class SqlMoneyStore(SqlStore):
             self._unlock_steps()
             return None
         writer = driver_writer(raw, True, sqlite3)
-        steps = self._stepwise(raw, resolve_steps(writer, outcomes, at, new_holds))
+        steps = self._stepwise(raw, resolve_steps(writer, outcomes, at, new_holds, never_stored))
         next(steps)  # (started: closed at any point from now on, it rolls back and unlocks)
         return steps
 

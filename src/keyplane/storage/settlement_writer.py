@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from itertools import chain
 from typing import Any
 
@@ -211,25 +212,33 @@ def resolve_steps(
     outcomes: Sequence[Outcome],
     at: int,
     new_holds: Sequence[Hold],
+    never_stored: AbstractSet[str] = frozenset(),
 ) -> Generator[None, None, int]:
     """The settlement batch's writes, yielding between slices (``resolve`` runs them through):
-    the requests concerned looked up ``SELECT_IDS`` at a time, then ``STEP_SETTLEMENTS``
+    the requests concerned looked up ``SELECT_IDS`` at a time (except ``never_stored``: in neither
+    table, the caller knows), then ``STEP_SETTLEMENTS``
     settlements per slice — usage records, and the removal of their holds stored open — and last
     the journaled holds still open and the ledger, all through the driver (``Writer``). The
     holds table keeps open holds only: one placed and settled within one batch is never stored."""
     with writer as db:
-        return (yield from _write_batch(db, outcomes, at, new_holds))
+        return (yield from _write_batch(db, outcomes, at, new_holds, never_stored))
 
 
 def _write_batch(
-    db: Writer, outcomes: Sequence[Outcome], at: int, new_holds: Sequence[Hold]
+    db: Writer,
+    outcomes: Sequence[Outcome],
+    at: int,
+    new_holds: Sequence[Hold],
+    never_stored: AbstractSet[str],
 ) -> Generator[None, None, int]:
     # The ids gathered a chunk at a time too: all at once took ~0.15 ms at 500 on this VM.
+    # (Looking up every id was ~8,000 of a settlement's ~61,000 instructions, bench/RESULTS.md;
+    # with a flush's own holds never stored, nearly none are looked up.)
     status: dict[str, str] = {}
     seen: set[str] = set()
     chunk: list[str] = []
     for rid in chain((h.id for h in new_holds), (o.record.request_id for o in outcomes)):
-        if rid not in seen:
+        if rid not in seen and rid not in never_stored:
             seen.add(rid)
             chunk.append(rid)
             if len(chunk) == SELECT_IDS:
