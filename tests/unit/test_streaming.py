@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keyplane.gateway.streaming import SseAccounting, error_event, parse_usage
+from keyplane.gateway.streaming import SseAccounting, answer_usage, error_event, parse_usage
 
 TEXTS = ["", "Hello", ", wor", "ld! ", "How can I help?"]
 USAGE = {
@@ -275,3 +276,68 @@ def test_usage_written_inside_the_generated_text_is_only_text() -> None:
     assert acc.feed(raw) == raw
     assert acc.usage is None
     assert acc.estimated_output_tokens == math.ceil(len(text) / 4)
+
+
+# Answers whose text tries to pass for a usage block: in the generated content, in a nested object,
+# in a key ending in \"usage, before or after the real one.
+_BAIT = '"usage": {"prompt_tokens": 1, "completion_tokens": 1}'
+_KEYS = st.sampled_from(["usage", "choices", "model", 'x"usage', "usage\\", "id", "u"])
+_STRINGS = st.sampled_from(["", "usage", _BAIT, '\\"usage"', '"}', "}", "\\", "héllo"]) | st.text()
+_USAGES = st.sampled_from([USAGE, {"prompt_tokens": 3, "completion_tokens": 4}, None, {}, "x", 5])
+_VALUES = st.recursive(
+    st.none() | st.integers() | _STRINGS | _USAGES,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@fuzz
+@given(
+    st.dictionaries(_KEYS, _VALUES, max_size=5),
+    st.sampled_from([None, 0, 2]),
+    st.booleans(),
+)
+def test_the_usage_read_from_an_answers_end_is_the_whole_answers(
+    answer: dict[str, Any], indent: int | None, ascii_only: bool
+) -> None:
+    content = json.dumps(answer, indent=indent, ensure_ascii=ascii_only).encode()
+    assert answer_usage(content) == parse_usage(answer)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        # The usual order: usage after the choices, whatever the content says.
+        (
+            b'{"choices":[{"message":{"content":"' + _BAIT.replace('"', '\\"').encode() + b'"}}],'
+            b'"usage":{"prompt_tokens":9,"completion_tokens":2}}',
+            (9, 0, 2),
+        ),
+        # Usage first, a nested usage later: the nested one is not the answer's.
+        (
+            b'{"usage":{"prompt_tokens":9,"completion_tokens":2},"x":{"usage":'
+            b'{"prompt_tokens":1,"completion_tokens":1}}}',
+            (9, 0, 2),
+        ),
+        # Two usage keys (one spelt with an escape): the last, as a full parse reads it.
+        (
+            b'{"usage":{"prompt_tokens":1,"completion_tokens":1},'
+            b'"\\u0075sage":{"prompt_tokens":9,"completion_tokens":2}}',
+            (9, 0, 2),
+        ),
+        (
+            b'{"\\u0075sage":{"prompt_tokens":1,"completion_tokens":1},'
+            b'"usage":{"prompt_tokens":9,"completion_tokens":2}}',
+            (9, 0, 2),
+        ),
+        # An array, not an answer object; no usage; not JSON.
+        (b'[{"usage":{"prompt_tokens":9,"completion_tokens":2}}]', None),
+        (b'{"choices":[]}', None),
+        (b'{"usage":', None),
+        (b"", None),
+    ],
+)
+def test_answer_usage_reads_what_a_full_parse_reads(
+    content: bytes, expected: tuple[int, int, int] | None
+) -> None:
+    assert answer_usage(content) == expected

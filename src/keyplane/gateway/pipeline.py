@@ -29,7 +29,7 @@ from keyplane.gateway.asgi import Receive, Send, header, send_bytes
 from keyplane.gateway.errors import ApiError, bad_request, from_domain, missing_key, model_not_found
 from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.ratelimits import RateGuard
-from keyplane.gateway.streaming import SseAccounting, error_event, parse_usage
+from keyplane.gateway.streaming import SseAccounting, answer_usage, error_event
 from keyplane.gateway.transport import UpstreamError, UpstreamResponse
 from keyplane.gateway.upstreams import UpstreamRouter, UpstreamUnavailable
 from keyplane.keys.authenticator import KeyAuthenticator
@@ -287,7 +287,7 @@ class Pipeline:
                     await self._stream(call, resp, out_headers, receive, send, client_wants_usage)
                     return
                 content = await self._read_error(resp)
-            reported = parse_usage(_loads(content)) if resp.status == 200 else None
+            reported = answer_usage(content) if resp.status == 200 else None
             self._meter(call, resp.status, reported or (0, 0, 0), _COMPLETED, estimated=False)
             await send_bytes(
                 send, resp.status, content, out_headers[1:], content_type=out_headers[0][1]
@@ -460,13 +460,6 @@ def _too_large(limit: int) -> ApiError:
         f"The request body is larger than the limit of {limit} bytes.",
         code="request_too_large",
     )
-
-
-def _loads(content: bytes) -> Any:
-    try:
-        return orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return None
 
 
 def _parse(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
