@@ -300,9 +300,11 @@ class InMemoryRateLimiter:
 
     Thread-safe; the lock is held for microseconds, so calling it from the event loop is fine.
     Memory stays bounded: once more than ``keep`` cells are remembered, each call also inspects a
-    few of the least recently charged cells and forgets those at rest (a forgotten cell and a
-    cell at rest behave identically). Below that nothing is swept: inspecting cells on every call
-    was ~40% of a call's time, for memory that a few thousand cells do not need."""
+    few of the oldest cells and forgets those at rest (a forgotten cell and a cell at rest behave
+    identically), moving the others to the back. (A charge does not move its cell: that was ~1% of
+    a request's instructions, and the sweep finds busy cells the same either way.) Below that
+    nothing is swept: inspecting cells on every call was ~40% of a call's time, for memory that a
+    few thousand cells do not need."""
 
     def __init__(self, rpm_burst_s: float = DEFAULT_RPM_BURST_S, *, keep: int = 4096) -> None:
         if not rpm_burst_s >= 0:
@@ -341,11 +343,9 @@ class InMemoryRateLimiter:
                     checks.append((key, limit, interval, room, units, base - t, debt_after))
             rejection = _worst(checks) if over else None
             if rejection is None:
-                move = cells.move_to_end
                 for key, tat in pending.items():
                     if tat > t:
                         cells[key] = tat
-                        move(key)
             if len(cells) > self._keep:
                 self._sweep(t, 2 * len(pending) + 2)
         return _decision(checks, rejection, cost)
@@ -386,7 +386,6 @@ class InMemoryRateLimiter:
                 tat = (tat if tat > t else t) + delta * _TOKENS_PERIOD / tpm
                 if tat > t:
                     cells[key] = tat
-                    cells.move_to_end(key)
                 else:
                     cells.pop(key, None)
 
