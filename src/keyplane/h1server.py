@@ -11,7 +11,12 @@ head and body written in two system calls. This server parses with the same llht
 - checks the head it writes for CR, LF and NUL once, not every header by a regular expression;
 - answers ``receive()`` at once when the body is already here (the usual case: a request arrives
   in one piece and its task starts after that), waiting on a future only when it is not;
-- closes idle keep-alive connections from one sweep a second, instead of a timer per request.
+- closes idle keep-alive connections from one sweep a second, instead of a timer per request;
+- while other requests are in progress, writes an answer at the start of the loop's next pass,
+  together with the other answers of the pass that produced it, not as it is produced: the client
+  side is woken once per pass instead of once per answer, and the pass's answers are written back
+  to back (+5-12% requests a second at 16 connections in interleaved runs, bench/RESULTS.md).
+  Alone, an answer is written at once (held, one connection lost ~10% of its requests a second).
 
 What it does (HTTP/1.1 and 1.0, no TLS, no WebSocket; keyplane needs none): keep-alive with an
 idle timeout, request bodies by content-length or chunked, streamed through ``receive()`` with
@@ -106,6 +111,25 @@ class Server:
         self._lifespan: _Lifespan | None = None
         self._swept = 0.0
         self.all_closed: asyncio.Event | None = None  # set when draining and the last one closes
+        # Answers produced in this pass of the loop, written at the start of the next one.
+        self._unsent: list[tuple[_Connection, bytes]] = []
+
+    def defer(self, conn: _Connection, data: bytes) -> None:
+        """Writes ``data`` to ``conn`` at the start of the loop's next pass, in order with the
+        other deferred writes."""
+        if not self._unsent:
+            conn.loop.call_soon(self.write_unsent)
+        conn.unsent += 1
+        self._unsent.append((conn, data))
+
+    def write_unsent(self) -> None:
+        """Writes what ``defer`` held (also called before a connection closes)."""
+        unsent, self._unsent = self._unsent, []
+        for conn, data in unsent:
+            conn.unsent -= 1
+            transport = conn.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(data)
 
     async def serve(self, sockets: Sequence[socket.socket]) -> None:
         """Starts the app, serves until ``should_exit``, then stops gracefully. Raises
@@ -226,6 +250,7 @@ class _Connection(asyncio.Protocol):
         self.closing = False  # no new requests (shutting down, or the client asked)
         self.reading = True
         self.write_paused: asyncio.Future[None] | None = None
+        self.unsent = 0  # writes the server holds for the next pass of the loop
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._expect = False
@@ -373,7 +398,7 @@ class _Connection(asyncio.Protocol):
             )  # fmt: skip
         assert self.transport is not None
         if not exchange.keep_alive or self.closing:
-            self.transport.close()
+            self.close()
             return
         self.current = None
         exchange.body, exchange.buffered = [], 0  # (a body the app did not read: dropped)
@@ -385,8 +410,14 @@ class _Connection(asyncio.Protocol):
             self._resume_reading()
 
     def write(self, data: bytes) -> None:
+        """Writes at once when this connection's request is the only one in progress, else at
+        the start of the loop's next pass (``Server.defer``); after a deferred write, deferred
+        too, so the bytes stay in order."""
         assert self.transport is not None
-        self.transport.write(data)
+        if self.unsent or len(self.server.tasks) > 1:
+            self.server.defer(self, data)
+        else:
+            self.transport.write(data)
 
     def _pause_reading(self) -> None:
         if self.reading and self.transport is not None:
@@ -403,10 +434,13 @@ class _Connection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         if self.current is None or self.current.status == 0:
-            self.transport.write(_plain(status, text))
-        self.transport.close()
+            self.write(_plain(status, text))
+        self.close()
 
     def close(self) -> None:
+        """Closes the connection once what was written to it is sent (deferred writes first)."""
+        if self.unsent:
+            self.server.write_unsent()
         if self.transport is not None:
             self.transport.close()
 

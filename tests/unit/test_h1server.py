@@ -414,3 +414,50 @@ def test_http_1_0_closes_after_the_answer_and_upgrades_are_answered_plainly() ->
         assert b"connection: close" in upgrade
 
     run(scenario)
+
+
+def test_answers_written_while_other_requests_are_in_progress_arrive_whole_and_in_order() -> None:
+    """With other requests in progress an answer is written at the start of the loop's next pass,
+    with the others of its pass: none may be lost, reordered or cut by a close."""
+    arrived = 0
+    everyone = asyncio.Event()
+    started: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        nonlocal arrived
+        if scope["type"] != "http":
+            return
+        body = await read_body(receive)
+        started.append(scope["path"])
+        arrived += 1
+        if arrived == 3:
+            everyone.set()
+        await everyone.wait()  # all three answer while the others are in progress
+        if scope["path"] == "/stream":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            for piece in (b"one ", b"two ", b"three"):
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        out = scope["path"].encode() + b" " + body
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"%d" % len(out))]})  # fmt: skip
+        await send({"type": "http.response.body", "body": out})
+
+    async def scenario() -> None:
+        async with serving(app) as (srv, port):
+            pipelined = talk(
+                port, post(b"/a", b"first") + post(b"/b", b"second", b"connection: close")
+            )
+            closing = talk(port, post(b"/c", b"third", b"connection: close"))
+            stream = talk(port, post(b"/stream", b"", b"connection: close"))
+            a_b, c, s = await asyncio.gather(pipelined, closing, stream)
+            assert not srv._unsent
+        assert started[:3] != started[3:]  # (/b came after the first three)
+        first, second = a_b.split(b"HTTP/1.1 200 OK")[1:]
+        assert first.endswith(b"/a first") and second.endswith(b"/b second")
+        assert c.startswith(b"HTTP/1.1 200 OK") and c.endswith(b"/c third")
+        assert s.startswith(b"HTTP/1.1 200 OK") and b"transfer-encoding: chunked" in s
+        assert s.endswith(b"4\r\none \r\n4\r\ntwo \r\n5\r\nthree\r\n0\r\n\r\n")
+
+    run(scenario)
