@@ -12,11 +12,12 @@ head and body written in two system calls. This server parses with the same llht
 - answers ``receive()`` at once when the body is already here (the usual case: a request arrives
   in one piece and its task starts after that), waiting on a future only when it is not;
 - closes idle keep-alive connections from one sweep a second, instead of a timer per request;
-- while other requests are in progress, writes an answer at the start of the loop's next pass,
-  together with the other answers of the pass that produced it, not as it is produced: the client
-  side is woken once per pass instead of once per answer, and the pass's answers are written back
-  to back (+5-12% requests a second at 16 connections in interleaved runs, bench/RESULTS.md).
-  Alone, an answer is written at once (held, one connection lost ~10% of its requests a second).
+- while other requests are in progress, writes an answer of up to 4 KiB at the start of the
+  loop's next pass, together with the other answers of the pass that produced it, not as it is
+  produced: the client side is woken once per pass instead of once per answer, and the pass's
+  answers are written back to back (+5-12% requests a second at 16 connections in interleaved
+  runs, bench/RESULTS.md). Alone, an answer is written at once (held, one connection lost ~10% of
+  its requests a second); so is a larger one (``HOLD_MAX``).
 
 What it does (HTTP/1.1 and 1.0, no TLS, no WebSocket; keyplane needs none): keep-alive with an
 idle timeout, request bodies by content-length or chunked, streamed through ``receive()`` with
@@ -53,6 +54,9 @@ App = Callable[[dict[str, Any], Callable[[], Awaitable[Message]], Callable[[Mess
 HIGH_WATER = 64 * 1024  # request body bytes buffered and unread before reading pauses
 MAX_HEAD = 64 * 1024  # bytes of URL and headers a request may have (else 431)
 _SWEEP_S = 1.0  # how often idle connections are looked at
+# Larger writes go out at once, while their bytes are still in the CPU's cache: held until the
+# next pass, 8 KB embeddings answers at 64 connections lost ~8-10% of their requests a second.
+HOLD_MAX = 4096
 
 
 def _status_line(code: int) -> bytes:
@@ -410,11 +414,11 @@ class _Connection(asyncio.Protocol):
             self._resume_reading()
 
     def write(self, data: bytes) -> None:
-        """Writes at once when this connection's request is the only one in progress, else at
-        the start of the loop's next pass (``Server.defer``); after a deferred write, deferred
-        too, so the bytes stay in order."""
+        """Writes up to ``HOLD_MAX`` bytes at the start of the loop's next pass
+        (``Server.defer``) while other requests are in progress, anything else at once; after a
+        deferred write, deferred too, so the bytes stay in order."""
         assert self.transport is not None
-        if self.unsent or len(self.server.tasks) > 1:
+        if self.unsent or (len(data) <= HOLD_MAX and len(self.server.tasks) > 1):
             self.server.defer(self, data)
         else:
             self.transport.write(data)
