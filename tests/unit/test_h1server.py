@@ -418,7 +418,8 @@ def test_http_1_0_closes_after_the_answer_and_upgrades_are_answered_plainly() ->
 
 def test_answers_written_while_other_requests_are_in_progress_arrive_whole_and_in_order() -> None:
     """With other requests in progress an answer is written at the start of the loop's next pass,
-    with the others of its pass: none may be lost, reordered or cut by a close."""
+    with the others of its pass: none may be lost, reordered or cut by a close, and a write too
+    large to be held must not overtake the held ones."""
     arrived = 0
     everyone = asyncio.Event()
     started: list[str] = []
@@ -435,7 +436,7 @@ def test_answers_written_while_other_requests_are_in_progress_arrive_whole_and_i
         await everyone.wait()  # all three answer while the others are in progress
         if scope["path"] == "/stream":
             await send({"type": "http.response.start", "status": 200, "headers": []})
-            for piece in (b"one ", b"two ", b"three"):
+            for piece in (b"one ", b"two ", b"x" * 5000, b"three"):  # (5000: over HOLD_MAX)
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
@@ -458,6 +459,7 @@ def test_answers_written_while_other_requests_are_in_progress_arrive_whole_and_i
         assert first.endswith(b"/a first") and second.endswith(b"/b second")
         assert c.startswith(b"HTTP/1.1 200 OK") and c.endswith(b"/c third")
         assert s.startswith(b"HTTP/1.1 200 OK") and b"transfer-encoding: chunked" in s
-        assert s.endswith(b"4\r\none \r\n4\r\ntwo \r\n5\r\nthree\r\n0\r\n\r\n")
+        pieces = b"4\r\none \r\n4\r\ntwo \r\n1388\r\n" + b"x" * 5000 + b"\r\n5\r\nthree\r\n"
+        assert s.endswith(pieces + b"0\r\n\r\n")
 
     run(scenario)
