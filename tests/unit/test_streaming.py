@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from typing import Any
 
 import orjson
@@ -12,7 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keyplane.gateway.streaming import SseAccounting, answer_usage, error_event, parse_usage
+from keyplane.gateway.streaming import (
+    SseAccounting,
+    answer_usage,
+    error_event,
+    parse_usage,
+    usage_object,
+)
 
 TEXTS = ["", "Hello", ", wor", "ld! ", "How can I help?"]
 USAGE = {
@@ -267,6 +274,48 @@ def test_usage_is_found_however_its_json_is_spaced() -> None:
     acc = SseAccounting(client_wants_usage=False)
     assert acc.feed(raw) == b""  # the usage-only chunk the client did not ask for
     assert acc.usage == (3, 0, 2)
+
+
+# What usage_object answers, as a regular expression (what the gateway ran before; slower),
+# except for a line ending with a null usage of its own.
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_NULL_LAST = b',"usage":null}'
+_PIECES = st.sampled_from(
+    [b'"usage"', b'"usage', b'usage"', b":", b"{", b"null", b" ", b"\t", b"\n", b"\r", b"\x0b",
+     b"\x0c", b"\x1c", b"\xa0", b'"', b"}", b"x", b",", _NULL_LAST]
+)  # fmt: skip
+
+
+@fuzz
+@given(st.lists(_PIECES | st.binary(max_size=4), max_size=12))
+def test_a_usage_object_is_found_exactly_where_the_regular_expression_finds_one(
+    pieces: list[bytes],
+) -> None:
+    payload = b"".join(pieces)
+    expected = _USAGE_OBJECT.search(payload) is not None and not payload.endswith(_NULL_LAST)
+    assert usage_object(payload) == expected, payload
+
+
+@pytest.mark.parametrize(
+    ("payload", "found"),
+    [
+        (b'{"choices":[],"usage":{"prompt_tokens":1}}', True),
+        (b'{"choices":[],"usage" \t:\r\n {"prompt_tokens":1}}', True),
+        (b'{"choices":[{"delta":{}}],"usage":null}', False),
+        (b'{"usage":{"x":1},"choices":[]}', True),  # not last
+        (b'{"choices":[],"usage":{"x":1},"usage": null}', True),  # (a spaced null: parsed)
+        (b'{"a":{"usage":{"x":1}},"usage":null}', False),  # its own usage, last, is null
+        (b'{"usage":null}', False),
+        (b'"usage"usage":{', True),  # sharing its quote with the one before it
+        (b'"usage":', False),
+        (b'"usage"\x0b:\x0c{', True),  # (\s: space, \t, \n, \v, \f, \r)
+        (b'"usage"\x1c:{', False),  # (a space to str.isspace, not to \s in a bytes pattern)
+        (b'"usage" \xa0: {', False),  # (nor is a non-ASCII one)
+        (b"", False),
+    ],
+)
+def test_usage_object_examples(payload: bytes, found: bool) -> None:
+    assert usage_object(payload) is found
 
 
 def test_usage_written_inside_the_generated_text_is_only_text() -> None:

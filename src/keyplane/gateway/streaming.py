@@ -7,7 +7,6 @@ or the upstream is still billed for what was produced (estimated at four charact
 
 from __future__ import annotations
 
-import re
 from typing import Any, TypeGuard
 
 import orjson
@@ -15,10 +14,6 @@ import orjson
 from keyplane.usage.tokens import estimate_chars, generated_chars
 
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
-# A data line that may carry token counts: a "usage" key whose value is an object. (OpenAI sends
-# "usage":null in every chunk before the last once include_usage is set.) A false match only
-# costs a parse; a key spelt with escapes would be missed, and the stream billed on the estimate.
-_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _PENDING_MAX = 64 * 1024  # bytes of chunks kept unparsed per stream before they are counted
 
 
@@ -60,6 +55,44 @@ def answer_usage(content: bytes) -> tuple[int, int, int] | None:
         return parse_usage(orjson.loads(content))
     except orjson.JSONDecodeError:
         return None
+
+
+def usage_object(payload: bytes) -> bool:
+    """Whether a data line may carry token counts: a ``"usage"`` key whose value is an object,
+    i.e. ``"usage"``, optional whitespace, a colon, optional whitespace, ``{`` anywhere in it,
+    unless the line ends with ``,"usage":null}``. A false match only costs a parse; a key spelt
+    with escapes would be missed, and the stream billed on the estimate.
+
+    OpenAI sends ``"usage":null`` last in every chunk before the last once include_usage is set.
+    A JSON object ending that way has a null usage of its own: whatever comes before, that key is
+    the object's own (top-level), and the last of its name, the one a parse keeps. Those chunks
+    are answered by one comparison of their end. The others are scanned from each ``"usage"``
+    found. (The regular expression ``rb'"usage"\\s*:\\s*\\{'`` took ~3,600 instructions a chunk,
+    7 % of a streamed request's, bench/RESULTS.md; a ``bytes.find`` call costs ~1,000 of its own.)
+    tests/unit/test_streaming.py checks this against the regular expression."""
+    if payload.endswith(b',"usage":null}'):
+        return False
+    n = len(payload)
+    at = payload.find(b'"usage"')
+    while at >= 0:
+        i = _skip_space(payload, at + 7, n)
+        if i < n and payload[i] == 0x3A:  # :
+            i = _skip_space(payload, i + 1, n)
+            if i < n and payload[i] == 0x7B:  # {
+                return True
+        at = payload.find(b'"usage"', at + 1)
+    return False
+
+
+def _skip_space(data: bytes, i: int, n: int) -> int:
+    """The index of the first byte at or after ``i`` that is not ASCII whitespace (as ``\\s`` in a
+    bytes pattern: space, \\t, \\n, \\v, \\f, \\r)."""
+    while i < n:
+        c = data[i]
+        if c != 0x20 and not 0x09 <= c <= 0x0D:
+            break
+        i += 1
+    return i
 
 
 def _count(value: Any) -> TypeGuard[int]:
@@ -128,7 +161,7 @@ class SseAccounting:
         for. ``[DONE]`` and anything that is not JSON pass through unread."""
         if payload == b"[DONE]":
             return True  # (not parsed: orjson's JSONDecodeError costs more than the rest)
-        if _USAGE_OBJECT.search(payload) is None:  # the usual chunk: counted later if needed
+        if not usage_object(payload):  # the usual chunk: counted later if needed
             self._pending.append(payload)
             self._pending_bytes += len(payload)
             if self._pending_bytes > _PENDING_MAX:
