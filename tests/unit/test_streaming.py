@@ -269,6 +269,16 @@ def test_a_long_stream_cut_short_is_estimated_on_all_its_text() -> None:
     assert acc.estimated_output_tokens == math.ceil(sum(map(len, texts)) / 4)
 
 
+def test_usage_is_found_in_an_event_of_several_lines() -> None:
+    """A data line followed by another field (``id:``) in the same event: its line is parsed
+    alone, also when the other events in the same bytes are single data lines."""
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}'
+    for raw in (usage + b"\nid: 7\n\n", event(chunk([])) + usage + b"\nid: 7\n\n"):
+        acc = SseAccounting(client_wants_usage=True)
+        assert acc.feed(raw) == raw
+        assert acc.usage == (3, 0, 2)
+
+
 def test_usage_is_found_however_its_json_is_spaced() -> None:
     raw = b'data: {"choices": [], "usage" :\t {"prompt_tokens": 3, "completion_tokens": 2}}\n\n'
     acc = SseAccounting(client_wants_usage=False)

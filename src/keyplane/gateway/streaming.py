@@ -122,7 +122,10 @@ class SseAccounting:
         if buf.find(b"\r") >= 0:  # events may end with CRLF CRLF (rare): the general path
             return self._feed_any(buf)
         *events, self._buf = buf.split(b"\n\n")
-        kept = [self._keep(event) for event in events]
+        # Whether every event is one line, in one search instead of one per event (a ``bytes``
+        # method call costs ~1,000 instructions; ``count`` goes byte by byte, ``find`` does not).
+        one_line = b"".join(events).find(b"\n") < 0
+        kept = [self._keep(event, one_line) for event in events]
         if all(kept):
             return buf[: len(buf) - len(self._buf)]
         return b"".join(e + b"\n\n" for e, keep in zip(events, kept, strict=True) if keep)
@@ -135,7 +138,7 @@ class SseAccounting:
             if not ends:
                 break
             end = min(ends)
-            if self._keep(buf[start:end]):
+            if self._keep(buf[start:end], False):
                 out.append(buf[start:end])
             start = end
         self._buf = buf[start:]
@@ -146,9 +149,10 @@ class SseAccounting:
         rest, self._buf = self._buf, b""
         return rest
 
-    def _keep(self, event: bytes) -> bool:
+    def _keep(self, event: bytes, one_line: bool) -> bool:
         self.events += 1
-        if event.startswith(b"data: ") and event.find(b"\n") < 0:  # the usual: one data line
+        # The usual: one data line.
+        if event.startswith(b"data: ") and (one_line or event.find(b"\n") < 0):
             return self._data(event[6:])
         keep = True
         for line in event.splitlines():
