@@ -4,6 +4,8 @@ percent, so a change's effect can be seen in one pair of runs.
 
     .venv/bin/python bench/instructions.py [--requests 1000] [--flush-only] [--at REV] [--plain]
                                             [--keep FILE]
+    .venv/bin/python bench/instructions.py --serve chat|stream|embeddings [--seconds 20] [--at REV]
+                                            [--plain] [--keep FILE]
 
 Counts only the measured part: the gateway is built, warmed up (500 requests) and then the counting
 is switched on (callgrind_control) for ``--requests`` requests and their settlement flush
@@ -11,6 +13,12 @@ is switched on (callgrind_control) for ``--requests`` requests and their settlem
 instructions per request (~10 s per 1,000 requests); ``--keep FILE`` keeps callgrind's output for
 ``callgrind_annotate --inclusive=yes FILE``. Needs valgrind (Debian package). Measures keyplane as
 `make run` runs it, its request path compiled (scripts/compile.py), unless ``--plain``.
+
+``--serve SCENARIO`` counts the whole path instead: ``keyplane serve`` under callgrind behind the
+bench's nginx stub (stub.py), loaded by wrk at 16 connections as in run.py (pinned the same way).
+Counting is switched on after a 5-s warm-up for ``--seconds`` of load; the figure is the
+instructions over the requests the stub saw meanwhile, so it includes the HTTP server and client,
+uvloop, the parsers and the settlement flushes (under valgrind, ~300 requests a second). ~1 min.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,8 +36,8 @@ import time
 from pathlib import Path
 
 import harness
-from harness import BenchError, entry, log
-from target import compiled, export_source
+from harness import BenchError, cpu_split, entry, log, pinned, wait_http, workdir, write_bodies
+from target import DataDir, Gateway, compiled, export_source, keyplane_bin
 
 
 def _wait_flag(flag: Path, value: str) -> None:
@@ -105,6 +114,60 @@ def _parent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """Instructions per request of ``keyplane serve``, everything on its side of the sockets."""
+    from load import run_wrk
+    from run import SCENARIOS
+    from stub import Stub
+
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise BenchError("valgrind is not installed (apt-get install valgrind)")
+    scenario = SCENARIOS[args.serve]
+    sut, load = cpu_split()
+    with workdir(keep=False) as wd:
+        bodies = write_bodies(wd)
+        src = export_source(args.at, wd / "snapshot")[0] if args.at else None
+        out = wd / "callgrind.out"
+        stub = Stub(wd, sut)
+        stub.start()
+        try:
+            data = DataDir(wd, src, plain=args.plain)
+            data.init()
+            gateway = Gateway(data, stub.upstream + scenario.upstream_prefix, sut)
+            argv = [
+                "valgrind", "--tool=callgrind", "--instr-atstart=no",
+                f"--callgrind-out-file={out}", str(keyplane_bin()), "serve",
+                "--port", str(gateway.port), "--upstream", gateway.upstream_base,
+            ]  # fmt: skip
+            proc = gateway.proc = subprocess.Popen(
+                pinned(sut, argv), env=data.env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            try:
+                wait_http(f"{gateway.url}/healthz", 300, proc)
+                url, body = gateway.url + scenario.path, bodies[scenario.body]
+                run_wrk(url, body, data.key, 16, 5, load)  # warm-up, not counted
+                before = stub.forwarded_posts()
+                control = ["callgrind_control", "-i"]
+                subprocess.run([*control, "on", str(proc.pid)], check=True, capture_output=True)
+                run_wrk(url, body, data.key, 16, args.seconds, load)
+                subprocess.run([*control, "off", str(proc.pid)], check=True, capture_output=True)
+                requests = stub.forwarded_posts() - before
+            finally:
+                proc.send_signal(signal.SIGINT)  # (callgrind writes its output as it exits)
+                proc.wait(300)
+        finally:
+            stub.close()
+        found = re.search(r"^totals: (\d+)", out.read_text(), re.MULTILINE)
+        if found is None or requests <= 0:
+            raise BenchError("callgrind wrote no totals, or no request reached the stub")
+        if args.keep:
+            shutil.copy(out, args.keep)
+    print(f"{int(found.group(1)) / requests:,.0f} instructions per request, {scenario.title}, "
+          f"keyplane serve at c=16 ({requests:,} requests counted)")  # fmt: skip
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
@@ -112,13 +175,17 @@ def main() -> int:
     parser.add_argument("--at", metavar="REV", help="measure src/ as of this commit")
     parser.add_argument("--plain", action="store_true", help="keyplane as plain Python")
     parser.add_argument("--keep", type=Path, metavar="FILE", help="keep callgrind's output there")
+    parser.add_argument(
+        "--serve", choices=("chat", "stream", "embeddings"), help="count keyplane serve under load"
+    )
+    parser.add_argument("--seconds", type=float, default=20, help="of counted load (--serve)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--flag", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         asyncio.run(_child(args.requests, args.flush_only, args.flag))
         return 0
-    return _parent(args)
+    return _serve(args) if args.serve else _parent(args)
 
 
 if __name__ == "__main__":
