@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 
 import harness
-from harness import BenchError, cpu_split, entry, log, pinned, wait_http, workdir, write_bodies
-from target import DataDir, Gateway, compiled, export_source, keyplane_bin
+from harness import BenchError, entry, log, pinned, wait_http
+from target import Gateway, compiled, export_source, keyplane_bin, stub_and_data
 
 
 def _wait_flag(flag: Path, value: str) -> None:
@@ -118,46 +118,35 @@ def _serve(args: argparse.Namespace) -> int:
     """Instructions per request of ``keyplane serve``, everything on its side of the sockets."""
     from load import run_wrk
     from run import SCENARIOS
-    from stub import Stub
 
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise BenchError("valgrind is not installed (apt-get install valgrind)")
     scenario = SCENARIOS[args.serve]
-    sut, load = cpu_split()
-    with workdir(keep=False) as wd:
-        bodies = write_bodies(wd)
-        src = export_source(args.at, wd / "snapshot")[0] if args.at else None
-        out = wd / "callgrind.out"
-        stub = Stub(wd, sut)
-        stub.start()
+    with stub_and_data(args.at, plain=args.plain) as setup:
+        data, stub, sut, out = setup.data, setup.stub, setup.sut, setup.wd / "callgrind.out"
+        gateway = Gateway(data, stub.upstream + scenario.upstream_prefix, sut)
+        argv = [
+            "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+            str(keyplane_bin()), "serve", "--port", str(gateway.port),
+            "--upstream", gateway.upstream_base,
+        ]  # fmt: skip
+        proc = gateway.proc = subprocess.Popen(
+            pinned(sut, argv), env=data.env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
         try:
-            data = DataDir(wd, src, plain=args.plain)
-            data.init()
-            gateway = Gateway(data, stub.upstream + scenario.upstream_prefix, sut)
-            argv = [
-                "valgrind", "--tool=callgrind", "--instr-atstart=no",
-                f"--callgrind-out-file={out}", str(keyplane_bin()), "serve",
-                "--port", str(gateway.port), "--upstream", gateway.upstream_base,
-            ]  # fmt: skip
-            proc = gateway.proc = subprocess.Popen(
-                pinned(sut, argv), env=data.env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            try:
-                wait_http(f"{gateway.url}/healthz", 300, proc)
-                url, body = gateway.url + scenario.path, bodies[scenario.body]
-                run_wrk(url, body, data.key, 16, 5, load)  # warm-up, not counted
-                before = stub.forwarded_posts()
-                control = ["callgrind_control", "-i"]
-                subprocess.run([*control, "on", str(proc.pid)], check=True, capture_output=True)
-                run_wrk(url, body, data.key, 16, args.seconds, load)
-                subprocess.run([*control, "off", str(proc.pid)], check=True, capture_output=True)
-                requests = stub.forwarded_posts() - before
-            finally:
-                proc.send_signal(signal.SIGINT)  # (callgrind writes its output as it exits)
-                proc.wait(300)
+            wait_http(f"{gateway.url}/healthz", 300, proc)
+            url, body = gateway.url + scenario.path, setup.bodies[scenario.body]
+            run_wrk(url, body, data.key, 16, 5, setup.load)  # warm-up, not counted
+            before = stub.forwarded_posts()
+            control = ["callgrind_control", "-i"]
+            subprocess.run([*control, "on", str(proc.pid)], check=True, capture_output=True)
+            run_wrk(url, body, data.key, 16, args.seconds, setup.load)
+            subprocess.run([*control, "off", str(proc.pid)], check=True, capture_output=True)
+            requests = stub.forwarded_posts() - before
         finally:
-            stub.close()
+            proc.send_signal(signal.SIGINT)  # (callgrind writes its output as it exits)
+            proc.wait(300)
         found = re.search(r"^totals: (\d+)", out.read_text(), re.MULTILINE)
         if found is None or requests <= 0:
             raise BenchError("callgrind wrote no totals, or no request reached the stub")

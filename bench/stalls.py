@@ -24,11 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import BenchError, cpu_split, entry, log, workdir, write_bodies
+from harness import BenchError, entry, log
 from load import run_wrk
 from run import SCENARIOS
-from stub import Stub
-from target import DataDir, Gateway, export_source
+from target import Gateway, stub_and_data
 
 HOOK = Path(__file__).resolve().parent / "stalls_hook"
 
@@ -73,32 +72,22 @@ def main() -> int:
     )
     args = parser.parse_args()
     scenario = SCENARIOS[args.scenario]
-    sut, load = cpu_split()
-    with workdir(keep=False) as wd:
-        bodies = write_bodies(wd)
-        src = export_source(args.at, wd / "snapshot")[0] if args.at else None
-        out = wd / "stalls.json"
-        stub = Stub(wd, sut)
+    # (compiled classes cannot be patched: by default plain, to time each piece)
+    with stub_and_data(args.at, plain=not args.compiled) as setup:
+        data, out = setup.data, setup.wd / "stalls.json"
+        paths = [str(HOOK), *([data.env["PYTHONPATH"]] if "PYTHONPATH" in data.env else [])]
+        data.env["PYTHONPATH"] = os.pathsep.join(paths)
+        data.env["KEYPLANE_BENCH_STALLS"] = str(out)
+        gateway = Gateway(data, setup.stub.upstream + scenario.upstream_prefix, setup.sut)
+        gateway.start()
         try:
-            stub.start()
-            # (compiled classes cannot be patched: by default plain, to time each piece)
-            data = DataDir(wd, src, plain=not args.compiled)
-            data.init()
-            paths = [str(HOOK), *([data.env["PYTHONPATH"]] if "PYTHONPATH" in data.env else [])]
-            data.env["PYTHONPATH"] = os.pathsep.join(paths)
-            data.env["KEYPLANE_BENCH_STALLS"] = str(out)
-            gateway = Gateway(data, stub.upstream + scenario.upstream_prefix, sut)
-            gateway.start()
-            try:
-                url, body = gateway.url + scenario.path, bodies[scenario.body]
-                run_wrk(url, body, data.key, args.connections, 2, load)  # warm-up
-                warm = _dump(gateway, out)  # (the warm-up's figures, left out below)
-                wrk = run_wrk(url, body, data.key, args.connections, args.seconds, load)
-                figures = _dump(gateway, out)
-            finally:
-                gateway.close()
+            url, body = gateway.url + scenario.path, setup.bodies[scenario.body]
+            run_wrk(url, body, data.key, args.connections, 2, setup.load)  # warm-up
+            warm = _dump(gateway, out)  # (the warm-up's figures, left out below)
+            wrk = run_wrk(url, body, data.key, args.connections, args.seconds, setup.load)
+            figures = _dump(gateway, out)
         finally:
-            stub.close()
+            gateway.close()
     # Only what the measured run added (the lists only grow).
     pieces = {k: v[len(warm["pieces"].get(k, [])) :] for k, v in figures["pieces"].items()}
     whole = figures["whole"][len(warm["whole"]) :]

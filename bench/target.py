@@ -13,14 +13,29 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import fixtures
 import harness
-from harness import HOST, REPO, BenchError, free_port, log, pinned, stop, vm_kb, wait_http
+from harness import (
+    HOST,
+    REPO,
+    BenchError,
+    cpu_split,
+    free_port,
+    log,
+    pinned,
+    stop,
+    vm_kb,
+    wait_http,
+    workdir,
+    write_bodies,
+)
 from harness import cpu_seconds as process_cpu_seconds
+from stub import Stub
 
 
 def keyplane_bin() -> Path:
@@ -251,3 +266,34 @@ def usage_totals(database: Path, model: str, usage: fixtures.Usage, cost: int) -
         records=row[0], status_200=row[1], estimated=row[2], cost_micro_usd=row[3],
         input_tokens=row[4], output_tokens=row[5], outcomes=outcomes, exact=row[6],
     )  # fmt: skip
+
+
+@dataclass
+class Setup:
+    """What a measurement beside the stub starts from: its work directory and request bodies, the
+    stub running, keyplane's data directory initialized, and the cores to pin to."""
+
+    wd: Path
+    bodies: dict[str, Path]
+    stub: Stub
+    data: DataDir
+    sut: str | None  # cores for the processes under test
+    load: str | None  # cores for wrk
+
+
+@contextlib.contextmanager
+def stub_and_data(at: str | None, plain: bool) -> Iterator[Setup]:
+    """A work directory with the stub started and a data directory for keyplane as of ``at``
+    (the work tree when None); removed, and the stub stopped, on the way out."""
+    sut, load = cpu_split()
+    with workdir(keep=False) as wd:
+        bodies = write_bodies(wd)
+        src = export_source(at, wd / "snapshot")[0] if at else None
+        stub = Stub(wd, sut)
+        try:
+            stub.start()
+            data = DataDir(wd, src, plain=plain)
+            data.init()
+            yield Setup(wd, bodies, stub, data, sut, load)
+        finally:
+            stub.close()
