@@ -28,7 +28,6 @@ import asyncio
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,8 +35,8 @@ import time
 from pathlib import Path
 
 import harness
-from harness import BenchError, entry, log, pinned, wait_http
-from target import Gateway, compiled, export_source, keyplane_bin, stub_and_data
+from harness import BenchError, entry, log
+from target import Gateway, compiled, export_source, stub_and_data
 
 
 def _wait_flag(flag: Path, value: str) -> None:
@@ -125,28 +124,24 @@ def _serve(args: argparse.Namespace) -> int:
     with stub_and_data(args.at, plain=args.plain) as setup:
         data, stub, sut, out = setup.data, setup.stub, setup.sut, setup.wd / "callgrind.out"
         gateway = Gateway(data, stub.upstream + scenario.upstream_prefix, sut)
-        argv = [
+        valgrind = [
             "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-            str(keyplane_bin()), "serve", "--port", str(gateway.port),
-            "--upstream", gateway.upstream_base,
+            f"--log-file={setup.wd / 'valgrind.log'}",
         ]  # fmt: skip
-        proc = gateway.proc = subprocess.Popen(
-            pinned(sut, argv), env=data.env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
         try:
-            wait_http(f"{gateway.url}/healthz", 300, proc)
+            gateway.start(wrapper=valgrind, ready_s=300)
+            assert gateway.proc is not None
+            pid = str(gateway.proc.pid)
             url, body = gateway.url + scenario.path, setup.bodies[scenario.body]
             run_wrk(url, body, data.key, 16, 5, setup.load)  # warm-up, not counted
             before = stub.forwarded_posts()
             control = ["callgrind_control", "-i"]
-            subprocess.run([*control, "on", str(proc.pid)], check=True, capture_output=True)
+            subprocess.run([*control, "on", pid], check=True, capture_output=True)
             run_wrk(url, body, data.key, 16, args.seconds, setup.load)
-            subprocess.run([*control, "off", str(proc.pid)], check=True, capture_output=True)
+            subprocess.run([*control, "off", pid], check=True, capture_output=True)
             requests = stub.forwarded_posts() - before
         finally:
-            proc.send_signal(signal.SIGINT)  # (callgrind writes its output as it exits)
-            proc.wait(300)
+            gateway.close(timeout_s=300)  # (callgrind writes its output as keyplane exits)
         found = re.search(r"^totals: (\d+)", out.read_text(), re.MULTILINE)
         if found is None or requests <= 0:
             raise BenchError("callgrind wrote no totals, or no request reached the stub")

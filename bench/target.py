@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,14 +184,16 @@ class Gateway:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    def start(self) -> None:
-        argv = [str(keyplane_bin()), "serve", "--port", str(self.port)]
+    def start(self, wrapper: Sequence[str] = (), ready_s: float = 60) -> None:
+        """Starts ``keyplane serve`` (under ``wrapper``, e.g. valgrind, if given) and waits up to
+        ``ready_s`` for it to answer."""
+        argv = [*wrapper, str(keyplane_bin()), "serve", "--port", str(self.port)]
         argv += ["--upstream", self.upstream_base]
         self.proc = subprocess.Popen(
             pinned(self.cpus, argv), env=self.data.env, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        wait_http(f"{self.url}/healthz", 60, self.proc)
+        wait_http(f"{self.url}/healthz", ready_s, self.proc)
 
     def peak_rss_kb(self) -> int:
         return vm_kb(self.proc.pid, "VmHWM") if self.proc else 0
@@ -199,11 +201,11 @@ class Gateway:
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.proc.pid) if self.proc else 0.0
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 30) -> None:
         # SIGTERM lets keyplane shut down gracefully, which flushes the usage buffer. (Not SIGINT:
         # a shell starting us in the background makes children ignore it.)
         if self.proc is not None:
-            self.clean_stop = stop(self.proc, signal.SIGTERM, 30, "keyplane")
+            self.clean_stop = stop(self.proc, signal.SIGTERM, timeout_s, "keyplane")
 
 
 # --- usage records -------------------------------------------------------------------------------
