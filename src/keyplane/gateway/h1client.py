@@ -30,7 +30,8 @@ Behaviour:
   router does not log, back off and count a retry for what is normal keep-alive housekeeping.
   (The price: an upstream that processed the request and then died without sending a byte sees
   it twice. Go's net/http resends a POST only when none of it was written or when it carries an
-  ``Idempotency-Key`` header; this client resends any request.) A new connection failing that way raises ``ConnectFailed``, like a refused one.
+  ``Idempotency-Key`` header; this client resends any request.) A new connection failing that
+  way raises ``ConnectFailed``, like a refused one.
 - Timeouts cost no task and no timer per request: ``connect_timeout_s`` covers the TCP (and
   TLS) handshake (``asyncio.timeout``, ``ConnectFailed``); ``read_timeout_s`` the wait for the
   status and headers (``ReadTimedOut``), then the longest silence between body bytes
