@@ -20,10 +20,9 @@ import os
 import statistics
 from pathlib import Path
 
-from harness import BenchError, cpu_split, entry, workdir, write_bodies
+from harness import BenchError, entry
 from load import WrkResult, run_wrk
-from stub import Stub
-from target import DataDir, Gateway
+from target import Gateway, stub_and_data
 
 PATH = "/v1/chat/completions"
 POLICIES = {"normal (SCHED_OTHER)": os.SCHED_OTHER, "batch (SCHED_BATCH)": os.SCHED_BATCH}
@@ -46,39 +45,32 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("-c", "--connections", type=int, default=16)
     args = parser.parse_args()
-    sut, load = cpu_split()
     results: dict[str, list[tuple[WrkResult, float]]] = {name: [] for name in POLICIES}
-    with workdir(keep=False) as wd:
-        body = write_bodies(wd)["chat"]
-        stub = Stub(wd, sut)
-        stub.start()
+    with stub_and_data(None, plain=False) as setup:
+        stub, data, sut, load = setup.stub, setup.data, setup.sut, setup.load
+        body = setup.bodies["chat"]
+        assert stub.proc is not None
+        workers = _children(stub.proc.pid)
+        if not workers:
+            raise BenchError("found no nginx worker process")
+        gateway = Gateway(data, stub.upstream + "/v1", sut)
+        gateway.start()
         try:
-            assert stub.proc is not None
-            workers = _children(stub.proc.pid)
-            if not workers:
-                raise BenchError("found no nginx worker process")
-            data = DataDir(wd)
-            data.init()
-            gateway = Gateway(data, stub.upstream + "/v1", sut)
-            gateway.start()
-            try:
-                assert gateway.proc is not None
-                url = gateway.url + PATH
-                run_wrk(url, body, data.key, args.connections, 2, load)  # warm-up
-                for i in range(args.pairs):
-                    for name, policy in list(POLICIES.items())[:: 1 if i % 2 == 0 else -1]:
-                        for pid in workers:
-                            os.sched_setscheduler(pid, policy, os.sched_param(0))
-                        before = _switches(gateway.proc.pid)
-                        cpu = gateway.cpu_seconds()
-                        r = run_wrk(url, body, data.key, args.connections, args.seconds, load)
-                        switches = (_switches(gateway.proc.pid) - before) / max(r.requests, 1)
-                        r.cpu_s = gateway.cpu_seconds() - cpu
-                        results[name].append((r, switches))
-            finally:
-                gateway.close()
+            assert gateway.proc is not None
+            url = gateway.url + PATH
+            run_wrk(url, body, data.key, args.connections, 2, load)  # warm-up
+            for i in range(args.pairs):
+                for name, policy in list(POLICIES.items())[:: 1 if i % 2 == 0 else -1]:
+                    for pid in workers:
+                        os.sched_setscheduler(pid, policy, os.sched_param(0))
+                    before = _switches(gateway.proc.pid)
+                    cpu = gateway.cpu_seconds()
+                    r = run_wrk(url, body, data.key, args.connections, args.seconds, load)
+                    switches = (_switches(gateway.proc.pid) - before) / max(r.requests, 1)
+                    r.cpu_s = gateway.cpu_seconds() - cpu
+                    results[name].append((r, switches))
         finally:
-            stub.close()
+            gateway.close()
     print(f"chat, c={args.connections}, {args.pairs} runs of {args.seconds:g} s per policy:")
     for name, runs in results.items():
         rps = statistics.median(r.rps for r, _ in runs)

@@ -20,10 +20,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from harness import cpu_split, entry, log, pinned, workdir, write_bodies
+from harness import entry, log, pinned
 from load import run_wrk
-from stub import Stub
-from target import DataDir, Gateway, export_source
+from target import Gateway, stub_and_data
 
 PATH = "/v1/chat/completions"
 TRACE_S = 3
@@ -71,39 +70,31 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--at", metavar="REV", help="measure src/ as of this commit")
     args = parser.parse_args()
-    sut, load = cpu_split()
-    perf = shutil.which("perf") if sut is not None else None
-    with workdir(keep=False) as wd:
-        body = write_bodies(wd)["chat"]
-        src = export_source(args.at, wd / "snapshot")[0] if args.at else None
-        stub = Stub(wd, sut)
-        stub.start()
+    with stub_and_data(args.at, plain=False) as setup:
+        wd, stub, data, sut, load = setup.wd, setup.stub, setup.data, setup.sut, setup.load
+        perf = shutil.which("perf") if sut is not None else None
+        body = setup.bodies["chat"]
+        gateway = Gateway(data, stub.upstream + "/v1", sut)
+        gateway.start()
+        assert gateway.proc is not None
         try:
-            data = DataDir(wd, src)
-            data.init()
-            gateway = Gateway(data, stub.upstream + "/v1", sut)
-            gateway.start()
-            assert gateway.proc is not None
-            try:
-                url = gateway.url + PATH
-                run_wrk(url, body, data.key, args.connections, 3, load)  # warm-up
-                trace = wd / "sched.data"
-                recording = None
-                if perf is not None and args.seconds > TRACE_S:
-                    argv = [perf, "sched", "record", "-C", str(sut), "-o", str(trace)]
-                    recording = subprocess.Popen(  # (perf itself on wrk's core)
-                        pinned(load, [*argv, "--", "sleep", str(TRACE_S)]),
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    )  # fmt: skip
-                before, started = threads(), time.monotonic()
-                result = run_wrk(url, body, data.key, args.connections, args.seconds, load)
-                after, wall = threads(), time.monotonic() - started
-                traced = recording is not None and recording.wait() == 0 and trace.exists()
-                delays = waits(trace, gateway.proc.pid) if traced else {}
-            finally:
-                gateway.close()
+            url = gateway.url + PATH
+            run_wrk(url, body, data.key, args.connections, 3, load)  # warm-up
+            trace = wd / "sched.data"
+            recording = None
+            if perf is not None and args.seconds > TRACE_S:
+                argv = [perf, "sched", "record", "-C", str(sut), "-o", str(trace)]
+                recording = subprocess.Popen(  # (perf itself on wrk's core)
+                    pinned(load, [*argv, "--", "sleep", str(TRACE_S)]),
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+            before, started = threads(), time.monotonic()
+            result = run_wrk(url, body, data.key, args.connections, args.seconds, load)
+            after, wall = threads(), time.monotonic() - started
+            traced = recording is not None and recording.wait() == 0 and trace.exists()
+            delays = waits(trace, gateway.proc.pid) if traced else {}
         finally:
-            stub.close()
+            gateway.close()
     print(
         f"chat, c={args.connections}, {args.seconds:g} s: {result.rps:,.0f} req/s, "
         f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms (keyplane pid {gateway.proc.pid})"
