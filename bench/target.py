@@ -208,6 +208,38 @@ class Gateway:
             self.clean_stop = stop(self.proc, signal.SIGTERM, timeout_s, "keyplane")
 
 
+class BareProxy:
+    """bench/bare_proxy.py: keyplane's server and upstream client forwarding to ``upstream_base``
+    with no check at all, run as keyplane is (same build and environment as ``data``'s)."""
+
+    def __init__(self, data: DataDir, upstream_base: str, cpus: str | None) -> None:
+        self.env = data.env
+        self.upstream_base = upstream_base
+        self.cpus = cpus
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self, ready_s: float = 60) -> None:
+        script = Path(__file__).resolve().parent / "bare_proxy.py"
+        argv = [sys.executable, str(script), "--port", str(self.port)]
+        self.proc = subprocess.Popen(
+            pinned(self.cpus, [*argv, "--upstream", self.upstream_base]), env=self.env,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_http(f"{self.url}/healthz", ready_s, self.proc)
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.proc.pid) if self.proc else 0.0
+
+    def close(self) -> None:
+        if self.proc is not None:
+            stop(self.proc, signal.SIGTERM, 15, "bare proxy")
+
+
 # --- usage records -------------------------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
 """Streaming: time to the first SSE byte, direct to a paced upstream vs through keyplane (issue #6),
-and through nginx ``proxy_pass`` (the floor for any proxy hop).
+through nginx ``proxy_pass`` (the floor for any proxy hop) and through a bare proxy in Python
+(the floor for a gateway in Python).
 
     .venv/bin/python bench/ttfb.py              # 500 streams each way, interleaved (~30 s)
     .venv/bin/python bench/ttfb.py --record     # ... and append the figures to bench/RESULTS.md
@@ -7,8 +8,9 @@ and through nginx ``proxy_pass`` (the floor for any proxy hop).
 The upstream (bench/sse_upstream.py) sends the first event of a chat completion stream at once
 and the rest ``--delay-ms`` later, so the first byte is not the whole answer. The client is a raw
 socket (no HTTP library), one keep-alive HTTP/1.1 connection per target, one request at a time,
-taking the three targets in turn (direct, nginx ``proxy_pass`` with ``proxy_buffering off``, and
-keyplane) so a drift in the machine's speed hits all alike. For each stream it notes, from the
+taking the four targets in turn (direct, nginx ``proxy_pass`` with ``proxy_buffering off``,
+bench/bare_proxy.py — keyplane's own server and upstream client forwarding with no check at all —
+and keyplane) so a drift in the machine's speed hits all alike. For each stream it notes, from the
 moment the request was written:
 
 - TTFB: when the first ``data:`` of the body arrived (after the status line and headers);
@@ -18,7 +20,8 @@ moment the request was written:
 
 "Added" is keyplane's figure minus direct's (median minus median, p99 minus p99); nginx's added
 TTFB is what one more process in the path costs on this machine, however little it does (waking
-it, two more loopback hops). The upstream, nginx and keyplane are pinned to BENCH_SUT_CPUS, this
+it, two more loopback hops), the bare proxy's what the same hop costs in Python. The upstream,
+nginx and both proxies are pinned to BENCH_SUT_CPUS, this
 client to BENCH_LOAD_CPUS. Afterwards the usage
 records are checked: one per stream through keyplane, each with the upstream's exact usage
 (read from the usage event that arrived last, after the delay).
@@ -56,7 +59,7 @@ from harness import (
 )
 from report import record
 from stub import nginx_config, start_nginx
-from target import DataDir, Gateway, expected_cost, export_source, usage_totals
+from target import BareProxy, DataDir, Gateway, expected_cost, export_source, usage_totals
 
 TTFB_GOAL_MS = 0.3
 
@@ -325,11 +328,14 @@ def run(
         data.init()
         gateway = Gateway(data, upstream.url + "/v1", sut)
         gateway.start()
+        bare = BareProxy(data, upstream.url + "/v1", sut)
+        bare.start()
         log(f"keyplane on {gateway.url}, paced upstream on {upstream.url} ({args.delay_ms:g} ms)")
         body = fixtures.CHAT_STREAM_REQUEST
         conns = {
             "direct": Connection(upstream.port, "/v1/chat/completions", body, ""),
             "nginx": Connection(proxy.port, "/v1/chat/completions", body, ""),
+            "bare": Connection(bare.port, "/v1/chat/completions", body, ""),
             "keyplane": Connection(gateway.port, "/v1/chat/completions", body, data.key),
         }
         try:
@@ -337,6 +343,7 @@ def run(
         finally:
             for conn in conns.values():
                 conn.close()
+            bare.close()
             gateway.close()
     finally:
         proxy.close()
@@ -363,13 +370,15 @@ def report(
 ) -> str:
     m = machine()
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    d, n, k = o.sides["direct"], o.sides["nginx"], o.sides["keyplane"]
+    d, n, b, k = (o.sides[name] for name in ("direct", "nginx", "bare", "keyplane"))
     added50 = k.ms("ttfb_ns", 0.5) - d.ms("ttfb_ns", 0.5)
     added99 = k.ms("ttfb_ns", 0.99) - d.ms("ttfb_ns", 0.99)
     nginx50 = n.ms("ttfb_ns", 0.5) - d.ms("ttfb_ns", 0.5)
     nginx99 = n.ms("ttfb_ns", 0.99) - d.ms("ttfb_ns", 0.99)
+    bare50 = b.ms("ttfb_ns", 0.5) - d.ms("ttfb_ns", 0.5)
+    bare99 = b.ms("ttfb_ns", 0.99) - d.ms("ttfb_ns", 0.99)
     pin = (
-        f"upstream + nginx + keyplane on CPU {cpus[0]}, client on CPU {cpus[1]}"
+        f"upstream, nginx and both proxies on CPU {cpus[0]}, client on CPU {cpus[1]}"
         if cpus[0]
         else "NOT pinned"
     )
@@ -387,8 +396,12 @@ def report(
         "| target | TTFB p50 ms | TTFB p99 ms | gap p50 ms | gap min ms | whole stream p50 ms |",
         "|---|---|---|---|---|---|",
     ]
-    names = {"direct": "direct to the upstream", "nginx": "nginx `proxy_pass`, unbuffered"}
-    for side in (d, n, k):
+    names = {
+        "direct": "direct to the upstream",
+        "nginx": "nginx `proxy_pass`, unbuffered",
+        "bare": "bare proxy in Python (no checks)",
+    }
+    for side in (d, n, b, k):
         lines.append(
             f"| {names.get(side.name, '**keyplane**')} "
             f"| {side.ms('ttfb_ns', 0.5):.3f} | {side.ms('ttfb_ns', 0.99):.3f} "
@@ -405,7 +418,8 @@ def report(
         "before the rest.",
         "",
         f"One more process in the path, for comparison: nginx `proxy_pass` adds +{nginx50:.3f} ms "
-        f"at the median, +{nginx99:.3f} ms at p99.",
+        f"at the median, +{nginx99:.3f} ms at p99; a bare proxy on keyplane's own server and "
+        f"client with no check at all (bench/bare_proxy.py) +{bare50:.3f} / +{bare99:.3f} ms.",
         "",
         f"Checks: {o.records} usage records for {o.keyplane_streams} streams through keyplane "
         f"(warm-up included), {o.exact} with the upstream's exact usage; the upstream served "
