@@ -5,7 +5,7 @@ percent, so a change's effect can be seen in one pair of runs.
     .venv/bin/python bench/instructions.py [--requests 1000] [--flush-only] [--at REV] [--plain]
                                             [--keep FILE]
     .venv/bin/python bench/instructions.py --serve chat|stream|embeddings [--seconds 20] [--at REV]
-                                            [--plain] [--keep FILE]
+                                            [--plain] [--keep FILE] [--bare]
 
 Counts only the measured part: the gateway is built, warmed up (500 requests) and then the counting
 is switched on (callgrind_control) for ``--requests`` requests and their settlement flush
@@ -19,6 +19,8 @@ bench's nginx stub (stub.py), loaded by wrk at 16 connections as in run.py (pinn
 Counting is switched on after a 5-s warm-up for ``--seconds`` of load; the figure is the
 instructions over the requests the stub saw meanwhile, so it includes the HTTP server and client,
 uvloop, the parsers and the settlement flushes (under valgrind, ~300 requests a second). ~1 min.
+``--bare`` counts bench/bare_proxy.py the same way: the same server, client and loop with no check,
+so the difference is what keyplane's checks, money and metering cost.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import harness
 from harness import BenchError, entry, log
-from target import Gateway, compiled, export_source, stub_and_data
+from target import BareProxy, Gateway, compiled, export_source, stub_and_data
 
 
 def _wait_flag(flag: Path, value: str) -> None:
@@ -123,7 +125,8 @@ def _serve(args: argparse.Namespace) -> int:
     scenario = SCENARIOS[args.serve]
     with stub_and_data(args.at, plain=args.plain) as setup:
         data, stub, sut, out = setup.data, setup.stub, setup.sut, setup.wd / "callgrind.out"
-        gateway = Gateway(data, stub.upstream + scenario.upstream_prefix, sut)
+        upstream = stub.upstream + scenario.upstream_prefix
+        gateway = BareProxy(data, upstream, sut) if args.bare else Gateway(data, upstream, sut)
         valgrind = [
             "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
             f"--log-file={setup.wd / 'valgrind.log'}",
@@ -147,8 +150,9 @@ def _serve(args: argparse.Namespace) -> int:
             raise BenchError("callgrind wrote no totals, or no request reached the stub")
         if args.keep:
             shutil.copy(out, args.keep)
+    what = "the bare proxy (bench/bare_proxy.py)" if args.bare else "keyplane serve"
     print(f"{int(found.group(1)) / requests:,.0f} instructions per request, {scenario.title}, "
-          f"keyplane serve at c=16 ({requests:,} requests counted)")  # fmt: skip
+          f"{what} at c=16 ({requests:,} requests counted)")  # fmt: skip
     return 0
 
 
@@ -163,6 +167,9 @@ def main() -> int:
         "--serve", choices=("chat", "stream", "embeddings"), help="count keyplane serve under load"
     )
     parser.add_argument("--seconds", type=float, default=20, help="of counted load (--serve)")
+    parser.add_argument(
+        "--bare", action="store_true", help="with --serve: count bench/bare_proxy.py instead"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--flag", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

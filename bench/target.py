@@ -223,9 +223,10 @@ class BareProxy:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    def start(self, ready_s: float = 60) -> None:
+    def start(self, wrapper: Sequence[str] = (), ready_s: float = 60) -> None:
+        """Starts it (under ``wrapper`` if given, as ``Gateway.start``)."""
         script = Path(__file__).resolve().parent / "bare_proxy.py"
-        argv = [sys.executable, str(script), "--port", str(self.port)]
+        argv = [*wrapper, sys.executable, str(script), "--port", str(self.port)]
         self.proc = subprocess.Popen(
             pinned(self.cpus, [*argv, "--upstream", self.upstream_base]), env=self.env,
             stdin=subprocess.DEVNULL,
@@ -235,9 +236,9 @@ class BareProxy:
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.proc.pid) if self.proc else 0.0
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 15) -> None:
         if self.proc is not None:
-            stop(self.proc, signal.SIGTERM, 15, "bare proxy")
+            stop(self.proc, signal.SIGTERM, timeout_s, "bare proxy")
 
 
 # --- usage records -------------------------------------------------------------------------------
