@@ -10,9 +10,11 @@ Same code, same tests, ~1.5x the requests per second on one core (bench/RESULTS.
 C structs. mypyc also checks every annotated type at run time, so the whole test suite runs
 against the compiled copy too (`make test`).
 
-The compiled extensions are cached by the hash of what they are built from (the modules' sources,
-mypy's and Python's versions): a change elsewhere in src/ only copies the tree again (~1 s); a change
-to a compiled module rebuilds them (~1 minute, one C compiler process). Without a C compiler or
+The compiled extensions are cached by the hash of what they are built from: the sources of the
+compiled modules and of every keyplane module they import, directly or not (mypyc compiles against
+those modules' types: a changed return type there, and a stale extension would raise TypeError at
+run time), and mypy's and Python's versions. A change elsewhere in src/ only copies the tree again
+(~1 s); a change to one of those modules rebuilds them (~1 minute, one C compiler process). Without a C compiler or
 Python's headers (Debian: gcc, python3.11-dev) nothing is compiled: build/compiled is removed and
 keyplane runs as plain Python, with a warning.
 """
@@ -20,6 +22,7 @@ keyplane runs as plain Python, with a warning.
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import importlib.metadata
 import os
@@ -69,10 +72,36 @@ MODULES = [
 EXTENSION = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
 
 
-def _digest(src: Path) -> str:
+def built_from(src: Path) -> list[str]:
+    """MODULES and every module of ``src`` they import, directly or not (absolute imports of
+    ``keyplane``, as src/ spells them all), as paths relative to ``src``, sorted."""
+    seen: set[str] = set()
+    todo = list(MODULES)
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        for node in ast.walk(ast.parse((src / module).read_bytes(), module)):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                if name.split(".")[0] != "keyplane":
+                    continue
+                base = name.replace(".", "/")
+                for candidate in (f"{base}.py", f"{base}/__init__.py"):
+                    if (src / candidate).is_file():
+                        todo.append(candidate)
+    return sorted(seen)
+
+
+def digest(src: Path) -> str:
     h = hashlib.sha256()
     h.update(f"{sys.version} {importlib.metadata.version('mypy')} {EXTENSION}\n".encode())
-    for module in MODULES:
+    for module in built_from(src):
         h.update(module.encode() + b"\0" + (src / module).read_bytes() + b"\0")
     return h.hexdigest()[:20]
 
@@ -104,7 +133,7 @@ def _mypyc(tree: Path) -> str | None:
 def compile_tree(src: Path, out: Path) -> bool:
     """Writes ``out/src``: ``src`` with MODULES compiled; returns False (and removes ``out/src``)
     when they could not be."""
-    cache = out / "cache" / _digest(src)
+    cache = out / "cache" / digest(src)
     staging = out / "src.new"
     _copy_tree(src, staging)
     if cache.is_dir():
