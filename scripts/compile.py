@@ -13,7 +13,7 @@ against the compiled copy too (`make test`).
 The compiled extensions are cached by the hash of what they are built from: the sources of the
 compiled modules and of every keyplane module they import, directly or not (mypyc compiles against
 those modules' types: a changed return type there, and a stale extension would raise TypeError at
-run time), and mypy's and Python's versions. A change elsewhere in src/ only copies the tree again
+run time), the versions of the installed libraries (mypy's among them) and Python's. A change elsewhere in src/ only copies the tree again
 (~1 s); a change to one of those modules rebuilds them (~1 minute, one C compiler process). Without a C compiler or
 Python's headers (Debian: gcc, python3.11-dev) nothing is compiled: build/compiled is removed and
 keyplane runs as plain Python, with a warning.
@@ -98,9 +98,17 @@ def built_from(src: Path) -> list[str]:
     return sorted(seen)
 
 
+def installed() -> list[str]:
+    """ "name==version" of every distribution in this environment, sorted: mypyc compiles against
+    the libraries' types too (a changed return type there, and a stale extension would raise
+    TypeError at run time), and mypy's own version decides what it emits."""
+    return sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
+
+
 def digest(src: Path) -> str:
     h = hashlib.sha256()
-    h.update(f"{sys.version} {importlib.metadata.version('mypy')} {EXTENSION}\n".encode())
+    h.update(f"{sys.version} {EXTENSION}\n".encode())
+    h.update("\n".join(installed()).encode() + b"\0")
     for module in built_from(src):
         h.update(module.encode() + b"\0" + (src / module).read_bytes() + b"\0")
     return h.hexdigest()[:20]

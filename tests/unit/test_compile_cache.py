@@ -1,5 +1,6 @@
 """scripts/compile.py rebuilds the compiled request path whenever something it was compiled against
-changes: its own modules and every keyplane module they import, directly or not. A cache keyed on
+changes: its own modules, every keyplane module they import (directly or not) and the installed
+libraries. A cache keyed on
 the compiled modules alone once kept an extension built against an older return type of an
 imported, uncompiled module, which then raised TypeError at run time on every settlement flush."""
 
@@ -50,4 +51,14 @@ def test_a_change_to_an_imported_module_rebuilds_and_one_elsewhere_does_not(src:
     _touch(src / "keyplane" / "web" / "admin.py")
     assert script.digest(src) == before
     _touch(src / "keyplane" / "billing" / "ports.py")
+    assert script.digest(src) != before
+
+
+def test_another_version_of_a_library_rebuilds(src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = _compile_script()
+    before = script.digest(src)
+    now = script.installed()
+    assert any(line.startswith("httptools==") for line in now)
+    bumped = [f"{line}.post1" if line.startswith("httptools==") else line for line in now]
+    monkeypatch.setattr(script, "installed", lambda: bumped)
     assert script.digest(src) != before
