@@ -99,7 +99,7 @@ def built_from(src: Path) -> list[str]:
 
 
 def installed() -> list[str]:
-    """ "name==version" of every distribution in this environment, sorted: mypyc compiles against
+    """Every distribution in this environment as name==version, sorted: mypyc compiles against
     the libraries' types too (a changed return type there, and a stale extension would raise
     TypeError at run time), and mypy's own version decides what it emits."""
     return sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
