@@ -187,13 +187,15 @@ class Gateway:
     def start(self, wrapper: Sequence[str] = (), ready_s: float = 60) -> None:
         """Starts ``keyplane serve`` (under ``wrapper``, e.g. valgrind, if given) and waits up to
         ``ready_s`` for it to answer."""
-        argv = [*wrapper, str(keyplane_bin()), "serve", "--port", str(self.port)]
-        argv += ["--upstream", self.upstream_base]
+        argv = [*wrapper, *self._command(), "--upstream", self.upstream_base]
         self.proc = subprocess.Popen(
             pinned(self.cpus, argv), env=self.data.env, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         wait_http(f"{self.url}/healthz", ready_s, self.proc)
+
+    def _command(self) -> list[str]:
+        return [str(keyplane_bin()), "serve", "--port", str(self.port)]
 
     def peak_rss_kb(self) -> int:
         return vm_kb(self.proc.pid, "VmHWM") if self.proc else 0
@@ -208,37 +210,13 @@ class Gateway:
             self.clean_stop = stop(self.proc, signal.SIGTERM, timeout_s, "keyplane")
 
 
-class BareProxy:
+class BareProxy(Gateway):
     """bench/bare_proxy.py: keyplane's server and upstream client forwarding to ``upstream_base``
     with no check at all, run as keyplane is (same build and environment as ``data``'s)."""
 
-    def __init__(self, data: DataDir, upstream_base: str, cpus: str | None) -> None:
-        self.env = data.env
-        self.upstream_base = upstream_base
-        self.cpus = cpus
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def start(self, wrapper: Sequence[str] = (), ready_s: float = 60) -> None:
-        """Starts it (under ``wrapper`` if given, as ``Gateway.start``)."""
+    def _command(self) -> list[str]:
         script = Path(__file__).resolve().parent / "bare_proxy.py"
-        argv = [*wrapper, sys.executable, str(script), "--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            pinned(self.cpus, [*argv, "--upstream", self.upstream_base]), env=self.env,
-            stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_http(f"{self.url}/healthz", ready_s, self.proc)
-
-    def cpu_seconds(self) -> float:
-        return process_cpu_seconds(self.proc.pid) if self.proc else 0.0
-
-    def close(self, timeout_s: float = 15) -> None:
-        if self.proc is not None:
-            stop(self.proc, signal.SIGTERM, timeout_s, "bare proxy")
+        return [sys.executable, str(script), "--port", str(self.port)]
 
 
 # --- usage records -------------------------------------------------------------------------------

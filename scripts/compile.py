@@ -13,9 +13,10 @@ against the compiled copy too (`make test`).
 The compiled extensions are cached by the hash of what they are built from: the sources of the
 compiled modules and of every keyplane module they import, directly or not (mypyc compiles against
 those modules' types: a changed return type there, and a stale extension would raise TypeError at
-run time), the versions of the installed libraries (mypy's among them) and Python's. A change elsewhere in src/ only copies the tree again
-(~1 s); a change to one of those modules rebuilds them (~1 minute, one C compiler process). Without a C compiler or
-Python's headers (Debian: gcc, python3.11-dev) nothing is compiled: build/compiled is removed and
+run time), the versions of the installed libraries (mypy's among them) and Python's. A change
+elsewhere in src/ only copies the tree again (~1 s); a change to one of those modules rebuilds
+them (~1 minute, one C compiler process). Without a C compiler or Python's headers (Debian: gcc,
+python3.11-dev) nothing is compiled: build/compiled is removed and
 keyplane runs as plain Python, with a warning.
 """
 

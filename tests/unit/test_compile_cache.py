@@ -1,8 +1,8 @@
 """scripts/compile.py rebuilds the compiled request path whenever something it was compiled against
 changes: its own modules, every keyplane module they import (directly or not) and the installed
-libraries. A cache keyed on
-the compiled modules alone once kept an extension built against an older return type of an
-imported, uncompiled module, which then raised TypeError at run time on every settlement flush."""
+libraries. A cache keyed on the compiled modules alone once kept an extension built against an
+older return type of an imported, uncompiled module, which then raised TypeError at run time on
+every settlement flush."""
 
 from __future__ import annotations
 
