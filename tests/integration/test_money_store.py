@@ -263,6 +263,42 @@ def test_a_stepwise_batch_writes_in_slices_and_waits_for_no_lock(tmp_path: Path)
     engine.dispose()
 
 
+def _wal_header(database: Path) -> bytes:
+    """The WAL's checkpoint sequence number and salts: new values each time the WAL starts over."""
+    with open(f"{database}-wal", "rb") as f:
+        return f.read(24)[12:24]
+
+
+def test_the_checkpoint_starts_the_wal_over_so_the_loops_next_commit_syncs_nothing(
+    tmp_path: Path,
+) -> None:
+    # The first write after a complete checkpoint starts the WAL over and syncs its new header
+    # to disk. That write must be the checkpoint's own (on the housekeeping thread), not the
+    # next settlement batch's commit on the event loop.
+    database = tmp_path / "money.db"
+    engine = make_engine(f"sqlite:///{database}")
+    migrate.upgrade(engine)
+    store, outcomes, org_id = _settled_batch(engine, 30)
+    _run(store.resolve_stepwise(outcomes[:10], 1) or _no_steps())
+    before = _wal_header(database)
+    store.checkpoint()
+    started_over = _wal_header(database)
+    assert started_over != before
+    _run(store.resolve_stepwise(outcomes[10:20], 1) or _no_steps())
+    assert _wal_header(database) == started_over  # appended to, not started over again
+    assert store.totals(org_id) == (0, 20 * 7)
+
+    # While a batch holds the write lock, the checkpoint copies what it can and leaves the start
+    # of the next WAL to whoever writes next, without waiting for the lock.
+    steps = store.resolve_stepwise(outcomes[20:], 1)
+    assert steps is not None
+    next(steps)
+    store.checkpoint()
+    assert _run(steps)[0] == 10
+    assert store.totals(org_id) == (0, 30 * 7)
+    engine.dispose()
+
+
 def test_stepwise_batches_share_one_connection_and_recover_from_a_broken_one(
     tmp_path: Path,
 ) -> None:

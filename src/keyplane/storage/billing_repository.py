@@ -325,14 +325,34 @@ class SqlMoneyStore(SqlStore):
             self._steps_conn = None
 
     def checkpoint(self) -> None:
-        """Copies the WAL back into the database file (PASSIVE: waits for nobody)."""
+        """Copies the WAL back into the database file (PASSIVE: waits for nobody) and, when all of
+        it was copied, starts it over from its beginning on this thread.
+
+        The first write after a complete checkpoint starts the WAL over, and SQLite syncs the WAL's
+        new header to disk then, even at ``synchronous=NORMAL`` (a write reordered after a restart
+        could corrupt the database otherwise). Left to the next settlement batch, that sync ran
+        in its commit on the event loop, every request in flight waiting for the disk: 0.3-0.4 ms
+        on the bench's VM, a disk flush, so longer on a busy or slower disk (bench/RESULTS.md,
+        2026-12-06). So this thread makes that first write, rewriting the database header's
+        ``user_version`` unchanged; unless another writer of this process holds the write lock
+        (then whoever writes next starts the WAL over, as before)."""
         if not is_sqlite(self._engine):
             return
         try:
             with self._engine.connect() as conn:  # on the driver: no transaction around it
                 raw = conn.connection.driver_connection
                 assert raw is not None
-                raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                busy, frames, copied = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if busy or frames <= 0 or copied != frames:
+                    return
+                lock = self._sqlite_lock
+                if lock is None or not lock.acquire(blocking=False):
+                    return
+                try:
+                    version = int(raw.execute("PRAGMA user_version").fetchone()[0])
+                    raw.execute(f"PRAGMA user_version = {version}")
+                finally:
+                    lock.release()
         except (OperationalError, SAInterfaceError, sqlite3.Error):
             log.warning("WAL checkpoint failed; the next one catches up", exc_info=True)
 
