@@ -8,10 +8,10 @@ A request waits for whatever piece holds the loop when it arrives, so the longes
 keyplane's own scheduling adds to a tail; when wrk's p99 is well above the whole-request p99 inside
 keyplane, the tail is outside its handling (the kernel, waking processes on a busy core). Runs the
 real `keyplane serve` with bench/stalls_hook on its PYTHONPATH (a sitecustomize that times every
-step of those coroutines, every pass of the busy event loop and every cyclic garbage collection;
-SIGUSR2 dumps the figures). The timing costs ~1 µs per piece. Plain Python by default (compiled
-classes cannot be patched); `--compiled` runs the compiled request path and times only the loop's
-passes and the collections.
+step of those coroutines and every cyclic garbage collection, and samples each millisecond how
+long an event waits for the loop; SIGUSR2 dumps the figures). The timing costs ~1 µs per piece.
+Plain Python by default (compiled classes cannot be patched); `--compiled` runs the compiled
+request path with only the sampled waits and the collections.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def main() -> int:
     parser.add_argument(
         "--compiled",
         action="store_true",
-        help="run the compiled request path: loop passes and collections only, no pieces",
+        help="run the compiled request path: sampled waits and collections only, no pieces",
     )
     args = parser.parse_args()
     scenario = SCENARIOS[args.scenario]

@@ -1,8 +1,8 @@
 """Loaded by ``keyplane serve`` when bench/stalls.py puts this directory on PYTHONPATH (and sets
 KEYPLANE_BENCH_STALLS to an output file): times every uninterrupted piece of the gateway's request
 handling and background work on the event loop (each ``send()`` into the coroutine, i.e. from one
-await to the next), each pass of the busy loop, each cyclic garbage collection, and, per request,
-the whole time from the app call to its end. SIGUSR2 writes the figures as JSON. A bench tool: it
+await to the next), samples an event's wait for the loop, times each cyclic garbage collection
+and, per request, the whole time from the app call to its end. SIGUSR2 writes the figures as JSON. A bench tool: it
 reaches into the gateway's private attributes and fails loudly at start if they are gone."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 OUT = os.environ.get("KEYPLANE_BENCH_STALLS")
 PIECES: dict[str, list[float]] = {}  # activity → durations of its uninterrupted pieces (s)
 WHOLE: list[float] = []  # per request: app called → app returned (s)
-IDLE_PASS_S = 0.000015  # a pass this short: the loop had nothing else to do
-IDLE_WAIT_S = 0.0005
+PROBE_S = 0.001  # how often the loop's waits are sampled
+PROBE = "an event's wait for the loop (sampled each ms)"
 
 
 class _Timed:
@@ -65,13 +65,13 @@ def _install() -> None:
 
     def run(main: Any) -> None:
         async def timed_main() -> None:
-            _time_passes(asyncio.get_running_loop())
+            _probe_waits(asyncio.get_running_loop())
             await main
 
         original_run(timed_main())
 
     server.run = run
-    if not server.compiled():  # (compiled classes cannot be patched: passes and collections only)
+    if not server.compiled():  # (compiled classes cannot be patched: waits and collections only)
         _patch_gateway(gateway_app.Gateway)
 
     def dump(*_: Any) -> None:
@@ -84,31 +84,26 @@ def _install() -> None:
     gc.callbacks.append(_gc_timer())
 
 
-def _time_passes(loop: asyncio.AbstractEventLoop) -> None:
-    """Times each pass of the event loop while it is busy: a callback queued with ``call_soon`` runs
-    once per pass, so from one run to the next is a pass, i.e. how long an event that became ready
-    just after a pass began waits to be handled. After a pass shorter than ``IDLE_PASS_S`` (nothing
-    else to do) it comes back ``IDLE_WAIT_S`` later instead, untimed: a callback always queued
-    would keep an idle loop spinning instead of waiting in epoll, and change what it measures."""
-    passes = PIECES.setdefault("a pass of the busy loop", [])
-    last = perf_counter()
+def _probe_waits(loop: asyncio.AbstractEventLoop) -> None:
+    """Samples how long an event waits for the loop, about every ``PROBE_S``: a timer queues a
+    callback, which notes how long it waited to run (what was left of that pass of the loop, then
+    the next pass up to it). A stall shows in the samples that fell in it. The timer only picks
+    the moments (uvloop's clock counts whole milliseconds); the wait is timed with perf_counter.
 
-    def tick() -> None:
-        nonlocal last
-        now = perf_counter()
-        took, last = now - last, now
-        if took < IDLE_PASS_S:
-            loop.call_later(IDLE_WAIT_S, wake)
-        else:
-            passes.append(took)
-            loop.call_soon(tick)
+    (It used to time every pass, with a callback always queued for the next one. That kept the
+    loop from ever waiting in epoll while busy and changed what it measured: chat at c=16 did 7 %
+    fewer requests a second and its p99 went from 3.2 to 4.5 ms, bench/RESULTS.md 2026-12-06.
+    Queued once a millisecond, the loop waits as it would in between.)"""
+    waits = PIECES.setdefault(PROBE, [])
 
-    def wake() -> None:
-        nonlocal last
-        last = perf_counter()
-        loop.call_soon(tick)
+    def queued(at: float) -> None:
+        waits.append(perf_counter() - at)
+        loop.call_later(PROBE_S, sample)
 
-    loop.call_soon(tick)
+    def sample() -> None:
+        loop.call_soon(queued, perf_counter())
+
+    loop.call_later(PROBE_S, sample)
 
 
 def _patch_gateway(cls: Any) -> None:
