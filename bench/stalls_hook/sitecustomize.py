@@ -2,8 +2,9 @@
 KEYPLANE_BENCH_STALLS to an output file): times every uninterrupted piece of the gateway's request
 handling and background work on the event loop (each ``send()`` into the coroutine, i.e. from one
 await to the next), samples an event's wait for the loop, times each cyclic garbage collection
-and, per request, the whole time from the app call to its end. SIGUSR2 writes the figures as JSON. A bench tool: it
-reaches into the gateway's private attributes and fails loudly at start if they are gone."""
+and, per request, the whole time from the app call to its end. SIGUSR2 writes the figures as
+JSON. A bench tool: it reaches into the gateway's private attributes and fails loudly at start if
+they are gone."""
 
 from __future__ import annotations
 
