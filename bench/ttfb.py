@@ -371,12 +371,13 @@ def report(
     m = machine()
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     d, n, b, k = (o.sides[name] for name in ("direct", "nginx", "bare", "keyplane"))
-    added50 = k.ms("ttfb_ns", 0.5) - d.ms("ttfb_ns", 0.5)
-    added99 = k.ms("ttfb_ns", 0.99) - d.ms("ttfb_ns", 0.99)
-    nginx50 = n.ms("ttfb_ns", 0.5) - d.ms("ttfb_ns", 0.5)
-    nginx99 = n.ms("ttfb_ns", 0.99) - d.ms("ttfb_ns", 0.99)
-    bare50 = b.ms("ttfb_ns", 0.5) - d.ms("ttfb_ns", 0.5)
-    bare99 = b.ms("ttfb_ns", 0.99) - d.ms("ttfb_ns", 0.99)
+
+    def over_direct(side: Side, q: float) -> float:
+        return side.ms("ttfb_ns", q) - d.ms("ttfb_ns", q)
+
+    added50, added99 = over_direct(k, 0.5), over_direct(k, 0.99)
+    nginx50, nginx99 = over_direct(n, 0.5), over_direct(n, 0.99)
+    bare50, bare99 = over_direct(b, 0.5), over_direct(b, 0.99)
     pin = (
         f"upstream, nginx and both proxies on CPU {cpus[0]}, client on CPU {cpus[1]}"
         if cpus[0]

@@ -345,14 +345,13 @@ class SqlMoneyStore(SqlStore):
                 busy, frames, copied = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 if busy or frames <= 0 or copied != frames:
                     return
-                lock = self._sqlite_lock
-                if lock is None or not lock.acquire(blocking=False):
+                if not self._lock_for_steps():  # (the write lock, only if free right now)
                     return
                 try:
                     version = int(raw.execute("PRAGMA user_version").fetchone()[0])
                     raw.execute(f"PRAGMA user_version = {version}")
                 finally:
-                    lock.release()
+                    self._unlock_steps()
         except (OperationalError, SAInterfaceError, sqlite3.Error):
             log.warning("WAL checkpoint failed; the next one catches up", exc_info=True)
 
