@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pyotp
@@ -25,9 +26,10 @@ from starlette.testclient import TestClient
 from conftest import Keyplane, fresh_postgres, make_settings, start_keyplane
 from keyplane import bootstrap
 from keyplane.accounts.auth_ports import OneTimeToken, TokenPurpose
-from keyplane.accounts.models import User
+from keyplane.accounts.models import OrgRole, User
 from keyplane.accounts.passwords import hash_password
 from keyplane.accounts.signup import SignupService
+from keyplane.audit.models import Actor, ActorType
 from keyplane.accounts.throttle import account_subject
 from keyplane.clock import FrozenClock
 from keyplane.storage import migrate
@@ -198,6 +200,61 @@ def test_sign_up_verify_once_profile_log_in_and_out(
     assert browser.log_in("ada@example.com", PASSWORD).status_code == 303
     assert "Welcome, Ada Lovelace" in text_of(browser.get("/"))
     browser.log_out()
+
+
+def test_an_invitation_link_opens_a_page_that_joins_the_invited_account_once(
+    kp: Keyplane, browser: Browser, inbox: Inbox
+) -> None:
+    owner = Actor(ActorType.SESSION, "sess_test", user_id=kp.owner.id, email=kp.owner.email)
+    kp.container.orgs.invite(owner, kp.org.id, "Grace@Example.com", OrgRole.READER)
+    link = link_in(inbox, "grace@example.com", "/invites/accept")
+
+    # Opening it changes nothing; without a session it asks to log in and comes back here.
+    r = browser.get(link)
+    assert r.status_code == 200
+    assert f"join the organization {kp.org.name} on keyplane as Reader" in text_of(r)
+    login = re.search(r'href="(/login\?next=[^"]+)"', r.text)
+    assert login is not None and unquote(html.unescape(login.group(1))) == f"/login?next={link}"
+    assert kp.container.orgs.invitation(token_of(link))[0].accepted_at is None
+
+    # Another account sees whom it was for and cannot take it.
+    browser.log_in("owner@example.com", OWNER_PASSWORD)
+    r = browser.get(link)
+    assert "You are logged in as owner@example.com" in text_of(r)
+    assert "Accept the invitation" not in r.text
+    r = browser.post("/invites/accept", {"token": token_of(link)})
+    assert r.status_code == 400 and "sent to another email address" in text_of(r)
+    browser.log_out()
+
+    # The invited address signs up, verifies, logs in, accepts, and names itself: no new org.
+    browser.get("/signup")
+    browser.post("/signup", {"email": "grace@example.com", "password": PASSWORD})
+    verify = link_in(inbox, "grace@example.com", "/verify")
+    browser.get(verify)
+    browser.post("/verify", {"token": token_of(verify)})
+    browser.log_in("grace@example.com", PASSWORD)
+    browser.get(link)
+    r = browser.post("/invites/accept", {"token": token_of(link)})
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    r = browser.get("/profile")
+    assert 'name="org_name"' not in r.text
+    r = browser.post("/profile", {"name": "Grace Hopper"})
+    r = browser.get("/")
+    assert f"Organization {kp.org.name}" in text_of(r) and "Reader" in text_of(r)
+    members = {m.user.email: m.role for m in kp.container.orgs.members(kp.org.id)}
+    assert members["grace@example.com"] is OrgRole.READER
+    assert len(kp.container.accounts.organizations()) == 1
+
+    # The link worked once.
+    for again in (
+        lambda: browser.get(link),
+        lambda: browser.post("/invites/accept", {"token": token_of(link)}),
+    ):
+        browser.get("/account/security")
+        r = again()
+        assert r.status_code == 400 and "invalid, used or expired" in text_of(r)
+    r = browser.get("/invites/accept?token=nonsense")
+    assert r.status_code == 400 and "This invitation does not work" in text_of(r)
 
 
 def test_signing_up_with_a_taken_address_looks_the_same_and_tells_its_owner(

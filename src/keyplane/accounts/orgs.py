@@ -37,6 +37,7 @@ from keyplane.limits.ratelimit import ModelLimits
 
 INVITE_TTL_S = 7 * 86400
 INVITE_PATH = "/invites/accept"  # the dashboard page that takes ?token=
+_DEAD_INVITE = "This invitation link is invalid, used or expired."
 TOKEN_BYTES = 32  # 256 bits from `secrets`
 
 
@@ -217,18 +218,25 @@ class OrgService:
         )  # fmt: skip
         return invite
 
+    def invitation(self, token: str) -> tuple[Invite, str]:
+        """The pending invitation emailed with ``token`` and its organization's name, for the page
+        that accepts it. Raises InvalidRequest when the link is invalid, used or expired."""
+        invite = self._store.invite_by_token_hash(token_hash(token))
+        if invite is None or invite.status(self._now()) is not InviteStatus.PENDING:
+            raise InvalidRequest(_DEAD_INVITE)
+        return invite, self._accounts.org_name(invite.org_id)
+
     def accept_invite(self, actor: Actor, token: str, user_id: str) -> Member:
         """Makes ``user_id`` a member with the invitation's role. The token works once, until it
         expires, and only for the address it was sent to. Raises InvalidRequest, Conflict."""
-        invite = self._store.invite_by_token_hash(token_hash(token))
+        invite, _ = self.invitation(token)
         user = self._store.user(user_id)
-        now = self._now()
-        if invite is None or user is None or invite.status(now) is not InviteStatus.PENDING:
-            raise InvalidRequest("This invitation link is invalid, used or expired.")
+        if user is None:
+            raise InvalidRequest(_DEAD_INVITE)
         if user.email.lower() != invite.email:
             raise InvalidRequest("This invitation was sent to another email address.")
-        if not self._store.accept_invite(invite.id, user_id, now):
-            raise InvalidRequest("This invitation link is invalid, used or expired.")
+        if not self._store.accept_invite(invite.id, user_id, self._now()):
+            raise InvalidRequest(_DEAD_INVITE)
         self._audit.record(invite.org_id, actor, "invite.accepted", target_id=invite.id)
         self._audit.record(
             invite.org_id, actor, "user.added", target_id=user_id,

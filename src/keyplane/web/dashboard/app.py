@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from keyplane.accounts.auth_services import AuthServices
 from keyplane.config import Settings
 from keyplane.errors import KeyplaneError, StoreUnavailable
-from keyplane.web.dashboard import accounts_routes, csrf
+from keyplane.web.dashboard import accounts_routes, csrf, invite_routes
 from keyplane.web.dashboard.session import (
     DashboardContext,
     DashboardServices,
@@ -192,4 +192,5 @@ def create_dashboard_app(
     app.add_middleware(DashboardGuard)
     app.mount("/static", StaticFiles(packages=[("keyplane.web.dashboard", "static")]), "static")
     app.include_router(accounts_routes.router)
+    app.include_router(invite_routes.router)
     return app

@@ -32,6 +32,7 @@ from starlette.templating import Jinja2Templates
 from keyplane.accounts.auth_ports import Membership, WebSession
 from keyplane.accounts.auth_services import AuthServices
 from keyplane.accounts.models import Organization, OrgRole, User
+from keyplane.accounts.orgs import OrgService
 from keyplane.clock import Clock
 from keyplane.web.dashboard import csrf
 
@@ -43,6 +44,9 @@ class DashboardServices(Protocol):
 
     @property
     def clock(self) -> Clock: ...
+
+    @property
+    def orgs(self) -> OrgService: ...
 
 
 @dataclass(frozen=True, slots=True)

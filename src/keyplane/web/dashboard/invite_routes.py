@@ -1,0 +1,60 @@
+"""The page an invitation email links to: who invited you where, and a button that joins.
+
+Opening the link changes nothing (mail scanners fetch links); joining is a form post from the
+signed-in account the invitation was sent to. Someone without an account is told to sign up with
+that address first; the link works for 7 days, once."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Form, Request
+from starlette.responses import Response
+
+from keyplane.accounts.orgs import INVITE_PATH
+from keyplane.audit.models import Actor, ActorType
+from keyplane.errors import InvalidRequest
+from keyplane.web.dashboard.session import (
+    CurrentUser,
+    MaybeViewer,
+    Redirect,
+    Viewer,
+    client_ip,
+    context,
+    render,
+)
+
+router = APIRouter()
+
+
+def _actor(request: Request, viewer: Viewer) -> Actor:
+    return Actor(
+        ActorType.SESSION, viewer.session_ref, user_id=viewer.user.id, email=viewer.user.email,
+        ip_address=client_ip(request), user_agent=request.headers.get("user-agent"),
+    )  # fmt: skip
+
+
+@router.get(INVITE_PATH)
+def invite_page(request: Request, viewer: MaybeViewer, token: str = "") -> Response:
+    try:
+        invite, org_name = context(request).services.orgs.invitation(token)
+    except InvalidRequest as exc:
+        return render(request, "invite.html", status=400, error=exc.message)
+    here = f"{INVITE_PATH}?token={quote(token, safe='')}"
+    mismatch = viewer is not None and viewer.user.email.lower() != invite.email
+    return render(
+        request, "invite.html", invite=invite, org_name=org_name, token=token,
+        login_url=f"/login?next={quote(here, safe='')}", mismatch=mismatch,
+    )  # fmt: skip
+
+
+@router.post(INVITE_PATH)
+def accept_invite(
+    request: Request, viewer: CurrentUser, token: Annotated[str, Form()] = ""
+) -> Response:
+    try:
+        context(request).services.orgs.accept_invite(_actor(request, viewer), token, viewer.user.id)
+    except InvalidRequest as exc:
+        return render(request, "invite.html", status=400, error=exc.message)
+    raise Redirect("/")
