@@ -29,8 +29,8 @@ from keyplane.accounts.auth_ports import OneTimeToken, TokenPurpose
 from keyplane.accounts.models import OrgRole, User
 from keyplane.accounts.passwords import hash_password
 from keyplane.accounts.signup import SignupService
-from keyplane.audit.models import Actor, ActorType
 from keyplane.accounts.throttle import account_subject
+from keyplane.audit.models import Actor, ActorType
 from keyplane.clock import FrozenClock
 from keyplane.storage import migrate
 from keyplane.storage.auth_repository import SqlAuthStore
