@@ -541,6 +541,21 @@ def test_totp_then_log_in_needs_a_code_and_a_recovery_code_works_once(
         stored = conn.exec_driver_sql("SELECT sealed_secret FROM user_second_factors").scalar_one()
         hashes = conn.exec_driver_sql("SELECT code_hash FROM recovery_codes").scalars().all()
     assert secret.group(1) not in stored and not set(codes) & set(hashes)
+
+    # Once on, neither the same form sent again nor a new setup replaces the app or the codes
+    # (another app only after turning it off, which asks for the password).
+    form = {"setup_token": setup_token.group(1), "code": totp.at(clock.now())}
+    r = browser.post("/account/totp/enable", form)
+    assert r.status_code == 400 and "already on" in text_of(r) and "<code>" not in r.text
+    r = browser.post("/account/totp/setup", {})
+    assert r.status_code == 400 and "already on" in text_of(r) and "totp-secret" not in r.text
+    with kp.container.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT sealed_secret FROM user_second_factors").all() == [
+            (stored,)
+        ]
+        assert conn.exec_driver_sql("SELECT code_hash FROM recovery_codes").scalars().all() == (
+            hashes
+        )
     browser.log_out()
 
     # The password alone signs nobody in.

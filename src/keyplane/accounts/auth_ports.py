@@ -161,9 +161,9 @@ class SecondFactorStore(Protocol):
 
     def enable_second_factor(
         self, user_id: str, sealed_secret: str, step: int, recovery_hashes: Sequence[str], at: int
-    ) -> None:
-        """Turns two-factor on (replacing any earlier secret and recovery codes); ``step`` is
-        the time step of the code that confirmed it, already used."""
+    ) -> bool:
+        """Turns two-factor on unless it is on already (then changes nothing and returns False);
+        ``step`` is the time step of the code that confirmed it, already used."""
         ...
 
     def disable_second_factor(self, user_id: str) -> None:

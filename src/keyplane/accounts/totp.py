@@ -32,6 +32,7 @@ DIGITS = 6
 DRIFT_STEPS = 1
 RECOVERY_CODE_COUNT = 10
 SETUP_TTL_S = 15 * 60
+_ALREADY_ON = "Two-factor authentication is already on. To use another app, turn it off first."
 _BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
 
 
@@ -104,7 +105,12 @@ class SecondFactorService:
         return self._store.second_factor(user_id)
 
     def begin_setup(self, user: User) -> TotpSetup:
-        """A new secret for the user to add to their app; nothing is stored until ``enable``."""
+        """A new secret for the user to add to their app; nothing is stored until ``enable``.
+
+        Raises InvalidRequest while two-factor is on: another app replaces the first only after
+        turning it off, which asks for the password."""
+        if self._store.second_factor(user.id) is not None:
+            raise InvalidRequest(_ALREADY_ON)
         secret = new_totp_secret()
         token = self._fernet.encrypt_at_time(
             f"setup:{user.id}:{secret}".encode(), int(self._clock.now())
@@ -130,9 +136,9 @@ class SecondFactorService:
                 "That code is not right. Enter the 6-digit code your app shows now.", param="code"
             )
         codes = new_recovery_codes()
-        self._store.enable_second_factor(
-            user_id, self._seal(secret), step, [hash_recovery_code(c) for c in codes], int(now)
-        )
+        hashes = [hash_recovery_code(c) for c in codes]
+        if not self._store.enable_second_factor(user_id, self._seal(secret), step, hashes, int(now)):
+            raise InvalidRequest(_ALREADY_ON)  # (a second post of the same form, say)
         return codes
 
     def _open_setup(self, user_id: str, setup_token: str, now: float) -> str:

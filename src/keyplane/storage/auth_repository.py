@@ -282,15 +282,18 @@ class SqlAuthStore(SqlStore):
 
     def enable_second_factor(
         self, user_id: str, sealed_secret: str, step: int, recovery_hashes: Sequence[str], at: int
-    ) -> None:
-        with self._write() as conn:
-            self._drop_second_factor(conn, user_id)
-            conn.execute(
-                insert(user_second_factors).values(
-                    user_id=user_id, sealed_secret=sealed_secret, last_step=step, enabled_at=at
+    ) -> bool:
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    insert(user_second_factors).values(
+                        user_id=user_id, sealed_secret=sealed_secret, last_step=step, enabled_at=at
+                    )
                 )
-            )
-            self._insert_codes(conn, user_id, recovery_hashes)
+                self._insert_codes(conn, user_id, recovery_hashes)
+        except IntegrityError:  # on already (the user id is the table's key)
+            return False
+        return True
 
     def disable_second_factor(self, user_id: str) -> None:
         with self._write() as conn:

@@ -254,7 +254,10 @@ def security_page(request: Request, viewer: CurrentMember) -> Response:
 
 @router.post("/account/totp/setup")
 def totp_setup(request: Request, viewer: CurrentMember) -> Response:
-    setup = context(request).auth.second_factor.begin_setup(viewer.user)
+    try:
+        setup = context(request).auth.second_factor.begin_setup(viewer.user)
+    except InvalidRequest as exc:
+        return _security(request, viewer, status=400, error=exc.message)
     return render(request, "totp_setup.html", viewer=viewer, setup=setup)
 
 
