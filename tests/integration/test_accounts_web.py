@@ -704,6 +704,33 @@ def test_wrong_totp_codes_count_as_failed_logins(
         user.close()
 
 
+def test_wrong_passwords_on_the_security_page_count_as_failed_logins(
+    local: bootstrap.Container, clock: FrozenClock
+) -> None:
+    """A stolen session is no way to guess the account's password without limit."""
+    user = Browser(TestClient(bootstrap.build_app(local)[0], follow_redirects=False))
+    try:
+        user.log_in("owner@example.com", OWNER_PASSWORD)
+        user.get("/account/security")
+        r = user.post("/account/totp/disable", {"password": OWNER_PASSWORD})
+        assert r.status_code == 200  # (it was off: nothing to do, and no failure counted)
+        store = SqlAuthStore(local.engine)
+        for _ in range(98):  # failures already on record (guesses at the login page)
+            store.reserve_attempt(
+                {account_subject("owner@example.com"): 100}, since=0, at=int(clock.now())
+            )
+        for form in ("/account/recovery-codes", "/account/totp/disable"):  # the 99th, the 100th
+            r = user.post(form, {"password": "not the password!"})
+            assert r.status_code == 400 and "password is not right" in text_of(r)
+        for form in ("/account/recovery-codes", "/account/totp/disable"):
+            r = user.post(form, {"password": OWNER_PASSWORD})
+            assert r.status_code == 429 and r.headers["retry-after"] == "3600"
+            assert "for this account. Try again in 60 minutes" in text_of(r)
+        assert "Welcome, Olive" in text_of(user.get("/"))  # the session itself goes on
+    finally:
+        user.close()
+
+
 # -- the store under concurrency ------------------------------------------------------------------
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def engines(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[Engine]]:

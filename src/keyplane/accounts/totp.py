@@ -19,9 +19,15 @@ from typing import Protocol
 import pyotp
 from cryptography.fernet import Fernet, InvalidToken
 
-from keyplane.accounts.auth_ports import SecondFactor, SecondFactorStore, UserDirectory
+from keyplane.accounts.auth_ports import (
+    LoginAttemptStore,
+    SecondFactor,
+    SecondFactorStore,
+    UserDirectory,
+)
 from keyplane.accounts.models import User
 from keyplane.accounts.passwords import verify_password
+from keyplane.accounts.throttle import LoginThrottle, ThrottlePolicy
 from keyplane.clock import Clock
 from keyplane.errors import InvalidRequest
 from keyplane.sealing import derive_key
@@ -32,12 +38,14 @@ DIGITS = 6
 DRIFT_STEPS = 1
 RECOVERY_CODE_COUNT = 10
 SETUP_TTL_S = 15 * 60
+_NOT_THE_PASSWORD = "That password is not right."  # noqa: S105 (a message)
 _ALREADY_ON = "Two-factor authentication is already on. To use another app, turn it off first."
 _BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
 
 
-class TwoFactorStore(UserDirectory, SecondFactorStore, Protocol):
-    """What two-factor needs: users (to check a password) and their second-factor settings."""
+class TwoFactorStore(UserDirectory, SecondFactorStore, LoginAttemptStore, Protocol):
+    """What two-factor needs: users (to check a password, throttled like sign-ins) and their
+    second-factor settings."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +104,19 @@ def looks_like_recovery_code(code: str) -> bool:
 
 
 class SecondFactorService:
-    def __init__(self, store: TwoFactorStore, clock: Clock, *, encryption_key: bytes) -> None:
+    def __init__(
+        self,
+        store: TwoFactorStore,
+        clock: Clock,
+        *,
+        encryption_key: bytes,
+        throttle: ThrottlePolicy | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
+        # Wrong passwords here count against the account like failed sign-ins: a stolen session
+        # must not be a way to guess the password without limit.
+        self._throttle = LoginThrottle(store, clock, throttle)
         self._fernet = Fernet(derive_key(encryption_key, "keyplane/totp-secret/v1"))
 
     def status(self, user_id: str) -> SecondFactor | None:
@@ -137,7 +155,9 @@ class SecondFactorService:
             )
         codes = new_recovery_codes()
         hashes = [hash_recovery_code(c) for c in codes]
-        if not self._store.enable_second_factor(user_id, self._seal(secret), step, hashes, int(now)):
+        if not self._store.enable_second_factor(
+            user_id, self._seal(secret), step, hashes, int(now)
+        ):
             raise InvalidRequest(_ALREADY_ON)  # (a second post of the same form, say)
         return codes
 
@@ -156,14 +176,15 @@ class SecondFactorService:
         return secret
 
     def disable(self, user_id: str, password: str) -> None:
-        """Turns two-factor off. Raises InvalidRequest unless ``password`` is the account's."""
+        """Turns two-factor off. Raises LoginThrottled, and InvalidRequest unless ``password`` is
+        the account's."""
         self._check_password(user_id, password)
         self._store.disable_second_factor(user_id)
 
     def regenerate_recovery_codes(self, user_id: str, password: str) -> list[str]:
         """Replaces every recovery code (used or not). Returns the new codes, to show once.
 
-        Raises InvalidRequest (wrong password, or two-factor is off)."""
+        Raises LoginThrottled, InvalidRequest (wrong password, or two-factor is off)."""
         self._check_password(user_id, password)
         if self._store.second_factor(user_id) is None:
             raise InvalidRequest("Two-factor authentication is off.")
@@ -185,9 +206,14 @@ class SecondFactorService:
         return self._store.use_totp_step(user_id, step)
 
     def _check_password(self, user_id: str, password: str) -> None:
+        """Raises LoginThrottled (before looking at the password), InvalidRequest."""
         user = self._store.user(user_id)
-        if user is None or not verify_password(user.password_hash, password):
-            raise InvalidRequest("That password is not right.", param="password")
+        if user is None:
+            raise InvalidRequest(_NOT_THE_PASSWORD, param="password")
+        attempt = self._throttle.begin(user.email, None)
+        if not verify_password(user.password_hash, password):
+            raise InvalidRequest(_NOT_THE_PASSWORD, param="password")
+        self._throttle.succeeded(attempt)
 
     def _seal(self, secret: str) -> str:
         return self._fernet.encrypt(secret.encode()).decode()

@@ -43,8 +43,8 @@ def _signed_in_redirect(request: Request, location: str, session_id: str) -> Res
     return response
 
 
-def _throttled(request: Request, template: str, exc: LoginThrottled, **values: Any) -> Response:
-    response = render(request, template, status=429, error=exc.message, **values)
+def _throttled(response: Response, exc: LoginThrottled) -> Response:
+    """``response`` (a page with status 429 showing ``exc``) telling when to try again."""
     response.headers["Retry-After"] = str(exc.retry_after_s)
     return response
 
@@ -150,7 +150,10 @@ def login(request: Request, email: Field = "", password: Field = "", next: Field
             email, password, client_ip=client_ip(request), user_agent=_user_agent(request)
         )
     except LoginThrottled as exc:
-        return _throttled(request, "login.html", exc, email=email, next=target)
+        page = render(
+            request, "login.html", status=429, error=exc.message, email=email, next=target
+        )
+        return _throttled(page, exc)
     except InvalidCredentials as exc:
         return render(
             request, "login.html", status=401, error=exc.message, email=email, next=target
@@ -182,7 +185,8 @@ def totp(request: Request, code: Field = "", next: Field = "/") -> Response:
         clear_session_cookie(request, response)
         return response
     except LoginThrottled as exc:
-        return _throttled(request, "login_totp.html", exc, next=target)
+        page = render(request, "login_totp.html", status=429, error=exc.message, next=target)
+        return _throttled(page, exc)
     except InvalidSecondFactor as exc:
         return render(request, "login_totp.html", status=401, error=exc.message, next=target)
     return _signed_in_redirect(request, target, sign_in.session_id)
@@ -282,6 +286,8 @@ def totp_enable(
 def totp_disable(request: Request, viewer: CurrentMember, password: Field = "") -> Response:
     try:
         context(request).auth.second_factor.disable(viewer.user.id, password)
+    except LoginThrottled as exc:
+        return _throttled(_security(request, viewer, status=429, error=exc.message), exc)
     except InvalidRequest as exc:
         return _security(request, viewer, status=400, error=exc.message)
     return _security(request, viewer, notice="Two-factor authentication is off.")
@@ -293,6 +299,8 @@ def recovery_codes(request: Request, viewer: CurrentMember, password: Field = ""
         codes = context(request).auth.second_factor.regenerate_recovery_codes(
             viewer.user.id, password
         )
+    except LoginThrottled as exc:
+        return _throttled(_security(request, viewer, status=429, error=exc.message), exc)
     except InvalidRequest as exc:
         return _security(request, viewer, status=400, error=exc.message)
     return render(request, "recovery_codes.html", viewer=viewer, codes=codes)
