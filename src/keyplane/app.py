@@ -8,9 +8,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from keyplane.gateway.asgi import ASGIApp, Receive, Scope, Send
+from keyplane.keys import network
 
 ADMIN_PREFIXES = ("/v1/organization", "/openapi.json", "/docs")
 GATEWAY_PREFIXES = ("/v1/", "/healthz", "/readyz")
@@ -30,6 +31,25 @@ class Lazy:
         return self._app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+class ForwardedClient:
+    """Behind trusted proxies, sets ``scope["client"]`` to the caller's address from
+    ``X-Forwarded-For`` (walked right to left through ``trusted_proxies`` only), for the Admin API
+    and the dashboard, which read ``request.client`` (admin keys' IP allowlists, the audit log,
+    the sign-in throttle per network). The gateway works the address out itself, cached."""
+
+    def __init__(self, app: ASGIApp, trusted_proxies: Sequence[str]) -> None:
+        self.app = app
+        self._trusted = network.parse_networks(trusted_proxies)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        forwarded = network.forwarded_for(scope["headers"]) if self._trusted else None
+        if forwarded is not None:
+            peer = scope.get("client")
+            addr = network.client_address(peer[0] if peer else None, forwarded, self._trusted)
+            scope = {**scope, "client": None if addr is None else (str(addr), 0)}
         await self.app(scope, receive, send)
 
 

@@ -15,7 +15,7 @@ from keyplane.accounts.sessions import LoginService
 from keyplane.accounts.signup import SignupService
 from keyplane.accounts.totp import SecondFactorService
 from keyplane.accounts.verification import OrgVerificationService
-from keyplane.app import KeyplaneApp, Lazy
+from keyplane.app import ForwardedClient, KeyplaneApp, Lazy
 from keyplane.audit.service import AuditService
 from keyplane.billing.promotion import TierPromoter
 from keyplane.billing.service import BillingService
@@ -269,4 +269,10 @@ def build_app(
 
         return create_dashboard_app(container, settings=container.settings, auth=container.auth)
 
-    return KeyplaneApp(gateway, Lazy(admin), dashboard=Lazy(dashboard)), gateway
+    proxies = container.settings.trusted_proxies
+    web = KeyplaneApp(
+        gateway,
+        ForwardedClient(Lazy(admin), proxies),
+        dashboard=ForwardedClient(Lazy(dashboard), proxies),
+    )
+    return web, gateway

@@ -670,6 +670,40 @@ def test_100_failed_logins_an_hour_throttle_new_logins_not_existing_sessions(
             b.close()
 
 
+@pytest.mark.slow
+def test_behind_a_trusted_proxy_each_caller_is_throttled_by_its_own_address(
+    tmp_path: Path, clock: FrozenClock
+) -> None:
+    settings = make_settings(tmp_path, trusted_proxies=["10.0.0.0/8"])
+    container = bootstrap.build(settings, clock=clock)
+    container.accounts.initialize(
+        email="owner@example.com", password=OWNER_PASSWORD, org_name="Acme"
+    )
+    app, _ = bootstrap.build_app(container)
+    proxy = TestClient(app, follow_redirects=False, client=("10.1.2.3", 50000))
+    outside = TestClient(app, follow_redirects=False, client=("198.51.100.7", 50000))
+    try:
+        attacker = Browser(proxy)
+        attacker.get("/login", headers={"x-forwarded-for": "203.0.113.66"})
+        for i in range(100):
+            proxy.headers["x-forwarded-for"] = "203.0.113.66, 10.9.9.9"  # through two proxies
+            r = attacker.post("/login", {"email": f"nobody{i}@example.com", "password": "guess!"})
+            assert r.status_code == 401, i
+        r = attacker.post("/login", {"email": "owner@example.com", "password": OWNER_PASSWORD})
+        assert r.status_code == 429 and "from your network" in text_of(r)
+        # Another caller behind the same proxy signs in; the header of a caller that is no proxy
+        # is ignored (claiming the throttled address changes nothing for it).
+        proxy.headers["x-forwarded-for"] = "192.0.2.10"
+        assert attacker.log_in("owner@example.com", OWNER_PASSWORD).status_code == 303
+        spoofer = Browser(outside)
+        outside.headers["x-forwarded-for"] = "203.0.113.66"
+        assert spoofer.log_in("owner@example.com", OWNER_PASSWORD).status_code == 303
+    finally:
+        proxy.close()
+        outside.close()
+        container.close()
+
+
 def test_wrong_totp_codes_count_as_failed_logins(
     local: bootstrap.Container, clock: FrozenClock
 ) -> None:

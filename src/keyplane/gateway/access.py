@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from keyplane.gateway.asgi import Scope, header
+from keyplane.gateway.asgi import Scope
 from keyplane.gateway.errors import ApiError, model_not_found
 from keyplane.keys import network, permissions
 from keyplane.keys.access import NO_POLICY, AccessPolicy, AccessPolicyStore, model_allowed
@@ -27,7 +27,7 @@ class AccessGuard:
         self._trusted = network.parse_networks(trusted_proxies)
         self._policies: dict[tuple[str, str], AccessPolicy] = {}
         self._levels: dict[tuple[str, str | None], Levels] = {}  # (org id, project id) → both
-        self._addresses: dict[tuple[str | None, bytes | None], str | None] = {}
+        self._addresses: dict[tuple[str | None, str | None], str | None] = {}
         self._epoch = 0  # bumped by forget(): a read that overlapped a change is not cached
 
     def client_ip(self, scope: Scope) -> str | None:
@@ -35,13 +35,11 @@ class AccessGuard:
         Worked out once per (peer, X-Forwarded-For): a gateway sees the same few over and over."""
         peer = scope.get("client")
         host = peer[0] if peer else None
-        forwarded = header(scope, b"x-forwarded-for") if self._trusted else None
+        forwarded = network.forwarded_for(scope["headers"]) if self._trusted else None
         seen = (host, forwarded)
         if seen in self._addresses:
             return self._addresses[seen]
-        addr = network.client_address(
-            host, forwarded.decode("latin-1") if forwarded else None, self._trusted
-        )
+        addr = network.client_address(host, forwarded, self._trusted)
         if len(self._addresses) >= 4096:
             self._addresses.clear()
         shown = self._addresses[seen] = None if addr is None else str(addr)

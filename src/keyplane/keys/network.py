@@ -70,5 +70,13 @@ def client_address(
     return addr
 
 
+def forwarded_for(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """Every ``X-Forwarded-For`` header of a request (ASGI headers), joined in order as one list:
+    reading only the first would trust a client's own header when a proxy adds its hop as a
+    header of its own."""
+    values = [value for name, value in headers if name == b"x-forwarded-for"]
+    return b",".join(values).decode("latin-1") if values else None
+
+
 def allowed_nonempty(addr: Address | None, networks: Sequence[Network]) -> bool:
     return bool(networks) and allowed(addr, networks)

@@ -124,7 +124,7 @@ def is_secure(request: Request) -> bool:
 
 
 def client_ip(request: Request) -> str | None:
-    # The socket's peer; X-Forwarded-For from trusted proxies comes with the IP-allowlist work.
+    # The socket peer, or the caller behind trusted proxies (keyplane.app.ForwardedClient).
     return request.client.host if request.client else None
 
 
