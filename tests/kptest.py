@@ -44,6 +44,9 @@ class ServerThread:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.loop.run_until_complete(self.server.serve(sockets=[self.sock]))
+        # As asyncio.Runner (keyplane serve) ends: database calls still running in worker threads
+        # finish first, or closing the container meanwhile would strand their connections.
+        self.loop.run_until_complete(self.loop.shutdown_default_executor())
         self.loop.close()
 
     def start(self) -> ServerThread:

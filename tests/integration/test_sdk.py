@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
 
-from conftest import Keyplane
+from conftest import Keyplane, fresh_postgres, start_keyplane
+from kptest import ServerThread
 from keyplane import simulator as sim
 from keyplane.usage.pricing import PriceTable
 
@@ -21,6 +24,21 @@ def client(kp: Keyplane, key: str | None = None) -> openai.OpenAI:
     c = openai.OpenAI(base_url=kp.base_url, api_key=key or kp.key, max_retries=0)
     _open.append(c)
     return c
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def kp(
+    request: pytest.FixtureRequest, tmp_path: Path, simulator: ServerThread
+) -> Iterator[Keyplane]:
+    """keyplane on each database it supports: the gateway serves the same on both."""
+    with contextlib.ExitStack() as stack:
+        url = "" if request.param == "sqlite" else stack.enter_context(fresh_postgres())
+        instance = start_keyplane(tmp_path, simulator.url + "/v1", database_url=url)
+        try:
+            yield instance
+        finally:
+            instance.server.stop()
+            instance.container.close()
 
 
 @pytest.fixture(autouse=True)

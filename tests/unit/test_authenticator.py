@@ -59,9 +59,9 @@ class FakeKeyStore:
         self.changes.append(key_id)
         return True
 
-    def changes_since(self, seq: int) -> tuple[int, Sequence[str]]:
+    def changes_since(self, seq: int | None) -> tuple[int, Sequence[str]]:
         self.calls.append("changes_since")
-        return len(self.changes), list(dict.fromkeys(self.changes[seq:]))
+        return len(self.changes), [] if seq is None else list(dict.fromkeys(self.changes[seq:]))
 
     def record_use(self, uses: Mapping[str, tuple[int, str | None]]) -> None:
         self.calls.append("record_use")

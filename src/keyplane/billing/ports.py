@@ -137,7 +137,10 @@ class MoneyStore(Protocol):
         """Returns settled spend in the month for the organization and per project."""
         ...
 
-    def events_since(self, seq: int) -> tuple[int, Sequence[MoneyEvent]]: ...
+    def events_since(self, seq: int | None) -> tuple[int, Sequence[MoneyEvent]]:
+        """The latest event's sequence number and the events after ``seq`` (none for None:
+        where the feed is now)."""
+        ...
 
     def claim_idempotency(self, scope: str, key: str, request_hash: str, at: int) -> str | None:
         """Claims (scope, key) for a new request and returns None, or returns the stored response

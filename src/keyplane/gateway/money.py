@@ -386,7 +386,7 @@ class MoneyGuard:
 
     async def _refresh(self) -> int:
         if self._seq is None:
-            self._seq, _ = await asyncio.to_thread(self._store.events_since, 2**62)
+            self._seq, _ = await asyncio.to_thread(self._store.events_since, None)
             # Organizations loaded before this first successful read of the feed (the database was
             # down at startup) may have missed changes: bring them up to date.
             for loaded in list(self._orgs.values()):

@@ -137,7 +137,7 @@ class KeyAuthenticator:
         if self._seq is None:
             # First successful read of the feed: anything cached before it (while the database
             # was unreachable at startup) may predate a change we will never see; drop it all.
-            self._seq, _ = await asyncio.to_thread(self._store.changes_since, 2**62)
+            self._seq, _ = await asyncio.to_thread(self._store.changes_since, None)
             dropped = len(self._cache) + len(self._unknown)
             self._cache.clear()
             self._unknown.clear()

@@ -32,8 +32,9 @@ class KeyStore(Protocol):
         revoked."""
         ...
 
-    def changes_since(self, seq: int) -> tuple[int, Sequence[str]]:
-        """Returns the latest change sequence number and the ids of keys changed after ``seq``.
+    def changes_since(self, seq: int | None) -> tuple[int, Sequence[str]]:
+        """Returns the latest change sequence number and the ids of keys changed after ``seq``
+        (none for None: where the feed is now).
 
         Raises StoreUnavailable when the database cannot be reached."""
         ...

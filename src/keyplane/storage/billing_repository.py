@@ -550,15 +550,18 @@ class SqlMoneyStore(SqlStore):
         per_project = dict(self._read(lambda c: _month_spend(c, org_id, period)))
         return sum(per_project.values()), per_project
 
-    def events_since(self, seq: int) -> tuple[int, Sequence[MoneyEvent]]:
+    def events_since(self, seq: int | None) -> tuple[int, Sequence[MoneyEvent]]:
         def read(c: Connection) -> tuple[int, Sequence[MoneyEvent]]:
-            rows = c.execute(
-                select(money_events).where(money_events.c.seq > seq).order_by(money_events.c.seq)
-            ).all()
-            if rows:
-                return rows[-1].seq, [MoneyEvent(r.seq, r.org_id, r.kind, r.ref) for r in rows]
-            latest = c.execute(select(func.max(money_events.c.seq))).scalar()
-            return min(seq, latest or 0), []
+            if seq is not None:
+                rows = c.execute(
+                    select(money_events)
+                    .where(money_events.c.seq > seq)
+                    .order_by(money_events.c.seq)
+                ).all()
+                if rows:
+                    return rows[-1].seq, [MoneyEvent(r.seq, r.org_id, r.kind, r.ref) for r in rows]
+            latest = c.execute(select(func.max(money_events.c.seq))).scalar() or 0
+            return (latest if seq is None else min(seq, latest)), []
 
         return self._read(read)
 

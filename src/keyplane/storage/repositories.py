@@ -156,17 +156,18 @@ class SqlKeyStore(SqlStore):
             conn.execute(update(t.api_keys).where(t.api_keys.c.id == key.id).values(**values))
             conn.execute(insert(t.key_events).values(key_id=key.id, at=at))
 
-    def changes_since(self, seq: int) -> tuple[int, Sequence[str]]:
+    def changes_since(self, seq: int | None) -> tuple[int, Sequence[str]]:
         def read(c: Connection) -> tuple[int, Sequence[str]]:
-            rows = c.execute(
-                select(t.key_events.c.seq, t.key_events.c.key_id)
-                .where(t.key_events.c.seq > seq)
-                .order_by(t.key_events.c.seq)
-            ).all()
-            if rows:
-                return rows[-1][0], [r[1] for r in rows]
-            latest = c.execute(select(func.max(t.key_events.c.seq))).scalar()
-            return min(seq, latest or 0), []
+            if seq is not None:
+                rows = c.execute(
+                    select(t.key_events.c.seq, t.key_events.c.key_id)
+                    .where(t.key_events.c.seq > seq)
+                    .order_by(t.key_events.c.seq)
+                ).all()
+                if rows:
+                    return rows[-1][0], [r[1] for r in rows]
+            latest = c.execute(select(func.max(t.key_events.c.seq))).scalar() or 0
+            return (latest if seq is None else min(seq, latest)), []
 
         return self._read(read)
 
