@@ -10,9 +10,9 @@ import openai
 import pytest
 
 from conftest import Keyplane, fresh_postgres, start_keyplane
-from kptest import ServerThread
 from keyplane import simulator as sim
 from keyplane.usage.pricing import PriceTable
+from kptest import ServerThread
 
 PROMPT = [{"role": "user", "content": "Say hello to keyplane"}]
 
