@@ -16,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from conftest import make_settings
+from conftest import fresh_postgres, make_settings
 from keyplane import bootstrap
 from keyplane.accounts.models import Organization, OrgRole, Project, User
 from keyplane.accounts.orgs import OrgService
@@ -657,3 +657,30 @@ async def test_required_organization_verification_gates_key_creation(tmp_path: P
         )  # the operator: keyplane orgs verify
         assert (await env.ok("POST", path, {"name": "now"}))["value"].startswith("sk-kp-proj-")
         error_of(await env.call("POST", "/verification", {"legal_name": "x"}), 400)
+
+
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+async def test_the_nul_character_is_bad_input_on_either_database(
+    tmp_path: Path, database: str
+) -> None:
+    """PostgreSQL's text cannot hold U+0000: in a body or in a URL it is a 4xx, never a 500."""
+    with contextlib.ExitStack() as stack:
+        url = "" if database == "sqlite" else stack.enter_context(fresh_postgres())
+        async with org_env(tmp_path, database_url=url) as env:
+            project = env.project.id
+            for path, body in [
+                ("/projects", {"name": "a\x00b"}),
+                (f"/projects/{project}/service_accounts", {"name": "robot\x00"}),
+                ("/invites", {"email": "new@example.com\x00", "role": "reader"}),
+                (f"/projects/{project}/api_keys", {"name": "key\x00"}),
+            ]:
+                error = error_of(await env.call("POST", path, body), 400)
+                assert "NUL character" in error["message"], (path, error)
+            for path in (f"/projects/{project}%00", f"/projects/{project}/api_keys?after=x%00"):
+                r = await env.call("GET", path)
+                assert r.status_code in (400, 404), (path, r.text)
+                error_of(r, r.status_code)
+            names = [p["name"] for p in (await env.ok("GET", "/projects"))["data"]]
+            assert names == ["Default project"]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+
+from keyplane.errors import InvalidRequest
 
 BUSY_TIMEOUT_MS = 30_000  # how long a SQLite write waits for another process's write lock
 AUTOCHECKPOINT_PAGES = 1000  # SQLite's default: a commit that leaves a WAL this long checkpoints
@@ -19,7 +22,21 @@ def make_engine(url: str) -> Engine:
         return _sqlite_engine(url)
     if parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False))
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    event.listen(engine, "before_cursor_execute", _refuse_nul)
+    return engine
+
+
+def _refuse_nul(
+    _conn: Any, _cursor: Any, _statement: str, parameters: Any, _context: Any, many: bool
+) -> None:
+    """PostgreSQL's text cannot hold U+0000, and the driver's error for it would be a server
+    error: a value with one (an id in a URL, say) is bad input. (Request bodies refuse it before
+    this, on either database: web/schemas.py.)"""
+    for params in parameters if many else (parameters,):
+        values = params.values() if isinstance(params, Mapping) else params
+        if any(isinstance(v, str) and "\x00" in v for v in values or ()):
+            raise InvalidRequest("A value cannot contain the NUL character (U+0000).")
 
 
 def _null(value: None) -> None:

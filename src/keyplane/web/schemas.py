@@ -9,7 +9,7 @@ alerts). One cent is 10,000 micro-dollars. Money fields are strict integers, so 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -38,9 +38,27 @@ def micro_to_cents(micro: int) -> int:
 
 
 class Request(BaseModel):
-    """Request bodies refuse unknown fields: a typo must not be ignored on a money setting."""
+    """Request bodies refuse unknown fields: a typo must not be ignored on a money setting. Their
+    text refuses U+0000 anywhere, on either database (PostgreSQL's text cannot hold it)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if _has_nul(value):
+            raise ValueError("Text cannot contain the NUL character (U+0000).")
+        return value
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 class MonthlyUsd(Request):
