@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 from sqlalchemy import func, select
 
@@ -236,3 +237,82 @@ def test_concurrent_first_uses_of_one_idempotency_key_grant_once(funded: Keyplan
     grants = {r for r in results if r != "in progress"}
     assert len(grants) == 1
     assert billing.balance(funded.org.id).available == 2 * DOLLAR  # $1 funded + exactly one grant
+
+
+class LooseUpstream:
+    """An OpenAI-compatible server as lax as some are: it obeys the larger of ``max_tokens`` and
+    ``max_completion_tokens`` and writes that many tokens for each of ``n`` (or ``best_of``)
+    outputs, reporting them all in ``usage``. Records what it was sent."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        if scope["method"] == "GET":
+            answer: dict[str, Any] = {"data": [{"id": "gpt-3.5-turbo"}, {"id": "gpt-4o"}]}
+        else:
+            body = orjson.loads(b"".join(chunks))
+            self.bodies.append(body)
+            cap = max(int(body.get(f) or 0) for f in ("max_tokens", "max_completion_tokens"))
+            outputs = max(int(body.get("n") or 1), int(body.get("best_of") or 1))
+            usage = {"prompt_tokens": 5, "completion_tokens": cap * outputs}
+            answer = {"id": "x", "object": "text_completion", "choices": [], "usage": usage}
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": orjson.dumps(answer)})
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/completions", {"prompt": "hi", "max_completion_tokens": 10, "max_tokens": 2_000_000}),
+        ("/completions", {"prompt": "hi", "max_tokens": 500, "best_of": 20}),
+        ("/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 10}),
+    ],
+    ids=["both_caps", "best_of", "n"],
+)
+def test_every_output_the_upstream_may_write_is_held_and_paid_for(
+    tmp_path: Path, path: str, body: dict[str, Any]
+) -> None:
+    """Spend stays within a cent of credit whatever cap the upstream obeys and however many
+    outputs it writes: the hold counts them all and the caps sent are lowered to fit."""
+    upstream = LooseUpstream()
+    server = ServerThread(upstream).start()
+    kp = start_keyplane(tmp_path, server.url + "/v1", credit=10_000)  # one cent
+    try:
+        model = "gpt-3.5-turbo" if path == "/completions" else "gpt-4o"
+        r = httpx.post(
+            kp.base_url + path, json={"model": model, **body},
+            headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        [sent] = upstream.bodies
+        [record] = kp.usage(expect=1)
+        price = PriceTable.load().price(model, 2_000_000_000)
+        assert price is not None
+        # Charged what the upstream reported, within the cent.
+        assert record.output_tokens == r.json()["usage"]["completion_tokens"]
+        assert record.cost_micro_usd == price.token_cost(5, 0, record.output_tokens) <= 10_000
+        assert {f for f in ("max_tokens", "max_completion_tokens") if f in body} <= set(sent)
+        for bad in ({"n": "10"}, {"n": 10.0}, {"best_of": 0}, {"n": 129}):
+            r = httpx.post(
+                kp.base_url + path, json={"model": model, **body, **bad},
+                headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+            )  # fmt: skip
+            assert r.status_code == 400 and r.json()["error"]["param"] == next(iter(bad)), bad
+        assert len(upstream.bodies) == 1
+    finally:
+        kp.server.stop()
+        kp.container.close()
+        server.stop()

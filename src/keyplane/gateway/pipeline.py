@@ -49,6 +49,7 @@ _PASS_RESPONSE = frozenset({b"content-type", b"openai-processing-ms", b"openai-v
 # enum metaclass's ``__getattr__`` hook (~80 ns, against ~10 ns for a global).
 _ADMIN = KeyKind.ADMIN
 _COMPLETED = Outcome.COMPLETED
+MAX_CHOICES = 128  # n and best_of at most (OpenAI's limit for n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +197,11 @@ class Pipeline:
             client_wants_usage = options.get("include_usage") is True
             payload["stream_options"] = {**options, "include_usage": True}
             rewrite = True
-        field, asked = _output_cap(payload)
-        n = payload.get("n")
-        choices = n if isinstance(n, int) and n > 0 else 1
+        fields, asked = _output_cap(payload)
+        # Each of n choices (or best_of candidates, generated and billed, on completions) can
+        # write the whole cap: the hold and the token estimate count them all. (_parse checked
+        # both are positive integers.)
+        choices = max(payload.get("n") or 1, payload.get("best_of") or 1)
         org = self.money.cached_org(key.org_id) or await self.money.org(key.org_id)
         scopes = self.rates.cached_scopes(key, org.tier, model) or await self.rates.scopes(
             key, org.tier, model
@@ -207,7 +210,7 @@ class Pipeline:
         now = self.clock.now()
         self._rate_limit(call, scopes, asked, choices, now)
         try:
-            rewrite |= self._hold(call, org, payload, len(body), field, asked, choices, now)
+            rewrite |= self._hold(call, org, payload, len(body), fields, asked, choices, now)
         except BaseException:
             self.rates.settle(call.ticket, 0, now)  # refused before forwarding: no tokens used
             raise
@@ -236,10 +239,10 @@ class Pipeline:
 
     def _hold(
         self, call: Call, org: OrgMoney, payload: dict[str, Any], body_len: int,
-        field: str | None, asked: int | None, choices: int, now: float,
+        fields: tuple[str, ...], asked: int | None, choices: int, now: float,
     ) -> bool:  # fmt: skip
         """Places the money hold; returns True when the payload now carries a lower output cap
-        (``field``/``asked``: the client's own cap, if any; ``choices``: how many it asked for)."""
+        (``fields``/``asked``: the client's own cap, if any; ``choices``: how many it asked for)."""
         price = call.price = self.prices.price(call.model, now)
         bound = cost_bound(price, input_token_bound(body_len, payload), choices)
         model_max = price.max_output_tokens if price else None
@@ -260,9 +263,11 @@ class Pipeline:
             or not (admission.clamped or (asked is None and model_max is None))
         ):
             return False
-        if field is None:
-            field = price.output_param if call.endpoint.name == "chat.completions" else "max_tokens"
-        payload[field] = admission.output_tokens
+        if not fields:
+            chat = call.endpoint.name == "chat.completions"
+            fields = (price.output_param if chat else "max_tokens",)
+        for field in fields:  # every cap the client sent: an upstream may obey either
+            payload[field] = admission.output_tokens
         return True
 
     async def _forward(
@@ -445,13 +450,15 @@ async def _wait_for_disconnect(receive: Receive) -> None:
         pass
 
 
-def _output_cap(payload: dict[str, Any]) -> tuple[str | None, int | None]:
-    """Returns which field caps the output and its value (already validated as positive ints)."""
-    for field in ("max_completion_tokens", "max_tokens"):
-        value = payload.get(field)
-        if isinstance(value, int):
-            return field, value
-    return None, None
+_CAPS = ("max_completion_tokens", "max_tokens")
+
+
+def _output_cap(payload: dict[str, Any]) -> tuple[tuple[str, ...], int | None]:
+    """The fields that cap the output and the largest of their values (_parse checked them):
+    with both, the upstream may obey either (OpenAI's chat takes ``max_completion_tokens``, its
+    legacy completions ``max_tokens``, servers such as vLLM either)."""
+    fields = tuple(f for f in _CAPS if payload.get(f) is not None)
+    return fields, max((payload[f] for f in fields), default=None)
 
 
 def _too_large(limit: int) -> ApiError:
@@ -491,10 +498,16 @@ def _parse(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
     options = payload.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object.", param="stream_options")
-    for name in ("max_tokens", "max_completion_tokens"):
+    for name in _CAPS:
         value = payload.get(name)
         if value is not None and (
             not isinstance(value, int) or isinstance(value, bool) or value < 1
         ):
             raise bad_request(f"'{name}' must be a positive integer.", param=name)
+    for name in ("n", "best_of"):  # how many outputs the upstream generates: the hold counts them
+        value = payload.get(name)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_CHOICES
+        ):
+            raise bad_request(f"'{name}' must be an integer from 1 to {MAX_CHOICES}.", param=name)
     return payload
