@@ -239,13 +239,15 @@ def test_concurrent_first_uses_of_one_idempotency_key_grant_once(funded: Keyplan
     assert billing.balance(funded.org.id).available == 2 * DOLLAR  # $1 funded + exactly one grant
 
 
-class LooseUpstream:
-    """An OpenAI-compatible server as lax as some are: it obeys the larger of ``max_tokens`` and
-    ``max_completion_tokens`` and writes that many tokens for each of ``n`` (or ``best_of``)
-    outputs, reporting them all in ``usage``. Records what it was sent."""
+class Upstream:
+    """A minimal OpenAI-compatible server (``answer`` makes each answer); records what it was
+    sent."""
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
+
+    def answer(self, body: dict[str, Any]) -> bytes:
+        raise NotImplementedError
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -260,17 +262,67 @@ class LooseUpstream:
             if not message.get("more_body"):
                 break
         if scope["method"] == "GET":
-            answer: dict[str, Any] = {"data": [{"id": "gpt-3.5-turbo"}, {"id": "gpt-4o"}]}
+            answer = orjson.dumps({"data": [{"id": "gpt-3.5-turbo"}, {"id": "gpt-4o"}]})
         else:
             body = orjson.loads(b"".join(chunks))
             self.bodies.append(body)
-            cap = max(int(body.get(f) or 0) for f in ("max_tokens", "max_completion_tokens"))
-            outputs = max(int(body.get("n") or 1), int(body.get("best_of") or 1))
-            usage = {"prompt_tokens": 5, "completion_tokens": cap * outputs}
-            answer = {"id": "x", "object": "text_completion", "choices": [], "usage": usage}
+            answer = self.answer(body)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json")]})  # fmt: skip
-        await send({"type": "http.response.body", "body": orjson.dumps(answer)})
+        await send({"type": "http.response.body", "body": answer})
+
+
+class LooseUpstream(Upstream):
+    """As lax as some servers are: it obeys the larger of ``max_tokens`` and
+    ``max_completion_tokens`` and writes that many tokens for each of ``n`` (or ``best_of``)
+    outputs, reporting them all in ``usage``."""
+
+    def answer(self, body: dict[str, Any]) -> bytes:
+        cap = max(int(body.get(f) or 0) for f in ("max_tokens", "max_completion_tokens"))
+        outputs = max(int(body.get("n") or 1), int(body.get("best_of") or 1))
+        usage = {"prompt_tokens": 5, "completion_tokens": cap * outputs}
+        return orjson.dumps({"id": "x", "object": "text_completion", "choices": [], "usage": usage})
+
+
+class NoUsageUpstream(Upstream):
+    """Answers a 4,000-character message, or ``raw`` as it is, with no usable ``usage``."""
+
+    def __init__(self, usage: Any = None, raw: bytes | None = None) -> None:
+        super().__init__()
+        self.usage, self.raw = usage, raw
+
+    def answer(self, body: dict[str, Any]) -> bytes:
+        message = {"role": "assistant", "content": "word " * 800}
+        answer = {"id": "x", "object": "chat.completion", "choices": [{"message": message}]}
+        return self.raw or orjson.dumps({**answer, "usage": self.usage})
+
+
+@pytest.mark.parametrize(
+    "upstream",
+    [NoUsageUpstream(), NoUsageUpstream(usage={"prompt_tokens": "5", "completion_tokens": -1}),
+     NoUsageUpstream(raw=b"x" * 4000)],
+    ids=["none", "garbled", "not_json"],
+)  # fmt: skip
+def test_an_answer_without_usable_usage_is_billed_on_estimates_not_free(
+    tmp_path: Path, upstream: NoUsageUpstream
+) -> None:
+    server = ServerThread(upstream).start()
+    kp = start_keyplane(tmp_path, server.url + "/v1")
+    try:
+        r = httpx.post(
+            kp.base_url + "/chat/completions",
+            json={"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 400}]},
+            headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+        )  # fmt: skip
+        assert r.status_code == 200
+        [record] = kp.usage(expect=1)
+        assert record.tokens_estimated
+        assert record.input_tokens >= 100 and record.output_tokens == 1000
+        assert record.cost_micro_usd == GPT4O.token_cost(record.input_tokens, 0, 1000) > 0
+    finally:
+        kp.server.stop()
+        kp.container.close()
+        server.stop()
 
 
 @pytest.mark.parametrize(

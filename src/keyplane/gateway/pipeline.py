@@ -29,7 +29,7 @@ from keyplane.gateway.asgi import Receive, Send, header, send_bytes
 from keyplane.gateway.errors import ApiError, bad_request, from_domain, missing_key, model_not_found
 from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.ratelimits import RateGuard
-from keyplane.gateway.streaming import SseAccounting, answer_usage, error_event
+from keyplane.gateway.streaming import SseAccounting, answer_usage, error_event, estimated_output
 from keyplane.gateway.transport import UpstreamError, UpstreamResponse
 from keyplane.gateway.upstreams import UpstreamRouter, UpstreamUnavailable
 from keyplane.keys.authenticator import KeyAuthenticator
@@ -292,8 +292,13 @@ class Pipeline:
                     await self._stream(call, resp, out_headers, receive, send, client_wants_usage)
                     return
                 content = await self._read_error(resp)
-            reported = answer_usage(content) if resp.status == 200 else None
-            self._meter(call, resp.status, reported or (0, 0, 0), _COMPLETED, estimated=False)
+            if resp.status != 200:
+                self._meter(call, resp.status, (0, 0, 0), _COMPLETED, estimated=False)
+            elif (reported := answer_usage(content)) is not None:
+                self._meter(call, 200, reported, _COMPLETED, estimated=False)
+            else:  # an answer with no usable usage is billed on estimates, as a stream would be
+                out = estimated_output(content) if call.endpoint.has_output else 0
+                self._meter(call, 200, (call.estimated_input, 0, out), _COMPLETED, estimated=True)
             await send_bytes(
                 send, resp.status, content, out_headers[1:], content_type=out_headers[0][1]
             )

@@ -57,6 +57,16 @@ def answer_usage(content: bytes) -> tuple[int, int, int] | None:
         return None
 
 
+def estimated_output(content: bytes) -> int:
+    """Output tokens of a whole answer that reported no usable ``usage``, estimated from the text
+    it carries (the whole body, if it is not JSON: the upstream produced it)."""
+    try:
+        answer = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return estimate_chars(len(content))
+    return estimate_chars(generated_chars(answer))
+
+
 def usage_object(payload: bytes) -> bool:
     """Whether a data line may carry token counts: a ``"usage"`` key whose value is an object,
     i.e. ``"usage"``, optional whitespace, a colon, optional whitespace, ``{`` anywhere in it,

@@ -54,9 +54,9 @@ def estimate_input(value: Any) -> int:
 
 
 def generated_chars(chunk: Any) -> int:
-    """How many characters of generated text one streamed chunk carries (content, refusals,
-    reasoning, tool-call arguments, legacy completions' text). Counted, not joined: it runs for
-    every event of every stream."""
+    """How many characters of generated text one streamed chunk, or a whole answer (its
+    choices' ``message``), carries (content, refusals, reasoning, tool-call arguments, legacy
+    completions' text). Counted, not joined: it runs for every event of every stream."""
     if type(chunk) is not dict:
         return 0
     choices = chunk.get("choices")
@@ -71,7 +71,9 @@ def generated_chars(chunk: Any) -> int:
             count += len(text)
         delta = choice.get("delta")
         if type(delta) is not dict:
-            continue
+            delta = choice.get("message")
+            if type(delta) is not dict:
+                continue
         for field in _DELTA_TEXT:
             value = delta.get(field)
             if type(value) is str:
