@@ -20,7 +20,8 @@ head and body written in two system calls. This server parses with the same llht
   its requests a second); so is a larger one (``HOLD_MAX``).
 
 What it does (HTTP/1.1 and 1.0, no TLS, no WebSocket; keyplane needs none): keep-alive with an
-idle timeout, request bodies by content-length or chunked, streamed through ``receive()`` with
+idle timeout; a request's head, and every pause in its body, within ``request_timeout_s`` (else
+408 and the connection closed); request bodies by content-length or chunked, streamed through ``receive()`` with
 reading paused past 64 KiB unread; pipelined requests answered in order; ``Expect:
 100-continue``; responses with content-length, or chunked when the app gives none; HEAD; write
 back-pressure (``send()`` waits while the transport's buffer is full); a malformed request gets
@@ -100,9 +101,14 @@ class Server:
         graceful_s: float = 10.0,
         lifespan: bool = True,
         access_log: bool = False,
+        request_timeout_s: float = 60.0,
     ) -> None:
         self.app = app
         self.keep_alive_s = keep_alive_s
+        # A request's head must arrive within this, and its body may pause no longer (nginx's
+        # client_header_timeout and client_body_timeout): a client sending a request a byte at a
+        # time, or not at all, must not hold a connection forever.
+        self.request_timeout_s = request_timeout_s
         self.graceful_s = graceful_s
         self.lifespan = lifespan
         self.access_log = access_log
@@ -165,9 +171,12 @@ class Server:
             return
         self._swept = now
         expired = now - self.keep_alive_s
+        late = now - self.request_timeout_s
         for conn in list(self.connections):
             if conn.idle_since is not None and conn.idle_since <= expired:
                 conn.close()
+            elif conn.owed_since is not None and conn.reading and conn.owed_since <= late:
+                conn._reject(408, "The request did not arrive in time.")
 
     async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """Closes idle connections, lets requests in flight finish (up to ``graceful_s``), then
@@ -251,6 +260,8 @@ class _Connection(asyncio.Protocol):
         self.current: _Exchange | None = None  # the request being answered
         self.queued: deque[_Exchange] = deque()  # pipelined requests waiting their turn
         self.idle_since: float | None = None
+        # Since when the client owes the rest of a request (its head, or its body's next bytes)
+        self.owed_since: float | None = None
         self.closing = False  # no new requests (shutting down, or the client asked)
         self.reading = True
         self.write_paused: asyncio.Future[None] | None = None
@@ -312,6 +323,7 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self.owed_since = self.loop.time()
         self._url = b""
         self._headers = []
         self._expect = False
@@ -373,11 +385,13 @@ class _Connection(asyncio.Protocol):
             self._pause_reading()  # one request ahead is enough
 
     def on_body(self, body: bytes) -> None:
+        self.owed_since = self.loop.time()
         exchange = self._parsing
         if exchange is not None:
             exchange.add_body(body)
 
     def on_message_complete(self) -> None:
+        self.owed_since = None
         if self._parsing is not None:
             self._parsing.body_complete()
             self._parsing = None
@@ -432,6 +446,8 @@ class _Connection(asyncio.Protocol):
         if not self.reading and self.transport is not None and not self.transport.is_closing():
             self.reading = True
             self.transport.resume_reading()
+            if self.owed_since is not None:  # (paused, the client owed nothing: a fresh start)
+                self.owed_since = self.loop.time()
 
     def _reject(self, status: int, text: str) -> None:
         log.warning("%s", text)

@@ -349,6 +349,32 @@ def test_idle_keep_alive_connections_are_closed_after_the_timeout() -> None:
     run(scenario)
 
 
+def test_a_request_sent_too_slowly_gets_408_and_its_connection_closes() -> None:
+    async def scenario() -> None:
+        async with serving(echo, request_timeout_s=0.5) as (_, port):
+            for partial in (
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Le",  # a head that stops
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",  # a body
+            ):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(partial)
+                started = time.monotonic()
+                answer = await reader.read()  # until the server closes
+                assert answer.startswith(b"HTTP/1.1 408 "), answer
+                assert time.monotonic() - started < 3
+                writer.close()
+            # A body that keeps coming, however slowly, is not cut off.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n")
+            for byte in b"abcdef":
+                await asyncio.sleep(0.1)  # (the pace of a slow client, under the timeout)
+                writer.write(bytes([byte]))
+            await reader.readuntil(b"POST / ? abcdef")
+            writer.close()
+
+    run(scenario)
+
+
 def test_lifespan_runs_around_serving() -> None:
     events: list[str] = []
 
