@@ -28,6 +28,7 @@ from keyplane.accounts.service import AccountService
 from keyplane.audit.models import Actor
 from keyplane.audit.service import AuditService, changed
 from keyplane.clock import Clock
+from keyplane.emails import normalize_email
 from keyplane.errors import Conflict, InvalidRequest, NotFound
 from keyplane.ids import new_id
 from keyplane.keys.format import KeyKind
@@ -44,14 +45,6 @@ TOKEN_BYTES = 32  # 256 bits from `secrets`
 def token_hash(token: str) -> str:
     """A fast hash is enough: the token is 256 random bits, not a password."""
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def clean_email(email: str) -> str:
-    email = email.strip().lower()
-    local, _, domain = email.partition("@")
-    if not local or not domain or len(email) > 254 or any(c.isspace() for c in email):
-        raise InvalidRequest(f"'{email}' is not an email address.", param="email")
-    return email
 
 
 def _name(name: str, what: str) -> str:
@@ -172,7 +165,7 @@ class OrgService:
         """Stores an invitation and queues the email with its single-use link (valid 7 days).
 
         Raises Conflict if the address is a member or has a pending invitation."""
-        email = clean_email(email)
+        email = normalize_email(email)
         now = self._now()
         if any(m.user.email.lower() == email for m in self._store.members(org_id)):
             raise Conflict(f"'{email}' is already a member of this organization.", param="email")

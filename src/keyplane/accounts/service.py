@@ -8,6 +8,7 @@ from keyplane.accounts.models import Organization, Project, User
 from keyplane.accounts.passwords import MIN_LENGTH, hash_password
 from keyplane.accounts.ports import AccountStore
 from keyplane.clock import Clock
+from keyplane.emails import normalize_email
 from keyplane.errors import Conflict, InvalidRequest, NotFound
 from keyplane.ids import new_id
 
@@ -29,9 +30,7 @@ class AccountService:
             raise Conflict(
                 "keyplane is already initialized; add users from the dashboard or the Admin API."
             )
-        email = email.strip().lower()
-        if "@" not in email or len(email) > 254 or email.startswith("@") or email.endswith("@"):
-            raise InvalidRequest(f"'{email}' is not an email address.", param="email")
+        email = normalize_email(email)
         if len(password) < MIN_LENGTH:
             raise InvalidRequest(
                 f"A password needs at least {MIN_LENGTH} characters.", param="password"

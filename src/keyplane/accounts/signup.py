@@ -31,12 +31,12 @@ from keyplane.accounts.models import Organization, Project, User
 from keyplane.accounts.passwords import MIN_LENGTH, hash_password
 from keyplane.accounts.service import DEFAULT_PROJECT
 from keyplane.clock import Clock
+from keyplane.emails import normalize_email
 from keyplane.errors import Conflict, InvalidRequest, KeyplaneError
 from keyplane.ids import new_id
 from keyplane.notify.ports import Outbox
 
 MAX_PASSWORD_LENGTH = 256  # long enough for any passphrase; bounds the cost of hashing one
-MAX_EMAIL_LENGTH = 254
 MAX_NAME_LENGTH = 200
 VERIFY_TTL_S = 24 * 3600
 RESET_TTL_S = 3600
@@ -111,21 +111,6 @@ def check_password(password: str, *, email: str = "") -> None:
         )
     if email and lowered in (email.lower(), local):
         raise InvalidRequest("Your password cannot be your email address.", param="password")
-
-
-def normalize_email(email: str) -> str:
-    """Returns the address as keyplane stores it (trimmed, lower-case). Raises InvalidRequest."""
-    email = email.strip().lower()
-    local, at, domain = email.rpartition("@")
-    if (
-        not at
-        or not local
-        or "." not in domain.strip(".")
-        or len(email) > MAX_EMAIL_LENGTH
-        or any(c.isspace() or unicodedata.category(c).startswith("C") for c in email)
-    ):
-        raise InvalidRequest("Enter a valid email address, like you@example.com.", param="email")
-    return email
 
 
 def clean_name(value: str, what: str, param: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from keyplane.billing.ports import BillingSettings, MoneyStore, SpendAlert
 from keyplane.billing.wallet import BillingMode, Lot
 from keyplane.clock import Clock
+from keyplane.emails import normalize_email
 from keyplane.errors import InvalidRequest, NotFound
 from keyplane.ids import new_id
 from keyplane.limits.tiers import TierTable
@@ -201,9 +202,7 @@ class BillingService:
             raise InvalidRequest(
                 "A notification threshold is a positive amount.", param="threshold_amount"
             )
-        for address in recipients or ():
-            if "@" not in address or len(address) > 254:
-                raise InvalidRequest(f"'{address}' is not an email address.", param="recipients")
+        recipients = [normalize_email(a, param="recipients") for a in recipients or ()]
         alert = SpendAlert(
             new_id("sa_"),
             org_id,
