@@ -123,6 +123,14 @@ def test_keys_create_list_revoke(run: Any) -> None:
     bad = run("keys", "create", "--project", "Nope", "--name", "x", ok=False)
     assert bad.exit_code == 1 and "No project" in bad.output
 
+    # Names are shown as typed, never acted on: no console markup, no control characters.
+    run("keys", "create", "--project", "Default project", "--name", "[bold red]x[/] [link]")
+    assert "[bold red]x[/] [link]" in run("keys", "list").stdout
+    for name in ("\x1b[2J\x1b[31mPWNED", "bell\x07", "nul\x00", "rtl\u202e"):
+        bad = run("keys", "create", "--project", "Default project", "--name", name, ok=False)
+        assert bad.exit_code == 1 and "cannot contain control characters" in bad.output, name
+        assert "\x1b" not in bad.output
+
 
 def test_usage_json_shape_before_any_request(run: Any) -> None:
     init(run)
@@ -257,6 +265,14 @@ def test_credits_budget_alerts_and_billing_commands(run: Any) -> None:
     )
     run("credits", "revoke", granted["id"])
     assert json.loads(run("credits", "show", "--json").stdout)["available_micro_usd"] == 5_000_000
+    for amount, why in [
+        ("1,000", "not an amount"), ("NaN", "not an amount"), ("inf", "not an amount"),
+        ("-5", "not an amount"), ("99999999999999999999", "not an amount"),
+        ("0.009", "finer than a cent"),
+    ]:  # fmt: skip
+        bad = run("budget", "set", "--amount", amount, ok=False)
+        assert bad.exit_code == 2 and why in bad.output and "Traceback" not in bad.output, amount
+    assert "finer than a micro" in run("credits", "grant", "--amount", "1e-7", ok=False).output
     run("budget", "set", "--amount", "20")
     run("budget", "set", "--amount", "5", "--project", "Default project")
     run("alerts", "add", "--amount", "10")

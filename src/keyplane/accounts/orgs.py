@@ -35,6 +35,7 @@ from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
 from keyplane.keys.service import KeyService
 from keyplane.limits.ratelimit import ModelLimits
+from keyplane.text import refuse_control_characters
 
 INVITE_TTL_S = 7 * 86400
 INVITE_PATH = "/invites/accept"  # the dashboard page that takes ?token=
@@ -51,7 +52,7 @@ def _name(name: str, what: str) -> str:
     name = name.strip()
     if not name or len(name) > 200:
         raise InvalidRequest(f"A {what} name needs 1 to 200 characters.", param="name")
-    return name
+    return refuse_control_characters(name, f"A {what} name", "name")
 
 
 def _key_data(key: ApiKey) -> dict[str, Any]:

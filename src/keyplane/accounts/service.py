@@ -11,6 +11,7 @@ from keyplane.clock import Clock
 from keyplane.emails import normalize_email
 from keyplane.errors import Conflict, InvalidRequest, NotFound
 from keyplane.ids import new_id
+from keyplane.text import refuse_control_characters
 
 DEFAULT_PROJECT = "Default project"
 
@@ -38,6 +39,7 @@ class AccountService:
         org_name = org_name.strip()
         if not org_name or len(org_name) > 200:
             raise InvalidRequest("An organization name needs 1 to 200 characters.", param="org")
+        refuse_control_characters(org_name, "An organization name", "org")
         now = int(self._clock.now())
         user = User(
             id=new_id("user-"),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import secrets
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -35,6 +34,7 @@ from keyplane.emails import normalize_email
 from keyplane.errors import Conflict, InvalidRequest, KeyplaneError
 from keyplane.ids import new_id
 from keyplane.notify.ports import Outbox
+from keyplane.text import refuse_control_characters
 
 MAX_PASSWORD_LENGTH = 256  # long enough for any passphrase; bounds the cost of hashing one
 MAX_NAME_LENGTH = 200
@@ -117,9 +117,7 @@ def clean_name(value: str, what: str, param: str) -> str:
     value = " ".join(value.split())
     if not value or len(value) > MAX_NAME_LENGTH:
         raise InvalidRequest(f"{what} needs 1 to {MAX_NAME_LENGTH} characters.", param=param)
-    if any(unicodedata.category(c).startswith("C") for c in value):
-        raise InvalidRequest(f"{what} cannot contain control characters.", param=param)
-    return value
+    return refuse_control_characters(value, what, param)
 
 
 class SignupService:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from keyplane.errors import InvalidRequest
+from keyplane.text import refuse_control_characters
 
 
 class VerificationStatus(enum.StrEnum):
@@ -60,6 +61,8 @@ class OrgVerificationService:
             )
         if (website and not website.startswith(("https://", "http://"))) or len(website) > 300:
             raise InvalidRequest("A website starts with https:// or http://.", param="website")
+        refuse_control_characters(legal_name, "A legal name", "legal_name")
+        refuse_control_characters(website, "A website", "website")
         if self.status(org_id).status is VerificationStatus.VERIFIED:
             raise InvalidRequest("This organization is already verified.")
         record = OrgVerification(

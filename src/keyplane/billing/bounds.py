@@ -17,6 +17,7 @@ from keyplane.values import Value
 
 IMAGE_TOKEN_ALLOWANCE = 3000
 NO_LIMIT = 2**62
+MAX_AMOUNT = 10**15  # micro-dollars ($1B) any amount typed may be: a typo guard, inside BIGINT
 
 
 @final

@@ -21,6 +21,7 @@ from keyplane.emails import normalize_email
 from keyplane.errors import InvalidRequest, NotFound
 from keyplane.ids import new_id
 from keyplane.limits.tiers import TierTable
+from keyplane.text import refuse_control_characters
 
 T = TypeVar("T")
 DAY = 86400
@@ -75,6 +76,7 @@ class BillingService:
             raise InvalidRequest("A grant's expiry must be in the future.", param="expires_in")
         if len(note) > 500:
             raise InvalidRequest("A note has at most 500 characters.", param="note")
+        refuse_control_characters(note, "A note", "note")
         params = {"amount": amount, "expires_in_s": expires_in_s, "note": note, "kind": kind}
 
         def run() -> Lot:

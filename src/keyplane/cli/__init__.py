@@ -17,6 +17,7 @@ from keyplane.cli.access import access_app
 from keyplane.cli.common import (
     JsonOpt,
     OrgOpt,
+    bold,
     container,
     fail,
     is_duration,
@@ -25,6 +26,7 @@ from keyplane.cli.common import (
     parse_duration,
     parse_usd,
     scope,
+    styled,
     usd,
 )
 from keyplane.cli.keys import keys_app
@@ -93,9 +95,13 @@ def init(
         out.print_json(json.dumps(payload))
         return
     out.print(
-        f"Organization [bold]{organization.name}[/bold] ({organization.id}) with Owner {user.email}"
+        styled(
+            "Organization ",
+            bold(organization.name),
+            f" ({organization.id}) with Owner {user.email}",
+        )
     )
-    out.print(f"Project [bold]{project.name}[/bold] ({project.id})")
+    out.print(styled("Project ", bold(project.name), f" ({project.id})"))
     out.print("Admin key (shown once, store it now):")
     out.print(secret, highlight=False, soft_wrap=True)
 
@@ -231,8 +237,9 @@ def dev(
             update={"upstreams": [UpstreamSettings(name="simulator", base_url=sim_url)]}
         )
         out.print(
-            f"No upstream configured: using the built-in upstream [bold]SIMULATOR[/bold] at {sim_url} (not a real model)."
-        )
+            styled("No upstream configured: using the built-in upstream ", bold("SIMULATOR"),
+                   f" at {sim_url} (not a real model).")
+        )  # fmt: skip
     server.run(_serve(c, simulator_sock=sim_sock))
 
 
@@ -247,7 +254,9 @@ def _first_start(c: bootstrap.Container) -> None:
     )  # fmt: skip
     c.billing.open_account(org.id, tier=c.settings.initial_tier, welcome_credit=5_000_000)
     out.print(
-        "[bold]First start: keyplane is initialized.[/bold] These are shown once, store them now."
+        styled(
+            bold("First start: keyplane is initialized."), " These are shown once, store them now."
+        )
     )
     out.print(f"  Owner login: {user.email}  password: {password}", highlight=False)
     out.print(f"  Project key ({project.name}): {secret}", highlight=False, soft_wrap=True)
@@ -265,7 +274,9 @@ async def _serve(
         running.append((server.make_server(simulator_app(SimulatorConfig())), simulator_sock))
     server.stop_on_signals([srv for srv, _ in running])
     host, port = sock.getsockname()[:2]
-    out.print(f"keyplane is listening on [bold]http://{host}:{port}/v1[/bold]  (Ctrl-C to stop)")
+    out.print(
+        styled("keyplane is listening on ", bold(f"http://{host}:{port}/v1"), "  (Ctrl-C to stop)")
+    )
     out.print(
         f'  OpenAI(base_url="http://{host}:{port}/v1", api_key="sk-kp-proj-…")', highlight=False
     )

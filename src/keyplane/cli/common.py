@@ -9,14 +9,18 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from keyplane import bootstrap
+from keyplane.billing.bounds import MAX_AMOUNT
 from keyplane.config import load_settings
 from keyplane.errors import KeyplaneError
-from keyplane.usage.pricing import MICRO, format_usd
+from keyplane.usage.pricing import MICRO, MICRO_PER_CENT, format_usd
 
-out = Console()
-err = Console(stderr=True)
+# No console markup: names and notes typed by others are printed as they are ("[bold]" too); our
+# own styling goes through Text (``bold``, ``styled``).
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 OrgOpt = Annotated[
@@ -26,8 +30,17 @@ _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """A line of plain strings and (text, style) pairs."""
+    return Text.assemble(*parts)
+
+
+def bold(text: str) -> tuple[str, str]:
+    return (text, "bold")
+
+
 def fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(styled(("error:", "red"), " ", message), highlight=False)
     raise typer.Exit(1)
 
 
@@ -62,15 +75,22 @@ def parse_duration(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
-def parse_usd(text: str) -> int:
-    """``10``, ``10.5`` or ``$10.50`` → exact micro-dollars (never through a float)."""
+def parse_usd(text: str, *, cents: bool = False) -> int:
+    """``10``, ``10.5`` or ``$10.50`` → exact micro-dollars (never through a float), from $0 to
+    $1,000,000,000; with ``cents``, whole cents only (budgets and alert thresholds are cents, as
+    the Admin API shows them). No thousands separators: ``1,5`` could mean 1.5 or 15."""
     try:
-        amount = Decimal(text.strip().lstrip("$").replace(",", ""))
+        amount = Decimal(text.strip().removeprefix("$"))
     except InvalidOperation:
-        raise typer.BadParameter(f"'{text}' is not an amount in dollars like 10.00") from None
+        amount = Decimal("NaN")
+    if not amount.is_finite() or not 0 <= amount * MICRO <= MAX_AMOUNT:
+        raise typer.BadParameter(
+            f"'{text}' is not an amount in dollars from 0 to 1000000000, like 10.50"
+        )
     micros = amount * MICRO
-    if not micros.is_finite() or micros != micros.to_integral_value():
-        raise typer.BadParameter(f"'{text}' is finer than a micro-dollar")
+    step = MICRO_PER_CENT if cents else 1
+    if micros % step:
+        raise typer.BadParameter(f"'{text}' is finer than a {'cent' if cents else 'micro-dollar'}")
     return int(micros)
 
 

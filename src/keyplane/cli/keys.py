@@ -8,7 +8,18 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from keyplane.cli.common import JsonOpt, OrgOpt, container, fail, iso, out, parse_duration, scope
+from keyplane.cli.common import (
+    JsonOpt,
+    OrgOpt,
+    bold,
+    container,
+    fail,
+    iso,
+    out,
+    parse_duration,
+    scope,
+    styled,
+)
 from keyplane.cli.limits import Rpd, Rpm, Tpm
 from keyplane.errors import KeyplaneError
 from keyplane.keys import permissions
@@ -89,7 +100,7 @@ def keys_create(
             )
         )
         return
-    out.print(f"Created key [bold]{key.name}[/bold] ({key.id}) in project {proj.name}.")
+    out.print(styled("Created key ", bold(key.name), f" ({key.id}) in project {proj.name}."))
     out.print("Secret (shown once, store it now):")
     out.print(secret, highlight=False, soft_wrap=True)
 
@@ -111,9 +122,8 @@ def keys_list(
         "id", "name", "key", "project", "permissions", "status", "created", "expires", "last used"
     )
     for k in keys:
-        status = k.status + (
-            " [yellow](rotate)[/yellow]" if k.needs_rotation(now, days * 86400) else ""
-        )
+        rotate = k.needs_rotation(now, days * 86400)
+        status = styled(k.status, (" (rotate)" if rotate else "", "yellow"))
         table.add_row(
             k.id, k.name, k.redacted_value, k.project_id or "(admin)", permissions.describe(k.scopes),
             status, iso(k.created_at), iso(k.expires_at), iso(k.last_used_at),

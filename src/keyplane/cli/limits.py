@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from keyplane.cli.common import JsonOpt, OrgOpt, container, fail, iso, out, usd
+from keyplane.cli.common import JsonOpt, OrgOpt, bold, container, fail, iso, out, styled, usd
 from keyplane.errors import KeyplaneError
 from keyplane.limits.ratelimit import ModelLimits
 
@@ -48,21 +48,18 @@ def tier_show(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         out.print_json(json.dumps(payload))
         return
-    out.print(
-        f"Usage tier: [bold]{p.current.name}[/bold] (monthly usage limit ${usd(p.current.monthly_usage_limit_micro_usd)})"
-    )
+    limit = usd(p.current.monthly_usage_limit_micro_usd)
+    out.print(styled("Usage tier: ", bold(p.current.name), f" (monthly usage limit ${limit})"))
     if p.next is None or p.paid is None or p.days is None:
         out.print("This is the highest tier.")
         return
     out.print(f"Once the following criteria are met, you'll automatically move to {p.next.name}:")
-    mark = {True: "[green]✓[/green]", False: "[ ]"}
-    out.print(
-        f"  {mark[p.paid.met]} At least ${usd(p.next.paid_micro_usd)} paid (so far ${usd(p.paid.paid_micro_usd)})"
-    )
+    mark = {True: ("✓", "green"), False: ("[ ]", "")}
+    paid, so_far = usd(p.next.paid_micro_usd), usd(p.paid.paid_micro_usd)
+    out.print(styled("  ", mark[p.paid.met], f" At least ${paid} paid (so far ${so_far})"))
     when = f", on {iso(int(p.days.met_at))}" if p.days.met_at and not p.days.met else ""
-    out.print(
-        f"  {mark[p.days.met]} At least {p.next.days} days since the first successful payment{when}"
-    )
+    days = f" At least {p.next.days} days since the first successful payment{when}"
+    out.print(styled("  ", mark[p.days.met], days))
 
 
 def _limits_row(limits: ModelLimits) -> list[str]:

@@ -145,12 +145,14 @@ def budget_set(
     c, org_id, project_id = scope(org, project)
     try:
         if project_id:
-            c.billing.set_project_budget(org_id, project_id, parse_usd(amount))
+            c.billing.set_project_budget(org_id, project_id, parse_usd(amount, cents=True))
         else:
-            c.billing.update_settings(org_id, budget=parse_usd(amount))
+            c.billing.update_settings(org_id, budget=parse_usd(amount, cents=True))
     except KeyplaneError as exc:
         fail(exc.message)
-    out.print(f"Monthly budget of {project or 'the organization'}: ${usd(parse_usd(amount))}.")
+    out.print(
+        f"Monthly budget of {project or 'the organization'}: ${usd(parse_usd(amount, cents=True))}."
+    )
 
 
 @budget_app.command("clear")
@@ -178,7 +180,9 @@ def alerts_add(
     """Add a notification threshold."""
     c, org_id, project_id = scope(org, project)
     try:
-        alert = c.billing.add_alert(org_id, parse_usd(amount), project_id=project_id, recipients=to)
+        alert = c.billing.add_alert(
+            org_id, parse_usd(amount, cents=True), project_id=project_id, recipients=to
+        )
     except KeyplaneError as exc:
         fail(exc.message)
     out.print(f"Added {alert.id}: email when monthly spend reaches ${usd(alert.threshold)}.")

@@ -11,6 +11,7 @@ from keyplane.keys import format as keyfmt
 from keyplane.keys import network, permissions
 from keyplane.keys.models import ApiKey
 from keyplane.keys.ports import KeyStore
+from keyplane.text import refuse_control_characters
 
 MAX_EXPIRES_IN_S = 365 * 24 * 3600  # OpenAI's cap for expires_in_seconds
 MAX_GRACE_S = 7 * 24 * 3600
@@ -60,6 +61,7 @@ class KeyService:
         name = name.strip()
         if not name or len(name) > 200:
             raise InvalidRequest("A key name must have 1 to 200 characters.", param="name")
+        refuse_control_characters(name, "A key name", "name")
         if expires_in_s is not None and not 0 < expires_in_s <= MAX_EXPIRES_IN_S:
             raise InvalidRequest(
                 f"expires_in_seconds must be between 1 and {MAX_EXPIRES_IN_S}.",

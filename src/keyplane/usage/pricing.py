@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 MICRO = 1_000_000
+MICRO_PER_CENT = 10_000
 _SNAPSHOT = re.compile(r"^(?P<base>.+?)-\d{4}-\d{2}-\d{2}$")
 
 

@@ -13,12 +13,13 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from keyplane.billing.bounds import MAX_AMOUNT
 from keyplane.billing.wallet import Lot
 from keyplane.errors import InvalidRequest
+from keyplane.usage.pricing import MICRO_PER_CENT
 
-MICRO_PER_CENT = 10_000
-MAX_CENTS = 100_000_000_000  # $1B: a typo guard that also keeps amounts inside BIGINT
-MAX_MICRO = MAX_CENTS * MICRO_PER_CENT
+MAX_CENTS = MAX_AMOUNT // MICRO_PER_CENT
+MAX_MICRO = MAX_AMOUNT
 DEFAULT_GRANT_EXPIRY_S = 365 * 86400
 MAX_GRANT_EXPIRY_S = 10 * 365 * 86400
 
