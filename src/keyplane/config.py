@@ -94,7 +94,8 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_timeout_s: float = Field(default=10.0, gt=0)
     mail_from: str = "keyplane <keyplane@localhost>"
-    public_url: str = "http://127.0.0.1:8080"  # used in links inside emails
+    # The address people open keyplane at, for links inside emails; default: http://host:port
+    public_url: str = ""
     email_dispatch_interval_s: float = Field(default=2.0, gt=0)
 
     # Money (BRIEF C5/C6). Amounts are decimal dollar strings, read as exact micro-dollars.
@@ -126,6 +127,15 @@ class Settings(BaseSettings):
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _public_url(self) -> Settings:
+        if not self.public_url:
+            host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+            host = f"[{host}]" if ":" in host else host
+            self.public_url = f"http://{host}:{self.port}"
+        self.public_url = self.public_url.rstrip("/")
+        return self
 
     @model_validator(mode="after")
     def _production_secrets(self) -> Settings:

@@ -47,6 +47,20 @@ def test_env_vars_are_read_and_typed(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert s.resolved_database_url == f"sqlite:///{tmp_path / 'state' / 'keyplane.db'}"
 
 
+@pytest.mark.parametrize(
+    ("options", "url"),
+    [
+        ({}, "http://127.0.0.1:8080"),
+        ({"port": 18802}, "http://127.0.0.1:18802"),  # links in emails follow --port
+        ({"host": "0.0.0.0", "port": 80}, "http://127.0.0.1:80"),
+        ({"host": "::1"}, "http://[::1]:8080"),
+        ({"public_url": "https://keys.example.com/", "port": 9}, "https://keys.example.com"),
+    ],
+)
+def test_the_public_url_of_email_links(options: dict[str, object], url: str) -> None:
+    assert Settings(**options).public_url == url  # type: ignore[arg-type]
+
+
 def test_explicit_database_url_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     url = "postgresql+psycopg://kp@127.0.0.1:5432/kp"
     monkeypatch.setenv("KEYPLANE_DATABASE_URL", url)
