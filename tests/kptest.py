@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+import orjson
+
 from keyplane import server
 
 T = TypeVar("T")
@@ -63,3 +65,43 @@ class ServerThread:
         self.server.should_exit = True
         self._thread.join(timeout=30)
         self.sock.close()
+
+
+class Upstream:
+    """A minimal OpenAI-compatible server to serve in a ``ServerThread``: ``answer`` makes each
+    answer to a POST (status 200, JSON unless ``status``/``content_type`` say otherwise); it
+    records the bodies and headers it was sent."""
+
+    status = 200
+    content_type = b"application/json"
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.headers: list[dict[bytes, bytes]] = []
+
+    def answer(self, body: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        status, content_type = 200, b"application/json"
+        if scope["method"] == "GET":
+            answer = orjson.dumps({"data": [{"id": "gpt-3.5-turbo"}, {"id": "gpt-4o"}]})
+        else:
+            body = orjson.loads(b"".join(chunks))
+            self.bodies.append(body)
+            self.headers.append(dict(scope["headers"]))
+            answer, status, content_type = self.answer(body), self.status, self.content_type
+        headers = [(b"content-type", content_type)]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})

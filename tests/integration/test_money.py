@@ -18,7 +18,7 @@ from conftest import Keyplane, start_keyplane
 from keyplane.errors import KeyplaneError
 from keyplane.storage.billing_tables import ledger_entries
 from keyplane.usage.pricing import PriceTable
-from kptest import ServerThread
+from kptest import ServerThread, Upstream
 
 DOLLAR = 1_000_000
 GPT4O = PriceTable.load().price("gpt-4o", 2_000_000_000)
@@ -237,39 +237,6 @@ def test_concurrent_first_uses_of_one_idempotency_key_grant_once(funded: Keyplan
     grants = {r for r in results if r != "in progress"}
     assert len(grants) == 1
     assert billing.balance(funded.org.id).available == 2 * DOLLAR  # $1 funded + exactly one grant
-
-
-class Upstream:
-    """A minimal OpenAI-compatible server (``answer`` makes each answer); records what it was
-    sent."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-
-    def answer(self, body: dict[str, Any]) -> bytes:
-        raise NotImplementedError
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        if scope["method"] == "GET":
-            answer = orjson.dumps({"data": [{"id": "gpt-3.5-turbo"}, {"id": "gpt-4o"}]})
-        else:
-            body = orjson.loads(b"".join(chunks))
-            self.bodies.append(body)
-            answer = self.answer(body)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
-        await send({"type": "http.response.body", "body": answer})
 
 
 class LooseUpstream(Upstream):

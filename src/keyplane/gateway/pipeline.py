@@ -294,6 +294,7 @@ class Pipeline:
                 content = await self._read_error(resp)
             if resp.status != 200:
                 self._meter(call, resp.status, (0, 0, 0), _COMPLETED, estimated=False)
+                content = _in_envelope(resp.status, content, out_headers)
             elif (reported := answer_usage(content)) is not None:
                 self._meter(call, 200, reported, _COMPLETED, estimated=False)
             else:  # an answer with no usable usage is billed on estimates, as a stream would be
@@ -453,6 +454,22 @@ class Pipeline:
 async def _wait_for_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+def _in_envelope(status: int, content: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """An upstream's error answer as it came when it is OpenAI's error envelope, else (an HTML
+    page from a proxy in front of it, plain text, nothing) that status in the envelope, so every
+    client's SDK can read it. ``headers[0]``, the content type, is set to JSON then."""
+    try:
+        error = orjson.loads(content).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        error = None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return content
+    headers[0] = (b"content-type", b"application/json")
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    message = f"The upstream answered {status} without an error in OpenAI's format."
+    return orjson.dumps(ApiError(status, message, type=kind, code="upstream_error").body())
 
 
 _CAPS = ("max_completion_tokens", "max_tokens")

@@ -23,13 +23,16 @@ log = logging.getLogger("keyplane.upstreams")
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 MODEL_LIST_TTL_S = 60.0
-# Headers a client may send that the upstream must not see (its key is ours to set) or that
-# describe this hop only.
+# Headers a client may send that the upstream must not see: credentials (the upstream's key is
+# ours to set; api-key and x-api-key are Azure's and Anthropic's), claims about the client's
+# address, and what describes this hop only (the body sent is the JSON keyplane read: identity).
 _DROP_REQUEST = frozenset(
     {
-        b"authorization", b"host", b"content-length", b"connection", b"keep-alive", b"transfer-encoding",
-        b"accept-encoding", b"openai-organization", b"openai-project", b"x-forwarded-for", b"cookie",
-        b"proxy-authorization", b"te", b"upgrade", b"expect",
+        b"authorization", b"api-key", b"x-api-key", b"proxy-authorization", b"cookie",
+        b"openai-organization", b"openai-project", b"x-forwarded-for", b"x-forwarded-host",
+        b"x-forwarded-proto", b"forwarded", b"x-real-ip", b"host", b"content-length",
+        b"content-encoding", b"connection", b"keep-alive", b"transfer-encoding", b"accept-encoding",
+        b"te", b"upgrade", b"expect",
     }
 )  # fmt: skip
 

@@ -1,0 +1,98 @@
+"""What keyplane passes between a client and an upstream it does not control: only the headers
+the upstream should see, and errors a client's SDK can read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from conftest import Keyplane, start_keyplane
+from kptest import ServerThread, Upstream
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+
+
+class Answering(Upstream):
+    def __init__(self, status: int, content_type: bytes, body: bytes) -> None:
+        super().__init__()
+        self.status, self.content_type, self.body = status, content_type, body
+
+    def answer(self, body: dict[str, Any]) -> bytes:
+        return self.body
+
+
+@pytest.fixture
+def upstream() -> Answering:
+    answer = b'{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}'
+    return Answering(200, b"application/json", answer)
+
+
+@pytest.fixture
+def kp(tmp_path: Path, upstream: Answering) -> Iterator[Keyplane]:
+    server = ServerThread(upstream).start()
+    instance = start_keyplane(tmp_path, server.url + "/v1", upstream_retries=0)
+    yield instance
+    instance.server.stop()
+    instance.container.close()
+    server.stop()
+
+
+def test_credentials_and_client_address_claims_are_not_forwarded(
+    kp: Keyplane, upstream: Answering
+) -> None:
+    sent = {
+        "authorization": f"Bearer {kp.key}", "api-key": "azure-secret", "x-api-key": "anthropic",
+        "cookie": "session=1", "forwarded": "for=1.2.3.4", "x-real-ip": "1.2.3.4",
+        "x-forwarded-for": "1.2.3.4", "x-forwarded-host": "evil", "openai-organization": "org-x",
+        "x-custom-trace": "kept",
+    }  # fmt: skip
+    r = httpx.post(kp.base_url + "/chat/completions", json=CHAT, headers=sent, timeout=30)
+    assert r.status_code == 200
+    [seen] = upstream.headers
+    assert seen[b"x-custom-trace"] == b"kept"
+    assert kp.key.encode() not in b"".join(seen.values())
+    for name in sent.keys() - {"x-custom-trace"}:
+        assert name.encode() not in seen, name
+
+
+@pytest.mark.parametrize(
+    "upstream",
+    [
+        Answering(502, b"text/html", b"<html><body>502 Bad Gateway</body></html>"),
+        Answering(404, b"text/plain", b"no such route"),
+        Answering(500, b"application/json", b"[1, 2]"),
+    ],
+    ids=["html", "text", "json_not_an_error"],
+)
+def test_an_error_not_in_openais_format_reaches_the_client_in_it(
+    kp: Keyplane, upstream: Answering
+) -> None:
+    r = httpx.post(
+        kp.base_url + "/chat/completions", json=CHAT,
+        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+    )  # fmt: skip
+    assert r.status_code == upstream.status
+    assert r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert f"answered {upstream.status}" in error["message"] and error["code"] == "upstream_error"
+    client = openai.OpenAI(base_url=kp.base_url, api_key=kp.key, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    assert raised.value.status_code == upstream.status
+    assert "without an error in OpenAI's format" in raised.value.message
+    client.close()
+
+
+def test_an_openai_error_passes_through_as_it_came(kp: Keyplane, upstream: Answering) -> None:
+    upstream.status = 400
+    upstream.body = b'{"error":{"message":"bad temperature","type":"invalid_request_error","param":"temperature","code":null}}'
+    r = httpx.post(
+        kp.base_url + "/chat/completions", json=CHAT,
+        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+    )  # fmt: skip
+    assert r.status_code == 400 and r.content == upstream.body
