@@ -26,7 +26,7 @@ reading paused past 64 KiB unread; pipelined requests answered in order; ``Expec
 100-continue``; responses with content-length, or chunked when the app gives none; HEAD; write
 back-pressure (``send()`` waits while the transport's buffer is full); a malformed request gets
 400 and a head (URL and headers) over 64 KiB gets 431, and the connection is closed; an app error
-before the response started gets 500. The ASGI lifespan protocol runs around serving;
+before the response started gets 500 (the server's own errors in OpenAI's error envelope). The ASGI lifespan protocol runs around serving;
 ``should_exit`` stops accepting, lets requests in flight finish (up to ``graceful_s``), then shuts
 the app down.
 """
@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
+import json
 import logging
 import socket
 import time
@@ -558,7 +559,7 @@ class _Exchange:
     def _server_error(self) -> None:
         self.keep_alive = False
         self.status, self.head = 500, b""
-        self.conn.write(_plain(500, "Internal Server Error"))
+        self.conn.write(_plain(500, "The server had an error while processing your request."))
         self.done = True
         self.conn.finished(self)
 
@@ -681,10 +682,13 @@ class _Exchange:
 
 
 def _plain(status: int, text: str) -> bytes:
-    """A whole plain-text answer after which the connection closes (errors of the server's own)."""
-    body = text.encode()
+    """A whole answer after which the connection closes (errors of the server's own), in OpenAI's
+    error envelope: what keyplane's clients, OpenAI's SDKs among them, read errors in."""
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    error = {"message": text, "type": kind, "param": None, "code": None}
+    body = json.dumps({"error": error}).encode()
     return _STATUS[status] + (
-        b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n"
         b"connection: close\r\n\r\n%s" % (len(body), body)
     )
 

@@ -178,6 +178,7 @@ def test_a_malformed_request_gets_400_and_a_huge_head_431_and_the_connection_clo
             huge = await talk(port, b"GET / HTTP/1.1\r\n" + b"x-pad: %s\r\n" % (b"y" * 1000) * 100)
         assert got.startswith(b"HTTP/1.1 400 Bad Request") and b"connection: close" in got
         assert garbage.startswith(b"HTTP/1.1 400 Bad Request")
+        assert b"content-type: application/json" in garbage and b"invalid_request_error" in garbage
         assert huge.startswith(b"HTTP/1.1 431")
 
     run(scenario)
@@ -207,6 +208,7 @@ def test_app_errors_give_500_before_the_response_and_a_closed_connection_after()
             early = await talk(port, post(b"/early", b""))
             late = await talk(port, post(b"/late", b""))
         assert early.startswith(b"HTTP/1.1 500 Internal Server Error")
+        assert b'{"error": {"message": "The server had an error' in early
         assert b"boom" not in early
         assert late.startswith(b"HTTP/1.1 200 OK")
         assert b"7\r\npartial\r\n" in late and not late.endswith(b"0\r\n\r\n")  # cut short
