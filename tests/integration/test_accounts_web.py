@@ -435,6 +435,28 @@ def test_next_only_leads_to_pages_of_this_site(kp: Keyplane, browser: Browser) -
         browser.log_out()
 
 
+def test_a_form_sent_after_the_session_ended_leads_back_to_its_page(
+    kp: Keyplane, browser: Browser, clock: FrozenClock
+) -> None:
+    browser.log_in("owner@example.com", OWNER_PASSWORD)
+    browser.get("/profile")
+    browser.post("/profile", {"name": "Olive"})
+    assert browser.get("/account/security").status_code == 200
+    clock.advance(30 * 60)  # the session ends while the page is open
+    here = kp.server.url + "/account/security"
+    token = browser.csrf_token()
+    r = browser.client.post("/account/totp/setup", data={"csrf_token": token},
+                            headers={"referer": here})  # fmt: skip
+    assert r.status_code == 303 and r.headers["location"] == "/login?next=%2Faccount%2Fsecurity"
+    r = browser.client.post("/account/totp/setup", data={"csrf_token": token},
+                            headers={"referer": "https://evil.example/account/security"})  # fmt: skip
+    assert r.headers["location"] == "/login"
+    # A page answers HEAD as its GET, without the body.
+    head = browser.client.head("/login")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"].startswith("text/html")
+
+
 # -- password reset ---------------------------------------------------------------------------------
 def test_password_reset_by_email_is_single_use_and_expires(
     kp: Keyplane, browser: Browser, inbox: Inbox, clock: FrozenClock
@@ -701,6 +723,33 @@ def test_behind_a_trusted_proxy_each_caller_is_throttled_by_its_own_address(
     finally:
         proxy.close()
         outside.close()
+        container.close()
+
+
+def test_behind_a_proxy_that_rewrites_host_forms_from_the_public_url_are_accepted(
+    tmp_path: Path, clock: FrozenClock
+) -> None:
+    container = bootstrap.build(
+        make_settings(tmp_path, public_url="https://keys.example.com"), clock=clock
+    )
+    container.accounts.initialize(
+        email="owner@example.com", password=OWNER_PASSWORD, org_name="Acme"
+    )
+    app, _ = bootstrap.build_app(container)
+    # nginx's default passes its upstream's address as Host; the browser's Origin is the public URL
+    client = TestClient(app, base_url="http://127.0.0.1:8080", follow_redirects=False)
+    try:
+        browser = Browser(client)
+        login = {"email": "owner@example.com", "password": OWNER_PASSWORD}
+        for origin, status in (("https://evil.example", 403), ("https://keys.example.com", 303)):
+            browser.get("/login")
+            r = client.post(
+                "/login", data={**login, "csrf_token": browser.csrf_token()},
+                headers={"origin": origin},
+            )  # fmt: skip
+            assert r.status_code == status, origin
+    finally:
+        client.close()
         container.close()
 
 

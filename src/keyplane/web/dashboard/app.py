@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -77,6 +78,8 @@ class DashboardGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["method"] == "HEAD":  # a page's head is its GET's (the server drops the body)
+            scope = {**scope, "method": "GET"}
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
@@ -187,7 +190,8 @@ def create_dashboard_app(
     csrf_key = hmac.new(
         settings.secret_bytes("encryption_key"), b"keyplane/dashboard-csrf/v1", hashlib.sha256
     ).digest()
-    app.state.dashboard = DashboardContext(services, auth, _templates(), csrf_key)
+    public_host = urlsplit(settings.public_url).netloc
+    app.state.dashboard = DashboardContext(services, auth, _templates(), csrf_key, public_host)
     _install_error_pages(app)
     app.add_middleware(DashboardGuard)
     app.mount("/static", StaticFiles(packages=[("keyplane.web.dashboard", "static")]), "static")

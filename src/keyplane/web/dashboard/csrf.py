@@ -51,11 +51,14 @@ def is_valid(key: bytes, binding: str | None, token: str) -> bool:
     return hmac.compare_digest(token_for(key, binding), token)
 
 
-def same_origin(request: Request) -> bool:
-    """False only when the browser says the request comes from another host."""
+def same_origin(request: Request, public_host: str = "") -> bool:
+    """False only when the browser says the request comes from another host than this one, as
+    the request names it (``Host``) or as people open it (``public_host``, the public URL's: a
+    reverse proxy may pass its own address on as ``Host``)."""
     origin = request.headers.get("origin")
     if origin is None:
         return True
     if origin == "null":
         return False
-    return urlsplit(origin).netloc.lower() == request.headers.get("host", "").lower()
+    host = urlsplit(origin).netloc.lower()
+    return host in (request.headers.get("host", "").lower(), public_host.lower())

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol, cast
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Request
 from starlette.responses import Response
@@ -71,6 +71,7 @@ class DashboardContext:
     auth: AuthServices
     templates: Jinja2Templates
     csrf_key: bytes
+    public_host: str = ""  # host[:port] of the public URL, also accepted as a form's Origin
     nav: tuple[NavItem, ...] = NAV
 
 
@@ -175,7 +176,7 @@ async def csrf_guard(request: Request) -> None:
     """Runs before every route: a POST (or any unsafe method) needs a valid token."""
     if request.method in csrf.SAFE_METHODS:
         return
-    if not csrf.same_origin(request):
+    if not csrf.same_origin(request, context(request).public_host):
         raise csrf.CsrfRejected()
     form = await request.form()
     token = form.get(csrf.FIELD)
@@ -223,7 +224,16 @@ MaybeViewer = Annotated[Viewer | None, Depends(optional_viewer)]
 
 
 def login_url(request: Request) -> str:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    """The log-in page, then back here: to this page, or for a form sent once the session had
+    ended, to the page the form was on (its Referer, same site only; a form's own address
+    answers POST only)."""
+    if request.method in csrf.SAFE_METHODS:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    else:
+        referer = urlsplit(request.headers.get("referer", ""))
+        ours = referer.netloc.lower() in (request.headers.get("host", "").lower(), "")
+        path = referer.path + (f"?{referer.query}" if referer.query else "")
+        target = safe_next(path) if ours and referer.path != request.url.path else "/"
     return "/login" if target == "/" else f"/login?next={quote(target, safe='')}"
 
 
