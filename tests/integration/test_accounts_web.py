@@ -435,6 +435,23 @@ def test_next_only_leads_to_pages_of_this_site(kp: Keyplane, browser: Browser) -
         browser.log_out()
 
 
+def test_completing_the_profile_leads_on_to_the_page_asked_for(
+    kp: Keyplane, browser: Browser
+) -> None:
+    browser.log_in("owner@example.com", OWNER_PASSWORD)
+    r = browser.get("/account/security")
+    assert r.headers["location"] == "/profile?next=%2Faccount%2Fsecurity"
+    r = browser.get(r.headers["location"])
+    assert "Complete your profile" in text_of(r)
+    r = browser.post("/profile", {"name": "Olive", "next": "/account/security"})
+    assert r.status_code == 303 and r.headers["location"] == "/account/security"
+    r = browser.get("/profile")  # linked from every page's header
+    assert "Your profile" in text_of(r) and 'href="/profile"' in r.text
+    r = browser.post("/profile", {"name": "Olive Oyl", "next": "https://evil.example/"})
+    assert r.headers["location"] == "/"
+    assert "Welcome, Olive Oyl" in text_of(browser.get("/"))
+
+
 def test_a_form_sent_after_the_session_ended_leads_back_to_its_page(
     kp: Keyplane, browser: Browser, clock: FrozenClock
 ) -> None:

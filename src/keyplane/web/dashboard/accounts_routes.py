@@ -111,16 +111,18 @@ def verify_resend(request: Request, viewer: CurrentUser) -> Response:
 
 # -- profile ------------------------------------------------------------------------------------
 @router.get("/profile")
-def profile_page(request: Request, viewer: CurrentUser) -> Response:
+def profile_page(request: Request, viewer: CurrentUser, next: str = "/") -> Response:
     if not viewer.verified:
         raise Redirect("/verify/pending")
     profile = context(request).auth.signup.profile(viewer.user.id)
-    return render(request, "profile.html", profile=profile, name=viewer.user.name)
+    return render(
+        request, "profile.html", profile=profile, name=viewer.user.name, next=safe_next(next)
+    )
 
 
 @router.post("/profile")
 def profile(
-    request: Request, viewer: CurrentUser, name: Field = "", org_name: Field = ""
+    request: Request, viewer: CurrentUser, name: Field = "", org_name: Field = "", next: Field = "/"
 ) -> Response:
     signup = context(request).auth.signup
     try:
@@ -129,8 +131,9 @@ def profile(
         return render(
             request, "profile.html", status=400, error=exc.message,
             profile=signup.profile(viewer.user.id), name=name, org_name=org_name,
+            next=safe_next(next),
         )  # fmt: skip
-    raise Redirect("/")
+    raise Redirect(safe_next(next))
 
 
 # -- log in and out -----------------------------------------------------------------------------

@@ -214,7 +214,9 @@ def active_member(request: Request) -> Viewer:
     if not viewer.verified:
         raise Redirect("/verify/pending")
     if not viewer.user.name or viewer.org is None:
-        raise Redirect("/profile")
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        here = target if request.method in csrf.SAFE_METHODS else "/"
+        raise Redirect("/profile" if here == "/" else f"/profile?next={quote(here, safe='')}")
     return viewer
 
 
