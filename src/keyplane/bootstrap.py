@@ -137,7 +137,7 @@ def build(
         access=AccessPolicyService(access_store, clock.now),
         auth=AuthServices(
             signup=signup,
-            login=LoginService(auth_store, clock, second_factor=second_factor),
+            login=LoginService(auth_store, clock, second_factor=second_factor, audit=audit),
             second_factor=second_factor,
         ),
         audit=audit,

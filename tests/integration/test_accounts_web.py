@@ -30,7 +30,7 @@ from keyplane.accounts.models import OrgRole, User
 from keyplane.accounts.passwords import hash_password
 from keyplane.accounts.signup import SignupService
 from keyplane.accounts.throttle import account_subject
-from keyplane.audit.models import Actor, ActorType
+from keyplane.audit.models import Actor, ActorType, AuditFilter
 from keyplane.clock import FrozenClock
 from keyplane.storage import migrate
 from keyplane.storage.auth_repository import SqlAuthStore
@@ -450,6 +450,27 @@ def test_completing_the_profile_leads_on_to_the_page_asked_for(
     r = browser.post("/profile", {"name": "Olive Oyl", "next": "https://evil.example/"})
     assert r.headers["location"] == "/"
     assert "Welcome, Olive Oyl" in text_of(browser.get("/"))
+
+
+def test_sign_ins_and_outs_are_in_the_organizations_audit_log(
+    kp: Keyplane, browser: Browser
+) -> None:
+    assert browser.log_in("owner@example.com", "not the password").status_code == 401
+    assert browser.log_in("nobody@example.com", "not the password").status_code == 401
+    browser.log_in("owner@example.com", OWNER_PASSWORD)
+    browser.get("/profile")
+    browser.post("/profile", {"name": "Olive"})
+    browser.log_out()
+    types = ["login.failed", "login.succeeded", "logout.succeeded"]
+    page = kp.container.audit.query(kp.org.id, AuditFilter(event_types=types), limit=10)
+    events = sorted(page.events, key=lambda e: (e.effective_at, types.index(e.type)))
+    assert [e.type for e in events] == types
+    failed, succeeded, out = events
+    assert failed.details == {"data": {"error_code": "invalid_password"}}
+    assert {e.target_id for e in events} == {kp.owner.id}
+    assert {e.actor.email for e in events} == {"owner@example.com"}
+    assert {e.actor.ip_address for e in events} == {"127.0.0.1"}
+    assert succeeded.actor.id == out.actor.id and succeeded.actor.id.startswith("sess_")
 
 
 def test_a_form_sent_after_the_session_ended_leads_back_to_its_page(

@@ -19,10 +19,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from keyplane.accounts.auth_ports import LoginAttemptStore, SessionStore, UserDirectory, WebSession
+from keyplane.accounts.models import User
 from keyplane.accounts.passwords import hash_password, verify_password
 from keyplane.accounts.signup import MAX_PASSWORD_LENGTH, hash_token, new_token
 from keyplane.accounts.throttle import LoginThrottle, ThrottlePolicy
 from keyplane.accounts.totp import SecondFactorService
+from keyplane.audit.models import Actor, ActorType
+from keyplane.audit.service import AuditService
 from keyplane.clock import Clock
 from keyplane.errors import KeyplaneError
 
@@ -81,10 +84,12 @@ class LoginService:
         second_factor: SecondFactorService,
         throttle: ThrottlePolicy | None = None,
         policy: SessionPolicy | None = None,
+        audit: AuditService | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._second_factor = second_factor
+        self._audit = audit
         self.throttle = LoginThrottle(store, clock, throttle)
         self.policy = policy or SessionPolicy()
 
@@ -102,10 +107,15 @@ class LoginService:
         else:
             ok = verify_password(user.password_hash if user else _decoy_hash(), password)
         if user is None or not ok:
+            if user is not None:
+                self._record(user, "login.failed", "", client_ip, user_agent, "invalid_password")
             raise InvalidCredentials(WRONG_CREDENTIALS)
         self.throttle.succeeded(attempt)
         pending = self._second_factor.status(user.id) is not None
-        return self._open(user.id, pending, client_ip, user_agent)
+        sign_in = self._open(user.id, pending, client_ip, user_agent)
+        if not pending:
+            self._record(user, "login.succeeded", sign_in.session.id_hash, client_ip, user_agent)
+        return sign_in
 
     def complete_second_factor(
         self, pending_id: str, code: str, *, client_ip: str | None, user_agent: str = ""
@@ -119,13 +129,17 @@ class LoginService:
             raise SignInExpired("Your sign-in has expired. Enter your email and password again.")
         attempt = self.throttle.begin(user.email, client_ip)
         if not self._second_factor.verify(user.id, code):
+            reason = "invalid_second_factor"
+            self._record(user, "login.failed", pending.id_hash, client_ip, user_agent, reason)
             raise InvalidSecondFactor(
                 "That code is not right. Enter the current 6-digit code from your "
                 "authenticator app, or one of your recovery codes."
             )
         self.throttle.succeeded(attempt)
         self._store.delete_session(pending.id_hash)
-        return self._open(user.id, False, client_ip, user_agent)
+        sign_in = self._open(user.id, False, client_ip, user_agent)
+        self._record(user, "login.succeeded", sign_in.session.id_hash, client_ip, user_agent)
+        return sign_in
 
     def session(self, session_id: str, *, pending: bool = False) -> WebSession | None:
         """Returns the live session with this id (signed in, or with ``pending`` awaiting its
@@ -144,9 +158,36 @@ class LoginService:
             self._store.touch_session(id_hash, now)
         return found
 
-    def log_out(self, session_id: str) -> None:
-        if session_id:
-            self._store.delete_session(hash_token(session_id))
+    def log_out(
+        self, session_id: str, *, client_ip: str | None = None, user_agent: str = ""
+    ) -> None:
+        if not session_id:
+            return
+        id_hash = hash_token(session_id)
+        found = self._store.session(id_hash)
+        self._store.delete_session(id_hash)
+        user = (
+            self._store.user(found.user_id) if found and not found.second_factor_pending else None
+        )
+        if user is not None:
+            self._record(user, "logout.succeeded", id_hash, client_ip, user_agent)
+
+    def _record(
+        self, user: User, event: str, session_hash: str, client_ip: str | None, user_agent: str,
+        error_code: str | None = None,
+    ) -> None:  # fmt: skip
+        """The sign-in event in the audit log of each of the user's organizations (OpenAI's
+        ``login.succeeded``, ``login.failed``, ``logout.succeeded``), as their session."""
+        if self._audit is None:
+            return
+        actor = Actor(
+            ActorType.SESSION, f"sess_{session_hash[:20]}" if session_hash else "",
+            user_id=user.id, email=user.email, ip_address=client_ip,
+            user_agent=user_agent[:MAX_USER_AGENT] or None,
+        )  # fmt: skip
+        details = {"data": {"error_code": error_code}} if error_code else None
+        for membership in self._store.memberships(user.id):
+            self._audit.record(membership.org.id, actor, event, target_id=user.id, details=details)
 
     def end_all_sessions(self, user_id: str) -> int:
         return self._store.delete_user_sessions(user_id)

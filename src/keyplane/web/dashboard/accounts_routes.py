@@ -161,7 +161,10 @@ def login(request: Request, email: Field = "", password: Field = "", next: Field
         return render(
             request, "login.html", status=401, error=exc.message, email=email, next=target
         )
-    auth.login.log_out(session_cookie(request))  # whatever session this browser had ends here
+    # Whatever session this browser had ends here.
+    auth.login.log_out(
+        session_cookie(request), client_ip=client_ip(request), user_agent=_user_agent(request)
+    )
     if sign_in.needs_second_factor:
         target = f"/login/totp?next={quote(target, safe='')}"
     return _signed_in_redirect(request, target, sign_in.session_id)
@@ -202,7 +205,9 @@ def logout_page(request: Request, viewer: MaybeViewer) -> Response:
 
 @router.post("/logout")
 def logout(request: Request) -> Response:
-    context(request).auth.login.log_out(session_cookie(request))
+    context(request).auth.login.log_out(
+        session_cookie(request), client_ip=client_ip(request), user_agent=_user_agent(request)
+    )
     response = render(request, "logout.html", done=True, viewer=None)
     clear_session_cookie(request, response)
     return response
