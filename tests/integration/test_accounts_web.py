@@ -72,6 +72,12 @@ class Browser:
         self.get("/login")
         return self.post("/login", {"email": email, "password": password})
 
+    def log_in_named(self, email: str, password: str, name: str = "Olive") -> None:
+        """Logs in and completes the profile (the account's organization exists already)."""
+        self.log_in(email, password)
+        self.get("/profile")
+        self.post("/profile", {"name": name})
+
     def log_out(self) -> httpx.Response:
         self.get("/logout")
         return self.post("/logout", {})
@@ -400,9 +406,7 @@ def test_every_form_post_needs_its_csrf_token(kp: Keyplane, browser: Browser) ->
 def test_sessions_end_after_30_idle_minutes_or_12_hours(
     kp: Keyplane, browser: Browser, clock: FrozenClock
 ) -> None:
-    browser.log_in("owner@example.com", OWNER_PASSWORD)
-    browser.get("/profile")
-    browser.post("/profile", {"name": "Olive"})
+    browser.log_in_named("owner@example.com", OWNER_PASSWORD)
     for _ in range(23):  # active every 29 minutes: 11 h 7 min
         clock.advance(29 * 60)
         assert browser.get("/").status_code == 200
@@ -457,9 +461,7 @@ def test_sign_ins_and_outs_are_in_the_organizations_audit_log(
 ) -> None:
     assert browser.log_in("owner@example.com", "not the password").status_code == 401
     assert browser.log_in("nobody@example.com", "not the password").status_code == 401
-    browser.log_in("owner@example.com", OWNER_PASSWORD)
-    browser.get("/profile")
-    browser.post("/profile", {"name": "Olive"})
+    browser.log_in_named("owner@example.com", OWNER_PASSWORD)
     browser.log_out()
     types = ["login.failed", "login.succeeded", "logout.succeeded"]
     page = kp.container.audit.query(kp.org.id, AuditFilter(event_types=types), limit=10)
@@ -476,9 +478,7 @@ def test_sign_ins_and_outs_are_in_the_organizations_audit_log(
 def test_a_form_sent_after_the_session_ended_leads_back_to_its_page(
     kp: Keyplane, browser: Browser, clock: FrozenClock
 ) -> None:
-    browser.log_in("owner@example.com", OWNER_PASSWORD)
-    browser.get("/profile")
-    browser.post("/profile", {"name": "Olive"})
+    browser.log_in_named("owner@example.com", OWNER_PASSWORD)
     assert browser.get("/account/security").status_code == 200
     clock.advance(30 * 60)  # the session ends while the page is open
     here = kp.server.url + "/account/security"
@@ -571,9 +571,7 @@ def test_a_newer_reset_link_cancels_the_older_one(
 def test_totp_then_log_in_needs_a_code_and_a_recovery_code_works_once(
     kp: Keyplane, browser: Browser, clock: FrozenClock
 ) -> None:
-    browser.log_in("owner@example.com", OWNER_PASSWORD)
-    browser.get("/profile")
-    browser.post("/profile", {"name": "Olive"})
+    browser.log_in_named("owner@example.com", OWNER_PASSWORD)
     r = browser.get("/account/security")
     assert "Off." in text_of(r)
     r = browser.post("/account/totp/setup", {})
@@ -791,6 +789,15 @@ def test_behind_a_proxy_that_rewrites_host_forms_from_the_public_url_are_accepte
         container.close()
 
 
+def failures_on_record(container: bootstrap.Container, count: int, clock: FrozenClock) -> None:
+    """``count`` failed sign-ins of the Owner's account already on record."""
+    store = SqlAuthStore(container.engine)
+    for _ in range(count):
+        store.reserve_attempt(
+            {account_subject("owner@example.com"): 100}, since=0, at=int(clock.now())
+        )
+
+
 def test_wrong_totp_codes_count_as_failed_logins(
     local: bootstrap.Container, clock: FrozenClock
 ) -> None:
@@ -809,12 +816,7 @@ def test_wrong_totp_codes_count_as_failed_logins(
         user.log_out()
         clock.advance(30)
 
-        store = SqlAuthStore(local.engine)
-        # 99 failures already on record (password guesses from elsewhere) ...
-        for _ in range(99):
-            store.reserve_attempt(
-                {account_subject("owner@example.com"): 100}, since=0, at=int(clock.now())
-            )
+        failures_on_record(local, 99, clock)  # (password guesses from elsewhere) ...
         user.log_in("owner@example.com", OWNER_PASSWORD)
         user.get("/login/totp")
         wrong = "000000" if totp.at(clock.now()) != "000000" else "111111"
@@ -829,17 +831,13 @@ def test_wrong_passwords_on_the_security_page_count_as_failed_logins(
     local: bootstrap.Container, clock: FrozenClock
 ) -> None:
     """A stolen session is no way to guess the account's password without limit."""
-    user = Browser(TestClient(bootstrap.build_app(local)[0], follow_redirects=False))
+    user = browser_at(local, "127.0.0.1")
     try:
         user.log_in("owner@example.com", OWNER_PASSWORD)
         user.get("/account/security")
         r = user.post("/account/totp/disable", {"password": OWNER_PASSWORD})
         assert r.status_code == 200  # (it was off: nothing to do, and no failure counted)
-        store = SqlAuthStore(local.engine)
-        for _ in range(98):  # failures already on record (guesses at the login page)
-            store.reserve_attempt(
-                {account_subject("owner@example.com"): 100}, since=0, at=int(clock.now())
-            )
+        failures_on_record(local, 98, clock)  # (guesses at the login page)
         for form in ("/account/recovery-codes", "/account/totp/disable"):  # the 99th, the 100th
             r = user.post(form, {"password": "not the password!"})
             assert r.status_code == 400 and "password is not right" in text_of(r)
