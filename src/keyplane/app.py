@@ -34,6 +34,12 @@ class Lazy:
         await self.app(scope, receive, send)
 
 
+def behind_proxies(app: ASGIApp, trusted_proxies: Sequence[str]) -> ASGIApp:
+    """``app`` seeing the caller's address behind ``trusted_proxies`` (``ForwardedClient``), or
+    ``app`` itself when there are none."""
+    return ForwardedClient(app, trusted_proxies) if trusted_proxies else app
+
+
 class ForwardedClient:
     """Behind trusted proxies, sets ``scope["client"]`` to the caller's address from
     ``X-Forwarded-For`` (walked right to left through ``trusted_proxies`` only), for the Admin API

@@ -15,7 +15,7 @@ from keyplane.accounts.sessions import LoginService
 from keyplane.accounts.signup import SignupService
 from keyplane.accounts.totp import SecondFactorService
 from keyplane.accounts.verification import OrgVerificationService
-from keyplane.app import ForwardedClient, KeyplaneApp, Lazy
+from keyplane.app import KeyplaneApp, Lazy, behind_proxies
 from keyplane.audit.service import AuditService
 from keyplane.billing.promotion import TierPromoter
 from keyplane.billing.service import BillingService
@@ -272,7 +272,7 @@ def build_app(
     proxies = container.settings.trusted_proxies
     web = KeyplaneApp(
         gateway,
-        ForwardedClient(Lazy(admin), proxies),
-        dashboard=ForwardedClient(Lazy(dashboard), proxies),
+        behind_proxies(Lazy(admin), proxies),
+        dashboard=behind_proxies(Lazy(dashboard), proxies),
     )
     return web, gateway
