@@ -479,8 +479,14 @@ def _output_cap(payload: dict[str, Any]) -> tuple[tuple[str, ...], int | None]:
     """The fields that cap the output and the largest of their values (_parse checked them):
     with both, the upstream may obey either (OpenAI's chat takes ``max_completion_tokens``, its
     legacy completions ``max_tokens``, servers such as vLLM either)."""
-    fields = tuple(f for f in _CAPS if payload.get(f) is not None)
-    return fields, max((payload[f] for f in fields), default=None)
+    fields: tuple[str, ...] = ()
+    asked: int | None = None
+    for field in _CAPS:  # (a loop, not generators: it runs for every request)
+        value = payload.get(field)
+        if value is not None:
+            fields += (field,)
+            asked = value if asked is None or value > asked else asked
+    return fields, asked
 
 
 def _too_large(limit: int) -> ApiError:
