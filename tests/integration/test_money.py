@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from conftest import Keyplane, start_keyplane
 from keyplane.errors import KeyplaneError
+from keyplane.simulator import SimulatorConfig, create_app
 from keyplane.storage.billing_tables import ledger_entries
 from keyplane.usage.pricing import PriceTable
 from kptest import ServerThread, Upstream
@@ -247,6 +248,8 @@ class LooseUpstream(Upstream):
     def answer(self, body: dict[str, Any]) -> bytes:
         cap = max(int(body.get(f) or 0) for f in ("max_tokens", "max_completion_tokens"))
         outputs = max(int(body.get("n") or 1), int(body.get("best_of") or 1))
+        if isinstance(body.get("prompt"), list):  # one completion per prompt of a list
+            outputs *= len(body["prompt"])
         usage = {"prompt_tokens": 5, "completion_tokens": cap * outputs}
         return orjson.dumps({"id": "x", "object": "text_completion", "choices": [], "usage": usage})
 
@@ -298,8 +301,9 @@ def test_an_answer_without_usable_usage_is_billed_on_estimates_not_free(
         ("/completions", {"prompt": "hi", "max_completion_tokens": 10, "max_tokens": 2_000_000}),
         ("/completions", {"prompt": "hi", "max_tokens": 500, "best_of": 20}),
         ("/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 10}),
+        ("/completions", {"prompt": ["hi"] * 50, "max_tokens": 1000}),
     ],
-    ids=["both_caps", "best_of", "n"],
+    ids=["both_caps", "best_of", "n", "prompt_list"],
 )
 def test_every_output_the_upstream_may_write_is_held_and_paid_for(
     tmp_path: Path, path: str, body: dict[str, Any]
@@ -335,3 +339,36 @@ def test_every_output_the_upstream_may_write_is_held_and_paid_for(
         kp.server.stop()
         kp.container.close()
         server.stop()
+
+
+def test_a_model_without_a_price_is_refused_not_served_free(tmp_path: Path) -> None:
+    """An upstream's model keyplane cannot price could not be held against the balance: it is
+    refused until an operator prices it (at 0, for a model that is free)."""
+    sim = ServerThread(create_app(SimulatorConfig(models=("gpt-4o", "o1-preview-2")))).start()
+    free = tmp_path / "free.toml"
+    free.write_text(
+        '[[price]]\nmodel = "o1-preview-2"\neffective_from = "2024-01-01"\n'
+        'input = "0"\ncached_input = "0"\noutput = "0"\n'
+    )
+    try:
+        for price_files, status in (([], 404), ([free], 200)):
+            kp = start_keyplane(tmp_path / str(status), sim.url + "/v1", price_files=price_files)
+            try:
+                r = httpx.post(
+                    kp.base_url + "/chat/completions",
+                    json={"model": "o1-preview-2", "messages": [{"role": "user", "content": "hi"}]},
+                    headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+                )  # fmt: skip
+                assert r.status_code == status, r.text
+                if status == 404:
+                    assert "has no price" in r.json()["error"]["message"]
+                    kp.flush()
+                    assert kp.usage() == []
+                else:
+                    [record] = kp.usage(expect=1)
+                    assert record.cost_micro_usd == 0 and record.output_tokens > 0
+            finally:
+                kp.server.stop()
+                kp.container.close()
+    finally:
+        sim.stop()

@@ -121,6 +121,18 @@ def _tpm_burst(limited: Keyplane) -> None:
     assert "tokens per min (TPM): Limit 10000" in refused[0]["message"]
 
 
+def test_a_request_without_max_tokens_counts_the_models_most_against_tpm(
+    limited: Keyplane,
+) -> None:
+    """As the money hold does: leaving max_tokens out must not slip past a TPM limit."""
+    limit_key(limited, tpm=20_000)
+    body = {k: v for k, v in CHAT.items() if k != "max_tokens"}
+    answer = post(limited, body)
+    assert answer.status_code == 200
+    # gpt-4o-mini may write 16,384 tokens: counted at admission (the settlement refunds later).
+    assert int(answer.headers["x-ratelimit-remaining-tokens"]) <= 20_000 - 16_384
+
+
 def test_a_project_can_lower_but_never_raise_the_organizations_limits(limited: Keyplane) -> None:
     service = limited.container.rate_limit_service
     with pytest.raises(InvalidRequest):

@@ -143,6 +143,9 @@ def test_many_charges_sum_exactly_in_integers() -> None:
 def test_dated_snapshot_falls_back_to_its_base_model(table: PriceTable) -> None:
     assert table.price("gpt-4o-mini-2024-07-18", NOW) == table.price("gpt-4o-mini", NOW)
     assert table.price("gpt-4o-2024-08-06", NOW) == table.price("gpt-4o", NOW)
+    # ... unless listed: the first gpt-4o snapshot costs twice as much per input token.
+    first = table.price("gpt-4o-2024-05-13", NOW)
+    assert first is not None and first.token_cost(1_000_000, 0, 1_000_000) == 20_000_000
 
 
 @pytest.mark.parametrize("model", ["no-such-model", "gpt-4o-mini-latest", "no-such-2024-07-18", ""])

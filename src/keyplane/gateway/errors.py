@@ -78,6 +78,18 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return ApiError(400, message, param=param, code=code)
 
 
+def model_not_priced(model: str) -> ApiError:
+    """A model the upstream serves that has no price here: it cannot be held against a balance
+    or a budget, so it is not served (rather than served free)."""
+    return ApiError(
+        404,
+        f"The model `{model}` has no price on this keyplane, so it cannot be used; an operator "
+        "can add one (the price_files setting).",
+        code="model_not_found",
+        param="model",
+    )
+
+
 def model_not_found(model: str) -> ApiError:
     return ApiError(
         404,

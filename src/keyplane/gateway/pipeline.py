@@ -26,7 +26,14 @@ from keyplane.clock import Clock
 from keyplane.errors import KeyplaneError
 from keyplane.gateway.access import AccessGuard, Levels
 from keyplane.gateway.asgi import Receive, Send, header, send_bytes
-from keyplane.gateway.errors import ApiError, bad_request, from_domain, missing_key, model_not_found
+from keyplane.gateway.errors import (
+    ApiError,
+    bad_request,
+    from_domain,
+    missing_key,
+    model_not_found,
+    model_not_priced,
+)
 from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.ratelimits import RateGuard
 from keyplane.gateway.streaming import SseAccounting, answer_usage, error_event, estimated_output
@@ -138,7 +145,6 @@ class Pipeline:
         self.clock = clock
         self.max_body_bytes = max_body_bytes
         self.default_max_output_tokens = default_max_output_tokens
-        self._unpriced: set[str] = set()
 
     async def admit_caller(
         self, scope: Any, client_ip: str | None, group: Group, access: Access
@@ -187,6 +193,11 @@ class Pipeline:
         upstreams = await self.router.candidates(model)
         if not upstreams:
             raise model_not_found(model)
+        # A model keyplane cannot price cannot be held against a balance or a budget: refused,
+        # not served free (an operator prices it, at 0 if it is free: price_files).
+        call.price = self.prices.price(model, self.clock.now())
+        if call.price is None:
+            raise model_not_priced(model)
         call.estimated_input = call.endpoint.estimate_input(payload)
         rewrite = False
         client_wants_usage = False
@@ -198,19 +209,29 @@ class Pipeline:
             payload["stream_options"] = {**options, "include_usage": True}
             rewrite = True
         fields, asked = _output_cap(payload)
-        # Each of n choices (or best_of candidates, generated and billed, on completions) can
-        # write the whole cap: the hold and the token estimate count them all. (_parse checked
-        # both are positive integers.)
+        # The most each output may be: the client's cap, else the model's (else a default).
+        wanted = (
+            (asked or call.price.max_output_tokens or self.default_max_output_tokens)
+            if call.endpoint.has_output
+            else 0
+        )
+        # Each of n choices (or best_of candidates, generated and billed, on completions), for
+        # each prompt of a legacy completion's list, can write the whole cap: the hold and the
+        # token estimate count them all. (_parse checked n and best_of.)
         choices = max(payload.get("n") or 1, payload.get("best_of") or 1)
+        if call.endpoint.name == "completions":
+            choices *= _prompt_count(payload.get("prompt"))
         org = self.money.cached_org(key.org_id) or await self.money.org(key.org_id)
         scopes = self.rates.cached_scopes(key, org.tier, model) or await self.rates.scopes(
             key, org.tier, model
         )
         # No await from here to the journal: the admission is one step.
         now = self.clock.now()
-        self._rate_limit(call, scopes, asked, choices, now)
+        self._rate_limit(call, scopes, wanted, choices, now)
         try:
-            rewrite |= self._hold(call, org, payload, len(body), fields, asked, choices, now)
+            rewrite |= self._hold(
+                call, org, payload, len(body), fields, asked, wanted, choices, now
+            )
         except BaseException:
             self.rates.settle(call.ticket, 0, now)  # refused before forwarding: no tokens used
             raise
@@ -224,10 +245,12 @@ class Pipeline:
                 self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True)
 
     def _rate_limit(
-        self, call: Call, scopes: list[LimitScope], asked: int | None, choices: int, now: float
+        self, call: Call, scopes: list[LimitScope], wanted: int, choices: int, now: float
     ) -> None:
-        """Counts the request and its estimated tokens (prompt + max output) against every scope."""
-        tokens = call.estimated_input + (asked or 0) * choices
+        """Counts the request and its estimated tokens (prompt + the most it may write, as the
+        hold counts it: leaving out max_tokens must not slip past a TPM limit) against every
+        scope; the settlement corrects the tokens to what was used."""
+        tokens = call.estimated_input + wanted * choices
         decision = self.rates.admit(scopes, tokens, now)
         call.rate_headers = rate_limit_headers(decision)
         call.ticket = decision.ticket
@@ -239,18 +262,14 @@ class Pipeline:
 
     def _hold(
         self, call: Call, org: OrgMoney, payload: dict[str, Any], body_len: int,
-        fields: tuple[str, ...], asked: int | None, choices: int, now: float,
+        fields: tuple[str, ...], asked: int | None, wanted: int, choices: int, now: float,
     ) -> bool:  # fmt: skip
         """Places the money hold; returns True when the payload now carries a lower output cap
-        (``fields``/``asked``: the client's own cap, if any; ``choices``: how many it asked for)."""
-        price = call.price = self.prices.price(call.model, now)
+        (``fields``/``asked``: the client's own cap, if any; ``wanted``: the cap per output the
+        hold covers unless lowered; ``choices``: how many outputs)."""
+        price = call.price
         bound = cost_bound(price, input_token_bound(body_len, payload), choices)
         model_max = price.max_output_tokens if price else None
-        wanted = (
-            (asked or model_max or self.default_max_output_tokens)
-            if call.endpoint.has_output
-            else 0
-        )
         admission = self.money.admit(
             org, call.key, call.request_id, call.model, call.endpoint.name, bound, wanted, now
         )
@@ -420,9 +439,6 @@ class Pipeline:
         inp, cached, out = used
         self.rates.settle(call.ticket, inp + out, now)
         price = call.price
-        if price is None and call.model not in self._unpriced:
-            self._unpriced.add(call.model)
-            log.warning("no price for model %r: its requests are metered at $0", call.model)
         cost = price.token_cost(inp, cached, out) if price else 0
         self.money.finish(
             call.hold,
@@ -470,6 +486,14 @@ def _in_envelope(status: int, content: bytes, headers: list[tuple[bytes, bytes]]
     kind = "server_error" if status >= 500 else "invalid_request_error"
     message = f"The upstream answered {status} without an error in OpenAI's format."
     return orjson.dumps(ApiError(status, message, type=kind, code="upstream_error").body())
+
+
+def _prompt_count(prompt: Any) -> int:
+    """How many prompts a legacy completion's ``prompt`` holds: a list of strings or of token
+    lists is one completion per item; a string or one token list is one."""
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        return len(prompt)
+    return 1
 
 
 _CAPS = ("max_completion_tokens", "max_tokens")
