@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,8 +22,9 @@ def test_estimate_text_rounds_up_to_whole_tokens(text: str, expected: int) -> No
 
 @settings(max_examples=200, deadline=None, database=None)
 @given(st.text(max_size=500))
-def test_estimate_text_is_ceil_of_a_quarter_of_the_characters(text: str) -> None:
-    assert tokens.estimate_text(text) == math.ceil(len(text) / 4)
+def test_estimate_text_is_a_quarter_of_the_characters_and_more_outside_ascii(text: str) -> None:
+    extra_bytes = len(text.encode("utf-8", "replace")) - len(text)
+    assert tokens.estimate_text(text) == math.ceil(len(text) / 4) + extra_bytes // 2
 
 
 def test_content_text_of_a_plain_string() -> None:
@@ -52,6 +54,28 @@ def test_estimate_chat_prompt_counts_text_and_per_message_overhead() -> None:
         {"role": "assistant", "content": None, "tool_calls": []},  # 0 tokens
     ]
     assert tokens.estimate_chat_prompt(messages) == 3 + (3 + 3) + (3 + 1) + (3 + 0)
+
+
+def test_estimate_chat_counts_images_tool_calls_definitions_and_non_ascii_text() -> None:
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    call = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
+    payload = {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "What is it?"}, image, image]},
+            {"role": "assistant", "content": None, "tool_calls": call},
+        ],
+        "tools": tools,
+    }
+    text_only = tokens.estimate_chat_prompt(
+        [{"role": "user", "content": "What is it?"}, {"role": "assistant", "content": None}]
+    )
+    extra = 2 * tokens.IMAGE_TOKENS + tokens.estimate_chars(len(orjson.dumps(call)))
+    extra += tokens.estimate_chars(len(orjson.dumps(tools)))
+    assert tokens.estimate_chat(payload) == text_only + extra
+    # Text outside ASCII takes more tokens than four characters each.
+    assert tokens.estimate_text("a" * 40) == 10
+    assert tokens.estimate_text("漢" * 40) == 10 + 40
 
 
 @pytest.mark.parametrize("messages", [None, "hello", {"role": "user"}])

@@ -73,7 +73,7 @@ class Endpoint:
 ENDPOINTS: dict[str, Endpoint] = {
     "/v1/chat/completions": Endpoint(
         "chat.completions", "/chat/completions", True, "messages",
-        lambda p: tokens.estimate_chat_prompt(p.get("messages")), Group.CHAT,
+        tokens.estimate_chat, Group.CHAT,
     ),
     "/v1/completions": Endpoint(
         "completions", "/completions", True, "prompt", lambda p: tokens.estimate_input(p.get("prompt")),

@@ -1,14 +1,21 @@
 """Token estimates for when the upstream does not report usage (a broken or abandoned stream).
 
 No tokenizer file can be fetched at run time, so keyplane uses OpenAI's rule of thumb for English:
-about four characters per token, rounded up.
+about four characters per token, rounded up; a character outside ASCII (most of Chinese, Japanese,
+Korean, Cyrillic...) counts about one more. An image counts what OpenAI's models take for a
+1024×1024 image at high detail; tool definitions count as their JSON text.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 CHARS_PER_TOKEN = 4
+IMAGE_TOKENS = 765  # 85 + 170 per 512-pixel tile, four tiles: a 1024×1024 image at high detail
+_IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+_REQUEST_JSON = ("tools", "functions", "response_format")  # definitions the model reads too
 
 
 def estimate_chars(chars: int) -> int:
@@ -17,7 +24,9 @@ def estimate_chars(chars: int) -> int:
 
 
 def estimate_text(text: str) -> int:
-    return estimate_chars(len(text))
+    if text.isascii():
+        return estimate_chars(len(text))
+    return estimate_chars(len(text)) + (len(text.encode("utf-8", "replace")) - len(text)) // 2
 
 
 def content_text(content: Any) -> str:
@@ -32,13 +41,34 @@ def content_text(content: Any) -> str:
 
 
 def estimate_chat_prompt(messages: Any) -> int:
-    """Estimated prompt tokens of a chat request: text plus a small per-message overhead."""
+    """Estimated prompt tokens of a chat request's messages: their text, images and earlier tool
+    calls' arguments, plus a small per-message overhead."""
     if not isinstance(messages, list):
         return 0
     total = 3
     for message in messages:
-        if isinstance(message, dict):
-            total += 3 + estimate_text(content_text(message.get("content")))
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        total += 3 + estimate_text(content_text(content))
+        if isinstance(content, list):
+            total += IMAGE_TOKENS * sum(
+                1 for p in content if isinstance(p, dict) and p.get("type") in _IMAGE_PARTS
+            )
+        calls = message.get("tool_calls")
+        if isinstance(calls, list) and calls:
+            total += estimate_chars(len(orjson.dumps(calls)))
+    return total
+
+
+def estimate_chat(payload: dict[str, Any]) -> int:
+    """Estimated prompt tokens of a whole chat request: its messages and the tool and format
+    definitions sent with them."""
+    total = estimate_chat_prompt(payload.get("messages"))
+    for name in _REQUEST_JSON:
+        value = payload.get(name)
+        if value:
+            total += estimate_chars(len(orjson.dumps(value)))
     return total
 
 
