@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +17,12 @@ import pytest
 from sqlalchemy import func, select
 
 from conftest import Keyplane, start_keyplane
+from keyplane.clock import FrozenClock
 from keyplane.errors import KeyplaneError
 from keyplane.simulator import SimulatorConfig, create_app
 from keyplane.storage.billing_tables import ledger_entries
 from keyplane.usage.pricing import PriceTable
-from kptest import ServerThread, Upstream
+from kptest import ServerThread, Upstream, wait_until
 
 DOLLAR = 1_000_000
 GPT4O = PriceTable.load().price("gpt-4o", 2_000_000_000)
@@ -371,4 +374,33 @@ def test_a_model_without_a_price_is_refused_not_served_free(tmp_path: Path) -> N
                 kp.server.stop()
                 kp.container.close()
     finally:
+        sim.stop()
+
+
+def test_a_request_outliving_its_hold_is_billed_its_real_cost_not_swept_as_lost(
+    tmp_path: Path,
+) -> None:
+    """The sweeper settles holds of gateways that died; a long request of a live one (a long
+    stream, a slow reasoning model) keeps its hold until its answer says what it cost."""
+    clock = FrozenClock(time.time())
+    sim = ServerThread(create_app(SimulatorConfig(latency_ms=1500))).start()
+    kp = start_keyplane(tmp_path, sim.url + "/v1", clock=clock, hold_ttl_s=60)
+    money = kp.gateway.pipeline.money
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(
+                httpx.post, kp.base_url + "/chat/completions",
+                json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+            )  # fmt: skip
+            wait_until(lambda: (org := money.cached_org(kp.org.id)) is not None and org.holds)
+            clock.advance(3600)  # long past the hold's expiry, the answer still coming
+            assert kp.server.call(money.sweep()) == 0
+            assert answer.result().status_code == 200
+        [record] = kp.usage(expect=1)
+        assert record.outcome.value == "completed" and record.output_tokens == 16
+        assert record.cost_micro_usd == GPT4O.token_cost(record.input_tokens, 0, 16)
+    finally:
+        kp.server.stop()
+        kp.container.close()
         sim.stop()

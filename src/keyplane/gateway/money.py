@@ -95,6 +95,7 @@ class MoneyGuard:
         # A retried flush stored settlements whose holds the journal's current segment still has.
         self._settled_ahead = False
         self._outcomes: deque[Outcome] = deque()  # settlements not yet in the database
+        self._live: set[str] = set()  # holds of this process's requests still in flight
         self._flushing = asyncio.Lock()
         self._to_discard: list[Segment] = []  # stored segments not deleted yet
         self._tidying: asyncio.Task[None] | None = None
@@ -150,11 +151,13 @@ class MoneyGuard:
             org.void(hold.id)
             log.error("cannot write the hold journal: %s", exc)
             raise StoreUnavailable("Could not record the spending hold.") from None
+        self._live.add(hold.id)
         return Admission(hold, output_tokens, clamped)
 
     def finish(self, hold: Hold, record: UsageRecord) -> UsageRecord:
         """Settles the request at its real cost (never more than the hold) and queues the usage
         record with the settlement. Returns the record as stored."""
+        self._live.discard(hold.id)
         org = self._orgs[hold.org_id]
         settlement = org.settle(hold.id, record.cost_micro_usd)
         if settlement is None:
@@ -358,13 +361,16 @@ class MoneyGuard:
         return recovered
 
     async def sweep(self) -> int:
-        """Settles expired holds at their full amount (their request's gateway died or the request
-        outlived the hold); returns how many. Recovers dead gateways' journals first."""
+        """Settles expired holds at their full amount (their request's gateway died); returns how
+        many. Recovers dead gateways' journals first. A hold of a request this process is still
+        answering is not swept, however long it runs (a long stream, a slow reasoning model): it
+        settles at its real cost when the answer ends."""
         await self.recover()
         now = self._clock.now()
         swept = 0
+        live = self._live
         for org in list(self._orgs.values()):
-            for hold in [h for h in org.holds.values() if h.expires_at <= now]:
+            for hold in [h for h in org.holds.values() if h.expires_at <= now and h.id not in live]:
                 record = UsageRecord(
                     request_id=hold.id, created_at=int(now), org_id=hold.org_id,
                     project_id=hold.project_id or None, key_id=hold.key_id, owner_type="", owner_id="",
