@@ -3,6 +3,8 @@ the upstream should see, and errors a client's SDK can read."""
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,3 +98,54 @@ def test_an_openai_error_passes_through_as_it_came(kp: Keyplane, upstream: Answe
         headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
     )  # fmt: skip
     assert r.status_code == 400 and r.content == upstream.body
+
+
+class Hangup(threading.Thread):
+    """An upstream that lists gpt-4o, and closes every connection a POST arrives on once it has
+    read the request, answering nothing (it crashed, say, after starting on it)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.posts = 0
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
+                    head += chunk
+                if head.startswith(b"GET"):
+                    body = b'{"object":"list","data":[{"id":"gpt-4o","object":"model"}]}'
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                        b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+                    )
+                else:
+                    self.posts += 1
+
+
+def test_a_request_the_upstream_may_have_received_is_not_sent_again_and_is_billed(
+    tmp_path: Path,
+) -> None:
+    hangup = Hangup()
+    hangup.start()
+    kp = start_keyplane(tmp_path, hangup.url)  # (upstream_retries: 1)
+    try:
+        r = httpx.post(
+            kp.base_url + "/chat/completions", json=CHAT,
+            headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+        )  # fmt: skip
+        assert r.status_code == 502 and "before answering" in r.json()["error"]["message"]
+        assert hangup.posts == 1  # not sent again: the upstream may be working on it
+        [record] = kp.usage(expect=1)
+        assert record.tokens_estimated and record.input_tokens > 0 and record.cost_micro_usd > 0
+    finally:
+        kp.server.stop()
+        kp.container.close()
+        hangup.sock.close()

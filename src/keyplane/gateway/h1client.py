@@ -31,7 +31,8 @@ Behaviour:
   (The price: an upstream that processed the request and then died without sending a byte sees
   it twice. Go's net/http resends a POST only when none of it was written or when it carries an
   ``Idempotency-Key`` header; this client resends any request.) A new connection failing that
-  way raises ``ConnectFailed``, like a refused one.
+  way raises ``ClosedBeforeAnswer``: the upstream may have received the request, so the router
+  does not send it again.
 - Timeouts cost no task and no timer per request: ``connect_timeout_s`` covers the TCP (and
   TLS) handshake (``asyncio.timeout``, ``ConnectFailed``); ``read_timeout_s`` the wait for the
   status and headers (``ReadTimedOut``), then the longest silence between body bytes
@@ -62,6 +63,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from keyplane.gateway.transport import (
     HOP_BY_HOP,
+    ClosedBeforeAnswer,
     ConnectFailed,
     Headers,
     ReadTimedOut,
@@ -271,7 +273,7 @@ class _Conn(asyncio.Protocol):
             if not self.got_bytes and self.uses > 1:
                 self.error = _Stale("the upstream closed the keep-alive connection")
             else:
-                self.error = ConnectFailed(
+                self.error = ClosedBeforeAnswer(
                     f"the upstream closed the connection before answering ({exc or 'EOF'})"
                 )
         elif self.state == _BODY:

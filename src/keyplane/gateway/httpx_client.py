@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from keyplane.gateway.transport import (
+    ClosedBeforeAnswer,
     ConnectFailed,
     Headers,
     ReadTimedOut,
@@ -43,6 +44,8 @@ class HttpxClient(UpstreamClient):
             if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
                 raise ConnectFailed(type(exc).__name__) from exc
             raise ReadTimedOut("timed out waiting for the upstream") from exc
+        except httpx.RemoteProtocolError as exc:  # e.g. disconnected without sending a response
+            raise ClosedBeforeAnswer(str(exc) or type(exc).__name__) from exc
         except httpx.HTTPError as exc:
             raise ConnectFailed(str(exc) or type(exc).__name__) from exc
         return _HttpxResponse(resp)

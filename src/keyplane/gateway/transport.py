@@ -32,6 +32,11 @@ class ConnectFailed(UpstreamError):
     """The request could not be delivered (refused, reset, closed before an answer): safe to retry."""
 
 
+class ClosedBeforeAnswer(UpstreamError):
+    """The upstream closed a new connection after the request was sent and before answering: it
+    may have received the request (and be billing it), so it is not sent again."""
+
+
 class ReadTimedOut(UpstreamError):
     """No answer in time: the upstream may be working on the request (and costing money)."""
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from keyplane.gateway.transport import (
+    ClosedBeforeAnswer,
     ConnectFailed,
     ReadTimedOut,
     UpstreamClient,
@@ -172,6 +173,12 @@ class UpstreamRouter:
                     # The request reached the upstream and may be costing money: do not repeat it.
                     raise UpstreamUnavailable(
                         f"The upstream '{up.name}' timed out.", timed_out=True
+                    ) from None
+                except ClosedBeforeAnswer as exc:  # likewise: it may have been received
+                    log.warning("upstream %s: %s", up.name, exc)
+                    raise UpstreamUnavailable(
+                        f"The upstream '{up.name}' closed the connection before answering.",
+                        reached=True,
                     ) from None
                 if resp.status in RETRY_STATUSES:
                     last = resp
