@@ -16,7 +16,8 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from conftest import Keyplane, start_keyplane
+from conftest import Keyplane, initialized, start_keyplane
+from keyplane import bootstrap
 from keyplane.clock import FrozenClock
 from keyplane.errors import KeyplaneError
 from keyplane.simulator import SimulatorConfig, create_app
@@ -404,3 +405,42 @@ def test_a_request_outliving_its_hold_is_billed_its_real_cost_not_swept_as_lost(
         kp.server.stop()
         kp.container.close()
         sim.stop()
+
+
+@pytest.mark.anyio
+async def test_a_request_cancelled_before_its_answer_is_billed_the_most_it_may_cost(
+    tmp_path: Path,
+) -> None:
+    """A shutdown cancels requests still waiting for their answer after its grace period; the
+    upstream goes on and bills them, so keyplane bills the most the hold covers (as the sweeper
+    does after a crash), not the prompt alone."""
+    container, _, org, _, secret = initialized(tmp_path, "http://simulator/v1")
+    slow = create_app(SimulatorConfig(latency_ms=10_000))
+    app, gateway = bootstrap.build_app(container, transport=httpx.ASGITransport(app=slow))
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://kp")
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 500}
+    try:
+        await gateway.pipeline.auth.refresh()
+        await gateway.pipeline.money.refresh()
+        request = asyncio.create_task(
+            client.post(
+                "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {secret}"}
+            )
+        )
+        money = gateway.pipeline.money
+        deadline = time.monotonic() + 10
+        while not ((o := money.cached_org(org.id)) is not None and o.holds):  # placed, forwarded
+            assert time.monotonic() < deadline, "the request was never admitted"
+            await asyncio.sleep(0.01)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await gateway.flush()
+        [record] = container.usage_store.query(org.id)
+        assert record.outcome.value == "upstream_broken" and record.tokens_estimated
+        assert record.output_tokens == 500
+        assert record.cost_micro_usd == GPT4O.token_cost(record.input_tokens, 0, 500)
+    finally:
+        await client.aclose()
+        await gateway.shutdown()
+        container.close()

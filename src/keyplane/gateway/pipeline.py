@@ -92,8 +92,9 @@ class Call:
     compiled, its ``__init__`` is C; a dataclass's stays Python, see keyplane/values.py.)"""
 
     __slots__ = (
-        "client_ip", "endpoint", "estimated_input", "forwarded", "hold", "key", "levels", "metered",
-        "model", "price", "rate_headers", "request_id", "started", "stream", "ticket",
+        "client_ip", "endpoint", "estimated_input", "forwarded", "held_output", "hold", "key",
+        "levels", "metered", "model", "price", "rate_headers", "request_id", "started", "stream",
+        "ticket",
     )  # fmt: skip
 
     def __init__(
@@ -115,6 +116,7 @@ class Call:
         self.stream = False
         self.estimated_input = 0
         self.hold: Hold | None = None
+        self.held_output = 0  # the most output tokens the hold covers (all outputs together)
         self.price: Price | None = None  # in effect at admission: the hold and the bill use it
         self.ticket: Ticket | None = None
         self.rate_headers: list[tuple[bytes, bytes]] = []
@@ -241,7 +243,9 @@ class Pipeline:
             await self._forward(call, upstreams, body, scope, receive, send, client_wants_usage)
         finally:
             if not call.metered:  # an unexpected error or cancellation: settle conservatively
-                used = (call.estimated_input, 0, 0) if call.forwarded else (0, 0, 0)
+                # Forwarded, with no answer yet (a shutdown's cancellation, say): the upstream
+                # goes on and bills it, so the most it may write is billed, as after a crash.
+                used = (call.estimated_input, 0, call.held_output) if call.forwarded else (0, 0, 0)
                 self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True)
 
     def _rate_limit(
@@ -274,6 +278,7 @@ class Pipeline:
             org, call.key, call.request_id, call.model, call.endpoint.name, bound, wanted, now
         )
         call.hold = admission.hold
+        call.held_output = admission.output_tokens * choices
         # The upstream must not produce more than the hold covers: send the cap when it was lowered,
         # or when neither the client nor the price table bounds the output.
         if (
