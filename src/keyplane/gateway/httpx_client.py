@@ -44,8 +44,8 @@ class HttpxClient(UpstreamClient):
             if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
                 raise ConnectFailed(type(exc).__name__) from exc
             raise ReadTimedOut("timed out waiting for the upstream") from exc
-        except httpx.RemoteProtocolError as exc:  # e.g. disconnected without sending a response
-            raise ClosedBeforeAnswer(str(exc) or type(exc).__name__) from exc
+        except httpx.RemoteProtocolError as closed:  # disconnected without sending a response
+            raise ClosedBeforeAnswer(str(closed) or type(closed).__name__) from closed
         except httpx.HTTPError as exc:
             raise ConnectFailed(str(exc) or type(exc).__name__) from exc
         return _HttpxResponse(resp)

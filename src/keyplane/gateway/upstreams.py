@@ -174,8 +174,9 @@ class UpstreamRouter:
                     raise UpstreamUnavailable(
                         f"The upstream '{up.name}' timed out.", timed_out=True
                     ) from None
-                except ClosedBeforeAnswer as exc:  # likewise: it may have been received
-                    log.warning("upstream %s: %s", up.name, exc)
+                except ClosedBeforeAnswer as closed:  # likewise: it may have been received
+                    # (its own name: compiled, ``exc`` above is typed ConnectFailed)
+                    log.warning("upstream %s: %s", up.name, closed)
                     raise UpstreamUnavailable(
                         f"The upstream '{up.name}' closed the connection before answering.",
                         reached=True,
