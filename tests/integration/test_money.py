@@ -347,7 +347,7 @@ def test_every_output_the_upstream_may_write_is_held_and_paid_for(
 
 def test_a_model_without_a_price_is_refused_not_served_free(tmp_path: Path) -> None:
     """An upstream's model keyplane cannot price could not be held against the balance: it is
-    refused until an operator prices it (at 0, for a model that is free)."""
+    refused, and not listed, until an operator prices it (at 0, for a model that is free)."""
     sim = ServerThread(create_app(SimulatorConfig(models=("gpt-4o", "o1-preview-2")))).start()
     free = tmp_path / "free.toml"
     free.write_text(
@@ -364,6 +364,12 @@ def test_a_model_without_a_price_is_refused_not_served_free(tmp_path: Path) -> N
                     headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
                 )  # fmt: skip
                 assert r.status_code == status, r.text
+                auth = {"authorization": f"Bearer {kp.key}"}
+                listed = httpx.get(kp.base_url + "/models", headers=auth, timeout=30).json()
+                usable = {m["id"] for m in listed["data"]}
+                assert "gpt-4o" in usable and ("o1-preview-2" in usable) == (status == 200)
+                head = httpx.head(kp.base_url + "/models", headers=auth, timeout=30)
+                assert head.status_code == 200 and head.content == b""
                 if status == 404:
                     assert "has no price" in r.json()["error"]["message"]
                     kp.flush()

@@ -22,6 +22,9 @@ MODEL_CREATED = 1_700_000_000
 _WRITE = Access.WRITE  # (a global: an enum member lookup is ~80 ns on Python 3.11)
 
 
+_READ_METHODS = ("GET", "HEAD")  # (the server sends no body to a HEAD)
+
+
 class Gateway:
     def __init__(
         self,
@@ -80,9 +83,11 @@ class Gateway:
                 )
                 call = Call(request_id, endpoint, key, levels, client_ip, time.monotonic())
                 await self.pipeline.handle(call, scope, receive, send)
-            elif method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
+            elif method in _READ_METHODS and (
+                path == "/v1/models" or path.startswith("/v1/models/")
+            ):
                 await self._models(scope, send, path.removeprefix("/v1/models").strip("/"), rid)
-            elif method == "GET" and path in ("/healthz", "/readyz"):
+            elif method in _READ_METHODS and path in ("/healthz", "/readyz"):
                 await send_json(send, 200, {"status": "ok"}, rid)
             else:
                 raise ApiError(404, f"Invalid URL ({method} {path})")
@@ -104,8 +109,12 @@ class Gateway:
         key, levels = await self.pipeline.admit_caller(
             scope, access.client_ip(scope), Group.MODELS, Access.READ
         )
+        # The models this key may use: allowed to it, and priced (an unpriced one is refused).
+        prices, now = self.pipeline.prices, self.pipeline.clock.now()
         names = [
-            m for m in await self.pipeline.router.models() if access.model_allowed(levels, key, m)
+            m
+            for m in await self.pipeline.router.models()
+            if access.model_allowed(levels, key, m) and prices.price(m, now) is not None
         ]
         if model:
             if model not in names:
