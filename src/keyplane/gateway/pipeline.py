@@ -232,7 +232,7 @@ class Pipeline:
         self._rate_limit(call, scopes, wanted, choices, now)
         try:
             rewrite |= self._hold(
-                call, org, payload, len(body), fields, asked, wanted, choices, now
+                call, call.price, org, payload, len(body), fields, asked, wanted, choices, now
             )
         except BaseException:
             self.rates.settle(call.ticket, 0, now)  # refused before forwarding: no tokens used
@@ -265,15 +265,14 @@ class Pipeline:
             raise ApiError(429, message, type=kind, code="rate_limit_exceeded", extra_headers=limit)
 
     def _hold(
-        self, call: Call, org: OrgMoney, payload: dict[str, Any], body_len: int,
+        self, call: Call, price: Price, org: OrgMoney, payload: dict[str, Any], body_len: int,
         fields: tuple[str, ...], asked: int | None, wanted: int, choices: int, now: float,
     ) -> bool:  # fmt: skip
-        """Places the money hold; returns True when the payload now carries a lower output cap
-        (``fields``/``asked``: the client's own cap, if any; ``wanted``: the cap per output the
-        hold covers unless lowered; ``choices``: how many outputs)."""
-        price = call.price
+        """Places the money hold at ``price`` (the call's: an unpriced model was refused before);
+        returns True when the payload now carries a lower output cap (``fields``/``asked``: the
+        client's own cap, if any; ``wanted``: the cap per output the hold covers unless lowered;
+        ``choices``: how many outputs)."""
         bound = cost_bound(price, input_token_bound(body_len, payload), choices)
-        model_max = price.max_output_tokens if price else None
         admission = self.money.admit(
             org, call.key, call.request_id, call.model, call.endpoint.name, bound, wanted, now
         )
@@ -281,10 +280,8 @@ class Pipeline:
         call.held_output = admission.output_tokens * choices
         # The upstream must not produce more than the hold covers: send the cap when it was lowered,
         # or when neither the client nor the price table bounds the output.
-        if (
-            price is None
-            or not call.endpoint.has_output
-            or not (admission.clamped or (asked is None and model_max is None))
+        if not call.endpoint.has_output or not (
+            admission.clamped or (asked is None and price.max_output_tokens is None)
         ):
             return False
         if not fields:
