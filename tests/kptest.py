@@ -74,6 +74,7 @@ class Upstream:
 
     status = 200
     content_type = b"application/json"
+    models: tuple[str, ...] = ("gpt-3.5-turbo", "gpt-4o")  # what GET /models lists
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
@@ -96,7 +97,7 @@ class Upstream:
                 break
         status, content_type = 200, b"application/json"
         if scope["method"] == "GET":
-            answer = orjson.dumps({"data": [{"id": "gpt-3.5-turbo"}, {"id": "gpt-4o"}]})
+            answer = orjson.dumps({"data": [{"id": model} for model in self.models]})
         else:
             body = orjson.loads(b"".join(chunks))
             self.bodies.append(body)

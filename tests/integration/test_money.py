@@ -450,3 +450,67 @@ async def test_a_request_cancelled_before_its_answer_is_billed_the_most_it_may_c
         await client.aclose()
         await gateway.shutdown()
         container.close()
+
+
+class VisionUpstream(Upstream):
+    """Bills each image what the largest image costs on gpt-4o-mini at high detail (2,833 + 8
+    tiles × 5,667 tokens), and a file part a full context window, as OpenAI may."""
+
+    models = ("gpt-4o-mini", "own-model")
+
+    def answer(self, body: dict[str, Any]) -> bytes:
+        parts = [p for m in body["messages"] for p in m["content"] if isinstance(p, dict)]
+        images = sum(p.get("type") == "image_url" for p in parts)
+        files = sum(p.get("type") == "file" for p in parts)
+        usage = {"prompt_tokens": 10 + 48_169 * images + 128_000 * files, "completion_tokens": 1}
+        return orjson.dumps({"id": "x", "object": "chat.completion", "choices": [], "usage": usage})
+
+
+def test_images_and_files_are_held_at_the_most_they_may_cost(tmp_path: Path) -> None:
+    """Twenty large images on gpt-4o-mini cost ~$0.14, a PDF up to ~$0.74: a cent of credit does
+    not let either through, a dollar does and pays what the upstream bills. A model whose context
+    window keyplane does not know refuses file parts, since nothing could bound them."""
+    upstream = VisionUpstream()
+    server = ServerThread(upstream).start()
+    own = tmp_path / "own.toml"
+    own.write_text(
+        '[[price]]\nmodel = "own-model"\neffective_from = "2024-01-01"\ninput = "1"\noutput = "1"\n'
+    )
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/big.png"}}
+    pdf = {"type": "file", "file": {"file_id": "file-abc"}}
+    mini = PriceTable.load().price("gpt-4o-mini", 2_000_000_000)
+    assert mini is not None
+    try:
+        for credit, status in ((10_000, 429), (DOLLAR, 200)):
+            kp = start_keyplane(tmp_path / str(credit), server.url + "/v1", credit=credit,
+                                price_files=[own])  # fmt: skip
+            try:
+                for content in ([image] * 20, [{"type": "text", "text": "sum up"}, pdf]):
+                    sent = len(upstream.bodies)
+                    r = httpx.post(
+                        kp.base_url + "/chat/completions",
+                        json={"model": "gpt-4o-mini", "max_tokens": 1,
+                              "messages": [{"role": "user", "content": content}]},
+                        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+                    )  # fmt: skip
+                    assert r.status_code == status, r.text
+                    assert len(upstream.bodies) == sent + (status == 200)
+                r = httpx.post(
+                    kp.base_url + "/chat/completions",
+                    json={"model": "own-model", "messages": [{"role": "user", "content": [pdf]}]},
+                    headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+                )  # fmt: skip
+                assert (
+                    r.status_code == 400 and r.json()["error"]["code"] == "unsupported_file_input"
+                )
+                assert "context_window" in r.json()["error"]["message"]
+                records = kp.usage(expect=2) if status == 200 else kp.usage()
+                assert len(records) == (2 if status == 200 else 0)
+                for record in records:  # billed what the upstream reported, in full
+                    assert record.cost_micro_usd == mini.token_cost(record.input_tokens, 0, 1)
+                assert sum(rec.cost_micro_usd for rec in records) <= credit
+            finally:
+                kp.server.stop()
+                kp.container.close()
+    finally:
+        server.stop()

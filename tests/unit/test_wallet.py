@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from keyplane.billing.bounds import CostBound, input_token_bound
+from keyplane.billing.bounds import CostBound
 from keyplane.billing.periods import period_end, period_of, period_start
 from keyplane.billing.wallet import BillingMode, Hold, Lot, OrgMoney, Scope
 
@@ -195,42 +194,3 @@ def test_cost_bound_clamps_to_what_money_affords() -> None:
     assert bound.cost(bound.max_output_for(1_199)) <= 1_199
     assert bound.max_output_for(199) == -1  # not even the input fits
     assert CostBound(10, 0).max_output_for(1) > 10**12
-
-
-@pytest.mark.parametrize(
-    ("payload", "body_len", "bound"),
-    [
-        ({"messages": [{"role": "user", "content": "hi"}]}, 90, 90),
-        (
-            {
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}],
-                    }
-                ]
-            },
-            200,
-            3200,
-        ),
-        (
-            {
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [
-                            {
-                                "type": "image_url",
-                                "image_url": {"url": "data:image/png;base64," + "A" * 1000},
-                            }
-                        ],
-                    }
-                ]
-            },
-            1100,
-            3000 + 1100 - 1022,
-        ),
-    ],
-)
-def test_input_bound(payload: dict[str, object], body_len: int, bound: int) -> None:
-    assert input_token_bound(body_len, payload) == bound

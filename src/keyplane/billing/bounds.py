@@ -1,8 +1,11 @@
 """The worst-case cost of a request, computed before it is forwarded.
 
 Input tokens are bounded by bytes: a BPE tokenizer never makes more tokens than the UTF-8 bytes it
-reads, and a request's text (plus per-message framing) is a subset of its JSON body. Images sent by
-URL add a fixed allowance; inline base64 images are counted by that allowance instead of by bytes.
+reads, and a request's text (plus per-message framing) is a subset of its JSON body. Each image
+adds the most one image costs on the model (``image_input_tokens`` in the price table, else
+``IMAGE_TOKEN_ALLOWANCE``); inline base64 images are counted by that instead of by bytes. File parts
+(PDFs) add the model's context window and ``MAX_FILE_PAGES`` page images, or are refused on a model
+whose context window keyplane does not know.
 Output tokens are bounded by ``max_tokens`` / ``max_completion_tokens`` (times ``n``), else by the
 model's maximum output from the price table. When the money left cannot cover that, the gateway
 lowers the output cap (``max_output_for``) and tells the upstream.
@@ -15,7 +18,8 @@ from typing import Any, final
 from keyplane.usage.pricing import MICRO, Price
 from keyplane.values import Value
 
-IMAGE_TOKEN_ALLOWANCE = 3000
+IMAGE_TOKEN_ALLOWANCE = 3000  # an image on a model whose price entry sets no image_input_tokens
+MAX_FILE_PAGES = 100  # OpenAI reads at most 100 pages of files a request
 NO_LIMIT = 2**62
 MAX_AMOUNT = 10**15  # micro-dollars ($1B) any amount typed may be: a typo guard, inside BIGINT
 
@@ -42,31 +46,65 @@ class CostBound(Value):
         return NO_LIMIT if self.per_output == 0 else room // self.per_output
 
 
-def input_token_bound(body_len: int, payload: dict[str, Any]) -> int:
-    """An upper bound on the prompt tokens of a request body."""
-    images, image_bytes = _images(payload.get("messages"))
-    return max(body_len - image_bytes, 0) + images * IMAGE_TOKEN_ALLOWANCE
+class UnboundedInput(ValueError):
+    """A request whose input no bound covers (a file part, on a model without a context window)."""
 
 
-def _images(messages: Any) -> tuple[int, int]:
-    count = size = 0
+def input_token_bound(body_len: int, payload: dict[str, Any], price: Price) -> int:
+    """An upper bound on the prompt tokens of a request body on ``price``'s model."""
+    images, image_bytes, files = _media(payload.get("messages"))
+    per_image = price.image_input_tokens or IMAGE_TOKEN_ALLOWANCE
+    bound = max(body_len - image_bytes, 0) + images * per_image
+    if files:
+        if price.context_window is None:
+            raise UnboundedInput(
+                f"The model '{price.model}' cannot take file inputs here: keyplane cannot bound "
+                "what they cost without the model's context window (an operator sets "
+                "context_window in its price entry)."
+            )
+        # A file's text is read into the context; each page may also be read as an image.
+        bound += price.context_window + MAX_FILE_PAGES * per_image
+    return bound
+
+
+def _media(messages: Any) -> tuple[int, int, bool]:
+    """(images, bytes of the inline images' data, whether any file part) in chat ``messages``.
+    Any part naming an image or a file counts, whatever its ``type`` says: a bound may not miss
+    one of the upstream's accepted forms."""
+    images = size = 0
+    files = False
     if not isinstance(messages, list):
-        return 0, 0
+        return 0, 0, False
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, list):
             continue
         for part in content:
-            if isinstance(part, dict) and part.get("type") in ("image_url", "input_image"):
-                count += 1
-                image = part.get("image_url")
-                url = image.get("url") if isinstance(image, dict) else image
-                if isinstance(url, str) and url.startswith("data:"):
-                    size += len(url)
-    return count, size
+            if not isinstance(part, dict):
+                continue
+            kind = part.get("type")
+            if kind in _FILE_PARTS or not _FILE_KEYS.isdisjoint(part):
+                files = True
+            if kind in _IMAGE_PARTS or not _IMAGE_KEYS.isdisjoint(part):
+                images += 1
+                size += _inline_size(part)
+    return images, size, files
 
 
-def cost_bound(price: Price | None, input_tokens: int, n: int = 1) -> CostBound:
-    if price is None:
-        return CostBound(0, 0)
+def _inline_size(part: dict[str, Any]) -> int:
+    """Bytes of an image part's inline data (a ``data:`` URL or bare base64)."""
+    image = part.get("image_url", part.get("image"))
+    data = image.get("url") if isinstance(image, dict) else image
+    if isinstance(data, str) and (data.startswith("data:") or "image_url" not in part):
+        return len(data)
+    return 0
+
+
+_IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+_IMAGE_KEYS = frozenset({"image_url", "image"})
+_FILE_PARTS = frozenset({"file", "input_file"})
+_FILE_KEYS = frozenset({"file", "file_id", "file_data", "file_url"})
+
+
+def cost_bound(price: Price, input_tokens: int, n: int = 1) -> CostBound:
     return CostBound(input_tokens * price.input_per_m, price.output_per_m * max(n, 1))

@@ -20,7 +20,7 @@ from typing import Any, final
 
 import orjson
 
-from keyplane.billing.bounds import cost_bound, input_token_bound
+from keyplane.billing.bounds import CostBound, UnboundedInput, cost_bound, input_token_bound
 from keyplane.billing.wallet import Hold, OrgMoney
 from keyplane.clock import Clock
 from keyplane.errors import KeyplaneError
@@ -223,6 +223,12 @@ class Pipeline:
         choices = max(payload.get("n") or 1, payload.get("best_of") or 1)
         if call.endpoint.name == "completions":
             choices *= _prompt_count(payload.get("prompt"))
+        try:
+            bound = cost_bound(
+                call.price, input_token_bound(len(body), payload, call.price), choices
+            )
+        except UnboundedInput as exc:
+            raise bad_request(str(exc), param="messages", code="unsupported_file_input") from None
         org = self.money.cached_org(key.org_id) or await self.money.org(key.org_id)
         scopes = self.rates.cached_scopes(key, org.tier, model) or await self.rates.scopes(
             key, org.tier, model
@@ -232,7 +238,7 @@ class Pipeline:
         self._rate_limit(call, scopes, wanted, choices, now)
         try:
             rewrite |= self._hold(
-                call, call.price, org, payload, len(body), fields, asked, wanted, choices, now
+                call, call.price, org, payload, bound, fields, asked, wanted, choices, now
             )
         except BaseException:
             self.rates.settle(call.ticket, 0, now)  # refused before forwarding: no tokens used
@@ -265,14 +271,13 @@ class Pipeline:
             raise ApiError(429, message, type=kind, code="rate_limit_exceeded", extra_headers=limit)
 
     def _hold(
-        self, call: Call, price: Price, org: OrgMoney, payload: dict[str, Any], body_len: int,
+        self, call: Call, price: Price, org: OrgMoney, payload: dict[str, Any], bound: CostBound,
         fields: tuple[str, ...], asked: int | None, wanted: int, choices: int, now: float,
     ) -> bool:  # fmt: skip
-        """Places the money hold at ``price`` (the call's: an unpriced model was refused before);
-        returns True when the payload now carries a lower output cap (``fields``/``asked``: the
+        """Places the money hold for ``bound`` at ``price`` (the call's: an unpriced model was
+        refused before); returns True when the payload now carries a lower output cap (``fields``/``asked``: the
         client's own cap, if any; ``wanted``: the cap per output the hold covers unless lowered;
         ``choices``: how many outputs)."""
-        bound = cost_bound(price, input_token_bound(body_len, payload), choices)
         admission = self.money.admit(
             org, call.key, call.request_id, call.model, call.endpoint.name, bound, wanted, now
         )

@@ -30,6 +30,8 @@ class Price:
     image: int = 0
     max_output_tokens: int | None = None  # the model's own cap: the worst case when none is sent
     output_param: str = "max_tokens"  # how to tell the upstream a lower cap (chat endpoint)
+    image_input_tokens: int | None = None  # the most input tokens one image may cost
+    context_window: int | None = None  # the most input tokens the model reads (text)
 
     def token_cost(self, input_tokens: int, cached_input_tokens: int, output_tokens: int) -> int:
         """Cost in micro-dollars, rounded up once at the end so no fraction is lost per part.
@@ -65,6 +67,9 @@ def parse_dollars(value: Any, where: str) -> int:
     return int(micros)
 
 
+_COUNTS = ("max_output_tokens", "image_input_tokens", "context_window")  # token counts, optional
+
+
 def _parse_entry(entry: Mapping[str, Any], where: str) -> Price:
     model = entry.get("model")
     if not isinstance(model, str) or not model:
@@ -76,17 +81,18 @@ def _parse_entry(entry: Mapping[str, Any], where: str) -> Price:
         raise ValueError(f"{where}: {model} needs effective_from as a date")
     start = int(dt.datetime(when.year, when.month, when.day, tzinfo=dt.UTC).timestamp())
     fields = {"input": 0, "cached_input": 0, "output": 0, "audio_minute": 0, "image": 0}
-    unknown = (
-        set(entry) - set(fields) - {"model", "effective_from", "max_output_tokens", "output_param"}
-    )
+    unknown = set(entry) - set(fields) - {"model", "effective_from", "output_param", *_COUNTS}
     if unknown:
         raise ValueError(f"{where}: {model} has unknown fields {sorted(unknown)}")
     for name in fields:
         if name in entry:
             fields[name] = parse_dollars(entry[name], f"{where}: {model}.{name}")
-    max_output = entry.get("max_output_tokens")
-    if max_output is not None and (not isinstance(max_output, int) or max_output < 1):
-        raise ValueError(f"{where}: {model}.max_output_tokens must be a positive integer")
+    counts: dict[str, int | None] = {name: entry.get(name) for name in _COUNTS}
+    for name, count in counts.items():
+        if count is not None and (
+            not isinstance(count, int) or isinstance(count, bool) or count < 1
+        ):
+            raise ValueError(f"{where}: {model}.{name} must be a positive integer")
     output_param = entry.get("output_param", "max_tokens")
     if output_param not in ("max_tokens", "max_completion_tokens"):
         raise ValueError(f"{where}: {model}.output_param is max_tokens or max_completion_tokens")
@@ -98,8 +104,10 @@ def _parse_entry(entry: Mapping[str, Any], where: str) -> Price:
         output_per_m=fields["output"],
         audio_minute=fields["audio_minute"],
         image=fields["image"],
-        max_output_tokens=max_output,
+        max_output_tokens=counts["max_output_tokens"],
         output_param=output_param,
+        image_input_tokens=counts["image_input_tokens"],
+        context_window=counts["context_window"],
     )
 
 

@@ -1,0 +1,130 @@
+"""The input bound a hold counts: every token the upstream may bill for a request's prompt."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from keyplane.billing.bounds import MAX_FILE_PAGES, UnboundedInput, input_token_bound
+from keyplane.usage.pricing import Price, PriceTable
+
+TABLE = PriceTable.load()
+OWN = Price("own-model", 0, input_per_m=1)  # an operator's model: no image or context figures
+
+
+def price(model: str) -> Price:
+    found = TABLE.price(model, 2_000_000_000)
+    assert found is not None
+    return found
+
+
+def bound(parts: list[Any], on: Price) -> tuple[int, int]:
+    """(the bound, the body's length) of a chat request with ``parts`` as its one message."""
+    payload = {"model": on.model, "messages": [{"role": "user", "content": parts}]}
+    body = orjson.dumps(payload)
+    return input_token_bound(len(body), payload, on), len(body)
+
+
+def test_text_is_bounded_by_the_bodys_bytes() -> None:
+    payload = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    assert input_token_bound(90, payload, price("gpt-4o")) == 90
+
+
+URL = {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "high"}}
+INLINE = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 5000}}
+
+
+@pytest.mark.parametrize(
+    ("model", "per_image"),
+    [("gpt-4o-mini", 48_169), ("gpt-4o", 1_445), ("gpt-4.1-nano", 3_779), ("own", 3_000)],
+)
+def test_each_image_adds_the_most_one_image_costs_on_the_model(model: str, per_image: int) -> None:
+    on = OWN if model == "own" else price(model)
+    total, length = bound([URL] * 20, on)
+    assert total == length + 20 * per_image
+    # Inline data counts as an image, not as text: 5,000 bytes of base64 are not 5,000 tokens.
+    total, length = bound([INLINE], on)
+    assert total == length - len(INLINE["image_url"]["url"]) + per_image  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "input_image", "image_url": "https://example.com/a.png"},
+        {"type": "image", "image": "iVBORw0KGgo="},
+        {"image": "iVBORw0KGgo=", "resize": 512},  # an older form with no type, still accepted
+        {"type": "text", "text": "x", "image_url": {"url": "https://example.com/a.png"}},
+    ],
+)
+def test_every_form_of_an_image_counts(part: dict[str, Any]) -> None:
+    total, _ = bound([part], price("gpt-4o-mini"))
+    assert total >= 48_169
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "file", "file": {"file_id": "file-abc"}},
+        {
+            "type": "file",
+            "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,"},
+        },
+        {"type": "input_file", "file_url": "https://example.com/a.pdf"},
+        {"file_id": "file-abc"},
+    ],
+)
+def test_a_file_adds_the_context_window_and_its_pages_as_images(part: dict[str, Any]) -> None:
+    mini = price("gpt-4o-mini")
+    total, length = bound([part, part], mini)  # OpenAI reads 100 pages a request, all files
+    assert total == length + 128_000 + MAX_FILE_PAGES * 48_169
+    with pytest.raises(UnboundedInput, match="context_window"):
+        bound([part], OWN)
+
+
+def tiles(base: int, per_tile: int, width: int, height: int) -> int:
+    """OpenAI's high-detail tile rule: fit in 2048×2048, shortest side to 768, 512-px tiles."""
+    scale = min(1.0, 2048 / max(width, height))
+    width, height = width * scale, height * scale
+    scale = 768 / min(width, height)
+    if scale < 1:
+        width, height = width * scale, height * scale
+    return base + per_tile * math.ceil(width / 512) * math.ceil(height / 512)
+
+
+def patches(multiplier: float, width: int, height: int) -> int:
+    """OpenAI's patch rule: 32-px patches, scaled down to at most 1,536, times the multiplier."""
+    count = math.ceil(width / 32) * math.ceil(height / 32)
+    if count > 1536:
+        shrink = math.sqrt(1536 * 32 * 32 / (width * height))
+        count = min(1536, math.ceil(width * shrink / 32) * math.ceil(height * shrink / 32))
+    return math.ceil(count * multiplier)
+
+
+RULES = {  # model: its rule (OpenAI's "Calculating costs", images and vision guide)
+    "gpt-4o-mini": lambda w, h: tiles(2833, 5667, w, h),
+    "gpt-4o": lambda w, h: tiles(85, 170, w, h),
+    "gpt-4.1": lambda w, h: max(tiles(85, 170, w, h), patches(1, w, h)),
+    "gpt-4.1-mini": lambda w, h: patches(1.62, w, h),
+    "gpt-4.1-nano": lambda w, h: patches(2.46, w, h),
+    "gpt-5": lambda w, h: tiles(70, 140, w, h),
+    "gpt-5-mini": lambda w, h: patches(1.62, w, h),
+    "gpt-5-nano": lambda w, h: patches(2.46, w, h),
+    "o4-mini": lambda w, h: patches(1.72, w, h),
+    "o3": lambda w, h: tiles(75, 150, w, h),
+}
+
+
+@given(st.integers(1, 20_000), st.integers(1, 20_000))
+def test_the_shipped_image_figures_bound_openais_rules_at_every_size(w: int, h: int) -> None:
+    for model, rule in RULES.items():
+        assert rule(w, h) <= price(model).image_input_tokens, (model, w, h)  # type: ignore[operator]
+
+
+def test_every_vision_model_shipped_has_its_figures() -> None:
+    for model in RULES:
+        assert price(model).image_input_tokens and price(model).context_window, model
