@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from conftest import Keyplane, start_keyplane
+from keyplane.usage.pricing import PriceTable
 from kptest import ServerThread, Upstream
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
@@ -102,10 +103,12 @@ def test_an_openai_error_passes_through_as_it_came(kp: Keyplane, upstream: Answe
 
 class Hangup(threading.Thread):
     """An upstream that lists gpt-4o, and closes every connection a POST arrives on once it has
-    read the request, answering nothing (it crashed, say, after starting on it)."""
+    read the request, answering nothing (it crashed, say, after starting on it), or only
+    ``first`` bytes of a 200 answer of ``size`` bytes (it broke off)."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: bytes = b"", size: int = 0) -> None:
         super().__init__(daemon=True)
+        self.first, self.size = first, size
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
         self.posts = 0
@@ -128,6 +131,11 @@ class Hangup(threading.Thread):
                     )
                 else:
                     self.posts += 1
+                    if self.first:
+                        conn.sendall(
+                            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                            b"content-length: %d\r\n\r\n%s" % (self.size, self.first)
+                        )
 
 
 def test_a_request_the_upstream_may_have_received_is_not_sent_again_and_is_billed(
@@ -145,6 +153,37 @@ def test_a_request_the_upstream_may_have_received_is_not_sent_again_and_is_bille
         assert hangup.posts == 1  # not sent again: the upstream may be working on it
         [record] = kp.usage(expect=1)
         assert record.tokens_estimated and record.input_tokens > 0 and record.cost_micro_usd > 0
+    finally:
+        kp.server.stop()
+        kp.container.close()
+        hangup.sock.close()
+
+
+def test_an_answer_that_broke_off_is_billed_the_output_that_arrived(tmp_path: Path) -> None:
+    """The upstream wrote a whole answer, and bills it, before it broke off: keyplane bills at
+    least what arrived of it, not the prompt alone."""
+    text = "word " * 2000
+    first = b'{"id":"x","object":"chat.completion","choices":[{"message":{"content":"%s' % (
+        text.encode()
+    )
+    hangup = Hangup(first, size=len(first) + 5000)
+    hangup.start()
+    kp = start_keyplane(tmp_path, hangup.url)
+    gpt4o = PriceTable.load().price("gpt-4o", 2_000_000_000)
+    assert gpt4o is not None
+    try:
+        r = httpx.post(
+            kp.base_url + "/chat/completions", json={**CHAT, "max_tokens": None},
+            headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+        )  # fmt: skip
+        assert r.status_code == 502 and "broke off" in r.json()["error"]["message"]
+        assert hangup.posts == 1
+        [record] = kp.usage(expect=1)
+        assert record.tokens_estimated and record.output_tokens >= len(text) // 4
+        assert record.outcome.value == "upstream_broken"
+        assert record.cost_micro_usd == gpt4o.token_cost(
+            record.input_tokens, 0, record.output_tokens
+        )
     finally:
         kp.server.stop()
         kp.container.close()

@@ -354,7 +354,7 @@ class _H1Response(UpstreamResponse):
         conn.unbounded = True
         while conn.state != _DONE:
             if conn.error is not None or conn.dead:
-                self._broken(conn)
+                self._broken(conn, b"".join(conn.buf))
             await conn.wait()
         body = conn.take() if conn.buf else b""
         self._body = body
@@ -390,10 +390,12 @@ class _H1Response(UpstreamResponse):
         conn = self._conn
         return conn is None or (conn.state == _DONE and not conn.buf)
 
-    def _broken(self, conn: _Conn) -> None:
+    def _broken(self, conn: _Conn, partial: bytes = b"") -> None:
         self._conn = None
         conn.abort(None)
-        raise conn.error or StreamBroken("the connection was closed mid-body")
+        error = conn.error or StreamBroken("the connection was closed mid-body")
+        error.partial = partial
+        raise error
 
     async def aclose(self) -> None:
         conn = self._conn

@@ -307,9 +307,12 @@ class Pipeline:
             )
         except UpstreamUnavailable as exc:
             status = 504 if exc.timed_out else 502
-            # A request that may have been processed upstream: bill its prompt, conservatively.
-            used = (call.estimated_input, 0, 0) if exc.reached else (0, 0, 0)
-            self._meter(call, status, used, Outcome.UPSTREAM_UNREACHABLE, estimated=exc.reached)
+            # A request that may have been processed upstream: bill its prompt, conservatively,
+            # and the output an answer that broke off shows at least (the upstream wrote it all).
+            out = estimated_output(exc.partial) if exc.partial and call.endpoint.has_output else 0
+            used = (call.estimated_input, 0, out) if exc.reached else (0, 0, 0)
+            outcome = Outcome.UPSTREAM_BROKEN if exc.partial else Outcome.UPSTREAM_UNREACHABLE
+            self._meter(call, status, used, outcome, estimated=exc.reached)
             raise ApiError(status, str(exc), type="server_error", code="upstream_error") from None
         try:
             out_headers = self._response_headers(call, resp)

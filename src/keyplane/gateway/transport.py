@@ -25,7 +25,12 @@ HOP_BY_HOP = frozenset(
 
 
 class UpstreamError(Exception):
-    """The exchange with an upstream failed."""
+    """The exchange with an upstream failed; ``partial``: the part of a body read whole that had
+    arrived by then (what a broken answer is billed on)."""
+
+    def __init__(self, message: str, partial: bytes = b"") -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 class ConnectFailed(UpstreamError):

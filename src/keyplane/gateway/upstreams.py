@@ -71,10 +71,13 @@ _IDENTITY = (b"accept-encoding", b"identity")
 class UpstreamUnavailable(Exception):
     """No upstream serving the model answered (connection failures or timeouts on every try)."""
 
-    def __init__(self, message: str, *, timed_out: bool = False, reached: bool = False) -> None:
+    def __init__(
+        self, message: str, *, timed_out: bool = False, reached: bool = False, partial: bytes = b""
+    ) -> None:
         super().__init__(message)
         self.timed_out = timed_out
         self.reached = reached or timed_out  # the upstream may have processed (and billed) it
+        self.partial = partial  # what had arrived of a successful answer that broke off
 
 
 class UpstreamRouter:
@@ -193,8 +196,10 @@ class UpstreamRouter:
     async def _read(resp: UpstreamResponse) -> bytes:
         try:
             return await resp.read()
-        except UpstreamError:
+        except UpstreamError as exc:
             await resp.aclose()
             raise UpstreamUnavailable(
-                "The upstream's answer broke off before it was complete.", reached=True
+                "The upstream's answer broke off before it was complete.",
+                reached=True,
+                partial=exc.partial if resp.status == 200 else b"",
             ) from None
