@@ -150,7 +150,7 @@ def build(
             clock,
             public_url=settings.public_url,
             require_can_create_keys=signup.require_can_create_keys,
-            set_key_limits=rate_limits.set_key_limits,
+            key_limits=rate_limits,
             require_org_verified=verification.require_verified,
         ),
         verification=verification,

@@ -308,6 +308,10 @@ async def test_a_replayed_grant_is_granted_once_and_a_reused_key_is_refused(env:
     empty = {**env.admin(), "Idempotency-Key": ""}
     r = await env.client.post(ORG + "/credit_grants", json=body, headers=empty)
     assert error_of(r, 400)["param"] == "Idempotency-Key"
+    # The audit log tells of one grant, not of each replay.
+    audit = ORG + "/audit_logs?event_types[]=credit_grant.created"
+    events = (await env.client.get(audit, headers=env.admin())).json()["data"]
+    assert [e["credit_grant.created"]["id"] for e in events].count(first.json()["id"]) == 1
 
 
 async def test_revoking_a_grant_takes_back_what_remains(env: Env) -> None:

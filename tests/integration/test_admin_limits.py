@@ -19,7 +19,10 @@ async def test_project_rate_limits_list_lower_and_refuse_raising(env: Env) -> No
     too_high = await env.client.post(
         path + "/rl-gpt-4o", json={"max_requests_per_1_minute": 10**9}, headers=env.admin()
     )
-    assert too_high.status_code == 400 and too_high.json()["error"]["param"] == "rpm"
+    assert (
+        too_high.status_code == 400
+        and too_high.json()["error"]["param"] == "max_requests_per_1_minute"
+    )
     lowered = await env.client.post(
         path + "/rl-gpt-4o", json={"max_requests_per_1_minute": 1}, headers=env.admin()
     )

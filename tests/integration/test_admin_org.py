@@ -202,7 +202,10 @@ async def test_projects_are_created_renamed_and_archived_never_deleted(env: OrgE
         "created_at": created["created_at"], "archived_at": None, "status": "active",
     }  # fmt: skip
     assert created["id"].startswith("proj_")
-    error_of(await env.call("POST", "/projects", {"name": "Billing bot"}), 409, "conflict")
+    assert (
+        error_of(await env.call("POST", "/projects", {"name": "Billing bot"}), 409)["param"]
+        == "name"
+    )
     pid = created["id"]
     assert await env.ok("GET", f"/projects/{pid}") == created
     renamed = await env.ok("POST", f"/projects/{pid}", {"name": "Support bot"})
@@ -227,7 +230,8 @@ async def test_projects_are_created_renamed_and_archived_never_deleted(env: OrgE
     error_of(await env.call("POST", f"/projects/{pid}/service_accounts", {"name": "x"}), 400)
     assert env.svc.orgs.project(env.org.id, pid).archived_at is not None  # still stored
 
-    for bad in ({}, {"name": ""}, {"name": "x" * 201}, {"name": 5}, {"name": "a", "extra": 1}):
+    for bad in ({}, {"name": ""}, {"name": "x" * 201}, {"name": 5}, {"name": "a", "extra": 1},
+                {"name": "\u202e\u0007bell"}):  # fmt: skip
         error_of(await env.call("POST", "/projects", bad), 400)
 
 
@@ -344,6 +348,57 @@ async def test_updating_a_key_changes_permissions_allowlists_and_limits_at_once(
     assert len(events) == 4 and events[-1]["api_key.updated"]["changes_requested"]["scopes"] == [
         "api.all.read"
     ]
+
+
+async def test_a_keys_limits_change_one_at_a_time_and_survive_rotation(env: OrgEnv) -> None:
+    """Setting one limit keeps the others; a rotated key keeps its limits (a routine rotation
+    must not lift a cap); the key shows them; a value no column holds is a 400 that changes
+    nothing."""
+    path = f"/projects/{env.project.id}/api_keys"
+    created = await env.ok("POST", path, {"name": "capped"})
+    url = f"{path}/{created['id']}"
+    await env.ok("POST", url, {"max_requests_per_1_minute": 2})
+    shown = await env.ok("POST", url, {"max_requests_per_1_day": 1000})
+    assert (shown["max_requests_per_1_minute"], shown["max_requests_per_1_day"]) == (2, 1000)
+    huge = await env.call(
+        "POST", url, {"scopes": ["api.all.read"], "max_tokens_per_1_minute": 2**63}
+    )
+    assert error_of(huge, 400)["param"] == "max_tokens_per_1_minute"
+    assert (await env.ok("GET", url))["scopes"] == []  # nothing of it applied
+    rotated = await env.ok("POST", f"{url}/rotate", {"grace_period_seconds": 0})
+    assert rotated["max_requests_per_1_minute"] == 2
+    await env.gateway.pipeline.money.refresh()
+    assert [await env.chat(rotated["value"]) for _ in range(3)] == [200, 200, 429]
+    lifted = await env.ok("POST", f"{path}/{rotated['id']}", {"max_requests_per_1_minute": None})
+    assert lifted["max_requests_per_1_minute"] is None and lifted["max_requests_per_1_day"] == 1000
+    # An empty IP list is refused rather than read as "any address"; entries are kept once.
+    error_of(await env.call("POST", f"{path}/{rotated['id']}", {"allowed_ips": []}), 400)
+    ips = ["10.0.0.1/8", "10.0.0.0/8", "::ffff:192.0.2.1"]
+    narrowed = await env.ok("POST", f"{path}/{rotated['id']}", {"allowed_ips": ips})
+    assert narrowed["allowed_ips"] == ["10.0.0.0/8", "192.0.2.1/32"]
+
+
+async def test_a_member_rotates_and_deletes_own_keys_but_cannot_lift_their_limits_and_loses_them(
+    env: OrgEnv,
+) -> None:
+    """An Owner's restrictions on a member's key hold: the member may rotate or delete it, not
+    change it; removed from the project, the member's keys there stop working."""
+    pid = env.project.id
+    await env.ok("POST", f"/projects/{pid}/users", {"user_id": env.reader.id, "role": "member"})
+    mine = await env.ok("POST", f"/projects/{pid}/api_keys", {"name": "mine"}, key=env.reader_key)
+    url = f"/projects/{pid}/api_keys/{mine['id']}"
+    await env.ok("POST", url, {"scopes": ["api.all.read"]})
+    error_of(await env.call("POST", url, {"scopes": []}, key=env.reader_key), 403)
+    rotated = await env.ok("POST", f"{url}/rotate", {}, key=env.reader_key)
+    assert rotated["scopes"] == ["api.all.read"]
+    await env.gateway.pipeline.auth.refresh()
+    assert await env.chat(rotated["value"]) == 401  # still read-only
+    await env.ok("DELETE", f"/projects/{pid}/users/{env.reader.id}")
+    await env.gateway.pipeline.auth.refresh()
+    events = (await env.ok("GET", "/audit_logs?event_types[]=project_user.deleted"))["data"]
+    assert events[0]["project_user.deleted"]["revoked_keys"] == [rotated["id"]]
+    keys = (await env.ok("GET", f"/projects/{pid}/api_keys"))["data"]
+    assert rotated["id"] not in {k["id"] for k in keys}
 
 
 async def test_a_service_account_returns_its_key_once_and_deleting_it_revokes_it(

@@ -364,3 +364,13 @@ def test_keys_restrict_rotate_and_flag_old_keys(run: Any) -> None:
     assert json.loads(run("access", "show", "--project", "Default project", "--json").stdout)[
         "allowed_models"
     ] == ["gpt-4o-mini"]
+
+
+def test_an_admin_key_can_be_created_after_the_first_start(run: Any) -> None:
+    """`make run` prints a project key only: the Admin API's key comes from this command."""
+    init(run)
+    created = json.loads(run("keys", "create-admin", "--name", "ops", "--json").stdout)
+    assert KEY_PATTERN.fullmatch(created["value"]) and created["value"].startswith("sk-kp-admin-")
+    listed = {k["id"]: k for k in json.loads(run("keys", "list", "--json").stdout)}
+    assert listed[created["id"]]["name"] == "ops" and listed[created["id"]]["kind"] == "admin"
+    assert created["value"] not in run("keys", "list").stdout

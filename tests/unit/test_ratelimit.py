@@ -27,6 +27,7 @@ from keyplane.limits import (
     rejection_message,
     scope_id,
 )
+from keyplane.limits.ratelimit import with_changes
 
 T0 = 1_800_000_000.0  # Unix seconds, so the limiter's epoch handling is exercised
 MINUTE = 60.0
@@ -457,3 +458,13 @@ def test_rejection_headers_and_messages() -> None:
         "Limit 30000, Requested 36858. The input or output tokens must be reduced in order to "
         "run successfully."
     )
+
+
+def test_changing_some_limits_keeps_the_others() -> None:
+    current = ModelLimits(rpm=2, rpd=1000)
+    assert with_changes(current, {"tpm": 50}) == ModelLimits(rpm=2, tpm=50, rpd=1000)
+    assert with_changes(current, {"rpm": None}) == ModelLimits(rpd=1000)
+    assert with_changes(current, {"rpm": None, "rpd": None}) is None
+    assert with_changes(None, {"rpm": 5}) == ModelLimits(rpm=5)
+    with pytest.raises(ValueError, match="2,147,483,647"):
+        with_changes(current, {"tpm": 2**31})

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from keyplane.accounts.models import OrgRole, Project, ServiceAccount, User
+from keyplane.limits.ratelimit import ModelLimits
 
 
 class ProjectRole(enum.StrEnum):
@@ -147,3 +148,11 @@ class OrgStore(Protocol):
     def add_service_account(self, account: ServiceAccount) -> None: ...
 
     def delete_service_account(self, service_account_id: str) -> bool: ...
+
+
+class KeyLimits(Protocol):
+    """A key's own rate limits (the rate-limit service)."""
+
+    def key_limits(self, key_id: str) -> ModelLimits | None: ...
+
+    def set_key_limits(self, org_id: str, key_id: str, limits: ModelLimits | None) -> None: ...

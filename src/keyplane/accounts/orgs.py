@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from keyplane.accounts.models import OrgRole, Project, ServiceAccount
@@ -19,6 +19,7 @@ from keyplane.accounts.org_ports import (
     EmailQueue,
     Invite,
     InviteStatus,
+    KeyLimits,
     Member,
     OrgStore,
     ProjectMember,
@@ -34,7 +35,7 @@ from keyplane.ids import new_id
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
 from keyplane.keys.service import KeyService
-from keyplane.limits.ratelimit import ModelLimits
+from keyplane.limits.ratelimit import API_NAMES, ModelLimits, with_changes
 from keyplane.text import refuse_control_characters
 
 INVITE_TTL_S = 7 * 86400
@@ -80,6 +81,12 @@ def _key_access(key: ApiKey) -> dict[str, Any]:
     }
 
 
+def _limits_data(limits: ModelLimits | None) -> dict[str, int | None]:
+    """A key's limits as the audit log shows them."""
+    limits = limits or ModelLimits()
+    return {"rpm": limits.rpm, "tpm": limits.tpm, "rpd": limits.rpd}
+
+
 class OrgService:
     def __init__(
         self,
@@ -92,11 +99,11 @@ class OrgService:
         *,
         public_url: str,
         require_can_create_keys: Callable[[str], None] = lambda user_id: None,
-        set_key_limits: Callable[[str, str, ModelLimits], None] | None = None,
+        key_limits: KeyLimits | None = None,
         require_org_verified: Callable[[str], None] = lambda org_id: None,
     ) -> None:
         self._require_org_verified = require_org_verified
-        self._set_key_limits = set_key_limits
+        self._key_limits = key_limits
         self._store = store
         # Raises unless the user may own keys (their email is verified): BRIEF C1.
         self._require_can_create_keys = require_can_create_keys
@@ -333,11 +340,19 @@ class OrgService:
     def remove_project_member(
         self, actor: Actor, org_id: str, project_id: str, user_id: str
     ) -> ProjectMember:
+        """Removes a user from a project and revokes the keys they own in it (as removing them
+        from the organization revokes all theirs)."""
         member = self.project_member(org_id, project_id, user_id)
         self._store.remove_project_member(project_id, user_id)
+        owned = [
+            k
+            for k in self._keys.list(org_id, project_id)
+            if k.owner_type == "user" and k.owner_id == user_id
+        ]
+        revoked = self._revoke(owned)
         self._audit.record(
             org_id, actor, "project_user.deleted", target_id=user_id, project_id=project_id,
-            details={"data": {"role": member.role.value}},
+            details={"data": {"role": member.role.value}, "revoked_keys": revoked},
         )  # fmt: skip
         return member
 
@@ -419,34 +434,48 @@ class OrgService:
     def update_project_key(
         self, actor: Actor, org_id: str, project_id: str, key_id: str, *,
         scopes: Sequence[str] | Unchanged | None, allowed_models: Sequence[str] | Unchanged | None,
-        allowed_ips: Sequence[str] | Unchanged | None, limits: ModelLimits | None,
+        allowed_ips: Sequence[str] | Unchanged | None, limits: Mapping[str, int | None],
     ) -> ApiKey:  # fmt: skip
-        """Changes a project key's permissions, allowlists and (lower-only) rate limits."""
+        """Changes a project key's permissions, allowlists and (lower-only) rate limits: the limits
+        ``limits`` names (``rpm``, ``tpm``, ``rpd``; None lifts one), keeping the others."""
         key = self.project_key(org_id, project_id, key_id)
-        before = _key_access(key)
+        before: dict[str, Any] = _key_access(key)
+        after: dict[str, Any] = {}
+        new_limits: ModelLimits | None = None
+        if limits and self._key_limits is not None:
+            old_limits = self._key_limits.key_limits(key.id)
+            try:  # checked before anything changes
+                new_limits = with_changes(old_limits, limits)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc), param=API_NAMES.get(next(iter(limits)))) from None
+            before["rate_limits"] = _limits_data(old_limits)
+            after["rate_limits"] = _limits_data(new_limits)
         updated = self._keys.restrict(
             org_id, key.id,
             scopes=key.scopes if isinstance(scopes, Unchanged) else scopes,
             allowed_models=key.allowed_models if isinstance(allowed_models, Unchanged) else allowed_models,
             allowed_cidrs=key.allowed_cidrs if isinstance(allowed_ips, Unchanged) else allowed_ips,
         )  # fmt: skip
-        if limits is not None and self._set_key_limits is not None:
-            self._set_key_limits(org_id, key.id, limits)
-        after = _key_access(updated)
-        if limits is not None:
-            after["rate_limits"] = {"rpm": limits.rpm, "tpm": limits.tpm, "rpd": limits.rpd}
+        if limits and self._key_limits is not None:
+            self._key_limits.set_key_limits(org_id, key.id, new_limits)
         self._audit.record(
             org_id, actor, "api_key.updated", target_id=key.id, project_id=project_id,
-            details={"before": before, "after": after},
+            details={"before": before, "after": {**_key_access(updated), **after}},
         )  # fmt: skip
         return updated
+
+    def project_key_limits(self, key_id: str) -> ModelLimits | None:
+        return None if self._key_limits is None else self._key_limits.key_limits(key_id)
 
     def rotate_project_key(
         self, actor: Actor, org_id: str, project_id: str, key_id: str, *, grace_s: int
     ) -> tuple[ApiKey, str]:
-        """A new secret for a project key; the old one works for ``grace_s`` (0 to 7 days)."""
+        """A new secret for a project key, with its permissions, allowlists and rate limits; the
+        old one works for ``grace_s`` (0 to 7 days)."""
         old = self.project_key(org_id, project_id, key_id)
         new, text = self._keys.rotate(org_id, old.id, grace_s=grace_s, created_by=actor.user_id)
+        if self._key_limits is not None and (limits := self._key_limits.key_limits(old.id)):
+            self._key_limits.set_key_limits(org_id, new.id, limits)
         self._audit.record(
             org_id, actor, "api_key.rotated", target_id=new.id, project_id=project_id,
             details={"data": {**_key_data(new), "rotated_from": old.id, "grace_period_seconds": grace_s}},

@@ -86,6 +86,7 @@ class AccountService:
         name = name.strip()
         if not name or len(name) > 200:
             raise InvalidRequest("A project name needs 1 to 200 characters.", param="name")
+        refuse_control_characters(name, "A project name", "name")
         project = Project(
             id=new_id("proj_"), org_id=org_id, name=name, created_at=int(self._clock.now())
         )

@@ -68,8 +68,10 @@ class BillingService:
     def grant(
         self, org_id: str, amount: int, *, expires_in_s: int | None = 365 * DAY, note: str = "",
         kind: str = "grant", idempotency_key: str | None = None,
+        on_created: Callable[[Lot], None] | None = None,
     ) -> Lot:  # fmt: skip
-        """Adds a credit lot (a grant, or a purchase paid through a provider)."""
+        """Adds a credit lot (a grant, or a purchase paid through a provider); ``on_created`` runs
+        once it is stored, not when an Idempotency-Key replays it (the audit log's entry)."""
         if not 0 < amount <= MAX_GRANT:
             raise InvalidRequest("A grant is a positive amount up to $1,000,000.", param="amount")
         if expires_in_s is not None and expires_in_s <= 0:
@@ -90,6 +92,8 @@ class BillingService:
                 None if expires_in_s is None else now + expires_in_s,
             )
             self._store.add_lot(org_id, lot, note, "purchases" if kind == "purchase" else "grants")
+            if on_created is not None:
+                on_created(lot)
             return lot
 
         return self._idempotent(

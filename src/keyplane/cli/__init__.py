@@ -224,7 +224,8 @@ def dev(
     if c.accounts.organizations():
         out.print("keyplane is already initialized. Create more keys with:")
         out.print(
-            "  .venv/bin/keyplane keys create --project 'Default project' --name my-app",
+            "  .venv/bin/keyplane keys create --project 'Default project' --name my-app\n"
+            "  .venv/bin/keyplane keys create-admin --name ops   # for the Admin API",
             highlight=False,
         )
     else:

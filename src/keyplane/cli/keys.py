@@ -7,7 +7,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
+from keyplane import bootstrap
 from keyplane.cli.common import (
     JsonOpt,
     OrgOpt,
@@ -25,7 +27,7 @@ from keyplane.errors import KeyplaneError
 from keyplane.keys import permissions
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
-from keyplane.limits.ratelimit import ModelLimits
+from keyplane.limits.ratelimit import with_changes
 
 keys_app = typer.Typer(
     help="Create, list, update, rotate and revoke API keys.", no_args_is_help=True
@@ -93,6 +95,43 @@ def keys_create(
         )  # fmt: skip
     except KeyplaneError as exc:
         fail(exc.message)
+    _created(
+        c,
+        key,
+        secret,
+        as_json,
+        styled("Created key ", bold(key.name), f" ({key.id}) in project {proj.name}."),
+    )
+
+
+@keys_app.command("create-admin")
+def keys_create_admin(
+    name: Annotated[str, typer.Option(help="A name to recognize the key by.")],
+    expires_in: Annotated[
+        str | None, typer.Option(help="Lifetime such as 30d or 12h (default: never).")
+    ] = None,
+    org: OrgOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an admin key for the Admin API (/v1/organization), owned by the organization's first
+    Owner, and print its secret once."""
+    c = container()
+    try:
+        organization = c.accounts.find_organization(org)
+        owner = c.accounts.owners(organization.id)[0]
+        key, secret = c.keys.create(
+            kind=KeyKind.ADMIN, org_id=organization.id, project_id=None, name=name,
+            owner_type="user", owner_id=owner.id, created_by=owner.id,
+            expires_in_s=parse_duration(expires_in) if expires_in else None,
+        )  # fmt: skip
+    except KeyplaneError as exc:
+        fail(exc.message)
+    said = styled("Created admin key ", bold(key.name), f" ({key.id}), acting as {owner.email}.")
+    _created(c, key, secret, as_json, said)
+
+
+def _created(c: bootstrap.Container, key: ApiKey, secret: str, as_json: bool, said: Text) -> None:
+    """Prints a new key and its secret (once), as JSON or for a person."""
     if as_json:
         out.print_json(
             json.dumps(
@@ -100,7 +139,7 @@ def keys_create(
             )
         )
         return
-    out.print(styled("Created key ", bold(key.name), f" ({key.id}) in project {proj.name}."))
+    out.print(said)
     out.print("Secret (shown once, store it now):")
     out.print(secret, highlight=False, soft_wrap=True)
 
@@ -166,7 +205,12 @@ def keys_update(
         key = c.keys.get(organization.id, key_id)
         changed = False
         if clear_limits or rpm or tpm or rpd:
-            limits = None if clear_limits else ModelLimits(rpm=rpm, tpm=tpm, rpd=rpd)
+            change = {n: v for n, v in (("rpm", rpm), ("tpm", tpm), ("rpd", rpd)) if v is not None}
+            limits = (
+                None
+                if clear_limits
+                else with_changes(c.rate_limit_service.key_limits(key.id), change)
+            )  # the limits named change; the others stay
             c.rate_limit_service.set_key_limits(organization.id, key.id, limits)
             changed = True
         new_scopes = () if all_permissions else _scopes(scope, read_only)

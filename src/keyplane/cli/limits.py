@@ -10,7 +10,7 @@ from rich.table import Table
 
 from keyplane.cli.common import JsonOpt, OrgOpt, bold, container, fail, iso, out, styled, usd
 from keyplane.errors import KeyplaneError
-from keyplane.limits.ratelimit import ModelLimits
+from keyplane.limits.ratelimit import MAX_LIMIT, ModelLimits
 
 tier_app = typer.Typer(
     help="The organization's usage tier and progress to the next.", no_args_is_help=True
@@ -19,9 +19,11 @@ ratelimits_app = typer.Typer(
     help="Per-model rate limits of a project (can only be lowered).", no_args_is_help=True
 )
 
-Rpm = Annotated[int | None, typer.Option("--rpm", min=1, help="Requests per minute.")]
-Tpm = Annotated[int | None, typer.Option("--tpm", min=1, help="Tokens per minute.")]
-Rpd = Annotated[int | None, typer.Option("--rpd", min=1, help="Requests per day.")]
+Rpm = Annotated[
+    int | None, typer.Option("--rpm", min=1, max=MAX_LIMIT, help="Requests per minute.")
+]
+Tpm = Annotated[int | None, typer.Option("--tpm", min=1, max=MAX_LIMIT, help="Tokens per minute.")]
+Rpd = Annotated[int | None, typer.Option("--rpd", min=1, max=MAX_LIMIT, help="Requests per day.")]
 
 
 @tier_app.command("show")

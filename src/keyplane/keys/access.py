@@ -10,7 +10,29 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from keyplane.errors import InvalidRequest
-from keyplane.keys.network import parse_networks
+from keyplane.keys import network
+
+
+def ip_allowlist(cidrs: Sequence[str] | None) -> tuple[str, ...] | None:
+    """An IP allowlist checked and normalized (``network.allowlist``). Raises InvalidRequest."""
+    try:
+        return network.allowlist(cidrs)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="allowed_ips") from None
+
+
+def model_allowlist(models: Sequence[str] | None) -> tuple[str, ...] | None:
+    """A model allowlist checked, each model once (``[]``: no model). Raises InvalidRequest."""
+    if models is None:
+        return None
+    if any(not m or len(m) > 200 for m in models):
+        raise InvalidRequest("Allowed models are non-empty names.", param="allowed_models")
+    if len(models) > network.MAX_ALLOWLIST:
+        raise InvalidRequest(
+            f"A model allowlist holds at most {network.MAX_ALLOWLIST:,} models.",
+            param="allowed_models",
+        )
+    return tuple(dict.fromkeys(models))
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,17 +82,6 @@ class AccessPolicyService:
         Raises InvalidRequest for a malformed CIDR or model name."""
         if scope_type not in ("org", "project"):
             raise InvalidRequest("An access policy belongs to an organization or a project.")
-        try:
-            cidrs = (
-                None
-                if allowed_cidrs is None
-                else tuple(str(n) for n in parse_networks(allowed_cidrs))
-            )
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), param="allowed_ips") from None
-        if allowed_models is not None and any(not m or len(m) > 200 for m in allowed_models):
-            raise InvalidRequest("Allowed models are non-empty names.", param="allowed_models")
-        models = None if allowed_models is None else tuple(dict.fromkeys(allowed_models))
-        policy = AccessPolicy(models, cidrs)
+        policy = AccessPolicy(model_allowlist(allowed_models), ip_allowlist(allowed_cidrs))
         self._store.save_policy(org_id, scope_type, scope_id, policy, int(self._now()))
         return policy

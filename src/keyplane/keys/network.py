@@ -16,15 +16,39 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+MAX_ALLOWLIST = 1000  # networks in one allowlist
+
+
 def parse_networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
-    """Parses CIDRs (a bare address is a /32 or /128); raises ValueError naming a bad one."""
+    """Parses CIDRs (a bare address is a /32 or /128); raises ValueError naming a bad one. An
+    IPv4-mapped IPv6 range (``::ffff:10.0.0.0/104``) is its IPv4 range, as addresses are."""
     out = []
     for text in cidrs:
         try:
-            out.append(ipaddress.ip_network(text.strip(), strict=False))
+            net = ipaddress.ip_network(text.strip(), strict=False)
         except ValueError:
             raise ValueError(f"'{text}' is not an IP address or CIDR range.") from None
+        mapped = net.network_address.ipv4_mapped if net.version == 6 else None
+        if mapped is not None and net.prefixlen >= 96:
+            net = ipaddress.ip_network(f"{mapped}/{net.prefixlen - 96}")
+        out.append(net)
     return tuple(out)
+
+
+def allowlist(cidrs: Sequence[str] | None) -> tuple[str, ...] | None:
+    """An IP allowlist as stored: None (any address), or its networks, normalized and each once.
+    Raises ValueError for a malformed entry, too many, or an empty list (which would read as
+    "any address" to some and "none" to others: null says the first, deleting the key the
+    second)."""
+    if cidrs is None:
+        return None
+    if not cidrs:
+        raise ValueError(
+            "An IP allowlist needs at least one address or range; send null to allow any address."
+        )
+    if len(cidrs) > MAX_ALLOWLIST:
+        raise ValueError(f"An IP allowlist holds at most {MAX_ALLOWLIST:,} addresses or ranges.")
+    return tuple(dict.fromkeys(str(n) for n in parse_networks(cidrs)))
 
 
 @functools.lru_cache(maxsize=4096)

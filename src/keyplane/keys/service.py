@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from keyplane.clock import Clock
 from keyplane.errors import InvalidRequest, NotFound
 from keyplane.keys import format as keyfmt
-from keyplane.keys import network, permissions
+from keyplane.keys import permissions
+from keyplane.keys.access import ip_allowlist, model_allowlist
 from keyplane.keys.models import ApiKey
 from keyplane.keys.ports import KeyStore
 from keyplane.text import refuse_control_characters
@@ -23,16 +24,9 @@ def _restrictions(
     """Validates and normalizes a key's restrictions. Raises InvalidRequest."""
     try:
         checked_scopes = permissions.validate(scopes) if scopes else None
-        networks = network.parse_networks(cidrs) if cidrs is not None else None
     except ValueError as exc:
-        raise InvalidRequest(str(exc), param="scopes" if scopes else "allowed_cidrs") from None
-    if models is not None and any(not m or len(m) > 200 for m in models):
-        raise InvalidRequest("Allowed models are non-empty names.", param="allowed_models")
-    return (
-        checked_scopes,
-        None if models is None else tuple(dict.fromkeys(models)),
-        None if networks is None else tuple(str(n) for n in networks),
-    )
+        raise InvalidRequest(str(exc), param="scopes") from None
+    return checked_scopes, model_allowlist(models), ip_allowlist(cidrs)
 
 
 class KeyService:

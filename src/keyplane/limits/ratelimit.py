@@ -29,7 +29,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Any, Protocol, final
 
@@ -85,9 +85,32 @@ class ModelLimits:
                 yield dimension, value
 
 
+MAX_LIMIT = 2**31 - 1  # the largest limit a database column holds (PostgreSQL's INTEGER)
+
+# The Admin API's name of each limit (OpenAI's project rate limit fields).
+API_NAMES = {
+    "rpm": "max_requests_per_1_minute",
+    "tpm": "max_tokens_per_1_minute",
+    "rpd": "max_requests_per_1_day",
+    "images_per_min": "max_images_per_1_minute",
+    "audio_mb_per_min": "max_audio_megabytes_per_1_minute",
+}
+
+
 def _check_limit(name: str, value: object) -> None:
-    if value is not None and (type(value) is not int or value <= 0):
-        raise ValueError(f"{name} must be a positive integer or None, not {value!r}")
+    if value is not None and (type(value) is not int or not 0 < value <= MAX_LIMIT):
+        raise ValueError(
+            f"{name} must be an integer from 1 to {MAX_LIMIT:,} or None, not {value!r}"
+        )
+
+
+def with_changes(
+    current: ModelLimits | None, change: Mapping[str, int | None]
+) -> ModelLimits | None:
+    """``current`` with the limits ``change`` names set (None lifts one), the others kept; None
+    when no limit is left. Raises ValueError for a value out of range."""
+    merged = replace(current or ModelLimits(), **change)
+    return None if merged == ModelLimits() else merged
 
 
 def limits_from(values: Mapping[str, Any]) -> ModelLimits:

@@ -248,7 +248,9 @@ class SqlAccountStore(SqlStore):
             with self._write() as conn:
                 conn.execute(insert(t.projects).values(**_fields(project)))
         except IntegrityError:
-            raise Conflict(f"A project named '{project.name}' already exists.") from None
+            raise Conflict(
+                f"A project named '{project.name}' already exists.", param="name"
+            ) from None
 
 
 class SqlUsageStore(SqlStore):

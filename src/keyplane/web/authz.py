@@ -11,8 +11,8 @@ Who may do what (BRIEF C1):
 - a **Reader** may read everything (no read answers a secret: key values are shown only in the
   answer that creates them) and change nothing, except what a project role below grants;
 - an **Owner of a project** manages that project: its name, keys, service accounts and members;
-- a **Member of a project** may create keys in it (owned by themselves) and delete the keys they
-  own there.
+- a **Member of a project** may create keys in it (owned by themselves), and rotate and delete
+  the keys they own there (not change their permissions, allowlists or limits).
 
 An admin key acts with the role its owner holds now (see ``Principal.of_admin_key``). Denials
 answer 403; an id of another organization answers 404 from the route, exactly like an unknown id.
@@ -107,7 +107,7 @@ POLICY: Mapping[str, frozenset[Grant]] = {
     "project_api_keys.retrieve": READ,
     "project_api_keys.delete": PROJECT_ADMIN | {Grant.KEY_OWNER},
     "project_api_keys.rotate": PROJECT_ADMIN | {Grant.KEY_OWNER},
-    "project_api_keys.update": PROJECT_ADMIN | {Grant.KEY_OWNER},
+    "project_api_keys.update": PROJECT_ADMIN,  # a member may not lift the restrictions on a key
     "project_service_accounts.list": READ,
     "project_service_accounts.create": PROJECT_ADMIN,
     "project_service_accounts.retrieve": READ,

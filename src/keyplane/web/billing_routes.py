@@ -19,7 +19,7 @@ from keyplane.audit.service import changed
 from keyplane.billing.periods import period_of
 from keyplane.billing.ports import BillingSettings as SettingsRecord
 from keyplane.billing.ports import SpendAlert as AlertRecord
-from keyplane.billing.wallet import BillingMode
+from keyplane.billing.wallet import BillingMode, Lot
 from keyplane.errors import Conflict, NotFound, StoreUnavailable
 from keyplane.gateway.errors import ApiError
 from keyplane.web.auth import Admin, AdminContext, AdminServices, Ctx
@@ -130,6 +130,13 @@ async def create_credit_grant(
 ) -> CreditGrant:
     """Adds a credit lot. A replay with the same Idempotency-Key answers 200 with the same grant."""
     names = {"amount": "amount_micro_usd", "expires_in": "expires_in_seconds"}
+
+    def audited(lot: Lot) -> None:  # once, not again on a replay
+        data = CreditGrant.of(lot, body.note).model_dump(
+            include={"amount_micro_usd", "expires_at", "note"}
+        )
+        audit("credit_grant.created", target_id=lot.id, details={"data": data})
+
     try:
         with params_named(names):
             lot = await asyncio.to_thread(
@@ -139,13 +146,12 @@ async def create_credit_grant(
                 expires_in_s=body.expires_in_seconds,
                 note=body.note,
                 idempotency_key=idempotency_key,
+                on_created=audited,
             )
     except Conflict as exc:  # the only conflict a grant has: a key reused with other parameters
         error = ApiError(409, exc.message, code="idempotency_key_reused", param="Idempotency-Key")
         raise AdminApiError(error) from None
     grant = CreditGrant.of(lot, body.note)
-    data = grant.model_dump(include={"amount_micro_usd", "expires_at", "note"})
-    await asyncio.to_thread(audit, "credit_grant.created", target_id=lot.id, details={"data": data})
     await _applied(ctx)
     return grant
 

@@ -18,7 +18,7 @@ from keyplane.accounts.models import Project, ServiceAccount
 from keyplane.accounts.org_ports import Member, ProjectMember, ProjectRole
 from keyplane.accounts.orgs import UNCHANGED
 from keyplane.keys.models import ApiKey
-from keyplane.limits.ratelimit import ModelLimits
+from keyplane.limits.ratelimit import API_NAMES, MAX_LIMIT, ModelLimits
 from keyplane.web.authz import AUTHZ_RESPONSES, CONFLICT, Allowed, OrgServices, Services, authorize
 from keyplane.web.billing_routes import After, Limit
 from keyplane.web.org_routes import ExpiresIn, KeyUser, Name, key_user
@@ -135,6 +135,12 @@ class ProjectApiKey(BaseModel):
     scopes: list[str] = Field(description='Empty: all permissions; ["api.all.read"]: read only.')
     allowed_models: list[str] | None = Field(description="null: every model the project allows.")
     allowed_ips: list[str] | None = Field(description="null: any address the project allows.")
+    max_requests_per_1_minute: int | None = Field(None, description="The key's own limit, if any.")
+    max_tokens_per_1_minute: int | None = Field(None, description="The key's own limit, if any.")
+    max_requests_per_1_day: int | None = Field(None, description="The key's own limit, if any.")
+
+
+KeyLimit = Annotated[int | None, Field(ge=1, le=MAX_LIMIT, strict=True)]
 
 
 class ProjectApiKeyUpdate(Request):
@@ -144,9 +150,9 @@ class ProjectApiKeyUpdate(Request):
     scopes: list[str] | None = None
     allowed_models: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = None
     allowed_ips: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = None
-    max_requests_per_1_minute: int | None = Field(default=None, ge=1, strict=True)
-    max_tokens_per_1_minute: int | None = Field(default=None, ge=1, strict=True)
-    max_requests_per_1_day: int | None = Field(default=None, ge=1, strict=True)
+    max_requests_per_1_minute: KeyLimit = None
+    max_tokens_per_1_minute: KeyLimit = None
+    max_requests_per_1_day: KeyLimit = None
 
 
 class ProjectApiKeyCreated(ProjectApiKey):
@@ -182,15 +188,19 @@ def _keys(svc: OrgServices, org_id: str, keys: list[ApiKey]) -> list[ProjectApiK
     for project_id in {k.project_id for k in keys if k.owner_type == "service_account"}:
         if project_id is not None:
             accounts.update((a.id, a) for a in svc.orgs.service_accounts(org_id, project_id))
-    return [_key(k, _owner(k, members, accounts)) for k in keys]
+    return [_key(k, _owner(k, members, accounts), svc.orgs.project_key_limits(k.id)) for k in keys]
 
 
-def _key(key: ApiKey, owner: UserOwner | ServiceAccountOwner) -> ProjectApiKey:
+def _key(
+    key: ApiKey, owner: UserOwner | ServiceAccountOwner, limits: ModelLimits | None
+) -> ProjectApiKey:
+    limits = limits or ModelLimits()
     return ProjectApiKey(
         id=key.id, name=key.name, redacted_value=key.redacted_value, created_at=key.created_at,
         last_used_at=key.last_used_at, expires_at=key.expires_at, owner=owner,
         scopes=list(key.scopes or ()), allowed_models=_list(key.allowed_models),
-        allowed_ips=_list(key.allowed_cidrs),
+        allowed_ips=_list(key.allowed_cidrs), max_requests_per_1_minute=limits.rpm,
+        max_tokens_per_1_minute=limits.tpm, max_requests_per_1_day=limits.rpd,
     )  # fmt: skip
 
 
@@ -291,20 +301,13 @@ async def update_project_api_key(
 ) -> ProjectApiKey:
     """Changes the fields given: ``scopes`` (``[]`` All, ``["api.all.read"]`` Read only, or
     ``<group>.read|write``), ``allowed_models`` and ``allowed_ips`` (``null`` lifts the key's own
-    list), and the key's rate limits. Every gateway applies the change within a second."""
+    list), and the key's rate limits (each one given; ``null`` lifts it). Every gateway applies
+    the change within a second. Project owners only: a member cannot lift the restrictions put on
+    the member's own key."""
     given = body.model_fields_set
+    limits = {name: getattr(body, field) for name, field in API_NAMES.items() if field in given}
 
     def update() -> ProjectApiKey:
-        limits = None
-        if given & {
-            "max_requests_per_1_minute",
-            "max_tokens_per_1_minute",
-            "max_requests_per_1_day",
-        }:
-            limits = ModelLimits(
-                rpm=body.max_requests_per_1_minute, tpm=body.max_tokens_per_1_minute,
-                rpd=body.max_requests_per_1_day,
-            )  # fmt: skip
         key = svc.orgs.update_project_key(
             principal.actor, principal.org_id, project_id, key_id,
             scopes=body.scopes if "scopes" in given else UNCHANGED,
