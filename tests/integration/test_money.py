@@ -274,8 +274,8 @@ class NoUsageUpstream(Upstream):
 @pytest.mark.parametrize(
     "upstream",
     [NoUsageUpstream(), NoUsageUpstream(usage={"prompt_tokens": "5", "completion_tokens": -1}),
-     NoUsageUpstream(raw=b"x" * 4000)],
-    ids=["none", "garbled", "not_json"],
+     NoUsageUpstream(raw=b"x" * 4000), NoUsageUpstream(raw=b'{"id": "x", "choi' + b"x" * 4000)],
+    ids=["none", "garbled", "not_json", "cut_json"],
 )  # fmt: skip
 def test_an_answer_without_usable_usage_is_billed_on_estimates_not_free(
     tmp_path: Path, upstream: NoUsageUpstream
@@ -288,11 +288,18 @@ def test_an_answer_without_usable_usage_is_billed_on_estimates_not_free(
             json={"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 400}]},
             headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
         )  # fmt: skip
-        assert r.status_code == 200
+        if upstream.raw is None:
+            assert r.status_code == 200
+        else:  # what no SDK could read comes as an error in OpenAI's envelope
+            assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
         [record] = kp.usage(expect=1)
         assert record.tokens_estimated
-        assert record.input_tokens >= 100 and record.output_tokens == 1000
-        assert record.cost_micro_usd == GPT4O.token_cost(record.input_tokens, 0, 1000) > 0
+        assert record.input_tokens >= 100 and 1000 <= record.output_tokens <= 1005
+        assert (
+            record.cost_micro_usd
+            == GPT4O.token_cost(record.input_tokens, 0, record.output_tokens)
+            > 0
+        )
     finally:
         kp.server.stop()
         kp.container.close()
@@ -513,4 +520,42 @@ def test_images_and_files_are_held_at_the_most_they_may_cost(tmp_path: Path) -> 
                 kp.server.stop()
                 kp.container.close()
     finally:
+        server.stop()
+
+
+class LyingUpstream(Upstream):
+    """Claims ten million tokens of each kind, whatever it was asked."""
+
+    def answer(self, body: dict[str, Any]) -> bytes:
+        usage = {"prompt_tokens": 10_000_000, "completion_tokens": 10_000_000}
+        return orjson.dumps({"id": "x", "object": "chat.completion", "choices": [], "usage": usage})
+
+
+def test_an_upstreams_wrong_usage_counts_no_more_than_the_request_could_use(
+    tmp_path: Path,
+) -> None:
+    """One answer claiming 10M tokens is charged at most its hold, and must not use up the
+    organization's tokens a minute for the next hour either."""
+    upstream = LyingUpstream()
+    server = ServerThread(upstream).start()
+    kp = start_keyplane(tmp_path, server.url + "/v1")
+    try:
+        body = {
+            "model": "gpt-4o",
+            "max_tokens": 50,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        statuses = [
+            httpx.post(
+                kp.base_url + "/chat/completions", json=body,
+                headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+            ).status_code
+            for _ in range(3)
+        ]  # fmt: skip
+        assert statuses == [200, 200, 200]
+        records = kp.usage(expect=3)
+        assert all(r.cost_micro_usd < GPT4O.token_cost(1_000, 0, 50) for r in records)
+    finally:
+        kp.server.stop()
+        kp.container.close()
         server.stop()

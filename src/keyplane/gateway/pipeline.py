@@ -92,7 +92,8 @@ class Call:
     compiled, its ``__init__`` is C; a dataclass's stays Python, see keyplane/values.py.)"""
 
     __slots__ = (
-        "client_ip", "endpoint", "estimated_input", "forwarded", "held_output", "hold", "key",
+        "client_ip", "endpoint", "estimated_input", "forwarded", "held_output", "hold",
+        "input_bound", "key",
         "levels", "metered", "model", "price", "rate_headers", "request_id", "started", "stream",
         "ticket",
     )  # fmt: skip
@@ -117,6 +118,7 @@ class Call:
         self.estimated_input = 0
         self.hold: Hold | None = None
         self.held_output = 0  # the most output tokens the hold covers (all outputs together)
+        self.input_bound = 0  # the most input tokens the request can be billed
         self.price: Price | None = None  # in effect at admission: the hold and the bill use it
         self.ticket: Ticket | None = None
         self.rate_headers: list[tuple[bytes, bytes]] = []
@@ -224,9 +226,8 @@ class Pipeline:
         if call.endpoint.name == "completions":
             choices *= _prompt_count(payload.get("prompt"))
         try:
-            bound = cost_bound(
-                call.price, input_token_bound(len(body), payload, call.price), choices
-            )
+            call.input_bound = input_token_bound(len(body), payload, call.price)
+            bound = cost_bound(call.price, call.input_bound, choices)
         except UnboundedInput as exc:
             raise bad_request(str(exc), param="messages", code="unsupported_file_input") from None
         org = self.money.cached_org(key.org_id) or await self.money.org(key.org_id)
@@ -328,6 +329,13 @@ class Pipeline:
                 self._meter(call, 200, reported, _COMPLETED, estimated=False)
             else:  # an answer with no usable usage is billed on estimates, as a stream would be
                 out = estimated_output(content) if call.endpoint.has_output else 0
+                if not _json_object(content):  # (empty, cut, HTML...): the SDKs cannot read it
+                    used = (call.estimated_input, 0, out)
+                    self._meter(call, 502, used, Outcome.UPSTREAM_BROKEN, estimated=True)
+                    raise ApiError(
+                        502, "The upstream's answer was not a JSON object.", type="server_error",
+                        code="upstream_error",
+                    )  # fmt: skip
                 self._meter(call, 200, (call.estimated_input, 0, out), _COMPLETED, estimated=True)
             await send_bytes(
                 send, resp.status, content, out_headers[1:], content_type=out_headers[0][1]
@@ -447,7 +455,9 @@ class Pipeline:
         call.metered = True
         now = self.clock.now()
         inp, cached, out = used
-        self.rates.settle(call.ticket, inp + out, now)
+        # Tokens beyond what the request could use (an upstream's wrong usage) are charged at
+        # most the hold, and count at most that much against TPM limits too.
+        self.rates.settle(call.ticket, min(inp, call.input_bound) + min(out, call.held_output), now)
         price = call.price
         cost = price.token_cost(inp, cached, out) if price else 0
         self.money.finish(
@@ -529,6 +539,13 @@ def _too_large(limit: int) -> ApiError:
         f"The request body is larger than the limit of {limit} bytes.",
         code="request_too_large",
     )
+
+
+def _json_object(content: bytes) -> bool:
+    try:
+        return type(orjson.loads(content)) is dict
+    except orjson.JSONDecodeError:
+        return False
 
 
 def _parse(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
