@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 from sqlalchemy import event
 
 from conftest import PEPPER, Keyplane, initialized
-from keyplane import bootstrap
+from keyplane import bootstrap, reads
 from keyplane.clock import FrozenClock
 from keyplane.errors import StoreUnavailable
 from keyplane.keys import format as keyfmt
@@ -137,6 +138,31 @@ def test_no_secret_reaches_the_database_logs_or_error_bodies(
         assert middle.encode() not in stored
         assert middle not in logs
         assert all(middle.encode() not in b for b in bodies)
+
+
+def test_a_database_that_stops_answering_gives_503_in_time_not_a_wait(
+    kp: Keyplane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database that goes silent (a firewall dropping packets, another process holding
+    SQLite's lock) answers a key not cached yet with 503 after a bounded wait."""
+    monkeypatch.setattr(reads, "READ_TIMEOUT_S", 0.5)
+    _, uncached = kp.new_key("never used yet")
+    release = threading.Event()
+
+    def silent(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "api_keys" in statement:
+            release.wait(30)
+
+    event.listen(kp.container.engine, "before_cursor_execute", silent)
+    try:
+        started = time.monotonic()
+        resp = call(kp, uncached)
+        assert resp.status_code == 503 and resp.json()["error"]["type"] == "server_error"
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()
+        event.remove(kp.container.engine, "before_cursor_execute", silent)
+    assert call(kp, uncached).status_code == 200  # answering again: served
 
 
 def test_a_valid_key_gets_503_never_401_when_the_database_is_gone(

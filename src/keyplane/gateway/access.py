@@ -7,9 +7,9 @@ request gets 503, never a pass.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
+from keyplane import reads
 from keyplane.gateway.asgi import Scope
 from keyplane.gateway.errors import ApiError, model_not_found
 from keyplane.keys import network, permissions
@@ -121,7 +121,7 @@ class AccessGuard:
         cached = self._policies.get((scope_type, scope_id))
         if cached is None:
             epoch = self._epoch
-            cached = await asyncio.to_thread(self._store.policy, scope_type, scope_id)
+            cached = await reads.read(self._store.policy, scope_type, scope_id)
             if epoch == self._epoch:
                 self._policies[(scope_type, scope_id)] = cached
         return cached

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from itertools import islice
 from typing import TypeVar, final
 
+from keyplane import reads
 from keyplane.billing.bounds import CostBound
 from keyplane.billing.periods import period_of
 from keyplane.billing.ports import MoneyEvent, MoneyStore
@@ -429,9 +430,7 @@ class MoneyGuard:
             self._loading[org_id] = pending
             try:
                 period = period_of(self._clock.now())
-                loaded = await asyncio.to_thread(
-                    self._store.load, org_id, period, self._usage_limit_for
-                )
+                loaded = await reads.read(self._store.load, org_id, period, self._usage_limit_for)
             except Exception as exc:
                 pending.set_exception(exc)
                 pending.exception()  # retrieved: waiters re-raise it, nobody logs it as lost

@@ -7,10 +7,10 @@ limiter itself cannot fail.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 
+from keyplane import reads
 from keyplane.clock import Clock
 from keyplane.errors import StoreUnavailable
 from keyplane.keys.models import ApiKey
@@ -114,12 +114,10 @@ class RateGuard:
 
     async def _project(self, project_id: str) -> Mapping[str, ModelLimits]:
         if project_id not in self._projects:
-            self._projects[project_id] = await asyncio.to_thread(
-                self._store.project_limits, project_id
-            )
+            self._projects[project_id] = await reads.read(self._store.project_limits, project_id)
         return self._projects[project_id]
 
     async def _key(self, key_id: str) -> ModelLimits | None:
         if key_id not in self._keys:
-            self._keys[key_id] = await asyncio.to_thread(self._store.key_limits, key_id)
+            self._keys[key_id] = await reads.read(self._store.key_limits, key_id)
         return self._keys[key_id]

@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import os
 
+from keyplane import reads
 from keyplane.clock import Clock
 from keyplane.errors import InvalidApiKey
 from keyplane.keys import format as keyfmt
@@ -87,7 +88,7 @@ class KeyAuthenticator:
         key = self._cache.get(kid)
         if key is None and kid not in self._unknown:
             epoch = self._epoch
-            key = await asyncio.to_thread(self._store.get, kid)
+            key = await reads.read(self._store.get, kid)
             # A refresh() that ran while we were reading may have invalidated this very key; caching
             # what we read could then resurrect a revoked key, so only cache when none ran.
             if epoch == self._epoch:

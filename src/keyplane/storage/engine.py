@@ -16,13 +16,28 @@ BUSY_TIMEOUT_MS = 30_000  # how long a SQLite write waits for another process's 
 AUTOCHECKPOINT_PAGES = 1000  # SQLite's default: a commit that leaves a WAL this long checkpoints
 
 
+_PG_TIMEOUTS = {
+    "connect_timeout": 10,  # seconds to connect
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # ms that sent data may stay unacknowledged
+}
+
+
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
     if parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False))
-    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    # A database that goes silent is found out rather than waited on for the kernel's ~15 minutes
+    # (libpq's parameters; any the URL sets win).
+    defaults = {k: v for k, v in _PG_TIMEOUTS.items() if k not in parsed.query}
+    engine = create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=defaults
+    )
     event.listen(engine, "before_cursor_execute", _refuse_nul)
     return engine
 
