@@ -25,14 +25,14 @@ Behaviour:
   HTTP/1.1, without ``Connection: close`` (llhttp's ``should_keep_alive``); anything else, and any
   response closed before its end, closes it. Bytes arriving on an idle connection close it too.
 - Idle connections the upstream closes are dropped as ``connection_lost`` reports them. When a
-  *reused* connection is closed before a single byte of the answer arrived (the upstream's idle
-  timeout raced with our request), the request is sent again, once, on a new connection, so the
-  router does not log, back off and count a retry for what is normal keep-alive housekeeping.
-  (The price: an upstream that processed the request and then died without sending a byte sees
-  it twice. Go's net/http resends a POST only when none of it was written or when it carries an
-  ``Idempotency-Key`` header; this client resends any request.) A new connection failing that
-  way raises ``ClosedBeforeAnswer``: the upstream may have received the request, so the router
-  does not send it again.
+  *reused* connection that had been idle for ``STALE_IDLE_S`` or more is closed before a single
+  byte of the answer arrived (the upstream's idle timeout raced with our request), the request is
+  sent again, once, on a new connection, so the router does not log, back off and count a retry
+  for what is normal keep-alive housekeeping. Any other connection failing that way (new, or
+  reused at once: the upstream read the request, then closed) raises ``ClosedBeforeAnswer``: the
+  upstream may have received the request and be billing it, so it is not sent again. (Go's
+  net/http resends a POST only when none of it was written or when it carries an
+  ``Idempotency-Key`` header.)
 - Timeouts cost no task and no timer per request: ``connect_timeout_s`` covers the TCP (and
   TLS) handshake (``asyncio.timeout``, ``ConnectFailed``); ``read_timeout_s`` the wait for the
   status and headers (``ReadTimedOut``), then the longest silence between body bytes
@@ -89,6 +89,9 @@ _BODY = 2  # headers in, body arriving
 _DONE = 3  # the whole answer arrived
 
 
+STALE_IDLE_S = 1.0  # idle this long, a connection closed unanswered was the upstream's timeout
+
+
 class _Stale(ConnectFailed):
     """A reused connection was closed before any byte of the answer: send the request again."""
 
@@ -105,6 +108,7 @@ class _Conn(asyncio.Protocol):
         "framed",
         "got_bytes",
         "headers",
+        "idle_for",
         "informational",
         "is_head",
         "keep",
@@ -152,6 +156,7 @@ class _Conn(asyncio.Protocol):
         self.error: UpstreamError | None = None
         self.waiter: asyncio.Future[None] | None = None  # the consumer waiting for news
         self.started = 0.0  # when the request was sent
+        self.idle_for = 0.0  # how long it lay idle before this request
         self.last_data = 0.0  # when bytes last arrived (or reading resumed)
 
     # --- the exchange, driven by H1Client.request and _H1Response ------------------------------
@@ -173,7 +178,9 @@ class _Conn(asyncio.Protocol):
         if self.paused:  # the previous answer ended with reading paused
             self.paused = False
             transport.resume_reading()
-        self.started = self.last_data = self.loop.time()
+        now = self.loop.time()
+        self.idle_for = now - self.last_data  # since its last answer's last bytes (if reused)
+        self.started = self.last_data = now
         if self.client._watchdog is None:
             self.client._watch_soon(self.loop)
         transport.write(data)
@@ -270,7 +277,7 @@ class _Conn(asyncio.Protocol):
             return
         self._drop()
         if self.state == _HEAD:
-            if not self.got_bytes and self.uses > 1:
+            if not self.got_bytes and self.uses > 1 and self.idle_for >= STALE_IDLE_S:
                 self.error = _Stale("the upstream closed the keep-alive connection")
             else:
                 self.error = ClosedBeforeAnswer(
