@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -374,3 +375,27 @@ def test_an_admin_key_can_be_created_after_the_first_start(run: Any) -> None:
     listed = {k["id"]: k for k in json.loads(run("keys", "list", "--json").stdout)}
     assert listed[created["id"]]["name"] == "ops" and listed[created["id"]]["kind"] == "admin"
     assert created["value"] not in run("keys", "list").stdout
+
+
+def test_an_unreachable_database_is_one_line_not_a_traceback(
+    run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command says so at once; a server (started with its database, say) first tries again."""
+    import keyplane.cli as cli
+    from keyplane.cli import common
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    port = closed.getsockname()[1]
+    monkeypatch.setenv("KEYPLANE_DATABASE_URL", f"postgresql://kp:sekret@127.0.0.1:{port}/kp")
+    monkeypatch.setattr(cli, "SERVER_WAITS_FOR_DATABASE_S", 0.2)
+    monkeypatch.setattr(common, "DATABASE_RETRY_S", 0.05)
+    try:
+        for args, retried in ((["keys", "list"], False), (["serve"], True)):
+            result = run(*args, ok=False)
+            assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+            assert "cannot reach its database" in result.output and "Traceback" not in result.output
+            assert "sekret" not in result.output
+            assert ("trying again" in result.output) == retried
+    finally:
+        closed.close()

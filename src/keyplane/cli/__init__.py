@@ -39,6 +39,8 @@ from keyplane.keys.format import KeyKind
 from keyplane.simulator import SimulatorConfig
 from keyplane.simulator import create_app as simulator_app
 
+SERVER_WAITS_FOR_DATABASE_S = 60.0  # a server started with its database waits for it
+
 app = typer.Typer(
     help="keyplane: API keys, spend and limits in front of OpenAI-compatible APIs.",
     no_args_is_help=True,
@@ -204,7 +206,7 @@ def serve(
         overrides["upstreams"] = [
             UpstreamSettings(name="cli", base_url=upstream, api_key=upstream_key)
         ]
-    c = container(**overrides)
+    c = container(wait_for_database_s=SERVER_WAITS_FOR_DATABASE_S, **overrides)
     if not c.settings.upstreams:
         fail(
             "no upstream configured: pass --upstream URL, set KEYPLANE_UPSTREAMS, or use `make run` for the simulator"
@@ -220,7 +222,7 @@ def dev(
     port: Annotated[int | None, typer.Option(help="Port to listen on (default 8080).")] = None,
 ) -> None:
     """What `make run` does: initialize on first start, add the simulator if no upstream is set, serve."""
-    c = container(host=host, port=port)
+    c = container(wait_for_database_s=SERVER_WAITS_FOR_DATABASE_S, host=host, port=port)
     if c.accounts.organizations():
         out.print("keyplane is already initialized. Create more keys with:")
         out.print(

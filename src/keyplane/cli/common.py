@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, NoReturn
 
@@ -14,7 +15,7 @@ from rich.text import Text
 from keyplane import bootstrap
 from keyplane.billing.bounds import MAX_AMOUNT
 from keyplane.config import load_settings
-from keyplane.errors import KeyplaneError
+from keyplane.errors import KeyplaneError, StoreUnavailable
 from keyplane.usage.pricing import MICRO, MICRO_PER_CENT, format_usd
 
 # No console markup: names and notes typed by others are printed as they are ("[bold]" too); our
@@ -39,16 +40,33 @@ def bold(text: str) -> tuple[str, str]:
     return (text, "bold")
 
 
+DATABASE_RETRY_S = 2.0
+
+
 def fail(message: str) -> NoReturn:
     err.print(styled(("error:", "red"), " ", message), highlight=False)
     raise typer.Exit(1)
 
 
-def container(**overrides: Any) -> bootstrap.Container:
-    try:
-        return bootstrap.build(load_settings(**overrides))
-    except ValueError as exc:
-        fail(str(exc))
+def container(*, wait_for_database_s: float = 0, **overrides: Any) -> bootstrap.Container:
+    """The composition root for a command. A database that cannot be reached is a one-line error,
+    after ``wait_for_database_s`` of trying again (a server started with its database, say)."""
+    deadline = time.monotonic() + wait_for_database_s
+    said = False
+    while True:
+        try:
+            return bootstrap.build(load_settings(**overrides))
+        except ValueError as exc:
+            fail(str(exc))
+        except StoreUnavailable as exc:
+            if time.monotonic() >= deadline:
+                fail(exc.message)
+            if not said:
+                err.print(
+                    f"{exc.message}; trying again for {wait_for_database_s:.0f} s", highlight=False
+                )
+                said = True
+            time.sleep(DATABASE_RETRY_S)
 
 
 def scope(org: str | None, project: str | None) -> tuple[bootstrap.Container, str, str | None]:

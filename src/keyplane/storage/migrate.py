@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
+from keyplane.errors import StoreUnavailable
 from keyplane.storage.engine import make_engine
 
 if TYPE_CHECKING:
@@ -32,7 +33,15 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def ensure_current(engine: Engine) -> None:
-    """Upgrades the database to the newest revision unless it is there already."""
+    """Upgrades the database to the newest revision unless it is there already. Raises
+    StoreUnavailable, saying why in a line, when the database cannot be reached."""
+    try:
+        with engine.connect():
+            pass
+    except (OperationalError, InterfaceError) as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        where = engine.url.render_as_string(hide_password=True)
+        raise StoreUnavailable(f"keyplane cannot reach its database {where}: {reason}") from None
     if current_revision(engine) != HEAD:
         upgrade(engine)
 
