@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from keyplane.cli.common import JsonOpt, OrgOpt, container, fail, out
+from keyplane.cli.common import JsonOpt, OrgOpt, container, fail, listed, out
 from keyplane.errors import KeyplaneError
 from keyplane.keys.access import AccessPolicyService
 
@@ -44,8 +44,8 @@ def access_show(project: ProjectOpt = None, org: OrgOpt = None, as_json: JsonOpt
     if as_json:
         out.print_json(json.dumps(payload))
         return
-    out.print(f"Allowed models: {', '.join(policy.allowed_models or ['any'])}")
-    out.print(f"Allowed IPs: {', '.join(policy.allowed_cidrs or ['any'])}")
+    out.print(f"Allowed models: {listed(policy.allowed_models)}")
+    out.print(f"Allowed IPs: {listed(policy.allowed_cidrs)}")
 
 
 @access_app.command("set")
@@ -73,5 +73,5 @@ def access_set(
     except KeyplaneError as exc:
         fail(exc.message)
     out.print(
-        f"Allowed models: {', '.join(policy.allowed_models or ['any'])}; allowed IPs: {', '.join(policy.allowed_cidrs or ['any'])}."
+        f"Allowed models: {listed(policy.allowed_models)}; allowed IPs: {listed(policy.allowed_cidrs)}."
     )

@@ -43,6 +43,13 @@ def bold(text: str) -> tuple[str, str]:
 DATABASE_RETRY_S = 2.0
 
 
+def listed(allowlist: tuple[str, ...] | None) -> str:
+    """An allowlist for a person: None allows any, an empty one none."""
+    if allowlist is None:
+        return "any"
+    return ", ".join(allowlist) or "none"
+
+
 def fail(message: str) -> NoReturn:
     err.print(styled(("error:", "red"), " ", message), highlight=False)
     raise typer.Exit(1)

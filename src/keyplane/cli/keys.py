@@ -17,6 +17,7 @@ from keyplane.cli.common import (
     container,
     fail,
     iso,
+    listed,
     out,
     parse_duration,
     scope,
@@ -228,7 +229,7 @@ def keys_update(
         fail(exc.message)
     out.print(
         f"Updated {key.id} ({key.name}): permissions {permissions.describe(key.scopes)}, "
-        f"models {', '.join(key.allowed_models or ['any'])}, IPs {', '.join(key.allowed_cidrs or ['any'])}."
+        f"models {listed(key.allowed_models)}, IPs {listed(key.allowed_cidrs)}."
     )
 
 
