@@ -177,3 +177,26 @@ def test_upstream_errors_pass_through_with_their_status(kp: Keyplane) -> None:
         client(kp).chat.completions.create(model="gpt-4o-mini", messages=[])  # simulator: 400
     [record] = kp.usage(expect=1)
     assert record.status == 400 and record.cost_micro_usd == 0
+
+
+def test_usage_listings_show_the_latest_records_and_totals_count_them_all(
+    tmp_path: Path, simulator: ServerThread
+) -> None:
+    """`keyplane usage` lists the latest records (not the oldest), and its total covers all."""
+    kp = start_keyplane(tmp_path, simulator.url + "/v1")
+    try:
+        client = openai.OpenAI(base_url=kp.base_url, api_key=kp.key, max_retries=0)
+        ids = [
+            client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": f"hi {i}"}]
+            ).headers["x-request-id"]
+            for i in range(5)
+        ]
+        records = kp.usage(expect=5)
+        latest = kp.container.usage_store.query(kp.org.id, limit=2)
+        assert [r.request_id for r in latest] == ids[-2:]
+        count, cost = kp.container.usage_store.summary(kp.org.id)
+        assert (count, cost) == (5, sum(r.cost_micro_usd for r in records)) and cost > 0
+    finally:
+        kp.server.stop()
+        kp.container.close()

@@ -132,7 +132,7 @@ def usage(
     since: Annotated[
         str | None, typer.Option(help="A date (2026-11-01), a time, or a duration back (24h).")
     ] = None,
-    limit: Annotated[int, typer.Option(help="At most this many records.")] = 1000,
+    limit: Annotated[int, typer.Option(min=1, help="The latest this many records.")] = 1000,
     org: OrgOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -140,20 +140,20 @@ def usage(
     c, org_id, project_id = scope(org, project)
     start = _parse_since(since, c.clock.now()) if since else None
     records = c.usage_store.query(org_id, project_id=project_id, since=start, limit=limit)
+    count, cost = c.usage_store.summary(org_id, project_id=project_id, since=start)
     if as_json:
         rows = [{**r.asdict(), "outcome": r.outcome.value} for r in records]
         out.print_json(json.dumps(rows))
         return
     table = Table("time", "request", "model", "endpoint", "in", "cached", "out", "status", "cost $")
-    total = 0
     for r in records:
-        total += r.cost_micro_usd
         table.add_row(
             iso(r.created_at), r.request_id, r.model, r.endpoint, str(r.input_tokens),
             str(r.cached_input_tokens), str(r.output_tokens), str(r.status), usd(r.cost_micro_usd),
         )  # fmt: skip
     out.print(table)
-    out.print(f"{len(records)} requests, total ${usd(total)}")
+    shown = "" if len(records) == count else f" (the latest {len(records):,} shown: --limit)"
+    out.print(f"{count:,} requests, total ${usd(cost)}{shown}")
 
 
 def _parse_since(text: str, now: float) -> int:

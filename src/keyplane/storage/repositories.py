@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, RowMapping, func, insert, select, update
+from sqlalchemy import Connection, Engine, RowMapping, Select, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
 
@@ -262,16 +262,34 @@ class SqlUsageStore(SqlStore):
         since: int | None = None,
         limit: int = 1000,
     ) -> Sequence[UsageRecord]:
-        query = select(t.usage_records).where(t.usage_records.c.org_id == org_id)
-        if project_id is not None:
-            query = query.where(t.usage_records.c.project_id == project_id)
-        if since is not None:
-            query = query.where(t.usage_records.c.created_at >= since)
-        query = query.order_by(t.usage_records.c.created_at, t.usage_records.c.request_id).limit(
-            limit
-        )
+        u = t.usage_records
+        query = _usage_where(select(u), org_id, project_id, since)
+        query = query.order_by(u.c.created_at.desc(), u.c.request_id.desc()).limit(limit)
         rows = self._read(lambda c: c.execute(query).mappings().all())
-        return [UsageRecord(**{**r, "outcome": Outcome(r["outcome"])}) for r in rows]
+        return [UsageRecord(**{**r, "outcome": Outcome(r["outcome"])}) for r in reversed(rows)]
+
+    def summary(
+        self, org_id: str, *, project_id: str | None = None, since: int | None = None
+    ) -> tuple[int, int]:
+        u = t.usage_records
+        query = _usage_where(
+            select(func.count(), func.coalesce(func.sum(u.c.cost_micro_usd), 0)), org_id,
+            project_id, since,
+        )  # fmt: skip
+        count, cost = self._read(lambda c: c.execute(query).one())
+        return int(count), int(cost)
+
+
+def _usage_where(
+    query: Select[Any], org_id: str, project_id: str | None, since: int | None
+) -> Select[Any]:
+    u = t.usage_records
+    query = query.where(u.c.org_id == org_id)
+    if project_id is not None:
+        query = query.where(u.c.project_id == project_id)
+    if since is not None:
+        query = query.where(u.c.created_at >= since)
+    return query
 
 
 def _fields(obj: Any) -> dict[str, Any]:

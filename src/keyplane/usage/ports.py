@@ -17,5 +17,11 @@ class UsageStore(Protocol):
         since: int | None = None,
         limit: int = 1000,
     ) -> Sequence[UsageRecord]:
-        """Returns records oldest first."""
+        """Returns the newest ``limit`` records (from ``since``), oldest first."""
+        ...
+
+    def summary(
+        self, org_id: str, *, project_id: str | None = None, since: int | None = None
+    ) -> tuple[int, int]:
+        """(how many records, their total cost in micro-dollars), with the same filters."""
         ...
