@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,9 @@ def test_sigkill_between_hold_and_settle(tmp_path: Path, hold_stored: bool) -> N
         "KEYPLANE_UPSTREAMS": json.dumps(
             [{"base_url": upstream_server.url + "/v1", "models": ["gpt-4o"]}]
         ),
-        "KEYPLANE_HOLD_TTL_S": "2",
+        # A hold recovered from the dead gateway's journal is settled at once; one it had stored
+        # open waits for its expiry (another gateway's open holds look the same).
+        "KEYPLANE_HOLD_TTL_S": "2" if hold_stored else "3600",
         "KEYPLANE_SWEEP_INTERVAL_S": "0.05",
         # Journal-only: no flush runs before the kill, so the hold is only in the journal.
         "KEYPLANE_USAGE_FLUSH_INTERVAL_S": "0.05" if hold_stored else "3600",
@@ -124,6 +127,7 @@ def test_sigkill_between_hold_and_settle(tmp_path: Path, hold_stored: bool) -> N
         if hold_stored:
             wait_until(lambda: stored_holds(container) != [])
         stop(proc, signal.SIGKILL)
+        killed_at = time.time()
         client.join(timeout=30)
         journal = list((tmp_path / "journal").glob("holds-*.log"))
         if hold_stored:
@@ -147,6 +151,7 @@ def test_sigkill_between_hold_and_settle(tmp_path: Path, hold_stored: bool) -> N
         assert list((tmp_path / "journal").glob("holds-*.log")) == []
         [record] = container.usage_store.query(org.id)
         assert record.outcome.value == "gateway_lost" and record.cost_micro_usd == held
+        assert record.created_at <= killed_at  # dated when the request came, not when settled
         balance = container.billing.balance(org.id)
         assert balance.held == 0
         assert balance.spent == held

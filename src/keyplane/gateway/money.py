@@ -97,6 +97,7 @@ class MoneyGuard:
         self._settled_ahead = False
         self._outcomes: deque[Outcome] = deque()  # settlements not yet in the database
         self._live: set[str] = set()  # holds of this process's requests still in flight
+        self._orphans: set[str] = set()  # holds recovered from dead gateways, not swept yet
         self._flushing = asyncio.Lock()
         self._to_discard: list[Segment] = []  # stored segments not deleted yet
         self._tidying: asyncio.Task[None] | None = None
@@ -350,6 +351,7 @@ class MoneyGuard:
                 self._journal.release(segment)
                 raise
             self._journal.discard(segment)
+            self._orphans.update(hold.id for hold in fresh)  # settled by the next sweep
             for hold in fresh:
                 org = self._orgs.get(hold.org_id)
                 if org is not None:
@@ -362,18 +364,24 @@ class MoneyGuard:
         return recovered
 
     async def sweep(self) -> int:
-        """Settles expired holds at their full amount (their request's gateway died); returns how
-        many. Recovers dead gateways' journals first. A hold of a request this process is still
+        """Settles expired holds at their full amount (their request's gateway died), and at once
+        those recovered from dead gateways' journals (recovered first); returns how many. The
+        record is dated when the request came. A hold of a request this process is still
         answering is not swept, however long it runs (a long stream, a slow reasoning model): it
         settles at its real cost when the answer ends."""
         await self.recover()
         now = self._clock.now()
         swept = 0
         live = self._live
+        orphans, self._orphans = self._orphans, set()
         for org in list(self._orgs.values()):
-            for hold in [h for h in org.holds.values() if h.expires_at <= now and h.id not in live]:
+            for hold in [
+                h
+                for h in org.holds.values()
+                if (h.expires_at <= now or h.id in orphans) and h.id not in live
+            ]:
                 record = UsageRecord(
-                    request_id=hold.id, created_at=int(now), org_id=hold.org_id,
+                    request_id=hold.id, created_at=int(hold.created_at), org_id=hold.org_id,
                     project_id=hold.project_id or None, key_id=hold.key_id, owner_type="", owner_id="",
                     model=hold.model, endpoint=hold.endpoint, input_tokens=0, cached_input_tokens=0,
                     output_tokens=0, status=0, latency_ms=0, client_ip=None, cost_micro_usd=hold.amount,
