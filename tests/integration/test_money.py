@@ -116,6 +116,16 @@ def test_the_lowest_of_balance_and_budgets_wins(funded: Keyplane) -> None:
     kp.server.call(kp.gateway.pipeline.money.refresh())
     [r] = asyncio.run(fire(kp, bodies(1)))
     assert r.status_code == 429 and r.json()["error"]["code"] == "organization_spend_limit_exceeded"
+    assert "has reached its monthly budget" in r.json()["error"]["message"]
+    # A budget not used up refuses a request that may cost more than is left, and says so (here
+    # the project's, with a little left).
+    kp.container.billing.update_settings(kp.org.id, budget=spent + 10_000)
+    kp.server.call(kp.gateway.pipeline.money.refresh())
+    [r] = asyncio.run(
+        fire(kp, [{**bodies(1)[0], "messages": [{"role": "user", "content": "x" * 8000}]}])
+    )
+    message = r.json()["error"]["message"]
+    assert r.status_code == 429 and "left of this project's monthly budget" in message
 
 
 def test_output_is_clamped_to_what_the_money_affords(funded: Keyplane) -> None:
@@ -154,6 +164,17 @@ def test_budget_change_applies_at_once_without_a_spurious_429(funded: Keyplane) 
     kp.server.call(kp.gateway.pipeline.money.refresh())
     [r] = asyncio.run(fire(kp, bodies(1)))
     assert r.status_code == 429 and r.json()["error"]["code"] == "organization_spend_limit_exceeded"
+    assert "has reached its monthly budget" in r.json()["error"]["message"]
+    # A budget not used up refuses a request that may cost more than is left, and says so.
+    kp.container.billing.update_settings(kp.org.id, budget=spent + 10_000)
+    kp.server.call(kp.gateway.pipeline.money.refresh())
+    [r] = asyncio.run(
+        fire(kp, [{**bodies(1)[0], "messages": [{"role": "user", "content": "x" * 8000}]}])
+    )
+    assert (
+        r.status_code == 429
+        and "left of your organization's monthly budget" in (r.json()["error"]["message"])
+    )
 
 
 def test_sdk_raises_rate_limit_error_once_without_retrying(

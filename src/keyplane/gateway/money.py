@@ -35,6 +35,7 @@ from keyplane.errors import SpendRefused, StoreUnavailable
 from keyplane.gateway.housekeeping import housekeeping_thread
 from keyplane.gateway.journal import HoldJournal, Segment
 from keyplane.keys.models import ApiKey
+from keyplane.usage.pricing import format_usd
 from keyplane.usage.records import Outcome as RequestOutcome
 from keyplane.usage.records import UsageRecord
 from keyplane.values import Value
@@ -53,6 +54,28 @@ REFUSALS = {
     Scope.ORG_BUDGET: "Your organization has reached its monthly budget; requests are rejected until the budget is raised or the month ends (UTC).",
     Scope.PROJECT_BUDGET: "This project has reached its monthly budget; requests are rejected until the budget is raised or the month ends (UTC).",
 }
+
+
+# What is left, once some is: why a request that may cost more is refused anyway.
+_LEFT = {
+    Scope.CREDITS: "of your credit balance",
+    Scope.USAGE_LIMIT: "of your organization's monthly usage limit",
+    Scope.ORG_BUDGET: "of your organization's monthly budget",
+    Scope.PROJECT_BUDGET: "of this project's monthly budget",
+}
+
+
+def refusal(scope: Scope, left: int, least: int) -> str:
+    """The refusal's message: the scope is used up, or what is left of it cannot cover the least
+    this request may cost (its prompt counted at a token a byte, plus the fewest output tokens
+    keyplane lowers ``max_tokens`` to)."""
+    if left <= 0:
+        return REFUSALS[scope]
+    return (
+        f"This request needs ${format_usd(least)} held (its prompt counted at its longest, and a "
+        f"few output tokens), more than the ${format_usd(left)} left {_LEFT[scope]} (requests in "
+        "flight included). Send a shorter prompt, or raise the limit."
+    )
 
 
 @final
@@ -141,8 +164,10 @@ class MoneyGuard:
         clamped = False
         if refused is not None:  # only a lower output cap could fit: the most the room affords
             affordable = bound.max_output_for(refused.headroom) if output_tokens else -1
-            if affordable < min(output_tokens, self._min_output) or affordable < 0:
-                raise SpendRefused(refused.scope.value, REFUSALS[refused.scope])
+            least = min(output_tokens, self._min_output)
+            if affordable < least or affordable < 0:
+                message = refusal(refused.scope, refused.headroom, bound.cost(max(least, 0)))
+                raise SpendRefused(refused.scope.value, message)
             output_tokens, clamped = affordable, True
             hold = hold.replace(amount=bound.cost(affordable))
             refused = org.place_hold(hold)

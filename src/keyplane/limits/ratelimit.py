@@ -100,7 +100,7 @@ API_NAMES = {
 def _check_limit(name: str, value: object) -> None:
     if value is not None and (type(value) is not int or not 0 < value <= MAX_LIMIT):
         raise ValueError(
-            f"{name} must be an integer from 1 to {MAX_LIMIT:,} or None, not {value!r}"
+            f"{name} must be a positive integer up to {MAX_LIMIT:,} or None, not {value!r}"
         )
 
 
