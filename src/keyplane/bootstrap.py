@@ -223,6 +223,7 @@ def build_gateway(
         container.clock,
         owner_emails=container.accounts.owner_emails,
         org_name=container.accounts.org_name,
+        project_name=container.accounts.project_name,
         public_url=s.public_url,
     )
     dispatcher = EmailDispatcher(container.outbox, container.mailer, container.clock)

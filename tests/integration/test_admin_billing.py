@@ -427,6 +427,9 @@ async def test_spend_alerts_default_to_the_owners(env: Env) -> None:
     }
     finance = (await env.client.post(ORG + "/spend_alerts", json=body, headers=env.admin())).json()
     assert finance["notification_channel"]["recipients"] == ["finance@example.com"]
+    # The same threshold twice would email the same people twice.
+    again = await env.client.post(ORG + "/spend_alerts", json=body, headers=env.admin())
+    assert error_of(again, 409)["param"] == "threshold_amount"
     project_path = ORG + f"/projects/{env.project.id}/spend_alerts"
     r = await env.client.post(project_path, json={"threshold_amount": 100}, headers=env.admin())
     project_alert = r.json()

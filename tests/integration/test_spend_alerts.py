@@ -42,8 +42,9 @@ def test_each_threshold_emails_the_owners_once_despite_an_outage_and_a_restart(
     options = {"smtp_port": server.port, "email_dispatch_interval_s": 0.05}
     kp = start_keyplane(tmp_path, obedient_simulator.url + "/v1", clock=clock, **options)
     billing = kp.container.billing
-    for amount in (25_000, 40_000, 50_000):  # 50%, 80% and 100% of $0.05
+    for amount in (25_000, 40_000):  # 50% and 80% of $0.05
         billing.add_alert(kp.org.id, amount)
+    billing.add_alert(kp.org.id, 50_000, project_id=kp.project.id)  # 100%, of the one project
     try:
         responses = asyncio.run(fire(kp, bodies(50), concurrency=50))
         assert all(r.status_code == 200 for r in responses)
@@ -75,10 +76,14 @@ def test_each_threshold_emails_the_owners_once_despite_an_outage_and_a_restart(
         kp.server.stop()
         kp.container.close()
     subjects = sorted(str(r.message["Subject"]) for r in inbox.received)
-    assert [s.split(" reached ")[1].split(" of spend")[0] for s in subjects] == [
+    assert sorted(s.split(" reached ")[1].split(" of spend")[0] for s in subjects) == [
         "$0.025",
         "$0.04",
         "$0.05",
     ]
     assert all(r.rcpt_tos == ["owner@example.com"] for r in inbox.received)
+    assert any(
+        s.startswith(f"[keyplane] project {kp.project.name} of Acme reached $0.05")
+        for s in subjects
+    )
     assert len(inbox.received) == 3

@@ -102,3 +102,6 @@ class AccountService:
 
     def org_name(self, org_id: str) -> str:
         return self.find_organization(org_id).name
+
+    def project_name(self, org_id: str, project_id: str) -> str:
+        return self.find_project(org_id, project_id).name

@@ -18,7 +18,7 @@ from keyplane.billing.ports import BillingSettings, MoneyStore, SpendAlert
 from keyplane.billing.wallet import BillingMode, Lot
 from keyplane.clock import Clock
 from keyplane.emails import normalize_email
-from keyplane.errors import InvalidRequest, NotFound
+from keyplane.errors import Conflict, InvalidRequest, NotFound
 from keyplane.ids import new_id
 from keyplane.limits.tiers import TierTable
 from keyplane.text import refuse_control_characters
@@ -209,6 +209,18 @@ class BillingService:
                 "A notification threshold is a positive amount.", param="threshold_amount"
             )
         recipients = [normalize_email(a, param="recipients") for a in recipients or ()]
+        same = (project_id, threshold, tuple(sorted(set(recipients))))
+        for known in self._store.alerts(org_id):
+            if (
+                known.project_id,
+                known.threshold,
+                tuple(sorted(set(known.recipients or ()))),
+            ) == same:
+                raise Conflict(
+                    f"This notification threshold exists already ({known.id}): each is emailed "
+                    "once a month.",
+                    param="threshold_amount",
+                )
         alert = SpendAlert(
             new_id("sa_"),
             org_id,

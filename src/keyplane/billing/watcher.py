@@ -31,6 +31,7 @@ class SpendWatcher:
         *,
         owner_emails: Callable[[str], Sequence[str]],
         org_name: Callable[[str], str],
+        project_name: Callable[[str, str], str] = lambda org_id, project_id: project_id,
         public_url: str,
     ) -> None:
         self._store = store
@@ -38,6 +39,7 @@ class SpendWatcher:
         self._clock = clock
         self._owner_emails = owner_emails
         self._org_name = org_name
+        self._project_name = project_name
         self._public_url = public_url.rstrip("/")
         self._notified: set[tuple[str, str]] = set()
         self._recharging: set[str] = set()
@@ -65,7 +67,11 @@ class SpendWatcher:
 
     def _notify(self, alert: SpendAlert, spend: int, period: str, now: float) -> int:
         name = self._org_name(alert.org_id)
-        scope = f"project {alert.project_id} of {name}" if alert.project_id else name
+        scope = (
+            f"project {self._project_name(alert.org_id, alert.project_id)} of {name}"
+            if alert.project_id
+            else name
+        )
         recipients = alert.recipients or tuple(self._owner_emails(alert.org_id))
         if not recipients:
             return 0

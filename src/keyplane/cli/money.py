@@ -209,7 +209,7 @@ def alerts_list(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
     for a in alerts:
         table.add_row(
             a.id,
-            a.project_id or "organization",
+            c.accounts.project_name(org_id, a.project_id) if a.project_id else "organization",
             usd(a.threshold),
             ", ".join(a.recipients or ["Owners"]),
         )
