@@ -25,7 +25,11 @@ def bind(host: str, port: int) -> socket.socket:
     # Accepted connections inherit this on Linux. Without it, a response written as headers then
     # body waits for the client's delayed ACK (~40 ms per request) under Nagle's algorithm.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock

@@ -24,6 +24,7 @@ import asyncio
 import base64
 import hashlib
 import math
+import socket
 import struct
 import time
 import uuid
@@ -415,11 +416,10 @@ def create_app(config: SimulatorConfig = SimulatorConfig()) -> ASGIApp:
     return app
 
 
-def serve(host: str, port: int, config: SimulatorConfig) -> None:
-    """Run the simulator until stopped (Ctrl-C / SIGTERM)."""
+def serve(sock: socket.socket, config: SimulatorConfig) -> None:
+    """Run the simulator on the listening ``sock`` until stopped (Ctrl-C / SIGTERM)."""
     from keyplane import server
 
-    sock = server.bind(host, port)
     simulator = server.make_server(create_app(config))
 
     async def main() -> None:

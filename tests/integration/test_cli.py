@@ -399,3 +399,29 @@ def test_an_unreachable_database_is_one_line_not_a_traceback(
             assert ("trying again" in result.output) == retried
     finally:
         closed.close()
+
+
+def test_common_mistakes_are_one_line_errors(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port taken, a bad upstream URL, a bad setting: a line saying so, and no secret shown by
+    a first start that could not serve."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = str(taken.getsockname()[1])
+    try:
+        for args, said in (
+            (["dev", "--port", port], f"cannot listen on 127.0.0.1:{port}: Address already in use"),
+            (["simulate", "--port", port], "Address already in use"),
+            (["serve", "--upstream", "notaurl"], "'notaurl' is not a URL"),
+        ):
+            result = run(*args, ok=False)
+            assert result.exit_code == 1 and isinstance(result.exception, SystemExit), args
+            assert said in " ".join(result.output.split()), result.output
+            assert "Owner login" not in result.output
+    finally:
+        taken.close()
+    monkeypatch.setenv("KEYPLANE_SMTP_PORT", "abc")
+    result = run("usage", ok=False)
+    assert result.exit_code == 1 and "KEYPLANE_SMTP_PORT: Input should be a valid integer" in (
+        " ".join(result.output.split())
+    )

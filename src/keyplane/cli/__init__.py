@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import secrets
+import socket
 import sys
 from typing import Annotated, Any
 
@@ -183,8 +184,9 @@ def simulate(
     """Run the upstream simulator: an OpenAI-compatible server with deterministic token counts."""
     from keyplane import simulator
 
+    sock = _listen(host, port)
     out.print(f"keyplane upstream SIMULATOR (not a real model) on http://{host}:{port}/v1")
-    simulator.serve(host, port, SimulatorConfig(latency_ms, tokens_per_second, completion_tokens))
+    simulator.serve(sock, SimulatorConfig(latency_ms, tokens_per_second, completion_tokens))
 
 
 @app.command()
@@ -203,15 +205,18 @@ def serve(
     """Run the gateway."""
     overrides: dict[str, Any] = {"host": host, "port": port}
     if upstream:
-        overrides["upstreams"] = [
-            UpstreamSettings(name="cli", base_url=upstream, api_key=upstream_key)
-        ]
+        try:
+            overrides["upstreams"] = [
+                UpstreamSettings(name="cli", base_url=upstream, api_key=upstream_key)
+            ]
+        except ValueError:
+            fail(f"--upstream: '{upstream}' is not a URL such as https://api.openai.com/v1")
     c = container(wait_for_database_s=SERVER_WAITS_FOR_DATABASE_S, **overrides)
     if not c.settings.upstreams:
         fail(
             "no upstream configured: pass --upstream URL, set KEYPLANE_UPSTREAMS, or use `make run` for the simulator"
         )
-    server.run(_serve(c))
+    server.run(_serve(c, _listen(c.settings.host, c.settings.port)))
 
 
 @app.command()
@@ -223,6 +228,7 @@ def dev(
 ) -> None:
     """What `make run` does: initialize on first start, add the simulator if no upstream is set, serve."""
     c = container(wait_for_database_s=SERVER_WAITS_FOR_DATABASE_S, host=host, port=port)
+    sock = _listen(c.settings.host, c.settings.port)  # before a first start shows its secrets
     if c.accounts.organizations():
         out.print("keyplane is already initialized. Create more keys with:")
         out.print(
@@ -243,7 +249,7 @@ def dev(
             styled("No upstream configured: using the built-in upstream ", bold("SIMULATOR"),
                    f" at {sim_url} (not a real model).")
         )  # fmt: skip
-    server.run(_serve(c, simulator_sock=sim_sock))
+    server.run(_serve(c, sock, simulator_sock=sim_sock))
 
 
 def _first_start(c: bootstrap.Container) -> None:
@@ -265,12 +271,19 @@ def _first_start(c: bootstrap.Container) -> None:
     out.print(f"  Project key ({project.name}): {secret}", highlight=False, soft_wrap=True)
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, or a one-line error (the port taken, an address not this host's)."""
+    try:
+        return server.bind(host, port)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
 async def _serve(
-    c: bootstrap.Container, *, simulator_sock: Any = None, simulator_port: None = None
+    c: bootstrap.Container, sock: socket.socket, *, simulator_sock: socket.socket | None = None
 ) -> None:
     s: Settings = c.settings
     logs.configure(s.log_level)
-    sock = server.bind(s.host, s.port)
     gateway = server.make_server(bootstrap.build_app(c)[0], access_log=s.access_log)
     running = [(gateway, sock)]
     if simulator_sock is not None:

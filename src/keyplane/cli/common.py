@@ -9,6 +9,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
@@ -55,6 +56,11 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
+def _setting(loc: tuple[int | str, ...]) -> str:
+    """A setting as it is set: KEYPLANE_SMTP_PORT for ("smtp_port",)."""
+    return f"KEYPLANE_{str(loc[0]).upper()}" if loc else "a setting"
+
+
 def container(*, wait_for_database_s: float = 0, **overrides: Any) -> bootstrap.Container:
     """The composition root for a command. A database that cannot be reached is a one-line error,
     after ``wait_for_database_s`` of trying again (a server started with its database, say)."""
@@ -63,8 +69,12 @@ def container(*, wait_for_database_s: float = 0, **overrides: Any) -> bootstrap.
     while True:
         try:
             return bootstrap.build(load_settings(**overrides))
+        except ValidationError as exc:  # a setting's value, from the environment or a file
+            fail("; ".join(f"{_setting(e['loc'])}: {e['msg']}" for e in exc.errors()))
         except ValueError as exc:
             fail(str(exc))
+        except OSError as exc:  # the data directory, say
+            fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
         except StoreUnavailable as exc:
             if time.monotonic() >= deadline:
                 fail(exc.message)
