@@ -377,6 +377,20 @@ def test_an_admin_key_can_be_created_after_the_first_start(run: Any) -> None:
     assert created["value"] not in run("keys", "list").stdout
 
 
+def test_tables_show_ids_whole_in_a_narrow_terminal(
+    run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The id a table shows is what the next command takes (keys revoke KEY_ID)."""
+    init(run)
+    monkeypatch.setenv("COLUMNS", "80")
+    ids = [k["id"] for k in json.loads(run("keys", "list", "--json").stdout)]
+    listing = run("keys", "list").stdout
+    assert all(key_id in listing for key_id in ids)
+    lots = json.loads(run("credits", "show", "--json").stdout)["lots"]
+    shown = run("credits", "show").stdout
+    assert lots and all(lot["id"] in shown for lot in lots)
+
+
 def test_an_unreachable_database_is_one_line_not_a_traceback(
     run: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,7 +11,6 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from keyplane import bootstrap, logs, server
 from keyplane.cli.access import access_app
@@ -21,6 +20,7 @@ from keyplane.cli.common import (
     bold,
     container,
     fail,
+    id_table,
     is_duration,
     iso,
     out,
@@ -146,7 +146,9 @@ def usage(
         rows = [{**r.asdict(), "outcome": r.outcome.value} for r in records]
         out.print_json(json.dumps(rows))
         return
-    table = Table("time", "request", "model", "endpoint", "in", "cached", "out", "status", "cost $")
+    table = id_table(
+        "time", "request", "model", "endpoint", "in", "cached", "out", "status", "cost $", ids=1
+    )
     for r in records:
         table.add_row(
             iso(r.created_at), r.request_id, r.model, r.endpoint, str(r.input_tokens),

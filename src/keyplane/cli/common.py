@@ -11,6 +11,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from keyplane import bootstrap
@@ -42,6 +43,14 @@ def bold(text: str) -> tuple[str, str]:
 
 
 DATABASE_RETRY_S = 2.0
+
+
+def id_table(*headers: str, ids: int = 0) -> Table:
+    """A table whose ``ids`` column is never cut short: it is what the next command needs (the
+    others may be; ``--json`` has them whole)."""
+    table = Table(*headers)
+    table.columns[ids].no_wrap = True
+    return table
 
 
 def listed(allowlist: tuple[str, ...] | None) -> str:

@@ -6,7 +6,6 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from keyplane import bootstrap
@@ -16,6 +15,7 @@ from keyplane.cli.common import (
     bold,
     container,
     fail,
+    id_table,
     iso,
     listed,
     out,
@@ -158,7 +158,7 @@ def keys_list(
     if as_json:
         out.print_json(json.dumps([key_json(k, now, days) for k in keys]))
         return
-    table = Table(
+    table = id_table(
         "id", "name", "key", "project", "permissions", "status", "created", "expires", "last used"
     )
     for k in keys:

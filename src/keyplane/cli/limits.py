@@ -6,9 +6,19 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from keyplane.cli.common import JsonOpt, OrgOpt, bold, container, fail, iso, out, styled, usd
+from keyplane.cli.common import (
+    JsonOpt,
+    OrgOpt,
+    bold,
+    container,
+    fail,
+    id_table,
+    iso,
+    out,
+    styled,
+    usd,
+)
 from keyplane.errors import KeyplaneError
 from keyplane.limits.ratelimit import MAX_LIMIT, ModelLimits
 
@@ -96,7 +106,7 @@ def ratelimits_show(
             json.dumps([{"id": r.id, "model": r.model, **_as_dict(r.limits)} for r in rows])
         )
         return
-    table = Table("id", "model", "RPM", "TPM", "RPD", "images/min", "audio MB/min")
+    table = id_table("id", "model", "RPM", "TPM", "RPD", "images/min", "audio MB/min")
     for r in rows:
         table.add_row(r.id, r.model, *_limits_row(r.limits))
     out.print(table)

@@ -6,13 +6,13 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from keyplane.billing.wallet import BillingMode
 from keyplane.cli.common import (
     JsonOpt,
     OrgOpt,
     fail,
+    id_table,
     iso,
     out,
     parse_duration,
@@ -124,7 +124,7 @@ def credits_show(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
     out.print(
         f"Available ${usd(balance.available)}   held ${usd(balance.held)}   spent ${usd(balance.spent)}"
     )
-    table = Table("lot", "kind", "amount $", "remaining $", "expires", "note")
+    table = id_table("lot", "kind", "amount $", "remaining $", "expires", "note")
     for lot in lots:
         state = " (revoked)" if lot["revoked"] else ""
         table.add_row(
@@ -205,7 +205,7 @@ def alerts_list(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
         ]
         out.print_json(json.dumps(rows))
         return
-    table = Table("id", "scope", "threshold $", "recipients")
+    table = id_table("id", "scope", "threshold $", "recipients")
     for a in alerts:
         table.add_row(
             a.id,
