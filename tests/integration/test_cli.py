@@ -121,6 +121,8 @@ def test_keys_create_list_revoke(run: Any) -> None:
     assert statuses[created["id"]] == "revoked"
     missing = run("keys", "revoke", "key_doesnotexist", ok=False)
     assert missing.exit_code == 1 and "No API key" in missing.output
+    changed = run("keys", "update", created["id"], "--read-only", ok=False)  # revoked above
+    assert changed.exit_code == 1 and "revoked" in changed.output
     bad = run("keys", "create", "--project", "Nope", "--name", "x", ok=False)
     assert bad.exit_code == 1 and "No project" in bad.output
 
@@ -269,11 +271,12 @@ def test_credits_budget_alerts_and_billing_commands(run: Any) -> None:
     for amount, why in [
         ("1,000", "not an amount"), ("NaN", "not an amount"), ("inf", "not an amount"),
         ("-5", "not an amount"), ("99999999999999999999", "not an amount"),
-        ("0.009", "finer than a cent"),
+        ("0.009", "finer than a cent"), ("1e3", "not an amount"), ("1_000", "not an amount"),
+        ("\u0661\u0660", "not an amount"), ("10.", "not an amount"),
     ]:  # fmt: skip
         bad = run("budget", "set", "--amount", amount, ok=False)
         assert bad.exit_code == 2 and why in bad.output and "Traceback" not in bad.output, amount
-    assert "finer than a micro" in run("credits", "grant", "--amount", "1e-7", ok=False).output
+    assert "finer than a micro" in run("credits", "grant", "--amount", "0.0000001", ok=False).output
     run("budget", "set", "--amount", "20")
     run("budget", "set", "--amount", "5", "--project", "Default project")
     run("alerts", "add", "--amount", "10")
@@ -352,6 +355,17 @@ def test_keys_restrict_rotate_and_flag_old_keys(run: Any) -> None:
     assert listed["needs_rotation"] is False
     bad = run("keys", "update", created["id"], "--allow-ip", "not-an-ip", ok=False)
     assert bad.exit_code == 1 and "not an IP" in bad.output
+    for both in (["--read-only", "--all-permissions"], ["--allow-ip", "10.0.0.1", "--any-ip"],
+                 ["--tpm", "5", "--clear-limits"]):  # fmt: skip
+        bad = run("keys", "update", created["id"], *both, ok=False)
+        assert bad.exit_code == 1 and "not both" in bad.output, both
+    # Limits change one at a time, and the listing shows them.
+    run("keys", "update", created["id"], "--rpm", "2")
+    run("keys", "update", created["id"], "--rpd", "100")
+    [listed] = [
+        k for k in json.loads(run("keys", "list", "--json").stdout) if k["id"] == created["id"]
+    ]
+    assert listed["rate_limits"] == {"rpm": 2, "tpm": None, "rpd": 100}
     rotated = json.loads(run("keys", "rotate", created["id"], "--grace", "24h", "--json").stdout)
     assert rotated["rotated_from"] == created["id"] and rotated["value"].startswith("sk-kp-proj-")
     statuses = {k["id"]: k for k in json.loads(run("keys", "list", "--json").stdout)}

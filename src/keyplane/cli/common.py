@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -119,14 +119,17 @@ def parse_duration(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
+_AMOUNT = re.compile(r"[0-9]+(\.[0-9]+)?|\.[0-9]+")
+
+
 def parse_usd(text: str, *, cents: bool = False) -> int:
     """``10``, ``10.5`` or ``$10.50`` → exact micro-dollars (never through a float), from $0 to
     $1,000,000,000; with ``cents``, whole cents only (budgets and alert thresholds are cents, as
     the Admin API shows them). No thousands separators: ``1,5`` could mean 1.5 or 15."""
-    try:
-        amount = Decimal(text.strip().removeprefix("$"))
-    except InvalidOperation:
-        amount = Decimal("NaN")
+    digits = text.strip().removeprefix("$")
+    # Digits and a decimal point only: Decimal() also reads 1e3, 1_000 and other scripts' digits,
+    # and a typo must not move a thousand times the money.
+    amount = Decimal(digits) if _AMOUNT.fullmatch(digits) else Decimal("NaN")
     if not amount.is_finite() or not 0 <= amount * MICRO <= MAX_AMOUNT:
         raise typer.BadParameter(
             f"'{text}' is not an amount in dollars from 0 to 1000000000, like 10.50"

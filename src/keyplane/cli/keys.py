@@ -28,7 +28,7 @@ from keyplane.errors import KeyplaneError
 from keyplane.keys import permissions
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
-from keyplane.limits.ratelimit import with_changes
+from keyplane.limits.ratelimit import ModelLimits, with_changes
 
 keys_app = typer.Typer(
     help="Create, list, update, rotate and revoke API keys.", no_args_is_help=True
@@ -156,7 +156,12 @@ def keys_list(
     now, days = c.clock.now(), c.settings.key_rotation_days
     keys = c.keys.list(org_id, project_id)
     if as_json:
-        out.print_json(json.dumps([key_json(k, now, days) for k in keys]))
+        rows = []
+        for k in keys:
+            limits = c.rate_limit_service.key_limits(k.id) or ModelLimits()
+            rate_limits = {"rpm": limits.rpm, "tpm": limits.tpm, "rpd": limits.rpd}
+            rows.append({**key_json(k, now, days), "rate_limits": rate_limits})
+        out.print_json(json.dumps(rows))
         return
     table = id_table(
         "id", "name", "key", "project", "permissions", "status", "created", "expires", "last used"
@@ -200,10 +205,20 @@ def keys_update(
     org: OrgOpt = None,
 ) -> None:
     """Change a key's rate limits (lower only), permissions, allowed models or IP allowlist."""
+    for chosen, meaning in (
+        ((clear_limits, rpm or tpm or rpd), "--clear-limits or --rpm/--tpm/--rpd"),
+        ((all_permissions, read_only, bool(scope)), "--all-permissions, --read-only or --scope"),
+        ((any_model, bool(allow_model)), "--any-model or --allow-model"),
+        ((any_ip, bool(allow_ip)), "--any-ip or --allow-ip"),
+    ):
+        if sum(map(bool, chosen)) > 1:
+            fail(f"choose {meaning}, not both")
     c = container()
     try:
         organization = c.accounts.find_organization(org)
         key = c.keys.get(organization.id, key_id)
+        if key.revoked_at is not None:
+            fail(f"{key.id} is revoked: create a new key")
         changed = False
         if clear_limits or rpm or tpm or rpd:
             change = {n: v for n, v in (("rpm", rpm), ("tpm", tpm), ("rpd", rpd)) if v is not None}
