@@ -125,6 +125,9 @@ def test_keys_create_list_revoke(run: Any) -> None:
     assert changed.exit_code == 1 and "revoked" in changed.output
     bad = run("keys", "create", "--project", "Nope", "--name", "x", ok=False)
     assert bad.exit_code == 1 and "No project" in bad.output
+    never = ["--project", "Default project", "--name", "x", "--expires-in", "0d"]
+    bad = run("keys", "create", *never, ok=False)
+    assert bad.exit_code == 1 and "--expires-in: '0d' is not from 1s to 365d" in bad.output
 
     # Names are shown as typed, never acted on: no console markup, no control characters.
     run("keys", "create", "--project", "Default project", "--name", "[bold red]x[/] [link]")

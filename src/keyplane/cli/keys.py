@@ -28,6 +28,7 @@ from keyplane.errors import KeyplaneError
 from keyplane.keys import permissions
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
+from keyplane.keys.service import MAX_EXPIRES_IN_S
 from keyplane.limits.ratelimit import ModelLimits, with_changes
 
 keys_app = typer.Typer(
@@ -62,6 +63,16 @@ def key_json(key: ApiKey, now: float, rotation_days: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _expires_in(text: str | None) -> int | None:
+    """--expires-in as seconds: from a second to 365 days, as OpenAI allows."""
+    if text is None:
+        return None
+    seconds = parse_duration(text)
+    if not 0 < seconds <= MAX_EXPIRES_IN_S:
+        fail(f"--expires-in: '{text}' is not from 1s to 365d")
+    return seconds
+
+
 def _scopes(scope: list[str] | None, read_only: bool) -> list[str] | None:
     if read_only and scope:
         fail("choose --read-only or --scope, not both")
@@ -91,7 +102,7 @@ def keys_create(
         key, secret = c.keys.create(
             kind=KeyKind.PROJECT, org_id=organization.id, project_id=proj.id, name=name,
             owner_type="user", owner_id=owner.id, created_by=owner.id,
-            expires_in_s=parse_duration(expires_in) if expires_in else None,
+            expires_in_s=_expires_in(expires_in),
             scopes=_scopes(scope, read_only), allowed_models=allow_model, allowed_cidrs=allow_ip,
         )  # fmt: skip
     except KeyplaneError as exc:
@@ -123,7 +134,7 @@ def keys_create_admin(
         key, secret = c.keys.create(
             kind=KeyKind.ADMIN, org_id=organization.id, project_id=None, name=name,
             owner_type="user", owner_id=owner.id, created_by=owner.id,
-            expires_in_s=parse_duration(expires_in) if expires_in else None,
+            expires_in_s=_expires_in(expires_in),
         )  # fmt: skip
     except KeyplaneError as exc:
         fail(exc.message)
