@@ -287,8 +287,8 @@ def test_credits_budget_alerts_and_billing_commands(run: Any) -> None:
     assert alert["threshold_micro_usd"] == 10_000_000 and alert["recipients"] is None
     settings = json.loads(run("billing", "show", "--json").stdout)
     assert settings == {
-        "mode": "prepaid", "usage_limit_micro_usd": 100_000_000, "budget_micro_usd": 20_000_000,
-        "auto_recharge": False, "recharge_threshold_micro_usd": None, "recharge_target_micro_usd": None,
+        "mode": "prepaid", "usage_limit_micro_usd": 100_000_000, "usage_limit_from": "tier",
+        "budget_micro_usd": 20_000_000, "auto_recharge": False, "recharge_threshold_micro_usd": None, "recharge_target_micro_usd": None,
     }  # fmt: skip
     bad = run(
         "billing",
@@ -302,7 +302,16 @@ def test_credits_budget_alerts_and_billing_commands(run: Any) -> None:
     )
     assert bad.exit_code == 1 and "above the threshold" in bad.output
     run("billing", "set", "--mode", "postpaid", "--usage-limit", "500")
-    assert json.loads(run("billing", "show", "--json").stdout)["mode"] == "postpaid"
+    shown = json.loads(run("billing", "show", "--json").stdout)
+    assert (shown["mode"], shown["usage_limit_micro_usd"], shown["usage_limit_from"]) == (
+        "postpaid",
+        500_000_000,
+        "set",
+    )
+    assert "set to $500.00 instead" in run("tier", "show").stdout
+    run("billing", "set", "--usage-limit", "tier")  # back to the tier's
+    shown = json.loads(run("billing", "show", "--json").stdout)
+    assert (shown["usage_limit_micro_usd"], shown["usage_limit_from"]) == (100_000_000, "tier")
 
 
 def test_init_without_welcome_credit(run: Any) -> None:

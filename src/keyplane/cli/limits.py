@@ -62,6 +62,12 @@ def tier_show(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
         return
     limit = usd(p.current.monthly_usage_limit_micro_usd)
     out.print(styled("Usage tier: ", bold(p.current.name), f" (monthly usage limit ${limit})"))
+    own = c.billing.settings(org_id).usage_limit
+    if own is not None:
+        out.print(
+            f"This organization's usage limit is set to ${usd(own)} instead "
+            "(keyplane billing set --usage-limit tier goes back to the tier's)."
+        )
     if p.next is None or p.paid is None or p.days is None:
         out.print("This is the highest tier.")
         return

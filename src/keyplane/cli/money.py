@@ -234,7 +234,8 @@ def billing_show(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
     s = c.billing.settings(org_id)
     limit = c.billing.effective_usage_limit(s)
     payload = {
-        "mode": s.mode.value, "usage_limit_micro_usd": limit, "budget_micro_usd": s.budget,
+        "mode": s.mode.value, "usage_limit_micro_usd": limit,
+        "usage_limit_from": "tier" if s.usage_limit is None else "set", "budget_micro_usd": s.budget,
         "auto_recharge": s.auto_recharge, "recharge_threshold_micro_usd": s.recharge_threshold,
         "recharge_target_micro_usd": s.recharge_target,
     }  # fmt: skip
@@ -251,7 +252,10 @@ def billing_set(
     mode: Annotated[
         BillingMode | None, typer.Option(help="prepaid (needs credit) or postpaid.")
     ] = None,
-    usage_limit: Annotated[str | None, typer.Option(help="Dollars per month.")] = None,
+    usage_limit: Annotated[
+        str | None,
+        typer.Option(help="Dollars per month, instead of the tier's; 'tier' goes back to it."),
+    ] = None,
     auto_recharge: Annotated[
         bool | None, typer.Option("--auto-recharge/--no-auto-recharge")
     ] = None,
@@ -269,7 +273,7 @@ def billing_set(
     if mode is not None:
         changes["mode"] = mode
     if usage_limit is not None:
-        changes["usage_limit"] = parse_usd(usage_limit)
+        changes["usage_limit"] = None if usage_limit == "tier" else parse_usd(usage_limit)
     if auto_recharge is not None:
         changes["auto_recharge"] = auto_recharge
     if recharge_threshold is not None:
