@@ -466,5 +466,8 @@ def test_changing_some_limits_keeps_the_others() -> None:
     assert with_changes(current, {"rpm": None}) == ModelLimits(rpd=1000)
     assert with_changes(current, {"rpm": None, "rpd": None}) is None
     assert with_changes(None, {"rpm": 5}) == ModelLimits(rpm=5)
-    with pytest.raises(ValueError, match="up to 2,147,483,647"):
-        with_changes(current, {"tpm": 2**31})
+    with pytest.raises(ValueError, match="max_requests_per_1_minute must be at most 2,147,483,647"):
+        with_changes(current, {"rpm": 2**31})  # what the columns hold
+    with pytest.raises(ValueError, match="up to 1,000,000,000,000,000"):
+        with_changes(current, {"tpm": 10**15 + 1})
+    assert with_changes(current, {"tpm": 10**12}) == ModelLimits(rpm=2, tpm=10**12, rpd=1000)

@@ -35,7 +35,7 @@ from keyplane.ids import new_id
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
 from keyplane.keys.service import KeyService
-from keyplane.limits.ratelimit import API_NAMES, ModelLimits, with_changes
+from keyplane.limits.ratelimit import ModelLimits, with_changes
 from keyplane.text import refuse_control_characters
 
 INVITE_TTL_S = 7 * 86400
@@ -447,7 +447,7 @@ class OrgService:
             try:  # checked before anything changes
                 new_limits = with_changes(old_limits, limits)
             except ValueError as exc:
-                raise InvalidRequest(str(exc), param=API_NAMES.get(next(iter(limits)))) from None
+                raise InvalidRequest(str(exc), param=str(exc).split()[0]) from None
             before["rate_limits"] = _limits_data(old_limits)
             after["rate_limits"] = _limits_data(new_limits)
         updated = self._keys.restrict(

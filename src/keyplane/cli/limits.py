@@ -20,7 +20,7 @@ from keyplane.cli.common import (
     usd,
 )
 from keyplane.errors import KeyplaneError
-from keyplane.limits.ratelimit import MAX_LIMIT, ModelLimits
+from keyplane.limits.ratelimit import MAX_LIMIT, MAX_TOKEN_LIMIT, ModelLimits
 
 tier_app = typer.Typer(
     help="The organization's usage tier and progress to the next.", no_args_is_help=True
@@ -32,7 +32,9 @@ ratelimits_app = typer.Typer(
 Rpm = Annotated[
     int | None, typer.Option("--rpm", min=1, max=MAX_LIMIT, help="Requests per minute.")
 ]
-Tpm = Annotated[int | None, typer.Option("--tpm", min=1, max=MAX_LIMIT, help="Tokens per minute.")]
+Tpm = Annotated[
+    int | None, typer.Option("--tpm", min=1, max=MAX_TOKEN_LIMIT, help="Tokens per minute.")
+]
 Rpd = Annotated[int | None, typer.Option("--rpd", min=1, max=MAX_LIMIT, help="Requests per day.")]
 
 

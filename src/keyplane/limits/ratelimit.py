@@ -86,6 +86,7 @@ class ModelLimits:
 
 
 MAX_LIMIT = 2**31 - 1  # the largest limit a database column holds (PostgreSQL's INTEGER)
+MAX_TOKEN_LIMIT = 10**15  # tokens a minute (a BIGINT column)
 
 # The Admin API's name of each limit (OpenAI's project rate limit fields).
 API_NAMES = {
@@ -98,18 +99,29 @@ API_NAMES = {
 
 
 def _check_limit(name: str, value: object) -> None:
-    if value is not None and (type(value) is not int or not 0 < value <= MAX_LIMIT):
+    if value is not None and (type(value) is not int or not 0 < value <= MAX_TOKEN_LIMIT):
         raise ValueError(
-            f"{name} must be a positive integer up to {MAX_LIMIT:,} or None, not {value!r}"
+            f"{name} must be a positive integer up to {MAX_TOKEN_LIMIT:,} or None, not {value!r}"
         )
+
+
+def storable(limits: ModelLimits) -> ModelLimits:
+    """``limits`` if a project's or a key's override can hold them (the database's columns);
+    raises ValueError naming the first that cannot."""
+    for name in API_NAMES:
+        value: int | None = getattr(limits, name)
+        top = MAX_TOKEN_LIMIT if name == "tpm" else MAX_LIMIT
+        if value is not None and value > top:
+            raise ValueError(f"{API_NAMES[name]} must be at most {top:,}, not {value:,}")
+    return limits
 
 
 def with_changes(
     current: ModelLimits | None, change: Mapping[str, int | None]
 ) -> ModelLimits | None:
     """``current`` with the limits ``change`` names set (None lifts one), the others kept; None
-    when no limit is left. Raises ValueError for a value out of range."""
-    merged = replace(current or ModelLimits(), **change)
+    when no limit is left. Raises ValueError for a value out of range (``storable``)."""
+    merged = storable(replace(current or ModelLimits(), **change))
     return None if merged == ModelLimits() else merged
 
 

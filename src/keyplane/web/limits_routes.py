@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from keyplane.accounts.service import AccountService
 from keyplane.billing.promotion import TierPromoter
 from keyplane.errors import NotFound, StoreUnavailable
-from keyplane.limits.ratelimit import MAX_LIMIT, ModelLimits
+from keyplane.limits.ratelimit import MAX_LIMIT, MAX_TOKEN_LIMIT, ModelLimits
 from keyplane.limits.service import ProjectRateLimit, RateLimitService
 from keyplane.web.auth import Admin, Ctx
 from keyplane.web.authz import AUTHZ_RESPONSES, Audit, authorize
@@ -65,7 +65,7 @@ class RateLimit(BaseModel):
 class RateLimitUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_requests_per_1_minute: int | None = Field(default=None, ge=1, le=MAX_LIMIT, strict=True)
-    max_tokens_per_1_minute: int | None = Field(default=None, ge=1, le=MAX_LIMIT, strict=True)
+    max_tokens_per_1_minute: int | None = Field(default=None, ge=1, le=MAX_TOKEN_LIMIT, strict=True)
     max_requests_per_1_day: int | None = Field(default=None, ge=1, le=MAX_LIMIT, strict=True)
     max_images_per_1_minute: int | None = Field(default=None, ge=1, le=MAX_LIMIT, strict=True)
     max_audio_megabytes_per_1_minute: int | None = Field(

@@ -18,7 +18,7 @@ from keyplane.accounts.models import Project, ServiceAccount
 from keyplane.accounts.org_ports import Member, ProjectMember, ProjectRole
 from keyplane.accounts.orgs import UNCHANGED
 from keyplane.keys.models import ApiKey
-from keyplane.limits.ratelimit import API_NAMES, MAX_LIMIT, ModelLimits
+from keyplane.limits.ratelimit import API_NAMES, MAX_LIMIT, MAX_TOKEN_LIMIT, ModelLimits
 from keyplane.web.authz import AUTHZ_RESPONSES, CONFLICT, Allowed, OrgServices, Services, authorize
 from keyplane.web.billing_routes import After, Limit
 from keyplane.web.org_routes import ExpiresIn, KeyUser, Name, key_user
@@ -151,7 +151,9 @@ class ProjectApiKeyUpdate(Request):
     allowed_models: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = None
     allowed_ips: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = None
     max_requests_per_1_minute: KeyLimit = None
-    max_tokens_per_1_minute: KeyLimit = None
+    max_tokens_per_1_minute: Annotated[int | None, Field(ge=1, le=MAX_TOKEN_LIMIT, strict=True)] = (
+        None
+    )
     max_requests_per_1_day: KeyLimit = None
 
 
