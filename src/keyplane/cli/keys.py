@@ -79,13 +79,17 @@ def _scopes(scope: list[str] | None, read_only: bool) -> list[str] | None:
     return [permissions.ALL_READ] if read_only else scope
 
 
+KeyName = Annotated[str, typer.Option(help="A name to recognize the key by.")]
+KeyLifetime = Annotated[
+    str | None, typer.Option(help="Lifetime such as 30d or 12h (default: never).")
+]
+
+
 @keys_app.command("create")
 def keys_create(
     project: Annotated[str, typer.Option(help="Project name or id.")],
-    name: Annotated[str, typer.Option(help="A name to recognize the key by.")],
-    expires_in: Annotated[
-        str | None, typer.Option(help="Lifetime such as 30d or 12h (default: never).")
-    ] = None,
+    name: KeyName,
+    expires_in: KeyLifetime = None,
     scope: Scopes = None,
     read_only: ReadOnly = False,
     allow_model: Models = None,
@@ -118,10 +122,8 @@ def keys_create(
 
 @keys_app.command("create-admin")
 def keys_create_admin(
-    name: Annotated[str, typer.Option(help="A name to recognize the key by.")],
-    expires_in: Annotated[
-        str | None, typer.Option(help="Lifetime such as 30d or 12h (default: never).")
-    ] = None,
+    name: KeyName,
+    expires_in: KeyLifetime = None,
     org: OrgOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
