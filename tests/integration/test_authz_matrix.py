@@ -94,8 +94,8 @@ def fresh_ids(env: OrgEnv, route: APIRoute) -> dict[str, str]:
         key, _ = orgs.create_admin_key(actor, org_id, "a", env.owner.id, expires_in_s=None)
     else:
         key, _ = orgs.create_project_key(actor, org_id, project.id, "k", env.owner.id)
-    alert = container.billing.add_alert(
-        org_id, 10_000, project_id=project.id if in_project else None
+    alert = container.billing.add_alert(  # (a threshold of its own: the same one is refused)
+        org_id, 10_000 + n, project_id=project.id if in_project else None
     )
     return {
         "n": str(n),

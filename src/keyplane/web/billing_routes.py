@@ -23,7 +23,7 @@ from keyplane.billing.wallet import BillingMode, Lot
 from keyplane.errors import Conflict, NotFound, StoreUnavailable
 from keyplane.gateway.errors import ApiError
 from keyplane.web.auth import Admin, AdminContext, AdminServices, Ctx
-from keyplane.web.authz import AUTHZ_RESPONSES, Audit, Recorder, authorize
+from keyplane.web.authz import AUTHZ_RESPONSES, CONFLICT, Audit, Recorder, authorize
 from keyplane.web.errors import AdminApiError, params_named
 from keyplane.web.schemas import (
     AutoRecharge,
@@ -360,7 +360,7 @@ async def list_spend_alerts(
     return page(alerts, lambda a: a.id, limit=limit, after=after)
 
 
-@router.post("/spend_alerts", tags=["limits"], name="spend_alerts.create")
+@router.post("/spend_alerts", tags=["limits"], name="spend_alerts.create", responses=CONFLICT)
 async def create_spend_alert(
     ctx: Ctx, caller: Admin, audit: Audit, body: SpendAlertCreate
 ) -> SpendAlert:
@@ -387,7 +387,10 @@ async def list_project_spend_alerts(
 
 
 @router.post(
-    "/projects/{project_id}/spend_alerts", tags=["limits"], name="project_spend_alerts.create"
+    "/projects/{project_id}/spend_alerts",
+    tags=["limits"],
+    name="project_spend_alerts.create",
+    responses=CONFLICT,
 )
 async def create_project_spend_alert(
     ctx: Ctx, caller: Admin, audit: Audit, project_id: str, body: SpendAlertCreate
