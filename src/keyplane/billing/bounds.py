@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, final
 
 from keyplane.usage.pricing import MICRO, Price
+from keyplane.usage.tokens import IMAGE_PARTS
 from keyplane.values import Value
 
 IMAGE_TOKEN_ALLOWANCE = 3000  # an image on a model whose price entry sets no image_input_tokens
@@ -85,7 +86,7 @@ def _media(messages: Any) -> tuple[int, int, bool]:
             kind = part.get("type")
             if kind in _FILE_PARTS or not _FILE_KEYS.isdisjoint(part):
                 files = True
-            if kind in _IMAGE_PARTS or not _IMAGE_KEYS.isdisjoint(part):
+            if kind in IMAGE_PARTS or not _IMAGE_KEYS.isdisjoint(part):
                 images += 1
                 size += _inline_size(part)
     return images, size, files
@@ -100,7 +101,6 @@ def _inline_size(part: dict[str, Any]) -> int:
     return 0
 
 
-_IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 _IMAGE_KEYS = frozenset({"image_url", "image"})
 _FILE_PARTS = frozenset({"file", "input_file"})
 _FILE_KEYS = frozenset({"file", "file_id", "file_data", "file_url"})

@@ -276,9 +276,9 @@ class Pipeline:
         fields: tuple[str, ...], asked: int | None, wanted: int, choices: int, now: float,
     ) -> bool:  # fmt: skip
         """Places the money hold for ``bound`` at ``price`` (the call's: an unpriced model was
-        refused before); returns True when the payload now carries a lower output cap (``fields``/``asked``: the
-        client's own cap, if any; ``wanted``: the cap per output the hold covers unless lowered;
-        ``choices``: how many outputs)."""
+        refused before); returns True when the payload now carries a lower output cap
+        (``fields``/``asked``: the client's own cap, if any; ``wanted``: the cap per output the
+        hold covers unless lowered; ``choices``: how many outputs)."""
         admission = self.money.admit(
             org, call.key, call.request_id, call.model, call.endpoint.name, bound, wanted, now
         )

@@ -14,7 +14,7 @@ import orjson
 
 CHARS_PER_TOKEN = 4
 IMAGE_TOKENS = 765  # 85 + 170 per 512-pixel tile, four tiles: a 1024×1024 image at high detail
-_IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 _REQUEST_JSON = ("tools", "functions", "response_format")  # definitions the model reads too
 
 
@@ -53,7 +53,7 @@ def estimate_chat_prompt(messages: Any) -> int:
         total += 3 + estimate_text(content_text(content))
         if isinstance(content, list):
             total += IMAGE_TOKENS * sum(
-                1 for p in content if isinstance(p, dict) and p.get("type") in _IMAGE_PARTS
+                1 for p in content if isinstance(p, dict) and p.get("type") in IMAGE_PARTS
             )
         calls = message.get("tool_calls")
         if isinstance(calls, list) and calls:
