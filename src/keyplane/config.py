@@ -12,6 +12,7 @@ import os
 import secrets
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -38,6 +39,13 @@ class UpstreamSettings(BaseModel):
         v = v.rstrip("/")
         if not v.startswith(("http://", "https://")):
             raise ValueError("an upstream base_url starts with http:// or https://")
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 (raises ValueError when out of range)
+        except ValueError:
+            raise ValueError(f"'{v}' is not a valid URL (its port?)") from None
+        if not parts.hostname:
+            raise ValueError(f"'{v}' names no host")
         return v
 
 

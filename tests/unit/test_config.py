@@ -105,6 +105,15 @@ def test_bad_upstream_base_url_is_refused(url: str) -> None:
         UpstreamSettings(base_url=url)
 
 
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [("http://127.0.0.1:99999/v1", "not a valid URL"), ("http://:8080/v1", "names no host")],
+)
+def test_an_upstream_url_with_a_bad_port_or_no_host_is_refused(url: str, why: str) -> None:
+    with pytest.raises(ValidationError, match=why):
+        UpstreamSettings(base_url=url)
+
+
 def test_bad_upstream_in_env_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KEYPLANE_UPSTREAMS", '[{"base_url": "localhost:8000"}]')
     with pytest.raises(ValidationError, match="http:// or https://"):
