@@ -83,7 +83,7 @@ def container(*, wait_for_database_s: float = 0, **overrides: Any) -> bootstrap.
         except ValueError as exc:
             fail(str(exc))
         except OSError as exc:  # the data directory, say
-            fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+            fail(f"cannot use {exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc))
         except StoreUnavailable as exc:
             if time.monotonic() >= deadline:
                 fail(exc.message)

@@ -74,7 +74,8 @@ def refusal(scope: Scope, left: int, least: int) -> str:
     return (
         f"This request needs ${format_usd(least)} held (its prompt counted at its longest, and a "
         f"few output tokens), more than the ${format_usd(left)} left {_LEFT[scope]} (requests in "
-        "flight included). Send a shorter prompt, or raise the limit."
+        "flight included). Send a smaller request (a shorter prompt, fewer images), or raise "
+        "the limit."
     )
 
 
