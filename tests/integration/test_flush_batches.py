@@ -178,10 +178,11 @@ async def _catches_up_when_behind(kp: InProcess) -> None:
     money: Any = kp.money
     assert money._flush_interval_s == 3600  # (in_process: flushes only when asked)
     busy = BusyLoop(kp, busy_s=0.0005)
-    on_time = max([await busy.flush(800) for _ in range(2)])
+    # (The least of three on time: other work on the machine only ever lengthens a pass.)
+    on_time = min([await busy.flush(800) for _ in range(3)])
     money._flush_interval_s = 0.0005  # every pass of this busy loop lasts an interval
     behind = max([await busy.flush(800) for _ in range(2)])
-    assert kp.usage_count() == 3200
+    assert kp.usage_count() == 4000
     # On time: writing for half the 0.5 ms the rest of a pass took; behind: the share growing
     # pass by pass, up to 5 ms. (Short passes, so that the flush spans enough of them for its
     # share to grow: with 2 ms passes, 800 settlements were written in ~6 ms, in three passes on
