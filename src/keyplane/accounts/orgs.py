@@ -35,7 +35,7 @@ from keyplane.ids import new_id
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
 from keyplane.keys.service import KeyService
-from keyplane.limits.ratelimit import ModelLimits, with_changes
+from keyplane.limits.ratelimit import LimitOutOfRange, ModelLimits, with_changes
 from keyplane.text import refuse_control_characters
 
 INVITE_TTL_S = 7 * 86400
@@ -441,13 +441,14 @@ class OrgService:
         key = self.project_key(org_id, project_id, key_id)
         before: dict[str, Any] = _key_access(key)
         after: dict[str, Any] = {}
+        key_limits = self._key_limits if limits else None
         new_limits: ModelLimits | None = None
-        if limits and self._key_limits is not None:
-            old_limits = self._key_limits.key_limits(key.id)
+        if key_limits is not None:
+            old_limits = key_limits.key_limits(key.id)
             try:  # checked before anything changes
                 new_limits = with_changes(old_limits, limits)
-            except ValueError as exc:
-                raise InvalidRequest(str(exc), param=str(exc).split()[0]) from None
+            except LimitOutOfRange as exc:
+                raise InvalidRequest(str(exc), param=exc.param) from None
             before["rate_limits"] = _limits_data(old_limits)
             after["rate_limits"] = _limits_data(new_limits)
         updated = self._keys.restrict(
@@ -456,8 +457,8 @@ class OrgService:
             allowed_models=key.allowed_models if isinstance(allowed_models, Unchanged) else allowed_models,
             allowed_cidrs=key.allowed_cidrs if isinstance(allowed_ips, Unchanged) else allowed_ips,
         )  # fmt: skip
-        if limits and self._key_limits is not None:
-            self._key_limits.set_key_limits(org_id, key.id, new_limits)
+        if key_limits is not None:
+            key_limits.set_key_limits(org_id, key.id, new_limits)
         self._audit.record(
             org_id, actor, "api_key.updated", target_id=key.id, project_id=project_id,
             details={"before": before, "after": {**_key_access(updated), **after}},

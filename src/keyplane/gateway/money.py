@@ -167,7 +167,7 @@ class MoneyGuard:
             affordable = bound.max_output_for(refused.headroom) if output_tokens else -1
             least = min(output_tokens, self._min_output)
             if affordable < least or affordable < 0:
-                message = refusal(refused.scope, refused.headroom, bound.cost(max(least, 0)))
+                message = refusal(refused.scope, refused.headroom, bound.cost(least))
                 raise SpendRefused(refused.scope.value, message)
             output_tokens, clamped = affordable, True
             hold = hold.replace(amount=bound.cost(affordable))

@@ -36,7 +36,13 @@ from keyplane.gateway.errors import (
 )
 from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.ratelimits import RateGuard
-from keyplane.gateway.streaming import SseAccounting, answer_usage, error_event, estimated_output
+from keyplane.gateway.streaming import (
+    SseAccounting,
+    answer_usage,
+    error_event,
+    estimated_output,
+    json_object,
+)
 from keyplane.gateway.transport import UpstreamError, UpstreamResponse
 from keyplane.gateway.upstreams import UpstreamRouter, UpstreamUnavailable
 from keyplane.keys.authenticator import KeyAuthenticator
@@ -329,7 +335,7 @@ class Pipeline:
                 self._meter(call, 200, reported, _COMPLETED, estimated=False)
             else:  # an answer with no usable usage is billed on estimates, as a stream would be
                 out = estimated_output(content) if call.endpoint.has_output else 0
-                if not _json_object(content):  # (empty, cut, HTML...): the SDKs cannot read it
+                if json_object(content) is None:  # (empty, cut, HTML...): no SDK could read it
                     used = (call.estimated_input, 0, out)
                     self._meter(call, 502, used, Outcome.UPSTREAM_BROKEN, estimated=True)
                     raise ApiError(
@@ -539,13 +545,6 @@ def _too_large(limit: int) -> ApiError:
         f"The request body is larger than the limit of {limit} bytes.",
         code="request_too_large",
     )
-
-
-def _json_object(content: bytes) -> bool:
-    try:
-        return type(orjson.loads(content)) is dict
-    except orjson.JSONDecodeError:
-        return False
 
 
 def _parse(body: bytes, endpoint: Endpoint) -> dict[str, Any]:

@@ -181,7 +181,7 @@ class SseAccounting:
             if self._pending_bytes > _PENDING_MAX:
                 self._count_pending()
             return True
-        obj = _json_object(payload)
+        obj = json_object(payload)
         if obj is None:
             return True
         if obj.get("usage") is not None:
@@ -195,7 +195,7 @@ class SseAccounting:
 
     def _count_pending(self) -> None:
         for payload in self._pending:
-            obj = _json_object(payload)
+            obj = json_object(payload)
             if obj is not None:
                 self._chars += generated_chars(obj)
         self._pending, self._pending_bytes = [], 0
@@ -207,7 +207,7 @@ class SseAccounting:
         return estimate_chars(self._chars)
 
 
-def _json_object(payload: bytes) -> dict[str, Any] | None:
+def json_object(payload: bytes) -> dict[str, Any] | None:
     try:
         obj = orjson.loads(payload)  # (whitespace around it is fine)
     except orjson.JSONDecodeError:

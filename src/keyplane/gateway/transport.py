@@ -38,8 +38,9 @@ class ConnectFailed(UpstreamError):
 
 
 class ClosedBeforeAnswer(UpstreamError):
-    """The upstream closed a new connection after the request was sent and before answering: it
-    may have received the request (and be billing it), so it is not sent again."""
+    """The upstream closed the connection after the request was sent and before answering (a new
+    one, or one reused at once): it may have received the request (and be billing it), so it is
+    not sent again."""
 
 
 class ReadTimedOut(UpstreamError):

@@ -98,21 +98,30 @@ API_NAMES = {
 }
 
 
+class LimitOutOfRange(ValueError):
+    """A limit's value out of range; ``param`` is the limit's Admin API name."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.param = API_NAMES.get(name, name)
+
+
 def _check_limit(name: str, value: object) -> None:
     if value is not None and (type(value) is not int or not 0 < value <= MAX_TOKEN_LIMIT):
-        raise ValueError(
-            f"{name} must be a positive integer up to {MAX_TOKEN_LIMIT:,} or None, not {value!r}"
+        raise LimitOutOfRange(
+            name,
+            f"{name} must be a positive integer up to {MAX_TOKEN_LIMIT:,} or None, not {value!r}",
         )
 
 
 def storable(limits: ModelLimits) -> ModelLimits:
     """``limits`` if a project's or a key's override can hold them (the database's columns);
-    raises ValueError naming the first that cannot."""
+    raises LimitOutOfRange for the first that cannot."""
     for name in API_NAMES:
         value: int | None = getattr(limits, name)
         top = MAX_TOKEN_LIMIT if name == "tpm" else MAX_LIMIT
         if value is not None and value > top:
-            raise ValueError(f"{API_NAMES[name]} must be at most {top:,}, not {value:,}")
+            raise LimitOutOfRange(name, f"{API_NAMES[name]} must be at most {top:,}, not {value:,}")
     return limits
 
 
@@ -120,7 +129,7 @@ def with_changes(
     current: ModelLimits | None, change: Mapping[str, int | None]
 ) -> ModelLimits | None:
     """``current`` with the limits ``change`` names set (None lifts one), the others kept; None
-    when no limit is left. Raises ValueError for a value out of range (``storable``)."""
+    when no limit is left. Raises LimitOutOfRange for a value out of range."""
     merged = storable(replace(current or ModelLimits(), **change))
     return None if merged == ModelLimits() else merged
 

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from keyplane.clock import Clock
 from keyplane.errors import InvalidRequest
 from keyplane.limits.ports import RateLimitStore
-from keyplane.limits.ratelimit import API_NAMES, ModelLimits, effective, raised_fields, storable
+from keyplane.limits.ratelimit import (
+    API_NAMES,
+    LimitOutOfRange,
+    ModelLimits,
+    effective,
+    raised_fields,
+    storable,
+)
 from keyplane.limits.tiers import DEFAULT_ROW, Tier, base_model
 
 
@@ -54,8 +61,8 @@ class RateLimitService:
             )
         try:
             storable(limits)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), param=str(exc).split()[0]) from None
+        except LimitOutOfRange as exc:
+            raise InvalidRequest(str(exc), param=exc.param) from None
         org_limits = self._tier_of(org_id).limits_for(model)
         too_high = [API_NAMES[name] for name in raised_fields(org_limits, limits)]
         if too_high:
