@@ -403,18 +403,32 @@ def test_an_admin_key_can_be_created_after_the_first_start(run: Any) -> None:
     assert created["value"] not in run("keys", "list").stdout
 
 
-def test_tables_show_ids_whole_in_a_narrow_terminal(
+def test_tables_fit_a_narrow_terminal_and_keep_ids_whole(
     run: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The id a table shows is what the next command takes (keys revoke KEY_ID)."""
+    """At 80 columns a table leaves out what fits least and says so, rather than cutting every
+    value short; the id it shows is whole: it is what the next command takes (keys revoke ID)."""
     init(run)
-    monkeypatch.setenv("COLUMNS", "80")
-    ids = [k["id"] for k in json.loads(run("keys", "list", "--json").stdout)]
-    listing = run("keys", "list").stdout
-    assert all(key_id in listing for key_id in ids)
+    keys = json.loads(run("keys", "list", "--json").stdout)
     lots = json.loads(run("credits", "show", "--json").stdout)["lots"]
-    shown = run("credits", "show").stdout
+    wide_keys, wide_lots = run("keys", "list").stdout, run("credits", "show").stdout
+    assert "Not shown" not in wide_keys + wide_lots
+    assert all(k["created_at"] and _iso(k["created_at"]) in wide_keys for k in keys)
+
+    monkeypatch.setenv("COLUMNS", "80")
+    listing, shown = run("keys", "list").stdout, run("credits", "show").stdout
+    assert all(len(line) <= 80 for line in (listing + shown).splitlines())
+    assert all(k["id"] in listing and k["name"] in listing for k in keys)
+    assert all(k["redacted_value"] in listing for k in keys)
     assert lots and all(lot["id"] in shown for lot in lots)
+    note = " ".join(listing.split())
+    assert "Not shown at this width: project," in note and "(--json has them)" in note
+
+
+def _iso(ts: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def test_an_unreachable_database_is_one_line_not_a_traceback(

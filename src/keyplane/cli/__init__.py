@@ -15,17 +15,18 @@ import typer
 from keyplane import bootstrap, logs, server
 from keyplane.cli.access import access_app
 from keyplane.cli.common import (
+    Col,
     JsonOpt,
     OrgOpt,
     bold,
     container,
     fail,
-    id_table,
     is_duration,
     iso,
     out,
     parse_duration,
     parse_usd,
+    print_table,
     scope,
     styled,
     usd,
@@ -146,15 +147,25 @@ def usage(
         rows = [{**r.asdict(), "outcome": r.outcome.value} for r in records]
         out.print_json(json.dumps(rows))
         return
-    table = id_table(
-        "time", "request", "model", "endpoint", "in", "cached", "out", "status", "cost $", ids=1
-    )
-    for r in records:
-        table.add_row(
-            iso(r.created_at), r.request_id, r.model, r.endpoint, str(r.input_tokens),
-            str(r.cached_input_tokens), str(r.output_tokens), str(r.status), usd(r.cost_micro_usd),
-        )  # fmt: skip
-    out.print(table)
+    columns = (
+        Col("time", 0), Col("request", 5), Col("model", 1), Col("endpoint", 8), Col("in", 2),
+        Col("cached", 7), Col("out", 3), Col("status", 6), Col("cost $", 4),
+    )  # fmt: skip
+    cells = [
+        (
+            iso(r.created_at),
+            r.request_id,
+            r.model,
+            r.endpoint,
+            str(r.input_tokens),
+            str(r.cached_input_tokens),
+            str(r.output_tokens),
+            str(r.status),
+            usd(r.cost_micro_usd),
+        )
+        for r in records
+    ]
+    print_table(columns, cells)
     shown = "" if len(records) == count else f" (the latest {len(records):,} shown: --limit)"
     out.print(f"{count:,} requests, total ${usd(cost)}{shown}")
 

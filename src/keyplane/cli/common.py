@@ -5,12 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
+from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -45,12 +49,50 @@ def bold(text: str) -> tuple[str, str]:
 DATABASE_RETRY_S = 2.0
 
 
-def id_table(*headers: str, ids: int = 0) -> Table:
-    """A table whose ``ids`` column is never cut short: it is what the next command needs (the
-    others may be; ``--json`` has them whole)."""
-    table = Table(*headers)
-    table.columns[ids].no_wrap = True
-    return table
+@dataclass(frozen=True)
+class Col:
+    """A table column. ``keep`` ranks it for a narrow terminal (0 is kept first); a column that
+    ``wraps`` (a name, a note) counts as at most ``WRAPPED`` characters wide there."""
+
+    header: str
+    keep: int
+    wraps: bool = False
+
+
+WRAPPED = 20
+UNBOUNDED = 100_000
+
+
+def print_table(columns: Sequence[Col], rows: Iterable[Sequence[str | Text]]) -> None:
+    """Print a table that fits the terminal: the columns ranked lowest are left out until the rest
+    fit, in their own order, and a line says which (``--json`` has every field). The columns kept
+    are never cut short: an id is what the next command takes."""
+    cells = [list(row) for row in rows]
+    kept: set[int] = set()
+    for i in sorted(range(len(columns)), key=lambda i: columns[i].keep):
+        if not kept or _width(columns, cells, kept | {i}) <= out.width:
+            kept.add(i)
+    shown = sorted(kept)
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 2, 0, 0), pad_edge=False)
+    for i in shown:
+        table.add_column(columns[i].header, no_wrap=not columns[i].wraps)
+    for row in cells:
+        table.add_row(*(row[i] for i in shown))
+    out.print(table)
+    hidden = [c.header for i, c in enumerate(columns) if i not in kept]
+    if hidden:
+        out.print(
+            styled((f"Not shown at this width: {', '.join(hidden)} (--json has them).", "dim"))
+        )
+
+
+def _width(columns: Sequence[Col], cells: list[list[str | Text]], which: set[int]) -> int:
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 2, 0, 0), pad_edge=False)
+    for i in sorted(which):
+        table.add_column(columns[i].header, max_width=WRAPPED if columns[i].wraps else None)
+    for row in cells:
+        table.add_row(*(row[i] for i in sorted(which)))
+    return Measurement.get(out, out.options.update_width(UNBOUNDED), table).maximum
 
 
 def listed(allowlist: tuple[str, ...] | None) -> str:

@@ -10,16 +10,17 @@ from rich.text import Text
 
 from keyplane import bootstrap
 from keyplane.cli.common import (
+    Col,
     JsonOpt,
     OrgOpt,
     bold,
     container,
     fail,
-    id_table,
     iso,
     listed,
     out,
     parse_duration,
+    print_table,
     scope,
     styled,
 )
@@ -176,17 +177,20 @@ def keys_list(
             rows.append({**key_json(k, now, days), "rate_limits": rate_limits})
         out.print_json(json.dumps(rows))
         return
-    table = id_table(
-        "id", "name", "key", "project", "permissions", "status", "created", "expires", "last used"
-    )
+    columns = (
+        Col("id", 0), Col("name", 1, wraps=True), Col("key", 3), Col("project", 5),
+        Col("permissions", 6, wraps=True), Col("status", 2), Col("created", 8),
+        Col("expires", 7), Col("last used", 4),
+    )  # fmt: skip
+    cells: list[tuple[str | Text, ...]] = []
     for k in keys:
         rotate = k.needs_rotation(now, days * 86400)
         status = styled(k.status, (" (rotate)" if rotate else "", "yellow"))
-        table.add_row(
+        cells.append((
             k.id, k.name, k.redacted_value, k.project_id or "(admin)", permissions.describe(k.scopes),
             status, iso(k.created_at), iso(k.expires_at), iso(k.last_used_at),
-        )  # fmt: skip
-    out.print(table)
+        ))  # fmt: skip
+    print_table(columns, cells)
     if any(k.needs_rotation(now, days * 86400) for k in keys):
         out.print(
             f"Keys older than {days} days should be rotated: keyplane keys rotate KEY_ID --grace 24h"

@@ -8,14 +8,15 @@ from typing import Annotated
 import typer
 
 from keyplane.cli.common import (
+    Col,
     JsonOpt,
     OrgOpt,
     bold,
     container,
     fail,
-    id_table,
     iso,
     out,
+    print_table,
     styled,
     usd,
 )
@@ -114,10 +115,11 @@ def ratelimits_show(
             json.dumps([{"id": r.id, "model": r.model, **_as_dict(r.limits)} for r in rows])
         )
         return
-    table = id_table("id", "model", "RPM", "TPM", "RPD", "images/min", "audio MB/min")
-    for r in rows:
-        table.add_row(r.id, r.model, *_limits_row(r.limits))
-    out.print(table)
+    columns = (
+        Col("id", 0), Col("model", 1), Col("RPM", 2), Col("TPM", 3), Col("RPD", 4),
+        Col("images/min", 5), Col("audio MB/min", 6),
+    )  # fmt: skip
+    print_table(columns, [(r.id, r.model, *_limits_row(r.limits)) for r in rows])
 
 
 @ratelimits_app.command("set")

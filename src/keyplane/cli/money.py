@@ -9,14 +9,15 @@ import typer
 
 from keyplane.billing.wallet import BillingMode
 from keyplane.cli.common import (
+    Col,
     JsonOpt,
     OrgOpt,
     fail,
-    id_table,
     iso,
     out,
     parse_duration,
     parse_usd,
+    print_table,
     scope,
     usd,
 )
@@ -124,15 +125,22 @@ def credits_show(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
     out.print(
         f"Available ${usd(balance.available)}   held ${usd(balance.held)}   spent ${usd(balance.spent)}"
     )
-    table = id_table("lot", "kind", "amount $", "remaining $", "expires", "note")
-    for lot in lots:
-        state = " (revoked)" if lot["revoked"] else ""
-        table.add_row(
-            str(lot["id"]) + state, str(lot["kind"]), usd(int(str(lot["amount_micro_usd"]))),
-            usd(int(str(lot["remaining_micro_usd"]))), iso(lot["expires_at"]),  # type: ignore[arg-type]
+    columns = (
+        Col("lot", 0), Col("kind", 3), Col("amount $", 4), Col("remaining $", 1), Col("expires", 2),
+        Col("note", 5, wraps=True),
+    )  # fmt: skip
+    rows = [
+        (
+            str(lot["id"]) + (" (revoked)" if lot["revoked"] else ""),
+            str(lot["kind"]),
+            usd(int(str(lot["amount_micro_usd"]))),
+            usd(int(str(lot["remaining_micro_usd"]))),
+            iso(lot["expires_at"]),  # type: ignore[arg-type]
             str(lot["note"]),
-        )  # fmt: skip
-    out.print(table)
+        )
+        for lot in lots
+    ]
+    print_table(columns, rows)
 
 
 @budget_app.command("set")
@@ -205,15 +213,22 @@ def alerts_list(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
         ]
         out.print_json(json.dumps(rows))
         return
-    table = id_table("id", "scope", "threshold $", "recipients")
-    for a in alerts:
-        table.add_row(
+    columns = (
+        Col("id", 0),
+        Col("scope", 2),
+        Col("threshold $", 1),
+        Col("recipients", 3, wraps=True),
+    )
+    cells = [
+        (
             a.id,
             c.accounts.project_name(org_id, a.project_id) if a.project_id else "organization",
             usd(a.threshold),
             ", ".join(a.recipients or ["Owners"]),
         )
-    out.print(table)
+        for a in alerts
+    ]
+    print_table(columns, cells)
 
 
 @alerts_app.command("remove")
