@@ -119,7 +119,8 @@ def build(
         money_store, billing, outbox, clock,
         owner_emails=accounts.owner_emails, org_name=accounts.org_name, audit=audit,
     )  # fmt: skip
-    rate_limits = RateLimitService(rate_store, clock, tier_of=promoter.current)
+    prices = PriceTable.load(settings.price_files)
+    rate_limits = RateLimitService(rate_store, clock, tier_of=promoter.current, priced=prices.knows)
     return Container(
         settings=settings,
         clock=clock,
@@ -156,7 +157,7 @@ def build(
         verification=verification,
         outbox=outbox,
         mailer=SmtpMailer.from_settings(settings),
-        prices=PriceTable.load(settings.price_files),
+        prices=prices,
         pepper=pepper,
     )
 

@@ -41,6 +41,23 @@ async def test_project_rate_limits_list_lower_and_refuse_raising(env: Env) -> No
     assert bad.status_code == 400
 
 
+async def test_a_limit_for_a_model_nobody_serves_is_refused(env: Env) -> None:  # noqa: F811
+    """A typo in the model would otherwise store a limit that limits nothing, silently."""
+    path = f"{ORG}/projects/{env.project.id}/rate_limits"
+    before = (await env.client.get(path, headers=env.admin())).json()["data"]
+    typo = await env.client.post(
+        path + "/rl-gpt4o-mini", json={"max_requests_per_1_minute": 1}, headers=env.admin()
+    )
+    assert typo.status_code == 404 and typo.json()["error"]["param"] == "rate_limit_id"
+    assert "gpt4o-mini" in typo.json()["error"]["message"]
+    assert (await env.client.get(path, headers=env.admin())).json()["data"] == before
+    snapshot = await env.client.post(  # a dated snapshot is limited through its model's id
+        path + "/rl-gpt-4o-mini-2024-07-18", json={"max_requests_per_1_minute": 1},
+        headers=env.admin(),
+    )  # fmt: skip
+    assert snapshot.status_code == 400 and "rl-<model>" in snapshot.json()["error"]["message"]
+
+
 async def test_usage_tier_shows_progress_to_the_next(env: Env) -> None:  # noqa: F811
     tier = (await env.client.get(f"{ORG}/usage_tier", headers=env.admin())).json()
     assert tier["object"] == "organization.usage_tier" and tier["tier"] == "tier-5"

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from keyplane.clock import Clock
-from keyplane.errors import InvalidRequest
+from keyplane.errors import InvalidRequest, NotFound
 from keyplane.limits.ports import RateLimitStore
 from keyplane.limits.ratelimit import (
     API_NAMES,
@@ -34,11 +34,17 @@ class ProjectRateLimit:
 
 class RateLimitService:
     def __init__(
-        self, store: RateLimitStore, clock: Clock, *, tier_of: Callable[[str], Tier]
+        self,
+        store: RateLimitStore,
+        clock: Clock,
+        *,
+        tier_of: Callable[[str], Tier],
+        priced: Callable[[str], bool],
     ) -> None:
         self._store = store
         self._clock = clock
         self._tier_of = tier_of
+        self._priced = priced  # whether keyplane can serve (bill) a model
 
     def project_limits(self, org_id: str, project_id: str) -> list[ProjectRateLimit]:
         """Every model the organization's tier lists, with the project's effective limits."""
@@ -53,7 +59,8 @@ class RateLimitService:
         self, org_id: str, project_id: str, rate_limit_id: str, limits: ModelLimits
     ) -> ProjectRateLimit:
         """Lowers a project's limits for one model (``rl-<model>``). Raises InvalidRequest when a
-        value is above the organization's limit: a project can never raise it."""
+        value is above the organization's limit: a project can never raise it; NotFound for a model
+        neither the tier lists nor keyplane serves (a typo would otherwise limit nothing)."""
         model = rate_limit_id.removeprefix("rl-")
         if not rate_limit_id.startswith("rl-") or not model or base_model(model) != model:
             raise InvalidRequest(
@@ -63,7 +70,13 @@ class RateLimitService:
             storable(limits)
         except LimitOutOfRange as exc:
             raise InvalidRequest(str(exc), param=exc.param) from None
-        org_limits = self._tier_of(org_id).limits_for(model)
+        tier = self._tier_of(org_id)
+        if model not in tier.limits and not self._priced(model):
+            raise NotFound(
+                f"No rate limit '{rate_limit_id}': keyplane serves no model '{model}'.",
+                param="rate_limit_id",
+            )
+        org_limits = tier.limits_for(model)
         too_high = [API_NAMES[name] for name in raised_fields(org_limits, limits)]
         if too_high:
             raise InvalidRequest(

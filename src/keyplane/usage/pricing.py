@@ -136,12 +136,20 @@ class PriceTable:
     def models(self) -> list[str]:
         return sorted(self._by_model)
 
-    def price(self, model: str, at: float) -> Price | None:
-        """Returns the price in effect for ``model`` at ``at`` (snapshots fall back to their base)."""
+    def _versions(self, model: str) -> list[Price] | None:
         versions = self._by_model.get(model)
         if versions is None:
             m = _SNAPSHOT.match(model)
             versions = self._by_model.get(m.group("base")) if m else None
+        return versions
+
+    def knows(self, model: str) -> bool:
+        """Whether ``model`` has a price at some time (snapshots fall back to their base)."""
+        return bool(self._versions(model))
+
+    def price(self, model: str, at: float) -> Price | None:
+        """Returns the price in effect for ``model`` at ``at`` (snapshots fall back to their base)."""
+        versions = self._versions(model)
         if not versions:
             return None
         current = None
