@@ -292,6 +292,32 @@ class NoUsageUpstream(Upstream):
         return self.raw or orjson.dumps({**answer, "usage": self.usage})
 
 
+def test_an_image_billed_on_estimates_counts_what_an_image_costs_on_its_model(
+    tmp_path: Path,
+) -> None:
+    """gpt-4o-mini reads an image as ~33 times gpt-4o's tokens (at the same price per image);
+    an estimate of gpt-4o's 765 would bill it at a thirtieth."""
+    upstream = NoUsageUpstream()
+    upstream.models = ("gpt-4o-mini", "gpt-4o")
+    server = ServerThread(upstream).start()
+    kp = start_keyplane(tmp_path, server.url + "/v1")
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    try:
+        for model in ("gpt-4o-mini", "gpt-4o"):
+            r = httpx.post(
+                kp.base_url + "/chat/completions",
+                json={"model": model, "messages": [{"role": "user", "content": [image] * 2}]},
+                headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+            )  # fmt: skip
+            assert r.status_code == 200
+        mini, four_o = sorted(kp.usage(expect=2), key=lambda r: r.model != "gpt-4o-mini")
+        assert mini.tokens_estimated and four_o.tokens_estimated
+        assert 2 * 25_000 <= mini.input_tokens <= 2 * 26_000  # 2,833 + 4 tiles × 5,667 each
+        assert 2 * 765 <= four_o.input_tokens <= 2 * 800  # 85 + 4 tiles × 170 each
+    finally:
+        kp.server.stop()
+
+
 @pytest.mark.parametrize(
     "upstream",
     [NoUsageUpstream(), NoUsageUpstream(usage={"prompt_tokens": "5", "completion_tokens": -1}),

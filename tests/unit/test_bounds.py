@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from keyplane.billing.bounds import MAX_FILE_PAGES, UnboundedInput, input_token_bound
 from keyplane.usage.pricing import Price, PriceTable
+from keyplane.usage.tokens import image_estimate
 
 TABLE = PriceTable.load()
 OWN = Price("own-model", 0, input_per_m=1)  # an operator's model: no image or context figures
@@ -123,6 +124,14 @@ RULES = {  # model: its rule (OpenAI's "Calculating costs", images and vision gu
 def test_the_shipped_image_figures_bound_openais_rules_at_every_size(w: int, h: int) -> None:
     for model, rule in RULES.items():
         assert rule(w, h) <= price(model).image_input_tokens, (model, w, h)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("model", sorted(RULES))
+def test_an_estimated_image_is_near_what_a_1024_square_costs_on_its_model(model: str) -> None:
+    """Billed on estimates (a cut stream), an image counts about what a common one costs on the
+    model, not gpt-4o's 765 everywhere: 25,501 on gpt-4o-mini."""
+    actual = RULES[model](1024, 1024)
+    assert 0.75 * actual <= image_estimate(price(model).image_input_tokens) <= 1.05 * actual
 
 
 def test_every_vision_model_shipped_has_its_figures() -> None:

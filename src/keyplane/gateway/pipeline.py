@@ -71,7 +71,7 @@ class Endpoint:
     upstream_path: str  # appended to an upstream's base URL (which ends in /v1)
     can_stream: bool
     required: str  # the body field without which the request is malformed
-    estimate_input: Callable[[dict[str, Any]], int]
+    estimate_input: Callable[[dict[str, Any], int], int]  # (payload, tokens an image counts)
     group: Group  # the permission a key needs (write access to this group)
     has_output: bool = True  # generates tokens (capped by max_tokens); embeddings do not
 
@@ -82,11 +82,11 @@ ENDPOINTS: dict[str, Endpoint] = {
         tokens.estimate_chat, Group.CHAT,
     ),
     "/v1/completions": Endpoint(
-        "completions", "/completions", True, "prompt", lambda p: tokens.estimate_input(p.get("prompt")),
+        "completions", "/completions", True, "prompt", lambda p, _: tokens.estimate_input(p.get("prompt")),
         Group.CHAT,
     ),
     "/v1/embeddings": Endpoint(
-        "embeddings", "/embeddings", False, "input", lambda p: tokens.estimate_input(p.get("input")),
+        "embeddings", "/embeddings", False, "input", lambda p, _: tokens.estimate_input(p.get("input")),
         Group.EMBEDDINGS, has_output=False,
     ),
 }  # fmt: skip
@@ -208,7 +208,9 @@ class Pipeline:
         call.price = self.prices.price(model, self.clock.now())
         if call.price is None:
             raise model_not_priced(model)
-        call.estimated_input = call.endpoint.estimate_input(payload)
+        call.estimated_input = call.endpoint.estimate_input(
+            payload, tokens.image_estimate(call.price.image_input_tokens)
+        )
         rewrite = False
         client_wants_usage = False
         if call.endpoint.can_stream and payload.get("stream") is True:

@@ -2,8 +2,9 @@
 
 No tokenizer file can be fetched at run time, so keyplane uses OpenAI's rule of thumb for English:
 about four characters per token, rounded up; a character outside ASCII (most of Chinese, Japanese,
-Korean, Cyrillic...) counts about one more. An image counts what OpenAI's models take for a
-1024×1024 image at high detail; tool definitions count as their JSON text.
+Korean, Cyrillic...) counts about one more. An image counts about what the model takes for a
+1024×1024 image at high detail (its size cannot be known from a URL); tool definitions count as
+their JSON text.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import orjson
 
 CHARS_PER_TOKEN = 4
 IMAGE_TOKENS = 765  # 85 + 170 per 512-pixel tile, four tiles: a 1024×1024 image at high detail
+_LARGEST_IMAGE = 1445  # the same model's largest image: 85 + 170 × 8 tiles
 IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 _REQUEST_JSON = ("tools", "functions", "response_format")  # definitions the model reads too
 
@@ -40,9 +42,16 @@ def content_text(content: Any) -> str:
     return ""
 
 
-def estimate_chat_prompt(messages: Any) -> int:
-    """Estimated prompt tokens of a chat request's messages: their text, images and earlier tool
-    calls' arguments, plus a small per-message overhead."""
+def image_estimate(largest: int | None) -> int:
+    """Tokens an image is estimated at on a model whose largest image costs ``largest`` (its price
+    entry's ``image_input_tokens``): in the same proportion as a 1024×1024 image to the largest on
+    gpt-4o, 765 of 1,445 (gpt-4o-mini, whose tiles cost 33 times more: 25,500)."""
+    return largest * IMAGE_TOKENS // _LARGEST_IMAGE if largest else IMAGE_TOKENS
+
+
+def estimate_chat_prompt(messages: Any, image_tokens: int = IMAGE_TOKENS) -> int:
+    """Estimated prompt tokens of a chat request's messages: their text, images (``image_tokens``
+    each) and earlier tool calls' arguments, plus a small per-message overhead."""
     if not isinstance(messages, list):
         return 0
     total = 3
@@ -52,7 +61,7 @@ def estimate_chat_prompt(messages: Any) -> int:
         content = message.get("content")
         total += 3 + estimate_text(content_text(content))
         if isinstance(content, list):
-            total += IMAGE_TOKENS * sum(
+            total += image_tokens * sum(
                 1 for p in content if isinstance(p, dict) and p.get("type") in IMAGE_PARTS
             )
         calls = message.get("tool_calls")
@@ -61,10 +70,10 @@ def estimate_chat_prompt(messages: Any) -> int:
     return total
 
 
-def estimate_chat(payload: dict[str, Any]) -> int:
+def estimate_chat(payload: dict[str, Any], image_tokens: int = IMAGE_TOKENS) -> int:
     """Estimated prompt tokens of a whole chat request: its messages and the tool and format
     definitions sent with them."""
-    total = estimate_chat_prompt(payload.get("messages"))
+    total = estimate_chat_prompt(payload.get("messages"), image_tokens)
     for name in _REQUEST_JSON:
         value = payload.get(name)
         if value:
