@@ -34,6 +34,7 @@ from keyplane.gateway.transport import UpstreamClient
 from keyplane.gateway.upstreams import Upstream, UpstreamRouter
 from keyplane.keys.access import AccessPolicyService
 from keyplane.keys.authenticator import KeyAuthenticator
+from keyplane.keys.rotation import RotationReminder
 from keyplane.keys.service import KeyService
 from keyplane.limits.ratelimit import InMemoryRateLimiter
 from keyplane.limits.service import RateLimitService
@@ -68,6 +69,7 @@ class Container:
     money_store: SqlMoneyStore
     billing: BillingService
     promoter: TierPromoter
+    rotation: RotationReminder
     rate_limits: SqlRateLimitStore
     rate_limit_service: RateLimitService
     access_policies: SqlAccessPolicyStore
@@ -132,6 +134,16 @@ def build(
         money_store=money_store,
         billing=billing,
         promoter=promoter,
+        rotation=RotationReminder(
+            key_store,
+            outbox,
+            clock,
+            org_ids=lambda: [o.id for o in accounts.organizations()],
+            owner_emails=accounts.owner_emails,
+            org_name=accounts.org_name,
+            project_name=accounts.project_name,
+            max_age_days=settings.key_rotation_days,
+        ),
         rate_limits=rate_store,
         rate_limit_service=rate_limits,
         access_policies=access_store,
@@ -245,6 +257,10 @@ def build_gateway(
         background=[
             (s.email_dispatch_interval_s, dispatcher.run_once),
             (s.tier_check_interval_s, lambda: asyncio.to_thread(container.promoter.check_all)),
+            (
+                s.key_rotation_check_interval_s,
+                lambda: asyncio.to_thread(container.rotation.check_all),
+            ),
         ],
     )
 

@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     )  # CIDRs whose X-Forwarded-For is trusted
     require_org_verification: bool = False  # keys only after an operator verified the organization
     key_rotation_days: int = Field(default=90, ge=1)  # keys older than this are flagged
+    key_rotation_check_interval_s: float = Field(default=3600.0, gt=0)  # and the Owners emailed
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
     upstream_read_timeout_s: float = Field(default=600.0, gt=0)
