@@ -56,7 +56,7 @@ Ips = Annotated[
 def key_json(key: ApiKey, now: float, rotation_days: int) -> dict[str, Any]:
     return {
         "id": key.id, "name": key.name, "redacted_value": key.redacted_value, "project_id": key.project_id,
-        "kind": key.kind.value, "status": key.status, "created_at": key.created_at,
+        "kind": key.kind.value, "status": key.status(now), "created_at": key.created_at,
         "expires_at": key.expires_at, "last_used_at": key.last_used_at, "last_used_ip": key.last_used_ip,
         "permissions": permissions.describe(key.scopes), "scopes": list(key.scopes or ()),
         "allowed_models": key.allowed_models, "allowed_ips": key.allowed_cidrs,
@@ -185,7 +185,7 @@ def keys_list(
     cells: list[tuple[str | Text, ...]] = []
     for k in keys:
         rotate = k.needs_rotation(now, days * 86400)
-        status = styled(k.status, (" (rotate)" if rotate else "", "yellow"))
+        status = styled(k.status(now), (" (rotate)" if rotate else "", "yellow"))
         cells.append((
             k.id, k.name, k.redacted_value, k.project_id or "(admin)", permissions.describe(k.scopes),
             status, iso(k.created_at), iso(k.expires_at), iso(k.last_used_at),

@@ -35,9 +35,10 @@ class ApiKey:
         return self.expires_at is None or now < self.expires_at
 
     def needs_rotation(self, now: float, max_age_s: int) -> bool:
-        """Keys older than the rotation policy are flagged ("rotate keys regularly")."""
-        return self.revoked_at is None and now - self.created_at >= max_age_s
+        """Working keys older than the rotation policy are flagged ("rotate keys regularly")."""
+        return self.is_usable(now) and now - self.created_at >= max_age_s
 
-    @property
-    def status(self) -> str:
-        return "revoked" if self.revoked_at is not None else "active"
+    def status(self, now: float) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        return "active" if self.is_usable(now) else "expired"

@@ -45,11 +45,7 @@ class RotationReminder:
         now = self._clock.now()
         keys = self._keys.list(org_id)
         replaced = {k.rotated_from for k in keys if k.rotated_from}
-        return [
-            k
-            for k in keys
-            if k.is_usable(now) and k.id not in replaced and k.needs_rotation(now, self._max_age_s)
-        ]
+        return [k for k in keys if k.id not in replaced and k.needs_rotation(now, self._max_age_s)]
 
     def check_all(self) -> int:
         """The periodic job: returns how many reminders it queued."""
