@@ -8,10 +8,11 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
 from conftest import IN_CI, Keyplane, start_keyplane
-from kptest import ServerThread
+from kptest import ServerThread, wait_until
 
 CHROMIUM = os.environ.get("KEYPLANE_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
@@ -81,3 +82,63 @@ def test_a_wrong_password_is_refused_without_saying_which_part_was_wrong(
     page.keyboard.press("Enter")
     page.wait_for_load_state("networkidle")
     assert page.inner_text("main") == text
+
+
+def log_in(page: object, base: str) -> None:
+    page.goto(base + "/login")  # type: ignore[attr-defined]
+    page.fill("input[name=email]", "owner@example.com")  # type: ignore[attr-defined]
+    page.fill("input[name=password]", "correct horse battery")  # type: ignore[attr-defined]
+    page.keyboard.press("Enter")  # type: ignore[attr-defined]
+    page.wait_for_url(base + "/profile")  # type: ignore[attr-defined]
+    page.fill("input[name=name]", "Ada Owner")  # type: ignore[attr-defined]
+    page.keyboard.press("Enter")  # type: ignore[attr-defined]
+    page.wait_for_url(base + "/")  # type: ignore[attr-defined]
+
+
+def test_create_a_key_copy_it_once_use_it_and_revoke_it(browser: object, kp: Keyplane) -> None:
+    """The guide's screens: API keys → Create new secret key → the secret shown once with Copy →
+    it works from the SDK → Revoke → it is refused."""
+    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])  # type: ignore[attr-defined]
+    page = context.new_page()
+    base = kp.server.url
+    log_in(page, base)
+    page.get_by_role("link", name="API keys").first.click()
+    page.wait_for_url(base + "/api-keys")
+    page.get_by_role("link", name="Create new secret key").click()
+    page.fill("input[name=name]", "browser <b>key</b>")
+    page.get_by_label("Read only").check()
+    page.get_by_role("button", name="Create secret key").click()
+    assert "Save your key" in page.inner_text("main")
+    secret = page.input_value("#secret")
+    assert secret.startswith("sk-kp-proj-") and len(secret) == len("sk-kp-proj-") + 50
+    page.get_by_role("button", name="Copy").click()
+    page.get_by_text("Copied.").wait_for()
+    assert page.evaluate("navigator.clipboard.readText()") == secret
+
+    client = openai.OpenAI(base_url=kp.base_url, api_key=secret, max_retries=0)
+    assert [m.id for m in client.models.list()]  # Read only: models may be listed
+    with pytest.raises(openai.AuthenticationError, match=r"Missing scopes: chat\.write"):
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+
+    page.get_by_role("link", name="Done").click()
+    page.wait_for_url(base + "/api-keys")
+    listing = page.inner_text("main")
+    assert "browser <b>key</b>" in listing and secret not in page.content()
+    row = page.get_by_role("row").filter(has_text="browser <b>key</b>")
+    assert "Read only" in row.inner_text() and secret[-4:] in row.inner_text()
+    row.get_by_role("link", name="Revoke").click()
+    page.get_by_role("button", name="Revoke key").click()
+    page.wait_for_url(base + "/api-keys")
+    assert "browser <b>key</b>" not in page.inner_text("main")
+
+    def refused() -> bool:
+        try:
+            client.models.list()
+        except openai.AuthenticationError:
+            return True
+        return False
+
+    wait_until(refused, timeout=1.0)  # every gateway refuses a revoked key within a second
+    context.close()

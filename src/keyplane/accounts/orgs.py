@@ -421,14 +421,15 @@ class OrgService:
 
     def create_project_key(
         self, actor: Actor, org_id: str, project_id: str, name: str, owner_id: str,
-        *, expires_in_s: int | None = None,
+        *, expires_in_s: int | None = None, scopes: Sequence[str] | None = None,
     ) -> tuple[ApiKey, str]:  # fmt: skip
-        """A project key owned by the user ``owner_id``; its text is returned here only."""
+        """A project key owned by the user ``owner_id``, with ``scopes`` (None: All); its text is
+        returned here only."""
         self._active_project(org_id, project_id)
         self.get_member(org_id, owner_id)
         return self._create_key(
             actor, org_id, project_id, KeyKind.PROJECT, name,
-            owner_type="user", owner_id=owner_id, expires_in_s=expires_in_s,
+            owner_type="user", owner_id=owner_id, expires_in_s=expires_in_s, scopes=scopes,
         )  # fmt: skip
 
     def update_project_key(
@@ -512,13 +513,14 @@ class OrgService:
     def _create_key(
         self, actor: Actor, org_id: str, project_id: str | None, kind: KeyKind, name: str,
         *, owner_type: str, owner_id: str, expires_in_s: int | None = None,
+        scopes: Sequence[str] | None = None,
     ) -> tuple[ApiKey, str]:  # fmt: skip
         self._require_org_verified(org_id)
         if owner_type == "user":
             self._require_can_create_keys(owner_id)
         key, text = self._keys.create(
             kind=kind, org_id=org_id, project_id=project_id, name=name, owner_type=owner_type,
-            owner_id=owner_id, created_by=actor.user_id, expires_in_s=expires_in_s,
+            owner_id=owner_id, created_by=actor.user_id, expires_in_s=expires_in_s, scopes=scopes,
         )  # fmt: skip
         self._audit.record(
             org_id, actor, "api_key.created", target_id=key.id, project_id=project_id,

@@ -10,6 +10,7 @@ an anonymous CSRF cookie on the first answer, so even the first form they submit
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import logging
@@ -30,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from keyplane.accounts.auth_services import AuthServices
 from keyplane.config import Settings
 from keyplane.errors import KeyplaneError, StoreUnavailable
-from keyplane.web.dashboard import accounts_routes, csrf, invite_routes
+from keyplane.web.dashboard import accounts_routes, csrf, invite_routes, keys_routes
 from keyplane.web.dashboard.session import (
     DashboardContext,
     DashboardServices,
@@ -125,7 +126,16 @@ def _templates() -> Jinja2Templates:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["day"] = _day
     return Jinja2Templates(env=env)
+
+
+def _day(ts: int | None) -> str:
+    """A date as the dashboard shows one: "Dec 6, 2026" (UTC)."""
+    if ts is None:
+        return ""
+    when = dt.datetime.fromtimestamp(ts, dt.UTC)
+    return f"{when:%b} {when.day}, {when.year}"
 
 
 def _install_error_pages(app: FastAPI) -> None:
@@ -197,4 +207,5 @@ def create_dashboard_app(
     app.mount("/static", StaticFiles(packages=[("keyplane.web.dashboard", "static")]), "static")
     app.include_router(accounts_routes.router)
     app.include_router(invite_routes.router)
+    app.include_router(keys_routes.router)
     return app

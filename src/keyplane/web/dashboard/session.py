@@ -34,6 +34,7 @@ from keyplane.accounts.auth_services import AuthServices
 from keyplane.accounts.models import Organization, OrgRole, User
 from keyplane.accounts.orgs import OrgService
 from keyplane.clock import Clock
+from keyplane.config import Settings
 from keyplane.web.dashboard import csrf
 
 SESSION_COOKIE = "kp_session"
@@ -48,6 +49,9 @@ class DashboardServices(Protocol):
     @property
     def orgs(self) -> OrgService: ...
 
+    @property
+    def settings(self) -> Settings: ...
+
 
 @dataclass(frozen=True, slots=True)
 class NavItem:
@@ -56,7 +60,7 @@ class NavItem:
 
 
 NAV: tuple[NavItem, ...] = (
-    NavItem("API keys", None),
+    NavItem("API keys", "/api-keys"),
     NavItem("Projects", None),
     NavItem("Billing", None),
     NavItem("Limits", None),

@@ -1,0 +1,182 @@
+"""The dashboard's API keys page against a real keyplane: who may create and revoke which keys (the
+Admin API's rule, applied to the signed-in user), bad form input, and the audit log. The whole
+flow in a real browser is in tests/e2e/test_browser.py."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from test_accounts_web import OWNER_PASSWORD, PASSWORD, Browser, text_of
+
+from conftest import Keyplane, start_keyplane
+from keyplane.accounts.models import OrgRole, User
+from keyplane.accounts.org_ports import ProjectRole
+from keyplane.accounts.passwords import hash_password
+from keyplane.audit.models import Actor, ActorType, AuditFilter
+from keyplane.ids import new_id
+from keyplane.keys.format import KEY_PATTERN
+from keyplane.storage.auth_repository import SqlAuthStore
+from kptest import ServerThread
+
+TOKEN = re.compile(r"token=([\w-]+)")
+
+
+@pytest.fixture
+def kp(tmp_path: Path, simulator: ServerThread) -> Iterator[Keyplane]:
+    instance = start_keyplane(tmp_path, simulator.url + "/v1")
+    yield instance
+    instance.server.stop()
+    instance.container.close()
+
+
+@pytest.fixture
+def browser_for(kp: Keyplane) -> Iterator[Callable[[str, str], Browser]]:
+    """Signed-in browsers (closed at the end)."""
+    opened: list[Browser] = []
+
+    def open_as(email: str, password: str) -> Browser:
+        b = Browser(httpx.Client(base_url=kp.server.url, follow_redirects=False, timeout=30))
+        opened.append(b)
+        b.log_in_named(email, password)
+        return b
+
+    yield open_as
+    for b in opened:
+        b.close()
+
+
+SignIn = Callable[[str, str], Browser]
+
+
+def join(kp: Keyplane, email: str, role: OrgRole) -> User:
+    """A verified user who joined the organization through an invitation."""
+    now = int(time.time())
+    user = User(new_id("user-"), email, "", hash_password(PASSWORD), now, now)
+    SqlAuthStore(kp.container.engine).add_user(user)
+    owner = Actor(ActorType.SESSION, "sess_setup", user_id=kp.owner.id, email=kp.owner.email)
+    kp.container.orgs.invite(owner, kp.org.id, email, role)
+    mails = kp.container.outbox.claim_due(time.time() + 1, 1000, 60)
+    match = TOKEN.search([m.body_text for m in mails if email in m.to][-1])
+    assert match is not None
+    kp.container.orgs.accept_invite(owner, match.group(1), user.id)
+    return user
+
+
+def created_secret(response: httpx.Response) -> str:
+    match = re.search(r'id="secret" type="text" readonly value="([^"]+)"', response.text)
+    assert match is not None, text_of(response)
+    return match.group(1)
+
+
+def test_an_owner_creates_user_and_service_account_keys_with_permissions(
+    kp: Keyplane, browser_for: SignIn
+) -> None:
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    page = owner.get("/api-keys/new")
+    assert page.status_code == 200 and kp.project.name in page.text
+    r = owner.post(
+        "/api-keys",
+        {"name": "<img src=x onerror=alert(1)>", "project": kp.project.id, "owner": "you",
+         "permissions": "restricted", "perm_chat": "write", "perm_models": "read"},
+    )  # fmt: skip
+    assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+    secret = created_secret(r)
+    assert KEY_PATTERN.fullmatch(secret) and "<img src=x" not in r.text  # escaped
+    r = owner.post(
+        "/api-keys",
+        {"name": "ci bot", "project": kp.project.id, "owner": "service_account",
+         "permissions": "read_only"},
+    )  # fmt: skip
+    bot_secret = created_secret(r)
+    assert bot_secret.startswith("sk-kp-svcacct-")
+    listing = owner.get("/api-keys")
+    text = text_of(listing)
+    assert "ci bot (service account)" in text and "Read only" in text and "Restricted" in text
+    assert secret not in listing.text and bot_secret not in listing.text
+    stored = {k.owner_type + ":" + k.name: k for k in kp.container.keys.list(kp.org.id)}
+    assert stored["user:<img src=x onerror=alert(1)>"].scopes == ("chat.write", "models.read")
+    assert stored["service_account:Secret key"].scopes == ("api.all.read",)
+    events = kp.container.audit.query(kp.org.id, AuditFilter(event_types=["api_key.created"]))
+    assert all(e.actor.type is ActorType.SESSION for e in events.events) and len(events.events) == 2
+
+
+def test_bad_form_input_is_a_clear_error_that_keeps_what_was_typed(
+    kp: Keyplane, browser_for: SignIn
+) -> None:
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    before = len(kp.container.keys.list(kp.org.id))
+    base = {"project": kp.project.id, "owner": "you", "name": "typed name"}
+    cases = [
+        ({"permissions": "restricted"}, "at least one group"),  # would otherwise mean All
+        ({"permissions": "admin"}, "Choose All, Restricted or Read only"),
+        (
+            {"permissions": "restricted", "perm_chat": "root"},
+            "Choose None, Read or Write for Model capabilities",
+        ),
+        ({"name": "x" * 201, "permissions": "all"}, "1 to 200 characters"),
+        ({"name": "a\u202eb", "permissions": "all"}, "control"),
+    ]
+    for fields, message in cases:
+        owner.get("/api-keys/new")
+        r = owner.post("/api-keys", {**base, **fields})
+        assert r.status_code == 400 and message in text_of(r), (fields, text_of(r))
+        assert 'value="typed name"' in r.text or "name" in fields
+    owner.get("/api-keys/new")
+    r = owner.post("/api-keys", {**base, "project": "proj_of_someone_else", "permissions": "all"})
+    assert r.status_code == 403
+    assert len(kp.container.keys.list(kp.org.id)) == before
+
+
+def test_a_reader_sees_keys_and_a_project_member_manages_only_their_own(
+    kp: Keyplane, browser_for: SignIn
+) -> None:
+    owner_secret = kp.key
+    join(kp, "rita@example.com", OrgRole.READER)
+    member = join(kp, "max@example.com", OrgRole.READER)
+    setup = Actor(ActorType.SESSION, "sess_setup", user_id=kp.owner.id, email=kp.owner.email)
+    other = kp.container.orgs.create_project(setup, kp.org.id, "Other project")
+    kp.container.orgs.add_project_member(
+        setup, kp.org.id, kp.project.id, member.id, ProjectRole.MEMBER
+    )
+
+    reader = browser_for("rita@example.com", PASSWORD)
+    page = reader.get("/api-keys")
+    assert page.status_code == 200 and owner_secret[-4:] in text_of(page)
+    assert "Create new secret key" not in page.text and "Revoke" not in page.text
+    assert reader.get("/api-keys/new").status_code == 403
+    [owner_key] = kp.container.keys.list(kp.org.id, kp.project.id)
+    assert reader.get(f"/api-keys/{owner_key.id}/revoke").status_code == 403
+    reader.get("/api-keys")
+    assert reader.post(f"/api-keys/{owner_key.id}/revoke", {}).status_code == 403
+
+    maxb = browser_for("max@example.com", PASSWORD)
+    page = maxb.get("/api-keys/new")
+    assert kp.project.name in page.text and "Other project" not in page.text
+    assert 'value="service_account"' not in page.text  # project owners only
+    r = maxb.post("/api-keys", {"project": kp.project.id, "owner": "you", "permissions": "all"})
+    mine = created_secret(r)
+    maxb.get("/api-keys/new")
+    refused = maxb.post("/api-keys", {"project": other.id, "owner": "you", "permissions": "all"})
+    assert refused.status_code == 403
+    maxb.get("/api-keys/new")
+    refused = maxb.post(
+        "/api-keys", {"project": kp.project.id, "owner": "service_account", "permissions": "all"}
+    )
+    assert refused.status_code == 403
+    listing = maxb.get("/api-keys")
+    revoke_links = re.findall(r'href="/api-keys/(key_\w+)/revoke"', listing.text)
+    mine_id = next(
+        k.id for k in kp.container.keys.list(kp.org.id) if k.redacted_value[-4:] == mine[-4:]
+    )
+    assert revoke_links == [mine_id]  # not the Owner's key
+    assert maxb.get(f"/api-keys/{owner_key.id}/revoke").status_code == 403
+    maxb.get(f"/api-keys/{mine_id}/revoke")
+    assert maxb.post(f"/api-keys/{mine_id}/revoke", {}).status_code == 303
+    assert kp.container.keys.get(kp.org.id, mine_id).revoked_at is not None
+    assert kp.container.keys.get(kp.org.id, owner_key.id).revoked_at is None
+    assert maxb.get("/api-keys/key_doesnotexist/revoke").status_code == 404
