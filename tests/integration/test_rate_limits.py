@@ -133,6 +133,23 @@ def test_a_request_without_max_tokens_counts_the_models_most_against_tpm(
     assert int(answer.headers["x-ratelimit-remaining-tokens"]) <= 20_000 - 16_384
 
 
+def test_a_model_that_may_write_more_than_the_tpm_limit_still_runs_without_max_tokens(
+    limited: Keyplane,
+) -> None:
+    """gpt-4o-mini may write 16,384 tokens; under a 10,000 TPM limit a request without max_tokens
+    counts what the limit leaves after its prompt instead of being "too large" forever (as at
+    OpenAI, where a plain gpt-4.1 call runs on Tier 1's 30,000 TPM); the next one waits."""
+    limit_key(limited, tpm=10_000)
+    body = {k: v for k, v in CHAT.items() if k != "max_tokens"}
+    first = post(limited, body)
+    assert first.status_code == 200
+    second = post(limited, body)
+    assert second.status_code == 429 and second.json()["error"]["type"] == "tokens"
+    assert "x-should-retry" not in second.headers and float(second.headers["retry-after"]) > 0
+    capped = post(limited, {**body, "max_tokens": 12_000})  # a cap the limit can never admit
+    assert capped.status_code == 429 and "Request too large" in capped.json()["error"]["message"]
+
+
 def test_a_project_can_lower_but_never_raise_the_organizations_limits(limited: Keyplane) -> None:
     service = limited.container.rate_limit_service
     with pytest.raises(InvalidRequest):

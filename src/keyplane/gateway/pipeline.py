@@ -244,7 +244,7 @@ class Pipeline:
         )
         # No await from here to the journal: the admission is one step.
         now = self.clock.now()
-        self._rate_limit(call, scopes, wanted, choices, now)
+        self._rate_limit(call, scopes, wanted * choices, asked is None, now)
         try:
             rewrite |= self._hold(
                 call, call.price, org, payload, bound, fields, asked, wanted, choices, now
@@ -264,12 +264,19 @@ class Pipeline:
                 self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True)
 
     def _rate_limit(
-        self, call: Call, scopes: list[LimitScope], wanted: int, choices: int, now: float
+        self, call: Call, scopes: list[LimitScope], output: int, uncapped: bool, now: float
     ) -> None:
-        """Counts the request and its estimated tokens (prompt + the most it may write, as the
-        hold counts it: leaving out max_tokens must not slip past a TPM limit) against every
-        scope; the settlement corrects the tokens to what was used."""
-        tokens = call.estimated_input + wanted * choices
+        """Counts the request and its estimated tokens (prompt + the most it may write, ``output``,
+        as the hold counts it: leaving out max_tokens must not slip past a TPM limit) against every
+        scope; the settlement corrects the tokens to what was used. A request that sets no cap
+        (``uncapped``) counts at most what the tightest TPM limit leaves after its prompt: a model
+        that may write more than the limit (gpt-4.1's 32,768 against Tier 1's 30,000) is then
+        not "too large" to ever run, as at OpenAI, and the settlement counts what it wrote."""
+        if uncapped and output:
+            room = _token_room(scopes) - call.estimated_input
+            if 0 < room < output:
+                output = room
+        tokens = call.estimated_input + output
         decision = self.rates.admit(scopes, tokens, now)
         call.rate_headers = rate_limit_headers(decision)
         call.ticket = decision.ticket
@@ -539,6 +546,16 @@ def _output_cap(payload: dict[str, Any]) -> tuple[tuple[str, ...], int | None]:
             fields += (field,)
             asked = value if asked is None or value > asked else asked
     return fields, asked
+
+
+def _token_room(scopes: list[LimitScope]) -> int:
+    """The tightest TPM limit of ``scopes`` (a very large number when none has one)."""
+    room = 1 << 62
+    for scope in scopes:
+        tpm = scope.limits.tpm
+        if tpm is not None and tpm < room:
+            room = tpm
+    return room
 
 
 def _too_large(limit: int) -> ApiError:
