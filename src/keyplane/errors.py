@@ -39,8 +39,10 @@ class StoreUnavailable(KeyplaneError):
 class SpendRefused(KeyplaneError):
     """A request would exceed the credit balance, a monthly budget or the usage limit.
 
-    ``scope`` is one of ``keyplane.billing.wallet.Scope``'s values."""
+    ``scope`` is one of ``keyplane.billing.wallet.Scope``'s values; ``retry_after_s`` is set when
+    only requests in flight stand in the way (their holds are released as they finish)."""
 
-    def __init__(self, scope: str, message: str) -> None:
+    def __init__(self, scope: str, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.scope = scope
+        self.retry_after_s = retry_after_s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -175,6 +176,60 @@ def test_budget_change_applies_at_once_without_a_spurious_429(funded: Keyplane) 
         r.status_code == 429
         and "left of your organization's monthly budget" in (r.json()["error"]["message"])
     )
+
+
+class GatedUpstream(Upstream):
+    """Answers each chat request once ``release`` is set (a long request in flight)."""
+
+    models = ("gpt-4o-mini",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release, self.received = threading.Event(), threading.Event()
+
+    def answer(self, body: dict[str, Any]) -> bytes:
+        self.received.set()
+        self.release.wait(30)
+        usage = {"prompt_tokens": 5, "completion_tokens": 7}
+        return orjson.dumps({"id": "x", "object": "chat.completion", "choices": [], "usage": usage})
+
+
+def test_a_refusal_that_requests_in_flight_cause_says_so_and_may_be_retried(
+    tmp_path: Path,
+) -> None:
+    """The first request holds the most it may cost, the whole balance; a second, meanwhile, is
+    refused, but not as "quota exceeded, do not retry": once the first settles at what it really
+    cost, the same request runs."""
+    upstream = GatedUpstream()
+    server = ServerThread(upstream).start()
+    kp = start_keyplane(tmp_path, server.url + "/v1", credit=5_000)  # $0.005
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": f"Bearer {kp.key}"}
+
+    def chat() -> httpx.Response:
+        return httpx.post(kp.base_url + "/chat/completions", json=body, headers=headers, timeout=30)
+
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(chat)
+            assert upstream.received.wait(10)
+            busy = chat()
+            assert busy.status_code == 429, busy.text
+            error = busy.json()["error"]
+            assert (
+                error["code"] == "spend_held_in_flight" and "Try again shortly" in error["message"]
+            )
+            assert "x-should-retry" not in busy.headers and busy.headers["retry-after"] == "1"
+            upstream.release.set()
+            assert first.result().status_code == 200
+        assert chat().status_code == 200  # the first one cost a few micro-dollars, not its hold
+        kp.flush()
+        assert kp.container.billing.balance(kp.org.id).available > 0
+    finally:
+        upstream.release.set()
+        kp.server.stop()
+        kp.container.close()
+        server.stop()
 
 
 def test_sdk_raises_rate_limit_error_once_without_retrying(

@@ -16,7 +16,8 @@ from keyplane.errors import (
 )
 
 # Money refusals: (code, x-keyplane-limit). No Retry-After and x-should-retry: false, because
-# retrying cannot help (the official SDKs honour x-should-retry).
+# retrying cannot help (the official SDKs honour x-should-retry) — unless only requests in flight
+# stand in the way: then code "spend_held_in_flight" and a Retry-After, which the SDKs wait for.
 _SPEND = {
     "credits": ("insufficient_quota", b"credits"),
     "usage_limit": ("insufficient_quota", b"usage_limit"),
@@ -50,10 +51,19 @@ class ApiError(Exception):
 def from_domain(exc: KeyplaneError) -> ApiError:
     if isinstance(exc, SpendRefused):
         code, limit = _SPEND[exc.scope]
-        headers = ((b"x-keyplane-limit", limit), (b"x-should-retry", b"false"))
-        return ApiError(
-            429, exc.message, type="insufficient_quota", code=code, extra_headers=headers
-        )
+        if exc.retry_after_s is not None:
+            wait_ms = round(exc.retry_after_s * 1000)
+            headers = (
+                (b"x-keyplane-limit", limit),
+                (b"retry-after", str(max(1, -(-wait_ms // 1000))).encode()),
+                (b"retry-after-ms", str(wait_ms).encode()),
+            )
+            return ApiError(
+                429, exc.message, type="insufficient_quota", code="spend_held_in_flight",
+                extra_headers=headers,
+            )  # fmt: skip
+        final = ((b"x-keyplane-limit", limit), (b"x-should-retry", b"false"))
+        return ApiError(429, exc.message, type="insufficient_quota", code=code, extra_headers=final)
     if isinstance(exc, InvalidApiKey):
         return ApiError(401, exc.message, code="invalid_api_key")
     if isinstance(exc, StoreUnavailable):

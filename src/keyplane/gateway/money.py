@@ -79,6 +79,20 @@ def refusal(scope: Scope, left: int, least: int) -> str:
     )
 
 
+RETRY_IN_FLIGHT_S = 1.0  # a refusal that requests in flight cause: worth trying again this soon
+
+
+def busy_refusal(scope: Scope, left: int, least: int, in_flight: int, requests: int) -> str:
+    """The message of a refusal that only requests in flight cause: their holds (the most each may
+    cost) take what this one needs, and are released to what each really cost as they finish."""
+    return (
+        f"This request needs ${format_usd(least)} held, and ${format_usd(max(left, 0))} is left "
+        f"{_LEFT[scope]} while {requests} other request{'s' if requests != 1 else ''} in flight "
+        f"hold ${format_usd(in_flight)} (the most each may cost, released to what it really costs "
+        "when it finishes). Try again shortly; setting max_tokens makes each request hold less."
+    )
+
+
 @final
 class Admission(Value):
     FIELDS = ("hold", "output_tokens", "clamped")
@@ -167,8 +181,7 @@ class MoneyGuard:
             affordable = bound.max_output_for(refused.headroom) if output_tokens else -1
             least = min(output_tokens, self._min_output)
             if affordable < least or affordable < 0:
-                message = refusal(refused.scope, refused.headroom, bound.cost(least))
-                raise SpendRefused(refused.scope.value, message)
+                raise self._refused(org, hold, refused.scope, refused.headroom, bound.cost(least))
             output_tokens, clamped = affordable, True
             hold = hold.replace(amount=bound.cost(affordable))
             refused = org.place_hold(hold)
@@ -181,6 +194,21 @@ class MoneyGuard:
             raise StoreUnavailable("Could not record the spending hold.") from None
         self._live.add(hold.id)
         return Admission(hold, output_tokens, clamped)
+
+    @staticmethod
+    def _refused(org: OrgMoney, hold: Hold, scope: Scope, left: int, least: int) -> SpendRefused:
+        """The refusal: final when the scope itself cannot cover ``least``, retryable when only
+        the holds of requests in flight stand in the way (they are released as they finish)."""
+        project_only = scope is Scope.PROJECT_BUDGET
+        holds = [
+            h.amount
+            for h in org.holds.values()
+            if not project_only or h.project_id == hold.project_id
+        ]
+        if holds and left + sum(holds) >= least:
+            message = busy_refusal(scope, left, least, sum(holds), len(holds))
+            return SpendRefused(scope.value, message, retry_after_s=RETRY_IN_FLIGHT_S)
+        return SpendRefused(scope.value, refusal(scope, left, least))
 
     def finish(self, hold: Hold, record: UsageRecord) -> UsageRecord:
         """Settles the request at its real cost (never more than the hold) and queues the usage
