@@ -91,9 +91,10 @@ def initialized(
     **overrides: Any,
 ) -> tuple[bootstrap.Container, Any, Any, Any, str]:
     """A container with one Owner, organization, project and project key (its secret last)."""
-    settings = make_settings(
-        tmp_path, upstreams=[UpstreamSettings(name="sim", base_url=upstream_url)], **overrides
-    )
+    upstreams = overrides.pop("upstreams", None) or [
+        UpstreamSettings(name="sim", base_url=upstream_url)
+    ]
+    settings = make_settings(tmp_path, upstreams=upstreams, **overrides)
     container = bootstrap.build(settings, clock=clock or SystemClock())
     owner, org, project = container.accounts.initialize(
         email="owner@example.com", password="correct horse battery", org_name="Acme"

@@ -75,6 +75,7 @@ class Upstream:
     status = 200
     content_type = b"application/json"
     models: tuple[str, ...] = ("gpt-3.5-turbo", "gpt-4o")  # what GET /models lists
+    extra_headers: tuple[tuple[bytes, bytes], ...] = ()  # sent with each answer to a POST
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
@@ -104,5 +105,7 @@ class Upstream:
             self.headers.append(dict(scope["headers"]))
             answer, status, content_type = self.answer(body), self.status, self.content_type
         headers = [(b"content-type", content_type)]
+        if scope["method"] != "GET":
+            headers += self.extra_headers
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": answer})

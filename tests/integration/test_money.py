@@ -81,9 +81,12 @@ def test_a_thousand_concurrent_requests_never_overspend_one_dollar(funded: Keypl
     assert set(statuses) <= {200, 429}, statuses
     refused = [r for r in responses if r.status_code == 429]
     assert refused, "the balance should run out"
-    for r in refused:
-        assert r.json()["error"]["code"] == "insufficient_quota"
-        assert r.headers["x-keyplane-limit"] == "credits" and "retry-after" not in r.headers
+    for r in refused:  # for good once the money is gone; while others hold it, worth a retry
+        code = r.json()["error"]["code"]
+        assert code in ("insufficient_quota", "spend_held_in_flight")
+        assert r.headers["x-keyplane-limit"] == "credits"
+        assert ("retry-after" in r.headers) == (code == "spend_held_in_flight")
+    assert any(r.json()["error"]["code"] == "insufficient_quota" for r in refused)
     records = kp.usage(expect=statuses[200])
     spent = sum(r.cost_micro_usd for r in records)
     assert spent <= DOLLAR  # never a micro-dollar over
@@ -107,7 +110,9 @@ def test_the_lowest_of_balance_and_budgets_wins(funded: Keyplane) -> None:
     responses = asyncio.run(fire(kp, bodies(400, seed=3)))
     refused = [r for r in responses if r.status_code == 429]
     assert refused
-    assert {r.json()["error"]["code"] for r in refused} == {"project_spend_limit_exceeded"}
+    codes = {r.json()["error"]["code"] for r in refused}  # (some while others held the rest)
+    assert "project_spend_limit_exceeded" in codes
+    assert codes <= {"project_spend_limit_exceeded", "spend_held_in_flight"}
     assert {r.headers["x-keyplane-limit"] for r in refused} == {"budget"}
     records = kp.usage(expect=sum(r.status_code == 200 for r in responses))
     spent = sum(r.cost_micro_usd for r in records)

@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from conftest import Keyplane, start_keyplane
+from keyplane.config import UpstreamSettings
 from keyplane.usage.pricing import PriceTable
 from kptest import ServerThread, Upstream
 
@@ -99,6 +100,75 @@ def test_an_openai_error_passes_through_as_it_came(kp: Keyplane, upstream: Answe
         headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
     )  # fmt: skip
     assert r.status_code == 400 and r.content == upstream.body
+
+
+REFUSED = (
+    b'{"error":{"message":"Incorrect API key provided: sk-provi*****cdef. You can find your API '
+    b'key at https://platform.openai.com/account/api-keys.","type":"invalid_request_error",'
+    b'"param":null,"code":"invalid_api_key"}}'
+)
+
+
+def test_an_upstream_refusing_keyplanes_key_is_not_the_clients_401_and_the_next_one_serves(
+    tmp_path: Path,
+) -> None:
+    """A provider key gone wrong (rotated, say) is the operator's problem: the client is not told
+    its own key is invalid, sees no part of the provider key, and a second upstream serves."""
+    refusing = Answering(401, b"application/json", REFUSED)
+    healthy = Answering(
+        200,
+        b"application/json",
+        b'{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}',
+    )
+    servers = [ServerThread(u).start() for u in (refusing, healthy)]
+    primary = UpstreamSettings(
+        name="primary", base_url=servers[0].url + "/v1", api_key="sk-provider-cdef"
+    )
+    backup = UpstreamSettings(name="backup", base_url=servers[1].url + "/v1", api_key="sk-other")
+    kp = start_keyplane(tmp_path / "two", "", upstreams=[primary, backup])
+    alone = start_keyplane(tmp_path / "one", "", upstreams=[primary])
+    try:
+        r = httpx.post(kp.base_url + "/chat/completions", json=CHAT,
+                       headers={"authorization": f"Bearer {kp.key}"}, timeout=30)  # fmt: skip
+        assert r.status_code == 200 and len(refusing.bodies) == 1 and len(healthy.bodies) == 1
+        r = httpx.post(alone.base_url + "/chat/completions", json=CHAT,
+                       headers={"authorization": f"Bearer {alone.key}"}, timeout=30)  # fmt: skip
+        assert r.status_code == 502 and b"sk-provi" not in r.content
+        error = r.json()["error"]
+        assert (
+            error["code"] == "upstream_error"
+            and "'primary' refused keyplane's credentials" in (error["message"])
+        )
+        [record] = alone.usage(expect=1)
+        assert record.status == 502 and record.cost_micro_usd == 0
+    finally:
+        for instance in (kp, alone):
+            instance.server.stop()
+            instance.container.close()
+        for server in servers:
+            server.stop()
+
+
+def test_an_upstreams_retry_after_reaches_the_client_and_is_not_hammered(tmp_path: Path) -> None:
+    """An upstream that asks for time (429 or 503 with Retry-After) is not tried again at once by
+    keyplane, and the client's SDK is told how long to wait."""
+    busy = Answering(
+        503,
+        b"application/json",
+        b'{"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}',
+    )
+    busy.extra_headers = ((b"retry-after", b"2"), (b"retry-after-ms", b"2000"))
+    server = ServerThread(busy).start()
+    kp = start_keyplane(tmp_path, server.url + "/v1", upstream_retries=2)
+    try:
+        r = httpx.post(kp.base_url + "/chat/completions", json=CHAT,
+                       headers={"authorization": f"Bearer {kp.key}"}, timeout=30)  # fmt: skip
+        assert r.status_code == 503 and len(busy.bodies) == 1
+        assert r.headers["retry-after"] == "2" and r.headers["retry-after-ms"] == "2000"
+    finally:
+        kp.server.stop()
+        kp.container.close()
+        server.stop()
 
 
 class Hangup(threading.Thread):

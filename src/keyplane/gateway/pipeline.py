@@ -57,7 +57,10 @@ from keyplane.usage.records import Outcome, UsageRecord
 
 log = logging.getLogger("keyplane.gateway")
 
-_PASS_RESPONSE = frozenset({b"content-type", b"openai-processing-ms", b"openai-version"})
+# (Retry-After comes on an upstream's 429 or 503: the SDKs wait as long as it asks.)
+_PASS_RESPONSE = frozenset(
+    {b"content-type", b"openai-processing-ms", b"openai-version", b"retry-after", b"retry-after-ms"}
+)
 # Enum members used on every request, as globals: on Python 3.11 ``KeyKind.ADMIN`` goes through the
 # enum metaclass's ``__getattr__`` hook (~80 ns, against ~10 ns for a global).
 _ADMIN = KeyKind.ADMIN

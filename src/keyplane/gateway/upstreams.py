@@ -23,6 +23,10 @@ from keyplane.gateway.transport import (
 log = logging.getLogger("keyplane.upstreams")
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
+# The upstream refused keyplane's own credentials (its provider key): not the client's doing, so
+# never passed on as the client's 401 (with part of the provider key in OpenAI's message); the
+# next upstream is tried, as for an outage.
+REFUSED_STATUSES = frozenset({401, 403})
 MODEL_LIST_TTL_S = 60.0
 # Headers a client may send that the upstream must not see: credentials (the upstream's key is
 # ours to set; api-key and x-api-key are Azure's and Anthropic's), claims about the client's
@@ -150,10 +154,13 @@ class UpstreamRouter:
         unless ``stream``, its body (read, so that a broken body can be retried like a 5xx).
 
         Connection errors and 5xx answers move on to the next try (backing off) and the next
-        upstream; the caller must close the returned response. Raises UpstreamUnavailable."""
+        upstream; a 5xx with a Retry-After, and a refusal of keyplane's credentials (401, 403),
+        straight to the next upstream. The caller must close the returned response. Raises
+        UpstreamUnavailable."""
         out_headers = [(k, v) for k, v in headers if k not in _DROP_REQUEST]
         out_headers.append(_IDENTITY)
         last: UpstreamResponse | None = None
+        refused: tuple[str, int] | None = None  # the last upstream that refused our credentials
         attempt = 0
         for up in upstreams:
             for _ in range(self._retries + 1):
@@ -184,12 +191,28 @@ class UpstreamRouter:
                         f"The upstream '{up.name}' closed the connection before answering.",
                         reached=True,
                     ) from None
+                if resp.status in REFUSED_STATUSES:
+                    log.error(
+                        "upstream %s refused keyplane's credentials (HTTP %d): check its api_key",
+                        up.name, resp.status,
+                    )  # fmt: skip
+                    await resp.aclose()
+                    refused = (up.name, resp.status)
+                    break
                 if resp.status in RETRY_STATUSES:
                     last = resp
+                    if any(name == b"retry-after" for name, _ in resp.headers):
+                        break  # it asked for time: the next upstream, or this answer as it is
                     continue
                 return resp, None if stream else await self._read(resp)
         if last is not None:
             return last, None if stream else await self._read(last)
+        if refused is not None:
+            name, status = refused
+            raise UpstreamUnavailable(
+                f"The upstream '{name}' refused keyplane's credentials for it (HTTP {status}): the "
+                "operator must check its provider API key. Your own key is fine."
+            )
         raise UpstreamUnavailable("No upstream serving this model could be reached.")
 
     @staticmethod
