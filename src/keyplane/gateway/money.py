@@ -199,11 +199,15 @@ class MoneyGuard:
     def _refused(org: OrgMoney, hold: Hold, scope: Scope, left: int, least: int) -> SpendRefused:
         """The refusal: final when the scope itself cannot cover ``least``, retryable when only
         the holds of requests in flight stand in the way (they are released as they finish)."""
+        # The holds that take from the same room: the project's own for its budget, and for a
+        # monthly scope only those of this month (credits are not monthly).
         project_only = scope is Scope.PROJECT_BUDGET
+        monthly = scope is not Scope.CREDITS
         holds = [
             h.amount
             for h in org.holds.values()
-            if not project_only or h.project_id == hold.project_id
+            if (not project_only or h.project_id == hold.project_id)
+            and (not monthly or h.period == hold.period)
         ]
         if holds and left + sum(holds) >= least:
             message = busy_refusal(scope, left, least, sum(holds), len(holds))
