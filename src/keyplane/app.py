@@ -44,19 +44,37 @@ class ForwardedClient:
     """Behind trusted proxies, sets ``scope["client"]`` to the caller's address from
     ``X-Forwarded-For`` (walked right to left through ``trusted_proxies`` only), for the Admin API
     and the dashboard, which read ``request.client`` (admin keys' IP allowlists, the audit log,
-    the sign-in throttle per network). The gateway works the address out itself, cached."""
+    the sign-in throttle per network), and ``scope["scheme"]`` from ``X-Forwarded-Proto`` when
+    the direct peer is a trusted proxy. The gateway works the address out itself, cached."""
 
     def __init__(self, app: ASGIApp, trusted_proxies: Sequence[str]) -> None:
         self.app = app
         self._trusted = network.parse_networks(trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        forwarded = network.forwarded_for(scope["headers"]) if self._trusted else None
-        if forwarded is not None:
+        if self._trusted:
             peer = scope.get("client")
-            addr = network.client_address(peer[0] if peer else None, forwarded, self._trusted)
-            scope = {**scope, "client": None if addr is None else (str(addr), 0)}
+            peer_host = peer[0] if peer else None
+            forwarded = network.forwarded_for(scope["headers"])
+            if forwarded is not None:
+                addr = network.client_address(peer_host, forwarded, self._trusted)
+                scope = {**scope, "client": None if addr is None else (str(addr), 0)}
+            proto = _forwarded_proto(scope["headers"])
+            if proto is not None and network.allowed_nonempty(
+                network.parse_address(peer_host), self._trusted
+            ):
+                scope = {**scope, "scheme": proto}
         await self.app(scope, receive, send)
+
+
+def _forwarded_proto(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """``X-Forwarded-Proto`` as the nearest proxy set it (the last value): "https" behind a proxy
+    that ends TLS, so that the dashboard's cookies are Secure and HSTS is sent."""
+    values = [v for name, v in headers if name == b"x-forwarded-proto"]
+    if not values:
+        return None
+    last = values[-1].split(b",")[-1].strip().lower()
+    return last.decode() if last in (b"http", b"https") else None
 
 
 class KeyplaneApp:

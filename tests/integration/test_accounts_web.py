@@ -370,6 +370,39 @@ def test_over_https_cookies_are_secure_host_only_and_hsts_is_sent(kp: Keyplane) 
         with_https.close()
 
 
+def test_behind_a_trusted_tls_proxy_cookies_are_secure_and_hsts_is_sent(
+    tmp_path: Path, clock: FrozenClock
+) -> None:
+    """keyplane speaks plain HTTP behind a proxy that ends TLS: X-Forwarded-Proto from a trusted
+    proxy makes the session cookie Secure and __Host-; the same header from anyone else does not
+    (the scheme a client claims for itself is no proof)."""
+    container = bootstrap.build(
+        make_settings(tmp_path, trusted_proxies=["10.0.0.0/8"]), clock=clock
+    )
+    container.accounts.initialize(
+        email="owner@example.com", password=OWNER_PASSWORD, org_name="Acme"
+    )
+    app, _ = bootstrap.build_app(container)
+    https = {"x-forwarded-proto": "https"}
+    proxy = TestClient(app, follow_redirects=False, client=("10.1.2.3", 50000), headers=https)
+    outside = TestClient(app, follow_redirects=False, client=("198.51.100.7", 50000), headers=https)
+    try:
+        # (A cookie jar over plain HTTP would not send Secure cookies back, as the browser talking
+        # HTTPS to the proxy does: the answers' headers show what the browser is told.)
+        behind = proxy.get("/login")
+        assert behind.headers["strict-transport-security"].startswith("max-age=")
+        cookie = behind.headers["set-cookie"]
+        assert cookie.startswith("__Host-kp_csrf=") and "; secure" in cookie.lower()
+        direct = outside.get("/login")
+        assert "strict-transport-security" not in direct.headers
+        cookie = direct.headers["set-cookie"]
+        assert cookie.startswith("kp_csrf=") and "secure" not in cookie.lower()
+    finally:
+        proxy.close()
+        outside.close()
+        container.close()
+
+
 def test_every_form_post_needs_its_csrf_token(kp: Keyplane, browser: Browser) -> None:
     browser.get("/login")
     login = {"email": "owner@example.com", "password": OWNER_PASSWORD}
