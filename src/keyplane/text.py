@@ -9,9 +9,15 @@ import unicodedata
 from keyplane.errors import InvalidRequest
 
 
+# The two format characters that writing needs: Persian and Indic scripts join or keep apart
+# letters with them, and emoji sequences (a family, a profession) are built with the joiner.
+JOINERS = frozenset("\u200c\u200d")
+
+
 def refuse_control_characters(value: str, what: str, param: str) -> str:
     """``value`` as it is; raises InvalidRequest if it holds a control or format character
-    (Unicode category C: ESC, NUL, newlines, zero-width and direction marks...)."""
-    if any(unicodedata.category(c).startswith("C") for c in value):
+    (Unicode category C: ESC, NUL, newlines, direction marks, invisible tags...) other than the
+    zero-width joiner and non-joiner."""
+    if any(unicodedata.category(c).startswith("C") and c not in JOINERS for c in value):
         raise InvalidRequest(f"{what} cannot contain control characters.", param=param)
     return value

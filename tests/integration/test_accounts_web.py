@@ -831,6 +831,23 @@ def failures_on_record(container: bootstrap.Container, count: int, clock: Frozen
         )
 
 
+def test_a_password_reset_lifts_the_lock_an_attackers_guesses_put_on_an_account(
+    kp: Keyplane, browser: Browser, inbox: Inbox
+) -> None:
+    """Anyone can make 100 wrong guesses at an account; its owner, who can read its mailbox, gets
+    back in through a password reset instead of waiting out the hour."""
+    failures_on_record(kp.container, 100, kp.container.clock)  # type: ignore[arg-type]
+    r = browser.log_in("owner@example.com", OWNER_PASSWORD)
+    assert r.status_code == 429 and "for this account" in text_of(r)
+    browser.get("/password/forgot")
+    browser.post("/password/forgot", {"email": "owner@example.com"})
+    link = link_in(inbox, "owner@example.com", "/password/reset")
+    browser.get(link)
+    r = browser.post("/password/reset", {"token": token_of(link), "password": PASSWORD})
+    assert r.status_code == 200 and "Password changed" in text_of(r)
+    assert browser.log_in("owner@example.com", PASSWORD).status_code == 303
+
+
 def test_wrong_totp_codes_count_as_failed_logins(
     local: bootstrap.Container, clock: FrozenClock
 ) -> None:

@@ -153,6 +153,10 @@ class LoginAttemptStore(Protocol):
         """Removes provisional failures (the attempt succeeded)."""
         ...
 
+    def forget_failures(self, subject: str) -> None:
+        """Removes every failure recorded for ``subject``."""
+        ...
+
 
 class SecondFactorStore(Protocol):
     def second_factor(self, user_id: str) -> SecondFactor | None:

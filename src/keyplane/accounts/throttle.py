@@ -115,3 +115,8 @@ class LoginThrottle:
 
     def succeeded(self, attempt: Attempt) -> None:
         self._store.forgive_attempt(attempt.ids)
+
+    def forget_account(self, email: str) -> None:
+        """Clears the account's failures: its owner proved the mailbox (a password reset), so an
+        attacker's wrong guesses no longer keep them from signing in. The network's stay."""
+        self._store.forget_failures(account_subject(email))

@@ -254,6 +254,10 @@ class SqlAuthStore(SqlStore):
             with self._write() as conn:
                 conn.execute(delete(login_failures).where(login_failures.c.id.in_(list(ids))))
 
+    def forget_failures(self, subject: str) -> None:
+        with self._write() as conn:
+            conn.execute(delete(login_failures).where(login_failures.c.subject == subject))
+
     # -- two-factor -------------------------------------------------------------------------
     def second_factor(self, user_id: str) -> SecondFactor | None:
         def read(c: Connection) -> SecondFactor | None:

@@ -239,12 +239,14 @@ def reset_page(request: Request, token: str = "") -> Response:
 
 @router.post("/password/reset")
 def reset(request: Request, token: Field = "", password: Field = "") -> Response:
+    auth = context(request).auth
     try:
-        context(request).auth.signup.reset_password(token, password)
+        user = auth.signup.reset_password(token, password)
     except TokenRefused as exc:
         return render(request, "reset.html", status=400, error=exc.message)
     except InvalidRequest as exc:
         return render(request, "reset.html", status=400, error=exc.message, token=token)
+    auth.login.throttle.forget_account(user.email)  # the link proved the mailbox
     # Every session of the account ended, this browser's too.
     response = render(request, "reset.html", done=True, viewer=None)
     clear_session_cookie(request, response)
