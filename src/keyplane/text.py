@@ -8,7 +8,6 @@ import unicodedata
 
 from keyplane.errors import InvalidRequest
 
-
 # The two format characters that writing needs: Persian and Indic scripts join or keep apart
 # letters with them, and emoji sequences (a family, a profession) are built with the joiner.
 JOINERS = frozenset("\u200c\u200d")

@@ -111,7 +111,8 @@ def _count(value: Any) -> TypeGuard[int]:
 
 class SseAccounting:
     """Splits upstream bytes into events, notes usage and generated text, drops what the client
-    did not ask for (the usage-only event when it did not set include_usage)."""
+    did not ask for (the usage-only event, and each chunk's null usage, when it did not set
+    include_usage)."""
 
     def __init__(self, *, client_wants_usage: bool) -> None:
         self._strip_usage = not client_wants_usage
@@ -125,7 +126,16 @@ class SseAccounting:
         self.events = 0
 
     def feed(self, data: bytes) -> bytes:
-        """Returns the complete events in ``data`` (plus what was held back) to forward now."""
+        """Returns the complete events in ``data`` (plus what was held back) to forward now. When
+        the client did not ask for usage, the ``"usage":null`` that every chunk carries once
+        keyplane asked for it is taken out, as OpenAI leaves the field out then. (Inside a JSON
+        string a quote is escaped, so the bytes ``,"usage":null`` can only be that field.)"""
+        out = self._events(data)
+        if self._strip_usage and out.find(b'"usage"') >= 0:
+            out = out.replace(b',"usage":null', b"").replace(b', "usage": null', b"")
+        return out
+
+    def _events(self, data: bytes) -> bytes:
         buf = self._buf + data if self._buf else data
         # (find, not `in`: `bytes in bytes` first tries its operand as an integer and formats a
         # TypeError; this runs for every chunk and event of every stream)
