@@ -169,7 +169,7 @@ def test_huge_bodies_and_strings_are_refused_with_413(app: InProcess) -> None:
 
 
 def test_wrong_method_and_unknown_paths_are_404_envelopes(app: InProcess) -> None:
-    resp = app.loop.run_until_complete(app.client.get("/v1/chat/completions"))
+    resp = app.loop.run_until_complete(app.client.get("/v1/embeddings"))
     assert resp.status_code == 404 and "Invalid URL" in resp.json()["error"]["message"]
     assert app.post("/v1/nope", b"{}").status_code == 404
     # An OpenAI endpoint keyplane does not forward says so, rather than "Invalid URL".
@@ -177,3 +177,7 @@ def test_wrong_method_and_unknown_paths_are_404_envelopes(app: InProcess) -> Non
         resp = app.post(path, b"{}")
         assert resp.status_code == 404 and resp.json()["error"]["code"] == "unsupported_endpoint"
         assert "does not serve" in resp.json()["error"]["message"]
+    # Stored completions (store=true): listed, retrieved, their messages.
+    for path in ("/v1/chat/completions", "/v1/chat/completions/chatcmpl-abc/messages"):
+        resp = app.loop.run_until_complete(app.client.get(path))
+        assert resp.status_code == 404 and resp.json()["error"]["code"] == "unsupported_endpoint"

@@ -233,3 +233,14 @@ def test_parse_dollars_refuses_non_strings_negatives_and_sub_micros(value: Any) 
 def test_parse_dollars_refuses_nan_and_infinity_with_value_error(value: str) -> None:
     with pytest.raises(ValueError, match="here"):
         parse_dollars(value, "here")
+
+
+@pytest.mark.parametrize(
+    ("model", "per_million_in_and_out"),
+    [("gpt-3.5-turbo-instruct", 3_500_000), ("davinci-002", 4_000_000), ("babbage-002", 800_000)],
+)
+def test_the_legacy_completions_models_are_priced(model: str, per_million_in_and_out: int) -> None:
+    """/v1/completions serves these at OpenAI; unpriced, keyplane would refuse every one."""
+    price = PriceTable.load().price(model, 1_800_000_000)
+    assert price is not None and price.context_window
+    assert price.token_cost(1_000_000, 0, 1_000_000) == per_million_in_and_out
