@@ -263,6 +263,25 @@ def test_an_invitation_link_opens_a_page_that_joins_the_invited_account_once(
     assert r.status_code == 400 and "This invitation does not work" in text_of(r)
 
 
+def test_accepting_an_invitation_proves_the_address_of_an_unverified_account(
+    kp: Keyplane, browser: Browser, inbox: Inbox
+) -> None:
+    """The invitation came to that mailbox: an account signed up for it needs no second link."""
+    owner = Actor(ActorType.SESSION, "sess_test", user_id=kp.owner.id, email=kp.owner.email)
+    kp.container.orgs.invite(owner, kp.org.id, "erin@example.com", OrgRole.READER)
+    link = link_in(inbox, "erin@example.com", "/invites/accept")
+    browser.get("/signup")
+    browser.post("/signup", {"email": "erin@example.com", "password": PASSWORD})
+    browser.log_in("erin@example.com", PASSWORD)
+    assert browser.get("/").headers["location"] == "/verify/pending"
+    browser.get(link)
+    r = browser.post("/invites/accept", {"token": token_of(link)})
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    assert browser.get("/").headers["location"] == "/profile"  # verified: on to the profile
+    members = {m.user.email: m for m in kp.container.orgs.members(kp.org.id)}
+    assert members["erin@example.com"].user.email_verified_at is not None
+
+
 def test_signing_up_with_a_taken_address_looks_the_same_and_tells_its_owner(
     kp: Keyplane, browser: Browser, inbox: Inbox
 ) -> None:

@@ -206,6 +206,11 @@ class SignupService:
         assert user is not None
         return user
 
+    def address_proven(self, user_id: str) -> None:
+        """The user used a link emailed to their address (an invitation for it): the address is
+        verified, as a verification link would have done (no-op when it already is)."""
+        self._store.mark_email_verified(user_id, int(self._clock.now()))
+
     def can_create_keys(self, user_id: str) -> bool:
         """Whether the user may create API keys: only once their email address is verified."""
         user = self._store.user(user_id)

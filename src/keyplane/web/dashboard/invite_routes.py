@@ -53,8 +53,12 @@ def invite_page(request: Request, viewer: MaybeViewer, token: str = "") -> Respo
 def accept_invite(
     request: Request, viewer: CurrentUser, token: Annotated[str, Form()] = ""
 ) -> Response:
+    ctx = context(request)
     try:
-        context(request).services.orgs.accept_invite(_actor(request, viewer), token, viewer.user.id)
+        ctx.services.orgs.accept_invite(_actor(request, viewer), token, viewer.user.id)
     except InvalidRequest as exc:
         return render(request, "invite.html", status=400, error=exc.message)
+    # The token came to this address (accept_invite checked it is the account's): it is proven,
+    # so an account signed up from the invitation does not need a second link to verify.
+    ctx.auth.signup.address_proven(viewer.user.id)
     raise Redirect("/")
