@@ -122,11 +122,14 @@ class SecondFactorService:
     def status(self, user_id: str) -> SecondFactor | None:
         return self._store.second_factor(user_id)
 
-    def begin_setup(self, user: User) -> TotpSetup:
+    def begin_setup(self, user: User, password: str) -> TotpSetup:
         """A new secret for the user to add to their app; nothing is stored until ``enable``.
+        The password is asked first: a session someone else got hold of must not tie the account
+        to their authenticator (which a password reset would not remove).
 
-        Raises InvalidRequest while two-factor is on: another app replaces the first only after
-        turning it off, which asks for the password."""
+        Raises LoginThrottled, InvalidRequest (a wrong password; two-factor is on already:
+        another app replaces the first only after turning it off, which asks the password too)."""
+        self._check_password(user.id, password)
         if self._store.second_factor(user.id) is not None:
             raise InvalidRequest(_ALREADY_ON)
         secret = new_totp_secret()

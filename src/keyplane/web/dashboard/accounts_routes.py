@@ -267,9 +267,11 @@ def security_page(request: Request, viewer: CurrentMember) -> Response:
 
 
 @router.post("/account/totp/setup")
-def totp_setup(request: Request, viewer: CurrentMember) -> Response:
+def totp_setup(request: Request, viewer: CurrentMember, password: Field = "") -> Response:
     try:
-        setup = context(request).auth.second_factor.begin_setup(viewer.user)
+        setup = context(request).auth.second_factor.begin_setup(viewer.user, password)
+    except LoginThrottled as exc:
+        return _throttled(_security(request, viewer, status=429, error=exc.message), exc)
     except InvalidRequest as exc:
         return _security(request, viewer, status=400, error=exc.message)
     return render(request, "totp_setup.html", viewer=viewer, setup=setup)
