@@ -376,6 +376,10 @@ class _Connection(asyncio.Protocol):
             "headers": self._headers,
             "state": self.server.state.copy(),
         }
+        # Trailer fields of a chunked body come through on_header too: they go to a list nobody
+        # reads. In the headers they could claim what a proxy vouched for (X-Forwarded-For, and
+        # so an IP allowlist) or reach the upstream (RFC 9110 6.5.1: not merged unless safe).
+        self._headers = []
         exchange = _Exchange(self, scope, parser.should_keep_alive() and not self.closing)
         exchange.expect_continue = self._expect
         self._parsing = exchange

@@ -296,6 +296,30 @@ def test_chunked_answer_read_whole_and_in_chunks(run: Runner) -> None:
     run(main())
 
 
+def test_trailer_fields_of_an_answer_never_join_its_headers(run: Runner) -> None:
+    """A trailer's content-type must not replace the head's (RFC 9110 6.5.1)."""
+
+    def make(up: Upstream) -> Handler:
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+            while await up.requests_of(r) is not None:
+                w.write(chunked_head() + chunk(JSON_BODY) + b"0\r\ncontent-type: text/html\r\n\r\n")
+
+        return handler
+
+    async def main() -> None:
+        async with upstream(make) as up:
+            c = client()
+            try:
+                resp = await c.request("POST", up.url + "/t", [], b"{}")
+                assert await resp.read() == JSON_BODY
+                assert [v for k, v in resp.headers if k == b"content-type"] == [b"text/event-stream"]
+                await resp.aclose()
+            finally:
+                await c.aclose()
+
+    run(main())
+
+
 def test_slow_sse_arrives_piece_by_piece(run: Runner) -> None:
     """Each event reaches the consumer before the upstream sends the next one."""
     events = [b'data: {"n":%d}\n\n' % i for i in range(4)] + [b"data: [DONE]\n\n"]

@@ -123,6 +123,35 @@ def test_a_chunked_request_body_reaches_the_app_whole() -> None:
     run(scenario)
 
 
+def test_trailer_fields_never_join_the_request_headers() -> None:
+    """A trailer after a chunked body is not a header: as one, an X-Forwarded-For there would
+    pass for the trusted proxy's hop and open an IP allowlist."""
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await read_body(receive)
+        seen.append(list(scope["headers"]))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def scenario() -> None:
+        async with serving(app) as (_, port):
+            request = (
+                b"POST /c HTTP/1.1\r\nhost: x\r\nx-forwarded-for: 203.0.113.9\r\n"
+                b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n0\r\n"
+                b"x-forwarded-for: 10.1.2.3\r\nx-late: 1\r\n\r\n"
+            )
+            got = await talk(port, request)
+        assert got.startswith(b"HTTP/1.1 204")
+        [headers] = seen
+        assert [v for n, v in headers if n == b"x-forwarded-for"] == [b"203.0.113.9"]
+        assert not any(n == b"x-late" for n, _ in headers)
+
+    run(scenario)
+
+
 def test_a_large_body_arrives_in_pieces_with_reading_paused_in_between() -> None:
     sizes: list[int] = []
 

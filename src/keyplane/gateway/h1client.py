@@ -300,6 +300,10 @@ class _Conn(asyncio.Protocol):
             raise ValueError("an answer nobody asked for")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.state == _BODY:
+            # A trailer field of a chunked body: dropped. Merged into the headers, it would
+            # replace what the head said (a trailer's content-type, say; RFC 9110 6.5.1).
+            return
         name = name.lower()
         if name in HOP_BY_HOP:
             if name == b"content-length" or name == b"transfer-encoding":
