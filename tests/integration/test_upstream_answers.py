@@ -176,9 +176,9 @@ class Hangup(threading.Thread):
     read the request, answering nothing (it crashed, say, after starting on it), or only
     ``first`` bytes of a 200 answer of ``size`` bytes (it broke off)."""
 
-    def __init__(self, first: bytes = b"", size: int = 0) -> None:
+    def __init__(self, first: bytes = b"", size: int = 0, raw: bytes = b"") -> None:
         super().__init__(daemon=True)
-        self.first, self.size = first, size
+        self.first, self.size, self.raw = first, size, raw  # raw: sent as it is, then closed
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
         self.posts = 0
@@ -201,17 +201,25 @@ class Hangup(threading.Thread):
                     )
                 else:
                     self.posts += 1
-                    if self.first:
+                    if self.raw:
+                        conn.sendall(self.raw)
+                    elif self.first:
                         conn.sendall(
                             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                             b"content-length: %d\r\n\r\n%s" % (self.size, self.first)
                         )
 
 
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [(b"", "before answering"), (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "not HTTP"),
+     (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello", "not HTTP")],
+    ids=["closed", "not_http", "two_lengths"],
+)  # fmt: skip
 def test_a_request_the_upstream_may_have_received_is_not_sent_again_and_is_billed(
-    tmp_path: Path,
+    tmp_path: Path, raw: bytes, said: str
 ) -> None:
-    hangup = Hangup()
+    hangup = Hangup(raw=raw)
     hangup.start()
     kp = start_keyplane(tmp_path, hangup.url)  # (upstream_retries: 1)
     try:
@@ -219,7 +227,7 @@ def test_a_request_the_upstream_may_have_received_is_not_sent_again_and_is_bille
             kp.base_url + "/chat/completions", json=CHAT,
             headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
         )  # fmt: skip
-        assert r.status_code == 502 and "before answering" in r.json()["error"]["message"]
+        assert r.status_code == 502 and said in r.json()["error"]["message"]
         assert hangup.posts == 1  # not sent again: the upstream may be working on it
         [record] = kp.usage(expect=1)
         assert record.tokens_estimated and record.input_tokens > 0 and record.cost_micro_usd > 0

@@ -312,7 +312,9 @@ def test_trailer_fields_of_an_answer_never_join_its_headers(run: Runner) -> None
             try:
                 resp = await c.request("POST", up.url + "/t", [], b"{}")
                 assert await resp.read() == JSON_BODY
-                assert [v for k, v in resp.headers if k == b"content-type"] == [b"text/event-stream"]
+                assert [v for k, v in resp.headers if k == b"content-type"] == [
+                    b"text/event-stream"
+                ]
                 await resp.aclose()
             finally:
                 await c.aclose()
@@ -785,6 +787,9 @@ def test_upstream_dying_mid_body_is_stream_broken(run: Runner, chunked: bool) ->
 
 
 def test_garbage_answer(run: Runner) -> None:
+    """Bytes that are not an HTTP answer still show the request arrived: never "safe to retry"
+    (a retry would be sent, and billed by the upstream, again)."""
+
     def make(up: Upstream) -> Handler:
         async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
             await up.requests_of(r)
@@ -800,8 +805,9 @@ def test_garbage_answer(run: Runner) -> None:
         async with upstream(make) as up:
             c = client()
             try:
-                with pytest.raises(ConnectFailed, match="invalid answer"):
+                with pytest.raises(ClosedBeforeAnswer, match="invalid answer") as raised:
                     await c.request("GET", up.url + "/a", [])
+                assert not isinstance(raised.value, ConnectFailed)
                 resp = await c.request("GET", up.url + "/a", [])
                 with pytest.raises(StreamBroken, match="invalid answer"):
                     await resp.read()

@@ -66,6 +66,7 @@ from keyplane.gateway.transport import (
     ClosedBeforeAnswer,
     ConnectFailed,
     Headers,
+    InvalidAnswer,
     ReadTimedOut,
     StreamBroken,
     UpstreamClient,
@@ -267,8 +268,9 @@ class _Conn(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except (HttpParserError, HttpParserUpgrade) as exc:
+            # Bytes came back: the request was delivered, so never "safe to retry".
             message = f"invalid answer from the upstream: {exc}"
-            self.abort(ConnectFailed(message) if self.state == _HEAD else StreamBroken(message))
+            self.abort(InvalidAnswer(message) if self.state == _HEAD else StreamBroken(message))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.on_lost is not None and not self.on_lost.done():

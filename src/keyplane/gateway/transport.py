@@ -43,6 +43,11 @@ class ClosedBeforeAnswer(UpstreamError):
     not sent again."""
 
 
+class InvalidAnswer(ClosedBeforeAnswer):
+    """The upstream answered with bytes that are not a valid HTTP answer's head: it received the
+    request (and may be billing it), so, as above, it is not sent again."""
+
+
 class ReadTimedOut(UpstreamError):
     """No answer in time: the upstream may be working on the request (and costing money)."""
 

@@ -14,6 +14,7 @@ import orjson
 from keyplane.gateway.transport import (
     ClosedBeforeAnswer,
     ConnectFailed,
+    InvalidAnswer,
     ReadTimedOut,
     UpstreamClient,
     UpstreamError,
@@ -187,9 +188,13 @@ class UpstreamRouter:
                 except ClosedBeforeAnswer as closed:  # likewise: it may have been received
                     # (its own name: compiled, ``exc`` above is typed ConnectFailed)
                     log.warning("upstream %s: %s", up.name, closed)
+                    what = (
+                        "answered with something that is not HTTP"
+                        if isinstance(closed, InvalidAnswer)
+                        else "closed the connection before answering"
+                    )
                     raise UpstreamUnavailable(
-                        f"The upstream '{up.name}' closed the connection before answering.",
-                        reached=True,
+                        f"The upstream '{up.name}' {what}.", reached=True
                     ) from None
                 if resp.status in REFUSED_STATUSES:
                     log.error(
