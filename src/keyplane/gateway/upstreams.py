@@ -38,7 +38,7 @@ _DROP_REQUEST = frozenset(
         b"openai-organization", b"openai-project", b"x-forwarded-for", b"x-forwarded-host",
         b"x-forwarded-proto", b"forwarded", b"x-real-ip", b"host", b"content-length",
         b"content-encoding", b"connection", b"keep-alive", b"transfer-encoding", b"accept-encoding",
-        b"te", b"upgrade", b"expect",
+        b"te", b"upgrade", b"expect", b"proxy-connection",
     }
 )  # fmt: skip
 
@@ -71,6 +71,18 @@ class Upstream:
 
 
 _IDENTITY = (b"accept-encoding", b"identity")
+
+
+_NOTHING: frozenset[bytes] = frozenset()
+
+
+def _connection_named(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """The fields the client's ``Connection`` header names: they describe its hop to keyplane
+    only, and are not forwarded (RFC 9110 7.6.1)."""
+    named = [v for k, v in headers if k == b"connection"]
+    if not named:
+        return _NOTHING
+    return frozenset(t.strip().lower() for v in named for t in v.split(b","))
 
 
 class UpstreamUnavailable(Exception):
@@ -158,7 +170,8 @@ class UpstreamRouter:
         upstream; a 5xx with a Retry-After, and a refusal of keyplane's credentials (401, 403),
         straight to the next upstream. The caller must close the returned response. Raises
         UpstreamUnavailable."""
-        out_headers = [(k, v) for k, v in headers if k not in _DROP_REQUEST]
+        named = _connection_named(headers)
+        out_headers = [(k, v) for k, v in headers if k not in _DROP_REQUEST and k not in named]
         out_headers.append(_IDENTITY)
         last: UpstreamResponse | None = None
         refused: tuple[str, int] | None = None  # the last upstream that refused our credentials
