@@ -508,7 +508,7 @@ class _Exchange:
         self.head = b""  # written with the first body bytes
         self.is_head = scope["method"] == "HEAD"
         self.chunked = False
-        self.left = 0  # content-length bytes still to send
+        self.left = 0  # content-length bytes still to send (-1: the body ends with the connection)
         self.done = False  # the response is complete
 
     # -- from the connection -----------------------------------------------------------------
@@ -628,16 +628,22 @@ class _Exchange:
                     chunked = value.lower() == b"chunked"
                 elif b"close" in value.lower():
                     self.keep_alive = False
+        no_body = self.is_head or status in (204, 304) or status < 200
+        unbounded = False
+        if length is None and not chunked and not no_body:
+            if self.scope["http_version"] == "1.0":
+                # HTTP/1.0 knows no chunked coding (RFC 9112 6.1): the end of the connection
+                # ends the body.
+                unbounded, self.keep_alive = True, False
+            else:
+                parts.append(b"transfer-encoding: chunked\r\n")
+                count += 1
+                chunked = True
         if self.conn.closing:
             self.keep_alive = False
         if not self.keep_alive:
             parts.append(b"connection: close\r\n")
             count += 1
-        no_body = self.is_head or status in (204, 304) or status < 200
-        if length is None and not chunked and not no_body:
-            parts.append(b"transfer-encoding: chunked\r\n")
-            count += 1
-            chunked = True
         parts += (self.conn.server.date.line(), b"\r\n")
         head = b"".join(parts)
         # One line per header plus the status line and the blank one: a CR, LF or NUL anywhere
@@ -649,7 +655,7 @@ class _Exchange:
         ):
             raise RuntimeError("invalid character in a response header")
         self.status, self.chunked = status, chunked and not no_body
-        self.left = 0 if no_body else (length or 0)
+        self.left = -1 if unbounded else 0 if no_body else (length or 0)  # -1: until the close
         self.head = head  # written with the first body bytes...
         if length is None:  # ...or, for a stream, at the end of this loop pass if none came
             self.conn.loop.call_soon(self._flush_head)
@@ -669,6 +675,8 @@ class _Exchange:
                 out += b"%x\r\n%s\r\n" % (len(data), data)
             if not more:
                 out += b"0\r\n\r\n"
+        elif self.left < 0:  # delimited by the end of the connection
+            out += data
         else:
             if len(data) > self.left:
                 raise RuntimeError("response body longer than its content-length")
@@ -677,7 +685,7 @@ class _Exchange:
         if out:
             self.conn.write(out)
         if not more:
-            if self.left and not self.chunked and not self.is_head:
+            if self.left > 0 and not self.chunked and not self.is_head:
                 self.conn.close()
                 raise RuntimeError("response body shorter than its content-length")
             self.done = True

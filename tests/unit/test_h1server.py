@@ -473,6 +473,31 @@ def test_http_1_0_closes_after_the_answer_and_upgrades_are_answered_plainly() ->
     run(scenario)
 
 
+def test_a_stream_to_an_http_1_0_client_is_not_chunked_and_ends_with_the_connection() -> None:
+    """HTTP/1.0 has no chunked coding: its chunk-size lines would land inside the SSE stream."""
+
+    async def stream(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await read_body(receive)
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for event in (b"data: 1\n\n", b"data: [DONE]\n\n"):
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def scenario() -> None:
+        async with serving(stream) as (_, port):
+            old = await talk(port, b"POST /s HTTP/1.0\r\ncontent-length: 0\r\n\r\n")
+            new = await talk(port, b"POST /s HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        head, _, body = old.partition(b"\r\n\r\n")
+        assert b"transfer-encoding" not in head and b"connection: close" in head
+        assert body == b"data: 1\n\ndata: [DONE]\n\n"  # then the connection closed (EOF)
+        assert b"transfer-encoding: chunked" in new  # HTTP/1.1 streams stay chunked
+
+    run(scenario)
+
+
 def test_answers_written_while_other_requests_are_in_progress_arrive_whole_and_in_order() -> None:
     """With other requests in progress an answer is written at the start of the loop's next pass,
     with the others of its pass: none may be lost, reordered or cut by a close, and a write too
