@@ -639,7 +639,11 @@ class _Exchange:
                 parts.append(b"transfer-encoding: chunked\r\n")
                 count += 1
                 chunked = True
-        if self.conn.closing:
+        # Answered before asking for a body the client holds back until "100 Continue" (a bad
+        # key, a body too large): it will never come, so the next request would be read as it;
+        # the connection closes after this answer (RFC 9110 10.1.1). A body on its way without
+        # Expect is read and dropped instead: closing on it could reset the answer away.
+        if self.conn.closing or (self.expect_continue and self.more_body):
             self.keep_alive = False
         if not self.keep_alive:
             parts.append(b"connection: close\r\n")

@@ -199,6 +199,31 @@ def test_expect_100_continue_is_answered_before_the_body_is_read() -> None:
     run(scenario)
 
 
+def test_an_answer_before_the_body_closes_the_connection() -> None:
+    """Refused before its body was read (a bad key, a body too large): with Expect: 100-continue
+    the body never comes, so the next request must not be read as that body; it is told, and the
+    connection closes."""
+
+    async def refuse(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-length", b"0")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b""})
+
+    async def scenario() -> None:
+        async with serving(refuse) as (_, port):
+            got = await talk(
+                port,
+                b"POST /e HTTP/1.1\r\nhost: x\r\ncontent-length: 99999999999\r\n"
+                b"expect: 100-continue\r\n\r\n",
+            )  # (talk reads until the server closes)
+        assert got.startswith(b"HTTP/1.1 401") and b"connection: close" in got
+        assert b"100 Continue" not in got
+
+    run(scenario)
+
+
 def test_a_malformed_request_gets_400_and_a_huge_head_431_and_the_connection_closes() -> None:
     async def scenario() -> None:
         async with serving(echo) as (_, port):
