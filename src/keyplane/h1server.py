@@ -103,9 +103,14 @@ class Server:
         lifespan: bool = True,
         access_log: bool = False,
         request_timeout_s: float = 60.0,
+        send_timeout_s: float = 60.0,
     ) -> None:
         self.app = app
         self.keep_alive_s = keep_alive_s
+        # A client that stops reading its answer (the socket's buffers full) for this long is
+        # cut off (nginx's send_timeout): held open, it would keep its upstream connection, its
+        # memory and a place in the upstream pool for ever. The app hears http.disconnect.
+        self.send_timeout_s = send_timeout_s
         # A request's head must arrive within this, and its body may pause no longer (nginx's
         # client_header_timeout and client_body_timeout): a client sending a request a byte at a
         # time, or not at all, must not hold a connection forever.
@@ -173,11 +178,18 @@ class Server:
         self._swept = now
         expired = now - self.keep_alive_s
         late = now - self.request_timeout_s
+        stalled = now - self.send_timeout_s
         for conn in list(self.connections):
             if conn.idle_since is not None and conn.idle_since <= expired:
                 conn.close()
             elif conn.owed_since is not None and conn.reading and conn.owed_since <= late:
                 conn._reject(408, "The request did not arrive in time.")
+            elif (
+                conn.paused_since is not None
+                and conn.paused_since <= stalled
+                and conn.transport is not None
+            ):
+                conn.transport.abort()  # (what is unsent is lost: the client took none of it)
 
     async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """Closes idle connections, lets requests in flight finish (up to ``graceful_s``), then
@@ -266,6 +278,7 @@ class _Connection(asyncio.Protocol):
         self.closing = False  # no new requests (shutting down, or the client asked)
         self.reading = True
         self.write_paused: asyncio.Future[None] | None = None
+        self.paused_since: float | None = None  # writing paused: the client is not reading
         self.unsent = 0  # writes the server holds for the next pass of the loop
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -315,10 +328,12 @@ class _Connection(asyncio.Protocol):
         return None  # close our side too
 
     def pause_writing(self) -> None:
+        self.paused_since = self.loop.time()
         if self.write_paused is None or self.write_paused.done():
             self.write_paused = self.loop.create_future()
 
     def resume_writing(self) -> None:
+        self.paused_since = None
         if self.write_paused is not None and not self.write_paused.done():
             self.write_paused.set_result(None)
 

@@ -482,6 +482,40 @@ def test_a_client_that_does_not_read_holds_the_app_back() -> None:
     run(scenario)
 
 
+def test_a_client_that_stops_reading_is_cut_off_after_the_send_timeout() -> None:
+    """Held open, it would keep its upstream connection and memory for ever (nginx's
+    send_timeout): the connection is dropped and the app hears http.disconnect."""
+    heard: list[Message] = []
+    left = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await read_body(receive)
+
+        async def listen() -> None:
+            heard.append(await receive())
+            left.set()
+
+        listener = asyncio.create_task(listen())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while not left.is_set():
+            await send({"type": "http.response.body", "body": b"x" * 1_000_000, "more_body": True})
+        await listener
+
+    async def scenario() -> None:
+        async with serving(app, send_timeout_s=0.3) as (srv, port):
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(post(b"/", b""))
+            await until(lambda: srv.connections and next(iter(srv.connections)).paused_since)
+            await asyncio.wait_for(left.wait(), 10)  # never read a byte
+            await until(lambda: not srv.connections)
+            writer.close()
+        assert heard == [{"type": "http.disconnect"}]
+
+    run(scenario)
+
+
 def test_http_1_0_closes_after_the_answer_and_upgrades_are_answered_plainly() -> None:
     async def scenario() -> None:
         async with serving(echo) as (_, port):
