@@ -953,6 +953,38 @@ def test_cancelled_waiter_does_not_leak_its_turn(run: Runner) -> None:
     run(main())
 
 
+def test_a_wait_for_a_busy_pool_ends(run: Runner) -> None:
+    """Every connection held (by answers their clients do not read, say): the next request gives
+    up after the connect timeout instead of waiting for ever; the pool still works after."""
+
+    async def main() -> None:
+        release = asyncio.Event()
+
+        def make(up: Upstream) -> Handler:
+            async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+                while await up.requests_of(r) is not None:
+                    await release.wait()
+                    w.write(answer())
+
+            return handler
+
+        async with upstream(make) as up:
+            c = client(max_connections=1, connect_timeout_s=0.2)
+            try:
+                first = asyncio.create_task(get(c, up.url + "/a"))
+                await eventually(lambda: c._open == 1)
+                with pytest.raises(ConnectFailed, match="came free"):
+                    await get(c, up.url + "/a")
+                release.set()
+                assert await first == (200, JSON_BODY)
+                assert await get(c, up.url + "/a") == (200, JSON_BODY)
+                assert c._open == 1 and not [f for _, f in c._waiters if not f.done()]
+            finally:
+                await c.aclose()
+
+    run(main())
+
+
 def test_cancelled_request_closes_its_connection(run: Runner) -> None:
     def make(up: Upstream) -> Handler:
         async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:

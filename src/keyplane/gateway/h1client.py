@@ -583,14 +583,23 @@ class H1Client(UpstreamClient):
             fut: asyncio.Future[_Conn | None] = asyncio.get_running_loop().create_future()
             self._waiters.append((key if reuse else None, fut))
             try:
-                handed = await fut
-            except asyncio.CancelledError:
+                # Every connection busy (max_connections): wait, but not for ever (clients
+                # that stop reading their answers could hold them all).
+                async with asyncio.timeout(self._connect_timeout):
+                    handed = await fut
+            except (asyncio.CancelledError, TimeoutError) as exc:
                 if fut.done() and not fut.cancelled():  # woken, then cancelled: pass it on
                     passed = fut.result()
                     if passed is not None:
                         self._release(passed)
                     else:
                         self._wake_waiter()
+                fut.cancel()
+                if isinstance(exc, TimeoutError):
+                    raise ConnectFailed(
+                        f"no connection to {key[1]}:{key[2]} came free within "
+                        f"{self._connect_timeout:g} s (all {self._max} busy)"
+                    ) from None
                 raise
             if handed is not None and not handed.dead:
                 return handed
