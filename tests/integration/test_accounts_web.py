@@ -870,6 +870,54 @@ def test_a_password_reset_lifts_the_lock_an_attackers_guesses_put_on_an_account(
     assert browser.log_in("owner@example.com", PASSWORD).status_code == 303
 
 
+def test_credential_changes_are_emailed_to_the_owner_and_audited(
+    kp: Keyplane, browser: Browser, inbox: Inbox, clock: FrozenClock
+) -> None:
+    """A change the owner did not make (a stolen session, say) is seen in the mailbox, and where
+    it came from is in the audit log (OWASP ASVS 2.2.3)."""
+    browser.log_in_named("owner@example.com", OWNER_PASSWORD)
+    browser.get("/account/security")
+    r = browser.post("/account/totp/setup", {"password": OWNER_PASSWORD})
+    secret = re.search(r'id="totp-secret">([A-Z2-7]+)<', r.text)
+    token = re.search(r'name="setup_token" value="([^"]+)"', r.text)
+    assert secret and token
+    code = pyotp.TOTP(secret.group(1)).at(clock.now())
+    browser.post("/account/totp/enable", {"setup_token": token.group(1), "code": code})
+    browser.get("/account/security")
+    browser.post("/account/recovery-codes", {"password": OWNER_PASSWORD})
+    browser.get("/account/security")
+    browser.post("/account/totp/disable", {"password": OWNER_PASSWORD})
+    browser.log_out()
+    browser.get("/password/forgot")
+    browser.post("/password/forgot", {"email": "owner@example.com"})
+    link = link_in(inbox, "owner@example.com", "/password/reset")
+    browser.get(link)
+    browser.post("/password/reset", {"token": token_of(link), "password": PASSWORD})
+
+    expected = [
+        "[keyplane] Two-factor authentication was turned on",
+        "[keyplane] New two-factor recovery codes",
+        "[keyplane] Two-factor authentication was turned off",
+        "[keyplane] Your keyplane password was changed",
+    ]
+
+    def notices() -> list[str]:
+        subjects = [str(m.message["Subject"]) for m in inbox.received]
+        return [s for s in subjects if s in expected]
+
+    assert wait_until(lambda: len(notices()) == 4 and notices()) == expected
+    mail = next(m for m in inbox.received if "password was changed" in str(m.message["Subject"]))
+    assert mail.rcpt_tos == ["owner@example.com"]
+    assert "127.0.0.1" in mail.message.get_content() and "/password/forgot" in (
+        mail.message.get_content()
+    )
+    events = kp.container.audit.query(kp.org.id, AuditFilter(event_types=[
+        "user.two_factor_enabled", "user.recovery_codes_replaced", "user.two_factor_disabled",
+        "user.password_changed",
+    ])).events  # fmt: skip
+    assert len(events) == 4 and all(e.actor.ip_address == "127.0.0.1" for e in events)
+
+
 def test_wrong_totp_codes_count_as_failed_logins(
     local: bootstrap.Container, clock: FrozenClock
 ) -> None:

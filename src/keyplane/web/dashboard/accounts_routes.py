@@ -15,6 +15,7 @@ from keyplane.accounts.sessions import InvalidCredentials, InvalidSecondFactor, 
 from keyplane.accounts.signup import TokenRefused
 from keyplane.accounts.throttle import LoginThrottled
 from keyplane.errors import InvalidRequest
+from keyplane.web.dashboard.notices import account_changed
 from keyplane.web.dashboard.session import (
     CurrentMember,
     CurrentUser,
@@ -247,6 +248,7 @@ def reset(request: Request, token: Field = "", password: Field = "") -> Response
     except InvalidRequest as exc:
         return render(request, "reset.html", status=400, error=exc.message, token=token)
     auth.login.throttle.forget_account(user.email)  # the link proved the mailbox
+    account_changed(request, user, "user.password_changed")
     # Every session of the account ended, this browser's too.
     response = render(request, "reset.html", done=True, viewer=None)
     clear_session_cookie(request, response)
@@ -291,6 +293,7 @@ def totp_enable(
         return render(
             request, "totp_setup.html", status=400, viewer=viewer, setup=setup, error=exc.message
         )
+    account_changed(request, viewer.user, "user.two_factor_enabled", viewer.session_ref)
     return render(request, "recovery_codes.html", viewer=viewer, codes=codes, enabled=True)
 
 
@@ -302,6 +305,7 @@ def totp_disable(request: Request, viewer: CurrentMember, password: Field = "") 
         return _throttled(_security(request, viewer, status=429, error=exc.message), exc)
     except InvalidRequest as exc:
         return _security(request, viewer, status=400, error=exc.message)
+    account_changed(request, viewer.user, "user.two_factor_disabled", viewer.session_ref)
     return _security(request, viewer, notice="Two-factor authentication is off.")
 
 
@@ -315,4 +319,5 @@ def recovery_codes(request: Request, viewer: CurrentMember, password: Field = ""
         return _throttled(_security(request, viewer, status=429, error=exc.message), exc)
     except InvalidRequest as exc:
         return _security(request, viewer, status=400, error=exc.message)
+    account_changed(request, viewer.user, "user.recovery_codes_replaced", viewer.session_ref)
     return render(request, "recovery_codes.html", viewer=viewer, codes=codes)

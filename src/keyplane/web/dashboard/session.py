@@ -33,8 +33,10 @@ from keyplane.accounts.auth_ports import Membership, WebSession
 from keyplane.accounts.auth_services import AuthServices
 from keyplane.accounts.models import Organization, OrgRole, User
 from keyplane.accounts.orgs import OrgService
+from keyplane.audit.service import AuditService
 from keyplane.clock import Clock
 from keyplane.config import Settings
+from keyplane.notify.ports import Outbox
 from keyplane.web.dashboard import csrf
 
 SESSION_COOKIE = "kp_session"
@@ -51,6 +53,12 @@ class DashboardServices(Protocol):
 
     @property
     def settings(self) -> Settings: ...
+
+    @property
+    def audit(self) -> AuditService: ...
+
+    @property
+    def outbox(self) -> Outbox: ...
 
 
 @dataclass(frozen=True, slots=True)
