@@ -3,6 +3,8 @@ billing settings — over the real SQLite store, in the same ASGI app as the gat
 
 from __future__ import annotations
 
+import base64
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -590,3 +592,16 @@ async def test_the_openapi_document_lists_these_operations(env: Env) -> None:
     assert "AdminKey" in document["components"]["securitySchemes"]
     docs = await env.client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    # On the dashboard's origin: a pinned Swagger UI whose files must match their hashes, no
+    # other script, no framing.
+    csp = docs.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self' https://cdn.jsdelivr.net" in csp
+    assert docs.headers["x-frame-options"] == "DENY"
+    cdn = re.findall(r'(?:src|href)="(https://[^"]+)" integrity="sha384-([^"]+)"', docs.text)
+    assert len(cdn) == 2 and all("@5." in url and len(base64.b64decode(h)) == 48 for url, h in cdn)
+    assert all(
+        url.startswith("https://cdn.jsdelivr.net/")
+        for url in re.findall(r'(?:src|href)="(https?://[^"]+)"', docs.text)
+    )
+    init = await env.client.get("/docs/init.js")
+    assert init.status_code == 200 and '"/openapi.json"' in init.text

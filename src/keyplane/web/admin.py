@@ -18,6 +18,7 @@ from keyplane import __version__
 from keyplane.web import (
     audit_routes,
     billing_routes,
+    docs_page,
     errors,
     limits_routes,
     org_routes,
@@ -100,11 +101,12 @@ def create_admin_app(
         version=__version__,
         description=DESCRIPTION,
         openapi_url="/openapi.json",
-        docs_url="/docs",
+        docs_url=None,  # docs_page: Swagger UI pinned by its hashes, under a strict CSP
         redoc_url=None,
     )
     app.state.admin = AdminContext(services, auth, on_money_change)
     errors.install(app)
+    docs_page.install(app)
     app.add_middleware(BodySizeLimit)
     app.include_router(billing_routes.router)
     app.include_router(org_routes.router)
