@@ -286,6 +286,7 @@ class _Connection(asyncio.Protocol):
         self._head_bytes = 0  # of the request line's target and headers so far
         self._head_too_large = False
         self._parsing: _Exchange | None = None  # the request whose body is being parsed
+        self._rejection: bytes | None = None  # a 400 owed after the requests answered first
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -435,6 +436,14 @@ class _Connection(asyncio.Protocol):
                 s["http_version"], exchange.status,
             )  # fmt: skip
         assert self.transport is not None
+        if self._rejection is not None:  # bad bytes followed: the requests before them first
+            if self.queued:
+                self.current = None
+                self._start(self.queued.popleft())
+                return
+            self.write(self._rejection)
+            self.close()
+            return
         if not exchange.keep_alive or self.closing:
             self.close()
             return
@@ -472,6 +481,14 @@ class _Connection(asyncio.Protocol):
     def _reject(self, status: int, text: str) -> None:
         log.warning("%s", text)
         if self.transport is None or self.transport.is_closing():
+            return
+        if self.current is not None and self._parsing is None and self._rejection is None:
+            # Bad bytes after whole requests: those are answered first, in order, then this,
+            # then the connection closes (RFC 9112 9.3.2); the client must not get a 400 for a
+            # request that was served (and billed).
+            self._rejection = _plain(status, text)
+            self.closing = True
+            self._pause_reading()
             return
         if self.current is None or self.current.status == 0:
             self.write(_plain(status, text))

@@ -238,6 +238,22 @@ def test_a_malformed_request_gets_400_and_a_huge_head_431_and_the_connection_clo
     run(scenario)
 
 
+def test_bad_bytes_after_a_request_get_400_only_after_its_answer() -> None:
+    """The request before them was served (and, on the gateway, billed): its client gets its
+    answer, then the 400, then the connection closes."""
+
+    async def scenario() -> None:
+        async with serving(echo) as (_, port):
+            junk = await talk(port, post(b"/a", b"x") + b"GARBAGE\r\n\r\n")
+            closed = await talk(port, post(b"/b", b"y", b"connection: close") + post(b"/c", b"z"))
+        first, _, rest = junk.partition(b"HTTP/1.1 400")
+        assert first.startswith(b"HTTP/1.1 200 OK") and first.endswith(b"POST /a ? x")
+        assert rest and b"connection: close" in rest
+        assert closed.startswith(b"HTTP/1.1 200 OK") and b"POST /b ? y" in closed
+
+    run(scenario)
+
+
 def test_head_gets_the_headers_and_no_body() -> None:
     async def scenario() -> None:
         async with serving(echo) as (_, port):
