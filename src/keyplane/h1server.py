@@ -287,6 +287,7 @@ class _Connection(asyncio.Protocol):
         self._head_too_large = False
         self._parsing: _Exchange | None = None  # the request whose body is being parsed
         self._rejection: bytes | None = None  # a 400 owed after the requests answered first
+        self._upgrade_left = -1  # bytes still to come of an upgrade request's body (-1: none)
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -310,13 +311,19 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.idle_since = None
+        if self._upgrade_left >= 0:
+            self._upgrade_body(data)
+            return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
             # No protocol upgrades (WebSocket, h2c): the request is answered as a plain one,
-            # then the connection closed (the parser stops at the upgrade).
+            # then the connection closed. The parser stops at the upgrade, before the body
+            # (``curl --http2`` sends one with Upgrade: h2c): that is read by its length here.
             self.closing = True
-            if self._parsing is not None:
+            if self._upgrade_left >= 0:
+                self._upgrade_body(data[exc.args[0] :])
+            elif self._parsing is not None:
                 self._parsing.body_complete()
                 self._parsing = None
         except httptools.HttpParserError:
@@ -413,9 +420,30 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.owed_since = None
-        if self._parsing is not None:
-            self._parsing.body_complete()
+        exchange = self._parsing
+        if exchange is not None:
+            if self.parser.should_upgrade():
+                length = _content_length(exchange.scope["headers"])
+                if length > 0:  # its body follows the head: read it in data_received
+                    self._upgrade_left = length
+                    self.owed_since = self.loop.time()
+                    return
+            exchange.body_complete()
             self._parsing = None
+
+    def _upgrade_body(self, data: bytes) -> None:
+        """The body of a request that asked for an upgrade, which the parser does not read."""
+        exchange = self._parsing
+        piece = data[: self._upgrade_left]
+        self._upgrade_left -= len(piece)
+        self.owed_since = self.loop.time() if self._upgrade_left else None
+        if exchange is not None and piece:
+            exchange.add_body(piece)
+        if self._upgrade_left == 0:
+            self._upgrade_left = -1
+            self._parsing = None
+            if exchange is not None:
+                exchange.body_complete()
 
     # -- the exchange's side -----------------------------------------------------------------
     def _start(self, exchange: _Exchange) -> None:
@@ -727,6 +755,14 @@ class _Exchange:
             self.done = True
             self._wake()
             self.conn.finished(self)
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int:
+    """The request's Content-Length (0 without one, or an unreadable one)."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
 
 
 def _plain(status: int, text: str) -> bytes:

@@ -548,6 +548,28 @@ def test_http_1_0_closes_after_the_answer_and_upgrades_are_answered_plainly() ->
     run(scenario)
 
 
+def test_a_request_asking_to_upgrade_keeps_its_body() -> None:
+    """``curl --http2`` on http:// asks for h2c with the body right after the head: the request
+    is answered as HTTP/1.1 with its body (the upgrade ignored, RFC 9110 7.8)."""
+
+    async def scenario() -> None:
+        async with serving(echo) as (_, port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"POST /h2c HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings\r\n"
+                b"upgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n"
+                b"content-length: 11\r\n\r\nhello"
+            )
+            await writer.drain()
+            writer.write(b" world")  # (the rest of the body, maybe in a later packet)
+            got = await reader.read()
+            writer.close()
+        assert got.startswith(b"HTTP/1.1 200 OK") and got.endswith(b"POST /h2c ? hello world")
+        assert b"connection: close" in got
+
+    run(scenario)
+
+
 def test_a_stream_to_an_http_1_0_client_is_not_chunked_and_ends_with_the_connection() -> None:
     """HTTP/1.0 has no chunked coding: its chunk-size lines would land inside the SSE stream."""
 
