@@ -282,6 +282,40 @@ def test_accepting_an_invitation_proves_the_address_of_an_unverified_account(
     assert members["erin@example.com"].user.email_verified_at is not None
 
 
+def test_signing_up_from_an_invitation_leads_back_to_it_and_joins_that_organization(
+    kp: Keyplane, browser: Browser, inbox: Inbox
+) -> None:
+    """As on GitHub: the invited person signs up from the invitation, logs in, accepts, and is in
+    the organization that invited them, never asked to make one of their own."""
+    owner = Actor(ActorType.SESSION, "sess_test", user_id=kp.owner.id, email=kp.owner.email)
+    kp.container.orgs.invite(owner, kp.org.id, "grace@example.com", OrgRole.READER)
+    link = link_in(inbox, "grace@example.com", "/invites/accept")
+    page = browser.get(link)
+    signup = re.search(r'href="(/signup\?[^"]+)"', page.text)
+    assert signup is not None
+    r = browser.get(html.unescape(signup.group(1)))
+    assert 'value="grace@example.com"' in r.text and 'name="next"' in r.text
+    nxt = re.search(r'name="next" value="([^"]+)"', r.text)
+    assert nxt is not None and html.unescape(nxt.group(1)) == link
+    r = browser.post("/signup", {"email": "grace@example.com", "password": PASSWORD,
+                                 "next": html.unescape(nxt.group(1))})  # fmt: skip
+    assert "Log in to accept the invitation" in text_of(r)
+    login = re.search(r'href="(/login\?next=[^"]+)"', r.text)
+    assert login is not None
+    browser.get(html.unescape(login.group(1)))
+    r = browser.post("/login", {"email": "grace@example.com", "password": PASSWORD,
+                                "next": unquote(html.unescape(login.group(1)).split("next=")[1])})  # fmt: skip
+    assert r.status_code == 303 and r.headers["location"] == link
+    browser.get(link)
+    r = browser.post("/invites/accept", {"token": token_of(link)})
+    assert r.status_code == 303
+    r = browser.get("/profile")
+    assert 'name="org_name"' not in r.text  # no organization of their own to make
+    browser.post("/profile", {"name": "Grace Hopper"})
+    assert f"Organization {kp.org.name}" in text_of(browser.get("/"))
+    assert len(kp.container.accounts.organizations()) == 1
+
+
 def test_signing_up_with_a_taken_address_looks_the_same_and_tells_its_owner(
     kp: Keyplane, browser: Browser, inbox: Inbox
 ) -> None:

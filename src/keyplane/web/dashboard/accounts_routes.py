@@ -11,6 +11,7 @@ from fastapi import APIRouter, Form, Request
 from starlette.responses import RedirectResponse, Response
 
 from keyplane.accounts.auth_ports import TokenPurpose
+from keyplane.accounts.orgs import INVITE_PATH
 from keyplane.accounts.sessions import InvalidCredentials, InvalidSecondFactor, SignInExpired
 from keyplane.accounts.signup import TokenRefused
 from keyplane.accounts.throttle import LoginThrottled
@@ -57,20 +58,32 @@ def home(request: Request, viewer: CurrentMember) -> Response:
 
 # -- sign up and verify ---------------------------------------------------------------------------
 @router.get("/signup")
-def signup_page(request: Request, viewer: MaybeViewer) -> Response:
+def signup_page(
+    request: Request, viewer: MaybeViewer, email: str = "", next: str = "/"
+) -> Response:
     if viewer is not None:
-        raise Redirect("/")
-    return render(request, "signup.html")
+        raise Redirect(safe_next(next))
+    return render(request, "signup.html", email=email, next=safe_next(next))
 
 
 @router.post("/signup")
-def signup(request: Request, email: Field = "", password: Field = "") -> Response:
+def signup(
+    request: Request, email: Field = "", password: Field = "", next: Field = "/"
+) -> Response:
+    after = safe_next(next)
     try:
         context(request).auth.signup.sign_up(email, password)
     except InvalidRequest as exc:
-        return render(request, "signup.html", status=400, error=exc.message, email=email)
+        return render(
+            request, "signup.html", status=400, error=exc.message, email=email, next=after
+        )
     # The same page whether the address was new or taken: nothing to learn about who has one.
-    return render(request, "check_email.html", email=email.strip(), purpose="verify")
+    # (From an invitation: logging in leads back to it, and accepting verifies the address.)
+    login_url = "/login" if after == "/" else f"/login?next={quote(after, safe='')}"
+    return render(
+        request, "check_email.html", email=email.strip(), purpose="verify",
+        invited=after.startswith(INVITE_PATH), login_url=login_url,
+    )  # fmt: skip
 
 
 @router.get("/verify")

@@ -43,9 +43,12 @@ def invite_page(request: Request, viewer: MaybeViewer, token: str = "") -> Respo
         return render(request, "invite.html", status=400, error=exc.message)
     here = f"{INVITE_PATH}?token={quote(token, safe='')}"
     mismatch = viewer is not None and viewer.user.email.lower() != invite.email
+    # Signing up from here comes back here: accepting then verifies the address (the link came to
+    # it), and the new account joins this organization instead of being asked to make its own.
+    signup_url = f"/signup?email={quote(invite.email, safe='')}&next={quote(here, safe='')}"
     return render(
         request, "invite.html", invite=invite, org_name=org_name, token=token,
-        login_url=f"/login?next={quote(here, safe='')}", mismatch=mismatch,
+        login_url=f"/login?next={quote(here, safe='')}", signup_url=signup_url, mismatch=mismatch,
     )  # fmt: skip
 
 
