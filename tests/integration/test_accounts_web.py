@@ -316,6 +316,34 @@ def test_signing_up_from_an_invitation_leads_back_to_it_and_joins_that_organizat
     assert len(kp.container.accounts.organizations()) == 1
 
 
+def test_a_member_of_two_organizations_switches_between_them(
+    kp: Keyplane, browser: Browser, inbox: Inbox
+) -> None:
+    """Joining a second organization lands in it; the header's switcher goes back and forth, and
+    only between the user's own organizations."""
+    browser.get("/signup")
+    browser.post("/signup", {"email": "dana@example.com", "password": PASSWORD})
+    verify = link_in(inbox, "dana@example.com", "/verify")
+    browser.get(verify)
+    browser.post("/verify", {"token": token_of(verify)})
+    browser.log_in("dana@example.com", PASSWORD)
+    browser.get("/profile")
+    browser.post("/profile", {"name": "Dana", "org_name": "Dana's Lab"})
+    assert "Organization Dana's Lab" in text_of(browser.get("/"))
+    owner = Actor(ActorType.SESSION, "sess_test", user_id=kp.owner.id, email=kp.owner.email)
+    kp.container.orgs.invite(owner, kp.org.id, "dana@example.com", OrgRole.READER)
+    link = link_in(inbox, "dana@example.com", "/invites/accept")
+    browser.get(link)
+    browser.post("/invites/accept", {"token": token_of(link)})
+    home = browser.get("/")
+    assert f"Organization {kp.org.name}" in text_of(home) and "your role: Reader" in text_of(home)
+    own = next(o for o in kp.container.accounts.organizations() if o.name == "Dana's Lab")
+    assert browser.post("/organization", {"org_id": own.id}).status_code == 303
+    assert "Organization Dana's Lab" in text_of(browser.get("/"))
+    browser.post("/organization", {"org_id": "org_of_someone_else"})  # not a member: ignored
+    assert "Organization Dana's Lab" in text_of(browser.get("/"))
+
+
 def test_signing_up_with_a_taken_address_looks_the_same_and_tells_its_owner(
     kp: Keyplane, browser: Browser, inbox: Inbox
 ) -> None:

@@ -18,6 +18,7 @@ from keyplane.accounts.throttle import LoginThrottled
 from keyplane.errors import InvalidRequest
 from keyplane.web.dashboard.notices import account_changed
 from keyplane.web.dashboard.session import (
+    ORG_COOKIE,
     CurrentMember,
     CurrentUser,
     MaybeViewer,
@@ -25,6 +26,7 @@ from keyplane.web.dashboard.session import (
     clear_session_cookie,
     client_ip,
     context,
+    is_secure,
     render,
     safe_next,
     session_cookie,
@@ -54,6 +56,18 @@ def _throttled(response: Response, exc: LoginThrottled) -> Response:
 @router.get("/")
 def home(request: Request, viewer: CurrentMember) -> Response:
     return render(request, "home.html", viewer=viewer)
+
+
+@router.post("/organization")
+def switch_organization(request: Request, viewer: CurrentUser, org_id: Field = "") -> Response:
+    """The header's switcher: the dashboard acts in ``org_id`` from now on (a member's only)."""
+    if viewer.role_in(org_id) is None:
+        raise Redirect("/")
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(
+        ORG_COOKIE, org_id, path="/", httponly=True, samesite="lax", secure=is_secure(request)
+    )
+    return response
 
 
 # -- sign up and verify ---------------------------------------------------------------------------

@@ -10,18 +10,19 @@ from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from keyplane.accounts.orgs import INVITE_PATH
 from keyplane.audit.models import Actor, ActorType
 from keyplane.errors import InvalidRequest
 from keyplane.web.dashboard.session import (
+    ORG_COOKIE,
     CurrentUser,
     MaybeViewer,
-    Redirect,
     Viewer,
     client_ip,
     context,
+    is_secure,
     render,
 )
 
@@ -58,10 +59,17 @@ def accept_invite(
 ) -> Response:
     ctx = context(request)
     try:
+        invite, _ = ctx.services.orgs.invitation(token)
         ctx.services.orgs.accept_invite(_actor(request, viewer), token, viewer.user.id)
     except InvalidRequest as exc:
         return render(request, "invite.html", status=400, error=exc.message)
     # The token came to this address (accept_invite checked it is the account's): it is proven,
     # so an account signed up from the invitation does not need a second link to verify.
     ctx.auth.signup.address_proven(viewer.user.id)
-    raise Redirect("/")
+    # The dashboard now acts in the organization just joined.
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(
+        ORG_COOKIE, invite.org_id, path="/", httponly=True, samesite="lax",
+        secure=is_secure(request),
+    )  # fmt: skip
+    return response

@@ -40,6 +40,7 @@ from keyplane.notify.ports import Outbox
 from keyplane.web.dashboard import csrf
 
 SESSION_COOKIE = "kp_session"
+ORG_COOKIE = "kp_org"  # the organization chosen in the header (an id, not a secret)
 
 
 class DashboardServices(Protocol):
@@ -101,7 +102,8 @@ class Viewer:
 
     @property
     def org(self) -> Organization | None:
-        """The organization the dashboard acts in: the user's first, until there is a switcher."""
+        """The organization the dashboard acts in: the one chosen in the header's switcher (its
+        membership comes first, see ``optional_viewer``), else the user's first."""
         return self.memberships[0].org if self.memberships else None
 
     @property
@@ -209,7 +211,11 @@ def optional_viewer(request: Request) -> Viewer | None:
     user = auth.signup.user(session.user_id)
     if user is None:
         return None
-    viewer = Viewer(user, session, auth.signup.memberships(user.id))
+    memberships = list(auth.signup.memberships(user.id))
+    chosen = request.cookies.get(ORG_COOKIE)
+    # (only an organization the user is a member of can be chosen: the cookie grants nothing)
+    memberships.sort(key=lambda m: m.org.id != chosen)
+    viewer = Viewer(user, session, memberships)
     request.state.viewer = viewer
     return viewer
 
