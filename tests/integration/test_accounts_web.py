@@ -696,6 +696,7 @@ def test_totp_then_log_in_needs_a_code_and_a_recovery_code_works_once(
     setup_token = re.search(r'name="setup_token" value="([^"]+)"', r.text)
     assert secret and setup_token
     assert "otpauth://totp/keyplane:owner%40example.com?secret=" in html.unescape(r.text)
+    assert re.search(r'<img class="qr" src="data:image/svg\+xml[^"]+"', r.text)  # to scan
     totp = pyotp.TOTP(secret.group(1))
 
     r = browser.post(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import segno
 from fastapi import APIRouter, Form, Request
 from starlette.responses import RedirectResponse, Response
 
@@ -295,6 +296,12 @@ def security_page(request: Request, viewer: CurrentMember) -> Response:
     return _security(request, viewer)
 
 
+def _qr(uri: str) -> str:
+    """The setup's otpauth:// link as a QR code for a phone's camera (an SVG data: URI, which
+    the pages' Content-Security-Policy allows as an image)."""
+    return str(segno.make(uri, error="m").svg_data_uri(scale=5, border=2))
+
+
 @router.post("/account/totp/setup")
 def totp_setup(request: Request, viewer: CurrentMember, password: Field = "") -> Response:
     try:
@@ -303,7 +310,7 @@ def totp_setup(request: Request, viewer: CurrentMember, password: Field = "") ->
         return _throttled(_security(request, viewer, status=429, error=exc.message), exc)
     except InvalidRequest as exc:
         return _security(request, viewer, status=400, error=exc.message)
-    return render(request, "totp_setup.html", viewer=viewer, setup=setup)
+    return render(request, "totp_setup.html", viewer=viewer, setup=setup, qr=_qr(setup.uri))
 
 
 @router.post("/account/totp/enable")
@@ -318,7 +325,13 @@ def totp_enable(
             return _security(request, viewer, status=400, error=exc.message)
         setup = second_factor.resume_setup(viewer.user, setup_token)
         return render(
-            request, "totp_setup.html", status=400, viewer=viewer, setup=setup, error=exc.message
+            request,
+            "totp_setup.html",
+            status=400,
+            viewer=viewer,
+            setup=setup,
+            qr=_qr(setup.uri),
+            error=exc.message,
         )
     account_changed(request, viewer.user, "user.two_factor_enabled", viewer.session_ref)
     return render(request, "recovery_codes.html", viewer=viewer, codes=codes, enabled=True)
