@@ -181,6 +181,8 @@ def test_make_run_flow_first_and_second_start(tmp_path: Path) -> None:
     try:
         text = "".join(lines)
         assert "Owner login: owner@keyplane.local" in text and "SIMULATOR" in text
+        proc_lines = [proc.stdout.readline() for _ in range(2)]  # type: ignore[union-attr]
+        assert re.search(r"Dashboard: http://127\.0\.0\.1:\d+/ ", "".join(proc_lines))
         key = KEY_PATTERN.search(text)
         url = re.search(r"http://127\.0\.0\.1:\d+/v1", text.split("listening on")[1])
         assert key and url

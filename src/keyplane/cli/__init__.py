@@ -309,6 +309,9 @@ async def _serve(
     out.print(
         f'  OpenAI(base_url="http://{host}:{port}/v1", api_key="sk-kp-proj-…")', highlight=False
     )
+    out.print(
+        f"  Dashboard: {s.public_url}/  ·  Admin API docs: {s.public_url}/docs", highlight=False
+    )
     if not server.compiled():
         out.print(
             "  (request path not compiled: plain Python, ~1.5× slower; see scripts/compile.py)"
