@@ -21,7 +21,9 @@ from keyplane.errors import Conflict, StoreUnavailable
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
 from keyplane.storage import tables as t
-from keyplane.usage.records import Outcome, UsageRecord
+from keyplane.usage.records import DailyUsage, Outcome, UsageRecord
+
+DAY_S = 86400
 
 T = TypeVar("T")
 
@@ -278,6 +280,21 @@ class SqlUsageStore(SqlStore):
         )  # fmt: skip
         count, cost = self._read(lambda c: c.execute(query).one())
         return int(count), int(cost)
+
+    def daily(
+        self, org_id: str, *, project_id: str | None = None, since: int | None = None
+    ) -> Sequence[DailyUsage]:
+        u = t.usage_records
+        day = (u.c.created_at // DAY_S).label("day")
+        query = _usage_where(
+            select(
+                day, u.c.model, func.count(), func.sum(u.c.input_tokens),
+                func.sum(u.c.output_tokens), func.sum(u.c.cost_micro_usd),
+            ),
+            org_id, project_id, since,
+        ).group_by(day, u.c.model).order_by(day, u.c.model)  # fmt: skip
+        rows = self._read(lambda c: c.execute(query).all())
+        return [DailyUsage(int(d), m, int(n), int(i), int(o), int(c)) for d, m, n, i, o, c in rows]
 
 
 def _usage_where(

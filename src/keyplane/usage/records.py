@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import final
 
 from keyplane.values import Value
@@ -71,3 +72,15 @@ class UsageRecord(Value):
         self.outcome = outcome
         self.tokens_estimated = tokens_estimated
         self.period = period
+
+
+@dataclass(frozen=True, slots=True)
+class DailyUsage:
+    """One UTC day's usage of one model (the dashboard's usage page)."""
+
+    day: int  # days since 1970-01-01
+    model: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cost_micro_usd: int

@@ -31,7 +31,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from keyplane.accounts.auth_services import AuthServices
 from keyplane.config import Settings
 from keyplane.errors import KeyplaneError, StoreUnavailable
-from keyplane.web.dashboard import accounts_routes, csrf, invite_routes, keys_routes
+from keyplane.web.dashboard import (
+    accounts_routes,
+    csrf,
+    invite_routes,
+    keys_routes,
+    usage_routes,
+)
 from keyplane.web.dashboard.session import (
     DashboardContext,
     DashboardServices,
@@ -127,7 +133,16 @@ def _templates() -> Jinja2Templates:
         lstrip_blocks=True,
     )
     env.filters["day"] = _day
+    env.filters["moment"] = _moment
     return Jinja2Templates(env=env)
+
+
+def _moment(ts: int | None) -> str:
+    """A time as the dashboard shows one: "Dec 6, 14:03:12" (UTC)."""
+    if ts is None:
+        return ""
+    when = dt.datetime.fromtimestamp(ts, dt.UTC)
+    return f"{when:%b} {when.day}, {when:%H:%M:%S}"
 
 
 def _day(ts: int | None) -> str:
@@ -208,4 +223,5 @@ def create_dashboard_app(
     app.include_router(accounts_routes.router)
     app.include_router(invite_routes.router)
     app.include_router(keys_routes.router)
+    app.include_router(usage_routes.router)
     return app

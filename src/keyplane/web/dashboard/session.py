@@ -37,6 +37,7 @@ from keyplane.audit.service import AuditService
 from keyplane.clock import Clock
 from keyplane.config import Settings
 from keyplane.notify.ports import Outbox
+from keyplane.usage.ports import UsageStore
 from keyplane.web.dashboard import csrf
 
 SESSION_COOKIE = "kp_session"
@@ -61,6 +62,9 @@ class DashboardServices(Protocol):
     @property
     def outbox(self) -> Outbox: ...
 
+    @property
+    def usage_store(self) -> UsageStore: ...
+
 
 @dataclass(frozen=True, slots=True)
 class NavItem:
@@ -73,7 +77,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("Projects", None),
     NavItem("Billing", None),
     NavItem("Limits", None),
-    NavItem("Usage", None),
+    NavItem("Usage", "/usage"),
     NavItem("Audit log", None),
 )
 

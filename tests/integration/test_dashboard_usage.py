@@ -1,0 +1,47 @@
+"""The dashboard's Usage page against a real keyplane and the simulator: what it shows adds up to
+the usage records, exactly, per project too."""
+
+from __future__ import annotations
+
+import httpx
+from test_accounts_web import OWNER_PASSWORD, text_of
+from test_dashboard_keys import SignIn, browser_for, kp  # noqa: F401  (fixtures)
+
+from conftest import Keyplane
+from keyplane.audit.models import Actor, ActorType
+from keyplane.usage.pricing import format_usd
+
+
+def chat(kp: Keyplane, model: str) -> None:  # noqa: F811
+    r = httpx.post(
+        kp.base_url + "/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20},
+        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+    )  # fmt: skip
+    assert r.status_code == 200
+
+
+def test_usage_shows_the_months_spend_per_day_and_model_and_the_latest_requests(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    for model in ("gpt-4o-mini", "gpt-4o-mini", "gpt-4o"):
+        chat(kp, model)
+    records = kp.usage(expect=3)
+    total = sum(r.cost_micro_usd for r in records)
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    page = owner.get("/usage")
+    text = text_of(page)
+    assert page.status_code == 200 and f"${format_usd(total)} spent · 3 requests" in text
+    assert all(r.request_id in page.text for r in records)
+    mini = sum(r.cost_micro_usd for r in records if r.model == "gpt-4o-mini")
+    assert "gpt-4o-mini 2 " in text and f"${format_usd(mini)}" in text
+    assert page.text.count("<rect ") >= 1  # a bar per day of the month so far
+
+    setup = Actor(ActorType.SESSION, "sess_setup", user_id=kp.owner.id, email=kp.owner.email)
+    other = kp.container.orgs.create_project(setup, kp.org.id, "Quiet project")
+    page = owner.get(f"/usage?project={other.id}")
+    assert "$0.00 spent · 0 requests" in text_of(page) and "No requests yet" in text_of(page)
+    assert not any(r.request_id in page.text for r in records)
+    page = owner.get(f"/usage?project={kp.project.id}")
+    assert f"${format_usd(total)} spent · 3 requests" in text_of(page)
