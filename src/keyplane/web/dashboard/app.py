@@ -33,6 +33,7 @@ from keyplane.config import Settings
 from keyplane.errors import KeyplaneError, StoreUnavailable
 from keyplane.web.dashboard import (
     accounts_routes,
+    audit_routes,
     csrf,
     invite_routes,
     keys_routes,
@@ -224,4 +225,5 @@ def create_dashboard_app(
     app.include_router(invite_routes.router)
     app.include_router(keys_routes.router)
     app.include_router(usage_routes.router)
+    app.include_router(audit_routes.router)
     return app

@@ -78,7 +78,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("Billing", None),
     NavItem("Limits", None),
     NavItem("Usage", "/usage"),
-    NavItem("Audit log", None),
+    NavItem("Audit log", "/audit-log"),
 )
 
 

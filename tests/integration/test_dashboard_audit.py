@@ -1,0 +1,37 @@
+"""The dashboard's Audit log page: the organization's events, newest first, a page at a time,
+with who did what from where; hostile text in them is shown as text."""
+
+from __future__ import annotations
+
+import re
+
+from test_accounts_web import OWNER_PASSWORD, text_of
+from test_dashboard_keys import SignIn, browser_for, kp  # noqa: F401  (fixtures)
+
+from conftest import Keyplane
+from keyplane.audit.models import Actor, ActorType
+
+
+def test_the_audit_log_pages_through_events_newest_first_and_filters_by_type(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    api = Actor(ActorType.API_KEY, "key_admin1", user_id=kp.owner.id, email=kp.owner.email,
+                ip_address="203.0.113.7")  # fmt: skip
+    for i in range(55):
+        kp.container.orgs.create_project_key(
+            api, kp.org.id, kp.project.id, f"<b>key {i}</b>", kp.owner.id
+        )
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)  # (a login.succeeded event too)
+    page = owner.get("/audit-log")
+    text = text_of(page)
+    assert page.status_code == 200 and "login.succeeded" in text
+    assert "owner@example.com (API key key_admin1)" in text and "203.0.113.7" in text
+    assert "<b>key 54</b>" not in page.text and "&lt;b&gt;key 54&lt;/b&gt;" in page.text
+    assert "&lt;b&gt;key 4&lt;/b&gt;" not in page.text  # the oldest are on the next page
+    older = re.search(r'href="(/audit-log\?[^"]*after=[^"]+)"', page.text)
+    assert older is not None
+    second = owner.get(older.group(1).replace("&amp;", "&")).text
+    assert "&lt;b&gt;key 4&lt;/b&gt;" in second and "&lt;b&gt;key 54&lt;/b&gt;" not in second
+    only = text_of(owner.get("/audit-log?event_type=login.succeeded"))
+    assert "login.succeeded" in only and "api_key.created" not in only
