@@ -7,7 +7,6 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -19,10 +18,10 @@ from rich.table import Table
 from rich.text import Text
 
 from keyplane import bootstrap
-from keyplane.billing.bounds import MAX_AMOUNT
+from keyplane.billing.amounts import parse_amount
 from keyplane.config import load_settings
 from keyplane.errors import KeyplaneError, StoreUnavailable
-from keyplane.usage.pricing import MICRO, MICRO_PER_CENT, format_usd
+from keyplane.usage.pricing import format_usd
 
 # No console markup: names and notes typed by others are printed as they are ("[bold]" too); our
 # own styling goes through Text (``bold``, ``styled``).
@@ -161,26 +160,13 @@ def parse_duration(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
-_AMOUNT = re.compile(r"[0-9]+(\.[0-9]+)?|\.[0-9]+")
-
-
 def parse_usd(text: str, *, cents: bool = False) -> int:
-    """``10``, ``10.5`` or ``$10.50`` → exact micro-dollars (never through a float), from $0 to
-    $1,000,000,000; with ``cents``, whole cents only (budgets and alert thresholds are cents, as
-    the Admin API shows them). No thousands separators: ``1,5`` could mean 1.5 or 15."""
-    digits = text.strip().removeprefix("$")
-    # Digits and a decimal point only: Decimal() also reads 1e3, 1_000 and other scripts' digits,
-    # and a typo must not move a thousand times the money.
-    amount = Decimal(digits) if _AMOUNT.fullmatch(digits) else Decimal("NaN")
-    if not amount.is_finite() or not 0 <= amount * MICRO <= MAX_AMOUNT:
-        raise typer.BadParameter(
-            f"'{text}' is not an amount in dollars from 0 to 1000000000, like 10.50"
-        )
-    micros = amount * MICRO
-    step = MICRO_PER_CENT if cents else 1
-    if micros % step:
-        raise typer.BadParameter(f"'{text}' is finer than a {'cent' if cents else 'micro-dollar'}")
-    return int(micros)
+    """A typed amount as exact micro-dollars (``billing.amounts.parse_amount``), or a usage
+    error that says why."""
+    try:
+        return parse_amount(text, cents=cents)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def usd(micros: int) -> str:

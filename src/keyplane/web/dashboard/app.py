@@ -37,6 +37,7 @@ from keyplane.web.dashboard import (
     csrf,
     invite_routes,
     keys_routes,
+    limits_routes,
     usage_routes,
 )
 from keyplane.web.dashboard.session import (
@@ -226,4 +227,5 @@ def create_dashboard_app(
     app.include_router(keys_routes.router)
     app.include_router(usage_routes.router)
     app.include_router(audit_routes.router)
+    app.include_router(limits_routes.router)
     return app

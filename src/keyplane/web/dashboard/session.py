@@ -33,7 +33,11 @@ from keyplane.accounts.auth_ports import Membership, WebSession
 from keyplane.accounts.auth_services import AuthServices
 from keyplane.accounts.models import Organization, OrgRole, User
 from keyplane.accounts.orgs import OrgService
+from keyplane.accounts.service import AccountService
 from keyplane.audit.service import AuditService
+from keyplane.billing.ports import MoneyStore
+from keyplane.billing.promotion import TierPromoter
+from keyplane.billing.service import BillingService
 from keyplane.clock import Clock
 from keyplane.config import Settings
 from keyplane.notify.ports import Outbox
@@ -65,6 +69,18 @@ class DashboardServices(Protocol):
     @property
     def usage_store(self) -> UsageStore: ...
 
+    @property
+    def billing(self) -> BillingService: ...
+
+    @property
+    def promoter(self) -> TierPromoter: ...
+
+    @property
+    def money_store(self) -> MoneyStore: ...
+
+    @property
+    def accounts(self) -> AccountService: ...
+
 
 @dataclass(frozen=True, slots=True)
 class NavItem:
@@ -76,7 +92,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("API keys", "/api-keys"),
     NavItem("Projects", None),
     NavItem("Billing", None),
-    NavItem("Limits", None),
+    NavItem("Limits", "/limits"),
     NavItem("Usage", "/usage"),
     NavItem("Audit log", "/audit-log"),
 )
