@@ -87,6 +87,7 @@ def test_an_owner_creates_user_and_service_account_keys_with_permissions(
     assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
     secret = created_secret(r)
     assert KEY_PATTERN.fullmatch(secret) and "<img src=x" not in r.text  # escaped
+    owner.get("/api-keys/new")
     r = owner.post(
         "/api-keys",
         {"name": "ci bot", "project": kp.project.id, "owner": "service_account",
@@ -100,7 +101,7 @@ def test_an_owner_creates_user_and_service_account_keys_with_permissions(
     assert secret not in listing.text and bot_secret not in listing.text
     stored = {k.owner_type + ":" + k.name: k for k in kp.container.keys.list(kp.org.id)}
     assert stored["user:<img src=x onerror=alert(1)>"].scopes == ("chat.write", "models.read")
-    assert stored["service_account:Secret key"].scopes == ("api.all.read",)
+    assert stored["service_account:ci bot"].scopes == ("api.all.read",)  # named, in one step
     events = kp.container.audit.query(kp.org.id, AuditFilter(event_types=["api_key.created"]))
     assert all(e.actor.type is ActorType.SESSION for e in events.events) and len(events.events) == 2
 
@@ -128,8 +129,28 @@ def test_bad_form_input_is_a_clear_error_that_keeps_what_was_typed(
         assert 'value="typed name"' in r.text or "name" in fields
     owner.get("/api-keys/new")
     r = owner.post("/api-keys", {**base, "project": "proj_of_someone_else", "permissions": "all"})
-    assert r.status_code == 403
+    assert r.status_code == 400 and "Choose one of the projects" in text_of(r)
+    owner.get("/api-keys/new")  # choices per group with All: refused, never a wider key
+    r = owner.post("/api-keys", {**base, "permissions": "all", "perm_models": "read"})
+    assert r.status_code == 400 and "choose Restricted" in text_of(r)
     assert len(kp.container.keys.list(kp.org.id)) == before
+
+
+def test_sending_the_create_form_again_makes_no_second_key(
+    kp: Keyplane, browser_for: SignIn
+) -> None:
+    """A reload of the page that showed the secret sends the form again: no second key."""
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    form = owner.get("/api-keys/new")
+    form_id = re.search(r'name="form_id" value="([^"]+)"', form.text)
+    assert form_id is not None
+    fields = {"name": "once", "project": kp.project.id, "owner": "you", "permissions": "all",
+              "form_id": form_id.group(1), "csrf_token": owner.csrf_token()}  # fmt: skip
+    first = owner.client.post("/api-keys", data=fields)
+    assert first.status_code == 200 and created_secret(first)
+    again = owner.client.post("/api-keys", data=fields)
+    assert again.status_code == 409 and "created already" in text_of(again)
+    assert [k.name for k in kp.container.keys.list(kp.org.id)].count("once") == 1
 
 
 def test_a_reader_sees_keys_and_a_project_member_manages_only_their_own(
@@ -162,12 +183,13 @@ def test_a_reader_sees_keys_and_a_project_member_manages_only_their_own(
     mine = created_secret(r)
     maxb.get("/api-keys/new")
     refused = maxb.post("/api-keys", {"project": other.id, "owner": "you", "permissions": "all"})
-    assert refused.status_code == 403
+    assert refused.status_code == 400
     maxb.get("/api-keys/new")
     refused = maxb.post(
         "/api-keys", {"project": kp.project.id, "owner": "service_account", "permissions": "all"}
     )
-    assert refused.status_code == 403
+    assert refused.status_code == 400 and "create service accounts" in text_of(refused)
+    assert 'value="service_account"' not in refused.text  # the form again, what was typed kept
     listing = maxb.get("/api-keys")
     revoke_links = re.findall(r'href="/api-keys/(key_\w+)/revoke"', listing.text)
     mine_id = next(

@@ -370,10 +370,13 @@ class OrgService:
         return found
 
     def create_service_account(
-        self, actor: Actor, org_id: str, project_id: str, name: str
-    ) -> tuple[ServiceAccount, ApiKey, str]:
-        """A service account and its first key; the key's text is returned here only."""
+        self, actor: Actor, org_id: str, project_id: str, name: str, *,
+        key_name: str = "Secret key", scopes: Sequence[str] | None = None,
+    ) -> tuple[ServiceAccount, ApiKey, str]:  # fmt: skip
+        """A service account and its first key (``key_name``, ``scopes``: None for All); the key's
+        text is returned here only. Nothing is stored when keys cannot be created yet."""
         self._active_project(org_id, project_id)
+        self._require_org_verified(org_id)
         account = ServiceAccount(
             id=new_id("svc_acct_"), org_id=org_id, project_id=project_id,
             name=_name(name, "service account"), created_at=self._now(),
@@ -384,8 +387,8 @@ class OrgService:
             project_id=project_id, details={"data": {"name": account.name, "role": "member"}},
         )  # fmt: skip
         key, text = self._create_key(
-            actor, org_id, project_id, KeyKind.SERVICE_ACCOUNT, "Secret key",
-            owner_type="service_account", owner_id=account.id,
+            actor, org_id, project_id, KeyKind.SERVICE_ACCOUNT, key_name,
+            owner_type="service_account", owner_id=account.id, scopes=scopes,
         )  # fmt: skip
         return account, key, text
 

@@ -8,6 +8,9 @@ user, and every change goes through the same service and audit log as the Admin 
 from __future__ import annotations
 
 import asyncio
+import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,16 +19,15 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from keyplane.accounts.models import Project
-from keyplane.accounts.orgs import UNCHANGED
+from keyplane.accounts.org_ports import ProjectRole
 from keyplane.errors import KeyplaneError, NotFound
 from keyplane.keys.models import ApiKey
 from keyplane.keys.permissions import ALL_READ, Access, Group, describe, scopes_for
-from keyplane.web.authz import POLICY, permits
+from keyplane.web.dashboard.authorize import may, principal_of
 from keyplane.web.dashboard.session import (
     CurrentMember,
     Redirect,
     Viewer,
-    client_ip,
     context,
     render,
 )
@@ -52,40 +54,19 @@ class KeyRow:
     project: Project
     owner: str  # a person's email, or the service account's name
     permissions: str  # All / Restricted / Read only
-    status: str  # active / expired (revoked keys are not listed)
+    status: str  # active / rotated (replaced, in its grace period) / expired (revoked: not listed)
     rotate: bool  # older than the rotation policy
     can_revoke: bool
-
-
-def _principal(request: Request, viewer: Viewer) -> Principal:
-    org = viewer.org
-    assert org is not None  # CurrentMember has one
-    member = context(request).services.orgs.get_member(org.id, viewer.user.id)
-    return Principal.of_session(
-        viewer.session_ref, org.id, member, client_ip(request), request.headers.get("user-agent")
-    )
-
-
-def _may(
-    request: Request, principal: Principal, operation: str, project_id: str, key: ApiKey | None
-) -> bool:
-    """``POLICY`` for the signed-in user, as the Admin API decides it for an admin key."""
-    grants = POLICY[operation]
-    if permits(grants, principal):
-        return True
-    orgs = context(request).services.orgs
-    role = orgs.project_role(principal.org_id, project_id, principal.user_id)
-    owns = key is not None and key.owner_type == "user" and key.owner_id == principal.user_id
-    return permits(grants, principal, project_role=role, owns_key=owns)
 
 
 def _creatable(request: Request, principal: Principal) -> list[Project]:
     """The active projects the user may create keys in."""
     orgs = context(request).services.orgs
+    roles: dict[str, ProjectRole | None] = {}
     return [
         p
         for p in orgs.projects(principal.org_id)
-        if _may(request, principal, "project_api_keys.create", p.id, None)
+        if may(request, principal, "project_api_keys.create", p.id, roles=roles)
     ]
 
 
@@ -94,18 +75,24 @@ def _rows(request: Request, principal: Principal) -> list[KeyRow]:
     orgs, now = services.orgs, services.clock.now()
     max_age_s = services.settings.key_rotation_days * 86400
     people = {m.user.id: m.user.email for m in orgs.members(principal.org_id)}
+    roles: dict[str, ProjectRole | None] = {}  # (one lookup a project, not one a key)
     rows = []
     for project in orgs.projects(principal.org_id):
         accounts = {a.id: a.name for a in orgs.service_accounts(principal.org_id, project.id)}
-        for key in orgs.project_keys(principal.org_id, project.id):
+        keys = orgs.project_keys(principal.org_id, project.id)
+        replaced = {k.rotated_from for k in keys if k.rotated_from}
+        for key in keys:
             owner = (
                 people.get(key.owner_id, "a former member")
                 if key.owner_type == "user"
                 else f"{accounts.get(key.owner_id, 'service account')} (service account)"
             )
-            can_revoke = _may(request, principal, "project_api_keys.delete", project.id, key)
-            rotate = key.needs_rotation(now, max_age_s)
-            status = key.status(now)
+            can_revoke = may(
+                request, principal, "project_api_keys.delete", project.id, key, roles=roles
+            )
+            rotated = key.id in replaced  # works out its grace period, then stops
+            rotate = not rotated and key.needs_rotation(now, max_age_s)
+            status = "rotated" if rotated and key.is_usable(now) else key.status(now)
             rows.append(
                 KeyRow(key, project, owner, describe(key.scopes), status, rotate, can_revoke)
             )
@@ -115,7 +102,7 @@ def _rows(request: Request, principal: Principal) -> list[KeyRow]:
 
 @router.get(PATH)
 def keys_page(request: Request, viewer: CurrentMember) -> Response:
-    principal = _principal(request, viewer)
+    principal = principal_of(request, viewer)
     return render(
         request, "api_keys.html", viewer=viewer, rows=_rows(request, principal),
         can_create=bool(_creatable(request, principal)),
@@ -127,20 +114,20 @@ def _new_page(
     request: Request, viewer: Viewer, projects: Sequence[Project], *, status: int = 200,
     error: str | None = None, form: dict[str, str] | None = None,
 ) -> Response:  # fmt: skip
-    principal = _principal(request, viewer)
+    principal = principal_of(request, viewer)
     can_service = {
-        p.id for p in projects if _may(request, principal, "project_service_accounts.create", p.id, None)
+        p.id for p in projects if may(request, principal, "project_service_accounts.create", p.id)
     }  # fmt: skip
     return render(
         request, "api_key_new.html", status=status, viewer=viewer, projects=projects,
         service_projects=can_service, groups=GROUP_LABELS, error=error,
-        form=form or {"permissions": "all", "owner": "you"},
+        form=form or {"permissions": "all", "owner": "you"}, form_id=secrets.token_urlsafe(16),
     )  # fmt: skip
 
 
 @router.get(PATH + "/new")
 def new_key_page(request: Request, viewer: CurrentMember) -> Response:
-    projects = _creatable(request, _principal(request, viewer))
+    projects = _creatable(request, principal_of(request, viewer))
     if not projects:
         raise HTTPException(403, "Your role does not allow creating API keys in any project.")
     return _new_page(request, viewer, projects)
@@ -149,12 +136,16 @@ def new_key_page(request: Request, viewer: CurrentMember) -> Response:
 def _scopes(form: dict[str, str]) -> tuple[str, ...] | None:
     """The scopes the form asks for (None: All). Raises ValueError for a choice not offered."""
     choice = form.get("permissions", "all")
-    if choice == "all":
-        return None
-    if choice == "read_only":
-        return (ALL_READ,)
-    if choice != "restricted":
+    if choice not in ("all", "read_only", "restricted"):
         raise ValueError("Choose All, Restricted or Read only.")
+    if choice != "restricted":
+        if any(form.get(f"perm_{g.value}", "none") != "none" for g in Group):
+            # (choices per group apply to Restricted only: never a key wider than meant)
+            raise ValueError(
+                "Access per group applies to Restricted keys: choose Restricted, or set every "
+                "group back to None."
+            )
+        return None if choice == "all" else (ALL_READ,)
     chosen = {}
     for group in Group:
         value = form.get(f"perm_{group.value}", "none")
@@ -176,31 +167,39 @@ async def create_key(request: Request, viewer: CurrentMember) -> Response:
 
 
 def _create(request: Request, viewer: Viewer, form: dict[str, str]) -> Response:
-    principal = _principal(request, viewer)
+    principal = principal_of(request, viewer)
     projects = _creatable(request, principal)
-    project = next((p for p in projects if p.id == form.get("project")), None)
-    if project is None:
-        raise HTTPException(403, "Your role does not allow creating API keys in that project.")
+    if not projects:
+        raise HTTPException(403, "Your role does not allow creating API keys in any project.")
     orgs = context(request).services.orgs
     name = form.get("name", "").strip() or "Secret key"
+    form_id = form.get("form_id", "")
     try:
+        project = next((p for p in projects if p.id == form.get("project")), None)
+        if project is None:
+            raise ValueError("Choose one of the projects listed.")
         scopes = _scopes(form)
-        if form.get("owner") == "service_account":
-            if not _may(request, principal, "project_service_accounts.create", project.id, None):
-                raise HTTPException(403, "Only the project's owners create service accounts.")
-            _, key, secret = orgs.create_service_account(
-                principal.actor, principal.org_id, project.id, name
+        service = form.get("owner") == "service_account"
+        if service and not may(request, principal, "project_service_accounts.create", project.id):
+            raise ValueError(
+                f"Only the owners of {project.name} create service accounts in it: choose You."
             )
-            if scopes is not None:
-                key = orgs.update_project_key(
-                    principal.actor, principal.org_id, project.id, key.id, scopes=scopes,
-                    allowed_models=UNCHANGED, allowed_ips=UNCHANGED, limits={},
+        if not _FORMS.claim(form_id):
+            return render(request, "api_key_again.html", status=409, viewer=viewer)
+        try:
+            if service:
+                _, key, secret = orgs.create_service_account(
+                    principal.actor, principal.org_id, project.id, name, key_name=name,
+                    scopes=scopes,
                 )  # fmt: skip
-        else:
-            key, secret = orgs.create_project_key(
-                principal.actor, principal.org_id, project.id, name, principal.user_id,
-                scopes=scopes,
-            )  # fmt: skip
+            else:
+                key, secret = orgs.create_project_key(
+                    principal.actor, principal.org_id, project.id, name, principal.user_id,
+                    scopes=scopes,
+                )  # fmt: skip
+        except BaseException:
+            _FORMS.release(form_id)
+            raise
     except (ValueError, KeyplaneError) as exc:
         message = exc.message if isinstance(exc, KeyplaneError) else str(exc)
         return _new_page(request, viewer, projects, status=400, error=message, form=form)
@@ -208,6 +207,37 @@ def _create(request: Request, viewer: Viewer, form: dict[str, str]) -> Response:
         request, "api_key_created.html", viewer=viewer, key=key, secret=secret, project=project,
         permissions=describe(key.scopes), base_url=_api_base(request),
     )  # fmt: skip
+
+
+class _OnceForms:
+    """The create form's one-time ids, so that sending it again (a reload of the page showing the
+    secret, say) makes no second key. In memory, the newest ``MAX`` ids: a form is sent within
+    minutes of being shown."""
+
+    MAX = 10_000
+
+    def __init__(self) -> None:
+        self._used: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def claim(self, form_id: str) -> bool:
+        """Whether ``form_id`` is a form's id never sent before (it is taken now)."""
+        if len(form_id) < 16:
+            return False
+        with self._lock:
+            if form_id in self._used:
+                return False
+            self._used[form_id] = None
+            while len(self._used) > self.MAX:
+                self._used.popitem(last=False)
+            return True
+
+    def release(self, form_id: str) -> None:
+        with self._lock:
+            self._used.pop(form_id, None)
+
+
+_FORMS = _OnceForms()
 
 
 def _api_base(request: Request) -> str:
@@ -227,18 +257,18 @@ def _key_of(request: Request, principal: Principal, key_id: str) -> tuple[ApiKey
 
 @router.get(PATH + "/{key_id}/revoke")
 def revoke_page(request: Request, viewer: CurrentMember, key_id: str) -> Response:
-    principal = _principal(request, viewer)
+    principal = principal_of(request, viewer)
     key, project = _key_of(request, principal, key_id)
-    if not _may(request, principal, "project_api_keys.delete", project.id, key):
+    if not may(request, principal, "project_api_keys.delete", project.id, key):
         raise HTTPException(403, "Your role does not allow revoking this key.")
     return render(request, "api_key_revoke.html", viewer=viewer, key=key, project=project)
 
 
 @router.post(PATH + "/{key_id}/revoke")
 def revoke_key(request: Request, viewer: CurrentMember, key_id: str) -> Response:
-    principal = _principal(request, viewer)
+    principal = principal_of(request, viewer)
     key, project = _key_of(request, principal, key_id)
-    if not _may(request, principal, "project_api_keys.delete", project.id, key):
+    if not may(request, principal, "project_api_keys.delete", project.id, key):
         raise HTTPException(403, "Your role does not allow revoking this key.")
     context(request).services.orgs.revoke_project_key(
         principal.actor, principal.org_id, project.id, key.id
