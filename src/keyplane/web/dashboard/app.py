@@ -34,10 +34,12 @@ from keyplane.errors import KeyplaneError, StoreUnavailable
 from keyplane.web.dashboard import (
     accounts_routes,
     audit_routes,
+    billing_routes,
     csrf,
     invite_routes,
     keys_routes,
     limits_routes,
+    projects_routes,
     usage_routes,
 )
 from keyplane.web.dashboard.session import (
@@ -211,6 +213,9 @@ def create_dashboard_app(
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
+        # No redirect to the path with(out) its final slash: its Location would be built from the
+        # request's Host header, which anyone sets.
+        redirect_slashes=False,
         # Every route of every router, present and future, checks CSRF before it runs.
         dependencies=[Depends(csrf_guard)],
     )
@@ -228,4 +233,6 @@ def create_dashboard_app(
     app.include_router(usage_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(limits_routes.router)
+    app.include_router(projects_routes.router)
+    app.include_router(billing_routes.router)
     return app

@@ -85,13 +85,13 @@ class DashboardServices(Protocol):
 @dataclass(frozen=True, slots=True)
 class NavItem:
     label: str
-    href: str | None  # None: a page still to come
+    href: str
 
 
 NAV: tuple[NavItem, ...] = (
     NavItem("API keys", "/api-keys"),
-    NavItem("Projects", None),
-    NavItem("Billing", None),
+    NavItem("Projects", "/projects"),
+    NavItem("Billing", "/billing"),
     NavItem("Limits", "/limits"),
     NavItem("Usage", "/usage"),
     NavItem("Audit log", "/audit-log"),

@@ -1,0 +1,104 @@
+"""The dashboard's Projects and Billing pages: projects created, renamed, staffed and archived as
+the Admin API allows each role, audited alike; the billing overview adds up to the ledger."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+from test_accounts_web import OWNER_PASSWORD, PASSWORD, text_of
+from test_dashboard_keys import SignIn, browser_for, join, kp  # noqa: F401  (fixtures)
+
+from conftest import Keyplane
+from keyplane.accounts.models import OrgRole
+from keyplane.accounts.org_ports import ProjectRole
+from keyplane.audit.models import AuditFilter
+from keyplane.usage.pricing import format_usd
+from kptest import wait_until
+
+
+def test_an_owner_creates_staffs_renames_and_archives_a_project(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    rita = join(kp, "rita@example.com", OrgRole.READER)
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    page = owner.get("/projects")
+    assert kp.project.name in text_of(page)
+    r = owner.post("/projects", {"name": "a\u202eb"})
+    assert r.status_code == 400 and "control characters" in text_of(r)
+    owner.get("/projects")
+    r = owner.post("/projects", {"name": "Research <lab>"})
+    assert r.status_code == 303
+    pid = r.headers["location"].rsplit("/", 1)[1]
+    page = owner.get(f"/projects/{pid}")
+    assert "Research &lt;lab&gt;" in page.text and "rita@example.com" in page.text
+    assert owner.post(f"/projects/{pid}/members",
+                      {"user_id": rita.id, "role": "member"}).status_code == 303  # fmt: skip
+    assert kp.container.orgs.project_role(kp.org.id, pid, rita.id) is ProjectRole.MEMBER
+    owner.get(f"/projects/{pid}")
+    assert owner.post(f"/projects/{pid}/name", {"name": "Research"}).status_code == 303
+    assert kp.container.orgs.project(kp.org.id, pid).name == "Research"
+    # Rita, a Member of it, creates a key there; removing her revokes it.
+    reader = browser_for("rita@example.com", PASSWORD)
+    page = reader.get(f"/projects/{pid}")
+    assert 'action="/projects/' not in page.text  # nothing she may change here
+    reader.get("/api-keys/new")
+    made = reader.post("/api-keys", {"project": pid, "owner": "you", "permissions": "all"})
+    secret = re.search(r'id="secret" type="text" readonly value="([^"]+)"', made.text)
+    assert secret is not None
+    owner.get(f"/projects/{pid}")
+    assert owner.post(f"/projects/{pid}/members/{rita.id}/remove", {}).status_code == 303
+    call = lambda: httpx.get(kp.base_url + "/models",  # noqa: E731
+                             headers={"authorization": f"Bearer {secret.group(1)}"})  # fmt: skip
+    wait_until(lambda: call().status_code == 401, timeout=2)
+    owner.get(f"/projects/{pid}")
+    assert owner.post(f"/projects/{pid}/archive", {}).status_code == 303
+    assert kp.container.orgs.project(kp.org.id, pid).archived_at is not None
+    assert "Archived" in text_of(owner.get("/projects"))
+    owner.get(f"/projects/{pid}")
+    assert owner.post(f"/projects/{pid}/name", {"name": "Again"}).status_code == 403
+    kinds = {e.type for e in kp.container.audit.query(kp.org.id, AuditFilter()).events}
+    assert {"project.created", "project.updated", "project_user.added", "project_user.deleted",
+            "project.archived"} <= kinds  # fmt: skip
+
+
+def test_a_reader_cannot_create_archive_or_staff_projects(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    rita = join(kp, "rita@example.com", OrgRole.READER)
+    reader = browser_for("rita@example.com", PASSWORD)
+    page = reader.get("/projects")
+    assert page.status_code == 200 and 'action="/projects"' not in page.text
+    assert reader.post("/projects", {"name": "Mine"}).status_code == 403
+    pid = kp.project.id
+    for path, form in ((f"/projects/{pid}/archive", {}), (f"/projects/{pid}/name", {"name": "x"}),
+                       (f"/projects/{pid}/members", {"user_id": rita.id, "role": "owner"})):  # fmt: skip
+        reader.get("/projects")
+        assert reader.post(path, form).status_code == 403, path
+    assert reader.get("/projects/proj_elsewhere").status_code == 404
+    assert kp.container.orgs.project(kp.org.id, pid).archived_at is None
+
+
+def test_billing_shows_the_balance_and_the_credit_lots(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    kp.container.billing.grant(kp.org.id, 2_500_000, note="<b>promo</b>")
+    kp.server.call(kp.gateway.pipeline.money.refresh())
+    r = httpx.post(
+        kp.base_url + "/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+    )  # fmt: skip
+    assert r.status_code == 200
+    kp.usage(expect=1)
+    balance = kp.container.billing.balance(kp.org.id)
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    page = owner.get("/billing")
+    text = text_of(page)
+    assert f"Credit balance: ${format_usd(balance.available)}" in text
+    assert (
+        "&lt;b&gt;promo&lt;/b&gt;" in page.text and "$2.50" in text and "Auto recharge: off" in text
+    )
