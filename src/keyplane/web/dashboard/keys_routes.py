@@ -255,21 +255,24 @@ def _key_of(request: Request, principal: Principal, key_id: str) -> tuple[ApiKey
     raise HTTPException(404)
 
 
-@router.get(PATH + "/{key_id}/revoke")
-def revoke_page(request: Request, viewer: CurrentMember, key_id: str) -> Response:
+def _revocable(request: Request, viewer: Viewer, key_id: str) -> tuple[Principal, ApiKey, Project]:
+    """The key the user may revoke (404 unknown here, 403 not theirs to revoke)."""
     principal = principal_of(request, viewer)
     key, project = _key_of(request, principal, key_id)
     if not may(request, principal, "project_api_keys.delete", project.id, key):
         raise HTTPException(403, "Your role does not allow revoking this key.")
+    return principal, key, project
+
+
+@router.get(PATH + "/{key_id}/revoke")
+def revoke_page(request: Request, viewer: CurrentMember, key_id: str) -> Response:
+    _, key, project = _revocable(request, viewer, key_id)
     return render(request, "api_key_revoke.html", viewer=viewer, key=key, project=project)
 
 
 @router.post(PATH + "/{key_id}/revoke")
 def revoke_key(request: Request, viewer: CurrentMember, key_id: str) -> Response:
-    principal = principal_of(request, viewer)
-    key, project = _key_of(request, principal, key_id)
-    if not may(request, principal, "project_api_keys.delete", project.id, key):
-        raise HTTPException(403, "Your role does not allow revoking this key.")
+    principal, key, project = _revocable(request, viewer, key_id)
     context(request).services.orgs.revoke_project_key(
         principal.actor, principal.org_id, project.id, key.id
     )
