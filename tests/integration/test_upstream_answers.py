@@ -103,6 +103,25 @@ def test_an_openai_error_passes_through_as_it_came(kp: Keyplane, upstream: Answe
     assert r.status_code == 400 and r.content == upstream.body
 
 
+def test_a_json_answer_to_a_stream_request_is_billed_on_its_usage(
+    kp: Keyplane, upstream: Answering
+) -> None:
+    """An upstream that ignores stream: true and answers JSON: billed what its usage says, not
+    as a stream that had no events (the output was billed 0)."""
+    upstream.body = (
+        b'{"id":"x","object":"chat.completion","choices":[{"index":0,"message":'
+        b'{"role":"assistant","content":"hello there"}}],'
+        b'"usage":{"prompt_tokens":9,"completion_tokens":3}}'
+    )
+    r = httpx.post(
+        kp.base_url + "/chat/completions", json={**CHAT, "stream": True},
+        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+    )  # fmt: skip
+    assert r.status_code == 200 and r.content == upstream.body
+    [record] = kp.usage(expect=1)
+    assert (record.input_tokens, record.output_tokens) == (9, 3) and not record.tokens_estimated
+
+
 REFUSED = (
     b'{"error":{"message":"Incorrect API key provided: sk-provi*****cdef. You can find your API '
     b'key at https://platform.openai.com/account/api-keys.","type":"invalid_request_error",'

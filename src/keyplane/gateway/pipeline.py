@@ -336,10 +336,12 @@ class Pipeline:
         try:
             out_headers = self._response_headers(call, resp)
             if content is None:
-                if resp.status == 200:
+                if resp.status == 200 and not _json_answer(resp):
                     await self._stream(call, resp, out_headers, receive, send, client_wants_usage)
                     return
-                content = await self._read_error(resp)
+                # An error, or an upstream that ignored stream: true and answered JSON: read
+                # whole, billed on its usage as any answer (not as a stream with no events).
+                content = await self._read_rest(resp)
             if resp.status != 200:
                 self._meter(call, resp.status, (0, 0, 0), _COMPLETED, estimated=False)
                 content = _in_envelope(resp.status, content, out_headers)
@@ -361,8 +363,9 @@ class Pipeline:
         finally:
             await resp.aclose()
 
-    async def _read_error(self, resp: UpstreamResponse) -> bytes:
-        """The body of an error answer to a streaming request (a JSON error, not a stream)."""
+    async def _read_rest(self, resp: UpstreamResponse) -> bytes:
+        """The whole body of an answer to a streaming request that is not a stream (a JSON error,
+        or JSON from an upstream that ignored stream: true); b"" if it broke off."""
         try:
             return await resp.read()
         except UpstreamError:
@@ -549,6 +552,14 @@ def _output_cap(payload: dict[str, Any]) -> tuple[tuple[str, ...], int | None]:
             fields += (field,)
             asked = value if asked is None or value > asked else asked
     return fields, asked
+
+
+def _json_answer(resp: UpstreamResponse) -> bool:
+    """Whether an answer to a streaming request says it is JSON, not an event stream."""
+    for name, value in resp.headers:
+        if name == b"content-type":
+            return value.startswith(b"application/json")
+    return False
 
 
 def _token_room(scopes: list[LimitScope]) -> int:
