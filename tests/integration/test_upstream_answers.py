@@ -93,6 +93,22 @@ def test_an_error_not_in_openais_format_reaches_the_client_in_it(
     client.close()
 
 
+@pytest.mark.parametrize(
+    "upstream",
+    [Answering(307, b"text/plain", b"moved"), Answering(204, b"application/json", b""),
+     Answering(999, b"application/json", b"{}")],
+    ids=["redirect", "no_content", "beyond_599"],
+)  # fmt: skip
+def test_a_status_that_answers_no_api_request_is_a_502(kp: Keyplane, upstream: Answering) -> None:
+    """A redirect without its Location, an empty 204, a status past 599: no SDK can use them."""
+    r = httpx.post(
+        kp.base_url + "/chat/completions", json=CHAT,
+        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+    )  # fmt: skip
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
+    assert f"HTTP {upstream.status}" in r.json()["error"]["message"]
+
+
 def test_an_openai_error_passes_through_as_it_came(kp: Keyplane, upstream: Answering) -> None:
     upstream.status = 400
     upstream.body = b'{"error":{"message":"bad temperature","type":"invalid_request_error","param":"temperature","code":null}}'

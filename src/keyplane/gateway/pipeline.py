@@ -343,6 +343,12 @@ class Pipeline:
                 # whole, billed on its usage as any answer (not as a stream with no events).
                 content = await self._read_rest(resp)
             if resp.status != 200:
+                if resp.status < 400 or resp.status > 599:  # (204, 3xx, 999: not an answer)
+                    self._meter(call, 502, (0, 0, 0), _COMPLETED, estimated=False)
+                    raise ApiError(
+                        502, f"The upstream answered HTTP {resp.status}, which answers no API "
+                        "request.", type="server_error", code="upstream_error",
+                    )  # fmt: skip
                 self._meter(call, resp.status, (0, 0, 0), _COMPLETED, estimated=False)
                 content = _in_envelope(resp.status, content, out_headers)
             elif (reported := answer_usage(content)) is not None:
