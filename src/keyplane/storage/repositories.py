@@ -21,7 +21,7 @@ from keyplane.errors import Conflict, StoreUnavailable
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
 from keyplane.storage import tables as t
-from keyplane.usage.records import DailyUsage, Outcome, UsageRecord
+from keyplane.usage.records import DailyUsage, Outcome, UsageBucket, UsageRecord
 
 DAY_S = 86400
 
@@ -295,6 +295,36 @@ class SqlUsageStore(SqlStore):
         ).group_by(day, u.c.model).order_by(day, u.c.model)  # fmt: skip
         rows = self._read(lambda c: c.execute(query).all())
         return [DailyUsage(int(d), m, int(n), int(i), int(o), int(c)) for d, m, n, i, o, c in rows]
+
+    def buckets(
+        self, org_id: str, *, start: int, end: int, width_s: int, endpoints: Sequence[str] = (),
+        group_by: Sequence[str] = (), project_ids: Sequence[str] = (),
+        key_ids: Sequence[str] = (), models: Sequence[str] = (),
+    ) -> Sequence[UsageBucket]:  # fmt: skip
+        u = t.usage_records
+        bucket = ((u.c.created_at - start) // width_s).label("bucket")
+        grouped = {"project_id": u.c.project_id, "model": u.c.model, "key_id": u.c.key_id}
+        keys = [grouped[name] for name in group_by]
+        query = select(
+            bucket, *keys, func.count(), func.sum(u.c.input_tokens),
+            func.sum(u.c.cached_input_tokens), func.sum(u.c.output_tokens),
+            func.sum(u.c.cost_micro_usd),
+        ).where(u.c.org_id == org_id, u.c.created_at >= start, u.c.created_at < end)  # fmt: skip
+        for column, wanted in (
+            (u.c.endpoint, endpoints), (u.c.project_id, project_ids), (u.c.key_id, key_ids),
+            (u.c.model, models),
+        ):  # fmt: skip
+            if wanted:
+                query = query.where(column.in_(list(wanted)))
+        query = query.group_by(bucket, *keys).order_by(bucket, *keys)
+        out = []
+        for row in self._read(lambda c: c.execute(query).all()):
+            values = dict(zip(group_by, row[1 : 1 + len(keys)], strict=True))
+            n, i, ci, o, cost = (int(v) for v in row[1 + len(keys) :])
+            project, model, key = (values.get(k) for k in ("project_id", "model", "key_id"))
+            first = start + int(row[0]) * width_s
+            out.append(UsageBucket(first, project, model, key, n, i, ci, o, cost))
+        return out
 
 
 def _usage_where(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from keyplane.usage.records import DailyUsage, UsageRecord
+from keyplane.usage.records import DailyUsage, UsageBucket, UsageRecord
 
 
 class UsageStore(Protocol):
@@ -30,4 +30,15 @@ class UsageStore(Protocol):
         self, org_id: str, *, project_id: str | None = None, since: int | None = None
     ) -> Sequence[DailyUsage]:
         """Usage added up per UTC day and model, with the same filters; oldest day first."""
+        ...
+
+    def buckets(
+        self, org_id: str, *, start: int, end: int, width_s: int, endpoints: Sequence[str] = (),
+        group_by: Sequence[str] = (), project_ids: Sequence[str] = (),
+        key_ids: Sequence[str] = (), models: Sequence[str] = (),
+    ) -> Sequence[UsageBucket]:  # fmt: skip
+        """Usage from ``start`` to ``end`` (seconds, end excluded) added up in buckets of
+        ``width_s`` seconds (the first starting at ``start``) and by the ``group_by`` fields
+        (``project_id``, ``model``, ``key_id``); each filter keeps records matching any of its
+        values. Only buckets with usage, oldest first."""
         ...

@@ -84,3 +84,19 @@ class DailyUsage:
     input_tokens: int
     output_tokens: int
     cost_micro_usd: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageBucket:
+    """Usage added up over one time bucket and one combination of the grouped fields (the
+    Admin API's usage and costs buckets); a field not grouped by is None."""
+
+    start: int  # the bucket's first second
+    project_id: str | None
+    model: str | None
+    key_id: str | None
+    requests: int
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    cost_micro_usd: int

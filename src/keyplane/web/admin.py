@@ -23,6 +23,7 @@ from keyplane.web import (
     limits_routes,
     org_routes,
     project_routes,
+    usage_api_routes,
     verification_routes,
 )
 from keyplane.web.auth import AdminContext, AdminServices, Authenticator
@@ -114,4 +115,5 @@ def create_admin_app(
     app.include_router(audit_routes.router)
     app.include_router(limits_routes.router)
     app.include_router(verification_routes.router)
+    app.include_router(usage_api_routes.router)
     return app

@@ -21,6 +21,7 @@ from keyplane.clock import Clock
 from keyplane.gateway.errors import ApiError, missing_key
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
+from keyplane.usage.ports import UsageStore
 from keyplane.web.errors import AdminApiError
 
 NOT_ADMIN = (
@@ -49,6 +50,9 @@ class AdminServices(Protocol):
 
     @property
     def money_store(self) -> MoneyStore: ...
+
+    @property
+    def usage_store(self) -> UsageStore: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,6 +96,10 @@ POLICY: Mapping[str, frozenset[Grant]] = {
     "invites.retrieve": READ,
     "invites.delete": OWNER,
     "audit_logs.list": READ,
+    # usage and costs (usage_api_routes): read by every member, as the dashboard's Usage page
+    "usage.completions": READ,
+    "usage.embeddings": READ,
+    "costs.list": READ,
     # projects (project_routes)
     "projects.list": READ,
     "projects.create": OWNER,

@@ -1,0 +1,233 @@
+"""Admin API for usage and costs, in OpenAI's shapes (BRIEF C7): ``GET /v1/organization/usage/
+completions`` and ``…/usage/embeddings`` (tokens and requests per time bucket), and ``GET
+/v1/organization/costs`` (dollars per day), each grouped and filtered as OpenAI's are.
+
+Buckets start at ``start_time`` and are ``bucket_width`` wide; a page holds ``limit`` buckets
+(empty ones included, as OpenAI's), and ``next_page`` is where the next page starts. The figures
+are the usage records' own, so they add up to what was billed, to the micro-dollar."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Annotated, Generic, Literal, TypeVar
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel
+
+from keyplane.errors import InvalidRequest
+from keyplane.usage.pricing import MICRO
+from keyplane.usage.records import UsageBucket
+from keyplane.web.auth import Ctx
+from keyplane.web.authz import AUTHZ_RESPONSES, Allowed, authorize
+
+router = APIRouter(
+    prefix="/v1/organization", responses=AUTHZ_RESPONSES, dependencies=[Depends(authorize)]
+)
+
+Width = Literal["1m", "1h", "1d"]
+WIDTH_S = {"1m": 60, "1h": 3600, "1d": 86400}
+DEFAULT_BUCKETS = {"1m": 60, "1h": 24, "1d": 7}  # OpenAI's defaults
+MAX_BUCKETS = {"1m": 1440, "1h": 168, "1d": 31}
+MAX_COST_BUCKETS = 180
+UsageGroup = Literal["project_id", "user_id", "api_key_id", "model", "batch"]
+CostGroup = Literal["project_id", "line_item"]
+Time = Annotated[int, Query(ge=0, le=2**40, description="Unix seconds.")]
+Ids = Annotated[list[str], Query(max_length=100)]
+R = TypeVar("R")
+
+
+class Bucket(BaseModel, Generic[R]):
+    object: Literal["bucket"] = "bucket"
+    start_time: int
+    end_time: int
+    results: list[R]
+
+
+class BucketPage(BaseModel, Generic[R]):
+    object: Literal["page"] = "page"
+    data: list[Bucket[R]]
+    has_more: bool
+    next_page: str | None
+
+
+class CompletionsResult(BaseModel):
+    object: Literal["organization.usage.completions.result"] = (
+        "organization.usage.completions.result"
+    )
+    input_tokens: int
+    output_tokens: int
+    input_cached_tokens: int
+    num_model_requests: int
+    project_id: str | None = None
+    user_id: str | None = None
+    api_key_id: str | None = None
+    model: str | None = None
+    batch: bool | None = None
+
+
+class EmbeddingsResult(BaseModel):
+    object: Literal["organization.usage.embeddings.result"] = "organization.usage.embeddings.result"
+    input_tokens: int
+    num_model_requests: int
+    project_id: str | None = None
+    user_id: str | None = None
+    api_key_id: str | None = None
+    model: str | None = None
+
+
+class Amount(BaseModel):
+    value: float  # dollars (OpenAI's unit here); exact micro-dollars in the usage records
+    currency: Literal["usd"] = "usd"
+
+
+class CostResult(BaseModel):
+    object: Literal["organization.costs.result"] = "organization.costs.result"
+    amount: Amount
+    line_item: str | None = None  # the model
+    project_id: str | None = None
+
+
+def _window(
+    start: int, end: int | None, width: Width, limit: int | None, page: str | None, now: float,
+    most: int,
+) -> tuple[int, int, bool]:  # fmt: skip
+    """(the page's first second, its end, whether more pages follow); ``most`` buckets a page."""
+    w = WIDTH_S[width]
+    last = int(now) + 1 if end is None else end
+    if last <= start:
+        raise InvalidRequest("end_time must be after start_time.", param="end_time")
+    begin = start
+    if page is not None:
+        if not page.isdigit() or int(page) < start or (int(page) - start) % w:
+            raise InvalidRequest("page is not a page of this query: use next_page.", param="page")
+        begin = int(page)
+    count = limit or DEFAULT_BUCKETS[width]
+    if count > most:
+        raise InvalidRequest(f"limit is at most {most} buckets of {width}.", param="limit")
+    stop = min(last, begin + count * w)
+    return begin, stop, stop < last
+
+
+def _page(
+    rows: Sequence[UsageBucket], begin: int, stop: int, w: int, more: bool,
+    result: type[R], make: object,
+) -> BucketPage[R]:  # fmt: skip
+    by_start: dict[int, list[R]] = {}
+    for row in rows:
+        by_start.setdefault(row.start, []).append(make(row))  # type: ignore[operator]
+    data = [
+        Bucket[result](start_time=t, end_time=min(t + w, stop), results=by_start.get(t, []))  # type: ignore[valid-type]
+        for t in range(begin, stop, w)
+    ]
+    return BucketPage[result](data=data, has_more=more, next_page=str(stop) if more else None)  # type: ignore[valid-type]
+
+
+async def _usage(
+    ctx: Ctx, org_id: str, *, start: int, end: int | None, width: Width, limit: int | None,
+    page: str | None, endpoints: Sequence[str], group_by: Sequence[str],
+    project_ids: Sequence[str], api_key_ids: Sequence[str], models: Sequence[str],
+) -> tuple[list[UsageBucket], int, int, bool]:  # fmt: skip
+    now = ctx.services.clock.now()
+    begin, stop, more = _window(start, end, width, limit, page, now, MAX_BUCKETS[width])
+    grouped = [{"api_key_id": "key_id"}.get(g, g) for g in dict.fromkeys(group_by)]
+    stored = [g for g in grouped if g in ("project_id", "model", "key_id")]
+    rows = await asyncio.to_thread(
+        ctx.services.usage_store.buckets, org_id, start=begin, end=stop, width_s=WIDTH_S[width],
+        endpoints=endpoints, group_by=stored, project_ids=project_ids, key_ids=api_key_ids,
+        models=models,
+    )  # fmt: skip
+    return list(rows), begin, stop, more
+
+
+@router.get("/usage/completions", tags=["usage"], name="usage.completions")
+async def completions_usage(
+    ctx: Ctx,
+    principal: Allowed,
+    start_time: Time,
+    end_time: Annotated[int | None, Query(ge=0, le=2**40)] = None,
+    bucket_width: Width = "1d",
+    limit: Annotated[int | None, Query(ge=1, le=1440)] = None,
+    page: Annotated[str | None, Query(max_length=20)] = None,
+    group_by: Annotated[list[UsageGroup], Query(alias="group_by[]")] = [],  # noqa: B006
+    project_ids: Annotated[Ids, Query(alias="project_ids[]")] = [],  # noqa: B006
+    api_key_ids: Annotated[Ids, Query(alias="api_key_ids[]")] = [],  # noqa: B006
+    models: Annotated[Ids, Query(alias="models[]")] = [],  # noqa: B006
+) -> BucketPage[CompletionsResult]:
+    """Tokens and requests of chat and legacy completions per time bucket."""
+    rows, begin, stop, more = await _usage(
+        ctx, principal.org_id, start=start_time, end=end_time, width=bucket_width, limit=limit,
+        page=page, endpoints=("chat.completions", "completions"), group_by=group_by,
+        project_ids=project_ids, api_key_ids=api_key_ids, models=models,
+    )  # fmt: skip
+
+    def make(r: UsageBucket) -> CompletionsResult:
+        return CompletionsResult(
+            input_tokens=r.input_tokens, output_tokens=r.output_tokens,
+            input_cached_tokens=r.cached_input_tokens, num_model_requests=r.requests,
+            project_id=r.project_id, api_key_id=r.key_id, model=r.model,
+            batch=False if "batch" in group_by else None,
+        )  # fmt: skip
+
+    return _page(rows, begin, stop, WIDTH_S[bucket_width], more, CompletionsResult, make)
+
+
+@router.get("/usage/embeddings", tags=["usage"], name="usage.embeddings")
+async def embeddings_usage(
+    ctx: Ctx,
+    principal: Allowed,
+    start_time: Time,
+    end_time: Annotated[int | None, Query(ge=0, le=2**40)] = None,
+    bucket_width: Width = "1d",
+    limit: Annotated[int | None, Query(ge=1, le=1440)] = None,
+    page: Annotated[str | None, Query(max_length=20)] = None,
+    group_by: Annotated[list[UsageGroup], Query(alias="group_by[]")] = [],  # noqa: B006
+    project_ids: Annotated[Ids, Query(alias="project_ids[]")] = [],  # noqa: B006
+    api_key_ids: Annotated[Ids, Query(alias="api_key_ids[]")] = [],  # noqa: B006
+    models: Annotated[Ids, Query(alias="models[]")] = [],  # noqa: B006
+) -> BucketPage[EmbeddingsResult]:
+    """Tokens and requests of embeddings per time bucket."""
+    rows, begin, stop, more = await _usage(
+        ctx, principal.org_id, start=start_time, end=end_time, width=bucket_width, limit=limit,
+        page=page, endpoints=("embeddings",), group_by=group_by, project_ids=project_ids,
+        api_key_ids=api_key_ids, models=models,
+    )  # fmt: skip
+
+    def make(r: UsageBucket) -> EmbeddingsResult:
+        return EmbeddingsResult(
+            input_tokens=r.input_tokens, num_model_requests=r.requests, project_id=r.project_id,
+            api_key_id=r.key_id, model=r.model,
+        )  # fmt: skip
+
+    return _page(rows, begin, stop, WIDTH_S[bucket_width], more, EmbeddingsResult, make)
+
+
+@router.get("/costs", tags=["usage"], name="costs.list")
+async def costs(
+    ctx: Ctx,
+    principal: Allowed,
+    start_time: Time,
+    end_time: Annotated[int | None, Query(ge=0, le=2**40)] = None,
+    bucket_width: Literal["1d"] = "1d",
+    limit: Annotated[int | None, Query(ge=1, le=180)] = None,
+    page: Annotated[str | None, Query(max_length=20)] = None,
+    group_by: Annotated[list[CostGroup], Query(alias="group_by[]")] = [],  # noqa: B006
+    project_ids: Annotated[Ids, Query(alias="project_ids[]")] = [],  # noqa: B006
+) -> BucketPage[CostResult]:
+    """Dollars billed per day (every endpoint), by project and by line item (the model)."""
+    begin, stop, more = _window(
+        start_time, end_time, "1d", limit, page, ctx.services.clock.now(), MAX_COST_BUCKETS
+    )
+    stored = ["model" if g == "line_item" else g for g in dict.fromkeys(group_by)]
+    rows = await asyncio.to_thread(
+        ctx.services.usage_store.buckets, principal.org_id, start=begin, end=stop,
+        width_s=WIDTH_S["1d"], group_by=stored, project_ids=project_ids,
+    )  # fmt: skip
+
+    def make(r: UsageBucket) -> CostResult:
+        return CostResult(
+            amount=Amount(value=r.cost_micro_usd / MICRO), line_item=r.model,
+            project_id=r.project_id,
+        )  # fmt: skip
+
+    return _page(rows, begin, stop, WIDTH_S["1d"], more, CostResult, make)

@@ -1,0 +1,95 @@
+"""Admin API for usage and costs (BRIEF C7), in OpenAI's shapes: buckets that add up to the usage
+records, to the micro-dollar, grouped and paged as OpenAI's are."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from test_admin_billing import ORG, Env, env  # noqa: F401  (env is a fixture)
+
+pytestmark = pytest.mark.anyio
+DAY = 86400
+
+
+async def test_costs_and_usage_add_up_to_the_usage_records(env: Env) -> None:  # noqa: F811
+    for tokens in (10, 20):
+        assert (await env.chat(max_tokens=tokens)).status_code == 200
+    embed = await env.client.post(
+        "/v1/embeddings", json={"model": "text-embedding-3-small", "input": "hello"},
+        headers={"authorization": f"Bearer {env.project_key}"},
+    )  # fmt: skip
+    assert embed.status_code == 200
+    await env.gateway.flush()
+    records = env.container.usage_store.query(env.org.id)
+    assert len(records) == 3
+    today = int(time.time()) // DAY * DAY
+
+    costs = await env.client.get(
+        f"{ORG}/costs?start_time={today}&group_by[]=line_item&group_by[]=project_id",
+        headers=env.admin(),
+    )  # fmt: skip
+    assert costs.status_code == 200
+    page = costs.json()
+    assert page["object"] == "page" and page["has_more"] is False and page["next_page"] is None
+    [bucket] = page["data"]
+    assert bucket["object"] == "bucket" and bucket["start_time"] == today
+    by_item = {r["line_item"]: r for r in bucket["results"]}
+    assert set(by_item) == {"gpt-4o", "text-embedding-3-small"}
+    for model, result in by_item.items():
+        micros = sum(r.cost_micro_usd for r in records if r.model == model)
+        assert result["amount"] == {"value": micros / 1_000_000, "currency": "usd"}
+        assert result["project_id"] == env.project.id
+
+    def hours_so_far() -> int:
+        return -(-(int(time.time()) + 1 - today) // 3600)
+
+    before = hours_so_far()
+    usage = await env.client.get(
+        f"{ORG}/usage/completions?start_time={today}&bucket_width=1h&limit=24&group_by[]=model",
+        headers=env.admin(),
+    )  # fmt: skip
+    hours = usage.json()["data"]  # the hours of today so far (the last one until now)
+    assert before <= len(hours) <= hours_so_far()
+    assert all(b["end_time"] - b["start_time"] == 3600 for b in hours[:-1])
+    [result] = [r for b in hours for r in b["results"]]
+    chats = [r for r in records if r.endpoint == "chat.completions"]
+    assert result["model"] == "gpt-4o" and result["num_model_requests"] == 2
+    assert result["output_tokens"] == sum(r.output_tokens for r in chats) == 30
+    assert result["input_tokens"] == sum(r.input_tokens for r in chats)
+    embeddings = await env.client.get(
+        f"{ORG}/usage/embeddings?start_time={today}", headers=env.admin()
+    )
+    [result] = [r for b in embeddings.json()["data"] for r in b["results"]]
+    assert result["num_model_requests"] == 1 and result["model"] is None  # not grouped
+
+
+async def test_pages_of_buckets_and_bad_queries(env: Env) -> None:  # noqa: F811
+    assert (await env.chat(max_tokens=5)).status_code == 200
+    await env.gateway.flush()
+    today = int(time.time()) // DAY * DAY
+    start = today - 3 * DAY
+    first = (
+        await env.client.get(f"{ORG}/costs?start_time={start}&limit=2", headers=env.admin())
+    ).json()
+    assert [b["start_time"] for b in first["data"]] == [start, start + DAY]
+    assert first["has_more"] and all(b["results"] == [] for b in first["data"])
+    rest = await env.client.get(
+        f"{ORG}/costs?start_time={start}&limit=2&page={first['next_page']}", headers=env.admin()
+    )
+    starts = [b["start_time"] for b in rest.json()["data"]]
+    assert starts == [start + 2 * DAY, today] and rest.json()["data"][1]["results"]
+    for query, param in (
+        (f"start_time={today}&end_time={today}", "end_time"),
+        (f"start_time={today}&limit=32", "limit"),
+        (f"start_time={today}&page=12x", "page"),
+        (f"start_time={today}&page={today + 5}", "page"),
+    ):
+        r = await env.client.get(f"{ORG}/usage/completions?{query}", headers=env.admin())
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (query, r.text)
+    r = await env.client.get(f"{ORG}/costs", headers=env.admin())
+    assert r.status_code == 400  # start_time is required
+    other = await env.client.get(
+        f"{ORG}/costs?start_time={today}", headers=env.admin(env.other_admin_key)
+    )
+    assert all(b["results"] == [] for b in other.json()["data"])  # another organization's
