@@ -371,3 +371,30 @@ def test_the_data_version_moves_only_for_commits_by_other_connections(
 def _no_steps() -> Generator[None, None, int]:
     raise AssertionError("the write lock should be free")
     yield
+
+
+def test_usage_adds_up_per_day_and_per_bucket_on_either_database(engine: Engine) -> None:
+    """The dashboard's Usage page and the Admin API's usage and costs buckets sum in SQL: the
+    integer division that makes days and buckets must be one on both databases."""
+    from sqlalchemy import insert
+
+    from keyplane.storage import tables
+
+    day = 20_000 * 86400  # a midnight, UTC
+    rows = [(day + 10, "gpt-4o", 5), (day + 3700, "gpt-4o", 7), (day + 86400 + 1, "o3", 11)]
+    with engine.begin() as conn:
+        for i, (at, model, cost) in enumerate(rows):
+            conn.execute(insert(tables.usage_records).values(
+                record(f"r{i}", "org_u", "proj_u", cost).asdict() | {"created_at": at,
+                                                                    "model": model, "outcome": "completed"}
+            ))  # fmt: skip
+    store = SqlUsageStore(engine)
+    days = [(d.day, d.model, d.requests, d.cost_micro_usd) for d in store.daily("org_u")]
+    assert days == [(20_000, "gpt-4o", 2, 12), (20_001, "o3", 1, 11)]
+    hours = store.buckets("org_u", start=day, end=day + 2 * 3600, width_s=3600, group_by=["model"])
+    assert [(b.start, b.model, b.cost_micro_usd) for b in hours] == [
+        (day, "gpt-4o", 5), (day + 3600, "gpt-4o", 7),
+    ]  # fmt: skip
+    # Buckets start at ``start``: a day from 01:00 holds the 01:01 request and the next day's.
+    whole = store.buckets("org_u", start=day + 3600, end=day + 3 * 86400, width_s=86400)
+    assert [(b.start, b.requests) for b in whole] == [(day + 3600, 2)]
