@@ -481,3 +481,46 @@ def test_common_mistakes_are_one_line_errors(run: Any, monkeypatch: pytest.Monke
     assert result.exit_code == 1 and "KEYPLANE_SMTP_PORT: Input should be a valid integer" in (
         " ".join(result.output.split())
     )
+
+
+def test_scan_finds_live_keys_in_files_and_git_history_and_revokes_them(
+    run: Any, tmp_path: Path
+) -> None:
+    """A key pasted in a file or committed once (and removed since) is found; one of this
+    keyplane with its real secret is live and --revoke revokes it; a forged one (right shape and
+    checksum, wrong secret) is reported but never revoked; no secret is printed."""
+    from keyplane.keys.format import checksum
+
+    init(run)
+    made = json.loads(run("keys", "create", "--project", "Default project", "--name", "leaky",
+                          "--json").stdout)  # fmt: skip
+    committed = json.loads(run("keys", "create", "--project", "Default project", "--name",
+                               "old", "--json").stdout)  # fmt: skip
+    head = made["value"][: len("sk-kp-proj-") + 12] + "Z" * 32
+    forged = head + checksum(head)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.email=a@example.com", "-c", "user.name=a"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "settings.py").write_text(f'KEY = "{committed["value"]}"\n')
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "oops"], check=True)
+    (repo / "settings.py").write_text('KEY = os.environ["KEY"]\n')
+    (repo / "notes.txt").write_text(f"prod: {made['value']}\nfake: {forged}\n")
+    subprocess.run([*git, "commit", "-q", "-am", "fix"], check=True)
+
+    found = run("scan", str(repo), "--json", ok=False)
+    assert found.exit_code == 1
+    rows = json.loads(found.stdout)
+    status = {(r["where"].split(":")[0].rsplit("/", 1)[-1], r["key"][-4:]): r["status"]
+              for r in rows}  # fmt: skip
+    assert status[("notes.txt", made["value"][-4:])].startswith("LIVE")
+    assert status[("notes.txt", forged[-4:])] == "not a key of this keyplane"
+    assert any(r["where"].startswith("git ") and r["status"].startswith("LIVE") for r in rows)
+    assert all(v not in found.stdout for v in (made["value"], committed["value"], forged))
+
+    revoked = run("scan", str(repo), "--revoke", ok=False)
+    assert revoked.exit_code == 1 and "revoked now" in revoked.stdout
+    keys = {k["id"]: k["status"] for k in json.loads(run("keys", "list", "--json").stdout)}
+    assert keys[made["id"]] == keys[committed["id"]] == "revoked"
+    assert run("scan", str(tmp_path / "repo" / "settings.py"), "--no-history").exit_code == 0

@@ -35,6 +35,7 @@ from keyplane.cli.keys import keys_app
 from keyplane.cli.limits import ratelimits_app, tier_app
 from keyplane.cli.money import alerts_app, billing_app, budget_app, money_app
 from keyplane.cli.orgs import orgs_app
+from keyplane.cli.scan import scan_command
 from keyplane.config import Settings, UpstreamSettings
 from keyplane.errors import KeyplaneError
 from keyplane.keys.format import KeyKind
@@ -56,6 +57,7 @@ app.add_typer(tier_app, name="tier")
 app.add_typer(ratelimits_app, name="ratelimits")
 app.add_typer(access_app, name="access")
 app.add_typer(orgs_app, name="orgs")
+app.command("scan")(scan_command)
 
 
 @app.command()
