@@ -193,7 +193,10 @@ def build_gateway(
     }
     client: UpstreamClient
     if transport is None:
-        client = H1Client(max_connections=s.upstream_max_connections, **timeouts)
+        client = H1Client(
+            max_connections=s.upstream_max_connections, pool_wait_s=s.upstream_pool_wait_s,
+            **timeouts,
+        )  # fmt: skip
     else:  # tests: the simulator in-process, a MockTransport
         from keyplane.gateway.httpx_client import HttpxClient
 

@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     upstream_read_timeout_s: float = Field(default=600.0, gt=0)
     upstream_retries: int = Field(default=2, ge=0, le=10)
     upstream_max_connections: int = Field(default=512, ge=1)
+    # How long a request waits for one of them to come free before a 503 (Retry-After: 1).
+    upstream_pool_wait_s: float = Field(default=60.0, gt=0)
     key_poll_interval_s: float = Field(default=0.25, gt=0, le=1.0)
     # Keys cached per gateway (~590 B each, ~750 B once used); the oldest eighth goes when full.
     key_cache_size: int = Field(default=1_000_000, ge=8)

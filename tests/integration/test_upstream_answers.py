@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,53 @@ def test_a_json_answer_to_a_stream_request_is_billed_on_its_usage(
     assert (record.input_tokens, record.output_tokens) == (9, 3) and not record.tokens_estimated
 
 
+class Held(Upstream):
+    """Answers each chat request once ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release, self.received = threading.Event(), threading.Event()
+
+    def answer(self, body: dict[str, Any]) -> bytes:
+        self.received.set()
+        self.release.wait(30)
+        return b'{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}'
+
+
+def test_a_request_finding_every_upstream_connection_busy_waits_then_gets_503(
+    tmp_path: Path,
+) -> None:
+    """It queues for a free connection (a burst), but not for ever: then 503 with Retry-After,
+    nothing sent upstream and nothing billed."""
+    held = Held()
+    server = ServerThread(held).start()
+    kp = start_keyplane(
+        tmp_path, server.url + "/v1", upstream_max_connections=1, upstream_pool_wait_s=0.3
+    )
+    post = lambda: httpx.post(  # noqa: E731
+        kp.base_url + "/chat/completions", json=CHAT,
+        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+    )  # fmt: skip
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(post)
+            assert held.received.wait(10)
+            busy = post()
+            assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+            assert "busy" in busy.json()["error"]["message"] and len(held.bodies) == 1
+            held.release.set()
+            assert first.result().status_code == 200
+        assert post().status_code == 200
+        statuses = sorted(r.status for r in kp.usage(expect=3))
+        assert statuses == [200, 200, 503]
+        assert [r.cost_micro_usd for r in kp.usage() if r.status == 503] == [0]
+    finally:
+        held.release.set()
+        kp.server.stop()
+        kp.container.close()
+        server.stop()
+
+
 REFUSED = (
     b'{"error":{"message":"Incorrect API key provided: sk-provi*****cdef. You can find your API '
     b'key at https://platform.openai.com/account/api-keys.","type":"invalid_request_error",'
@@ -170,6 +218,7 @@ def test_an_upstream_refusing_keyplanes_key_is_not_the_clients_401_and_the_next_
         r = httpx.post(alone.base_url + "/chat/completions", json=CHAT,
                        headers={"authorization": f"Bearer {alone.key}"}, timeout=30)  # fmt: skip
         assert r.status_code == 502 and b"sk-provi" not in r.content
+        assert r.headers["x-should-retry"] == "false"  # the SDK's retries cannot help
         error = r.json()["error"]
         assert (
             error["code"] == "upstream_error"

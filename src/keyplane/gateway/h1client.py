@@ -67,6 +67,7 @@ from keyplane.gateway.transport import (
     ConnectFailed,
     Headers,
     InvalidAnswer,
+    PoolBusy,
     ReadTimedOut,
     StreamBroken,
     UpstreamClient,
@@ -75,6 +76,8 @@ from keyplane.gateway.transport import (
 )
 
 __all__ = ["H1Client"]
+
+POOL_WAIT_S = 60.0  # the longest a request waits for a free connection (as the send timeout)
 
 PoolKey = tuple[str, str, int]  # (scheme, host, port)
 
@@ -421,12 +424,14 @@ class H1Client(UpstreamClient):
     """HTTP/1.1 to upstreams with a keep-alive pool; see the module docstring."""
 
     def __init__(
-        self, *, max_connections: int, connect_timeout_s: float, read_timeout_s: float
-    ) -> None:
+        self, *, max_connections: int, connect_timeout_s: float, read_timeout_s: float,
+        pool_wait_s: float = POOL_WAIT_S,
+    ) -> None:  # fmt: skip
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self._max = max_connections
         self._connect_timeout = connect_timeout_s
+        self._pool_wait = pool_wait_s
         self._read_timeout = read_timeout_s
         self._open = 0  # connections counted against max_connections (connecting included)
         self._conns: set[_Conn] = set()  # every open connection
@@ -583,9 +588,9 @@ class H1Client(UpstreamClient):
             fut: asyncio.Future[_Conn | None] = asyncio.get_running_loop().create_future()
             self._waiters.append((key if reuse else None, fut))
             try:
-                # Every connection busy (max_connections): wait, but not for ever (clients
-                # that stop reading their answers could hold them all).
-                async with asyncio.timeout(self._connect_timeout):
+                # Every connection busy (max_connections): wait (a burst queues), but not for
+                # ever (the server cuts clients that stop reading after its send timeout).
+                async with asyncio.timeout(self._pool_wait):
                     handed = await fut
             except (asyncio.CancelledError, TimeoutError) as exc:
                 if fut.done() and not fut.cancelled():  # woken, then cancelled: pass it on
@@ -596,9 +601,9 @@ class H1Client(UpstreamClient):
                         self._wake_waiter()
                 fut.cancel()
                 if isinstance(exc, TimeoutError):
-                    raise ConnectFailed(
+                    raise PoolBusy(
                         f"no connection to {key[1]}:{key[2]} came free within "
-                        f"{self._connect_timeout:g} s (all {self._max} busy)"
+                        f"{self._pool_wait:g} s (all {self._max} busy)"
                     ) from None
                 raise
             if handed is not None and not handed.dead:

@@ -325,14 +325,20 @@ class Pipeline:
                 upstreams, call.endpoint.upstream_path, body, scope["headers"], stream=call.stream
             )
         except UpstreamUnavailable as exc:
-            status = 504 if exc.timed_out else 502
+            status = 504 if exc.timed_out else 503 if exc.busy else 502
             # A request that may have been processed upstream: bill its prompt, conservatively,
             # and the output an answer that broke off shows at least (the upstream wrote it all).
             out = estimated_output(exc.partial) if exc.partial and call.endpoint.has_output else 0
             used = (call.estimated_input, 0, out) if exc.reached else (0, 0, 0)
             outcome = Outcome.UPSTREAM_BROKEN if exc.partial else Outcome.UPSTREAM_UNREACHABLE
             self._meter(call, status, used, outcome, estimated=exc.reached)
-            raise ApiError(status, str(exc), type="server_error", code="upstream_error") from None
+            advice = (
+                ((b"retry-after", b"1"),) if exc.busy
+                else ((b"x-should-retry", b"false"),) if exc.refused else ()
+            )  # fmt: skip
+            raise ApiError(
+                status, str(exc), type="server_error", code="upstream_error", extra_headers=advice
+            ) from None
         try:
             out_headers = self._response_headers(call, resp)
             if content is None:

@@ -37,6 +37,10 @@ class ConnectFailed(UpstreamError):
     """The request could not be delivered (refused, reset, closed before an answer): safe to retry."""
 
 
+class PoolBusy(UpstreamError):
+    """Every connection to the upstream stayed busy for the pool's wait: nothing was sent."""
+
+
 class ClosedBeforeAnswer(UpstreamError):
     """The upstream closed the connection after the request was sent and before answering (a new
     one, or one reused at once): it may have received the request (and be billing it), so it is

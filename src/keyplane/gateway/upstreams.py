@@ -15,6 +15,7 @@ from keyplane.gateway.transport import (
     ClosedBeforeAnswer,
     ConnectFailed,
     InvalidAnswer,
+    PoolBusy,
     ReadTimedOut,
     UpstreamClient,
     UpstreamError,
@@ -89,10 +90,13 @@ class UpstreamUnavailable(Exception):
     """No upstream serving the model answered (connection failures or timeouts on every try)."""
 
     def __init__(
-        self, message: str, *, timed_out: bool = False, reached: bool = False, partial: bytes = b""
-    ) -> None:
+        self, message: str, *, timed_out: bool = False, reached: bool = False, partial: bytes = b"",
+        busy: bool = False, refused: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__(message)
         self.timed_out = timed_out
+        self.busy = busy  # every connection to it was busy: nothing sent, worth a retry soon
+        self.refused = refused  # it refused keyplane's credentials: a retry cannot help
         self.reached = reached or timed_out  # the upstream may have processed (and billed) it
         self.partial = partial  # what had arrived of a successful answer that broke off
 
@@ -193,6 +197,12 @@ class UpstreamRouter:
                 except ConnectFailed as exc:
                     log.warning("upstream %s unreachable: %s", up.name, exc)
                     continue
+                except PoolBusy as busy:
+                    log.warning("upstream %s: %s", up.name, busy)
+                    raise UpstreamUnavailable(
+                        f"Every connection to the upstream '{up.name}' is busy; retry shortly.",
+                        busy=True,
+                    ) from None
                 except ReadTimedOut:
                     # The request reached the upstream and may be costing money: do not repeat it.
                     raise UpstreamUnavailable(
@@ -229,7 +239,8 @@ class UpstreamRouter:
             name, status = refused
             raise UpstreamUnavailable(
                 f"The upstream '{name}' refused keyplane's credentials for it (HTTP {status}): the "
-                "operator must check its provider API key. Your own key is fine."
+                "operator must check its provider API key. Your own key is fine.",
+                refused=True,
             )
         raise UpstreamUnavailable("No upstream serving this model could be reached.")
 
