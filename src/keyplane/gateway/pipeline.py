@@ -66,6 +66,7 @@ _PASS_RESPONSE = frozenset(
 _ADMIN = KeyKind.ADMIN
 _COMPLETED = Outcome.COMPLETED
 MAX_CHOICES = 128  # n and best_of at most (OpenAI's limit for n)
+UNCAPPED_OUTPUT = 4096  # the output TPM counts for a request without max_tokens (corrected later)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +248,7 @@ class Pipeline:
         )
         # No await from here to the journal: the admission is one step.
         now = self.clock.now()
-        self._rate_limit(call, scopes, wanted * choices, asked is None, now)
+        self._rate_limit(call, scopes, wanted, choices, asked is None, now)
         try:
             rewrite |= self._hold(
                 call, call.price, org, payload, bound, fields, asked, wanted, choices, now
@@ -267,15 +268,20 @@ class Pipeline:
                 self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True)
 
     def _rate_limit(
-        self, call: Call, scopes: list[LimitScope], output: int, uncapped: bool, now: float
-    ) -> None:
-        """Counts the request and its estimated tokens (prompt + the most it may write, ``output``,
-        as the hold counts it: leaving out max_tokens must not slip past a TPM limit) against every
-        scope; the settlement corrects the tokens to what was used. A request that sets no cap
-        (``uncapped``) counts at most what the tightest TPM limit leaves after its prompt: a model
-        that may write more than the limit (gpt-4.1's 32,768 against Tier 1's 30,000) is then
-        not "too large" to ever run, as at OpenAI, and the settlement counts what it wrote."""
+        self, call: Call, scopes: list[LimitScope], wanted: int, choices: int, uncapped: bool,
+        now: float,
+    ) -> None:  # fmt: skip
+        """Counts the request and its estimated tokens against every scope: the prompt and the
+        most it may write (``wanted`` for each of ``choices`` outputs), as OpenAI counts
+        ``max_tokens`` up front; the settlement corrects them to what was used. A request that
+        sets no cap (``uncapped``) counts at most ``UNCAPPED_OUTPUT`` an output, and never more
+        than the tightest TPM limit leaves after its prompt: counting a model's whole output cap
+        (gpt-4.1's 32,768 against Tier 1's 30,000) refused it for ever, and reserving the whole
+        limit made every concurrent request wait a minute. (Its money hold still covers all it
+        may write; only the rate limit is counted this way.)"""
+        output = wanted * choices
         if uncapped and output:
+            output = min(output, UNCAPPED_OUTPUT * choices)
             room = _token_room(scopes) - call.estimated_input
             if 0 < room < output:
                 output = room
