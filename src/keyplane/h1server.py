@@ -56,6 +56,8 @@ App = Callable[[dict[str, Any], Callable[[], Awaitable[Message]], Callable[[Mess
 HIGH_WATER = 64 * 1024  # request body bytes buffered and unread before reading pauses
 MAX_HEAD = 64 * 1024  # bytes of URL and headers a request may have (else 431)
 _SWEEP_S = 1.0  # how often idle connections are looked at
+LINGER_S = 2.0  # after an answer sent before its request's body: how long what follows is dropped
+LINGER_MAX = 16 * 1024 * 1024  # and how much of it
 # Larger writes go out at once, while their bytes are still in the CPU's cache: held until the
 # next pass, 8 KB embeddings answers at 64 connections lost ~8-10% of their requests a second.
 HOLD_MAX = 4096
@@ -184,6 +186,9 @@ class Server:
                 conn.close()
             elif conn.owed_since is not None and conn.reading and conn.owed_since <= late:
                 conn._reject(408, "The request did not arrive in time.")
+            elif conn.lingering is not None and conn.lingering <= now - LINGER_S:
+                if conn.transport is not None:
+                    conn.transport.close()
             elif (
                 conn.paused_since is not None
                 and conn.paused_since <= stalled
@@ -279,6 +284,8 @@ class _Connection(asyncio.Protocol):
         self.reading = True
         self.write_paused: asyncio.Future[None] | None = None
         self.paused_since: float | None = None  # writing paused: the client is not reading
+        self.lingering: float | None = None  # since when the connection drops what it reads
+        self._lingered = 0
         self.unsent = 0  # writes the server holds for the next pass of the loop
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -311,6 +318,11 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.idle_since = None
+        if self.lingering is not None:  # the answer is sent: what still comes is dropped
+            self._lingered += len(data)
+            if self._lingered > LINGER_MAX and self.transport is not None:
+                self.transport.close()
+            return
         if self._upgrade_left >= 0:
             self._upgrade_body(data)
             return
@@ -473,7 +485,10 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         if not exchange.keep_alive or self.closing:
-            self.close()
+            if exchange.more_body:  # answered before its body (a 401 to Expect: 100-continue)
+                self._linger()
+            else:
+                self.close()
             return
         self.current = None
         exchange.body, exchange.buffered = [], 0  # (a body the app did not read: dropped)
@@ -528,6 +543,22 @@ class _Connection(asyncio.Protocol):
             self.server.write_unsent()
         if self.transport is not None:
             self.transport.close()
+
+    def _linger(self) -> None:
+        """Closes after an answer sent before the request's body: stops writing (FIN), then reads
+        and drops what the client still sends for ``LINGER_S`` (nginx's lingering close), so the
+        unread bytes do not make the kernel reset the connection and lose the answer."""
+        if self.unsent:
+            self.server.write_unsent()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        self.lingering = self.loop.time()
+        transport.write_eof()
+        self._resume_reading()
 
     def abort(self) -> None:
         if self.current is not None and self.current.task is not None:

@@ -220,6 +220,18 @@ def test_an_answer_before_the_body_closes_the_connection() -> None:
             )  # (talk reads until the server closes)
         assert got.startswith(b"HTTP/1.1 401") and b"connection: close" in got
         assert b"100 Continue" not in got
+        # A client may send the body without waiting for the 100: it still reads the answer
+        # whole (the unread body must not make the kernel reset the connection).
+        async with serving(refuse) as (_, port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            body = b"x" * 4_000_000
+            writer.write(
+                b"POST /e HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n"
+                b"expect: 100-continue\r\n\r\n" % len(body) + body
+            )
+            answer = await reader.read()  # until the server closes
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 401") and b"connection: close" in answer
 
     run(scenario)
 
