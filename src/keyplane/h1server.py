@@ -525,11 +525,13 @@ class _Connection(asyncio.Protocol):
         log.warning("%s", text)
         if self.transport is None or self.transport.is_closing():
             return
-        if self.current is not None and self._parsing is None and self._rejection is None:
+        if self.current is not None and self._parsing is None:
             # Bad bytes after whole requests: those are answered first, in order, then this,
             # then the connection closes (RFC 9112 9.3.2); the client must not get a 400 for a
-            # request that was served (and billed).
-            self._rejection = _plain(status, text)
+            # request that was served (and billed). After an answer that closes the connection
+            # (Connection: close, HTTP/1.0) nothing follows it: the bytes were not for us.
+            if self.current.keep_alive and not self.closing and self._rejection is None:
+                self._rejection = _plain(status, text)
             self.closing = True
             self._pause_reading()
             return

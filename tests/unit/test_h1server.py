@@ -262,6 +262,7 @@ def test_bad_bytes_after_a_request_get_400_only_after_its_answer() -> None:
         assert first.startswith(b"HTTP/1.1 200 OK") and first.endswith(b"POST /a ? x")
         assert rest and b"connection: close" in rest
         assert closed.startswith(b"HTTP/1.1 200 OK") and b"POST /b ? y" in closed
+        assert b"HTTP/1.1 400" not in closed  # it said it would close: nothing after it
 
     run(scenario)
 
