@@ -23,6 +23,9 @@ REFUSED = [
     "gnp.exe\u202e",  # right-to-left override: "exe.png" on screen
     "zero\u200bwidth",  # an invisible space between look-alike names
     "tag\U000e0041",  # an invisible tag character (hidden text)
+    "Ow\u200cner",  # a joiner between Latin letters does nothing but look like "Owner"
+    "\u200d",  # a name of joiners alone: invisible
+    "\u200c\u200cname",
 ]
 
 
