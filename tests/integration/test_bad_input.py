@@ -181,3 +181,4 @@ def test_wrong_method_and_unknown_paths_are_404_envelopes(app: InProcess) -> Non
     for path in ("/v1/chat/completions", "/v1/chat/completions/chatcmpl-abc/messages"):
         resp = app.loop.run_until_complete(app.client.get(path))
         assert resp.status_code == 404 and resp.json()["error"]["code"] == "unsupported_endpoint"
+        assert "does not keep stored completions" in resp.json()["error"]["message"]

@@ -55,7 +55,7 @@ def test_credentials_and_client_address_claims_are_not_forwarded(
         "cookie": "session=1", "forwarded": "for=1.2.3.4", "x-real-ip": "1.2.3.4",
         "x-forwarded-for": "1.2.3.4", "x-forwarded-host": "evil", "openai-organization": "org-x",
         "x-custom-trace": "kept", "connection": "keep-alive, X-Hop-Secret",
-        "x-hop-secret": "for this hop only", "proxy-connection": "keep-alive",
+        "x-hop-secret": "for this hop only", "proxy-connection": "keep-alive", "trailer": "x-late",
     }  # fmt: skip
     r = httpx.post(kp.base_url + "/chat/completions", json=CHAT, headers=sent, timeout=30)
     assert r.status_code == 200

@@ -29,10 +29,9 @@ _READ_METHODS = ("GET", "HEAD")  # (the server sends no body to a HEAD)
 NOT_SERVED = frozenset({"/v1/responses", "/v1/moderations", "/v1/images/generations",
                         "/v1/images/edits", "/v1/images/variations", "/v1/audio/speech",
                         "/v1/audio/transcriptions", "/v1/audio/translations"})  # fmt: skip
-# (/v1/chat/completions/…: the stored completions of store=true, which keyplane does not keep)
 _NOT_SERVED_PREFIXES = ("/v1/responses/", "/v1/files", "/v1/batches", "/v1/assistants",
                         "/v1/threads", "/v1/vector_stores", "/v1/fine_tuning", "/v1/uploads",
-                        "/v1/realtime", "/v1/conversations", "/v1/chat/completions/")  # fmt: skip
+                        "/v1/realtime", "/v1/conversations")  # fmt: skip
 
 
 class Gateway:
@@ -99,11 +98,12 @@ class Gateway:
                 await self._models(scope, send, path.removeprefix("/v1/models").strip("/"), rid)
             elif method in _READ_METHODS and path in ("/healthz", "/readyz"):
                 await send_json(send, 200, {"status": "ok"}, rid)
-            elif (
-                path in NOT_SERVED
-                or path.startswith(_NOT_SERVED_PREFIXES)
-                or (path == "/v1/chat/completions" and method != "POST")  # stored: listed
-            ):
+            elif path == "/v1/chat/completions" or path.startswith("/v1/chat/completions/"):
+                raise ApiError(  # (not a POST to it: the stored completions of store: true)
+                    404, "keyplane does not keep stored completions (store: true): it forwards "
+                    "POST /v1/chat/completions only.", code="unsupported_endpoint",
+                )  # fmt: skip
+            elif path in NOT_SERVED or path.startswith(_NOT_SERVED_PREFIXES):
                 raise ApiError(
                     404, f"keyplane does not serve {path} yet: it serves /v1/chat/completions, "
                     "/v1/completions, /v1/embeddings and /v1/models.", code="unsupported_endpoint",

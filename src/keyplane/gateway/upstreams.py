@@ -39,7 +39,7 @@ _DROP_REQUEST = frozenset(
         b"openai-organization", b"openai-project", b"x-forwarded-for", b"x-forwarded-host",
         b"x-forwarded-proto", b"forwarded", b"x-real-ip", b"host", b"content-length",
         b"content-encoding", b"connection", b"keep-alive", b"transfer-encoding", b"accept-encoding",
-        b"te", b"upgrade", b"expect", b"proxy-connection",
+        b"te", b"upgrade", b"expect", b"proxy-connection", b"trailer",
     }
 )  # fmt: skip
 
