@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from keyplane.errors import (
@@ -52,10 +53,12 @@ def from_domain(exc: KeyplaneError) -> ApiError:
     if isinstance(exc, SpendRefused):
         code, limit = _SPEND[exc.scope]
         if exc.retry_after_s is not None:
-            wait_ms = round(exc.retry_after_s * 1000)
+            # Spread (the SDKs wait retry-after-ms): refused together, they would all retry at
+            # the same instant, and most be refused together again.
+            wait_ms = round(exc.retry_after_s * 1000 * (0.5 + random.random()))
             headers = (
                 (b"x-keyplane-limit", limit),
-                (b"retry-after", str(max(1, -(-wait_ms // 1000))).encode()),
+                (b"retry-after", str(max(1, round(exc.retry_after_s))).encode()),
                 (b"retry-after-ms", str(wait_ms).encode()),
             )
             return ApiError(
