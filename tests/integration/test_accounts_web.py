@@ -59,9 +59,10 @@ class Browser:
 
     def post(self, path: str, data: dict[str, str], *, csrf: bool = True) -> httpx.Response:
         fields = {"csrf_token": self.csrf_token(), **data} if csrf else data
-        once = re.search(r'name="form_id" value="([^"]+)"', self.page)
-        if once and "form_id" not in fields:  # a form's one-time id goes with it, as in a browser
-            fields["form_id"] = once.group(1)
+        for name in ("form_id", "org_id"):  # hidden fields go with the form, as in a browser
+            hidden = re.search(rf'name="{name}" value="([^"]+)"', self.page)
+            if hidden and name not in fields:
+                fields[name] = hidden.group(1)
         response = self.client.post(path, data=fields)
         self.page = response.text
         return response

@@ -145,7 +145,8 @@ def test_sending_the_create_form_again_makes_no_second_key(
     form_id = re.search(r'name="form_id" value="([^"]+)"', form.text)
     assert form_id is not None
     fields = {"name": "once", "project": kp.project.id, "owner": "you", "permissions": "all",
-              "form_id": form_id.group(1), "csrf_token": owner.csrf_token()}  # fmt: skip
+              "form_id": form_id.group(1), "csrf_token": owner.csrf_token(),
+              "org_id": kp.org.id}  # fmt: skip
     first = owner.client.post("/api-keys", data=fields)
     assert first.status_code == 200 and created_secret(first)
     again = owner.client.post("/api-keys", data=fields)

@@ -60,6 +60,18 @@ def test_an_owner_sets_the_budget_and_thresholds_and_the_gateway_applies_them(
     )
 
 
+def test_a_form_shown_for_one_organization_never_changes_another(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    """Switched to another organization in another tab since the page was shown: refused."""
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    owner.get("/limits")
+    r = owner.post("/limits/budget", {"amount": "1", "org_id": "org_switched_to_since"})
+    assert r.status_code == 409 and "another organization" in text_of(r)
+    assert kp.container.billing.settings(kp.org.id).budget is None
+
+
 def test_a_reader_sees_the_limits_but_cannot_change_them(
     kp: Keyplane,  # noqa: F811
     browser_for: SignIn,  # noqa: F811

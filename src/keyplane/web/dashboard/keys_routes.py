@@ -30,6 +30,7 @@ from keyplane.web.dashboard.session import (
     Viewer,
     context,
     render,
+    same_org,
 )
 from keyplane.web.principal import Principal
 
@@ -167,6 +168,7 @@ async def create_key(request: Request, viewer: CurrentMember) -> Response:
 
 
 def _create(request: Request, viewer: Viewer, form: dict[str, str]) -> Response:
+    same_org(viewer, form.get("org_id", ""))
     principal = principal_of(request, viewer)
     projects = _creatable(request, principal)
     if not projects:

@@ -28,6 +28,7 @@ from keyplane.web.dashboard.session import (
     client_ip,
     context,
     render,
+    same_org,
 )
 
 router = APIRouter()
@@ -81,9 +82,13 @@ def _cents(micros: int | None) -> int | None:
 
 
 @router.post(PATH + "/budget")
-def set_budget(request: Request, viewer: CurrentMember, amount: Field = "") -> Response:
+def set_budget(
+    request: Request, viewer: CurrentMember, amount: Field = "", org_id: Field = ""
+) -> Response:
     """The monthly budget in dollars (whole cents); empty removes it."""
+    form_org = org_id
     org_id, actor = _owner_actor(request, viewer)
+    same_org(viewer, form_org)
     services = context(request).services
     try:
         budget = parse_amount(amount, cents=True) if amount.strip() else None
@@ -101,10 +106,14 @@ def set_budget(request: Request, viewer: CurrentMember, amount: Field = "") -> R
 
 
 @router.post(PATH + "/alerts")
-def add_alert(request: Request, viewer: CurrentMember, amount: Field = "") -> Response:
+def add_alert(
+    request: Request, viewer: CurrentMember, amount: Field = "", org_id: Field = ""
+) -> Response:
     """A notification threshold in dollars (whole cents): the Owners get an email the first time
     this month's spend reaches it."""
+    form_org = org_id
     org_id, actor = _owner_actor(request, viewer)
+    same_org(viewer, form_org)
     services = context(request).services
     try:
         threshold = parse_amount(amount, cents=True)

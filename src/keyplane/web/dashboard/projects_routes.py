@@ -15,7 +15,14 @@ from keyplane.accounts.models import Project
 from keyplane.accounts.org_ports import ProjectRole
 from keyplane.errors import KeyplaneError, NotFound
 from keyplane.web.dashboard.authorize import may, principal_of
-from keyplane.web.dashboard.session import CurrentMember, Redirect, Viewer, context, render
+from keyplane.web.dashboard.session import (
+    CurrentMember,
+    Redirect,
+    Viewer,
+    context,
+    render,
+    same_org,
+)
 
 router = APIRouter()
 PATH = "/projects"
@@ -41,10 +48,13 @@ def projects_page(request: Request, viewer: CurrentMember) -> Response:
 
 
 @router.post(PATH)
-def create_project(request: Request, viewer: CurrentMember, name: Field = "") -> Response:
+def create_project(
+    request: Request, viewer: CurrentMember, name: Field = "", org_id: Field = ""
+) -> Response:
     principal = principal_of(request, viewer)
     if not may(request, principal, "projects.create", None):
         raise HTTPException(403, "Only the organization's Owners create projects.")
+    same_org(viewer, org_id)
     try:
         project = context(request).services.orgs.create_project(
             principal.actor, principal.org_id, name

@@ -26,6 +26,7 @@ from typing import Annotated, Any, Protocol, cast
 from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Request
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
@@ -238,6 +239,18 @@ def optional_viewer(request: Request) -> Viewer | None:
     viewer = Viewer(user, session, memberships)
     request.state.viewer = viewer
     return viewer
+
+
+def same_org(viewer: Viewer, form_org_id: str) -> None:
+    """Refuses a form made for another organization than the one the dashboard now acts in (the
+    organization was switched in another tab since the page was shown): it would change the
+    wrong one."""
+    org = viewer.org
+    if org is None or form_org_id != org.id:
+        raise HTTPException(
+            409, "This page was shown for another organization (switched in another tab since): "
+            "nothing was changed. Reload it and try again.",
+        )  # fmt: skip
 
 
 def signed_in(request: Request) -> Viewer:
