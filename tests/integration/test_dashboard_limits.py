@@ -40,6 +40,11 @@ def test_an_owner_sets_the_budget_and_thresholds_and_the_gateway_applies_them(
     refused = wait_until(lambda: (r := chat(kp)).status_code == 429 and r)
     assert refused.json()["error"]["code"] == "organization_spend_limit_exceeded"
     owner.get("/limits")
+    assert owner.post("/limits/budget", {"amount": "1500"}).status_code == 303
+    page = owner.get("/limits")  # the form shows it as it can be saved again: no "1,500.00"
+    assert 'value="1500.00"' in page.text and "$1,500.00" in text_of(page)
+    assert owner.post("/limits/budget", {"amount": "1500.00"}).status_code == 303
+    owner.get("/limits")
     owner.post("/limits/budget", {"amount": ""})  # removed
     wait_until(lambda: chat(kp).status_code == 200)
 

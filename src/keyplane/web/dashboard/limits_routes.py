@@ -55,6 +55,7 @@ def _page(request: Request, viewer: Viewer, *, status: int = 200, **values: obje
     return render(
         request, "limits.html", status=status, viewer=viewer, usd=format_usd, spent=spent,
         budget=settings.budget, usage_limit=services.billing.effective_usage_limit(settings),
+        manual_limit=settings.usage_limit is not None,
         progress=progress, alerts=alerts, owners=owners, rows=rows,
         is_owner=viewer.role is OrgRole.OWNER, **values,
     )  # fmt: skip
