@@ -61,7 +61,7 @@ def test_an_owner_sets_the_budget_and_thresholds_and_the_gateway_applies_them(
     kinds = [e.type for e in kp.container.audit.query(kp.org.id, AuditFilter(event_types=[
         "spend_limit.updated", "spend_alert.created", "spend_alert.deleted"])).events]  # fmt: skip
     assert sorted(kinds) == sorted(
-        ["spend_limit.updated"] * 2 + ["spend_alert.created", "spend_alert.deleted"]
+        ["spend_limit.updated"] * 4 + ["spend_alert.created", "spend_alert.deleted"]
     )
 
 
