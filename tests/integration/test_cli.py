@@ -524,3 +524,12 @@ def test_scan_finds_live_keys_in_files_and_git_history_and_revokes_them(
     keys = {k["id"]: k["status"] for k in json.loads(run("keys", "list", "--json").stdout)}
     assert keys[made["id"]] == keys[committed["id"]] == "revoked"
     assert run("scan", str(tmp_path / "repo" / "settings.py"), "--no-history").exit_code == 0
+    assert run("scan", str(tmp_path / "no-such-dir"), ok=False).exit_code == 2  # a typo in CI
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    os.mkfifo(odd / "pipe")  # never read (it would hang the scan)
+    (odd / "big.log").write_bytes(b"x" * (6 * 1024 * 1024) + made["value"].encode())
+    skipped = run("scan", str(odd))
+    assert "not scanned:" in skipped.output and "big.log: larger than 5 MB" in skipped.output
+    assert "pipe: not a regular file" in skipped.output
+    assert "No keys found. (Some files were not scanned" in " ".join(skipped.output.split())
