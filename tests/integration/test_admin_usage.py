@@ -57,6 +57,22 @@ async def test_costs_and_usage_add_up_to_the_usage_records(env: Env) -> None:  #
     assert result["model"] == "gpt-4o" and result["num_model_requests"] == 2
     assert result["output_tokens"] == sum(r.output_tokens for r in chats) == 30
     assert result["input_tokens"] == sum(r.input_tokens for r in chats)
+
+    # Filters and groupings as OpenAI's SDK sends them (no []), none of them ignored.
+    async def requests(query: str) -> list[dict[str, object]]:
+        r = await env.client.get(f"{ORG}/usage/completions?start_time={today}&{query}",
+                                 headers=env.admin())  # fmt: skip
+        assert r.status_code == 200, r.text
+        return [x for b in r.json()["data"] for x in b["results"]]
+
+    assert (await requests(f"project_ids={env.other_project_id}")) == []
+    assert (await requests("user_ids=user-nobody")) == []
+    assert (await requests("batch=true")) == []  # keyplane runs no batches
+    [mine] = await requests(f"project_ids={env.project.id}&group_by=user_id")
+    assert mine["num_model_requests"] == 2 and mine["user_id"] == env.owner.id
+    bad = await env.client.get(f"{ORG}/usage/completions?start_time={today}&group_by=color",
+                               headers=env.admin())  # fmt: skip
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "group_by"
     embeddings = await env.client.get(
         f"{ORG}/usage/embeddings?start_time={today}", headers=env.admin()
     )

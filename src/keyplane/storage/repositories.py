@@ -299,11 +299,14 @@ class SqlUsageStore(SqlStore):
     def buckets(
         self, org_id: str, *, start: int, end: int, width_s: int, endpoints: Sequence[str] = (),
         group_by: Sequence[str] = (), project_ids: Sequence[str] = (),
-        key_ids: Sequence[str] = (), models: Sequence[str] = (),
+        key_ids: Sequence[str] = (), models: Sequence[str] = (), owner_ids: Sequence[str] = (),
     ) -> Sequence[UsageBucket]:  # fmt: skip
         u = t.usage_records
         bucket = ((u.c.created_at - start) // width_s).label("bucket")
-        grouped = {"project_id": u.c.project_id, "model": u.c.model, "key_id": u.c.key_id}
+        grouped = {
+            "project_id": u.c.project_id, "model": u.c.model, "key_id": u.c.key_id,
+            "owner_id": u.c.owner_id,
+        }  # fmt: skip
         keys = [grouped[name] for name in group_by]
         query = select(
             bucket, *keys, func.count(), func.sum(u.c.input_tokens),
@@ -312,7 +315,7 @@ class SqlUsageStore(SqlStore):
         ).where(u.c.org_id == org_id, u.c.created_at >= start, u.c.created_at < end)  # fmt: skip
         for column, wanted in (
             (u.c.endpoint, endpoints), (u.c.project_id, project_ids), (u.c.key_id, key_ids),
-            (u.c.model, models),
+            (u.c.model, models), (u.c.owner_id, owner_ids),
         ):  # fmt: skip
             if wanted:
                 query = query.where(column.in_(list(wanted)))
@@ -321,9 +324,11 @@ class SqlUsageStore(SqlStore):
         for row in self._read(lambda c: c.execute(query).all()):
             values = dict(zip(group_by, row[1 : 1 + len(keys)], strict=True))
             n, i, ci, o, cost = (int(v) for v in row[1 + len(keys) :])
-            project, model, key = (values.get(k) for k in ("project_id", "model", "key_id"))
+            project, model, key, owner = (
+                values.get(k) for k in ("project_id", "model", "key_id", "owner_id")
+            )
             first = start + int(row[0]) * width_s
-            out.append(UsageBucket(first, project, model, key, n, i, ci, o, cost))
+            out.append(UsageBucket(first, project, model, key, n, i, ci, o, cost, owner))
         return out
 
 

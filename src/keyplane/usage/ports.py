@@ -35,10 +35,10 @@ class UsageStore(Protocol):
     def buckets(
         self, org_id: str, *, start: int, end: int, width_s: int, endpoints: Sequence[str] = (),
         group_by: Sequence[str] = (), project_ids: Sequence[str] = (),
-        key_ids: Sequence[str] = (), models: Sequence[str] = (),
+        key_ids: Sequence[str] = (), models: Sequence[str] = (), owner_ids: Sequence[str] = (),
     ) -> Sequence[UsageBucket]:  # fmt: skip
         """Usage from ``start`` to ``end`` (seconds, end excluded) added up in buckets of
         ``width_s`` seconds (the first starting at ``start``) and by the ``group_by`` fields
-        (``project_id``, ``model``, ``key_id``); each filter keeps records matching any of its
+        (``project_id``, ``model``, ``key_id``, ``owner_id``); each filter keeps records matching any of its
         values. Only buckets with usage, oldest first."""
         ...

@@ -100,3 +100,4 @@ class UsageBucket:
     cached_input_tokens: int
     output_tokens: int
     cost_micro_usd: int
+    owner_id: str | None = None  # the key's owner (a user, or a service account)

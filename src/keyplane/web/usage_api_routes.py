@@ -9,11 +9,12 @@ are the usage records' own, so they add up to what was billed, to the micro-doll
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Generic, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
+from starlette.responses import Response
 
 from keyplane.errors import InvalidRequest
 from keyplane.usage.pricing import MICRO
@@ -99,7 +100,7 @@ def _window(
         raise InvalidRequest("end_time must be after start_time.", param="end_time")
     begin = start
     if page is not None:
-        if not page.isdigit() or int(page) < start or (int(page) - start) % w:
+        if not (page.isascii() and page.isdigit()) or int(page) < start or (int(page) - start) % w:
             raise InvalidRequest("page is not a page of this query: use next_page.", param="page")
         begin = int(page)
     count = limit or DEFAULT_BUCKETS[width]
@@ -123,26 +124,67 @@ def _page(
     return BucketPage[result](data=data, has_more=more, next_page=str(stop) if more else None)  # type: ignore[valid-type]
 
 
+MAX_RESULTS = 20_000  # results a page may hold (a bounded answer, built off the event loop)
+USAGE_GROUPS = frozenset({"project_id", "user_id", "api_key_id", "model", "batch"})
+
+
+def _listed(request: Request, name: str, given: Sequence[str]) -> list[str]:
+    """A list parameter as OpenAI's SDKs and docs send it (``name``) and as PHP-style clients do
+    (``name[]``), together."""
+    return [*given, *request.query_params.getlist(name)]
+
+
 async def _usage(
-    ctx: Ctx, org_id: str, *, start: int, end: int | None, width: Width, limit: int | None,
-    page: str | None, endpoints: Sequence[str], group_by: Sequence[str],
+    ctx: Ctx, request: Request, org_id: str, *, start: int, end: int | None, width: Width,
+    limit: int | None, page: str | None, endpoints: Sequence[str], group_by: Sequence[str],
     project_ids: Sequence[str], api_key_ids: Sequence[str], models: Sequence[str],
-) -> tuple[list[UsageBucket], int, int, bool]:  # fmt: skip
+    user_ids: Sequence[str], batch: bool | None,
+) -> tuple[list[UsageBucket], int, int, bool, list[str]]:  # fmt: skip
     now = ctx.services.clock.now()
     begin, stop, more = _window(start, end, width, limit, page, now, MAX_BUCKETS[width])
-    grouped = [{"api_key_id": "key_id"}.get(g, g) for g in dict.fromkeys(group_by)]
-    stored = [g for g in grouped if g in ("project_id", "model", "key_id")]
-    rows = await asyncio.to_thread(
-        ctx.services.usage_store.buckets, org_id, start=begin, end=stop, width_s=WIDTH_S[width],
-        endpoints=endpoints, group_by=stored, project_ids=project_ids, key_ids=api_key_ids,
-        models=models,
-    )  # fmt: skip
-    return list(rows), begin, stop, more
+    groups = list(dict.fromkeys(_listed(request, "group_by", group_by)))
+    unknown = [g for g in groups if g not in USAGE_GROUPS]
+    if unknown:
+        raise InvalidRequest(f"Cannot group by {unknown[0]!r}.", param="group_by")
+    stored = [
+        {"api_key_id": "key_id", "user_id": "owner_id"}.get(g, g) for g in groups if g != "batch"
+    ]
+    rows: Sequence[UsageBucket] = []
+    if batch is not True:  # (keyplane runs no batches: their usage is none)
+        rows = await asyncio.to_thread(
+            ctx.services.usage_store.buckets, org_id, start=begin, end=stop,
+            width_s=WIDTH_S[width], endpoints=endpoints, group_by=stored,
+            project_ids=_listed(request, "project_ids", project_ids),
+            key_ids=_listed(request, "api_key_ids", api_key_ids),
+            models=_listed(request, "models", models),
+            owner_ids=_listed(request, "user_ids", user_ids),
+        )  # fmt: skip
+    _bounded(rows)
+    return list(rows), begin, stop, more, groups
 
 
-@router.get("/usage/completions", tags=["usage"], name="usage.completions")
+def _bounded(rows: Sequence[UsageBucket]) -> None:
+    if len(rows) > MAX_RESULTS:
+        raise InvalidRequest(
+            f"This page would hold {len(rows):,} results, more than {MAX_RESULTS:,}: group by "
+            "fewer fields, use wider buckets or a smaller limit.", param="limit",
+        )  # fmt: skip
+
+
+async def _json(page: Callable[[], BaseModel]) -> Response:
+    """The page built and serialized on a worker thread: a large one must not stall the loop that
+    serves /v1."""
+    body = await asyncio.to_thread(lambda: page().model_dump_json())
+    return Response(body, media_type="application/json")
+
+
+@router.get(
+    "/usage/completions", tags=["usage"], name="usage.completions",
+    response_model=BucketPage[CompletionsResult],
+)  # fmt: skip
 async def completions_usage(
     ctx: Ctx,
+    request: Request,
     principal: Allowed,
     start_time: Time,
     end_time: Annotated[int | None, Query(ge=0, le=2**40)] = None,
@@ -151,30 +193,39 @@ async def completions_usage(
     page: Annotated[str | None, Query(max_length=20)] = None,
     group_by: Annotated[list[UsageGroup], Query(alias="group_by[]")] = [],  # noqa: B006
     project_ids: Annotated[Ids, Query(alias="project_ids[]")] = [],  # noqa: B006
+    user_ids: Annotated[Ids, Query(alias="user_ids[]")] = [],  # noqa: B006
     api_key_ids: Annotated[Ids, Query(alias="api_key_ids[]")] = [],  # noqa: B006
     models: Annotated[Ids, Query(alias="models[]")] = [],  # noqa: B006
-) -> BucketPage[CompletionsResult]:
-    """Tokens and requests of chat and legacy completions per time bucket."""
-    rows, begin, stop, more = await _usage(
-        ctx, principal.org_id, start=start_time, end=end_time, width=bucket_width, limit=limit,
-        page=page, endpoints=("chat.completions", "completions"), group_by=group_by,
-        project_ids=project_ids, api_key_ids=api_key_ids, models=models,
+    batch: bool | None = None,
+) -> Response:
+    """Tokens and requests of chat and legacy completions per time bucket (list parameters may
+    be sent with or without ``[]``)."""
+    rows, begin, stop, more, groups = await _usage(
+        ctx, request, principal.org_id, start=start_time, end=end_time, width=bucket_width,
+        limit=limit, page=page, endpoints=("chat.completions", "completions"), group_by=group_by,
+        project_ids=project_ids, api_key_ids=api_key_ids, models=models, user_ids=user_ids,
+        batch=batch,
     )  # fmt: skip
 
     def make(r: UsageBucket) -> CompletionsResult:
         return CompletionsResult(
             input_tokens=r.input_tokens, output_tokens=r.output_tokens,
             input_cached_tokens=r.cached_input_tokens, num_model_requests=r.requests,
-            project_id=r.project_id, api_key_id=r.key_id, model=r.model,
-            batch=False if "batch" in group_by else None,
+            project_id=r.project_id, api_key_id=r.key_id, model=r.model, user_id=r.owner_id,
+            batch=False if "batch" in groups else None,
         )  # fmt: skip
 
-    return _page(rows, begin, stop, WIDTH_S[bucket_width], more, CompletionsResult, make)
+    w = WIDTH_S[bucket_width]
+    return await _json(lambda: _page(rows, begin, stop, w, more, CompletionsResult, make))
 
 
-@router.get("/usage/embeddings", tags=["usage"], name="usage.embeddings")
+@router.get(
+    "/usage/embeddings", tags=["usage"], name="usage.embeddings",
+    response_model=BucketPage[EmbeddingsResult],
+)  # fmt: skip
 async def embeddings_usage(
     ctx: Ctx,
+    request: Request,
     principal: Allowed,
     start_time: Time,
     end_time: Annotated[int | None, Query(ge=0, le=2**40)] = None,
@@ -183,28 +234,32 @@ async def embeddings_usage(
     page: Annotated[str | None, Query(max_length=20)] = None,
     group_by: Annotated[list[UsageGroup], Query(alias="group_by[]")] = [],  # noqa: B006
     project_ids: Annotated[Ids, Query(alias="project_ids[]")] = [],  # noqa: B006
+    user_ids: Annotated[Ids, Query(alias="user_ids[]")] = [],  # noqa: B006
     api_key_ids: Annotated[Ids, Query(alias="api_key_ids[]")] = [],  # noqa: B006
     models: Annotated[Ids, Query(alias="models[]")] = [],  # noqa: B006
-) -> BucketPage[EmbeddingsResult]:
+) -> Response:
     """Tokens and requests of embeddings per time bucket."""
-    rows, begin, stop, more = await _usage(
-        ctx, principal.org_id, start=start_time, end=end_time, width=bucket_width, limit=limit,
-        page=page, endpoints=("embeddings",), group_by=group_by, project_ids=project_ids,
-        api_key_ids=api_key_ids, models=models,
+    rows, begin, stop, more, _ = await _usage(
+        ctx, request, principal.org_id, start=start_time, end=end_time, width=bucket_width,
+        limit=limit, page=page, endpoints=("embeddings",), group_by=group_by,
+        project_ids=project_ids, api_key_ids=api_key_ids, models=models, user_ids=user_ids,
+        batch=None,
     )  # fmt: skip
 
     def make(r: UsageBucket) -> EmbeddingsResult:
         return EmbeddingsResult(
             input_tokens=r.input_tokens, num_model_requests=r.requests, project_id=r.project_id,
-            api_key_id=r.key_id, model=r.model,
+            api_key_id=r.key_id, model=r.model, user_id=r.owner_id,
         )  # fmt: skip
 
-    return _page(rows, begin, stop, WIDTH_S[bucket_width], more, EmbeddingsResult, make)
+    w = WIDTH_S[bucket_width]
+    return await _json(lambda: _page(rows, begin, stop, w, more, EmbeddingsResult, make))
 
 
-@router.get("/costs", tags=["usage"], name="costs.list")
+@router.get("/costs", tags=["usage"], name="costs.list", response_model=BucketPage[CostResult])
 async def costs(
     ctx: Ctx,
+    request: Request,
     principal: Allowed,
     start_time: Time,
     end_time: Annotated[int | None, Query(ge=0, le=2**40)] = None,
@@ -213,16 +268,21 @@ async def costs(
     page: Annotated[str | None, Query(max_length=20)] = None,
     group_by: Annotated[list[CostGroup], Query(alias="group_by[]")] = [],  # noqa: B006
     project_ids: Annotated[Ids, Query(alias="project_ids[]")] = [],  # noqa: B006
-) -> BucketPage[CostResult]:
+) -> Response:
     """Dollars billed per day (every endpoint), by project and by line item (the model)."""
     begin, stop, more = _window(
         start_time, end_time, "1d", limit, page, ctx.services.clock.now(), MAX_COST_BUCKETS
     )
-    stored = ["model" if g == "line_item" else g for g in dict.fromkeys(group_by)]
+    groups = list(dict.fromkeys(_listed(request, "group_by", group_by)))
+    if any(g not in ("project_id", "line_item") for g in groups):
+        raise InvalidRequest("Costs group by project_id and line_item only.", param="group_by")
+    stored = ["model" if g == "line_item" else g for g in groups]
     rows = await asyncio.to_thread(
         ctx.services.usage_store.buckets, principal.org_id, start=begin, end=stop,
-        width_s=WIDTH_S["1d"], group_by=stored, project_ids=project_ids,
+        width_s=WIDTH_S["1d"], group_by=stored,
+        project_ids=_listed(request, "project_ids", project_ids),
     )  # fmt: skip
+    _bounded(rows)
 
     def make(r: UsageBucket) -> CostResult:
         return CostResult(
@@ -230,4 +290,5 @@ async def costs(
             project_id=r.project_id,
         )  # fmt: skip
 
-    return _page(rows, begin, stop, WIDTH_S["1d"], more, CostResult, make)
+    w = WIDTH_S["1d"]
+    return await _json(lambda: _page(list(rows), begin, stop, w, more, CostResult, make))
