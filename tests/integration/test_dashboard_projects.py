@@ -47,12 +47,13 @@ def test_an_owner_creates_staffs_renames_and_archives_a_project(
     made = reader.post("/api-keys", {"project": pid, "owner": "you", "permissions": "all"})
     secret = re.search(r'id="secret" type="text" readonly value="([^"]+)"', made.text)
     assert secret is not None
-    owner.get(f"/projects/{pid}")
+    confirm = owner.get(f"/projects/{pid}/members/{rita.id}/remove")  # asks first
+    assert "rita@example.com leaves this project" in text_of(confirm)
     assert owner.post(f"/projects/{pid}/members/{rita.id}/remove", {}).status_code == 303
     call = lambda: httpx.get(kp.base_url + "/models",  # noqa: E731
                              headers={"authorization": f"Bearer {secret.group(1)}"})  # fmt: skip
     wait_until(lambda: call().status_code == 401, timeout=2)
-    owner.get(f"/projects/{pid}")
+    assert "cannot be undone" in text_of(owner.get(f"/projects/{pid}/archive"))  # asks first
     assert owner.post(f"/projects/{pid}/archive", {}).status_code == 303
     assert kp.container.orgs.project(kp.org.id, pid).archived_at is not None
     assert "Archived" in text_of(owner.get("/projects"))

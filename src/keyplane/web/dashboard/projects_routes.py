@@ -139,6 +139,23 @@ def add_member(
     raise Redirect(f"{PATH}/{pid}")
 
 
+@router.get(PATH + "/{project_id}/members/{user_id}/remove")
+def remove_member_page(
+    request: Request, viewer: CurrentMember, project_id: str, user_id: str
+) -> Response:
+    org_id, pid = _act(request, viewer, project_id, "project_users.delete")
+    try:
+        member = context(request).services.orgs.project_member(org_id, pid, user_id)
+    except NotFound:
+        raise HTTPException(404) from None
+    return render(
+        request, "confirm.html", viewer=viewer, heading="Remove from the project",
+        message=f"{member.user.email} leaves this project, and the keys they own in it stop "
+        "working on every gateway within a second.",
+        action=f"{PATH}/{pid}/members/{user_id}/remove", button="Remove", back=f"{PATH}/{pid}",
+    )  # fmt: skip
+
+
 @router.post(PATH + "/{project_id}/members/{user_id}/remove")
 def remove_member(
     request: Request, viewer: CurrentMember, project_id: str, user_id: str
@@ -151,6 +168,17 @@ def remove_member(
     except NotFound:
         raise HTTPException(404) from None
     raise Redirect(f"{PATH}/{pid}")
+
+
+@router.get(PATH + "/{project_id}/archive")
+def archive_page(request: Request, viewer: CurrentMember, project_id: str) -> Response:
+    _, pid = _act(request, viewer, project_id, "projects.archive")
+    return render(
+        request, "confirm.html", viewer=viewer, heading="Archive this project",
+        message="Its keys stop working on every gateway within a second; its usage and audit "
+        "history stay. This cannot be undone.",
+        action=f"{PATH}/{pid}/archive", button="Archive project", back=f"{PATH}/{pid}",
+    )  # fmt: skip
 
 
 @router.post(PATH + "/{project_id}/archive")
