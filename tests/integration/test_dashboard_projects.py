@@ -47,6 +47,12 @@ def test_an_owner_creates_staffs_renames_and_archives_a_project(
     made = reader.post("/api-keys", {"project": pid, "owner": "you", "permissions": "all"})
     secret = re.search(r'id="secret" type="text" readonly value="([^"]+)"', made.text)
     assert secret is not None
+    # The project's budget is shown and set here (a project whose requests stop says why).
+    owner.get(f"/projects/{pid}")
+    assert owner.post(f"/projects/{pid}/budget", {"amount": "2.50"}).status_code == 303
+    assert "Monthly budget: $2.50" in text_of(owner.get(f"/projects/{pid}"))
+    assert kp.container.billing.project_budget(pid) == 2_500_000
+    assert owner.post(f"/projects/{pid}/budget", {"amount": "1e3"}).status_code == 400
     confirm = owner.get(f"/projects/{pid}/members/{rita.id}/remove")  # asks first
     assert "rita@example.com leaves this project" in text_of(confirm)
     assert owner.post(f"/projects/{pid}/members/{rita.id}/remove", {}).status_code == 303
@@ -75,6 +81,7 @@ def test_a_reader_cannot_create_archive_or_staff_projects(
     assert reader.post("/projects", {"name": "Mine"}).status_code == 403
     pid = kp.project.id
     for path, form in ((f"/projects/{pid}/archive", {}), (f"/projects/{pid}/name", {"name": "x"}),
+                       (f"/projects/{pid}/budget", {"amount": "1"}),
                        (f"/projects/{pid}/members", {"user_id": rita.id, "role": "owner"})):  # fmt: skip
         reader.get("/projects")
         assert reader.post(path, form).status_code == 403, path

@@ -13,7 +13,10 @@ from starlette.responses import Response
 
 from keyplane.accounts.models import Project
 from keyplane.accounts.org_ports import ProjectRole
+from keyplane.billing.amounts import parse_amount
+from keyplane.billing.periods import period_of
 from keyplane.errors import KeyplaneError, NotFound
+from keyplane.usage.pricing import MICRO_PER_CENT, format_usd
 from keyplane.web.dashboard.authorize import may, principal_of
 from keyplane.web.dashboard.session import (
     CurrentMember,
@@ -81,6 +84,10 @@ def _detail(
     inside = {m.user.id for m in members}
     candidates = [m for m in orgs.members(principal.org_id) if m.user.id not in inside]
     active = project.archived_at is None
+    services = context(request).services
+    _, spent_by_project = services.money_store.month_spend(
+        principal.org_id, period_of(services.clock.now())
+    )
     return render(
         request, "project.html", status=status, viewer=viewer, project=project, members=members,
         candidates=candidates, accounts=orgs.service_accounts(principal.org_id, project.id),
@@ -88,7 +95,11 @@ def _detail(
         can_manage=active and may(request, principal, "project_users.create", project.id),
         can_rename=active and may(request, principal, "projects.update", project.id),
         can_archive=active and may(request, principal, "projects.archive", project.id),
-        roles=[r.value for r in ProjectRole], **values,
+        roles=[r.value for r in ProjectRole], usd=format_usd,
+        budget=services.billing.project_budget(project.id),
+        spent=spent_by_project.get(project.id, 0),
+        can_budget=active and may(request, principal, "project_spend_limit.update", project.id),
+        **values,
     )  # fmt: skip
 
 
@@ -179,6 +190,29 @@ def archive_page(request: Request, viewer: CurrentMember, project_id: str) -> Re
         "history stay. This cannot be undone.",
         action=f"{PATH}/{pid}/archive", button="Archive project", back=f"{PATH}/{pid}",
     )  # fmt: skip
+
+
+@router.post(PATH + "/{project_id}/budget")
+def set_project_budget(
+    request: Request, viewer: CurrentMember, project_id: str, amount: Field = ""
+) -> Response:
+    """The project's monthly budget in dollars (whole cents); empty removes it."""
+    org_id, pid = _act(request, viewer, project_id, "project_spend_limit.update")
+    services = context(request).services
+    principal = principal_of(request, viewer)
+    try:
+        budget = parse_amount(amount, cents=True) if amount.strip() else None
+        before = services.billing.project_budget(pid)
+        services.billing.set_project_budget(org_id, pid, budget)
+    except (ValueError, KeyplaneError) as exc:
+        message = exc.message if isinstance(exc, KeyplaneError) else str(exc)
+        return _detail(request, viewer, pid, status=400, error=message, typed_budget=amount)
+    cents = [None if v is None else v // MICRO_PER_CENT for v in (before, budget)]
+    services.audit.record(
+        org_id, principal.actor, "spend_limit.updated", target_id=pid, project_id=pid,
+        details={"before": {"threshold_amount": cents[0]}, "after": {"threshold_amount": cents[1]}},
+    )  # fmt: skip
+    raise Redirect(f"{PATH}/{pid}")
 
 
 @router.post(PATH + "/{project_id}/archive")
