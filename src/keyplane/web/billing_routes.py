@@ -187,7 +187,7 @@ def _limit(kind: SpendLimitKind, budget: int | None, spent: int) -> SpendLimit:
     )
 
 
-def _budget_change(before: int | None, after: int | None) -> dict[str, Any]:
+def budget_change(before: int | None, after: int | None) -> dict[str, Any]:
     """Audit details of a spend-limit change, in the API's unit (cents; null: no limit)."""
     cents = [None if v is None else micro_to_cents(v) for v in (before, after)]
     return changed({"threshold_amount": cents[0]}, {"threshold_amount": cents[1]})
@@ -212,7 +212,7 @@ async def _set_org_limit(
         before = ctx.services.billing.settings(org_id).budget
         with params_named({"budget": "threshold_amount"}):
             ctx.services.billing.update_settings(org_id, budget=amount)
-        audit("spend_limit.updated", details=_budget_change(before, amount))
+        audit("spend_limit.updated", details=budget_change(before, amount))
         return _org_limit(ctx.services, org_id)
 
     limit = await asyncio.to_thread(write)
@@ -231,7 +231,7 @@ async def _set_project_limit(
             "spend_limit.updated",
             target_id=project_id,
             project_id=project_id,
-            details=_budget_change(before, amount),
+            details=budget_change(before, amount),
         )
         return _project_limit(ctx.services, org_id, project_id)
 

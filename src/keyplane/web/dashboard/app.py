@@ -138,7 +138,14 @@ def _templates() -> Jinja2Templates:
     )
     env.filters["day"] = _day
     env.filters["moment"] = _moment
+    env.filters["amount"] = _amount
     return Jinja2Templates(env=env)
+
+
+def _amount(micros: int | None) -> str:
+    """Whole cents as a form field holds them, to be saved again as they are: "1500.00" (never
+    "1,500.00", which billing.amounts refuses); "" for none."""
+    return "" if micros is None else f"{micros // 1_000_000}.{micros % 1_000_000 // 10_000:02d}"
 
 
 def _moment(ts: int | None) -> str:

@@ -29,6 +29,7 @@ from keyplane.web.dashboard.session import (
     Redirect,
     Viewer,
     context,
+    form_error,
     render,
     same_org,
 )
@@ -203,8 +204,7 @@ def _create(request: Request, viewer: Viewer, form: dict[str, str]) -> Response:
             _FORMS.release(form_id)
             raise
     except (ValueError, KeyplaneError) as exc:
-        message = exc.message if isinstance(exc, KeyplaneError) else str(exc)
-        return _new_page(request, viewer, projects, status=400, error=message, form=form)
+        return _new_page(request, viewer, projects, status=400, error=form_error(exc), form=form)
     return render(
         request, "api_key_created.html", viewer=viewer, key=key, secret=secret, project=project,
         permissions=describe(key.scopes), base_url=_api_base(request),

@@ -15,21 +15,24 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from keyplane.accounts.models import OrgRole
-from keyplane.audit.models import Actor, ActorType
+from keyplane.audit.models import Actor
 from keyplane.billing.amounts import parse_amount
 from keyplane.billing.periods import period_of
 from keyplane.errors import KeyplaneError
 from keyplane.limits.tiers import DEFAULT_ROW
-from keyplane.usage.pricing import MICRO_PER_CENT, format_usd
+from keyplane.usage.pricing import format_usd
+from keyplane.web.billing_routes import budget_change
+from keyplane.web.dashboard.authorize import may, principal_of
 from keyplane.web.dashboard.session import (
     CurrentMember,
     Redirect,
     Viewer,
-    client_ip,
     context,
+    form_error,
     render,
     same_org,
 )
+from keyplane.web.schemas import micro_to_cents
 
 router = APIRouter()
 PATH = "/limits"
@@ -66,20 +69,13 @@ def limits_page(request: Request, viewer: CurrentMember) -> Response:
     return _page(request, viewer)
 
 
-def _owner_actor(request: Request, viewer: Viewer) -> tuple[str, Actor]:
-    """The organization and the acting Owner; 403 for anyone else (Readers see, never change)."""
-    org = viewer.org
-    if org is None or viewer.role is not OrgRole.OWNER:
+def _owner_actor(request: Request, viewer: Viewer, operation: str) -> tuple[str, Actor]:
+    """The organization and the acting user, once ``POLICY`` allows ``operation`` (Owners only:
+    Readers see, never change)."""
+    principal = principal_of(request, viewer)
+    if not may(request, principal, operation, None):
         raise HTTPException(403, "Only the organization's Owners change its limits.")
-    actor = Actor(
-        ActorType.SESSION, viewer.session_ref, user_id=viewer.user.id, email=viewer.user.email,
-        ip_address=client_ip(request), user_agent=request.headers.get("user-agent"),
-    )  # fmt: skip
-    return org.id, actor
-
-
-def _cents(micros: int | None) -> int | None:
-    return None if micros is None else micros // MICRO_PER_CENT
+    return principal.org_id, principal.actor
 
 
 @router.post(PATH + "/budget")
@@ -88,7 +84,7 @@ def set_budget(
 ) -> Response:
     """The monthly budget in dollars (whole cents); empty removes it."""
     form_org = org_id
-    org_id, actor = _owner_actor(request, viewer)
+    org_id, actor = _owner_actor(request, viewer, "spend_limit.update")
     same_org(viewer, form_org)
     services = context(request).services
     try:
@@ -96,13 +92,10 @@ def set_budget(
         before = services.billing.settings(org_id).budget
         services.billing.update_settings(org_id, budget=budget)
     except (ValueError, KeyplaneError) as exc:
-        message = exc.message if isinstance(exc, KeyplaneError) else str(exc)
-        return _page(request, viewer, status=400, error=message, typed_budget=amount)
+        return _page(request, viewer, status=400, error=form_error(exc), typed_budget=amount)
     services.audit.record(
-        org_id, actor, "spend_limit.updated",
-        details={"before": {"threshold_amount": _cents(before)},
-                 "after": {"threshold_amount": _cents(budget)}},
-    )  # fmt: skip
+        org_id, actor, "spend_limit.updated", details=budget_change(before, budget)
+    )
     raise Redirect(PATH)
 
 
@@ -113,25 +106,24 @@ def add_alert(
     """A notification threshold in dollars (whole cents): the Owners get an email the first time
     this month's spend reaches it."""
     form_org = org_id
-    org_id, actor = _owner_actor(request, viewer)
+    org_id, actor = _owner_actor(request, viewer, "spend_alerts.create")
     same_org(viewer, form_org)
     services = context(request).services
     try:
         threshold = parse_amount(amount, cents=True)
         alert = services.billing.add_alert(org_id, threshold, project_id=None, recipients=None)
     except (ValueError, KeyplaneError) as exc:
-        message = exc.message if isinstance(exc, KeyplaneError) else str(exc)
-        return _page(request, viewer, status=400, error=message, typed_alert=amount)
+        return _page(request, viewer, status=400, error=form_error(exc), typed_alert=amount)
     services.audit.record(
         org_id, actor, "spend_alert.created", target_id=alert.id,
-        details={"data": {"threshold_amount": _cents(threshold)}},
+        details={"data": {"threshold_amount": micro_to_cents(threshold)}},
     )  # fmt: skip
     raise Redirect(PATH)
 
 
 @router.post(PATH + "/alerts/{alert_id}/delete")
 def delete_alert(request: Request, viewer: CurrentMember, alert_id: str) -> Response:
-    org_id, actor = _owner_actor(request, viewer)
+    org_id, actor = _owner_actor(request, viewer, "spend_alerts.delete")
     services = context(request).services
     found = [
         a for a in services.billing.alerts(org_id) if a.id == alert_id and a.project_id is None
@@ -141,6 +133,6 @@ def delete_alert(request: Request, viewer: CurrentMember, alert_id: str) -> Resp
     services.billing.delete_alert(org_id, alert_id)
     services.audit.record(
         org_id, actor, "spend_alert.deleted", target_id=alert_id,
-        details={"data": {"threshold_amount": _cents(found[0].threshold)}},
+        details={"data": {"threshold_amount": micro_to_cents(found[0].threshold)}},
     )  # fmt: skip
     raise Redirect(PATH)

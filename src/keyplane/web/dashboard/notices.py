@@ -8,10 +8,9 @@ from __future__ import annotations
 from fastapi import Request
 
 from keyplane.accounts.models import User
+from keyplane.accounts.sessions import MAX_USER_AGENT
 from keyplane.audit.models import Actor, ActorType
 from keyplane.web.dashboard.session import client_ip, context
-
-MAX_USER_AGENT = 512
 
 # event: (subject, what happened, as the email says it)
 CHANGES = {

@@ -16,13 +16,15 @@ from keyplane.accounts.org_ports import ProjectRole
 from keyplane.billing.amounts import parse_amount
 from keyplane.billing.periods import period_of
 from keyplane.errors import KeyplaneError, NotFound
-from keyplane.usage.pricing import MICRO_PER_CENT, format_usd
+from keyplane.usage.pricing import format_usd
+from keyplane.web.billing_routes import budget_change
 from keyplane.web.dashboard.authorize import may, principal_of
 from keyplane.web.dashboard.session import (
     CurrentMember,
     Redirect,
     Viewer,
     context,
+    form_error,
     render,
     same_org,
 )
@@ -205,12 +207,10 @@ def set_project_budget(
         before = services.billing.project_budget(pid)
         services.billing.set_project_budget(org_id, pid, budget)
     except (ValueError, KeyplaneError) as exc:
-        message = exc.message if isinstance(exc, KeyplaneError) else str(exc)
-        return _detail(request, viewer, pid, status=400, error=message, typed_budget=amount)
-    cents = [None if v is None else v // MICRO_PER_CENT for v in (before, budget)]
+        return _detail(request, viewer, pid, status=400, error=form_error(exc), typed_budget=amount)
     services.audit.record(
         org_id, principal.actor, "spend_limit.updated", target_id=pid, project_id=pid,
-        details={"before": {"threshold_amount": cents[0]}, "after": {"threshold_amount": cents[1]}},
+        details=budget_change(before, budget),
     )  # fmt: skip
     raise Redirect(f"{PATH}/{pid}")
 

@@ -41,6 +41,7 @@ from keyplane.billing.promotion import TierPromoter
 from keyplane.billing.service import BillingService
 from keyplane.clock import Clock
 from keyplane.config import Settings
+from keyplane.errors import KeyplaneError
 from keyplane.notify.ports import Outbox
 from keyplane.usage.ports import UsageStore
 from keyplane.web.dashboard import csrf
@@ -239,6 +240,11 @@ def optional_viewer(request: Request) -> Viewer | None:
     viewer = Viewer(user, session, memberships)
     request.state.viewer = viewer
     return viewer
+
+
+def form_error(exc: Exception) -> str:
+    """What a form's page says of a value refused: a domain error's message, or a parser's."""
+    return exc.message if isinstance(exc, KeyplaneError) else str(exc)
 
 
 def same_org(viewer: Viewer, form_org_id: str) -> None:
