@@ -134,33 +134,61 @@ def _listed(request: Request, name: str, given: Sequence[str]) -> list[str]:
     return [*given, *request.query_params.getlist(name)]
 
 
+class UsageQuery:
+    """The query both usage endpoints take (OpenAI's), as one dependency."""
+
+    def __init__(
+        self,
+        request: Request,
+        start_time: Time,
+        end_time: Annotated[int | None, Query(ge=0, le=2**40)] = None,
+        bucket_width: Width = "1d",
+        limit: Annotated[int | None, Query(ge=1, le=1440)] = None,
+        page: Annotated[str | None, Query(max_length=20)] = None,
+        group_by: Annotated[list[UsageGroup], Query(alias="group_by[]")] = [],  # noqa: B006
+        project_ids: Annotated[Ids, Query(alias="project_ids[]")] = [],  # noqa: B006
+        user_ids: Annotated[Ids, Query(alias="user_ids[]")] = [],  # noqa: B006
+        api_key_ids: Annotated[Ids, Query(alias="api_key_ids[]")] = [],  # noqa: B006
+        models: Annotated[Ids, Query(alias="models[]")] = [],  # noqa: B006
+    ) -> None:
+        self.start, self.end, self.width, self.limit, self.page = (
+            start_time,
+            end_time,
+            bucket_width,
+            limit,
+            page,
+        )
+        self.groups = list(dict.fromkeys(_listed(request, "group_by", group_by)))
+        self.project_ids = _listed(request, "project_ids", project_ids)
+        self.user_ids = _listed(request, "user_ids", user_ids)
+        self.api_key_ids = _listed(request, "api_key_ids", api_key_ids)
+        self.models = _listed(request, "models", models)
+
+
+Usage = Annotated[UsageQuery, Depends()]
+
+
 async def _usage(
-    ctx: Ctx, request: Request, org_id: str, *, start: int, end: int | None, width: Width,
-    limit: int | None, page: str | None, endpoints: Sequence[str], group_by: Sequence[str],
-    project_ids: Sequence[str], api_key_ids: Sequence[str], models: Sequence[str],
-    user_ids: Sequence[str], batch: bool | None,
-) -> tuple[list[UsageBucket], int, int, bool, list[str]]:  # fmt: skip
+    ctx: Ctx, org_id: str, q: UsageQuery, endpoints: Sequence[str], batch: bool | None
+) -> tuple[list[UsageBucket], int, int, bool]:
     now = ctx.services.clock.now()
-    begin, stop, more = _window(start, end, width, limit, page, now, MAX_BUCKETS[width])
-    groups = list(dict.fromkeys(_listed(request, "group_by", group_by)))
-    unknown = [g for g in groups if g not in USAGE_GROUPS]
+    begin, stop, more = _window(q.start, q.end, q.width, q.limit, q.page, now, MAX_BUCKETS[q.width])
+    unknown = [g for g in q.groups if g not in USAGE_GROUPS]
     if unknown:
         raise InvalidRequest(f"Cannot group by {unknown[0]!r}.", param="group_by")
     stored = [
-        {"api_key_id": "key_id", "user_id": "owner_id"}.get(g, g) for g in groups if g != "batch"
+        {"api_key_id": "key_id", "user_id": "owner_id"}.get(g, g) for g in q.groups if g != "batch"
     ]
     rows: Sequence[UsageBucket] = []
     if batch is not True:  # (keyplane runs no batches: their usage is none)
         rows = await asyncio.to_thread(
             ctx.services.usage_store.buckets, org_id, start=begin, end=stop,
-            width_s=WIDTH_S[width], endpoints=endpoints, group_by=stored,
-            project_ids=_listed(request, "project_ids", project_ids),
-            key_ids=_listed(request, "api_key_ids", api_key_ids),
-            models=_listed(request, "models", models),
-            owner_ids=_listed(request, "user_ids", user_ids),
+            width_s=WIDTH_S[q.width], endpoints=endpoints, group_by=stored,
+            project_ids=q.project_ids, key_ids=q.api_key_ids, models=q.models,
+            owner_ids=q.user_ids,
         )  # fmt: skip
     _bounded(rows)
-    return list(rows), begin, stop, more, groups
+    return list(rows), begin, stop, more
 
 
 def _bounded(rows: Sequence[UsageBucket]) -> None:
@@ -183,39 +211,22 @@ async def _json(page: Callable[[], BaseModel]) -> Response:
     response_model=BucketPage[CompletionsResult],
 )  # fmt: skip
 async def completions_usage(
-    ctx: Ctx,
-    request: Request,
-    principal: Allowed,
-    start_time: Time,
-    end_time: Annotated[int | None, Query(ge=0, le=2**40)] = None,
-    bucket_width: Width = "1d",
-    limit: Annotated[int | None, Query(ge=1, le=1440)] = None,
-    page: Annotated[str | None, Query(max_length=20)] = None,
-    group_by: Annotated[list[UsageGroup], Query(alias="group_by[]")] = [],  # noqa: B006
-    project_ids: Annotated[Ids, Query(alias="project_ids[]")] = [],  # noqa: B006
-    user_ids: Annotated[Ids, Query(alias="user_ids[]")] = [],  # noqa: B006
-    api_key_ids: Annotated[Ids, Query(alias="api_key_ids[]")] = [],  # noqa: B006
-    models: Annotated[Ids, Query(alias="models[]")] = [],  # noqa: B006
-    batch: bool | None = None,
+    ctx: Ctx, principal: Allowed, q: Usage, batch: bool | None = None
 ) -> Response:
     """Tokens and requests of chat and legacy completions per time bucket (list parameters may
     be sent with or without ``[]``)."""
-    rows, begin, stop, more, groups = await _usage(
-        ctx, request, principal.org_id, start=start_time, end=end_time, width=bucket_width,
-        limit=limit, page=page, endpoints=("chat.completions", "completions"), group_by=group_by,
-        project_ids=project_ids, api_key_ids=api_key_ids, models=models, user_ids=user_ids,
-        batch=batch,
-    )  # fmt: skip
+    endpoints = ("chat.completions", "completions")
+    rows, begin, stop, more = await _usage(ctx, principal.org_id, q, endpoints, batch)
 
     def make(r: UsageBucket) -> CompletionsResult:
         return CompletionsResult(
             input_tokens=r.input_tokens, output_tokens=r.output_tokens,
             input_cached_tokens=r.cached_input_tokens, num_model_requests=r.requests,
             project_id=r.project_id, api_key_id=r.key_id, model=r.model, user_id=r.owner_id,
-            batch=False if "batch" in groups else None,
+            batch=False if "batch" in q.groups else None,
         )  # fmt: skip
 
-    w = WIDTH_S[bucket_width]
+    w = WIDTH_S[q.width]
     return await _json(lambda: _page(rows, begin, stop, w, more, CompletionsResult, make))
 
 
@@ -223,28 +234,9 @@ async def completions_usage(
     "/usage/embeddings", tags=["usage"], name="usage.embeddings",
     response_model=BucketPage[EmbeddingsResult],
 )  # fmt: skip
-async def embeddings_usage(
-    ctx: Ctx,
-    request: Request,
-    principal: Allowed,
-    start_time: Time,
-    end_time: Annotated[int | None, Query(ge=0, le=2**40)] = None,
-    bucket_width: Width = "1d",
-    limit: Annotated[int | None, Query(ge=1, le=1440)] = None,
-    page: Annotated[str | None, Query(max_length=20)] = None,
-    group_by: Annotated[list[UsageGroup], Query(alias="group_by[]")] = [],  # noqa: B006
-    project_ids: Annotated[Ids, Query(alias="project_ids[]")] = [],  # noqa: B006
-    user_ids: Annotated[Ids, Query(alias="user_ids[]")] = [],  # noqa: B006
-    api_key_ids: Annotated[Ids, Query(alias="api_key_ids[]")] = [],  # noqa: B006
-    models: Annotated[Ids, Query(alias="models[]")] = [],  # noqa: B006
-) -> Response:
+async def embeddings_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
     """Tokens and requests of embeddings per time bucket."""
-    rows, begin, stop, more, _ = await _usage(
-        ctx, request, principal.org_id, start=start_time, end=end_time, width=bucket_width,
-        limit=limit, page=page, endpoints=("embeddings",), group_by=group_by,
-        project_ids=project_ids, api_key_ids=api_key_ids, models=models, user_ids=user_ids,
-        batch=None,
-    )  # fmt: skip
+    rows, begin, stop, more = await _usage(ctx, principal.org_id, q, ("embeddings",), None)
 
     def make(r: UsageBucket) -> EmbeddingsResult:
         return EmbeddingsResult(
@@ -252,7 +244,7 @@ async def embeddings_usage(
             api_key_id=r.key_id, model=r.model, user_id=r.owner_id,
         )  # fmt: skip
 
-    w = WIDTH_S[bucket_width]
+    w = WIDTH_S[q.width]
     return await _json(lambda: _page(rows, begin, stop, w, more, EmbeddingsResult, make))
 
 
