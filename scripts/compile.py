@@ -49,6 +49,7 @@ MODULES = [
     "keyplane/gateway/h1client.py",
     "keyplane/gateway/httpx_client.py",
     "keyplane/gateway/journal.py",
+    "keyplane/gateway/meter.py",
     "keyplane/gateway/money.py",
     "keyplane/gateway/ratelimits.py",
     "keyplane/gateway/streaming.py",

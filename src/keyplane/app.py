@@ -1,7 +1,7 @@
 """The one ASGI app keyplane serves:
 
 - ``/v1/organization…``, ``/openapi.json``, ``/docs``: the Admin API (FastAPI);
-- ``/v1/…``, ``/healthz``, ``/readyz``: the gateway, a pure ASGI app (no framework middleware on
+- ``/v1/…``, ``/healthz``, ``/readyz``, ``/metrics``: the gateway, a pure ASGI app (no framework middleware on
   the hot path), which also owns the lifespan (its background loops);
 - everything else: the dashboard (server-rendered pages), when there is one.
 """
@@ -14,7 +14,7 @@ from keyplane.gateway.asgi import ASGIApp, Receive, Scope, Send
 from keyplane.keys import network
 
 ADMIN_PREFIXES = ("/v1/organization", "/openapi.json", "/docs")
-GATEWAY_PREFIXES = ("/v1/", "/healthz", "/readyz")
+GATEWAY_PREFIXES = ("/v1/", "/healthz", "/readyz", "/metrics")
 
 
 class Lazy:

@@ -27,6 +27,7 @@ from keyplane.gateway.app import Gateway
 from keyplane.gateway.asgi import ASGIApp
 from keyplane.gateway.h1client import H1Client
 from keyplane.gateway.journal import HoldJournal
+from keyplane.gateway.meter import Meter
 from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.pipeline import Pipeline
 from keyplane.gateway.ratelimits import RateGuard
@@ -208,11 +209,12 @@ def build_gateway(
         container.clock,
     )
     access = AccessGuard(container.access_policies, s.trusted_proxies)
+    meter = Meter()  # what /metrics counts
     pipeline = Pipeline(
         auth=KeyAuthenticator(
             container.key_store, container.pepper, container.clock, max_entries=s.key_cache_size
         ),
-        router=UpstreamRouter(upstreams, client, retries=s.upstream_retries),
+        router=UpstreamRouter(upstreams, client, retries=s.upstream_retries, meter=meter),
         prices=container.prices,
         money=MoneyGuard(
             container.money_store,
@@ -224,6 +226,7 @@ def build_gateway(
             batch_size=s.usage_batch_size,
             max_unstored=s.max_unstored_settlements,
             flush_interval_s=s.usage_flush_interval_s,
+            meter=meter,
         ),
         rates=rates,
         access=access,
@@ -257,6 +260,7 @@ def build_gateway(
         sweep_interval_s=s.sweep_interval_s,
         after_flush=after_flush,
         data_version=container.money_store.data_version,
+        metrics_allowed_ips=s.metrics_allowed_ips,
         background=[
             (s.email_dispatch_interval_s, dispatcher.run_once),
             (s.tier_check_interval_s, lambda: asyncio.to_thread(container.promoter.check_all)),

@@ -22,6 +22,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from keyplane.keys import network
+
 PLACEHOLDERS = {"", "changeme", "change-me", "secret", "placeholder", "xxx"}
 
 
@@ -79,6 +81,9 @@ class Settings(BaseSettings):
     trusted_proxies: list[str] = Field(
         default_factory=list
     )  # CIDRs whose X-Forwarded-For is trusted
+    # Who may read /metrics (Prometheus): CIDRs, matched against the caller's address as the IP
+    # allowlists see it (through trusted_proxies); an empty list turns /metrics off.
+    metrics_allowed_ips: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
     require_org_verification: bool = False  # keys only after an operator verified the organization
     key_rotation_days: int = Field(default=90, ge=1)  # keys older than this are flagged
     key_rotation_check_interval_s: float = Field(default=3600.0, gt=0)  # and the Owners emailed
@@ -138,6 +143,12 @@ class Settings(BaseSettings):
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @field_validator("trusted_proxies", "metrics_allowed_ips")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        network.parse_networks(value)  # (raises ValueError naming a bad one)
+        return value
 
     @model_validator(mode="after")
     def _public_url(self) -> Settings:

@@ -234,3 +234,18 @@ def test_an_empty_pepper_file_is_never_used_as_the_pepper(tmp_path: Path) -> Non
     except (ValueError, OSError):
         return  # refusing to start is an acceptable answer
     assert pepper != b""
+
+
+@pytest.mark.parametrize("name", ["KEYPLANE_METRICS_ALLOWED_IPS", "KEYPLANE_TRUSTED_PROXIES"])
+def test_a_bad_address_range_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(name, '["10.0.0.0/8", "10.0.0.300/32"]')
+    with pytest.raises(ValidationError, match=r"'10\.0\.0\.300/32' is not an IP address"):
+        Settings()
+
+
+def test_metrics_are_for_this_machine_unless_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().metrics_allowed_ips == ["127.0.0.1/32", "::1/128"]
+    monkeypatch.setenv("KEYPLANE_METRICS_ALLOWED_IPS", "[]")
+    assert Settings().metrics_allowed_ips == []

@@ -10,10 +10,11 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
 from keyplane.errors import KeyplaneError, StoreUnavailable
-from keyplane.gateway.asgi import Receive, Scope, Send, send_json
+from keyplane.gateway.asgi import Receive, Scope, Send, send_bytes, send_json
 from keyplane.gateway.errors import ApiError, from_domain, model_not_found
 from keyplane.gateway.pipeline import ENDPOINTS, Call, Pipeline
 from keyplane.ids import new_request_id
+from keyplane.keys import network
 from keyplane.keys.permissions import Access, Group
 
 log = logging.getLogger("keyplane.gateway")
@@ -23,6 +24,7 @@ _WRITE = Access.WRITE  # (a global: an enum member lookup is ~80 ns on Python 3.
 
 
 _READ_METHODS = ("GET", "HEAD")  # (the server sends no body to a HEAD)
+METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 # OpenAI endpoints keyplane does not forward (yet): said plainly rather than "Invalid URL".
@@ -46,8 +48,18 @@ class Gateway:
         after_flush: Callable[[], Awaitable[Any]] | None = None,
         background: Sequence[tuple[float, Callable[[], Awaitable[Any]]]] = (),
         data_version: Callable[[], Hashable | None] = lambda: None,
+        metrics_allowed_ips: Sequence[str] = (),
     ) -> None:
         self.pipeline = pipeline
+        self.meter = pipeline.money.meter
+        # Who may read /metrics (none: /metrics is not served). Checked against the caller's
+        # address as the IP allowlists see it (through trusted proxies).
+        self._metrics_allowed = network.parse_networks(metrics_allowed_ips)
+        self._metrics: Callable[[], bytes] | None = None
+        self.flushes_failed = 0  # flushes the database refused (each retried by the next)
+        self.last_flush_ok = 0.0  # time.time() of the last flush that stored everything queued
+        self.database_ok = True  # whether the last flush reached the database
+        self.serving = False  # started (lifespan) and not shutting down: what /readyz says
         self._data_version = data_version
         self._polled: Hashable | None = None  # the data version both feeds were last read at
         self._after_flush = after_flush
@@ -67,7 +79,14 @@ class Gateway:
     async def flush(self) -> None:
         """Writes settled requests (usage records and ledger entries), then runs the after-flush
         hook (threshold notifications, auto-recharge jobs)."""
-        await self.pipeline.money.flush()
+        try:
+            await self.pipeline.money.flush()
+        except StoreUnavailable:
+            self.flushes_failed += 1
+            self.database_ok = False
+            raise
+        self.last_flush_ok = time.time()
+        self.database_ok = True
         if self._after_flush is not None:
             async with self._after_flush_lock:
                 await self._after_flush()
@@ -96,8 +115,12 @@ class Gateway:
                 path == "/v1/models" or path.startswith("/v1/models/")
             ):
                 await self._models(scope, send, path.removeprefix("/v1/models").strip("/"), rid)
-            elif method in _READ_METHODS and path in ("/healthz", "/readyz"):
+            elif method in _READ_METHODS and path == "/healthz":
                 await send_json(send, 200, {"status": "ok"}, rid)
+            elif method in _READ_METHODS and path == "/readyz":
+                await self._readyz(send, rid)
+            elif path == "/metrics" and self._metrics_allowed:
+                await self._serve_metrics(scope, method, send, rid)
             elif path == "/v1/chat/completions" or path.startswith("/v1/chat/completions/"):
                 raise ApiError(  # (not a POST to it: the stored completions of store: true)
                     404, "keyplane does not keep stored completions (store: true): it forwards "
@@ -111,12 +134,15 @@ class Gateway:
             else:
                 raise ApiError(404, f"Invalid URL ({method} {path})")
         except ApiError as exc:
+            self.meter.error(exc.status, exc.code)
             await send_json(send, exc.status, exc.body(), rid + list(exc.extra_headers))
         except KeyplaneError as exc:
             error = from_domain(exc)
+            self.meter.error(error.status, error.code)
             await send_json(send, error.status, error.body(), rid + list(error.extra_headers))
         except Exception:
             log.exception("unexpected error in %s %s (request %s)", method, path, request_id)
+            self.meter.error(500, "server_error")
             error = ApiError(500, "keyplane failed to handle this request.", type="server_error")
             with contextlib.suppress(Exception):
                 await send_json(send, 500, error.body(), rid)
@@ -141,6 +167,45 @@ class Gateway:
             await send_json(send, 200, _model(model), rid)
             return
         await send_json(send, 200, {"object": "list", "data": [_model(m) for m in names]}, rid)
+
+    async def _readyz(self, send: Send, rid: list[tuple[bytes, bytes]]) -> None:
+        """503 while this process cannot serve: not started yet, shutting down, or its unstored
+        settlements at ``max_unstored_settlements`` (it refuses every request then). A database
+        that is unreachable only shows: cached keys keep working meanwhile, and taking every
+        gateway out of a load balancer for it would refuse those too."""
+        money = self.pipeline.money
+        full = money.queued >= money.max_unstored
+        ready = self.serving and not full
+        body = {
+            "status": "ok" if ready else "unavailable",
+            "serving": self.serving,
+            "database": "ok" if self.database_ok else "unreachable",
+            "settlements_queued": money.queued,
+            "settlements_queued_max": money.max_unstored,
+        }
+        await send_json(send, 200 if ready else 503, body, rid)
+
+    async def _serve_metrics(
+        self, scope: Scope, method: str, send: Send, rid: list[tuple[bytes, bytes]]
+    ) -> None:
+        """Prometheus's text format, to the addresses in ``metrics_allowed_ips`` only."""
+        if method not in _READ_METHODS:
+            raise ApiError(
+                405, f"Method not allowed ({method} /metrics): use GET.",
+                extra_headers=((b"allow", b"GET, HEAD"),),
+            )  # fmt: skip
+        addr = network.parse_address(self.pipeline.access.client_ip(scope))
+        if not network.allowed_nonempty(addr, self._metrics_allowed):
+            raise ApiError(
+                403, "/metrics is served only to the addresses in KEYPLANE_METRICS_ALLOWED_IPS.",
+                type="invalid_request_error", code="ip_not_allowed",
+            )  # fmt: skip
+        if self._metrics is None:
+            from keyplane.gateway.metrics import exposition  # (loaded by the first scrape only)
+
+            self._metrics = exposition(self)
+        body = self._metrics()
+        await send_bytes(send, 200, body, rid, content_type=METRICS_CONTENT_TYPE)
 
     async def _poll_feeds(self) -> None:
         """Reads the key feed and the money feed (revocations, grants, settings changed by other
@@ -171,6 +236,7 @@ class Gateway:
                 except StoreUnavailable:
                     log.warning("database unavailable at startup; serving from cache as it fills")
                 self._tasks = [asyncio.create_task(every(s, fn)) for s, fn in self._loops]
+                self.serving = True
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()
@@ -178,6 +244,7 @@ class Gateway:
                 return
 
     async def shutdown(self) -> None:
+        self.serving = False
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

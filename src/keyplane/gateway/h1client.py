@@ -572,6 +572,10 @@ class H1Client(UpstreamClient):
 
     # --- the pool -----------------------------------------------------------------------------
 
+    def pool(self) -> tuple[int, int, int]:
+        idle = sum(len(conns) for conns in self._idle.values())
+        return (self._open, idle, sum(1 for _, fut in self._waiters if not fut.done()))
+
     async def _acquire(self, key: PoolKey, reuse: bool) -> _Conn:
         """An idle connection to ``key`` (when ``reuse``) or a new one, within max_connections."""
         while True:

@@ -34,6 +34,7 @@ from keyplane.clock import Clock
 from keyplane.errors import SpendRefused, StoreUnavailable
 from keyplane.gateway.housekeeping import housekeeping_thread
 from keyplane.gateway.journal import HoldJournal, Segment
+from keyplane.gateway.meter import Meter
 from keyplane.keys.models import ApiKey
 from keyplane.usage.pricing import format_usd
 from keyplane.usage.records import Outcome as RequestOutcome
@@ -119,8 +120,10 @@ class MoneyGuard:
         max_unstored: int = 100_000,
         checkpoint_after: int = CHECKPOINT_AFTER,
         flush_interval_s: float = 0.2,
+        meter: Meter | None = None,
     ) -> None:
         self._store = store
+        self.meter = meter if meter is not None else Meter()  # counts what each flush stored
         self._clock = clock
         self._usage_limit_for = usage_limit_for
         self._hold_ttl_s = hold_ttl_s
@@ -237,6 +240,26 @@ class MoneyGuard:
         self._outcomes.append(Outcome(stored, settlement))
         return stored
 
+    # -- what /metrics shows -------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """Holds of requests this process is still answering."""
+        return len(self._live)
+
+    @property
+    def cached_orgs(self) -> int:
+        return len(self._orgs)
+
+    @property
+    def max_unstored(self) -> int:
+        """Settlements queued at which requests are refused (503)."""
+        return self._max_unstored
+
+    @property
+    def queued(self) -> int:
+        """Settlements not stored yet."""
+        return len(self._outcomes)
+
     # -- background ---------------------------------------------------------------------------
     async def flush(self) -> int:
         """Stores the holds journaled and the settlements made since the last flush; returns how
@@ -276,10 +299,12 @@ class MoneyGuard:
                 else:
                     holds = new_holds
                 stored += await self._resolve(batch, int(self._clock.now()), holds, never_stored)
+                meter = self.meter
                 for outcome in batch:
                     self._outcomes.popleft()
                     self.touched.add(outcome.record.org_id)
                     never_stored.discard(outcome.record.request_id)
+                    meter.settle(outcome.record)
                 pending -= size
                 new_holds = []
                 await _release(batch)

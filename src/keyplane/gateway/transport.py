@@ -99,6 +99,10 @@ class UpstreamClient(ABC):
     @abstractmethod
     async def aclose(self) -> None: ...
 
+    def pool(self) -> tuple[int, int, int]:
+        """(connections open, of them idle, requests waiting for one), for /metrics."""
+        return (0, 0, 0)
+
 
 def clean_headers(headers: Sequence[tuple[bytes, bytes]]) -> Headers:
     out = []

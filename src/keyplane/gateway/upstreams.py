@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from keyplane.gateway.meter import Meter
 from keyplane.gateway.transport import (
     ClosedBeforeAnswer,
     ConnectFailed,
@@ -109,8 +110,10 @@ class UpstreamRouter:
         *,
         retries: int = 2,
         backoff_s: float = 0.05,
+        meter: Meter | None = None,
     ) -> None:
         self.upstreams = list(upstreams)
+        self.meter = meter if meter is not None else Meter()  # failures, by upstream and reason
         self.client = client
         self._retries = retries
         self._backoff_s = backoff_s
@@ -180,6 +183,7 @@ class UpstreamRouter:
         last: UpstreamResponse | None = None
         refused: tuple[str, int] | None = None  # the last upstream that refused our credentials
         attempt = 0
+        failed = self.meter.upstream_failed
         for up in upstreams:
             for _ in range(self._retries + 1):
                 if attempt:
@@ -196,24 +200,29 @@ class UpstreamRouter:
                     )
                 except ConnectFailed as exc:
                     log.warning("upstream %s unreachable: %s", up.name, exc)
+                    failed(up.name, "connect")
                     continue
                 except PoolBusy as busy:
                     log.warning("upstream %s: %s", up.name, busy)
+                    failed(up.name, "pool_busy")
                     raise UpstreamUnavailable(
                         f"Every connection to the upstream '{up.name}' is busy; retry shortly.",
                         busy=True,
                     ) from None
                 except ReadTimedOut:
                     # The request reached the upstream and may be costing money: do not repeat it.
+                    failed(up.name, "timeout")
                     raise UpstreamUnavailable(
                         f"The upstream '{up.name}' timed out.", timed_out=True
                     ) from None
                 except ClosedBeforeAnswer as closed:  # likewise: it may have been received
                     # (its own name: compiled, ``exc`` above is typed ConnectFailed)
                     log.warning("upstream %s: %s", up.name, closed)
+                    invalid = isinstance(closed, InvalidAnswer)
+                    failed(up.name, "invalid_answer" if invalid else "closed")
                     what = (
                         "answered with something that is not HTTP"
-                        if isinstance(closed, InvalidAnswer)
+                        if invalid
                         else "closed the connection before answering"
                     )
                     raise UpstreamUnavailable(
@@ -225,9 +234,11 @@ class UpstreamRouter:
                         up.name, resp.status,
                     )  # fmt: skip
                     await resp.aclose()
+                    failed(up.name, "refused_credentials")
                     refused = (up.name, resp.status)
                     break
                 if resp.status in RETRY_STATUSES:
+                    failed(up.name, f"status_{resp.status}")
                     last = resp
                     if any(name == b"retry-after" for name, _ in resp.headers):
                         break  # it asked for time: the next upstream, or this answer as it is
