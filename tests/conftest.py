@@ -22,6 +22,7 @@ from keyplane.keys.format import KeyKind
 from keyplane.simulator import SimulatorConfig, create_app
 from keyplane.usage.records import UsageRecord
 from kptest import ServerThread, wait_until
+from smtp_support import Inbox, SmtpServer, start_smtp
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PEPPER = "test-pepper-" + "p" * 40
@@ -130,6 +131,15 @@ def obedient_simulator() -> Iterator[ServerThread]:
     sim = ServerThread(create_app(SimulatorConfig(completion_tokens=1_000_000))).start()
     yield sim
     sim.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, SmtpServer]]:
+    """A real SMTP server (aiosmtpd) and the inbox it delivers to."""
+    inbox = Inbox()
+    server = start_smtp(inbox)
+    yield inbox, server
+    server.stop()
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from keyplane.gateway.transport import UpstreamClient
 from keyplane.gateway.upstreams import Upstream, UpstreamRouter
 from keyplane.keys.access import AccessPolicyService
 from keyplane.keys.authenticator import KeyAuthenticator
+from keyplane.keys.leaks import LeakResponder
 from keyplane.keys.rotation import RotationReminder
 from keyplane.keys.service import KeyService
 from keyplane.limits.ratelimit import InMemoryRateLimiter
@@ -71,6 +72,7 @@ class Container:
     billing: BillingService
     promoter: TierPromoter
     rotation: RotationReminder
+    leaks: LeakResponder
     rate_limits: SqlRateLimitStore
     rate_limit_service: RateLimitService
     access_policies: SqlAccessPolicyStore
@@ -144,6 +146,16 @@ def build(
             org_name=accounts.org_name,
             project_name=accounts.project_name,
             max_age_days=settings.key_rotation_days,
+        ),
+        leaks=LeakResponder(
+            key_store,
+            pepper,
+            audit,
+            outbox,
+            clock,
+            owner_emails=accounts.owner_emails,
+            org_name=accounts.org_name,
+            project_name=accounts.project_name,
         ),
         rate_limits=rate_store,
         rate_limit_service=rate_limits,
@@ -284,10 +296,13 @@ def build_app(
     # templates or their dependencies (~25 MB of its memory).
     def admin() -> ASGIApp:
         from keyplane.web.admin import create_admin_app
+        from keyplane.web.leak_reports import ReporterKeys
 
+        s = container.settings
         return create_admin_app(
-            container, auth=gateway.pipeline.auth, on_money_change=gateway.pipeline.money.refresh
-        )
+            container, auth=gateway.pipeline.auth, on_money_change=gateway.pipeline.money.refresh,
+            leak_reporters=ReporterKeys(s.leak_report_keys, s.leak_report_keys_url),
+        )  # fmt: skip
 
     def dashboard() -> ASGIApp:
         from keyplane.web.dashboard import create_dashboard_app

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives import serialization
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -84,6 +85,11 @@ class Settings(BaseSettings):
     # Who may read /metrics (Prometheus): CIDRs, matched against the caller's address as the IP
     # allowlists see it (through trusted_proxies); an empty list turns /metrics off.
     metrics_allowed_ips: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    # Secret scanning reports (POST /v1/secret_scanning/reports, GitHub's partner program): the
+    # signers' ECDSA P-256 public keys, listed at this URL and/or given here (identifier → PEM).
+    # Both empty: reports are not taken.
+    leak_report_keys_url: str = "https://api.github.com/meta/public_keys/secret_scanning"
+    leak_report_keys: dict[str, str] = Field(default_factory=dict)
     require_org_verification: bool = False  # keys only after an operator verified the organization
     key_rotation_days: int = Field(default=90, ge=1)  # keys older than this are flagged
     key_rotation_check_interval_s: float = Field(default=3600.0, gt=0)  # and the Owners emailed
@@ -148,6 +154,16 @@ class Settings(BaseSettings):
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
         network.parse_networks(value)  # (raises ValueError naming a bad one)
+        return value
+
+    @field_validator("leak_report_keys")
+    @classmethod
+    def _pem_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, pem in value.items():
+            try:
+                serialization.load_pem_public_key(pem.encode())
+            except ValueError:
+                raise ValueError(f"the public key {name!r} is not a PEM public key") from None
         return value
 
     @model_validator(mode="after")

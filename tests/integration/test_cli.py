@@ -14,10 +14,12 @@ from typing import Any
 
 import openai
 import pytest
+import sqlalchemy
 from typer.testing import CliRunner
 
 from keyplane.cli import app
 from keyplane.keys.format import KEY_PATTERN
+from keyplane.storage.notify_tables import email_outbox
 from kptest import wait_until
 
 
@@ -523,6 +525,12 @@ def test_scan_finds_live_keys_in_files_and_git_history_and_revokes_them(
     assert revoked.exit_code == 1 and "revoked now" in revoked.stdout
     keys = {k["id"]: k["status"] for k in json.loads(run("keys", "list", "--json").stdout)}
     assert keys[made["id"]] == keys[committed["id"]] == "revoked"
+    # The Owners are emailed about each, once (queued in the outbox for `keyplane serve` to send).
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'keyplane.db'}")
+    with engine.connect() as conn:
+        queued = {r.dedupe_key for r in conn.execute(sqlalchemy.select(email_outbox.c.dedupe_key))}
+    engine.dispose()
+    assert {f"leaked:{made['id']}", f"leaked:{committed['id']}"} <= queued
     assert run("scan", str(tmp_path / "repo" / "settings.py"), "--no-history").exit_code == 0
     assert run("scan", str(tmp_path / "no-such-dir"), ok=False).exit_code == 2  # a typo in CI
     odd = tmp_path / "odd"

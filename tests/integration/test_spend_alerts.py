@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 from test_money import bodies, fire
 
@@ -17,15 +15,7 @@ from keyplane import bootstrap
 from keyplane.clock import FrozenClock
 from keyplane.storage.notify_tables import email_outbox
 from kptest import ServerThread, wait_until
-from smtp_support import Inbox, SmtpServer, start_smtp
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, SmtpServer]]:
-    inbox = Inbox()
-    server = start_smtp(inbox)
-    yield inbox, server
-    server.stop()
+from smtp_support import Inbox, SmtpServer
 
 
 def outbox_rows(container: bootstrap.Container) -> list[dict[str, object]]:

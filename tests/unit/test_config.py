@@ -249,3 +249,11 @@ def test_metrics_are_for_this_machine_unless_configured(monkeypatch: pytest.Monk
     assert Settings().metrics_allowed_ips == ["127.0.0.1/32", "::1/128"]
     monkeypatch.setenv("KEYPLANE_METRICS_ALLOWED_IPS", "[]")
     assert Settings().metrics_allowed_ips == []
+
+
+def test_a_leak_report_key_that_is_no_public_key_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KEYPLANE_LEAK_REPORT_KEYS", '{"github-1": "not a PEM"}')
+    with pytest.raises(ValidationError, match="'github-1' is not a PEM public key"):
+        Settings()

@@ -22,7 +22,6 @@ from keyplane import bootstrap
 from keyplane.audit.models import Actor, ActorType
 from keyplane.cli.common import Col, JsonOpt, container, err, out, print_table
 from keyplane.config import load_settings
-from keyplane.keys.format import key_id, secret_matches
 from keyplane.keys.scan import Found, find
 
 MAX_FILE_BYTES = 5 * 1024 * 1024  # larger files are not read (data, not source)
@@ -173,21 +172,15 @@ def _report(hits: list[tuple[str, Found]], revoke: bool) -> list[dict[str, str]]
 
 
 def _status(c: bootstrap.Container, hit: Found, where: str, revoke: bool) -> str:
-    """What the found keyplane key is here; revoked now (and audited) when live and ``revoke``."""
-    assert hit.key is not None
-    now = c.clock.now()
-    stored = c.key_store.get(key_id(hit.key.public_id))
-    if stored is None or not secret_matches(c.pepper, hit.key.secret, stored.secret_hash):
+    """What the found keyplane key is here; revoked now (audited, the Owners emailed) when live and ``revoke``."""
+    stored = c.leaks.key_of(hit.text)
+    if stored is None:
         return "not a key of this keyplane"
+    now = c.clock.now()
     if not stored.is_usable(now):
         return f"{stored.status(now)} already"
     if not revoke:
         return f"LIVE ({stored.id}): revoke it, or run with --revoke"
-    c.keys.revoke(stored.org_id, stored.id)
-    c.audit.record(
-        stored.org_id, SCANNER, "api_key.deleted", target_id=stored.id,
-        project_id=stored.project_id,
-        details={"data": {"name": stored.name, "redacted_value": stored.redacted_value},
-                 "reason": f"found by keyplane scan at {where}"},
-    )  # fmt: skip
+    if not c.leaks.revoke(stored, where, SCANNER, "keyplane scan"):
+        return "revoked already"
     return f"revoked now ({stored.id})"

@@ -20,6 +20,7 @@ from keyplane.web import (
     billing_routes,
     docs_page,
     errors,
+    leak_reports,
     limits_routes,
     org_routes,
     project_routes,
@@ -92,11 +93,13 @@ def create_admin_app(
     *,
     auth: Authenticator,
     on_money_change: Callable[[], Awaitable[object]],
+    leak_reporters: leak_reports.ReporterKeys | None = None,
 ) -> FastAPI:
     """Builds the Admin API over ``services`` (a ``bootstrap.Container``).
 
     ``auth`` is the gateway's key authenticator, so both share one key cache and its revocation
-    feed; ``on_money_change`` is the gateway's money refresh, awaited after every money change."""
+    feed; ``on_money_change`` is the gateway's money refresh, awaited after every money change;
+    ``leak_reporters`` are the keys that sign secret scanning reports (none: no reports taken)."""
     app = AdminApi(
         title="keyplane Admin API",
         version=__version__,
@@ -106,6 +109,7 @@ def create_admin_app(
         redoc_url=None,
     )
     app.state.admin = AdminContext(services, auth, on_money_change)
+    app.state.leak_reporters = leak_reporters or leak_reports.ReporterKeys({}, "")
     errors.install(app)
     docs_page.install(app)
     app.add_middleware(BodySizeLimit)
@@ -116,4 +120,5 @@ def create_admin_app(
     app.include_router(limits_routes.router)
     app.include_router(verification_routes.router)
     app.include_router(usage_api_routes.router)
+    app.include_router(leak_reports.router)
     return app

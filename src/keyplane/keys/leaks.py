@@ -1,0 +1,102 @@
+"""A keyplane key found where it should not be (BRIEF C8): in files or git history
+(``keyplane scan --revoke``), or in public, reported by a secret scanning service
+(``web/leak_reports.py``). A key counts only when it is one of this installation's with its real
+secret (checked against the stored hash), so a forged string cannot get a key revoked. A leaked key
+still working is revoked at once (every gateway refuses it within a second, through the key feed),
+the revocation is audited, and the organization's Owners are emailed where it was found."""
+
+from __future__ import annotations
+
+import datetime as dt
+import unicodedata
+from collections.abc import Callable, Sequence
+
+from keyplane.audit.models import Actor
+from keyplane.audit.service import AuditService
+from keyplane.clock import Clock
+from keyplane.keys.format import KeyKind, key_id, parse, secret_matches
+from keyplane.keys.models import ApiKey
+from keyplane.keys.ports import KeyStore
+from keyplane.notify.ports import Outbox
+
+MAX_WHERE = 500  # characters of "where it was found" kept (a URL, a file and line)
+
+
+class LeakResponder:
+    def __init__(
+        self,
+        store: KeyStore,
+        pepper: bytes,
+        audit: AuditService,
+        outbox: Outbox,
+        clock: Clock,
+        *,
+        owner_emails: Callable[[str], Sequence[str]],
+        org_name: Callable[[str], str],
+        project_name: Callable[[str, str], str],
+    ) -> None:
+        self._store = store
+        self._pepper = pepper
+        self._audit = audit
+        self._outbox = outbox
+        self._clock = clock
+        self._owner_emails = owner_emails
+        self._org_name = org_name
+        self._project_name = project_name
+
+    def key_of(self, token: str) -> ApiKey | None:
+        """The stored key ``token`` is, with its real secret; None for anything else (a string
+        that is no keyplane key, a forged look-alike, another installation's key)."""
+        parsed = parse(token)
+        if parsed is None:
+            return None
+        stored = self._store.get(key_id(parsed.public_id))
+        if stored is None or not secret_matches(self._pepper, parsed.secret, stored.secret_hash):
+            return None
+        return stored
+
+    def revoke(self, key: ApiKey, where: str, actor: Actor, how: str) -> bool:
+        """Revokes ``key``, found at ``where`` by ``how`` ("keyplane scan", "a secret scanning
+        report"), audits it and emails the Owners; False (and nothing done) when it no longer
+        works (revoked or expired). Raises StoreUnavailable."""
+        now = self._clock.now()
+        if not key.is_usable(now):
+            return False
+        where = shown(where)
+        if not self._store.revoke(key.id, int(now)):
+            return False  # (revoked meanwhile, by someone else: their change, their audit)
+        self._audit.record(
+            key.org_id, actor, "api_key.deleted", target_id=key.id, project_id=key.project_id,
+            details={"data": {"name": key.name, "redacted_value": key.redacted_value},
+                     "reason": f"found by {how} at {where}"},
+        )  # fmt: skip
+        recipients = list(self._owner_emails(key.org_id))
+        if recipients:
+            subject, body = self._message(key, where, how, now)
+            self._outbox.enqueue(f"leaked:{key.id}", recipients, subject, body, now=now)
+        return True
+
+    def _message(self, key: ApiKey, where: str, how: str, now: float) -> tuple[str, str]:
+        at = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        owner = (
+            "an admin key"
+            if key.kind is KeyKind.ADMIN
+            else f"project {self._project_name(key.org_id, key.project_id or '')}"
+        )
+        subject = f"[keyplane] The API key {key.name!r} leaked and was revoked"
+        body = (
+            f"The API key {key.name!r} ({key.redacted_value}, {key.id}) of {owner} in "
+            f"{self._org_name(key.org_id)} was found by {how} at:\n\n  {where}\n\n"
+            f"keyplane revoked it at {at}: anyone who copied it can no longer use it, and nor "
+            "can your apps, which now get 401 invalid_api_key with it.\n\n"
+            "Create a new key for them, and keep it out of code and repositories: read it from an "
+            "environment variable (OPENAI_API_KEY) or a secrets manager. Then check the usage "
+            "page for requests you do not recognize.\n"
+        )
+        return subject, body
+
+
+def shown(where: str) -> str:
+    """``where`` as it may go into an email and the audit log: control and format characters (line
+    breaks, bidirectional overrides) as "?", at most MAX_WHERE characters."""
+    return "".join("?" if unicodedata.category(c).startswith("C") else c for c in where[:MAX_WHERE])
