@@ -16,6 +16,14 @@ class InvalidApiKey(KeyplaneError):
     pass
 
 
+class TooManyFailures(KeyplaneError):
+    """Too many failed authentications from one address; ``retry_after_s`` until it may try."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class NotFound(KeyplaneError):
     pass
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from sqlalchemy import event
 
@@ -234,3 +235,29 @@ def test_the_key_cache_size_setting_bounds_each_gateways_cache(tmp_path: Path) -
     asyncio.run(use_all())
     assert auth.cached <= 8
     container.close()
+
+
+def test_an_address_guessing_keys_is_throttled_on_both_apis_while_working_keys_go_on(
+    kp: Keyplane,
+) -> None:
+    """BRIEF C8: failed authentications are throttled per source address, not per key."""
+    from keyplane.keys.authenticator import MAX_FAILURES
+
+    assert call(kp, kp.key).status_code == 200
+    guesses = [keyfmt.generate(KeyKind.PROJECT)[0] for _ in range(MAX_FAILURES)]
+    assert {call(kp, guess).status_code for guess in guesses} == {401}
+    refused = call(kp, keyfmt.generate(KeyKind.PROJECT)[0])
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "too_many_failed_attempts"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    admin = httpx.get(
+        kp.server.url + "/v1/organization/projects",
+        headers={"authorization": f"Bearer {keyfmt.generate(KeyKind.ADMIN)[0]}"},
+    )
+    assert admin.status_code == 429
+    with (
+        openai.OpenAI(base_url=kp.base_url, api_key=guesses[0], max_retries=0) as client,
+        pytest.raises(openai.RateLimitError),
+    ):
+        client.models.list()
+    assert call(kp, kp.key).status_code == 200  # the key that worked from here still does

@@ -4,6 +4,7 @@ checked against what happened."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,23 @@ from keyplane.errors import StoreUnavailable
 from kptest import ServerThread
 
 PROMPT = [{"role": "user", "content": "Say hello to keyplane"}]
+
+
+@pytest.fixture
+def clients() -> Iterator[list[openai.OpenAI]]:
+    """The SDK clients a test opened, closed after it (an open socket fails the run)."""
+    opened: list[openai.OpenAI] = []
+    yield opened
+    for c in opened:
+        c.close()
+
+
+def sdk(opened: list[openai.OpenAI], kp: Keyplane, key: str) -> openai.OpenAI:
+    c = openai.OpenAI(base_url=kp.base_url, api_key=key, max_retries=0)
+    opened.append(c)
+    return c
+
+
 CHAT = "chat.completions"
 
 
@@ -48,8 +66,10 @@ def total(text: str, name: str, **labels: str) -> float:
     )
 
 
-def test_metrics_count_what_was_served_and_billed(kp: Keyplane) -> None:
-    client = openai.OpenAI(base_url=kp.base_url, api_key=kp.key, max_retries=0)
+def test_metrics_count_what_was_served_and_billed(
+    kp: Keyplane, clients: list[openai.OpenAI]
+) -> None:
+    client = sdk(clients, kp, kp.key)
     for _ in range(3):
         client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=20)  # type: ignore[arg-type]
     with client.chat.completions.create(
@@ -61,7 +81,7 @@ def test_metrics_count_what_was_served_and_billed(kp: Keyplane) -> None:
         for _ in stream:
             pass
     client.embeddings.create(model="text-embedding-3-small", input="hello")
-    wrong = openai.OpenAI(base_url=kp.base_url, api_key="sk-not-a-keyplane-key", max_retries=0)
+    wrong = sdk(clients, kp, "sk-not-a-keyplane-key")
     with pytest.raises(openai.AuthenticationError):
         wrong.models.list()
     with pytest.raises(openai.NotFoundError):
@@ -136,7 +156,7 @@ def test_metrics_can_be_turned_off(tmp_path: Path, simulator: ServerThread) -> N
         kp.container.close()
 
 
-def test_metrics_show_an_unreachable_upstream(tmp_path: Path) -> None:
+def test_metrics_show_an_unreachable_upstream(tmp_path: Path, clients: list[openai.OpenAI]) -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
@@ -145,7 +165,7 @@ def test_metrics_show_an_unreachable_upstream(tmp_path: Path) -> None:
         upstreams=[UpstreamSettings(name="down", base_url=dead, models=["gpt-4o-mini"])],
     )  # fmt: skip
     try:
-        client = openai.OpenAI(base_url=kp.base_url, api_key=kp.key, max_retries=0)
+        client = sdk(clients, kp, kp.key)
         with pytest.raises(openai.APIStatusError) as raised:
             client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=5)  # type: ignore[arg-type]
         assert raised.value.status_code == 502
@@ -168,7 +188,7 @@ def ready(kp: Keyplane) -> httpx.Response:
 
 
 def test_readyz_turns_a_gateway_away_only_when_it_would_refuse_everything(
-    tmp_path: Path, simulator: ServerThread
+    tmp_path: Path, simulator: ServerThread, clients: list[openai.OpenAI]
 ) -> None:
     # Settlements stored only when the test says, and at most one kept unstored.
     kp = start_keyplane(
@@ -181,7 +201,7 @@ def test_readyz_turns_a_gateway_away_only_when_it_would_refuse_everything(
             "status": "ok", "serving": True, "database": "ok", "settlements_queued": 0,
             "settlements_queued_max": 1,
         }  # fmt: skip
-        client = openai.OpenAI(base_url=kp.base_url, api_key=kp.key, max_retries=0)
+        client = sdk(clients, kp, kp.key)
         client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=5)  # type: ignore[arg-type]
         full = ready(kp)
         assert full.status_code == 503
@@ -198,14 +218,14 @@ def test_readyz_turns_a_gateway_away_only_when_it_would_refuse_everything(
 
 @pytest.mark.postgres
 def test_an_unreachable_database_shows_but_keeps_the_gateway_in_service(
-    tmp_path: Path, simulator: ServerThread
+    tmp_path: Path, simulator: ServerThread, clients: list[openai.OpenAI]
 ) -> None:
     with fresh_postgres() as url:
         name = url.rsplit("/", 1)[1]
         kp = start_keyplane(
             tmp_path, simulator.url + "/v1", database_url=url, usage_flush_interval_s=3600.0
         )
-        client = openai.OpenAI(base_url=kp.base_url, api_key=kp.key, max_retries=0)
+        client = sdk(clients, kp, kp.key)
         try:
             client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=5)  # type: ignore[arg-type]
             with psycopg.connect(PG_ADMIN, autocommit=True) as admin:

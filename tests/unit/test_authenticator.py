@@ -358,3 +358,49 @@ async def test_a_flood_of_unknown_ids_does_not_evict_known_keys(
         await auth.authenticate(text, None)
     assert store.calls.count("get") == reads + 50
     assert auth.cached == 4
+
+
+async def test_failed_attempts_from_one_address_are_throttled_not_its_working_keys(
+    auth: KeyAuthenticator, service: KeyService, store: FakeKeyStore, clock: FrozenClock
+) -> None:
+    """Past MAX_FAILURES bad tokens in a window from one address, new tokens from it are refused
+    without a database read; a key that already worked keeps working from it, other addresses are
+    not affected, and the window's end lifts it."""
+    from keyplane.errors import TooManyFailures
+    from keyplane.keys.authenticator import FAILURE_WINDOW_S, MAX_FAILURES
+
+    _, working = create(service)
+    _, fresh = create(service)
+    await auth.authenticate(working, "203.0.113.9")
+    guesses = [forge("proj", f"guess{i:07d}", "s" * 32) for i in range(MAX_FAILURES + 1)]
+    for guess in guesses[:MAX_FAILURES]:
+        with pytest.raises(InvalidApiKey):
+            await auth.authenticate(guess, "203.0.113.9")
+    reads = store.calls.count("get")
+    with pytest.raises(TooManyFailures) as refused:
+        await auth.authenticate(guesses[-1], "203.0.113.9")
+    assert store.calls.count("get") == reads  # refused before any database read
+    assert 0 < refused.value.retry_after_s <= FAILURE_WINDOW_S
+    assert "203.0.113.9" in refused.value.message
+    with pytest.raises(TooManyFailures):  # a real key not verified here yet waits too
+        await auth.authenticate(fresh, "203.0.113.9")
+    assert (await auth.authenticate(working, "203.0.113.9")).org_id == ORG
+    assert (await auth.authenticate(fresh, "198.51.100.7")).org_id == ORG  # another address
+    clock.advance(FAILURE_WINDOW_S)
+    with pytest.raises(InvalidApiKey):  # the window is over: a guess is just wrong again
+        await auth.authenticate(guesses[-1], "203.0.113.9")
+
+
+async def test_a_revoked_key_in_use_is_not_counted_as_an_attack(
+    auth: KeyAuthenticator, service: KeyService
+) -> None:
+    from keyplane.keys.authenticator import MAX_FAILURES
+
+    key, secret = create(service)
+    service.revoke(ORG, key.id)
+    await auth.refresh()
+    for _ in range(MAX_FAILURES + 5):
+        with pytest.raises(InvalidApiKey, match="revoked"):
+            await auth.authenticate(secret, "203.0.113.9")
+    _, other = create(service)
+    assert (await auth.authenticate(other, "203.0.113.9")).org_id == ORG

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from keyplane.errors import (
     NotFound,
     SpendRefused,
     StoreUnavailable,
+    TooManyFailures,
 )
 
 # Money refusals: (code, x-keyplane-limit). No Retry-After and x-should-retry: false, because
@@ -69,6 +71,14 @@ def from_domain(exc: KeyplaneError) -> ApiError:
         return ApiError(429, exc.message, type="insufficient_quota", code=code, extra_headers=final)
     if isinstance(exc, InvalidApiKey):
         return ApiError(401, exc.message, code="invalid_api_key")
+    if isinstance(exc, TooManyFailures):
+        wait = str(max(1, math.ceil(exc.retry_after_s))).encode()
+        return ApiError(
+            429,
+            exc.message,
+            code="too_many_failed_attempts",
+            extra_headers=((b"retry-after", wait),),
+        )
     if isinstance(exc, StoreUnavailable):
         return ApiError(
             503,

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import math
 import os
 
 from keyplane import reads
 from keyplane.clock import Clock
-from keyplane.errors import InvalidApiKey
+from keyplane.errors import InvalidApiKey, TooManyFailures
 from keyplane.keys import format as keyfmt
 from keyplane.keys.models import ApiKey
 from keyplane.keys.ports import KeyStore
@@ -22,6 +23,15 @@ from keyplane.keys.ports import KeyStore
 # Key ids the store does not have are remembered apart, up to this many (then forgotten at once):
 # a flood of made-up ids costs database reads but never evicts a real key.
 MAX_UNKNOWN = 100_000
+
+# Failed authentications per client address (BRIEF C8: per source IP, not per key). Past
+# MAX_FAILURES in a FAILURE_WINDOW_S window, a token from that address that this process has not
+# verified already is refused at once (429), without a database read or an HMAC, until the window
+# ends. Keys that worked before keep working from it (an address may be shared: a NAT, an office),
+# and so do revoked and expired keys' usual 401s (a forgotten old key is not an attack).
+MAX_FAILURES = 50
+FAILURE_WINDOW_S = 60.0
+MAX_ADDRESSES = 100_000  # addresses remembered (then forgotten at once)
 
 
 def _invalid(token: str) -> InvalidApiKey:
@@ -56,6 +66,8 @@ class KeyAuthenticator:
         self._verified: dict[str, bytes] = {}
         self._by_digest: dict[bytes, str] = {}
         self._digest_key = os.urandom(32)
+        # Client address → (start of its window, failures in it).
+        self._failures: dict[str | None, tuple[float, int]] = {}
 
     async def authenticate(self, token: str, client_ip: str | None) -> ApiKey:
         """Returns the usable key for ``token``.
@@ -68,7 +80,12 @@ class KeyAuthenticator:
         seen = self._by_digest.get(digest)
         key = None if seen is None else self._cache.get(seen)
         if seen is None or key is None:  # new, or its key was dropped from the cache since
-            kid, key = await self._verify(token, digest)
+            self._check_failures(client_ip)
+            try:
+                kid, key = await self._verify(token, digest)
+            except InvalidApiKey:
+                self._failed(client_ip)
+                raise
         else:
             kid = seen
         now = self._clock.now()
@@ -104,6 +121,30 @@ class KeyAuthenticator:
             self._verified[key.id] = digest
             self._by_digest[digest] = key.id
         return key.id, key
+
+    def _check_failures(self, client_ip: str | None) -> None:
+        seen = self._failures.get(client_ip)
+        if seen is None or seen[1] < MAX_FAILURES:
+            return
+        left = seen[0] + FAILURE_WINDOW_S - self._clock.now()
+        if left <= 0:
+            del self._failures[client_ip]
+            return
+        raise TooManyFailures(
+            f"Too many requests with invalid API keys from {client_ip or 'your address'}: try "
+            f"again in {max(1, math.ceil(left))} s.",
+            retry_after_s=left,
+        )
+
+    def _failed(self, client_ip: str | None) -> None:
+        now = self._clock.now()
+        seen = self._failures.get(client_ip)
+        if seen is None or now - seen[0] >= FAILURE_WINDOW_S:
+            if len(self._failures) >= MAX_ADDRESSES:
+                self._failures.clear()
+            self._failures[client_ip] = (now, 1)
+        else:
+            self._failures[client_ip] = (seen[0], seen[1] + 1)
 
     def _forget_digest(self, kid: str) -> None:
         digest = self._verified.pop(kid, None)
