@@ -17,6 +17,7 @@ from keyplane.accounts.totp import SecondFactorService
 from keyplane.accounts.verification import OrgVerificationService
 from keyplane.app import KeyplaneApp, Lazy, behind_proxies
 from keyplane.audit.service import AuditService
+from keyplane.billing.payments import PaymentService, PurchaseBounds, SandboxProvider
 from keyplane.billing.promotion import TierPromoter
 from keyplane.billing.service import BillingService
 from keyplane.billing.watcher import SpendWatcher
@@ -52,6 +53,7 @@ from keyplane.storage.engine import make_engine
 from keyplane.storage.limits_repository import SqlAccessPolicyStore, SqlRateLimitStore
 from keyplane.storage.notify_repository import SqlOutbox
 from keyplane.storage.org_repository import SqlOrgStore, SqlVerificationStore
+from keyplane.storage.payment_repository import SqlPaymentStore
 from keyplane.storage.repositories import SqlAccountStore, SqlKeyStore, SqlUsageStore
 from keyplane.usage.pricing import PriceTable
 
@@ -73,6 +75,7 @@ class Container:
     promoter: TierPromoter
     rotation: RotationReminder
     leaks: LeakResponder
+    payments: PaymentService
     rate_limits: SqlRateLimitStore
     rate_limit_service: RateLimitService
     access_policies: SqlAccessPolicyStore
@@ -124,6 +127,12 @@ def build(
         money_store, billing, outbox, clock,
         owner_emails=accounts.owner_emails, org_name=accounts.org_name, audit=audit,
     )  # fmt: skip
+    low, high = settings.purchase_bounds()
+    payments = PaymentService(
+        SqlPaymentStore(engine), billing, SandboxProvider(), clock, audit=audit, outbox=outbox,
+        owner_emails=accounts.owner_emails, org_name=accounts.org_name, promote=promoter.check,
+        bounds=PurchaseBounds(low, high), max_recharge_attempts=settings.recharge_max_attempts,
+    )  # fmt: skip
     prices = PriceTable.load(settings.price_files)
     rate_limits = RateLimitService(rate_store, clock, tier_of=promoter.current, priced=prices.knows)
     return Container(
@@ -157,6 +166,7 @@ def build(
             org_name=accounts.org_name,
             project_name=accounts.project_name,
         ),
+        payments=payments,
         rate_limits=rate_store,
         rate_limit_service=rate_limits,
         access_policies=access_store,
@@ -259,6 +269,12 @@ def build_gateway(
     )
     dispatcher = EmailDispatcher(container.outbox, container.mailer, container.clock)
 
+    async def recharge() -> None:
+        """Auto-recharges the spend watcher asked for; this process's gateway sees the credit at
+        once (the others at their next poll)."""
+        if await asyncio.to_thread(container.payments.run_recharges):
+            await pipeline.money.refresh()
+
     async def after_flush() -> None:
         touched, states = pipeline.money.take_touched()
         if touched:
@@ -276,6 +292,7 @@ def build_gateway(
         background=[
             (s.email_dispatch_interval_s, dispatcher.run_once),
             (s.tier_check_interval_s, lambda: asyncio.to_thread(container.promoter.check_all)),
+            (s.recharge_check_interval_s, recharge),
             (
                 s.key_rotation_check_interval_s,
                 lambda: asyncio.to_thread(container.rotation.check_all),

@@ -23,6 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from keyplane.billing.amounts import parse_amount
 from keyplane.keys import network
 
 PLACEHOLDERS = {"", "changeme", "change-me", "secret", "placeholder", "xxx"}
@@ -126,6 +127,14 @@ class Settings(BaseSettings):
     )  # extra usage-tier TOML (limits/tiers.toml)
     initial_tier: str = "tier-1"  # the tier `keyplane init` gives the operator's organization
     rpm_burst_s: float = Field(default=10.0, ge=0)  # RPM burst: this many seconds' worth
+    # Credit purchases (BRIEF C5): the payment provider ("sandbox": the public test cards only,
+    # nothing leaves the process) and a purchase's bounds in dollars; declined auto-recharges are
+    # tried this many times (an hour apart) before auto-recharge is turned off.
+    payment_provider: Literal["sandbox"] = "sandbox"
+    credit_purchase_min: str = "5"
+    credit_purchase_max: str = "100"
+    recharge_max_attempts: int = Field(default=3, ge=1, le=10)
+    recharge_check_interval_s: float = Field(default=5.0, gt=0)
     tier_check_interval_s: float = Field(default=3600.0, gt=0)  # periodic tier promotion check
     hold_ttl_s: int = Field(default=900, ge=1)  # an orphaned hold is settled after this long
     sweep_interval_s: float = Field(default=5.0, gt=0)
@@ -155,6 +164,20 @@ class Settings(BaseSettings):
     def _cidrs(cls, value: list[str]) -> list[str]:
         network.parse_networks(value)  # (raises ValueError naming a bad one)
         return value
+
+    @model_validator(mode="after")
+    def _purchase_bounds(self) -> Settings:
+        low, high = self.purchase_bounds()
+        if not 0 < low <= high:
+            raise ValueError("credit_purchase_min must be above 0 and at most credit_purchase_max")
+        return self
+
+    def purchase_bounds(self) -> tuple[int, int]:
+        """(credit_purchase_min, credit_purchase_max) in micro-dollars, whole cents."""
+        return (
+            parse_amount(self.credit_purchase_min, cents=True),
+            parse_amount(self.credit_purchase_max, cents=True),
+        )
 
     @field_validator("leak_report_keys")
     @classmethod

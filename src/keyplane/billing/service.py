@@ -96,7 +96,7 @@ class BillingService:
                 on_created(lot)
             return lot
 
-        return self._idempotent(
+        return self.idempotent(
             f"grant:{org_id}", idempotency_key, params, run, _lot_json, _lot_from_json
         )
 
@@ -237,7 +237,7 @@ class BillingService:
             raise NotFound(f"No spend alert '{alert_id}'.")
 
     # -- idempotency ----------------------------------------------------------------------------
-    def _idempotent(
+    def idempotent(
         self, scope: str, key: str | None, params: dict[str, Any], run: Callable[[], T],
         dump: Callable[[T], str], load: Callable[[str], T],
     ) -> T:  # fmt: skip

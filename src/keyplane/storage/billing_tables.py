@@ -149,4 +149,7 @@ recharge_jobs = Table(
     Column("status", String(10), nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("finished_at", BigInteger),
+    Column("attempts", Integer, nullable=False, server_default="0"),  # declined charges so far
+    Column("due_at", BigInteger),  # NULL: at once; after a decline, when to try again
+    Column("claimed_until", BigInteger),  # the process working it holds it until then
 )

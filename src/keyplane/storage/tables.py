@@ -141,3 +141,4 @@ from keyplane.storage import billing_tables as _billing_tables  # noqa: E402,F40
 from keyplane.storage import limits_tables as _limits_tables  # noqa: E402,F401
 from keyplane.storage import notify_tables as _notify_tables  # noqa: E402,F401
 from keyplane.storage import org_tables as _org_tables  # noqa: E402,F401
+from keyplane.storage import payment_tables as _payment_tables  # noqa: E402,F401

@@ -1,0 +1,141 @@
+"""SQL implementation of the PaymentStore port."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, insert, or_, select, update
+
+from keyplane.billing.payments import Payment, PaymentMethod, RechargeJob
+from keyplane.storage.billing_tables import recharge_jobs
+from keyplane.storage.payment_tables import payment_methods, payments
+from keyplane.storage.repositories import SqlStore
+
+_METHOD_FIELDS = (
+    "id", "org_id", "provider", "provider_ref", "brand", "last4", "exp_month", "exp_year",
+    "is_default", "created_at",
+)  # fmt: skip
+
+
+def _method(row: Any) -> PaymentMethod:
+    return PaymentMethod(**{f: getattr(row, f) for f in _METHOD_FIELDS})
+
+
+def _payment(row: Any) -> Payment:
+    return Payment(
+        id=row.id, org_id=row.org_id, kind=row.kind, amount=row.amount_micro, status=row.status,
+        method_id=row.method_id, brand=row.brand, last4=row.last4, failure=row.failure,
+        lot_id=row.lot_id, created_at=row.created_at,
+    )  # fmt: skip
+
+
+class SqlPaymentStore(SqlStore):
+    def add_method(self, method: PaymentMethod) -> None:
+        with self._write() as conn:
+            if method.is_default:
+                conn.execute(
+                    update(payment_methods)
+                    .where(payment_methods.c.org_id == method.org_id)
+                    .values(is_default=False)
+                )
+            conn.execute(
+                insert(payment_methods).values(
+                    **{f: getattr(method, f) for f in _METHOD_FIELDS}, removed_at=None
+                )
+            )
+
+    def methods(self, org_id: str) -> Sequence[PaymentMethod]:
+        rows = self._read(
+            lambda c: c.execute(
+                select(payment_methods)
+                .where(payment_methods.c.org_id == org_id, payment_methods.c.removed_at.is_(None))
+                .order_by(payment_methods.c.is_default.desc(), payment_methods.c.created_at.desc())
+            ).all()
+        )
+        return [_method(r) for r in rows]
+
+    def remove_method(self, org_id: str, method_id: str, at: int) -> bool:
+        with self._write() as conn:
+            done = conn.execute(
+                update(payment_methods)
+                .where(
+                    payment_methods.c.org_id == org_id,
+                    payment_methods.c.id == method_id,
+                    payment_methods.c.removed_at.is_(None),
+                )
+                .values(removed_at=at, is_default=False)
+            )
+        return done.rowcount == 1
+
+    def set_default(self, org_id: str, method_id: str) -> bool:
+        mine = and_(payment_methods.c.org_id == org_id, payment_methods.c.removed_at.is_(None))
+        with self._write() as conn:
+            conn.execute(update(payment_methods).where(mine).values(is_default=False))
+            done = conn.execute(
+                update(payment_methods)
+                .where(mine, payment_methods.c.id == method_id)
+                .values(is_default=True)
+            )
+        return done.rowcount == 1
+
+    def add_payment(self, payment: Payment) -> None:
+        with self._write() as conn:
+            conn.execute(
+                insert(payments).values(
+                    id=payment.id, org_id=payment.org_id, kind=payment.kind,
+                    amount_micro=payment.amount, status=payment.status,
+                    method_id=payment.method_id, brand=payment.brand, last4=payment.last4,
+                    failure=payment.failure, lot_id=payment.lot_id, created_at=payment.created_at,
+                )
+            )  # fmt: skip
+
+    def payments(self, org_id: str, limit: int) -> Sequence[Payment]:
+        rows = self._read(
+            lambda c: c.execute(
+                select(payments)
+                .where(payments.c.org_id == org_id)
+                .order_by(payments.c.created_at.desc(), payments.c.id.desc())
+                .limit(limit)
+            ).all()
+        )
+        return [_payment(r) for r in rows]
+
+    def claim_recharges(self, now: int, lease_s: int) -> Sequence[RechargeJob]:
+        jobs = recharge_jobs.c
+        due = and_(
+            jobs.status == "pending",
+            or_(jobs.due_at.is_(None), jobs.due_at <= now),
+            or_(jobs.claimed_until.is_(None), jobs.claimed_until <= now),
+        )
+        claimed = []
+        with self._write() as conn:
+            for row in conn.execute(select(recharge_jobs).where(due).limit(50)).all():
+                # (claimed one by one, guarded by the same condition: another process's claim
+                # between the select and this update leaves it alone)
+                won = conn.execute(
+                    update(recharge_jobs)
+                    .where(due, jobs.id == row.id)
+                    .values(claimed_until=now + lease_s)
+                )
+                if won.rowcount == 1:
+                    claimed.append(RechargeJob(row.id, row.org_id, row.target_micro, row.attempts))
+        return claimed
+
+    def finish_recharge(self, job_id: str, status: str, at: int) -> None:
+        with self._write() as conn:
+            conn.execute(
+                update(recharge_jobs)
+                .where(recharge_jobs.c.id == job_id)
+                .values(status=status, finished_at=at, pending_org_id=None, claimed_until=None)
+            )
+
+    def retry_recharge(self, job_id: str, not_before: int) -> None:
+        with self._write() as conn:
+            conn.execute(
+                update(recharge_jobs)
+                .where(recharge_jobs.c.id == job_id)
+                .values(
+                    attempts=recharge_jobs.c.attempts + 1, due_at=not_before, claimed_until=None
+                )
+            )

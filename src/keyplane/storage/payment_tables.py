@@ -1,0 +1,43 @@
+"""Payment methods and the charges made with them (the billing history). A method keeps only what
+identifies it to a person (brand, last four digits, expiry) and to its provider (a reference):
+never a card number or a CVC."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, Integer, String, Table
+
+from keyplane.storage.tables import metadata
+
+payment_methods = Table(
+    "payment_methods",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(40), ForeignKey("organizations.id"), nullable=False),
+    Column("provider", String(20), nullable=False),
+    Column("provider_ref", String(255), nullable=False),
+    Column("brand", String(20), nullable=False),
+    Column("last4", String(4), nullable=False),
+    Column("exp_month", Integer, nullable=False),
+    Column("exp_year", Integer, nullable=False),
+    Column("is_default", Boolean, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("removed_at", BigInteger),
+    Index("ix_payment_methods_org_id", "org_id"),
+)
+
+payments = Table(
+    "payments",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(40), ForeignKey("organizations.id"), nullable=False),
+    Column("kind", String(10), nullable=False),  # purchase | recharge
+    Column("amount_micro", BigInteger, nullable=False),
+    Column("status", String(10), nullable=False),  # succeeded | failed
+    Column("method_id", String(40), nullable=False),
+    Column("brand", String(20), nullable=False),
+    Column("last4", String(4), nullable=False),
+    Column("failure", String(40)),  # the provider's decline code
+    Column("lot_id", String(40)),  # the credit lot a successful charge bought
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_payments_org_created", "org_id", "created_at"),
+)
