@@ -75,6 +75,13 @@ POLICY: Mapping[str, frozenset[Grant]] = {
     "project_spend_alerts.delete": OWNER,
     "billing_settings.retrieve": READ,
     "billing_settings.update": OWNER,
+    # payments (payment_routes): only Owners spend the organization's money
+    "payment_methods.list": READ,
+    "payment_methods.create": OWNER,
+    "payment_methods.update": OWNER,  # make it the default
+    "payment_methods.delete": OWNER,
+    "credit_purchases.create": OWNER,
+    "billing_history.list": READ,
     # rate limits and tiers (limits_routes)
     "project_rate_limits.list": READ,
     "project_rate_limits.update": OWNER,
