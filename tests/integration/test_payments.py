@@ -1,0 +1,200 @@
+"""Paying for credits (BRIEF C5) on each database: purchases charged once and credited exactly,
+declines recorded and never credited, and auto-recharge, off by default, that buys back up to the
+target when spend takes the balance under the threshold, and gives up after three declines."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from conftest import fresh_postgres, initialized, start_keyplane
+from keyplane import bootstrap
+from keyplane.audit.models import AuditFilter
+from keyplane.billing.payments import RECHARGE_RETRY_S, CardDetails, PaymentFailed
+from keyplane.clock import FrozenClock
+from keyplane.errors import IdempotencyKeyReused, InvalidRequest
+from keyplane.storage.notify_tables import email_outbox
+from kptest import ServerThread, wait_until
+
+VISA = CardDetails("4242 4242 4242 4242", 12, 2034, "123")
+DECLINED = CardDetails("4000000000000002", 12, 2034, "123")
+NO_FUNDS = CardDetails("4000000000009995", 12, 2034, "123")
+USD = 1_000_000
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    with contextlib.ExitStack() as stack:
+        yield "" if request.param == "sqlite" else stack.enter_context(fresh_postgres())
+
+
+def test_a_purchase_is_charged_once_and_credited_exactly(tmp_path: Path, database_url: str) -> None:
+    c, _, org, _, _ = initialized(tmp_path, "http://sim/v1", credit=0, database_url=database_url)
+    try:
+        with pytest.raises(InvalidRequest, match="Add a payment method first"):
+            c.payments.purchase(org.id, 10 * USD)
+        card = c.payments.add_method(org.id, VISA)
+        assert (card.brand, card.last4, card.is_default) == ("visa", "4242", True)
+        first = c.payments.purchase(org.id, 10 * USD, idempotency_key="order-1")
+        again = c.payments.purchase(org.id, 10 * USD, idempotency_key="order-1")  # a retry
+        assert again == first and first.status == "succeeded"
+        assert c.billing.balance(org.id).available == 10 * USD
+        with pytest.raises(IdempotencyKeyReused):
+            c.payments.purchase(org.id, 20 * USD, idempotency_key="order-1")
+        # A purchase is a non-refundable lot expiring a year later, counted toward usage tiers.
+        ((lot, note),) = c.billing.balance(org.id).lots
+        assert (lot.id, lot.kind, note) == (first.lot_id, "purchase", "Credit purchase")
+        assert lot.expires_at == lot.created_at + 365 * 86400
+        # Declined: in the history, never credited.
+        c.payments.add_method(org.id, DECLINED)  # (now the default)
+        with pytest.raises(PaymentFailed) as declined:
+            c.payments.purchase(org.id, 10 * USD)
+        assert declined.value.code == "card_declined"
+        assert declined.value.message == "Your card was declined."
+        paid = c.payments.purchase(org.id, 5 * USD, method_id=card.id)
+        assert c.billing.balance(org.id).available == 15 * USD
+        history = c.payments.history(org.id)
+        assert [(p.status, p.amount, p.last4) for p in history] == [
+            ("succeeded", 5 * USD, "4242"), ("failed", 10 * USD, "0002"),
+            ("succeeded", 10 * USD, "4242"),
+        ]  # fmt: skip
+        assert history[0] == paid and history[1].failure == "card_declined"
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize(
+    ("amount", "why"),
+    [(4_990_000, "between \\$5.00 and \\$100.00"), (100_010_000, "between"),
+     (10_005_000, "whole cents")],
+)  # fmt: skip
+def test_purchase_amounts_are_bounded_and_whole_cents(
+    tmp_path: Path, amount: int, why: str
+) -> None:
+    c, _, org, _, _ = initialized(tmp_path, "http://sim/v1", credit=0)
+    try:
+        c.payments.add_method(org.id, VISA)
+        with pytest.raises(InvalidRequest, match=why):
+            c.payments.purchase(org.id, amount)
+        assert c.payments.history(org.id) == []
+    finally:
+        c.close()
+
+
+def test_the_bounds_are_configurable(tmp_path: Path) -> None:
+    c, _, org, _, _ = initialized(
+        tmp_path, "http://sim/v1", credit=0, credit_purchase_min="1", credit_purchase_max="2500"
+    )
+    try:
+        c.payments.add_method(org.id, VISA)
+        assert c.payments.purchase(org.id, 1 * USD).status == "succeeded"
+        assert c.payments.purchase(org.id, 2500 * USD).status == "succeeded"
+    finally:
+        c.close()
+
+
+def test_only_what_identifies_a_card_is_stored(tmp_path: Path, database_url: str) -> None:
+    c, _, org, _, _ = initialized(tmp_path, "http://sim/v1", credit=0, database_url=database_url)
+    try:
+        c.payments.add_method(org.id, CardDetails("378282246310005", 1, 2031, "1234"))
+        with pytest.raises(InvalidRequest, match="test cards only"):  # a real card's number
+            c.payments.add_method(org.id, CardDetails("4532 0151 1283 0366", 1, 2031, "123"))
+        with c.engine.connect() as conn:
+            dump = "\n".join(
+                str(tuple(row))
+                for table in ("payment_methods", "payments", "audit_events")
+                for row in conn.exec_driver_sql(f"SELECT * FROM {table}")
+            )
+        assert "378282246310005" not in dump and "1234" not in dump
+        assert "0005" in dump and "amex" in dump
+    finally:
+        c.close()
+
+
+def outbox_subjects(c: bootstrap.Container) -> list[str]:
+    with c.engine.connect() as conn:
+        return [
+            r.subject
+            for r in conn.execute(select(email_outbox).order_by(email_outbox.c.created_at))
+        ]
+
+
+def test_declined_recharges_are_retried_hourly_then_auto_recharge_turns_off(
+    tmp_path: Path, database_url: str
+) -> None:
+    clock = FrozenClock()
+    c, _, org, _, _ = initialized(
+        tmp_path, "http://sim/v1", clock=clock, credit=2 * USD, database_url=database_url
+    )
+    try:
+        c.billing.update_settings(
+            org.id, auto_recharge=True, recharge_threshold=5 * USD, recharge_target=20 * USD
+        )
+        c.payments.add_method(org.id, NO_FUNDS)
+        assert c.money_store.enqueue_recharge("rj_1", org.id, 20 * USD, int(clock.now()))
+        assert c.payments.run_recharges() == 0  # declined: due again in an hour
+        assert c.payments.run_recharges() == 0  # (not before)
+        assert len(outbox_subjects(c)) == 1
+        for _ in range(2):
+            clock.advance(RECHARGE_RETRY_S)
+            c.payments.run_recharges()
+        assert not c.billing.settings(org.id).auto_recharge
+        assert c.billing.balance(org.id).available == 2 * USD
+        subjects = outbox_subjects(c)
+        assert len(subjects) == 3
+        assert (
+            subjects[0]
+            == "[keyplane] Auto-recharge for Acme failed: your card has insufficient funds"
+        )
+        assert subjects[-1] == "[keyplane] Auto-recharge for Acme is turned off: the payment failed"
+        assert [p.amount for p in c.payments.history(org.id)] == [18 * USD] * 3
+        page = c.audit.query(org.id, AuditFilter(event_types=["billing.auto_recharge_disabled"]))
+        assert len(page.events) == 1
+        # Nothing more to do, and a new job can be enqueued once it is turned on again.
+        clock.advance(RECHARGE_RETRY_S)
+        assert c.payments.run_recharges() == 0 and len(c.payments.history(org.id)) == 3
+        assert c.money_store.enqueue_recharge("rj_2", org.id, 20 * USD, int(clock.now()))
+    finally:
+        c.close()
+
+
+def test_spend_under_the_threshold_recharges_up_to_the_target(
+    tmp_path: Path, obedient_simulator: ServerThread
+) -> None:
+    """Through the gateway: a request takes the balance under $5; the gateway's own background
+    work buys back up to $20 with the default card, exactly, and requests go on."""
+    kp = start_keyplane(
+        tmp_path, obedient_simulator.url + "/v1", credit=5_100_000, recharge_check_interval_s=0.05
+    )
+    try:
+        c = kp.container
+        c.payments.add_method(kp.org.id, VISA)
+        c.billing.update_settings(
+            kp.org.id, auto_recharge=True, recharge_threshold=5 * USD, recharge_target=20 * USD
+        )
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 16_000}  # fmt: skip
+        r = httpx.post(
+            kp.base_url + "/chat/completions", json=body,
+            headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        (record,) = kp.usage(expect=1)
+        assert 5_100_000 - record.cost_micro_usd < 5 * USD
+        wait_until(lambda: c.payments.history(kp.org.id), timeout=10)
+        (payment,) = c.payments.history(kp.org.id)
+        spent = record.cost_micro_usd
+        assert payment.kind == "recharge" and payment.status == "succeeded"
+        # Up to the target, rounded up to a cent.
+        assert payment.amount == -(-(20 * USD - (5_100_000 - spent)) // 10_000) * 10_000
+        assert c.billing.balance(kp.org.id).available == 5_100_000 - spent + payment.amount
+        page = c.audit.query(kp.org.id, AuditFilter(event_types=["billing.auto_recharged"]))
+        assert len(page.events) == 1
+    finally:
+        kp.server.stop()
+        kp.container.close()
