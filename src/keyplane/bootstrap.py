@@ -44,6 +44,7 @@ from keyplane.limits.service import RateLimitService
 from keyplane.limits.tiers import TierTable
 from keyplane.notify.dispatcher import EmailDispatcher
 from keyplane.notify.smtp import SmtpMailer
+from keyplane.notify.webhooks import WebhookDispatcher, Webhooks
 from keyplane.sealing import derive_key
 from keyplane.storage import migrate
 from keyplane.storage.audit_repository import SqlAuditLog
@@ -55,7 +56,9 @@ from keyplane.storage.notify_repository import SqlOutbox
 from keyplane.storage.org_repository import SqlOrgStore, SqlVerificationStore
 from keyplane.storage.payment_repository import SqlPaymentStore
 from keyplane.storage.repositories import SqlAccountStore, SqlKeyStore, SqlUsageStore
+from keyplane.storage.webhook_repository import SqlWebhookStore
 from keyplane.usage.pricing import PriceTable
+from keyplane.webhook_http import HttpPoster
 
 if TYPE_CHECKING:
     import httpx
@@ -76,6 +79,8 @@ class Container:
     rotation: RotationReminder
     leaks: LeakResponder
     payments: PaymentService
+    webhooks: Webhooks
+    webhook_store: SqlWebhookStore
     rate_limits: SqlRateLimitStore
     rate_limit_service: RateLimitService
     access_policies: SqlAccessPolicyStore
@@ -123,15 +128,20 @@ def build(
     second_factor = SecondFactorService(
         auth_store, clock, encryption_key=settings.secret_bytes("encryption_key")
     )
+    webhook_store = SqlWebhookStore(
+        engine, key=derive_key(settings.secret_bytes("encryption_key"), "keyplane/webhooks/v1")
+    )
+    webhooks = Webhooks(webhook_store, clock)
     promoter = TierPromoter(
-        money_store, billing, outbox, clock,
-        owner_emails=accounts.owner_emails, org_name=accounts.org_name, audit=audit,
+        money_store, billing, outbox, clock, owner_emails=accounts.owner_emails,
+        org_name=accounts.org_name, audit=audit, publish=webhooks.publish,
     )  # fmt: skip
     low, high = settings.purchase_bounds()
     payments = PaymentService(
         SqlPaymentStore(engine), billing, SandboxProvider(), clock, audit=audit, outbox=outbox,
         owner_emails=accounts.owner_emails, org_name=accounts.org_name, promote=promoter.check,
         bounds=PurchaseBounds(low, high), max_recharge_attempts=settings.recharge_max_attempts,
+        publish=webhooks.publish,
     )  # fmt: skip
     prices = PriceTable.load(settings.price_files)
     rate_limits = RateLimitService(rate_store, clock, tier_of=promoter.current, priced=prices.knows)
@@ -165,8 +175,11 @@ def build(
             owner_emails=accounts.owner_emails,
             org_name=accounts.org_name,
             project_name=accounts.project_name,
+            publish=webhooks.publish,
         ),
         payments=payments,
+        webhooks=webhooks,
+        webhook_store=webhook_store,
         rate_limits=rate_store,
         rate_limit_service=rate_limits,
         access_policies=access_store,
@@ -266,8 +279,14 @@ def build_gateway(
         org_name=container.accounts.org_name,
         project_name=container.accounts.project_name,
         public_url=s.public_url,
+        publish=container.webhooks.publish,
     )
     dispatcher = EmailDispatcher(container.outbox, container.mailer, container.clock)
+    hooks = WebhookDispatcher(
+        container.webhook_store,
+        HttpPoster(allow_private=s.webhook_allow_private_addresses),
+        container.clock,
+    )
 
     async def recharge() -> None:
         """Auto-recharges the spend watcher asked for; this process's gateway sees the credit at
@@ -291,6 +310,7 @@ def build_gateway(
         metrics_allowed_ips=s.metrics_allowed_ips,
         background=[
             (s.email_dispatch_interval_s, dispatcher.run_once),
+            (s.webhook_dispatch_interval_s, hooks.run_once),
             (s.tier_check_interval_s, lambda: asyncio.to_thread(container.promoter.check_all)),
             (s.recharge_check_interval_s, recharge),
             (

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     # Who may read /metrics (Prometheus): CIDRs, matched against the caller's address as the IP
     # allowlists see it (through trusted_proxies); an empty list turns /metrics off.
     metrics_allowed_ips: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    # Webhook deliveries to addresses on this machine or private networks (refused by default).
+    webhook_allow_private_addresses: bool = False
+    webhook_dispatch_interval_s: float = Field(default=2.0, gt=0)
     # Secret scanning reports (POST /v1/secret_scanning/reports, GitHub's partner program): the
     # signers' ECDSA P-256 public keys, listed at this URL and/or given here (identifier → PEM).
     # Both empty: reports are not taken.

@@ -63,6 +63,7 @@ BODIES: dict[str, Body] = {
     "project_service_accounts.create": {"name": "matrix"},
     "project_users.create": lambda ids: {"user_id": ids["outsider"], "role": "member"},
     "project_users.update": {"role": "owner"},
+    "webhooks.create": {"url": "https://hooks.example/keyplane", "events": ["api_key.leaked"]},
 }
 _counter = itertools.count()
 
@@ -113,6 +114,9 @@ def fresh_ids(env: OrgEnv, route: APIRoute) -> dict[str, str]:
         "grant_id": container.billing.grant(org_id, 1000, note="matrix").id,
         "alert_id": alert.id,
         "rate_limit_id": "rl-gpt-4o-mini",
+        "webhook_id": container.webhooks.create(
+            org_id, "https://hooks.example/keyplane", ["api_key.leaked"]
+        )[0].id,
     }
 
 

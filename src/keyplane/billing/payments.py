@@ -27,6 +27,7 @@ from keyplane.clock import Clock
 from keyplane.errors import InvalidRequest, KeyplaneError, NotFound
 from keyplane.ids import new_id, ordered_id
 from keyplane.notify.ports import Outbox
+from keyplane.notify.webhooks import Publish, publish_nowhere
 
 MAX_METHODS = 10  # saved payment methods per organization
 RECHARGE_RETRY_S = 3600  # a declined auto-recharge is tried again this much later
@@ -263,7 +264,9 @@ class PaymentService:
         promote: Callable[[str], object],
         bounds: PurchaseBounds = PurchaseBounds(),
         max_recharge_attempts: int = 3,
+        publish: Publish = publish_nowhere,
     ) -> None:
+        self._publish = publish
         self._store = store
         self._billing = billing
         self._provider = provider
@@ -443,6 +446,13 @@ class PaymentService:
             )  # fmt: skip
         else:
             self._store.retry_recharge(job.id, now + RECHARGE_RETRY_S)
+        self._publish(
+            job.org_id,
+            "billing.auto_recharge_disabled" if last else "billing.auto_recharge_failed",
+            {"amount_micro_usd": amount, "failure_code": code, "attempts": attempts,
+             "next_attempt_at": None if last else now + RECHARGE_RETRY_S},
+            f"recharge:{job.id}:{attempts}",
+        )  # fmt: skip
         recipients = list(self._owner_emails(job.org_id))
         if recipients:
             name = self._org_name(job.org_id)

@@ -13,6 +13,7 @@ from keyplane.billing.service import BillingService
 from keyplane.clock import Clock
 from keyplane.limits.tiers import Tier, TierProgress, TierTable
 from keyplane.notify.ports import Outbox
+from keyplane.notify.webhooks import Publish, publish_nowhere
 
 SYSTEM = Actor(ActorType.SYSTEM, "keyplane")
 
@@ -28,8 +29,10 @@ class TierPromoter:
         owner_emails: Callable[[str], Sequence[str]],
         org_name: Callable[[str], str],
         audit: AuditService | None = None,
+        publish: Publish = publish_nowhere,
     ) -> None:
         self._audit = audit
+        self._publish = publish
         self._store = store
         self._billing = billing
         self._outbox = outbox
@@ -68,6 +71,12 @@ class TierPromoter:
                 org_id, SYSTEM, "organization.tier_promoted", target_id=org_id,
                 details={"before": {"tier": current.id}, "after": {"tier": qualified.id}},
             )  # fmt: skip
+        self._publish(
+            org_id, "organization.tier_promoted",
+            {"tier": qualified.id, "previous_tier": current.id,
+             "monthly_usage_limit_micro_usd": qualified.monthly_usage_limit_micro_usd},
+            f"tier:{org_id}:{qualified.id}",
+        )  # fmt: skip
         recipients = list(self._owner_emails(org_id))
         if recipients:
             limit = qualified.monthly_usage_limit_micro_usd // 1_000_000

@@ -15,6 +15,7 @@ from keyplane.billing.wallet import OrgMoney
 from keyplane.clock import Clock
 from keyplane.ids import new_id
 from keyplane.notify.ports import Outbox
+from keyplane.notify.webhooks import Publish, publish_nowhere
 from keyplane.usage.pricing import format_usd
 
 
@@ -33,8 +34,10 @@ class SpendWatcher:
         org_name: Callable[[str], str],
         project_name: Callable[[str, str], str] = lambda org_id, project_id: project_id,
         public_url: str,
+        publish: Publish = publish_nowhere,
     ) -> None:
         self._store = store
+        self._publish = publish
         self._outbox = outbox
         self._clock = clock
         self._owner_emails = owner_emails
@@ -72,6 +75,12 @@ class SpendWatcher:
             if alert.project_id
             else name
         )
+        self._publish(
+            alert.org_id, "spend_alert.triggered",
+            {"spend_alert_id": alert.id, "project_id": alert.project_id, "period": period,
+             "threshold_micro_usd": alert.threshold, "spend_micro_usd": spend},
+            f"spend_alert:{alert.id}:{period}",
+        )  # fmt: skip
         recipients = alert.recipients or tuple(self._owner_emails(alert.org_id))
         if not recipients:
             return 0

@@ -18,6 +18,7 @@ from keyplane.keys.format import KeyKind, key_id, parse, secret_matches
 from keyplane.keys.models import ApiKey
 from keyplane.keys.ports import KeyStore
 from keyplane.notify.ports import Outbox
+from keyplane.notify.webhooks import Publish, publish_nowhere
 
 MAX_WHERE = 500  # characters of "where it was found" kept (a URL, a file and line)
 
@@ -34,8 +35,10 @@ class LeakResponder:
         owner_emails: Callable[[str], Sequence[str]],
         org_name: Callable[[str], str],
         project_name: Callable[[str, str], str],
+        publish: Publish = publish_nowhere,
     ) -> None:
         self._store = store
+        self._publish = publish
         self._pepper = pepper
         self._audit = audit
         self._outbox = outbox
@@ -69,6 +72,13 @@ class LeakResponder:
             key.org_id, actor, "api_key.deleted", target_id=key.id, project_id=key.project_id,
             details={"data": {"name": key.name, "redacted_value": key.redacted_value},
                      "reason": f"found by {how} at {where}"},
+        )  # fmt: skip
+        self._publish(
+            key.org_id, "api_key.leaked",
+            {"api_key_id": key.id, "name": key.name, "redacted_value": key.redacted_value,
+             "project_id": key.project_id, "found_at": where, "found_by": how,
+             "revoked_at": int(now)},
+            f"leaked:{key.id}",
         )  # fmt: skip
         recipients = list(self._owner_emails(key.org_id))
         if recipients:

@@ -26,6 +26,7 @@ from keyplane.web import (
     project_routes,
     usage_api_routes,
     verification_routes,
+    webhook_routes,
 )
 from keyplane.web.auth import AdminContext, AdminServices, Authenticator
 
@@ -121,4 +122,5 @@ def create_admin_app(
     app.include_router(verification_routes.router)
     app.include_router(usage_api_routes.router)
     app.include_router(leak_reports.router)
+    app.include_router(webhook_routes.router)
     return app

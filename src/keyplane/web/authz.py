@@ -82,6 +82,10 @@ POLICY: Mapping[str, frozenset[Grant]] = {
     "payment_methods.delete": OWNER,
     "credit_purchases.create": OWNER,
     "billing_history.list": READ,
+    # webhooks (webhook_routes)
+    "webhooks.list": READ,
+    "webhooks.create": OWNER,
+    "webhooks.delete": OWNER,
     # rate limits and tiers (limits_routes)
     "project_rate_limits.list": READ,
     "project_rate_limits.update": OWNER,

@@ -1,0 +1,204 @@
+"""Webhooks (BRIEF C6, C7): an organization's endpoints get a signed POST for the events they
+subscribe to (a spend threshold crossed, a leaked key revoked, an auto-recharge that failed, a
+usage tier reached), through an outbox as emails are: each event is stored once per endpoint
+(a dedupe key), delivered by the gateways' background work with retries, never lost to a restart.
+
+A delivery is ``{"id", "object": "event", "type", "created", "data"}``, signed as Stripe signs:
+``Keyplane-Signature: t=<unix time>,v1=<hex HMAC-SHA-256(secret, "<t>.<body>")>`` with the
+endpoint's secret (``whsec_…``, shown once; kept sealed, as keyplane must read it to sign). A 2xx
+answer delivers it; anything else, or no answer in 10 s, is tried again after 1, 5, 30 minutes,
+2, 5, 10 hours, then daily, for three days."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from keyplane.clock import Clock
+from keyplane.errors import InvalidRequest, NotFound
+from keyplane.ids import new_id, ordered_id
+
+log = logging.getLogger("keyplane.webhooks")
+
+EVENT_TYPES = {
+    "spend_alert.triggered": "spend this month crossed a notification threshold",
+    "api_key.leaked": "a key found in public was revoked",
+    "billing.auto_recharge_failed": "an auto-recharge payment was declined",
+    "billing.auto_recharge_disabled": "auto-recharge was turned off after failed payments",
+    "organization.tier_promoted": "the organization reached a higher usage tier",
+}
+MAX_ENDPOINTS = 16
+MAX_URL = 2000
+RETRIES_S = (60, 300, 1800, 7200, 18000, 36000, 86400, 86400, 86400)  # then it gives up
+LEASE_S = 60
+TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEndpoint:
+    id: str
+    org_id: str
+    url: str
+    events: tuple[str, ...]
+    description: str
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    id: str
+    endpoint_id: str
+    url: str
+    secret: str
+    event_type: str
+    body: str  # the event, as JSON
+    attempts: int
+
+
+class WebhookStore(Protocol):
+    def add_endpoint(self, endpoint: WebhookEndpoint, secret: str) -> None: ...
+
+    def endpoints(self, org_id: str) -> Sequence[WebhookEndpoint]: ...
+
+    def delete_endpoint(self, org_id: str, endpoint_id: str) -> bool:
+        """Removes it, and its deliveries not made yet."""
+        ...
+
+    def enqueue(self, org_id: str, dedupe_key: str, event_type: str, body: str, at: int) -> int:
+        """Stores a delivery of ``body`` for each of the organization's endpoints subscribed to
+        ``event_type``, unless one with this dedupe key exists for it; returns how many."""
+        ...
+
+    def claim_due(self, now: int, limit: int, lease_s: int) -> Sequence[Delivery]: ...
+
+    def delivered(self, delivery_id: str, at: int, status: int) -> None: ...
+
+    def failed(self, delivery_id: str, at: int, error: str, retry_at: int | None) -> None:
+        """Counts a failed attempt; ``retry_at`` None: given up."""
+        ...
+
+
+# Queues an event for an organization's webhooks: (org_id, type, data, dedupe key) → how many.
+Publish = Callable[[str, str, Mapping[str, Any], str], int]
+
+
+def publish_nowhere(org_id: str, event_type: str, data: Mapping[str, Any], dedupe: str) -> int:
+    return 0
+
+
+# POST ``body`` to ``url`` with ``headers``; returns the status, or raises OSError (no answer).
+Poster = Callable[[str, bytes, Mapping[str, str]], Awaitable[int]]
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if len(url) > MAX_URL or parts.scheme not in ("https", "http") or not parts.hostname:
+        raise InvalidRequest("A webhook URL is an http:// or https:// address.", param="url")
+    if parts.username or parts.password:
+        raise InvalidRequest("A webhook URL carries no user name or password.", param="url")
+    return url
+
+
+class Webhooks:
+    def __init__(self, store: WebhookStore, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    def create(
+        self, org_id: str, url: str, events: Sequence[str], description: str = ""
+    ) -> tuple[WebhookEndpoint, str]:
+        """A new endpoint and its signing secret (shown once). Raises InvalidRequest."""
+        check_url(url)
+        unknown = sorted(set(events) - set(EVENT_TYPES))
+        if not events or unknown:
+            raise InvalidRequest(
+                f"Unknown event types {unknown}: choose from {sorted(EVENT_TYPES)}."
+                if unknown
+                else "Subscribe to at least one event type.",
+                param="events",
+            )
+        if len(description) > 200:
+            raise InvalidRequest("A description has at most 200 characters.", param="description")
+        if len(self._store.endpoints(org_id)) >= MAX_ENDPOINTS:
+            raise InvalidRequest(f"An organization has at most {MAX_ENDPOINTS} webhooks.")
+        endpoint = WebhookEndpoint(
+            id=new_id("we_"), org_id=org_id, url=url, events=tuple(sorted(set(events))),
+            description=description, created_at=int(self._clock.now()),
+        )  # fmt: skip
+        secret = "whsec_" + secrets.token_urlsafe(32)
+        self._store.add_endpoint(endpoint, secret)
+        return endpoint, secret
+
+    def endpoints(self, org_id: str) -> Sequence[WebhookEndpoint]:
+        return self._store.endpoints(org_id)
+
+    def delete(self, org_id: str, endpoint_id: str) -> WebhookEndpoint:
+        found = next((e for e in self._store.endpoints(org_id) if e.id == endpoint_id), None)
+        if found is None or not self._store.delete_endpoint(org_id, endpoint_id):
+            raise NotFound(f"No webhook '{endpoint_id}'.", param="webhook_id")
+        return found
+
+    def publish(self, org_id: str, event_type: str, data: Mapping[str, Any], dedupe: str) -> int:
+        """Queues the event for the organization's subscribed endpoints, once per ``dedupe``.
+        Blocking; raises StoreUnavailable."""
+        assert event_type in EVENT_TYPES, event_type
+        now = int(self._clock.now())
+        event = {"id": ordered_id("evt_"), "object": "event", "type": event_type,
+                 "created": now, "organization_id": org_id, "data": dict(data)}  # fmt: skip
+        return self._store.enqueue(org_id, dedupe, event_type, json.dumps(event), now)
+
+
+class WebhookDispatcher:
+    def __init__(
+        self, store: WebhookStore, post: Poster, clock: Clock, *, batch_size: int = 20
+    ) -> None:
+        self._store = store
+        self._post = post
+        self._clock = clock
+        self._batch_size = batch_size
+
+    async def run_once(self) -> int:
+        """Delivers the due events (concurrently, each within TIMEOUT_S); returns how many were
+        delivered. Raises StoreUnavailable."""
+        now = int(self._clock.now())
+        due = await asyncio.to_thread(self._store.claim_due, now, self._batch_size, LEASE_S)
+        results = await asyncio.gather(*(self._deliver(d) for d in due))
+        return sum(results)
+
+    async def _deliver(self, d: Delivery) -> int:
+        body = d.body.encode()
+        now = int(self._clock.now())
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "keyplane-webhooks/1",
+            "keyplane-signature": sign(d.secret, now, body),
+            "keyplane-event-type": d.event_type,
+        }
+        error: str
+        try:
+            async with asyncio.timeout(TIMEOUT_S):
+                status = await self._post(d.url, body, headers)
+        except (OSError, TimeoutError) as exc:
+            error = f"no answer: {type(exc).__name__}: {exc}"[:500]
+        else:
+            if 200 <= status < 300:
+                await asyncio.to_thread(self._store.delivered, d.id, int(self._clock.now()), status)
+                return 1
+            error = f"HTTP {status}"
+        retry_at = now + RETRIES_S[d.attempts] if d.attempts < len(RETRIES_S) else None
+        log.warning("webhook %s to %s failed (%s)", d.id, d.url, error)
+        await asyncio.to_thread(self._store.failed, d.id, int(self._clock.now()), error, retry_at)
+        return 0

@@ -1,0 +1,133 @@
+"""SQL implementation of the WebhookStore port. Endpoint secrets are stored sealed (Fernet, a key
+derived from the operator's encryption key): keyplane must read them back to sign."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from cryptography.fernet import Fernet
+from sqlalchemy import Engine, and_, delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from keyplane.ids import new_id
+from keyplane.notify.webhooks import Delivery, WebhookEndpoint
+from keyplane.storage.repositories import SqlStore
+from keyplane.storage.webhook_tables import webhook_deliveries as wd
+from keyplane.storage.webhook_tables import webhook_endpoints as we
+
+
+def _endpoint(row: Any) -> WebhookEndpoint:
+    return WebhookEndpoint(
+        row.id, row.org_id, row.url, tuple(json.loads(row.events)), row.description, row.created_at
+    )
+
+
+class SqlWebhookStore(SqlStore):
+    def __init__(self, engine: Engine, *, key: bytes) -> None:
+        super().__init__(engine)
+        self._fernet = Fernet(key)
+
+    def add_endpoint(self, endpoint: WebhookEndpoint, secret: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                insert(we).values(
+                    id=endpoint.id, org_id=endpoint.org_id, url=endpoint.url,
+                    events=json.dumps(list(endpoint.events)), description=endpoint.description,
+                    secret=self._fernet.encrypt(secret.encode()).decode("ascii"),
+                    created_at=endpoint.created_at,
+                )
+            )  # fmt: skip
+
+    def endpoints(self, org_id: str) -> Sequence[WebhookEndpoint]:
+        rows = self._read(
+            lambda c: c.execute(
+                select(we).where(we.c.org_id == org_id).order_by(we.c.created_at, we.c.id)
+            ).all()
+        )
+        return [_endpoint(r) for r in rows]
+
+    def delete_endpoint(self, org_id: str, endpoint_id: str) -> bool:
+        with self._write() as conn:
+            done = conn.execute(delete(we).where(we.c.org_id == org_id, we.c.id == endpoint_id))
+            conn.execute(
+                delete(wd).where(wd.c.endpoint_id == endpoint_id, wd.c.delivered_at.is_(None))
+            )
+        return done.rowcount == 1
+
+    def enqueue(self, org_id: str, dedupe_key: str, event_type: str, body: str, at: int) -> int:
+        subscribed = [
+            e.id for e in self.endpoints(org_id) if event_type in e.events
+        ]  # (few per organization)
+        queued = 0
+        for endpoint_id in subscribed:
+            try:
+                with self._write() as conn:
+                    conn.execute(
+                        insert(wd).values(
+                            id=new_id("whd_"), endpoint_id=endpoint_id, org_id=org_id,
+                            dedupe_key=dedupe_key[:200], event_type=event_type, body=body,
+                            created_at=at, attempts=0, next_attempt_at=at,
+                        )
+                    )  # fmt: skip
+                queued += 1
+            except IntegrityError:
+                pass  # queued already (another process, or a replay): once per endpoint
+        return queued
+
+    def claim_due(self, now: int, limit: int, lease_s: int) -> Sequence[Delivery]:
+        due = and_(
+            wd.c.next_attempt_at.is_not(None),
+            wd.c.next_attempt_at <= now,
+            or_(wd.c.lease_until.is_(None), wd.c.lease_until <= now),
+        )
+        claimed = []
+        with self._write() as conn:
+            rows = conn.execute(
+                select(wd, we.c.url, we.c.secret)
+                .join(we, we.c.id == wd.c.endpoint_id)
+                .where(due)
+                .order_by(wd.c.next_attempt_at)
+                .limit(limit)
+            ).all()
+            for row in rows:
+                won = conn.execute(
+                    update(wd).where(due, wd.c.id == row.id).values(lease_until=now + lease_s)
+                )
+                if won.rowcount == 1:
+                    secret = self._fernet.decrypt(row.secret.encode("ascii")).decode()
+                    claimed.append(
+                        Delivery(
+                            row.id,
+                            row.endpoint_id,
+                            row.url,
+                            secret,
+                            row.event_type,
+                            row.body,
+                            row.attempts,
+                        )
+                    )
+        return claimed
+
+    def delivered(self, delivery_id: str, at: int, status: int) -> None:
+        with self._write() as conn:
+            conn.execute(
+                update(wd)
+                .where(wd.c.id == delivery_id)
+                .values(
+                    delivered_at=at, next_attempt_at=None, lease_until=None,
+                    attempts=wd.c.attempts + 1, last_error=None,
+                )
+            )  # fmt: skip
+
+    def failed(self, delivery_id: str, at: int, error: str, retry_at: int | None) -> None:
+        with self._write() as conn:
+            conn.execute(
+                update(wd)
+                .where(wd.c.id == delivery_id)
+                .values(
+                    attempts=wd.c.attempts + 1, next_attempt_at=retry_at, lease_until=None,
+                    last_error=error[:500],
+                )
+            )  # fmt: skip
