@@ -108,6 +108,9 @@ class SqlPaymentStore(SqlStore):
             or_(jobs.due_at.is_(None), jobs.due_at <= now),
             or_(jobs.claimed_until.is_(None), jobs.claimed_until <= now),
         )
+        # (A read first, as for webhooks: nearly always nothing is due.)
+        if not self._read(lambda c: c.execute(select(jobs.id).where(due).limit(1)).first()):
+            return []
         claimed = []
         with self._write() as conn:
             for row in conn.execute(select(recharge_jobs).where(due).limit(50)).all():
