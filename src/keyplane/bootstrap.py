@@ -35,6 +35,7 @@ from keyplane.gateway.ratelimits import RateGuard
 from keyplane.gateway.transport import UpstreamClient
 from keyplane.gateway.upstreams import Upstream, UpstreamRouter
 from keyplane.keys.access import AccessPolicyService
+from keyplane.keys.anomalies import AnomalyWatcher
 from keyplane.keys.authenticator import KeyAuthenticator
 from keyplane.keys.leaks import LeakResponder
 from keyplane.keys.rotation import RotationReminder
@@ -47,6 +48,7 @@ from keyplane.notify.smtp import SmtpMailer
 from keyplane.notify.webhooks import WebhookDispatcher, Webhooks
 from keyplane.sealing import derive_key
 from keyplane.storage import migrate
+from keyplane.storage.activity_repository import SqlActivityStore
 from keyplane.storage.audit_repository import SqlAuditLog
 from keyplane.storage.auth_repository import SqlAuthStore
 from keyplane.storage.billing_repository import SqlMoneyStore
@@ -80,6 +82,7 @@ class Container:
     leaks: LeakResponder
     payments: PaymentService
     webhooks: Webhooks
+    anomalies: AnomalyWatcher
     webhook_store: SqlWebhookStore
     rate_limits: SqlRateLimitStore
     rate_limit_service: RateLimitService
@@ -180,6 +183,16 @@ def build(
         payments=payments,
         webhooks=webhooks,
         webhook_store=webhook_store,
+        anomalies=AnomalyWatcher(
+            SqlActivityStore(engine),
+            key_store,
+            audit,
+            outbox,
+            clock,
+            owner_emails=accounts.owner_emails,
+            org_name=accounts.org_name,
+            publish=webhooks.publish,
+        ),
         rate_limits=rate_store,
         rate_limit_service=rate_limits,
         access_policies=access_store,
@@ -288,6 +301,13 @@ def build_gateway(
         container.clock,
     )
 
+    async def anomalies() -> None:
+        """Keys' new networks and spend spikes, from what the settlements stored since the last
+        look (a database outage loses that minute's activity, never a request's record)."""
+        addresses, spend = pipeline.money.meter.take_activity()
+        if addresses or spend:
+            await asyncio.to_thread(container.anomalies.check, addresses, spend)
+
     async def recharge() -> None:
         """Auto-recharges the spend watcher asked for; this process's gateway sees the credit at
         once (the others at their next poll)."""
@@ -311,6 +331,7 @@ def build_gateway(
         background=[
             (s.email_dispatch_interval_s, dispatcher.run_once),
             (s.webhook_dispatch_interval_s, hooks.run_once),
+            (s.anomaly_check_interval_s, anomalies),
             (s.tier_check_interval_s, lambda: asyncio.to_thread(container.promoter.check_all)),
             (s.recharge_check_interval_s, recharge),
             (

@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     # Webhook deliveries to addresses on this machine or private networks (refused by default).
     webhook_allow_private_addresses: bool = False
     webhook_dispatch_interval_s: float = Field(default=2.0, gt=0)
+    anomaly_check_interval_s: float = Field(default=60.0, gt=0)  # keys' new networks, spikes
     # Secret scanning reports (POST /v1/secret_scanning/reports, GitHub's partner program): the
     # signers' ECDSA P-256 public keys, listed at this URL and/or given here (identifier → PEM).
     # Both empty: reports are not taken.

@@ -16,6 +16,8 @@ LATENCY_BOUNDS_MS = (
     5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000,
 )  # fmt: skip
 
+MAX_TRACKED = 100_000  # keys' addresses, and keys' hours of spend, kept between two takes
+
 # The fields of a ``settled`` row.
 REQUESTS, INPUT, CACHED_INPUT, OUTPUT, COST, ESTIMATED = range(6)
 
@@ -29,6 +31,10 @@ class Meter:
         # one above every bound, then the sum of their latencies in ms]
         self.latency: dict[str, list[int]] = {}
         self.errors: dict[tuple[int, str], int] = {}  # (status, code) → answers
+        # Each key's activity since ``take_activity`` (keys/anomalies.py reads it): the client
+        # addresses it was used from, and what it spent per hour.
+        self.key_addresses: dict[tuple[str, str, str], None] = {}  # (org, key, address)
+        self.key_spend: dict[tuple[str, str, int], int] = {}  # (org, key, hour) → micro-dollars
         self.upstream_failures: dict[tuple[str, str], int] = {}  # (upstream, reason) → failures
 
     def settle(self, r: UsageRecord) -> None:
@@ -49,6 +55,20 @@ class Meter:
             hist = self.latency[r.endpoint] = [0] * (len(LATENCY_BOUNDS_MS) + 2)
         hist[bisect_left(LATENCY_BOUNDS_MS, r.latency_ms)] += 1
         hist[-1] += r.latency_ms
+        # (Bounded, should nothing take them: a gateway built without the anomaly watcher.)
+        if r.client_ip is not None and len(self.key_addresses) < MAX_TRACKED:
+            self.key_addresses[(r.org_id, r.key_id, r.client_ip)] = None
+        if r.cost_micro_usd and len(self.key_spend) < MAX_TRACKED:
+            spent = (r.org_id, r.key_id, r.created_at // 3600)
+            self.key_spend[spent] = self.key_spend.get(spent, 0) + r.cost_micro_usd
+
+    def take_activity(
+        self,
+    ) -> tuple[dict[tuple[str, str, str], None], dict[tuple[str, str, int], int]]:
+        """The keys' addresses and hourly spend since the last call (and forgets them)."""
+        taken = self.key_addresses, self.key_spend
+        self.key_addresses, self.key_spend = {}, {}
+        return taken
 
     def error(self, status: int, code: str | None) -> None:
         """Counts an error answer keyplane gave itself (a refusal, an upstream it could not use)."""

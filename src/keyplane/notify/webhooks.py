@@ -34,6 +34,8 @@ EVENT_TYPES = {
     "billing.auto_recharge_failed": "an auto-recharge payment was declined",
     "billing.auto_recharge_disabled": "auto-recharge was turned off after failed payments",
     "organization.tier_promoted": "the organization reached a higher usage tier",
+    "api_key.new_network": "a key was used from a network it was never used from",
+    "api_key.spend_spike": "a key spent far faster than its usual hour",
 }
 MAX_ENDPOINTS = 16
 MAX_URL = 2000

@@ -136,6 +136,7 @@ usage_records = Table(
     Index("ix_usage_records_project_time", "project_id", "created_at"),
 )
 
+from keyplane.storage import activity_tables as _activity_tables  # noqa: E402,F401
 from keyplane.storage import auth_tables as _auth_tables  # noqa: E402,F401
 from keyplane.storage import billing_tables as _billing_tables  # noqa: E402,F401
 from keyplane.storage import limits_tables as _limits_tables  # noqa: E402,F401

@@ -23,6 +23,8 @@ EventType = Literal[
     "billing.auto_recharge_failed",
     "billing.auto_recharge_disabled",
     "organization.tier_promoted",
+    "api_key.new_network",
+    "api_key.spend_spike",
 ]
 assert set(get_args(EventType)) == set(EVENT_TYPES)
 
