@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from test_admin_org import OrgEnv, add_member, org_env, setup_actor
 
 from keyplane.accounts.models import OrgRole
 from keyplane.accounts.org_ports import ProjectRole
+from keyplane.billing.payments import CardDetails
 from keyplane.web.authz import POLICY, authorize
 
 pytestmark = pytest.mark.anyio
@@ -41,6 +43,10 @@ Body = dict[str, Any] | Callable[[dict[str, str]], dict[str, Any]]
 QUERIES = {
     name: "?start_time=0" for name in ("usage.completions", "usage.embeddings", "costs.list")
 }
+
+# A sandbox test card (its charges succeed).
+CARD: Any = {"number": "4242424242424242", "exp_month": 12, "exp_year": time.gmtime().tm_year + 3,
+             "cvc": "123"}  # fmt: skip
 
 # A valid body for every operation that takes one (the Owner's call must succeed).
 BODIES: dict[str, Body] = {
@@ -54,6 +60,8 @@ BODIES: dict[str, Body] = {
     "spend_alerts.create": {"threshold_amount": 100},
     "project_spend_alerts.create": {"threshold_amount": 100},
     "billing_settings.update": {"mode": "prepaid"},
+    "payment_methods.create": {"card": CARD},
+    "credit_purchases.create": {"amount_micro_usd": 5_000_000},  # charges the default card
     "admin_api_keys.create": {"name": "matrix"},
     "users.update": {"role": "owner"},
     "invites.create": lambda ids: {"email": f"new-{ids['n']}@example.com", "role": "reader"},
@@ -68,6 +76,11 @@ BODIES: dict[str, Body] = {
 _counter = itertools.count()
 
 
+def add_card(env: OrgEnv, org_id: str) -> str:
+    card = CardDetails(CARD["number"], CARD["exp_month"], CARD["exp_year"], CARD["cvc"])
+    return env.container.payments.add_method(org_id, card).id
+
+
 def admin_routes(app: FastAPI) -> list[APIRoute]:
     """Every operation of the Admin API (FastAPI keeps included routers as wrappers)."""
     found = [c.original_route for c in iter_route_contexts(app.routes)]
@@ -77,6 +90,8 @@ def admin_routes(app: FastAPI) -> list[APIRoute]:
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[OrgEnv]:
     async with org_env(tmp_path) as instance:
+        for org_id in (instance.org.id, instance.other_org.id):  # a card to buy credits with
+            add_card(instance, org_id)
         yield instance
 
 
@@ -103,6 +118,8 @@ def fresh_ids(env: OrgEnv, route: APIRoute) -> dict[str, str]:
     alert = container.billing.add_alert(  # (a threshold of its own: the same one is refused)
         org_id, 10_000 + n, project_id=project.id if in_project else None
     )
+    # (A card only where the path names one: an organization keeps at most ten.)
+    method_id = add_card(env, org_id) if "{payment_method_id}" in route.path else "pm_none"
     return {
         "n": str(n),
         "project_id": project.id,
@@ -114,9 +131,12 @@ def fresh_ids(env: OrgEnv, route: APIRoute) -> dict[str, str]:
         "grant_id": container.billing.grant(org_id, 1000, note="matrix").id,
         "alert_id": alert.id,
         "rate_limit_id": "rl-gpt-4o-mini",
-        "webhook_id": container.webhooks.create(
+        "webhook_id": container.webhooks.create(  # (only when named: an org has at most 16)
             org_id, "https://hooks.example/keyplane", ["api_key.leaked"]
-        )[0].id,
+        )[0].id
+        if "{webhook_id}" in route.path
+        else "we_not_made",
+        "payment_method_id": method_id,
     }
 
 

@@ -169,6 +169,10 @@ TEST_CARDS: dict[str, tuple[str, str | None]] = {
 }
 
 
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def luhn_valid(number: str) -> bool:
     total = 0
     for i, ch in enumerate(reversed(number)):
@@ -182,7 +186,8 @@ def luhn_valid(number: str) -> bool:
 def check_card(card: CardDetails, now: float) -> str:
     """The card's digits, checked as a card form checks them. Raises InvalidRequest."""
     number = card.number.replace(" ", "").replace("-", "")
-    if not number.isdigit() or not 12 <= len(number) <= 19 or not luhn_valid(number):
+    # ASCII digits only: str.isdigit() also takes "²" or "٣", which int() then refuses (a 500).
+    if not _digits(number) or not 12 <= len(number) <= 19 or not luhn_valid(number):
         raise InvalidRequest("Your card number is incorrect.", param="number")
     today = dt.datetime.fromtimestamp(now, dt.UTC)
     if not 1 <= card.exp_month <= 12:
@@ -192,7 +197,7 @@ def check_card(card: CardDetails, now: float) -> str:
     ):
         raise InvalidRequest("Your card's expiration date is in the past.", param="exp_year")
     cvc_len = 4 if number.startswith(("34", "37")) else 3
-    if not card.cvc.isdigit() or len(card.cvc) != cvc_len:
+    if not _digits(card.cvc) or len(card.cvc) != cvc_len:
         raise InvalidRequest(f"Your card's security code must be {cvc_len} digits.", param="cvc")
     return number
 
@@ -334,21 +339,27 @@ class PaymentService:
 
     def purchase(
         self, org_id: str, amount: int, *, method_id: str | None = None,
-        idempotency_key: str | None = None,
+        idempotency_key: str | None = None, on_charged: Callable[[Payment], None] | None = None,
     ) -> Payment:  # fmt: skip
         """Charges the method (the default one unless given) and adds the credit it bought.
-        A replayed ``idempotency_key`` returns the first payment and charges nothing.
+        A replayed ``idempotency_key`` returns the first payment and charges nothing;
+        ``on_charged`` runs once per charge, declined too, not on a replay (the audit log's entry).
 
-        Raises InvalidRequest (amount, no method), PaymentFailed (declined: recorded in the
-        history, nothing credited), IdempotencyKeyReused."""
+        Raises InvalidRequest (amount, no method), NotFound (method), PaymentFailed (declined:
+        recorded in the history, nothing credited), IdempotencyKeyReused."""
         self.check_amount(amount)
-        method = self._charged_method(org_id, method_id)
-        params = {"amount": amount, "method": method.id}
+        # The request's parameters, not the method they resolve to: a retry after the default
+        # changed (or the card was removed) is still the same request and replays its payment.
+        params = {"amount": amount, "method": method_id}
 
         def run() -> Payment:
-            return self._charge(
+            method = self._charged_method(org_id, method_id)
+            payment = self._charge(
                 org_id, method, amount, "purchase", idempotency_key or new_id("ik_")
             )
+            if on_charged is not None:
+                on_charged(payment)
+            return payment
 
         payment = self._billing.idempotent(
             f"purchase:{org_id}", idempotency_key, params, run, _payment_json, _payment_from_json

@@ -23,6 +23,7 @@ from keyplane.web import (
     leak_reports,
     limits_routes,
     org_routes,
+    payment_routes,
     project_routes,
     usage_api_routes,
     verification_routes,
@@ -115,6 +116,7 @@ def create_admin_app(
     docs_page.install(app)
     app.add_middleware(BodySizeLimit)
     app.include_router(billing_routes.router)
+    app.include_router(payment_routes.router)
     app.include_router(org_routes.router)
     app.include_router(project_routes.router)
     app.include_router(audit_routes.router)

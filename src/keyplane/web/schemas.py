@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Secret, StringConstraints, field_validator
 
 from keyplane.billing.bounds import MAX_AMOUNT
 from keyplane.billing.wallet import Lot
@@ -245,3 +245,56 @@ class BillingSettingsUpdate(Request):
     mode: Literal["prepaid", "postpaid"] | None = None
     usage_limit_micro_usd: Micro | None = None
     auto_recharge: AutoRechargeUpdate | None = None
+
+
+# -- payments -------------------------------------------------------------------------------------
+class Card(Request):
+    """A card as typed into a form, for the payment provider only: never stored, logged or echoed.
+    The number and CVC are ``Secret`` (``**********`` in a repr or a dump), and a validation error
+    names the field, never its value."""
+
+    number: Secret[Annotated[str, StringConstraints(min_length=1, max_length=30)]]
+    exp_month: Annotated[int, Field(strict=True, ge=0, le=99)]
+    exp_year: Annotated[int, Field(strict=True, ge=0, le=9999)]
+    cvc: Secret[Annotated[str, StringConstraints(min_length=1, max_length=10)]]
+
+
+class PaymentMethodCreate(Request):
+    card: Card
+    default: bool = Field(default=True, description="Make it the method purchases charge.")
+
+
+class PaymentMethod(BaseModel):
+    object: Literal["payment_method"] = "payment_method"
+    id: str
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    is_default: bool
+    created_at: int
+
+
+class CreditPurchaseCreate(Request):
+    amount_micro_usd: Annotated[int, Field(strict=True, gt=0, le=MAX_MICRO)] = Field(
+        description="Whole cents, within the configured bounds ($5-$100 by default)."
+    )
+    payment_method: Annotated[str, Field(max_length=100)] | None = Field(
+        default=None, description="A payment method id; null: the default one."
+    )
+
+
+class CreditPurchase(BaseModel):
+    """A charge, successful or declined: a line of the billing history."""
+
+    object: Literal["credit_purchase"] = "credit_purchase"
+    id: str
+    kind: Literal["purchase", "recharge"] = Field(description="recharge: by auto-recharge.")
+    amount_micro_usd: int
+    status: Literal["succeeded", "failed"]
+    payment_method: str
+    brand: str
+    last4: str
+    failure_code: str | None = Field(description="The decline code, e.g. card_declined.")
+    credit_grant_id: str | None = Field(description="The credit lot a successful charge bought.")
+    created_at: int

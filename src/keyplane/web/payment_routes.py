@@ -1,0 +1,211 @@
+"""Admin API for paying for credits (BRIEF C5): payment methods, credit purchases, billing history.
+
+Only Owners spend the organization's money; Readers see the saved methods (brand, last four digits
+and expiry, never the provider's reference) and the history. A card's number and CVC go to the
+payment provider and nowhere else: not the audit log, a log line or an error message. A declined
+card answers 402 ``card_error`` as Stripe does, and stays in the history as a failed line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Protocol, cast
+
+from fastapi import APIRouter, Depends
+
+from keyplane.audit.service import changed
+from keyplane.billing.payments import CardDetails, Payment, PaymentFailed, PaymentService
+from keyplane.billing.payments import PaymentMethod as MethodRecord
+from keyplane.errors import NotFound
+from keyplane.gateway.errors import ApiError
+from keyplane.web.auth import Admin, Ctx
+from keyplane.web.authz import AUTHZ_RESPONSES, Audit, authorize
+from keyplane.web.billing_routes import After, IdempotencyKey, Limit, _applied
+from keyplane.web.errors import AdminApiError, params_named
+from keyplane.web.schemas import (
+    CreditPurchase,
+    CreditPurchaseCreate,
+    Deleted,
+    ErrorEnvelope,
+    ListPage,
+    PaymentMethod,
+    PaymentMethodCreate,
+    page,
+)
+
+router = APIRouter(
+    prefix="/v1/organization", responses=AUTHZ_RESPONSES, dependencies=[Depends(authorize)]
+)
+
+CARD_PARAMS = {f: f"card.{f}" for f in ("number", "exp_month", "exp_year", "cvc")}
+PURCHASE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    402: {"description": "The card was declined (type card_error)", "model": ErrorEnvelope},
+    409: {"description": "Idempotency-Key reused", "model": ErrorEnvelope},
+}
+_EVERY_LINE = 2**31 - 1  # (a SQL LIMIT: reading down to an ``after`` cursor)
+
+
+class PaymentServices(Protocol):
+    @property
+    def payments(self) -> PaymentService: ...
+
+
+def _service(ctx: Ctx) -> PaymentService:
+    return cast(PaymentServices, ctx.services).payments
+
+
+def _method(m: MethodRecord) -> PaymentMethod:
+    return PaymentMethod(
+        id=m.id, brand=m.brand, last4=m.last4, exp_month=m.exp_month, exp_year=m.exp_year,
+        is_default=m.is_default, created_at=m.created_at,
+    )  # fmt: skip
+
+
+def _purchase(p: Payment) -> CreditPurchase:
+    return CreditPurchase(
+        id=p.id, kind="recharge" if p.kind == "recharge" else "purchase",
+        amount_micro_usd=p.amount, status="succeeded" if p.status == "succeeded" else "failed",
+        payment_method=p.method_id, brand=p.brand, last4=p.last4, failure_code=p.failure,
+        credit_grant_id=p.lot_id, created_at=p.created_at,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _in_path() -> Iterator[None]:
+    # The service names the method ``payment_method`` (the purchase's field); here it is the path's.
+    try:
+        yield
+    except NotFound as exc:
+        raise NotFound(exc.message, param="payment_method_id") from None
+
+
+# -- payment methods --------------------------------------------------------------------------
+@router.get("/payment_methods", tags=["billing"], name="payment_methods.list")
+async def list_payment_methods(
+    ctx: Ctx, caller: Admin, limit: Limit = 20, after: After = None
+) -> ListPage[PaymentMethod]:
+    """The saved cards, the default first, then the newest."""
+    methods = await asyncio.to_thread(_service(ctx).methods, caller.org_id)
+    return page([_method(m) for m in methods], lambda m: m.id, limit=limit, after=after)
+
+
+@router.post("/payment_methods", tags=["billing"], name="payment_methods.create")
+async def create_payment_method(
+    ctx: Ctx, caller: Admin, audit: Audit, body: PaymentMethodCreate
+) -> PaymentMethod:
+    """Saves a card with the payment provider; keyplane keeps its brand, last four digits and
+    expiry. The first card, or any with ``default``, becomes the one purchases charge."""
+    service, card = _service(ctx), body.card
+
+    def add() -> MethodRecord:
+        details = CardDetails(
+            card.number.get_secret_value(), card.exp_month, card.exp_year,
+            card.cvc.get_secret_value(),
+        )  # fmt: skip
+        with params_named(CARD_PARAMS):
+            method = service.add_method(caller.org_id, details, make_default=body.default)
+        data = {"brand": method.brand, "last4": method.last4}
+        audit("payment_method.created", target_id=method.id, details={"data": data})
+        return method
+
+    return _method(await asyncio.to_thread(add))
+
+
+@router.post(
+    "/payment_methods/{payment_method_id}/default",
+    tags=["billing"],
+    name="payment_methods.update",
+)
+async def set_default_payment_method(
+    ctx: Ctx, caller: Admin, audit: Audit, payment_method_id: str
+) -> PaymentMethod:
+    """Makes the method the default: what purchases without ``payment_method`` and
+    auto-recharge charge."""
+    service = _service(ctx)
+
+    def make_default() -> MethodRecord:
+        with _in_path():
+            before = service.method(caller.org_id, payment_method_id)
+            method = service.set_default(caller.org_id, payment_method_id)
+        change = changed({"is_default": before.is_default}, {"is_default": method.is_default})
+        audit("payment_method.updated", target_id=method.id, details=change)
+        return method
+
+    return _method(await asyncio.to_thread(make_default))
+
+
+@router.delete(
+    "/payment_methods/{payment_method_id}", tags=["billing"], name="payment_methods.delete"
+)
+async def delete_payment_method(
+    ctx: Ctx, caller: Admin, audit: Audit, payment_method_id: str
+) -> Deleted:
+    """Removes the method; if it was the default, the newest other one becomes the default."""
+    service = _service(ctx)
+
+    def remove() -> None:
+        with _in_path():
+            method = service.remove_method(caller.org_id, payment_method_id)
+        data = {"brand": method.brand, "last4": method.last4}
+        audit("payment_method.deleted", target_id=method.id, details={"data": data})
+
+    await asyncio.to_thread(remove)
+    return Deleted(object="payment_method.deleted", id=payment_method_id)
+
+
+# -- purchases and the billing history --------------------------------------------------------
+@router.post(
+    "/credit_purchases",
+    tags=["billing"],
+    name="credit_purchases.create",
+    responses=PURCHASE_RESPONSES,
+)
+async def create_credit_purchase(
+    ctx: Ctx,
+    caller: Admin,
+    audit: Audit,
+    body: CreditPurchaseCreate,
+    idempotency_key: IdempotencyKey = None,
+) -> CreditPurchase:
+    """Charges the payment method (the default unless named) and adds the credit it bought: a
+    non-refundable lot expiring a year later. A declined card answers 402 ``card_error`` with the
+    decline code; a replay with the same Idempotency-Key answers the first result, charging
+    nothing; the same key with another body answers 409."""
+
+    def charged(payment: Payment) -> None:  # once per charge, declined too; not on a replay
+        data = {
+            "amount_micro_usd": payment.amount,
+            "status": payment.status,
+            "failure_code": payment.failure,
+            "payment_method": payment.method_id,
+        }
+        audit("credit_purchase.created", target_id=payment.id, details={"data": data})
+
+    try:
+        with params_named({"amount": "amount_micro_usd"}):
+            payment = await asyncio.to_thread(
+                _service(ctx).purchase,
+                caller.org_id,
+                body.amount_micro_usd,
+                method_id=body.payment_method,
+                idempotency_key=idempotency_key,
+                on_charged=charged,
+            )
+    except PaymentFailed as exc:
+        raise AdminApiError(ApiError(402, exc.message, type="card_error", code=exc.code)) from None
+    await _applied(ctx)
+    return _purchase(payment)
+
+
+@router.get("/billing_history", tags=["billing"], name="billing_history.list")
+async def list_billing_history(
+    ctx: Ctx, caller: Admin, limit: Limit = 20, after: After = None
+) -> ListPage[CreditPurchase]:
+    """Every charge, purchases and auto-recharges, succeeded or declined, newest first."""
+    # A first page reads one line more than it shows (for has_more); a later one, down to its
+    # cursor (lines are few: one per purchase or recharge).
+    rows = limit + 1 if after is None else _EVERY_LINE
+    lines = await asyncio.to_thread(_service(ctx).history, caller.org_id, rows)
+    return page([_purchase(p) for p in lines], lambda p: p.id, limit=limit, after=after)
