@@ -3,6 +3,7 @@ does, including the CSRF and cookie handling that only a browser exercises for r
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 from collections.abc import Iterator
@@ -142,3 +143,40 @@ def test_create_a_key_copy_it_once_use_it_and_revoke_it(browser: object, kp: Key
 
     wait_until(refused, timeout=1.0)  # every gateway refuses a revoked key within a second
     context.close()
+
+
+def test_add_a_card_buy_credit_and_see_the_balance(browser: object, kp: Keyplane) -> None:
+    """The guide's Billing screens: Payment methods → Add payment details → Overview → Add to
+    credit balance → Configure payment ($10) → Confirm payment → the new balance and the charge."""
+    page = browser.new_page()  # type: ignore[attr-defined]
+    base = kp.server.url
+    log_in(page, base)
+    page.get_by_role("link", name="Billing").first.click()
+    page.wait_for_url(base + "/billing")
+    assert "Credit balance: $5.00" in page.inner_text("main")
+    page.get_by_role("navigation", name="Billing").get_by_role(
+        "link", name="Payment methods"
+    ).click()
+    page.get_by_role("link", name="Add payment details").click()
+    page.get_by_label("Card number").fill("4242 4242 4242 4242")
+    expiry = f"12 / {(dt.datetime.now(dt.UTC).year + 3) % 100:02d}"
+    page.get_by_label("Expiration date (MM / YY)").fill(expiry)
+    page.get_by_label("Security code (CVC)").fill("123")
+    page.get_by_role("button", name="Add card").click()
+    page.wait_for_url(base + "/billing/payment-methods")
+    assert "Visa •••• 4242 Default" in page.inner_text("main")
+    assert "4242 4242 4242 4242" not in page.content()
+
+    page.get_by_role("navigation", name="Billing").get_by_role("link", name="Overview").click()
+    page.get_by_role("link", name="Add to credit balance").click()
+    page.get_by_label("Credit to add ($)").fill("10")
+    page.keyboard.press("Enter")  # Continue, from the keyboard
+    page.wait_for_url(base + "/billing/purchase/confirm?*")
+    assert "$10.00" in page.inner_text("main") and "Visa •••• 4242" in page.inner_text("main")
+    page.get_by_role("button", name="Confirm payment").click()
+    page.wait_for_url(base + "/billing?paid=*")
+    main = page.inner_text("main")
+    assert "your credit balance is now $15.00" in main and "Credit balance: $15.00" in main
+    page.get_by_role("link", name="Billing history").first.click()
+    page.wait_for_url(base + "/billing/history")
+    assert "Credit purchase" in page.inner_text("main") and "Succeeded" in page.inner_text("main")

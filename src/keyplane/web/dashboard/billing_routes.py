@@ -1,34 +1,433 @@
-"""The Billing page (BRIEF C5/C9, the guide's Billing overview): the credit balance, what requests
-in flight hold, the credit lots it is made of (purchases and grants, each with its expiry), the
-billing mode and the auto-recharge rule. Every member may see it (the Admin API's rule: billing is
-read by Owners and Readers alike). Payments are recorded by an operator for now (``keyplane
-credits purchase``); there is no payment provider to add a card to yet."""
+"""The Billing pages (BRIEF C5/C9, the guide's Billing screens), with a sub-navigation between
+the three of them:
+
+- Overview (``/billing``): the credit balance, what requests in flight hold, the credit lots it is
+  made of (purchases and grants, each with its expiry), the billing mode and the auto-recharge
+  rule; and "Add to credit balance": Configure payment (an amount within the purchase bounds, the
+  payment method to charge), then Confirm payment, then back here with the new balance.
+- Payment methods (``/billing/payment-methods``): the saved cards (brand, last four digits,
+  expiry, which one is the default), "Add payment details", making one the default, removing one
+  after a confirmation page.
+- Billing history (``/billing/history``): every charge, newest first, declined ones with why.
+
+Every member sees them (the Admin API's rule: billing is read by Owners and Readers alike); only
+Owners add cards and pay, as ``POLICY`` says, and every change goes through ``PaymentService`` and
+is audited with the Admin API's event names. A card's number and CVC go to the payment provider
+only: never stored, logged, audited, or put back into a page (a refused card form asks for them
+again). Configure payment gives the purchase a one-time id, carried by Confirm payment's address
+and form as the purchase's idempotency key: sending the form again (a double click, a reload, Back
+to Confirm payment and Confirm again) never charges twice; a new purchase starts from Configure
+payment."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import datetime as dt
+import re
+import secrets
+from collections.abc import Sequence
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from keyplane.audit.service import changed
+from keyplane.billing.amounts import parse_amount
+from keyplane.billing.payments import (
+    CardDetails,
+    Payment,
+    PaymentFailed,
+    PaymentMethod,
+    decline_message,
+)
+from keyplane.errors import (
+    IdempotencyKeyReused,
+    InvalidRequest,
+    KeyplaneError,
+    NotFound,
+    StoreUnavailable,
+)
 from keyplane.usage.pricing import format_usd
-from keyplane.web.dashboard.session import CurrentMember, context, render
+from keyplane.web.dashboard.authorize import may, principal_of
+from keyplane.web.dashboard.session import (
+    CurrentMember,
+    Redirect,
+    Viewer,
+    context,
+    form_error,
+    render,
+    safe_next,
+    same_org,
+)
+from keyplane.web.principal import Principal
 
 router = APIRouter()
+PATH = "/billing"
+METHODS = PATH + "/payment-methods"
+PURCHASE = PATH + "/purchase"
+HISTORY = PATH + "/history"
+Field = Annotated[str, Form()]
+BRANDS = {"visa": "Visa", "mastercard": "Mastercard", "amex": "American Express"}
+KINDS = {"purchase": "Credit purchase", "recharge": "Auto-recharge"}
+FORM_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+CARD_FIELDS = {"number": "number", "exp_month": "expiry", "exp_year": "expiry", "cvc": "cvc"}
 
 
-@router.get("/billing")
-def billing_page(request: Request, viewer: CurrentMember) -> Response:
+def card_label(card: PaymentMethod | Payment) -> str:
+    """How a card is named on the pages: "Visa •••• 4242"."""
+    return f"{BRANDS.get(card.brand, card.brand.capitalize())} •••• {card.last4}"
+
+
+def _page(
+    request: Request, viewer: Viewer, template: str, *, status: int = 200, **values: object
+) -> Response:
+    return render(
+        request, template, status=status, viewer=viewer, usd=format_usd, card=card_label,
+        **values,
+    )  # fmt: skip
+
+
+def _allowed(request: Request, viewer: Viewer, operation: str) -> Principal:
+    """The signed-in user acting in the organization, once ``POLICY`` allows ``operation`` (403
+    otherwise: Readers see billing, never change it)."""
+    principal = principal_of(request, viewer)
+    if not may(request, principal, operation, None):
+        raise HTTPException(403, "Only the organization's Owners manage its payments.")
+    return principal
+
+
+# -- overview -----------------------------------------------------------------------------------
+
+
+@router.get(PATH)
+def billing_page(request: Request, viewer: CurrentMember, paid: str = "") -> Response:
+    """``paid``: the payment just made (Confirm payment leads here), said in a notice."""
     services = context(request).services
-    org = viewer.org
-    assert org is not None  # CurrentMember has one
+    principal = principal_of(request, viewer)
+    org_id = principal.org_id
     now = services.clock.now()
-    balance = services.billing.balance(org.id)
-    settings = services.billing.settings(org.id)
+    balance = services.billing.balance(org_id)
+    settings = services.billing.settings(org_id)
     lots = sorted(balance.lots, key=lambda pair: pair[0].created_at, reverse=True)
     rows = [
         (lot, note, "revoked" if lot.revoked else "active" if lot.live(now) else "expired")
         for lot, note in lots
     ]
-    return render(
-        request, "billing.html", viewer=viewer, usd=format_usd, balance=balance,
-        settings=settings, rows=rows,
+    notice = None
+    if paid:
+        payment = next((p for p in services.payments.history(org_id, 20) if p.id == paid), None)
+        if payment is not None and payment.status == "succeeded":
+            notice = (
+                f"Payment of ${format_usd(payment.amount)} charged to {card_label(payment)}: "
+                f"your credit balance is now ${format_usd(balance.available)}."
+            )
+    return _page(
+        request, viewer, "billing.html", section=PATH, balance=balance, settings=settings,
+        rows=rows, notice=notice, can_pay=may(request, principal, "credit_purchases.create", None),
     )  # fmt: skip
+
+
+# -- Configure payment, Confirm payment ---------------------------------------------------------
+
+
+def _configure(
+    request: Request, viewer: Viewer, *, status: int = 200, error: str | None = None,
+    amount: str = "", method_id: str = "",
+) -> Response:  # fmt: skip
+    """The Configure payment form (sent with GET to the Confirm payment page), with a new one-time
+    id for the purchase each time it is shown."""
+    services = context(request).services
+    org = viewer.org
+    assert org is not None  # CurrentMember has one
+    methods = services.payments.methods(org.id)
+    chosen = method_id if any(m.id == method_id for m in methods) else ""
+    return _page(
+        request, viewer, "billing_purchase.html", status=status, error=error, methods=methods,
+        chosen=chosen or (methods[0].id if methods else ""), typed_amount=amount,
+        bounds=services.payments.bounds, form_id=secrets.token_urlsafe(16),
+    )  # fmt: skip
+
+
+def _order(request: Request, org_id: str, amount: str, method_id: str) -> tuple[int, PaymentMethod]:
+    """The amount (micro-dollars, within the bounds) and the saved method a purchase form asks
+    for. Raises ValueError or KeyplaneError, saying what is wrong."""
+    payments = context(request).services.payments
+    if not amount.strip():
+        raise ValueError("Enter the amount to add to your credit balance.")
+    micros = parse_amount(amount, cents=True)
+    payments.check_amount(micros)
+    if not payments.methods(org_id):
+        raise ValueError("Add a payment method first.")
+    try:
+        return micros, payments.method(org_id, method_id)
+    except NotFound:
+        raise ValueError("Choose one of your payment methods.") from None
+
+
+@router.get(PURCHASE)
+def purchase_page(
+    request: Request, viewer: CurrentMember, amount: str = "", payment_method: str = ""
+) -> Response:
+    """Configure payment; ``amount`` and ``payment_method`` fill it in again (Back)."""
+    _allowed(request, viewer, "credit_purchases.create")
+    return _configure(request, viewer, amount=amount, method_id=payment_method)
+
+
+@router.get(PURCHASE + "/confirm")
+def confirm_page(
+    request: Request, viewer: CurrentMember, amount: str = "", payment_method: str = "",
+    form_id: str = "",
+) -> Response:  # fmt: skip
+    """Confirm payment: what is charged to which card, nothing yet; its form carries the purchase's
+    id from Configure payment (a new one if the address has none)."""
+    principal = _allowed(request, viewer, "credit_purchases.create")
+    try:
+        micros, method = _order(request, principal.org_id, amount, payment_method)
+    except StoreUnavailable:
+        raise
+    except (ValueError, KeyplaneError) as exc:
+        return _configure(
+            request, viewer, status=400, error=form_error(exc), amount=amount,
+            method_id=payment_method,
+        )  # fmt: skip
+    return _page(
+        request, viewer, "billing_confirm.html", amount=micros, method=method,
+        form_id=form_id if FORM_ID.fullmatch(form_id) else secrets.token_urlsafe(16),
+    )  # fmt: skip
+
+
+@router.post(PURCHASE + "/confirm")
+def confirm_payment(
+    request: Request, viewer: CurrentMember, amount: Field = "", payment_method: Field = "",
+    form_id: Field = "", org_id: Field = "",
+) -> Response:  # fmt: skip
+    """Charges the card and adds the credit, once per form: the form's id is the purchase's
+    idempotency key. A declined card goes back to Configure payment with the provider's reason
+    (the history keeps the failed charge; nothing is credited)."""
+    form_org = org_id
+    principal = _allowed(request, viewer, "credit_purchases.create")
+    same_org(viewer, form_org)
+    if not FORM_ID.fullmatch(form_id):
+        raise HTTPException(400, "This form has no valid id: go back, reload it and try again.")
+    services = context(request).services
+    org_id = principal.org_id
+    try:
+        micros, method = _order(request, org_id, amount, payment_method)
+
+        def charge() -> str:
+            payment = services.payments.purchase(
+                org_id, micros, method_id=method.id, idempotency_key=f"dashboard:{form_id}"
+            )
+            services.audit.record(
+                org_id, principal.actor, "credit_purchase.created", target_id=payment.id,
+                details={"data": {"amount_micro_usd": micros, "payment_method": method.id}},
+            )  # fmt: skip
+            return payment.id
+
+        # The purchase's own idempotency never charges twice; this second claim, on the same
+        # form id, keeps a form sent again from auditing the purchase a second time. (A decline
+        # releases it, and sending the form again replays the decline: no second charge.)
+        payment_id = services.billing.idempotent(
+            f"dashboard-purchase:{org_id}", form_id, {"amount": micros, "method": method.id},
+            charge, str, str,
+        )  # fmt: skip
+    except PaymentFailed as exc:
+        return _configure(
+            request, viewer, status=402, error=exc.message, amount=amount,
+            method_id=payment_method,
+        )  # fmt: skip
+    except IdempotencyKeyReused:  # in progress, or made with another amount or card
+        return _configure(
+            request, viewer, status=409, amount=amount, method_id=payment_method,
+            error="This payment form was already sent: see Billing history before paying again.",
+        )  # fmt: skip
+    except StoreUnavailable:
+        raise  # (the 503 page: not a mistake in the form)
+    except (ValueError, KeyplaneError) as exc:
+        return _configure(
+            request, viewer, status=400, error=form_error(exc), amount=amount,
+            method_id=payment_method,
+        )  # fmt: skip
+    raise Redirect(f"{PATH}?paid={payment_id}")
+
+
+# -- payment methods ----------------------------------------------------------------------------
+
+
+def _expired(method: PaymentMethod, now: float) -> bool:
+    today = dt.datetime.fromtimestamp(now, dt.UTC)
+    return (method.exp_year, method.exp_month) < (today.year, today.month)
+
+
+@router.get(METHODS)
+def methods_page(request: Request, viewer: CurrentMember) -> Response:
+    services = context(request).services
+    principal = principal_of(request, viewer)
+    if not may(request, principal, "payment_methods.list", None):
+        raise HTTPException(403)
+    now = services.clock.now()
+    methods = [(m, _expired(m, now)) for m in services.payments.methods(principal.org_id)]
+    return _page(
+        request, viewer, "billing_methods.html", section=METHODS, methods=methods,
+        can_add=may(request, principal, "payment_methods.create", None),
+        can_update=may(request, principal, "payment_methods.update", None),
+        can_delete=may(request, principal, "payment_methods.delete", None),
+    )  # fmt: skip
+
+
+def _card_form(
+    request: Request, viewer: Viewer, *, status: int = 200, errors: dict[str, str] | None = None,
+    expiry: str = "", make_default: bool = False, next_path: str = "",
+) -> Response:  # fmt: skip
+    """Add payment details. The card number and CVC are never filled in again."""
+    org = viewer.org
+    assert org is not None  # CurrentMember has one
+    first = not context(request).services.payments.methods(org.id)
+    return _page(
+        request, viewer, "billing_card.html", status=status, errors=errors or {},
+        error="The card was not saved: check the details below." if errors else None,
+        expiry=expiry, make_default=make_default or first, first=first, next_path=next_path,
+    )  # fmt: skip
+
+
+@router.get(METHODS + "/new")
+def new_method_page(request: Request, viewer: CurrentMember, next: str = "") -> Response:
+    """``next``: the page to go back to once the card is saved (Configure payment's link)."""
+    _allowed(request, viewer, "payment_methods.create")
+    return _card_form(request, viewer, next_path=safe_next(next) if next else "")
+
+
+def _expiry(text: str) -> tuple[int, int]:
+    """(month, year) from "MM / YY", "MM/YYYY" or "MMYY". Raises ValueError."""
+    digits = re.sub(r"\s", "", text)
+    month, _, year = digits.partition("/")
+    if not year and len(digits) == 4:
+        month, year = digits[:2], digits[2:]
+    if not (month.isdigit() and year.isdigit() and len(month) <= 2 and len(year) in (2, 4)):
+        raise ValueError("Enter the expiration date as MM / YY, like 08 / 29.")
+    return int(month), int(year) + (2000 if len(year) == 2 else 0)
+
+
+@router.post(METHODS)
+def add_method(
+    request: Request, viewer: CurrentMember, number: Field = "", expiry: Field = "",
+    cvc: Field = "", make_default: Field = "", org_id: Field = "", next: Field = "",
+) -> Response:  # fmt: skip
+    form_org = org_id
+    principal = _allowed(request, viewer, "payment_methods.create")
+    same_org(viewer, form_org)
+    services = context(request).services
+    default = make_default == "on"
+    try:
+        if not number.strip():
+            raise InvalidRequest("Enter your card number.", param="number")
+        try:
+            exp_month, exp_year = _expiry(expiry)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="exp_month") from None
+        card = CardDetails(number.strip(), exp_month, exp_year, cvc.strip())
+        method = services.payments.add_method(principal.org_id, card, make_default=default)
+    except StoreUnavailable:
+        raise
+    except KeyplaneError as exc:
+        field = CARD_FIELDS.get(exc.param or "", "form")
+        return _card_form(
+            request, viewer, status=400, errors={field: exc.message}, expiry=expiry,
+            make_default=default, next_path=safe_next(next) if next else "",
+        )  # fmt: skip
+    services.audit.record(
+        principal.org_id, principal.actor, "payment_method.created", target_id=method.id,
+        details={"data": _shown(method)},
+    )  # fmt: skip
+    raise Redirect(safe_next(next) if next else METHODS)
+
+
+def _shown(method: PaymentMethod) -> dict[str, object]:
+    """What the audit log says of a method: what the pages show of it."""
+    return {
+        "brand": method.brand, "last4": method.last4, "exp_month": method.exp_month,
+        "exp_year": method.exp_year, "is_default": method.is_default,
+    }  # fmt: skip
+
+
+def _method(request: Request, org_id: str, method_id: str) -> PaymentMethod:
+    try:
+        return context(request).services.payments.method(org_id, method_id)
+    except NotFound:
+        raise HTTPException(404) from None
+
+
+@router.post(METHODS + "/{method_id}/default")
+def set_default_method(
+    request: Request, viewer: CurrentMember, method_id: str, org_id: Field = ""
+) -> Response:
+    form_org = org_id
+    principal = _allowed(request, viewer, "payment_methods.update")
+    same_org(viewer, form_org)
+    method = _method(request, principal.org_id, method_id)
+    if not method.is_default:
+        context(request).services.payments.set_default(principal.org_id, method.id)
+        context(request).services.audit.record(
+            principal.org_id, principal.actor, "payment_method.updated", target_id=method.id,
+            details=changed({"is_default": False}, {"is_default": True}),
+        )  # fmt: skip
+    raise Redirect(METHODS)
+
+
+def _successor(methods: Sequence[PaymentMethod], removed: PaymentMethod) -> PaymentMethod | None:
+    """The method that becomes the default when ``removed`` goes, if it is the default:
+    PaymentService's rule, the first other one in ``methods``' order (the newest)."""
+    rest = [m for m in methods if m.id != removed.id]
+    return rest[0] if removed.is_default and rest else None
+
+
+@router.get(METHODS + "/{method_id}/remove")
+def remove_method_page(request: Request, viewer: CurrentMember, method_id: str) -> Response:
+    principal = _allowed(request, viewer, "payment_methods.delete")
+    services = context(request).services
+    method = _method(request, principal.org_id, method_id)
+    methods = services.payments.methods(principal.org_id)
+    successor = _successor(methods, method)
+    if successor is not None:
+        then = f" {card_label(successor)} becomes the default payment method."
+    elif len(methods) == 1 and services.billing.settings(principal.org_id).auto_recharge:
+        then = " Auto-recharge is on: with no payment method left, it fails and turns off."
+    else:
+        then = ""
+    return render(
+        request, "confirm.html", viewer=viewer, heading="Remove payment method",
+        message=f"{card_label(method)} (expires {method.exp_month:02d}/{method.exp_year}) is no "
+        f"longer charged for credit purchases or auto-recharge.{then}",
+        action=f"{METHODS}/{method.id}/remove", button="Remove", back=METHODS,
+    )  # fmt: skip
+
+
+@router.post(METHODS + "/{method_id}/remove")
+def remove_method(request: Request, viewer: CurrentMember, method_id: str) -> Response:
+    principal = _allowed(request, viewer, "payment_methods.delete")
+    try:
+        method = context(request).services.payments.remove_method(principal.org_id, method_id)
+    except NotFound:
+        raise HTTPException(404) from None
+    context(request).services.audit.record(
+        principal.org_id, principal.actor, "payment_method.deleted", target_id=method.id,
+        details={"data": _shown(method)},
+    )  # fmt: skip
+    raise Redirect(METHODS)
+
+
+# -- billing history ----------------------------------------------------------------------------
+
+
+@router.get(HISTORY)
+def history_page(request: Request, viewer: CurrentMember) -> Response:
+    services = context(request).services
+    principal = principal_of(request, viewer)
+    if not may(request, principal, "billing_history.list", None):
+        raise HTTPException(403)
+    payments = services.payments.history(principal.org_id, 100)
+    rows = [
+        (p, KINDS.get(p.kind, p.kind), decline_message(p.failure or "") if p.failure else "")
+        for p in payments
+    ]
+    return _page(request, viewer, "billing_history.html", section=HISTORY, rows=rows)

@@ -36,6 +36,7 @@ from keyplane.accounts.models import Organization, OrgRole, User
 from keyplane.accounts.orgs import OrgService
 from keyplane.accounts.service import AccountService
 from keyplane.audit.service import AuditService
+from keyplane.billing.payments import PaymentService
 from keyplane.billing.ports import MoneyStore
 from keyplane.billing.promotion import TierPromoter
 from keyplane.billing.service import BillingService
@@ -82,6 +83,9 @@ class DashboardServices(Protocol):
 
     @property
     def accounts(self) -> AccountService: ...
+
+    @property
+    def payments(self) -> PaymentService: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,284 @@
+"""The dashboard's Billing pages against a real keyplane (the sandbox payment provider, the public
+test cards): adding a card, buying credit through Configure payment and Confirm payment, once per
+form however often it is sent, declines, bad card details and amounts, Readers, and removing a
+card. The flow in a real browser is in tests/e2e/test_browser.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import re
+
+import httpx
+from test_accounts_web import OWNER_PASSWORD, PASSWORD, Browser, text_of
+from test_dashboard_keys import SignIn, browser_for, join, kp  # noqa: F401  (fixtures)
+
+from conftest import Keyplane
+from keyplane.accounts.models import OrgRole
+from keyplane.audit.models import AuditFilter
+from keyplane.usage.pricing import format_usd
+
+YEAR = dt.datetime.now(dt.UTC).year + 3
+YY = YEAR % 100
+VISA = "4242 4242 4242 4242"
+DECLINED = "4000 0000 0000 0002"
+MASTERCARD = "5555 5555 5555 4444"
+AMEX = "3782 822463 10005"
+
+
+def add_card(b: Browser, number: str, *, cvc: str = "123", default: bool = False) -> httpx.Response:
+    b.get("/billing/payment-methods/new")
+    fields = {"number": number, "expiry": f"12 / {YY}", "cvc": cvc}
+    return b.post("/billing/payment-methods", fields | ({"make_default": "on"} if default else {}))
+
+
+def confirm_page(b: Browser, amount: str, method_id: str, form_id: str = "") -> httpx.Response:
+    """Configure payment sent with an amount and a card: the Confirm payment page."""
+    address = {"amount": amount, "payment_method": method_id, "form_id": form_id}
+    page = b.get("/billing/purchase/confirm", params=address)
+    assert page.status_code == 200, text_of(page)
+    return page
+
+
+def hidden(page: httpx.Response) -> dict[str, str]:
+    fields = dict(re.findall(r'type="hidden" name="(\w+)" value="([^"]*)"', page.text))
+    return {k: html.unescape(v) for k, v in fields.items()}
+
+
+def confirm_form(b: Browser, amount: str, method_id: str, form_id: str = "") -> dict[str, str]:
+    """The Confirm payment form's fields, as a browser sends them (its one-time id included)."""
+    return hidden(confirm_page(b, amount, method_id, form_id))
+
+
+def balance(instance: Keyplane) -> int:
+    return instance.container.billing.balance(instance.org.id).available
+
+
+def events(instance: Keyplane, *types: str) -> list[str]:
+    """The types of the organization's audit events of ``types``."""
+    audit, org_id = instance.container.audit, instance.org.id
+    found = audit.query(org_id, AuditFilter(event_types=types), limit=100)
+    return [e.type for e in found.events]
+
+
+def test_an_owner_adds_a_card_buys_10_dollars_and_sees_the_balance_and_the_history(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    before = balance(kp)
+    overview = owner.get("/billing")
+    assert 'href="/billing/purchase"' in overview.text and "Add to credit balance" in overview.text
+    assert re.search(r'href="/billing" aria-current="page">Overview', overview.text)
+    assert "No payment method yet" in text_of(owner.get("/billing/purchase"))
+
+    added = add_card(owner, VISA)
+    assert added.status_code == 303 and added.headers["location"] == "/billing/payment-methods"
+    listing = owner.get("/billing/payment-methods")
+    assert "Visa •••• 4242 Default" in text_of(listing) and f"12/{YEAR}" in text_of(listing)
+    assert re.search(r'aria-current="page">Payment methods', listing.text)
+    [method] = kp.container.payments.methods(kp.org.id)
+
+    configure = text_of(owner.get("/billing/purchase"))
+    assert "Enter an amount between $5.00 and $100.00" in configure and "(default)" in configure
+    confirm = text_of(confirm_page(owner, "10", method.id))
+    assert "Confirm payment" in confirm and "$10.00" in confirm and "Visa •••• 4242" in confirm
+    paid = owner.post("/billing/purchase/confirm", {"amount": "10.00", "payment_method": method.id})
+    assert paid.status_code == 303 and paid.headers["location"].startswith("/billing?paid=pay_")
+    assert balance(kp) == before + 10_000_000
+    page = text_of(owner.get(paid.headers["location"]))
+    new_balance = format_usd(before + 10_000_000)
+    assert (
+        f"Payment of $10.00 charged to Visa •••• 4242: your credit balance is now ${new_balance}"
+        in page
+    )
+    assert f"Credit balance: ${new_balance}" in page
+
+    history = owner.get("/billing/history")
+    assert re.search(r'aria-current="page">Billing history', history.text)
+    assert "Credit purchase Visa •••• 4242 $10.00 Succeeded" in text_of(history)
+    assert sorted(events(kp, "payment_method.created", "credit_purchase.created")) == [
+        "credit_purchase.created", "payment_method.created"
+    ]  # fmt: skip
+    logged = json.dumps(
+        [e.details for e in kp.container.audit.query(kp.org.id, AuditFilter()).events]
+    )
+    assert "4242424242424242" not in logged and "4242 4242" not in logged
+
+
+def test_sending_the_confirm_form_again_charges_once(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    """A double click, a form sent again, Back to Confirm payment and Confirm again: one charge,
+    one credit, one audit event. Only Configure payment starts another purchase."""
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    add_card(owner, VISA)
+    [method] = kp.container.payments.methods(kp.org.id)
+    before = balance(kp)
+    form_id = hidden(owner.get("/billing/purchase"))["form_id"]
+    fields = confirm_form(owner, "10.50", method.id, form_id)
+    assert fields["form_id"] == form_id
+    first = owner.client.post("/billing/purchase/confirm", data=fields)
+    again = owner.client.post("/billing/purchase/confirm", data=fields)
+    back = owner.post("/billing/purchase/confirm", confirm_form(owner, "10.50", method.id, form_id))
+    assert first.status_code == again.status_code == back.status_code == 303
+    assert first.headers["location"] == again.headers["location"] == back.headers["location"]
+    assert balance(kp) == before + 10_500_000
+    assert len(kp.container.payments.history(kp.org.id)) == 1
+    assert events(kp, "credit_purchase.created") == ["credit_purchase.created"]
+    other_org = owner.client.post(
+        "/billing/purchase/confirm", data=fields | {"org_id": "org_switched_to_since"}
+    )
+    assert other_org.status_code == 409 and balance(kp) == before + 10_500_000
+
+
+def test_a_declined_card_says_so_credits_nothing_and_is_a_failed_line_of_the_history(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    add_card(owner, VISA)
+    assert add_card(owner, DECLINED, default=True).status_code == 303
+    declined = kp.container.payments.methods(kp.org.id)[0]
+    assert declined.last4 == "0002" and declined.is_default
+    before = balance(kp)
+    fields = confirm_form(owner, "10", declined.id)
+    r = owner.post("/billing/purchase/confirm", fields)
+    assert r.status_code == 402 and "Your card was declined." in text_of(r)
+    assert 'value="10.00"' in r.text and "Configure payment" in text_of(r)  # the form again
+    r = owner.client.post("/billing/purchase/confirm", data=fields)
+    assert r.status_code == 402  # sent again: the same decline, not a second charge
+    assert balance(kp) == before
+    assert "Credit purchase Visa •••• 0002 $10.00 Failed Your card was declined." in text_of(
+        owner.get("/billing/history")
+    )
+    assert len(kp.container.payments.history(kp.org.id)) == 1
+    assert events(kp, "credit_purchase.created") == []
+
+
+def test_bad_card_details_are_refused_next_to_their_field_and_never_shown_again(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    cases = [
+        ({"number": "4242 4242 4242 4241"}, "number", "Your card number is incorrect."),
+        ({"number": "4111 1111 1111 1111"}, "number", "takes test cards only"),
+        ({"number": ""}, "number", "Enter your card number."),
+        ({"expiry": "01 / 20"}, "expiry", "Your card's expiration date is in the past."),
+        ({"expiry": "13/30"}, "expiry", "Your card's expiration month is invalid."),
+        ({"expiry": "soon"}, "expiry", "Enter the expiration date as MM / YY"),
+        ({"cvc": "12"}, "cvc", "Your card's security code must be 3 digits."),
+        ({"number": AMEX, "cvc": "123"}, "cvc", "Your card's security code must be 4 digits."),
+    ]
+    for change, field, said in cases:
+        owner.get("/billing/payment-methods/new")
+        typed = {"number": VISA, "expiry": f"12 / {YY}", "cvc": "123"} | change
+        r = owner.post("/billing/payment-methods", typed)
+        text = text_of(r)
+        assert r.status_code == 400 and said in text, (change, text)
+        next_to = re.search(rf'id="card-{field}-error">([^<]*)<', r.text)  # (aria-describedby)
+        assert next_to and said in html.unescape(next_to.group(1))
+        assert f'value="{html.escape(typed["expiry"])}"' in r.text  # the expiry is kept
+        number = typed["number"]
+        assert not number or (number not in r.text and number.replace(" ", "") not in r.text)
+        assert 'name="cvc" value' not in r.text and f'value="{typed["cvc"]}"' not in r.text
+    assert kp.container.payments.methods(kp.org.id) == []
+    assert events(kp, "payment_method.created") == []
+
+
+def test_an_amount_outside_the_bounds_is_refused_on_the_form(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    add_card(owner, VISA)
+    [method] = kp.container.payments.methods(kp.org.id)
+    for typed, said in (
+        ("4.99", "A credit purchase is between $5.00 and $100.00."),
+        ("100.01", "A credit purchase is between $5.00 and $100.00."),
+        ("10.005", "finer than a cent"),
+        ("1e3", "not an amount"),
+        ("", "Enter the amount"),
+    ):
+        r = owner.get(
+            "/billing/purchase/confirm", params={"amount": typed, "payment_method": method.id}
+        )
+        assert r.status_code == 400 and said in text_of(r), (typed, text_of(r))
+        assert f'value="{typed}"' in r.text and "Configure payment" in text_of(r)
+    fields = confirm_form(owner, "10", method.id) | {"amount": "500"}  # a changed hidden field
+    r = owner.post("/billing/purchase/confirm", fields)
+    assert r.status_code == 400 and "between $5.00 and $100.00" in text_of(r)
+    assert kp.container.payments.history(kp.org.id) == []
+
+
+def test_a_reader_sees_the_billing_pages_without_forms_and_is_refused_changes(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    add_card(owner, VISA)
+    [method] = kp.container.payments.methods(kp.org.id)
+    fields = confirm_form(owner, "10", method.id)
+    join(kp, "rita@example.com", OrgRole.READER)
+    reader = browser_for("rita@example.com", PASSWORD)
+    for path, shows in (
+        ("/billing", "Credit balance"),
+        ("/billing/payment-methods", "Visa •••• 4242 Default"),
+        ("/billing/history", "No charges yet."),
+    ):
+        page = reader.get(path)
+        assert page.status_code == 200 and shows in text_of(page)
+        assert 'method="post" action="/billing' not in page.text
+        for absent in ("Add to credit balance", "Add payment details", "Make default", "Remove"):
+            assert absent not in page.text, (path, absent)
+    for path in ("/billing/purchase", "/billing/payment-methods/new",
+                 f"/billing/payment-methods/{method.id}/remove"):  # fmt: skip
+        assert reader.get(path).status_code == 403
+    reader.get("/billing")
+    for path, data in (
+        ("/billing/purchase/confirm", {k: v for k, v in fields.items() if k != "csrf_token"}),
+        ("/billing/payment-methods", {"number": VISA, "expiry": f"12/{YY}", "cvc": "123"}),
+        (f"/billing/payment-methods/{method.id}/default", {}),
+        (f"/billing/payment-methods/{method.id}/remove", {}),
+    ):
+        assert reader.post(path, data).status_code == 403, path
+        reader.get("/billing")
+    assert kp.container.payments.history(kp.org.id) == []
+    assert len(kp.container.payments.methods(kp.org.id)) == 1
+
+
+def test_make_default_then_remove_it_after_a_confirmation_moves_the_default(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    add_card(owner, VISA)
+    add_card(owner, MASTERCARD)
+    add_card(owner, AMEX, cvc="1234")
+    by_last4 = {m.last4: m for m in kp.container.payments.methods(kp.org.id)}
+    assert by_last4["4242"].is_default and not by_last4["4444"].is_default
+    owner.get("/billing/payment-methods")
+    made = owner.post(f"/billing/payment-methods/{by_last4['4444'].id}/default", {})
+    assert made.status_code == 303
+    assert "Mastercard •••• 4444 Default" in text_of(owner.get("/billing/payment-methods"))
+
+    page = owner.get(f"/billing/payment-methods/{by_last4['4444'].id}/remove")
+    text = text_of(page)
+    assert page.status_code == 200 and "Remove payment method" in text
+    successor = re.search(r"((?:Visa|American Express) •••• \d{4}) becomes the default", text)
+    assert successor, text  # (the newest other card: they may share a second here)
+    assert len(kp.container.payments.methods(kp.org.id)) == 3  # nothing removed by asking
+    removed = owner.post(f"/billing/payment-methods/{by_last4['4444'].id}/remove", {})
+    assert removed.status_code == 303
+    listing = text_of(owner.get("/billing/payment-methods"))
+    assert f"{successor.group(1)} Default" in listing and "4444" not in listing
+    assert len(kp.container.payments.methods(kp.org.id)) == 2
+    assert (
+        owner.post(f"/billing/payment-methods/{by_last4['4444'].id}/remove", {}).status_code == 404
+    )
+    assert sorted(events(kp, "payment_method.updated", "payment_method.deleted")) == [
+        "payment_method.deleted", "payment_method.updated"
+    ]  # fmt: skip
