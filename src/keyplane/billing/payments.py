@@ -296,7 +296,7 @@ class PaymentService:
         now = self._clock.now()
         saved = self._provider.save_card(card, now)
         method = PaymentMethod(
-            id=new_id("pm_"), org_id=org_id, provider=self._provider.name,
+            id=ordered_id("pm_"), org_id=org_id, provider=self._provider.name,
             provider_ref=saved.provider_ref, brand=saved.brand, last4=saved.last4,
             exp_month=saved.exp_month, exp_year=saved.exp_year,
             is_default=make_default or not existing, created_at=int(now),
@@ -424,7 +424,7 @@ class PaymentService:
             self._store.finish_recharge(job.id, "skipped", now)  # turned off, or topped up
             return 1
         amount = -(-(job.target - balance) // 10_000) * 10_000  # up to the target, whole cents
-        amount = max(amount, self.bounds.minimum)
+        amount = min(max(amount, self.bounds.minimum), self.bounds.maximum)
         methods = self._store.methods(job.org_id)
         if not methods:
             return self._declined(job, now, "no_payment_method", amount)

@@ -50,7 +50,8 @@ class SqlPaymentStore(SqlStore):
             lambda c: c.execute(
                 select(payment_methods)
                 .where(payment_methods.c.org_id == org_id, payment_methods.c.removed_at.is_(None))
-                .order_by(payment_methods.c.is_default.desc(), payment_methods.c.created_at.desc())
+                # (ids are time-ordered: the newest first, also within one second)
+                .order_by(payment_methods.c.is_default.desc(), payment_methods.c.id.desc())
             ).all()
         )
         return [_method(r) for r in rows]

@@ -214,23 +214,22 @@ def confirm_payment(
     try:
         micros, method = _order(request, org_id, amount, payment_method)
 
-        def charge() -> str:
-            payment = services.payments.purchase(
-                org_id, micros, method_id=method.id, idempotency_key=f"dashboard:{form_id}"
-            )
+        def charged(payment: Payment) -> None:  # once per charge: not when the form is resent
+            data = {
+                "amount_micro_usd": payment.amount,
+                "status": payment.status,
+                "failure_code": payment.failure,
+                "payment_method": payment.method_id,
+            }
             services.audit.record(
                 org_id, principal.actor, "credit_purchase.created", target_id=payment.id,
-                details={"data": {"amount_micro_usd": micros, "payment_method": method.id}},
+                details={"data": data},
             )  # fmt: skip
-            return payment.id
 
-        # The purchase's own idempotency never charges twice; this second claim, on the same
-        # form id, keeps a form sent again from auditing the purchase a second time. (A decline
-        # releases it, and sending the form again replays the decline: no second charge.)
-        payment_id = services.billing.idempotent(
-            f"dashboard-purchase:{org_id}", form_id, {"amount": micros, "method": method.id},
-            charge, str, str,
-        )  # fmt: skip
+        payment_id = services.payments.purchase(
+            org_id, micros, method_id=method.id, idempotency_key=f"dashboard:{form_id}",
+            on_charged=charged,
+        ).id  # fmt: skip
     except PaymentFailed as exc:
         return _configure(
             request, viewer, status=402, error=exc.message, amount=amount,
