@@ -228,3 +228,24 @@ def test_reports_are_not_taken_when_no_signer_is_configured(
     finally:
         kp.server.stop()
         kp.container.close()
+
+
+def test_a_large_report_and_an_odd_token_in_it_do_not_stop_the_real_key(kp: Keyplane) -> None:
+    """Up to a thousand matches with long URLs (far over the Admin API's 64 KiB bodies), and a
+    token that is not valid text (a lone surrogate, which JSON allows) among them."""
+    filler = {"token": "sk-kp-proj-" + "Z" * 50, "type": "keyplane_api_key",
+              "url": "https://github.com/some-org/repo/blob/" + "a" * 40 + "/src/settings.py"}  # fmt: skip
+    body = (
+        json.dumps([{"token": "\udc80x", "type": "keyplane_api_key"}, *[filler] * 998])[:-1]
+        + ", "
+        + json.dumps({"token": kp.key, "type": "keyplane_api_key", "url": LEAKED_AT})
+        + "]"
+    ).encode()
+    assert len(body) > 150_000
+    r = post(kp, body, GITHUB.headers(body))
+    assert r.status_code == 200, r.text
+    labels = [f["label"] for f in r.json()]
+    assert (
+        len(labels) == 1000 and labels[-1] == "true_positive" and labels.count("true_positive") == 1
+    )
+    wait_until(lambda: chat(kp, kp.key) == 401, timeout=1.0)

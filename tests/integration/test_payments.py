@@ -136,7 +136,8 @@ def test_declined_recharges_are_retried_hourly_then_auto_recharge_turns_off(
             org.id, auto_recharge=True, recharge_threshold=5 * USD, recharge_target=20 * USD
         )
         c.payments.add_method(org.id, NO_FUNDS)
-        assert c.money_store.enqueue_recharge("rj_1", org.id, 20 * USD, int(clock.now()))
+        # (Turned on under the threshold: a job is pending already.)
+        assert not c.money_store.enqueue_recharge("rj_1", org.id, 20 * USD, int(clock.now()))
         assert c.payments.run_recharges() == 0  # declined: due again in an hour
         assert c.payments.run_recharges() == 0  # (not before)
         assert len(outbox_subjects(c)) == 1
@@ -198,3 +199,23 @@ def test_spend_under_the_threshold_recharges_up_to_the_target(
     finally:
         kp.server.stop()
         kp.container.close()
+
+
+def test_turning_auto_recharge_on_under_the_threshold_recharges_without_waiting_for_spend(
+    tmp_path: Path,
+) -> None:
+    """With no credit left every request is refused before it spends: no settlement would ever
+    notice the balance, so turning auto-recharge on is what asks for the recharge."""
+    c, _, org, _, _ = initialized(tmp_path, "http://sim/v1", credit=0)
+    try:
+        c.payments.add_method(org.id, VISA)
+        c.billing.update_settings(
+            org.id, auto_recharge=True, recharge_threshold=5 * USD, recharge_target=20 * USD
+        )
+        assert c.payments.run_recharges() == 1
+        assert c.billing.balance(org.id).available == 20 * USD
+        # Changed again while over the threshold: nothing to buy.
+        c.billing.update_settings(org.id, recharge_target=30 * USD)
+        assert c.payments.run_recharges() == 0
+    finally:
+        c.close()

@@ -78,3 +78,34 @@ def test_an_organization_not_loaded_here_is_judged_on_the_stored_records() -> No
     outbox = Outbox()
     assert watcher(store, outbox).check(["org-1"], {}) == 1
     assert store.sums == 1
+
+
+def test_a_recharge_that_was_not_enough_or_failed_is_asked_for_again_a_minute_later() -> None:
+    """The process does not ask again at every settlement batch while a recharge is pending, but
+    neither does it forget the organization for good (a recharge capped below the target, a job
+    given up and auto-recharge turned on again)."""
+    from keyplane.billing.wallet import Lot
+    from keyplane.billing.watcher import RECHARGE_RECHECK_S
+
+    enqueued: list[int] = []
+
+    class RechargeStore(Store):
+        def enqueue_recharge(self, job_id: str, org_id: str, target: int, at: int) -> bool:
+            enqueued.append(at)
+            return True
+
+    clock = FrozenClock(NOW)
+    w = SpendWatcher(
+        RechargeStore([], (0, {})), Outbox(), clock,  # type: ignore[arg-type]
+        owner_emails=lambda _: ["owner@example.com"], org_name=lambda _: "Acme",
+        public_url="http://keyplane.test",
+    )  # fmt: skip
+    money = OrgMoney("org-1", auto_recharge=True, recharge_threshold=5_000_000,
+                     recharge_target=20_000_000)  # fmt: skip
+    money.lots.append(Lot("cg_1", "grant", 10_000_000, 1_000_000, 0, None))  # $1 left
+    w.check(["org-1"], {"org-1": money})
+    w.check(["org-1"], {"org-1": money})
+    assert enqueued == [int(NOW)]  # once, while it may be pending
+    clock.advance(RECHARGE_RECHECK_S)
+    w.check(["org-1"], {"org-1": money})  # still under the threshold a minute later
+    assert enqueued == [int(NOW), int(NOW + RECHARGE_RECHECK_S)]

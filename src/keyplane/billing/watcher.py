@@ -19,6 +19,9 @@ from keyplane.notify.webhooks import Publish, publish_nowhere
 from keyplane.usage.pricing import format_usd
 
 
+RECHARGE_RECHECK_S = 60.0
+
+
 def _usd(micros: int) -> str:
     return "$" + format_usd(micros)
 
@@ -45,7 +48,10 @@ class SpendWatcher:
         self._project_name = project_name
         self._public_url = public_url.rstrip("/")
         self._notified: set[tuple[str, str]] = set()
-        self._recharging: set[str] = set()
+        # Organizations this process enqueued a recharge for, and when: not asked again for
+        # RECHARGE_RECHECK_S (each settlement batch would try), then again if still under the
+        # threshold (a pending job refuses a second; a finished one may not have been enough).
+        self._recharging: dict[str, float] = {}
 
     def check(self, org_ids: Iterable[str], states: Mapping[str, OrgMoney]) -> int:
         """Enqueues the emails and recharges that settled spend calls for; returns how many.
@@ -100,14 +106,14 @@ class SpendWatcher:
     def _maybe_recharge(self, money: OrgMoney, now: float) -> int:
         threshold, target = money.recharge_threshold, money.recharge_target
         if not money.auto_recharge or threshold is None or target is None:
-            self._recharging.discard(money.org_id)
+            self._recharging.pop(money.org_id, None)
             return 0
         if money.balance(now) >= threshold:
-            self._recharging.discard(money.org_id)  # recharged (or topped up): watch again
+            self._recharging.pop(money.org_id, None)  # recharged (or topped up): watch again
             return 0
-        if money.org_id in self._recharging:
+        if now - self._recharging.get(money.org_id, -RECHARGE_RECHECK_S) < RECHARGE_RECHECK_S:
             return 0
-        self._recharging.add(money.org_id)
+        self._recharging[money.org_id] = now
         return int(self._store.enqueue_recharge(new_id("rj_"), money.org_id, target, int(now)))
 
 

@@ -60,7 +60,8 @@ class AdminApi(FastAPI):
 
 
 class BodySizeLimit:
-    """Refuses request bodies over ``MAX_BODY_BYTES`` in the envelope: at once when the declared
+    """Refuses request bodies over ``MAX_BODY_BYTES`` in the envelope (a secret scanning report,
+    up to a thousand matches, over ``leak_reports.MAX_BODY_BYTES``): at once when the declared
     Content-Length says so, else as the bytes arrive (raised inside the route, so the error
     handlers answer it). FastAPI's own limit answers a declared size in plain text."""
 
@@ -71,11 +72,14 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = (
+            leak_reports.MAX_BODY_BYTES
+            if scope["path"] == leak_reports.PATH
+            else errors.MAX_BODY_BYTES
+        )
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (
-            not declared.isdigit() or int(declared) > errors.MAX_BODY_BYTES
-        ):
-            await errors.respond(errors.too_large())(scope, receive, send)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await errors.respond(errors.too_large(limit))(scope, receive, send)
             return
         seen = 0
 
@@ -83,8 +87,8 @@ class BodySizeLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > errors.MAX_BODY_BYTES:
-                raise HTTPException(413)
+            if seen > limit:
+                raise HTTPException(413, detail=str(limit))
             return message
 
         await self.app(scope, limited, send)

@@ -60,8 +60,8 @@ def params_named(names: Mapping[str, str]) -> Iterator[None]:
         raise InvalidRequest(exc.message, param=names[exc.param]) from None
 
 
-def too_large() -> ApiError:
-    return ApiError(413, f"The request body is larger than {MAX_BODY_BYTES // 1024} KiB.")
+def too_large(limit: int = MAX_BODY_BYTES) -> ApiError:
+    return ApiError(413, f"The request body is larger than {limit // 1024} KiB.")
 
 
 def validation_error(exc: RequestValidationError) -> ApiError:
@@ -115,8 +115,9 @@ def install(app: FastAPI) -> None:
             error = ApiError(404, f"Invalid URL ({method} {path})")
         elif exc.status_code == 405:
             error = ApiError(405, f"Method {method} is not allowed on {path}.")
-        elif exc.status_code == 413:
-            error = too_large()
+        elif exc.status_code == 413:  # (the detail: the limit, when the body-size check raised it)
+            detail = str(exc.detail)
+            error = too_large(int(detail)) if detail.isdigit() else too_large()
         else:
             error = ApiError(exc.status_code, str(exc.detail))
         return respond(error, exc.headers)

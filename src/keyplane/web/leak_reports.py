@@ -42,8 +42,10 @@ log = logging.getLogger("keyplane.leak_reports")
 
 GITHUB_KEYS_URL = "https://api.github.com/meta/public_keys/secret_scanning"
 REFETCH_S = 60.0  # an unknown identifier fetches the list again at most this often
+PATH = "/v1/secret_scanning/reports"
 MAX_TOKENS = 1000  # matches per report
-MAX_TEXT = 2000  # characters of a token, type, URL or source
+MAX_TEXT = 2000  # characters of a type, URL or source kept
+MAX_BODY_BYTES = 8 * 1024 * 1024  # a thousand matches with long URLs
 REPORTER = Actor(ActorType.SYSTEM, "secret scanning report")
 
 router = APIRouter(prefix="/v1/secret_scanning", include_in_schema=False)
@@ -117,7 +119,7 @@ def _refused(message: str) -> AdminApiError:
     return AdminApiError(ApiError(401, message, code="invalid_signature"))
 
 
-@router.post("/reports")
+@router.post(PATH.removeprefix("/v1/secret_scanning"))
 async def report(request: Request) -> JSONResponse:
     reporters = cast(ReporterKeys, request.app.state.leak_reporters)
     if not reporters.enabled:
@@ -157,8 +159,16 @@ def _matches(body: bytes) -> list[dict[str, str]]:
         )
     if len(parsed) > MAX_TOKENS:
         raise AdminApiError(ApiError(400, f"A report holds at most {MAX_TOKENS} matches."))
+    # The token whole (its feedback hash is of all of it); a lone surrogate (JSON allows
+    # "\udc80") as U+FFFD, so that one odd match cannot stop the rest of the report.
     return [
-        {name: value[:MAX_TEXT] for name, value in m.items() if isinstance(value, str)}
+        {
+            name: (value if name == "token" else value[:MAX_TEXT])
+            .encode("utf-8", "surrogatepass")
+            .decode("utf-8", "replace")
+            for name, value in m.items()
+            if isinstance(value, str)
+        }
         for m in parsed
     ]
 
