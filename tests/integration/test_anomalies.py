@@ -45,24 +45,28 @@ def setup(tmp_path: Path) -> Iterator[tuple[bootstrap.Container, str, str, Froze
     c.close()
 
 
-def test_a_key_used_from_a_new_network_is_reported_once_a_day(
+def test_every_new_network_of_a_key_is_audited_and_sent_and_emailed_once_a_day(
     setup: tuple[bootstrap.Container, str, str, FrozenClock],
 ) -> None:
     c, org, key, clock = setup
     watch = c.anomalies.check
     assert watch({(org, key, "198.51.100.7"): None}, {}) == 0  # its first network: the baseline
     assert watch({(org, key, "198.51.100.200"): None}, {}) == 0  # the same /24
-    assert watch({(org, key, "203.0.113.9"): None, (org, key, "2001:db8::1"): None}, {}) == 1
+    assert watch({(org, key, "203.0.113.9"): None, (org, key, "2001:db8::1"): None}, {}) == 2
     (subject,) = outbox(c)
     assert subject == "[keyplane] Unusual use of the API key 'prod app'"
-    (reason,) = events(c, org, "api_key.new_network")
-    assert "used from" in reason and "and 1 other new networks" in reason
+    reasons = sorted(events(c, org, "api_key.new_network"))
+    assert reasons == [
+        "used from 2001:db8::1 (2001:db8::/48), where it was never used before",
+        "used from 203.0.113.9 (203.0.113.0/24), where it was never used before",
+    ]
     with c.engine.connect() as conn:
-        (delivery,) = conn.execute(select(webhook_deliveries)).all()
-    assert delivery.event_type == "api_key.new_network" and key in delivery.body
-    # Another new network the same day: recorded, not alerted again; the next day it is.
-    watch({(org, key, "192.0.2.1"): None}, {})
-    assert len(outbox(c)) == 1
+        deliveries = conn.execute(select(webhook_deliveries)).all()
+    assert len(deliveries) == 2 and all(key in d.body for d in deliveries)
+    # Another new network the same day (an attacker after the owner's own new office): audited
+    # and sent, not emailed again; the next day's first one is emailed.
+    assert watch({(org, key, "192.0.2.1"): None}, {}) == 1
+    assert len(outbox(c)) == 1 and len(events(c, org, "api_key.new_network")) == 3
     clock.advance(24 * HOUR)
     assert watch({(org, key, "100.64.0.1"): None}, {}) == 1
     assert len(outbox(c)) == 2

@@ -168,11 +168,15 @@ class BillingService:
             raise InvalidRequest(f"There is no usage tier '{updated.tier}'.", param="tier")
         self._store.save_settings(updated, self._now())
         threshold, target = updated.recharge_threshold, updated.recharge_target
-        if updated.auto_recharge and threshold is not None and target is not None:
-            # Turned on (or changed) under the threshold already: no settlement may come to
-            # trigger it (with no credit, every request is refused before it spends anything).
-            if self.balance(org_id).available < threshold:
-                self._store.enqueue_recharge(new_id("rj_"), org_id, target, self._now())
+        # Turned on (or changed) under the threshold already: no settlement may come to trigger
+        # it (with no credit, every request is refused before it spends anything).
+        if (
+            updated.auto_recharge
+            and threshold is not None
+            and target is not None
+            and self.balance(org_id).available < threshold
+        ):
+            self._store.enqueue_recharge(new_id("rj_"), org_id, target, self._now())
         return updated
 
     def _check_recharge(self, threshold: int | None, target: int | None) -> None:

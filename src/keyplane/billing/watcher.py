@@ -18,7 +18,6 @@ from keyplane.notify.ports import Outbox
 from keyplane.notify.webhooks import Publish, publish_nowhere
 from keyplane.usage.pricing import format_usd
 
-
 RECHARGE_RECHECK_S = 60.0
 
 

@@ -7,7 +7,8 @@ The gateway counts each key's client addresses and hourly spend as its settlemen
 (``key_networks``, ``key_spend_hours``: sums across every gateway process) and looks:
 
 - **new network**: an address outside every /24 (IPv4) or /48 (IPv6) the key was used from before
-  (a key's first network is its baseline, not an alert); at most one alert a key a day.
+  (a key's first network is its baseline, not an alert): each is audited and sent to webhooks,
+  and emailed at most once a key a day.
 - **spend spike**: this hour's spend of a key is at least ``SPIKE_FACTOR`` times its average hour
   over the week before, and at least ``SPIKE_FLOOR``, for a key with a day of history or more.
 
@@ -115,21 +116,22 @@ class AnomalyWatcher:
     def _alert_networks(
         self, key_id: str, networks: list[str], addresses: Addresses, now: int
     ) -> int:
-        """One alert per key and day at most: a key that many people use (an app that ships it)
-        would otherwise send one for every network it reaches."""
+        """Each new network is audited and sent to webhooks; the Owners get one email a key a
+        day (a key that many people use, an app that ships it, would send one per network)."""
         key = self._keys.get(key_id)
         if key is None:
             return 0
-        address = next(
-            ip for _, k, ip in addresses if k == key_id and network_of(ip) == networks[0]
-        )
-        others = f" and {len(networks) - 1} other new networks" if len(networks) > 1 else ""
-        what = f"used from {address} ({networks[0]}){others}, where it was never used before"
-        self._notify(
-            key, "api_key.new_network", f"new-network:{key_id}:{now // 86400}",
-            {"address": address, "networks": networks}, what, now,
-        )  # fmt: skip
-        return 1
+        for network in networks:
+            address = next(
+                ip for _, k, ip in addresses if k == key_id and network_of(ip) == network
+            )
+            what = f"used from {address} ({network}), where it was never used before"
+            self._notify(
+                key, "api_key.new_network", {"address": address, "network": network}, what, now,
+                dedupe=f"new-network:{key_id}:{network}",
+                email_dedupe=f"new-network:{key_id}:{now // 86400}", always_audit=True,
+            )  # fmt: skip
+        return len(networks)
 
     def _check_spend(self, org_id: str, key_id: str, hour: int, now: int) -> int:
         first = self._store.first_hour(key_id)
@@ -149,30 +151,36 @@ class AnomalyWatcher:
             f"spent ${current / 1e6:,.2f} this hour, {current / max(baseline, 1):,.0f} times its "
             f"average hour over the last {hours // 24} days (${baseline / 1e6:,.2f})"
         )
+        dedupe = f"spend-spike:{key_id}:{hour}"
         self._notify(
-            key, "api_key.spend_spike", f"spend-spike:{key_id}:{hour}",
+            key, "api_key.spend_spike",
             {"hour_start": hour * 3600, "spend_micro_usd": current,
              "average_hour_micro_usd": round(baseline)}, what, now,
+            dedupe=dedupe, email_dedupe=dedupe,
         )  # fmt: skip
         return 1
 
     def _notify(
-        self, key: ApiKey, event: str, dedupe: str, data: dict[str, object], what: str, now: int
-    ) -> None:
+        self, key: ApiKey, event: str, data: dict[str, object], what: str, now: int, *,
+        dedupe: str, email_dedupe: str, always_audit: bool = False,
+    ) -> None:  # fmt: skip
+        """The webhook event (once per ``dedupe``), the Owners' email (once per
+        ``email_dedupe``) and the audit entry (with the email, or ``always_audit``)."""
         details = {"api_key_id": key.id, "name": key.name, "redacted_value": key.redacted_value,
                    "project_id": key.project_id, **data}  # fmt: skip
         self._publish(key.org_id, event, details, dedupe)
         recipients = list(self._owner_emails(key.org_id))
-        first = not recipients or self._outbox.enqueue(  # (once: the dedupe key decides)
-            dedupe, recipients,
+        emailed = not recipients or self._outbox.enqueue(
+            email_dedupe, recipients,
             f"[keyplane] Unusual use of the API key {key.name!r}",
             f"The API key {key.name!r} ({key.redacted_value}, {key.id}) of "
             f"{self._org_name(key.org_id)} was {what}.\n\n"
             "If that was not you or your apps, revoke the key now (keyplane keys revoke "
-            f"{key.id}, or API keys in the dashboard) and check the usage page.\n",
+            f"{key.id}, or API keys in the dashboard) and check the usage page. More of the "
+            "same today is in the audit log, not emailed again.\n",
             now=now,
         )  # fmt: skip
-        if first:
+        if emailed or always_audit:
             self._audit.record(
                 key.org_id, WATCHER, event, target_id=key.id, project_id=key.project_id,
                 details={"data": data, "reason": what},
