@@ -134,7 +134,9 @@ def build(
     webhook_store = SqlWebhookStore(
         engine, key=derive_key(settings.secret_bytes("encryption_key"), "keyplane/webhooks/v1")
     )
-    webhooks = Webhooks(webhook_store, clock)
+    webhooks = Webhooks(
+        webhook_store, clock, allow_private=settings.webhook_allow_private_addresses
+    )
     promoter = TierPromoter(
         money_store, billing, outbox, clock, owner_emails=accounts.owner_emails,
         org_name=accounts.org_name, audit=audit, publish=webhooks.publish,

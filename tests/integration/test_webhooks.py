@@ -19,6 +19,7 @@ from sqlalchemy import select
 from conftest import Keyplane, initialized, start_keyplane
 from keyplane.audit.models import Actor, ActorType
 from keyplane.clock import FrozenClock
+from keyplane.errors import InvalidRequest
 from keyplane.keys.format import KeyKind
 from keyplane.notify.webhooks import RETRIES_S, WebhookDispatcher
 from keyplane.storage.webhook_tables import webhook_deliveries
@@ -204,3 +205,47 @@ def test_deliveries_to_this_machine_or_private_networks_are_refused(url: str) ->
     assert calls == []
     allowed = HttpPoster(allow_private=True, transport=httpx.MockTransport(handle))
     assert asyncio.run(allowed(url, b"{}", {})) == 200
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1/x", "http://localhost:8080/x", "http://127.1/x", "http://2130706433/x",
+     "http://0x7f000001/x", "http://[::ffff:127.0.0.1]/x", "http://169.254.169.254/x",
+     "http://0.0.0.0/x", "http://[::]/x", "https://10.0.0.8/x", "http://[::1/x",
+     "http://hooks.example:99999/x"],
+)  # fmt: skip
+def test_an_endpoint_that_could_never_be_delivered_to_is_refused_when_created(
+    tmp_path: Path, url: str
+) -> None:
+    c, _, org, _, _ = initialized(tmp_path, "http://sim/v1")
+    try:
+        with pytest.raises(InvalidRequest) as refused:
+            c.webhooks.create(org.id, url, ["api_key.leaked"])
+        assert refused.value.param == "url"
+        assert c.webhooks.endpoints(org.id) == []
+    finally:
+        c.close()
+
+
+def test_a_delivery_connects_to_the_address_it_checked() -> None:
+    """The name is resolved once: a DNS answer that changes after the check (rebinding) cannot
+    move the delivery to a private address; the name stays in Host (and in TLS)."""
+    answers = [["93.184.216.34"], ["127.0.0.1"]]
+    seen: list[httpx.Request] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return answers.pop(0)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204)
+
+    poster = HttpPoster(
+        allow_private=False, transport=httpx.MockTransport(handle), resolver=resolver
+    )
+    assert asyncio.run(poster("https://hooks.example:8443/kp?x=1", b"{}", {})) == 204
+    (request,) = seen
+    assert str(request.url) == "https://93.184.216.34:8443/kp?x=1"
+    assert request.headers["host"] == "hooks.example:8443"
+    assert request.extensions["sni_hostname"] == "hooks.example"
+    assert answers == [["127.0.0.1"]]  # resolved once

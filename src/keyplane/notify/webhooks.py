@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import secrets
+import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -105,25 +107,52 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac}"
 
 
-def check_url(url: str) -> str:
-    parts = urlsplit(url)
-    if len(url) > MAX_URL or parts.scheme not in ("https", "http") or not parts.hostname:
-        raise InvalidRequest("A webhook URL is an http:// or https:// address.", param="url")
+def check_url(url: str, *, allow_private: bool) -> str:
+    """Refuses what can never be delivered; names that resolve to private addresses are caught
+    when delivering (the answer may change), literal ones and ``localhost`` here already."""
+    bad = InvalidRequest("A webhook URL is an http:// or https:// address.", param="url")
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port  # (a port that is no number raises ValueError)
+    except ValueError:
+        raise bad from None
+    if len(url) > MAX_URL or parts.scheme not in ("https", "http") or not host:
+        raise bad
     if parts.username or parts.password:
         raise InvalidRequest("A webhook URL carries no user name or password.", param="url")
+    if not allow_private and not _public_name(host):
+        raise InvalidRequest(
+            f"{host} is not a public address: webhooks are not delivered to this machine or "
+            "private networks (the operator may allow it).",
+            param="url",
+        )
     return url
 
 
+def _public_name(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return ipaddress.ip_address(host).is_global
+    except ValueError:
+        pass
+    try:  # the shorthand forms an HTTP client may read as an address: 127.1, 2130706433, 0x7f.1
+        return ipaddress.ip_address(socket.inet_aton(host)).is_global
+    except OSError:
+        return True  # a name: checked when delivering
+
+
 class Webhooks:
-    def __init__(self, store: WebhookStore, clock: Clock) -> None:
+    def __init__(self, store: WebhookStore, clock: Clock, *, allow_private: bool = False) -> None:
         self._store = store
         self._clock = clock
+        self._allow_private = allow_private
 
     def create(
         self, org_id: str, url: str, events: Sequence[str], description: str = ""
     ) -> tuple[WebhookEndpoint, str]:
         """A new endpoint and its signing secret (shown once). Raises InvalidRequest."""
-        check_url(url)
+        check_url(url, allow_private=self._allow_private)
         unknown = sorted(set(events) - set(EVENT_TYPES))
         if not events or unknown:
             raise InvalidRequest(
@@ -201,6 +230,7 @@ class WebhookDispatcher:
                 return 1
             error = f"HTTP {status}"
         retry_at = now + RETRIES_S[d.attempts] if d.attempts < len(RETRIES_S) else None
-        log.warning("webhook %s to %s failed (%s)", d.id, d.url, error)
+        # (the host only: a path may carry the receiver's own secret, as Slack's URLs do)
+        log.warning("webhook %s to %s failed (%s)", d.id, urlsplit(d.url).hostname, error)
         await asyncio.to_thread(self._store.failed, d.id, int(self._clock.now()), error, retry_at)
         return 0
