@@ -404,3 +404,20 @@ async def test_a_revoked_key_in_use_is_not_counted_as_an_attack(
             await auth.authenticate(secret, "203.0.113.9")
     _, other = create(service)
     assert (await auth.authenticate(other, "203.0.113.9")).org_id == ORG
+
+
+async def test_an_ipv6_host_counts_its_failures_with_its_whole_64(
+    auth: KeyAuthenticator, service: KeyService
+) -> None:
+    from keyplane.errors import TooManyFailures
+    from keyplane.keys.authenticator import MAX_FAILURES
+
+    for i in range(MAX_FAILURES):
+        with pytest.raises(InvalidApiKey):
+            await auth.authenticate(
+                forge("proj", f"guess{i:07d}", "s" * 32), f"2001:db8:1:2::{i:x}"
+            )
+    with pytest.raises(TooManyFailures):
+        await auth.authenticate(forge("proj", "guessnext000", "s" * 32), "2001:db8:1:2:ffff::1")
+    _, secret = create(service)
+    assert (await auth.authenticate(secret, "2001:db8:1:3::1")).org_id == ORG  # the next /64

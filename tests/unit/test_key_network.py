@@ -60,3 +60,14 @@ def test_permissions() -> None:
     assert permissions.describe(scopes) == "Restricted" and permissions.describe(()) == "All"
     with pytest.raises(ValueError, match="Unknown scope"):
         permissions.validate(["chat.admin"])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("203.0.113.9:5555", "203.0.113.9"), ("[2001:db8::1]:443", "2001:db8::1"),
+     ("[2001:db8::1]", "2001:db8::1"), ("2001:db8::1", "2001:db8::1"), (" 10.0.0.1 ", "10.0.0.1"),
+     ("10.0.0.1:x", None), ("[::1]:", None), ("1.2.3.4:5:6", None)],
+)  # fmt: skip
+def test_an_address_may_come_with_the_port_a_proxy_added(text: str, expected: str | None) -> None:
+    addr = network.parse_address(text)
+    assert (None if addr is None else str(addr)) == expected

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import itertools
 import math
 import os
@@ -40,6 +41,17 @@ def _invalid(token: str) -> InvalidApiKey:
     return InvalidApiKey(
         f"Incorrect API key provided: {shown}. You can find your API key in the keyplane dashboard."
     )
+
+
+def _bucket(client_ip: str | None) -> str | None:
+    """Whose failures an address counts with: itself, or for IPv6 its /64 (one host has a whole
+    /64 to send from)."""
+    if client_ip is None or ":" not in client_ip:
+        return client_ip
+    try:
+        return str(ipaddress.ip_network(f"{client_ip}/64", strict=False))
+    except ValueError:
+        return client_ip
 
 
 class KeyAuthenticator:
@@ -123,12 +135,12 @@ class KeyAuthenticator:
         return key.id, key
 
     def _check_failures(self, client_ip: str | None) -> None:
-        seen = self._failures.get(client_ip)
+        seen = self._failures.get(_bucket(client_ip))
         if seen is None or seen[1] < MAX_FAILURES:
             return
         left = seen[0] + FAILURE_WINDOW_S - self._clock.now()
         if left <= 0:
-            del self._failures[client_ip]
+            del self._failures[_bucket(client_ip)]
             return
         raise TooManyFailures(
             f"Too many requests with invalid API keys from {client_ip or 'your address'}: try "
@@ -138,6 +150,7 @@ class KeyAuthenticator:
 
     def _failed(self, client_ip: str | None) -> None:
         now = self._clock.now()
+        client_ip = _bucket(client_ip)
         seen = self._failures.get(client_ip)
         if seen is None or now - seen[0] >= FAILURE_WINDOW_S:
             if len(self._failures) >= MAX_ADDRESSES:

@@ -59,10 +59,17 @@ def cached_networks(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
 
 @functools.lru_cache(maxsize=4096)  # a gateway sees the same few addresses over and over
 def parse_address(text: str | None) -> Address | None:
+    """An address as a socket or a proxy's X-Forwarded-For gives it: ``1.2.3.4``, ``::1``,
+    ``[::1]``, and with a port as some proxies add one (``1.2.3.4:5555``, ``[::1]:5555``)."""
     if not text:
         return None
+    text = text.strip()
+    if (text.startswith("[") and "]:" in text) or text.count(":") == 1:
+        text, _, port = text.rpartition(":")
+        if not port.isascii() or not port.isdigit() or len(port) > 5:
+            return None
     try:
-        addr = ipaddress.ip_address(text.strip().strip("[]"))
+        addr = ipaddress.ip_address(text.strip("[]"))
     except ValueError:
         return None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
