@@ -351,6 +351,7 @@ def build_app(
 
     The Admin API shares the gateway's key cache and applies money changes to its guard at once."""
     gateway = build_gateway(container, transport=transport)
+    meter = gateway.meter
 
     # Built on their first request: a gateway that only serves /v1 never loads FastAPI, the
     # templates or their dependencies (~25 MB of its memory).
@@ -362,6 +363,7 @@ def build_app(
         return create_admin_app(
             container, auth=gateway.pipeline.auth, on_money_change=gateway.pipeline.money.refresh,
             leak_reporters=ReporterKeys(s.leak_report_keys, s.leak_report_keys_url),
+            on_key_used=lambda key, ip: meter.used_from(key.org_id, key.id, ip),
         )  # fmt: skip
 
     def dashboard() -> ASGIApp:

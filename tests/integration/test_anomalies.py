@@ -32,6 +32,11 @@ def events(c: bootstrap.Container, org_id: str, kind: str) -> list[str]:
     return [str(e.details.get("reason")) for e in page.events]
 
 
+def networks(kp: Keyplane) -> list[object]:
+    with kp.container.engine.connect() as conn:
+        return list(conn.exec_driver_sql("SELECT network FROM key_networks").all())
+
+
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[tuple[bootstrap.Container, str, str, FrozenClock]]:
     clock = FrozenClock(1_800_000_000.0)
@@ -117,18 +122,44 @@ def test_through_the_gateway_a_request_from_a_new_network_alerts_the_owners(
 
         call("198.51.100.7")
         kp.usage(expect=1)
-
-        def networks() -> list[object]:
-            with kp.container.engine.connect() as conn:
-                return list(conn.exec_driver_sql("SELECT network FROM key_networks").all())
-
-        wait_until(networks)  # the first network: the baseline
+        wait_until(lambda: networks(kp))  # the first network: the baseline
         call("198.51.100.8")  # the same network
         call("203.0.113.50")
         wait_until(lambda: outbox(kp.container), timeout=10)
         assert outbox(kp.container) == ["[keyplane] Unusual use of the API key 'test key'"]
         (reason,) = events(kp.container, kp.org.id, "api_key.new_network")
         assert reason.startswith("used from 203.0.113.50 (203.0.113.0/24)")
+    finally:
+        kp.server.stop()
+        kp.container.close()
+
+
+def test_an_admin_key_used_from_a_new_network_alerts_too(
+    tmp_path: Path, simulator: ServerThread
+) -> None:
+    kp: Keyplane = start_keyplane(
+        tmp_path, simulator.url + "/v1", trusted_proxies=["127.0.0.1/32"],
+        anomaly_check_interval_s=0.05,
+    )  # fmt: skip
+    try:
+        _, admin = kp.container.keys.create(
+            kind=KeyKind.ADMIN, org_id=kp.org.id, project_id=None, name="ops", owner_type="user",
+            owner_id=kp.owner.id, created_by=kp.owner.id,
+        )  # fmt: skip
+
+        def call(address: str) -> None:
+            r = httpx.get(
+                kp.server.url + "/v1/organization/credit_balance", timeout=30,
+                headers={"authorization": f"Bearer {admin}", "x-forwarded-for": address},
+            )  # fmt: skip
+            assert r.status_code == 200, r.text
+
+        call("198.51.100.7")
+        wait_until(lambda: networks(kp))  # the first network: the baseline
+        call("203.0.113.50")
+        wait_until(lambda: events(kp.container, kp.org.id, "api_key.new_network"), timeout=10)
+        (reason,) = events(kp.container, kp.org.id, "api_key.new_network")
+        assert reason.startswith("used from 203.0.113.50")
     finally:
         kp.server.stop()
         kp.container.close()

@@ -56,11 +56,15 @@ class Meter:
         hist[bisect_left(LATENCY_BOUNDS_MS, r.latency_ms)] += 1
         hist[-1] += r.latency_ms
         # (Bounded, should nothing take them: a gateway built without the anomaly watcher.)
-        if r.client_ip is not None and len(self.key_addresses) < MAX_TRACKED:
-            self.key_addresses[(r.org_id, r.key_id, r.client_ip)] = None
+        self.used_from(r.org_id, r.key_id, r.client_ip)
         if r.cost_micro_usd and len(self.key_spend) < MAX_TRACKED:
             spent = (r.org_id, r.key_id, r.created_at // 3600)
             self.key_spend[spent] = self.key_spend.get(spent, 0) + r.cost_micro_usd
+
+    def used_from(self, org_id: str, key_id: str, client_ip: str | None) -> None:
+        """A key used from ``client_ip`` (a settled request, or an admin key's call)."""
+        if client_ip is not None and len(self.key_addresses) < MAX_TRACKED:
+            self.key_addresses[(org_id, key_id, client_ip)] = None
 
     def take_activity(
         self,

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyplane import __version__
+from keyplane.keys.models import ApiKey
 from keyplane.web import (
     audit_routes,
     billing_routes,
@@ -100,6 +101,7 @@ def create_admin_app(
     auth: Authenticator,
     on_money_change: Callable[[], Awaitable[object]],
     leak_reporters: leak_reports.ReporterKeys | None = None,
+    on_key_used: Callable[[ApiKey, str | None], None] = lambda key, client_ip: None,
 ) -> FastAPI:
     """Builds the Admin API over ``services`` (a ``bootstrap.Container``).
 
@@ -114,7 +116,7 @@ def create_admin_app(
         docs_url=None,  # docs_page: Swagger UI pinned by its hashes, under a strict CSP
         redoc_url=None,
     )
-    app.state.admin = AdminContext(services, auth, on_money_change)
+    app.state.admin = AdminContext(services, auth, on_money_change, on_key_used)
     app.state.leak_reporters = leak_reporters or leak_reports.ReporterKeys({}, "")
     errors.install(app)
     docs_page.install(app)

@@ -61,6 +61,8 @@ class AdminContext:
     auth: Authenticator
     # Makes this process's gateway apply a money change now rather than at its next poll.
     on_money_change: Callable[[], Awaitable[object]]
+    # Told of each admin key's use and its client address (anomaly alerts: a new network).
+    on_key_used: Callable[[ApiKey, str | None], None] = lambda key, client_ip: None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,7 @@ async def admin_caller(
     key = await ctx.auth.authenticate(credentials.credentials.strip(), client_ip)
     if key.kind is not KeyKind.ADMIN:
         raise AdminApiError(ApiError(401, NOT_ADMIN, code="invalid_api_key"))
+    ctx.on_key_used(key, client_ip)
     return Caller(key, client_ip)
 
 
