@@ -1,7 +1,8 @@
 """The dashboard's Billing pages against a real keyplane (the sandbox payment provider, the public
 test cards): adding a card, buying credit through Configure payment and Confirm payment, once per
-form however often it is sent, declines, bad card details and amounts, Readers, and removing a
-card. The flow in a real browser is in tests/e2e/test_browser.py."""
+form however often it is sent, declines, bad card details and amounts, Readers, removing a card,
+and the billing history with its receipts. The flow in a real browser is in
+tests/e2e/test_browser.py."""
 
 from __future__ import annotations
 
@@ -9,14 +10,21 @@ import datetime as dt
 import html
 import json
 import re
+import time
 
 import httpx
+from sqlalchemy import update
 from test_accounts_web import OWNER_PASSWORD, PASSWORD, Browser, text_of
+from test_admin_billing import add_organization
 from test_dashboard_keys import SignIn, browser_for, join, kp  # noqa: F401  (fixtures)
 
 from conftest import Keyplane
 from keyplane.accounts.models import OrgRole
 from keyplane.audit.models import AuditFilter
+from keyplane.billing.payments import CardDetails
+from keyplane.billing.wallet import Lot
+from keyplane.ids import new_id
+from keyplane.storage import tables
 from keyplane.usage.pricing import format_usd
 
 YEAR = dt.datetime.now(dt.UTC).year + 3
@@ -49,6 +57,27 @@ def hidden(page: httpx.Response) -> dict[str, str]:
 def confirm_form(b: Browser, amount: str, method_id: str, form_id: str = "") -> dict[str, str]:
     """The Confirm payment form's fields, as a browser sends them (its one-time id included)."""
     return hidden(confirm_page(b, amount, method_id, form_id))
+
+
+def buy(b: Browser, amount: str, method_id: str) -> str:
+    """Configure payment, then Confirm payment: the payment's id ("" when declined)."""
+    paid = b.post("/billing/purchase/confirm", confirm_form(b, amount, method_id))
+    location = paid.headers.get("location", "")
+    return location.partition("paid=")[2]
+
+
+def day(ts: int | None) -> str:
+    """A date as the dashboard writes one: "Dec 6, 2026" (UTC)."""
+    assert ts is not None
+    when = dt.datetime.fromtimestamp(ts, dt.UTC)
+    return f"{when:%b} {when.day}, {when.year}"
+
+
+def rows_of(page: httpx.Response) -> list[str]:
+    """The text of each line of the page's table."""
+    body = page.text.partition("<tbody>")[2].partition("</tbody>")[0]
+    rows = re.findall(r"<tr>(.*?)</tr>", body, re.S)
+    return [" ".join(html.unescape(re.sub(r"<[^>]+>", " ", row)).split()) for row in rows]
 
 
 def balance(instance: Keyplane) -> int:
@@ -227,7 +256,7 @@ def test_a_reader_sees_the_billing_pages_without_forms_and_is_refused_changes(
     for path, shows in (
         ("/billing", "Credit balance"),
         ("/billing/payment-methods", "Visa •••• 4242 Default"),
-        ("/billing/history", "No charges yet."),
+        ("/billing/history", "Credit grant test credit"),
     ):
         page = reader.get(path)
         assert page.status_code == 200 and shows in text_of(page)
@@ -282,3 +311,132 @@ def test_make_default_then_remove_it_after_a_confirmation_moves_the_default(
     assert sorted(events(kp, "payment_method.updated", "payment_method.deleted")) == [
         "payment_method.deleted", "payment_method.updated"
     ]  # fmt: skip
+
+
+def test_the_history_lists_charges_and_grants_newest_first_and_a_purchase_once(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    """A card purchase is one line (its charge's, not its credit lot's too); a grant is a line with
+    its note and expiry, revoked or not; a purchase paid outside keyplane (recorded by the
+    operator) is a line without a card."""
+    billing = kp.container.billing
+    now = int(time.time())
+    old = Lot(new_id("cg_"), "grant", 3_000_000, 3_000_000, now - 40 * 86400, now - 10 * 86400)
+    kp.container.money_store.add_lot(kp.org.id, old, "Conference <b>promo</b>", "grants")
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    add_card(owner, VISA)
+    [method] = kp.container.payments.methods(kp.org.id)
+    paid = buy(owner, "10", method.id)
+    recorded = billing.record_purchase(kp.org.id, 20_000_000)
+    lots = {note: lot for lot, note in billing.balance(kp.org.id).lots if lot.kind == "grant"}
+    billing.revoke_grant(kp.org.id, lots["test credit"].id)
+    [charge] = kp.container.payments.history(kp.org.id)
+
+    page = owner.get("/billing/history")
+    assert page.status_code == 200 and re.search(r'aria-current="page">Billing history', page.text)
+    rows = rows_of(page)
+    test_credit = lots["test credit"]
+    assert len(rows) == 4, rows  # the $10.00 purchase's lot has no line of its own
+    assert sorted(rows[:3]) == sorted([
+        f"{day(charge.created_at)} Credit purchase Visa •••• 4242 $10.00 Succeeded Receipt for the "
+        f"$10.00 charge of {day(charge.created_at)}",
+        f"{day(recorded.created_at)} Credit purchase paid outside keyplane · expires "
+        f"{day(recorded.expires_at)} — $20.00 Recorded",
+        f"{day(test_credit.created_at)} Credit grant test credit · expires "
+        f"{day(test_credit.expires_at)} — $5.00 Revoked",
+    ])  # fmt: skip
+    assert rows[3] == (
+        f"{day(old.created_at)} Credit grant Conference <b>promo</b> · expired "
+        f"{day(old.expires_at)} — $3.00 Granted"
+    )  # the oldest, last
+    assert "Conference &lt;b&gt;promo&lt;/b&gt;" in page.text
+    assert f'<a href="/billing/history/{paid}/receipt" download>' in page.text
+
+
+def test_a_receipt_downloads_as_one_printable_file_with_what_was_paid(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    name = '<script>alert("x")</script> & Co'
+    with kp.container.engine.begin() as conn:
+        conn.execute(
+            update(tables.organizations)
+            .where(tables.organizations.c.id == kp.org.id)
+            .values(name=name)
+        )
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    add_card(owner, MASTERCARD)
+    [method] = kp.container.payments.methods(kp.org.id)
+    paid = buy(owner, "12.34", method.id)
+    [payment] = kp.container.payments.history(kp.org.id)
+    [lot] = [lot for lot, _ in kp.container.billing.balance(kp.org.id).lots if lot.kind != "grant"]
+    assert payment.lot_id == lot.id
+
+    r = owner.get(f"/billing/history/{paid}/receipt")
+    assert r.status_code == 200 and r.headers["content-type"] == "text/html; charset=utf-8"
+    assert r.headers["content-disposition"] == (
+        f'attachment; filename="keyplane-receipt-{paid}.html"'
+    )
+    when = dt.datetime.fromtimestamp(payment.created_at, dt.UTC)
+    text = text_of(r)
+    for said in (
+        "Receipt keyplane",
+        f"Billed to {name}",
+        f"Date {day(payment.created_at)}, {when:%H:%M:%S} UTC",
+        f"Receipt number {paid}",
+        "Paid with Mastercard •••• 4444",
+        f"Credit grant {lot.id}",
+        f"Credit purchase Prepaid credit, non-refundable, expires {day(lot.expires_at)} $12.34",
+        "Amount paid $12.34 USD",
+    ):
+        assert said in text, (said, text)
+    assert "<script>" not in r.text and "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in r.text
+    assert "<style>" in r.text  # self-contained: nothing to fetch, nothing to run
+    for external in ("<link", "<script", "src=", "href=", "url(", "@import"):
+        assert external not in r.text, external
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+
+
+def test_a_declined_charge_and_another_organizations_payment_have_no_receipt(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    add_card(owner, VISA)
+    add_card(owner, DECLINED)
+    by_last4 = {m.last4: m for m in kp.container.payments.methods(kp.org.id)}
+    paid = buy(owner, "10", by_last4["4242"].id)
+    assert buy(owner, "10", by_last4["0002"].id) == ""
+    declined = next(p for p in kp.container.payments.history(kp.org.id) if p.id != paid)
+    assert declined.status == "failed"
+    history = owner.get("/billing/history")
+    receipts = re.findall(r'href="(/billing/history/[^"]+/receipt)"', history.text)
+    assert receipts == [f"/billing/history/{paid}/receipt"]  # not the declined line's
+    assert owner.get(receipts[0]).status_code == 200
+    assert owner.get(f"/billing/history/{declined.id}/receipt").status_code == 404
+
+    other_org, _, _ = add_organization(kp.container, "globex")
+    payments = kp.container.payments
+    payments.add_method(other_org, CardDetails(VISA.replace(" ", ""), 12, YEAR, "123"))
+    theirs = payments.purchase(other_org, 10_000_000)
+    assert theirs.status == "succeeded"
+    assert owner.get(f"/billing/history/{theirs.id}/receipt").status_code == 404
+    assert owner.get("/billing/history/pay_nothing/receipt").status_code == 404
+
+
+def test_a_reader_downloads_a_receipt(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    add_card(owner, VISA)
+    [method] = kp.container.payments.methods(kp.org.id)
+    paid = buy(owner, "10", method.id)
+    join(kp, "rita@example.com", OrgRole.READER)
+    reader = browser_for("rita@example.com", PASSWORD)
+    history = reader.get("/billing/history")
+    assert f'href="/billing/history/{paid}/receipt"' in history.text
+    r = reader.get(f"/billing/history/{paid}/receipt")
+    assert r.status_code == 200 and r.headers["content-disposition"].startswith("attachment;")
+    assert "Paid with Visa •••• 4242" in text_of(r) and "$10.00" in text_of(r)

@@ -139,6 +139,10 @@ class PaymentStore(Protocol):
         """The organization's charges, newest first."""
         ...
 
+    def payment(self, org_id: str, payment_id: str) -> Payment | None:
+        """One of the organization's charges (None: no such id, or another organization's)."""
+        ...
+
     def claim_recharges(self, now: int, lease_s: int) -> Sequence[RechargeJob]:
         """Leases the pending recharge jobs that are due (never one another process holds)."""
         ...
@@ -402,6 +406,13 @@ class PaymentService:
 
     def history(self, org_id: str, limit: int = 100) -> Sequence[Payment]:
         return self._store.payments(org_id, limit)
+
+    def payment(self, org_id: str, payment_id: str) -> Payment:
+        """One line of the history, however old (a receipt's). Raises NotFound."""
+        found = self._store.payment(org_id, payment_id)
+        if found is None:
+            raise NotFound(f"No payment '{payment_id}'.", param="payment_id")
+        return found
 
     # -- auto-recharge ---------------------------------------------------------------------
     def run_recharges(self) -> int:

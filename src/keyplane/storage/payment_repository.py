@@ -102,6 +102,14 @@ class SqlPaymentStore(SqlStore):
         )
         return [_payment(r) for r in rows]
 
+    def payment(self, org_id: str, payment_id: str) -> Payment | None:
+        row = self._read(
+            lambda c: c.execute(
+                select(payments).where(payments.c.org_id == org_id, payments.c.id == payment_id)
+            ).first()
+        )
+        return None if row is None else _payment(row)
+
     def claim_recharges(self, now: int, lease_s: int) -> Sequence[RechargeJob]:
         jobs = recharge_jobs.c
         due = and_(

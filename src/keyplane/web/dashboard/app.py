@@ -138,6 +138,7 @@ def _templates() -> Jinja2Templates:
     )
     env.filters["day"] = _day
     env.filters["moment"] = _moment
+    env.filters["stamp"] = _stamp
     env.filters["amount"] = _amount
     return Jinja2Templates(env=env)
 
@@ -154,6 +155,12 @@ def _moment(ts: int | None) -> str:
         return ""
     when = dt.datetime.fromtimestamp(ts, dt.UTC)
     return f"{when:%b} {when.day}, {when:%H:%M:%S}"
+
+
+def _stamp(ts: int) -> str:
+    """A date and time in full, as a receipt says it: "Dec 6, 2026, 14:03:12 UTC"."""
+    when = dt.datetime.fromtimestamp(ts, dt.UTC)
+    return f"{when:%b} {when.day}, {when.year}, {when:%H:%M:%S} UTC"
 
 
 def _day(ts: int | None) -> str:
