@@ -19,6 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from keyplane.notify.webhooks import is_public
+
 Resolve = Callable[[str, int], Awaitable[list[str]]]
 
 
@@ -71,6 +73,6 @@ class HttpPoster:
         if not addresses:
             raise OSError(f"refused: {host} resolves to no address")
         for addr in addresses:
-            if not addr.is_global:
+            if not is_public(addr):
                 raise OSError(f"refused: {host} resolves to {addr}, not a public address")
         return addresses[0]

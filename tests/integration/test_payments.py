@@ -187,15 +187,15 @@ def test_spend_under_the_threshold_recharges_up_to_the_target(
         assert r.status_code == 200, r.text
         (record,) = kp.usage(expect=1)
         assert 5_100_000 - record.cost_micro_usd < 5 * USD
-        wait_until(lambda: c.payments.history(kp.org.id), timeout=10)
+        recharged = AuditFilter(event_types=["billing.auto_recharged"])
+        wait_until(lambda: c.audit.query(kp.org.id, recharged).events, timeout=10)  # (its end)
         (payment,) = c.payments.history(kp.org.id)
         spent = record.cost_micro_usd
         assert payment.kind == "recharge" and payment.status == "succeeded"
         # Up to the target, rounded up to a cent.
         assert payment.amount == -(-(20 * USD - (5_100_000 - spent)) // 10_000) * 10_000
         assert c.billing.balance(kp.org.id).available == 5_100_000 - spent + payment.amount
-        page = c.audit.query(kp.org.id, AuditFilter(event_types=["billing.auto_recharged"]))
-        assert len(page.events) == 1
+        assert len(c.audit.query(kp.org.id, recharged).events) == 1
     finally:
         kp.server.stop()
         kp.container.close()
@@ -217,5 +217,30 @@ def test_turning_auto_recharge_on_under_the_threshold_recharges_without_waiting_
         # Changed again while over the threshold: nothing to buy.
         c.billing.update_settings(org.id, recharge_target=30 * USD)
         assert c.payments.run_recharges() == 0
+    finally:
+        c.close()
+
+
+def test_a_recharge_capped_by_the_purchase_maximum_is_followed_by_the_next_a_minute_later(
+    tmp_path: Path,
+) -> None:
+    """Without any request to notice the balance (they may all be refused meanwhile)."""
+    clock = FrozenClock()
+    c, _, org, _, _ = initialized(
+        tmp_path, "http://sim/v1", clock=clock, credit=5 * USD, credit_purchase_max="20"
+    )
+    try:
+        c.payments.add_method(org.id, VISA)
+        c.billing.update_settings(
+            org.id, auto_recharge=True, recharge_threshold=50 * USD, recharge_target=100 * USD
+        )
+        balances = []
+        for _ in range(4):
+            c.payments.run_recharges()
+            assert c.payments.run_recharges() == 0  # the next one is not due yet
+            balances.append(c.billing.balance(org.id).available)
+            clock.advance(60)
+        assert balances == [25 * USD, 45 * USD, 65 * USD, 65 * USD]
+        assert [p.amount for p in c.payments.history(org.id)] == [20 * USD] * 3
     finally:
         c.close()

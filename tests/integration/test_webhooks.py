@@ -190,7 +190,7 @@ def test_failed_deliveries_are_retried_on_schedule_then_given_up(tmp_path: Path)
 @pytest.mark.parametrize(
     "url",
     ["http://127.0.0.1:9/x", "http://localhost/x", "http://169.254.169.254/latest/meta-data",
-     "http://10.1.2.3/x", "http://[::1]/x"],
+     "http://10.1.2.3/x", "http://[::1]/x", "http://[64:ff9b::a01:203]/x"],
 )  # fmt: skip
 def test_deliveries_to_this_machine_or_private_networks_are_refused(url: str) -> None:
     calls: list[httpx.Request] = []
@@ -212,6 +212,7 @@ def test_deliveries_to_this_machine_or_private_networks_are_refused(url: str) ->
     ["http://127.0.0.1/x", "http://localhost:8080/x", "http://127.1/x", "http://2130706433/x",
      "http://0x7f000001/x", "http://[::ffff:127.0.0.1]/x", "http://169.254.169.254/x",
      "http://0.0.0.0/x", "http://[::]/x", "https://10.0.0.8/x", "http://[::1/x",
+     "http://[64:ff9b::7f00:1]/x", "http://[2002:7f00:1::1]/x",
      "http://hooks.example:99999/x"],
 )  # fmt: skip
 def test_an_endpoint_that_could_never_be_delivered_to_is_refused_when_created(

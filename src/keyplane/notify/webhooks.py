@@ -129,15 +129,33 @@ def check_url(url: str, *, allow_private: bool) -> str:
     return url
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def is_public(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A public address, including the IPv4 one an IPv6 address may wrap (NAT64, 6to4, Teredo,
+    IPv4-mapped): Python counts 64:ff9b::7f00:1 as global, and a NAT64 gateway takes it to
+    127.0.0.1."""
+    if not addr.is_global:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address):
+        inner = addr.ipv4_mapped or addr.sixtofour or (addr.teredo[1] if addr.teredo else None)
+        if inner is None and addr in _NAT64:
+            inner = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+        if inner is not None and not inner.is_global:
+            return False
+    return True
+
+
 def _public_name(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return False
     try:
-        return ipaddress.ip_address(host).is_global
+        return is_public(ipaddress.ip_address(host))
     except ValueError:
         pass
     try:  # the shorthand forms an HTTP client may read as an address: 127.1, 2130706433, 0x7f.1
-        return ipaddress.ip_address(socket.inet_aton(host)).is_global
+        return is_public(ipaddress.ip_address(socket.inet_aton(host)))
     except OSError:
         return True  # a name: checked when delivering
 

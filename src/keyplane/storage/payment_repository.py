@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from keyplane.billing.payments import Payment, PaymentMethod, RechargeJob
 from keyplane.storage.billing_tables import recharge_jobs
@@ -141,6 +142,19 @@ class SqlPaymentStore(SqlStore):
                 .where(recharge_jobs.c.id == job_id)
                 .values(status=status, finished_at=at, pending_org_id=None, claimed_until=None)
             )
+
+    def enqueue_recharge(self, job_id: str, org_id: str, target: int, due_at: int) -> bool:
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    insert(recharge_jobs).values(
+                        id=job_id, org_id=org_id, pending_org_id=org_id, target_micro=target,
+                        status="pending", created_at=due_at, due_at=due_at,
+                    )
+                )  # fmt: skip
+        except IntegrityError:
+            return False  # one is pending already
+        return True
 
     def retry_recharge(self, job_id: str, not_before: int) -> None:
         with self._write() as conn:
