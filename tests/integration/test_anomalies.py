@@ -103,63 +103,60 @@ def test_a_new_key_has_no_usual_hour_to_exceed(
     assert outbox(c) == []
 
 
+@pytest.fixture
+def behind_proxy(tmp_path: Path, simulator: ServerThread) -> Iterator[Keyplane]:
+    """A gateway behind a proxy on 127.0.0.1 (X-Forwarded-For gives the client), looking for
+    anomalies twenty times a second."""
+    kp = start_keyplane(
+        tmp_path, simulator.url + "/v1", trusted_proxies=["127.0.0.1/32"],
+        anomaly_check_interval_s=0.05,
+    )  # fmt: skip
+    yield kp
+    kp.server.stop()
+    kp.container.close()
+
+
 def test_through_the_gateway_a_request_from_a_new_network_alerts_the_owners(
-    tmp_path: Path, simulator: ServerThread
+    behind_proxy: Keyplane,
 ) -> None:
-    kp: Keyplane = start_keyplane(
-        tmp_path, simulator.url + "/v1", trusted_proxies=["127.0.0.1/32"],
-        anomaly_check_interval_s=0.05,
-    )  # fmt: skip
-    try:
-        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    kp = behind_proxy
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
-        def call(address: str) -> None:
-            r = httpx.post(
-                kp.base_url + "/chat/completions", json=body, timeout=30,
-                headers={"authorization": f"Bearer {kp.key}", "x-forwarded-for": address},
-            )  # fmt: skip
-            assert r.status_code == 200, r.text
-
-        call("198.51.100.7")
-        kp.usage(expect=1)
-        wait_until(lambda: networks(kp))  # the first network: the baseline
-        call("198.51.100.8")  # the same network
-        call("203.0.113.50")
-        wait_until(lambda: outbox(kp.container), timeout=10)
-        assert outbox(kp.container) == ["[keyplane] Unusual use of the API key 'test key'"]
-        (reason,) = events(kp.container, kp.org.id, "api_key.new_network")
-        assert reason.startswith("used from 203.0.113.50 (203.0.113.0/24)")
-    finally:
-        kp.server.stop()
-        kp.container.close()
-
-
-def test_an_admin_key_used_from_a_new_network_alerts_too(
-    tmp_path: Path, simulator: ServerThread
-) -> None:
-    kp: Keyplane = start_keyplane(
-        tmp_path, simulator.url + "/v1", trusted_proxies=["127.0.0.1/32"],
-        anomaly_check_interval_s=0.05,
-    )  # fmt: skip
-    try:
-        _, admin = kp.container.keys.create(
-            kind=KeyKind.ADMIN, org_id=kp.org.id, project_id=None, name="ops", owner_type="user",
-            owner_id=kp.owner.id, created_by=kp.owner.id,
+    def call(address: str) -> None:
+        r = httpx.post(
+            kp.base_url + "/chat/completions", json=body, timeout=30,
+            headers={"authorization": f"Bearer {kp.key}", "x-forwarded-for": address},
         )  # fmt: skip
+        assert r.status_code == 200, r.text
 
-        def call(address: str) -> None:
-            r = httpx.get(
-                kp.server.url + "/v1/organization/credit_balance", timeout=30,
-                headers={"authorization": f"Bearer {admin}", "x-forwarded-for": address},
-            )  # fmt: skip
-            assert r.status_code == 200, r.text
+    call("198.51.100.7")
+    kp.usage(expect=1)
+    wait_until(lambda: networks(kp))  # the first network: the baseline
+    call("198.51.100.8")  # the same network
+    call("203.0.113.50")
+    wait_until(lambda: outbox(kp.container), timeout=10)
+    assert outbox(kp.container) == ["[keyplane] Unusual use of the API key 'test key'"]
+    (reason,) = events(kp.container, kp.org.id, "api_key.new_network")
+    assert reason.startswith("used from 203.0.113.50 (203.0.113.0/24)")
 
-        call("198.51.100.7")
-        wait_until(lambda: networks(kp))  # the first network: the baseline
-        call("203.0.113.50")
-        wait_until(lambda: events(kp.container, kp.org.id, "api_key.new_network"), timeout=10)
-        (reason,) = events(kp.container, kp.org.id, "api_key.new_network")
-        assert reason.startswith("used from 203.0.113.50")
-    finally:
-        kp.server.stop()
-        kp.container.close()
+
+def test_an_admin_key_used_from_a_new_network_alerts_too(behind_proxy: Keyplane) -> None:
+    kp = behind_proxy
+    _, admin = kp.container.keys.create(
+        kind=KeyKind.ADMIN, org_id=kp.org.id, project_id=None, name="ops", owner_type="user",
+        owner_id=kp.owner.id, created_by=kp.owner.id,
+    )  # fmt: skip
+
+    def call(address: str) -> None:
+        r = httpx.get(
+            kp.server.url + "/v1/organization/credit_balance", timeout=30,
+            headers={"authorization": f"Bearer {admin}", "x-forwarded-for": address},
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+
+    call("198.51.100.7")
+    wait_until(lambda: networks(kp))  # the first network: the baseline
+    call("203.0.113.50")
+    wait_until(lambda: events(kp.container, kp.org.id, "api_key.new_network"), timeout=10)
+    (reason,) = events(kp.container, kp.org.id, "api_key.new_network")
+    assert reason.startswith("used from 203.0.113.50")
