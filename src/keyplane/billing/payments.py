@@ -155,10 +155,6 @@ class PaymentStore(Protocol):
         """Puts a claimed job back, due at ``not_before``, one attempt more."""
         ...
 
-    def enqueue_recharge(self, job_id: str, org_id: str, target: int, due_at: int) -> bool:
-        """A new job due at ``due_at``, unless one is pending already."""
-        ...
-
 
 # -- the sandbox --------------------------------------------------------------------------------
 
@@ -452,7 +448,7 @@ class PaymentService:
         if self._billing.balance(job.org_id).available < threshold:
             # Capped by the purchase maximum and still under: the next one a minute later, whether
             # or not requests come to notice (they may all be refused meanwhile).
-            self._store.enqueue_recharge(new_id("rj_"), job.org_id, job.target, now + 60)
+            self._billing.request_recharge(job.org_id, job.target, due_at=now + 60)
         self._audit.record(
             job.org_id, SYSTEM, "billing.auto_recharged", target_id=payment.id,
             details={"data": {"amount_micro_usd": amount, "payment_method": methods[0].id}},

@@ -157,6 +157,9 @@ class MoneyStore(Protocol):
         """Forgets a claim whose request failed, so the client may retry with the same key."""
         ...
 
-    def enqueue_recharge(self, job_id: str, org_id: str, target: int, at: int) -> bool:
-        """Enqueues a recharge unless one is already pending; returns whether it was enqueued."""
+    def enqueue_recharge(
+        self, job_id: str, org_id: str, target: int, at: int, due_at: int | None = None
+    ) -> bool:
+        """Enqueues a recharge (due at ``due_at``, or at once) unless one is already pending;
+        returns whether it was enqueued."""
         ...

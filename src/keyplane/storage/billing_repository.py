@@ -611,13 +611,15 @@ class SqlMoneyStore(SqlStore):
                 )
             )
 
-    def enqueue_recharge(self, job_id: str, org_id: str, target: int, at: int) -> bool:
+    def enqueue_recharge(
+        self, job_id: str, org_id: str, target: int, at: int, due_at: int | None = None
+    ) -> bool:
         try:
             with self._write() as conn:
                 conn.execute(
                     insert(recharge_jobs).values(
                         id=job_id, org_id=org_id, pending_org_id=org_id, target_micro=target,
-                        status="pending", created_at=at,
+                        status="pending", created_at=at, due_at=due_at,
                     )
                 )  # fmt: skip
         except IntegrityError:

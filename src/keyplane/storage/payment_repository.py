@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import and_, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
 
 from keyplane.billing.payments import Payment, PaymentMethod, RechargeJob
 from keyplane.storage.billing_tables import recharge_jobs
@@ -118,22 +117,11 @@ class SqlPaymentStore(SqlStore):
             or_(jobs.due_at.is_(None), jobs.due_at <= now),
             or_(jobs.claimed_until.is_(None), jobs.claimed_until <= now),
         )
-        # (A read first, as for webhooks: nearly always nothing is due.)
-        if not self._read(lambda c: c.execute(select(jobs.id).where(due).limit(1)).first()):
-            return []
-        claimed = []
-        with self._write() as conn:
-            for row in conn.execute(select(recharge_jobs).where(due).limit(50)).all():
-                # (claimed one by one, guarded by the same condition: another process's claim
-                # between the select and this update leaves it alone)
-                won = conn.execute(
-                    update(recharge_jobs)
-                    .where(due, jobs.id == row.id)
-                    .values(claimed_until=now + lease_s)
-                )
-                if won.rowcount == 1:
-                    claimed.append(RechargeJob(row.id, row.org_id, row.target_micro, row.attempts))
-        return claimed
+        rows = self._claim(
+            select(recharge_jobs).where(due).limit(50), recharge_jobs, due,
+            claimed_until=now + lease_s,
+        )  # fmt: skip
+        return [RechargeJob(r.id, r.org_id, r.target_micro, r.attempts) for r in rows]
 
     def finish_recharge(self, job_id: str, status: str, at: int) -> None:
         with self._write() as conn:
@@ -142,19 +130,6 @@ class SqlPaymentStore(SqlStore):
                 .where(recharge_jobs.c.id == job_id)
                 .values(status=status, finished_at=at, pending_org_id=None, claimed_until=None)
             )
-
-    def enqueue_recharge(self, job_id: str, org_id: str, target: int, due_at: int) -> bool:
-        try:
-            with self._write() as conn:
-                conn.execute(
-                    insert(recharge_jobs).values(
-                        id=job_id, org_id=org_id, pending_org_id=org_id, target_micro=target,
-                        status="pending", created_at=due_at, due_at=due_at,
-                    )
-                )  # fmt: skip
-        except IntegrityError:
-            return False  # one is pending already
-        return True
 
     def retry_recharge(self, job_id: str, not_before: int) -> None:
         with self._write() as conn:

@@ -12,7 +12,19 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, RowMapping, Select, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Row,
+    RowMapping,
+    Select,
+    Table,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
 
@@ -78,6 +90,26 @@ class SqlStore:
         assert self._sqlite_lock is not None
         _STEPPING.pop(self._sqlite_lock, None)
         self._sqlite_lock.release()
+
+    def _claim(
+        self, query: Select[Any], table: Table, due: ColumnElement[bool], **lease: Any
+    ) -> list[Row[Any]]:
+        """The rows of ``query`` (over ``table``, filtered by ``due``) that this call leases: each
+        by an update under the same ``due``, so another claimer's lease taken between the select
+        and the update leaves the row to it. A read first: the background loops that claim look
+        every few seconds and nearly always find nothing, and a write transaction each time would
+        take SQLite's write lock for nothing."""
+        if not self._read(lambda c: c.execute(select(table.c.id).where(due).limit(1)).first()):
+            return []
+        with self._write() as conn:
+            return [
+                row
+                for row in conn.execute(query).all()
+                if conn.execute(
+                    update(table).where(due, table.c.id == row.id).values(**lease)
+                ).rowcount
+                == 1
+            ]
 
     def _read(self, fn: Callable[[Connection], T]) -> T:
         try:

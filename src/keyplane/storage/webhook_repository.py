@@ -82,37 +82,21 @@ class SqlWebhookStore(SqlStore):
             wd.c.next_attempt_at <= now,
             or_(wd.c.lease_until.is_(None), wd.c.lease_until <= now),
         )
-        # (A read first: every gateway looks every few seconds, and nearly always finds nothing;
-        # a write transaction each time would take SQLite's write lock for nothing.)
-        if not self._read(lambda c: c.execute(select(wd.c.id).where(due).limit(1)).first()):
-            return []
-        claimed = []
-        with self._write() as conn:
-            rows = conn.execute(
-                select(wd, we.c.url, we.c.secret)
-                .join(we, we.c.id == wd.c.endpoint_id)
-                .where(due)
-                .order_by(wd.c.next_attempt_at)
-                .limit(limit)
-            ).all()
-            for row in rows:
-                won = conn.execute(
-                    update(wd).where(due, wd.c.id == row.id).values(lease_until=now + lease_s)
-                )
-                if won.rowcount == 1:
-                    secret = self._fernet.decrypt(row.secret.encode("ascii")).decode()
-                    claimed.append(
-                        Delivery(
-                            row.id,
-                            row.endpoint_id,
-                            row.url,
-                            secret,
-                            row.event_type,
-                            row.body,
-                            row.attempts,
-                        )
-                    )
-        return claimed
+        query = (
+            select(wd, we.c.url, we.c.secret)
+            .join(we, we.c.id == wd.c.endpoint_id)
+            .where(due)
+            .order_by(wd.c.next_attempt_at)
+            .limit(limit)
+        )
+        claimed = self._claim(query, wd, due, lease_until=now + lease_s)
+        return [self._delivery(row) for row in claimed]
+
+    def _delivery(self, row: Any) -> Delivery:
+        secret = self._fernet.decrypt(row.secret.encode("ascii")).decode()
+        return Delivery(
+            row.id, row.endpoint_id, row.url, secret, row.event_type, row.body, row.attempts
+        )
 
     def delivered(self, delivery_id: str, at: int, status: int) -> None:
         with self._write() as conn:

@@ -67,7 +67,7 @@ IdempotencyKey = Annotated[
 ]
 
 
-async def _applied(ctx: AdminContext) -> None:
+async def applied(ctx: AdminContext) -> None:
     # The change is already stored; if the refresh cannot read it back now, the gateway's own poll
     # applies it shortly, so the caller still gets the stored object rather than a 503.
     try:
@@ -152,7 +152,7 @@ async def create_credit_grant(
         error = ApiError(409, exc.message, code="idempotency_key_reused", param="Idempotency-Key")
         raise AdminApiError(error) from None
     grant = CreditGrant.of(lot, body.note)
-    await _applied(ctx)
+    await applied(ctx)
     return grant
 
 
@@ -173,7 +173,7 @@ async def revoke_credit_grant(ctx: Ctx, caller: Admin, audit: Audit, grant_id: s
         return _grant(ctx.services, caller.org_id, grant_id)
 
     grant = await asyncio.to_thread(revoke)
-    await _applied(ctx)
+    await applied(ctx)
     return grant
 
 
@@ -216,7 +216,7 @@ async def _set_org_limit(
         return _org_limit(ctx.services, org_id)
 
     limit = await asyncio.to_thread(write)
-    await _applied(ctx)
+    await applied(ctx)
     return limit
 
 
@@ -236,7 +236,7 @@ async def _set_project_limit(
         return _project_limit(ctx.services, org_id, project_id)
 
     limit = await asyncio.to_thread(write)
-    await _applied(ctx)
+    await applied(ctx)
     return limit
 
 
@@ -474,5 +474,5 @@ async def update_billing_settings(
         return record
 
     record = await asyncio.to_thread(write)
-    await _applied(ctx)
+    await applied(ctx)
     return _settings(s, record)

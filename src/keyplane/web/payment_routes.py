@@ -22,7 +22,7 @@ from keyplane.errors import NotFound
 from keyplane.gateway.errors import ApiError
 from keyplane.web.auth import Admin, Ctx
 from keyplane.web.authz import AUTHZ_RESPONSES, Audit, authorize
-from keyplane.web.billing_routes import After, IdempotencyKey, Limit, _applied
+from keyplane.web.billing_routes import After, IdempotencyKey, Limit, applied
 from keyplane.web.errors import AdminApiError, params_named
 from keyplane.web.schemas import (
     CreditPurchase,
@@ -195,7 +195,7 @@ async def create_credit_purchase(
             )
     except PaymentFailed as exc:
         raise AdminApiError(ApiError(402, exc.message, type="card_error", code=exc.code)) from None
-    await _applied(ctx)
+    await applied(ctx)
     return _purchase(payment)
 
 

@@ -4,11 +4,11 @@ method and renders a page; domain errors become the page's error message."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import quote
 
 import segno
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 
 from keyplane.accounts.auth_ports import TokenPurpose
@@ -22,6 +22,7 @@ from keyplane.web.dashboard.session import (
     ORG_COOKIE,
     CurrentMember,
     CurrentUser,
+    Field,
     MaybeViewer,
     Redirect,
     clear_session_cookie,
@@ -35,7 +36,6 @@ from keyplane.web.dashboard.session import (
 )
 
 router = APIRouter()
-Field = Annotated[str, Form()]
 
 
 def _user_agent(request: Request) -> str:

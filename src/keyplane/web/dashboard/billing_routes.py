@@ -28,9 +28,8 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -55,6 +54,7 @@ from keyplane.usage.pricing import format_usd
 from keyplane.web.dashboard.authorize import may, principal_of
 from keyplane.web.dashboard.session import (
     CurrentMember,
+    Field,
     Redirect,
     Viewer,
     context,
@@ -78,7 +78,6 @@ RECEIPT_CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
     "frame-ancestors 'none'"
 )
-Field = Annotated[str, Form()]
 BRANDS = {"visa": "Visa", "mastercard": "Mastercard", "amex": "American Express"}
 KINDS = {"purchase": "Credit purchase", "recharge": "Auto-recharge"}
 FORM_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")

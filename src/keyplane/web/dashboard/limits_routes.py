@@ -8,9 +8,7 @@ Changes go through the same services and audit events as the Admin API's (``spen
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -25,6 +23,7 @@ from keyplane.web.billing_routes import budget_change
 from keyplane.web.dashboard.authorize import may, principal_of
 from keyplane.web.dashboard.session import (
     CurrentMember,
+    Field,
     Redirect,
     Viewer,
     context,
@@ -36,7 +35,6 @@ from keyplane.web.schemas import micro_to_cents
 
 router = APIRouter()
 PATH = "/limits"
-Field = Annotated[str, Form()]
 
 
 def _page(request: Request, viewer: Viewer, *, status: int = 200, **values: object) -> Response:

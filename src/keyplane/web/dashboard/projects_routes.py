@@ -5,9 +5,7 @@ and changes go through the same ``OrgService`` calls, audited alike."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -21,6 +19,7 @@ from keyplane.web.billing_routes import budget_change
 from keyplane.web.dashboard.authorize import may, principal_of
 from keyplane.web.dashboard.session import (
     CurrentMember,
+    Field,
     Redirect,
     Viewer,
     context,
@@ -31,7 +30,6 @@ from keyplane.web.dashboard.session import (
 
 router = APIRouter()
 PATH = "/projects"
-Field = Annotated[str, Form()]
 
 
 def _list(request: Request, viewer: Viewer, *, status: int = 200, **values: object) -> Response:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Protocol, cast
 from urllib.parse import quote, urlsplit
 
-from fastapi import Depends, Request
+from fastapi import Depends, Form, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
@@ -284,6 +284,7 @@ def active_member(request: Request) -> Viewer:
 CurrentUser = Annotated[Viewer, Depends(signed_in)]
 CurrentMember = Annotated[Viewer, Depends(active_member)]
 MaybeViewer = Annotated[Viewer | None, Depends(optional_viewer)]
+Field = Annotated[str, Form()]  # a form's text field
 
 
 def login_url(request: Request) -> str:
