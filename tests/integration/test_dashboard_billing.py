@@ -21,7 +21,7 @@ from test_dashboard_keys import SignIn, browser_for, join, kp  # noqa: F401  (fi
 from conftest import Keyplane
 from keyplane.accounts.models import OrgRole
 from keyplane.audit.models import AuditFilter
-from keyplane.billing.payments import CardDetails
+from keyplane.billing.payments import CardDetails, PaymentMethod
 from keyplane.billing.wallet import Lot
 from keyplane.ids import new_id
 from keyplane.storage import tables
@@ -39,6 +39,14 @@ def add_card(b: Browser, number: str, *, cvc: str = "123", default: bool = False
     b.get("/billing/payment-methods/new")
     fields = {"number": number, "expiry": f"12 / {YY}", "cvc": cvc}
     return b.post("/billing/payment-methods", fields | ({"make_default": "on"} if default else {}))
+
+
+def owner_with_card(instance: Keyplane, sign_in: SignIn) -> tuple[Browser, PaymentMethod]:
+    """The Owner signed in, with the Visa test card saved (their only, default card)."""
+    owner = sign_in("owner@example.com", OWNER_PASSWORD)
+    add_card(owner, VISA)
+    [method] = instance.container.payments.methods(instance.org.id)
+    return owner, method
 
 
 def confirm_page(b: Browser, amount: str, method_id: str, form_id: str = "") -> httpx.Response:
@@ -142,9 +150,7 @@ def test_sending_the_confirm_form_again_charges_once(
 ) -> None:
     """A double click, a form sent again, Back to Confirm payment and Confirm again: one charge,
     one credit, one audit event. Only Configure payment starts another purchase."""
-    owner = browser_for("owner@example.com", OWNER_PASSWORD)
-    add_card(owner, VISA)
-    [method] = kp.container.payments.methods(kp.org.id)
+    owner, method = owner_with_card(kp, browser_for)
     before = balance(kp)
     form_id = hidden(owner.get("/billing/purchase"))["form_id"]
     fields = confirm_form(owner, "10.50", method.id, form_id)
@@ -222,9 +228,7 @@ def test_an_amount_outside_the_bounds_is_refused_on_the_form(
     kp: Keyplane,  # noqa: F811
     browser_for: SignIn,  # noqa: F811
 ) -> None:
-    owner = browser_for("owner@example.com", OWNER_PASSWORD)
-    add_card(owner, VISA)
-    [method] = kp.container.payments.methods(kp.org.id)
+    owner, method = owner_with_card(kp, browser_for)
     for typed, said in (
         ("4.99", "A credit purchase is between $5.00 and $100.00."),
         ("100.01", "A credit purchase is between $5.00 and $100.00."),
@@ -247,9 +251,7 @@ def test_a_reader_sees_the_billing_pages_without_forms_and_is_refused_changes(
     kp: Keyplane,  # noqa: F811
     browser_for: SignIn,  # noqa: F811
 ) -> None:
-    owner = browser_for("owner@example.com", OWNER_PASSWORD)
-    add_card(owner, VISA)
-    [method] = kp.container.payments.methods(kp.org.id)
+    owner, method = owner_with_card(kp, browser_for)
     fields = confirm_form(owner, "10", method.id)
     join(kp, "rita@example.com", OrgRole.READER)
     reader = browser_for("rita@example.com", PASSWORD)
@@ -324,9 +326,7 @@ def test_the_history_lists_charges_and_grants_newest_first_and_a_purchase_once(
     now = int(time.time())
     old = Lot(new_id("cg_"), "grant", 3_000_000, 3_000_000, now - 40 * 86400, now - 10 * 86400)
     kp.container.money_store.add_lot(kp.org.id, old, "Conference <b>promo</b>", "grants")
-    owner = browser_for("owner@example.com", OWNER_PASSWORD)
-    add_card(owner, VISA)
-    [method] = kp.container.payments.methods(kp.org.id)
+    owner, method = owner_with_card(kp, browser_for)
     paid = buy(owner, "10", method.id)
     recorded = billing.record_purchase(kp.org.id, 20_000_000)
     lots = {note: lot for lot, note in billing.balance(kp.org.id).lots if lot.kind == "grant"}
@@ -429,9 +429,7 @@ def test_a_reader_downloads_a_receipt(
     kp: Keyplane,  # noqa: F811
     browser_for: SignIn,  # noqa: F811
 ) -> None:
-    owner = browser_for("owner@example.com", OWNER_PASSWORD)
-    add_card(owner, VISA)
-    [method] = kp.container.payments.methods(kp.org.id)
+    owner, method = owner_with_card(kp, browser_for)
     paid = buy(owner, "10", method.id)
     join(kp, "rita@example.com", OrgRole.READER)
     reader = browser_for("rita@example.com", PASSWORD)
