@@ -12,10 +12,28 @@ Token accounting is deterministic (no tokenizer):
 * legacy completion prompts and embedding inputs count ``text_tokens`` per string, or the
   length of each token array;
 * a chat/completion answer has ``n = min(config.completion_tokens, max_tokens)`` output
-  tokens, each exactly ``TOKEN_CHARS`` characters long (see ``completion_text``).
+  tokens, each exactly ``TOKEN_CHARS`` characters long (see ``completion_text``);
+* a Responses request has ``input_tokens = text_tokens(instructions) + sum(3 + text_tokens(text
+  of item)) + 3`` over its ``input`` items (see ``response_input_tokens``), a string ``input``
+  being one item whose text is the string; the text of an item is its string ``content``, or
+  the concatenated ``text`` of its ``input_text``/``output_text`` parts (other parts, such as
+  ``input_image`` and ``input_file``, count 0), or its string ``output``
+  (``function_call_output``); with ``previous_response_id``, plus that stored response's
+  ``input_tokens + output_tokens`` (the context carried over);
+* a Responses answer has ``n = min(config.completion_tokens, max_output_tokens)`` output
+  tokens of ``completion_text(n)``, as chat; it is ``"incomplete"`` when the cap is lower.
+
+Moderation is deterministic too: an input is flagged (category ``violence``, score 0.99) when
+its text contains ``FLAG_MARKER`` (``"[flag]"``); every other category and input scores 0.0001.
+
+Responses are kept in memory per app (the ``MAX_STORED_RESPONSES`` most recent, unless
+``store`` is false) for ``previous_response_id`` and the ``/v1/responses/{id}`` routes. A
+streamed response is stored, complete, as soon as its request is answered: the simulator
+knows the whole answer before it sends the first event.
 
 Timing: ``latency_ms`` is slept before answering every POST; when streaming with
-``tokens_per_second > 0``, ``1 / tokens_per_second`` is slept before each token chunk.
+``tokens_per_second > 0``, ``1 / tokens_per_second`` is slept before each token chunk (a
+``response.output_text.delta`` event for the Responses API).
 """
 
 from __future__ import annotations
@@ -28,6 +46,7 @@ import socket
 import struct
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,9 +64,25 @@ JSON = dict[str, Any]
 DEFAULT_MODELS: tuple[str, ...] = (
     "gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o4-mini", "gpt-3.5-turbo",
     "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
+    "omni-moderation-latest", "text-moderation-latest",
     "sim-chat", "sim-embed",
 )
+MODERATION_CATEGORIES: tuple[str, ...] = (
+    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
+    "illicit/violent", "self-harm", "self-harm/intent", "self-harm/instructions", "sexual",
+    "sexual/minors", "violence", "violence/graphic",
+)
+# The categories OpenAI's omni moderation also applies to images.
+IMAGE_CATEGORIES = frozenset({
+    "violence", "violence/graphic", "self-harm", "self-harm/intent", "self-harm/instructions",
+    "sexual",
+})
 # fmt: on
+DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
+FLAG_MARKER = "[flag]"
+FLAGGED_SCORE = 0.99
+UNFLAGGED_SCORE = 0.0001
+MAX_STORED_RESPONSES = 10_000
 TOKEN_CHARS = 4
 MODEL_CREATED = 1700000000
 OWNED_BY = "keyplane-simulator"
@@ -74,7 +109,12 @@ def text_tokens(text: str) -> int:
     return -(-len(text) // TOKEN_CHARS)
 
 
-def _content_text(content: Any) -> str:
+_CHAT_TEXT_PARTS = frozenset({"text"})
+_RESPONSE_TEXT_PARTS = frozenset({"input_text", "output_text"})
+
+
+def _content_text(content: Any, text_parts: frozenset[str] = _CHAT_TEXT_PARTS) -> str:
+    """A string content, or the ``text`` of its parts whose type is in ``text_parts``."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -82,7 +122,7 @@ def _content_text(content: Any) -> str:
             part["text"]
             for part in content
             if isinstance(part, dict)
-            and part.get("type") == "text"
+            and part.get("type") in text_parts
             and isinstance(part.get("text"), str)
         )
     return ""
@@ -91,6 +131,21 @@ def _content_text(content: Any) -> str:
 def prompt_tokens(messages: list[dict[str, Any]]) -> int:
     """Prompt tokens of a chat: ``sum(3 + text_tokens(text)) + 3`` over the messages."""
     return sum(3 + text_tokens(_content_text(m.get("content"))) for m in messages) + 3
+
+
+def _item_text(item: JSON) -> str:
+    """A Responses input item's text: its content, else its string ``output``."""
+    if item.get("content") is not None:
+        return _content_text(item["content"], _RESPONSE_TEXT_PARTS)
+    output = item.get("output")
+    return output if isinstance(output, str) else ""
+
+
+def response_input_tokens(items: list[JSON], instructions: str | None = None) -> int:
+    """Input tokens of a Responses request, before any context carried over from a previous
+    response: ``text_tokens(instructions) + sum(3 + text_tokens(text)) + 3`` over the items."""
+    items_tokens = sum(3 + text_tokens(_item_text(item)) for item in items)
+    return text_tokens(instructions or "") + items_tokens + 3
 
 
 def completion_text(n_tokens: int) -> str:
@@ -109,9 +164,42 @@ class _RequestError(Exception):
 
 @dataclass
 class _Stream:
+    """Server-sent events; a delay may precede each of ``tokens`` (see ``_send_stream``).
+
+    Chat and completion streams send bare ``data:`` events and end with ``data: [DONE]``;
+    Responses streams (``named``) also name each event after its ``type`` and have no end
+    marker, as OpenAI's do.
+    """
+
     head: list[JSON]
     tokens: list[JSON]
     tail: list[JSON]
+    named: bool = False
+
+
+@dataclass(frozen=True)
+class _Stored:
+    response: JSON
+    items: list[JSON]
+
+
+class _ResponseStore:
+    """The stored responses of one app, the ``limit`` most recent (oldest dropped first)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._entries: OrderedDict[str, _Stored] = OrderedDict()
+
+    def put(self, response: JSON, items: list[JSON]) -> None:
+        self._entries[response["id"]] = _Stored(response, items)
+        while len(self._entries) > self.limit:
+            self._entries.popitem(last=False)
+
+    def get(self, response_id: str) -> _Stored | None:
+        return self._entries.get(response_id)
+
+    def delete(self, response_id: str) -> None:
+        self._entries.pop(response_id, None)
 
 
 _Reply = tuple[int, JSON] | _Stream
@@ -298,6 +386,266 @@ def _embeddings(body: JSON, config: SimulatorConfig) -> _Reply:
     return 200, {"object": "list", "data": data, "model": model, "usage": usage}
 
 
+def _optional_str(body: JSON, name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise _invalid_type(name, "a string", value)
+    return value
+
+
+def _optional_bool(body: JSON, name: str, default: bool) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _invalid_type(name, "a boolean", value)
+    return value
+
+
+def _response_items(body: JSON) -> list[JSON]:
+    """The ``input`` of a Responses request as items: a string is one user message."""
+    value = body.get("input")
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list):
+        raise _invalid_type("input", "a string or an array", value)
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise _invalid_type(f"input[{i}]", "an object", item)
+        content = item.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise _invalid_type(f"input[{i}].content", "a string or an array", content)
+    return value
+
+
+def _carried_tokens(store: _ResponseStore, previous_id: str | None) -> int:
+    """The context a ``previous_response_id`` brings along: that exchange's total tokens."""
+    if previous_id is None:
+        return 0
+    previous = store.get(previous_id)
+    if previous is None:
+        message = f"Previous response with id '{previous_id}' not found."
+        raise _RequestError(404, message, "previous_response_id", "previous_response_not_found")
+    usage = previous.response["usage"]
+    return int(usage["input_tokens"]) + int(usage["output_tokens"])
+
+
+def _is_message(item: JSON) -> bool:
+    return item.get("type") == "message" or ("type" not in item and "role" in item)
+
+
+def _stored_item(item: JSON) -> JSON:
+    """An input item as ``input_items`` lists it: messages with content parts, all with ids."""
+    if not _is_message(item):
+        return {"id": "item_" + uuid.uuid4().hex, **item}
+    role, content = item.get("role"), item.get("content")
+    if isinstance(content, str):
+        part: JSON = {"type": "input_text", "text": content}
+        if role == "assistant":
+            part = {"type": "output_text", "text": content, "annotations": []}
+        content = [part]
+    return {
+        "id": item.get("id") or "msg_" + uuid.uuid4().hex,
+        "type": "message",
+        "role": role,
+        "status": "completed",
+        "content": content if isinstance(content, list) else [],
+    }
+
+
+def _response_usage(input_tokens: int, output_tokens: int) -> JSON:
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
+def _response_object(status: str, echo: JSON, usage: JSON) -> JSON:
+    """A Response as OpenAI shapes it (the SDK parses it): one assistant text message."""
+    text = completion_text(usage["output_tokens"])
+    message = {
+        "id": "msg_" + uuid.uuid4().hex,
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": []}],
+    }
+    incomplete = status == "incomplete"
+    return {
+        "id": "resp_" + uuid.uuid4().hex,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+        **echo,
+        "output": [message],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "text": {"format": {"type": "text"}},
+        "truncation": "disabled",
+        "metadata": {},
+        "usage": usage,
+    }
+
+
+def _create_response(body: JSON, config: SimulatorConfig, store: _ResponseStore) -> _Reply:
+    """POST /v1/responses: answer, store unless ``store`` is false, stream if asked."""
+    model = _model(body, config)
+    items = _response_items(body)
+    instructions = _optional_str(body, "instructions")
+    previous_id = _optional_str(body, "previous_response_id")
+    if body.get("input") is None and previous_id is None:
+        message = "Missing required parameter: 'input'."
+        raise _RequestError(400, message, "input", "missing_required_parameter")
+    limit = _positive_int(body, "max_output_tokens")
+    keep = _optional_bool(body, "store", True)
+    input_tokens = response_input_tokens(items, instructions) + _carried_tokens(store, previous_id)
+    budget = max(config.completion_tokens, 0)
+    n = budget if limit is None else min(limit, budget)
+    status = "incomplete" if limit is not None and limit < budget else "completed"
+    echo = {
+        "model": model,
+        "instructions": instructions,
+        "max_output_tokens": limit,
+        "previous_response_id": previous_id,
+        "store": keep,
+    }
+    response = _response_object(status, echo, _response_usage(input_tokens, n))
+    if keep:
+        store.put(response, [_stored_item(item) for item in items])
+    if body.get("stream") is True:
+        return _response_stream(response)
+    return 200, response
+
+
+def _numbered(events: list[JSON], start: int) -> list[JSON]:
+    return [{"type": e["type"], "sequence_number": start + i, **e} for i, e in enumerate(events)]
+
+
+def _response_stream(final: JSON) -> _Stream:
+    """The events OpenAI streams for a one-message text answer, ending with ``final``."""
+    message = final["output"][0]
+    part = message["content"][0]
+    started = {**final, "status": "in_progress", "incomplete_details": None, "output": []}
+    started["usage"] = None
+    where = {"item_id": message["id"], "output_index": 0, "content_index": 0}
+    head: list[JSON] = [
+        {"type": "response.created", "response": started},
+        {"type": "response.in_progress", "response": started},
+        {
+            "type": "response.output_item.added",
+            "output_index": 0,
+            "item": {**message, "status": "in_progress", "content": []},
+        },
+        {"type": "response.content_part.added", **where, "part": {**part, "text": ""}},
+    ]
+    deltas = [
+        {"type": "response.output_text.delta", **where, "delta": piece, "logprobs": []}
+        for piece in _pieces(final["usage"]["output_tokens"])
+    ]
+    tail = [
+        {"type": "response.output_text.done", **where, "text": part["text"], "logprobs": []},
+        {"type": "response.content_part.done", **where, "part": part},
+        {"type": "response.output_item.done", "output_index": 0, "item": message},
+        {"type": f"response.{final['status']}", "response": final},
+    ]
+    return _Stream(
+        _numbered(head, 0),
+        _numbered(deltas, len(head)),
+        _numbered(tail, len(head) + len(deltas)),
+        named=True,
+    )
+
+
+_STORED_RESPONSE_ROUTES = frozenset(
+    {("GET", ""), ("DELETE", ""), ("GET", "input_items"), ("POST", "cancel")}
+)
+
+
+def _stored_response(method: str, path: str, store: _ResponseStore) -> _Reply:
+    """GET/DELETE /v1/responses/{id}, GET .../input_items and POST .../cancel."""
+    response_id, _, action = path.removeprefix("/v1/responses/").partition("/")
+    if (method, action) not in _STORED_RESPONSE_ROUTES:
+        raise _RequestError(404, f"Invalid URL ({method} {path})")
+    stored = store.get(response_id)
+    if stored is None:
+        raise _RequestError(404, f"Response with id '{response_id}' not found.")
+    if action == "input_items":
+        items = stored.items
+        first, last = (items[0]["id"], items[-1]["id"]) if items else (None, None)
+        return 200, {
+            "object": "list",
+            "data": items,
+            "first_id": first,
+            "last_id": last,
+            "has_more": False,
+        }
+    if action == "cancel":
+        raise _RequestError(400, "Only responses created with background=true can be cancelled.")
+    if method == "DELETE":
+        store.delete(response_id)
+        return 200, {"id": response_id, "object": "response.deleted", "deleted": True}
+    return 200, stored.response
+
+
+def _moderation_part(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    if value.get("type") == "text":
+        return isinstance(value.get("text"), str)
+    return value.get("type") == "image_url" and isinstance(value.get("image_url"), dict)
+
+
+def _moderation_inputs(value: Any) -> list[tuple[str, frozenset[str]]]:
+    """(text, input types) per moderated input: a string, strings, or ONE list of parts."""
+    if value is None:
+        raise _RequestError(400, "Missing required parameter: 'input'.", "input", "missing")
+    if isinstance(value, str):
+        return [(value, frozenset({"text"}))]
+    if isinstance(value, list) and value:
+        if all(isinstance(v, str) for v in value):
+            return [(v, frozenset({"text"})) for v in value]
+        if all(_moderation_part(v) for v in value):
+            text = "".join(p["text"] for p in value if p["type"] == "text")
+            kinds = frozenset("image" if p["type"] == "image_url" else "text" for p in value)
+            return [(text, kinds)]
+    expected = "a string, an array of strings or an array of content parts"
+    raise _invalid_type("input", expected, value)
+
+
+def _moderation_result(text: str, kinds: frozenset[str]) -> JSON:
+    """Flagged for ``violence`` exactly when the text holds ``FLAG_MARKER``."""
+    flagged = FLAG_MARKER in text
+    categories = {c: flagged and c == "violence" for c in MODERATION_CATEGORIES}
+    applied = {
+        c: [k for k in ("text", "image") if k in kinds and (k == "text" or c in IMAGE_CATEGORIES)]
+        for c in MODERATION_CATEGORIES
+    }
+    return {
+        "flagged": flagged,
+        "categories": categories,
+        "category_scores": {
+            c: FLAGGED_SCORE if hit else UNFLAGGED_SCORE for c, hit in categories.items()
+        },
+        "category_applied_input_types": applied,
+    }
+
+
+def _moderations(body: JSON, config: SimulatorConfig) -> _Reply:
+    model = DEFAULT_MODERATION_MODEL if body.get("model") is None else _model(body, config)
+    results = [_moderation_result(*one) for one in _moderation_inputs(body.get("input"))]
+    return 200, {"id": "modr-" + uuid.uuid4().hex, "model": model, "results": results}
+
+
 def _model_card(model: str) -> JSON:
     return {"id": model, "object": "model", "created": MODEL_CREATED, "owned_by": OWNED_BY}
 
@@ -315,7 +663,9 @@ def _parse(raw: bytes) -> JSON:
     return body
 
 
-def _dispatch(method: str, path: str, raw: bytes, config: SimulatorConfig) -> _Reply:
+def _dispatch(
+    method: str, path: str, raw: bytes, config: SimulatorConfig, store: _ResponseStore
+) -> _Reply:
     if method == "GET" and path == "/v1/models":
         return 200, {"object": "list", "data": [_model_card(m) for m in config.models]}
     if method == "GET" and path.startswith("/v1/models/"):
@@ -330,6 +680,12 @@ def _dispatch(method: str, path: str, raw: bytes, config: SimulatorConfig) -> _R
         return _completion(_parse(raw), config, chat=False)
     if method == "POST" and path == "/v1/embeddings":
         return _embeddings(_parse(raw), config)
+    if method == "POST" and path == "/v1/responses":
+        return _create_response(_parse(raw), config, store)
+    if path.startswith("/v1/responses/"):
+        return _stored_response(method, path, store)
+    if method == "POST" and path == "/v1/moderations":
+        return _moderations(_parse(raw), config)
     raise _RequestError(404, f"Invalid URL ({method} {path})")
 
 
@@ -364,19 +720,25 @@ async def _send_stream(send: Send, stream: _Stream, tokens_per_second: float) ->
     ]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
 
-    async def event(data: bytes) -> None:
+    async def event(data: bytes, name: str | None = None) -> None:
         body = b"data: " + data + b"\n\n"
+        if name is not None:
+            body = b"event: " + name.encode() + b"\n" + body
         await send({"type": "http.response.body", "body": body, "more_body": True})
 
+    async def payload_event(payload: JSON) -> None:
+        await event(orjson.dumps(payload), str(payload["type"]) if stream.named else None)
+
     for payload in stream.head:
-        await event(orjson.dumps(payload))
+        await payload_event(payload)
     for payload in stream.tokens:
         if tokens_per_second > 0:
             await _sleep(1.0 / tokens_per_second)
-        await event(orjson.dumps(payload))
+        await payload_event(payload)
     for payload in stream.tail:
-        await event(orjson.dumps(payload))
-    await event(b"[DONE]")
+        await payload_event(payload)
+    if not stream.named:
+        await event(b"[DONE]")
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -391,7 +753,8 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 
 def create_app(config: SimulatorConfig = SimulatorConfig()) -> ASGIApp:
-    """The simulator as a plain ASGI application."""
+    """The simulator as a plain ASGI application, with its own store of responses."""
+    store = _ResponseStore(MAX_STORED_RESPONSES)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -403,7 +766,7 @@ def create_app(config: SimulatorConfig = SimulatorConfig()) -> ASGIApp:
         path = str(scope["path"]).rstrip("/") or "/"
         raw = await _read_body(receive)
         try:
-            reply = _dispatch(method, path, raw, config)
+            reply = _dispatch(method, path, raw, config, store)
         except _RequestError as exc:
             reply = (exc.status, exc.payload)
         if method == "POST" and config.latency_ms > 0:

@@ -20,6 +20,7 @@ from keyplane.simulator import (
     completion_text,
     create_app,
     prompt_tokens,
+    response_input_tokens,
     text_tokens,
 )
 from kptest import ServerThread
@@ -49,6 +50,21 @@ def _events(response: httpx.Response) -> list[Any]:
         assert block.startswith("data: ")
         data = block.removeprefix("data: ")
         out.append(data if data == "[DONE]" else orjson.loads(data))
+    return out
+
+
+def _named_events(response: httpx.Response) -> list[dict[str, Any]]:
+    """The payloads of a Responses SSE body: every event named after its type, no [DONE]."""
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.text.endswith("\n\n")
+    out: list[dict[str, Any]] = []
+    for block in response.text.split("\n\n")[:-1]:
+        name_line, data_line = block.split("\n")
+        assert name_line.startswith("event: ")
+        assert data_line.startswith("data: ")
+        payload = orjson.loads(data_line.removeprefix("data: "))
+        assert payload["type"] == name_line.removeprefix("event: ")
+        out.append(payload)
     return out
 
 
@@ -390,6 +406,505 @@ async def test_embeddings_deterministic_dimensions_and_token_arrays() -> None:
     assert len(single.json()["data"]) == 1
 
 
+# --- responses --------------------------------------------------------------------------------
+
+INSTRUCTIONS = "Answer in one line."  # 19 chars: 5 tokens
+RESPONSE_ITEMS: list[dict[str, Any]] = [
+    {"role": "developer", "content": "Be brief."},  # 3 tokens
+    {
+        "type": "message",
+        "role": "user",
+        "content": [
+            {"type": "input_text", "text": "Describe "},
+            {"type": "input_image", "image_url": "http://x/y.png"},
+            {"type": "input_file", "file_id": "file-1"},
+            {"type": "input_text", "text": "this picture."},
+        ],
+    },  # "Describe this picture." = 22 chars: 6 tokens
+    {"role": "assistant", "content": [{"type": "output_text", "text": "Done"}]},  # 1 token
+    {"type": "function_call_output", "call_id": "call_1", "output": '{"ok": true}'},  # 3
+]
+RESPONSE_ITEMS_TOKENS = 5 + (3 + 3) + (3 + 6) + (3 + 1) + (3 + 3) + 3
+
+
+def test_response_input_tokens_formula() -> None:
+    assert response_input_tokens([]) == 3
+    assert response_input_tokens([{"role": "user", "content": "abcdefgh"}]) == 3 + 2 + 3
+    assert response_input_tokens(RESPONSE_ITEMS, INSTRUCTIONS) == RESPONSE_ITEMS_TOKENS
+    # A chat-style {"type": "text"} part is not a Responses text part.
+    chat_part = [{"role": "user", "content": [{"type": "text", "text": "abcd"}]}]
+    assert response_input_tokens(chat_part) == 6
+
+
+async def test_responses_create_string_input() -> None:
+    async with _client(SimulatorConfig(completion_tokens=12)) as client:
+        response = await client.post(
+            "/v1/responses", json={"model": "gpt-4.1", "input": "Say hello, please."}
+        )
+    assert response.status_code == 200
+    assert response.headers["x-simulator"] == "keyplane"
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    message = body["output"][0]
+    input_tokens = 3 + text_tokens("Say hello, please.") + 3
+    assert body["id"].startswith("resp_") and len(body["id"]) == len("resp_") + 32
+    assert message["id"].startswith("msg_")
+    assert isinstance(body["created_at"], int)
+    assert body == {
+        "id": body["id"],
+        "object": "response",
+        "created_at": body["created_at"],
+        "status": "completed",
+        "error": None,
+        "incomplete_details": None,
+        "model": "gpt-4.1",
+        "instructions": None,
+        "max_output_tokens": None,
+        "previous_response_id": None,
+        "store": True,
+        "output": [
+            {
+                "id": message["id"],
+                "type": "message",
+                "status": "completed",
+                "role": "assistant",
+                "content": [
+                    {"type": "output_text", "text": completion_text(12), "annotations": []}
+                ],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "text": {"format": {"type": "text"}},
+        "truncation": "disabled",
+        "metadata": {},
+        "usage": {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 12,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": input_tokens + 12,
+        },
+    }
+
+
+async def test_responses_items_and_instructions_count_by_the_formula() -> None:
+    async with _client() as client:
+        response = await client.post(
+            "/v1/responses",
+            json={"model": "o4-mini", "input": RESPONSE_ITEMS, "instructions": INSTRUCTIONS},
+        )
+    body = response.json()
+    assert body["instructions"] == INSTRUCTIONS
+    assert body["usage"]["input_tokens"] == RESPONSE_ITEMS_TOKENS == 33
+    assert body["usage"]["output_tokens"] == 16
+    assert body["usage"]["total_tokens"] == 33 + 16
+
+
+@pytest.mark.parametrize(
+    ("cap", "n", "status"),
+    [(1, 1, "incomplete"), (5, 5, "incomplete"), (8, 8, "completed"), (500, 8, "completed")],
+)
+async def test_responses_max_output_tokens(cap: int, n: int, status: str) -> None:
+    async with _client(SimulatorConfig(completion_tokens=8)) as client:
+        response = await client.post(
+            "/v1/responses", json={"model": "sim-chat", "input": "hi", "max_output_tokens": cap}
+        )
+    body = response.json()
+    assert body["status"] == body["output"][0]["status"] == status
+    expected = {"reason": "max_output_tokens"} if status == "incomplete" else None
+    assert body["incomplete_details"] == expected
+    assert body["max_output_tokens"] == cap
+    assert body["output"][0]["content"][0]["text"] == completion_text(n)
+    assert body["usage"]["output_tokens"] == n
+
+
+async def test_previous_response_id_carries_the_earlier_context() -> None:
+    async with _client(SimulatorConfig(completion_tokens=4)) as client:
+        first = await client.post("/v1/responses", json={"model": "gpt-4o", "input": "abcd"})
+        first_body = first.json()
+        assert first_body["usage"]["total_tokens"] == (3 + 1 + 3) + 4 == 11
+        second = await client.post(
+            "/v1/responses",
+            json={"model": "gpt-4o", "input": "efgh", "previous_response_id": first_body["id"]},
+        )
+        second_body = second.json()
+        assert second_body["previous_response_id"] == first_body["id"]
+        assert second_body["usage"]["input_tokens"] == 7 + 11
+        # Only a previous response, no new input: the items part is just the 3 closing tokens.
+        third = await client.post(
+            "/v1/responses",
+            json={"model": "gpt-4o", "previous_response_id": second_body["id"]},
+        )
+        assert third.status_code == 200
+        assert third.json()["usage"]["input_tokens"] == 3 + (18 + 4)
+
+        unknown = await client.post(
+            "/v1/responses",
+            json={"model": "gpt-4o", "input": "x", "previous_response_id": "resp_nope"},
+        )
+    assert unknown.status_code == 404
+    assert unknown.json() == {
+        "error": {
+            "message": "Previous response with id 'resp_nope' not found.",
+            "type": "invalid_request_error",
+            "param": "previous_response_id",
+            "code": "previous_response_not_found",
+        }
+    }
+
+
+async def test_stored_response_routes() -> None:
+    async with _client() as client:
+        created = await client.post(
+            "/v1/responses",
+            json={"model": "gpt-4o-mini", "input": RESPONSE_ITEMS, "instructions": INSTRUCTIONS},
+        )
+        response_id = created.json()["id"]
+        retrieved = await client.get(f"/v1/responses/{response_id}")
+        assert retrieved.status_code == 200
+        assert retrieved.json() == created.json()
+
+        items = (await client.get(f"/v1/responses/{response_id}/input_items")).json()
+        data = items["data"]
+        assert items["object"] == "list"
+        assert items["has_more"] is False
+        assert (items["first_id"], items["last_id"]) == (data[0]["id"], data[-1]["id"])
+        assert len({item["id"] for item in data}) == 4
+        assert data[0] == {
+            "id": data[0]["id"],
+            "type": "message",
+            "role": "developer",
+            "status": "completed",
+            "content": [{"type": "input_text", "text": "Be brief."}],
+        }
+        assert data[0]["id"].startswith("msg_")
+        assert data[1]["content"] == RESPONSE_ITEMS[1]["content"]
+        assert data[2]["role"] == "assistant"
+        assert {k: v for k, v in data[3].items() if k != "id"} == RESPONSE_ITEMS[3]
+
+        cancel = await client.post(f"/v1/responses/{response_id}/cancel")
+        assert cancel.status_code == 400
+        assert cancel.json()["error"] == {
+            "message": "Only responses created with background=true can be cancelled.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+
+        deleted = await client.delete(f"/v1/responses/{response_id}")
+        assert deleted.status_code == 200
+        assert deleted.json() == {"id": response_id, "object": "response.deleted", "deleted": True}
+        gone = [
+            await client.get(f"/v1/responses/{response_id}"),
+            await client.delete(f"/v1/responses/{response_id}"),
+            await client.get(f"/v1/responses/{response_id}/input_items"),
+            await client.post(f"/v1/responses/{response_id}/cancel"),
+        ]
+    for response in gone:
+        assert response.status_code == 404
+        assert response.json() == {
+            "error": {
+                "message": f"Response with id '{response_id}' not found.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
+        }
+
+
+async def test_string_input_is_listed_as_one_user_message() -> None:
+    async with _client() as client:
+        created = await client.post("/v1/responses", json={"model": "gpt-4o", "input": "hey"})
+        response_id = created.json()["id"]
+        items = (await client.get(f"/v1/responses/{response_id}/input_items")).json()
+        _assert_error(await client.get(f"/v1/responses/{response_id}/other"), 404)
+        _assert_error(await client.put(f"/v1/responses/{response_id}"), 404)
+    [item] = items["data"]
+    assert item["role"] == "user"
+    assert item["content"] == [{"type": "input_text", "text": "hey"}]
+
+
+async def test_store_false_is_not_kept() -> None:
+    async with _client() as client:
+        created = await client.post(
+            "/v1/responses", json={"model": "gpt-4o", "input": "x", "store": False}
+        )
+        body = created.json()
+        assert created.status_code == 200
+        assert body["store"] is False
+        _assert_error(await client.get(f"/v1/responses/{body['id']}"), 404)
+        follow_up = await client.post(
+            "/v1/responses",
+            json={"model": "gpt-4o", "input": "y", "previous_response_id": body["id"]},
+        )
+        _assert_error(follow_up, 404, "previous_response_not_found")
+
+
+async def test_store_keeps_only_the_most_recent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(simulator, "MAX_STORED_RESPONSES", 2)
+    async with _client() as client:
+        ids = []
+        for text in ("a", "b", "c"):
+            created = await client.post("/v1/responses", json={"model": "gpt-4o", "input": text})
+            ids.append(created.json()["id"])
+        statuses = [(await client.get(f"/v1/responses/{i}")).status_code for i in ids]
+    assert statuses == [404, 200, 200]
+
+
+async def test_responses_are_kept_per_app() -> None:
+    async with _client() as one, _client() as other:
+        created = await one.post("/v1/responses", json={"model": "gpt-4o", "input": "x"})
+        response_id = created.json()["id"]
+        assert (await one.get(f"/v1/responses/{response_id}")).status_code == 200
+        _assert_error(await other.get(f"/v1/responses/{response_id}"), 404)
+
+
+RESPONSE_EVENT_HEAD = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+]
+RESPONSE_EVENT_TAIL = [
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+]
+
+
+async def test_responses_stream_events() -> None:
+    async with _client(SimulatorConfig(completion_tokens=5)) as client:
+        response = await client.post(
+            "/v1/responses",
+            json={"model": "gpt-4o", "input": "hello", "instructions": "x", "stream": True},
+        )
+        events = _named_events(response)
+        final = events[-1]["response"]
+        stored = (await client.get(f"/v1/responses/{final['id']}")).json()
+    assert response.status_code == 200
+    assert response.headers["x-simulator"] == "keyplane"
+    assert "[DONE]" not in response.text
+    types = [e["type"] for e in events]
+    deltas = ["response.output_text.delta"] * 5
+    assert types == [*RESPONSE_EVENT_HEAD, *deltas, *RESPONSE_EVENT_TAIL, "response.completed"]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+    created, in_progress, item_added, part_added = events[:4]
+    assert created["response"]["status"] == "in_progress"
+    assert created["response"]["output"] == []
+    assert created["response"]["usage"] is None
+    assert created["response"]["id"] == final["id"]
+    assert in_progress["response"] == created["response"]
+    message = final["output"][0]
+    assert item_added == {
+        "type": "response.output_item.added",
+        "sequence_number": 2,
+        "output_index": 0,
+        "item": {**message, "status": "in_progress", "content": []},
+    }
+    where = {"item_id": message["id"], "output_index": 0, "content_index": 0}
+    empty_part = {"type": "output_text", "text": "", "annotations": []}
+    assert part_added == {
+        "type": "response.content_part.added",
+        "sequence_number": 3,
+        **where,
+        "part": empty_part,
+    }
+    for event in events[4:9]:
+        assert {k: event[k] for k in where} == where
+        assert len(event["delta"]) == TOKEN_CHARS
+    assert "".join(e["delta"] for e in events[4:9]) == completion_text(5)
+    text_done, part_done, item_done = events[9:12]
+    assert text_done["text"] == completion_text(5)
+    assert part_done["part"] == message["content"][0]
+    assert item_done["item"] == message
+    assert final["status"] == message["status"] == "completed"
+    assert final["usage"]["input_tokens"] == 1 + (3 + 2) + 3
+    assert final["usage"]["output_tokens"] == 5
+    assert stored == final
+
+
+async def test_responses_stream_under_a_cap_ends_incomplete() -> None:
+    async with _client() as client:
+        response = await client.post(
+            "/v1/responses",
+            json={"model": "gpt-4o", "input": "hi", "stream": True, "max_output_tokens": 2},
+        )
+    events = _named_events(response)
+    assert [e["type"] for e in events][-4:] == [*RESPONSE_EVENT_TAIL, "response.incomplete"]
+    assert len(events) == 4 + 2 + 4
+    final = events[-1]["response"]
+    assert final["status"] == "incomplete"
+    assert final["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert final["usage"]["output_tokens"] == 2
+    assert events[-2]["item"]["status"] == "incomplete"
+
+
+async def _asgi_messages(
+    app: simulator.ASGIApp, method: str, path: str, body: bytes = b""
+) -> list[MutableMapping[str, Any]]:
+    """Everything ``app`` sends for one request, message by message."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "method": method, "path": path, "headers": []}, receive, send)
+    return sent
+
+
+async def test_responses_stream_events_are_separate_asgi_messages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    delays: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    monkeypatch.setattr(simulator, "_sleep", fake_sleep)
+    app = create_app(SimulatorConfig(latency_ms=100, tokens_per_second=20, completion_tokens=3))
+    body = orjson.dumps({"model": "sim-chat", "input": "hi", "stream": True})
+    sent = await _asgi_messages(app, "POST", "/v1/responses", body)
+
+    assert sent[0]["type"] == "http.response.start"
+    assert (b"content-type", b"text/event-stream; charset=utf-8") in sent[0]["headers"]
+    bodies = sent[1:]
+    assert all(m["type"] == "http.response.body" for m in bodies)
+    assert bodies[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    events = bodies[:-1]
+    assert len(events) == 4 + 3 + 4  # no [DONE] message
+    assert all(m["more_body"] is True for m in events)
+    assert all(m["body"].startswith(b"event: response.") for m in events)
+    assert all(m["body"].count(b"\n\n") == 1 and m["body"].endswith(b"\n\n") for m in events)
+    assert events[-1]["body"].startswith(b"event: response.completed\ndata: {")
+    assert delays == [0.1, 0.05, 0.05, 0.05]
+
+    # GETs and DELETEs of stored responses are not delayed; the cancel POST is.
+    response_id = orjson.loads(events[-1]["body"].split(b"data: ")[1])["response"]["id"]
+    delays.clear()
+    await _asgi_messages(app, "GET", f"/v1/responses/{response_id}")
+    await _asgi_messages(app, "GET", f"/v1/responses/{response_id}/input_items")
+    await _asgi_messages(app, "POST", f"/v1/responses/{response_id}/cancel")
+    await _asgi_messages(app, "DELETE", f"/v1/responses/{response_id}")
+    assert delays == [0.1]
+
+
+async def test_responses_missing_input() -> None:
+    async with _client() as client:
+        response = await client.post("/v1/responses", json={"model": "gpt-4o"})
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {
+            "message": "Missing required parameter: 'input'.",
+            "type": "invalid_request_error",
+            "param": "input",
+            "code": "missing_required_parameter",
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"input": 3}, "input"),
+        ({"input": {"role": "user"}}, "input"),
+        ({"input": ["hi"]}, "input[0]"),
+        ({"input": [{"role": "user", "content": 5}]}, "input[0].content"),
+        ({"input": "x", "instructions": ["x"]}, "instructions"),
+        ({"input": "x", "previous_response_id": 7}, "previous_response_id"),
+        ({"input": "x", "store": "no"}, "store"),
+        ({"input": "x", "max_output_tokens": "5"}, "max_output_tokens"),
+        ({"input": "x", "max_output_tokens": True}, "max_output_tokens"),
+    ],
+)
+async def test_responses_invalid_types(params: dict[str, Any], param: str) -> None:
+    async with _client() as client:
+        response = await client.post("/v1/responses", json={"model": "gpt-4o", **params})
+    _assert_error(response, 400, "invalid_type")
+    assert response.json()["error"]["param"] == param
+
+
+# --- moderations -------------------------------------------------------------------------------
+
+
+def _moderation_categories(**hits: bool) -> dict[str, bool]:
+    names = simulator.MODERATION_CATEGORIES
+    return {name: hits.get(name, False) for name in names}
+
+
+async def test_moderations_flag_the_marker() -> None:
+    async with _client() as client:
+        response = await client.post(
+            "/v1/moderations", json={"input": ["a kind word", "a threat [flag] here"]}
+        )
+    assert response.status_code == 200
+    assert response.headers["x-simulator"] == "keyplane"
+    body = response.json()
+    assert body["id"].startswith("modr-")
+    assert body["model"] == "omni-moderation-latest"
+    calm, flagged = body["results"]
+    assert calm["flagged"] is False
+    assert calm["categories"] == _moderation_categories()
+    assert set(calm["category_scores"].values()) == {0.0001}
+    assert flagged["flagged"] is True
+    assert flagged["categories"] == _moderation_categories(violence=True)
+    assert flagged["category_scores"]["violence"] == 0.99
+    assert flagged["category_scores"]["harassment"] == 0.0001
+    assert len(flagged["categories"]) == 13
+    assert "harassment/threatening" in flagged["categories"]
+    for result in body["results"]:
+        assert set(result["category_scores"]) == set(result["categories"])
+        applied = result["category_applied_input_types"]
+        assert applied == {name: ["text"] for name in result["categories"]}
+
+
+async def test_moderations_of_parts_are_one_input() -> None:
+    image = {"type": "image_url", "image_url": {"url": "http://x/y.png"}}
+    parts = [{"type": "text", "text": "look [fl"}, {"type": "text", "text": "ag]"}, image]
+    async with _client() as client:
+        mixed = (await client.post("/v1/moderations", json={"input": parts})).json()
+        only_image = await client.post(
+            "/v1/moderations", json={"input": [image], "model": "text-moderation-latest"}
+        )
+    [result] = mixed["results"]
+    assert result["flagged"] is True
+    applied = result["category_applied_input_types"]
+    assert applied["violence"] == applied["sexual"] == ["text", "image"]
+    assert applied["self-harm/instructions"] == ["text", "image"]
+    assert applied["harassment"] == applied["sexual/minors"] == ["text"]
+    assert only_image.json()["model"] == "text-moderation-latest"
+    [image_result] = only_image.json()["results"]
+    assert image_result["flagged"] is False
+    assert image_result["category_applied_input_types"]["violence/graphic"] == ["image"]
+    assert image_result["category_applied_input_types"]["hate"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({}, 400, "missing"),
+        ({"input": 4}, 400, "invalid_type"),
+        ({"input": []}, 400, "invalid_type"),
+        ({"input": ["a", {"type": "text", "text": "b"}]}, 400, "invalid_type"),
+        ({"input": [{"type": "text"}]}, 400, "invalid_type"),
+        ({"input": [{"type": "audio", "audio": {}}]}, 400, "invalid_type"),
+        ({"input": "x", "model": 5}, 400, "invalid_type"),
+        ({"input": "x", "model": "gpt-nope"}, 404, "model_not_found"),
+    ],
+)
+async def test_moderations_errors(body: dict[str, Any], status: int, code: str) -> None:
+    async with _client() as client:
+        _assert_error(await client.post("/v1/moderations", json=body), status, code)
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 
@@ -512,3 +1027,72 @@ def test_official_openai_sdk_against_real_server() -> None:
 
         models = client.models.list()
         assert {m.id for m in models} == set(DEFAULT_MODELS)
+
+
+def test_official_openai_sdk_responses_and_moderations_against_real_server() -> None:
+    openai = pytest.importorskip("openai")
+    config = SimulatorConfig(completion_tokens=10)
+    with (
+        _running_server(config) as base_url,
+        openai.OpenAI(base_url=base_url, api_key="sk-sim", max_retries=0, timeout=10) as client,
+    ):
+        created = client.responses.create(
+            model="gpt-4o-mini", input=RESPONSE_ITEMS, instructions=INSTRUCTIONS
+        )
+        assert created.output_text == completion_text(10)
+        assert created.status == "completed"
+        assert created.usage is not None
+        assert created.usage.input_tokens == RESPONSE_ITEMS_TOKENS
+        assert created.usage.output_tokens == 10
+        assert created.usage.total_tokens == RESPONSE_ITEMS_TOKENS + 10
+
+        stream = client.responses.create(
+            model="gpt-4o-mini",
+            input="hello",
+            previous_response_id=created.id,
+            max_output_tokens=3,
+            stream=True,
+        )
+        events = list(stream)
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        deltas = [
+            e.delta for e in events if isinstance(e, openai.types.responses.ResponseTextDeltaEvent)
+        ]
+        assert "".join(deltas) == completion_text(3)
+        last = events[-1]
+        assert isinstance(last, openai.types.responses.ResponseIncompleteEvent)
+        assert last.response.usage is not None
+        assert last.response.usage.input_tokens == (3 + 2 + 3) + RESPONSE_ITEMS_TOKENS + 10
+        assert last.response.usage.output_tokens == 3
+
+        streamed = client.responses.create(model="sim-chat", input="x", stream=True)
+        done = list(streamed)[-1]
+        assert isinstance(done, openai.types.responses.ResponseCompletedEvent)
+        assert done.response.output_text == completion_text(10)
+        assert done.response.usage is not None
+        assert done.response.usage.total_tokens == (3 + 1 + 3) + 10
+
+        retrieved = client.responses.retrieve(created.id)
+        assert retrieved.id == created.id
+        assert retrieved.output_text == completion_text(10)
+        items = client.responses.input_items.list(created.id)
+        assert [item.type for item in items.data] == [
+            "message",
+            "message",
+            "message",
+            "function_call_output",
+        ]
+        assert items.data[0].content[0].text == "Be brief."
+
+        client.responses.delete(created.id)
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(created.id)
+
+        moderation = client.moderations.create(
+            model="omni-moderation-latest", input=["fine", "not fine [flag]"]
+        )
+        assert moderation.model == "omni-moderation-latest"
+        assert [r.flagged for r in moderation.results] == [False, True]
+        assert moderation.results[1].categories.violence is True
+        assert moderation.results[1].category_scores.violence == 0.99
+        assert moderation.results[0].categories.harassment_threatening is False
