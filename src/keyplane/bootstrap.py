@@ -32,6 +32,7 @@ from keyplane.gateway.meter import Meter
 from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.pipeline import Pipeline
 from keyplane.gateway.ratelimits import RateGuard
+from keyplane.gateway.responses import ResponseOwners
 from keyplane.gateway.transport import UpstreamClient
 from keyplane.gateway.upstreams import Upstream, UpstreamRouter
 from keyplane.keys.access import AccessPolicyService
@@ -58,6 +59,7 @@ from keyplane.storage.notify_repository import SqlOutbox
 from keyplane.storage.org_repository import SqlOrgStore, SqlVerificationStore
 from keyplane.storage.payment_repository import SqlPaymentStore
 from keyplane.storage.repositories import SqlAccountStore, SqlKeyStore, SqlUsageStore
+from keyplane.storage.response_repository import SqlResponseStore
 from keyplane.storage.webhook_repository import SqlWebhookStore
 from keyplane.usage.pricing import PriceTable
 from keyplane.webhook_http import HttpPoster
@@ -84,6 +86,7 @@ class Container:
     webhooks: Webhooks
     anomalies: AnomalyWatcher
     webhook_store: SqlWebhookStore
+    response_store: SqlResponseStore  # whose each response the upstream stores is
     rate_limits: SqlRateLimitStore
     rate_limit_service: RateLimitService
     access_policies: SqlAccessPolicyStore
@@ -185,6 +188,7 @@ def build(
         payments=payments,
         webhooks=webhooks,
         webhook_store=webhook_store,
+        response_store=SqlResponseStore(engine),
         anomalies=AnomalyWatcher(
             SqlActivityStore(engine),
             key_store,
@@ -281,6 +285,7 @@ def build_gateway(
         rates=rates,
         access=access,
         clock=container.clock,
+        stored=ResponseOwners(container.response_store, container.clock),
         max_body_bytes=s.max_body_bytes,
         default_max_output_tokens=s.default_max_output_tokens,
     )

@@ -109,3 +109,37 @@ async def test_pages_of_buckets_and_bad_queries(env: Env) -> None:  # noqa: F811
         f"{ORG}/costs?start_time={today}", headers=env.admin(env.other_admin_key)
     )
     assert all(b["results"] == [] for b in other.json()["data"])  # another organization's
+
+
+async def test_responses_count_as_completions_and_moderations_have_their_own(
+    env: Env,  # noqa: F811
+) -> None:
+    headers = {"authorization": f"Bearer {env.project_key}"}
+    for path, body in (
+        ("/v1/responses", {"model": "gpt-4o", "input": "hello", "max_output_tokens": 16}),
+        ("/v1/moderations", {"input": ["hello", "there"]}),
+    ):
+        assert (await env.client.post(path, json=body, headers=headers)).status_code == 200
+    await env.gateway.flush()
+    [answer, moderation] = sorted(
+        env.container.usage_store.query(env.org.id), key=lambda r: r.endpoint != "responses"
+    )
+    today = int(time.time()) // DAY * DAY
+
+    async def results(kind: str) -> list[dict[str, object]]:
+        r = await env.client.get(
+            f"{ORG}/usage/{kind}?start_time={today}&group_by=model", headers=env.admin()
+        )
+        assert r.status_code == 200, r.text
+        return [x for b in r.json()["data"] for x in b["results"]]
+
+    [completions] = await results("completions")
+    assert (completions["model"], completions["num_model_requests"]) == ("gpt-4o", 1)
+    assert completions["output_tokens"] == answer.output_tokens == 16
+    [moderations] = await results("moderations")
+    assert moderations["object"] == "organization.usage.moderations.result"
+    assert (moderations["model"], moderations["num_model_requests"]) == (
+        "omni-moderation-latest",
+        1,
+    )
+    assert moderations["input_tokens"] == moderation.input_tokens > 0

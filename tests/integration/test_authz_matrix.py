@@ -41,7 +41,8 @@ Body = dict[str, Any] | Callable[[dict[str, str]], dict[str, Any]]
 
 # The query an operation needs (the Owner's call must succeed).
 QUERIES = {
-    name: "?start_time=0" for name in ("usage.completions", "usage.embeddings", "costs.list")
+    name: "?start_time=0"
+    for name in ("usage.completions", "usage.embeddings", "usage.moderations", "costs.list")
 }
 
 # A sandbox test card (its charges succeed).

@@ -137,3 +137,35 @@ def test_an_estimated_image_is_near_what_a_1024_square_costs_on_its_model(model:
 def test_every_vision_model_shipped_has_its_figures() -> None:
     for model in RULES:
         assert price(model).image_input_tokens and price(model).context_window, model
+
+
+def test_a_responses_input_is_bounded_like_messages() -> None:
+    """Images and files in a Responses API ``input`` count as in chat ``messages``; an image part
+    naming a file id is an image, not a file; a function call's output parts count too."""
+    on = price("gpt-4o")
+    image = {"type": "input_image", "image_url": "data:image/png;base64," + "A" * 4000}
+    by_file = {"type": "input_image", "file_id": "file-abc"}
+    items = [
+        {"role": "user", "content": [{"type": "input_text", "text": "hi"}, image, by_file]},
+        {"type": "function_call_output", "call_id": "c1", "output": [by_file]},
+    ]
+    payload = {"model": "gpt-4o", "input": items}
+    body = len(orjson.dumps(payload))
+    expected = body - 4000 - len("data:image/png;base64,") + 3 * on.image_input_tokens  # type: ignore[operator]
+    assert input_token_bound(body, payload, on) == expected
+    with_file = {**payload, "input": [*items, {"type": "input_file", "file_id": "file-x"}]}
+    assert input_token_bound(body, with_file, on) == (
+        expected + on.context_window + MAX_FILE_PAGES * on.image_input_tokens  # type: ignore[operator]
+    )
+
+
+def test_a_continued_response_adds_the_context_window_or_is_unbounded() -> None:
+    payload = {"model": "gpt-4o", "input": "more", "previous_response_id": "resp_1"}
+    on = price("gpt-4o")
+    assert input_token_bound(60, payload, on, carried=True) == 60 + on.context_window  # type: ignore[operator]
+    with pytest.raises(UnboundedInput) as refused:
+        input_token_bound(60, payload, OWN, carried=True)
+    assert refused.value.carried and "previous_response_id" in str(refused.value)
+    with pytest.raises(UnboundedInput) as files:
+        input_token_bound(60, {"input": [{"type": "input_file", "file_id": "f"}]}, OWN)
+    assert not files.value.carried

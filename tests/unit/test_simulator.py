@@ -270,17 +270,7 @@ async def test_stream_events_are_separate_asgi_messages(monkeypatch: pytest.Monk
             "stream_options": {"include_usage": True},
         }
     )
-    pending = [{"type": "http.request", "body": body, "more_body": False}]
-    sent: list[MutableMapping[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return pending.pop(0) if pending else {"type": "http.disconnect"}
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []}
-    await app(scope, receive, send)
+    sent = await _asgi_messages(app, "POST", "/v1/chat/completions", body)
 
     assert sent[0]["type"] == "http.response.start"
     assert (b"x-simulator", b"keyplane") in sent[0]["headers"]

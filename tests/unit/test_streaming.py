@@ -408,3 +408,44 @@ def test_answer_usage_reads_what_a_full_parse_reads(
     content: bytes, expected: tuple[int, int, int] | None
 ) -> None:
     assert answer_usage(content) == expected
+
+
+def responses_stream(text: list[str], usage: dict[str, Any] | None) -> bytes:
+    """A Responses API stream as OpenAI sends it: named events, the response first and last."""
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("response.created", {"response": {"id": "resp_1", "status": "in_progress", "usage": None}})
+    ]
+    events += [("response.output_text.delta", {"item_id": "msg_1", "delta": t}) for t in text]
+    if usage is not None:
+        done = {"response": {"id": "resp_1", "status": "completed", "usage": usage}}
+        events.append(("response.completed", done))
+    return b"".join(
+        b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps({"type": kind, **data}))
+        for kind, data in events
+    )
+
+
+RESPONSES_USAGE = {
+    "input_tokens": 12,
+    "input_tokens_details": {"cached_tokens": 2},
+    "output_tokens": 5,
+    "output_tokens_details": {"reasoning_tokens": 1},
+    "total_tokens": 17,
+}
+
+
+@given(st.lists(st.integers(min_value=0, max_value=2000), max_size=6))
+def test_a_responses_stream_passes_whole_and_yields_its_id_and_usage(cuts: list[int]) -> None:
+    raw = responses_stream(TEXTS, RESPONSES_USAGE)
+    acc = SseAccounting(client_wants_usage=False, responses=True)
+    out = b"".join(acc.feed(raw[a:b]) for a, b in itertools.pairwise([0, *sorted(cuts), len(raw)]))
+    assert out + acc.rest() == raw  # nothing dropped, whatever the client asked
+    assert acc.response_id == "resp_1"
+    assert acc.usage == (12, 2, 5)
+
+
+def test_a_responses_stream_cut_short_is_estimated_from_its_deltas() -> None:
+    acc = SseAccounting(client_wants_usage=True, responses=True)
+    acc.feed(responses_stream(TEXTS, None))
+    assert acc.usage is None and acc.response_id == "resp_1"
+    assert acc.estimated_output_tokens == math.ceil(len("".join(TEXTS)) / 4)

@@ -165,3 +165,44 @@ def test_generated_chars_adds_several_choices() -> None:
 )
 def test_generated_chars_without_generated_text_is_zero(obj: Any) -> None:
     assert tokens.generated_chars(obj) == 0
+
+
+def test_a_responses_request_counts_instructions_input_items_and_tools() -> None:
+    tool = {"type": "function", "name": "lookup"}
+    payload = {
+        "instructions": "x" * 40,
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "y" * 80}]},
+            {"type": "function_call_output", "call_id": "c1", "output": "z" * 12},
+            {"type": "function_call", "call_id": "c1", "name": "lookup", "arguments": "{}"},
+        ],
+        "tools": [tool],
+    }
+    call = payload["input"][2]  # type: ignore[index]
+    expected = (
+        10  # instructions
+        + tokens.estimate_chat_prompt([payload["input"][0]])  # type: ignore[index]
+        + 3  # the function's output
+        + tokens.estimate_chars(len(orjson.dumps(call)))  # another item: its JSON
+        + tokens.estimate_chars(len(orjson.dumps([tool])))
+    )
+    assert tokens.estimate_responses(payload) == expected
+    assert tokens.estimate_responses({"input": "hello"}) == 3 + 2 + 3
+
+
+def test_generated_text_of_a_responses_answer_and_its_events() -> None:
+    answer = {
+        "object": "response",
+        "output": [
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "r" * 6}]},
+            {"type": "message", "content": [{"type": "output_text", "text": "x" * 40}]},
+            {"type": "function_call", "arguments": "y" * 8},
+        ],
+    }
+    assert tokens.generated_chars(answer) == 54
+    assert tokens.generated_chars({"type": "response.output_text.delta", "delta": "abcd"}) == 4
+    assert (
+        tokens.generated_chars({"type": "response.function_call_arguments.delta", "delta": "{}"})
+        == 2
+    )
+    assert tokens.generated_chars({"type": "response.output_text.done", "text": "abcd"}) == 0

@@ -48,47 +48,68 @@ class CostBound(Value):
 
 
 class UnboundedInput(ValueError):
-    """A request whose input no bound covers (a file part, on a model without a context window)."""
+    """A request whose input no bound covers (a file part, or a continued stored response, on a
+    model without a context window); ``carried``: the stored response is what cannot be bounded."""
+
+    def __init__(self, message: str, *, carried: bool = False) -> None:
+        super().__init__(message)
+        self.carried = carried
 
 
-def input_token_bound(body_len: int, payload: dict[str, Any], price: Price) -> int:
-    """An upper bound on the prompt tokens of a request body on ``price``'s model."""
+def input_token_bound(
+    body_len: int, payload: dict[str, Any], price: Price, *, carried: bool = False
+) -> int:
+    """An upper bound on the prompt tokens of a request body on ``price``'s model. ``carried``: the
+    upstream also reads context the body does not hold (a Responses API request that continues a
+    stored response), bounded by the model's context window."""
     images, image_bytes, files = _media(payload.get("messages"))
+    more_images, more_bytes, more_files = _media(payload.get("input"))  # Responses, moderations
+    images, image_bytes, files = images + more_images, image_bytes + more_bytes, files or more_files
     per_image = price.image_input_tokens or IMAGE_TOKEN_ALLOWANCE
     bound = max(body_len - image_bytes, 0) + images * per_image
-    if files:
-        if price.context_window is None:
+    if files or carried:
+        window = price.context_window
+        if window is None:
+            what = "file inputs" if files else "previous_response_id"
             raise UnboundedInput(
-                f"The model '{price.model}' cannot take file inputs here: keyplane cannot bound "
+                f"The model '{price.model}' cannot take {what} here: keyplane cannot bound "
                 "what they cost without the model's context window (an operator sets "
-                "context_window in its price entry)."
+                "context_window in its price entry).",
+                carried=not files,
             )
-        # A file's text is read into the context; each page may also be read as an image.
-        bound += price.context_window + MAX_FILE_PAGES * per_image
+        if carried:  # the stored conversation: at most what the model reads
+            bound += window
+        if files:  # a file's text is read into the context; each page may also be read as an image
+            bound += window + MAX_FILE_PAGES * per_image
     return bound
 
 
-def _media(messages: Any) -> tuple[int, int, bool]:
-    """(images, bytes of the inline images' data, whether any file part) in chat ``messages``.
-    Any part naming an image or a file counts, whatever its ``type`` says: a bound may not miss
-    one of the upstream's accepted forms."""
+def _media(items: Any) -> tuple[int, int, bool]:
+    """(images, bytes of the inline images' data, whether any file part) in chat ``messages`` or
+    a Responses API ``input`` (items with ``content`` parts; a function call's ``output`` parts; or
+    parts themselves, as a moderation's input). Any part naming an image or a file counts, whatever
+    its ``type`` says: a bound may not miss one of the upstream's accepted forms (an image part
+    naming a file id is an image)."""
     images = size = 0
     files = False
-    if not isinstance(messages, list):
+    if not isinstance(items, list):
         return 0, 0, False
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(content, list):
+    for item in items:
+        if not isinstance(item, dict):
             continue
-        for part in content:
-            if not isinstance(part, dict):
+        for parts in (item.get("content"), item.get("output"), [item]):
+            if not isinstance(parts, list):
                 continue
-            kind = part.get("type")
-            if kind in _FILE_PARTS or not _FILE_KEYS.isdisjoint(part):
-                files = True
-            if kind in IMAGE_PARTS or not _IMAGE_KEYS.isdisjoint(part):
-                images += 1
-                size += _inline_size(part)
+            for part in parts:
+                if not isinstance(part, dict):
+                    continue
+                kind = part.get("type")
+                image = kind in IMAGE_PARTS or not _IMAGE_KEYS.isdisjoint(part)
+                if kind in _FILE_PARTS or (not image and not _FILE_KEYS.isdisjoint(part)):
+                    files = True
+                if image:
+                    images += 1
+                    size += _inline_size(part)
     return images, size, files
 
 

@@ -10,9 +10,11 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
 from keyplane.errors import KeyplaneError, StoreUnavailable
+from keyplane.gateway import responses
 from keyplane.gateway.asgi import Receive, Scope, Send, send_bytes, send_json
 from keyplane.gateway.errors import ApiError, from_domain, model_not_found
 from keyplane.gateway.pipeline import ENDPOINTS, Call, Pipeline
+from keyplane.gateway.upstreams import UpstreamUnavailable
 from keyplane.ids import new_request_id
 from keyplane.keys import network
 from keyplane.keys.permissions import Access, Group
@@ -28,12 +30,17 @@ METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 # OpenAI endpoints keyplane does not forward (yet): said plainly rather than "Invalid URL".
-NOT_SERVED = frozenset({"/v1/responses", "/v1/moderations", "/v1/images/generations",
-                        "/v1/images/edits", "/v1/images/variations", "/v1/audio/speech",
-                        "/v1/audio/transcriptions", "/v1/audio/translations"})  # fmt: skip
-_NOT_SERVED_PREFIXES = ("/v1/responses/", "/v1/files", "/v1/batches", "/v1/assistants",
-                        "/v1/threads", "/v1/vector_stores", "/v1/fine_tuning", "/v1/uploads",
-                        "/v1/realtime", "/v1/conversations")  # fmt: skip
+NOT_SERVED = frozenset({"/v1/images/generations", "/v1/images/edits", "/v1/images/variations",
+                        "/v1/audio/speech", "/v1/audio/transcriptions", "/v1/audio/translations",
+                        "/v1/responses/input_tokens", "/v1/responses/compact"})  # fmt: skip
+_NOT_SERVED_PREFIXES = ("/v1/files", "/v1/batches", "/v1/assistants", "/v1/threads",
+                        "/v1/vector_stores", "/v1/fine_tuning", "/v1/uploads", "/v1/realtime",
+                        "/v1/conversations", "/v1/chatkit", "/v1/containers", "/v1/evals",
+                        "/v1/videos")  # fmt: skip
+SERVED = (
+    "/v1/chat/completions, /v1/completions, /v1/responses (and stored responses), "
+    "/v1/embeddings, /v1/moderations and /v1/models"
+)
 
 
 class Gateway:
@@ -77,10 +84,12 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def flush(self) -> None:
-        """Writes settled requests (usage records and ledger entries), then runs the after-flush
-        hook (threshold notifications, auto-recharge jobs)."""
+        """Writes settled requests (usage records and ledger entries) and whose the responses the
+        upstream stores are, then runs the after-flush hook (threshold notifications,
+        auto-recharge jobs)."""
         try:
             await self.pipeline.money.flush()
+            await self.pipeline.stored.flush()
         except StoreUnavailable:
             self.flushes_failed += 1
             self.database_ok = False
@@ -121,6 +130,8 @@ class Gateway:
                 await self._readyz(send, rid)
             elif path == "/metrics" and self._metrics_allowed:
                 await self._serve_metrics(scope, method, send, rid)
+            elif path.startswith(responses.PREFIX) and path not in NOT_SERVED:
+                await self._stored_response(scope, method, path, send, rid)
             elif path == "/v1/chat/completions" or path.startswith("/v1/chat/completions/"):
                 raise ApiError(  # (not a POST to it: the stored completions of store: true)
                     404, "keyplane does not keep stored completions (store: true): it forwards "
@@ -128,8 +139,8 @@ class Gateway:
                 )  # fmt: skip
             elif path in NOT_SERVED or path.startswith(_NOT_SERVED_PREFIXES):
                 raise ApiError(
-                    404, f"keyplane does not serve {path} yet: it serves /v1/chat/completions, "
-                    "/v1/completions, /v1/embeddings and /v1/models.", code="unsupported_endpoint",
+                    404, f"keyplane does not serve {path} yet: it serves {SERVED}.",
+                    code="unsupported_endpoint",
                 )  # fmt: skip
             else:
                 raise ApiError(404, f"Invalid URL ({method} {path})")
@@ -167,6 +178,41 @@ class Gateway:
             await send_json(send, 200, _model(model), rid)
             return
         await send_json(send, 200, {"object": "list", "data": [_model(m) for m in names]}, rid)
+
+    async def _stored_response(
+        self, scope: Scope, method: str, path: str, send: Send, rid: list[tuple[bytes, bytes]]
+    ) -> None:
+        """A stored response read, deleted or cancelled, or its input items listed: for keys of
+        the project that created it, from the upstream storing it; free (nothing is generated)."""
+        response_id, _, rest = path.removeprefix(responses.PREFIX).partition("/")
+        need = responses.ROUTES.get((method, rest))
+        if need is None or not response_id:
+            raise ApiError(404, f"Invalid URL ({method} {path})")
+        pipeline = self.pipeline
+        access = Access.READ if need == "read" else _WRITE
+        key, _levels = await pipeline.admit_caller(
+            scope, pipeline.access.client_ip(scope), Group.CHAT, access
+        )
+        stored = await pipeline.stored.owned(response_id, key)
+        up = pipeline.router.named(stored.upstream) if stored is not None else None
+        if up is None:
+            raise responses.not_found(response_id)
+        query = scope.get("query_string", b"").decode("latin-1")
+        target = path.removeprefix("/v1") + (f"?{query}" if query else "")
+        try:
+            resp, content = await pipeline.router.fetch(up, method, target, scope["headers"])
+        except UpstreamUnavailable as exc:
+            status = 503 if exc.busy else 502
+            raise ApiError(status, str(exc), type="server_error", code="upstream_error") from None
+        if method == "DELETE" and resp.status == 200:
+            await pipeline.stored.forget(response_id)
+        content_type = next((v for k, v in resp.headers if k == b"content-type"), b"")
+        if not content_type.startswith(b"application/json") or not 200 <= resp.status <= 599:
+            raise ApiError(
+                502, f"The upstream answered HTTP {resp.status} without JSON.",
+                type="server_error", code="upstream_error",
+            )  # fmt: skip
+        await send_bytes(send, resp.status, content, rid, content_type=content_type)
 
     async def _readyz(self, send: Send, rid: list[tuple[bytes, bytes]]) -> None:
         """503 while this process cannot serve: not started yet, shutting down, or its unstored

@@ -36,6 +36,7 @@ from keyplane.gateway.errors import (
 )
 from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.ratelimits import RateGuard
+from keyplane.gateway.responses import ResponseOwners, previous_not_found
 from keyplane.gateway.streaming import (
     SseAccounting,
     answer_usage,
@@ -44,7 +45,7 @@ from keyplane.gateway.streaming import (
     json_object,
 )
 from keyplane.gateway.transport import UpstreamError, UpstreamResponse
-from keyplane.gateway.upstreams import UpstreamRouter, UpstreamUnavailable
+from keyplane.gateway.upstreams import Upstream, UpstreamRouter, UpstreamUnavailable
 from keyplane.keys.authenticator import KeyAuthenticator
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
@@ -67,6 +68,14 @@ _ADMIN = KeyKind.ADMIN
 _COMPLETED = Outcome.COMPLETED
 MAX_CHOICES = 128  # n and best_of at most (OpenAI's limit for n)
 UNCAPPED_OUTPUT = 4096  # the output TPM counts for a request without max_tokens (corrected later)
+_CAPS = (
+    "max_completion_tokens",
+    "max_tokens",
+)  # the fields that cap chat's and completions' output
+# Responses API tools keyplane forwards: those the client runs itself. The upstream's own (web and
+# file search, code interpreter, image generation, computer use, remote MCP servers) charge fees
+# per call and read their results into the context, which no hold made beforehand can bound.
+CLIENT_TOOLS = frozenset({"function", "custom"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +87,10 @@ class Endpoint:
     estimate_input: Callable[[dict[str, Any], int], int]  # (payload, tokens an image counts)
     group: Group  # the permission a key needs (write access to this group)
     has_output: bool = True  # generates tokens (capped by max_tokens); embeddings do not
+    caps: tuple[str, ...] = _CAPS  # the body fields that cap the output
+    ask_usage: bool = True  # a stream's usage comes only if asked (stream_options.include_usage)
+    default_model: str | None = None  # the model when the body names none (else it must)
+    responses: bool = False  # the Responses API: stored responses, its own events and fields
 
 
 ENDPOINTS: dict[str, Endpoint] = {
@@ -93,6 +106,15 @@ ENDPOINTS: dict[str, Endpoint] = {
         "embeddings", "/embeddings", False, "input", lambda p, _: tokens.estimate_input(p.get("input")),
         Group.EMBEDDINGS, has_output=False,
     ),
+    "/v1/responses": Endpoint(
+        "responses", "/responses", True, "model", tokens.estimate_responses, Group.CHAT,
+        caps=("max_output_tokens",), ask_usage=False, responses=True,
+    ),
+    "/v1/moderations": Endpoint(
+        "moderations", "/moderations", False, "input",
+        lambda p, _: tokens.estimate_input(p.get("input")), Group.MODERATIONS, has_output=False,
+        default_model="omni-moderation-latest",
+    ),
 }  # fmt: skip
 
 
@@ -102,9 +124,24 @@ class Call:
     compiled, its ``__init__`` is C; a dataclass's stays Python, see keyplane/values.py.)"""
 
     __slots__ = (
-        "client_ip", "endpoint", "estimated_input", "forwarded", "held_output", "hold",
-        "input_bound", "key",
-        "levels", "metered", "model", "price", "rate_headers", "request_id", "started", "stream",
+        "client_ip",
+        "endpoint",
+        "estimated_input",
+        "forwarded",
+        "held_output",
+        "hold",
+        "input_bound",
+        "key",
+        "levels",
+        "metered",
+        "model",
+        "price",
+        "rate_headers",
+        "request_id",
+        "started",
+        "store",
+        "stored_at",
+        "stream",
         "ticket",
     )  # fmt: skip
 
@@ -134,6 +171,9 @@ class Call:
         self.rate_headers: list[tuple[bytes, bytes]] = []
         self.forwarded = False
         self.metered = False
+        # A Responses API request that continues a stored response: the upstream storing it.
+        self.stored_at: Upstream | None = None
+        self.store = False  # a Responses API request whose response the upstream stores
 
 
 class Pipeline:
@@ -146,10 +186,12 @@ class Pipeline:
         rates: RateGuard,
         access: AccessGuard,
         clock: Clock,
+        stored: ResponseOwners,
         *,
         max_body_bytes: int,
         default_max_output_tokens: int,
     ) -> None:
+        self.stored = stored
         self.auth = auth
         self.router = router
         self.prices = prices
@@ -201,10 +243,17 @@ class Pipeline:
     async def _handle(self, call: Call, scope: Any, receive: Receive, send: Send) -> None:
         body = await self._read_body(scope, receive)
         payload = _parse(body, call.endpoint)
+        rewrite = False
+        if "model" not in payload:  # (_parse allowed it: the endpoint has a default)
+            payload["model"] = call.endpoint.default_model
+            rewrite = True
         key, model = call.key, payload["model"]
         call.model = model
         self.access.check_model(call.levels, key, model)
-        upstreams = await self.router.candidates(model)
+        if call.endpoint.responses:
+            upstreams = await self._continued(call, payload)
+        else:
+            upstreams = await self.router.candidates(model)
         if not upstreams:
             raise model_not_found(model)
         # A model keyplane cannot price cannot be held against a balance or a budget: refused,
@@ -215,16 +264,16 @@ class Pipeline:
         call.estimated_input = call.endpoint.estimate_input(
             payload, tokens.image_estimate(call.price.image_input_tokens)
         )
-        rewrite = False
         client_wants_usage = False
         if call.endpoint.can_stream and payload.get("stream") is True:
             call.stream = True
-            options = payload.get("stream_options")
-            options = options if isinstance(options, dict) else {}
-            client_wants_usage = options.get("include_usage") is True
-            payload["stream_options"] = {**options, "include_usage": True}
-            rewrite = True
-        fields, asked = _output_cap(payload)
+            if call.endpoint.ask_usage:
+                options = payload.get("stream_options")
+                options = options if isinstance(options, dict) else {}
+                client_wants_usage = options.get("include_usage") is True
+                payload["stream_options"] = {**options, "include_usage": True}
+                rewrite = True
+        fields, asked = _output_cap(payload, call.endpoint.caps)
         # The most each output may be: the client's cap, else the model's (else a default).
         wanted = (
             (asked or call.price.max_output_tokens or self.default_max_output_tokens)
@@ -238,10 +287,19 @@ class Pipeline:
         if call.endpoint.name == "completions":
             choices *= _prompt_count(payload.get("prompt"))
         try:
-            call.input_bound = input_token_bound(len(body), payload, call.price)
+            call.input_bound = input_token_bound(
+                len(body), payload, call.price, carried=call.stored_at is not None
+            )
             bound = cost_bound(call.price, call.input_bound, choices)
         except UnboundedInput as exc:
-            raise bad_request(str(exc), param="messages", code="unsupported_file_input") from None
+            if exc.carried:
+                param, code = "previous_response_id", "unsupported_parameter"
+            else:
+                param, code = (
+                    ("messages" if "messages" in payload else "input"),
+                    "unsupported_file_input",
+                )
+            raise bad_request(str(exc), param=param, code=code) from None
         org = self.money.cached_org(key.org_id) or await self.money.org(key.org_id)
         scopes = self.rates.cached_scopes(key, org.tier, model) or await self.rates.scopes(
             key, org.tier, model
@@ -266,6 +324,21 @@ class Pipeline:
                 # goes on and bills it, so the most it may write is billed, as after a crash.
                 used = (call.estimated_input, 0, call.held_output) if call.forwarded else (0, 0, 0)
                 self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True)
+
+    async def _continued(self, call: Call, payload: dict[str, Any]) -> list[Upstream]:
+        """The upstreams a Responses API request may go to: those serving its model, or, when it
+        continues a stored response (``previous_response_id``), the one storing it, if this key's
+        project created it (else "not found", as another organization's is at OpenAI)."""
+        call.store = payload.get("store") is not False
+        previous = payload.get("previous_response_id")
+        if previous is None:
+            return await self.router.candidates(call.model)
+        stored = await self.stored.owned(previous, call.key)
+        up = self.router.named(stored.upstream) if stored is not None else None
+        if up is None:
+            raise previous_not_found(previous)
+        call.stored_at = up
+        return [up]
 
     def _rate_limit(
         self, call: Call, scopes: list[LimitScope], wanted: int, choices: int, uncapped: bool,
@@ -316,7 +389,7 @@ class Pipeline:
             return False
         if not fields:
             chat = call.endpoint.name == "chat.completions"
-            fields = (price.output_param if chat else "max_tokens",)
+            fields = (price.output_param if chat else call.endpoint.caps[-1],)
         for field in fields:  # every cap the client sent: an upstream may obey either
             payload[field] = admission.output_tokens
         return True
@@ -327,7 +400,7 @@ class Pipeline:
     ) -> None:  # fmt: skip
         call.forwarded = True
         try:  # (the router copies the headers it forwards)
-            resp, content = await self.router.send(
+            resp, content, up = await self.router.send(
                 upstreams, call.endpoint.upstream_path, body, scope["headers"], stream=call.stream
             )
         except UpstreamUnavailable as exc:
@@ -349,7 +422,9 @@ class Pipeline:
             out_headers = self._response_headers(call, resp)
             if content is None:
                 if resp.status == 200 and not _json_answer(resp):
-                    await self._stream(call, resp, out_headers, receive, send, client_wants_usage)
+                    await self._stream(
+                        call, resp, out_headers, receive, send, client_wants_usage, up
+                    )
                     return
                 # An error, or an upstream that ignored stream: true and answered JSON: read
                 # whole, billed on its usage as any answer (not as a stream with no events).
@@ -365,6 +440,8 @@ class Pipeline:
                 content = _in_envelope(resp.status, content, out_headers)
             elif (reported := answer_usage(content)) is not None:
                 self._meter(call, 200, reported, _COMPLETED, estimated=False)
+                if call.endpoint.responses:
+                    self._note_stored(call, json_object(content), up)
             else:  # an answer with no usable usage is billed on estimates, as a stream would be
                 out = estimated_output(content) if call.endpoint.has_output else 0
                 if json_object(content) is None:  # (empty, cut, HTML...): no SDK could read it
@@ -389,11 +466,20 @@ class Pipeline:
         except UpstreamError:
             return b""
 
+    def _note_stored(self, call: Call, answer: dict[str, Any] | None, up: Upstream) -> None:
+        """Notes whose a Responses API answer is, when the upstream stores it (``store`` is on
+        unless the request turned it off)."""
+        if call.store and answer is not None and answer.get("store") is not False:
+            response_id = answer.get("id")
+            if isinstance(response_id, str) and response_id:
+                self.stored.note(response_id, call.key, up.name)
+
     async def _stream(
         self, call: Call, resp: UpstreamResponse, headers: list[tuple[bytes, bytes]],
-        receive: Receive, send: Send, client_wants_usage: bool,
+        receive: Receive, send: Send, client_wants_usage: bool, up: Upstream,
     ) -> None:  # fmt: skip
-        acc = SseAccounting(client_wants_usage=client_wants_usage)
+        responses = call.endpoint.responses
+        acc = SseAccounting(client_wants_usage=client_wants_usage, responses=responses)
         await send(
             {
                 "type": "http.response.start",
@@ -441,6 +527,8 @@ class Pipeline:
             raise
         finally:
             watching.cancel()
+            if call.store and acc.response_id is not None:
+                self.stored.note(acc.response_id, call.key, up.name)
             if acc.usage is not None:
                 self._meter(call, 200, acc.usage, outcome, estimated=False)
             else:
@@ -555,16 +643,15 @@ def _prompt_count(prompt: Any) -> int:
     return 1
 
 
-_CAPS = ("max_completion_tokens", "max_tokens")
-
-
-def _output_cap(payload: dict[str, Any]) -> tuple[tuple[str, ...], int | None]:
-    """The fields that cap the output and the largest of their values (_parse checked them):
-    with both, the upstream may obey either (OpenAI's chat takes ``max_completion_tokens``, its
-    legacy completions ``max_tokens``, servers such as vLLM either)."""
+def _output_cap(
+    payload: dict[str, Any], caps: tuple[str, ...]
+) -> tuple[tuple[str, ...], int | None]:
+    """The fields of ``caps`` that cap the output and the largest of their values (_parse checked
+    them): with both, the upstream may obey either (OpenAI's chat takes ``max_completion_tokens``,
+    its legacy completions ``max_tokens``, servers such as vLLM either)."""
     fields: tuple[str, ...] = ()
     asked: int | None = None
-    for field in _CAPS:  # (a loop, not generators: it runs for every request)
+    for field in caps:  # (a loop, not generators: it runs for every request)
         value = payload.get(field)
         if value is not None:
             fields += (field,)
@@ -610,9 +697,11 @@ def _parse(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise bad_request("The request body must be a JSON object.")
     model = payload.get("model")
-    if not isinstance(model, str) or not model.strip():
+    if model is None and endpoint.default_model is not None:
+        pass  # the endpoint's default model
+    elif not isinstance(model, str) or not model.strip():
         raise bad_request("You must provide a model parameter (a non-empty string).", param="model")
-    if len(model) > 256:
+    if model is not None and len(model) > 256:
         raise bad_request("The model name is too long.", param="model")
     if endpoint.required not in payload:
         raise bad_request(f"'{endpoint.required}' is a required property.", param=endpoint.required)
@@ -627,7 +716,9 @@ def _parse(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
     options = payload.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object.", param="stream_options")
-    for name in _CAPS:
+    if endpoint.responses:
+        _check_responses(payload)
+    for name in endpoint.caps:
         value = payload.get(name)
         if value is not None and (
             not isinstance(value, int) or isinstance(value, bool) or value < 1
@@ -640,3 +731,47 @@ def _parse(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
         ):
             raise bad_request(f"'{name}' must be an integer from 1 to {MAX_CHOICES}.", param=name)
     return payload
+
+
+def _check_responses(payload: dict[str, Any]) -> None:
+    """What a Responses API request may ask of keyplane: only what a hold can bound and keyplane
+    can bill, and only this project's stored state."""
+    previous = payload.get("previous_response_id")
+    if previous is not None and (not isinstance(previous, str) or not previous):
+        raise bad_request(
+            "'previous_response_id' must be a non-empty string.", param="previous_response_id"
+        )
+    if payload.get("background") is True:
+        raise bad_request(
+            "keyplane does not forward background responses: their answer and cost come after the "
+            "request ends. Send the request without 'background' (stream it if it runs long).",
+            param="background", code="unsupported_parameter",
+        )  # fmt: skip
+    for name, what in (("conversation", "conversations"), ("prompt", "stored prompts")):
+        if payload.get(name) is not None:
+            raise bad_request(
+                f"keyplane does not forward {what} ('{name}') yet: send the input itself, or "
+                "continue a response with previous_response_id.",
+                param=name, code="unsupported_parameter",
+            )  # fmt: skip
+    tools = payload.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise bad_request("'tools' must be an array.", param="tools")
+    for tool in tools or ():
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind not in CLIENT_TOOLS:
+            raise bad_request(
+                f"keyplane forwards function and custom tools only, not '{kind}': the "
+                "upstream's own tools charge per call and read their results into the context, "
+                "which keyplane cannot hold money for in advance.",
+                param="tools", code="unsupported_tool",
+            )  # fmt: skip
+    items = payload.get("input")
+    if isinstance(items, list):
+        for item in items:
+            if isinstance(item, dict) and item.get("type") == "item_reference":
+                raise bad_request(
+                    "keyplane does not forward item references: they name items the upstream "
+                    "stores, which keyplane cannot tell are this project's. Send the item itself.",
+                    param="input", code="unsupported_parameter",
+                )  # fmt: skip

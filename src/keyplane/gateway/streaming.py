@@ -112,10 +112,16 @@ def _count(value: Any) -> TypeGuard[int]:
 class SseAccounting:
     """Splits upstream bytes into events, notes usage and generated text, drops what the client
     did not ask for (the usage-only event, and each chunk's null usage, when it did not set
-    include_usage)."""
+    include_usage).
 
-    def __init__(self, *, client_wants_usage: bool) -> None:
-        self._strip_usage = not client_wants_usage
+    ``responses``: a Responses API stream, whose events carry the response (its id from the first,
+    ``response.created``, and its usage in the last, ``response.completed``, ``…incomplete`` or
+    ``…failed``) and whose text comes in ``….delta`` events; nothing is dropped."""
+
+    def __init__(self, *, client_wants_usage: bool, responses: bool = False) -> None:
+        self._strip_usage = not client_wants_usage and not responses
+        self._responses = responses
+        self.response_id: str | None = None  # a Responses API stream's response id
         self._buf = b""
         self._chars = 0
         # Chunks without usage, not parsed yet: their text matters only if the stream ends before
@@ -185,11 +191,10 @@ class SseAccounting:
         for. ``[DONE]`` and anything that is not JSON pass through unread."""
         if payload == b"[DONE]":
             return True  # (not parsed: orjson's JSONDecodeError costs more than the rest)
+        if self._responses:
+            return self._response_event(payload)
         if not usage_object(payload):  # the usual chunk: counted later if needed
-            self._pending.append(payload)
-            self._pending_bytes += len(payload)
-            if self._pending_bytes > _PENDING_MAX:
-                self._count_pending()
+            self._hold_back(payload)
             return True
         obj = json_object(payload)
         if obj is None:
@@ -202,6 +207,33 @@ class SseAccounting:
                     return False
         self._chars += generated_chars(obj)
         return True
+
+    def _response_event(self, payload: bytes) -> bool:
+        """A Responses API event: the response's id (first seen), its usage (the last event's),
+        or generated text (counted later, if the usage never comes)."""
+        if self.response_id is not None and not usage_object(payload):
+            self._hold_back(payload)
+            return True
+        obj = json_object(payload)
+        response = obj.get("response") if obj is not None else None
+        if type(response) is dict:
+            if self.response_id is None and type(response.get("id")) is str:
+                self.response_id = response["id"]
+            if response.get("usage") is not None:
+                usage = parse_usage(response)
+                if usage is not None:
+                    self.usage = usage
+        elif obj is not None:
+            self._chars += generated_chars(obj)
+        return True
+
+    def _hold_back(self, payload: bytes) -> None:
+        """Keeps an event with no usage unparsed: its text is counted only if the usage never
+        comes (or every 64 KiB, to bound what is kept)."""
+        self._pending.append(payload)
+        self._pending_bytes += len(payload)
+        if self._pending_bytes > _PENDING_MAX:
+            self._count_pending()
 
     def _count_pending(self) -> None:
         for payload in self._pending:

@@ -78,6 +78,14 @@ _IDENTITY = (b"accept-encoding", b"identity")
 _NOTHING: frozenset[bytes] = frozenset()
 
 
+def _forwarded(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The client's headers the upstream may see (keyplane's own credentials are added after)."""
+    named = _connection_named(headers)
+    out = [(k, v) for k, v in headers if k not in _DROP_REQUEST and k not in named]
+    out.append(_IDENTITY)
+    return out
+
+
 def _connection_named(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """The fields the client's ``Connection`` header names: they describe its hop to keyplane
     only, and are not forwarded (RFC 9110 7.6.1)."""
@@ -169,18 +177,18 @@ class UpstreamRouter:
         headers: list[tuple[bytes, bytes]],
         *,
         stream: bool,
-    ) -> tuple[UpstreamResponse, bytes | None]:
-        """Sends the request to the first upstream that answers; returns the open response and,
-        unless ``stream``, its body (read, so that a broken body can be retried like a 5xx).
+    ) -> tuple[UpstreamResponse, bytes | None, Upstream]:
+        """Sends the request to the first upstream that answers; returns the open response,
+        unless ``stream`` its body (read, so that a broken body can be retried like a 5xx), and
+        the upstream that answered.
 
         Connection errors and 5xx answers move on to the next try (backing off) and the next
         upstream; a 5xx with a Retry-After, and a refusal of keyplane's credentials (401, 403),
         straight to the next upstream. The caller must close the returned response. Raises
         UpstreamUnavailable."""
-        named = _connection_named(headers)
-        out_headers = [(k, v) for k, v in headers if k not in _DROP_REQUEST and k not in named]
-        out_headers.append(_IDENTITY)
+        out_headers = _forwarded(headers)
         last: UpstreamResponse | None = None
+        last_up: Upstream | None = None
         refused: tuple[str, int] | None = None  # the last upstream that refused our credentials
         attempt = 0
         failed = self.meter.upstream_failed
@@ -239,13 +247,13 @@ class UpstreamRouter:
                     break
                 if resp.status in RETRY_STATUSES:
                     failed(up.name, f"status_{resp.status}")
-                    last = resp
+                    last, last_up = resp, up
                     if any(name == b"retry-after" for name, _ in resp.headers):
                         break  # it asked for time: the next upstream, or this answer as it is
                     continue
-                return resp, None if stream else await self._read(resp)
-        if last is not None:
-            return last, None if stream else await self._read(last)
+                return resp, None if stream else await self._read(resp), up
+        if last is not None and last_up is not None:
+            return last, None if stream else await self._read(last), last_up
         if refused is not None:
             name, status = refused
             raise UpstreamUnavailable(
@@ -254,6 +262,51 @@ class UpstreamRouter:
                 refused=True,
             )
         raise UpstreamUnavailable("No upstream serving this model could be reached.")
+
+    def named(self, name: str) -> Upstream | None:
+        for up in self.upstreams:
+            if up.name == name:
+                return up
+        return None
+
+    async def fetch(
+        self, up: Upstream, method: str, target: str, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[UpstreamResponse, bytes]:
+        """One request about something the upstream stores (a stored response read, deleted or
+        cancelled), sent once: a DELETE or a cancel may have been done even if no answer came.
+        Returns the response (closed) and its body. Raises UpstreamUnavailable, as ``send``."""
+        try:
+            resp = await self.client.request(
+                method, up.base_url + target, _forwarded(headers) + up.auth_headers
+            )
+        except ReadTimedOut:
+            self.meter.upstream_failed(up.name, "timeout")
+            raise UpstreamUnavailable(f"The upstream '{up.name}' timed out.") from None
+        except PoolBusy:
+            self.meter.upstream_failed(up.name, "pool_busy")
+            raise UpstreamUnavailable(
+                f"Every connection to the upstream '{up.name}' is busy; retry shortly.", busy=True
+            ) from None
+        except UpstreamError as exc:
+            self.meter.upstream_failed(up.name, "connect")
+            log.warning("upstream %s unreachable: %s", up.name, exc)
+            raise UpstreamUnavailable(f"The upstream '{up.name}' could not be reached.") from None
+        try:
+            content = await self._read(resp)
+        finally:
+            await resp.aclose()
+        if resp.status in REFUSED_STATUSES:
+            log.error(
+                "upstream %s refused keyplane's credentials (HTTP %d): check its api_key",
+                up.name, resp.status,
+            )  # fmt: skip
+            self.meter.upstream_failed(up.name, "refused_credentials")
+            raise UpstreamUnavailable(
+                f"The upstream '{up.name}' refused keyplane's credentials (HTTP {resp.status}): "
+                "the operator must check its provider API key. Your own key is fine.",
+                refused=True,
+            )
+        return resp, content
 
     @staticmethod
     async def _read(resp: UpstreamResponse) -> bytes:

@@ -143,4 +143,5 @@ from keyplane.storage import limits_tables as _limits_tables  # noqa: E402,F401
 from keyplane.storage import notify_tables as _notify_tables  # noqa: E402,F401
 from keyplane.storage import org_tables as _org_tables  # noqa: E402,F401
 from keyplane.storage import payment_tables as _payment_tables  # noqa: E402,F401
+from keyplane.storage import response_tables as _response_tables  # noqa: E402,F401
 from keyplane.storage import webhook_tables as _webhook_tables  # noqa: E402,F401

@@ -81,6 +81,35 @@ def estimate_chat(payload: dict[str, Any], image_tokens: int = IMAGE_TOKENS) -> 
     return total
 
 
+def estimate_responses(payload: dict[str, Any], image_tokens: int = IMAGE_TOKENS) -> int:
+    """Estimated input tokens of a Responses API request: its ``instructions``, its ``input`` (a
+    string, or items: messages as in chat, function call outputs by their text, other items by
+    their JSON) and the tool and format definitions sent with it."""
+    total = 0
+    instructions = payload.get("instructions")
+    if isinstance(instructions, str):
+        total += estimate_text(instructions)
+    items = payload.get("input")
+    if isinstance(items, str):
+        total += 3 + estimate_text(items) + 3
+    elif isinstance(items, list):
+        messages = [i for i in items if isinstance(i, dict) and "content" in i]
+        total += estimate_chat_prompt(messages, image_tokens)
+        for item in items:
+            if not isinstance(item, dict) or "content" in item:
+                continue
+            output = item.get("output")
+            if isinstance(output, str):
+                total += estimate_text(output)
+            else:
+                total += estimate_chars(len(orjson.dumps(item)))
+    for name in ("tools", "text"):
+        value = payload.get(name)
+        if value:
+            total += estimate_chars(len(orjson.dumps(value)))
+    return total
+
+
 def estimate_input(value: Any) -> int:
     """Estimated tokens of an embeddings/completions ``input``/``prompt``."""
     if isinstance(value, str):
@@ -95,12 +124,13 @@ def estimate_input(value: Any) -> int:
 def generated_chars(chunk: Any) -> int:
     """How many characters of generated text one streamed chunk, or a whole answer (its
     choices' ``message``), carries (content, refusals, reasoning, tool-call arguments, legacy
-    completions' text). Counted, not joined: it runs for every event of every stream."""
+    completions' text). Counted, not joined: it runs for every event of every stream. A Responses
+    API answer or event is counted by ``response_chars``."""
     if type(chunk) is not dict:
         return 0
     choices = chunk.get("choices")
     if type(choices) is not list:
-        return 0
+        return response_chars(chunk)
     count = 0
     for choice in choices:
         if type(choice) is not dict:
@@ -127,3 +157,34 @@ def generated_chars(chunk: Any) -> int:
 
 
 _DELTA_TEXT = ("content", "refusal", "reasoning_content")
+
+
+def response_chars(obj: dict[str, Any]) -> int:
+    """Characters of generated text in a Responses API stream event (the ``delta`` of any
+    ``….delta`` event: output text, refusals, reasoning, function call arguments) or whole answer
+    (its ``output`` items' text parts, function call arguments and reasoning summaries)."""
+    delta = obj.get("delta")
+    if type(delta) is str:
+        kind = obj.get("type")
+        return len(delta) if type(kind) is str and kind.endswith(".delta") else 0
+    output = obj.get("output")
+    if type(output) is not list:
+        return 0
+    count = 0
+    for item in output:
+        if type(item) is not dict:
+            continue
+        arguments = item.get("arguments")
+        if type(arguments) is str:
+            count += len(arguments)
+        for name in ("content", "summary"):
+            parts = item.get(name)
+            if type(parts) is not list:
+                continue
+            for part in parts:
+                if type(part) is dict:
+                    for field in ("text", "refusal"):
+                        value = part.get(field)
+                        if type(value) is str:
+                            count += len(value)
+    return count

@@ -110,6 +110,7 @@ POLICY: Mapping[str, frozenset[Grant]] = {
     # usage and costs (usage_api_routes): read by every member, as the dashboard's Usage page
     "usage.completions": READ,
     "usage.embeddings": READ,
+    "usage.moderations": READ,
     "costs.list": READ,
     # projects (project_routes)
     "projects.list": READ,

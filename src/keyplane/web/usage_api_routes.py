@@ -67,14 +67,25 @@ class CompletionsResult(BaseModel):
     batch: bool | None = None
 
 
-class EmbeddingsResult(BaseModel):
-    object: Literal["organization.usage.embeddings.result"] = "organization.usage.embeddings.result"
+class InputResult(BaseModel):
+    """Usage of an endpoint that only reads (embeddings, moderations)."""
+
     input_tokens: int
     num_model_requests: int
     project_id: str | None = None
     user_id: str | None = None
     api_key_id: str | None = None
     model: str | None = None
+
+
+class EmbeddingsResult(InputResult):
+    object: Literal["organization.usage.embeddings.result"] = "organization.usage.embeddings.result"
+
+
+class ModerationsResult(InputResult):
+    object: Literal["organization.usage.moderations.result"] = (
+        "organization.usage.moderations.result"
+    )
 
 
 class Amount(BaseModel):
@@ -213,9 +224,9 @@ async def _json(page: Callable[[], BaseModel]) -> Response:
 async def completions_usage(
     ctx: Ctx, principal: Allowed, q: Usage, batch: bool | None = None
 ) -> Response:
-    """Tokens and requests of chat and legacy completions per time bucket (list parameters may
-    be sent with or without ``[]``)."""
-    endpoints = ("chat.completions", "completions")
+    """Tokens and requests of chat and legacy completions and the Responses API per time bucket
+    (list parameters may be sent with or without ``[]``), as OpenAI counts them."""
+    endpoints = ("chat.completions", "completions", "responses")
     rows, begin, stop, more = await _usage(ctx, principal.org_id, q, endpoints, batch)
 
     def make(r: UsageBucket) -> CompletionsResult:
@@ -236,16 +247,34 @@ async def completions_usage(
 )  # fmt: skip
 async def embeddings_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
     """Tokens and requests of embeddings per time bucket."""
-    rows, begin, stop, more = await _usage(ctx, principal.org_id, q, ("embeddings",), None)
+    return await _input_usage(ctx, principal.org_id, q, "embeddings", EmbeddingsResult)
 
-    def make(r: UsageBucket) -> EmbeddingsResult:
-        return EmbeddingsResult(
+
+@router.get(
+    "/usage/moderations", tags=["usage"], name="usage.moderations",
+    response_model=BucketPage[ModerationsResult],
+)  # fmt: skip
+async def moderations_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
+    """Tokens and requests of moderations per time bucket."""
+    return await _input_usage(ctx, principal.org_id, q, "moderations", ModerationsResult)
+
+
+In = TypeVar("In", bound=InputResult)
+
+
+async def _input_usage(
+    ctx: Ctx, org_id: str, q: UsageQuery, endpoint: str, result: type[In]
+) -> Response:
+    rows, begin, stop, more = await _usage(ctx, org_id, q, (endpoint,), None)
+
+    def make(r: UsageBucket) -> In:
+        return result(
             input_tokens=r.input_tokens, num_model_requests=r.requests, project_id=r.project_id,
             api_key_id=r.key_id, model=r.model, user_id=r.owner_id,
         )  # fmt: skip
 
     w = WIDTH_S[q.width]
-    return await _json(lambda: _page(rows, begin, stop, w, more, EmbeddingsResult, make))
+    return await _json(lambda: _page(rows, begin, stop, w, more, result, make))
 
 
 @router.get("/costs", tags=["usage"], name="costs.list", response_model=BucketPage[CostResult])

@@ -1,0 +1,91 @@
+"""The Responses API's stored responses: whose each one is, and the requests that name one.
+
+The upstream stores a response unless the request says ``store: false``, and answers anyone with
+keyplane's provider key about it. So keyplane notes the project of every response it forwards
+(``ResponseOwners``: in memory at once, in the database within a flush interval) and serves a
+stored response — read, deleted, its input items, its cancellation, a ``previous_response_id`` —
+to keys of that project only, from the upstream that stored it. Another project's response, or
+one keyplane never forwarded, is "not found", as OpenAI answers for another organization's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from keyplane import reads
+from keyplane.clock import Clock
+from keyplane.errors import StoreUnavailable
+from keyplane.gateway.errors import ApiError
+from keyplane.keys.models import ApiKey
+from keyplane.usage.stored import ResponseStore, StoredResponse
+
+log = logging.getLogger("keyplane.gateway")
+
+PREFIX = "/v1/responses/"
+# (method, what follows the id) → access the key needs: read for a GET, write otherwise.
+ROUTES = {
+    ("GET", ""): "read",
+    ("DELETE", ""): "write",
+    ("GET", "input_items"): "read",
+    ("POST", "cancel"): "write",
+}
+
+
+class ResponseOwners:
+    def __init__(self, store: ResponseStore, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+        # Noted and not stored yet (kept until stored, so a lookup meanwhile finds them).
+        self._pending: dict[str, StoredResponse] = {}
+
+    def note(self, response_id: str, key: ApiKey, upstream: str) -> None:
+        self._pending[response_id] = StoredResponse(
+            response_id, key.org_id, key.project_id or "", upstream, int(self._clock.now())
+        )
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def flush(self) -> None:
+        """Stores what was noted since the last flush (kept for the next on a database error)."""
+        if not self._pending:
+            return
+        rows = list(self._pending.values())
+        await asyncio.to_thread(self._store.add_responses, rows)
+        for row in rows:
+            if self._pending.get(row.id) is row:
+                del self._pending[row.id]
+
+    async def owned(self, response_id: str, key: ApiKey) -> StoredResponse | None:
+        """The stored response if ``key``'s project created it, else None."""
+        found = self._pending.get(response_id)
+        if found is None:
+            found = await reads.read(self._store.stored_response, response_id)
+        if found is None or (found.org_id, found.project_id) != (key.org_id, key.project_id):
+            return None
+        return found
+
+    async def forget(self, response_id: str) -> None:
+        """The upstream deleted it: its row goes too (one left by a database error only names a
+        response nobody can read any more)."""
+        self._pending.pop(response_id, None)
+        try:
+            await asyncio.to_thread(self._store.forget_response, response_id)
+        except StoreUnavailable:
+            log.warning("could not forget the deleted response %s: the database is unavailable",
+                        response_id)  # fmt: skip
+
+
+def not_found(response_id: str) -> ApiError:
+    return ApiError(
+        404, f"Response with id '{response_id}' not found.", type="invalid_request_error"
+    )
+
+
+def previous_not_found(response_id: str) -> ApiError:
+    return ApiError(
+        404, f"Previous response with id '{response_id}' not found.",
+        param="previous_response_id", code="previous_response_not_found",
+    )  # fmt: skip

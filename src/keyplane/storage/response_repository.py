@@ -1,0 +1,31 @@
+"""SQL implementation of the ResponseStore port (usage/stored.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from keyplane.storage.repositories import SqlStore
+from keyplane.storage.response_tables import stored_responses as sr
+from keyplane.usage.stored import StoredResponse
+
+
+class SqlResponseStore(SqlStore):
+    def add_responses(self, rows: Sequence[StoredResponse]) -> None:
+        if not rows:
+            return
+        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(sr).on_conflict_do_nothing(index_elements=[sr.c.id])
+        with self._write() as conn:
+            conn.execute(stmt, [asdict(r) for r in rows])
+
+    def stored_response(self, response_id: str) -> StoredResponse | None:
+        row = self._read(lambda c: c.execute(select(sr).where(sr.c.id == response_id)).first())
+        return None if row is None else StoredResponse(**row._mapping)
+
+    def forget_response(self, response_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(delete(sr).where(sr.c.id == response_id))

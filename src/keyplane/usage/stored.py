@@ -1,0 +1,31 @@
+"""Responses the upstream stores (the Responses API's ``store``, on by default), and whose they are.
+
+Every organization reaches the upstream through keyplane's own provider key, so the upstream
+would let any of them read, continue or delete any stored response. keyplane notes the project
+that created each one, and serves it (``GET``/``DELETE /v1/responses/{id}``, its input items, a
+``previous_response_id``) to keys of that project only, from the upstream that stored it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    id: str  # the upstream's response id (resp_…)
+    org_id: str
+    project_id: str
+    upstream: str  # the name of the upstream that stored it
+    created_at: int
+
+
+class ResponseStore(Protocol):
+    def add_responses(self, rows: Sequence[StoredResponse]) -> None:
+        """Stores the rows; one already stored (a retried batch) is left as it is."""
+
+    def stored_response(self, response_id: str) -> StoredResponse | None: ...
+
+    def forget_response(self, response_id: str) -> None: ...
