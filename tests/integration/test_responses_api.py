@@ -5,16 +5,19 @@ project that created it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 from test_sdk import _close_clients, client, kp  # noqa: F401
 
 from conftest import Keyplane, start_keyplane
 from keyplane import simulator as sim
+from keyplane.config import UpstreamSettings
 from keyplane.keys.format import KeyKind
 from keyplane.usage.pricing import PriceTable
 from keyplane.usage.records import Outcome
@@ -132,39 +135,104 @@ def test_a_streamed_response_passes_every_event_and_is_metered_on_its_usage(
     assert client(kp).responses.retrieve(response_id).id == response_id
 
 
-def test_a_stream_the_client_leaves_is_billed_for_what_was_streamed(tmp_path: Path) -> None:
+@pytest.fixture
+def slow_kp(tmp_path: Path) -> Iterator[Keyplane]:
+    """keyplane before a simulator that streams 40 tokens a second, 400 of them."""
     slow = ServerThread(
         sim.create_app(sim.SimulatorConfig(tokens_per_second=40, completion_tokens=400))
     ).start()
     kp = start_keyplane(tmp_path, slow.url + "/v1")
     try:
-        body = {"model": "gpt-4o-mini", "input": QUESTION, "stream": True}
-        headers = {"authorization": f"Bearer {kp.key}"}
-        deltas = 0
-        with (
-            httpx.Client(timeout=10) as http,
-            http.stream("POST", kp.base_url + "/responses", json=body, headers=headers) as resp,
-        ):
-            assert resp.status_code == 200
-            for line in resp.iter_lines():
-                deltas += line == "event: response.output_text.delta"
-                if deltas == 3:
-                    break
-        [record] = kp.usage(expect=1)
-        assert record.outcome is Outcome.CLIENT_DISCONNECTED and record.tokens_estimated
-        assert 3 <= record.output_tokens < 400  # four characters a token, as streamed
-        assert record.input_tokens > 0 and record.cost_micro_usd > 0
+        yield kp
     finally:
         kp.server.stop()
         kp.container.close()
         slow.stop()
 
 
+def stream_a_little(kp: Keyplane, body: dict[str, Any], deltas: int, during: Any = None) -> str:
+    """Streams ``body`` from /v1/responses, leaves after ``deltas`` text deltas (calling
+    ``during(response_id)`` first); returns the response's id."""
+    headers = {"authorization": f"Bearer {kp.key}"}
+    seen = 0
+    response_id = ""
+    with (
+        httpx.Client(timeout=10) as http,
+        http.stream(
+            "POST", kp.base_url + "/responses", json={**body, "stream": True}, headers=headers
+        ) as resp,
+    ):
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if line.startswith("data: ") and not response_id:
+                response_id = orjson.loads(line[6:])["response"]["id"]
+            seen += line == "event: response.output_text.delta"
+            if seen == deltas:
+                if during is not None:
+                    during(response_id)
+                break
+    return response_id
+
+
+def test_a_stream_the_client_leaves_is_billed_for_what_was_streamed(slow_kp: Keyplane) -> None:
+    kp = slow_kp
+
+    def meanwhile(response_id: str) -> None:  # its project may read it while it streams
+        assert client(kp).responses.retrieve(response_id).id == response_id
+
+    stream_a_little(kp, {"model": "gpt-4o-mini", "input": QUESTION}, 3, meanwhile)
+    [record] = kp.usage(expect=1)
+    assert record.outcome is Outcome.CLIENT_DISCONNECTED and record.tokens_estimated
+    assert 3 <= record.output_tokens < 400  # four characters a token, as streamed
+    assert record.input_tokens > 0 and record.cost_micro_usd > 0
+
+
+def test_a_continuation_left_mid_stream_is_billed_the_context_it_carried(
+    slow_kp: Keyplane,
+) -> None:
+    """The estimate of a continuation cut short counts what the stored response adds to its input
+    (its own input and output), not only the new input: the upstream bills all of it."""
+    kp = slow_kp
+    long = "x" * 40_000
+    first = client(kp).responses.create(model="gpt-4o-mini", input=long, max_output_tokens=20)
+    assert first.usage is not None
+    carried = first.usage.input_tokens + first.usage.output_tokens
+    stream_a_little(
+        kp, {"model": "gpt-4o-mini", "input": "go on", "previous_response_id": first.id}, 1
+    )
+    records = kp.usage(expect=2)
+    [cut] = [r for r in records if r.stream]
+    assert cut.tokens_estimated and cut.outcome is Outcome.CLIENT_DISCONNECTED
+    assert cut.input_tokens >= carried > 10_000
+
+
+def test_a_continuation_goes_only_where_the_response_is_stored(
+    tmp_path: Path, simulator: ServerThread
+) -> None:
+    upstreams = [
+        UpstreamSettings(name="a", base_url=simulator.url + "/v1", models=["gpt-4o-mini"]),
+        UpstreamSettings(name="b", base_url=simulator.url + "/v1", models=["gpt-4o"]),
+    ]
+    kp = start_keyplane(tmp_path, simulator.url + "/v1", upstreams=upstreams)
+    try:
+        c = client(kp)
+        first = c.responses.create(model="gpt-4o-mini", input=QUESTION, max_output_tokens=4)
+        with pytest.raises(openai.NotFoundError) as refused:
+            c.responses.create(model="gpt-4o", input="more", previous_response_id=first.id)
+        assert refused.value.code == "model_not_found" and "'a'" in refused.value.message
+        kp.usage(expect=1)
+    finally:
+        kp.server.stop()
+        kp.container.close()
+
+
 @pytest.mark.parametrize(
     ("extra", "param", "code"),
     [
         ({"background": True}, "background", "unsupported_parameter"),
+        ({"background": "true"}, "background", "unsupported_parameter"),  # read as true upstream
         ({"tools": [{"type": "web_search"}]}, "tools", "unsupported_tool"),
+        ({"tools": [{"type": ["function"]}]}, "tools", "unsupported_tool"),
         ({"conversation": "conv_123"}, "conversation", "unsupported_parameter"),
         ({"prompt": {"id": "pmpt_123"}}, "prompt", "unsupported_parameter"),
         (
@@ -172,6 +240,7 @@ def test_a_stream_the_client_leaves_is_billed_for_what_was_streamed(tmp_path: Pa
             "input",
             "unsupported_parameter",
         ),
+        ({"input": [{"id": "msg_123"}]}, "input", "unsupported_parameter"),  # untyped: a reference
         ({"max_output_tokens": 0}, "max_output_tokens", None),
         ({"previous_response_id": 7}, "previous_response_id", None),
     ],

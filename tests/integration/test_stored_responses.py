@@ -81,6 +81,10 @@ def test_a_noted_response_is_its_projects_before_and_after_it_is_stored(
         assert (await owners.owned("resp_1", mine)) is None
 
     asyncio.run(run())
+    # Noted again when its request ended: what continuing it adds is filled in, nothing else.
     store.add_responses([StoredResponse("resp_2", "org_1", "proj_a", "sim", 1)])
-    store.add_responses([StoredResponse("resp_2", "org_1", "proj_b", "other", 2)])  # ignored
-    assert store.stored_response("resp_2") == StoredResponse("resp_2", "org_1", "proj_a", "sim", 1)
+    store.add_responses([StoredResponse("resp_2", "org_1", "proj_b", "other", 2, 300)])
+    store.add_responses([StoredResponse("resp_2", "org_1", "proj_a", "sim", 1, 999)])
+    assert store.stored_response("resp_2") == StoredResponse(
+        "resp_2", "org_1", "proj_a", "sim", 1, 300
+    )

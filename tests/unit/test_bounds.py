@@ -148,10 +148,14 @@ def test_a_responses_input_is_bounded_like_messages() -> None:
     items = [
         {"role": "user", "content": [{"type": "input_text", "text": "hi"}, image, by_file]},
         {"type": "function_call_output", "call_id": "c1", "output": [by_file]},
-    ]
+        {  # a computer's screenshot: one part, not a list
+            "type": "computer_call_output", "call_id": "c2",
+            "output": {"type": "computer_screenshot", "image_url": "https://example.com/s.png"},
+        },
+    ]  # fmt: skip
     payload = {"model": "gpt-4o", "input": items}
     body = len(orjson.dumps(payload))
-    expected = body - 4000 - len("data:image/png;base64,") + 3 * on.image_input_tokens  # type: ignore[operator]
+    expected = body - 4000 - len("data:image/png;base64,") + 4 * on.image_input_tokens  # type: ignore[operator]
     assert input_token_bound(body, payload, on) == expected
     with_file = {**payload, "input": [*items, {"type": "input_file", "file_id": "file-x"}]}
     assert input_token_bound(body, with_file, on) == (

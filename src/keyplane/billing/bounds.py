@@ -97,7 +97,12 @@ def _media(items: Any) -> tuple[int, int, bool]:
     for item in items:
         if not isinstance(item, dict):
             continue
-        for parts in (item.get("content"), item.get("output"), [item]):
+        output = item.get("output")  # a call's output: parts, or one (a computer's screenshot)
+        for parts in (
+            item.get("content"),
+            [output] if isinstance(output, dict) else output,
+            [item],
+        ):
             if not isinstance(parts, list):
                 continue
             for part in parts:

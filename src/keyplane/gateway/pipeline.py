@@ -68,10 +68,8 @@ _ADMIN = KeyKind.ADMIN
 _COMPLETED = Outcome.COMPLETED
 MAX_CHOICES = 128  # n and best_of at most (OpenAI's limit for n)
 UNCAPPED_OUTPUT = 4096  # the output TPM counts for a request without max_tokens (corrected later)
-_CAPS = (
-    "max_completion_tokens",
-    "max_tokens",
-)  # the fields that cap chat's and completions' output
+# The fields that cap chat's and completions' output.
+_CAPS = ("max_completion_tokens", "max_tokens")
 # Responses API tools keyplane forwards: those the client runs itself. The upstream's own (web and
 # file search, code interpreter, image generation, computer use, remote MCP servers) charge fees
 # per call and read their results into the context, which no hold made beforehand can bound.
@@ -124,25 +122,9 @@ class Call:
     compiled, its ``__init__`` is C; a dataclass's stays Python, see keyplane/values.py.)"""
 
     __slots__ = (
-        "client_ip",
-        "endpoint",
-        "estimated_input",
-        "forwarded",
-        "held_output",
-        "hold",
-        "input_bound",
-        "key",
-        "levels",
-        "metered",
-        "model",
-        "price",
-        "rate_headers",
-        "request_id",
-        "started",
-        "store",
-        "stored_at",
-        "stream",
-        "ticket",
+        "carried", "client_ip", "endpoint", "estimated_input", "forwarded", "held_output", "hold",
+        "input_bound", "key", "levels", "metered", "model", "price", "rate_headers", "request_id",
+        "started", "store", "stored_at", "stream", "ticket", "used",
     )  # fmt: skip
 
     def __init__(
@@ -174,6 +156,8 @@ class Call:
         # A Responses API request that continues a stored response: the upstream storing it.
         self.stored_at: Upstream | None = None
         self.store = False  # a Responses API request whose response the upstream stores
+        self.carried: int | None = None  # the tokens a continued response adds, if known
+        self.used = 0  # the input and output tokens it was billed for
 
 
 class Pipeline:
@@ -244,7 +228,7 @@ class Pipeline:
         body = await self._read_body(scope, receive)
         payload = _parse(body, call.endpoint)
         rewrite = False
-        if "model" not in payload:  # (_parse allowed it: the endpoint has a default)
+        if payload.get("model") is None:  # (_parse allowed it: the endpoint has a default)
             payload["model"] = call.endpoint.default_model
             rewrite = True
         key, model = call.key, payload["model"]
@@ -264,6 +248,10 @@ class Pipeline:
         call.estimated_input = call.endpoint.estimate_input(
             payload, tokens.image_estimate(call.price.image_input_tokens)
         )
+        if call.stored_at is not None:  # what the stored response it continues adds
+            call.estimated_input += (
+                call.carried if call.carried is not None else call.price.context_window or 0
+            )
         client_wants_usage = False
         if call.endpoint.can_stream and payload.get("stream") is True:
             call.stream = True
@@ -335,9 +323,15 @@ class Pipeline:
             return await self.router.candidates(call.model)
         stored = await self.stored.owned(previous, call.key)
         up = self.router.named(stored.upstream) if stored is not None else None
-        if up is None:
+        if stored is None or up is None:
             raise previous_not_found(previous)
-        call.stored_at = up
+        if up not in await self.router.candidates(call.model):
+            raise ApiError(
+                404, f"The model `{call.model}` is not served where the previous response is "
+                f"stored (upstream '{up.name}'): continue it with a model that upstream serves.",
+                code="model_not_found", param="model",
+            )  # fmt: skip
+        call.stored_at, call.carried = up, stored.context_tokens
         return [up]
 
     def _rate_limit(
@@ -440,8 +434,6 @@ class Pipeline:
                 content = _in_envelope(resp.status, content, out_headers)
             elif (reported := answer_usage(content)) is not None:
                 self._meter(call, 200, reported, _COMPLETED, estimated=False)
-                if call.endpoint.responses:
-                    self._note_stored(call, json_object(content), up)
             else:  # an answer with no usable usage is billed on estimates, as a stream would be
                 out = estimated_output(content) if call.endpoint.has_output else 0
                 if json_object(content) is None:  # (empty, cut, HTML...): no SDK could read it
@@ -452,6 +444,12 @@ class Pipeline:
                         code="upstream_error",
                     )  # fmt: skip
                 self._meter(call, 200, (call.estimated_input, 0, out), _COMPLETED, estimated=True)
+            if resp.status == 200 and call.store:
+                answer = json_object(content)
+                if answer is not None and answer.get("store") is not False:
+                    response_id = answer.get("id")
+                    if isinstance(response_id, str) and response_id:
+                        self.stored.note(response_id, call.key, up.name, call.used)
             await send_bytes(
                 send, resp.status, content, out_headers[1:], content_type=out_headers[0][1]
             )
@@ -465,14 +463,6 @@ class Pipeline:
             return await resp.read()
         except UpstreamError:
             return b""
-
-    def _note_stored(self, call: Call, answer: dict[str, Any] | None, up: Upstream) -> None:
-        """Notes whose a Responses API answer is, when the upstream stores it (``store`` is on
-        unless the request turned it off)."""
-        if call.store and answer is not None and answer.get("store") is not False:
-            response_id = answer.get("id")
-            if isinstance(response_id, str) and response_id:
-                self.stored.note(response_id, call.key, up.name)
 
     async def _stream(
         self, call: Call, resp: UpstreamResponse, headers: list[tuple[bytes, bytes]],
@@ -504,8 +494,12 @@ class Pipeline:
         try:
             try:
                 out = b""
+                noted = not (responses and call.store)
                 async for raw in resp.chunks():
                     out = acc.feed(raw)
+                    if not noted and acc.response_id is not None:  # usable at once by its owner
+                        self.stored.note(acc.response_id, call.key, up.name)
+                        noted = True
                     if resp.drained:  # the rest is here: one last write ends the response
                         break
                     if out:
@@ -527,13 +521,13 @@ class Pipeline:
             raise
         finally:
             watching.cancel()
-            if call.store and acc.response_id is not None:
-                self.stored.note(acc.response_id, call.key, up.name)
             if acc.usage is not None:
                 self._meter(call, 200, acc.usage, outcome, estimated=False)
             else:
                 used = (call.estimated_input, 0, acc.estimated_output_tokens)
                 self._meter(call, 200, used, outcome, estimated=True)
+            if call.store and acc.response_id is not None:  # now with what continuing it adds
+                self.stored.note(acc.response_id, call.key, up.name, call.used)
 
     async def _read_body(self, scope: Any, receive: Receive) -> bytes:
         declared = header(scope, b"content-length")
@@ -582,6 +576,7 @@ class Pipeline:
         call.metered = True
         now = self.clock.now()
         inp, cached, out = used
+        call.used = inp + out
         # Tokens beyond what the request could use (an upstream's wrong usage) are charged at
         # most the hold, and count at most that much against TPM limits too.
         self.rates.settle(call.ticket, min(inp, call.input_bound) + min(out, call.held_output), now)
@@ -741,7 +736,7 @@ def _check_responses(payload: dict[str, Any]) -> None:
         raise bad_request(
             "'previous_response_id' must be a non-empty string.", param="previous_response_id"
         )
-    if payload.get("background") is True:
+    if payload.get("background") not in (None, False):  # (an upstream may read "true" as true)
         raise bad_request(
             "keyplane does not forward background responses: their answer and cost come after the "
             "request ends. Send the request without 'background' (stream it if it runs long).",
@@ -759,7 +754,7 @@ def _check_responses(payload: dict[str, Any]) -> None:
         raise bad_request("'tools' must be an array.", param="tools")
     for tool in tools or ():
         kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind not in CLIENT_TOOLS:
+        if not isinstance(kind, str) or kind not in CLIENT_TOOLS:
             raise bad_request(
                 f"keyplane forwards function and custom tools only, not '{kind}': the "
                 "upstream's own tools charge per call and read their results into the context, "
@@ -769,9 +764,17 @@ def _check_responses(payload: dict[str, Any]) -> None:
     items = payload.get("input")
     if isinstance(items, list):
         for item in items:
-            if isinstance(item, dict) and item.get("type") == "item_reference":
+            if isinstance(item, dict) and _reference(item):
                 raise bad_request(
                     "keyplane does not forward item references: they name items the upstream "
                     "stores, which keyplane cannot tell are this project's. Send the item itself.",
                     param="input", code="unsupported_parameter",
                 )  # fmt: skip
+
+
+def _reference(item: dict[str, Any]) -> bool:
+    """Whether a Responses API input item names an item the upstream stores instead of carrying
+    it: an ``item_reference``, or an item with no type (the API reads one as a reference) that is
+    not a message."""
+    kind = item.get("type")
+    return kind == "item_reference" or (kind is None and "role" not in item)

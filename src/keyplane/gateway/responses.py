@@ -39,10 +39,15 @@ class ResponseOwners:
         # Noted and not stored yet (kept until stored, so a lookup meanwhile finds them).
         self._pending: dict[str, StoredResponse] = {}
 
-    def note(self, response_id: str, key: ApiKey, upstream: str) -> None:
+    def note(
+        self, response_id: str, key: ApiKey, upstream: str, context_tokens: int | None = None
+    ) -> None:
+        """Notes a response as ``key``'s project's: when its id is first seen (a stream's first
+        event), and again with ``context_tokens`` when its request ended."""
         self._pending[response_id] = StoredResponse(
-            response_id, key.org_id, key.project_id or "", upstream, int(self._clock.now())
-        )
+            response_id, key.org_id, key.project_id or "", upstream, int(self._clock.now()),
+            context_tokens,
+        )  # fmt: skip
 
     @property
     def pending(self) -> int:

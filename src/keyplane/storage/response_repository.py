@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from keyplane.storage.repositories import SqlStore
@@ -18,7 +18,13 @@ class SqlResponseStore(SqlStore):
         if not rows:
             return
         dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(sr).on_conflict_do_nothing(index_elements=[sr.c.id])
+        stmt = dialect.insert(sr)
+        stmt = stmt.on_conflict_do_update(  # never the owner: only what was not known yet
+            index_elements=[sr.c.id],
+            set_={
+                "context_tokens": func.coalesce(sr.c.context_tokens, stmt.excluded.context_tokens)
+            },
+        )
         with self._write() as conn:
             conn.execute(stmt, [asdict(r) for r in rows])
 

@@ -14,4 +14,5 @@ stored_responses = Table(
     Column("project_id", String(40), nullable=False),
     Column("upstream", String(200), nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    Column("context_tokens", BigInteger),  # its input and output tokens: what continuing it adds
 )

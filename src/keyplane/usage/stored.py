@@ -20,11 +20,15 @@ class StoredResponse:
     project_id: str
     upstream: str  # the name of the upstream that stored it
     created_at: int
+    # What continuing it adds to a request's input (its input and output tokens), for the
+    # estimate a continuation is billed on when no usage comes; None until its request ended.
+    context_tokens: int | None = None
 
 
 class ResponseStore(Protocol):
     def add_responses(self, rows: Sequence[StoredResponse]) -> None:
-        """Stores the rows; one already stored (a retried batch) is left as it is."""
+        """Stores the rows; of one already stored (a retried batch, or noted again when its
+        request ended) only a missing ``context_tokens`` is filled in."""
 
     def stored_response(self, response_id: str) -> StoredResponse | None: ...
 

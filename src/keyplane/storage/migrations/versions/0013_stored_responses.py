@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("project_id", sa.String(length=40), nullable=False),
         sa.Column("upstream", sa.String(length=200), nullable=False),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
+        sa.Column("context_tokens", sa.BigInteger(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_stored_responses")),
     )
 
