@@ -26,6 +26,12 @@ Token accounting is deterministic (no tokenizer):
 Moderation is deterministic too: an input is flagged (category ``violence``, score 0.99) when
 its text contains ``FLAG_MARKER`` (``"[flag]"``); every other category and input scores 0.0001.
 
+Image generation (``POST /v1/images/generations``, ``dall-e-2`` unless ``model`` names
+``dall-e-3``) is deterministic as well: each of the ``n`` images is ``PNG_1X1`` (one white pixel,
+whatever the ``size``), as ``b64_json`` or as a ``url`` under ``IMAGE_URL_BASE`` whose name is a
+hash of the model, size, quality, prompt and the image's index; a ``dall-e-3`` image has the
+prompt as its ``revised_prompt``. The answer has no ``usage``, as OpenAI's dall-e answers.
+
 Responses are kept in memory per app (the ``MAX_STORED_RESPONSES`` most recent, unless
 ``store`` is false) for ``previous_response_id`` and the ``/v1/responses/{id}`` routes. A
 streamed response is stored, complete, as soon as its request is answered: the simulator
@@ -46,6 +52,7 @@ import socket
 import struct
 import time
 import uuid
+import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -64,7 +71,7 @@ JSON = dict[str, Any]
 DEFAULT_MODELS: tuple[str, ...] = (
     "gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o4-mini", "gpt-3.5-turbo",
     "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
-    "omni-moderation-latest", "text-moderation-latest",
+    "omni-moderation-latest", "text-moderation-latest", "dall-e-2", "dall-e-3",
     "sim-chat", "sim-embed",
 )
 MODERATION_CATEGORIES: tuple[str, ...] = (
@@ -77,7 +84,21 @@ IMAGE_CATEGORIES = frozenset({
     "violence", "violence/graphic", "self-harm", "self-harm/intent", "self-harm/instructions",
     "sexual",
 })
+# The sizes and qualities each image model draws; the first quality is the default.
+IMAGE_SIZES: dict[str, tuple[str, ...]] = {
+    "dall-e-2": ("256x256", "512x512", "1024x1024"),
+    "dall-e-3": ("1024x1024", "1792x1024", "1024x1792"),
+}
+IMAGE_QUALITIES: dict[str, tuple[str, ...]] = {
+    "dall-e-2": ("standard",),
+    "dall-e-3": ("standard", "hd"),
+}
 # fmt: on
+DEFAULT_IMAGE_MODEL = "dall-e-2"
+DEFAULT_IMAGE_SIZE = "1024x1024"
+IMAGE_RESPONSE_FORMATS = ("url", "b64_json")
+MAX_IMAGES = 10
+IMAGE_URL_BASE = "https://simulator.keyplane.invalid/images/"
 DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
 FLAG_MARKER = "[flag]"
 FLAGGED_SCORE = 0.99
@@ -91,6 +112,20 @@ DEFAULT_DIMENSIONS = 8
 MAX_DIMENSIONS = 8192
 _PIECES = ("Hell", "o fr", "om t", "he k", "eypl", "ane ", "simu", "lato", "r.  ")
 _SERVER_HEADERS = [(b"x-simulator", b"keyplane")]
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+# Every generated image: a valid 1x1 PNG, one white pixel (8-bit RGB, no interlace).
+PNG_1X1 = (
+    b"\x89PNG\r\n\x1a\n"
+    + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+    + _png_chunk(b"IDAT", zlib.compress(b"\x00\xff\xff\xff"))
+    + _png_chunk(b"IEND", b"")
+)
+_PNG_1X1_B64 = base64.b64encode(PNG_1X1).decode("ascii")
 
 # Indirection so tests can observe the delays without really sleeping.
 _sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -646,6 +681,57 @@ def _moderations(body: JSON, config: SimulatorConfig) -> _Reply:
     return 200, {"id": "modr-" + uuid.uuid4().hex, "model": model, "results": results}
 
 
+def _image_choice(body: JSON, name: str, allowed: tuple[str, ...], default: str, model: str) -> str:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise _invalid_type(name, "a string", value)
+    if value not in allowed:
+        supported = ", ".join(f"'{a}'" for a in allowed)
+        message = f"Invalid '{name}' for {model}: expected one of {supported}, but got {value!r}."
+        raise _RequestError(400, message, name, "invalid_value")
+    return value
+
+
+def _image_url(model: str, size: str, quality: str, prompt: str, index: int) -> str:
+    key = orjson.dumps([model, size, quality, prompt, index])
+    return f"{IMAGE_URL_BASE}{hashlib.shake_256(key).hexdigest(16)}.png"
+
+
+def _generate_images(body: JSON, config: SimulatorConfig) -> _Reply:
+    """POST /v1/images/generations: ``n`` copies of ``PNG_1X1``, as URLs or base64."""
+    model = DEFAULT_IMAGE_MODEL if body.get("model") is None else _model(body, config)
+    if model not in IMAGE_SIZES:
+        message = f"Invalid model '{model}' for image generation."
+        raise _RequestError(400, message, "model", "invalid_value")
+    prompt = _optional_str(body, "prompt")
+    if not prompt:
+        message = "Missing required parameter: 'prompt'."
+        raise _RequestError(400, message, "prompt", "missing_required_parameter")
+    n = _positive_int(body, "n", MAX_IMAGES) or 1
+    if model == "dall-e-3" and n != 1:
+        raise _RequestError(400, "Invalid 'n': dall-e-3 only supports n=1.", "n", "invalid_value")
+    size = _image_choice(body, "size", IMAGE_SIZES[model], DEFAULT_IMAGE_SIZE, model)
+    qualities = IMAGE_QUALITIES[model]
+    quality = _image_choice(body, "quality", qualities, qualities[0], model)
+    fmt = _image_choice(body, "response_format", IMAGE_RESPONSE_FORMATS, "url", model)
+    if body.get("stream") is True:
+        message = f"Streaming is not supported for {model}."
+        raise _RequestError(400, message, "stream", "invalid_value")
+    data: list[JSON] = []
+    for index in range(n):
+        image: JSON = (
+            {"b64_json": _PNG_1X1_B64}
+            if fmt == "b64_json"
+            else {"url": _image_url(model, size, quality, prompt, index)}
+        )
+        if model == "dall-e-3":
+            image["revised_prompt"] = prompt
+        data.append(image)
+    return 200, {"created": int(time.time()), "data": data}
+
+
 def _model_card(model: str) -> JSON:
     return {"id": model, "object": "model", "created": MODEL_CREATED, "owned_by": OWNED_BY}
 
@@ -686,6 +772,8 @@ def _dispatch(
         return _stored_response(method, path, store)
     if method == "POST" and path == "/v1/moderations":
         return _moderations(_parse(raw), config)
+    if method == "POST" and path == "/v1/images/generations":
+        return _generate_images(_parse(raw), config)
     raise _RequestError(404, f"Invalid URL ({method} {path})")
 
 

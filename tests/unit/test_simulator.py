@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import re
 import struct
+import zlib
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -895,6 +897,256 @@ async def test_moderations_errors(body: dict[str, Any], status: int, code: str) 
         _assert_error(await client.post("/v1/moderations", json=body), status, code)
 
 
+# --- image generation --------------------------------------------------------------------------
+
+IMAGE_URL = re.compile(r"https://simulator\.keyplane\.invalid/images/[0-9a-f]{32}\.png")
+
+
+def _assert_png_1x1(data: bytes) -> None:
+    """``data`` is a well-formed PNG (every chunk's CRC right) of one 8-bit RGB pixel."""
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    chunks: list[tuple[bytes, bytes]] = []
+    at = 8
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        kind, body = data[at + 4 : at + 8], data[at + 8 : at + 8 + length]
+        (crc,) = struct.unpack(">I", data[at + 8 + length : at + 12 + length])
+        assert crc == zlib.crc32(kind + body)
+        chunks.append((kind, body))
+        at += 12 + length
+    assert at == len(data)
+    assert [kind for kind, _ in chunks] == [b"IHDR", b"IDAT", b"IEND"]
+    assert struct.unpack(">IIBBBBB", chunks[0][1]) == (1, 1, 8, 2, 0, 0, 0)
+    assert len(zlib.decompress(chunks[1][1])) == 1 + 3  # filter byte + one RGB pixel
+
+
+def test_png_constant_is_a_valid_png() -> None:
+    _assert_png_1x1(simulator.PNG_1X1)
+
+
+async def test_images_defaults() -> None:
+    async with _client() as client:
+        response = await client.post("/v1/images/generations", json={"prompt": "a red fox"})
+        again = await client.post("/v1/images/generations", json={"prompt": "a red fox"})
+        other = await client.post(
+            "/v1/images/generations", json={"prompt": "a red fox", "size": "256x256"}
+        )
+    assert response.status_code == 200
+    assert response.headers["x-simulator"] == "keyplane"
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"created", "data"}  # no usage, as OpenAI's dall-e answers
+    assert isinstance(body["created"], int)
+    [image] = body["data"]
+    assert set(image) == {"url"}  # dall-e-2: no revised_prompt
+    assert IMAGE_URL.fullmatch(image["url"])
+    assert again.json()["data"] == body["data"]  # deterministic
+    assert other.json()["data"] != body["data"]
+
+
+async def test_images_n_urls_are_distinct() -> None:
+    async with _client() as client:
+        response = await client.post(
+            "/v1/images/generations",
+            json={"model": "dall-e-2", "prompt": "x", "n": 10, "size": "512x512"},
+        )
+    assert response.status_code == 200
+    urls = [image["url"] for image in response.json()["data"]]
+    assert len(urls) == len(set(urls)) == 10
+    assert all(IMAGE_URL.fullmatch(url) for url in urls)
+
+
+async def test_images_b64_json_decodes_to_a_png() -> None:
+    async with _client() as client:
+        response = await client.post(
+            "/v1/images/generations",
+            json={"prompt": "x", "n": 2, "response_format": "b64_json", "quality": "standard"},
+        )
+    assert response.status_code == 200
+    data = response.json()["data"]
+    assert len(data) == 2
+    for image in data:
+        assert set(image) == {"b64_json"}
+        _assert_png_1x1(base64.b64decode(image["b64_json"]))
+
+
+@pytest.mark.parametrize("response_format", ["url", "b64_json"])
+async def test_images_dall_e_3_revises_the_prompt(response_format: str) -> None:
+    prompt = "A lighthouse at dusk, oil on canvas."
+    async with _client() as client:
+        response = await client.post(
+            "/v1/images/generations",
+            json={
+                "model": "dall-e-3",
+                "prompt": prompt,
+                "n": 1,
+                "size": "1024x1792",
+                "quality": "hd",
+                "style": "natural",
+                "response_format": response_format,
+            },
+        )
+    assert response.status_code == 200
+    [image] = response.json()["data"]
+    assert set(image) == {response_format, "revised_prompt"}
+    assert image["revised_prompt"] == prompt
+    if response_format == "url":
+        assert IMAGE_URL.fullmatch(image["url"])
+    else:
+        _assert_png_1x1(base64.b64decode(image["b64_json"]))
+
+
+@pytest.mark.parametrize(
+    ("model", "size"),
+    [
+        ("dall-e-2", "256x256"),
+        ("dall-e-2", "512x512"),
+        ("dall-e-2", "1024x1024"),
+        ("dall-e-3", "1024x1024"),
+        ("dall-e-3", "1792x1024"),
+        ("dall-e-3", "1024x1792"),
+    ],
+)
+async def test_images_sizes_each_model_draws(model: str, size: str) -> None:
+    async with _client() as client:
+        response = await client.post(
+            "/v1/images/generations", json={"model": model, "prompt": "x", "size": size}
+        )
+    assert response.status_code == 200
+    assert len(response.json()["data"]) == 1
+
+
+async def test_images_null_parameters_are_defaults() -> None:
+    nulls = {"model": None, "n": None, "size": None, "quality": None, "response_format": None}
+    async with _client() as client:
+        response = await client.post("/v1/images/generations", json={"prompt": "x", **nulls})
+        plain = await client.post("/v1/images/generations", json={"prompt": "x"})
+    assert response.status_code == 200
+    assert response.json()["data"] == plain.json()["data"]
+
+
+async def test_images_missing_prompt() -> None:
+    expected = {
+        "error": {
+            "message": "Missing required parameter: 'prompt'.",
+            "type": "invalid_request_error",
+            "param": "prompt",
+            "code": "missing_required_parameter",
+        }
+    }
+    async with _client() as client:
+        for body in ({}, {"prompt": None}, {"prompt": ""}, {"model": "dall-e-3"}):
+            response = await client.post("/v1/images/generations", json=body)
+            assert response.status_code == 400
+            assert response.headers["x-simulator"] == "keyplane"
+            assert response.json() == expected
+
+
+async def test_images_refuse_a_model_that_does_not_draw() -> None:
+    async with _client() as client:
+        response = await client.post(
+            "/v1/images/generations", json={"model": "gpt-4o-mini", "prompt": "x"}
+        )
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {
+            "message": "Invalid model 'gpt-4o-mini' for image generation.",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "invalid_value",
+        }
+    }
+
+
+async def test_images_dall_e_3_draws_one_at_a_time() -> None:
+    async with _client() as client:
+        response = await client.post(
+            "/v1/images/generations", json={"model": "dall-e-3", "prompt": "x", "n": 2}
+        )
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "message": "Invalid 'n': dall-e-3 only supports n=1.",
+        "type": "invalid_request_error",
+        "param": "n",
+        "code": "invalid_value",
+    }
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "param", "code"),
+    [
+        ({"prompt": 5}, 400, "prompt", "invalid_type"),
+        ({"prompt": ["x"]}, 400, "prompt", "invalid_type"),
+        ({"model": 3}, 400, "model", "invalid_type"),
+        ({"model": "dall-e-9"}, 404, None, "model_not_found"),
+        ({"model": "text-embedding-3-small"}, 400, "model", "invalid_value"),
+        ({"model": "omni-moderation-latest"}, 400, "model", "invalid_value"),
+        ({"n": 0}, 400, "n", "integer_below_min_value"),
+        ({"n": 11}, 400, "n", "integer_above_max_value"),
+        ({"n": "2"}, 400, "n", "invalid_type"),
+        ({"n": 1.5}, 400, "n", "invalid_type"),
+        ({"n": True}, 400, "n", "invalid_type"),
+        ({"model": "dall-e-3", "n": 10}, 400, "n", "invalid_value"),
+        ({"size": "1792x1024"}, 400, "size", "invalid_value"),
+        ({"size": "2048x2048"}, 400, "size", "invalid_value"),
+        ({"size": 1024}, 400, "size", "invalid_type"),
+        ({"model": "dall-e-3", "size": "256x256"}, 400, "size", "invalid_value"),
+        ({"model": "dall-e-3", "size": "512x512"}, 400, "size", "invalid_value"),
+        ({"quality": "hd"}, 400, "quality", "invalid_value"),
+        ({"model": "dall-e-3", "quality": "ultra"}, 400, "quality", "invalid_value"),
+        ({"quality": 1}, 400, "quality", "invalid_type"),
+        ({"response_format": "png"}, 400, "response_format", "invalid_value"),
+        ({"response_format": ["url"]}, 400, "response_format", "invalid_type"),
+        ({"stream": True}, 400, "stream", "invalid_value"),
+    ],
+)
+async def test_images_errors(params: dict[str, Any], status: int, param: str, code: str) -> None:
+    async with _client() as client:
+        response = await client.post("/v1/images/generations", json={"prompt": "x", **params})
+    _assert_error(response, status, code)
+    assert response.json()["error"]["param"] == param
+
+
+async def test_images_model_must_be_served() -> None:
+    async with _client(SimulatorConfig(models=("dall-e-2",))) as client:
+        served = await client.post(
+            "/v1/images/generations", json={"model": "dall-e-2", "prompt": "x"}
+        )
+        refused = await client.post(
+            "/v1/images/generations", json={"model": "dall-e-3", "prompt": "x"}
+        )
+    assert served.status_code == 200
+    _assert_error(refused, 404, "model_not_found")
+
+
+async def test_images_bad_bodies() -> None:
+    async with _client() as client:
+        _assert_error(await client.post("/v1/images/generations", json=["x"]), 400)
+        bad = await client.post(
+            "/v1/images/generations",
+            content=b"{not json",
+            headers={"content-type": "application/json"},
+        )
+        _assert_error(bad, 400)
+        _assert_error(await client.get("/v1/images/generations"), 404)
+
+
+async def test_images_latency_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    delays: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    monkeypatch.setattr(simulator, "_sleep", fake_sleep)
+    async with _client(SimulatorConfig(latency_ms=120, tokens_per_second=10)) as client:
+        ok = await client.post("/v1/images/generations", json={"prompt": "x", "n": 3})
+        assert ok.status_code == 200
+        assert delays == [0.12]  # once per request, not per image
+        refused = await client.post("/v1/images/generations", json={"prompt": ""})
+        assert refused.status_code == 400
+        assert delays == [0.12, 0.12]
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 
@@ -1086,3 +1338,39 @@ def test_official_openai_sdk_responses_and_moderations_against_real_server() -> 
         assert moderation.results[1].categories.violence is True
         assert moderation.results[1].category_scores.violence == 0.99
         assert moderation.results[0].categories.harassment_threatening is False
+
+
+def test_official_openai_sdk_images_against_real_server() -> None:
+    openai = pytest.importorskip("openai")
+    with (
+        _running_server(SimulatorConfig()) as base_url,
+        openai.OpenAI(base_url=base_url, api_key="sk-sim", max_retries=0, timeout=10) as client,
+    ):
+        drawn = client.images.generate(
+            model="dall-e-3",
+            prompt="x",
+            size="1792x1024",
+            quality="hd",
+            response_format="b64_json",
+        )
+        assert isinstance(drawn.created, int)
+        assert drawn.usage is None
+        assert drawn.data is not None
+        [image] = drawn.data
+        assert image.b64_json is not None
+        assert base64.b64decode(image.b64_json).startswith(b"\x89PNG")
+        _assert_png_1x1(base64.b64decode(image.b64_json))
+        assert image.revised_prompt == "x"
+        assert image.url is None
+
+        several = client.images.generate(model="dall-e-2", prompt="three foxes", n=3)
+        assert several.data is not None
+        urls = [image.url for image in several.data]
+        assert len(set(urls)) == 3
+        assert all(url is not None and IMAGE_URL.fullmatch(url) for url in urls)
+        assert all(image.revised_prompt is None for image in several.data)
+
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.images.generate(model="gpt-4o-mini", prompt="x")
+        assert refused.value.code == "invalid_value"
+        assert refused.value.param == "model"
