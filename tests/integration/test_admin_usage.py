@@ -143,3 +143,20 @@ async def test_responses_count_as_completions_and_moderations_have_their_own(
         1,
     )
     assert moderations["input_tokens"] == moderation.input_tokens > 0
+
+
+async def test_images_have_their_own_usage(env: Env) -> None:  # noqa: F811
+    headers = {"authorization": f"Bearer {env.project_key}"}
+    body = {"model": "dall-e-2", "prompt": "a key", "n": 2, "size": "512x512"}
+    assert (
+        await env.client.post("/v1/images/generations", json=body, headers=headers)
+    ).status_code == 200
+    await env.gateway.flush()
+    today = int(time.time()) // DAY * DAY
+    r = await env.client.get(
+        f"{ORG}/usage/images?start_time={today}&group_by=model", headers=env.admin()
+    )
+    assert r.status_code == 200, r.text
+    [result] = [x for b in r.json()["data"] for x in b["results"]]
+    assert result["object"] == "organization.usage.images.result"
+    assert (result["model"], result["images"], result["num_model_requests"]) == ("dall-e-2", 2, 1)

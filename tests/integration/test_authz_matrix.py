@@ -42,7 +42,13 @@ Body = dict[str, Any] | Callable[[dict[str, str]], dict[str, Any]]
 # The query an operation needs (the Owner's call must succeed).
 QUERIES = {
     name: "?start_time=0"
-    for name in ("usage.completions", "usage.embeddings", "usage.moderations", "costs.list")
+    for name in (
+        "usage.completions",
+        "usage.embeddings",
+        "usage.moderations",
+        "usage.images",
+        "costs.list",
+    )
 }
 
 # A sandbox test card (its charges succeed).

@@ -244,3 +244,24 @@ def test_the_legacy_completions_models_are_priced(model: str, per_million_in_and
     price = PriceTable.load().price(model, 1_800_000_000)
     assert price is not None and price.context_window
     assert price.token_cost(1_000_000, 0, 1_000_000) == per_million_in_and_out
+
+
+def test_images_are_priced_by_quality_and_size(table: PriceTable, tmp_path: Path) -> None:
+    dalle3 = table.price("dall-e-3", NOW)
+    assert dalle3 is not None
+    assert dalle3.image_price("standard", "1024x1024") == 40_000
+    assert dalle3.image_price("hd", "1792x1024") == 120_000
+    assert dalle3.image_price("hd", "256x256") is None  # not listed: no price, refused
+    # One price for every image when the price does not vary.
+    flat = write_prices(
+        tmp_path, '[[price]]\nmodel = "my-painter"\neffective_from = "2024-01-01"\nimage = "0.05"\n'
+    )
+    painter = PriceTable.load([flat]).price("my-painter", NOW)
+    assert painter is not None and painter.image_price("hd", "any") == 50_000
+    assert table.price("gpt-4o", NOW).image_price("standard", "1024x1024") is None  # type: ignore[union-attr]
+    bad = write_prices(
+        tmp_path,
+        '[[price]]\nmodel = "x"\neffective_from = "2024-01-01"\n[price.images]\n"1024" = "0.1"\n',
+    )
+    with pytest.raises(ValueError, match="quality"):
+        PriceTable.load([bad])

@@ -53,7 +53,7 @@ from keyplane.keys.permissions import Access, Group
 from keyplane.limits.headers import rate_limit_headers, rejection_message
 from keyplane.limits.ratelimit import Dimension, LimitScope, Ticket
 from keyplane.usage import tokens
-from keyplane.usage.pricing import Price, PriceTable
+from keyplane.usage.pricing import MICRO, Price, PriceTable
 from keyplane.usage.records import Outcome, UsageRecord
 
 log = logging.getLogger("keyplane.gateway")
@@ -89,6 +89,7 @@ class Endpoint:
     ask_usage: bool = True  # a stream's usage comes only if asked (stream_options.include_usage)
     default_model: str | None = None  # the model when the body names none (else it must)
     responses: bool = False  # the Responses API: stored responses, its own events and fields
+    per_image: bool = False  # billed per image generated (by quality and size), not by tokens
 
 
 ENDPOINTS: dict[str, Endpoint] = {
@@ -108,6 +109,10 @@ ENDPOINTS: dict[str, Endpoint] = {
         "responses", "/responses", True, "model", tokens.estimate_responses, Group.CHAT,
         caps=("max_output_tokens",), ask_usage=False, responses=True,
     ),
+    "/v1/images/generations": Endpoint(
+        "images.generations", "/images/generations", False, "prompt", lambda p, _: 0,
+        Group.IMAGES, has_output=False, default_model="dall-e-2", per_image=True,
+    ),
     "/v1/moderations": Endpoint(
         "moderations", "/moderations", False, "input",
         lambda p, _: tokens.estimate_input(p.get("input")), Group.MODERATIONS, has_output=False,
@@ -122,8 +127,8 @@ class Call:
     compiled, its ``__init__`` is C; a dataclass's stays Python, see keyplane/values.py.)"""
 
     __slots__ = (
-        "carried", "client_ip", "endpoint", "estimated_input", "forwarded", "held_output", "hold",
-        "input_bound", "key", "levels", "metered", "model", "price", "rate_headers", "request_id",
+        "carried", "choices", "client_ip", "endpoint", "estimated_input", "forwarded",
+        "held_output", "hold", "image_price", "input_bound", "key", "levels", "metered", "model", "price", "rate_headers", "request_id",
         "started", "store", "stored_at", "stream", "ticket", "used",
     )  # fmt: skip
 
@@ -158,6 +163,8 @@ class Call:
         self.store = False  # a Responses API request whose response the upstream stores
         self.carried: int | None = None  # the tokens a continued response adds, if known
         self.used = 0  # the input and output tokens it was billed for
+        self.choices = 1  # the outputs it asks for (images: how many)
+        self.image_price = 0  # micro-dollars per image generated (per_image endpoints)
 
 
 class Pipeline:
@@ -279,6 +286,9 @@ class Pipeline:
                 len(body), payload, call.price, carried=call.stored_at is not None
             )
             bound = cost_bound(call.price, call.input_bound, choices)
+            if call.endpoint.per_image:
+                call.choices, call.image_price = choices, _image_price(call.price, payload)
+                bound = CostBound(bound.fixed + choices * call.image_price * MICRO, 0)
         except UnboundedInput as exc:
             if exc.carried:
                 param, code = "previous_response_id", "unsupported_parameter"
@@ -311,7 +321,8 @@ class Pipeline:
                 # Forwarded, with no answer yet (a shutdown's cancellation, say): the upstream
                 # goes on and bills it, so the most it may write is billed, as after a crash.
                 used = (call.estimated_input, 0, call.held_output) if call.forwarded else (0, 0, 0)
-                self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True)
+                images = call.choices if call.forwarded and call.endpoint.per_image else 0
+                self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True, images=images)
 
     async def _continued(self, call: Call, payload: dict[str, Any]) -> list[Upstream]:
         """The upstreams a Responses API request may go to: those serving its model, or, when it
@@ -404,7 +415,8 @@ class Pipeline:
             out = estimated_output(exc.partial) if exc.partial and call.endpoint.has_output else 0
             used = (call.estimated_input, 0, out) if exc.reached else (0, 0, 0)
             outcome = Outcome.UPSTREAM_BROKEN if exc.partial else Outcome.UPSTREAM_UNREACHABLE
-            self._meter(call, status, used, outcome, estimated=exc.reached)
+            images = call.choices if exc.reached and call.endpoint.per_image else 0
+            self._meter(call, status, used, outcome, estimated=exc.reached, images=images)
             advice = (
                 ((b"retry-after", b"1"),) if exc.busy
                 else ((b"x-should-retry", b"false"),) if exc.refused else ()
@@ -432,6 +444,16 @@ class Pipeline:
                     )  # fmt: skip
                 self._meter(call, resp.status, (0, 0, 0), _COMPLETED, estimated=False)
                 content = _in_envelope(resp.status, content, out_headers)
+            elif call.endpoint.per_image:  # billed per image it made
+                made = _images_made(content, call.choices)
+                if made < 0:  # no list of images: the upstream may have made them all
+                    self._meter(call, 502, (0, 0, 0), Outcome.UPSTREAM_BROKEN, estimated=True,
+                                images=call.choices)  # fmt: skip
+                    raise ApiError(
+                        502, "The upstream's answer was not a list of images.",
+                        type="server_error", code="upstream_error",
+                    )  # fmt: skip
+                self._meter(call, 200, (0, 0, 0), _COMPLETED, estimated=False, images=made)
             elif (reported := answer_usage(content)) is not None:
                 self._meter(call, 200, reported, _COMPLETED, estimated=False)
             else:  # an answer with no usable usage is billed on estimates, as a stream would be
@@ -570,6 +592,7 @@ class Pipeline:
         outcome: Outcome,
         *,
         estimated: bool,
+        images: int = 0,
     ) -> None:
         if call.metered or call.hold is None:
             return
@@ -582,6 +605,8 @@ class Pipeline:
         self.rates.settle(call.ticket, min(inp, call.input_bound) + min(out, call.held_output), now)
         price = call.price
         cost = price.token_cost(inp, cached, out) if price else 0
+        if images:
+            cost += images * call.image_price
         self.money.finish(
             call.hold,
             UsageRecord(
@@ -605,6 +630,7 @@ class Pipeline:
                 outcome=outcome,
                 tokens_estimated=estimated,
                 period=call.hold.period,
+                images=images,
             ),
         )
 
@@ -778,3 +804,29 @@ def _reference(item: dict[str, Any]) -> bool:
     not a message."""
     kind = item.get("type")
     return kind == "item_reference" or (kind is None and "role" not in item)
+
+
+def _image_price(price: Price, payload: dict[str, Any]) -> int:
+    """Micro-dollars per image the request asks for (its ``quality`` and ``size``, OpenAI's
+    defaults when unset); a 400 when keyplane has no price for them."""
+    quality = payload.get("quality") or "standard"
+    size = payload.get("size") or "1024x1024"
+    for name, value in (("quality", quality), ("size", size)):
+        if not isinstance(value, str):
+            raise bad_request(f"'{name}' must be a string.", param=name)
+    unit = price.image_price(quality, size)
+    if unit is None:
+        raise bad_request(
+            f"keyplane has no price for {quality} images of {size} on '{price.model}' (an "
+            "operator sets them in the price table), so it cannot hold money for them.",
+            param="size", code="unsupported_value",
+        )  # fmt: skip
+    return unit
+
+
+def _images_made(content: bytes, asked: int) -> int:
+    """How many images an answer carries (at most ``asked``: no more are held for); -1 when it is
+    not an answer with a list of images."""
+    answer = json_object(content)
+    data = answer.get("data") if answer is not None else None
+    return min(len(data), asked) if isinstance(data, list) else -1

@@ -132,6 +132,7 @@ usage_records = Table(
     Column("outcome", String(32), nullable=False),
     Column("tokens_estimated", Boolean, nullable=False),
     Column("period", String(7), nullable=False, server_default=""),  # UTC month of admission
+    Column("images", Integer, nullable=False, server_default="0"),  # images generated
     Index("ix_usage_records_org_time", "org_id", "created_at"),
     Index("ix_usage_records_project_time", "project_id", "created_at"),
 )

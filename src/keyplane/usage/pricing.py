@@ -32,6 +32,16 @@ class Price:
     output_param: str = "max_tokens"  # how to tell the upstream a lower cap (chat endpoint)
     image_input_tokens: int | None = None  # the most input tokens one image may cost
     context_window: int | None = None  # the most input tokens the model reads (text)
+    # Per generated image by "<quality>/<size>" ("standard/1024x1024"), when it varies; else
+    # ``image`` is the price of every image the model makes.
+    images: tuple[tuple[str, int], ...] = ()
+
+    def image_price(self, quality: str, size: str) -> int | None:
+        """Micro-dollars per image of ``quality`` and ``size``; None when the table has no price
+        for them (or the model makes no images)."""
+        if not self.images:
+            return self.image or None
+        return dict(self.images).get(f"{quality}/{size}")
 
     def token_cost(self, input_tokens: int, cached_input_tokens: int, output_tokens: int) -> int:
         """Cost in micro-dollars, rounded up once at the end so no fraction is lost per part.
@@ -81,7 +91,8 @@ def _parse_entry(entry: Mapping[str, Any], where: str) -> Price:
         raise ValueError(f"{where}: {model} needs effective_from as a date")
     start = int(dt.datetime(when.year, when.month, when.day, tzinfo=dt.UTC).timestamp())
     fields = {"input": 0, "cached_input": 0, "output": 0, "audio_minute": 0, "image": 0}
-    unknown = set(entry) - set(fields) - {"model", "effective_from", "output_param", *_COUNTS}
+    known = {"model", "effective_from", "output_param", "images", *_COUNTS}
+    unknown = set(entry) - set(fields) - known
     if unknown:
         raise ValueError(f"{where}: {model} has unknown fields {sorted(unknown)}")
     for name in fields:
@@ -93,6 +104,14 @@ def _parse_entry(entry: Mapping[str, Any], where: str) -> Price:
             not isinstance(count, int) or isinstance(count, bool) or count < 1
         ):
             raise ValueError(f"{where}: {model}.{name} must be a positive integer")
+    images = entry.get("images", {})
+    if not isinstance(images, dict) or not all(
+        isinstance(k, str) and k.count("/") == 1 for k in images
+    ):
+        raise ValueError(f'{where}: {model}.images maps "<quality>/<size>" to a price')
+    image_prices = tuple(
+        sorted((k, parse_dollars(v, f"{where}: {model}.images.{k}")) for k, v in images.items())
+    )
     output_param = entry.get("output_param", "max_tokens")
     if output_param not in ("max_tokens", "max_completion_tokens"):
         raise ValueError(f"{where}: {model}.output_param is max_tokens or max_completion_tokens")
@@ -108,6 +127,7 @@ def _parse_entry(entry: Mapping[str, Any], where: str) -> Price:
         output_param=output_param,
         image_input_tokens=counts["image_input_tokens"],
         context_window=counts["context_window"],
+        images=image_prices,
     )
 
 

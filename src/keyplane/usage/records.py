@@ -25,7 +25,7 @@ class UsageRecord(Value):
         "request_id", "created_at", "org_id", "project_id", "key_id", "owner_type", "owner_id",
         "model", "endpoint", "input_tokens", "cached_input_tokens", "output_tokens", "status",
         "latency_ms", "client_ip", "cost_micro_usd", "stream", "outcome", "tokens_estimated",
-        "period",
+        "period", "images",
     )  # fmt: skip
     __slots__ = FIELDS
 
@@ -51,6 +51,7 @@ class UsageRecord(Value):
         outcome: Outcome,
         tokens_estimated: bool = False,  # True when counted by keyplane, not reported upstream
         period: str = "",  # UTC month of admission (YYYY-MM): the month its spend counts in
+        images: int = 0,  # images generated (billed per image)
     ) -> None:
         self.request_id = request_id
         self.created_at = created_at
@@ -72,6 +73,7 @@ class UsageRecord(Value):
         self.outcome = outcome
         self.tokens_estimated = tokens_estimated
         self.period = period
+        self.images = images
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +103,4 @@ class UsageBucket:
     output_tokens: int
     cost_micro_usd: int
     owner_id: str | None = None  # the key's owner (a user, or a service account)
+    images: int = 0  # images generated

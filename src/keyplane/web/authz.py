@@ -111,6 +111,7 @@ POLICY: Mapping[str, frozenset[Grant]] = {
     "usage.completions": READ,
     "usage.embeddings": READ,
     "usage.moderations": READ,
+    "usage.images": READ,
     "costs.list": READ,
     # projects (project_routes)
     "projects.list": READ,

@@ -88,6 +88,18 @@ class ModerationsResult(InputResult):
     )
 
 
+class ImagesResult(BaseModel):
+    object: Literal["organization.usage.images.result"] = "organization.usage.images.result"
+    images: int
+    num_model_requests: int
+    size: str | None = None  # (not grouped by here: keyplane keeps the count, not the sizes)
+    source: str | None = None
+    project_id: str | None = None
+    user_id: str | None = None
+    api_key_id: str | None = None
+    model: str | None = None
+
+
 class Amount(BaseModel):
     value: float  # dollars (OpenAI's unit here); exact micro-dollars in the usage records
     currency: Literal["usd"] = "usd"
@@ -257,6 +269,23 @@ async def embeddings_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
 async def moderations_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
     """Tokens and requests of moderations per time bucket."""
     return await _input_usage(ctx, principal.org_id, q, "moderations", ModerationsResult)
+
+
+@router.get(
+    "/usage/images", tags=["usage"], name="usage.images", response_model=BucketPage[ImagesResult]
+)
+async def images_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
+    """Images generated and requests per time bucket."""
+    rows, begin, stop, more = await _usage(ctx, principal.org_id, q, ("images.generations",), None)
+
+    def make(r: UsageBucket) -> ImagesResult:
+        return ImagesResult(
+            images=r.images, num_model_requests=r.requests, project_id=r.project_id,
+            api_key_id=r.key_id, model=r.model, user_id=r.owner_id,
+        )  # fmt: skip
+
+    w = WIDTH_S[q.width]
+    return await _json(lambda: _page(rows, begin, stop, w, more, ImagesResult, make))
 
 
 In = TypeVar("In", bound=InputResult)
