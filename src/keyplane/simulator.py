@@ -32,6 +32,16 @@ whatever the ``size``), as ``b64_json`` or as a ``url`` under ``IMAGE_URL_BASE``
 hash of the model, size, quality, prompt and the image's index; a ``dall-e-3`` image has the
 prompt as its ``revised_prompt``. The answer has no ``usage``, as OpenAI's dall-e answers.
 
+Speech to text (``POST /v1/audio/transcriptions`` and ``/v1/audio/translations``, ``whisper-1``,
+a ``multipart/form-data`` body) hears no audio: a ``file`` of ``size`` bytes lasts
+``audio_seconds(size) = max(1, ceil(size / AUDIO_BYTES_PER_SECOND))`` seconds (16000 bytes a
+second, as 128 kbit/s), and its transcript is ``transcript_text(seconds)``: ``TRANSCRIPT_SENTENCE``
+(``"Hello from the keyplane simulator."``) once per second, joined by spaces. ``json`` (the
+default) answers ``{"text", "usage": {"type": "duration", "seconds"}}``; ``verbose_json`` adds
+the task, ``language`` ``"english"``, the ``duration`` and one segment spanning it; ``text``,
+``srt`` and ``vtt`` answer the transcript as ``text/plain`` (a subtitle document of one cue for
+the last two), without usage, as OpenAI. ``language``, ``prompt`` and ``temperature`` are ignored.
+
 Responses are kept in memory per app (the ``MAX_STORED_RESPONSES`` most recent, unless
 ``store`` is false) for ``previous_response_id`` and the ``/v1/responses/{id}`` routes. A
 streamed response is stored, complete, as soon as its request is answered: the simulator
@@ -59,6 +69,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from python_multipart import MultipartParser
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartState, parse_options_header
 
 Scope = MutableMapping[str, Any]
 ASGIMessage = MutableMapping[str, Any]
@@ -71,7 +84,7 @@ JSON = dict[str, Any]
 DEFAULT_MODELS: tuple[str, ...] = (
     "gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o4-mini", "gpt-3.5-turbo",
     "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
-    "omni-moderation-latest", "text-moderation-latest", "dall-e-2", "dall-e-3",
+    "omni-moderation-latest", "text-moderation-latest", "dall-e-2", "dall-e-3", "whisper-1",
     "sim-chat", "sim-embed",
 )
 MODERATION_CATEGORIES: tuple[str, ...] = (
@@ -99,6 +112,11 @@ DEFAULT_IMAGE_SIZE = "1024x1024"
 IMAGE_RESPONSE_FORMATS = ("url", "b64_json")
 MAX_IMAGES = 10
 IMAGE_URL_BASE = "https://simulator.keyplane.invalid/images/"
+TRANSCRIPTION_MODELS = frozenset({"whisper-1"})
+TRANSCRIPTION_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+AUDIO_BYTES_PER_SECOND = 16_000  # 128 kbit/s
+TRANSCRIPT_SENTENCE = "Hello from the keyplane simulator."
+TRANSCRIPT_LANGUAGE = "english"
 DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
 FLAG_MARKER = "[flag]"
 FLAGGED_SCORE = 0.99
@@ -237,7 +255,14 @@ class _ResponseStore:
         self._entries.pop(response_id, None)
 
 
-_Reply = tuple[int, JSON] | _Stream
+@dataclass(frozen=True)
+class _Text:
+    """A plain-text answer: 200, ``text/plain; charset=utf-8`` (a transcript, SRT or VTT)."""
+
+    text: str
+
+
+_Reply = tuple[int, JSON] | _Stream | _Text
 
 
 def _type_name(value: Any) -> str:
@@ -732,6 +757,150 @@ def _generate_images(body: JSON, config: SimulatorConfig) -> _Reply:
     return 200, {"created": int(time.time()), "data": data}
 
 
+def audio_seconds(size: int) -> int:
+    """Seconds of audio in a file of ``size`` bytes: ``max(1, ceil(size / 16000))``."""
+    return max(1, -(-size // AUDIO_BYTES_PER_SECOND))
+
+
+def transcript_text(seconds: int) -> str:
+    """The transcript of ``seconds`` of audio: ``TRANSCRIPT_SENTENCE`` once per second."""
+    return " ".join([TRANSCRIPT_SENTENCE] * seconds)
+
+
+class _Form:
+    """The parts of a multipart/form-data body, fed by ``MultipartParser``'s callbacks: text
+    fields and files (parts with a ``filename``) by name, the last of a name winning."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, str] = {}
+        self.files: dict[str, bytes] = {}
+        self._headers: dict[bytes, bytes] = {}
+        self._name, self._value, self._data = bytearray(), bytearray(), bytearray()
+
+    def part_begin(self) -> None:
+        self._headers.clear()
+        self._data.clear()
+
+    def header_field(self, data: bytes, start: int, end: int) -> None:
+        self._name += data[start:end]
+
+    def header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def header_end(self) -> None:
+        self._headers[bytes(self._name).strip().lower()] = bytes(self._value).strip()
+        self._name.clear()
+        self._value.clear()
+
+    def part_data(self, data: bytes, start: int, end: int) -> None:
+        self._data += data[start:end]
+
+    def part_end(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition"))
+        name = options.get(b"name")
+        if name is None:
+            return
+        key = name.decode("utf-8", "replace")
+        if b"filename" in options:
+            self.files[key] = bytes(self._data)
+        else:
+            self.fields[key] = self._data.decode("utf-8", "replace")
+
+
+def _form(raw: bytes, content_type: str) -> _Form:
+    kind, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if kind != b"multipart/form-data" or not boundary:
+        raise _RequestError(400, "Expected a multipart/form-data body.")
+    form = _Form()
+    try:
+        parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": form.part_begin,
+                "on_header_field": form.header_field,
+                "on_header_value": form.header_value,
+                "on_header_end": form.header_end,
+                "on_part_data": form.part_data,
+                "on_part_end": form.part_end,
+            },
+        )
+        parser.write(raw)
+        parser.finalize()
+        complete = parser.state == MultipartState.END
+    except FormParserError:
+        complete = False
+    if not complete:
+        message = "We could not parse the multipart/form-data body of your request."
+        raise _RequestError(400, message) from None
+    return form
+
+
+def _timestamp(seconds: int, separator: str) -> str:
+    minutes, second = divmod(seconds, 60)
+    hours, minute = divmod(minutes, 60)
+    return f"{hours:02d}:{minute:02d}:{second:02d}{separator}000"
+
+
+def _subtitles(text: str, seconds: int, fmt: str) -> str:
+    """An SRT or WebVTT document of one cue: ``text`` from 0 to ``seconds``."""
+    if fmt == "srt":
+        return f"1\n{_timestamp(0, ',')} --> {_timestamp(seconds, ',')}\n{text}\n\n"
+    return f"WEBVTT\n\n{_timestamp(0, '.')} --> {_timestamp(seconds, '.')}\n{text}\n\n"
+
+
+def _speech_to_text(raw: bytes, content_type: str, config: SimulatorConfig, task: str) -> _Reply:
+    """POST /v1/audio/transcriptions (``task="transcribe"``) or /v1/audio/translations
+    (``"translate"``): ``transcript_text`` of the ``file``'s ``audio_seconds``."""
+    form = _form(raw, content_type)
+    audio = form.files.get("file")
+    if audio is None:
+        message = "Missing required parameter: 'file'."
+        raise _RequestError(400, message, "file", "missing_required_parameter")
+    if not form.fields.get("model"):
+        message = "Missing required parameter: 'model'."
+        raise _RequestError(400, message, "model", "missing_required_parameter")
+    model = _model(form.fields, config)
+    if model not in TRANSCRIPTION_MODELS:
+        purpose = "transcription" if task == "transcribe" else "translation"
+        message = f"Invalid model '{model}' for {purpose}."
+        raise _RequestError(400, message, "model", "invalid_value")
+    fmt = form.fields.get("response_format", "json")
+    if fmt not in TRANSCRIPTION_FORMATS:
+        supported = ", ".join(f"'{f}'" for f in TRANSCRIPTION_FORMATS)
+        message = f"Invalid 'response_format': expected one of {supported}, but got {fmt!r}."
+        raise _RequestError(400, message, "response_format", "invalid_value")
+    seconds = audio_seconds(len(audio))
+    text = transcript_text(seconds)
+    if fmt == "text":
+        return _Text(text)
+    if fmt in ("srt", "vtt"):
+        return _Text(_subtitles(text, seconds, fmt))
+    usage = {"type": "duration", "seconds": seconds}
+    if fmt == "json":
+        return 200, {"text": text, "usage": usage}
+    segment = {
+        "id": 0,
+        "seek": 0,
+        "start": 0.0,
+        "end": float(seconds),
+        "text": text,
+        "tokens": [],
+        "temperature": 0.0,
+        "avg_logprob": 0.0,
+        "compression_ratio": 1.0,
+        "no_speech_prob": 0.0,
+    }
+    return 200, {
+        "task": task,
+        "language": TRANSCRIPT_LANGUAGE,
+        "duration": float(seconds),
+        "text": text,
+        "segments": [segment],
+        "usage": usage,
+    }
+
+
 def _model_card(model: str) -> JSON:
     return {"id": model, "object": "model", "created": MODEL_CREATED, "owned_by": OWNED_BY}
 
@@ -750,7 +919,12 @@ def _parse(raw: bytes) -> JSON:
 
 
 def _dispatch(
-    method: str, path: str, raw: bytes, config: SimulatorConfig, store: _ResponseStore
+    method: str,
+    path: str,
+    raw: bytes,
+    content_type: str,
+    config: SimulatorConfig,
+    store: _ResponseStore,
 ) -> _Reply:
     if method == "GET" and path == "/v1/models":
         return 200, {"object": "list", "data": [_model_card(m) for m in config.models]}
@@ -774,6 +948,10 @@ def _dispatch(
         return _moderations(_parse(raw), config)
     if method == "POST" and path == "/v1/images/generations":
         return _generate_images(_parse(raw), config)
+    if method == "POST" and path == "/v1/audio/transcriptions":
+        return _speech_to_text(raw, content_type, config, "transcribe")
+    if method == "POST" and path == "/v1/audio/translations":
+        return _speech_to_text(raw, content_type, config, "translate")
     raise _RequestError(404, f"Invalid URL ({method} {path})")
 
 
@@ -789,10 +967,21 @@ async def _read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
+def _header(scope: Scope, name: bytes) -> str:
+    """A request header's value (latin-1), ``""`` when absent; ``name`` in lower case."""
+    for key, value in scope.get("headers", ()):
+        if bytes(key).lower() == name:
+            return bytes(value).decode("latin-1")
+    return ""
+
+
 async def _send_json(send: Send, status: int, payload: JSON) -> None:
-    body = orjson.dumps(payload)
+    await _send_body(send, status, b"application/json", orjson.dumps(payload))
+
+
+async def _send_body(send: Send, status: int, content_type: bytes, body: bytes) -> None:
     headers = [
-        (b"content-type", b"application/json"),
+        (b"content-type", content_type),
         (b"content-length", str(len(body)).encode()),
         *_SERVER_HEADERS,
     ]
@@ -853,14 +1042,17 @@ def create_app(config: SimulatorConfig = SimulatorConfig()) -> ASGIApp:
         method = str(scope["method"]).upper()
         path = str(scope["path"]).rstrip("/") or "/"
         raw = await _read_body(receive)
+        content_type = _header(scope, b"content-type")
         try:
-            reply = _dispatch(method, path, raw, config, store)
+            reply = _dispatch(method, path, raw, content_type, config, store)
         except _RequestError as exc:
             reply = (exc.status, exc.payload)
         if method == "POST" and config.latency_ms > 0:
             await _sleep(config.latency_ms / 1000.0)
         if isinstance(reply, _Stream):
             await _send_stream(send, reply, config.tokens_per_second)
+        elif isinstance(reply, _Text):
+            await _send_body(send, 200, b"text/plain; charset=utf-8", reply.text.encode())
         else:
             await _send_json(send, *reply)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 import struct
+import warnings
 import zlib
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from contextlib import asynccontextmanager, contextmanager
@@ -19,11 +20,13 @@ from keyplane.simulator import (
     DEFAULT_MODELS,
     TOKEN_CHARS,
     SimulatorConfig,
+    audio_seconds,
     completion_text,
     create_app,
     prompt_tokens,
     response_input_tokens,
     text_tokens,
+    transcript_text,
 )
 from kptest import ServerThread
 
@@ -737,7 +740,11 @@ async def test_responses_stream_under_a_cap_ends_incomplete() -> None:
 
 
 async def _asgi_messages(
-    app: simulator.ASGIApp, method: str, path: str, body: bytes = b""
+    app: simulator.ASGIApp,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> list[MutableMapping[str, Any]]:
     """Everything ``app`` sends for one request, message by message."""
     pending = [{"type": "http.request", "body": body, "more_body": False}]
@@ -749,7 +756,8 @@ async def _asgi_messages(
     async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
-    await app({"type": "http", "method": method, "path": path, "headers": []}, receive, send)
+    scope = {"type": "http", "method": method, "path": path, "headers": headers or []}
+    await app(scope, receive, send)
     return sent
 
 
@@ -1147,6 +1155,280 @@ async def test_images_latency_applies(monkeypatch: pytest.MonkeyPatch) -> None:
         assert delays == [0.12, 0.12]
 
 
+# --- speech to text ----------------------------------------------------------------------------
+
+SPEECH_PATHS = ("/v1/audio/transcriptions", "/v1/audio/translations")
+SENTENCE = "Hello from the keyplane simulator."
+
+
+async def _speech(
+    client: httpx.AsyncClient,
+    path: str = "/v1/audio/transcriptions",
+    *,
+    audio: bytes | None = b"x" * 40_000,
+    **fields: str,
+) -> httpx.Response:
+    """A multipart request as the SDK sends it: ``file`` (unless None) and text fields."""
+    files = {"file": ("speech.mp3", audio, "audio/mpeg")} if audio is not None else {}
+    files.setdefault("other", ("other.txt", b"-", "text/plain"))  # multipart even without file
+    return await client.post(path, files=files, data={"model": "whisper-1", **fields})
+
+
+def test_audio_seconds_and_transcript_text() -> None:
+    assert [audio_seconds(n) for n in (0, 1, 16_000, 16_001, 32_000, 40_000)] == [1, 1, 1, 2, 2, 3]
+    assert transcript_text(1) == SENTENCE
+    assert transcript_text(3) == " ".join([SENTENCE] * 3)
+    assert "whisper-1" in DEFAULT_MODELS
+
+
+@pytest.mark.parametrize("path", SPEECH_PATHS)
+async def test_speech_json_by_default(path: str) -> None:
+    async with _client() as client:
+        response = await _speech(client, path)
+        explicit = await _speech(
+            client, path, response_format="json", language="fr", prompt="p", temperature="0.7"
+        )
+    assert response.status_code == 200
+    assert response.headers["x-simulator"] == "keyplane"
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {
+        "text": f"{SENTENCE} {SENTENCE} {SENTENCE}",
+        "usage": {"type": "duration", "seconds": 3},
+    }
+    assert explicit.json() == response.json()
+
+
+@pytest.mark.parametrize(
+    ("size", "seconds"), [(0, 1), (1, 1), (16_000, 1), (16_001, 2), (48_000, 3), (48_001, 4)]
+)
+async def test_speech_duration_follows_the_file_size(size: int, seconds: int) -> None:
+    async with _client() as client:
+        response = await _speech(client, audio=b"\x00" * size)
+    assert response.status_code == 200
+    assert response.json() == {
+        "text": transcript_text(seconds),
+        "usage": {"type": "duration", "seconds": seconds},
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "task"),
+    [("/v1/audio/transcriptions", "transcribe"), ("/v1/audio/translations", "translate")],
+)
+async def test_speech_verbose_json(path: str, task: str) -> None:
+    async with _client() as client:
+        response = await _speech(client, path, audio=b"x" * 20_000, response_format="verbose_json")
+    assert response.status_code == 200
+    text = transcript_text(2)
+    assert response.json() == {
+        "task": task,
+        "language": "english",
+        "duration": 2.0,
+        "text": text,
+        "segments": [
+            {
+                "id": 0,
+                "seek": 0,
+                "start": 0.0,
+                "end": 2.0,
+                "text": text,
+                "tokens": [],
+                "temperature": 0.0,
+                "avg_logprob": 0.0,
+                "compression_ratio": 1.0,
+                "no_speech_prob": 0.0,
+            }
+        ],
+        "usage": {"type": "duration", "seconds": 2},
+    }
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        ("text", f"{SENTENCE} {SENTENCE}"),
+        ("srt", f"1\n00:00:00,000 --> 00:00:02,000\n{SENTENCE} {SENTENCE}\n\n"),
+        ("vtt", f"WEBVTT\n\n00:00:00.000 --> 00:00:02.000\n{SENTENCE} {SENTENCE}\n\n"),
+    ],
+)
+@pytest.mark.parametrize("path", SPEECH_PATHS)
+async def test_speech_plain_text_formats(path: str, fmt: str, expected: str) -> None:
+    async with _client() as client:
+        response = await _speech(client, path, audio=b"x" * 32_000, response_format=fmt)
+    assert response.status_code == 200
+    assert response.headers["x-simulator"] == "keyplane"
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert response.text == expected
+    assert int(response.headers["content-length"]) == len(expected.encode())
+
+
+async def test_subtitle_timestamps_count_minutes_and_hours() -> None:
+    async with _client() as client:
+        srt = await _speech(client, audio=b"x" * 16_000 * 3_725, response_format="srt")
+        vtt = await _speech(client, audio=b"x" * 16_000 * 61, response_format="vtt")
+    assert srt.text.split("\n")[1] == "00:00:00,000 --> 01:02:05,000"
+    assert vtt.text.split("\n")[2] == "00:00:00.000 --> 00:01:01.000"
+
+
+async def test_speech_text_answer_is_one_asgi_message() -> None:
+    request = httpx.Request(
+        "POST",
+        "http://sim/v1/audio/transcriptions",
+        files={"file": ("a.wav", b"x")},
+        data={"model": "whisper-1", "response_format": "text"},
+    )
+    headers = [(b"Content-Type", request.headers["content-type"].encode())]
+    sent = await _asgi_messages(
+        create_app(), "POST", "/v1/audio/transcriptions", request.read(), headers
+    )
+    assert sent[0]["status"] == 200
+    assert (b"content-type", b"text/plain; charset=utf-8") in sent[0]["headers"]
+    assert (b"content-length", str(len(SENTENCE)).encode()) in sent[0]["headers"]
+    assert (b"x-simulator", b"keyplane") in sent[0]["headers"]
+    assert sent[1:] == [
+        {"type": "http.response.body", "body": SENTENCE.encode(), "more_body": False}
+    ]
+
+
+@pytest.mark.parametrize("path", SPEECH_PATHS)
+async def test_speech_missing_file(path: str) -> None:
+    expected = {
+        "error": {
+            "message": "Missing required parameter: 'file'.",
+            "type": "invalid_request_error",
+            "param": "file",
+            "code": "missing_required_parameter",
+        }
+    }
+    async with _client() as client:
+        absent = await _speech(client, path, audio=None)
+        as_text = await _speech(client, path, audio=None, file="not a file part")
+    for response in (absent, as_text):
+        assert response.status_code == 400
+        assert response.headers["x-simulator"] == "keyplane"
+        assert response.json() == expected
+
+
+@pytest.mark.parametrize("path", SPEECH_PATHS)
+async def test_speech_missing_model(path: str) -> None:
+    expected = {
+        "error": {
+            "message": "Missing required parameter: 'model'.",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "missing_required_parameter",
+        }
+    }
+    async with _client() as client:
+        absent = await client.post(path, files={"file": ("a.mp3", b"x")})
+        empty = await _speech(client, path, model="")
+    for response in (absent, empty):
+        assert response.status_code == 400
+        assert response.json() == expected
+
+
+@pytest.mark.parametrize("path", SPEECH_PATHS)
+@pytest.mark.parametrize(
+    ("fields", "status", "param", "code"),
+    [
+        ({"model": "gpt-4o-mini"}, 400, "model", "invalid_value"),
+        ({"model": "dall-e-3"}, 400, "model", "invalid_value"),
+        ({"model": "whisper-9"}, 404, None, "model_not_found"),
+        ({"response_format": "mp3"}, 400, "response_format", "invalid_value"),
+        ({"response_format": ""}, 400, "response_format", "invalid_value"),
+        ({"response_format": "JSON"}, 400, "response_format", "invalid_value"),
+    ],
+)
+async def test_speech_errors(
+    path: str, fields: dict[str, str], status: int, param: str | None, code: str
+) -> None:
+    async with _client() as client:
+        response = await client.post(
+            path, files={"file": ("a.mp3", b"x")}, data={"model": "whisper-1", **fields}
+        )
+    _assert_error(response, status, code)
+    assert response.json()["error"]["param"] == param
+
+
+async def test_speech_invalid_model_message() -> None:
+    async with _client() as client:
+        transcribe = await _speech(client, model="gpt-4o")
+        translate = await _speech(client, "/v1/audio/translations", model="gpt-4o")
+    assert transcribe.json()["error"]["message"] == "Invalid model 'gpt-4o' for transcription."
+    assert translate.json()["error"]["message"] == "Invalid model 'gpt-4o' for translation."
+
+
+async def test_speech_model_must_be_served() -> None:
+    async with _client(SimulatorConfig(models=("gpt-4o",))) as client:
+        _assert_error(await _speech(client), 404, "model_not_found")
+
+
+@pytest.mark.parametrize("path", SPEECH_PATHS)
+async def test_speech_needs_a_multipart_body(path: str) -> None:
+    expected = {
+        "error": {
+            "message": "Expected a multipart/form-data body.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    async with _client() as client:
+        refused = [
+            await client.post(path, json={"model": "whisper-1", "file": "x"}),
+            await client.post(path, data={"model": "whisper-1"}),  # urlencoded
+            await client.post(path, content=b"x"),  # no content-type at all
+            await client.post(
+                path, content=b"x", headers={"content-type": "multipart/form-data"}
+            ),  # no boundary
+            await client.post(
+                path, content=b"x", headers={"content-type": "multipart/mixed; boundary=b"}
+            ),
+        ]
+        malformed = [
+            await client.post(
+                path,
+                content=body,
+                headers={"content-type": "multipart/form-data; boundary=b"},
+            )
+            for body in (
+                b"not multipart at all",
+                b'--b\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nxx',
+                b"",
+            )
+        ]
+    for response in refused:
+        assert response.status_code == 400
+        assert response.headers["x-simulator"] == "keyplane"
+        assert response.json() == expected
+    for response in malformed:
+        _assert_error(response, 400)
+        assert response.json()["error"]["param"] is None
+        assert "multipart/form-data" in response.json()["error"]["message"]
+
+
+async def test_speech_routes_are_post_only() -> None:
+    async with _client() as client:
+        for path in SPEECH_PATHS:
+            _assert_error(await client.get(path), 404)
+
+
+async def test_speech_latency_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    delays: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    monkeypatch.setattr(simulator, "_sleep", fake_sleep)
+    async with _client(SimulatorConfig(latency_ms=80, tokens_per_second=10)) as client:
+        ok = await _speech(client, audio=b"x" * 100_000, response_format="text")
+        assert ok.status_code == 200
+        assert delays == [0.08]  # once per request, whatever the duration
+        refused = await _speech(client, "/v1/audio/translations", audio=None)
+        assert refused.status_code == 400
+        assert delays == [0.08, 0.08]
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 
@@ -1372,5 +1654,53 @@ def test_official_openai_sdk_images_against_real_server() -> None:
 
         with pytest.raises(openai.BadRequestError) as refused:
             client.images.generate(model="gpt-4o-mini", prompt="x")
+        assert refused.value.code == "invalid_value"
+        assert refused.value.param == "model"
+
+
+def test_official_openai_sdk_audio_against_real_server() -> None:
+    openai = pytest.importorskip("openai")
+    with (
+        _running_server(SimulatorConfig()) as base_url,
+        openai.OpenAI(base_url=base_url, api_key="sk-sim", max_retries=0, timeout=10) as client,
+    ):
+        audio = ("a.mp3", b"x" * 40_000)
+        heard = client.audio.transcriptions.create(model="whisper-1", file=audio)
+        assert heard.text == transcript_text(3)
+        assert heard.usage is not None
+        assert heard.usage.type == "duration"
+        assert heard.usage.seconds == 3
+
+        verbose = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="verbose_json", language="en"
+        )
+        assert verbose.duration == 3
+        assert verbose.text == transcript_text(3)
+        assert verbose.segments is not None
+        assert verbose.segments[0].end == 3.0
+
+        text = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="text"
+        )
+        assert text == transcript_text(3)
+
+        srt = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="srt"
+        )
+        assert srt == f"1\n00:00:00,000 --> 00:00:03,000\n{transcript_text(3)}\n\n"
+
+        # The SDK marks translations deprecated (a DeprecationWarning); the endpoint still answers.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            translated = client.audio.translations.create(model="whisper-1", file=("b.wav", b"y"))
+            translated_verbose = client.audio.translations.create(
+                model="whisper-1", file=("b.wav", b"y" * 16_001), response_format="verbose_json"
+            )
+        assert translated.text == transcript_text(1)
+        assert translated_verbose.duration == 2
+        assert translated_verbose.text == transcript_text(2)
+
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.audio.transcriptions.create(model="gpt-4o-mini", file=audio)
         assert refused.value.code == "invalid_value"
         assert refused.value.param == "model"
