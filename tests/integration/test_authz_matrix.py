@@ -47,6 +47,7 @@ QUERIES = {
         "usage.embeddings",
         "usage.moderations",
         "usage.images",
+        "usage.audio_transcriptions",
         "costs.list",
     )
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from keyplane.gateway.errors import (
     model_not_found,
     model_not_priced,
 )
+from keyplane.gateway.forms import parse_form
 from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.ratelimits import RateGuard
 from keyplane.gateway.responses import ResponseOwners, previous_not_found
@@ -68,6 +70,13 @@ _ADMIN = KeyKind.ADMIN
 _COMPLETED = Outcome.COMPLETED
 MAX_CHOICES = 128  # n and best_of at most (OpenAI's limit for n)
 UNCAPPED_OUTPUT = 4096  # the output TPM counts for a request without max_tokens (corrected later)
+# Audio uploads: OpenAI takes files of up to 25 MB (and the form around them).
+AUDIO_MAX_BYTES = 25 * 1024 * 1024 + 256 * 1024
+# The fewest bytes a second of audio takes in any format the API reads (Opus at 6 kbit/s): what
+# bounds a file's duration, and so its hold.
+MIN_AUDIO_BYTES_PER_S = 750
+# A common bitrate (MP3 at 128 kbit/s): a duration estimate when the upstream reports none.
+USUAL_AUDIO_BYTES_PER_S = 16_000
 # The fields that cap chat's and completions' output.
 _CAPS = ("max_completion_tokens", "max_tokens")
 # Responses API tools keyplane forwards: those the client runs itself. The upstream's own (web and
@@ -90,6 +99,7 @@ class Endpoint:
     default_model: str | None = None  # the model when the body names none (else it must)
     responses: bool = False  # the Responses API: stored responses, its own events and fields
     per_image: bool = False  # billed per image generated (by quality and size), not by tokens
+    audio_in: bool = False  # a multipart upload of audio, billed per minute of it
 
 
 ENDPOINTS: dict[str, Endpoint] = {
@@ -113,6 +123,14 @@ ENDPOINTS: dict[str, Endpoint] = {
         "images.generations", "/images/generations", False, "prompt", lambda p, _: 0,
         Group.IMAGES, has_output=False, default_model="dall-e-2", per_image=True,
     ),
+    "/v1/audio/transcriptions": Endpoint(
+        "audio.transcriptions", "/audio/transcriptions", False, "file", lambda p, _: 0,
+        Group.AUDIO, has_output=False, audio_in=True,
+    ),
+    "/v1/audio/translations": Endpoint(
+        "audio.translations", "/audio/translations", False, "file", lambda p, _: 0,
+        Group.AUDIO, has_output=False, audio_in=True,
+    ),
     "/v1/moderations": Endpoint(
         "moderations", "/moderations", False, "input",
         lambda p, _: tokens.estimate_input(p.get("input")), Group.MODERATIONS, has_output=False,
@@ -127,7 +145,7 @@ class Call:
     compiled, its ``__init__`` is C; a dataclass's stays Python, see keyplane/values.py.)"""
 
     __slots__ = (
-        "carried", "choices", "client_ip", "endpoint", "estimated_input", "forwarded",
+        "audio_bytes", "carried", "choices", "client_ip", "endpoint", "estimated_input", "forwarded",
         "held_output", "hold", "image_price", "input_bound", "key", "levels", "metered", "model", "price", "rate_headers", "request_id",
         "started", "store", "stored_at", "stream", "ticket", "used",
     )  # fmt: skip
@@ -165,6 +183,7 @@ class Call:
         self.used = 0  # the input and output tokens it was billed for
         self.choices = 1  # the outputs it asks for (images: how many)
         self.image_price = 0  # micro-dollars per image generated (per_image endpoints)
+        self.audio_bytes = 0  # the size of the audio file uploaded (audio_in endpoints)
 
 
 class Pipeline:
@@ -232,8 +251,11 @@ class Pipeline:
             ) from None
 
     async def _handle(self, call: Call, scope: Any, receive: Receive, send: Send) -> None:
-        body = await self._read_body(scope, receive)
-        payload = _parse(body, call.endpoint)
+        audio = call.endpoint.audio_in
+        body = await self._read_body(scope, receive, AUDIO_MAX_BYTES if audio else 0)
+        payload = (
+            await self._audio_form(call, scope, body) if audio else _parse(body, call.endpoint)
+        )
         rewrite = False
         if payload.get("model") is None:  # (_parse allowed it: the endpoint has a default)
             payload["model"] = call.endpoint.default_model
@@ -289,6 +311,9 @@ class Pipeline:
             if call.endpoint.per_image:
                 call.choices, call.image_price = choices, _image_price(call.price, payload)
                 bound = CostBound(bound.fixed + choices * call.image_price * MICRO, 0)
+            elif audio:  # the longest the file may play, at the lowest bitrate of any format
+                longest = -(-call.audio_bytes // MIN_AUDIO_BYTES_PER_S)
+                bound = CostBound(bound.fixed + _audio_cost(call.price, longest) * MICRO, 0)
         except UnboundedInput as exc:
             if exc.carried:
                 param, code = "previous_response_id", "unsupported_parameter"
@@ -322,7 +347,9 @@ class Pipeline:
                 # goes on and bills it, so the most it may write is billed, as after a crash.
                 used = (call.estimated_input, 0, call.held_output) if call.forwarded else (0, 0, 0)
                 images = call.choices if call.forwarded and call.endpoint.per_image else 0
-                self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True, images=images)
+                seconds = _likely_seconds(call.audio_bytes) if call.forwarded else 0
+                self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True, images=images,
+                            seconds=seconds)  # fmt: skip
 
     async def _continued(self, call: Call, payload: dict[str, Any]) -> list[Upstream]:
         """The upstreams a Responses API request may go to: those serving its model, or, when it
@@ -416,7 +443,9 @@ class Pipeline:
             used = (call.estimated_input, 0, out) if exc.reached else (0, 0, 0)
             outcome = Outcome.UPSTREAM_BROKEN if exc.partial else Outcome.UPSTREAM_UNREACHABLE
             images = call.choices if exc.reached and call.endpoint.per_image else 0
-            self._meter(call, status, used, outcome, estimated=exc.reached, images=images)
+            seconds = _likely_seconds(call.audio_bytes) if exc.reached else 0
+            self._meter(call, status, used, outcome, estimated=exc.reached, images=images,
+                        seconds=seconds)  # fmt: skip
             advice = (
                 ((b"retry-after", b"1"),) if exc.busy
                 else ((b"x-should-retry", b"false"),) if exc.refused else ()
@@ -454,6 +483,11 @@ class Pipeline:
                         type="server_error", code="upstream_error",
                     )  # fmt: skip
                 self._meter(call, 200, (0, 0, 0), _COMPLETED, estimated=False, images=made)
+            elif call.endpoint.audio_in:  # billed per second of audio the upstream reports
+                said = _reported_seconds(content)
+                heard = said if said is not None else _likely_seconds(call.audio_bytes)
+                self._meter(call, 200, (0, 0, 0), _COMPLETED, estimated=said is None,
+                            seconds=heard)  # fmt: skip
             elif (reported := answer_usage(content)) is not None:
                 self._meter(call, 200, reported, _COMPLETED, estimated=False)
             else:  # an answer with no usable usage is billed on estimates, as a stream would be
@@ -551,10 +585,38 @@ class Pipeline:
             if call.store and acc.response_id is not None:  # now with what continuing it adds
                 self.stored.note(acc.response_id, call.key, up.name, call.used)
 
-    async def _read_body(self, scope: Any, receive: Receive) -> bytes:
+    async def _audio_form(self, call: Call, scope: Any, body: bytes) -> dict[str, Any]:
+        """The fields of a speech-to-text upload, checked (parsed on a worker thread: the body
+        may be tens of megabytes); notes the audio file's size."""
+        form = await asyncio.to_thread(parse_form, body, header(scope, b"content-type"))
+        for name in ("model", "file"):
+            if name not in form.fields and not (name == "file" and form.has_file):
+                raise bad_request(f"Missing required parameter: '{name}'.", param=name)
+        model = form.fields["model"]
+        if not model.strip() or len(model) > 256:
+            raise bad_request("The model must be a non-empty name.", param="model")
+        fmt = form.fields.get("response_format", "json")
+        if fmt not in ("json", "verbose_json"):
+            raise bad_request(
+                f"keyplane bills speech to text by the duration the upstream reports, which only "
+                f"json and verbose_json answers carry, not {fmt[:40]!r}.",
+                param="response_format", code="unsupported_value",
+            )  # fmt: skip
+        if form.fields.get("stream", "false").lower() == "true":
+            raise bad_request(
+                "keyplane does not stream speech to text yet.", param="stream",
+                code="unsupported_value",
+            )  # fmt: skip
+        call.audio_bytes = form.file_bytes
+        return form.fields
+
+    async def _read_body(self, scope: Any, receive: Receive, allowed: int = 0) -> bytes:
+        """The request's body, up to ``max_body_bytes`` (or ``allowed``, when larger: an
+        endpoint taking files)."""
+        limit = max(self.max_body_bytes, allowed)
         declared = header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise _too_large(self.max_body_bytes)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -563,8 +625,8 @@ class Pipeline:
                 raise ApiError(400, "The client disconnected before sending the whole body.")
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
-                raise _too_large(self.max_body_bytes)
+            if size > limit:
+                raise _too_large(limit)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
@@ -593,6 +655,7 @@ class Pipeline:
         *,
         estimated: bool,
         images: int = 0,
+        seconds: int = 0,
     ) -> None:
         if call.metered or call.hold is None:
             return
@@ -607,6 +670,8 @@ class Pipeline:
         cost = price.token_cost(inp, cached, out) if price else 0
         if images:
             cost += images * call.image_price
+        if seconds and price:
+            cost += _audio_cost(price, seconds)
         self.money.finish(
             call.hold,
             UsageRecord(
@@ -631,6 +696,7 @@ class Pipeline:
                 tokens_estimated=estimated,
                 period=call.hold.period,
                 images=images,
+                audio_seconds=seconds,
             ),
         )
 
@@ -830,3 +896,28 @@ def _images_made(content: bytes, asked: int) -> int:
     answer = json_object(content)
     data = answer.get("data") if answer is not None else None
     return min(len(data), asked) if isinstance(data, list) else -1
+
+
+def _audio_cost(price: Price, seconds: int) -> int:
+    """Micro-dollars for ``seconds`` of audio at the model's price per minute, rounded up."""
+    return -(-seconds * price.audio_minute // 60)
+
+
+def _reported_seconds(content: bytes) -> int | None:
+    """The seconds of audio a speech-to-text answer says it read (its ``usage`` of type
+    ``duration``, or a verbose answer's ``duration``), rounded up; None when it says none."""
+    answer = json_object(content)
+    if answer is None:
+        return None
+    usage = answer.get("usage")
+    seconds = usage.get("seconds") if isinstance(usage, dict) else None
+    if seconds is None:
+        seconds = answer.get("duration")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
+        return None
+    return math.ceil(seconds)
+
+
+def _likely_seconds(audio_bytes: int) -> int:
+    """A file's duration at a common bitrate: the estimate billed when no duration is reported."""
+    return -(-audio_bytes // USUAL_AUDIO_BYTES_PER_S)

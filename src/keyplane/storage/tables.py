@@ -133,6 +133,7 @@ usage_records = Table(
     Column("tokens_estimated", Boolean, nullable=False),
     Column("period", String(7), nullable=False, server_default=""),  # UTC month of admission
     Column("images", Integer, nullable=False, server_default="0"),  # images generated
+    Column("audio_seconds", Integer, nullable=False, server_default="0"),  # audio transcribed
     Index("ix_usage_records_org_time", "org_id", "created_at"),
     Index("ix_usage_records_project_time", "project_id", "created_at"),
 )

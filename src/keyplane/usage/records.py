@@ -25,7 +25,7 @@ class UsageRecord(Value):
         "request_id", "created_at", "org_id", "project_id", "key_id", "owner_type", "owner_id",
         "model", "endpoint", "input_tokens", "cached_input_tokens", "output_tokens", "status",
         "latency_ms", "client_ip", "cost_micro_usd", "stream", "outcome", "tokens_estimated",
-        "period", "images",
+        "period", "images", "audio_seconds",
     )  # fmt: skip
     __slots__ = FIELDS
 
@@ -52,6 +52,7 @@ class UsageRecord(Value):
         tokens_estimated: bool = False,  # True when counted by keyplane, not reported upstream
         period: str = "",  # UTC month of admission (YYYY-MM): the month its spend counts in
         images: int = 0,  # images generated (billed per image)
+        audio_seconds: int = 0,  # audio transcribed or translated (billed per minute)
     ) -> None:
         self.request_id = request_id
         self.created_at = created_at
@@ -74,6 +75,7 @@ class UsageRecord(Value):
         self.tokens_estimated = tokens_estimated
         self.period = period
         self.images = images
+        self.audio_seconds = audio_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,3 +106,4 @@ class UsageBucket:
     cost_micro_usd: int
     owner_id: str | None = None  # the key's owner (a user, or a service account)
     images: int = 0  # images generated
+    audio_seconds: int = 0  # audio transcribed or translated

@@ -112,6 +112,7 @@ POLICY: Mapping[str, frozenset[Grant]] = {
     "usage.embeddings": READ,
     "usage.moderations": READ,
     "usage.images": READ,
+    "usage.audio_transcriptions": READ,
     "costs.list": READ,
     # projects (project_routes)
     "projects.list": READ,

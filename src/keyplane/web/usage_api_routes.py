@@ -100,6 +100,18 @@ class ImagesResult(BaseModel):
     model: str | None = None
 
 
+class AudioTranscriptionsResult(BaseModel):
+    object: Literal["organization.usage.audio_transcriptions.result"] = (
+        "organization.usage.audio_transcriptions.result"
+    )
+    seconds: int
+    num_model_requests: int
+    project_id: str | None = None
+    user_id: str | None = None
+    api_key_id: str | None = None
+    model: str | None = None
+
+
 class Amount(BaseModel):
     value: float  # dollars (OpenAI's unit here); exact micro-dollars in the usage records
     currency: Literal["usd"] = "usd"
@@ -286,6 +298,25 @@ async def images_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
 
     w = WIDTH_S[q.width]
     return await _json(lambda: _page(rows, begin, stop, w, more, ImagesResult, make))
+
+
+@router.get(
+    "/usage/audio_transcriptions", tags=["usage"], name="usage.audio_transcriptions",
+    response_model=BucketPage[AudioTranscriptionsResult],
+)  # fmt: skip
+async def audio_transcriptions_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
+    """Seconds of audio transcribed or translated, and requests, per time bucket."""
+    endpoints = ("audio.transcriptions", "audio.translations")
+    rows, begin, stop, more = await _usage(ctx, principal.org_id, q, endpoints, None)
+
+    def make(r: UsageBucket) -> AudioTranscriptionsResult:
+        return AudioTranscriptionsResult(
+            seconds=r.audio_seconds, num_model_requests=r.requests, project_id=r.project_id,
+            api_key_id=r.key_id, model=r.model, user_id=r.owner_id,
+        )  # fmt: skip
+
+    w = WIDTH_S[q.width]
+    return await _json(lambda: _page(rows, begin, stop, w, more, AudioTranscriptionsResult, make))
 
 
 In = TypeVar("In", bound=InputResult)

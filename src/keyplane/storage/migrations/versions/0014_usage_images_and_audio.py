@@ -1,4 +1,5 @@
-"""usage records count the images a request generated (images are billed per image)
+"""usage records count the images a request generated and the seconds of audio it transcribed
+(billed per image and per audio minute)
 
 Revision ID: 0014
 Revises: 0013
@@ -19,8 +20,12 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("usage_records", schema=None) as batch_op:
         batch_op.add_column(sa.Column("images", sa.Integer(), server_default="0", nullable=False))
+        batch_op.add_column(
+            sa.Column("audio_seconds", sa.Integer(), server_default="0", nullable=False)
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("usage_records", schema=None) as batch_op:
+        batch_op.drop_column("audio_seconds")
         batch_op.drop_column("images")
