@@ -57,8 +57,12 @@ def test_a_file_larger_than_json_bodies_may_be_is_taken(kp: Keyplane) -> None:
     [
         ({"model": "whisper-1", "response_format": "text"}, True, "response_format"),
         ({"model": "whisper-1", "response_format": "srt"}, True, "response_format"),
+        ({"model": "whisper-1", "stream": "1"}, True, "stream"),
         ({"model": "whisper-1"}, False, "file"),
         ({}, True, "model"),
+        ({"model": "gpt-4o-mini"}, True, "model"),  # priced by tokens: not billable per minute
+        ({"model": ["gpt-4o-mini", "whisper-1"]}, True, "model"),  # which one would it serve?
+        ({"model": "whisper-1", "file": "x"}, True, "file"),  # a second file, as a field
     ],
 )
 def test_what_keyplane_cannot_bill_or_read_is_refused(
@@ -99,6 +103,9 @@ def test_a_file_is_held_at_the_longest_it_may_play(tmp_path: Path, simulator: Se
 class SilentOnDuration:
     """A speech-to-text server that answers the text only, with no duration (as some do)."""
 
+    def answer(self) -> bytes:
+        return orjson.dumps({"text": "hello"})
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
@@ -107,7 +114,7 @@ class SilentOnDuration:
         if scope["method"] == "GET":
             body = orjson.dumps({"data": [{"id": "whisper-1"}]})
         else:
-            body = orjson.dumps({"text": "hello"})
+            body = self.answer()
         headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -121,6 +128,64 @@ def test_an_answer_without_a_duration_is_billed_on_an_estimate(tmp_path: Path) -
         [record] = kp.usage(expect=1)
         assert record.tokens_estimated  # 48,000 bytes at 128 kbit/s: 3 s
         assert (record.audio_seconds, record.cost_micro_usd) == (3, cost(3))
+    finally:
+        kp.server.stop()
+        kp.container.close()
+        upstream.stop()
+
+
+def test_form_fields_that_count_outputs_elsewhere_are_forwarded_as_they_are(kp: Keyplane) -> None:
+    r = httpx.post(
+        kp.base_url + "/audio/transcriptions",
+        data={"model": "whisper-1", "n": "2", "best_of": "3", "max_tokens": "5"},
+        files={"file": ("a.mp3", b"x" * 16_000)},
+        headers={"authorization": f"Bearer {kp.key}"},
+    )
+    assert r.status_code == 200, r.text  # (it was a 500: the fields are strings)
+    [record] = kp.usage(expect=1)
+    assert (record.audio_seconds, record.cost_micro_usd) == (1, cost(1))
+
+
+def test_an_empty_file_is_billed_the_second_the_upstream_reports(kp: Keyplane) -> None:
+    client(kp).audio.transcriptions.create(model="whisper-1", file=("a.mp3", b""))
+    [record] = kp.usage(expect=1)
+    assert (record.audio_seconds, record.cost_micro_usd) == (1, cost(1))
+
+
+class Exaggerating(SilentOnDuration):
+    """Reports ``seconds`` of audio, however little was sent."""
+
+    def __init__(self, seconds: Any) -> None:
+        self.seconds = seconds
+
+    def answer(self) -> bytes:
+        return orjson.dumps(
+            {"text": "hello", "usage": {"type": "duration", "seconds": self.seconds}}
+        )
+
+
+@pytest.mark.parametrize(
+    ("seconds", "billed", "estimated"),
+    [
+        (10**9, 11, False),  # at most the longest the upload may play (its body at 750 B/s)
+        (1e30, 1, True),  # not a duration at all: the estimate (7,500 bytes at 16,000 a second)
+        (2**63, 1, True),
+    ],
+)
+def test_a_duration_beyond_what_was_sent_is_billed_at_most_the_hold_and_stored(
+    tmp_path: Path, seconds: Any, billed: int, estimated: bool
+) -> None:
+    """An absurd figure once stopped every later settlement from being stored: it is bounded, and
+    the next request is metered as usual."""
+    upstream = ServerThread(Exaggerating(seconds)).start()
+    kp = start_keyplane(tmp_path, upstream.url + "/v1")
+    try:
+        c = client(kp)
+        for _ in range(2):
+            c.audio.transcriptions.create(model="whisper-1", file=("a.mp3", b"x" * 7_500))
+        records = kp.usage(expect=2)
+        assert [(r.audio_seconds, r.tokens_estimated) for r in records] == [(billed, estimated)] * 2
+        assert all(r.cost_micro_usd == cost(billed) for r in records)
     finally:
         kp.server.stop()
         kp.container.close()

@@ -8,6 +8,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import orjson
 import pytest
@@ -44,10 +45,16 @@ def test_images_are_billed_by_quality_and_size_and_counted(kp: Keyplane) -> None
     assert balance.held == 0 and balance.spent == 2 * CENT + 48_000 + 12 * CENT
 
 
-def test_an_image_keyplane_has_no_price_for_is_refused_before_forwarding(kp: Keyplane) -> None:
+@pytest.mark.parametrize(
+    "asked", [{"quality": "hd"}, {"quality": ""}, {"size": "auto"}, {"model": "gpt-4o-mini"}]
+)
+def test_an_image_keyplane_has_no_price_for_is_refused_before_forwarding(
+    kp: Keyplane, asked: dict[str, Any]
+) -> None:
+    body = {"model": "dall-e-2", "prompt": "x", **asked}
     with pytest.raises(openai.BadRequestError) as refused:
-        client(kp).images.generate(model="dall-e-2", prompt="x", quality="hd")
-    assert refused.value.param == "size" and "no price for hd images" in refused.value.message
+        client(kp).post("/images/generations", body=body, cast_to=httpx.Response)
+    assert refused.value.param == "size" and "no price for" in refused.value.message
     assert kp.usage() == []
 
 
@@ -60,7 +67,11 @@ def test_images_beyond_the_balance_are_refused_whole(
         with pytest.raises(openai.RateLimitError) as refused:  # 3 × $0.02 > $0.05
             c.images.generate(model="dall-e-2", prompt="x", n=3)
         assert refused.value.code == "insufficient_quota"
-        c.images.generate(model="dall-e-2", prompt="x", n=2)
+        # n images are held, whatever else the body says (best_of is not an images field).
+        c.post(
+            "/images/generations", cast_to=httpx.Response,
+            body={"model": "dall-e-2", "prompt": "x", "n": 2, "best_of": 7},
+        )  # fmt: skip
         with pytest.raises(openai.RateLimitError):  # $0.01 left
             c.images.generate(model="dall-e-2", prompt="x")
         [record] = kp.usage(expect=1)

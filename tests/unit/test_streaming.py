@@ -449,3 +449,12 @@ def test_a_responses_stream_cut_short_is_estimated_from_its_deltas() -> None:
     acc.feed(responses_stream(TEXTS, None))
     assert acc.usage is None and acc.response_id == "resp_1"
     assert acc.estimated_output_tokens == math.ceil(len("".join(TEXTS)) / 4)
+
+
+@pytest.mark.parametrize("count", [2**63, 10**12 + 1, -1])
+def test_a_count_no_request_reports_makes_the_usage_unusable(count: int) -> None:
+    """An upstream's 2**63 would fail every settlement batch it is stored in: billed on the
+    estimate instead."""
+    assert parse_usage({"usage": {"prompt_tokens": count, "completion_tokens": 1}}) is None
+    assert parse_usage({"usage": {"prompt_tokens": 5, "completion_tokens": count}}) is None
+    assert parse_usage({"usage": {"prompt_tokens": 10**12, "completion_tokens": 1}}) is not None

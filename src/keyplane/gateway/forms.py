@@ -46,6 +46,7 @@ def parse_form(body: bytes, content_type: bytes | None) -> Form:
     header: list[bytes] = []
     value: list[bytes] = []
     data: list[bytes] = []
+    seen: set[str] = set()
 
     def part_begin() -> None:
         state.update(name=None, filename=None, size=0)
@@ -75,6 +76,11 @@ def parse_form(body: bytes, content_type: bytes | None) -> Form:
         name = state["name"]
         if name is None:
             return
+        # One value a name (a list's name ends in []): an upstream reading the first of two
+        # models, say, would not serve what keyplane checked and held for.
+        if name in seen and not name.endswith("[]"):
+            raise bad_request(f"The form field '{name[:100]}' appears more than once.", param=name)
+        seen.add(name)
         if state["filename"] is not None or name == "file":
             if name == "file":
                 form.has_file, form.file_bytes = True, state["size"]

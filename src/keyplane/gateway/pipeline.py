@@ -121,15 +121,15 @@ ENDPOINTS: dict[str, Endpoint] = {
     ),
     "/v1/images/generations": Endpoint(
         "images.generations", "/images/generations", False, "prompt", lambda p, _: 0,
-        Group.IMAGES, has_output=False, default_model="dall-e-2", per_image=True,
+        Group.IMAGES, has_output=False, caps=(), default_model="dall-e-2", per_image=True,
     ),
     "/v1/audio/transcriptions": Endpoint(
         "audio.transcriptions", "/audio/transcriptions", False, "file", lambda p, _: 0,
-        Group.AUDIO, has_output=False, audio_in=True,
+        Group.AUDIO, has_output=False, caps=(), audio_in=True,
     ),
     "/v1/audio/translations": Endpoint(
         "audio.translations", "/audio/translations", False, "file", lambda p, _: 0,
-        Group.AUDIO, has_output=False, audio_in=True,
+        Group.AUDIO, has_output=False, caps=(), audio_in=True,
     ),
     "/v1/moderations": Endpoint(
         "moderations", "/moderations", False, "input",
@@ -145,9 +145,31 @@ class Call:
     compiled, its ``__init__`` is C; a dataclass's stays Python, see keyplane/values.py.)"""
 
     __slots__ = (
-        "audio_bytes", "carried", "choices", "client_ip", "endpoint", "estimated_input", "forwarded",
-        "held_output", "hold", "image_price", "input_bound", "key", "levels", "metered", "model", "price", "rate_headers", "request_id",
-        "started", "store", "stored_at", "stream", "ticket", "used",
+        "audio_bytes",
+        "carried",
+        "choices",
+        "client_ip",
+        "endpoint",
+        "estimated_input",
+        "forwarded",
+        "held_output",
+        "hold",
+        "image_price",
+        "input_bound",
+        "key",
+        "levels",
+        "longest",
+        "metered",
+        "model",
+        "price",
+        "rate_headers",
+        "request_id",
+        "started",
+        "store",
+        "stored_at",
+        "stream",
+        "ticket",
+        "used",
     )  # fmt: skip
 
     def __init__(
@@ -184,6 +206,7 @@ class Call:
         self.choices = 1  # the outputs it asks for (images: how many)
         self.image_price = 0  # micro-dollars per image generated (per_image endpoints)
         self.audio_bytes = 0  # the size of the audio file uploaded (audio_in endpoints)
+        self.longest = 0  # the most seconds it may play: what its hold covers, and its bill
 
 
 class Pipeline:
@@ -274,6 +297,16 @@ class Pipeline:
         call.price = self.prices.price(model, self.clock.now())
         if call.price is None:
             raise model_not_priced(model)
+        if (
+            audio
+            and not call.price.audio_minute
+            and (call.price.input_per_m or call.price.output_per_m)
+        ):
+            raise bad_request(
+                f"keyplane bills speech to text per audio minute, and '{model}' is priced by "
+                "tokens only (an operator sets audio_minute in its price entry).",
+                param="model", code="unsupported_value",
+            )  # fmt: skip
         call.estimated_input = call.endpoint.estimate_input(
             payload, tokens.image_estimate(call.price.image_input_tokens)
         )
@@ -300,7 +333,12 @@ class Pipeline:
         # Each of n choices (or best_of candidates, generated and billed, on completions), for
         # each prompt of a legacy completion's list, can write the whole cap: the hold and the
         # token estimate count them all. (_parse checked n and best_of.)
-        choices = max(payload.get("n") or 1, payload.get("best_of") or 1)
+        if audio:  # (a form's fields are strings: none of them counts outputs)
+            choices = 1
+        elif call.endpoint.per_image:  # n images (best_of is not an images field)
+            choices = payload.get("n") or 1
+        else:
+            choices = max(payload.get("n") or 1, payload.get("best_of") or 1)
         if call.endpoint.name == "completions":
             choices *= _prompt_count(payload.get("prompt"))
         try:
@@ -311,9 +349,8 @@ class Pipeline:
             if call.endpoint.per_image:
                 call.choices, call.image_price = choices, _image_price(call.price, payload)
                 bound = CostBound(bound.fixed + choices * call.image_price * MICRO, 0)
-            elif audio:  # the longest the file may play, at the lowest bitrate of any format
-                longest = -(-call.audio_bytes // MIN_AUDIO_BYTES_PER_S)
-                bound = CostBound(bound.fixed + _audio_cost(call.price, longest) * MICRO, 0)
+            elif audio:  # the longest the upload may play, at the lowest bitrate of any format
+                bound = CostBound(bound.fixed + _audio_cost(call.price, call.longest) * MICRO, 0)
         except UnboundedInput as exc:
             if exc.carried:
                 param, code = "previous_response_id", "unsupported_parameter"
@@ -347,7 +384,9 @@ class Pipeline:
                 # goes on and bills it, so the most it may write is billed, as after a crash.
                 used = (call.estimated_input, 0, call.held_output) if call.forwarded else (0, 0, 0)
                 images = call.choices if call.forwarded and call.endpoint.per_image else 0
-                seconds = _likely_seconds(call.audio_bytes) if call.forwarded else 0
+                seconds = (
+                    min(_likely_seconds(call.audio_bytes), call.longest) if call.forwarded else 0
+                )
                 self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True, images=images,
                             seconds=seconds)  # fmt: skip
 
@@ -443,7 +482,7 @@ class Pipeline:
             used = (call.estimated_input, 0, out) if exc.reached else (0, 0, 0)
             outcome = Outcome.UPSTREAM_BROKEN if exc.partial else Outcome.UPSTREAM_UNREACHABLE
             images = call.choices if exc.reached and call.endpoint.per_image else 0
-            seconds = _likely_seconds(call.audio_bytes) if exc.reached else 0
+            seconds = min(_likely_seconds(call.audio_bytes), call.longest) if exc.reached else 0
             self._meter(call, status, used, outcome, estimated=exc.reached, images=images,
                         seconds=seconds)  # fmt: skip
             advice = (
@@ -486,6 +525,7 @@ class Pipeline:
             elif call.endpoint.audio_in:  # billed per second of audio the upstream reports
                 said = _reported_seconds(content)
                 heard = said if said is not None else _likely_seconds(call.audio_bytes)
+                heard = min(heard, call.longest)  # (an upstream's wrong duration: at most the hold)
                 self._meter(call, 200, (0, 0, 0), _COMPLETED, estimated=said is None,
                             seconds=heard)  # fmt: skip
             elif (reported := answer_usage(content)) is not None:
@@ -602,12 +642,15 @@ class Pipeline:
                 f"json and verbose_json answers carry, not {fmt[:40]!r}.",
                 param="response_format", code="unsupported_value",
             )  # fmt: skip
-        if form.fields.get("stream", "false").lower() == "true":
+        if form.fields.get("stream", "false").strip().lower() not in ("false", "0", ""):
             raise bad_request(
                 "keyplane does not stream speech to text yet.", param="stream",
                 code="unsupported_value",
             )  # fmt: skip
         call.audio_bytes = form.file_bytes
+        # Bounded by the whole body, not the file part's size: whatever part the upstream reads
+        # as the audio, it is in there.
+        call.longest = max(1, -(-len(body) // MIN_AUDIO_BYTES_PER_S))
         return form.fields
 
     async def _read_body(self, scope: Any, receive: Receive, allowed: int = 0) -> bytes:
@@ -875,8 +918,10 @@ def _reference(item: dict[str, Any]) -> bool:
 def _image_price(price: Price, payload: dict[str, Any]) -> int:
     """Micro-dollars per image the request asks for (its ``quality`` and ``size``, OpenAI's
     defaults when unset); a 400 when keyplane has no price for them."""
-    quality = payload.get("quality") or "standard"
-    size = payload.get("size") or "1024x1024"
+    quality = payload.get("quality")
+    size = payload.get("size")
+    quality = "standard" if quality is None else quality
+    size = "1024x1024" if size is None else size
     for name, value in (("quality", quality), ("size", size)):
         if not isinstance(value, str):
             raise bad_request(f"'{name}' must be a string.", param=name)
@@ -913,7 +958,9 @@ def _reported_seconds(content: bytes) -> int | None:
     seconds = usage.get("seconds") if isinstance(usage, dict) else None
     if seconds is None:
         seconds = answer.get("duration")
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return None
+    if not 0 <= seconds < 2**31:  # (NaN, infinities and absurd figures: not a duration)
         return None
     return math.ceil(seconds)
 

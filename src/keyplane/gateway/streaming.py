@@ -105,8 +105,13 @@ def _skip_space(data: bytes, i: int, n: int) -> int:
     return i
 
 
+MAX_COUNT = 10**12  # tokens no request reports: a larger figure is an upstream's error
+
+
 def _count(value: Any) -> TypeGuard[int]:
-    return type(value) is int and value >= 0  # (not bool, nor another int subclass)
+    # (not bool, nor another int subclass; and storable: an upstream's 2**63 would fail every
+    # settlement batch it is in, on SQLite and PostgreSQL alike)
+    return type(value) is int and 0 <= value <= MAX_COUNT
 
 
 class SseAccounting:
