@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
@@ -241,6 +241,25 @@ async def _json(page: Callable[[], BaseModel]) -> Response:
     return Response(body, media_type="application/json")
 
 
+def _grouped(r: UsageBucket) -> dict[str, Any]:
+    """The fields a usage result is grouped by (None where it is not)."""
+    return {"project_id": r.project_id, "api_key_id": r.key_id, "model": r.model,
+            "user_id": r.owner_id}  # fmt: skip
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def _usage_page(
+    ctx: Ctx, org_id: str, q: UsageQuery, endpoints: Sequence[str], result: type[M],
+    make: Callable[[UsageBucket], M], batch: bool | None = None,
+) -> Response:  # fmt: skip
+    """A page of usage buckets of ``endpoints``, each result made by ``make``."""
+    rows, begin, stop, more = await _usage(ctx, org_id, q, endpoints, batch)
+    w = WIDTH_S[q.width]
+    return await _json(lambda: _page(rows, begin, stop, w, more, result, make))
+
+
 @router.get(
     "/usage/completions", tags=["usage"], name="usage.completions",
     response_model=BucketPage[CompletionsResult],
@@ -251,18 +270,16 @@ async def completions_usage(
     """Tokens and requests of chat and legacy completions and the Responses API per time bucket
     (list parameters may be sent with or without ``[]``), as OpenAI counts them."""
     endpoints = ("chat.completions", "completions", "responses")
-    rows, begin, stop, more = await _usage(ctx, principal.org_id, q, endpoints, batch)
-
-    def make(r: UsageBucket) -> CompletionsResult:
-        return CompletionsResult(
+    batched = False if "batch" in q.groups else None
+    return await _usage_page(
+        ctx, principal.org_id, q, endpoints, CompletionsResult,
+        lambda r: CompletionsResult(
             input_tokens=r.input_tokens, output_tokens=r.output_tokens,
             input_cached_tokens=r.cached_input_tokens, num_model_requests=r.requests,
-            project_id=r.project_id, api_key_id=r.key_id, model=r.model, user_id=r.owner_id,
-            batch=False if "batch" in q.groups else None,
-        )  # fmt: skip
-
-    w = WIDTH_S[q.width]
-    return await _json(lambda: _page(rows, begin, stop, w, more, CompletionsResult, make))
+            batch=batched, **_grouped(r),
+        ),
+        batch,
+    )  # fmt: skip
 
 
 @router.get(
@@ -271,7 +288,12 @@ async def completions_usage(
 )  # fmt: skip
 async def embeddings_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
     """Tokens and requests of embeddings per time bucket."""
-    return await _input_usage(ctx, principal.org_id, q, "embeddings", EmbeddingsResult)
+    return await _usage_page(
+        ctx, principal.org_id, q, ("embeddings",), EmbeddingsResult,
+        lambda r: EmbeddingsResult(
+            input_tokens=r.input_tokens, num_model_requests=r.requests, **_grouped(r)
+        ),
+    )  # fmt: skip
 
 
 @router.get(
@@ -280,7 +302,12 @@ async def embeddings_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
 )  # fmt: skip
 async def moderations_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
     """Tokens and requests of moderations per time bucket."""
-    return await _input_usage(ctx, principal.org_id, q, "moderations", ModerationsResult)
+    return await _usage_page(
+        ctx, principal.org_id, q, ("moderations",), ModerationsResult,
+        lambda r: ModerationsResult(
+            input_tokens=r.input_tokens, num_model_requests=r.requests, **_grouped(r)
+        ),
+    )  # fmt: skip
 
 
 @router.get(
@@ -288,16 +315,10 @@ async def moderations_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
 )
 async def images_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
     """Images generated and requests per time bucket."""
-    rows, begin, stop, more = await _usage(ctx, principal.org_id, q, ("images.generations",), None)
-
-    def make(r: UsageBucket) -> ImagesResult:
-        return ImagesResult(
-            images=r.images, num_model_requests=r.requests, project_id=r.project_id,
-            api_key_id=r.key_id, model=r.model, user_id=r.owner_id,
-        )  # fmt: skip
-
-    w = WIDTH_S[q.width]
-    return await _json(lambda: _page(rows, begin, stop, w, more, ImagesResult, make))
+    return await _usage_page(
+        ctx, principal.org_id, q, ("images.generations",), ImagesResult,
+        lambda r: ImagesResult(images=r.images, num_model_requests=r.requests, **_grouped(r)),
+    )  # fmt: skip
 
 
 @router.get(
@@ -306,35 +327,13 @@ async def images_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
 )  # fmt: skip
 async def audio_transcriptions_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
     """Seconds of audio transcribed or translated, and requests, per time bucket."""
-    endpoints = ("audio.transcriptions", "audio.translations")
-    rows, begin, stop, more = await _usage(ctx, principal.org_id, q, endpoints, None)
-
-    def make(r: UsageBucket) -> AudioTranscriptionsResult:
-        return AudioTranscriptionsResult(
-            seconds=r.audio_seconds, num_model_requests=r.requests, project_id=r.project_id,
-            api_key_id=r.key_id, model=r.model, user_id=r.owner_id,
-        )  # fmt: skip
-
-    w = WIDTH_S[q.width]
-    return await _json(lambda: _page(rows, begin, stop, w, more, AudioTranscriptionsResult, make))
-
-
-In = TypeVar("In", bound=InputResult)
-
-
-async def _input_usage(
-    ctx: Ctx, org_id: str, q: UsageQuery, endpoint: str, result: type[In]
-) -> Response:
-    rows, begin, stop, more = await _usage(ctx, org_id, q, (endpoint,), None)
-
-    def make(r: UsageBucket) -> In:
-        return result(
-            input_tokens=r.input_tokens, num_model_requests=r.requests, project_id=r.project_id,
-            api_key_id=r.key_id, model=r.model, user_id=r.owner_id,
-        )  # fmt: skip
-
-    w = WIDTH_S[q.width]
-    return await _json(lambda: _page(rows, begin, stop, w, more, result, make))
+    return await _usage_page(
+        ctx, principal.org_id, q, ("audio.transcriptions", "audio.translations"),
+        AudioTranscriptionsResult,
+        lambda r: AudioTranscriptionsResult(
+            seconds=r.audio_seconds, num_model_requests=r.requests, **_grouped(r)
+        ),
+    )  # fmt: skip
 
 
 @router.get("/costs", tags=["usage"], name="costs.list", response_model=BucketPage[CostResult])
