@@ -267,16 +267,41 @@ def test_function_tools_are_forwarded(kp: Keyplane) -> None:
     kp.usage(expect=1)
 
 
-def test_continuing_a_response_needs_the_models_context_window(kp: Keyplane) -> None:
-    """sim-chat's price entry sets no context window: what a stored conversation adds to the input
-    cannot be bounded, so no hold can be placed for it."""
-    c = client(kp)
-    first = c.responses.create(model="sim-chat", input=QUESTION, max_output_tokens=3)
+def test_a_continuation_is_held_at_what_the_stored_response_carries(
+    tmp_path: Path, simulator: ServerThread
+) -> None:
+    """The stored response's input and output, as its upstream reported them, are all a
+    continuation can carry over: the hold counts them, not the model's whole context window
+    (gpt-4o's 128,000 tokens would hold $0.32, more than this organization has)."""
+    kp = start_keyplane(tmp_path, simulator.url + "/v1", credit=50_000)
+    try:
+        c = client(kp)
+        first = c.responses.create(model="gpt-4o", input=QUESTION, max_output_tokens=16)
+        second = c.responses.create(
+            model="gpt-4o", input="more", previous_response_id=first.id, max_output_tokens=16
+        )
+        assert second.usage is not None and first.usage is not None
+        assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+        spent = sum(r.cost_micro_usd for r in kp.usage(expect=2))
+        assert kp.container.billing.balance(kp.org.id).available == 50_000 - spent
+    finally:
+        kp.server.stop()
+        kp.container.close()
+
+
+def test_a_continuation_of_what_was_not_reported_needs_the_models_context_window(
+    slow_kp: Keyplane,
+) -> None:
+    """A stream cut short reported no usage: what continuing it carries is bounded by the model's
+    context window only, and sim-chat's price entry sets none, so no hold can be placed."""
+    kp = slow_kp
+    first_id = stream_a_little(kp, {"model": "sim-chat", "input": QUESTION}, 1)
+    kp.usage(expect=1)  # (its request has ended: noted with what it carries, unknown)
     with pytest.raises(openai.BadRequestError) as refused:
-        c.responses.create(model="sim-chat", input="more", previous_response_id=first.id)
+        client(kp).responses.create(model="sim-chat", input="more", previous_response_id=first_id)
     assert refused.value.param == "previous_response_id"
     assert "context_window" in refused.value.message
-    kp.usage(expect=1)
+    assert len(kp.usage()) == 1
 
 
 def test_the_output_cap_is_lowered_to_what_the_money_affords(

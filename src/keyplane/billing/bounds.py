@@ -57,16 +57,21 @@ class UnboundedInput(ValueError):
 
 
 def input_token_bound(
-    body_len: int, payload: dict[str, Any], price: Price, *, carried: bool = False
-) -> int:
+    body_len: int, payload: dict[str, Any], price: Price, *, carried: bool = False,
+    carried_tokens: int | None = None,
+) -> int:  # fmt: skip
     """An upper bound on the prompt tokens of a request body on ``price``'s model. ``carried``: the
     upstream also reads context the body does not hold (a Responses API request that continues a
-    stored response), bounded by the model's context window."""
+    stored response): ``carried_tokens`` when known (the stored response's own input and output,
+    as its upstream reported them: all it can carry over), else the model's context window."""
     images, image_bytes, files = _media(payload.get("messages"))
     more_images, more_bytes, more_files = _media(payload.get("input"))  # Responses, moderations
     images, image_bytes, files = images + more_images, image_bytes + more_bytes, files or more_files
     per_image = price.image_input_tokens or IMAGE_TOKEN_ALLOWANCE
     bound = max(body_len - image_bytes, 0) + images * per_image
+    if carried and carried_tokens is not None:
+        bound += min(carried_tokens, price.context_window or carried_tokens)
+        carried = False
     if files or carried:
         window = price.context_window
         if window is None:

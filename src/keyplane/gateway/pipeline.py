@@ -202,7 +202,7 @@ class Call:
         self.stored_at: Upstream | None = None
         self.store = False  # a Responses API request whose response the upstream stores
         self.carried: int | None = None  # the tokens a continued response adds, if known
-        self.used = 0  # the input and output tokens it was billed for
+        self.used: int | None = None  # the input and output tokens its upstream reported
         self.choices = 1  # the outputs it asks for (images: how many)
         self.image_price = 0  # micro-dollars per image generated (per_image endpoints)
         self.audio_bytes = 0  # the size of the audio file uploaded (audio_in endpoints)
@@ -343,8 +343,9 @@ class Pipeline:
             choices *= _prompt_count(payload.get("prompt"))
         try:
             call.input_bound = input_token_bound(
-                len(body), payload, call.price, carried=call.stored_at is not None
-            )
+                len(body), payload, call.price, carried=call.stored_at is not None,
+                carried_tokens=call.carried,
+            )  # fmt: skip
             bound = cost_bound(call.price, call.input_bound, choices)
             if call.endpoint.per_image:
                 call.choices, call.image_price = choices, _image_price(call.price, payload)
@@ -705,7 +706,7 @@ class Pipeline:
         call.metered = True
         now = self.clock.now()
         inp, cached, out = used
-        call.used = inp + out
+        call.used = None if estimated else inp + out
         # Tokens beyond what the request could use (an upstream's wrong usage) are charged at
         # most the hold, and count at most that much against TPM limits too.
         self.rates.settle(call.ticket, min(inp, call.input_bound) + min(out, call.held_output), now)

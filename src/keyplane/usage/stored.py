@@ -20,8 +20,9 @@ class StoredResponse:
     project_id: str
     upstream: str  # the name of the upstream that stored it
     created_at: int
-    # What continuing it adds to a request's input (its input and output tokens), for the
-    # estimate a continuation is billed on when no usage comes; None until its request ended.
+    # What continuing it adds to a request's input at most: its input and output tokens, as its
+    # upstream reported them (None until its request ended, or when they were not reported). A
+    # continuation's hold counts them, and so does its estimate when no usage comes.
     context_tokens: int | None = None
 
 
