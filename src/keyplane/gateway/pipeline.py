@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from keyplane.billing.bounds import CostBound, UnboundedInput, cost_bound, input
 from keyplane.billing.wallet import Hold, OrgMoney
 from keyplane.clock import Clock
 from keyplane.errors import KeyplaneError
+from keyplane.gateway import media
 from keyplane.gateway.access import AccessGuard, Levels
 from keyplane.gateway.asgi import Receive, Send, header, send_bytes
 from keyplane.gateway.errors import (
@@ -35,10 +35,9 @@ from keyplane.gateway.errors import (
     model_not_found,
     model_not_priced,
 )
-from keyplane.gateway.forms import parse_form
 from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.ratelimits import RateGuard
-from keyplane.gateway.responses import ResponseOwners, previous_not_found
+from keyplane.gateway.responses import ResponseOwners, check_request, previous_not_found
 from keyplane.gateway.streaming import (
     SseAccounting,
     answer_usage,
@@ -70,19 +69,8 @@ _ADMIN = KeyKind.ADMIN
 _COMPLETED = Outcome.COMPLETED
 MAX_CHOICES = 128  # n and best_of at most (OpenAI's limit for n)
 UNCAPPED_OUTPUT = 4096  # the output TPM counts for a request without max_tokens (corrected later)
-# Audio uploads: OpenAI takes files of up to 25 MB (and the form around them).
-AUDIO_MAX_BYTES = 25 * 1024 * 1024 + 256 * 1024
-# The fewest bytes a second of audio takes in any format the API reads (Opus at 6 kbit/s): what
-# bounds a file's duration, and so its hold.
-MIN_AUDIO_BYTES_PER_S = 750
-# A common bitrate (MP3 at 128 kbit/s): a duration estimate when the upstream reports none.
-USUAL_AUDIO_BYTES_PER_S = 16_000
 # The fields that cap chat's and completions' output.
 _CAPS = ("max_completion_tokens", "max_tokens")
-# Responses API tools keyplane forwards: those the client runs itself. The upstream's own (web and
-# file search, code interpreter, image generation, computer use, remote MCP servers) charge fees
-# per call and read their results into the context, which no hold made beforehand can bound.
-CLIENT_TOOLS = frozenset({"function", "custom"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,10 +263,12 @@ class Pipeline:
 
     async def _handle(self, call: Call, scope: Any, receive: Receive, send: Send) -> None:
         audio = call.endpoint.audio_in
-        body = await self._read_body(scope, receive, AUDIO_MAX_BYTES if audio else 0)
-        payload = (
-            await self._audio_form(call, scope, body) if audio else _parse(body, call.endpoint)
-        )
+        body = await self._read_body(scope, receive, media.AUDIO_MAX_BYTES if audio else 0)
+        if audio:  # (a multipart upload of tens of megabytes: parsed on a worker thread)
+            form = await asyncio.to_thread(media.audio_form, body, header(scope, b"content-type"))
+            payload, call.audio_bytes, call.longest = form
+        else:
+            payload = _parse(body, call.endpoint)
         rewrite = False
         if payload.get("model") is None:  # (_parse allowed it: the endpoint has a default)
             payload["model"] = call.endpoint.default_model
@@ -348,10 +338,12 @@ class Pipeline:
             )  # fmt: skip
             bound = cost_bound(call.price, call.input_bound, choices)
             if call.endpoint.per_image:
-                call.choices, call.image_price = choices, _image_price(call.price, payload)
+                call.choices, call.image_price = choices, media.image_price(call.price, payload)
                 bound = CostBound(bound.fixed + choices * call.image_price * MICRO, 0)
             elif audio:  # the longest the upload may play, at the lowest bitrate of any format
-                bound = CostBound(bound.fixed + _audio_cost(call.price, call.longest) * MICRO, 0)
+                bound = CostBound(
+                    bound.fixed + media.audio_cost(call.price, call.longest) * MICRO, 0
+                )
         except UnboundedInput as exc:
             if exc.carried:
                 param, code = "previous_response_id", "unsupported_parameter"
@@ -386,7 +378,9 @@ class Pipeline:
                 used = (call.estimated_input, 0, call.held_output) if call.forwarded else (0, 0, 0)
                 images = call.choices if call.forwarded and call.endpoint.per_image else 0
                 seconds = (
-                    min(_likely_seconds(call.audio_bytes), call.longest) if call.forwarded else 0
+                    min(media.likely_seconds(call.audio_bytes), call.longest)
+                    if call.forwarded
+                    else 0
                 )
                 self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True, images=images,
                             seconds=seconds)  # fmt: skip
@@ -483,7 +477,9 @@ class Pipeline:
             used = (call.estimated_input, 0, out) if exc.reached else (0, 0, 0)
             outcome = Outcome.UPSTREAM_BROKEN if exc.partial else Outcome.UPSTREAM_UNREACHABLE
             images = call.choices if exc.reached and call.endpoint.per_image else 0
-            seconds = min(_likely_seconds(call.audio_bytes), call.longest) if exc.reached else 0
+            seconds = (
+                min(media.likely_seconds(call.audio_bytes), call.longest) if exc.reached else 0
+            )
             self._meter(call, status, used, outcome, estimated=exc.reached, images=images,
                         seconds=seconds)  # fmt: skip
             advice = (
@@ -514,7 +510,7 @@ class Pipeline:
                 self._meter(call, resp.status, (0, 0, 0), _COMPLETED, estimated=False)
                 content = _in_envelope(resp.status, content, out_headers)
             elif call.endpoint.per_image:  # billed per image it made
-                made = _images_made(content, call.choices)
+                made = media.images_made(content, call.choices)
                 if made < 0:  # no list of images: the upstream may have made them all
                     self._meter(call, 502, (0, 0, 0), Outcome.UPSTREAM_BROKEN, estimated=True,
                                 images=call.choices)  # fmt: skip
@@ -524,8 +520,8 @@ class Pipeline:
                     )  # fmt: skip
                 self._meter(call, 200, (0, 0, 0), _COMPLETED, estimated=False, images=made)
             elif call.endpoint.audio_in:  # billed per second of audio the upstream reports
-                said = _reported_seconds(content)
-                heard = said if said is not None else _likely_seconds(call.audio_bytes)
+                said = media.reported_seconds(content)
+                heard = said if said is not None else media.likely_seconds(call.audio_bytes)
                 heard = min(heard, call.longest)  # (an upstream's wrong duration: at most the hold)
                 self._meter(call, 200, (0, 0, 0), _COMPLETED, estimated=said is None,
                             seconds=heard)  # fmt: skip
@@ -626,34 +622,6 @@ class Pipeline:
             if call.store and acc.response_id is not None:  # now with what continuing it adds
                 self.stored.note(acc.response_id, call.key, up.name, call.used)
 
-    async def _audio_form(self, call: Call, scope: Any, body: bytes) -> dict[str, Any]:
-        """The fields of a speech-to-text upload, checked (parsed on a worker thread: the body
-        may be tens of megabytes); notes the audio file's size."""
-        form = await asyncio.to_thread(parse_form, body, header(scope, b"content-type"))
-        for name in ("model", "file"):
-            if name not in form.fields and not (name == "file" and form.has_file):
-                raise bad_request(f"Missing required parameter: '{name}'.", param=name)
-        model = form.fields["model"]
-        if not model.strip() or len(model) > 256:
-            raise bad_request("The model must be a non-empty name.", param="model")
-        fmt = form.fields.get("response_format", "json")
-        if fmt not in ("json", "verbose_json"):
-            raise bad_request(
-                f"keyplane bills speech to text by the duration the upstream reports, which only "
-                f"json and verbose_json answers carry, not {fmt[:40]!r}.",
-                param="response_format", code="unsupported_value",
-            )  # fmt: skip
-        if form.fields.get("stream", "false").strip().lower() not in ("false", "0", ""):
-            raise bad_request(
-                "keyplane does not stream speech to text yet.", param="stream",
-                code="unsupported_value",
-            )  # fmt: skip
-        call.audio_bytes = form.file_bytes
-        # Bounded by the whole body, not the file part's size: whatever part the upstream reads
-        # as the audio, it is in there.
-        call.longest = max(1, -(-len(body) // MIN_AUDIO_BYTES_PER_S))
-        return form.fields
-
     async def _read_body(self, scope: Any, receive: Receive, allowed: int = 0) -> bytes:
         """The request's body, up to ``max_body_bytes`` (or ``allowed``, when larger: an
         endpoint taking files)."""
@@ -715,7 +683,7 @@ class Pipeline:
         if images:
             cost += images * call.image_price
         if seconds and price:
-            cost += _audio_cost(price, seconds)
+            cost += media.audio_cost(price, seconds)
         self.money.finish(
             call.hold,
             UsageRecord(
@@ -848,7 +816,7 @@ def _parse(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
     if options is not None and not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object.", param="stream_options")
     if endpoint.responses:
-        _check_responses(payload)
+        check_request(payload)
     for name in endpoint.caps:
         value = payload.get(name)
         if value is not None and (
@@ -862,110 +830,3 @@ def _parse(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
         ):
             raise bad_request(f"'{name}' must be an integer from 1 to {MAX_CHOICES}.", param=name)
     return payload
-
-
-def _check_responses(payload: dict[str, Any]) -> None:
-    """What a Responses API request may ask of keyplane: only what a hold can bound and keyplane
-    can bill, and only this project's stored state."""
-    previous = payload.get("previous_response_id")
-    if previous is not None and (not isinstance(previous, str) or not previous):
-        raise bad_request(
-            "'previous_response_id' must be a non-empty string.", param="previous_response_id"
-        )
-    if payload.get("background") not in (None, False):  # (an upstream may read "true" as true)
-        raise bad_request(
-            "keyplane does not forward background responses: their answer and cost come after the "
-            "request ends. Send the request without 'background' (stream it if it runs long).",
-            param="background", code="unsupported_parameter",
-        )  # fmt: skip
-    for name, what in (("conversation", "conversations"), ("prompt", "stored prompts")):
-        if payload.get(name) is not None:
-            raise bad_request(
-                f"keyplane does not forward {what} ('{name}') yet: send the input itself, or "
-                "continue a response with previous_response_id.",
-                param=name, code="unsupported_parameter",
-            )  # fmt: skip
-    tools = payload.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise bad_request("'tools' must be an array.", param="tools")
-    for tool in tools or ():
-        kind = tool.get("type") if isinstance(tool, dict) else None
-        if not isinstance(kind, str) or kind not in CLIENT_TOOLS:
-            raise bad_request(
-                f"keyplane forwards function and custom tools only, not '{kind}': the "
-                "upstream's own tools charge per call and read their results into the context, "
-                "which keyplane cannot hold money for in advance.",
-                param="tools", code="unsupported_tool",
-            )  # fmt: skip
-    items = payload.get("input")
-    if isinstance(items, list):
-        for item in items:
-            if isinstance(item, dict) and _reference(item):
-                raise bad_request(
-                    "keyplane does not forward item references: they name items the upstream "
-                    "stores, which keyplane cannot tell are this project's. Send the item itself.",
-                    param="input", code="unsupported_parameter",
-                )  # fmt: skip
-
-
-def _reference(item: dict[str, Any]) -> bool:
-    """Whether a Responses API input item names an item the upstream stores instead of carrying
-    it: an ``item_reference``, or an item with no type (the API reads one as a reference) that is
-    not a message."""
-    kind = item.get("type")
-    return kind == "item_reference" or (kind is None and "role" not in item)
-
-
-def _image_price(price: Price, payload: dict[str, Any]) -> int:
-    """Micro-dollars per image the request asks for (its ``quality`` and ``size``, OpenAI's
-    defaults when unset); a 400 when keyplane has no price for them."""
-    quality = payload.get("quality")
-    size = payload.get("size")
-    quality = "standard" if quality is None else quality
-    size = "1024x1024" if size is None else size
-    for name, value in (("quality", quality), ("size", size)):
-        if not isinstance(value, str):
-            raise bad_request(f"'{name}' must be a string.", param=name)
-    unit = price.image_price(quality, size)
-    if unit is None:
-        raise bad_request(
-            f"keyplane has no price for {quality} images of {size} on '{price.model}' (an "
-            "operator sets them in the price table), so it cannot hold money for them.",
-            param="size", code="unsupported_value",
-        )  # fmt: skip
-    return unit
-
-
-def _images_made(content: bytes, asked: int) -> int:
-    """How many images an answer carries (at most ``asked``: no more are held for); -1 when it is
-    not an answer with a list of images."""
-    answer = json_object(content)
-    data = answer.get("data") if answer is not None else None
-    return min(len(data), asked) if isinstance(data, list) else -1
-
-
-def _audio_cost(price: Price, seconds: int) -> int:
-    """Micro-dollars for ``seconds`` of audio at the model's price per minute, rounded up."""
-    return -(-seconds * price.audio_minute // 60)
-
-
-def _reported_seconds(content: bytes) -> int | None:
-    """The seconds of audio a speech-to-text answer says it read (its ``usage`` of type
-    ``duration``, or a verbose answer's ``duration``), rounded up; None when it says none."""
-    answer = json_object(content)
-    if answer is None:
-        return None
-    usage = answer.get("usage")
-    seconds = usage.get("seconds") if isinstance(usage, dict) else None
-    if seconds is None:
-        seconds = answer.get("duration")
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        return None
-    if not 0 <= seconds < 2**31:  # (NaN, infinities and absurd figures: not a duration)
-        return None
-    return math.ceil(seconds)
-
-
-def _likely_seconds(audio_bytes: int) -> int:
-    """A file's duration at a common bitrate: the estimate billed when no duration is reported."""
-    return -(-audio_bytes // USUAL_AUDIO_BYTES_PER_S)

@@ -1,4 +1,5 @@
-"""The Responses API's stored responses: whose each one is, and the requests that name one.
+"""The Responses API: what a request may ask of keyplane, its stored responses, whose each one
+is, and the requests that name one.
 
 The upstream stores a response unless the request says ``store: false``, and answers anyone with
 keyplane's provider key about it. So keyplane notes the project of every response it forwards
@@ -12,15 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from keyplane import reads
 from keyplane.clock import Clock
 from keyplane.errors import StoreUnavailable
-from keyplane.gateway.errors import ApiError
+from keyplane.gateway.errors import ApiError, bad_request
 from keyplane.keys.models import ApiKey
 from keyplane.usage.stored import ResponseStore, StoredResponse
 
 log = logging.getLogger("keyplane.gateway")
+
+# Responses API tools keyplane forwards: those the client runs itself. The upstream's own (web and
+# file search, code interpreter, image generation, computer use, remote MCP servers) charge fees
+# per call and read their results into the context, which no hold made beforehand can bound.
+CLIENT_TOOLS = frozenset({"function", "custom"})
+
 
 PREFIX = "/v1/responses/"
 # (method, what follows the id) → access the key needs: read for a GET, write otherwise.
@@ -94,3 +102,55 @@ def previous_not_found(response_id: str) -> ApiError:
         404, f"Previous response with id '{response_id}' not found.",
         param="previous_response_id", code="previous_response_not_found",
     )  # fmt: skip
+
+
+def check_request(payload: dict[str, Any]) -> None:
+    """What a Responses API request may ask of keyplane: only what a hold can bound and keyplane
+    can bill, and only this project's stored state."""
+    previous = payload.get("previous_response_id")
+    if previous is not None and (not isinstance(previous, str) or not previous):
+        raise bad_request(
+            "'previous_response_id' must be a non-empty string.", param="previous_response_id"
+        )
+    if payload.get("background") not in (None, False):  # (an upstream may read "true" as true)
+        raise bad_request(
+            "keyplane does not forward background responses: their answer and cost come after the "
+            "request ends. Send the request without 'background' (stream it if it runs long).",
+            param="background", code="unsupported_parameter",
+        )  # fmt: skip
+    for name, what in (("conversation", "conversations"), ("prompt", "stored prompts")):
+        if payload.get(name) is not None:
+            raise bad_request(
+                f"keyplane does not forward {what} ('{name}') yet: send the input itself, or "
+                "continue a response with previous_response_id.",
+                param=name, code="unsupported_parameter",
+            )  # fmt: skip
+    tools = payload.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise bad_request("'tools' must be an array.", param="tools")
+    for tool in tools or ():
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if not isinstance(kind, str) or kind not in CLIENT_TOOLS:
+            raise bad_request(
+                f"keyplane forwards function and custom tools only, not '{kind}': the "
+                "upstream's own tools charge per call and read their results into the context, "
+                "which keyplane cannot hold money for in advance.",
+                param="tools", code="unsupported_tool",
+            )  # fmt: skip
+    items = payload.get("input")
+    if isinstance(items, list):
+        for item in items:
+            if isinstance(item, dict) and _reference(item):
+                raise bad_request(
+                    "keyplane does not forward item references: they name items the upstream "
+                    "stores, which keyplane cannot tell are this project's. Send the item itself.",
+                    param="input", code="unsupported_parameter",
+                )  # fmt: skip
+
+
+def _reference(item: dict[str, Any]) -> bool:
+    """Whether a Responses API input item names an item the upstream stores instead of carrying
+    it: an ``item_reference``, or an item with no type (the API reads one as a reference) that is
+    not a message."""
+    kind = item.get("type")
+    return kind == "item_reference" or (kind is None and "role" not in item)

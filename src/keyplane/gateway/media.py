@@ -1,0 +1,103 @@
+"""What images and audio cost: per image (by quality and size), and per second of audio, with the
+bounds a hold needs before the upstream says how many images or seconds it made or heard."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from keyplane.gateway.errors import bad_request
+from keyplane.gateway.forms import parse_form
+from keyplane.gateway.streaming import json_object
+from keyplane.usage.pricing import Price
+
+# Audio uploads: OpenAI takes files of up to 25 MB (and the form around them).
+AUDIO_MAX_BYTES = 25 * 1024 * 1024 + 256 * 1024
+# The fewest bytes a second of audio takes in any format the API reads (Opus at 6 kbit/s): what
+# bounds a file's duration, and so its hold.
+MIN_AUDIO_BYTES_PER_S = 750
+# A common bitrate (MP3 at 128 kbit/s): a duration estimate when the upstream reports none.
+USUAL_AUDIO_BYTES_PER_S = 16_000
+
+
+def audio_form(body: bytes, content_type: bytes | None) -> tuple[dict[str, Any], int, int]:
+    """The fields of a speech-to-text upload, checked; the size of its audio file; and the most
+    seconds it may play (what its hold covers, and the most it is billed)."""
+    form = parse_form(body, content_type)
+    for name in ("model", "file"):
+        if name not in form.fields and not (name == "file" and form.has_file):
+            raise bad_request(f"Missing required parameter: '{name}'.", param=name)
+    model = form.fields["model"]
+    if not model.strip() or len(model) > 256:
+        raise bad_request("The model must be a non-empty name.", param="model")
+    fmt = form.fields.get("response_format", "json")
+    if fmt not in ("json", "verbose_json"):
+        raise bad_request(
+            f"keyplane bills speech to text by the duration the upstream reports, which only "
+            f"json and verbose_json answers carry, not {fmt[:40]!r}.",
+            param="response_format", code="unsupported_value",
+        )  # fmt: skip
+    if form.fields.get("stream", "false").strip().lower() not in ("false", "0", ""):
+        raise bad_request(
+            "keyplane does not stream speech to text yet.", param="stream",
+            code="unsupported_value",
+        )  # fmt: skip
+    # Bounded by the whole body, not the file part's size: whatever part the upstream reads as
+    # the audio, it is in there.
+    longest = max(1, -(-len(body) // MIN_AUDIO_BYTES_PER_S))
+    return form.fields, form.file_bytes, longest
+
+
+def image_price(price: Price, payload: dict[str, Any]) -> int:
+    """Micro-dollars per image the request asks for (its ``quality`` and ``size``, OpenAI's
+    defaults when unset); a 400 when keyplane has no price for them."""
+    quality = payload.get("quality")
+    size = payload.get("size")
+    quality = "standard" if quality is None else quality
+    size = "1024x1024" if size is None else size
+    for name, value in (("quality", quality), ("size", size)):
+        if not isinstance(value, str):
+            raise bad_request(f"'{name}' must be a string.", param=name)
+    unit = price.image_price(quality, size)
+    if unit is None:
+        raise bad_request(
+            f"keyplane has no price for {quality} images of {size} on '{price.model}' (an "
+            "operator sets them in the price table), so it cannot hold money for them.",
+            param="size", code="unsupported_value",
+        )  # fmt: skip
+    return unit
+
+
+def images_made(content: bytes, asked: int) -> int:
+    """How many images an answer carries (at most ``asked``: no more are held for); -1 when it is
+    not an answer with a list of images."""
+    answer = json_object(content)
+    data = answer.get("data") if answer is not None else None
+    return min(len(data), asked) if isinstance(data, list) else -1
+
+
+def audio_cost(price: Price, seconds: int) -> int:
+    """Micro-dollars for ``seconds`` of audio at the model's price per minute, rounded up."""
+    return -(-seconds * price.audio_minute // 60)
+
+
+def reported_seconds(content: bytes) -> int | None:
+    """The seconds of audio a speech-to-text answer says it read (its ``usage`` of type
+    ``duration``, or a verbose answer's ``duration``), rounded up; None when it says none."""
+    answer = json_object(content)
+    if answer is None:
+        return None
+    usage = answer.get("usage")
+    seconds = usage.get("seconds") if isinstance(usage, dict) else None
+    if seconds is None:
+        seconds = answer.get("duration")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return None
+    if not 0 <= seconds < 2**31:  # (NaN, infinities and absurd figures: not a duration)
+        return None
+    return math.ceil(seconds)
+
+
+def likely_seconds(audio_bytes: int) -> int:
+    """A file's duration at a common bitrate: the estimate billed when no duration is reported."""
+    return -(-audio_bytes // USUAL_AUDIO_BYTES_PER_S)
