@@ -185,18 +185,17 @@ class Gateway:
         """A stored response read, deleted or cancelled, or its input items listed: for keys of
         the project that created it, from the upstream storing it; free (nothing is generated)."""
         response_id, _, rest = path.removeprefix(responses.PREFIX).partition("/")
-        need = responses.ROUTES.get((method, rest))
-        if need is None or not response_id:
+        access = responses.ROUTES.get((method, rest))
+        if access is None or not response_id:
             raise ApiError(404, f"Invalid URL ({method} {path})")
         pipeline = self.pipeline
-        access = Access.READ if need == "read" else _WRITE
         key, _levels = await pipeline.admit_caller(
             scope, pipeline.access.client_ip(scope), Group.CHAT, access
         )
-        stored = await pipeline.stored.owned(response_id, key)
-        up = pipeline.router.named(stored.upstream) if stored is not None else None
-        if up is None:
+        found = await pipeline.stored_at(response_id, key)
+        if found is None:
             raise responses.not_found(response_id)
+        _, up = found
         query = scope.get("query_string", b"").decode("latin-1")
         target = path.removeprefix("/v1") + (f"?{query}" if query else "")
         try:

@@ -56,6 +56,7 @@ from keyplane.limits.ratelimit import Dimension, LimitScope, Ticket
 from keyplane.usage import tokens
 from keyplane.usage.pricing import MICRO, Price, PriceTable
 from keyplane.usage.records import Outcome, UsageRecord
+from keyplane.usage.stored import StoredResponse
 
 log = logging.getLogger("keyplane.gateway")
 
@@ -376,14 +377,18 @@ class Pipeline:
                 # Forwarded, with no answer yet (a shutdown's cancellation, say): the upstream
                 # goes on and bills it, so the most it may write is billed, as after a crash.
                 used = (call.estimated_input, 0, call.held_output) if call.forwarded else (0, 0, 0)
-                images = call.choices if call.forwarded and call.endpoint.per_image else 0
-                seconds = (
-                    min(media.likely_seconds(call.audio_bytes), call.longest)
-                    if call.forwarded
-                    else 0
-                )
+                images, seconds = _unanswered_media(call) if call.forwarded else (0, 0)
                 self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True, images=images,
                             seconds=seconds)  # fmt: skip
+
+    async def stored_at(
+        self, response_id: str, key: ApiKey
+    ) -> tuple[StoredResponse, Upstream] | None:
+        """A stored response of ``key``'s project and the upstream storing it, if still configured
+        (None: another project's, unknown, or on an upstream gone from the settings)."""
+        stored = await self.stored.owned(response_id, key)
+        up = self.router.named(stored.upstream) if stored is not None else None
+        return None if stored is None or up is None else (stored, up)
 
     async def _continued(self, call: Call, payload: dict[str, Any]) -> list[Upstream]:
         """The upstreams a Responses API request may go to: those serving its model, or, when it
@@ -393,10 +398,10 @@ class Pipeline:
         previous = payload.get("previous_response_id")
         if previous is None:
             return await self.router.candidates(call.model)
-        stored = await self.stored.owned(previous, call.key)
-        up = self.router.named(stored.upstream) if stored is not None else None
-        if stored is None or up is None:
+        found = await self.stored_at(previous, call.key)
+        if found is None:
             raise previous_not_found(previous)
+        stored, up = found
         if up not in await self.router.candidates(call.model):
             raise ApiError(
                 404, f"The model `{call.model}` is not served where the previous response is "
@@ -476,10 +481,7 @@ class Pipeline:
             out = estimated_output(exc.partial) if exc.partial and call.endpoint.has_output else 0
             used = (call.estimated_input, 0, out) if exc.reached else (0, 0, 0)
             outcome = Outcome.UPSTREAM_BROKEN if exc.partial else Outcome.UPSTREAM_UNREACHABLE
-            images = call.choices if exc.reached and call.endpoint.per_image else 0
-            seconds = (
-                min(media.likely_seconds(call.audio_bytes), call.longest) if exc.reached else 0
-            )
+            images, seconds = _unanswered_media(call) if exc.reached else (0, 0)
             self._meter(call, status, used, outcome, estimated=exc.reached, images=images,
                         seconds=seconds)  # fmt: skip
             advice = (
@@ -732,6 +734,14 @@ def _in_envelope(status: int, content: bytes, headers: list[tuple[bytes, bytes]]
     kind = "server_error" if status >= 500 else "invalid_request_error"
     message = f"The upstream answered {status} without an error in OpenAI's format."
     return orjson.dumps(ApiError(status, message, type=kind, code="upstream_error").body())
+
+
+def _unanswered_media(call: Call) -> tuple[int, int]:
+    """(images, seconds of audio) a request the upstream may have served without answering is
+    billed: all the images it asked for; the audio's likely duration, at most what was held."""
+    images = call.choices if call.endpoint.per_image else 0
+    seconds = min(media.likely_seconds(call.audio_bytes), call.longest)
+    return images, seconds
 
 
 def _prompt_count(prompt: Any) -> int:

@@ -20,6 +20,7 @@ from keyplane.clock import Clock
 from keyplane.errors import StoreUnavailable
 from keyplane.gateway.errors import ApiError, bad_request
 from keyplane.keys.models import ApiKey
+from keyplane.keys.permissions import Access
 from keyplane.usage.stored import ResponseStore, StoredResponse
 
 log = logging.getLogger("keyplane.gateway")
@@ -33,10 +34,10 @@ CLIENT_TOOLS = frozenset({"function", "custom"})
 PREFIX = "/v1/responses/"
 # (method, what follows the id) → access the key needs: read for a GET, write otherwise.
 ROUTES = {
-    ("GET", ""): "read",
-    ("DELETE", ""): "write",
-    ("GET", "input_items"): "read",
-    ("POST", "cancel"): "write",
+    ("GET", ""): Access.READ,
+    ("DELETE", ""): Access.WRITE,
+    ("GET", "input_items"): Access.READ,
+    ("POST", "cancel"): Access.WRITE,
 }
 
 

@@ -213,10 +213,7 @@ class UpstreamRouter:
                 except PoolBusy as busy:
                     log.warning("upstream %s: %s", up.name, busy)
                     failed(up.name, "pool_busy")
-                    raise UpstreamUnavailable(
-                        f"Every connection to the upstream '{up.name}' is busy; retry shortly.",
-                        busy=True,
-                    ) from None
+                    raise _busy(up.name) from None
                 except ReadTimedOut:
                     # The request reached the upstream and may be costing money: do not repeat it.
                     failed(up.name, "timeout")
@@ -237,12 +234,8 @@ class UpstreamRouter:
                         f"The upstream '{up.name}' {what}.", reached=True
                     ) from None
                 if resp.status in REFUSED_STATUSES:
-                    log.error(
-                        "upstream %s refused keyplane's credentials (HTTP %d): check its api_key",
-                        up.name, resp.status,
-                    )  # fmt: skip
                     await resp.aclose()
-                    failed(up.name, "refused_credentials")
+                    self._note_refused(up, resp.status)
                     refused = (up.name, resp.status)
                     break
                 if resp.status in RETRY_STATUSES:
@@ -255,12 +248,7 @@ class UpstreamRouter:
         if last is not None and last_up is not None:
             return last, None if stream else await self._read(last), last_up
         if refused is not None:
-            name, status = refused
-            raise UpstreamUnavailable(
-                f"The upstream '{name}' refused keyplane's credentials for it (HTTP {status}): the "
-                "operator must check its provider API key. Your own key is fine.",
-                refused=True,
-            )
+            raise _refused(*refused)
         raise UpstreamUnavailable("No upstream serving this model could be reached.")
 
     def named(self, name: str) -> Upstream | None:
@@ -284,9 +272,7 @@ class UpstreamRouter:
             raise UpstreamUnavailable(f"The upstream '{up.name}' timed out.") from None
         except PoolBusy:
             self.meter.upstream_failed(up.name, "pool_busy")
-            raise UpstreamUnavailable(
-                f"Every connection to the upstream '{up.name}' is busy; retry shortly.", busy=True
-            ) from None
+            raise _busy(up.name) from None
         except UpstreamError as exc:
             self.meter.upstream_failed(up.name, "connect")
             log.warning("upstream %s unreachable: %s", up.name, exc)
@@ -296,17 +282,16 @@ class UpstreamRouter:
         finally:
             await resp.aclose()
         if resp.status in REFUSED_STATUSES:
-            log.error(
-                "upstream %s refused keyplane's credentials (HTTP %d): check its api_key",
-                up.name, resp.status,
-            )  # fmt: skip
-            self.meter.upstream_failed(up.name, "refused_credentials")
-            raise UpstreamUnavailable(
-                f"The upstream '{up.name}' refused keyplane's credentials (HTTP {resp.status}): "
-                "the operator must check its provider API key. Your own key is fine.",
-                refused=True,
-            )
+            self._note_refused(up, resp.status)
+            raise _refused(up.name, resp.status)
         return resp, content
+
+    def _note_refused(self, up: Upstream, status: int) -> None:
+        log.error(
+            "upstream %s refused keyplane's credentials (HTTP %d): check its api_key",
+            up.name, status,
+        )  # fmt: skip
+        self.meter.upstream_failed(up.name, "refused_credentials")
 
     @staticmethod
     async def _read(resp: UpstreamResponse) -> bytes:
@@ -319,3 +304,17 @@ class UpstreamRouter:
                 reached=True,
                 partial=exc.partial if resp.status == 200 else b"",
             ) from None
+
+
+def _busy(name: str) -> UpstreamUnavailable:
+    return UpstreamUnavailable(
+        f"Every connection to the upstream '{name}' is busy; retry shortly.", busy=True
+    )
+
+
+def _refused(name: str, status: int) -> UpstreamUnavailable:
+    return UpstreamUnavailable(
+        f"The upstream '{name}' refused keyplane's credentials for it (HTTP {status}): the "
+        "operator must check its provider API key. Your own key is fine.",
+        refused=True,
+    )
