@@ -276,6 +276,7 @@ def build_gateway(
             HoldJournal(s.data_dir / "journal"),
             usage_limit_for=container.billing.usage_limit_for,
             hold_ttl_s=s.hold_ttl_s,
+            gateway_timeout_s=s.gateway_timeout_s,
             min_output_tokens=s.min_output_tokens,
             batch_size=s.usage_batch_size,
             max_unstored=s.max_unstored_settlements,

@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     tier_check_interval_s: float = Field(default=3600.0, gt=0)  # periodic tier promotion check
     hold_ttl_s: int = Field(default=900, ge=1)  # an orphaned hold is settled after this long
     sweep_interval_s: float = Field(default=5.0, gt=0)
+    # A gateway silent this long (it says it is alive at each sweep) counts as stopped: the holds
+    # it stored open are settled by the next sweep instead of at their expiry.
+    gateway_timeout_s: int = Field(default=30, ge=1)
     min_output_tokens: int = Field(default=16, ge=1)  # a clamp below this refuses the request
     default_max_output_tokens: int = Field(default=4096, ge=1)  # models with no known output cap
 

@@ -1,7 +1,8 @@
 """A gateway killed (SIGKILL) between hold and settle: after a restart the sweeper resolves the
-hold once its expiry passes — billed at the hold, the worst case the request could have cost —
-and nothing is released or charged twice (BRIEF C12). Killed either before the hold reached the
-database (it was only in the hold journal) or after."""
+hold — billed at the hold, the worst case the request could have cost — without waiting for its
+expiry, and nothing is released or charged twice (BRIEF C12). Killed either before the hold
+reached the database (it was only in the hold journal) or after. A gateway still running keeps
+its holds: another gateway on the database settles them only once it is gone."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from sqlalchemy import func, select
 from conftest import PEPPER, make_settings
 from keyplane import bootstrap
 from keyplane.keys.format import KeyKind
-from keyplane.storage.billing_tables import holds, ledger_entries
+from keyplane.storage.billing_tables import gateways, holds, ledger_entries
 from kptest import ServerThread, wait_until
 
 DOLLAR = 1_000_000
@@ -76,6 +77,18 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:
     proc.stdout.close()
 
 
+def ask(url: str, key: str) -> None:
+    """A chat completion the upstream never answers (the gateway dies under it)."""
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 500}
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.post(
+            url + "/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+
+
 def stored_holds(container: bootstrap.Container) -> list[Any]:
     with container.engine.connect() as conn:
         return list(conn.execute(select(holds)).mappings())
@@ -102,25 +115,16 @@ def test_sigkill_between_hold_and_settle(tmp_path: Path, hold_stored: bool) -> N
             [{"base_url": upstream_server.url + "/v1", "models": ["gpt-4o"]}]
         ),
         # A hold recovered from the dead gateway's journal is settled at once; one it had stored
-        # open waits for its expiry (another gateway's open holds look the same).
-        "KEYPLANE_HOLD_TTL_S": "2" if hold_stored else "3600",
+        # open once no live gateway is older than it (the restarted one is younger), long before
+        # it expires.
+        "KEYPLANE_HOLD_TTL_S": "3600",
         "KEYPLANE_SWEEP_INTERVAL_S": "0.05",
+        "KEYPLANE_GATEWAY_TIMEOUT_S": "1",  # the killed gateway's silence that counts as stopped
         # Journal-only: no flush runs before the kill, so the hold is only in the journal.
         "KEYPLANE_USAGE_FLUSH_INTERVAL_S": "0.05" if hold_stored else "3600",
     }
     proc, url = serve(env)
-    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 500}
-
-    def request() -> None:
-        with contextlib.suppress(httpx.HTTPError):  # the gateway dies under it
-            httpx.post(
-                url + "/chat/completions",
-                json=body,
-                headers={"authorization": f"Bearer {key}"},
-                timeout=30,
-            )
-
-    client = threading.Thread(target=request)
+    client = threading.Thread(target=ask, args=(url, key))
     client.start()
     try:
         assert upstream.received.wait(30), "the request never reached the upstream"
@@ -142,7 +146,7 @@ def test_sigkill_between_hold_and_settle(tmp_path: Path, hold_stored: bool) -> N
             held = json.loads(line)[3]  # the hold's amount
 
         env["KEYPLANE_USAGE_FLUSH_INTERVAL_S"] = "0.05"
-        proc, url = serve(env)  # the restarted gateway counts the hold, then sweeps it once expired
+        proc, url = serve(env)  # the restarted gateway counts the hold, then sweeps it
         try:
             wait_until(lambda: list(container.usage_store.query(org.id)), timeout=30)
         finally:
@@ -161,6 +165,80 @@ def test_sigkill_between_hold_and_settle(tmp_path: Path, hold_stored: bool) -> N
         with container.engine.connect() as conn:
             assert conn.execute(select(func.sum(ledger_entries.c.amount_micro))).scalar() == 0
     finally:
+        upstream_server.loop.call_soon_threadsafe(upstream.release.set)  # type: ignore[union-attr]
+        upstream_server.stop()
+        container.close()
+
+
+def test_a_running_gateways_open_holds_are_settled_by_another_only_once_it_is_gone(
+    tmp_path: Path,
+) -> None:
+    """Two gateways on one database: the second (started later) loads the first's open hold and
+    leaves it to it while it runs, however long; killed, its hold is settled by the second once
+    the first has been silent for ``gateway_timeout_s``, at the hold, once."""
+    upstream = HangingUpstream()
+    upstream_server = ServerThread(upstream).start()
+    container = bootstrap.build(make_settings(tmp_path))
+    owner, org, project = container.accounts.initialize(
+        email="o@example.com", password="correct horse battery", org_name="Two"
+    )
+    _, key = container.keys.create(
+        kind=KeyKind.PROJECT, org_id=org.id, project_id=project.id, name="k",
+        owner_type="user", owner_id=owner.id, created_by=owner.id,
+    )  # fmt: skip
+    container.billing.grant(org.id, DOLLAR)
+    env = {
+        **os.environ,
+        "KEYPLANE_DATA_DIR": str(tmp_path),
+        "KEYPLANE_PEPPER": PEPPER,
+        "KEYPLANE_UPSTREAMS": json.dumps(
+            [{"base_url": upstream_server.url + "/v1", "models": ["gpt-4o"]}]
+        ),
+        "KEYPLANE_HOLD_TTL_S": "3600",
+        "KEYPLANE_SWEEP_INTERVAL_S": "0.05",
+        "KEYPLANE_GATEWAY_TIMEOUT_S": "1",
+        "KEYPLANE_USAGE_FLUSH_INTERVAL_S": "0.05",
+    }
+
+    def running() -> dict[str, tuple[int, int]]:
+        with container.engine.connect() as conn:
+            rows = conn.execute(select(gateways)).all()
+        return {row.id: (row.started_at, row.seen_at) for row in rows}
+
+    first, url = serve(env)
+    client = threading.Thread(target=ask, args=(url, key), daemon=True)
+    second = None
+    try:
+        client.start()
+        assert upstream.received.wait(30), "the request never reached the upstream"
+        wait_until(lambda: stored_holds(container) != [])
+        [first_id] = running()
+        second, _ = serve(env)
+        wait_until(lambda: len(running()) == 2)
+        [second_id] = set(running()) - {first_id}
+        # The second gateway sweeps every 0.05 s: two seconds of its sweeps with the first alive.
+        started = running()[second_id][0]
+        wait_until(lambda: running()[second_id][1] >= started + 2, timeout=30)
+        [hold] = stored_holds(container)
+        assert hold["status"] == "open" and list(container.usage_store.query(org.id)) == []
+        stop(first, signal.SIGKILL)
+        wait_until(lambda: list(container.usage_store.query(org.id)), timeout=30)
+        assert set(running()) == {second_id}  # the silent one forgotten
+        assert stored_holds(container) == []
+        [record] = container.usage_store.query(org.id)
+        assert record.outcome.value == "gateway_lost"
+        assert record.cost_micro_usd == hold["amount_micro"]
+        balance = container.billing.balance(org.id)
+        assert (balance.held, balance.spent) == (0, hold["amount_micro"])
+        with container.engine.connect() as conn:
+            assert conn.execute(select(func.sum(ledger_entries.c.amount_micro))).scalar() == 0
+        stop(second)
+        second = None
+        assert running() == {}  # a gateway stopped cleanly says so
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                stop(proc, signal.SIGKILL)
         upstream_server.loop.call_soon_threadsafe(upstream.release.set)  # type: ignore[union-attr]
         upstream_server.stop()
         container.close()

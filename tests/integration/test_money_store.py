@@ -398,3 +398,19 @@ def test_usage_adds_up_per_day_and_per_bucket_on_either_database(engine: Engine)
     # Buckets start at ``start``: a day from 01:00 holds the 01:01 request and the next day's.
     whole = store.buckets("org_u", start=day + 3600, end=day + 3 * 86400, width_s=86400)
     assert [(b.start, b.requests) for b in whole] == [(day + 3600, 2)]
+
+
+def test_gateways_say_they_are_alive_and_the_oldest_live_one_is_known(engine: Engine) -> None:
+    """What the sweeper asks: when did the oldest gateway still running start? An open hold
+    placed before then was placed by a gateway that is gone."""
+    store = SqlMoneyStore(engine)
+    assert store.beat("gw_a", 100, 100, 30) == 100  # alone
+    assert store.beat("gw_b", 120, 120, 30) == 100  # a started first and is alive
+    assert store.beat("gw_a", 100, 125, 30) == 100
+    assert store.beat("gw_b", 120, 155, 30) == 100  # a silent for exactly 30 s: still counted
+    assert store.beat("gw_b", 120, 156, 30) == 120  # silent longer: gone (and forgotten)
+    assert store.beat("gw_a", 100, 157, 30) == 100  # back: the same process, then
+    store.leave("gw_a")
+    assert store.beat("gw_b", 120, 158, 30) == 120
+    store.leave("gw_b")
+    assert store.beat("gw_c", 200, 200, 30) == 200

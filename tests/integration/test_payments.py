@@ -68,6 +68,107 @@ def test_a_purchase_is_charged_once_and_credited_exactly(tmp_path: Path, databas
         c.close()
 
 
+class Crash(Exception):
+    """The process dying at this point: nothing after it runs, the claim's release included."""
+
+
+def test_a_purchase_cut_short_by_a_crash_is_retried_once(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after the charge and its credit, before the payment's line and the key's response
+    were stored: the key does not stay "in progress" forever; a retry a minute later completes it,
+    charging and crediting nothing more, and later retries replay it."""
+    clock = FrozenClock()
+    c, _, org, _, _ = initialized(
+        tmp_path, "http://sim/v1", clock=clock, credit=0, database_url=database_url
+    )
+    try:
+        c.payments.add_method(org.id, VISA)
+
+        def crash(*args: object, **kwargs: object) -> None:
+            raise Crash
+
+        monkeypatch.setattr(c.payments._store, "add_payment", crash)
+        monkeypatch.setattr(c.money_store, "release_idempotency", crash)
+        with pytest.raises(Crash):
+            c.payments.purchase(org.id, 10 * USD, idempotency_key="order-1")
+        monkeypatch.undo()  # the restarted process
+        assert c.billing.balance(org.id).available == 10 * USD  # the credit was stored
+        assert c.payments.history(org.id) == []  # its line was not
+        clock.advance(30)
+        with pytest.raises(IdempotencyKeyReused, match="still in progress"):
+            c.payments.purchase(org.id, 10 * USD, idempotency_key="order-1")
+        clock.advance(31)
+        paid = c.payments.purchase(org.id, 10 * USD, idempotency_key="order-1")
+        assert paid.status == "succeeded"
+        assert c.payments.purchase(org.id, 10 * USD, idempotency_key="order-1") == paid
+        assert c.billing.balance(org.id).available == 10 * USD  # credited once
+        assert c.payments.history(org.id) == [paid]
+        ((lot, _),) = c.billing.balance(org.id).lots
+        assert paid.lot_id == lot.id
+    finally:
+        c.close()
+
+
+def test_a_grant_whose_run_died_before_its_write_is_taken_over_once(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FrozenClock()
+    c, _, org, _, _ = initialized(
+        tmp_path, "http://sim/v1", clock=clock, credit=0, database_url=database_url
+    )
+    try:
+
+        def crash(*args: object, **kwargs: object) -> None:
+            raise Crash
+
+        with monkeypatch.context() as patched:
+            patched.setattr(c.money_store, "add_lot", crash)
+            patched.setattr(c.money_store, "release_idempotency", crash)
+            with pytest.raises(Crash):
+                c.billing.grant(org.id, USD, idempotency_key="g")
+        clock.advance(59)
+        with pytest.raises(IdempotencyKeyReused, match="still in progress"):
+            c.billing.grant(org.id, USD, idempotency_key="g")
+        with pytest.raises(IdempotencyKeyReused, match="different parameters"):
+            c.billing.grant(org.id, 2 * USD, idempotency_key="g")
+        clock.advance(1)
+        lot = c.billing.grant(org.id, USD, idempotency_key="g")
+        assert c.billing.grant(org.id, USD, idempotency_key="g").id == lot.id
+        assert c.billing.balance(org.id).available == USD
+    finally:
+        c.close()
+
+
+def test_a_stale_run_finishing_after_its_claim_was_taken_over_credits_nothing_more(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run slower than the stale limit (not dead) writes after the run that took its claim
+    over: its write is rolled back and it returns the stored result."""
+    clock = FrozenClock()
+    c, _, org, _, _ = initialized(
+        tmp_path, "http://sim/v1", clock=clock, credit=0, database_url=database_url
+    )
+    try:
+        add_lot = c.money_store.add_lot
+        taken_over = []
+
+        def slow(*args: object, **kwargs: object) -> None:
+            monkeypatch.undo()
+            clock.advance(61)
+            taken_over.append(c.billing.grant(org.id, USD, idempotency_key="g"))
+            add_lot(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(c.money_store, "add_lot", slow)
+        slow_result = c.billing.grant(org.id, USD, idempotency_key="g")
+        assert [slow_result.id] == [lot.id for lot in taken_over]
+        assert c.billing.balance(org.id).available == USD
+        # A failed run releases only its own claim, never one completed by another.
+        assert c.billing.grant(org.id, USD, idempotency_key="g").id == slow_result.id
+    finally:
+        c.close()
+
+
 @pytest.mark.parametrize(
     ("amount", "why"),
     [(4_990_000, "between \\$5.00 and \\$100.00"), (100_010_000, "between"),

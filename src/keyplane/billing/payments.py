@@ -22,6 +22,7 @@ from typing import Protocol
 
 from keyplane.audit.models import Actor, ActorType
 from keyplane.audit.service import AuditService
+from keyplane.billing.ports import Claim, Done
 from keyplane.billing.service import BillingService
 from keyplane.clock import Clock
 from keyplane.errors import InvalidRequest, KeyplaneError, NotFound
@@ -133,7 +134,10 @@ class PaymentStore(Protocol):
 
     def set_default(self, org_id: str, method_id: str) -> bool: ...
 
-    def add_payment(self, payment: Payment) -> None: ...
+    def add_payment(self, payment: Payment, done: Done | None = None) -> None:
+        """Stores a line of the history, and completes ``done``'s claim in the same transaction
+        (ClaimLost: nothing stored)."""
+        ...
 
     def payments(self, org_id: str, limit: int) -> Sequence[Payment]:
         """The organization's charges, newest first."""
@@ -356,17 +360,17 @@ class PaymentService:
         # changed (or the card was removed) is still the same request and replays its payment.
         params = {"amount": amount, "method": method_id}
 
-        def run() -> Payment:
+        def run(claim: Claim | None) -> Payment:
             method = self._charged_method(org_id, method_id)
             payment = self._charge(
-                org_id, method, amount, "purchase", idempotency_key or new_id("ik_")
+                org_id, method, amount, "purchase", idempotency_key or new_id("ik_"), claim
             )
             if on_charged is not None:
                 on_charged(payment)
             return payment
 
         payment = self._billing.idempotent(
-            f"purchase:{org_id}", idempotency_key, params, run, _payment_json, _payment_from_json
+            f"purchase:{org_id}", idempotency_key, params, run, _payment_from_json
         )
         if payment.status != "succeeded":
             raise PaymentFailed(decline_message(payment.failure or ""), code=payment.failure or "")
@@ -383,9 +387,12 @@ class PaymentService:
         return methods[0]
 
     def _charge(
-        self, org_id: str, method: PaymentMethod, amount: int, kind: str, key: str
-    ) -> Payment:
-        """One charge and its line in the history; the credit lot when it succeeded."""
+        self, org_id: str, method: PaymentMethod, amount: int, kind: str, key: str,
+        claim: Claim | None = None,
+    ) -> Payment:  # fmt: skip
+        """One charge and its line in the history (completing ``claim``); the credit lot when it
+        succeeded. Run again with the same ``key`` (a claim taken over after a crash), it charges
+        nothing more (the provider's idempotency) and credits nothing more (the lot's own key)."""
         now = int(self._clock.now())
         scoped = hashlib.sha256(f"{org_id}:{kind}:{key}".encode()).hexdigest()[:40]
         failure = self._provider.charge(method.provider_ref, amount, scoped)
@@ -399,7 +406,9 @@ class PaymentService:
             brand=method.brand, last4=method.last4, failure=failure, lot_id=lot_id,
             created_at=now,
         )  # fmt: skip
-        self._store.add_payment(payment)
+        self._store.add_payment(
+            payment, None if claim is None else claim.done(_payment_json(payment))
+        )
         if failure is None:
             self._promote(org_id)
         return payment

@@ -23,6 +23,41 @@ class BillingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Claim:
+    """An Idempotency-Key claimed for one run of a money-moving call. The run's last write stores
+    the response with the key in the same transaction (``done``), so a key is complete exactly
+    when its effect is stored: a crash leaves both or neither. ``claimed_at`` tells this run's
+    claim from a later one that took a stale claim over."""
+
+    scope: str
+    key: str
+    request_hash: str
+    claimed_at: int
+
+    def done(self, response: str) -> Done:
+        return Done(self, response)
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A claim completed with ``response``: the write it goes with stores it."""
+
+    claim: Claim
+    response: str
+
+
+class ClaimLost(Exception):
+    """Raised by a write completing a claim that is no longer this run's: another run took the
+    stale claim over and completed it. The write is rolled back; the stored response stands."""
+
+
+# A claim this old with no response is a run that died (a crash between the claim and its write):
+# another request with the same key and parameters takes it over. A run still going that late is
+# safe too: of the two, only the first write to complete the claim is stored.
+STALE_CLAIM_S = 60
+
+
+@dataclass(frozen=True, slots=True)
 class SpendAlert:
     id: str
     org_id: str
@@ -49,6 +84,16 @@ class MoneyStore(Protocol):
         ...
 
     def orgs_with_open_holds(self) -> Sequence[str]: ...
+
+    def beat(self, gateway_id: str, started_at: int, at: int, timeout_s: int) -> int:
+        """Notes that the gateway ``gateway_id`` (started at ``started_at``) is alive at ``at``,
+        forgets gateways silent for more than ``timeout_s``, and returns when the oldest live
+        gateway started: an open hold placed before that was placed by a dead one."""
+        ...
+
+    def leave(self, gateway_id: str) -> None:
+        """Forgets a gateway that stopped cleanly."""
+        ...
 
     def restore_holds(self, journaled: Sequence[Hold]) -> list[Hold]:
         """Stores holds read back from a dead gateway's journal as open holds, skipping those
@@ -95,8 +140,11 @@ class MoneyStore(Protocol):
         when the store cannot tell (read them every time)."""
         ...
 
-    def add_lot(self, org_id: str, lot: Lot, note: str, source: str) -> None:
-        """Stores a lot and its funding entries (+amount on the lot, -amount on ``source``)."""
+    def add_lot(
+        self, org_id: str, lot: Lot, note: str, source: str, done: Done | None = None
+    ) -> None:
+        """Stores a lot and its funding entries (+amount on the lot, -amount on ``source``), and
+        completes ``done``'s claim in the same transaction (ClaimLost: nothing stored)."""
         ...
 
     def revoke_lot(self, org_id: str, lot_id: str, at: int) -> int:
@@ -142,19 +190,19 @@ class MoneyStore(Protocol):
         where the feed is now)."""
         ...
 
-    def claim_idempotency(self, scope: str, key: str, request_hash: str, at: int) -> str | None:
-        """Claims (scope, key) for a new request and returns None, or returns the stored response
-        of the request that used it first. The claim is a unique row, so of two concurrent first
-        uses exactly one runs.
+    def claim_idempotency(self, claim: Claim) -> str | None:
+        """Claims (scope, key) for a new run and returns None, or returns the stored response
+        of the run that completed it. The claim is a unique row, so of two concurrent first
+        uses exactly one runs. A claim older than ``STALE_CLAIM_S`` with no response is taken
+        over (by one request only).
 
         Raises IdempotencyKeyReused when the key was used with other parameters or its first
         request has not finished."""
         ...
 
-    def complete_idempotency(self, scope: str, key: str, response: str) -> None: ...
-
-    def release_idempotency(self, scope: str, key: str) -> None:
-        """Forgets a claim whose request failed, so the client may retry with the same key."""
+    def release_idempotency(self, claim: Claim) -> None:
+        """Forgets this run's claim when its request failed, so the client may retry with the
+        same key (never a claim another run took over or completed)."""
         ...
 
     def enqueue_recharge(

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from keyplane.billing.ports import BillingSettings, MoneyStore, SpendAlert
+from keyplane.billing.ports import BillingSettings, Claim, ClaimLost, MoneyStore, SpendAlert
 from keyplane.billing.wallet import BillingMode, Lot
 from keyplane.clock import Clock
 from keyplane.emails import normalize_email
@@ -81,7 +81,7 @@ class BillingService:
         refuse_control_characters(note, "A note", "note")
         params = {"amount": amount, "expires_in_s": expires_in_s, "note": note, "kind": kind}
 
-        def run() -> Lot:
+        def run(claim: Claim | None) -> Lot:
             now = self._now()
             lot = Lot(
                 new_id("cg_"),
@@ -91,14 +91,14 @@ class BillingService:
                 now,
                 None if expires_in_s is None else now + expires_in_s,
             )
-            self._store.add_lot(org_id, lot, note, "purchases" if kind == "purchase" else "grants")
+            source = "purchases" if kind == "purchase" else "grants"
+            done = None if claim is None else claim.done(_lot_json(lot))
+            self._store.add_lot(org_id, lot, note, source, done)
             if on_created is not None:
                 on_created(lot)
             return lot
 
-        return self.idempotent(
-            f"grant:{org_id}", idempotency_key, params, run, _lot_json, _lot_from_json
-        )
+        return self.idempotent(f"grant:{org_id}", idempotency_key, params, run, _lot_from_json)
 
     def record_purchase(
         self, org_id: str, amount: int, *, idempotency_key: str | None = None
@@ -253,26 +253,33 @@ class BillingService:
 
     # -- idempotency ----------------------------------------------------------------------------
     def idempotent(
-        self, scope: str, key: str | None, params: dict[str, Any], run: Callable[[], T],
-        dump: Callable[[T], str], load: Callable[[str], T],
+        self, scope: str, key: str | None, params: dict[str, Any],
+        run: Callable[[Claim | None], T], load: Callable[[str], T],
     ) -> T:  # fmt: skip
         """Runs ``run`` once per (scope, key): a replay returns the first result; the same key with
-        other parameters raises Conflict."""
+        other parameters raises Conflict. ``run`` completes the claim it is given with its last
+        write (``Claim.done``), so a crash between the claim and that write leaves a claim that
+        a retry takes over after ``STALE_CLAIM_S``, never a key stuck in progress or a result
+        stored twice."""
         if key is None:
-            return run()
+            return run(None)
         if not 0 < len(key) <= 255:
             raise InvalidRequest("An Idempotency-Key has 1 to 255 characters.")
         digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-        stored = self._store.claim_idempotency(scope, key, digest, self._now())
+        claim = Claim(scope, key, digest, self._now())
+        stored = self._store.claim_idempotency(claim)
         if stored is not None:
             return load(stored)
         try:
-            result = run()
+            return run(claim)
+        except ClaimLost:  # a run of a claim we took over finished first: its result stands
+            stored = self._store.claim_idempotency(claim)
+            if stored is None:  # cannot happen: the claim was completed, not released
+                raise
+            return load(stored)
         except BaseException:
-            self._store.release_idempotency(scope, key)
+            self._store.release_idempotency(claim)
             raise
-        self._store.complete_idempotency(scope, key, dump(result))
-        return result
 
 
 def _lot_json(lot: Lot) -> str:

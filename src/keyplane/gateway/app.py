@@ -301,6 +301,7 @@ class Gateway:
                 await fn()
             except StoreUnavailable:
                 log.error("could not write usage at shutdown: database unavailable")
+        await self.pipeline.money.leave()
         await self.pipeline.money.tidied()
         self.pipeline.money.close()
         await self.pipeline.router.client.aclose()

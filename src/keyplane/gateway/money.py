@@ -9,14 +9,15 @@ places holds on this database), loaded on first use and kept in step with change
 file, gateway/journal.py) before the request is forwarded — no database round trip on the request
 path; the batch flushed every few hundred milliseconds then stores new holds and settlements (with
 their usage records and ledger entries) in one transaction. If the process dies in between, the
-next gateway recovers the journal: the hold counts against the balance until it expires, then the
-sweeper settles it at the hold amount (the most the request could have cost) with a
-``gateway_lost`` usage record.
+next gateway recovers the journal, and its sweeper settles the hold at the hold amount (the most
+the request could have cost) with a ``gateway_lost`` usage record; a hold the dead gateway had
+stored open is settled the same way once no live gateway is older than it (``sweep``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -35,6 +36,7 @@ from keyplane.errors import SpendRefused, StoreUnavailable
 from keyplane.gateway.housekeeping import housekeeping_thread
 from keyplane.gateway.journal import HoldJournal, Segment
 from keyplane.gateway.meter import Meter
+from keyplane.ids import new_id
 from keyplane.keys.models import ApiKey
 from keyplane.usage.pricing import format_usd
 from keyplane.usage.records import Outcome as RequestOutcome
@@ -120,9 +122,15 @@ class MoneyGuard:
         max_unstored: int = 100_000,
         checkpoint_after: int = CHECKPOINT_AFTER,
         flush_interval_s: float = 0.2,
+        gateway_timeout_s: int = 30,
         meter: Meter | None = None,
     ) -> None:
         self._store = store
+        # This process among the gateways on its database (``beat``): holds stored open that were
+        # placed before every live gateway started are a dead gateway's.
+        self.gateway_id = new_id("gw_")
+        self._started_at = int(clock.now())
+        self._gateway_timeout_s = gateway_timeout_s
         self.meter = meter if meter is not None else Meter()  # counts what each flush stored
         self._clock = clock
         self._usage_limit_for = usage_limit_for
@@ -410,6 +418,13 @@ class MoneyGuard:
             if task is not None:
                 await task
 
+    async def leave(self) -> None:
+        """Tells the other gateways this one stopped (after its last flush): holds it left open
+        are then settled by the next sweep of any gateway, without waiting for its silence."""
+        # (Unreachable: silent for ``gateway_timeout_s``, it counts as stopped all the same.)
+        with contextlib.suppress(StoreUnavailable):
+            await asyncio.to_thread(self._store.leave, self.gateway_id)
+
     def close(self) -> None:
         """Lets go of the journal and the housekeeping thread (call after the last flush and
         ``tidied``)."""
@@ -447,13 +462,21 @@ class MoneyGuard:
         return recovered
 
     async def sweep(self) -> int:
-        """Settles expired holds at their full amount (their request's gateway died), and at once
-        those recovered from dead gateways' journals (recovered first); returns how many. The
-        record is dated when the request came. A hold of a request this process is still
-        answering is not swept, however long it runs (a long stream, a slow reasoning model): it
-        settles at its real cost when the answer ends."""
+        """Settles at their full amount the holds whose gateway died: at once those recovered from
+        dead gateways' journals (recovered first) and those placed before every live gateway
+        started (``beat``), the rest once expired; returns how many. The record is dated when the
+        request came. A hold of a request this process is still answering is not swept, however
+        long it runs (a long stream, a slow reasoning model): it settles at its real cost when
+        the answer ends."""
         await self.recover()
         now = self._clock.now()
+        try:
+            placed_before = await asyncio.to_thread(
+                self._store.beat, self.gateway_id, self._started_at, int(now),
+                self._gateway_timeout_s,
+            )  # fmt: skip
+        except StoreUnavailable:
+            placed_before = 0  # (which gateways live is unknown: expiry alone)
         swept = 0
         live = self._live
         orphans, self._orphans = self._orphans, set()
@@ -461,7 +484,8 @@ class MoneyGuard:
             for hold in [
                 h
                 for h in org.holds.values()
-                if (h.expires_at <= now or h.id in orphans) and h.id not in live
+                if (h.expires_at <= now or h.id in orphans or h.created_at < placed_before)
+                and h.id not in live
             ]:
                 record = UsageRecord(
                     request_id=hold.id, created_at=int(hold.created_at), org_id=hold.org_id,

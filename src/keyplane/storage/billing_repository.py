@@ -23,11 +23,20 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
 
-from keyplane.billing.ports import BillingSettings, MoneyEvent, SpendAlert
+from keyplane.billing.ports import (
+    STALE_CLAIM_S,
+    BillingSettings,
+    Claim,
+    ClaimLost,
+    Done,
+    MoneyEvent,
+    SpendAlert,
+)
 from keyplane.billing.wallet import BillingMode, Hold, Lot, OrgMoney, Outcome
 from keyplane.errors import IdempotencyKeyReused, StoreUnavailable
 from keyplane.storage.billing_tables import (
     credit_lots,
+    gateways,
     holds,
     idempotency_keys,
     ledger_balances,
@@ -55,6 +64,26 @@ from keyplane.storage.settlement_writer import (
 )
 
 log = logging.getLogger("keyplane.storage")
+
+
+def complete_claim(conn: Connection, done: Done | None) -> None:
+    """Stores ``done``'s response with its key, in the caller's transaction; raises ClaimLost
+    (rolling it back) when the claim is no longer that run's."""
+    if done is None:
+        return
+    claim = done.claim
+    stored = conn.execute(
+        update(idempotency_keys)
+        .where(
+            idempotency_keys.c.scope == claim.scope,
+            idempotency_keys.c.key == claim.key,
+            idempotency_keys.c.created_at == claim.claimed_at,
+            idempotency_keys.c.response == "",
+        )
+        .values(response=done.response)
+    ).rowcount
+    if stored != 1:
+        raise ClaimLost(claim.scope)
 
 
 def _event(conn: Connection, org_id: str, kind: str, ref: str | None, at: int) -> None:
@@ -203,6 +232,23 @@ class SqlMoneyStore(SqlStore):
                 ).scalars()
             )
         )
+
+    def beat(self, gateway_id: str, started_at: int, at: int, timeout_s: int) -> int:
+        with self._write() as conn:
+            seen = conn.execute(
+                update(gateways).where(gateways.c.id == gateway_id).values(seen_at=at)
+            ).rowcount
+            if not seen:
+                conn.execute(
+                    insert(gateways).values(id=gateway_id, started_at=started_at, seen_at=at)
+                )
+            conn.execute(delete(gateways).where(gateways.c.seen_at < at - timeout_s))
+            oldest = conn.execute(select(func.min(gateways.c.started_at))).scalar()
+        return started_at if oldest is None else int(oldest)
+
+    def leave(self, gateway_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(delete(gateways).where(gateways.c.id == gateway_id))
 
     def restore_holds(self, journaled: Sequence[Hold]) -> list[Hold]:
         with self._write() as conn:
@@ -355,8 +401,11 @@ class SqlMoneyStore(SqlStore):
         except (OperationalError, SAInterfaceError, sqlite3.Error):
             log.warning("WAL checkpoint failed; the next one catches up", exc_info=True)
 
-    def add_lot(self, org_id: str, lot: Lot, note: str, source: str) -> None:
+    def add_lot(
+        self, org_id: str, lot: Lot, note: str, source: str, done: Done | None = None
+    ) -> None:
         with self._write() as conn:
+            complete_claim(conn, done)
             conn.execute(
                 insert(credit_lots).values(
                     id=lot.id, org_id=org_id, kind=lot.kind, amount_micro=lot.amount,
@@ -565,49 +614,51 @@ class SqlMoneyStore(SqlStore):
 
         return self._read(read)
 
-    def claim_idempotency(self, scope: str, key: str, request_hash: str, at: int) -> str | None:
+    def claim_idempotency(self, claim: Claim) -> str | None:
+        keyed = (idempotency_keys.c.scope == claim.scope, idempotency_keys.c.key == claim.key)
         try:
             with self._write() as conn:
                 conn.execute(
                     insert(idempotency_keys).values(
-                        scope=scope, key=key, request_hash=request_hash, response="", created_at=at
+                        scope=claim.scope, key=claim.key, request_hash=claim.request_hash,
+                        response="", created_at=claim.claimed_at,
                     )
-                )
+                )  # fmt: skip
             return None
         except IntegrityError:
             pass
-        row = self._read(
-            lambda c: c.execute(
-                select(idempotency_keys).where(
-                    idempotency_keys.c.scope == scope, idempotency_keys.c.key == key
-                )
-            ).first()
-        )
+        row = self._read(lambda c: c.execute(select(idempotency_keys).where(*keyed)).first())
         if row is None:  # released between our insert and this read: the client may retry
             raise IdempotencyKeyReused("A request with this Idempotency-Key just failed; retry it.")
-        if row.request_hash != request_hash:
+        if row.request_hash != claim.request_hash:
             raise IdempotencyKeyReused(
                 "This Idempotency-Key was already used with different parameters."
             )
-        if not row.response:
-            raise IdempotencyKeyReused(
-                "A request with this Idempotency-Key is still in progress; retry shortly."
-            )
-        return str(row.response)
+        if row.response:
+            return str(row.response)
+        if row.created_at <= claim.claimed_at - STALE_CLAIM_S:
+            # Its run died before its write: this request takes the claim over (one only).
+            with self._write() as conn:
+                taken = conn.execute(
+                    update(idempotency_keys)
+                    .where(*keyed, idempotency_keys.c.response == "")
+                    .where(idempotency_keys.c.created_at == row.created_at)
+                    .values(created_at=claim.claimed_at)
+                ).rowcount
+            if taken == 1:
+                return None
+        raise IdempotencyKeyReused(
+            "A request with this Idempotency-Key is still in progress; retry shortly."
+        )
 
-    def complete_idempotency(self, scope: str, key: str, response: str) -> None:
-        with self._write() as conn:
-            conn.execute(
-                update(idempotency_keys)
-                .where(idempotency_keys.c.scope == scope, idempotency_keys.c.key == key)
-                .values(response=response)
-            )
-
-    def release_idempotency(self, scope: str, key: str) -> None:
+    def release_idempotency(self, claim: Claim) -> None:
         with self._write() as conn:
             conn.execute(
                 delete(idempotency_keys).where(
-                    idempotency_keys.c.scope == scope, idempotency_keys.c.key == key
+                    idempotency_keys.c.scope == claim.scope,
+                    idempotency_keys.c.key == claim.key,
+                    idempotency_keys.c.created_at == claim.claimed_at,
+                    idempotency_keys.c.response == "",
                 )
             )
 

@@ -116,6 +116,17 @@ holds = Table(
     Index("ix_holds_open", "status", "org_id"),
 )
 
+# The gateway processes placing holds on this database: each says it is alive at every sweep
+# (``seen_at``); holds stored open that were placed before every live gateway started belong to a
+# dead one, and are settled at once instead of at their expiry.
+gateways = Table(
+    "gateways",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("started_at", BigInteger, nullable=False),
+    Column("seen_at", BigInteger, nullable=False),
+)
+
 # Change feed for money settings and lots written by other processes (CLI, Admin API).
 money_events = Table(
     "money_events",

@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy import and_, insert, or_, select, update
 
 from keyplane.billing.payments import Payment, PaymentMethod, RechargeJob
+from keyplane.billing.ports import Done
+from keyplane.storage.billing_repository import complete_claim
 from keyplane.storage.billing_tables import recharge_jobs
 from keyplane.storage.payment_tables import payment_methods, payments
 from keyplane.storage.repositories import SqlStore
@@ -80,8 +82,9 @@ class SqlPaymentStore(SqlStore):
             )
         return done.rowcount == 1
 
-    def add_payment(self, payment: Payment) -> None:
+    def add_payment(self, payment: Payment, done: Done | None = None) -> None:
         with self._write() as conn:
+            complete_claim(conn, done)
             conn.execute(
                 insert(payments).values(
                     id=payment.id, org_id=payment.org_id, kind=payment.kind,
