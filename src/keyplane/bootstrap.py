@@ -286,7 +286,9 @@ def build_gateway(
         rates=rates,
         access=access,
         clock=container.clock,
-        stored=ResponseOwners(container.response_store, container.clock),
+        stored=ResponseOwners(
+            container.response_store, container.clock, retention_days=s.stored_response_days
+        ),
         max_body_bytes=s.max_body_bytes,
         default_max_output_tokens=s.default_max_output_tokens,
     )
@@ -346,6 +348,7 @@ def build_gateway(
                 s.key_rotation_check_interval_s,
                 lambda: asyncio.to_thread(container.rotation.check_all),
             ),
+            (3600.0, pipeline.stored.expire),  # stored responses past their retention
         ],
     )
 

@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     recharge_max_attempts: int = Field(default=3, ge=1, le=10)
     recharge_check_interval_s: float = Field(default=5.0, gt=0)
     tier_check_interval_s: float = Field(default=3600.0, gt=0)  # periodic tier promotion check
+    # How long keyplane keeps whose each response the upstream stores (OpenAI keeps one 30 days):
+    # older, it is "not found", and the hourly check forgets it.
+    stored_response_days: int = Field(default=30, ge=1)
     hold_ttl_s: int = Field(default=900, ge=1)  # an orphaned hold is settled after this long
     sweep_interval_s: float = Field(default=5.0, gt=0)
     # A gateway silent this long (it says it is alive at each sweep) counts as stopped: the holds

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import fresh_postgres
-from keyplane.clock import SystemClock
+from keyplane.clock import FrozenClock, SystemClock
 from keyplane.errors import StoreUnavailable
-from keyplane.gateway.responses import ResponseOwners
+from keyplane.gateway.responses import DAY, ResponseOwners
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
 from keyplane.storage import migrate
@@ -88,3 +88,36 @@ def test_a_noted_response_is_its_projects_before_and_after_it_is_stored(
     assert store.stored_response("resp_2") == StoredResponse(
         "resp_2", "org_1", "proj_a", "sim", 1, 300
     )
+
+
+def test_a_stored_response_is_forgotten_after_its_retention(store: FlakyStore) -> None:
+    """OpenAI keeps a stored response 30 days: past the retention keyplane answers "not found"
+    at once, and its hourly check forgets the row (a batch per transaction)."""
+    clock = FrozenClock()
+    owners = ResponseOwners(store, clock, retention_days=30)
+    mine = key("proj_a")
+
+    async def run() -> None:
+        owners.note("resp_old", mine, "sim")
+        clock.advance(DAY)
+        owners.note("resp_new", mine, "sim")
+        await owners.flush()
+        clock.advance(29 * DAY)  # resp_old is 30 days old: kept to the second
+        assert (await owners.owned("resp_old", mine)) is not None
+        assert await owners.expire() == 0
+        clock.advance(1)
+        assert (await owners.owned("resp_old", mine)) is None
+        assert (await owners.owned("resp_new", mine)) is not None
+        assert await owners.expire() == 1
+        assert store.stored_response("resp_old") is None
+        assert store.stored_response("resp_new") is not None
+        for n in range(7):
+            owners.note(f"resp_{n}", mine, "sim")
+        await owners.flush()
+        clock.advance(31 * DAY)
+        assert store.forget_responses_before(int(clock.now()) - 30 * DAY, 3) == 3  # oldest first
+        assert store.stored_response("resp_new") is None
+        assert await owners.expire() == 5
+        assert store.forget_responses_before(int(clock.now()), 100) == 0
+
+    asyncio.run(run())

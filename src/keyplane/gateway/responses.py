@@ -41,10 +41,17 @@ ROUTES = {
 }
 
 
+DAY = 86_400
+EXPIRE_BATCH = 5_000  # rows forgotten per write transaction (the write lock held briefly)
+
+
 class ResponseOwners:
-    def __init__(self, store: ResponseStore, clock: Clock) -> None:
+    def __init__(self, store: ResponseStore, clock: Clock, *, retention_days: int = 30) -> None:
         self._store = store
         self._clock = clock
+        # A stored response is this project's for as long as the upstream keeps it: OpenAI keeps
+        # one 30 days. Older, it is "not found", and ``expire`` forgets its row.
+        self._retention_s = retention_days * DAY
         # Noted and not stored yet (kept until stored, so a lookup meanwhile finds them).
         self._pending: dict[str, StoredResponse] = {}
 
@@ -79,7 +86,22 @@ class ResponseOwners:
             found = await reads.read(self._store.stored_response, response_id)
         if found is None or (found.org_id, found.project_id) != (key.org_id, key.project_id):
             return None
+        if found.created_at < self._clock.now() - self._retention_s:
+            return None
         return found
+
+    async def expire(self) -> int:
+        """Forgets the responses stored longer than the retention, a batch per transaction;
+        returns how many."""
+        cutoff = int(self._clock.now()) - self._retention_s
+        forgotten = 0
+        while True:
+            done = await asyncio.to_thread(
+                self._store.forget_responses_before, cutoff, EXPIRE_BATCH
+            )
+            forgotten += done
+            if done < EXPIRE_BATCH:
+                return forgotten
 
     async def forget(self, response_id: str) -> None:
         """The upstream deleted it: its row goes too (one left by a database error only names a

@@ -35,3 +35,12 @@ class SqlResponseStore(SqlStore):
     def forget_response(self, response_id: str) -> None:
         with self._write() as conn:
             conn.execute(delete(sr).where(sr.c.id == response_id))
+
+    def forget_responses_before(self, at: int, limit: int) -> int:
+        # Read first (nearly always nothing: no write lock taken), then delete those rows.
+        oldest = select(sr.c.id).where(sr.c.created_at < at).order_by(sr.c.created_at).limit(limit)
+        ids = self._read(lambda c: list(c.execute(oldest).scalars()))
+        if ids:
+            with self._write() as conn:
+                conn.execute(delete(sr).where(sr.c.id.in_(ids)))
+        return len(ids)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, String, Table
+from sqlalchemy import BigInteger, Column, Index, String, Table
 
 from keyplane.storage.tables import metadata
 
@@ -15,4 +15,5 @@ stored_responses = Table(
     Column("upstream", String(200), nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("context_tokens", BigInteger),  # its input and output tokens: what continuing it adds
+    Index("ix_stored_responses_created_at", "created_at"),  # (forgotten oldest first)
 )

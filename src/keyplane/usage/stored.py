@@ -4,6 +4,7 @@ Every organization reaches the upstream through keyplane's own provider key, so 
 would let any of them read, continue or delete any stored response. keyplane notes the project
 that created each one, and serves it (``GET``/``DELETE /v1/responses/{id}``, its input items, a
 ``previous_response_id``) to keys of that project only, from the upstream that stored it.
+keyplane forgets them after the retention (``stored_response_days``, 30 as OpenAI keeps them).
 """
 
 from __future__ import annotations
@@ -34,3 +35,8 @@ class ResponseStore(Protocol):
     def stored_response(self, response_id: str) -> StoredResponse | None: ...
 
     def forget_response(self, response_id: str) -> None: ...
+
+    def forget_responses_before(self, at: int, limit: int) -> int:
+        """Forgets up to ``limit`` of the responses stored before ``at``, oldest first; returns
+        how many."""
+        ...
