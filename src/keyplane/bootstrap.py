@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
+from keyplane import sealing
 from keyplane.accounts.auth_services import AuthServices
 from keyplane.accounts.orgs import OrgService
 from keyplane.accounts.service import AccountService
@@ -47,7 +48,6 @@ from keyplane.limits.tiers import TierTable
 from keyplane.notify.dispatcher import EmailDispatcher
 from keyplane.notify.smtp import SmtpMailer
 from keyplane.notify.webhooks import WebhookDispatcher, Webhooks
-from keyplane.sealing import derive_key
 from keyplane.storage import migrate
 from keyplane.storage.activity_repository import SqlActivityStore
 from keyplane.storage.audit_repository import SqlAuditLog
@@ -60,6 +60,7 @@ from keyplane.storage.org_repository import SqlOrgStore, SqlVerificationStore
 from keyplane.storage.payment_repository import SqlPaymentStore
 from keyplane.storage.repositories import SqlAccountStore, SqlKeyStore, SqlUsageStore
 from keyplane.storage.response_repository import SqlResponseStore
+from keyplane.storage.sealed import Resealed, SqlResealer
 from keyplane.storage.webhook_repository import SqlWebhookStore
 from keyplane.usage.pricing import PriceTable
 from keyplane.webhook_http import HttpPoster
@@ -104,6 +105,11 @@ class Container:
         self.money_store.close()
         self.engine.dispose()
 
+    def reseal(self) -> list[Resealed]:
+        """Seals everything sealed at rest again with the current encryption key (the last step
+        of rotating it: ``KEYPLANE_ENCRYPTION_KEY_PREVIOUS`` can go afterwards)."""
+        return SqlResealer(self.engine).reseal(self.settings.encryption_keys())
+
 
 def build(
     settings: Settings, *, clock: Clock | None = None, run_migrations: bool = True
@@ -119,9 +125,8 @@ def build(
     accounts = AccountService(SqlAccountStore(engine), clock)
     billing = BillingService(money_store, clock, tiers=tiers)
     # Email bodies carry single-use links (verification, reset, invitations): sealed at rest.
-    outbox = SqlOutbox(
-        engine, key=derive_key(settings.secret_bytes("encryption_key"), "keyplane/outbox/v1")
-    )
+    sealing_keys = settings.encryption_keys()
+    outbox = SqlOutbox(engine, sealer=sealing.sealer(sealing_keys, sealing.OUTBOX))
     rate_store = SqlRateLimitStore(engine)
     access_store = SqlAccessPolicyStore(engine)
     auth_store = SqlAuthStore(engine)
@@ -131,12 +136,8 @@ def build(
         SqlVerificationStore(engine), clock.now, required=settings.require_org_verification
     )
     keys = KeyService(key_store, pepper, clock)
-    second_factor = SecondFactorService(
-        auth_store, clock, encryption_key=settings.secret_bytes("encryption_key")
-    )
-    webhook_store = SqlWebhookStore(
-        engine, key=derive_key(settings.secret_bytes("encryption_key"), "keyplane/webhooks/v1")
-    )
+    second_factor = SecondFactorService(auth_store, clock, encryption_keys=sealing_keys)
+    webhook_store = SqlWebhookStore(engine, sealer=sealing.sealer(sealing_keys, sealing.WEBHOOKS))
     webhooks = Webhooks(
         webhook_store, clock, allow_private=settings.webhook_allow_private_addresses
     )

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     upstreams: list[UpstreamSettings] = Field(default_factory=list)
     pepper: SecretStr | None = None
     encryption_key: SecretStr | None = None
+    # Earlier encryption keys, while a rotation is under way: they open what they sealed, the
+    # current key seals, and `keyplane reseal` seals everything again with it (sealing.py).
+    encryption_key_previous: list[SecretStr] = Field(default_factory=list)
     price_files: list[Path] = Field(default_factory=list)
 
     trusted_proxies: list[str] = Field(
@@ -224,6 +227,11 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'keyplane.db'}"
+
+    def encryption_keys(self) -> list[bytes]:
+        """The encryption key (sealing), then the previous ones (opening only)."""
+        previous = [key.get_secret_value().encode() for key in self.encryption_key_previous]
+        return [self.secret_bytes("encryption_key"), *previous]
 
     def secret_bytes(self, name: Literal["pepper", "encryption_key"]) -> bytes:
         """Returns the configured secret, or one generated once into the data directory (dev)."""

@@ -404,9 +404,9 @@ def test_postgresql_dedupes_enqueues_and_splits_claims(pg_url: str, clock: Froze
 def test_bodies_are_sealed_at_rest_and_read_back_in_the_clear(
     engine: Engine, clock: FrozenClock
 ) -> None:
-    from keyplane.sealing import derive_key
+    from keyplane import sealing
 
-    outbox = SqlOutbox(engine, key=derive_key(b"k" * 48, "keyplane/outbox/v1"))
+    outbox = SqlOutbox(engine, sealer=sealing.sealer([b"k" * 48], sealing.OUTBOX))
     link = "https://keyplane.example/verify?token=s3cr3t-single-use-token"
     assert outbox.enqueue(
         "verify:1",

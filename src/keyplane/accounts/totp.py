@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import pyotp
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import InvalidToken
 
 from keyplane.accounts.auth_ports import (
     LoginAttemptStore,
@@ -30,7 +31,7 @@ from keyplane.accounts.passwords import verify_password
 from keyplane.accounts.throttle import LoginThrottle, ThrottlePolicy
 from keyplane.clock import Clock
 from keyplane.errors import InvalidRequest
-from keyplane.sealing import derive_key
+from keyplane.sealing import TOTP, sealer
 
 ISSUER = "keyplane"
 STEP_S = 30
@@ -109,7 +110,7 @@ class SecondFactorService:
         store: TwoFactorStore,
         clock: Clock,
         *,
-        encryption_key: bytes,
+        encryption_keys: Sequence[bytes],
         throttle: ThrottlePolicy | None = None,
     ) -> None:
         self._store = store
@@ -117,7 +118,7 @@ class SecondFactorService:
         # Wrong passwords here count against the account like failed sign-ins: a stolen session
         # must not be a way to guess the password without limit.
         self._throttle = LoginThrottle(store, clock, throttle)
-        self._fernet = Fernet(derive_key(encryption_key, "keyplane/totp-secret/v1"))
+        self._fernet = sealer(encryption_keys, TOTP)
 
     def status(self, user_id: str) -> SecondFactor | None:
         return self._store.second_factor(user_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import secrets
@@ -128,6 +129,35 @@ def migrate_cmd(
     c = container()
     c.close()
     out.print(f"Database at {c.settings.resolved_database_url.split('@')[-1]} is up to date.")
+
+
+@app.command()
+def reseal(as_json: JsonOpt = False) -> None:
+    """Seal every secret kept at rest again with KEYPLANE_ENCRYPTION_KEY.
+
+    To rotate the encryption key: set the new one as KEYPLANE_ENCRYPTION_KEY and the old one in
+    KEYPLANE_ENCRYPTION_KEY_PREVIOUS (a JSON list), restart keyplane, run this, then remove the
+    old one. Exits with 1 when some value could be opened by none of the keys."""
+    c = container()
+    try:
+        done = c.reseal()
+    finally:
+        c.close()
+    if as_json:
+        out.print_json(json.dumps([dataclasses.asdict(r) for r in done]))
+    else:
+        print_table(
+            (Col("sealed", 0), Col("resealed", 1), Col("unreadable", 2)),
+            [(r.what, f"{r.resealed:,}", f"{r.unreadable:,}") for r in done],
+        )
+    unreadable = sum(r.unreadable for r in done)
+    if unreadable:
+        fail(
+            f"{unreadable:,} sealed values were sealed with a key that is neither "
+            "KEYPLANE_ENCRYPTION_KEY nor in KEYPLANE_ENCRYPTION_KEY_PREVIOUS: left as they are."
+        )
+    if not as_json:
+        out.print("Everything is sealed with the current key: the previous keys can be removed.")
 
 
 @app.command()

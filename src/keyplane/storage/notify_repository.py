@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 
-from cryptography.fernet import Fernet
+from cryptography.fernet import MultiFernet
 from sqlalchemy import Connection, Engine, RowMapping, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -24,9 +24,9 @@ class SqlOutbox(SqlStore):
     key) when a key is given: verification, reset and invitation links are secrets until used,
     and no secret may sit in the database in the clear (BRIEF C12)."""
 
-    def __init__(self, engine: Engine, *, key: bytes | None = None) -> None:
+    def __init__(self, engine: Engine, *, sealer: MultiFernet | None = None) -> None:
         super().__init__(engine)
-        self._fernet = None if key is None else Fernet(key)
+        self._fernet = sealer
 
     def _seal(self, text: str) -> str:
         if self._fernet is None:

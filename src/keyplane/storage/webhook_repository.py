@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from cryptography.fernet import Fernet
+from cryptography.fernet import MultiFernet
 from sqlalchemy import Engine, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -25,9 +25,9 @@ def _endpoint(row: Any) -> WebhookEndpoint:
 
 
 class SqlWebhookStore(SqlStore):
-    def __init__(self, engine: Engine, *, key: bytes) -> None:
+    def __init__(self, engine: Engine, *, sealer: MultiFernet) -> None:
         super().__init__(engine)
-        self._fernet = Fernet(key)
+        self._fernet = sealer
 
     def add_endpoint(self, endpoint: WebhookEndpoint, secret: str) -> None:
         with self._write() as conn:
