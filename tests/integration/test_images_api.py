@@ -67,6 +67,9 @@ def test_images_beyond_the_balance_are_refused_whole(
         with pytest.raises(openai.RateLimitError) as refused:  # 3 × $0.02 > $0.05
             c.images.generate(model="dall-e-2", prompt="x", n=3)
         assert refused.value.code == "insufficient_quota"
+        message = refused.value.message
+        assert "$0.06 held (every image it asks for" in message and "fewer images (n)" in message
+        assert "prompt" not in message
         # n images are held, whatever else the body says (best_of is not an images field).
         c.post(
             "/images/generations", cast_to=httpx.Response,

@@ -68,17 +68,34 @@ _LEFT = {
 }
 
 
-def refusal(scope: Scope, left: int, least: int) -> str:
+# What a request's hold counts, and how to make it smaller, by endpoint (tokens otherwise).
+_HELD = {
+    "images.generations": (
+        "every image it asks for, at the price of its quality and size",
+        "fewer images (n), or a smaller size or lower quality",
+    ),
+    "audio.transcriptions": ("the longest its upload may play", "a shorter recording"),
+    "audio.translations": ("the longest its upload may play", "a shorter recording"),
+    "audio.speech": ("every character of its input", "less text"),
+}
+_TOKENS_HELD = (
+    "its prompt counted at its longest, and a few output tokens",
+    "a smaller request (a shorter prompt, fewer images)",
+)
+
+
+def refusal(scope: Scope, left: int, least: int, endpoint: str = "") -> str:
     """The refusal's message: the scope is used up, or what is left of it cannot cover the least
-    this request may cost (its prompt counted at a token a byte, plus the fewest output tokens
-    keyplane lowers ``max_tokens`` to)."""
+    this request may cost (for tokens: its prompt counted at a token a byte, plus the fewest
+    output tokens keyplane lowers ``max_tokens`` to; for ``endpoint``s priced otherwise, what
+    ``_HELD`` says)."""
     if left <= 0:
         return REFUSALS[scope]
+    counted, smaller = _HELD.get(endpoint, _TOKENS_HELD)
     return (
-        f"This request needs ${format_usd(least)} held (its prompt counted at its longest, and a "
-        f"few output tokens), more than the ${format_usd(left)} left {_LEFT[scope]} (requests in "
-        "flight included). Send a smaller request (a shorter prompt, fewer images), or raise "
-        "the limit."
+        f"This request needs ${format_usd(least)} held ({counted}), more than the "
+        f"${format_usd(left)} left {_LEFT[scope]} (requests in flight included). Send {smaller}, "
+        "or raise the limit."
     )
 
 
@@ -223,7 +240,7 @@ class MoneyGuard:
         if holds and left + sum(holds) >= least:
             message = busy_refusal(scope, left, least, sum(holds), len(holds))
             return SpendRefused(scope.value, message, retry_after_s=RETRY_IN_FLIGHT_S)
-        return SpendRefused(scope.value, refusal(scope, left, least))
+        return SpendRefused(scope.value, refusal(scope, left, least, hold.endpoint))
 
     def finish(self, hold: Hold, record: UsageRecord) -> UsageRecord:
         """Settles the request at its real cost (never more than the hold) and queues the usage
