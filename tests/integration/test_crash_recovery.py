@@ -94,8 +94,11 @@ def stored_holds(container: bootstrap.Container) -> list[Any]:
         return list(conn.execute(select(holds)).mappings())
 
 
-@pytest.mark.parametrize("hold_stored", [False, True], ids=["journal-only", "in-database"])
-def test_sigkill_between_hold_and_settle(tmp_path: Path, hold_stored: bool) -> None:
+def funded_gateway_env(
+    tmp_path: Path,
+) -> tuple[HangingUpstream, ServerThread, bootstrap.Container, Any, str, dict[str, str]]:
+    """An upstream that never answers, an organization with $1 and a project key, and the
+    environment of `keyplane serve` on that data directory."""
     upstream = HangingUpstream()
     upstream_server = ServerThread(upstream).start()
     container = bootstrap.build(make_settings(tmp_path))
@@ -106,7 +109,7 @@ def test_sigkill_between_hold_and_settle(tmp_path: Path, hold_stored: bool) -> N
         kind=KeyKind.PROJECT, org_id=org.id, project_id=project.id, name="k",
         owner_type="user", owner_id=owner.id, created_by=owner.id,
     )  # fmt: skip
-    lot = container.billing.grant(org.id, DOLLAR)
+    container.billing.grant(org.id, DOLLAR)
     env = {
         **os.environ,
         "KEYPLANE_DATA_DIR": str(tmp_path),
@@ -114,15 +117,21 @@ def test_sigkill_between_hold_and_settle(tmp_path: Path, hold_stored: bool) -> N
         "KEYPLANE_UPSTREAMS": json.dumps(
             [{"base_url": upstream_server.url + "/v1", "models": ["gpt-4o"]}]
         ),
-        # A hold recovered from the dead gateway's journal is settled at once; one it had stored
-        # open once no live gateway is older than it (the restarted one is younger), long before
-        # it expires.
+        # A hold recovered from a dead gateway's journal is settled at once; one it had stored
+        # open once no live gateway is older than it, long before it expires.
         "KEYPLANE_HOLD_TTL_S": "3600",
         "KEYPLANE_SWEEP_INTERVAL_S": "0.05",
-        "KEYPLANE_GATEWAY_TIMEOUT_S": "1",  # the killed gateway's silence that counts as stopped
-        # Journal-only: no flush runs before the kill, so the hold is only in the journal.
-        "KEYPLANE_USAGE_FLUSH_INTERVAL_S": "0.05" if hold_stored else "3600",
+        "KEYPLANE_GATEWAY_TIMEOUT_S": "1",  # a killed gateway's silence that counts as stopped
     }
+    return upstream, upstream_server, container, org, key, env
+
+
+@pytest.mark.parametrize("hold_stored", [False, True], ids=["journal-only", "in-database"])
+def test_sigkill_between_hold_and_settle(tmp_path: Path, hold_stored: bool) -> None:
+    upstream, upstream_server, container, org, key, env = funded_gateway_env(tmp_path)
+    [(lot, _)] = container.billing.balance(org.id).lots
+    # Journal-only: no flush runs before the kill, so the hold is only in the journal.
+    env["KEYPLANE_USAGE_FLUSH_INTERVAL_S"] = "0.05" if hold_stored else "3600"
     proc, url = serve(env)
     client = threading.Thread(target=ask, args=(url, key))
     client.start()
@@ -176,29 +185,8 @@ def test_a_running_gateways_open_holds_are_settled_by_another_only_once_it_is_go
     """Two gateways on one database: the second (started later) loads the first's open hold and
     leaves it to it while it runs, however long; killed, its hold is settled by the second once
     the first has been silent for ``gateway_timeout_s``, at the hold, once."""
-    upstream = HangingUpstream()
-    upstream_server = ServerThread(upstream).start()
-    container = bootstrap.build(make_settings(tmp_path))
-    owner, org, project = container.accounts.initialize(
-        email="o@example.com", password="correct horse battery", org_name="Two"
-    )
-    _, key = container.keys.create(
-        kind=KeyKind.PROJECT, org_id=org.id, project_id=project.id, name="k",
-        owner_type="user", owner_id=owner.id, created_by=owner.id,
-    )  # fmt: skip
-    container.billing.grant(org.id, DOLLAR)
-    env = {
-        **os.environ,
-        "KEYPLANE_DATA_DIR": str(tmp_path),
-        "KEYPLANE_PEPPER": PEPPER,
-        "KEYPLANE_UPSTREAMS": json.dumps(
-            [{"base_url": upstream_server.url + "/v1", "models": ["gpt-4o"]}]
-        ),
-        "KEYPLANE_HOLD_TTL_S": "3600",
-        "KEYPLANE_SWEEP_INTERVAL_S": "0.05",
-        "KEYPLANE_GATEWAY_TIMEOUT_S": "1",
-        "KEYPLANE_USAGE_FLUSH_INTERVAL_S": "0.05",
-    }
+    upstream, upstream_server, container, org, key, env = funded_gateway_env(tmp_path)
+    env["KEYPLANE_USAGE_FLUSH_INTERVAL_S"] = "0.05"
 
     def running() -> dict[str, tuple[int, int]]:
         with container.engine.connect() as conn:
