@@ -42,6 +42,17 @@ the task, ``language`` ``"english"``, the ``duration`` and one segment spanning 
 ``srt`` and ``vtt`` answer the transcript as ``text/plain`` (a subtitle document of one cue for
 the last two), without usage, as OpenAI. ``language``, ``prompt`` and ``temperature`` are ignored.
 
+Text to speech (``POST /v1/audio/speech``, ``tts-1`` and ``tts-1-hd``) says nothing either: the
+audio of an ``input`` of ``n`` characters is ``speech_audio(input)``, ``SPEECH_HEADER`` (an empty
+ID3v2.4 tag, as MP3 files begin) then ``SPEECH_BYTES_PER_CHAR`` (64) bytes a character (a SHAKE-256
+digest of the input's UTF-8), whatever the ``voice``, ``speed`` or format. It is sent chunked,
+the header first and then pieces of at most ``SPEECH_CHUNK_BYTES`` (1,024) bytes, each one a
+message of its own, as ``audio/mpeg`` (or the ``response_format``'s type: ``opus``, ``aac``,
+``flac``, ``wav``, ``pcm``), with no usage, as OpenAI's. ``model``, ``input`` (a string of 1 to
+``MAX_SPEECH_CHARS``, 4096, characters) and ``voice`` (one of ``SPEECH_VOICES``) are required;
+``speed`` is a number from 0.25 to 4; ``instructions`` a string (ignored); ``stream_format``
+``"audio"`` (``"sse"`` is refused, as for these models at OpenAI). Errors are OpenAI-style 400s.
+
 Responses are kept in memory per app (the ``MAX_STORED_RESPONSES`` most recent, unless
 ``store`` is false) for ``previous_response_id`` and the ``/v1/responses/{id}`` routes. A
 streamed response is stored, complete, as soon as its request is answered: the simulator
@@ -49,7 +60,8 @@ knows the whole answer before it sends the first event.
 
 Timing: ``latency_ms`` is slept before answering every POST; when streaming with
 ``tokens_per_second > 0``, ``1 / tokens_per_second`` is slept before each token chunk (a
-``response.output_text.delta`` event for the Responses API).
+``response.output_text.delta`` event for the Responses API), and before each piece of speech's
+audio after its header.
 """
 
 from __future__ import annotations
@@ -85,7 +97,7 @@ DEFAULT_MODELS: tuple[str, ...] = (
     "gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o4-mini", "gpt-3.5-turbo",
     "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
     "omni-moderation-latest", "text-moderation-latest", "dall-e-2", "dall-e-3", "whisper-1",
-    "sim-chat", "sim-embed",
+    "tts-1", "tts-1-hd", "sim-chat", "sim-embed",
 )
 MODERATION_CATEGORIES: tuple[str, ...] = (
     "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
@@ -106,6 +118,14 @@ IMAGE_QUALITIES: dict[str, tuple[str, ...]] = {
     "dall-e-2": ("standard",),
     "dall-e-3": ("standard", "hd"),
 }
+SPEECH_VOICES: tuple[str, ...] = (
+    "alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse",
+)
+# Text to speech's formats and the content type of each.
+SPEECH_FORMATS: dict[str, bytes] = {
+    "mp3": b"audio/mpeg", "opus": b"audio/opus", "aac": b"audio/aac", "flac": b"audio/flac",
+    "wav": b"audio/wav", "pcm": b"audio/pcm",
+}
 # fmt: on
 DEFAULT_IMAGE_MODEL = "dall-e-2"
 DEFAULT_IMAGE_SIZE = "1024x1024"
@@ -117,6 +137,11 @@ TRANSCRIPTION_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 AUDIO_BYTES_PER_SECOND = 16_000  # 128 kbit/s
 TRANSCRIPT_SENTENCE = "Hello from the keyplane simulator."
 TRANSCRIPT_LANGUAGE = "english"
+SPEECH_MODELS = frozenset({"tts-1", "tts-1-hd"})
+MAX_SPEECH_CHARS = 4096
+SPEECH_HEADER = b"ID3\x04\x00\x00\x00\x00\x00\x00"  # an empty ID3v2.4 tag
+SPEECH_BYTES_PER_CHAR = 64
+SPEECH_CHUNK_BYTES = 1024
 DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
 FLAG_MARKER = "[flag]"
 FLAGGED_SCORE = 0.99
@@ -256,13 +281,21 @@ class _ResponseStore:
 
 
 @dataclass(frozen=True)
+class _Audio:
+    """A binary answer sent chunked: 200, ``content_type``, each of ``chunks`` a message."""
+
+    content_type: bytes
+    chunks: list[bytes]
+
+
+@dataclass(frozen=True)
 class _Text:
     """A plain-text answer: 200, ``text/plain; charset=utf-8`` (a transcript, SRT or VTT)."""
 
     text: str
 
 
-_Reply = tuple[int, JSON] | _Stream | _Text
+_Reply = tuple[int, JSON] | _Stream | _Text | _Audio
 
 
 def _type_name(value: Any) -> str:
@@ -901,6 +934,70 @@ def _speech_to_text(raw: bytes, content_type: str, config: SimulatorConfig, task
     }
 
 
+def speech_audio(text: str) -> bytes:
+    """The audio of ``text``: ``SPEECH_HEADER``, then ``SPEECH_BYTES_PER_CHAR`` bytes a character."""
+    body = hashlib.shake_256(text.encode()).digest(SPEECH_BYTES_PER_CHAR * len(text))
+    return SPEECH_HEADER + body
+
+
+def _speech_choice(body: JSON, name: str, allowed: tuple[str, ...], default: str | None) -> str:
+    """A string field that must be one of ``allowed`` (required when ``default`` is None)."""
+    value = body.get(name)
+    if value is None and default is None:
+        message = f"Missing required parameter: '{name}'."
+        raise _RequestError(400, message, name, "missing_required_parameter")
+    if value is None:
+        return str(default)
+    if not isinstance(value, str):
+        raise _invalid_type(name, "a string", value)
+    if value not in allowed:
+        supported = ", ".join(f"'{a}'" for a in allowed)
+        message = f"Invalid '{name}': expected one of {supported}, but got {value!r}."
+        raise _RequestError(400, message, name, "invalid_value")
+    return value
+
+
+def _text_to_speech(body: JSON, config: SimulatorConfig) -> _Reply:
+    """POST /v1/audio/speech: ``speech_audio(input)``, chunked."""
+    if body.get("model") is None:
+        message = "Missing required parameter: 'model'."
+        raise _RequestError(400, message, "model", "missing_required_parameter")
+    model = _model(body, config)
+    if model not in SPEECH_MODELS:
+        raise _RequestError(400, f"Invalid model '{model}' for speech.", "model", "invalid_value")
+    text = body.get("input")
+    if text is None:
+        message = "Missing required parameter: 'input'."
+        raise _RequestError(400, message, "input", "missing_required_parameter")
+    if not isinstance(text, str):
+        raise _invalid_type("input", "a string", text)
+    if not text:
+        message = "Invalid 'input': string too short. Expected a string with minimum length 1."
+        raise _RequestError(400, message, "input", "string_below_min_length")
+    if len(text) > MAX_SPEECH_CHARS:
+        message = (
+            f"Invalid 'input': string too long. Expected a string with maximum length "
+            f"{MAX_SPEECH_CHARS}, but got a string with length {len(text)} instead."
+        )
+        raise _RequestError(400, message, "input", "string_above_max_length")
+    _speech_choice(body, "voice", SPEECH_VOICES, None)
+    fmt = _speech_choice(body, "response_format", tuple(SPEECH_FORMATS), "mp3")
+    if _speech_choice(body, "stream_format", ("audio", "sse"), "audio") == "sse":
+        message = f"Unsupported value: 'stream_format' does not support 'sse' with {model}."
+        raise _RequestError(400, message, "stream_format", "unsupported_value")
+    speed = body.get("speed")
+    if speed is not None and (
+        isinstance(speed, bool) or not isinstance(speed, int | float) or not 0.25 <= speed <= 4
+    ):
+        message = "Invalid 'speed': expected a number from 0.25 to 4.0."
+        raise _RequestError(400, message, "speed", "invalid_value")
+    _optional_str(body, "instructions")
+    audio = speech_audio(text)
+    rest = audio[len(SPEECH_HEADER) :]
+    pieces = [rest[i : i + SPEECH_CHUNK_BYTES] for i in range(0, len(rest), SPEECH_CHUNK_BYTES)]
+    return _Audio(SPEECH_FORMATS[fmt], [SPEECH_HEADER, *pieces])
+
+
 def _model_card(model: str) -> JSON:
     return {"id": model, "object": "model", "created": MODEL_CREATED, "owned_by": OWNED_BY}
 
@@ -952,6 +1049,8 @@ def _dispatch(
         return _speech_to_text(raw, content_type, config, "transcribe")
     if method == "POST" and path == "/v1/audio/translations":
         return _speech_to_text(raw, content_type, config, "translate")
+    if method == "POST" and path == "/v1/audio/speech":
+        return _text_to_speech(_parse(raw), config)
     raise _RequestError(404, f"Invalid URL ({method} {path})")
 
 
@@ -1019,6 +1118,16 @@ async def _send_stream(send: Send, stream: _Stream, tokens_per_second: float) ->
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+async def _send_audio(send: Send, audio: _Audio, tokens_per_second: float) -> None:
+    headers = [(b"content-type", audio.content_type), *_SERVER_HEADERS]  # (chunked: no length)
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    for i, chunk in enumerate(audio.chunks):
+        if i and tokens_per_second > 0:
+            await _sleep(1.0 / tokens_per_second)
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 async def _lifespan(receive: Receive, send: Send) -> None:
     while True:
         message = await receive()
@@ -1053,6 +1162,8 @@ def create_app(config: SimulatorConfig = SimulatorConfig()) -> ASGIApp:
             await _send_stream(send, reply, config.tokens_per_second)
         elif isinstance(reply, _Text):
             await _send_body(send, 200, b"text/plain; charset=utf-8", reply.text.encode())
+        elif isinstance(reply, _Audio):
+            await _send_audio(send, reply, config.tokens_per_second)
         else:
             await _send_json(send, *reply)
 

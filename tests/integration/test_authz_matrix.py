@@ -48,6 +48,7 @@ QUERIES = {
         "usage.moderations",
         "usage.images",
         "usage.audio_transcriptions",
+        "usage.audio_speeches",
         "costs.list",
     )
 }

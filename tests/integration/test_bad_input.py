@@ -175,7 +175,7 @@ def test_wrong_method_and_unknown_paths_are_404_envelopes(app: InProcess) -> Non
     assert resp.status_code == 404 and "Invalid URL" in resp.json()["error"]["message"]
     assert app.post("/v1/nope", b"{}").status_code == 404
     # An OpenAI endpoint keyplane does not forward says so, rather than "Invalid URL".
-    for path in ("/v1/audio/speech", "/v1/responses/input_tokens", "/v1/files/file-abc"):
+    for path in ("/v1/images/edits", "/v1/responses/input_tokens", "/v1/files/file-abc"):
         resp = app.post(path, b"{}")
         assert resp.status_code == 404 and resp.json()["error"]["code"] == "unsupported_endpoint"
         assert "does not serve" in resp.json()["error"]["message"]

@@ -265,3 +265,24 @@ def test_images_are_priced_by_quality_and_size(table: PriceTable, tmp_path: Path
     )
     with pytest.raises(ValueError, match="quality"):
         PriceTable.load([bad])
+
+
+def test_speech_is_priced_per_character_rounded_up_once(table: PriceTable, tmp_path: Path) -> None:
+    tts, hd = table.price("tts-1", NOW), table.price("tts-1-hd", NOW)
+    assert tts is not None and hd is not None
+    assert (tts.characters_per_m, hd.characters_per_m) == (15_000_000, 30_000_000)
+    assert [tts.character_cost(n) for n in (0, 1, 5, 1_000_000)] == [0, 15, 75, 15_000_000]
+    assert tts.charges and tts.token_cost(1_000, 0, 1_000) == 0  # per character only
+    # Rounded up once, not per character: 3 characters at $0.10 per 1M are 0.3 µ$, billed 1.
+    cheap = write_prices(
+        tmp_path,
+        '[[price]]\nmodel = "my-voice"\neffective_from = "2024-01-01"\ncharacters = "0.10"\n',
+    )
+    voice = PriceTable.load([cheap]).price("my-voice", NOW)
+    assert voice is not None
+    assert [voice.character_cost(n) for n in (3, 10, 11)] == [1, 1, 2]
+    free = write_prices(
+        tmp_path, '[[price]]\nmodel = "free-voice"\neffective_from = "2024-01-01"\ninput = "0"\n'
+    )
+    assert not PriceTable.load([free]).price("free-voice", NOW).charges  # type: ignore[union-attr]
+    assert table.price("whisper-1", NOW).charges  # type: ignore[union-attr]

@@ -18,6 +18,7 @@ import pytest
 from keyplane import simulator
 from keyplane.simulator import (
     DEFAULT_MODELS,
+    SPEECH_HEADER,
     TOKEN_CHARS,
     SimulatorConfig,
     audio_seconds,
@@ -25,6 +26,7 @@ from keyplane.simulator import (
     create_app,
     prompt_tokens,
     response_input_tokens,
+    speech_audio,
     text_tokens,
     transcript_text,
 )
@@ -1429,6 +1431,105 @@ async def test_speech_latency_applies(monkeypatch: pytest.MonkeyPatch) -> None:
         assert delays == [0.08, 0.08]
 
 
+# --- text to speech ----------------------------------------------------------------------------
+
+SAY = {"model": "tts-1", "voice": "alloy", "input": "Hello"}
+
+
+def test_speech_audio_is_a_header_then_64_bytes_a_character() -> None:
+    hello = speech_audio("Hello")
+    assert SPEECH_HEADER == b"ID3\x04\x00\x00\x00\x00\x00\x00"
+    assert hello.startswith(SPEECH_HEADER) and len(hello) == 10 + 5 * 64
+    assert len(speech_audio("Grüße 👋")) == 10 + 7 * 64  # characters, not bytes
+    assert speech_audio("Hello") == hello and speech_audio("Hellp") != hello
+    assert speech_audio("Hello world").startswith(SPEECH_HEADER)
+    assert {"tts-1", "tts-1-hd"} <= set(DEFAULT_MODELS)
+
+
+async def test_speech_is_sent_in_chunks_as_it_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    delays: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    monkeypatch.setattr(simulator, "_sleep", fake_sleep)
+    app = create_app(SimulatorConfig(latency_ms=100, tokens_per_second=10))
+    text = "0123456789" * 4
+    sent = await _asgi_messages(
+        app, "POST", "/v1/audio/speech", orjson.dumps({**SAY, "input": text})
+    )
+    assert sent[0]["status"] == 200
+    headers = dict(sent[0]["headers"])
+    assert headers[b"content-type"] == b"audio/mpeg" and headers[b"x-simulator"] == b"keyplane"
+    assert b"content-length" not in headers  # chunked: sent as it is made
+    bodies = [m["body"] for m in sent[1:]]
+    assert [len(b) for b in bodies] == [10, 1024, 1024, 512, 0]  # 40 × 64 bytes after the header
+    assert all(m["more_body"] for m in sent[1:-1]) and sent[-1]["more_body"] is False
+    assert b"".join(bodies) == speech_audio(text)
+    assert delays == [0.1, 0.1, 0.1, 0.1]  # the latency, then before each piece after the header
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content_type"),
+    [("mp3", "audio/mpeg"), ("opus", "audio/opus"), ("aac", "audio/aac"), ("flac", "audio/flac"),
+     ("wav", "audio/wav"), ("pcm", "audio/pcm")],
+)  # fmt: skip
+async def test_speech_formats_and_options(fmt: str, content_type: str) -> None:
+    options = {"response_format": fmt, "speed": 0.25, "instructions": "Calm.", "voice": "verse"}
+    async with _client() as client:
+        response = await client.post(
+            "/v1/audio/speech",
+            json={**SAY, **options, "model": "tts-1-hd", "stream_format": "audio"},
+        )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == content_type
+    assert response.content == speech_audio("Hello")
+
+
+@pytest.mark.parametrize(
+    ("changes", "status", "param", "code"),
+    [
+        ({"model": None}, 400, "model", "missing_required_parameter"),
+        ({"model": 7}, 400, "model", "invalid_type"),
+        ({"model": "gpt-4o"}, 400, "model", "invalid_value"),
+        ({"model": "whisper-1"}, 400, "model", "invalid_value"),
+        ({"model": "tts-9"}, 404, None, "model_not_found"),
+        ({"input": None}, 400, "input", "missing_required_parameter"),
+        ({"input": 3}, 400, "input", "invalid_type"),
+        ({"input": ["Hello"]}, 400, "input", "invalid_type"),
+        ({"input": ""}, 400, "input", "string_below_min_length"),
+        ({"input": "x" * 4097}, 400, "input", "string_above_max_length"),
+        ({"voice": None}, 400, "voice", "missing_required_parameter"),
+        ({"voice": "nobody"}, 400, "voice", "invalid_value"),
+        ({"voice": {"id": "voice_1234"}}, 400, "voice", "invalid_type"),
+        ({"response_format": "ogg"}, 400, "response_format", "invalid_value"),
+        ({"stream_format": "sse"}, 400, "stream_format", "unsupported_value"),
+        ({"stream_format": "video"}, 400, "stream_format", "invalid_value"),
+        ({"speed": 4.5}, 400, "speed", "invalid_value"),
+        ({"speed": 0.2}, 400, "speed", "invalid_value"),
+        ({"speed": "fast"}, 400, "speed", "invalid_value"),
+        ({"speed": True}, 400, "speed", "invalid_value"),
+        ({"instructions": 5}, 400, "instructions", "invalid_type"),
+    ],
+)
+async def test_speech_is_validated_as_openai_does(
+    changes: dict[str, Any], status: int, param: str | None, code: str
+) -> None:
+    body = {k: v for k, v in {**SAY, **changes}.items() if v is not None}
+    async with _client() as client:
+        response = await client.post("/v1/audio/speech", json=body)
+    _assert_error(response, status, code)
+    assert response.json()["error"]["param"] == param
+
+
+async def test_speech_input_may_be_4096_characters() -> None:
+    async with _client() as client:
+        response = await client.post("/v1/audio/speech", json={**SAY, "input": "y" * 4096})
+        not_json = await client.post("/v1/audio/speech", content=b"{nope")
+    assert response.status_code == 200 and len(response.content) == 10 + 4096 * 64
+    _assert_error(not_json, 400)
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 
@@ -1704,3 +1805,24 @@ def test_official_openai_sdk_audio_against_real_server() -> None:
             client.audio.transcriptions.create(model="gpt-4o-mini", file=audio)
         assert refused.value.code == "invalid_value"
         assert refused.value.param == "model"
+
+
+def test_official_openai_sdk_speech_against_real_server() -> None:
+    openai = pytest.importorskip("openai")
+    with (
+        _running_server(SimulatorConfig()) as base_url,
+        openai.OpenAI(base_url=base_url, api_key="sk-sim", max_retries=0, timeout=10) as client,
+    ):
+        spoken = client.audio.speech.create(model="tts-1", voice="alloy", input="Hello")
+        assert spoken.content == speech_audio("Hello")
+        assert spoken.response.headers["content-type"] == "audio/mpeg"
+
+        streamed = client.audio.speech.with_streaming_response
+        text = "x" * 100  # the header and 7 pieces
+        with streamed.create(model="tts-1-hd", voice="nova", input=text) as response:
+            assert b"".join(response.iter_bytes()) == speech_audio(text)
+
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.audio.speech.create(model="tts-1", voice="alloy", input="x" * 4097)
+        assert refused.value.code == "string_above_max_length"
+        assert refused.value.param == "input"

@@ -62,7 +62,8 @@ def _record(**changes: object) -> UsageRecord:
         key_id="key_1", owner_type="user", owner_id="user_1", model="gpt-4o",
         endpoint="chat.completions", input_tokens=10, cached_input_tokens=2, output_tokens=5,
         status=200, latency_ms=3, client_ip="10.0.0.1", cost_micro_usd=75, stream=True,
-        outcome=Outcome.COMPLETED, tokens_estimated=False, period="2026-12",
+        outcome=Outcome.COMPLETED, tokens_estimated=False, period="2026-12", images=2,
+        audio_seconds=3, characters=4,  # (distinct: a row with two of them swapped differs)
     )  # fmt: skip
     fields.update(changes)
     return UsageRecord(**fields)  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
-"""What images and audio cost: per image (by quality and size), and per second of audio, with the
-bounds a hold needs before the upstream says how many images or seconds it made or heard."""
+"""What images and audio cost: per image (by quality and size), per second of audio heard and per
+character of text spoken, with the bounds a hold needs before the upstream says how many images or
+seconds it made or heard."""
 
 from __future__ import annotations
 
@@ -46,6 +47,22 @@ def audio_form(body: bytes, content_type: bytes | None) -> tuple[dict[str, Any],
     # the audio, it is in there.
     longest = max(1, -(-len(body) // MIN_AUDIO_BYTES_PER_S))
     return form.fields, form.file_bytes, longest
+
+
+def speech_characters(payload: dict[str, Any], price: Price) -> int:
+    """The characters a text-to-speech request asks to speak: what it is held and billed, as its
+    answer (the audio) reports no usage. A 400 when its ``input`` is not a string, or its model has
+    no price per character and is not free (priced by tokens, say: nothing could be billed)."""
+    text = payload["input"]
+    if not isinstance(text, str):
+        raise bad_request("'input' must be a string: the text to speak.", param="input")
+    if not price.characters_per_m and price.charges:
+        raise bad_request(
+            f"keyplane bills text to speech per character of its input, and '{price.model}' has "
+            "no price per character (an operator sets characters in its price entry).",
+            param="model", code="unsupported_value",
+        )  # fmt: skip
+    return len(text)
 
 
 def image_price(price: Price, payload: dict[str, Any]) -> int:

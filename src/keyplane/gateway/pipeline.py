@@ -39,6 +39,7 @@ from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.ratelimits import RateGuard
 from keyplane.gateway.responses import ResponseOwners, check_request, previous_not_found
 from keyplane.gateway.streaming import (
+    AudioRelay,
     SseAccounting,
     answer_usage,
     error_event,
@@ -89,6 +90,7 @@ class Endpoint:
     responses: bool = False  # the Responses API: stored responses, its own events and fields
     per_image: bool = False  # billed per image generated (by quality and size), not by tokens
     audio_in: bool = False  # a multipart upload of audio, billed per minute of it
+    audio_out: bool = False  # text to speech: billed per character, its audio relayed as it comes
 
 
 ENDPOINTS: dict[str, Endpoint] = {
@@ -120,6 +122,10 @@ ENDPOINTS: dict[str, Endpoint] = {
         "audio.translations", "/audio/translations", False, "file", lambda p, _: 0,
         Group.AUDIO, has_output=False, caps=(), audio_in=True,
     ),
+    "/v1/audio/speech": Endpoint(
+        "audio.speech", "/audio/speech", False, "input", lambda p, _: 0,
+        Group.AUDIO, has_output=False, caps=(), audio_out=True,
+    ),
     "/v1/moderations": Endpoint(
         "moderations", "/moderations", False, "input",
         lambda p, _: tokens.estimate_input(p.get("input")), Group.MODERATIONS, has_output=False,
@@ -136,6 +142,7 @@ class Call:
     __slots__ = (
         "audio_bytes",
         "carried",
+        "characters",
         "choices",
         "client_ip",
         "endpoint",
@@ -196,6 +203,7 @@ class Call:
         self.image_price = 0  # micro-dollars per image generated (per_image endpoints)
         self.audio_bytes = 0  # the size of the audio file uploaded (audio_in endpoints)
         self.longest = 0  # the most seconds it may play: what its hold covers, and its bill
+        self.characters = 0  # the text it asks to speak (audio_out endpoints): its hold and bill
 
 
 class Pipeline:
@@ -263,7 +271,7 @@ class Pipeline:
             ) from None
 
     async def _handle(self, call: Call, scope: Any, receive: Receive, send: Send) -> None:
-        audio = call.endpoint.audio_in
+        audio, speech = call.endpoint.audio_in, call.endpoint.audio_out
         body = await self._read_body(scope, receive, media.AUDIO_MAX_BYTES if audio else 0)
         if audio:  # (a multipart upload of tens of megabytes: parsed on a worker thread)
             form = await asyncio.to_thread(media.audio_form, body, header(scope, b"content-type"))
@@ -298,6 +306,8 @@ class Pipeline:
                 "tokens only (an operator sets audio_minute in its price entry).",
                 param="model", code="unsupported_value",
             )  # fmt: skip
+        if speech:  # (its input checked, and its model priced per character)
+            call.characters = media.speech_characters(payload, call.price)
         call.estimated_input = call.endpoint.estimate_input(
             payload, tokens.image_estimate(call.price.image_input_tokens)
         )
@@ -324,7 +334,7 @@ class Pipeline:
         # Each of n choices (or best_of candidates, generated and billed, on completions), for
         # each prompt of a legacy completion's list, can write the whole cap: the hold and the
         # token estimate count them all. (_parse checked n and best_of.)
-        if audio:  # (a form's fields are strings: none of them counts outputs)
+        if audio or speech:  # (one answer each; a form's fields are strings, not counts)
             choices = 1
         elif call.endpoint.per_image:  # n images (best_of is not an images field)
             choices = payload.get("n") or 1
@@ -345,6 +355,8 @@ class Pipeline:
                 bound = CostBound(
                     bound.fixed + media.audio_cost(call.price, call.longest) * MICRO, 0
                 )
+            elif speech:  # the text it asks to speak, known up front: held at exactly its bill
+                bound = CostBound(call.price.character_cost(call.characters) * MICRO, 0)
         except UnboundedInput as exc:
             if exc.carried:
                 param, code = "previous_response_id", "unsupported_parameter"
@@ -377,9 +389,9 @@ class Pipeline:
                 # Forwarded, with no answer yet (a shutdown's cancellation, say): the upstream
                 # goes on and bills it, so the most it may write is billed, as after a crash.
                 used = (call.estimated_input, 0, call.held_output) if call.forwarded else (0, 0, 0)
-                images, seconds = _unanswered_media(call) if call.forwarded else (0, 0)
+                images, seconds, chars = _unanswered_media(call) if call.forwarded else (0, 0, 0)
                 self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True, images=images,
-                            seconds=seconds)  # fmt: skip
+                            seconds=seconds, characters=chars)  # fmt: skip
 
     async def stored_at(
         self, response_id: str, key: ApiKey
@@ -470,9 +482,11 @@ class Pipeline:
         receive: Receive, send: Send, client_wants_usage: bool,
     ) -> None:  # fmt: skip
         call.forwarded = True
+        # (A speech's audio is relayed as it arrives, never read whole: an open answer, as a stream.)
+        stream = call.stream or call.endpoint.audio_out
         try:  # (the router copies the headers it forwards)
             resp, content, up = await self.router.send(
-                upstreams, call.endpoint.upstream_path, body, scope["headers"], stream=call.stream
+                upstreams, call.endpoint.upstream_path, body, scope["headers"], stream=stream
             )
         except UpstreamUnavailable as exc:
             status = 504 if exc.timed_out else 503 if exc.busy else 502
@@ -481,9 +495,9 @@ class Pipeline:
             out = estimated_output(exc.partial) if exc.partial and call.endpoint.has_output else 0
             used = (call.estimated_input, 0, out) if exc.reached else (0, 0, 0)
             outcome = Outcome.UPSTREAM_BROKEN if exc.partial else Outcome.UPSTREAM_UNREACHABLE
-            images, seconds = _unanswered_media(call) if exc.reached else (0, 0)
+            images, seconds, chars = _unanswered_media(call) if exc.reached else (0, 0, 0)
             self._meter(call, status, used, outcome, estimated=exc.reached, images=images,
-                        seconds=seconds)  # fmt: skip
+                        seconds=seconds, characters=chars)  # fmt: skip
             advice = (
                 ((b"retry-after", b"1"),) if exc.busy
                 else ((b"x-should-retry", b"false"),) if exc.refused else ()
@@ -494,7 +508,8 @@ class Pipeline:
         try:
             out_headers = self._response_headers(call, resp)
             if content is None:
-                if resp.status == 200 and not _json_answer(resp):
+                # (A speech's answer is passed on as it came, JSON instead of audio included.)
+                if resp.status == 200 and (not _json_answer(resp) or call.endpoint.audio_out):
                     await self._stream(
                         call, resp, out_headers, receive, send, client_wants_usage, up
                     )
@@ -563,8 +578,12 @@ class Pipeline:
         self, call: Call, resp: UpstreamResponse, headers: list[tuple[bytes, bytes]],
         receive: Receive, send: Send, client_wants_usage: bool, up: Upstream,
     ) -> None:  # fmt: skip
-        responses = call.endpoint.responses
-        acc = SseAccounting(client_wants_usage=client_wants_usage, responses=responses)
+        responses, speech = call.endpoint.responses, call.endpoint.audio_out
+        acc: SseAccounting = (
+            AudioRelay()
+            if speech
+            else SseAccounting(client_wants_usage=client_wants_usage, responses=responses)
+        )
         await send(
             {
                 "type": "http.response.start",
@@ -604,6 +623,8 @@ class Pipeline:
             except UpstreamError as exc:
                 log.warning("upstream stream broke: %s", type(exc).__name__)
                 outcome = Outcome.UPSTREAM_BROKEN
+                if speech:  # audio has no in-band error: left unfinished, the connection is
+                    return  # closed, and the client sees its answer cut short
                 tail = error_event("The upstream stream broke before it finished.")
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except asyncio.CancelledError:
@@ -616,7 +637,10 @@ class Pipeline:
             raise
         finally:
             watching.cancel()
-            if acc.usage is not None:
+            if speech:  # the text it asked to speak, however much of the audio the client took
+                self._meter(call, 200, (0, 0, 0), outcome, estimated=False,
+                            characters=call.characters)  # fmt: skip
+            elif acc.usage is not None:
                 self._meter(call, 200, acc.usage, outcome, estimated=False)
             else:
                 used = (call.estimated_input, 0, acc.estimated_output_tokens)
@@ -670,6 +694,7 @@ class Pipeline:
         estimated: bool,
         images: int = 0,
         seconds: int = 0,
+        characters: int = 0,
     ) -> None:
         if call.metered or call.hold is None:
             return
@@ -686,6 +711,8 @@ class Pipeline:
             cost += images * call.image_price
         if seconds and price:
             cost += media.audio_cost(price, seconds)
+        if characters and price:
+            cost += price.character_cost(characters)
         self.money.finish(
             call.hold,
             UsageRecord(
@@ -711,6 +738,7 @@ class Pipeline:
                 period=call.hold.period,
                 images=images,
                 audio_seconds=seconds,
+                characters=characters,
             ),
         )
 
@@ -736,12 +764,13 @@ def _in_envelope(status: int, content: bytes, headers: list[tuple[bytes, bytes]]
     return orjson.dumps(ApiError(status, message, type=kind, code="upstream_error").body())
 
 
-def _unanswered_media(call: Call) -> tuple[int, int]:
-    """(images, seconds of audio) a request the upstream may have served without answering is
-    billed: all the images it asked for; the audio's likely duration, at most what was held."""
+def _unanswered_media(call: Call) -> tuple[int, int, int]:
+    """(images, seconds of audio, characters spoken) a request the upstream may have served
+    without answering is billed: all the images it asked for; the audio's likely duration, at most
+    what was held; all the text it asked to speak."""
     images = call.choices if call.endpoint.per_image else 0
     seconds = min(media.likely_seconds(call.audio_bytes), call.longest)
-    return images, seconds
+    return images, seconds, call.characters
 
 
 def _prompt_count(prompt: Any) -> int:

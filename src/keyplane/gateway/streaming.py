@@ -3,6 +3,8 @@
 keyplane asks the upstream for ``stream_options.include_usage`` so the last event carries exact
 token counts. Until then it counts the generated text itself, so a stream cut short by the client
 or the upstream is still billed for what was produced (estimated at four characters a token).
+
+Text to speech's answer, the audio itself, goes through the same pump unread (``AudioRelay``).
 """
 
 from __future__ import annotations
@@ -252,6 +254,19 @@ class SseAccounting:
         """Tokens of the text streamed so far, estimated (counting the chunks not parsed yet)."""
         self._count_pending()
         return estimate_chars(self._chars)
+
+
+class AudioRelay(SseAccounting):
+    """A binary answer (text to speech's audio, or whatever its upstream sent instead) passed on
+    byte for byte as it arrives: nothing parsed, nothing held back, no usage in it (its request is
+    billed on the text it asked to speak). An ``SseAccounting`` so the pipeline pumps both alike:
+    the client's disconnect, the upstream's break and their bills are handled in one place."""
+
+    def __init__(self) -> None:
+        super().__init__(client_wants_usage=True)
+
+    def feed(self, data: bytes) -> bytes:
+        return data
 
 
 def json_object(payload: bytes) -> dict[str, Any] | None:

@@ -134,6 +134,7 @@ usage_records = Table(
     Column("period", String(7), nullable=False, server_default=""),  # UTC month of admission
     Column("images", Integer, nullable=False, server_default="0"),  # images generated
     Column("audio_seconds", Integer, nullable=False, server_default="0"),  # audio transcribed
+    Column("characters", BigInteger, nullable=False, server_default="0"),  # text spoken
     Index("ix_usage_records_org_time", "org_id", "created_at"),
     Index("ix_usage_records_project_time", "project_id", "created_at"),
 )

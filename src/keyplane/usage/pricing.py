@@ -19,7 +19,8 @@ _SNAPSHOT = re.compile(r"^(?P<base>.+?)-\d{4}-\d{2}-\d{2}$")
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """Micro-dollars per 1M tokens (input, cached input, output), per audio minute, per image."""
+    """Micro-dollars per 1M tokens (input, cached input, output), per audio minute, per image, per
+    1M characters (text to speech)."""
 
     model: str
     effective_from: int  # Unix seconds
@@ -28,6 +29,7 @@ class Price:
     output_per_m: int = 0
     audio_minute: int = 0
     image: int = 0
+    characters_per_m: int = 0  # text to speech: per 1M characters of its input
     max_output_tokens: int | None = None  # the model's own cap: the worst case when none is sent
     output_param: str = "max_tokens"  # how to tell the upstream a lower cap (chat endpoint)
     image_input_tokens: int | None = None  # the most input tokens one image may cost
@@ -55,6 +57,17 @@ class Price:
             + output_tokens * self.output_per_m
         )
         return -(-numerator // MICRO)
+
+    def character_cost(self, characters: int) -> int:
+        """Cost in micro-dollars of speaking ``characters`` characters, rounded up once."""
+        return -(-characters * self.characters_per_m // MICRO)
+
+    @property
+    def charges(self) -> bool:
+        """Whether any use of the model costs something (a free model is priced at 0 throughout)."""
+        rates = (self.input_per_m, self.cached_input_per_m, self.output_per_m, self.audio_minute,
+                 self.image, self.characters_per_m)  # fmt: skip
+        return any(rates) or any(price for _, price in self.images)
 
 
 def format_usd(micros: int) -> str:
@@ -90,7 +103,9 @@ def _parse_entry(entry: Mapping[str, Any], where: str) -> Price:
     if not isinstance(when, dt.date):
         raise ValueError(f"{where}: {model} needs effective_from as a date")
     start = int(dt.datetime(when.year, when.month, when.day, tzinfo=dt.UTC).timestamp())
-    fields = {"input": 0, "cached_input": 0, "output": 0, "audio_minute": 0, "image": 0}
+    fields = {
+        "input": 0, "cached_input": 0, "output": 0, "audio_minute": 0, "image": 0, "characters": 0,
+    }  # fmt: skip
     known = {"model", "effective_from", "output_param", "images", *_COUNTS}
     unknown = set(entry) - set(fields) - known
     if unknown:
@@ -123,6 +138,7 @@ def _parse_entry(entry: Mapping[str, Any], where: str) -> Price:
         output_per_m=fields["output"],
         audio_minute=fields["audio_minute"],
         image=fields["image"],
+        characters_per_m=fields["characters"],
         max_output_tokens=counts["max_output_tokens"],
         output_param=output_param,
         image_input_tokens=counts["image_input_tokens"],

@@ -25,7 +25,7 @@ class UsageRecord(Value):
         "request_id", "created_at", "org_id", "project_id", "key_id", "owner_type", "owner_id",
         "model", "endpoint", "input_tokens", "cached_input_tokens", "output_tokens", "status",
         "latency_ms", "client_ip", "cost_micro_usd", "stream", "outcome", "tokens_estimated",
-        "period", "images", "audio_seconds",
+        "period", "images", "audio_seconds", "characters",
     )  # fmt: skip
     __slots__ = FIELDS
 
@@ -53,6 +53,7 @@ class UsageRecord(Value):
         period: str = "",  # UTC month of admission (YYYY-MM): the month its spend counts in
         images: int = 0,  # images generated (billed per image)
         audio_seconds: int = 0,  # audio transcribed or translated (billed per minute)
+        characters: int = 0,  # text spoken (text to speech, billed per character)
     ) -> None:
         self.request_id = request_id
         self.created_at = created_at
@@ -76,6 +77,7 @@ class UsageRecord(Value):
         self.period = period
         self.images = images
         self.audio_seconds = audio_seconds
+        self.characters = characters
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,3 +109,4 @@ class UsageBucket:
     owner_id: str | None = None  # the key's owner (a user, or a service account)
     images: int = 0  # images generated
     audio_seconds: int = 0  # audio transcribed or translated
+    characters: int = 0  # text spoken

@@ -113,6 +113,7 @@ POLICY: Mapping[str, frozenset[Grant]] = {
     "usage.moderations": READ,
     "usage.images": READ,
     "usage.audio_transcriptions": READ,
+    "usage.audio_speeches": READ,
     "costs.list": READ,
     # projects (project_routes)
     "projects.list": READ,

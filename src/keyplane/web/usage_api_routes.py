@@ -1,6 +1,8 @@
 """Admin API for usage and costs, in OpenAI's shapes (BRIEF C7): ``GET /v1/organization/usage/
-completions`` and ``…/usage/embeddings`` (tokens and requests per time bucket), and ``GET
-/v1/organization/costs`` (dollars per day), each grouped and filtered as OpenAI's are.
+completions``, ``…/usage/embeddings``, ``…/moderations``, ``…/images``, ``…/audio_transcriptions``
+and ``…/audio_speeches`` (requests per time bucket, and what each endpoint is counted in: tokens,
+images, seconds, characters), and ``GET /v1/organization/costs`` (dollars per day), each grouped
+and filtered as OpenAI's are.
 
 Buckets start at ``start_time`` and are ``bucket_width`` wide; a page holds ``limit`` buckets
 (empty ones included, as OpenAI's), and ``next_page`` is where the next page starts. The figures
@@ -105,6 +107,18 @@ class AudioTranscriptionsResult(BaseModel):
         "organization.usage.audio_transcriptions.result"
     )
     seconds: int
+    num_model_requests: int
+    project_id: str | None = None
+    user_id: str | None = None
+    api_key_id: str | None = None
+    model: str | None = None
+
+
+class AudioSpeechesResult(BaseModel):
+    object: Literal["organization.usage.audio_speeches.result"] = (
+        "organization.usage.audio_speeches.result"
+    )
+    characters: int
     num_model_requests: int
     project_id: str | None = None
     user_id: str | None = None
@@ -332,6 +346,20 @@ async def audio_transcriptions_usage(ctx: Ctx, principal: Allowed, q: Usage) -> 
         AudioTranscriptionsResult,
         lambda r: AudioTranscriptionsResult(
             seconds=r.audio_seconds, num_model_requests=r.requests, **_grouped(r)
+        ),
+    )  # fmt: skip
+
+
+@router.get(
+    "/usage/audio_speeches", tags=["usage"], name="usage.audio_speeches",
+    response_model=BucketPage[AudioSpeechesResult],
+)  # fmt: skip
+async def audio_speeches_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
+    """Characters of text spoken (text to speech), and requests, per time bucket."""
+    return await _usage_page(
+        ctx, principal.org_id, q, ("audio.speech",), AudioSpeechesResult,
+        lambda r: AudioSpeechesResult(
+            characters=r.characters, num_model_requests=r.requests, **_grouped(r)
         ),
     )  # fmt: skip
 
