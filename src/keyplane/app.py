@@ -1,7 +1,8 @@
 """The one ASGI app keyplane serves:
 
 - ``/v1/organization…``, ``/openapi.json``, ``/docs``: the Admin API (FastAPI), and with it
-  ``/v1/secret_scanning/reports`` (leaked keys reported by a secret scanning service);
+  ``/v1/secret_scanning/reports`` (leaked keys reported by a secret scanning service) and
+  ``/stripe/webhook`` (Stripe's signed events, with the stripe payment provider);
 - ``/v1/…``, ``/healthz``, ``/readyz``, ``/metrics``: the gateway, a pure ASGI app (no framework middleware on
   the hot path), which also owns the lifespan (its background loops);
 - everything else: the dashboard (server-rendered pages), when there is one.
@@ -14,7 +15,9 @@ from collections.abc import Callable, Sequence
 from keyplane.gateway.asgi import ASGIApp, Receive, Scope, Send
 from keyplane.keys import network
 
-ADMIN_PREFIXES = ("/v1/organization", "/v1/secret_scanning", "/openapi.json", "/docs")
+ADMIN_PREFIXES = (
+    "/v1/organization", "/v1/secret_scanning", "/stripe/", "/openapi.json", "/docs",
+)  # fmt: skip
 GATEWAY_PREFIXES = ("/v1/", "/healthz", "/readyz", "/metrics")
 
 

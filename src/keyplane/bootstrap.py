@@ -18,8 +18,9 @@ from keyplane.accounts.totp import SecondFactorService
 from keyplane.accounts.verification import OrgVerificationService
 from keyplane.app import KeyplaneApp, Lazy, behind_proxies
 from keyplane.audit.service import AuditService
-from keyplane.billing.payments import PaymentService, PurchaseBounds, SandboxProvider
+from keyplane.billing.payments import PaymentService, PurchaseBounds
 from keyplane.billing.promotion import TierPromoter
+from keyplane.billing.sandbox import SandboxProvider
 from keyplane.billing.service import BillingService
 from keyplane.billing.watcher import SpendWatcher
 from keyplane.clock import Clock, SystemClock
@@ -68,6 +69,8 @@ from keyplane.webhook_http import HttpPoster
 if TYPE_CHECKING:
     import httpx
 
+    from keyplane.stripe_payments import StripeProvider
+
 
 @dataclass
 class Container:
@@ -84,6 +87,7 @@ class Container:
     rotation: RotationReminder
     leaks: LeakResponder
     payments: PaymentService
+    stripe: StripeProvider | None  # the payment provider, when it is Stripe (its webhook)
     webhooks: Webhooks
     anomalies: AnomalyWatcher
     webhook_store: SqlWebhookStore
@@ -102,6 +106,8 @@ class Container:
     pepper: bytes
 
     def close(self) -> None:
+        if self.stripe is not None:
+            self.stripe.close()
         self.money_store.close()
         self.engine.dispose()
 
@@ -146,8 +152,10 @@ def build(
         org_name=accounts.org_name, audit=audit, publish=webhooks.publish,
     )  # fmt: skip
     low, high = settings.purchase_bounds()
+    stripe = _stripe(settings)
     payments = PaymentService(
-        SqlPaymentStore(engine), billing, SandboxProvider(), clock, audit=audit, outbox=outbox,
+        SqlPaymentStore(engine), billing, stripe or SandboxProvider(), clock, audit=audit,
+        outbox=outbox,
         owner_emails=accounts.owner_emails, org_name=accounts.org_name, promote=promoter.check,
         bounds=PurchaseBounds(low, high), max_recharge_attempts=settings.recharge_max_attempts,
         publish=webhooks.publish,
@@ -187,6 +195,7 @@ def build(
             publish=webhooks.publish,
         ),
         payments=payments,
+        stripe=stripe,
         webhooks=webhooks,
         webhook_store=webhook_store,
         response_store=SqlResponseStore(engine),
@@ -227,6 +236,22 @@ def build(
         mailer=SmtpMailer.from_settings(settings),
         prices=prices,
         pepper=pepper,
+    )
+
+
+def _stripe(settings: Settings) -> StripeProvider | None:
+    """The Stripe provider when configured (its SDK is imported then only: the sandbox, the
+    default, never loads it)."""
+    if settings.payment_provider != "stripe":
+        return None
+    from keyplane.stripe_payments import StripeProvider
+
+    assert settings.stripe_secret_key is not None  # (Settings refuses stripe without one)
+    webhook = settings.stripe_webhook_secret
+    return StripeProvider(
+        settings.stripe_secret_key.get_secret_value(),
+        webhook_secret=webhook.get_secret_value() if webhook else None,
+        api_base=settings.stripe_api_base,
     )
 
 

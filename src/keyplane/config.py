@@ -135,9 +135,15 @@ class Settings(BaseSettings):
     initial_tier: str = "tier-1"  # the tier `keyplane init` gives the operator's organization
     rpm_burst_s: float = Field(default=10.0, ge=0)  # RPM burst: this many seconds' worth
     # Credit purchases (BRIEF C5): the payment provider ("sandbox": the public test cards only,
-    # nothing leaves the process) and a purchase's bounds in dollars; declined auto-recharges are
-    # tried this many times (an hour apart) before auto-recharge is turned off.
-    payment_provider: Literal["sandbox"] = "sandbox"
+    # nothing leaves the process; "stripe": real cards, through Stripe with the keys below) and a
+    # purchase's bounds in dollars; declined auto-recharges are tried this many times (an hour
+    # apart) before auto-recharge is turned off.
+    payment_provider: Literal["sandbox", "stripe"] = "sandbox"
+    stripe_secret_key: SecretStr | None = None  # sk_… (or a restricted rk_…)
+    stripe_publishable_key: str = ""  # pk_…: the dashboard's card form (Stripe.js) uses it
+    # whsec_…: checks the events Stripe posts to /stripe/webhook (none: they are refused).
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str = "https://api.stripe.com"  # (tests; a stand-in such as stripe-mock)
     credit_purchase_min: str = "5"
     credit_purchase_max: str = "100"
     recharge_max_attempts: int = Field(default=3, ge=1, le=10)
@@ -191,6 +197,37 @@ class Settings(BaseSettings):
             parse_amount(self.credit_purchase_min, cents=True),
             parse_amount(self.credit_purchase_max, cents=True),
         )
+
+    @field_validator("stripe_api_base")
+    @classmethod
+    def _api_base(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("stripe_api_base is an http:// or https:// URL")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _stripe_keys(self) -> Settings:
+        """With Stripe, both keys, each of its kind: a secret key swapped for the publishable
+        one would be put into every card form's page. (The messages never quote a key.)"""
+        if self.payment_provider != "stripe":
+            return self
+        secret = self.stripe_secret_key.get_secret_value() if self.stripe_secret_key else ""
+        if not secret.strip():
+            raise ValueError(
+                "KEYPLANE_PAYMENT_PROVIDER=stripe needs KEYPLANE_STRIPE_SECRET_KEY (sk_… or rk_…, "
+                "from the Stripe Dashboard's API keys)"
+            )
+        if not secret.startswith(("sk_", "rk_")):
+            raise ValueError(
+                "KEYPLANE_STRIPE_SECRET_KEY is a secret key: it starts with sk_ or rk_"
+            )
+        if not self.stripe_publishable_key.startswith("pk_"):
+            raise ValueError(
+                "KEYPLANE_PAYMENT_PROVIDER=stripe needs KEYPLANE_STRIPE_PUBLISHABLE_KEY (pk_…), "
+                "for the dashboard's card form"
+            )
+        return self
 
     @field_validator("leak_report_keys")
     @classmethod

@@ -6,7 +6,8 @@ import datetime as dt
 
 import pytest
 
-from keyplane.billing.payments import TEST_CARDS, CardDetails, SandboxProvider, luhn_valid
+from keyplane.billing.payments import CardDetails
+from keyplane.billing.sandbox import TEST_CARDS, SandboxProvider, luhn_valid
 from keyplane.errors import InvalidRequest
 
 NOW = dt.datetime(2026, 12, 6, tzinfo=dt.UTC).timestamp()
@@ -44,8 +45,19 @@ def test_a_card_expiring_this_month_is_taken_and_charges_end_as_its_number_says(
     paid = sandbox.save_card(CardDetails("4242424242424242", 12, 2026, "123"), NOW)
     assert (paid.brand, paid.last4) == ("visa", "4242")
     assert "4242424242424242" not in paid.provider_ref
-    assert sandbox.charge(paid.provider_ref, 5_000_000, "k") is None
+    assert (
+        sandbox.charge(paid.provider_ref, 5_000_000, "k", org_id="org_1", kind="purchase") is None
+    )
     declined = sandbox.save_card(CardDetails("4000 0000 0000 0002", 1, 2027, "999"), NOW)
-    assert sandbox.charge(declined.provider_ref, 5_000_000, "k") == "card_declined"
+    assert (
+        sandbox.charge(declined.provider_ref, 5_000_000, "k", org_id="org_1", kind="purchase")
+        == "card_declined"
+    )
     # Should one reach a log line: the last four digits only, never the CVC.
     assert repr(CardDetails("4242424242424242", 1, 2030, "123")) == "CardDetails(…4242, 01/2030)"
+
+
+def test_the_sandbox_takes_no_payment_method_id() -> None:
+    with pytest.raises(InvalidRequest, match="takes card details") as refused:
+        sandbox.save_token("org_1", "pm_123", [])
+    assert refused.value.param == "payment_method"

@@ -257,3 +257,41 @@ def test_a_leak_report_key_that_is_no_public_key_is_refused_at_start(
     monkeypatch.setenv("KEYPLANE_LEAK_REPORT_KEYS", '{"github-1": "not a PEM"}')
     with pytest.raises(ValidationError, match="'github-1' is not a PEM public key"):
         Settings()
+
+
+SK = "sk_test_" + "s" * 40
+PK = "pk_test_" + "p" * 40
+
+
+@pytest.mark.parametrize(
+    ("keys", "why"),
+    [
+        ({}, "needs KEYPLANE_STRIPE_SECRET_KEY"),
+        ({"stripe_secret_key": "  ", "stripe_publishable_key": PK}, "needs KEYPLANE_STRIPE_SECRET"),
+        ({"stripe_secret_key": PK, "stripe_publishable_key": PK}, "starts with sk_ or rk_"),
+        ({"stripe_secret_key": SK}, "needs KEYPLANE_STRIPE_PUBLISHABLE_KEY"),
+        # A secret key where the publishable one goes would be put into the card form's page.
+        ({"stripe_secret_key": SK, "stripe_publishable_key": SK}, "PUBLISHABLE_KEY \\(pk_"),
+    ],
+)
+def test_stripe_needs_both_its_keys_each_of_its_kind_and_never_echoes_them(
+    monkeypatch: pytest.MonkeyPatch, keys: dict[str, str], why: str
+) -> None:
+    monkeypatch.setenv("KEYPLANE_PAYMENT_PROVIDER", "stripe")
+    with pytest.raises(ValidationError, match=why) as refused:
+        Settings(**keys)  # type: ignore[arg-type]
+    assert "s" * 40 not in str(refused.value) and "p" * 40 not in str(refused.value)
+
+
+def test_stripe_with_its_keys_and_the_sandbox_without_any(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().payment_provider == "sandbox"
+    monkeypatch.setenv("KEYPLANE_PAYMENT_PROVIDER", "stripe")
+    monkeypatch.setenv("KEYPLANE_STRIPE_SECRET_KEY", SK)
+    monkeypatch.setenv("KEYPLANE_STRIPE_PUBLISHABLE_KEY", PK)
+    monkeypatch.setenv("KEYPLANE_STRIPE_API_BASE", "http://127.0.0.1:12111/")
+    s = Settings()
+    assert s.stripe_secret_key is not None and s.stripe_secret_key.get_secret_value() == SK
+    assert SK not in repr(s) and s.stripe_api_base == "http://127.0.0.1:12111"
+    assert s.stripe_webhook_secret is None
+    with pytest.raises(ValidationError, match="http:// or https://"):
+        Settings(stripe_api_base="api.stripe.com")

@@ -2,20 +2,25 @@
 
 A payment provider charges a saved payment method; keyplane stores only what identifies the method
 to a person (brand, last four digits, expiry) and to the provider (its reference), never a card
-number or a CVC. ``SandboxProvider`` is the offline default: it takes the public test card numbers
-and checks them as a card form would (Luhn, expiry, CVC). A successful charge becomes a credit lot
-(a purchase: non-refundable, expiring a year later, counted toward usage tiers); every charge,
-successful or not, is a line of the billing history.
+number or a CVC. The sandbox (``billing/sandbox.py``) is the offline default: it takes the public
+test card numbers, as card details. Stripe (``keyplane/stripe_payments.py``) never lets card details
+reach keyplane: the browser gives them to Stripe.js, and keyplane saves the PaymentMethod id it gets
+back (a token). A successful charge becomes a credit lot (a purchase: non-refundable, expiring a
+year later, counted toward usage tiers); every charge, successful or not, is a line of the billing
+history.
 
 Every charge carries an idempotency key (the client's ``Idempotency-Key``, or the recharge job's id),
-so a retried request or a recharge picked up again after a crash never charges twice."""
+so a retried request or a recharge picked up again after a crash never charges twice; its credit
+lot is recorded under a key derived from it, so the provider's own report of the payment (Stripe's
+signed webhook, ``credit_paid``) credits a charge whose process died before it could, exactly once
+whichever comes first."""
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
-import secrets
+import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,8 +29,9 @@ from keyplane.audit.models import Actor, ActorType
 from keyplane.audit.service import AuditService
 from keyplane.billing.ports import Claim, Done
 from keyplane.billing.service import BillingService
+from keyplane.billing.wallet import Lot
 from keyplane.clock import Clock
-from keyplane.errors import InvalidRequest, KeyplaneError, NotFound
+from keyplane.errors import IdempotencyKeyReused, InvalidRequest, KeyplaneError, NotFound
 from keyplane.ids import new_id, ordered_id
 from keyplane.notify.ports import Outbox
 from keyplane.notify.webhooks import Publish, publish_nowhere
@@ -34,6 +40,9 @@ MAX_METHODS = 10  # saved payment methods per organization
 RECHARGE_RETRY_S = 3600  # a declined auto-recharge is tried again this much later
 RECHARGE_LEASE_S = 600  # a recharge claimed by a process that died is taken over after this
 SYSTEM = Actor(ActorType.SYSTEM, "auto-recharge")
+KINDS = ("purchase", "recharge")
+CHARGE_KEY = re.compile(r"[0-9a-f]{40}")  # what ``_charge`` gives the provider
+CREDIT_WAITS_S = (0.05, 0.2, 0.5, 1.0)  # a credit being recorded by the provider's webhook
 
 
 class PaymentFailed(KeyplaneError):
@@ -107,17 +116,41 @@ class RechargeJob:
     attempts: int
 
 
+@dataclass(frozen=True, slots=True)
+class PaidCharge:
+    """A charge the provider reports paid (Stripe: a signed ``payment_intent.succeeded``), with
+    what keyplane gave it: the organization, the kind, the idempotency key ``_charge`` used."""
+
+    org_id: str
+    kind: str
+    key: str
+    amount: int  # micro-dollars
+    provider_ref: str  # the method charged, as keyplane saved it
+    payment_ref: str  # the provider's id of the payment (Stripe: pi_…), for the logs
+
+
 class PaymentProvider(Protocol):
     name: str
 
     def save_card(self, card: CardDetails, now: float) -> SavedCard:
         """Checks the card and saves it with the provider. Raises InvalidRequest (a bad number,
-        expiry or CVC, with ``param``)."""
+        expiry or CVC, with ``param``; a provider that takes no card details)."""
         ...
 
-    def charge(self, provider_ref: str, amount: int, idempotency_key: str) -> str | None:
-        """Charges ``amount`` micro-dollars (whole cents); None when it succeeded, else the
-        decline code. The same ``idempotency_key`` never charges twice."""
+    def save_token(self, org_id: str, token: str, saved_refs: Sequence[str]) -> SavedCard:
+        """Saves the method the provider's browser library created (Stripe: a PaymentMethod id)
+        for the organization; ``saved_refs`` are its methods saved with this provider so far
+        (Stripe reuses their Customer). Raises InvalidRequest (``param="payment_method"``: an
+        unknown or refused token, a provider that takes no tokens)."""
+        ...
+
+    def charge(
+        self, provider_ref: str, amount: int, idempotency_key: str, *, org_id: str, kind: str
+    ) -> str | None:
+        """Charges ``amount`` micro-dollars (whole cents) for the organization's ``kind`` of
+        charge ("purchase", "recharge"); None when it succeeded, else the decline code
+        ("processing_error" when the provider could not be asked or answered oddly). The same
+        ``idempotency_key`` never charges twice. Never raises for the provider's failures."""
         ...
 
 
@@ -160,89 +193,26 @@ class PaymentStore(Protocol):
         ...
 
 
-# -- the sandbox --------------------------------------------------------------------------------
-
-# The public test card numbers (Stripe's): brand, and the decline code a charge gets (None: paid).
-TEST_CARDS: dict[str, tuple[str, str | None]] = {
-    "4242424242424242": ("visa", None),
-    "4000056655665556": ("visa", None),  # debit
-    "5555555555554444": ("mastercard", None),
-    "2223003122003222": ("mastercard", None),
-    "378282246310005": ("amex", None),
-    "6011111111111117": ("discover", None),
-    "4000000000000002": ("visa", "card_declined"),
-    "4000000000009995": ("visa", "insufficient_funds"),
-    "4000000000000069": ("visa", "expired_card"),
-    "4000000000000127": ("visa", "incorrect_cvc"),
-}
-
-
-def _digits(text: str) -> bool:
-    return text.isascii() and text.isdigit()
-
-
-def luhn_valid(number: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(number)):
-        digit = int(ch)
-        if i % 2 == 1:
-            digit = digit * 2 - 9 if digit > 4 else digit * 2
-        total += digit
-    return total % 10 == 0
-
-
-def check_card(card: CardDetails, now: float) -> str:
-    """The card's digits, checked as a card form checks them. Raises InvalidRequest."""
-    number = card.number.replace(" ", "").replace("-", "")
-    # ASCII digits only: str.isdigit() also takes "²" or "٣", which int() then refuses (a 500).
-    if not _digits(number) or not 12 <= len(number) <= 19 or not luhn_valid(number):
-        raise InvalidRequest("Your card number is incorrect.", param="number")
-    today = dt.datetime.fromtimestamp(now, dt.UTC)
-    if not 1 <= card.exp_month <= 12:
-        raise InvalidRequest("Your card's expiration month is invalid.", param="exp_month")
-    if not today.year <= card.exp_year <= today.year + 50 or (
-        card.exp_year == today.year and card.exp_month < today.month
-    ):
-        raise InvalidRequest("Your card's expiration date is in the past.", param="exp_year")
-    cvc_len = 4 if number.startswith(("34", "37")) else 3
-    if not _digits(card.cvc) or len(card.cvc) != cvc_len:
-        raise InvalidRequest(f"Your card's security code must be {cvc_len} digits.", param="cvc")
-    return number
-
-
-class SandboxProvider:
-    """The offline provider: only the public test card numbers; their charges succeed or decline
-    as the number says (``TEST_CARDS``), whatever the amount. Nothing leaves the process."""
-
-    name = "sandbox"
-
-    def save_card(self, card: CardDetails, now: float) -> SavedCard:
-        number = check_card(card, now)
-        if number not in TEST_CARDS:
-            raise InvalidRequest(
-                "The sandbox payment provider takes test cards only (e.g. 4242 4242 4242 4242; "
-                "4000 0000 0000 0002 is declined): configure a real provider to take real cards.",
-                param="number",
-            )
-        brand, outcome = TEST_CARDS[number]
-        # The reference says how its charges end; it identifies no card.
-        ref = f"sbx_{outcome or 'ok'}_{secrets.token_hex(8)}"
-        return SavedCard(ref, brand, number[-4:], card.exp_month, card.exp_year)
-
-    def charge(self, provider_ref: str, amount: int, idempotency_key: str) -> str | None:
-        if not provider_ref.startswith("sbx_"):
-            return "processing_error"
-        outcome = provider_ref[4:].rsplit("_", 1)[0]
-        return None if outcome == "ok" else outcome
-
-
 # -- the service --------------------------------------------------------------------------------
 
+_DECLINED = "Your card was declined."
+_PLAIN_DECLINES = (
+    "generic_decline", "do_not_honor", "lost_card", "stolen_card", "fraudulent", "pickup_card",
+    "restricted_card", "card_velocity_exceeded", "card_not_supported",
+)  # fmt: skip
 _DECLINES = {
-    "card_declined": "Your card was declined.",
+    "card_declined": _DECLINED,
     "insufficient_funds": "Your card has insufficient funds.",
     "expired_card": "Your card has expired.",
     "incorrect_cvc": "Your card's security code is incorrect.",
+    "authentication_required": (
+        "Your card asks for 3-D Secure authentication, which a saved card charged without you "
+        "cannot give: use another card."
+    ),
+    "processing_error": "The payment could not be processed, so nothing was credited.",
+    # Stripe's decline codes that say no more than "declined" to the cardholder (as it advises
+    # for lost, stolen or fraudulent cards).
+    **dict.fromkeys(_PLAIN_DECLINES, _DECLINED),
 }
 
 
@@ -278,8 +248,10 @@ class PaymentService:
         bounds: PurchaseBounds = PurchaseBounds(),
         max_recharge_attempts: int = 3,
         publish: Publish = publish_nowhere,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._publish = publish
+        self._sleep = sleep
         self._store = store
         self._billing = billing
         self._provider = provider
@@ -293,16 +265,30 @@ class PaymentService:
         self.max_recharge_attempts = max_recharge_attempts
 
     # -- payment methods -------------------------------------------------------------------
+    @property
+    def provider_name(self) -> str:
+        """Who charges: "sandbox" (takes card details) or "stripe" (takes Stripe.js's tokens)."""
+        return self._provider.name
+
     def add_method(
-        self, org_id: str, card: CardDetails, *, make_default: bool = True
+        self, org_id: str, card: CardDetails | str, *, make_default: bool = True
     ) -> PaymentMethod:
-        """Saves a card with the provider; the first one, or any ``make_default``, becomes the
-        default (what purchases and auto-recharge charge). Raises InvalidRequest."""
+        """Saves a card with the provider: its details (the sandbox) or the token the provider's
+        browser library made of them (Stripe: a PaymentMethod id). The first one, or any
+        ``make_default``, becomes the default (what purchases and auto-recharge charge); a token
+        saved already (a form sent twice) is the method saved then. Raises InvalidRequest."""
         existing = self._store.methods(org_id)
         if len(existing) >= MAX_METHODS:
             raise InvalidRequest(f"An organization keeps at most {MAX_METHODS} payment methods.")
         now = self._clock.now()
-        saved = self._provider.save_card(card, now)
+        if isinstance(card, CardDetails):
+            saved = self._provider.save_card(card, now)
+        else:
+            mine = [m.provider_ref for m in existing if m.provider == self._provider.name]
+            saved = self._provider.save_token(org_id, card, mine)
+            again = next((m for m in existing if m.provider_ref == saved.provider_ref), None)
+            if again is not None:
+                return again
         method = PaymentMethod(
             id=ordered_id("pm_"), org_id=org_id, provider=self._provider.name,
             provider_ref=saved.provider_ref, brand=saved.brand, last4=saved.last4,
@@ -395,11 +381,12 @@ class PaymentService:
         nothing more (the provider's idempotency) and credits nothing more (the lot's own key)."""
         now = int(self._clock.now())
         scoped = hashlib.sha256(f"{org_id}:{kind}:{key}".encode()).hexdigest()[:40]
-        failure = self._provider.charge(method.provider_ref, amount, scoped)
+        failure = self._provider.charge(
+            method.provider_ref, amount, scoped, org_id=org_id, kind=kind
+        )
         lot_id = None
         if failure is None:
-            lot = self._billing.record_purchase(org_id, amount, idempotency_key=f"pay:{scoped}")
-            lot_id = lot.id
+            lot_id = self._credit(org_id, amount, scoped).id
         payment = Payment(
             id=ordered_id("pay_"), org_id=org_id, kind=kind, amount=amount,
             status="succeeded" if failure is None else "failed", method_id=method.id,
@@ -412,6 +399,36 @@ class PaymentService:
         if failure is None:
             self._promote(org_id)
         return payment
+
+    def _credit(self, org_id: str, amount: int, scoped: str) -> Lot:
+        """The lot a charge bought, under the key its charge's own (``scoped``) derives: recorded
+        once, whether ``_charge`` or the provider's webhook comes first. When the other is
+        recording it at this very moment (its key "in progress"), waits for it to finish."""
+        key = f"pay:{scoped}"
+        for wait in CREDIT_WAITS_S:
+            try:
+                return self._billing.record_purchase(org_id, amount, idempotency_key=key)
+            except IdempotencyKeyReused:
+                self._sleep(wait)
+        return self._billing.record_purchase(org_id, amount, idempotency_key=key)
+
+    def credit_paid(self, charge: PaidCharge) -> Lot | None:
+        """Credits a charge the provider reports paid (its signed webhook), unless it is credited
+        already: the process that charged may have died before it could. Under the key
+        ``_charge`` uses, so it is credited exactly once whichever comes first; the billing
+        history gets its line when the purchase (or the recharge job) runs again. None when
+        the charge is none of this organization's (not a saved method of it: another keyplane
+        sharing the provider's account, say), which changes nothing."""
+        if charge.kind not in KINDS or not CHARGE_KEY.fullmatch(charge.key):
+            return None
+        if charge.amount <= 0 or charge.amount % 10_000:
+            return None
+        methods = self._store.methods(charge.org_id)
+        if not any(m.provider_ref == charge.provider_ref for m in methods):
+            return None
+        lot = self._credit(charge.org_id, charge.amount, charge.key)
+        self._promote(charge.org_id)
+        return lot
 
     def history(self, org_id: str, limit: int = 100) -> Sequence[Payment]:
         return self._store.payments(org_id, limit)
@@ -470,7 +487,7 @@ class PaymentService:
         reason = (
             "there is no payment method to charge"
             if code == "no_payment_method"
-            else decline_message(code).rstrip(".").lower()
+            else _uncapitalized(decline_message(code).rstrip("."))
         )
         if last:
             self._billing.update_settings(job.org_id, auto_recharge=False)
@@ -512,6 +529,11 @@ class PaymentService:
                 f"recharge:{job.id}:{attempts}", recipients, subject, body, now=now
             )
         return int(last)
+
+
+def _uncapitalized(sentence: str) -> str:
+    """A sentence to follow a colon: its first letter only lowered ("3-D Secure" stays)."""
+    return sentence[:1].lower() + sentence[1:]
 
 
 def _payment_json(p: Payment) -> str:

@@ -26,6 +26,7 @@ from keyplane.web import (
     org_routes,
     payment_routes,
     project_routes,
+    stripe_webhook,
     usage_api_routes,
     verification_routes,
     webhook_routes,
@@ -60,9 +61,16 @@ class AdminApi(FastAPI):
         return self.openapi_schema
 
 
+# The bodies others send, whose size keyplane does not choose.
+LARGER_BODIES = {
+    leak_reports.PATH: leak_reports.MAX_BODY_BYTES,
+    stripe_webhook.PATH: stripe_webhook.MAX_BODY_BYTES,
+}
+
+
 class BodySizeLimit:
-    """Refuses request bodies over ``MAX_BODY_BYTES`` in the envelope (a secret scanning report,
-    up to a thousand matches, over ``leak_reports.MAX_BODY_BYTES``): at once when the declared
+    """Refuses request bodies over ``MAX_BODY_BYTES`` in the envelope (over ``LARGER_BODIES``'
+    limit for a secret scanning report, up to a thousand matches, or a Stripe event): at once when the declared
     Content-Length says so, else as the bytes arrive (raised inside the route, so the error
     handlers answer it). FastAPI's own limit answers a declared size in plain text."""
 
@@ -73,11 +81,7 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = (
-            leak_reports.MAX_BODY_BYTES
-            if scope["path"] == leak_reports.PATH
-            else errors.MAX_BODY_BYTES
-        )
+        limit = LARGER_BODIES.get(scope["path"], errors.MAX_BODY_BYTES)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await errors.respond(errors.too_large(limit))(scope, receive, send)
@@ -130,5 +134,6 @@ def create_admin_app(
     app.include_router(verification_routes.router)
     app.include_router(usage_api_routes.router)
     app.include_router(leak_reports.router)
+    app.include_router(stripe_webhook.router)
     app.include_router(webhook_routes.router)
     return app

@@ -2,8 +2,9 @@
 
 Only Owners spend the organization's money; Readers see the saved methods (brand, last four digits
 and expiry, never the provider's reference) and the history. A card's number and CVC go to the
-payment provider and nowhere else: not the audit log, a log line or an error message. A declined
-card answers 402 ``card_error`` as Stripe does, and stays in the history as a failed line.
+payment provider and nowhere else: not the audit log, a log line or an error message (with Stripe
+they never reach keyplane: a method is saved from the PaymentMethod id Stripe.js created). A
+declined card answers 402 ``card_error`` as Stripe does, and stays in the history as a failed line.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from fastapi import APIRouter, Depends
 from keyplane.audit.service import changed
 from keyplane.billing.payments import CardDetails, Payment, PaymentFailed, PaymentService
 from keyplane.billing.payments import PaymentMethod as MethodRecord
-from keyplane.errors import NotFound
+from keyplane.errors import InvalidRequest, NotFound
 from keyplane.gateway.errors import ApiError
 from keyplane.web.auth import Admin, Ctx
 from keyplane.web.authz import AUTHZ_RESPONSES, Audit, authorize
@@ -72,6 +73,26 @@ def _purchase(p: Payment) -> CreditPurchase:
     )  # fmt: skip
 
 
+def _source(body: PaymentMethodCreate, provider: str) -> CardDetails | str:
+    """The card's details or the provider's token for it, whichever the body gives (the provider
+    refuses the form it does not take)."""
+    card, token = body.card, body.payment_method
+    if card is not None and token is not None:
+        raise InvalidRequest("Give `card` or `payment_method`, not both.", param="payment_method")
+    if token is not None:
+        return token
+    if card is None:
+        if provider == "stripe":
+            raise InvalidRequest(
+                "Missing `payment_method`: the id of the PaymentMethod Stripe.js created (pm_…).",
+                param="payment_method",
+            )
+        raise InvalidRequest("Missing required parameter: 'card'.", param="card")
+    return CardDetails(
+        card.number.get_secret_value(), card.exp_month, card.exp_year, card.cvc.get_secret_value()
+    )
+
+
 @contextlib.contextmanager
 def _in_path() -> Iterator[None]:
     # The service names the method ``payment_method`` (the purchase's field); here it is the path's.
@@ -95,17 +116,16 @@ async def list_payment_methods(
 async def create_payment_method(
     ctx: Ctx, caller: Admin, audit: Audit, body: PaymentMethodCreate
 ) -> PaymentMethod:
-    """Saves a card with the payment provider; keyplane keeps its brand, last four digits and
-    expiry. The first card, or any with ``default``, becomes the one purchases charge."""
-    service, card = _service(ctx), body.card
+    """Saves a card with the payment provider: its details (``card``) with the sandbox, the
+    PaymentMethod id Stripe.js created (``payment_method``) with Stripe; keyplane keeps its brand,
+    last four digits and expiry. The first card, or any with ``default``, becomes the one
+    purchases charge."""
+    service = _service(ctx)
+    source = _source(body, service.provider_name)
 
     def add() -> MethodRecord:
-        details = CardDetails(
-            card.number.get_secret_value(), card.exp_month, card.exp_year,
-            card.cvc.get_secret_value(),
-        )  # fmt: skip
         with params_named(CARD_PARAMS):
-            method = service.add_method(caller.org_id, details, make_default=body.default)
+            method = service.add_method(caller.org_id, source, make_default=body.default)
         data = {"brand": method.brand, "last4": method.last4}
         audit("payment_method.created", target_id=method.id, details={"data": data})
         return method

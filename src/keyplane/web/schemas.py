@@ -260,7 +260,14 @@ class Card(Request):
 
 
 class PaymentMethodCreate(Request):
-    card: Card
+    """One of the two, as the payment provider takes cards: ``card`` (the sandbox) or
+    ``payment_method`` (Stripe, which never lets card details reach keyplane)."""
+
+    card: Card | None = Field(default=None, description="The card's details (the sandbox).")
+    payment_method: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = Field(
+        default=None,
+        description="A Stripe PaymentMethod id (pm_…) that Stripe.js created (Stripe).",
+    )
     default: bool = Field(default=True, description="Make it the method purchases charge.")
 
 

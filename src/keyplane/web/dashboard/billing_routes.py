@@ -7,7 +7,10 @@ the three of them:
   payment method to charge), then Confirm payment, then back here with the new balance.
 - Payment methods (``/billing/payment-methods``): the saved cards (brand, last four digits,
   expiry, which one is the default), "Add payment details", making one the default, removing one
-  after a confirmation page.
+  after a confirmation page. With the sandbox provider "Add payment details" is a card form; with
+  Stripe it is Stripe.js's Card Element (``static/stripe_card.js``), which gives the card to Stripe
+  and posts only the PaymentMethod id Stripe made of it (that page alone lets Stripe's scripts,
+  frames and API in: ``STRIPE_CSP``).
 - Billing history (``/billing/history``): every charge (declined ones with why) and credit grant,
   newest first; each paid charge has a receipt to download
   (``/billing/history/{payment_id}/receipt``): one self-contained HTML document, to keep or print.
@@ -82,6 +85,15 @@ BRANDS = {"visa": "Visa", "mastercard": "Mastercard", "amex": "American Express"
 KINDS = {"purchase": "Credit purchase", "recharge": "Auto-recharge"}
 FORM_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 CARD_FIELDS = {"number": "number", "exp_month": "expiry", "exp_year": "expiry", "cvc": "cvc"}
+# The dashboard's own policy (dashboard/app.py), plus what Stripe.js needs (Stripe's list): its
+# script, its frames (the card fields live in one, 3-D Secure in another), its API.
+STRIPE_CSP = (
+    "default-src 'self'; script-src 'self' https://js.stripe.com https://*.js.stripe.com; "
+    "frame-src https://js.stripe.com https://*.js.stripe.com https://hooks.stripe.com; "
+    "connect-src 'self' https://api.stripe.com; style-src 'self'; img-src 'self' data: "
+    "https://*.stripe.com; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
 
 
 def card_label(card: PaymentMethod | Payment) -> str:
@@ -289,15 +301,22 @@ def _card_form(
     request: Request, viewer: Viewer, *, status: int = 200, errors: dict[str, str] | None = None,
     expiry: str = "", make_default: bool = False, next_path: str = "",
 ) -> Response:  # fmt: skip
-    """Add payment details. The card number and CVC are never filled in again."""
+    """Add payment details. The card number and CVC are never filled in again. With Stripe,
+    Stripe.js's card form (the page then lets Stripe's scripts and frames in)."""
     org = viewer.org
     assert org is not None  # CurrentMember has one
-    first = not context(request).services.payments.methods(org.id)
-    return _page(
+    services = context(request).services
+    first = not services.payments.methods(org.id)
+    stripe = services.payments.provider_name == "stripe"
+    page = _page(
         request, viewer, "billing_card.html", status=status, errors=errors or {},
         error="The card was not saved: check the details below." if errors else None,
         expiry=expiry, make_default=make_default or first, first=first, next_path=next_path,
+        stripe_key=services.settings.stripe_publishable_key if stripe else "",
     )  # fmt: skip
+    if stripe:
+        page.headers["content-security-policy"] = STRIPE_CSP
+    return page
 
 
 @router.get(METHODS + "/new")
@@ -318,24 +337,41 @@ def _expiry(text: str) -> tuple[int, int]:
     return int(month), int(year) + (2000 if len(year) == 2 else 0)
 
 
+def _card(number: str, expiry: str, cvc: str, payment_method: str) -> CardDetails | str:
+    """What the form gives: the PaymentMethod id Stripe.js made (Stripe's form) or the card's
+    details (the sandbox's). Raises InvalidRequest."""
+    if payment_method.strip():
+        return payment_method.strip()
+    if not number.strip():
+        raise InvalidRequest("Enter your card number.", param="number")
+    try:
+        exp_month, exp_year = _expiry(expiry)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="exp_month") from None
+    return CardDetails(number.strip(), exp_month, exp_year, cvc.strip())
+
+
 @router.post(METHODS)
 def add_method(
     request: Request, viewer: CurrentMember, number: Field = "", expiry: Field = "",
-    cvc: Field = "", make_default: Field = "", org_id: Field = "", next: Field = "",
+    cvc: Field = "", payment_method: Field = "", make_default: Field = "", org_id: Field = "",
+    next: Field = "",
 ) -> Response:  # fmt: skip
+    """Saves the card: ``payment_method`` (Stripe's form, once Stripe.js made one) or
+    ``number``, ``expiry`` and ``cvc`` (the sandbox's)."""
     form_org = org_id
     principal = _allowed(request, viewer, "payment_methods.create")
     same_org(viewer, form_org)
     services = context(request).services
     default = make_default == "on"
     try:
-        if not number.strip():
-            raise InvalidRequest("Enter your card number.", param="number")
-        try:
-            exp_month, exp_year = _expiry(expiry)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), param="exp_month") from None
-        card = CardDetails(number.strip(), exp_month, exp_year, cvc.strip())
+        if services.payments.provider_name == "stripe" and not payment_method.strip():
+            raise InvalidRequest(
+                "Enter your card's details in the card field (it needs JavaScript, which gives "
+                "them to Stripe).",
+                param="payment_method",
+            )
+        card = _card(number, expiry, cvc, payment_method)
         method = services.payments.add_method(principal.org_id, card, make_default=default)
     except StoreUnavailable:
         raise

@@ -1,0 +1,67 @@
+"""``POST /stripe/webhook``: the events Stripe posts, signed with the endpoint's secret
+(``KEYPLANE_STRIPE_WEBHOOK_SECRET``), when the payment provider is Stripe (404 otherwise).
+
+``payment_intent.succeeded`` for one of keyplane's charges (its metadata says whose, which kind,
+and the charge's idempotency key) credits the payment if keyplane has not yet: the process that
+charged may have died after Stripe took the money and before the credit was stored. The credit goes
+through the charge's own idempotent path, so it is added exactly once whichever comes first, and
+each later delivery of the event changes nothing. Every other event answers 200 and changes
+nothing (Stripe stops sending it). A missing or wrong signature answers 400; a credit that cannot
+be stored now answers 409 or 503, and Stripe sends the event again later."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol, cast
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from keyplane.billing.payments import PaidCharge, PaymentService
+from keyplane.gateway.errors import ApiError
+from keyplane.web.auth import context
+from keyplane.web.billing_routes import applied
+from keyplane.web.errors import AdminApiError
+
+log = logging.getLogger("keyplane.stripe")
+
+PATH = "/stripe/webhook"
+MAX_BODY_BYTES = 1024 * 1024  # Stripe's events are a few KB; some carry long lists
+
+router = APIRouter(include_in_schema=False)
+
+
+class StripeEvents(Protocol):
+    @property
+    def takes_webhooks(self) -> bool: ...
+
+    def paid_charge(self, payload: bytes, signature: str) -> PaidCharge | None: ...
+
+
+class StripeServices(Protocol):
+    @property
+    def stripe(self) -> StripeEvents | None: ...
+
+    @property
+    def payments(self) -> PaymentService: ...
+
+
+@router.post(PATH)
+async def stripe_event(request: Request) -> JSONResponse:
+    ctx = context(request)
+    services = cast(StripeServices, ctx.services)
+    events = services.stripe
+    if events is None or not events.takes_webhooks:
+        raise AdminApiError(ApiError(404, f"Invalid URL (POST {PATH})"))
+    body = await request.body()
+    charge = events.paid_charge(body, request.headers.get("stripe-signature", ""))
+    if charge is not None:
+        lot = await asyncio.to_thread(services.payments.credit_paid, charge)
+        if lot is not None:
+            log.info(
+                "Stripe reports %s paid: %s's %s is credit lot %s (now or before)",
+                charge.payment_ref, charge.org_id, charge.kind, lot.id,
+            )  # fmt: skip
+            await applied(ctx)
+    return JSONResponse({"received": True})
