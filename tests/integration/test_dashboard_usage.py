@@ -45,3 +45,27 @@ def test_usage_shows_the_months_spend_per_day_and_model_and_the_latest_requests(
     assert not any(r.request_id in page.text for r in records)
     page = owner.get(f"/usage?project={kp.project.id}")
     assert f"${format_usd(total)} spent · 3 requests" in text_of(page)
+
+
+def test_usage_shows_images_audio_and_speech_in_their_units(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    """What is billed per image, per second of audio or per character shows in those units, not
+    as 0 / 0 tokens; a chat request still shows its tokens."""
+    auth = {"authorization": f"Bearer {kp.key}"}
+    r = httpx.post(kp.base_url + "/images/generations", headers=auth, timeout=30,
+                   json={"model": "dall-e-2", "prompt": "a cat", "n": 2, "size": "256x256"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    r = httpx.post(kp.base_url + "/audio/speech", headers=auth, timeout=30,
+                   json={"model": "tts-1", "voice": "alloy", "input": "Hello there"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    chat(kp, "gpt-4o-mini")
+    records = {r.endpoint: r for r in kp.usage(expect=3)}
+    page = browser_for("owner@example.com", OWNER_PASSWORD).get("/usage")
+    text = text_of(page)
+    assert records["images.generations"].images == 2 and "2 images" in text
+    assert records["audio.speech"].characters == 11 and "11 characters" in text
+    chat_record = records["chat.completions"]
+    used = f"{chat_record.input_tokens:,} / {chat_record.output_tokens:,} tokens"
+    assert used in text and "0 / 0 tokens" not in text

@@ -104,3 +104,13 @@ def test_a_parsed_key_never_shows_its_secret() -> None:
     assert parsed.secret in full
     assert parsed.secret not in repr(parsed) and parsed.public_id in repr(parsed)
     assert parsed == ParsedKey(KeyKind.PROJECT, parsed.public_id, parsed.secret)
+
+
+def test_units_say_what_was_billed_besides_tokens() -> None:
+    from keyplane.usage.records import units
+
+    assert units(0, 0, 0) == ""
+    assert units(1, 0, 0) == "1 image"
+    assert units(3, 65, 0) == "3 images · 1 min 5 s of audio"
+    assert units(0, 59, 1) == "59 s of audio · 1 character"
+    assert units(0, 0, 12_345) == "12,345 characters"

@@ -42,6 +42,7 @@ from keyplane.errors import KeyplaneError
 from keyplane.keys.format import KeyKind
 from keyplane.simulator import SimulatorConfig
 from keyplane.simulator import create_app as simulator_app
+from keyplane.usage.records import units
 
 SERVER_WAITS_FOR_DATABASE_S = 60.0  # a server started with its database waits for it
 
@@ -181,7 +182,8 @@ def usage(
         return
     columns = (
         Col("time", 0), Col("request", 5), Col("model", 1), Col("endpoint", 8), Col("in", 2),
-        Col("cached", 7), Col("out", 3), Col("status", 6), Col("cost $", 4),
+        Col("cached", 7), Col("out", 3), Col("images, audio, speech", 9), Col("status", 6),
+        Col("cost $", 4),
     )  # fmt: skip
     cells = [
         (
@@ -192,6 +194,7 @@ def usage(
             str(r.input_tokens),
             str(r.cached_input_tokens),
             str(r.output_tokens),
+            units(r.images, r.audio_seconds, r.characters),
             str(r.status),
             usd(r.cost_micro_usd),
         )

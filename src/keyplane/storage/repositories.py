@@ -321,12 +321,16 @@ class SqlUsageStore(SqlStore):
         query = _usage_where(
             select(
                 day, u.c.model, func.count(), func.sum(u.c.input_tokens),
-                func.sum(u.c.output_tokens), func.sum(u.c.cost_micro_usd),
+                func.sum(u.c.output_tokens), func.sum(u.c.cost_micro_usd), func.sum(u.c.images),
+                func.sum(u.c.audio_seconds), func.sum(u.c.characters),
             ),
             org_id, project_id, since,
         ).group_by(day, u.c.model).order_by(day, u.c.model)  # fmt: skip
         rows = self._read(lambda c: c.execute(query).all())
-        return [DailyUsage(int(d), m, int(n), int(i), int(o), int(c)) for d, m, n, i, o, c in rows]
+        return [
+            DailyUsage(int(d), m, int(n), int(i), int(o), int(c), int(im), int(s), int(ch))
+            for d, m, n, i, o, c, im, s, ch in rows
+        ]
 
     def buckets(
         self, org_id: str, *, start: int, end: int, width_s: int, endpoints: Sequence[str] = (),

@@ -90,6 +90,24 @@ class DailyUsage:
     input_tokens: int
     output_tokens: int
     cost_micro_usd: int
+    images: int = 0
+    audio_seconds: int = 0
+    characters: int = 0
+
+
+def units(images: int, audio_seconds: int, characters: int) -> str:
+    """What a request (or a sum of them) was billed for besides tokens, for people: "2 images",
+    "1 min 5 s of audio", "1,234 characters" (joined by " · "); "" when nothing."""
+    parts = []
+    if images:
+        parts.append(f"{images:,} image{'s' if images != 1 else ''}")
+    if audio_seconds:
+        minutes, seconds = divmod(audio_seconds, 60)
+        spoken = f"{minutes:,} min {seconds} s" if minutes else f"{seconds} s"
+        parts.append(f"{spoken} of audio")
+    if characters:
+        parts.append(f"{characters:,} character{'s' if characters != 1 else ''}")
+    return " · ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
