@@ -180,3 +180,38 @@ def test_add_a_card_buy_credit_and_see_the_balance(browser: object, kp: Keyplane
     page.get_by_role("link", name="Billing history").first.click()
     page.wait_for_url(base + "/billing/history")
     assert "Credit purchase" in page.inner_text("main") and "Succeeded" in page.inner_text("main")
+
+
+def test_add_a_webhook_endpoint_and_see_its_signing_secret_once(
+    browser: object, kp: Keyplane
+) -> None:
+    """Webhooks → Add endpoint (a URL, events ticked by their label, a description) → the signing
+    secret shown once, with how deliveries are signed → Done → the list, without the secret."""
+    page = browser.new_page()  # type: ignore[attr-defined]
+    base = kp.server.url
+    log_in(page, base)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Webhooks").click()
+    page.wait_for_url(base + "/webhooks")
+    assert "No webhook endpoints yet" in page.inner_text("main")
+    page.get_by_role("link", name="Add endpoint").click()
+    page.wait_for_url(base + "/webhooks/new")
+    page.get_by_label("Endpoint URL").fill("https://hooks.example/keyplane")
+    page.get_by_label("api_key.leaked").check()
+    page.get_by_label("spend_alert.triggered").check()
+    page.get_by_label("Description").fill("On-call <pager>")
+    page.get_by_role("button", name="Add endpoint").click()
+    page.get_by_role("heading", name="Save your signing secret").wait_for()
+    main = page.inner_text("main")
+    assert "you won't be able to view it again" in main and "Keyplane-Signature" in main
+    secret = page.input_value("#secret")
+    assert secret.startswith("whsec_") and len(secret) == len("whsec_") + 43
+    [endpoint] = kp.container.webhooks.endpoints(kp.org.id)
+    assert endpoint.events == ("api_key.leaked", "spend_alert.triggered")
+
+    page.get_by_role("link", name="Done").click()
+    page.wait_for_url(base + "/webhooks")
+    listing = page.inner_text("main")
+    assert "https://hooks.example/keyplane" in listing and "On-call <pager>" in listing
+    assert secret not in page.content()
+    page.reload()
+    assert secret not in page.content() and "whsec_" not in page.content()

@@ -21,12 +21,13 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 from keyplane.clock import Clock
 from keyplane.errors import InvalidRequest, NotFound
 from keyplane.ids import new_id, ordered_id
+from keyplane.text import refuse_control_characters
 
 log = logging.getLogger("keyplane.webhooks")
 
@@ -67,6 +68,31 @@ class Delivery:
     attempts: int
 
 
+DeliveryStatus = Literal["queued", "retrying", "delivered", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """What became of one event sent to one endpoint (its body and the secret left out)."""
+
+    id: str
+    endpoint_id: str
+    event_type: str
+    created_at: int
+    attempts: int
+    delivered_at: int | None
+    next_attempt_at: int | None  # None once delivered or given up
+    last_error: str | None
+
+    @property
+    def status(self) -> DeliveryStatus:
+        if self.delivered_at is not None:
+            return "delivered"
+        if self.next_attempt_at is None:
+            return "failed"  # (given up after the last retry)
+        return "retrying" if self.attempts else "queued"
+
+
 class WebhookStore(Protocol):
     def add_endpoint(self, endpoint: WebhookEndpoint, secret: str) -> None: ...
 
@@ -82,6 +108,13 @@ class WebhookStore(Protocol):
         ...
 
     def claim_due(self, now: int, limit: int, lease_s: int) -> Sequence[Delivery]: ...
+
+    def recent_deliveries(
+        self, org_id: str, per_endpoint: int
+    ) -> Mapping[str, Sequence[DeliveryReport]]:
+        """The newest ``per_endpoint`` deliveries of each of the organization's endpoints, newest
+        first, by endpoint id (an endpoint with none is left out)."""
+        ...
 
     def delivered(self, delivery_id: str, at: int, status: int) -> None: ...
 
@@ -116,7 +149,9 @@ def check_url(url: str, *, allow_private: bool) -> str:
         host, _ = parts.hostname, parts.port  # (a port that is no number raises ValueError)
     except ValueError:
         raise bad from None
-    if len(url) > MAX_URL or parts.scheme not in ("https", "http") or not host:
+    if len(url) > MAX_URL:
+        raise InvalidRequest(f"A webhook URL has at most {MAX_URL} characters.", param="url")
+    if parts.scheme not in ("https", "http") or not host:
         raise bad
     if parts.username or parts.password:
         raise InvalidRequest("A webhook URL carries no user name or password.", param="url")
@@ -170,6 +205,8 @@ class Webhooks:
         self, org_id: str, url: str, events: Sequence[str], description: str = ""
     ) -> tuple[WebhookEndpoint, str]:
         """A new endpoint and its signing secret (shown once). Raises InvalidRequest."""
+        # (urlsplit drops tabs and newlines before checking: the URL kept would still hold them)
+        refuse_control_characters(url, "A webhook URL", "url")
         check_url(url, allow_private=self._allow_private)
         unknown = sorted(set(events) - set(EVENT_TYPES))
         if not events or unknown:
@@ -181,6 +218,7 @@ class Webhooks:
             )
         if len(description) > 200:
             raise InvalidRequest("A description has at most 200 characters.", param="description")
+        refuse_control_characters(description, "A description", "description")
         if len(self._store.endpoints(org_id)) >= MAX_ENDPOINTS:
             raise InvalidRequest(f"An organization has at most {MAX_ENDPOINTS} webhooks.")
         endpoint = WebhookEndpoint(
@@ -193,6 +231,12 @@ class Webhooks:
 
     def endpoints(self, org_id: str) -> Sequence[WebhookEndpoint]:
         return self._store.endpoints(org_id)
+
+    def recent_deliveries(
+        self, org_id: str, per_endpoint: int = 5
+    ) -> Mapping[str, Sequence[DeliveryReport]]:
+        """Each endpoint's newest deliveries, newest first (see ``WebhookStore``)."""
+        return self._store.recent_deliveries(org_id, per_endpoint)
 
     def delete(self, org_id: str, endpoint_id: str) -> WebhookEndpoint:
         found = next((e for e in self._store.endpoints(org_id) if e.id == endpoint_id), None)

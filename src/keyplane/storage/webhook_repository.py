@@ -4,15 +4,15 @@ derived from the operator's encryption key): keyplane must read them back to sig
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cryptography.fernet import MultiFernet
-from sqlalchemy import Engine, and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from keyplane.ids import new_id
-from keyplane.notify.webhooks import Delivery, WebhookEndpoint
+from keyplane.notify.webhooks import Delivery, DeliveryReport, WebhookEndpoint
 from keyplane.storage.repositories import SqlStore
 from keyplane.storage.webhook_tables import webhook_deliveries as wd
 from keyplane.storage.webhook_tables import webhook_endpoints as we
@@ -91,6 +91,28 @@ class SqlWebhookStore(SqlStore):
         )
         claimed = self._claim(query, wd, due, lease_until=now + lease_s)
         return [self._delivery(row) for row in claimed]
+
+    def recent_deliveries(
+        self, org_id: str, per_endpoint: int
+    ) -> Mapping[str, Sequence[DeliveryReport]]:
+        shown = (wd.c.id, wd.c.endpoint_id, wd.c.event_type, wd.c.created_at, wd.c.attempts,
+                 wd.c.delivered_at, wd.c.next_attempt_at, wd.c.last_error)  # fmt: skip
+
+        def read(conn: Connection) -> dict[str, list[DeliveryReport]]:
+            ids = conn.execute(select(we.c.id).where(we.c.org_id == org_id)).scalars().all()
+            found: dict[str, list[DeliveryReport]] = {}
+            for endpoint_id in ids:  # (at most MAX_ENDPOINTS, each the start of an index range)
+                rows = conn.execute(
+                    select(*shown)
+                    .where(wd.c.endpoint_id == endpoint_id, wd.c.org_id == org_id)
+                    .order_by(wd.c.created_at.desc(), wd.c.id.desc())
+                    .limit(per_endpoint)
+                ).all()
+                if rows:
+                    found[endpoint_id] = [DeliveryReport(*row) for row in rows]
+            return found
+
+        return self._read(read)
 
     def _delivery(self, row: Any) -> Delivery:
         secret = self._fernet.decrypt(row.secret.encode("ascii")).decode()

@@ -46,4 +46,6 @@ webhook_deliveries = Table(
     Column("last_error", String(500)),
     UniqueConstraint("endpoint_id", "dedupe_key"),
     Index("ix_webhook_deliveries_due", "next_attempt_at"),
+    # an endpoint's newest deliveries (the dashboard's Webhooks page), however many it had
+    Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Literal, Protocol, cast, get_args
+from typing import Any, Literal, Protocol, cast, get_args
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
@@ -63,6 +63,16 @@ class WebhookCreate(Request):
     description: str = Field(default="", max_length=200)
 
 
+def created_details(endpoint: WebhookEndpoint) -> dict[str, Any]:
+    """The details of a ``webhook.created`` audit event (the dashboard's are the same)."""
+    return {"data": Webhook.of(endpoint).model_dump(include={"url", "events", "description"})}
+
+
+def deleted_details(endpoint: WebhookEndpoint) -> dict[str, Any]:
+    """The details of a ``webhook.deleted`` audit event (the dashboard's are the same)."""
+    return {"data": {"url": endpoint.url}}
+
+
 def _service(ctx: Ctx) -> Webhooks:
     return cast(WebhookServices, ctx.services).webhooks
 
@@ -83,12 +93,8 @@ async def create_webhook(
         endpoint, secret = _service(ctx).create(
             caller.org_id, body.url, list(body.events), body.description
         )
-        shown = Webhook.of(endpoint)
-        audit(
-            "webhook.created", target_id=endpoint.id,
-            details={"data": shown.model_dump(include={"url", "events", "description"})},
-        )  # fmt: skip
-        return WebhookCreated(**shown.model_dump(), secret=secret)
+        audit("webhook.created", target_id=endpoint.id, details=created_details(endpoint))
+        return WebhookCreated(**Webhook.of(endpoint).model_dump(), secret=secret)
 
     return await asyncio.to_thread(create)
 
@@ -99,7 +105,7 @@ async def delete_webhook(ctx: Ctx, caller: Admin, audit: Audit, webhook_id: str)
 
     def delete() -> Deleted:
         gone = _service(ctx).delete(caller.org_id, webhook_id)
-        audit("webhook.deleted", target_id=gone.id, details={"data": {"url": gone.url}})
+        audit("webhook.deleted", target_id=gone.id, details=deleted_details(gone))
         return Deleted(object="webhook.deleted", id=gone.id, deleted=True)
 
     return await asyncio.to_thread(delete)

@@ -41,6 +41,7 @@ from keyplane.web.dashboard import (
     limits_routes,
     projects_routes,
     usage_routes,
+    webhooks_routes,
 )
 from keyplane.web.dashboard.session import (
     DashboardContext,
@@ -248,5 +249,6 @@ def create_dashboard_app(
     app.include_router(audit_routes.router)
     app.include_router(limits_routes.router)
     app.include_router(projects_routes.router)
+    app.include_router(webhooks_routes.router)
     app.include_router(billing_routes.router)
     return app

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +22,7 @@ from keyplane.errors import KeyplaneError, NotFound
 from keyplane.keys.models import ApiKey
 from keyplane.keys.permissions import ALL_READ, Access, Group, describe, scopes_for
 from keyplane.web.dashboard.authorize import may, principal_of
+from keyplane.web.dashboard.once import OnceForms
 from keyplane.web.dashboard.session import (
     CurrentMember,
     Redirect,
@@ -211,35 +210,7 @@ def _create(request: Request, viewer: Viewer, form: dict[str, str]) -> Response:
     )  # fmt: skip
 
 
-class _OnceForms:
-    """The create form's one-time ids, so that sending it again (a reload of the page showing the
-    secret, say) makes no second key. In memory, the newest ``MAX`` ids: a form is sent within
-    minutes of being shown."""
-
-    MAX = 10_000
-
-    def __init__(self) -> None:
-        self._used: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def claim(self, form_id: str) -> bool:
-        """Whether ``form_id`` is a form's id never sent before (it is taken now)."""
-        if len(form_id) < 16:
-            return False
-        with self._lock:
-            if form_id in self._used:
-                return False
-            self._used[form_id] = None
-            while len(self._used) > self.MAX:
-                self._used.popitem(last=False)
-            return True
-
-    def release(self, form_id: str) -> None:
-        with self._lock:
-            self._used.pop(form_id, None)
-
-
-_FORMS = _OnceForms()
+_FORMS = OnceForms()
 
 
 def _api_base(request: Request) -> str:

@@ -44,6 +44,7 @@ from keyplane.clock import Clock
 from keyplane.config import Settings
 from keyplane.errors import KeyplaneError
 from keyplane.notify.ports import Outbox
+from keyplane.notify.webhooks import Webhooks
 from keyplane.usage.ports import UsageStore
 from keyplane.web.dashboard import csrf
 
@@ -87,6 +88,9 @@ class DashboardServices(Protocol):
     @property
     def payments(self) -> PaymentService: ...
 
+    @property
+    def webhooks(self) -> Webhooks: ...
+
 
 @dataclass(frozen=True, slots=True)
 class NavItem:
@@ -101,6 +105,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("Limits", "/limits"),
     NavItem("Usage", "/usage"),
     NavItem("Audit log", "/audit-log"),
+    NavItem("Webhooks", "/webhooks"),  # (every member may read them: POLICY's webhooks.list)
 )
 
 
