@@ -739,15 +739,23 @@ def _moderations(body: JSON, config: SimulatorConfig) -> _Reply:
     return 200, {"id": "modr-" + uuid.uuid4().hex, "model": model, "results": results}
 
 
-def _image_choice(body: JSON, name: str, allowed: tuple[str, ...], default: str, model: str) -> str:
+def _choice(
+    body: JSON, name: str, allowed: tuple[str, ...], default: str | None, model: str = ""
+) -> str:
+    """A string field that must be one of ``allowed`` (required when ``default`` is None); the
+    error names ``model`` when the choices are that model's."""
     value = body.get(name)
+    if value is None and default is None:
+        message = f"Missing required parameter: '{name}'."
+        raise _RequestError(400, message, name, "missing_required_parameter")
     if value is None:
-        return default
+        return str(default)
     if not isinstance(value, str):
         raise _invalid_type(name, "a string", value)
     if value not in allowed:
         supported = ", ".join(f"'{a}'" for a in allowed)
-        message = f"Invalid '{name}' for {model}: expected one of {supported}, but got {value!r}."
+        whose = f" for {model}" if model else ""
+        message = f"Invalid '{name}'{whose}: expected one of {supported}, but got {value!r}."
         raise _RequestError(400, message, name, "invalid_value")
     return value
 
@@ -770,10 +778,10 @@ def _generate_images(body: JSON, config: SimulatorConfig) -> _Reply:
     n = _positive_int(body, "n", MAX_IMAGES) or 1
     if model == "dall-e-3" and n != 1:
         raise _RequestError(400, "Invalid 'n': dall-e-3 only supports n=1.", "n", "invalid_value")
-    size = _image_choice(body, "size", IMAGE_SIZES[model], DEFAULT_IMAGE_SIZE, model)
+    size = _choice(body, "size", IMAGE_SIZES[model], DEFAULT_IMAGE_SIZE, model)
     qualities = IMAGE_QUALITIES[model]
-    quality = _image_choice(body, "quality", qualities, qualities[0], model)
-    fmt = _image_choice(body, "response_format", IMAGE_RESPONSE_FORMATS, "url", model)
+    quality = _choice(body, "quality", qualities, qualities[0], model)
+    fmt = _choice(body, "response_format", IMAGE_RESPONSE_FORMATS, "url", model)
     if body.get("stream") is True:
         message = f"Streaming is not supported for {model}."
         raise _RequestError(400, message, "stream", "invalid_value")
@@ -940,23 +948,6 @@ def speech_audio(text: str) -> bytes:
     return SPEECH_HEADER + body
 
 
-def _speech_choice(body: JSON, name: str, allowed: tuple[str, ...], default: str | None) -> str:
-    """A string field that must be one of ``allowed`` (required when ``default`` is None)."""
-    value = body.get(name)
-    if value is None and default is None:
-        message = f"Missing required parameter: '{name}'."
-        raise _RequestError(400, message, name, "missing_required_parameter")
-    if value is None:
-        return str(default)
-    if not isinstance(value, str):
-        raise _invalid_type(name, "a string", value)
-    if value not in allowed:
-        supported = ", ".join(f"'{a}'" for a in allowed)
-        message = f"Invalid '{name}': expected one of {supported}, but got {value!r}."
-        raise _RequestError(400, message, name, "invalid_value")
-    return value
-
-
 def _text_to_speech(body: JSON, config: SimulatorConfig) -> _Reply:
     """POST /v1/audio/speech: ``speech_audio(input)``, chunked."""
     if body.get("model") is None:
@@ -980,9 +971,9 @@ def _text_to_speech(body: JSON, config: SimulatorConfig) -> _Reply:
             f"{MAX_SPEECH_CHARS}, but got a string with length {len(text)} instead."
         )
         raise _RequestError(400, message, "input", "string_above_max_length")
-    _speech_choice(body, "voice", SPEECH_VOICES, None)
-    fmt = _speech_choice(body, "response_format", tuple(SPEECH_FORMATS), "mp3")
-    if _speech_choice(body, "stream_format", ("audio", "sse"), "audio") == "sse":
+    _choice(body, "voice", SPEECH_VOICES, None)
+    fmt = _choice(body, "response_format", tuple(SPEECH_FORMATS), "mp3")
+    if _choice(body, "stream_format", ("audio", "sse"), "audio") == "sse":
         message = f"Unsupported value: 'stream_format' does not support 'sse' with {model}."
         raise _RequestError(400, message, "stream_format", "unsupported_value")
     speed = body.get("speed")
