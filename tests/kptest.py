@@ -15,6 +15,16 @@ from keyplane import server
 T = TypeVar("T")
 
 
+async def read_body(receive: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> bytes:
+    """The whole request body an ASGI app receives."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
 def wait_until(predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.01) -> T:
     """Polls ``predicate`` until it returns something truthy; fails after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from kptest import ServerThread
+from kptest import ServerThread, read_body
 
 SECRET_KEY = "sk_test_fake_" + "k" * 24
 PUBLISHABLE_KEY = "pk_test_fake_" + "p" * 24
@@ -114,16 +114,11 @@ class FakeStripe:
     # -- the API ----------------------------------------------------------------------------
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
+            while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         status, answer, replayed = self._answer(scope["method"], scope["path"], body, headers)
         out = [(b"content-type", b"application/json"), (b"request-id", new_id("req").encode())]

@@ -24,7 +24,7 @@ from keyplane.keys.format import KeyKind
 from keyplane.notify.webhooks import RETRIES_S, WebhookDispatcher
 from keyplane.storage.webhook_tables import webhook_deliveries
 from keyplane.webhook_http import HttpPoster
-from kptest import ServerThread, wait_until
+from kptest import ServerThread, read_body, wait_until
 
 ORG = "/v1/organization"
 FINDER = Actor(ActorType.SYSTEM, "test")
@@ -40,12 +40,7 @@ class Receiver:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         self.received.append((headers, body))
         await send({"type": "http.response.start", "status": self.status, "headers": []})
