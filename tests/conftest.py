@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import Engine
 
 from keyplane import bootstrap
 from keyplane.accounts.models import Organization, Project, User
@@ -20,6 +21,8 @@ from keyplane.config import Settings, UpstreamSettings
 from keyplane.gateway.app import Gateway
 from keyplane.keys.format import KeyKind
 from keyplane.simulator import SimulatorConfig, create_app
+from keyplane.storage import migrate
+from keyplane.storage.engine import make_engine
 from keyplane.usage.records import UsageRecord
 from kptest import ServerThread, wait_until
 from smtp_support import Inbox, SmtpServer, start_smtp
@@ -175,6 +178,20 @@ def fresh_postgres() -> Iterator[str]:
 def pg_url() -> Iterator[str]:
     with fresh_postgres() as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated database, SQLite (a file) then PostgreSQL (fresh), for tests of the storage."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path}/keyplane.db"
+        else:
+            url = stack.enter_context(fresh_postgres())
+        made = make_engine(url)
+        stack.callback(made.dispose)
+        migrate.upgrade(made)
+        yield made
 
 
 @pytest.fixture

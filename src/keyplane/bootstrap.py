@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -55,6 +56,7 @@ from keyplane.storage.audit_repository import SqlAuditLog
 from keyplane.storage.auth_repository import SqlAuthStore
 from keyplane.storage.billing_repository import SqlMoneyStore
 from keyplane.storage.engine import make_engine
+from keyplane.storage.gateway_lock import GatewayLock
 from keyplane.storage.limits_repository import SqlAccessPolicyStore, SqlRateLimitStore
 from keyplane.storage.notify_repository import SqlOutbox
 from keyplane.storage.org_repository import SqlOrgStore, SqlVerificationStore
@@ -104,8 +106,18 @@ class Container:
     mailer: SmtpMailer
     prices: PriceTable
     pepper: bytes
+    gateway_lock: GatewayLock | None = None  # taken by ``claim_database`` (a serving process)
+
+    def claim_database(self) -> None:
+        """Makes this process the one gateway on its database, or raises AnotherGateway
+        (storage/gateway_lock.py: holds and rate limits live in the gateway's memory)."""
+        lock = GatewayLock(self.engine)
+        lock.acquire()
+        self.gateway_lock = lock
 
     def close(self) -> None:
+        if self.gateway_lock is not None:
+            self.gateway_lock.release()
         if self.stripe is not None:
             self.stripe.close()
         self.money_store.close()
@@ -375,8 +387,19 @@ def build_gateway(
                 lambda: asyncio.to_thread(container.rotation.check_all),
             ),
             (3600.0, pipeline.stored.expire),  # stored responses past their retention
+            *_keeping(container.gateway_lock, s.sweep_interval_s),
         ],
     )
+
+
+def _keeping(
+    lock: GatewayLock | None, every_s: float
+) -> list[tuple[float, Callable[[], Awaitable[object]]]]:
+    """The check that this gateway still holds its database's lock (a PostgreSQL restart drops
+    it), when it took one."""
+    if lock is None:
+        return []
+    return [(every_s, lambda: asyncio.to_thread(lock.keep))]
 
 
 def build_app(

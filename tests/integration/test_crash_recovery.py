@@ -2,7 +2,7 @@
 hold — billed at the hold, the worst case the request could have cost — without waiting for its
 expiry, and nothing is released or charged twice (BRIEF C12). Killed either before the hold
 reached the database (it was only in the hold journal) or after. A gateway still running keeps
-its holds: another gateway on the database settles them only once it is gone."""
+its holds: a second one on its database does not start."""
 
 from __future__ import annotations
 
@@ -179,14 +179,16 @@ def test_sigkill_between_hold_and_settle(tmp_path: Path, hold_stored: bool) -> N
         container.close()
 
 
-def test_a_running_gateways_open_holds_are_settled_by_another_only_once_it_is_gone(
+def test_a_second_gateway_refuses_the_database_and_a_restart_settles_the_dead_ones_holds(
     tmp_path: Path,
 ) -> None:
-    """Two gateways on one database: the second (started later) loads the first's open hold and
-    leaves it to it while it runs, however long; killed, its hold is settled by the second once
-    the first has been silent for ``gateway_timeout_s``, at the hold, once."""
+    """One database, one gateway: a second one started beside a running gateway exits at once,
+    naming it, and leaves its open hold alone. Once the first is killed, a new gateway starts at
+    once (the lock went with the process) and settles its hold by its first sweep, at the hold,
+    once: a dead gateway's silence is not waited for (its row would count as live for an hour)."""
     upstream, upstream_server, container, org, key, env = funded_gateway_env(tmp_path)
     env["KEYPLANE_USAGE_FLUSH_INTERVAL_S"] = "0.05"
+    env["KEYPLANE_GATEWAY_TIMEOUT_S"] = "3600"
 
     def running() -> dict[str, tuple[int, int]]:
         with container.engine.connect() as conn:
@@ -200,18 +202,25 @@ def test_a_running_gateways_open_holds_are_settled_by_another_only_once_it_is_go
         client.start()
         assert upstream.received.wait(30), "the request never reached the upstream"
         wait_until(lambda: stored_holds(container) != [])
+        wait_until(lambda: len(running()) == 1)
         [first_id] = running()
-        second, _ = serve(env)
-        wait_until(lambda: len(running()) == 2)
-        [second_id] = set(running()) - {first_id}
-        # The second gateway sweeps every 0.05 s: two seconds of its sweeps with the first alive.
-        started = running()[second_id][0]
-        wait_until(lambda: running()[second_id][1] >= started + 2, timeout=30)
+        refused = subprocess.run(
+            [sys.executable, "-m", "keyplane", "serve", "--port", "0"],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert refused.returncode == 1
+        said = " ".join((refused.stdout + refused.stderr).split())
+        assert "another keyplane gateway is serving the database file" in said
+        assert first_id in said and "stop the other first" in said
+        assert "listening" not in said
+        assert set(running()) == {first_id}
         [hold] = stored_holds(container)
         assert hold["status"] == "open" and list(container.usage_store.query(org.id)) == []
+
         stop(first, signal.SIGKILL)
+        second, _ = serve(env)
         wait_until(lambda: list(container.usage_store.query(org.id)), timeout=30)
-        assert set(running()) == {second_id}  # the silent one forgotten
+        assert first_id not in running()  # the dead one forgotten at once, not after an hour
         assert stored_holds(container) == []
         [record] = container.usage_store.query(org.id)
         assert record.outcome.value == "gateway_lost"

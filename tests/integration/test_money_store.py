@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, func, select
 
-from conftest import fresh_postgres
 from keyplane.accounts.service import AccountService
 from keyplane.billing.wallet import Hold, Lot, OrgMoney, Outcome
 from keyplane.clock import SystemClock
@@ -24,21 +23,6 @@ from keyplane.storage.repositories import SqlAccountStore, SqlUsageStore
 from keyplane.storage.settlement_writer import STEP_SETTLEMENTS
 from keyplane.usage.records import Outcome as RequestOutcome
 from keyplane.usage.records import UsageRecord
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        made = make_engine(f"sqlite:///{tmp_path}/money.db")
-        migrate.upgrade(made)
-        yield made
-        made.dispose()
-        return
-    with fresh_postgres() as url:
-        made = make_engine(url)
-        migrate.upgrade(made)
-        yield made
-        made.dispose()
 
 
 def record(request_id: str, org_id: str, project_id: str, cost: int) -> UsageRecord:
@@ -356,7 +340,7 @@ def test_the_data_version_moves_only_for_commits_by_other_connections(
     store.add_lot(org_id, Lot("cg_2", "grant", 5, 5, 1, None), "", "grants")  # the pool's
     after = store.data_version()
     assert after != before
-    other = sqlite3.connect(tmp_path / "money.db", isolation_level=None)  # another process's
+    other = sqlite3.connect(engine.url.database or "", isolation_level=None)  # another process's
     other.execute(
         "INSERT INTO money_events (org_id, kind, ref, at) VALUES (?, 'settings', NULL, 1)",
         (org_id,),

@@ -42,6 +42,7 @@ from keyplane.errors import KeyplaneError
 from keyplane.keys.format import KeyKind
 from keyplane.simulator import SimulatorConfig
 from keyplane.simulator import create_app as simulator_app
+from keyplane.storage.gateway_lock import AnotherGateway
 from keyplane.usage.records import units
 
 SERVER_WAITS_FOR_DATABASE_S = 60.0  # a server started with its database waits for it
@@ -264,7 +265,9 @@ def serve(
         fail(
             "no upstream configured: pass --upstream URL, set KEYPLANE_UPSTREAMS, or use `make run` for the simulator"
         )
-    server.run(_serve(c, _listen(c.settings.host, c.settings.port)))
+    sock = _listen(c.settings.host, c.settings.port)
+    _claim(c)
+    server.run(_serve(c, sock))
 
 
 @app.command()
@@ -277,6 +280,7 @@ def dev(
     """What `make run` does: initialize on first start, add the simulator if no upstream is set, serve."""
     c = container(wait_for_database_s=SERVER_WAITS_FOR_DATABASE_S, host=host, port=port)
     sock = _listen(c.settings.host, c.settings.port)  # before a first start shows its secrets
+    _claim(c)  # (so too: two at once would both initialize)
     if c.accounts.organizations():
         out.print("keyplane is already initialized. Create more keys with:")
         out.print(
@@ -298,6 +302,18 @@ def dev(
                    f" at {sim_url} (not a real model).")
         )  # fmt: skip
     server.run(_serve(c, sock, simulator_sock=sim_sock))
+
+
+def _claim(c: bootstrap.Container) -> None:
+    """This process as the database's one gateway, or a one-line error naming the other."""
+    try:
+        c.claim_database()
+    except AnotherGateway as exc:
+        c.close()
+        fail(str(exc))
+    except BaseException:
+        c.close()
+        raise
 
 
 def _first_start(c: bootstrap.Container) -> None:
