@@ -16,13 +16,12 @@ COMPILED_PATH = $$(test -d $(COMPILED)/src && echo $(CURDIR)/$(COMPILED)/src)
 run: $(STAMP) $(COMPILED)/.stamp
 	@PYTHONPATH="$(COMPILED_PATH)" $(BIN)/keyplane dev
 
-# The suite runs twice: on src/ as written, then on the compiled copy (mypyc checks annotated
-# types at run time, and compiled classes behave slightly differently).
+# The suite runs twice: on src/ as written and on the compiled copy (mypyc checks annotated
+# types at run time, and compiled classes behave slightly differently), side by side on two cores
+# (scripts/test-passes.sh).
 test: check $(COMPILED)/.stamp
 	@./scripts/ensure-chromium.sh
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
-	@if [ -d $(COMPILED)/src ]; then echo "--- again, on the compiled copy ($(COMPILED)/src)"; \
-	  PYTHONPATH="$(CURDIR)/$(COMPILED)/src" $(BIN)/python -m pytest $(PYTEST_ARGS); fi
+	@./scripts/test-passes.sh $(BIN)/python $(COMPILED)/src $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory bench-guard
 
 $(COMPILED)/.stamp: $(STAMP) $(SOURCES) scripts/compile.py
@@ -30,15 +29,15 @@ $(COMPILED)/.stamp: $(STAMP) $(SOURCES) scripts/compile.py
 	@touch $@
 
 check: $(STAMP)
-	$(BIN)/ruff format --check src tests $(wildcard bench) scripts/compile.py
-	$(BIN)/ruff check src tests $(wildcard bench) scripts/compile.py
+	$(BIN)/ruff format --check src tests $(wildcard bench) scripts/*.py
+	$(BIN)/ruff check src tests $(wildcard bench) scripts/*.py
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/keyplane migrate --check
 
 fmt: $(STAMP)
-	$(BIN)/ruff format src tests $(wildcard bench) scripts/compile.py
-	$(BIN)/ruff check --fix src tests $(wildcard bench) scripts/compile.py
+	$(BIN)/ruff format src tests $(wildcard bench) scripts/*.py
+	$(BIN)/ruff check --fix src tests $(wildcard bench) scripts/*.py
 
 setup: $(STAMP)
 

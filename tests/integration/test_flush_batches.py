@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
@@ -146,8 +147,9 @@ class BusyLoop:
             return count
 
     async def flush(self, requests: int) -> float:
-        """Flushes ``requests`` new settlements; returns the longest time the writer took in one
-        pass."""
+        """Flushes ``requests`` new settlements; returns the time the writer took in a pass, the
+        median over the passes it wrote in (another process taking the core in a few of them,
+        on a loaded machine, does not move it)."""
         kp = self.kp
         assert await asyncio.gather(*(kp.post() for _ in range(requests))) == [200] * requests
         self.spent.clear()
@@ -161,7 +163,7 @@ class BusyLoop:
             await asyncio.sleep(0)
         assert await flushing == requests
         self.last_passes = self.passes - first
-        return max(self.spent.values())
+        return statistics.median(self.spent.values())
 
 
 async def _keeps_up_with_a_busy_loop(kp: InProcess) -> None:
@@ -185,8 +187,7 @@ async def _catches_up_when_behind(kp: InProcess) -> None:
     assert kp.usage_count() == 4000
     # On time: writing for half the 0.5 ms the rest of a pass took; behind: the share growing
     # pass by pass, up to 5 ms. (Short passes, so that the flush spans enough of them for its
-    # share to grow: with 2 ms passes, 800 settlements were written in ~6 ms, in three passes on
-    # a fast machine, and the longest pass wrote only 2.3 times as long as on time.)
+    # share to grow.)
     assert behind >= 2 * on_time, (behind, on_time)
 
 
