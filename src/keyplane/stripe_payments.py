@@ -10,8 +10,9 @@ and keeps what Stripe says of the card: brand, last four digits, expiry.
 A charge is a PaymentIntent in US cents, confirmed at once off-session on the saved method, with the
 charge's idempotency key as Stripe's ``Idempotency-Key``: a purchase or a recharge that runs again
 (its process died) gets Stripe's first answer back and charges nothing more. Its metadata
-(``org_id``, ``kind``, ``charge_key``) lets the signed webhook (``paid_charge``) credit a payment
-whose process died after Stripe charged it and before keyplane stored the credit. Stripe's failures
+(``org_id``, ``kind``, ``charge_key``) lets the signed webhook (``paid_charge``) credit a payment,
+and write its line of the billing history, when the process died after Stripe charged it and
+before keyplane stored the credit. Stripe's failures
 never raise from ``charge``: a card error is its decline code, a payment that needs the cardholder
 (3-D Secure) ``authentication_required``, anything else (Stripe unreachable, an API error)
 ``processing_error``, logged without the request's secrets."""
@@ -217,9 +218,11 @@ class StripeProvider:
             and isinstance(cents, int) and not isinstance(cents, bool)
         ):  # fmt: skip
             return None
+        created = intent.get("created")
         return PaidCharge(
             org_id=org_id, kind=kind, key=key, amount=cents * 10_000,
             provider_ref=f"{customer}/{method}", payment_ref=str(intent.get("id", "")),
+            charged_at=created if type(created) is int and created > 0 else None,
         )  # fmt: skip
 
 

@@ -75,9 +75,10 @@ class Crash(Exception):
 def test_a_purchase_cut_short_by_a_crash_is_retried_once(
     tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A crash after the charge and its credit, before the payment's line and the key's response
-    were stored: the key does not stay "in progress" forever; a retry a minute later completes it,
-    charging and crediting nothing more, and later retries replay it."""
+    """A crash after the charge and its credit (stored with the payment's line), before the key's
+    response was stored: the key does not stay "in progress" forever; a retry a minute later
+    completes it with that line, charging, crediting and listing nothing more, and later retries
+    replay it."""
     clock = FrozenClock()
     c, _, org, _, _ = initialized(
         tmp_path, "http://sim/v1", clock=clock, credit=0, database_url=database_url
@@ -94,13 +95,14 @@ def test_a_purchase_cut_short_by_a_crash_is_retried_once(
             c.payments.purchase(org.id, 10 * USD, idempotency_key="order-1")
         monkeypatch.undo()  # the restarted process
         assert c.billing.balance(org.id).available == 10 * USD  # the credit was stored
-        assert c.payments.history(org.id) == []  # its line was not
+        [line] = c.payments.history(org.id)  # with its line
+        assert (line.status, line.amount) == ("succeeded", 10 * USD)
         clock.advance(30)
         with pytest.raises(IdempotencyKeyReused, match="still in progress"):
             c.payments.purchase(org.id, 10 * USD, idempotency_key="order-1")
         clock.advance(31)
         paid = c.payments.purchase(org.id, 10 * USD, idempotency_key="order-1")
-        assert paid.status == "succeeded"
+        assert paid == line
         assert c.payments.purchase(org.id, 10 * USD, idempotency_key="order-1") == paid
         assert c.billing.balance(org.id).available == 10 * USD  # credited once
         assert c.payments.history(org.id) == [paid]

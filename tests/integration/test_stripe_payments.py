@@ -2,8 +2,8 @@
 API on a loopback socket (tests/stripe_fake.py), on each database: cards saved from the
 PaymentMethod id Stripe.js made (one Customer per organization), purchases charged once however
 often they run, declines and 3-D Secure recorded and never credited, Stripe unreachable, auto-
-recharge, the signed webhook that credits a charge whose process died, exactly once, and the Admin
-API's and the dashboard's forms."""
+recharge, the signed webhook that credits a charge whose process died and lists it in the billing
+history, exactly once whoever comes first, and the Admin API's and the dashboard's forms."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from test_accounts_web import OWNER_PASSWORD, Browser, text_of
-from test_admin_org import OrgEnv, org_env
+from test_admin_org import OrgEnv, admin_key, org_env
 
 from conftest import Keyplane, fresh_postgres, initialized, start_keyplane
 from keyplane import bootstrap
@@ -267,44 +267,194 @@ def post_event(url: str, payload: bytes, sig: str | None) -> httpx.Response:
     return httpx.post(url + "/stripe/webhook", content=payload, headers=headers, timeout=30)
 
 
-def test_the_webhook_credits_a_charge_whose_credit_was_not_stored_exactly_once(
-    tmp_path: Path, fake: FakeStripe, database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    clock = FrozenClock()
+@contextlib.contextmanager
+def served_stripe_keyplane(
+    tmp_path: Path, fake: FakeStripe, database_url: str, clock: FrozenClock
+) -> Iterator[Keyplane]:
     kp = start_keyplane(
         tmp_path, "http://sim/v1", credit=0, clock=clock, database_url=database_url,
         **stripe_settings(fake),
     )  # fmt: skip
     try:
-        c, org_id = kp.container, kp.org.id
-        c.payments.add_method(org_id, fake.card())
-        # Stripe charged; the process died before it stored the credit or the history's line.
-        with monkeypatch.context() as dying:
-            dying.setattr(c.billing, "record_purchase", _crash)
-            dying.setattr(c.money_store, "release_idempotency", _crash)
-            with pytest.raises(Crash):
-                c.payments.purchase(org_id, 10 * USD, idempotency_key="order-1")
-        [intent] = fake.charges
-        assert c.billing.balance(org_id).available == 0
-
-        payload = event("payment_intent.succeeded", intent)
-        for _ in range(2):  # Stripe delivers an event at least once: twice, here
-            r = post_event(kp.server.url, payload, signature(payload))
-            assert r.status_code == 200 and r.json() == {"received": True}
-            assert c.billing.balance(org_id).available == 10 * USD
-        [(lot, note)] = c.billing.balance(org_id).lots
-        assert (lot.kind, note) == ("purchase", "Credit purchase")
-
-        # The purchase run again later: charges nothing more, credits nothing more, and the
-        # history gets its line, bought by the lot the webhook stored.
-        clock.advance(61)
-        paid = c.payments.purchase(org_id, 10 * USD, idempotency_key="order-1")
-        assert paid.lot_id == lot.id and len(fake.charges) == 1
-        assert c.billing.balance(org_id).available == 10 * USD
-        assert c.payments.history(org_id) == [paid]
+        yield kp
     finally:
         kp.server.stop()
         kp.container.close()
+
+
+def crash_after_the_charge(
+    monkeypatch: pytest.MonkeyPatch, kp: Keyplane, fake: FakeStripe, key: str, amount: int
+) -> dict[str, Any]:
+    """Stripe charges the purchase; the process dies before keyplane stores anything of it (the
+    credit, the history's line, the key's response). Returns the PaymentIntent."""
+    c, org_id = kp.container, kp.org.id
+    with monkeypatch.context() as dying:
+        dying.setattr(c.billing, "record_purchase", _crash)
+        dying.setattr(c.money_store, "release_idempotency", _crash)
+        with pytest.raises(Crash):
+            c.payments.purchase(org_id, amount, idempotency_key=key)
+    charged = charge_key(org_id, "purchase", key)
+    [intent] = [i for i in fake.charges if i["metadata"]["charge_key"] == charged]
+    assert c.billing.balance(org_id).available == 0 and c.payments.history(org_id) == []
+    return intent
+
+
+def billing_history(kp: Keyplane) -> list[dict[str, Any]]:
+    """The billing history as the Admin API lists it."""
+    key = admin_key(kp.container, kp.org.id, kp.owner.id)
+    r = httpx.get(
+        kp.server.url + "/v1/organization/billing_history",
+        headers={"authorization": f"Bearer {key}"}, timeout=30,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    lines: list[dict[str, Any]] = r.json()["data"]
+    return lines
+
+
+def deliver(kp: Keyplane, intent: dict[str, Any], times: int = 2) -> None:
+    """Stripe's ``payment_intent.succeeded``, delivered at least once: ``times`` here."""
+    payload = event("payment_intent.succeeded", intent)
+    for _ in range(times):
+        r = post_event(kp.server.url, payload, signature(payload))
+        assert r.status_code == 200 and r.json() == {"received": True}
+
+
+@pytest.mark.parametrize("first", ["webhook", "retry"])
+def test_a_charge_whose_process_died_is_credited_and_listed_once_whoever_comes_first(
+    tmp_path: Path, fake: FakeStripe, database_url: str, monkeypatch: pytest.MonkeyPatch,
+    first: str,
+) -> None:  # fmt: skip
+    """Stripe charged; the process died before it stored the credit or the history's line. The
+    signed webhook and the client's retry with the same Idempotency-Key each store the credit
+    and the line if the other has not: one lot, one line, one charge, whatever the order."""
+    clock = FrozenClock()
+    with served_stripe_keyplane(tmp_path, fake, database_url, clock) as kp:
+        c, org_id = kp.container, kp.org.id
+        method = c.payments.add_method(org_id, fake.card("mastercard", "4444"))
+        intent = crash_after_the_charge(monkeypatch, kp, fake, "order-1", 10 * USD)
+        clock.advance(61)  # (the retry may take the dead run's claim over)
+        if first == "webhook":
+            deliver(kp, intent)
+            # The history has the purchase at once, as a charge with its receipt.
+            [line] = billing_history(kp)
+            assert (line["kind"], line["status"], line["amount_micro_usd"]) == (
+                "purchase", "succeeded", 10 * USD,
+            )  # fmt: skip
+            assert (line["payment_method"], line["brand"], line["last4"]) == (
+                method.id, "mastercard", "4444",
+            )  # fmt: skip
+            assert line["created_at"] == intent["created"]  # when Stripe charged it
+            [(lot, note)] = c.billing.balance(org_id).lots
+            assert (lot.kind, note, line["credit_grant_id"]) == (
+                "purchase",
+                "Credit purchase",
+                lot.id,
+            )
+            owner = owner_browser(kp)
+            try:
+                page = owner.get("/billing/history")
+                assert f"/billing/history/{line['id']}/receipt" in page.text
+                assert "paid outside keyplane" not in text_of(page)
+                receipt = owner.get(f"/billing/history/{line['id']}/receipt")
+                assert receipt.status_code == 200 and "4444" in receipt.text
+            finally:
+                owner.close()
+            paid = c.payments.purchase(org_id, 10 * USD, idempotency_key="order-1")
+        else:
+            paid = c.payments.purchase(org_id, 10 * USD, idempotency_key="order-1")
+            deliver(kp, intent)
+        # The retry answers the purchase the history lists; nothing more charged or credited.
+        assert paid.status == "succeeded" and len(fake.charges) == 1
+        [line] = billing_history(kp)
+        assert (line["id"], line["credit_grant_id"]) == (paid.id, paid.lot_id)
+        assert c.payments.history(org_id) == [paid]
+        [(lot, _)] = c.billing.balance(org_id).lots
+        assert lot.id == paid.lot_id and c.billing.balance(org_id).available == 10 * USD
+        # Later retries and deliveries change nothing.
+        assert c.payments.purchase(org_id, 10 * USD, idempotency_key="order-1") == paid
+        deliver(kp, intent, times=1)
+        assert c.payments.history(org_id) == [paid] and len(c.billing.balance(org_id).lots) == 1
+
+
+def test_the_webhook_arriving_while_the_purchase_is_still_running_lists_it_once(
+    tmp_path: Path, fake: FakeStripe, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stripe's event may arrive before the purchase that made the charge stores its credit (a
+    slow process, not a dead one): the webhook stores the credit and the line, and the purchase,
+    finishing late, answers that line and stores nothing more."""
+    clock = FrozenClock()
+    with served_stripe_keyplane(tmp_path, fake, database_url, clock) as kp:
+        c, org_id = kp.container, kp.org.id
+        c.payments.add_method(org_id, fake.card())
+        provider = c.payments._provider
+        charge = provider.charge
+
+        def charge_then_webhook(*args: Any, **kwargs: Any) -> str | None:
+            failure = charge(*args, **kwargs)
+            [intent] = fake.charges
+            deliver(kp, intent, times=1)
+            # Listed and credited before the purchase goes on.
+            assert len(c.payments.history(org_id)) == 1
+            assert c.billing.balance(org_id).available == 10 * USD
+            return failure
+
+        monkeypatch.setattr(provider, "charge", charge_then_webhook)
+        paid = c.payments.purchase(org_id, 10 * USD, idempotency_key="order-1")
+        monkeypatch.undo()
+        assert paid.status == "succeeded" and c.payments.history(org_id) == [paid]
+        assert [p["id"] for p in billing_history(kp)] == [paid.id]
+        [(lot, _)] = c.billing.balance(org_id).lots
+        assert paid.lot_id == lot.id and len(fake.charges) == 1
+        assert c.payments.purchase(org_id, 10 * USD, idempotency_key="order-1") == paid
+
+
+def test_the_webhook_lists_a_charge_of_a_card_removed_since(
+    tmp_path: Path, fake: FakeStripe, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The card was removed between the charge and the event: the money was still taken, so the
+    credit and the line are stored, naming the card as it was saved."""
+    clock = FrozenClock()
+    with served_stripe_keyplane(tmp_path, fake, database_url, clock) as kp:
+        c, org_id = kp.container, kp.org.id
+        amex = c.payments.add_method(org_id, fake.card("amex", "0005"))
+        intent = crash_after_the_charge(monkeypatch, kp, fake, "order-1", 10 * USD)
+        c.payments.remove_method(org_id, amex.id)
+        deliver(kp, intent)
+        [line] = c.payments.history(org_id)
+        assert (line.kind, line.amount, line.method_id, line.brand, line.last4) == (
+            "purchase", 10 * USD, amex.id, "amex", "0005",
+        )  # fmt: skip
+        assert c.billing.balance(org_id).available == 10 * USD
+
+
+def test_an_auto_recharge_whose_process_died_is_listed_by_the_webhook_once(
+    tmp_path: Path, fake: FakeStripe, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Auto-recharge charges through the same path: its line is stored with its credit by the
+    webhook, and the job taken over after its lease lists and credits nothing more."""
+    clock = FrozenClock()
+    with served_stripe_keyplane(tmp_path, fake, database_url, clock) as kp:
+        c, org_id = kp.container, kp.org.id
+        c.payments.add_method(org_id, fake.card())
+        c.billing.update_settings(
+            org_id, auto_recharge=True, recharge_threshold=5 * USD, recharge_target=20 * USD
+        )
+        with monkeypatch.context() as dying:
+            dying.setattr(c.billing, "record_purchase", _crash)
+            with pytest.raises(Crash):
+                c.payments.run_recharges()
+        [intent] = fake.charges
+        assert intent["metadata"]["kind"] == "recharge" and c.payments.history(org_id) == []
+        deliver(kp, intent)
+        [line] = billing_history(kp)
+        assert (line["kind"], line["status"], line["amount_micro_usd"]) == (
+            "recharge", "succeeded", 20 * USD,
+        )  # fmt: skip
+        assert c.billing.balance(org_id).available == 20 * USD
+        clock.advance(601)  # the dead process's lease on the job runs out
+        assert c.payments.run_recharges() == 1  # (topped up already: ended without a charge)
+        assert [p["id"] for p in billing_history(kp)] == [line["id"]]
+        assert len(c.billing.balance(org_id).lots) == 1 and len(fake.charges) == 1
 
 
 def test_the_webhook_refuses_bad_signatures_and_ignores_what_is_not_keyplanes(

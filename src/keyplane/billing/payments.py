@@ -11,12 +11,13 @@ history.
 
 Every charge carries an idempotency key (the client's ``Idempotency-Key``, or the recharge job's id),
 so a retried request or a recharge picked up again after a crash never charges twice; its credit
-lot is recorded under a key derived from it, so the provider's own report of the payment (Stripe's
-signed webhook, ``credit_paid``) credits a charge whose process died before it could, exactly once
-whichever comes first."""
+lot is recorded, with its line of the history in the same transaction, under a key derived from it,
+so the provider's own report of the payment (Stripe's signed webhook, ``credit_paid``) credits and
+lists a charge whose process died before it could, exactly once whichever comes first."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -127,6 +128,7 @@ class PaidCharge:
     amount: int  # micro-dollars
     provider_ref: str  # the method charged, as keyplane saved it
     payment_ref: str  # the provider's id of the payment (Stripe: pi_…), for the logs
+    charged_at: int | None = None  # when the provider made the payment, if it says
 
 
 class PaymentProvider(Protocol):
@@ -163,13 +165,31 @@ class PaymentStore(Protocol):
         """The organization's saved methods, the default first, then the newest."""
         ...
 
+    def method_by_ref(self, org_id: str, provider_ref: str) -> PaymentMethod | None:
+        """The organization's method saved with the provider's reference ``provider_ref``, even
+        one removed since (None: none of its methods ever had it)."""
+        ...
+
     def remove_method(self, org_id: str, method_id: str, at: int) -> bool: ...
 
     def set_default(self, org_id: str, method_id: str) -> bool: ...
 
     def add_payment(self, payment: Payment, done: Done | None = None) -> None:
-        """Stores a line of the history, and completes ``done``'s claim in the same transaction
+        """Stores a line of the history unless one with its id is stored already (written with
+        its lot by ``add_purchase``), and completes ``done``'s claim in the same transaction
         (ClaimLost: nothing stored)."""
+        ...
+
+    def add_purchase(
+        self, payment: Payment, lot: Lot, note: str, source: str, done: Done | None = None
+    ) -> None:
+        """Stores the credit lot a successful charge bought (as ``MoneyStore.add_lot``) and the
+        charge's line of the history in one transaction, completing ``done``'s claim (the lot's
+        key) in it too (ClaimLost: nothing stored)."""
+        ...
+
+    def payment_for_lot(self, org_id: str, lot_id: str) -> Payment | None:
+        """The line of the history of the charge that bought the lot (None: no line has it)."""
         ...
 
     def payments(self, org_id: str, limit: int) -> Sequence[Payment]:
@@ -378,55 +398,93 @@ class PaymentService:
     ) -> Payment:  # fmt: skip
         """One charge and its line in the history (completing ``claim``); the credit lot when it
         succeeded. Run again with the same ``key`` (a claim taken over after a crash), it charges
-        nothing more (the provider's idempotency) and credits nothing more (the lot's own key)."""
+        nothing more (the provider's idempotency) and credits nothing more (the lot's own key);
+        the line a webhook or an earlier run stored with the lot is the one it returns."""
         now = int(self._clock.now())
         scoped = hashlib.sha256(f"{org_id}:{kind}:{key}".encode()).hexdigest()[:40]
         failure = self._provider.charge(
             method.provider_ref, amount, scoped, org_id=org_id, kind=kind
         )
-        lot_id = None
-        if failure is None:
-            lot_id = self._credit(org_id, amount, scoped).id
         payment = Payment(
             id=ordered_id("pay_"), org_id=org_id, kind=kind, amount=amount,
             status="succeeded" if failure is None else "failed", method_id=method.id,
-            brand=method.brand, last4=method.last4, failure=failure, lot_id=lot_id,
+            brand=method.brand, last4=method.last4, failure=failure, lot_id=None,
             created_at=now,
         )  # fmt: skip
-        self._store.add_payment(
-            payment, None if claim is None else claim.done(_payment_json(payment))
-        )
+        stored = None
+        if failure is None:
+            lot, stored = self._credit(payment, scoped)
+            # (None: a lot an older keyplane stored without its line: written below, once, as
+            # it was then, under the purchase's claim.)
+            payment = stored or dataclasses.replace(payment, lot_id=lot.id)
+        if stored is None or claim is not None:
+            # The line unless ``_credit`` stored it, and the purchase's claim completed with it:
+            # a crash in between leaves a claim whose retry finds the line with the lot.
+            self._store.add_payment(
+                payment, None if claim is None else claim.done(_payment_json(payment))
+            )
         if failure is None:
             self._promote(org_id)
         return payment
 
-    def _credit(self, org_id: str, amount: int, scoped: str) -> Lot:
-        """The lot a charge bought, under the key its charge's own (``scoped``) derives: recorded
-        once, whether ``_charge`` or the provider's webhook comes first. When the other is
-        recording it at this very moment (its key "in progress"), waits for it to finish."""
-        key = f"pay:{scoped}"
+    def _credit(self, line: Payment, scoped: str) -> tuple[Lot, Payment | None]:
+        """The lot a charge bought and its line of the history (``line``, with the lot's id),
+        stored in one transaction under the key the charge's own (``scoped``) derives: recorded
+        once, whether ``_charge`` or the provider's webhook comes first, and whoever records it
+        writes the line. Returns the lot and the line stored with it (None: a lot an older
+        keyplane stored without one). When the other is recording it at this very moment (its
+        key "in progress"), waits for it to finish."""
+        written: list[Payment] = []
+
+        def write(lot: Lot, note: str, source: str, done: Done | None) -> None:
+            paid = dataclasses.replace(line, lot_id=lot.id)
+            self._store.add_purchase(paid, lot, note, source, done)
+            written.append(paid)
+
+        def record() -> Lot:
+            return self._billing.record_purchase(
+                line.org_id, line.amount, idempotency_key=f"pay:{scoped}", write=write
+            )
+
         for wait in CREDIT_WAITS_S:
             try:
-                return self._billing.record_purchase(org_id, amount, idempotency_key=key)
+                lot = record()
+                break
             except IdempotencyKeyReused:
                 self._sleep(wait)
-        return self._billing.record_purchase(org_id, amount, idempotency_key=key)
+        else:
+            lot = record()
+        if written:
+            return lot, written[-1]
+        # Replayed: recorded by the webhook, or by an earlier run of this charge.
+        return lot, self._store.payment_for_lot(line.org_id, lot.id)
 
     def credit_paid(self, charge: PaidCharge) -> Lot | None:
         """Credits a charge the provider reports paid (its signed webhook), unless it is credited
         already: the process that charged may have died before it could. Under the key
-        ``_charge`` uses, so it is credited exactly once whichever comes first; the billing
-        history gets its line when the purchase (or the recharge job) runs again. None when
-        the charge is none of this organization's (not a saved method of it: another keyplane
+        ``_charge`` uses, so it is credited exactly once whichever comes first, and with its line
+        of the billing history in the same transaction (a retry of the purchase, or of the
+        recharge job, then returns that line). None when the charge is none of this
+        organization's (no method of it, even a removed one, has that reference: another keyplane
         sharing the provider's account, say), which changes nothing."""
         if charge.kind not in KINDS or not CHARGE_KEY.fullmatch(charge.key):
             return None
         if charge.amount <= 0 or charge.amount % 10_000:
             return None
-        methods = self._store.methods(charge.org_id)
-        if not any(m.provider_ref == charge.provider_ref for m in methods):
+        # The card may have been removed since it was charged: its row is kept, so the line
+        # still names it. What the webhook cannot know is what the charging run held in memory:
+        # the line is dated when the provider made the payment (or, should the event not say,
+        # when it arrives), and the purchase's own Idempotency-Key, unknown here, gets this line
+        # as its response only when the client retries it (``_charge`` finds it by its lot).
+        method = self._store.method_by_ref(charge.org_id, charge.provider_ref)
+        if method is None:
             return None
-        lot = self._credit(charge.org_id, charge.amount, charge.key)
+        line = Payment(
+            id=ordered_id("pay_"), org_id=charge.org_id, kind=charge.kind, amount=charge.amount,
+            status="succeeded", method_id=method.id, brand=method.brand, last4=method.last4,
+            failure=None, lot_id=None, created_at=charge.charged_at or int(self._clock.now()),
+        )  # fmt: skip
+        lot, _ = self._credit(line, charge.key)
         self._promote(charge.org_id)
         return lot
 

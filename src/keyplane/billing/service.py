@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from keyplane.billing.ports import BillingSettings, Claim, ClaimLost, MoneyStore, SpendAlert
+from keyplane.billing.ports import BillingSettings, Claim, ClaimLost, Done, MoneyStore, SpendAlert
 from keyplane.billing.wallet import BillingMode, Lot
 from keyplane.clock import Clock
 from keyplane.emails import normalize_email
@@ -26,6 +26,9 @@ from keyplane.text import refuse_control_characters
 T = TypeVar("T")
 DAY = 86400
 MAX_GRANT = 1_000_000 * 1_000_000  # $1M: a typo guard, not a business rule
+# Stores a new lot (lot, note, source account, the claim its write completes) in one transaction
+# with whatever else goes with it; ``MoneyStore.add_lot`` by default.
+LotWriter = Callable[[Lot, str, str, Done | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +71,12 @@ class BillingService:
     def grant(
         self, org_id: str, amount: int, *, expires_in_s: int | None = 365 * DAY, note: str = "",
         kind: str = "grant", idempotency_key: str | None = None,
-        on_created: Callable[[Lot], None] | None = None,
+        on_created: Callable[[Lot], None] | None = None, write: LotWriter | None = None,
     ) -> Lot:  # fmt: skip
         """Adds a credit lot (a grant, or a purchase paid through a provider); ``on_created`` runs
-        once it is stored, not when an Idempotency-Key replays it (the audit log's entry)."""
+        once it is stored, not when an Idempotency-Key replays it (the audit log's entry).
+        ``write`` stores the lot in place of ``MoneyStore.add_lot``, with what else belongs in
+        its transaction (a purchase's line of the billing history)."""
         if not 0 < amount <= MAX_GRANT:
             raise InvalidRequest("A grant is a positive amount up to $1,000,000.", param="amount")
         if expires_in_s is not None and expires_in_s <= 0:
@@ -93,7 +98,10 @@ class BillingService:
             )
             source = "purchases" if kind == "purchase" else "grants"
             done = None if claim is None else claim.done(_lot_json(lot))
-            self._store.add_lot(org_id, lot, note, source, done)
+            if write is None:
+                self._store.add_lot(org_id, lot, note, source, done)
+            else:
+                write(lot, note, source, done)
             if on_created is not None:
                 on_created(lot)
             return lot
@@ -101,14 +109,15 @@ class BillingService:
         return self.idempotent(f"grant:{org_id}", idempotency_key, params, run, _lot_from_json)
 
     def record_purchase(
-        self, org_id: str, amount: int, *, idempotency_key: str | None = None
-    ) -> Lot:
+        self, org_id: str, amount: int, *, idempotency_key: str | None = None,
+        write: LotWriter | None = None,
+    ) -> Lot:  # fmt: skip
         """Adds the credit a successful payment bought: a non-refundable lot expiring one year
-        later. The payment provider calls this when a payment settles; the caller then checks
-        tier promotion."""
+        later (stored by ``write`` when given, as ``grant`` says). The payment provider calls
+        this when a payment settles; the caller then checks tier promotion."""
         return self.grant(
             org_id, amount, expires_in_s=365 * DAY, note="Credit purchase", kind="purchase",
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key, write=write,
         )  # fmt: skip
 
     def revoke_grant(self, org_id: str, lot_id: str) -> int:

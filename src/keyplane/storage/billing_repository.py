@@ -86,6 +86,28 @@ def complete_claim(conn: Connection, done: Done | None) -> None:
         raise ClaimLost(claim.scope)
 
 
+def insert_lot(conn: Connection, org_id: str, lot: Lot, note: str, source: str) -> None:
+    """Writes a lot, its funding entries (+amount on the lot, -amount on ``source``) and its
+    change-feed event, in the caller's transaction (``add_lot``'s, or a purchase's with its line
+    of the billing history)."""
+    conn.execute(
+        insert(credit_lots).values(
+            id=lot.id, org_id=org_id, kind=lot.kind, amount_micro=lot.amount,
+            created_at=lot.created_at, expires_at=lot.expires_at, note=note,
+        )
+    )  # fmt: skip
+    _post(
+        conn,
+        [
+            {"txn_id": lot.id, "org_id": org_id, "account": "lot", "lot_id": lot.id,
+             "amount_micro": lot.amount, "created_at": lot.created_at},
+            {"txn_id": lot.id, "org_id": org_id, "account": source, "lot_id": None,
+             "amount_micro": -lot.amount, "created_at": lot.created_at},
+        ],
+    )  # fmt: skip
+    _event(conn, org_id, "lot_added", lot.id, lot.created_at)
+
+
 def _event(conn: Connection, org_id: str, kind: str, ref: str | None, at: int) -> None:
     conn.execute(insert(money_events).values(org_id=org_id, kind=kind, ref=ref, at=at))
 
@@ -406,22 +428,7 @@ class SqlMoneyStore(SqlStore):
     ) -> None:
         with self._write() as conn:
             complete_claim(conn, done)
-            conn.execute(
-                insert(credit_lots).values(
-                    id=lot.id, org_id=org_id, kind=lot.kind, amount_micro=lot.amount,
-                    created_at=lot.created_at, expires_at=lot.expires_at, note=note,
-                )
-            )  # fmt: skip
-            _post(
-                conn,
-                [
-                    {"txn_id": lot.id, "org_id": org_id, "account": "lot", "lot_id": lot.id,
-                     "amount_micro": lot.amount, "created_at": lot.created_at},
-                    {"txn_id": lot.id, "org_id": org_id, "account": source, "lot_id": None,
-                     "amount_micro": -lot.amount, "created_at": lot.created_at},
-                ],
-            )  # fmt: skip
-            _event(conn, org_id, "lot_added", lot.id, lot.created_at)
+            insert_lot(conn, org_id, lot, note, source)
 
     def revoke_lot(self, org_id: str, lot_id: str, at: int) -> int:
         with self._write() as conn:

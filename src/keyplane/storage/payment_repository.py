@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import Connection, and_, insert, or_, select, update
 
 from keyplane.billing.payments import Payment, PaymentMethod, RechargeJob
 from keyplane.billing.ports import Done
-from keyplane.storage.billing_repository import complete_claim
+from keyplane.billing.wallet import Lot
+from keyplane.storage.billing_repository import complete_claim, insert_lot
 from keyplane.storage.billing_tables import recharge_jobs
 from keyplane.storage.payment_tables import payment_methods, payments
 from keyplane.storage.repositories import SqlStore
@@ -32,6 +33,17 @@ def _payment(row: Any) -> Payment:
     )  # fmt: skip
 
 
+def _insert_payment(conn: Connection, payment: Payment) -> None:
+    conn.execute(
+        insert(payments).values(
+            id=payment.id, org_id=payment.org_id, kind=payment.kind, amount_micro=payment.amount,
+            status=payment.status, method_id=payment.method_id, brand=payment.brand,
+            last4=payment.last4, failure=payment.failure, lot_id=payment.lot_id,
+            created_at=payment.created_at,
+        )
+    )  # fmt: skip
+
+
 class SqlPaymentStore(SqlStore):
     def add_method(self, method: PaymentMethod) -> None:
         with self._write() as conn:
@@ -46,6 +58,21 @@ class SqlPaymentStore(SqlStore):
                     **{f: getattr(method, f) for f in _METHOD_FIELDS}, removed_at=None
                 )
             )
+
+    def method_by_ref(self, org_id: str, provider_ref: str) -> PaymentMethod | None:
+        row = self._read(
+            lambda c: c.execute(
+                select(payment_methods)
+                .where(
+                    payment_methods.c.org_id == org_id,
+                    payment_methods.c.provider_ref == provider_ref,
+                )
+                # (a card saved, removed and saved again: its row in use, else the latest)
+                .order_by(payment_methods.c.removed_at.is_not(None), payment_methods.c.id.desc())
+                .limit(1)
+            ).first()
+        )
+        return None if row is None else _method(row)
 
     def methods(self, org_id: str) -> Sequence[PaymentMethod]:
         rows = self._read(
@@ -85,14 +112,28 @@ class SqlPaymentStore(SqlStore):
     def add_payment(self, payment: Payment, done: Done | None = None) -> None:
         with self._write() as conn:
             complete_claim(conn, done)
-            conn.execute(
-                insert(payments).values(
-                    id=payment.id, org_id=payment.org_id, kind=payment.kind,
-                    amount_micro=payment.amount, status=payment.status,
-                    method_id=payment.method_id, brand=payment.brand, last4=payment.last4,
-                    failure=payment.failure, lot_id=payment.lot_id, created_at=payment.created_at,
-                )
-            )  # fmt: skip
+            stored = conn.execute(select(payments.c.id).where(payments.c.id == payment.id))
+            if stored.first() is None:
+                _insert_payment(conn, payment)
+
+    def add_purchase(
+        self, payment: Payment, lot: Lot, note: str, source: str, done: Done | None = None
+    ) -> None:
+        with self._write() as conn:
+            complete_claim(conn, done)
+            insert_lot(conn, payment.org_id, lot, note, source)
+            _insert_payment(conn, payment)
+
+    def payment_for_lot(self, org_id: str, lot_id: str) -> Payment | None:
+        row = self._read(
+            lambda c: c.execute(
+                select(payments)
+                .where(payments.c.org_id == org_id, payments.c.lot_id == lot_id)
+                .order_by(payments.c.id)
+                .limit(1)
+            ).first()
+        )
+        return None if row is None else _payment(row)
 
     def payments(self, org_id: str, limit: int) -> Sequence[Payment]:
         rows = self._read(
