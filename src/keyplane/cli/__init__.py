@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import json
 import secrets
@@ -37,6 +36,7 @@ from keyplane.cli.limits import ratelimits_app, tier_app
 from keyplane.cli.money import alerts_app, billing_app, budget_app, money_app
 from keyplane.cli.orgs import orgs_app
 from keyplane.cli.scan import scan_command
+from keyplane.cli.sealed import reseal_command, seal_command
 from keyplane.config import Settings, UpstreamSettings
 from keyplane.errors import KeyplaneError
 from keyplane.keys.format import KeyKind
@@ -61,6 +61,8 @@ app.add_typer(ratelimits_app, name="ratelimits")
 app.add_typer(access_app, name="access")
 app.add_typer(orgs_app, name="orgs")
 app.command("scan")(scan_command)
+app.command("seal")(seal_command)
+app.command("reseal")(reseal_command)
 
 
 @app.command()
@@ -131,35 +133,6 @@ def migrate_cmd(
     c = container()
     c.close()
     out.print(f"Database at {c.settings.resolved_database_url.split('@')[-1]} is up to date.")
-
-
-@app.command()
-def reseal(as_json: JsonOpt = False) -> None:
-    """Seal every secret kept at rest again with KEYPLANE_ENCRYPTION_KEY.
-
-    To rotate the encryption key: set the new one as KEYPLANE_ENCRYPTION_KEY and the old one in
-    KEYPLANE_ENCRYPTION_KEY_PREVIOUS (a JSON list), restart keyplane, run this, then remove the
-    old one. Exits with 1 when some value could be opened by none of the keys."""
-    c = container()
-    try:
-        done = c.reseal()
-    finally:
-        c.close()
-    if as_json:
-        out.print_json(json.dumps([dataclasses.asdict(r) for r in done]))
-    else:
-        print_table(
-            (Col("sealed", 0), Col("resealed", 1), Col("unreadable", 2)),
-            [(r.what, f"{r.resealed:,}", f"{r.unreadable:,}") for r in done],
-        )
-    unreadable = sum(r.unreadable for r in done)
-    if unreadable:
-        fail(
-            f"{unreadable:,} sealed values were sealed with a key that is neither "
-            "KEYPLANE_ENCRYPTION_KEY nor in KEYPLANE_ENCRYPTION_KEY_PREVIOUS: left as they are."
-        )
-    if not as_json:
-        out.print("Everything is sealed with the current key: the previous keys can be removed.")
 
 
 @app.command()
@@ -248,7 +221,10 @@ def serve(
         str | None, typer.Option(help="Send every model to this OpenAI-compatible base URL (…/v1).")
     ] = None,
     upstream_key: Annotated[
-        str | None, typer.Option(help="The provider key for --upstream.")
+        str | None,
+        typer.Option(
+            help="The provider key for --upstream (sealed:… from `keyplane seal`, or clear)."
+        ),
     ] = None,
 ) -> None:
     """Run the gateway."""
@@ -265,6 +241,7 @@ def serve(
         fail(
             "no upstream configured: pass --upstream URL, set KEYPLANE_UPSTREAMS, or use `make run` for the simulator"
         )
+    _open_upstream_keys(c)
     sock = _listen(c.settings.host, c.settings.port)
     _claim(c)
     server.run(_serve(c, sock))
@@ -279,6 +256,7 @@ def dev(
 ) -> None:
     """What `make run` does: initialize on first start, add the simulator if no upstream is set, serve."""
     c = container(wait_for_database_s=SERVER_WAITS_FOR_DATABASE_S, host=host, port=port)
+    _open_upstream_keys(c)
     sock = _listen(c.settings.host, c.settings.port)  # before a first start shows its secrets
     _claim(c)  # (so too: two at once would both initialize)
     if c.accounts.organizations():
@@ -302,6 +280,16 @@ def dev(
                    f" at {sim_url} (not a real model).")
         )  # fmt: skip
     server.run(_serve(c, sock, simulator_sock=sim_sock))
+
+
+def _open_upstream_keys(c: bootstrap.Container) -> None:
+    """A sealed upstream key the encryption keys do not open, as a one-line error before serving
+    (the gateway opens them again when it is built)."""
+    try:
+        bootstrap.open_upstreams(c.settings)
+    except bootstrap.UnopenedUpstreamKey as exc:
+        c.close()
+        fail(str(exc))
 
 
 def _claim(c: bootstrap.Container) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, NoReturn
 
@@ -19,7 +20,7 @@ from rich.text import Text
 
 from keyplane import bootstrap
 from keyplane.billing.amounts import parse_amount
-from keyplane.config import load_settings
+from keyplane.config import Settings, load_settings
 from keyplane.errors import KeyplaneError, StoreUnavailable
 from keyplane.usage.pricing import format_usd
 
@@ -111,6 +112,27 @@ def _setting(loc: tuple[int | str, ...]) -> str:
     return f"KEYPLANE_{str(loc[0]).upper()}" if loc else "a setting"
 
 
+@contextlib.contextmanager
+def setting_errors() -> Iterator[None]:
+    """Settings that cannot be used (a value, the data directory, a generated secret) as
+    one-line errors."""
+    try:
+        yield
+    except ValidationError as exc:  # a setting's value, from the environment or a file
+        fail("; ".join(f"{_setting(e['loc'])}: {e['msg']}" for e in exc.errors()))
+    except ValueError as exc:
+        fail(str(exc))
+    except OSError as exc:  # the data directory, say
+        fail(f"cannot use {exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc))
+
+
+def settings(**overrides: Any) -> Settings:
+    """The settings as every command reads them (no database: ``container`` for that)."""
+    with setting_errors():
+        read = load_settings(**overrides)
+    return read
+
+
 def container(*, wait_for_database_s: float = 0, **overrides: Any) -> bootstrap.Container:
     """The composition root for a command. A database that cannot be reached is a one-line error,
     after ``wait_for_database_s`` of trying again (a server started with its database, say)."""
@@ -118,13 +140,8 @@ def container(*, wait_for_database_s: float = 0, **overrides: Any) -> bootstrap.
     said = False
     while True:
         try:
-            return bootstrap.build(load_settings(**overrides))
-        except ValidationError as exc:  # a setting's value, from the environment or a file
-            fail("; ".join(f"{_setting(e['loc'])}: {e['msg']}" for e in exc.errors()))
-        except ValueError as exc:
-            fail(str(exc))
-        except OSError as exc:  # the data directory, say
-            fail(f"cannot use {exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc))
+            with setting_errors():
+                return bootstrap.build(load_settings(**overrides))
         except StoreUnavailable as exc:
             if time.monotonic() >= deadline:
                 fail(exc.message)
