@@ -49,7 +49,7 @@ _DROP_REQUEST = frozenset(
 class Upstream:
     name: str
     base_url: str
-    api_key: str | None
+    api_key: str | None = field(repr=False)
     models: frozenset[str]  # empty = whatever the upstream's /v1/models lists
     _listed: frozenset[str] | None = field(default=None, repr=False)
     _listed_at: float = field(default=0.0, repr=False)
