@@ -6,6 +6,8 @@ whose PostgreSQL session was cut takes the lock again, or says loudly that anoth
 from __future__ import annotations
 
 import logging
+import re
+import time
 
 import psycopg
 import pytest
@@ -24,16 +26,22 @@ def listed(engine: Engine) -> set[str]:
 
 
 def test_a_second_gateway_is_refused_until_the_first_lets_go(engine: Engine) -> None:
-    first, second = GatewayLock(engine), GatewayLock(engine)
+    first, second = GatewayLock(engine, wait_s=0), GatewayLock(engine, wait_s=0)
     first.acquire()
     with engine.begin() as conn:  # (the first's row, as its first sweep writes it)
-        conn.execute(insert(gateways).values(id="gw_first", started_at=1_800_000_000, seen_at=0))
+        conn.execute(
+            insert(gateways).values(
+                id="gw_first", started_at=1_800_000_000, seen_at=int(time.time())
+            )
+        )
     try:
         with pytest.raises(AnotherGateway) as refused:
             second.acquire()
         said = str(refused.value)
         assert "another keyplane gateway is serving" in said
-        assert "gw_first (started at 2027-01-15 08:00:00 UTC)" in said
+        assert re.search(
+            r"gw_first \(started at 2027-01-15 08:00:00 UTC, last seen alive [01] s ago", said
+        )
         assert "stop the other first" in said
         assert listed(engine) == {"gw_first"}  # a refused claim forgets nobody
         first.release()
@@ -52,7 +60,7 @@ def test_the_lock_goes_with_a_postgresql_session_that_dies(
     with fresh_postgres() as url:
         engine = make_engine(url)
         migrate.ensure_current(engine)
-        first, second = GatewayLock(engine), GatewayLock(engine)
+        first, second = GatewayLock(engine, wait_s=0), GatewayLock(engine, wait_s=0)
         try:
             first.acquire()
             first.keep()  # holding it: nothing to do

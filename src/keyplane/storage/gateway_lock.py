@@ -18,6 +18,7 @@ import datetime as dt
 import fcntl
 import logging
 import os
+import time
 from pathlib import Path
 from typing import IO
 
@@ -37,18 +38,27 @@ class AnotherGateway(Exception):
 
 
 class GatewayLock:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, wait_s: float = 2.0) -> None:
         self._engine = engine
+        # How long a claim waits for the lock before giving up: a gateway killed a moment ago may
+        # still hold it (PostgreSQL ends a session a little after its client's socket closes).
+        self._wait_s = wait_s
         self._file: IO[bytes] | None = None  # SQLite: the flocked file beside the database
         self._conn: Connection | None = None  # PostgreSQL: the session holding it, out of the pool
 
     def acquire(self) -> None:
         """Takes the lock, or raises AnotherGateway; then forgets the gateways listed as live
         (they cannot be: a live one would hold the lock)."""
-        if is_sqlite(self._engine):
-            self._lock_file()
-        else:
-            self._lock_session()
+        take = self._lock_file if is_sqlite(self._engine) else self._lock_session
+        deadline = time.monotonic() + self._wait_s
+        while True:
+            try:
+                take()
+                break
+            except AnotherGateway:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
         with self._engine.begin() as conn:
             conn.execute(delete(gateways))
 
@@ -78,6 +88,9 @@ class GatewayLock:
             self._file.close()  # (closing the file drops the flock)
             self._file = None
         if self._conn is not None:
+            with contextlib.suppress(Exception):  # (at once: not when the session ends)
+                self._conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
+                self._conn.commit()
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
@@ -101,6 +114,12 @@ class GatewayLock:
     def _lock_session(self) -> None:
         conn = self._engine.connect()
         conn.detach()  # (its own session for as long as it lives: never back into the pool)
+        # PostgreSQL notices a gateway whose machine died (no FIN, no RST) only by keepalives:
+        # the operating system's default waits two hours before the first. This session's lock
+        # is let go ~25 s after its peer went silent.
+        conn.execute(text("SET tcp_keepalives_idle = 10"))
+        conn.execute(text("SET tcp_keepalives_interval = 5"))
+        conn.execute(text("SET tcp_keepalives_count = 3"))
         taken = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY}).scalar()
         conn.commit()  # (the lock is the session's, not the transaction's)
         if not taken:
@@ -114,7 +133,12 @@ def _refusal(engine: Engine, what: str) -> str:
     with contextlib.suppress(Exception), engine.connect() as conn:
         rows = conn.execute(select(gateways).order_by(gateways.c.started_at)).all()
         if rows:
-            live = ", ".join(f"{row.id} (started at {_utc(row.started_at)})" for row in rows)
+            now = int(time.time())
+            live = ", ".join(
+                f"{row.id} (started at {_utc(row.started_at)}, last seen alive "
+                f"{max(0, now - row.seen_at)} s ago)"
+                for row in rows
+            )
             what = f"{what} (gateway {live})"
     return (
         f"another keyplane gateway is serving {what}. A gateway keeps money holds and rate-limit "
