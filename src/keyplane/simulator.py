@@ -27,10 +27,17 @@ Moderation is deterministic too: an input is flagged (category ``violence``, sco
 its text contains ``FLAG_MARKER`` (``"[flag]"``); every other category and input scores 0.0001.
 
 Image generation (``POST /v1/images/generations``, ``dall-e-2`` unless ``model`` names
-``dall-e-3``) is deterministic as well: each of the ``n`` images is ``PNG_1X1`` (one white pixel,
-whatever the ``size``), as ``b64_json`` or as a ``url`` under ``IMAGE_URL_BASE`` whose name is a
-hash of the model, size, quality, prompt and the image's index; a ``dall-e-3`` image has the
-prompt as its ``revised_prompt``. The answer has no ``usage``, as OpenAI's dall-e answers.
+``dall-e-3`` or ``gpt-image-1``) is deterministic as well: each of the ``n`` images is ``PNG_1X1``
+(one white pixel, whatever the ``size``), as ``b64_json`` or as a ``url`` under ``IMAGE_URL_BASE``
+whose name is a hash of the model, size, quality, prompt and the image's index; a ``dall-e-3``
+image has the prompt as its ``revised_prompt``. The answer has no ``usage``, as OpenAI's dall-e
+answers. ``gpt-image-1`` answers ``b64_json`` only (a ``response_format`` of ``url`` is refused,
+as OpenAI's), takes ``quality`` low, medium, high or auto (the default), ``size`` 1024x1024,
+1536x1024, 1024x1536 or auto (the default), ``output_format`` png, jpeg or webp (the image is the
+same PNG whatever it says), ``background`` transparent, opaque or auto; auto draws
+``GPT_IMAGE_AUTO`` (medium, 1024x1024), which the answer names in ``quality`` and ``size``. Its
+answer has a ``usage``: ``output_tokens = n × GPT_IMAGE_TOKENS[quality][size]`` (OpenAI's table)
+and ``input_tokens = text_tokens(prompt)``, all text (``input_tokens_details``).
 
 Speech to text (``POST /v1/audio/transcriptions`` and ``/v1/audio/translations``, ``whisper-1``,
 a ``multipart/form-data`` body) hears no audio: a ``file`` of ``size`` bytes lasts
@@ -96,8 +103,8 @@ JSON = dict[str, Any]
 DEFAULT_MODELS: tuple[str, ...] = (
     "gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o4-mini", "gpt-3.5-turbo",
     "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
-    "omni-moderation-latest", "text-moderation-latest", "dall-e-2", "dall-e-3", "whisper-1",
-    "tts-1", "tts-1-hd", "sim-chat", "sim-embed",
+    "omni-moderation-latest", "text-moderation-latest", "dall-e-2", "dall-e-3", "gpt-image-1",
+    "whisper-1", "tts-1", "tts-1-hd", "sim-chat", "sim-embed",
 )
 MODERATION_CATEGORIES: tuple[str, ...] = (
     "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
@@ -109,15 +116,27 @@ IMAGE_CATEGORIES = frozenset({
     "violence", "violence/graphic", "self-harm", "self-harm/intent", "self-harm/instructions",
     "sexual",
 })
-# The sizes and qualities each image model draws; the first quality is the default.
+# The sizes and qualities each image model draws; the first quality is the default, and the size
+# DEFAULT_IMAGE_SIZE, or gpt-image-1's first (auto).
 IMAGE_SIZES: dict[str, tuple[str, ...]] = {
     "dall-e-2": ("256x256", "512x512", "1024x1024"),
     "dall-e-3": ("1024x1024", "1792x1024", "1024x1792"),
+    "gpt-image-1": ("auto", "1024x1024", "1536x1024", "1024x1536"),
 }
 IMAGE_QUALITIES: dict[str, tuple[str, ...]] = {
     "dall-e-2": ("standard",),
     "dall-e-3": ("standard", "hd"),
+    "gpt-image-1": ("auto", "low", "medium", "high"),
 }
+# gpt-image-1's output tokens per image, by quality and size (OpenAI's published table).
+GPT_IMAGE_TOKENS: dict[str, dict[str, int]] = {
+    "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
+    "medium": {"1024x1024": 1056, "1024x1536": 1584, "1536x1024": 1568},
+    "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
+}
+GPT_IMAGE_AUTO = ("medium", "1024x1024")  # what "auto" draws here (OpenAI picks per prompt)
+GPT_IMAGE_FORMATS = ("png", "jpeg", "webp")
+GPT_IMAGE_BACKGROUNDS = ("auto", "transparent", "opaque")
 SPEECH_VOICES: tuple[str, ...] = (
     "alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse",
 )
@@ -778,13 +797,17 @@ def _generate_images(body: JSON, config: SimulatorConfig) -> _Reply:
     n = _positive_int(body, "n", MAX_IMAGES) or 1
     if model == "dall-e-3" and n != 1:
         raise _RequestError(400, "Invalid 'n': dall-e-3 only supports n=1.", "n", "invalid_value")
-    size = _choice(body, "size", IMAGE_SIZES[model], DEFAULT_IMAGE_SIZE, model)
-    qualities = IMAGE_QUALITIES[model]
+    gpt_image = model == "gpt-image-1"
+    sizes, qualities = IMAGE_SIZES[model], IMAGE_QUALITIES[model]
+    size = _choice(body, "size", sizes, sizes[0] if gpt_image else DEFAULT_IMAGE_SIZE, model)
     quality = _choice(body, "quality", qualities, qualities[0], model)
-    fmt = _choice(body, "response_format", IMAGE_RESPONSE_FORMATS, "url", model)
+    formats = ("b64_json",) if gpt_image else IMAGE_RESPONSE_FORMATS
+    fmt = _choice(body, "response_format", formats, formats[0], model)
     if body.get("stream") is True:
         message = f"Streaming is not supported for {model}."
         raise _RequestError(400, message, "stream", "invalid_value")
+    if gpt_image:
+        return 200, _gpt_image(body, prompt, n, quality, size)
     data: list[JSON] = []
     for index in range(n):
         image: JSON = (
@@ -796,6 +819,25 @@ def _generate_images(body: JSON, config: SimulatorConfig) -> _Reply:
             image["revised_prompt"] = prompt
         data.append(image)
     return 200, {"created": int(time.time()), "data": data}
+
+
+def _gpt_image(body: JSON, prompt: str, n: int, quality: str, size: str) -> JSON:
+    """gpt-image-1's answer: ``n`` images as base64, with the tokens they cost."""
+    output_format = _choice(body, "output_format", GPT_IMAGE_FORMATS, "png", "gpt-image-1")
+    background = _choice(body, "background", GPT_IMAGE_BACKGROUNDS, "auto", "gpt-image-1")
+    quality = GPT_IMAGE_AUTO[0] if quality == "auto" else quality
+    size = GPT_IMAGE_AUTO[1] if size == "auto" else size
+    text = text_tokens(prompt)
+    output = n * GPT_IMAGE_TOKENS[quality][size]
+    usage = {
+        "total_tokens": text + output, "input_tokens": text, "output_tokens": output,
+        "input_tokens_details": {"text_tokens": text, "image_tokens": 0},
+    }  # fmt: skip
+    return {
+        "created": int(time.time()), "data": [{"b64_json": _PNG_1X1_B64} for _ in range(n)],
+        "background": "opaque" if background == "auto" else background,
+        "output_format": output_format, "quality": quality, "size": size, "usage": usage,
+    }  # fmt: skip
 
 
 def audio_seconds(size: int) -> int:

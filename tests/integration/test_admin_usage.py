@@ -160,3 +160,35 @@ async def test_images_have_their_own_usage(env: Env) -> None:  # noqa: F811
     [result] = [x for b in r.json()["data"] for x in b["results"]]
     assert result["object"] == "organization.usage.images.result"
     assert (result["model"], result["images"], result["num_model_requests"]) == ("dall-e-2", 2, 1)
+
+
+async def test_gpt_image_1_shows_its_tokens_in_images_usage_and_costs(env: Env) -> None:  # noqa: F811
+    headers = {"authorization": f"Bearer {env.project_key}"}
+    for body in (
+        {"model": "gpt-image-1", "prompt": "a key", "n": 2, "quality": "low", "size": "1024x1024"},
+        {"model": "dall-e-2", "prompt": "a key", "size": "256x256"},
+    ):
+        r = await env.client.post("/v1/images/generations", json=body, headers=headers)
+        assert r.status_code == 200, r.text
+    await env.gateway.flush()
+    records = {r.model: r for r in env.container.usage_store.query(env.org.id)}
+    gpt = records["gpt-image-1"]
+    assert (gpt.images, gpt.input_tokens, gpt.output_tokens) == (2, 2, 2 * 272)
+    today = int(time.time()) // DAY * DAY
+    r = await env.client.get(
+        f"{ORG}/usage/images?start_time={today}&group_by=model", headers=env.admin()
+    )
+    assert r.status_code == 200, r.text
+    results = {x["model"]: x for b in r.json()["data"] for x in b["results"]}
+    shown = {m: (x["images"], x["input_tokens"], x["output_tokens"]) for m, x in results.items()}
+    assert shown == {"gpt-image-1": (2, 2, 544), "dall-e-2": (1, 0, 0)}
+    costs = await env.client.get(
+        f"{ORG}/costs?start_time={today}&group_by[]=line_item", headers=env.admin()
+    )
+    assert costs.status_code == 200, costs.text
+    by_item = {
+        x["line_item"]: x["amount"]["value"] for b in costs.json()["data"] for x in b["results"]
+    }
+    assert by_item == {m: r.cost_micro_usd / 1_000_000 for m, r in records.items()}
+    # 2 text tokens at $5 per 1M and 544 image tokens at $40 per 1M, in micro-dollars.
+    assert gpt.cost_micro_usd == 2 * 5 + 544 * 40

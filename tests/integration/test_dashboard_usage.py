@@ -52,7 +52,8 @@ def test_usage_shows_images_audio_and_speech_in_their_units(
     browser_for: SignIn,  # noqa: F811
 ) -> None:
     """What is billed per image, per second of audio or per character shows in those units, not
-    as 0 / 0 tokens; a chat request still shows its tokens."""
+    as 0 / 0 tokens; a chat request still shows its tokens, and an image model priced by tokens
+    both."""
     auth = {"authorization": f"Bearer {kp.key}"}
     r = httpx.post(kp.base_url + "/images/generations", headers=auth, timeout=30,
                    json={"model": "dall-e-2", "prompt": "a cat", "n": 2, "size": "256x256"})  # fmt: skip
@@ -60,11 +61,16 @@ def test_usage_shows_images_audio_and_speech_in_their_units(
     r = httpx.post(kp.base_url + "/audio/speech", headers=auth, timeout=30,
                    json={"model": "tts-1", "voice": "alloy", "input": "Hello there"})  # fmt: skip
     assert r.status_code == 200, r.text
+    r = httpx.post(kp.base_url + "/images/generations", headers=auth, timeout=30,
+                   json={"model": "gpt-image-1", "prompt": "a dog", "quality": "low",
+                         "size": "1024x1024"})  # fmt: skip
+    assert r.status_code == 200, r.text
     chat(kp, "gpt-4o-mini")
-    records = {r.endpoint: r for r in kp.usage(expect=3)}
+    records = {r.endpoint: r for r in kp.usage(expect=4) if r.model != "gpt-image-1"}
     page = browser_for("owner@example.com", OWNER_PASSWORD).get("/usage")
     text = text_of(page)
     assert records["images.generations"].images == 2 and "2 images" in text
+    assert "1 image · 2 / 272 tokens" in text  # an image model priced by tokens: both
     assert records["audio.speech"].characters == 11 and "11 characters" in text
     chat_record = records["chat.completions"]
     used = f"{chat_record.input_tokens:,} / {chat_record.output_tokens:,} tokens"

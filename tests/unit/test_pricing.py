@@ -286,3 +286,54 @@ def test_speech_is_priced_per_character_rounded_up_once(table: PriceTable, tmp_p
     )
     assert not PriceTable.load([free]).price("free-voice", NOW).charges  # type: ignore[union-attr]
     assert table.price("whisper-1", NOW).charges  # type: ignore[union-attr]
+
+
+def test_gpt_image_1_is_priced_by_tokens(table: PriceTable, tmp_path: Path) -> None:
+    price = table.price("gpt-image-1", NOW)
+    assert price is not None and price.charges
+    assert (price.input_per_m, price.image_input_per_m, price.image_output_per_m) == (
+        5_000_000, 10_000_000, 40_000_000,
+    )  # fmt: skip
+    assert price.image_price("high", "1024x1024") is None  # not per image
+    assert price.image_tokens("low", "1024x1024") == 272
+    assert price.image_tokens("high", "1536x1024") == 6208
+    # "auto" is the upstream's choice: the most any listed image may cost.
+    assert price.image_tokens("auto", "auto") == 6240
+    assert price.image_tokens("medium", "auto") == 1584
+    assert price.image_tokens("auto", "1024x1024") == 4160
+    assert price.image_tokens("ultra", "1024x1024") is None
+    assert price.image_tokens("high", "1792x1024") is None
+    # Text at $5, image input at $10, output at $40 per 1M, rounded up once.
+    assert price.image_token_cost(28 + 50, 50, 272) == 28 * 5 + 50 * 10 + 272 * 40
+    assert price.image_token_cost(3, 0, 0) == 15
+    cheap = write_prices(
+        tmp_path,
+        '[[price]]\nmodel = "my-painter"\neffective_from = "2024-01-01"\ninput = "0.10"\n'
+        'image_output = "0.10"\n[price.tokens_per_image]\n"any/1x1" = 1\n',
+    )
+    painter = PriceTable.load([cheap]).price("my-painter", NOW)
+    assert painter is not None
+    assert [painter.image_token_cost(n, 0, n) for n in (1, 5, 6)] == [1, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("lines", "match"),
+    [
+        ('[price.tokens_per_image]\n"1024x1024" = 272\n', "tokens_per_image"),
+        ('[price.tokens_per_image]\n"low/1024x1024" = "272"\n', "tokens_per_image"),
+        ('[price.tokens_per_image]\n"low/1024x1024" = 0\n', "tokens_per_image"),
+        ('[price.tokens_per_image]\n"auto/1024x1024" = 9\n', "tokens_per_image"),
+        ("image_output = 40\n", "strings"),
+        (
+            '[price.images]\n"low/1x1" = "0.1"\n[price.tokens_per_image]\n"low/1x1" = 9\n',
+            "not both",
+        ),
+    ],
+)
+def test_bad_image_token_entries_are_refused(tmp_path: Path, lines: str, match: str) -> None:
+    path = write_prices(
+        tmp_path, f'[[price]]\nmodel = "acme"\neffective_from = "2025-01-01"\n{lines}'
+    )
+    with pytest.raises(ValueError, match=match) as info:
+        PriceTable.load([path])
+    assert "acme" in str(info.value)

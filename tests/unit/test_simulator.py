@@ -1117,6 +1117,47 @@ async def test_images_errors(params: dict[str, Any], status: int, param: str, co
     assert response.json()["error"]["param"] == param
 
 
+@pytest.mark.parametrize(
+    ("quality", "size", "tokens"),
+    [("low", "1024x1024", 272), ("high", "1024x1536", 6240), ("medium", "1536x1024", 1568),
+     (None, None, 1056), ("auto", "auto", 1056), ("high", "auto", 4160)],
+)  # fmt: skip
+async def test_gpt_image_1_answers_base64_with_its_token_usage(
+    quality: str | None, size: str | None, tokens: int
+) -> None:
+    prompt = "A lighthouse at dusk"
+    body = {"model": "gpt-image-1", "prompt": prompt, "n": 3, "quality": quality, "size": size}
+    async with _client() as client:
+        response = await client.post("/v1/images/generations", json=body)
+    assert response.status_code == 200
+    answer = response.json()
+    assert len(answer["data"]) == 3
+    for image in answer["data"]:
+        assert set(image) == {"b64_json"}
+        _assert_png_1x1(base64.b64decode(image["b64_json"]))
+    text = simulator.text_tokens(prompt)
+    assert answer["usage"] == {
+        "total_tokens": text + 3 * tokens, "input_tokens": text, "output_tokens": 3 * tokens,
+        "input_tokens_details": {"text_tokens": text, "image_tokens": 0},
+    }  # fmt: skip
+    assert answer["quality"] in ("low", "medium", "high") and "x" in answer["size"]
+    assert (answer["output_format"], answer["background"]) == ("png", "opaque")
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [({"response_format": "url"}, "response_format"), ({"quality": "hd"}, "quality"),
+     ({"size": "256x256"}, "size"), ({"output_format": "gif"}, "output_format"),
+     ({"background": "green"}, "background"), ({"n": 11}, "n")],
+)  # fmt: skip
+async def test_gpt_image_1_errors(params: dict[str, Any], param: str) -> None:
+    body = {"model": "gpt-image-1", "prompt": "x", **params}
+    async with _client() as client:
+        response = await client.post("/v1/images/generations", json=body)
+    _assert_error(response, 400)
+    assert response.json()["error"]["param"] == param
+
+
 async def test_images_model_must_be_served() -> None:
     async with _client(SimulatorConfig(models=("dall-e-2",))) as client:
         served = await client.post(

@@ -1,15 +1,15 @@
-"""What images and audio cost: per image (by quality and size), per second of audio heard and per
-character of text spoken, with the bounds a hold needs before the upstream says how many images or
-seconds it made or heard."""
+"""What images and audio cost: per image (by quality and size) or by tokens (an image model priced
+so, gpt-image-1), per second of audio heard and per character of text spoken, with the bounds a
+hold needs before the upstream says how many images, tokens or seconds it made or heard."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeGuard
 
 from keyplane.gateway.errors import bad_request
 from keyplane.gateway.forms import parse_form
-from keyplane.gateway.streaming import json_object
+from keyplane.gateway.streaming import MAX_COUNT, json_object
 from keyplane.usage.pricing import Price
 
 # Audio uploads: OpenAI takes files of up to 25 MB (and the form around them).
@@ -85,12 +85,72 @@ def image_price(price: Price, payload: dict[str, Any]) -> int:
     return unit
 
 
-def images_made(content: bytes, asked: int) -> int:
-    """How many images an answer carries (at most ``asked``: no more are held for); -1 when it is
-    not an answer with a list of images."""
+def image_tokens(price: Price, payload: dict[str, Any]) -> int:
+    """The most output tokens one image the request asks for may cost on a model priced by tokens
+    (its ``quality`` and ``size``; ``"auto"``, OpenAI's default, is the most any may); a 400 naming
+    the field keyplane has no figure for, and for ``stream`` (an answer in events, not billed
+    here yet)."""
+    stream = payload.get("stream")
+    if stream is not None and stream is not False:
+        raise bad_request(
+            "keyplane does not stream image generations yet: send stream false (the images come "
+            "whole, and partial_images are not sent).",
+            param="stream", code="unsupported_value",
+        )  # fmt: skip
+    asked: list[str] = []
+    for name in ("quality", "size"):
+        value = payload.get(name)
+        if value is None:
+            value = "auto"
+        if not isinstance(value, str):
+            raise bad_request(f"'{name}' must be a string.", param=name)
+        asked.append(value)
+    quality, size = asked
+    tokens = price.image_tokens(quality, size)
+    if tokens is None:
+        qualities = sorted({key.partition("/")[0] for key, _ in price.tokens_per_image})
+        sizes = sorted({key.partition("/")[2] for key, _ in price.tokens_per_image})
+        name, value, known = (
+            ("quality", quality, qualities)
+            if quality != "auto" and quality not in qualities
+            else ("size", size, sizes)
+        )
+        supported = ", ".join(f"'{v}'" for v in (*known, "auto"))
+        raise bad_request(
+            f"Invalid '{name}' for '{price.model}': keyplane holds money for {supported}, not "
+            f"{value[:40]!r} (an operator sets the tokens of each image in the price table).",
+            param=name, code="unsupported_value",
+        )  # fmt: skip
+    return tokens
+
+
+def image_answer(content: bytes, asked: int) -> tuple[int, tuple[int, int, int] | None]:
+    """How many images an answer carries (at most ``asked``: no more are held for; -1 when it is
+    not an answer with a list of images), and the tokens its ``usage`` reports, (input, of which
+    image input, output), for a model priced by tokens (None when it reports none usable)."""
     answer = json_object(content)
-    data = answer.get("data") if answer is not None else None
-    return min(len(data), asked) if isinstance(data, list) else -1
+    if answer is None:
+        return -1, None
+    data = answer.get("data")
+    return (min(len(data), asked) if isinstance(data, list) else -1), _image_usage(answer)
+
+
+def _image_usage(answer: dict[str, Any]) -> tuple[int, int, int] | None:
+    usage = answer.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    inp, out = usage.get("input_tokens"), usage.get("output_tokens")
+    details = usage.get("input_tokens_details")
+    # (No details: a generation's input is its prompt, all text.)
+    images = details.get("image_tokens") if isinstance(details, dict) else None
+    images = 0 if images is None else images
+    if not (_count(inp) and _count(out) and _count(images)):
+        return None
+    return inp, min(images, inp), out
+
+
+def _count(value: Any) -> TypeGuard[int]:
+    return type(value) is int and 0 <= value <= MAX_COUNT
 
 
 def audio_cost(price: Price, seconds: int) -> int:

@@ -88,7 +88,9 @@ class Endpoint:
     ask_usage: bool = True  # a stream's usage comes only if asked (stream_options.include_usage)
     default_model: str | None = None  # the model when the body names none (else it must)
     responses: bool = False  # the Responses API: stored responses, its own events and fields
-    per_image: bool = False  # billed per image generated (by quality and size), not by tokens
+    # Billed per image generated (by quality and size), or by the tokens its answer reports on an
+    # image model priced so (gpt-image-1: its price entry's tokens_per_image).
+    per_image: bool = False
     audio_in: bool = False  # a multipart upload of audio, billed per minute of it
     audio_out: bool = False  # text to speech: billed per character, its audio relayed as it comes
 
@@ -316,6 +318,7 @@ class Pipeline:
                 call.carried if call.carried is not None else call.price.context_window or 0
             )
         client_wants_usage = False
+        image_output = 0  # the output tokens the images it asks for may cost (priced by tokens)
         if call.endpoint.can_stream and payload.get("stream") is True:
             call.stream = True
             if call.endpoint.ask_usage:
@@ -348,7 +351,14 @@ class Pipeline:
                 carried_tokens=call.carried,
             )  # fmt: skip
             bound = cost_bound(call.price, call.input_bound, choices)
-            if call.endpoint.per_image:
+            if call.endpoint.per_image and call.price.tokens_per_image:  # priced by tokens
+                # n images at the most their quality and size may cost, and the prompt at a token
+                # a byte (``bound.fixed``): the worst case until the answer reports its usage.
+                call.choices, per_image = choices, media.image_tokens(call.price, payload)
+                call.estimated_input = tokens.estimate_input(payload.get("prompt"))
+                image_output = choices * per_image
+                bound = CostBound(bound.fixed + image_output * call.price.image_output_per_m, 0)
+            elif call.endpoint.per_image:
                 call.choices, call.image_price = choices, media.image_price(call.price, payload)
                 bound = CostBound(bound.fixed + choices * call.image_price * MICRO, 0)
             elif audio:  # the longest the upload may play, at the lowest bitrate of any format
@@ -372,7 +382,10 @@ class Pipeline:
         )
         # No await from here to the journal: the admission is one step.
         now = self.clock.now()
-        self._rate_limit(call, scopes, wanted, choices, asked is None, now)
+        if image_output:  # (known up front, an image's tokens are counted whole)
+            self._rate_limit(call, scopes, image_output, 1, False, now)
+        else:
+            self._rate_limit(call, scopes, wanted, choices, asked is None, now)
         try:
             rewrite |= self._hold(
                 call, call.price, org, payload, bound, fields, asked, wanted, choices, now
@@ -380,6 +393,8 @@ class Pipeline:
         except BaseException:
             self.rates.settle(call.ticket, 0, now)  # refused before forwarding: no tokens used
             raise
+        if image_output:
+            call.held_output = image_output
         if rewrite:
             body = orjson.dumps(payload)
         try:
@@ -493,6 +508,8 @@ class Pipeline:
             # A request that may have been processed upstream: bill its prompt, conservatively,
             # and the output an answer that broke off shows at least (the upstream wrote it all).
             out = estimated_output(exc.partial) if exc.partial and call.endpoint.has_output else 0
+            if _image_tokens(call):  # it may have made every image it asked for
+                out = call.held_output
             used = (call.estimated_input, 0, out) if exc.reached else (0, 0, 0)
             outcome = Outcome.UPSTREAM_BROKEN if exc.partial else Outcome.UPSTREAM_UNREACHABLE
             images, seconds, chars = _unanswered_media(call) if exc.reached else (0, 0, 0)
@@ -526,16 +543,26 @@ class Pipeline:
                     )  # fmt: skip
                 self._meter(call, resp.status, (0, 0, 0), _COMPLETED, estimated=False)
                 content = _in_envelope(resp.status, content, out_headers)
-            elif call.endpoint.per_image:  # billed per image it made
-                made = media.images_made(content, call.choices)
+            elif call.endpoint.per_image:  # billed per image it made, or by the tokens reported
+                made, reported = media.image_answer(content, call.choices)
+                by_tokens = _image_tokens(call)
+                # What the hold covers: what an answer that reports nothing usable is billed.
+                held = (call.input_bound, 0, call.held_output) if by_tokens else (0, 0, 0)
                 if made < 0:  # no list of images: the upstream may have made them all
-                    self._meter(call, 502, (0, 0, 0), Outcome.UPSTREAM_BROKEN, estimated=True,
+                    self._meter(call, 502, held, Outcome.UPSTREAM_BROKEN, estimated=True,
                                 images=call.choices)  # fmt: skip
                     raise ApiError(
                         502, "The upstream's answer was not a list of images.",
                         type="server_error", code="upstream_error",
                     )  # fmt: skip
-                self._meter(call, 200, (0, 0, 0), _COMPLETED, estimated=False, images=made)
+                if not by_tokens:
+                    self._meter(call, 200, (0, 0, 0), _COMPLETED, estimated=False, images=made)
+                elif reported is None:
+                    self._meter(call, 200, held, _COMPLETED, estimated=True, images=made)
+                else:
+                    inp, image_input, out = reported
+                    self._meter(call, 200, (inp, 0, out), _COMPLETED, estimated=False,
+                                images=made, image_input=image_input)  # fmt: skip
             elif call.endpoint.audio_in:  # billed per second of audio the upstream reports
                 said = media.reported_seconds(content)
                 heard = said if said is not None else media.likely_seconds(call.audio_bytes)
@@ -695,6 +722,7 @@ class Pipeline:
         images: int = 0,
         seconds: int = 0,
         characters: int = 0,
+        image_input: int = 0,  # of the input tokens, those of images (an image model's)
     ) -> None:
         if call.metered or call.hold is None:
             return
@@ -706,7 +734,12 @@ class Pipeline:
         # most the hold, and count at most that much against TPM limits too.
         self.rates.settle(call.ticket, min(inp, call.input_bound) + min(out, call.held_output), now)
         price = call.price
-        cost = price.token_cost(inp, cached, out) if price else 0
+        if price is None:
+            cost = 0
+        elif _image_tokens(call):
+            cost = price.image_token_cost(inp, image_input, out)
+        else:
+            cost = price.token_cost(inp, cached, out)
         if images:
             cost += images * call.image_price
         if seconds and price:
@@ -762,6 +795,11 @@ def _in_envelope(status: int, content: bytes, headers: list[tuple[bytes, bytes]]
     kind = "server_error" if status >= 500 else "invalid_request_error"
     message = f"The upstream answered {status} without an error in OpenAI's format."
     return orjson.dumps(ApiError(status, message, type=kind, code="upstream_error").body())
+
+
+def _image_tokens(call: Call) -> bool:
+    """Whether ``call`` is an image generation on a model priced by tokens (gpt-image-1)."""
+    return call.endpoint.per_image and call.price is not None and bool(call.price.tokens_per_image)
 
 
 def _unanswered_media(call: Call) -> tuple[int, int, int]:

@@ -20,7 +20,7 @@ _SNAPSHOT = re.compile(r"^(?P<base>.+?)-\d{4}-\d{2}-\d{2}$")
 @dataclass(frozen=True, slots=True)
 class Price:
     """Micro-dollars per 1M tokens (input, cached input, output), per audio minute, per image, per
-    1M characters (text to speech)."""
+    1M characters (text to speech), per 1M image tokens (an image model priced by tokens)."""
 
     model: str
     effective_from: int  # Unix seconds
@@ -37,6 +37,12 @@ class Price:
     # Per generated image by "<quality>/<size>" ("standard/1024x1024"), when it varies; else
     # ``image`` is the price of every image the model makes.
     images: tuple[tuple[str, int], ...] = ()
+    # An image model priced by tokens (gpt-image-1): per 1M image tokens read and written (its
+    # text input at ``input_per_m``), and the output tokens one generated image costs by
+    # "<quality>/<size>" ("high/1024x1536"): what a hold counts before the answer reports usage.
+    image_input_per_m: int = 0
+    image_output_per_m: int = 0
+    tokens_per_image: tuple[tuple[str, int], ...] = ()
 
     def image_price(self, quality: str, size: str) -> int | None:
         """Micro-dollars per image of ``quality`` and ``size``; None when the table has no price
@@ -44,6 +50,31 @@ class Price:
         if not self.images:
             return self.image or None
         return dict(self.images).get(f"{quality}/{size}")
+
+    def image_tokens(self, quality: str, size: str) -> int | None:
+        """The most output tokens one image of ``quality`` and ``size`` may cost on a model priced
+        by tokens, either being ``"auto"`` (the upstream's choice: any the table lists, so the
+        most of them); None when the table lists no such image."""
+        most: int | None = None
+        for key, tokens in self.tokens_per_image:
+            asked_quality, _, asked_size = key.partition("/")
+            if quality in ("auto", asked_quality) and size in ("auto", asked_size):
+                most = tokens if most is None or tokens > most else most
+        return most
+
+    def image_token_cost(
+        self, input_tokens: int, image_input_tokens: int, output_tokens: int
+    ) -> int:
+        """Cost in micro-dollars of an image generation priced by tokens, rounded up once: the
+        input's text tokens (``input_tokens`` less its image tokens) at the text price, its image
+        tokens at the image input price, the output (the images) at the image output price."""
+        images = min(image_input_tokens, input_tokens)
+        numerator = (
+            (input_tokens - images) * self.input_per_m
+            + images * self.image_input_per_m
+            + output_tokens * self.image_output_per_m
+        )
+        return -(-numerator // MICRO)
 
     def token_cost(self, input_tokens: int, cached_input_tokens: int, output_tokens: int) -> int:
         """Cost in micro-dollars, rounded up once at the end so no fraction is lost per part.
@@ -66,7 +97,8 @@ class Price:
     def charges(self) -> bool:
         """Whether any use of the model costs something (a free model is priced at 0 throughout)."""
         rates = (self.input_per_m, self.cached_input_per_m, self.output_per_m, self.audio_minute,
-                 self.image, self.characters_per_m)  # fmt: skip
+                 self.image, self.characters_per_m, self.image_input_per_m,
+                 self.image_output_per_m)  # fmt: skip
         return any(rates) or any(price for _, price in self.images)
 
 
@@ -105,8 +137,9 @@ def _parse_entry(entry: Mapping[str, Any], where: str) -> Price:
     start = int(dt.datetime(when.year, when.month, when.day, tzinfo=dt.UTC).timestamp())
     fields = {
         "input": 0, "cached_input": 0, "output": 0, "audio_minute": 0, "image": 0, "characters": 0,
+        "image_input": 0, "image_output": 0,
     }  # fmt: skip
-    known = {"model", "effective_from", "output_param", "images", *_COUNTS}
+    known = {"model", "effective_from", "output_param", "images", "tokens_per_image", *_COUNTS}
     unknown = set(entry) - set(fields) - known
     if unknown:
         raise ValueError(f"{where}: {model} has unknown fields {sorted(unknown)}")
@@ -127,6 +160,18 @@ def _parse_entry(entry: Mapping[str, Any], where: str) -> Price:
     image_prices = tuple(
         sorted((k, parse_dollars(v, f"{where}: {model}.images.{k}")) for k, v in images.items())
     )
+    per_image = entry.get("tokens_per_image", {})
+    if not isinstance(per_image, dict) or not all(
+        isinstance(k, str) and k.count("/") == 1 and "auto" not in k.split("/")
+        and type(v) is int and v >= 1
+        for k, v in per_image.items()
+    ):  # fmt: skip
+        raise ValueError(
+            f'{where}: {model}.tokens_per_image maps "<quality>/<size>" (not auto: that is the '
+            "most of them) to a positive number of output tokens"
+        )
+    if per_image and image_prices:
+        raise ValueError(f"{where}: {model} is priced per image (images) or by tokens, not both")
     output_param = entry.get("output_param", "max_tokens")
     if output_param not in ("max_tokens", "max_completion_tokens"):
         raise ValueError(f"{where}: {model}.output_param is max_tokens or max_completion_tokens")
@@ -144,6 +189,9 @@ def _parse_entry(entry: Mapping[str, Any], where: str) -> Price:
         image_input_tokens=counts["image_input_tokens"],
         context_window=counts["context_window"],
         images=image_prices,
+        image_input_per_m=fields["image_input"],
+        image_output_per_m=fields["image_output"],
+        tokens_per_image=tuple(sorted(per_image.items())),
     )
 
 

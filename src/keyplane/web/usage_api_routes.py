@@ -94,6 +94,10 @@ class ImagesResult(BaseModel):
     object: Literal["organization.usage.images.result"] = "organization.usage.images.result"
     images: int
     num_model_requests: int
+    # keyplane's own addition: the tokens of an image model priced by them (gpt-image-1; 0 for
+    # the dall-e models, priced per image). An SDK reading OpenAI's shape ignores them.
+    input_tokens: int = 0
+    output_tokens: int = 0
     size: str | None = None  # (not grouped by here: keyplane keeps the count, not the sizes)
     source: str | None = None
     project_id: str | None = None
@@ -331,7 +335,10 @@ async def images_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
     """Images generated and requests per time bucket."""
     return await _usage_page(
         ctx, principal.org_id, q, ("images.generations",), ImagesResult,
-        lambda r: ImagesResult(images=r.images, num_model_requests=r.requests, **_grouped(r)),
+        lambda r: ImagesResult(
+            images=r.images, num_model_requests=r.requests, input_tokens=r.input_tokens,
+            output_tokens=r.output_tokens, **_grouped(r),
+        ),
     )  # fmt: skip
 
 
