@@ -48,6 +48,13 @@ default) answers ``{"text", "usage": {"type": "duration", "seconds"}}``; ``verbo
 the task, ``language`` ``"english"``, the ``duration`` and one segment spanning it; ``text``,
 ``srt`` and ``vtt`` answer the transcript as ``text/plain`` (a subtitle document of one cue for
 the last two), without usage, as OpenAI. ``language``, ``prompt`` and ``temperature`` are ignored.
+``gpt-4o-transcribe`` and ``gpt-4o-mini-transcribe`` transcribe only (translations are whisper-1's,
+as at OpenAI) and answer ``json`` or ``text`` (the others are refused with OpenAI's message); their
+``json`` answer's ``usage`` is ``{"type": "tokens"}``: ``audio_tokens = AUDIO_TOKENS_PER_SECOND ×
+audio_seconds(size)`` (10 a second, the simulator's own figure: OpenAI publishes none), ``text_tokens
+= text_tokens(prompt)``, ``output_tokens = text_tokens(transcript)``. The transcript stops at
+``TRANSCRIBE_MAX_OUTPUT`` (2,000) tokens; a file whose tokens would pass ``TRANSCRIBE_CONTEXT``
+(16,000) is refused with 400, as too long for the model.
 
 Text to speech (``POST /v1/audio/speech``, ``tts-1`` and ``tts-1-hd``) says nothing either: the
 audio of an ``input`` of ``n`` characters is ``speech_audio(input)``, ``SPEECH_HEADER`` (an empty
@@ -104,7 +111,8 @@ DEFAULT_MODELS: tuple[str, ...] = (
     "gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o4-mini", "gpt-3.5-turbo",
     "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
     "omni-moderation-latest", "text-moderation-latest", "dall-e-2", "dall-e-3", "gpt-image-1",
-    "whisper-1", "tts-1", "tts-1-hd", "sim-chat", "sim-embed",
+    "whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "tts-1", "tts-1-hd", "sim-chat",
+    "sim-embed",
 )
 MODERATION_CATEGORIES: tuple[str, ...] = (
     "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
@@ -151,8 +159,14 @@ DEFAULT_IMAGE_SIZE = "1024x1024"
 IMAGE_RESPONSE_FORMATS = ("url", "b64_json")
 MAX_IMAGES = 10
 IMAGE_URL_BASE = "https://simulator.keyplane.invalid/images/"
-TRANSCRIPTION_MODELS = frozenset({"whisper-1"})
+TRANSCRIPTION_MODELS = frozenset({"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"})
+TRANSLATION_MODELS = frozenset({"whisper-1"})
 TRANSCRIPTION_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+# The transcription models priced by tokens: their answer formats, and their bounds.
+TOKEN_TRANSCRIPTION_FORMATS = ("json", "text")
+AUDIO_TOKENS_PER_SECOND = 10
+TRANSCRIBE_CONTEXT = 16_000
+TRANSCRIBE_MAX_OUTPUT = 2_000
 AUDIO_BYTES_PER_SECOND = 16_000  # 128 kbit/s
 TRANSCRIPT_SENTENCE = "Hello from the keyplane simulator."
 TRANSCRIPT_LANGUAGE = "english"
@@ -944,11 +958,13 @@ def _speech_to_text(raw: bytes, content_type: str, config: SimulatorConfig, task
         message = "Missing required parameter: 'model'."
         raise _RequestError(400, message, "model", "missing_required_parameter")
     model = _model(form.fields, config)
-    if model not in TRANSCRIPTION_MODELS:
+    if model not in (TRANSCRIPTION_MODELS if task == "transcribe" else TRANSLATION_MODELS):
         purpose = "transcription" if task == "transcribe" else "translation"
         message = f"Invalid model '{model}' for {purpose}."
         raise _RequestError(400, message, "model", "invalid_value")
     fmt = form.fields.get("response_format", "json")
+    if model != "whisper-1":
+        return _token_transcription(form, model, fmt, len(audio))
     if fmt not in TRANSCRIPTION_FORMATS:
         supported = ", ".join(f"'{f}'" for f in TRANSCRIPTION_FORMATS)
         message = f"Invalid 'response_format': expected one of {supported}, but got {fmt!r}."
@@ -982,6 +998,31 @@ def _speech_to_text(raw: bytes, content_type: str, config: SimulatorConfig, task
         "segments": [segment],
         "usage": usage,
     }
+
+
+def _token_transcription(form: _Form, model: str, fmt: str, size: int) -> _Reply:
+    """gpt-4o-transcribe's (or its mini's) answer: the transcript, and in json its tokens."""
+    if fmt not in TOKEN_TRANSCRIPTION_FORMATS:
+        message = (
+            f"response_format '{fmt}' is not compatible with model '{model}'. Use 'json' or "
+            "'text' instead."
+        )
+        raise _RequestError(400, message, "response_format", "unsupported_value")
+    audio = AUDIO_TOKENS_PER_SECOND * audio_seconds(size)
+    prompt = text_tokens(form.fields.get("prompt", ""))
+    if audio + prompt > TRANSCRIBE_CONTEXT:
+        message = f"Audio file is too long for {model}: {audio + prompt} tokens, the most is 16000."
+        raise _RequestError(400, message, "file", "invalid_value")
+    text = transcript_text(audio_seconds(size))[: TRANSCRIBE_MAX_OUTPUT * TOKEN_CHARS]
+    if fmt == "text":
+        return _Text(text)
+    output = text_tokens(text)
+    usage = {
+        "type": "tokens", "input_tokens": audio + prompt, "output_tokens": output,
+        "total_tokens": audio + prompt + output,
+        "input_token_details": {"text_tokens": prompt, "audio_tokens": audio},
+    }  # fmt: skip
+    return 200, {"text": text, "usage": usage}
 
 
 def speech_audio(text: str) -> bytes:

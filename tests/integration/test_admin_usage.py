@@ -192,3 +192,36 @@ async def test_gpt_image_1_shows_its_tokens_in_images_usage_and_costs(env: Env) 
     assert by_item == {m: r.cost_micro_usd / 1_000_000 for m, r in records.items()}
     # 2 text tokens at $5 per 1M and 544 image tokens at $40 per 1M, in micro-dollars.
     assert gpt.cost_micro_usd == 2 * 5 + 544 * 40
+
+
+async def test_gpt_4o_transcribe_shows_its_tokens_in_audio_transcriptions_usage(env: Env) -> None:  # noqa: F811
+    headers = {"authorization": f"Bearer {env.project_key}"}
+    for model in ("gpt-4o-transcribe", "whisper-1"):
+        r = await env.client.post(
+            "/v1/audio/transcriptions", data={"model": model},
+            files={"file": ("a.mp3", b"x" * 32_000)}, headers=headers,
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+    await env.gateway.flush()
+    records = {r.model: r for r in env.container.usage_store.query(env.org.id)}
+    gpt = records["gpt-4o-transcribe"]
+    assert (gpt.audio_seconds, gpt.input_tokens) == (0, 20)  # 2 s, 10 audio tokens a second
+    today = int(time.time()) // DAY * DAY
+    r = await env.client.get(
+        f"{ORG}/usage/audio_transcriptions?start_time={today}&group_by=model", headers=env.admin()
+    )
+    assert r.status_code == 200, r.text
+    results = {x["model"]: x for b in r.json()["data"] for x in b["results"]}
+    shown = {m: (x["seconds"], x["input_tokens"], x["output_tokens"]) for m, x in results.items()}
+    assert shown == {"gpt-4o-transcribe": (0, 20, gpt.output_tokens), "whisper-1": (2, 0, 0)}
+    assert all(x["num_model_requests"] == 1 for x in results.values())
+    costs = await env.client.get(
+        f"{ORG}/costs?start_time={today}&group_by[]=line_item", headers=env.admin()
+    )
+    assert costs.status_code == 200, costs.text
+    by_item = {
+        x["line_item"]: x["amount"]["value"] for b in costs.json()["data"] for x in b["results"]
+    }
+    assert by_item == {m: r.cost_micro_usd / 1_000_000 for m, r in records.items()}
+    # 20 audio tokens at $6 per 1M and the transcript at $10 per 1M, rounded up once.
+    assert gpt.cost_micro_usd == -(-(20 * 6 + gpt.output_tokens * 10) // 1)

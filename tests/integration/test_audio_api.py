@@ -92,7 +92,7 @@ def test_a_file_is_held_at_the_longest_it_may_play(tmp_path: Path, simulator: Se
             c.audio.transcriptions.create(model="whisper-1", file=("a.mp3", b"x" * 1_048_576))
         assert refused.value.code == "insufficient_quota"
         message = refused.value.message
-        assert "(the longest its upload may play)" in message and "a shorter recording" in message
+        assert "(the longest its upload may play" in message and "a shorter recording" in message
         c.audio.transcriptions.create(model="whisper-1", file=("a.mp3", b"x" * 104_857))
         [record] = kp.usage(expect=1)
         assert (record.audio_seconds, record.cost_micro_usd) == (7, cost(7))

@@ -337,3 +337,45 @@ def test_bad_image_token_entries_are_refused(tmp_path: Path, lines: str, match: 
     with pytest.raises(ValueError, match=match) as info:
         PriceTable.load([path])
     assert "acme" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("model", "rates"),
+    [
+        ("gpt-4o-transcribe", (2_500_000, 6_000_000, 10_000_000)),
+        ("gpt-4o-mini-transcribe", (1_250_000, 3_000_000, 5_000_000)),
+    ],
+)
+def test_transcription_models_are_priced_by_audio_tokens(
+    table: PriceTable, model: str, rates: tuple[int, int, int]
+) -> None:
+    price = table.price(model, NOW)
+    assert price is not None and price.charges and price.by_audio_tokens
+    assert (price.input_per_m, price.audio_input_per_m, price.output_per_m) == rates
+    assert (price.context_window, price.max_output_tokens, price.audio_minute) == (16_000, 2_000, 0)
+    # Text input, audio input and output each at their own price, rounded up once.
+    assert price.audio_token_cost(20 + 80, 80, 50) == -(
+        -(20 * rates[0] + 80 * rates[1] + 50 * rates[2]) // 1_000_000
+    )
+    assert price.audio_token_cost(1, 1, 0) == -(-rates[1] // 1_000_000)
+    assert price.audio_token_cost(5, 9, 0) == price.audio_token_cost(5, 5, 0)  # at most all of it
+    assert not table.price("whisper-1", NOW).by_audio_tokens  # type: ignore[union-attr]
+    assert table.price(f"{model}-2025-03-20", NOW) == price  # a snapshot: its base's price
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        'audio_input = "6.00"\nmax_output_tokens = 2000\n',  # no context window
+        'audio_input = "6.00"\ncontext_window = 16000\n',  # no output cap
+        'audio_input = "6.00"\ncontext_window = 16000\nmax_output_tokens = 2000\n'
+        'audio_minute = "0.006"\n',  # both ways
+    ],
+)
+def test_bad_audio_token_entries_are_refused(tmp_path: Path, lines: str) -> None:
+    path = write_prices(
+        tmp_path, f'[[price]]\nmodel = "acme"\neffective_from = "2025-01-01"\n{lines}'
+    )
+    with pytest.raises(ValueError, match="audio_input") as info:
+        PriceTable.load([path])
+    assert "acme" in str(info.value)

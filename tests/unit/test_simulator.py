@@ -1393,6 +1393,58 @@ async def test_speech_errors(
     assert response.json()["error"]["param"] == param
 
 
+@pytest.mark.parametrize("model", ["gpt-4o-transcribe", "gpt-4o-mini-transcribe"])
+async def test_token_transcription_models_answer_their_token_usage(model: str) -> None:
+    prompt = "Keyplane, a gateway."
+    async with _client() as client:
+        response = await _speech(client, model=model, audio=b"x" * 40_000, prompt=prompt)
+        text = await _speech(client, model=model, response_format="text")
+    assert response.status_code == 200
+    transcript = transcript_text(3)
+    audio, said = 3 * simulator.AUDIO_TOKENS_PER_SECOND, simulator.text_tokens(prompt)
+    output = simulator.text_tokens(transcript)
+    assert response.json() == {
+        "text": transcript,
+        "usage": {
+            "type": "tokens", "input_tokens": audio + said, "output_tokens": output,
+            "total_tokens": audio + said + output,
+            "input_token_details": {"text_tokens": said, "audio_tokens": audio},
+        },
+    }  # fmt: skip
+    assert text.status_code == 200 and text.text == transcript
+    assert text.headers["content-type"].startswith("text/plain")
+
+
+async def test_token_transcription_is_bounded_by_the_model() -> None:
+    """The transcript stops at 2,000 tokens; more audio than 16,000 tokens is refused."""
+    most = simulator.TRANSCRIBE_CONTEXT // simulator.AUDIO_TOKENS_PER_SECOND * 16_000
+    async with _client() as client:
+        longest = await _speech(client, model="gpt-4o-transcribe", audio=b"x" * most)
+        too_long = await _speech(client, model="gpt-4o-transcribe", audio=b"x" * (most + 1))
+    assert longest.status_code == 200
+    usage = longest.json()["usage"]
+    assert (usage["input_tokens"], usage["output_tokens"]) == (16_000, 2_000)
+    _assert_error(too_long, 400, "invalid_value")
+    assert too_long.json()["error"]["param"] == "file"
+
+
+@pytest.mark.parametrize("fmt", ["verbose_json", "srt", "vtt"])
+async def test_token_transcription_models_refuse_other_formats(fmt: str) -> None:
+    async with _client() as client:
+        response = await _speech(client, model="gpt-4o-transcribe", response_format=fmt)
+        translation = await _speech(client, "/v1/audio/translations", model="gpt-4o-transcribe")
+    _assert_error(response, 400, "unsupported_value")
+    assert response.json()["error"]["param"] == "response_format"
+    assert response.json()["error"]["message"] == (
+        f"response_format '{fmt}' is not compatible with model 'gpt-4o-transcribe'. Use 'json' "
+        "or 'text' instead."
+    )
+    _assert_error(translation, 400, "invalid_value")
+    assert translation.json()["error"]["message"] == (
+        "Invalid model 'gpt-4o-transcribe' for translation."
+    )
+
+
 async def test_speech_invalid_model_message() -> None:
     async with _client() as client:
         transcribe = await _speech(client, model="gpt-4o")

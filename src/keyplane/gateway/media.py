@@ -22,8 +22,9 @@ USUAL_AUDIO_BYTES_PER_S = 16_000
 
 
 def audio_form(body: bytes, content_type: bytes | None) -> tuple[dict[str, Any], int, int]:
-    """The fields of a speech-to-text upload, checked; the size of its audio file; and the most
-    seconds it may play (what its hold covers, and the most it is billed)."""
+    """The fields of a speech-to-text upload, checked (its ``response_format`` once its model's
+    price is known: ``audio_billing``); the size of its audio file; and the most seconds it may
+    play (what its hold covers, and the most it is billed, on a model priced per minute)."""
     form = parse_form(body, content_type)
     for name in ("model", "file"):
         if name not in form.fields and not (name == "file" and form.has_file):
@@ -31,13 +32,6 @@ def audio_form(body: bytes, content_type: bytes | None) -> tuple[dict[str, Any],
     model = form.fields["model"]
     if not model.strip() or len(model) > 256:
         raise bad_request("The model must be a non-empty name.", param="model")
-    fmt = form.fields.get("response_format", "json")
-    if fmt not in ("json", "verbose_json"):
-        raise bad_request(
-            f"keyplane bills speech to text by the duration the upstream reports, which only "
-            f"json and verbose_json answers carry, not {fmt[:40]!r}.",
-            param="response_format", code="unsupported_value",
-        )  # fmt: skip
     if form.fields.get("stream", "false").strip().lower() not in ("false", "0", ""):
         raise bad_request(
             "keyplane does not stream speech to text yet.", param="stream",
@@ -47,6 +41,44 @@ def audio_form(body: bytes, content_type: bytes | None) -> tuple[dict[str, Any],
     # the audio, it is in there.
     longest = max(1, -(-len(body) // MIN_AUDIO_BYTES_PER_S))
     return form.fields, form.file_bytes, longest
+
+
+def audio_billing(price: Price, fields: dict[str, Any], translation: bool) -> bool:
+    """Whether a speech-to-text request is billed by the tokens its answer reports (a model priced
+    by audio tokens, gpt-4o-transcribe), else per second of audio; a 400 for what keyplane cannot
+    bill: a model priced by text tokens only, a model priced by tokens on translations (OpenAI
+    translates with whisper-1 only), or an answer format that reports no usage keyplane reads."""
+    fmt = fields.get("response_format", "json")
+    if price.by_audio_tokens:
+        if translation:
+            raise bad_request(
+                f"'{price.model}' is not served on translations (OpenAI translates with whisper-1 "
+                "only): transcribe with it, or translate with a model priced per audio minute.",
+                param="model", code="unsupported_value",
+            )  # fmt: skip
+        # (OpenAI's own refusal of the others: its API reference lists json only, its API takes
+        # text too. A text answer is the transcript alone, with no usage: billed the hold.)
+        if fmt not in ("json", "text"):
+            raise bad_request(
+                f"response_format {fmt[:40]!r} is not compatible with model '{price.model}'. Use "
+                "'json' (billed on the usage it reports) or 'text' instead.",
+                param="response_format", code="unsupported_value",
+            )  # fmt: skip
+        return True
+    if not price.audio_minute and (price.input_per_m or price.output_per_m):
+        raise bad_request(
+            f"keyplane bills speech to text per audio minute, or by the audio tokens of a model "
+            f"priced so, and '{price.model}' has neither price (an operator sets audio_minute, or "
+            "audio_input, in its price entry).",
+            param="model", code="unsupported_value",
+        )  # fmt: skip
+    if fmt not in ("json", "verbose_json"):
+        raise bad_request(
+            f"keyplane bills speech to text by the duration the upstream reports, which only "
+            f"json and verbose_json answers carry, not {fmt[:40]!r}.",
+            param="response_format", code="unsupported_value",
+        )  # fmt: skip
+    return False
 
 
 def speech_characters(payload: dict[str, Any], price: Price) -> int:
@@ -136,17 +168,38 @@ def image_answer(content: bytes, asked: int) -> tuple[int, tuple[int, int, int] 
 
 
 def _image_usage(answer: dict[str, Any]) -> tuple[int, int, int] | None:
-    usage = answer.get("usage")
+    # (No details: a generation's input is its prompt, all text.)
+    return _token_usage(answer.get("usage"), "input_tokens_details", "image_tokens", False)
+
+
+def transcription_usage(content: bytes) -> tuple[int, int, int] | None:
+    """The tokens a transcription's answer reports, (input, of which audio, output), on a model
+    priced by tokens; None when it reports none usable (a ``text`` answer, whose body is the
+    transcript alone, or a usage of another ``type``)."""
+    answer = json_object(content)
+    usage = answer.get("usage") if answer is not None else None
+    if not isinstance(usage, dict) or usage.get("type", "tokens") != "tokens":
+        return None
+    # (No details: all of its input counted as audio, the dearer.)
+    return _token_usage(usage, "input_token_details", "audio_tokens", True)
+
+
+def _token_usage(
+    usage: Any, details_name: str, part: str, unsaid_is_all: bool
+) -> tuple[int, int, int] | None:
+    """(input, of which ``part`` tokens, output) from a ``usage`` object reporting
+    ``input_tokens`` and ``output_tokens``, the ``part`` tokens in its ``details_name`` object
+    (all of the input when ``unsaid_is_all`` and it says none, else none); None when unusable."""
     if not isinstance(usage, dict):
         return None
     inp, out = usage.get("input_tokens"), usage.get("output_tokens")
-    details = usage.get("input_tokens_details")
-    # (No details: a generation's input is its prompt, all text.)
-    images = details.get("image_tokens") if isinstance(details, dict) else None
-    images = 0 if images is None else images
-    if not (_count(inp) and _count(out) and _count(images)):
+    details = usage.get(details_name)
+    media = details.get(part) if isinstance(details, dict) else None
+    if media is None:
+        media = inp if unsaid_is_all else 0
+    if not (_count(inp) and _count(out) and _count(media)):
         return None
-    return inp, min(images, inp), out
+    return inp, min(media, inp), out
 
 
 def _count(value: Any) -> TypeGuard[int]:

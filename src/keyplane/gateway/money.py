@@ -74,7 +74,13 @@ _HELD = {
         "every image it asks for, at the price of its quality and size",
         "fewer images (n), or a smaller size or lower quality",
     ),
-    "audio.transcriptions": ("the longest its upload may play", "a shorter recording"),
+    # (A transcription priced by tokens, gpt-4o-transcribe, holds all its model may read and
+    # write, whatever the recording: only a cheaper model holds less.)
+    "audio.transcriptions": (
+        "the longest its upload may play, or, on a model priced by tokens, all it may read and "
+        "write",
+        "a shorter recording, or use a cheaper model",
+    ),
     "audio.translations": ("the longest its upload may play", "a shorter recording"),
     "audio.speech": ("every character of its input", "less text"),
 }

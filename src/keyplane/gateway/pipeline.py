@@ -91,7 +91,9 @@ class Endpoint:
     # Billed per image generated (by quality and size), or by the tokens its answer reports on an
     # image model priced so (gpt-image-1: its price entry's tokens_per_image).
     per_image: bool = False
-    audio_in: bool = False  # a multipart upload of audio, billed per minute of it
+    # A multipart upload of audio, billed per minute of it, or by the tokens its answer reports on
+    # a model priced so (gpt-4o-transcribe: its price entry's audio_input).
+    audio_in: bool = False
     audio_out: bool = False  # text to speech: billed per character, its audio relayed as it comes
 
 
@@ -298,16 +300,10 @@ class Pipeline:
         call.price = self.prices.price(model, self.clock.now())
         if call.price is None:
             raise model_not_priced(model)
-        if (
-            audio
-            and not call.price.audio_minute
-            and (call.price.input_per_m or call.price.output_per_m)
-        ):
-            raise bad_request(
-                f"keyplane bills speech to text per audio minute, and '{model}' is priced by "
-                "tokens only (an operator sets audio_minute in its price entry).",
-                param="model", code="unsupported_value",
-            )  # fmt: skip
+        # (its answer format checked, and its model priced per minute or by audio tokens)
+        by_tokens = audio and media.audio_billing(
+            call.price, payload, call.endpoint.name == "audio.translations"
+        )
         if speech:  # (its input checked, and its model priced per character)
             call.characters = media.speech_characters(payload, call.price)
         call.estimated_input = call.endpoint.estimate_input(
@@ -318,7 +314,9 @@ class Pipeline:
                 call.carried if call.carried is not None else call.price.context_window or 0
             )
         client_wants_usage = False
-        image_output = 0  # the output tokens the images it asks for may cost (priced by tokens)
+        # The output tokens the images it asks for, or the transcript it asks for, may cost on a
+        # model priced by tokens: known up front.
+        token_output = 0
         if call.endpoint.can_stream and payload.get("stream") is True:
             call.stream = True
             if call.endpoint.ask_usage:
@@ -356,11 +354,24 @@ class Pipeline:
                 # a byte (``bound.fixed``): the worst case until the answer reports its usage.
                 call.choices, per_image = choices, media.image_tokens(call.price, payload)
                 call.estimated_input = tokens.estimate_input(payload.get("prompt"))
-                image_output = choices * per_image
-                bound = CostBound(bound.fixed + image_output * call.price.image_output_per_m, 0)
+                token_output = choices * per_image
+                bound = CostBound(bound.fixed + token_output * call.price.image_output_per_m, 0)
             elif call.endpoint.per_image:
                 call.choices, call.image_price = choices, media.image_price(call.price, payload)
                 bound = CostBound(bound.fixed + choices * call.image_price * MICRO, 0)
+            elif by_tokens:  # a transcription priced by tokens (its entry sets both counts)
+                # All the model may read, its context window, at the audio price (the dearer
+                # input: the prompt's text shares that window), and all it may write: the worst
+                # case until the answer reports its usage. (Not bounded by the upload's duration:
+                # OpenAI publishes no audio tokens per second for these models.)
+                call.input_bound = call.price.context_window or 0
+                call.estimated_input = tokens.estimate_input(payload.get("prompt"))
+                token_output = call.price.max_output_tokens or 0
+                bound = CostBound(
+                    call.input_bound * call.price.audio_input_per_m
+                    + token_output * call.price.output_per_m,
+                    0,
+                )
             elif audio:  # the longest the upload may play, at the lowest bitrate of any format
                 bound = CostBound(
                     bound.fixed + media.audio_cost(call.price, call.longest) * MICRO, 0
@@ -382,8 +393,8 @@ class Pipeline:
         )
         # No await from here to the journal: the admission is one step.
         now = self.clock.now()
-        if image_output:  # (known up front, an image's tokens are counted whole)
-            self._rate_limit(call, scopes, image_output, 1, False, now)
+        if token_output:  # (known up front, counted whole; the audio's tokens once reported)
+            self._rate_limit(call, scopes, token_output, 1, False, now)
         else:
             self._rate_limit(call, scopes, wanted, choices, asked is None, now)
         try:
@@ -393,8 +404,8 @@ class Pipeline:
         except BaseException:
             self.rates.settle(call.ticket, 0, now)  # refused before forwarding: no tokens used
             raise
-        if image_output:
-            call.held_output = image_output
+        if token_output:
+            call.held_output = token_output
         if rewrite:
             body = orjson.dumps(payload)
         try:
@@ -403,10 +414,10 @@ class Pipeline:
             if not call.metered:  # an unexpected error or cancellation: settle conservatively
                 # Forwarded, with no answer yet (a shutdown's cancellation, say): the upstream
                 # goes on and bills it, so the most it may write is billed, as after a crash.
-                used = (call.estimated_input, 0, call.held_output) if call.forwarded else (0, 0, 0)
+                used, heard = _unanswered(call, call.held_output) if call.forwarded else _NONE
                 images, seconds, chars = _unanswered_media(call) if call.forwarded else (0, 0, 0)
                 self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True, images=images,
-                            seconds=seconds, characters=chars)  # fmt: skip
+                            seconds=seconds, characters=chars, media_input=heard)  # fmt: skip
 
     async def stored_at(
         self, response_id: str, key: ApiKey
@@ -510,11 +521,11 @@ class Pipeline:
             out = estimated_output(exc.partial) if exc.partial and call.endpoint.has_output else 0
             if _image_tokens(call):  # it may have made every image it asked for
                 out = call.held_output
-            used = (call.estimated_input, 0, out) if exc.reached else (0, 0, 0)
+            used, heard = _unanswered(call, out) if exc.reached else _NONE
             outcome = Outcome.UPSTREAM_BROKEN if exc.partial else Outcome.UPSTREAM_UNREACHABLE
             images, seconds, chars = _unanswered_media(call) if exc.reached else (0, 0, 0)
             self._meter(call, status, used, outcome, estimated=exc.reached, images=images,
-                        seconds=seconds, characters=chars)  # fmt: skip
+                        seconds=seconds, characters=chars, media_input=heard)  # fmt: skip
             advice = (
                 ((b"retry-after", b"1"),) if exc.busy
                 else ((b"x-should-retry", b"false"),) if exc.refused else ()
@@ -562,7 +573,16 @@ class Pipeline:
                 else:
                     inp, image_input, out = reported
                     self._meter(call, 200, (inp, 0, out), _COMPLETED, estimated=False,
-                                images=made, image_input=image_input)  # fmt: skip
+                                images=made, media_input=image_input)  # fmt: skip
+            elif _audio_tokens(call):  # billed by the tokens its answer reports
+                heard_tokens = media.transcription_usage(content)
+                if heard_tokens is None:  # (a text answer, say): billed the hold, estimated
+                    self._meter(call, 200, (call.input_bound, 0, call.held_output), _COMPLETED,
+                                estimated=True, media_input=call.input_bound)  # fmt: skip
+                else:
+                    inp, audio_input, out = heard_tokens
+                    self._meter(call, 200, (inp, 0, out), _COMPLETED, estimated=False,
+                                media_input=audio_input)  # fmt: skip
             elif call.endpoint.audio_in:  # billed per second of audio the upstream reports
                 said = media.reported_seconds(content)
                 heard = said if said is not None else media.likely_seconds(call.audio_bytes)
@@ -722,7 +742,7 @@ class Pipeline:
         images: int = 0,
         seconds: int = 0,
         characters: int = 0,
-        image_input: int = 0,  # of the input tokens, those of images (an image model's)
+        media_input: int = 0,  # of the input tokens, those of images or audio (priced by tokens)
     ) -> None:
         if call.metered or call.hold is None:
             return
@@ -737,7 +757,9 @@ class Pipeline:
         if price is None:
             cost = 0
         elif _image_tokens(call):
-            cost = price.image_token_cost(inp, image_input, out)
+            cost = price.image_token_cost(inp, media_input, out)
+        elif _audio_tokens(call):
+            cost = price.audio_token_cost(inp, media_input, out)
         else:
             cost = price.token_cost(inp, cached, out)
         if images:
@@ -802,12 +824,32 @@ def _image_tokens(call: Call) -> bool:
     return call.endpoint.per_image and call.price is not None and bool(call.price.tokens_per_image)
 
 
+def _audio_tokens(call: Call) -> bool:
+    """Whether ``call`` is a transcription on a model priced by tokens (gpt-4o-transcribe)."""
+    return call.endpoint.audio_in and call.price is not None and call.price.by_audio_tokens
+
+
+_NONE = ((0, 0, 0), 0)
+
+
+def _unanswered(call: Call, out: int) -> tuple[tuple[int, int, int], int]:
+    """The tokens a request the upstream may have served without answering is billed, and how
+    many of its input are audio: its prompt's estimate and ``out``; a transcription priced by
+    tokens, its hold (all it may hear, counted as audio, and write)."""
+    if _audio_tokens(call):
+        return (call.input_bound, 0, call.held_output), call.input_bound
+    return (call.estimated_input, 0, out), 0
+
+
 def _unanswered_media(call: Call) -> tuple[int, int, int]:
     """(images, seconds of audio, characters spoken) a request the upstream may have served
     without answering is billed: all the images it asked for; the audio's likely duration, at most
     what was held; all the text it asked to speak."""
     images = call.choices if call.endpoint.per_image else 0
-    seconds = min(media.likely_seconds(call.audio_bytes), call.longest)
+    # (A transcription priced by tokens bills none: its hold's tokens are billed instead.)
+    seconds = (
+        0 if _audio_tokens(call) else min(media.likely_seconds(call.audio_bytes), call.longest)
+    )
     return images, seconds, call.characters
 
 

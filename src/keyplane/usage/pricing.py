@@ -20,7 +20,8 @@ _SNAPSHOT = re.compile(r"^(?P<base>.+?)-\d{4}-\d{2}-\d{2}$")
 @dataclass(frozen=True, slots=True)
 class Price:
     """Micro-dollars per 1M tokens (input, cached input, output), per audio minute, per image, per
-    1M characters (text to speech), per 1M image tokens (an image model priced by tokens)."""
+    1M characters (text to speech), per 1M image tokens (an image model priced by tokens), per 1M
+    audio tokens (a speech-to-text model priced by tokens)."""
 
     model: str
     effective_from: int  # Unix seconds
@@ -43,6 +44,9 @@ class Price:
     image_input_per_m: int = 0
     image_output_per_m: int = 0
     tokens_per_image: tuple[tuple[str, int], ...] = ()
+    # A speech-to-text model priced by tokens (gpt-4o-transcribe): per 1M audio tokens read (its
+    # text input, the prompt, at ``input_per_m``; the transcript at ``output_per_m``).
+    audio_input_per_m: int = 0
 
     def image_price(self, quality: str, size: str) -> int | None:
         """Micro-dollars per image of ``quality`` and ``size``; None when the table has no price
@@ -68,13 +72,33 @@ class Price:
         """Cost in micro-dollars of an image generation priced by tokens, rounded up once: the
         input's text tokens (``input_tokens`` less its image tokens) at the text price, its image
         tokens at the image input price, the output (the images) at the image output price."""
-        images = min(image_input_tokens, input_tokens)
-        numerator = (
-            (input_tokens - images) * self.input_per_m
-            + images * self.image_input_per_m
-            + output_tokens * self.image_output_per_m
-        )
+        return self._split_cost(
+            input_tokens, image_input_tokens, self.image_input_per_m,
+            output_tokens * self.image_output_per_m,
+        )  # fmt: skip
+
+    def audio_token_cost(
+        self, input_tokens: int, audio_input_tokens: int, output_tokens: int
+    ) -> int:
+        """Cost in micro-dollars of a transcription priced by tokens, rounded up once: the input's
+        text tokens (its prompt: ``input_tokens`` less its audio tokens) at the text price, its
+        audio tokens at the audio input price, the transcript at the output price."""
+        return self._split_cost(
+            input_tokens, audio_input_tokens, self.audio_input_per_m,
+            output_tokens * self.output_per_m,
+        )  # fmt: skip
+
+    def _split_cost(self, input_tokens: int, media: int, media_rate: int, output: int) -> int:
+        """``input_tokens`` of which ``media`` (at most all of them) at ``media_rate``, the rest
+        at the text input price, plus ``output`` (micro-dollars x 10**6), rounded up once."""
+        media = min(media, input_tokens)
+        numerator = (input_tokens - media) * self.input_per_m + media * media_rate + output
         return -(-numerator // MICRO)
+
+    @property
+    def by_audio_tokens(self) -> bool:
+        """Whether the model is a speech-to-text model priced by tokens (gpt-4o-transcribe)."""
+        return self.audio_input_per_m > 0
 
     def token_cost(self, input_tokens: int, cached_input_tokens: int, output_tokens: int) -> int:
         """Cost in micro-dollars, rounded up once at the end so no fraction is lost per part.
@@ -98,7 +122,7 @@ class Price:
         """Whether any use of the model costs something (a free model is priced at 0 throughout)."""
         rates = (self.input_per_m, self.cached_input_per_m, self.output_per_m, self.audio_minute,
                  self.image, self.characters_per_m, self.image_input_per_m,
-                 self.image_output_per_m)  # fmt: skip
+                 self.image_output_per_m, self.audio_input_per_m)  # fmt: skip
         return any(rates) or any(price for _, price in self.images)
 
 
@@ -137,7 +161,7 @@ def _parse_entry(entry: Mapping[str, Any], where: str) -> Price:
     start = int(dt.datetime(when.year, when.month, when.day, tzinfo=dt.UTC).timestamp())
     fields = {
         "input": 0, "cached_input": 0, "output": 0, "audio_minute": 0, "image": 0, "characters": 0,
-        "image_input": 0, "image_output": 0,
+        "image_input": 0, "image_output": 0, "audio_input": 0,
     }  # fmt: skip
     known = {"model", "effective_from", "output_param", "images", "tokens_per_image", *_COUNTS}
     unknown = set(entry) - set(fields) - known
@@ -172,6 +196,15 @@ def _parse_entry(entry: Mapping[str, Any], where: str) -> Price:
         )
     if per_image and image_prices:
         raise ValueError(f"{where}: {model} is priced per image (images) or by tokens, not both")
+    if fields["audio_input"] and (
+        fields["audio_minute"] or counts["context_window"] is None
+        or counts["max_output_tokens"] is None
+    ):  # fmt: skip
+        # (Its hold is all the model may read, at the audio price, and write: both bound it.)
+        raise ValueError(
+            f"{where}: {model} is priced by audio tokens (audio_input), which needs its "
+            "context_window and max_output_tokens to bound a request's hold, and no audio_minute"
+        )
     output_param = entry.get("output_param", "max_tokens")
     if output_param not in ("max_tokens", "max_completion_tokens"):
         raise ValueError(f"{where}: {model}.output_param is max_tokens or max_completion_tokens")
@@ -192,6 +225,7 @@ def _parse_entry(entry: Mapping[str, Any], where: str) -> Price:
         image_input_per_m=fields["image_input"],
         image_output_per_m=fields["image_output"],
         tokens_per_image=tuple(sorted(per_image.items())),
+        audio_input_per_m=fields["audio_input"],
     )
 
 

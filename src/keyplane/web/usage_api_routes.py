@@ -112,6 +112,11 @@ class AudioTranscriptionsResult(BaseModel):
     )
     seconds: int
     num_model_requests: int
+    # keyplane's own addition: the tokens of a model priced by them (gpt-4o-transcribe, whose
+    # seconds are 0: its answer reports tokens, not a duration; 0 for whisper-1). An SDK reading
+    # OpenAI's shape ignores them.
+    input_tokens: int = 0
+    output_tokens: int = 0
     project_id: str | None = None
     user_id: str | None = None
     api_key_id: str | None = None
@@ -347,12 +352,14 @@ async def images_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
     response_model=BucketPage[AudioTranscriptionsResult],
 )  # fmt: skip
 async def audio_transcriptions_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
-    """Seconds of audio transcribed or translated, and requests, per time bucket."""
+    """Seconds of audio transcribed or translated (tokens, on a model priced by them), and
+    requests, per time bucket."""
     return await _usage_page(
         ctx, principal.org_id, q, ("audio.transcriptions", "audio.translations"),
         AudioTranscriptionsResult,
         lambda r: AudioTranscriptionsResult(
-            seconds=r.audio_seconds, num_model_requests=r.requests, **_grouped(r)
+            seconds=r.audio_seconds, num_model_requests=r.requests, input_tokens=r.input_tokens,
+            output_tokens=r.output_tokens, **_grouped(r),
         ),
     )  # fmt: skip
 
