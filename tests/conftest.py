@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,6 +180,31 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
+Start = Callable[..., Keyplane]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def start(
+    request: pytest.FixtureRequest, tmp_path: Path, simulator: ServerThread
+) -> Iterator[Start]:
+    """Starts keyplanes (each on a database of its own, of the kind the test runs on) with the
+    ``credit`` given, in front of the simulator or ``upstream``."""
+    started: list[Keyplane] = []
+    with contextlib.ExitStack() as stack:
+
+        def make(credit: int, upstream: str = simulator.url + "/v1") -> Keyplane:
+            url = "" if request.param == "sqlite" else stack.enter_context(fresh_postgres())
+            data = tmp_path / f"kp{len(started)}"
+            data.mkdir()
+            instance = start_keyplane(data, upstream, database_url=url, credit=credit)
+            stack.callback(instance.container.close)
+            stack.callback(instance.server.stop)
+            started.append(instance)
+            return instance
+
+        yield make
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """A migrated database, SQLite (a file) then PostgreSQL (fresh), for tests of the storage."""
@@ -199,4 +224,4 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-__all__ = ["IN_CI", "Keyplane", "make_settings", "start_keyplane", "wait_until"]
+__all__ = ["IN_CI", "Keyplane", "Start", "make_settings", "start_keyplane", "wait_until"]

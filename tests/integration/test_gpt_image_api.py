@@ -6,9 +6,6 @@ to the micro-dollar; an answer that reports none is billed the hold."""
 from __future__ import annotations
 
 import base64
-import contextlib
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +14,7 @@ import orjson
 import pytest
 from test_sdk import _close_clients, client, kp  # noqa: F401
 
-from conftest import Keyplane, fresh_postgres, start_keyplane
+from conftest import Keyplane, Start
 from kptest import ServerThread, Upstream
 
 # OpenAI's prices for gpt-image-1, in micro-dollars per 1M tokens, and the output tokens of one
@@ -38,31 +35,6 @@ def cost(text: int, image: int, output: int) -> int:
 def text_tokens(prompt: str) -> int:
     """What the simulator reports for a prompt: a token per four characters, rounded up."""
     return -(-len(prompt) // 4)
-
-
-Start = Callable[..., Keyplane]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def start(
-    request: pytest.FixtureRequest, tmp_path: Path, simulator: ServerThread
-) -> Iterator[Start]:
-    """Starts keyplanes (each on a database of its own, of the kind the test runs on) with the
-    ``credit`` given, in front of the simulator or ``upstream``."""
-    started: list[Keyplane] = []
-    with contextlib.ExitStack() as stack:
-
-        def make(credit: int, upstream: str = simulator.url + "/v1") -> Keyplane:
-            url = "" if request.param == "sqlite" else stack.enter_context(fresh_postgres())
-            data = tmp_path / f"kp{len(started)}"
-            data.mkdir()
-            instance = start_keyplane(data, upstream, database_url=url, credit=credit)
-            stack.callback(instance.container.close)
-            stack.callback(instance.server.stop)
-            started.append(instance)
-            return instance
-
-        yield make
 
 
 def post(kp: Keyplane, body: bytes) -> httpx.Response:

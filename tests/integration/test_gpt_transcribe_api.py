@@ -6,10 +6,7 @@ billed the hold."""
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +15,7 @@ import orjson
 import pytest
 from test_sdk import _close_clients, client, kp  # noqa: F401
 
-from conftest import Keyplane, fresh_postgres, start_keyplane
+from conftest import Keyplane, Start
 from kptest import ServerThread
 
 # OpenAI's prices, in micro-dollars per 1M tokens (text input, audio input, output), and the
@@ -40,31 +37,6 @@ def cost(model: str, text: int, audio: int, output: int) -> int:
 def hold(model: str) -> int:
     """What a request holds: its whole context window as audio, and its whole output."""
     return cost(model, 0, CONTEXT, MAX_OUTPUT)
-
-
-Start = Callable[..., Keyplane]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def start(
-    request: pytest.FixtureRequest, tmp_path: Path, simulator: ServerThread
-) -> Iterator[Start]:
-    """Starts keyplanes (each on a database of its own, of the kind the test runs on) with the
-    ``credit`` given, in front of the simulator or ``upstream``."""
-    started: list[Keyplane] = []
-    with contextlib.ExitStack() as stack:
-
-        def make(credit: int, upstream: str = simulator.url + "/v1") -> Keyplane:
-            url = "" if request.param == "sqlite" else stack.enter_context(fresh_postgres())
-            data = tmp_path / f"kp{len(started)}"
-            data.mkdir()
-            instance = start_keyplane(data, upstream, database_url=url, credit=credit)
-            stack.callback(instance.container.close)
-            stack.callback(instance.server.stop)
-            started.append(instance)
-            return instance
-
-        yield make
 
 
 def post(kp: Keyplane, path: str, data: dict[str, str]) -> httpx.Response:
