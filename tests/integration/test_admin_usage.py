@@ -182,14 +182,9 @@ async def test_gpt_image_1_shows_its_tokens_in_images_usage_and_costs(env: Env) 
     results = {x["model"]: x for b in r.json()["data"] for x in b["results"]}
     shown = {m: (x["images"], x["input_tokens"], x["output_tokens"]) for m, x in results.items()}
     assert shown == {"gpt-image-1": (2, 2, 544), "dall-e-2": (1, 0, 0)}
-    costs = await env.client.get(
-        f"{ORG}/costs?start_time={today}&group_by[]=line_item", headers=env.admin()
-    )
-    assert costs.status_code == 200, costs.text
-    by_item = {
-        x["line_item"]: x["amount"]["value"] for b in costs.json()["data"] for x in b["results"]
+    assert await dollars_by_line_item(env, today) == {
+        m: r.cost_micro_usd / 1_000_000 for m, r in records.items()
     }
-    assert by_item == {m: r.cost_micro_usd / 1_000_000 for m, r in records.items()}
     # 2 text tokens at $5 per 1M and 544 image tokens at $40 per 1M, in micro-dollars.
     assert gpt.cost_micro_usd == 2 * 5 + 544 * 40
 
@@ -215,13 +210,19 @@ async def test_gpt_4o_transcribe_shows_its_tokens_in_audio_transcriptions_usage(
     shown = {m: (x["seconds"], x["input_tokens"], x["output_tokens"]) for m, x in results.items()}
     assert shown == {"gpt-4o-transcribe": (0, 20, gpt.output_tokens), "whisper-1": (2, 0, 0)}
     assert all(x["num_model_requests"] == 1 for x in results.values())
-    costs = await env.client.get(
-        f"{ORG}/costs?start_time={today}&group_by[]=line_item", headers=env.admin()
-    )
-    assert costs.status_code == 200, costs.text
-    by_item = {
-        x["line_item"]: x["amount"]["value"] for b in costs.json()["data"] for x in b["results"]
+    assert await dollars_by_line_item(env, today) == {
+        m: r.cost_micro_usd / 1_000_000 for m, r in records.items()
     }
-    assert by_item == {m: r.cost_micro_usd / 1_000_000 for m, r in records.items()}
     # 20 audio tokens at $6 per 1M and the transcript at $10 per 1M, rounded up once.
     assert gpt.cost_micro_usd == -(-(20 * 6 + gpt.output_tokens * 10) // 1)
+
+
+async def dollars_by_line_item(kp: Env, since: int) -> dict[str, float]:
+    """The Admin API's costs since ``since``, in dollars by line item (a model)."""
+    costs = await kp.client.get(
+        f"{ORG}/costs?start_time={since}&group_by[]=line_item", headers=kp.admin()
+    )
+    assert costs.status_code == 200, costs.text
+    return {
+        x["line_item"]: x["amount"]["value"] for b in costs.json()["data"] for x in b["results"]
+    }
