@@ -15,7 +15,9 @@ and write its line of the billing history, when the process died after Stripe ch
 before keyplane stored the credit. Stripe's failures
 never raise from ``charge``: a card error is its decline code, a payment that needs the cardholder
 (3-D Secure) ``authentication_required``, anything else (Stripe unreachable, an API error)
-``processing_error``, logged without the request's secrets."""
+``processing_error``, logged without the request's secrets. The PaymentIntent's id (``pi_…``),
+whenever Stripe made one, is the payment's ``provider_ref`` on its line of the billing history (the
+receipt's "Payment reference"), from ``charge`` or from the webhook's event, whichever stores it."""
 
 from __future__ import annotations
 
@@ -28,7 +30,13 @@ from typing import Any
 import httpx
 import stripe
 
-from keyplane.billing.payments import CardDetails, PaidCharge, SavedCard, decline_message
+from keyplane.billing.payments import (
+    CardDetails,
+    Charged,
+    PaidCharge,
+    SavedCard,
+    decline_message,
+)
 from keyplane.errors import InvalidRequest
 
 log = logging.getLogger("keyplane.stripe")
@@ -149,10 +157,10 @@ class StripeProvider:
     # -- charging ---------------------------------------------------------------------------
     def charge(
         self, provider_ref: str, amount: int, idempotency_key: str, *, org_id: str, kind: str
-    ) -> str | None:
+    ) -> Charged:
         customer, _, method = provider_ref.partition("/")
         if not (customer.startswith("cus_") and method.startswith("pm_")):
-            return "processing_error"  # saved with another provider (the sandbox's sbx_…)
+            return Charged("processing_error")  # saved with another provider (the sandbox's sbx_…)
         if amount <= 0 or amount % 10_000:
             raise ValueError("a charge is a positive amount of whole cents")
         params: stripe.params.PaymentIntentCreateParams = {
@@ -166,17 +174,17 @@ class StripeProvider:
                 params, {"idempotency_key": idempotency_key}
             )
         except stripe.CardError as exc:
-            return _decline_code(exc)
+            return Charged(_decline_code(exc), _declined_intent(exc))
         except stripe.StripeError as exc:
             _log_failure("charging", exc)
-            return "processing_error"
+            return Charged("processing_error")
         if intent.status == "succeeded":
-            return None
+            return Charged(None, intent.id)
         if intent.status == "requires_action":  # 3-D Secure: the cardholder is not here
             self._cancel(intent.id)
-            return "authentication_required"
+            return Charged("authentication_required", intent.id)
         log.warning("Stripe PaymentIntent %s is %s, not succeeded", intent.id, intent.status)
-        return "processing_error"
+        return Charged("processing_error", intent.id)
 
     def _cancel(self, intent_id: str) -> None:
         """Cancels a payment left waiting for the cardholder: nothing can complete it later."""
@@ -237,6 +245,13 @@ def _decline_code(exc: stripe.CardError) -> str:
     """The most telling code of a card error: the issuer's decline code, else Stripe's code."""
     decline = exc.error.decline_code if exc.error is not None else None
     return decline or exc.code or "card_declined"
+
+
+def _declined_intent(exc: stripe.CardError) -> str | None:
+    """The id of the PaymentIntent a card error declined, when Stripe's error names it."""
+    intent = exc.error.payment_intent if exc.error is not None else None
+    ref = getattr(intent, "id", None)
+    return ref if isinstance(ref, str) and ref else None
 
 
 def _log_failure(doing: str, exc: stripe.StripeError) -> None:

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import pytest
 from alembic import command
 from sqlalchemy import inspect, select
+from sqlalchemy.exc import IntegrityError
 
+from conftest import fresh_postgres
 from keyplane.keys.format import KeyKind
 from keyplane.storage import migrate
 from keyplane.storage.billing_repository import SqlMoneyStore
 from keyplane.storage.billing_tables import ledger_balances, ledger_entries
 from keyplane.storage.engine import make_engine
+from keyplane.storage.payment_repository import SqlPaymentStore
+from keyplane.storage.payment_tables import payments
 from keyplane.storage.repositories import SqlKeyStore
-from keyplane.storage.tables import metadata, usage_records
+from keyplane.storage.tables import metadata, organizations, usage_records
 
 
 @pytest.mark.postgres
@@ -144,3 +150,68 @@ def test_the_running_totals_migration_adds_up_the_records_and_entries_already_wr
             }  # fmt: skip
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_the_payments_migration_keeps_one_line_a_lot_and_the_database_refuses_a_second(
+    tmp_path: Path, database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """0019 on a database with a billing history: every line stays but a second one an older
+    keyplane wrote for the same credit lot (the earliest is kept, and the removal logged); failed
+    charges (no lot) stay however many; from then on the database itself refuses a second line
+    for a lot, and the provider's payment id is stored."""
+    with contextlib.ExitStack() as stack:
+        url = (
+            f"sqlite:///{tmp_path}/m.db"
+            if database == "sqlite"
+            else stack.enter_context(fresh_postgres())
+        )
+        engine = make_engine(url)
+        stack.callback(engine.dispose)
+        migrate.upgrade(engine, "0018")
+        line = {
+            "org_id": "org_1", "kind": "purchase", "amount_micro": 10_000_000,
+            "status": "succeeded", "method_id": "pm_1", "brand": "visa", "last4": "4242",
+            "failure": None,
+        }  # fmt: skip
+        failed = {**line, "status": "failed", "failure": "card_declined", "lot_id": None}
+        old = [
+            {**line, "id": "pay_1", "lot_id": "cg_a", "created_at": 100},
+            {**line, "id": "pay_2", "lot_id": "cg_b", "created_at": 200},
+            {**failed, "id": "pay_3", "created_at": 300},
+            {**failed, "id": "pay_4", "created_at": 300},
+            {**line, "id": "pay_0", "lot_id": "cg_a", "created_at": 400},  # cg_a listed again
+        ]
+        with engine.begin() as conn:
+            conn.execute(organizations.insert().values(id="org_1", name="Acme", created_at=1))
+            conn.execute(payments.insert(), old)
+        with caplog.at_level(logging.WARNING, logger="keyplane.storage"):
+            migrate.upgrade(engine)
+        assert [r.getMessage() for r in caplog.records] == [
+            "migration 0019: removed billing history line pay_0 of org_1, a second line for "
+            "credit lot cg_a (the same payment; the lot and the ledger are unchanged)"
+        ]
+        store = SqlPaymentStore(engine)
+        listed = store.payments("org_1", 10)
+        assert [(p.id, p.lot_id, p.provider_ref) for p in listed] == [
+            ("pay_4", None, None), ("pay_3", None, None), ("pay_2", "cg_b", None),
+            ("pay_1", "cg_a", None),
+        ]  # fmt: skip
+        command.check(migrate.alembic_config(engine))
+        # The database, not only the code, refuses a second line for a lot; not for no lot.
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(
+                payments.insert().values(**line, id="pay_5", lot_id="cg_b", created_at=500)
+            )
+        with engine.begin() as conn:
+            conn.execute(payments.insert().values(**failed, id="pay_6", created_at=600))
+            conn.execute(
+                payments.insert().values(
+                    **line, id="pay_7", lot_id="cg_c", created_at=700, provider_ref="pi_123"
+                )
+            )
+        assert [(p.id, p.provider_ref) for p in store.payments("org_1", 2)] == [
+            ("pay_7", "pi_123"), ("pay_6", None),
+        ]  # fmt: skip

@@ -5,26 +5,41 @@ target when spend takes the balance under the threshold, and gives up after thre
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from conftest import fresh_postgres, initialized, start_keyplane
 from keyplane import bootstrap
-from keyplane.audit.models import AuditFilter
-from keyplane.billing.payments import RECHARGE_RETRY_S, CardDetails, PaymentFailed
+from keyplane.audit.models import Actor, ActorType, AuditEvent, AuditFilter
+from keyplane.billing.payments import (
+    RECHARGE_RETRY_S,
+    SYSTEM,
+    CardDetails,
+    Payment,
+    PaymentFailed,
+)
+from keyplane.billing.ports import Done
 from keyplane.clock import FrozenClock
 from keyplane.errors import IdempotencyKeyReused, InvalidRequest
+from keyplane.storage import payment_repository
 from keyplane.storage.notify_tables import email_outbox
+from keyplane.storage.payment_tables import payments
 from kptest import ServerThread, wait_until
 
 VISA = CardDetails("4242 4242 4242 4242", 12, 2034, "123")
 DECLINED = CardDetails("4000000000000002", 12, 2034, "123")
 NO_FUNDS = CardDetails("4000000000009995", 12, 2034, "123")
 USD = 1_000_000
+# Who buys, as the dashboard names its signed-in Owner to the service (the audit log's actor).
+BUYER = Actor(ActorType.SESSION, "session-of-the-owner", email="owner@example.com")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -37,15 +52,17 @@ def test_a_purchase_is_charged_once_and_credited_exactly(tmp_path: Path, databas
     c, _, org, _, _ = initialized(tmp_path, "http://sim/v1", credit=0, database_url=database_url)
     try:
         with pytest.raises(InvalidRequest, match="Add a payment method first"):
-            c.payments.purchase(org.id, 10 * USD)
+            c.payments.purchase(org.id, 10 * USD, actor=BUYER)
         card = c.payments.add_method(org.id, VISA)
         assert (card.brand, card.last4, card.is_default) == ("visa", "4242", True)
-        first = c.payments.purchase(org.id, 10 * USD, idempotency_key="order-1")
-        again = c.payments.purchase(org.id, 10 * USD, idempotency_key="order-1")  # a retry
+        first = c.payments.purchase(org.id, 10 * USD, actor=BUYER, idempotency_key="order-1")
+        again = c.payments.purchase(
+            org.id, 10 * USD, actor=BUYER, idempotency_key="order-1"
+        )  # a retry
         assert again == first and first.status == "succeeded"
         assert c.billing.balance(org.id).available == 10 * USD
         with pytest.raises(IdempotencyKeyReused):
-            c.payments.purchase(org.id, 20 * USD, idempotency_key="order-1")
+            c.payments.purchase(org.id, 20 * USD, actor=BUYER, idempotency_key="order-1")
         # A purchase is a non-refundable lot expiring a year later, counted toward usage tiers.
         ((lot, note),) = c.billing.balance(org.id).lots
         assert (lot.id, lot.kind, note) == (first.lot_id, "purchase", "Credit purchase")
@@ -53,10 +70,10 @@ def test_a_purchase_is_charged_once_and_credited_exactly(tmp_path: Path, databas
         # Declined: in the history, never credited.
         c.payments.add_method(org.id, DECLINED)  # (now the default)
         with pytest.raises(PaymentFailed) as declined:
-            c.payments.purchase(org.id, 10 * USD)
+            c.payments.purchase(org.id, 10 * USD, actor=BUYER)
         assert declined.value.code == "card_declined"
         assert declined.value.message == "Your card was declined."
-        paid = c.payments.purchase(org.id, 5 * USD, method_id=card.id)
+        paid = c.payments.purchase(org.id, 5 * USD, actor=BUYER, method_id=card.id)
         assert c.billing.balance(org.id).available == 15 * USD
         history = c.payments.history(org.id)
         assert [(p.status, p.amount, p.last4) for p in history] == [
@@ -64,8 +81,20 @@ def test_a_purchase_is_charged_once_and_credited_exactly(tmp_path: Path, databas
             ("succeeded", 10 * USD, "4242"),
         ]  # fmt: skip
         assert history[0] == paid and history[1].failure == "card_declined"
+        assert [p.provider_ref for p in history] == [None] * 3  # (the sandbox makes no ids)
+        # One audit entry a charge, declined too, by whoever bought; none for the replay.
+        assert [(e.target_id, e.actor) for e in entries(c, org.id)] == [
+            (p.id, BUYER) for p in history
+        ]
     finally:
         c.close()
+
+
+def entries(
+    c: bootstrap.Container, org_id: str, kind: str = "credit_purchase.created"
+) -> list[AuditEvent]:
+    """The organization's audit log entries of ``kind``, newest first."""
+    return list(c.audit.query(org_id, AuditFilter(event_types=[kind]), limit=100).events)
 
 
 class Crash(Exception):
@@ -92,22 +121,100 @@ def test_a_purchase_cut_short_by_a_crash_is_retried_once(
         monkeypatch.setattr(c.payments._store, "add_payment", crash)
         monkeypatch.setattr(c.money_store, "release_idempotency", crash)
         with pytest.raises(Crash):
-            c.payments.purchase(org.id, 10 * USD, idempotency_key="order-1")
+            c.payments.purchase(org.id, 10 * USD, actor=BUYER, idempotency_key="order-1")
         monkeypatch.undo()  # the restarted process
         assert c.billing.balance(org.id).available == 10 * USD  # the credit was stored
         [line] = c.payments.history(org.id)  # with its line
         assert (line.status, line.amount) == ("succeeded", 10 * USD)
         clock.advance(30)
         with pytest.raises(IdempotencyKeyReused, match="still in progress"):
-            c.payments.purchase(org.id, 10 * USD, idempotency_key="order-1")
+            c.payments.purchase(org.id, 10 * USD, actor=BUYER, idempotency_key="order-1")
         clock.advance(31)
-        paid = c.payments.purchase(org.id, 10 * USD, idempotency_key="order-1")
+        paid = c.payments.purchase(org.id, 10 * USD, actor=BUYER, idempotency_key="order-1")
         assert paid == line
-        assert c.payments.purchase(org.id, 10 * USD, idempotency_key="order-1") == paid
+        assert c.payments.purchase(org.id, 10 * USD, actor=BUYER, idempotency_key="order-1") == paid
         assert c.billing.balance(org.id).available == 10 * USD  # credited once
         assert c.payments.history(org.id) == [paid]
         ((lot, _),) = c.billing.balance(org.id).lots
         assert paid.lot_id == lot.id
+        # Audited with the line, before the crash; not again by the retry or the replay.
+        [entry] = entries(c, org.id)
+        assert (entry.target_id, entry.actor) == (paid.id, BUYER)
+    finally:
+        c.close()
+
+
+def test_a_lot_has_one_line_and_a_second_is_taken_as_already_recorded(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database keeps one line of the history a lot: a second line for a lot listed already
+    is refused by its unique index, and the store answers the line it has instead of failing,
+    also when the other line was written between its look and its write (PostgreSQL's READ
+    COMMITTED lets that happen); nothing of the second is stored, its audit entry included."""
+    c, _, org, _, _ = initialized(tmp_path, "http://sim/v1", credit=0, database_url=database_url)
+    try:
+        c.payments.add_method(org.id, VISA)
+        paid = c.payments.purchase(org.id, 10 * USD, actor=BUYER)
+        store = c.payments._store
+        again = dataclasses.replace(paid, id="pay_again", created_at=paid.created_at + 1)
+        entry = c.audit.entry(org.id, BUYER, "credit_purchase.created", target_id=again.id)
+        with pytest.raises(IntegrityError), c.engine.begin() as conn:
+            conn.execute(payments.insert().values(
+                id=again.id, org_id=org.id, kind=again.kind, amount_micro=again.amount,
+                status=again.status, method_id=again.method_id, brand=again.brand,
+                last4=again.last4, lot_id=again.lot_id, created_at=again.created_at,
+            ))  # fmt: skip
+        assert store.add_payment(again, audit=entry) == paid
+        looked = payment_repository._line_of_lot
+
+        def not_yet(*args: Any) -> Payment | None:  # the first look misses the other's line
+            monkeypatch.setattr(payment_repository, "_line_of_lot", looked)
+            return None
+
+        monkeypatch.setattr(payment_repository, "_line_of_lot", not_yet)
+        assert store.add_payment(again, audit=entry) == paid
+        assert c.payments.history(org.id) == [paid]
+        assert [e.target_id for e in entries(c, org.id)] == [paid.id]
+    finally:
+        c.close()
+
+
+def test_two_runs_listing_a_lot_stored_without_its_line_list_it_once(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lot an older keyplane stored without its line gets it from the purchase's retry; should
+    another run of the charge list it at the same moment, the retry answers that run's line:
+    one line, one audit entry, and no error."""
+    clock = FrozenClock()
+    c, _, org, _, _ = initialized(
+        tmp_path, "http://sim/v1", clock=clock, credit=0, database_url=database_url
+    )
+    try:
+        c.payments.add_method(org.id, VISA)
+        scoped = hashlib.sha256(f"{org.id}:purchase:order-1".encode()).hexdigest()[:40]
+        lot = c.billing.record_purchase(org.id, 10 * USD, idempotency_key=f"pay:{scoped}")
+        store = c.payments._store
+        add_payment = store.add_payment
+        theirs: list[Payment] = []
+
+        def other_run_first(
+            line: Payment, done: Done | None = None, audit: AuditEvent | None = None
+        ) -> Payment | None:
+            if not theirs:  # the other run lists the lot just before this one
+                other = dataclasses.replace(line, id="pay_other_run")
+                entry = c.audit.entry(org.id, SYSTEM, "credit_purchase.created", target_id=other.id)
+                assert add_payment(other, None, entry) is None
+                theirs.append(other)
+            return add_payment(line, done, audit)
+
+        monkeypatch.setattr(store, "add_payment", other_run_first)
+        paid = c.payments.purchase(org.id, 10 * USD, actor=BUYER, idempotency_key="order-1")
+        monkeypatch.undo()
+        assert paid == theirs[0] and paid.lot_id == lot.id
+        assert c.payments.history(org.id) == [paid]
+        assert c.payments.purchase(org.id, 10 * USD, actor=BUYER, idempotency_key="order-1") == paid
+        assert [e.target_id for e in entries(c, org.id)] == [paid.id]
+        assert c.billing.balance(org.id).available == 10 * USD
     finally:
         c.close()
 
@@ -183,7 +290,7 @@ def test_purchase_amounts_are_bounded_and_whole_cents(
     try:
         c.payments.add_method(org.id, VISA)
         with pytest.raises(InvalidRequest, match=why):
-            c.payments.purchase(org.id, amount)
+            c.payments.purchase(org.id, amount, actor=BUYER)
         assert c.payments.history(org.id) == []
     finally:
         c.close()
@@ -195,8 +302,8 @@ def test_the_bounds_are_configurable(tmp_path: Path) -> None:
     )
     try:
         c.payments.add_method(org.id, VISA)
-        assert c.payments.purchase(org.id, 1 * USD).status == "succeeded"
-        assert c.payments.purchase(org.id, 2500 * USD).status == "succeeded"
+        assert c.payments.purchase(org.id, 1 * USD, actor=BUYER).status == "succeeded"
+        assert c.payments.purchase(org.id, 2500 * USD, actor=BUYER).status == "succeeded"
     finally:
         c.close()
 
@@ -291,7 +398,8 @@ def test_spend_under_the_threshold_recharges_up_to_the_target(
         (record,) = kp.usage(expect=1)
         assert 5_100_000 - record.cost_micro_usd < 5 * USD
         recharged = AuditFilter(event_types=["billing.auto_recharged"])
-        wait_until(lambda: c.audit.query(kp.org.id, recharged).events, timeout=10)  # (its end)
+        # (Its audit entry is written with its credit and its line, in one transaction.)
+        wait_until(lambda: c.audit.query(kp.org.id, recharged).events, timeout=10)
         (payment,) = c.payments.history(kp.org.id)
         spent = record.cost_micro_usd
         assert payment.kind == "recharge" and payment.status == "succeeded"

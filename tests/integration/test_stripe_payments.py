@@ -19,10 +19,11 @@ import httpx
 import pytest
 from test_accounts_web import OWNER_PASSWORD, Browser, text_of
 from test_admin_org import OrgEnv, admin_key, org_env
+from test_payments import BUYER, entries
 
 from conftest import Keyplane, fresh_postgres, initialized, start_keyplane
 from keyplane import bootstrap
-from keyplane.billing.payments import CardDetails, PaymentFailed
+from keyplane.billing.payments import PROVIDER, SYSTEM, CardDetails, Charged, PaymentFailed
 from keyplane.billing.ports import Claim
 from keyplane.clock import FrozenClock
 from keyplane.errors import InvalidRequest
@@ -120,7 +121,7 @@ def test_a_purchase_charges_once_and_credits_exactly_even_when_run_again_after_a
     clock = FrozenClock()
     with stripe_keyplane(tmp_path, fake, database_url, clock) as (c, org_id):
         method = c.payments.add_method(org_id, fake.card())
-        paid = c.payments.purchase(org_id, 10 * USD, idempotency_key="order-1")
+        paid = c.payments.purchase(org_id, 10 * USD, actor=BUYER, idempotency_key="order-1")
         assert paid.status == "succeeded" and c.billing.balance(org_id).available == 10 * USD
         [intent] = fake.charges
         customer, _, pm = method.provider_ref.partition("/")
@@ -132,7 +133,7 @@ def test_a_purchase_charges_once_and_credits_exactly_even_when_run_again_after_a
         assert sent.idempotency_key == key
         assert (sent.params["off_session"], sent.params["confirm"]) == ("true", "true")
         # A replay answers the first payment: Stripe is not even asked.
-        assert c.payments.purchase(org_id, 10 * USD, idempotency_key="order-1") == paid
+        assert c.payments.purchase(org_id, 10 * USD, actor=BUYER, idempotency_key="order-1") == paid
         assert len(fake.calls("POST", "/v1/payment_intents")) == 1
 
         # The process dies after Stripe charged, before anything was stored; a minute later
@@ -141,15 +142,22 @@ def test_a_purchase_charges_once_and_credits_exactly_even_when_run_again_after_a
             dying.setattr(c.billing, "record_purchase", _crash)
             dying.setattr(c.money_store, "release_idempotency", _crash)
             with pytest.raises(Crash):
-                c.payments.purchase(org_id, 20 * USD, idempotency_key="order-2")
+                c.payments.purchase(org_id, 20 * USD, actor=BUYER, idempotency_key="order-2")
         assert len(fake.charges) == 2 and c.billing.balance(org_id).available == 10 * USD
         clock.advance(61)
-        again = c.payments.purchase(org_id, 20 * USD, idempotency_key="order-2")
+        again = c.payments.purchase(org_id, 20 * USD, actor=BUYER, idempotency_key="order-2")
         assert again.status == "succeeded"
         retried = fake.calls("POST", "/v1/payment_intents")[-1]
         assert retried.replayed and len(fake.charges) == 2  # charged once
         assert c.billing.balance(org_id).available == 30 * USD  # credited once
         assert [p.amount for p in c.payments.history(org_id)] == [20 * USD, 10 * USD]
+        # Each line names its PaymentIntent (the retry's is Stripe's first answer again), and
+        # has one audit entry, by whoever bought.
+        first, second = fake.charges
+        assert (paid.provider_ref, again.provider_ref) == (first["id"], second["id"])
+        assert [(e.target_id, e.actor) for e in entries(c, org_id)] == [
+            (again.id, BUYER), (paid.id, BUYER),
+        ]  # fmt: skip
 
 
 def _crash(*args: object, **kwargs: object) -> None:
@@ -162,18 +170,21 @@ def test_a_decline_is_in_the_history_with_its_decline_code_and_credits_nothing(
     with stripe_keyplane(tmp_path, fake, database_url) as (c, org_id):
         c.payments.add_method(org_id, fake.card(last4="9995", outcome="insufficient_funds"))
         with pytest.raises(PaymentFailed) as declined:
-            c.payments.purchase(org_id, 10 * USD)
+            c.payments.purchase(org_id, 10 * USD, actor=BUYER)
         assert declined.value.code == "insufficient_funds"  # the issuer's, not "card_declined"
         assert declined.value.message == "Your card has insufficient funds."
         c.payments.add_method(org_id, fake.card(last4="0069", outcome="expired_card"))
         with pytest.raises(PaymentFailed, match=r"Your card has expired\."):
-            c.payments.purchase(org_id, 5 * USD)
+            c.payments.purchase(org_id, 5 * USD, actor=BUYER)
         history = c.payments.history(org_id)
         assert [(p.status, p.failure, p.last4, p.lot_id) for p in history] == [
             ("failed", "expired_card", "0069", None),
             ("failed", "insufficient_funds", "9995", None),
         ]
         assert c.billing.balance(org_id).available == 0 and fake.charges == []
+        # A declined payment is a PaymentIntent too: its id, for Stripe's Dashboard.
+        intents = [i["id"] for i in fake.intents.values()]
+        assert [p.provider_ref for p in history] == intents[::-1]
 
 
 @pytest.mark.parametrize("outcome", ["requires_action", "authentication_required"])
@@ -186,7 +197,7 @@ def test_a_card_that_asks_for_3d_secure_is_a_failed_payment_that_says_so(
     with stripe_keyplane(tmp_path, fake) as (c, org_id):
         c.payments.add_method(org_id, fake.card(last4="3155", outcome=outcome))
         with pytest.raises(PaymentFailed, match="3-D Secure") as failed:
-            c.payments.purchase(org_id, 10 * USD)
+            c.payments.purchase(org_id, 10 * USD, actor=BUYER)
         assert failed.value.code == "authentication_required"
         [line] = c.payments.history(org_id)
         assert (line.status, line.failure) == ("failed", "authentication_required")
@@ -211,6 +222,9 @@ def test_auto_recharge_charges_through_stripe(tmp_path: Path, fake: FakeStripe) 
         assert sent.params["off_session"] == "true" and sent.idempotency_key
         [payment] = c.payments.history(org_id)
         assert (payment.kind, payment.status) == ("recharge", "succeeded")
+        assert payment.provider_ref == intent["id"]
+        [entry] = entries(c, org_id, "billing.auto_recharged")
+        assert (entry.target_id, entry.actor) == (payment.id, SYSTEM)
 
 
 def test_stripe_unreachable_is_a_failed_payment_with_nothing_credited(
@@ -220,10 +234,11 @@ def test_stripe_unreachable_is_a_failed_payment_with_nothing_credited(
         c.payments.add_method(org_id, fake.card())
         fake.stop()
         with pytest.raises(PaymentFailed, match="could not be processed") as failed:
-            c.payments.purchase(org_id, 10 * USD)
+            c.payments.purchase(org_id, 10 * USD, actor=BUYER)
         assert failed.value.code == "processing_error"
         [line] = c.payments.history(org_id)
         assert (line.status, line.failure, line.lot_id) == ("failed", "processing_error", None)
+        assert line.provider_ref is None  # (no PaymentIntent was made)
         assert c.billing.balance(org_id).available == 0
         with pytest.raises(InvalidRequest, match="Stripe could not be reached"):
             c.payments.add_method(org_id, fake.card("mastercard", "4444"))
@@ -253,7 +268,9 @@ def test_a_credit_being_recorded_by_the_webhook_is_waited_for_not_refused(
         held = Claim(held.scope, held.key, digest, held.claimed_at)
         assert c.money_store.claim_idempotency(held) is None
         c.payments._sleep = meanwhile  # type: ignore[method-assign]
-        paid = c.payments.purchase(org_id, 10 * USD, method_id=method.id, idempotency_key="order-1")
+        paid = c.payments.purchase(
+            org_id, 10 * USD, actor=BUYER, method_id=method.id, idempotency_key="order-1"
+        )
         assert paid.status == "succeeded" and len(waits) == 1
         [(lot, _)] = c.billing.balance(org_id).lots
         assert paid.lot_id == lot.id and c.billing.balance(org_id).available == 10 * USD
@@ -292,7 +309,7 @@ def crash_after_the_charge(
         dying.setattr(c.billing, "record_purchase", _crash)
         dying.setattr(c.money_store, "release_idempotency", _crash)
         with pytest.raises(Crash):
-            c.payments.purchase(org_id, amount, idempotency_key=key)
+            c.payments.purchase(org_id, amount, actor=BUYER, idempotency_key=key)
     charged = charge_key(org_id, "purchase", key)
     [intent] = [i for i in fake.charges if i["metadata"]["charge_key"] == charged]
     assert c.billing.balance(org_id).available == 0 and c.payments.history(org_id) == []
@@ -309,6 +326,17 @@ def billing_history(kp: Keyplane) -> list[dict[str, Any]]:
     assert r.status_code == 200, r.text
     lines: list[dict[str, Any]] = r.json()["data"]
     return lines
+
+
+def receipt_of(kp: Keyplane, payment_id: str) -> httpx.Response:
+    """The receipt of a line of the history, as the Owner downloads it from the dashboard."""
+    owner = owner_browser(kp)
+    try:
+        r = owner.get(f"/billing/history/{payment_id}/receipt")
+        assert r.status_code == 200
+        return r
+    finally:
+        owner.close()
 
 
 def deliver(kp: Keyplane, intent: dict[str, Any], times: int = 2) -> None:
@@ -359,9 +387,9 @@ def test_a_charge_whose_process_died_is_credited_and_listed_once_whoever_comes_f
                 assert receipt.status_code == 200 and "4444" in receipt.text
             finally:
                 owner.close()
-            paid = c.payments.purchase(org_id, 10 * USD, idempotency_key="order-1")
+            paid = c.payments.purchase(org_id, 10 * USD, actor=BUYER, idempotency_key="order-1")
         else:
-            paid = c.payments.purchase(org_id, 10 * USD, idempotency_key="order-1")
+            paid = c.payments.purchase(org_id, 10 * USD, actor=BUYER, idempotency_key="order-1")
             deliver(kp, intent)
         # The retry answers the purchase the history lists; nothing more charged or credited.
         assert paid.status == "succeeded" and len(fake.charges) == 1
@@ -370,10 +398,56 @@ def test_a_charge_whose_process_died_is_credited_and_listed_once_whoever_comes_f
         assert c.payments.history(org_id) == [paid]
         [(lot, _)] = c.billing.balance(org_id).lots
         assert lot.id == paid.lot_id and c.billing.balance(org_id).available == 10 * USD
+        # The line names the PaymentIntent, on the receipt too, whoever stored it.
+        assert paid.provider_ref == line["provider_payment_id"] == intent["id"]
+        assert f"Payment reference {intent['id']}" in text_of(receipt_of(kp, paid.id))
         # Later retries and deliveries change nothing.
-        assert c.payments.purchase(org_id, 10 * USD, idempotency_key="order-1") == paid
+        assert c.payments.purchase(org_id, 10 * USD, actor=BUYER, idempotency_key="order-1") == paid
         deliver(kp, intent, times=1)
         assert c.payments.history(org_id) == [paid] and len(c.billing.balance(org_id).lots) == 1
+        # One audit entry: the webhook's (keyplane, on the payment provider's word) when it
+        # stored the line, else the buyer's; none for the retry, the replay or the deliveries.
+        [entry] = entries(c, org_id)
+        assert (entry.target_id, entry.actor) == (
+            paid.id,
+            PROVIDER if first == "webhook" else BUYER,
+        )
+        assert entry.details["data"] == {
+            "amount_micro_usd": 10 * USD, "status": "succeeded", "failure_code": None,
+            "payment_method": method.id,
+        }  # fmt: skip
+
+
+def test_a_purchase_then_its_webhook_is_one_line_with_its_payment_intent_and_one_audit_entry(
+    tmp_path: Path, fake: FakeStripe, database_url: str
+) -> None:
+    """The usual order: the Admin API's purchase stores the credit, the line and its audit entry;
+    Stripe's event for it, delivered after (twice: at least once), finds them stored and adds
+    nothing. The Admin API lists the line with its PaymentIntent's id."""
+    clock = FrozenClock()
+    with served_stripe_keyplane(tmp_path, fake, database_url, clock) as kp:
+        c, org_id = kp.container, kp.org.id
+        c.payments.add_method(org_id, fake.card())
+        key = admin_key(c, org_id, kp.owner.id)
+        headers = {"authorization": f"Bearer {key}", "idempotency-key": "api-1"}
+        r = httpx.post(
+            kp.server.url + "/v1/organization/credit_purchases",
+            json={"amount_micro_usd": 10 * USD}, headers=headers, timeout=30,
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        bought = r.json()
+        [intent] = fake.charges
+        assert bought["provider_payment_id"] == intent["id"]
+        deliver(kp, intent)
+        assert billing_history(kp) == [bought]
+        assert len(c.billing.balance(org_id).lots) == 1 and len(fake.charges) == 1
+        r = httpx.get(
+            kp.server.url + "/v1/organization/audit_logs?event_types[]=credit_purchase.created",
+            headers=headers, timeout=30,
+        )  # fmt: skip
+        [event] = r.json()["data"]
+        assert event["credit_purchase.created"]["id"] == bought["id"]
+        assert event["actor"]["type"] == "api_key"  # the caller's, not the webhook's
 
 
 def test_the_webhook_arriving_while_the_purchase_is_still_running_lists_it_once(
@@ -389,23 +463,27 @@ def test_the_webhook_arriving_while_the_purchase_is_still_running_lists_it_once(
         provider = c.payments._provider
         charge = provider.charge
 
-        def charge_then_webhook(*args: Any, **kwargs: Any) -> str | None:
-            failure = charge(*args, **kwargs)
+        def charge_then_webhook(*args: Any, **kwargs: Any) -> Charged:
+            charged = charge(*args, **kwargs)
             [intent] = fake.charges
             deliver(kp, intent, times=1)
             # Listed and credited before the purchase goes on.
             assert len(c.payments.history(org_id)) == 1
             assert c.billing.balance(org_id).available == 10 * USD
-            return failure
+            return charged
 
         monkeypatch.setattr(provider, "charge", charge_then_webhook)
-        paid = c.payments.purchase(org_id, 10 * USD, idempotency_key="order-1")
+        paid = c.payments.purchase(org_id, 10 * USD, actor=BUYER, idempotency_key="order-1")
         monkeypatch.undo()
         assert paid.status == "succeeded" and c.payments.history(org_id) == [paid]
         assert [p["id"] for p in billing_history(kp)] == [paid.id]
         [(lot, _)] = c.billing.balance(org_id).lots
         assert paid.lot_id == lot.id and len(fake.charges) == 1
-        assert c.payments.purchase(org_id, 10 * USD, idempotency_key="order-1") == paid
+        assert c.payments.purchase(org_id, 10 * USD, actor=BUYER, idempotency_key="order-1") == paid
+        # The webhook stored the line: its audit entry is the one, the purchase adds none.
+        assert paid.provider_ref == fake.charges[0]["id"]
+        [entry] = entries(c, org_id)
+        assert (entry.target_id, entry.actor) == (paid.id, PROVIDER)
 
 
 def test_the_webhook_lists_a_charge_of_a_card_removed_since(
@@ -451,10 +529,14 @@ def test_an_auto_recharge_whose_process_died_is_listed_by_the_webhook_once(
             "recharge", "succeeded", 20 * USD,
         )  # fmt: skip
         assert c.billing.balance(org_id).available == 20 * USD
+        assert line["provider_payment_id"] == intent["id"]
         clock.advance(601)  # the dead process's lease on the job runs out
         assert c.payments.run_recharges() == 1  # (topped up already: ended without a charge)
         assert [p["id"] for p in billing_history(kp)] == [line["id"]]
         assert len(c.billing.balance(org_id).lots) == 1 and len(fake.charges) == 1
+        # Audited once, by the webhook that stored it.
+        [entry] = entries(c, org_id, "billing.auto_recharged")
+        assert (entry.target_id, entry.actor) == (line["id"], PROVIDER)
 
 
 def test_the_webhook_refuses_bad_signatures_and_ignores_what_is_not_keyplanes(
@@ -464,7 +546,7 @@ def test_the_webhook_refuses_bad_signatures_and_ignores_what_is_not_keyplanes(
     try:
         c, org_id = kp.container, kp.org.id
         c.payments.add_method(org_id, fake.card())
-        c.payments.purchase(org_id, 10 * USD)
+        c.payments.purchase(org_id, 10 * USD, actor=BUYER)
         [intent] = fake.charges
         payload = event("payment_intent.succeeded", intent)
         refused = [

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from keyplane.billing.payments import CardDetails
+from keyplane.billing.payments import CardDetails, Charged
 from keyplane.billing.sandbox import TEST_CARDS, SandboxProvider, luhn_valid
 from keyplane.errors import InvalidRequest
 
@@ -45,14 +45,14 @@ def test_a_card_expiring_this_month_is_taken_and_charges_end_as_its_number_says(
     paid = sandbox.save_card(CardDetails("4242424242424242", 12, 2026, "123"), NOW)
     assert (paid.brand, paid.last4) == ("visa", "4242")
     assert "4242424242424242" not in paid.provider_ref
-    assert (
-        sandbox.charge(paid.provider_ref, 5_000_000, "k", org_id="org_1", kind="purchase") is None
-    )
+    # (The sandbox makes no payment id: a line of the history shows none.)
+    assert sandbox.charge(
+        paid.provider_ref, 5_000_000, "k", org_id="org_1", kind="purchase"
+    ) == Charged(None, None)
     declined = sandbox.save_card(CardDetails("4000 0000 0000 0002", 1, 2027, "999"), NOW)
-    assert (
-        sandbox.charge(declined.provider_ref, 5_000_000, "k", org_id="org_1", kind="purchase")
-        == "card_declined"
-    )
+    assert sandbox.charge(
+        declined.provider_ref, 5_000_000, "k", org_id="org_1", kind="purchase"
+    ) == Charged("card_declined", None)
     # Should one reach a log line: the last four digits only, never the CVC.
     assert repr(CardDetails("4242424242424242", 1, 2030, "123")) == "CardDetails(…4242, 01/2030)"
 

@@ -49,7 +49,26 @@ class AuditService:
         details: Mapping[str, Any] | None = None,
     ) -> AuditEvent:
         """Appends one event and returns it. Raises StoreUnavailable."""
-        event = AuditEvent(
+        event = self.entry(
+            org_id, actor, event_type, target_id=target_id, project_id=project_id, details=details
+        )
+        self._log.record(event)
+        return event
+
+    def entry(
+        self,
+        org_id: str,
+        actor: Actor,
+        event_type: str,
+        *,
+        target_id: str | None = None,
+        project_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditEvent:
+        """The event ``record`` would append, not stored: for a store that writes it in the same
+        transaction as the change it tells of (a line of the billing history), so there is one
+        whoever makes the change, and none if it is rolled back."""
+        return AuditEvent(
             id=new_id("audit_log-"),
             org_id=org_id,
             type=event_type,
@@ -66,8 +85,6 @@ class AuditService:
             target_id=target_id,
             details=_scrub(dict(details or {})),
         )
-        self._log.record(event)
-        return event
 
     def query(
         self,

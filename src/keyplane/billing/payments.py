@@ -13,7 +13,10 @@ Every charge carries an idempotency key (the client's ``Idempotency-Key``, or th
 so a retried request or a recharge picked up again after a crash never charges twice; its credit
 lot is recorded, with its line of the history in the same transaction, under a key derived from it,
 so the provider's own report of the payment (Stripe's signed webhook, ``credit_paid``) credits and
-lists a charge whose process died before it could, exactly once whichever comes first."""
+lists a charge whose process died before it could, exactly once whichever comes first. A line's
+audit log entry (who made the charge: the dashboard's or the Admin API's caller, auto-recharge, or
+the provider's report) is written in the line's own transaction, so there is one per line whoever
+writes it; and the database lets a lot have one line only (a unique index)."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from keyplane.audit.models import Actor, ActorType
+from keyplane.audit.models import Actor, ActorType, AuditEvent
 from keyplane.audit.service import AuditService
 from keyplane.billing.ports import Claim, Done
 from keyplane.billing.service import BillingService
@@ -41,6 +44,7 @@ MAX_METHODS = 10  # saved payment methods per organization
 RECHARGE_RETRY_S = 3600  # a declined auto-recharge is tried again this much later
 RECHARGE_LEASE_S = 600  # a recharge claimed by a process that died is taken over after this
 SYSTEM = Actor(ActorType.SYSTEM, "auto-recharge")
+PROVIDER = Actor(ActorType.SYSTEM, "payment provider")  # its report of a payment (a webhook)
 KINDS = ("purchase", "recharge")
 CHARGE_KEY = re.compile(r"[0-9a-f]{40}")  # what ``_charge`` gives the provider
 CREDIT_WAITS_S = (0.05, 0.2, 0.5, 1.0)  # a credit being recorded by the provider's webhook
@@ -107,6 +111,18 @@ class Payment:
     failure: str | None  # the provider's decline code
     lot_id: str | None  # the credit lot a successful charge bought
     created_at: int
+    # The provider's id of the payment (Stripe: its PaymentIntent, pi_…), for its support; None
+    # when it made none (the sandbox; Stripe unreachable).
+    provider_ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Charged:
+    """A provider's answer to a charge: ``failure`` None when it was paid, else the decline code;
+    ``payment_ref`` its own id of the payment, when it made one (Stripe: pi_…, declined too)."""
+
+    failure: str | None
+    payment_ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +143,7 @@ class PaidCharge:
     key: str
     amount: int  # micro-dollars
     provider_ref: str  # the method charged, as keyplane saved it
-    payment_ref: str  # the provider's id of the payment (Stripe: pi_…), for the logs
+    payment_ref: str  # the provider's id of the payment (Stripe: pi_…); "" if it did not say
     charged_at: int | None = None  # when the provider made the payment, if it says
 
 
@@ -148,11 +164,12 @@ class PaymentProvider(Protocol):
 
     def charge(
         self, provider_ref: str, amount: int, idempotency_key: str, *, org_id: str, kind: str
-    ) -> str | None:
+    ) -> Charged:
         """Charges ``amount`` micro-dollars (whole cents) for the organization's ``kind`` of
-        charge ("purchase", "recharge"); None when it succeeded, else the decline code
-        ("processing_error" when the provider could not be asked or answered oddly). The same
-        ``idempotency_key`` never charges twice. Never raises for the provider's failures."""
+        charge ("purchase", "recharge"): its failure None when it succeeded, else the decline
+        code ("processing_error" when the provider could not be asked or answered oddly), and the
+        provider's id of the payment if it made one. The same ``idempotency_key`` never charges
+        twice (and answers the same payment). Never raises for the provider's failures."""
         ...
 
 
@@ -174,18 +191,23 @@ class PaymentStore(Protocol):
 
     def set_default(self, org_id: str, method_id: str) -> bool: ...
 
-    def add_payment(self, payment: Payment, done: Done | None = None) -> None:
-        """Stores a line of the history unless one with its id is stored already (written with
-        its lot by ``add_purchase``), and completes ``done``'s claim in the same transaction
-        (ClaimLost: nothing stored)."""
+    def add_payment(
+        self, payment: Payment, done: Done | None = None, audit: AuditEvent | None = None
+    ) -> Payment | None:
+        """Stores a line of the history with its ``audit`` entry unless one with its id is stored
+        already (written with its lot by ``add_purchase``: then neither), and completes ``done``'s
+        claim, in one transaction (ClaimLost: nothing stored). Returns None; or, storing and
+        completing nothing, the line another run stored for its lot (a lot has one line): the one
+        to store in its place."""
         ...
 
     def add_purchase(
-        self, payment: Payment, lot: Lot, note: str, source: str, done: Done | None = None
-    ) -> None:
-        """Stores the credit lot a successful charge bought (as ``MoneyStore.add_lot``) and the
-        charge's line of the history in one transaction, completing ``done``'s claim (the lot's
-        key) in it too (ClaimLost: nothing stored)."""
+        self, payment: Payment, lot: Lot, note: str, source: str, done: Done | None = None,
+        audit: AuditEvent | None = None,
+    ) -> None:  # fmt: skip
+        """Stores the credit lot a successful charge bought (as ``MoneyStore.add_lot``), the
+        charge's line of the history and its ``audit`` entry in one transaction, completing
+        ``done``'s claim (the lot's key) in it too (ClaimLost: nothing stored)."""
         ...
 
     def payment_for_lot(self, org_id: str, lot_id: str) -> Payment | None:
@@ -352,12 +374,14 @@ class PaymentService:
             )
 
     def purchase(
-        self, org_id: str, amount: int, *, method_id: str | None = None,
-        idempotency_key: str | None = None, on_charged: Callable[[Payment], None] | None = None,
+        self, org_id: str, amount: int, *, actor: Actor, method_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Payment:  # fmt: skip
         """Charges the method (the default one unless given) and adds the credit it bought.
-        A replayed ``idempotency_key`` returns the first payment and charges nothing;
-        ``on_charged`` runs once per charge, declined too, not on a replay (the audit log's entry).
+        A replayed ``idempotency_key`` returns the first payment and charges nothing. The charge's
+        line of the history gets its audit log entry (``credit_purchase.created``, by ``actor``,
+        declined too) in its own transaction: once, not on a replay; the provider's report of the
+        payment writes it (by ``PROVIDER``) when it stores the line first.
 
         Raises InvalidRequest (amount, no method), NotFound (method), PaymentFailed (declined:
         recorded in the history, nothing credited), IdempotencyKeyReused."""
@@ -368,12 +392,9 @@ class PaymentService:
 
         def run(claim: Claim | None) -> Payment:
             method = self._charged_method(org_id, method_id)
-            payment = self._charge(
-                org_id, method, amount, "purchase", idempotency_key or new_id("ik_"), claim
+            return self._charge(
+                org_id, method, amount, "purchase", idempotency_key or new_id("ik_"), actor, claim
             )
-            if on_charged is not None:
-                on_charged(payment)
-            return payment
 
         payment = self._billing.idempotent(
             f"purchase:{org_id}", idempotency_key, params, run, _payment_from_json
@@ -394,51 +415,83 @@ class PaymentService:
 
     def _charge(
         self, org_id: str, method: PaymentMethod, amount: int, kind: str, key: str,
-        claim: Claim | None = None,
+        actor: Actor, claim: Claim | None = None,
     ) -> Payment:  # fmt: skip
-        """One charge and its line in the history (completing ``claim``); the credit lot when it
-        succeeded. Run again with the same ``key`` (a claim taken over after a crash), it charges
-        nothing more (the provider's idempotency) and credits nothing more (the lot's own key);
-        the line a webhook or an earlier run stored with the lot is the one it returns."""
+        """One charge and its line in the history (completing ``claim``), audited as ``actor``'s;
+        the credit lot when it succeeded. Run again with the same ``key`` (a claim taken over
+        after a crash), it charges nothing more (the provider's idempotency) and credits nothing
+        more (the lot's own key); the line a webhook or an earlier run stored with the lot is the
+        one it returns."""
         now = int(self._clock.now())
         scoped = hashlib.sha256(f"{org_id}:{kind}:{key}".encode()).hexdigest()[:40]
-        failure = self._provider.charge(
+        charged = self._provider.charge(
             method.provider_ref, amount, scoped, org_id=org_id, kind=kind
         )
+        failure = charged.failure
         payment = Payment(
             id=ordered_id("pay_"), org_id=org_id, kind=kind, amount=amount,
             status="succeeded" if failure is None else "failed", method_id=method.id,
             brand=method.brand, last4=method.last4, failure=failure, lot_id=None,
-            created_at=now,
+            created_at=now, provider_ref=charged.payment_ref,
         )  # fmt: skip
         stored = None
         if failure is None:
-            lot, stored = self._credit(payment, scoped)
+            lot, stored = self._credit(payment, scoped, actor)
             # (None: a lot an older keyplane stored without its line: written below, once, as
             # it was then, under the purchase's claim.)
             payment = stored or dataclasses.replace(payment, lot_id=lot.id)
         if stored is None or claim is not None:
             # The line unless ``_credit`` stored it, and the purchase's claim completed with it:
             # a crash in between leaves a claim whose retry finds the line with the lot.
-            self._store.add_payment(
-                payment, None if claim is None else claim.done(_payment_json(payment))
-            )
+            payment = self._list(payment, actor, claim)
         if failure is None:
             self._promote(org_id)
         return payment
 
-    def _credit(self, line: Payment, scoped: str) -> tuple[Lot, Payment | None]:
+    def _list(self, line: Payment, actor: Actor, claim: Claim | None) -> Payment:
+        """Stores ``line`` with its audit entry, unless it is stored already, completing
+        ``claim`` with it; returns it. Should another run have listed its lot meanwhile (a lot
+        stored without its line by an older keyplane, two runs of its charge giving it one), the
+        line that run stored is the lot's (the database keeps one a lot) and is returned."""
+        while True:
+            done = None if claim is None else claim.done(_payment_json(line))
+            other = self._store.add_payment(line, done, self._entry(line, actor))
+            if other is None:
+                return line
+            line = other  # (stored already: the next call only completes the claim with it)
+
+    def _entry(self, line: Payment, actor: Actor) -> AuditEvent | None:
+        """The audit log's entry for a line of the history, stored with it: a purchase, declined
+        too (``credit_purchase.created``); a paid auto-recharge (``billing.auto_recharged``; its
+        declines are emailed, and audited when they turn it off)."""
+        if line.kind == "recharge":
+            if line.status != "succeeded":
+                return None
+            event = "billing.auto_recharged"
+            data = {"amount_micro_usd": line.amount, "payment_method": line.method_id}
+        else:
+            event = "credit_purchase.created"
+            data = {
+                "amount_micro_usd": line.amount, "status": line.status,
+                "failure_code": line.failure, "payment_method": line.method_id,
+            }  # fmt: skip
+        return self._audit.entry(
+            line.org_id, actor, event, target_id=line.id, details={"data": data}
+        )
+
+    def _credit(self, line: Payment, scoped: str, actor: Actor) -> tuple[Lot, Payment | None]:
         """The lot a charge bought and its line of the history (``line``, with the lot's id),
-        stored in one transaction under the key the charge's own (``scoped``) derives: recorded
-        once, whether ``_charge`` or the provider's webhook comes first, and whoever records it
-        writes the line. Returns the lot and the line stored with it (None: a lot an older
-        keyplane stored without one). When the other is recording it at this very moment (its
-        key "in progress"), waits for it to finish."""
+        stored in one transaction with the line's audit entry (``actor``'s) under the key the
+        charge's own (``scoped``) derives: recorded once, whether ``_charge`` or the provider's
+        webhook comes first, and whoever records it writes the line and the entry. Returns the
+        lot and the line stored with it (None: a lot an older keyplane stored without one). When
+        the other is recording it at this very moment (its key "in progress"), waits for it to
+        finish."""
         written: list[Payment] = []
 
         def write(lot: Lot, note: str, source: str, done: Done | None) -> None:
             paid = dataclasses.replace(line, lot_id=lot.id)
-            self._store.add_purchase(paid, lot, note, source, done)
+            self._store.add_purchase(paid, lot, note, source, done, self._entry(paid, actor))
             written.append(paid)
 
         def record() -> Lot:
@@ -463,10 +516,11 @@ class PaymentService:
         """Credits a charge the provider reports paid (its signed webhook), unless it is credited
         already: the process that charged may have died before it could. Under the key
         ``_charge`` uses, so it is credited exactly once whichever comes first, and with its line
-        of the billing history in the same transaction (a retry of the purchase, or of the
-        recharge job, then returns that line). None when the charge is none of this
-        organization's (no method of it, even a removed one, has that reference: another keyplane
-        sharing the provider's account, say), which changes nothing."""
+        of the billing history and that line's audit entry (by ``PROVIDER``) in the same
+        transaction (a retry of the purchase, or of the recharge job, then returns that line and
+        audits nothing more). None when the charge is none of this organization's (no method of
+        it, even a removed one, has that reference: another keyplane sharing the provider's
+        account, say), which changes nothing."""
         if charge.kind not in KINDS or not CHARGE_KEY.fullmatch(charge.key):
             return None
         if charge.amount <= 0 or charge.amount % 10_000:
@@ -483,8 +537,9 @@ class PaymentService:
             id=ordered_id("pay_"), org_id=charge.org_id, kind=charge.kind, amount=charge.amount,
             status="succeeded", method_id=method.id, brand=method.brand, last4=method.last4,
             failure=None, lot_id=None, created_at=charge.charged_at or int(self._clock.now()),
+            provider_ref=charge.payment_ref or None,
         )  # fmt: skip
-        lot, _ = self._credit(line, charge.key)
+        lot, _ = self._credit(line, charge.key, PROVIDER)
         self._promote(charge.org_id)
         return lot
 
@@ -524,7 +579,7 @@ class PaymentService:
         if not methods:
             return self._declined(job, now, "no_payment_method", amount)
         payment = self._charge(
-            job.org_id, methods[0], amount, "recharge", f"{job.id}:{job.attempts}"
+            job.org_id, methods[0], amount, "recharge", f"{job.id}:{job.attempts}", SYSTEM
         )
         if payment.status != "succeeded":
             return self._declined(job, now, payment.failure or "", amount)
@@ -533,10 +588,6 @@ class PaymentService:
             # Capped by the purchase maximum and still under: the next one a minute later, whether
             # or not requests come to notice (they may all be refused meanwhile).
             self._billing.request_recharge(job.org_id, job.target, due_at=now + 60)
-        self._audit.record(
-            job.org_id, SYSTEM, "billing.auto_recharged", target_id=payment.id,
-            details={"data": {"amount_micro_usd": amount, "payment_method": methods[0].id}},
-        )  # fmt: skip
         return 1
 
     def _declined(self, job: RechargeJob, now: int, code: str, amount: int) -> int:
@@ -597,9 +648,10 @@ def _uncapitalized(sentence: str) -> str:
 def _payment_json(p: Payment) -> str:
     return json.dumps(
         [p.id, p.org_id, p.kind, p.amount, p.status, p.method_id, p.brand, p.last4, p.failure,
-         p.lot_id, p.created_at]
+         p.lot_id, p.created_at, p.provider_ref]
     )  # fmt: skip
 
 
 def _payment_from_json(text: str) -> Payment:
+    # (A response stored before the line had ``provider_ref`` has one value less: None.)
     return Payment(*json.loads(text))

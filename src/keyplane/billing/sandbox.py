@@ -1,6 +1,7 @@
 """The sandbox payment provider, keyplane's offline default (BRIEF C5): it takes the public test
 card numbers only and checks them as a card form would (Luhn, expiry, CVC); their charges succeed
-or decline as the number says, whatever the amount. Nothing leaves the process."""
+or decline as the number says, whatever the amount, and have no payment id (a line of the billing
+history shows none). Nothing leaves the process."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import datetime as dt
 import secrets
 from collections.abc import Sequence
 
-from keyplane.billing.payments import CardDetails, SavedCard
+from keyplane.billing.payments import CardDetails, Charged, SavedCard
 from keyplane.errors import InvalidRequest
 
 # The public test card numbers (Stripe's): brand, and the decline code a charge gets (None: paid).
@@ -87,8 +88,9 @@ class SandboxProvider:
 
     def charge(
         self, provider_ref: str, amount: int, idempotency_key: str, *, org_id: str, kind: str
-    ) -> str | None:
+    ) -> Charged:
+        # (No payment id: the sandbox keeps no payments, so there is nothing one would name.)
         if not provider_ref.startswith("sbx_"):
-            return "processing_error"
+            return Charged("processing_error")
         outcome = provider_ref[4:].rsplit("_", 1)[0]
-        return None if outcome == "ok" else outcome
+        return Charged(None if outcome == "ok" else outcome)

@@ -54,27 +54,33 @@ def _filtered(query: Select[Any], f: AuditFilter) -> Select[Any]:
     return query
 
 
+def insert_event(conn: Connection, event: AuditEvent) -> None:
+    """Appends ``event`` in the caller's transaction (``SqlAuditLog.record``'s, or the change's it
+    tells of: a line of the billing history)."""
+    actor = event.actor
+    conn.execute(
+        insert(a).values(
+            id=event.id,
+            org_id=event.org_id,
+            type=event.type,
+            effective_at=event.effective_at,
+            actor_type=actor.type.value,
+            actor_id=actor.id,
+            actor_user_id=actor.user_id,
+            actor_email=None if actor.email is None else actor.email.lower(),
+            ip_address=actor.ip_address,
+            user_agent=actor.user_agent,
+            project_id=event.project_id,
+            target_id=event.target_id,
+            details=json.dumps(event.details, sort_keys=True),
+        )
+    )
+
+
 class SqlAuditLog(SqlStore):
     def record(self, event: AuditEvent) -> None:
-        actor = event.actor
         with self._write() as conn:
-            conn.execute(
-                insert(a).values(
-                    id=event.id,
-                    org_id=event.org_id,
-                    type=event.type,
-                    effective_at=event.effective_at,
-                    actor_type=actor.type.value,
-                    actor_id=actor.id,
-                    actor_user_id=actor.user_id,
-                    actor_email=None if actor.email is None else actor.email.lower(),
-                    ip_address=actor.ip_address,
-                    user_agent=actor.user_agent,
-                    project_id=event.project_id,
-                    target_id=event.target_id,
-                    details=json.dumps(event.details, sort_keys=True),
-                )
-            )
+            insert_event(conn, event)
 
     def query(
         self,

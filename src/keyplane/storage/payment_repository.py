@@ -6,10 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
+from keyplane.audit.models import AuditEvent
 from keyplane.billing.payments import Payment, PaymentMethod, RechargeJob
 from keyplane.billing.ports import Done
 from keyplane.billing.wallet import Lot
+from keyplane.storage.audit_repository import insert_event
 from keyplane.storage.billing_repository import complete_claim, insert_lot
 from keyplane.storage.billing_tables import recharge_jobs
 from keyplane.storage.payment_tables import payment_methods, payments
@@ -29,19 +32,29 @@ def _payment(row: Any) -> Payment:
     return Payment(
         id=row.id, org_id=row.org_id, kind=row.kind, amount=row.amount_micro, status=row.status,
         method_id=row.method_id, brand=row.brand, last4=row.last4, failure=row.failure,
-        lot_id=row.lot_id, created_at=row.created_at,
+        lot_id=row.lot_id, created_at=row.created_at, provider_ref=row.provider_ref,
     )  # fmt: skip
 
 
-def _insert_payment(conn: Connection, payment: Payment) -> None:
+def _insert_payment(conn: Connection, payment: Payment, audit: AuditEvent | None) -> None:
     conn.execute(
         insert(payments).values(
             id=payment.id, org_id=payment.org_id, kind=payment.kind, amount_micro=payment.amount,
             status=payment.status, method_id=payment.method_id, brand=payment.brand,
             last4=payment.last4, failure=payment.failure, lot_id=payment.lot_id,
-            created_at=payment.created_at,
+            created_at=payment.created_at, provider_ref=payment.provider_ref,
         )
     )  # fmt: skip
+    if audit is not None:
+        insert_event(conn, audit)
+
+
+def _line_of_lot(conn: Connection, payment: Payment) -> Payment | None:
+    """The line stored for ``payment``'s lot, if it has one and one is."""
+    if payment.lot_id is None:
+        return None
+    row = conn.execute(select(payments).where(payments.c.lot_id == payment.lot_id)).first()
+    return None if row is None else _payment(row)
 
 
 class SqlPaymentStore(SqlStore):
@@ -109,28 +122,41 @@ class SqlPaymentStore(SqlStore):
             )
         return done.rowcount == 1
 
-    def add_payment(self, payment: Payment, done: Done | None = None) -> None:
-        with self._write() as conn:
-            complete_claim(conn, done)
-            stored = conn.execute(select(payments.c.id).where(payments.c.id == payment.id))
-            if stored.first() is None:
-                _insert_payment(conn, payment)
+    def add_payment(
+        self, payment: Payment, done: Done | None = None, audit: AuditEvent | None = None
+    ) -> Payment | None:
+        try:
+            with self._write() as conn:
+                stored = conn.execute(select(payments.c.id).where(payments.c.id == payment.id))
+                known = stored.first() is not None
+                if not known and (other := _line_of_lot(conn, payment)) is not None:
+                    return other  # (nothing written: the transaction commits nothing)
+                complete_claim(conn, done)
+                if not known:
+                    _insert_payment(conn, payment, audit)
+        except IntegrityError:
+            # Another run's line for the lot committed between the read and the insert
+            # (PostgreSQL's READ COMMITTED; SQLite's writers take turns): all was rolled back.
+            other = self._read(lambda c: _line_of_lot(c, payment))
+            if other is None:
+                raise
+            return other
+        return None
 
     def add_purchase(
-        self, payment: Payment, lot: Lot, note: str, source: str, done: Done | None = None
-    ) -> None:
+        self, payment: Payment, lot: Lot, note: str, source: str, done: Done | None = None,
+        audit: AuditEvent | None = None,
+    ) -> None:  # fmt: skip
+        # (The lot is new, so no line has it: the lot's unique index never refuses this one.)
         with self._write() as conn:
             complete_claim(conn, done)
             insert_lot(conn, payment.org_id, lot, note, source)
-            _insert_payment(conn, payment)
+            _insert_payment(conn, payment, audit)
 
     def payment_for_lot(self, org_id: str, lot_id: str) -> Payment | None:
         row = self._read(
             lambda c: c.execute(
-                select(payments)
-                .where(payments.c.org_id == org_id, payments.c.lot_id == lot_id)
-                .order_by(payments.c.id)
-                .limit(1)
+                select(payments).where(payments.c.org_id == org_id, payments.c.lot_id == lot_id)
             ).first()
         )
         return None if row is None else _payment(row)

@@ -39,5 +39,9 @@ payments = Table(
     Column("failure", String(40)),  # the provider's decline code
     Column("lot_id", String(40)),  # the credit lot a successful charge bought
     Column("created_at", BigInteger, nullable=False),
+    Column("provider_ref", String(255)),  # the provider's id of the payment (Stripe: pi_…)
     Index("ix_payments_org_created", "org_id", "created_at"),
+    # One line a lot, whoever records it (the charging run, its retry, the provider's webhook);
+    # a failed charge has none (NULLs are distinct in a unique index, SQLite's and PostgreSQL's).
+    Index("ix_payments_lot_id", "lot_id", unique=True),
 )

@@ -22,7 +22,7 @@ from keyplane.billing.payments import PaymentMethod as MethodRecord
 from keyplane.errors import InvalidRequest, NotFound
 from keyplane.gateway.errors import ApiError
 from keyplane.web.auth import Admin, Ctx
-from keyplane.web.authz import AUTHZ_RESPONSES, Audit, authorize
+from keyplane.web.authz import AUTHZ_RESPONSES, Allowed, Audit, authorize
 from keyplane.web.billing_routes import After, IdempotencyKey, Limit, applied
 from keyplane.web.errors import AdminApiError, params_named
 from keyplane.web.schemas import (
@@ -69,7 +69,7 @@ def _purchase(p: Payment) -> CreditPurchase:
         id=p.id, kind="recharge" if p.kind == "recharge" else "purchase",
         amount_micro_usd=p.amount, status="succeeded" if p.status == "succeeded" else "failed",
         payment_method=p.method_id, brand=p.brand, last4=p.last4, failure_code=p.failure,
-        credit_grant_id=p.lot_id, created_at=p.created_at,
+        credit_grant_id=p.lot_id, created_at=p.created_at, provider_payment_id=p.provider_ref,
     )  # fmt: skip
 
 
@@ -185,7 +185,7 @@ async def delete_payment_method(
 async def create_credit_purchase(
     ctx: Ctx,
     caller: Admin,
-    audit: Audit,
+    principal: Allowed,
     body: CreditPurchaseCreate,
     idempotency_key: IdempotencyKey = None,
 ) -> CreditPurchase:
@@ -193,25 +193,17 @@ async def create_credit_purchase(
     non-refundable lot expiring a year later. A declined card answers 402 ``card_error`` with the
     decline code; a replay with the same Idempotency-Key answers the first result, charging
     nothing; the same key with another body answers 409."""
-
-    def charged(payment: Payment) -> None:  # once per charge, declined too; not on a replay
-        data = {
-            "amount_micro_usd": payment.amount,
-            "status": payment.status,
-            "failure_code": payment.failure,
-            "payment_method": payment.method_id,
-        }
-        audit("credit_purchase.created", target_id=payment.id, details={"data": data})
-
+    # (Audited by the service, ``credit_purchase.created`` in the charge's line's transaction:
+    # once per charge, declined too; not on a replay.)
     try:
         with params_named({"amount": "amount_micro_usd"}):
             payment = await asyncio.to_thread(
                 _service(ctx).purchase,
                 caller.org_id,
                 body.amount_micro_usd,
+                actor=principal.actor,
                 method_id=body.payment_method,
                 idempotency_key=idempotency_key,
-                on_charged=charged,
             )
     except PaymentFailed as exc:
         raise AdminApiError(ApiError(402, exc.message, type="card_error", code=exc.code)) from None

@@ -305,3 +305,7 @@ class CreditPurchase(BaseModel):
     failure_code: str | None = Field(description="The decline code, e.g. card_declined.")
     credit_grant_id: str | None = Field(description="The credit lot a successful charge bought.")
     created_at: int
+    provider_payment_id: str | None = Field(
+        description="The payment provider's id of the charge, for its support (Stripe: the "
+        "PaymentIntent, pi_…); null when it made none (the sandbox provider, Stripe unreachable).",
+    )

@@ -2,7 +2,8 @@
 (``KEYPLANE_STRIPE_WEBHOOK_SECRET``), when the payment provider is Stripe (404 otherwise).
 
 ``payment_intent.succeeded`` for one of keyplane's charges (its metadata says whose, which kind,
-and the charge's idempotency key) credits the payment, and lists it in the billing history, if
+and the charge's idempotency key) credits the payment, and lists it in the billing history with its
+PaymentIntent's id and one audit log entry (keyplane's: the webhook cannot know who bought), if
 keyplane has not yet: the process that charged may have died after Stripe took the money and before
 the credit was stored. The credit goes through the charge's own idempotent path, so it is added
 exactly once whichever comes first, and each later delivery of the event changes nothing. Every other event answers 200 and changes

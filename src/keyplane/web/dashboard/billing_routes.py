@@ -13,7 +13,8 @@ the three of them:
   frames and API in: ``STRIPE_CSP``).
 - Billing history (``/billing/history``): every charge (declined ones with why) and credit grant,
   newest first; each paid charge has a receipt to download
-  (``/billing/history/{payment_id}/receipt``): one self-contained HTML document, to keep or print.
+  (``/billing/history/{payment_id}/receipt``): one self-contained HTML document, to keep or print,
+  with the payment provider's id of the payment when it made one (Stripe's pi_…).
 
 Every member sees them (the Admin API's rule: billing is read by Owners and Readers alike); only
 Owners add cards and pay, as ``POLICY`` says, and every change goes through ``PaymentService`` and
@@ -237,21 +238,11 @@ def confirm_payment(
     try:
         micros, method = _order(request, org_id, amount, payment_method)
 
-        def charged(payment: Payment) -> None:  # once per charge: not when the form is resent
-            data = {
-                "amount_micro_usd": payment.amount,
-                "status": payment.status,
-                "failure_code": payment.failure,
-                "payment_method": payment.method_id,
-            }
-            services.audit.record(
-                org_id, principal.actor, "credit_purchase.created", target_id=payment.id,
-                details={"data": data},
-            )  # fmt: skip
-
+        # (Audited by the service with the charge's line: once per charge, declined too; not
+        # when the form is sent again.)
         payment_id = services.payments.purchase(
-            org_id, micros, method_id=method.id, idempotency_key=f"dashboard:{form_id}",
-            on_charged=charged,
+            org_id, micros, actor=principal.actor, method_id=method.id,
+            idempotency_key=f"dashboard:{form_id}",
         ).id  # fmt: skip
     except PaymentFailed as exc:
         return _configure(
