@@ -19,7 +19,7 @@ without such lines, the expected case, loses nothing.
 
 Revision ID: 0019
 Revises: 0018
-Create Date: 2026-12-08 10:00:00
+Create Date: 2026-12-07 07:00:00
 """
 
 import logging
