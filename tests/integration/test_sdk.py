@@ -118,10 +118,15 @@ def test_embeddings_and_models(kp: Keyplane) -> None:
 
 
 def test_legacy_completions(kp: Keyplane) -> None:
-    reply = client(kp).completions.create(model="gpt-3.5-turbo", prompt="once upon", max_tokens=3)
+    """gpt-3.5-turbo-instruct, the model OpenAI serves there, is listed and priced."""
+    c = client(kp)
+    assert c.models.retrieve("gpt-3.5-turbo-instruct").id == "gpt-3.5-turbo-instruct"
+    reply = c.completions.create(model="gpt-3.5-turbo-instruct", prompt="once upon", max_tokens=3)
     assert reply.choices[0].text == sim.completion_text(3)
     [record] = kp.usage(expect=1)
     assert record.endpoint == "completions" and record.output_tokens == 3
+    cost = expected_cost("gpt-3.5-turbo-instruct", record.input_tokens, 3)
+    assert record.cost_micro_usd == cost > 0
 
 
 @pytest.mark.parametrize(
