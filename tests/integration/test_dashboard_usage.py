@@ -45,6 +45,21 @@ def test_usage_shows_the_months_spend_per_day_and_model_and_the_latest_requests(
     assert not any(r.request_id in page.text for r in records)
     page = owner.get(f"/usage?project={kp.project.id}")
     assert f"${format_usd(total)} spent · 3 requests" in text_of(page)
+    page = owner.get("/usage?project=proj_nope")  # a project of no (or another) organization
+    assert page.status_code == 404 and not any(r.request_id in page.text for r in records)
+
+
+def test_pages_name_an_icon_and_favicon_ico_leads_to_it(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    assert '<link rel="icon" href="/static/favicon.svg"' in owner.get("/usage").text
+    r = owner.get("/favicon.ico")
+    assert r.status_code == 301 and r.headers["location"] == "/static/favicon.svg"
+    icon = owner.get("/static/favicon.svg")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert icon.text.startswith("<svg")
 
 
 def test_usage_shows_images_audio_and_speech_in_their_units(

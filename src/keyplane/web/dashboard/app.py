@@ -79,6 +79,10 @@ TITLES = {
 }
 
 
+async def _favicon() -> Response:
+    return RedirectResponse("/static/favicon.svg", status_code=301)
+
+
 class DashboardGuard:
     """Pure ASGI (never buffers a response): security headers, the anonymous CSRF cookie, and a
     cap on request bodies."""
@@ -242,6 +246,8 @@ def create_dashboard_app(
     _install_error_pages(app)
     app.add_middleware(DashboardGuard)
     app.mount("/static", StaticFiles(packages=[("keyplane.web.dashboard", "static")]), "static")
+    # Browsers ask for /favicon.ico on pages that name no icon (the Admin API's JSON, say).
+    app.add_api_route("/favicon.ico", _favicon, methods=["GET"], include_in_schema=False)
     app.include_router(accounts_routes.router)
     app.include_router(invite_routes.router)
     app.include_router(keys_routes.router)

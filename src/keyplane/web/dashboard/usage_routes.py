@@ -8,6 +8,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from keyplane.billing.periods import period_end, period_of, period_start
@@ -52,6 +53,8 @@ def usage_page(request: Request, viewer: CurrentMember, project: str = "") -> Re
     start = period_start(period)
     projects = services.orgs.projects(org.id, include_archived=True)
     chosen = next((p for p in projects if p.id == project), None)
+    if project and chosen is None:  # not this organization's: not the whole organization's either
+        raise HTTPException(404)
     project_id = chosen.id if chosen else None
     store = services.usage_store
     rows = list(store.daily(org.id, project_id=project_id, since=start))
