@@ -145,6 +145,44 @@ def test_create_a_key_copy_it_once_use_it_and_revoke_it(browser: object, kp: Key
     context.close()
 
 
+def test_rotate_a_key_copy_its_new_secret_and_the_old_one_works_out_its_grace(
+    browser: object, kp: Keyplane
+) -> None:
+    """API keys → Rotate on a key's row → a grace period → the new secret shown once with Copy,
+    saying until when the old one works → both work meanwhile → the list shows the old one as
+    rotated, with no Rotate action left on it."""
+    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])  # type: ignore[attr-defined]
+    page = context.new_page()
+    base = kp.server.url
+    log_in(page, base)
+    page.get_by_role("link", name="API keys").first.click()
+    page.wait_for_url(base + "/api-keys")
+    old_row = page.get_by_role("row").filter(has_text=kp.key[-4:])
+    old_row.get_by_role("link", name="Rotate").click()
+    page.get_by_role("heading", name="Rotate secret key").wait_for()
+    page.get_by_label("1 hour").check()
+    page.get_by_role("button", name="Rotate key").click()
+    page.get_by_role("heading", name="Save your new key").wait_for()
+    assert "The old secret keeps working until" in page.inner_text("main")
+    secret = page.input_value("#secret")
+    assert secret.startswith("sk-kp-proj-") and secret != kp.key
+    page.get_by_role("button", name="Copy").click()
+    page.get_by_text("Copied.").wait_for()
+    assert page.evaluate("navigator.clipboard.readText()") == secret
+    for key in (secret, kp.key):  # the old one in its grace period
+        with openai.OpenAI(base_url=kp.base_url, api_key=key, max_retries=0) as client:
+            assert [m.id for m in client.models.list()]
+
+    page.get_by_role("link", name="Done").click()
+    page.wait_for_url(base + "/api-keys")
+    assert secret not in page.content()
+    assert "Rotated · stops" in old_row.inner_text()
+    assert old_row.get_by_role("link", name="Rotate").count() == 0
+    new_row = page.get_by_role("row").filter(has_text=secret[-4:])
+    assert "test key" in new_row.inner_text() and new_row.get_by_role("link", name="Rotate").count()
+    context.close()
+
+
 def test_add_a_card_buy_credit_and_see_the_balance(browser: object, kp: Keyplane) -> None:
     """The guide's Billing screens: Payment methods → Add payment details → Overview → Add to
     credit balance → Configure payment ($10) → Confirm payment → the new balance and the charge."""

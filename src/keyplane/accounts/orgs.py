@@ -32,6 +32,7 @@ from keyplane.clock import Clock
 from keyplane.emails import normalize_email
 from keyplane.errors import Conflict, InvalidRequest, NotFound
 from keyplane.ids import new_id
+from keyplane.keys.access import ip_allowlist, model_allowlist
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
 from keyplane.keys.service import KeyService
@@ -372,11 +373,15 @@ class OrgService:
     def create_service_account(
         self, actor: Actor, org_id: str, project_id: str, name: str, *,
         key_name: str = "Secret key", scopes: Sequence[str] | None = None,
+        allowed_models: Sequence[str] | None = None, allowed_ips: Sequence[str] | None = None,
     ) -> tuple[ServiceAccount, ApiKey, str]:  # fmt: skip
-        """A service account and its first key (``key_name``, ``scopes``: None for All); the key's
-        text is returned here only. Nothing is stored when keys cannot be created yet."""
+        """A service account and its first key (``key_name``, ``scopes``: None for All; its
+        allowlists: None for none); the key's text is returned here only. Nothing is stored when
+        keys cannot be created yet, or when the allowlists are malformed."""
         self._active_project(org_id, project_id)
         self._require_org_verified(org_id)
+        model_allowlist(allowed_models)  # raise now, before the account is made
+        ip_allowlist(allowed_ips)
         account = ServiceAccount(
             id=new_id("svc_acct_"), org_id=org_id, project_id=project_id,
             name=_name(name, "service account"), created_at=self._now(),
@@ -389,6 +394,7 @@ class OrgService:
         key, text = self._create_key(
             actor, org_id, project_id, KeyKind.SERVICE_ACCOUNT, key_name,
             owner_type="service_account", owner_id=account.id, scopes=scopes,
+            allowed_models=allowed_models, allowed_ips=allowed_ips,
         )  # fmt: skip
         return account, key, text
 
@@ -425,14 +431,16 @@ class OrgService:
     def create_project_key(
         self, actor: Actor, org_id: str, project_id: str, name: str, owner_id: str,
         *, expires_in_s: int | None = None, scopes: Sequence[str] | None = None,
+        allowed_models: Sequence[str] | None = None, allowed_ips: Sequence[str] | None = None,
     ) -> tuple[ApiKey, str]:  # fmt: skip
-        """A project key owned by the user ``owner_id``, with ``scopes`` (None: All); its text is
-        returned here only."""
+        """A project key owned by the user ``owner_id``, with ``scopes`` (None: All) and its own
+        allowlists (None: none); its text is returned here only."""
         self._active_project(org_id, project_id)
         self.get_member(org_id, owner_id)
         return self._create_key(
             actor, org_id, project_id, KeyKind.PROJECT, name,
             owner_type="user", owner_id=owner_id, expires_in_s=expires_in_s, scopes=scopes,
+            allowed_models=allowed_models, allowed_ips=allowed_ips,
         )  # fmt: skip
 
     def update_project_key(
@@ -516,7 +524,8 @@ class OrgService:
     def _create_key(
         self, actor: Actor, org_id: str, project_id: str | None, kind: KeyKind, name: str,
         *, owner_type: str, owner_id: str, expires_in_s: int | None = None,
-        scopes: Sequence[str] | None = None,
+        scopes: Sequence[str] | None = None, allowed_models: Sequence[str] | None = None,
+        allowed_ips: Sequence[str] | None = None,
     ) -> tuple[ApiKey, str]:  # fmt: skip
         self._require_org_verified(org_id)
         if owner_type == "user":
@@ -524,10 +533,11 @@ class OrgService:
         key, text = self._keys.create(
             kind=kind, org_id=org_id, project_id=project_id, name=name, owner_type=owner_type,
             owner_id=owner_id, created_by=actor.user_id, expires_in_s=expires_in_s, scopes=scopes,
+            allowed_models=allowed_models, allowed_cidrs=allowed_ips,
         )  # fmt: skip
         self._audit.record(
             org_id, actor, "api_key.created", target_id=key.id, project_id=project_id,
-            details={"data": _key_data(key)},
+            details={"data": {**_key_data(key), **_key_access(key)}},
         )  # fmt: skip
         return key, text
 

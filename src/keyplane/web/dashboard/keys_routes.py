@@ -1,6 +1,7 @@
 """The API keys page (BRIEF C9, following the guide's screens): the organization's project keys,
-"Create new secret key" (name, project, owner, permissions) with the secret shown once to copy,
-and revoking a key after a confirmation page.
+"Create new secret key" (name, project, owner, permissions, allowed models and IPs) with the
+secret shown once to copy, rotating a key (a new secret shown once; the old one works for the
+grace period chosen) and revoking one, each after a confirmation page.
 
 Who may do what is the Admin API's rule (``keyplane.web.authz.POLICY``) applied to the signed-in
 user, and every change goes through the same service and audit log as the Admin API's."""
@@ -8,6 +9,7 @@ user, and every change goes through the same service and audit log as the Admin 
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +20,8 @@ from starlette.responses import Response
 
 from keyplane.accounts.models import Project
 from keyplane.accounts.org_ports import ProjectRole
-from keyplane.errors import KeyplaneError, NotFound
+from keyplane.errors import InvalidRequest, KeyplaneError, NotFound
+from keyplane.keys.access import ip_allowlist, model_allowlist
 from keyplane.keys.models import ApiKey
 from keyplane.keys.permissions import ALL_READ, Access, Group, describe, scopes_for
 from keyplane.web.dashboard.authorize import may, principal_of
@@ -47,6 +50,9 @@ GROUP_LABELS = {
     Group.FILES: "Files",
     Group.BATCH: "Batch",
 }
+# How long the old secret keeps working after a rotation (BRIEF C2: 0 to 7 days).
+GRACE_CHOICES = {"none": 0, "1h": 3600, "1d": 86400, "7d": 7 * 86400}
+GRACE_LABELS = {"none": "None: it stops now", "1h": "1 hour", "1d": "1 day", "7d": "7 days"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +64,24 @@ class KeyRow:
     status: str  # active / rotated (replaced, in its grace period) / expired (revoked: not listed)
     rotate: bool  # older than the rotation policy
     can_revoke: bool
+    can_rotate: bool
+    allowlists: tuple[tuple[str, str], ...]  # the key's own lists: (what the row says, in full)
+
+
+def _allowlists(key: ApiKey) -> tuple[tuple[str, str], ...]:
+    """What the list says of a key's allowed IPs and models: one entry in full, several counted
+    (the full list in a tooltip)."""
+    notes = []
+    for label, values, several in (
+        ("IP", key.allowed_cidrs, "ranges"),
+        ("Models", key.allowed_models, ""),
+    ):
+        if values is None:
+            continue
+        full = ", ".join(values) or "none"
+        shown = values[0] if len(values) == 1 else f"{len(values)} {several}".strip()
+        notes.append((f"{label}: {shown if values else 'none'}", f"{label}: {full}"))
+    return tuple(notes)
 
 
 def _creatable(request: Request, principal: Principal) -> list[Project]:
@@ -94,9 +118,15 @@ def _rows(request: Request, principal: Principal) -> list[KeyRow]:
             rotated = key.id in replaced  # works out its grace period, then stops
             rotate = not rotated and key.needs_rotation(now, max_age_s)
             status = "rotated" if rotated and key.is_usable(now) else key.status(now)
-            rows.append(
-                KeyRow(key, project, owner, describe(key.scopes), status, rotate, can_revoke)
+            can_rotate = status == "active" and may(
+                request, principal, "project_api_keys.rotate", project.id, key, roles=roles
             )
+            rows.append(
+                KeyRow(
+                    key, project, owner, describe(key.scopes), status, rotate, can_revoke,
+                    can_rotate, _allowlists(key),
+                )
+            )  # fmt: skip
     rows.sort(key=lambda r: r.key.created_at, reverse=True)
     return rows
 
@@ -113,7 +143,7 @@ def keys_page(request: Request, viewer: CurrentMember) -> Response:
 
 def _new_page(
     request: Request, viewer: Viewer, projects: Sequence[Project], *, status: int = 200,
-    error: str | None = None, form: dict[str, str] | None = None,
+    error: str | None = None, error_field: str | None = None, form: dict[str, str] | None = None,
 ) -> Response:  # fmt: skip
     principal = principal_of(request, viewer)
     can_service = {
@@ -121,7 +151,7 @@ def _new_page(
     }  # fmt: skip
     return render(
         request, "api_key_new.html", status=status, viewer=viewer, projects=projects,
-        service_projects=can_service, groups=GROUP_LABELS, error=error,
+        service_projects=can_service, groups=GROUP_LABELS, error=error, error_field=error_field,
         form=form or {"permissions": "all", "owner": "you"}, form_id=secrets.token_urlsafe(16),
     )  # fmt: skip
 
@@ -161,6 +191,20 @@ def _scopes(form: dict[str, str]) -> tuple[str, ...] | None:
     return scopes
 
 
+def _listed(text: str) -> list[str]:
+    """A list typed in a form: one entry a line, or separated by commas or spaces (neither a model
+    name nor a CIDR holds one)."""
+    return [entry for entry in re.split(r"[\s,]+", text) if entry]
+
+
+def _restrictions(form: dict[str, str]) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    """The key's own allowed models and IP allowlist the form asks for (None: left empty, no list
+    of the key's own). Raises InvalidRequest naming the field."""
+    models = _listed(form.get("allowed_models", ""))
+    ips = _listed(form.get("allowed_ips", ""))
+    return model_allowlist(models or None), ip_allowlist(ips or None)
+
+
 @router.post(PATH)
 async def create_key(request: Request, viewer: CurrentMember) -> Response:
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
@@ -181,6 +225,7 @@ def _create(request: Request, viewer: Viewer, form: dict[str, str]) -> Response:
         if project is None:
             raise ValueError("Choose one of the projects listed.")
         scopes = _scopes(form)
+        models, ips = _restrictions(form)
         service = form.get("owner") == "service_account"
         if service and not may(request, principal, "project_service_accounts.create", project.id):
             raise ValueError(
@@ -192,18 +237,22 @@ def _create(request: Request, viewer: Viewer, form: dict[str, str]) -> Response:
             if service:
                 _, key, secret = orgs.create_service_account(
                     principal.actor, principal.org_id, project.id, name, key_name=name,
-                    scopes=scopes,
+                    scopes=scopes, allowed_models=models, allowed_ips=ips,
                 )  # fmt: skip
             else:
                 key, secret = orgs.create_project_key(
                     principal.actor, principal.org_id, project.id, name, principal.user_id,
-                    scopes=scopes,
+                    scopes=scopes, allowed_models=models, allowed_ips=ips,
                 )  # fmt: skip
         except BaseException:
             _FORMS.release(form_id)
             raise
     except (ValueError, KeyplaneError) as exc:
-        return _new_page(request, viewer, projects, status=400, error=form_error(exc), form=form)
+        field = exc.param if isinstance(exc, KeyplaneError) else None
+        return _new_page(
+            request, viewer, projects, status=400, error=form_error(exc), error_field=field,
+            form=form,
+        )  # fmt: skip
     return render(
         request, "api_key_created.html", viewer=viewer, key=key, secret=secret, project=project,
         permissions=describe(key.scopes), base_url=_api_base(request),
@@ -250,3 +299,73 @@ def revoke_key(request: Request, viewer: CurrentMember, key_id: str) -> Response
         principal.actor, principal.org_id, project.id, key.id
     )
     raise Redirect(PATH)
+
+
+def _rotatable(request: Request, viewer: Viewer, key_id: str) -> tuple[Principal, ApiKey, Project]:
+    """The key the user may rotate (404 unknown here, 403 not theirs to rotate; a key already
+    replaced by a rotation is refused: rotating it again would make a second replacement)."""
+    principal = principal_of(request, viewer)
+    key, project = _key_of(request, principal, key_id)
+    if not may(request, principal, "project_api_keys.rotate", project.id, key):
+        raise HTTPException(403, "Your role does not allow rotating this key.")
+    orgs = context(request).services.orgs
+    if any(k.rotated_from == key.id for k in orgs.project_keys(principal.org_id, project.id)):
+        raise InvalidRequest(
+            f"The key {key.redacted_value} was rotated already: rotate its replacement, listed "
+            "on the API keys page under the same name."
+        )
+    return principal, key, project
+
+
+def _rotate_page(
+    request: Request, viewer: Viewer, key: ApiKey, project: Project, *, grace: str = "1d",
+    status: int = 200, error: str | None = None,
+) -> Response:  # fmt: skip
+    return render(
+        request, "api_key_rotate.html", status=status, viewer=viewer, key=key, project=project,
+        graces=GRACE_LABELS, grace=grace, error=error, form_id=secrets.token_urlsafe(16),
+    )  # fmt: skip
+
+
+@router.get(PATH + "/{key_id}/rotate")
+def rotate_page(request: Request, viewer: CurrentMember, key_id: str) -> Response:
+    _, key, project = _rotatable(request, viewer, key_id)
+    return _rotate_page(request, viewer, key, project)
+
+
+@router.post(PATH + "/{key_id}/rotate")
+async def rotate_key(request: Request, viewer: CurrentMember, key_id: str) -> Response:
+    form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+    return await asyncio.to_thread(_rotate, request, viewer, key_id, form)
+
+
+def _rotate(request: Request, viewer: Viewer, key_id: str, form: dict[str, str]) -> Response:
+    form_id = form.get("form_id", "")
+    # A reload of the page that showed the new secret: checked first, as the key it names is
+    # replaced now (or revoked, without a grace period).
+    if _FORMS.seen(form_id):
+        return render(request, "api_key_again.html", status=409, viewer=viewer, rotated=True)
+    principal, key, project = _rotatable(request, viewer, key_id)
+    grace = form.get("grace", "")
+    if grace not in GRACE_CHOICES:
+        return _rotate_page(
+            request, viewer, key, project, status=400,
+            error="Choose how long the old secret keeps working: None, 1 hour, 1 day or 7 days.",
+        )  # fmt: skip
+    if not _FORMS.claim(form_id):  # sent twice at once, or not from the page
+        return render(request, "api_key_again.html", status=409, viewer=viewer, rotated=True)
+    orgs = context(request).services.orgs
+    try:
+        new, secret = orgs.rotate_project_key(
+            principal.actor, principal.org_id, project.id, key.id, grace_s=GRACE_CHOICES[grace]
+        )
+    except BaseException:
+        _FORMS.release(form_id)  # nothing was made: the form may be sent again
+        raise
+    # Without a grace period the old key is revoked at once; with one, it stops at its new expiry.
+    old = None if grace == "none" else orgs.project_key(principal.org_id, project.id, key.id)
+    return render(
+        request, "api_key_created.html", viewer=viewer, key=new, secret=secret, project=project,
+        permissions=describe(new.scopes), base_url=_api_base(request), replaced=key,
+        replaced_until=None if old is None else old.expires_at,
+    )  # fmt: skip

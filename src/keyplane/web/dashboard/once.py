@@ -30,6 +30,11 @@ class OnceForms:
                 self._used.popitem(last=False)
             return True
 
+    def seen(self, form_id: str) -> bool:
+        """Whether ``form_id`` was claimed already (and not given back)."""
+        with self._lock:
+            return form_id in self._used
+
     def release(self, form_id: str) -> None:
         """Gives the id back (what the form asked for was not made: it may be sent again)."""
         with self._lock:
