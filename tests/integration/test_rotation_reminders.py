@@ -50,6 +50,7 @@ def test_old_keys_are_reminded_once_per_period_and_rotation_ends_it(
         text = mail.message.get_content()
         redacted = keys.get(kp.org.id, first).redacted_value
         assert f"keyplane keys rotate {first} --grace 24h" in text and redacted in text
+        assert "Use Rotate on the dashboard's API keys page" in text  # a project key
         assert kp.key not in text and kp.project.name in text
 
         clock.advance(10 * DAY)  # "later" is 90 days old; the first is rotated: its old key

@@ -77,12 +77,17 @@ class RotationReminder:
             else f"or POST /v1/organization/projects/{key.project_id}/api_keys/{key.id}/rotate "
             "with an admin key, "
         )
+        how = (
+            "Run:"
+            if key.project_id is None
+            else "Use Rotate on the dashboard's API keys page, or run:"
+        )
         body = (
             f"The API key {key.name!r} ({key.redacted_value}, {key.id}) of {where} in "
             f"{self._org_name(org_id)} was created on {created}, {days} days ago.\n\n"
             "Rotate keys regularly: a key in use a long time has had more chances to leak. "
             "Rotating gives a new secret and lets the old one work for a grace period (up to 7 "
-            "days) while your apps switch over:\n\n"
+            f"days) while your apps switch over. {how}\n\n"
             f"  keyplane keys rotate {key.id} --grace 24h\n\n"
             f"{api}or revoke the key if nothing uses it. If it is still in use, you will be "
             f"reminded again in {self._max_age_s // DAY_S} days.\n"
