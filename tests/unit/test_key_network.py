@@ -58,8 +58,9 @@ def test_permissions() -> None:
     assert permissions.missing(scopes, Group.EMBEDDINGS, Access.READ) is None  # write includes read
     assert permissions.missing(scopes, Group.CHAT, Access.WRITE) == "chat.write"
     assert permissions.describe(scopes) == "Restricted" and permissions.describe(()) == "All"
-    with pytest.raises(ValueError, match="Unknown scope"):
+    with pytest.raises(ValueError, match=r"Unknown scope 'chat\.admin'\. Known scopes: ") as e:
         permissions.validate(["chat.admin"])
+    assert "chat.write" in str(e.value) and "models.read" in str(e.value)
 
 
 @pytest.mark.parametrize(

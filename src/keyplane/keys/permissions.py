@@ -49,7 +49,7 @@ def validate(scopes: Iterable[str]) -> tuple[str, ...]:
     out = tuple(scopes)
     for scope in out:
         if scope not in known:
-            raise ValueError(f"Unknown scope '{scope}'; see the permission groups in the docs.")
+            raise ValueError(f"Unknown scope '{scope}'. Known scopes: {', '.join(sorted(known))}.")
     return out
 
 
