@@ -304,6 +304,7 @@ def test_signing_up_from_an_invitation_leads_back_to_it_and_joins_that_organizat
     r = browser.post("/signup", {"email": "grace@example.com", "password": PASSWORD,
                                  "next": html.unescape(nxt.group(1))})  # fmt: skip
     assert "Log in to accept the invitation" in text_of(r)
+    assert "<h1>Accept the invitation</h1>" in r.text and "Check your email" not in r.text
     login = re.search(r'href="(/login\?next=[^"]+)"', r.text)
     assert login is not None
     browser.get(html.unescape(login.group(1)))
