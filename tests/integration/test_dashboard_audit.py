@@ -9,7 +9,7 @@ from test_accounts_web import OWNER_PASSWORD, text_of
 from test_dashboard_keys import SignIn, browser_for, kp  # noqa: F401  (fixtures)
 
 from conftest import Keyplane
-from keyplane.audit.models import Actor, ActorType
+from keyplane.audit.models import Actor, ActorType, AuditFilter
 
 
 def test_the_audit_log_pages_through_events_newest_first_and_filters_by_type(
@@ -35,3 +35,28 @@ def test_the_audit_log_pages_through_events_newest_first_and_filters_by_type(
     assert "&lt;b&gt;key 4&lt;/b&gt;" in second and "&lt;b&gt;key 54&lt;/b&gt;" not in second
     only = text_of(owner.get("/audit-log?event_type=login.succeeded"))
     assert "login.succeeded" in only and "api_key.created" not in only
+
+
+def test_the_audit_log_names_the_cli_and_records_a_profile_name_change(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    cli = Actor(ActorType.CLI, "root@build-host")  # what `keyplane` commands record
+    kp.container.audit.record(kp.org.id, cli, "spend_limit.updated")
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)  # names themselves Olive
+    renames = AuditFilter(event_types=["user.updated"])
+    before = kp.container.audit.query(kp.org.id, renames).events
+    owner.get("/profile")
+    assert owner.post("/profile", {"name": "Olive Oyl"}).status_code == 303
+    owner.get("/profile")
+    owner.post("/profile", {"name": "Olive Oyl"})  # the same name: no change, no event
+    after = kp.container.audit.query(kp.org.id, renames).events
+    assert len(after) == len(before) + 1
+    renamed = after[0]
+    assert (renamed.target_id, renamed.actor.type, renamed.actor.user_id) == (
+        kp.owner.id, ActorType.SESSION, kp.owner.id,
+    )  # fmt: skip
+    assert renamed.details == {"before": {"name": "Olive"}, "after": {"name": "Olive Oyl"}}
+    text = text_of(owner.get("/audit-log"))
+    assert "keyplane CLI (user root on build-host)" in text
+    assert "user.updated" in text and "Olive Oyl" in text

@@ -57,7 +57,8 @@ def _name(name: str, what: str) -> str:
     return refuse_control_characters(name, f"A {what} name", "name")
 
 
-def _key_data(key: ApiKey) -> dict[str, Any]:
+def key_data(key: ApiKey) -> dict[str, Any]:
+    """A key as the audit log shows it (the ``keyplane`` command records the same)."""
     return {
         "name": key.name,
         "kind": key.kind.value,
@@ -74,7 +75,8 @@ class Unchanged:
 UNCHANGED = Unchanged()
 
 
-def _key_access(key: ApiKey) -> dict[str, Any]:
+def key_access(key: ApiKey) -> dict[str, Any]:
+    """A key's permissions and allowlists as the audit log shows them."""
     return {
         "scopes": list(key.scopes or ()),
         "allowed_models": None if key.allowed_models is None else list(key.allowed_models),
@@ -82,7 +84,12 @@ def _key_access(key: ApiKey) -> dict[str, Any]:
     }
 
 
-def _limits_data(limits: ModelLimits | None) -> dict[str, int | None]:
+def created_key_data(key: ApiKey) -> dict[str, Any]:
+    """A new key as its ``api_key.created`` entry shows it: what it is and what it may do."""
+    return {**key_data(key), **key_access(key)}
+
+
+def limits_data(limits: ModelLimits | None) -> dict[str, int | None]:
     """A key's limits as the audit log shows them."""
     limits = limits or ModelLimits()
     return {"rpm": limits.rpm, "tpm": limits.tpm, "rpd": limits.rpd}
@@ -451,7 +458,7 @@ class OrgService:
         """Changes a project key's permissions, allowlists and (lower-only) rate limits: the limits
         ``limits`` names (``rpm``, ``tpm``, ``rpd``; None lifts one), keeping the others."""
         key = self.project_key(org_id, project_id, key_id)
-        before: dict[str, Any] = _key_access(key)
+        before: dict[str, Any] = key_access(key)
         after: dict[str, Any] = {}
         key_limits = self._key_limits if limits else None
         new_limits: ModelLimits | None = None
@@ -461,8 +468,8 @@ class OrgService:
                 new_limits = with_changes(old_limits, limits)
             except LimitOutOfRange as exc:
                 raise InvalidRequest(str(exc), param=exc.param) from None
-            before["rate_limits"] = _limits_data(old_limits)
-            after["rate_limits"] = _limits_data(new_limits)
+            before["rate_limits"] = limits_data(old_limits)
+            after["rate_limits"] = limits_data(new_limits)
         updated = self._keys.restrict(
             org_id, key.id,
             scopes=key.scopes if isinstance(scopes, Unchanged) else scopes,
@@ -473,7 +480,7 @@ class OrgService:
             key_limits.set_key_limits(org_id, key.id, new_limits)
         self._audit.record(
             org_id, actor, "api_key.updated", target_id=key.id, project_id=project_id,
-            details={"before": before, "after": {**_key_access(updated), **after}},
+            details={"before": before, "after": {**key_access(updated), **after}},
         )  # fmt: skip
         return updated
 
@@ -491,7 +498,7 @@ class OrgService:
             self._key_limits.set_key_limits(org_id, new.id, limits)
         self._audit.record(
             org_id, actor, "api_key.rotated", target_id=new.id, project_id=project_id,
-            details={"data": {**_key_data(new), "rotated_from": old.id, "grace_period_seconds": grace_s}},
+            details={"data": {**key_data(new), "rotated_from": old.id, "grace_period_seconds": grace_s}},
         )  # fmt: skip
         return new, text
 
@@ -537,7 +544,7 @@ class OrgService:
         )  # fmt: skip
         self._audit.record(
             org_id, actor, "api_key.created", target_id=key.id, project_id=project_id,
-            details={"data": {**_key_data(key), **_key_access(key)}},
+            details={"data": created_key_data(key)},
         )  # fmt: skip
         return key, text
 
@@ -545,7 +552,7 @@ class OrgService:
         revoked = self._keys.revoke(key.org_id, key.id)
         self._audit.record(
             key.org_id, actor, "api_key.deleted", target_id=key.id, project_id=key.project_id,
-            details={"data": _key_data(key)},
+            details={"data": key_data(key)},
         )  # fmt: skip
         return revoked
 

@@ -17,11 +17,14 @@ class ActorType(enum.StrEnum):
     SESSION = "session"  # a user signed in to the dashboard
     API_KEY = "api_key"  # an admin key on the Admin API
     SYSTEM = "system"  # keyplane itself (automatic tier promotion, the sweeper)
+    CLI = "cli"  # the `keyplane` command, run on the server by an OS user (``id``: user@host)
 
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who made a change: a dashboard session or an API key (``id``), acting for ``user_id``."""
+    """Who made a change: a dashboard session or an API key (``id``), acting for ``user_id``; or
+    the ``keyplane`` command, which no keyplane user signs in to (``id`` names the OS user and
+    the machine it ran on)."""
 
     type: ActorType
     id: str

@@ -26,6 +26,7 @@ from keyplane.text import refuse_control_characters
 T = TypeVar("T")
 DAY = 86400
 MAX_GRANT = 1_000_000 * 1_000_000  # $1M: a typo guard, not a business rule
+WELCOME_NOTE = "Welcome credit"
 # Stores a new lot (lot, note, source account, the claim its write completes) in one transaction
 # with whatever else goes with it; ``MoneyStore.add_lot`` by default.
 LotWriter = Callable[[Lot, str, str, Done | None], None]
@@ -60,12 +61,13 @@ class BillingService:
     def _now(self) -> int:
         return int(self._clock.now())
 
-    def open_account(self, org_id: str, *, tier: str | None, welcome_credit: int) -> None:
+    def open_account(self, org_id: str, *, tier: str | None, welcome_credit: int) -> Lot | None:
         """Sets up a new organization's billing: its usage tier and an optional welcome grant
-        (expiring after 90 days, as OpenAI's free trial credit did)."""
+        (expiring after 90 days, as OpenAI's free trial credit did), which it returns."""
         self.update_settings(org_id, tier=tier)
-        if welcome_credit:
-            self.grant(org_id, welcome_credit, expires_in_s=90 * DAY, note="Welcome credit")
+        if not welcome_credit:
+            return None
+        return self.grant(org_id, welcome_credit, expires_in_s=90 * DAY, note=WELCOME_NOTE)
 
     # -- credits --------------------------------------------------------------------------------
     def grant(
@@ -110,14 +112,15 @@ class BillingService:
 
     def record_purchase(
         self, org_id: str, amount: int, *, idempotency_key: str | None = None,
-        write: LotWriter | None = None,
+        write: LotWriter | None = None, on_created: Callable[[Lot], None] | None = None,
     ) -> Lot:  # fmt: skip
         """Adds the credit a successful payment bought: a non-refundable lot expiring one year
-        later (stored by ``write`` when given, as ``grant`` says). The payment provider calls
-        this when a payment settles; the caller then checks tier promotion."""
+        later (stored by ``write`` when given, ``on_created`` run once, as ``grant`` says). The
+        payment provider calls this when a payment settles; the caller then checks tier
+        promotion."""
         return self.grant(
             org_id, amount, expires_in_s=365 * DAY, note="Credit purchase", kind="purchase",
-            idempotency_key=idempotency_key, write=write,
+            idempotency_key=idempotency_key, write=write, on_created=on_created,
         )  # fmt: skip
 
     def revoke_grant(self, org_id: str, lot_id: str) -> int:

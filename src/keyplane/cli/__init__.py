@@ -13,11 +13,15 @@ from typing import Annotated, Any
 import typer
 
 from keyplane import bootstrap, logs, server
+from keyplane.accounts.orgs import created_key_data
+from keyplane.billing.service import WELCOME_NOTE
+from keyplane.billing.wallet import Lot
 from keyplane.cli.access import access_app
 from keyplane.cli.common import (
     Col,
     JsonOpt,
     OrgOpt,
+    audit,
     bold,
     container,
     fail,
@@ -33,13 +37,14 @@ from keyplane.cli.common import (
 )
 from keyplane.cli.keys import keys_app
 from keyplane.cli.limits import ratelimits_app, tier_app
-from keyplane.cli.money import alerts_app, billing_app, budget_app, money_app
+from keyplane.cli.money import alerts_app, billing_app, budget_app, granted, money_app
 from keyplane.cli.orgs import orgs_app
 from keyplane.cli.scan import scan_command
 from keyplane.cli.sealed import reseal_command, seal_command
 from keyplane.config import Settings, UpstreamSettings
 from keyplane.errors import KeyplaneError
 from keyplane.keys.format import KeyKind
+from keyplane.keys.models import ApiKey
 from keyplane.simulator import SimulatorConfig
 from keyplane.simulator import create_app as simulator_app
 from keyplane.storage.gateway_lock import AnotherGateway
@@ -86,16 +91,17 @@ def init(
         user, organization, project = c.accounts.initialize(
             email=email, password=password, org_name=org
         )
-        _, secret = c.keys.create(
+        key, secret = c.keys.create(
             kind=KeyKind.ADMIN, org_id=organization.id, project_id=None, name="Initial admin key",
             owner_type="user", owner_id=user.id, created_by=user.id,
         )  # fmt: skip
-        c.billing.open_account(
+        welcome = c.billing.open_account(
             organization.id, tier=c.settings.initial_tier, welcome_credit=parse_usd(welcome_credit)
         )
     except KeyplaneError as exc:
         fail(exc.message)
         return
+    _audit_first(c, organization.id, key, welcome)
     if as_json:
         payload = {
             "user_id": user.id,
@@ -309,11 +315,12 @@ def _first_start(c: bootstrap.Container) -> None:
     user, org, project = c.accounts.initialize(
         email="owner@keyplane.local", password=password, org_name="My organization"
     )
-    _, secret = c.keys.create(
+    key, secret = c.keys.create(
         kind=KeyKind.PROJECT, org_id=org.id, project_id=project.id, name="First key",
         owner_type="user", owner_id=user.id, created_by=user.id,
     )  # fmt: skip
-    c.billing.open_account(org.id, tier=c.settings.initial_tier, welcome_credit=5_000_000)
+    welcome = c.billing.open_account(org.id, tier=c.settings.initial_tier, welcome_credit=5_000_000)
+    _audit_first(c, org.id, key, welcome)
     out.print(
         styled(
             bold("First start: keyplane is initialized."), " These are shown once, store them now."
@@ -321,6 +328,15 @@ def _first_start(c: bootstrap.Container) -> None:
     )
     out.print(f"  Owner login: {user.email}  password: {password}", highlight=False)
     out.print(f"  Project key ({project.name}): {secret}", highlight=False, soft_wrap=True)
+
+
+def _audit_first(c: bootstrap.Container, org_id: str, key: ApiKey, welcome: Lot | None) -> None:
+    """The audit log's first events: the first key and the welcome credit (the organization, its
+    Owner and its project are not audited, as a sign-up's are not)."""
+    audit(c, org_id, "api_key.created", target_id=key.id, project_id=key.project_id,
+          details={"data": created_key_data(key)})  # fmt: skip
+    if welcome is not None:
+        granted(c, org_id, welcome, WELCOME_NOTE)
 
 
 def _listen(host: str, port: int) -> socket.socket:

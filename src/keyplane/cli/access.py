@@ -7,9 +7,11 @@ from typing import Annotated
 
 import typer
 
-from keyplane.cli.common import JsonOpt, OrgOpt, container, fail, listed, out
+from keyplane import bootstrap
+from keyplane.audit.service import changed
+from keyplane.cli.common import JsonOpt, OrgOpt, audit, container, fail, listed, out
 from keyplane.errors import KeyplaneError
-from keyplane.keys.access import AccessPolicyService
+from keyplane.keys.access import AccessPolicy, AccessPolicyService
 
 access_app = typer.Typer(
     help="Allowed models and IP allowlists of the organization or a project.", no_args_is_help=True
@@ -19,26 +21,33 @@ ProjectOpt = Annotated[
 ]
 
 
-def _target(org: str | None, project: str | None) -> tuple[AccessPolicyService, str, str, str]:
+def _target(
+    org: str | None, project: str | None
+) -> tuple[bootstrap.Container, AccessPolicyService, str, str, str]:
     c = container()
     try:
         organization = c.accounts.find_organization(org)
         if project:
-            return (
-                c.access,
-                organization.id,
-                "project",
-                c.accounts.find_project(organization.id, project).id,
-            )
+            project_id = c.accounts.find_project(organization.id, project).id
+            return c, c.access, organization.id, "project", project_id
     except KeyplaneError as exc:
         fail(exc.message)
-    return c.access, organization.id, "org", organization.id
+    return c, c.access, organization.id, "org", organization.id
+
+
+def _shown(policy: AccessPolicy) -> dict[str, list[str] | None]:
+    """A policy as the audit log shows it (the Admin API's names for a key's allowlists)."""
+    models, ips = policy.allowed_models, policy.allowed_cidrs
+    return {
+        "allowed_models": None if models is None else list(models),
+        "allowed_ips": None if ips is None else list(ips),
+    }
 
 
 @access_app.command("show")
 def access_show(project: ProjectOpt = None, org: OrgOpt = None, as_json: JsonOpt = False) -> None:
     """Show the allowed models and IP allowlist."""
-    service, _, scope_type, scope_id = _target(org, project)
+    _, service, _, scope_type, scope_id = _target(org, project)
     policy = service.policy(scope_type, scope_id)
     payload = {"allowed_models": policy.allowed_models, "allowed_ips": policy.allowed_cidrs}
     if as_json:
@@ -62,7 +71,7 @@ def access_set(
     org: OrgOpt = None,
 ) -> None:
     """Set the allowed models and IP allowlist (every level a request crosses must allow it)."""
-    service, org_id, scope_type, scope_id = _target(org, project)
+    c, service, org_id, scope_type, scope_id = _target(org, project)
     current = service.policy(scope_type, scope_id)
     try:
         policy = service.set_policy(
@@ -72,6 +81,12 @@ def access_set(
         )  # fmt: skip
     except KeyplaneError as exc:
         fail(exc.message)
+    # OpenAI's event for a change to the organization or a project itself.
+    event, project_id = (
+        ("project.updated", scope_id) if scope_type == "project" else ("organization.updated", None)
+    )
+    audit(c, org_id, event, target_id=scope_id, project_id=project_id,
+          details=changed(_shown(current), _shown(policy)))  # fmt: skip
     out.print(
         f"Allowed models: {listed(policy.allowed_models)}; allowed IPs: {listed(policy.allowed_cidrs)}."
     )

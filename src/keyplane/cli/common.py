@@ -1,12 +1,15 @@
-"""What every command shares: consoles, option types, the container, money and time parsing."""
+"""What every command shares: consoles, option types, the container, money and time parsing, and
+the audit log's record of what a command changed."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import getpass
 import re
+import socket
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, NoReturn
 
@@ -19,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from keyplane import bootstrap
+from keyplane.audit.models import Actor, ActorType
 from keyplane.billing.amounts import parse_amount
 from keyplane.config import Settings, load_settings
 from keyplane.errors import KeyplaneError, StoreUnavailable
@@ -163,6 +167,33 @@ def scope(org: str | None, project: str | None) -> tuple[bootstrap.Container, st
     except KeyplaneError as exc:
         fail(exc.message)
     return c, organization.id, project_id
+
+
+def operator() -> Actor:
+    """Who the audit log says made a command's changes: the ``keyplane`` command, run by an OS
+    user on this machine (no keyplane user signs in to it). Names only, nothing secret."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (a bare container)
+        user = "unknown"
+    return Actor(ActorType.CLI, f"{user}@{socket.gethostname()}")
+
+
+def audit(
+    c: bootstrap.Container,
+    org_id: str,
+    event_type: str,
+    *,
+    target_id: str | None = None,
+    project_id: str | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    """Records a command's change in the organization's audit log, by ``operator()``, with the
+    event type, target and details the Admin API and the dashboard record for the same change."""
+    c.audit.record(
+        org_id, operator(), event_type, target_id=target_id, project_id=project_id,
+        details=details,
+    )  # fmt: skip
 
 
 def is_duration(text: str) -> bool:

@@ -9,10 +9,12 @@ import typer
 from rich.text import Text
 
 from keyplane import bootstrap
+from keyplane.accounts.orgs import created_key_data, key_access, key_data, limits_data
 from keyplane.cli.common import (
     Col,
     JsonOpt,
     OrgOpt,
+    audit,
     bold,
     container,
     fail,
@@ -112,6 +114,8 @@ def keys_create(
         )  # fmt: skip
     except KeyplaneError as exc:
         fail(exc.message)
+    audit(c, organization.id, "api_key.created", target_id=key.id, project_id=proj.id,
+          details={"data": created_key_data(key)})  # fmt: skip
     _created(
         c,
         key,
@@ -141,6 +145,13 @@ def keys_create_admin(
         )  # fmt: skip
     except KeyplaneError as exc:
         fail(exc.message)
+    audit(
+        c,
+        organization.id,
+        "api_key.created",
+        target_id=key.id,
+        details={"data": created_key_data(key)},
+    )
     said = styled("Created admin key ", bold(key.name), f" ({key.id}), acting as {owner.email}.")
     _created(c, key, secret, as_json, said)
 
@@ -237,14 +248,15 @@ def keys_update(
         if key.revoked_at is not None:
             fail(f"{key.id} is revoked: create a new key")
         changed = False
+        before, after = key_access(key), {}
         if clear_limits or rpm or tpm or rpd:
             change = {n: v for n, v in (("rpm", rpm), ("tpm", tpm), ("rpd", rpd)) if v is not None}
-            limits = (
-                None
-                if clear_limits
-                else with_changes(c.rate_limit_service.key_limits(key.id), change)
-            )  # the limits named change; the others stay
+            old_limits = c.rate_limit_service.key_limits(key.id)
+            # The limits named change; the others stay.
+            limits = None if clear_limits else with_changes(old_limits, change)
             c.rate_limit_service.set_key_limits(organization.id, key.id, limits)
+            before["rate_limits"] = limits_data(old_limits)
+            after["rate_limits"] = limits_data(limits)
             changed = True
         new_scopes = () if all_permissions else _scopes(scope, read_only)
         if new_scopes is not None or allow_model or any_model or allow_ip or any_ip:
@@ -259,6 +271,8 @@ def keys_update(
             fail("say what to change (see --help)")
     except KeyplaneError as exc:
         fail(exc.message)
+    audit(c, organization.id, "api_key.updated", target_id=key.id, project_id=key.project_id,
+          details={"before": before, "after": {**key_access(key), **after}})  # fmt: skip
     out.print(
         f"Updated {key.id} ({key.name}): permissions {permissions.describe(key.scopes)}, "
         f"models {listed(key.allowed_models)}, IPs {listed(key.allowed_cidrs)}."
@@ -275,17 +289,19 @@ def keys_rotate(
     as_json: JsonOpt = False,
 ) -> None:
     """Issue a new secret; the old one stops working after the grace period, everywhere."""
+    grace_s = parse_duration(grace)
     c = container()
     try:
         organization = c.accounts.find_organization(org)
-        new, secret = c.keys.rotate(
-            organization.id, key_id, grace_s=parse_duration(grace), created_by=None
-        )
+        new, secret = c.keys.rotate(organization.id, key_id, grace_s=grace_s, created_by=None)
         old_limits = c.rate_limit_service.key_limits(key_id)
         if old_limits is not None:
             c.rate_limit_service.set_key_limits(organization.id, new.id, old_limits)
     except KeyplaneError as exc:
         fail(exc.message)
+    rotated = {**key_data(new), "rotated_from": key_id, "grace_period_seconds": grace_s}
+    audit(c, organization.id, "api_key.rotated", target_id=new.id, project_id=new.project_id,
+          details={"data": rotated})  # fmt: skip
     if as_json:
         out.print_json(
             json.dumps(
@@ -306,7 +322,12 @@ def keys_revoke(
     """Revoke a key: every gateway refuses it within a second."""
     c = container()
     try:
-        key = c.keys.revoke(c.accounts.find_organization(org).id, key_id)
+        org_id = c.accounts.find_organization(org).id
+        before = c.keys.get(org_id, key_id)
+        key = c.keys.revoke(org_id, key_id)
     except KeyplaneError as exc:
         fail(exc.message)
+    if before.revoked_at is None:  # (revoking it again changes nothing)
+        audit(c, org_id, "api_key.deleted", target_id=key.id, project_id=key.project_id,
+              details={"data": key_data(before)})  # fmt: skip
     out.print(f"Revoked {key.id} ({key.name}, {key.redacted_value}).")

@@ -7,11 +7,16 @@ from typing import Annotated
 
 import typer
 
-from keyplane.billing.wallet import BillingMode
+from keyplane import bootstrap
+from keyplane.audit.service import changed
+from keyplane.billing.audit_details import budget_change, cents, settings_shown
+from keyplane.billing.ports import SpendAlert
+from keyplane.billing.wallet import BillingMode, Lot
 from keyplane.cli.common import (
     Col,
     JsonOpt,
     OrgOpt,
+    audit,
     fail,
     iso,
     out,
@@ -53,7 +58,7 @@ def credits_grant(
     try:
         lot = c.billing.grant(
             org_id, parse_usd(amount), expires_in_s=parse_duration(expires_in), note=note,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key, on_created=lambda lot: granted(c, org_id, lot, note),
         )  # fmt: skip
     except KeyplaneError as exc:
         fail(exc.message)
@@ -63,6 +68,20 @@ def credits_grant(
         )
         return
     out.print(f"Granted ${usd(lot.amount)} ({lot.id}), expires {iso(lot.expires_at)}.")
+
+
+def granted(c: bootstrap.Container, org_id: str, lot: Lot, note: str) -> None:
+    """Audits a new grant (once: not when an idempotency key replays it), as the Admin API does."""
+    data = {"amount_micro_usd": lot.amount, "expires_at": lot.expires_at, "note": note}
+    audit(c, org_id, "credit_grant.created", target_id=lot.id, details={"data": data})
+
+
+def _purchased(c: bootstrap.Container, org_id: str, lot: Lot) -> None:
+    """Audits a purchase paid outside keyplane as the Admin API audits one it charged: no
+    payment method, and the lot (there is no charge) as its target."""
+    data = {"amount_micro_usd": lot.amount, "status": "succeeded", "failure_code": None,
+            "payment_method": None}  # fmt: skip
+    audit(c, org_id, "credit_purchase.created", target_id=lot.id, details={"data": data})
 
 
 @money_app.command("purchase")
@@ -77,7 +96,10 @@ def credits_purchase(
     credit expiring in a year, counted toward usage-tier promotion."""
     c, org_id, _ = scope(org, None)
     try:
-        lot = c.billing.record_purchase(org_id, parse_usd(amount), idempotency_key=idempotency_key)
+        lot = c.billing.record_purchase(
+            org_id, parse_usd(amount), idempotency_key=idempotency_key,
+            on_created=lambda lot: _purchased(c, org_id, lot),
+        )  # fmt: skip
         promoted = c.promoter.check(org_id)
     except KeyplaneError as exc:
         fail(exc.message)
@@ -98,6 +120,8 @@ def credits_revoke(
         returned = c.billing.revoke_grant(org_id, lot_id)
     except KeyplaneError as exc:
         fail(exc.message)
+    taken = {"remaining_micro_usd": returned}
+    audit(c, org_id, "credit_grant.revoked", target_id=lot_id, details={"data": taken})
     out.print(f"Revoked {lot_id}; ${usd(returned)} unspent was removed from the balance.")
 
 
@@ -151,27 +175,34 @@ def budget_set(
 ) -> None:
     """Set the monthly budget of the organization or one project."""
     c, org_id, project_id = scope(org, project)
-    try:
-        if project_id:
-            c.billing.set_project_budget(org_id, project_id, parse_usd(amount, cents=True))
-        else:
-            c.billing.update_settings(org_id, budget=parse_usd(amount, cents=True))
-    except KeyplaneError as exc:
-        fail(exc.message)
-    out.print(
-        f"Monthly budget of {project or 'the organization'}: ${usd(parse_usd(amount, cents=True))}."
-    )
+    budget = parse_usd(amount, cents=True)
+    _set_budget(c, org_id, project_id, budget)
+    out.print(f"Monthly budget of {project or 'the organization'}: ${usd(budget)}.")
 
 
 @budget_app.command("clear")
 def budget_clear(project: ProjectOpt = None, org: OrgOpt = None) -> None:
     """Remove the monthly budget."""
     c, org_id, project_id = scope(org, project)
-    if project_id:
-        c.billing.set_project_budget(org_id, project_id, None)
-    else:
-        c.billing.update_settings(org_id, budget=None)
+    _set_budget(c, org_id, project_id, None)
     out.print(f"No monthly budget for {project or 'the organization'}.")
+
+
+def _set_budget(
+    c: bootstrap.Container, org_id: str, project_id: str | None, budget: int | None
+) -> None:
+    """Sets the organization's or a project's budget and audits it as the Admin API does."""
+    try:
+        if project_id:
+            before = c.billing.project_budget(project_id)
+            c.billing.set_project_budget(org_id, project_id, budget)
+        else:
+            before = c.billing.settings(org_id).budget
+            c.billing.update_settings(org_id, budget=budget)
+    except KeyplaneError as exc:
+        fail(exc.message)
+    audit(c, org_id, "spend_limit.updated", target_id=project_id, project_id=project_id,
+          details=budget_change(before, budget))  # fmt: skip
 
 
 @alerts_app.command("add")
@@ -193,6 +224,11 @@ def alerts_add(
         )
     except KeyplaneError as exc:
         fail(exc.message)
+    recipients = list(alert.recipients or c.accounts.owner_emails(org_id))
+    data = {"threshold_amount": cents(alert.threshold),
+            "notification_channel": {"type": "email", "recipients": recipients}}  # fmt: skip
+    audit(c, org_id, "spend_alert.created", target_id=alert.id, project_id=project_id,
+          details={"data": data})  # fmt: skip
     out.print(f"Added {alert.id}: email when monthly spend reaches ${usd(alert.threshold)}.")
 
 
@@ -235,10 +271,15 @@ def alerts_list(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
 def alerts_remove(alert_id: str, org: OrgOpt = None) -> None:
     """Remove a notification threshold."""
     c, org_id, _ = scope(org, None)
+    found: SpendAlert | None = next((a for a in c.billing.alerts(org_id) if a.id == alert_id), None)
     try:
         c.billing.delete_alert(org_id, alert_id)
     except KeyplaneError as exc:
         fail(exc.message)
+    if found is not None:
+        data = {"threshold_amount": cents(found.threshold)}
+        audit(c, org_id, "spend_alert.deleted", target_id=alert_id, project_id=found.project_id,
+              details={"data": data})  # fmt: skip
     out.print(f"Removed {alert_id}.")
 
 
@@ -296,7 +337,10 @@ def billing_set(
     if recharge_target is not None:
         changes["recharge_target"] = parse_usd(recharge_target)
     try:
-        c.billing.update_settings(org_id, **changes)
+        before = c.billing.settings(org_id)
+        after = c.billing.update_settings(org_id, **changes)
     except KeyplaneError as exc:
         fail(exc.message)
+    shown = [settings_shown(s, c.billing.effective_usage_limit(s)) for s in (before, after)]
+    audit(c, org_id, "billing_settings.updated", details=changed(*shown))
     out.print("Billing settings saved.")

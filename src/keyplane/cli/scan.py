@@ -19,14 +19,12 @@ from typing import Annotated
 import typer
 
 from keyplane import bootstrap
-from keyplane.audit.models import Actor, ActorType
-from keyplane.cli.common import Col, JsonOpt, container, err, out, print_table
+from keyplane.cli.common import Col, JsonOpt, container, err, operator, out, print_table
 from keyplane.config import load_settings
 from keyplane.keys.scan import Found, find
 
 MAX_FILE_BYTES = 5 * 1024 * 1024  # larger files are not read (data, not source)
 SKIPPED_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".mypy_cache", ".ruff_cache"}
-SCANNER = Actor(ActorType.SYSTEM, "keyplane scan")
 
 
 def _files(path: Path, skipped: list[str]) -> Iterator[Path]:
@@ -181,6 +179,6 @@ def _status(c: bootstrap.Container, hit: Found, where: str, revoke: bool) -> str
         return f"{stored.status(now)} already"
     if not revoke:
         return f"LIVE ({stored.id}): revoke it, or run with --revoke"
-    if not c.leaks.revoke(stored, where, SCANNER, "keyplane scan"):
+    if not c.leaks.revoke(stored, where, operator(), "keyplane scan"):
         return "revoked already"
     return f"revoked now ({stored.id})"

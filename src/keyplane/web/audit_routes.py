@@ -1,7 +1,8 @@
 """Admin API for the audit log: ``GET /v1/organization/audit_logs`` with OpenAI's filters and shape.
 
 Each event names its actor (a dashboard session or an API key, with the user behind it, the IP
-address and the user agent) and carries what changed under a key named after its type, as
+address and the user agent; keyplane itself; or the ``keyplane`` command, with the OS user who ran
+it and the machine it ran on) and carries what changed under a key named after its type, as
 OpenAI's does: ``{"type": "project.updated", "project.updated": {"id", "changes_requested",
 "before", "after"}}``.
 """
@@ -65,6 +66,20 @@ class SystemActor(BaseModel):
     system: dict[str, str] = Field(default_factory=lambda: {"id": "keyplane"})
 
 
+class AuditCli(BaseModel):
+    id: str  # os_user@host, what the actor_ids[] filter takes
+    os_user: str
+    host: str
+
+
+class CliActor(BaseModel):
+    """The ``keyplane`` command, run on the server by an operator: no keyplane user signs in to
+    it, so it names the OS user who ran it and the machine (a keyplane extension)."""
+
+    type: Literal["cli"] = "cli"
+    cli: AuditCli
+
+
 class AuditProject(BaseModel):
     id: str
     name: str | None
@@ -80,15 +95,18 @@ class AuditLogEvent(BaseModel):
     type: str
     effective_at: int
     project: AuditProject | None
-    actor: SessionActor | ApiKeyActor | SystemActor
+    actor: SessionActor | ApiKeyActor | SystemActor | CliActor
 
 
 def _event(event: AuditEvent, project_names: dict[str, str]) -> AuditLogEvent:
     a = event.actor
     user = AuditUser(id=a.user_id, email=a.email)
-    actor: SessionActor | ApiKeyActor | SystemActor
+    actor: SessionActor | ApiKeyActor | SystemActor | CliActor
     if a.type is ActorType.SYSTEM:
         actor = SystemActor()
+    elif a.type is ActorType.CLI:
+        os_user, _, host = a.id.rpartition("@")  # (a host name has no "@", a user name may)
+        actor = CliActor(cli=AuditCli(id=a.id, os_user=os_user, host=host))
     elif a.type is ActorType.SESSION:
         actor = SessionActor(
             session=AuditSession(

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query
 
 from keyplane.audit.service import changed
+from keyplane.billing.audit_details import budget_change
 from keyplane.billing.periods import period_of
 from keyplane.billing.ports import BillingSettings as SettingsRecord
 from keyplane.billing.ports import SpendAlert as AlertRecord
@@ -185,12 +186,6 @@ def _limit(kind: SpendLimitKind, budget: int | None, spent: int) -> SpendLimit:
         threshold_amount=None if budget is None else micro_to_cents(budget),
         enforcement=Enforcement(status="enforcing" if enforcing else "inactive"),
     )
-
-
-def budget_change(before: int | None, after: int | None) -> dict[str, Any]:
-    """Audit details of a spend-limit change, in the API's unit (cents; null: no limit)."""
-    cents = [None if v is None else micro_to_cents(v) for v in (before, after)]
-    return changed({"threshold_amount": cents[0]}, {"threshold_amount": cents[1]})
 
 
 def _org_limit(s: AdminServices, org_id: str) -> SpendLimit:

@@ -16,8 +16,9 @@ from keyplane.accounts.orgs import INVITE_PATH
 from keyplane.accounts.sessions import InvalidCredentials, InvalidSecondFactor, SignInExpired
 from keyplane.accounts.signup import TokenRefused
 from keyplane.accounts.throttle import LoginThrottled
+from keyplane.audit.service import changed
 from keyplane.errors import InvalidRequest
-from keyplane.web.dashboard.notices import account_changed
+from keyplane.web.dashboard.notices import account_changed, session_actor
 from keyplane.web.dashboard.session import (
     ORG_COOKIE,
     CurrentMember,
@@ -154,14 +155,22 @@ def profile(
     request: Request, viewer: CurrentUser, name: Field = "", org_name: Field = "", next: Field = "/"
 ) -> Response:
     signup = context(request).auth.signup
+    orgs = signup.memberships(viewer.user.id)  # (not an organization this creates)
     try:
-        signup.complete_profile(viewer.user.id, name=name, org_name=org_name)
+        done = signup.complete_profile(viewer.user.id, name=name, org_name=org_name)
     except InvalidRequest as exc:  # EmailNotVerified too
         return render(
             request, "profile.html", status=400, error=exc.message,
             profile=signup.profile(viewer.user.id), name=name, org_name=org_name,
             next=safe_next(next),
         )  # fmt: skip
+    if done.user.name != viewer.user.name:
+        actor = session_actor(request, viewer.user, viewer.session_ref)
+        change = changed({"name": viewer.user.name}, {"name": done.user.name})
+        for membership in orgs:
+            context(request).services.audit.record(
+                membership.org.id, actor, "user.updated", target_id=viewer.user.id, details=change
+            )
     raise Redirect(safe_next(next))
 
 

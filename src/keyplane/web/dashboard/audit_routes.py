@@ -20,6 +20,9 @@ def _actor(event: AuditEvent) -> str:
     actor = event.actor
     if actor.type is ActorType.SYSTEM:
         return "keyplane"
+    if actor.type is ActorType.CLI:
+        os_user, _, host = actor.id.rpartition("@")
+        return f"keyplane CLI (user {os_user} on {host})"
     who = actor.email or actor.user_id or actor.id
     return f"{who} (API key {actor.id})" if actor.type is ActorType.API_KEY else who
 

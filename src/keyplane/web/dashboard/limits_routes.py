@@ -15,11 +15,11 @@ from starlette.responses import Response
 from keyplane.accounts.models import OrgRole
 from keyplane.audit.models import Actor
 from keyplane.billing.amounts import parse_amount
+from keyplane.billing.audit_details import budget_change
 from keyplane.billing.periods import period_of
 from keyplane.errors import KeyplaneError
 from keyplane.limits.tiers import DEFAULT_ROW
 from keyplane.usage.pricing import format_usd
-from keyplane.web.billing_routes import budget_change
 from keyplane.web.dashboard.authorize import may, principal_of
 from keyplane.web.dashboard.session import (
     CurrentMember,

@@ -36,17 +36,23 @@ CHANGES = {
 }
 
 
+def session_actor(request: Request, user: User, session_ref: str) -> Actor:
+    """The audit log's actor for a change ``user`` made to their own account: the session, with
+    the address and browser it came from."""
+    agent = request.headers.get("user-agent", "")[:MAX_USER_AGENT] or None
+    return Actor(
+        ActorType.SESSION, session_ref, user_id=user.id, email=user.email,
+        ip_address=client_ip(request), user_agent=agent,
+    )  # fmt: skip
+
+
 def account_changed(request: Request, user: User, event: str, session_ref: str = "") -> None:
     """Emails the account's owner and records ``event`` (one of ``CHANGES``) in the audit log of
     each of their organizations, with the address and browser the change came from."""
     ctx = context(request)
     services, now = ctx.services, ctx.services.clock.now()
-    ip = client_ip(request)
-    agent = request.headers.get("user-agent", "")[:MAX_USER_AGENT] or None
-    actor = Actor(
-        ActorType.SESSION, session_ref, user_id=user.id, email=user.email, ip_address=ip,
-        user_agent=agent,
-    )  # fmt: skip
+    actor = session_actor(request, user, session_ref)
+    ip, agent = actor.ip_address, actor.user_agent
     for membership in ctx.auth.signup.memberships(user.id):
         services.audit.record(membership.org.id, actor, event, target_id=user.id)
     subject, what = CHANGES[event]

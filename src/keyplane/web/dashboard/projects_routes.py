@@ -12,10 +12,10 @@ from starlette.responses import Response
 from keyplane.accounts.models import Project
 from keyplane.accounts.org_ports import ProjectRole
 from keyplane.billing.amounts import parse_amount
+from keyplane.billing.audit_details import budget_change
 from keyplane.billing.periods import period_of
 from keyplane.errors import KeyplaneError, NotFound
 from keyplane.usage.pricing import format_usd
-from keyplane.web.billing_routes import budget_change
 from keyplane.web.dashboard.authorize import may, principal_of
 from keyplane.web.dashboard.session import (
     CurrentMember,
