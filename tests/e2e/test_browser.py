@@ -8,6 +8,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -253,3 +254,28 @@ def test_add_a_webhook_endpoint_and_see_its_signing_secret_once(
     assert secret not in page.content()
     page.reload()
     assert secret not in page.content() and "whsec_" not in page.content()
+
+
+def test_the_admin_api_docs_render_with_no_internet_access(browser: object, kp: Keyplane) -> None:
+    """/docs draws every Admin API operation with only keyplane's own origin reachable."""
+    page = browser.new_page()  # type: ignore[attr-defined]
+    base = kp.server.url
+    elsewhere: list[str] = []
+
+    def offline(route: Any) -> None:
+        if route.request.url.startswith(base + "/"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    page.route("**/*", offline)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(base + "/docs")
+    page.get_by_text("keyplane Admin API").first.wait_for()
+    operations = page.locator(".opblock")
+    operations.first.wait_for()
+    assert operations.count() >= 50  # every operation listed
+    assert page.locator(".opblock-summary-path", has_text="/v1/organization/credit_balance").count()
+    assert elsewhere == [] and errors == []

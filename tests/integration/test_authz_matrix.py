@@ -7,6 +7,7 @@ caller                 read (GET)             write (POST, DELETE)
 =====================  =====================  =============================================
 Owner's admin key      200                    200
 Reader's admin key     200                    403
+Reader, project Owner  200                    403 (a project role adds no right: BRIEF C1)
 other org's Owner      404 (200 without ids)  404 (200 without ids: acts on its own org)
 project key            401                    401
 no credentials         401                    401
@@ -21,15 +22,16 @@ import itertools
 import re
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
-from test_admin_org import OrgEnv, add_member, org_env, setup_actor
+from test_admin_org import OrgEnv, add_member, admin_key, org_env, setup_actor
 
-from keyplane.accounts.models import OrgRole
+from keyplane.accounts.models import OrgRole, User
 from keyplane.accounts.org_ports import ProjectRole
 from keyplane.billing.payments import CardDetails
 from keyplane.web.authz import POLICY, authorize
@@ -104,7 +106,26 @@ async def env(tmp_path: Path) -> AsyncIterator[OrgEnv]:
         yield instance
 
 
-def fresh_ids(env: OrgEnv, route: APIRoute) -> dict[str, str]:
+@dataclass(frozen=True)
+class ProjectReader:
+    """A Reader of the organization made an Owner of every project ``fresh_ids`` creates, and
+    the owner of the key it names: their admin key may still change nothing."""
+
+    user: User
+    key: str
+
+
+@pytest.fixture
+async def project_reader(env: OrgEnv) -> ProjectReader:
+    user, _ = add_member(
+        env.svc, env.container, env.org.id, env.owner, "pat@example.com", OrgRole.READER
+    )
+    found = ProjectReader(user, admin_key(env.container, env.org.id, user.id))
+    await env.gateway.pipeline.auth.refresh()
+    return found
+
+
+def fresh_ids(env: OrgEnv, route: APIRoute, reader: ProjectReader) -> dict[str, str]:
     """New objects of the first organization for every id the route's path names, so that
     deleting or archiving them cannot disturb the next route."""
     n = next(_counter)
@@ -118,12 +139,13 @@ def fresh_ids(env: OrgEnv, route: APIRoute) -> dict[str, str]:
         env.svc, container, org_id, env.owner, f"o{n}@example.com", OrgRole.READER
     )
     orgs.add_project_member(actor, org_id, project.id, member.id, ProjectRole.MEMBER)
+    orgs.add_project_member(actor, org_id, project.id, reader.user.id, ProjectRole.OWNER)
     account, _, _ = orgs.create_service_account(actor, org_id, project.id, "sa")
     in_project = "/projects/" in route.path
     if "/admin_api_keys/" in route.path:
         key, _ = orgs.create_admin_key(actor, org_id, "a", env.owner.id, expires_in_s=None)
     else:
-        key, _ = orgs.create_project_key(actor, org_id, project.id, "k", env.owner.id)
+        key, _ = orgs.create_project_key(actor, org_id, project.id, "k", reader.user.id)
     alert = container.billing.add_alert(  # (a threshold of its own: the same one is refused)
         org_id, 10_000 + n, project_id=project.id if in_project else None
     )
@@ -168,12 +190,15 @@ def test_every_route_is_in_the_policy_and_checked() -> None:
         assert authorize in calls, f"{route.name} is not checked by authz.authorize"
 
 
-async def test_each_caller_gets_exactly_the_expected_status(env: OrgEnv) -> None:
+async def test_each_caller_gets_exactly_the_expected_status(
+    env: OrgEnv, project_reader: ProjectReader
+) -> None:
     callers = {
         "no credentials": None,
         "project key": env.project_key,
         "other org's Owner": env.other_key,
         "Reader": env.reader_key,
+        "Reader, project Owner": project_reader.key,
         "Owner": env.owner_key,  # last: the Owner's writes change things
     }
     wrong: list[str] = []
@@ -182,7 +207,7 @@ async def test_each_caller_gets_exactly_the_expected_status(env: OrgEnv) -> None
     for route in routes:
         assert route.name in POLICY, route.name
         (method,) = route.methods
-        ids = fresh_ids(env, route)
+        ids = fresh_ids(env, route, project_reader)
         params = PARAM.findall(route.path)
         path = route.path.format(**{p: ids[p] for p in params}) + QUERIES.get(route.name, "")
         body = BODIES.get(route.name)
@@ -194,14 +219,14 @@ async def test_each_caller_gets_exactly_the_expected_status(env: OrgEnv) -> None
                 expected = 401
             elif caller == "other org's Owner":
                 expected = 404 if params else 200
-            elif caller == "Reader":
+            elif caller.startswith("Reader"):
                 expected = 200 if method == "GET" else 403
             else:
                 expected = 200
             headers = {} if key is None else {"authorization": f"Bearer {key}"}
             r = await env.client.request(method, path, json=payload, headers=headers)
             if r.status_code != expected:
-                wrong.append(f"{caller:18} {method:6} {route.path}: {r.status_code} != {expected}")
+                wrong.append(f"{caller:21} {method:6} {route.path}: {r.status_code} != {expected}")
             elif r.status_code != 200:
                 assert set(r.json()) == {"error"}
             if caller == "other org's Owner" and r.status_code == 200:

@@ -117,7 +117,7 @@ def create_admin_app(
         version=__version__,
         description=DESCRIPTION,
         openapi_url="/openapi.json",
-        docs_url=None,  # docs_page: Swagger UI pinned by its hashes, under a strict CSP
+        docs_url=None,  # docs_page: Swagger UI served from keyplane itself, under a strict CSP
         redoc_url=None,
     )
     app.state.admin = AdminContext(services, auth, on_money_change, on_key_used)

@@ -9,10 +9,15 @@ Who may do what (BRIEF C1):
 
 - an **Owner** of the organization may do everything;
 - a **Reader** may read everything (no read answers a secret: key values are shown only in the
-  answer that creates them) and change nothing, except what a project role below grants;
-- an **Owner of a project** manages that project: its name, keys, service accounts and members;
-- a **Member of a project** may create keys in it (owned by themselves), and rotate and delete
-  the keys they own there (not change their permissions, allowlists or limits).
+  answer that creates them) and change nothing, whatever role they hold in a project: a Reader
+  "cannot change keys, billing or limits", so a project role adds no right to theirs (they may
+  be a project's member, to be listed there, but create, rotate and revoke no key in it);
+- the project grants below say what a project role would let a member of another organization
+  role do: an **Owner of a project** manages that project (its name, keys, service accounts and
+  members), a **Member of a project** creates keys in it (owned by themselves), and rotates and
+  deletes the keys they own there (not change their permissions, allowlists or limits). Today's
+  two organization roles leave them nothing to grant (an Owner may do everything already, a
+  Reader nothing); they stay written down for a role between the two (OpenAI's "Member").
 
 An admin key acts with the role its owner holds now (see ``Principal.of_admin_key``). Denials
 answer 403; an id of another organization answers 404 from the route, exactly like an unknown id.
@@ -29,6 +34,7 @@ from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
 
+from keyplane.accounts.models import OrgRole
 from keyplane.accounts.org_ports import ProjectRole
 from keyplane.accounts.orgs import OrgService
 from keyplane.audit.service import AuditService
@@ -159,7 +165,8 @@ def permits(
     operation names, ``owns_key`` whether they own the key it names."""
     if Grant.ORG_MEMBER in grants or (Grant.ORG_OWNER in grants and principal.is_owner):
         return True
-    if project_role is None:
+    if project_role is None or principal.role is OrgRole.READER:
+        # (BRIEF C1: a Reader changes no key, billing or limit: a project role adds nothing.)
         return False
     return (
         Grant.PROJECT_MEMBER in grants

@@ -1,6 +1,6 @@
 """The Projects pages (BRIEF C1/C9): the organization's projects, and each one's members and
-service accounts. Owners create and archive projects; a project's Owners (and the organization's)
-rename it and manage its members; everyone else reads. The rule is the Admin API's ``POLICY``,
+service accounts. Owners create, rename and archive projects and manage their members; a Reader
+reads, whatever their role in a project. The rule is the Admin API's ``POLICY``,
 and changes go through the same ``OrgService`` calls, audited alike."""
 
 from __future__ import annotations
