@@ -19,6 +19,7 @@ from keyplane.audit.service import changed
 from keyplane.billing.periods import period_of
 from keyplane.billing.ports import BillingSettings as SettingsRecord
 from keyplane.billing.ports import SpendAlert as AlertRecord
+from keyplane.billing.service import BillingService
 from keyplane.billing.wallet import BillingMode, Lot
 from keyplane.errors import Conflict, NotFound, StoreUnavailable
 from keyplane.gateway.errors import ApiError
@@ -420,9 +421,15 @@ _SETTING_PARAMS = {
 
 
 def _settings(s: AdminServices, record: SettingsRecord) -> BillingSettings:
+    return settings_body(s.billing, record)
+
+
+def settings_body(billing: BillingService, record: SettingsRecord) -> BillingSettings:
+    """The settings as the API answers them, and as ``billing_settings.updated`` records them
+    (the dashboard's auto-recharge form too: ``changed`` of two of these)."""
     return BillingSettings(
         mode=record.mode.value,
-        usage_limit_micro_usd=s.billing.effective_usage_limit(record),
+        usage_limit_micro_usd=billing.effective_usage_limit(record),
         auto_recharge=AutoRecharge(
             enabled=record.auto_recharge,
             threshold_micro_usd=record.recharge_threshold,
