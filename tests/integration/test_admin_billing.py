@@ -483,14 +483,14 @@ async def test_billing_settings_are_validated_with_the_field_named(env: Env) -> 
         "auto_recharge": {"enabled": False, "threshold_micro_usd": None, "target_micro_usd": None},
     }  # fmt: skip
     cases = [
-        ({"auto_recharge": {"enabled": True}}, "auto_recharge.threshold_micro_usd", "$5 and $95"),
+        ({"auto_recharge": {"enabled": True}}, "auto_recharge.threshold_micro_usd", "$5.00 and $95.00"),
         (
             {"auto_recharge": {"enabled": True, "threshold_micro_usd": DOLLAR, "target_micro_usd": 20 * DOLLAR}},
-            "auto_recharge.threshold_micro_usd", "$5 and $95",
+            "auto_recharge.threshold_micro_usd", "$5.00 and $95.00",
         ),
         (
             {"auto_recharge": {"enabled": True, "threshold_micro_usd": 10 * DOLLAR, "target_micro_usd": 200 * DOLLAR}},
-            "auto_recharge.target_micro_usd", "$10 and $100",
+            "auto_recharge.target_micro_usd", "$10.00 and $100.00",
         ),
         (
             {"auto_recharge": {"enabled": True, "threshold_micro_usd": 20 * DOLLAR, "target_micro_usd": 20 * DOLLAR}},

@@ -276,14 +276,17 @@ def test_credits_budget_alerts_and_billing_commands(run: Any) -> None:
     run("credits", "revoke", granted["id"])
     assert json.loads(run("credits", "show", "--json").stdout)["available_micro_usd"] == 5_000_000
     for amount, why in [
-        ("1,000", "not an amount"), ("NaN", "not an amount"), ("inf", "not an amount"),
-        ("-5", "not an amount"), ("99999999999999999999", "not an amount"),
-        ("0.009", "finer than a cent"), ("1e3", "not an amount"), ("1_000", "not an amount"),
-        ("\u0661\u0660", "not an amount"), ("10.", "not an amount"),
+        ("1,000", "Enter an amount"), ("NaN", "Enter an amount"), ("inf", "Enter an amount"),
+        ("-5", "cannot be negative"), ("99999999999999999999", "at most $1,000,000,000.00"),
+        ("0.009", "finer than a cent"), ("1e3", "Enter an amount"), ("1_000", "Enter an amount"),
+        ("\u0661\u0660", "Enter an amount"), ("10.", "Enter an amount"),
     ]:  # fmt: skip
         bad = run("budget", "set", "--amount", amount, ok=False)
         assert bad.exit_code == 2 and why in bad.output and "Traceback" not in bad.output, amount
+        assert "1000000000" not in bad.output
     assert "finer than a micro" in run("credits", "grant", "--amount", "0.0000001", ok=False).output
+    zero = run("credits", "purchase", "--amount", "0", ok=False).output
+    assert "A credit purchase is a positive amount" in " ".join(zero.split()), zero
     run("budget", "set", "--amount", "20")
     run("budget", "set", "--amount", "5", "--project", "Default project")
     run("alerts", "add", "--amount", "10")

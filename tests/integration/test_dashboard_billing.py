@@ -27,6 +27,7 @@ from keyplane.billing.wallet import Lot
 from keyplane.ids import new_id
 from keyplane.storage import tables
 from keyplane.usage.pricing import format_usd
+from kptest import wait_until
 
 YEAR = dt.datetime.now(dt.UTC).year + 3
 YY = YEAR % 100
@@ -231,10 +232,13 @@ def test_an_amount_outside_the_bounds_is_refused_on_the_form(
 ) -> None:
     owner, method = owner_with_card(kp, browser_for)
     for typed, said in (
-        ("4.99", "A credit purchase is between $5.00 and $100.00."),
-        ("100.01", "A credit purchase is between $5.00 and $100.00."),
-        ("10.005", "finer than a cent"),
-        ("1e3", "not an amount"),
+        ("4.99", "The amount must be between $5.00 and $100.00."),
+        ("100.01", "The amount must be between $5.00 and $100.00."),
+        ("-5", "The amount must be between $5.00 and $100.00."),
+        ("$-5", "The amount must be between $5.00 and $100.00."),
+        ("10.005", "The amount is finer than a cent: enter dollars and cents, like 10.50."),
+        ("1e3", "Enter an amount in dollars, like 10.50."),
+        ("ten", "Enter an amount in dollars, like 10.50."),
         ("", "Enter the amount"),
     ):
         r = owner.get(
@@ -242,6 +246,7 @@ def test_an_amount_outside_the_bounds_is_refused_on_the_form(
         )
         assert r.status_code == 400 and said in text_of(r), (typed, text_of(r))
         assert f'value="{typed}"' in r.text and "Configure payment" in text_of(r)
+        assert "1000000000" not in text_of(r) and "from 0 to" not in text_of(r)
     fields = confirm_form(owner, "10", method.id) | {"amount": "500"}  # a changed hidden field
     r = owner.post("/billing/purchase/confirm", fields)
     assert r.status_code == 400 and "between $5.00 and $100.00" in text_of(r)
@@ -440,3 +445,143 @@ def test_a_reader_downloads_a_receipt(
     r = reader.get(f"/billing/history/{paid}/receipt")
     assert r.status_code == 200 and r.headers["content-disposition"].startswith("attachment;")
     assert "Paid with Visa •••• 4242" in text_of(r) and "$10.00" in text_of(r)
+
+
+def recharge_form(page: httpx.Response) -> str:
+    """The auto-recharge section of the Overview, as text."""
+    section = page.text.partition('id="auto-recharge"')[2].partition("</section>")[0]
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", section)).split())
+
+
+def test_an_owner_turns_auto_recharge_on_with_its_amounts_and_it_tops_the_balance_up(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    """Off by default; on with a threshold and a target (checked against the bounds, each other
+    and a saved card), audited as the Admin API's change is; then a balance under the threshold
+    is bought back up to the target with the card."""
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    page = owner.get("/billing")
+    section = recharge_form(page)
+    assert "Auto recharge is off" in section and "Turn on auto recharge" in section
+    assert "Turn off auto recharge" not in section
+    assert 'name="threshold" type="text" inputmode="decimal" required value=""' in page.text
+    r = owner.post("/billing/auto-recharge", {"threshold": "6", "target": "20"})  # no card yet
+    assert r.status_code == 400
+    assert "Add a payment method first: auto recharge charges your default card." in text_of(r)
+    assert 'href="/billing/payment-methods/new?next=/billing"' in r.text
+    assert not kp.container.billing.settings(kp.org.id).auto_recharge
+
+    add_card(owner, VISA)
+    for threshold, target, field, said in (
+        ("4.99", "20", "threshold", "The amount must be between $5.00 and $95.00."),
+        ("-5", "20", "threshold", "The amount must be between $5.00 and $95.00."),
+        ("six", "20", "threshold", "Enter an amount in dollars, like 10.50."),
+        ("6", "100.01", "target", "The amount must be between $10.00 and $100.00."),
+        ("6", "", "target", "Enter the balance to bring it back up to, like 10.00."),
+        ("6.005", "20", "threshold", "The amount is finer than a cent"),
+        ("20", "20", "target", "The amount must be more than the threshold ($20.00)"),
+    ):
+        owner.get("/billing")
+        r = owner.post("/billing/auto-recharge", {"threshold": threshold, "target": target})
+        assert r.status_code == 400, (threshold, target)
+        said_by = re.search(rf'id="recharge-{field}-error">([^<]*)<', r.text)
+        assert said_by is not None and said in html.unescape(said_by.group(1)), text_of(r)
+        assert re.search(rf'id="recharge-{field}"[^>]*aria-invalid="true"', r.text)
+        assert f'required value="{threshold}"' in r.text and f'required value="{target}"' in r.text
+        assert "1000000000" not in r.text
+        assert not kp.container.billing.settings(kp.org.id).auto_recharge
+    assert events(kp, "billing_settings.updated") == []
+
+    # $5.00 of credit, under a $6.00 threshold: turning it on buys it back up to $20.00.
+    assert balance(kp) == 5_000_000
+    owner.get("/billing")
+    on = owner.post("/billing/auto-recharge", {"threshold": "6", "target": "$20"})
+    assert on.status_code == 303 and on.headers["location"] == "/billing#auto-recharge"
+    settings = kp.container.billing.settings(kp.org.id)
+    assert (settings.auto_recharge, settings.recharge_threshold, settings.recharge_target) == (
+        True, 6_000_000, 20_000_000
+    )  # fmt: skip
+    kp.container.payments.run_recharges()  # (or the server's own background run did)
+    wait_until(lambda: balance(kp) == 20_000_000)
+    [payment] = kp.container.payments.history(kp.org.id)
+    assert (payment.kind, payment.amount, payment.status) == ("recharge", 15_000_000, "succeeded")
+    page = owner.get("/billing")
+    section = recharge_form(page)
+    assert (
+        "Auto recharge is on: when your credit balance falls below $6.00, Visa •••• 4242 is "
+        "charged to bring it back up to $20.00." in section
+    )
+    assert 'required value="6.00"' in page.text and 'required value="20.00"' in page.text
+    assert "Credit balance: $20.00" in text_of(page)
+    assert "Auto-recharge Visa •••• 4242 $15.00 Succeeded" in text_of(owner.get("/billing/history"))
+    [entry] = kp.container.audit.query(
+        kp.org.id, AuditFilter(event_types=["billing_settings.updated"])
+    ).events
+    assert entry.actor.email == "owner@example.com"
+    assert entry.details == {
+        "before": {"auto_recharge": {"enabled": False, "threshold_micro_usd": None,
+                                     "target_micro_usd": None}},
+        "after": {"auto_recharge": {"enabled": True, "threshold_micro_usd": 6_000_000,
+                                    "target_micro_usd": 20_000_000}},
+    }  # fmt: skip
+
+
+def test_one_button_turns_auto_recharge_off_and_then_nothing_is_bought(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    owner, _ = owner_with_card(kp, browser_for)
+    kp.container.billing.update_settings(
+        kp.org.id, auto_recharge=True, recharge_threshold=5_000_000, recharge_target=20_000_000
+    )
+    page = owner.get("/billing")
+    assert "Auto recharge is on" in recharge_form(page)
+    off = owner.post("/billing/auto-recharge/off", {})
+    assert off.status_code == 303
+    settings = kp.container.billing.settings(kp.org.id)
+    assert not settings.auto_recharge and settings.recharge_threshold == 5_000_000  # (kept)
+    page = owner.get("/billing")
+    section = recharge_form(page)
+    assert "Auto recharge is off" in section and "Turn off auto recharge" not in section
+    assert 'required value="5.00"' in page.text  # the form as it was, to turn it on again
+    # A recharge asked for before it was turned off (the spend watcher's) buys nothing now.
+    [(lot, _)] = kp.container.billing.balance(kp.org.id).lots
+    kp.container.billing.revoke_grant(kp.org.id, lot.id)  # $0.00 left: under the $5.00
+    assert kp.container.money_store.enqueue_recharge("rj_off", kp.org.id, 20_000_000, 0)
+    kp.container.payments.run_recharges()
+    assert kp.container.payments.history(kp.org.id) == []
+    [entry] = kp.container.audit.query(
+        kp.org.id, AuditFilter(event_types=["billing_settings.updated"])
+    ).events
+    assert entry.details == {
+        "before": {"auto_recharge": {"enabled": True, "threshold_micro_usd": 5_000_000,
+                                     "target_micro_usd": 20_000_000}},
+        "after": {"auto_recharge": {"enabled": False, "threshold_micro_usd": 5_000_000,
+                                    "target_micro_usd": 20_000_000}},
+    }  # fmt: skip
+    owner.get("/billing")
+    assert owner.post("/billing/auto-recharge/off", {}).status_code == 303  # sent again
+    assert len(events(kp, "billing_settings.updated")) == 1  # (nothing changed: not recorded)
+
+
+def test_a_reader_sees_whether_auto_recharge_is_on_but_cannot_change_it(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    owner_with_card(kp, browser_for)
+    kp.container.billing.update_settings(
+        kp.org.id, auto_recharge=True, recharge_threshold=5_000_000, recharge_target=20_000_000
+    )
+    join(kp, "rita@example.com", OrgRole.READER)
+    reader = browser_for("rita@example.com", PASSWORD)
+    page = reader.get("/billing")
+    section = recharge_form(page)
+    assert "Auto recharge is on: when your credit balance falls below $5.00" in section
+    assert "<form" not in page.text.partition('id="auto-recharge"')[2].partition("</section>")[0]
+    assert reader.post("/billing/auto-recharge/off", {}).status_code == 403
+    reader.get("/billing")
+    r = reader.post("/billing/auto-recharge", {"threshold": "6", "target": "30"})
+    assert r.status_code == 403
+    settings = kp.container.billing.settings(kp.org.id)
+    assert (settings.auto_recharge, settings.recharge_target) == (True, 20_000_000)

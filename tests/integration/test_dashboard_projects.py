@@ -11,7 +11,7 @@ from conftest import Keyplane
 from keyplane.accounts.models import OrgRole
 from keyplane.accounts.org_ports import ProjectRole
 from keyplane.audit.models import Actor, ActorType, AuditFilter
-from keyplane.usage.pricing import format_usd
+from keyplane.usage.pricing import format_cents, format_usd
 from kptest import wait_until
 
 
@@ -51,6 +51,15 @@ def test_an_owner_creates_staffs_renames_and_archives_a_project(
     assert "Monthly budget: $2.50" in text_of(owner.get(f"/projects/{pid}"))
     assert kp.container.billing.project_budget(pid) == 2_500_000
     assert owner.post(f"/projects/{pid}/budget", {"amount": "1e3"}).status_code == 400
+    page = owner.get(f"/projects/{pid}")  # in its field (Save keeps it), removed on purpose only
+    assert 'required value="2.50"' in page.text and "Remove budget" in text_of(page)
+    emptied = owner.post(f"/projects/{pid}/budget", {"amount": ""})
+    assert emptied.status_code == 400 and "use Remove budget" in text_of(emptied)
+    assert kp.container.billing.project_budget(pid) == 2_500_000
+    owner.get(f"/projects/{pid}")
+    assert owner.post(f"/projects/{pid}/budget/remove", {}).status_code == 303
+    assert kp.container.billing.project_budget(pid) is None
+    assert "No monthly budget for this project" in text_of(owner.get(f"/projects/{pid}"))
     confirm = owner.get(f"/projects/{pid}/members/{rita.id}/remove")  # asks first
     assert "rita@example.com leaves this project" in text_of(confirm)
     call = lambda: httpx.get(kp.base_url + "/models",  # noqa: E731
@@ -81,6 +90,7 @@ def test_a_reader_cannot_create_archive_or_staff_projects(
     pid = kp.project.id
     for path, form in ((f"/projects/{pid}/archive", {}), (f"/projects/{pid}/name", {"name": "x"}),
                        (f"/projects/{pid}/budget", {"amount": "1"}),
+                       (f"/projects/{pid}/budget/remove", {}),
                        (f"/projects/{pid}/members", {"user_id": rita.id, "role": "owner"})):  # fmt: skip
         reader.get("/projects")
         assert reader.post(path, form).status_code == 403, path
@@ -105,7 +115,11 @@ def test_billing_shows_the_balance_and_the_credit_lots(
     owner = browser_for("owner@example.com", OWNER_PASSWORD)
     page = owner.get("/billing")
     text = text_of(page)
-    assert f"Credit balance: ${format_usd(balance.available)}" in text
+    assert balance.available % 10_000  # (a request's cost: not whole cents)
+    # In cents, rounded down (never more than there is); the exact figure in its tooltip.
+    assert f"Credit balance: ${format_cents(balance.available)}" in text
+    assert f'title="Exactly ${format_usd(balance.available)}"' in page.text
     assert (
-        "&lt;b&gt;promo&lt;/b&gt;" in page.text and "$2.50" in text and "Auto recharge: off" in text
-    )
+        "&lt;b&gt;promo&lt;/b&gt;" in page.text and "$2.50" in text
+        and "Auto recharge is off" in text
+    )  # fmt: skip

@@ -9,7 +9,7 @@ from test_dashboard_keys import SignIn, browser_for, kp  # noqa: F401  (fixtures
 
 from conftest import Keyplane
 from keyplane.audit.models import Actor, ActorType
-from keyplane.usage.pricing import format_usd
+from keyplane.usage.pricing import format_cost
 
 
 def chat(kp: Keyplane, model: str) -> None:  # noqa: F811
@@ -32,10 +32,10 @@ def test_usage_shows_the_months_spend_per_day_and_model_and_the_latest_requests(
     owner = browser_for("owner@example.com", OWNER_PASSWORD)
     page = owner.get("/usage")
     text = text_of(page)
-    assert page.status_code == 200 and f"${format_usd(total)} spent · 3 requests" in text
+    assert page.status_code == 200 and f"${format_cost(total)} spent · 3 requests" in text
     assert all(r.request_id in page.text for r in records)
     mini = sum(r.cost_micro_usd for r in records if r.model == "gpt-4o-mini")
-    assert "gpt-4o-mini 2 " in text and f"${format_usd(mini)}" in text
+    assert "gpt-4o-mini 2 " in text and f"${format_cost(mini)}" in text
     assert page.text.count("<rect ") >= 1  # a bar per day of the month so far
 
     setup = Actor(ActorType.SESSION, "sess_setup", user_id=kp.owner.id, email=kp.owner.email)
@@ -44,7 +44,7 @@ def test_usage_shows_the_months_spend_per_day_and_model_and_the_latest_requests(
     assert "$0.00 spent · 0 requests" in text_of(page) and "No requests yet" in text_of(page)
     assert not any(r.request_id in page.text for r in records)
     page = owner.get(f"/usage?project={kp.project.id}")
-    assert f"${format_usd(total)} spent · 3 requests" in text_of(page)
+    assert f"${format_cost(total)} spent · 3 requests" in text_of(page)
     page = owner.get("/usage?project=proj_nope")  # a project of no (or another) organization
     assert page.status_code == 404 and not any(r.request_id in page.text for r in records)
 

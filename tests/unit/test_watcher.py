@@ -35,9 +35,13 @@ class Store:
 class Outbox:
     def __init__(self) -> None:
         self.subjects: list[str] = []
+        self.bodies: list[str] = []
 
-    def enqueue(self, dedupe_key: str, to: Sequence[str], subject: str, *a: Any, **k: Any) -> bool:
+    def enqueue(
+        self, dedupe_key: str, to: Sequence[str], subject: str, body: str, *a: Any, **k: Any
+    ) -> bool:
         self.subjects.append(subject)
+        self.bodies.append(body)
         return True
 
 
@@ -109,3 +113,15 @@ def test_a_recharge_that_was_not_enough_or_failed_is_asked_for_again_a_minute_la
     clock.advance(RECHARGE_RECHECK_S)
     w.check(["org-1"], {"org-1": money})  # still under the threshold a minute later
     assert enqueued == [int(NOW), int(NOW + RECHARGE_RECHECK_S)]
+
+
+def test_the_email_says_the_spend_in_cents_rounded_up_and_the_threshold_as_set() -> None:
+    """As the dashboard shows money: $5.016157 spent is "$5.02" (never less than was spent)."""
+    store = Store([alert("a1", 5_000_000)], (0, {}))
+    outbox = Outbox()
+    money = OrgMoney("org-1")
+    money.spent[PERIOD] = 5_016_157
+    assert watcher(store, outbox).check(["org-1"], {"org-1": money}) == 1
+    [body] = outbox.bodies
+    assert "has reached $5.02, crossing your notification threshold of $5.00." in body
+    assert "5.016157" not in body

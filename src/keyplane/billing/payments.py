@@ -39,6 +39,7 @@ from keyplane.errors import IdempotencyKeyReused, InvalidRequest, KeyplaneError,
 from keyplane.ids import new_id, ordered_id
 from keyplane.notify.ports import Outbox
 from keyplane.notify.webhooks import Publish, publish_nowhere
+from keyplane.usage.pricing import format_usd
 
 MAX_METHODS = 10  # saved payment methods per organization
 RECHARGE_RETRY_S = 3600  # a declined auto-recharge is tried again this much later
@@ -271,7 +272,8 @@ class PurchaseBounds:
 
 
 def _usd(micro: int) -> str:
-    return f"${micro / 1_000_000:,.2f}"
+    """An amount charged (whole cents) as the emails and errors say it: "$1,234.50"."""
+    return "$" + format_usd(micro)
 
 
 class PaymentService:

@@ -22,6 +22,7 @@ from keyplane.errors import Conflict, InvalidRequest, NotFound
 from keyplane.ids import new_id
 from keyplane.limits.tiers import TierTable
 from keyplane.text import refuse_control_characters
+from keyplane.usage.pricing import format_usd
 
 T = TypeVar("T")
 DAY = 86400
@@ -80,7 +81,10 @@ class BillingService:
         ``write`` stores the lot in place of ``MoneyStore.add_lot``, with what else belongs in
         its transaction (a purchase's line of the billing history)."""
         if not 0 < amount <= MAX_GRANT:
-            raise InvalidRequest("A grant is a positive amount up to $1,000,000.", param="amount")
+            what = "A credit purchase" if kind == "purchase" else "A grant"
+            raise InvalidRequest(
+                f"{what} is a positive amount up to ${format_usd(MAX_GRANT)}.", param="amount"
+            )
         if expires_in_s is not None and expires_in_s <= 0:
             raise InvalidRequest("A grant's expiry must be in the future.", param="expires_in")
         if len(note) > 500:
@@ -200,11 +204,15 @@ class BillingService:
         b = self.recharge_bounds
         if threshold is None or not b.threshold_min <= threshold <= b.threshold_max:
             raise InvalidRequest(
-                "Enter a recharge threshold between $5 and $95.", param="recharge_threshold"
+                f"Enter a recharge threshold between ${format_usd(b.threshold_min)} and "
+                f"${format_usd(b.threshold_max)}.",
+                param="recharge_threshold",
             )
         if target is None or not b.target_min <= target <= b.target_max:
             raise InvalidRequest(
-                "Enter a recharge target between $10 and $100.", param="recharge_target"
+                f"Enter a recharge target between ${format_usd(b.target_min)} and "
+                f"${format_usd(b.target_max)}.",
+                param="recharge_target",
             )
         if target <= threshold:
             raise InvalidRequest(
@@ -244,8 +252,8 @@ class BillingService:
                 tuple(sorted(set(known.recipients or ()))),
             ) == same:
                 raise Conflict(
-                    f"This notification threshold exists already ({known.id}): each is emailed "
-                    "once a month.",
+                    f"A notification threshold of ${format_usd(threshold)} exists already: "
+                    "each is emailed once a month.",
                     param="threshold_amount",
                 )
         alert = SpendAlert(

@@ -16,13 +16,19 @@ from keyplane.clock import Clock
 from keyplane.ids import new_id
 from keyplane.notify.ports import Outbox
 from keyplane.notify.webhooks import Publish, publish_nowhere
-from keyplane.usage.pricing import format_usd
+from keyplane.usage.pricing import format_cents, format_usd
 
 RECHARGE_RECHECK_S = 60.0
 
 
 def _usd(micros: int) -> str:
+    """A threshold as it was set (whole cents, from every form and API)."""
     return "$" + format_usd(micros)
+
+
+def _spent(micros: int) -> str:
+    """Spend as the dashboard shows it: in cents, rounded up (never less than was spent)."""
+    return "$" + format_cents(micros, up=True)
 
 
 class SpendWatcher:
@@ -91,7 +97,7 @@ class SpendWatcher:
             return 0
         subject = f"[keyplane] {scope} reached {_usd(alert.threshold)} of spend in {period}"
         body = (
-            f"Spend of {scope} in {period} (UTC) has reached {_usd(spend)}, crossing your "
+            f"Spend of {scope} in {period} (UTC) has reached {_spent(spend)}, crossing your "
             f"notification threshold of {_usd(alert.threshold)}.\n\n"
             "Requests keep working: a notification threshold only notifies. To stop spending at a "
             "limit, set a monthly budget.\n\n"

@@ -127,10 +127,31 @@ class Price:
 
 
 def format_usd(micros: int) -> str:
-    """``1,234.50`` for display: at least cents, and every sub-cent digit an amount has."""
+    """``1,234.50`` for display: at least cents, and every sub-cent digit an amount has (exact:
+    error messages, the CLI, what a person set; a page's tooltip behind a rounded figure)."""
     sign = "-" if micros < 0 else ""
     whole, fraction = divmod(abs(micros), MICRO)
     return f"{sign}{whole:,}.{f'{fraction:06d}'.rstrip('0').ljust(2, '0')}"
+
+
+def format_cents(micros: int, *, up: bool = False) -> str:
+    """``1,234.50``: dollars and cents, as people read money (the dashboard, emails). A sub-cent
+    rest is rounded down (money there is to spend: a balance, credit left), or with ``up`` rounded
+    up (money spent or held), so a figure never shows more money than there is, or less spend
+    than there was: $4.983843 of credit is "4.98", $0.016157 spent "0.02"."""
+    cents = -(-micros // MICRO_PER_CENT) if up else micros // MICRO_PER_CENT
+    sign = "-" if cents < 0 else ""
+    whole, rest = divmod(abs(cents), 100)
+    return f"{sign}{whole:,}.{rest:02d}"
+
+
+def format_cost(micros: int) -> str:
+    """A cost as a usage page shows it (OpenAI's does the same): dollars and cents rounded up, or,
+    under a cent, every digit it has (``0.000157``), which a request of a few tokens costs: "0.01"
+    would say a hundred times too much, "0.00" that it was free."""
+    if 0 < abs(micros) < MICRO_PER_CENT:
+        return format_usd(micros)
+    return format_cents(micros, up=True)
 
 
 def parse_dollars(value: Any, where: str) -> int:

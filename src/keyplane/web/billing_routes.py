@@ -415,6 +415,8 @@ _SETTING_PARAMS = {
 
 
 def _settings(s: AdminServices, record: SettingsRecord) -> BillingSettings:
+    """The settings as the API answers them (``billing_settings.updated`` records the same
+    fields: ``audit_details.settings_shown``)."""
     return BillingSettings(
         mode=record.mode.value,
         usage_limit_micro_usd=s.billing.effective_usage_limit(record),

@@ -43,6 +43,7 @@ from keyplane.web.dashboard import (
     usage_routes,
     webhooks_routes,
 )
+from keyplane.web.dashboard.money import GLOBALS as MONEY
 from keyplane.web.dashboard.session import (
     DashboardContext,
     DashboardServices,
@@ -145,6 +146,7 @@ def _templates() -> Jinja2Templates:
     env.filters["moment"] = _moment
     env.filters["stamp"] = _stamp
     env.filters["amount"] = _amount
+    env.globals.update(MONEY)  # (how every page shows money: one rule, in money.py)
     return Jinja2Templates(env=env)
 
 

@@ -4,7 +4,10 @@ the three of them:
 - Overview (``/billing``): the credit balance, what requests in flight hold, the credit lots it is
   made of (purchases and grants, each with its expiry), the billing mode and the auto-recharge
   rule; and "Add to credit balance": Configure payment (an amount within the purchase bounds, the
-  payment method to charge), then Confirm payment, then back here with the new balance.
+  payment method to charge), then Confirm payment, then back here with the new balance. Auto
+  recharge (BRIEF C5; the guide says to turn it off), off by default: Owners turn it on with its
+  two amounts (under the threshold, buy back up to the target; a saved card needed) and off with
+  one button, audited as the Admin API's ``billing_settings.updated``.
 - Payment methods (``/billing/payment-methods``): the saved cards (brand, last four digits,
   expiry, which one is the default), "Add payment details", making one the default, removing one
   after a confirmation page. With the sandbox provider "Add payment details" is a card form; with
@@ -39,6 +42,7 @@ from starlette.responses import Response
 
 from keyplane.audit.service import changed
 from keyplane.billing.amounts import parse_amount
+from keyplane.billing.audit_details import settings_shown
 from keyplane.billing.payments import (
     CardDetails,
     Payment,
@@ -56,6 +60,7 @@ from keyplane.errors import (
 )
 from keyplane.usage.pricing import format_usd
 from keyplane.web.dashboard.authorize import may, principal_of
+from keyplane.web.dashboard.money import usd_left
 from keyplane.web.dashboard.session import (
     CurrentMember,
     Field,
@@ -73,6 +78,7 @@ router = APIRouter()
 PATH = "/billing"
 METHODS = PATH + "/payment-methods"
 PURCHASE = PATH + "/purchase"
+RECHARGE = PATH + "/auto-recharge"
 HISTORY = PATH + "/history"
 LINES = 100  # the billing history shows the latest lines
 EVERY_LINE = 2**31 - 1  # (a SQL LIMIT: every charge)
@@ -106,7 +112,7 @@ def _page(
     request: Request, viewer: Viewer, template: str, *, status: int = 200, **values: object
 ) -> Response:
     return render(
-        request, template, status=status, viewer=viewer, usd=format_usd, card=card_label,
+        request, template, status=status, viewer=viewer, card=card_label,
         **values,
     )  # fmt: skip
 
@@ -127,6 +133,25 @@ def _allowed(request: Request, viewer: Viewer, operation: str) -> Principal:
 def billing_page(request: Request, viewer: CurrentMember, paid: str = "") -> Response:
     """``paid``: the payment just made (Confirm payment leads here), said in a notice."""
     services = context(request).services
+    org_id = principal_of(request, viewer).org_id
+    notice = None
+    if paid:
+        payment = next((p for p in services.payments.history(org_id, 20) if p.id == paid), None)
+        if payment is not None and payment.status == "succeeded":
+            available = services.billing.balance(org_id).available
+            notice = (
+                f"Payment of ${format_usd(payment.amount)} charged to {card_label(payment)}: "
+                f"your credit balance is now ${usd_left(available)}."
+            )
+    return _overview(request, viewer, notice=notice)
+
+
+def _overview(
+    request: Request, viewer: Viewer, *, status: int = 200, notice: str | None = None,
+    errors: dict[str, str] | None = None, typed: dict[str, str] | None = None,
+) -> Response:  # fmt: skip
+    """The Overview; ``errors`` and ``typed``: the auto-recharge form refused (by field)."""
+    services = context(request).services
     principal = principal_of(request, viewer)
     org_id = principal.org_id
     now = services.clock.now()
@@ -137,18 +162,100 @@ def billing_page(request: Request, viewer: CurrentMember, paid: str = "") -> Res
         (lot, note, "revoked" if lot.revoked else "active" if lot.live(now) else "expired")
         for lot, note in lots
     ]
-    notice = None
-    if paid:
-        payment = next((p for p in services.payments.history(org_id, 20) if p.id == paid), None)
-        if payment is not None and payment.status == "succeeded":
-            notice = (
-                f"Payment of ${format_usd(payment.amount)} charged to {card_label(payment)}: "
-                f"your credit balance is now ${format_usd(balance.available)}."
-            )
+    methods = services.payments.methods(org_id)
     return _page(
-        request, viewer, "billing.html", section=PATH, balance=balance, settings=settings,
-        rows=rows, notice=notice, can_pay=may(request, principal, "credit_purchases.create", None),
+        request, viewer, "billing.html", status=status, section=PATH, balance=balance,
+        settings=settings, rows=rows, notice=notice,
+        can_pay=may(request, principal, "credit_purchases.create", None),
+        can_recharge=may(request, principal, "billing_settings.update", None),
+        recharge_card=methods[0] if methods else None, bounds=services.billing.recharge_bounds,
+        recharge_attempts=services.payments.max_recharge_attempts, errors=errors or {},
+        typed=typed or {},
     )  # fmt: skip
+
+
+# -- auto recharge ------------------------------------------------------------------------------
+
+
+def _recharge_amounts(
+    request: Request, org_id: str, threshold: str, target: str
+) -> tuple[int, int] | dict[str, str]:
+    """(threshold, target) in micro-dollars from the form, or what is wrong, by field ("form":
+    no card to charge)."""
+    services = context(request).services
+    b = services.billing.recharge_bounds
+    errors: dict[str, str] = {}
+    amounts: dict[str, int] = {}
+    for name, typed, low, high, what in (
+        ("threshold", threshold, b.threshold_min, b.threshold_max, "the balance to recharge under"),
+        ("target", target, b.target_min, b.target_max, "the balance to bring it back up to"),
+    ):
+        try:
+            if not typed.strip():
+                raise ValueError(f"Enter {what}, like {format_usd(low)}.")
+            amounts[name] = parse_amount(typed, cents=True, minimum=low, maximum=high)
+        except ValueError as exc:
+            errors[name] = str(exc)
+    if not errors and amounts["target"] <= amounts["threshold"]:
+        errors["target"] = (
+            f"The amount must be more than the threshold (${format_usd(amounts['threshold'])}): "
+            "a recharge brings the balance back up to it."
+        )
+    if not services.payments.methods(org_id):
+        errors["form"] = "Add a payment method first: auto recharge charges your default card."
+    return errors or (amounts["threshold"], amounts["target"])
+
+
+def _save_recharge(request: Request, principal: Principal, **changes: object) -> None:
+    """Changes the rule, audited as the Admin API's ``billing_settings.updated`` (with what
+    changed, before and after; nothing recorded when nothing changed: a form sent twice)."""
+    services = context(request).services
+    org_id = principal.org_id
+    billing = services.billing
+    old = billing.settings(org_id)
+    before = settings_shown(old, billing.effective_usage_limit(old))
+    record = billing.update_settings(org_id, **changes)
+    details = changed(before, settings_shown(record, billing.effective_usage_limit(record)))
+    if details["after"]:
+        services.audit.record(org_id, principal.actor, "billing_settings.updated", details=details)
+
+
+@router.post(RECHARGE)
+def set_auto_recharge(
+    request: Request, viewer: CurrentMember, threshold: Field = "", target: Field = "",
+    org_id: Field = "",
+) -> Response:  # fmt: skip
+    """Turns auto recharge on, or changes its amounts: whole dollars and cents within the bounds
+    (BRIEF C5: below $5-$95, back up to $10-$100, above the threshold), with a saved card to
+    charge. Owners only."""
+    form_org = org_id
+    principal = _allowed(request, viewer, "billing_settings.update")
+    same_org(viewer, form_org)
+    amounts = _recharge_amounts(request, principal.org_id, threshold, target)
+    if isinstance(amounts, dict):
+        typed = {"threshold": threshold, "target": target}
+        return _overview(request, viewer, status=400, errors=amounts, typed=typed)
+    try:
+        _save_recharge(
+            request, principal, auto_recharge=True, recharge_threshold=amounts[0],
+            recharge_target=amounts[1],
+        )  # fmt: skip
+    except StoreUnavailable:
+        raise
+    except KeyplaneError as exc:  # (bounds the service checks too)
+        typed = {"threshold": threshold, "target": target}
+        return _overview(request, viewer, status=400, errors={"form": exc.message}, typed=typed)
+    raise Redirect(PATH + "#auto-recharge")
+
+
+@router.post(RECHARGE + "/off")
+def turn_off_auto_recharge(request: Request, viewer: CurrentMember, org_id: Field = "") -> Response:
+    """Turns auto recharge off (its amounts are kept, to fill the form in again). Owners only."""
+    form_org = org_id
+    principal = _allowed(request, viewer, "billing_settings.update")
+    same_org(viewer, form_org)
+    _save_recharge(request, principal, auto_recharge=False)
+    raise Redirect(PATH + "#auto-recharge")
 
 
 # -- Configure payment, Confirm payment ---------------------------------------------------------
@@ -178,7 +285,8 @@ def _order(request: Request, org_id: str, amount: str, method_id: str) -> tuple[
     payments = context(request).services.payments
     if not amount.strip():
         raise ValueError("Enter the amount to add to your credit balance.")
-    micros = parse_amount(amount, cents=True)
+    bounds = payments.bounds
+    micros = parse_amount(amount, cents=True, minimum=bounds.minimum, maximum=bounds.maximum)
     payments.check_amount(micros)
     if not payments.methods(org_id):
         raise ValueError("Add a payment method first.")
@@ -539,7 +647,7 @@ def receipt(request: Request, viewer: CurrentMember, payment_id: str) -> Respons
     assert org is not None  # CurrentMember has one
     document = context(request).templates.get_template("billing_receipt.html").render(
         org=org, payment=payment, lot=lot, description=KINDS.get(payment.kind, payment.kind),
-        usd=format_usd, card=card_label,
+        card=card_label,
     )  # fmt: skip
     return Response(
         document,

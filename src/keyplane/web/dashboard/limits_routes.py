@@ -4,7 +4,9 @@ notification thresholds (Owners change them here, as with the Admin API), and th
 rate limits of the tier.
 
 Changes go through the same services and audit events as the Admin API's (``spend_limit.updated``,
-``spend_alert.created`` / ``.deleted``); the gateway applies them within its poll interval."""
+``spend_alert.created`` / ``.deleted``); the gateway applies them within its poll interval. The
+budget's field shows the budget; removing it is a button of its own (Remove budget), never an
+empty field saved by mistake."""
 
 from __future__ import annotations
 
@@ -17,9 +19,9 @@ from keyplane.audit.models import Actor
 from keyplane.billing.amounts import parse_amount
 from keyplane.billing.audit_details import budget_change
 from keyplane.billing.periods import period_of
-from keyplane.errors import KeyplaneError
+from keyplane.errors import KeyplaneError, StoreUnavailable
 from keyplane.limits.tiers import DEFAULT_ROW
-from keyplane.usage.pricing import format_usd
+from keyplane.usage.pricing import MICRO_PER_CENT
 from keyplane.web.dashboard.authorize import may, principal_of
 from keyplane.web.dashboard.session import (
     CurrentMember,
@@ -54,7 +56,7 @@ def _page(request: Request, viewer: Viewer, *, status: int = 200, **values: obje
     if DEFAULT_ROW in limits:
         rows.append(("Other models", limits[DEFAULT_ROW]))
     return render(
-        request, "limits.html", status=status, viewer=viewer, usd=format_usd, spent=spent,
+        request, "limits.html", status=status, viewer=viewer, spent=spent,
         budget=settings.budget, usage_limit=services.billing.effective_usage_limit(settings),
         manual_limit=settings.usage_limit is not None,
         progress=progress, alerts=alerts, owners=owners, rows=rows,
@@ -80,17 +82,44 @@ def _owner_actor(request: Request, viewer: Viewer, operation: str) -> tuple[str,
 def set_budget(
     request: Request, viewer: CurrentMember, amount: Field = "", org_id: Field = ""
 ) -> Response:
-    """The monthly budget in dollars (whole cents); empty removes it."""
+    """The monthly budget in dollars (whole cents). An empty field is refused, not taken to mean
+    "no budget": the field shows the budget, and one click on Save must not delete it (Remove
+    budget does, on purpose)."""
     form_org = org_id
     org_id, actor = _owner_actor(request, viewer, "spend_limit.update")
     same_org(viewer, form_org)
+    try:
+        if not amount.strip():
+            raise ValueError(
+                "Enter the monthly budget, like 50 or 12.50 (to have none, use Remove budget)."
+            )
+        budget = parse_amount(amount, cents=True)
+    except ValueError as exc:
+        return _page(request, viewer, status=400, error=form_error(exc), typed_budget=amount)
+    return _save_budget(request, viewer, org_id, actor, budget, typed=amount)
+
+
+@router.post(PATH + "/budget/remove")
+def remove_budget(request: Request, viewer: CurrentMember, org_id: Field = "") -> Response:
+    """No monthly budget any more (the usage limit and the credit balance still stop spending):
+    audited as the Admin API's ``spend_limit.updated`` to none."""
+    form_org = org_id
+    org_id, actor = _owner_actor(request, viewer, "spend_limit.update")
+    same_org(viewer, form_org)
+    return _save_budget(request, viewer, org_id, actor, None, typed="")
+
+
+def _save_budget(
+    request: Request, viewer: Viewer, org_id: str, actor: Actor, budget: int | None, *, typed: str
+) -> Response:
     services = context(request).services
     try:
-        budget = parse_amount(amount, cents=True) if amount.strip() else None
         before = services.billing.settings(org_id).budget
         services.billing.update_settings(org_id, budget=budget)
-    except (ValueError, KeyplaneError) as exc:
-        return _page(request, viewer, status=400, error=form_error(exc), typed_budget=amount)
+    except StoreUnavailable:
+        raise  # (the 503 page: not a mistake in the form)
+    except KeyplaneError as exc:
+        return _page(request, viewer, status=400, error=form_error(exc), typed_budget=typed)
     services.audit.record(
         org_id, actor, "spend_limit.updated", details=budget_change(before, budget)
     )
@@ -108,7 +137,7 @@ def add_alert(
     same_org(viewer, form_org)
     services = context(request).services
     try:
-        threshold = parse_amount(amount, cents=True)
+        threshold = parse_amount(amount, cents=True, minimum=MICRO_PER_CENT)
         alert = services.billing.add_alert(org_id, threshold, project_id=None, recipients=None)
     except (ValueError, KeyplaneError) as exc:
         return _page(request, viewer, status=400, error=form_error(exc), typed_alert=amount)

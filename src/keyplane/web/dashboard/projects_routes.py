@@ -15,7 +15,6 @@ from keyplane.billing.amounts import parse_amount
 from keyplane.billing.audit_details import budget_change
 from keyplane.billing.periods import period_of
 from keyplane.errors import KeyplaneError, NotFound
-from keyplane.usage.pricing import format_usd
 from keyplane.web.dashboard.authorize import may, principal_of
 from keyplane.web.dashboard.session import (
     CurrentMember,
@@ -95,7 +94,7 @@ def _detail(
         can_manage=active and may(request, principal, "project_users.create", project.id),
         can_rename=active and may(request, principal, "projects.update", project.id),
         can_archive=active and may(request, principal, "projects.archive", project.id),
-        roles=[r.value for r in ProjectRole], usd=format_usd,
+        roles=[r.value for r in ProjectRole],
         budget=services.billing.project_budget(project.id),
         spent=spent_by_project.get(project.id, 0),
         can_budget=active and may(request, principal, "project_spend_limit.update", project.id),
@@ -196,16 +195,34 @@ def archive_page(request: Request, viewer: CurrentMember, project_id: str) -> Re
 def set_project_budget(
     request: Request, viewer: CurrentMember, project_id: str, amount: Field = ""
 ) -> Response:
-    """The project's monthly budget in dollars (whole cents); empty removes it."""
+    """The project's monthly budget in dollars (whole cents); an empty field is refused (Remove
+    budget removes it: one click on Save must not)."""
+    return _save_budget(request, viewer, project_id, amount)
+
+
+@router.post(PATH + "/{project_id}/budget/remove")
+def remove_project_budget(request: Request, viewer: CurrentMember, project_id: str) -> Response:
+    return _save_budget(request, viewer, project_id, None)
+
+
+def _save_budget(request: Request, viewer: Viewer, project_id: str, amount: str | None) -> Response:
+    """Sets (``amount``, as typed) or removes (None) the project's budget, audited as the Admin
+    API's ``spend_limit.updated``."""
     org_id, pid = _act(request, viewer, project_id, "project_spend_limit.update")
     services = context(request).services
     principal = principal_of(request, viewer)
     try:
-        budget = parse_amount(amount, cents=True) if amount.strip() else None
+        if amount is not None and not amount.strip():
+            raise ValueError(
+                "Enter the monthly budget, like 50 or 12.50 (to have none, use Remove budget)."
+            )
+        budget = None if amount is None else parse_amount(amount, cents=True)
         before = services.billing.project_budget(pid)
         services.billing.set_project_budget(org_id, pid, budget)
     except (ValueError, KeyplaneError) as exc:
-        return _detail(request, viewer, pid, status=400, error=form_error(exc), typed_budget=amount)
+        return _detail(
+            request, viewer, pid, status=400, error=form_error(exc), typed_budget=amount or ""
+        )
     services.audit.record(
         org_id, principal.actor, "spend_limit.updated", target_id=pid, project_id=pid,
         details=budget_change(before, budget),

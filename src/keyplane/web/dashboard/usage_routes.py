@@ -12,7 +12,6 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from keyplane.billing.periods import period_end, period_of, period_start
-from keyplane.usage.pricing import format_usd
 from keyplane.usage.records import DailyUsage, units
 from keyplane.web.dashboard.session import CurrentMember, context, render
 
@@ -63,7 +62,7 @@ def usage_page(request: Request, viewer: CurrentMember, project: str = "") -> Re
     names = {p.id: p.name for p in projects}
     return render(
         request, "usage.html", viewer=viewer, projects=projects, chosen=chosen, rows=rows,
-        count=count, cost=cost, recent=recent, names=names, usd=format_usd, units=units,
+        count=count, cost=cost, recent=recent, names=names, units=units,
         bars=_bars(rows, start, min(int(now) + 1, period_end(period))),
         month=dt.datetime.fromtimestamp(start, dt.UTC).strftime("%B %Y"),
     )  # fmt: skip
