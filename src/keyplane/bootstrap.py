@@ -16,6 +16,7 @@ from keyplane.accounts.orgs import OrgService
 from keyplane.accounts.service import AccountService
 from keyplane.accounts.sessions import LoginService
 from keyplane.accounts.signup import SignupService
+from keyplane.accounts.throttle import ThrottlePolicy
 from keyplane.accounts.totp import SecondFactorService
 from keyplane.accounts.verification import OrgVerificationService
 from keyplane.app import KeyplaneApp, Lazy, behind_proxies
@@ -155,7 +156,15 @@ def build(
         SqlVerificationStore(engine), clock.now, required=settings.require_org_verification
     )
     keys = KeyService(key_store, pepper, clock)
-    second_factor = SecondFactorService(auth_store, clock, encryption_keys=sealing_keys)
+    throttle = ThrottlePolicy(
+        per_account=settings.login_max_failures_per_account,
+        per_address=settings.login_max_failures_per_address,
+        window_s=settings.login_failure_window_s,
+        resets_per_address=settings.password_reset_max_per_address,
+    )
+    second_factor = SecondFactorService(
+        auth_store, clock, encryption_keys=sealing_keys, throttle=throttle
+    )
     webhook_store = SqlWebhookStore(engine, sealer=sealing.sealer(sealing_keys, sealing.WEBHOOKS))
     webhooks = Webhooks(
         webhook_store, clock, allow_private=settings.webhook_allow_private_addresses
@@ -228,7 +237,9 @@ def build(
         access=AccessPolicyService(access_store, clock.now),
         auth=AuthServices(
             signup=signup,
-            login=LoginService(auth_store, clock, second_factor=second_factor, audit=audit),
+            login=LoginService(
+                auth_store, clock, second_factor=second_factor, throttle=throttle, audit=audit
+            ),
             second_factor=second_factor,
         ),
         audit=audit,

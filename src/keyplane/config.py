@@ -127,6 +127,13 @@ class Settings(BaseSettings):
     # The address people open keyplane at, for links inside emails; default: http://host:port
     public_url: str = ""
     email_dispatch_interval_s: float = Field(default=2.0, gt=0)
+    # Dashboard sign-in throttle (accounts/throttle.py): failed sign-ins (wrong passwords, wrong
+    # two-factor codes) within the window per account (the email typed, existing or not) and per
+    # client address; past either, new sign-ins get 429 until the oldest leaves the window.
+    login_max_failures_per_account: int = Field(default=10, ge=1)
+    login_max_failures_per_address: int = Field(default=100, ge=1)
+    login_failure_window_s: int = Field(default=900, ge=1)
+    password_reset_max_per_address: int = Field(default=20, ge=1)  # requests in that window
 
     # Money (BRIEF C5/C6). Amounts are decimal dollar strings, read as exact micro-dollars.
     tier_files: list[Path] = Field(

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from keyplane.notify.webhooks import is_public
+from keyplane.notify.webhooks import is_public, public_host
 
 Resolve = Callable[[str, int], Awaitable[list[str]]]
 
@@ -68,7 +68,15 @@ class HttpPoster:
     async def _public_address(
         self, host: str, port: int
     ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-        """The first address ``host`` resolves to, if every one of them is public."""
+        """The first address ``host`` resolves to, if it is no local name (the check a URL
+        passed when it was added, again: an endpoint may predate it) and every address it
+        resolves to is public."""
+        try:
+            public = public_host(host)
+        except ValueError:
+            public = False
+        if not public:
+            raise OSError(f"refused: {host} is not a public address")
         addresses = [ipaddress.ip_address(a.split("%")[0]) for a in await self._resolve(host, port)]
         if not addresses:
             raise OSError(f"refused: {host} resolves to no address")

@@ -200,6 +200,9 @@ async def test_a_database_outage_answers_503_not_401(env: Env) -> None:
         async def authenticate(self, token: str, client_ip: str | None) -> ApiKey:
             raise StoreUnavailable("database unreachable")
 
+        def used(self, key: ApiKey, client_ip: str | None, now: float) -> None:
+            raise AssertionError("no key authenticated")
+
     async def nothing() -> None:
         return None
 

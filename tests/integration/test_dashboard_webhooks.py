@@ -158,6 +158,25 @@ def test_sending_the_add_form_again_adds_no_second_endpoint(
     assert len(kp.container.webhooks.endpoints(kp.org.id)) == 1
 
 
+def test_the_admin_api_refuses_local_hosts_in_every_spelling(kp: Keyplane) -> None:
+    api = {"authorization": f"Bearer {admin_key(kp)}"}
+    for url in (
+        "http://localhost/h",
+        "http://localhost.:18999/h",
+        "http://LOCALHOST.:18999/h",
+        "http://127.1/",
+        "http://0x7f000001/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://0/",
+    ):
+        r = httpx.post(kp.server.url + "/v1/organization/webhooks", headers=api,
+                       json={"url": url, "events": ["api_key.leaked"]})  # fmt: skip
+        assert r.status_code == 400, (url, r.text)
+        error = r.json()["error"]
+        assert error["param"] == "url" and "not a public address" in error["message"], url
+    assert kp.container.webhooks.endpoints(kp.org.id) == []
+
+
 @ON_BOTH
 def test_bad_input_is_a_clear_error_that_keeps_what_was_typed(
     kp: Keyplane,
@@ -168,6 +187,8 @@ def test_bad_input_is_a_clear_error_that_keeps_what_was_typed(
         ("http://127.0.0.1:8080/hooks", ["api_key.leaked"], "", "url", "not a public address"),
         ("https://10.1.2.3/hooks", ["api_key.leaked"], "", "url", "not a public address"),
         ("http://localhost/hooks", ["api_key.leaked"], "", "url", "not a public address"),
+        ("http://LOCALHOST.:18999/h", ["api_key.leaked"], "", "url", "not a public address"),
+        ("http://0x7f000001/h", ["api_key.leaked"], "", "url", "not a public address"),
         ("ftp://hooks.example/x", ["api_key.leaked"], "", "url", "http:// or https://"),
         ("javascript:alert(1)", ["api_key.leaked"], "", "url", "http:// or https://"),
         ("https://user:pw@hooks.example/x", ["api_key.leaked"], "", "url", "no user name"),

@@ -16,6 +16,7 @@ from conftest import Keyplane, start_keyplane
 from keyplane.clock import FrozenClock
 from keyplane.keys.format import key_id, parse
 from keyplane.keys.permissions import ALL_READ
+from keyplane.limits.ratelimit import ModelLimits
 from kptest import ServerThread
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
@@ -159,3 +160,39 @@ def test_rotation_with_a_two_second_grace_and_without(
     finally:
         kp.server.stop()
         kp.container.close()
+
+
+def test_last_used_records_only_requests_the_key_was_allowed_to_make(kp: Keyplane) -> None:
+    """A request its IP allowlist, permissions, models or rate limits refuse does not make a key
+    "used": only one forwarded upstream (or answered by keyplane) after every check passed."""
+    kp.container.rate_limit_service.set_project_limit(
+        kp.org.id, kp.project.id, "rl-gpt-4o-mini", ModelLimits(rpm=1)
+    )
+
+    def last_used(kid: str) -> tuple[int | None, str | None]:
+        kp.server.call(kp.gateway._flush_last_used())
+        key = kp.container.keys.get(kp.org.id, kid)
+        return key.last_used_at, key.last_used_ip
+
+    fenced_id, fenced = kp.new_key("office", allowed_cidrs=["192.0.2.0/24"])
+    read_only_id, read_only = kp.new_key("ro", scopes=[ALL_READ])
+    narrow_id, narrow = kp.new_key("narrow", allowed_models=["gpt-4o"])
+    limited_id, limited = kp.new_key("limited")
+    for _ in range(3):
+        denied = call(kp, fenced)
+        assert denied.status_code == 403 and denied.json()["error"]["code"] == "ip_not_allowed"
+    assert call(kp, fenced, "/models", None).status_code == 403
+    assert call(kp, read_only).status_code == 401  # chat.write missing
+    assert call(kp, narrow).status_code == 404  # gpt-4o-mini not allowed to it
+    assert call(kp, kp.key).status_code == 200  # the project's one request a minute ...
+    refused = call(kp, limited)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    for kid in (fenced_id, read_only_id, narrow_id, limited_id):
+        assert last_used(kid) == (None, None), kid
+    served_id = key_id(parse(kp.key).public_id)  # type: ignore[union-attr]
+    assert last_used(served_id) == (int(kp.container.clock.now()), "127.0.0.1")
+
+    assert call(kp, fenced, "/models", None, client=("192.0.2.7", 1)).status_code == 200
+    assert call(kp, read_only, "/models", None).status_code == 200
+    assert last_used(fenced_id)[1] == "192.0.2.7"
+    assert last_used(read_only_id)[1] == "127.0.0.1"

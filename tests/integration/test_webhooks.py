@@ -185,7 +185,10 @@ def test_failed_deliveries_are_retried_on_schedule_then_given_up(tmp_path: Path)
 @pytest.mark.parametrize(
     "url",
     ["http://127.0.0.1:9/x", "http://localhost/x", "http://169.254.169.254/latest/meta-data",
-     "http://10.1.2.3/x", "http://[::1]/x", "http://[64:ff9b::a01:203]/x"],
+     "http://10.1.2.3/x", "http://[::1]/x", "http://[64:ff9b::a01:203]/x",
+     # (endpoints added before their names were checked: the same check at delivery)
+     "http://localhost.:18999/x", "http://LOCALHOST./x", "http://intranet/x",
+     "http://metadata.google.internal/x", "http://0/x", "http://[::127.0.0.1]/x"],
 )  # fmt: skip
 def test_deliveries_to_this_machine_or_private_networks_are_refused(url: str) -> None:
     calls: list[httpx.Request] = []
@@ -208,7 +211,16 @@ def test_deliveries_to_this_machine_or_private_networks_are_refused(url: str) ->
      "http://0x7f000001/x", "http://[::ffff:127.0.0.1]/x", "http://169.254.169.254/x",
      "http://0.0.0.0/x", "http://[::]/x", "https://10.0.0.8/x", "http://[::1/x",
      "http://[64:ff9b::7f00:1]/x", "http://[2002:7f00:1::1]/x",
-     "http://hooks.example:99999/x"],
+     "http://hooks.example:99999/x",
+     # A name is compared as the resolver looks it up: lower case, without the trailing dot of a
+     # fully qualified name, international names in their ASCII form.
+     "http://localhost./x", "http://localhost.:18999/h", "http://LOCALHOST.:18999/h",
+     "http://api.localhost./x", "http://localhost\u3002/x", "http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54/x",
+     "http://127.1./x", "http://0/x", "http://0177.0.0.1/x", "http://[::127.0.0.1]/x",
+     # Names that only lead inside: one label (completed with the machine's search domains),
+     # mDNS, ICANN's internal, home.arpa, /etc/hosts's localdomain.
+     "http://intranet/x", "http://printer.local/x", "http://metadata.google.internal./x",
+     "http://router.home.arpa/x", "http://db.localdomain/x", "http://hooks..example/x"],
 )  # fmt: skip
 def test_an_endpoint_that_could_never_be_delivered_to_is_refused_when_created(
     tmp_path: Path, url: str
@@ -219,6 +231,20 @@ def test_an_endpoint_that_could_never_be_delivered_to_is_refused_when_created(
             c.webhooks.create(org.id, url, ["api_key.leaked"])
         assert refused.value.param == "url"
         assert c.webhooks.endpoints(org.id) == []
+    finally:
+        c.close()
+
+
+def test_a_public_name_is_accepted_with_or_without_its_trailing_dot(tmp_path: Path) -> None:
+    c, _, org, _, _ = initialized(tmp_path, "http://sim/v1")
+    try:
+        for url in (
+            "https://hooks.example./x",
+            "https://Hooks.Example/y",
+            "https://93.184.216.34/z",
+        ):
+            c.webhooks.create(org.id, url, ["api_key.leaked"])
+        assert len(c.webhooks.endpoints(org.id)) == 3
     finally:
         c.close()
 

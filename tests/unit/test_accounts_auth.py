@@ -170,8 +170,8 @@ def test_addresses_count_per_ipv4_and_per_ipv6_slash_64() -> None:
     assert address_subject("testclient") != address_subject("203.0.113.5")
 
 
-def test_the_default_policy_is_asvs_100_failures_an_hour() -> None:
+def test_the_default_policy_is_10_failures_an_account_in_15_minutes() -> None:
     policy = ThrottlePolicy()
-    assert (policy.per_account, policy.window_s) == (100, 3600)
+    assert (policy.per_account, policy.per_address, policy.window_s) == (10, 100, 900)
     with pytest.raises(ValueError, match="positive"):
         ThrottlePolicy(per_account=0)

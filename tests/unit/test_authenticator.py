@@ -305,10 +305,12 @@ async def test_take_uses_coalesces_the_latest_use_per_key(
 ) -> None:
     first, text1 = create(service)
     second, text2 = create(service)
-    await auth.authenticate(text1, "10.0.0.1")
+    key1 = await auth.authenticate(text1, "10.0.0.1")
+    assert auth.take_uses() == {}  # authenticated is not used: the request may be refused yet
+    auth.used(key1, "10.0.0.1", clock.now())
     clock.advance(5.7)
-    await auth.authenticate(text1, "10.0.0.2")
-    await auth.authenticate(text2, None)
+    auth.used(await auth.authenticate(text1, "10.0.0.2"), "10.0.0.2", clock.now())
+    auth.used(await auth.authenticate(text2, None), None, clock.now())
     await refused(auth, text1[:-1])
 
     uses = auth.take_uses()

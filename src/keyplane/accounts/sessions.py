@@ -8,7 +8,8 @@ sign-in (session fixation) is worth nothing after it.
 
 With two-factor on, a right password opens a *pending* session that signs nobody in and only
 lets its holder enter a code within ``second_factor_s``; the code then opens the real session.
-Wrong passwords and wrong codes both count against the login throttle.
+Wrong passwords and wrong codes both count against the login throttle; a complete sign-in clears
+the account's count.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from keyplane.accounts.models import User
 from keyplane.accounts.passwords import hash_password, verify_password
 from keyplane.accounts.signup import MAX_PASSWORD_LENGTH, hash_token, new_token
 from keyplane.accounts.throttle import LoginThrottle, ThrottlePolicy
-from keyplane.accounts.totp import SecondFactorService
+from keyplane.accounts.totp import CodeCheck, SecondFactorService
 from keyplane.audit.models import Actor, ActorType
 from keyplane.audit.service import AuditService
 from keyplane.clock import Clock
@@ -110,8 +111,11 @@ class LoginService:
             if user is not None:
                 self._record(user, "login.failed", "", client_ip, user_agent, "invalid_password")
             raise InvalidCredentials(WRONG_CREDENTIALS)
-        self.throttle.succeeded(attempt)
         pending = self._second_factor.status(user.id) is not None
+        if pending:
+            self.throttle.succeeded(attempt)
+        else:
+            self.throttle.signed_in(attempt, email)
         sign_in = self._open(user.id, pending, client_ip, user_agent)
         if not pending:
             self._record(user, "login.succeeded", sign_in.session.id_hash, client_ip, user_agent)
@@ -128,14 +132,20 @@ class LoginService:
         if pending is None or user is None:
             raise SignInExpired("Your sign-in has expired. Enter your email and password again.")
         attempt = self.throttle.begin(user.email, client_ip)
-        if not self._second_factor.verify(user.id, code):
+        check = self._second_factor.verify(user.id, code)
+        if check is not CodeCheck.ACCEPTED:
             reason = "invalid_second_factor"
             self._record(user, "login.failed", pending.id_hash, client_ip, user_agent, reason)
+            if check is CodeCheck.ALREADY_USED:
+                raise InvalidSecondFactor(
+                    "That code was already used. Wait for your authenticator app to show the "
+                    "next one (a new code every 30 seconds) and enter it."
+                )
             raise InvalidSecondFactor(
                 "That code is not right. Enter the current 6-digit code from your "
                 "authenticator app, or one of your recovery codes."
             )
-        self.throttle.succeeded(attempt)
+        self.throttle.signed_in(attempt, user.email)
         self._store.delete_session(pending.id_hash)
         sign_in = self._open(user.id, False, client_ip, user_agent)
         self._record(user, "login.succeeded", sign_in.session.id_hash, client_ip, user_agent)

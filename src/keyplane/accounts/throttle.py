@@ -1,5 +1,6 @@
 """Throttling of failed sign-ins, per account and per source address (OWASP ASVS 2.2.1: no more
-than 100 failed attempts per hour on one account).
+than 100 failed attempts per hour on one account; the default here is 10 in 15 minutes), and of
+password reset requests per source address (each one emails someone).
 
 Only *new* sign-ins are throttled: an attacker who burns an account's attempts cannot end or
 block a session its owner already has, and the owner is told how long to wait instead of being
@@ -7,7 +8,12 @@ silently locked out. The account is keyed by the email typed, whether or not suc
 exists, so the throttle answers the same for both and reveals nothing about who has an account.
 
 Each attempt first reserves a failure (atomically, against the limit) and is forgiven if it
-succeeds: concurrent guesses can never get past the limit between a check and a record.
+succeeds: concurrent guesses can never get past the limit between a check and a record. A
+complete sign-in (the second factor too, when it is on) clears the account's failures: only its
+owner gets that far, and the owner's own typos should not add up over the window.
+
+The failures are rows in the database (``login_failures``), not process memory: every gateway
+on one database counts the same attempts, and a restart forgets none.
 """
 
 from __future__ import annotations
@@ -23,23 +29,25 @@ from keyplane.errors import KeyplaneError
 
 @dataclass(frozen=True, slots=True)
 class ThrottlePolicy:
-    per_account: int = 100
-    per_address: int = 100
-    window_s: int = 3600
+    per_account: int = 10  # failed sign-ins of one account (from anywhere) in the window
+    per_address: int = 100  # failed sign-ins from one address (any accounts) in the window
+    window_s: int = 900
+    resets_per_address: int = 20  # password reset requests from one address in the window
 
     def __post_init__(self) -> None:
-        if self.per_account < 1 or self.per_address < 1 or self.window_s < 1:
+        limits = (self.per_account, self.per_address, self.window_s, self.resets_per_address)
+        if min(limits) < 1:
             raise ValueError("throttle limits and window must be positive")
 
 
 class LoginThrottled(KeyplaneError):
     """Too many failed sign-ins; ``retry_after_s`` says when the next one will be considered."""
 
-    def __init__(self, retry_after_s: int, *, by_address: bool) -> None:
+    def __init__(
+        self, retry_after_s: int, *, by_address: bool, what: str = "failed sign-in attempts"
+    ) -> None:
         where = "from your network" if by_address else "for this account"
-        super().__init__(
-            f"Too many failed sign-in attempts {where}. Try again in {describe_wait(retry_after_s)}."
-        )
+        super().__init__(f"Too many {what} {where}. Try again in {describe_wait(retry_after_s)}.")
         self.retry_after_s = retry_after_s
         self.by_address = by_address
 
@@ -63,6 +71,11 @@ def describe_wait(seconds: int) -> str:
 
 def account_subject(email: str) -> str:
     return "acct:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()[:59]
+
+
+def reset_subject(ip: str) -> str:
+    """The address's password reset requests (counted apart from its failed sign-ins)."""
+    return "reset:" + address_subject(ip)[6:]  # (64 characters, as the others)
 
 
 def address_subject(ip: str) -> str:
@@ -114,7 +127,33 @@ class LoginThrottle:
         return Attempt(reservation.ids)
 
     def succeeded(self, attempt: Attempt) -> None:
+        """The attempt's password or code was right: it is no failure. (A password followed by
+        a second factor still to give is only this: see ``signed_in``.)"""
         self._store.forgive_attempt(attempt.ids)
+
+    def signed_in(self, attempt: Attempt, email: str) -> None:
+        """The account's owner signed in: the attempt and the account's earlier failures are
+        forgiven (the network's stay). Not after the password alone when a second factor
+        follows, or knowing the password would reset the count of guessed codes."""
+        self._store.forgive_attempt(attempt.ids)
+        self._store.forget_failures(account_subject(email))
+
+    def reset_requested(self, client_ip: str | None) -> None:
+        """Counts a password reset request from ``client_ip`` (each emails a link, so a network
+        must not make keyplane mail every address it can think of).
+
+        Raises LoginThrottled (recording nothing) when the address is at its limit."""
+        if not client_ip:
+            return
+        now = int(self._clock.now())
+        subject = reset_subject(client_ip)
+        limit = self.policy.resets_per_address
+        reservation = self._store.reserve_attempt(
+            {subject: limit}, since=now - self.policy.window_s, at=now
+        )
+        if reservation.blocked is not None:
+            wait = retry_after(reservation.blocked_failures, limit, self.policy.window_s, now)
+            raise LoginThrottled(wait, by_address=True, what="password reset requests")
 
     def forget_account(self, email: str) -> None:
         """Clears the account's failures: its owner proved the mailbox (a password reset), so an

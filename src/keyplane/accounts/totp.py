@@ -10,6 +10,7 @@ recorded, so a code seen over someone's shoulder cannot be replayed.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import secrets
@@ -47,6 +48,12 @@ _BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
 class TwoFactorStore(UserDirectory, SecondFactorStore, LoginAttemptStore, Protocol):
     """What two-factor needs: users (to check a password, throttled like sign-ins) and their
     second-factor settings."""
+
+
+class CodeCheck(enum.Enum):
+    ACCEPTED = "accepted"
+    WRONG = "wrong"
+    ALREADY_USED = "already_used"  # right, but of a time step used already (no replays)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,18 +203,24 @@ class SecondFactorService:
         self._store.replace_recovery_codes(user_id, [hash_recovery_code(c) for c in codes])
         return codes
 
-    def verify(self, user_id: str, code: str) -> bool:
+    def verify(self, user_id: str, code: str) -> CodeCheck:
         """Whether ``code`` (a TOTP code or an unused recovery code) is good now; uses it up."""
         factor = self._store.second_factor(user_id)
         if factor is None:
-            return False
+            return CodeCheck.WRONG
         now = self._clock.now()
         if looks_like_recovery_code(code):
-            return self._store.use_recovery_code(user_id, hash_recovery_code(code), int(now))
+            used = self._store.use_recovery_code(user_id, hash_recovery_code(code), int(now))
+            return CodeCheck.ACCEPTED if used else CodeCheck.WRONG
         step = matching_step(self._open(factor.sealed_secret), code, now)
-        if step is None or (factor.last_step is not None and step <= factor.last_step):
-            return False
-        return self._store.use_totp_step(user_id, step)
+        if step is None:
+            return CodeCheck.WRONG
+        # A right code of a step already used (the one that turned two-factor on, or the last
+        # sign-in's) is refused: saying so tells only someone who has the app to wait for the next.
+        if factor.last_step is not None and step <= factor.last_step:
+            return CodeCheck.ALREADY_USED
+        used = self._store.use_totp_step(user_id, step)
+        return CodeCheck.ACCEPTED if used else CodeCheck.ALREADY_USED
 
     def _check_password(self, user_id: str, password: str) -> None:
         """Raises LoginThrottled (before looking at the password), InvalidRequest."""

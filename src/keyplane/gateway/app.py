@@ -162,9 +162,9 @@ class Gateway:
         self, scope: Scope, send: Send, model: str, rid: list[tuple[bytes, bytes]]
     ) -> None:
         access = self.pipeline.access
-        key, levels = await self.pipeline.admit_caller(
-            scope, access.client_ip(scope), Group.MODELS, Access.READ
-        )
+        client_ip = access.client_ip(scope)
+        key, levels = await self.pipeline.admit_caller(scope, client_ip, Group.MODELS, Access.READ)
+        self.pipeline.auth.used(key, client_ip, self.pipeline.clock.now())
         # The models this key may use: allowed to it, and priced (an unpriced one is refused).
         prices, now = self.pipeline.prices, self.pipeline.clock.now()
         names = [
@@ -189,12 +189,12 @@ class Gateway:
         if access is None or not response_id:
             raise ApiError(404, f"Invalid URL ({method} {path})")
         pipeline = self.pipeline
-        key, _levels = await pipeline.admit_caller(
-            scope, pipeline.access.client_ip(scope), Group.CHAT, access
-        )
+        client_ip = pipeline.access.client_ip(scope)
+        key, _levels = await pipeline.admit_caller(scope, client_ip, Group.CHAT, access)
         found = await pipeline.stored_at(response_id, key)
         if found is None:
             raise responses.not_found(response_id)
+        pipeline.auth.used(key, client_ip, pipeline.clock.now())
         _, up = found
         query = scope.get("query_string", b"").decode("latin-1")
         target = path.removeprefix("/v1") + (f"?{query}" if query else "")

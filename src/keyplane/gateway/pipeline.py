@@ -406,6 +406,9 @@ class Pipeline:
             raise
         if token_output:
             call.held_output = token_output
+        # Used from here on: every check of the key passed, and it is forwarded (a refusal for
+        # the rate limits or the money leaves the key's "Last used" as it was).
+        self.auth.used(key, call.client_ip, now)
         if rewrite:
             body = orjson.dumps(payload)
         try:

@@ -94,18 +94,15 @@ class KeyAuthenticator:
         if seen is None or key is None:  # new, or its key was dropped from the cache since
             self._check_failures(client_ip)
             try:
-                kid, key = await self._verify(token, digest)
+                _, key = await self._verify(token, digest)
             except InvalidApiKey:
                 self._failed(client_ip)
                 raise
-        else:
-            kid = seen
         now = self._clock.now()
         if key.revoked_at is not None:
             raise InvalidApiKey(f"The API key {key.redacted_value} has been revoked.")
         if not key.is_usable(now):
             raise InvalidApiKey(f"The API key {key.redacted_value} has expired.")
-        self._uses[kid] = (int(now), client_ip)
         return key
 
     async def _verify(self, token: str, digest: bytes) -> tuple[str, ApiKey]:
@@ -212,6 +209,12 @@ class KeyAuthenticator:
         """Drops one key at once (used by the process that made the change)."""
         self._drop(key_id)
         self._epoch += 1
+
+    def used(self, key: ApiKey, client_ip: str | None, now: float) -> None:
+        """Records that ``key`` was used (its last_used_at and last_used_ip, written in batches).
+        Only for a request the key was allowed to make: authenticating it is not enough (a request
+        its IP allowlist, permissions or models refuse leaves "Last used" as it was)."""
+        self._uses[key.id] = (int(now), client_ip)
 
     def take_uses(self) -> dict[str, tuple[int, str | None]]:
         """Returns and clears the last-use times seen since the previous call (coalesced writes)."""

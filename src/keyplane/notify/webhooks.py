@@ -142,7 +142,7 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 def check_url(url: str, *, allow_private: bool) -> str:
     """Refuses what can never be delivered; names that resolve to private addresses are caught
-    when delivering (the answer may change), literal ones and ``localhost`` here already."""
+    when delivering (the answer may change), literal ones and local names here already."""
     bad = InvalidRequest("A webhook URL is an http:// or https:// address.", param="url")
     try:
         parts = urlsplit(url)
@@ -155,44 +155,79 @@ def check_url(url: str, *, allow_private: bool) -> str:
         raise bad
     if parts.username or parts.password:
         raise InvalidRequest("A webhook URL carries no user name or password.", param="url")
-    if not allow_private and not _public_name(host):
-        raise InvalidRequest(
-            f"{host} is not a public address: webhooks are not delivered to this machine or "
-            "private networks (the operator may allow it).",
-            param="url",
-        )
+    if not allow_private:
+        try:
+            public = public_host(host)
+        except ValueError:
+            raise InvalidRequest(f"{host} is not a valid host name.", param="url") from None
+        if not public:
+            raise InvalidRequest(
+                f"{host} is not a public address: webhooks are not delivered to this machine or "
+                "private networks (the operator may allow it).",
+                param="url",
+            )
     return url
 
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # (deprecated, but some stacks still route it)
+# Names that never lead to the public internet: RFC 6761 (localhost), 6762 (local: mDNS), 8375
+# (home.arpa), ICANN's internal, and the localdomain of many /etc/hosts.
+_LOCAL_SUFFIXES = ("localhost", "local", "internal", "localdomain", "home.arpa")
 
 
 def is_public(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """A public address, including the IPv4 one an IPv6 address may wrap (NAT64, 6to4, Teredo,
-    IPv4-mapped): Python counts 64:ff9b::7f00:1 as global, and a NAT64 gateway takes it to
-    127.0.0.1."""
+    IPv4-mapped, IPv4-compatible): Python counts 64:ff9b::7f00:1 and ::7f00:1 as global, and a
+    NAT64 gateway takes the first to 127.0.0.1."""
     if not addr.is_global:
         return False
     if isinstance(addr, ipaddress.IPv6Address):
         inner = addr.ipv4_mapped or addr.sixtofour or (addr.teredo[1] if addr.teredo else None)
-        if inner is None and addr in _NAT64:
+        if inner is None and (addr in _NAT64 or addr in _IPV4_COMPATIBLE):
             inner = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
         if inner is not None and not inner.is_global:
             return False
     return True
 
 
-def _public_name(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return False
+def normalize_host(host: str) -> str:
+    """``host`` as the resolver looks it up: lower case, international names in their ASCII
+    (IDNA) form, as ``getaddrinfo`` encodes them (so ``ｌｏｃａｌｈｏｓｔ`` is ``localhost``),
+    without the trailing dot of a fully qualified name (``localhost.`` is ``localhost``).
+
+    Raises ValueError for what is no host name (an empty label, say)."""
+    if host.startswith("[") or ":" in host:  # an IPv6 literal (with its brackets or without)
+        return host.strip("[]").lower()
     try:
-        return is_public(ipaddress.ip_address(host))
+        name = host.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise ValueError(f"not a host name: {host!r}") from None
+    name = name.removesuffix(".")
+    if not name or "" in name.split("."):
+        raise ValueError(f"not a host name: {host!r}")
+    return name
+
+
+def public_host(host: str) -> bool:
+    """Whether ``host`` (a URL's, as ``urlsplit`` gives it) may be public: False for a literal
+    address that is not (in every form an HTTP client or the resolver reads as one: 127.1,
+    2130706433, 0x7f000001, 0, [::ffff:127.0.0.1]) and for local names (localhost, *.localhost,
+    *.local, *.internal…, and single-label names, which the resolver completes with the
+    machine's own search domains). A public-looking name must still resolve to public addresses
+    only, which only delivery can check. Raises ValueError for what is no host name."""
+    name = normalize_host(host)
+    try:
+        return is_public(ipaddress.ip_address(name))
     except ValueError:
         pass
     try:  # the shorthand forms an HTTP client may read as an address: 127.1, 2130706433, 0x7f.1
-        return is_public(ipaddress.ip_address(socket.inet_aton(host)))
+        return is_public(ipaddress.ip_address(socket.inet_aton(name)))
     except OSError:
-        return True  # a name: checked when delivering
+        pass
+    if "." not in name:
+        return False
+    return not any(name == s or name.endswith("." + s) for s in _LOCAL_SUFFIXES)
 
 
 class Webhooks:

@@ -35,6 +35,10 @@ class Authenticator(Protocol):
         """Returns the usable key for ``token``. Raises InvalidApiKey, StoreUnavailable."""
         ...
 
+    def used(self, key: ApiKey, client_ip: str | None, now: float) -> None:
+        """Records the key's use (its last_used_at and last_used_ip)."""
+        ...
+
 
 class AdminServices(Protocol):
     """What the Admin API uses from the composition root (``bootstrap.Container`` is one)."""
@@ -100,6 +104,7 @@ async def admin_caller(
     key = await ctx.auth.authenticate(credentials.credentials.strip(), client_ip)
     if key.kind is not KeyKind.ADMIN:
         raise AdminApiError(ApiError(401, NOT_ADMIN, code="invalid_api_key"))
+    ctx.auth.used(key, client_ip, ctx.services.clock.now())
     ctx.on_key_used(key, client_ip)
     return Caller(key, client_ip)
 

@@ -259,8 +259,13 @@ def forgot_page(request: Request) -> Response:
 
 @router.post("/password/forgot")
 def forgot(request: Request, email: Field = "") -> Response:
+    auth = context(request).auth
     try:
-        context(request).auth.signup.request_password_reset(email)
+        auth.login.throttle.reset_requested(client_ip(request))
+        auth.signup.request_password_reset(email)
+    except LoginThrottled as exc:
+        page = render(request, "forgot.html", status=429, error=exc.message, email=email)
+        return _throttled(page, exc)
     except InvalidRequest as exc:
         return render(request, "forgot.html", status=400, error=exc.message, email=email)
     return render(request, "check_email.html", email=email.strip(), purpose="reset")
