@@ -118,9 +118,11 @@ def test_keys_create_list_revoke(run: Any) -> None:
     listed = json.loads(run("keys", "list", "--project", "Default project", "--json").stdout)
     assert [k["id"] for k in listed] == [created["id"]] and "value" not in listed[0]
     assert "revoked" not in run("keys", "list").stdout.split(created["id"])[1].split("\n")[0]
-    run("keys", "revoke", created["id"])
+    assert run("keys", "revoke", created["id"]).stdout.startswith(f"Revoked {created['id']} ")
     statuses = {k["id"]: k["status"] for k in json.loads(run("keys", "list", "--json").stdout)}
     assert statuses[created["id"]] == "revoked"
+    again = run("keys", "revoke", created["id"]).stdout
+    assert f"{created['id']} (" in again and "was revoked already, at 20" in again
     missing = run("keys", "revoke", "key_doesnotexist", ok=False)
     assert missing.exit_code == 1 and "No API key" in missing.output
     changed = run("keys", "update", created["id"], "--read-only", ok=False)  # revoked above
@@ -392,6 +394,14 @@ def test_keys_restrict_rotate_and_flag_old_keys(run: Any) -> None:
         statuses[created["id"]]["expires_at"] is not None
         and statuses[created["id"]]["status"] == "active"
     )
+    said = run("keys", "rotate", rotated["id"], "--grace", "0").stdout
+    assert "The old secret stopped working. New secret (shown once):" in said
+    rotated = {"id": said.split(" → ")[1].split(".")[0]}
+    said = run("keys", "rotate", rotated["id"], "--grace", "2h").stdout
+    assert re.search(
+        r"The old secret works until 20\d\d-\d\d-\d\d \d\d:\d\d:\d\dZ \(2h more\)\.", said
+    )
+    rotated = {"id": said.split(" → ")[1].split(".")[0]}
     too_long = run("keys", "rotate", rotated["id"], "--grace", "8d", ok=False)
     assert too_long.exit_code == 1 and "7 days" in too_long.output
     run("access", "set", "--project", "Default project", "--allow-model", "gpt-4o-mini")
@@ -544,3 +554,13 @@ def test_scan_finds_live_keys_in_files_and_git_history_and_revokes_them(
     assert "not scanned:" in skipped.output and "big.log: larger than 5 MB" in skipped.output
     assert "pipe: not a regular file" in skipped.output
     assert "No keys found. (Some files were not scanned" in " ".join(skipped.output.split())
+
+
+def test_piped_output_keeps_long_lines_whole(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a terminal and no COLUMNS (a log, a pipe): a line is not folded at 80 columns."""
+    init(run)
+    [key] = json.loads(run("keys", "list", "--json").stdout)
+    monkeypatch.delenv("COLUMNS")
+    said = run("keys", "rotate", key["id"], "--grace", "2h").stdout.splitlines()
+    assert len(said[0]) > 80 and said[0].startswith(f"Rotated {key['id']} → ")
+    assert said[0].endswith("(2h more). New secret (shown once):")

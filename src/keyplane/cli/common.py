@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import getpass
+import os
 import re
 import socket
 import time
@@ -28,10 +29,24 @@ from keyplane.config import Settings, load_settings
 from keyplane.errors import KeyplaneError, StoreUnavailable
 from keyplane.usage.pricing import format_usd
 
+
+class _Console(Console):
+    """Piped or logged (not a terminal), a line is printed whole unless a width is asked for
+    (COLUMNS): folded at Rich's default 80 columns, it broke addresses and timestamps in two."""
+
+    @property
+    def soft_wrap(self) -> bool:
+        return not self.is_terminal and not os.environ.get("COLUMNS")
+
+    @soft_wrap.setter
+    def soft_wrap(self, _: bool) -> None:  # (Console.__init__ sets it)
+        pass
+
+
 # No console markup: names and notes typed by others are printed as they are ("[bold]" too); our
 # own styling goes through Text (``bold``, ``styled``).
-out = Console(markup=False)
-err = Console(stderr=True, markup=False)
+out = _Console(markup=False)
+err = _Console(stderr=True, markup=False)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 OrgOpt = Annotated[

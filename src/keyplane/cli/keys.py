@@ -309,9 +309,12 @@ def keys_rotate(
             )
         )
         return
-    out.print(
-        f"Rotated {key_id} → {new.id}. The old secret works for {grace} more. New secret (shown once):"
+    old = (
+        "The old secret stopped working."
+        if grace_s == 0
+        else f"The old secret works until {iso(int(c.clock.now()) + grace_s)} ({grace} more)."
     )
+    out.print(f"Rotated {key_id} → {new.id}. {old} New secret (shown once):")
     out.print(secret, highlight=False, soft_wrap=True)
 
 
@@ -327,7 +330,10 @@ def keys_revoke(
         key = c.keys.revoke(org_id, key_id)
     except KeyplaneError as exc:
         fail(exc.message)
-    if before.revoked_at is None:  # (revoking it again changes nothing)
-        audit(c, org_id, "api_key.deleted", target_id=key.id, project_id=key.project_id,
-              details={"data": key_data(before)})  # fmt: skip
+    if before.revoked_at is not None:  # (revoking it again changes nothing)
+        when = iso(before.revoked_at)
+        out.print(f"{key.id} ({key.name}, {key.redacted_value}) was revoked already, at {when}.")
+        return
+    audit(c, org_id, "api_key.deleted", target_id=key.id, project_id=key.project_id,
+          details={"data": key_data(before)})  # fmt: skip
     out.print(f"Revoked {key.id} ({key.name}, {key.redacted_value}).")
