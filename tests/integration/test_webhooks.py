@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import socket
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from keyplane.audit.models import Actor, ActorType
 from keyplane.clock import FrozenClock
 from keyplane.errors import InvalidRequest
 from keyplane.keys.format import KeyKind
-from keyplane.notify.webhooks import RETRIES_S, WebhookDispatcher
+from keyplane.notify.webhooks import RETRIES_S, WebhookDispatcher, failure_text
 from keyplane.storage.webhook_tables import webhook_deliveries
 from keyplane.webhook_http import HttpPoster
 from kptest import ServerThread, read_body, wait_until
@@ -171,7 +172,8 @@ def test_failed_deliveries_are_retried_on_schedule_then_given_up(tmp_path: Path)
         with c.engine.connect() as conn:
             (row,) = conn.execute(select(webhook_deliveries)).all()
         assert row.next_attempt_at is None and row.delivered_at is None
-        assert row.attempts == 1 + len(RETRIES_S) and "connection refused" in row.last_error
+        assert row.last_error == "could not connect: connection refused"
+        assert row.attempts == 1 + len(RETRIES_S)
         # A delivery that succeeds is not sent again.
         statuses[:] = [204]
         c.webhooks.publish(org.id, "organization.tier_promoted", {"tier": "u"}, "tier:2")
@@ -271,3 +273,20 @@ def test_a_delivery_connects_to_the_address_it_checked() -> None:
     assert request.headers["host"] == "hooks.example:8443"
     assert request.extensions["sni_hostname"] == "hooks.example"
     assert answers == [["127.0.0.1"]]  # resolved once
+
+
+@pytest.mark.parametrize(
+    ("exc", "shown"),
+    [
+        (TimeoutError(), "no answer within 10 s"),
+        (socket.gaierror(-2, "Name or service not known"),
+         "the host name does not resolve (Name or service not known)"),
+        (ConnectionRefusedError(111, "Connection refused"), "could not connect: Connection refused"),
+        (OSError("[Errno 111] Connection refused"), "could not connect: Connection refused"),
+        (OSError("refused: 10.0.0.1 is not a public address"),
+         "refused: 10.0.0.1 is not a public address"),
+        (OSError(), "could not connect: OSError"),
+    ],
+)  # fmt: skip
+def test_a_failed_delivery_says_why_in_words(exc: OSError | TimeoutError, shown: str) -> None:
+    assert failure_text(exc) == shown

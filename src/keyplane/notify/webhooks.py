@@ -17,6 +17,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -129,6 +130,20 @@ Publish = Callable[[str, str, Mapping[str, Any], str], int]
 
 def publish_nowhere(org_id: str, event_type: str, data: Mapping[str, Any], dedupe: str) -> int:
     return 0
+
+
+_ERRNO = re.compile(r"^\[Errno -?\d+\] ")
+
+
+def failure_text(exc: OSError | TimeoutError) -> str:
+    """Why a delivery got no answer, as the webhooks page shows it: in words, not as Python's
+    exception ("gaierror: [Errno -2] …")."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {TIMEOUT_S:g} s"
+    if isinstance(exc, socket.gaierror):
+        return f"the host name does not resolve ({exc.strerror or exc})"
+    text = _ERRNO.sub("", exc.strerror or str(exc)) or type(exc).__name__
+    return text if text.startswith("refused: ") else f"could not connect: {text}"
 
 
 # POST ``body`` to ``url`` with ``headers``; returns the status, or raises OSError (no answer).
@@ -320,7 +335,7 @@ class WebhookDispatcher:
             async with asyncio.timeout(TIMEOUT_S):
                 status = await self._post(d.url, body, headers)
         except (OSError, TimeoutError) as exc:
-            error = f"no answer: {type(exc).__name__}: {exc}"[:500]
+            error = failure_text(exc)[:500]
         else:
             if 200 <= status < 300:
                 await asyncio.to_thread(self._store.delivered, d.id, int(self._clock.now()), status)
