@@ -67,7 +67,8 @@ def test_an_owner_creates_staffs_renames_and_archives_a_project(
     assert call().status_code == 200
     assert owner.post(f"/projects/{pid}/members/{rita.id}/remove", {}).status_code == 303
     wait_until(lambda: call().status_code == 401, timeout=2)
-    assert "cannot be undone" in text_of(owner.get(f"/projects/{pid}/archive"))  # asks first
+    asked = text_of(owner.get(f"/projects/{pid}/archive"))  # asks first, naming the project
+    assert "Archive the project “Research”?" in asked and "cannot be undone" in asked
     assert owner.post(f"/projects/{pid}/archive", {}).status_code == 303
     assert kp.container.orgs.project(kp.org.id, pid).archived_at is not None
     assert "Archived" in text_of(owner.get("/projects"))

@@ -182,9 +182,10 @@ def remove_member(
 
 @router.get(PATH + "/{project_id}/archive")
 def archive_page(request: Request, viewer: CurrentMember, project_id: str) -> Response:
-    _, pid = _act(request, viewer, project_id, "projects.archive")
+    org_id, pid = _act(request, viewer, project_id, "projects.archive")
+    name = _project(request, org_id, pid).name
     return render(
-        request, "confirm.html", viewer=viewer, heading="Archive this project",
+        request, "confirm.html", viewer=viewer, heading=f"Archive the project “{name}”?",
         message="Its keys stop working on every gateway within a second; its usage and audit "
         "history stay. This cannot be undone.",
         action=f"{PATH}/{pid}/archive", button="Archive project", back=f"{PATH}/{pid}",
