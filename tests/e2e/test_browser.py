@@ -132,8 +132,12 @@ def test_create_a_key_copy_it_once_use_it_and_revoke_it(browser: object, kp: Key
     assert "Read only" in row.inner_text() and secret[-4:] in row.inner_text()
     row.get_by_role("link", name="Revoke").click()
     page.get_by_role("button", name="Revoke key").click()
-    page.wait_for_url(base + "/api-keys")
+    page.wait_for_url(base + "/api-keys?revoked=*")
     assert "browser <b>key</b>" not in page.inner_text("main")
+    notice = page.get_by_role("status").inner_text()
+    assert (
+        notice == f"sk-kp-proj-…{secret[-4:]} is revoked: every gateway refuses it within a second."
+    )
 
     def refused() -> bool:
         try:

@@ -106,6 +106,21 @@ def test_an_owner_creates_user_and_service_account_keys_with_permissions(
     assert all(e.actor.type is ActorType.SESSION for e in events.events) and len(events.events) == 2
 
 
+def test_revoking_says_which_key_was_revoked(kp: Keyplane, browser_for: SignIn) -> None:
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    key_id = next(k.id for k in kp.container.keys.list(kp.org.id))
+    redacted = kp.container.keys.get(kp.org.id, key_id).redacted_value
+    status = re.compile(r'role="status">([^<]*)<')
+    assert not status.search(owner.get(f"/api-keys?revoked={key_id}").text)  # not revoked (yet)
+    assert not status.search(owner.get("/api-keys?revoked=key_nope").text)
+    owner.get(f"/api-keys/{key_id}/revoke")
+    r = owner.post(f"/api-keys/{key_id}/revoke", {})
+    assert r.status_code == 303 and r.headers["location"] == f"/api-keys?revoked={key_id}"
+    said = status.search(owner.get(r.headers["location"]).text)
+    assert said is not None
+    assert said.group(1) == f"{redacted} is revoked: every gateway refuses it within a second."
+
+
 def test_bad_form_input_is_a_clear_error_that_keeps_what_was_typed(
     kp: Keyplane, browser_for: SignIn
 ) -> None:

@@ -132,10 +132,21 @@ def _rows(request: Request, principal: Principal) -> list[KeyRow]:
 
 
 @router.get(PATH)
-def keys_page(request: Request, viewer: CurrentMember) -> Response:
+def keys_page(request: Request, viewer: CurrentMember, revoked: str = "") -> Response:
+    """``revoked``: the key just revoked (Revoke leads here), said in a notice."""
     principal = principal_of(request, viewer)
+    rows = _rows(request, principal)
+    notice = None
+    if revoked:
+        keys = context(request).services.keys
+        try:
+            key = keys.get(principal.org_id, revoked)
+        except NotFound:
+            key = None
+        if key is not None and key.revoked_at is not None:
+            notice = f"{key.redacted_value} is revoked: every gateway refuses it within a second."
     return render(
-        request, "api_keys.html", viewer=viewer, rows=_rows(request, principal),
+        request, "api_keys.html", viewer=viewer, rows=rows, notice=notice,
         can_create=bool(_creatable(request, principal)),
         rotation_days=context(request).services.settings.key_rotation_days,
     )  # fmt: skip
@@ -298,7 +309,7 @@ def revoke_key(request: Request, viewer: CurrentMember, key_id: str) -> Response
     context(request).services.orgs.revoke_project_key(
         principal.actor, principal.org_id, project.id, key.id
     )
-    raise Redirect(PATH)
+    raise Redirect(f"{PATH}?revoked={key.id}")
 
 
 def _rotatable(request: Request, viewer: Viewer, key_id: str) -> tuple[Principal, ApiKey, Project]:
