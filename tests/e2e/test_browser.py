@@ -206,7 +206,7 @@ def test_add_a_card_buy_credit_and_see_the_balance(browser: object, kp: Keyplane
     page.get_by_label("Expiration date (MM / YY)").fill(expiry)
     page.get_by_label("Security code (CVC)").fill("123")
     page.get_by_role("button", name="Add card").click()
-    page.wait_for_url(base + "/billing/payment-methods")
+    page.wait_for_url(base + "/billing/payment-methods?added=*")
     assert "Visa •••• 4242 Default" in page.inner_text("main")
     assert "4242 4242 4242 4242" not in page.content()
 

@@ -113,11 +113,14 @@ def test_an_owner_adds_a_card_buys_10_dollars_and_sees_the_balance_and_the_histo
     assert "No payment method yet" in text_of(owner.get("/billing/purchase"))
 
     added = add_card(owner, VISA)
-    assert added.status_code == 303 and added.headers["location"] == "/billing/payment-methods"
-    listing = owner.get("/billing/payment-methods")
-    assert "Visa •••• 4242 Default" in text_of(listing) and f"12/{YEAR}" in text_of(listing)
-    assert re.search(r'aria-current="page">Payment methods', listing.text)
     [method] = kp.container.payments.methods(kp.org.id)
+    where = f"/billing/payment-methods?added={method.id}"
+    assert added.status_code == 303 and added.headers["location"] == where
+    listing = owner.get(where)
+    assert "Visa •••• 4242 Default" in text_of(listing) and f"12/{YEAR}" in text_of(listing)
+    assert re.search(r'role="status">Visa •••• 4242 was added\.<', listing.text)
+    assert 'role="status"' not in owner.get("/billing/payment-methods").text
+    assert re.search(r'aria-current="page">Payment methods', listing.text)
 
     configure = text_of(owner.get("/billing/purchase"))
     assert "Enter an amount between $5.00 and $100.00" in configure and "(default)" in configure

@@ -381,15 +381,18 @@ def _expired(method: PaymentMethod, now: float) -> bool:
 
 
 @router.get(METHODS)
-def methods_page(request: Request, viewer: CurrentMember) -> Response:
+def methods_page(request: Request, viewer: CurrentMember, added: str = "") -> Response:
+    """``added``: the card just saved (Add payment details leads here), said in a notice."""
     services = context(request).services
     principal = principal_of(request, viewer)
     if not may(request, principal, "payment_methods.list", None):
         raise HTTPException(403)
     now = services.clock.now()
     methods = [(m, _expired(m, now)) for m in services.payments.methods(principal.org_id)]
+    new = next((m for m, _ in methods if m.id == added), None) if added else None
     return _page(
         request, viewer, "billing_methods.html", section=METHODS, methods=methods,
+        notice=None if new is None else f"{card_label(new)} was added.",
         can_add=may(request, principal, "payment_methods.create", None),
         can_update=may(request, principal, "payment_methods.update", None),
         can_delete=may(request, principal, "payment_methods.delete", None),
@@ -484,7 +487,7 @@ def add_method(
         principal.org_id, principal.actor, "payment_method.created", target_id=method.id,
         details={"data": _shown(method)},
     )  # fmt: skip
-    raise Redirect(safe_next(next) if next else METHODS)
+    raise Redirect(safe_next(next) if next else f"{METHODS}?added={method.id}")
 
 
 def _shown(method: PaymentMethod) -> dict[str, object]:
