@@ -60,3 +60,25 @@ def test_the_audit_log_names_the_cli_and_records_a_profile_name_change(
     text = text_of(owner.get("/audit-log"))
     assert "keyplane CLI (user root on build-host)" in text
     assert "user.updated" in text and "Olive Oyl" in text
+
+
+def test_details_read_as_changes_and_money_in_dollars(
+    kp: Keyplane,  # noqa: F811
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    cli = Actor(ActorType.CLI, "root@build-host")
+    audit = kp.container.audit
+    audit.record(kp.org.id, cli, "spend_limit.updated",
+                 details={"before": {"threshold_amount": None}, "after": {"threshold_amount": 2000}})  # fmt: skip
+    audit.record(kp.org.id, cli, "billing_settings.updated", details={
+        "before": {"auto_recharge": {"enabled": False, "target_micro_usd": 20_000_000}},
+        "after": {"auto_recharge": {"enabled": True, "target_micro_usd": 25_500_000}},
+    })  # fmt: skip
+    audit.record(kp.org.id, cli, "api_key.created",
+                 details={"data": {"name": "ci", "scopes": [], "allowed_ips": ["10.0.0.0/8"]}})  # fmt: skip
+    page = browser_for("owner@example.com", OWNER_PASSWORD).get("/audit-log")
+    lines = re.findall(r"<div>([^<]*)</div>", page.text)
+    assert "threshold_amount: none → $20.00" in lines
+    assert "auto_recharge.enabled: no → yes" in lines
+    assert "auto_recharge.target_micro_usd: $20.00 → $25.50" in lines
+    assert {"name: ci", "scopes: none", "allowed_ips: 10.0.0.0/8"} <= set(lines)
