@@ -359,12 +359,12 @@ def build_gateway(
     if transport is None:
         client = H1Client(
             max_connections=s.upstream_max_connections, pool_wait_s=s.upstream_pool_wait_s,
-            **timeouts,
+            max_answer_bytes=s.max_answer_bytes, **timeouts,
         )  # fmt: skip
     else:  # tests: the simulator in-process, a MockTransport
         from keyplane.gateway.httpx_client import HttpxClient
 
-        client = HttpxClient(transport, **timeouts)
+        client = HttpxClient(transport, max_answer_bytes=s.max_answer_bytes, **timeouts)
     rates = RateGuard(
         InMemoryRateLimiter(s.rpm_burst_s),
         container.billing.tiers,

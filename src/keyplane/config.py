@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     key_rotation_days: int = Field(default=90, ge=1)  # keys older than this are flagged
     key_rotation_check_interval_s: float = Field(default=3600.0, gt=0)  # and the Owners emailed
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # The largest upstream answer read whole (not a stream: those are relayed as they come); a
+    # larger one is refused (502), so a broken or hostile upstream cannot make the gateway buffer
+    # gigabytes. Real answers run large: 2,048 embeddings of 3,072 floats are ~130 MB of JSON.
+    max_answer_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
     upstream_read_timeout_s: float = Field(default=600.0, gt=0)
     upstream_retries: int = Field(default=2, ge=0, le=10)

@@ -14,7 +14,8 @@ import httpx
 import openai
 import pytest
 
-from conftest import Keyplane, start_keyplane
+from conftest import Keyplane, initialized, start_keyplane
+from keyplane import bootstrap
 from keyplane.config import UpstreamSettings
 from keyplane.usage.pricing import PriceTable
 from kptest import ServerThread, Upstream
@@ -351,3 +352,119 @@ def test_an_answer_that_broke_off_is_billed_the_output_that_arrived(tmp_path: Pa
         kp.server.stop()
         kp.container.close()
         hangup.sock.close()
+
+
+MIB = 1024 * 1024  # KEYPLANE_MAX_ANSWER_BYTES in the tests below (its least)
+
+
+def padded(size: int) -> bytes:
+    """A chat completion with usage, padded to exactly ``size`` bytes."""
+    head = (
+        b'{"id":"x","object":"chat.completion","choices":[],'
+        b'"usage":{"prompt_tokens":3,"completion_tokens":2},"pad":"'
+    )
+    return head + b"a" * (size - len(head) - 2) + b'"}'
+
+
+@pytest.fixture
+def capped(tmp_path: Path, upstream: Answering) -> Iterator[Keyplane]:
+    server = ServerThread(upstream).start()
+    instance = start_keyplane(
+        tmp_path, server.url + "/v1", upstream_retries=0, max_answer_bytes=MIB
+    )
+    yield instance
+    instance.server.stop()
+    instance.container.close()
+    server.stop()
+
+
+def post_chat(kp: Keyplane, **fields: Any) -> httpx.Response:
+    return httpx.post(
+        kp.base_url + "/chat/completions", json={**CHAT, **fields},
+        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "json_answer_to_a_stream"])
+def test_an_answer_larger_than_max_answer_bytes_is_a_502_billed_as_unread(
+    capped: Keyplane, upstream: Answering, stream: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not held whole (a broken or hostile upstream could make keyplane buffer gigabytes): the
+    client gets 502, billed once as an answer keyplane could not read (its estimated prompt and
+    all the output the hold covers, as the upstream may have written it all), the hold settled."""
+    upstream.body = padded(MIB + 1)
+    gpt4o = PriceTable.load().price("gpt-4o", 2_000_000_000)
+    assert gpt4o is not None
+    r = post_chat(capped, stream=stream)
+    assert r.status_code == 502
+    assert r.json() == {
+        "error": {
+            "message": f"The upstream's answer was larger than {MIB} bytes "
+            "(KEYPLANE_MAX_ANSWER_BYTES).",
+            "type": "server_error",
+            "param": None,
+            "code": "upstream_error",
+        }
+    }
+    [record] = capped.usage(expect=1)
+    assert record.status == 502 and record.outcome.value == "upstream_broken"
+    assert record.tokens_estimated and record.input_tokens > 0
+    assert record.output_tokens == CHAT["max_tokens"]  # all that was held
+    assert record.cost_micro_usd == gpt4o.token_cost(record.input_tokens, 0, 5) > 0
+    balance = capped.container.billing.balance(capped.org.id)
+    assert balance.held == 0 and balance.spent == record.cost_micro_usd
+    assert balance.available == 5_000_000 - record.cost_micro_usd
+    assert capped.gateway.pipeline.money.in_flight == 0
+    assert "more than 1048576 bytes" in caplog.text
+    # The gateway goes on: the next answer, within the limit, is served and billed its usage.
+    upstream.body = padded(MIB)
+    r = post_chat(capped)
+    assert r.status_code == 200 and r.content == upstream.body
+    [served] = [u for u in capped.usage(expect=2) if u.status == 200]
+    assert (served.input_tokens, served.output_tokens) == (3, 2) and not served.tokens_estimated
+
+
+def test_a_model_list_larger_than_max_answer_bytes_is_unreadable(
+    capped: Keyplane, upstream: Answering, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Read as if the upstream could not list its models: then it may serve any."""
+    upstream.models = tuple(f"model-{i:05}-" + "m" * 100 for i in range(10_000))  # ~1.2 MB
+    r = httpx.get(
+        capped.base_url + "/models", headers={"authorization": f"Bearer {capped.key}"}, timeout=30
+    )
+    assert r.status_code == 200 and r.json()["data"] == []
+    assert "cannot list models of upstream sim" in caplog.text
+    assert post_chat(capped).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_an_answer_too_large_through_an_httpx_transport_is_refused_too(
+    tmp_path: Path,
+) -> None:
+    """The client tests put an httpx transport behind the gateway with (HttpxClient) keeps the
+    same limit: the answer is not read whole, the request billed and settled as above."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"data": [{"id": "gpt-4o"}]})
+        return httpx.Response(200, content=padded(MIB + 1))
+
+    container, _, org, _, secret = initialized(tmp_path, "http://upstream/v1", max_answer_bytes=MIB)
+    app, gateway = bootstrap.build_app(container, transport=httpx.MockTransport(answer))
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://kp")
+    try:
+        await gateway.pipeline.auth.refresh()
+        await gateway.pipeline.money.refresh()
+        r = await client.post(
+            "/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {secret}"}
+        )
+        assert r.status_code == 502 and "KEYPLANE_MAX_ANSWER_BYTES" in r.json()["error"]["message"]
+        await gateway.flush()
+        [record] = container.usage_store.query(org.id)
+        assert record.outcome.value == "upstream_broken" and record.tokens_estimated
+        assert record.output_tokens == CHAT["max_tokens"]
+        assert container.billing.balance(org.id).held == 0
+    finally:
+        await client.aclose()
+        await gateway.shutdown()
+        container.close()

@@ -33,6 +33,7 @@ def test_defaults_use_sqlite_under_the_data_dir() -> None:
     assert s.upstreams == []
     assert s.pepper is None
     assert s.key_poll_interval_s == 0.25
+    assert s.max_answer_bytes == 256 * 1024 * 1024
 
 
 def test_env_vars_are_read_and_typed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -40,7 +41,9 @@ def test_env_vars_are_read_and_typed(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setenv("KEYPLANE_PORT", "9000")
     monkeypatch.setenv("KEYPLANE_ACCESS_LOG", "true")
     monkeypatch.setenv("KEYPLANE_PRICE_FILES", '["extra.toml"]')
+    monkeypatch.setenv("KEYPLANE_MAX_ANSWER_BYTES", "1048576")
     s = Settings()
+    assert s.max_answer_bytes == 1048576
     assert s.port == 9000
     assert s.access_log is True
     assert s.price_files == [Path("extra.toml")]
@@ -67,7 +70,10 @@ def test_explicit_database_url_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().resolved_database_url == url
 
 
-@pytest.mark.parametrize(("name", "value"), [("PORT", "70000"), ("KEY_POLL_INTERVAL_S", "5")])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("PORT", "70000"), ("KEY_POLL_INTERVAL_S", "5"), ("MAX_ANSWER_BYTES", "1048575")],
+)
 def test_out_of_range_env_values_are_refused(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:

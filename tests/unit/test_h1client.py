@@ -27,6 +27,7 @@ from cryptography.x509.oid import NameOID
 from keyplane.gateway import h1client
 from keyplane.gateway.h1client import H1Client
 from keyplane.gateway.transport import (
+    AnswerTooLarge,
     ClosedBeforeAnswer,
     ConnectFailed,
     PoolBusy,
@@ -688,6 +689,156 @@ def test_backpressure_pauses_reading(run: Runner) -> None:
             assert up.accepted == 1
 
     run(main())
+
+
+# --- answers too large to hold ------------------------------------------------------------------
+
+LIMIT = 100_000  # max_answer_bytes here (it must be more than the 64 KiB at which reading pauses)
+Send = Callable[[asyncio.StreamWriter], Awaitable[None]]
+
+
+def too_large_first(send: Send) -> Callable[[Upstream], Handler]:
+    """The first connection's answer is ``send``'s (then it waits for the client to hang up);
+    every later connection answers JSON_BODY to each request."""
+
+    def make(up: Upstream) -> Handler:
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+            if n == 1:
+                await up.requests_of(r)
+                await send(w)
+                await up.requests_of(r)
+                return
+            while await up.requests_of(r) is not None:
+                w.write(answer())
+
+        return handler
+
+    return make
+
+
+async def refused_then_served_anew(send: Send) -> None:
+    """read() of ``send``'s answer raises AnswerTooLarge without waiting for the rest of it,
+    drops what it held and closes the connection: the next request gets a new one."""
+    async with upstream(too_large_first(send)) as up:
+        c = client(max_answer_bytes=LIMIT, read_timeout_s=30.0)
+        try:
+            resp = await c.request("POST", up.url + "/v1/embeddings", [], b"{}")
+            conn = resp._conn  # type: ignore[attr-defined]
+            with pytest.raises(AnswerTooLarge) as raised:
+                async with asyncio.timeout(10):  # (the read timeout would say StreamBroken)
+                    await resp.read()
+            assert raised.value.limit == LIMIT and raised.value.partial == b""
+            assert str(LIMIT) in str(raised.value)
+            assert conn.dead and conn.buf == [] and conn.buffered == 0
+            await resp.aclose()
+            assert c.pool() == (0, 0, 0)  # closed, not back in the pool
+            assert await get(c, up.url + "/v1/embeddings", b"{}") == (200, JSON_BODY)
+            assert up.accepted == 2
+        finally:
+            await c.aclose()
+
+
+def test_an_answer_whose_length_is_over_the_limit_is_refused_before_its_body(
+    run: Runner,
+) -> None:
+    async def send(w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (LIMIT + 1) + b"[" * 10)
+        await w.drain()  # ...and the rest never comes
+
+    run(refused_then_served_anew(send))
+
+
+@pytest.mark.parametrize("pace", ["with_the_head", "after_the_head", "trickled"])
+@pytest.mark.parametrize("framing", ["chunked", "until_close"])
+def test_a_body_growing_past_the_limit_is_refused(run: Runner, framing: str, pace: str) -> None:
+    """However its bytes arrive: with the head (before read() is called), all of the rest at once
+    once read() waits for it (the end of a chunked body in the same bytes), or endlessly."""
+    head = chunked_head() if framing == "chunked" else b"HTTP/1.1 200 OK\r\n\r\n"
+    piece = b"x" * 16384
+    encoded = chunk(piece) if framing == "chunked" else piece
+    end = b"0\r\n\r\n" if framing == "chunked" else b""
+    whole = encoded * (LIMIT // len(piece) + 1) + end
+
+    async def send(w: asyncio.StreamWriter) -> None:
+        if pace == "with_the_head":
+            w.write(head + whole)
+        elif pace == "after_the_head":
+            w.write(head)
+            await w.drain()
+            await asyncio.sleep(0.05)
+            w.write(whole)
+        else:
+            w.write(head)
+            for _ in range(1000):  # 16 MB at most: the client hangs up long before
+                w.write(encoded)
+                await w.drain()
+                await asyncio.sleep(0.001)
+        await w.drain()
+
+    run(refused_then_served_anew(send))
+
+
+@pytest.mark.parametrize("framing", ["content_length", "chunked"])
+def test_a_body_of_exactly_the_limit_is_read_and_the_connection_kept(
+    run: Runner, framing: str
+) -> None:
+    body = bytes(range(256)) * (LIMIT // 256) + b"y" * (LIMIT % 256)
+    assert len(body) == LIMIT
+
+    def make(up: Upstream) -> Handler:
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+            while await up.requests_of(r) is not None:
+                if framing == "chunked":
+                    w.write(chunked_head() + chunk(body[:70000]) + chunk(body[70000:]))
+                    w.write(b"0\r\n\r\n")
+                else:
+                    w.write(answer(body))
+
+        return handler
+
+    async def main() -> None:
+        async with upstream(make) as up:
+            c = client(max_answer_bytes=LIMIT)
+            try:
+                for _ in range(3):
+                    assert await get(c, up.url + "/v1/embeddings", b"{}") == (200, body)
+            finally:
+                await c.aclose()
+            assert up.accepted == 1
+
+    run(main())
+
+
+def test_a_stream_has_no_such_limit(run: Runner) -> None:
+    """chunks() relays a body as it arrives, never holding it whole: it may be any size."""
+    pieces = [b"data: %d %s\n\n" % (i, b"z" * 4000) for i in range(100)]  # ~400 KB
+
+    def make(up: Upstream) -> Handler:
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+            while await up.requests_of(r) is not None:
+                w.write(chunked_head() + b"".join(chunk(p) for p in pieces) + b"0\r\n\r\n")
+
+        return handler
+
+    async def main() -> None:
+        async with upstream(make) as up:
+            c = client(max_answer_bytes=LIMIT)
+            try:
+                for _ in range(2):
+                    resp = await c.request("POST", up.url + "/v1/chat/completions", [], b"{}")
+                    got = b"".join([piece async for piece in resp.chunks()])
+                    assert got == b"".join(pieces)
+                    await resp.aclose()
+            finally:
+                await c.aclose()
+            assert up.accepted == 1
+
+    run(main())
+
+
+def test_max_answer_bytes_must_be_more_than_the_pause_mark() -> None:
+    with pytest.raises(ValueError, match="max_answer_bytes"):
+        client(max_answer_bytes=h1client._HIGH_WATER)
 
 
 # --- failures ------------------------------------------------------------------------------------

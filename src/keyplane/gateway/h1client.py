@@ -43,6 +43,12 @@ Behaviour:
 - Bodies: content-length, chunked (``chunks()`` yields the de-chunked data as it arrives) and
   read-until-close. Past 64 KiB buffered and unread, reading from the socket pauses until the
   consumer catches up (``read()`` never pauses: it wants the whole body anyway).
+- ``read()`` holds at most ``max_answer_bytes`` of a body: an answer whose content-length says
+  more is refused as soon as ``read()`` sees it, one that grows past it (chunked, or until close)
+  as the byte that crosses it arrives; either way ``AnswerTooLarge``, the connection closed and
+  what it had buffered dropped. (A broken or hostile upstream could otherwise make the gateway
+  buffer gigabytes, and die with every request in flight.) ``chunks()`` is not limited: it never
+  holds the body whole.
 - Request headers named hop-by-hop are dropped; ``host`` and ``content-length`` are set here;
   header names or values containing CR, LF or NUL raise ``ValueError`` before anything is sent.
 
@@ -57,12 +63,14 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import Final
 from urllib.parse import urlsplit
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from keyplane.gateway.transport import (
     HOP_BY_HOP,
+    AnswerTooLarge,
     ClosedBeforeAnswer,
     ConnectFailed,
     Headers,
@@ -78,10 +86,11 @@ from keyplane.gateway.transport import (
 __all__ = ["H1Client"]
 
 POOL_WAIT_S = 60.0  # the longest a request waits for a free connection (as the send timeout)
+MAX_ANSWER_BYTES = 256 * 1024 * 1024  # the largest body read() holds (keyplane's default)
 
 PoolKey = tuple[str, str, int]  # (scheme, host, port)
 
-_HIGH_WATER = 64 * 1024  # bytes buffered and unread before reading from the socket pauses
+_HIGH_WATER: Final = 65536  # bytes buffered and unread before reading from the socket pauses
 _CACHE_MAX = 256  # parsed URLs (and methods) kept; a gateway uses a handful
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # send content-length: 0 without a body
 _BAD_TARGET = frozenset(" \t\r\n\0")
@@ -109,7 +118,7 @@ class _Conn(asyncio.Protocol):
         "client",
         "dead",
         "error",
-        "framed",
+        "framing",
         "got_bytes",
         "headers",
         "idle_for",
@@ -118,7 +127,9 @@ class _Conn(asyncio.Protocol):
         "keep",
         "key",
         "last_data",
+        "limit",
         "loop",
+        "max_answer",
         "on_lost",
         "parser",
         "paused",
@@ -128,7 +139,6 @@ class _Conn(asyncio.Protocol):
         "state",
         "status",
         "transport",
-        "unbounded",
         "uses",
         "waiter",
     )
@@ -138,6 +148,7 @@ class _Conn(asyncio.Protocol):
         self.key = key
         self.loop = loop
         self.read_timeout = client._read_timeout
+        self.max_answer = client._max_answer
         self.transport: asyncio.Transport | None = None
         self.parser = HttpResponseParser(self)
         self.dead = False  # closed, or the upstream closed it: never used again
@@ -150,12 +161,16 @@ class _Conn(asyncio.Protocol):
         self.got_bytes = False  # any byte of the answer arrived
         self.status = 0
         self.headers: Headers = []
-        self.framed = False  # content-length or transfer-encoding present (else: until close)
+        # The content-length's digits or the transfer-encoding's codings; b"" (neither): the body
+        # ends when the connection closes.
+        self.framing = b""
         self.informational = False  # parsing a 1xx answer, which the real one follows
         self.keep = False  # the connection may carry another request after this answer
         self.buf: list[bytes] = []  # body pieces not yet handed to the consumer
         self.buffered = 0
-        self.unbounded = False  # read() is collecting the whole body: never pause
+        # Past this many bytes buffered, on_body acts: it pauses reading (_HIGH_WATER), or, once
+        # read() wants the whole body (max_answer), refuses it. One comparison a piece either way.
+        self.limit = _HIGH_WATER
         self.paused = False
         self.error: UpstreamError | None = None
         self.waiter: asyncio.Future[None] | None = None  # the consumer waiting for news
@@ -174,10 +189,10 @@ class _Conn(asyncio.Protocol):
         self.is_head = is_head
         self.got_bytes = False
         self.headers = []
-        self.framed = False
+        self.framing = b""
         self.buf = []
         self.buffered = 0
-        self.unbounded = False
+        self.limit = _HIGH_WATER
         self.error = None
         if self.paused:  # the previous answer ended with reading paused
             self.paused = False
@@ -289,7 +304,7 @@ class _Conn(asyncio.Protocol):
                     f"the upstream closed the connection before answering ({exc or 'EOF'})"
                 )
         elif self.state == _BODY:
-            if exc is None and not self.framed:
+            if exc is None and not self.framing:
                 self.keep = False
                 self._complete()  # a body delimited by the end of the connection
                 return
@@ -312,7 +327,7 @@ class _Conn(asyncio.Protocol):
         name = name.lower()
         if name in HOP_BY_HOP:
             if name == b"content-length" or name == b"transfer-encoding":
-                self.framed = True
+                self.framing = value
         else:
             self.headers.append((name, value))
 
@@ -322,7 +337,7 @@ class _Conn(asyncio.Protocol):
         if status < 200:  # 1xx (103 Early Hints...): informational, the real answer follows
             self.informational = True
             self.headers = []
-            self.framed = False
+            self.framing = b""
             return
         self.status = status
         self.keep = parser.should_keep_alive() and parser.get_http_version() == "1.1"
@@ -338,12 +353,26 @@ class _Conn(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.buf.append(body)
         self.buffered += len(body)
-        if self.buffered > _HIGH_WATER and not self.paused and not self.unbounded:
-            self.paused = True
-            assert self.transport is not None
-            self.transport.pause_reading()
+        if self.buffered > self.limit:
+            self._full()
         if self.waiter is not None:
             self._wake()
+
+    def _full(self) -> None:
+        if self.limit != self.max_answer:  # (H1Client keeps max_answer above _HIGH_WATER)
+            if not self.paused:  # the consumer of chunks() is behind: wait for it
+                self.paused = True
+                assert self.transport is not None
+                self.transport.pause_reading()
+            return
+        # read() would hold more than max_answer: refused. The error raised stops the parser in
+        # the middle of the bytes it is given (the rest would be buffered again, and their end
+        # would complete the answer); data_received, catching it, keeps this error.
+        self.buf = []
+        self.buffered = 0
+        error = AnswerTooLarge(self.max_answer)
+        self.abort(error)
+        raise error
 
     def on_message_complete(self) -> None:
         if self.informational:
@@ -367,11 +396,18 @@ class _H1Response(UpstreamResponse):
             if self._body is None:
                 raise StreamBroken("the response was closed before its body was read")
             return self._body
-        conn.unbounded = True
-        while conn.state != _DONE:
-            if conn.error is not None or conn.dead:
-                self._broken(conn, b"".join(conn.buf))
-            await conn.wait()
+        # From here on_body refuses a body growing past the limit, instead of pausing.
+        limit = conn.limit = conn.max_answer
+        if conn.buffered > limit:  # (arrived before read() was called)
+            self._too_large(conn)
+        if conn.state != _DONE:
+            framing = conn.framing
+            if framing.isdigit() and int(framing) > limit:  # refused before its body arrives
+                self._too_large(conn)
+            while conn.state != _DONE:
+                if conn.error is not None or conn.dead:
+                    self._broken(conn, b"".join(conn.buf))
+                await conn.wait()
         body = conn.take() if conn.buf else b""
         self._body = body
         self._conn = None
@@ -406,6 +442,13 @@ class _H1Response(UpstreamResponse):
         conn = self._conn
         return conn is None or (conn.state == _DONE and not conn.buf)
 
+    def _too_large(self, conn: _Conn) -> None:
+        self._conn = None
+        conn.buf = []  # (dropped now, not when the connection object goes)
+        conn.buffered = 0
+        conn.abort(None)
+        raise AnswerTooLarge(conn.max_answer)
+
     def _broken(self, conn: _Conn, partial: bytes = b"") -> None:
         self._conn = None
         conn.abort(None)
@@ -425,11 +468,14 @@ class H1Client(UpstreamClient):
 
     def __init__(
         self, *, max_connections: int, connect_timeout_s: float, read_timeout_s: float,
-        pool_wait_s: float = POOL_WAIT_S,
+        pool_wait_s: float = POOL_WAIT_S, max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:  # fmt: skip
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        if max_answer_bytes <= _HIGH_WATER:  # (on_body tells read()'s limit from the pause's)
+            raise ValueError(f"max_answer_bytes must be more than {_HIGH_WATER}")
         self._max = max_connections
+        self._max_answer = max_answer_bytes
         self._connect_timeout = connect_timeout_s
         self._pool_wait = pool_wait_s
         self._read_timeout = read_timeout_s

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from keyplane.gateway.transport import (
+    AnswerTooLarge,
     ClosedBeforeAnswer,
     ConnectFailed,
     Headers,
@@ -29,10 +30,12 @@ class HttpxClient(UpstreamClient):
         *,
         connect_timeout_s: float,
         read_timeout_s: float,
+        max_answer_bytes: int,
     ) -> None:
         self._client = httpx.AsyncClient(
             transport=transport, timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
         )
+        self._max_answer = max_answer_bytes
 
     async def request(
         self, method: str, url: str, headers: Headers, body: bytes | None = None
@@ -48,24 +51,44 @@ class HttpxClient(UpstreamClient):
             raise ClosedBeforeAnswer(str(closed) or type(closed).__name__) from closed
         except httpx.HTTPError as exc:
             raise ConnectFailed(str(exc) or type(exc).__name__) from exc
-        return _HttpxResponse(resp)
+        return _HttpxResponse(resp, self._max_answer)
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
 
 class _HttpxResponse(UpstreamResponse):
-    def __init__(self, resp: httpx.Response) -> None:
+    def __init__(self, resp: httpx.Response, max_answer: int) -> None:
         self._resp = resp
+        self._max_answer = max_answer
         self._raw: AsyncIterator[bytes] | None = None
+        self._body: bytes | None = None
         self.status = resp.status_code
         self.headers = clean_headers(resp.headers.raw)
 
     async def read(self) -> bytes:
+        """As H1Client's: at most ``max_answer`` bytes held (``aread()`` has no limit)."""
+        if self._body is not None:
+            return self._body
+        resp, limit = self._resp, self._max_answer
+        length = resp.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            await resp.aclose()
+            raise AnswerTooLarge(limit)
+        pieces: list[bytes] = []
+        size = 0
         try:
-            return await self._resp.aread()
+            async for piece in resp.aiter_bytes():
+                size += len(piece)
+                if size > limit:
+                    pieces.clear()
+                    await resp.aclose()  # (read partly: httpx does not reuse its connection)
+                    raise AnswerTooLarge(limit)
+                pieces.append(piece)
         except httpx.HTTPError as exc:
             raise StreamBroken(str(exc) or type(exc).__name__) from exc
+        self._body = body = b"".join(pieces)
+        return body
 
     # An async iterator, not an async generator: mypyc (scripts/compile.py) cannot compile those.
     def chunks(self) -> AsyncIterator[bytes]:

@@ -121,7 +121,7 @@ class _GatewayCollector:
         failures = CounterMetricFamily(
             "keyplane_upstream_failures",
             "Failed tries of an upstream (each retry counts): connect, timeout, closed, "
-            "invalid_answer, pool_busy, refused_credentials or status_5xx.",
+            "invalid_answer, pool_busy, refused_credentials, status_5xx or answer_too_large.",
             labels=["upstream", "reason"],
         )
         for (upstream, reason), count in sorted(meter.upstream_failures.items()):

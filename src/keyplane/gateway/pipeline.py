@@ -518,24 +518,7 @@ class Pipeline:
                 upstreams, call.endpoint.upstream_path, body, scope["headers"], stream=stream
             )
         except UpstreamUnavailable as exc:
-            status = 504 if exc.timed_out else 503 if exc.busy else 502
-            # A request that may have been processed upstream: bill its prompt, conservatively,
-            # and the output an answer that broke off shows at least (the upstream wrote it all).
-            out = estimated_output(exc.partial) if exc.partial and call.endpoint.has_output else 0
-            if _image_tokens(call):  # it may have made every image it asked for
-                out = call.held_output
-            used, heard = _unanswered(call, out) if exc.reached else _NONE
-            outcome = Outcome.UPSTREAM_BROKEN if exc.partial else Outcome.UPSTREAM_UNREACHABLE
-            images, seconds, chars = _unanswered_media(call) if exc.reached else (0, 0, 0)
-            self._meter(call, status, used, outcome, estimated=exc.reached, images=images,
-                        seconds=seconds, characters=chars, media_input=heard)  # fmt: skip
-            advice = (
-                ((b"retry-after", b"1"),) if exc.busy
-                else ((b"x-should-retry", b"false"),) if exc.refused else ()
-            )  # fmt: skip
-            raise ApiError(
-                status, str(exc), type="server_error", code="upstream_error", extra_headers=advice
-            ) from None
+            raise self._unavailable(call, exc) from None
         try:
             out_headers = self._response_headers(call, resp)
             if content is None:
@@ -547,7 +530,7 @@ class Pipeline:
                     return
                 # An error, or an upstream that ignored stream: true and answered JSON: read
                 # whole, billed on its usage as any answer (not as a stream with no events).
-                content = await self._read_rest(resp)
+                content = await self._read_rest(call, resp, up)
             if resp.status != 200:
                 if resp.status < 400 or resp.status > 599:  # (204, 3xx, 999: not an answer)
                     self._meter(call, 502, (0, 0, 0), _COMPLETED, estimated=False)
@@ -616,12 +599,40 @@ class Pipeline:
         finally:
             await resp.aclose()
 
-    async def _read_rest(self, resp: UpstreamResponse) -> bytes:
+    def _unavailable(self, call: Call, exc: UpstreamUnavailable) -> ApiError:
+        """Meters a request no upstream answered usably; returns the error the client gets."""
+        status = 504 if exc.timed_out else 503 if exc.busy else 502
+        # A request that may have been processed upstream: bill its prompt, conservatively,
+        # and the output an answer that broke off shows at least (the upstream wrote it all).
+        out = estimated_output(exc.partial) if exc.partial and call.endpoint.has_output else 0
+        # It may have made every image it asked for; an answer too large to read (more bytes than
+        # keyplane holds) is billed all the output the hold covers, as any answer never read.
+        if _image_tokens(call) or exc.too_large:
+            out = call.held_output
+        used, heard = _unanswered(call, out) if exc.reached else _NONE
+        outcome = Outcome.UPSTREAM_UNREACHABLE
+        if exc.partial or exc.too_large:
+            outcome = Outcome.UPSTREAM_BROKEN
+        images, seconds, chars = _unanswered_media(call) if exc.reached else (0, 0, 0)
+        self._meter(call, status, used, outcome, estimated=exc.reached, images=images,
+                    seconds=seconds, characters=chars, media_input=heard)  # fmt: skip
+        advice = (
+            ((b"retry-after", b"1"),) if exc.busy
+            else ((b"x-should-retry", b"false"),) if exc.refused else ()
+        )  # fmt: skip
+        return ApiError(
+            status, str(exc), type="server_error", code="upstream_error", extra_headers=advice
+        )
+
+    async def _read_rest(self, call: Call, resp: UpstreamResponse, up: Upstream) -> bytes:
         """The whole body of an answer to a streaming request that is not a stream (a JSON error,
-        or JSON from an upstream that ignored stream: true); b"" if it broke off."""
+        or JSON from an upstream that ignored stream: true); b"" if it broke off. Raises ApiError
+        (metered) when it was too large to read."""
         try:
-            return await resp.read()
-        except UpstreamError:
+            return await self.router.read(resp, up)
+        except UpstreamUnavailable as exc:
+            if exc.too_large:
+                raise self._unavailable(call, exc) from None
             return b""
 
     async def _stream(

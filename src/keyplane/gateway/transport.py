@@ -60,6 +60,16 @@ class StreamBroken(UpstreamError):
     """The answer's body broke off (connection lost or timed out mid-body)."""
 
 
+class AnswerTooLarge(UpstreamError):
+    """A body read whole would be larger than the client's ``max_answer_bytes`` (``limit``): the
+    connection was closed (never reused) and what had arrived of it dropped. Streams (``chunks()``)
+    have no such limit: they are relayed as they arrive, never held whole."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the answer is larger than {limit} bytes")
+        self.limit = limit
+
+
 # Open to plain-Python implementations when this module is compiled (scripts/compile.py): test
 # doubles, bench/pipeline.py's fixed upstream.
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -69,7 +79,7 @@ class UpstreamResponse(ABC):
 
     @abstractmethod
     async def read(self) -> bytes:
-        """The whole body. Raises StreamBroken."""
+        """The whole body. Raises StreamBroken, or AnswerTooLarge."""
 
     @abstractmethod
     def chunks(self) -> AsyncIterator[bytes]:

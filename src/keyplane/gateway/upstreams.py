@@ -13,6 +13,7 @@ import orjson
 
 from keyplane.gateway.meter import Meter
 from keyplane.gateway.transport import (
+    AnswerTooLarge,
     ClosedBeforeAnswer,
     ConnectFailed,
     InvalidAnswer,
@@ -100,14 +101,16 @@ class UpstreamUnavailable(Exception):
 
     def __init__(
         self, message: str, *, timed_out: bool = False, reached: bool = False, partial: bytes = b"",
-        busy: bool = False, refused: bool = False,
+        busy: bool = False, refused: bool = False, too_large: bool = False,
     ) -> None:  # fmt: skip
         super().__init__(message)
         self.timed_out = timed_out
         self.busy = busy  # every connection to it was busy: nothing sent, worth a retry soon
         self.refused = refused  # it refused keyplane's credentials: a retry cannot help
-        self.reached = reached or timed_out  # the upstream may have processed (and billed) it
+        self.reached = reached or timed_out or too_large  # it may have processed (and billed) it
         self.partial = partial  # what had arrived of a successful answer that broke off
+        # It answered more than the client reads whole (max_answer_bytes): not read, dropped.
+        self.too_large = too_large
 
 
 class UpstreamRouter:
@@ -244,9 +247,9 @@ class UpstreamRouter:
                     if any(name == b"retry-after" for name, _ in resp.headers):
                         break  # it asked for time: the next upstream, or this answer as it is
                     continue
-                return resp, None if stream else await self._read(resp), up
+                return resp, None if stream else await self.read(resp, up), up
         if last is not None and last_up is not None:
-            return last, None if stream else await self._read(last), last_up
+            return last, None if stream else await self.read(last, last_up), last_up
         if refused is not None:
             raise _refused(*refused)
         raise UpstreamUnavailable("No upstream serving this model could be reached.")
@@ -278,7 +281,7 @@ class UpstreamRouter:
             log.warning("upstream %s unreachable: %s", up.name, exc)
             raise UpstreamUnavailable(f"The upstream '{up.name}' could not be reached.") from None
         try:
-            content = await self._read(resp)
+            content = await self.read(resp, up)
         finally:
             await resp.aclose()
         if resp.status in REFUSED_STATUSES:
@@ -293,12 +296,24 @@ class UpstreamRouter:
         )  # fmt: skip
         self.meter.upstream_failed(up.name, "refused_credentials")
 
-    @staticmethod
-    async def _read(resp: UpstreamResponse) -> bytes:
+    async def read(self, resp: UpstreamResponse, up: Upstream) -> bytes:
+        """The whole body of ``resp``, an answer of ``up``. Raises UpstreamUnavailable (``resp``
+        closed): it broke off, or it was larger than the client reads whole (``too_large``)."""
         try:
             return await resp.read()
         except UpstreamError as exc:
             await resp.aclose()
+            if isinstance(exc, AnswerTooLarge):
+                log.warning(
+                    "upstream %s answered HTTP %d with more than %d bytes: not read "
+                    "(KEYPLANE_MAX_ANSWER_BYTES)", up.name, resp.status, exc.limit,
+                )  # fmt: skip
+                self.meter.upstream_failed(up.name, "answer_too_large")
+                raise UpstreamUnavailable(
+                    f"The upstream's answer was larger than {exc.limit} bytes "
+                    "(KEYPLANE_MAX_ANSWER_BYTES).",
+                    too_large=True,
+                ) from None
             raise UpstreamUnavailable(
                 "The upstream's answer broke off before it was complete.",
                 reached=True,
