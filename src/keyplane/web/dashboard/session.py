@@ -43,6 +43,7 @@ from keyplane.billing.service import BillingService
 from keyplane.clock import Clock
 from keyplane.config import Settings
 from keyplane.errors import KeyplaneError
+from keyplane.keys.service import KeyService
 from keyplane.notify.ports import Outbox
 from keyplane.notify.webhooks import Webhooks
 from keyplane.usage.ports import UsageStore
@@ -72,6 +73,9 @@ class DashboardServices(Protocol):
 
     @property
     def usage_store(self) -> UsageStore: ...
+
+    @property
+    def keys(self) -> KeyService: ...
 
     @property
     def billing(self) -> BillingService: ...
