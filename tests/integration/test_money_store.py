@@ -384,6 +384,44 @@ def test_usage_adds_up_per_day_and_per_bucket_on_either_database(engine: Engine)
     assert [(b.start, b.requests) for b in whole] == [(day + 3600, 2)]
 
 
+def test_usage_records_are_read_page_by_page_in_time_then_id_order(engine: Engine) -> None:
+    """The CSV export's reader: every record of the span once, in (time, request id) order, even
+    when a page ends among records of the same second, and nothing outside the span or scope."""
+    from sqlalchemy import insert
+
+    from keyplane.storage import tables
+
+    start, end = 1_800_000_000, 1_800_000_100
+    times = [
+        start,
+        start,
+        start,
+        start + 1,
+        start + 1,
+        start + 1,
+        start + 1,
+        end - 1,
+        end,
+        start - 1,
+    ]
+    rows = [
+        record(f"req_{i:02d}", "org_p", "proj_a" if i % 3 else "proj_b", i).replace(created_at=at)
+        for i, at in reversed(list(enumerate(times)))  # written out of order
+    ]
+    with engine.begin() as conn:
+        for r in [*rows, record("req_other", "org_q", "proj_a", 1).replace(created_at=start)]:
+            conn.execute(insert(tables.usage_records).values(r.asdict() | {"outcome": "completed"}))
+    store = SqlUsageStore(engine)
+    inside = sorted((r for r in rows if start <= r.created_at < end),
+                    key=lambda r: (r.created_at, r.request_id))  # fmt: skip
+    for page_size in (1, 2, 3, 8, 1000):
+        read = list(store.records("org_p", start=start, end=end, page_size=page_size))
+        assert read == inside, page_size
+    of_a = list(store.records("org_p", start=start, end=end, project_id="proj_a", page_size=2))
+    assert of_a == [r for r in inside if r.project_id == "proj_a"] and of_a
+    assert list(store.records("org_p", start=end + 1, end=end + 100)) == []
+
+
 def test_gateways_say_they_are_alive_and_the_oldest_live_one_is_known(engine: Engine) -> None:
     """What the sweeper asks: when did the oldest gateway still running start? An open hold
     placed before then was placed by a gateway that is gone."""

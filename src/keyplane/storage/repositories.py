@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import sys
 import threading
@@ -20,8 +21,10 @@ from sqlalchemy import (
     RowMapping,
     Select,
     Table,
+    and_,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -294,28 +297,52 @@ class SqlUsageStore(SqlStore):
         *,
         project_id: str | None = None,
         since: int | None = None,
+        until: int | None = None,
         limit: int = 1000,
     ) -> Sequence[UsageRecord]:
         u = t.usage_records
-        query = _usage_where(select(u), org_id, project_id, since)
+        query = _usage_where(select(u), org_id, project_id, since, until)
         query = query.order_by(u.c.created_at.desc(), u.c.request_id.desc()).limit(limit)
         rows = self._read(lambda c: c.execute(query).mappings().all())
-        return [UsageRecord(**{**r, "outcome": Outcome(r["outcome"])}) for r in reversed(rows)]
+        return [_usage_record(r) for r in reversed(rows)]
 
     def summary(
-        self, org_id: str, *, project_id: str | None = None, since: int | None = None
-    ) -> tuple[int, int]:
+        self, org_id: str, *, project_id: str | None = None, since: int | None = None,
+        until: int | None = None,
+    ) -> tuple[int, int]:  # fmt: skip
         u = t.usage_records
         query = _usage_where(
             select(func.count(), func.coalesce(func.sum(u.c.cost_micro_usd), 0)), org_id,
-            project_id, since,
+            project_id, since, until,
         )  # fmt: skip
         count, cost = self._read(lambda c: c.execute(query).one())
         return int(count), int(cost)
 
+    def records(
+        self, org_id: str, *, start: int, end: int, project_id: str | None = None,
+        page_size: int = 1000,
+    ) -> Iterator[UsageRecord]:  # fmt: skip
+        u = t.usage_records
+        first = _usage_where(select(u), org_id, project_id, start, end)
+        first = first.order_by(u.c.created_at, u.c.request_id).limit(page_size)
+        query = first
+        while True:
+            page = self._read(functools.partial(_mappings, query))
+            for row in page:
+                yield _usage_record(row)
+            if len(page) < page_size:
+                return
+            # Keyset pagination: after the last (time, id) seen, not OFFSET (which rereads every
+            # row skipped, and shifts when records of the month are written meanwhile).
+            at, last = page[-1]["created_at"], page[-1]["request_id"]
+            query = first.where(
+                or_(u.c.created_at > at, and_(u.c.created_at == at, u.c.request_id > last))
+            )
+
     def daily(
-        self, org_id: str, *, project_id: str | None = None, since: int | None = None
-    ) -> Sequence[DailyUsage]:
+        self, org_id: str, *, project_id: str | None = None, since: int | None = None,
+        until: int | None = None,
+    ) -> Sequence[DailyUsage]:  # fmt: skip
         u = t.usage_records
         day = (u.c.created_at // DAY_S).label("day")
         query = _usage_where(
@@ -324,7 +351,7 @@ class SqlUsageStore(SqlStore):
                 func.sum(u.c.output_tokens), func.sum(u.c.cost_micro_usd), func.sum(u.c.images),
                 func.sum(u.c.audio_seconds), func.sum(u.c.characters),
             ),
-            org_id, project_id, since,
+            org_id, project_id, since, until,
         ).group_by(day, u.c.model).order_by(day, u.c.model)  # fmt: skip
         rows = self._read(lambda c: c.execute(query).all())
         return [
@@ -374,15 +401,26 @@ class SqlUsageStore(SqlStore):
 
 
 def _usage_where(
-    query: Select[Any], org_id: str, project_id: str | None, since: int | None
-) -> Select[Any]:
+    query: Select[Any], org_id: str, project_id: str | None, since: int | None,
+    until: int | None = None,
+) -> Select[Any]:  # fmt: skip
     u = t.usage_records
     query = query.where(u.c.org_id == org_id)
     if project_id is not None:
         query = query.where(u.c.project_id == project_id)
     if since is not None:
         query = query.where(u.c.created_at >= since)
+    if until is not None:
+        query = query.where(u.c.created_at < until)
     return query
+
+
+def _mappings(query: Select[Any], conn: Connection) -> Sequence[RowMapping]:
+    return conn.execute(query).mappings().all()
+
+
+def _usage_record(row: RowMapping) -> UsageRecord:
+    return UsageRecord(**{**row, "outcome": Outcome(row["outcome"])})
 
 
 def _fields(obj: Any) -> dict[str, Any]:

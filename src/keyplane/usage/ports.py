@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from keyplane.usage.records import DailyUsage, UsageBucket, UsageRecord
@@ -15,21 +15,35 @@ class UsageStore(Protocol):
         *,
         project_id: str | None = None,
         since: int | None = None,
+        until: int | None = None,
         limit: int = 1000,
     ) -> Sequence[UsageRecord]:
-        """Returns the newest ``limit`` records (from ``since``), oldest first."""
+        """Returns the newest ``limit`` records (from ``since``, before ``until``), oldest first."""
         ...
 
     def summary(
-        self, org_id: str, *, project_id: str | None = None, since: int | None = None
-    ) -> tuple[int, int]:
+        self, org_id: str, *, project_id: str | None = None, since: int | None = None,
+        until: int | None = None,
+    ) -> tuple[int, int]:  # fmt: skip
         """(how many records, their total cost in micro-dollars), with the same filters."""
         ...
 
     def daily(
-        self, org_id: str, *, project_id: str | None = None, since: int | None = None
-    ) -> Sequence[DailyUsage]:
+        self, org_id: str, *, project_id: str | None = None, since: int | None = None,
+        until: int | None = None,
+    ) -> Sequence[DailyUsage]:  # fmt: skip
         """Usage added up per UTC day and model, with the same filters; oldest day first."""
+        ...
+
+    def records(
+        self, org_id: str, *, start: int, end: int, project_id: str | None = None,
+        page_size: int = 1000,
+    ) -> Iterator[UsageRecord]:  # fmt: skip
+        """Every record from ``start`` to ``end`` (seconds, end excluded), ordered by time then
+        request id, read ``page_size`` at a time as they are taken (each page one short read
+        after the last one's time and id: a month of a million records is never all in memory).
+
+        Raises StoreUnavailable when the database cannot be reached."""
         ...
 
     def buckets(
