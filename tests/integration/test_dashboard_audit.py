@@ -76,7 +76,9 @@ def test_details_read_as_changes_and_money_in_dollars(
     })  # fmt: skip
     audit.record(kp.org.id, cli, "api_key.created",
                  details={"data": {"name": "ci", "scopes": [], "allowed_ips": ["10.0.0.0/8"]}})  # fmt: skip
+    audit.record(kp.org.id, Actor(ActorType.SYSTEM, "auto-recharge"), "credit_purchase.created")
     page = browser_for("owner@example.com", OWNER_PASSWORD).get("/audit-log")
+    assert "keyplane (auto-recharge)" in text_of(page)
     lines = re.findall(r"<div>([^<]*)</div>", page.text)
     assert "threshold_amount: none → $20.00" in lines
     assert "auto_recharge.enabled: no → yes" in lines

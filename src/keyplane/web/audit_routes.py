@@ -60,7 +60,9 @@ class ApiKeyActor(BaseModel):
 
 
 class SystemActor(BaseModel):
-    """keyplane itself: automatic changes such as a usage-tier promotion."""
+    """keyplane itself: automatic changes such as a usage-tier promotion; ``system.id`` names
+    which of its parts acted ("keyplane", "auto-recharge", "payment provider", "anomaly
+    detection", "secret scanning report")."""
 
     type: Literal["system"] = "system"
     system: dict[str, str] = Field(default_factory=lambda: {"id": "keyplane"})
@@ -103,7 +105,7 @@ def _event(event: AuditEvent, project_names: dict[str, str]) -> AuditLogEvent:
     user = AuditUser(id=a.user_id, email=a.email)
     actor: SessionActor | ApiKeyActor | SystemActor | CliActor
     if a.type is ActorType.SYSTEM:
-        actor = SystemActor()
+        actor = SystemActor(system={"id": a.id})
     elif a.type is ActorType.CLI:
         os_user, _, host = a.id.rpartition("@")  # (a host name has no "@", a user name may)
         actor = CliActor(cli=AuditCli(id=a.id, os_user=os_user, host=host))

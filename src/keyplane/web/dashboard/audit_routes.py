@@ -21,7 +21,7 @@ DETAILS_SHOWN = 300  # characters of an event's details on the page (the Admin A
 def _actor(event: AuditEvent) -> str:
     actor = event.actor
     if actor.type is ActorType.SYSTEM:
-        return "keyplane"
+        return "keyplane" if actor.id == "keyplane" else f"keyplane ({actor.id})"
     if actor.type is ActorType.CLI:
         os_user, _, host = actor.id.rpartition("@")
         return f"keyplane CLI (user {os_user} on {host})"
