@@ -188,6 +188,44 @@ def test_rotate_a_key_copy_its_new_secret_and_the_old_one_works_out_its_grace(
     context.close()
 
 
+def test_edit_a_key_to_read_only_and_the_sdk_is_refused_chat(browser: object, kp: Keyplane) -> None:
+    """API keys → Edit on a key's row → the form shows the key as it is → rename it and make it
+    Read only → Save → the list says so, and the same secret, from the SDK, lists models but is
+    refused chat within a second."""
+    page = browser.new_page()  # type: ignore[attr-defined]
+    base = kp.server.url
+    log_in(page, base)
+    with openai.OpenAI(base_url=kp.base_url, api_key=kp.key, max_retries=0) as client:
+        chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        assert client.chat.completions.create(**chat).choices  # type: ignore[call-overload]
+        page.get_by_role("link", name="API keys").first.click()
+        page.wait_for_url(base + "/api-keys")
+        page.get_by_role("row").filter(has_text=kp.key[-4:]).get_by_role(
+            "link", name="Edit"
+        ).click()
+        page.get_by_role("heading", name="Edit secret key").wait_for()
+        assert page.input_value("#key-name") == "test key"
+        assert page.get_by_label("All", exact=True).is_checked()
+        page.fill("#key-name", "read-only key")
+        page.get_by_label("Read only").check()
+        page.get_by_role("button", name="Save").click()
+        page.wait_for_url(base + "/api-keys?updated=*")
+        assert page.get_by_role("status").inner_text().startswith("read-only key (sk-kp-proj-…")
+        row = page.get_by_role("row").filter(has_text=kp.key[-4:])
+        assert "read-only key" in row.inner_text() and "Read only" in row.inner_text()
+
+        def refused() -> bool:
+            try:
+                client.chat.completions.create(**chat)  # type: ignore[call-overload]
+            except openai.AuthenticationError as exc:
+                return "Missing scopes: chat.write" in str(exc)
+            return False
+
+        wait_until(refused, timeout=1.0)  # every gateway applies the change within a second
+        assert [m.id for m in client.models.list()]
+    page.close()
+
+
 def test_add_a_card_buy_credit_and_see_the_balance(browser: object, kp: Keyplane) -> None:
     """The guide's Billing screens: Payment methods → Add payment details → Overview → Add to
     credit balance → Configure payment ($10) → Confirm payment → the new balance and the charge."""

@@ -454,12 +454,16 @@ class OrgService:
         self, actor: Actor, org_id: str, project_id: str, key_id: str, *,
         scopes: Sequence[str] | Unchanged | None, allowed_models: Sequence[str] | Unchanged | None,
         allowed_ips: Sequence[str] | Unchanged | None, limits: Mapping[str, int | None],
+        name: str | Unchanged = UNCHANGED,
     ) -> ApiKey:  # fmt: skip
-        """Changes a project key's permissions, allowlists and (lower-only) rate limits: the limits
-        ``limits`` names (``rpm``, ``tpm``, ``rpd``; None lifts one), keeping the others."""
+        """Changes a project key's permissions, allowlists, (lower-only) rate limits and name: the
+        limits ``limits`` names (``rpm``, ``tpm``, ``rpd``; None lifts one), keeping the others."""
         key = self.project_key(org_id, project_id, key_id)
         before: dict[str, Any] = key_access(key)
         after: dict[str, Any] = {}
+        renamed = not isinstance(name, Unchanged)
+        if renamed:
+            before["name"] = key.name
         key_limits = self._key_limits if limits else None
         new_limits: ModelLimits | None = None
         if key_limits is not None:
@@ -475,7 +479,10 @@ class OrgService:
             scopes=key.scopes if isinstance(scopes, Unchanged) else scopes,
             allowed_models=key.allowed_models if isinstance(allowed_models, Unchanged) else allowed_models,
             allowed_cidrs=key.allowed_cidrs if isinstance(allowed_ips, Unchanged) else allowed_ips,
+            name=None if isinstance(name, Unchanged) else name,
         )  # fmt: skip
+        if renamed:
+            after["name"] = updated.name
         if key_limits is not None:
             key_limits.set_key_limits(org_id, key.id, new_limits)
         self._audit.record(

@@ -29,6 +29,14 @@ def _restrictions(
     return checked_scopes, model_allowlist(models), ip_allowlist(cidrs)
 
 
+def _key_name(name: str) -> str:
+    """A key's name, trimmed. Raises InvalidRequest."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise InvalidRequest("A key name must have 1 to 200 characters.", param="name")
+    return refuse_control_characters(name, "A key name", "name")
+
+
 class KeyService:
     def __init__(self, store: KeyStore, pepper: bytes, clock: Clock) -> None:
         self._store = store
@@ -52,10 +60,7 @@ class KeyService:
         rotated_from: str | None = None,
     ) -> tuple[ApiKey, str]:
         """Returns the stored key and its full secret text, which is never available again."""
-        name = name.strip()
-        if not name or len(name) > 200:
-            raise InvalidRequest("A key name must have 1 to 200 characters.", param="name")
-        refuse_control_characters(name, "A key name", "name")
+        name = _key_name(name)
         if expires_in_s is not None and not 0 < expires_in_s <= MAX_EXPIRES_IN_S:
             raise InvalidRequest(
                 f"expires_in_seconds must be between 1 and {MAX_EXPIRES_IN_S}.",
@@ -93,11 +98,16 @@ class KeyService:
         scopes: Sequence[str] | None,
         allowed_models: Sequence[str] | None,
         allowed_cidrs: Sequence[str] | None,
+        name: str | None = None,
     ) -> ApiKey:
-        """Replaces a key's permissions, allowed models and IP allowlist (None: no restriction)."""
+        """Replaces a key's permissions, allowed models and IP allowlist (None: no restriction),
+        and its name if ``name`` is given."""
         key = self.get(org_id, key_id)
         s, m, c = _restrictions(scopes, allowed_models, allowed_cidrs)
-        changed = dataclasses.replace(key, scopes=s, allowed_models=m, allowed_cidrs=c)
+        new_name = key.name if name is None else _key_name(name)
+        changed = dataclasses.replace(
+            key, name=new_name, scopes=s, allowed_models=m, allowed_cidrs=c
+        )
         self._store.update(changed, int(self._clock.now()))
         return changed
 

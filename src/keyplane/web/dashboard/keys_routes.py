@@ -1,6 +1,7 @@
 """The API keys page (BRIEF C9, following the guide's screens): the organization's project keys,
 "Create new secret key" (name, project, owner, permissions, allowed models and IPs) with the
-secret shown once to copy, rotating a key (a new secret shown once; the old one works for the
+secret shown once to copy, editing a key (its name, permissions and allowlists, the create
+form's fields: ``key_form``), rotating one (a new secret shown once; the old one works for the
 grace period chosen) and revoking one, each after a confirmation page.
 
 Who may do what is the Admin API's rule (``keyplane.web.authz.POLICY``) applied to the signed-in
@@ -8,23 +9,22 @@ user, and every change goes through the same service and audit log as the Admin 
 
 from __future__ import annotations
 
-import asyncio
-import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from keyplane.accounts.models import Project
 from keyplane.accounts.org_ports import ProjectRole
 from keyplane.errors import InvalidRequest, KeyplaneError, NotFound
-from keyplane.keys.access import ip_allowlist, model_allowlist
 from keyplane.keys.models import ApiKey
-from keyplane.keys.permissions import ALL_READ, Access, Group, describe, scopes_for
+from keyplane.keys.permissions import describe
 from keyplane.web.dashboard.authorize import may, principal_of
+from keyplane.web.dashboard.key_form import GROUP_LABELS, fields_of, restrictions_of, scopes_of
 from keyplane.web.dashboard.once import OnceForms
 from keyplane.web.dashboard.session import (
     CurrentMember,
@@ -39,17 +39,6 @@ from keyplane.web.principal import Principal
 
 router = APIRouter()
 PATH = "/api-keys"
-ACCESS = frozenset(a.value for a in Access)
-GROUP_LABELS = {
-    Group.MODELS: "Models",
-    Group.CHAT: "Model capabilities (chat, completions, responses)",
-    Group.EMBEDDINGS: "Embeddings",
-    Group.AUDIO: "Audio",
-    Group.IMAGES: "Images",
-    Group.MODERATIONS: "Moderations",
-    Group.FILES: "Files",
-    Group.BATCH: "Batch",
-}
 # How long the old secret keeps working after a rotation (BRIEF C2: 0 to 7 days).
 GRACE_CHOICES = {"none": 0, "1h": 3600, "1d": 86400, "7d": 7 * 86400}
 GRACE_LABELS = {"none": "None: it stops now", "1h": "1 hour", "1d": "1 day", "7d": "7 days"}
@@ -65,6 +54,7 @@ class KeyRow:
     rotate: bool  # older than the rotation policy
     can_revoke: bool
     can_rotate: bool
+    can_edit: bool
     allowlists: tuple[tuple[str, str], ...]  # the key's own lists: (what the row says, in full)
 
 
@@ -82,6 +72,13 @@ def _allowlists(key: ApiKey) -> tuple[tuple[str, str], ...]:
         shown = values[0] if len(values) == 1 else f"{len(values)} {several}".strip()
         notes.append((f"{label}: {shown if values else 'none'}", f"{label}: {full}"))
     return tuple(notes)
+
+
+def _owner(key: ApiKey, people: dict[str, str], accounts: dict[str, str]) -> str:
+    """Who owns a key, as the dashboard says it: ``people`` and ``accounts`` name them by id."""
+    if key.owner_type == "user":
+        return people.get(key.owner_id, "a former member")
+    return f"{accounts.get(key.owner_id, 'service account')} (service account)"
 
 
 def _creatable(request: Request, principal: Principal) -> list[Project]:
@@ -107,11 +104,7 @@ def _rows(request: Request, principal: Principal) -> list[KeyRow]:
         keys = orgs.project_keys(principal.org_id, project.id)
         replaced = {k.rotated_from for k in keys if k.rotated_from}
         for key in keys:
-            owner = (
-                people.get(key.owner_id, "a former member")
-                if key.owner_type == "user"
-                else f"{accounts.get(key.owner_id, 'service account')} (service account)"
-            )
+            owner = _owner(key, people, accounts)
             can_revoke = may(
                 request, principal, "project_api_keys.delete", project.id, key, roles=roles
             )
@@ -121,10 +114,13 @@ def _rows(request: Request, principal: Principal) -> list[KeyRow]:
             can_rotate = status == "active" and may(
                 request, principal, "project_api_keys.rotate", project.id, key, roles=roles
             )
+            can_edit = status == "active" and may(
+                request, principal, "project_api_keys.update", project.id, key, roles=roles
+            )
             rows.append(
                 KeyRow(
                     key, project, owner, describe(key.scopes), status, rotate, can_revoke,
-                    can_rotate, _allowlists(key),
+                    can_rotate, can_edit, _allowlists(key),
                 )
             )  # fmt: skip
     rows.sort(key=lambda r: r.key.created_at, reverse=True)
@@ -132,19 +128,27 @@ def _rows(request: Request, principal: Principal) -> list[KeyRow]:
 
 
 @router.get(PATH)
-def keys_page(request: Request, viewer: CurrentMember, revoked: str = "") -> Response:
-    """``revoked``: the key just revoked (Revoke leads here), said in a notice."""
+def keys_page(
+    request: Request, viewer: CurrentMember, revoked: str = "", updated: str = ""
+) -> Response:
+    """``revoked``, ``updated``: the key just revoked or edited (Revoke and Save lead here), said
+    in a notice."""
     principal = principal_of(request, viewer)
     rows = _rows(request, principal)
     notice = None
-    if revoked:
+    if revoked or updated:
         keys = context(request).services.keys
         try:
-            key = keys.get(principal.org_id, revoked)
+            key = keys.get(principal.org_id, revoked or updated)
         except NotFound:
             key = None
         if key is not None and key.revoked_at is not None:
             notice = f"{key.redacted_value} is revoked: every gateway refuses it within a second."
+        elif key is not None and updated:
+            notice = (
+                f"{key.name} ({key.redacted_value}) is saved: every gateway applies the change "
+                "within a second."
+            )
     return render(
         request, "api_keys.html", viewer=viewer, rows=rows, notice=notice,
         can_create=bool(_creatable(request, principal)),
@@ -175,54 +179,17 @@ def new_key_page(request: Request, viewer: CurrentMember) -> Response:
     return _new_page(request, viewer, projects)
 
 
-def _scopes(form: dict[str, str]) -> tuple[str, ...] | None:
-    """The scopes the form asks for (None: All). Raises ValueError for a choice not offered."""
-    choice = form.get("permissions", "all")
-    if choice not in ("all", "read_only", "restricted"):
-        raise ValueError("Choose All, Restricted or Read only.")
-    if choice != "restricted":
-        if any(form.get(f"perm_{g.value}", "none") != "none" for g in Group):
-            # (choices per group apply to Restricted only: never a key wider than meant)
-            raise ValueError(
-                "Access per group applies to Restricted keys: choose Restricted, or set every "
-                "group back to None."
-            )
-        return None if choice == "all" else (ALL_READ,)
-    chosen = {}
-    for group in Group:
-        value = form.get(f"perm_{group.value}", "none")
-        if value not in ACCESS:
-            raise ValueError(f"Choose None, Read or Write for {GROUP_LABELS[group]}.")
-        chosen[group] = Access(value)
-    scopes = scopes_for(chosen)
-    if not scopes:
-        raise ValueError(
-            "A restricted key needs Read or Write on at least one group (or choose Read only)."
-        )
-    return scopes
+async def _sent(request: Request) -> dict[str, str]:
+    """The form's text fields, read on the event loop (the routes that take them run in a
+    worker thread: they wait on the database)."""
+    return {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
 
 
-def _listed(text: str) -> list[str]:
-    """A list typed in a form: one entry a line, or separated by commas or spaces (neither a model
-    name nor a CIDR holds one)."""
-    return [entry for entry in re.split(r"[\s,]+", text) if entry]
-
-
-def _restrictions(form: dict[str, str]) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
-    """The key's own allowed models and IP allowlist the form asks for (None: left empty, no list
-    of the key's own). Raises InvalidRequest naming the field."""
-    models = _listed(form.get("allowed_models", ""))
-    ips = _listed(form.get("allowed_ips", ""))
-    return model_allowlist(models or None), ip_allowlist(ips or None)
+Sent = Annotated[dict[str, str], Depends(_sent)]
 
 
 @router.post(PATH)
-async def create_key(request: Request, viewer: CurrentMember) -> Response:
-    form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-    return await asyncio.to_thread(_create, request, viewer, form)
-
-
-def _create(request: Request, viewer: Viewer, form: dict[str, str]) -> Response:
+def create_key(request: Request, viewer: CurrentMember, form: Sent) -> Response:
     same_org(viewer, form.get("org_id", ""))
     principal = principal_of(request, viewer)
     projects = _creatable(request, principal)
@@ -235,8 +202,8 @@ def _create(request: Request, viewer: Viewer, form: dict[str, str]) -> Response:
         project = next((p for p in projects if p.id == form.get("project")), None)
         if project is None:
             raise ValueError("Choose one of the projects listed.")
-        scopes = _scopes(form)
-        models, ips = _restrictions(form)
+        scopes = scopes_of(form)
+        models, ips = restrictions_of(form)
         service = form.get("owner") == "service_account"
         if service and not may(request, principal, "project_service_accounts.create", project.id):
             raise ValueError(
@@ -312,20 +279,27 @@ def revoke_key(request: Request, viewer: CurrentMember, key_id: str) -> Response
     raise Redirect(f"{PATH}?revoked={key.id}")
 
 
-def _rotatable(request: Request, viewer: Viewer, key_id: str) -> tuple[Principal, ApiKey, Project]:
-    """The key the user may rotate (404 unknown here, 403 not theirs to rotate; a key already
-    replaced by a rotation is refused: rotating it again would make a second replacement)."""
+def _current(
+    request: Request, viewer: Viewer, key_id: str, operation: str, verb: str
+) -> tuple[Principal, ApiKey, Project]:
+    """The key the user may rotate or edit (404 unknown here, 403 not theirs to change; a key
+    already replaced by a rotation is refused: rotating it again would make a second replacement,
+    and its replacement is the one to change)."""
     principal = principal_of(request, viewer)
     key, project = _key_of(request, principal, key_id)
-    if not may(request, principal, "project_api_keys.rotate", project.id, key):
-        raise HTTPException(403, "Your role does not allow rotating this key.")
+    if not may(request, principal, operation, project.id, key):
+        raise HTTPException(403, f"Your role does not allow {verb.removesuffix('e')}ing this key.")
     orgs = context(request).services.orgs
     if any(k.rotated_from == key.id for k in orgs.project_keys(principal.org_id, project.id)):
         raise InvalidRequest(
-            f"The key {key.redacted_value} was rotated already: rotate its replacement, listed "
-            "on the API keys page under the same name."
+            f"The key {key.redacted_value} was rotated already: {verb} its "
+            "replacement, listed on the API keys page under the same name."
         )
     return principal, key, project
+
+
+def _rotatable(request: Request, viewer: Viewer, key_id: str) -> tuple[Principal, ApiKey, Project]:
+    return _current(request, viewer, key_id, "project_api_keys.rotate", "rotate")
 
 
 def _rotate_page(
@@ -345,12 +319,7 @@ def rotate_page(request: Request, viewer: CurrentMember, key_id: str) -> Respons
 
 
 @router.post(PATH + "/{key_id}/rotate")
-async def rotate_key(request: Request, viewer: CurrentMember, key_id: str) -> Response:
-    form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-    return await asyncio.to_thread(_rotate, request, viewer, key_id, form)
-
-
-def _rotate(request: Request, viewer: Viewer, key_id: str, form: dict[str, str]) -> Response:
+def rotate_key(request: Request, viewer: CurrentMember, key_id: str, form: Sent) -> Response:
     form_id = form.get("form_id", "")
     # A reload of the page that showed the new secret: checked first, as the key it names is
     # replaced now (or revoked, without a grace period).
@@ -379,4 +348,61 @@ def _rotate(request: Request, viewer: Viewer, key_id: str, form: dict[str, str])
         request, "api_key_created.html", viewer=viewer, key=new, secret=secret, project=project,
         permissions=describe(new.scopes), base_url=_api_base(request), replaced=key,
         replaced_until=None if old is None else old.expires_at,
+    )  # fmt: skip
+
+
+def _editable(request: Request, viewer: Viewer, key_id: str) -> tuple[Principal, ApiKey, Project]:
+    """The key the user may edit: project owners (and organization Owners) only, as the Admin
+    API's update; a key's owner may not lift the restrictions put on it. An expired key is
+    refused: nothing it could be given would make it work again."""
+    principal, key, project = _current(request, viewer, key_id, "project_api_keys.update", "edit")
+    if not key.is_usable(context(request).services.clock.now()):
+        raise InvalidRequest(f"The key {key.redacted_value} has expired: create a new one.")
+    return principal, key, project
+
+
+@router.get(PATH + "/{key_id}/edit")
+def edit_page(request: Request, viewer: CurrentMember, key_id: str) -> Response:
+    _, key, project = _editable(request, viewer, key_id)
+    return _edit_page(request, viewer, key, project, fields_of(key))  # as the key is now
+
+
+@router.post(PATH + "/{key_id}/edit")
+def edit_key(request: Request, viewer: CurrentMember, key_id: str, form: Sent) -> Response:
+    same_org(viewer, form.get("org_id", ""))
+    principal, key, project = _editable(request, viewer, key_id)
+    try:
+        scopes = scopes_of(form)
+        models, ips = restrictions_of(form)
+        # A list of the key's own left empty means "no list", but an empty list (no model, or no
+        # address: set through the Admin API) cannot be typed: keep it rather than open the key.
+        if models is None and key.allowed_models == ():
+            models = ()
+        if ips is None and key.allowed_cidrs == ():
+            ips = ()
+        context(request).services.orgs.update_project_key(
+            principal.actor, principal.org_id, project.id, key.id, name=form.get("name", ""),
+            scopes=scopes, allowed_models=models, allowed_ips=ips, limits={},
+        )  # fmt: skip
+    except (ValueError, KeyplaneError) as exc:
+        field = exc.param if isinstance(exc, KeyplaneError) else None
+        return _edit_page(
+            request, viewer, key, project, form, status=400, error=form_error(exc),
+            error_field=field,
+        )  # fmt: skip
+    raise Redirect(f"{PATH}?updated={key.id}")
+
+
+def _edit_page(
+    request: Request, viewer: Viewer, key: ApiKey, project: Project, form: dict[str, str], *,
+    status: int = 200, error: str | None = None, error_field: str | None = None,
+) -> Response:  # fmt: skip
+    orgs, org_id = context(request).services.orgs, project.org_id
+    people = {m.user.id: m.user.email for m in orgs.members(org_id)}
+    accounts = {a.id: a.name for a in orgs.service_accounts(org_id, project.id)}
+    lists = {"allowed_ips": key.allowed_cidrs, "allowed_models": key.allowed_models}
+    return render(
+        request, "api_key_edit.html", status=status, viewer=viewer, key=key, project=project,
+        owner=_owner(key, people, accounts), groups=GROUP_LABELS, form=form,
+        error=error, error_field=error_field, closed=[f for f, v in lists.items() if v == ()],
     )  # fmt: skip
