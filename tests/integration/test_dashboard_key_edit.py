@@ -248,3 +248,10 @@ def test_saving_is_audited_as_the_admin_api_update(kp: Keyplane, browser_for: Si
     }  # fmt: skip
     log = text_of(owner.get("/audit-log"))
     assert "api_key.updated" in log and "name: test key → ci key" in log
+    owner.get(f"/api-keys/{key_id}/edit")  # saved again as it is: nothing changed, nothing said
+    same = {"name": "ci key", "permissions": "restricted", "perm_chat": "write",
+            "perm_models": "read", "allowed_ips": "192.0.2.0/24\n10.0.0.0/8",
+            "allowed_models": "gpt-4o-mini"}  # fmt: skip
+    assert owner.post(f"/api-keys/{key_id}/edit", same).status_code == 303
+    updates = kp.container.audit.query(kp.org.id, AuditFilter(event_types=["api_key.updated"]))
+    assert len(updates.events) == 1

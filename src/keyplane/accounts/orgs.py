@@ -485,10 +485,12 @@ class OrgService:
             after["name"] = updated.name
         if key_limits is not None:
             key_limits.set_key_limits(org_id, key.id, new_limits)
-        self._audit.record(
-            org_id, actor, "api_key.updated", target_id=key.id, project_id=project_id,
-            details={"before": before, "after": {**key_access(updated), **after}},
-        )  # fmt: skip
+        after = {**key_access(updated), **after}
+        if after != before:  # (a form saved unchanged records nothing)
+            self._audit.record(
+                org_id, actor, "api_key.updated", target_id=key.id, project_id=project_id,
+                details={"before": before, "after": after},
+            )  # fmt: skip
         return updated
 
     def project_key_limits(self, key_id: str) -> ModelLimits | None:
