@@ -344,10 +344,14 @@ async def test_updating_a_key_changes_permissions_allowlists_and_limits_at_once(
     assert [await env.chat(created["value"]) for _ in range(2)] == [200, 429]
     error_of(await env.call("POST", f"{path}/{created['id']}", {"scopes": ["chat.admin"]}), 400)
     error_of(await env.call("POST", f"{path}/{created['id']}", {"allowed_ips": ["nope"]}), 400)
+    renamed = await env.ok("POST", f"{path}/{created['id']}", {"name": "  ci  "})
+    assert renamed["name"] == "ci" and renamed["allowed_ips"] is None  # the rest kept
+    error_of(await env.call("POST", f"{path}/{created['id']}", {"name": ""}), 400)
     events = (await env.ok("GET", "/audit_logs?event_types[]=api_key.updated"))["data"]
-    assert len(events) == 4 and events[-1]["api_key.updated"]["changes_requested"]["scopes"] == [
+    assert len(events) == 5 and events[-1]["api_key.updated"]["changes_requested"]["scopes"] == [
         "api.all.read"
     ]
+    assert events[0]["api_key.updated"]["changes_requested"]["name"] == "ci"
 
 
 async def test_a_keys_limits_change_one_at_a_time_and_survive_rotation(env: OrgEnv) -> None:

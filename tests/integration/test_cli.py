@@ -376,6 +376,14 @@ def test_keys_restrict_rotate_and_flag_old_keys(run: Any) -> None:
     assert listed["needs_rotation"] is False
     bad = run("keys", "update", created["id"], "--allow-ip", "not-an-ip", ok=False)
     assert bad.exit_code == 1 and "not an IP" in bad.output
+    assert (
+        "Updated " + created["id"] + " (renamed):"
+        in run("keys", "update", created["id"], "--name", "renamed").stdout
+    )
+    [listed] = [
+        k for k in json.loads(run("keys", "list", "--json").stdout) if k["id"] == created["id"]
+    ]
+    assert listed["name"] == "renamed" and listed["allowed_models"] == ["gpt-4o-mini"]
     for both in (["--read-only", "--all-permissions"], ["--allow-ip", "10.0.0.1", "--any-ip"],
                  ["--tpm", "5", "--clear-limits"]):  # fmt: skip
         bad = run("keys", "update", created["id"], *both, ok=False)

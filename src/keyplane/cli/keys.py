@@ -211,6 +211,7 @@ def keys_list(
 @keys_app.command("update")
 def keys_update(
     key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")],
+    name: Annotated[str | None, typer.Option("--name", help="A new name.")] = None,
     rpm: Rpm = None,
     tpm: Tpm = None,
     rpd: Rpd = None,
@@ -232,7 +233,8 @@ def keys_update(
     ] = False,
     org: OrgOpt = None,
 ) -> None:
-    """Change a key's rate limits (lower only), permissions, allowed models or IP allowlist."""
+    """Change a key's name, rate limits (lower only), permissions, allowed models or IP
+    allowlist."""
     for chosen, meaning in (
         ((clear_limits, rpm or tpm or rpd), "--clear-limits or --rpm/--tpm/--rpd"),
         ((all_permissions, read_only, bool(scope)), "--all-permissions, --read-only or --scope"),
@@ -248,7 +250,8 @@ def keys_update(
         if key.revoked_at is not None:
             fail(f"{key.id} is revoked: create a new key")
         changed = False
-        before, after = key_access(key), {}
+        before = key_access(key)
+        after: dict[str, Any] = {}
         if clear_limits or rpm or tpm or rpd:
             change = {n: v for n, v in (("rpm", rpm), ("tpm", tpm), ("rpd", rpd)) if v is not None}
             old_limits = c.rate_limit_service.key_limits(key.id)
@@ -259,14 +262,18 @@ def keys_update(
             after["rate_limits"] = limits_data(limits)
             changed = True
         new_scopes = () if all_permissions else _scopes(scope, read_only)
-        if new_scopes is not None or allow_model or any_model or allow_ip or any_ip:
+        if name is not None:
+            before["name"] = key.name
+        if name is not None or new_scopes is not None or allow_model or any_model or allow_ip or any_ip:  # fmt: skip
             key = c.keys.restrict(
                 organization.id, key.id,
                 scopes=key.scopes if new_scopes is None else new_scopes,
                 allowed_models=None if any_model else (allow_model or key.allowed_models),
-                allowed_cidrs=None if any_ip else (allow_ip or key.allowed_cidrs),
+                allowed_cidrs=None if any_ip else (allow_ip or key.allowed_cidrs), name=name,
             )  # fmt: skip
             changed = True
+        if name is not None:
+            after["name"] = key.name
         if not changed:
             fail("say what to change (see --help)")
     except KeyplaneError as exc:

@@ -147,6 +147,7 @@ class ProjectApiKeyUpdate(Request):
     """OpenAI's key update (``scopes``, ``expires_in_seconds`` is not changeable here), plus
     keyplane's allowlists and the key's own rate limits (lower only, for every model)."""
 
+    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None  # (None: kept)
     scopes: list[str] | None = None
     allowed_models: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = None
     allowed_ips: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = None
@@ -301,7 +302,7 @@ async def create_project_api_key(
 async def update_project_api_key(
     svc: Services, principal: Allowed, project_id: str, key_id: str, body: ProjectApiKeyUpdate
 ) -> ProjectApiKey:
-    """Changes the fields given: ``scopes`` (``[]`` All, ``["api.all.read"]`` Read only, or
+    """Changes the fields given: ``name``, ``scopes`` (``[]`` All, ``["api.all.read"]`` Read only, or
     ``<group>.read|write``), ``allowed_models`` and ``allowed_ips`` (``null`` lifts the key's own
     list), and the key's rate limits (each one given; ``null`` lifts it). Every gateway applies
     the change within a second. Project owners only: a member cannot lift the restrictions put on
@@ -315,7 +316,7 @@ async def update_project_api_key(
             scopes=body.scopes if "scopes" in given else UNCHANGED,
             allowed_models=body.allowed_models if "allowed_models" in given else UNCHANGED,
             allowed_ips=body.allowed_ips if "allowed_ips" in given else UNCHANGED,
-            limits=limits,
+            limits=limits, name=UNCHANGED if body.name is None else body.name,
         )  # fmt: skip
         return _keys(svc, principal.org_id, [key])[0]
 
