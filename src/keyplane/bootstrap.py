@@ -151,7 +151,6 @@ def build(
     access_store = SqlAccessPolicyStore(engine)
     auth_store = SqlAuthStore(engine)
     audit = AuditService(SqlAuditLog(engine), clock)
-    signup = SignupService(auth_store, outbox, clock, public_url=settings.public_url)
     verification = OrgVerificationService(
         SqlVerificationStore(engine), clock.now, required=settings.require_org_verification
     )
@@ -161,6 +160,11 @@ def build(
         per_address=settings.login_max_failures_per_address,
         window_s=settings.login_failure_window_s,
         resets_per_address=settings.password_reset_max_per_address,
+        signups_per_address=settings.signup_max_per_address,
+        signup_window_s=settings.signup_window_s,
+    )
+    signup = SignupService(
+        auth_store, outbox, clock, public_url=settings.public_url, throttle=throttle, audit=audit
     )
     second_factor = SecondFactorService(
         auth_store, clock, encryption_keys=sealing_keys, throttle=throttle

@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     login_max_failures_per_address: int = Field(default=100, ge=1)
     login_failure_window_s: int = Field(default=900, ge=1)
     password_reset_max_per_address: int = Field(default=20, ge=1)  # requests in that window
+    # Sign-ups and "send a new link" requests from one client address within their own window
+    # (each emails an address nobody proved theirs); past it, 429.
+    signup_max_per_address: int = Field(default=20, ge=1)
+    signup_window_s: int = Field(default=3600, ge=1)
 
     # Money (BRIEF C5/C6). Amounts are decimal dollar strings, read as exact micro-dollars.
     tier_files: list[Path] = Field(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import json
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -203,6 +204,20 @@ def test_sign_up_verify_once_profile_log_in_and_out(
     org = next(o for o in kp.container.accounts.organizations() if o.name == "Analytical Engines")
     assert [p.name for p in kp.container.accounts.projects(org.id)] == ["Default project"]
     assert [u.email for u in kp.container.accounts.owners(org.id)] == ["ada@example.com"]
+    # The organization's audit log starts with its creation, by Ada's session.
+    [project] = kp.container.accounts.projects(org.id)
+    events = kp.container.audit.query(org.id, AuditFilter(), limit=10).events
+    assert sorted((e.type, e.target_id, e.project_id, e.details) for e in events) == [
+        ("organization.created", org.id, None, {"data": {"name": "Analytical Engines"}}),
+        ("project.created", project.id, project.id, {"data": {"name": "Default project"}}),
+        ("user.added", user.id, None, {"data": {"email": "ada@example.com", "role": "owner"}}),
+    ]
+    assert {(e.actor.type, e.actor.email, e.actor.ip_address) for e in events} == {
+        (ActorType.SESSION, "ada@example.com", "127.0.0.1")
+    }
+    assert all(e.actor.id.startswith("sess_") for e in events)
+    log = text_of(browser.get("/audit-log"))
+    assert all(kind in log for kind in ("organization.created", "project.created", "user.added"))
 
     r = browser.log_out()
     assert r.status_code == 200 and "You are logged out" in text_of(r)
@@ -763,6 +778,13 @@ def test_totp_then_log_in_needs_a_code_and_a_recovery_code_works_once(
             browser.log_out()
         else:
             assert r.status_code == 401
+            assert (
+                "That recovery code was already used. Each code works once: use another one."
+                in text_of(r)
+            )
+    # One that was never issued is just wrong.
+    r = browser.post("/login/totp", {"code": "aaaaa-bbbbb-ccccc-ddddd"})
+    assert r.status_code == 401 and "That code is not right" in text_of(r)
 
     # A pending sign-in expires after five minutes.
     clock.advance(301)
@@ -1031,6 +1053,94 @@ def test_password_reset_requests_are_throttled_per_address(
     finally:
         sender.close()
         elsewhere.close()
+        container.close()
+
+
+def mailed(container: bootstrap.Container) -> list[tuple[str, str]]:
+    """(recipient, subject) of every email keyplane queued, sorted."""
+    with container.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT recipients, subject FROM email_outbox").all()
+    return sorted((json.loads(to)[0], subject) for to, subject in rows)
+
+
+VERIFY = "Verify your email address for keyplane"
+TAKEN = "Someone tried to sign up to keyplane with your email address"
+
+
+def test_sign_ups_are_throttled_per_address(tmp_path: Path, clock: FrozenClock) -> None:
+    """Each sign-up emails the address typed: one network cannot make keyplane mail every
+    address, new or taken alike (the answers stay the same for both)."""
+    settings = make_settings(tmp_path, signup_max_per_address=3)
+    container = bootstrap.build(settings, clock=clock)
+    container.accounts.initialize(
+        email="owner@example.com", password=OWNER_PASSWORD, org_name="Acme"
+    )
+    sender = browser_at(container, "203.0.113.66")
+    elsewhere = browser_at(container, "192.0.2.10")
+
+    def sign_up(browser: Browser, email: str, password: str = PASSWORD) -> httpx.Response:
+        browser.get("/signup")
+        return browser.post("/signup", {"email": email, "password": password})
+
+    try:
+        # A refused form emails no one and counts for nothing.
+        assert sign_up(sender, "person0@example.com", "short").status_code == 400
+        for email in ("person0@example.com", "owner@example.com", "person1@example.com"):
+            r = sign_up(sender, email)
+            assert r.status_code == 200 and "Check your email" in text_of(r), email
+            clock.advance(60)
+        # Sign-ups count over an hour, longer than failed sign-ins (whose counting must not
+        # forget them).
+        clock.advance(1000)
+        assert sender.log_in("owner@example.com", "not the password").status_code == 401
+        for email in ("person2@example.com", "owner@example.com"):
+            r = sign_up(sender, email)
+            assert r.status_code == 429 and r.headers["retry-after"] == "2420", email
+            assert "Too many sign-ups from your network. Try again in 41 minutes." in text_of(r)
+        assert mailed(container) == [
+            ("owner@example.com", TAKEN),
+            ("person0@example.com", VERIFY),
+            ("person1@example.com", VERIFY),
+        ]
+        assert sign_up(elsewhere, "person2@example.com").status_code == 200
+        clock.advance(2420)
+        assert sign_up(sender, "person3@example.com").status_code == 200
+    finally:
+        sender.close()
+        elsewhere.close()
+        container.close()
+
+
+def test_new_verification_links_count_with_sign_ups_and_come_once_a_minute(
+    tmp_path: Path, clock: FrozenClock
+) -> None:
+    """Asking for a new link again and again must not be a way around the sign-up throttle."""
+    settings = make_settings(tmp_path, signup_max_per_address=3)  # two sign-ups, one new link
+    container = bootstrap.build(settings, clock=clock)
+    browser = browser_at(container, "203.0.113.66")
+    try:
+        browser.get("/signup")
+        browser.post("/signup", {"email": "new@example.com", "password": PASSWORD})
+        browser.get("/signup")  # the same address again: no second verification email
+        browser.post("/signup", {"email": "new@example.com", "password": PASSWORD})
+        assert browser.log_in("new@example.com", PASSWORD).status_code == 303
+        browser.get("/verify/pending")
+        r = browser.post("/verify/resend", {})
+        assert r.status_code == 200 and "less than a minute ago" in text_of(r)
+        assert mailed(container) == [("new@example.com", TAKEN), ("new@example.com", VERIFY)]
+        clock.advance(61)
+        r = browser.post("/verify/resend", {})
+        assert r.status_code == 200 and "We sent a new link" in text_of(r)
+        clock.advance(61)
+        r = browser.post("/verify/resend", {})
+        assert r.status_code == 429 and r.headers["retry-after"] == "3478"
+        assert (
+            "Too many requests for a verification email from your network. "
+            "Try again in 58 minutes." in text_of(r)
+        )
+        assert [m for m in mailed(container) if m[1] == VERIFY] == [("new@example.com", VERIFY)] * 2
+    finally:
+        browser.close()
         container.close()
 
 

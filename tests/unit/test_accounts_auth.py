@@ -22,7 +22,9 @@ from keyplane.accounts.throttle import (
     account_subject,
     address_subject,
     describe_wait,
+    reset_subject,
     retry_after,
+    signup_subject,
 )
 from keyplane.accounts.totp import (
     STEP_S,
@@ -175,3 +177,16 @@ def test_the_default_policy_is_10_failures_an_account_in_15_minutes() -> None:
     assert (policy.per_account, policy.per_address, policy.window_s) == (10, 100, 900)
     with pytest.raises(ValueError, match="positive"):
         ThrottlePolicy(per_account=0)
+
+
+def test_sign_ups_count_per_network_apart_from_sign_ins_and_resets() -> None:
+    policy = ThrottlePolicy()
+    assert (policy.signups_per_address, policy.signup_window_s) == (20, 3600)
+    subjects = {signup_subject("203.0.113.5"), reset_subject("203.0.113.5")}
+    assert len(subjects | {address_subject("203.0.113.5")}) == 3
+    assert signup_subject("2001:db8:1:2::1") == signup_subject("2001:db8:1:2:ffff::9")
+    assert {len(s) for s in subjects} == {64}
+    message = LoginThrottled(3420, by_address=True, what="sign-ups").message
+    assert message == "Too many sign-ups from your network. Try again in 57 minutes."
+    with pytest.raises(ValueError, match="positive"):
+        ThrottlePolicy(signup_window_s=0)

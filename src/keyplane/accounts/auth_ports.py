@@ -141,12 +141,13 @@ class SessionStore(Protocol):
 
 class LoginAttemptStore(Protocol):
     def reserve_attempt(
-        self, limits: Mapping[str, int], *, since: int, at: int
+        self, limits: Mapping[str, int], *, since: int, at: int, purge_before: int | None = None
     ) -> AttemptReservation:
         """Counts each subject's failures recorded after ``since``. If one has reached its limit,
         records nothing and returns it as ``blocked``; otherwise records a provisional failure at
         ``at`` for every subject and returns their ids. Concurrent reservations for one subject
-        are serialized, so a limit is never exceeded."""
+        are serialized, so a limit is never exceeded. Failures of any subject recorded at or
+        before ``purge_before`` (default: ``since``) are deleted on the way."""
         ...
 
     def forgive_attempt(self, ids: Sequence[int]) -> None:
@@ -182,6 +183,11 @@ class SecondFactorStore(Protocol):
 
     def use_recovery_code(self, user_id: str, code_hash: str, at: int) -> bool:
         """Atomically marks an unused recovery code used. Returns False if there is none."""
+        ...
+
+    def recovery_code_used(self, user_id: str, code_hash: str) -> bool:
+        """Whether this is one of the user's current recovery codes, used already (used codes
+        are kept, marked, until the codes are replaced or two-factor is turned off)."""
         ...
 
     def replace_recovery_codes(self, user_id: str, code_hashes: Sequence[str]) -> None: ...

@@ -136,6 +136,10 @@ class LoginService:
         if check is not CodeCheck.ACCEPTED:
             reason = "invalid_second_factor"
             self._record(user, "login.failed", pending.id_hash, client_ip, user_agent, reason)
+            if check is CodeCheck.RECOVERY_CODE_USED:
+                raise InvalidSecondFactor(
+                    "That recovery code was already used. Each code works once: use another one."
+                )
             if check is CodeCheck.ALREADY_USED:
                 raise InvalidSecondFactor(
                     "That code was already used. Wait for your authenticator app to show the "

@@ -4,6 +4,11 @@ Nothing here tells a stranger whether an address has an account: signing up with
 answers exactly like a fresh sign-up (the address's owner gets an email saying so), and asking for
 a password reset answers the same whether or not the address is known.
 
+Each sign-up, and each request for a new verification link, emails an address nobody has proved
+theirs yet: they are counted per client address (``ThrottlePolicy.signups_per_address``), so one
+network cannot make keyplane mail every address it can think of, and one account gets at most one
+verification email a minute.
+
 Links carry a random token of 256 bits; the database keeps only its SHA-256, so a copy of the
 database opens no account. Each token works once, and for a limited time.
 """
@@ -13,12 +18,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Protocol
+from typing import Any, Protocol
 
 from keyplane.accounts.auth_ports import (
+    LoginAttemptStore,
     Membership,
     OneTimeToken,
     SessionStore,
@@ -26,9 +32,12 @@ from keyplane.accounts.auth_ports import (
     TokenStore,
     UserDirectory,
 )
-from keyplane.accounts.models import Organization, Project, User
+from keyplane.accounts.models import Organization, OrgRole, Project, User
 from keyplane.accounts.passwords import MIN_LENGTH, hash_password
 from keyplane.accounts.service import DEFAULT_PROJECT
+from keyplane.accounts.throttle import LoginThrottle, ThrottlePolicy
+from keyplane.audit.models import Actor
+from keyplane.audit.service import AuditService, changed
 from keyplane.clock import Clock
 from keyplane.emails import normalize_email
 from keyplane.errors import Conflict, InvalidRequest, KeyplaneError
@@ -55,8 +64,9 @@ class EmailNotVerified(InvalidRequest):
     """The account has to verify its email address before it can do this."""
 
 
-class SignUpStore(UserDirectory, TokenStore, SessionStore, Protocol):
-    """What sign-up needs: users, single-use tokens, and sessions (ended by a reset)."""
+class SignUpStore(UserDirectory, TokenStore, SessionStore, LoginAttemptStore, Protocol):
+    """What sign-up needs: users, single-use tokens, sessions (ended by a reset), and the
+    throttle's counts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +140,14 @@ class SignupService:
         public_url: str,
         verify_ttl_s: int = VERIFY_TTL_S,
         reset_ttl_s: int = RESET_TTL_S,
+        throttle: ThrottlePolicy | None = None,
+        audit: AuditService | None = None,
     ) -> None:
         self._store = store
         self._outbox = outbox
         self._clock = clock
+        self._throttle = LoginThrottle(store, clock, throttle)
+        self._audit = audit
         self._public_url = public_url.rstrip("/")
         self._ttl = {
             TokenPurpose.VERIFY_EMAIL: verify_ttl_s,
@@ -141,14 +155,18 @@ class SignupService:
         }
 
     # -- sign-up and verification -----------------------------------------------------------
-    def sign_up(self, email: str, password: str) -> User | None:
+    def sign_up(self, email: str, password: str, *, client_ip: str | None = None) -> User | None:
         """Creates an unverified account and emails it a verification link.
 
         Returns the new user, or None when the address already has an account (its owner gets
         an email about the attempt instead); callers must answer both the same way. Raises
-        InvalidRequest for a bad address or an unacceptable password."""
+        InvalidRequest for a bad address or an unacceptable password, and LoginThrottled when
+        ``client_ip`` signed up too often (a refused form counts for nothing: it emails no one).
+        """
         email = normalize_email(email)
         check_password(password, email=email)
+        # Counted whether the address is new or taken: the answer must be the same.
+        self._throttle.signup_requested(client_ip)
         # Hash before looking the address up, so both outcomes take the same time.
         password_hash = hash_password(password)
         now = int(self._clock.now())
@@ -176,9 +194,11 @@ class SignupService:
             )
         return None
 
-    def resend_verification(self, user_id: str) -> bool:
+    def resend_verification(self, user_id: str, *, client_ip: str | None = None) -> bool:
         """Emails a new verification link unless the address is verified or one was sent in the
-        last minute. Returns whether an email was sent."""
+        last minute. Returns whether an email was sent. Raises LoginThrottled when ``client_ip``
+        signed up or asked for links too often (one sign-up must not be a way to mail its
+        address every minute without end)."""
         user = self._store.user(user_id)
         if user is None or user.email_verified_at is not None:
             return False
@@ -186,6 +206,7 @@ class SignupService:
         latest = self._store.latest_token_at(user.id, TokenPurpose.VERIFY_EMAIL)
         if latest is not None and now - latest < RESEND_INTERVAL_S:
             return False
+        self._throttle.signup_requested(client_ip, what="requests for a verification email")
         self._send_link(user, TokenPurpose.VERIFY_EMAIL, now)
         return True
 
@@ -238,9 +259,15 @@ class SignupService:
             raise InvalidRequest("No such user.")
         return Profile(user, needs_organization=not self._store.memberships(user_id))
 
-    def complete_profile(self, user_id: str, *, name: str, org_name: str | None) -> Profile:
+    def complete_profile(
+        self, user_id: str, *, name: str, org_name: str | None, actor: Actor | None = None
+    ) -> Profile:
         """Sets the user's name and, if they belong to no organization yet, creates theirs (with
-        them as Owner) and its ``Default project``.
+        them as Owner) and its ``Default project``. With an ``actor`` (the user's session), the
+        changes go into the audit log: a new name in each of the user's organizations
+        (``user.updated``); a new organization as ``organization.created``, ``user.added`` (its
+        Owner) and ``project.created``, the events and details the Admin API records for a
+        member and a project.
 
         Raises EmailNotVerified, InvalidRequest."""
         profile = self.profile(user_id)
@@ -253,12 +280,37 @@ class SignupService:
             else None
         )
         self._store.set_name(user_id, name)
+        if name != profile.user.name:
+            change = changed({"name": profile.user.name}, {"name": name})
+            for membership in self._store.memberships(user_id):
+                self._record(actor, membership.org.id, "user.updated", user_id, details=change)
         if org_name is not None:
             now = int(self._clock.now())
             org = Organization(new_id("org-"), org_name, now)
             project = Project(new_id("proj_"), org.id, DEFAULT_PROJECT, now)
             self._store.add_organization(user_id, org, project)
+            # OpenAI's log has no event for an organization's creation (its sign-up makes one
+            # unseen); keyplane records one, so the log starts with who created it, from where.
+            self._record(actor, org.id, "organization.created", org.id, {"name": org.name})
+            owner = {"email": profile.user.email, "role": OrgRole.OWNER.value}
+            self._record(actor, org.id, "user.added", user_id, owner)
+            self._record(
+                actor, org.id, "project.created", project.id, {"name": project.name},
+                project_id=project.id,
+            )  # fmt: skip
         return self.profile(user_id)
+
+    def _record(
+        self, actor: Actor | None, org_id: str, event_type: str, target_id: str,
+        data: Mapping[str, Any] | None = None, *, details: Mapping[str, Any] | None = None,
+        project_id: str | None = None,
+    ) -> None:  # fmt: skip
+        if actor is None or self._audit is None:
+            return
+        self._audit.record(
+            org_id, actor, event_type, target_id=target_id, project_id=project_id,
+            details=details if data is None else {"data": data},
+        )  # fmt: skip
 
     # -- password reset -----------------------------------------------------------------------
     def request_password_reset(self, email: str) -> None:

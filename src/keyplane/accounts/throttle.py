@@ -1,6 +1,7 @@
 """Throttling of failed sign-ins, per account and per source address (OWASP ASVS 2.2.1: no more
 than 100 failed attempts per hour on one account; the default here is 10 in 15 minutes), and of
-password reset requests per source address (each one emails someone).
+password reset requests and sign-ups per source address (each one emails someone: a network must
+not make keyplane mail every address it can think of).
 
 Only *new* sign-ins are throttled: an attacker who burns an account's attempts cannot end or
 block a session its owner already has, and the owner is told how long to wait instead of being
@@ -20,9 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from keyplane.accounts.auth_ports import LoginAttemptStore
+from keyplane.accounts.auth_ports import AttemptReservation, LoginAttemptStore
 from keyplane.clock import Clock
 from keyplane.errors import KeyplaneError
 
@@ -33,9 +35,15 @@ class ThrottlePolicy:
     per_address: int = 100  # failed sign-ins from one address (any accounts) in the window
     window_s: int = 900
     resets_per_address: int = 20  # password reset requests from one address in the window
+    # sign-ups and "send a new link" requests from one address in their own window
+    signups_per_address: int = 20
+    signup_window_s: int = 3600
 
     def __post_init__(self) -> None:
-        limits = (self.per_account, self.per_address, self.window_s, self.resets_per_address)
+        limits = (
+            self.per_account, self.per_address, self.window_s, self.resets_per_address,
+            self.signups_per_address, self.signup_window_s,
+        )  # fmt: skip
         if min(limits) < 1:
             raise ValueError("throttle limits and window must be positive")
 
@@ -76,6 +84,11 @@ def account_subject(email: str) -> str:
 def reset_subject(ip: str) -> str:
     """The address's password reset requests (counted apart from its failed sign-ins)."""
     return "reset:" + address_subject(ip)[6:]  # (64 characters, as the others)
+
+
+def signup_subject(ip: str) -> str:
+    """The address's sign-ups and requests for a new verification link (counted together)."""
+    return "signup:" + address_subject(ip)[7:]  # (64 characters, as the others)
 
 
 def address_subject(ip: str) -> str:
@@ -119,7 +132,7 @@ class LoginThrottle:
         limits = {account_subject(email): self.policy.per_account}
         if client_ip:
             limits[address_subject(client_ip)] = self.policy.per_address
-        reservation = self._store.reserve_attempt(limits, since=now - self.policy.window_s, at=now)
+        reservation = self._reserve(limits, self.policy.window_s, now)
         if reservation.blocked is not None:
             limit = limits[reservation.blocked]
             wait = retry_after(reservation.blocked_failures, limit, self.policy.window_s, now)
@@ -139,21 +152,45 @@ class LoginThrottle:
         self._store.forget_failures(account_subject(email))
 
     def reset_requested(self, client_ip: str | None) -> None:
-        """Counts a password reset request from ``client_ip`` (each emails a link, so a network
-        must not make keyplane mail every address it can think of).
+        """Counts a password reset request from ``client_ip`` (each emails a link).
 
         Raises LoginThrottled (recording nothing) when the address is at its limit."""
+        self._count_email(
+            client_ip, reset_subject, self.policy.resets_per_address, self.policy.window_s,
+            "password reset requests",
+        )  # fmt: skip
+
+    def signup_requested(self, client_ip: str | None, *, what: str = "sign-ups") -> None:
+        """Counts a sign-up, or a request for a new verification link, from ``client_ip`` (each
+        emails an address the caller typed, or signed up with, without proving it theirs).
+
+        Raises LoginThrottled (recording nothing) when the address is at its limit; its message
+        speaks of ``what``."""
+        self._count_email(
+            client_ip, signup_subject, self.policy.signups_per_address,
+            self.policy.signup_window_s, what,
+        )  # fmt: skip
+
+    def _count_email(
+        self, client_ip: str | None, subject_of: Callable[[str], str], limit: int, window_s: int,
+        what: str,
+    ) -> None:  # fmt: skip
         if not client_ip:
             return
         now = int(self._clock.now())
-        subject = reset_subject(client_ip)
-        limit = self.policy.resets_per_address
-        reservation = self._store.reserve_attempt(
-            {subject: limit}, since=now - self.policy.window_s, at=now
-        )
+        subject = subject_of(client_ip)
+        reservation = self._reserve({subject: limit}, window_s, now)
         if reservation.blocked is not None:
-            wait = retry_after(reservation.blocked_failures, limit, self.policy.window_s, now)
-            raise LoginThrottled(wait, by_address=True, what="password reset requests")
+            wait = retry_after(reservation.blocked_failures, limit, window_s, now)
+            raise LoginThrottled(wait, by_address=True, what=what)
+
+    def _reserve(self, limits: dict[str, int], window_s: int, now: int) -> AttemptReservation:
+        # Rows older than the longest window are of no count any more: each reservation clears
+        # them (not those of the window at hand, which would forget a longer one's).
+        longest = max(self.policy.window_s, self.policy.signup_window_s)
+        return self._store.reserve_attempt(
+            limits, since=now - window_s, at=now, purge_before=now - longest
+        )
 
     def forget_account(self, email: str) -> None:
         """Clears the account's failures: its owner proved the mailbox (a password reset), so an

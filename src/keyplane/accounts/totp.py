@@ -3,8 +3,9 @@ expect) and ten single-use recovery codes.
 
 The TOTP secret must be readable to check codes, so it is stored sealed (Fernet: AES-128-CBC +
 HMAC-SHA-256) with a key derived from the operator's encryption key, which lives outside the
-database. Recovery codes carry 100 random bits each and are stored as SHA-256 hashes only. A code
-is accepted one step either side of now (clock drift) and only once: the newest step used is
+database. Recovery codes carry 100 random bits each and are stored as SHA-256 hashes only; a used
+one stays, marked with when it was used, so reusing it is told apart from a wrong code. A TOTP
+code is accepted one step either side of now (clock drift) and only once: the newest step used is
 recorded, so a code seen over someone's shoulder cannot be replayed.
 """
 
@@ -54,6 +55,7 @@ class CodeCheck(enum.Enum):
     ACCEPTED = "accepted"
     WRONG = "wrong"
     ALREADY_USED = "already_used"  # right, but of a time step used already (no replays)
+    RECOVERY_CODE_USED = "recovery_code_used"  # one of the account's recovery codes, used once
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +212,14 @@ class SecondFactorService:
             return CodeCheck.WRONG
         now = self._clock.now()
         if looks_like_recovery_code(code):
-            used = self._store.use_recovery_code(user_id, hash_recovery_code(code), int(now))
-            return CodeCheck.ACCEPTED if used else CodeCheck.WRONG
+            code_hash = hash_recovery_code(code)
+            if self._store.use_recovery_code(user_id, code_hash, int(now)):
+                return CodeCheck.ACCEPTED
+            # Saying so tells only someone who had the code (and the password) that it is spent,
+            # and its owner to take the next one instead of retyping this one.
+            if self._store.recovery_code_used(user_id, code_hash):
+                return CodeCheck.RECOVERY_CODE_USED
+            return CodeCheck.WRONG
         step = matching_step(self._open(factor.sealed_secret), code, now)
         if step is None:
             return CodeCheck.WRONG

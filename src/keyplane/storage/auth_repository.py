@@ -223,7 +223,7 @@ class SqlAuthStore(SqlStore):
 
     # -- failed sign-ins --------------------------------------------------------------------
     def reserve_attempt(
-        self, limits: Mapping[str, int], *, since: int, at: int
+        self, limits: Mapping[str, int], *, since: int, at: int, purge_before: int | None = None
     ) -> AttemptReservation:
         f = login_failures
         with self._write() as conn:
@@ -234,7 +234,8 @@ class SqlAuthStore(SqlStore):
                     conn.execute(
                         text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(subject)}
                     )
-            conn.execute(delete(f).where(f.c.at <= since))
+            purge = since if purge_before is None else min(since, purge_before)
+            conn.execute(delete(f).where(f.c.at <= purge))
             for subject, limit in limits.items():
                 times = conn.execute(
                     select(f.c.at).where(f.c.subject == subject, f.c.at > since).order_by(f.c.at)
@@ -322,6 +323,12 @@ class SqlAuthStore(SqlStore):
                 .values(used_at=at)
             ).rowcount
         return bool(hit)
+
+    def recovery_code_used(self, user_id: str, code_hash: str) -> bool:
+        r = recovery_codes
+        query = select(r.c.used_at).where(r.c.user_id == user_id, r.c.code_hash == code_hash)
+        used_at = self._read(lambda c: c.execute(query).scalar())
+        return used_at is not None
 
     def replace_recovery_codes(self, user_id: str, code_hashes: Sequence[str]) -> None:
         with self._write() as conn:

@@ -16,7 +16,6 @@ from keyplane.accounts.orgs import INVITE_PATH
 from keyplane.accounts.sessions import InvalidCredentials, InvalidSecondFactor, SignInExpired
 from keyplane.accounts.signup import TokenRefused
 from keyplane.accounts.throttle import LoginThrottled
-from keyplane.audit.service import changed
 from keyplane.errors import InvalidRequest
 from keyplane.web.dashboard.notices import account_changed, session_actor
 from keyplane.web.dashboard.session import (
@@ -88,7 +87,12 @@ def signup(
 ) -> Response:
     after = safe_next(next)
     try:
-        context(request).auth.signup.sign_up(email, password)
+        context(request).auth.signup.sign_up(email, password, client_ip=client_ip(request))
+    except LoginThrottled as exc:
+        page = render(
+            request, "signup.html", status=429, error=exc.message, email=email, next=after
+        )
+        return _throttled(page, exc)
     except InvalidRequest as exc:
         return render(
             request, "signup.html", status=400, error=exc.message, email=email, next=after
@@ -132,7 +136,14 @@ def verify_pending(request: Request, viewer: CurrentUser) -> Response:
 def verify_resend(request: Request, viewer: CurrentUser) -> Response:
     if viewer.verified:
         raise Redirect("/")
-    sent = context(request).auth.signup.resend_verification(viewer.user.id)
+    try:
+        sent = context(request).auth.signup.resend_verification(
+            viewer.user.id, client_ip=client_ip(request)
+        )
+    except LoginThrottled as exc:
+        return _throttled(
+            render(request, "verify_pending.html", status=429, error=exc.message), exc
+        )
     notice = (
         "We sent a new link." if sent else "We sent one less than a minute ago: check your inbox."
     )
@@ -155,22 +166,15 @@ def profile(
     request: Request, viewer: CurrentUser, name: Field = "", org_name: Field = "", next: Field = "/"
 ) -> Response:
     signup = context(request).auth.signup
-    orgs = signup.memberships(viewer.user.id)  # (not an organization this creates)
+    actor = session_actor(request, viewer.user, viewer.session_ref)
     try:
-        done = signup.complete_profile(viewer.user.id, name=name, org_name=org_name)
+        signup.complete_profile(viewer.user.id, name=name, org_name=org_name, actor=actor)
     except InvalidRequest as exc:  # EmailNotVerified too
         return render(
             request, "profile.html", status=400, error=exc.message,
             profile=signup.profile(viewer.user.id), name=name, org_name=org_name,
             next=safe_next(next),
         )  # fmt: skip
-    if done.user.name != viewer.user.name:
-        actor = session_actor(request, viewer.user, viewer.session_ref)
-        change = changed({"name": viewer.user.name}, {"name": done.user.name})
-        for membership in orgs:
-            context(request).services.audit.record(
-                membership.org.id, actor, "user.updated", target_id=viewer.user.id, details=change
-            )
     raise Redirect(safe_next(next))
 
 
