@@ -58,7 +58,7 @@ def _json(run: Any, *args: str) -> Any:  # noqa: F811
     return json.loads(run(*args, "--json").stdout)
 
 
-def test_init_audits_its_admin_key_and_welcome_credit(
+def test_init_audits_its_organization_owner_project_admin_key_and_welcome_credit(
     run: Any,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -67,10 +67,17 @@ def test_init_audits_its_admin_key_and_welcome_credit(
     [key] = _json(run, "keys", "list")
     [lot] = _json(run, "credits", "show")["lots"]
     events = Log().new()
+    org = next(e for e in events if e.type == "organization.created")
+    owner = next(e for e in events if e.type == "user.added")
+    project = next(e for e in events if e.type == "project.created")
     assert sorted((e.type, e.target_id, e.actor) for e in events) == [
         ("api_key.created", key["id"], OPERATOR),
         ("credit_grant.created", lot["id"], OPERATOR),
+        ("organization.created", org.org_id, OPERATOR),
+        ("project.created", project.project_id, OPERATOR),
+        ("user.added", owner.target_id, OPERATOR),
     ]
+    assert owner.details["role"] == "owner" and project.details == {"name": "Default project"}
     grant = next(e for e in events if e.type == "credit_grant.created")
     assert grant.details == {
         "data": {"amount_micro_usd": 5_000_000, "expires_at": lot["expires_at"],

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from keyplane import bootstrap, logs, server
+from keyplane.accounts.models import Organization, OrgRole, Project, User
 from keyplane.accounts.orgs import created_key_data
 from keyplane.billing.service import WELCOME_NOTE
 from keyplane.billing.wallet import Lot
@@ -101,7 +102,7 @@ def init(
     except KeyplaneError as exc:
         fail(exc.message)
         return
-    _audit_first(c, organization.id, key, welcome)
+    _audit_first(c, user, organization, project, key, welcome)
     if as_json:
         payload = {
             "user_id": user.id,
@@ -320,7 +321,7 @@ def _first_start(c: bootstrap.Container) -> None:
         owner_type="user", owner_id=user.id, created_by=user.id,
     )  # fmt: skip
     welcome = c.billing.open_account(org.id, tier=c.settings.initial_tier, welcome_credit=5_000_000)
-    _audit_first(c, org.id, key, welcome)
+    _audit_first(c, user, org, project, key, welcome)
     out.print(
         styled(
             bold("First start: keyplane is initialized."), " These are shown once, store them now."
@@ -330,9 +331,18 @@ def _first_start(c: bootstrap.Container) -> None:
     out.print(f"  Project key ({project.name}): {secret}", highlight=False, soft_wrap=True)
 
 
-def _audit_first(c: bootstrap.Container, org_id: str, key: ApiKey, welcome: Lot | None) -> None:
-    """The audit log's first events: the first key and the welcome credit (the organization, its
-    Owner and its project are not audited, as a sign-up's are not)."""
+def _audit_first(
+    c: bootstrap.Container, owner: User, org: Organization, project: Project, key: ApiKey,
+    welcome: Lot | None,
+) -> None:  # fmt: skip
+    """The audit log's first events, as a sign-up's (the organization, its Owner, its project),
+    then the first key and the welcome credit."""
+    org_id = org.id
+    audit(c, org_id, "organization.created", target_id=org_id, details={"name": org.name})
+    audit(c, org_id, "user.added", target_id=owner.id,
+          details={"email": owner.email, "role": OrgRole.OWNER.value})  # fmt: skip
+    audit(c, org_id, "project.created", target_id=project.id, project_id=project.id,
+          details={"name": project.name})  # fmt: skip
     audit(c, org_id, "api_key.created", target_id=key.id, project_id=key.project_id,
           details={"data": created_key_data(key)})  # fmt: skip
     if welcome is not None:
