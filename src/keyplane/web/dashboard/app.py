@@ -39,6 +39,7 @@ from keyplane.web.dashboard import (
     invite_routes,
     keys_routes,
     limits_routes,
+    members_routes,
     projects_routes,
     usage_routes,
     webhooks_routes,
@@ -258,5 +259,6 @@ def create_dashboard_app(
     app.include_router(limits_routes.router)
     app.include_router(projects_routes.router)
     app.include_router(webhooks_routes.router)
+    app.include_router(members_routes.router)
     app.include_router(billing_routes.router)
     return app

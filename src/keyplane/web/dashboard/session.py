@@ -105,6 +105,7 @@ class NavItem:
 NAV: tuple[NavItem, ...] = (
     NavItem("API keys", "/api-keys"),
     NavItem("Projects", "/projects"),
+    NavItem("Members", "/members"),
     NavItem("Billing", "/billing"),
     NavItem("Limits", "/limits"),
     NavItem("Usage", "/usage"),

@@ -1,0 +1,287 @@
+"""The Members page (BRIEF C1; OpenAI's Settings → Members): the organization's members with their
+role and when they joined, and the invitations not accepted yet. Every member sees it; Owners
+invite people (one or more addresses, as Owner or Reader), change a member's role, remove a member
+after a confirmation page (their keys here are revoked) and withdraw an invitation. Anyone leaves
+the organization from it, after a confirmation page, unless they are its last Owner.
+
+Who may do what is the Admin API's rule (``POLICY``'s ``users.*`` and ``invites.*``), and every
+change is an ``OrgService`` call, so it is refused (the last Owner) and audited (``user.updated``,
+``user.deleted``, ``invite.sent``, ``invite.deleted``) exactly as the Admin API's; the invitation
+email is the service's too."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from starlette.exceptions import HTTPException
+from starlette.responses import RedirectResponse, Response
+
+from keyplane.accounts.models import OrgRole
+from keyplane.accounts.org_ports import Invite, InviteStatus, Member
+from keyplane.emails import normalize_email
+from keyplane.errors import Conflict, InvalidRequest, NotFound
+from keyplane.web.dashboard.authorize import may, principal_of
+from keyplane.web.dashboard.session import (
+    ORG_COOKIE,
+    CurrentMember,
+    Field,
+    Redirect,
+    Viewer,
+    context,
+    is_secure,
+    render,
+    same_org,
+)
+from keyplane.web.principal import Principal
+
+router = APIRouter()
+PATH = "/members"
+MAX_INVITES = 20  # addresses in one invite form
+ROLES = {"owner": OrgRole.OWNER, "reader": OrgRole.READER}
+REFUSED = {
+    "users.list": "Your role does not allow seeing this organization's members.",
+    "users.update": "Only the organization's Owners change members' roles.",
+    "users.delete": "Only the organization's Owners remove members.",
+    "invites.create": "Only the organization's Owners invite members.",
+    "invites.delete": "Only the organization's Owners withdraw invitations.",
+}
+_SEPARATORS = re.compile(r"[\s,;]+")
+
+
+def _allowed(request: Request, viewer: Viewer, operation: str) -> Principal:
+    principal = principal_of(request, viewer)
+    if not may(request, principal, operation, None):
+        raise HTTPException(403, REFUSED[operation])
+    return principal
+
+
+def _by_user(members: Sequence[Member]) -> dict[str, Member]:
+    return {m.user.id: m for m in members}
+
+
+def _list(request: Request, viewer: Viewer, *, status: int = 200, **values: object) -> Response:
+    principal = _allowed(request, viewer, "users.list")
+    orgs = context(request).services.orgs
+    members = orgs.members(principal.org_id)
+    now = orgs.now()
+    waiting = [i for i in orgs.invites(principal.org_id) if i.accepted_at is None]
+    return render(
+        request, "members.html", status=status, viewer=viewer, members=members,
+        invites=[(i, i.status(now) is InviteStatus.EXPIRED) for i in waiting],
+        inviters=_by_user(members), me=principal.user_id,
+        can_invite=may(request, principal, "invites.create", None),
+        can_revoke=may(request, principal, "invites.delete", None),
+        can_change=may(request, principal, "users.update", None),
+        can_remove=may(request, principal, "users.delete", None), **values,
+    )  # fmt: skip
+
+
+@router.get(PATH)
+def members_page(request: Request, viewer: CurrentMember, invited: str = "") -> Response:
+    """``invited``: the ids of the invitations just sent (comma-separated), to say so; only
+    this organization's pending ones are named, so the address says nothing made up."""
+    notice = None
+    org = viewer.org
+    if invited and org is not None:
+        orgs = context(request).services.orgs
+        now = orgs.now()
+        waiting = {
+            i.id: i.email for i in orgs.invites(org.id) if i.status(now) is InviteStatus.PENDING
+        }
+        ids = dict.fromkeys(invited.split(",")[:MAX_INVITES])  # in the order they were typed
+        sent = [waiting[i] for i in ids if i in waiting]
+        if sent:
+            notice = f"Invitation sent to {', '.join(sent)}: the link in it works for 7 days."
+    return _list(request, viewer, notice=notice)
+
+
+# -- invitations ----------------------------------------------------------------------------------
+def _invite_page(
+    request: Request, viewer: Viewer, *, status: int = 200, emails: str = "",
+    role: str = "reader", errors: Sequence[str] = (), notice: str | None = None,
+) -> Response:  # fmt: skip
+    return render(
+        request, "members_invite.html", status=status, viewer=viewer, emails=emails, role=role,
+        errors=errors, notice=notice, most=MAX_INVITES,
+    )  # fmt: skip
+
+
+@router.get(PATH + "/invite")
+def invite_page(request: Request, viewer: CurrentMember) -> Response:
+    _allowed(request, viewer, "invites.create")
+    return _invite_page(request, viewer)
+
+
+@router.post(PATH + "/invite")
+def send_invites(
+    request: Request, viewer: CurrentMember, emails: Field = "", role: Field = "",
+    org_id: Field = "",
+) -> Response:  # fmt: skip
+    """Invites each address typed (commas, spaces or lines between them). A malformed address
+    sends nothing; an address the service refuses (a member already, or invited already) is
+    shown again with why, while the others are invited."""
+    principal = _allowed(request, viewer, "invites.create")
+    same_org(viewer, org_id)
+    typed = [e for e in _SEPARATORS.split(emails) if e]
+    chosen = ROLES.get(role)
+    refused: list[str] = []
+    if chosen is None:
+        refused.append("Choose Owner or Reader.")
+    if not typed:
+        refused.append("Enter the email address of the person to invite.")
+    elif len(typed) > MAX_INVITES:
+        refused.append(f"Invite at most {MAX_INVITES} people at a time.")
+    for address in typed[:MAX_INVITES]:
+        try:
+            normalize_email(address)
+        except InvalidRequest as exc:
+            refused.append(f"{address}: {exc.message}")
+    if refused or chosen is None:
+        return _invite_page(request, viewer, status=400, emails=emails, role=role, errors=refused)
+    orgs = context(request).services.orgs
+    sent: list[Invite] = []
+    left: list[str] = []
+    for address in dict.fromkeys(normalize_email(a) for a in typed):
+        try:
+            sent.append(orgs.invite(principal.actor, principal.org_id, address, chosen))
+        except (Conflict, InvalidRequest) as exc:  # a member, or invited, already
+            left.append(address)
+            refused.append(exc.message)
+    if refused:
+        notice = f"Invitation sent to {', '.join(i.email for i in sent)}." if sent else None
+        return _invite_page(
+            request, viewer, status=409, emails="\n".join(left), role=role, errors=refused,
+            notice=notice,
+        )  # fmt: skip
+    raise Redirect(f"{PATH}?invited={quote(','.join(i.id for i in sent), safe=',')}")
+
+
+@router.post(PATH + "/invites/{invite_id}/revoke")
+def revoke_invite(
+    request: Request, viewer: CurrentMember, invite_id: str, org_id: Field = ""
+) -> Response:
+    principal = _allowed(request, viewer, "invites.delete")
+    same_org(viewer, org_id)
+    try:
+        context(request).services.orgs.delete_invite(principal.actor, principal.org_id, invite_id)
+    except NotFound:
+        raise HTTPException(404) from None
+    except InvalidRequest as exc:  # accepted meanwhile
+        return _list(request, viewer, status=400, error=exc.message)
+    raise Redirect(PATH)
+
+
+# -- members --------------------------------------------------------------------------------------
+def _member(request: Request, principal: Principal, user_id: str) -> Member:
+    """Another member of the organization (404 for an unknown id or another organization's
+    user; 400 for oneself, who leaves instead of being removed)."""
+    if user_id == principal.user_id:
+        raise InvalidRequest("To leave the organization yourself, use Leave organization.")
+    try:
+        return context(request).services.orgs.get_member(principal.org_id, user_id)
+    except NotFound:
+        raise HTTPException(404) from None
+
+
+@router.post(PATH + "/{user_id}/role")
+def change_role(
+    request: Request, viewer: CurrentMember, user_id: str, role: Field = "", org_id: Field = ""
+) -> Response:
+    principal = _allowed(request, viewer, "users.update")
+    same_org(viewer, org_id)
+    chosen = ROLES.get(role)
+    if chosen is None:
+        return _list(request, viewer, status=400, error="Choose Owner or Reader.")
+    try:
+        context(request).services.orgs.change_role(
+            principal.actor, principal.org_id, user_id, chosen
+        )
+    except NotFound:
+        raise HTTPException(404) from None
+    except Conflict as exc:  # the last Owner
+        return _list(request, viewer, status=409, error=exc.message)
+    raise Redirect(PATH)
+
+
+def _keys_owned(request: Request, org_id: str, user_id: str) -> int:
+    keys = context(request).services.keys.list(org_id)
+    return sum(
+        1 for k in keys if k.owner_type == "user" and k.owner_id == user_id and k.revoked_at is None
+    )
+
+
+def _keys_said(count: int, whose: str) -> str:
+    """What becomes of the keys ``whose`` ("they", "you") own here."""
+    if count == 0:
+        return f"{whose.capitalize()} own no keys here."
+    if count == 1:
+        return f"The key {whose} own here stops working on every gateway within a second."
+    return f"The {count} keys {whose} own here stop working on every gateway within a second."
+
+
+@router.get(PATH + "/{user_id}/remove")
+def remove_page(request: Request, viewer: CurrentMember, user_id: str) -> Response:
+    principal = _allowed(request, viewer, "users.delete")
+    member = _member(request, principal, user_id)
+    owned = _keys_owned(request, principal.org_id, member.user.id)
+    return render(
+        request, "confirm.html", viewer=viewer, heading="Remove member",
+        message=f"{member.user.email} leaves this organization and its projects. "
+        f"{_keys_said(owned, 'they')} This cannot be undone; invite them again to bring them back.",
+        action=f"{PATH}/{member.user.id}/remove", button="Remove member", back=PATH,
+        org_id=principal.org_id,
+    )  # fmt: skip
+
+
+@router.post(PATH + "/{user_id}/remove")
+def remove_member(
+    request: Request, viewer: CurrentMember, user_id: str, org_id: Field = ""
+) -> Response:
+    principal = _allowed(request, viewer, "users.delete")
+    same_org(viewer, org_id)
+    member = _member(request, principal, user_id)
+    try:
+        context(request).services.orgs.remove_member(
+            principal.actor, principal.org_id, member.user.id
+        )
+    except NotFound:
+        raise HTTPException(404) from None
+    except Conflict as exc:  # the last Owner (only in a race: the remover is an Owner)
+        return _list(request, viewer, status=409, error=exc.message)
+    raise Redirect(PATH)
+
+
+# -- leaving --------------------------------------------------------------------------------------
+@router.get(PATH + "/leave")
+def leave_page(request: Request, viewer: CurrentMember) -> Response:
+    """Any member may leave (it changes nothing but their own membership): as the Admin API's
+    ``users.delete`` of themselves, which the service refuses for the last Owner."""
+    principal = principal_of(request, viewer)
+    owned = _keys_owned(request, principal.org_id, principal.user_id)
+    name = viewer.org.name if viewer.org is not None else "this organization"
+    return render(
+        request, "confirm.html", viewer=viewer, heading=f"Leave {name}?",
+        message=f"You lose access to {name} and its projects. {_keys_said(owned, 'you')} An Owner can invite you "
+        "again.",
+        action=f"{PATH}/leave", button="Leave organization", back=PATH, org_id=principal.org_id,
+    )  # fmt: skip
+
+
+@router.post(PATH + "/leave")
+def leave(request: Request, viewer: CurrentMember, org_id: Field = "") -> Response:
+    principal = principal_of(request, viewer)
+    same_org(viewer, org_id)
+    try:
+        context(request).services.orgs.remove_member(
+            principal.actor, principal.org_id, principal.user_id
+        )
+    except Conflict as exc:  # the last Owner
+        return _list(request, viewer, status=409, error=exc.message)
+    # The dashboard acts in another of the user's organizations now (or asks them to make one).
+    response = RedirectResponse("/", status_code=303)
+    response.delete_cookie(ORG_COOKIE, path="/", httponly=True, samesite="lax",
+                           secure=is_secure(request))  # fmt: skip
+    return response
