@@ -110,6 +110,10 @@ class Container:
     pepper: bytes
     gateway_lock: GatewayLock | None = None  # taken by ``claim_database`` (a serving process)
 
+    def billing_emails(self, org_id: str) -> list[str]:
+        """Where the organization's billing emails go: its billing email, else its Owners."""
+        return self.billing.billing_emails(org_id, self.accounts.owner_emails)
+
     def claim_database(self) -> None:
         """Makes this process the one gateway on its database, or raises AnotherGateway
         (storage/gateway_lock.py: holds and rate limits live in the gateway's memory)."""
@@ -173,8 +177,12 @@ def build(
     webhooks = Webhooks(
         webhook_store, clock, allow_private=settings.webhook_allow_private_addresses
     )
+
+    def billing_emails(org_id: str) -> list[str]:  # (Container.billing_emails)
+        return billing.billing_emails(org_id, accounts.owner_emails)
+
     promoter = TierPromoter(
-        money_store, billing, outbox, clock, owner_emails=accounts.owner_emails,
+        money_store, billing, outbox, clock, billing_emails=billing_emails,
         org_name=accounts.org_name, audit=audit, publish=webhooks.publish,
     )  # fmt: skip
     low, high = settings.purchase_bounds()
@@ -182,7 +190,7 @@ def build(
     payments = PaymentService(
         SqlPaymentStore(engine), billing, stripe or SandboxProvider(), clock, audit=audit,
         outbox=outbox,
-        owner_emails=accounts.owner_emails, org_name=accounts.org_name, promote=promoter.check,
+        billing_emails=billing_emails, org_name=accounts.org_name, promote=promoter.check,
         bounds=PurchaseBounds(low, high), max_recharge_attempts=settings.recharge_max_attempts,
         publish=webhooks.publish,
     )  # fmt: skip
@@ -411,7 +419,7 @@ def build_gateway(
         container.money_store,
         container.outbox,
         container.clock,
-        owner_emails=container.accounts.owner_emails,
+        billing_emails=container.billing_emails,
         org_name=container.accounts.org_name,
         project_name=container.accounts.project_name,
         public_url=s.public_url,

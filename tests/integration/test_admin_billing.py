@@ -484,6 +484,7 @@ async def test_billing_settings_are_validated_with_the_field_named(env: Env) -> 
         "object": "organization.billing_settings", "mode": "prepaid",
         "usage_limit_micro_usd": default_limit,
         "auto_recharge": {"enabled": False, "threshold_micro_usd": None, "target_micro_usd": None},
+        "billing_email": None, "billing_address": None, "currency": "usd",
     }  # fmt: skip
     cases = [
         ({"auto_recharge": {"enabled": True}}, "auto_recharge.threshold_micro_usd", "$5.00 and $95.00"),
@@ -524,6 +525,66 @@ async def test_billing_settings_are_validated_with_the_field_named(env: Env) -> 
     r = await env.client.post(path, json={"usage_limit_micro_usd": None}, headers=env.admin())
     assert r.json()["usage_limit_micro_usd"] == default_limit and r.json()["mode"] == "postpaid"
     assert (await env.client.get(path, headers=env.admin())).json() == r.json()
+
+
+async def test_the_billing_email_and_address_round_trip_validated_and_audited(env: Env) -> None:
+    """``billing_email`` and ``billing_address`` read and set as the dashboard's Preferences do:
+    the same checks (the field named), null removes, each change audited with before and after."""
+    path = ORG + "/billing_settings"
+    address = {
+        "name": "Acme Inc.", "line1": "1 Main St", "line2": "Suite 5", "city": "Springfield",
+        "state": "IL", "postal_code": "62701", "country": "us", "tax_id": "US-123",
+    }  # fmt: skip
+    for body, param, message in [
+        ({"billing_email": "not an email"}, "billing_email", "valid email address"),
+        ({"billing_email": "a@x.com,b@y.com"}, "billing_email", "valid email address"),
+        ({"billing_address": {**address, "country": "XX"}}, "billing_address.country", "ISO 3166-1"),
+        ({"billing_address": {**address, "line1": " "}}, "billing_address.line1", "address line 1"),
+        ({"billing_address": {"country": "US", "line1": "1 Main St"}}, "billing_address.city", "city"),
+        ({"billing_address": {**address, "postal_code": "9" * 21}}, "billing_address.postal_code", "at most 20"),
+        ({"billing_address": {**address, "name": "Acme\u202eInc"}}, "billing_address.name", "control characters"),
+        ({"billing_address": {**address, "street": "x"}}, "billing_address.street", None),
+    ]:  # fmt: skip
+        error = error_of(await env.client.post(path, json=body, headers=env.admin()), 400)
+        assert error["param"] == param, (body, error)
+        assert message is None or message in error["message"], (body, error)
+    assert (await env.client.get(path, headers=env.admin())).json()["billing_address"] is None
+
+    r = await env.client.post(
+        path, json={"billing_email": " Billing@Example.COM ", "billing_address": address},
+        headers=env.admin(),
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    stored = {**address, "country": "US"}
+    assert r.json()["billing_email"] == "billing@example.com"
+    assert r.json()["billing_address"] == stored
+    assert (await env.client.get(path, headers=env.admin())).json() == r.json()
+    # Setting something else leaves them be; null removes them.
+    r = await env.client.post(path, json={"mode": "prepaid"}, headers=env.admin())
+    assert (r.json()["billing_email"], r.json()["billing_address"]) == (
+        "billing@example.com",
+        stored,
+    )
+    r = await env.client.post(
+        path, json={"billing_email": None, "billing_address": None}, headers=env.admin()
+    )
+    assert (r.json()["billing_email"], r.json()["billing_address"]) == (None, None)
+
+    logs = await env.client.get(
+        ORG + "/audit_logs", params={"event_types[]": "billing_settings.updated"},
+        headers=env.admin(),
+    )  # fmt: skip
+    changes = [
+        {k: e["billing_settings.updated"][k] for k in ("before", "after")}
+        for e in reversed(logs.json()["data"])
+        if e["billing_settings.updated"]["after"]  # (not the mode set to what it was)
+    ]
+    assert changes == [
+        {"before": {"billing_email": None, "billing_address": None},
+         "after": {"billing_email": "billing@example.com", "billing_address": stored}},
+        {"before": {"billing_email": "billing@example.com", "billing_address": stored},
+         "after": {"billing_email": None, "billing_address": None}},
+    ], changes  # fmt: skip
 
 
 async def test_bad_input_unknown_urls_and_methods_answer_in_the_envelope(env: Env) -> None:

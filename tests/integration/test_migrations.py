@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
 from conftest import fresh_postgres
+from keyplane.billing.address import BillingAddress
 from keyplane.keys.format import KeyKind
 from keyplane.storage import migrate
 from keyplane.storage.billing_repository import SqlMoneyStore
@@ -215,3 +217,57 @@ def test_the_payments_migration_keeps_one_line_a_lot_and_the_database_refuses_a_
         assert [(p.id, p.provider_ref) for p in store.payments("org_1", 2)] == [
             ("pay_7", "pi_123"), ("pay_6", None),
         ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_the_billing_preferences_migration_keeps_settings_and_payments_and_adds_the_address(
+    tmp_path: Path, database: str
+) -> None:
+    """0020 on a database with billing settings and a payment: they read as before (no billing
+    email: emails go to the Owners; no address; the old payment billed to nobody in particular),
+    and a billing email, an address and a payment's copy of it are stored from then on."""
+    with contextlib.ExitStack() as stack:
+        url = (
+            f"sqlite:///{tmp_path}/m.db"
+            if database == "sqlite"
+            else stack.enter_context(fresh_postgres())
+        )
+        engine = make_engine(url)
+        stack.callback(engine.dispose)
+        migrate.upgrade(engine, "0019")
+        with engine.begin() as conn:
+            conn.execute(organizations.insert().values(id="org_1", name="Acme", created_at=1))
+            conn.exec_driver_sql(
+                "INSERT INTO org_billing (org_id, mode, budget_micro, auto_recharge, updated_at) "
+                "VALUES ('org_1', 'prepaid', 7000000, false, 1)"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO payments (id, org_id, kind, amount_micro, status, method_id, brand, "
+                "last4, lot_id, created_at) VALUES ('pay_1', 'org_1', 'purchase', 10000000, "
+                "'succeeded', 'pm_1', 'visa', '4242', 'cg_1', 100)"
+            )
+        migrate.upgrade(engine)
+        command.check(migrate.alembic_config(engine))
+        money = SqlMoneyStore(engine)
+        stack.callback(money.close)
+        settings = money.settings("org_1")
+        assert settings is not None and settings.budget == 7_000_000
+        assert (settings.billing_email, settings.billing_address) == (None, None)
+        [old] = SqlPaymentStore(engine).payments("org_1", 10)
+        assert (old.id, old.billed_to) == ("pay_1", None)
+
+        address = BillingAddress(country="FR", line1="1 rue de Rivoli", city="Paris")
+        money.save_settings(
+            replace(settings, billing_email="billing@example.com", billing_address=address), 2
+        )
+        stored = money.settings("org_1")
+        assert stored is not None and stored.budget == 7_000_000
+        assert (stored.billing_email, stored.billing_address) == ("billing@example.com", address)
+        SqlPaymentStore(engine).add_payment(
+            replace(old, id="pay_2", lot_id=None, billed_to=address)
+        )
+        assert SqlPaymentStore(engine).payment("org_1", "pay_2") == replace(
+            old, id="pay_2", lot_id=None, billed_to=address
+        )

@@ -52,7 +52,7 @@ def alert(id_: str, threshold: int, project_id: str | None = None) -> SpendAlert
 def watcher(store: Store, outbox: Outbox) -> SpendWatcher:
     return SpendWatcher(
         store, outbox, FrozenClock(NOW),  # type: ignore[arg-type]
-        owner_emails=lambda _: ["owner@example.com"], org_name=lambda _: "Acme",
+        billing_emails=lambda _: ["owner@example.com"], org_name=lambda _: "Acme",
         public_url="http://keyplane.test",
     )  # fmt: skip
 
@@ -101,7 +101,7 @@ def test_a_recharge_that_was_not_enough_or_failed_is_asked_for_again_a_minute_la
     clock = FrozenClock(NOW)
     w = SpendWatcher(
         RechargeStore([], (0, {})), Outbox(), clock,  # type: ignore[arg-type]
-        owner_emails=lambda _: ["owner@example.com"], org_name=lambda _: "Acme",
+        billing_emails=lambda _: ["owner@example.com"], org_name=lambda _: "Acme",
         public_url="http://keyplane.test",
     )  # fmt: skip
     money = OrgMoney("org-1", auto_recharge=True, recharge_threshold=5_000_000,

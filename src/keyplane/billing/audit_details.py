@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from keyplane.audit.service import changed
+from keyplane.billing.address import address_shown
 from keyplane.billing.ports import BillingSettings
 from keyplane.usage.pricing import MICRO_PER_CENT
 
@@ -31,4 +32,13 @@ def settings_shown(settings: BillingSettings, usage_limit: int) -> dict[str, Any
             "threshold_micro_usd": settings.recharge_threshold,
             "target_micro_usd": settings.recharge_target,
         },
+    }
+
+
+def preferences_shown(settings: BillingSettings) -> dict[str, Any]:
+    """The billing email and address as the Admin API shows them (its ``billing_email`` and
+    ``billing_address``), for ``billing_settings.updated``'s before and after."""
+    return {
+        "billing_email": settings.billing_email,
+        "billing_address": address_shown(settings.billing_address),
     }

@@ -31,6 +31,7 @@ from typing import Protocol
 
 from keyplane.audit.models import Actor, ActorType, AuditEvent
 from keyplane.audit.service import AuditService
+from keyplane.billing.address import BillingAddress, address_from_json, address_json
 from keyplane.billing.ports import Claim, Done
 from keyplane.billing.service import BillingService
 from keyplane.billing.wallet import Lot
@@ -115,6 +116,8 @@ class Payment:
     # The provider's id of the payment (Stripe: its PaymentIntent, pi_…), for its support; None
     # when it made none (the sandbox; Stripe unreachable).
     provider_ref: str | None = None
+    # The billing address when the payment was made, which its receipt shows (None: none given).
+    billed_to: BillingAddress | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +289,7 @@ class PaymentService:
         *,
         audit: AuditService,
         outbox: Outbox,
-        owner_emails: Callable[[str], Sequence[str]],
+        billing_emails: Callable[[str], Sequence[str]],
         org_name: Callable[[str], str],
         promote: Callable[[str], object],
         bounds: PurchaseBounds = PurchaseBounds(),
@@ -302,7 +305,7 @@ class PaymentService:
         self._clock = clock
         self._audit = audit
         self._outbox = outbox
-        self._owner_emails = owner_emails
+        self._billing_emails = billing_emails
         self._org_name = org_name
         self._promote = promote
         self.bounds = bounds
@@ -435,6 +438,7 @@ class PaymentService:
             status="succeeded" if failure is None else "failed", method_id=method.id,
             brand=method.brand, last4=method.last4, failure=failure, lot_id=None,
             created_at=now, provider_ref=charged.payment_ref,
+            billed_to=self._billing.settings(org_id).billing_address,
         )  # fmt: skip
         stored = None
         if failure is None:
@@ -540,6 +544,7 @@ class PaymentService:
             status="succeeded", method_id=method.id, brand=method.brand, last4=method.last4,
             failure=None, lot_id=None, created_at=charge.charged_at or int(self._clock.now()),
             provider_ref=charge.payment_ref or None,
+            billed_to=self._billing.settings(charge.org_id).billing_address,
         )  # fmt: skip
         lot, _ = self._credit(line, charge.key, PROVIDER)
         self._promote(charge.org_id)
@@ -560,8 +565,8 @@ class PaymentService:
         """Works the due recharge jobs (the spend watcher enqueues one when the balance falls
         below the threshold): buys back up to the target with the default method. A decline is
         tried again an hour later; after ``max_recharge_attempts`` declines auto-recharge is
-        turned off. The Owners are emailed about each decline and the turning off. Returns how
-        many jobs it finished. Blocking; raises StoreUnavailable."""
+        turned off. The billing email (else the Owners) is emailed about each decline and the
+        turning off. Returns how many jobs it finished. Blocking; raises StoreUnavailable."""
         now = int(self._clock.now())
         done = 0
         for job in self._store.claim_recharges(now, RECHARGE_LEASE_S):
@@ -616,7 +621,7 @@ class PaymentService:
              "next_attempt_at": None if last else now + RECHARGE_RETRY_S},
             f"recharge:{job.id}:{attempts}",
         )  # fmt: skip
-        recipients = list(self._owner_emails(job.org_id))
+        recipients = list(self._billing_emails(job.org_id))
         if recipients:
             name = self._org_name(job.org_id)
             subject = (
@@ -650,10 +655,15 @@ def _uncapitalized(sentence: str) -> str:
 def _payment_json(p: Payment) -> str:
     return json.dumps(
         [p.id, p.org_id, p.kind, p.amount, p.status, p.method_id, p.brand, p.last4, p.failure,
-         p.lot_id, p.created_at, p.provider_ref]
+         p.lot_id, p.created_at, p.provider_ref, address_json(p.billed_to)]
     )  # fmt: skip
 
 
 def _payment_from_json(text: str) -> Payment:
-    # (A response stored before the line had ``provider_ref`` has one value less: None.)
-    return Payment(*json.loads(text))
+    # (A response stored before the line had ``provider_ref`` has two values less, before it had
+    # ``billed_to`` one: None.)
+    values = json.loads(text)
+    payment = Payment(*values[:12])
+    if len(values) > 12:
+        payment = dataclasses.replace(payment, billed_to=address_from_json(values[12]))
+    return payment

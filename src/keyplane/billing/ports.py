@@ -7,6 +7,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Protocol
 
+from keyplane.billing.address import BillingAddress
 from keyplane.billing.wallet import BillingMode, Hold, Lot, OrgMoney, Outcome
 
 
@@ -20,6 +21,8 @@ class BillingSettings:
     recharge_threshold: int | None = None
     recharge_target: int | None = None
     tier: str | None = None  # None: the lowest tier
+    billing_email: str | None = None  # None: billing emails go to the Owners
+    billing_address: BillingAddress | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ class TierPromoter:
         outbox: Outbox,
         clock: Clock,
         *,
-        owner_emails: Callable[[str], Sequence[str]],
+        billing_emails: Callable[[str], Sequence[str]],
         org_name: Callable[[str], str],
         audit: AuditService | None = None,
         publish: Publish = publish_nowhere,
@@ -37,7 +37,7 @@ class TierPromoter:
         self._billing = billing
         self._outbox = outbox
         self._clock = clock
-        self._owner_emails = owner_emails
+        self._billing_emails = billing_emails
         self._org_name = org_name
 
     @property
@@ -77,7 +77,7 @@ class TierPromoter:
              "monthly_usage_limit_micro_usd": qualified.monthly_usage_limit_micro_usd},
             f"tier:{org_id}:{qualified.id}",
         )  # fmt: skip
-        recipients = list(self._owner_emails(org_id))
+        recipients = list(self._billing_emails(org_id))
         if recipients:
             limit = qualified.monthly_usage_limit_micro_usd // 1_000_000
             self._outbox.enqueue(

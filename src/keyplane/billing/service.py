@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from keyplane.billing.address import normalize_address
 from keyplane.billing.ports import BillingSettings, Claim, ClaimLost, Done, MoneyStore, SpendAlert
 from keyplane.billing.wallet import BillingMode, Lot
 from keyplane.clock import Clock
@@ -165,12 +166,29 @@ class BillingService:
             return settings.usage_limit
         return self.usage_limit_for(settings.tier)
 
+    def billing_emails(
+        self, org_id: str, owner_emails: Callable[[str], Sequence[str]]
+    ) -> list[str]:
+        """Where the organization's billing emails go (spend alerts without recipients of their
+        own, auto-recharge failures, tier changes): its billing email when one is set, as
+        OpenAI's billing preferences do, else its Owners (``owner_emails``)."""
+        email = self.settings(org_id).billing_email
+        return [email] if email else list(owner_emails(org_id))
+
     def update_settings(self, org_id: str, **changes: Any) -> BillingSettings:
-        """Changes mode, usage_limit, budget or the auto-recharge rule (validated)."""
+        """Changes mode, usage_limit, budget, the auto-recharge rule, the billing email ("" or
+        None: none) or the billing address (validated)."""
         current = self.settings(org_id)
         unknown = set(changes) - {f for f in BillingSettings.__slots__ if f != "org_id"}
         if unknown:
             raise InvalidRequest(f"Unknown billing settings: {sorted(unknown)}")
+        if "billing_email" in changes:
+            email = changes["billing_email"]
+            changes["billing_email"] = (
+                normalize_email(email, param="billing_email") if email else None
+            )
+        if changes.get("billing_address") is not None:
+            changes["billing_address"] = normalize_address(changes["billing_address"])
         updated = dataclasses.replace(current, **changes)
         if not isinstance(updated.mode, BillingMode):
             updated = dataclasses.replace(updated, mode=BillingMode(updated.mode))

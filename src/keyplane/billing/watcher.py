@@ -38,7 +38,7 @@ class SpendWatcher:
         outbox: Outbox,
         clock: Clock,
         *,
-        owner_emails: Callable[[str], Sequence[str]],
+        billing_emails: Callable[[str], Sequence[str]],
         org_name: Callable[[str], str],
         project_name: Callable[[str, str], str] = lambda org_id, project_id: project_id,
         public_url: str,
@@ -48,7 +48,7 @@ class SpendWatcher:
         self._publish = publish
         self._outbox = outbox
         self._clock = clock
-        self._owner_emails = owner_emails
+        self._billing_emails = billing_emails
         self._org_name = org_name
         self._project_name = project_name
         self._public_url = public_url.rstrip("/")
@@ -92,7 +92,7 @@ class SpendWatcher:
              "threshold_micro_usd": alert.threshold, "spend_micro_usd": spend},
             f"spend_alert:{alert.id}:{period}",
         )  # fmt: skip
-        recipients = alert.recipients or tuple(self._owner_emails(alert.org_id))
+        recipients = alert.recipients or tuple(self._billing_emails(alert.org_id))
         if not recipients:
             return 0
         subject = f"[keyplane] {scope} reached {_usd(alert.threshold)} of spend in {period}"

@@ -224,7 +224,7 @@ def alerts_add(
         )
     except KeyplaneError as exc:
         fail(exc.message)
-    recipients = list(alert.recipients or c.accounts.owner_emails(org_id))
+    recipients = list(alert.recipients or c.billing_emails(org_id))
     data = {"threshold_amount": cents(alert.threshold),
             "notification_channel": {"type": "email", "recipients": recipients}}  # fmt: skip
     audit(c, org_id, "spend_alert.created", target_id=alert.id, project_id=project_id,

@@ -23,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
 
+from keyplane.billing.address import address_from_json, address_json
 from keyplane.billing.ports import (
     STALE_CLAIM_S,
     BillingSettings,
@@ -122,6 +123,8 @@ def _settings(row: Any) -> BillingSettings:
         recharge_threshold=row.recharge_threshold_micro,
         recharge_target=row.recharge_target_micro,
         tier=row.tier,
+        billing_email=row.billing_email,
+        billing_address=address_from_json(row.billing_address),
     )
 
 
@@ -532,6 +535,7 @@ class SqlMoneyStore(SqlStore):
             "mode": s.mode.value, "usage_limit_micro": s.usage_limit, "budget_micro": s.budget,
             "auto_recharge": s.auto_recharge, "recharge_threshold_micro": s.recharge_threshold,
             "recharge_target_micro": s.recharge_target, "updated_at": at, "tier": s.tier,
+            "billing_email": s.billing_email, "billing_address": address_json(s.billing_address),
         }  # fmt: skip
         with self._write() as conn:
             if not conn.execute(

@@ -18,6 +18,8 @@ org_billing = Table(
     Column("recharge_threshold_micro", BigInteger),
     Column("recharge_target_micro", BigInteger),
     Column("updated_at", BigInteger, nullable=False),
+    Column("billing_email", String(254)),  # NULL: billing emails go to the Owners
+    Column("billing_address", Text),  # JSON (billing/address.py); NULL: none given
 )
 
 project_budgets = Table(

@@ -9,6 +9,7 @@ from sqlalchemy import Connection, and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from keyplane.audit.models import AuditEvent
+from keyplane.billing.address import address_from_json, address_json
 from keyplane.billing.payments import Payment, PaymentMethod, RechargeJob
 from keyplane.billing.ports import Done
 from keyplane.billing.wallet import Lot
@@ -33,6 +34,7 @@ def _payment(row: Any) -> Payment:
         id=row.id, org_id=row.org_id, kind=row.kind, amount=row.amount_micro, status=row.status,
         method_id=row.method_id, brand=row.brand, last4=row.last4, failure=row.failure,
         lot_id=row.lot_id, created_at=row.created_at, provider_ref=row.provider_ref,
+        billed_to=address_from_json(row.billed_to),
     )  # fmt: skip
 
 
@@ -43,6 +45,7 @@ def _insert_payment(conn: Connection, payment: Payment, audit: AuditEvent | None
             status=payment.status, method_id=payment.method_id, brand=payment.brand,
             last4=payment.last4, failure=payment.failure, lot_id=payment.lot_id,
             created_at=payment.created_at, provider_ref=payment.provider_ref,
+            billed_to=address_json(payment.billed_to),
         )
     )  # fmt: skip
     if audit is not None:

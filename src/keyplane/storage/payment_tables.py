@@ -4,7 +4,7 @@ never a card number or a CVC."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, Integer, String, Table
+from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, Integer, String, Table, Text
 
 from keyplane.storage.tables import metadata
 
@@ -40,6 +40,9 @@ payments = Table(
     Column("lot_id", String(40)),  # the credit lot a successful charge bought
     Column("created_at", BigInteger, nullable=False),
     Column("provider_ref", String(255)),  # the provider's id of the payment (Stripe: pi_…)
+    # The billing address when the payment was made (JSON, billing/address.py), which its receipt
+    # shows; NULL: none was given (or the payment is older than billing addresses).
+    Column("billed_to", Text),
     Index("ix_payments_org_created", "org_id", "created_at"),
     # One line a lot, whoever records it (the charging run, its retry, the provider's webhook);
     # a failed charge has none (NULLs are distinct in a unique index, SQLite's and PostgreSQL's).

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query
 
 from keyplane.audit.service import changed
+from keyplane.billing.address import parse_address
 from keyplane.billing.audit_details import budget_change
 from keyplane.billing.periods import period_of
 from keyplane.billing.ports import BillingSettings as SettingsRecord
@@ -28,6 +30,7 @@ from keyplane.web.authz import AUTHZ_RESPONSES, CONFLICT, Audit, Recorder, autho
 from keyplane.web.errors import AdminApiError, params_named
 from keyplane.web.schemas import (
     AutoRecharge,
+    BillingAddress,
     BillingSettings,
     BillingSettingsUpdate,
     CreditBalance,
@@ -295,7 +298,8 @@ def _alert(alert: AlertRecord, owners: list[str]) -> SpendAlert:
 
 
 def _owner_emails(s: AdminServices, org_id: str) -> list[str]:
-    return [user.email for user in s.accounts.owners(org_id)]
+    """Who an alert without recipients of its own emails: the billing email, else the Owners."""
+    return s.billing.billing_emails(org_id, s.accounts.owner_emails)
 
 
 def _alerts(s: AdminServices, org_id: str, project_id: str | None) -> list[SpendAlert]:
@@ -425,6 +429,10 @@ def _settings(s: AdminServices, record: SettingsRecord) -> BillingSettings:
             threshold_micro_usd=record.recharge_threshold,
             target_micro_usd=record.recharge_target,
         ),
+        billing_email=record.billing_email,
+        billing_address=None
+        if record.billing_address is None
+        else BillingAddress(**asdict(record.billing_address)),
     )
 
 
@@ -443,6 +451,11 @@ def _changes(body: BillingSettingsUpdate) -> dict[str, Any]:
             changes["recharge_threshold"] = recharge.threshold_micro_usd
         if "target_micro_usd" in recharge.model_fields_set:
             changes["recharge_target"] = recharge.target_micro_usd
+    if "billing_email" in body.model_fields_set:
+        changes["billing_email"] = body.billing_email
+    if "billing_address" in body.model_fields_set:
+        typed = body.billing_address
+        changes["billing_address"] = None if typed is None else parse_address(typed.model_dump())
     return changes
 
 
@@ -458,7 +471,9 @@ async def update_billing_settings(
     ctx: Ctx, caller: Admin, audit: Audit, body: BillingSettingsUpdate
 ) -> BillingSettings:
     """Changes what the body names. Auto-recharge needs a threshold of $5-$95 and a target of
-    $10-$100 above it; ``usage_limit_micro_usd: null`` restores the tier's."""
+    $10-$100 above it; ``usage_limit_micro_usd: null`` restores the tier's; ``billing_email`` and
+    ``billing_address`` (the whole address: country, line1 and city required) ``null`` remove
+    them."""
     s = ctx.services
 
     def write() -> SettingsRecord:

@@ -225,17 +225,48 @@ class AutoRecharge(BaseModel):
     target_micro_usd: int | None
 
 
+class BillingAddress(BaseModel):
+    """The address receipts are billed to (``country``: ISO 3166-1 alpha-2)."""
+
+    name: str
+    line1: str
+    line2: str
+    city: str
+    state: str
+    postal_code: str
+    country: str
+    tax_id: str
+
+
 class BillingSettings(BaseModel):
     object: Literal["organization.billing_settings"] = "organization.billing_settings"
     mode: Literal["prepaid", "postpaid"]
     usage_limit_micro_usd: int
     auto_recharge: AutoRecharge
+    billing_email: str | None = Field(
+        description="Where billing emails go; null: to the organization's Owners."
+    )
+    billing_address: BillingAddress | None
+    currency: Literal["usd"] = Field(default="usd", description="keyplane bills in US dollars.")
 
 
 class AutoRechargeUpdate(Request):
     enabled: bool | None = None
     threshold_micro_usd: Micro | None = None
     target_micro_usd: Micro | None = None
+
+
+class BillingAddressUpdate(Request):
+    """Lengths and characters are checked by the billing service (``billing/address.py``)."""
+
+    name: str = ""
+    line1: str = ""
+    line2: str = ""
+    city: str = ""
+    state: str = ""
+    postal_code: str = ""
+    country: str = ""
+    tax_id: str = ""
 
 
 class BillingSettingsUpdate(Request):
@@ -245,6 +276,14 @@ class BillingSettingsUpdate(Request):
     mode: Literal["prepaid", "postpaid"] | None = None
     usage_limit_micro_usd: Micro | None = None
     auto_recharge: AutoRechargeUpdate | None = None
+    billing_email: str | None = Field(
+        default=None, description='Where billing emails go; null or "": to the Owners.'
+    )
+    billing_address: BillingAddressUpdate | None = Field(
+        default=None,
+        description="The whole address (it replaces the one set); null removes it. Required: "
+        "country, line1, city.",
+    )
 
 
 # -- payments -------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from keyplane.errors import KeyplaneError, StoreUnavailable
 from keyplane.web.dashboard import (
     accounts_routes,
     audit_routes,
+    billing_preferences_routes,
     billing_routes,
     csrf,
     invite_routes,
@@ -261,4 +262,5 @@ def create_dashboard_app(
     app.include_router(webhooks_routes.router)
     app.include_router(members_routes.router)
     app.include_router(billing_routes.router)
+    app.include_router(billing_preferences_routes.router)
     return app

@@ -1,5 +1,5 @@
 """The Billing pages (BRIEF C5/C9, the guide's Billing screens), with a sub-navigation between
-the three of them:
+them and Preferences (billing_preferences_routes.py):
 
 - Overview (``/billing``): the credit balance, what requests in flight hold, the credit lots it is
   made of (purchases and grants, each with its expiry), the billing mode and the auto-recharge
@@ -17,7 +17,8 @@ the three of them:
 - Billing history (``/billing/history``): every charge (declined ones with why) and credit grant,
   newest first; each paid charge has a receipt to download
   (``/billing/history/{payment_id}/receipt``): one self-contained HTML document, to keep or print,
-  with the payment provider's id of the payment when it made one (Stripe's pi_…).
+  with the payment provider's id of the payment when it made one (Stripe's pi_…), billed to the
+  billing address the payment was made with (its copy), else to the organization's name.
 
 Every member sees them (the Admin API's rule: billing is read by Owners and Readers alike); only
 Owners add cards and pay, as ``POLICY`` says, and every change goes through ``PaymentService`` and

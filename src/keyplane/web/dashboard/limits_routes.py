@@ -46,7 +46,8 @@ def _page(request: Request, viewer: Viewer, *, status: int = 200, **values: obje
     settings = services.billing.settings(org.id)
     spent, _ = services.money_store.month_spend(org.id, period_of(services.clock.now()))
     progress = services.promoter.progress(org.id)
-    owners = [u.email for u in services.accounts.owners(org.id)]
+    # (An alert without recipients of its own goes to the billing email, else to the Owners.)
+    owners = services.billing.billing_emails(org.id, services.accounts.owner_emails)
     alerts = sorted(
         (a for a in services.billing.alerts(org.id) if a.project_id is None),
         key=lambda a: a.threshold,
