@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from test_accounts_web import OWNER_PASSWORD, PASSWORD, Browser, text_of
-from test_dashboard_keys import created_secret, join
+from test_accounts_web import OWNER_PASSWORD, PASSWORD, text_of
+from test_dashboard_keys import SignIn, browser_for, created_secret, join  # noqa: F401
 from test_key_access import CHAT, EMBED, call
 
 from conftest import Keyplane, start_keyplane
@@ -38,24 +38,6 @@ def kp(tmp_path: Path, simulator: ServerThread, clock: FrozenClock) -> Iterator[
     instance.container.close()
 
 
-@pytest.fixture
-def browser_for(kp: Keyplane) -> Iterator[Callable[[str, str], Browser]]:
-    opened: list[Browser] = []
-
-    def open_as(email: str, password: str) -> Browser:
-        b = Browser(httpx.Client(base_url=kp.server.url, follow_redirects=False, timeout=30))
-        opened.append(b)
-        b.log_in_named(email, password)
-        return b
-
-    yield open_as
-    for b in opened:
-        b.close()
-
-
-SignIn = Callable[[str, str], Browser]
-
-
 def id_of(secret: str) -> str:
     parsed = parse(secret)
     assert parsed is not None
@@ -71,7 +53,9 @@ def refused(kp: Keyplane, secret: str) -> bool:
 
 
 def test_rotating_shows_the_new_secret_once_and_the_old_one_works_until_the_grace_ends(
-    kp: Keyplane, browser_for: SignIn, clock: FrozenClock
+    kp: Keyplane,
+    browser_for: SignIn,  # noqa: F811
+    clock: FrozenClock,
 ) -> None:
     old_secret, old_id = kp.key, id_of(kp.key)
     owner = browser_for("owner@example.com", OWNER_PASSWORD)
@@ -131,7 +115,8 @@ def test_rotating_shows_the_new_secret_once_and_the_old_one_works_until_the_grac
 
 
 def test_rotating_without_a_grace_period_stops_the_old_secret_at_once(
-    kp: Keyplane, browser_for: SignIn
+    kp: Keyplane,
+    browser_for: SignIn,  # noqa: F811
 ) -> None:
     old_secret, old_id = kp.key, id_of(kp.key)
     _, restricted = kp.new_key("office", allowed_cidrs=["192.0.2.0/24"])
@@ -157,7 +142,10 @@ def test_rotating_without_a_grace_period_stops_the_old_secret_at_once(
     assert denied.status_code == 403 and denied.json()["error"]["code"] == "ip_not_allowed"
 
 
-def test_who_may_revoke_a_key_may_rotate_it(kp: Keyplane, browser_for: SignIn) -> None:
+def test_who_may_revoke_a_key_may_rotate_it(
+    kp: Keyplane,
+    browser_for: SignIn,  # noqa: F811
+) -> None:
     """Owners rotate any key; a Reader none, a member of the key's project included (its project
     role gives a Reader no say over keys)."""
     owner_id = id_of(kp.key)
@@ -185,7 +173,8 @@ def test_who_may_revoke_a_key_may_rotate_it(kp: Keyplane, browser_for: SignIn) -
 
 
 def test_allowlists_typed_in_the_create_form_are_enforced_by_the_gateway(
-    kp: Keyplane, browser_for: SignIn
+    kp: Keyplane,
+    browser_for: SignIn,  # noqa: F811
 ) -> None:
     owner = browser_for("owner@example.com", OWNER_PASSWORD)
     owner.get("/api-keys/new")
@@ -223,7 +212,8 @@ def test_allowlists_typed_in_the_create_form_are_enforced_by_the_gateway(
 
 
 def test_bad_allowlists_are_form_errors_that_keep_what_was_typed(
-    kp: Keyplane, browser_for: SignIn
+    kp: Keyplane,
+    browser_for: SignIn,  # noqa: F811
 ) -> None:
     owner = browser_for("owner@example.com", OWNER_PASSWORD)
     before = len(kp.container.keys.list(kp.org.id))
