@@ -8,12 +8,14 @@ the first key, then the API keys page in Debian's headless Chromium.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import openai
@@ -54,11 +56,26 @@ def main() -> None:
             openai.OpenAI(base_url=base + "/v1", api_key=key).chat.completions.create(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello"}]
             )
+            used(env)
             shoot(base, password, out)
         finally:
             dev.terminate()
             dev.wait(timeout=30)
     print(f"wrote {out}")
+
+
+def used(env: dict[str, str], deadline_s: float = 20.0) -> None:
+    """Waits until the request's "Last used" is stored (the gateway writes them every 5 s)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        listed = subprocess.run(
+            [*KEYPLANE, "keys", "list", "--json"], check=True, capture_output=True, env=env,
+            text=True,
+        )  # fmt: skip
+        if any(k["last_used_at"] for k in json.loads(listed.stdout)):
+            return
+        time.sleep(0.5)  # (polling a separate process's batched write, with a deadline)
+    raise SystemExit("the request's last use was not stored within 20 s")
 
 
 def first_start(dev: subprocess.Popen[str]) -> tuple[str, str]:
