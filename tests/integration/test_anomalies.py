@@ -136,7 +136,8 @@ def test_through_the_gateway_a_request_from_a_new_network_alerts_the_owners(
     call("203.0.113.50")
     wait_until(lambda: outbox(kp.container), timeout=10)
     assert outbox(kp.container) == ["[keyplane] Unusual use of the API key 'test key'"]
-    (reason,) = events(kp.container, kp.org.id, "api_key.new_network")
+    # (the email is queued a moment before the audit entry is written)
+    (reason,) = wait_until(lambda: events(kp.container, kp.org.id, "api_key.new_network"))
     assert reason.startswith("used from 203.0.113.50 (203.0.113.0/24)")
 
 

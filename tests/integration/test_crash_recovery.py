@@ -67,7 +67,24 @@ def serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
 
     wait_until(listening, timeout=30, interval=0)
     assert url, "keyplane serve did not start: " + "".join(lines)
+
+    def drain() -> None:  # (a full pipe would stop the gateway at its next log line)
+        assert proc.stdout is not None
+        with contextlib.suppress(ValueError, OSError):  # (closed by ``stop``)
+            for line in proc.stdout:
+                lines.append(line)
+
+    threading.Thread(target=drain, daemon=True).start()
+    _SAID[proc.pid] = lines
     return proc, url
+
+
+_SAID: dict[int, list[str]] = {}
+
+
+def said(proc: subprocess.Popen[str]) -> str:
+    """What a gateway started by ``serve`` printed so far."""
+    return "".join(_SAID[proc.pid])
 
 
 def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:
@@ -157,7 +174,10 @@ def test_sigkill_between_hold_and_settle(tmp_path: Path, hold_stored: bool) -> N
         env["KEYPLANE_USAGE_FLUSH_INTERVAL_S"] = "0.05"
         proc, url = serve(env)  # the restarted gateway counts the hold, then sweeps it
         try:
-            wait_until(lambda: list(container.usage_store.query(org.id)), timeout=30)
+            try:
+                wait_until(lambda: list(container.usage_store.query(org.id)), timeout=30)
+            except AssertionError:
+                raise AssertionError("no usage record; the gateway said:\n" + said(proc)) from None
         finally:
             stop(proc)
         assert stored_holds(container) == []  # resolved: no longer an open hold
