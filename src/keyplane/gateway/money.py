@@ -152,7 +152,8 @@ class MoneyGuard:
         # This process among the gateways on its database (``beat``): holds stored open that were
         # placed before every live gateway started are a dead gateway's.
         self.gateway_id = new_id("gw_")
-        self._started_at = int(clock.now())
+        self._started = clock.now()
+        self._started_at = int(self._started)  # (whole seconds, as the table keeps it)
         self._gateway_timeout_s = gateway_timeout_s
         self.meter = meter if meter is not None else Meter()  # counts what each flush stored
         self._clock = clock
@@ -500,6 +501,13 @@ class MoneyGuard:
             )  # fmt: skip
         except StoreUnavailable:
             placed_before = 0  # (which gateways live is unknown: expiry alone)
+        cutoff: float = placed_before
+        if placed_before == self._started_at:
+            # The oldest live gateway is this one (or started in its second): a hold placed
+            # before this process started, to the fraction of a second, is a dead gateway's.
+            # (In whole seconds, one placed in the second a restart came up stayed open until
+            # it expired.) This one's own are in ``live`` until they settle.
+            cutoff = self._started
         swept = 0
         live = self._live
         orphans, self._orphans = self._orphans, set()
@@ -507,7 +515,7 @@ class MoneyGuard:
             for hold in [
                 h
                 for h in org.holds.values()
-                if (h.expires_at <= now or h.id in orphans or h.created_at < placed_before)
+                if (h.expires_at <= now or h.id in orphans or h.created_at < cutoff)
                 and h.id not in live
             ]:
                 record = UsageRecord(
