@@ -501,7 +501,7 @@ class MoneyGuard:
             )  # fmt: skip
         except StoreUnavailable:
             placed_before = 0  # (which gateways live is unknown: expiry alone)
-        cutoff: float = placed_before
+        cutoff = float(placed_before)
         if placed_before == self._started_at:
             # The oldest live gateway is this one (or started in its second): a hold placed
             # before this process started, to the fraction of a second, is a dead gateway's.
