@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed
 .PHONY: run test check fmt bench clean setup compile
 
 # keyplane's request path compiled with mypyc into a copy of src/ (scripts/compile.py says why
-# and how); `make run` and the second test pass run from it. Not there when it could not be built.
+# and how); `make run` and the second test pass run from it. Not there when it could not be built
+# (with CI=true that fails the build instead: CI tests the compiled copy or nothing).
 COMPILED := build/compiled
 SOURCES  := $(shell find src -type f ! -path '*/__pycache__/*' ! -name '*.so')
 COMPILED_PATH = $$(test -d $(COMPILED)/src && echo $(CURDIR)/$(COMPILED)/src)

@@ -173,8 +173,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "build" / "compiled")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    compile_tree(args.src.resolve(), args.out.resolve())
-    return 0
+    if compile_tree(args.src.resolve(), args.out.resolve()) or os.environ.get("CI") != "true":
+        return 0
+    # In CI a request path that no longer compiles is a failure, not a fallback: the fallback
+    # would test (and benchmark) plain Python only, and `make run` would serve uncompiled.
+    print("keyplane: CI=true: the compiled copy must build", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
