@@ -83,10 +83,13 @@ def test_the_lock_goes_with_a_postgresql_session_that_dies(
 
 
 def end_lock_sessions(url: str) -> None:
-    """Ends the sessions holding advisory locks, as a database restart would."""
+    """Ends the sessions holding advisory locks, as a database restart would, and waits until
+    they are gone (without the timeout, pg_terminate_backend only signals the session, which may
+    still hold the lock a moment later)."""
     with psycopg.connect(url, autocommit=True) as conn:
         ended = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks WHERE locktype = 'advisory'"
             " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         ).fetchall()
     assert ended, "no session held the lock"
+    assert all(row[0] for row in ended), "a session holding the lock did not end within 10 s"
