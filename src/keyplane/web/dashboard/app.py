@@ -34,7 +34,11 @@ from keyplane.errors import KeyplaneError, StoreUnavailable
 from keyplane.web.dashboard import (
     accounts_routes,
     audit_routes,
+    billing_history_routes,
+    billing_methods_routes,
     billing_preferences_routes,
+    billing_purchase_routes,
+    billing_recharge_routes,
     billing_routes,
     csrf,
     invite_routes,
@@ -262,5 +266,9 @@ def create_dashboard_app(
     app.include_router(webhooks_routes.router)
     app.include_router(members_routes.router)
     app.include_router(billing_routes.router)
+    app.include_router(billing_recharge_routes.router)
+    app.include_router(billing_purchase_routes.router)
+    app.include_router(billing_methods_routes.router)
+    app.include_router(billing_history_routes.router)
     app.include_router(billing_preferences_routes.router)
     return app
