@@ -148,7 +148,7 @@ async def new_authenticator(engine: Engine, pepper: bytes) -> KeyAuthenticator:
     """As build_gateway() makes it (default cache size), refreshed once as the gateway's startup."""
     from keyplane.clock import SystemClock
     from keyplane.keys.authenticator import KeyAuthenticator
-    from keyplane.storage.repositories import SqlKeyStore
+    from keyplane.storage.key_repository import SqlKeyStore
 
     auth = KeyAuthenticator(SqlKeyStore(engine), pepper, SystemClock())
     await auth.refresh()
@@ -172,7 +172,7 @@ def fill_cache(auth: KeyAuthenticator, engine: Engine, after: str, limit: int | 
     """Caches the keys not cached yet (ordered by id, after ``after``) as authenticate() does
     after a miss; returns the last id."""
     from keyplane.keys import format as keyfmt
-    from keyplane.storage.repositories import _key as key_from_row  # what SqlKeyStore.get returns
+    from keyplane.storage.key_repository import _key as key_from_row  # what SqlKeyStore.get returns
 
     last = after
     for part in _rows(engine, after, limit):

@@ -53,19 +53,21 @@ from keyplane.notify.dispatcher import EmailDispatcher
 from keyplane.notify.smtp import SmtpMailer
 from keyplane.notify.webhooks import WebhookDispatcher, Webhooks
 from keyplane.storage import migrate
+from keyplane.storage.account_repository import SqlAccountStore
 from keyplane.storage.activity_repository import SqlActivityStore
 from keyplane.storage.audit_repository import SqlAuditLog
 from keyplane.storage.auth_repository import SqlAuthStore
 from keyplane.storage.billing_repository import SqlMoneyStore
 from keyplane.storage.engine import make_engine
 from keyplane.storage.gateway_lock import GatewayLock
+from keyplane.storage.key_repository import SqlKeyStore
 from keyplane.storage.limits_repository import SqlAccessPolicyStore, SqlRateLimitStore
 from keyplane.storage.notify_repository import SqlOutbox
 from keyplane.storage.org_repository import SqlOrgStore, SqlVerificationStore
 from keyplane.storage.payment_repository import SqlPaymentStore
-from keyplane.storage.repositories import SqlAccountStore, SqlKeyStore, SqlUsageStore
 from keyplane.storage.response_repository import SqlResponseStore
 from keyplane.storage.sealed import Resealed, SqlResealer
+from keyplane.storage.usage_repository import SqlUsageStore
 from keyplane.storage.webhook_repository import SqlWebhookStore
 from keyplane.usage.pricing import PriceTable
 from keyplane.webhook_http import HttpPoster

@@ -374,8 +374,13 @@ def test_keys_restrict_rotate_and_flag_old_keys(run: Any) -> None:
         and listed["allowed_ips"] is None
     )
     assert listed["needs_rotation"] is False
-    bad = run("keys", "update", created["id"], "--allow-ip", "not-an-ip", ok=False)
+    bad = run("keys", "update", created["id"], "--allow-ip", "not-an-ip", "--rpm", "1", ok=False)
     assert bad.exit_code == 1 and "not an IP" in bad.output
+    keys = {k["id"]: k for k in json.loads(run("keys", "list", "--json").stdout)}
+    assert keys[created["id"]]["rate_limits"]["rpm"] is None  # a refused update changes nothing
+    [admin] = [k for k in keys.values() if k["kind"] == "admin"]
+    bad = run("keys", "update", admin["id"], "--name", "x", ok=False)
+    assert bad.exit_code == 1 and "only project keys can be updated" in bad.output
     assert (
         "Updated " + created["id"] + " (renamed):"
         in run("keys", "update", created["id"], "--name", "renamed").stdout

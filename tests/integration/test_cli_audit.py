@@ -13,6 +13,7 @@ import pytest
 from test_admin_org import OrgEnv, env  # noqa: F401  (fixture)
 from test_cli import init, run  # noqa: F401  (fixture)
 
+from conftest import PEPPER
 from keyplane.audit.models import Actor, ActorType, AuditEvent, AuditFilter
 from keyplane.cli.common import container, operator
 
@@ -237,3 +238,40 @@ async def test_the_admin_api_names_the_cli_actor(
     assert event["actor"] == expected
     found = await env.ok("GET", f"/audit_logs?actor_ids[]=ops@{host}")
     assert [e["id"] for e in found["data"]] == [event["id"]]
+
+
+@pytest.mark.anyio
+async def test_a_key_update_is_audited_as_the_admin_api_audits_the_same_change(
+    env: OrgEnv,  # noqa: F811
+    run: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LOGNAME", "ops")
+    monkeypatch.setenv("KEYPLANE_PEPPER", PEPPER)  # the command opens env's data directory
+    monkeypatch.setenv("KEYPLANE_ENCRYPTION_KEY", "e" * 48)
+    keys = f"/projects/{env.project.id}/api_keys"
+    by_cli, by_api = [(await env.ok("POST", keys, {"name": "bot"}))["id"] for _ in range(2)]
+    run("keys", "update", by_cli, "--org", env.org.name, "--name", "ci", "--scope", "chat.write",
+        "--allow-model", "gpt-4o-mini", "--allow-ip", "192.0.2.0/24", "--rpm", "5")  # fmt: skip
+    await env.ok("POST", f"{keys}/{by_api}", {
+        "name": "ci", "scopes": ["chat.write"], "allowed_models": ["gpt-4o-mini"],
+        "allowed_ips": ["192.0.2.0/24"], "max_requests_per_1_minute": 5,
+    })  # fmt: skip
+    events = (await env.ok("GET", "/audit_logs?event_types[]=api_key.updated"))["data"]
+    by_target = {e["api_key.updated"]["id"]: e for e in events}
+    assert set(by_target) == {by_cli, by_api}
+    cli, api = by_target[by_cli], by_target[by_api]
+    assert cli["actor"]["type"] == "cli" and api["actor"]["type"] == "api_key"
+
+    def shape(event: dict[str, Any]) -> dict[str, Any]:
+        """The event without what differs by nature: its id, time, actor and target."""
+        kept = {k: v for k, v in event.items() if k not in ("id", "effective_at", "actor")}
+        return {**kept, "api_key.updated": {**event["api_key.updated"], "id": "(the key)"}}
+
+    assert shape(cli) == shape(api)
+    assert cli["api_key.updated"]["before"]["rate_limits"] == {
+        "rpm": None,
+        "tpm": None,
+        "rpd": None,
+    }
+    assert cli["api_key.updated"]["after"]["rate_limits"]["rpm"] == 5

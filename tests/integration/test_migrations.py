@@ -19,9 +19,9 @@ from keyplane.storage import migrate
 from keyplane.storage.billing_repository import SqlMoneyStore
 from keyplane.storage.billing_tables import ledger_balances, ledger_entries
 from keyplane.storage.engine import make_engine
+from keyplane.storage.key_repository import SqlKeyStore
 from keyplane.storage.payment_repository import SqlPaymentStore
 from keyplane.storage.payment_tables import payments
-from keyplane.storage.repositories import SqlKeyStore
 from keyplane.storage.tables import metadata, organizations, usage_records
 
 
@@ -75,7 +75,7 @@ def test_keys_work_the_same_on_postgresql(pg_url: str) -> None:
     from keyplane.accounts.service import AccountService
     from keyplane.clock import SystemClock
     from keyplane.keys.service import KeyService
-    from keyplane.storage.repositories import SqlAccountStore
+    from keyplane.storage.account_repository import SqlAccountStore
 
     engine = make_engine(pg_url)
     try:

@@ -16,11 +16,12 @@ from keyplane.accounts.service import AccountService
 from keyplane.billing.wallet import Hold, Lot, OrgMoney, Outcome
 from keyplane.clock import SystemClock
 from keyplane.storage import migrate
+from keyplane.storage.account_repository import SqlAccountStore
 from keyplane.storage.billing_repository import SqlMoneyStore
 from keyplane.storage.billing_tables import holds, ledger_balances, ledger_entries
 from keyplane.storage.engine import make_engine
-from keyplane.storage.repositories import SqlAccountStore, SqlUsageStore
 from keyplane.storage.settlement_writer import STEP_SETTLEMENTS
+from keyplane.storage.usage_repository import SqlUsageStore
 from keyplane.usage.records import Outcome as RequestOutcome
 from keyplane.usage.records import UsageRecord
 

@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from keyplane import bootstrap
-from keyplane.accounts.orgs import created_key_data, key_access, key_data, limits_data
+from keyplane.accounts.orgs import UNCHANGED, Unchanged, created_key_data, key_data
 from keyplane.cli.common import (
     Col,
     JsonOpt,
@@ -20,6 +20,7 @@ from keyplane.cli.common import (
     fail,
     iso,
     listed,
+    operator,
     out,
     parse_duration,
     print_table,
@@ -32,7 +33,7 @@ from keyplane.keys import permissions
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
 from keyplane.keys.service import MAX_EXPIRES_IN_S
-from keyplane.limits.ratelimit import ModelLimits, with_changes
+from keyplane.limits.ratelimit import API_NAMES, ModelLimits
 
 keys_app = typer.Typer(
     help="Create, list, update, rotate and revoke API keys.", no_args_is_help=True
@@ -74,6 +75,13 @@ def _expires_in(text: str | None) -> int | None:
     if not 0 < seconds <= MAX_EXPIRES_IN_S:
         fail(f"--expires-in: '{text}' is not from 1s to 365d")
     return seconds
+
+
+def _allowlist(given: list[str] | None, anything: bool) -> list[str] | Unchanged | None:
+    """An update's allowlist: None lifts it, UNCHANGED keeps it."""
+    if anything:
+        return None
+    return UNCHANGED if given is None else given
 
 
 def _scopes(scope: list[str] | None, read_only: bool) -> list[str] | None:
@@ -233,7 +241,7 @@ def keys_update(
     ] = False,
     org: OrgOpt = None,
 ) -> None:
-    """Change a key's name, rate limits (lower only), permissions, allowed models or IP
+    """Change a project key's name, rate limits (lower only), permissions, allowed models or IP
     allowlist."""
     for chosen, meaning in (
         ((clear_limits, rpm or tpm or rpd), "--clear-limits or --rpm/--tpm/--rpd"),
@@ -243,43 +251,33 @@ def keys_update(
     ):
         if sum(map(bool, chosen)) > 1:
             fail(f"choose {meaning}, not both")
+    limits = (
+        dict.fromkeys(API_NAMES)  # every limit of the key's own lifted
+        if clear_limits
+        else {n: v for n, v in (("rpm", rpm), ("tpm", tpm), ("rpd", rpd)) if v is not None}
+    )
+    new_scopes = () if all_permissions else _scopes(scope, read_only)
+    models, ips = _allowlist(allow_model, any_model), _allowlist(allow_ip, any_ip)
     c = container()
     try:
         organization = c.accounts.find_organization(org)
         key = c.keys.get(organization.id, key_id)
         if key.revoked_at is not None:
             fail(f"{key.id} is revoked: create a new key")
-        changed = False
-        before = key_access(key)
-        after: dict[str, Any] = {}
-        if clear_limits or rpm or tpm or rpd:
-            change = {n: v for n, v in (("rpm", rpm), ("tpm", tpm), ("rpd", rpd)) if v is not None}
-            old_limits = c.rate_limit_service.key_limits(key.id)
-            # The limits named change; the others stay.
-            limits = None if clear_limits else with_changes(old_limits, change)
-            c.rate_limit_service.set_key_limits(organization.id, key.id, limits)
-            before["rate_limits"] = limits_data(old_limits)
-            after["rate_limits"] = limits_data(limits)
-            changed = True
-        new_scopes = () if all_permissions else _scopes(scope, read_only)
-        if name is not None:
-            before["name"] = key.name
-        if name is not None or new_scopes is not None or allow_model or any_model or allow_ip or any_ip:  # fmt: skip
-            key = c.keys.restrict(
-                organization.id, key.id,
-                scopes=key.scopes if new_scopes is None else new_scopes,
-                allowed_models=None if any_model else (allow_model or key.allowed_models),
-                allowed_cidrs=None if any_ip else (allow_ip or key.allowed_cidrs), name=name,
-            )  # fmt: skip
-            changed = True
-        if name is not None:
-            after["name"] = key.name
-        if not changed:
+        if key.project_id is None:
+            fail(f"{key.id} is an admin key: only project keys can be updated")
+        asked = (limits, name, new_scopes, models, ips) != ({}, None, None, UNCHANGED, UNCHANGED)
+        if not asked:
             fail("say what to change (see --help)")
+        # The service computes what changed and records it, as for the Admin API and the dashboard.
+        key = c.orgs.update_project_key(
+            operator(), organization.id, key.project_id, key.id,
+            scopes=UNCHANGED if new_scopes is None else new_scopes,
+            allowed_models=models, allowed_ips=ips, limits=limits,
+            name=UNCHANGED if name is None else name,
+        )  # fmt: skip
     except KeyplaneError as exc:
         fail(exc.message)
-    audit(c, organization.id, "api_key.updated", target_id=key.id, project_id=key.project_id,
-          details={"before": before, "after": {**key_access(key), **after}})  # fmt: skip
     out.print(
         f"Updated {key.id} ({key.name}): permissions {permissions.describe(key.scopes)}, "
         f"models {listed(key.allowed_models)}, IPs {listed(key.allowed_cidrs)}."

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from keyplane.storage.activity_tables import key_networks as kn
 from keyplane.storage.activity_tables import key_spend_hours as ks
-from keyplane.storage.repositories import SqlStore
+from keyplane.storage.store import SqlStore
 
 
 class SqlActivityStore(SqlStore):

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, RowMapping, Select, insert, or_, select
 from keyplane.audit.models import Actor, ActorType, AuditEvent, AuditFilter, AuditPage
 from keyplane.errors import InvalidRequest
 from keyplane.storage.org_tables import audit_events as a
-from keyplane.storage.repositories import SqlStore
+from keyplane.storage.store import SqlStore
 
 
 def _event(row: RowMapping) -> AuditEvent:

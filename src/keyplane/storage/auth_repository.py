@@ -27,7 +27,7 @@ from keyplane.storage.auth_tables import (
     user_second_factors,
     web_sessions,
 )
-from keyplane.storage.repositories import SqlStore
+from keyplane.storage.store import SqlStore
 
 
 def _user(row: RowMapping) -> User:

@@ -50,7 +50,6 @@ from keyplane.storage.billing_tables import (
     spend_totals,
 )
 from keyplane.storage.engine import is_sqlite
-from keyplane.storage.repositories import SqlStore
 from keyplane.storage.settlement_writer import (
     HOLD_COLUMNS,
     SELECT_IDS,
@@ -63,6 +62,7 @@ from keyplane.storage.settlement_writer import (
     padded,
     resolve_steps,
 )
+from keyplane.storage.store import SqlStore
 
 log = logging.getLogger("keyplane.storage")
 

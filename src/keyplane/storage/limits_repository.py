@@ -12,7 +12,7 @@ from keyplane.keys.access import NO_POLICY, AccessPolicy
 from keyplane.limits.ratelimit import ModelLimits
 from keyplane.storage.billing_tables import money_events
 from keyplane.storage.limits_tables import access_policies, key_rate_limits, project_rate_limits
-from keyplane.storage.repositories import SqlStore
+from keyplane.storage.store import SqlStore
 
 _DIMENSIONS = ("rpm", "tpm", "rpd", "images_per_min", "audio_mb_per_min")
 

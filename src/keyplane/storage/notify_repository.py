@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from keyplane.ids import new_id
 from keyplane.notify.models import OutboundEmail
 from keyplane.storage.notify_tables import email_outbox as o
-from keyplane.storage.repositories import SqlStore
+from keyplane.storage.store import SqlStore
 
 MAX_DEDUPE_KEY = 200
 MAX_ERROR = 2000

@@ -14,7 +14,7 @@ from keyplane.accounts.verification import OrgVerification, VerificationStatus
 from keyplane.errors import Conflict
 from keyplane.storage import tables as t
 from keyplane.storage.org_tables import invites, org_verifications, project_members
-from keyplane.storage.repositories import SqlStore
+from keyplane.storage.store import SqlStore
 
 LAST_OWNER = "An organization needs at least one Owner: make someone else an Owner first."
 

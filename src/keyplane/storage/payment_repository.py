@@ -17,7 +17,7 @@ from keyplane.storage.audit_repository import insert_event
 from keyplane.storage.billing_repository import complete_claim, insert_lot
 from keyplane.storage.billing_tables import recharge_jobs
 from keyplane.storage.payment_tables import payment_methods, payments
-from keyplane.storage.repositories import SqlStore
+from keyplane.storage.store import SqlStore
 
 _METHOD_FIELDS = (
     "id", "org_id", "provider", "provider_ref", "brand", "last4", "exp_month", "exp_year",

@@ -8,8 +8,8 @@ from dataclasses import asdict
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from keyplane.storage.repositories import SqlStore
 from keyplane.storage.response_tables import stored_responses as sr
+from keyplane.storage.store import SqlStore
 from keyplane.usage.stored import StoredResponse
 
 

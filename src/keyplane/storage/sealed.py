@@ -14,7 +14,7 @@ from keyplane import sealing
 from keyplane.storage.auth_tables import user_second_factors
 from keyplane.storage.notify_repository import SEALED
 from keyplane.storage.notify_tables import email_outbox
-from keyplane.storage.repositories import SqlStore
+from keyplane.storage.store import SqlStore
 from keyplane.storage.webhook_tables import webhook_endpoints
 
 PAGE = 500  # rows read, and written in one transaction, at a time

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from keyplane.ids import new_id
 from keyplane.notify.webhooks import Delivery, DeliveryReport, WebhookEndpoint
-from keyplane.storage.repositories import SqlStore
+from keyplane.storage.store import SqlStore
 from keyplane.storage.webhook_tables import webhook_deliveries as wd
 from keyplane.storage.webhook_tables import webhook_endpoints as we
 
