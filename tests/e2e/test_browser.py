@@ -226,6 +226,38 @@ def test_edit_a_key_to_read_only_and_the_sdk_is_refused_chat(browser: object, kp
     page.close()
 
 
+def test_lower_a_keys_requests_per_minute_and_the_sdk_gets_rate_limited(
+    browser: object, kp: Keyplane
+) -> None:
+    """API keys → Edit → Requests per minute 2 → Save → the list shows the key's limit, and the
+    SDK's third request within the minute is a RateLimitError naming the key's limit."""
+    page = browser.new_page()  # type: ignore[attr-defined]
+    base = kp.server.url
+    log_in(page, base)
+    page.goto(base + "/api-keys")
+    page.get_by_role("row").filter(has_text=kp.key[-4:]).get_by_role("link", name="Edit").click()
+    page.get_by_role("heading", name="Edit secret key").wait_for()
+    assert page.get_by_label("Requests per minute").input_value() == ""
+    page.get_by_label("Requests per minute").fill("2")
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_url(base + "/api-keys?updated=*")
+    row = page.get_by_role("row").filter(has_text=kp.key[-4:])
+    assert "Limits: 2 RPM" in row.inner_text()
+    with openai.OpenAI(base_url=kp.base_url, api_key=kp.key, max_retries=0) as client:
+        chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+        def limited() -> str:
+            try:
+                client.chat.completions.create(**chat)  # type: ignore[call-overload]
+            except openai.RateLimitError as exc:
+                return str(exc)
+            return ""
+
+        message = wait_until(limited, timeout=1.0)  # applied within a second
+        assert "on requests per min (RPM): Limit 2, Used 2" in message
+    page.close()
+
+
 def test_add_a_card_buy_credit_and_see_the_balance(browser: object, kp: Keyplane) -> None:
     """The guide's Billing screens: Payment methods → Add payment details → Overview → Add to
     credit balance → Configure payment ($10) → Confirm payment → the new balance and the charge."""

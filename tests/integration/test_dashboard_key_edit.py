@@ -1,7 +1,7 @@
 """The API keys page's Edit action against a real keyplane and its gateway: the form shows the key
-as it is, each field saved is what the gateway enforces within a second, bad input is a form error
-that keeps what was typed, only who may update keys through the Admin API may edit, and the
-change is audited as the Admin API's update is."""
+as it is, each field saved (rate limits included) is what the gateway enforces within a second, bad
+input is a form error that keeps what was typed, only who may update keys through the Admin API
+may edit, and the change is audited as the Admin API's update is."""
 # ruff: noqa: F811  (kp and browser_for, the tests' arguments, are test_dashboard_keys' fixtures)
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from keyplane.accounts.models import OrgRole
 from keyplane.accounts.org_ports import ProjectRole
 from keyplane.audit.models import Actor, ActorType, AuditFilter
 from keyplane.keys.permissions import ALL_READ
+from keyplane.limits.ratelimit import ModelLimits
 from kptest import wait_until
 
 OFFICE = ("192.0.2.7", 1)
@@ -49,6 +50,12 @@ def textarea(page: httpx.Response, name: str) -> str:
     return found.group(1)
 
 
+def field_value(page: httpx.Response, name: str) -> str:
+    found = re.search(rf'<input id="key-\w+" name="{name}"[^>]* value="([^"]*)"', page.text)
+    assert found is not None, name
+    return found.group(1)
+
+
 def test_the_edit_form_shows_the_key_as_it_is(kp: Keyplane, browser_for: SignIn) -> None:
     key_id, _ = kp.new_key(
         "office bot", scopes=["chat.write", "models.read"],
@@ -71,6 +78,8 @@ def test_the_edit_form_shows_the_key_as_it_is(kp: Keyplane, browser_for: SignIn)
     assert selected(page, "embeddings") == "none"
     assert textarea(page, "allowed_ips") == "192.0.2.0/24\n2001:db8::/32"
     assert textarea(page, "allowed_models") == "gpt-4o-mini"
+    for name in ("max_requests_per_1_minute", "max_tokens_per_1_minute", "max_requests_per_1_day"):
+        assert field_value(page, name) == ""  # no limit of its own
     assert 'name="project"' not in page.text and 'name="owner"' not in page.text  # not changeable
     page = owner.get(f"/api-keys/{read_only}/edit")
     assert checked_permission(page) == "read_only" and selected(page, "chat") == "none"
@@ -123,7 +132,54 @@ def test_each_field_saved_is_what_the_gateway_enforces_within_a_second(
         "within a second."
     )
     row = next(r for r in re.findall(r"<tr>.*?</tr>", listing.text, re.S) if kp.key[-4:] in r)
-    assert "renamed key" in row and ">All<" in row and "allowlist" not in row
+    assert "renamed key" in row and ">All<" in row and "key-note" not in row
+
+
+def test_rate_limits_saved_are_what_the_gateway_enforces_within_a_second(
+    kp: Keyplane, browser_for: SignIn
+) -> None:
+    """The key's own limits lower the tier's for every model; a field cleared lifts its limit."""
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    key_id = id_of(kp.key)
+    assert call(kp, kp.key).status_code == 200  # cached by the gateway from now on
+
+    def save(rpm: str, rpd: str) -> None:
+        owner.get(f"/api-keys/{key_id}/edit")
+        form = {"name": "test key", "permissions": "all", "max_requests_per_1_minute": rpm,
+                "max_tokens_per_1_minute": "", "max_requests_per_1_day": rpd}  # fmt: skip
+        r = owner.post(f"/api-keys/{key_id}/edit", form)
+        assert r.status_code == 303, text_of(r)
+
+    save(rpm="2", rpd="1,000")
+    refused = wait_until(lambda: (r := call(kp, kp.key)).status_code == 429 and r, timeout=1.0)
+    error = refused.json()["error"]
+    assert error["code"] == "rate_limit_exceeded" and error["type"] == "requests"
+    assert (
+        f"in API key {key_id} of organization {kp.org.id} on requests per min (RPM): Limit 2, "
+        "Used 2, Requested 1." in error["message"]
+    )  # two requests went through under the key's limit, the third is refused
+    assert refused.headers["x-ratelimit-limit-requests"] == "2"
+    listing = owner.get("/api-keys")
+    row = next(r for r in re.findall(r"<tr>.*?</tr>", listing.text, re.S) if kp.key[-4:] in r)
+    assert ">Limits: 2 RPM · 1,000 RPD<" in row
+    page = owner.get(f"/api-keys/{key_id}/edit")
+    assert field_value(page, "max_requests_per_1_minute") == "2"
+    assert field_value(page, "max_requests_per_1_day") == "1000"
+    assert field_value(page, "max_tokens_per_1_minute") == ""
+
+    save(rpm="", rpd="1000")  # a field cleared lifts that limit, the others stay
+    assert kp.container.orgs.project_key_limits(key_id) == ModelLimits(rpd=1000)
+    assert ">Limits: 1,000 RPD<" in owner.get("/api-keys").text
+    save(rpm="", rpd="")  # no limit of its own left: the tier's alone apply again
+    wait_until(lambda: call(kp, kp.key).status_code == 200, timeout=1.0)
+    assert kp.container.orgs.project_key_limits(key_id) is None
+    assert "key-note" not in owner.get("/api-keys").text
+    updates = kp.container.audit.query(kp.org.id, AuditFilter(event_types=["api_key.updated"]))
+    assert [e.details["after"]["rate_limits"] for e in updates.events] == [
+        {"rpm": None, "tpm": None, "rpd": None},
+        {"rpm": None, "tpm": None, "rpd": 1000},
+        {"rpm": 2, "tpm": None, "rpd": 1000},
+    ]  # newest first
 
 
 def test_bad_input_is_a_form_error_that_keeps_what_was_typed(
@@ -143,23 +199,34 @@ def test_bad_input_is_a_form_error_that_keeps_what_was_typed(
         ({"allowed_ips": "10.0.0.0/8\n10.0.0.300/8"}, "'10.0.0.300/8' is not an IP address",
          "key-ips"),
         ({"allowed_models": "m" * 201}, "Allowed models are non-empty names", "key-models"),
+        ({"max_requests_per_1_minute": "ten"}, "Requests per minute must be a whole number of 1 "
+         "or more", "key-rpm"),
+        ({"max_requests_per_1_day": "0"}, "Requests per day must be a whole number", "key-rpd"),
+        ({"max_tokens_per_1_minute": "-5"}, "Tokens per minute must be a whole number", "key-tpm"),
+        ({"max_requests_per_1_minute": "3000000000"},
+         "max_requests_per_1_minute must be at most 2,147,483,647", "key-rpm"),
+        ({"max_tokens_per_1_minute": "1" + "0" * 16}, "up to 1,000,000,000,000,000", "key-tpm"),
     ]  # fmt: skip
     for fields, message, field in cases:
         owner.get(f"/api-keys/{key_id}/edit")
         r = owner.post(f"/api-keys/{key_id}/edit", {**base, **fields})
         assert r.status_code == 400 and message in text_of(r), (fields, text_of(r))
         if field is not None:
-            tag = "input" if field == "key-name" else "textarea"
+            tag = "textarea" if field in ("key-ips", "key-models") else "input"
             assert re.search(rf'<{tag} id="{field}"[^>]* aria-invalid="true"', r.text), fields
         if "name" not in fields:
             assert 'value="typed name"' in r.text
         for name in ("allowed_ips", "allowed_models"):
             if name in fields:
                 assert textarea(r, name) == fields[name]
+        for name in ("max_requests_per_1_minute", "max_tokens_per_1_minute"):
+            if name in fields:
+                assert field_value(r, name) == fields[name]
         if fields == {"perm_models": "read"}:
             assert checked_permission(r) == "all" and selected(r, "models") == "read"
     key = kp.container.keys.get(kp.org.id, key_id)
     assert key.name == "test key" and key.scopes is None and key.allowed_cidrs is None
+    assert kp.container.orgs.project_key_limits(key_id) is None
     updates = kp.container.audit.query(kp.org.id, AuditFilter(event_types=["api_key.updated"]))
     assert updates.events == []
     # Without the form's CSRF token, nothing is changed either.

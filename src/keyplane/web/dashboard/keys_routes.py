@@ -1,8 +1,8 @@
 """The API keys page (BRIEF C9, following the guide's screens): the organization's project keys,
 "Create new secret key" (name, project, owner, permissions, allowed models and IPs) with the
 secret shown once to copy, editing a key (its name, permissions and allowlists, the create
-form's fields: ``key_form``), rotating one (a new secret shown once; the old one works for the
-grace period chosen) and revoking one, each after a confirmation page.
+form's fields, and its own rate limits: ``key_form``), rotating one (a new secret shown once; the
+old one works for the grace period chosen) and revoking one, each after a confirmation page.
 
 Who may do what is the Admin API's rule (``keyplane.web.authz.POLICY``) applied to the signed-in
 user, and every change goes through the same service and audit log as the Admin API's."""
@@ -24,7 +24,15 @@ from keyplane.errors import InvalidRequest, KeyplaneError, NotFound
 from keyplane.keys.models import ApiKey
 from keyplane.keys.permissions import describe
 from keyplane.web.dashboard.authorize import may, principal_of
-from keyplane.web.dashboard.key_form import GROUP_LABELS, fields_of, restrictions_of, scopes_of
+from keyplane.web.dashboard.key_form import (
+    GROUP_LABELS,
+    LIMIT_FIELDS,
+    fields_of,
+    limits_of,
+    notes_of,
+    restrictions_of,
+    scopes_of,
+)
 from keyplane.web.dashboard.once import OnceForms
 from keyplane.web.dashboard.session import (
     CurrentMember,
@@ -55,23 +63,7 @@ class KeyRow:
     can_revoke: bool
     can_rotate: bool
     can_edit: bool
-    allowlists: tuple[tuple[str, str], ...]  # the key's own lists: (what the row says, in full)
-
-
-def _allowlists(key: ApiKey) -> tuple[tuple[str, str], ...]:
-    """What the list says of a key's allowed IPs and models: one entry in full, several counted
-    (the full list in a tooltip)."""
-    notes = []
-    for label, values, several in (
-        ("IP", key.allowed_cidrs, "ranges"),
-        ("Models", key.allowed_models, ""),
-    ):
-        if values is None:
-            continue
-        full = ", ".join(values) or "none"
-        shown = values[0] if len(values) == 1 else f"{len(values)} {several}".strip()
-        notes.append((f"{label}: {shown if values else 'none'}", f"{label}: {full}"))
-    return tuple(notes)
+    notes: tuple[tuple[str, str], ...]  # its own allowlists and rate limits: (said, in full)
 
 
 def _owner(key: ApiKey, people: dict[str, str], accounts: dict[str, str]) -> str:
@@ -120,7 +112,7 @@ def _rows(request: Request, principal: Principal) -> list[KeyRow]:
             rows.append(
                 KeyRow(
                     key, project, owner, describe(key.scopes), status, rotate, can_revoke,
-                    can_rotate, can_edit, _allowlists(key),
+                    can_rotate, can_edit, notes_of(key, orgs.project_key_limits(key.id)),
                 )
             )  # fmt: skip
     rows.sort(key=lambda r: r.key.created_at, reverse=True)
@@ -364,7 +356,8 @@ def _editable(request: Request, viewer: Viewer, key_id: str) -> tuple[Principal,
 @router.get(PATH + "/{key_id}/edit")
 def edit_page(request: Request, viewer: CurrentMember, key_id: str) -> Response:
     _, key, project = _editable(request, viewer, key_id)
-    return _edit_page(request, viewer, key, project, fields_of(key))  # as the key is now
+    limits = context(request).services.orgs.project_key_limits(key.id)
+    return _edit_page(request, viewer, key, project, fields_of(key, limits))  # as the key is now
 
 
 @router.post(PATH + "/{key_id}/edit")
@@ -382,7 +375,7 @@ def edit_key(request: Request, viewer: CurrentMember, key_id: str, form: Sent) -
             ips = ()
         context(request).services.orgs.update_project_key(
             principal.actor, principal.org_id, project.id, key.id, name=form.get("name", ""),
-            scopes=scopes, allowed_models=models, allowed_ips=ips, limits={},
+            scopes=scopes, allowed_models=models, allowed_ips=ips, limits=limits_of(form),
         )  # fmt: skip
     except (ValueError, KeyplaneError) as exc:
         field = exc.param if isinstance(exc, KeyplaneError) else None
@@ -405,4 +398,5 @@ def _edit_page(
         request, "api_key_edit.html", status=status, viewer=viewer, key=key, project=project,
         owner=_owner(key, people, accounts), groups=GROUP_LABELS, form=form,
         error=error, error_field=error_field, closed=[f for f, v in lists.items() if v == ()],
+        limit_fields=LIMIT_FIELDS,
     )  # fmt: skip
