@@ -167,6 +167,8 @@ def test_rate_limits_saved_are_what_the_gateway_enforces_within_a_second(
     assert field_value(page, "max_requests_per_1_day") == "1000"
     assert field_value(page, "max_tokens_per_1_minute") == ""
 
+    save(rpm="100", rpd="1000")  # raised: the two used count against 100, not a minute's wait
+    wait_until(lambda: call(kp, kp.key).status_code == 200, timeout=1.0)
     save(rpm="", rpd="1000")  # a field cleared lifts that limit, the others stay
     assert kp.container.orgs.project_key_limits(key_id) == ModelLimits(rpd=1000)
     assert ">Limits: 1,000 RPD<" in owner.get("/api-keys").text
@@ -178,6 +180,7 @@ def test_rate_limits_saved_are_what_the_gateway_enforces_within_a_second(
     assert [e.details["after"]["rate_limits"] for e in updates.events] == [
         {"rpm": None, "tpm": None, "rpd": None},
         {"rpm": None, "tpm": None, "rpd": 1000},
+        {"rpm": 100, "tpm": None, "rpd": 1000},
         {"rpm": 2, "tpm": None, "rpd": 1000},
     ]  # newest first
 

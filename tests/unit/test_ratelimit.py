@@ -154,6 +154,58 @@ def test_requests_per_day_allow_the_whole_day_at_once_then_pace() -> None:
     assert limiter.admit(scope, Cost(), T0 + 432).admitted
 
 
+# --- a changed limit ------------------------------------------------------------------------
+
+
+def remaining_requests(decision: Decision) -> int:
+    assert decision.requests is not None
+    return decision.requests.remaining
+
+
+def test_a_raised_rpm_counts_what_was_used_not_the_old_wait() -> None:
+    """An Owner raises a key's RPM of 2 once it is used up: the next request goes through, and
+    the two already made still count against the new limit."""
+    limiter = InMemoryRateLimiter()
+    low = [org(ModelLimits(rpm=2))]  # burst 1: 2 at once, then one every 30 s
+    assert limiter.admit(low, Cost(), T0).admitted
+    assert limiter.admit(low, Cost(), T0).admitted
+    assert not limiter.admit(low, Cost(), T0 + 1).admitted
+    raised = [org(ModelLimits(rpm=100))]  # (a new scope object: the gateway builds one per change)
+    decision = limiter.admit(raised, Cost(), T0 + 1)
+    assert decision.admitted  # (kept in seconds, the old debt would have refused it for ~49 s)
+    # 18 at once at 100 RPM (burst 17): ~2 used before (1 s of 60 drained), and this one.
+    assert remaining_requests(decision) == 15
+
+
+def test_a_tier_promotion_lifts_a_used_up_day_at_once() -> None:
+    limiter = InMemoryRateLimiter()
+    assert all(limiter.admit([org(ModelLimits(rpd=200))], Cost(), T0).admitted for _ in range(200))
+    assert not limiter.admit([org(ModelLimits(rpd=200))], Cost(), T0 + 60).admitted
+    promoted = [org(ModelLimits(rpd=10_000))]
+    admitted = sum(limiter.admit(promoted, Cost(), T0 + 60).admitted for _ in range(10_000))
+    assert 9_800 <= admitted <= 9_802  # the 200 used stay used (less the minute's drain)
+
+
+def test_a_lowered_limit_waits_one_unit_at_most() -> None:
+    """Lowered from 100 to 2 RPM with 18 used: full at once, free again after one request's
+    interval (30 s), not after the 9 minutes 18 requests take at the new rate."""
+    limiter = InMemoryRateLimiter()
+    high = [org(ModelLimits(rpm=100))]
+    assert all(limiter.admit(high, Cost(), T0).admitted for _ in range(18))
+    low = [org(ModelLimits(rpm=2))]
+    refused = limiter.admit(low, Cost(), T0)
+    assert refused.rejection is not None
+    assert refused.rejection.used == 2
+    assert refused.rejection.retry_after == pytest.approx(30.0)
+    assert limiter.admit(low, Cost(), T0 + 30).admitted
+
+
+def test_a_new_scope_object_with_the_same_limits_keeps_the_count() -> None:
+    limiter = InMemoryRateLimiter(rpm_burst_s=0)
+    assert limiter.admit([org(ModelLimits(rpm=2))], Cost(), T0).admitted
+    assert not limiter.admit([org(ModelLimits(rpm=2))], Cost(), T0 + 1).admitted
+
+
 # --- tokens per minute ---------------------------------------------------------------------
 
 

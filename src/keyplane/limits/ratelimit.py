@@ -388,6 +388,9 @@ class InMemoryRateLimiter:
         self._epoch: float | None = None
         self._cells: OrderedDict[tuple[str, Dimension], float] = OrderedDict()
         self._plans: dict[LimitScope, _Plan] = {}
+        # Each cell's emission interval as last planned: when a limit changes, its debt is carried
+        # over in units (see ``_carried``).
+        self._intervals: dict[tuple[str, Dimension], float] = {}
 
     def admit(self, scopes: Sequence[LimitScope], cost: Cost, now: float) -> Decision:
         amounts = requests, tokens, images, audio_mb = cost.amounts()
@@ -400,7 +403,7 @@ class InMemoryRateLimiter:
             pending: dict[tuple[str, Dimension], float] = {}
             over = False
             for scope in scopes:
-                for cell in self._plan(scope):
+                for cell in self._plan(scope, t):
                     key, interval, room = cell.key, cell.interval, cell.room
                     units = amounts[cell.at]
                     tat = pending.get(key)
@@ -422,21 +425,36 @@ class InMemoryRateLimiter:
                 self._sweep(t, 2 * len(pending) + 2)
         return _decision(checks, rejection, cost)
 
-    def _plan(self, scope: LimitScope) -> _Plan:
+    def _plan(self, scope: LimitScope, t: float) -> _Plan:
         """The scope's cells with their limit, emission interval and room, computed once."""
         plan = self._plans.get(scope)
         if plan is None:
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.clear()
+                self._intervals.clear()
             cells = []
             for dimension, limit in scope.limits.items():
                 interval = dimension.period / limit
                 room = (burst_for(dimension, limit, self._rpm_burst_s) + 1) * interval
                 key = (scope.scope_id, dimension)
+                self._carried(key, interval, room, t)
                 cells.append(_Cell(key, limit, interval, room, _UNITS_AT[dimension]))
             plan = tuple(cells)
             self._plans[scope] = plan
         return plan
+
+    def _carried(self, key: tuple[str, Dimension], interval: float, room: float, t: float) -> None:
+        """Carries a cell's debt over to a changed limit in units, not seconds: 2 requests used
+        of an RPM of 2 are 2 used of a raised RPM of 100, not a minute's wait; a day's requests
+        used up stay used up, not a day's wait, after a tier promotion raises RPD. Lowered, a
+        cell is at most full (one unit's wait), not the old units' time at the new rate."""
+        before = self._intervals.get(key)
+        self._intervals[key] = interval
+        tat = self._cells.get(key)
+        if before is None or before == interval or tat is None or tat <= t:
+            return
+        debt = (tat - t) * (interval / before)
+        self._cells[key] = t + (debt if debt < room else room)
 
     def settle(self, ticket: Ticket, actual_tokens: int, now: float) -> None:
         if actual_tokens < 0:
