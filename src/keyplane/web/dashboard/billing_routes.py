@@ -44,13 +44,8 @@ from starlette.responses import Response
 from keyplane.audit.service import changed
 from keyplane.billing.amounts import parse_amount
 from keyplane.billing.audit_details import settings_shown
-from keyplane.billing.payments import (
-    CardDetails,
-    Payment,
-    PaymentFailed,
-    PaymentMethod,
-    decline_message,
-)
+from keyplane.billing.declines import PaymentFailed, decline_message
+from keyplane.billing.payment_ports import CardDetails, Payment, PaymentMethod
 from keyplane.billing.wallet import Lot
 from keyplane.errors import (
     IdempotencyKeyReused,
