@@ -21,7 +21,8 @@ from keyplane.accounts.totp import SecondFactorService
 from keyplane.accounts.verification import OrgVerificationService
 from keyplane.app import KeyplaneApp, Lazy, behind_proxies
 from keyplane.audit.service import AuditService
-from keyplane.billing.payments import PaymentService, PurchaseBounds
+from keyplane.billing.payment_ports import PurchaseBounds
+from keyplane.billing.payments import PaymentService
 from keyplane.billing.promotion import TierPromoter
 from keyplane.billing.sandbox import SandboxProvider
 from keyplane.billing.service import BillingService

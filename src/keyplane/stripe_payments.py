@@ -1,5 +1,5 @@
 """The Stripe payment provider (BRIEF C5), over Stripe's official SDK: the ``PaymentProvider`` of
-``billing/payments.py`` when ``KEYPLANE_PAYMENT_PROVIDER=stripe``.
+``billing/payment_ports.py`` when ``KEYPLANE_PAYMENT_PROVIDER=stripe``.
 
 Card details never reach keyplane: the dashboard's card form is Stripe.js's Card Element, which
 gives them to Stripe and hands keyplane a PaymentMethod id (``pm_…``). Saving one creates the
@@ -30,13 +30,8 @@ from typing import Any
 import httpx
 import stripe
 
-from keyplane.billing.payments import (
-    CardDetails,
-    Charged,
-    PaidCharge,
-    SavedCard,
-    decline_message,
-)
+from keyplane.billing.declines import decline_message
+from keyplane.billing.payment_ports import CardDetails, Charged, PaidCharge, SavedCard
 from keyplane.errors import InvalidRequest
 
 log = logging.getLogger("keyplane.stripe")

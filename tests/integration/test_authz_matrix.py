@@ -33,7 +33,7 @@ from test_admin_org import OrgEnv, add_member, admin_key, org_env, setup_actor
 
 from keyplane.accounts.models import OrgRole, User
 from keyplane.accounts.org_ports import ProjectRole
-from keyplane.billing.payments import CardDetails
+from keyplane.billing.payment_ports import CardDetails
 from keyplane.web.authz import POLICY, authorize
 
 pytestmark = pytest.mark.anyio

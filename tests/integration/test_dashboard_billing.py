@@ -22,7 +22,7 @@ from test_payments import BUYER
 from conftest import Keyplane
 from keyplane.accounts.models import OrgRole
 from keyplane.audit.models import AuditFilter
-from keyplane.billing.payments import CardDetails, PaymentMethod
+from keyplane.billing.payment_ports import CardDetails, PaymentMethod
 from keyplane.billing.wallet import Lot
 from keyplane.ids import new_id
 from keyplane.storage import tables

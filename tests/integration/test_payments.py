@@ -19,14 +19,10 @@ from sqlalchemy.exc import IntegrityError
 from conftest import fresh_postgres, initialized, start_keyplane
 from keyplane import bootstrap
 from keyplane.audit.models import Actor, ActorType, AuditEvent, AuditFilter
-from keyplane.billing.payments import (
-    RECHARGE_RETRY_S,
-    SYSTEM,
-    CardDetails,
-    Payment,
-    PaymentFailed,
-)
+from keyplane.billing.declines import PaymentFailed
+from keyplane.billing.payment_ports import CardDetails, Payment
 from keyplane.billing.ports import Done
+from keyplane.billing.recharge import RECHARGE_RETRY_S, SYSTEM
 from keyplane.clock import FrozenClock
 from keyplane.errors import IdempotencyKeyReused, InvalidRequest
 from keyplane.storage import payment_repository

@@ -23,8 +23,11 @@ from test_payments import BUYER, entries
 
 from conftest import Keyplane, fresh_postgres, initialized, start_keyplane
 from keyplane import bootstrap
-from keyplane.billing.payments import PROVIDER, SYSTEM, CardDetails, Charged, PaymentFailed
+from keyplane.billing.declines import PaymentFailed
+from keyplane.billing.payment_ports import CardDetails, Charged
+from keyplane.billing.payments import PROVIDER
 from keyplane.billing.ports import Claim
+from keyplane.billing.recharge import SYSTEM
 from keyplane.clock import FrozenClock
 from keyplane.errors import InvalidRequest
 from stripe_fake import PUBLISHABLE_KEY, SECRET_KEY, WEBHOOK_SECRET, FakeStripe, event, signature

@@ -14,7 +14,7 @@ from keyplane.billing.address import (
     address_json,
     parse_address,
 )
-from keyplane.billing.payments import Payment, _payment_from_json, _payment_json
+from keyplane.billing.payment_ports import Payment, payment_from_json, payment_json
 from keyplane.errors import InvalidRequest
 
 
@@ -40,7 +40,7 @@ def test_a_payment_stored_as_an_idempotency_response_reads_back_from_each_format
         "pay_1", "org_1", "purchase", 10_000_000, "succeeded", "pm_1", "visa", "4242", None,
         "cg_1", 100, "pi_1", address,
     )  # fmt: skip
-    assert _payment_from_json(_payment_json(payment)) == payment
-    values = json.loads(_payment_json(payment))
-    assert _payment_from_json(json.dumps(values[:12])).billed_to is None  # before 0020
-    assert _payment_from_json(json.dumps(values[:11])).provider_ref is None  # before 0019
+    assert payment_from_json(payment_json(payment)) == payment
+    values = json.loads(payment_json(payment))
+    assert payment_from_json(json.dumps(values[:12])).billed_to is None  # before 0020
+    assert payment_from_json(json.dumps(values[:11])).provider_ref is None  # before 0019

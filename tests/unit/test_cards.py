@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from keyplane.billing.payments import CardDetails, Charged
+from keyplane.billing.payment_ports import CardDetails, Charged
 from keyplane.billing.sandbox import TEST_CARDS, SandboxProvider, luhn_valid
 from keyplane.errors import InvalidRequest
 

@@ -1,13 +1,8 @@
-"""Paying for credits (BRIEF C5): payment methods, credit purchases, auto-recharge, billing history.
-
-A payment provider charges a saved payment method; keyplane stores only what identifies the method
-to a person (brand, last four digits, expiry) and to the provider (its reference), never a card
-number or a CVC. The sandbox (``billing/sandbox.py``) is the offline default: it takes the public
-test card numbers, as card details. Stripe (``keyplane/stripe_payments.py``) never lets card details
-reach keyplane: the browser gives them to Stripe.js, and keyplane saves the PaymentMethod id it gets
-back (a token). A successful charge becomes a credit lot (a purchase: non-refundable, expiring a
-year later, counted toward usage tiers); every charge, successful or not, is a line of the billing
-history.
+"""Paying for credits (BRIEF C5): ``PaymentService`` saves payment methods, makes credit purchases,
+runs auto-recharge and reads the billing history, over a ``PaymentProvider`` and a ``PaymentStore``
+(``billing/payment_ports.py``, with the records they exchange). A successful charge becomes a
+credit lot (a purchase: non-refundable, expiring a year later, counted toward usage tiers); every
+charge, successful or not, is a line of the billing history.
 
 Every charge carries an idempotency key (the client's ``Idempotency-Key``, or the recharge job's id),
 so a retried request or a recharge picked up again after a crash never charges twice; its credit
@@ -22,260 +17,45 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 from keyplane.audit.models import Actor, ActorType, AuditEvent
 from keyplane.audit.service import AuditService
-from keyplane.billing.address import BillingAddress, address_from_json, address_json
+from keyplane.billing.declines import PaymentFailed, decline_message
+from keyplane.billing.payment_ports import (
+    CardDetails,
+    PaidCharge,
+    Payment,
+    PaymentMethod,
+    PaymentProvider,
+    PaymentStore,
+    PurchaseBounds,
+    payment_from_json,
+    payment_json,
+)
 from keyplane.billing.ports import Claim, Done
+from keyplane.billing.recharge import AutoRecharge
 from keyplane.billing.service import BillingService
 from keyplane.billing.wallet import Lot
 from keyplane.clock import Clock
-from keyplane.errors import IdempotencyKeyReused, InvalidRequest, KeyplaneError, NotFound
+from keyplane.errors import IdempotencyKeyReused, InvalidRequest, NotFound
 from keyplane.ids import new_id, ordered_id
 from keyplane.notify.ports import Outbox
 from keyplane.notify.webhooks import Publish, publish_nowhere
 from keyplane.usage.pricing import format_usd
 
 MAX_METHODS = 10  # saved payment methods per organization
-RECHARGE_RETRY_S = 3600  # a declined auto-recharge is tried again this much later
-RECHARGE_LEASE_S = 600  # a recharge claimed by a process that died is taken over after this
-SYSTEM = Actor(ActorType.SYSTEM, "auto-recharge")
 PROVIDER = Actor(ActorType.SYSTEM, "payment provider")  # its report of a payment (a webhook)
 KINDS = ("purchase", "recharge")
 CHARGE_KEY = re.compile(r"[0-9a-f]{40}")  # what ``_charge`` gives the provider
 CREDIT_WAITS_S = (0.05, 0.2, 0.5, 1.0)  # a credit being recorded by the provider's webhook
-
-
-class PaymentFailed(KeyplaneError):
-    """The provider refused the charge; ``code`` is Stripe's decline code (``card_declined``…)."""
-
-    def __init__(self, message: str, *, code: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True, slots=True)
-class CardDetails:
-    """What a person types into the card form; handed to the provider, never stored."""
-
-    number: str
-    exp_month: int
-    exp_year: int
-    cvc: str
-
-    def __repr__(self) -> str:  # (never the number or the CVC, should it reach a log line)
-        return f"CardDetails(…{self.number[-4:]}, {self.exp_month:02d}/{self.exp_year})"
-
-
-@dataclass(frozen=True, slots=True)
-class SavedCard:
-    """What a provider gives back for a card it saved: its reference and what may be shown."""
-
-    provider_ref: str
-    brand: str
-    last4: str
-    exp_month: int
-    exp_year: int
-
-
-@dataclass(frozen=True, slots=True)
-class PaymentMethod:
-    id: str
-    org_id: str
-    provider: str
-    provider_ref: str
-    brand: str
-    last4: str
-    exp_month: int
-    exp_year: int
-    is_default: bool
-    created_at: int
-
-
-@dataclass(frozen=True, slots=True)
-class Payment:
-    """A line of the billing history: a charge and what it bought."""
-
-    id: str
-    org_id: str
-    kind: str  # "purchase" | "recharge"
-    amount: int  # micro-dollars
-    status: str  # "succeeded" | "failed"
-    method_id: str
-    brand: str
-    last4: str
-    failure: str | None  # the provider's decline code
-    lot_id: str | None  # the credit lot a successful charge bought
-    created_at: int
-    # The provider's id of the payment (Stripe: its PaymentIntent, pi_…), for its support; None
-    # when it made none (the sandbox; Stripe unreachable).
-    provider_ref: str | None = None
-    # The billing address when the payment was made, which its receipt shows (None: none given).
-    billed_to: BillingAddress | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Charged:
-    """A provider's answer to a charge: ``failure`` None when it was paid, else the decline code;
-    ``payment_ref`` its own id of the payment, when it made one (Stripe: pi_…, declined too)."""
-
-    failure: str | None
-    payment_ref: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RechargeJob:
-    id: str
-    org_id: str
-    target: int
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class PaidCharge:
-    """A charge the provider reports paid (Stripe: a signed ``payment_intent.succeeded``), with
-    what keyplane gave it: the organization, the kind, the idempotency key ``_charge`` used."""
-
-    org_id: str
-    kind: str
-    key: str
-    amount: int  # micro-dollars
-    provider_ref: str  # the method charged, as keyplane saved it
-    payment_ref: str  # the provider's id of the payment (Stripe: pi_…); "" if it did not say
-    charged_at: int | None = None  # when the provider made the payment, if it says
-
-
-class PaymentProvider(Protocol):
-    name: str
-
-    def save_card(self, card: CardDetails, now: float) -> SavedCard:
-        """Checks the card and saves it with the provider. Raises InvalidRequest (a bad number,
-        expiry or CVC, with ``param``; a provider that takes no card details)."""
-        ...
-
-    def save_token(self, org_id: str, token: str, saved_refs: Sequence[str]) -> SavedCard:
-        """Saves the method the provider's browser library created (Stripe: a PaymentMethod id)
-        for the organization; ``saved_refs`` are its methods saved with this provider so far
-        (Stripe reuses their Customer). Raises InvalidRequest (``param="payment_method"``: an
-        unknown or refused token, a provider that takes no tokens)."""
-        ...
-
-    def charge(
-        self, provider_ref: str, amount: int, idempotency_key: str, *, org_id: str, kind: str
-    ) -> Charged:
-        """Charges ``amount`` micro-dollars (whole cents) for the organization's ``kind`` of
-        charge ("purchase", "recharge"): its failure None when it succeeded, else the decline
-        code ("processing_error" when the provider could not be asked or answered oddly), and the
-        provider's id of the payment if it made one. The same ``idempotency_key`` never charges
-        twice (and answers the same payment). Never raises for the provider's failures."""
-        ...
-
-
-class PaymentStore(Protocol):
-    def add_method(self, method: PaymentMethod) -> None:
-        """Stores a method; when it is the default, the organization's other methods stop being."""
-        ...
-
-    def methods(self, org_id: str) -> Sequence[PaymentMethod]:
-        """The organization's saved methods, the default first, then the newest."""
-        ...
-
-    def method_by_ref(self, org_id: str, provider_ref: str) -> PaymentMethod | None:
-        """The organization's method saved with the provider's reference ``provider_ref``, even
-        one removed since (None: none of its methods ever had it)."""
-        ...
-
-    def remove_method(self, org_id: str, method_id: str, at: int) -> bool: ...
-
-    def set_default(self, org_id: str, method_id: str) -> bool: ...
-
-    def add_payment(
-        self, payment: Payment, done: Done | None = None, audit: AuditEvent | None = None
-    ) -> Payment | None:
-        """Stores a line of the history with its ``audit`` entry unless one with its id is stored
-        already (written with its lot by ``add_purchase``: then neither), and completes ``done``'s
-        claim, in one transaction (ClaimLost: nothing stored). Returns None; or, storing and
-        completing nothing, the line another run stored for its lot (a lot has one line): the one
-        to store in its place."""
-        ...
-
-    def add_purchase(
-        self, payment: Payment, lot: Lot, note: str, source: str, done: Done | None = None,
-        audit: AuditEvent | None = None,
-    ) -> None:  # fmt: skip
-        """Stores the credit lot a successful charge bought (as ``MoneyStore.add_lot``), the
-        charge's line of the history and its ``audit`` entry in one transaction, completing
-        ``done``'s claim (the lot's key) in it too (ClaimLost: nothing stored)."""
-        ...
-
-    def payment_for_lot(self, org_id: str, lot_id: str) -> Payment | None:
-        """The line of the history of the charge that bought the lot (None: no line has it)."""
-        ...
-
-    def payments(self, org_id: str, limit: int) -> Sequence[Payment]:
-        """The organization's charges, newest first."""
-        ...
-
-    def payment(self, org_id: str, payment_id: str) -> Payment | None:
-        """One of the organization's charges (None: no such id, or another organization's)."""
-        ...
-
-    def claim_recharges(self, now: int, lease_s: int) -> Sequence[RechargeJob]:
-        """Leases the pending recharge jobs that are due (never one another process holds)."""
-        ...
-
-    def finish_recharge(self, job_id: str, status: str, at: int) -> None:
-        """Ends a job: "succeeded", "failed" or "skipped" (no longer needed)."""
-        ...
-
-    def retry_recharge(self, job_id: str, not_before: int) -> None:
-        """Puts a claimed job back, due at ``not_before``, one attempt more."""
-        ...
-
-
-# -- the service --------------------------------------------------------------------------------
-
-_DECLINED = "Your card was declined."
-_PLAIN_DECLINES = (
-    "generic_decline", "do_not_honor", "lost_card", "stolen_card", "fraudulent", "pickup_card",
-    "restricted_card", "card_velocity_exceeded", "card_not_supported",
-)  # fmt: skip
-_DECLINES = {
-    "card_declined": _DECLINED,
-    "insufficient_funds": "Your card has insufficient funds.",
-    "expired_card": "Your card has expired.",
-    "incorrect_cvc": "Your card's security code is incorrect.",
-    "authentication_required": (
-        "Your card asks for 3-D Secure authentication, which a saved card charged without you "
-        "cannot give: use another card."
-    ),
-    "processing_error": "The payment could not be processed, so nothing was credited.",
-    # Stripe's decline codes that say no more than "declined" to the cardholder (as it advises
-    # for lost, stolen or fraudulent cards).
-    **dict.fromkeys(_PLAIN_DECLINES, _DECLINED),
-}
-
-
-def decline_message(code: str) -> str:
-    return _DECLINES.get(code, "The payment could not be processed.")
-
-
-@dataclass(frozen=True, slots=True)
-class PurchaseBounds:
-    """A credit purchase's amount (BRIEF C5: $5-$100 by default), in whole cents."""
-
-    minimum: int = 5_000_000
-    maximum: int = 100_000_000
+DEFAULT_BOUNDS = PurchaseBounds()  # (frozen: one serves every default)
 
 
 def _usd(micro: int) -> str:
-    """An amount charged (whole cents) as the emails and errors say it: "$1,234.50"."""
+    """An amount (whole cents) as the errors say it: "$1,234.50"."""
     return "$" + format_usd(micro)
 
 
@@ -292,24 +72,29 @@ class PaymentService:
         billing_emails: Callable[[str], Sequence[str]],
         org_name: Callable[[str], str],
         promote: Callable[[str], object],
-        bounds: PurchaseBounds = PurchaseBounds(),
+        bounds: PurchaseBounds = DEFAULT_BOUNDS,
         max_recharge_attempts: int = 3,
         publish: Publish = publish_nowhere,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._publish = publish
         self._sleep = sleep
         self._store = store
         self._billing = billing
         self._provider = provider
         self._clock = clock
         self._audit = audit
-        self._outbox = outbox
-        self._billing_emails = billing_emails
-        self._org_name = org_name
         self._promote = promote
         self.bounds = bounds
-        self.max_recharge_attempts = max_recharge_attempts
+        self._recharges = AutoRecharge(
+            store, billing, clock, self._charge, audit=audit, outbox=outbox,
+            billing_emails=billing_emails, org_name=org_name, publish=publish, bounds=bounds,
+            max_attempts=max_recharge_attempts,
+        )  # fmt: skip
+
+    @property
+    def max_recharge_attempts(self) -> int:
+        """Declines in a row after which auto-recharge is turned off."""
+        return self._recharges.max_attempts
 
     # -- payment methods -------------------------------------------------------------------
     @property
@@ -402,7 +187,7 @@ class PaymentService:
             )
 
         payment = self._billing.idempotent(
-            f"purchase:{org_id}", idempotency_key, params, run, _payment_from_json
+            f"purchase:{org_id}", idempotency_key, params, run, payment_from_json
         )
         if payment.status != "succeeded":
             raise PaymentFailed(decline_message(payment.failure or ""), code=payment.failure or "")
@@ -460,7 +245,7 @@ class PaymentService:
         stored without its line by an older keyplane, two runs of its charge giving it one), the
         line that run stored is the lot's (the database keeps one a lot) and is returned."""
         while True:
-            done = None if claim is None else claim.done(_payment_json(line))
+            done = None if claim is None else claim.done(payment_json(line))
             other = self._store.add_payment(line, done, self._entry(line, actor))
             if other is None:
                 return line
@@ -562,108 +347,6 @@ class PaymentService:
 
     # -- auto-recharge ---------------------------------------------------------------------
     def run_recharges(self) -> int:
-        """Works the due recharge jobs (the spend watcher enqueues one when the balance falls
-        below the threshold): buys back up to the target with the default method. A decline is
-        tried again an hour later; after ``max_recharge_attempts`` declines auto-recharge is
-        turned off. The billing email (else the Owners) is emailed about each decline and the
-        turning off. Returns how many jobs it finished. Blocking; raises StoreUnavailable."""
-        now = int(self._clock.now())
-        done = 0
-        for job in self._store.claim_recharges(now, RECHARGE_LEASE_S):
-            done += self._recharge(job, now)
-        return done
-
-    def _recharge(self, job: RechargeJob, now: int) -> int:
-        settings = self._billing.settings(job.org_id)
-        balance = self._billing.balance(job.org_id).available
-        threshold = settings.recharge_threshold
-        if not settings.auto_recharge or threshold is None or balance >= threshold:
-            self._store.finish_recharge(job.id, "skipped", now)  # turned off, or topped up
-            return 1
-        amount = -(-(job.target - balance) // 10_000) * 10_000  # up to the target, whole cents
-        amount = min(max(amount, self.bounds.minimum), self.bounds.maximum)
-        methods = self._store.methods(job.org_id)
-        if not methods:
-            return self._declined(job, now, "no_payment_method", amount)
-        payment = self._charge(
-            job.org_id, methods[0], amount, "recharge", f"{job.id}:{job.attempts}", SYSTEM
-        )
-        if payment.status != "succeeded":
-            return self._declined(job, now, payment.failure or "", amount)
-        self._store.finish_recharge(job.id, "succeeded", now)
-        if self._billing.balance(job.org_id).available < threshold:
-            # Capped by the purchase maximum and still under: the next one a minute later, whether
-            # or not requests come to notice (they may all be refused meanwhile).
-            self._billing.request_recharge(job.org_id, job.target, due_at=now + 60)
-        return 1
-
-    def _declined(self, job: RechargeJob, now: int, code: str, amount: int) -> int:
-        attempts = job.attempts + 1
-        last = attempts >= self.max_recharge_attempts
-        reason = (
-            "there is no payment method to charge"
-            if code == "no_payment_method"
-            else _uncapitalized(decline_message(code).rstrip("."))
-        )
-        if last:
-            self._billing.update_settings(job.org_id, auto_recharge=False)
-            self._store.finish_recharge(job.id, "failed", now)
-            self._audit.record(
-                job.org_id, SYSTEM, "billing.auto_recharge_disabled", target_id=job.org_id,
-                details={"reason": f"{attempts} failed attempts: {reason}"},
-            )  # fmt: skip
-        else:
-            self._store.retry_recharge(job.id, now + RECHARGE_RETRY_S)
-        self._publish(
-            job.org_id,
-            "billing.auto_recharge_disabled" if last else "billing.auto_recharge_failed",
-            {"amount_micro_usd": amount, "failure_code": code, "attempts": attempts,
-             "next_attempt_at": None if last else now + RECHARGE_RETRY_S},
-            f"recharge:{job.id}:{attempts}",
-        )  # fmt: skip
-        recipients = list(self._billing_emails(job.org_id))
-        if recipients:
-            name = self._org_name(job.org_id)
-            subject = (
-                f"[keyplane] Auto-recharge for {name} is turned off: the payment failed"
-                if last
-                else f"[keyplane] Auto-recharge for {name} failed: {reason}"
-            )
-            then = (
-                f"After {attempts} failed attempts, auto-recharge is now turned off. Requests "
-                "stop when the credit balance runs out. Update the payment method and buy "
-                "credits, or turn auto-recharge on again, in Billing."
-                if last
-                else "keyplane tries again in an hour. Update the payment method in Billing "
-                "to avoid running out of credits."
-            )
-            body = (
-                f"Auto-recharge tried to buy {_usd(amount)} of credits for {name} and failed: "
-                f"{reason}.\n\n{then}\n"
-            )
-            self._outbox.enqueue(
-                f"recharge:{job.id}:{attempts}", recipients, subject, body, now=now
-            )
-        return int(last)
-
-
-def _uncapitalized(sentence: str) -> str:
-    """A sentence to follow a colon: its first letter only lowered ("3-D Secure" stays)."""
-    return sentence[:1].lower() + sentence[1:]
-
-
-def _payment_json(p: Payment) -> str:
-    return json.dumps(
-        [p.id, p.org_id, p.kind, p.amount, p.status, p.method_id, p.brand, p.last4, p.failure,
-         p.lot_id, p.created_at, p.provider_ref, address_json(p.billed_to)]
-    )  # fmt: skip
-
-
-def _payment_from_json(text: str) -> Payment:
-    # (A response stored before the line had ``provider_ref`` has two values less, before it had
-    # ``billed_to`` one: None.)
-    values = json.loads(text)
-    payment = Payment(*values[:12])
-    if len(values) > 12:
-        payment = dataclasses.replace(payment, billed_to=address_from_json(values[12]))
-    return payment
+        """Works the due recharge jobs (``AutoRecharge.run``): returns how many it finished.
+        Blocking; raises StoreUnavailable."""
+        return self._recharges.run()

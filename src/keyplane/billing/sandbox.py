@@ -9,7 +9,7 @@ import datetime as dt
 import secrets
 from collections.abc import Sequence
 
-from keyplane.billing.payments import CardDetails, Charged, SavedCard
+from keyplane.billing.payment_ports import CardDetails, Charged, SavedCard
 from keyplane.errors import InvalidRequest
 
 # The public test card numbers (Stripe's): brand, and the decline code a charge gets (None: paid).

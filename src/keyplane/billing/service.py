@@ -215,7 +215,7 @@ class BillingService:
 
     def request_recharge(self, org_id: str, target: int, *, due_at: int | None = None) -> bool:
         """Enqueues an auto-recharge up to ``target`` (due at ``due_at``, or at once), unless one
-        is pending already; the gateways' background work pays it (billing/payments.py)."""
+        is pending already; the gateways' background work pays it (billing/recharge.py)."""
         return self._store.enqueue_recharge(new_id("rj_"), org_id, target, self._now(), due_at)
 
     def _check_recharge(self, threshold: int | None, target: int | None) -> None:

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from keyplane.audit.models import AuditEvent
 from keyplane.billing.address import address_from_json, address_json
-from keyplane.billing.payments import Payment, PaymentMethod, RechargeJob
+from keyplane.billing.payment_ports import Payment, PaymentMethod, RechargeJob
 from keyplane.billing.ports import Done
 from keyplane.billing.wallet import Lot
 from keyplane.storage.audit_repository import insert_event

@@ -17,8 +17,10 @@ from typing import Any, Protocol, cast
 from fastapi import APIRouter, Depends
 
 from keyplane.audit.service import changed
-from keyplane.billing.payments import CardDetails, Payment, PaymentFailed, PaymentService
-from keyplane.billing.payments import PaymentMethod as MethodRecord
+from keyplane.billing.declines import PaymentFailed
+from keyplane.billing.payment_ports import CardDetails, Payment
+from keyplane.billing.payment_ports import PaymentMethod as MethodRecord
+from keyplane.billing.payments import PaymentService
 from keyplane.errors import InvalidRequest, NotFound
 from keyplane.gateway.errors import ApiError
 from keyplane.web.auth import Admin, Ctx

@@ -19,7 +19,8 @@ from typing import Protocol, cast
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from keyplane.billing.payments import PaidCharge, PaymentService
+from keyplane.billing.payment_ports import PaidCharge
+from keyplane.billing.payments import PaymentService
 from keyplane.gateway.errors import ApiError
 from keyplane.web.auth import context
 from keyplane.web.billing_routes import applied

@@ -12,7 +12,8 @@ from fastapi import APIRouter, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from keyplane.billing.payments import Payment, decline_message
+from keyplane.billing.declines import decline_message
+from keyplane.billing.payment_ports import Payment
 from keyplane.billing.wallet import Lot
 from keyplane.errors import NotFound
 from keyplane.web.dashboard.authorize import may, principal_of

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from keyplane.audit.service import changed
-from keyplane.billing.payments import CardDetails, PaymentMethod
+from keyplane.billing.payment_ports import CardDetails, PaymentMethod
 from keyplane.errors import InvalidRequest, KeyplaneError, NotFound, StoreUnavailable
 from keyplane.web.dashboard.authorize import may, principal_of
 from keyplane.web.dashboard.billing_pages import PATH, allowed, card_label, render_billing

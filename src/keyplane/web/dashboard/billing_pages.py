@@ -18,7 +18,7 @@ from fastapi import Request
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from keyplane.billing.payments import Payment, PaymentMethod
+from keyplane.billing.payment_ports import Payment, PaymentMethod
 from keyplane.web.dashboard.authorize import may, principal_of
 from keyplane.web.dashboard.session import Viewer, render
 from keyplane.web.principal import Principal

@@ -17,7 +17,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from keyplane.billing.amounts import parse_amount
-from keyplane.billing.payments import PaymentFailed, PaymentMethod
+from keyplane.billing.declines import PaymentFailed
+from keyplane.billing.payment_ports import PaymentMethod
 from keyplane.errors import IdempotencyKeyReused, KeyplaneError, NotFound, StoreUnavailable
 from keyplane.web.dashboard.billing_pages import PATH, allowed, render_billing
 from keyplane.web.dashboard.session import (
