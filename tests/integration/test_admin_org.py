@@ -263,10 +263,12 @@ async def test_a_project_key_is_shown_once_and_deleting_it_revokes_it(env: OrgEn
     assert created["object"] == "organization.project.api_key"
     assert created["expires_at"] == created["created_at"] + 3600
     assert created["last_used_at"] is None
+    # An organization Owner outside the project's members owns keys there as its owner.
+    joined = env.svc.orgs.get_member(env.org.id, env.owner.id).added_at
     assert created["owner"] == {
         "type": "user",
-        "user": {"object": "organization.user", "id": env.owner.id, "name": "",
-                 "email": "owner@example.com", "role": "owner"},
+        "user": {"object": "organization.project.user", "id": env.owner.id, "name": "",
+                 "email": "owner@example.com", "role": "owner", "added_at": joined},
     }  # fmt: skip
     shown = {k: v for k, v in created.items() if k != "value"}
     assert await env.ok("GET", f"{path}/{created['id']}") == shown
@@ -449,7 +451,7 @@ async def test_admin_keys_are_shown_once_and_work_until_deleted(env: OrgEnv) -> 
     assert created["object"] == "organization.admin_api_key" and value.startswith("sk-kp-admin-")
     assert created["owner"] == {
         "type": "user", "object": "organization.user", "id": env.owner.id, "name": "",
-        "email": "owner@example.com", "role": "owner",
+        "email": "owner@example.com", "role": "owner", "created_at": env.owner.created_at,
     }  # fmt: skip
     listing = await env.call("GET", "/admin_api_keys")
     assert value not in listing.text

@@ -58,6 +58,7 @@ class AuditFilter:
     actor_ids: Sequence[str] = ()  # an actor's key or session id, or the user it acts for
     actor_emails: Sequence[str] = ()
     project_ids: Sequence[str] = ()
+    resource_ids: Sequence[str] = ()  # the objects that changed (an event's target)
 
 
 @dataclass(frozen=True, slots=True)

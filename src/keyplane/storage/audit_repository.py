@@ -51,6 +51,8 @@ def _filtered(query: Select[Any], f: AuditFilter) -> Select[Any]:
         query = query.where(a.c.actor_email.in_([e.lower() for e in f.actor_emails]))
     if f.project_ids:
         query = query.where(a.c.project_id.in_(list(f.project_ids)))
+    if f.resource_ids:
+        query = query.where(a.c.target_id.in_(list(f.resource_ids)))
     return query
 
 

@@ -149,13 +149,14 @@ async def list_audit_logs(
     actor_ids: Annotated[Ids, Query(alias="actor_ids[]")] = [],  # noqa: B006
     actor_emails: Annotated[Ids, Query(alias="actor_emails[]")] = [],  # noqa: B006
     project_ids: Annotated[Ids, Query(alias="project_ids[]")] = [],  # noqa: B006
+    resource_ids: Annotated[Ids, Query(alias="resource_ids[]")] = [],  # noqa: B006
 ) -> ListPage[AuditLogEvent]:
     """The organization's audit log, newest first. ``after`` pages to older events, ``before``
     to newer ones; each ``…[]`` filter keeps events matching any of its values."""
     filters = AuditFilter(
         effective_at_gt=gt, effective_at_gte=gte, effective_at_lt=lt, effective_at_lte=lte,
         event_types=event_types, actor_ids=actor_ids, actor_emails=actor_emails,
-        project_ids=project_ids,
+        project_ids=project_ids, resource_ids=resource_ids,
     )  # fmt: skip
 
     def read() -> ListPage[AuditLogEvent]:

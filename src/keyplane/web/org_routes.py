@@ -53,18 +53,17 @@ class UserRoleUpdate(Request):
     role: RoleName
 
 
-class KeyUser(BaseModel):
-    """The user a key belongs to (name, email and role are null once they left)."""
+class AdminKeyOwner(BaseModel):
+    """The user an admin key belongs to, as OpenAI's (plus ``email``); name, email, role and
+    ``created_at`` (when the user signed up) are null once they left."""
 
+    type: Literal["user"] = "user"
     object: Literal["organization.user"] = "organization.user"
     id: str
     name: str | None
     email: str | None
     role: RoleName | None
-
-
-class AdminKeyOwner(KeyUser):
-    type: Literal["user"] = "user"
+    created_at: int | None
 
 
 class AdminApiKey(BaseModel):
@@ -103,21 +102,17 @@ class InviteCreate(Request):
     role: RoleName
 
 
-def key_user(user_id: str, members: dict[str, Member]) -> KeyUser:
-    member = members.get(user_id)
-    if member is None:
-        return KeyUser(id=user_id, name=None, email=None, role=None)
-    return KeyUser(
-        id=user_id, name=member.user.name, email=member.user.email, role=member.role.value
-    )
-
-
 def _admin_key(key: ApiKey, members: dict[str, Member]) -> AdminApiKey:
-    owner = key_user(key.owner_id, members)
+    member = members.get(key.owner_id)
+    owner = AdminKeyOwner(id=key.owner_id, name=None, email=None, role=None, created_at=None)
+    if member is not None:
+        owner = AdminKeyOwner(
+            id=key.owner_id, name=member.user.name, email=member.user.email,
+            role=member.role.value, created_at=member.user.created_at,
+        )  # fmt: skip
     return AdminApiKey(
         id=key.id, name=key.name, redacted_value=key.redacted_value, created_at=key.created_at,
-        last_used_at=key.last_used_at, expires_at=key.expires_at,
-        owner=AdminKeyOwner(**owner.model_dump(exclude={"object"})),
+        last_used_at=key.last_used_at, expires_at=key.expires_at, owner=owner,
     )  # fmt: skip
 
 

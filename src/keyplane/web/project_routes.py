@@ -14,14 +14,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
-from keyplane.accounts.models import Project, ServiceAccount
+from keyplane.accounts.models import OrgRole, Project, ServiceAccount
 from keyplane.accounts.org_ports import Member, ProjectMember, ProjectRole
 from keyplane.accounts.orgs import UNCHANGED
 from keyplane.keys.models import ApiKey
 from keyplane.limits.ratelimit import API_NAMES, MAX_LIMIT, MAX_TOKEN_LIMIT, ModelLimits
 from keyplane.web.authz import AUTHZ_RESPONSES, CONFLICT, Allowed, OrgServices, Services, authorize
 from keyplane.web.billing_routes import After, Limit
-from keyplane.web.org_routes import ExpiresIn, KeyUser, Name, key_user
+from keyplane.web.org_routes import ExpiresIn, Name
 from keyplane.web.schemas import Deleted, ListPage, Request, page
 
 router = APIRouter(
@@ -113,9 +113,23 @@ class ServiceAccountCreated(ProjectServiceAccount):
     api_key: ServiceAccountApiKey
 
 
+class KeyOwnerUser(BaseModel):
+    """OpenAI's project user, as a key's owner: the role is the one in the key's project; an
+    organization Owner outside its member list manages it as an owner, since joining the
+    organization (``added_at``). Name, email, role and ``added_at`` are null once the user left
+    the organization."""
+
+    object: Literal["organization.project.user"] = "organization.project.user"
+    id: str
+    name: str | None
+    email: str | None
+    role: ProjectRoleName | None
+    added_at: int | None
+
+
 class UserOwner(BaseModel):
     type: Literal["user"] = "user"
-    user: KeyUser
+    user: KeyOwnerUser
 
 
 class ServiceAccountOwner(BaseModel):
@@ -176,22 +190,41 @@ class ProjectApiKeyCreate(Request):
 
 
 def _owner(
-    key: ApiKey, members: dict[str, Member], accounts: dict[str, ServiceAccount]
-) -> UserOwner | ServiceAccountOwner:
+    key: ApiKey, members: dict[str, Member], joined: dict[tuple[str | None, str], ProjectMember],
+    accounts: dict[str, ServiceAccount],
+) -> UserOwner | ServiceAccountOwner:  # fmt: skip
     if key.owner_type == "service_account":
         account = accounts.get(key.owner_id)
         if account is not None:
             return ServiceAccountOwner(service_account=ProjectServiceAccount.of(account))
-    return UserOwner(user=key_user(key.owner_id, members))
+    user = KeyOwnerUser(id=key.owner_id, name=None, email=None, role=None, added_at=None)
+    member = members.get(key.owner_id)
+    in_project = joined.get((key.project_id, key.owner_id))
+    if in_project is not None:
+        user = KeyOwnerUser(**ProjectUser.of(in_project).model_dump(exclude={"object"}))
+    elif member is not None:
+        role: ProjectRoleName | None = "owner" if member.role is OrgRole.OWNER else None
+        user = KeyOwnerUser(
+            id=key.owner_id, name=member.user.name, email=member.user.email, role=role,
+            added_at=member.added_at,
+        )  # fmt: skip
+    return UserOwner(user=user)
 
 
 def _keys(svc: OrgServices, org_id: str, keys: list[ApiKey]) -> list[ProjectApiKey]:
     members = {m.user.id: m for m in svc.orgs.members(org_id)}
+    joined: dict[tuple[str | None, str], ProjectMember] = {}
     accounts: dict[str, ServiceAccount] = {}
-    for project_id in {k.project_id for k in keys if k.owner_type == "service_account"}:
-        if project_id is not None:
+    for project_id in {k.project_id for k in keys if k.project_id is not None}:
+        joined.update(
+            ((project_id, m.user.id), m) for m in svc.orgs.project_members(org_id, project_id)
+        )
+        if any(k.owner_type == "service_account" for k in keys):
             accounts.update((a.id, a) for a in svc.orgs.service_accounts(org_id, project_id))
-    return [_key(k, _owner(k, members, accounts), svc.orgs.project_key_limits(k.id)) for k in keys]
+    return [
+        _key(k, _owner(k, members, joined, accounts), svc.orgs.project_key_limits(k.id))
+        for k in keys
+    ]
 
 
 def _key(
