@@ -7,7 +7,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 from test_admin_org import OrgEnv, org_env, setup_actor
+
+from keyplane.storage.tables import api_keys
 
 pytestmark = pytest.mark.anyio
 
@@ -47,11 +50,30 @@ async def test_a_project_keys_user_owner_is_a_project_user_with_the_project_role
 async def test_an_admin_keys_owner_carries_openais_fields(env: OrgEnv) -> None:
     created = await env.ok("POST", "/admin_api_keys", {"name": "terraform"})
     owner = created["owner"]
-    assert ADMIN_KEY_OWNER <= set(owner)
+    assert set(owner) >= ADMIN_KEY_OWNER
     assert (owner["type"], owner["object"], owner["role"]) == ("user", "organization.user", "owner")
     assert owner["created_at"] == env.owner.created_at
     listed = (await env.ok("GET", "/admin_api_keys"))["data"]
     assert [k["owner"] for k in listed if k["id"] == created["id"]] == [owner]
+
+
+async def test_admin_keys_list_oldest_first_unless_asked_otherwise(env: OrgEnv) -> None:
+    """OpenAI's ``order`` (``asc`` by default), with ``after`` paging in that order."""
+    with env.container.engine.begin() as conn:  # the setup's keys, made a day earlier
+        conn.execute(update(api_keys).values(created_at=api_keys.c.created_at - 86400))
+    new = (await env.ok("POST", "/admin_api_keys", {"name": "terraform"}))["id"]
+
+    def ids(page: dict[str, list[dict[str, str]]]) -> list[str]:
+        return [k["id"] for k in page["data"]]
+
+    oldest_first = ids(await env.ok("GET", "/admin_api_keys"))
+    assert len(oldest_first) == 3 and oldest_first[-1] == new
+    assert ids(await env.ok("GET", "/admin_api_keys?order=asc")) == oldest_first
+    assert ids(await env.ok("GET", "/admin_api_keys?order=desc")) == oldest_first[::-1]
+    first = await env.ok("GET", "/admin_api_keys?limit=2")
+    rest = await env.ok("GET", f"/admin_api_keys?limit=2&after={first['last_id']}")
+    assert ids(first) + ids(rest) == oldest_first and rest["has_more"] is False
+    assert (await env.call("GET", "/admin_api_keys?order=newest")).status_code == 400
 
 
 async def test_audit_logs_filter_by_resource_ids(env: OrgEnv) -> None:

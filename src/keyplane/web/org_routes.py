@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from keyplane.accounts.models import OrgRole
@@ -127,13 +127,20 @@ def _invite(invite: Invite, now: float) -> OrgInvite:
 # -- admin keys -----------------------------------------------------------------------------------
 @router.get("/admin_api_keys", tags=["admin keys"], name="admin_api_keys.list")
 async def list_admin_api_keys(
-    svc: Services, principal: Allowed, limit: Limit = 20, after: After = None
+    svc: Services,
+    principal: Allowed,
+    limit: Limit = 20,
+    after: After = None,
+    order: Annotated[
+        Literal["asc", "desc"], Query(description="asc: oldest first (OpenAI's default).")
+    ] = "asc",
 ) -> ListPage[AdminApiKey]:
-    """The organization's admin keys that were not deleted, newest first (values redacted)."""
+    """The organization's admin keys that were not deleted (values redacted)."""
 
     def read() -> list[AdminApiKey]:
         members = {m.user.id: m for m in svc.orgs.members(principal.org_id)}
-        return [_admin_key(k, members) for k in svc.orgs.admin_keys(principal.org_id)]
+        newest_first = [_admin_key(k, members) for k in svc.orgs.admin_keys(principal.org_id)]
+        return newest_first[::-1] if order == "asc" else newest_first
 
     keys = await asyncio.to_thread(read)
     return page(keys, lambda k: k.id, limit=limit, after=after)
