@@ -161,6 +161,26 @@ async def test_images_have_their_own_usage(env: Env) -> None:  # noqa: F811
     assert result["object"] == "organization.usage.images.result"
     assert (result["model"], result["images"], result["num_model_requests"]) == ("dall-e-2", 2, 1)
 
+    # OpenAI's source grouping and filter: keyplane forwards generations only.
+    async def results(query: str) -> list[dict[str, object]]:
+        r = await env.client.get(f"{ORG}/usage/images?start_time={today}&{query}",
+                                 headers=env.admin())  # fmt: skip
+        assert r.status_code == 200, r.text
+        return [x for b in r.json()["data"] for x in b["results"]]
+
+    [by_source] = await results("group_by=source&group_by[]=model")
+    assert (by_source["source"], by_source["model"], by_source["images"]) == (
+        "image.generation", "dall-e-2", 2,
+    )  # fmt: skip
+    assert [x["images"] for x in await results("sources[]=image.generation")] == [2]
+    assert await results("sources=image.edit&sources=image.variation") == []
+    # Sizes are not recorded: asking for them is refused, never answered with every size.
+    for query, param in (("sizes[]=512x512", "sizes"), ("group_by=size", "group_by"),
+                         ("sources=image.painting", "sources")):  # fmt: skip
+        r = await env.client.get(f"{ORG}/usage/images?start_time={today}&{query}",
+                                 headers=env.admin())  # fmt: skip
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
 
 async def test_gpt_image_1_shows_its_tokens_in_images_usage_and_costs(env: Env) -> None:  # noqa: F811
     headers = {"authorization": f"Bearer {env.project_key}"}

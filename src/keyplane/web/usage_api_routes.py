@@ -98,8 +98,8 @@ class ImagesResult(BaseModel):
     # the dall-e models, priced per image). An SDK reading OpenAI's shape ignores them.
     input_tokens: int = 0
     output_tokens: int = 0
-    size: str | None = None  # (not grouped by here: keyplane keeps the count, not the sizes)
-    source: str | None = None
+    size: str | None = None  # (never grouped by: keyplane keeps the count, not the sizes)
+    source: str | None = None  # image.generation when grouped by: the only one forwarded
     project_id: str | None = None
     user_id: str | None = None
     api_key_id: str | None = None
@@ -227,18 +227,23 @@ Usage = Annotated[UsageQuery, Depends()]
 
 
 async def _usage(
-    ctx: Ctx, org_id: str, q: UsageQuery, endpoints: Sequence[str], batch: bool | None
-) -> tuple[list[UsageBucket], int, int, bool]:
+    ctx: Ctx, org_id: str, q: UsageQuery, endpoints: Sequence[str], none: bool,
+    alike: frozenset[str],
+) -> tuple[list[UsageBucket], int, int, bool]:  # fmt: skip
+    """``none``: the filters keep usage keyplane never has; ``alike``: groups every result of the
+    endpoint shares a value of, which the results name themselves."""
     now = ctx.services.clock.now()
     begin, stop, more = _window(q.start, q.end, q.width, q.limit, q.page, now, MAX_BUCKETS[q.width])
-    unknown = [g for g in q.groups if g not in USAGE_GROUPS]
+    unknown = [g for g in q.groups if g not in USAGE_GROUPS | alike]
     if unknown:
         raise InvalidRequest(f"Cannot group by {unknown[0]!r}.", param="group_by")
     stored = [
-        {"api_key_id": "key_id", "user_id": "owner_id"}.get(g, g) for g in q.groups if g != "batch"
+        {"api_key_id": "key_id", "user_id": "owner_id"}.get(g, g)
+        for g in q.groups
+        if g not in alike | {"batch"}
     ]
     rows: Sequence[UsageBucket] = []
-    if batch is not True:  # (keyplane runs no batches: their usage is none)
+    if not none:
         rows = await asyncio.to_thread(
             ctx.services.usage_store.buckets, org_id, start=begin, end=stop,
             width_s=WIDTH_S[q.width], endpoints=endpoints, group_by=stored,
@@ -275,10 +280,11 @@ M = TypeVar("M", bound=BaseModel)
 
 async def _usage_page(
     ctx: Ctx, org_id: str, q: UsageQuery, endpoints: Sequence[str], result: type[M],
-    make: Callable[[UsageBucket], M], batch: bool | None = None,
+    make: Callable[[UsageBucket], M], none: bool = False, alike: frozenset[str] = frozenset(),
 ) -> Response:  # fmt: skip
-    """A page of usage buckets of ``endpoints``, each result made by ``make``."""
-    rows, begin, stop, more = await _usage(ctx, org_id, q, endpoints, batch)
+    """A page of usage buckets of ``endpoints``, each result made by ``make`` (``_usage`` says
+    what ``none`` and ``alike`` are)."""
+    rows, begin, stop, more = await _usage(ctx, org_id, q, endpoints, none, alike)
     w = WIDTH_S[q.width]
     return await _json(lambda: _page(rows, begin, stop, w, more, result, make))
 
@@ -301,7 +307,7 @@ async def completions_usage(
             input_cached_tokens=r.cached_input_tokens, num_model_requests=r.requests,
             batch=batched, **_grouped(r),
         ),
-        batch,
+        none=batch is True,  # (keyplane runs no batches: their usage is none)
     )  # fmt: skip
 
 
@@ -333,17 +339,37 @@ async def moderations_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
     )  # fmt: skip
 
 
+IMAGE_SOURCES = ("image.generation", "image.edit", "image.variation")  # OpenAI's
+
+
 @router.get(
     "/usage/images", tags=["usage"], name="usage.images", response_model=BucketPage[ImagesResult]
 )
-async def images_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
-    """Images generated and requests per time bucket."""
+async def images_usage(
+    ctx: Ctx,
+    principal: Allowed,
+    request: Request,
+    q: Usage,
+    sources: Annotated[Ids, Query(alias="sources[]")] = [],  # noqa: B006
+    sizes: Annotated[Ids, Query(alias="sizes[]")] = [],  # noqa: B006
+) -> Response:
+    """Images generated and requests per time bucket. keyplane forwards image generations only
+    (``source`` is ``image.generation``) and does not record their sizes: grouping or filtering
+    by size is refused."""
+    wanted = _listed(request, "sources", sources)
+    if any(s not in IMAGE_SOURCES for s in wanted):
+        raise InvalidRequest(f"sources are among {', '.join(IMAGE_SOURCES)}.", param="sources")
+    if "size" in q.groups or _listed(request, "sizes", sizes):
+        param = "sizes" if "size" not in q.groups else "group_by"
+        raise InvalidRequest("keyplane does not record the sizes of images.", param=param)
+    source = "image.generation" if "source" in q.groups else None
     return await _usage_page(
         ctx, principal.org_id, q, ("images.generations",), ImagesResult,
         lambda r: ImagesResult(
             images=r.images, num_model_requests=r.requests, input_tokens=r.input_tokens,
-            output_tokens=r.output_tokens, **_grouped(r),
+            output_tokens=r.output_tokens, source=source, **_grouped(r),
         ),
+        none=bool(wanted) and "image.generation" not in wanted, alike=frozenset({"source"}),
     )  # fmt: skip
 
 
