@@ -194,7 +194,7 @@ def build(
         SqlPaymentStore(engine), billing, stripe or SandboxProvider(), clock, audit=audit,
         outbox=outbox,
         billing_emails=billing_emails, org_name=accounts.org_name, promote=promoter.check,
-        bounds=PurchaseBounds(low, high), max_recharge_attempts=settings.recharge_max_attempts,
+        public_url=settings.public_url, bounds=PurchaseBounds(low, high), max_recharge_attempts=settings.recharge_max_attempts,
         publish=webhooks.publish,
     )  # fmt: skip
     prices = PriceTable.load(settings.price_files)

@@ -11,7 +11,9 @@ so the provider's own report of the payment (Stripe's signed webhook, ``credit_p
 lists a charge whose process died before it could, exactly once whichever comes first. A line's
 audit log entry (who made the charge: the dashboard's or the Admin API's caller, auto-recharge, or
 the provider's report) is written in the line's own transaction, so there is one per line whoever
-writes it; and the database lets a lot have one line only (a unique index)."""
+writes it; and the database lets a lot have one line only (a unique index). Each paid line's receipt
+is emailed once (``billing/receipts.py``): asked for by whoever stores the line or finds it stored,
+before the purchase's claim completes or the recharge job finishes."""
 
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from keyplane.billing.payment_ports import (
     payment_json,
 )
 from keyplane.billing.ports import Claim, Done
+from keyplane.billing.receipts import Receipts
 from keyplane.billing.recharge import AutoRecharge
 from keyplane.billing.service import BillingService
 from keyplane.billing.wallet import Lot
@@ -72,6 +75,7 @@ class PaymentService:
         billing_emails: Callable[[str], Sequence[str]],
         org_name: Callable[[str], str],
         promote: Callable[[str], object],
+        public_url: str,
         bounds: PurchaseBounds = DEFAULT_BOUNDS,
         max_recharge_attempts: int = 3,
         publish: Publish = publish_nowhere,
@@ -85,6 +89,9 @@ class PaymentService:
         self._audit = audit
         self._promote = promote
         self.bounds = bounds
+        self._receipts = Receipts(
+            outbox, clock, billing_emails=billing_emails, org_name=org_name, public_url=public_url
+        )
         self._recharges = AutoRecharge(
             store, billing, clock, self._charge, audit=audit, outbox=outbox,
             billing_emails=billing_emails, org_name=org_name, publish=publish, bounds=bounds,
@@ -208,10 +215,10 @@ class PaymentService:
         actor: Actor, claim: Claim | None = None,
     ) -> Payment:  # fmt: skip
         """One charge and its line in the history (completing ``claim``), audited as ``actor``'s;
-        the credit lot when it succeeded. Run again with the same ``key`` (a claim taken over
-        after a crash), it charges nothing more (the provider's idempotency) and credits nothing
-        more (the lot's own key); the line a webhook or an earlier run stored with the lot is the
-        one it returns."""
+        the credit lot and the receipt email when it succeeded. Run again with the same ``key``
+        (a claim taken over after a crash), it charges nothing more (the provider's idempotency),
+        credits nothing more (the lot's own key) and emails nothing more (the receipt's own key);
+        the line a webhook or an earlier run stored with the lot is the one it returns."""
         now = int(self._clock.now())
         scoped = hashlib.sha256(f"{org_id}:{kind}:{key}".encode()).hexdigest()[:40]
         charged = self._provider.charge(
@@ -225,15 +232,17 @@ class PaymentService:
             created_at=now, provider_ref=charged.payment_ref,
             billed_to=self._billing.settings(org_id).billing_address,
         )  # fmt: skip
-        stored = None
         if failure is None:
             lot, stored = self._credit(payment, scoped, actor)
-            # (None: a lot an older keyplane stored without its line: written below, once, as
-            # it was then, under the purchase's claim.)
-            payment = stored or dataclasses.replace(payment, lot_id=lot.id)
-        if stored is None or claim is not None:
-            # The line unless ``_credit`` stored it, and the purchase's claim completed with it:
-            # a crash in between leaves a claim whose retry finds the line with the lot.
+            if stored is None:  # a lot an older keyplane stored without its line: listed now
+                stored = self._list(dataclasses.replace(payment, lot_id=lot.id), actor, None)
+            # Before the purchase's claim completes (below) and the recharge job finishes (the
+            # caller): a crash in between leaves either to a retry, which finds the line with
+            # the lot and asks for the receipt again.
+            self._receipts.send(stored, lot)
+            payment = stored
+        if failure is not None or claim is not None:
+            # A declined charge's line, or the purchase's claim completed with the paid one.
             payment = self._list(payment, actor, claim)
         if failure is None:
             self._promote(org_id)
@@ -308,10 +317,11 @@ class PaymentService:
         already: the process that charged may have died before it could. Under the key
         ``_charge`` uses, so it is credited exactly once whichever comes first, and with its line
         of the billing history and that line's audit entry (by ``PROVIDER``) in the same
-        transaction (a retry of the purchase, or of the recharge job, then returns that line and
-        audits nothing more). None when the charge is none of this organization's (no method of
-        it, even a removed one, has that reference: another keyplane sharing the provider's
-        account, say), which changes nothing."""
+        transaction, and its receipt emailed (a retry of the purchase, or of the recharge job,
+        then returns that line, and audits and emails nothing more; so does this, delivered
+        again). None when the charge is none of this organization's (no method of it, even a
+        removed one, has that reference: another keyplane sharing the provider's account, say),
+        which changes nothing."""
         if charge.kind not in KINDS or not CHARGE_KEY.fullmatch(charge.key):
             return None
         if charge.amount <= 0 or charge.amount % 10_000:
@@ -331,7 +341,9 @@ class PaymentService:
             provider_ref=charge.payment_ref or None,
             billed_to=self._billing.settings(charge.org_id).billing_address,
         )  # fmt: skip
-        lot, _ = self._credit(line, charge.key, PROVIDER)
+        lot, stored = self._credit(line, charge.key, PROVIDER)
+        if stored is not None:  # (None: a lot an older keyplane stored without its line)
+            self._receipts.send(stored, lot)
         self._promote(charge.org_id)
         return lot
 

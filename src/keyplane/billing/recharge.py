@@ -2,7 +2,8 @@
 when an organization's balance falls below its threshold, buying credit back up to the target with
 the default payment method, and tells the organization when a charge is declined (an email, a
 webhook event) and when the declines turn auto-recharge off (audited too). The charge itself, its
-credit and its line of the billing history are ``PaymentService``'s, which owns this and runs it.
+credit, its line of the billing history and its receipt email are ``PaymentService``'s, which owns
+this and runs it: a paid charge's receipt is asked for before its job is finished.
 
 A job is leased while it is worked, so two processes never work one and a crashed one's is taken
 over; its charge's idempotency key is the job's id and attempt, so a job taken over charges once."""

@@ -18,18 +18,13 @@ from fastapi import Request
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from keyplane.billing.payment_ports import Payment, PaymentMethod
+from keyplane.billing.receipts import card_label
 from keyplane.web.dashboard.authorize import may, principal_of
 from keyplane.web.dashboard.session import Viewer, render
 from keyplane.web.principal import Principal
 
 PATH = "/billing"
-BRANDS = {"visa": "Visa", "mastercard": "Mastercard", "amex": "American Express"}
-
-
-def card_label(card: PaymentMethod | Payment) -> str:
-    """How a card is named on the pages: "Visa •••• 4242"."""
-    return f"{BRANDS.get(card.brand, card.brand.capitalize())} •••• {card.last4}"
+__all__ = ["PATH", "allowed", "card_label", "render_billing"]
 
 
 def render_billing(
