@@ -426,3 +426,47 @@ def test_bad_preferences_get_a_form_error_and_nothing_is_saved(owner: Any, kp: K
     page.wait_for_load_state()
     assert "Enter the city." in page.inner_text("main")
     assert kp.container.billing.settings(kp.org.id) == before
+
+
+def test_a_form_left_open_while_another_owner_saved_saves_nothing_a_double_submit_saves(
+    owner: Any, kp: Keyplane
+) -> None:
+    page, base = owner, kp.server.url
+    open_preferences(page, base)
+    other = owner.context.new_page()  # another tab, opened before the first one saves
+    other.goto(base + "/billing/preferences")
+    page.get_by_role("textbox", name="Billing email").fill("accounts@example.com")
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_url(base + "/billing/preferences?saved=1")
+
+    other.get_by_label("Country").select_option(label="Germany")
+    other.get_by_label("Address line 1").fill("Unter den Linden 1")
+    other.get_by_label("City").fill("Berlin")
+    other.get_by_role("button", name="Save").click()
+    other.get_by_role("alert").wait_for()
+    assert other.get_by_role("alert").inner_text() == (
+        "Someone else changed the billing preferences after this page was shown, so nothing was "
+        "saved. They are shown below as they are now: make your change again."
+    )
+    assert other.get_by_role("textbox", name="Billing email").input_value() == (
+        "accounts@example.com"
+    )  # what the other tab saved, not what this one showed before
+    assert other.get_by_label("City").input_value() == ""
+    assert kp.container.billing.settings(kp.org.id).billing_address is None
+
+    # Made again on the page as it is now, the change is saved, and the other one kept.
+    other.get_by_label("Country").select_option(label="Germany")
+    other.get_by_label("Address line 1").fill("Unter den Linden 1")
+    other.get_by_label("City").fill("Berlin")
+    # The same form sent twice (a double click): the second finds its own change, and says saved.
+    form = other.locator("main form")
+    form.evaluate(
+        "async f => { await fetch(f.action, {method: 'POST', "
+        "body: new URLSearchParams(new FormData(f))}); }"
+    )
+    other.get_by_role("button", name="Save").click()
+    other.wait_for_url(base + "/billing/preferences?saved=1")
+    assert other.get_by_role("status").inner_text() == "Billing preferences saved."
+    settings = kp.container.billing.settings(kp.org.id)
+    assert settings.billing_email == "accounts@example.com"
+    assert settings.billing_address is not None and settings.billing_address.city == "Berlin"
