@@ -243,8 +243,9 @@ def test_remove_a_member_and_their_keys_stop_working(owner: Any, kp: Keyplane, g
     assert [m.id for m in client.models.list()]
     page, base = owner, kp.server.url
     go_to_members(page, base)
-    stale = owner.context.new_page()
-    stale.goto(page.url)  # another tab, left open on the same list
+    stale, stale_too = owner.context.new_page(), owner.context.new_page()
+    for tab in (stale, stale_too):
+        tab.goto(page.url)  # other tabs, left open on the same list
 
     page.get_by_role("link", name="Remove Grace Hopper").click()
     page.get_by_role("heading", name="Remove member").wait_for()
@@ -270,6 +271,11 @@ def test_remove_a_member_and_their_keys_stop_working(owner: Any, kp: Keyplane, g
         "That person is no longer a member of this organization: nothing was changed."
     )
     assert not members_row(stale, "grace@example.com").count()  # type: ignore[attr-defined]
+    # And so does her Remove link on a third tab.
+    stale_too.get_by_role("link", name="Remove Grace Hopper").click()
+    assert stale_too.get_by_role("alert").inner_text() == (
+        "That person is no longer a member of this organization: nothing was changed."
+    )
     client.close()
 
 

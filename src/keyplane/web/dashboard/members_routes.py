@@ -217,16 +217,6 @@ def _not_me(principal: Principal, user_id: str) -> None:
         raise InvalidRequest("To leave the organization yourself, use Leave organization.")
 
 
-def _member(request: Request, principal: Principal, user_id: str) -> Member:
-    """Another member of the organization (404 for an unknown id or another organization's
-    user; 400 for oneself, who leaves instead of being removed)."""
-    _not_me(principal, user_id)
-    try:
-        return context(request).services.orgs.get_member(principal.org_id, user_id)
-    except NotFound:
-        raise HTTPException(404) from None
-
-
 @router.post(PATH + "/{user_id}/role")
 def change_role(
     request: Request, viewer: CurrentMember, user_id: str, role: Field = "", org_id: Field = ""
@@ -266,7 +256,11 @@ def _keys_said(count: int, whose: str, own: str = "own") -> str:
 @router.get(PATH + "/{user_id}/remove")
 def remove_page(request: Request, viewer: CurrentMember, user_id: str) -> Response:
     principal = _allowed(request, viewer, "users.delete")
-    member = _member(request, principal, user_id)
+    _not_me(principal, user_id)
+    try:
+        member = context(request).services.orgs.get_member(principal.org_id, user_id)
+    except NotFound:  # removed meanwhile (its Remove link clicked on a list left open)
+        return _list(request, viewer, status=404, error=GONE_MEMBER)
     owned = _keys_owned(request, principal.org_id, member.user.id)
     return render(
         request, "confirm.html", viewer=viewer, heading="Remove member",
