@@ -82,11 +82,15 @@ def person(kp: Keyplane, email: str, name: str) -> User:
 def member(kp: Keyplane, inbox: Inbox, email: str, name: str, role: OrgRole) -> User:
     """An account that joined the organization as ``role`` from its emailed invitation."""
     user = person(kp, email, name)
-    owner = Actor(ActorType.SESSION, "sess_setup", user_id=kp.owner.id, email=kp.owner.email)
-    kp.container.orgs.invite(owner, kp.org.id, email, role)
+    kp.container.orgs.invite(ada(kp), kp.org.id, email, role)
     token = invitation_link(inbox, email).partition("token=")[2]
-    kp.container.orgs.accept_invite(owner, token, user.id)
+    kp.container.orgs.accept_invite(ada(kp), token, user.id)
     return user
+
+
+def ada(kp: Keyplane) -> Actor:
+    """Ada, the Owner, acting from elsewhere (another browser, the Admin API)."""
+    return Actor(ActorType.SESSION, "sess_setup", user_id=kp.owner.id, email=kp.owner.email)
 
 
 def sign_in(page: object, base: str, email: str) -> None:
@@ -210,6 +214,9 @@ def test_change_a_role_by_keyboard_and_the_last_owner_stays(
         == "Grace Hopper (grace@example.com) is now an Owner."
     )
     assert page.get_by_label("Role of Grace Hopper", exact=True).input_value() == "owner"
+    stale = owner.context.new_page()  # Ada may leave now: a tab asks her to confirm
+    stale.goto(base + "/members/leave")
+    stale.get_by_role("heading", name="Leave Acme?").wait_for()
 
     # Back to Reader: Ada is the only Owner again, and cannot make herself a Reader.
     page.get_by_label("Role of Grace Hopper", exact=True).select_option("reader")
@@ -225,19 +232,22 @@ def test_change_a_role_by_keyboard_and_the_last_owner_stays(
     assert (
         page.get_by_label("Role of Ada Owner", exact=True).input_value() == "owner"
     )  # as it is, not as sent
-    # Nor leave the organization.
+    # Nor leave the organization: said before asking to confirm, and if asked from a page shown
+    # while there was another Owner.
     page.get_by_role("link", name="Leave organization").click()
-    page.get_by_role("heading", name="Leave Acme?").wait_for()
-    page.get_by_role("button", name="Leave organization").click()
-    assert page.get_by_role("alert").inner_text() == LAST_OWNER
+    assert page.get_by_role("alert").inner_text() == (
+        "You are the only Owner of Acme: make someone else an Owner before you leave."
+    )
+    assert not page.get_by_role("button", name="Leave organization").count()
+    stale.get_by_role("button", name="Leave organization").click()
+    assert stale.get_by_role("alert").inner_text() == LAST_OWNER
     roles = {m.user.email: m.role for m in kp.container.orgs.members(kp.org.id)}
     assert roles == {"owner@example.com": OrgRole.OWNER, "grace@example.com": OrgRole.READER}
 
 
 def test_remove_a_member_and_their_keys_stop_working(owner: Any, kp: Keyplane, grace: User) -> None:
-    setup = Actor(ActorType.SESSION, "sess_setup", user_id=kp.owner.id, email=kp.owner.email)
     _, secret = kp.container.orgs.create_project_key(
-        setup, kp.org.id, kp.project.id, "Grace's key", grace.id
+        ada(kp), kp.org.id, kp.project.id, "Grace's key", grace.id
     )
     client = openai.OpenAI(base_url=kp.base_url, api_key=secret, max_retries=0)
     assert [m.id for m in client.models.list()]
@@ -476,3 +486,33 @@ def test_a_form_left_open_while_another_owner_saved_saves_nothing_a_double_submi
     settings = kp.container.billing.settings(kp.org.id)
     assert settings.billing_email == "accounts@example.com"
     assert settings.billing_address is not None and settings.billing_address.city == "Berlin"
+
+
+def test_an_owner_made_a_reader_meanwhile_is_refused_with_why_and_nothing_changes(
+    browser: object,  # noqa: F811
+    kp: Keyplane,
+    grace: User,
+) -> None:
+    kp.container.orgs.change_role(ada(kp), kp.org.id, grace.id, OrgRole.OWNER)
+    tabs = browser.new_context()  # type: ignore[attr-defined]
+    page, base = tabs.new_page(), kp.server.url
+    sign_in(page, base, "grace@example.com")
+    open_preferences(page, base)
+    members = tabs.new_page()
+    members.goto(base + "/members")
+    kp.container.orgs.change_role(ada(kp), kp.org.id, grace.id, OrgRole.READER)
+
+    page.get_by_role("textbox", name="Billing email").fill("grace@example.com")
+    page.get_by_role("button", name="Save").click()
+    page.get_by_role("heading", name="Request refused").wait_for()
+    assert "Only the organization's Owners change its billing preferences." in (
+        page.inner_text("main")
+    )
+    members.get_by_label("Role of owner@example.com", exact=True).select_option("reader")
+    members.get_by_role("button", name="Save the role of owner@example.com").click()
+    members.get_by_role("heading", name="Request refused").wait_for()
+    assert "Only the organization's Owners change members' roles." in members.inner_text("main")
+    assert kp.container.billing.settings(kp.org.id).billing_email is None
+    roles = {m.user.email: m.role for m in kp.container.orgs.members(kp.org.id)}
+    assert roles == {"owner@example.com": OrgRole.OWNER, "grace@example.com": OrgRole.READER}
+    tabs.close()

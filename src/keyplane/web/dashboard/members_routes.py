@@ -293,10 +293,16 @@ def remove_member(
 @router.get(PATH + "/leave")
 def leave_page(request: Request, viewer: CurrentMember) -> Response:
     """Any member may leave (it changes nothing but their own membership): as the Admin API's
-    ``users.delete`` of themselves, which the service refuses for the last Owner."""
+    ``users.delete`` of themselves, which the service refuses for the last Owner: told so here,
+    rather than asked to confirm what cannot be done."""
     principal = principal_of(request, viewer)
-    owned = _keys_owned(request, principal.org_id, principal.user_id)
     name = viewer.org.name if viewer.org is not None else "this organization"
+    owners = [m.user.id for m in context(request).services.orgs.members(principal.org_id)
+              if m.role is OrgRole.OWNER]  # fmt: skip
+    if owners == [principal.user_id]:
+        error = f"You are the only Owner of {name}: make someone else an Owner before you leave."
+        return _list(request, viewer, status=409, error=error)
+    owned = _keys_owned(request, principal.org_id, principal.user_id)
     return render(
         request, "confirm.html", viewer=viewer, heading=f"Leave {name}?",
         message=f"You lose access to {name} and its projects. {_keys_said(owned, 'you')} An Owner can invite you "
