@@ -22,6 +22,7 @@ from conftest import Keyplane, start_keyplane
 from keyplane.accounts.models import OrgRole, User
 from keyplane.accounts.passwords import hash_password
 from keyplane.audit.models import Actor, ActorType
+from keyplane.billing.address import BillingAddress
 from keyplane.ids import new_id
 from keyplane.storage.auth_repository import SqlAuthStore
 from kptest import ServerThread, wait_until
@@ -341,9 +342,33 @@ def test_a_reader_sees_members_and_preferences_but_changes_nothing(
     assert "Only the organization's Owners invite members." in page.inner_text("main")
 
     page.goto(base + "/billing/preferences")
-    assert page.get_by_role("heading", name="Billing address").count()
     assert "Billing emails go to the Owners (owner@example.com)." in page.inner_text("main")
+    assert "No billing address yet." in page.inner_text("main")
     assert not main.get_by_role("textbox").count() and not main.get_by_role("button").count()
+    where = BillingAddress(country="FR", line1="1 rue <b>de</b> Rivoli", city="Paris")
+    kp.container.billing.update_settings(
+        kp.org.id, billing_email="accounts@example.com", billing_address=where
+    )  # Ada saves them meanwhile
+    page.reload()
+    assert "Billing emails go to accounts@example.com." in page.inner_text("main")
+    assert page.locator("main address").inner_text().splitlines()[:3] == [
+        "1 rue <b>de</b> Rivoli", "Paris", "France",
+    ]  # fmt: skip
+
+    # Anyone may leave: Grace does, from the keyboard, after being told what it means.
+    go_to_members(page, base)
+    page.get_by_role("link", name="Leave organization").focus()
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Leave Acme?").wait_for()
+    assert "You lose access to Acme and its projects. You own no keys here." in (
+        page.inner_text("main")
+    )
+    page.get_by_role("button", name="Leave organization").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_url(base + "/profile")  # in no organization now: asked to make one
+    assert kp.container.orgs.member(kp.org.id, grace.id) is None
+    assert page.get_by_label("Organization name").is_visible()
+    assert not page.get_by_role("navigation", name="Main").count()
 
 
 # -- Billing → Preferences ------------------------------------------------------------------------
