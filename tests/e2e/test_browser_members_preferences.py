@@ -134,8 +134,7 @@ def test_invite_by_keyboard_and_the_invited_person_joins_from_the_email(
     page.get_by_role("link", name="Invite member").focus()
     page.keyboard.press("Enter")
     page.wait_for_url(base + "/members/invite")
-    emails = page.get_by_label("Email addresses")
-    emails.focus()
+    assert page.evaluate("document.activeElement.id") == "invite-emails"  # ready to type in
     page.keyboard.type("Grace@Example.com")
     page.keyboard.press("Tab")  # to the role: Reader, as chosen already
     assert page.evaluate("document.activeElement.value") == "reader"
@@ -183,6 +182,7 @@ def test_bad_addresses_are_refused_with_why_and_nothing_is_sent(owner: Any, kp: 
     assert alert.inner_text().startswith("Nothing was sent.")
     assert "<script>alert(1)</script>:" in alert.inner_text()
     assert page.get_by_label("Email addresses").get_attribute("aria-invalid") == "true"
+    assert page.evaluate("document.activeElement.id") == "invite-emails"  # to correct them
     assert "heidi@example.com, <script>alert(1)</script>" in page.input_value("#invite-emails")
     assert kp.container.orgs.invites(kp.org.id) == []
 
@@ -459,14 +459,24 @@ def test_bad_preferences_get_a_form_error_and_nothing_is_saved(owner: Any, kp: K
     assert page.get_by_label("Postal code").get_attribute("aria-invalid") is None
     assert kp.container.billing.settings(kp.org.id) == before
 
-    # A required field left out is named.
-    page.get_by_role("textbox", name="Billing email").fill("")
+    # The first field in error has the focus, to correct from the keyboard; a required field
+    # left out is named.
+    assert page.evaluate("document.activeElement.id") == "pref-billing_email"
+    page.keyboard.press("Control+A")
+    page.keyboard.press("Delete")
     page.get_by_label("Address line 1").fill("1 rue de Rivoli")
     page.get_by_label("City").fill("")
     page.get_by_role("button", name="Save").click()
     page.wait_for_load_state()
     assert "Enter the city." in page.inner_text("main")
     assert kp.container.billing.settings(kp.org.id) == before
+    assert page.evaluate("document.activeElement.id") == "pref-city"
+    page.keyboard.type("Paris")
+    page.keyboard.press("Enter")
+    page.wait_for_url(base + "/billing/preferences?saved=1")
+    saved = kp.container.billing.settings(kp.org.id)
+    assert saved.billing_email is None and saved.billing_address is not None
+    assert saved.billing_address.lines() == ["1 rue de Rivoli", "Paris", "France"]
 
 
 def test_a_form_left_open_while_another_owner_saved_saves_nothing_a_double_submit_saves(

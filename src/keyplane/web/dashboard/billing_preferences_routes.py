@@ -63,6 +63,7 @@ def _page(
     """The tab; ``typed``: the form as it was sent (refused), else the stored preferences;
     ``fingerprint``: of the preferences that form was first shown with, else of the stored ones."""
     services = context(request).services
+    errors = errors or {}
     principal = principal_of(request, viewer)
     if not may(request, principal, "billing_settings.retrieve", None):
         raise HTTPException(403)
@@ -74,8 +75,9 @@ def _page(
     owners = [u.email for u in services.accounts.owners(principal.org_id)]
     return render(
         request, "billing_preferences.html", status=status, viewer=viewer, section=PATH,
-        settings=settings, address=address, typed=typed, errors=errors or {}, fields=FIELDS,
+        settings=settings, address=address, typed=typed, errors=errors, fields=FIELDS,
         countries=countries(), owners=owners, error=error,
+        first_error=next((n for n in ("billing_email", *FIELDS) if n in errors), None),
         fingerprint=fingerprint or _fingerprint(settings),
         notice="Billing preferences saved." if saved else None,
         can_edit=may(request, principal, "billing_settings.update", None),
