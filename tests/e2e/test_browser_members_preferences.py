@@ -173,7 +173,7 @@ def test_invite_by_keyboard_and_the_invited_person_joins_from_the_email(
     assert row.get_by_label("Role of Grace Hopper", exact=True).input_value() == "reader"  # type: ignore[attr-defined]
 
 
-def test_bad_addresses_are_refused_with_why_and_nothing_is_sent(owner: Any, kp: Keyplane) -> None:
+def test_bad_or_invited_addresses_are_refused_with_why(owner: Any, kp: Keyplane) -> None:
     page, base = owner, kp.server.url
     page.goto(base + "/members/invite")
     page.get_by_label("Email addresses").fill("heidi@example.com, <script>alert(1)</script>")
@@ -186,15 +186,23 @@ def test_bad_addresses_are_refused_with_why_and_nothing_is_sent(owner: Any, kp: 
     assert "heidi@example.com, <script>alert(1)</script>" in page.input_value("#invite-emails")
     assert kp.container.orgs.invites(kp.org.id) == []
 
-    # Sending the same invitation twice (a double click) says it was sent, not "nothing sent".
+    # An address invited already is refused with why, while the others are sent.
     page.get_by_label("Email addresses").fill("heidi@example.com")
     page.get_by_role("button", name="Send invitation").click()
     page.wait_for_url(base + "/members?invited=*")
     page.goto(base + "/members/invite")
-    page.get_by_label("Email addresses").fill("heidi@example.com")
+    page.get_by_label("Email addresses").fill("heidi@example.com, judy@example.com")
     page.get_by_role("button", name="Send invitation").click()
-    assert "'heidi@example.com' already has a pending invitation." in page.inner_text("main")
-    assert len(kp.container.orgs.invites(kp.org.id)) == 1
+    assert page.get_by_role("status").inner_text() == (
+        "Invitation sent to judy@example.com: the link in it works for 7 days."
+    )
+    assert [line for line in page.get_by_role("alert").inner_text().splitlines() if line] == [
+        "Not sent:", "'heidi@example.com' already has a pending invitation.",
+    ]  # fmt: skip
+    assert page.input_value("#invite-emails") == "heidi@example.com"  # what is left, to edit
+    assert sorted(i.email for i in kp.container.orgs.invites(kp.org.id)) == [
+        "heidi@example.com", "judy@example.com",
+    ]  # fmt: skip
 
 
 def test_change_a_role_by_keyboard_and_the_last_owner_stays(

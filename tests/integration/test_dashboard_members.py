@@ -420,7 +420,8 @@ def test_bad_invitations_are_refused_with_what_was_wrong(
         {"emails": "owner@example.com ivan@example.com\njudy@example.com", "role": "owner"},
     )
     said = text_of(r)
-    assert r.status_code == 409 and "Invitation sent to judy@example.com." in said
+    assert r.status_code == 409 and "Invitation sent to judy@example.com: the link" in said
+    assert "Not sent: 'owner@example.com' is already a member" in said
     assert "'owner@example.com' is already a member of this organization." in said
     assert "'ivan@example.com' already has a pending invitation." in said
     assert ">owner@example.com\nivan@example.com</textarea>" in r.text  # the refused, to edit

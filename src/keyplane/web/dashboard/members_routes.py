@@ -93,6 +93,10 @@ def _done(request: Request, org_id: str, event: str, target_id: str) -> Mapping[
     return next((e.details for e in found.events if e.target_id == target_id), None)
 
 
+def _sent(emails: Sequence[str]) -> str:
+    return f"Invitation sent to {', '.join(emails)}: the link in it works for 7 days."
+
+
 def _notice(request: Request, org: Organization, done: Mapping[str, str]) -> str | None:
     """What the change just made did (``done``: the page's query), named only if it is so in
     this organization, so that an address says nothing made up: ``invited``, the ids of the
@@ -107,7 +111,7 @@ def _notice(request: Request, org: Organization, done: Mapping[str, str]) -> str
         ids = dict.fromkeys(invited.split(",")[:MAX_INVITES])  # in the order they were typed
         sent = [waiting[i] for i in ids if i in waiting]
         if sent:
-            return f"Invitation sent to {', '.join(sent)}: the link in it works for 7 days."
+            return _sent(sent)
     if (changed := done.get("changed")) and (who := orgs.member(org.id, changed)) is not None:
         name = f"{who.user.name} ({who.user.email})" if who.user.name else who.user.email
         return f"{name} is now {'an Owner' if who.role is OrgRole.OWNER else 'a Reader'}."
@@ -187,7 +191,7 @@ def send_invites(
             left.append(address)
             refused.append(exc.message)
     if refused:
-        notice = f"Invitation sent to {', '.join(i.email for i in sent)}." if sent else None
+        notice = _sent([i.email for i in sent]) if sent else None
         return _invite_page(
             request, viewer, status=409, emails="\n".join(left), role=role, errors=refused,
             notice=notice,
