@@ -126,12 +126,9 @@ def save_preferences(
         )
     services = context(request).services
     stored = services.billing.settings(principal.org_id)
-    wanted = (email, address)
-    # The same form sent twice (a double click) finds its own change: that is no conflict.
-    if fingerprint not in ("", _fingerprint(stored)) and wanted != (
-        stored.billing_email,
-        stored.billing_address,
-    ):
+    # The same form sent twice (a double click) finds its own change made: that is no conflict.
+    done_already = (email, address) == (stored.billing_email, stored.billing_address)
+    if fingerprint not in ("", _fingerprint(stored)) and not done_already:
         return _page(request, viewer, status=409, error=STALE)
     before = preferences_shown(stored)
     record = services.billing.update_settings(
