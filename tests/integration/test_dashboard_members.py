@@ -214,7 +214,8 @@ def test_an_owner_changes_roles_but_the_last_owner_stays(
     assert roles(kp)["owner@example.com"] is OrgRole.OWNER and role_changes(kp) == []
 
     promoted = owner.post(f"/members/{rita.id}/role", {"role": "owner"})
-    assert promoted.status_code == 303 and promoted.headers["location"] == "/members"
+    assert promoted.headers["location"] == f"/members?changed={rita.id}"
+    assert "rita@example.com is now an Owner." in text_of(owner.get(promoted.headers["location"]))
     assert roles(kp)["rita@example.com"] is OrgRole.OWNER
     assert role_changes(kp) == [(ActorType.SESSION, "owner@example.com",
                                            {"before": {"role": "reader"},
@@ -254,7 +255,13 @@ def test_removing_a_member_revokes_their_keys_as_the_admin_api_does(
     assert confirm.status_code == 200 and "rita@example.com leaves this organization" in said
     assert "The key they own here stops working on every gateway" in said
     gone = owner.post(f"/members/{rita.id}/remove", {})
-    assert gone.status_code == 303 and gone.headers["location"] == "/members"
+    assert gone.status_code == 303 and gone.headers["location"] == f"/members?removed={rita.id}"
+    assert "rita@example.com is removed from Acme. The key they owned here stops working" in (
+        text_of(owner.get(gone.headers["location"]))
+    )
+    # A notice names only what was done here: not a member, not a made-up id.
+    for made_up in (f"removed={kp.owner.id}", "removed=user-nobody", "changed=user-nobody"):
+        assert "alert" not in owner.get(f"/members?{made_up}").text
     assert "rita@example.com" not in roles(kp) and "rita@example.com" not in text_of(
         owner.get("/members")
     )
@@ -274,7 +281,8 @@ def test_removing_a_member_revokes_their_keys_as_the_admin_api_does(
                          "revoked_keys": [sam_key]}  # fmt: skip
 
     owner.get("/members")
-    assert owner.post(f"/members/{rita.id}/remove", {}).status_code == 404
+    again = owner.post(f"/members/{rita.id}/remove", {})  # a double submit
+    assert again.status_code == 404 and "no longer a member" in text_of(again)
     assert owner.get("/members/user-nobody/remove").status_code == 404
     owner.get("/members")
     itself = owner.post(f"/members/{kp.owner.id}/remove", {})
@@ -296,7 +304,11 @@ def test_an_owner_withdraws_an_invitation_and_its_link_stops_working(
     assert f'action="/members/invites/{invite.id}/revoke"' in page.text
     assert tables(page)[1] == [["ivan@example.com", "Owner", "Olive", today(7 * 86400), "Revoke"]]
     r = owner.post(f"/members/invites/{invite.id}/revoke", {})
-    assert r.status_code == 303 and r.headers["location"] == "/members"
+    assert r.status_code == 303 and r.headers["location"] == f"/members?withdrawn={invite.id}"
+    assert "The invitation of ivan@example.com is withdrawn" in text_of(
+        owner.get(r.headers["location"])
+    )
+    assert "alert" not in owner.get("/members?withdrawn=invite-nobody").text
     assert pending(kp) == [] and "No pending invitations" in text_of(owner.get("/members"))
     assert events(kp, "invite.deleted") == [(ActorType.SESSION, "owner@example.com",
                                              {"data": {"email": "ivan@example.com",
@@ -304,7 +316,8 @@ def test_an_owner_withdraws_an_invitation_and_its_link_stops_working(
     dead = owner.get(link)
     assert dead.status_code == 400 and "invalid, used or expired" in text_of(dead)
     owner.get("/members")
-    assert owner.post(f"/members/invites/{invite.id}/revoke", {}).status_code == 404
+    again = owner.post(f"/members/invites/{invite.id}/revoke", {})  # a double submit
+    assert again.status_code == 404 and "withdrawn already: nothing was changed" in text_of(again)
 
 
 def test_a_reader_sees_the_members_but_changes_nothing(
@@ -407,7 +420,8 @@ def test_bad_invitations_are_refused_with_what_was_wrong(
         {"emails": "owner@example.com ivan@example.com\njudy@example.com", "role": "owner"},
     )
     said = text_of(r)
-    assert r.status_code == 409 and "Invitation sent to judy@example.com." in said
+    assert r.status_code == 409 and "Invitation sent to judy@example.com: the link" in said
+    assert "Not sent: 'owner@example.com' is already a member" in said
     assert "'owner@example.com' is already a member of this organization." in said
     assert "'ivan@example.com' already has a pending invitation." in said
     assert ">owner@example.com\nivan@example.com</textarea>" in r.text  # the refused, to edit

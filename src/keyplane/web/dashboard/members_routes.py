@@ -12,15 +12,17 @@ email is the service's too."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import RedirectResponse, Response
 
-from keyplane.accounts.models import OrgRole
+from keyplane.accounts.models import Organization, OrgRole
 from keyplane.accounts.org_ports import Invite, InviteStatus, Member
+from keyplane.audit.models import AuditFilter
 from keyplane.emails import normalize_email
 from keyplane.errors import Conflict, InvalidRequest, NotFound
 from keyplane.web.dashboard.authorize import may, principal_of
@@ -48,6 +50,10 @@ REFUSED = {
     "invites.create": "Only the organization's Owners invite members.",
     "invites.delete": "Only the organization's Owners withdraw invitations.",
 }
+# A form shown before someone else changed the same member or invitation (another tab, another
+# Owner): said on the list, which shows how things are now, rather than as a missing page.
+GONE_MEMBER = "That person is no longer a member of this organization: nothing was changed."
+GONE_INVITE = "That invitation was withdrawn already: nothing was changed."
 _SEPARATORS = re.compile(r"[\s,;]+")
 
 
@@ -79,14 +85,25 @@ def _list(request: Request, viewer: Viewer, *, status: int = 200, **values: obje
     )  # fmt: skip
 
 
-@router.get(PATH)
-def members_page(request: Request, viewer: CurrentMember, invited: str = "") -> Response:
-    """``invited``: the ids of the invitations just sent (comma-separated), to say so; only
-    this organization's pending ones are named, so the address says nothing made up."""
-    notice = None
-    org = viewer.org
-    if invited and org is not None:
-        orgs = context(request).services.orgs
+def _done(request: Request, org_id: str, event: str, target_id: str) -> Mapping[str, Any] | None:
+    """The details of this organization's recent ``event`` about ``target_id`` (a removal or a
+    withdrawal just made), for the notice that says so; None if there is none."""
+    audit = context(request).services.audit
+    found = audit.query(org_id, AuditFilter(event_types=[event]), limit=20)
+    return next((e.details for e in found.events if e.target_id == target_id), None)
+
+
+def _sent(emails: Sequence[str]) -> str:
+    return f"Invitation sent to {', '.join(emails)}: the link in it works for 7 days."
+
+
+def _notice(request: Request, org: Organization, done: Mapping[str, str]) -> str | None:
+    """What the change just made did (``done``: the page's query), named only if it is so in
+    this organization, so that an address says nothing made up: ``invited``, the ids of the
+    invitations sent (comma-separated; pending ones only); ``changed``, a member whose role was
+    set; ``removed``, a member removed (no longer one); ``withdrawn``, an invitation withdrawn."""
+    orgs = context(request).services.orgs
+    if invited := done.get("invited", ""):
         now = orgs.now()
         waiting = {
             i.id: i.email for i in orgs.invites(org.id) if i.status(now) is InviteStatus.PENDING
@@ -94,7 +111,30 @@ def members_page(request: Request, viewer: CurrentMember, invited: str = "") -> 
         ids = dict.fromkeys(invited.split(",")[:MAX_INVITES])  # in the order they were typed
         sent = [waiting[i] for i in ids if i in waiting]
         if sent:
-            notice = f"Invitation sent to {', '.join(sent)}: the link in it works for 7 days."
+            return _sent(sent)
+    if (changed := done.get("changed")) and (who := orgs.member(org.id, changed)) is not None:
+        name = f"{who.user.name} ({who.user.email})" if who.user.name else who.user.email
+        return f"{name} is now {'an Owner' if who.role is OrgRole.OWNER else 'a Reader'}."
+    removed = done.get("removed", "")
+    if removed and orgs.member(org.id, removed) is None:
+        details = _done(request, org.id, "user.deleted", removed)
+        if details is not None:
+            keys = _keys_said(len(details.get("revoked_keys", ())), "they", "owned")
+            return f"{details['data']['email']} is removed from {org.name}. {keys}"
+    if withdrawn := done.get("withdrawn"):
+        details = _done(request, org.id, "invite.deleted", withdrawn)
+        if details is not None:
+            email = details["data"]["email"]
+            return f"The invitation of {email} is withdrawn: its link no longer works."
+    return None
+
+
+@router.get(PATH)
+def members_page(request: Request, viewer: CurrentMember) -> Response:
+    """The list, with a notice of the change just made (see ``_notice``)."""
+    _allowed(request, viewer, "users.list")  # before anything is looked up for the notice
+    org = viewer.org
+    notice = None if org is None else _notice(request, org, request.query_params)
     return _list(request, viewer, notice=notice)
 
 
@@ -151,7 +191,7 @@ def send_invites(
             left.append(address)
             refused.append(exc.message)
     if refused:
-        notice = f"Invitation sent to {', '.join(i.email for i in sent)}." if sent else None
+        notice = _sent([i.email for i in sent]) if sent else None
         return _invite_page(
             request, viewer, status=409, emails="\n".join(left), role=role, errors=refused,
             notice=notice,
@@ -167,23 +207,18 @@ def revoke_invite(
     same_org(viewer, org_id)
     try:
         context(request).services.orgs.delete_invite(principal.actor, principal.org_id, invite_id)
-    except NotFound:
-        raise HTTPException(404) from None
+    except NotFound:  # withdrawn meanwhile (a double submit, another tab)
+        return _list(request, viewer, status=404, error=GONE_INVITE)
     except InvalidRequest as exc:  # accepted meanwhile
         return _list(request, viewer, status=400, error=exc.message)
-    raise Redirect(PATH)
+    raise Redirect(f"{PATH}?withdrawn={quote(invite_id)}")
 
 
 # -- members --------------------------------------------------------------------------------------
-def _member(request: Request, principal: Principal, user_id: str) -> Member:
-    """Another member of the organization (404 for an unknown id or another organization's
-    user; 400 for oneself, who leaves instead of being removed)."""
+def _not_me(principal: Principal, user_id: str) -> None:
+    """Refuses (400) removing oneself, who leaves instead."""
     if user_id == principal.user_id:
         raise InvalidRequest("To leave the organization yourself, use Leave organization.")
-    try:
-        return context(request).services.orgs.get_member(principal.org_id, user_id)
-    except NotFound:
-        raise HTTPException(404) from None
 
 
 @router.post(PATH + "/{user_id}/role")
@@ -199,11 +234,11 @@ def change_role(
         context(request).services.orgs.change_role(
             principal.actor, principal.org_id, user_id, chosen
         )
-    except NotFound:
-        raise HTTPException(404) from None
+    except NotFound:  # removed meanwhile
+        return _list(request, viewer, status=404, error=GONE_MEMBER)
     except Conflict as exc:  # the last Owner
         return _list(request, viewer, status=409, error=exc.message)
-    raise Redirect(PATH)
+    raise Redirect(f"{PATH}?changed={quote(user_id)}")
 
 
 def _keys_owned(request: Request, org_id: str, user_id: str) -> int:
@@ -213,19 +248,23 @@ def _keys_owned(request: Request, org_id: str, user_id: str) -> int:
     )
 
 
-def _keys_said(count: int, whose: str) -> str:
-    """What becomes of the keys ``whose`` ("they", "you") own here."""
+def _keys_said(count: int, whose: str, own: str = "own") -> str:
+    """What becomes of the keys ``whose`` ("they", "you") ``own`` ("owned", once removed) here."""
     if count == 0:
-        return f"{whose.capitalize()} own no keys here."
+        return f"{whose.capitalize()} {own} no keys here."
     if count == 1:
-        return f"The key {whose} own here stops working on every gateway within a second."
-    return f"The {count} keys {whose} own here stop working on every gateway within a second."
+        return f"The key {whose} {own} here stops working on every gateway within a second."
+    return f"The {count} keys {whose} {own} here stop working on every gateway within a second."
 
 
 @router.get(PATH + "/{user_id}/remove")
 def remove_page(request: Request, viewer: CurrentMember, user_id: str) -> Response:
     principal = _allowed(request, viewer, "users.delete")
-    member = _member(request, principal, user_id)
+    _not_me(principal, user_id)
+    try:
+        member = context(request).services.orgs.get_member(principal.org_id, user_id)
+    except NotFound:  # removed meanwhile (its Remove link clicked on a list left open)
+        return _list(request, viewer, status=404, error=GONE_MEMBER)
     owned = _keys_owned(request, principal.org_id, member.user.id)
     return render(
         request, "confirm.html", viewer=viewer, heading="Remove member",
@@ -242,26 +281,32 @@ def remove_member(
 ) -> Response:
     principal = _allowed(request, viewer, "users.delete")
     same_org(viewer, org_id)
-    member = _member(request, principal, user_id)
+    _not_me(principal, user_id)
     try:
-        context(request).services.orgs.remove_member(
-            principal.actor, principal.org_id, member.user.id
+        member = context(request).services.orgs.remove_member(
+            principal.actor, principal.org_id, user_id
         )
-    except NotFound:
-        raise HTTPException(404) from None
+    except NotFound:  # removed meanwhile (a double submit, another tab)
+        return _list(request, viewer, status=404, error=GONE_MEMBER)
     except Conflict as exc:  # the last Owner (only in a race: the remover is an Owner)
         return _list(request, viewer, status=409, error=exc.message)
-    raise Redirect(PATH)
+    raise Redirect(f"{PATH}?removed={quote(member.user.id)}")
 
 
 # -- leaving --------------------------------------------------------------------------------------
 @router.get(PATH + "/leave")
 def leave_page(request: Request, viewer: CurrentMember) -> Response:
     """Any member may leave (it changes nothing but their own membership): as the Admin API's
-    ``users.delete`` of themselves, which the service refuses for the last Owner."""
+    ``users.delete`` of themselves, which the service refuses for the last Owner: told so here,
+    rather than asked to confirm what cannot be done."""
     principal = principal_of(request, viewer)
-    owned = _keys_owned(request, principal.org_id, principal.user_id)
     name = viewer.org.name if viewer.org is not None else "this organization"
+    owners = [m.user.id for m in context(request).services.orgs.members(principal.org_id)
+              if m.role is OrgRole.OWNER]  # fmt: skip
+    if owners == [principal.user_id]:
+        error = f"You are the only Owner of {name}: make someone else an Owner before you leave."
+        return _list(request, viewer, status=409, error=error)
+    owned = _keys_owned(request, principal.org_id, principal.user_id)
     return render(
         request, "confirm.html", viewer=viewer, heading=f"Leave {name}?",
         message=f"You lose access to {name} and its projects. {_keys_said(owned, 'you')} An Owner can invite you "
