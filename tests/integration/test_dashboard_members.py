@@ -195,6 +195,39 @@ def test_an_owner_invites_people_whose_email_link_makes_them_members(
     grace.close()
 
 
+def test_an_invite_form_sent_twice_invites_once_and_says_so(
+    kp: Keyplane,
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    """A double click on Send invitation: the second request finds the first's invitation and
+    shows it as sent, not "already invited"; one invitation, one audit entry."""
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    form = owner.get("/members/invite").text
+    form_id = re.search(r'name="form_id" value="([^"]+)"', form)
+    assert form_id
+    fields = {"emails": "ivan@example.com", "role": "reader", "form_id": form_id.group(1)}
+    first = owner.post("/members/invite", fields)
+    owner.page = form  # (the second click sends the same page's form)
+    second = owner.post("/members/invite", fields)
+    assert first.status_code == second.status_code == 303
+    assert second.headers["location"] == first.headers["location"]
+    assert "Invitation sent to ivan@example.com" in text_of(owner.get(second.headers["location"]))
+    assert pending(kp) == ["ivan@example.com"]
+    assert len(events(kp, "invite.sent")) == 1
+    # A form refused for what was typed may be corrected and sent again.
+    form = owner.get("/members/invite").text
+    form_id = re.search(r'name="form_id" value="([^"]+)"', form)
+    assert form_id
+    typo = owner.post("/members/invite", {"emails": "judy@", "role": "reader",
+                                          "form_id": form_id.group(1)})  # fmt: skip
+    assert typo.status_code == 400
+    owner.page = form
+    fixed = owner.post("/members/invite", {"emails": "judy@example.com", "role": "reader",
+                                           "form_id": form_id.group(1)})  # fmt: skip
+    assert fixed.status_code == 303
+    assert sorted(pending(kp)) == ["ivan@example.com", "judy@example.com"]
+
+
 def test_an_owner_changes_roles_but_the_last_owner_stays(
     kp: Keyplane,
     inbox: Inbox,

@@ -12,6 +12,7 @@ email is the service's too."""
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -26,6 +27,7 @@ from keyplane.audit.models import AuditFilter
 from keyplane.emails import normalize_email
 from keyplane.errors import Conflict, InvalidRequest, NotFound
 from keyplane.web.dashboard.authorize import may, principal_of
+from keyplane.web.dashboard.once import OnceForms
 from keyplane.web.dashboard.session import (
     ORG_COOKIE,
     CurrentMember,
@@ -55,6 +57,7 @@ REFUSED = {
 GONE_MEMBER = "That person is no longer a member of this organization: nothing was changed."
 GONE_INVITE = "That invitation was withdrawn already: nothing was changed."
 _SEPARATORS = re.compile(r"[\s,;]+")
+_FORMS = OnceForms()  # the invite form's one-time ids: sent twice (a double click), it sends once
 
 
 def _allowed(request: Request, viewer: Viewer, operation: str) -> Principal:
@@ -145,7 +148,7 @@ def _invite_page(
 ) -> Response:  # fmt: skip
     return render(
         request, "members_invite.html", status=status, viewer=viewer, emails=emails, role=role,
-        errors=errors, notice=notice, most=MAX_INVITES,
+        errors=errors, notice=notice, most=MAX_INVITES, form_id=secrets.token_urlsafe(16),
     )  # fmt: skip
 
 
@@ -158,14 +161,18 @@ def invite_page(request: Request, viewer: CurrentMember) -> Response:
 @router.post(PATH + "/invite")
 def send_invites(
     request: Request, viewer: CurrentMember, emails: Field = "", role: Field = "",
-    org_id: Field = "",
+    org_id: Field = "", form_id: Field = "",
 ) -> Response:  # fmt: skip
     """Invites each address typed (commas, spaces or lines between them). A malformed address
     sends nothing; an address the service refuses (a member already, or invited already) is
-    shown again with why, while the others are invited."""
+    shown again with why, while the others are invited. The same form sent again (a double
+    click) sends nothing more: it shows the list with what the first one sent."""
     principal = _allowed(request, viewer, "invites.create")
     same_org(viewer, org_id)
     typed = [e for e in _SEPARATORS.split(emails) if e]
+    orgs = context(request).services.orgs
+    if form_id and not _FORMS.claim(form_id):  # sent before: the list shows what that sent
+        raise Redirect(_invited(orgs.invites(principal.org_id), typed))
     chosen = ROLES.get(role)
     refused: list[str] = []
     if chosen is None:
@@ -180,23 +187,39 @@ def send_invites(
         except InvalidRequest as exc:
             refused.append(f"{address}: {exc.message}")
     if refused or chosen is None:
+        _FORMS.release(form_id)  # nothing was sent: the form may be sent again
         return _invite_page(request, viewer, status=400, emails=emails, role=role, errors=refused)
-    orgs = context(request).services.orgs
     sent: list[Invite] = []
     left: list[str] = []
-    for address in dict.fromkeys(normalize_email(a) for a in typed):
-        try:
-            sent.append(orgs.invite(principal.actor, principal.org_id, address, chosen))
-        except (Conflict, InvalidRequest) as exc:  # a member, or invited, already
-            left.append(address)
-            refused.append(exc.message)
+    try:
+        for address in dict.fromkeys(normalize_email(a) for a in typed):
+            try:
+                sent.append(orgs.invite(principal.actor, principal.org_id, address, chosen))
+            except (Conflict, InvalidRequest) as exc:  # a member, or invited, already
+                left.append(address)
+                refused.append(exc.message)
+    finally:
+        if not sent:
+            _FORMS.release(form_id)
     if refused:
         notice = _sent([i.email for i in sent]) if sent else None
         return _invite_page(
             request, viewer, status=409, emails="\n".join(left), role=role, errors=refused,
             notice=notice,
         )  # fmt: skip
-    raise Redirect(f"{PATH}?invited={quote(','.join(i.id for i in sent), safe=',')}")
+    raise Redirect(_invited(sent, typed))
+
+
+def _invited(invites: Sequence[Invite], typed: Sequence[str]) -> str:
+    """The list with the notice of the pending invitations of the addresses typed."""
+    wanted = set()
+    for address in typed[:MAX_INVITES]:
+        try:
+            wanted.add(normalize_email(address))
+        except InvalidRequest:
+            continue
+    ids = [i.id for i in invites if i.email in wanted and i.accepted_at is None]
+    return f"{PATH}?invited={quote(','.join(ids), safe=',')}" if ids else PATH
 
 
 @router.post(PATH + "/invites/{invite_id}/revoke")
