@@ -1,5 +1,6 @@
 """Administering an organization: members and roles, invitations, projects and their members,
-service accounts and the keys of all of them (BRIEF C1, C2).
+service accounts and the keys of all of them (BRIEF C1, C2). Invitations are in invitations.py,
+the writing of keys in org_keys.py; this service checks where each object is and delegates.
 
 Every change is written to the audit log here, in the service, so the Admin API and the dashboard
 record the same events without repeating themselves. ``actor`` says who asked and from where.
@@ -9,16 +10,14 @@ for objects that do not exist.
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
+from keyplane.accounts.invitations import Invitations
 from keyplane.accounts.models import OrgRole, Project, ServiceAccount
+from keyplane.accounts.org_keys import UNCHANGED, OrgKeys, Unchanged
 from keyplane.accounts.org_ports import (
     EmailQueue,
     Invite,
-    InviteStatus,
     KeyLimits,
     Member,
     OrgStore,
@@ -29,25 +28,14 @@ from keyplane.accounts.service import AccountService
 from keyplane.audit.models import Actor
 from keyplane.audit.service import AuditService, changed
 from keyplane.clock import Clock
-from keyplane.emails import normalize_email
-from keyplane.errors import Conflict, InvalidRequest, NotFound
+from keyplane.errors import InvalidRequest, NotFound
 from keyplane.ids import new_id
 from keyplane.keys.access import ip_allowlist, model_allowlist
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
 from keyplane.keys.service import KeyService
-from keyplane.limits.ratelimit import LimitOutOfRange, ModelLimits, with_changes
+from keyplane.limits.ratelimit import ModelLimits
 from keyplane.text import refuse_control_characters
-
-INVITE_TTL_S = 7 * 86400
-INVITE_PATH = "/invites/accept"  # the dashboard page that takes ?token=
-_DEAD_INVITE = "This invitation link is invalid, used or expired."
-TOKEN_BYTES = 32  # 256 bits from `secrets`
-
-
-def token_hash(token: str) -> str:
-    """A fast hash is enough: the token is 256 random bits, not a password."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _name(name: str, what: str) -> str:
@@ -55,44 +43,6 @@ def _name(name: str, what: str) -> str:
     if not name or len(name) > 200:
         raise InvalidRequest(f"A {what} name needs 1 to 200 characters.", param="name")
     return refuse_control_characters(name, f"A {what} name", "name")
-
-
-def key_data(key: ApiKey) -> dict[str, Any]:
-    """A key as the audit log shows it (the ``keyplane`` command records the same)."""
-    return {
-        "name": key.name,
-        "kind": key.kind.value,
-        "redacted_value": key.redacted_value,
-        "owner": {"type": key.owner_type, "id": key.owner_id},
-        "expires_at": key.expires_at,
-    }
-
-
-class Unchanged:
-    """Marks an update argument the caller did not give (None means "remove the restriction")."""
-
-
-UNCHANGED = Unchanged()
-
-
-def key_access(key: ApiKey) -> dict[str, Any]:
-    """A key's permissions and allowlists as the audit log shows them."""
-    return {
-        "scopes": list(key.scopes or ()),
-        "allowed_models": None if key.allowed_models is None else list(key.allowed_models),
-        "allowed_ips": None if key.allowed_cidrs is None else list(key.allowed_cidrs),
-    }
-
-
-def created_key_data(key: ApiKey) -> dict[str, Any]:
-    """A new key as its ``api_key.created`` entry shows it: what it is and what it may do."""
-    return {**key_data(key), **key_access(key)}
-
-
-def limits_data(limits: ModelLimits | None) -> dict[str, int | None]:
-    """A key's limits as the audit log shows them."""
-    limits = limits or ModelLimits()
-    return {"rpm": limits.rpm, "tpm": limits.tpm, "rpd": limits.rpd}
 
 
 class OrgService:
@@ -111,16 +61,18 @@ class OrgService:
         require_org_verified: Callable[[str], None] = lambda org_id: None,
     ) -> None:
         self._require_org_verified = require_org_verified
-        self._key_limits = key_limits
         self._store = store
-        # Raises unless the user may own keys (their email is verified): BRIEF C1.
-        self._require_can_create_keys = require_can_create_keys
         self._accounts = accounts
         self._keys = keys
-        self._outbox = outbox
         self._audit = audit
         self._clock = clock
-        self._public_url = public_url.rstrip("/")
+        self._invitations = Invitations(
+            store, accounts, outbox, audit, clock, public_url=public_url.rstrip("/")
+        )
+        self._org_keys = OrgKeys(
+            keys, audit, require_can_create_keys=require_can_create_keys, key_limits=key_limits,
+            require_org_verified=require_org_verified,
+        )  # fmt: skip
 
     def now(self) -> float:
         return self._clock.now()
@@ -159,7 +111,7 @@ class OrgService:
         if not self._store.remove_member(org_id, user_id):
             raise NotFound(f"No user '{user_id}' in this organization.", param="user_id")
         owned = [k for k in self._keys.list(org_id) if k.owner_type == "user"]
-        revoked = self._revoke([k for k in owned if k.owner_id == user_id])
+        revoked = self._org_keys.revoke_all([k for k in owned if k.owner_id == user_id])
         self._audit.record(
             org_id, actor, "user.deleted", target_id=user_id,
             details={"data": {"email": member.user.email, "role": member.role.value},
@@ -167,90 +119,24 @@ class OrgService:
         )  # fmt: skip
         return member
 
-    # -- invitations ------------------------------------------------------------------------------
+    # -- invitations (invitations.py) -------------------------------------------------------------
     def invites(self, org_id: str) -> Sequence[Invite]:
-        return self._store.invites(org_id)
+        return self._invitations.invites(org_id)
 
     def get_invite(self, org_id: str, invite_id: str) -> Invite:
-        for invite in self._store.invites(org_id):
-            if invite.id == invite_id:
-                return invite
-        raise NotFound(f"No invite '{invite_id}' in this organization.", param="invite_id")
+        return self._invitations.get_invite(org_id, invite_id)
 
     def invite(self, actor: Actor, org_id: str, email: str, role: OrgRole) -> Invite:
-        """Stores an invitation and queues the email with its single-use link (valid 7 days).
-
-        Raises Conflict if the address is a member or has a pending invitation."""
-        email = normalize_email(email)
-        now = self._now()
-        if any(m.user.email.lower() == email for m in self._store.members(org_id)):
-            raise Conflict(f"'{email}' is already a member of this organization.", param="email")
-        if any(
-            i.email == email and i.status(now) is InviteStatus.PENDING
-            for i in self._store.invites(org_id)
-        ):
-            raise Conflict(f"'{email}' already has a pending invitation.", param="email")
-        token = secrets.token_urlsafe(TOKEN_BYTES)
-        invite = Invite(
-            id=new_id("invite-"), org_id=org_id, email=email, role=role,
-            token_hash=token_hash(token), created_at=now, expires_at=now + INVITE_TTL_S,
-            created_by=actor.user_id,
-        )  # fmt: skip
-        self._store.add_invite(invite)
-        org = self._accounts.org_name(org_id)
-        self._outbox.enqueue(
-            f"invite:{invite.id}",
-            [email],
-            f"You are invited to join {org} on keyplane",
-            f"You have been invited to join the organization {org} on keyplane as "
-            f"{role.value.capitalize()}.\n\nAccept the invitation within 7 days:\n"
-            f"{self._public_url}{INVITE_PATH}?token={token}\n\n"
-            "The link works once. If you did not expect this email, ignore it.\n",
-            now=now,
-        )
-        self._audit.record(
-            org_id, actor, "invite.sent", target_id=invite.id,
-            details={"data": {"email": email, "role": role.value}},
-        )  # fmt: skip
-        return invite
+        return self._invitations.invite(actor, org_id, email, role)
 
     def delete_invite(self, actor: Actor, org_id: str, invite_id: str) -> Invite:
-        """Withdraws a pending or expired invitation. Raises InvalidRequest once accepted."""
-        invite = self.get_invite(org_id, invite_id)
-        if invite.accepted_at is not None:
-            raise InvalidRequest("This invitation was accepted and cannot be deleted.")
-        if not self._store.delete_invite(org_id, invite_id):
-            raise NotFound(f"No invite '{invite_id}' in this organization.", param="invite_id")
-        self._audit.record(
-            org_id, actor, "invite.deleted", target_id=invite_id,
-            details={"data": {"email": invite.email, "role": invite.role.value}},
-        )  # fmt: skip
-        return invite
+        return self._invitations.delete_invite(actor, org_id, invite_id)
 
     def invitation(self, token: str) -> tuple[Invite, str]:
-        """The pending invitation emailed with ``token`` and its organization's name, for the page
-        that accepts it. Raises InvalidRequest when the link is invalid, used or expired."""
-        invite = self._store.invite_by_token_hash(token_hash(token))
-        if invite is None or invite.status(self._now()) is not InviteStatus.PENDING:
-            raise InvalidRequest(_DEAD_INVITE)
-        return invite, self._accounts.org_name(invite.org_id)
+        return self._invitations.invitation(token)
 
     def accept_invite(self, actor: Actor, token: str, user_id: str) -> Member:
-        """Makes ``user_id`` a member with the invitation's role. The token works once, until it
-        expires, and only for the address it was sent to. Raises InvalidRequest, Conflict."""
-        invite, _ = self.invitation(token)
-        user = self._store.user(user_id)
-        if user is None:
-            raise InvalidRequest(_DEAD_INVITE)
-        if user.email.lower() != invite.email:
-            raise InvalidRequest("This invitation was sent to another email address.")
-        if not self._store.accept_invite(invite.id, user_id, self._now()):
-            raise InvalidRequest(_DEAD_INVITE)
-        self._audit.record(invite.org_id, actor, "invite.accepted", target_id=invite.id)
-        self._audit.record(
-            invite.org_id, actor, "user.added", target_id=user_id,
-            details={"data": {"email": user.email, "role": invite.role.value}},
-        )  # fmt: skip
+        invite = self._invitations.accept_invite(actor, token, user_id)
         return self.get_member(invite.org_id, user_id)
 
     # -- projects ---------------------------------------------------------------------------------
@@ -293,7 +179,7 @@ class OrgService:
         """Archives (never deletes) a project; its keys stop working. Archiving twice is a no-op."""
         self.project(org_id, project_id)
         if self._store.archive_project(project_id, self._now()):
-            revoked = self._revoke(self._keys.list(org_id, project_id))
+            revoked = self._org_keys.revoke_all(self._keys.list(org_id, project_id))
             self._audit.record(
                 org_id, actor, "project.archived", target_id=project_id, project_id=project_id,
                 details={"revoked_keys": revoked},
@@ -357,7 +243,7 @@ class OrgService:
             for k in self._keys.list(org_id, project_id)
             if k.owner_type == "user" and k.owner_id == user_id
         ]
-        revoked = self._revoke(owned)
+        revoked = self._org_keys.revoke_all(owned)
         self._audit.record(
             org_id, actor, "project_user.deleted", target_id=user_id, project_id=project_id,
             details={"data": {"role": member.role.value}, "revoked_keys": revoked},
@@ -398,7 +284,7 @@ class OrgService:
             org_id, actor, "service_account.created", target_id=account.id,
             project_id=project_id, details={"data": {"name": account.name, "role": "member"}},
         )  # fmt: skip
-        key, text = self._create_key(
+        key, text = self._org_keys.create(
             actor, org_id, project_id, KeyKind.SERVICE_ACCOUNT, key_name,
             owner_type="service_account", owner_id=account.id, scopes=scopes,
             allowed_models=allowed_models, allowed_ips=allowed_ips,
@@ -415,7 +301,7 @@ class OrgService:
             for k in self._keys.list(org_id, project_id)
             if k.owner_type == "service_account" and k.owner_id == account_id
         ]
-        revoked = self._revoke(keys)
+        revoked = self._org_keys.revoke_all(keys)
         self._store.delete_service_account(account_id)
         self._audit.record(
             org_id, actor, "service_account.deleted", target_id=account_id, project_id=project_id,
@@ -444,7 +330,7 @@ class OrgService:
         allowlists (None: none); its text is returned here only."""
         self._active_project(org_id, project_id)
         self.get_member(org_id, owner_id)
-        return self._create_key(
+        return self._org_keys.create(
             actor, org_id, project_id, KeyKind.PROJECT, name,
             owner_type="user", owner_id=owner_id, expires_in_s=expires_in_s, scopes=scopes,
             allowed_models=allowed_models, allowed_ips=allowed_ips,
@@ -459,42 +345,14 @@ class OrgService:
         """Changes a project key's permissions, allowlists, (lower-only) rate limits and name: the
         limits ``limits`` names (``rpm``, ``tpm``, ``rpd``; None lifts one), keeping the others."""
         key = self.project_key(org_id, project_id, key_id)
-        before: dict[str, Any] = key_access(key)
-        after: dict[str, Any] = {}
-        renamed = not isinstance(name, Unchanged)
-        if renamed:
-            before["name"] = key.name
-        key_limits = self._key_limits if limits else None
-        new_limits: ModelLimits | None = None
-        if key_limits is not None:
-            old_limits = key_limits.key_limits(key.id)
-            try:  # checked before anything changes
-                new_limits = with_changes(old_limits, limits)
-            except LimitOutOfRange as exc:
-                raise InvalidRequest(str(exc), param=exc.param) from None
-            before["rate_limits"] = limits_data(old_limits)
-            after["rate_limits"] = limits_data(new_limits)
-        updated = self._keys.restrict(
-            org_id, key.id,
-            scopes=key.scopes if isinstance(scopes, Unchanged) else scopes,
-            allowed_models=key.allowed_models if isinstance(allowed_models, Unchanged) else allowed_models,
-            allowed_cidrs=key.allowed_cidrs if isinstance(allowed_ips, Unchanged) else allowed_ips,
-            name=None if isinstance(name, Unchanged) else name,
+        return self._org_keys.update(
+            actor, org_id, project_id, key,
+            scopes=scopes, allowed_models=allowed_models, allowed_ips=allowed_ips, limits=limits,
+            name=name,
         )  # fmt: skip
-        if renamed:
-            after["name"] = updated.name
-        if key_limits is not None:
-            key_limits.set_key_limits(org_id, key.id, new_limits)
-        after = {**key_access(updated), **after}
-        if after != before:  # (a form saved unchanged records nothing)
-            self._audit.record(
-                org_id, actor, "api_key.updated", target_id=key.id, project_id=project_id,
-                details={"before": before, "after": after},
-            )  # fmt: skip
-        return updated
 
     def project_key_limits(self, key_id: str) -> ModelLimits | None:
-        return None if self._key_limits is None else self._key_limits.key_limits(key_id)
+        return self._org_keys.limits(key_id)
 
     def rotate_project_key(
         self, actor: Actor, org_id: str, project_id: str, key_id: str, *, grace_s: int
@@ -502,17 +360,10 @@ class OrgService:
         """A new secret for a project key, with its permissions, allowlists and rate limits; the
         old one works for ``grace_s`` (0 to 7 days)."""
         old = self.project_key(org_id, project_id, key_id)
-        new, text = self._keys.rotate(org_id, old.id, grace_s=grace_s, created_by=actor.user_id)
-        if self._key_limits is not None and (limits := self._key_limits.key_limits(old.id)):
-            self._key_limits.set_key_limits(org_id, new.id, limits)
-        self._audit.record(
-            org_id, actor, "api_key.rotated", target_id=new.id, project_id=project_id,
-            details={"data": {**key_data(new), "rotated_from": old.id, "grace_period_seconds": grace_s}},
-        )  # fmt: skip
-        return new, text
+        return self._org_keys.rotate(actor, org_id, project_id, old, grace_s=grace_s)
 
     def revoke_project_key(self, actor: Actor, org_id: str, project_id: str, key_id: str) -> ApiKey:
-        return self._delete_key(actor, self.project_key(org_id, project_id, key_id))
+        return self._org_keys.delete(actor, self.project_key(org_id, project_id, key_id))
 
     def admin_keys(self, org_id: str) -> Sequence[ApiKey]:
         return [
@@ -529,47 +380,10 @@ class OrgService:
         self, actor: Actor, org_id: str, name: str, owner_id: str, *, expires_in_s: int | None
     ) -> tuple[ApiKey, str]:
         self.get_member(org_id, owner_id)
-        return self._create_key(
+        return self._org_keys.create(
             actor, org_id, None, KeyKind.ADMIN, name,
             owner_type="user", owner_id=owner_id, expires_in_s=expires_in_s,
         )  # fmt: skip
 
     def revoke_admin_key(self, actor: Actor, org_id: str, key_id: str) -> ApiKey:
-        return self._delete_key(actor, self.admin_key(org_id, key_id))
-
-    def _create_key(
-        self, actor: Actor, org_id: str, project_id: str | None, kind: KeyKind, name: str,
-        *, owner_type: str, owner_id: str, expires_in_s: int | None = None,
-        scopes: Sequence[str] | None = None, allowed_models: Sequence[str] | None = None,
-        allowed_ips: Sequence[str] | None = None,
-    ) -> tuple[ApiKey, str]:  # fmt: skip
-        self._require_org_verified(org_id)
-        if owner_type == "user":
-            self._require_can_create_keys(owner_id)
-        key, text = self._keys.create(
-            kind=kind, org_id=org_id, project_id=project_id, name=name, owner_type=owner_type,
-            owner_id=owner_id, created_by=actor.user_id, expires_in_s=expires_in_s, scopes=scopes,
-            allowed_models=allowed_models, allowed_cidrs=allowed_ips,
-        )  # fmt: skip
-        self._audit.record(
-            org_id, actor, "api_key.created", target_id=key.id, project_id=project_id,
-            details={"data": created_key_data(key)},
-        )  # fmt: skip
-        return key, text
-
-    def _delete_key(self, actor: Actor, key: ApiKey) -> ApiKey:
-        revoked = self._keys.revoke(key.org_id, key.id)
-        self._audit.record(
-            key.org_id, actor, "api_key.deleted", target_id=key.id, project_id=key.project_id,
-            details={"data": key_data(key)},
-        )  # fmt: skip
-        return revoked
-
-    def _revoke(self, keys: Sequence[ApiKey]) -> list[str]:
-        """Revokes the usable ones among ``keys``; returns their ids (for the audit entry)."""
-        done = []
-        for key in keys:
-            if key.revoked_at is None:
-                self._keys.revoke(key.org_id, key.id)
-                done.append(key.id)
-        return done
+        return self._org_keys.delete(actor, self.admin_key(org_id, key_id))

@@ -14,7 +14,7 @@ import typer
 
 from keyplane import bootstrap, logs, server
 from keyplane.accounts.models import Organization, OrgRole, Project, User
-from keyplane.accounts.orgs import created_key_data
+from keyplane.accounts.org_keys import created_key_data
 from keyplane.billing.service import WELCOME_NOTE
 from keyplane.billing.wallet import Lot
 from keyplane.cli.access import access_app

@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from keyplane import bootstrap
-from keyplane.accounts.orgs import UNCHANGED, Unchanged, created_key_data, key_data
+from keyplane.accounts.org_keys import UNCHANGED, Unchanged, created_key_data, key_data
 from keyplane.cli.common import (
     Col,
     JsonOpt,

@@ -14,8 +14,9 @@ from keyplane.billing.payment_ports import Payment, PaymentMethod, RechargeJob
 from keyplane.billing.ports import Done
 from keyplane.billing.wallet import Lot
 from keyplane.storage.audit_repository import insert_event
-from keyplane.storage.billing_repository import complete_claim, insert_lot
 from keyplane.storage.billing_tables import recharge_jobs
+from keyplane.storage.idempotency_repository import complete_claim
+from keyplane.storage.ledger_repository import insert_lot
 from keyplane.storage.payment_tables import payment_methods, payments
 from keyplane.storage.store import SqlStore
 

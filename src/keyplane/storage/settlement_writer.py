@@ -2,7 +2,7 @@
 ledger's lines and running totals) written through the database driver's cursor, a slice at a time
 (``resolve_steps``), inside a transaction the caller opened.
 
-Apart from billing_repository.py (SQLAlchemy's classes, which mypyc cannot compile into) so that
+Apart from hold_repository.py (SQLAlchemy's classes, which mypyc cannot compile into) so that
 scripts/compile.py compiles it with the request path: it runs on the event loop for every
 settlement, and as plain Python its own code was about a third of a settlement's instructions
 (bench/RESULTS.md). SQL text only from our own table and column names; values only ever as

@@ -22,7 +22,7 @@ T = TypeVar("T")
 
 _WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
-# Write locks held across event-loop steps (billing_repository's resolve_stepwise) → the thread.
+# Write locks held across event-loop steps (hold_repository's resolve_stepwise) → the thread.
 _STEPPING: dict[threading.Lock, int] = {}
 
 

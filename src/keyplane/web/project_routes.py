@@ -15,8 +15,8 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from keyplane.accounts.models import OrgRole, Project, ServiceAccount
+from keyplane.accounts.org_keys import UNCHANGED
 from keyplane.accounts.org_ports import Member, ProjectMember, ProjectRole
-from keyplane.accounts.orgs import UNCHANGED
 from keyplane.keys.models import ApiKey
 from keyplane.limits.ratelimit import API_NAMES, MAX_LIMIT, MAX_TOKEN_LIMIT, ModelLimits
 from keyplane.web.authz import AUTHZ_RESPONSES, CONFLICT, Allowed, OrgServices, Services, authorize

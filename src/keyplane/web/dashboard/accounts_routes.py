@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 
 from keyplane.accounts.auth_ports import TokenPurpose
-from keyplane.accounts.orgs import INVITE_PATH
+from keyplane.accounts.invitations import INVITE_PATH
 from keyplane.accounts.sessions import InvalidCredentials, InvalidSecondFactor, SignInExpired
 from keyplane.accounts.signup import TokenRefused
 from keyplane.accounts.throttle import LoginThrottled

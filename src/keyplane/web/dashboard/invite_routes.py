@@ -12,7 +12,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Form, Request
 from starlette.responses import RedirectResponse, Response
 
-from keyplane.accounts.orgs import INVITE_PATH
+from keyplane.accounts.invitations import INVITE_PATH
 from keyplane.audit.models import Actor, ActorType
 from keyplane.errors import InvalidRequest
 from keyplane.web.dashboard.session import (
