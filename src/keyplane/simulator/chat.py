@@ -10,6 +10,7 @@ from keyplane.simulator.config import SimulatorConfig
 from keyplane.simulator.params import (
     JSON,
     RequestError,
+    check_items,
     invalid_type,
     known_model,
     positive_int,
@@ -40,12 +41,7 @@ def _chat_prompt(body: JSON) -> int:
     if not messages:
         message = "Invalid 'messages': empty array. Expected an array with minimum length 1."
         raise RequestError(400, message, "messages", "empty_array")
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, dict):
-            raise invalid_type(f"messages[{i}]", "an object", msg)
-        content = msg.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise invalid_type(f"messages[{i}].content", "a string or an array", content)
+    check_items(messages, "messages")
     return prompt_tokens(messages)
 
 

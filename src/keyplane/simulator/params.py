@@ -82,6 +82,17 @@ def text_inputs(value: Any, param: str) -> list[tuple[bytes, int]]:
     raise invalid_type(param, expected, value)
 
 
+def check_items(items: list[Any], param: str) -> None:
+    """Each of ``items`` (chat messages, Responses input items) must be an object whose
+    ``content``, when given, is a string or an array."""
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise invalid_type(f"{param}[{i}]", "an object", item)
+        content = item.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise invalid_type(f"{param}[{i}].content", "a string or an array", content)
+
+
 def optional_str(body: JSON, name: str) -> str | None:
     value = body.get(name)
     if value is not None and not isinstance(value, str):

@@ -27,6 +27,7 @@ from keyplane.simulator.config import SimulatorConfig
 from keyplane.simulator.params import (
     JSON,
     RequestError,
+    check_items,
     invalid_type,
     known_model,
     optional_bool,
@@ -89,12 +90,7 @@ def _response_items(body: JSON) -> list[JSON]:
         return [{"role": "user", "content": value}]
     if not isinstance(value, list):
         raise invalid_type("input", "a string or an array", value)
-    for i, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise invalid_type(f"input[{i}]", "an object", item)
-        content = item.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise invalid_type(f"input[{i}].content", "a string or an array", content)
+    check_items(value, "input")
     return value
 
 
