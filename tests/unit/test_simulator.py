@@ -25,11 +25,13 @@ from keyplane.simulator import (
     completion_text,
     create_app,
     prompt_tokens,
+    replies,
     response_input_tokens,
     speech_audio,
     text_tokens,
     transcript_text,
 )
+from keyplane.simulator import app as simulator_app
 from kptest import ServerThread
 
 pytestmark = pytest.mark.anyio
@@ -267,7 +269,7 @@ async def test_stream_events_are_separate_asgi_messages(monkeypatch: pytest.Monk
     async def fake_sleep(seconds: float) -> None:
         delays.append(seconds)
 
-    monkeypatch.setattr(simulator, "_sleep", fake_sleep)
+    monkeypatch.setattr(replies, "_sleep", fake_sleep)
     app = create_app(SimulatorConfig(latency_ms=250, tokens_per_second=50, completion_tokens=3))
     body = orjson.dumps(
         {
@@ -300,7 +302,7 @@ async def test_latency_applies_to_post_only(monkeypatch: pytest.MonkeyPatch) -> 
     async def fake_sleep(seconds: float) -> None:
         delays.append(seconds)
 
-    monkeypatch.setattr(simulator, "_sleep", fake_sleep)
+    monkeypatch.setattr(replies, "_sleep", fake_sleep)
     async with _client(SimulatorConfig(latency_ms=40, tokens_per_second=10)) as client:
         await client.get("/v1/models")
         assert delays == []
@@ -642,7 +644,7 @@ async def test_store_false_is_not_kept() -> None:
 
 
 async def test_store_keeps_only_the_most_recent(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(simulator, "MAX_STORED_RESPONSES", 2)
+    monkeypatch.setattr(simulator_app, "MAX_STORED_RESPONSES", 2)
     async with _client() as client:
         ids = []
         for text in ("a", "b", "c"):
@@ -771,7 +773,7 @@ async def test_responses_stream_events_are_separate_asgi_messages(
     async def fake_sleep(seconds: float) -> None:
         delays.append(seconds)
 
-    monkeypatch.setattr(simulator, "_sleep", fake_sleep)
+    monkeypatch.setattr(replies, "_sleep", fake_sleep)
     app = create_app(SimulatorConfig(latency_ms=100, tokens_per_second=20, completion_tokens=3))
     body = orjson.dumps({"model": "sim-chat", "input": "hi", "stream": True})
     sent = await _asgi_messages(app, "POST", "/v1/responses", body)
@@ -1188,7 +1190,7 @@ async def test_images_latency_applies(monkeypatch: pytest.MonkeyPatch) -> None:
     async def fake_sleep(seconds: float) -> None:
         delays.append(seconds)
 
-    monkeypatch.setattr(simulator, "_sleep", fake_sleep)
+    monkeypatch.setattr(replies, "_sleep", fake_sleep)
     async with _client(SimulatorConfig(latency_ms=120, tokens_per_second=10)) as client:
         ok = await client.post("/v1/images/generations", json={"prompt": "x", "n": 3})
         assert ok.status_code == 200
@@ -1514,7 +1516,7 @@ async def test_speech_latency_applies(monkeypatch: pytest.MonkeyPatch) -> None:
     async def fake_sleep(seconds: float) -> None:
         delays.append(seconds)
 
-    monkeypatch.setattr(simulator, "_sleep", fake_sleep)
+    monkeypatch.setattr(replies, "_sleep", fake_sleep)
     async with _client(SimulatorConfig(latency_ms=80, tokens_per_second=10)) as client:
         ok = await _speech(client, audio=b"x" * 100_000, response_format="text")
         assert ok.status_code == 200
@@ -1545,7 +1547,7 @@ async def test_speech_is_sent_in_chunks_as_it_is_made(monkeypatch: pytest.Monkey
     async def fake_sleep(seconds: float) -> None:
         delays.append(seconds)
 
-    monkeypatch.setattr(simulator, "_sleep", fake_sleep)
+    monkeypatch.setattr(replies, "_sleep", fake_sleep)
     app = create_app(SimulatorConfig(latency_ms=100, tokens_per_second=10))
     text = "0123456789" * 4
     sent = await _asgi_messages(

@@ -1,0 +1,58 @@
+"""Token accounting, deterministic (no tokenizer), and the text the simulator writes.
+
+* ``text_tokens(text) = ceil(len(text) / TOKEN_CHARS)`` (0 for ``""``);
+* ``prompt_tokens(messages) = sum(3 + text_tokens(text of message)) + 3`` where the text of
+  a message is its string ``content``, or the concatenated ``text`` of its ``{"type": "text"}``
+  parts (other parts count 0);
+* legacy completion prompts and embedding inputs count ``text_tokens`` per string, or the
+  length of each token array (``params.text_inputs``);
+* a chat/completion answer has ``n = min(config.completion_tokens, max_tokens)`` output
+  tokens, each exactly ``TOKEN_CHARS`` characters long (see ``completion_text``).
+
+The Responses API counts its own way (``responses``), and so do the image and audio models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TOKEN_CHARS = 4
+_PIECES = ("Hell", "o fr", "om t", "he k", "eypl", "ane ", "simu", "lato", "r.  ")
+
+
+def text_tokens(text: str) -> int:
+    """Tokens of a text: ``ceil(len(text) / TOKEN_CHARS)``, 0 for the empty string."""
+    return -(-len(text) // TOKEN_CHARS)
+
+
+_CHAT_TEXT_PARTS = frozenset({"text"})
+
+
+def content_text(content: Any, text_parts: frozenset[str] = _CHAT_TEXT_PARTS) -> str:
+    """A string content, or the ``text`` of its parts whose type is in ``text_parts``."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict)
+            and part.get("type") in text_parts
+            and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """Prompt tokens of a chat: ``sum(3 + text_tokens(text)) + 3`` over the messages."""
+    return sum(3 + text_tokens(content_text(m.get("content"))) for m in messages) + 3
+
+
+def completion_text(n_tokens: int) -> str:
+    """``n_tokens`` pieces of exactly ``TOKEN_CHARS`` characters: ``len == 4 * n_tokens``."""
+    return "".join(_PIECES[i % len(_PIECES)] for i in range(max(n_tokens, 0)))
+
+
+def pieces(n: int) -> list[str]:
+    text = completion_text(n)
+    return [text[i : i + TOKEN_CHARS] for i in range(0, len(text), TOKEN_CHARS)]
