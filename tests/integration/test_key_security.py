@@ -253,6 +253,7 @@ def test_an_address_guessing_keys_is_throttled_on_both_apis_while_working_keys_g
     admin = httpx.get(
         kp.server.url + "/v1/organization/projects",
         headers={"authorization": f"Bearer {keyfmt.generate(KeyKind.ADMIN)[0]}"},
+        timeout=30,  # (the process's first Admin API request builds that app: slow on a busy CI)
     )
     assert admin.status_code == 429
     with (

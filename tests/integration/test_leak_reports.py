@@ -74,7 +74,7 @@ def send(kp: Keyplane, matches: list[dict[str, str]], signer: Signer = GITHUB) -
 
 def post(kp: Keyplane, body: bytes, headers: dict[str, str]) -> httpx.Response:
     url = kp.server.url + "/v1/secret_scanning/reports"
-    return httpx.post(url, content=body, headers=headers, timeout=10)
+    return httpx.post(url, content=body, headers=headers, timeout=30)
 
 
 def chat(kp: Keyplane, key: str) -> int:

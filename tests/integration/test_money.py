@@ -504,7 +504,15 @@ def test_a_request_outliving_its_hold_is_billed_its_real_cost_not_swept_as_lost(
     """The sweeper settles holds of gateways that died; a long request of a live one (a long
     stream, a slow reasoning model) keeps its hold until its answer says what it cost."""
     clock = FrozenClock(time.time())
-    sim = ServerThread(create_app(SimulatorConfig(latency_ms=1500))).start()
+    simulator = create_app(SimulatorConfig())
+    answering = threading.Event()  # the upstream answers once the sweep has run, not before
+
+    async def upstream(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/chat/completions"):
+            await asyncio.to_thread(answering.wait, 30)
+        await simulator(scope, receive, send)
+
+    sim = ServerThread(upstream).start()
     kp = start_keyplane(tmp_path, sim.url + "/v1", clock=clock, hold_ttl_s=60)
     money = kp.gateway.pipeline.money
     try:
@@ -517,6 +525,8 @@ def test_a_request_outliving_its_hold_is_billed_its_real_cost_not_swept_as_lost(
             wait_until(lambda: (org := money.cached_org(kp.org.id)) is not None and org.holds)
             clock.advance(3600)  # long past the hold's expiry, the answer still coming
             assert kp.server.call(money.sweep()) == 0
+            assert not answer.done()
+            answering.set()
             assert answer.result().status_code == 200
         [record] = kp.usage(expect=1)
         assert record.outcome.value == "completed" and record.output_tokens == 16

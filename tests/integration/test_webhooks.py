@@ -138,6 +138,7 @@ def test_a_bad_endpoint_is_refused_naming_the_field(
     r = httpx.post(
         kp.server.url + ORG + "/webhooks", json=body,
         headers={"authorization": f"Bearer {admin_key(kp)}"},
+        timeout=30,  # (the process's first Admin API request builds that app: slow on a busy CI)
     )  # fmt: skip
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"].startswith(param)
