@@ -3,7 +3,6 @@ checked against what happened."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from prometheus_client.samples import Sample
 from conftest import PG_ADMIN, Keyplane, fresh_postgres, start_keyplane
 from keyplane.config import UpstreamSettings
 from keyplane.errors import StoreUnavailable
-from kptest import ServerThread
+from kptest import ServerThread, refusing_port
 
 PROMPT = [{"role": "user", "content": "Say hello to keyplane"}]
 
@@ -157,30 +156,30 @@ def test_metrics_can_be_turned_off(tmp_path: Path, simulator: ServerThread) -> N
 
 
 def test_metrics_show_an_unreachable_upstream(tmp_path: Path, clients: list[openai.OpenAI]) -> None:
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
-    kp = start_keyplane(
-        tmp_path, dead,
-        upstreams=[UpstreamSettings(name="down", base_url=dead, models=["gpt-4o-mini"])],
-    )  # fmt: skip
-    try:
-        client = sdk(clients, kp, kp.key)
-        with pytest.raises(openai.APIStatusError) as raised:
-            client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=5)  # type: ignore[arg-type]
-        assert raised.value.status_code == 502
-        kp.usage(expect=1)
-        text = scrape(kp)
-        # Tried once, then retried once (upstream_retries=1 in the tests' settings).
-        assert (
-            value(text, "keyplane_upstream_failures_total", upstream="down", reason="connect") == 2
-        )
-        assert value(text, "keyplane_errors_total", status="502") == 1
-        unreachable = {"endpoint": CHAT, "status": "502", "outcome": "upstream_unreachable"}
-        assert value(text, "keyplane_requests_total", **unreachable) == 1
-    finally:
-        kp.server.stop()
-        kp.container.close()
+    with refusing_port() as port:
+        dead = f"http://127.0.0.1:{port}/v1"
+        kp = start_keyplane(
+            tmp_path, dead,
+            upstreams=[UpstreamSettings(name="down", base_url=dead, models=["gpt-4o-mini"])],
+        )  # fmt: skip
+        try:
+            client = sdk(clients, kp, kp.key)
+            with pytest.raises(openai.APIStatusError) as raised:
+                client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=5)  # type: ignore[arg-type]
+            assert raised.value.status_code == 502
+            kp.usage(expect=1)
+            text = scrape(kp)
+            # Tried once, then retried once (upstream_retries=1 in the tests' settings).
+            assert (
+                value(text, "keyplane_upstream_failures_total", upstream="down", reason="connect")
+                == 2
+            )
+            assert value(text, "keyplane_errors_total", status="502") == 1
+            unreachable = {"endpoint": CHAT, "status": "502", "outcome": "upstream_unreachable"}
+            assert value(text, "keyplane_requests_total", **unreachable) == 1
+        finally:
+            kp.server.stop()
+            kp.container.close()
 
 
 def ready(kp: Keyplane) -> httpx.Response:

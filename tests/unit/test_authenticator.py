@@ -423,3 +423,16 @@ async def test_an_ipv6_host_counts_its_failures_with_its_whole_64(
         await auth.authenticate(forge("proj", "guessnext000", "s" * 32), "2001:db8:1:2:ffff::1")
     _, secret = create(service)
     assert (await auth.authenticate(secret, "2001:db8:1:3::1")).org_id == ORG  # the next /64
+
+
+async def test_a_burst_of_first_requests_with_a_key_reads_it_once(
+    auth: KeyAuthenticator, service: KeyService, store: FakeKeyStore
+) -> None:
+    """A gateway just started, many requests with one key at once: one read, theirs to share.
+    (A read each queued them for the few worker threads; on a busy machine the last waited past
+    the read timeout and were answered 503 with the database answering.)"""
+    key, text = create(service)
+    store.calls.clear()
+    keys = await asyncio.gather(*(auth.authenticate(text, "10.0.0.1") for _ in range(50)))
+    assert {k.id for k in keys} == {key.id}
+    assert store.calls == ["get"]

@@ -29,6 +29,7 @@ class AccessGuard:
         self._levels: dict[tuple[str, str | None], Levels] = {}  # (org id, project id) → both
         self._addresses: dict[tuple[str | None, str | None], str | None] = {}
         self._epoch = 0  # bumped by forget(): a read that overlapped a change is not cached
+        self._reads: reads.SharedReads[tuple[str, str, int], AccessPolicy] = reads.SharedReads()
 
     def client_ip(self, scope: Scope) -> str | None:
         """The caller's address: the socket peer, or X-Forwarded-For through trusted proxies.
@@ -121,7 +122,9 @@ class AccessGuard:
         cached = self._policies.get((scope_type, scope_id))
         if cached is None:
             epoch = self._epoch
-            cached = await reads.read(self._store.policy, scope_type, scope_id)
+            cached = await self._reads.read(
+                (scope_type, scope_id, epoch), self._store.policy, scope_type, scope_id
+            )
             if epoch == self._epoch:
                 self._policies[(scope_type, scope_id)] = cached
         return cached

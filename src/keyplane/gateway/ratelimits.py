@@ -41,6 +41,8 @@ class RateGuard:
         self._clock = clock
         self._projects: dict[str, Mapping[str, ModelLimits]] = {}
         self._keys: dict[str, ModelLimits | None] = {}
+        self._project_reads: reads.SharedReads[str, Mapping[str, ModelLimits]] = reads.SharedReads()
+        self._key_reads: reads.SharedReads[str, ModelLimits | None] = reads.SharedReads()
         # (key, tier, model) → scopes: built once, dropped on any override change.
         self._scopes: dict[tuple[str, str | None, str], list[LimitScope]] = {}
         self.failed_open = 0
@@ -114,10 +116,12 @@ class RateGuard:
 
     async def _project(self, project_id: str) -> Mapping[str, ModelLimits]:
         if project_id not in self._projects:
-            self._projects[project_id] = await reads.read(self._store.project_limits, project_id)
+            self._projects[project_id] = await self._project_reads.read(
+                project_id, self._store.project_limits, project_id
+            )
         return self._projects[project_id]
 
     async def _key(self, key_id: str) -> ModelLimits | None:
         if key_id not in self._keys:
-            self._keys[key_id] = await reads.read(self._store.key_limits, key_id)
+            self._keys[key_id] = await self._key_reads.read(key_id, self._store.key_limits, key_id)
         return self._keys[key_id]

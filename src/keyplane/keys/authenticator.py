@@ -68,6 +68,7 @@ class KeyAuthenticator:
         self._unknown: set[str] = set()  # ids the store does not have (until a change arrives)
         self._seq: int | None = None
         self._epoch = 0  # bumped whenever refresh() invalidates something
+        self._reads: reads.SharedReads[tuple[str, int], ApiKey | None] = reads.SharedReads()
         self._uses: dict[str, tuple[int, str | None]] = {}
         # Keyed BLAKE2b of whole tokens (prefix, key id, secret and checksum) that passed every
         # check, under a key made at start and never stored: kid → digest and digest → kid. A later
@@ -114,7 +115,7 @@ class KeyAuthenticator:
         key = self._cache.get(kid)
         if key is None and kid not in self._unknown:
             epoch = self._epoch
-            key = await reads.read(self._store.get, kid)
+            key = await self._reads.read((kid, epoch), self._store.get, kid)
             # A refresh() that ran while we were reading may have invalidated this very key; caching
             # what we read could then resurrect a revoked key, so only cache when none ran.
             if epoch == self._epoch:
