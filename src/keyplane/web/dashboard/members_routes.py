@@ -172,7 +172,7 @@ def send_invites(
     typed = [e for e in _SEPARATORS.split(emails) if e]
     orgs = context(request).services.orgs
     if form_id and not _FORMS.claim(form_id):  # sent before: the list shows what that sent
-        raise Redirect(_invited(orgs.invites(principal.org_id), typed))
+        raise Redirect(_listed(_pending_of(orgs.invites(principal.org_id), typed)))
     chosen = ROLES.get(role)
     refused: list[str] = []
     if chosen is None:
@@ -207,19 +207,24 @@ def send_invites(
             request, viewer, status=409, emails="\n".join(left), role=role, errors=refused,
             notice=notice,
         )  # fmt: skip
-    raise Redirect(_invited(sent, typed))
+    raise Redirect(_listed(sent))
 
 
-def _invited(invites: Sequence[Invite], typed: Sequence[str]) -> str:
-    """The list with the notice of the pending invitations of the addresses typed."""
+def _pending_of(invites: Sequence[Invite], typed: Sequence[str]) -> list[Invite]:
+    """The invitations not accepted yet of the addresses typed (those well formed)."""
     wanted = set()
     for address in typed[:MAX_INVITES]:
         try:
             wanted.add(normalize_email(address))
         except InvalidRequest:
             continue
-    ids = [i.id for i in invites if i.email in wanted and i.accepted_at is None]
-    return f"{PATH}?invited={quote(','.join(ids), safe=',')}" if ids else PATH
+    return [i for i in invites if i.email in wanted and i.accepted_at is None]
+
+
+def _listed(invites: Sequence[Invite]) -> str:
+    """The list, with the notice of ``invites`` sent."""
+    ids = ",".join(i.id for i in invites)
+    return f"{PATH}?invited={quote(ids, safe=',')}" if ids else PATH
 
 
 @router.post(PATH + "/invites/{invite_id}/revoke")
