@@ -41,8 +41,15 @@ class RateGuard:
         self._clock = clock
         self._projects: dict[str, Mapping[str, ModelLimits]] = {}
         self._keys: dict[str, ModelLimits | None] = {}
-        self._project_reads: reads.SharedReads[str, Mapping[str, ModelLimits]] = reads.SharedReads()
-        self._key_reads: reads.SharedReads[str, ModelLimits | None] = reads.SharedReads()
+        # Bumped by every ``forget``: a read begun before a change is neither cached nor shared
+        # with callers after it (the change would be lost until the next one).
+        self._epoch = 0
+        self._project_reads: reads.SharedReads[tuple[str, int], Mapping[str, ModelLimits]] = (
+            reads.SharedReads()
+        )
+        self._key_reads: reads.SharedReads[tuple[str, int], ModelLimits | None] = (
+            reads.SharedReads()
+        )
         # (key, tier, model) → scopes: built once, dropped on any override change.
         self._scopes: dict[tuple[str, str | None, str], list[LimitScope]] = {}
         self.failed_open = 0
@@ -59,8 +66,10 @@ class RateGuard:
         cached = (key.id, tier_id, model)
         scopes = self._scopes.get(cached)
         if scopes is None:
+            epoch = self._epoch
             scopes, complete = await self._scopes_for(key, tier_id, model)
-            if complete:  # (not when overrides could not be read: retried next time)
+            # (not when overrides could not be read, or changed meanwhile: read again next time)
+            if complete and epoch == self._epoch:
                 if len(self._scopes) >= _MAX_CACHED:
                     self._scopes.clear()
                 self._scopes[cached] = scopes
@@ -106,6 +115,7 @@ class RateGuard:
 
     def forget(self, ref: str | None) -> None:
         """Drops cached overrides of a project or key that changed (from the change feed)."""
+        self._epoch += 1
         self._scopes.clear()
         if ref is None:
             self._projects.clear()
@@ -115,13 +125,21 @@ class RateGuard:
             self._keys.pop(ref, None)
 
     async def _project(self, project_id: str) -> Mapping[str, ModelLimits]:
-        if project_id not in self._projects:
-            self._projects[project_id] = await self._project_reads.read(
-                project_id, self._store.project_limits, project_id
+        cached = self._projects.get(project_id)
+        if cached is None:
+            epoch = self._epoch
+            cached = await self._project_reads.read(
+                (project_id, epoch), self._store.project_limits, project_id
             )
-        return self._projects[project_id]
+            if epoch == self._epoch:
+                self._projects[project_id] = cached
+        return cached
 
     async def _key(self, key_id: str) -> ModelLimits | None:
-        if key_id not in self._keys:
-            self._keys[key_id] = await self._key_reads.read(key_id, self._store.key_limits, key_id)
-        return self._keys[key_id]
+        if key_id in self._keys:
+            return self._keys[key_id]
+        epoch = self._epoch
+        own = await self._key_reads.read((key_id, epoch), self._store.key_limits, key_id)
+        if epoch == self._epoch:
+            self._keys[key_id] = own
+        return own
