@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 
 from keyplane.gateway.asgi import ASGIApp, Receive, Scope, Send
@@ -22,20 +23,48 @@ GATEWAY_PREFIXES = ("/v1/", "/healthz", "/readyz", "/metrics")
 
 
 class Lazy:
-    """An ASGI app built by ``factory`` on its first request."""
+    """An ASGI app built by ``factory`` on its first request, on a worker thread: building the
+    Admin API or the dashboard (importing FastAPI and the templates, building the routes) took
+    ~0.3 s on a quiet machine and over 1 s under load, and on the event loop every gateway request
+    waited for it. Concurrent first requests share one build; a failed build is tried again by the
+    next request.
+
+    (The thread shares the GIL with the loop, so a busy gateway still slows down a little while it
+    builds, in slices of ``sys.getswitchinterval()``, rather than stopping for the whole build.)"""
 
     def __init__(self, factory: Callable[[], ASGIApp]) -> None:
         self._factory = factory
         self._app: ASGIApp | None = None
+        self._building: asyncio.Future[ASGIApp] | None = None
 
     @property
     def app(self) -> ASGIApp:
+        """The app, built here and now if no request has built it yet."""
         if self._app is None:
             self._app = self._factory()
         return self._app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
+        app = self._app
+        if app is None:
+            app = await self._build()
+        await app(scope, receive, send)
+
+    async def _build(self) -> ASGIApp:
+        building = self._building
+        if building is None:
+            building = asyncio.ensure_future(asyncio.to_thread(self._factory))
+            self._building = building
+        try:
+            # (shielded: a first caller that goes away does not cancel the others' build)
+            app = await asyncio.shield(building)
+        except Exception:
+            if self._building is building:
+                self._building = None
+            raise
+        if self._app is None:
+            self._app = app
+        return self._app
 
 
 def behind_proxies(app: ASGIApp, trusted_proxies: Sequence[str]) -> ASGIApp:
