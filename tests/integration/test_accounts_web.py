@@ -363,6 +363,16 @@ def test_a_member_of_two_organizations_switches_between_them(
     browser.post("/organization", {"org_id": "org_of_someone_else"})  # not a member: ignored
     assert "Organization Dana's Lab" in text_of(browser.get("/"))
 
+    # The links of keyplane's emails name their organization: following one switches to it, and
+    # the pages after it stay there (one about another organization switches nothing).
+    r = browser.get(f"/audit?org={kp.org.id}&page=2")
+    assert r.status_code == 303 and r.headers["location"] == "/audit?page=2"
+    assert f"Organization {kp.org.name}" in text_of(browser.get("/"))
+    r = browser.get("/?org=org_of_someone_else")
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    assert f"Organization {kp.org.name}" in text_of(browser.get("/"))
+    assert browser.get("//evil.example?org=x").headers["location"] == "/"  # never off the site
+
 
 def test_signing_up_with_a_taken_address_looks_the_same_and_tells_its_owner(
     kp: Keyplane, browser: Browser, inbox: Inbox

@@ -15,11 +15,12 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import cookie_parser
@@ -51,11 +52,15 @@ from keyplane.web.dashboard import (
 )
 from keyplane.web.dashboard.money import GLOBALS as MONEY
 from keyplane.web.dashboard.session import (
+    ORG_COOKIE,
     DashboardContext,
     DashboardServices,
     Redirect,
     csrf_guard,
+    is_secure,
+    optional_viewer,
     render,
+    safe_next,
 )
 
 log = logging.getLogger("keyplane.dashboard")
@@ -139,6 +144,39 @@ class DashboardGuard:
             await send(message)
 
         await self.app(scope, limited, send_with_headers)
+
+
+class OrgFromLink:
+    """``GET /page?org=org_…``, as keyplane's emails link to a page, chooses that organization as
+    the header's switcher does (a member's only) and redirects to ``/page`` without it: someone in
+    several organizations lands on the one the email is about, and stays there as they browse.
+    Signed out, the page's own redirect to the login keeps the parameter for afterwards."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query: bytes = scope.get("query_string", b"") if scope["type"] == "http" else b""
+        if b"org=" not in query or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        params = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        chosen = [value for name, value in params if name == "org"]
+        request = Request(scope)
+        viewer = await run_in_threadpool(optional_viewer, request) if chosen else None
+        if viewer is None:  # (or another parameter's name ends in "org")
+            await self.app(scope, receive, send)
+            return
+        rest = urlencode([(name, value) for name, value in params if name != "org"])
+        response = RedirectResponse(
+            safe_next(scope["path"] + (f"?{rest}" if rest else "")), status_code=303
+        )
+        if viewer.role_in(chosen[-1]) is not None:
+            response.set_cookie(
+                ORG_COOKIE, chosen[-1], path="/", httponly=True, samesite="lax",
+                secure=is_secure(request),
+            )  # fmt: skip
+        await response(scope, receive, send)
 
 
 def _templates() -> Jinja2Templates:
@@ -252,7 +290,8 @@ def create_dashboard_app(
     public_host = urlsplit(settings.public_url).netloc
     app.state.dashboard = DashboardContext(services, auth, _templates(), csrf_key, public_host)
     _install_error_pages(app)
-    app.add_middleware(DashboardGuard)
+    app.add_middleware(OrgFromLink)
+    app.add_middleware(DashboardGuard)  # (outermost: its headers go on every answer)
     app.mount("/static", StaticFiles(packages=[("keyplane.web.dashboard", "static")]), "static")
     # Browsers ask for /favicon.ico on pages that name no icon (the Admin API's JSON, say).
     app.add_api_route("/favicon.ico", _favicon, methods=["GET"], include_in_schema=False)
