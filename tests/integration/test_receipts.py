@@ -85,7 +85,7 @@ def test_each_paid_purchase_and_recharge_emails_one_receipt(
             "Tax ID: DE123\n",
             "Billed to:\n  Acme GmbH\n  Unter den Linden 1\n  Berlin 10117\n  Germany\n",
             "non-refundable; they expire on 2027-11-30 (UTC).",
-            f"https://keyplane.example.com/billing/history/{paid.id}/receipt\n",
+            f"https://keyplane.example.com/billing/history/{paid.id}/receipt?org={org.id}\n",
         ):
             assert fact in text
         assert "4242 4242" not in text and "424242" not in text

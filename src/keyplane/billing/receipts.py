@@ -100,6 +100,6 @@ class Receipts:
             + "Billed to:\n"
             + "".join(f"  {part}\n" for part in address)
             + f"\nThe credits are non-refundable; {expiry}.\n\n"
-            f"Download this receipt (signed in to {name}): {history}/{line.id}/receipt\n"
-            f"Billing history: {history}\n"
+            f"Download this receipt: {history}/{line.id}/receipt?org={line.org_id}\n"
+            f"Billing history: {history}?org={line.org_id}\n"
         )
