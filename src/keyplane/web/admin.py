@@ -18,14 +18,19 @@ from keyplane import __version__
 from keyplane.keys.models import ApiKey
 from keyplane.web import (
     audit_routes,
-    billing_routes,
+    billing_settings_routes,
+    credit_routes,
     docs_page,
     errors,
     leak_reports,
     limits_routes,
     org_routes,
     payment_routes,
+    project_key_routes,
     project_routes,
+    project_user_routes,
+    service_account_routes,
+    spend_routes,
     stripe_webhook,
     usage_api_routes,
     verification_routes,
@@ -125,10 +130,15 @@ def create_admin_app(
     errors.install(app)
     docs_page.install(app)
     app.add_middleware(BodySizeLimit)
-    app.include_router(billing_routes.router)
+    app.include_router(credit_routes.router)
+    app.include_router(spend_routes.router)
+    app.include_router(billing_settings_routes.router)
     app.include_router(payment_routes.router)
     app.include_router(org_routes.router)
     app.include_router(project_routes.router)
+    app.include_router(project_key_routes.router)
+    app.include_router(service_account_routes.router)
+    app.include_router(project_user_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(limits_routes.router)
     app.include_router(verification_routes.router)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from keyplane.audit.models import ActorType, AuditEvent, AuditFilter
 from keyplane.web.authz import AUTHZ_RESPONSES, Allowed, Services, authorize
-from keyplane.web.billing_routes import Limit
+from keyplane.web.params import Limit
 from keyplane.web.schemas import ListPage
 
 router = APIRouter(

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Request
 
 from keyplane.accounts.models import OrgRole
 from keyplane.accounts.org_ports import ProjectRole
@@ -61,7 +61,8 @@ OWNER = frozenset({Grant.ORG_OWNER})
 PROJECT_ADMIN = frozenset({Grant.ORG_OWNER, Grant.PROJECT_OWNER})
 
 POLICY: Mapping[str, frozenset[Grant]] = {
-    # money (billing_routes): Readers see usage and billing, never change it
+    # money (credit_routes, spend_routes, billing_settings_routes): Readers see usage and billing,
+    # never change it
     "credit_balance.retrieve": READ,
     "credit_grants.list": READ,
     "credit_grants.create": OWNER,
@@ -121,7 +122,7 @@ POLICY: Mapping[str, frozenset[Grant]] = {
     "usage.audio_transcriptions": READ,
     "usage.audio_speeches": READ,
     "costs.list": READ,
-    # projects (project_routes)
+    # projects (project_routes, project_key_routes, service_account_routes, project_user_routes)
     "projects.list": READ,
     "projects.create": OWNER,
     "projects.retrieve": READ,
@@ -257,6 +258,12 @@ async def authorize(request: Request, caller: Admin, svc: Services) -> Principal
 
 
 Allowed = Annotated[Principal, Depends(authorize)]
+
+
+def admin_router(prefix: str = "/v1/organization") -> APIRouter:
+    """A router of Admin API routes: ``authorize`` checks every one of them, and the OpenAPI
+    document lists the refusals that check answers."""
+    return APIRouter(prefix=prefix, responses=AUTHZ_RESPONSES, dependencies=[Depends(authorize)])
 
 
 class Recorder:

@@ -19,7 +19,7 @@ from keyplane.accounts.org_ports import Invite, Member
 from keyplane.keys.models import ApiKey
 from keyplane.keys.service import MAX_EXPIRES_IN_S
 from keyplane.web.authz import AUTHZ_RESPONSES, CONFLICT, Allowed, Services, authorize
-from keyplane.web.billing_routes import After, Limit
+from keyplane.web.params import After, Limit
 from keyplane.web.schemas import Deleted, ListPage, Request, page
 
 router = APIRouter(

@@ -25,8 +25,9 @@ from keyplane.errors import InvalidRequest, NotFound
 from keyplane.gateway.errors import ApiError
 from keyplane.web.auth import Admin, Ctx
 from keyplane.web.authz import AUTHZ_RESPONSES, Allowed, Audit, authorize
-from keyplane.web.billing_routes import After, IdempotencyKey, Limit, applied
 from keyplane.web.errors import AdminApiError, params_named
+from keyplane.web.money import applied
+from keyplane.web.params import After, IdempotencyKey, Limit
 from keyplane.web.schemas import (
     CreditPurchase,
     CreditPurchaseCreate,

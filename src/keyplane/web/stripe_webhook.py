@@ -23,8 +23,8 @@ from keyplane.billing.payment_ports import PaidCharge
 from keyplane.billing.payments import PaymentService
 from keyplane.gateway.errors import ApiError
 from keyplane.web.auth import context
-from keyplane.web.billing_routes import applied
 from keyplane.web.errors import AdminApiError
+from keyplane.web.money import applied
 
 log = logging.getLogger("keyplane.stripe")
 
