@@ -427,6 +427,7 @@ def build_gateway(
         project_name=container.accounts.project_name,
         public_url=s.public_url,
         publish=container.webhooks.publish,
+        audit=container.audit,
     )
     dispatcher = EmailDispatcher(container.outbox, container.mailer, container.clock)
     hooks = WebhookDispatcher(

@@ -295,6 +295,37 @@ def test_add_a_card_buy_credit_and_see_the_balance(browser: object, kp: Keyplane
     assert "Credit purchase" in page.inner_text("main") and "Succeeded" in page.inner_text("main")
 
 
+def test_set_the_low_balance_alert_by_keyboard_and_see_a_bad_amount_refused(
+    browser: object, kp: Keyplane, tmp_path: Path
+) -> None:
+    """Billing → Overview's "Email me when my credit balance falls below ($)": a bad amount is
+    refused next to the field (focus stays usable), a good one is saved and said."""
+    page = browser.new_page()  # type: ignore[attr-defined]
+    base = kp.server.url
+    log_in(page, base)
+    page.goto(base + "/billing")
+    field = page.get_by_label("Email me when my credit balance falls below ($)")
+    field.fill("0.50")
+    field.press("Enter")
+    page.wait_for_load_state()
+    assert "The amount must be between $1.00 and $100,000.00." in page.inner_text("main")
+    assert (
+        page.get_by_label("Email me when my credit balance falls below ($)").get_attribute(
+            "aria-invalid"
+        )
+        == "true"
+    )
+    field = page.get_by_label("Email me when my credit balance falls below ($)")
+    field.fill("2.50")
+    field.press("Enter")
+    page.wait_for_url(base + "/billing#low-balance-alert")
+    section = page.locator("#low-balance-alert").inner_text()
+    assert "The low balance alert is on: when your credit balance falls below $2.50" in section
+    page.locator("#low-balance-alert").screenshot(path=str(tmp_path / "low-balance.png"))
+    assert kp.container.billing.settings(kp.org.id).low_balance_alert == 2_500_000
+    page.close()
+
+
 def test_add_a_webhook_endpoint_and_see_its_signing_secret_once(
     browser: object, kp: Keyplane
 ) -> None:

@@ -484,7 +484,8 @@ async def test_billing_settings_are_validated_with_the_field_named(env: Env) -> 
         "object": "organization.billing_settings", "mode": "prepaid",
         "usage_limit_micro_usd": default_limit,
         "auto_recharge": {"enabled": False, "threshold_micro_usd": None, "target_micro_usd": None},
-        "billing_email": None, "billing_address": None, "currency": "usd",
+        "billing_email": None, "billing_address": None, "low_balance_alert_micro_usd": None,
+        "currency": "usd",
     }  # fmt: skip
     cases = [
         ({"auto_recharge": {"enabled": True}}, "auto_recharge.threshold_micro_usd", "$5.00 and $95.00"),
@@ -525,6 +526,51 @@ async def test_billing_settings_are_validated_with_the_field_named(env: Env) -> 
     r = await env.client.post(path, json={"usage_limit_micro_usd": None}, headers=env.admin())
     assert r.json()["usage_limit_micro_usd"] == default_limit and r.json()["mode"] == "postpaid"
     assert (await env.client.get(path, headers=env.admin())).json() == r.json()
+
+
+async def test_the_low_balance_alert_is_set_validated_turned_off_and_audited(env: Env) -> None:
+    """``low_balance_alert_micro_usd``: $1 to $100,000 in whole cents (400 naming the field
+    otherwise, nothing changed), null turns it off; each change audited with before and after."""
+    path = ORG + "/billing_settings"
+    field = "low_balance_alert_micro_usd"
+    for value, message in [
+        (0, "between $1.00 and $100,000.00"),
+        (DOLLAR - CENT, "between $1.00 and $100,000.00"),
+        (100_000 * DOLLAR + CENT, "between $1.00 and $100,000.00"),
+        (10 * DOLLAR + 1, "whole cents"),
+        (-DOLLAR, None),
+        ("10000000", None),
+        (10.5, None),
+        (True, None),
+        (10**30, None),
+    ]:
+        error = error_of(await env.client.post(path, json={field: value}, headers=env.admin()), 400)
+        assert error["param"] == field and error["type"] == "invalid_request_error", (value, error)
+        assert message is None or message in error["message"], (value, error)
+    assert (await env.client.get(path, headers=env.admin())).json()[field] is None
+
+    r = await env.client.post(path, json={field: 25 * DOLLAR}, headers=env.admin())
+    assert r.status_code == 200, r.text
+    assert r.json()[field] == 25 * DOLLAR
+    assert (await env.client.get(path, headers=env.admin())).json() == r.json()
+    assert env.container.billing.settings(env.org.id).low_balance_alert == 25 * DOLLAR
+    r = await env.client.post(path, json={"mode": "prepaid"}, headers=env.admin())  # left be
+    assert r.json()[field] == 25 * DOLLAR
+    r = await env.client.post(path, json={field: None}, headers=env.admin())
+    assert r.status_code == 200 and r.json()[field] is None
+
+    logs = await env.client.get(
+        ORG + "/audit_logs", params={"event_types[]": "billing_settings.updated"},
+        headers=env.admin(),
+    )  # fmt: skip
+    changes = [
+        {k: e["billing_settings.updated"][k] for k in ("before", "after")}
+        for e in reversed(logs.json()["data"])
+    ]
+    assert changes == [
+        {"before": {field: None}, "after": {field: 25 * DOLLAR}},
+        {"before": {field: 25 * DOLLAR}, "after": {field: None}},
+    ], changes
 
 
 async def test_the_billing_email_and_address_round_trip_validated_and_audited(env: Env) -> None:

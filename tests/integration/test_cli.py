@@ -298,6 +298,7 @@ def test_credits_budget_alerts_and_billing_commands(run: Any) -> None:
     assert settings == {
         "mode": "prepaid", "usage_limit_micro_usd": 100_000_000, "usage_limit_from": "tier",
         "budget_micro_usd": 20_000_000, "auto_recharge": False, "recharge_threshold_micro_usd": None, "recharge_target_micro_usd": None,
+        "low_balance_alert_micro_usd": None,
     }  # fmt: skip
     bad = run(
         "billing",
@@ -321,6 +322,16 @@ def test_credits_budget_alerts_and_billing_commands(run: Any) -> None:
     run("billing", "set", "--usage-limit", "tier")  # back to the tier's
     shown = json.loads(run("billing", "show", "--json").stdout)
     assert (shown["usage_limit_micro_usd"], shown["usage_limit_from"]) == (100_000_000, "tier")
+    bad = run("billing", "set", "--low-balance-alert", "0.50", ok=False)
+    assert bad.exit_code == 1 and "between $1.00 and $100,000.00" in " ".join(bad.output.split())
+    run("billing", "set", "--low-balance-alert", "12.50")
+    assert json.loads(run("billing", "show", "--json").stdout)["low_balance_alert_micro_usd"] == (
+        12_500_000
+    )
+    run("billing", "set", "--low-balance-alert", "off")
+    assert (
+        json.loads(run("billing", "show", "--json").stdout)["low_balance_alert_micro_usd"] is None
+    )
 
 
 def test_init_without_welcome_credit(run: Any) -> None:

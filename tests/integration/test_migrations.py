@@ -271,3 +271,52 @@ def test_the_billing_preferences_migration_keeps_settings_and_payments_and_adds_
         assert SqlPaymentStore(engine).payment("org_1", "pay_2") == replace(
             old, id="pay_2", lot_id=None, billed_to=address
         )
+
+
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_the_low_balance_alert_migration_keeps_settings_with_the_alert_off_and_downgrades(
+    tmp_path: Path, database: str
+) -> None:
+    """0022 on a database with billing settings: they read as before with the alert off; an alert
+    and its arming are stored from then on; a downgrade drops them and keeps the rest."""
+    with contextlib.ExitStack() as stack:
+        url = (
+            f"sqlite:///{tmp_path}/m.db"
+            if database == "sqlite"
+            else stack.enter_context(fresh_postgres())
+        )
+        engine = make_engine(url)
+        stack.callback(engine.dispose)
+        migrate.upgrade(engine, "0020")
+        with engine.begin() as conn:
+            conn.execute(organizations.insert().values(id="org_1", name="Acme", created_at=1))
+            conn.exec_driver_sql(
+                "INSERT INTO org_billing (org_id, mode, budget_micro, auto_recharge, updated_at, "
+                "billing_email) VALUES ('org_1', 'prepaid', 7000000, false, 1, 'b@example.com')"
+            )
+        migrate.upgrade(engine)
+        command.check(migrate.alembic_config(engine))
+        money = SqlMoneyStore(engine)
+        stack.callback(money.close)
+        settings = money.settings("org_1")
+        assert settings is not None and settings.low_balance_alert is None
+        assert (settings.budget, settings.billing_email) == (7_000_000, "b@example.com")
+        assert money.low_balance_arming("org_1") is None
+
+        money.save_settings(replace(settings, low_balance_alert=10_000_000), 2)
+        assert money.arm_low_balance("org_1", "lba_1")
+        assert not money.arm_low_balance("org_1", "lba_2")  # armed already: kept
+        assert money.low_balance_arming("org_1") == "lba_1"
+        stored = money.settings("org_1")
+        assert stored is not None and stored.low_balance_alert == 10_000_000
+        assert not money.disarm_low_balance("org_1", "lba_2")
+        assert money.disarm_low_balance("org_1", "lba_1")
+        assert money.low_balance_arming("org_1") is None
+
+        command.downgrade(migrate.alembic_config(engine), "0020")
+        with engine.connect() as conn:
+            row = conn.exec_driver_sql("SELECT budget_micro FROM org_billing").one()
+            columns = {c["name"] for c in inspect(conn).get_columns("org_billing")}
+        assert row[0] == 7_000_000 and "low_balance_alert_micro" not in columns

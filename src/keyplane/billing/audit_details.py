@@ -32,6 +32,7 @@ def settings_shown(settings: BillingSettings, usage_limit: int) -> dict[str, Any
             "threshold_micro_usd": settings.recharge_threshold,
             "target_micro_usd": settings.recharge_target,
         },
+        "low_balance_alert_micro_usd": settings.low_balance_alert,
     }
 
 

@@ -23,6 +23,7 @@ class BillingSettings:
     tier: str | None = None  # None: the lowest tier
     billing_email: str | None = None  # None: billing emails go to the Owners
     billing_address: BillingAddress | None = None
+    low_balance_alert: int | None = None  # email when the credit balance falls below; None: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +207,22 @@ class MoneyStore(Protocol):
     def release_idempotency(self, claim: Claim) -> None:
         """Forgets this run's claim when its request failed, so the client may retry with the
         same key (never a claim another run took over or completed)."""
+        ...
+
+    def low_balance_arming(self, org_id: str) -> str | None:
+        """Returns the low-balance alert's arming: an id while a fall of the balance under the
+        threshold is to be emailed (the email's dedupe key), None once it was (or when off)."""
+        ...
+
+    def arm_low_balance(self, org_id: str, arming: str, *, replace: bool = False) -> bool:
+        """Arms the low-balance alert with ``arming``: with ``replace`` whatever it was (a new
+        threshold), else only when disarmed (the balance is back at or above it). Returns whether
+        it changed. Raises StoreUnavailable."""
+        ...
+
+    def disarm_low_balance(self, org_id: str, arming: str) -> bool:
+        """Disarms the alert if it is still armed with ``arming``: of the callers that emailed for
+        one arming, exactly one gets True. Raises StoreUnavailable."""
         ...
 
     def enqueue_recharge(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,12 +20,13 @@ from keyplane.billing.ports import BillingSettings, Claim, ClaimLost, Done, Mone
 from keyplane.billing.wallet import BillingMode, Lot
 from keyplane.clock import Clock
 from keyplane.emails import normalize_email
-from keyplane.errors import Conflict, InvalidRequest, NotFound
+from keyplane.errors import Conflict, InvalidRequest, NotFound, StoreUnavailable
 from keyplane.ids import new_id
 from keyplane.limits.tiers import TierTable
 from keyplane.text import refuse_control_characters
 from keyplane.usage.pricing import format_usd
 
+log = logging.getLogger("keyplane.billing")
 T = TypeVar("T")
 DAY = 86400
 MAX_GRANT = 1_000_000 * 1_000_000  # $1M: a typo guard, not a business rule
@@ -45,6 +47,18 @@ class RechargeBounds:
 
 
 @dataclass(frozen=True, slots=True)
+class LowBalanceBounds:
+    """The low-balance alert's threshold: from $1 (under it the email comes when requests are
+    about to be refused anyway) to $100,000 (a typo guard), whole cents as every amount typed."""
+
+    minimum: int = 1_000_000
+    maximum: int = 100_000 * 1_000_000
+
+
+ARMING_PREFIX = "lba_"  # a low-balance alert's arming (billing/low_balance.py)
+
+
+@dataclass(frozen=True, slots=True)
 class CreditBalance:
     available: int
     held: int
@@ -59,6 +73,7 @@ class BillingService:
         self.tiers = tiers
         self.default_usage_limit = tiers.lowest.monthly_usage_limit_micro_usd
         self.recharge_bounds = RechargeBounds()
+        self.low_balance_bounds = LowBalanceBounds()
 
     def _now(self) -> int:
         return int(self._clock.now())
@@ -109,6 +124,7 @@ class BillingService:
                 self._store.add_lot(org_id, lot, note, source, done)
             else:
                 write(lot, note, source, done)
+            self._rearm_low_balance(org_id)
             if on_created is not None:
                 on_created(lot)
             return lot
@@ -139,6 +155,24 @@ class BillingService:
         if returned < 0:
             raise InvalidRequest(f"Credit grant '{lot_id}' is already revoked.")
         return returned
+
+    def _rearm_low_balance(self, org_id: str) -> None:
+        """Credit was added: the low-balance alert is armed again if the balance is back at or
+        above its threshold, so that the next fall under it is emailed, even if it comes before
+        the spend watcher next looks (the two arm alike: a compare-and-set on a disarmed alert).
+        The lot is stored already: a database failing now only leaves the arming to the watcher."""
+        try:
+            threshold = self.settings(org_id).low_balance_alert
+            if threshold is not None and self.credit_left(org_id) >= threshold:
+                self._store.arm_low_balance(org_id, new_id(ARMING_PREFIX))
+        except StoreUnavailable:
+            log.warning("credit added; the low-balance alert is armed again at the next check")
+
+    def credit_left(self, org_id: str) -> int:
+        """What the live lots still hold as settled (requests in flight not subtracted): the
+        balance the low-balance alert and auto-recharge compare with their thresholds."""
+        now = self._clock.now()
+        return sum(lot.remaining for lot, _ in self._store.lots(org_id) if lot.live(now))
 
     def balance(self, org_id: str) -> CreditBalance:
         now = self._clock.now()
@@ -177,7 +211,8 @@ class BillingService:
 
     def update_settings(self, org_id: str, **changes: Any) -> BillingSettings:
         """Changes mode, usage_limit, budget, the auto-recharge rule, the billing email ("" or
-        None: none) or the billing address (validated)."""
+        None: none), the billing address (validated) or the low-balance alert (None: off); a new
+        alert threshold is armed at once (below it already, the next settlement emails)."""
         current = self.settings(org_id)
         unknown = set(changes) - {f for f in BillingSettings.__slots__ if f != "org_id"}
         if unknown:
@@ -198,9 +233,14 @@ class BillingService:
                 raise InvalidRequest(f"{name} cannot be negative.", param=name)
         if updated.auto_recharge:
             self._check_recharge(updated.recharge_threshold, updated.recharge_target)
+        if changes.get("low_balance_alert") is not None:
+            self._check_low_balance(changes["low_balance_alert"])
         if updated.tier is not None and updated.tier not in {t.id for t in self.tiers.tiers}:
             raise InvalidRequest(f"There is no usage tier '{updated.tier}'.", param="tier")
         self._store.save_settings(updated, self._now())
+        alert = updated.low_balance_alert
+        if alert is not None and alert != current.low_balance_alert:
+            self._store.arm_low_balance(org_id, new_id(ARMING_PREFIX), replace=True)
         threshold, target = updated.recharge_threshold, updated.recharge_target
         # Turned on (or changed) under the threshold already: no settlement may come to trigger
         # it (with no credit, every request is refused before it spends anything).
@@ -235,6 +275,19 @@ class BillingService:
         if target <= threshold:
             raise InvalidRequest(
                 "The recharge target must be above the threshold.", param="recharge_target"
+            )
+
+    def _check_low_balance(self, threshold: object) -> None:
+        b = self.low_balance_bounds
+        if (
+            not isinstance(threshold, int)
+            or not b.minimum <= threshold <= b.maximum
+            or threshold % 10_000
+        ):
+            raise InvalidRequest(
+                f"Enter a low-balance alert amount between ${format_usd(b.minimum)} and "
+                f"${format_usd(b.maximum)}, in whole cents.",
+                param="low_balance_alert",
             )
 
     def project_budget(self, project_id: str) -> int | None:

@@ -155,6 +155,7 @@ class OrgMoney:
     auto_recharge: bool = False
     recharge_threshold: int | None = None
     recharge_target: int | None = None
+    low_balance_alert: int | None = None  # email when the balance falls below; None: off
     tier: str | None = None  # usage tier id; sets the usage limit and the rate limits
 
     # -- reading ----------------------------------------------------------------------------

@@ -1,14 +1,18 @@
-"""After spend is written: notification-threshold emails and auto-recharge jobs, each exactly once.
+"""After spend is written: notification-threshold emails, low-balance alerts and auto-recharge
+jobs, each exactly once.
 
 Exactly once comes from storage, not from this process: an email's dedupe key is
-``spend_alert:<alert id>:<month>`` and the outbox's unique constraint keeps one; a recharge job is
-unique per pending organization. The in-memory sets only avoid asking again.
+``spend_alert:<alert id>:<month>`` and the outbox's unique constraint keeps one; a low-balance
+alert's is ``low_balance:<arming>`` (billing/low_balance.py); a recharge job is unique per pending
+organization. The in-memory sets only avoid asking again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from keyplane.audit.service import AuditService
+from keyplane.billing.low_balance import LowBalanceAlerts
 from keyplane.billing.periods import period_of
 from keyplane.billing.ports import MoneyStore, SpendAlert
 from keyplane.billing.wallet import OrgMoney
@@ -43,6 +47,7 @@ class SpendWatcher:
         project_name: Callable[[str, str], str] = lambda org_id, project_id: project_id,
         public_url: str,
         publish: Publish = publish_nowhere,
+        audit: AuditService | None = None,
     ) -> None:
         self._store = store
         self._publish = publish
@@ -53,13 +58,19 @@ class SpendWatcher:
         self._project_name = project_name
         self._public_url = public_url.rstrip("/")
         self._notified: set[tuple[str, str]] = set()
+        self._low_balance = LowBalanceAlerts(
+            store, outbox, billing_emails=billing_emails, org_name=org_name,
+            public_url=public_url, publish=publish, audit=audit,
+        )  # fmt: skip
         # Organizations this process enqueued a recharge for, and when: not asked again for
         # RECHARGE_RECHECK_S (each settlement batch would try), then again if still under the
         # threshold (a pending job refuses a second; a finished one may not have been enough).
         self._recharging: dict[str, float] = {}
 
     def check(self, org_ids: Iterable[str], states: Mapping[str, OrgMoney]) -> int:
-        """Enqueues the emails and recharges that settled spend calls for; returns how many.
+        """Enqueues the emails and recharges that settled spend calls for: notification thresholds
+        crossed, a balance fallen under its low-balance alert (whether or not auto-recharge is on:
+        the Owner asked for both), auto-recharge; returns how many.
 
         Blocking (database I/O). Raises StoreUnavailable."""
         now = self._clock.now()
@@ -75,6 +86,7 @@ class SpendWatcher:
                     if spend >= alert.threshold and (alert.id, period) not in self._notified:
                         queued += self._notify(alert, spend, period, now)
                         self._notified.add((alert.id, period))
+            queued += self._low_balance.check(org_id, money, now)
             if money is not None:
                 queued += self._maybe_recharge(money, now)
         return queued

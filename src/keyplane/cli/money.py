@@ -285,7 +285,7 @@ def alerts_remove(alert_id: str, org: OrgOpt = None) -> None:
 
 @billing_app.command("show")
 def billing_show(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
-    """Billing mode, usage limit, budget and auto-recharge."""
+    """Billing mode, usage limit, budget, auto-recharge and the low-balance alert."""
     c, org_id, _ = scope(org, None)
     s = c.billing.settings(org_id)
     limit = c.billing.effective_usage_limit(s)
@@ -294,6 +294,7 @@ def billing_show(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
         "usage_limit_from": "tier" if s.usage_limit is None else "set", "budget_micro_usd": s.budget,
         "auto_recharge": s.auto_recharge, "recharge_threshold_micro_usd": s.recharge_threshold,
         "recharge_target_micro_usd": s.recharge_target,
+        "low_balance_alert_micro_usd": s.low_balance_alert,
     }  # fmt: skip
     if as_json:
         out.print_json(json.dumps(payload))
@@ -321,6 +322,10 @@ def billing_set(
     recharge_target: Annotated[
         str | None, typer.Option(help="Bring credit back up to ($10-$100).")
     ] = None,
+    low_balance_alert: Annotated[
+        str | None,
+        typer.Option(help="Email when credit falls below ($1-$100,000); 'off' turns it off."),
+    ] = None,
     org: OrgOpt = None,
 ) -> None:
     """Change billing settings."""
@@ -336,6 +341,10 @@ def billing_set(
         changes["recharge_threshold"] = parse_usd(recharge_threshold)
     if recharge_target is not None:
         changes["recharge_target"] = parse_usd(recharge_target)
+    if low_balance_alert is not None:
+        changes["low_balance_alert"] = (
+            None if low_balance_alert == "off" else parse_usd(low_balance_alert)
+        )
     try:
         before = c.billing.settings(org_id)
         after = c.billing.update_settings(org_id, **changes)

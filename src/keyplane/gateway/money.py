@@ -619,6 +619,7 @@ class MoneyGuard:
             org.auto_recharge = settings.auto_recharge
             org.recharge_threshold = settings.recharge_threshold
             org.recharge_target = settings.recharge_target
+            org.low_balance_alert = settings.low_balance_alert
             org.tier = settings.tier
         if project_id:
             budget = await asyncio.to_thread(self._store.project_budget, project_id)

@@ -36,6 +36,7 @@ class SqlMoneyStore(SqlHolds, SqlLedger, SqlBillingSettings, SqlIdempotency):
                 auto_recharge=s.auto_recharge,
                 recharge_threshold=s.recharge_threshold,
                 recharge_target=s.recharge_target,
+                low_balance_alert=s.low_balance_alert,
                 tier=s.tier,
             )
             for pid, amount in c.execute(

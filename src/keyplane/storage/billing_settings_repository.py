@@ -29,6 +29,7 @@ def settings_of(row: Any) -> BillingSettings:
         tier=row.tier,
         billing_email=row.billing_email,
         billing_address=address_from_json(row.billing_address),
+        low_balance_alert=row.low_balance_alert_micro,
     )
 
 
@@ -45,6 +46,7 @@ class SqlBillingSettings(SqlStore):
             "auto_recharge": s.auto_recharge, "recharge_threshold_micro": s.recharge_threshold,
             "recharge_target_micro": s.recharge_target, "updated_at": at, "tier": s.tier,
             "billing_email": s.billing_email, "billing_address": address_json(s.billing_address),
+            "low_balance_alert_micro": s.low_balance_alert,
         }  # fmt: skip
         with self._write() as conn:
             if not conn.execute(
@@ -52,6 +54,32 @@ class SqlBillingSettings(SqlStore):
             ).rowcount:
                 conn.execute(insert(org_billing).values(org_id=s.org_id, **values))
             record_event(conn, s.org_id, "settings", None, at)
+
+    def low_balance_arming(self, org_id: str) -> str | None:
+        return self._read(
+            lambda c: c.execute(
+                select(org_billing.c.low_balance_armed).where(org_billing.c.org_id == org_id)
+            ).scalar()
+        )
+
+    def arm_low_balance(self, org_id: str, arming: str, *, replace: bool = False) -> bool:
+        which = org_billing.c.org_id == org_id
+        if not replace:  # (a compare-and-set: one of two processes arming at once does)
+            which = and_(which, org_billing.c.low_balance_armed.is_(None))
+        with self._write() as conn:
+            changed = conn.execute(
+                update(org_billing).where(which).values(low_balance_armed=arming)
+            ).rowcount
+        return bool(changed)
+
+    def disarm_low_balance(self, org_id: str, arming: str) -> bool:
+        with self._write() as conn:
+            changed = conn.execute(
+                update(org_billing)
+                .where(org_billing.c.org_id == org_id, org_billing.c.low_balance_armed == arming)
+                .values(low_balance_armed=None)
+            ).rowcount
+        return bool(changed)
 
     def project_budget(self, project_id: str) -> int | None:
         return self._read(

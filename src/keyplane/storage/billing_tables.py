@@ -20,6 +20,11 @@ org_billing = Table(
     Column("updated_at", BigInteger, nullable=False),
     Column("billing_email", String(254)),  # NULL: billing emails go to the Owners
     Column("billing_address", Text),  # JSON (billing/address.py); NULL: none given
+    # The low-balance alert (billing/low_balance.py): its threshold (NULL: off), and its arming:
+    # an id while the next fall under the threshold is to be emailed (the email's dedupe key),
+    # NULL once it was (until the balance is back at or above the threshold).
+    Column("low_balance_alert_micro", BigInteger),
+    Column("low_balance_armed", String(40)),
 )
 
 project_budgets = Table(

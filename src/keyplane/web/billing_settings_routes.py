@@ -31,6 +31,7 @@ _SETTING_PARAMS = {
     "usage_limit": "usage_limit_micro_usd",
     "recharge_threshold": "auto_recharge.threshold_micro_usd",
     "recharge_target": "auto_recharge.target_micro_usd",
+    "low_balance_alert": "low_balance_alert_micro_usd",
 }
 
 
@@ -49,6 +50,7 @@ def _settings(s: AdminServices, record: SettingsRecord) -> BillingSettings:
         billing_address=None
         if record.billing_address is None
         else BillingAddress(**asdict(record.billing_address)),
+        low_balance_alert_micro_usd=record.low_balance_alert,
     )
 
 
@@ -72,12 +74,15 @@ def _changes(body: BillingSettingsUpdate) -> dict[str, Any]:
     if "billing_address" in body.model_fields_set:
         typed = body.billing_address
         changes["billing_address"] = None if typed is None else parse_address(typed.model_dump())
+    if "low_balance_alert_micro_usd" in body.model_fields_set:
+        changes["low_balance_alert"] = body.low_balance_alert_micro_usd
     return changes
 
 
 @router.get("/billing_settings", tags=["billing"], name="billing_settings.retrieve")
 async def get_billing_settings(ctx: Ctx, caller: Admin) -> BillingSettings:
-    """Billing mode, this month's usage limit and the auto-recharge rule."""
+    """Billing mode, this month's usage limit, the auto-recharge rule, the billing preferences and
+    the low-balance alert."""
     s = ctx.services
     return _settings(s, await asyncio.to_thread(s.billing.settings, caller.org_id))
 
@@ -89,7 +94,8 @@ async def update_billing_settings(
     """Changes what the body names. Auto-recharge needs a threshold of $5-$95 and a target of
     $10-$100 above it; ``usage_limit_micro_usd: null`` restores the tier's; ``billing_email`` and
     ``billing_address`` (the whole address: country, line1 and city required) ``null`` remove
-    them."""
+    them. ``low_balance_alert_micro_usd`` ($1 to $100,000, whole cents; ``null``: off) emails the
+    billing email, else the Owners, once each time the credit balance falls below it."""
     s = ctx.services
 
     def write() -> SettingsRecord:

@@ -247,6 +247,10 @@ class BillingSettings(BaseModel):
         description="Where billing emails go; null: to the organization's Owners."
     )
     billing_address: BillingAddress | None
+    low_balance_alert_micro_usd: int | None = Field(
+        description="The billing email (else the Owners) is emailed once each time the credit "
+        "balance falls below this amount, and the billing.low_balance webhook event sent; null: off."
+    )
     currency: Literal["usd"] = Field(default="usd", description="keyplane bills in US dollars.")
 
 
@@ -283,6 +287,11 @@ class BillingSettingsUpdate(Request):
         default=None,
         description="The whole address (it replaces the one set); null removes it. Required: "
         "country, line1, city.",
+    )
+    low_balance_alert_micro_usd: Micro | None = Field(
+        default=None,
+        description="Email when the credit balance falls below this amount: $1 to $100,000 in "
+        "whole cents (a multiple of 10000); null turns the alert off.",
     )
 
 

@@ -22,6 +22,7 @@ EventType = Literal[
     "api_key.leaked",
     "billing.auto_recharge_failed",
     "billing.auto_recharge_disabled",
+    "billing.low_balance",
     "organization.tier_promoted",
     "api_key.new_network",
     "api_key.spend_spike",

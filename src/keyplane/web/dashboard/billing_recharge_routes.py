@@ -1,7 +1,9 @@
 """Billing → Overview's auto recharge (BRIEF C5; the guide says to turn it off), off by default:
 Owners turn it on with its two amounts (under the threshold, buy back up to the target; a saved
-card needed) and off with one button, audited as the Admin API's ``billing_settings.updated``. A
-refused form shows the Overview again (billing_routes.py) with what is wrong."""
+card needed) and off with one button; and next to it the low-balance alert ("Email me when my
+credit balance falls below $X", billing/low_balance.py), off by default too. Each change is
+audited as the Admin API's ``billing_settings.updated``. A refused form shows the Overview again
+(billing_routes.py) with what is wrong."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from keyplane.web.principal import Principal
 
 router = APIRouter()
 RECHARGE = PATH + "/auto-recharge"
+LOW_BALANCE = PATH + "/low-balance-alert"
 
 
 def _recharge_amounts(
@@ -52,7 +55,7 @@ def _recharge_amounts(
 
 
 def _save_recharge(request: Request, principal: Principal, **changes: object) -> None:
-    """Changes the rule, audited as the Admin API's ``billing_settings.updated`` (with what
+    """Changes the rule (or the low-balance alert), audited as the Admin API's ``billing_settings.updated`` (with what
     changed, before and after; nothing recorded when nothing changed: a form sent twice)."""
     services = context(request).services
     org_id = principal.org_id
@@ -101,3 +104,43 @@ def turn_off_auto_recharge(request: Request, viewer: CurrentMember, org_id: Fiel
     same_org(viewer, form_org)
     _save_recharge(request, principal, auto_recharge=False)
     raise Redirect(PATH + "#auto-recharge")
+
+
+def _alert_amount(request: Request, typed: str) -> int | str:
+    """The alert's threshold in micro-dollars from the form, or what is wrong with it."""
+    b = context(request).services.billing.low_balance_bounds
+    if not typed.strip():
+        return f"Enter the balance to be emailed under, like {format_usd(10_000_000)}."
+    try:
+        return parse_amount(typed, cents=True, minimum=b.minimum, maximum=b.maximum)
+    except ValueError as exc:
+        return str(exc)
+
+
+@router.post(LOW_BALANCE)
+def set_low_balance_alert(
+    request: Request, viewer: CurrentMember, amount: Field = "", org_id: Field = ""
+) -> Response:
+    """Turns the low-balance alert on, or changes its amount: whole dollars and cents from $1 to
+    $100,000. Owners only."""
+    form_org = org_id
+    principal = allowed(request, viewer, "billing_settings.update")
+    same_org(viewer, form_org)
+    threshold = _alert_amount(request, amount)
+    if isinstance(threshold, str):
+        errors = {"low_balance": threshold}
+        return overview(request, viewer, status=400, errors=errors, typed={"low_balance": amount})
+    _save_recharge(request, principal, low_balance_alert=threshold)
+    raise Redirect(PATH + "#low-balance-alert")
+
+
+@router.post(LOW_BALANCE + "/off")
+def turn_off_low_balance_alert(
+    request: Request, viewer: CurrentMember, org_id: Field = ""
+) -> Response:
+    """Turns the low-balance alert off. Owners only."""
+    form_org = org_id
+    principal = allowed(request, viewer, "billing_settings.update")
+    same_org(viewer, form_org)
+    _save_recharge(request, principal, low_balance_alert=None)
+    raise Redirect(PATH + "#low-balance-alert")

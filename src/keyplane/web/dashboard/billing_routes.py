@@ -39,7 +39,8 @@ def overview(
     request: Request, viewer: Viewer, *, status: int = 200, notice: str | None = None,
     errors: dict[str, str] | None = None, typed: dict[str, str] | None = None,
 ) -> Response:  # fmt: skip
-    """The Overview; ``errors`` and ``typed``: the auto-recharge form refused (by field)."""
+    """The Overview; ``errors`` and ``typed``: the auto-recharge or the low-balance alert form
+    refused (by field)."""
     services = context(request).services
     principal = principal_of(request, viewer)
     org_id = principal.org_id
@@ -58,6 +59,7 @@ def overview(
         can_pay=may(request, principal, "credit_purchases.create", None),
         can_recharge=may(request, principal, "billing_settings.update", None),
         recharge_card=methods[0] if methods else None, bounds=services.billing.recharge_bounds,
+        alert_bounds=services.billing.low_balance_bounds,
         recharge_attempts=services.payments.max_recharge_attempts, errors=errors or {},
         typed=typed or {},
     )  # fmt: skip
