@@ -28,7 +28,7 @@ router = APIRouter(
 )
 
 RoleName = Literal["owner", "reader"]
-ProjectRoleName = Literal["owner", "member"]
+ProjectRoleName = Literal["member", "owner"]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 ExpiresIn = Annotated[int, Field(strict=True, ge=1, le=MAX_EXPIRES_IN_S)]
 
@@ -109,7 +109,8 @@ class OrgInvite(BaseModel):
 
 
 class InviteProjectCreate(Request):
-    id: str
+    # (a length bound also makes pydantic refuse a lone surrogate, which PostgreSQL cannot take)
+    id: Annotated[str, Field(min_length=1, max_length=64)]
     role: ProjectRoleName
 
 
