@@ -141,6 +141,11 @@ def test_invite_by_keyboard_and_the_invited_person_joins_from_the_email(
     page.keyboard.press("ArrowDown")  # Owner
     assert page.get_by_label("Owner: can do everything", exact=False).is_checked()
     page.keyboard.press("ArrowUp")  # back to Reader
+    page.keyboard.press("Tab")  # the projects to join too: none ticked
+    assert page.get_by_label("Default project").evaluate("e => e === document.activeElement")
+    assert not page.get_by_label("Default project").is_checked()
+    page.keyboard.press("Tab")  # the role in them
+    assert page.evaluate("document.activeElement.value") == "member"
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.textContent") == "Send invitation"
     page.keyboard.press("Enter")
@@ -148,7 +153,7 @@ def test_invite_by_keyboard_and_the_invited_person_joins_from_the_email(
     assert page.get_by_role("status").inner_text() == (
         "Invitation sent to grace@example.com: the link in it works for 7 days."
     )
-    assert [r.split(" Ada Owner ")[0] for r in invitations(page)] == ["grace@example.com Reader"]
+    assert [r.split(" Ada Owner ")[0] for r in invitations(page)] == ["grace@example.com Reader —"]
 
     # The email arrives; Grace opens its link, logs in, accepts, and is a Reader.
     link = invitation_link(inbox, "grace@example.com")

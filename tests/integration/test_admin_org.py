@@ -504,7 +504,7 @@ async def test_an_invitation_is_emailed_and_its_link_works_once(env: OrgEnv) -> 
     assert invite == {
         "object": "organization.invite", "id": invite["id"], "email": "new@example.com",
         "role": "reader", "status": "pending", "invited_at": invite["invited_at"],
-        "expires_at": invite["invited_at"] + 7 * 86400, "accepted_at": None,
+        "expires_at": invite["invited_at"] + 7 * 86400, "accepted_at": None, "projects": [],
     }  # fmt: skip
     token = env.invite_token("new@example.com")
     assert len(token) >= 43  # 256 bits, URL-safe base64

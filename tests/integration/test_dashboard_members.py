@@ -20,6 +20,7 @@ from test_webhooks import admin_key
 
 from conftest import Keyplane, start_keyplane
 from keyplane.accounts.models import OrgRole, User
+from keyplane.accounts.org_ports import ProjectRole
 from keyplane.accounts.passwords import hash_password
 from keyplane.audit.models import Actor, ActorType, AuditFilter
 from keyplane.ids import new_id
@@ -163,8 +164,8 @@ def test_an_owner_invites_people_whose_email_link_makes_them_members(
     assert "Invitation sent to grace@example.com, heidi@example.com" in text_of(listing)
     expires = today(7 * 86400)
     assert sorted(tables(listing)[1]) == [
-        ["grace@example.com", "Reader", "Olive", expires, "Revoke"],
-        ["heidi@example.com", "Reader", "Olive", expires, "Revoke"],
+        ["grace@example.com", "Reader", "—", "Olive", expires, "Revoke"],
+        ["heidi@example.com", "Reader", "—", "Olive", expires, "Revoke"],
     ]
     assert events(kp, "invite.sent") == [
         (ActorType.SESSION, "owner@example.com", {"data": {"email": e, "role": "reader"}})
@@ -193,6 +194,63 @@ def test_an_owner_invites_people_whose_email_link_makes_them_members(
     ]
     assert [row[0] for row in invites] == ["heidi@example.com"]
     grace.close()
+
+
+def test_an_invitation_from_the_form_joins_the_projects_ticked_on_accepting(
+    kp: Keyplane,
+    inbox: Inbox,
+    browser_for: SignIn,  # noqa: F811
+) -> None:
+    """The form offers the active projects with one role for them (the Admin API's ``projects``);
+    the list, the email and the invitation's page say which; accepting joins them."""
+    setup = Actor(ActorType.SESSION, "sess_setup", user_id=kp.owner.id, email=kp.owner.email)
+    orgs = kp.container.orgs
+    bot = orgs.create_project(setup, kp.org.id, "Billing bot")
+    old = orgs.create_project(setup, kp.org.id, "Old")
+    orgs.archive_project(setup, kp.org.id, old.id)
+    owner = browser_for("owner@example.com", OWNER_PASSWORD)
+    form = owner.get("/members/invite").text
+    offered = re.findall(r'name="projects" value="([^"]+)"', form)
+    assert sorted(offered) == sorted([kp.project.id, bot.id])  # not the archived one
+
+    wrong = owner.post("/members/invite", {"emails": "kim@example.com", "role": "reader",
+                                           "projects": [bot.id], "project_role": "admin"})  # fmt: skip
+    assert wrong.status_code == 400 and "Choose Member or Owner" in text_of(wrong)
+    assert f'value="{bot.id}" checked' in wrong.text  # the form comes back as it was sent
+    for ticked, said in (([kp.project.id, "proj_\x00"], "Choose the projects from the list."),
+                         ([old.id], "The project 'Old' is archived.")):  # fmt: skip
+        owner.get("/members/invite")
+        refused = owner.post("/members/invite", {"emails": "kim@example.com", "role": "reader",
+                                                 "projects": ticked})  # fmt: skip
+        assert refused.status_code in (400, 409) and said in text_of(refused), ticked
+    assert pending(kp) == []
+    owner.get("/members/invite")
+    sent = owner.post("/members/invite", {"emails": "kim@example.com", "role": "reader",
+                                          "projects": [bot.id], "project_role": "owner"})  # fmt: skip
+    assert sent.status_code == 303
+    listing = tables(owner.get(sent.headers["location"]))[1]
+    assert listing == [
+        ["kim@example.com", "Reader", "Billing bot (Owner)", "Olive", today(7 * 86400), "Revoke"]
+    ]
+    [invite] = orgs.invites(kp.org.id)
+    assert [(p.project_id, p.role.value) for p in invite.projects] == [(bot.id, "owner")]
+
+    link = link_in(inbox, "kim@example.com", "/invites/accept")
+    mail = next(m for m in inbox.received if m.rcpt_tos == ["kim@example.com"])
+    body = mail.message.get_body(("plain",))
+    assert body is not None
+    assert "as Reader, and its project Billing bot (Owner)." in body.get_content()
+    kim = account(kp, "kim@example.com")
+    invitee = browser_for_new("kim@example.com", kp)
+    page = text_of(invitee.get(link))
+    assert "as Reader, and its project Billing bot (Owner)." in page
+    assert invitee.post("/invites/accept", {"token": token_of(link)}).status_code == 303
+    assert orgs.project_role(kp.org.id, bot.id, kim.id) is ProjectRole.OWNER
+    assert orgs.project_role(kp.org.id, kp.project.id, kim.id) is None
+    assert events(kp, "project_user.added") == [
+        (ActorType.SESSION, "kim@example.com", {"data": {"role": "owner"}})
+    ]
+    invitee.close()
 
 
 def test_an_invite_form_sent_twice_invites_once_and_says_so(
@@ -335,7 +393,9 @@ def test_an_owner_withdraws_an_invitation_and_its_link_stops_working(
     [invite] = kp.container.orgs.invites(kp.org.id)
     page = owner.get("/members")
     assert f'action="/members/invites/{invite.id}/revoke"' in page.text
-    assert tables(page)[1] == [["ivan@example.com", "Owner", "Olive", today(7 * 86400), "Revoke"]]
+    assert tables(page)[1] == [
+        ["ivan@example.com", "Owner", "—", "Olive", today(7 * 86400), "Revoke"]
+    ]
     r = owner.post(f"/members/invites/{invite.id}/revoke", {})
     assert r.status_code == 303 and r.headers["location"] == f"/members?withdrawn={invite.id}"
     assert "The invitation of ivan@example.com is withdrawn" in text_of(

@@ -34,6 +34,14 @@ class ProjectMember:
     added_at: int
 
 
+@dataclass(frozen=True, slots=True)
+class InviteProject:
+    """A project an invitation makes its invitee a member of, with that role, on acceptance."""
+
+    project_id: str
+    role: ProjectRole
+
+
 class InviteStatus(enum.StrEnum):
     PENDING = "pending"
     ACCEPTED = "accepted"
@@ -51,6 +59,7 @@ class Invite:
     expires_at: int
     accepted_at: int | None = None
     created_by: str | None = None
+    projects: tuple[InviteProject, ...] = ()  # in the order the inviter listed them
 
     def status(self, now: float) -> InviteStatus:
         if self.accepted_at is not None:
@@ -101,14 +110,20 @@ class OrgStore(Protocol):
         """Returns the organization's invitations, oldest first."""
         ...
 
-    def add_invite(self, invite: Invite) -> None: ...
+    def add_invite(self, invite: Invite) -> None:
+        """Stores the invitation with its projects, in one transaction."""
+        ...
 
     def invite_by_token_hash(self, token_hash: str) -> Invite | None: ...
 
-    def accept_invite(self, invite_id: str, user_id: str, at: int) -> bool:
-        """Marks a pending, unexpired invitation accepted and makes the user a member with its
-        role, in one transaction. Returns False if it was used or expired meanwhile (so a token
-        works once even when two requests race). Raises Conflict if the user is a member."""
+    def accept_invite(
+        self, invite_id: str, user_id: str, at: int
+    ) -> Sequence[InviteProject] | None:
+        """Marks a pending, unexpired invitation accepted, makes the user a member with its role
+        and a member of each of its projects not archived by then with the role it names, in one
+        transaction. Returns the projects joined, or None if the invitation was used or expired
+        meanwhile (so a token works once even when two requests race). Raises Conflict if the
+        user is a member."""
         ...
 
     def delete_invite(self, org_id: str, invite_id: str) -> bool:

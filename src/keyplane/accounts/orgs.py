@@ -18,6 +18,7 @@ from keyplane.accounts.org_keys import UNCHANGED, OrgKeys, Unchanged
 from keyplane.accounts.org_ports import (
     EmailQueue,
     Invite,
+    InviteProject,
     KeyLimits,
     Member,
     OrgStore,
@@ -126,8 +127,11 @@ class OrgService:
     def get_invite(self, org_id: str, invite_id: str) -> Invite:
         return self._invitations.get_invite(org_id, invite_id)
 
-    def invite(self, actor: Actor, org_id: str, email: str, role: OrgRole) -> Invite:
-        return self._invitations.invite(actor, org_id, email, role)
+    def invite(
+        self, actor: Actor, org_id: str, email: str, role: OrgRole,
+        projects: Sequence[InviteProject] = (),
+    ) -> Invite:  # fmt: skip
+        return self._invitations.invite(actor, org_id, email, role, projects)
 
     def delete_invite(self, actor: Actor, org_id: str, invite_id: str) -> Invite:
         return self._invitations.delete_invite(actor, org_id, invite_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,11 +10,16 @@ from sqlalchemy import Connection, RowMapping, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from keyplane.accounts.models import Organization, OrgRole, Project, ServiceAccount, User
-from keyplane.accounts.org_ports import Invite, Member, ProjectMember, ProjectRole
+from keyplane.accounts.org_ports import Invite, InviteProject, Member, ProjectMember, ProjectRole
 from keyplane.accounts.verification import OrgVerification, VerificationStatus
 from keyplane.errors import Conflict
 from keyplane.storage import tables as t
-from keyplane.storage.org_tables import invites, org_verifications, project_members
+from keyplane.storage.org_tables import (
+    invite_projects,
+    invites,
+    org_verifications,
+    project_members,
+)
 from keyplane.storage.store import SqlStore
 
 LAST_OWNER = "An organization needs at least one Owner: make someone else an Owner first."
@@ -27,8 +33,21 @@ def _user(row: RowMapping) -> User:
     return User(**{f: row[f] for f in User.__slots__})
 
 
-def _invite(row: RowMapping) -> Invite:
-    return Invite(**{**row, "role": OrgRole(row["role"])})
+def _invites(conn: Connection, rows: Sequence[RowMapping]) -> list[Invite]:
+    """The invitations of ``rows`` (of ``invites``) with their projects, read in one query."""
+    ip = invite_projects
+    named: defaultdict[str, list[InviteProject]] = defaultdict(list)
+    if rows:
+        query = (
+            select(ip.c.invite_id, ip.c.project_id, ip.c.role)
+            .where(ip.c.invite_id.in_([r["id"] for r in rows]))
+            .order_by(ip.c.invite_id, ip.c.position)
+        )
+        for found in conn.execute(query):
+            named[found.invite_id].append(InviteProject(found.project_id, ProjectRole(found.role)))
+    return [
+        Invite(**{**r, "role": OrgRole(r["role"]), "projects": tuple(named[r["id"]])}) for r in rows
+    ]
 
 
 def _owners_left(conn: Connection, org_id: str, without: str) -> int:
@@ -41,6 +60,34 @@ def _owners_left(conn: Connection, org_id: str, without: str) -> int:
         .with_for_update()
     ).scalars()
     return sum(1 for user_id in rows if user_id != without)
+
+
+def _join_invited_projects(
+    conn: Connection, invite_id: str, user_id: str, at: int
+) -> list[InviteProject]:
+    """Makes the user a member of the invitation's projects that are not archived, with their
+    roles; returns those. Their rows stay locked until the acceptance commits (PostgreSQL), so a
+    project archived meanwhile is either skipped here or archived with the newcomer in it, as
+    with any member."""
+    ip, p = invite_projects, t.projects
+    rows = conn.execute(
+        select(ip.c.project_id, ip.c.role)
+        .join(p, p.c.id == ip.c.project_id)
+        .where(ip.c.invite_id == invite_id, p.c.archived_at.is_(None))
+        .order_by(ip.c.position)
+        .with_for_update(of=p)
+    ).all()
+    joined = [InviteProject(r.project_id, ProjectRole(r.role)) for r in rows]
+    if joined:
+        conn.execute(
+            insert(project_members),
+            [
+                {"project_id": j.project_id, "user_id": user_id, "role": j.role.value,
+                 "created_at": at}
+                for j in joined
+            ],
+        )  # fmt: skip
+    return joined
 
 
 class SqlOrgStore(SqlStore):
@@ -133,18 +180,30 @@ class SqlOrgStore(SqlStore):
             .where(invites.c.org_id == org_id)
             .order_by(invites.c.created_at, invites.c.id)
         )
-        return [_invite(r) for r in self._read(lambda c: c.execute(query).mappings().all())]
+        return self._read(lambda c: _invites(c, c.execute(query).mappings().all()))
 
     def add_invite(self, invite: Invite) -> None:
+        fields = {f: v for f, v in _fields(invite).items() if f != "projects"}
         with self._write() as conn:
-            conn.execute(insert(invites).values(**_fields(invite)))
+            conn.execute(insert(invites).values(**fields))
+            if invite.projects:
+                conn.execute(
+                    insert(invite_projects),
+                    [
+                        {"invite_id": invite.id, "project_id": p.project_id,
+                         "role": p.role.value, "position": n}
+                        for n, p in enumerate(invite.projects)
+                    ],
+                )  # fmt: skip
 
     def invite_by_token_hash(self, token_hash: str) -> Invite | None:
         query = select(invites).where(invites.c.token_hash == token_hash)
-        row = self._read(lambda c: c.execute(query).mappings().first())
-        return None if row is None else _invite(row)
+        found = self._read(lambda c: _invites(c, c.execute(query).mappings().all()))
+        return found[0] if found else None
 
-    def accept_invite(self, invite_id: str, user_id: str, at: int) -> bool:
+    def accept_invite(
+        self, invite_id: str, user_id: str, at: int
+    ) -> Sequence[InviteProject] | None:
         try:
             with self._write() as conn:
                 # The conditional UPDATE is the single-use guard: of two racing accepts, one
@@ -159,7 +218,7 @@ class SqlOrgStore(SqlStore):
                     .values(accepted_at=at)
                 ).rowcount
                 if not done:
-                    return False
+                    return None
                 row = conn.execute(
                     select(invites.c.org_id, invites.c.role).where(invites.c.id == invite_id)
                 ).one()
@@ -168,20 +227,23 @@ class SqlOrgStore(SqlStore):
                         org_id=row.org_id, user_id=user_id, role=row.role, created_at=at
                     )
                 )
+                joined = _join_invited_projects(conn, invite_id, user_id, at)
         except IntegrityError:
             raise Conflict("You are already a member of this organization.") from None
-        return True
+        return joined
 
     def delete_invite(self, org_id: str, invite_id: str) -> bool:
+        pending = select(invites.c.id).where(
+            invites.c.org_id == org_id, invites.c.id == invite_id, invites.c.accepted_at.is_(None)
+        )
         with self._write() as conn:
-            done = conn.execute(
-                delete(invites).where(
-                    invites.c.org_id == org_id,
-                    invites.c.id == invite_id,
-                    invites.c.accepted_at.is_(None),
-                )
-            ).rowcount
-        return bool(done)
+            # Locked first (PostgreSQL): an acceptance racing this waits, then finds no invitation,
+            # rather than keeping an invitation whose projects were deleted from under it.
+            if conn.execute(pending.with_for_update()).first() is None:
+                return False
+            conn.execute(delete(invite_projects).where(invite_projects.c.invite_id == invite_id))
+            conn.execute(delete(invites).where(invites.c.id == invite_id))
+        return True
 
     # -- projects ---------------------------------------------------------------------------------
     def project(self, project_id: str) -> Project | None:

@@ -31,6 +31,16 @@ invites = Table(
     Index("ix_invites_org_email", "org_id", "email"),
 )
 
+# The projects an invitation makes its invitee a member of on acceptance (OpenAI's ``projects``).
+invite_projects = Table(
+    "invite_projects",
+    metadata,
+    Column("invite_id", String(40), ForeignKey("invites.id"), primary_key=True),
+    Column("project_id", String(40), ForeignKey("projects.id"), primary_key=True),
+    Column("role", String(20), nullable=False),  # owner | member
+    Column("position", Integer, nullable=False),  # the order the inviter listed them in
+)
+
 project_members = Table(
     "project_members",
     metadata,

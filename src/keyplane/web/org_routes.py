@@ -14,8 +14,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
+from keyplane.accounts.invitations import MAX_INVITE_PROJECTS
 from keyplane.accounts.models import OrgRole
-from keyplane.accounts.org_ports import Invite, Member
+from keyplane.accounts.org_ports import Invite, InviteProject, Member, ProjectRole
 from keyplane.keys.models import ApiKey
 from keyplane.keys.service import MAX_EXPIRES_IN_S
 from keyplane.web.authz import AUTHZ_RESPONSES, CONFLICT, Allowed, Services, authorize
@@ -27,6 +28,7 @@ router = APIRouter(
 )
 
 RoleName = Literal["owner", "reader"]
+ProjectRoleName = Literal["member", "owner"]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 ExpiresIn = Annotated[int, Field(strict=True, ge=1, le=MAX_EXPIRES_IN_S)]
 
@@ -86,6 +88,11 @@ class AdminApiKeyCreate(Request):
     expires_in_seconds: ExpiresIn | None = None
 
 
+class OrgInviteProject(BaseModel):
+    id: str = Field(description="The project's id.")
+    role: ProjectRoleName = Field(description="The invitee's role in it.")
+
+
 class OrgInvite(BaseModel):
     object: Literal["organization.invite"] = "organization.invite"
     id: str
@@ -95,11 +102,28 @@ class OrgInvite(BaseModel):
     invited_at: int
     expires_at: int
     accepted_at: int | None
+    projects: list[OrgInviteProject] = Field(
+        description="The projects the invitee joins on accepting, with their role in each (those "
+        "archived by then are skipped)."
+    )
+
+
+class InviteProjectCreate(Request):
+    # (a length bound also makes pydantic refuse a lone surrogate, which PostgreSQL cannot take)
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    role: ProjectRoleName
 
 
 class InviteCreate(Request):
     email: Annotated[str, Field(min_length=3, max_length=254)]
     role: RoleName
+    projects: Annotated[list[InviteProjectCreate], Field(max_length=MAX_INVITE_PROJECTS)] | None = (
+        Field(
+            default=None,
+            description="Active projects of this organization, each listed once, that the invitee "
+            "joins on accepting, with that role. Omitted, null or empty: none.",
+        )
+    )
 
 
 def _admin_key(key: ApiKey, members: dict[str, Member]) -> AdminApiKey:
@@ -121,6 +145,7 @@ def _invite(invite: Invite, now: float) -> OrgInvite:
         id=invite.id, email=invite.email, role=invite.role.value,
         status=invite.status(now).value, invited_at=invite.created_at,
         expires_at=invite.expires_at, accepted_at=invite.accepted_at,
+        projects=[OrgInviteProject(id=p.project_id, role=p.role.value) for p in invite.projects],
     )  # fmt: skip
 
 
@@ -225,11 +250,14 @@ async def list_invites(
 
 @router.post("/invites", tags=["invites"], name="invites.create", responses=CONFLICT)
 async def create_invite(svc: Services, principal: Allowed, body: InviteCreate) -> OrgInvite:
-    """Emails a single-use link, valid for 7 days. 409 if the address is a member already or has
-    a pending invitation."""
+    """Emails a single-use link, valid for 7 days; ``projects`` are joined on accepting. 400 for a
+    project that is not an active one of this organization or is listed twice; 409 if the address
+    is a member already or has a pending invitation."""
+    projects = [InviteProject(p.id, ProjectRole(p.role)) for p in body.projects or ()]
     invite = await asyncio.to_thread(
-        svc.orgs.invite, principal.actor, principal.org_id, body.email, OrgRole(body.role)
-    )
+        svc.orgs.invite, principal.actor, principal.org_id, body.email, OrgRole(body.role),
+        projects,
+    )  # fmt: skip
     return _invite(invite, svc.orgs.now())
 
 

@@ -38,10 +38,14 @@ def _actor(request: Request, viewer: Viewer) -> Actor:
 
 @router.get(INVITE_PATH)
 def invite_page(request: Request, viewer: MaybeViewer, token: str = "") -> Response:
+    orgs = context(request).services.orgs
     try:
-        invite, org_name = context(request).services.orgs.invitation(token)
+        invite, org_name = orgs.invitation(token)
     except InvalidRequest as exc:
         return render(request, "invite.html", status=400, error=exc.message)
+    # The projects it joins, said as accepting would do it: one archived since is skipped.
+    named = [(orgs.project(invite.org_id, p.project_id), p.role) for p in invite.projects]
+    joining = [(project.name, role.value) for project, role in named if project.archived_at is None]
     here = f"{INVITE_PATH}?token={quote(token, safe='')}"
     mismatch = viewer is not None and viewer.user.email.lower() != invite.email
     # Signing up from here comes back here: accepting then verifies the address (the link came to
@@ -50,6 +54,7 @@ def invite_page(request: Request, viewer: MaybeViewer, token: str = "") -> Respo
     return render(
         request, "invite.html", invite=invite, org_name=org_name, token=token,
         login_url=f"/login?next={quote(here, safe='')}", signup_url=signup_url, mismatch=mismatch,
+        joining=joining,
     )  # fmt: skip
 
 

@@ -2,7 +2,9 @@
 role and when they joined, and the invitations not accepted yet. Every member sees it; Owners
 invite people (one or more addresses, as Owner or Reader), change a member's role, remove a member
 after a confirmation page (their keys here are revoked) and withdraw an invitation. Anyone leaves
-the organization from it, after a confirmation page, unless they are its last Owner.
+the organization from it, after a confirmation page, unless they are its last Owner. An invitation
+may name active projects (ticked on the form, with one project role for all), which the invitee
+joins on accepting, as the Admin API's ``projects``.
 
 Who may do what is the Admin API's rule (``POLICY``'s ``users.*`` and ``invites.*``), and every
 change is an ``OrgService`` call, so it is refused (the last Owner) and audited (``user.updated``,
@@ -14,15 +16,15 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Form, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import RedirectResponse, Response
 
 from keyplane.accounts.models import Organization, OrgRole
-from keyplane.accounts.org_ports import Invite, InviteStatus, Member
+from keyplane.accounts.org_ports import Invite, InviteProject, InviteStatus, Member, ProjectRole
 from keyplane.audit.models import AuditFilter
 from keyplane.emails import normalize_email
 from keyplane.errors import Conflict, InvalidRequest, NotFound
@@ -45,6 +47,8 @@ router = APIRouter()
 PATH = "/members"
 MAX_INVITES = 20  # addresses in one invite form
 ROLES = {"owner": OrgRole.OWNER, "reader": OrgRole.READER}
+PROJECT_ROLES = {"member": ProjectRole.MEMBER, "owner": ProjectRole.OWNER}
+Ticked = Annotated[list[str] | None, Form()]  # a form's checkboxes of one name, in page order
 REFUSED = {
     "users.list": "Your role does not allow seeing this organization's members.",
     "users.update": "Only the organization's Owners change members' roles.",
@@ -77,9 +81,10 @@ def _list(request: Request, viewer: Viewer, *, status: int = 200, **values: obje
     members = orgs.members(principal.org_id)
     now = orgs.now()
     waiting = [i for i in orgs.invites(principal.org_id) if i.accepted_at is None]
+    projects = {p.id: p for p in orgs.projects(principal.org_id, include_archived=True)}
     return render(
         request, "members.html", status=status, viewer=viewer, members=members,
-        invites=[(i, i.status(now) is InviteStatus.EXPIRED) for i in waiting],
+        invites=[(i, i.status(now) is InviteStatus.EXPIRED) for i in waiting], projects=projects,
         inviters=_by_user(members), me=principal.user_id,
         can_invite=may(request, principal, "invites.create", None),
         can_revoke=may(request, principal, "invites.delete", None),
@@ -145,10 +150,16 @@ def members_page(request: Request, viewer: CurrentMember) -> Response:
 def _invite_page(
     request: Request, viewer: Viewer, *, status: int = 200, emails: str = "",
     role: str = "reader", errors: Sequence[str] = (), notice: str | None = None,
+    ticked: Sequence[str] = (), project_role: str = "member",
 ) -> Response:  # fmt: skip
+    """The form; ``ticked``, the projects chosen, with ``project_role``."""
+    org_id = principal_of(request, viewer).org_id
+    projects = context(request).services.orgs.projects(org_id)  # active ones
     return render(
         request, "members_invite.html", status=status, viewer=viewer, emails=emails, role=role,
-        errors=errors, notice=notice, most=MAX_INVITES, form_id=secrets.token_urlsafe(16),
+        errors=list(dict.fromkeys(errors)), notice=notice, most=MAX_INVITES,
+        form_id=secrets.token_urlsafe(16), projects=projects, ticked=set(ticked),
+        project_role=project_role,
     )  # fmt: skip
 
 
@@ -161,12 +172,14 @@ def invite_page(request: Request, viewer: CurrentMember) -> Response:
 @router.post(PATH + "/invite")
 def send_invites(
     request: Request, viewer: CurrentMember, emails: Field = "", role: Field = "",
-    org_id: Field = "", form_id: Field = "",
+    org_id: Field = "", form_id: Field = "", projects: Ticked = None,
+    project_role: Field = "member",
 ) -> Response:  # fmt: skip
-    """Invites each address typed (commas, spaces or lines between them). A malformed address
-    sends nothing; an address the service refuses (a member already, or invited already) is
-    shown again with why, while the others are invited. The same form sent again (a double
-    click) sends nothing more: it shows the list with what the first one sent."""
+    """Invites each address typed (commas, spaces or lines between them), to the projects ticked
+    too. A malformed address sends nothing; an address the service refuses (a member already, or
+    invited already) is shown again with why, while the others are invited; a project it refuses
+    (archived meanwhile) sends nothing. The same form sent again (a double click) sends nothing
+    more: it shows the list with what the first one sent."""
     principal = _allowed(request, viewer, "invites.create")
     same_org(viewer, org_id)
     typed = [e for e in _SEPARATORS.split(emails) if e]
@@ -174,9 +187,18 @@ def send_invites(
     if form_id and not _FORMS.claim(form_id):  # sent before: the list shows what that sent
         raise Redirect(_listed(_pending_of(orgs.invites(principal.org_id), typed)))
     chosen = ROLES.get(role)
+    in_project = PROJECT_ROLES.get(project_role)
+    ticked = list(dict.fromkeys(projects or ()))
     refused: list[str] = []
     if chosen is None:
         refused.append("Choose Owner or Reader.")
+    if in_project is None:
+        refused.append("Choose Member or Owner as the role in the projects.")
+    # Only this organization's projects reach the service (an archived one, ticked before it was
+    # archived, is refused there with its name); anything else was not offered by the form.
+    known = {p.id for p in orgs.projects(principal.org_id, include_archived=True)}
+    if any(p not in known for p in ticked):
+        refused.append("Choose the projects from the list.")
     if not typed:
         refused.append("Enter the email address of the person to invite.")
     elif len(typed) > MAX_INVITES:
@@ -186,15 +208,21 @@ def send_invites(
             normalize_email(address)
         except InvalidRequest as exc:
             refused.append(f"{address}: {exc.message}")
-    if refused or chosen is None:
+    if refused or chosen is None or in_project is None:
         _FORMS.release(form_id)  # nothing was sent: the form may be sent again
-        return _invite_page(request, viewer, status=400, emails=emails, role=role, errors=refused)
+        return _invite_page(
+            request, viewer, status=400, emails=emails, role=role, errors=refused,
+            ticked=ticked, project_role=project_role,
+        )  # fmt: skip
+    joining = [InviteProject(p, in_project) for p in ticked]
     sent: list[Invite] = []
     left: list[str] = []
     try:
         for address in dict.fromkeys(normalize_email(a) for a in typed):
             try:
-                sent.append(orgs.invite(principal.actor, principal.org_id, address, chosen))
+                sent.append(
+                    orgs.invite(principal.actor, principal.org_id, address, chosen, joining)
+                )
             except (Conflict, InvalidRequest) as exc:  # a member, or invited, already
                 left.append(address)
                 refused.append(exc.message)
@@ -205,7 +233,7 @@ def send_invites(
         notice = _sent([i.email for i in sent]) if sent else None
         return _invite_page(
             request, viewer, status=409, emails="\n".join(left), role=role, errors=refused,
-            notice=notice,
+            notice=notice, ticked=ticked, project_role=project_role,
         )  # fmt: skip
     raise Redirect(_listed(sent))
 
