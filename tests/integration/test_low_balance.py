@@ -116,14 +116,15 @@ def test_the_alert_emails_once_each_time_the_balance_falls_below_it(
         balance = "$" + format_cents(c.billing.credit_left(org.id))
         assert text.startswith(f"The credit balance of Acme is {balance}, below $1.00.\n")
         assert "requests are refused (429 insufficient_quota)" in text
-        assert "Add to your credit balance: https://keyplane.example.com/billing/purchase\n" in text
+        purchase = f"https://keyplane.example.com/billing/purchase?org={org.id}"
+        assert f"Add to your credit balance: {purchase}\n" in text
         assert (
             "To change the amount or turn this alert off: "
-            "https://keyplane.example.com/billing#low-balance-alert\n" in text
+            f"https://keyplane.example.com/billing?org={org.id}#low-balance-alert\n" in text
         )
         page = html_body(mail)
         assert f"is <strong>{balance}</strong>, below $1.00" in page
-        assert '<a href="https://keyplane.example.com/billing/purchase">' in page
+        assert f'<a href="{purchase}">' in page
 
         # Still below after more spend: nothing more.
         sent = spend(live, 3, sent)

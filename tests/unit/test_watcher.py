@@ -130,6 +130,7 @@ def test_the_email_says_the_spend_in_cents_rounded_up_and_the_threshold_as_set()
     [body] = outbox.bodies
     assert "has reached $5.02, crossing your notification threshold of $5.00." in body
     assert "5.016157" not in body
+    assert "Usage: http://keyplane.test/usage?org=org-1\n" in body  # (opens that organization)
 
 
 # -- the low-balance alert ----------------------------------------------------------------------

@@ -130,18 +130,20 @@ class LowBalanceAlerts:
                 "$" + format_usd(standing.threshold),
             )
             subject = f"[keyplane] The credit balance of {name} is below {threshold}"
-            text, page = self._bodies(name, balance, threshold, standing.auto_recharge)
+            text, page = self._bodies(org_id, name, balance, threshold, standing.auto_recharge)
             queued = int(self._outbox.enqueue(dedupe, recipients, subject, text, page, now=now))
         if self._store.disarm_low_balance(org_id, arming) and self._audit is not None:
             self._audit.record(org_id, SYSTEM, EVENT, target_id=org_id, details={"data": data})
         return queued
 
     def _bodies(
-        self, name: str, balance: str, threshold: str, auto_recharge: bool
+        self, org_id: str, name: str, balance: str, threshold: str, auto_recharge: bool
     ) -> tuple[str, str]:
-        """The email as plain text and as HTML, saying the same."""
+        """The email as plain text and as HTML, saying the same (its links open ``org_id`` in the
+        dashboard, whichever organization its reader was in)."""
         base = self._public_url.rstrip("/")
-        purchase, alert = f"{base}/billing/purchase", f"{base}/billing#low-balance-alert"
+        purchase = f"{base}/billing/purchase?org={org_id}"
+        alert = f"{base}/billing?org={org_id}#low-balance-alert"
         then = (
             "Auto recharge is on: it buys credit when the balance falls below its own threshold."
             if auto_recharge

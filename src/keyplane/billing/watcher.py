@@ -113,7 +113,7 @@ class SpendWatcher:
             f"notification threshold of {_usd(alert.threshold)}.\n\n"
             "Requests keep working: a notification threshold only notifies. To stop spending at a "
             "limit, set a monthly budget.\n\n"
-            f"Usage and limits: {self._public_url}/\n"
+            f"Usage: {self._public_url}/usage?org={alert.org_id}\n"
         )
         enqueued = self._outbox.enqueue(
             f"spend_alert:{alert.id}:{period}", recipients, subject, body, now=now
