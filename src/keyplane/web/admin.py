@@ -19,6 +19,7 @@ from keyplane.keys.models import ApiKey
 from keyplane.web import (
     audit_routes,
     billing_routes,
+    cost_routes,
     docs_page,
     errors,
     leak_reports,
@@ -133,6 +134,7 @@ def create_admin_app(
     app.include_router(limits_routes.router)
     app.include_router(verification_routes.router)
     app.include_router(usage_api_routes.router)
+    app.include_router(cost_routes.router)
     app.include_router(leak_reports.router)
     app.include_router(stripe_webhook.router)
     app.include_router(webhook_routes.router)

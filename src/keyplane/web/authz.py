@@ -113,7 +113,7 @@ POLICY: Mapping[str, frozenset[Grant]] = {
     "invites.retrieve": READ,
     "invites.delete": OWNER,
     "audit_logs.list": READ,
-    # usage and costs (usage_api_routes): read by every member, as the dashboard's Usage page
+    # usage and costs (usage_api_routes, cost_routes): read by every member, as the Usage page
     "usage.completions": READ,
     "usage.embeddings": READ,
     "usage.moderations": READ,
