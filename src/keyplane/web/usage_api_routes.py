@@ -49,6 +49,11 @@ class CompletionsResult(BaseModel):
     input_tokens: int
     output_tokens: int
     input_cached_tokens: int
+    # Of the input and output tokens, the audio ones, as the upstream reported them (a chat model
+    # that hears or speaks). OpenAI's input_audio_tokens leaves out cached audio: the upstream's
+    # report of a chat completion does not tell those apart, so any are included here.
+    input_audio_tokens: int
+    output_audio_tokens: int
     num_model_requests: int
     project_id: str | None = None
     user_id: str | None = None
@@ -223,7 +228,8 @@ async def completions_usage(
         ctx, principal.org_id, q, endpoints, CompletionsResult,
         lambda r: CompletionsResult(
             input_tokens=r.input_tokens, output_tokens=r.output_tokens,
-            input_cached_tokens=r.cached_input_tokens, num_model_requests=r.requests,
+            input_cached_tokens=r.cached_input_tokens, input_audio_tokens=r.input_audio_tokens,
+            output_audio_tokens=r.output_audio_tokens, num_model_requests=r.requests,
             batch=batched, **_grouped(r),
         ),
         none=batch is True,  # (keyplane runs no batches: their usage is none)

@@ -1,0 +1,105 @@
+"""The Admin API's usage endpoints as OpenAI's SDK reads them: the audio tokens of completions
+usage."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+from test_admin_billing import Env, open_env
+
+pytestmark = pytest.mark.anyio
+DAY = 86400
+
+
+def sdk(env: Env) -> openai.AsyncOpenAI:
+    """OpenAI's own client, pointed at keyplane with the organization's admin key."""
+    return openai.AsyncOpenAI(
+        api_key="unused", admin_api_key=env.admin_key, base_url="http://keyplane/v1",
+        http_client=env.client, max_retries=0,
+    )  # fmt: skip
+
+
+# -- audio tokens of completions ------------------------------------------------------------------
+HEARD = {"cached_tokens": 0, "audio_tokens": 25}  # gpt-4o-audio-preview's usage: 25 of 40 heard
+SAID = {"reasoning_tokens": 0, "audio_tokens": 80}  # and 80 of 90 spoken
+
+
+def _usage(prompt: int, completion: int, audio: bool) -> dict[str, Any]:
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                             "total_tokens": prompt + completion}  # fmt: skip
+    if audio:
+        usage |= {"prompt_tokens_details": HEARD, "completion_tokens_details": SAID}
+    return usage
+
+
+def _answer(request: httpx.Request) -> httpx.Response:
+    """An upstream serving an audio chat model: a request whose messages carry audio is answered
+    with audio tokens in its usage (streamed or not), any other with text tokens only."""
+    body = orjson.loads(request.content)
+    audio = b"input_audio" in request.content
+    usage = _usage(40, 90, audio)
+    message = {"role": "assistant", "content": "hi"}
+    if not body.get("stream"):
+        answer = {"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o",
+                  "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                  "usage": usage}  # fmt: skip
+        return httpx.Response(200, json=answer)
+    chunks = [
+        {"id": "chatcmpl-2", "object": "chat.completion.chunk", "model": "gpt-4o",
+         "choices": [{"index": 0, "delta": message, "finish_reason": "stop"}], "usage": None},
+        {"id": "chatcmpl-2", "object": "chat.completion.chunk", "model": "gpt-4o",
+         "choices": [], "usage": usage},
+    ]  # fmt: skip
+    events = [b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
+    headers = {"content-type": "text/event-stream"}
+    return httpx.Response(200, stream=_Events(events), headers=headers)
+
+
+class _Events(httpx.AsyncByteStream):
+    """A stream's events, one at a time (a body given whole would be read before keyplane)."""
+
+    def __init__(self, events: list[bytes]) -> None:
+        self.events = events
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for e in self.events:
+            yield e
+
+
+@pytest.fixture
+async def audio_env(tmp_path: Path) -> AsyncIterator[Env]:
+    async with open_env(tmp_path, httpx.MockTransport(_answer)) as opened:
+        yield opened
+
+
+async def test_completions_usage_counts_the_audio_tokens_the_upstream_reports(
+    audio_env: Env,
+) -> None:
+    kp = audio_env
+    spoken = [{"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}]
+    headers = {"authorization": f"Bearer {kp.project_key}"}
+    for content, stream in ((spoken, False), (spoken, True), ("hello", False)):
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": content}],
+                "max_tokens": 100, "stream": stream}  # fmt: skip
+        r = await kp.client.post("/v1/chat/completions", json=body, headers=headers)
+        assert r.status_code == 200, r.text
+    await kp.gateway.flush()
+    records = kp.container.usage_store.query(kp.org.id)
+    assert sorted((r.input_audio_tokens, r.output_audio_tokens) for r in records) == [
+        (0, 0), (25, 80), (25, 80),
+    ]  # fmt: skip
+
+    today = int(time.time()) // DAY * DAY
+    page = await sdk(kp).admin.organization.usage.completions(start_time=today)
+    [result] = [r for bucket in page.data for r in bucket.results]
+    assert result.object == "organization.usage.completions.result"
+    assert (result.input_tokens, result.output_tokens) == (120, 270)
+    assert (result.input_audio_tokens, result.output_audio_tokens) == (50, 160)
+    assert result.num_model_requests == 3
