@@ -1,5 +1,5 @@
 """The Admin API's usage endpoints as OpenAI's SDK reads them: the audio tokens of completions
-usage."""
+usage, and the hosted tools' usage pages (empty: keyplane forwards no hosted tools)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,20 @@ import httpx
 import openai
 import orjson
 import pytest
-from test_admin_billing import Env, open_env
+from openai.types.admin.organization.usage_code_interpreter_sessions_response import (
+    UsageCodeInterpreterSessionsResponse,
+)
+from openai.types.admin.organization.usage_vector_stores_response import (
+    UsageVectorStoresResponse,
+)
+from test_admin_billing import ORG, Env, env, error_of, open_env  # noqa: F401  (env: a fixture)
 
 pytestmark = pytest.mark.anyio
 DAY = 86400
+HOUR = 3600
 
 
-def sdk(env: Env) -> openai.AsyncOpenAI:
+def sdk(env: Env) -> openai.AsyncOpenAI:  # noqa: F811  (not the fixture)
     """OpenAI's own client, pointed at keyplane with the organization's admin key."""
     return openai.AsyncOpenAI(
         api_key="unused", admin_api_key=env.admin_key, base_url="http://keyplane/v1",
@@ -103,3 +110,52 @@ async def test_completions_usage_counts_the_audio_tokens_the_upstream_reports(
     assert (result.input_tokens, result.output_tokens) == (120, 270)
     assert (result.input_audio_tokens, result.output_audio_tokens) == (50, 160)
     assert result.num_model_requests == 3
+
+
+# -- hosted tools' usage ----------------------------------------------------------------------------
+async def test_vector_stores_and_code_interpreter_sessions_usage_are_pages_of_empty_buckets(
+    env: Env,  # noqa: F811
+) -> None:
+    usage = sdk(env).admin.organization.usage
+    start = int(time.time()) // HOUR * HOUR - 4 * HOUR
+    assert (await env.chat(max_tokens=5)).status_code == 200  # usage of another kind
+    await env.gateway.flush()
+    stores = await usage.vector_stores(
+        start_time=start, bucket_width="1h", limit=3, group_by=["project_id"],
+        project_ids=[env.project.id],
+    )  # fmt: skip
+    assert isinstance(stores, UsageVectorStoresResponse)
+    assert [b.start_time for b in stores.data] == [start, start + HOUR, start + 2 * HOUR]
+    assert all(b.object == "bucket" and b.results == [] for b in stores.data)
+    assert stores.has_more and stores.next_page == str(start + 3 * HOUR)
+    rest = await usage.vector_stores(
+        start_time=start, bucket_width="1h", limit=3, page=stores.next_page
+    )
+    assert rest.data[0].start_time == start + 3 * HOUR and not rest.has_more
+    sessions = await usage.code_interpreter_sessions(start_time=start, end_time=start + DAY)
+    assert isinstance(sessions, UsageCodeInterpreterSessionsResponse)
+    [bucket] = sessions.data  # one day, as the other usage endpoints' default width
+    assert (bucket.start_time, bucket.end_time, bucket.results) == (start, start + DAY, [])
+    assert not sessions.has_more and sessions.next_page is None
+
+
+@pytest.mark.parametrize("kind", ["vector_stores", "code_interpreter_sessions"])
+async def test_hosted_tools_usage_refuses_what_the_other_usage_endpoints_refuse(
+    env: Env,  # noqa: F811
+    kind: str,
+) -> None:
+    today = int(time.time()) // DAY * DAY
+    for query, param in (
+        (f"start_time={today}&group_by=model", "group_by"),  # as OpenAI's SDK sends it
+        (f"start_time={today}&group_by[]=model", "group_by[].0"),  # (as every usage endpoint)
+        (f"start_time={today}&end_time={today}", "end_time"),
+        (f"start_time={today}&limit=32", "limit"),  # 1d buckets: 31 at most
+        (f"start_time={today}&bucket_width=1w", "bucket_width"),
+        (f"start_time={today}&page={today + 5}", "page"),
+        ("end_time=5", "start_time"),
+    ):
+        r = await env.client.get(f"{ORG}/usage/{kind}?{query}", headers=env.admin())
+        assert error_of(r, 400)["param"] == param, (query, r.text)
+    project_key = {"authorization": f"Bearer {env.project_key}"}
+    r = await env.client.get(f"{ORG}/usage/{kind}?start_time={today}", headers=project_key)
+    assert r.status_code == 401

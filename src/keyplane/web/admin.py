@@ -28,6 +28,7 @@ from keyplane.web import (
     payment_routes,
     project_routes,
     stripe_webhook,
+    tool_usage_routes,
     usage_api_routes,
     verification_routes,
     webhook_routes,
@@ -134,6 +135,7 @@ def create_admin_app(
     app.include_router(limits_routes.router)
     app.include_router(verification_routes.router)
     app.include_router(usage_api_routes.router)
+    app.include_router(tool_usage_routes.router)
     app.include_router(cost_routes.router)
     app.include_router(leak_reports.router)
     app.include_router(stripe_webhook.router)

@@ -120,6 +120,8 @@ POLICY: Mapping[str, frozenset[Grant]] = {
     "usage.images": READ,
     "usage.audio_transcriptions": READ,
     "usage.audio_speeches": READ,
+    "usage.vector_stores": READ,  # (tool_usage_routes)
+    "usage.code_interpreter_sessions": READ,
     "costs.list": READ,
     # projects (project_routes)
     "projects.list": READ,
