@@ -1,5 +1,6 @@
-"""The Admin API's usage endpoints as OpenAI's SDK reads them: the audio tokens of completions
-usage, and the hosted tools' usage pages (empty: keyplane forwards no hosted tools)."""
+"""The Admin API's usage and rate-limit endpoints as OpenAI's SDK reads them: the audio tokens of
+completions usage, the hosted tools' usage pages (empty: keyplane forwards no hosted tools), and
+the ``before`` cursor of a project's rate limits."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import httpx
 import openai
 import orjson
 import pytest
+from openai.types.admin.organization.projects.project_rate_limit import ProjectRateLimit
 from openai.types.admin.organization.usage_code_interpreter_sessions_response import (
     UsageCodeInterpreterSessionsResponse,
 )
@@ -159,3 +161,26 @@ async def test_hosted_tools_usage_refuses_what_the_other_usage_endpoints_refuse(
     project_key = {"authorization": f"Bearer {env.project_key}"}
     r = await env.client.get(f"{ORG}/usage/{kind}?start_time={today}", headers=project_key)
     assert r.status_code == 401
+
+
+# -- rate limits' before --------------------------------------------------------------------------
+async def test_project_rate_limits_page_backwards_with_before(env: Env) -> None:  # noqa: F811
+    limits = sdk(env).admin.organization.projects.rate_limits
+
+    async def ids(**query: Any) -> tuple[list[str], bool | None]:
+        page = await limits.list_rate_limits(env.project.id, **query)
+        assert all(isinstance(r, ProjectRateLimit) for r in page.data)
+        return [r.id for r in page.data], page.has_more
+
+    every, more = await ids(limit=100)
+    assert len(every) >= 5 and not more
+    assert await ids(limit=2, after=every[1]) == (every[2:4], True)
+    # The page before one (OpenAI's example: before its first id), and whether more lie before.
+    assert await ids(limit=2, before=every[2]) == (every[:2], False)
+    assert await ids(limit=2, before=every[4]) == (every[2:4], True)
+    assert await ids(limit=100, after=every[0], before=every[3]) == (every[1:3], False)
+    assert await ids(before=every[0]) == ([], False)
+    r = await env.client.get(
+        f"{ORG}/projects/{env.project.id}/rate_limits?before=rl-no-such-model", headers=env.admin()
+    )
+    assert error_of(r, 400)["param"] == "before"
