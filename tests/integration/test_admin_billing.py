@@ -3,6 +3,7 @@ billing settings — over the real SQLite store, in the same ASGI app as the gat
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator
@@ -102,8 +103,12 @@ def new_key(
     )  # fmt: skip
 
 
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
+@contextlib.asynccontextmanager
+async def open_env(
+    tmp_path: Path, upstream_transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[Env]:
+    """The environment these tests run in; the upstream is the simulator unless another
+    ``upstream_transport`` answers instead."""
     upstream = UpstreamSettings(name="sim", base_url="http://simulator/v1")
     container = bootstrap.build(make_settings(tmp_path, upstreams=[upstream]))
     owner, org, project = container.accounts.initialize(
@@ -117,8 +122,10 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     other_org, other_owner, other_project = add_organization(container, "globex")
     _, other_admin_key = new_key(container, KeyKind.ADMIN, other_org, other_owner, None)
 
-    simulator = create_app(SimulatorConfig(completion_tokens=1_000_000))
-    app, gateway = bootstrap.build_app(container, transport=httpx.ASGITransport(app=simulator))
+    if upstream_transport is None:
+        simulator = create_app(SimulatorConfig(completion_tokens=1_000_000))
+        upstream_transport = httpx.ASGITransport(app=simulator)
+    app, gateway = bootstrap.build_app(container, transport=upstream_transport)
     # What the gateway's lifespan startup does, without its polling loops: the test drives time.
     await gateway.pipeline.auth.refresh()
     await gateway.pipeline.money.refresh()
@@ -132,6 +139,12 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         await client.aclose()
         await gateway.shutdown()
         container.close()
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    async with open_env(tmp_path) as opened:
+        yield opened
 
 
 def error_of(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:

@@ -51,6 +51,8 @@ QUERIES = {
         "usage.images",
         "usage.audio_transcriptions",
         "usage.audio_speeches",
+        "usage.vector_stores",
+        "usage.code_interpreter_sessions",
         "costs.list",
     )
 }

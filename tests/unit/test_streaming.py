@@ -14,10 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keyplane.gateway.streaming import (
+    NO_AUDIO,
     SseAccounting,
     answer_usage,
     error_event,
     parse_usage,
+    reported_usage,
     usage_object,
 )
 
@@ -350,7 +352,15 @@ def test_usage_written_inside_the_generated_text_is_only_text() -> None:
 _BAIT = '"usage": {"prompt_tokens": 1, "completion_tokens": 1}'
 _KEYS = st.sampled_from(["usage", "choices", "model", 'x"usage', "usage\\", "id", "u"])
 _STRINGS = st.sampled_from(["", "usage", _BAIT, '\\"usage"', '"}', "}", "\\", "héllo"]) | st.text()
-_USAGES = st.sampled_from([USAGE, {"prompt_tokens": 3, "completion_tokens": 4}, None, {}, "x", 5])
+AUDIO_USAGE = {  # gpt-4o-audio-preview's, hearing and speaking
+    "prompt_tokens": 40,
+    "completion_tokens": 90,
+    "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 25},
+    "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 80},
+}
+_USAGES = st.sampled_from(
+    [USAGE, AUDIO_USAGE, {"prompt_tokens": 3, "completion_tokens": 4}, None, {}, "x", 5]
+)
 _VALUES = st.recursive(
     st.none() | st.integers() | _STRINGS | _USAGES,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=3),
@@ -368,7 +378,7 @@ def test_the_usage_read_from_an_answers_end_is_the_whole_answers(
     answer: dict[str, Any], indent: int | None, ascii_only: bool
 ) -> None:
     content = json.dumps(answer, indent=indent, ensure_ascii=ascii_only).encode()
-    assert answer_usage(content) == parse_usage(answer)
+    assert answer_usage(content) == reported_usage(answer)
 
 
 @pytest.mark.parametrize(
@@ -407,7 +417,59 @@ def test_the_usage_read_from_an_answers_end_is_the_whole_answers(
 def test_answer_usage_reads_what_a_full_parse_reads(
     content: bytes, expected: tuple[int, int, int] | None
 ) -> None:
-    assert answer_usage(content) == expected
+    assert answer_usage(content) == (None if expected is None else (expected, NO_AUDIO))
+
+
+@pytest.mark.parametrize(
+    ("usage", "audio"),
+    [
+        (AUDIO_USAGE, (25, 80)),
+        (USAGE, (0, 0)),  # a text model's: audio_tokens 0, or not reported at all
+        ({"prompt_tokens": 5, "completion_tokens": 2}, (0, 0)),
+        ({**AUDIO_USAGE, "completion_tokens_details": None}, (25, 0)),
+        ({**AUDIO_USAGE, "prompt_tokens_details": {"audio_tokens": "25"}}, (0, 80)),
+        ({**AUDIO_USAGE, "prompt_tokens_details": {"audio_tokens": True}}, (0, 80)),
+        ({**AUDIO_USAGE, "completion_tokens_details": {"audio_tokens": -1}}, (25, 0)),
+        ({**AUDIO_USAGE, "prompt_tokens_details": [25]}, (0, 80)),
+        # More audio than tokens (an upstream's error): at most the tokens it is part of.
+        ({**AUDIO_USAGE, "prompt_tokens_details": {"audio_tokens": 41}}, (40, 80)),
+        # The Responses API's names.
+        (
+            {
+                "input_tokens": 30, "output_tokens": 9,
+                "input_tokens_details": {"cached_tokens": 8, "audio_tokens": 6},
+                "output_tokens_details": {"audio_tokens": 9},
+            },
+            (6, 9),
+        ),
+    ],
+)  # fmt: skip
+def test_the_audio_tokens_among_the_reported_ones(
+    usage: dict[str, Any], audio: tuple[int, int]
+) -> None:
+    """Audio tokens are shown in usage, not billed apart: a bad count is 0, not a bad usage."""
+    used = parse_usage({"usage": usage})
+    assert used is not None
+    assert reported_usage({"usage": usage}) == (used, audio)
+    answer = {"id": "chatcmpl-1", "choices": [], "usage": usage}
+    assert answer_usage(orjson.dumps(answer)) == (used, audio)
+
+
+@pytest.mark.parametrize("responses", [False, True])
+def test_a_stream_notes_the_audio_tokens_of_its_usage(responses: bool) -> None:
+    if responses:
+        usage = {"input_tokens": 40, "output_tokens": 90, "input_tokens_details":
+                 {"audio_tokens": 25}, "output_tokens_details": {"audio_tokens": 80}}  # fmt: skip
+        last = {"type": "response.completed", "response": {"id": "resp_1", "usage": usage}}
+        data = event({"type": "response.created", "response": {"id": "resp_1"}}) + event(last)
+    else:
+        data = b"".join(content_events()) + event(chunk([], AUDIO_USAGE)) + done()
+    acc = SseAccounting(client_wants_usage=False, responses=responses)
+    acc.feed(data)
+    assert acc.usage == (40, 0, 90) and acc.audio == (25, 80)
+    plain = SseAccounting(client_wants_usage=False)
+    plain.feed(b"".join(content_events()) + usage_event() + done())
+    assert plain.usage == (19, 4, 7) and plain.audio == NO_AUDIO
 
 
 def responses_stream(text: list[str], usage: dict[str, Any] | None) -> bytes:

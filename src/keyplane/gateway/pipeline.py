@@ -39,6 +39,8 @@ from keyplane.gateway.money import MoneyGuard
 from keyplane.gateway.ratelimits import RateGuard
 from keyplane.gateway.responses import ResponseOwners, check_request, previous_not_found
 from keyplane.gateway.streaming import (
+    NO_AUDIO,
+    Audio,
     AudioRelay,
     SseAccounting,
     answer_usage,
@@ -575,8 +577,9 @@ class Pipeline:
                 heard = min(heard, call.longest)  # (an upstream's wrong duration: at most the hold)
                 self._meter(call, 200, (0, 0, 0), _COMPLETED, estimated=said is None,
                             seconds=heard)  # fmt: skip
-            elif (reported := answer_usage(content)) is not None:
-                self._meter(call, 200, reported, _COMPLETED, estimated=False)
+            elif (answered := answer_usage(content)) is not None:
+                used, audio = answered
+                self._meter(call, 200, used, _COMPLETED, estimated=False, audio=audio)
             else:  # an answer with no usable usage is billed on estimates, as a stream would be
                 out = estimated_output(content) if call.endpoint.has_output else 0
                 if json_object(content) is None:  # (empty, cut, HTML...): no SDK could read it
@@ -702,7 +705,7 @@ class Pipeline:
                 self._meter(call, 200, (0, 0, 0), outcome, estimated=False,
                             characters=call.characters)  # fmt: skip
             elif acc.usage is not None:
-                self._meter(call, 200, acc.usage, outcome, estimated=False)
+                self._meter(call, 200, acc.usage, outcome, estimated=False, audio=acc.audio)
             else:
                 used = (call.estimated_input, 0, acc.estimated_output_tokens)
                 self._meter(call, 200, used, outcome, estimated=True)
@@ -757,6 +760,7 @@ class Pipeline:
         seconds: int = 0,
         characters: int = 0,
         media_input: int = 0,  # of the input tokens, those of images or audio (priced by tokens)
+        audio: Audio = NO_AUDIO,  # of the tokens, the audio a chat model reported (priced as text)
     ) -> None:
         if call.metered or call.hold is None:
             return
@@ -808,6 +812,8 @@ class Pipeline:
                 images=images,
                 audio_seconds=seconds,
                 characters=characters,
+                input_audio_tokens=audio[0],
+                output_audio_tokens=audio[1],
             ),
         )
 

@@ -19,7 +19,12 @@ _EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
 _PENDING_MAX = 64 * 1024  # bytes of chunks kept unparsed per stream before they are counted
 
 
-def parse_usage(obj: Any) -> tuple[int, int, int] | None:
+Tokens = tuple[int, int, int]  # input (the cached ones included), cached input, output tokens
+Audio = tuple[int, int]  # of those, the input and the output tokens that are audio
+NO_AUDIO: Audio = (0, 0)
+
+
+def parse_usage(obj: Any) -> Tokens | None:
     """Returns (input, cached input, output) tokens from an OpenAI ``usage`` object, if valid."""
     usage = obj.get("usage") if isinstance(obj, dict) else None
     if not isinstance(usage, dict):
@@ -37,8 +42,33 @@ def parse_usage(obj: Any) -> tuple[int, int, int] | None:
     return None
 
 
-def answer_usage(content: bytes) -> tuple[int, int, int] | None:
-    """``parse_usage`` of a whole JSON answer, parsing only its end when it can: from the last
+def parse_audio(obj: dict[str, Any], used: Tokens) -> Audio:
+    """(input, output) audio tokens among ``used``, the counts ``parse_usage(obj)`` read: the
+    ``audio_tokens`` of its ``prompt_tokens_details`` and ``completion_tokens_details`` (chat
+    completions of an audio model), or of ``input_tokens_details`` and ``output_tokens_details``.
+    Shown in usage, not billed apart: one missing, null or not a count is 0, and one larger than
+    the tokens it is part of is cut to them."""
+    usage = obj["usage"]
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    heard = details.get("audio_tokens") if type(details) is dict else None
+    details = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
+    said = details.get("audio_tokens") if type(details) is dict else None
+    if heard is None and said is None:  # (the usual: a text model)
+        return NO_AUDIO
+    return (
+        min(heard, used[0]) if _count(heard) else 0,
+        min(said, used[2]) if _count(said) else 0,
+    )
+
+
+def reported_usage(obj: Any) -> tuple[Tokens, Audio] | None:
+    """``parse_usage(obj)`` and the audio tokens among them (``parse_audio``)."""
+    used = parse_usage(obj)
+    return None if used is None else (used, parse_audio(obj, used))
+
+
+def answer_usage(content: bytes) -> tuple[Tokens, Audio] | None:
+    """``reported_usage`` of a whole JSON answer, parsing only its end when it can: from the last
     ``"usage"`` key on, wrapped in a brace, is a valid JSON object only when that key is one of the
     answer's own (top-level) keys (one nested deeper leaves its containers' closing brackets over),
     and then holds the same usage as the whole answer, as the last of that name. OpenAI and
@@ -52,9 +82,9 @@ def answer_usage(content: bytes) -> tuple[int, int, int] | None:
         except orjson.JSONDecodeError:
             pass
         else:
-            return parse_usage(tail)
+            return reported_usage(tail)
     try:
-        return parse_usage(orjson.loads(content))
+        return reported_usage(orjson.loads(content))
     except orjson.JSONDecodeError:
         return None
 
@@ -135,7 +165,8 @@ class SseAccounting:
         # the usage arrives (client or upstream gone), so they are counted then, or every 64 KiB.
         self._pending: list[bytes] = []
         self._pending_bytes = 0
-        self.usage: tuple[int, int, int] | None = None
+        self.usage: Tokens | None = None
+        self.audio = NO_AUDIO  # (of ``usage``)
         self.events = 0
 
     def feed(self, data: bytes) -> bytes:
@@ -209,7 +240,7 @@ class SseAccounting:
         if obj.get("usage") is not None:
             usage = parse_usage(obj)
             if usage is not None:
-                self.usage = usage
+                self.usage, self.audio = usage, parse_audio(obj, usage)
                 if self._strip_usage and obj.get("choices") == []:
                     return False
         self._chars += generated_chars(obj)
@@ -229,7 +260,7 @@ class SseAccounting:
             if response.get("usage") is not None:
                 usage = parse_usage(response)
                 if usage is not None:
-                    self.usage = usage
+                    self.usage, self.audio = usage, parse_audio(response, usage)
         elif obj is not None:
             self._chars += generated_chars(obj)
         return True

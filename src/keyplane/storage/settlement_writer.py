@@ -145,7 +145,8 @@ def _usage_tuple(r: UsageRecord, sqlite: bool) -> tuple[Any, ...]:
         r.request_id, r.created_at, r.org_id, r.project_id, r.key_id, r.owner_type, r.owner_id,
         r.model, r.endpoint, r.input_tokens, r.cached_input_tokens, r.output_tokens, r.status,
         r.latency_ms, r.client_ip, r.cost_micro_usd, stream, r.outcome._value_, estimated,
-        r.period, r.images, r.audio_seconds, r.characters,
+        r.period, r.images, r.audio_seconds, r.characters, r.input_audio_tokens,
+        r.output_audio_tokens,
     )  # fmt: skip
 
 

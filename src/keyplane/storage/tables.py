@@ -135,6 +135,9 @@ usage_records = Table(
     Column("images", Integer, nullable=False, server_default="0"),  # images generated
     Column("audio_seconds", Integer, nullable=False, server_default="0"),  # audio transcribed
     Column("characters", BigInteger, nullable=False, server_default="0"),  # text spoken
+    # Of the input and output tokens, those the upstream reported as audio (a chat audio model's).
+    Column("input_audio_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("output_audio_tokens", BigInteger, nullable=False, server_default="0"),
     Index("ix_usage_records_org_time", "org_id", "created_at"),
     Index("ix_usage_records_project_time", "project_id", "created_at"),
 )

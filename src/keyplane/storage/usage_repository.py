@@ -100,7 +100,8 @@ class SqlUsageStore(SqlStore):
             bucket, *keys, func.count(), func.sum(u.c.input_tokens),
             func.sum(u.c.cached_input_tokens), func.sum(u.c.output_tokens),
             func.sum(u.c.cost_micro_usd), func.sum(u.c.images), func.sum(u.c.audio_seconds),
-            func.sum(u.c.characters),
+            func.sum(u.c.characters), func.sum(u.c.input_audio_tokens),
+            func.sum(u.c.output_audio_tokens),
         ).where(u.c.org_id == org_id, u.c.created_at >= start, u.c.created_at < end)  # fmt: skip
         for column, wanted in (
             (u.c.endpoint, endpoints), (u.c.project_id, project_ids), (u.c.key_id, key_ids),
@@ -112,16 +113,19 @@ class SqlUsageStore(SqlStore):
         out = []
         for row in self._read(lambda c: c.execute(query).all()):
             values = dict(zip(group_by, row[1 : 1 + len(keys)], strict=True))
-            n, i, ci, o, cost, images, seconds, chars = (int(v) for v in row[1 + len(keys) :])
+            n, i, ci, o, cost, images, seconds, chars, ai, ao = (
+                int(v) for v in row[1 + len(keys) :]
+            )
             project, model, key, owner = (
                 values.get(k) for k in ("project_id", "model", "key_id", "owner_id")
             )
             first = start + int(row[0]) * width_s
             out.append(
                 UsageBucket(
-                    first, project, model, key, n, i, ci, o, cost, owner, images, seconds, chars
+                    first, project, model, key, n, i, ci, o, cost, owner, images, seconds, chars,
+                    ai, ao,
                 )
-            )
+            )  # fmt: skip
         return out
 
 

@@ -25,7 +25,8 @@ class UsageRecord(Value):
         "request_id", "created_at", "org_id", "project_id", "key_id", "owner_type", "owner_id",
         "model", "endpoint", "input_tokens", "cached_input_tokens", "output_tokens", "status",
         "latency_ms", "client_ip", "cost_micro_usd", "stream", "outcome", "tokens_estimated",
-        "period", "images", "audio_seconds", "characters",
+        "period", "images", "audio_seconds", "characters", "input_audio_tokens",
+        "output_audio_tokens",
     )  # fmt: skip
     __slots__ = FIELDS
 
@@ -54,6 +55,10 @@ class UsageRecord(Value):
         images: int = 0,  # images generated (billed per image)
         audio_seconds: int = 0,  # audio transcribed or translated (billed per minute)
         characters: int = 0,  # text spoken (text to speech, billed per character)
+        # Of the input and output tokens, those the upstream reported as audio (a chat model's
+        # audio in or out); counted to be shown, billed as the model's other tokens.
+        input_audio_tokens: int = 0,
+        output_audio_tokens: int = 0,
     ) -> None:
         self.request_id = request_id
         self.created_at = created_at
@@ -78,6 +83,8 @@ class UsageRecord(Value):
         self.images = images
         self.audio_seconds = audio_seconds
         self.characters = characters
+        self.input_audio_tokens = input_audio_tokens
+        self.output_audio_tokens = output_audio_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,3 +135,5 @@ class UsageBucket:
     images: int = 0  # images generated
     audio_seconds: int = 0  # audio transcribed or translated
     characters: int = 0  # text spoken
+    input_audio_tokens: int = 0  # of the input tokens, audio
+    output_audio_tokens: int = 0  # of the output tokens, audio

@@ -19,6 +19,7 @@ from keyplane.keys.models import ApiKey
 from keyplane.web import (
     audit_routes,
     billing_settings_routes,
+    cost_routes,
     credit_routes,
     docs_page,
     errors,
@@ -32,6 +33,7 @@ from keyplane.web import (
     service_account_routes,
     spend_routes,
     stripe_webhook,
+    tool_usage_routes,
     usage_api_routes,
     verification_routes,
     webhook_routes,
@@ -143,6 +145,8 @@ def create_admin_app(
     app.include_router(limits_routes.router)
     app.include_router(verification_routes.router)
     app.include_router(usage_api_routes.router)
+    app.include_router(tool_usage_routes.router)
+    app.include_router(cost_routes.router)
     app.include_router(leak_reports.router)
     app.include_router(stripe_webhook.router)
     app.include_router(webhook_routes.router)

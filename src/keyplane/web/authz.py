@@ -114,13 +114,15 @@ POLICY: Mapping[str, frozenset[Grant]] = {
     "invites.retrieve": READ,
     "invites.delete": OWNER,
     "audit_logs.list": READ,
-    # usage and costs (usage_api_routes): read by every member, as the dashboard's Usage page
+    # usage and costs (usage_api_routes, cost_routes): read by every member, as the Usage page
     "usage.completions": READ,
     "usage.embeddings": READ,
     "usage.moderations": READ,
     "usage.images": READ,
     "usage.audio_transcriptions": READ,
     "usage.audio_speeches": READ,
+    "usage.vector_stores": READ,  # (tool_usage_routes)
+    "usage.code_interpreter_sessions": READ,
     "costs.list": READ,
     # projects (project_routes, project_key_routes, service_account_routes, project_user_routes)
     "projects.list": READ,

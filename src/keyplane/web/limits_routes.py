@@ -29,6 +29,10 @@ Limit = Annotated[int, Query(ge=1, le=100, description="Objects per page.")]
 After = Annotated[
     str | None, Query(max_length=210, description="The last id of the previous page.")
 ]
+Before = Annotated[
+    str | None,
+    Query(max_length=210, description="The first id of a page: the page before it is answered."),
+]
 
 
 class LimitServices(Protocol):
@@ -106,9 +110,12 @@ def _require_project(s: LimitServices, org_id: str, project_id: str) -> None:
     "/projects/{project_id}/rate_limits", tags=["rate limits"], name="project_rate_limits.list"
 )
 async def list_rate_limits(
-    ctx: Ctx, caller: Admin, project_id: str, limit: Limit = 100, after: After = None
-) -> ListPage[RateLimit]:
-    """The project's effective per-model limits (the usage tier's, lowered by the project's)."""
+    ctx: Ctx, caller: Admin, project_id: str, limit: Limit = 100, after: After = None,
+    before: Before = None,
+) -> ListPage[RateLimit]:  # fmt: skip
+    """The project's effective per-model limits (the usage tier's, lowered by the project's), in
+    pages: ``after`` the last id of one for the next, ``before`` the first id of one for the
+    previous."""
     s = _services(ctx)
 
     def read() -> list[RateLimit]:
@@ -117,7 +124,8 @@ async def list_rate_limits(
             RateLimit.of(r) for r in s.rate_limit_service.project_limits(caller.org_id, project_id)
         ]
 
-    return page(await asyncio.to_thread(read), lambda r: r.id, limit=limit, after=after)
+    rows = await asyncio.to_thread(read)
+    return page(rows, lambda r: r.id, limit=limit, after=after, before=before)
 
 
 @router.post(

@@ -104,22 +104,38 @@ class ListPage(BaseModel, Generic[T]):
 
 
 def page(
-    items: Sequence[T], id_of: Callable[[T], str], *, limit: int, after: str | None
-) -> ListPage[T]:
-    """Cursor pagination as OpenAI does it: ``after`` is the last id of the previous page."""
-    start = 0
+    items: Sequence[T], id_of: Callable[[T], str], *, limit: int, after: str | None,
+    before: str | None = None,
+) -> ListPage[T]:  # fmt: skip
+    """Cursor pagination as OpenAI does it: ``after`` is the last id of the previous page, and
+    ``before`` the first id of the next one: the page is then the ``limit`` objects just before
+    it (with both, those between the two, from ``after`` on). ``has_more`` says whether more objects
+    lie the way the page went: past its end, or, for a page taken ``before`` alone, before its
+    start (as the audit log's ``before``)."""
+    ids = [id_of(item) for item in items] if after is not None or before is not None else []
+    start, end = 0, len(items)
     if after is not None:
-        ids = [id_of(item) for item in items]
-        if after not in ids:
-            raise InvalidRequest(f"No object '{after}' to continue after.", param="after")
-        start = ids.index(after) + 1
-    chunk = list(items[start : start + limit])
+        start = _position(ids, after, "after") + 1
+    if before is not None:
+        end = _position(ids, before, "before")
+    if before is not None and after is None:
+        first = max(start, end - limit)
+        chunk, has_more = list(items[first:end]), first > start
+    else:
+        chunk, has_more = list(items[start : min(end, start + limit)]), start + limit < end
     return ListPage[T](
         data=chunk,
         first_id=id_of(chunk[0]) if chunk else None,
         last_id=id_of(chunk[-1]) if chunk else None,
-        has_more=start + limit < len(items),
+        has_more=has_more,
     )
+
+
+def _position(ids: list[str], cursor: str, param: str) -> int:
+    if cursor not in ids:
+        verb = "continue after" if param == "after" else "end before"
+        raise InvalidRequest(f"No object '{cursor}' to {verb}.", param=param)
+    return ids.index(cursor)
 
 
 # -- credits --------------------------------------------------------------------------------------

@@ -1,57 +1,45 @@
-"""Admin API for usage and costs, in OpenAI's shapes (BRIEF C7): ``GET /v1/organization/usage/
+"""Admin API for usage, in OpenAI's shapes (BRIEF C7): ``GET /v1/organization/usage/
 completions``, ``…/usage/embeddings``, ``…/moderations``, ``…/images``, ``…/audio_transcriptions``
-and ``…/audio_speeches`` (requests per time bucket, and what each endpoint is counted in: tokens,
-images, seconds, characters), and ``GET /v1/organization/costs`` (dollars per day), each grouped
-and filtered as OpenAI's are.
-
-Buckets start at ``start_time`` and are ``bucket_width`` wide; a page holds ``limit`` buckets
-(empty ones included, as OpenAI's), and ``next_page`` is where the next page starts. The figures
-are the usage records' own, so they add up to what was billed, to the micro-dollar."""
+and ``…/audio_speeches``: requests per time bucket (usage_buckets.py), and what each endpoint is
+counted in (tokens, images, seconds, characters), each grouped and filtered as OpenAI's are. The
+figures are the usage records' own. Costs are cost_routes.py's.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
 from keyplane.errors import InvalidRequest
-from keyplane.usage.pricing import MICRO
 from keyplane.usage.records import UsageBucket
 from keyplane.web.auth import Ctx
 from keyplane.web.authz import AUTHZ_RESPONSES, Allowed, authorize
+from keyplane.web.usage_buckets import (
+    MAX_BUCKETS,
+    WIDTH_S,
+    BucketPage,
+    EndTime,
+    Ids,
+    PageCursor,
+    Time,
+    Width,
+    bounded,
+    bucket_page,
+    json_page,
+    listed,
+    window,
+)
 
 router = APIRouter(
     prefix="/v1/organization", responses=AUTHZ_RESPONSES, dependencies=[Depends(authorize)]
 )
 
-Width = Literal["1m", "1h", "1d"]
-WIDTH_S = {"1m": 60, "1h": 3600, "1d": 86400}
-DEFAULT_BUCKETS = {"1m": 60, "1h": 24, "1d": 7}  # OpenAI's defaults
-MAX_BUCKETS = {"1m": 1440, "1h": 168, "1d": 31}
-MAX_COST_BUCKETS = 180
 UsageGroup = Literal["project_id", "user_id", "api_key_id", "model", "batch"]
-CostGroup = Literal["project_id", "line_item"]
-Time = Annotated[int, Query(ge=0, le=2**40, description="Unix seconds.")]
-Ids = Annotated[list[str], Query(max_length=100)]
-R = TypeVar("R")
-
-
-class Bucket(BaseModel, Generic[R]):
-    object: Literal["bucket"] = "bucket"
-    start_time: int
-    end_time: int
-    results: list[R]
-
-
-class BucketPage(BaseModel, Generic[R]):
-    object: Literal["page"] = "page"
-    data: list[Bucket[R]]
-    has_more: bool
-    next_page: str | None
 
 
 class CompletionsResult(BaseModel):
@@ -61,6 +49,11 @@ class CompletionsResult(BaseModel):
     input_tokens: int
     output_tokens: int
     input_cached_tokens: int
+    # Of the input and output tokens, the audio ones, as the upstream reported them (a chat model
+    # that hears or speaks). OpenAI's input_audio_tokens leaves out cached audio: the upstream's
+    # report of a chat completion does not tell those apart, so any are included here.
+    input_audio_tokens: int
+    output_audio_tokens: int
     num_model_requests: int
     project_id: str | None = None
     user_id: str | None = None
@@ -135,61 +128,7 @@ class AudioSpeechesResult(BaseModel):
     model: str | None = None
 
 
-class Amount(BaseModel):
-    value: float  # dollars (OpenAI's unit here); exact micro-dollars in the usage records
-    currency: Literal["usd"] = "usd"
-
-
-class CostResult(BaseModel):
-    object: Literal["organization.costs.result"] = "organization.costs.result"
-    amount: Amount
-    line_item: str | None = None  # the model
-    project_id: str | None = None
-
-
-def _window(
-    start: int, end: int | None, width: Width, limit: int | None, page: str | None, now: float,
-    most: int,
-) -> tuple[int, int, bool]:  # fmt: skip
-    """(the page's first second, its end, whether more pages follow); ``most`` buckets a page."""
-    w = WIDTH_S[width]
-    last = int(now) + 1 if end is None else end
-    if last <= start:
-        raise InvalidRequest("end_time must be after start_time.", param="end_time")
-    begin = start
-    if page is not None:
-        if not (page.isascii() and page.isdigit()) or int(page) < start or (int(page) - start) % w:
-            raise InvalidRequest("page is not a page of this query: use next_page.", param="page")
-        begin = int(page)
-    count = limit or DEFAULT_BUCKETS[width]
-    if count > most:
-        raise InvalidRequest(f"limit is at most {most} buckets of {width}.", param="limit")
-    stop = min(last, begin + count * w)
-    return begin, stop, stop < last
-
-
-def _page(
-    rows: Sequence[UsageBucket], begin: int, stop: int, w: int, more: bool,
-    result: type[R], make: object,
-) -> BucketPage[R]:  # fmt: skip
-    by_start: dict[int, list[R]] = {}
-    for row in rows:
-        by_start.setdefault(row.start, []).append(make(row))  # type: ignore[operator]
-    data = [
-        Bucket[result](start_time=t, end_time=min(t + w, stop), results=by_start.get(t, []))  # type: ignore[valid-type]
-        for t in range(begin, stop, w)
-    ]
-    return BucketPage[result](data=data, has_more=more, next_page=str(stop) if more else None)  # type: ignore[valid-type]
-
-
-MAX_RESULTS = 20_000  # results a page may hold (a bounded answer, built off the event loop)
 USAGE_GROUPS = frozenset({"project_id", "user_id", "api_key_id", "model", "batch"})
-
-
-def _listed(request: Request, name: str, given: Sequence[str]) -> list[str]:
-    """A list parameter as OpenAI's SDKs and docs send it (``name``) and as PHP-style clients do
-    (``name[]``), together."""
-    return [*given, *request.query_params.getlist(name)]
 
 
 class UsageQuery:
@@ -199,10 +138,10 @@ class UsageQuery:
         self,
         request: Request,
         start_time: Time,
-        end_time: Annotated[int | None, Query(ge=0, le=2**40)] = None,
+        end_time: EndTime = None,
         bucket_width: Width = "1d",
         limit: Annotated[int | None, Query(ge=1, le=1440)] = None,
-        page: Annotated[str | None, Query(max_length=20)] = None,
+        page: PageCursor = None,
         group_by: Annotated[list[UsageGroup], Query(alias="group_by[]")] = [],  # noqa: B006
         project_ids: Annotated[Ids, Query(alias="project_ids[]")] = [],  # noqa: B006
         user_ids: Annotated[Ids, Query(alias="user_ids[]")] = [],  # noqa: B006
@@ -216,11 +155,11 @@ class UsageQuery:
             limit,
             page,
         )
-        self.groups = list(dict.fromkeys(_listed(request, "group_by", group_by)))
-        self.project_ids = _listed(request, "project_ids", project_ids)
-        self.user_ids = _listed(request, "user_ids", user_ids)
-        self.api_key_ids = _listed(request, "api_key_ids", api_key_ids)
-        self.models = _listed(request, "models", models)
+        self.groups = list(dict.fromkeys(listed(request, "group_by", group_by)))
+        self.project_ids = listed(request, "project_ids", project_ids)
+        self.user_ids = listed(request, "user_ids", user_ids)
+        self.api_key_ids = listed(request, "api_key_ids", api_key_ids)
+        self.models = listed(request, "models", models)
 
 
 Usage = Annotated[UsageQuery, Depends()]
@@ -233,7 +172,7 @@ async def _usage(
     """``none``: the filters keep usage keyplane never has; ``alike``: groups every result of the
     endpoint shares a value of, which the results name themselves."""
     now = ctx.services.clock.now()
-    begin, stop, more = _window(q.start, q.end, q.width, q.limit, q.page, now, MAX_BUCKETS[q.width])
+    begin, stop, more = window(q.start, q.end, q.width, q.limit, q.page, now, MAX_BUCKETS[q.width])
     unknown = [g for g in q.groups if g not in USAGE_GROUPS | alike]
     if unknown:
         raise InvalidRequest(f"Cannot group by {unknown[0]!r}.", param="group_by")
@@ -250,23 +189,8 @@ async def _usage(
             project_ids=q.project_ids, key_ids=q.api_key_ids, models=q.models,
             owner_ids=q.user_ids,
         )  # fmt: skip
-    _bounded(rows)
+    bounded(rows)
     return list(rows), begin, stop, more
-
-
-def _bounded(rows: Sequence[UsageBucket]) -> None:
-    if len(rows) > MAX_RESULTS:
-        raise InvalidRequest(
-            f"This page would hold {len(rows):,} results, more than {MAX_RESULTS:,}: group by "
-            "fewer fields, use wider buckets or a smaller limit.", param="limit",
-        )  # fmt: skip
-
-
-async def _json(page: Callable[[], BaseModel]) -> Response:
-    """The page built and serialized on a worker thread: a large one must not stall the loop that
-    serves /v1."""
-    body = await asyncio.to_thread(lambda: page().model_dump_json())
-    return Response(body, media_type="application/json")
 
 
 def _grouped(r: UsageBucket) -> dict[str, Any]:
@@ -286,7 +210,7 @@ async def _usage_page(
     what ``none`` and ``alike`` are)."""
     rows, begin, stop, more = await _usage(ctx, org_id, q, endpoints, none, alike)
     w = WIDTH_S[q.width]
-    return await _json(lambda: _page(rows, begin, stop, w, more, result, make))
+    return await json_page(lambda: bucket_page(rows, begin, stop, w, more, result, make))
 
 
 @router.get(
@@ -304,7 +228,8 @@ async def completions_usage(
         ctx, principal.org_id, q, endpoints, CompletionsResult,
         lambda r: CompletionsResult(
             input_tokens=r.input_tokens, output_tokens=r.output_tokens,
-            input_cached_tokens=r.cached_input_tokens, num_model_requests=r.requests,
+            input_cached_tokens=r.cached_input_tokens, input_audio_tokens=r.input_audio_tokens,
+            output_audio_tokens=r.output_audio_tokens, num_model_requests=r.requests,
             batch=batched, **_grouped(r),
         ),
         none=batch is True,  # (keyplane runs no batches: their usage is none)
@@ -356,10 +281,10 @@ async def images_usage(
     """Images generated and requests per time bucket. keyplane forwards image generations only
     (``source`` is ``image.generation``) and does not record their sizes: grouping or filtering
     by size is refused."""
-    wanted = _listed(request, "sources", sources)
+    wanted = listed(request, "sources", sources)
     if any(s not in IMAGE_SOURCES for s in wanted):
         raise InvalidRequest(f"sources are among {', '.join(IMAGE_SOURCES)}.", param="sources")
-    if "size" in q.groups or _listed(request, "sizes", sizes):
+    if "size" in q.groups or listed(request, "sizes", sizes):
         param = "sizes" if "size" not in q.groups else "group_by"
         raise InvalidRequest("keyplane does not record the sizes of images.", param=param)
     source = "image.generation" if "source" in q.groups else None
@@ -402,41 +327,3 @@ async def audio_speeches_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Respon
             characters=r.characters, num_model_requests=r.requests, **_grouped(r)
         ),
     )  # fmt: skip
-
-
-@router.get("/costs", tags=["usage"], name="costs.list", response_model=BucketPage[CostResult])
-async def costs(
-    ctx: Ctx,
-    request: Request,
-    principal: Allowed,
-    start_time: Time,
-    end_time: Annotated[int | None, Query(ge=0, le=2**40)] = None,
-    bucket_width: Literal["1d"] = "1d",
-    limit: Annotated[int | None, Query(ge=1, le=180)] = None,
-    page: Annotated[str | None, Query(max_length=20)] = None,
-    group_by: Annotated[list[CostGroup], Query(alias="group_by[]")] = [],  # noqa: B006
-    project_ids: Annotated[Ids, Query(alias="project_ids[]")] = [],  # noqa: B006
-) -> Response:
-    """Dollars billed per day (every endpoint), by project and by line item (the model)."""
-    begin, stop, more = _window(
-        start_time, end_time, "1d", limit, page, ctx.services.clock.now(), MAX_COST_BUCKETS
-    )
-    groups = list(dict.fromkeys(_listed(request, "group_by", group_by)))
-    if any(g not in ("project_id", "line_item") for g in groups):
-        raise InvalidRequest("Costs group by project_id and line_item only.", param="group_by")
-    stored = ["model" if g == "line_item" else g for g in groups]
-    rows = await asyncio.to_thread(
-        ctx.services.usage_store.buckets, principal.org_id, start=begin, end=stop,
-        width_s=WIDTH_S["1d"], group_by=stored,
-        project_ids=_listed(request, "project_ids", project_ids),
-    )  # fmt: skip
-    _bounded(rows)
-
-    def make(r: UsageBucket) -> CostResult:
-        return CostResult(
-            amount=Amount(value=r.cost_micro_usd / MICRO), line_item=r.model,
-            project_id=r.project_id,
-        )  # fmt: skip
-
-    w = WIDTH_S["1d"]
-    return await _json(lambda: _page(list(rows), begin, stop, w, more, CostResult, make))
