@@ -3,6 +3,7 @@ billing settings — over the real SQLite store, in the same ASGI app as the gat
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from sqlalchemy import insert
 from conftest import make_settings
 from keyplane import bootstrap
 from keyplane.accounts.models import Organization, Project, User
+from keyplane.clock import Clock
 from keyplane.config import UpstreamSettings
 from keyplane.errors import StoreUnavailable
 from keyplane.gateway.app import Gateway
@@ -104,8 +106,15 @@ def new_key(
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    async with make_env(tmp_path) as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def make_env(tmp_path: Path, clock: Clock | None = None) -> AsyncIterator[Env]:
+    """The app in process in front of the simulator, on ``clock`` (the system's unless given)."""
     upstream = UpstreamSettings(name="sim", base_url="http://simulator/v1")
-    container = bootstrap.build(make_settings(tmp_path, upstreams=[upstream]))
+    container = bootstrap.build(make_settings(tmp_path, upstreams=[upstream]), clock=clock)
     owner, org, project = container.accounts.initialize(
         email="owner@example.com", password="correct horse battery", org_name="Acme"
     )
