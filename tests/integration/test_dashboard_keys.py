@@ -13,6 +13,7 @@ import httpx
 import pytest
 from test_accounts_web import OWNER_PASSWORD, PASSWORD, Browser, text_of
 
+import kphttp
 from conftest import Keyplane, start_keyplane
 from keyplane.accounts.models import OrgRole, User
 from keyplane.accounts.org_ports import ProjectRole
@@ -40,7 +41,7 @@ def browser_for(kp: Keyplane) -> Iterator[Callable[[str, str], Browser]]:
     opened: list[Browser] = []
 
     def open_as(email: str, password: str) -> Browser:
-        b = Browser(httpx.Client(base_url=kp.server.url, follow_redirects=False, timeout=30))
+        b = Browser(kphttp.Client(base_url=kp.server.url, follow_redirects=False))
         opened.append(b)
         b.log_in_named(email, password)
         return b

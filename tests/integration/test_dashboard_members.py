@@ -18,6 +18,7 @@ from test_accounts_web import OWNER_PASSWORD, PASSWORD, Browser, link_in, text_o
 from test_dashboard_keys import SignIn, browser_for  # noqa: F401  (fixture)
 from test_webhooks import admin_key
 
+import kphttp
 from conftest import Keyplane, start_keyplane
 from keyplane.accounts.models import OrgRole, User
 from keyplane.accounts.passwords import hash_password
@@ -104,7 +105,7 @@ def today(clock: Clock, ahead_s: int = 0) -> str:
 
 def browser_for_new(email: str, kp: Keyplane) -> Browser:
     """A browser logged in to an account in no organization yet (no profile to complete)."""
-    b = Browser(httpx.Client(base_url=kp.server.url, follow_redirects=False, timeout=30))
+    b = Browser(kphttp.Client(base_url=kp.server.url, follow_redirects=False))
     assert b.log_in(email, PASSWORD).status_code == 303
     return b
 
@@ -319,7 +320,7 @@ def test_removing_a_member_revokes_their_keys_as_the_admin_api_does(
     assert rita_b.get("/members").headers["location"].startswith("/profile")
     # Recorded exactly as the Admin API records removing Sam.
     api = {"authorization": f"Bearer {admin_key(kp)}"}
-    r = httpx.delete(kp.server.url + f"/v1/organization/users/{sam.id}", headers=api)
+    r = kphttp.delete(kp.server.url + f"/v1/organization/users/{sam.id}", headers=api)
     assert r.status_code == 200, r.text
     ours, theirs = events(kp, "user.deleted")
     assert ours == (ActorType.SESSION, "owner@example.com",
@@ -488,7 +489,7 @@ def test_names_are_shown_as_text(
     browser_for: SignIn,  # noqa: F811
 ) -> None:
     join(kp, inbox, "eve@example.com", OrgRole.READER)
-    eve = Browser(httpx.Client(base_url=kp.server.url, follow_redirects=False, timeout=30))
+    eve = Browser(kphttp.Client(base_url=kp.server.url, follow_redirects=False))
     try:
         eve.log_in_named("eve@example.com", PASSWORD, name='<img src=x onerror="alert(1)">')
     finally:

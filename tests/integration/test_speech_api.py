@@ -17,6 +17,7 @@ import orjson
 import pytest
 from test_sdk import _close_clients, client, kp  # noqa: F401
 
+import kphttp
 from conftest import Keyplane, start_keyplane
 from keyplane.keys.format import KeyKind
 from keyplane.simulator import speech_audio
@@ -62,7 +63,7 @@ def test_the_usage_api_counts_the_characters_spoken(kp: Keyplane) -> None:
     )  # fmt: skip
     # From the day of the first request as stored (the wall clock's "today" may be the next).
     since = min(r.created_at for r in records) // DAY * DAY
-    r = httpx.get(
+    r = kphttp.get(
         f"{kp.server.url}/v1/organization/usage/audio_speeches",
         params={"start_time": since, "group_by": "model"},
         headers={"authorization": f"Bearer {admin}"},
@@ -238,9 +239,9 @@ def behind(tmp_path: Path, upstream: Any, **options: Any) -> Iterator[Keyplane]:
 
 
 def _say(kp: Keyplane) -> Any:
-    return httpx.stream(
+    return kphttp.stream(
         "POST", kp.base_url + "/audio/speech", json=SAY,
-        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+        headers={"authorization": f"Bearer {kp.key}"},
     )  # fmt: skip
 
 
@@ -315,7 +316,7 @@ class JsonSpeaker(Upstream):
 
 def test_json_instead_of_audio_is_passed_on_and_billed(tmp_path: Path) -> None:
     with behind(tmp_path, JsonSpeaker()) as kp:
-        r = httpx.post(
+        r = kphttp.post(
             kp.base_url + "/audio/speech", json=SAY, headers={"authorization": f"Bearer {kp.key}"}
         )
         assert r.status_code == 200 and r.json() == {"note": "no audio today"}
