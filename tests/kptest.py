@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import socket
 import threading
 import time
@@ -15,6 +16,17 @@ import orjson
 from keyplane import server
 
 T = TypeVar("T")
+DAY = 86400
+
+
+def just_before_month_end() -> float:
+    """Half a second before this month ends (UTC). A ``FrozenClock`` started there turns over the
+    day and the month as soon as a test moves it on a second: where a test that works out "today"
+    apart from the code under test breaks, as it would in a run across midnight."""
+    now = dt.datetime.now(dt.UTC)
+    next_month = (now.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+    midnight = next_month.replace(hour=0, minute=0, second=0, microsecond=0)
+    return midnight.timestamp() - 0.5
 
 
 async def read_body(receive: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> bytes:

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from test_browser import browser, log_in  # noqa: F401  (fixture)
 
+import kphttp
 from conftest import Keyplane, start_keyplane
 from keyplane.accounts.models import OrgRole, User
 from keyplane.accounts.passwords import hash_password
@@ -285,7 +285,7 @@ def test_remove_a_member_and_their_keys_stop_working(owner: Any, kp: Keyplane, g
     )
     assert not members_row(page, "grace@example.com").count()  # type: ignore[attr-defined]
     models = {"Authorization": f"Bearer {secret}"}
-    wait_until(lambda: httpx.get(kp.base_url + "/models", headers=models).status_code == 401,
+    wait_until(lambda: kphttp.get(kp.base_url + "/models", headers=models).status_code == 401,
                timeout=1.0)  # fmt: skip  # every gateway refuses it within a second
 
     # The other tab still shows Grace: changing her role says she is gone, on the list.

@@ -24,6 +24,7 @@ import pytest
 from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
+import kphttp
 from conftest import Keyplane, fresh_postgres, make_settings, start_keyplane
 from keyplane import bootstrap
 from keyplane.accounts.auth_ports import OneTimeToken, TokenPurpose
@@ -149,7 +150,7 @@ def kp(
 
 @pytest.fixture
 def browser(kp: Keyplane) -> Iterator[Browser]:
-    b = Browser(httpx.Client(base_url=kp.server.url, follow_redirects=False, timeout=30))
+    b = Browser(kphttp.Client(base_url=kp.server.url, follow_redirects=False))
     yield b
     b.close()
 
@@ -520,7 +521,7 @@ def test_every_form_post_needs_its_csrf_token(kp: Keyplane, browser: Browser) ->
     assert browser.post("/login", login, csrf=False).status_code == 403
     assert browser.post("/login", {**login, "csrf_token": "forged"}, csrf=False).status_code == 403
     # A token from another browser (bound to its own cookie) is worth nothing here.
-    with httpx.Client(base_url=kp.server.url) as other:
+    with kphttp.Client(base_url=kp.server.url) as other:
         stranger = Browser(other)
         stranger.get("/login")
         foreign = stranger.csrf_token()
@@ -643,7 +644,7 @@ def test_a_form_sent_after_the_session_ended_leads_back_to_its_page(
 def test_password_reset_by_email_is_single_use_and_expires(
     kp: Keyplane, browser: Browser, inbox: Inbox, clock: FrozenClock
 ) -> None:
-    victim_session = Browser(httpx.Client(base_url=kp.server.url, follow_redirects=False))
+    victim_session = Browser(kphttp.Client(base_url=kp.server.url, follow_redirects=False))
     try:
         victim_session.log_in("owner@example.com", OWNER_PASSWORD)
         assert victim_session.get("/").headers["location"] == "/profile"

@@ -18,6 +18,7 @@ from sqlalchemy import insert
 from conftest import make_settings
 from keyplane import bootstrap
 from keyplane.accounts.models import Organization, Project, User
+from keyplane.clock import Clock
 from keyplane.config import UpstreamSettings
 from keyplane.errors import StoreUnavailable
 from keyplane.gateway.app import Gateway
@@ -105,12 +106,14 @@ def new_key(
 
 @contextlib.asynccontextmanager
 async def open_env(
-    tmp_path: Path, upstream_transport: httpx.AsyncBaseTransport | None = None
+    tmp_path: Path,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
+    clock: Clock | None = None,
 ) -> AsyncIterator[Env]:
-    """The environment these tests run in; the upstream is the simulator unless another
-    ``upstream_transport`` answers instead."""
+    """The environment these tests run in, on ``clock`` (the system's unless given); the upstream
+    is the simulator unless another ``upstream_transport`` answers instead."""
     upstream = UpstreamSettings(name="sim", base_url="http://simulator/v1")
-    container = bootstrap.build(make_settings(tmp_path, upstreams=[upstream]))
+    container = bootstrap.build(make_settings(tmp_path, upstreams=[upstream]), clock=clock)
     owner, org, project = container.accounts.initialize(
         email="owner@example.com", password="correct horse battery", org_name="Acme"
     )

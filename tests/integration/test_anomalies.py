@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import select
 
+import kphttp
 from conftest import Keyplane, initialized, start_keyplane
 from keyplane import bootstrap
 from keyplane.audit.models import AuditFilter
@@ -123,8 +123,8 @@ def test_through_the_gateway_a_request_from_a_new_network_alerts_the_owners(
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
     def call(address: str) -> None:
-        r = httpx.post(
-            kp.base_url + "/chat/completions", json=body, timeout=30,
+        r = kphttp.post(
+            kp.base_url + "/chat/completions", json=body,
             headers={"authorization": f"Bearer {kp.key}", "x-forwarded-for": address},
         )  # fmt: skip
         assert r.status_code == 200, r.text
@@ -149,8 +149,8 @@ def test_an_admin_key_used_from_a_new_network_alerts_too(behind_proxy: Keyplane)
     )  # fmt: skip
 
     def call(address: str) -> None:
-        r = httpx.get(
-            kp.server.url + "/v1/organization/credit_balance", timeout=30,
+        r = kphttp.get(
+            kp.server.url + "/v1/organization/credit_balance",
             headers={"authorization": f"Bearer {admin}", "x-forwarded-for": address},
         )  # fmt: skip
         assert r.status_code == 200, r.text

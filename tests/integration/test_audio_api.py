@@ -8,12 +8,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import orjson
 import pytest
 from test_sdk import _close_clients, client, kp  # noqa: F401
 
+import kphttp
 from conftest import Keyplane, start_keyplane
 from kptest import ServerThread
 
@@ -69,12 +69,12 @@ def test_what_keyplane_cannot_bill_or_read_is_refused(
     kp: Keyplane, data: dict[str, str], files: bool, param: str
 ) -> None:
     upload = {"file" if files else "attachment": ("a.mp3", b"x" * 1000)}
-    r = httpx.post(
+    r = kphttp.post(
         kp.base_url + "/audio/transcriptions", data=data, files=upload,
         headers={"authorization": f"Bearer {kp.key}"},
     )  # fmt: skip
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
-    not_a_form = httpx.post(
+    not_a_form = kphttp.post(
         kp.base_url + "/audio/transcriptions", json={"model": "whisper-1"},
         headers={"authorization": f"Bearer {kp.key}"},
     )  # fmt: skip
@@ -137,7 +137,7 @@ def test_an_answer_without_a_duration_is_billed_on_an_estimate(tmp_path: Path) -
 
 
 def test_form_fields_that_count_outputs_elsewhere_are_forwarded_as_they_are(kp: Keyplane) -> None:
-    r = httpx.post(
+    r = kphttp.post(
         kp.base_url + "/audio/transcriptions",
         data={"model": "whisper-1", "n": "2", "best_of": "3", "max_tokens": "5"},
         files={"file": ("a.mp3", b"x" * 16_000)},

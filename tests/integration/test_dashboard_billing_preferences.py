@@ -16,6 +16,7 @@ from test_accounts_web import OWNER_PASSWORD, PASSWORD, Browser, text_of
 from test_dashboard_billing import DECLINED, VISA, add_card, buy, events
 from test_dashboard_keys import SignIn, browser_for, join, kp  # noqa: F401  (fixtures)
 
+import kphttp
 from conftest import Keyplane, start_keyplane
 from keyplane.accounts.models import OrgRole
 from keyplane.audit.models import AuditFilter
@@ -189,7 +190,7 @@ def test_the_next_billing_email_goes_to_the_billing_email_not_the_owners(
     the Owners (as before)."""
     inbox, _ = smtp
     instance = mailing_kp
-    owner = Browser(httpx.Client(base_url=instance.server.url, follow_redirects=False, timeout=30))
+    owner = Browser(kphttp.Client(base_url=instance.server.url, follow_redirects=False))
     try:
         owner.log_in_named("owner@example.com", OWNER_PASSWORD)
         assert instance.container.billing_emails(instance.org.id) == ["owner@example.com"]

@@ -7,6 +7,7 @@ import httpx
 from test_accounts_web import OWNER_PASSWORD, PASSWORD, text_of
 from test_dashboard_keys import SignIn, browser_for, join, kp  # noqa: F401  (fixtures)
 
+import kphttp
 from conftest import Keyplane
 from keyplane.accounts.models import OrgRole
 from keyplane.audit.models import AuditFilter
@@ -14,11 +15,11 @@ from kptest import wait_until
 
 
 def chat(kp: Keyplane) -> httpx.Response:  # noqa: F811
-    return httpx.post(
+    return kphttp.post(
         kp.base_url + "/chat/completions",
         json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
               "max_tokens": 20},
-        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+        headers={"authorization": f"Bearer {kp.key}"},
     )  # fmt: skip
 
 

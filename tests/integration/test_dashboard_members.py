@@ -18,14 +18,16 @@ from test_accounts_web import OWNER_PASSWORD, PASSWORD, Browser, link_in, text_o
 from test_dashboard_keys import SignIn, browser_for  # noqa: F401  (fixture)
 from test_webhooks import admin_key
 
+import kphttp
 from conftest import Keyplane, start_keyplane
 from keyplane.accounts.models import OrgRole, User
 from keyplane.accounts.org_ports import ProjectRole
 from keyplane.accounts.passwords import hash_password
 from keyplane.audit.models import Actor, ActorType, AuditFilter
+from keyplane.clock import Clock, FrozenClock
 from keyplane.ids import new_id
 from keyplane.storage.auth_repository import SqlAuthStore
-from kptest import ServerThread
+from kptest import ServerThread, just_before_month_end
 from smtp_support import Inbox, SmtpServer, start_smtp
 
 LAST_OWNER = "An organization needs at least one Owner: make someone else an Owner first."
@@ -44,9 +46,18 @@ def mail_server(inbox: Inbox) -> Iterator[SmtpServer]:
 
 
 @pytest.fixture
-def kp(tmp_path: Path, simulator: ServerThread, mail_server: SmtpServer) -> Iterator[Keyplane]:
+def clock() -> FrozenClock:
+    """Half a second before a month ends: a test moves it past midnight between what was done on
+    one day and what is done on the next, and the dates shown must follow."""
+    return FrozenClock(just_before_month_end())
+
+
+@pytest.fixture
+def kp(
+    tmp_path: Path, simulator: ServerThread, mail_server: SmtpServer, clock: FrozenClock
+) -> Iterator[Keyplane]:
     instance = start_keyplane(
-        tmp_path, simulator.url + "/v1", smtp_port=mail_server.port,
+        tmp_path, simulator.url + "/v1", clock=clock, smtp_port=mail_server.port,
         email_dispatch_interval_s=0.05,
     )  # fmt: skip
     yield instance
@@ -86,15 +97,16 @@ def pending(kp: Keyplane) -> list[str]:
     return [i.email for i in kp.container.orgs.invites(kp.org.id) if i.accepted_at is None]
 
 
-def today(ahead_s: int = 0) -> str:
-    """A date as the dashboard shows it ("Dec 6, 2026")."""
-    when = time.gmtime(time.time() + ahead_s)
+def today(clock: Clock, ahead_s: int = 0) -> str:
+    """The day keyplane's clock is on (or will be ``ahead_s`` on), as the dashboard shows a date
+    ("Dec 6, 2026"). Never the wall clock's: that one may have passed midnight meanwhile."""
+    when = time.gmtime(clock.now() + ahead_s)
     return f"{time.strftime('%b', when)} {when.tm_mday}, {when.tm_year}"
 
 
 def browser_for_new(email: str, kp: Keyplane) -> Browser:
     """A browser logged in to an account in no organization yet (no profile to complete)."""
-    b = Browser(httpx.Client(base_url=kp.server.url, follow_redirects=False, timeout=30))
+    b = Browser(kphttp.Client(base_url=kp.server.url, follow_redirects=False))
     assert b.log_in(email, PASSWORD).status_code == 303
     return b
 
@@ -145,14 +157,17 @@ def test_an_owner_invites_people_whose_email_link_makes_them_members(
     kp: Keyplane,
     inbox: Inbox,
     browser_for: SignIn,  # noqa: F811
+    clock: FrozenClock,
 ) -> None:
     owner = browser_for("owner@example.com", OWNER_PASSWORD)
     page = owner.get("/members")
     assert page.status_code == 200
     assert re.search(r'href="/members" aria-current="page">Members', page.text)
     [members] = tables(page)
-    assert members == [["Olive You", "owner@example.com", "Owner", today(), "Leave organization"]]
+    founded = today(clock)
+    assert members == [["Olive You", "owner@example.com", "Owner", founded, "Leave organization"]]
     assert "No pending invitations" in text_of(page) and 'href="/members/invite"' in page.text
+    clock.advance(1)  # midnight: the invitations are the next day's (and month's)
 
     form = owner.get("/members/invite")
     assert form.status_code == 200 and 'name="emails"' in form.text
@@ -162,7 +177,7 @@ def test_an_owner_invites_people_whose_email_link_makes_them_members(
     assert sent.status_code == 303 and sent.headers["location"].startswith("/members?invited=")
     listing = owner.get(sent.headers["location"])
     assert "Invitation sent to grace@example.com, heidi@example.com" in text_of(listing)
-    expires = today(7 * 86400)
+    expires = today(clock, 7 * 86400)
     assert sorted(tables(listing)[1]) == [
         ["grace@example.com", "Reader", "—", "Olive", expires, "Revoke"],
         ["heidi@example.com", "Reader", "—", "Olive", expires, "Revoke"],
@@ -189,9 +204,10 @@ def test_an_owner_invites_people_whose_email_link_makes_them_members(
         "Grace Hopper",
         "grace@example.com",
         "Reader",
-        today(),
+        today(clock),
         "Remove",
     ]
+    assert row(members, "owner@example.com")[3] == founded != today(clock)
     assert [row[0] for row in invites] == ["heidi@example.com"]
     grace.close()
 
@@ -200,6 +216,7 @@ def test_an_invitation_from_the_form_joins_the_projects_ticked_on_accepting(
     kp: Keyplane,
     inbox: Inbox,
     browser_for: SignIn,  # noqa: F811
+    clock: FrozenClock,
 ) -> None:
     """The form offers the active projects with one role for them (the Admin API's ``projects``);
     the list, the email and the invitation's page say which; accepting joins them."""
@@ -230,7 +247,14 @@ def test_an_invitation_from_the_form_joins_the_projects_ticked_on_accepting(
     assert sent.status_code == 303
     listing = tables(owner.get(sent.headers["location"]))[1]
     assert listing == [
-        ["kim@example.com", "Reader", "Billing bot (Owner)", "Olive", today(7 * 86400), "Revoke"]
+        [
+            "kim@example.com",
+            "Reader",
+            "Billing bot (Owner)",
+            "Olive",
+            today(clock, 7 * 86400),
+            "Revoke",
+        ]
     ]
     [invite] = orgs.invites(kp.org.id)
     assert [(p.project_id, p.role.value) for p in invite.projects] == [(bot.id, "owner")]
@@ -362,7 +386,7 @@ def test_removing_a_member_revokes_their_keys_as_the_admin_api_does(
     assert rita_b.get("/members").headers["location"].startswith("/profile")
     # Recorded exactly as the Admin API records removing Sam.
     api = {"authorization": f"Bearer {admin_key(kp)}"}
-    r = httpx.delete(kp.server.url + f"/v1/organization/users/{sam.id}", headers=api)
+    r = kphttp.delete(kp.server.url + f"/v1/organization/users/{sam.id}", headers=api)
     assert r.status_code == 200, r.text
     ours, theirs = events(kp, "user.deleted")
     assert ours == (ActorType.SESSION, "owner@example.com",
@@ -385,6 +409,7 @@ def test_an_owner_withdraws_an_invitation_and_its_link_stops_working(
     kp: Keyplane,
     inbox: Inbox,
     browser_for: SignIn,  # noqa: F811
+    clock: FrozenClock,
 ) -> None:
     owner = browser_for("owner@example.com", OWNER_PASSWORD)
     owner.get("/members/invite")
@@ -394,7 +419,7 @@ def test_an_owner_withdraws_an_invitation_and_its_link_stops_working(
     page = owner.get("/members")
     assert f'action="/members/invites/{invite.id}/revoke"' in page.text
     assert tables(page)[1] == [
-        ["ivan@example.com", "Owner", "—", "Olive", today(7 * 86400), "Revoke"]
+        ["ivan@example.com", "Owner", "—", "Olive", today(clock, 7 * 86400), "Revoke"]
     ]
     r = owner.post(f"/members/invites/{invite.id}/revoke", {})
     assert r.status_code == 303 and r.headers["location"] == f"/members?withdrawn={invite.id}"
@@ -530,7 +555,7 @@ def test_names_are_shown_as_text(
     browser_for: SignIn,  # noqa: F811
 ) -> None:
     join(kp, inbox, "eve@example.com", OrgRole.READER)
-    eve = Browser(httpx.Client(base_url=kp.server.url, follow_redirects=False, timeout=30))
+    eve = Browser(kphttp.Client(base_url=kp.server.url, follow_redirects=False))
     try:
         eve.log_in_named("eve@example.com", PASSWORD, name='<img src=x onerror="alert(1)">')
     finally:

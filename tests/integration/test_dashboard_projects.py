@@ -3,10 +3,10 @@ the Admin API allows each role, audited alike; the billing overview adds up to t
 
 from __future__ import annotations
 
-import httpx
 from test_accounts_web import OWNER_PASSWORD, PASSWORD, text_of
 from test_dashboard_keys import SignIn, browser_for, join, kp  # noqa: F401  (fixtures)
 
+import kphttp
 from conftest import Keyplane
 from keyplane.accounts.models import OrgRole
 from keyplane.accounts.org_ports import ProjectRole
@@ -62,8 +62,8 @@ def test_an_owner_creates_staffs_renames_and_archives_a_project(
     assert "No monthly budget for this project" in text_of(owner.get(f"/projects/{pid}"))
     confirm = owner.get(f"/projects/{pid}/members/{rita.id}/remove")  # asks first
     assert "rita@example.com leaves this project" in text_of(confirm)
-    call = lambda: httpx.get(kp.base_url + "/models",  # noqa: E731
-                             headers={"authorization": f"Bearer {secret}"})  # fmt: skip
+    call = lambda: kphttp.get(kp.base_url + "/models",  # noqa: E731
+                              headers={"authorization": f"Bearer {secret}"})  # fmt: skip
     assert call().status_code == 200
     assert owner.post(f"/projects/{pid}/members/{rita.id}/remove", {}).status_code == 303
     wait_until(lambda: call().status_code == 401, timeout=2)
@@ -105,10 +105,10 @@ def test_billing_shows_the_balance_and_the_credit_lots(
 ) -> None:
     kp.container.billing.grant(kp.org.id, 2_500_000, note="<b>promo</b>")
     kp.server.call(kp.gateway.pipeline.money.refresh())
-    r = httpx.post(
+    r = kphttp.post(
         kp.base_url + "/chat/completions",
         json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
-        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+        headers={"authorization": f"Bearer {kp.key}"},
     )  # fmt: skip
     assert r.status_code == 200
     kp.usage(expect=1)

@@ -17,6 +17,7 @@ import pytest
 from test_accounts_web import OWNER_PASSWORD, PASSWORD, Browser, text_of
 from test_dashboard_keys import SignIn, browser_for, join, kp  # noqa: F401  (fixtures)
 
+import kphttp
 from conftest import Keyplane, start_keyplane
 from keyplane.accounts.models import OrgRole
 from keyplane.audit.models import Actor, ActorType
@@ -27,10 +28,10 @@ from kptest import ServerThread
 
 
 def chat(kp: Keyplane, model: str) -> None:  # noqa: F811
-    r = httpx.post(
+    r = kphttp.post(
         kp.base_url + "/chat/completions",
         json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20},
-        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+        headers={"authorization": f"Bearer {kp.key}"},
     )  # fmt: skip
     assert r.status_code == 200
 
@@ -84,15 +85,15 @@ def test_usage_shows_images_audio_and_speech_in_their_units(
     as 0 / 0 tokens; a chat request still shows its tokens, and an image model priced by tokens
     both."""
     auth = {"authorization": f"Bearer {kp.key}"}
-    r = httpx.post(kp.base_url + "/images/generations", headers=auth, timeout=30,
-                   json={"model": "dall-e-2", "prompt": "a cat", "n": 2, "size": "256x256"})  # fmt: skip
+    r = kphttp.post(kp.base_url + "/images/generations", headers=auth,
+                    json={"model": "dall-e-2", "prompt": "a cat", "n": 2, "size": "256x256"})  # fmt: skip
     assert r.status_code == 200, r.text
-    r = httpx.post(kp.base_url + "/audio/speech", headers=auth, timeout=30,
-                   json={"model": "tts-1", "voice": "alloy", "input": "Hello there"})  # fmt: skip
+    r = kphttp.post(kp.base_url + "/audio/speech", headers=auth,
+                    json={"model": "tts-1", "voice": "alloy", "input": "Hello there"})  # fmt: skip
     assert r.status_code == 200, r.text
-    r = httpx.post(kp.base_url + "/images/generations", headers=auth, timeout=30,
-                   json={"model": "gpt-image-1", "prompt": "a dog", "quality": "low",
-                         "size": "1024x1024"})  # fmt: skip
+    r = kphttp.post(kp.base_url + "/images/generations", headers=auth,
+                    json={"model": "gpt-image-1", "prompt": "a dog", "quality": "low",
+                          "size": "1024x1024"})  # fmt: skip
     assert r.status_code == 200, r.text
     chat(kp, "gpt-4o-mini")
     records = {r.endpoint: r for r in kp.usage(expect=4) if r.model != "gpt-image-1"}
@@ -125,7 +126,7 @@ def sign_in(dated: tuple[Keyplane, FrozenClock]) -> Iterator[SignIn]:
     opened: list[Browser] = []
 
     def open_as(email: str, password: str) -> Browser:
-        b = Browser(httpx.Client(base_url=dated[0].server.url, follow_redirects=False, timeout=30))
+        b = Browser(kphttp.Client(base_url=dated[0].server.url, follow_redirects=False))
         opened.append(b)
         b.log_in_named(email, password)
         return b
@@ -136,11 +137,11 @@ def sign_in(dated: tuple[Keyplane, FrozenClock]) -> Iterator[SignIn]:
 
 
 def chat_with(plane: Keyplane, secret: str) -> None:
-    r = httpx.post(
+    r = kphttp.post(
         plane.base_url + "/chat/completions",
         json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
               "max_tokens": 20},
-        headers={"authorization": f"Bearer {secret}"}, timeout=30,
+        headers={"authorization": f"Bearer {secret}"},
     )  # fmt: skip
     assert r.status_code == 200, r.text
 
@@ -307,7 +308,7 @@ def test_readers_export_usage_and_anonymous_visitors_are_sent_to_log_in(
     _, rows = exported(reader, "?month=2026-11")
     assert [row["request_id"] for row in rows] == [record.request_id]
 
-    with httpx.Client(base_url=plane.server.url, follow_redirects=False, timeout=30) as anonymous:
+    with kphttp.Client(base_url=plane.server.url, follow_redirects=False) as anonymous:
         r = anonymous.get("/usage/export?month=2026-11")
         assert r.status_code == 303
         assert r.headers["location"] == "/login?next=%2Fusage%2Fexport%3Fmonth%3D2026-11"

@@ -20,6 +20,7 @@ from test_admin_billing import add_organization
 from test_dashboard_keys import SignIn, browser_for, join  # noqa: F401  (fixtures)
 from test_webhooks import admin_key
 
+import kphttp
 from conftest import Keyplane, fresh_postgres, initialized, start_keyplane
 from keyplane.accounts.models import OrgRole
 from keyplane.audit.models import ActorType, AuditFilter
@@ -110,7 +111,7 @@ def test_an_owner_adds_an_endpoint_sees_its_secret_once_and_deletes_it(
 
     # Audited as the Admin API audits the same change (its event names and details).
     api = {"authorization": f"Bearer {admin_key(kp)}"}
-    twin = httpx.post(kp.server.url + "/v1/organization/webhooks", headers=api, json={
+    twin = kphttp.post(kp.server.url + "/v1/organization/webhooks", headers=api, json={
         "url": HOOK, "events": ["spend_alert.triggered", "api_key.leaked"],
         "description": "<b>on-call</b>"})  # fmt: skip
     assert twin.status_code == 200, twin.text
@@ -131,7 +132,7 @@ def test_an_owner_adds_an_endpoint_sees_its_secret_once_and_deletes_it(
     with kp.container.engine.connect() as conn:  # its delivery not made yet: dropped
         query = select(webhook_deliveries).where(webhook_deliveries.c.endpoint_id == endpoint.id)
         assert conn.execute(query).all() == []
-    httpx.delete(kp.server.url + f"/v1/organization/webhooks/{twin.json()['id']}", headers=api)
+    kphttp.delete(kp.server.url + f"/v1/organization/webhooks/{twin.json()['id']}", headers=api)
     assert details_of(kp, "webhook.deleted") == [{"data": {"url": HOOK}}] * 2
     owner.get("/webhooks")
     again = owner.post(f"/webhooks/{endpoint.id}/delete", {})
@@ -169,8 +170,8 @@ def test_the_admin_api_refuses_local_hosts_in_every_spelling(kp: Keyplane) -> No
         "http://[::ffff:127.0.0.1]/",
         "http://0/",
     ):
-        r = httpx.post(kp.server.url + "/v1/organization/webhooks", headers=api,
-                       json={"url": url, "events": ["api_key.leaked"]})  # fmt: skip
+        r = kphttp.post(kp.server.url + "/v1/organization/webhooks", headers=api,
+                        json={"url": url, "events": ["api_key.leaked"]})  # fmt: skip
         assert r.status_code == 400, (url, r.text)
         error = r.json()["error"]
         assert error["param"] == "url" and "not a public address" in error["message"], url

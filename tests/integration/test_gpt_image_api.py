@@ -14,6 +14,7 @@ import orjson
 import pytest
 from test_sdk import _close_clients, client, kp  # noqa: F401
 
+import kphttp
 from conftest import Keyplane, Start
 from kptest import ServerThread, Upstream
 
@@ -39,8 +40,8 @@ def text_tokens(prompt: str) -> int:
 
 def post(kp: Keyplane, body: bytes) -> httpx.Response:
     """The body exactly as given (its length is part of the hold)."""
-    return httpx.post(
-        kp.base_url + "/images/generations", content=body, timeout=30,
+    return kphttp.post(
+        kp.base_url + "/images/generations", content=body,
         headers={"authorization": f"Bearer {kp.key}", "content-type": "application/json"},
     )  # fmt: skip
 

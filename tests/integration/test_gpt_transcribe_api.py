@@ -15,6 +15,7 @@ import orjson
 import pytest
 from test_sdk import _close_clients, client, kp  # noqa: F401
 
+import kphttp
 from conftest import Keyplane, Start
 from kptest import ServerThread
 
@@ -40,8 +41,8 @@ def hold(model: str) -> int:
 
 
 def post(kp: Keyplane, path: str, data: dict[str, str]) -> httpx.Response:
-    return httpx.post(
-        kp.base_url + path, data=data, files={"file": ("a.mp3", b"x" * 16_000)}, timeout=30,
+    return kphttp.post(
+        kp.base_url + path, data=data, files={"file": ("a.mp3", b"x" * 16_000)},
         headers={"authorization": f"Bearer {kp.key}"},
     )  # fmt: skip
 

@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+import kphttp
 from conftest import Keyplane, start_keyplane
 from keyplane.clock import FrozenClock
 from keyplane.keys.format import key_id, parse
@@ -128,7 +129,7 @@ def test_spoofed_xff_over_a_real_socket_is_ignored(kp: Keyplane) -> None:
     decide."""
     _, key = kp.new_key("office", allowed_cidrs=["192.0.2.0/24"])
     headers = {"authorization": f"Bearer {key}", "x-forwarded-for": "192.0.2.7"}
-    resp = httpx.post(f"{kp.base_url}/chat/completions", json=CHAT, headers=headers)
+    resp = kphttp.post(f"{kp.base_url}/chat/completions", json=CHAT, headers=headers)
     assert resp.status_code == 403
     assert "127.0.0.1" in resp.json()["error"]["message"]
 

@@ -19,6 +19,7 @@ import openai
 import pytest
 from sqlalchemy import event
 
+import kphttp
 from conftest import PEPPER, Keyplane, initialized
 from keyplane import bootstrap, reads
 from keyplane.clock import FrozenClock
@@ -32,7 +33,7 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def call(kp: Keyplane, key: str) -> httpx.Response:
-    return httpx.post(
+    return kphttp.post(
         kp.base_url + "/chat/completions", json=CHAT, headers={"authorization": f"Bearer {key}"}
     )
 
@@ -250,10 +251,9 @@ def test_an_address_guessing_keys_is_throttled_on_both_apis_while_working_keys_g
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "too_many_failed_attempts"
     assert 1 <= int(refused.headers["retry-after"]) <= 60
-    admin = httpx.get(
+    admin = kphttp.get(
         kp.server.url + "/v1/organization/projects",
         headers={"authorization": f"Bearer {keyfmt.generate(KeyKind.ADMIN)[0]}"},
-        timeout=30,  # (the process's first Admin API request builds that app: slow on a busy CI)
     )
     assert admin.status_code == 429
     with (

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 from starlette.responses import JSONResponse
 
+import kphttp
 from conftest import Keyplane, start_keyplane
 from keyplane.audit.models import AuditFilter
 from keyplane.keys.format import checksum
@@ -74,11 +75,11 @@ def send(kp: Keyplane, matches: list[dict[str, str]], signer: Signer = GITHUB) -
 
 def post(kp: Keyplane, body: bytes, headers: dict[str, str]) -> httpx.Response:
     url = kp.server.url + "/v1/secret_scanning/reports"
-    return httpx.post(url, content=body, headers=headers, timeout=30)
+    return kphttp.post(url, content=body, headers=headers)
 
 
 def chat(kp: Keyplane, key: str) -> int:
-    r = httpx.post(
+    r = kphttp.post(
         kp.base_url + "/chat/completions", json=CHAT, headers={"authorization": f"Bearer {key}"}
     )
     return r.status_code

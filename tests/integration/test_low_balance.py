@@ -19,6 +19,7 @@ from test_accounts_web import OWNER_PASSWORD, PASSWORD, text_of
 from test_dashboard_keys import SignIn, browser_for, join, kp  # noqa: F401  (fixtures)
 from test_payments import BUYER, VISA
 
+import kphttp
 from conftest import Keyplane, fresh_postgres, start_keyplane
 from keyplane import bootstrap
 from keyplane.accounts.models import OrgRole
@@ -56,7 +57,7 @@ def chat(live: Keyplane) -> None:
     """One request of about a tenth of a cent (100 output tokens of gpt-4o)."""
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
     headers = {"authorization": f"Bearer {live.key}"}
-    r = httpx.post(live.base_url + "/chat/completions", json=body, headers=headers, timeout=30)
+    r = kphttp.post(live.base_url + "/chat/completions", json=body, headers=headers)
     assert r.status_code == 200, r.text
 
 

@@ -17,6 +17,7 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
+import kphttp
 from conftest import Keyplane, initialized, start_keyplane
 from keyplane import bootstrap
 from keyplane.clock import FrozenClock
@@ -212,7 +213,7 @@ def test_a_refusal_that_requests_in_flight_cause_says_so_and_may_be_retried(
     headers = {"authorization": f"Bearer {kp.key}"}
 
     def chat() -> httpx.Response:
-        return httpx.post(kp.base_url + "/chat/completions", json=body, headers=headers, timeout=30)
+        return kphttp.post(kp.base_url + "/chat/completions", json=body, headers=headers)
 
     try:
         with ThreadPoolExecutor(1) as pool:
@@ -364,10 +365,10 @@ def test_an_image_billed_on_estimates_counts_what_an_image_costs_on_its_model(
     image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
     try:
         for model in ("gpt-4o-mini", "gpt-4o"):
-            r = httpx.post(
+            r = kphttp.post(
                 kp.base_url + "/chat/completions",
                 json={"model": model, "messages": [{"role": "user", "content": [image] * 2}]},
-                headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+                headers={"authorization": f"Bearer {kp.key}"},
             )  # fmt: skip
             assert r.status_code == 200
         mini, four_o = sorted(kp.usage(expect=2), key=lambda r: r.model != "gpt-4o-mini")
@@ -390,10 +391,10 @@ def test_an_answer_without_usable_usage_is_billed_on_estimates_not_free(
     server = ServerThread(upstream).start()
     kp = start_keyplane(tmp_path, server.url + "/v1")
     try:
-        r = httpx.post(
+        r = kphttp.post(
             kp.base_url + "/chat/completions",
             json={"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 400}]},
-            headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+            headers={"authorization": f"Bearer {kp.key}"},
         )  # fmt: skip
         if upstream.raw is None:
             assert r.status_code == 200
@@ -433,9 +434,9 @@ def test_every_output_the_upstream_may_write_is_held_and_paid_for(
     kp = start_keyplane(tmp_path, server.url + "/v1", credit=10_000)  # one cent
     try:
         model = "gpt-3.5-turbo" if path == "/completions" else "gpt-4o"
-        r = httpx.post(
+        r = kphttp.post(
             kp.base_url + path, json={"model": model, **body},
-            headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+            headers={"authorization": f"Bearer {kp.key}"},
         )  # fmt: skip
         assert r.status_code == 200, r.text
         [sent] = upstream.bodies
@@ -447,9 +448,9 @@ def test_every_output_the_upstream_may_write_is_held_and_paid_for(
         assert record.cost_micro_usd == price.token_cost(5, 0, record.output_tokens) <= 10_000
         assert {f for f in ("max_tokens", "max_completion_tokens") if f in body} <= set(sent)
         for bad in ({"n": "10"}, {"n": 10.0}, {"best_of": 0}, {"n": 129}):
-            r = httpx.post(
+            r = kphttp.post(
                 kp.base_url + path, json={"model": model, **body, **bad},
-                headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+                headers={"authorization": f"Bearer {kp.key}"},
             )  # fmt: skip
             assert r.status_code == 400 and r.json()["error"]["param"] == next(iter(bad)), bad
         assert len(upstream.bodies) == 1
@@ -472,14 +473,14 @@ def test_a_model_without_a_price_is_refused_not_served_free(tmp_path: Path) -> N
         for price_files, status in (([], 404), ([free], 200)):
             kp = start_keyplane(tmp_path / str(status), sim.url + "/v1", price_files=price_files)
             try:
-                r = httpx.post(
+                r = kphttp.post(
                     kp.base_url + "/chat/completions",
                     json={"model": "o1-preview-2", "messages": [{"role": "user", "content": "hi"}]},
-                    headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+                    headers={"authorization": f"Bearer {kp.key}"},
                 )  # fmt: skip
                 assert r.status_code == status, r.text
                 auth = {"authorization": f"Bearer {kp.key}"}
-                listed = httpx.get(kp.base_url + "/models", headers=auth, timeout=30).json()
+                listed = kphttp.get(kp.base_url + "/models", headers=auth).json()
                 usable = {m["id"] for m in listed["data"]}
                 assert "gpt-4o" in usable and ("o1-preview-2" in usable) == (status == 200)
                 head = httpx.head(kp.base_url + "/models", headers=auth, timeout=30)
@@ -518,9 +519,9 @@ def test_a_request_outliving_its_hold_is_billed_its_real_cost_not_swept_as_lost(
     try:
         with ThreadPoolExecutor(1) as pool:
             answer = pool.submit(
-                httpx.post, kp.base_url + "/chat/completions",
+                kphttp.post, kp.base_url + "/chat/completions",
                 json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
-                headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+                headers={"authorization": f"Bearer {kp.key}"},
             )  # fmt: skip
             wait_until(lambda: (org := money.cached_org(kp.org.id)) is not None and org.holds)
             clock.advance(3600)  # long past the hold's expiry, the answer still coming
@@ -611,18 +612,18 @@ def test_images_and_files_are_held_at_the_most_they_may_cost(tmp_path: Path) -> 
             try:
                 for content in ([image] * 20, [{"type": "text", "text": "sum up"}, pdf]):
                     sent = len(upstream.bodies)
-                    r = httpx.post(
+                    r = kphttp.post(
                         kp.base_url + "/chat/completions",
                         json={"model": "gpt-4o-mini", "max_tokens": 1,
                               "messages": [{"role": "user", "content": content}]},
-                        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+                        headers={"authorization": f"Bearer {kp.key}"},
                     )  # fmt: skip
                     assert r.status_code == status, r.text
                     assert len(upstream.bodies) == sent + (status == 200)
-                r = httpx.post(
+                r = kphttp.post(
                     kp.base_url + "/chat/completions",
                     json={"model": "own-model", "messages": [{"role": "user", "content": [pdf]}]},
-                    headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+                    headers={"authorization": f"Bearer {kp.key}"},
                 )  # fmt: skip
                 assert (
                     r.status_code == 400 and r.json()["error"]["code"] == "unsupported_file_input"
@@ -663,9 +664,9 @@ def test_an_upstreams_wrong_usage_counts_no_more_than_the_request_could_use(
             "messages": [{"role": "user", "content": "hi"}],
         }
         statuses = [
-            httpx.post(
+            kphttp.post(
                 kp.base_url + "/chat/completions", json=body,
-                headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+                headers={"authorization": f"Bearer {kp.key}"},
             ).status_code
             for _ in range(3)
         ]  # fmt: skip

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+import kphttp
 from conftest import PG_ADMIN, Keyplane, fresh_postgres, start_keyplane
 from keyplane.config import UpstreamSettings
 from keyplane.errors import StoreUnavailable
@@ -40,7 +41,7 @@ CHAT = "chat.completions"
 
 
 def scrape(kp: Keyplane, **headers: str) -> str:
-    r = httpx.get(kp.server.url + "/metrics", headers=headers, timeout=10)
+    r = kphttp.get(kp.server.url + "/metrics", headers=headers)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
     return r.text
@@ -128,16 +129,16 @@ def test_metrics_are_served_only_to_the_allowed_addresses(
     )  # fmt: skip
     try:
         url = kp.server.url + "/metrics"
-        refused = httpx.get(url, timeout=10)  # from 127.0.0.1, not in the list
+        refused = kphttp.get(url)  # from 127.0.0.1, not in the list
         assert refused.status_code == 403
         assert refused.json()["error"]["code"] == "ip_not_allowed"
         assert "keyplane_" not in refused.text
         # Through the trusted proxy, for a scraper inside the allowed network.
         assert "keyplane_requests" in scrape(kp, **{"X-Forwarded-For": "10.1.2.3"})
         # A claim of being in it, from outside, is refused.
-        outside = httpx.get(url, headers={"X-Forwarded-For": "10.1.2.3, 8.8.8.8"}, timeout=10)
+        outside = kphttp.get(url, headers={"X-Forwarded-For": "10.1.2.3, 8.8.8.8"})
         assert outside.status_code == 403
-        post = httpx.post(url, headers={"X-Forwarded-For": "10.1.2.3"}, timeout=10)
+        post = kphttp.post(url, headers={"X-Forwarded-For": "10.1.2.3"})
         assert post.status_code == 405 and post.headers["allow"] == "GET, HEAD"
     finally:
         kp.server.stop()
@@ -147,7 +148,7 @@ def test_metrics_are_served_only_to_the_allowed_addresses(
 def test_metrics_can_be_turned_off(tmp_path: Path, simulator: ServerThread) -> None:
     kp = start_keyplane(tmp_path, simulator.url + "/v1", metrics_allowed_ips=[])
     try:
-        r = httpx.get(kp.server.url + "/metrics", timeout=10)
+        r = kphttp.get(kp.server.url + "/metrics")
         assert r.status_code == 404
         assert r.json()["error"]["message"] == "Invalid URL (GET /metrics)"
     finally:
@@ -183,7 +184,7 @@ def test_metrics_show_an_unreachable_upstream(tmp_path: Path, clients: list[open
 
 
 def ready(kp: Keyplane) -> httpx.Response:
-    return httpx.get(kp.server.url + "/readyz", timeout=10)
+    return kphttp.get(kp.server.url + "/readyz")
 
 
 def test_readyz_turns_a_gateway_away_only_when_it_would_refuse_everything(
@@ -209,7 +210,7 @@ def test_readyz_turns_a_gateway_away_only_when_it_would_refuse_everything(
             client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=5)  # type: ignore[arg-type]
         kp.flush()
         assert ready(kp).status_code == 200
-        assert httpx.get(kp.server.url + "/healthz", timeout=10).json() == {"status": "ok"}
+        assert kphttp.get(kp.server.url + "/healthz").json() == {"status": "ok"}
     finally:
         kp.server.stop()
         kp.container.close()

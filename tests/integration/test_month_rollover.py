@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import orjson
 
+import kphttp
 from conftest import start_keyplane
 from keyplane.clock import FrozenClock
 from kptest import ServerThread
@@ -70,7 +71,7 @@ def test_spend_restarts_at_midnight_utc_and_in_flight_requests_keep_their_month(
     headers = {"authorization": f"Bearer {kp.key}"}
 
     def post() -> httpx.Response:
-        return httpx.post(kp.base_url + "/chat/completions", json=body, headers=headers, timeout=30)
+        return kphttp.post(kp.base_url + "/chat/completions", json=body, headers=headers)
 
     try:
         assert post().status_code == 200  # November: 1,025 spent

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+import kphttp
 from conftest import fresh_postgres, initialized, start_keyplane
 from keyplane import bootstrap
 from keyplane.audit.models import Actor, ActorType, AuditEvent, AuditFilter
@@ -386,9 +386,9 @@ def test_spend_under_the_threshold_recharges_up_to_the_target(
         )
         body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}],
                 "max_tokens": 16_000}  # fmt: skip
-        r = httpx.post(
+        r = kphttp.post(
             kp.base_url + "/chat/completions", json=body,
-            headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+            headers={"authorization": f"Bearer {kp.key}"},
         )  # fmt: skip
         assert r.status_code == 200, r.text
         (record,) = kp.usage(expect=1)

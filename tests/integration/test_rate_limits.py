@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+import kphttp
 from conftest import Keyplane, start_keyplane
 from keyplane.audit.models import AuditFilter
 from keyplane.clock import FrozenClock
@@ -52,7 +53,7 @@ def limit_key(kp: Keyplane, **limits: int) -> None:
 
 
 def post(kp: Keyplane, body: dict[str, Any] = CHAT) -> httpx.Response:
-    return httpx.post(
+    return kphttp.post(
         kp.base_url + "/chat/completions", json=body, headers={"authorization": f"Bearer {kp.key}"}
     )
 
@@ -101,7 +102,7 @@ def _tpm_burst(limited: Keyplane) -> None:
     body = {**CHAT, "max_tokens": 1_000}
 
     async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=limited.base_url, timeout=30) as client:
+        async with kphttp.AsyncClient(base_url=limited.base_url) as client:
             headers = {"authorization": f"Bearer {limited.key}"}
             return await asyncio.gather(
                 *(client.post("/chat/completions", json=body, headers=headers) for _ in range(30))

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from test_admin_org import admin_key
 from test_payments import BUYER, DECLINED, USD, VISA, Crash
@@ -22,6 +21,7 @@ from test_stripe_payments import (
     stripe_settings,
 )
 
+import kphttp
 from conftest import fresh_postgres, initialized, start_keyplane
 from keyplane import bootstrap
 from keyplane.billing.address import BillingAddress
@@ -198,9 +198,9 @@ def test_stripe_purchases_email_one_receipt_however_often_the_webhook_comes(
             "idempotency-key": "api-1",
         }
         for _ in range(2):
-            r = httpx.post(
+            r = kphttp.post(
                 kp.server.url + "/v1/organization/credit_purchases",
-                json={"amount_micro_usd": 10 * USD}, headers=headers, timeout=30,
+                json={"amount_micro_usd": 10 * USD}, headers=headers,
             )  # fmt: skip
             assert r.status_code == 200, r.text
         [intent] = [i for i in fake.charges if i["id"] != died["id"]]

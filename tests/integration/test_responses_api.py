@@ -15,6 +15,7 @@ import orjson
 import pytest
 from test_sdk import _close_clients, client, kp  # noqa: F401
 
+import kphttp
 from conftest import Keyplane, start_keyplane
 from keyplane import simulator as sim
 from keyplane.config import UpstreamSettings
@@ -157,7 +158,7 @@ def stream_a_little(kp: Keyplane, body: dict[str, Any], deltas: int, during: Any
     seen = 0
     response_id = ""
     with (
-        httpx.Client(timeout=10) as http,
+        kphttp.Client() as http,
         http.stream(
             "POST", kp.base_url + "/responses", json={**body, "stream": True}, headers=headers
         ) as resp,

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
+import kphttp
 from conftest import Keyplane, start_keyplane
 from keyplane.usage.records import Outcome
 from kptest import ServerThread
@@ -92,9 +92,9 @@ def gated(tmp_path: Path) -> Iterator[tuple[GatedUpstream, Keyplane]]:
 
 def _stream(kp: Keyplane) -> Any:
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    return httpx.stream(
+    return kphttp.stream(
         "POST", kp.base_url + "/chat/completions", json=body,
-        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+        headers={"authorization": f"Bearer {kp.key}"},
     )  # fmt: skip
 
 
@@ -157,7 +157,7 @@ def test_unreachable_upstream_is_502_and_metered_at_zero(tmp_path: Path) -> None
     kp = start_keyplane(tmp_path, f"http://127.0.0.1:{closed.port}/v1")
     kp.gateway.pipeline.router.upstreams[0].models = frozenset({"gpt-4o-mini"})
     try:
-        resp = httpx.post(
+        resp = kphttp.post(
             kp.base_url + "/chat/completions",
             json={"model": "gpt-4o-mini", "messages": []},
             headers={"authorization": f"Bearer {kp.key}"},
@@ -173,8 +173,8 @@ def test_unreachable_upstream_is_502_and_metered_at_zero(tmp_path: Path) -> None
 
 def test_every_answer_has_a_request_id(kp: Keyplane) -> None:
     for resp in (
-        httpx.get(kp.base_url + "/models"),
-        httpx.get(kp.base_url + "/models", headers={"authorization": f"Bearer {kp.key}"}),
-        httpx.post(kp.base_url + "/nowhere"),
+        kphttp.get(kp.base_url + "/models"),
+        kphttp.get(kp.base_url + "/models", headers={"authorization": f"Bearer {kp.key}"}),
+        kphttp.post(kp.base_url + "/nowhere"),
     ):
         assert resp.headers["x-request-id"].startswith("req_")

@@ -21,6 +21,7 @@ from test_accounts_web import OWNER_PASSWORD, Browser, text_of
 from test_admin_org import OrgEnv, admin_key, org_env
 from test_payments import BUYER, entries
 
+import kphttp
 from conftest import Keyplane, fresh_postgres, initialized, start_keyplane
 from keyplane import bootstrap
 from keyplane.billing.declines import PaymentFailed
@@ -284,7 +285,7 @@ def post_event(url: str, payload: bytes, sig: str | None) -> httpx.Response:
     headers = {"content-type": "application/json"}
     if sig is not None:
         headers["stripe-signature"] = sig
-    return httpx.post(url + "/stripe/webhook", content=payload, headers=headers, timeout=30)
+    return kphttp.post(url + "/stripe/webhook", content=payload, headers=headers)
 
 
 @contextlib.contextmanager
@@ -322,9 +323,9 @@ def crash_after_the_charge(
 def billing_history(kp: Keyplane) -> list[dict[str, Any]]:
     """The billing history as the Admin API lists it."""
     key = admin_key(kp.container, kp.org.id, kp.owner.id)
-    r = httpx.get(
+    r = kphttp.get(
         kp.server.url + "/v1/organization/billing_history",
-        headers={"authorization": f"Bearer {key}"}, timeout=30,
+        headers={"authorization": f"Bearer {key}"},
     )  # fmt: skip
     assert r.status_code == 200, r.text
     lines: list[dict[str, Any]] = r.json()["data"]
@@ -433,9 +434,9 @@ def test_a_purchase_then_its_webhook_is_one_line_with_its_payment_intent_and_one
         c.payments.add_method(org_id, fake.card())
         key = admin_key(c, org_id, kp.owner.id)
         headers = {"authorization": f"Bearer {key}", "idempotency-key": "api-1"}
-        r = httpx.post(
+        r = kphttp.post(
             kp.server.url + "/v1/organization/credit_purchases",
-            json={"amount_micro_usd": 10 * USD}, headers=headers, timeout=30,
+            json={"amount_micro_usd": 10 * USD}, headers=headers,
         )  # fmt: skip
         assert r.status_code == 200, r.text
         bought = r.json()
@@ -444,9 +445,9 @@ def test_a_purchase_then_its_webhook_is_one_line_with_its_payment_intent_and_one
         deliver(kp, intent)
         assert billing_history(kp) == [bought]
         assert len(c.billing.balance(org_id).lots) == 1 and len(fake.charges) == 1
-        r = httpx.get(
+        r = kphttp.get(
             kp.server.url + "/v1/organization/audit_logs?event_types[]=credit_purchase.created",
-            headers=headers, timeout=30,
+            headers=headers,
         )  # fmt: skip
         [event] = r.json()["data"]
         assert event["credit_purchase.created"]["id"] == bought["id"]
@@ -657,7 +658,7 @@ def stripe_kp(tmp_path: Path, fake: FakeStripe) -> Iterator[Keyplane]:
 
 
 def owner_browser(kp: Keyplane) -> Browser:
-    b = Browser(httpx.Client(base_url=kp.server.url, follow_redirects=False, timeout=30))
+    b = Browser(kphttp.Client(base_url=kp.server.url, follow_redirects=False))
     b.log_in_named("owner@example.com", OWNER_PASSWORD)
     return b
 

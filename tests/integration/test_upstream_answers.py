@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+import kphttp
 from conftest import Keyplane, initialized, start_keyplane
 from keyplane import bootstrap
 from keyplane.config import UpstreamSettings
@@ -58,7 +59,7 @@ def test_credentials_and_client_address_claims_are_not_forwarded(
         "x-custom-trace": "kept", "connection": "keep-alive, X-Hop-Secret",
         "x-hop-secret": "for this hop only", "proxy-connection": "keep-alive", "trailer": "x-late",
     }  # fmt: skip
-    r = httpx.post(kp.base_url + "/chat/completions", json=CHAT, headers=sent, timeout=30)
+    r = kphttp.post(kp.base_url + "/chat/completions", json=CHAT, headers=sent)
     assert r.status_code == 200
     [seen] = upstream.headers
     assert seen[b"x-custom-trace"] == b"kept"
@@ -79,9 +80,9 @@ def test_credentials_and_client_address_claims_are_not_forwarded(
 def test_an_error_not_in_openais_format_reaches_the_client_in_it(
     kp: Keyplane, upstream: Answering
 ) -> None:
-    r = httpx.post(
+    r = kphttp.post(
         kp.base_url + "/chat/completions", json=CHAT,
-        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+        headers={"authorization": f"Bearer {kp.key}"},
     )  # fmt: skip
     assert r.status_code == upstream.status
     assert r.headers["content-type"] == "application/json"
@@ -103,9 +104,9 @@ def test_an_error_not_in_openais_format_reaches_the_client_in_it(
 )  # fmt: skip
 def test_a_status_that_answers_no_api_request_is_a_502(kp: Keyplane, upstream: Answering) -> None:
     """A redirect without its Location, an empty 204, a status past 599: no SDK can use them."""
-    r = httpx.post(
+    r = kphttp.post(
         kp.base_url + "/chat/completions", json=CHAT,
-        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+        headers={"authorization": f"Bearer {kp.key}"},
     )  # fmt: skip
     assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
     assert f"HTTP {upstream.status}" in r.json()["error"]["message"]
@@ -114,9 +115,9 @@ def test_a_status_that_answers_no_api_request_is_a_502(kp: Keyplane, upstream: A
 def test_an_openai_error_passes_through_as_it_came(kp: Keyplane, upstream: Answering) -> None:
     upstream.status = 400
     upstream.body = b'{"error":{"message":"bad temperature","type":"invalid_request_error","param":"temperature","code":null}}'
-    r = httpx.post(
+    r = kphttp.post(
         kp.base_url + "/chat/completions", json=CHAT,
-        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+        headers={"authorization": f"Bearer {kp.key}"},
     )  # fmt: skip
     assert r.status_code == 400 and r.content == upstream.body
 
@@ -131,9 +132,9 @@ def test_a_json_answer_to_a_stream_request_is_billed_on_its_usage(
         b'{"role":"assistant","content":"hello there"}}],'
         b'"usage":{"prompt_tokens":9,"completion_tokens":3}}'
     )
-    r = httpx.post(
+    r = kphttp.post(
         kp.base_url + "/chat/completions", json={**CHAT, "stream": True},
-        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+        headers={"authorization": f"Bearer {kp.key}"},
     )  # fmt: skip
     assert r.status_code == 200 and r.content == upstream.body
     [record] = kp.usage(expect=1)
@@ -163,9 +164,9 @@ def test_a_request_finding_every_upstream_connection_busy_waits_then_gets_503(
     kp = start_keyplane(
         tmp_path, server.url + "/v1", upstream_max_connections=1, upstream_pool_wait_s=0.3
     )
-    post = lambda: httpx.post(  # noqa: E731
+    post = lambda: kphttp.post(  # noqa: E731
         kp.base_url + "/chat/completions", json=CHAT,
-        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+        headers={"authorization": f"Bearer {kp.key}"},
     )  # fmt: skip
     try:
         with ThreadPoolExecutor(1) as pool:
@@ -213,11 +214,11 @@ def test_an_upstream_refusing_keyplanes_key_is_not_the_clients_401_and_the_next_
     kp = start_keyplane(tmp_path / "two", "", upstreams=[primary, backup])
     alone = start_keyplane(tmp_path / "one", "", upstreams=[primary])
     try:
-        r = httpx.post(kp.base_url + "/chat/completions", json=CHAT,
-                       headers={"authorization": f"Bearer {kp.key}"}, timeout=30)  # fmt: skip
+        r = kphttp.post(kp.base_url + "/chat/completions", json=CHAT,
+                        headers={"authorization": f"Bearer {kp.key}"})  # fmt: skip
         assert r.status_code == 200 and len(refusing.bodies) == 1 and len(healthy.bodies) == 1
-        r = httpx.post(alone.base_url + "/chat/completions", json=CHAT,
-                       headers={"authorization": f"Bearer {alone.key}"}, timeout=30)  # fmt: skip
+        r = kphttp.post(alone.base_url + "/chat/completions", json=CHAT,
+                        headers={"authorization": f"Bearer {alone.key}"})  # fmt: skip
         assert r.status_code == 502 and b"sk-provi" not in r.content
         assert r.headers["x-should-retry"] == "false"  # the SDK's retries cannot help
         error = r.json()["error"]
@@ -247,8 +248,8 @@ def test_an_upstreams_retry_after_reaches_the_client_and_is_not_hammered(tmp_pat
     server = ServerThread(busy).start()
     kp = start_keyplane(tmp_path, server.url + "/v1", upstream_retries=2)
     try:
-        r = httpx.post(kp.base_url + "/chat/completions", json=CHAT,
-                       headers={"authorization": f"Bearer {kp.key}"}, timeout=30)  # fmt: skip
+        r = kphttp.post(kp.base_url + "/chat/completions", json=CHAT,
+                        headers={"authorization": f"Bearer {kp.key}"})  # fmt: skip
         assert r.status_code == 503 and len(busy.bodies) == 1
         assert r.headers["retry-after"] == "2" and r.headers["retry-after-ms"] == "2000"
     finally:
@@ -309,9 +310,9 @@ def test_a_request_the_upstream_may_have_received_is_not_sent_again_and_is_bille
     hangup.start()
     kp = start_keyplane(tmp_path, hangup.url)  # (upstream_retries: 1)
     try:
-        r = httpx.post(
+        r = kphttp.post(
             kp.base_url + "/chat/completions", json=CHAT,
-            headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+            headers={"authorization": f"Bearer {kp.key}"},
         )  # fmt: skip
         assert r.status_code == 502 and said in r.json()["error"]["message"]
         assert hangup.posts == 1  # not sent again: the upstream may be working on it
@@ -336,9 +337,9 @@ def test_an_answer_that_broke_off_is_billed_the_output_that_arrived(tmp_path: Pa
     gpt4o = PriceTable.load().price("gpt-4o", 2_000_000_000)
     assert gpt4o is not None
     try:
-        r = httpx.post(
+        r = kphttp.post(
             kp.base_url + "/chat/completions", json={**CHAT, "max_tokens": None},
-            headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+            headers={"authorization": f"Bearer {kp.key}"},
         )  # fmt: skip
         assert r.status_code == 502 and "broke off" in r.json()["error"]["message"]
         assert hangup.posts == 1
@@ -379,9 +380,9 @@ def capped(tmp_path: Path, upstream: Answering) -> Iterator[Keyplane]:
 
 
 def post_chat(kp: Keyplane, **fields: Any) -> httpx.Response:
-    return httpx.post(
+    return kphttp.post(
         kp.base_url + "/chat/completions", json={**CHAT, **fields},
-        headers={"authorization": f"Bearer {kp.key}"}, timeout=30,
+        headers={"authorization": f"Bearer {kp.key}"},
     )  # fmt: skip
 
 
@@ -429,9 +430,7 @@ def test_a_model_list_larger_than_max_answer_bytes_is_unreadable(
 ) -> None:
     """Read as if the upstream could not list its models: then it may serve any."""
     upstream.models = tuple(f"model-{i:05}-" + "m" * 100 for i in range(10_000))  # ~1.2 MB
-    r = httpx.get(
-        capped.base_url + "/models", headers={"authorization": f"Bearer {capped.key}"}, timeout=30
-    )
+    r = kphttp.get(capped.base_url + "/models", headers={"authorization": f"Bearer {capped.key}"})
     assert r.status_code == 200 and r.json()["data"] == []
     assert "cannot list models of upstream sim" in caplog.text
     assert post_chat(capped).status_code == 200

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+import kphttp
 from conftest import Keyplane, initialized, start_keyplane
 from keyplane.audit.models import Actor, ActorType
 from keyplane.clock import FrozenClock
@@ -86,14 +87,14 @@ def test_an_endpoint_gets_the_events_it_chose_signed_and_once(
 ) -> None:
     hook, server = receiver
     auth = {"authorization": f"Bearer {admin_key(kp)}"}
-    created = httpx.post(
+    created = kphttp.post(
         kp.server.url + ORG + "/webhooks", headers=auth,
         json={"url": server.url + "/hooks", "events": ["api_key.leaked"]},
     )  # fmt: skip
     assert created.status_code == 200, created.text
     secret = created.json()["secret"]
     assert secret.startswith("whsec_")
-    listed = httpx.get(kp.server.url + ORG + "/webhooks", headers=auth).json()["data"]
+    listed = kphttp.get(kp.server.url + ORG + "/webhooks", headers=auth).json()["data"]
     assert [w["id"] for w in listed] == [created.json()["id"]] and "secret" not in listed[0]
     with kp.container.engine.connect() as conn:  # stored sealed, never in the clear
         assert secret not in str(conn.exec_driver_sql("SELECT * FROM webhook_endpoints").all())
@@ -118,7 +119,7 @@ def test_an_endpoint_gets_the_events_it_chose_signed_and_once(
     with kp.container.engine.connect() as conn:
         assert len(conn.execute(select(webhook_deliveries)).all()) == 1
     # Deleted: nothing more arrives.
-    gone = httpx.delete(kp.server.url + ORG + f"/webhooks/{created.json()['id']}", headers=auth)
+    gone = kphttp.delete(kp.server.url + ORG + f"/webhooks/{created.json()['id']}", headers=auth)
     assert gone.json() == {"object": "webhook.deleted", "id": created.json()["id"], "deleted": True}
     assert kp.container.webhooks.publish(kp.org.id, "api_key.leaked", {}, "leaked:other") == 0
 
@@ -135,10 +136,9 @@ def test_an_endpoint_gets_the_events_it_chose_signed_and_once(
 def test_a_bad_endpoint_is_refused_naming_the_field(
     kp: Keyplane, body: dict[str, Any], param: str
 ) -> None:
-    r = httpx.post(
+    r = kphttp.post(
         kp.server.url + ORG + "/webhooks", json=body,
         headers={"authorization": f"Bearer {admin_key(kp)}"},
-        timeout=30,  # (the process's first Admin API request builds that app: slow on a busy CI)
     )  # fmt: skip
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"].startswith(param)

@@ -9,9 +9,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import httpx
 import uvloop
 
+import kphttp
 from keyplane import server
 from keyplane.h1server import Server
 
@@ -329,7 +329,7 @@ def test_a_stream_is_sent_chunked_as_the_app_produces_it() -> None:
         await send({"type": "http.response.body", "body": b"data: 2\n\n", "more_body": False})
 
     async def scenario() -> None:
-        async with serving(app) as (_, port), httpx.AsyncClient() as client:
+        async with serving(app) as (_, port), kphttp.AsyncClient() as client:
             url = f"http://127.0.0.1:{port}/s"
             async with client.stream("POST", url) as resp:
                 assert resp.headers["transfer-encoding"] == "chunked"

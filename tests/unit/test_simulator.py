@@ -15,6 +15,7 @@ import httpx
 import orjson
 import pytest
 
+import kphttp
 from keyplane import simulator
 from keyplane.simulator import (
     DEFAULT_MODELS,
@@ -1705,7 +1706,9 @@ def test_official_openai_sdk_against_real_server() -> None:
     config = SimulatorConfig(completion_tokens=10)
     with (
         _running_server(config) as base_url,
-        openai.OpenAI(base_url=base_url, api_key="sk-sim", max_retries=0, timeout=10) as client,
+        openai.OpenAI(
+            base_url=base_url, api_key="sk-sim", max_retries=0, timeout=kphttp.TIMEOUT
+        ) as client,
     ):
         chat = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
         assert chat.choices[0].message.content == completion_text(10)
@@ -1754,7 +1757,9 @@ def test_official_openai_sdk_responses_and_moderations_against_real_server() -> 
     config = SimulatorConfig(completion_tokens=10)
     with (
         _running_server(config) as base_url,
-        openai.OpenAI(base_url=base_url, api_key="sk-sim", max_retries=0, timeout=10) as client,
+        openai.OpenAI(
+            base_url=base_url, api_key="sk-sim", max_retries=0, timeout=kphttp.TIMEOUT
+        ) as client,
     ):
         created = client.responses.create(
             model="gpt-4o-mini", input=RESPONSE_ITEMS, instructions=INSTRUCTIONS
@@ -1822,7 +1827,9 @@ def test_official_openai_sdk_images_against_real_server() -> None:
     openai = pytest.importorskip("openai")
     with (
         _running_server(SimulatorConfig()) as base_url,
-        openai.OpenAI(base_url=base_url, api_key="sk-sim", max_retries=0, timeout=10) as client,
+        openai.OpenAI(
+            base_url=base_url, api_key="sk-sim", max_retries=0, timeout=kphttp.TIMEOUT
+        ) as client,
     ):
         drawn = client.images.generate(
             model="dall-e-3",
@@ -1858,7 +1865,9 @@ def test_official_openai_sdk_audio_against_real_server() -> None:
     openai = pytest.importorskip("openai")
     with (
         _running_server(SimulatorConfig()) as base_url,
-        openai.OpenAI(base_url=base_url, api_key="sk-sim", max_retries=0, timeout=10) as client,
+        openai.OpenAI(
+            base_url=base_url, api_key="sk-sim", max_retries=0, timeout=kphttp.TIMEOUT
+        ) as client,
     ):
         audio = ("a.mp3", b"x" * 40_000)
         heard = client.audio.transcriptions.create(model="whisper-1", file=audio)
@@ -1906,7 +1915,9 @@ def test_official_openai_sdk_speech_against_real_server() -> None:
     openai = pytest.importorskip("openai")
     with (
         _running_server(SimulatorConfig()) as base_url,
-        openai.OpenAI(base_url=base_url, api_key="sk-sim", max_retries=0, timeout=10) as client,
+        openai.OpenAI(
+            base_url=base_url, api_key="sk-sim", max_retries=0, timeout=kphttp.TIMEOUT
+        ) as client,
     ):
         spoken = client.audio.speech.create(model="tts-1", voice="alloy", input="Hello")
         assert spoken.content == speech_audio("Hello")
