@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import insert
 
 from conftest import make_settings
-from keyplane import bootstrap
+from keyplane import bootstrap, gateway_assembly
 from keyplane.accounts.models import Organization, Project, User
 from keyplane.config import UpstreamSettings
 from keyplane.errors import StoreUnavailable
@@ -118,7 +118,9 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     _, other_admin_key = new_key(container, KeyKind.ADMIN, other_org, other_owner, None)
 
     simulator = create_app(SimulatorConfig(completion_tokens=1_000_000))
-    app, gateway = bootstrap.build_app(container, transport=httpx.ASGITransport(app=simulator))
+    app, gateway = gateway_assembly.build_app(
+        container, transport=httpx.ASGITransport(app=simulator)
+    )
     # What the gateway's lifespan startup does, without its polling loops: the test drives time.
     await gateway.pipeline.auth.refresh()
     await gateway.pipeline.money.refresh()
