@@ -26,7 +26,7 @@ from typing import Any
 from fixtures import CHAT_REQUEST, CHAT_RESPONSE
 from target import BENCH_TIER
 
-from keyplane import bootstrap, server
+from keyplane import bootstrap, gateway_assembly, server
 from keyplane.config import Settings, UpstreamSettings
 from keyplane.gateway.transport import Headers, UpstreamClient, UpstreamResponse
 from keyplane.keys.format import KeyKind
@@ -84,7 +84,7 @@ def setup(data_dir: Path) -> tuple[Any, str, FixedUpstream]:
     )  # fmt: skip
     container.billing.open_account(org.id, tier="bench", welcome_credit=0)
     container.billing.grant(org.id, 10**12, note="bench")
-    gateway = bootstrap.build_gateway(container)
+    gateway = gateway_assembly.build_gateway(container)
     upstream = FixedUpstream(CHAT_RESPONSE)
     gateway.pipeline.router.client = upstream
     return gateway, secret, upstream

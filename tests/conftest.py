@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from sqlalchemy import Engine
 
-from keyplane import bootstrap
+from keyplane import bootstrap, gateway_assembly
 from keyplane.accounts.models import Organization, Project, User
 from keyplane.clock import Clock, SystemClock
 from keyplane.config import Settings, UpstreamSettings
@@ -116,7 +116,7 @@ def initialized(
 def start_keyplane(tmp_path: Path, upstream_url: str, **options: Any) -> Keyplane:
     """``initialized`` (same options), served over real sockets."""
     container, owner, org, project, secret = initialized(tmp_path, upstream_url, **options)
-    app, gateway = bootstrap.build_app(container)
+    app, gateway = gateway_assembly.build_app(container)
     thread = ServerThread(app).start()
     return Keyplane(container, gateway, thread, owner, org, project, secret)
 

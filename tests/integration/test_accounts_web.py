@@ -26,7 +26,7 @@ from starlette.testclient import TestClient
 
 import kphttp
 from conftest import Keyplane, fresh_postgres, make_settings, start_keyplane
-from keyplane import bootstrap
+from keyplane import bootstrap, gateway_assembly
 from keyplane.accounts.auth_ports import OneTimeToken, TokenPurpose
 from keyplane.accounts.models import OrgRole, User
 from keyplane.accounts.passwords import hash_password
@@ -464,7 +464,7 @@ def test_session_cookie_is_httponly_lax_and_not_secure_over_http(
 
 
 def test_over_https_cookies_are_secure_host_only_and_hsts_is_sent(kp: Keyplane) -> None:
-    app, _ = bootstrap.build_app(kp.container)
+    app, _ = gateway_assembly.build_app(kp.container)
     with_https = Browser(TestClient(app, base_url="https://keyplane.test", follow_redirects=False))
     try:
         r = with_https.get("/login")
@@ -494,7 +494,7 @@ def test_behind_a_trusted_tls_proxy_cookies_are_secure_and_hsts_is_sent(
     container.accounts.initialize(
         email="owner@example.com", password=OWNER_PASSWORD, org_name="Acme"
     )
-    app, _ = bootstrap.build_app(container)
+    app, _ = gateway_assembly.build_app(container)
     https = {"x-forwarded-proto": "https"}
     proxy = TestClient(app, follow_redirects=False, client=("10.1.2.3", 50000), headers=https)
     outside = TestClient(app, follow_redirects=False, client=("198.51.100.7", 50000), headers=https)
@@ -835,7 +835,7 @@ def local(tmp_path: Path, clock: FrozenClock) -> Iterator[bootstrap.Container]:
 
 
 def browser_at(container: bootstrap.Container, ip: str) -> Browser:
-    app, _ = bootstrap.build_app(container)
+    app, _ = gateway_assembly.build_app(container)
     return Browser(TestClient(app, follow_redirects=False, client=(ip, 50000)))
 
 
@@ -956,7 +956,7 @@ def test_behind_a_trusted_proxy_each_caller_is_throttled_by_its_own_address(
     container.accounts.initialize(
         email="owner@example.com", password=OWNER_PASSWORD, org_name="Acme"
     )
-    app, _ = bootstrap.build_app(container)
+    app, _ = gateway_assembly.build_app(container)
     proxy = TestClient(app, follow_redirects=False, client=("10.1.2.3", 50000))
     outside = TestClient(app, follow_redirects=False, client=("198.51.100.7", 50000))
     try:
@@ -990,7 +990,7 @@ def test_behind_a_proxy_that_rewrites_host_forms_from_the_public_url_are_accepte
     container.accounts.initialize(
         email="owner@example.com", password=OWNER_PASSWORD, org_name="Acme"
     )
-    app, _ = bootstrap.build_app(container)
+    app, _ = gateway_assembly.build_app(container)
     # nginx's default passes its upstream's address as Host; the browser's Origin is the public URL
     client = TestClient(app, base_url="http://127.0.0.1:8080", follow_redirects=False)
     try:
@@ -1206,7 +1206,7 @@ def test_credential_changes_are_emailed_to_the_owner_and_audited(
 def test_wrong_totp_codes_count_as_failed_logins(
     local: bootstrap.Container, clock: FrozenClock
 ) -> None:
-    user = Browser(TestClient(bootstrap.build_app(local)[0], follow_redirects=False))
+    user = Browser(TestClient(gateway_assembly.build_app(local)[0], follow_redirects=False))
     try:
         user.log_in("owner@example.com", OWNER_PASSWORD)
         user.get("/account/security")

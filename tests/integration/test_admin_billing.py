@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import insert
 
 from conftest import make_settings
-from keyplane import bootstrap
+from keyplane import bootstrap, gateway_assembly
 from keyplane.accounts.models import Organization, Project, User
 from keyplane.clock import Clock
 from keyplane.config import UpstreamSettings
@@ -128,7 +128,7 @@ async def open_env(
     if upstream_transport is None:
         simulator = create_app(SimulatorConfig(completion_tokens=1_000_000))
         upstream_transport = httpx.ASGITransport(app=simulator)
-    app, gateway = bootstrap.build_app(container, transport=upstream_transport)
+    app, gateway = gateway_assembly.build_app(container, transport=upstream_transport)
     # What the gateway's lifespan startup does, without its polling loops: the test drives time.
     await gateway.pipeline.auth.refresh()
     await gateway.pipeline.money.refresh()

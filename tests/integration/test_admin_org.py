@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from conftest import fresh_postgres, make_settings
-from keyplane import bootstrap
+from keyplane import bootstrap, gateway_assembly
 from keyplane.accounts.models import Organization, OrgRole, Project, User
 from keyplane.accounts.orgs import OrgService
 from keyplane.app import KeyplaneApp
@@ -158,7 +158,9 @@ async def org_env(tmp_path: Path, **settings: Any) -> AsyncIterator[OrgEnv]:
     other_key = admin_key(container, other_org.id, other_owner.id)
 
     simulator = create_app(SimulatorConfig())
-    app, gateway = bootstrap.build_app(container, transport=httpx.ASGITransport(app=simulator))
+    app, gateway = gateway_assembly.build_app(
+        container, transport=httpx.ASGITransport(app=simulator)
+    )
     await gateway.pipeline.auth.refresh()
     await gateway.pipeline.money.refresh()
     client = httpx.AsyncClient(

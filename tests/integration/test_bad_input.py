@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_settings
-from keyplane import bootstrap
+from keyplane import bootstrap, gateway_assembly
 from keyplane.config import UpstreamSettings
 from keyplane.gateway.app import Gateway
 from keyplane.keys.format import KeyKind
@@ -69,7 +69,7 @@ class InProcess:
             kind=KeyKind.PROJECT, org_id=org.id, project_id=project.id, name="fuzz",
             owner_type="user", owner_id=owner.id, created_by=owner.id,
         )  # fmt: skip
-        self.gateway: Gateway = bootstrap.build_gateway(self.container, transport=sim)
+        self.gateway: Gateway = gateway_assembly.build_gateway(self.container, transport=sim)
         self.loop = asyncio.new_event_loop()
         self.client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=self.gateway, client=("127.0.0.1", 5555)),

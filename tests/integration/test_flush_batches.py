@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import Table, func, select
 
 from conftest import initialized
-from keyplane import bootstrap
+from keyplane import gateway_assembly
 from keyplane.billing.wallet import Hold, Outcome
 from keyplane.errors import StoreUnavailable
 from keyplane.gateway.housekeeping import HOUSEKEEPING_NICE
@@ -39,7 +39,7 @@ class InProcess:
         )
         self.org_id: str = org.id
         sim = httpx.ASGITransport(app=create_app(SimulatorConfig()))
-        self.gateway = bootstrap.build_gateway(self.container, transport=sim)
+        self.gateway = gateway_assembly.build_gateway(self.container, transport=sim)
         self.money = self.gateway.pipeline.money
         self.client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=self.gateway, client=("127.0.0.1", 5555)),

@@ -21,7 +21,7 @@ from sqlalchemy import event
 
 import kphttp
 from conftest import PEPPER, Keyplane, initialized
-from keyplane import bootstrap, reads
+from keyplane import gateway_assembly, reads
 from keyplane.clock import FrozenClock
 from keyplane.errors import StoreUnavailable
 from keyplane.keys import format as keyfmt
@@ -219,7 +219,7 @@ def test_a_valid_key_gets_503_never_401_when_the_database_is_gone(
 
 def test_the_key_cache_size_setting_bounds_each_gateways_cache(tmp_path: Path) -> None:
     container, owner, org, project, first = initialized(tmp_path, "http://sim/v1", key_cache_size=8)
-    auth = bootstrap.build_gateway(container).pipeline.auth
+    auth = gateway_assembly.build_gateway(container).pipeline.auth
     keys = [first] + [
         container.keys.create(
             kind=KeyKind.PROJECT, org_id=org.id, project_id=project.id, name=f"k{i}",

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 import kphttp
 from conftest import Keyplane, initialized, start_keyplane
-from keyplane import bootstrap
+from keyplane import gateway_assembly
 from keyplane.clock import FrozenClock
 from keyplane.errors import KeyplaneError
 from keyplane.simulator import SimulatorConfig, create_app
@@ -547,7 +547,7 @@ async def test_a_request_cancelled_before_its_answer_is_billed_the_most_it_may_c
     does after a crash), not the prompt alone."""
     container, _, org, _, secret = initialized(tmp_path, "http://simulator/v1")
     slow = create_app(SimulatorConfig(latency_ms=10_000))
-    app, gateway = bootstrap.build_app(container, transport=httpx.ASGITransport(app=slow))
+    app, gateway = gateway_assembly.build_app(container, transport=httpx.ASGITransport(app=slow))
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://kp")
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 500}
     try:

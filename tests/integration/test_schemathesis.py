@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from conftest import make_settings
-from keyplane import bootstrap
+from keyplane import bootstrap, gateway_assembly
 from keyplane.keys.format import KeyKind
 from keyplane.web.admin import create_admin_app
 
@@ -66,7 +66,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         kind=KeyKind.ADMIN, org_id=org.id, project_id=None, name="schemathesis",
         owner_type="user", owner_id=owner.id, created_by=owner.id,
     )  # fmt: skip
-    app, gateway = bootstrap.build_app(container)
+    app, gateway = gateway_assembly.build_app(container)
     try:
         yield Target(schemathesis.openapi.from_asgi("/openapi.json", app.admin), key)
     finally:

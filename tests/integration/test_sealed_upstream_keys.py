@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import PEPPER, make_settings, start_keyplane
-from keyplane import bootstrap, sealing
+from keyplane import bootstrap, gateway_assembly, sealing, upstream_keys
 from keyplane.cli import app
 from keyplane.cli import sealed as sealed_cli
 from keyplane.config import UpstreamSettings, load_settings
@@ -165,15 +165,15 @@ def test_a_value_sealed_for_another_purpose_does_not_open_as_an_upstream_key(
         configured = [UpstreamSettings(name="openai", base_url="http://x/v1", api_key=value)]
         c = bootstrap.build(make_settings(tmp_path, encryption_key=NEW, upstreams=configured))
         try:
-            bootstrap.build_app(c)
+            gateway_assembly.build_app(c)
         finally:
             c.close()
 
     gateway_with(sealing.seal([NEW.encode()], sealing.UPSTREAMS, PROVIDER_KEY))
     for label in (sealing.WEBHOOKS, sealing.TOTP, sealing.OUTBOX):
-        with pytest.raises(bootstrap.UnopenedUpstreamKey, match="upstream 'openai'"):
+        with pytest.raises(upstream_keys.UnopenedUpstreamKey, match="upstream 'openai'"):
             gateway_with(sealing.seal([NEW.encode()], label, PROVIDER_KEY))
-    with pytest.raises(bootstrap.UnopenedUpstreamKey):
+    with pytest.raises(upstream_keys.UnopenedUpstreamKey):
         gateway_with("sealed:not-a-token")
 
 

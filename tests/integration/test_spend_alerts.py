@@ -11,7 +11,7 @@ from sqlalchemy import select
 from test_money import bodies, fire
 
 from conftest import start_keyplane
-from keyplane import bootstrap
+from keyplane import bootstrap, gateway_assembly
 from keyplane.clock import FrozenClock
 from keyplane.storage.notify_tables import email_outbox
 from kptest import ServerThread, wait_until
@@ -54,7 +54,7 @@ def test_each_threshold_emails_the_owners_once_despite_an_outage_and_a_restart(
     finally:
         kp.server.stop()
     # A restart forgets what this process notified; the outbox remembers.
-    gateway = bootstrap.build_gateway(kp.container)
+    gateway = gateway_assembly.build_gateway(kp.container)
     kp.gateway, kp.server = gateway, ServerThread(gateway).start()
     try:
         assert all(r.status_code == 200 for r in asyncio.run(fire(kp, bodies(3))))

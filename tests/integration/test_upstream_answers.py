@@ -16,7 +16,7 @@ import pytest
 
 import kphttp
 from conftest import Keyplane, initialized, start_keyplane
-from keyplane import bootstrap
+from keyplane import gateway_assembly
 from keyplane.config import UpstreamSettings
 from keyplane.usage.pricing import PriceTable
 from kptest import ServerThread, Upstream
@@ -449,7 +449,7 @@ async def test_an_answer_too_large_through_an_httpx_transport_is_refused_too(
         return httpx.Response(200, content=padded(MIB + 1))
 
     container, _, org, _, secret = initialized(tmp_path, "http://upstream/v1", max_answer_bytes=MIB)
-    app, gateway = bootstrap.build_app(container, transport=httpx.MockTransport(answer))
+    app, gateway = gateway_assembly.build_app(container, transport=httpx.MockTransport(answer))
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://kp")
     try:
         await gateway.pipeline.auth.refresh()

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from keyplane import bootstrap, logs, server
+from keyplane import bootstrap, gateway_assembly, logs, server, upstream_keys
 from keyplane.accounts.models import Organization, OrgRole, Project, User
 from keyplane.accounts.org_keys import created_key_data
 from keyplane.billing.service import WELCOME_NOTE
@@ -293,8 +293,8 @@ def _open_upstream_keys(c: bootstrap.Container) -> None:
     """A sealed upstream key the encryption keys do not open, as a one-line error before serving
     (the gateway opens them again when it is built)."""
     try:
-        bootstrap.open_upstreams(c.settings)
-    except bootstrap.UnopenedUpstreamKey as exc:
+        upstream_keys.open_upstreams(c.settings)
+    except upstream_keys.UnopenedUpstreamKey as exc:
         c.close()
         fail(str(exc))
 
@@ -362,7 +362,7 @@ async def _serve(
 ) -> None:
     s: Settings = c.settings
     logs.configure(s.log_level)
-    gateway = server.make_server(bootstrap.build_app(c)[0], access_log=s.access_log)
+    gateway = server.make_server(gateway_assembly.build_app(c)[0], access_log=s.access_log)
     running = [(gateway, sock)]
     if simulator_sock is not None:
         running.append((server.make_server(simulator_app(SimulatorConfig())), simulator_sock))

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from keyplane import bootstrap, sealing
+from keyplane import sealing, upstream_keys
 from keyplane.cli.common import (
     Col,
     JsonOpt,
@@ -71,7 +71,7 @@ def reseal_command(as_json: JsonOpt = False) -> None:
     try:
         done = c.reseal()
         with setting_errors():
-            stale = bootstrap.stale_upstream_keys(c.settings)
+            stale = upstream_keys.stale_upstream_keys(c.settings)
     finally:
         c.close()
     previous_only = [k.upstream for k in stale if k.opens_with == "previous"]
