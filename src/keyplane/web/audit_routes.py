@@ -12,17 +12,15 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from keyplane.audit.models import ActorType, AuditEvent, AuditFilter
-from keyplane.web.authz import AUTHZ_RESPONSES, Allowed, Services, authorize
+from keyplane.web.authz import Allowed, Services, admin_router
 from keyplane.web.params import Limit
 from keyplane.web.schemas import ListPage
 
-router = APIRouter(
-    prefix="/v1/organization", responses=AUTHZ_RESPONSES, dependencies=[Depends(authorize)]
-)
+router = admin_router()
 
 Cursor = Annotated[str | None, Query(max_length=100)]
 Time = Annotated[int | None, Query(ge=0, le=2**53)]

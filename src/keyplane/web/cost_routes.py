@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Query, Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
@@ -15,7 +15,7 @@ from keyplane.errors import InvalidRequest
 from keyplane.usage.pricing import MICRO
 from keyplane.usage.records import UsageBucket
 from keyplane.web.auth import Ctx
-from keyplane.web.authz import AUTHZ_RESPONSES, Allowed, authorize
+from keyplane.web.authz import Allowed, admin_router
 from keyplane.web.usage_buckets import (
     WIDTH_S,
     BucketPage,
@@ -30,9 +30,7 @@ from keyplane.web.usage_buckets import (
     window,
 )
 
-router = APIRouter(
-    prefix="/v1/organization", responses=AUTHZ_RESPONSES, dependencies=[Depends(authorize)]
-)
+router = admin_router()
 
 MAX_COST_BUCKETS = 180
 CostGroup = Literal["project_id", "line_item"]

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 from typing import Annotated, Literal, Protocol, cast
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from keyplane.accounts.service import AccountService
@@ -19,12 +19,10 @@ from keyplane.errors import NotFound, StoreUnavailable
 from keyplane.limits.ratelimit import MAX_LIMIT, MAX_TOKEN_LIMIT, ModelLimits
 from keyplane.limits.service import ProjectRateLimit, RateLimitService
 from keyplane.web.auth import Admin, Ctx
-from keyplane.web.authz import AUTHZ_RESPONSES, Audit, authorize
+from keyplane.web.authz import Audit, admin_router
 from keyplane.web.schemas import ListPage, page
 
-router = APIRouter(
-    prefix="/v1/organization", responses=AUTHZ_RESPONSES, dependencies=[Depends(authorize)]
-)
+router = admin_router()
 Limit = Annotated[int, Query(ge=1, le=100, description="Objects per page.")]
 After = Annotated[
     str | None, Query(max_length=210, description="The last id of the previous page.")

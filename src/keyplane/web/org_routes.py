@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import Query
 from pydantic import BaseModel, Field
 
 from keyplane.accounts.invitations import MAX_INVITE_PROJECTS
@@ -19,13 +19,11 @@ from keyplane.accounts.models import OrgRole
 from keyplane.accounts.org_ports import Invite, InviteProject, Member, ProjectRole
 from keyplane.keys.models import ApiKey
 from keyplane.keys.service import MAX_EXPIRES_IN_S
-from keyplane.web.authz import AUTHZ_RESPONSES, CONFLICT, Allowed, Services, authorize
+from keyplane.web.authz import CONFLICT, Allowed, Services, admin_router
 from keyplane.web.params import After, Limit
 from keyplane.web.schemas import Deleted, ListPage, Request, page
 
-router = APIRouter(
-    prefix="/v1/organization", responses=AUTHZ_RESPONSES, dependencies=[Depends(authorize)]
-)
+router = admin_router()
 
 RoleName = Literal["owner", "reader"]
 ProjectRoleName = Literal["member", "owner"]

@@ -14,8 +14,6 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any, Protocol, cast
 
-from fastapi import APIRouter, Depends
-
 from keyplane.audit.service import changed
 from keyplane.billing.declines import PaymentFailed
 from keyplane.billing.payment_ports import CardDetails, Payment
@@ -24,7 +22,7 @@ from keyplane.billing.payments import PaymentService
 from keyplane.errors import InvalidRequest, NotFound
 from keyplane.gateway.errors import ApiError
 from keyplane.web.auth import Admin, Ctx
-from keyplane.web.authz import AUTHZ_RESPONSES, Allowed, Audit, authorize
+from keyplane.web.authz import Allowed, Audit, admin_router
 from keyplane.web.errors import AdminApiError, params_named
 from keyplane.web.money import applied
 from keyplane.web.params import After, IdempotencyKey, Limit
@@ -39,9 +37,7 @@ from keyplane.web.schemas import (
     page,
 )
 
-router = APIRouter(
-    prefix="/v1/organization", responses=AUTHZ_RESPONSES, dependencies=[Depends(authorize)]
-)
+router = admin_router()
 
 CARD_PARAMS = {f: f"card.{f}" for f in ("number", "exp_month", "exp_year", "cvc")}
 PURCHASE_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
 from keyplane.errors import InvalidRequest
 from keyplane.web.auth import Ctx
-from keyplane.web.authz import AUTHZ_RESPONSES, authorize
+from keyplane.web.authz import admin_router
 from keyplane.web.usage_buckets import (
     MAX_BUCKETS,
     WIDTH_S,
@@ -34,9 +34,7 @@ from keyplane.web.usage_buckets import (
     window,
 )
 
-router = APIRouter(
-    prefix="/v1/organization", responses=AUTHZ_RESPONSES, dependencies=[Depends(authorize)]
-)
+router = admin_router()
 R = TypeVar("R", bound=BaseModel)
 
 

@@ -11,14 +11,14 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
 from keyplane.errors import InvalidRequest
 from keyplane.usage.records import UsageBucket
 from keyplane.web.auth import Ctx
-from keyplane.web.authz import AUTHZ_RESPONSES, Allowed, authorize
+from keyplane.web.authz import Allowed, admin_router
 from keyplane.web.usage_buckets import (
     MAX_BUCKETS,
     WIDTH_S,
@@ -35,9 +35,7 @@ from keyplane.web.usage_buckets import (
     window,
 )
 
-router = APIRouter(
-    prefix="/v1/organization", responses=AUTHZ_RESPONSES, dependencies=[Depends(authorize)]
-)
+router = admin_router()
 
 UsageGroup = Literal["project_id", "user_id", "api_key_id", "model", "batch"]
 

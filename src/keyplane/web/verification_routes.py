@@ -6,17 +6,14 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Literal, Protocol, cast
 
-from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from keyplane.accounts.verification import OrgVerification, OrgVerificationService
 from keyplane.web.auth import Ctx
-from keyplane.web.authz import AUTHZ_RESPONSES, Allowed, Audit, authorize
+from keyplane.web.authz import Allowed, Audit, admin_router
 from keyplane.web.schemas import Request
 
-router = APIRouter(
-    prefix="/v1/organization", responses=AUTHZ_RESPONSES, dependencies=[Depends(authorize)]
-)
+router = admin_router()
 
 
 class VerificationServices(Protocol):

@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal, Protocol, cast, get_args
 
-from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from keyplane.notify.webhooks import EVENT_TYPES, WebhookEndpoint, Webhooks
 from keyplane.web.auth import Admin, Ctx
-from keyplane.web.authz import AUTHZ_RESPONSES, Audit, authorize
+from keyplane.web.authz import Audit, admin_router
 from keyplane.web.schemas import Deleted, ListPage, Request, page
 
-router = APIRouter(
-    prefix="/v1/organization", responses=AUTHZ_RESPONSES, dependencies=[Depends(authorize)]
-)
+router = admin_router()
 
 EventType = Literal[
     "spend_alert.triggered",
