@@ -1201,6 +1201,99 @@ async def test_images_latency_applies(monkeypatch: pytest.MonkeyPatch) -> None:
         assert delays == [0.12, 0.12]
 
 
+# --- image edits and variations ----------------------------------------------------------------
+
+PNG_FILE = ("key.png", simulator.PNG_1X1)
+
+
+async def test_image_edits_answer_as_generations_with_urls_of_their_own() -> None:
+    async with _client() as client:
+        edit = await client.post(
+            "/v1/images/edits", data={"prompt": "a red fox", "n": "2"},
+            files={"image": PNG_FILE, "mask": PNG_FILE},
+        )  # fmt: skip
+        again = await client.post(
+            "/v1/images/edits", data={"prompt": "a red fox", "n": "2"}, files={"image": PNG_FILE}
+        )
+        generated = await client.post(
+            "/v1/images/generations", json={"prompt": "a red fox", "n": 2}
+        )
+        varied = await client.post(
+            "/v1/images/variations", data={"response_format": "b64_json", "size": "256x256"},
+            files={"image": PNG_FILE},
+        )  # fmt: skip
+    assert edit.status_code == 200, edit.text
+    body = edit.json()
+    assert set(body) == {"created", "data"}  # dall-e-2: no usage
+    urls = [image["url"] for image in body["data"]]
+    assert len(set(urls)) == 2 and all(IMAGE_URL.fullmatch(url) for url in urls)
+    assert again.json()["data"] == body["data"]  # deterministic (the mask is not in the name)
+    assert generated.json()["data"] != body["data"]  # an edit's images are its own
+    assert varied.status_code == 200, varied.text
+    [image] = varied.json()["data"]
+    _assert_png_1x1(base64.b64decode(image["b64_json"]))
+
+
+async def test_a_gpt_image_1_edit_reports_the_tokens_of_the_images_it_read() -> None:
+    prompt = "put them on one ring"
+    async with _client() as client:
+        low = await client.post(
+            "/v1/images/edits",
+            data={"model": "gpt-image-1", "prompt": prompt, "quality": "low", "size": "1024x1536"},
+            files=[("image[]", PNG_FILE), ("image[]", PNG_FILE), ("mask", PNG_FILE)],
+        )
+        high = await client.post(
+            "/v1/images/edits",
+            data={"model": "gpt-image-1", "prompt": prompt, "input_fidelity": "high"},
+            files={"image": PNG_FILE},
+        )
+    assert low.status_code == 200, low.text
+    text = text_tokens(prompt)
+    assert low.json()["usage"] == {
+        "total_tokens": text + 2 * 194 + 408, "input_tokens": text + 2 * 194,
+        "output_tokens": 408,
+        "input_tokens_details": {"text_tokens": text, "image_tokens": 2 * 194},
+    }  # fmt: skip
+    usage = high.json()["usage"]
+    assert usage["input_tokens_details"]["image_tokens"] == 3_050
+    assert usage["output_tokens"] == 1056  # auto: medium, 1024x1024
+
+
+EDITS, VARIATIONS, ONE = "/v1/images/edits", "/v1/images/variations", {"image": PNG_FILE}
+GPT_IMAGE_1 = {"prompt": "x", "model": "gpt-image-1"}
+BIG_PNG = PNG_FILE[1] + bytes(4 << 20)  # dall-e-2 takes less than 4 MB
+
+
+@pytest.mark.parametrize(
+    ("path", "data", "files", "param", "code"),
+    [
+        (EDITS, {"prompt": "x"}, {}, "image", "missing_required_parameter"),
+        (EDITS, {}, ONE, "prompt", "missing_required_parameter"),
+        (EDITS, {"prompt": "x", "model": "dall-e-3"}, ONE, "model", "invalid_value"),
+        (VARIATIONS, {"model": "gpt-image-1"}, ONE, "model", "invalid_value"),
+        (VARIATIONS, {}, {"image": ("a.gif", b"GIF89a")}, "image", "invalid_image_format"),
+        (VARIATIONS, {}, {"image": ("a.png", BIG_PNG)}, "image", "image_too_large"),
+        (EDITS, {"prompt": "x"}, [("image[]", PNG_FILE)] * 2, "image", "invalid_value"),
+        (VARIATIONS, {"n": "11"}, ONE, "n", "integer_above_max_value"),
+        (VARIATIONS, {"n": "two"}, ONE, "n", "invalid_type"),
+        (EDITS, {**GPT_IMAGE_1, "response_format": "url"}, ONE, "response_format", "invalid_value"),
+    ],
+)
+async def test_image_edits_and_variations_errors(
+    path: str, data: dict[str, str], files: Any, param: str, code: str
+) -> None:
+    async with _client() as client:
+        response = await client.post(path, data=data, files=files or {"other": ("a", b"x")})
+    _assert_error(response, 400, code)
+    assert response.json()["error"]["param"] == param
+
+
+async def test_image_edits_take_multipart_bodies_only() -> None:
+    async with _client() as client:
+        response = await client.post("/v1/images/edits", json={"prompt": "x"})
+    _assert_error(response, 400)
+
+
 # --- speech to text ----------------------------------------------------------------------------
 
 SPEECH_PATHS = ("/v1/audio/transcriptions", "/v1/audio/translations")

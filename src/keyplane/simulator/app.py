@@ -8,7 +8,7 @@ import socket
 from keyplane.simulator.chat import completion
 from keyplane.simulator.config import SimulatorConfig
 from keyplane.simulator.embeddings import create_embeddings
-from keyplane.simulator.images import generate_images
+from keyplane.simulator.images import edit_images, generate_images, vary_images
 from keyplane.simulator.moderations import moderate
 from keyplane.simulator.params import JSON, RequestError, parse_json
 from keyplane.simulator.replies import (
@@ -68,6 +68,10 @@ def _dispatch(
         return moderate(parse_json(raw), config)
     if method == "POST" and path == "/v1/images/generations":
         return generate_images(parse_json(raw), config)
+    if method == "POST" and path == "/v1/images/edits":
+        return edit_images(raw, content_type, config)
+    if method == "POST" and path == "/v1/images/variations":
+        return vary_images(raw, content_type, config)
     if method == "POST" and path == "/v1/audio/transcriptions":
         return speech_to_text(raw, content_type, config, "transcribe")
     if method == "POST" and path == "/v1/audio/translations":

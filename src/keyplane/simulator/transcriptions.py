@@ -22,11 +22,8 @@ The transcript stops at ``TRANSCRIBE_MAX_OUTPUT`` (2,000) tokens; a file whose t
 
 from __future__ import annotations
 
-from python_multipart import MultipartParser
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartState, parse_options_header
-
 from keyplane.simulator.config import SimulatorConfig
+from keyplane.simulator.forms import Form, read_form
 from keyplane.simulator.params import RequestError, known_model
 from keyplane.simulator.replies import Reply, Text
 from keyplane.simulator.tokens import TOKEN_CHARS, text_tokens
@@ -54,75 +51,6 @@ def transcript_text(seconds: int) -> str:
     return " ".join([TRANSCRIPT_SENTENCE] * seconds)
 
 
-class _Form:
-    """The parts of a multipart/form-data body, fed by ``MultipartParser``'s callbacks: text
-    fields and files (parts with a ``filename``) by name, the last of a name winning."""
-
-    def __init__(self) -> None:
-        self.fields: dict[str, str] = {}
-        self.files: dict[str, bytes] = {}
-        self._headers: dict[bytes, bytes] = {}
-        self._name, self._value, self._data = bytearray(), bytearray(), bytearray()
-
-    def part_begin(self) -> None:
-        self._headers.clear()
-        self._data.clear()
-
-    def header_field(self, data: bytes, start: int, end: int) -> None:
-        self._name += data[start:end]
-
-    def header_value(self, data: bytes, start: int, end: int) -> None:
-        self._value += data[start:end]
-
-    def header_end(self) -> None:
-        self._headers[bytes(self._name).strip().lower()] = bytes(self._value).strip()
-        self._name.clear()
-        self._value.clear()
-
-    def part_data(self, data: bytes, start: int, end: int) -> None:
-        self._data += data[start:end]
-
-    def part_end(self) -> None:
-        _, options = parse_options_header(self._headers.get(b"content-disposition"))
-        name = options.get(b"name")
-        if name is None:
-            return
-        key = name.decode("utf-8", "replace")
-        if b"filename" in options:
-            self.files[key] = bytes(self._data)
-        else:
-            self.fields[key] = self._data.decode("utf-8", "replace")
-
-
-def _form(raw: bytes, content_type: str) -> _Form:
-    kind, options = parse_options_header(content_type)
-    boundary = options.get(b"boundary")
-    if kind != b"multipart/form-data" or not boundary:
-        raise RequestError(400, "Expected a multipart/form-data body.")
-    form = _Form()
-    try:
-        parser = MultipartParser(
-            boundary,
-            {
-                "on_part_begin": form.part_begin,
-                "on_header_field": form.header_field,
-                "on_header_value": form.header_value,
-                "on_header_end": form.header_end,
-                "on_part_data": form.part_data,
-                "on_part_end": form.part_end,
-            },
-        )
-        parser.write(raw)
-        parser.finalize()
-        complete = parser.state == MultipartState.END
-    except FormParserError:
-        complete = False
-    if not complete:
-        message = "We could not parse the multipart/form-data body of your request."
-        raise RequestError(400, message) from None
-    return form
-
-
 def _timestamp(seconds: int, separator: str) -> str:
     minutes, second = divmod(seconds, 60)
     hours, minute = divmod(minutes, 60)
@@ -139,7 +67,7 @@ def _subtitles(text: str, seconds: int, fmt: str) -> str:
 def speech_to_text(raw: bytes, content_type: str, config: SimulatorConfig, task: str) -> Reply:
     """POST /v1/audio/transcriptions (``task="transcribe"``) or /v1/audio/translations
     (``"translate"``): ``transcript_text`` of the ``file``'s ``audio_seconds``."""
-    form = _form(raw, content_type)
+    form = read_form(raw, content_type)
     audio = form.files.get("file")
     if audio is None:
         message = "Missing required parameter: 'file'."
@@ -190,7 +118,7 @@ def speech_to_text(raw: bytes, content_type: str, config: SimulatorConfig, task:
     }
 
 
-def _token_transcription(form: _Form, model: str, fmt: str, size: int) -> Reply:
+def _token_transcription(form: Form, model: str, fmt: str, size: int) -> Reply:
     """gpt-4o-transcribe's (or its mini's) answer: the transcript, and in json its tokens."""
     if fmt not in TOKEN_TRANSCRIPTION_FORMATS:
         message = (
