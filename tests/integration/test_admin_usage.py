@@ -12,6 +12,7 @@ import pytest
 from test_admin_billing import ORG, Env, open_env
 
 from keyplane.clock import FrozenClock
+from keyplane.simulator.images import PNG_1X1
 from keyplane.usage.records import UsageRecord
 from kptest import DAY, just_before_month_end
 
@@ -180,9 +181,14 @@ async def test_responses_count_as_completions_and_moderations_have_their_own(
 async def test_images_have_their_own_usage(env: Env, clock: FrozenClock) -> None:
     headers = {"authorization": f"Bearer {env.project_key}"}
     body = {"model": "dall-e-2", "prompt": "a key", "n": 2, "size": "512x512"}
-    assert (
-        await env.client.post("/v1/images/generations", json=body, headers=headers)
-    ).status_code == 200
+    png = {"image": ("key.png", PNG_1X1)}
+    for path, kwargs in (
+        ("/v1/images/generations", {"json": body}),
+        ("/v1/images/edits", {"data": {"prompt": "a key", "n": "3"}, "files": png}),
+        ("/v1/images/variations", {"files": png}),
+    ):
+        r = await env.client.post(path, headers=headers, **kwargs)  # type: ignore[arg-type]
+        assert r.status_code == 200, r.text
     day = await reported_day(env, clock)
     r = await env.client.get(
         f"{ORG}/usage/images?start_time={day}&group_by=model", headers=env.admin()
@@ -190,21 +196,26 @@ async def test_images_have_their_own_usage(env: Env, clock: FrozenClock) -> None
     assert r.status_code == 200, r.text
     [result] = [x for b in r.json()["data"] for x in b["results"]]
     assert result["object"] == "organization.usage.images.result"
-    assert (result["model"], result["images"], result["num_model_requests"]) == ("dall-e-2", 2, 1)
+    assert (result["model"], result["images"], result["num_model_requests"]) == ("dall-e-2", 6, 3)
 
-    # OpenAI's source grouping and filter: keyplane forwards generations only.
+    # OpenAI's source grouping and filter: generations, edits and variations.
     async def results(query: str) -> list[dict[str, object]]:
         r = await env.client.get(f"{ORG}/usage/images?start_time={day}&{query}",
                                  headers=env.admin())  # fmt: skip
         assert r.status_code == 200, r.text
         return [x for b in r.json()["data"] for x in b["results"]]
 
-    [by_source] = await results("group_by=source&group_by[]=model")
-    assert (by_source["source"], by_source["model"], by_source["images"]) == (
-        "image.generation", "dall-e-2", 2,
-    )  # fmt: skip
+    by_source = await results("group_by=source&group_by[]=model")
+    assert [(x["source"], x["model"], x["images"], x["num_model_requests"]) for x in by_source] == [
+        ("image.generation", "dall-e-2", 2, 1),
+        ("image.edit", "dall-e-2", 3, 1),
+        ("image.variation", "dall-e-2", 1, 1),
+    ]
     assert [x["images"] for x in await results("sources[]=image.generation")] == [2]
-    assert await results("sources=image.edit&sources=image.variation") == []
+    assert [x["images"] for x in await results("sources=image.edit&sources=image.variation")] == [4]
+    assert [x["source"] for x in await results("sources=image.edit&group_by=source")] == [
+        "image.edit"
+    ]
     # Sizes are not recorded: asking for them is refused, never answered with every size.
     for query, param in (("sizes[]=512x512", "sizes"), ("group_by=size", "group_by"),
                          ("sources=image.painting", "sources")):  # fmt: skip

@@ -124,6 +124,48 @@ def test_random_bytes_never_give_a_server_error(app: InProcess, path: str, body:
     assert_clean_4xx_or_success(app.post(path, body))
 
 
+UPLOADS = ["/v1/images/edits", "/v1/images/variations", "/v1/audio/transcriptions"]
+FORM_NAMES = st.sampled_from(
+    ["prompt", "model", "n", "size", "quality", "stream", "image", "image[]", "mask", "file", "x"]
+)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    path=st.sampled_from(UPLOADS),
+    fields=st.lists(st.tuples(FORM_NAMES, st.text(max_size=12)), max_size=5),
+    files=st.lists(st.tuples(FORM_NAMES, st.binary(max_size=40)), max_size=4),
+    cut=st.integers(min_value=0, max_value=40),
+)
+def test_random_uploads_never_give_a_server_error(
+    app: InProcess, path: str, fields: list[tuple[str, str]], files: list[tuple[str, bytes]],
+    cut: int,
+) -> None:  # fmt: skip
+    """Forms with any fields and files, repeated or missing, whole or cut short."""
+    request = httpx.Request(
+        "POST", "http://kp" + path, files=[(name, ("f", data)) for name, data in files] or None,
+        data=dict(fields) if files else None, content=None if files else b"",
+    )  # fmt: skip
+    body = request.read()
+    content_type = request.headers.get("content-type", "multipart/form-data; boundary=x")
+    assert_clean_4xx_or_success(
+        app.post(path, body[: len(body) - cut], {"content-type": content_type})
+    )
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(path=st.sampled_from(UPLOADS), body=st.binary(max_size=200))
+def test_random_bytes_as_an_upload_never_give_a_server_error(
+    app: InProcess, path: str, body: bytes
+) -> None:
+    headers = {"content-type": "multipart/form-data; boundary=b"}
+    assert_clean_4xx_or_success(app.post(path, b"--b\r\n" + body, headers))
+
+
 @settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -175,7 +217,7 @@ def test_wrong_method_and_unknown_paths_are_404_envelopes(app: InProcess) -> Non
     assert resp.status_code == 404 and "Invalid URL" in resp.json()["error"]["message"]
     assert app.post("/v1/nope", b"{}").status_code == 404
     # An OpenAI endpoint keyplane does not forward says so, rather than "Invalid URL".
-    for path in ("/v1/images/edits", "/v1/responses/input_tokens", "/v1/files/file-abc"):
+    for path in ("/v1/responses/compact", "/v1/responses/input_tokens", "/v1/files/file-abc"):
         resp = app.post(path, b"{}")
         assert resp.status_code == 404 and resp.json()["error"]["code"] == "unsupported_endpoint"
         assert "does not serve" in resp.json()["error"]["message"]

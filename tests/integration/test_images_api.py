@@ -15,6 +15,8 @@ import pytest
 from test_sdk import _close_clients, client, kp  # noqa: F401
 
 from conftest import Keyplane, start_keyplane
+from keyplane.keys.format import key_id, parse
+from keyplane.limits.ratelimit import ModelLimits
 from kptest import ServerThread, Upstream
 
 CENT = 10_000  # micro-dollars
@@ -83,6 +85,23 @@ def test_images_beyond_the_balance_are_refused_whole(
     finally:
         kp.server.stop()
         kp.container.close()
+
+
+def test_images_count_against_images_per_minute_limits(kp: Keyplane) -> None:
+    parsed = parse(kp.key)
+    assert parsed is not None
+    kp.container.rate_limit_service.set_key_limits(
+        kp.org.id, key_id(parsed.public_id), ModelLimits(images_per_min=2)
+    )
+    kp.server.call(kp.gateway.pipeline.money.refresh())
+    c = client(kp)
+    c.images.generate(model="dall-e-3", prompt="x")  # (a model's images count for it alone)
+    c.images.generate(model="dall-e-2", prompt="x", n=2)
+    with pytest.raises(openai.RateLimitError) as refused:
+        c.images.generate(model="dall-e-2", prompt="x")
+    assert refused.value.code == "rate_limit_exceeded"
+    assert "on images per min (IPM): Limit 2, Used 2, Requested 1" in refused.value.message
+    assert sorted(r.images for r in kp.usage(expect=2)) == [1, 2]
 
 
 class BrokenImages(Upstream):

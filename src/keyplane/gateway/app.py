@@ -30,16 +30,16 @@ METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 # OpenAI endpoints keyplane does not forward (yet): said plainly rather than "Invalid URL".
-NOT_SERVED = frozenset({"/v1/images/edits", "/v1/images/variations",
-                        "/v1/responses/input_tokens", "/v1/responses/compact"})  # fmt: skip
+NOT_SERVED = frozenset({"/v1/responses/input_tokens", "/v1/responses/compact"})
 _NOT_SERVED_PREFIXES = ("/v1/files", "/v1/batches", "/v1/assistants", "/v1/threads",
                         "/v1/vector_stores", "/v1/fine_tuning", "/v1/uploads", "/v1/realtime",
                         "/v1/conversations", "/v1/chatkit", "/v1/containers", "/v1/evals",
                         "/v1/videos")  # fmt: skip
 SERVED = (
     "/v1/chat/completions, /v1/completions, /v1/responses (and stored responses), "
-    "/v1/embeddings, /v1/moderations, /v1/images/generations, /v1/audio/transcriptions, "
-    "/v1/audio/translations, /v1/audio/speech and /v1/models"
+    "/v1/embeddings, /v1/moderations, /v1/images/generations, /v1/images/edits, "
+    "/v1/images/variations, /v1/audio/transcriptions, /v1/audio/translations, /v1/audio/speech "
+    "and /v1/models"
 )
 
 

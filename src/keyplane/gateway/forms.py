@@ -1,5 +1,6 @@
-"""The multipart/form-data bodies of OpenAI's speech-to-text endpoints: their text fields, and how
-large the uploaded file is (what the hold bounds the audio's duration by).
+"""The multipart/form-data bodies of OpenAI's upload endpoints (speech to text, image edits and
+variations): their text fields, and how large each uploaded file is (what a hold bounds an audio's
+duration, or an image's tokens, by).
 
 The body is forwarded to the upstream as it came; this only reads it (with python-multipart's
 streaming parser, the one the Admin API's forms use through Starlette).
@@ -11,7 +12,7 @@ import logging
 from typing import Any
 
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from keyplane.gateway.errors import ApiError, bad_request
 
@@ -22,18 +23,29 @@ logging.getLogger("python_multipart.multipart").setLevel(logging.ERROR)
 
 
 class Form:
-    """A parsed form: its text fields (the last of each name) and its ``file`` part's size."""
+    """A parsed form: its text fields (one of each name) and its files' names and sizes, in the
+    order they came."""
 
-    __slots__ = ("fields", "file_bytes", "has_file")
+    __slots__ = ("fields", "files")
 
     def __init__(self) -> None:
         self.fields: dict[str, Any] = {}
-        self.file_bytes = 0
-        self.has_file = False
+        self.files: list[tuple[str, int]] = []
+
+    def size(self, name: str) -> int | None:
+        """The size of the file part ``name`` (None: there is none)."""
+        for part, size in self.files:
+            if part == name:
+                return size
+        return None
 
 
-def parse_form(body: bytes, content_type: bytes | None) -> Form:
-    """Raises a 400 ApiError when the body is not a well-formed multipart/form-data body."""
+def parse_form(
+    body: bytes, content_type: bytes | None, file_names: frozenset[str] = frozenset({"file"})
+) -> Form:
+    """Raises a 400 ApiError when the body is not a well-formed multipart/form-data body. A part
+    with a filename, or named in ``file_names`` (with or without one), is a file: measured, not
+    read."""
     kind, params = parse_options_header(content_type or b"")
     boundary = params.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
@@ -67,7 +79,7 @@ def parse_form(body: bytes, content_type: bytes | None) -> Form:
 
     def part_data(chunk: bytes, start: int, end: int) -> None:
         state["size"] += end - start
-        if state["filename"] is None:
+        if state["filename"] is None and state["name"] not in file_names:
             if state["size"] > MAX_FIELD_BYTES:
                 raise bad_request(f"A form field may be at most {MAX_FIELD_BYTES} bytes.")
             data.append(chunk[start:end])
@@ -81,9 +93,8 @@ def parse_form(body: bytes, content_type: bytes | None) -> Form:
         if name in seen and not name.endswith("[]"):
             raise bad_request(f"The form field '{name[:100]}' appears more than once.", param=name)
         seen.add(name)
-        if state["filename"] is not None or name == "file":
-            if name == "file":
-                form.has_file, form.file_bytes = True, state["size"]
+        if state["filename"] is not None or name in file_names:
+            form.files.append((name, state["size"]))
             return
         form.fields[name] = b"".join(data).decode("utf-8", "replace")
 
@@ -101,8 +112,23 @@ def parse_form(body: bytes, content_type: bytes | None) -> Form:
     try:
         parser.write(body)
         parser.finalize()
+        # (A body cut short, before its closing boundary, is no form either: the parser takes it.)
+        complete = parser.state == MultipartState.END
     except ApiError:
         raise
     except (MultipartParseError, ValueError):
-        raise bad_request("The multipart/form-data body is malformed.") from None
+        complete = False
+    if not complete:
+        raise bad_request("The multipart/form-data body is malformed.")
     return form
+
+
+def with_field(body: bytes, content_type: bytes | None, name: str, value: str) -> bytes:
+    """``body`` (a form ``parse_form`` read) with a text field ``name`` added as its first part."""
+    _, params = parse_options_header(content_type or b"")
+    delimiter = b"--" + params[b"boundary"]
+    start = body.find(delimiter)  # (the parser takes no preamble: the first part starts here)
+    part = b'%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (
+        delimiter, name.encode(), value.encode(),
+    )  # fmt: skip
+    return body[:start] + part + body[start:]

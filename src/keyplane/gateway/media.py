@@ -1,14 +1,16 @@
 """What images and audio cost: per image (by quality and size) or by tokens (an image model priced
 so, gpt-image-1), per second of audio heard and per character of text spoken, with the bounds a
-hold needs before the upstream says how many images, tokens or seconds it made or heard."""
+hold needs before the upstream says how many images, tokens or seconds it made or heard; and the
+uploads that carry audio (speech to text) or images (image edits and variations), checked."""
 
 from __future__ import annotations
 
 import math
 from typing import Any, TypeGuard
 
+from keyplane.billing.bounds import IMAGE_TOKEN_ALLOWANCE
 from keyplane.gateway.errors import bad_request
-from keyplane.gateway.forms import parse_form
+from keyplane.gateway.forms import parse_form, with_field
 from keyplane.gateway.streaming import MAX_COUNT, json_object
 from keyplane.usage.pricing import Price
 
@@ -19,6 +21,19 @@ AUDIO_MAX_BYTES = 25 * 1024 * 1024 + 256 * 1024
 MIN_AUDIO_BYTES_PER_S = 750
 # A common bitrate (MP3 at 128 kbit/s): a duration estimate when the upstream reports none.
 USUAL_AUDIO_BYTES_PER_S = 16_000
+# Image uploads (edits, variations): one image of gpt-image-1's largest (OpenAI takes up to 50 MB
+# an image), or several smaller, and the form around them. (The body is read whole before it is
+# forwarded: 16 images of 50 MB, all OpenAI takes, would be 800 MB a request.)
+IMAGE_UPLOAD_MAX_BYTES = 50 * 1024 * 1024 + 256 * 1024
+# dall-e-2 takes PNGs under 4 MB (its image and its mask): a larger one is refused here rather
+# than uploaded to be refused.
+DALL_E_2_MAX_FILE_BYTES = 4 * 1024 * 1024
+IMAGE_FILES = frozenset({"image", "image[]", "mask"})  # file parts even without a filename
+MAX_INPUT_IMAGES = 16  # an edit's images at most (OpenAI's limit; dall-e-2 takes one)
+MAX_IMAGES = 10  # n at most on edits and variations (OpenAI's limit)
+# The text tokens each uploaded image adds to an edit's input beyond its prompt (OpenAI's edits
+# report some 30 more for a 1024x1024 image, more for larger ones; its documentation, none).
+IMAGE_TEXT_TOKENS = 128
 
 
 def audio_form(body: bytes, content_type: bytes | None) -> tuple[dict[str, Any], int, int]:
@@ -26,8 +41,9 @@ def audio_form(body: bytes, content_type: bytes | None) -> tuple[dict[str, Any],
     price is known: ``audio_billing``); the size of its audio file; and the most seconds it may
     play (what its hold covers, and the most it is billed, on a model priced per minute)."""
     form = parse_form(body, content_type)
+    file_bytes = form.size("file")
     for name in ("model", "file"):
-        if name not in form.fields and not (name == "file" and form.has_file):
+        if name not in form.fields and not (name == "file" and file_bytes is not None):
             raise bad_request(f"Missing required parameter: '{name}'.", param=name)
     model = form.fields["model"]
     if not model.strip() or len(model) > 256:
@@ -40,7 +56,82 @@ def audio_form(body: bytes, content_type: bytes | None) -> tuple[dict[str, Any],
     # Bounded by the whole body, not the file part's size: whatever part the upstream reads as
     # the audio, it is in there.
     longest = max(1, -(-len(body) // MIN_AUDIO_BYTES_PER_S))
-    return form.fields, form.file_bytes, longest
+    return form.fields, file_bytes or 0, longest
+
+
+def image_form(
+    body: bytes, content_type: bytes | None, default_model: str, edit: bool
+) -> tuple[bytes, dict[str, Any], int]:
+    """The fields of an image edit (``edit``: it needs a ``prompt``) or variation upload, checked,
+    with ``n`` as a number; the body as it is forwarded, naming ``default_model`` when it names
+    none (the upstream serves the model keyplane held money for, not one it picks from the other
+    fields); and how many files it uploads (images and mask), what the hold counts on a model
+    priced by tokens. A 400 for what no upstream serves: no image, more than ``MAX_INPUT_IMAGES``,
+    an ``n`` out of range, ``stream`` (an answer in events, not billed here yet), a file dall-e-2
+    refuses for its size."""
+    form = parse_form(body, content_type, IMAGE_FILES)
+    fields = form.fields
+    images = sum(1 for name, _ in form.files if name in ("image", "image[]"))
+    if not images:
+        raise bad_request("Missing required parameter: 'image'.", param="image")
+    if images > MAX_INPUT_IMAGES:
+        raise bad_request(
+            f"Too many images: {images}, the most is {MAX_INPUT_IMAGES}.", param="image",
+        )  # fmt: skip
+    if edit and not fields.get("prompt", "").strip():
+        raise bad_request("Missing required parameter: 'prompt'.", param="prompt")
+    model = fields.get("model")
+    if model is None:
+        model = fields["model"] = default_model
+        body = with_field(body, content_type, "model", model)
+    if not model.strip() or len(model) > 256:
+        raise bad_request("The model must be a non-empty name.", param="model")
+    n = fields.get("n")
+    if n is not None:
+        fields["n"] = _image_count(n)
+    if fields.pop("stream", "false").strip().lower() not in ("false", "0", ""):
+        raise bad_request(
+            "keyplane does not stream image edits yet: send stream false (the images come whole, "
+            "and partial_images are not sent).",
+            param="stream", code="unsupported_value",
+        )  # fmt: skip
+    if model == "dall-e-2":
+        for name, size in form.files:
+            if size >= DALL_E_2_MAX_FILE_BYTES:
+                raise bad_request(
+                    f"Invalid '{name[:100]}': dall-e-2 takes PNG files of less than 4 MB, and "
+                    f"this one is {size:,} bytes.",
+                    param=name[:100], code="invalid_image_file",
+                )  # fmt: skip
+    return body, fields, len(form.files)
+
+
+def _image_count(value: str) -> int:
+    text = value.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 3 and 1 <= int(text) <= MAX_IMAGES):
+        raise bad_request(
+            f"Invalid 'n': expected an integer from 1 to {MAX_IMAGES}, got {value[:20]!r}.",
+            param="n",
+        )  # fmt: skip
+    return int(text)
+
+
+def upload_input(price: Price, fields: dict[str, Any], files: int) -> tuple[int, int]:
+    """The most input tokens an upload of ``files`` images with ``fields`` may cost on an image
+    model priced by tokens, and their cost in micro-dollars times 10**6: its text fields at a
+    token a byte and ``IMAGE_TEXT_TOKENS`` an image at the text price, and each file at the most
+    one image may cost (``uploaded_image_tokens``) at the image input price."""
+    text = files * IMAGE_TEXT_TOKENS
+    for value in fields.values():
+        text += len(str(value).encode())
+    images = uploaded_image_tokens(price, files)
+    return text + images, text * price.input_per_m + images * price.image_input_per_m
+
+
+def uploaded_image_tokens(price: Price, files: int) -> int:
+    """The most input tokens ``files`` uploaded images may cost: each at the price entry's
+    ``image_input_tokens`` (else ``IMAGE_TOKEN_ALLOWANCE``)."""
+    return files * (price.image_input_tokens or IMAGE_TOKEN_ALLOWANCE)
 
 
 def audio_billing(price: Price, fields: dict[str, Any], translation: bool) -> bool:
@@ -168,7 +259,7 @@ def image_answer(content: bytes, asked: int) -> tuple[int, tuple[int, int, int] 
 
 
 def _image_usage(answer: dict[str, Any]) -> tuple[int, int, int] | None:
-    # (No details: a generation's input is its prompt, all text.)
+    # (No details: a generation's input is its prompt, all text; an edit's says its images'.)
     return _token_usage(answer.get("usage"), "input_tokens_details", "image_tokens", False)
 
 

@@ -74,6 +74,15 @@ _HELD = {
         "every image it asks for, at the price of its quality and size",
         "fewer images (n), or a smaller size or lower quality",
     ),
+    "images.edits": (
+        "every image it asks for, at the price of its quality and size, and on a model priced by "
+        "tokens the images it uploads at their most",
+        "fewer images (n), a smaller size or lower quality, or fewer images to edit",
+    ),
+    "images.variations": (
+        "every image it asks for, at the price of its size",
+        "fewer images (n), or a smaller size",
+    ),
     # (A transcription priced by tokens, gpt-4o-transcribe, holds all its model may read and
     # write, whatever the recording: only a cheaper model holds less.)
     "audio.transcriptions": (

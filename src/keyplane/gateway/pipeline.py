@@ -97,6 +97,9 @@ class Endpoint:
     # a model priced so (gpt-4o-transcribe: its price entry's audio_input).
     audio_in: bool = False
     audio_out: bool = False  # text to speech: billed per character, its audio relayed as it comes
+    # A multipart upload of files (audio_in; else images, to edit or vary): the largest body it
+    # takes (a JSON body's limit otherwise), parsed on a worker thread.
+    upload_bytes: int = 0
 
 
 ENDPOINTS: dict[str, Endpoint] = {
@@ -120,13 +123,23 @@ ENDPOINTS: dict[str, Endpoint] = {
         "images.generations", "/images/generations", False, "prompt", lambda p, _: 0,
         Group.IMAGES, has_output=False, caps=(), default_model="dall-e-2", per_image=True,
     ),
+    "/v1/images/edits": Endpoint(
+        "images.edits", "/images/edits", False, "image", lambda p, _: 0, Group.IMAGES,
+        has_output=False, caps=(), default_model="dall-e-2", per_image=True,
+        upload_bytes=media.IMAGE_UPLOAD_MAX_BYTES,
+    ),
+    "/v1/images/variations": Endpoint(
+        "images.variations", "/images/variations", False, "image", lambda p, _: 0, Group.IMAGES,
+        has_output=False, caps=(), default_model="dall-e-2", per_image=True,
+        upload_bytes=media.IMAGE_UPLOAD_MAX_BYTES,
+    ),
     "/v1/audio/transcriptions": Endpoint(
         "audio.transcriptions", "/audio/transcriptions", False, "file", lambda p, _: 0,
-        Group.AUDIO, has_output=False, caps=(), audio_in=True,
+        Group.AUDIO, has_output=False, caps=(), audio_in=True, upload_bytes=media.AUDIO_MAX_BYTES,
     ),
     "/v1/audio/translations": Endpoint(
         "audio.translations", "/audio/translations", False, "file", lambda p, _: 0,
-        Group.AUDIO, has_output=False, caps=(), audio_in=True,
+        Group.AUDIO, has_output=False, caps=(), audio_in=True, upload_bytes=media.AUDIO_MAX_BYTES,
     ),
     "/v1/audio/speech": Endpoint(
         "audio.speech", "/audio/speech", False, "input", lambda p, _: 0,
@@ -157,6 +170,7 @@ class Call:
         "held_output",
         "hold",
         "image_price",
+        "images_in",
         "input_bound",
         "key",
         "levels",
@@ -207,6 +221,7 @@ class Call:
         self.used: int | None = None  # the input and output tokens its upstream reported
         self.choices = 1  # the outputs it asks for (images: how many)
         self.image_price = 0  # micro-dollars per image generated (per_image endpoints)
+        self.images_in = 0  # the image files uploaded (image edits and variations)
         self.audio_bytes = 0  # the size of the audio file uploaded (audio_in endpoints)
         self.longest = 0  # the most seconds it may play: what its hold covers, and its bill
         self.characters = 0  # the text it asks to speak (audio_out endpoints): its hold and bill
@@ -278,10 +293,12 @@ class Pipeline:
 
     async def _handle(self, call: Call, scope: Any, receive: Receive, send: Send) -> None:
         audio, speech = call.endpoint.audio_in, call.endpoint.audio_out
-        body = await self._read_body(scope, receive, media.AUDIO_MAX_BYTES if audio else 0)
-        if audio:  # (a multipart upload of tens of megabytes: parsed on a worker thread)
-            form = await asyncio.to_thread(media.audio_form, body, header(scope, b"content-type"))
-            payload, call.audio_bytes, call.longest = form
+        upload = call.endpoint.upload_bytes
+        body = await self._read_body(scope, receive, upload)
+        if upload:  # (a multipart upload of tens of megabytes: parsed on a worker thread)
+            body, payload = await asyncio.to_thread(
+                _upload, call, body, header(scope, b"content-type")
+            )
         else:
             payload = _parse(body, call.endpoint)
         rewrite = False
@@ -337,10 +354,11 @@ class Pipeline:
         # Each of n choices (or best_of candidates, generated and billed, on completions), for
         # each prompt of a legacy completion's list, can write the whole cap: the hold and the
         # token estimate count them all. (_parse checked n and best_of.)
+        images = 0  # what counts against images-per-minute limits
         if audio or speech:  # (one answer each; a form's fields are strings, not counts)
             choices = 1
         elif call.endpoint.per_image:  # n images (best_of is not an images field)
-            choices = payload.get("n") or 1
+            choices = images = payload.get("n") or 1
         else:
             choices = max(payload.get("n") or 1, payload.get("best_of") or 1)
         if call.endpoint.name == "completions":
@@ -351,16 +369,26 @@ class Pipeline:
                 carried_tokens=call.carried,
             )  # fmt: skip
             bound = cost_bound(call.price, call.input_bound, choices)
-            if call.endpoint.per_image and call.price.tokens_per_image:  # priced by tokens
-                # n images at the most their quality and size may cost, and the prompt at a token
-                # a byte (``bound.fixed``): the worst case until the answer reports its usage.
-                call.choices, per_image = choices, media.image_tokens(call.price, payload)
-                call.estimated_input = tokens.estimate_input(payload.get("prompt"))
-                token_output = choices * per_image
-                bound = CostBound(bound.fixed + token_output * call.price.image_output_per_m, 0)
-            elif call.endpoint.per_image:
-                call.choices, call.image_price = choices, media.image_price(call.price, payload)
-                bound = CostBound(bound.fixed + choices * call.image_price * MICRO, 0)
+            if call.endpoint.per_image:
+                call.choices = choices
+                if call.images_in:  # an upload: its fields and its images are read, not its bytes
+                    call.input_bound, fixed = media.upload_input(
+                        call.price, payload, call.images_in
+                    )
+                    bound = CostBound(fixed, 0)
+                if call.price.tokens_per_image:  # priced by tokens
+                    # n images at the most their quality and size may cost, and the prompt at a
+                    # token a byte (``bound.fixed``; an upload's images at their most too): the
+                    # worst case until the answer reports its usage.
+                    token_output = choices * media.image_tokens(call.price, payload)
+                    call.estimated_input = tokens.estimate_input(payload.get("prompt"))
+                    call.estimated_input += call.images_in * tokens.image_estimate(
+                        call.price.image_input_tokens
+                    )
+                    bound = CostBound(bound.fixed + token_output * call.price.image_output_per_m, 0)
+                else:
+                    call.image_price = media.image_price(call.price, payload)
+                    bound = CostBound(bound.fixed + choices * call.image_price * MICRO, 0)
             elif by_tokens:  # a transcription priced by tokens (its entry sets both counts)
                 # All the model may read, its context window, at the audio price (the dearer
                 # input: the prompt's text shares that window), and all it may write: the worst
@@ -396,9 +424,9 @@ class Pipeline:
         # No await from here to the journal: the admission is one step.
         now = self.clock.now()
         if token_output:  # (known up front, counted whole; the audio's tokens once reported)
-            self._rate_limit(call, scopes, token_output, 1, False, now)
+            self._rate_limit(call, scopes, token_output, 1, False, now, images)
         else:
-            self._rate_limit(call, scopes, wanted, choices, asked is None, now)
+            self._rate_limit(call, scopes, wanted, choices, asked is None, now, images)
         try:
             rewrite |= self._hold(
                 call, call.price, org, payload, bound, fields, asked, wanted, choices, now
@@ -456,16 +484,16 @@ class Pipeline:
 
     def _rate_limit(
         self, call: Call, scopes: list[LimitScope], wanted: int, choices: int, uncapped: bool,
-        now: float,
+        now: float, images: int,
     ) -> None:  # fmt: skip
-        """Counts the request and its estimated tokens against every scope: the prompt and the
-        most it may write (``wanted`` for each of ``choices`` outputs), as OpenAI counts
-        ``max_tokens`` up front; the settlement corrects them to what was used. A request that
-        sets no cap (``uncapped``) counts at most ``UNCAPPED_OUTPUT`` an output, and never more
-        than the tightest TPM limit leaves after its prompt: counting a model's whole output cap
-        (gpt-4.1's 32,768 against Tier 1's 30,000) refused it for ever, and reserving the whole
-        limit made every concurrent request wait a minute. (Its money hold still covers all it
-        may write; only the rate limit is counted this way.)"""
+        """Counts the request, its estimated tokens and the ``images`` it asks for against every
+        scope: the prompt and the most it may write (``wanted`` for each of ``choices`` outputs),
+        as OpenAI counts ``max_tokens`` up front; the settlement corrects the tokens to what was
+        used. A request that sets no cap (``uncapped``) counts at most ``UNCAPPED_OUTPUT`` an
+        output, and never more than the tightest TPM limit leaves after its prompt: counting a
+        model's whole output cap (gpt-4.1's 32,768 against Tier 1's 30,000) refused it for ever,
+        and reserving the whole limit made every concurrent request wait a minute. (Its money hold
+        still covers all it may write; only the rate limit is counted this way.)"""
         output = wanted * choices
         if uncapped and output:
             output = min(output, UNCAPPED_OUTPUT * choices)
@@ -473,7 +501,7 @@ class Pipeline:
             if 0 < room < output:
                 output = room
         tokens = call.estimated_input + output
-        decision = self.rates.admit(scopes, tokens, now)
+        decision = self.rates.admit(scopes, tokens, now, images)
         call.rate_headers = rate_limit_headers(decision)
         call.ticket = decision.ticket
         if decision.rejection is not None:
@@ -547,9 +575,10 @@ class Pipeline:
                 by_tokens = _image_tokens(call)
                 # What the hold covers: what an answer that reports nothing usable is billed.
                 held = (call.input_bound, 0, call.held_output) if by_tokens else (0, 0, 0)
+                held_images = _held_image_input(call) if by_tokens else 0
                 if made < 0:  # no list of images: the upstream may have made them all
                     self._meter(call, 502, held, Outcome.UPSTREAM_BROKEN, estimated=True,
-                                images=call.choices)  # fmt: skip
+                                images=call.choices, media_input=held_images)  # fmt: skip
                     raise ApiError(
                         502, "The upstream's answer was not a list of images.",
                         type="server_error", code="upstream_error",
@@ -557,7 +586,8 @@ class Pipeline:
                 if not by_tokens:
                     self._meter(call, 200, (0, 0, 0), _COMPLETED, estimated=False, images=made)
                 elif reported is None:
-                    self._meter(call, 200, held, _COMPLETED, estimated=True, images=made)
+                    self._meter(call, 200, held, _COMPLETED, estimated=True, images=made,
+                                media_input=held_images)  # fmt: skip
                 else:
                     inp, image_input, out = reported
                     self._meter(call, 200, (inp, 0, out), _COMPLETED, estimated=False,
@@ -844,6 +874,11 @@ def _image_tokens(call: Call) -> bool:
     return call.endpoint.per_image and call.price is not None and bool(call.price.tokens_per_image)
 
 
+def _held_image_input(call: Call) -> int:
+    """Of the input tokens an image request's hold covers, those of the images it uploads."""
+    return media.uploaded_image_tokens(call.price, call.images_in) if call.price else 0
+
+
 def _audio_tokens(call: Call) -> bool:
     """Whether ``call`` is a transcription on a model priced by tokens (gpt-4o-transcribe)."""
     return call.endpoint.audio_in and call.price is not None and call.price.by_audio_tokens
@@ -858,6 +893,9 @@ def _unanswered(call: Call, out: int) -> tuple[tuple[int, int, int], int]:
     tokens, its hold (all it may hear, counted as audio, and write)."""
     if _audio_tokens(call):
         return (call.input_bound, 0, call.held_output), call.input_bound
+    if call.images_in and call.price is not None:  # (its images' share of the estimate)
+        images = call.images_in * tokens.image_estimate(call.price.image_input_tokens)
+        return (call.estimated_input, 0, out), images
     return (call.estimated_input, 0, out), 0
 
 
@@ -871,6 +909,19 @@ def _unanswered_media(call: Call) -> tuple[int, int, int]:
         0 if _audio_tokens(call) else min(media.likely_seconds(call.audio_bytes), call.longest)
     )
     return images, seconds, call.characters
+
+
+def _upload(call: Call, body: bytes, content_type: bytes | None) -> tuple[bytes, dict[str, Any]]:
+    """A multipart upload's body as it is forwarded and its fields, checked; what its hold needs
+    of it (its audio's size and longest duration, or how many images it uploads) is set on
+    ``call``. (Run on a worker thread: tens of megabytes.)"""
+    if call.endpoint.audio_in:
+        payload, call.audio_bytes, call.longest = media.audio_form(body, content_type)
+        return body, payload
+    edit = call.endpoint.name == "images.edits"
+    default = call.endpoint.default_model or ""
+    body, payload, call.images_in = media.image_form(body, content_type, default, edit)
+    return body, payload
 
 
 def _prompt_count(prompt: Any) -> int:

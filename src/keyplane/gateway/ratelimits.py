@@ -75,8 +75,8 @@ class RateGuard:
                 self._scopes[cached] = scopes
         return scopes
 
-    def admit(self, scopes: list[LimitScope], tokens: int, now: float) -> Decision:
-        return self._limiter.admit(scopes, Cost(tokens=tokens), now)
+    def admit(self, scopes: list[LimitScope], tokens: int, now: float, images: int = 0) -> Decision:
+        return self._limiter.admit(scopes, Cost(tokens=tokens, images=images), now)
 
     async def _scopes_for(
         self, key: ApiKey, tier_id: str | None, model: str

@@ -90,7 +90,7 @@ class ImagesResult(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     size: str | None = None  # (never grouped by: keyplane keeps the count, not the sizes)
-    source: str | None = None  # image.generation when grouped by: the only one forwarded
+    source: str | None = None  # image.generation, image.edit or image.variation, grouped by
     project_id: str | None = None
     user_id: str | None = None
     api_key_id: str | None = None
@@ -262,7 +262,11 @@ async def moderations_usage(ctx: Ctx, principal: Allowed, q: Usage) -> Response:
     )  # fmt: skip
 
 
-IMAGE_SOURCES = ("image.generation", "image.edit", "image.variation")  # OpenAI's
+# OpenAI's image sources, and the endpoints whose usage records they are.
+IMAGE_SOURCES = {
+    "image.generation": "images.generations", "image.edit": "images.edits",
+    "image.variation": "images.variations",
+}  # fmt: skip
 
 
 @router.get(
@@ -276,23 +280,46 @@ async def images_usage(
     sources: Annotated[Ids, Query(alias="sources[]")] = [],  # noqa: B006
     sizes: Annotated[Ids, Query(alias="sizes[]")] = [],  # noqa: B006
 ) -> Response:
-    """Images generated and requests per time bucket. keyplane forwards image generations only
-    (``source`` is ``image.generation``) and does not record their sizes: grouping or filtering
-    by size is refused."""
+    """Images generated, edited or varied, and requests, per time bucket (``source``:
+    ``image.generation``, ``image.edit``, ``image.variation``). keyplane does not record the
+    images' sizes: grouping or filtering by size is refused."""
     wanted = listed(request, "sources", sources)
     if any(s not in IMAGE_SOURCES for s in wanted):
         raise InvalidRequest(f"sources are among {', '.join(IMAGE_SOURCES)}.", param="sources")
     if "size" in q.groups or listed(request, "sizes", sizes):
         param = "sizes" if "size" not in q.groups else "group_by"
         raise InvalidRequest("keyplane does not record the sizes of images.", param=param)
-    source = "image.generation" if "source" in q.groups else None
-    return await _usage_page(
-        ctx, principal.org_id, q, ("images.generations",), ImagesResult,
-        lambda r: ImagesResult(
-            images=r.images, num_model_requests=r.requests, input_tokens=r.input_tokens,
-            output_tokens=r.output_tokens, source=source, **_grouped(r),
-        ),
-        none=bool(wanted) and "image.generation" not in wanted, alike=frozenset({"source"}),
+    chosen = [s for s in IMAGE_SOURCES if not wanted or s in wanted]
+    alike = frozenset({"source"})
+    if "source" not in q.groups:
+        return await _usage_page(
+            ctx, principal.org_id, q, [IMAGE_SOURCES[s] for s in chosen], ImagesResult,
+            lambda r: _image_result(r, None), alike=alike,
+        )  # fmt: skip
+    # By source: a query a source, as the usage store groups by the records' own fields only.
+    pairs: list[tuple[UsageBucket, str]] = []
+    begin, stop, more = 0, 0, False
+    for name in chosen:
+        found, begin, stop, more = await _usage(
+            ctx, principal.org_id, q, (IMAGE_SOURCES[name],), False, alike
+        )
+        pairs += [(r, name) for r in found]
+    pairs.sort(key=lambda pair: pair[0].start)  # (stable: a bucket's sources in OpenAI's order)
+    rows = [r for r, _ in pairs]
+    bounded(rows)
+    source_of = {id(r): name for r, name in pairs}
+    w = WIDTH_S[q.width]
+    return await json_page(
+        lambda: bucket_page(
+            rows, begin, stop, w, more, ImagesResult, lambda r: _image_result(r, source_of[id(r)])
+        )
+    )
+
+
+def _image_result(r: UsageBucket, source: str | None) -> ImagesResult:
+    return ImagesResult(
+        images=r.images, num_model_requests=r.requests, input_tokens=r.input_tokens,
+        output_tokens=r.output_tokens, source=source, **_grouped(r),
     )  # fmt: skip
 
 
