@@ -256,3 +256,22 @@ def test_json_nested_too_deeply_is_a_400_that_holds_no_money(
         assert resp.status_code == 200, resp.text
     kp.flush()
     assert kp.container.billing.balance(kp.org.id).held == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/chat/completions", "messages"),
+        ("/v1/responses", "input"),
+        ("/v1/completions", "input"),
+    ],
+)
+def test_a_content_part_typed_as_an_array_is_no_server_error(
+    app: InProcess, path: str, field: str
+) -> None:
+    """(Its ``type`` was looked up in a set of image kinds: TypeError, unhashable, a 500.)"""
+    message = {"role": "user", "content": [{"type": [], "text": "hi"}]}
+    payload = {"model": "gpt-4o-mini", field: [message]}
+    if path == "/v1/completions":
+        payload["prompt"] = "hi"
+    assert_clean_4xx_or_success(app.post(path, orjson.dumps(payload)))
