@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_settings
+from conftest import Keyplane, make_settings
 from keyplane import bootstrap, gateway_assembly
 from keyplane.config import UpstreamSettings
 from keyplane.gateway.app import Gateway
@@ -226,3 +226,52 @@ def test_wrong_method_and_unknown_paths_are_404_envelopes(app: InProcess) -> Non
         resp = app.loop.run_until_complete(app.client.get(path))
         assert resp.status_code == 404 and resp.json()["error"]["code"] == "unsupported_endpoint"
         assert "does not keep stored completions" in resp.json()["error"]["message"]
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"a":' * depth + b"1" + b"}" * depth
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [  # rewritten after the hold: its default model; a stream's usage option; tools counted
+        ("/v1/moderations", b'{"input": "hi", "x": %s}'),
+        ("/v1/chat/completions", b'{"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hi"}], "x": %s}'),
+        ("/v1/chat/completions", b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "tools": [%s]}'),
+    ],
+)  # fmt: skip
+def test_json_nested_too_deeply_is_a_400_that_holds_no_money(
+    kp: Keyplane, path: str, body: bytes
+) -> None:
+    """orjson reads 1,024 levels but writes 254: such a body was a 500 after its hold was placed,
+    and the hold stayed (money held for ever; billed in full, as lost, after a restart)."""
+    headers = {"authorization": f"Bearer {kp.key}"}
+    with httpx.Client(base_url=kp.server.url, headers=headers) as client:
+        resp = client.post(path, content=body % _nested(300))
+        assert resp.status_code == 400, resp.text
+        assert "nested too deeply" in resp.json()["error"]["message"]
+        assert kp.gateway.pipeline.money.in_flight == 0
+        # As deep as keyplane writes is served.
+        resp = client.post(path, content=body % _nested(250))
+        assert resp.status_code == 200, resp.text
+    kp.flush()
+    assert kp.container.billing.balance(kp.org.id).held == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/chat/completions", "messages"),
+        ("/v1/responses", "input"),
+        ("/v1/completions", "input"),
+    ],
+)
+def test_a_content_part_typed_as_an_array_is_no_server_error(
+    app: InProcess, path: str, field: str
+) -> None:
+    """(Its ``type`` was looked up in a set of image kinds: TypeError, unhashable, a 500.)"""
+    message = {"role": "user", "content": [{"type": [], "text": "hi"}]}
+    payload = {"model": "gpt-4o-mini", field: [message]}
+    if path == "/v1/completions":
+        payload["prompt"] = "hi"
+    assert_clean_4xx_or_success(app.post(path, orjson.dumps(payload)))

@@ -2,11 +2,17 @@
 4xx, never a 500): schemathesis generates requests for every operation of ``/openapi.json`` — valid
 ones and invalid ones — and checks that no answer is a server error, that each status is one the
 document declares, and that each body matches the declared schema. In process (ASGI), as an Owner;
-derandomized, so CI sees the same examples every run."""
+derandomized, so CI sees the same examples every run.
+
+A longer hunt, out of CI: ``KEYPLANE_FUZZ=<examples per operation>`` (half as many invalid ones),
+random instead of derandomized, and ``KEYPLANE_FUZZ_DB=postgresql`` on a fresh PostgreSQL
+database (``KEYPLANE_FUZZ=150`` runs some 9 minutes on either)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,14 +32,15 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from conftest import make_settings
+from conftest import fresh_postgres, make_settings
 from keyplane import bootstrap, gateway_assembly
 from keyplane.keys.format import KeyKind
 from keyplane.web.admin import create_admin_app
 
 # Per operation (50 of them): about 600 requests in all, in some 15 s. (Run with 40 and 20 once,
 # 3,000 requests, without a failure.)
-EXAMPLES = {GenerationMode.POSITIVE: 8, GenerationMode.NEGATIVE: 4}
+LONG = int(os.environ.get("KEYPLANE_FUZZ", "0"))
+EXAMPLES = {GenerationMode.POSITIVE: LONG or 8, GenerationMode.NEGATIVE: LONG // 2 or 4}
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
 
 
@@ -57,7 +64,12 @@ class Target:
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    container = bootstrap.build(make_settings(tmp_path_factory.mktemp("schemathesis")))
+    stack = contextlib.ExitStack()
+    url = ""
+    if os.environ.get("KEYPLANE_FUZZ_DB") == "postgresql":
+        url = stack.enter_context(fresh_postgres())
+    data_dir = tmp_path_factory.mktemp("schemathesis")
+    container = bootstrap.build(make_settings(data_dir, database_url=url))
     owner, org, _ = container.accounts.initialize(
         email="owner@example.com", password="correct horse battery", org_name="Acme"
     )
@@ -72,6 +84,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     finally:
         asyncio.run(gateway.shutdown())
         container.close()
+        stack.close()
 
 
 def test_the_document_has_every_operation() -> None:
@@ -88,7 +101,7 @@ def test_every_operation_answers_as_documented(
 
     @settings(
         max_examples=EXAMPLES[mode],
-        derandomize=True,
+        derandomize=not LONG,
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),

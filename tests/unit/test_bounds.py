@@ -174,3 +174,16 @@ def test_a_continued_response_adds_the_context_window_or_is_unbounded() -> None:
     with pytest.raises(UnboundedInput) as files:
         input_token_bound(60, {"input": [{"type": "input_file", "file_id": "f"}]}, OWN)
     assert not files.value.carried
+
+
+@pytest.mark.parametrize("kind", [[], {}, ["image_url"], {"file": 1}])
+def test_a_part_whose_type_is_not_a_string_is_bounded_by_its_keys(kind: Any) -> None:
+    """A ``type`` that is an array or an object (unhashable) was a TypeError, a 500: it names no
+    known kind, so only the part's keys say whether it is an image or a file."""
+    on = price("gpt-4o")
+    total, length = bound([{"type": kind, "text": "hi"}], on)
+    assert total == length
+    total, length = bound([{"type": kind, "image_url": URL["image_url"]}], on)
+    assert total == length + 1_445
+    with pytest.raises(UnboundedInput):
+        bound([{"type": kind, "file_id": "file-abc"}], OWN)

@@ -206,3 +206,12 @@ def test_generated_text_of_a_responses_answer_and_its_events() -> None:
         == 2
     )
     assert tokens.generated_chars({"type": "response.output_text.done", "text": "abcd"}) == 0
+
+
+@pytest.mark.parametrize("kind", [[], {}, ["image_url"]])
+def test_a_part_whose_type_is_not_a_string_is_no_image(kind: Any) -> None:
+    """(An array or an object as a part's ``type`` was a TypeError, a 500.)"""
+    messages = [{"role": "user", "content": [{"type": kind, "text": "abcd"}]}]
+    assert tokens.estimate_chat_prompt(messages) == tokens.estimate_chat_prompt(
+        [{"role": "user", "content": "abcd"}]
+    )

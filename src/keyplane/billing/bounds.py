@@ -114,6 +114,8 @@ def _media(items: Any) -> tuple[int, int, bool]:
                 if not isinstance(part, dict):
                     continue
                 kind = part.get("type")
+                if type(kind) is not str:  # (an array or an object: unhashable, and no kind)
+                    kind = None
                 image = kind in IMAGE_PARTS or not _IMAGE_KEYS.isdisjoint(part)
                 if kind in _FILE_PARTS or (not image and not _FILE_KEYS.isdisjoint(part)):
                     files = True

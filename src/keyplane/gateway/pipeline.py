@@ -36,6 +36,7 @@ from keyplane.gateway.errors import (
     model_not_priced,
 )
 from keyplane.gateway.money import MoneyGuard
+from keyplane.gateway.nesting import check_nesting
 from keyplane.gateway.ratelimits import RateGuard
 from keyplane.gateway.responses import ResponseOwners, check_request, previous_not_found
 from keyplane.gateway.streaming import (
@@ -985,6 +986,7 @@ def _parse(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict):
         raise bad_request("The request body must be a JSON object.")
+    check_nesting(body, payload)
     model = payload.get("model")
     if model is None and endpoint.default_model is not None:
         pass  # the endpoint's default model

@@ -61,13 +61,20 @@ def estimate_chat_prompt(messages: Any, image_tokens: int = IMAGE_TOKENS) -> int
         content = message.get("content")
         total += 3 + estimate_text(content_text(content))
         if isinstance(content, list):
-            total += image_tokens * sum(
-                1 for p in content if isinstance(p, dict) and p.get("type") in IMAGE_PARTS
-            )
+            total += image_tokens * sum(1 for p in content if _image_part(p))
         calls = message.get("tool_calls")
         if isinstance(calls, list) and calls:
             total += estimate_chars(len(orjson.dumps(calls)))
     return total
+
+
+def _image_part(part: Any) -> bool:
+    """Whether a content part is an image by its ``type`` (which a client may send as anything,
+    an array or an object among them: not a set member)."""
+    if not isinstance(part, dict):
+        return False
+    kind = part.get("type")
+    return type(kind) is str and kind in IMAGE_PARTS
 
 
 def estimate_chat(payload: dict[str, Any], image_tokens: int = IMAGE_TOKENS) -> int:
