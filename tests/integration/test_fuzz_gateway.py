@@ -445,25 +445,38 @@ def test_hostile_headers(
         assert {"message", "type", "param", "code"} <= set(error)
 
 
-# -- multipart (speech to text) ----------------------------------------------------------------
+# -- multipart (speech to text, image edits and variations) -------------------------------------
 
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 99  # (the signature: the simulator reads no further)
 form_names = st.sampled_from(["model", "file", "response_format", "stream", "prompt", "language",
-                              "temperature", "timestamp_granularities[]", "", "fi\x00le"])  # fmt: skip
+                              "temperature", "timestamp_granularities[]", "", "fi\x00le", "image",
+                              "image[]", "mask", "n", "size", "quality", "background"])  # fmt: skip
 form_values = st.sampled_from([b"whisper-1", b"gpt-4o-transcribe", b"json", b"text", b"srt",
                                b"verbose_json", b"true", b"", b"\xff\xfe", b"x" * 300_000,
-                               b"whisper-1\x00", b"  "]) | st.binary(max_size=40)  # fmt: skip
+                               b"whisper-1\x00", b"  ", b"dall-e-2", b"gpt-image-1", b"1", b"10",
+                               b"11", b"0", b"-1", b"\xd9\xa3", b"1e3", b"256x256", b"1024x1024",
+                               b"auto", b"hd", b"b64_json", PNG + b"\x00" * 5000,
+                               b"x" * (4 * 1024 * 1024)]) | st.binary(max_size=40)  # fmt: skip
+UPLOADS = {  # a valid form of each upload endpoint, which the fuzz then adds to or replaces
+    "/v1/audio/transcriptions": [(b"model", None, b"whisper-1"), (b"file", b"a.mp3", b"\0" * 1600)],
+    "/v1/audio/translations": [(b"model", None, b"whisper-1"), (b"file", b"a.mp3", b"\0" * 1600)],
+    "/v1/images/edits": [
+        (b"prompt", None, b"a hat"),
+        (b"image", b"a.png", PNG),
+    ],
+    "/v1/images/variations": [(b"image", b"a.png", PNG)],
+}
 
 
 @st.composite
-def forms(draw: st.DrawFn) -> tuple[bytes, bytes]:
-    boundary = draw(st.sampled_from([b"b0undary", b"x" * 80, b"a b", b"", b'"q"', b"-" * 10]))
-    parts: list[tuple[bytes, bytes | None, bytes]] = [
-        (b"model", None, b"whisper-1"),
-        (b"file", b"a.mp3", b"\x00" * 1600),
-    ]
-    if draw(st.booleans()):
-        parts = []
-    for name, value in draw(st.lists(st.tuples(form_names, form_values), max_size=5)):
+def forms(draw: st.DrawFn, path: str) -> tuple[bytes, bytes]:
+    boundary = b"b0undary"  # (mostly: a form that parses reaches the upstream)
+    if draw(st.integers(0, 3)) == 0:
+        boundary = draw(st.sampled_from([b"x" * 80, b"a b", b"", b'"q"', b"-" * 10]))
+    parts: list[tuple[bytes, bytes | None, bytes]] = []
+    if draw(st.integers(0, 3)):
+        parts = list(UPLOADS[path])
+    for name, value in draw(st.lists(st.tuples(form_names, form_values), max_size=3)):
         filename: bytes | None = draw(st.sampled_from([None, b"a.wav", b"", b"..\\x", b'"']))
         parts.append((name.encode("utf-8", "surrogatepass"), filename, value))
     body = b""
@@ -473,21 +486,25 @@ def forms(draw: st.DrawFn) -> tuple[bytes, bytes]:
             disposition += b'; filename="' + filename + b'"'
         body += b"--" + boundary + b"\r\ncontent-disposition: " + disposition + b"\r\n\r\n"
         body += value + b"\r\n"
-    ending = draw(st.sampled_from([b"--" + boundary + b"--\r\n", b"", b"--" + boundary, b"--"]))
+    ending = b"--" + boundary + b"--\r\n"
+    if draw(st.integers(0, 3)) == 0:
+        ending = draw(st.sampled_from([b"", b"--" + boundary, b"--"]))
     body += ending
-    kind = draw(
+    kind = b"multipart/form-data; boundary=" + boundary
+    if draw(st.integers(0, 3)) == 0:
+        kind = draw(
         st.sampled_from([b"multipart/form-data; boundary=" + boundary,
                          b'multipart/form-data; boundary="' + boundary + b'"',
                          b"multipart/form-data", b"application/json", b"multipart/mixed; boundary=" + boundary,
                          b"multipart/form-data; boundary=" + boundary + b"; boundary=zz"])
-    )  # fmt: skip
+        )  # fmt: skip
     return kind, body
 
 
 @settings_()
-@given(path=st.sampled_from(["/v1/audio/transcriptions", "/v1/audio/translations"]), form=forms())
-def test_hostile_multipart(target: Target, path: str, form: tuple[bytes, bytes]) -> None:
-    kind, body = form
+@given(path=st.sampled_from(sorted(UPLOADS)), data=st.data())
+def test_hostile_multipart(target: Target, path: str, data: st.DataObject) -> None:
+    kind, body = data.draw(forms(path), label="form")
     resp = target.post(path, body, {"content-type": kind.decode("latin-1")})
     assert_clean(resp)
 

@@ -161,6 +161,21 @@ async def test_custom_model_list() -> None:
 # --- chat completions -------------------------------------------------------------------------
 
 
+async def test_a_content_part_typed_as_an_array_is_no_server_error() -> None:
+    """(Its ``type`` was looked up in a set of text kinds: TypeError, unhashable, a 500, which
+    keyplane's gateway passed on.) A part of no known type adds no text."""
+    parts = [{"type": [], "text": "ignored"}, {"type": {}, "text": "ignored"}]
+    async with _client() as client:
+        for path, field in (("/v1/chat/completions", "messages"), ("/v1/responses", "input")):
+            body = {"model": "gpt-4o-mini", field: [{"role": "user", "content": parts}]}
+            response = await client.post(path, json=body)
+            assert response.status_code == 200, response.text
+            usage = response.json()["usage"]
+            assert usage.get("prompt_tokens", usage.get("input_tokens")) == prompt_tokens(
+                [{"role": "user", "content": ""}]
+            )
+
+
 async def test_chat_non_stream_usage_matches_formula() -> None:
     async with _client(SimulatorConfig(completion_tokens=12)) as client:
         response = await client.post(

@@ -37,7 +37,8 @@ def content_text(content: Any, text_parts: frozenset[str] = _CHAT_TEXT_PARTS) ->
             part["text"]
             for part in content
             if isinstance(part, dict)
-            and part.get("type") in text_parts
+            and isinstance(part.get("type"), str)  # (an array or an object: no set member)
+            and part["type"] in text_parts
             and isinstance(part.get("text"), str)
         )
     return ""
