@@ -577,6 +577,52 @@ async def test_a_request_cancelled_before_its_answer_is_billed_the_most_it_may_c
         container.close()
 
 
+@pytest.mark.anyio
+async def test_a_request_failing_after_its_hold_but_before_it_is_sent_releases_the_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error between the hold and the forwarding (here: noting the key's use)
+    leaves nothing in flight: the request is recorded as a 500 that cost nothing, the credit is
+    whole, and the next request is served. (The hold used to stay in flight until a restart,
+    then was billed in full as lost.)"""
+    container, _, org, _, secret = initialized(tmp_path, "http://simulator/v1")
+    app, gateway = gateway_assembly.build_app(
+        container, transport=httpx.ASGITransport(app=create_app(SimulatorConfig()))
+    )
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://kp")
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": f"Bearer {secret}"}
+    pipeline = gateway.pipeline
+    try:
+        await pipeline.auth.refresh()
+        await pipeline.money.refresh()
+        balance = container.billing.balance(org.id).available
+        used = pipeline.auth.used
+
+        def broken(*args: Any) -> None:
+            raise RuntimeError("a bug between the hold and the upstream")
+
+        monkeypatch.setattr(pipeline.auth, "used", broken)
+        r = await client.post("/v1/chat/completions", json=body, headers=headers)
+        assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+        assert pipeline.money.in_flight == 0
+        money = pipeline.money.cached_org(org.id)
+        assert money is not None and not money.holds
+        await gateway.flush()
+        [record] = container.usage_store.query(org.id)
+        assert (record.status, record.cost_micro_usd) == (500, 0)
+        assert record.outcome.value == "upstream_unreachable"
+        assert container.billing.balance(org.id).available == balance
+
+        monkeypatch.setattr(pipeline.auth, "used", used)
+        r = await client.post("/v1/chat/completions", json=body, headers=headers)
+        assert r.status_code == 200
+    finally:
+        await client.aclose()
+        await gateway.shutdown()
+        container.close()
+
+
 class VisionUpstream(Upstream):
     """Bills each image what the largest image costs on gpt-4o-mini at high detail (2,833 + 8
     tiles × 5,667 tokens), and a file part a full context window, as OpenAI may."""

@@ -435,23 +435,28 @@ class Pipeline:
         except BaseException:
             self.rates.settle(call.ticket, 0, now)  # refused before forwarding: no tokens used
             raise
-        if token_output:
-            call.held_output = token_output
-        # Used from here on: every check of the key passed, and it is forwarded (a refusal for
-        # the rate limits or the money leaves the key's "Last used" as it was).
-        self.auth.used(key, call.client_ip, now)
-        if rewrite:
-            body = orjson.dumps(payload)
+        # From the hold on, every way out settles it: nothing may leave it in flight.
         try:
+            if token_output:
+                call.held_output = token_output
+            # Used from here on: every check of the key passed, and it is forwarded (a refusal
+            # for the rate limits or the money leaves the key's "Last used" as it was).
+            self.auth.used(key, call.client_ip, now)
+            if rewrite:
+                body = orjson.dumps(payload)
             await self._forward(call, upstreams, body, scope, receive, send, client_wants_usage)
         finally:
             if not call.metered:  # an unexpected error or cancellation: settle conservatively
-                # Forwarded, with no answer yet (a shutdown's cancellation, say): the upstream
-                # goes on and bills it, so the most it may write is billed, as after a crash.
-                used, heard = _unanswered(call, call.held_output) if call.forwarded else _NONE
-                images, seconds, chars = _unanswered_media(call) if call.forwarded else (0, 0, 0)
-                self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True, images=images,
-                            seconds=seconds, characters=chars, media_input=heard)  # fmt: skip
+                if call.forwarded:
+                    # With no answer yet (a shutdown's cancellation, say): the upstream goes on
+                    # and bills it, so the most it may write is billed, as after a crash.
+                    used, heard = _unanswered(call, call.held_output)
+                    images, seconds, chars = _unanswered_media(call)
+                    self._meter(call, 500, used, Outcome.UPSTREAM_BROKEN, estimated=True,
+                                images=images, seconds=seconds, characters=chars,
+                                media_input=heard)  # fmt: skip
+                else:  # failed before it was sent: it costs nothing, and its hold is released
+                    self._meter(call, 500, _NONE[0], Outcome.UPSTREAM_UNREACHABLE, estimated=False)
 
     async def stored_at(
         self, response_id: str, key: ApiKey
