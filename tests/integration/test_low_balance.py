@@ -125,7 +125,8 @@ def test_the_alert_emails_once_each_time_the_balance_falls_below_it(
         )
         page = html_body(mail)
         assert f"is <strong>{balance}</strong>, below $1.00" in page
-        assert f'<a href="{purchase}">' in page
+        assert f'<a href="{purchase}" ' in page  # the button
+        assert "You received this email because" in page
 
         # Still below after more spend: nothing more.
         sent = spend(live, 3, sent)

@@ -52,7 +52,10 @@ def receipts(c: bootstrap.Container, inbox: Inbox) -> list[Received]:
 
 
 def body(mail: Received) -> str:
-    text: str = mail.message.get_content()
+    """The plain text part (the HTML beside it says the same: test_email_html.py)."""
+    part = mail.message.get_body(("plain",))
+    assert part is not None
+    text: str = part.get_content()  # type: ignore[attr-defined]
     return text.replace("\r\n", "\n")
 
 

@@ -10,9 +10,16 @@ from conftest import start_keyplane
 from keyplane.clock import FrozenClock
 from keyplane.keys.format import key_id, parse
 from kptest import ServerThread, wait_until
-from smtp_support import Inbox, start_smtp
+from smtp_support import Inbox, Received, start_smtp
 
 DAY = 86400
+
+
+def plain_text(mail: Received) -> str:
+    part = mail.message.get_body(("plain",))
+    assert part is not None
+    text: str = part.get_content()  # type: ignore[attr-defined]
+    return text
 
 
 def test_old_keys_are_reminded_once_per_period_and_rotation_ends_it(
@@ -47,7 +54,7 @@ def test_old_keys_are_reminded_once_per_period_and_rotation_ends_it(
         assert str(mail.message["Subject"]) == (
             "[keyplane] Rotate the API key 'test key': it is 90 days old"
         )
-        text = mail.message.get_content()
+        text = plain_text(mail)
         redacted = keys.get(kp.org.id, first).redacted_value
         assert f"keyplane keys rotate {first} --grace 24h" in text and redacted in text
         assert "Use Rotate on the dashboard's API keys page" in text  # a project key
@@ -59,7 +66,7 @@ def test_old_keys_are_reminded_once_per_period_and_rotation_ends_it(
         assert reminder.check_all() == 1
         wait_until(lambda: len(inbox.received) == 2)
         assert "'later'" in str(inbox.received[1].message["Subject"])
-        assert later_secret not in inbox.received[1].message.get_content()
+        assert later_secret not in plain_text(inbox.received[1])
 
         clock.advance(90 * DAY)  # "later" is due again; the first's replacement is 90 days old
         due = {k.name: k for k in reminder.due(kp.org.id)}

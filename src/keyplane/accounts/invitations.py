@@ -21,6 +21,7 @@ from keyplane.clock import Clock
 from keyplane.emails import normalize_email
 from keyplane.errors import Conflict, InvalidRequest, NotFound
 from keyplane.ids import new_id
+from keyplane.notify.email_html import render_html
 
 INVITE_TTL_S = 7 * 86400
 INVITE_PATH = "/invites/accept"  # the dashboard page that takes ?token=
@@ -116,15 +117,26 @@ class Invitations:
         )  # fmt: skip
         self._store.add_invite(invite)
         org = self._accounts.org_name(org_id)
+        subject = f"You are invited to join {org} on keyplane"
+        url = f"{self._public_url}{INVITE_PATH}?token={token}"
+        said = _projects_said(named, projects)
         self._outbox.enqueue(
             f"invite:{invite.id}",
             [email],
-            f"You are invited to join {org} on keyplane",
+            subject,
             f"You have been invited to join the organization {org} on keyplane as "
-            f"{role.value.capitalize()}{_projects_said(named, projects)}.\n\n"
+            f"{role.value.capitalize()}{said}.\n\n"
             f"Accept the invitation within 7 days:\n"
-            f"{self._public_url}{INVITE_PATH}?token={token}\n\n"
+            f"{url}\n\n"
             "The link works once. If you did not expect this email, ignore it.\n",
+            render_html(
+                "invitation.html",
+                subject=subject,
+                org=org,
+                role=role.value.capitalize(),
+                projects=said,
+                url=url,
+            ),
             now=now,
         )
         data: dict[str, object] = {"email": email, "role": role.value}

@@ -42,6 +42,7 @@ from keyplane.clock import Clock
 from keyplane.emails import normalize_email
 from keyplane.errors import Conflict, InvalidRequest, KeyplaneError
 from keyplane.ids import new_id
+from keyplane.notify.email_html import render_html
 from keyplane.notify.ports import Outbox
 from keyplane.text import refuse_control_characters
 
@@ -181,15 +182,20 @@ class SignupService:
                 self._send_link(user, TokenPurpose.VERIFY_EMAIL, now)
                 return user
         if existing is not None:
+            subject = "Someone tried to sign up to keyplane with your email address"
+            login, forgot = f"{self._public_url}/login", f"{self._public_url}/password/forgot"
             self._outbox.enqueue(
                 f"auth:signup-again:{existing.id}:{now // 3600}",
                 [existing.email],
-                "Someone tried to sign up to keyplane with your email address",
+                subject,
                 "Someone (maybe you) tried to create a keyplane account with this email address, "
                 "which already has one.\n\n"
-                f"To log in: {self._public_url}/login\n"
-                f"Forgot your password? {self._public_url}/password/forgot\n\n"
+                f"To log in: {login}\n"
+                f"Forgot your password? {forgot}\n\n"
                 "If it was not you, you can ignore this email: nothing was changed.\n",
+                render_html(
+                    "signup_again.html", subject=subject, login_url=login, forgot_url=forgot
+                ),
                 now=now,
             )
         return None
@@ -352,24 +358,28 @@ class SignupService:
         )
         if purpose is TokenPurpose.VERIFY_EMAIL:
             subject = "Verify your email address for keyplane"
+            url, hours = f"{self._public_url}/verify?token={raw}", ttl // 3600
             body = (
                 "Welcome to keyplane!\n\n"
                 "Open this link to verify your email address:\n\n"
-                f"{self._public_url}/verify?token={raw}\n\n"
-                f"The link works once, within {ttl // 3600} hours. If you did not sign up "
+                f"{url}\n\n"
+                f"The link works once, within {hours} hours. If you did not sign up "
                 "for keyplane, you can ignore this email.\n"
             )
+            page = render_html("verify_email.html", subject=subject, url=url, hours=hours)
         else:
             subject = "Reset your keyplane password"
+            url, minutes = f"{self._public_url}/password/reset?token={raw}", max(1, ttl // 60)
             body = (
                 "Someone (maybe you) asked to reset the password of your keyplane account.\n\n"
                 "Open this link to choose a new password:\n\n"
-                f"{self._public_url}/password/reset?token={raw}\n\n"
-                f"The link works once, within {max(1, ttl // 60)} minutes. If you did not ask, "
+                f"{url}\n\n"
+                f"The link works once, within {minutes} minutes. If you did not ask, "
                 "ignore this email: your password stays as it is.\n"
             )
+            page = render_html("password_reset.html", subject=subject, url=url, minutes=minutes)
         self._outbox.enqueue(
-            f"auth:{purpose.value}:{token_hash[:32]}", [user.email], subject, body, now=now
+            f"auth:{purpose.value}:{token_hash[:32]}", [user.email], subject, body, page, now=now
         )
 
     def _use(self, purpose: TokenPurpose, raw: str) -> OneTimeToken:

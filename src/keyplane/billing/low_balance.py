@@ -20,7 +20,6 @@ the same id: the next check asks for the same email, and the outbox keeps one.""
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ from keyplane.billing.ports import MoneyStore
 from keyplane.billing.service import ARMING_PREFIX
 from keyplane.billing.wallet import OrgMoney
 from keyplane.ids import new_id
+from keyplane.notify.email_html import render_html
 from keyplane.notify.ports import Outbox
 from keyplane.notify.webhooks import Publish
 from keyplane.usage.pricing import format_cents, format_usd
@@ -130,15 +130,18 @@ class LowBalanceAlerts:
                 "$" + format_usd(standing.threshold),
             )
             subject = f"[keyplane] The credit balance of {name} is below {threshold}"
-            text, page = self._bodies(org_id, name, balance, threshold, standing.auto_recharge)
+            text, page = self._bodies(
+                org_id, name, balance, threshold, standing.auto_recharge, subject
+            )
             queued = int(self._outbox.enqueue(dedupe, recipients, subject, text, page, now=now))
         if self._store.disarm_low_balance(org_id, arming) and self._audit is not None:
             self._audit.record(org_id, SYSTEM, EVENT, target_id=org_id, details={"data": data})
         return queued
 
     def _bodies(
-        self, org_id: str, name: str, balance: str, threshold: str, auto_recharge: bool
-    ) -> tuple[str, str]:
+        self, org_id: str, name: str, balance: str, threshold: str, auto_recharge: bool,
+        subject: str,
+    ) -> tuple[str, str]:  # fmt: skip
         """The email as plain text and as HTML, saying the same (its links open ``org_id`` in the
         dashboard, whichever organization its reader was in)."""
         base = self._public_url.rstrip("/")
@@ -160,11 +163,8 @@ class LowBalanceAlerts:
             f"Add to your credit balance: {purchase}\n\n{why}\n"
             f"{change}: {alert}\n"
         )
-        page = (
-            f"<p>The credit balance of {html.escape(name)} is <strong>{balance}</strong>, below "
-            f"{threshold}.</p>\n<p>{html.escape(then)}</p>\n"
-            f'<p><a href="{html.escape(purchase)}">Add to your credit balance</a></p>\n'
-            f"<p>{why}<br>\n"
-            f'<a href="{html.escape(alert)}">{change}</a>.</p>\n'
-        )
+        page = render_html(
+            "low_balance.html", subject=subject, org=name, balance=balance, threshold=threshold,
+            then=then, why=why, change=change, purchase_url=purchase, alert_url=alert,
+        )  # fmt: skip
         return text, page

@@ -12,6 +12,7 @@ from keyplane.billing.ports import MoneyStore
 from keyplane.billing.service import BillingService
 from keyplane.clock import Clock
 from keyplane.limits.tiers import Tier, TierProgress, TierTable
+from keyplane.notify.email_html import render_html
 from keyplane.notify.ports import Outbox
 from keyplane.notify.webhooks import Publish, publish_nowhere
 
@@ -80,14 +81,20 @@ class TierPromoter:
         recipients = list(self._billing_emails(org_id))
         if recipients:
             limit = qualified.monthly_usage_limit_micro_usd // 1_000_000
+            name = self._org_name(org_id)
+            subject = f"[keyplane] {name} moved up to {qualified.name}"
             self._outbox.enqueue(
                 f"tier:{org_id}:{qualified.id}",
                 recipients,
-                f"[keyplane] {self._org_name(org_id)} moved up to {qualified.name}",
-                f"Your organization {self._org_name(org_id)} now is in {qualified.name}: higher rate "
+                subject,
+                f"Your organization {name} now is in {qualified.name}: higher rate "
                 f"limits and a monthly usage limit of ${limit:,}.\n",
+                render_html(
+                    "tier_promoted.html", subject=subject, org=name, tier=qualified.name,
+                    limit=f"${limit:,}",
+                ),
                 now=now,
-            )
+            )  # fmt: skip
         return qualified
 
     def check_all(self) -> int:

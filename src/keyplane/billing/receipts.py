@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from keyplane.billing.payment_ports import Payment, PaymentMethod
 from keyplane.billing.wallet import Lot
 from keyplane.clock import Clock
+from keyplane.notify.email_html import render_html
 from keyplane.notify.ports import Outbox
 from keyplane.usage.pricing import format_usd
 
@@ -64,12 +65,15 @@ class Receipts:
         name = self._org_name(line.org_id)
         amount = "$" + format_usd(line.amount)
         subject = f"[keyplane] Receipt for {name}: {amount} of credits"
+        text, page = self._bodies(line, lot, name, amount, subject)
         return self._outbox.enqueue(
-            f"receipt:{line.id}", recipients, subject, self._body(line, lot, name, amount),
-            now=self._clock.now(),
-        )  # fmt: skip
+            f"receipt:{line.id}", recipients, subject, text, page, now=self._clock.now()
+        )
 
-    def _body(self, line: Payment, lot: Lot, name: str, amount: str) -> str:
+    def _bodies(
+        self, line: Payment, lot: Lot, name: str, amount: str, subject: str
+    ) -> tuple[str, str]:
+        """The receipt as plain text and as HTML, saying the same."""
         billed = line.billed_to
         address = [name] if billed is None or not billed.name else []
         address += [] if billed is None else billed.lines()
@@ -89,17 +93,24 @@ class Receipts:
             else f"they expire on {_moment(lot.expires_at)[:10]} (UTC)"
         )
         history = f"{self._public_url}/billing/history"
+        receipt_url = f"{history}/{line.id}/receipt?org={line.org_id}"
+        history_url = f"{history}?org={line.org_id}"
         what = (
             f"Auto-recharge bought {amount} of prepaid credits for {name}"
             if line.kind == "recharge"
             else f"{name} bought {amount} of prepaid credits"
         )
-        return (
+        text = (
             f"Thank you for your payment. {what}.\n\n"
             + "".join(f"{label}: {value}\n" for label, value in facts)
             + "Billed to:\n"
             + "".join(f"  {part}\n" for part in address)
             + f"\nThe credits are non-refundable; {expiry}.\n\n"
-            f"Download this receipt: {history}/{line.id}/receipt?org={line.org_id}\n"
-            f"Billing history: {history}?org={line.org_id}\n"
+            f"Download this receipt: {receipt_url}\n"
+            f"Billing history: {history_url}\n"
         )
+        page = render_html(
+            "receipt.html", subject=subject, org=name, amount=amount, what=what, facts=facts,
+            address=address, expiry=expiry, receipt_url=receipt_url, history_url=history_url,
+        )  # fmt: skip
+        return text, page

@@ -24,6 +24,7 @@ from keyplane.billing.payment_ports import (
 )
 from keyplane.billing.service import BillingService
 from keyplane.clock import Clock
+from keyplane.notify.email_html import render_html
 from keyplane.notify.ports import Outbox
 from keyplane.notify.webhooks import Publish
 from keyplane.usage.pricing import format_usd
@@ -145,8 +146,12 @@ class AutoRecharge:
                 f"Auto-recharge tried to buy ${format_usd(amount)} of credits for {name} and failed: "
                 f"{reason}.\n\n{then}\n"
             )
+            page = render_html(
+                "recharge_failed.html", subject=subject, org=name, amount=f"${format_usd(amount)}",
+                failure=reason, then=then, turned_off=last,
+            )  # fmt: skip
             self._outbox.enqueue(
-                f"recharge:{job.id}:{attempts}", recipients, subject, body, now=now
+                f"recharge:{job.id}:{attempts}", recipients, subject, body, page, now=now
             )
         return int(last)
 

@@ -18,6 +18,7 @@ from keyplane.billing.ports import MoneyStore, SpendAlert
 from keyplane.billing.wallet import OrgMoney
 from keyplane.clock import Clock
 from keyplane.ids import new_id
+from keyplane.notify.email_html import render_html
 from keyplane.notify.ports import Outbox
 from keyplane.notify.webhooks import Publish, publish_nowhere
 from keyplane.usage.pricing import format_cents, format_usd
@@ -108,15 +109,20 @@ class SpendWatcher:
         if not recipients:
             return 0
         subject = f"[keyplane] {scope} reached {_usd(alert.threshold)} of spend in {period}"
+        usage = f"{self._public_url}/usage?org={alert.org_id}"
         body = (
             f"Spend of {scope} in {period} (UTC) has reached {_spent(spend)}, crossing your "
             f"notification threshold of {_usd(alert.threshold)}.\n\n"
             "Requests keep working: a notification threshold only notifies. To stop spending at a "
             "limit, set a monthly budget.\n\n"
-            f"Usage: {self._public_url}/usage?org={alert.org_id}\n"
+            f"Usage: {usage}\n"
         )
+        page = render_html(
+            "spend_alert.html", subject=subject, org=name, scope=scope, period=period,
+            spent=_spent(spend), threshold=_usd(alert.threshold), usage_url=usage,
+        )  # fmt: skip
         enqueued = self._outbox.enqueue(
-            f"spend_alert:{alert.id}:{period}", recipients, subject, body, now=now
+            f"spend_alert:{alert.id}:{period}", recipients, subject, body, page, now=now
         )
         return int(enqueued)
 

@@ -26,6 +26,7 @@ from keyplane.audit.service import AuditService
 from keyplane.clock import Clock
 from keyplane.keys.models import ApiKey
 from keyplane.keys.ports import KeyStore
+from keyplane.notify.email_html import render_html
 from keyplane.notify.ports import Outbox
 from keyplane.notify.webhooks import Publish, publish_nowhere
 
@@ -170,18 +171,28 @@ class AnomalyWatcher:
                    "project_id": key.project_id, **data}  # fmt: skip
         self._publish(key.org_id, event, details, dedupe)
         recipients = list(self._owner_emails(key.org_id))
-        emailed = not recipients or self._outbox.enqueue(
-            email_dedupe, recipients,
-            f"[keyplane] Unusual use of the API key {key.name!r}",
-            f"The API key {key.name!r} ({key.redacted_value}, {key.id}) of "
-            f"{self._org_name(key.org_id)} was {what}.\n\n"
-            "If that was not you or your apps, revoke the key now (keyplane keys revoke "
-            f"{key.id}, or API keys in the dashboard) and check the usage page. More of the "
-            "same today is in the audit log, not emailed again.\n",
-            now=now,
-        )  # fmt: skip
+        emailed = not recipients or self._email(key, what, email_dedupe, recipients, now)
         if emailed or always_audit:
             self._audit.record(
                 key.org_id, WATCHER, event, target_id=key.id, project_id=key.project_id,
                 details={"data": data, "reason": what},
             )  # fmt: skip
+
+    def _email(
+        self, key: ApiKey, what: str, dedupe: str, recipients: Sequence[str], now: int
+    ) -> bool:
+        """Queues the Owners' email (plain text and HTML) once per ``dedupe``."""
+        org = self._org_name(key.org_id)
+        subject = f"[keyplane] Unusual use of the API key {key.name!r}"
+        text = (
+            f"The API key {key.name!r} ({key.redacted_value}, {key.id}) of "
+            f"{org} was {what}.\n\n"
+            "If that was not you or your apps, revoke the key now (keyplane keys revoke "
+            f"{key.id}, or API keys in the dashboard) and check the usage page. More of the "
+            "same today is in the audit log, not emailed again.\n"
+        )
+        page = render_html(
+            "key_anomaly.html", subject=subject, org=org, key_name=repr(key.name),
+            redacted=key.redacted_value, key_id=key.id, what=what,
+        )  # fmt: skip
+        return self._outbox.enqueue(dedupe, recipients, subject, text, page, now=now)

@@ -17,6 +17,7 @@ from keyplane.clock import Clock
 from keyplane.keys.format import KeyKind, key_id, parse, secret_matches
 from keyplane.keys.models import ApiKey
 from keyplane.keys.ports import KeyStore
+from keyplane.notify.email_html import render_html
 from keyplane.notify.ports import Outbox
 from keyplane.notify.webhooks import Publish, publish_nowhere
 
@@ -82,28 +83,35 @@ class LeakResponder:
         )  # fmt: skip
         recipients = list(self._owner_emails(key.org_id))
         if recipients:
-            subject, body = self._message(key, where, how, now)
-            self._outbox.enqueue(f"leaked:{key.id}", recipients, subject, body, now=now)
+            subject, body, page = self._message(key, where, how, now)
+            self._outbox.enqueue(f"leaked:{key.id}", recipients, subject, body, page, now=now)
         return True
 
-    def _message(self, key: ApiKey, where: str, how: str, now: float) -> tuple[str, str]:
+    def _message(self, key: ApiKey, where: str, how: str, now: float) -> tuple[str, str, str]:
+        """The email's subject, plain text and HTML."""
         at = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         owner = (
             "an admin key"
             if key.kind is KeyKind.ADMIN
             else f"project {self._project_name(key.org_id, key.project_id or '')}"
         )
+        org = self._org_name(key.org_id)
         subject = f"[keyplane] The API key {key.name!r} leaked and was revoked"
         body = (
             f"The API key {key.name!r} ({key.redacted_value}, {key.id}) of {owner} in "
-            f"{self._org_name(key.org_id)} was found by {how} at:\n\n  {where}\n\n"
+            f"{org} was found by {how} at:\n\n  {where}\n\n"
             f"keyplane revoked it at {at}: anyone who copied it can no longer use it, and nor "
             "can your apps, which now get 401 invalid_api_key with it.\n\n"
             "Create a new key for them, and keep it out of code and repositories: read it from an "
             "environment variable (OPENAI_API_KEY) or a secrets manager. Then check the usage "
             "page for requests you do not recognize.\n"
         )
-        return subject, body
+        # ``where`` is what a report said (often a URL): shown as text, never made a link.
+        page = render_html(
+            "key_leaked.html", subject=subject, org=org, owner=owner, key_name=repr(key.name),
+            redacted=key.redacted_value, key_id=key.id, how=how, where=where, at=at,
+        )  # fmt: skip
+        return subject, body, page
 
 
 def shown(where: str) -> str:

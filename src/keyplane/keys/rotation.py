@@ -12,6 +12,7 @@ from keyplane.clock import Clock
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
 from keyplane.keys.ports import KeyStore
+from keyplane.notify.email_html import render_html
 from keyplane.notify.ports import Outbox
 
 DAY_S = 86400
@@ -56,13 +57,14 @@ class RotationReminder:
             recipients = list(self._owner_emails(org_id)) if due else []
             for key in due if recipients else ():
                 period = int((now - key.created_at) // self._max_age_s)
-                subject, body = self._message(org_id, key, now)
+                subject, body, page = self._message(org_id, key, now)
                 queued += self._outbox.enqueue(
-                    f"rotate:{key.id}:{period}", recipients, subject, body, now=now
+                    f"rotate:{key.id}:{period}", recipients, subject, body, page, now=now
                 )
         return queued
 
-    def _message(self, org_id: str, key: ApiKey, now: float) -> tuple[str, str]:
+    def _message(self, org_id: str, key: ApiKey, now: float) -> tuple[str, str, str]:
+        """The reminder's subject, plain text and HTML."""
         days = int((now - key.created_at) // DAY_S)
         created = dt.datetime.fromtimestamp(key.created_at, dt.UTC).strftime("%Y-%m-%d")
         where = (
@@ -71,20 +73,21 @@ class RotationReminder:
             else f"project {self._project_name(org_id, key.project_id or '')}"
         )
         subject = f"[keyplane] Rotate the API key {key.name!r}: it is {days} days old"
-        api = (
-            ""
+        api_path = (
+            None
             if key.project_id is None
-            else f"or POST /v1/organization/projects/{key.project_id}/api_keys/{key.id}/rotate "
-            "with an admin key, "
+            else f"/v1/organization/projects/{key.project_id}/api_keys/{key.id}/rotate"
         )
+        api = "" if api_path is None else f"or POST {api_path} with an admin key, "
         how = (
             "Run:"
             if key.project_id is None
             else "Use Rotate on the dashboard's API keys page, or run:"
         )
+        org = self._org_name(org_id)
         body = (
             f"The API key {key.name!r} ({key.redacted_value}, {key.id}) of {where} in "
-            f"{self._org_name(org_id)} was created on {created}, {days} days ago.\n\n"
+            f"{org} was created on {created}, {days} days ago.\n\n"
             "Rotate keys regularly: a key in use a long time has had more chances to leak. "
             "Rotating gives a new secret and lets the old one work for a grace period (up to 7 "
             f"days) while your apps switch over. {how}\n\n"
@@ -92,4 +95,9 @@ class RotationReminder:
             f"{api}or revoke the key if nothing uses it. If it is still in use, you will be "
             f"reminded again in {self._max_age_s // DAY_S} days.\n"
         )
-        return subject, body
+        page = render_html(
+            "key_rotation.html", subject=subject, org=org, owner=where, key_name=repr(key.name),
+            redacted=key.redacted_value, key_id=key.id, created=created, days=days, how=how,
+            api_path=api_path, every=self._max_age_s // DAY_S,
+        )  # fmt: skip
+        return subject, body, page

@@ -10,6 +10,7 @@ from fastapi import Request
 from keyplane.accounts.models import User
 from keyplane.accounts.sessions import MAX_USER_AGENT
 from keyplane.audit.models import Actor, ActorType
+from keyplane.notify.email_html import render_html
 from keyplane.web.dashboard.session import client_ip, context
 
 # event: (subject, what happened, as the email says it)
@@ -57,13 +58,18 @@ def account_changed(request: Request, user: User, event: str, session_ref: str =
         services.audit.record(membership.org.id, actor, event, target_id=user.id)
     subject, what = CHANGES[event]
     when = f"from {ip}" if ip else "from an unknown address"
+    forgot = f"{services.settings.public_url}/password/forgot"
     body = (
         f"{what}\n\nThis was done {when}"
         f"{f' with {agent}' if agent else ''}.\n\n"
         "If it was not you, reset your password now and check your account's security page:\n\n"
-        f"  {services.settings.public_url}/password/forgot\n"
+        f"  {forgot}\n"
     )
+    page = render_html(
+        "account_changed.html", subject=f"[keyplane] {subject}", heading=subject, what=what,
+        when=when, agent=agent, url=forgot,
+    )  # fmt: skip
     services.outbox.enqueue(
         f"notice:{event}:{user.id}:{int(now * 1000)}", [user.email], f"[keyplane] {subject}", body,
-        now=now,
+        page, now=now,
     )  # fmt: skip
