@@ -242,9 +242,10 @@ def test_the_csv_export_has_one_row_per_usage_record_exactly(
         'attachment; filename="keyplane-usage-2026-11.csv"'
     )
     assert response.text.startswith(
-        "time,request_id,project_id,project_name,key_id,key_name,model,endpoint,input_tokens,"
-        "cached_input_tokens,output_tokens,images,audio_seconds,characters,status,outcome,"
-        "estimated,cost_usd\r\n"
+        "time,request_id,project_id,project_name,key_id,key_name,owner_type,owner_id,model,"
+        "endpoint,input_tokens,cached_input_tokens,input_audio_tokens,output_tokens,"
+        "output_audio_tokens,images,audio_seconds,characters,stream,status,outcome,estimated,"
+        "latency_ms,period,cost_usd\r\n"
     )
     assert sorted(row["request_id"] for row in rows) == sorted(november)
     assert [(r["time"], r["request_id"]) for r in rows] == sorted(
@@ -262,12 +263,15 @@ def test_the_csv_export_has_one_row_per_usage_record_exactly(
             "request_id": record.request_id, "project_id": record.project_id,
             "project_name": names[record.project_id], "key_id": record.key_id,
             "key_name": "'" + key.name if key.name[0] in "=@" else key.name,
+            "owner_type": "user", "owner_id": plane.owner.id,
             "model": record.model, "endpoint": record.endpoint,
             "input_tokens": str(record.input_tokens),
-            "cached_input_tokens": str(record.cached_input_tokens),
-            "output_tokens": str(record.output_tokens), "images": "0", "audio_seconds": "0",
-            "characters": "0", "status": "200", "outcome": "completed",
+            "cached_input_tokens": str(record.cached_input_tokens), "input_audio_tokens": "0",
+            "output_tokens": str(record.output_tokens), "output_audio_tokens": "0",
+            "images": "0", "audio_seconds": "0", "characters": "0", "stream": "no",
+            "status": "200", "outcome": "completed",
             "estimated": "yes" if record.tokens_estimated else "no",
+            "latency_ms": str(record.latency_ms), "period": "2026-11",
         }  # fmt: skip
         assert Decimal(cost) * 1_000_000 == record.cost_micro_usd
         assert re.fullmatch(r"\d+\.\d{6}", cost)
