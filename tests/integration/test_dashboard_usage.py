@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from test_accounts_web import OWNER_PASSWORD, PASSWORD, Browser, text_of
-from test_dashboard_keys import SignIn, browser_for, join, kp  # noqa: F401  (fixtures)
+from test_dashboard_keys import SignIn, browser_for, join  # noqa: F401  (fixtures)
 
 import kphttp
 from conftest import Keyplane, start_keyplane
@@ -24,10 +24,22 @@ from keyplane.audit.models import Actor, ActorType
 from keyplane.clock import FrozenClock
 from keyplane.keys.format import KeyKind
 from keyplane.usage.pricing import format_cost
-from kptest import ServerThread
+from kptest import ServerThread, just_before_month_end
 
 
-def chat(kp: Keyplane, model: str) -> None:  # noqa: F811
+@pytest.fixture
+def kp(tmp_path: Path, simulator: ServerThread) -> Iterator[Keyplane]:
+    """A keyplane whose clock stands still half a second before a month ends: "this month" is the
+    same month when the requests are made and when the page shows them (and the tests would see
+    a page that read the wall clock instead)."""
+    clock = FrozenClock(just_before_month_end())
+    instance = start_keyplane(tmp_path, simulator.url + "/v1", clock=clock)
+    yield instance
+    instance.server.stop()
+    instance.container.close()
+
+
+def chat(kp: Keyplane, model: str) -> None:
     r = kphttp.post(
         kp.base_url + "/chat/completions",
         json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20},
@@ -37,7 +49,7 @@ def chat(kp: Keyplane, model: str) -> None:  # noqa: F811
 
 
 def test_usage_shows_the_months_spend_per_day_and_model_and_the_latest_requests(
-    kp: Keyplane,  # noqa: F811
+    kp: Keyplane,
     browser_for: SignIn,  # noqa: F811
 ) -> None:
     for model in ("gpt-4o-mini", "gpt-4o-mini", "gpt-4o"):
@@ -65,7 +77,7 @@ def test_usage_shows_the_months_spend_per_day_and_model_and_the_latest_requests(
 
 
 def test_pages_name_an_icon_and_favicon_ico_leads_to_it(
-    kp: Keyplane,  # noqa: F811
+    kp: Keyplane,
     browser_for: SignIn,  # noqa: F811
 ) -> None:
     owner = browser_for("owner@example.com", OWNER_PASSWORD)
@@ -78,7 +90,7 @@ def test_pages_name_an_icon_and_favicon_ico_leads_to_it(
 
 
 def test_usage_shows_images_audio_and_speech_in_their_units(
-    kp: Keyplane,  # noqa: F811
+    kp: Keyplane,
     browser_for: SignIn,  # noqa: F811
 ) -> None:
     """What is billed per image, per second of audio or per character shows in those units, not
