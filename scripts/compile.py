@@ -13,7 +13,9 @@ against the compiled copy too (`make test`).
 The compiled extensions are cached by the hash of what they are built from: the sources of the
 compiled modules and of every keyplane module they import, directly or not (mypyc compiles against
 those modules' types: a changed return type there, and a stale extension would raise TypeError at
-run time), the versions of the installed libraries (mypy's among them) and Python's. A change
+run time), the versions of the installed libraries (mypy's among them) and Python's, and how they
+are built: the list of modules compiled (one added to it would otherwise reuse a build without its
+extension) and this script itself. A change
 elsewhere in src/ only copies the tree again (~1 s); a change to one of those modules rebuilds
 them (~1 minute, one C compiler process). Without a C compiler or Python's headers (Debian: gcc,
 python3.11-dev) nothing is compiled: build/compiled is removed and
@@ -33,7 +35,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+SCRIPT = Path(__file__).resolve()
+REPO = SCRIPT.parent.parent
 
 # The modules every proxied request runs through (docs/architecture.md, "A compiled request
 # path"). Not gateway/errors.py: mypyc cannot compile an exception that is a slotted dataclass.
@@ -108,9 +111,14 @@ def installed() -> list[str]:
 
 
 def digest(src: Path) -> str:
+    """The cache key of a build of ``src``: everything the extensions are built from and how."""
     h = hashlib.sha256()
     h.update(f"{sys.version} {EXTENSION}\n".encode())
     h.update("\n".join(installed()).encode() + b"\0")
+    # What is compiled (a module imported by those compiled is hashed below either way, compiled
+    # or not) and how: this script, its mypyc invocation among it.
+    h.update("\n".join(MODULES).encode() + b"\0")
+    h.update(SCRIPT.read_bytes() + b"\0")
     for module in built_from(src):
         h.update(module.encode() + b"\0" + (src / module).read_bytes() + b"\0")
     return h.hexdigest()[:20]

@@ -18,7 +18,7 @@ from sqlalchemy import insert
 from conftest import make_settings
 from keyplane import bootstrap, gateway_assembly
 from keyplane.accounts.models import Organization, Project, User
-from keyplane.clock import Clock
+from keyplane.clock import Clock, FrozenClock
 from keyplane.config import UpstreamSettings
 from keyplane.errors import StoreUnavailable
 from keyplane.gateway.app import Gateway
@@ -28,6 +28,7 @@ from keyplane.simulator import SimulatorConfig, create_app
 from keyplane.storage import tables
 from keyplane.web.admin import create_admin_app
 from keyplane.web.auth import NOT_ADMIN
+from kptest import just_before_month_end
 
 pytestmark = pytest.mark.anyio
 
@@ -147,6 +148,14 @@ async def open_env(
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     async with open_env(tmp_path) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def month_env(tmp_path: Path) -> AsyncIterator[Env]:
+    """``env`` on a clock that stands still half a second before a month ends: what a monthly
+    limit counts is this month's spend, and the month cannot turn between a spend and its check."""
+    async with open_env(tmp_path, clock=FrozenClock(just_before_month_end())) as opened:
         yield opened
 
 
@@ -361,8 +370,9 @@ async def test_revoking_a_grant_takes_back_what_remains(env: Env) -> None:
 
 
 async def test_lowering_the_spend_limit_below_this_months_spend_refuses_the_next_request(
-    env: Env,
+    month_env: Env,
 ) -> None:
+    env = month_env
     limit = (await env.client.get(ORG + "/spend_limit", headers=env.admin())).json()
     assert limit == {
         "object": "organization.spend_limit", "currency": "USD", "interval": "month",

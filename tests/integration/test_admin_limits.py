@@ -4,6 +4,7 @@ lowering only, applied by the gateway at once, and the usage tier with its progr
 from __future__ import annotations
 
 import pytest
+from openai.types.admin.organization.projects.project_rate_limit import ProjectRateLimit
 from test_admin_billing import ORG, Env, env  # noqa: F401  (env is a fixture)
 
 pytestmark = pytest.mark.anyio
@@ -39,6 +40,29 @@ async def test_project_rate_limits_list_lower_and_refuse_raising(env: Env) -> No
         path + "/rl-gpt-4o", json={"max_requests_per_1_minute": "1"}, headers=env.admin()
     )
     assert bad.status_code == 400
+
+
+async def test_every_row_is_openais_project_rate_limit_image_and_audio_models_too(
+    env: Env,  # noqa: F811
+) -> None:
+    """OpenAI's type makes requests and tokens per minute integers on every model: an image or
+    audio model, limited by neither tokens nor (here) audio, shows 0 tokens, not null."""
+    path = f"{ORG}/projects/{env.project.id}/rate_limits"
+    rows = (await env.client.get(path, headers=env.admin())).json()["data"]
+    assert {"dall-e-3", "whisper-1", "gpt-4o"} <= {r["model"] for r in rows}
+    for row in rows:
+        ProjectRateLimit.model_validate(row)  # (the SDK's list does not validate: it constructs)
+    shown = {r["model"]: r for r in rows}
+    dall_e = shown["dall-e-3"]
+    assert (dall_e["max_requests_per_1_minute"], dall_e["max_tokens_per_1_minute"]) == (10_000, 0)
+    assert dall_e["max_images_per_1_minute"] == 50  # (Tier 5's figures)
+    assert shown["whisper-1"]["max_tokens_per_1_minute"] == 0
+    lowered = await env.client.post(
+        path + "/rl-dall-e-3", json={"max_images_per_1_minute": 5}, headers=env.admin()
+    )
+    assert lowered.status_code == 200, lowered.text
+    updated = ProjectRateLimit.model_validate(lowered.json())
+    assert (updated.max_tokens_per_1_minute, updated.max_images_per_1_minute) == (0, 5)
 
 
 async def test_a_limit_for_a_model_nobody_serves_is_refused(env: Env) -> None:  # noqa: F811

@@ -22,6 +22,9 @@ from openai.types.admin.organization.usage_vector_stores_response import (
 )
 from test_admin_billing import ORG, Env, env, error_of, open_env  # noqa: F401  (env: a fixture)
 
+from keyplane.clock import FrozenClock
+from kptest import just_before_month_end
+
 pytestmark = pytest.mark.anyio
 DAY = 86400
 HOUR = 3600
@@ -84,7 +87,10 @@ class _Events(httpx.AsyncByteStream):
 
 @pytest.fixture
 async def audio_env(tmp_path: Path) -> AsyncIterator[Env]:
-    async with open_env(tmp_path, httpx.MockTransport(_answer)) as opened:
+    """On a clock that stands still half a second before a month ends: the day the requests are
+    made is the day their usage is asked for."""
+    clock = FrozenClock(just_before_month_end())
+    async with open_env(tmp_path, httpx.MockTransport(_answer), clock=clock) as opened:
         yield opened
 
 
@@ -105,7 +111,7 @@ async def test_completions_usage_counts_the_audio_tokens_the_upstream_reports(
         (0, 0), (25, 80), (25, 80),
     ]  # fmt: skip
 
-    today = int(time.time()) // DAY * DAY
+    today = int(kp.container.clock.now()) // DAY * DAY
     page = await sdk(kp).admin.organization.usage.completions(start_time=today)
     [result] = [r for bucket in page.data for r in bucket.results]
     assert result.object == "organization.usage.completions.result"

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import orjson
 import pytest
@@ -15,6 +16,8 @@ from test_sdk import _close_clients, client, kp  # noqa: F401
 
 import kphttp
 from conftest import Keyplane, start_keyplane
+from keyplane.clock import FrozenClock
+from keyplane.limits.ratelimit import ModelLimits
 from kptest import ServerThread
 
 WHISPER_PER_MINUTE = 6_000  # micro-dollars: $0.006
@@ -192,3 +195,50 @@ def test_a_duration_beyond_what_was_sent_is_billed_at_most_the_hold_and_stored(
         kp.server.stop()
         kp.container.close()
         upstream.stop()
+
+
+def upload(kp: Keyplane, endpoint: str, audio: bytes) -> httpx.Response:
+    return kphttp.post(
+        f"{kp.base_url}/audio/{endpoint}", data={"model": "whisper-1"},
+        files={"file": ("a.mp3", audio)}, headers={"authorization": f"Bearer {kp.key}"},
+    )  # fmt: skip
+
+
+def test_audio_megabytes_per_minute_count_each_upload_rounded_up(
+    tmp_path: Path, simulator: ServerThread
+) -> None:
+    """A project's limit of 3 audio MB a minute on whisper-1: a transcription of 1.5 MB counts 2,
+    so a translation of as much is refused (429, as other limits), and goes through a minute on.
+    A file larger than the limit is refused for good."""
+    clock = FrozenClock()  # (the next minute comes when the test says so)
+    kp = start_keyplane(tmp_path, simulator.url + "/v1", clock=clock)
+    try:
+        kp.container.rate_limit_service.set_project_limit(
+            kp.org.id, kp.project.id, "rl-whisper-1", ModelLimits(audio_mb_per_min=3)
+        )
+        kp.server.call(kp.gateway.pipeline.money.refresh())
+        mb = 1024 * 1024
+        first = upload(kp, "transcriptions", b"x" * (mb + mb // 2))
+        assert first.status_code == 200, first.text
+        refused = upload(kp, "translations", b"y" * (mb + mb // 2))
+        assert refused.status_code == 429, refused.text
+        error = refused.json()["error"]
+        assert (error["code"], error["type"]) == ("rate_limit_exceeded", "requests")
+        assert f"in project {kp.project.id} of organization {kp.org.id}" in error["message"]
+        assert "on audio megabytes per min: Limit 3, Used 2, Requested 2" in error["message"]
+        assert refused.headers["x-keyplane-limit"] == "rate"
+        assert 0 < int(refused.headers["retry-after-ms"]) <= 60_000
+        assert "x-ratelimit-limit-requests" in refused.headers  # (the tier's RPM)
+        assert len(kp.usage(expect=1)) == 1  # refused: never forwarded nor billed
+        clock.advance(60)
+        again = upload(kp, "translations", b"y" * (mb + mb // 2))
+        assert again.status_code == 200, again.text
+        assert "x-ratelimit-remaining-requests" in again.headers
+        clock.advance(60)
+        too_large = upload(kp, "transcriptions", b"z" * (3 * mb + 1))  # 4 MB: never fits
+        assert too_large.status_code == 429 and too_large.headers["x-should-retry"] == "false"
+        assert "Request too large for whisper-1" in too_large.json()["error"]["message"]
+        assert len(kp.usage(expect=2)) == 2
+    finally:
+        kp.server.stop()
+        kp.container.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from test_accounts_web import OWNER_PASSWORD, PASSWORD, Browser, text_of
-from test_dashboard_keys import SignIn, browser_for, join, kp  # noqa: F401  (fixtures)
+from test_dashboard_keys import SignIn, browser_for, join  # noqa: F401  (fixtures)
 
 import kphttp
 from conftest import Keyplane, start_keyplane
@@ -24,10 +24,22 @@ from keyplane.audit.models import Actor, ActorType
 from keyplane.clock import FrozenClock
 from keyplane.keys.format import KeyKind
 from keyplane.usage.pricing import format_cost
-from kptest import ServerThread
+from kptest import ServerThread, just_before_month_end
 
 
-def chat(kp: Keyplane, model: str) -> None:  # noqa: F811
+@pytest.fixture
+def kp(tmp_path: Path, simulator: ServerThread) -> Iterator[Keyplane]:
+    """A keyplane whose clock stands still half a second before a month ends: "this month" is the
+    same month when the requests are made and when the page shows them (and the tests would see
+    a page that read the wall clock instead)."""
+    clock = FrozenClock(just_before_month_end())
+    instance = start_keyplane(tmp_path, simulator.url + "/v1", clock=clock)
+    yield instance
+    instance.server.stop()
+    instance.container.close()
+
+
+def chat(kp: Keyplane, model: str) -> None:
     r = kphttp.post(
         kp.base_url + "/chat/completions",
         json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20},
@@ -37,7 +49,7 @@ def chat(kp: Keyplane, model: str) -> None:  # noqa: F811
 
 
 def test_usage_shows_the_months_spend_per_day_and_model_and_the_latest_requests(
-    kp: Keyplane,  # noqa: F811
+    kp: Keyplane,
     browser_for: SignIn,  # noqa: F811
 ) -> None:
     for model in ("gpt-4o-mini", "gpt-4o-mini", "gpt-4o"):
@@ -65,7 +77,7 @@ def test_usage_shows_the_months_spend_per_day_and_model_and_the_latest_requests(
 
 
 def test_pages_name_an_icon_and_favicon_ico_leads_to_it(
-    kp: Keyplane,  # noqa: F811
+    kp: Keyplane,
     browser_for: SignIn,  # noqa: F811
 ) -> None:
     owner = browser_for("owner@example.com", OWNER_PASSWORD)
@@ -78,7 +90,7 @@ def test_pages_name_an_icon_and_favicon_ico_leads_to_it(
 
 
 def test_usage_shows_images_audio_and_speech_in_their_units(
-    kp: Keyplane,  # noqa: F811
+    kp: Keyplane,
     browser_for: SignIn,  # noqa: F811
 ) -> None:
     """What is billed per image, per second of audio or per character shows in those units, not
@@ -242,9 +254,10 @@ def test_the_csv_export_has_one_row_per_usage_record_exactly(
         'attachment; filename="keyplane-usage-2026-11.csv"'
     )
     assert response.text.startswith(
-        "time,request_id,project_id,project_name,key_id,key_name,model,endpoint,input_tokens,"
-        "cached_input_tokens,output_tokens,images,audio_seconds,characters,status,outcome,"
-        "estimated,cost_usd\r\n"
+        "time,request_id,project_id,project_name,key_id,key_name,owner_type,owner_id,model,"
+        "endpoint,input_tokens,cached_input_tokens,input_audio_tokens,output_tokens,"
+        "output_audio_tokens,images,audio_seconds,characters,stream,status,outcome,estimated,"
+        "latency_ms,period,cost_usd\r\n"
     )
     assert sorted(row["request_id"] for row in rows) == sorted(november)
     assert [(r["time"], r["request_id"]) for r in rows] == sorted(
@@ -262,12 +275,15 @@ def test_the_csv_export_has_one_row_per_usage_record_exactly(
             "request_id": record.request_id, "project_id": record.project_id,
             "project_name": names[record.project_id], "key_id": record.key_id,
             "key_name": "'" + key.name if key.name[0] in "=@" else key.name,
+            "owner_type": "user", "owner_id": plane.owner.id,
             "model": record.model, "endpoint": record.endpoint,
             "input_tokens": str(record.input_tokens),
-            "cached_input_tokens": str(record.cached_input_tokens),
-            "output_tokens": str(record.output_tokens), "images": "0", "audio_seconds": "0",
-            "characters": "0", "status": "200", "outcome": "completed",
+            "cached_input_tokens": str(record.cached_input_tokens), "input_audio_tokens": "0",
+            "output_tokens": str(record.output_tokens), "output_audio_tokens": "0",
+            "images": "0", "audio_seconds": "0", "characters": "0", "stream": "no",
+            "status": "200", "outcome": "completed",
             "estimated": "yes" if record.tokens_estimated else "no",
+            "latency_ms": str(record.latency_ms), "period": "2026-11",
         }  # fmt: skip
         assert Decimal(cost) * 1_000_000 == record.cost_micro_usd
         assert re.fullmatch(r"\d+\.\d{6}", cost)

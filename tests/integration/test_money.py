@@ -25,7 +25,7 @@ from keyplane.errors import KeyplaneError
 from keyplane.simulator import SimulatorConfig, create_app
 from keyplane.storage.billing_tables import ledger_entries
 from keyplane.usage.pricing import PriceTable
-from kptest import ServerThread, Upstream, wait_until
+from kptest import ServerThread, Upstream, just_before_month_end, wait_until
 
 DOLLAR = 1_000_000
 GPT4O = PriceTable.load().price("gpt-4o", 2_000_000_000)
@@ -75,6 +75,17 @@ def funded(tmp_path: Path, obedient_simulator: ServerThread) -> Any:
     instance.container.close()
 
 
+@pytest.fixture
+def budgeted(tmp_path: Path, obedient_simulator: ServerThread) -> Any:
+    """``funded``, on a clock that stands still half a second before a month ends: a monthly
+    budget counts this month's spend, and the month cannot turn between a spend and the check."""
+    clock = FrozenClock(just_before_month_end())
+    instance = start_keyplane(tmp_path, obedient_simulator.url + "/v1", credit=DOLLAR, clock=clock)
+    yield instance
+    instance.server.stop()
+    instance.container.close()
+
+
 def test_a_thousand_concurrent_requests_never_overspend_one_dollar(funded: Keyplane) -> None:
     kp = funded
     responses = asyncio.run(fire(kp, bodies(1000)))
@@ -103,8 +114,8 @@ def test_a_thousand_concurrent_requests_never_overspend_one_dollar(funded: Keypl
     assert ledger_total(kp) == 0  # double entry: every transaction sums to zero
 
 
-def test_the_lowest_of_balance_and_budgets_wins(funded: Keyplane) -> None:
-    kp = funded
+def test_the_lowest_of_balance_and_budgets_wins(budgeted: Keyplane) -> None:
+    kp = budgeted
     kp.container.billing.update_settings(kp.org.id, budget=DOLLAR // 2)
     kp.container.billing.set_project_budget(kp.org.id, kp.project.id, 3 * DOLLAR // 10)
     kp.server.call(kp.gateway.pipeline.money.refresh())
@@ -158,8 +169,8 @@ def test_output_is_clamped_to_what_the_money_affords(funded: Keyplane) -> None:
     assert record.cost_micro_usd <= DOLLAR
 
 
-def test_budget_change_applies_at_once_without_a_spurious_429(funded: Keyplane) -> None:
-    kp = funded
+def test_budget_change_applies_at_once_without_a_spurious_429(budgeted: Keyplane) -> None:
+    kp = budgeted
     assert all(r.status_code == 200 for r in asyncio.run(fire(kp, bodies(5))))
     spent = sum(r.cost_micro_usd for r in kp.usage(expect=5))
     kp.container.billing.update_settings(

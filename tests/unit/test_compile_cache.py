@@ -1,8 +1,8 @@
 """scripts/compile.py rebuilds the compiled request path whenever something it was compiled against
-changes: its own modules, every keyplane module they import (directly or not) and the installed
-libraries. A cache keyed on the compiled modules alone once kept an extension built against an
-older return type of an imported, uncompiled module, which then raised TypeError at run time on
-every settlement flush."""
+changes: its own modules, every keyplane module they import (directly or not), the installed
+libraries, the list of modules it compiles and the script itself. A cache keyed on the compiled
+modules alone once kept an extension built against an older return type of an imported, uncompiled
+module, which then raised TypeError at run time on every settlement flush."""
 
 from __future__ import annotations
 
@@ -61,4 +61,29 @@ def test_another_version_of_a_library_rebuilds(src: Path, monkeypatch: pytest.Mo
     assert any(line.startswith("httptools==") for line in now)
     bumped = [f"{line}.post1" if line.startswith("httptools==") else line for line in now]
     monkeypatch.setattr(script, "installed", lambda: bumped)
+    assert script.digest(src) != before
+
+
+def test_a_module_added_to_those_compiled_rebuilds(
+    src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gateway/media.py is imported by the compiled pipeline, so its source is hashed already:
+    compiling it too must still not reuse a build without its extension."""
+    script = _compile_script()
+    before = script.digest(src)
+    assert "keyplane/gateway/media.py" in script.built_from(src)
+    assert "keyplane/gateway/media.py" not in script.MODULES
+    monkeypatch.setattr(script, "MODULES", [*script.MODULES, "keyplane/gateway/media.py"])
+    assert script.digest(src) != before
+
+
+def test_a_change_to_the_script_itself_rebuilds(
+    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """How the modules are compiled (mypyc's arguments, say) is written in the script."""
+    script = _compile_script()
+    before = script.digest(src)
+    changed = tmp_path / "compile.py"
+    changed.write_text(script.SCRIPT.read_text() + "\n# changed\n")
+    monkeypatch.setattr(script, "SCRIPT", changed)
     assert script.digest(src) != before

@@ -68,3 +68,40 @@ def test_rows_are_written_as_the_records_are_read() -> None:
 
 def test_no_records_is_a_header_alone() -> None:
     assert list(csv_chunks(iter(()), {}, {})) == [",".join(HEADER) + "\r\n"]
+
+
+def test_every_column_of_a_record_is_exported_but_its_organization_and_ip() -> None:
+    """A record's audio tokens, owner, stream, latency and month: each in its named column (a
+    column added to records and forgotten here fails this test)."""
+    spoken = UsageRecord(
+        request_id="req_a", created_at=1_796_601_599, org_id="org_x", project_id="proj_x",
+        key_id="key_x", owner_type="service_account", owner_id="svc_1", model="gpt-4o-audio-preview",
+        endpoint="chat.completions", input_tokens=120, cached_input_tokens=20, output_tokens=300,
+        status=200, latency_ms=845, client_ip="203.0.113.9", cost_micro_usd=4_321, stream=True,
+        outcome=Outcome.COMPLETED, tokens_estimated=False, period="2026-12", images=0,
+        audio_seconds=0, characters=0, input_audio_tokens=100, output_audio_tokens=250,
+    )  # fmt: skip
+    text = "".join(csv_chunks([spoken], {"proj_x": "Main"}, {}))
+    header, row = list(csv.reader(io.StringIO(text)))
+    assert header == list(HEADER) == [
+        "time", "request_id", "project_id", "project_name", "key_id", "key_name", "owner_type",
+        "owner_id", "model", "endpoint", "input_tokens", "cached_input_tokens",
+        "input_audio_tokens", "output_tokens", "output_audio_tokens", "images", "audio_seconds",
+        "characters", "stream", "status", "outcome", "estimated", "latency_ms", "period",
+        "cost_usd",
+    ]  # fmt: skip
+    assert dict(zip(header, row, strict=True)) == {
+        "time": "2026-12-06T23:59:59Z", "request_id": "req_a", "project_id": "proj_x",
+        "project_name": "Main", "key_id": "key_x", "key_name": "",
+        "owner_type": "service_account", "owner_id": "svc_1", "model": "gpt-4o-audio-preview",
+        "endpoint": "chat.completions", "input_tokens": "120", "cached_input_tokens": "20",
+        "input_audio_tokens": "100", "output_tokens": "300", "output_audio_tokens": "250",
+        "images": "0", "audio_seconds": "0", "characters": "0", "stream": "yes", "status": "200",
+        "outcome": "completed", "estimated": "no", "latency_ms": "845", "period": "2026-12",
+        "cost_usd": "0.004321",
+    }  # fmt: skip
+    # Each of the record's fields is a column, or one of the two left out on purpose.
+    shown = {"created_at": "time", "tokens_estimated": "estimated", "cost_micro_usd": "cost_usd"}
+    left_out = {"org_id", "client_ip"}
+    assert {shown.get(f, f) for f in UsageRecord.FIELDS if f not in left_out} <= set(HEADER)
+    assert "203.0.113.9" not in text and "org_x" not in text

@@ -16,6 +16,8 @@ from keyplane.usage.pricing import Price
 
 # Audio uploads: OpenAI takes files of up to 25 MB (and the form around them).
 AUDIO_MAX_BYTES = 25 * 1024 * 1024 + 256 * 1024
+# A megabyte of audio, as audio megabytes per minute count it (the 25 MB above are MiB too).
+AUDIO_MEGABYTE = 1024 * 1024
 # The fewest bytes a second of audio takes in any format the API reads (Opus at 6 kbit/s): what
 # bounds a file's duration, and so its hold.
 MIN_AUDIO_BYTES_PER_S = 750
@@ -317,6 +319,12 @@ def reported_seconds(content: bytes) -> int | None:
     if not 0 <= seconds < 2**31:  # (NaN, infinities and absurd figures: not a duration)
         return None
     return math.ceil(seconds)
+
+
+def audio_megabytes(audio_bytes: int) -> int:
+    """An audio file's size in whole megabytes, rounded up: what it counts against audio
+    megabytes per minute (an empty file, none)."""
+    return -(-audio_bytes // AUDIO_MEGABYTE)
 
 
 def likely_seconds(audio_bytes: int) -> int:

@@ -492,8 +492,8 @@ class Pipeline:
         self, call: Call, scopes: list[LimitScope], wanted: int, choices: int, uncapped: bool,
         now: float, images: int,
     ) -> None:  # fmt: skip
-        """Counts the request, its estimated tokens and the ``images`` it asks for against every
-        scope: the prompt and the most it may write (``wanted`` for each of ``choices`` outputs),
+        """Counts the request, its estimated tokens, the ``images`` it asks for and the megabytes
+        of audio it uploads against every scope: the prompt and the most it may write (``wanted`` for each of ``choices`` outputs),
         as OpenAI counts ``max_tokens`` up front; the settlement corrects the tokens to what was
         used. A request that sets no cap (``uncapped``) counts at most ``UNCAPPED_OUTPUT`` an
         output, and never more than the tightest TPM limit leaves after its prompt: counting a
@@ -507,7 +507,8 @@ class Pipeline:
             if 0 < room < output:
                 output = room
         tokens = call.estimated_input + output
-        decision = self.rates.admit(scopes, tokens, now, images)
+        audio_mb = media.audio_megabytes(call.audio_bytes)  # (0 but on speech to text)
+        decision = self.rates.admit(scopes, tokens, now, images, audio_mb)
         call.rate_headers = rate_limit_headers(decision)
         call.ticket = decision.ticket
         if decision.rejection is not None:

@@ -75,8 +75,12 @@ class RateGuard:
                 self._scopes[cached] = scopes
         return scopes
 
-    def admit(self, scopes: list[LimitScope], tokens: int, now: float, images: int = 0) -> Decision:
-        return self._limiter.admit(scopes, Cost(tokens=tokens, images=images), now)
+    def admit(
+        self, scopes: list[LimitScope], tokens: int, now: float, images: int = 0, audio_mb: int = 0
+    ) -> Decision:
+        return self._limiter.admit(
+            scopes, Cost(tokens=tokens, images=images, audio_mb=audio_mb), now
+        )
 
     async def _scopes_for(
         self, key: ApiKey, tier_id: str | None, model: str

@@ -1,5 +1,11 @@
 """Usage records as CSV (the Usage page's "Export CSV", BRIEF C7): one row per request.
 
+Every column of a usage record but two: the organization's id (the file is one organization's)
+and the client's IP address (every member may export usage, and a caller's address is personal
+data the dashboard shows nobody). ``period`` is the month the record's spend counts in (the month
+it was admitted), which a request admitted just before a month turned and settled after it does
+not share with its ``time``.
+
 Names in it are chosen by people (projects, keys), and spreadsheets run a cell that starts like a
 formula: such a cell gets a leading ``'`` (OWASP's advice against CSV injection), so opening the
 file runs nothing and the text still reads the same.
@@ -16,9 +22,10 @@ from keyplane.keys.models import ApiKey
 from keyplane.usage.records import UsageRecord
 
 HEADER = (
-    "time", "request_id", "project_id", "project_name", "key_id", "key_name", "model",
-    "endpoint", "input_tokens", "cached_input_tokens", "output_tokens", "images",
-    "audio_seconds", "characters", "status", "outcome", "estimated", "cost_usd",
+    "time", "request_id", "project_id", "project_name", "key_id", "key_name", "owner_type",
+    "owner_id", "model", "endpoint", "input_tokens", "cached_input_tokens", "input_audio_tokens",
+    "output_tokens", "output_audio_tokens", "images", "audio_seconds", "characters", "stream",
+    "status", "outcome", "estimated", "latency_ms", "period", "cost_usd",
 )  # fmt: skip
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 MICRO = 1_000_000
@@ -50,10 +57,12 @@ def row(
     project = record.project_id or ""
     cells = (
         iso_time(record.created_at), record.request_id, project, project_names.get(project, ""),
-        record.key_id, key_name, record.model, record.endpoint, record.input_tokens,
-        record.cached_input_tokens, record.output_tokens, record.images, record.audio_seconds,
-        record.characters, record.status, record.outcome.value,
-        "yes" if record.tokens_estimated else "no", dollars(record.cost_micro_usd),
+        record.key_id, key_name, record.owner_type, record.owner_id, record.model, record.endpoint,
+        record.input_tokens, record.cached_input_tokens, record.input_audio_tokens,
+        record.output_tokens, record.output_audio_tokens, record.images, record.audio_seconds,
+        record.characters, "yes" if record.stream else "no", record.status, record.outcome.value,
+        "yes" if record.tokens_estimated else "no", record.latency_ms, record.period,
+        dollars(record.cost_micro_usd),
     )  # fmt: skip
     return [neutralized(str(cell)) for cell in cells]
 

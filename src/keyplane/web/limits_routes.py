@@ -45,11 +45,15 @@ class LimitServices(Protocol):
 
 
 class RateLimit(BaseModel):
+    """OpenAI's ``ProjectRateLimit``. Its requests and tokens per minute are integers on every
+    model, the others "only present for relevant models": a model keyplane does not limit by
+    requests or tokens a minute (an image or audio model's tokens) shows 0 there, not null."""
+
     object: Literal["project.rate_limit"] = "project.rate_limit"
     id: str
     model: str
-    max_requests_per_1_minute: int | None
-    max_tokens_per_1_minute: int | None
+    max_requests_per_1_minute: int
+    max_tokens_per_1_minute: int
     max_requests_per_1_day: int | None
     max_images_per_1_minute: int | None
     max_audio_megabytes_per_1_minute: int | None
@@ -58,7 +62,8 @@ class RateLimit(BaseModel):
     def of(cls, row: ProjectRateLimit) -> RateLimit:
         lim = row.limits
         return cls(
-            id=row.id, model=row.model, max_requests_per_1_minute=lim.rpm, max_tokens_per_1_minute=lim.tpm,
+            id=row.id, model=row.model, max_requests_per_1_minute=lim.rpm or 0,
+            max_tokens_per_1_minute=lim.tpm or 0,
             max_requests_per_1_day=lim.rpd, max_images_per_1_minute=lim.images_per_min,
             max_audio_megabytes_per_1_minute=lim.audio_mb_per_min,
         )  # fmt: skip
