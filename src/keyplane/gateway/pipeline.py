@@ -492,14 +492,15 @@ class Pipeline:
         self, call: Call, scopes: list[LimitScope], wanted: int, choices: int, uncapped: bool,
         now: float, images: int,
     ) -> None:  # fmt: skip
-        """Counts the request, its estimated tokens, the ``images`` it asks for and the megabytes
-        of audio it uploads against every scope: the prompt and the most it may write (``wanted``
-        for each of ``choices`` outputs), as OpenAI counts ``max_tokens`` up front; the settlement
+        """Counts the request, its estimated tokens, the ``images`` it asks for and the megabytes of
+        audio it uploads against every scope: the prompt and the most it may write (``wanted`` for
+        each of ``choices`` outputs), as OpenAI counts ``max_tokens`` up front; the settlement
         corrects the tokens to what was used. A request that sets no cap (``uncapped``) counts at
-        most ``UNCAPPED_OUTPUT`` an output, and never more than the tightest TPM limit leaves after its prompt: counting a
-        model's whole output cap (gpt-4.1's 32,768 against Tier 1's 30,000) refused it for ever,
-        and reserving the whole limit made every concurrent request wait a minute. (Its money hold
-        still covers all it may write; only the rate limit is counted this way.)"""
+        most ``UNCAPPED_OUTPUT`` an output, and never more than the tightest TPM limit leaves after
+        its prompt: counting a model's whole output cap (gpt-4.1's 32,768 against Tier 1's 30,000)
+        refused it for ever, and reserving the whole limit made every concurrent request wait a
+        minute. (Its money hold still covers all it may write; only the rate limit is counted this
+        way.)"""
         output = wanted * choices
         if uncapped and output:
             output = min(output, UNCAPPED_OUTPUT * choices)
