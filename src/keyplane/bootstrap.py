@@ -164,7 +164,8 @@ def build(
 
     promoter = TierPromoter(
         money_store, billing, outbox, clock, billing_emails=billing_emails,
-        org_name=accounts.org_name, audit=audit, publish=webhooks.publish,
+        org_name=accounts.org_name, public_url=settings.public_url, audit=audit,
+        publish=webhooks.publish,
     )  # fmt: skip
     low, high = settings.purchase_bounds()
     stripe = _stripe(settings)
@@ -196,6 +197,7 @@ def build(
             owner_emails=accounts.owner_emails,
             org_name=accounts.org_name,
             project_name=accounts.project_name,
+            public_url=settings.public_url,
             max_age_days=settings.key_rotation_days,
         ),
         leaks=LeakResponder(
@@ -207,6 +209,7 @@ def build(
             owner_emails=accounts.owner_emails,
             org_name=accounts.org_name,
             project_name=accounts.project_name,
+            public_url=settings.public_url,
             publish=webhooks.publish,
         ),
         payments=payments,
@@ -222,6 +225,7 @@ def build(
             clock,
             owner_emails=accounts.owner_emails,
             org_name=accounts.org_name,
+            public_url=settings.public_url,
             publish=webhooks.publish,
         ),
         rate_limits=rate_store,

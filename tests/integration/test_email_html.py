@@ -2,7 +2,8 @@
 on the shared layout that carries the same links (their ``?org=`` too), with the names people typed
 (an organization called ``<script>…``, a project with ``&`` and ``"``) escaped in the HTML and
 readable as typed in the text. Each case sends its email through the code that sends it, the
-outbox, the dispatcher and SMTP to a real mail server (aiosmtpd)."""
+outbox, the dispatcher and SMTP to a real mail server (aiosmtpd). The links of the emails about a
+key or the organization's billing open the page they name, for their organization, signed in."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from markupsafe import escape
@@ -187,6 +189,14 @@ class Kind:
     send: Callable[[World], None]
     subject: str  # a part of the subject of the email it sends
     names: tuple[str, ...] = ()  # names people typed that its text shows
+    # Its links, each with the heading of the page it opens: "{org}", "{key}" and "{project}"
+    # stand for the World's (only the kinds whose links are checked page by page say them).
+    pages: tuple[tuple[str, str], ...] = ()
+
+
+REVOKE = ("/api-keys/{key}/revoke?org={org}", "Revoke secret key")
+PROJECT_USAGE = ("/usage?project={project}&org={org}", "Usage")
+PAYMENT_METHODS = ("/billing/payment-methods?org={org}", "Payment methods")
 
 
 KINDS = {
@@ -196,22 +206,44 @@ KINDS = {
     "invitation": Kind(invitation, "You are invited", (ORG_NAME, PROJECT_NAME)),
     "password changed": Kind(password_changed, "Your keyplane password was changed"),
     "receipt": Kind(purchase, "Receipt for", (ORG_NAME,)),
-    "tier promotion": Kind(purchase, "moved up to Tier 1", (ORG_NAME,)),
+    "tier promotion": Kind(
+        purchase, "moved up to Tier 1", (ORG_NAME,), (("/limits?org={org}", "Limits"),)
+    ),
     "auto-recharge declined": Kind(
-        lambda w: recharge_declined(w, 1), "failed: your card has insufficient funds", (ORG_NAME,)
+        lambda w: recharge_declined(w, 1),
+        "failed: your card has insufficient funds",
+        (ORG_NAME,),
+        (PAYMENT_METHODS,),
     ),
     "auto-recharge turned off": Kind(
-        lambda w: recharge_declined(w, 3), "is turned off", (ORG_NAME,)
+        lambda w: recharge_declined(w, 3),
+        "is turned off",
+        (ORG_NAME,),
+        (PAYMENT_METHODS, ("/billing?org={org}#auto-recharge", "Billing")),
     ),
     "spend alert": Kind(lambda w: spend_alert(w, False), "of spend in", (ORG_NAME,)),
     "project spend alert": Kind(
         lambda w: spend_alert(w, True), "of spend in", (ORG_NAME, PROJECT_NAME)
     ),
     "low balance": Kind(low_balance, "is below $1.00", (ORG_NAME,)),
-    "new network": Kind(new_network, "Unusual use", (ORG_NAME, repr(KEY_NAME))),
-    "spend spike": Kind(spend_spike, "Unusual use", (ORG_NAME, repr(KEY_NAME))),
-    "leaked key": Kind(leaked, "leaked and was revoked", (ORG_NAME, PROJECT_NAME, repr(KEY_NAME))),
-    "rotation reminder": Kind(rotation, "Rotate the API key", (ORG_NAME, PROJECT_NAME)),
+    "new network": Kind(
+        new_network, "Unusual use", (ORG_NAME, repr(KEY_NAME)), (REVOKE, PROJECT_USAGE)
+    ),
+    "spend spike": Kind(
+        spend_spike, "Unusual use", (ORG_NAME, repr(KEY_NAME)), (REVOKE, PROJECT_USAGE)
+    ),
+    "leaked key": Kind(
+        leaked,
+        "leaked and was revoked",
+        (ORG_NAME, PROJECT_NAME, repr(KEY_NAME)),
+        (("/api-keys/new?org={org}", "Create new secret key"), PROJECT_USAGE),
+    ),
+    "rotation reminder": Kind(
+        rotation,
+        "Rotate the API key",
+        (ORG_NAME, PROJECT_NAME),
+        (("/api-keys/{key}/rotate?org={org}", "Rotate secret key"),),
+    ),
 }
 
 
@@ -276,3 +308,44 @@ def test_a_leak_reports_url_is_shown_never_linked(world: World) -> None:
     page = text_of(mail, "html")
     assert "https://github.com/acme/app/blob/main/.env#L3" in page
     assert 'href="https://github.com' not in page
+
+
+@pytest.mark.parametrize("name", [name for name, kind in KINDS.items() if kind.pages])
+def test_the_links_of_key_and_billing_emails_open_their_page_for_their_organization(
+    world: World, name: str
+) -> None:
+    """What the email says to do can be done from it: the Owner, signed in, follows each link
+    (``?org=`` chooses the organization, then the page opens without it) to the page it names."""
+    kind = KINDS[name]
+    kind.send(world)
+    deliver(world)
+    mails = [m for m in world.inbox.received if kind.subject in str(m.message["Subject"])]
+    assert len(mails) == 1, [str(m.message["Subject"]) for m in world.inbox.received]
+    text = text_of(mails[0], "plain")
+    ids = {"org": world.org_id, "key": world.key.id, "project": world.project.id}
+    expected = {PUBLIC_URL + path.format(**ids): heading for path, heading in kind.pages}
+    assert set(re.findall(rf"{re.escape(PUBLIC_URL)}/\S+", text)) == set(expected)
+
+    app, _ = gateway_assembly.build_app(world.c)
+    server = ServerThread(app).start()
+    browser = Browser(kphttp.Client(base_url=server.url, follow_redirects=False))
+    try:
+        browser.log_in_named("owner@example.com", PASSWORD, "Olive")
+        for link, heading in expected.items():
+            url = urlsplit(link)
+            chosen = browser.get(f"{url.path}?{url.query}")  # (a fragment stays in the browser)
+            rest = "&".join(p for p in url.query.split("&") if not p.startswith("org="))
+            assert chosen.status_code == 303
+            assert chosen.headers["location"] == url.path + (f"?{rest}" if rest else "")
+            page = browser.get(chosen.headers["location"])
+            assert page.status_code == 200, (link, page.text[:500])
+            assert re.search(rf"<h1>{re.escape(heading)}\b", page.text), (link, heading)
+            if url.fragment:
+                assert f'id="{url.fragment}"' in page.text
+            if world.key.id in url.path:  # that key's page
+                assert world.key.redacted_value in page.text
+            if "project" in url.query:  # the usage of that project, not of the organization
+                assert f'<option value="{world.project.id}" selected' in page.text
+    finally:
+        browser.close()
+        server.stop()

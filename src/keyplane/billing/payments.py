@@ -94,8 +94,8 @@ class PaymentService:
         )
         self._recharges = AutoRecharge(
             store, billing, clock, self._charge, audit=audit, outbox=outbox,
-            billing_emails=billing_emails, org_name=org_name, publish=publish, bounds=bounds,
-            max_attempts=max_recharge_attempts,
+            billing_emails=billing_emails, org_name=org_name, public_url=public_url,
+            publish=publish, bounds=bounds, max_attempts=max_recharge_attempts,
         )  # fmt: skip
 
     @property

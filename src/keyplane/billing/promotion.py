@@ -29,6 +29,7 @@ class TierPromoter:
         *,
         billing_emails: Callable[[str], Sequence[str]],
         org_name: Callable[[str], str],
+        public_url: str,
         audit: AuditService | None = None,
         publish: Publish = publish_nowhere,
     ) -> None:
@@ -40,6 +41,7 @@ class TierPromoter:
         self._clock = clock
         self._billing_emails = billing_emails
         self._org_name = org_name
+        self._public_url = public_url.rstrip("/")
 
     @property
     def tiers(self) -> TierTable:
@@ -83,15 +85,17 @@ class TierPromoter:
             limit = qualified.monthly_usage_limit_micro_usd // 1_000_000
             name = self._org_name(org_id)
             subject = f"[keyplane] {name} moved up to {qualified.name}"
+            limits_url = f"{self._public_url}/limits?org={org_id}"  # (whichever org it was in)
             self._outbox.enqueue(
                 f"tier:{org_id}:{qualified.id}",
                 recipients,
                 subject,
                 f"Your organization {name} now is in {qualified.name}: higher rate "
-                f"limits and a monthly usage limit of ${limit:,}.\n",
+                f"limits and a monthly usage limit of ${limit:,}.\n\n"
+                f"See your limits: {limits_url}\n",
                 render_html(
                     "tier_promoted.html", subject=subject, org=name, tier=qualified.name,
-                    limit=f"${limit:,}",
+                    limit=f"${limit:,}", limits_url=limits_url,
                 ),
                 now=now,
             )  # fmt: skip

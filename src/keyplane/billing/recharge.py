@@ -50,6 +50,7 @@ class AutoRecharge:
         outbox: Outbox,
         billing_emails: Callable[[str], Sequence[str]],
         org_name: Callable[[str], str],
+        public_url: str,
         publish: Publish,
         bounds: PurchaseBounds,
         max_attempts: int,
@@ -62,6 +63,7 @@ class AutoRecharge:
         self._outbox = outbox
         self._billing_emails = billing_emails
         self._org_name = org_name
+        self._public_url = public_url.rstrip("/")
         self._publish = publish
         self._bounds = bounds
         self.max_attempts = max_attempts
@@ -142,13 +144,23 @@ class AutoRecharge:
                 else "keyplane tries again in an hour. Update the payment method in Billing "
                 "to avoid running out of credits."
             )
+            # The links open the organization's Billing pages, whichever one its reader was in.
+            methods_url = f"{self._public_url}/billing/payment-methods?org={job.org_id}"
+            recharge_url = f"{self._public_url}/billing?org={job.org_id}#auto-recharge"
+            fix = (
+                "Add a payment method"
+                if code == "no_payment_method"
+                else "Update the payment method"
+            )
             body = (
                 f"Auto-recharge tried to buy ${format_usd(amount)} of credits for {name} and failed: "
-                f"{reason}.\n\n{then}\n"
+                f"{reason}.\n\n{then}\n\n{fix}: {methods_url}\n"
+                + (f"Turn auto-recharge on again: {recharge_url}\n" if last else "")
             )
             page = render_html(
                 "recharge_failed.html", subject=subject, org=name, amount=f"${format_usd(amount)}",
-                failure=reason, then=then, turned_off=last,
+                failure=reason, then=then, turned_off=last, fix=fix, methods_url=methods_url,
+                recharge_url=recharge_url,
             )  # fmt: skip
             self._outbox.enqueue(
                 f"recharge:{job.id}:{attempts}", recipients, subject, body, page, now=now

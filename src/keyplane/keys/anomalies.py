@@ -81,6 +81,7 @@ class AnomalyWatcher:
         *,
         owner_emails: Callable[[str], Sequence[str]],
         org_name: Callable[[str], str],
+        public_url: str,
         publish: Publish = publish_nowhere,
     ) -> None:
         self._store = store
@@ -90,6 +91,7 @@ class AnomalyWatcher:
         self._clock = clock
         self._owner_emails = owner_emails
         self._org_name = org_name
+        self._public_url = public_url.rstrip("/")
         self._publish = publish
         self._pruned_at = 0
 
@@ -181,9 +183,15 @@ class AnomalyWatcher:
     def _email(
         self, key: ApiKey, what: str, dedupe: str, recipients: Sequence[str], now: int
     ) -> bool:
-        """Queues the Owners' email (plain text and HTML) once per ``dedupe``."""
+        """Queues the Owners' email (plain text and HTML) once per ``dedupe``. A project key's
+        links open its Revoke page and its project's usage in the dashboard, in ``key.org_id``
+        (an admin key has no page there: it is revoked with the CLI or the Admin API)."""
         org = self._org_name(key.org_id)
         subject = f"[keyplane] Unusual use of the API key {key.name!r}"
+        revoke_url = usage_url = None
+        if key.project_id is not None:
+            revoke_url = f"{self._public_url}/api-keys/{key.id}/revoke?org={key.org_id}"
+            usage_url = f"{self._public_url}/usage?project={key.project_id}&org={key.org_id}"
         text = (
             f"The API key {key.name!r} ({key.redacted_value}, {key.id}) of "
             f"{org} was {what}.\n\n"
@@ -191,8 +199,11 @@ class AnomalyWatcher:
             f"{key.id}, or API keys in the dashboard) and check the usage page. More of the "
             "same today is in the audit log, not emailed again.\n"
         )
+        if revoke_url is not None:
+            text += f"\nRevoke the key: {revoke_url}\nUsage of its project: {usage_url}\n"
         page = render_html(
             "key_anomaly.html", subject=subject, org=org, key_name=repr(key.name),
-            redacted=key.redacted_value, key_id=key.id, what=what,
+            redacted=key.redacted_value, key_id=key.id, what=what, revoke_url=revoke_url,
+            usage_url=usage_url,
         )  # fmt: skip
         return self._outbox.enqueue(dedupe, recipients, subject, text, page, now=now)

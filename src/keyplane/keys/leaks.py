@@ -36,6 +36,7 @@ class LeakResponder:
         owner_emails: Callable[[str], Sequence[str]],
         org_name: Callable[[str], str],
         project_name: Callable[[str, str], str],
+        public_url: str,
         publish: Publish = publish_nowhere,
     ) -> None:
         self._store = store
@@ -47,6 +48,7 @@ class LeakResponder:
         self._owner_emails = owner_emails
         self._org_name = org_name
         self._project_name = project_name
+        self._public_url = public_url.rstrip("/")
 
     def key_of(self, token: str) -> ApiKey | None:
         """The stored key ``token`` is, with its real secret; None for anything else (a string
@@ -88,7 +90,9 @@ class LeakResponder:
         return True
 
     def _message(self, key: ApiKey, where: str, how: str, now: float) -> tuple[str, str, str]:
-        """The email's subject, plain text and HTML."""
+        """The email's subject, plain text and HTML. A project key's links open the dashboard's
+        new key form and its project's usage, in ``key.org_id`` (an admin key has no page there:
+        a new one is made with ``keyplane keys create-admin``)."""
         at = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         owner = (
             "an admin key"
@@ -106,10 +110,16 @@ class LeakResponder:
             "environment variable (OPENAI_API_KEY) or a secrets manager. Then check the usage "
             "page for requests you do not recognize.\n"
         )
+        new_url = usage_url = None
+        if key.project_id is not None:
+            new_url = f"{self._public_url}/api-keys/new?org={key.org_id}"
+            usage_url = f"{self._public_url}/usage?project={key.project_id}&org={key.org_id}"
+            body += f"\nCreate a new key: {new_url}\nUsage of its project: {usage_url}\n"
         # ``where`` is what a report said (often a URL): shown as text, never made a link.
         page = render_html(
             "key_leaked.html", subject=subject, org=org, owner=owner, key_name=repr(key.name),
             redacted=key.redacted_value, key_id=key.id, how=how, where=where, at=at,
+            new_url=new_url, usage_url=usage_url,
         )  # fmt: skip
         return subject, body, page
 

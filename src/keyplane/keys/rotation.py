@@ -29,6 +29,7 @@ class RotationReminder:
         owner_emails: Callable[[str], Sequence[str]],
         org_name: Callable[[str], str],
         project_name: Callable[[str, str], str],
+        public_url: str,
         max_age_days: int,
     ) -> None:
         self._keys = keys
@@ -38,6 +39,7 @@ class RotationReminder:
         self._owner_emails = owner_emails
         self._org_name = org_name
         self._project_name = project_name
+        self._public_url = public_url.rstrip("/")
         self._max_age_s = max_age_days * DAY_S
 
     def due(self, org_id: str) -> list[ApiKey]:
@@ -64,7 +66,8 @@ class RotationReminder:
         return queued
 
     def _message(self, org_id: str, key: ApiKey, now: float) -> tuple[str, str, str]:
-        """The reminder's subject, plain text and HTML."""
+        """The reminder's subject, plain text and HTML. A project key's link opens its Rotate page
+        in the dashboard, in ``org_id`` (an admin key has none: it is rotated with the CLI)."""
         days = int((now - key.created_at) // DAY_S)
         created = dt.datetime.fromtimestamp(key.created_at, dt.UTC).strftime("%Y-%m-%d")
         where = (
@@ -95,9 +98,13 @@ class RotationReminder:
             f"{api}or revoke the key if nothing uses it. If it is still in use, you will be "
             f"reminded again in {self._max_age_s // DAY_S} days.\n"
         )
+        rotate_url = None
+        if key.project_id is not None:
+            rotate_url = f"{self._public_url}/api-keys/{key.id}/rotate?org={org_id}"
+            body += f"\nRotate the key: {rotate_url}\n"
         page = render_html(
             "key_rotation.html", subject=subject, org=org, owner=where, key_name=repr(key.name),
             redacted=key.redacted_value, key_id=key.id, created=created, days=days, how=how,
-            api_path=api_path, every=self._max_age_s // DAY_S,
+            api_path=api_path, every=self._max_age_s // DAY_S, rotate_url=rotate_url,
         )  # fmt: skip
         return subject, body, page
