@@ -67,6 +67,13 @@ class FakeKeyStore:
         self.calls.append("record_use")
         self.used.update(uses)
 
+    def rehash(self, rehashes: Mapping[str, tuple[str, str]], pepper_id: str) -> None:
+        self.calls.append("rehash")
+        for key_id, (old, new) in rehashes.items():
+            key = self.keys[key_id]
+            if key.secret_hash == old:
+                self.keys[key_id] = dataclasses.replace(key, secret_hash=new, pepper_id=pepper_id)
+
 
 @pytest.fixture
 def anyio_backend() -> str:
