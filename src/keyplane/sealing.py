@@ -95,11 +95,7 @@ class Sealer:
         raise InvalidToken
 
     def opens(self, stored: str) -> str | None:
-        """The id of the key that opens ``stored``, or None (no secret opened but for a value
-        sealed before key ids were recorded: a recorded id is taken at its word)."""
-        kid = recorded_key_id(stored)
-        if kid is not None:
-            return kid if kid in self._by_id else None
+        """The id of the key that opens ``stored``, or None (none of them does)."""
         try:
             return self.open_with(stored)[1]
         except (InvalidToken, UnicodeError):
