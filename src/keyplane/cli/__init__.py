@@ -42,7 +42,7 @@ from keyplane.cli.money import alerts_app, billing_app, budget_app, granted, mon
 from keyplane.cli.orgs import orgs_app
 from keyplane.cli.scan import scan_command
 from keyplane.cli.sealed import reseal_command, seal_command
-from keyplane.cli.secrets import secrets_app
+from keyplane.cli.secret_status import secrets_app
 from keyplane.config import Settings, UpstreamSettings
 from keyplane.errors import KeyplaneError
 from keyplane.keys.format import KeyKind
