@@ -85,11 +85,13 @@ def sealed_upstream_keys(settings: Settings) -> list[tuple[str, str | None]]:
     """The upstreams whose key the configuration gives sealed: (name, the id of the configured
     encryption key that opens it, or None)."""
     keys = _keys_if_sealed(settings)
+    if not keys:
+        return []
+    opener = sealing.Sealer(keys, sealing.UPSTREAMS)
     found = []
     for u in settings.upstreams:
         value = u.api_key.get_secret_value() if u.api_key else ""
         if sealing.is_sealed(value):
-            opener = sealing.Sealer(keys, sealing.UPSTREAMS)
             found.append(
                 (u.name or u.base_url, opener.opens(value.removeprefix(sealing.SEALED).strip()))
             )
