@@ -27,6 +27,7 @@ from keyplane.clock import Clock, SystemClock
 from keyplane.config import Settings
 from keyplane.keys.access import AccessPolicyService
 from keyplane.keys.anomalies import AnomalyWatcher
+from keyplane.keys.format import Peppers
 from keyplane.keys.leaks import LeakResponder
 from keyplane.keys.rotation import RotationReminder
 from keyplane.keys.service import KeyService
@@ -48,7 +49,7 @@ from keyplane.storage.notify_repository import SqlOutbox
 from keyplane.storage.org_repository import SqlOrgStore, SqlVerificationStore
 from keyplane.storage.payment_repository import SqlPaymentStore
 from keyplane.storage.response_repository import SqlResponseStore
-from keyplane.storage.sealed import Resealed, SqlResealer
+from keyplane.storage.sealed import Resealed, SealedCount, SqlResealer, Unopened
 from keyplane.storage.usage_repository import SqlUsageStore
 from keyplane.storage.webhook_repository import SqlWebhookStore
 from keyplane.usage.pricing import PriceTable
@@ -88,7 +89,7 @@ class Container:
     outbox: SqlOutbox
     mailer: SmtpMailer
     prices: PriceTable
-    pepper: bytes
+    peppers: Peppers  # the current pepper, then the previous ones (keys/format.py)
     gateway_lock: GatewayLock | None = None  # taken by ``claim_database`` (a serving process)
 
     def billing_emails(self, org_id: str) -> list[str]:
@@ -115,15 +116,26 @@ class Container:
         of rotating it: ``KEYPLANE_ENCRYPTION_KEY_PREVIOUS`` can go afterwards)."""
         return SqlResealer(self.engine).reseal(self.settings.encryption_keys())
 
+    def sealed_counts(self) -> list[SealedCount]:
+        """Every value sealed at rest, counted by the configured encryption key that opens it."""
+        return SqlResealer(self.engine).count(self.settings.encryption_keys())
+
+    def unopened_sealed(self) -> list[Unopened]:
+        """What keyplane will need to open and no configured encryption key opens."""
+        return SqlResealer(self.engine).unopened(self.settings.encryption_keys())
+
 
 def build(
     settings: Settings, *, clock: Clock | None = None, run_migrations: bool = True
 ) -> Container:
     clock = clock or SystemClock()
     engine = make_engine(settings.resolved_database_url)
+    current, *previous = settings.peppers()
+    peppers = Peppers(current, previous)
     if run_migrations:
-        migrate.ensure_current(engine)
-    pepper = settings.secret_bytes("pepper")
+        # (Keys stored before peppers were recorded are marked with the one pepper there is.)
+        only = peppers.current_id if len(peppers.ids) == 1 else None
+        migrate.ensure_current(engine, pepper_id=only)
     key_store = SqlKeyStore(engine)
     money_store = SqlMoneyStore(engine)
     tiers = TierTable.load(settings.tier_files)
@@ -131,7 +143,7 @@ def build(
     billing = BillingService(money_store, clock, tiers=tiers)
     # Email bodies carry single-use links (verification, reset, invitations): sealed at rest.
     sealing_keys = settings.encryption_keys()
-    outbox = SqlOutbox(engine, sealer=sealing.sealer(sealing_keys, sealing.OUTBOX))
+    outbox = SqlOutbox(engine, sealer=sealing.Sealer(sealing_keys, sealing.OUTBOX))
     rate_store = SqlRateLimitStore(engine)
     access_store = SqlAccessPolicyStore(engine)
     auth_store = SqlAuthStore(engine)
@@ -139,7 +151,7 @@ def build(
     verification = OrgVerificationService(
         SqlVerificationStore(engine), clock.now, required=settings.require_org_verification
     )
-    keys = KeyService(key_store, pepper, clock)
+    keys = KeyService(key_store, peppers, clock)
     throttle = ThrottlePolicy(
         per_account=settings.login_max_failures_per_account,
         per_address=settings.login_max_failures_per_address,
@@ -154,7 +166,7 @@ def build(
     second_factor = SecondFactorService(
         auth_store, clock, encryption_keys=sealing_keys, throttle=throttle
     )
-    webhook_store = SqlWebhookStore(engine, sealer=sealing.sealer(sealing_keys, sealing.WEBHOOKS))
+    webhook_store = SqlWebhookStore(engine, sealer=sealing.Sealer(sealing_keys, sealing.WEBHOOKS))
     webhooks = Webhooks(
         webhook_store, clock, allow_private=settings.webhook_allow_private_addresses
     )
@@ -202,7 +214,7 @@ def build(
         ),
         leaks=LeakResponder(
             key_store,
-            pepper,
+            peppers,
             audit,
             outbox,
             clock,
@@ -256,7 +268,7 @@ def build(
         outbox=outbox,
         mailer=SmtpMailer.from_settings(settings),
         prices=prices,
-        pepper=pepper,
+        peppers=peppers,
     )
 
 

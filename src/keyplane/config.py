@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     upstreams: list[UpstreamSettings] = Field(default_factory=list)
     pepper: SecretStr | None = None
+    # Earlier peppers, while a rotation is under way: keys hashed with one still authenticate, and
+    # are hashed again with the current pepper when next used (keys/format.py, `keyplane secrets
+    # status` counts the keys still on each).
+    pepper_previous: list[SecretStr] = Field(default_factory=list)
     encryption_key: SecretStr | None = None
     # Earlier encryption keys, while a rotation is under way: they open what they sealed, the
     # current key seals, and `keyplane reseal` seals everything again with it (sealing.py).
@@ -279,6 +283,12 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'keyplane.db'}"
+
+    def peppers(self) -> list[bytes]:
+        """The pepper (hashes new keys), then the previous ones (still check the keys they
+        hashed)."""
+        previous = [pepper.get_secret_value().encode() for pepper in self.pepper_previous]
+        return [self.secret_bytes("pepper"), *previous]
 
     def encryption_keys(self) -> list[bytes]:
         """The encryption key (sealing), then the previous ones (opening only)."""

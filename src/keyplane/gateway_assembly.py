@@ -64,7 +64,7 @@ def build_gateway(
     meter = Meter()  # what /metrics counts
     pipeline = Pipeline(
         auth=KeyAuthenticator(
-            container.key_store, container.pepper, container.clock, max_entries=s.key_cache_size
+            container.key_store, container.peppers, container.clock, max_entries=s.key_cache_size
         ),
         router=UpstreamRouter(upstreams, client, retries=s.upstream_retries, meter=meter),
         prices=container.prices,

@@ -16,12 +16,14 @@ from keyplane.gateway.upstreams import Upstream
 
 class UnopenedUpstreamKey(ValueError):
     """An upstream's sealed api_key that none of the encryption keys opens. (The message names
-    the upstream, never the sealed value nor the secret.)"""
+    the upstream and the id of the key that sealed it, never the sealed value nor the secret.)"""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, sealed_with: str | None = None) -> None:
+        which = f" (it records key id {sealed_with})" if sealed_with else ""
         super().__init__(
-            f"upstream '{upstream}': the encryption key does not open its sealed api_key (nor does "
-            "any in KEYPLANE_ENCRYPTION_KEY_PREVIOUS): run `keyplane seal` again with the current "
+            f"upstream '{upstream}': the encryption key does not open its sealed api_key{which} "
+            "(nor does any in KEYPLANE_ENCRYPTION_KEY_PREVIOUS): add the key that sealed it to "
+            "KEYPLANE_ENCRYPTION_KEY_PREVIOUS, or run `keyplane seal` again with the current "
             "key and replace it in the configuration"
         )
 
@@ -36,7 +38,7 @@ def open_upstreams(settings: Settings) -> list[Upstream]:
         try:
             api_key, _ = _provider_key(u, keys)
         except InvalidToken:
-            raise UnopenedUpstreamKey(name) from None
+            raise UnopenedUpstreamKey(name, _recorded_key_id(u)) from None
         models = frozenset(m for m in u.models if m != "*")
         result.append(Upstream(name=name, base_url=u.base_url, api_key=api_key, models=models))
     return result
@@ -72,6 +74,28 @@ def _provider_key(u: UpstreamSettings, keys: list[bytes]) -> tuple[str | None, i
     if value is None or not sealing.is_sealed(value):
         return value, None
     return sealing.unseal(keys, sealing.UPSTREAMS, value)
+
+
+def _recorded_key_id(u: UpstreamSettings) -> str | None:
+    value = u.api_key.get_secret_value() if u.api_key else ""
+    return sealing.recorded_key_id(value.removeprefix(sealing.SEALED).strip())
+
+
+def sealed_upstream_keys(settings: Settings) -> list[tuple[str, str | None]]:
+    """The upstreams whose key the configuration gives sealed: (name, the id of the configured
+    encryption key that opens it, or None)."""
+    keys = _keys_if_sealed(settings)
+    if not keys:
+        return []
+    opener = sealing.Sealer(keys, sealing.UPSTREAMS)
+    found = []
+    for u in settings.upstreams:
+        value = u.api_key.get_secret_value() if u.api_key else ""
+        if sealing.is_sealed(value):
+            found.append(
+                (u.name or u.base_url, opener.opens(value.removeprefix(sealing.SEALED).strip()))
+            )
+    return found
 
 
 def _keys_if_sealed(settings: Settings) -> list[bytes]:

@@ -406,7 +406,7 @@ def test_bodies_are_sealed_at_rest_and_read_back_in_the_clear(
 ) -> None:
     from keyplane import sealing
 
-    outbox = SqlOutbox(engine, sealer=sealing.sealer([b"k" * 48], sealing.OUTBOX))
+    outbox = SqlOutbox(engine, sealer=sealing.Sealer([b"k" * 48], sealing.OUTBOX))
     link = "https://keyplane.example/verify?token=s3cr3t-single-use-token"
     assert outbox.enqueue(
         "verify:1",

@@ -67,6 +67,13 @@ class FakeKeyStore:
         self.calls.append("record_use")
         self.used.update(uses)
 
+    def rehash(self, rehashes: Mapping[str, tuple[str, str]], pepper_id: str) -> None:
+        self.calls.append("rehash")
+        for key_id, (old, new) in rehashes.items():
+            key = self.keys[key_id]
+            if key.secret_hash == old:
+                self.keys[key_id] = dataclasses.replace(key, secret_hash=new, pepper_id=pepper_id)
+
 
 @pytest.fixture
 def anyio_backend() -> str:
@@ -436,3 +443,49 @@ async def test_a_burst_of_first_requests_with_a_key_reads_it_once(
     keys = await asyncio.gather(*(auth.authenticate(text, "10.0.0.1") for _ in range(50)))
     assert {k.id for k in keys} == {key.id}
     assert store.calls == ["get"]
+
+
+OLD_PEPPER = b"unit-test-old-pepper-" + b"o" * 32
+
+
+async def test_a_key_on_a_previous_pepper_authenticates_and_is_hashed_again_once(
+    store: FakeKeyStore, clock: FrozenClock
+) -> None:
+    before, secret = create(KeyService(store, OLD_PEPPER, clock))
+    assert before.pepper_id == keyfmt.pepper_id(OLD_PEPPER)
+    peppers = keyfmt.Peppers(PEPPER, [OLD_PEPPER])
+    auth = KeyAuthenticator(store, peppers, clock)
+    await auth.refresh()
+
+    for _ in range(3):
+        assert (await auth.authenticate(secret, "10.0.0.1")).id == before.id
+    rehashes = auth.take_rehashes()
+    assert list(rehashes) == [before.id]  # (once: the token is remembered after the first)
+    auth.store_rehashes(rehashes)
+    after = store.keys[before.id]
+    assert after.pepper_id == peppers.current_id
+    assert after.secret_hash == keyfmt.hash_secret(PEPPER, keyfmt.parse(secret).secret)  # type: ignore[union-attr]
+    assert auth.take_rehashes() == {}
+
+    fresh = KeyAuthenticator(store, PEPPER, clock)  # the old pepper removed: the key still works
+    await fresh.refresh()
+    assert (await fresh.authenticate(secret, "10.0.0.1")).id == before.id
+    assert fresh.take_rehashes() == {}
+
+
+async def test_a_key_on_a_removed_pepper_is_refused(
+    store: FakeKeyStore, clock: FrozenClock
+) -> None:
+    _, secret = create(KeyService(store, OLD_PEPPER, clock))
+    auth = KeyAuthenticator(store, PEPPER, clock)
+    await auth.refresh()
+    await refused(auth, secret, "Incorrect API key")
+    assert auth.take_rehashes() == {}
+
+
+async def test_keys_on_the_current_pepper_are_not_hashed_again(
+    auth: KeyAuthenticator, service: KeyService
+) -> None:
+    _, secret = create(service)
+    await auth.authenticate(secret, "10.0.0.1")
+    assert auth.take_rehashes() == {}

@@ -176,3 +176,50 @@ def test_a_thousand_generated_secrets_are_distinct_base62() -> None:
     assert len({p.public_id for p in parsed}) == 1000
     assert set("".join(secrets)) <= set(ALPHABET)
     assert all(len(s) == 32 for s in secrets)
+
+
+# Rotating the pepper (Peppers): each hash records its pepper's id.
+OLD_PEPPER = b"old-pepper-" + b"o" * 32
+NEW_PEPPER = b"new-pepper-" + b"n" * 32
+
+
+def test_a_pepper_id_names_the_pepper_without_revealing_it() -> None:
+    pid = keyfmt.pepper_id(OLD_PEPPER)
+    assert len(pid) == 8 and set(pid) <= set("0123456789abcdef")
+    assert pid == keyfmt.pepper_id(OLD_PEPPER) != keyfmt.pepper_id(NEW_PEPPER)
+    assert pid not in OLD_PEPPER.decode() and pid not in OLD_PEPPER.hex()
+    peppers = keyfmt.Peppers(NEW_PEPPER, [OLD_PEPPER])
+    assert "pepper-" not in repr(peppers) and pid in repr(peppers)
+
+
+def test_new_hashes_use_the_current_pepper_and_record_it() -> None:
+    _, parsed = keyfmt.generate(KeyKind.PROJECT)
+    peppers = keyfmt.Peppers(NEW_PEPPER, [OLD_PEPPER])
+    stored, pid = peppers.hash(parsed.secret)
+    assert stored == keyfmt.hash_secret(NEW_PEPPER, parsed.secret)
+    assert pid == peppers.current_id == keyfmt.pepper_id(NEW_PEPPER)
+    assert peppers.ids == (keyfmt.pepper_id(NEW_PEPPER), keyfmt.pepper_id(OLD_PEPPER))
+
+
+def test_a_hash_is_checked_with_the_pepper_it_records_while_that_one_is_configured() -> None:
+    _, parsed = keyfmt.generate(KeyKind.PROJECT)
+    wrong = parsed.secret[:-1] + ("a" if parsed.secret[-1] != "a" else "b")
+    old_hash, old_id = keyfmt.Peppers(OLD_PEPPER).hash(parsed.secret)
+
+    rotating = keyfmt.Peppers(NEW_PEPPER, [OLD_PEPPER])
+    assert rotating.matches(parsed.secret, old_hash, old_id)
+    assert not rotating.matches(wrong, old_hash, old_id)
+    # The id is taken at its word: the old hash does not pass as the new pepper's.
+    assert not rotating.matches(parsed.secret, old_hash, rotating.current_id)
+    # The old pepper removed: the key no longer authenticates.
+    assert not keyfmt.Peppers(NEW_PEPPER).matches(parsed.secret, old_hash, old_id)
+    # An unknown id, or a pepper listed twice, changes nothing.
+    assert not rotating.matches(parsed.secret, old_hash, "00000000")
+    assert keyfmt.Peppers(NEW_PEPPER, [OLD_PEPPER, NEW_PEPPER, OLD_PEPPER]).ids == rotating.ids
+
+
+def test_a_hash_stored_before_peppers_were_recorded_is_tried_with_each() -> None:
+    _, parsed = keyfmt.generate(KeyKind.PROJECT)
+    old_hash = keyfmt.hash_secret(OLD_PEPPER, parsed.secret)
+    assert keyfmt.Peppers(NEW_PEPPER, [OLD_PEPPER]).matches(parsed.secret, old_hash, None)
+    assert not keyfmt.Peppers(NEW_PEPPER).matches(parsed.secret, old_hash, None)

@@ -33,7 +33,7 @@ from keyplane.accounts.passwords import verify_password
 from keyplane.accounts.throttle import LoginThrottle, ThrottlePolicy
 from keyplane.clock import Clock
 from keyplane.errors import InvalidRequest
-from keyplane.sealing import TOTP, sealer
+from keyplane.sealing import TOTP, Sealer
 
 ISSUER = "keyplane"
 STEP_S = 30
@@ -127,7 +127,8 @@ class SecondFactorService:
         # Wrong passwords here count against the account like failed sign-ins: a stolen session
         # must not be a way to guess the password without limit.
         self._throttle = LoginThrottle(store, clock, throttle)
-        self._fernet = sealer(encryption_keys, TOTP)
+        self._sealer = Sealer(encryption_keys, TOTP)
+        self._fernet = self._sealer.fernet  # (setup tokens, kept by the browser, not at rest)
 
     def status(self, user_id: str) -> SecondFactor | None:
         return self._store.second_factor(user_id)
@@ -241,7 +242,7 @@ class SecondFactorService:
         self._throttle.succeeded(attempt)
 
     def _seal(self, secret: str) -> str:
-        return self._fernet.encrypt(secret.encode()).decode()
+        return self._sealer.seal(secret)
 
     def _open(self, sealed: str) -> str:
-        return self._fernet.decrypt(sealed.encode()).decode()
+        return self._sealer.open(sealed)

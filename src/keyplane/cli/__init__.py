@@ -42,6 +42,7 @@ from keyplane.cli.money import alerts_app, billing_app, budget_app, granted, mon
 from keyplane.cli.orgs import orgs_app
 from keyplane.cli.scan import scan_command
 from keyplane.cli.sealed import reseal_command, seal_command
+from keyplane.cli.secret_status import secrets_app
 from keyplane.config import Settings, UpstreamSettings
 from keyplane.errors import KeyplaneError
 from keyplane.keys.format import KeyKind
@@ -66,6 +67,7 @@ app.add_typer(tier_app, name="tier")
 app.add_typer(ratelimits_app, name="ratelimits")
 app.add_typer(access_app, name="access")
 app.add_typer(orgs_app, name="orgs")
+app.add_typer(secrets_app, name="secrets")
 app.command("scan")(scan_command)
 app.command("seal")(seal_command)
 app.command("reseal")(reseal_command)
@@ -291,12 +293,24 @@ def dev(
 
 def _open_upstream_keys(c: bootstrap.Container) -> None:
     """A sealed upstream key the encryption keys do not open, as a one-line error before serving
-    (the gateway opens them again when it is built)."""
+    (the gateway opens them again when it is built); and so for what the database keeps sealed
+    and keyplane will need to open (two-factor and webhook secrets, emails not sent yet)."""
     try:
         upstream_keys.open_upstreams(c.settings)
+        unopened = c.unopened_sealed()
     except upstream_keys.UnopenedUpstreamKey as exc:
         c.close()
         fail(str(exc))
+    if unopened:
+        c.close()
+        what = ", ".join(f"{u.count:,} {u.what}" for u in unopened)
+        kids = sorted({kid for u in unopened for kid in u.key_ids})
+        which = f" (sealed with encryption key {', '.join(kids)})" if kids else ""
+        fail(
+            f"the database keeps {what} that none of the configured encryption keys opens{which}: "
+            "add the key that sealed them to KEYPLANE_ENCRYPTION_KEY_PREVIOUS (`keyplane secrets "
+            "id` prints a key's id)"
+        )
 
 
 def _claim(c: bootstrap.Container) -> None:

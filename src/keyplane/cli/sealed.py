@@ -30,16 +30,14 @@ def _at_terminal() -> bool:
     return sys.stdin.isatty()
 
 
-def _read_secret() -> str:
-    """The secret to seal: typed twice, hidden, at a terminal; else standard input's one line."""
+def read_secret(what: str = "Provider key to seal") -> str:
+    """A secret: typed twice, hidden, at a terminal; else standard input's one line."""
     if _at_terminal():
-        typed: str = typer.prompt(
-            "Provider key to seal", hide_input=True, confirmation_prompt=True, err=True
-        )
+        typed: str = typer.prompt(what, hide_input=True, confirmation_prompt=True, err=True)
         return typed.strip()
     text = sys.stdin.read().strip()
     if "\n" in text:
-        fail("standard input holds more than one line: pipe in the one key to seal")
+        fail("standard input holds more than one line: pipe in the one key")
     return text
 
 
@@ -49,7 +47,7 @@ def seal_command() -> None:
     Reads the key from standard input (or asks for it, hidden, at a terminal) and seals it with
     KEYPLANE_ENCRYPTION_KEY (in development, the key generated into the data directory): put the
     line printed as the upstream's api_key in KEYPLANE_UPSTREAMS or the TOML file."""
-    secret = _read_secret()
+    secret = read_secret()
     if not secret:
         fail("nothing to seal: the provider key is empty")
     with setting_errors():

@@ -266,9 +266,19 @@ class Gateway:
         self._polled = version  # (read before the feeds: a commit since then shows next time)
 
     async def _flush_last_used(self) -> None:
-        uses = self.pipeline.auth.take_uses()
+        """Writes the keys' last-use times, and the new hashes of keys that were checked with a
+        previous pepper (keys/authenticator.py), in the same batch."""
+        auth = self.pipeline.auth
+        uses = auth.take_uses()
         if uses:
-            await asyncio.to_thread(self.pipeline.auth.store_uses, uses)
+            await asyncio.to_thread(auth.store_uses, uses)
+        rehashes = auth.take_rehashes()
+        if rehashes:
+            try:
+                await asyncio.to_thread(auth.store_rehashes, rehashes)
+            except StoreUnavailable:
+                auth.keep_rehashes(rehashes)
+                raise
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

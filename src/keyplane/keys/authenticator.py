@@ -3,6 +3,11 @@
 A request costs no database round trip once its key is cached. Revocation reaches the cache through
 ``refresh()``, which the gateway runs every ``key_poll_interval_s`` (default 0.25 s), so a key revoked
 by any process (the CLI, another gateway) is refused within that interval plus one database read.
+
+A key whose hash was made with a previous pepper (a rotation under way, keys/format.py) is checked
+with that pepper, and hashed again with the current one: the new hash is written with the batched
+"last used" times, so the key moves to the current pepper when it is first used (and costs the
+extra HMAC once per process, not per request).
 """
 
 from __future__ import annotations
@@ -56,10 +61,15 @@ def _bucket(client_ip: str | None) -> str | None:
 
 class KeyAuthenticator:
     def __init__(
-        self, store: KeyStore, pepper: bytes, clock: Clock, *, max_entries: int = 1_000_000
+        self,
+        store: KeyStore,
+        pepper: bytes | keyfmt.Peppers,
+        clock: Clock,
+        *,
+        max_entries: int = 1_000_000,
     ) -> None:
         self._store = store
-        self._pepper = pepper
+        self._peppers = keyfmt.Peppers(pepper) if isinstance(pepper, bytes) else pepper
         self._clock = clock
         self._max_entries = max_entries
         # Key id → key, in the order they were read. When full, the oldest eighth is dropped (one
@@ -70,6 +80,8 @@ class KeyAuthenticator:
         self._epoch = 0  # bumped whenever refresh() invalidates something
         self._reads: reads.SharedReads[tuple[str, int], ApiKey | None] = reads.SharedReads()
         self._uses: dict[str, tuple[int, str | None]] = {}
+        # Keys verified with a previous pepper: id → (the stored hash, the current pepper's).
+        self._rehashes: dict[str, tuple[str, str]] = {}
         # Keyed BLAKE2b of whole tokens (prefix, key id, secret and checksum) that passed every
         # check, under a key made at start and never stored: kid → digest and digest → kid. A later
         # request with the same token costs one digest (~7k instructions) and two lookups instead
@@ -123,9 +135,11 @@ class KeyAuthenticator:
         if (
             key is None
             or key.kind != parsed.kind
-            or not keyfmt.secret_matches(self._pepper, parsed.secret, key.secret_hash)
+            or not self._peppers.matches(parsed.secret, key.secret_hash, key.pepper_id)
         ):
             raise _invalid(token)
+        if key.pepper_id != self._peppers.current_id:
+            self._rehashes[key.id] = (key.secret_hash, self._peppers.hash(parsed.secret)[0])
         if self._cache.get(kid) is key:  # (not when a refresh ran meanwhile: checked again later)
             self._forget_digest(kid)
             self._verified[key.id] = digest
@@ -225,6 +239,23 @@ class KeyAuthenticator:
     def store_uses(self, uses: dict[str, tuple[int, str | None]]) -> None:
         """Writes last-use times (blocking; run in a thread). Raises StoreUnavailable."""
         self._store.record_use(uses)
+
+    def take_rehashes(self) -> dict[str, tuple[str, str]]:
+        """Returns and clears the keys verified with a previous pepper since the previous call:
+        id → (their stored hash, their hash with the current pepper)."""
+        rehashes, self._rehashes = self._rehashes, {}
+        return rehashes
+
+    def keep_rehashes(self, rehashes: dict[str, tuple[str, str]]) -> None:
+        """Puts back rehashes that could not be written (tried again at the next flush: the key
+        is not checked again while its token is remembered)."""
+        for kid, change in rehashes.items():
+            self._rehashes.setdefault(kid, change)
+
+    def store_rehashes(self, rehashes: dict[str, tuple[str, str]]) -> None:
+        """Writes keys' hashes with the current pepper (blocking; run in a thread). Raises
+        StoreUnavailable."""
+        self._store.rehash(rehashes, self._peppers.current_id)
 
     @property
     def cached(self) -> int:

@@ -5,6 +5,11 @@ before the checksum. The checksum lets the gateway and ``keyplane scan`` reject 
 random strings without touching the database; it is not a security control. The secret has
 32 * log2(62) ≈ 190 bits from ``secrets``, so a keyed hash (HMAC-SHA-256 with a pepper kept outside
 the database) is enough; a slow password hash would only add latency.
+
+The pepper can be rotated (``Peppers``): each stored hash records the id of the pepper that made
+it (``pepper_id``: a short HMAC of a fixed label under the pepper, which names it without revealing
+it); a key hashed with a previous pepper still authenticates, and is hashed again with the current
+one when it is next used.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import enum
 import hmac
 import re
 import zlib
+from collections.abc import Sequence
 from typing import final
 
 from keyplane.ids import BASE62, random_base62
@@ -87,6 +93,52 @@ def hash_secret(pepper: bytes, secret: str) -> str:
 
 def secret_matches(pepper: bytes, secret: str, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_secret(pepper, secret), stored_hash)
+
+
+PEPPER_ID_LABEL = b"keyplane/pepper-id/v1"
+
+
+def pepper_id(pepper: bytes) -> str:
+    """The pepper's id, stored beside each hash it made: 8 hex characters of HMAC-SHA-256(pepper,
+    a fixed label). It tells peppers apart and cannot be turned back into one (nor checked
+    against a guess faster than a stored hash could)."""
+    return hmac.digest(pepper, PEPPER_ID_LABEL, "sha256").hex()[:8]
+
+
+@final
+class Peppers:
+    """The current pepper (hashes new keys, and old ones again) and the previous ones (still
+    check the keys they hashed, while a rotation is under way)."""
+
+    __slots__ = ("_by_id", "current", "current_id", "ids")
+
+    def __init__(self, current: bytes, previous: Sequence[bytes] = ()) -> None:
+        self.current = current
+        self.current_id = pepper_id(current)
+        by_id = {self.current_id: current}
+        for pepper in previous:
+            by_id.setdefault(pepper_id(pepper), pepper)
+        self._by_id = by_id
+        self.ids: tuple[str, ...] = tuple(by_id)  # the current one first
+
+    def hash(self, secret: str) -> tuple[str, str]:
+        """(The secret's hash with the current pepper, the current pepper's id)."""
+        return hash_secret(self.current, secret), self.current_id
+
+    def matches(self, secret: str, stored_hash: str, stored_pepper: str | None) -> bool:
+        """Whether ``secret`` is the one ``stored_hash`` was made from, by the pepper it records
+        (one HMAC, compared in constant time; a key on the current pepper costs nothing more). A
+        pepper no longer configured matches nothing. A hash stored before peppers were recorded
+        (None) is tried with each, the current one first."""
+        if stored_pepper == self.current_id:
+            return secret_matches(self.current, secret, stored_hash)
+        if stored_pepper is not None:
+            pepper = self._by_id.get(stored_pepper)
+            return pepper is not None and secret_matches(pepper, secret, stored_hash)
+        return any(secret_matches(p, secret, stored_hash) for p in self._by_id.values())
+
+    def __repr__(self) -> str:  # (never a pepper, should this end up in a log line)
+        return f"Peppers(ids={self.ids!r})"
 
 
 def redact(text: str) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from keyplane.audit.models import Actor
 from keyplane.audit.service import AuditService
 from keyplane.clock import Clock
-from keyplane.keys.format import KeyKind, key_id, parse, secret_matches
+from keyplane.keys.format import KeyKind, Peppers, key_id, parse
 from keyplane.keys.models import ApiKey
 from keyplane.keys.ports import KeyStore
 from keyplane.notify.email_html import render_html
@@ -28,7 +28,7 @@ class LeakResponder:
     def __init__(
         self,
         store: KeyStore,
-        pepper: bytes,
+        pepper: bytes | Peppers,
         audit: AuditService,
         outbox: Outbox,
         clock: Clock,
@@ -41,7 +41,7 @@ class LeakResponder:
     ) -> None:
         self._store = store
         self._publish = publish
-        self._pepper = pepper
+        self._peppers = Peppers(pepper) if isinstance(pepper, bytes) else pepper
         self._audit = audit
         self._outbox = outbox
         self._clock = clock
@@ -57,7 +57,9 @@ class LeakResponder:
         if parsed is None:
             return None
         stored = self._store.get(key_id(parsed.public_id))
-        if stored is None or not secret_matches(self._pepper, parsed.secret, stored.secret_hash):
+        if stored is None or not self._peppers.matches(
+            parsed.secret, stored.secret_hash, stored.pepper_id
+        ):
             return None
         return stored
 

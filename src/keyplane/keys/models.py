@@ -16,7 +16,7 @@ class ApiKey:
     owner_type: str  # "user" | "service_account"
     owner_id: str
     name: str
-    secret_hash: str
+    secret_hash: str  # HMAC-SHA-256(pepper, secret), hex
     redacted_value: str
     created_at: int
     created_by: str | None
@@ -28,6 +28,9 @@ class ApiKey:
     allowed_models: tuple[str, ...] | None = None  # None: every model the project allows
     allowed_cidrs: tuple[str, ...] | None = None  # None: any address the project and org allow
     rotated_from: str | None = None  # the key this one replaced
+    # The id of the pepper secret_hash was made with (keys/format.py); None: stored before
+    # keyplane recorded it (then any configured pepper is tried).
+    pepper_id: str | None = None
 
     def is_usable(self, now: float) -> bool:
         if self.revoked_at is not None:

@@ -42,3 +42,12 @@ class KeyStore(Protocol):
     def record_use(self, uses: Mapping[str, tuple[int, str | None]]) -> None:
         """Stores last_used_at / last_used_ip for many keys at once (not a change event)."""
         ...
+
+    def rehash(self, rehashes: Mapping[str, tuple[str, str]], pepper_id: str) -> None:
+        """Stores keys' hashes made again with the pepper ``pepper_id`` (id → (the hash it
+        replaces, the new one)), each only if its stored hash is still the one it replaces. Not a
+        change event: the key's settings are the same, and its old hash works until that pepper
+        is removed.
+
+        Raises StoreUnavailable when the database cannot be reached."""
+        ...

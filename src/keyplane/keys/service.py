@@ -38,9 +38,9 @@ def _key_name(name: str) -> str:
 
 
 class KeyService:
-    def __init__(self, store: KeyStore, pepper: bytes, clock: Clock) -> None:
+    def __init__(self, store: KeyStore, pepper: bytes | keyfmt.Peppers, clock: Clock) -> None:
         self._store = store
-        self._pepper = pepper
+        self._peppers = keyfmt.Peppers(pepper) if isinstance(pepper, bytes) else pepper
         self._clock = clock
 
     def create(
@@ -70,6 +70,7 @@ class KeyService:
             raise InvalidRequest("Admin keys belong to an organization, other keys to a project.")
         text, parsed = keyfmt.generate(kind)
         now = int(self._clock.now())
+        secret_hash, pepper_id = self._peppers.hash(parsed.secret)
         key = ApiKey(
             id=keyfmt.key_id(parsed.public_id),
             kind=kind,
@@ -78,12 +79,13 @@ class KeyService:
             owner_type=owner_type,
             owner_id=owner_id,
             name=name,
-            secret_hash=keyfmt.hash_secret(self._pepper, parsed.secret),
+            secret_hash=secret_hash,
             redacted_value=keyfmt.redact(text),
             created_at=now,
             created_by=created_by,
             expires_at=None if expires_in_s is None else now + expires_in_s,
             rotated_from=rotated_from,
+            pepper_id=pepper_id,
         )
         s, m, c = _restrictions(scopes, allowed_models, allowed_cidrs)
         key = dataclasses.replace(key, scopes=s, allowed_models=m, allowed_cidrs=c)

@@ -19,7 +19,7 @@ _JSON_FIELDS = ("scopes", "allowed_models", "allowed_cidrs")
 
 # Ids many keys share: one string each in memory, not one per key (the gateway caches up to a
 # million keys; these were a third of each entry's ~1 KB, bench/keys.py).
-_SHARED_FIELDS = ("org_id", "project_id", "owner_type", "owner_id", "created_by")
+_SHARED_FIELDS = ("org_id", "project_id", "owner_type", "owner_id", "created_by", "pepper_id")
 
 
 def _key(row: RowMapping) -> ApiKey:
@@ -107,3 +107,25 @@ class SqlKeyStore(SqlStore):
                     .where(t.api_keys.c.id == key_id)
                     .values(last_used_at=at, last_used_ip=ip)
                 )
+
+    def rehash(self, rehashes: Mapping[str, tuple[str, str]], pepper_id: str) -> None:
+        if not rehashes:
+            return
+        with self._write() as conn:
+            for key_id, (old, new) in rehashes.items():
+                conn.execute(
+                    update(t.api_keys)
+                    .where(t.api_keys.c.id == key_id, t.api_keys.c.secret_hash == old)
+                    .values(secret_hash=new, pepper_id=pepper_id)
+                )
+
+    def pepper_counts(self, now: int) -> dict[str | None, int]:
+        """Working keys (neither revoked nor expired) by the id of the pepper that hashed them
+        (None: stored before keyplane recorded it)."""
+        k = t.api_keys.c
+        query = (
+            select(k.pepper_id, func.count())
+            .where(k.revoked_at.is_(None), (k.expires_at.is_(None)) | (k.expires_at > now))
+            .group_by(k.pepper_id)
+        )
+        return {pid: n for pid, n in self._read(lambda c: c.execute(query).all())}

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 _HERE = Path(__file__).parent
-HEAD = "0023"  # the newest migration's revision (tests/integration/test_migrations.py checks it)
+HEAD = "0024"  # the newest migration's revision (tests/integration/test_migrations.py checks it)
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -32,9 +32,12 @@ def current_revision(engine: Engine) -> str | None:
         return None
 
 
-def ensure_current(engine: Engine) -> None:
+def ensure_current(engine: Engine, *, pepper_id: str | None = None) -> None:
     """Upgrades the database to the newest revision unless it is there already. Raises
-    StoreUnavailable, saying why in a line, when the database cannot be reached."""
+    StoreUnavailable, saying why in a line, when the database cannot be reached.
+
+    ``pepper_id``: the id of the one pepper keyplane runs with (none while previous ones are
+    configured too), which the keys stored before keyplane recorded it are marked with (0024)."""
     try:
         with engine.connect():
             pass
@@ -43,22 +46,23 @@ def ensure_current(engine: Engine) -> None:
         where = engine.url.render_as_string(hide_password=True)
         raise StoreUnavailable(f"keyplane cannot reach its database {where}: {reason}") from None
     if current_revision(engine) != HEAD:
-        upgrade(engine)
+        upgrade(engine, pepper_id=pepper_id)
 
 
-def alembic_config(engine: Engine) -> Config:
+def alembic_config(engine: Engine, *, pepper_id: str | None = None) -> Config:
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(_HERE / "migrations"))
     cfg.attributes["engine"] = engine
+    cfg.attributes["pepper_id"] = pepper_id
     return cfg
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: Engine, revision: str = "head", *, pepper_id: str | None = None) -> None:
     from alembic import command
 
-    command.upgrade(alembic_config(engine), revision)
+    command.upgrade(alembic_config(engine, pepper_id=pepper_id), revision)
 
 
 def check_models_match_migrations() -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 
-from cryptography.fernet import MultiFernet
 from sqlalchemy import Connection, Engine, RowMapping, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from keyplane.ids import new_id
 from keyplane.notify.models import OutboundEmail
+from keyplane.sealing import Sealer
 from keyplane.storage.notify_tables import email_outbox as o
 from keyplane.storage.store import SqlStore
 
@@ -24,21 +24,21 @@ class SqlOutbox(SqlStore):
     key) when a key is given: verification, reset and invitation links are secrets until used,
     and no secret may sit in the database in the clear (BRIEF C12)."""
 
-    def __init__(self, engine: Engine, *, sealer: MultiFernet | None = None) -> None:
+    def __init__(self, engine: Engine, *, sealer: Sealer | None = None) -> None:
         super().__init__(engine)
-        self._fernet = sealer
+        self._sealer = sealer
 
     def _seal(self, text: str) -> str:
-        if self._fernet is None:
+        if self._sealer is None:
             return text
-        return SEALED + self._fernet.encrypt(text.encode()).decode("ascii")
+        return SEALED + self._sealer.seal(text)
 
     def _open(self, stored: str) -> str:
         if not stored.startswith(SEALED):
             return stored
-        if self._fernet is None:
+        if self._sealer is None:
             raise ValueError("this email body is sealed and no encryption key was given")
-        return self._fernet.decrypt(stored[len(SEALED) :].encode("ascii")).decode()
+        return self._sealer.open(stored[len(SEALED) :])
 
     def _email(self, row: RowMapping) -> OutboundEmail:
         return _email(row, self._open)

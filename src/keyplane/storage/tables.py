@@ -97,6 +97,9 @@ api_keys = Table(
     Column("allowed_models", Text),  # JSON list; NULL: no key-level restriction
     Column("allowed_cidrs", Text),  # JSON list; NULL: no key-level restriction
     Column("rotated_from", String(40)),
+    # The id of the pepper secret_hash was made with (keys/format.py: never the pepper); NULL:
+    # stored before keyplane recorded it.
+    Column("pepper_id", String(16)),
     Index("ix_api_keys_org_project", "org_id", "project_id"),
 )
 

@@ -7,12 +7,12 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cryptography.fernet import MultiFernet
 from sqlalchemy import Connection, Engine, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from keyplane.ids import new_id
 from keyplane.notify.webhooks import Delivery, DeliveryReport, WebhookEndpoint
+from keyplane.sealing import Sealer
 from keyplane.storage.store import SqlStore
 from keyplane.storage.webhook_tables import webhook_deliveries as wd
 from keyplane.storage.webhook_tables import webhook_endpoints as we
@@ -25,9 +25,9 @@ def _endpoint(row: Any) -> WebhookEndpoint:
 
 
 class SqlWebhookStore(SqlStore):
-    def __init__(self, engine: Engine, *, sealer: MultiFernet) -> None:
+    def __init__(self, engine: Engine, *, sealer: Sealer) -> None:
         super().__init__(engine)
-        self._fernet = sealer
+        self._sealer = sealer
 
     def add_endpoint(self, endpoint: WebhookEndpoint, secret: str) -> None:
         with self._write() as conn:
@@ -35,7 +35,7 @@ class SqlWebhookStore(SqlStore):
                 insert(we).values(
                     id=endpoint.id, org_id=endpoint.org_id, url=endpoint.url,
                     events=json.dumps(list(endpoint.events)), description=endpoint.description,
-                    secret=self._fernet.encrypt(secret.encode()).decode("ascii"),
+                    secret=self._sealer.seal(secret),
                     created_at=endpoint.created_at,
                 )
             )  # fmt: skip
@@ -115,7 +115,7 @@ class SqlWebhookStore(SqlStore):
         return self._read(read)
 
     def _delivery(self, row: Any) -> Delivery:
-        secret = self._fernet.decrypt(row.secret.encode("ascii")).decode()
+        secret = self._sealer.open(row.secret)
         return Delivery(
             row.id, row.endpoint_id, row.url, secret, row.event_type, row.body, row.attempts
         )
