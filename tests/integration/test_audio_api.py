@@ -60,7 +60,7 @@ def test_a_file_larger_than_json_bodies_may_be_is_taken(kp: Keyplane) -> None:
     [
         ({"model": "whisper-1", "response_format": "text"}, True, "response_format"),
         ({"model": "whisper-1", "response_format": "srt"}, True, "response_format"),
-        ({"model": "whisper-1", "stream": "1"}, True, "stream"),
+        ({"model": "whisper-1", "stream": "yes"}, True, "stream"),  # a boolean, or nothing
         ({"model": "whisper-1"}, False, "file"),
         ({}, True, "model"),
         ({"model": "gpt-4o-mini"}, True, "model"),  # priced by tokens: not billable per minute

@@ -119,7 +119,6 @@ def test_the_hold_is_the_worst_case_the_model_may_cost(start: Start, model: str)
         ("/audio/transcriptions", {"response_format": "srt"}, "response_format"),
         ("/audio/transcriptions", {"response_format": "vtt"}, "response_format"),
         ("/audio/transcriptions", {"response_format": "diarized_json"}, "response_format"),
-        ("/audio/transcriptions", {"stream": "true"}, "stream"),
         ("/audio/translations", {}, "model"),  # OpenAI translates with whisper-1 only
     ],
 )

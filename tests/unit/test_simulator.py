@@ -1526,6 +1526,29 @@ async def test_token_transcription_models_answer_their_token_usage(model: str) -
     assert text.headers["content-type"].startswith("text/plain")
 
 
+@pytest.mark.parametrize("fmt", ["json", "text"])
+async def test_token_transcription_streams_its_text_and_usage_in_openais_events(fmt: str) -> None:
+    """One delta a token, then the whole text and the usage its json answer carries, then
+    [DONE]; whisper-1 ignores stream, as OpenAI's does."""
+    prompt = "Keyplane."
+    async with _client() as client:
+        whole = await _speech(client, model="gpt-4o-transcribe", prompt=prompt)
+        streamed = await _speech(
+            client, model="gpt-4o-transcribe", prompt=prompt, stream="true", response_format=fmt
+        )
+        whisper = await _speech(client, stream="true")
+    *deltas, done, end = _events(streamed)
+    transcript = transcript_text(3)
+    assert deltas == [
+        {"type": "transcript.text.delta", "delta": transcript[i : i + 4]}
+        for i in range(0, len(transcript), 4)
+    ]
+    assert len(deltas) == whole.json()["usage"]["output_tokens"]
+    assert done == {"type": "transcript.text.done", **whole.json()} and end == "[DONE]"
+    assert whisper.headers["content-type"] == "application/json"
+    assert whisper.json()["text"] == transcript
+
+
 async def test_token_transcription_is_bounded_by_the_model() -> None:
     """The transcript stops at 2,000 tokens; more audio than 16,000 tokens is refused."""
     most = simulator.TRANSCRIBE_CONTEXT // simulator.AUDIO_TOKENS_PER_SECOND * 16_000

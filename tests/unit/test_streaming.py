@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from keyplane.gateway.streaming import (
     NO_AUDIO,
     SseAccounting,
+    TranscriptAccounting,
     answer_usage,
     error_event,
     parse_usage,
@@ -520,3 +521,51 @@ def test_a_count_no_request_reports_makes_the_usage_unusable(count: int) -> None
     assert parse_usage({"usage": {"prompt_tokens": count, "completion_tokens": 1}}) is None
     assert parse_usage({"usage": {"prompt_tokens": 5, "completion_tokens": count}}) is None
     assert parse_usage({"usage": {"prompt_tokens": 10**12, "completion_tokens": 1}}) is not None
+
+
+def transcript_stream(usage: Any, sep: bytes = b"\n\n") -> bytes:
+    deltas = [event({"type": "transcript.text.delta", "delta": t}, sep) for t in TEXTS]
+    last: dict[str, Any] = {"type": "transcript.text.done", "text": "".join(TEXTS)}
+    if usage is not None:
+        last["usage"] = usage
+    return b"".join([*deltas, event(last, sep), done(sep)])
+
+
+TRANSCRIPT_USAGE = {
+    "type": "tokens", "input_tokens": 40, "output_tokens": 9, "total_tokens": 49,
+    "input_token_details": {"text_tokens": 10, "audio_tokens": 30},
+}  # fmt: skip
+
+
+@fuzz
+@given(sep=seps, cuts=cut_points(2000))
+def test_a_transcript_stream_passes_whole_and_yields_its_usage_and_audio_tokens(
+    sep: bytes, cuts: list[int]
+) -> None:
+    raw = transcript_stream(TRANSCRIPT_USAGE, sep)
+    acc = TranscriptAccounting()
+    bounds = [0, *sorted(c for c in set(cuts) if c <= len(raw)), len(raw)]
+    out = b"".join(acc.feed(raw[a:b]) for a, b in itertools.pairwise(bounds))
+    assert out + acc.rest() == raw  # every event, as it came
+    assert (acc.usage, acc.heard) == ((40, 0, 9), 30)
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        (
+            {k: v for k, v in TRANSCRIPT_USAGE.items() if k != "input_token_details"},
+            ((40, 0, 9), 40),
+        ),
+        ({"type": "duration", "seconds": 3}, (None, 0)),  # not what the model is priced by
+        ({**TRANSCRIPT_USAGE, "output_tokens": 2.5}, (None, 0)),
+        (None, (None, 0)),
+    ],
+)
+def test_a_transcript_streams_usage_is_read_as_an_unstreamed_answers(
+    usage: Any, expected: tuple[Any, int]
+) -> None:
+    """No details: all of the input counted as audio (the dearer); no usable usage: none."""
+    acc = TranscriptAccounting()
+    acc.feed(transcript_stream(usage))
+    assert (acc.usage, acc.heard) == expected

@@ -6,12 +6,12 @@ uploads that carry audio (speech to text) or images (image edits and variations)
 from __future__ import annotations
 
 import math
-from typing import Any, TypeGuard
+from typing import Any
 
 from keyplane.billing.bounds import IMAGE_TOKEN_ALLOWANCE
 from keyplane.gateway.errors import bad_request
 from keyplane.gateway.forms import parse_form, with_field
-from keyplane.gateway.streaming import MAX_COUNT, json_object
+from keyplane.gateway.streaming import json_object, token_usage, transcript_usage
 from keyplane.usage.pricing import Price
 
 # Audio uploads: OpenAI takes files of up to 25 MB (and the form around them).
@@ -50,15 +50,27 @@ def audio_form(body: bytes, content_type: bytes | None) -> tuple[dict[str, Any],
     model = form.fields["model"]
     if not model.strip() or len(model) > 256:
         raise bad_request("The model must be a non-empty name.", param="model")
-    if form.fields.get("stream", "false").strip().lower() not in ("false", "0", ""):
-        raise bad_request(
-            "keyplane does not stream speech to text yet.", param="stream",
-            code="unsupported_value",
-        )  # fmt: skip
+    stream = form.fields.get("stream")
+    if stream is not None:  # (a boolean from here on: ``audio_billing`` and the pipeline read it)
+        form.fields["stream"] = _form_boolean(stream, "stream")
     # Bounded by the whole body, not the file part's size: whatever part the upstream reads as
     # the audio, it is in there.
     longest = max(1, -(-len(body) // MIN_AUDIO_BYTES_PER_S))
     return form.fields, file_bytes or 0, longest
+
+
+def _form_boolean(value: str, name: str) -> bool:
+    """A form field's boolean, as the SDKs send one (``true``, ``false``; ``1``, ``0`` and an
+    empty value taken too); a 400 for anything else, which an upstream might read either way."""
+    text = value.strip().lower()
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0", ""):
+        return False
+    raise bad_request(
+        f"Invalid '{name}': expected a boolean (true or false), got {value[:20]!r}.", param=name,
+        code="invalid_value",
+    )  # fmt: skip
 
 
 def image_form(
@@ -140,8 +152,16 @@ def audio_billing(price: Price, fields: dict[str, Any], translation: bool) -> bo
     """Whether a speech-to-text request is billed by the tokens its answer reports (a model priced
     by audio tokens, gpt-4o-transcribe), else per second of audio; a 400 for what keyplane cannot
     bill: a model priced by text tokens only, a model priced by tokens on translations (OpenAI
-    translates with whisper-1 only), or an answer format that reports no usage keyplane reads."""
+    translates with whisper-1 only), an answer format that reports no usage keyplane reads, or
+    ``stream`` on a translation. A model priced per minute ignores ``stream``, as OpenAI's
+    whisper-1 does: ``fields["stream"]`` is turned off, and the answer comes whole."""
     fmt = fields.get("response_format", "json")
+    if fields.get("stream") is True and translation:
+        raise bad_request(
+            "Translations are not streamed (OpenAI's translations take no stream parameter): "
+            "send stream false, or none.",
+            param="stream", code="unsupported_value",
+        )  # fmt: skip
     if price.by_audio_tokens:
         if translation:
             raise bad_request(
@@ -150,7 +170,8 @@ def audio_billing(price: Price, fields: dict[str, Any], translation: bool) -> bo
                 param="model", code="unsupported_value",
             )  # fmt: skip
         # (OpenAI's own refusal of the others: its API reference lists json only, its API takes
-        # text too. A text answer is the transcript alone, with no usage: billed the hold.)
+        # text too. A text answer is the transcript alone, with no usage: billed the hold. A
+        # stream's last event carries the usage in either format.)
         if fmt not in ("json", "text"):
             raise bad_request(
                 f"response_format {fmt[:40]!r} is not compatible with model '{price.model}'. Use "
@@ -171,6 +192,10 @@ def audio_billing(price: Price, fields: dict[str, Any], translation: bool) -> bo
             f"json and verbose_json answers carry, not {fmt[:40]!r}.",
             param="response_format", code="unsupported_value",
         )  # fmt: skip
+    # "Streaming is not supported for the whisper-1 model and will be ignored" (OpenAI's API
+    # reference): the request is served as if unstreamed, and its answer's duration billed.
+    if fields.get("stream") is True:
+        fields["stream"] = False
     return False
 
 
@@ -262,41 +287,14 @@ def image_answer(content: bytes, asked: int) -> tuple[int, tuple[int, int, int] 
 
 def _image_usage(answer: dict[str, Any]) -> tuple[int, int, int] | None:
     # (No details: a generation's input is its prompt, all text; an edit's says its images'.)
-    return _token_usage(answer.get("usage"), "input_tokens_details", "image_tokens", False)
+    return token_usage(answer.get("usage"), "input_tokens_details", "image_tokens", False)
 
 
 def transcription_usage(content: bytes) -> tuple[int, int, int] | None:
     """The tokens a transcription's answer reports, (input, of which audio, output), on a model
     priced by tokens; None when it reports none usable (a ``text`` answer, whose body is the
     transcript alone, or a usage of another ``type``)."""
-    answer = json_object(content)
-    usage = answer.get("usage") if answer is not None else None
-    if not isinstance(usage, dict) or usage.get("type", "tokens") != "tokens":
-        return None
-    # (No details: all of its input counted as audio, the dearer.)
-    return _token_usage(usage, "input_token_details", "audio_tokens", True)
-
-
-def _token_usage(
-    usage: Any, details_name: str, part: str, unsaid_is_all: bool
-) -> tuple[int, int, int] | None:
-    """(input, of which ``part`` tokens, output) from a ``usage`` object reporting
-    ``input_tokens`` and ``output_tokens``, the ``part`` tokens in its ``details_name`` object
-    (all of the input when ``unsaid_is_all`` and it says none, else none); None when unusable."""
-    if not isinstance(usage, dict):
-        return None
-    inp, out = usage.get("input_tokens"), usage.get("output_tokens")
-    details = usage.get(details_name)
-    media = details.get(part) if isinstance(details, dict) else None
-    if media is None:
-        media = inp if unsaid_is_all else 0
-    if not (_count(inp) and _count(out) and _count(media)):
-        return None
-    return inp, min(media, inp), out
-
-
-def _count(value: Any) -> TypeGuard[int]:
-    return type(value) is int and 0 <= value <= MAX_COUNT
+    return transcript_usage(json_object(content))
 
 
 def audio_cost(price: Price, seconds: int) -> int:

@@ -44,6 +44,7 @@ from keyplane.gateway.streaming import (
     Audio,
     AudioRelay,
     SseAccounting,
+    TranscriptAccounting,
     answer_usage,
     error_event,
     estimated_output,
@@ -134,9 +135,10 @@ ENDPOINTS: dict[str, Endpoint] = {
         has_output=False, caps=(), default_model="dall-e-2", per_image=True,
         upload_bytes=media.IMAGE_UPLOAD_MAX_BYTES,
     ),
-    "/v1/audio/transcriptions": Endpoint(
-        "audio.transcriptions", "/audio/transcriptions", False, "file", lambda p, _: 0,
-        Group.AUDIO, has_output=False, caps=(), audio_in=True, upload_bytes=media.AUDIO_MAX_BYTES,
+    "/v1/audio/transcriptions": Endpoint(  # (streamed: on a model priced by tokens only)
+        "audio.transcriptions", "/audio/transcriptions", True, "file", lambda p, _: 0,
+        Group.AUDIO, has_output=False, caps=(), ask_usage=False, audio_in=True,
+        upload_bytes=media.AUDIO_MAX_BYTES,
     ),
     "/v1/audio/translations": Endpoint(
         "audio.translations", "/audio/translations", False, "file", lambda p, _: 0,
@@ -684,6 +686,8 @@ class Pipeline:
         acc: SseAccounting = (
             AudioRelay()
             if speech
+            else TranscriptAccounting()
+            if call.endpoint.audio_in
             else SseAccounting(client_wants_usage=client_wants_usage, responses=responses)
         )
         await send(
@@ -742,6 +746,12 @@ class Pipeline:
             if speech:  # the text it asked to speak, however much of the audio the client took
                 self._meter(call, 200, (0, 0, 0), outcome, estimated=False,
                             characters=call.characters)  # fmt: skip
+            elif isinstance(acc, TranscriptAccounting):  # its last event's usage, else the hold
+                reported = acc.usage
+                used, heard = (
+                    (reported, acc.heard) if reported is not None else _unanswered(call, 0)
+                )
+                self._meter(call, 200, used, outcome, estimated=reported is None, media_input=heard)
             elif acc.usage is not None:
                 self._meter(call, 200, acc.usage, outcome, estimated=False, audio=acc.audio)
             else:

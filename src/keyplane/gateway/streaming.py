@@ -4,7 +4,9 @@ keyplane asks the upstream for ``stream_options.include_usage`` so the last even
 token counts. Until then it counts the generated text itself, so a stream cut short by the client
 or the upstream is still billed for what was produced (estimated at four characters a token).
 
-Text to speech's answer, the audio itself, goes through the same pump unread (``AudioRelay``).
+Text to speech's answer, the audio itself, goes through the same pump unread (``AudioRelay``),
+and a streamed transcription's events through it with their own accounting
+(``TranscriptAccounting``).
 """
 
 from __future__ import annotations
@@ -298,6 +300,58 @@ class AudioRelay(SseAccounting):
 
     def feed(self, data: bytes) -> bytes:
         return data
+
+
+class TranscriptAccounting(SseAccounting):
+    """A streamed transcription (gpt-4o-transcribe's ``transcript.text.delta`` events, then one
+    ``transcript.text.done`` with the whole text and its ``usage``), passed on event by event as
+    it arrives, nothing dropped: the usage read from that last event (``transcript_usage``), and
+    of its input the audio tokens (``heard``), which are priced apart. Its text is not counted: a
+    stream that ends without that usage is billed its hold."""
+
+    def __init__(self) -> None:
+        super().__init__(client_wants_usage=True)
+        self.heard = 0  # of ``usage``'s input tokens, those of audio
+
+    def _data(self, payload: bytes) -> bool:
+        if not usage_object(payload):  # (a delta: passed on unread)
+            return True
+        obj = json_object(payload)
+        if obj is not None and obj.get("type") == "transcript.text.done":
+            reported = transcript_usage(obj)
+            if reported is not None:
+                inp, self.heard, out = reported
+                self.usage = (inp, 0, out)
+        return True
+
+
+def transcript_usage(answer: dict[str, Any] | None) -> tuple[int, int, int] | None:
+    """The tokens a transcription reports (its JSON answer, or its stream's
+    ``transcript.text.done`` event), (input, of which audio, output), on a model priced by tokens;
+    None when it reports none usable (no ``usage``, or one of another ``type``: a duration)."""
+    usage = answer.get("usage") if answer is not None else None
+    if not isinstance(usage, dict) or usage.get("type", "tokens") != "tokens":
+        return None
+    # (No details: all of its input counted as audio, the dearer.)
+    return token_usage(usage, "input_token_details", "audio_tokens", True)
+
+
+def token_usage(
+    usage: Any, details_name: str, part: str, unsaid_is_all: bool
+) -> tuple[int, int, int] | None:
+    """(input, of which ``part`` tokens, output) from a ``usage`` object reporting
+    ``input_tokens`` and ``output_tokens``, the ``part`` tokens in its ``details_name`` object
+    (all of the input when ``unsaid_is_all`` and it says none, else none); None when unusable."""
+    if not isinstance(usage, dict):
+        return None
+    inp, out = usage.get("input_tokens"), usage.get("output_tokens")
+    details = usage.get(details_name)
+    media = details.get(part) if isinstance(details, dict) else None
+    if media is None:
+        media = inp if unsaid_is_all else 0
+    if not (_count(inp) and _count(out) and _count(media)):
+        return None
+    return inp, min(media, inp), out
 
 
 def json_object(payload: bytes) -> dict[str, Any] | None:

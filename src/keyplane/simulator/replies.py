@@ -3,8 +3,8 @@ chunked audio) and how it goes out over ASGI, marked ``x-simulator: keyplane``.
 
 Timing: ``latency_ms`` is slept before answering every POST; when streaming with
 ``tokens_per_second > 0``, ``1 / tokens_per_second`` is slept before each token chunk (a
-``response.output_text.delta`` event for the Responses API), and before each piece of speech's
-audio after its header.
+``response.output_text.delta`` event for the Responses API, a ``transcript.text.delta`` event for
+a transcription), and before each piece of speech's audio after its header.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ _sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 class Stream:
     """Server-sent events; a delay may precede each of ``tokens`` (see ``_send_stream``).
 
-    Chat and completion streams send bare ``data:`` events and end with ``data: [DONE]``;
+    Chat, completion and transcription streams send bare ``data:`` events and end with
+    ``data: [DONE]``;
     Responses streams (``named``) also name each event after its ``type`` and have no end
     marker, as OpenAI's do.
     """

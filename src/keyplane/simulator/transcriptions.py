@@ -18,6 +18,12 @@ AUDIO_TOKENS_PER_SECOND × audio_seconds(size)`` (10 a second, the simulator's o
 publishes none), ``text_tokens = text_tokens(prompt)``, ``output_tokens = text_tokens(transcript)``.
 The transcript stops at ``TRANSCRIBE_MAX_OUTPUT`` (2,000) tokens; a file whose tokens would pass
 ``TRANSCRIBE_CONTEXT`` (16,000) is refused with 400, as too long for the model.
+
+With ``stream`` (``true`` or ``1``) these two answer server-sent events, in either format, as
+OpenAI's do: one ``{"type": "transcript.text.delta", "delta"}`` per output token (the transcript
+in pieces of ``TOKEN_CHARS`` characters), then ``{"type": "transcript.text.done", "text", "usage"}``
+with the whole transcript and the usage its ``json`` answer carries, then ``data: [DONE]``.
+whisper-1 ignores ``stream`` and answers whole, as OpenAI's does.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 from keyplane.simulator.config import SimulatorConfig
 from keyplane.simulator.forms import Form, read_form
 from keyplane.simulator.params import RequestError, known_model
-from keyplane.simulator.replies import Reply, Text
+from keyplane.simulator.replies import Reply, Stream, Text
 from keyplane.simulator.tokens import TOKEN_CHARS, text_tokens
 
 TRANSCRIPTION_MODELS = frozenset({"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"})
@@ -132,12 +138,18 @@ def _token_transcription(form: Form, model: str, fmt: str, size: int) -> Reply:
         message = f"Audio file is too long for {model}: {audio + prompt} tokens, the most is 16000."
         raise RequestError(400, message, "file", "invalid_value")
     text = transcript_text(audio_seconds(size))[: TRANSCRIBE_MAX_OUTPUT * TOKEN_CHARS]
-    if fmt == "text":
-        return Text(text)
     output = text_tokens(text)
     usage = {
         "type": "tokens", "input_tokens": audio + prompt, "output_tokens": output,
         "total_tokens": audio + prompt + output,
         "input_token_details": {"text_tokens": prompt, "audio_tokens": audio},
     }  # fmt: skip
+    if form.fields.get("stream", "").strip().lower() in ("true", "1"):
+        deltas = [
+            {"type": "transcript.text.delta", "delta": text[i : i + TOKEN_CHARS]}
+            for i in range(0, len(text), TOKEN_CHARS)
+        ]
+        return Stream([], deltas, [{"type": "transcript.text.done", "text": text, "usage": usage}])
+    if fmt == "text":
+        return Text(text)
     return 200, {"text": text, "usage": usage}
