@@ -38,6 +38,7 @@ from keyplane.billing.wallet import Hold, Outcome
 from keyplane.notify.dispatcher import EmailDispatcher
 from keyplane.notify.smtp import SmtpMailer
 from keyplane.storage.billing_tables import ledger_entries
+from keyplane.storage.webhook_tables import webhook_deliveries
 from keyplane.usage.records import Outcome as RequestOutcome
 from keyplane.usage.records import UsageRecord
 from kptest import ServerThread
@@ -130,6 +131,13 @@ def history_text(kp: Keyplane) -> str:
         owner.close()
 
 
+def webhook_events(c: bootstrap.Container) -> list[dict[str, Any]]:
+    """The webhook events queued for the organization's endpoints, oldest first."""
+    with c.engine.connect() as conn:
+        rows = conn.execute(select(webhook_deliveries).order_by(webhook_deliveries.c.id)).all()
+    return [json.loads(row.body) for row in rows]
+
+
 def emails(c: bootstrap.Container, inbox: Inbox) -> list[tuple[str, str]]:
     """(subject, body) of the emails the mail server received, once the outbox is sent."""
     asyncio.run(EmailDispatcher(c.outbox, SmtpMailer.from_settings(c.settings), c.clock).run_once())
@@ -146,6 +154,7 @@ def test_a_partial_refund_takes_its_credit_back_once_however_often_stripe_sends_
     inbox, server = smtp
     with keyplane(tmp_path, fake, database_url, smtp_port=server.port) as kp:
         c, org_id = kp.container, kp.org.id
+        c.webhooks.create(org_id, "https://hooks.example/kp", ["billing.payment_refunded"])
         paid, intent = buy(kp, fake, 20)
         c.billing.grant(org_id, 3 * USD, note="goodwill")
         assert balance(kp) == 23 * USD
@@ -170,6 +179,13 @@ def test_a_partial_refund_takes_its_credit_back_once_however_often_stripe_sends_
         [entry] = entries(c, org_id, "billing.payment_refunded")
         assert (entry.actor, entry.target_id) == (PROVIDER, paid.id)
         assert entry.details["data"]["credit_change_micro_usd"] == -5 * USD
+        [sent] = webhook_events(c)
+        assert (sent["type"], sent["organization_id"]) == ("billing.payment_refunded", org_id)
+        assert sent["data"] == {
+            "payment_id": paid.id, "provider_payment_id": intent["id"],
+            "status": "partially_refunded", "credit_change_micro_usd": -5 * USD,
+            "amount_refunded_micro_usd": 5 * USD,
+        }  # fmt: skip
         [(subject, body)] = emails(c, inbox)[1:]  # (after the purchase's receipt)
         assert subject == "[keyplane] $5.00 of credit taken back from Acme"
         assert "was refunded in part: $5.00 so far" in body

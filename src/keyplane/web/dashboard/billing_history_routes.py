@@ -117,13 +117,18 @@ def _history(request: Request, org_id: str) -> list[Line]:
     adjusted: dict[str, list[Adjustment]] = {}
     for a in services.payments.adjustments(org_id):
         adjusted.setdefault(a.payment_id, []).append(a)
-    lines = [_charge(p, adjusted.get(p.id, ())) for p in charges]
     by_id = {p.id: p for p in charges}
-    lines += [
+    # Refunds and disputes first, the newest first: in a tie (the same second) each then shows
+    # above what came before it, its charge included.
+    lines = [
         _adjustment(a, by_id[a.payment_id])
-        for a in itertools.chain.from_iterable(adjusted.values())
+        for a in sorted(
+            itertools.chain.from_iterable(adjusted.values()),
+            key=lambda a: (a.created_at, a.id), reverse=True,
+        )
         if (a.amount or a.status in CLOSED) and a.payment_id in by_id
-    ]
+    ]  # fmt: skip
+    lines += [_charge(p, adjusted.get(p.id, ())) for p in charges]
     for lot, note in services.billing.balance(org_id).lots:
         if lot.id in bought:
             continue
