@@ -141,10 +141,13 @@ def webhook_events(c: bootstrap.Container) -> list[dict[str, Any]]:
 def emails(c: bootstrap.Container, inbox: Inbox) -> list[tuple[str, str]]:
     """(subject, body) of the emails the mail server received, once the outbox is sent."""
     asyncio.run(EmailDispatcher(c.outbox, SmtpMailer.from_settings(c.settings), c.clock).run_once())
-    return [
-        (str(m.message["Subject"]), m.message.get_content().replace("\r\n", "\n"))
-        for m in inbox.received
-    ]
+    sent = []
+    for mail in inbox.received:
+        part = mail.message.get_body(("plain",))  # (the HTML beside it: test_email_html.py)
+        assert part is not None
+        text: str = part.get_content()  # type: ignore[attr-defined]
+        sent.append((str(mail.message["Subject"]), text.replace("\r\n", "\n")))
+    return sent
 
 
 # -- refunds ----------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from keyplane.audit.service import AuditService
 from keyplane.billing.payment_ports import Adjustment, Payment, PaymentStore, ProviderReport
 from keyplane.billing.wallet import Lot
 from keyplane.clock import Clock
+from keyplane.notify.email_html import render_html
 from keyplane.notify.ports import Outbox
 from keyplane.notify.webhooks import Publish
 from keyplane.usage.pricing import format_cents, format_usd
@@ -274,14 +275,20 @@ class Reversals:
             change = f"The credit balance of {name} is unchanged."
             subject = f"[keyplane] A payment of {name}: dispute {a.status}"
         left = self._credit_left(a.org_id)
+        balance = f"−${format_cents(-left, up=True)}" if left < 0 else f"${format_cents(left)}"
         then = (
-            " The credit bought with it was spent already, so the balance is below zero: "
+            "The credit bought with it was spent already, so the balance is below zero: "
             "requests are refused until credit is added."
             if left < 0
             else ""
         )
-        body = (
-            f"{what}.\n\n{change} The credit balance is now ${format_cents(left)}.{then}\n\n"
-            f"Billing history: {self._public_url}/billing/history?org={a.org_id}\n"
+        history = f"{self._public_url}/billing/history?org={a.org_id}"
+        text = (
+            f"{what}.\n\n{change} The credit balance is now {balance}.{' ' + then if then else ''}"
+            f"\n\nBilling history: {history}\n"
         )
-        self._outbox.enqueue(key, recipients, subject, body, now=now)
+        page = render_html(
+            "payment_reversed.html", subject=subject, heading=subject.removeprefix("[keyplane] "),
+            org=name, what=what, change=change, balance=balance, then=then, history_url=history,
+        )  # fmt: skip
+        self._outbox.enqueue(key, recipients, subject, text, page, now=now)
