@@ -163,7 +163,7 @@ class Adjustment:
     kind: str  # "refund" | "dispute"
     ref: str  # the provider's charge (refund) or dispute
     event_id: str
-    status: str  # refund: "refunded" | "partially_refunded"; dispute: the provider's status
+    status: str  # refund: "refunded" | "partially_refunded" | "refund_failed"; dispute: its status
     total: int  # refund: the charge's amount refunded so far; dispute: the amount disputed
     amount: int  # micro-dollars: the credit moved
     created_at: int

@@ -76,7 +76,12 @@ def decide(
         target = min(total, room)
         if report.total is None or target == taken:
             return None
-        return target - taken, "refunded" if total >= paid else "partially_refunded", total
+        # (Only a refund that failed, or was canceled, lowers the amount refunded.)
+        status = (
+            "refund_failed" if target < taken
+            else "refunded" if total >= paid else "partially_refunded"
+        )  # fmt: skip
+        return target - taken, status, total
     stage = DISPUTE_STAGES.get(report.status)
     if stage is None or any(stage <= DISPUTE_STAGES.get(a.status, 0) for a in mine):
         return None
@@ -260,6 +265,7 @@ class Reversals:
         what = f"Your payment of {paid} ({payment.provider_ref or payment.id})" + {
             "refunded": " was refunded in full",
             "partially_refunded": f" was refunded in part: ${format_usd(a.total)} so far",
+            "refund_failed": f": a refund of it failed (${format_usd(a.total)} refunded now)",
             "needs_response": " is disputed with your card's issuer",
             "under_review": " is disputed with your card's issuer",
             "won": ": the dispute is closed, and the payment stands",

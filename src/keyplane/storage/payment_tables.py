@@ -64,7 +64,7 @@ payment_adjustments = Table(
     Column("ref", String(255), nullable=False),  # the provider's: the charge (ch_…), dispute (du_…)
     # The provider's event (Stripe: evt_…): each changes the ledger once, however often it comes.
     Column("event_id", String(255), nullable=False, unique=True),
-    # refund: "refunded" | "partially_refunded"; dispute: the provider's status (needs_response…)
+    # refund: "refunded" | "partially_refunded" | "refund_failed"; dispute: the provider's status
     Column("status", String(30), nullable=False),
     # refund: the charge's amount refunded so far; dispute: the amount disputed
     Column("total_micro", BigInteger, nullable=False),
