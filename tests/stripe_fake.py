@@ -7,7 +7,14 @@ and does nothing more; with other parameters, a 400 ``idempotency_error``.
 
 ``card(...)`` plays Stripe.js: it makes the PaymentMethod a browser would, and returns its id.
 ``charges`` are the PaymentIntents that took money; ``requests`` every call received. ``stop()``
-makes Stripe unreachable."""
+makes Stripe unreachable.
+
+Refunds and disputes play what an operator or a cardholder does in Stripe's Dashboard or bank:
+``refund`` refunds part or all of a paid PaymentIntent's charge (``amount_refunded`` grows, as
+Stripe keeps it), ``fail_refund`` fails one (it no longer counts), ``dispute`` opens a dispute
+and ``close_dispute`` settles it; each returns the object as the event Stripe sends then carries
+it (a copy: later changes do not show in it). The API answers ``GET /v1/charges/{id}`` with the
+charge as it is now."""
 
 from __future__ import annotations
 
@@ -61,6 +68,9 @@ class FakeStripe:
     customers: dict[str, dict[str, Any]] = field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     intents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    charge_objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # ch id → Charge
+    refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    disputes: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     outcomes: dict[str, str | None] = field(default_factory=dict)  # pm id → decline code
     _replies: dict[str, tuple[str, int, bytes]] = field(default_factory=dict)
@@ -107,6 +117,65 @@ class FakeStripe:
     def charges(self) -> list[dict[str, Any]]:
         """The PaymentIntents that took money."""
         return [pi for pi in self.intents.values() if pi["status"] == "succeeded"]
+
+    def charge_of(self, intent: dict[str, Any]) -> dict[str, Any]:
+        """The Charge of a paid PaymentIntent, as it is now (a copy)."""
+        return _copy(self.charge_objects[intent["latest_charge"]])
+
+    def refund(self, intent: dict[str, Any], cents: int | None = None) -> dict[str, Any]:
+        """Refunds ``cents`` (all that is left: None) of the PaymentIntent's charge, as an
+        operator does in Stripe's Dashboard; returns the Refund (``refund.created``'s object).
+        The Charge ``charge.refunded`` carries then is ``charge_of(intent)``."""
+        charge = self.charge_objects[intent["latest_charge"]]
+        amount = charge["amount"] - charge["amount_refunded"] if cents is None else cents
+        assert 0 < amount <= charge["amount"] - charge["amount_refunded"]
+        re = new_id("re")
+        self.refunds[re] = {
+            "id": re, "object": "refund", "amount": amount, "charge": charge["id"],
+            "payment_intent": intent["id"], "currency": "usd", "created": int(time.time()),
+            "status": "succeeded", "reason": "requested_by_customer", "metadata": {},
+            "failure_reason": None, "balance_transaction": new_id("txn"),
+            "destination_details": {"type": "card", "card": {"type": "refund"}},
+        }  # fmt: skip
+        charge["amount_refunded"] += amount
+        charge["refunded"] = charge["amount_refunded"] == charge["amount"]
+        return _copy(self.refunds[re])
+
+    def fail_refund(self, refund_id: str) -> dict[str, Any]:
+        """The card's issuer refuses the refund (a closed account): Stripe marks it failed and
+        takes it off the charge's ``amount_refunded``; returns the Refund as ``refund.failed`` and
+        ``charge.refund.updated`` carry it."""
+        refund = self.refunds[refund_id]
+        assert refund["status"] == "succeeded"
+        charge = self.charge_objects[refund["charge"]]
+        refund.update(status="failed", failure_reason="expired_or_canceled_card")
+        charge["amount_refunded"] -= refund["amount"]
+        charge["refunded"] = False
+        return _copy(refund)
+
+    def dispute(self, intent: dict[str, Any], cents: int | None = None) -> dict[str, Any]:
+        """The cardholder disputes the charge with their bank (``charge.dispute.created``'s
+        object): Stripe withdraws the amount disputed."""
+        charge = self.charge_objects[intent["latest_charge"]]
+        du = new_id("du")
+        self.disputes[du] = {
+            "id": du, "object": "dispute", "amount": charge["amount"] if cents is None else cents,
+            "charge": charge["id"], "payment_intent": intent["id"], "currency": "usd",
+            "created": int(time.time()), "status": "needs_response", "reason": "fraudulent",
+            "is_charge_refundable": False, "livemode": False, "metadata": {},
+            "balance_transactions": [], "evidence_details": {
+                "due_by": int(time.time()) + 7 * 86400, "has_evidence": False,
+                "past_due": False, "submission_count": 0,
+            },
+        }  # fmt: skip
+        charge["disputed"] = True
+        return _copy(self.disputes[du])
+
+    def close_dispute(self, dispute_id: str, status: str) -> dict[str, Any]:
+        """The bank decides (``status``: "won", "lost"); returns ``charge.dispute.closed``'s
+        object."""
+        self.disputes[dispute_id]["status"] = status
+        return _copy(self.disputes[dispute_id])
 
     def calls(self, method: str, path: str) -> list[Request]:
         return [r for r in self.requests if r.method == method and r.path.startswith(path)]
@@ -172,6 +241,10 @@ class FakeStripe:
                 return self._attach(pm, params)
             case ("GET", ["payment_methods", pm]) if pm in self.methods:
                 return 200, self.methods[pm]
+            case ("GET", ["charges", ch]) if ch in self.charge_objects:
+                return 200, self.charge_objects[ch]
+            case ("GET", ["charges", ch]):
+                return 404, _missing(f"No such charge: '{ch}'", "id")
             case ("POST", ["payment_intents"]):
                 return self._create_intent(params)
             case ("POST", ["payment_intents", pi, "cancel"]) if pi in self.intents:
@@ -241,7 +314,17 @@ class FakeStripe:
             }  # fmt: skip
             intent.update(last_payment_error=error, latest_charge=charge)
             return 402, {"error": {**error, "payment_intent": intent}}
-        intent.update(status="succeeded", amount_received=amount, latest_charge=new_id("ch"))
+        charge = new_id("ch")
+        intent.update(status="succeeded", amount_received=amount, latest_charge=charge)
+        self.charge_objects[charge] = {
+            "id": charge, "object": "charge", "amount": amount, "amount_captured": amount,
+            "amount_refunded": 0, "currency": intent["currency"], "customer": customer,
+            "payment_intent": pi, "payment_method": pm, "paid": True, "captured": True,
+            "refunded": False, "disputed": False, "status": "succeeded",
+            "created": intent["created"], "livemode": False, "metadata": {},
+            "description": intent["description"], "balance_transaction": new_id("txn"),
+            "failure_code": None, "failure_message": None,
+        }  # fmt: skip
         return 200, intent
 
 
@@ -264,6 +347,11 @@ def signature(payload: bytes, secret: str = WEBHOOK_SECRET, *, at: int | None = 
 
 
 # -- Stripe's shapes --------------------------------------------------------------------------------
+def _copy(obj: dict[str, Any]) -> dict[str, Any]:
+    copied: dict[str, Any] = json.loads(json.dumps(obj))
+    return copied
+
+
 def _form(text: str) -> dict[str, Any]:
     """An application/x-www-form-urlencoded body, ``a[b]=c`` nested as Stripe reads it."""
     params: dict[str, Any] = {}

@@ -10,14 +10,15 @@ and keeps what Stripe says of the card: brand, last four digits, expiry.
 A charge is a PaymentIntent in US cents, confirmed at once off-session on the saved method, with the
 charge's idempotency key as Stripe's ``Idempotency-Key``: a purchase or a recharge that runs again
 (its process died) gets Stripe's first answer back and charges nothing more. Its metadata
-(``org_id``, ``kind``, ``charge_key``) lets the signed webhook (``paid_charge``) credit a payment,
+(``org_id``, ``kind``, ``charge_key``) lets the signed webhook (``event``) credit a payment,
 and write its line of the billing history, when the process died after Stripe charged it and
 before keyplane stored the credit. Stripe's failures
 never raise from ``charge``: a card error is its decline code, a payment that needs the cardholder
 (3-D Secure) ``authentication_required``, anything else (Stripe unreachable, an API error)
 ``processing_error``, logged without the request's secrets. The PaymentIntent's id (``pi_…``),
 whenever Stripe made one, is the payment's ``provider_ref`` on its line of the billing history (the
-receipt's "Payment reference"), from ``charge`` or from the webhook's event, whichever stores it."""
+receipt's "Payment reference"), from ``charge`` or from the webhook's event, whichever stores it;
+Stripe's events of a refund or a dispute of it name the payment by it (billing/reversals.py)."""
 
 from __future__ import annotations
 
@@ -31,8 +32,14 @@ import httpx
 import stripe
 
 from keyplane.billing.declines import decline_message
-from keyplane.billing.payment_ports import CardDetails, Charged, PaidCharge, SavedCard
-from keyplane.errors import InvalidRequest
+from keyplane.billing.payment_ports import (
+    CardDetails,
+    Charged,
+    PaidCharge,
+    ProviderReport,
+    SavedCard,
+)
+from keyplane.errors import InvalidRequest, StoreUnavailable
 
 log = logging.getLogger("keyplane.stripe")
 
@@ -44,6 +51,21 @@ NETWORK_RETRIES = 2
 SIGNATURE_TOLERANCE_S = 300  # a signed event older than this is refused (replays)
 TOKEN = re.compile(r"pm_[A-Za-z0-9_]{1,250}")
 KINDS = {"purchase": "keyplane credit purchase", "recharge": "keyplane auto-recharge"}
+# The events that tell of a charge's refunds (the charge's, then its refunds' own: a refund that
+# failed is told by these only), and of its disputes (billing/reversals.py).
+REFUND_EVENTS = frozenset(
+    {
+        "charge.refunded",
+        "charge.refund.updated",
+        "refund.created",
+        "refund.updated",
+        "refund.failed",
+    }
+)
+DISPUTE_EVENTS = frozenset(
+    {"charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed",
+     "charge.dispute.funds_withdrawn", "charge.dispute.funds_reinstated"}
+)  # fmt: skip
 
 
 class HttpxClient(stripe.HTTPClient):
@@ -189,10 +211,14 @@ class StripeProvider:
             _log_failure(f"canceling {intent_id}", exc)
 
     # -- the webhook ------------------------------------------------------------------------
-    def paid_charge(self, payload: bytes, signature: str) -> PaidCharge | None:
-        """The keyplane charge a ``payment_intent.succeeded`` event reports paid; None for any
-        other event, and for a payment keyplane did not make. Raises InvalidRequest when the
-        ``Stripe-Signature`` is missing, wrong or too old for this body and the webhook secret."""
+    def event(self, payload: bytes, signature: str) -> PaidCharge | ProviderReport | None:
+        """What a signed event reports: a keyplane charge paid (``payment_intent.succeeded``), a
+        charge refunded (``charge.refunded``; a refund's own events: ``refund.created``,
+        ``refund.updated``, ``refund.failed``, ``charge.refund.updated``), a dispute opened,
+        changed or closed (``charge.dispute.*``); None for any other event, and for a payment
+        keyplane did not make (a refund or a dispute: ``PaymentService.reverse`` finds the
+        payment by its PaymentIntent, or not). Raises InvalidRequest when the ``Stripe-Signature``
+        is missing, wrong or too old for this body and the webhook secret."""
         if self._webhook_secret is None:
             raise InvalidRequest("keyplane has no Stripe webhook secret to check events with.")
         try:
@@ -206,27 +232,74 @@ class StripeProvider:
                 "secret, or is older than 5 minutes.",
                 param="Stripe-Signature",
             ) from None
-        if not isinstance(event, dict) or event.get("type") != "payment_intent.succeeded":
+        if not isinstance(event, dict):
             return None
-        intent = (event.get("data") or {}).get("object")
-        if not isinstance(intent, dict):
+        obj = (event.get("data") or {}).get("object")
+        kind, event_id, created = event.get("type"), event.get("id"), event.get("created")
+        if not isinstance(obj, dict) or not isinstance(event_id, str) or not event_id:
             return None
-        meta = intent.get("metadata") or {}
-        org_id, kind, key = meta.get("org_id"), meta.get("kind"), meta.get("charge_key")
-        customer, method = _id(intent.get("customer")), _id(intent.get("payment_method"))
-        cents = intent.get("amount")
-        if not (
-            isinstance(org_id, str) and isinstance(kind, str) and isinstance(key, str)
-            and customer and method and intent.get("currency") == "usd"
-            and isinstance(cents, int) and not isinstance(cents, bool)
-        ):  # fmt: skip
-            return None
-        created = intent.get("created")
-        return PaidCharge(
-            org_id=org_id, kind=kind, key=key, amount=cents * 10_000,
-            provider_ref=f"{customer}/{method}", payment_ref=str(intent.get("id", "")),
-            charged_at=created if type(created) is int and created > 0 else None,
-        )  # fmt: skip
+        at = created if type(created) is int and created > 0 else None
+        if kind == "payment_intent.succeeded":
+            return _paid(obj)
+        if kind in REFUND_EVENTS:
+            # The charge's refunds as they are now are asked for (``amount_refunded``): this
+            # copy may be older than one applied already, or a refund of it may have failed since.
+            charge = obj.get("id") if obj.get("object") == "charge" else _id(obj.get("charge"))
+            intent = _id(obj.get("payment_intent"))
+            if not (isinstance(charge, str) and charge and intent):
+                return None
+            return ProviderReport(event_id, "refund", intent, charge, None, at=at)
+        if kind in DISPUTE_EVENTS:
+            dispute, intent, cents = (
+                obj.get("id"),
+                _id(obj.get("payment_intent")),
+                obj.get("amount"),
+            )
+            status = obj.get("status")
+            if not (
+                isinstance(dispute, str) and dispute and intent and isinstance(status, str)
+                and obj.get("currency") == "usd"
+                and isinstance(cents, int) and not isinstance(cents, bool)
+            ):  # fmt: skip
+                return None
+            return ProviderReport(event_id, "dispute", intent, dispute, cents * 10_000, status, at)
+        return None
+
+    def amount_refunded(self, charge_id: str) -> int:
+        """The charge's amount refunded so far (micro-dollars), as Stripe has it now (a failed
+        refund no longer counts). Raises StoreUnavailable when Stripe cannot say: the webhook
+        answers 503, and Stripe sends the event again later."""
+        try:
+            charge = self._client.v1.charges.retrieve(charge_id)
+        except stripe.StripeError as exc:
+            _log_failure(f"reading charge {charge_id}", exc)
+            raise StoreUnavailable(
+                "Stripe could not be asked for the charge's refunds; the event is taken again "
+                "when Stripe sends it again."
+            ) from None
+        if charge.currency != "usd":
+            raise StoreUnavailable(f"Stripe's charge {charge_id} is not in US dollars.")
+        return int(charge.amount_refunded) * 10_000
+
+
+def _paid(intent: dict[str, Any]) -> PaidCharge | None:
+    """The keyplane charge a ``payment_intent.succeeded`` event reports paid (None: not one)."""
+    meta = intent.get("metadata") or {}
+    org_id, kind, key = meta.get("org_id"), meta.get("kind"), meta.get("charge_key")
+    customer, method = _id(intent.get("customer")), _id(intent.get("payment_method"))
+    cents = intent.get("amount")
+    if not (
+        isinstance(org_id, str) and isinstance(kind, str) and isinstance(key, str)
+        and customer and method and intent.get("currency") == "usd"
+        and isinstance(cents, int) and not isinstance(cents, bool)
+    ):  # fmt: skip
+        return None
+    created = intent.get("created")
+    return PaidCharge(
+        org_id=org_id, kind=kind, key=key, amount=cents * 10_000,
+        provider_ref=f"{customer}/{method}", payment_ref=str(intent.get("id", "")),
+        charged_at=created if type(created) is int and created > 0 else None,
+    )  # fmt: skip
 
 
 def _id(value: object) -> str:

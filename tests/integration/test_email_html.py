@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from markupsafe import escape
+from sqlalchemy import update
 from test_accounts_web import Browser, link_in, token_of
 from test_payments import BUYER, NO_FUNDS, VISA
 
@@ -26,6 +27,7 @@ from keyplane import bootstrap, gateway_assembly
 from keyplane.accounts.models import OrgRole, Project, User
 from keyplane.accounts.org_ports import InviteProject, ProjectRole
 from keyplane.audit.models import Actor, ActorType
+from keyplane.billing.payment_ports import ProviderReport
 from keyplane.billing.periods import period_of
 from keyplane.billing.recharge import RECHARGE_RETRY_S
 from keyplane.billing.wallet import OrgMoney
@@ -34,6 +36,7 @@ from keyplane.clock import FrozenClock
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
 from keyplane.notify.dispatcher import EmailDispatcher
+from keyplane.storage.payment_tables import payments
 from kptest import ServerThread, wait_until
 from smtp_support import Inbox, Received, SmtpServer
 
@@ -137,6 +140,18 @@ def purchase(w: World) -> None:
     w.c.payments.purchase(w.org_id, 5 * USD, actor=BUYER)
 
 
+def reversed_by_stripe(w: World, kind: str) -> None:
+    """A purchase refunded in part in Stripe's Dashboard, or disputed (billing/reversals.py), as
+    Stripe's webhook reports it: the line names its PaymentIntent as Stripe's would."""
+    w.c.payments.add_method(w.org_id, VISA)
+    paid = w.c.payments.purchase(w.org_id, 5 * USD, actor=BUYER)
+    with w.c.engine.begin() as conn:
+        conn.execute(update(payments).where(payments.c.id == paid.id).values(provider_ref="pi_1"))
+    ref, status = ("ch_1", "") if kind == "refund" else ("du_1", "needs_response")
+    report = ProviderReport(f"evt_{kind}", kind, "pi_1", ref, 2 * USD, status)
+    assert w.c.payments.reverse(report) is not None
+
+
 def recharge_declined(w: World, times: int) -> None:
     w.c.billing.update_settings(
         w.org_id, auto_recharge=True, recharge_threshold=5 * USD, recharge_target=20 * USD
@@ -226,6 +241,8 @@ KINDS = {
         lambda w: spend_alert(w, True), "of spend in", (ORG_NAME, PROJECT_NAME)
     ),
     "low balance": Kind(low_balance, "is below $1.00", (ORG_NAME,)),
+    "refund": Kind(lambda w: reversed_by_stripe(w, "refund"), "credit taken back", (ORG_NAME,)),
+    "dispute": Kind(lambda w: reversed_by_stripe(w, "dispute"), "credit taken back", (ORG_NAME,)),
     "new network": Kind(
         new_network, "Unusual use", (ORG_NAME, repr(KEY_NAME)), (REVOKE, PROJECT_USAGE)
     ),

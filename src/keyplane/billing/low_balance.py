@@ -86,7 +86,7 @@ class LowBalanceAlerts:
         settings = self._store.settings(org_id)
         if settings is None or settings.low_balance_alert is None:
             return None
-        balance = sum(lot.remaining for lot, _ in self._store.lots(org_id) if lot.live(now))
+        balance = sum(lot.remaining for lot, _ in self._store.lots(org_id) if lot.counts(now))
         return Standing(settings.low_balance_alert, balance, settings.auto_recharge, -1)
 
     def check(self, org_id: str, money: OrgMoney | None, now: float) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -134,6 +134,42 @@ class PaidCharge:
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderReport:
+    """What the provider reports of a paid charge since (Stripe: a signed event): a refund
+    (``kind`` "refund", ``ref`` the charge, ch_…) or a dispute ("dispute", ``ref`` the dispute,
+    du_…, ``status`` its status, ``total`` the amount disputed). A refund's ``total`` is the
+    charge's amount refunded so far, cumulative; None: the event does not say it for sure (a
+    refund's own event, or a charge's that may be stale: the provider is asked)."""
+
+    event_id: str
+    kind: str  # "refund" | "dispute"
+    payment_ref: str  # the provider's id of the payment (Stripe: pi_…)
+    ref: str
+    total: int | None  # micro-dollars
+    status: str = ""
+    at: int | None = None  # when the provider made the change, if it says
+
+
+@dataclass(frozen=True, slots=True)
+class Adjustment:
+    """A refund or a dispute of a paid charge, as one of the provider's events changed it: the
+    credit it moved (``amount``: < 0 taken off the organization's lots, > 0 given back, 0 a
+    dispute's status only), a row of its own in the billing history. Its ledger entries'
+    transaction is its id."""
+
+    id: str
+    org_id: str
+    payment_id: str
+    kind: str  # "refund" | "dispute"
+    ref: str  # the provider's charge (refund) or dispute
+    event_id: str
+    status: str  # refund: "refunded" | "partially_refunded" | "refund_failed"; dispute: its status
+    total: int  # refund: the charge's amount refunded so far; dispute: the amount disputed
+    amount: int  # micro-dollars: the credit moved
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
 class PurchaseBounds:
     """A credit purchase's amount (BRIEF C5: $5-$100 by default), in whole cents."""
 
@@ -210,6 +246,26 @@ class PaymentStore(Protocol):
 
     def payments(self, org_id: str, limit: int) -> Sequence[Payment]:
         """The organization's charges, newest first."""
+        ...
+
+    def payment_by_ref(self, payment_ref: str) -> Payment | None:
+        """The paid line of the history the provider's id of the payment names (None: none)."""
+        ...
+
+    def adjust(
+        self, payment: Payment, report: ProviderReport, at: int,
+        audit: Callable[[Adjustment], AuditEvent | None],
+    ) -> Adjustment | None:  # fmt: skip
+        """Applies the provider's report to the payment (``billing/reversals.py``), in one
+        transaction with the payment's row locked: the adjustment, its ledger entries (credit
+        taken off or given back to the organization's lots), the lots' ``adjusted``, the change
+        feed's event and its ``audit`` entry. Returns it; None when the report changes nothing
+        (its event applied already, a stale status, the same amount refunded). Raises
+        StoreUnavailable."""
+        ...
+
+    def adjustments(self, org_id: str, payment_id: str | None = None) -> Sequence[Adjustment]:
+        """The organization's adjustments (or one payment's), oldest first."""
         ...
 
     def payment(self, org_id: str, payment_id: str) -> Payment | None:

@@ -23,16 +23,18 @@ import re
 import time
 from collections.abc import Callable, Sequence
 
-from keyplane.audit.models import Actor, ActorType, AuditEvent
+from keyplane.audit.models import Actor, AuditEvent
 from keyplane.audit.service import AuditService
 from keyplane.billing.declines import PaymentFailed, decline_message
 from keyplane.billing.payment_ports import (
+    Adjustment,
     CardDetails,
     PaidCharge,
     Payment,
     PaymentMethod,
     PaymentProvider,
     PaymentStore,
+    ProviderReport,
     PurchaseBounds,
     payment_from_json,
     payment_json,
@@ -40,6 +42,7 @@ from keyplane.billing.payment_ports import (
 from keyplane.billing.ports import Claim, Done
 from keyplane.billing.receipts import Receipts
 from keyplane.billing.recharge import AutoRecharge
+from keyplane.billing.reversals import PROVIDER, Reversals
 from keyplane.billing.service import BillingService
 from keyplane.billing.wallet import Lot
 from keyplane.clock import Clock
@@ -50,7 +53,6 @@ from keyplane.notify.webhooks import Publish, publish_nowhere
 from keyplane.usage.pricing import format_usd
 
 MAX_METHODS = 10  # saved payment methods per organization
-PROVIDER = Actor(ActorType.SYSTEM, "payment provider")  # its report of a payment (a webhook)
 KINDS = ("purchase", "recharge")
 CHARGE_KEY = re.compile(r"[0-9a-f]{40}")  # what ``_charge`` gives the provider
 CREDIT_WAITS_S = (0.05, 0.2, 0.5, 1.0)  # a credit being recorded by the provider's webhook
@@ -92,6 +94,11 @@ class PaymentService:
         self._receipts = Receipts(
             outbox, clock, billing_emails=billing_emails, org_name=org_name, public_url=public_url
         )
+        self._reversals = Reversals(
+            store, clock, audit=audit, outbox=outbox, billing_emails=billing_emails,
+            org_name=org_name, credit_left=billing.credit_left, publish=publish,
+            public_url=public_url,
+        )  # fmt: skip
         self._recharges = AutoRecharge(
             store, billing, clock, self._charge, audit=audit, outbox=outbox,
             billing_emails=billing_emails, org_name=org_name, public_url=public_url,
@@ -346,6 +353,18 @@ class PaymentService:
             self._receipts.send(stored, lot)
         self._promote(charge.org_id)
         return lot
+
+    # -- refunds and disputes (billing/reversals.py) ------------------------------------------
+    def reverse(
+        self, report: ProviderReport, refunded: Callable[[str], int] | None = None
+    ) -> Adjustment | None:
+        """Applies the provider's report of a refund or a dispute of a paid charge, once per
+        event (``Reversals.apply``). Blocking; raises StoreUnavailable."""
+        return self._reversals.apply(report, refunded)
+
+    def adjustments(self, org_id: str, payment_id: str | None = None) -> Sequence[Adjustment]:
+        """The refunds and disputes of the organization's charges (or one's), oldest first."""
+        return self._store.adjustments(org_id, payment_id)
 
     def history(self, org_id: str, limit: int = 100) -> Sequence[Payment]:
         return self._store.payments(org_id, limit)

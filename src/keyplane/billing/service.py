@@ -172,13 +172,13 @@ class BillingService:
         """What the live lots still hold as settled (requests in flight not subtracted): the
         balance the low-balance alert and auto-recharge compare with their thresholds."""
         now = self._clock.now()
-        return sum(lot.remaining for lot, _ in self._store.lots(org_id) if lot.live(now))
+        return sum(lot.remaining for lot, _ in self._store.lots(org_id) if lot.counts(now))
 
     def balance(self, org_id: str) -> CreditBalance:
         now = self._clock.now()
         lots = self._store.lots(org_id)
         held, spent = self._store.totals(org_id)
-        live = sum(lot.remaining for lot, _ in lots if lot.live(now))
+        live = sum(lot.remaining for lot, _ in lots if lot.counts(now))
         return CreditBalance(available=live - held, held=held, spent=spent, lots=lots)
 
     # -- settings -------------------------------------------------------------------------------

@@ -4,7 +4,10 @@ Everything here is synchronous and does no I/O, so a gateway can check and reser
 (no ``await`` between the two) and concurrent requests can never both spend the same micro-dollar.
 
 - **Lots**: each purchase or grant is a lot with its own expiry; a lot stops counting at its
-  expiry instant; lots are consumed earliest-expiry first.
+  expiry instant; lots are consumed earliest-expiry first. A refund or a dispute of a purchase
+  takes credit back off lots (``adjusted``, billing/reversals.py); taking back credit already
+  spent leaves its own lot below zero, a debt that counts in the balance, expired or not, until
+  credit added later pays it.
 - **Holds**: before forwarding, a request reserves its worst-case cost in every scope at once
   (credits, organization budget, project budget, usage limit) — all or none. Settling consumes the
   real cost (at most the hold, see below) and releases the rest; a hold resolves at most once.
@@ -48,9 +51,18 @@ class Lot:
     created_at: int
     expires_at: int | None
     revoked: bool = False
+    # Credit taken off the lot by refunds and disputes and moved by debt repayments, net (its
+    # ledger entries; ``remaining`` already counts them): the gateway applies a change of it to
+    # ``remaining``, which is its own (it consumes the lot between its writes to the database).
+    adjusted: int = 0
 
     def live(self, at: float) -> bool:
         return not self.revoked and (self.expires_at is None or at < self.expires_at)
+
+    def counts(self, at: float) -> bool:
+        """Whether the lot counts in the balance: live, or in debt (below zero: credit a refund
+        or a dispute took back after it was spent), which its expiry does not cancel."""
+        return self.remaining < 0 or self.live(at)
 
 
 # Members the per-request methods use, as module constants: on Python 3.11 ``Scope.CREDITS`` goes
@@ -160,8 +172,8 @@ class OrgMoney:
 
     # -- reading ----------------------------------------------------------------------------
     def balance(self, at: float) -> int:
-        """Credit left in live lots (not counting holds)."""
-        return sum(lot.remaining for lot in self.lots if lot.live(at))
+        """Credit left in live lots, less debts (not counting holds)."""
+        return sum(lot.remaining for lot in self.lots if lot.counts(at))
 
     def available(self, at: float) -> int:
         return self.balance(at) - self.held_total
@@ -250,6 +262,15 @@ class OrgMoney:
                 lot.revoked = True
                 return lot.remaining
         return 0
+
+    def readjust(self, lot_id: str, adjusted: int) -> None:
+        """Brings a lot's ``adjusted`` to the stored figure, moving its remaining credit by the
+        difference: idempotent, so the change feed may bring the same figure twice."""
+        for lot in self.lots:
+            if lot.id == lot_id:
+                lot.remaining -= adjusted - lot.adjusted
+                lot.adjusted = adjusted
+                return
 
     def apply_consumption(self, consumed: tuple[tuple[str, int], ...]) -> None:
         by_id = {lot.id: lot for lot in self.lots}

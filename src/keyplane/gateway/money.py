@@ -539,7 +539,8 @@ class MoneyGuard:
         return swept
 
     async def refresh(self) -> int:
-        """Applies changes other processes made (grants, revocations, settings); returns how many.
+        """Applies changes other processes made (grants, revocations, refunds and disputes,
+        settings); returns how many.
 
         Serialized: the poll loop and the Admin API both call it, and two overlapping refreshes
         could otherwise both add the same new lot (counting its credit twice)."""
@@ -559,15 +560,15 @@ class MoneyGuard:
         seq, events = await asyncio.to_thread(self._store.events_since, self._seq)
         self._seq = seq
         for event in events:
-            if event.kind not in ("lot_added", "lot_revoked", "settings"):
+            if event.kind not in ("lot_added", "lot_revoked", "settings", "lots_adjusted"):
                 for listener in self.listeners:
                     listener(event)
                 continue
             org = self._orgs.get(event.org_id)
             if org is None:
                 continue  # loaded fresh on first use
-            if event.kind == "lot_added":
-                await self._add_new_lots(org)
+            if event.kind in ("lot_added", "lots_adjusted"):
+                await self._sync_lots(org)
             elif event.kind == "lot_revoked" and event.ref:
                 org.revoke_lot(event.ref)
             elif event.kind == "settings":
@@ -597,20 +598,30 @@ class MoneyGuard:
                 del self._loading[org_id]
         return await asyncio.shield(pending)
 
-    async def _add_new_lots(self, org: OrgMoney) -> None:
+    async def _sync_lots(self, org: OrgMoney) -> None:
+        """Adds the lots this process does not know yet, and applies the credit refunds, disputes
+        and debt repayments moved on the ones it knows (``Lot.adjusted``, a figure: however often
+        it is read, each move counts once). A known lot's remaining credit is this process's own
+        (it spends it before the database hears of it), so only the change of ``adjusted`` is
+        applied to it, never the stored remaining."""
         stored = await asyncio.to_thread(self._store.lots, org.org_id)
         known = {lot.id for lot in org.lots}  # read after the await: nothing is added twice
         for lot, _note in stored:
-            if lot.id not in known and not lot.revoked:
+            if lot.id in known:
+                org.readjust(lot.id, lot.adjusted)
+            elif not lot.revoked:
                 org.add_lot(
-                    Lot(lot.id, lot.kind, lot.amount, lot.remaining, lot.created_at, lot.expires_at)
-                )
+                    Lot(
+                        lot.id, lot.kind, lot.amount, lot.remaining, lot.created_at,
+                        lot.expires_at, adjusted=lot.adjusted,
+                    )
+                )  # fmt: skip
 
     async def _resync(self, org: OrgMoney) -> None:
         await self._apply_settings(org, None)
         for project_id in list(org.project_budgets):
             await self._apply_settings(org, project_id)
-        await self._add_new_lots(org)
+        await self._sync_lots(org)
         for lot, _note in await asyncio.to_thread(self._store.lots, org.org_id):
             if lot.revoked:
                 org.revoke_lot(lot.id)

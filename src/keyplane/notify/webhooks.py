@@ -1,6 +1,7 @@
 """Webhooks (BRIEF C6, C7): an organization's endpoints get a signed POST for the events they
 subscribe to (a spend threshold crossed, a leaked key revoked, an auto-recharge that failed, a
-credit balance fallen below its low-balance alert, a usage tier reached), through an outbox as emails are: each event is stored once per endpoint
+credit balance fallen below its low-balance alert, a credit purchase refunded or disputed, a
+usage tier reached), through an outbox as emails are: each event is stored once per endpoint
 (a dedupe key), delivered by the gateways' background work with retries, never lost to a restart.
 
 A delivery is ``{"id", "object": "event", "type", "created", "data"}``, signed as Stripe signs:
@@ -38,6 +39,8 @@ EVENT_TYPES = {
     "billing.auto_recharge_failed": "an auto-recharge payment was declined",
     "billing.auto_recharge_disabled": "auto-recharge was turned off after failed payments",
     "billing.low_balance": "the credit balance fell below the low-balance alert's amount",
+    "billing.payment_refunded": "a credit purchase was refunded (or its refund failed)",
+    "billing.payment_disputed": "a credit purchase was disputed, or its dispute closed",
     "organization.tier_promoted": "the organization reached a higher usage tier",
     "api_key.new_network": "a key was used from a network it was never used from",
     "api_key.spend_spike": "a key spent far faster than its usual hour",

@@ -9,12 +9,12 @@ from collections.abc import Callable
 from sqlalchemy import Connection, select
 
 from keyplane.billing.ports import BillingSettings
-from keyplane.billing.wallet import BillingMode, Lot, OrgMoney
+from keyplane.billing.wallet import BillingMode, OrgMoney
 from keyplane.storage.billing_settings_repository import SqlBillingSettings, settings_of
 from keyplane.storage.billing_tables import credit_lots, holds, org_billing, project_budgets
 from keyplane.storage.hold_repository import SqlHolds, hold_of
 from keyplane.storage.idempotency_repository import SqlIdempotency
-from keyplane.storage.ledger_repository import SqlLedger, month_spend_rows, remaining_credit
+from keyplane.storage.ledger_repository import SqlLedger, lot_of, lot_rows, month_spend_rows
 
 
 class SqlMoneyStore(SqlHolds, SqlLedger, SqlBillingSettings, SqlIdempotency):
@@ -45,22 +45,8 @@ class SqlMoneyStore(SqlHolds, SqlLedger, SqlBillingSettings, SqlIdempotency):
                 )
             ):
                 money.project_budgets[pid] = amount
-            remaining = remaining_credit(c, org_id)
-            for lot in c.execute(
-                select(credit_lots).where(
-                    credit_lots.c.org_id == org_id, credit_lots.c.revoked_at.is_(None)
-                )
-            ):
-                money.add_lot(
-                    Lot(
-                        lot.id,
-                        lot.kind,
-                        lot.amount_micro,
-                        remaining.get(lot.id, 0),
-                        lot.created_at,
-                        lot.expires_at,
-                    )
-                )
+            for lot in c.execute(lot_rows(org_id).where(credit_lots.c.revoked_at.is_(None))):
+                money.add_lot(lot_of(lot))
             for h in c.execute(
                 select(holds).where(holds.c.org_id == org_id, holds.c.status == "open")
             ):

@@ -84,11 +84,16 @@ credit_lots = Table(
     Column("expires_at", BigInteger),
     Column("note", String(500), nullable=False, default=""),
     Column("revoked_at", BigInteger),
+    # Credit taken off the lot by refunds and disputes of purchases, and moved by debt repayments,
+    # net: the sum of its ledger entries of those (``Lot.adjusted``), kept with them in the same
+    # transaction, so that a gateway can apply a change of it to its own books idempotently.
+    Column("adjusted_micro", BigInteger, nullable=False, server_default="0"),
     Index("ix_credit_lots_org", "org_id"),
 )
 
 # Double-entry and append-only: every transaction's entries sum to zero; nothing is ever updated.
-# Accounts: "lot" (with lot_id), "grants", "purchases", "usage", "receivable".
+# Accounts: "lot" (with lot_id), "grants", "purchases", "usage", "receivable", "refunds",
+# "disputes" (credit a refund or a dispute of a purchase took back, billing/reversals.py).
 ledger_entries = Table(
     "ledger_entries",
     metadata,
@@ -140,7 +145,8 @@ money_events = Table(
     metadata,
     Column("seq", Integer, primary_key=True, autoincrement=True),
     Column("org_id", String(40), nullable=False),
-    Column("kind", String(20), nullable=False),  # lot_added | lot_revoked | settings
+    # lot_added | lot_revoked | settings | lots_adjusted (refunds, disputes: ``Lot.adjusted``)
+    Column("kind", String(20), nullable=False),
     Column("ref", String(40)),
     Column("at", BigInteger, nullable=False),
 )

@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, Select, and_, func, insert, select, update
 
 from keyplane.billing.ports import Done, MoneyEvent
+from keyplane.billing.reversals import repay
 from keyplane.billing.wallet import Lot
 from keyplane.storage.billing_tables import (
     credit_lots,
@@ -43,7 +44,67 @@ def insert_lot(conn: Connection, org_id: str, lot: Lot, note: str, source: str) 
              "amount_micro": -lot.amount, "created_at": lot.created_at},
         ],
     )  # fmt: skip
+    repaid = repay([known for known, _ in lots_of(conn, org_id)], lot)
+    if repaid:  # (the gateway's feed reads the lot with the rest: "lot_added" brings both)
+        move_credit(conn, org_id, f"repay:{lot.id}", repaid, None, lot.created_at)
     record_event(conn, org_id, "lot_added", lot.id, lot.created_at)
+
+
+def move_credit(
+    conn: Connection, org_id: str, txn: str, moves: Sequence[tuple[str, int]], account: str | None,
+    at: int,
+) -> None:  # fmt: skip
+    """Moves credit off lots (each ``(lot id, amount taken)``, < 0 given), as one ledger
+    transaction balanced by ``account`` (None: the moves balance each other), and keeps each lot's
+    ``adjusted`` (the gateway's feed applies its change) in step."""
+    rows = [
+        {"txn_id": txn, "org_id": org_id, "account": "lot", "lot_id": lot_id,
+         "amount_micro": -moved, "created_at": at}
+        for lot_id, moved in moves
+    ]  # fmt: skip
+    net = sum(moved for _, moved in moves)
+    if account is not None and net:
+        rows.append(
+            {"txn_id": txn, "org_id": org_id, "account": account, "lot_id": None,
+             "amount_micro": net, "created_at": at}
+        )  # fmt: skip
+    post_entries(conn, rows)
+    for lot_id, moved in moves:
+        conn.execute(
+            update(credit_lots)
+            .where(credit_lots.c.id == lot_id)
+            .values(adjusted_micro=credit_lots.c.adjusted_micro + moved)
+        )
+
+
+def lot_rows(org_id: str) -> Select[Any]:
+    """The organization's lots with their remaining credit (``remaining_micro``) in one statement:
+    read apart, a refund committing in between (PostgreSQL's READ COMMITTED) would give a lot its
+    new ``adjusted_micro`` with its old remaining credit, and a gateway never the difference."""
+    balance = ledger_balances.c
+    joined = and_(
+        balance.org_id == credit_lots.c.org_id,
+        balance.account == "lot",
+        balance.lot_id == credit_lots.c.id,
+    )
+    return (
+        select(credit_lots, balance.amount_micro.label("remaining_micro"))
+        .outerjoin(ledger_balances, joined)
+        .where(credit_lots.c.org_id == org_id)
+    )
+
+
+def lot_of(r: Any) -> Lot:
+    return Lot(
+        r.id, r.kind, r.amount_micro, int(r.remaining_micro or 0), r.created_at, r.expires_at,
+        r.revoked_at is not None, r.adjusted_micro,
+    )  # fmt: skip
+
+
+def lots_of(conn: Connection, org_id: str) -> list[tuple[Lot, str]]:
+    """Every lot of the organization with its note, remaining computed from entries."""
+    rows = conn.execute(lot_rows(org_id).order_by(credit_lots.c.created_at))
+    return [(lot_of(r), r.note) for r in rows]
 
 
 def record_event(conn: Connection, org_id: str, kind: str, ref: str | None, at: int) -> None:
@@ -120,30 +181,7 @@ class SqlLedger(SqlStore):
             return remaining
 
     def lots(self, org_id: str) -> Sequence[tuple[Lot, str]]:
-        def read(c: Connection) -> list[tuple[Lot, str]]:
-            remaining = remaining_credit(c, org_id)
-            rows = c.execute(
-                select(credit_lots)
-                .where(credit_lots.c.org_id == org_id)
-                .order_by(credit_lots.c.created_at)
-            )
-            return [
-                (
-                    Lot(
-                        r.id,
-                        r.kind,
-                        r.amount_micro,
-                        remaining.get(r.id, 0),
-                        r.created_at,
-                        r.expires_at,
-                        r.revoked_at is not None,
-                    ),
-                    r.note,
-                )
-                for r in rows
-            ]
-
-        return self._read(read)
+        return self._read(lambda c: lots_of(c, org_id))
 
     def totals(self, org_id: str) -> tuple[int, int]:
         def read(c: Connection) -> tuple[int, int]:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 _HERE = Path(__file__).parent
-HEAD = "0024"  # the newest migration's revision (tests/integration/test_migrations.py checks it)
+HEAD = "0025"  # the newest migration's revision (tests/integration/test_migrations.py checks it)
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, and_, insert, or_, select, update
@@ -10,14 +10,22 @@ from sqlalchemy.exc import IntegrityError
 
 from keyplane.audit.models import AuditEvent
 from keyplane.billing.address import address_from_json, address_json
-from keyplane.billing.payment_ports import Payment, PaymentMethod, RechargeJob
+from keyplane.billing.payment_ports import (
+    Adjustment,
+    Payment,
+    PaymentMethod,
+    ProviderReport,
+    RechargeJob,
+)
 from keyplane.billing.ports import Done
+from keyplane.billing.reversals import Moves, decide, give_back, take
 from keyplane.billing.wallet import Lot
+from keyplane.ids import ordered_id
 from keyplane.storage.audit_repository import insert_event
-from keyplane.storage.billing_tables import recharge_jobs
+from keyplane.storage.billing_tables import ledger_entries, recharge_jobs
 from keyplane.storage.idempotency_repository import complete_claim
-from keyplane.storage.ledger_repository import insert_lot
-from keyplane.storage.payment_tables import payment_methods, payments
+from keyplane.storage.ledger_repository import insert_lot, lots_of, move_credit, record_event
+from keyplane.storage.payment_tables import payment_adjustments, payment_methods, payments
 from keyplane.storage.store import SqlStore
 
 _METHOD_FIELDS = (
@@ -37,6 +45,29 @@ def _payment(row: Any) -> Payment:
         lot_id=row.lot_id, created_at=row.created_at, provider_ref=row.provider_ref,
         billed_to=address_from_json(row.billed_to),
     )  # fmt: skip
+
+
+def _adjustment(row: Any) -> Adjustment:
+    return Adjustment(
+        id=row.id, org_id=row.org_id, payment_id=row.payment_id, kind=row.kind, ref=row.ref,
+        event_id=row.event_id, status=row.status, total=row.total_micro, amount=row.amount_micro,
+        created_at=row.created_at,
+    )  # fmt: skip
+
+
+def _history(conn: Connection, txns: Sequence[str]) -> list[Moves]:
+    """The lot moves of the adjustments ``txns``, a list per transaction, oldest first."""
+    if not txns:
+        return []
+    rows = conn.execute(
+        select(ledger_entries.c.txn_id, ledger_entries.c.lot_id, ledger_entries.c.amount_micro)
+        .where(ledger_entries.c.txn_id.in_(txns), ledger_entries.c.account == "lot")
+        .order_by(ledger_entries.c.id)
+    )
+    history: dict[str, Moves] = {}
+    for txn, lot_id, amount in rows:
+        history.setdefault(txn, []).append((lot_id, -int(amount)))
+    return list(history.values())
 
 
 def _insert_payment(conn: Connection, payment: Payment, audit: AuditEvent | None) -> None:
@@ -183,6 +214,79 @@ class SqlPaymentStore(SqlStore):
             ).first()
         )
         return None if row is None else _payment(row)
+
+    def payment_by_ref(self, payment_ref: str) -> Payment | None:
+        row = self._read(
+            lambda c: c.execute(
+                select(payments)
+                .where(payments.c.provider_ref == payment_ref, payments.c.status == "succeeded")
+                .limit(1)
+            ).first()
+        )
+        return None if row is None else _payment(row)
+
+    def adjust(
+        self, payment: Payment, report: ProviderReport, at: int,
+        audit: Callable[[Adjustment], AuditEvent | None],
+    ) -> Adjustment | None:  # fmt: skip
+        assert payment.lot_id is not None
+        table = payment_adjustments.c
+        with self._write() as conn:
+            # One adjustment of a payment at a time (PostgreSQL: the row's lock; SQLite's
+            # writers take turns anyway): each reads what the ones before it took.
+            conn.execute(select(payments.c.id).where(payments.c.id == payment.id).with_for_update())
+            done = conn.execute(
+                select(payment_adjustments).where(table.event_id == report.event_id)
+            ).first()
+            if done is not None:
+                return _adjustment(done)
+            previous = [
+                _adjustment(r)
+                for r in conn.execute(
+                    select(payment_adjustments)
+                    .where(table.payment_id == payment.id)
+                    .order_by(table.created_at, table.id)
+                )
+            ]
+            decided = decide(report, previous, payment.amount)
+            if decided is None:
+                return None
+            taking, status, total = decided
+            adjustment = Adjustment(
+                id=ordered_id("adj_"), org_id=payment.org_id, payment_id=payment.id,
+                kind=report.kind, ref=report.ref, event_id=report.event_id, status=status,
+                total=total, amount=-taking, created_at=report.at or at,
+            )  # fmt: skip
+            conn.execute(
+                insert(payment_adjustments).values(
+                    id=adjustment.id, org_id=adjustment.org_id, payment_id=payment.id,
+                    kind=adjustment.kind, ref=adjustment.ref, event_id=adjustment.event_id,
+                    status=status, total_micro=total, amount_micro=adjustment.amount,
+                    created_at=adjustment.created_at,
+                )
+            )  # fmt: skip
+            if taking:
+                if taking > 0:
+                    lots = [lot for lot, _ in lots_of(conn, payment.org_id)]
+                    moves = take(lots, payment.lot_id, taking, at)
+                else:
+                    mine = [a.id for a in previous if (a.kind, a.ref) == (report.kind, report.ref)]
+                    moves = give_back(_history(conn, mine), -taking, payment.lot_id)
+                account = "refunds" if report.kind == "refund" else "disputes"
+                move_credit(conn, payment.org_id, adjustment.id, moves, account, at)
+                record_event(conn, payment.org_id, "lots_adjusted", adjustment.id, at)
+            entry = audit(adjustment)
+            if entry is not None:
+                insert_event(conn, entry)
+            return adjustment
+
+    def adjustments(self, org_id: str, payment_id: str | None = None) -> Sequence[Adjustment]:
+        table = payment_adjustments.c
+        query = select(payment_adjustments).where(table.org_id == org_id)
+        if payment_id is not None:
+            query = query.where(table.payment_id == payment_id)
+        rows = self._read(lambda c: c.execute(query.order_by(table.created_at, table.id)).all())
+        return [_adjustment(r) for r in rows]
 
     def claim_recharges(self, now: int, lease_s: int) -> Sequence[RechargeJob]:
         jobs = recharge_jobs.c

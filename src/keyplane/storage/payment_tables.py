@@ -47,4 +47,29 @@ payments = Table(
     # One line a lot, whoever records it (the charging run, its retry, the provider's webhook);
     # a failed charge has none (NULLs are distinct in a unique index, SQLite's and PostgreSQL's).
     Index("ix_payments_lot_id", "lot_id", unique=True),
+    # (The provider's reports of refunds and disputes name the payment by it.)
+    Index("ix_payments_provider_ref", "provider_ref"),
+)
+
+# What became of a paid charge since, as the payment provider reports it (billing/reversals.py):
+# each row is one of its events that changed keyplane's view of a refund or a dispute, with the
+# credit it moved (its ledger entries' transaction is the row's id). Append-only, like the ledger.
+payment_adjustments = Table(
+    "payment_adjustments",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(40), ForeignKey("organizations.id"), nullable=False),
+    Column("payment_id", String(40), ForeignKey("payments.id"), nullable=False),
+    Column("kind", String(10), nullable=False),  # refund | dispute
+    Column("ref", String(255), nullable=False),  # the provider's: the charge (ch_…), dispute (du_…)
+    # The provider's event (Stripe: evt_…): each changes the ledger once, however often it comes.
+    Column("event_id", String(255), nullable=False, unique=True),
+    # refund: "refunded" | "partially_refunded" | "refund_failed"; dispute: the provider's status
+    Column("status", String(30), nullable=False),
+    # refund: the charge's amount refunded so far; dispute: the amount disputed
+    Column("total_micro", BigInteger, nullable=False),
+    Column("amount_micro", BigInteger, nullable=False),  # the credit moved: < 0 taken, > 0 given
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_payment_adjustments_payment", "payment_id"),
+    Index("ix_payment_adjustments_org_created", "org_id", "created_at"),
 )

@@ -7,8 +7,17 @@ PaymentIntent's id and one audit log entry (keyplane's: the webhook cannot know 
 keyplane has not yet: the process that charged may have died after Stripe took the money and before
 the credit was stored. The credit goes through the charge's own idempotent path, so it is added
 exactly once whichever comes first, and each later delivery of the event changes nothing. Every other event answers 200 and changes
-nothing (Stripe stops sending it). A missing or wrong signature answers 400; a credit that cannot
-be stored now answers 409 or 503, and Stripe sends the event again later."""
+nothing (Stripe stops sending it).
+
+A refund or a dispute of a paid charge (``charge.refunded``, the refunds' own events,
+``charge.dispute.*``) takes its credit back, or gives it back, once per event (billing/reversals.py):
+a refund as Stripe has the charge's amount refunded when the event comes (asked of Stripe's API,
+whatever the event's copy says), a dispute by its status. This process's gateway applies it before
+the answer (``applied``), the others at their next poll. A charge keyplane did not sell answers
+200 and changes nothing.
+
+A missing or wrong signature answers 400; a credit that cannot be stored now answers 409 or 503
+(so does Stripe unreachable to read a charge's refunds), and Stripe sends the event again later."""
 
 from __future__ import annotations
 
@@ -19,7 +28,7 @@ from typing import Protocol, cast
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from keyplane.billing.payment_ports import PaidCharge
+from keyplane.billing.payment_ports import PaidCharge, ProviderReport
 from keyplane.billing.payments import PaymentService
 from keyplane.gateway.errors import ApiError
 from keyplane.web.auth import context
@@ -38,7 +47,9 @@ class StripeEvents(Protocol):
     @property
     def takes_webhooks(self) -> bool: ...
 
-    def paid_charge(self, payload: bytes, signature: str) -> PaidCharge | None: ...
+    def event(self, payload: bytes, signature: str) -> PaidCharge | ProviderReport | None: ...
+
+    def amount_refunded(self, charge_id: str) -> int: ...
 
 
 class StripeServices(Protocol):
@@ -57,13 +68,22 @@ async def stripe_event(request: Request) -> JSONResponse:
     if events is None or not events.takes_webhooks:
         raise AdminApiError(ApiError(404, f"Invalid URL (POST {PATH})"))
     body = await request.body()
-    charge = events.paid_charge(body, request.headers.get("stripe-signature", ""))
-    if charge is not None:
-        lot = await asyncio.to_thread(services.payments.credit_paid, charge)
+    news = events.event(body, request.headers.get("stripe-signature", ""))
+    if isinstance(news, PaidCharge):
+        lot = await asyncio.to_thread(services.payments.credit_paid, news)
         if lot is not None:
             log.info(
                 "Stripe reports %s paid: %s's %s is credit lot %s (now or before)",
-                charge.payment_ref, charge.org_id, charge.kind, lot.id,
+                news.payment_ref, news.org_id, news.kind, lot.id,
+            )  # fmt: skip
+            await applied(ctx)
+    elif news is not None:
+        adjusted = await asyncio.to_thread(services.payments.reverse, news, events.amount_refunded)
+        if adjusted is not None:
+            log.info(
+                "Stripe reports %s %s (%s): %s of %s, credit moved %d micro-dollars",
+                news.payment_ref, adjusted.status, news.event_id, adjusted.kind,
+                adjusted.payment_id, adjusted.amount,
             )  # fmt: skip
             await applied(ctx)
     return JSONResponse({"received": True})

@@ -20,6 +20,8 @@ EventType = Literal[
     "billing.auto_recharge_failed",
     "billing.auto_recharge_disabled",
     "billing.low_balance",
+    "billing.payment_refunded",
+    "billing.payment_disputed",
     "organization.tier_promoted",
     "api_key.new_network",
     "api_key.spend_spike",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from keyplane.billing.wallet import Lot
 from keyplane.usage.pricing import format_usd
 from keyplane.web.dashboard.authorize import may, principal_of
 from keyplane.web.dashboard.billing_pages import PATH, card_label, render_billing
@@ -48,10 +49,7 @@ def overview(
     balance = services.billing.balance(org_id)
     settings = services.billing.settings(org_id)
     lots = sorted(balance.lots, key=lambda pair: pair[0].created_at, reverse=True)
-    rows = [
-        (lot, note, "revoked" if lot.revoked else "active" if lot.live(now) else "expired")
-        for lot, note in lots
-    ]
+    rows = [(lot, note, _lot_status(lot, now)) for lot, note in lots]
     methods = services.payments.methods(org_id)
     return render_billing(
         request, viewer, "billing.html", status=status, section=PATH, balance=balance,
@@ -63,3 +61,11 @@ def overview(
         recharge_attempts=services.payments.max_recharge_attempts, errors=errors or {},
         typed=typed or {},
     )  # fmt: skip
+
+
+def _lot_status(lot: Lot, now: float) -> str:
+    """A lot below zero (a refund or a dispute took back credit already spent) is "in debt",
+    expired or not: it counts in the balance until credit added pays it."""
+    if lot.remaining < 0:
+        return "in debt"
+    return "revoked" if lot.revoked else "active" if lot.live(now) else "expired"
