@@ -97,15 +97,34 @@ def log_in(page: object, base: str) -> None:
     page.wait_for_url(base + "/")  # type: ignore[attr-defined]
 
 
+def copying_page(browser: object, base: str) -> Any:
+    """A new page signed in as the Owner, that may read and write the clipboard (Copy buttons)."""
+    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])  # type: ignore[attr-defined]
+    page = context.new_page()
+    log_in(page, base)
+    return page
+
+
+def follow(page: Any, base: str, link: str, path: str) -> None:
+    """Follows the first link named ``link`` (the main navigation's, on a page that repeats it)
+    to ``path``."""
+    page.get_by_role("link", name=link).first.click()
+    page.wait_for_url(base + path)
+
+
+def copied(page: Any) -> str:
+    """Clicks the Copy button of a secret shown once; returns what it put on the clipboard."""
+    page.get_by_role("button", name="Copy").click()
+    page.get_by_text("Copied.").wait_for()
+    return str(page.evaluate("navigator.clipboard.readText()"))
+
+
 def test_create_a_key_copy_it_once_use_it_and_revoke_it(browser: object, kp: Keyplane) -> None:
     """The guide's screens: API keys → Create new secret key → the secret shown once with Copy →
     it works from the SDK → Revoke → it is refused."""
-    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])  # type: ignore[attr-defined]
-    page = context.new_page()
     base = kp.server.url
-    log_in(page, base)
-    page.get_by_role("link", name="API keys").first.click()
-    page.wait_for_url(base + "/api-keys")
+    page = copying_page(browser, base)
+    follow(page, base, "API keys", "/api-keys")
     page.get_by_role("link", name="Create new secret key").click()
     page.fill("input[name=name]", "browser <b>key</b>")
     page.get_by_label("Read only").check()
@@ -113,9 +132,7 @@ def test_create_a_key_copy_it_once_use_it_and_revoke_it(browser: object, kp: Key
     assert "Save your key" in page.inner_text("main")
     secret = page.input_value("#secret")
     assert secret.startswith("sk-kp-proj-") and len(secret) == len("sk-kp-proj-") + 50
-    page.get_by_role("button", name="Copy").click()
-    page.get_by_text("Copied.").wait_for()
-    assert page.evaluate("navigator.clipboard.readText()") == secret
+    assert copied(page) == secret
 
     client = openai.OpenAI(base_url=kp.base_url, api_key=secret, max_retries=0)
     assert [m.id for m in client.models.list()]  # Read only: models may be listed
@@ -147,7 +164,7 @@ def test_create_a_key_copy_it_once_use_it_and_revoke_it(browser: object, kp: Key
         return False
 
     wait_until(refused, timeout=1.0)  # every gateway refuses a revoked key within a second
-    context.close()
+    page.context.close()
 
 
 def test_rotate_a_key_copy_its_new_secret_and_the_old_one_works_out_its_grace(
@@ -156,10 +173,8 @@ def test_rotate_a_key_copy_its_new_secret_and_the_old_one_works_out_its_grace(
     """API keys → Rotate on a key's row → a grace period → the new secret shown once with Copy,
     saying until when the old one works → both work meanwhile → the list shows the old one as
     rotated, with no Rotate action left on it."""
-    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])  # type: ignore[attr-defined]
-    page = context.new_page()
     base = kp.server.url
-    log_in(page, base)
+    page = copying_page(browser, base)
     page.get_by_role("link", name="API keys").first.click()
     page.wait_for_url(base + "/api-keys")
     old_row = page.get_by_role("row").filter(has_text=kp.key[-4:])
@@ -171,9 +186,7 @@ def test_rotate_a_key_copy_its_new_secret_and_the_old_one_works_out_its_grace(
     assert "The old secret keeps working until" in page.inner_text("main")
     secret = page.input_value("#secret")
     assert secret.startswith("sk-kp-proj-") and secret != kp.key
-    page.get_by_role("button", name="Copy").click()
-    page.get_by_text("Copied.").wait_for()
-    assert page.evaluate("navigator.clipboard.readText()") == secret
+    assert copied(page) == secret
     for key in (secret, kp.key):  # the old one in its grace period
         with openai.OpenAI(base_url=kp.base_url, api_key=key, max_retries=0) as client:
             assert [m.id for m in client.models.list()]
@@ -185,7 +198,7 @@ def test_rotate_a_key_copy_its_new_secret_and_the_old_one_works_out_its_grace(
     assert old_row.get_by_role("link", name="Rotate").count() == 0
     new_row = page.get_by_role("row").filter(has_text=secret[-4:])
     assert "test key" in new_row.inner_text() and new_row.get_by_role("link", name="Rotate").count()
-    context.close()
+    page.context.close()
 
 
 def test_edit_a_key_to_read_only_and_the_sdk_is_refused_chat(browser: object, kp: Keyplane) -> None:

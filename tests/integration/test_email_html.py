@@ -44,6 +44,7 @@ PUBLIC_URL = "https://keyplane.example.com"
 ORG_NAME = '<script>alert("org")</script> Tom & "Jerry"'
 PROJECT_NAME = "<img src=x onerror=alert(1)> R&D 'labs'"
 KEY_NAME = '"><b>key</b> & co'
+ADMIN_KEY_NAME = "<i>ops</i> & 'admin'"
 PASSWORD = "correct horse battery"
 USD = 1_000_000
 DAY = 86400
@@ -59,6 +60,15 @@ class World:
     org_id: str
     project: Project
     key: ApiKey
+    admin: ApiKey | None = None  # an admin key, made by the kinds about one
+
+    def admin_key(self) -> ApiKey:
+        if self.admin is None:
+            self.admin, _ = self.c.keys.create(
+                kind=KeyKind.ADMIN, org_id=self.org_id, project_id=None, name=ADMIN_KEY_NAME,
+                owner_type="user", owner_id=self.owner.id, created_by=self.owner.id,
+            )  # fmt: skip
+        return self.admin
 
     def watcher(self) -> SpendWatcher:
         """The spend watcher as the gateway builds it (gateway_assembly)."""
@@ -176,9 +186,10 @@ def low_balance(w: World) -> None:
     w.watcher().check([w.org_id], {})
 
 
-def new_network(w: World) -> None:
-    w.c.anomalies.check({(w.org_id, w.key.id, "198.51.100.7"): None}, {})
-    w.c.anomalies.check({(w.org_id, w.key.id, "203.0.113.9"): None}, {})
+def new_network(w: World, key: ApiKey | None = None) -> None:
+    key_id = (key or w.key).id
+    w.c.anomalies.check({(w.org_id, key_id, "198.51.100.7"): None}, {})
+    w.c.anomalies.check({(w.org_id, key_id, "203.0.113.9"): None}, {})
 
 
 def spend_spike(w: World) -> None:
@@ -187,16 +198,22 @@ def spend_spike(w: World) -> None:
     w.c.anomalies.check({}, {(w.org_id, w.key.id, hour): 6 * USD})
 
 
-def leaked(w: World) -> None:
+def leaked(w: World, key: ApiKey | None = None) -> None:
     reporter = Actor(ActorType.SYSTEM, "secret scanning")
     w.c.leaks.revoke(
-        w.key, "https://github.com/acme/app/blob/main/.env#L3", reporter, "a secret scanning report"
-    )
+        key or w.key, "https://github.com/acme/app/blob/main/.env#L3", reporter,
+        "a secret scanning report",
+    )  # fmt: skip
 
 
 def rotation(w: World) -> None:
     w.clock.advance(90 * DAY)
     w.c.rotation.check_all()
+
+
+def admin_rotation(w: World) -> None:
+    w.admin_key()  # as old as the project key: both are reminded of, each in its own email
+    rotation(w)
 
 
 @dataclass(frozen=True)
@@ -210,6 +227,7 @@ class Kind:
 
 
 REVOKE = ("/api-keys/{key}/revoke?org={org}", "Revoke secret key")
+ADMIN = repr(ADMIN_KEY_NAME)  # (the subjects about the admin key name it)
 PROJECT_USAGE = ("/usage?project={project}&org={org}", "Usage")
 PAYMENT_METHODS = ("/billing/payment-methods?org={org}", "Payment methods")
 
@@ -260,6 +278,25 @@ KINDS = {
         "Rotate the API key",
         (ORG_NAME, PROJECT_NAME),
         (("/api-keys/{key}/rotate?org={org}", "Rotate secret key"),),
+    ),
+    # An admin key's emails link to its page on Admin keys (its usage is no project's).
+    "admin key new network": Kind(
+        lambda w: new_network(w, w.admin_key()),
+        f"Unusual use of the API key {ADMIN}",
+        (ORG_NAME, ADMIN),
+        (("/admin-keys/{admin}/revoke?org={org}", "Revoke admin key"),),
+    ),
+    "admin key leaked": Kind(
+        lambda w: leaked(w, w.admin_key()),
+        f"The API key {ADMIN} leaked",
+        (ORG_NAME, ADMIN),
+        (("/admin-keys/new?org={org}", "Create new admin key"),),
+    ),
+    "admin key rotation reminder": Kind(
+        admin_rotation,
+        f"Rotate the API key {ADMIN}",
+        (ORG_NAME, ADMIN),
+        (("/admin-keys/{admin}/rotate?org={org}", "Rotate admin key"),),
     ),
 }
 
@@ -339,7 +376,9 @@ def test_the_links_of_key_and_billing_emails_open_their_page_for_their_organizat
     mails = [m for m in world.inbox.received if kind.subject in str(m.message["Subject"])]
     assert len(mails) == 1, [str(m.message["Subject"]) for m in world.inbox.received]
     text = text_of(mails[0], "plain")
-    ids = {"org": world.org_id, "key": world.key.id, "project": world.project.id}
+    admin = world.admin
+    ids = {"org": world.org_id, "key": world.key.id, "project": world.project.id,
+           "admin": "" if admin is None else admin.id}  # fmt: skip
     expected = {PUBLIC_URL + path.format(**ids): heading for path, heading in kind.pages}
     assert set(re.findall(rf"{re.escape(PUBLIC_URL)}/\S+", text)) == set(expected)
 
@@ -359,8 +398,9 @@ def test_the_links_of_key_and_billing_emails_open_their_page_for_their_organizat
             assert re.search(rf"<h1>{re.escape(heading)}\b", page.text), (link, heading)
             if url.fragment:
                 assert f'id="{url.fragment}"' in page.text
-            if world.key.id in url.path:  # that key's page
-                assert world.key.redacted_value in page.text
+            for key in (world.key, admin):
+                if key is not None and key.id in url.path:  # that key's page
+                    assert key.redacted_value in page.text
             if "project" in url.query:  # the usage of that project, not of the organization
                 assert f'<option value="{world.project.id}" selected' in page.text
     finally:

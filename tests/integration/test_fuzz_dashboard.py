@@ -37,14 +37,15 @@ from kptest import ServerThread
 EXAMPLES = int(os.environ.get("KEYPLANE_FUZZ", "0"))
 pytestmark = pytest.mark.skipif(not EXAMPLES, reason="opt-in: KEYPLANE_FUZZ=<examples>")
 
-SEEDS = ["/", "/api-keys", "/api-keys/new", "/projects", "/members", "/limits", "/usage",
+SEEDS = ["/", "/api-keys", "/api-keys/new", "/admin-keys", "/admin-keys/new", "/projects",
+         "/members", "/limits", "/usage",
          "/webhooks", "/webhooks/new", "/billing", "/billing/preferences", "/billing/purchase",
          "/billing/payment-methods", "/billing/payment-methods/new", "/billing/history",
          "/account/security", "/profile", "/audit-log", "/members/invite"]  # fmt: skip
 # Forms that end the session or the Owner's membership (the fuzz would lock itself out), or remove
 # what the other forms act on (the project, the keys).
 SKIP = ("/logout", "/members/leave", "/members/user-", "/account/totp/disable",
-        "/account/recovery-codes", "/archive", "/api-keys/key_")  # fmt: skip
+        "/account/recovery-codes", "/archive", "/api-keys/key_", "/admin-keys/key_")  # fmt: skip
 
 
 @dataclass

@@ -138,9 +138,10 @@ class OrgKeys:
         return None if self._key_limits is None else self._key_limits.key_limits(key_id)
 
     def rotate(
-        self, actor: Actor, org_id: str, project_id: str, old: ApiKey, *, grace_s: int
+        self, actor: Actor, org_id: str, project_id: str | None, old: ApiKey, *, grace_s: int
     ) -> tuple[ApiKey, str]:
-        """A new secret for ``old``, with its permissions, allowlists and rate limits."""
+        """A new secret for ``old``, with its permissions, allowlists and rate limits
+        (``project_id`` None: an admin key)."""
         new, text = self._keys.rotate(org_id, old.id, grace_s=grace_s, created_by=actor.user_id)
         if self._key_limits is not None and (limits := self._key_limits.key_limits(old.id)):
             self._key_limits.set_key_limits(org_id, new.id, limits)

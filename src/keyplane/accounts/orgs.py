@@ -389,5 +389,13 @@ class OrgService:
             owner_type="user", owner_id=owner_id, expires_in_s=expires_in_s,
         )  # fmt: skip
 
+    def rotate_admin_key(
+        self, actor: Actor, org_id: str, key_id: str, *, grace_s: int
+    ) -> tuple[ApiKey, str]:
+        """A new secret for an admin key (the same name and owner); the old one works for
+        ``grace_s`` (0 to 7 days). Audited as a project key's rotation, as the CLI does."""
+        old = self.admin_key(org_id, key_id)
+        return self._org_keys.rotate(actor, org_id, None, old, grace_s=grace_s)
+
     def revoke_admin_key(self, actor: Actor, org_id: str, key_id: str) -> ApiKey:
         return self._org_keys.delete(actor, self.admin_key(org_id, key_id))

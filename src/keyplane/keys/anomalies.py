@@ -24,6 +24,8 @@ from typing import Protocol
 from keyplane.audit.models import Actor, ActorType
 from keyplane.audit.service import AuditService
 from keyplane.clock import Clock
+from keyplane.keys.format import KeyKind
+from keyplane.keys.links import key_page
 from keyplane.keys.models import ApiKey
 from keyplane.keys.ports import KeyStore
 from keyplane.notify.email_html import render_html
@@ -183,27 +185,32 @@ class AnomalyWatcher:
     def _email(
         self, key: ApiKey, what: str, dedupe: str, recipients: Sequence[str], now: int
     ) -> bool:
-        """Queues the Owners' email (plain text and HTML) once per ``dedupe``. A project key's
-        links open its Revoke page and its project's usage in the dashboard, in ``key.org_id``
-        (an admin key has no page there: it is revoked with the CLI or the Admin API)."""
+        """Queues the Owners' email (plain text and HTML) once per ``dedupe``. Its links open the
+        key's Revoke page in the dashboard (API keys, or Admin keys for an admin key) and a
+        project key's project usage, in ``key.org_id``."""
         org = self._org_name(key.org_id)
         subject = f"[keyplane] Unusual use of the API key {key.name!r}"
-        revoke_url = usage_url = None
+        revoke_url = key_page(self._public_url, key, "revoke")
+        usage_url = None
         if key.project_id is not None:
-            revoke_url = f"{self._public_url}/api-keys/{key.id}/revoke?org={key.org_id}"
             usage_url = f"{self._public_url}/usage?project={key.project_id}&org={key.org_id}"
+        admin = key.kind is KeyKind.ADMIN
+        listing = "Admin keys" if admin else "API keys"
+        # (an admin key spends nothing: what it did is in the audit log)
+        check = "the audit log for changes you do not recognize" if admin else "the usage page"
         text = (
             f"The API key {key.name!r} ({key.redacted_value}, {key.id}) of "
             f"{org} was {what}.\n\n"
             "If that was not you or your apps, revoke the key now (keyplane keys revoke "
-            f"{key.id}, or API keys in the dashboard) and check the usage page. More of the "
+            f"{key.id}, or {listing} in the dashboard) and check {check}. More of the "
             "same today is in the audit log, not emailed again.\n"
+            f"\nRevoke the key: {revoke_url}\n"
         )
-        if revoke_url is not None:
-            text += f"\nRevoke the key: {revoke_url}\nUsage of its project: {usage_url}\n"
+        if usage_url is not None:
+            text += f"Usage of its project: {usage_url}\n"
         page = render_html(
             "key_anomaly.html", subject=subject, org=org, key_name=repr(key.name),
             redacted=key.redacted_value, key_id=key.id, what=what, revoke_url=revoke_url,
-            usage_url=usage_url,
+            usage_url=usage_url, listing=listing, check=check,
         )  # fmt: skip
         return self._outbox.enqueue(dedupe, recipients, subject, text, page, now=now)

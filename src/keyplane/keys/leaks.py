@@ -15,6 +15,7 @@ from keyplane.audit.models import Actor
 from keyplane.audit.service import AuditService
 from keyplane.clock import Clock
 from keyplane.keys.format import KeyKind, Peppers, key_id, parse
+from keyplane.keys.links import key_page
 from keyplane.keys.models import ApiKey
 from keyplane.keys.ports import KeyStore
 from keyplane.notify.email_html import render_html
@@ -92,36 +93,41 @@ class LeakResponder:
         return True
 
     def _message(self, key: ApiKey, where: str, how: str, now: float) -> tuple[str, str, str]:
-        """The email's subject, plain text and HTML. A project key's links open the dashboard's
-        new key form and its project's usage, in ``key.org_id`` (an admin key has no page there:
-        a new one is made with ``keyplane keys create-admin``)."""
+        """The email's subject, plain text and HTML. Its links open the dashboard's form for a new
+        key of its kind (Create new secret key, or Create new admin key) and a project key's
+        project usage, in ``key.org_id``."""
         at = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        admin = key.kind is KeyKind.ADMIN
         owner = (
             "an admin key"
-            if key.kind is KeyKind.ADMIN
+            if admin
             else f"project {self._project_name(key.org_id, key.project_id or '')}"
         )
         org = self._org_name(key.org_id)
         subject = f"[keyplane] The API key {key.name!r} leaked and was revoked"
+        env = "OPENAI_ADMIN_KEY" if admin else "OPENAI_API_KEY"
+        # (an admin key spends nothing: what it did is in the audit log)
+        check = "the audit log for changes" if admin else "the usage page for requests"
         body = (
             f"The API key {key.name!r} ({key.redacted_value}, {key.id}) of {owner} in "
             f"{org} was found by {how} at:\n\n  {where}\n\n"
             f"keyplane revoked it at {at}: anyone who copied it can no longer use it, and nor "
             "can your apps, which now get 401 invalid_api_key with it.\n\n"
             "Create a new key for them, and keep it out of code and repositories: read it from an "
-            "environment variable (OPENAI_API_KEY) or a secrets manager. Then check the usage "
-            "page for requests you do not recognize.\n"
+            f"environment variable ({env}) or a secrets manager. Then check {check} "
+            "you do not recognize.\n"
         )
-        new_url = usage_url = None
+        new_url = key_page(self._public_url, key, "new")
+        body += f"\nCreate a new key: {new_url}\n"
+        usage_url = None
         if key.project_id is not None:
-            new_url = f"{self._public_url}/api-keys/new?org={key.org_id}"
             usage_url = f"{self._public_url}/usage?project={key.project_id}&org={key.org_id}"
-            body += f"\nCreate a new key: {new_url}\nUsage of its project: {usage_url}\n"
+            body += f"Usage of its project: {usage_url}\n"
         # ``where`` is what a report said (often a URL): shown as text, never made a link.
         page = render_html(
             "key_leaked.html", subject=subject, org=org, owner=owner, key_name=repr(key.name),
             redacted=key.redacted_value, key_id=key.id, how=how, where=where, at=at,
-            new_url=new_url, usage_url=usage_url,
+            new_url=new_url, usage_url=usage_url, check=check, env=env,
         )  # fmt: skip
         return subject, body, page
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from keyplane.clock import Clock
 from keyplane.keys.format import KeyKind
+from keyplane.keys.links import key_page
 from keyplane.keys.models import ApiKey
 from keyplane.keys.ports import KeyStore
 from keyplane.notify.email_html import render_html
@@ -66,8 +67,8 @@ class RotationReminder:
         return queued
 
     def _message(self, org_id: str, key: ApiKey, now: float) -> tuple[str, str, str]:
-        """The reminder's subject, plain text and HTML. A project key's link opens its Rotate page
-        in the dashboard, in ``org_id`` (an admin key has none: it is rotated with the CLI)."""
+        """The reminder's subject, plain text and HTML. Its link opens the key's Rotate page in the
+        dashboard (on API keys, or Admin keys for an admin key), in ``org_id``."""
         days = int((now - key.created_at) // DAY_S)
         created = dt.datetime.fromtimestamp(key.created_at, dt.UTC).strftime("%Y-%m-%d")
         where = (
@@ -82,11 +83,8 @@ class RotationReminder:
             else f"/v1/organization/projects/{key.project_id}/api_keys/{key.id}/rotate"
         )
         api = "" if api_path is None else f"or POST {api_path} with an admin key, "
-        how = (
-            "Run:"
-            if key.project_id is None
-            else "Use Rotate on the dashboard's API keys page, or run:"
-        )
+        listing = "Admin keys" if key.kind is KeyKind.ADMIN else "API keys"
+        how = f"Use Rotate on the dashboard's {listing} page, or run:"
         org = self._org_name(org_id)
         body = (
             f"The API key {key.name!r} ({key.redacted_value}, {key.id}) of {where} in "
@@ -98,10 +96,8 @@ class RotationReminder:
             f"{api}or revoke the key if nothing uses it. If it is still in use, you will be "
             f"reminded again in {self._max_age_s // DAY_S} days.\n"
         )
-        rotate_url = None
-        if key.project_id is not None:
-            rotate_url = f"{self._public_url}/api-keys/{key.id}/rotate?org={org_id}"
-            body += f"\nRotate the key: {rotate_url}\n"
+        rotate_url = key_page(self._public_url, key, "rotate")
+        body += f"\nRotate the key: {rotate_url}\n"
         page = render_html(
             "key_rotation.html", subject=subject, org=org, owner=where, key_name=repr(key.name),
             redacted=key.redacted_value, key_id=key.id, created=created, days=days, how=how,

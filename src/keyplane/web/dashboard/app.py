@@ -34,6 +34,7 @@ from keyplane.config import Settings
 from keyplane.errors import KeyplaneError, StoreUnavailable
 from keyplane.web.dashboard import (
     accounts_routes,
+    admin_keys_routes,
     audit_routes,
     billing_history_routes,
     billing_methods_routes,
@@ -304,6 +305,7 @@ def create_dashboard_app(
     app.include_router(projects_routes.router)
     app.include_router(webhooks_routes.router)
     app.include_router(members_routes.router)
+    app.include_router(admin_keys_routes.router)
     app.include_router(billing_routes.router)
     app.include_router(billing_recharge_routes.router)
     app.include_router(billing_purchase_routes.router)

@@ -5,16 +5,18 @@ form's fields, and its own rate limits: ``key_form``), rotating one (a new secre
 old one works for the grace period chosen) and revoking one, each after a confirmation page.
 
 Who may do what is the Admin API's rule (``keyplane.web.authz.POLICY``) applied to the signed-in
-user, and every change goes through the same service and audit log as the Admin API's."""
+user, and every change goes through the same service and audit log as the Admin API's. The pages
+that show a secret once, confirm a revocation or a rotation, are shared with the Admin keys page
+(``key_pages``)."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from functools import partial
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -33,7 +35,22 @@ from keyplane.web.dashboard.key_form import (
     restrictions_of,
     scopes_of,
 )
-from keyplane.web.dashboard.once import OnceForms
+from keyplane.web.dashboard.key_pages import (
+    FORMS,
+    PROJECT_KEYS,
+    ListedKey,
+    Sent,
+    again_page,
+    back_to_list,
+    created_page,
+    listed_key,
+    refuse_replaced,
+    replaced_ids,
+    revoked_notice,
+    rotate_once,
+    rotate_page,
+    status_of,
+)
 from keyplane.web.dashboard.session import (
     CurrentMember,
     Redirect,
@@ -46,23 +63,14 @@ from keyplane.web.dashboard.session import (
 from keyplane.web.principal import Principal
 
 router = APIRouter()
-PATH = "/api-keys"
-# How long the old secret keeps working after a rotation (BRIEF C2: 0 to 7 days).
-GRACE_CHOICES = {"none": 0, "1h": 3600, "1d": 86400, "7d": 7 * 86400}
-GRACE_LABELS = {"none": "None: it stops now", "1h": "1 hour", "1d": "1 day", "7d": "7 days"}
+PATH = PROJECT_KEYS.path
 
 
-@dataclass(frozen=True, slots=True)
-class KeyRow:
-    key: ApiKey
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyRow(ListedKey):
     project: Project
     owner: str  # a person's email, or the service account's name
     permissions: str  # All / Restricted / Read only
-    status: str  # active / rotated (replaced, in its grace period) / expired (revoked: not listed)
-    rotate: bool  # older than the rotation policy
-    can_revoke: bool
-    can_rotate: bool
-    can_edit: bool
     notes: tuple[tuple[str, str], ...]  # its own allowlists and rate limits: (said, in full)
 
 
@@ -94,15 +102,13 @@ def _rows(request: Request, principal: Principal) -> list[KeyRow]:
     for project in orgs.projects(principal.org_id):
         accounts = {a.id: a.name for a in orgs.service_accounts(principal.org_id, project.id)}
         keys = orgs.project_keys(principal.org_id, project.id)
-        replaced = {k.rotated_from for k in keys if k.rotated_from}
+        replaced = replaced_ids(keys)
         for key in keys:
             owner = _owner(key, people, accounts)
             can_revoke = may(
                 request, principal, "project_api_keys.delete", project.id, key, roles=roles
             )
-            rotated = key.id in replaced  # works out its grace period, then stops
-            rotate = not rotated and key.needs_rotation(now, max_age_s)
-            status = "rotated" if rotated and key.is_usable(now) else key.status(now)
+            status, rotate = status_of(key, replaced, now, max_age_s)
             can_rotate = status == "active" and may(
                 request, principal, "project_api_keys.rotate", project.id, key, roles=roles
             )
@@ -111,8 +117,10 @@ def _rows(request: Request, principal: Principal) -> list[KeyRow]:
             )
             rows.append(
                 KeyRow(
-                    key, project, owner, describe(key.scopes), status, rotate, can_revoke,
-                    can_rotate, can_edit, notes_of(key, orgs.project_key_limits(key.id)),
+                    key=key, status=status, rotate=rotate, can_revoke=can_revoke,
+                    can_rotate=can_rotate, can_edit=can_edit, project=project, owner=owner,
+                    permissions=describe(key.scopes),
+                    notes=notes_of(key, orgs.project_key_limits(key.id)),
                 )
             )  # fmt: skip
     rows.sort(key=lambda r: r.key.created_at, reverse=True)
@@ -127,23 +135,16 @@ def keys_page(
     in a notice."""
     principal = principal_of(request, viewer)
     rows = _rows(request, principal)
-    notice = None
-    if revoked or updated:
-        keys = context(request).services.keys
-        try:
-            key = keys.get(principal.org_id, revoked or updated)
-        except NotFound:
-            key = None
-        if key is not None and key.revoked_at is not None:
-            notice = f"{key.redacted_value} is revoked: every gateway refuses it within a second."
-        elif key is not None and updated:
-            notice = (
-                f"{key.name} ({key.redacted_value}) is saved: every gateway applies the change "
-                "within a second."
-            )
+    key = listed_key(request, principal.org_id, revoked or updated) if revoked or updated else None
+    notice = revoked_notice(key)
+    if notice is None and key is not None and updated:
+        notice = (
+            f"{key.name} ({key.redacted_value}) is saved: every gateway applies the change "
+            "within a second."
+        )
     return render(
         request, "api_keys.html", viewer=viewer, rows=rows, notice=notice,
-        can_create=bool(_creatable(request, principal)),
+        can_create=bool(_creatable(request, principal)), listing=PROJECT_KEYS,
         rotation_days=context(request).services.settings.key_rotation_days,
     )  # fmt: skip
 
@@ -157,7 +158,8 @@ def _new_page(
         p.id for p in projects if may(request, principal, "project_service_accounts.create", p.id)
     }  # fmt: skip
     return render(
-        request, "api_key_new.html", status=status, viewer=viewer, projects=projects,
+        request, "api_key_new.html", status=status, viewer=viewer, listing=PROJECT_KEYS,
+        projects=projects,
         service_projects=can_service, groups=GROUP_LABELS, error=error, error_field=error_field,
         form=form or {"permissions": "all", "owner": "you"}, form_id=secrets.token_urlsafe(16),
     )  # fmt: skip
@@ -169,15 +171,6 @@ def new_key_page(request: Request, viewer: CurrentMember) -> Response:
     if not projects:
         raise HTTPException(403, "Your role does not allow creating API keys in any project.")
     return _new_page(request, viewer, projects)
-
-
-async def _sent(request: Request) -> dict[str, str]:
-    """The form's text fields, read on the event loop (the routes that take them run in a
-    worker thread: they wait on the database)."""
-    return {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-
-
-Sent = Annotated[dict[str, str], Depends(_sent)]
 
 
 @router.post(PATH)
@@ -201,9 +194,9 @@ def create_key(request: Request, viewer: CurrentMember, form: Sent) -> Response:
             raise ValueError(
                 f"Only the owners of {project.name} create service accounts in it: choose You."
             )
-        if not _FORMS.claim(form_id):
-            return render(request, "api_key_again.html", status=409, viewer=viewer)
-        try:
+        if not FORMS.claim(form_id):
+            return again_page(request, viewer, PROJECT_KEYS, rotated=False)
+        with FORMS.taking(form_id):
             if service:
                 _, key, secret = orgs.create_service_account(
                     principal.actor, principal.org_id, project.id, name, key_name=name,
@@ -214,27 +207,13 @@ def create_key(request: Request, viewer: CurrentMember, form: Sent) -> Response:
                     principal.actor, principal.org_id, project.id, name, principal.user_id,
                     scopes=scopes, allowed_models=models, allowed_ips=ips,
                 )  # fmt: skip
-        except BaseException:
-            _FORMS.release(form_id)
-            raise
     except (ValueError, KeyplaneError) as exc:
         field = exc.param if isinstance(exc, KeyplaneError) else None
         return _new_page(
             request, viewer, projects, status=400, error=form_error(exc), error_field=field,
             form=form,
         )  # fmt: skip
-    return render(
-        request, "api_key_created.html", viewer=viewer, key=key, secret=secret, project=project,
-        permissions=describe(key.scopes), base_url=_api_base(request),
-    )  # fmt: skip
-
-
-_FORMS = OnceForms()
-
-
-def _api_base(request: Request) -> str:
-    """The gateway's base URL for an SDK (``public_url`` is always set, without a final /)."""
-    return context(request).services.settings.public_url + "/v1"
+    return created_page(request, viewer, PROJECT_KEYS, key, secret, project)
 
 
 def _key_of(request: Request, principal: Principal, key_id: str) -> tuple[ApiKey, Project]:
@@ -259,7 +238,10 @@ def _revocable(request: Request, viewer: Viewer, key_id: str) -> tuple[Principal
 @router.get(PATH + "/{key_id}/revoke")
 def revoke_page(request: Request, viewer: CurrentMember, key_id: str) -> Response:
     _, key, project = _revocable(request, viewer, key_id)
-    return render(request, "api_key_revoke.html", viewer=viewer, key=key, project=project)
+    return render(
+        request, "api_key_revoke.html", viewer=viewer, listing=PROJECT_KEYS, key=key,
+        project=project,
+    )  # fmt: skip
 
 
 @router.post(PATH + "/{key_id}/revoke")
@@ -268,7 +250,7 @@ def revoke_key(request: Request, viewer: CurrentMember, key_id: str) -> Response
     context(request).services.orgs.revoke_project_key(
         principal.actor, principal.org_id, project.id, key.id
     )
-    raise Redirect(f"{PATH}?revoked={key.id}")
+    back_to_list(PROJECT_KEYS, key)
 
 
 def _current(
@@ -281,12 +263,8 @@ def _current(
     key, project = _key_of(request, principal, key_id)
     if not may(request, principal, operation, project.id, key):
         raise HTTPException(403, f"Your role does not allow {verb.removesuffix('e')}ing this key.")
-    orgs = context(request).services.orgs
-    if any(k.rotated_from == key.id for k in orgs.project_keys(principal.org_id, project.id)):
-        raise InvalidRequest(
-            f"The key {key.redacted_value} was rotated already: {verb} its "
-            "replacement, listed on the API keys page under the same name."
-        )
+    keys = context(request).services.orgs.project_keys(principal.org_id, project.id)
+    refuse_replaced(key, keys, verb, PROJECT_KEYS)
     return principal, key, project
 
 
@@ -294,53 +272,23 @@ def _rotatable(request: Request, viewer: Viewer, key_id: str) -> tuple[Principal
     return _current(request, viewer, key_id, "project_api_keys.rotate", "rotate")
 
 
-def _rotate_page(
-    request: Request, viewer: Viewer, key: ApiKey, project: Project, *, grace: str = "1d",
-    status: int = 200, error: str | None = None,
-) -> Response:  # fmt: skip
-    return render(
-        request, "api_key_rotate.html", status=status, viewer=viewer, key=key, project=project,
-        graces=GRACE_LABELS, grace=grace, error=error, form_id=secrets.token_urlsafe(16),
-    )  # fmt: skip
-
-
 @router.get(PATH + "/{key_id}/rotate")
-def rotate_page(request: Request, viewer: CurrentMember, key_id: str) -> Response:
+def rotate_key_page(request: Request, viewer: CurrentMember, key_id: str) -> Response:
     _, key, project = _rotatable(request, viewer, key_id)
-    return _rotate_page(request, viewer, key, project)
+    return rotate_page(request, viewer, PROJECT_KEYS, key, project)
 
 
 @router.post(PATH + "/{key_id}/rotate")
 def rotate_key(request: Request, viewer: CurrentMember, key_id: str, form: Sent) -> Response:
-    form_id = form.get("form_id", "")
-    # A reload of the page that showed the new secret: checked first, as the key it names is
-    # replaced now (or revoked, without a grace period).
-    if _FORMS.seen(form_id):
-        return render(request, "api_key_again.html", status=409, viewer=viewer, rotated=True)
-    principal, key, project = _rotatable(request, viewer, key_id)
-    grace = form.get("grace", "")
-    if grace not in GRACE_CHOICES:
-        return _rotate_page(
-            request, viewer, key, project, status=400,
-            error="Choose how long the old secret keeps working: None, 1 hour, 1 day or 7 days.",
-        )  # fmt: skip
-    if not _FORMS.claim(form_id):  # sent twice at once, or not from the page
-        return render(request, "api_key_again.html", status=409, viewer=viewer, rotated=True)
     orgs = context(request).services.orgs
-    try:
-        new, secret = orgs.rotate_project_key(
-            principal.actor, principal.org_id, project.id, key.id, grace_s=GRACE_CHOICES[grace]
+
+    def rotate(principal: Principal, key: ApiKey, grace_s: int) -> tuple[ApiKey, str]:
+        return orgs.rotate_project_key(
+            principal.actor, principal.org_id, str(key.project_id), key.id, grace_s=grace_s
         )
-    except BaseException:
-        _FORMS.release(form_id)  # nothing was made: the form may be sent again
-        raise
-    # Without a grace period the old key is revoked at once; with one, it stops at its new expiry.
-    old = None if grace == "none" else orgs.project_key(principal.org_id, project.id, key.id)
-    return render(
-        request, "api_key_created.html", viewer=viewer, key=new, secret=secret, project=project,
-        permissions=describe(new.scopes), base_url=_api_base(request), replaced=key,
-        replaced_until=None if old is None else old.expires_at,
-    )  # fmt: skip
+
+    find = partial(_rotatable, request, viewer, key_id)
+    return rotate_once(request, viewer, PROJECT_KEYS, form, find, rotate)
 
 
 def _editable(request: Request, viewer: Viewer, key_id: str) -> tuple[Principal, ApiKey, Project]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class OnceForms:
@@ -39,3 +41,13 @@ class OnceForms:
         """Gives the id back (what the form asked for was not made: it may be sent again)."""
         with self._lock:
             self._used.pop(form_id, None)
+
+    @contextmanager
+    def taking(self, form_id: str) -> Iterator[None]:
+        """Around making what a claimed form asked for: gives ``form_id`` back if that raises
+        (nothing was made: the form may be sent again)."""
+        try:
+            yield
+        except BaseException:
+            self.release(form_id)
+            raise

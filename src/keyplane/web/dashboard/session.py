@@ -106,6 +106,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("API keys", "/api-keys"),
     NavItem("Projects", "/projects"),
     NavItem("Members", "/members"),
+    NavItem("Admin keys", "/admin-keys"),  # (every member may read them: admin_api_keys.list)
     NavItem("Billing", "/billing"),
     NavItem("Limits", "/limits"),
     NavItem("Usage", "/usage"),
