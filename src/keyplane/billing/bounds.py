@@ -100,7 +100,9 @@ def input_bounds(
     audio = likely = 0
     if found[5] or more[5] or found[3] or more[3]:  # (audio: its data is no text but audio)
         bound = max(bound - found[4] - more[4], 0)
-        audio, likely = _audio_bound(found[5] + more[5], found[3] + more[3], price)
+        audio, likely = _audio_bound(
+            found[5] + more[5], found[6] + more[6], found[3] + more[3], price
+        )
         bound += audio
     if carried and carried_tokens is not None:
         bound += min(carried_tokens, price.context_window or carried_tokens)
@@ -122,14 +124,13 @@ def input_bounds(
     return bound, audio, likely
 
 
-def _audio_bound(heard: list[int], replies: int, price: Price) -> tuple[int, int]:
-    """The most audio tokens, and the likely ones, of audio parts of ``heard`` bytes each (decoded)
-    and ``replies`` earlier answers' audio sent back by id, on ``price``'s model: each part at
-    least a second, each reply at most what the model writes, and in all at most what it reads."""
-    most = likely = 0
-    for size in heard:
-        most += max(1, -(-size // MIN_AUDIO_BYTES_PER_S)) * AUDIO_TOKENS_PER_S
-        likely += max(1, -(-size // USUAL_AUDIO_BYTES_PER_S)) * LIKELY_AUDIO_TOKENS_PER_S
+def _audio_bound(longest: int, seconds: int, replies: int, price: Price) -> tuple[int, int]:
+    """The most audio tokens, and the likely ones, of audio parts that may play ``longest``
+    seconds and likely play ``seconds`` and of ``replies`` earlier answers' audio sent back by id,
+    on ``price``'s model: each reply at most what the model writes, and in all at most what the
+    model reads."""
+    most = longest * AUDIO_TOKENS_PER_S
+    likely = seconds * LIKELY_AUDIO_TOKENS_PER_S
     reply = price.max_output_tokens or AUDIO_REPLY_TOKENS
     most += replies * reply
     likely += replies * (reply // 8 or 1)  # (a reply's audio: some of all it could have been)
@@ -139,22 +140,19 @@ def _audio_bound(heard: list[int], replies: int, price: Price) -> tuple[int, int
     return most, likely
 
 
-_NO_MEDIA: tuple[int, int, bool, int, int, list[int]] = (0, 0, False, 0, 0, [])
-
-
-def _media(items: Any) -> tuple[int, int, bool, int, int, list[int]]:
+def _media(items: Any) -> tuple[int, int, bool, int, int, int, int]:
     """(images, bytes of the inline images' data, whether any file part, audio sent back by id,
-    characters of the audio parts' data, each audio part's decoded bytes at most) in chat
-    ``messages`` or a Responses API ``input`` (items with ``content`` parts; a function call's
+    characters of the audio parts' data, the most seconds and the likely seconds they play) in
+    chat ``messages`` or a Responses API ``input`` (items with ``content`` parts; a function call's
     ``output`` parts; or parts themselves, as a moderation's input). Any part naming an image, a
     file or audio counts, whatever its ``type`` says: a bound may not miss one of the upstream's
     accepted forms (an image part naming a file id is an image). The audio sent back by id is a
-    message's ``audio`` (an assistant's earlier answer: ``{"id": …}``)."""
-    images = size = replies = audio_chars = 0
-    heard: list[int] = []
+    message's ``audio`` (an assistant's earlier answer: ``{"id": …}``). An audio part plays at
+    least a second; its data, base64, decodes to 3 bytes every 4 characters."""
+    images = size = replies = audio_chars = longest = seconds = 0
     files = False
     if not isinstance(items, list):
-        return _NO_MEDIA
+        return 0, 0, False, 0, 0, 0, 0
     for item in items:
         if not isinstance(item, dict):
             continue
@@ -180,11 +178,13 @@ def _media(items: Any) -> tuple[int, int, bool, int, int, list[int]]:
                 if image:
                     images += 1
                     size += _inline_size(part)
-                if kind == "input_audio" or "input_audio" in part:
+                if "input_audio" in part or (kind is not None and kind == "input_audio"):
                     chars = _audio_chars(part)
                     audio_chars += chars
-                    heard.append(-(-chars * 3 // 4))  # (base64: 3 bytes in 4 characters)
-    return images, size, files, replies, audio_chars, heard
+                    decoded = -(-chars * 3 // 4)
+                    longest += max(1, -(-decoded // MIN_AUDIO_BYTES_PER_S))
+                    seconds += max(1, -(-decoded // USUAL_AUDIO_BYTES_PER_S))
+    return images, size, files, replies, audio_chars, longest, seconds
 
 
 def _audio_chars(part: dict[str, Any]) -> int:

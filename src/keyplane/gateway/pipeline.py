@@ -375,8 +375,13 @@ class Pipeline:
                 len(body), payload, call.price, carried=call.stored_at is not None,
                 carried_tokens=call.carried,
             )  # fmt: skip
-            # (the field asking for audio output: chat's modalities, or its audio parameter)
-            voice = media.asks_audio(payload) if call.endpoint.name == "chat.completions" else None
+            # (the field asking for audio output: chat's modalities, or its audio parameter; two
+            # look-ups rule it out for the usual request)
+            voice = None
+            if ("modalities" in payload or "audio" in payload) and (
+                call.endpoint.name == "chat.completions"
+            ):
+                voice = media.asks_audio(payload)
             if heard or voice is not None:  # audio in or out: at the audio prices, or refused
                 param = "messages" if "messages" in payload else "input"
                 media.check_chat_audio(call.price, heard, voice, param)
