@@ -100,9 +100,12 @@ async def test_completions_usage_counts_the_audio_tokens_the_upstream_reports(
     kp = audio_env
     spoken = [{"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}]
     headers = {"authorization": f"Bearer {kp.project_key}"}
+    speak = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "pcm16"}}
     for content, stream in ((spoken, False), (spoken, True), ("hello", False)):
-        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": content}],
+        body = {"model": "gpt-4o-audio-preview", "messages": [{"role": "user", "content": content}],
                 "max_tokens": 100, "stream": stream}  # fmt: skip
+        if content is spoken:
+            body |= speak
         r = await kp.client.post("/v1/chat/completions", json=body, headers=headers)
         assert r.status_code == 200, r.text
     await kp.gateway.flush()

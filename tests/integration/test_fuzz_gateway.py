@@ -200,6 +200,7 @@ part = st.fixed_dictionaries(
         "file_id": json_values,
         "file_data": json_values,
         "image": json_values,
+        "input_audio": json_values | st.fixed_dictionaries({"data": json_values}),
     },
 )  # fmt: skip
 message = st.fixed_dictionaries(
@@ -210,6 +211,7 @@ message = st.fixed_dictionaries(
         "name": json_values,
         "type": json_values,
         "output": json_values | st.lists(part, max_size=3),
+        "audio": json_values,
     },
 )
 messages = st.lists(message, max_size=5) | json_values
@@ -226,7 +228,7 @@ BASES: dict[str, dict[str, Any]] = {
 MODELS = [
     "gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo-instruct", "text-embedding-3-small", "dall-e-2",
     "dall-e-3", "gpt-image-1", "omni-moderation-latest", "tts-1", "whisper-1",
-    "gpt-4o-transcribe", "o4-mini", "nope",
+    "gpt-4o-transcribe", "o4-mini", "gpt-4o-audio-preview", "nope",
 ]  # fmt: skip
 FIELDS: dict[str, Any] = {
     "model": st.sampled_from(MODELS) | json_values,
@@ -260,6 +262,9 @@ FIELDS: dict[str, Any] = {
     "temperature": json_values,
     "logit_bias": json_values,
     "user": json_values,
+    "modalities": st.lists(st.sampled_from(["text", "audio"]) | json_values, max_size=3)
+    | json_values,
+    "audio": json_values,
 }
 
 

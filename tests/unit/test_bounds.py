@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keyplane.billing.bounds import MAX_FILE_PAGES, UnboundedInput, input_token_bound
+from keyplane.billing.bounds import (
+    MAX_FILE_PAGES,
+    UnboundedInput,
+    cost_bound,
+    input_bounds,
+    input_token_bound,
+)
 from keyplane.usage.pricing import Price, PriceTable
 from keyplane.usage.tokens import image_estimate
 
@@ -187,3 +193,47 @@ def test_a_part_whose_type_is_not_a_string_is_bounded_by_its_keys(kind: Any) -> 
     assert total == length + 1_445
     with pytest.raises(UnboundedInput):
         bound([{"type": kind, "file_id": "file-abc"}], OWN)
+
+
+# -- audio (chat's input_audio parts) ----------------------------------------------------------
+def audio_part(data: str) -> dict[str, Any]:
+    return {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
+
+
+def test_audio_is_bounded_by_the_seconds_its_data_may_play() -> None:
+    on = price("gpt-4o-audio-preview")
+    data = "A" * 10_000  # base64 of 7,500 bytes: 10 s at 6 kbit/s, 200 tokens
+    payload = {"model": on.model, "messages": [{"role": "user", "content": [audio_part(data)]}]}
+    body = len(orjson.dumps(payload))
+    assert input_bounds(body, payload, on) == (body - 10_000 + 200, 200, 10)
+    # Each part at least a second; a short one likely a second at the usual bitrate.
+    short = {"messages": [{"role": "user", "content": [audio_part("AAAA"), audio_part("")]}]}
+    assert input_bounds(100, short, on)[1:] == (40, 20)
+    # Named by its key, whatever its type says (a bound may not miss the upstream's reading).
+    odd = {"messages": [{"role": "user", "content": [{"type": 3, "input_audio": "A" * 40}]}]}
+    assert input_bounds(100, odd, on) == (100 - 40 + 20, 20, 10)
+
+
+def test_audio_sent_back_by_id_counts_what_the_model_may_have_written() -> None:
+    on = price("gpt-4o-audio-preview")
+    messages = [{"role": "assistant", "audio": {"id": "audio_1"}}] * 2
+    payload = {"model": on.model, "messages": messages}
+    assert input_bounds(500, payload, on) == (500 + 2 * 16_384, 2 * 16_384, 2 * 2_048)
+    many = {"messages": [{"role": "assistant", "audio": {"id": "a"}}] * 20}
+    assert input_bounds(500, many, on)[1] == 128_000  # at most its context window
+
+
+def test_a_request_without_audio_has_no_audio_bound() -> None:
+    on = price("gpt-4o-audio-preview")
+    payload = {"model": on.model, "messages": [{"role": "user", "content": [URL]}]}
+    assert input_bounds(300, payload, on)[1:] == (0, 0)
+
+
+def test_audio_tokens_are_held_at_the_audio_prices() -> None:
+    on = price("gpt-4o-audio-preview")  # $2.50 / $10 text, $40 / $80 audio per 1M
+    plain = cost_bound(on, 1000, 2)
+    assert (plain.fixed, plain.per_output) == (1000 * 2_500_000, 2 * 10_000_000)
+    heard = cost_bound(on, 1000, 2, 200)
+    assert (heard.fixed, heard.per_output) == (800 * 2_500_000 + 200 * 40_000_000, 2 * 10_000_000)
+    speaks = cost_bound(on, 1000, 1, 0, True)
+    assert (speaks.fixed, speaks.per_output) == (1000 * 2_500_000, 80_000_000)

@@ -370,6 +370,7 @@ def test_transcription_models_are_priced_by_audio_tokens(
         'audio_input = "6.00"\ncontext_window = 16000\n',  # no output cap
         'audio_input = "6.00"\ncontext_window = 16000\nmax_output_tokens = 2000\n'
         'audio_minute = "0.006"\n',  # both ways
+        'audio_output = "80.00"\ncontext_window = 16000\nmax_output_tokens = 2000\n',  # not heard
     ],
 )
 def test_bad_audio_token_entries_are_refused(tmp_path: Path, lines: str) -> None:
@@ -379,3 +380,44 @@ def test_bad_audio_token_entries_are_refused(tmp_path: Path, lines: str) -> None
     with pytest.raises(ValueError, match="audio_input") as info:
         PriceTable.load([path])
     assert "acme" in str(info.value)
+
+
+# OpenAI's chat models that hear and speak: micro-dollars per 1M text input, text output, audio
+# input and audio output tokens, from their model pages.
+CHAT_AUDIO = {
+    "gpt-4o-audio-preview": (2_500_000, 10_000_000, 40_000_000, 80_000_000),
+    "gpt-4o-audio-preview-2024-10-01": (2_500_000, 10_000_000, 100_000_000, 200_000_000),
+    "gpt-4o-mini-audio-preview": (150_000, 600_000, 10_000_000, 20_000_000),
+    "gpt-audio": (2_500_000, 10_000_000, 32_000_000, 64_000_000),
+}
+
+
+@pytest.mark.parametrize("model", sorted(CHAT_AUDIO))
+def test_chat_models_that_hear_and_speak_price_audio_apart(table: PriceTable, model: str) -> None:
+    text_in, text_out, audio_in, audio_out = CHAT_AUDIO[model]
+    price = table.price(model, NOW)
+    assert price is not None
+    assert (price.input_per_m, price.output_per_m) == (text_in, text_out)
+    assert (price.audio_input_per_m, price.audio_output_per_m) == (audio_in, audio_out)
+    assert (price.context_window, price.max_output_tokens) == (128_000, 16_384)
+    # 100 input tokens, 30 of them audio; 200 output, 150 of them audio: rounded up once.
+    exact = Fraction(70 * text_in + 30 * audio_in + 50 * text_out + 150 * audio_out, 1_000_000)
+    assert price.chat_audio_cost(100, 0, 200, 30, 150) == math.ceil(exact)
+    assert price.chat_audio_cost(100, 0, 200, 0, 0) == price.token_cost(100, 0, 200)
+
+
+def test_chat_audio_cost_keeps_cached_tokens_among_the_text_and_falls_back_to_text_prices(
+    table: PriceTable,
+) -> None:
+    sim = table.price("sim-audio", NOW)  # $1 / $0.50 cached / $2, audio $10 / $20
+    assert sim is not None
+    # 100 input: 30 audio, 50 cached, 20 text; 10 output, all audio.
+    assert sim.chat_audio_cost(100, 50, 10, 30, 10) == 20 + 25 + 300 + 200
+    # Cached and audio reported beyond the input: the audio first, the cached among the rest.
+    assert sim.chat_audio_cost(100, 90, 10, 30, 10) == 35 + 300 + 200  # 70 cached at $0.50
+    # More audio than the tokens it is part of: all of them.
+    assert sim.chat_audio_cost(10, 0, 10, 99, 99) == 10 * 10 + 10 * 20
+    # A model with no audio price: its audio at the text prices.
+    mini = table.price("gpt-4o-mini", NOW)
+    assert mini is not None and not mini.by_audio_tokens
+    assert mini.chat_audio_cost(1000, 0, 1000, 400, 500) == mini.token_cost(1000, 0, 1000)

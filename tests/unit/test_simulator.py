@@ -279,6 +279,78 @@ async def test_chat_stream_with_usage_and_cap() -> None:
     assert usage_chunk["usage"]["total_tokens"] == prompt_tokens(MESSAGES) + 4
 
 
+AUDIO_IN = [{"role": "user", "content": [
+    {"type": "text", "text": "What is said?"},
+    {"type": "input_audio", "input_audio": {"data": base64.b64encode(bytes(6401)).decode(),
+                                            "format": "wav"}},
+]}]  # fmt: skip
+SPEAK = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}
+
+
+async def test_chat_hears_audio_parts_and_speaks_when_asked() -> None:
+    heard = 3  # 6,401 bytes: ceil(6,401 / 3,200) tokens
+    async with _client(SimulatorConfig(completion_tokens=12)) as client:
+        response = await client.post(
+            "/v1/chat/completions", json={"model": "sim-audio", "messages": AUDIO_IN, **SPEAK}
+        )
+        plain = await client.post(
+            "/v1/chat/completions", json={"model": "sim-audio", "messages": AUDIO_IN}
+        )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    message = body["choices"][0]["message"]
+    assert message["content"] is None and message["audio"]["transcript"] == completion_text(2)
+    assert base64.b64decode(message["audio"]["data"]) == bytes(10 * 8)  # 10 tokens of silence
+    assert body["usage"] == {
+        "prompt_tokens": prompt_tokens(AUDIO_IN) + heard,
+        "completion_tokens": 12,
+        "total_tokens": prompt_tokens(AUDIO_IN) + heard + 12,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": heard},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 10},
+    }
+    # Heard but not asked to speak: text out, its audio tokens 0.
+    assert plain.json()["choices"][0]["message"]["content"] == completion_text(12)
+    assert plain.json()["usage"]["completion_tokens_details"]["audio_tokens"] == 0
+
+
+async def test_a_chat_that_speaks_streams_its_transcript_then_its_audio() -> None:
+    async with _client(SimulatorConfig(completion_tokens=12)) as client:
+        response = await client.post("/v1/chat/completions", json={
+            "model": "sim-audio", "messages": MESSAGES, "stream": True,
+            "stream_options": {"include_usage": True}, **SPEAK,
+        })  # fmt: skip
+    *chunks, usage_chunk = _events(response)[:-1]
+    audio = [
+        c["choices"][0]["delta"]["audio"] for c in chunks if "audio" in c["choices"][0]["delta"]
+    ]
+    assert len({a["id"] for a in audio if "id" in a}) == 1 and "id" in audio[0]
+    assert "".join(a.get("transcript", "") for a in audio) == completion_text(2)
+    assert base64.b64decode("".join(a.get("data", "") for a in audio)) == bytes(80)
+    assert "expires_at" in audio[-1]
+    assert usage_chunk["usage"]["completion_tokens_details"]["audio_tokens"] == 10
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"modalities": ["audio"]}, "audio"),  # no voice nor format
+        ({"modalities": "audio"}, "modalities"),
+        ({"messages": [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": "not base64!"}}]}]},
+         "messages[0].content[0].input_audio.data"),
+        ({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]},
+         "messages[0].content[0].input_audio.data"),
+    ],
+)  # fmt: skip
+async def test_bad_audio_requests_are_refused(extra: dict[str, Any], param: str) -> None:
+    async with _client() as client:
+        response = await client.post(
+            "/v1/chat/completions", json={"model": "sim-audio", "messages": MESSAGES, **extra}
+        )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
 async def test_stream_events_are_separate_asgi_messages(monkeypatch: pytest.MonkeyPatch) -> None:
     delays: list[float] = []
 

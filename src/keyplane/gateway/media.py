@@ -8,7 +8,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from keyplane.billing.bounds import IMAGE_TOKEN_ALLOWANCE
+from keyplane.billing.bounds import (
+    IMAGE_TOKEN_ALLOWANCE,
+    MIN_AUDIO_BYTES_PER_S,
+    USUAL_AUDIO_BYTES_PER_S,
+)
 from keyplane.gateway.errors import bad_request
 from keyplane.gateway.forms import parse_form, with_field
 from keyplane.gateway.streaming import json_object, token_usage, transcript_usage
@@ -18,11 +22,8 @@ from keyplane.usage.pricing import Price
 AUDIO_MAX_BYTES = 25 * 1024 * 1024 + 256 * 1024
 # A megabyte of audio, as audio megabytes per minute count it (the 25 MB above are MiB too).
 AUDIO_MEGABYTE = 1024 * 1024
-# The fewest bytes a second of audio takes in any format the API reads (Opus at 6 kbit/s): what
-# bounds a file's duration, and so its hold.
-MIN_AUDIO_BYTES_PER_S = 750
-# A common bitrate (MP3 at 128 kbit/s): a duration estimate when the upstream reports none.
-USUAL_AUDIO_BYTES_PER_S = 16_000
+# (The fewest bytes a second of audio takes, MIN_AUDIO_BYTES_PER_S, bounds a file's duration and
+# so its hold; USUAL_AUDIO_BYTES_PER_S estimates it when the upstream reports none: billing.bounds.)
 # Image uploads (edits, variations): one image of gpt-image-1's largest (OpenAI takes up to 50 MB
 # an image), or several smaller, and the form around them. (The body is read whole before it is
 # forwarded: 16 images of 50 MB, all OpenAI takes, would be 800 MB a request.)
@@ -328,3 +329,38 @@ def audio_megabytes(audio_bytes: int) -> int:
 def likely_seconds(audio_bytes: int) -> int:
     """A file's duration at a common bitrate: the estimate billed when no duration is reported."""
     return -(-audio_bytes // USUAL_AUDIO_BYTES_PER_S)
+
+
+def asks_audio(payload: dict[str, Any]) -> str | None:
+    """The field by which a chat request asks for audio output, if it does: ``modalities`` naming
+    "audio" (a list, or, read kindly, the word alone), else an ``audio`` parameter (its voice and
+    format). None for a request that asks for text only (the usual: two look-ups)."""
+    modalities = payload.get("modalities")
+    if modalities is not None and (
+        modalities == "audio" or (type(modalities) is list and "audio" in modalities)
+    ):
+        return "modalities"
+    return "audio" if payload.get("audio") is not None else None
+
+
+def check_chat_audio(price: Price, heard: int, asked: str | None, param: str) -> None:
+    """A 400 for a request that sends audio (``heard``: the most audio tokens its ``param``, its
+    messages or input, may carry) or asks for it (``asked``: the field that does) on a model that
+    charges but has no price for that audio: billed at its text prices it would cost a fraction of
+    what the upstream charges. (A free model serves audio free, as everything else.)"""
+    if not price.charges:
+        return
+    if heard and not price.audio_input_per_m:
+        raise bad_request(
+            f"The model '{price.model}' has no price for audio input on this keyplane, so the "
+            f"audio in '{param}' cannot be billed: send text, or use a model priced for audio (an "
+            "operator sets audio_input and audio_output in its price entry).",
+            param=param, code="unsupported_value",
+        )  # fmt: skip
+    if asked is not None and not price.audio_output_per_m:
+        raise bad_request(
+            f"The model '{price.model}' has no price for audio output on this keyplane, so the "
+            f"audio that '{asked}' asks for cannot be billed: ask for text, or use a model priced "
+            "for audio (an operator sets audio_input and audio_output in its price entry).",
+            param=asked, code="unsupported_value",
+        )  # fmt: skip

@@ -20,7 +20,7 @@ from typing import Any, final
 
 import orjson
 
-from keyplane.billing.bounds import CostBound, UnboundedInput, cost_bound, input_token_bound
+from keyplane.billing.bounds import CostBound, UnboundedInput, cost_bound, input_bounds
 from keyplane.billing.wallet import Hold, OrgMoney
 from keyplane.clock import Clock
 from keyplane.errors import KeyplaneError
@@ -170,6 +170,7 @@ class Call:
         "endpoint",
         "estimated_input",
         "forwarded",
+        "heard",
         "held_output",
         "hold",
         "image_price",
@@ -183,6 +184,7 @@ class Call:
         "price",
         "rate_headers",
         "request_id",
+        "speaks",
         "started",
         "store",
         "stored_at",
@@ -228,6 +230,10 @@ class Call:
         self.audio_bytes = 0  # the size of the audio file uploaded (audio_in endpoints)
         self.longest = 0  # the most seconds it may play: what its hold covers, and its bill
         self.characters = 0  # the text it asks to speak (audio_out endpoints): its hold and bill
+        # A chat request that sends audio: its likely audio tokens (in ``estimated_input``: what a
+        # bill with no usage counts as audio); one that asks for audio output (``speaks``).
+        self.heard = 0
+        self.speaks = False
 
 
 class Pipeline:
@@ -367,11 +373,23 @@ class Pipeline:
         if call.endpoint.name == "completions":
             choices *= _prompt_count(payload.get("prompt"))
         try:
-            call.input_bound = input_token_bound(
+            call.input_bound, heard, likely = input_bounds(
                 len(body), payload, call.price, carried=call.stored_at is not None,
                 carried_tokens=call.carried,
             )  # fmt: skip
-            bound = cost_bound(call.price, call.input_bound, choices)
+            # (the field asking for audio output: chat's modalities, or its audio parameter; two
+            # look-ups rule it out for the usual request)
+            voice = None
+            if ("modalities" in payload or "audio" in payload) and (
+                call.endpoint.name == "chat.completions"
+            ):
+                voice = media.asks_audio(payload)
+            if heard or voice is not None:  # audio in or out: at the audio prices, or refused
+                param = "messages" if "messages" in payload else "input"
+                media.check_chat_audio(call.price, heard, voice, param)
+                call.heard, call.speaks = likely, voice is not None
+                call.estimated_input += likely
+            bound = cost_bound(call.price, call.input_bound, choices, heard, call.speaks)
             if call.endpoint.per_image:
                 call.choices = choices
                 if call.images_in:  # an upload: its fields and its images are read, not its bytes
@@ -808,7 +826,7 @@ class Pipeline:
         seconds: int = 0,
         characters: int = 0,
         media_input: int = 0,  # of the input tokens, those of images or audio (priced by tokens)
-        audio: Audio = NO_AUDIO,  # of the tokens, the audio a chat model reported (priced as text)
+        audio: Audio = NO_AUDIO,  # of the tokens, the audio a chat model reported
     ) -> None:
         if call.metered or call.hold is None:
             return
@@ -827,7 +845,14 @@ class Pipeline:
         elif _audio_tokens(call):
             cost = price.audio_token_cost(inp, media_input, out)
         else:
-            cost = price.token_cost(inp, cached, out)
+            if estimated and (call.heard or call.speaks):  # no usage: the audio as estimated
+                audio = (min(call.heard, inp), out if call.speaks else 0)
+            if audio[0] or audio[1]:  # at the audio prices (the text ones, if it has none)
+                cost = price.chat_audio_cost(inp, cached, out, audio[0], audio[1])
+                if not price.audio_input_per_m or not price.audio_output_per_m:
+                    _unpriced_audio(price, audio)
+            else:
+                cost = price.token_cost(inp, cached, out)
         if images:
             cost += images * call.image_price
         if seconds and price:
@@ -885,6 +910,16 @@ def _in_envelope(status: int, content: bytes, headers: list[tuple[bytes, bytes]]
     kind = "server_error" if status >= 500 else "invalid_request_error"
     message = f"The upstream answered {status} without an error in OpenAI's format."
     return orjson.dumps(ApiError(status, message, type=kind, code="upstream_error").body())
+
+
+def _unpriced_audio(price: Price, audio: Audio) -> None:
+    """Logs audio tokens an upstream reported on a model with no price for them (a request that
+    sent or asked for audio was refused there): billed at the text prices, within the hold."""
+    if (audio[0] and not price.audio_input_per_m) or (audio[1] and not price.audio_output_per_m):
+        log.warning(
+            "%s reported %d input and %d output audio tokens, and has no price for them: "
+            "billed at its text prices", price.model, audio[0], audio[1],
+        )  # fmt: skip
 
 
 def _image_tokens(call: Call) -> bool:

@@ -11,7 +11,7 @@ DEFAULT_MODELS: tuple[str, ...] = (
     "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
     "omni-moderation-latest", "text-moderation-latest", "dall-e-2", "dall-e-3", "gpt-image-1",
     "whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "tts-1", "tts-1-hd", "sim-chat",
-    "sim-embed",
+    "sim-embed", "gpt-4o-audio-preview", "gpt-4o-mini-audio-preview", "gpt-audio", "sim-audio",
 )
 # fmt: on
 

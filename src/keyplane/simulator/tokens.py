@@ -7,7 +7,12 @@
 * legacy completion prompts and embedding inputs count ``text_tokens`` per string, or the
   length of each token array (``params.text_inputs``);
 * a chat/completion answer has ``n = min(config.completion_tokens, max_tokens)`` output
-  tokens, each exactly ``TOKEN_CHARS`` characters long (see ``completion_text``).
+  tokens, each exactly ``TOKEN_CHARS`` characters long (see ``completion_text``);
+* a chat's ``input_audio`` parts add ``audio_tokens(data)`` each to its prompt tokens:
+  ``ceil(decoded bytes / AUDIO_BYTES_PER_TOKEN)``, at least 1 (16-bit WAV at 16 kHz, 10 tokens a
+  second, as OpenAI counts audio it hears), reported as ``prompt_tokens_details.audio_tokens``;
+* a chat that asks for audio (``modalities`` with "audio") answers ``n // 5`` tokens of transcript
+  (text) and ``n - n // 5`` of audio (``completion_tokens_details.audio_tokens``).
 
 The Responses API counts its own way (``responses``), and so do the image and audio models.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 TOKEN_CHARS = 4
+AUDIO_BYTES_PER_TOKEN = 3200  # 32,000 bytes a second of 16-bit WAV at 16 kHz, 10 tokens a second
 _PIECES = ("Hell", "o fr", "om t", "he k", "eypl", "ane ", "simu", "lato", "r.  ")
 
 
@@ -47,6 +53,16 @@ def content_text(content: Any, text_parts: frozenset[str] = _CHAT_TEXT_PARTS) ->
 def prompt_tokens(messages: list[dict[str, Any]]) -> int:
     """Prompt tokens of a chat: ``sum(3 + text_tokens(text)) + 3`` over the messages."""
     return sum(3 + text_tokens(content_text(m.get("content"))) for m in messages) + 3
+
+
+def audio_tokens(decoded_bytes: int) -> int:
+    """Tokens of an audio part whose data decodes to ``decoded_bytes``: at least 1."""
+    return max(1, -(-decoded_bytes // AUDIO_BYTES_PER_TOKEN))
+
+
+def spoken_tokens(n: int) -> tuple[int, int]:
+    """(transcript, audio) tokens of an answer of ``n`` output tokens that speaks."""
+    return n // 5, n - n // 5
 
 
 def completion_text(n_tokens: int) -> str:

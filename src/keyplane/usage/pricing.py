@@ -21,7 +21,7 @@ _SNAPSHOT = re.compile(r"^(?P<base>.+?)-\d{4}-\d{2}-\d{2}$")
 class Price:
     """Micro-dollars per 1M tokens (input, cached input, output), per audio minute, per image, per
     1M characters (text to speech), per 1M image tokens (an image model priced by tokens), per 1M
-    audio tokens (a speech-to-text model priced by tokens)."""
+    audio tokens (a speech-to-text model priced by tokens; a chat model that hears and speaks)."""
 
     model: str
     effective_from: int  # Unix seconds
@@ -45,8 +45,11 @@ class Price:
     image_output_per_m: int = 0
     tokens_per_image: tuple[tuple[str, int], ...] = ()
     # A speech-to-text model priced by tokens (gpt-4o-transcribe): per 1M audio tokens read (its
-    # text input, the prompt, at ``input_per_m``; the transcript at ``output_per_m``).
+    # text input, the prompt, at ``input_per_m``; the transcript at ``output_per_m``). A chat model
+    # that hears and speaks (gpt-4o-audio-preview): per 1M audio tokens read and written, its text
+    # tokens at the text prices.
     audio_input_per_m: int = 0
+    audio_output_per_m: int = 0
 
     def image_price(self, quality: str, size: str) -> int | None:
         """Micro-dollars per image of ``quality`` and ``size``; None when the table has no price
@@ -95,9 +98,38 @@ class Price:
         numerator = (input_tokens - media) * self.input_per_m + media * media_rate + output
         return -(-numerator // MICRO)
 
+    def chat_audio_cost(
+        self, input_tokens: int, cached_input_tokens: int, output_tokens: int,
+        audio_input_tokens: int, audio_output_tokens: int,
+    ) -> int:  # fmt: skip
+        """Cost in micro-dollars of a chat answer some of whose tokens are audio (OpenAI's
+        ``prompt_tokens_details.audio_tokens`` and ``completion_tokens_details.audio_tokens``, part
+        of the prompt and completion tokens), rounded up once: the audio at the audio prices, the
+        cached input at the cached price, the rest at the text prices. Audio reported beyond the
+        tokens it is part of counts as all of them; cached tokens count only among the input that
+        is not audio (OpenAI publishes no cached audio price for chat: the dearer reading wins). On a
+        model with no audio price its audio costs the text price: a request that sends or asks for
+        audio is refused there, so only an upstream's own audio comes this way, and the hold
+        (text prices) bounds it all the same."""
+        heard = min(audio_input_tokens, input_tokens)
+        said = min(audio_output_tokens, output_tokens)
+        cached = min(cached_input_tokens, input_tokens - heard)
+        cached_rate = self.cached_input_per_m if self.cached_input_per_m else self.input_per_m
+        heard_rate = self.audio_input_per_m if self.audio_input_per_m else self.input_per_m
+        said_rate = self.audio_output_per_m if self.audio_output_per_m else self.output_per_m
+        numerator = (
+            (input_tokens - heard - cached) * self.input_per_m
+            + cached * cached_rate
+            + heard * heard_rate
+            + (output_tokens - said) * self.output_per_m
+            + said * said_rate
+        )
+        return -(-numerator // MICRO)
+
     @property
     def by_audio_tokens(self) -> bool:
-        """Whether the model is a speech-to-text model priced by tokens (gpt-4o-transcribe)."""
+        """Whether the model has a price per audio token read: a speech-to-text model priced by
+        tokens (gpt-4o-transcribe), or a chat model that hears (gpt-4o-audio-preview)."""
         return self.audio_input_per_m > 0
 
     def token_cost(self, input_tokens: int, cached_input_tokens: int, output_tokens: int) -> int:
@@ -122,7 +154,8 @@ class Price:
         """Whether any use of the model costs something (a free model is priced at 0 throughout)."""
         rates = (self.input_per_m, self.cached_input_per_m, self.output_per_m, self.audio_minute,
                  self.image, self.characters_per_m, self.image_input_per_m,
-                 self.image_output_per_m, self.audio_input_per_m)  # fmt: skip
+                 self.image_output_per_m, self.audio_input_per_m,
+                 self.audio_output_per_m)  # fmt: skip
         return any(rates) or any(price for _, price in self.images)
 
 
@@ -182,7 +215,7 @@ def _parse_entry(entry: Mapping[str, Any], where: str) -> Price:
     start = int(dt.datetime(when.year, when.month, when.day, tzinfo=dt.UTC).timestamp())
     fields = {
         "input": 0, "cached_input": 0, "output": 0, "audio_minute": 0, "image": 0, "characters": 0,
-        "image_input": 0, "image_output": 0, "audio_input": 0,
+        "image_input": 0, "image_output": 0, "audio_input": 0, "audio_output": 0,
     }  # fmt: skip
     known = {"model", "effective_from", "output_param", "images", "tokens_per_image", *_COUNTS}
     unknown = set(entry) - set(fields) - known
@@ -226,6 +259,12 @@ def _parse_entry(entry: Mapping[str, Any], where: str) -> Price:
             f"{where}: {model} is priced by audio tokens (audio_input), which needs its "
             "context_window and max_output_tokens to bound a request's hold, and no audio_minute"
         )
+    if fields["audio_output"] and not fields["audio_input"]:
+        # (A chat model that speaks hears too: a request's audio parts need the input price.)
+        raise ValueError(
+            f"{where}: {model} sets audio_output without audio_input: a chat model priced by "
+            "audio tokens needs both"
+        )
     output_param = entry.get("output_param", "max_tokens")
     if output_param not in ("max_tokens", "max_completion_tokens"):
         raise ValueError(f"{where}: {model}.output_param is max_tokens or max_completion_tokens")
@@ -247,6 +286,7 @@ def _parse_entry(entry: Mapping[str, Any], where: str) -> Price:
         image_output_per_m=fields["image_output"],
         tokens_per_image=tuple(sorted(per_image.items())),
         audio_input_per_m=fields["audio_input"],
+        audio_output_per_m=fields["audio_output"],
     )
 
 
