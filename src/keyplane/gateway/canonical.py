@@ -54,6 +54,18 @@ _ITEM = frozenset(
 )  # fmt: skip
 _IMAGE = frozenset({"url"})  # in a part's image_url (or image) object
 _TOOL = frozenset({"type"})  # in a Responses API tool
+# Other fields at the top of a body, as OpenAI spells them: known not to be variants without
+# folding them (a set lookup, where folding costs two new strings).
+_USUAL = frozenset(
+    {
+        "temperature", "top_p", "user", "seed", "stop", "tool_choice", "parallel_tool_calls",
+        "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs",
+        "metadata", "modalities", "audio", "prediction", "reasoning_effort", "reasoning",
+        "service_tier", "verbosity", "web_search_options", "encoding_format", "dimensions",
+        "voice", "speed", "include", "truncation", "safety_identifier", "prompt_cache_key",
+        "suffix", "echo", "style", "top_k", "repetition_penalty", "min_p",
+    }
+)  # fmt: skip
 
 
 def canonical(payload: dict[str, Any]) -> bytes:
@@ -71,62 +83,64 @@ def canonical(payload: dict[str, Any]) -> bytes:
 def check_fields(payload: dict[str, Any], items: str | None) -> None:
     """Raises a 400 ApiError naming the first field keyplane reads that ``payload`` writes in
     another case: at its top, in its ``stream_options``, its tools, and in the ``messages`` or
-    (``items``: the field holding them on this endpoint, if any) input items and their parts."""
-    wrong = _variant(payload, _TOP)
-    if wrong is not None:
-        raise _refused(wrong, wrong)
-    options = payload.get("stream_options")
-    if type(options) is dict:
-        wrong = _variant(options, _OPTIONS)
-        if wrong is not None:
-            raise _refused(wrong, "stream_options." + wrong)
-    for field in ("messages", items, "tools"):
-        if field is None:
-            continue
-        listed = payload.get(field)
-        if type(listed) is not list:
-            continue
-        tools = field == "tools"
-        for i, item in enumerate(listed):
-            if type(item) is not dict:
-                continue
-            if tools:
-                wrong = _variant(item, _TOOL)
-                where = None if wrong is None else "." + wrong
-            else:
-                wrong, where = _check_part(item, True)
-            if wrong is not None:  # (the path is written only then: most requests pass)
-                raise _refused(wrong, f"{field}[{i}]{where}")
+    (``items``: the field holding them on this endpoint, if any) input items and their parts.
+    (Every request runs it: one pass over each object's keys and values, the error's path built
+    only on an error.)"""
+    for key, value in payload.items():
+        if key in _TOP:
+            kind = type(value)
+            if kind is list:
+                if key == "messages" or key == items:
+                    _check_items(value, key)
+                elif key == "tools":
+                    for i, tool in enumerate(value):
+                        if type(tool) is dict:
+                            wrong = _variant(tool, _TOOL)
+                            if wrong is not None:
+                                raise _refused(wrong, f"tools[{i}].{wrong}")
+            elif kind is dict and key == "stream_options":
+                wrong = _variant(value, _OPTIONS)
+                if wrong is not None:
+                    raise _refused(wrong, "stream_options." + wrong)
+        elif key not in _USUAL and _folded(key) in _TOP:
+            raise _refused(key, key)
 
 
-def _check_part(part: dict[str, Any], item: bool) -> tuple[str | None, str | None]:
-    """The first misnamed key of a message or input item (``item``: or of the parts in its
-    ``content`` and ``output``), or of a content part, or of its image object, and its path from
-    ``part``; (None, None) when there is none."""
-    wrong = _variant(part, _ITEM)
-    if wrong is not None:
-        return wrong, "." + wrong
-    for name in ("image_url", "image"):
-        image = part.get(name)
-        if type(image) is dict:
-            wrong = _variant(image, _IMAGE)
-            if wrong is not None:
-                return wrong, f".{name}.{wrong}"
-    if not item:
-        return None, None
-    for name in ("content", "output"):
-        inner = part.get(name)
-        if type(inner) is dict:  # (a call's output may be one part)
-            wrong, where = _check_part(inner, False)
-            if wrong is not None:
-                return wrong, f".{name}{where}"
-        elif type(inner) is list:
-            for i, each in enumerate(inner):
-                if type(each) is dict:
-                    wrong, where = _check_part(each, False)
+def _check_items(items: list[Any], field: str) -> None:
+    """Checks each message or input item of ``items`` (the list in ``field``) and the parts in
+    its ``content`` and ``output`` (an item is read as a part too: billing.bounds)."""
+    for i, item in enumerate(items):
+        if type(item) is dict:
+            where = _check_part(item, True)
+            if where is not None:
+                raise _refused(where.rpartition(".")[2], f"{field}[{i}]{where}")
+
+
+def _check_part(part: dict[str, Any], item: bool) -> str | None:
+    """The path from ``part`` to its first misnamed key, or to one of its image object's, or
+    (``item``: a message or input item) of the parts in its ``content`` or ``output``; None when
+    there is none."""
+    for key, value in part.items():
+        if key in _ITEM:
+            kind = type(value)
+            if kind is dict:
+                if key == "image_url" or key == "image":
+                    wrong = _variant(value, _IMAGE)
                     if wrong is not None:
-                        return wrong, f".{name}[{i}]{where}"
-    return None, None
+                        return f".{key}.{wrong}"
+                elif item and (key == "content" or key == "output"):  # (a call's output: a part)
+                    where = _check_part(value, False)
+                    if where is not None:
+                        return f".{key}{where}"
+            elif kind is list and item and (key == "content" or key == "output"):
+                for j, each in enumerate(value):
+                    if type(each) is dict:
+                        where = _check_part(each, False)
+                        if where is not None:
+                            return f".{key}[{j}]{where}"
+        elif _folded(key) in _ITEM:
+            return "." + key
+    return None
 
 
 def _variant(obj: dict[str, Any], names: frozenset[str]) -> str | None:
@@ -157,7 +171,7 @@ def _refused(key: str, param: str) -> ApiError:
     )
 
 
-def content_type(headers: Any) -> bytes | None:
+def content_type(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     """The Content-Type among a request's ASGI ``headers`` (None: it has none). Raises a 400
     ApiError when it has two: an upstream may read the other one (another multipart boundary, so
     other fields), and both are forwarded."""
