@@ -47,6 +47,7 @@ MODULES = [
     "keyplane/clock.py",
     "keyplane/gateway/app.py",
     "keyplane/gateway/pipeline.py",
+    "keyplane/gateway/canonical.py",
     "keyplane/gateway/access.py",
     "keyplane/gateway/asgi.py",
     "keyplane/gateway/h1client.py",

@@ -9,6 +9,7 @@ streaming parser, the one the Admin API's forms use through Starlette).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from python_multipart.exceptions import MultipartParseError
@@ -20,6 +21,9 @@ MAX_FIELD_BYTES = 256 * 1024  # a text field (a prompt, say) at most; the file i
 MAX_PARTS = 64
 # The parser logs each malformed body it meets as a warning: a client could fill the logs with them.
 logging.getLogger("python_multipart.multipart").setLevel(logging.ERROR)
+# A header parameter's name (``; boundary=``), wherever it is: in a quoted value too, which other
+# parsers may split differently (an odd value refused is the price of seeing every name they might).
+_PARAMETER = re.compile(rb";[ \t]*([^ \t=;]+)[ \t]*=")
 
 
 class Form:
@@ -47,6 +51,7 @@ def parse_form(
     with a filename, or named in ``file_names`` (with or without one), is a file: measured, not
     read."""
     kind, params = parse_options_header(content_type or b"")
+    _check_parameters(content_type or b"", b"boundary", "The Content-Type header")
     boundary = params.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
         raise bad_request(
@@ -61,7 +66,7 @@ def parse_form(
     seen: set[str] = set()
 
     def part_begin() -> None:
-        state.update(name=None, filename=None, size=0)
+        state.update(name=None, filename=None, size=0, named=False)
         state["parts"] += 1
         data.clear()
         if state["parts"] > MAX_PARTS:
@@ -69,7 +74,19 @@ def parse_form(
 
     def header_end() -> None:
         if b"".join(header).strip().lower() == b"content-disposition":
-            _, disposition = parse_options_header(b"".join(value))
+            # (Each parser reads a part's name its own way from an ambiguous one: python-multipart
+            # the last of two, Go's the first header of two, or none of a part not "form-data".)
+            if state["named"]:
+                raise bad_request("A form part has more than one Content-Disposition header.")
+            state["named"] = True
+            raw = b"".join(value)
+            kind, disposition = parse_options_header(raw)
+            _check_parameters(raw, b"name", "A form part's Content-Disposition header")
+            if kind != b"form-data":
+                raise bad_request(
+                    "A form part's Content-Disposition must be form-data, not "
+                    f"{kind[:40].decode('latin-1')!r}."
+                )
             name = disposition.get(b"name")
             filename = disposition.get(b"filename")
             state["name"] = name.decode("utf-8", "replace") if name is not None else None
@@ -121,6 +138,22 @@ def parse_form(
     if not complete:
         raise bad_request("The multipart/form-data body is malformed.")
     return form
+
+
+def _check_parameters(value: bytes, read: bytes, what: str) -> None:
+    """Raises a 400 ApiError when header ``value`` gives a parameter twice (names compared
+    regardless of case, as they are: RFC 2045), or gives ``read``, the one keyplane reads, in RFC
+    2231's extended form (``boundary*=``, ``name*0=``: RFC 7578 forbids it in forms; python-multipart
+    ignores it, Go's parser prefers it to the plain one)."""
+    names = [name.lower() for name in _PARAMETER.findall(value)]
+    for i, name in enumerate(names):
+        shown = name[:40].decode("latin-1")
+        if name in names[:i]:
+            raise bad_request(f"{what} gives the parameter '{shown}' more than once.")
+        if name != read and name.partition(b"*")[0] == read:
+            raise bad_request(
+                f"{what} gives '{shown}': send '{read.decode()}' plainly (RFC 7578 4.2)."
+            )
 
 
 def with_field(body: bytes, content_type: bytes | None, name: str, value: str) -> bytes:

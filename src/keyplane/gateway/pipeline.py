@@ -27,6 +27,7 @@ from keyplane.errors import KeyplaneError
 from keyplane.gateway import media
 from keyplane.gateway.access import AccessGuard, Levels
 from keyplane.gateway.asgi import Receive, Send, header, send_bytes
+from keyplane.gateway.canonical import canonical, check_fields, content_type
 from keyplane.gateway.errors import (
     ApiError,
     bad_request,
@@ -36,7 +37,6 @@ from keyplane.gateway.errors import (
     model_not_priced,
 )
 from keyplane.gateway.money import MoneyGuard
-from keyplane.gateway.nesting import check_nesting
 from keyplane.gateway.ratelimits import RateGuard
 from keyplane.gateway.responses import ResponseOwners, check_request, previous_not_found
 from keyplane.gateway.streaming import (
@@ -303,13 +303,12 @@ class Pipeline:
     async def _handle(self, call: Call, scope: Any, receive: Receive, send: Send) -> None:
         audio, speech = call.endpoint.audio_in, call.endpoint.audio_out
         upload = call.endpoint.upload_bytes
+        kind = content_type(scope["headers"])  # (one: the upstream reads the body as keyplane)
         body = await self._read_body(scope, receive, upload)
         if upload:  # (a multipart upload of tens of megabytes: parsed on a worker thread)
-            body, payload = await asyncio.to_thread(
-                _upload, call, body, header(scope, b"content-type")
-            )
-        else:
-            payload = _parse(body, call.endpoint)
+            body, payload = await asyncio.to_thread(_upload, call, body, kind)
+        else:  # (its body from here on as keyplane read it: canonical.py)
+            body, payload = _parse(body, call.endpoint)
         rewrite = False
         if payload.get("model") is None:  # (_parse allowed it: the endpoint has a default)
             payload["model"] = call.endpoint.default_model
@@ -1027,8 +1026,10 @@ def _too_large(limit: int) -> ApiError:
     )
 
 
-def _parse(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
-    """Checks the few fields keyplane itself relies on; the upstream validates the rest."""
+def _parse(body: bytes, endpoint: Endpoint) -> tuple[bytes, dict[str, Any]]:
+    """The body as keyplane read it, written back (what the upstream is sent: canonical.py), and
+    its fields. Checks the few fields keyplane itself relies on; the upstream validates the
+    rest."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -1038,7 +1039,8 @@ def _parse(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict):
         raise bad_request("The request body must be a JSON object.")
-    check_nesting(body, payload)
+    body = canonical(payload)
+    check_fields(payload, "input" if endpoint.responses or endpoint.name == "moderations" else None)
     model = payload.get("model")
     if model is None and endpoint.default_model is not None:
         pass  # the endpoint's default model
@@ -1073,4 +1075,4 @@ def _parse(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
             not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_CHOICES
         ):
             raise bad_request(f"'{name}' must be an integer from 1 to {MAX_CHOICES}.", param=name)
-    return payload
+    return body, payload
