@@ -143,3 +143,30 @@ class Upstream:
             headers += self.extra_headers
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
+
+
+class ChatRecorder(Upstream):
+    """Answers every chat completion with "hi" (5 prompt tokens, 1 completion token); records the
+    bodies and headers it was sent."""
+
+    def answer(self, body: dict[str, Any]) -> bytes:
+        message = {"role": "assistant", "content": "hi"}
+        return orjson.dumps(
+            {
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 0,
+                "model": body["model"],
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+            }
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def chat_recorder() -> Iterator[tuple[ChatRecorder, str]]:
+    """A ``ChatRecorder`` served on loopback, and its base URL (``…/v1``)."""
+    recorder = ChatRecorder()
+    thread = ServerThread(recorder).start()
+    try:
+        yield recorder, thread.url + "/v1"
+    finally:
+        thread.stop()

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import openai
-import orjson
 import pytest
 from typer.testing import CliRunner
 
@@ -22,33 +21,16 @@ from keyplane import bootstrap, gateway_assembly, sealing, upstream_keys
 from keyplane.cli import app
 from keyplane.cli import sealed as sealed_cli
 from keyplane.config import UpstreamSettings, load_settings
-from kptest import ServerThread, Upstream
+from kptest import ChatRecorder, chat_recorder
 
 PROVIDER_KEY = "sk-provider-" + "Q" * 36
 OLD, NEW, LOST = "o" * 48, "n" * 48, "l" * 48
 
 
-class Recorder(Upstream):
-    """Answers every chat completion; records the headers it was sent (``Upstream``)."""
-
-    def answer(self, body: dict[str, Any]) -> bytes:
-        message = {"role": "assistant", "content": "hi"}
-        return orjson.dumps(
-            {
-                "id": "chatcmpl-1", "object": "chat.completion", "created": 0,
-                "model": body["model"],
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
-            }
-        )  # fmt: skip
-
-
 @pytest.fixture
-def upstream() -> Iterator[tuple[Recorder, str]]:
-    recorder = Recorder()
-    thread = ServerThread(recorder).start()
-    yield recorder, thread.url + "/v1"
-    thread.stop()
+def upstream() -> Iterator[tuple[ChatRecorder, str]]:
+    with chat_recorder() as served:
+        yield served
 
 
 @pytest.fixture
@@ -75,7 +57,9 @@ def seal(cli: Any, secret: str = PROVIDER_KEY) -> str:
     return value
 
 
-def authorization_sent(upstream: tuple[Recorder, str], tmp_path: Path, **settings: Any) -> bytes:
+def authorization_sent(
+    upstream: tuple[ChatRecorder, str], tmp_path: Path, **settings: Any
+) -> bytes:
     """Serves keyplane (``start_keyplane``, these settings) and makes one chat completion through
     it with the OpenAI SDK: the Authorization header the upstream received."""
     recorder, _ = upstream
@@ -94,7 +78,7 @@ def authorization_sent(upstream: tuple[Recorder, str], tmp_path: Path, **setting
 
 @pytest.mark.parametrize("where", ["toml", "environment"])
 def test_a_sealed_provider_key_reaches_the_upstream_in_clear(
-    where: str, cli: Any, upstream: tuple[Recorder, str], tmp_path: Path,
+    where: str, cli: Any, upstream: tuple[ChatRecorder, str], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """No encryption key configured (development): `seal` uses the one generated into the data
@@ -117,7 +101,9 @@ def test_a_sealed_provider_key_reaches_the_upstream_in_clear(
     assert sent == f"Bearer {PROVIDER_KEY}".encode()
 
 
-def test_a_clear_provider_key_still_works(upstream: tuple[Recorder, str], tmp_path: Path) -> None:
+def test_a_clear_provider_key_still_works(
+    upstream: tuple[ChatRecorder, str], tmp_path: Path
+) -> None:
     configured = [UpstreamSettings(name="openai", base_url=upstream[1], api_key=PROVIDER_KEY)]
     sent = authorization_sent(upstream, tmp_path, upstreams=configured)
     assert sent == f"Bearer {PROVIDER_KEY}".encode()
@@ -178,7 +164,7 @@ def test_a_value_sealed_for_another_purpose_does_not_open_as_an_upstream_key(
 
 
 def test_rotating_the_encryption_key(
-    cli: Any, upstream: tuple[Recorder, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli: Any, upstream: tuple[ChatRecorder, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Sealed with the old key, which is now a previous one: still opens; `reseal` says to seal it
     again (exiting 0: its exit code is about values none of the keys opens), and once it is

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import openai
-import orjson
 import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
@@ -25,34 +24,17 @@ from keyplane.config import UpstreamSettings
 from keyplane.keys.format import pepper_id
 from keyplane.storage import tables as t
 from keyplane.storage.webhook_tables import webhook_endpoints
-from kptest import ServerThread, Upstream, wait_until
+from kptest import ChatRecorder, ServerThread, chat_recorder, wait_until
 
 PEPPER_A, PEPPER_B = "pepper-a-" + "a" * 40, "pepper-b-" + "b" * 40
 KEY_A, KEY_B = "enc-key-a-" + "A" * 40, "enc-key-b-" + "B" * 40
 PROVIDER_KEY = "sk-provider-" + "Q" * 36
 
 
-class Recorder(Upstream):
-    """Answers every chat completion; records the headers it was sent."""
-
-    def answer(self, body: dict[str, Any]) -> bytes:
-        message = {"role": "assistant", "content": "hi"}
-        return orjson.dumps(
-            {
-                "id": "chatcmpl-1", "object": "chat.completion", "created": 0,
-                "model": body["model"],
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
-            }
-        )  # fmt: skip
-
-
 @pytest.fixture
-def upstream() -> Iterator[tuple[Recorder, str]]:
-    recorder = Recorder()
-    thread = ServerThread(recorder).start()
-    yield recorder, thread.url + "/v1"
-    thread.stop()
+def upstream() -> Iterator[tuple[ChatRecorder, str]]:
+    with chat_recorder() as served:
+        yield served
 
 
 @pytest.fixture
@@ -108,7 +90,7 @@ class Gateway:
         self.container.close()
 
 
-def test_rotating_the_pepper(cli: Any, upstream: tuple[Recorder, str], tmp_path: Path) -> None:
+def test_rotating_the_pepper(cli: Any, upstream: tuple[ChatRecorder, str], tmp_path: Path) -> None:
     upstreams = [UpstreamSettings(name="sim", base_url=upstream[1])]
     kp = start_keyplane(tmp_path, "", upstreams=upstreams, pepper=PEPPER_A)
     used, idle = kp.key, kp.new_key("never used again")[1]
@@ -157,7 +139,7 @@ def test_rotating_the_pepper(cli: Any, upstream: tuple[Recorder, str], tmp_path:
 
 
 def test_keys_stored_before_peppers_were_recorded(
-    cli: Any, upstream: tuple[Recorder, str], tmp_path: Path
+    cli: Any, upstream: tuple[ChatRecorder, str], tmp_path: Path
 ) -> None:
     """Migration 0024 marks the keys already stored with the one pepper keyplane upgrades with;
     upgrading while previous peppers are configured too, it cannot tell which, and leaves them
@@ -198,7 +180,7 @@ def test_keys_stored_before_peppers_were_recorded(
 
 
 def test_rotating_the_encryption_key(
-    cli: Any, upstream: tuple[Recorder, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli: Any, upstream: tuple[ChatRecorder, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recorder, url = upstream
     result = cli("seal", stdin=PROVIDER_KEY + "\n")
