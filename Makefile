@@ -17,9 +17,9 @@ COMPILED_PATH = $$(test -d $(COMPILED)/src && echo $(CURDIR)/$(COMPILED)/src)
 run: $(STAMP) $(COMPILED)/.stamp
 	@PYTHONPATH="$(COMPILED_PATH)" $(BIN)/keyplane dev
 
-# The suite runs twice: on src/ as written and on the compiled copy (mypyc checks annotated
-# types at run time, and compiled classes behave slightly differently), side by side on two cores
-# (scripts/test-passes.sh).
+# The suite runs on src/ as written, then the request path's tests on the compiled copy (mypyc
+# checks annotated types at run time, and compiled classes behave slightly differently), each pass
+# on every core (scripts/test-passes.sh).
 test: check $(COMPILED)/.stamp
 	@./scripts/ensure-chromium.sh
 	@./scripts/test-passes.sh $(BIN)/python $(COMPILED)/src $(PYTEST_ARGS)
