@@ -12,9 +12,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from argon2 import PasswordHasher
 from sqlalchemy import Engine
 
 from keyplane import bootstrap, gateway_assembly
+from keyplane.accounts import passwords
 from keyplane.accounts.models import Organization, Project, User
 from keyplane.clock import Clock, SystemClock
 from keyplane.config import Settings, UpstreamSettings
@@ -28,6 +30,13 @@ from kptest import ServerThread, wait_until
 from smtp_support import Inbox, SmtpServer, start_smtp
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# pytest-xdist starts its workers with COLUMNS set to the controller's terminal width; the CLI's
+# console takes its width from COLUMNS once, when imported, and the CLI tests set their own.
+os.environ.pop("COLUMNS", None)
+# argon2's defaults (64 MiB, three passes: ~0.1-0.2 s a hash here) would be paid by every test that
+# makes an Owner or logs in; the tests hash with its cheapest parameters instead. A hash carries
+# its parameters, so verifying works the same (test_passwords.py checks the shipped ones).
+passwords._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 PEPPER = "test-pepper-" + "p" * 40
 
 
