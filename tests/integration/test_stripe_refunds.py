@@ -22,6 +22,9 @@ from sqlalchemy import select
 from test_accounts_web import text_of
 from test_payments import BUYER, entries
 from test_stripe_payments import (
+    billing_history,
+    crash_after_the_charge,
+    deliver,
     owner_browser,
     post_event,
     receipt_of,
@@ -29,11 +32,12 @@ from test_stripe_payments import (
 )
 
 import kphttp
-from conftest import Keyplane, fresh_postgres, start_keyplane
+from conftest import Keyplane, start_keyplane
 from keyplane import bootstrap
 from keyplane.billing.payment_ports import Payment, ProviderReport
 from keyplane.billing.payments import PROVIDER
 from keyplane.billing.periods import period_of
+from keyplane.billing.reversals import EVENTS
 from keyplane.billing.wallet import Hold, Outcome
 from keyplane.notify.dispatcher import EmailDispatcher
 from keyplane.notify.smtp import SmtpMailer
@@ -46,20 +50,6 @@ from smtp_support import Inbox, SmtpServer
 from stripe_fake import FakeStripe, event, signature
 
 USD = 1_000_000
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    with contextlib.ExitStack() as stack:
-        yield "" if request.param == "sqlite" else stack.enter_context(fresh_postgres())
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeStripe]:
-    """Stripe's API, served (a test may stop it: Stripe unreachable)."""
-    api = FakeStripe().start()
-    yield api
-    api.stop()
 
 
 @contextlib.contextmanager
@@ -236,6 +226,54 @@ def test_partial_refunds_reported_out_of_order_take_what_stripe_refunded_in_all(
         assert len(entries(c, org_id, "billing.payment_refunded")) == 1
 
 
+@pytest.mark.parametrize("first", ["refund", "dispute"])
+def test_a_refund_or_dispute_reported_before_its_payment_takes_the_credit_back_once(
+    tmp_path: Path, fake: FakeStripe, database_url: str, monkeypatch: pytest.MonkeyPatch,
+    first: str,
+) -> None:  # fmt: skip
+    """Stripe does not keep its events in order. The process that charged died before it stored
+    anything of the purchase, and the refund (or the dispute) is delivered before the
+    ``payment_intent.succeeded`` keyplane would store the purchase from: its event stores the
+    purchase from Stripe's own record of it, then takes the credit back. The payment's event,
+    and every event again, change nothing more."""
+    with keyplane(tmp_path, fake, database_url) as kp:
+        c, org_id = kp.container, kp.org.id
+        c.payments.add_method(org_id, fake.card())
+        intent = crash_after_the_charge(monkeypatch, kp, fake, "order-1", 20 * USD)
+        if first == "refund":
+            refund = fake.refund(intent, 500)  # $5 of the $20
+            reported = [
+                send(kp, "charge.refunded", fake.charge_of(intent)),
+                send(kp, "refund.created", refund),
+            ]
+            left, status = 15 * USD, "partially_refunded"
+        else:
+            reported = [send(kp, "charge.dispute.created", fake.dispute(intent))]
+            left, status = 0, "needs_response"
+        assert balance(kp) == left
+        [paid] = c.payments.history(org_id)
+        assert (paid.status, paid.amount, paid.provider_ref) == (
+            "succeeded",
+            20 * USD,
+            intent["id"],
+        )
+        [adjustment] = c.payments.adjustments(org_id)
+        assert (adjustment.payment_id, adjustment.status) == (paid.id, status)
+        assert adjustment.amount == left - 20 * USD
+        # The payment's own event comes, then every event again: nothing more.
+        deliver(kp, intent, times=2)
+        for payload in reported:
+            send_again(kp, payload, times=2)
+        assert balance(kp) == left
+        assert c.payments.history(org_id) == [paid] and len(c.billing.balance(org_id).lots) == 1
+        assert c.payments.adjustments(org_id) == [adjustment]
+        [line] = billing_history(kp)
+        assert (line["id"], line["provider_payment_id"]) == (paid.id, intent["id"])
+        # The purchase is audited once (on Stripe's word), and so is what took its credit back.
+        assert [e.actor for e in entries(c, org_id)] == [PROVIDER]
+        assert len(entries(c, org_id, EVENTS[first])) == 1
+
+
 def test_a_failed_refund_gives_the_credit_back(
     tmp_path: Path, fake: FakeStripe, database_url: str
 ) -> None:
@@ -380,7 +418,10 @@ def test_events_of_charges_keyplane_did_not_sell_change_nothing_and_stripe_down_
         c, org_id = kp.container, kp.org.id
         _, intent = buy(kp, fake, 10)
         other = {**fake.charge_of(intent), "id": "ch_other", "payment_intent": "pi_other"}
-        send(kp, "charge.refunded", other)
+        send(kp, "charge.refunded", other)  # (a PaymentIntent Stripe does not know)
+        # Another system's payment on the same Stripe account: no keyplane charge in its metadata.
+        fake.intents["pi_theirs"] = {**intent, "id": "pi_theirs", "metadata": {}}
+        send(kp, "charge.refunded", {**other, "payment_intent": "pi_theirs"})
         send(kp, "charge.dispute.created", {**fake.dispute(intent), "payment_intent": "pi_other"})
         send(kp, "charge.dispute.created", {**fake.dispute(intent), "currency": "eur"})
         send(kp, "customer.updated", {"id": "cus_1", "object": "customer"})
@@ -395,7 +436,11 @@ def test_events_of_charges_keyplane_did_not_sell_change_nothing_and_stripe_down_
         fake.stop()
         r = post_event(kp.server.url, payload, signature(payload))
         assert r.status_code == 503, r.text
-        assert balance(kp) == 10 * USD
+        # …nor for the payment an event names that keyplane has not stored.
+        payload = event("charge.refunded", other)
+        r = post_event(kp.server.url, payload, signature(payload))
+        assert r.status_code == 503, r.text
+        assert balance(kp) == 10 * USD and c.payments.adjustments(org_id) == []
 
 
 # -- the gateway -----------------------------------------------------------------------------------

@@ -212,14 +212,14 @@ class Reversals:
         self._public_url = public_url.rstrip("/")
 
     def apply(
-        self, report: ProviderReport, refunded: Callable[[str], int] | None = None
-    ) -> Adjustment | None:
-        """Applies the report to the paid charge it names: returns the adjustment it made (or
-        made before: the same event again), None when it changes nothing or names no paid charge
-        of keyplane's. A refund's report without its total asks ``refunded`` (the provider: the
-        charge's amount refunded now). Blocking; raises StoreUnavailable (the database, or the
-        provider unreachable: the provider sends the event again later)."""
-        payment = self._store.payment_by_ref(report.payment_ref)
+        self, payment: Payment | None, report: ProviderReport,
+        refunded: Callable[[str], int] | None = None,
+    ) -> Adjustment | None:  # fmt: skip
+        """Applies the report to ``payment``, the paid charge it names: returns the adjustment it
+        made (or made before: the same event again), None when it changes nothing or there is no
+        such paid charge of keyplane's. A refund's report without its total asks ``refunded``
+        (the provider: the charge's amount refunded now). Blocking; raises StoreUnavailable (the
+        database, or the provider unreachable: the provider sends the event again later)."""
         if payment is None or payment.status != "succeeded" or payment.lot_id is None:
             return None
         if report.total is None:
