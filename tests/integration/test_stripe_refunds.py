@@ -20,6 +20,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 from test_accounts_web import text_of
+from test_admin_org import admin_key
 from test_payments import BUYER, entries
 from test_stripe_payments import (
     billing_history,
@@ -39,6 +40,7 @@ from keyplane.billing.payments import PROVIDER
 from keyplane.billing.periods import period_of
 from keyplane.billing.reversals import EVENTS
 from keyplane.billing.wallet import Hold, Outcome
+from keyplane.clock import FrozenClock
 from keyplane.notify.dispatcher import EmailDispatcher
 from keyplane.notify.smtp import SmtpMailer
 from keyplane.storage.billing_tables import ledger_entries
@@ -408,6 +410,70 @@ def test_a_dispute_closed_before_its_opening_is_delivered_moves_nothing(
         assert balance(kp) == 10 * USD
         [adjustment] = c.payments.adjustments(org_id)
         assert (adjustment.status, adjustment.amount) == ("won", 0)
+
+
+# -- usage tiers ----------------------------------------------------------------------------------
+def admin_get(kp: Keyplane, path: str) -> dict[str, Any]:
+    key = admin_key(kp.container, kp.org.id, kp.owner.id)
+    r = kphttp.get(
+        f"{kp.server.url}/v1/organization/{path}", headers={"authorization": f"Bearer {key}"}
+    )
+    assert r.status_code == 200, r.text
+    answer: dict[str, Any] = r.json()
+    return answer
+
+
+def limits_page(kp: Keyplane) -> str:
+    owner = owner_browser(kp)
+    try:
+        page = owner.get("/limits")
+        assert page.status_code == 200
+        return text_of(page)
+    finally:
+        owner.close()
+
+
+def test_refunded_or_disputed_credit_does_not_count_toward_the_next_usage_tier(
+    tmp_path: Path, fake: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tiers go by the amount paid (BRIEF C6): credit bought, then refunded or withheld by a
+    dispute, was not paid, so buying $40 and refunding it never buys a tier. A tier reached
+    stays (tiers never move down); the Limits page and the Admin API show the net amount."""
+    clock = FrozenClock()
+    with keyplane(tmp_path, fake, tier="free", clock=clock) as kp:
+        c, org_id = kp.container, kp.org.id
+        c.payments.add_method(org_id, fake.card())
+        # A $10 charge whose process died, refunded before Stripe reported it paid: no tier.
+        died = crash_after_the_charge(monkeypatch, kp, fake, "order-0", 10 * USD)
+        fake.refund(died)
+        send(kp, "charge.refunded", fake.charge_of(died))
+        assert c.promoter.current(org_id).id == "free"
+        _, intent = buy(kp, fake, 40)
+        assert c.promoter.current(org_id).id == "tier-1"  # ($5 paid)
+        fake.refund(intent)
+        send(kp, "charge.refunded", fake.charge_of(intent))
+        assert c.promoter.current(org_id).id == "tier-1"  # never down
+        # Eight days on, $20 more: $70 bought, $20 kept. Tier 2 asks for $50 paid and 7 days.
+        clock.advance(8 * 86_400)
+        _, kept = buy(kp, fake, 20)
+        c.promoter.check_all()
+        tier = admin_get(kp, "usage_tier")
+        assert tier["tier"] == "tier-1"
+        assert (tier["next"]["tier"], tier["next"]["paid_needed_micro_usd"]) == ("tier-2", 50 * USD)
+        assert (tier["next"]["paid_micro_usd"], tier["next"]["paid_reversed_micro_usd"]) == (
+            20 * USD, 50 * USD,
+        )  # fmt: skip
+        assert tier["next"]["paid_met"] is False and tier["next"]["days_met"] is True
+        assert "$20.00 so far (refunds and disputes of $50.00 not counted)" in limits_page(kp)
+        # An open dispute withholds too; won, it counts again.
+        dispute = fake.dispute(kept, 1000)
+        send(kp, "charge.dispute.created", dispute)
+        assert admin_get(kp, "usage_tier")["next"]["paid_micro_usd"] == 10 * USD
+        send(kp, "charge.dispute.closed", fake.close_dispute(dispute["id"], "won"))
+        assert admin_get(kp, "usage_tier")["next"]["paid_micro_usd"] == 20 * USD
+        # $30 more: $50 paid, net. Up it goes.
+        buy(kp, fake, 30)
+        assert c.promoter.current(org_id).id == "tier-2"
 
 
 # -- what is not keyplane's, and Stripe unreachable ------------------------------------------------
