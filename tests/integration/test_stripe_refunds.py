@@ -412,6 +412,47 @@ def test_a_dispute_closed_before_its_opening_is_delivered_moves_nothing(
         assert (adjustment.status, adjustment.amount) == ("won", 0)
 
 
+# -- the Admin API -----------------------------------------------------------------------------------
+def test_the_admin_apis_billing_history_says_what_was_refunded_and_disputed(
+    tmp_path: Path, fake: FakeStripe
+) -> None:
+    """As the dashboard's billing history does: each paid charge's amount refunded and where its
+    dispute stands, described in the OpenAPI document."""
+    with keyplane(tmp_path, fake) as kp:
+        refunded, refunded_intent = buy(kp, fake, 20)
+        disputed, disputed_intent = buy(kp, fake, 10)
+        untouched, _ = buy(kp, fake, 5)
+        fake.refund(refunded_intent, 500)
+        send(kp, "charge.refunded", fake.charge_of(refunded_intent))
+        dispute = fake.dispute(disputed_intent)
+        send(kp, "charge.dispute.created", dispute)
+
+        def standing() -> dict[str, tuple[int, str | None]]:
+            return {
+                line["id"]: (line["amount_refunded_micro_usd"], line["dispute_status"])
+                for line in billing_history(kp)
+            }
+
+        assert standing() == {
+            refunded.id: (5 * USD, None),
+            disputed.id: (0, "needs_response"),
+            untouched.id: (0, None),
+        }
+        fake.refund(refunded_intent)
+        send(kp, "charge.refunded", fake.charge_of(refunded_intent))
+        send(kp, "charge.dispute.closed", fake.close_dispute(dispute["id"], "lost"))
+        assert standing() == {
+            refunded.id: (20 * USD, None),
+            disputed.id: (0, "lost"),
+            untouched.id: (0, None),
+        }
+        schema = kphttp.get(kp.server.url + "/openapi.json").json()
+        purchase = schema["components"]["schemas"]["CreditPurchase"]
+        for field in ("amount_refunded_micro_usd", "dispute_status"):
+            assert field in purchase["required"]
+            assert purchase["properties"][field]["description"]
+
+
 # -- usage tiers ----------------------------------------------------------------------------------
 def admin_get(kp: Keyplane, path: str) -> dict[str, Any]:
     key = admin_key(kp.container, kp.org.id, kp.owner.id)
