@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import select
 from test_accounts_web import text_of
 from test_admin_org import admin_key
+from test_low_balance import alert_rows
 from test_payments import BUYER, entries
 from test_stripe_payments import (
     billing_history,
@@ -47,7 +48,7 @@ from keyplane.storage.billing_tables import ledger_entries
 from keyplane.storage.webhook_tables import webhook_deliveries
 from keyplane.usage.records import Outcome as RequestOutcome
 from keyplane.usage.records import UsageRecord
-from kptest import ServerThread
+from kptest import ServerThread, wait_until
 from smtp_support import Inbox, SmtpServer
 from stripe_fake import FakeStripe, event, signature
 
@@ -410,6 +411,39 @@ def test_a_dispute_closed_before_its_opening_is_delivered_moves_nothing(
         assert balance(kp) == 10 * USD
         [adjustment] = c.payments.adjustments(org_id)
         assert (adjustment.status, adjustment.amount) == ("won", 0)
+
+
+# -- the low-balance alert and auto-recharge --------------------------------------------------------
+@pytest.mark.parametrize("books", ["loaded", "not loaded"])
+def test_credit_taken_back_is_checked_for_the_low_balance_alert_and_auto_recharge_at_once(
+    tmp_path: Path, fake: FakeStripe, database_url: str, books: str
+) -> None:
+    """A refund lowers the balance as spend does, and is checked as spend is: the low-balance
+    alert emails and auto-recharge buys back to its target at once, not when the organization
+    next spends (refused, below zero, it would not). Whether or not the gateway has loaded the
+    organization's books (no request came through it yet)."""
+    with keyplane(tmp_path, fake, database_url, recharge_check_interval_s=0.05) as kp:
+        c, org_id = kp.container, kp.org.id
+        _, intent = buy(kp, fake, 20)
+        c.billing.update_settings(
+            org_id, low_balance_alert=10 * USD, auto_recharge=True,
+            recharge_threshold=10 * USD, recharge_target=20 * USD,
+        )  # fmt: skip
+        if books == "loaded":
+            kp.server.call(kp.gateway.pipeline.money.org(org_id))
+        kp.flush()  # (checked: over both thresholds, nothing to do)
+        assert alert_rows(c) == [] and len(c.payments.history(org_id)) == 1
+        fake.refund(intent, 1500)
+        send(kp, "charge.refunded", fake.charge_of(intent))
+        wait_until(lambda: len(alert_rows(c)) == 1)
+        # Bought back up to $20 with the saved card: $15 more.
+        recharge = wait_until(
+            lambda: [p for p in c.payments.history(org_id) if p.kind == "recharge"]
+        )
+        assert [(p.amount, p.status) for p in recharge] == [(15 * USD, "succeeded")]
+        assert wait_until(lambda: balance(kp) == 20 * USD)
+        kp.flush()
+        assert len(alert_rows(c)) == 1 and len(c.payments.history(org_id)) == 2
 
 
 # -- the Admin API -----------------------------------------------------------------------------------
