@@ -18,7 +18,8 @@ never raise from ``charge``: a card error is its decline code, a payment that ne
 ``processing_error``, logged without the request's secrets. The PaymentIntent's id (``pi_…``),
 whenever Stripe made one, is the payment's ``provider_ref`` on its line of the billing history (the
 receipt's "Payment reference"), from ``charge`` or from the webhook's event, whichever stores it;
-Stripe's events of a refund or a dispute of it name the payment by it (billing/reversals.py)."""
+Stripe's events of a refund or a dispute of it name the payment by it (billing/reversals.py); one
+that comes before the payment's own event has the PaymentIntent read back (``paid_charge``)."""
 
 from __future__ import annotations
 

@@ -18,6 +18,10 @@ because what an event asks for is a state, not a step:
   its amount, a lost one keeps it, a won one gives it back; an inquiry (``warning_*``) moves no
   money (the provider withdraws none).
 
+An event may even come before the payment it names is stored (the provider's report of the payment
+still to come): ``PaymentService.reverse`` then stores the payment from the provider's record of it
+first, as that report would, and applies the event.
+
 Where the credit comes from (``take``): the purchase's own lot first, as much as it has left; then
 the organization's other live lots, earliest expiry first (as requests spend them); whatever is
 still missing — credit bought and already spent — leaves the purchase's lot below zero: a debt.
