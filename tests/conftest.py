@@ -28,6 +28,7 @@ from keyplane.storage.engine import make_engine
 from keyplane.usage.records import UsageRecord
 from kptest import ServerThread, wait_until
 from smtp_support import Inbox, SmtpServer, start_smtp
+from stripe_fake import FakeStripe
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # pytest-xdist starts its workers with COLUMNS set to the controller's terminal width; the CLI's
@@ -187,6 +188,22 @@ def fresh_postgres() -> Iterator[str]:
 def pg_url() -> Iterator[str]:
     with fresh_postgres() as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A test on each database: ``start_keyplane``'s ``database_url``, "" (SQLite, in the data
+    directory) then a fresh PostgreSQL database."""
+    with contextlib.ExitStack() as stack:
+        yield "" if request.param == "sqlite" else stack.enter_context(fresh_postgres())
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeStripe]:
+    """Stripe's API, served (tests/stripe_fake.py; a test may stop it: Stripe unreachable)."""
+    api = FakeStripe().start()
+    yield api
+    api.stop()
 
 
 Start = Callable[..., Keyplane]

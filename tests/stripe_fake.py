@@ -13,8 +13,8 @@ Refunds and disputes play what an operator or a cardholder does in Stripe's Dash
 ``refund`` refunds part or all of a paid PaymentIntent's charge (``amount_refunded`` grows, as
 Stripe keeps it), ``fail_refund`` fails one (it no longer counts), ``dispute`` opens a dispute
 and ``close_dispute`` settles it; each returns the object as the event Stripe sends then carries
-it (a copy: later changes do not show in it). The API answers ``GET /v1/charges/{id}`` with the
-charge as it is now."""
+it (a copy: later changes do not show in it). The API answers ``GET /v1/charges/{id}`` and
+``GET /v1/payment_intents/{id}`` with the charge and the PaymentIntent as they are now."""
 
 from __future__ import annotations
 
@@ -245,6 +245,10 @@ class FakeStripe:
                 return 200, self.charge_objects[ch]
             case ("GET", ["charges", ch]):
                 return 404, _missing(f"No such charge: '{ch}'", "id")
+            case ("GET", ["payment_intents", pi]) if pi in self.intents:
+                return 200, self.intents[pi]
+            case ("GET", ["payment_intents", pi]):
+                return 404, _missing(f"No such payment_intent: '{pi}'", "intent")
             case ("POST", ["payment_intents"]):
                 return self._create_intent(params)
             case ("POST", ["payment_intents", pi, "cancel"]) if pi in self.intents:

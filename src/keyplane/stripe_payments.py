@@ -18,7 +18,8 @@ never raise from ``charge``: a card error is its decline code, a payment that ne
 ``processing_error``, logged without the request's secrets. The PaymentIntent's id (``pi_…``),
 whenever Stripe made one, is the payment's ``provider_ref`` on its line of the billing history (the
 receipt's "Payment reference"), from ``charge`` or from the webhook's event, whichever stores it;
-Stripe's events of a refund or a dispute of it name the payment by it (billing/reversals.py)."""
+Stripe's events of a refund or a dispute of it name the payment by it (billing/reversals.py); one
+that comes before the payment's own event has the PaymentIntent read back (``paid_charge``)."""
 
 from __future__ import annotations
 
@@ -66,6 +67,10 @@ DISPUTE_EVENTS = frozenset(
     {"charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed",
      "charge.dispute.funds_withdrawn", "charge.dispute.funds_reinstated"}
 )  # fmt: skip
+_UNASKED = (
+    "Stripe could not be asked for the payment; the event is taken again when Stripe sends it "
+    "again."
+)
 
 
 class HttpxClient(stripe.HTTPClient):
@@ -264,6 +269,23 @@ class StripeProvider:
                 return None
             return ProviderReport(event_id, "dispute", intent, dispute, cents * 10_000, status, at)
         return None
+
+    def paid_charge(self, payment_ref: str) -> PaidCharge | None:
+        """The keyplane charge the PaymentIntent ``payment_ref`` paid, as Stripe has it now: what
+        its ``payment_intent.succeeded`` reports (the same metadata), for a refund's or a
+        dispute's event that came before that one (``PaymentService.reverse``). None when it is no
+        paid charge of keyplane's (another system's sharing the account, one Stripe does not
+        know). Raises StoreUnavailable when Stripe cannot say: the webhook answers 503, and Stripe
+        sends the event again later."""
+        try:
+            intent = self._client.v1.payment_intents.retrieve(payment_ref)
+        except stripe.StripeError as exc:
+            if isinstance(exc, stripe.InvalidRequestError) and exc.http_status == 404:
+                return None
+            _log_failure(f"reading payment {payment_ref}", exc)
+            raise StoreUnavailable(_UNASKED) from None
+        # (A refunded or disputed PaymentIntent stays "succeeded": its money was taken.)
+        return _paid(intent.to_dict()) if intent.status == "succeeded" else None
 
     def amount_refunded(self, charge_id: str) -> int:
         """The charge's amount refunded so far (micro-dollars), as Stripe has it now (a failed

@@ -28,7 +28,7 @@ METHOD_FIELDS = {"object", "id", "brand", "last4", "exp_month", "exp_year", "is_
                  "created_at"}  # fmt: skip
 PURCHASE_FIELDS = {"object", "id", "kind", "amount_micro_usd", "status", "payment_method",
                    "brand", "last4", "failure_code", "credit_grant_id", "created_at",
-                   "provider_payment_id"}  # fmt: skip
+                   "provider_payment_id", "amount_refunded_micro_usd", "dispute_status"}  # fmt: skip
 
 
 def card(number: Any = VISA, **changes: Any) -> dict[str, Any]:
@@ -87,6 +87,7 @@ async def test_a_purchase_adds_exactly_its_amount_and_shows_in_the_history(env: 
     assert bought["payment_method"] == method["id"] and bought["failure_code"] is None
     assert (bought["brand"], bought["last4"]) == ("visa", "4242")
     assert bought["provider_payment_id"] is None  # (the sandbox makes no payment ids)
+    assert (bought["amount_refunded_micro_usd"], bought["dispute_status"]) == (0, None)
     assert await available(env) == START_CREDIT + 10 * DOLLAR
     # The credit it bought is a purchase lot: non-refundable, expiring a year later.
     lot = await env.ok("GET", f"/credit_grants/{bought['credit_grant_id']}")

@@ -6,21 +6,18 @@ Billing page (a bad amount refused next to its field) by Owners only."""
 
 from __future__ import annotations
 
-import contextlib
 import html
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from sqlalchemy import select
 from test_accounts_web import OWNER_PASSWORD, PASSWORD, text_of
 from test_dashboard_keys import SignIn, browser_for, join, kp  # noqa: F401  (fixtures)
 from test_payments import BUYER, VISA
 
 import kphttp
-from conftest import Keyplane, fresh_postgres, start_keyplane
+from conftest import Keyplane, start_keyplane
 from keyplane import bootstrap
 from keyplane.accounts.models import OrgRole
 from keyplane.audit.models import AuditFilter
@@ -31,12 +28,6 @@ from smtp_support import Inbox, Received, SmtpServer
 
 THRESHOLD = 1_000_000  # $1.00
 CENT = 10_000
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    with contextlib.ExitStack() as stack:
-        yield "" if request.param == "sqlite" else stack.enter_context(fresh_postgres())
 
 
 def alert_rows(c: bootstrap.Container) -> list[dict[str, object]]:

@@ -4,10 +4,8 @@ target when spend takes the balance under the threshold, and gives up after thre
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 import kphttp
-from conftest import fresh_postgres, initialized, start_keyplane
+from conftest import initialized, start_keyplane
 from keyplane import bootstrap
 from keyplane.audit.models import Actor, ActorType, AuditEvent, AuditFilter
 from keyplane.billing.declines import PaymentFailed
@@ -36,12 +34,6 @@ NO_FUNDS = CardDetails("4000000000009995", 12, 2034, "123")
 USD = 1_000_000
 # Who buys, as the dashboard names its signed-in Owner to the service (the audit log's actor).
 BUYER = Actor(ActorType.SESSION, "session-of-the-owner", email="owner@example.com")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    with contextlib.ExitStack() as stack:
-        yield "" if request.param == "sqlite" else stack.enter_context(fresh_postgres())
 
 
 def test_a_purchase_is_charged_once_and_credited_exactly(tmp_path: Path, database_url: str) -> None:

@@ -6,8 +6,6 @@ second; declines and credit grants send none."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +15,11 @@ from test_payments import BUYER, DECLINED, USD, VISA, Crash
 from test_stripe_payments import (
     crash_after_the_charge,
     deliver,
-    fake,  # noqa: F401 (a fixture)
     stripe_settings,
 )
 
 import kphttp
-from conftest import fresh_postgres, initialized, start_keyplane
+from conftest import initialized, start_keyplane
 from keyplane import bootstrap
 from keyplane.billing.address import BillingAddress
 from keyplane.billing.declines import PaymentFailed
@@ -36,12 +33,6 @@ from stripe_fake import FakeStripe
 ADDRESS = BillingAddress(
     "DE", "Unter den Linden 1", "Berlin", postal_code="10117", name="Acme GmbH", tax_id="DE123"
 )
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    with contextlib.ExitStack() as stack:
-        yield "" if request.param == "sqlite" else stack.enter_context(fresh_postgres())
 
 
 def receipts(c: bootstrap.Container, inbox: Inbox) -> list[Received]:
@@ -166,7 +157,7 @@ def test_a_purchase_whose_process_died_before_its_receipt_was_queued_sends_it_on
 
 
 def test_stripe_purchases_email_one_receipt_however_often_the_webhook_comes(
-    tmp_path: Path, fake: FakeStripe, smtp: tuple[Inbox, SmtpServer],  # noqa: F811
+    tmp_path: Path, fake: FakeStripe, smtp: tuple[Inbox, SmtpServer],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """A charge whose process died before storing anything: the webhook (delivered twice)

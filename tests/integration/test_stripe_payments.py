@@ -22,7 +22,7 @@ from test_admin_org import OrgEnv, admin_key, org_env
 from test_payments import BUYER, entries
 
 import kphttp
-from conftest import Keyplane, fresh_postgres, initialized, start_keyplane
+from conftest import Keyplane, initialized, start_keyplane
 from keyplane import bootstrap
 from keyplane.billing.declines import PaymentFailed
 from keyplane.billing.payment_ports import CardDetails, Charged
@@ -35,20 +35,6 @@ from stripe_fake import PUBLISHABLE_KEY, SECRET_KEY, WEBHOOK_SECRET, FakeStripe,
 
 USD = 1_000_000
 VISA = CardDetails("4242424242424242", 12, 2034, "123")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    with contextlib.ExitStack() as stack:
-        yield "" if request.param == "sqlite" else stack.enter_context(fresh_postgres())
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeStripe]:
-    """Stripe's API, served (a test may stop it: Stripe unreachable)."""
-    api = FakeStripe().start()
-    yield api
-    api.stop()
 
 
 def stripe_settings(fake: FakeStripe, **more: Any) -> dict[str, Any]:

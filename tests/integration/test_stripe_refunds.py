@@ -20,8 +20,13 @@ import httpx
 import pytest
 from sqlalchemy import select
 from test_accounts_web import text_of
+from test_admin_org import admin_key
+from test_low_balance import alert_rows
 from test_payments import BUYER, entries
 from test_stripe_payments import (
+    billing_history,
+    crash_after_the_charge,
+    deliver,
     owner_browser,
     post_event,
     receipt_of,
@@ -29,37 +34,25 @@ from test_stripe_payments import (
 )
 
 import kphttp
-from conftest import Keyplane, fresh_postgres, start_keyplane
+from conftest import Keyplane, start_keyplane
 from keyplane import bootstrap
 from keyplane.billing.payment_ports import Payment, ProviderReport
 from keyplane.billing.payments import PROVIDER
 from keyplane.billing.periods import period_of
+from keyplane.billing.reversals import EVENTS
 from keyplane.billing.wallet import Hold, Outcome
+from keyplane.clock import FrozenClock
 from keyplane.notify.dispatcher import EmailDispatcher
 from keyplane.notify.smtp import SmtpMailer
 from keyplane.storage.billing_tables import ledger_entries
 from keyplane.storage.webhook_tables import webhook_deliveries
 from keyplane.usage.records import Outcome as RequestOutcome
 from keyplane.usage.records import UsageRecord
-from kptest import ServerThread
+from kptest import ServerThread, wait_until
 from smtp_support import Inbox, SmtpServer
 from stripe_fake import FakeStripe, event, signature
 
 USD = 1_000_000
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    with contextlib.ExitStack() as stack:
-        yield "" if request.param == "sqlite" else stack.enter_context(fresh_postgres())
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeStripe]:
-    """Stripe's API, served (a test may stop it: Stripe unreachable)."""
-    api = FakeStripe().start()
-    yield api
-    api.stop()
 
 
 @contextlib.contextmanager
@@ -236,6 +229,54 @@ def test_partial_refunds_reported_out_of_order_take_what_stripe_refunded_in_all(
         assert len(entries(c, org_id, "billing.payment_refunded")) == 1
 
 
+@pytest.mark.parametrize("first", ["refund", "dispute"])
+def test_a_refund_or_dispute_reported_before_its_payment_takes_the_credit_back_once(
+    tmp_path: Path, fake: FakeStripe, database_url: str, monkeypatch: pytest.MonkeyPatch,
+    first: str,
+) -> None:  # fmt: skip
+    """Stripe does not keep its events in order. The process that charged died before it stored
+    anything of the purchase, and the refund (or the dispute) is delivered before the
+    ``payment_intent.succeeded`` keyplane would store the purchase from: its event stores the
+    purchase from Stripe's own record of it, then takes the credit back. The payment's event,
+    and every event again, change nothing more."""
+    with keyplane(tmp_path, fake, database_url) as kp:
+        c, org_id = kp.container, kp.org.id
+        c.payments.add_method(org_id, fake.card())
+        intent = crash_after_the_charge(monkeypatch, kp, fake, "order-1", 20 * USD)
+        if first == "refund":
+            refund = fake.refund(intent, 500)  # $5 of the $20
+            reported = [
+                send(kp, "charge.refunded", fake.charge_of(intent)),
+                send(kp, "refund.created", refund),
+            ]
+            left, status = 15 * USD, "partially_refunded"
+        else:
+            reported = [send(kp, "charge.dispute.created", fake.dispute(intent))]
+            left, status = 0, "needs_response"
+        assert balance(kp) == left
+        [paid] = c.payments.history(org_id)
+        assert (paid.status, paid.amount, paid.provider_ref) == (
+            "succeeded",
+            20 * USD,
+            intent["id"],
+        )
+        [adjustment] = c.payments.adjustments(org_id)
+        assert (adjustment.payment_id, adjustment.status) == (paid.id, status)
+        assert adjustment.amount == left - 20 * USD
+        # The payment's own event comes, then every event again: nothing more.
+        deliver(kp, intent, times=2)
+        for payload in reported:
+            send_again(kp, payload, times=2)
+        assert balance(kp) == left
+        assert c.payments.history(org_id) == [paid] and len(c.billing.balance(org_id).lots) == 1
+        assert c.payments.adjustments(org_id) == [adjustment]
+        [line] = billing_history(kp)
+        assert (line["id"], line["provider_payment_id"]) == (paid.id, intent["id"])
+        # The purchase is audited once (on Stripe's word), and so is what took its credit back.
+        assert [e.actor for e in entries(c, org_id)] == [PROVIDER]
+        assert len(entries(c, org_id, EVENTS[first])) == 1
+
+
 def test_a_failed_refund_gives_the_credit_back(
     tmp_path: Path, fake: FakeStripe, database_url: str
 ) -> None:
@@ -372,6 +413,144 @@ def test_a_dispute_closed_before_its_opening_is_delivered_moves_nothing(
         assert (adjustment.status, adjustment.amount) == ("won", 0)
 
 
+# -- the low-balance alert and auto-recharge --------------------------------------------------------
+@pytest.mark.parametrize("books", ["loaded", "not loaded"])
+def test_credit_taken_back_is_checked_for_the_low_balance_alert_and_auto_recharge_at_once(
+    tmp_path: Path, fake: FakeStripe, database_url: str, books: str
+) -> None:
+    """A refund lowers the balance as spend does, and is checked as spend is: the low-balance
+    alert emails and auto-recharge buys back to its target at once, not when the organization
+    next spends (refused, below zero, it would not). Whether or not the gateway has loaded the
+    organization's books (no request came through it yet)."""
+    with keyplane(tmp_path, fake, database_url, recharge_check_interval_s=0.05) as kp:
+        c, org_id = kp.container, kp.org.id
+        _, intent = buy(kp, fake, 20)
+        c.billing.update_settings(
+            org_id, low_balance_alert=10 * USD, auto_recharge=True,
+            recharge_threshold=10 * USD, recharge_target=20 * USD,
+        )  # fmt: skip
+        if books == "loaded":
+            kp.server.call(kp.gateway.pipeline.money.org(org_id))
+        kp.flush()  # (checked: over both thresholds, nothing to do)
+        assert alert_rows(c) == [] and len(c.payments.history(org_id)) == 1
+        fake.refund(intent, 1500)
+        send(kp, "charge.refunded", fake.charge_of(intent))
+        wait_until(lambda: len(alert_rows(c)) == 1)
+        # Bought back up to $20 with the saved card: $15 more.
+        recharge = wait_until(
+            lambda: [p for p in c.payments.history(org_id) if p.kind == "recharge"]
+        )
+        assert [(p.amount, p.status) for p in recharge] == [(15 * USD, "succeeded")]
+        assert wait_until(lambda: balance(kp) == 20 * USD)
+        kp.flush()
+        assert len(alert_rows(c)) == 1 and len(c.payments.history(org_id)) == 2
+
+
+# -- the Admin API -----------------------------------------------------------------------------------
+def test_the_admin_apis_billing_history_says_what_was_refunded_and_disputed(
+    tmp_path: Path, fake: FakeStripe
+) -> None:
+    """As the dashboard's billing history does: each paid charge's amount refunded and where its
+    dispute stands, described in the OpenAPI document."""
+    with keyplane(tmp_path, fake) as kp:
+        refunded, refunded_intent = buy(kp, fake, 20)
+        disputed, disputed_intent = buy(kp, fake, 10)
+        untouched, _ = buy(kp, fake, 5)
+        fake.refund(refunded_intent, 500)
+        send(kp, "charge.refunded", fake.charge_of(refunded_intent))
+        dispute = fake.dispute(disputed_intent)
+        send(kp, "charge.dispute.created", dispute)
+
+        def standing() -> dict[str, tuple[int, str | None]]:
+            return {
+                line["id"]: (line["amount_refunded_micro_usd"], line["dispute_status"])
+                for line in billing_history(kp)
+            }
+
+        assert standing() == {
+            refunded.id: (5 * USD, None),
+            disputed.id: (0, "needs_response"),
+            untouched.id: (0, None),
+        }
+        fake.refund(refunded_intent)
+        send(kp, "charge.refunded", fake.charge_of(refunded_intent))
+        send(kp, "charge.dispute.closed", fake.close_dispute(dispute["id"], "lost"))
+        assert standing() == {
+            refunded.id: (20 * USD, None),
+            disputed.id: (0, "lost"),
+            untouched.id: (0, None),
+        }
+        schema = kphttp.get(kp.server.url + "/openapi.json").json()
+        purchase = schema["components"]["schemas"]["CreditPurchase"]
+        for field in ("amount_refunded_micro_usd", "dispute_status"):
+            assert field in purchase["required"]
+            assert purchase["properties"][field]["description"]
+
+
+# -- usage tiers ----------------------------------------------------------------------------------
+def admin_get(kp: Keyplane, path: str) -> dict[str, Any]:
+    key = admin_key(kp.container, kp.org.id, kp.owner.id)
+    r = kphttp.get(
+        f"{kp.server.url}/v1/organization/{path}", headers={"authorization": f"Bearer {key}"}
+    )
+    assert r.status_code == 200, r.text
+    answer: dict[str, Any] = r.json()
+    return answer
+
+
+def limits_page(kp: Keyplane) -> str:
+    owner = owner_browser(kp)
+    try:
+        page = owner.get("/limits")
+        assert page.status_code == 200
+        return text_of(page)
+    finally:
+        owner.close()
+
+
+def test_refunded_or_disputed_credit_does_not_count_toward_the_next_usage_tier(
+    tmp_path: Path, fake: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tiers go by the amount paid (BRIEF C6): credit bought, then refunded or withheld by a
+    dispute, was not paid, so buying $40 and refunding it never buys a tier. A tier reached
+    stays (tiers never move down); the Limits page and the Admin API show the net amount."""
+    clock = FrozenClock()
+    with keyplane(tmp_path, fake, tier="free", clock=clock) as kp:
+        c, org_id = kp.container, kp.org.id
+        c.payments.add_method(org_id, fake.card())
+        # A $10 charge whose process died, refunded before Stripe reported it paid: no tier.
+        died = crash_after_the_charge(monkeypatch, kp, fake, "order-0", 10 * USD)
+        fake.refund(died)
+        send(kp, "charge.refunded", fake.charge_of(died))
+        assert c.promoter.current(org_id).id == "free"
+        _, intent = buy(kp, fake, 40)
+        assert c.promoter.current(org_id).id == "tier-1"  # ($5 paid)
+        fake.refund(intent)
+        send(kp, "charge.refunded", fake.charge_of(intent))
+        assert c.promoter.current(org_id).id == "tier-1"  # never down
+        # Eight days on, $20 more: $70 bought, $20 kept. Tier 2 asks for $50 paid and 7 days.
+        clock.advance(8 * 86_400)
+        _, kept = buy(kp, fake, 20)
+        c.promoter.check_all()
+        tier = admin_get(kp, "usage_tier")
+        assert tier["tier"] == "tier-1"
+        assert (tier["next"]["tier"], tier["next"]["paid_needed_micro_usd"]) == ("tier-2", 50 * USD)
+        assert (tier["next"]["paid_micro_usd"], tier["next"]["paid_reversed_micro_usd"]) == (
+            20 * USD, 50 * USD,
+        )  # fmt: skip
+        assert tier["next"]["paid_met"] is False and tier["next"]["days_met"] is True
+        assert "$20.00 so far (refunds and disputes of $50.00 not counted)" in limits_page(kp)
+        # An open dispute withholds too; won, it counts again.
+        dispute = fake.dispute(kept, 1000)
+        send(kp, "charge.dispute.created", dispute)
+        assert admin_get(kp, "usage_tier")["next"]["paid_micro_usd"] == 10 * USD
+        send(kp, "charge.dispute.closed", fake.close_dispute(dispute["id"], "won"))
+        assert admin_get(kp, "usage_tier")["next"]["paid_micro_usd"] == 20 * USD
+        # $30 more: $50 paid, net. Up it goes.
+        buy(kp, fake, 30)
+        assert c.promoter.current(org_id).id == "tier-2"
+
+
 # -- what is not keyplane's, and Stripe unreachable ------------------------------------------------
 def test_events_of_charges_keyplane_did_not_sell_change_nothing_and_stripe_down_is_503(
     tmp_path: Path, fake: FakeStripe
@@ -380,7 +559,10 @@ def test_events_of_charges_keyplane_did_not_sell_change_nothing_and_stripe_down_
         c, org_id = kp.container, kp.org.id
         _, intent = buy(kp, fake, 10)
         other = {**fake.charge_of(intent), "id": "ch_other", "payment_intent": "pi_other"}
-        send(kp, "charge.refunded", other)
+        send(kp, "charge.refunded", other)  # (a PaymentIntent Stripe does not know)
+        # Another system's payment on the same Stripe account: no keyplane charge in its metadata.
+        fake.intents["pi_theirs"] = {**intent, "id": "pi_theirs", "metadata": {}}
+        send(kp, "charge.refunded", {**other, "payment_intent": "pi_theirs"})
         send(kp, "charge.dispute.created", {**fake.dispute(intent), "payment_intent": "pi_other"})
         send(kp, "charge.dispute.created", {**fake.dispute(intent), "currency": "eur"})
         send(kp, "customer.updated", {"id": "cus_1", "object": "customer"})
@@ -395,7 +577,11 @@ def test_events_of_charges_keyplane_did_not_sell_change_nothing_and_stripe_down_
         fake.stop()
         r = post_event(kp.server.url, payload, signature(payload))
         assert r.status_code == 503, r.text
-        assert balance(kp) == 10 * USD
+        # …nor for the payment an event names that keyplane has not stored.
+        payload = event("charge.refunded", other)
+        r = post_event(kp.server.url, payload, signature(payload))
+        assert r.status_code == 503, r.text
+        assert balance(kp) == 10 * USD and c.payments.adjustments(org_id) == []
 
 
 # -- the gateway -----------------------------------------------------------------------------------

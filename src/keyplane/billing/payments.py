@@ -329,6 +329,15 @@ class PaymentService:
         again). None when the charge is none of this organization's (no method of it, even a
         removed one, has that reference: another keyplane sharing the provider's account, say),
         which changes nothing."""
+        recorded = self._record_paid(charge)
+        if recorded is None:
+            return None
+        self._promote(charge.org_id)
+        return recorded[0]
+
+    def _record_paid(self, charge: PaidCharge) -> tuple[Lot, Payment | None] | None:
+        """``credit_paid`` but for the tier check: the lot and its line (None: a lot an older
+        keyplane stored without one), or None when the charge is none of keyplane's."""
         if charge.kind not in KINDS or not CHARGE_KEY.fullmatch(charge.key):
             return None
         if charge.amount <= 0 or charge.amount % 10_000:
@@ -351,16 +360,44 @@ class PaymentService:
         lot, stored = self._credit(line, charge.key, PROVIDER)
         if stored is not None:  # (None: a lot an older keyplane stored without its line)
             self._receipts.send(stored, lot)
-        self._promote(charge.org_id)
-        return lot
+        return lot, stored
 
     # -- refunds and disputes (billing/reversals.py) ------------------------------------------
     def reverse(
-        self, report: ProviderReport, refunded: Callable[[str], int] | None = None
-    ) -> Adjustment | None:
+        self, report: ProviderReport, refunded: Callable[[str], int] | None = None,
+        paid: Callable[[str], PaidCharge | None] | None = None,
+    ) -> Adjustment | None:  # fmt: skip
         """Applies the provider's report of a refund or a dispute of a paid charge, once per
-        event (``Reversals.apply``). Blocking; raises StoreUnavailable."""
-        return self._reversals.apply(report, refunded)
+        event (``Reversals.apply``). A refund's report without its total asks ``refunded`` (the
+        provider: the charge's amount refunded now).
+
+        A report naming a payment not stored yet asks ``paid`` (the provider: the charge that
+        payment is, as it has it now) and credits that charge first, exactly as ``credit_paid``
+        does, under the same key: the provider does not keep its events in order, and a refund's
+        or a dispute's may come before the ``payment_intent.succeeded`` the charge is stored from
+        (or while the run that charged is storing it, or after it died). Storing the charge from
+        the provider's own record of it, then applying the report, is exact at once and needs
+        nothing kept aside; the alternatives are not. Answering the event with an error, for the
+        provider to send it again later (Stripe: with backoff, for three days), would leave the
+        credit spendable for hours after its money went back to the card, and lose the refund
+        for good should the charge's own event not get through in those days; keeping the event
+        aside until the charge is stored would need a table, a migration and a check at each
+        place a charge is stored, and would wait on that same event all the same.
+
+        Blocking; raises StoreUnavailable (the database, or the provider unreachable: it sends
+        the event again later)."""
+        payment = self._store.payment_by_ref(report.payment_ref)
+        credited = None  # the organization of a charge credited here
+        if payment is None and paid is not None:
+            charge = paid(report.payment_ref)
+            recorded = None if charge is None else self._record_paid(charge)
+            if charge is not None and recorded is not None:
+                payment, credited = recorded[1], charge.org_id
+        adjustment = self._reversals.apply(payment, report, refunded)
+        if credited is not None:
+            # Once the report is applied: what tiers count is paid net of refunds and disputes.
+            self._promote(credited)
+        return adjustment
 
     def adjustments(self, org_id: str, payment_id: str | None = None) -> Sequence[Adjustment]:
         """The refunds and disputes of the organization's charges (or one's), oldest first."""

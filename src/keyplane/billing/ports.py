@@ -27,6 +27,23 @@ class BillingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PaidSoFar:
+    """What an organization paid for credit, as usage tiers count it (BRIEF C6)."""
+
+    bought: int  # every credit purchase (micro-dollars)
+    # What refunds and disputes of them took back, net: refunds less the ones that failed,
+    # disputes open or lost (a won one gave it back).
+    reversed: int
+    first_at: int | None  # when the first purchase was made (None: none)
+
+    @property
+    def net(self) -> int:
+        """The amount paid that tiers read: money refunded or withheld by a dispute was not kept.
+        (Promotion never moves down, so a reversal lowers only what the next tier needs.)"""
+        return max(self.bought - self.reversed, 0)
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """An Idempotency-Key claimed for one run of a money-moving call. The run's last write stores
     the response with the key in the same transaction (``done``), so a key is complete exactly
@@ -163,8 +180,9 @@ class MoneyStore(Protocol):
         """Returns (open holds, all-time settled spend) as stored."""
         ...
 
-    def payments(self, org_id: str) -> tuple[int, int | None]:
-        """Returns the total of purchased credit and when the first purchase was made."""
+    def payments(self, org_id: str) -> PaidSoFar:
+        """Returns what the organization's credit purchases paid, what their refunds and disputes
+        took back, and when the first purchase was made."""
         ...
 
     def organizations_with_payments(self) -> Sequence[str]: ...

@@ -1,6 +1,10 @@
 """Automatic usage-tier promotion (BRIEF C6): as soon as an organization meets the next tier's
 criteria (amount paid and days since its first successful payment) it moves up — checked when a
-payment settles and by a periodic job — and its Owners get one email. It never moves down."""
+payment settles and by a periodic job — and its Owners get one email. It never moves down.
+
+The amount paid is net of refunds and disputes (open or lost): credit bought and then refunded
+would otherwise buy a tier. As tiers never move down, a refund after a promotion keeps the tier;
+what it lowers is the amount counted toward the next one."""
 
 from __future__ import annotations
 
@@ -55,17 +59,20 @@ class TierPromoter:
             return self.tiers.lowest
 
     def progress(self, org_id: str) -> TierProgress:
-        paid, first = self._store.payments(org_id)
-        return self.tiers.progress(self.current(org_id), paid, first, self._clock.now())
+        paid = self._store.payments(org_id)
+        return self.tiers.progress(
+            self.current(org_id), paid.net, paid.first_at, self._clock.now(),
+            reversed_micro_usd=paid.reversed,
+        )  # fmt: skip
 
     def check(self, org_id: str) -> Tier | None:
         """Promotes the organization if it qualifies for a higher tier; returns the new tier.
 
         Blocking (database I/O). Raises StoreUnavailable."""
         current = self.current(org_id)
-        paid, first = self._store.payments(org_id)
+        paid = self._store.payments(org_id)
         now = self._clock.now()
-        qualified = self.tiers.tier_for(paid, first, now, current=current)
+        qualified = self.tiers.tier_for(paid.net, paid.first_at, now, current=current)
         if qualified.rank <= current.rank:
             return None
         self._billing.update_settings(org_id, tier=qualified.id)

@@ -18,6 +18,10 @@ because what an event asks for is a state, not a step:
   its amount, a lost one keeps it, a won one gives it back; an inquiry (``warning_*``) moves no
   money (the provider withdraws none).
 
+An event may even come before the payment it names is stored (the provider's report of the payment
+still to come): ``PaymentService.reverse`` then stores the payment from the provider's record of it
+first, as that report would, and applies the event.
+
 Where the credit comes from (``take``): the purchase's own lot first, as much as it has left; then
 the organization's other live lots, earliest expiry first (as requests spend them); whatever is
 still missing — credit bought and already spent — leaves the purchase's lot below zero: a debt.
@@ -212,14 +216,14 @@ class Reversals:
         self._public_url = public_url.rstrip("/")
 
     def apply(
-        self, report: ProviderReport, refunded: Callable[[str], int] | None = None
-    ) -> Adjustment | None:
-        """Applies the report to the paid charge it names: returns the adjustment it made (or
-        made before: the same event again), None when it changes nothing or names no paid charge
-        of keyplane's. A refund's report without its total asks ``refunded`` (the provider: the
-        charge's amount refunded now). Blocking; raises StoreUnavailable (the database, or the
-        provider unreachable: the provider sends the event again later)."""
-        payment = self._store.payment_by_ref(report.payment_ref)
+        self, payment: Payment | None, report: ProviderReport,
+        refunded: Callable[[str], int] | None = None,
+    ) -> Adjustment | None:  # fmt: skip
+        """Applies the report to ``payment``, the paid charge it names: returns the adjustment it
+        made (or made before: the same event again), None when it changes nothing or there is no
+        such paid charge of keyplane's. A refund's report without its total asks ``refunded``
+        (the provider: the charge's amount refunded now). Blocking; raises StoreUnavailable (the
+        database, or the provider unreachable: the provider sends the event again later)."""
         if payment is None or payment.status != "succeeded" or payment.lot_id is None:
             return None
         if report.total is None:

@@ -1,5 +1,5 @@
-"""After spend is written: notification-threshold emails, low-balance alerts and auto-recharge
-jobs, each exactly once.
+"""After spend is written, or a refund or a dispute took credit back: notification-threshold
+emails, low-balance alerts and auto-recharge jobs, each exactly once.
 
 Exactly once comes from storage, not from this process: an email's dedupe key is
 ``spend_alert:<alert id>:<month>`` and the outbox's unique constraint keeps one; a low-balance
@@ -69,9 +69,11 @@ class SpendWatcher:
         self._recharging: dict[str, float] = {}
 
     def check(self, org_ids: Iterable[str], states: Mapping[str, OrgMoney]) -> int:
-        """Enqueues the emails and recharges that settled spend calls for: notification thresholds
-        crossed, a balance fallen under its low-balance alert (whether or not auto-recharge is on:
-        the Owner asked for both), auto-recharge; returns how many.
+        """Enqueues the emails and recharges that settled spend, or credit a refund or a dispute
+        took back, calls for: notification thresholds crossed, a balance fallen under its
+        low-balance alert (whether or not auto-recharge is on: the Owner asked for both),
+        auto-recharge; returns how many. ``states``: the gateway's books of the organizations it
+        loaded (the others are read from the database).
 
         Blocking (database I/O). Raises StoreUnavailable."""
         now = self._clock.now()
@@ -88,8 +90,7 @@ class SpendWatcher:
                         queued += self._notify(alert, spend, period, now)
                         self._notified.add((alert.id, period))
             queued += self._low_balance.check(org_id, money, now)
-            if money is not None:
-                queued += self._maybe_recharge(money, now)
+            queued += self._maybe_recharge(org_id, money, now)
         return queued
 
     def _notify(self, alert: SpendAlert, spend: int, period: str, now: float) -> int:
@@ -126,18 +127,35 @@ class SpendWatcher:
         )
         return int(enqueued)
 
-    def _maybe_recharge(self, money: OrgMoney, now: float) -> int:
-        threshold, target = money.recharge_threshold, money.recharge_target
-        if not money.auto_recharge or threshold is None or target is None:
-            self._recharging.pop(money.org_id, None)
+    def _maybe_recharge(self, org_id: str, money: OrgMoney | None, now: float) -> int:
+        """Enqueues a recharge when the balance is under auto-recharge's threshold: from the
+        gateway's books, else (an organization it has not loaded, whose credit a refund took)
+        from the database."""
+        if money is not None:
+            on, threshold, target = (
+                money.auto_recharge, money.recharge_threshold, money.recharge_target
+            )  # fmt: skip
+        else:
+            settings = self._store.settings(org_id)
+            if settings is None:
+                return 0
+            on, threshold, target = (
+                settings.auto_recharge, settings.recharge_threshold, settings.recharge_target
+            )  # fmt: skip
+        if not on or threshold is None or target is None:
+            self._recharging.pop(org_id, None)
             return 0
-        if money.balance(now) >= threshold:
-            self._recharging.pop(money.org_id, None)  # recharged (or topped up): watch again
+        if money is not None:
+            balance = money.balance(now)
+        else:
+            balance = sum(lot.remaining for lot, _ in self._store.lots(org_id) if lot.counts(now))
+        if balance >= threshold:
+            self._recharging.pop(org_id, None)  # recharged (or topped up): watch again
             return 0
-        if now - self._recharging.get(money.org_id, -RECHARGE_RECHECK_S) < RECHARGE_RECHECK_S:
+        if now - self._recharging.get(org_id, -RECHARGE_RECHECK_S) < RECHARGE_RECHECK_S:
             return 0
-        self._recharging[money.org_id] = now
-        return int(self._store.enqueue_recharge(new_id("rj_"), money.org_id, target, int(now)))
+        self._recharging[org_id] = now
+        return int(self._store.enqueue_recharge(new_id("rj_"), org_id, target, int(now)))
 
 
 def _spend(

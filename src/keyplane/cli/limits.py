@@ -56,6 +56,7 @@ def tier_show(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
         "next": None if p.next is None else {
             "tier": p.next.id, "name": p.next.name,
             "paid_micro_usd": p.paid.paid_micro_usd if p.paid else None,
+            "paid_reversed_micro_usd": p.paid.reversed_micro_usd if p.paid else None,
             "paid_needed_micro_usd": p.next.paid_micro_usd,
             "days_passed": p.days.passed if p.days else None, "days_needed": p.next.days,
             "days_met_at": p.days.met_at if p.days else None,
@@ -78,6 +79,8 @@ def tier_show(org: OrgOpt = None, as_json: JsonOpt = False) -> None:
     out.print(f"Once the following criteria are met, you'll automatically move to {p.next.name}:")
     mark = {True: ("✓", "green"), False: ("[ ]", "")}
     paid, so_far = usd(p.next.paid_micro_usd), usd(p.paid.paid_micro_usd)
+    if p.paid.reversed_micro_usd > 0:  # (refunded or disputed: not counted)
+        so_far += f", refunds and disputes of ${usd(p.paid.reversed_micro_usd)} not counted"
     out.print(styled("  ", mark[p.paid.met], f" At least ${paid} paid (so far ${so_far})"))
     when = f", on {iso(int(p.days.met_at))}" if p.days.met_at and not p.days.met else ""
     days = f" At least {p.next.days} days since the first successful payment{when}"

@@ -192,7 +192,8 @@ class MoneyGuard:
         self._flush_started = 0.0  # time.perf_counter() when the current flush started
         self._seq: int | None = None
         self._refreshing = asyncio.Lock()
-        # Organizations with settlements stored since take_touched (what the spend watcher reads).
+        # Organizations with settlements stored since take_touched, or whose credit a refund or a
+        # dispute took (or gave) back: what the spend watcher checks.
         self.touched: set[str] = set()
         # Told of feed events this guard does not handle itself (rate-limit overrides).
         self.listeners: list[Callable[[MoneyEvent], None]] = []
@@ -466,8 +467,8 @@ class MoneyGuard:
 
     def take_touched(self) -> tuple[set[str], dict[str, OrgMoney]]:
         """Returns the organizations whose settlements were stored since the last call (not those
-        settled meanwhile and still queued: the watcher reads spend from the database), with the
-        money states."""
+        settled meanwhile and still queued: the watcher reads spend from the database), or whose
+        credit a refund or a dispute moved, with the money states (of those loaded)."""
         touched, self.touched = self.touched, set()
         return touched, self._orgs
 
@@ -564,6 +565,11 @@ class MoneyGuard:
                 for listener in self.listeners:
                     listener(event)
                 continue
+            if event.kind == "lots_adjusted":
+                # A refund or a dispute may have taken the balance under the low-balance alert or
+                # auto-recharge's threshold, with no spend to have the watcher look: it looks now
+                # (from the database, for an organization not loaded here).
+                self.touched.add(event.org_id)
             org = self._orgs.get(event.org_id)
             if org is None:
                 continue  # loaded fresh on first use

@@ -62,7 +62,8 @@ class Tier:
 @dataclass(frozen=True, slots=True)
 class PaidCriterion:
     needed_micro_usd: int
-    paid_micro_usd: int
+    paid_micro_usd: int  # net of what refunds and disputes took back
+    reversed_micro_usd: int = 0  # what they took back (the difference from what was bought)
 
     @property
     def met(self) -> bool:
@@ -151,9 +152,11 @@ class TierTable:
         return qualified
 
     def progress(
-        self, tier: Tier, paid_micro_usd: int, first_payment_at: float | None, now: float
-    ) -> TierProgress:
-        """Returns how far an organization in ``tier`` is from each criterion of the next one."""
+        self, tier: Tier, paid_micro_usd: int, first_payment_at: float | None, now: float,
+        *, reversed_micro_usd: int = 0,
+    ) -> TierProgress:  # fmt: skip
+        """Returns how far an organization in ``tier`` is from each criterion of the next one
+        (``paid_micro_usd`` net of refunds and disputes, which took ``reversed_micro_usd``)."""
         current = self._by_id[tier.id]
         nxt = self.next_after(current)
         if nxt is None:
@@ -164,7 +167,7 @@ class TierTable:
         return TierProgress(
             current,
             nxt,
-            PaidCriterion(nxt.paid_micro_usd, paid_micro_usd),
+            PaidCriterion(nxt.paid_micro_usd, paid_micro_usd, reversed_micro_usd),
             DaysCriterion(nxt.days, passed, days_met, met_at),
         )
 

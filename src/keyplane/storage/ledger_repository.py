@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, and_, func, insert, select, update
 
-from keyplane.billing.ports import Done, MoneyEvent
+from keyplane.billing.ports import Done, MoneyEvent, PaidSoFar
 from keyplane.billing.reversals import repay
 from keyplane.billing.wallet import Lot
 from keyplane.storage.billing_tables import (
@@ -21,6 +21,7 @@ from keyplane.storage.billing_tables import (
     spend_totals,
 )
 from keyplane.storage.idempotency_repository import complete_claim
+from keyplane.storage.payment_tables import payment_adjustments
 from keyplane.storage.settlement_writer import add_sql, balances, items
 from keyplane.storage.store import SqlStore
 
@@ -201,15 +202,22 @@ class SqlLedger(SqlStore):
 
         return self._read(read)
 
-    def payments(self, org_id: str) -> tuple[int, int | None]:
-        paid, first = self._read(
-            lambda c: c.execute(
+    def payments(self, org_id: str) -> PaidSoFar:
+        def read(c: Connection) -> PaidSoFar:
+            bought, first = c.execute(
                 select(
                     func.sum(credit_lots.c.amount_micro), func.min(credit_lots.c.created_at)
                 ).where(credit_lots.c.org_id == org_id, credit_lots.c.kind == "purchase")
             ).one()
-        )
-        return int(paid or 0), first
+            # (Each adjustment's credit moved: < 0 taken back, > 0 given back.)
+            moved = c.execute(
+                select(func.sum(payment_adjustments.c.amount_micro)).where(
+                    payment_adjustments.c.org_id == org_id
+                )
+            ).scalar()
+            return PaidSoFar(int(bought or 0), -int(moved or 0), first)
+
+        return self._read(read)
 
     def organizations_with_payments(self) -> Sequence[str]:
         return self._read(

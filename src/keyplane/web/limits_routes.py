@@ -84,7 +84,14 @@ class TierCriteria(BaseModel):
     tier: str
     name: str
     paid_needed_micro_usd: int
-    paid_micro_usd: int
+    paid_micro_usd: int = Field(
+        description="Paid for credit so far, net of refunds and of disputes open or lost: what "
+        "counts toward the tier."
+    )
+    paid_reversed_micro_usd: int = Field(
+        description="What refunds and disputes took back of the credit purchases (not counted "
+        "in paid_micro_usd). A tier reached stays: tiers never move down."
+    )
     paid_met: bool
     days_needed: int
     days_passed: int
@@ -182,7 +189,9 @@ async def get_usage_tier(ctx: Ctx, caller: Admin) -> UsageTier:
         if p.next is not None and p.paid is not None and p.days is not None:
             criteria = TierCriteria(
                 tier=p.next.id, name=p.next.name, paid_needed_micro_usd=p.next.paid_micro_usd,
-                paid_micro_usd=p.paid.paid_micro_usd, paid_met=p.paid.met, days_needed=p.next.days,
+                paid_micro_usd=p.paid.paid_micro_usd,
+                paid_reversed_micro_usd=p.paid.reversed_micro_usd, paid_met=p.paid.met,
+                days_needed=p.next.days,
                 days_passed=p.days.passed, days_met=p.days.met,
                 days_met_at=None if p.days.met_at is None else int(p.days.met_at),
             )  # fmt: skip

@@ -5,20 +5,23 @@ and expiry, never the provider's reference) and the history. A card's number and
 payment provider and nowhere else: not the audit log, a log line or an error message (with Stripe
 they never reach keyplane: a method is saved from the PaymentMethod id Stripe.js created). A
 declined card answers 402 ``card_error`` as Stripe does, and stays in the history as a failed line.
+A paid line says what its refunds and disputes made of it (billing/reversals.py: the amount
+refunded, where its dispute stands), as the dashboard's billing history does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, cast
 
 from keyplane.audit.service import changed
 from keyplane.billing.declines import PaymentFailed
-from keyplane.billing.payment_ports import CardDetails, Payment
+from keyplane.billing.payment_ports import Adjustment, CardDetails, Payment
 from keyplane.billing.payment_ports import PaymentMethod as MethodRecord
 from keyplane.billing.payments import PaymentService
+from keyplane.billing.reversals import standing
 from keyplane.errors import InvalidRequest, NotFound
 from keyplane.gateway.errors import ApiError
 from keyplane.web.auth import Admin, Ctx
@@ -63,12 +66,16 @@ def _method(m: MethodRecord) -> PaymentMethod:
     )  # fmt: skip
 
 
-def _purchase(p: Payment) -> CreditPurchase:
+def _purchase(p: Payment, adjustments: Sequence[Adjustment] = ()) -> CreditPurchase:
+    """A line of the history, with what its ``adjustments`` (refunds, disputes) made of it, as
+    the dashboard's billing history shows it."""
+    now = standing(p.amount, adjustments)
     return CreditPurchase(
         id=p.id, kind="recharge" if p.kind == "recharge" else "purchase",
         amount_micro_usd=p.amount, status="succeeded" if p.status == "succeeded" else "failed",
         payment_method=p.method_id, brand=p.brand, last4=p.last4, failure_code=p.failure,
         credit_grant_id=p.lot_id, created_at=p.created_at, provider_payment_id=p.provider_ref,
+        amount_refunded_micro_usd=now.refunded, dispute_status=now.dispute,
     )  # fmt: skip
 
 
@@ -194,29 +201,42 @@ async def create_credit_purchase(
     nothing; the same key with another body answers 409."""
     # (Audited by the service, ``credit_purchase.created`` in the charge's line's transaction:
     # once per charge, declined too; not on a replay.)
-    try:
+    service = _service(ctx)
+
+    def buy() -> CreditPurchase:
         with params_named({"amount": "amount_micro_usd"}):
-            payment = await asyncio.to_thread(
-                _service(ctx).purchase,
-                caller.org_id,
-                body.amount_micro_usd,
-                actor=principal.actor,
-                method_id=body.payment_method,
-                idempotency_key=idempotency_key,
-            )
+            payment = service.purchase(
+                caller.org_id, body.amount_micro_usd, actor=principal.actor,
+                method_id=body.payment_method, idempotency_key=idempotency_key,
+            )  # fmt: skip
+        # (A replay answers the payment as it stands now: refunded since, say.)
+        return _purchase(payment, service.adjustments(caller.org_id, payment.id))
+
+    try:
+        purchase = await asyncio.to_thread(buy)
     except PaymentFailed as exc:
         raise AdminApiError(ApiError(402, exc.message, type="card_error", code=exc.code)) from None
     await applied(ctx)
-    return _purchase(payment)
+    return purchase
 
 
 @router.get("/billing_history", tags=["billing"], name="billing_history.list")
 async def list_billing_history(
     ctx: Ctx, caller: Admin, limit: Limit = 20, after: After = None
 ) -> ListPage[CreditPurchase]:
-    """Every charge, purchases and auto-recharges, succeeded or declined, newest first."""
+    """Every charge, purchases and auto-recharges, succeeded or declined, newest first; a paid
+    one with the amount refunded and where its dispute stands, when it has either."""
     # A first page reads one line more than it shows (for has_more); a later one, down to its
-    # cursor (lines are few: one per purchase or recharge).
+    # cursor (lines are few: one per purchase or recharge; adjustments fewer still).
     rows = limit + 1 if after is None else _EVERY_LINE
-    lines = await asyncio.to_thread(_service(ctx).history, caller.org_id, rows)
-    return page([_purchase(p) for p in lines], lambda p: p.id, limit=limit, after=after)
+    service = _service(ctx)
+
+    def read() -> list[CreditPurchase]:
+        lines = service.history(caller.org_id, rows)
+        adjusted: dict[str, list[Adjustment]] = {}
+        for a in service.adjustments(caller.org_id):
+            adjusted.setdefault(a.payment_id, []).append(a)
+        return [_purchase(p, adjusted.get(p.id, ())) for p in lines]
+
+    lines = await asyncio.to_thread(read)
+    return page(lines, lambda p: p.id, limit=limit, after=after)

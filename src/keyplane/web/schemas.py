@@ -373,3 +373,14 @@ class CreditPurchase(BaseModel):
         description="The payment provider's id of the charge, for its support (Stripe: the "
         "PaymentIntent, pi_…); null when it made none (the sandbox provider, Stripe unreachable).",
     )
+    amount_refunded_micro_usd: int = Field(
+        description="How much of the charge was refunded so far (a refund that failed does not "
+        "count); its credit was taken back. 0: none, amount_micro_usd: refunded in full."
+    )
+    dispute_status: str | None = Field(
+        description="Where the cardholder's dispute of the charge with their bank stands, as the "
+        "payment provider names it: needs_response or under_review (open: the amount disputed "
+        "is withheld from the credit balance), won (given back), lost (kept), or an inquiry that "
+        "withholds nothing (warning_needs_response, warning_under_review, warning_closed); null: "
+        "never disputed."
+    )

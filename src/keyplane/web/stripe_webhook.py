@@ -12,12 +12,15 @@ nothing (Stripe stops sending it).
 A refund or a dispute of a paid charge (``charge.refunded``, the refunds' own events,
 ``charge.dispute.*``) takes its credit back, or gives it back, once per event (billing/reversals.py):
 a refund as Stripe has the charge's amount refunded when the event comes (asked of Stripe's API,
-whatever the event's copy says), a dispute by its status. This process's gateway applies it before
-the answer (``applied``), the others at their next poll. A charge keyplane did not sell answers
-200 and changes nothing.
+whatever the event's copy says), a dispute by its status. Stripe does not keep its events in
+order: one naming a payment keyplane has not stored yet (its ``payment_intent.succeeded`` still to
+come) asks Stripe for that PaymentIntent and credits it first, as its own event would, then applies
+itself (``PaymentService.reverse`` says why rather than a non-2xx answer for Stripe to send it
+again). This process's gateway applies it before the answer (``applied``), the others at their
+next poll. A charge keyplane did not sell answers 200 and changes nothing.
 
 A missing or wrong signature answers 400; a credit that cannot be stored now answers 409 or 503
-(so does Stripe unreachable to read a charge's refunds), and Stripe sends the event again later."""
+(so does Stripe unreachable to read a charge's refunds or a payment), and Stripe sends the event again later."""
 
 from __future__ import annotations
 
@@ -51,6 +54,8 @@ class StripeEvents(Protocol):
 
     def amount_refunded(self, charge_id: str) -> int: ...
 
+    def paid_charge(self, payment_ref: str) -> PaidCharge | None: ...
+
 
 class StripeServices(Protocol):
     @property
@@ -78,7 +83,9 @@ async def stripe_event(request: Request) -> JSONResponse:
             )  # fmt: skip
             await applied(ctx)
     elif news is not None:
-        adjusted = await asyncio.to_thread(services.payments.reverse, news, events.amount_refunded)
+        adjusted = await asyncio.to_thread(
+            services.payments.reverse, news, events.amount_refunded, events.paid_charge
+        )
         if adjusted is not None:
             log.info(
                 "Stripe reports %s %s (%s): %s of %s, credit moved %d micro-dollars",
