@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -183,6 +184,9 @@ class Audit:
 
     def record(self, org_id: str, actor: Any, event_type: str, **kwargs: Any) -> None:
         self.events.append((event_type, kwargs["details"]["data"]))
+
+    def atomic(self) -> contextlib.nullcontext[None]:  # (no database: nothing to commit)
+        return contextlib.nullcontext()
 
 
 def low_balance_watcher(

@@ -115,36 +115,34 @@ class Invitations:
             token_hash=token_hash(token), created_at=now, expires_at=now + INVITE_TTL_S,
             created_by=actor.user_id, projects=tuple(projects),
         )  # fmt: skip
-        self._store.add_invite(invite)
         org = self._accounts.org_name(org_id)
         subject = f"You are invited to join {org} on keyplane"
         url = f"{self._public_url}{INVITE_PATH}?token={token}"
         said = _projects_said(named, projects)
-        self._outbox.enqueue(
-            f"invite:{invite.id}",
-            [email],
-            subject,
+        text = (
             f"You have been invited to join the organization {org} on keyplane as "
             f"{role.value.capitalize()}{said}.\n\n"
             f"Accept the invitation within 7 days:\n"
             f"{url}\n\n"
-            "The link works once. If you did not expect this email, ignore it.\n",
-            render_html(
-                "invitation.html",
-                subject=subject,
-                org=org,
-                role=role.value.capitalize(),
-                projects=said,
-                url=url,
-            ),
-            now=now,
+            "The link works once. If you did not expect this email, ignore it.\n"
+        )
+        page = render_html(
+            "invitation.html",
+            subject=subject,
+            org=org,
+            role=role.value.capitalize(),
+            projects=said,
+            url=url,
         )
         data: dict[str, object] = {"email": email, "role": role.value}
         if projects:  # (OpenAI's event carries the payload; without projects, as before)
             data["projects"] = [{"id": p.project_id, "role": p.role.value} for p in projects]
-        self._audit.record(
-            org_id, actor, "invite.sent", target_id=invite.id, details={"data": data}
-        )
+        with self._audit.atomic():  # the invitation, its email and its entry, or none of them
+            self._store.add_invite(invite)
+            self._outbox.enqueue(f"invite:{invite.id}", [email], subject, text, page, now=now)
+            self._audit.record(
+                org_id, actor, "invite.sent", target_id=invite.id, details={"data": data}
+            )
         return invite
 
     def delete_invite(self, actor: Actor, org_id: str, invite_id: str) -> Invite:
@@ -152,12 +150,13 @@ class Invitations:
         invite = self.get_invite(org_id, invite_id)
         if invite.accepted_at is not None:
             raise InvalidRequest("This invitation was accepted and cannot be deleted.")
-        if not self._store.delete_invite(org_id, invite_id):
-            raise NotFound(f"No invite '{invite_id}' in this organization.", param="invite_id")
-        self._audit.record(
-            org_id, actor, "invite.deleted", target_id=invite_id,
-            details={"data": {"email": invite.email, "role": invite.role.value}},
-        )  # fmt: skip
+        with self._audit.atomic():
+            if not self._store.delete_invite(org_id, invite_id):
+                raise NotFound(f"No invite '{invite_id}' in this organization.", param="invite_id")
+            self._audit.record(
+                org_id, actor, "invite.deleted", target_id=invite_id,
+                details={"data": {"email": invite.email, "role": invite.role.value}},
+            )  # fmt: skip
         return invite
 
     def invitation(self, token: str) -> tuple[Invite, str]:
@@ -178,19 +177,20 @@ class Invitations:
             raise InvalidRequest(_DEAD_INVITE)
         if user.email.lower() != invite.email:
             raise InvalidRequest("This invitation was sent to another email address.")
-        joined = self._store.accept_invite(invite.id, user_id, self._now())
-        if joined is None:
-            raise InvalidRequest(_DEAD_INVITE)
-        self._audit.record(invite.org_id, actor, "invite.accepted", target_id=invite.id)
-        self._audit.record(
-            invite.org_id, actor, "user.added", target_id=user_id,
-            details={"data": {"email": user.email, "role": invite.role.value}},
-        )  # fmt: skip
-        for project in joined:  # as OrgService.add_project_member records it
+        with self._audit.atomic():
+            joined = self._store.accept_invite(invite.id, user_id, self._now())
+            if joined is None:
+                raise InvalidRequest(_DEAD_INVITE)
+            self._audit.record(invite.org_id, actor, "invite.accepted", target_id=invite.id)
             self._audit.record(
-                invite.org_id, actor, "project_user.added", target_id=user_id,
-                project_id=project.project_id, details={"data": {"role": project.role.value}},
+                invite.org_id, actor, "user.added", target_id=user_id,
+                details={"data": {"email": user.email, "role": invite.role.value}},
             )  # fmt: skip
+            for project in joined:  # as OrgService.add_project_member records it
+                self._audit.record(
+                    invite.org_id, actor, "project_user.added", target_id=user_id,
+                    project_id=project.project_id, details={"data": {"role": project.role.value}},
+                )  # fmt: skip
         return invite
 
 

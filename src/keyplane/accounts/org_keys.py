@@ -1,6 +1,7 @@
 """Writing an organization's keys for OrgService: creating, changing, rotating and revoking keys
-it has already found in their organization and project, each change audited; and the shapes in
-which the audit log shows a key (the ``keyplane`` command records the same)."""
+it has already found in their organization and project, each change audited in its own
+transaction (``AuditService.atomic``); and the shapes in which the audit log shows a key (the
+``keyplane`` command records the same)."""
 
 from __future__ import annotations
 
@@ -81,15 +82,17 @@ class OrgKeys:
         self._require_org_verified(org_id)
         if owner_type == "user":
             self._require_can_create_keys(owner_id)
-        key, text = self._keys.create(
-            kind=kind, org_id=org_id, project_id=project_id, name=name, owner_type=owner_type,
-            owner_id=owner_id, created_by=actor.user_id, expires_in_s=expires_in_s, scopes=scopes,
-            allowed_models=allowed_models, allowed_cidrs=allowed_ips,
-        )  # fmt: skip
-        self._audit.record(
-            org_id, actor, "api_key.created", target_id=key.id, project_id=project_id,
-            details={"data": created_key_data(key)},
-        )  # fmt: skip
+        with self._audit.atomic():
+            key, text = self._keys.create(
+                kind=kind, org_id=org_id, project_id=project_id, name=name,
+                owner_type=owner_type, owner_id=owner_id, created_by=actor.user_id,
+                expires_in_s=expires_in_s, scopes=scopes, allowed_models=allowed_models,
+                allowed_cidrs=allowed_ips,
+            )  # fmt: skip
+            self._audit.record(
+                org_id, actor, "api_key.created", target_id=key.id, project_id=project_id,
+                details={"data": created_key_data(key)},
+            )  # fmt: skip
         return key, text
 
     def update(
@@ -115,23 +118,24 @@ class OrgKeys:
                 raise InvalidRequest(str(exc), param=exc.param) from None
             before["rate_limits"] = limits_data(old_limits)
             after["rate_limits"] = limits_data(new_limits)
-        updated = self._keys.restrict(
-            org_id, key.id,
-            scopes=key.scopes if isinstance(scopes, Unchanged) else scopes,
-            allowed_models=key.allowed_models if isinstance(allowed_models, Unchanged) else allowed_models,
-            allowed_cidrs=key.allowed_cidrs if isinstance(allowed_ips, Unchanged) else allowed_ips,
-            name=None if isinstance(name, Unchanged) else name,
-        )  # fmt: skip
-        if renamed:
-            after["name"] = updated.name
-        if key_limits is not None:
-            key_limits.set_key_limits(org_id, key.id, new_limits)
-        after = {**key_access(updated), **after}
-        if after != before:  # (a form saved unchanged records nothing)
-            self._audit.record(
-                org_id, actor, "api_key.updated", target_id=key.id, project_id=project_id,
-                details={"before": before, "after": after},
+        with self._audit.atomic():
+            updated = self._keys.restrict(
+                org_id, key.id,
+                scopes=key.scopes if isinstance(scopes, Unchanged) else scopes,
+                allowed_models=key.allowed_models if isinstance(allowed_models, Unchanged) else allowed_models,
+                allowed_cidrs=key.allowed_cidrs if isinstance(allowed_ips, Unchanged) else allowed_ips,
+                name=None if isinstance(name, Unchanged) else name,
             )  # fmt: skip
+            if renamed:
+                after["name"] = updated.name
+            if key_limits is not None:
+                key_limits.set_key_limits(org_id, key.id, new_limits)
+            after = {**key_access(updated), **after}
+            if after != before:  # (a form saved unchanged records nothing)
+                self._audit.record(
+                    org_id, actor, "api_key.updated", target_id=key.id, project_id=project_id,
+                    details={"before": before, "after": after},
+                )  # fmt: skip
         return updated
 
     def limits(self, key_id: str) -> ModelLimits | None:
@@ -142,21 +146,23 @@ class OrgKeys:
     ) -> tuple[ApiKey, str]:
         """A new secret for ``old``, with its permissions, allowlists and rate limits
         (``project_id`` None: an admin key)."""
-        new, text = self._keys.rotate(org_id, old.id, grace_s=grace_s, created_by=actor.user_id)
-        if self._key_limits is not None and (limits := self._key_limits.key_limits(old.id)):
-            self._key_limits.set_key_limits(org_id, new.id, limits)
-        self._audit.record(
-            org_id, actor, "api_key.rotated", target_id=new.id, project_id=project_id,
-            details={"data": {**key_data(new), "rotated_from": old.id, "grace_period_seconds": grace_s}},
-        )  # fmt: skip
+        with self._audit.atomic():
+            new, text = self._keys.rotate(org_id, old.id, grace_s=grace_s, created_by=actor.user_id)
+            if self._key_limits is not None and (limits := self._key_limits.key_limits(old.id)):
+                self._key_limits.set_key_limits(org_id, new.id, limits)
+            self._audit.record(
+                org_id, actor, "api_key.rotated", target_id=new.id, project_id=project_id,
+                details={"data": {**key_data(new), "rotated_from": old.id, "grace_period_seconds": grace_s}},
+            )  # fmt: skip
         return new, text
 
     def delete(self, actor: Actor, key: ApiKey) -> ApiKey:
-        revoked = self._keys.revoke(key.org_id, key.id)
-        self._audit.record(
-            key.org_id, actor, "api_key.deleted", target_id=key.id, project_id=key.project_id,
-            details={"data": key_data(key)},
-        )  # fmt: skip
+        with self._audit.atomic():
+            revoked = self._keys.revoke(key.org_id, key.id)
+            self._audit.record(
+                key.org_id, actor, "api_key.deleted", target_id=key.id, project_id=key.project_id,
+                details={"data": key_data(key)},
+            )  # fmt: skip
         return revoked
 
     def revoke_all(self, keys: Sequence[ApiKey]) -> list[str]:

@@ -3,7 +3,8 @@ service accounts and the keys of all of them (BRIEF C1, C2). Invitations are in 
 the writing of keys in org_keys.py; this service checks where each object is and delegates.
 
 Every change is written to the audit log here, in the service, so the Admin API and the dashboard
-record the same events without repeating themselves. ``actor`` says who asked and from where.
+record the same events without repeating themselves, in the change's own transaction
+(``AuditService.atomic``): no change without its record. ``actor`` says who asked and from where.
 Reads take the organization id and answer NotFound for another organization's objects, exactly as
 for objects that do not exist.
 """
@@ -98,26 +99,28 @@ class OrgService:
         """Raises Conflict when it would leave the organization without an Owner."""
         before = self.get_member(org_id, user_id)
         if before.role is not role:
-            if not self._store.set_member_role(org_id, user_id, role):
-                raise NotFound(f"No user '{user_id}' in this organization.", param="user_id")
-            self._audit.record(
-                org_id, actor, "user.updated", target_id=user_id,
-                details=changed({"role": before.role.value}, {"role": role.value}),
-            )  # fmt: skip
+            with self._audit.atomic():
+                if not self._store.set_member_role(org_id, user_id, role):
+                    raise NotFound(f"No user '{user_id}' in this organization.", param="user_id")
+                self._audit.record(
+                    org_id, actor, "user.updated", target_id=user_id,
+                    details=changed({"role": before.role.value}, {"role": role.value}),
+                )  # fmt: skip
         return self.get_member(org_id, user_id)
 
     def remove_member(self, actor: Actor, org_id: str, user_id: str) -> Member:
         """Removes a member (never the last Owner) and revokes the keys they own here."""
         member = self.get_member(org_id, user_id)
-        if not self._store.remove_member(org_id, user_id):
-            raise NotFound(f"No user '{user_id}' in this organization.", param="user_id")
-        owned = [k for k in self._keys.list(org_id) if k.owner_type == "user"]
-        revoked = self._org_keys.revoke_all([k for k in owned if k.owner_id == user_id])
-        self._audit.record(
-            org_id, actor, "user.deleted", target_id=user_id,
-            details={"data": {"email": member.user.email, "role": member.role.value},
-                     "revoked_keys": revoked},
-        )  # fmt: skip
+        with self._audit.atomic():
+            if not self._store.remove_member(org_id, user_id):
+                raise NotFound(f"No user '{user_id}' in this organization.", param="user_id")
+            owned = [k for k in self._keys.list(org_id) if k.owner_type == "user"]
+            revoked = self._org_keys.revoke_all([k for k in owned if k.owner_id == user_id])
+            self._audit.record(
+                org_id, actor, "user.deleted", target_id=user_id,
+                details={"data": {"email": member.user.email, "role": member.role.value},
+                         "revoked_keys": revoked},
+            )  # fmt: skip
         return member
 
     # -- invitations (invitations.py) -------------------------------------------------------------
@@ -161,33 +164,36 @@ class OrgService:
         return project
 
     def create_project(self, actor: Actor, org_id: str, name: str) -> Project:
-        project = self._accounts.create_project(org_id, name)
-        self._audit.record(
-            org_id, actor, "project.created", target_id=project.id, project_id=project.id,
-            details={"data": {"name": project.name}},
-        )  # fmt: skip
+        with self._audit.atomic():
+            project = self._accounts.create_project(org_id, name)
+            self._audit.record(
+                org_id, actor, "project.created", target_id=project.id, project_id=project.id,
+                details={"data": {"name": project.name}},
+            )  # fmt: skip
         return project
 
     def rename_project(self, actor: Actor, org_id: str, project_id: str, name: str) -> Project:
         before = self._active_project(org_id, project_id)
         name = _name(name, "project")
         if name != before.name:
-            self._store.rename_project(project_id, name)
-            self._audit.record(
-                org_id, actor, "project.updated", target_id=project_id, project_id=project_id,
-                details=changed({"name": before.name}, {"name": name}),
-            )  # fmt: skip
+            with self._audit.atomic():
+                self._store.rename_project(project_id, name)
+                self._audit.record(
+                    org_id, actor, "project.updated", target_id=project_id, project_id=project_id,
+                    details=changed({"name": before.name}, {"name": name}),
+                )  # fmt: skip
         return self.project(org_id, project_id)
 
     def archive_project(self, actor: Actor, org_id: str, project_id: str) -> Project:
         """Archives (never deletes) a project; its keys stop working. Archiving twice is a no-op."""
         self.project(org_id, project_id)
-        if self._store.archive_project(project_id, self._now()):
-            revoked = self._org_keys.revoke_all(self._keys.list(org_id, project_id))
-            self._audit.record(
-                org_id, actor, "project.archived", target_id=project_id, project_id=project_id,
-                details={"revoked_keys": revoked},
-            )  # fmt: skip
+        with self._audit.atomic():
+            if self._store.archive_project(project_id, self._now()):
+                revoked = self._org_keys.revoke_all(self._keys.list(org_id, project_id))
+                self._audit.record(
+                    org_id, actor, "project.archived", target_id=project_id, project_id=project_id,
+                    details={"revoked_keys": revoked},
+                )  # fmt: skip
         return self.project(org_id, project_id)
 
     # -- project members --------------------------------------------------------------------------
@@ -216,11 +222,12 @@ class OrgService:
         """Only members of the organization can join its projects. Raises Conflict if present."""
         self._active_project(org_id, project_id)
         self.get_member(org_id, user_id)
-        self._store.add_project_member(project_id, user_id, role, self._now())
-        self._audit.record(
-            org_id, actor, "project_user.added", target_id=user_id, project_id=project_id,
-            details={"data": {"role": role.value}},
-        )  # fmt: skip
+        with self._audit.atomic():
+            self._store.add_project_member(project_id, user_id, role, self._now())
+            self._audit.record(
+                org_id, actor, "project_user.added", target_id=user_id, project_id=project_id,
+                details={"data": {"role": role.value}},
+            )  # fmt: skip
         return self.project_member(org_id, project_id, user_id)
 
     def change_project_role(
@@ -228,11 +235,13 @@ class OrgService:
     ) -> ProjectMember:
         before = self.project_member(org_id, project_id, user_id)
         if before.role is not role:
-            self._store.set_project_role(project_id, user_id, role)
-            self._audit.record(
-                org_id, actor, "project_user.updated", target_id=user_id, project_id=project_id,
-                details=changed({"role": before.role.value}, {"role": role.value}),
-            )  # fmt: skip
+            with self._audit.atomic():
+                self._store.set_project_role(project_id, user_id, role)
+                self._audit.record(
+                    org_id, actor, "project_user.updated", target_id=user_id,
+                    project_id=project_id,
+                    details=changed({"role": before.role.value}, {"role": role.value}),
+                )  # fmt: skip
         return self.project_member(org_id, project_id, user_id)
 
     def remove_project_member(
@@ -241,17 +250,18 @@ class OrgService:
         """Removes a user from a project and revokes the keys they own in it (as removing them
         from the organization revokes all theirs)."""
         member = self.project_member(org_id, project_id, user_id)
-        self._store.remove_project_member(project_id, user_id)
         owned = [
             k
             for k in self._keys.list(org_id, project_id)
             if k.owner_type == "user" and k.owner_id == user_id
         ]
-        revoked = self._org_keys.revoke_all(owned)
-        self._audit.record(
-            org_id, actor, "project_user.deleted", target_id=user_id, project_id=project_id,
-            details={"data": {"role": member.role.value}, "revoked_keys": revoked},
-        )  # fmt: skip
+        with self._audit.atomic():
+            self._store.remove_project_member(project_id, user_id)
+            revoked = self._org_keys.revoke_all(owned)
+            self._audit.record(
+                org_id, actor, "project_user.deleted", target_id=user_id, project_id=project_id,
+                details={"data": {"role": member.role.value}, "revoked_keys": revoked},
+            )  # fmt: skip
         return member
 
     # -- service accounts -------------------------------------------------------------------------
@@ -283,16 +293,17 @@ class OrgService:
             id=new_id("svc_acct_"), org_id=org_id, project_id=project_id,
             name=_name(name, "service account"), created_at=self._now(),
         )  # fmt: skip
-        self._store.add_service_account(account)
-        self._audit.record(
-            org_id, actor, "service_account.created", target_id=account.id,
-            project_id=project_id, details={"data": {"name": account.name, "role": "member"}},
-        )  # fmt: skip
-        key, text = self._org_keys.create(
-            actor, org_id, project_id, KeyKind.SERVICE_ACCOUNT, key_name,
-            owner_type="service_account", owner_id=account.id, scopes=scopes,
-            allowed_models=allowed_models, allowed_ips=allowed_ips,
-        )  # fmt: skip
+        with self._audit.atomic():  # (an account whose key cannot be made is not kept)
+            self._store.add_service_account(account)
+            self._audit.record(
+                org_id, actor, "service_account.created", target_id=account.id,
+                project_id=project_id, details={"data": {"name": account.name, "role": "member"}},
+            )  # fmt: skip
+            key, text = self._org_keys.create(
+                actor, org_id, project_id, KeyKind.SERVICE_ACCOUNT, key_name,
+                owner_type="service_account", owner_id=account.id, scopes=scopes,
+                allowed_models=allowed_models, allowed_ips=allowed_ips,
+            )  # fmt: skip
         return account, key, text
 
     def delete_service_account(
@@ -305,12 +316,14 @@ class OrgService:
             for k in self._keys.list(org_id, project_id)
             if k.owner_type == "service_account" and k.owner_id == account_id
         ]
-        revoked = self._org_keys.revoke_all(keys)
-        self._store.delete_service_account(account_id)
-        self._audit.record(
-            org_id, actor, "service_account.deleted", target_id=account_id, project_id=project_id,
-            details={"data": {"name": account.name}, "revoked_keys": revoked},
-        )  # fmt: skip
+        with self._audit.atomic():
+            revoked = self._org_keys.revoke_all(keys)
+            self._store.delete_service_account(account_id)
+            self._audit.record(
+                org_id, actor, "service_account.deleted", target_id=account_id,
+                project_id=project_id,
+                details={"data": {"name": account.name}, "revoked_keys": revoked},
+            )  # fmt: skip
         return account
 
     # -- keys -------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import secrets
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -116,9 +117,12 @@ class LoginService:
             self.throttle.succeeded(attempt)
         else:
             self.throttle.signed_in(attempt, email)
-        sign_in = self._open(user.id, pending, client_ip, user_agent)
-        if not pending:
-            self._record(user, "login.succeeded", sign_in.session.id_hash, client_ip, user_agent)
+        with self._atomic():  # (a session opened is recorded, or not opened)
+            sign_in = self._open(user.id, pending, client_ip, user_agent)
+            if not pending:
+                self._record(
+                    user, "login.succeeded", sign_in.session.id_hash, client_ip, user_agent
+                )
         return sign_in
 
     def complete_second_factor(
@@ -150,9 +154,10 @@ class LoginService:
                 "authenticator app, or one of your recovery codes."
             )
         self.throttle.signed_in(attempt, user.email)
-        self._store.delete_session(pending.id_hash)
-        sign_in = self._open(user.id, False, client_ip, user_agent)
-        self._record(user, "login.succeeded", sign_in.session.id_hash, client_ip, user_agent)
+        with self._atomic():
+            self._store.delete_session(pending.id_hash)
+            sign_in = self._open(user.id, False, client_ip, user_agent)
+            self._record(user, "login.succeeded", sign_in.session.id_hash, client_ip, user_agent)
         return sign_in
 
     def session(self, session_id: str, *, pending: bool = False) -> WebSession | None:
@@ -179,19 +184,28 @@ class LoginService:
             return
         id_hash = hash_token(session_id)
         found = self._store.session(id_hash)
-        self._store.delete_session(id_hash)
-        user = (
-            self._store.user(found.user_id) if found and not found.second_factor_pending else None
-        )
-        if user is not None:
-            self._record(user, "logout.succeeded", id_hash, client_ip, user_agent)
+        with self._atomic():
+            self._store.delete_session(id_hash)
+            user = (
+                self._store.user(found.user_id)
+                if found and not found.second_factor_pending
+                else None
+            )
+            if user is not None:
+                self._record(user, "logout.succeeded", id_hash, client_ip, user_agent)
+
+    def _atomic(self) -> AbstractContextManager[None]:
+        """A session opened or ended and its entries in the audit log: both, or neither."""
+        return nullcontext() if self._audit is None else self._audit.atomic()
 
     def _record(
         self, user: User, event: str, session_hash: str, client_ip: str | None, user_agent: str,
         error_code: str | None = None,
     ) -> None:  # fmt: skip
         """The sign-in event in the audit log of each of the user's organizations (OpenAI's
-        ``login.succeeded``, ``login.failed``, ``logout.succeeded``), as their session."""
+        ``login.succeeded``, ``login.failed``, ``logout.succeeded``), as their session: inside
+        ``_atomic()`` with the session it opens or ends; ``login.failed`` on its own (it tells of
+        no change, and the refusal that follows it must not undo it)."""
         if self._audit is None:
             return
         actor = Actor(

@@ -19,6 +19,7 @@ import functools
 import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol
@@ -270,10 +271,10 @@ class SignupService:
     ) -> Profile:
         """Sets the user's name and, if they belong to no organization yet, creates theirs (with
         them as Owner) and its ``Default project``. With an ``actor`` (the user's session), the
-        changes go into the audit log: a new name in each of the user's organizations
-        (``user.updated``); a new organization as ``organization.created``, ``user.added`` (its
-        Owner) and ``project.created``, the events and details the Admin API records for a
-        member and a project.
+        changes go into the audit log, in their transaction: a new name in each of the user's
+        organizations (``user.updated``); a new organization as ``organization.created``,
+        ``user.added`` (its Owner) and ``project.created``, the events and details the Admin API
+        records for a member and a project.
 
         Raises EmailNotVerified, InvalidRequest."""
         profile = self.profile(user_id)
@@ -285,25 +286,26 @@ class SignupService:
             if profile.needs_organization
             else None
         )
-        self._store.set_name(user_id, name)
-        if name != profile.user.name:
-            change = changed({"name": profile.user.name}, {"name": name})
-            for membership in self._store.memberships(user_id):
-                self._record(actor, membership.org.id, "user.updated", user_id, details=change)
-        if org_name is not None:
-            now = int(self._clock.now())
-            org = Organization(new_id("org-"), org_name, now)
-            project = Project(new_id("proj_"), org.id, DEFAULT_PROJECT, now)
-            self._store.add_organization(user_id, org, project)
-            # OpenAI's log has no event for an organization's creation (its sign-up makes one
-            # unseen); keyplane records one, so the log starts with who created it, from where.
-            self._record(actor, org.id, "organization.created", org.id, {"name": org.name})
-            owner = {"email": profile.user.email, "role": OrgRole.OWNER.value}
-            self._record(actor, org.id, "user.added", user_id, owner)
-            self._record(
-                actor, org.id, "project.created", project.id, {"name": project.name},
-                project_id=project.id,
-            )  # fmt: skip
+        with nullcontext() if self._audit is None else self._audit.atomic():
+            self._store.set_name(user_id, name)
+            if name != profile.user.name:
+                change = changed({"name": profile.user.name}, {"name": name})
+                for membership in self._store.memberships(user_id):
+                    self._record(actor, membership.org.id, "user.updated", user_id, details=change)
+            if org_name is not None:
+                now = int(self._clock.now())
+                org = Organization(new_id("org-"), org_name, now)
+                project = Project(new_id("proj_"), org.id, DEFAULT_PROJECT, now)
+                self._store.add_organization(user_id, org, project)
+                # OpenAI's log has no event for an organization's creation (its sign-up makes
+                # one unseen); keyplane records one, so the log starts with who created it.
+                self._record(actor, org.id, "organization.created", org.id, {"name": org.name})
+                owner = {"email": profile.user.email, "role": OrgRole.OWNER.value}
+                self._record(actor, org.id, "user.added", user_id, owner)
+                self._record(
+                    actor, org.id, "project.created", project.id, {"name": project.name},
+                    project_id=project.id,
+                )  # fmt: skip
         return self.profile(user_id)
 
     def _record(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from keyplane.audit.models import AuditEvent, AuditFilter, AuditPage
@@ -10,6 +11,13 @@ from keyplane.audit.models import AuditEvent, AuditFilter, AuditPage
 class AuditLog(Protocol):
     def record(self, event: AuditEvent) -> None:
         """Appends ``event``; events are never updated or deleted. Raises StoreUnavailable."""
+        ...
+
+    def atomic(self) -> AbstractContextManager[None]:
+        """A unit of work on the log's database: the events recorded inside it, and every other
+        store's writes on that database made inside it by this thread, are committed together
+        when it ends, or none of them if it raises. One opened inside another is part of it
+        (undone alone if it raises). Raises StoreUnavailable."""
         ...
 
     def query(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from keyplane.audit.models import Actor, AuditEvent, AuditFilter, AuditPage
@@ -38,6 +39,13 @@ class AuditService:
         self._log = log
         self._clock = clock
 
+    def atomic(self) -> AbstractContextManager[None]:
+        """``with audit.atomic(): <the change>; audit.record(...)``: the change and the events that
+        tell of it are committed together, or neither is (BRIEF C9: no change without its record,
+        none recorded for a change that failed). Whatever raises inside, a failed write of the
+        log included, undoes the change and reaches the caller. Raises StoreUnavailable."""
+        return self._log.atomic()
+
     def record(
         self,
         org_id: str,
@@ -48,7 +56,8 @@ class AuditService:
         project_id: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> AuditEvent:
-        """Appends one event and returns it. Raises StoreUnavailable."""
+        """Appends one event and returns it: inside ``atomic()``, with the change it tells of.
+        Raises StoreUnavailable."""
         event = self.entry(
             org_id, actor, event_type, target_id=target_id, project_id=project_id, details=details
         )

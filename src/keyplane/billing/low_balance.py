@@ -15,8 +15,9 @@ each burst would make "once per crossing" a matter of timing.
 seen back at or above it: by ``BillingService`` as a purchase or a grant is stored, and by this
 check. A check finding the balance under the threshold while armed asks for the email and the
 webhook event under the dedupe key ``low_balance:<arming>`` and then disarms it, a compare-and-set
-whose one winner records the audit entry. A process dying in between leaves the alert armed with
-the same id: the next check asks for the same email, and the outbox keeps one."""
+whose one winner records the audit entry in the same transaction. A process dying in between
+leaves the alert armed with the same id: the next check asks for the same email, and the outbox
+keeps one."""
 
 from __future__ import annotations
 
@@ -134,8 +135,12 @@ class LowBalanceAlerts:
                 org_id, name, balance, threshold, standing.auto_recharge, subject
             )
             queued = int(self._outbox.enqueue(dedupe, recipients, subject, text, page, now=now))
-        if self._store.disarm_low_balance(org_id, arming) and self._audit is not None:
-            self._audit.record(org_id, SYSTEM, EVENT, target_id=org_id, details={"data": data})
+        if self._audit is None:
+            self._store.disarm_low_balance(org_id, arming)
+            return queued
+        with self._audit.atomic():
+            if self._store.disarm_low_balance(org_id, arming):
+                self._audit.record(org_id, SYSTEM, EVENT, target_id=org_id, details={"data": data})
         return queued
 
     def _bodies(

@@ -75,12 +75,15 @@ class TierPromoter:
         qualified = self.tiers.tier_for(paid.net, paid.first_at, now, current=current)
         if qualified.rank <= current.rank:
             return None
-        self._billing.update_settings(org_id, tier=qualified.id)
-        if self._audit is not None:
-            self._audit.record(
-                org_id, SYSTEM, "organization.tier_promoted", target_id=org_id,
-                details={"before": {"tier": current.id}, "after": {"tier": qualified.id}},
-            )  # fmt: skip
+        if self._audit is None:
+            self._billing.update_settings(org_id, tier=qualified.id)
+        else:
+            with self._audit.atomic():
+                self._billing.update_settings(org_id, tier=qualified.id)
+                self._audit.record(
+                    org_id, SYSTEM, "organization.tier_promoted", target_id=org_id,
+                    details={"before": {"tier": current.id}, "after": {"tier": qualified.id}},
+                )  # fmt: skip
         self._publish(
             org_id, "organization.tier_promoted",
             {"tier": qualified.id, "previous_tier": current.id,

@@ -113,12 +113,13 @@ class AutoRecharge:
             else _uncapitalized(decline_message(code).rstrip("."))
         )
         if last:
-            self._billing.update_settings(job.org_id, auto_recharge=False)
-            self._store.finish_recharge(job.id, "failed", now)
-            self._audit.record(
-                job.org_id, SYSTEM, "billing.auto_recharge_disabled", target_id=job.org_id,
-                details={"reason": f"{attempts} failed attempts: {reason}"},
-            )  # fmt: skip
+            with self._audit.atomic():
+                self._billing.update_settings(job.org_id, auto_recharge=False)
+                self._store.finish_recharge(job.id, "failed", now)
+                self._audit.record(
+                    job.org_id, SYSTEM, "billing.auto_recharge_disabled", target_id=job.org_id,
+                    details={"reason": f"{attempts} failed attempts: {reason}"},
+                )  # fmt: skip
         else:
             self._store.retry_recharge(job.id, now + RECHARGE_RETRY_S)
         self._publish(

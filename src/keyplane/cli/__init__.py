@@ -32,6 +32,7 @@ from keyplane.cli.common import (
     parse_duration,
     parse_usd,
     print_table,
+    recorded,
     scope,
     styled,
     usd,
@@ -44,7 +45,6 @@ from keyplane.cli.scan import scan_command
 from keyplane.cli.sealed import reseal_command, seal_command
 from keyplane.cli.secret_status import secrets_app
 from keyplane.config import Settings, UpstreamSettings
-from keyplane.errors import KeyplaneError
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
 from keyplane.simulator import SimulatorConfig
@@ -90,7 +90,8 @@ def init(
         fail("pass the password on standard input with --password-stdin")
     password = sys.stdin.readline().rstrip("\n")
     c = container()
-    try:
+    credit = parse_usd(welcome_credit)
+    with recorded(c):
         user, organization, project = c.accounts.initialize(
             email=email, password=password, org_name=org
         )
@@ -99,12 +100,9 @@ def init(
             owner_type="user", owner_id=user.id, created_by=user.id,
         )  # fmt: skip
         welcome = c.billing.open_account(
-            organization.id, tier=c.settings.initial_tier, welcome_credit=parse_usd(welcome_credit)
+            organization.id, tier=c.settings.initial_tier, welcome_credit=credit
         )
-    except KeyplaneError as exc:
-        fail(exc.message)
-        return
-    _audit_first(c, user, organization, project, key, welcome)
+        _audit_first(c, user, organization, project, key, welcome)
     if as_json:
         payload = {
             "user_id": user.id,
@@ -327,15 +325,18 @@ def _claim(c: bootstrap.Container) -> None:
 
 def _first_start(c: bootstrap.Container) -> None:
     password = secrets.token_urlsafe(15)
-    user, org, project = c.accounts.initialize(
-        email="owner@keyplane.local", password=password, org_name="My organization"
-    )
-    key, secret = c.keys.create(
-        kind=KeyKind.PROJECT, org_id=org.id, project_id=project.id, name="First key",
-        owner_type="user", owner_id=user.id, created_by=user.id,
-    )  # fmt: skip
-    welcome = c.billing.open_account(org.id, tier=c.settings.initial_tier, welcome_credit=5_000_000)
-    _audit_first(c, user, org, project, key, welcome)
+    with c.audit.atomic():  # (all of it and its entries, or nothing: the next start begins again)
+        user, org, project = c.accounts.initialize(
+            email="owner@keyplane.local", password=password, org_name="My organization"
+        )
+        key, secret = c.keys.create(
+            kind=KeyKind.PROJECT, org_id=org.id, project_id=project.id, name="First key",
+            owner_type="user", owner_id=user.id, created_by=user.id,
+        )  # fmt: skip
+        welcome = c.billing.open_account(
+            org.id, tier=c.settings.initial_tier, welcome_credit=5_000_000
+        )
+        _audit_first(c, user, org, project, key, welcome)
     out.print(
         styled(
             bold("First start: keyplane is initialized."), " These are shown once, store them now."

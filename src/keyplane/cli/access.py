@@ -9,7 +9,7 @@ import typer
 
 from keyplane import bootstrap
 from keyplane.audit.service import changed
-from keyplane.cli.common import JsonOpt, OrgOpt, audit, container, fail, listed, out
+from keyplane.cli.common import JsonOpt, OrgOpt, audit, container, fail, listed, out, recorded
 from keyplane.errors import KeyplaneError
 from keyplane.keys.access import AccessPolicy, AccessPolicyService
 
@@ -73,20 +73,18 @@ def access_set(
     """Set the allowed models and IP allowlist (every level a request crosses must allow it)."""
     c, service, org_id, scope_type, scope_id = _target(org, project)
     current = service.policy(scope_type, scope_id)
-    try:
+    # OpenAI's event for a change to the organization or a project itself.
+    event, project_id = (
+        ("project.updated", scope_id) if scope_type == "project" else ("organization.updated", None)
+    )
+    with recorded(c):
         policy = service.set_policy(
             org_id, scope_type, scope_id,
             allowed_models=None if any_model else (allow_model or current.allowed_models),
             allowed_cidrs=None if any_ip else (allow_ip or current.allowed_cidrs),
         )  # fmt: skip
-    except KeyplaneError as exc:
-        fail(exc.message)
-    # OpenAI's event for a change to the organization or a project itself.
-    event, project_id = (
-        ("project.updated", scope_id) if scope_type == "project" else ("organization.updated", None)
-    )
-    audit(c, org_id, event, target_id=scope_id, project_id=project_id,
-          details=changed(_shown(current), _shown(policy)))  # fmt: skip
+        audit(c, org_id, event, target_id=scope_id, project_id=project_id,
+              details=changed(_shown(current), _shown(policy)))  # fmt: skip
     out.print(
         f"Allowed models: {listed(policy.allowed_models)}; allowed IPs: {listed(policy.allowed_cidrs)}."
     )

@@ -194,6 +194,18 @@ def operator() -> Actor:
     return Actor(ActorType.CLI, f"{user}@{socket.gethostname()}")
 
 
+@contextlib.contextmanager
+def recorded(c: bootstrap.Container) -> Iterator[None]:
+    """A command's change and its entries in the audit log (``audit``), committed together or not
+    at all (``AuditService.atomic``): a domain error inside, a database that failed included,
+    ends the command with its one-line message, nothing changed."""
+    try:
+        with c.audit.atomic():
+            yield
+    except KeyplaneError as exc:
+        fail(exc.message)
+
+
 def audit(
     c: bootstrap.Container,
     org_id: str,
@@ -204,7 +216,8 @@ def audit(
     details: Mapping[str, Any] | None = None,
 ) -> None:
     """Records a command's change in the organization's audit log, by ``operator()``, with the
-    event type, target and details the Admin API and the dashboard record for the same change."""
+    event type, target and details the Admin API and the dashboard record for the same change:
+    inside ``recorded(c)``, with the change."""
     c.audit.record(
         org_id, operator(), event_type, target_id=target_id, project_id=project_id,
         details=details,

@@ -24,6 +24,7 @@ from keyplane.cli.common import (
     out,
     parse_duration,
     print_table,
+    recorded,
     scope,
     styled,
 )
@@ -110,7 +111,7 @@ def keys_create(
 ) -> None:
     """Create a project key and print its secret once (permissions All unless restricted)."""
     c = container()
-    try:
+    with recorded(c):
         organization = c.accounts.find_organization(org)
         proj = c.accounts.find_project(organization.id, project)
         owner = c.accounts.owners(organization.id)[0]
@@ -120,10 +121,8 @@ def keys_create(
             expires_in_s=_expires_in(expires_in),
             scopes=_scopes(scope, read_only), allowed_models=allow_model, allowed_cidrs=allow_ip,
         )  # fmt: skip
-    except KeyplaneError as exc:
-        fail(exc.message)
-    audit(c, organization.id, "api_key.created", target_id=key.id, project_id=proj.id,
-          details={"data": created_key_data(key)})  # fmt: skip
+        audit(c, organization.id, "api_key.created", target_id=key.id, project_id=proj.id,
+              details={"data": created_key_data(key)})  # fmt: skip
     _created(
         c,
         key,
@@ -143,7 +142,7 @@ def keys_create_admin(
     """Create an admin key for the Admin API (/v1/organization), owned by the organization's first
     Owner, and print its secret once."""
     c = container()
-    try:
+    with recorded(c):
         organization = c.accounts.find_organization(org)
         owner = c.accounts.owners(organization.id)[0]
         key, secret = c.keys.create(
@@ -151,15 +150,13 @@ def keys_create_admin(
             owner_type="user", owner_id=owner.id, created_by=owner.id,
             expires_in_s=_expires_in(expires_in),
         )  # fmt: skip
-    except KeyplaneError as exc:
-        fail(exc.message)
-    audit(
-        c,
-        organization.id,
-        "api_key.created",
-        target_id=key.id,
-        details={"data": created_key_data(key)},
-    )
+        audit(
+            c,
+            organization.id,
+            "api_key.created",
+            target_id=key.id,
+            details={"data": created_key_data(key)},
+        )
     said = styled("Created admin key ", bold(key.name), f" ({key.id}), acting as {owner.email}.")
     _created(c, key, secret, as_json, said)
 
@@ -296,17 +293,15 @@ def keys_rotate(
     """Issue a new secret; the old one stops working after the grace period, everywhere."""
     grace_s = parse_duration(grace)
     c = container()
-    try:
+    with recorded(c):
         organization = c.accounts.find_organization(org)
         new, secret = c.keys.rotate(organization.id, key_id, grace_s=grace_s, created_by=None)
         old_limits = c.rate_limit_service.key_limits(key_id)
         if old_limits is not None:
             c.rate_limit_service.set_key_limits(organization.id, new.id, old_limits)
-    except KeyplaneError as exc:
-        fail(exc.message)
-    rotated = {**key_data(new), "rotated_from": key_id, "grace_period_seconds": grace_s}
-    audit(c, organization.id, "api_key.rotated", target_id=new.id, project_id=new.project_id,
-          details={"data": rotated})  # fmt: skip
+        rotated = {**key_data(new), "rotated_from": key_id, "grace_period_seconds": grace_s}
+        audit(c, organization.id, "api_key.rotated", target_id=new.id, project_id=new.project_id,
+              details={"data": rotated})  # fmt: skip
     if as_json:
         out.print_json(
             json.dumps(
@@ -329,16 +324,15 @@ def keys_revoke(
 ) -> None:
     """Revoke a key: every gateway refuses it within a second."""
     c = container()
-    try:
+    with recorded(c):
         org_id = c.accounts.find_organization(org).id
         before = c.keys.get(org_id, key_id)
         key = c.keys.revoke(org_id, key_id)
-    except KeyplaneError as exc:
-        fail(exc.message)
-    if before.revoked_at is not None:  # (revoking it again changes nothing)
+        if before.revoked_at is None:  # (revoking it again changes nothing)
+            audit(c, org_id, "api_key.deleted", target_id=key.id, project_id=key.project_id,
+                  details={"data": key_data(before)})  # fmt: skip
+    if before.revoked_at is not None:
         when = iso(before.revoked_at)
         out.print(f"{key.id} ({key.name}, {key.redacted_value}) was revoked already, at {when}.")
         return
-    audit(c, org_id, "api_key.deleted", target_id=key.id, project_id=key.project_id,
-          details={"data": key_data(before)})  # fmt: skip
     out.print(f"Revoked {key.id} ({key.name}, {key.redacted_value}).")

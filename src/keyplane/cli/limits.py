@@ -18,6 +18,7 @@ from keyplane.cli.common import (
     iso,
     out,
     print_table,
+    recorded,
     styled,
     usd,
 )
@@ -137,18 +138,16 @@ def ratelimits_set(
 ) -> None:
     """Lower a project's limits for one model."""
     c = container()
-    try:
+    with recorded(c):
         organization = c.accounts.find_organization(org)
         proj = c.accounts.find_project(organization.id, project)
         limits = ModelLimits(rpm=rpm, tpm=tpm, rpd=rpd)
         row = c.rate_limit_service.set_project_limit(
             organization.id, proj.id, "rl-" + model, limits
         )
-    except KeyplaneError as exc:
-        fail(exc.message)
-    asked = {k: v for k, v in _as_dict(limits).items() if v is not None}  # as the Admin API's body
-    audit(c, organization.id, "rate_limit.updated", target_id=row.id, project_id=proj.id,
-          details={"after": asked})  # fmt: skip
+        asked = {k: v for k, v in _as_dict(limits).items() if v is not None}  # as the Admin API's
+        audit(c, organization.id, "rate_limit.updated", target_id=row.id, project_id=proj.id,
+              details={"after": asked})  # fmt: skip
     out.print(
         f"{proj.name} / {row.model}: RPM {row.limits.rpm}, TPM {row.limits.tpm}, RPD {row.limits.rpd or '-'}"
     )

@@ -23,6 +23,7 @@ from keyplane.cli.common import (
     parse_duration,
     parse_usd,
     print_table,
+    recorded,
     scope,
     usd,
 )
@@ -55,13 +56,11 @@ def credits_grant(
 ) -> None:
     """Grant credit to an organization (a lot with its own expiry)."""
     c, org_id, _ = scope(org, None)
-    try:
+    with recorded(c):  # (the Idempotency-Key's claim, the lot and its entry)
         lot = c.billing.grant(
             org_id, parse_usd(amount), expires_in_s=parse_duration(expires_in), note=note,
             idempotency_key=idempotency_key, on_created=lambda lot: granted(c, org_id, lot, note),
         )  # fmt: skip
-    except KeyplaneError as exc:
-        fail(exc.message)
     if as_json:
         out.print_json(
             json.dumps({"id": lot.id, "amount_micro_usd": lot.amount, "expires_at": lot.expires_at})
@@ -95,11 +94,12 @@ def credits_purchase(
     """Record a payment received outside keyplane (an invoice paid by transfer): non-refundable
     credit expiring in a year, counted toward usage-tier promotion."""
     c, org_id, _ = scope(org, None)
-    try:
+    with recorded(c):
         lot = c.billing.record_purchase(
             org_id, parse_usd(amount), idempotency_key=idempotency_key,
             on_created=lambda lot: _purchased(c, org_id, lot),
         )  # fmt: skip
+    try:
         promoted = c.promoter.check(org_id)
     except KeyplaneError as exc:
         fail(exc.message)
@@ -116,12 +116,10 @@ def credits_revoke(
 ) -> None:
     """Revoke a grant: what is left of it stops counting (purchases cannot be revoked)."""
     c, org_id, _ = scope(org, None)
-    try:
+    with recorded(c):
         returned = c.billing.revoke_grant(org_id, lot_id)
-    except KeyplaneError as exc:
-        fail(exc.message)
-    taken = {"remaining_micro_usd": returned}
-    audit(c, org_id, "credit_grant.revoked", target_id=lot_id, details={"data": taken})
+        taken = {"remaining_micro_usd": returned}
+        audit(c, org_id, "credit_grant.revoked", target_id=lot_id, details={"data": taken})
     out.print(f"Revoked {lot_id}; ${usd(returned)} unspent was removed from the balance.")
 
 
@@ -192,17 +190,15 @@ def _set_budget(
     c: bootstrap.Container, org_id: str, project_id: str | None, budget: int | None
 ) -> None:
     """Sets the organization's or a project's budget and audits it as the Admin API does."""
-    try:
+    with recorded(c):
         if project_id:
             before = c.billing.project_budget(project_id)
             c.billing.set_project_budget(org_id, project_id, budget)
         else:
             before = c.billing.settings(org_id).budget
             c.billing.update_settings(org_id, budget=budget)
-    except KeyplaneError as exc:
-        fail(exc.message)
-    audit(c, org_id, "spend_limit.updated", target_id=project_id, project_id=project_id,
-          details=budget_change(before, budget))  # fmt: skip
+        audit(c, org_id, "spend_limit.updated", target_id=project_id, project_id=project_id,
+              details=budget_change(before, budget))  # fmt: skip
 
 
 @alerts_app.command("add")
@@ -218,17 +214,14 @@ def alerts_add(
 ) -> None:
     """Add a notification threshold."""
     c, org_id, project_id = scope(org, project)
-    try:
-        alert = c.billing.add_alert(
-            org_id, parse_usd(amount, cents=True), project_id=project_id, recipients=to
-        )
-    except KeyplaneError as exc:
-        fail(exc.message)
-    recipients = list(alert.recipients or c.billing_emails(org_id))
-    data = {"threshold_amount": cents(alert.threshold),
-            "notification_channel": {"type": "email", "recipients": recipients}}  # fmt: skip
-    audit(c, org_id, "spend_alert.created", target_id=alert.id, project_id=project_id,
-          details={"data": data})  # fmt: skip
+    threshold = parse_usd(amount, cents=True)
+    with recorded(c):
+        alert = c.billing.add_alert(org_id, threshold, project_id=project_id, recipients=to)
+        recipients = list(alert.recipients or c.billing_emails(org_id))
+        data = {"threshold_amount": cents(alert.threshold),
+                "notification_channel": {"type": "email", "recipients": recipients}}  # fmt: skip
+        audit(c, org_id, "spend_alert.created", target_id=alert.id, project_id=project_id,
+              details={"data": data})  # fmt: skip
     out.print(f"Added {alert.id}: email when monthly spend reaches ${usd(alert.threshold)}.")
 
 
@@ -272,14 +265,12 @@ def alerts_remove(alert_id: str, org: OrgOpt = None) -> None:
     """Remove a notification threshold."""
     c, org_id, _ = scope(org, None)
     found: SpendAlert | None = next((a for a in c.billing.alerts(org_id) if a.id == alert_id), None)
-    try:
+    with recorded(c):
         c.billing.delete_alert(org_id, alert_id)
-    except KeyplaneError as exc:
-        fail(exc.message)
-    if found is not None:
-        data = {"threshold_amount": cents(found.threshold)}
-        audit(c, org_id, "spend_alert.deleted", target_id=alert_id, project_id=found.project_id,
-              details={"data": data})  # fmt: skip
+        if found is not None:
+            data = {"threshold_amount": cents(found.threshold)}
+            audit(c, org_id, "spend_alert.deleted", target_id=alert_id,
+                  project_id=found.project_id, details={"data": data})  # fmt: skip
     out.print(f"Removed {alert_id}.")
 
 
@@ -345,11 +336,9 @@ def billing_set(
         changes["low_balance_alert"] = (
             None if low_balance_alert == "off" else parse_usd(low_balance_alert)
         )
-    try:
+    with recorded(c):
         before = c.billing.settings(org_id)
         after = c.billing.update_settings(org_id, **changes)
-    except KeyplaneError as exc:
-        fail(exc.message)
-    shown = [settings_shown(s, c.billing.effective_usage_limit(s)) for s in (before, after)]
-    audit(c, org_id, "billing_settings.updated", details=changed(*shown))
+        shown = [settings_shown(s, c.billing.effective_usage_limit(s)) for s in (before, after)]
+        audit(c, org_id, "billing_settings.updated", details=changed(*shown))
     out.print("Billing settings saved.")

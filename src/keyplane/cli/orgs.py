@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from keyplane.audit.service import changed
-from keyplane.cli.common import JsonOpt, OrgOpt, audit, container, fail, iso, out
+from keyplane.cli.common import JsonOpt, OrgOpt, audit, container, fail, iso, out, recorded
 from keyplane.errors import KeyplaneError
 
 orgs_app = typer.Typer(help="Organizations: verification.", no_args_is_help=True)
@@ -47,15 +47,16 @@ def verification_decide(
 ) -> None:
     """Approve (or --reject) an organization's verification."""
     c = container()
-    try:
+    with recorded(c):
         org_id = c.accounts.find_organization(org).id
         before = c.verification.status(org_id)
         v = c.verification.decide(org_id, approve=not reject, note=note)
-    except KeyplaneError as exc:
-        fail(exc.message)
-    # After the Owner's organization.verification_started: the operator's decision.
-    event = "organization.verification_rejected" if reject else "organization.verification_approved"
-    audit(c, org_id, event, target_id=org_id, details=changed(
-        {"status": before.status.value, "note": before.note}, {"status": v.status.value, "note": v.note}
-    ))  # fmt: skip
+        # After the Owner's organization.verification_started: the operator's decision.
+        event = (
+            "organization.verification_rejected" if reject else "organization.verification_approved"
+        )
+        audit(c, org_id, event, target_id=org_id, details=changed(
+            {"status": before.status.value, "note": before.note},
+            {"status": v.status.value, "note": v.note},
+        ))  # fmt: skip
     out.print(f"Organization verification: {v.status.value}.")

@@ -66,30 +66,32 @@ class LeakResponder:
 
     def revoke(self, key: ApiKey, where: str, actor: Actor, how: str) -> bool:
         """Revokes ``key``, found at ``where`` by ``how`` ("keyplane scan", "a secret scanning
-        report"), audits it and emails the Owners; False (and nothing done) when it no longer
-        works (revoked or expired). Raises StoreUnavailable."""
+        report"), audits it and emails the Owners, all in one transaction; False (and nothing
+        done) when it no longer works (revoked or expired). Raises StoreUnavailable."""
         now = self._clock.now()
         if not key.is_usable(now):
             return False
         where = shown(where)
-        if not self._store.revoke(key.id, int(now)):
-            return False  # (revoked meanwhile, by someone else: their change, their audit)
-        self._audit.record(
-            key.org_id, actor, "api_key.deleted", target_id=key.id, project_id=key.project_id,
-            details={"data": {"name": key.name, "redacted_value": key.redacted_value},
-                     "reason": f"found by {how} at {where}"},
-        )  # fmt: skip
-        self._publish(
-            key.org_id, "api_key.leaked",
-            {"api_key_id": key.id, "name": key.name, "redacted_value": key.redacted_value,
-             "project_id": key.project_id, "found_at": where, "found_by": how,
-             "revoked_at": int(now)},
-            f"leaked:{key.id}",
-        )  # fmt: skip
         recipients = list(self._owner_emails(key.org_id))
-        if recipients:
-            subject, body, page = self._message(key, where, how, now)
-            self._outbox.enqueue(f"leaked:{key.id}", recipients, subject, body, page, now=now)
+        email = self._message(key, where, how, now) if recipients else None
+        with self._audit.atomic():
+            if not self._store.revoke(key.id, int(now)):
+                return False  # (revoked meanwhile, by someone else: their change, their audit)
+            self._audit.record(
+                key.org_id, actor, "api_key.deleted", target_id=key.id, project_id=key.project_id,
+                details={"data": {"name": key.name, "redacted_value": key.redacted_value},
+                         "reason": f"found by {how} at {where}"},
+            )  # fmt: skip
+            self._publish(
+                key.org_id, "api_key.leaked",
+                {"api_key_id": key.id, "name": key.name, "redacted_value": key.redacted_value,
+                 "project_id": key.project_id, "found_at": where, "found_by": how,
+                 "revoked_at": int(now)},
+                f"leaked:{key.id}",
+            )  # fmt: skip
+            if email is not None:
+                subject, body, page = email
+                self._outbox.enqueue(f"leaked:{key.id}", recipients, subject, body, page, now=now)
         return True
 
     def _message(self, key: ApiKey, where: str, how: str, now: float) -> tuple[str, str, str]:

@@ -226,7 +226,9 @@ class SqlAuthStore(SqlStore):
         self, limits: Mapping[str, int], *, since: int, at: int, purge_before: int | None = None
     ) -> AttemptReservation:
         f = login_failures
-        with self._write() as conn:
+        # Its own transaction even inside a unit of work: the attempt counts whether or not what
+        # it guards (turning two-factor off, say) is undone.
+        with self._write_alone() as conn:
             if conn.dialect.name == "postgresql":
                 # Serialize attempts per subject (in a fixed order, so two never deadlock);
                 # SQLite already runs one writer at a time.

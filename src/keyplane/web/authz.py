@@ -29,6 +29,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
@@ -270,11 +271,15 @@ def admin_router(prefix: str = "/v1/organization") -> APIRouter:
 
 class Recorder:
     """The audit log, bound to the request's principal. Blocking: call it from the route's
-    worker thread, right after the change it records."""
+    worker thread, in the unit of work of the change it records:
+    ``with audit.atomic(): <the change>; audit(...)`` (``AuditService.atomic``)."""
 
     def __init__(self, audit: AuditService, principal: Principal) -> None:
         self._audit = audit
         self._principal = principal
+
+    def atomic(self) -> AbstractContextManager[None]:
+        return self._audit.atomic()
 
     def __call__(
         self,

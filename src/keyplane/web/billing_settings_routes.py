@@ -100,11 +100,12 @@ async def update_billing_settings(
 
     def write() -> SettingsRecord:
         before = _settings(s, s.billing.settings(caller.org_id)).model_dump()
-        with params_named(_SETTING_PARAMS):
-            record = s.billing.update_settings(caller.org_id, **_changes(body))
-        details = changed(before, _settings(s, record).model_dump())
-        if details["after"]:  # (a body that changes nothing records nothing)
-            audit("billing_settings.updated", details=details)
+        with audit.atomic():
+            with params_named(_SETTING_PARAMS):
+                record = s.billing.update_settings(caller.org_id, **_changes(body))
+            details = changed(before, _settings(s, record).model_dump())
+            if details["after"]:  # (a body that changes nothing records nothing)
+                audit("billing_settings.updated", details=details)
         return record
 
     record = await asyncio.to_thread(write)

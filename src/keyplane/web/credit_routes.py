@@ -81,10 +81,10 @@ async def create_credit_grant(
         )
         audit("credit_grant.created", target_id=lot.id, details={"data": data})
 
-    try:
-        with params_named(names):
-            lot = await asyncio.to_thread(
-                ctx.services.billing.grant,
+    def add() -> Lot:
+        # The Idempotency-Key's claim, the lot and its entry: one transaction.
+        with audit.atomic():
+            return ctx.services.billing.grant(
                 caller.org_id,
                 body.amount_micro_usd,
                 expires_in_s=body.expires_in_seconds,
@@ -92,6 +92,10 @@ async def create_credit_grant(
                 idempotency_key=idempotency_key,
                 on_created=audited,
             )
+
+    try:
+        with params_named(names):
+            lot = await asyncio.to_thread(add)
     except Conflict as exc:  # the only conflict a grant has: a key reused with other parameters
         error = ApiError(409, exc.message, code="idempotency_key_reused", param="Idempotency-Key")
         raise AdminApiError(error) from None
@@ -111,9 +115,10 @@ async def revoke_credit_grant(ctx: Ctx, caller: Admin, audit: Audit, grant_id: s
 
     def revoke() -> CreditGrant:
         before = _grant(ctx.services, caller.org_id, grant_id)
-        ctx.services.billing.revoke_grant(caller.org_id, grant_id)
         taken = {"remaining_micro_usd": before.remaining_micro_usd}
-        audit("credit_grant.revoked", target_id=grant_id, details={"data": taken})
+        with audit.atomic():
+            ctx.services.billing.revoke_grant(caller.org_id, grant_id)
+            audit("credit_grant.revoked", target_id=grant_id, details={"data": taken})
         return _grant(ctx.services, caller.org_id, grant_id)
 
     grant = await asyncio.to_thread(revoke)

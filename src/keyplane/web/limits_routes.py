@@ -160,13 +160,14 @@ async def update_rate_limit(
 
     def write() -> RateLimit:
         _require_project(s, caller.org_id, project_id)
-        row = s.rate_limit_service.set_project_limit(
-            caller.org_id, project_id, rate_limit_id, limits
-        )
-        audit(
-            "rate_limit.updated", target_id=row.id, project_id=project_id,
-            details={"after": body.model_dump(exclude_none=True)},
-        )  # fmt: skip
+        with audit.atomic():
+            row = s.rate_limit_service.set_project_limit(
+                caller.org_id, project_id, rate_limit_id, limits
+            )
+            audit(
+                "rate_limit.updated", target_id=row.id, project_id=project_id,
+                details={"after": body.model_dump(exclude_none=True)},
+            )  # fmt: skip
         return RateLimit.of(row)
 
     row = await asyncio.to_thread(write)

@@ -130,10 +130,12 @@ async def create_payment_method(
     source = _source(body, service.provider_name)
 
     def add() -> MethodRecord:
-        with params_named(CARD_PARAMS):
-            method = service.add_method(caller.org_id, source, make_default=body.default)
-        data = {"brand": method.brand, "last4": method.last4}
-        audit("payment_method.created", target_id=method.id, details={"data": data})
+        # (The unit's transaction begins with the method's row, after the provider saved it.)
+        with audit.atomic():
+            with params_named(CARD_PARAMS):
+                method = service.add_method(caller.org_id, source, make_default=body.default)
+            data = {"brand": method.brand, "last4": method.last4}
+            audit("payment_method.created", target_id=method.id, details={"data": data})
         return method
 
     return _method(await asyncio.to_thread(add))
@@ -152,11 +154,12 @@ async def set_default_payment_method(
     service = _service(ctx)
 
     def make_default() -> MethodRecord:
-        with _in_path():
-            before = service.method(caller.org_id, payment_method_id)
-            method = service.set_default(caller.org_id, payment_method_id)
-        change = changed({"is_default": before.is_default}, {"is_default": method.is_default})
-        audit("payment_method.updated", target_id=method.id, details=change)
+        with audit.atomic():
+            with _in_path():
+                before = service.method(caller.org_id, payment_method_id)
+                method = service.set_default(caller.org_id, payment_method_id)
+            change = changed({"is_default": before.is_default}, {"is_default": method.is_default})
+            audit("payment_method.updated", target_id=method.id, details=change)
         return method
 
     return _method(await asyncio.to_thread(make_default))
@@ -172,10 +175,11 @@ async def delete_payment_method(
     service = _service(ctx)
 
     def remove() -> None:
-        with _in_path():
-            method = service.remove_method(caller.org_id, payment_method_id)
-        data = {"brand": method.brand, "last4": method.last4}
-        audit("payment_method.deleted", target_id=method.id, details={"data": data})
+        with audit.atomic():
+            with _in_path():
+                method = service.remove_method(caller.org_id, payment_method_id)
+            data = {"brand": method.brand, "last4": method.last4}
+            audit("payment_method.deleted", target_id=method.id, details={"data": data})
 
     await asyncio.to_thread(remove)
     return Deleted(object="payment_method.deleted", id=payment_method_id)

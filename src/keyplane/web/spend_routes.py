@@ -69,9 +69,10 @@ async def _set_org_limit(
 ) -> SpendLimit:
     def write() -> SpendLimit:
         before = ctx.services.billing.settings(org_id).budget
-        with params_named({"budget": "threshold_amount"}):
-            ctx.services.billing.update_settings(org_id, budget=amount)
-        audit("spend_limit.updated", details=budget_change(before, amount))
+        with audit.atomic():
+            with params_named({"budget": "threshold_amount"}):
+                ctx.services.billing.update_settings(org_id, budget=amount)
+            audit("spend_limit.updated", details=budget_change(before, amount))
         return _org_limit(ctx.services, org_id)
 
     limit = await asyncio.to_thread(write)
@@ -85,13 +86,14 @@ async def _set_project_limit(
     def write() -> SpendLimit:
         _require_project(ctx.services, org_id, project_id)
         before = ctx.services.billing.project_budget(project_id)
-        ctx.services.billing.set_project_budget(org_id, project_id, amount)
-        audit(
-            "spend_limit.updated",
-            target_id=project_id,
-            project_id=project_id,
-            details=budget_change(before, amount),
-        )
+        with audit.atomic():
+            ctx.services.billing.set_project_budget(org_id, project_id, amount)
+            audit(
+                "spend_limit.updated",
+                target_id=project_id,
+                project_id=project_id,
+                details=budget_change(before, amount),
+            )
         return _project_limit(ctx.services, org_id, project_id)
 
     limit = await asyncio.to_thread(write)
@@ -182,16 +184,20 @@ def _add_alert(
     if project_id is not None:
         _require_project(s, org_id, project_id)
     channel = body.notification_channel
-    with params_named({"recipients": "notification_channel.recipients"}):
-        alert = s.billing.add_alert(
-            org_id,
-            cents_to_micro(body.threshold_amount),
-            project_id=project_id,
-            recipients=channel.recipients if channel and channel.recipients else None,
-        )
-    created = _alert(alert, _owner_emails(s, org_id))
-    data = created.model_dump(include={"threshold_amount", "notification_channel"})
-    audit("spend_alert.created", target_id=alert.id, project_id=project_id, details={"data": data})
+    with audit.atomic():
+        with params_named({"recipients": "notification_channel.recipients"}):
+            alert = s.billing.add_alert(
+                org_id,
+                cents_to_micro(body.threshold_amount),
+                project_id=project_id,
+                recipients=channel.recipients if channel and channel.recipients else None,
+            )
+        created = _alert(alert, _owner_emails(s, org_id))
+        data = created.model_dump(include={"threshold_amount", "notification_channel"})
+        audit(
+            "spend_alert.created", target_id=alert.id, project_id=project_id,
+            details={"data": data},
+        )  # fmt: skip
     return created
 
 
@@ -205,9 +211,13 @@ def _delete_alert(
     found = [a for a in s.billing.alerts(org_id) if a.id == alert_id and a.project_id == project_id]
     if not found:
         raise NotFound(f"No spend alert '{alert_id}'.", param="alert_id")
-    s.billing.delete_alert(org_id, alert_id)
     data = {"threshold_amount": micro_to_cents(found[0].threshold)}
-    audit("spend_alert.deleted", target_id=alert_id, project_id=project_id, details={"data": data})
+    with audit.atomic():
+        s.billing.delete_alert(org_id, alert_id)
+        audit(
+            "spend_alert.deleted", target_id=alert_id, project_id=project_id,
+            details={"data": data},
+        )  # fmt: skip
     return Deleted(object="organization.spend_alert.deleted", id=alert_id)
 
 

@@ -63,17 +63,18 @@ async def start_verification(
     service = _service(ctx)
 
     def start() -> OrgVerification:
-        record = service.start(
-            principal.org_id,
-            principal.user_id or "",
-            legal_name=body.legal_name,
-            website=body.website,
-        )
-        audit(
-            "organization.verification_started",
-            target_id=principal.org_id,
-            details={"data": body.model_dump()},
-        )
+        with audit.atomic():
+            record = service.start(
+                principal.org_id,
+                principal.user_id or "",
+                legal_name=body.legal_name,
+                website=body.website,
+            )
+            audit(
+                "organization.verification_started",
+                target_id=principal.org_id,
+                details={"data": body.model_dump()},
+            )
         return record
 
     return Verification.of(await asyncio.to_thread(start), service.required)

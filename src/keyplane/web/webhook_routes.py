@@ -90,10 +90,11 @@ async def create_webhook(
     """Registers an endpoint for the chosen events; answers its signing secret, once."""
 
     def create() -> WebhookCreated:
-        endpoint, secret = _service(ctx).create(
-            caller.org_id, body.url, list(body.events), body.description
-        )
-        audit("webhook.created", target_id=endpoint.id, details=created_details(endpoint))
+        with audit.atomic():
+            endpoint, secret = _service(ctx).create(
+                caller.org_id, body.url, list(body.events), body.description
+            )
+            audit("webhook.created", target_id=endpoint.id, details=created_details(endpoint))
         return WebhookCreated(**Webhook.of(endpoint).model_dump(), secret=secret)
 
     return await asyncio.to_thread(create)
@@ -104,8 +105,9 @@ async def delete_webhook(ctx: Ctx, caller: Admin, audit: Audit, webhook_id: str)
     """Removes the endpoint; events not delivered to it yet are dropped."""
 
     def delete() -> Deleted:
-        gone = _service(ctx).delete(caller.org_id, webhook_id)
-        audit("webhook.deleted", target_id=gone.id, details=deleted_details(gone))
+        with audit.atomic():
+            gone = _service(ctx).delete(caller.org_id, webhook_id)
+            audit("webhook.deleted", target_id=gone.id, details=deleted_details(gone))
         return Deleted(object="webhook.deleted", id=gone.id, deleted=True)
 
     return await asyncio.to_thread(delete)

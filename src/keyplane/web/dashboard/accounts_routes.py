@@ -286,15 +286,17 @@ def reset_page(request: Request, token: str = "") -> Response:
 
 @router.post("/password/reset")
 def reset(request: Request, token: Field = "", password: Field = "") -> Response:
-    auth = context(request).auth
+    ctx = context(request)
+    auth = ctx.auth
     try:
-        user = auth.signup.reset_password(token, password)
+        with ctx.services.audit.atomic():
+            user = auth.signup.reset_password(token, password)
+            account_changed(request, user, "user.password_changed")
     except TokenRefused as exc:
         return render(request, "reset.html", status=400, error=exc.message)
     except InvalidRequest as exc:
         return render(request, "reset.html", status=400, error=exc.message, token=token)
     auth.login.throttle.forget_account(user.email)  # the link proved the mailbox
-    account_changed(request, user, "user.password_changed")
     # Every session of the account ended, this browser's too.
     response = render(request, "reset.html", done=True, viewer=None)
     clear_session_cookie(request, response)
@@ -335,9 +337,12 @@ def totp_setup(request: Request, viewer: CurrentMember, password: Field = "") ->
 def totp_enable(
     request: Request, viewer: CurrentMember, setup_token: Field = "", code: Field = ""
 ) -> Response:
-    second_factor = context(request).auth.second_factor
+    ctx = context(request)
+    second_factor = ctx.auth.second_factor
     try:
-        codes = second_factor.enable(viewer.user.id, setup_token, code)
+        with ctx.services.audit.atomic():
+            codes = second_factor.enable(viewer.user.id, setup_token, code)
+            account_changed(request, viewer.user, "user.two_factor_enabled", viewer.session_ref)
     except InvalidRequest as exc:
         if exc.param != "code":
             return _security(request, viewer, status=400, error=exc.message)
@@ -351,31 +356,35 @@ def totp_enable(
             qr=_qr(setup.uri),
             error=exc.message,
         )
-    account_changed(request, viewer.user, "user.two_factor_enabled", viewer.session_ref)
     return render(request, "recovery_codes.html", viewer=viewer, codes=codes, enabled=True)
 
 
 @router.post("/account/totp/disable")
 def totp_disable(request: Request, viewer: CurrentMember, password: Field = "") -> Response:
+    ctx = context(request)
     try:
-        context(request).auth.second_factor.disable(viewer.user.id, password)
+        # (A wrong password's attempt stays counted: the throttle writes it on its own.)
+        with ctx.services.audit.atomic():
+            ctx.auth.second_factor.disable(viewer.user.id, password)
+            account_changed(request, viewer.user, "user.two_factor_disabled", viewer.session_ref)
     except LoginThrottled as exc:
         return _throttled(_security(request, viewer, status=429, error=exc.message), exc)
     except InvalidRequest as exc:
         return _security(request, viewer, status=400, error=exc.message)
-    account_changed(request, viewer.user, "user.two_factor_disabled", viewer.session_ref)
     return _security(request, viewer, notice="Two-factor authentication is off.")
 
 
 @router.post("/account/recovery-codes")
 def recovery_codes(request: Request, viewer: CurrentMember, password: Field = "") -> Response:
+    ctx = context(request)
     try:
-        codes = context(request).auth.second_factor.regenerate_recovery_codes(
-            viewer.user.id, password
-        )
+        with ctx.services.audit.atomic():
+            codes = ctx.auth.second_factor.regenerate_recovery_codes(viewer.user.id, password)
+            account_changed(
+                request, viewer.user, "user.recovery_codes_replaced", viewer.session_ref
+            )
     except LoginThrottled as exc:
         return _throttled(_security(request, viewer, status=429, error=exc.message), exc)
     except InvalidRequest as exc:
         return _security(request, viewer, status=400, error=exc.message)
-    account_changed(request, viewer.user, "user.recovery_codes_replaced", viewer.session_ref)
     return render(request, "recovery_codes.html", viewer=viewer, codes=codes)

@@ -147,7 +147,13 @@ def add_method(
                 param="payment_method",
             )
         card = _card(number, expiry, cvc, payment_method)
-        method = services.payments.add_method(principal.org_id, card, make_default=default)
+        # (The unit's transaction begins with the method's row, after the provider saved it.)
+        with services.audit.atomic():
+            method = services.payments.add_method(principal.org_id, card, make_default=default)
+            services.audit.record(
+                principal.org_id, principal.actor, "payment_method.created",
+                target_id=method.id, details={"data": _shown(method)},
+            )  # fmt: skip
     except StoreUnavailable:
         raise
     except KeyplaneError as exc:
@@ -156,10 +162,6 @@ def add_method(
             request, viewer, status=400, errors={field: exc.message}, expiry=expiry,
             make_default=default, next_path=safe_next(next) if next else "",
         )  # fmt: skip
-    services.audit.record(
-        principal.org_id, principal.actor, "payment_method.created", target_id=method.id,
-        details={"data": _shown(method)},
-    )  # fmt: skip
     raise Redirect(safe_next(next) if next else f"{METHODS}?added={method.id}")
 
 
@@ -186,12 +188,14 @@ def set_default_method(
     principal = allowed(request, viewer, "payment_methods.update")
     same_org(viewer, form_org)
     method = _method(request, principal.org_id, method_id)
+    services = context(request).services
     if not method.is_default:
-        context(request).services.payments.set_default(principal.org_id, method.id)
-        context(request).services.audit.record(
-            principal.org_id, principal.actor, "payment_method.updated", target_id=method.id,
-            details=changed({"is_default": False}, {"is_default": True}),
-        )  # fmt: skip
+        with services.audit.atomic():
+            services.payments.set_default(principal.org_id, method.id)
+            services.audit.record(
+                principal.org_id, principal.actor, "payment_method.updated", target_id=method.id,
+                details=changed({"is_default": False}, {"is_default": True}),
+            )  # fmt: skip
     raise Redirect(METHODS)
 
 
@@ -226,12 +230,14 @@ def remove_method_page(request: Request, viewer: CurrentMember, method_id: str) 
 @router.post(METHODS + "/{method_id}/remove")
 def remove_method(request: Request, viewer: CurrentMember, method_id: str) -> Response:
     principal = allowed(request, viewer, "payment_methods.delete")
+    services = context(request).services
     try:
-        method = context(request).services.payments.remove_method(principal.org_id, method_id)
+        with services.audit.atomic():
+            method = services.payments.remove_method(principal.org_id, method_id)
+            services.audit.record(
+                principal.org_id, principal.actor, "payment_method.deleted", target_id=method.id,
+                details={"data": _shown(method)},
+            )  # fmt: skip
     except NotFound:
         raise HTTPException(404) from None
-    context(request).services.audit.record(
-        principal.org_id, principal.actor, "payment_method.deleted", target_id=method.id,
-        details={"data": _shown(method)},
-    )  # fmt: skip
     raise Redirect(METHODS)

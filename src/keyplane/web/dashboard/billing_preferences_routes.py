@@ -131,12 +131,13 @@ def save_preferences(
     if fingerprint not in ("", _fingerprint(stored)) and not done_already:
         return _page(request, viewer, status=409, error=STALE)
     before = preferences_shown(stored)
-    record = services.billing.update_settings(
-        principal.org_id, billing_email=email, billing_address=address
-    )
-    details = changed(before, preferences_shown(record))
-    if details["after"]:
-        services.audit.record(
-            principal.org_id, principal.actor, "billing_settings.updated", details=details
+    with services.audit.atomic():
+        record = services.billing.update_settings(
+            principal.org_id, billing_email=email, billing_address=address
         )
+        details = changed(before, preferences_shown(record))
+        if details["after"]:
+            services.audit.record(
+                principal.org_id, principal.actor, "billing_settings.updated", details=details
+            )
     raise Redirect(PATH + "?saved=1")

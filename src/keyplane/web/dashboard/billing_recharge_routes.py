@@ -62,10 +62,13 @@ def _save_recharge(request: Request, principal: Principal, **changes: object) ->
     billing = services.billing
     old = billing.settings(org_id)
     before = settings_shown(old, billing.effective_usage_limit(old))
-    record = billing.update_settings(org_id, **changes)
-    details = changed(before, settings_shown(record, billing.effective_usage_limit(record)))
-    if details["after"]:
-        services.audit.record(org_id, principal.actor, "billing_settings.updated", details=details)
+    with services.audit.atomic():
+        record = billing.update_settings(org_id, **changes)
+        details = changed(before, settings_shown(record, billing.effective_usage_limit(record)))
+        if details["after"]:
+            services.audit.record(
+                org_id, principal.actor, "billing_settings.updated", details=details
+            )
 
 
 @router.post(RECHARGE)

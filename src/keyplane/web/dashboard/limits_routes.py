@@ -116,14 +116,15 @@ def _save_budget(
     services = context(request).services
     try:
         before = services.billing.settings(org_id).budget
-        services.billing.update_settings(org_id, budget=budget)
+        with services.audit.atomic():
+            services.billing.update_settings(org_id, budget=budget)
+            services.audit.record(
+                org_id, actor, "spend_limit.updated", details=budget_change(before, budget)
+            )
     except StoreUnavailable:
         raise  # (the 503 page: not a mistake in the form)
     except KeyplaneError as exc:
         return _page(request, viewer, status=400, error=form_error(exc), typed_budget=typed)
-    services.audit.record(
-        org_id, actor, "spend_limit.updated", details=budget_change(before, budget)
-    )
     raise Redirect(PATH)
 
 
@@ -139,13 +140,16 @@ def add_alert(
     services = context(request).services
     try:
         threshold = parse_amount(amount, cents=True, minimum=MICRO_PER_CENT)
-        alert = services.billing.add_alert(org_id, threshold, project_id=None, recipients=None)
+        with services.audit.atomic():
+            alert = services.billing.add_alert(org_id, threshold, project_id=None, recipients=None)
+            services.audit.record(
+                org_id, actor, "spend_alert.created", target_id=alert.id,
+                details={"data": {"threshold_amount": micro_to_cents(threshold)}},
+            )  # fmt: skip
+    except StoreUnavailable:
+        raise
     except (ValueError, KeyplaneError) as exc:
         return _page(request, viewer, status=400, error=form_error(exc), typed_alert=amount)
-    services.audit.record(
-        org_id, actor, "spend_alert.created", target_id=alert.id,
-        details={"data": {"threshold_amount": micro_to_cents(threshold)}},
-    )  # fmt: skip
     raise Redirect(PATH)
 
 
@@ -158,9 +162,10 @@ def delete_alert(request: Request, viewer: CurrentMember, alert_id: str) -> Resp
     ]
     if not found:
         raise HTTPException(404)
-    services.billing.delete_alert(org_id, alert_id)
-    services.audit.record(
-        org_id, actor, "spend_alert.deleted", target_id=alert_id,
-        details={"data": {"threshold_amount": micro_to_cents(found[0].threshold)}},
-    )  # fmt: skip
+    with services.audit.atomic():
+        services.billing.delete_alert(org_id, alert_id)
+        services.audit.record(
+            org_id, actor, "spend_alert.deleted", target_id=alert_id,
+            details={"data": {"threshold_amount": micro_to_cents(found[0].threshold)}},
+        )  # fmt: skip
     raise Redirect(PATH)

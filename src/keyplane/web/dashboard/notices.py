@@ -49,7 +49,9 @@ def session_actor(request: Request, user: User, session_ref: str) -> Actor:
 
 def account_changed(request: Request, user: User, event: str, session_ref: str = "") -> None:
     """Emails the account's owner and records ``event`` (one of ``CHANGES``) in the audit log of
-    each of their organizations, with the address and browser the change came from."""
+    each of their organizations, with the address and browser the change came from. Called in
+    the change's unit of work (``AuditService.atomic``): the change, its entries and the email,
+    or none of them."""
     ctx = context(request)
     services, now = ctx.services, ctx.services.clock.now()
     actor = session_actor(request, user, session_ref)

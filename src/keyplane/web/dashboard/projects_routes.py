@@ -14,7 +14,7 @@ from keyplane.accounts.org_ports import ProjectRole
 from keyplane.billing.amounts import parse_amount
 from keyplane.billing.audit_details import budget_change
 from keyplane.billing.periods import period_of
-from keyplane.errors import KeyplaneError, NotFound
+from keyplane.errors import KeyplaneError, NotFound, StoreUnavailable
 from keyplane.web.dashboard.authorize import may, principal_of
 from keyplane.web.dashboard.session import (
     CurrentMember,
@@ -219,15 +219,18 @@ def _save_budget(request: Request, viewer: Viewer, project_id: str, amount: str 
             )
         budget = None if amount is None else parse_amount(amount, cents=True)
         before = services.billing.project_budget(pid)
-        services.billing.set_project_budget(org_id, pid, budget)
+        with services.audit.atomic():
+            services.billing.set_project_budget(org_id, pid, budget)
+            services.audit.record(
+                org_id, principal.actor, "spend_limit.updated", target_id=pid, project_id=pid,
+                details=budget_change(before, budget),
+            )  # fmt: skip
+    except StoreUnavailable:
+        raise  # (the 503 page: not a mistake in the form)
     except (ValueError, KeyplaneError) as exc:
         return _detail(
             request, viewer, pid, status=400, error=form_error(exc), typed_budget=amount or ""
         )
-    services.audit.record(
-        org_id, principal.actor, "spend_limit.updated", target_id=pid, project_id=pid,
-        details=budget_change(before, budget),
-    )  # fmt: skip
     raise Redirect(f"{PATH}/{pid}")
 
 

@@ -109,9 +109,14 @@ def _create(
     if not _FORMS.claim(form_id):
         return render(request, "webhook_again.html", status=409, viewer=viewer)
     try:
-        endpoint, secret = services.webhooks.create(
-            principal.org_id, form.url, list(form.events), form.description
-        )
+        with services.audit.atomic():
+            endpoint, secret = services.webhooks.create(
+                principal.org_id, form.url, list(form.events), form.description
+            )
+            services.audit.record(
+                principal.org_id, principal.actor, "webhook.created", target_id=endpoint.id,
+                details=created_details(endpoint),
+            )  # fmt: skip
     except InvalidRequest as exc:
         _FORMS.release(form_id)
         field = exc.param if exc.param in FIELDS else "form"
@@ -119,10 +124,6 @@ def _create(
     except BaseException:
         _FORMS.release(form_id)
         raise
-    services.audit.record(
-        principal.org_id, principal.actor, "webhook.created", target_id=endpoint.id,
-        details=created_details(endpoint),
-    )  # fmt: skip
     return render(
         request, "webhook_created.html", viewer=viewer, endpoint=endpoint, secret=secret,
         event_types=EVENT_TYPES,
@@ -155,11 +156,12 @@ def delete_webhook(request: Request, viewer: CurrentMember, webhook_id: str) -> 
     principal = _allowed(request, viewer, "webhooks.delete")
     services = context(request).services
     try:
-        gone = services.webhooks.delete(principal.org_id, webhook_id)
+        with services.audit.atomic():
+            gone = services.webhooks.delete(principal.org_id, webhook_id)
+            services.audit.record(
+                principal.org_id, principal.actor, "webhook.deleted", target_id=gone.id,
+                details=deleted_details(gone),
+            )  # fmt: skip
     except NotFound:
         raise HTTPException(404) from None
-    services.audit.record(
-        principal.org_id, principal.actor, "webhook.deleted", target_id=gone.id,
-        details=deleted_details(gone),
-    )  # fmt: skip
     raise Redirect(PATH)
