@@ -12,7 +12,7 @@ from sqlalchemy import Connection, RowMapping, func, insert, select, update
 from keyplane.keys.format import KeyKind
 from keyplane.keys.models import ApiKey
 from keyplane.storage import tables as t
-from keyplane.storage.store import SqlStore, fields_of
+from keyplane.storage.store import SqlStore, append_to_feed, fields_of
 
 _JSON_FIELDS = ("scopes", "allowed_models", "allowed_cidrs")
 
@@ -55,7 +55,7 @@ class SqlKeyStore(SqlStore):
     def add(self, key: ApiKey) -> None:
         with self._write() as conn:
             conn.execute(insert(t.api_keys).values(**_key_row(key)))
-            conn.execute(insert(t.key_events).values(key_id=key.id, at=key.created_at))
+            append_to_feed(conn, t.key_events, key_id=key.id, at=key.created_at)
 
     def list(self, org_id: str, project_id: str | None = None) -> Sequence[ApiKey]:
         query = select(t.api_keys).where(t.api_keys.c.org_id == org_id)
@@ -72,7 +72,7 @@ class SqlKeyStore(SqlStore):
                 .values(revoked_at=at)
             ).rowcount
             if done:
-                conn.execute(insert(t.key_events).values(key_id=key_id, at=at))
+                append_to_feed(conn, t.key_events, key_id=key_id, at=at)
         return bool(done)
 
     def update(self, key: ApiKey, at: int) -> None:
@@ -80,7 +80,7 @@ class SqlKeyStore(SqlStore):
         values = _key_row(key)
         with self._write() as conn:
             conn.execute(update(t.api_keys).where(t.api_keys.c.id == key.id).values(**values))
-            conn.execute(insert(t.key_events).values(key_id=key.id, at=at))
+            append_to_feed(conn, t.key_events, key_id=key.id, at=at)
 
     def changes_since(self, seq: int | None) -> tuple[int, Sequence[str]]:
         def read(c: Connection) -> tuple[int, Sequence[str]]:

@@ -23,7 +23,7 @@ from keyplane.storage.billing_tables import (
 from keyplane.storage.idempotency_repository import complete_claim
 from keyplane.storage.payment_tables import payment_adjustments
 from keyplane.storage.settlement_writer import add_sql, balances, items
-from keyplane.storage.store import SqlStore
+from keyplane.storage.store import SqlStore, append_to_feed
 
 
 def insert_lot(conn: Connection, org_id: str, lot: Lot, note: str, source: str) -> None:
@@ -109,7 +109,7 @@ def lots_of(conn: Connection, org_id: str) -> list[tuple[Lot, str]]:
 
 
 def record_event(conn: Connection, org_id: str, kind: str, ref: str | None, at: int) -> None:
-    conn.execute(insert(money_events).values(org_id=org_id, kind=kind, ref=ref, at=at))
+    append_to_feed(conn, money_events, org_id=org_id, kind=kind, ref=ref, at=at)
 
 
 def remaining_credit(conn: Connection, org_id: str) -> dict[str, int]:

@@ -12,7 +12,7 @@ from keyplane.keys.access import NO_POLICY, AccessPolicy
 from keyplane.limits.ratelimit import ModelLimits
 from keyplane.storage.billing_tables import money_events
 from keyplane.storage.limits_tables import access_policies, key_rate_limits, project_rate_limits
-from keyplane.storage.store import SqlStore
+from keyplane.storage.store import SqlStore, append_to_feed
 
 _DIMENSIONS = ("rpm", "tpm", "rpd", "images_per_min", "audio_mb_per_min")
 
@@ -61,10 +61,8 @@ class SqlRateLimitStore(SqlStore):
                     **_values(limits),
                 )
             )
-            conn.execute(
-                insert(money_events).values(
-                    org_id=org_id, kind="rate_limits", ref=project_id, at=at
-                )
+            append_to_feed(
+                conn, money_events, org_id=org_id, kind="rate_limits", ref=project_id, at=at
             )
 
     def save_key_limits(
@@ -78,9 +76,7 @@ class SqlRateLimitStore(SqlStore):
                         key_id=key_id, org_id=org_id, updated_at=at, **_values(limits)
                     )
                 )
-            conn.execute(
-                insert(money_events).values(org_id=org_id, kind="rate_limits", ref=key_id, at=at)
-            )
+            append_to_feed(conn, money_events, org_id=org_id, kind="rate_limits", ref=key_id, at=at)
 
 
 class SqlAccessPolicyStore(SqlStore):
@@ -113,9 +109,7 @@ class SqlAccessPolicyStore(SqlStore):
                     allowed_models=_json(policy.allowed_models), allowed_cidrs=_json(policy.allowed_cidrs),
                 )
             )  # fmt: skip
-            conn.execute(
-                insert(money_events).values(org_id=org_id, kind="access", ref=scope_id, at=at)
-            )
+            append_to_feed(conn, money_events, org_id=org_id, kind="access", ref=scope_id, at=at)
 
 
 def _json(values: tuple[str, ...] | None) -> str | None:

@@ -13,7 +13,18 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Engine, Row, Select, Table, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Row,
+    Select,
+    Table,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
 from sqlalchemy.exc import OperationalError
 
@@ -228,6 +239,22 @@ class SqlStore:
                 return fn(conn)
         except (OperationalError, SAInterfaceError) as exc:
             raise StoreUnavailable("The database is unavailable.") from exc
+
+
+# The change feeds' tables (key_events, money_events): their rows are numbered by the database
+# and read by number (``seq > last seen``), so each must commit in the order of its numbers.
+_FEED_LOCKS = {"key_events": 0x6B70_6665_6564_0001, "money_events": 0x6B70_6665_6564_0002}
+
+
+def append_to_feed(conn: Connection, table: Table, **values: Any) -> None:
+    """Inserts a change feed's row. On PostgreSQL two transactions can take numbers 10 and 11 and
+    commit 11 first: a gateway reading the feed in between sees 11, moves past 10, and never sees
+    its change (a revocation, a lowered budget, credit taken back). So the row's number is taken
+    under a lock held until the transaction ends (``pg_advisory_xact_lock``): the feed's writers
+    commit one after the other, in the order of their numbers. SQLite has one writer at a time."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _FEED_LOCKS[table.name]})
+    conn.execute(insert(table).values(**values))
 
 
 def fields_of(obj: Any) -> dict[str, Any]:
