@@ -241,9 +241,10 @@ class SqlStore:
             raise StoreUnavailable("The database is unavailable.") from exc
 
 
-# The change feeds' tables (key_events, money_events): their rows are numbered by the database
-# and read by number (``seq > last seen``), so each must commit in the order of its numbers.
-_FEED_LOCKS = {"key_events": 0x6B70_6665_6564_0001, "money_events": 0x6B70_6665_6564_0002}
+# The change feeds (key_events, money_events): their rows are numbered by the database and read by
+# number (``seq > last seen``), so each must commit in the order of its numbers. One lock for both
+# feeds: a transaction appending to both cannot then wait for another holding them the other way.
+_FEED_LOCK = 0x6B70_6665_6564_0001
 
 
 def append_to_feed(conn: Connection, table: Table, **values: Any) -> None:
@@ -253,7 +254,7 @@ def append_to_feed(conn: Connection, table: Table, **values: Any) -> None:
     under a lock held until the transaction ends (``pg_advisory_xact_lock``): the feed's writers
     commit one after the other, in the order of their numbers. SQLite has one writer at a time."""
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _FEED_LOCKS[table.name]})
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _FEED_LOCK})
     conn.execute(insert(table).values(**values))
 
 
