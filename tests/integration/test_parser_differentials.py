@@ -1,7 +1,7 @@
 """The upstream serves the request keyplane read, held money for and billed: never a body another
 parser could read differently (a key given twice, a field name in another case, a form field or
 a boundary given twice, a form field's name another parser decodes or shortens into one keyplane
-reads, two Content-Type headers)."""
+reads, a JSON body sent as another type, two Content-Type headers)."""
 
 from __future__ import annotations
 
@@ -407,6 +407,45 @@ def test_the_sdks_lists_are_served_and_a_misnamed_field_keyplane_reads_is_not(
     assert body.count(b'name="timestamp_granularities[]"') == 2
     (record,) = kp.usage(1)
     assert record.model == "whisper-1" and record.audio_seconds == 2
+
+
+# --- a JSON body sent as another type ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=B",
+     "application/jsonx", "application/json; charset=latin-1", "application/vnd.api+json"],
+)  # fmt: skip
+def test_a_json_body_sent_as_another_type_is_refused_as_openai_does(
+    kp: Keyplane, recorder: tuple[Recorder, ServerThread], kind: str
+) -> None:
+    """An upstream could read it as a form, or refuse it otherwise than keyplane billed; OpenAI
+    answers it 400 unsupported_content_type."""
+    upstream, _ = recorder
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+    error = assert_refused(kp, upstream, post(kp, CHAT, body, **{"content-type": kind}))
+    assert error["code"] == "unsupported_content_type" and error["param"] is None
+    assert error["message"].startswith(f"Unsupported content type: '{kind}'.")
+
+
+def test_a_json_body_with_no_type_is_forwarded_as_json(
+    kp: Keyplane, recorder: tuple[Recorder, ServerThread]
+) -> None:
+    """With no Content-Type the upstream is told the body is JSON (the body keyplane read as
+    JSON); JSON named in any case, in UTF-8, is served and forwarded as named."""
+    upstream, _ = recorder
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+    for kind, sent in ((None, b"application/json"),
+                       ("Application/JSON; charset=UTF-8", b"Application/JSON; charset=UTF-8")):  # fmt: skip
+        upstream.requests.clear()
+        headers = [("authorization", f"Bearer {kp.key}")]
+        if kind is not None:
+            headers.append(("content-type", kind))
+        resp = kphttp.post(kp.base_url + CHAT, content=body, headers=headers)
+        assert resp.status_code == 200, resp.text
+        ((_, received_headers, _),) = upstream.requests
+        assert received_headers[b"content-type"] == [sent]
 
 
 # --- two Content-Type headers ----------------------------------------------------------------

@@ -27,7 +27,7 @@ from keyplane.errors import KeyplaneError
 from keyplane.gateway import media
 from keyplane.gateway.access import AccessGuard, Levels
 from keyplane.gateway.asgi import Receive, Send, header, send_bytes
-from keyplane.gateway.canonical import canonical, check_fields, content_type
+from keyplane.gateway.canonical import canonical, check_fields, check_json_type, content_type
 from keyplane.gateway.errors import (
     ApiError,
     bad_request,
@@ -73,6 +73,7 @@ _PASS_RESPONSE = frozenset(
 # enum metaclass's ``__getattr__`` hook (~80 ns, against ~10 ns for a global).
 _ADMIN = KeyKind.ADMIN
 _COMPLETED = Outcome.COMPLETED
+_JSON_TYPE = (b"content-type", b"application/json")
 MAX_CHOICES = 128  # n and best_of at most (OpenAI's limit for n)
 UNCAPPED_OUTPUT = 4096  # the output TPM counts for a request without max_tokens (corrected later)
 # The fields that cap chat's and completions' output.
@@ -303,7 +304,13 @@ class Pipeline:
     async def _handle(self, call: Call, scope: Any, receive: Receive, send: Send) -> None:
         audio, speech = call.endpoint.audio_in, call.endpoint.audio_out
         upload = call.endpoint.upload_bytes
-        kind = content_type(scope["headers"])  # (one: the upstream reads the body as keyplane)
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        kind = content_type(headers)  # (one: the upstream reads the body as keyplane)
+        if kind != b"application/json" and not upload:  # (what the SDKs send: one comparison)
+            if kind is None:  # the body is read as JSON: the upstream is told so
+                headers = [*headers, _JSON_TYPE]
+            else:
+                check_json_type(kind)  # (another type: refused, as OpenAI does)
         body = await self._read_body(scope, receive, upload)
         if upload:  # (a multipart upload of tens of megabytes: parsed on a worker thread)
             body, payload = await asyncio.to_thread(_upload, call, body, kind)
@@ -463,7 +470,7 @@ class Pipeline:
             self.auth.used(key, call.client_ip, now)
             if rewrite:
                 body = orjson.dumps(payload)
-            await self._forward(call, upstreams, body, scope, receive, send, client_wants_usage)
+            await self._forward(call, upstreams, body, headers, receive, send, client_wants_usage)
         finally:
             if not call.metered:  # an unexpected error or cancellation: settle conservatively
                 if call.forwarded:
@@ -564,7 +571,7 @@ class Pipeline:
         return True
 
     async def _forward(
-        self, call: Call, upstreams: list[Any], body: bytes, scope: Any,
+        self, call: Call, upstreams: list[Any], body: bytes, headers: list[tuple[bytes, bytes]],
         receive: Receive, send: Send, client_wants_usage: bool,
     ) -> None:  # fmt: skip
         call.forwarded = True
@@ -572,7 +579,7 @@ class Pipeline:
         stream = call.stream or call.endpoint.audio_out
         try:  # (the router copies the headers it forwards)
             resp, content, up = await self.router.send(
-                upstreams, call.endpoint.upstream_path, body, scope["headers"], stream=stream
+                upstreams, call.endpoint.upstream_path, body, headers, stream=stream
             )
         except UpstreamUnavailable as exc:
             raise self._unavailable(call, exc) from None
