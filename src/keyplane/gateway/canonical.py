@@ -18,17 +18,18 @@ differently would serve another request than the one held for:
   keyplane (``check_json_type``); a body with no type is forwarded as ``application/json``.
 
 So the body is forwarded as orjson writes back what it read (``canonical``): one value a key, the
-one keyplane saw, at every depth. That costs one ``orjson.dumps`` a request; it replaced two
-``bytes.count`` passes over the body that bounded its nesting, which cost more (a byte at a time:
-~100 µs for a 17 KB body against ~8 µs to write it). And a field keyplane reads, written in
-another case (or with the letters Go folds into ASCII ones: ``ſ``, ``ı``, ``İ``, the Kelvin sign),
-is refused with 400 (``check_fields``): no rewriting could say which of the two an upstream reads.
-(An upload is forwarded as it came: what another multipart parser could read otherwise is refused
-by forms.parse_form.)
+one keyplane saw, at every depth. That costs one ``orjson.dumps`` a request, written once with
+what keyplane adds before the hold (a default model, a stream's ``include_usage``; only a cap the
+hold lowers writes it again); it replaced two ``bytes.count`` passes over the body that bounded
+its nesting, which cost more (a byte at a time: ~100 µs for a 17 KB body against ~8 µs to write
+it). And a field keyplane reads, written in another case (or with the letters Go folds into ASCII
+ones: ``ſ``, ``ı``, ``İ``, the Kelvin sign), is refused with 400 (``check_fields``): no rewriting
+could say which of the two an upstream reads. (An upload is forwarded as it came: what another
+multipart parser could read otherwise is refused by forms.parse_form.)
 
 orjson reads JSON nested up to 1,024 levels but writes at most 254 (its recursion limit): a body
-nested deeper is refused when it is read, before any money is held (it failed with a 500 after its
-hold was placed, when keyplane wrote it back).
+nested deeper is refused when it is written, before any money is held (it failed with a 500 after
+its hold was placed, when keyplane wrote it back after the hold).
 """
 
 from __future__ import annotations
