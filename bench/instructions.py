@@ -2,15 +2,16 @@
 counted by valgrind's callgrind: repeatable to ~0.1 % where timings on a shared VM drift by tens of
 percent, so a change's effect can be seen in one pair of runs.
 
-    .venv/bin/python bench/instructions.py [--requests 1000] [--flush-only] [--at REV] [--plain]
-                                            [--keep FILE]
+    .venv/bin/python bench/instructions.py [--requests 1000] [--flush-only] [--stream] [--at REV]
+                                            [--plain] [--keep FILE]
     .venv/bin/python bench/instructions.py --serve chat|stream|embeddings [--seconds 20] [--at REV]
                                             [--plain] [--keep FILE] [--bare]
 
 Counts only the measured part: the gateway is built, warmed up (500 requests) and then the counting
 is switched on (callgrind_control) for ``--requests`` requests and their settlement flush
 (``--flush-only``: the requests are served uncounted and only the flush is counted). Prints
-instructions per request (~10 s per 1,000 requests); ``--keep FILE`` keeps callgrind's output for
+instructions per request (~10 s per 1,000 requests); ``--stream`` asks for a stream (bench/pipeline.py
+``--stream``); ``--keep FILE`` keeps callgrind's output for
 ``callgrind_annotate --inclusive=yes FILE``. Needs valgrind (Debian package). Measures keyplane as
 `make run` runs it, its request path compiled (scripts/compile.py), unless ``--plain``.
 
@@ -46,7 +47,7 @@ def _wait_flag(flag: Path, value: str) -> None:
         time.sleep(0.05)  # (the parent writes it once callgrind switched)
 
 
-async def _child(requests: int, flush_only: bool, flag: Path) -> None:
+async def _child(requests: int, flush_only: bool, flag: Path, stream: bool) -> None:
     from pipeline import run, serve, setup
 
     from keyplane import server
@@ -55,16 +56,16 @@ async def _child(requests: int, flush_only: bool, flag: Path) -> None:
         gateway, secret, _ = setup(Path(tmp))
         await gateway.pipeline.auth.refresh()
         await gateway.pipeline.money.refresh()
-        await run(gateway, secret, 500)
+        await run(gateway, secret, 500, stream)
         server.tune_gc()
         if flush_only:
-            await serve(gateway, secret, requests)
+            await serve(gateway, secret, requests, stream)
         print("READY", flush=True)
         _wait_flag(flag, "on")
         if flush_only:
             await gateway.flush()
         else:
-            await run(gateway, secret, requests)
+            await run(gateway, secret, requests, stream)
         print("DONE", flush=True)
         _wait_flag(flag, "off")
         gateway.pipeline.money.close()
@@ -90,6 +91,7 @@ def _parent(args: argparse.Namespace) -> int:
             "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
             sys.executable, __file__, "--child", "--flag", str(flag),
             "--requests", str(args.requests), *(["--flush-only"] if args.flush_only else []),
+            *(["--stream"] if args.stream else []),
         ]  # fmt: skip
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
@@ -160,6 +162,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--flush-only", action="store_true")
+    parser.add_argument("--stream", action="store_true", help="ask for a stream (stream: true)")
     parser.add_argument("--at", metavar="REV", help="measure src/ as of this commit")
     parser.add_argument("--plain", action="store_true", help="keyplane as plain Python")
     parser.add_argument("--keep", type=Path, metavar="FILE", help="keep callgrind's output there")
@@ -174,7 +177,7 @@ def main() -> int:
     parser.add_argument("--flag", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        asyncio.run(_child(args.requests, args.flush_only, args.flag))
+        asyncio.run(_child(args.requests, args.flush_only, args.flag, args.stream))
         return 0
     return _serve(args) if args.serve else _parent(args)
 

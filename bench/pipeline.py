@@ -1,12 +1,14 @@
 """keyplane's own work per request, without HTTP: the gateway ASGI app called in-process.
 
-    .venv/bin/python bench/pipeline.py [--requests 20000] [--profile]
+    .venv/bin/python bench/pipeline.py [--requests 20000] [--profile] [--stream]
 
 Every check runs (key, IP, permission, parse, model, rate limits, hold, metering, settlement
 batches written to SQLite); only the two HTTP ends are replaced: the client by direct ASGI calls,
 the upstream by a client answering a fixed chat.completion at once. Prints µs of CPU per request
 (median of 5 rounds), so a change to the pipeline can be measured in seconds without wrk or nginx;
-``--profile`` prints the functions that cost most (cProfile).
+``--profile`` prints the functions that cost most (cProfile). ``--stream`` sends the chat request
+with ``stream: true`` (the fixed answer is JSON, as from an upstream that ignored it): what a
+stream costs keyplane on its way in (its body rewritten to ask for usage), not the relay.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from fixtures import CHAT_REQUEST, CHAT_RESPONSE
+from fixtures import CHAT_REQUEST, CHAT_RESPONSE, CHAT_STREAM_REQUEST
 from target import BENCH_TIER
 
 from keyplane import bootstrap, gateway_assembly, server
@@ -90,17 +92,18 @@ def setup(data_dir: Path) -> tuple[Any, str, FixedUpstream]:
     return gateway, secret, upstream
 
 
-async def run(gateway: Any, secret: str, requests: int) -> float:
+async def run(gateway: Any, secret: str, requests: int, stream: bool = False) -> float:
     """Returns CPU seconds per request over ``requests`` sequential calls (settlement included)."""
     started = time.process_time()
-    await serve(gateway, secret, requests)
+    await serve(gateway, secret, requests, stream)
     await gateway.flush()
     return (time.process_time() - started) / requests
 
 
-async def serve(gateway: Any, secret: str, requests: int) -> None:
-    """``requests`` sequential calls, their settlements left queued for the next flush."""
-    body = CHAT_REQUEST
+async def serve(gateway: Any, secret: str, requests: int, stream: bool = False) -> None:
+    """``requests`` sequential calls (``stream``: asking for a stream), their settlements left
+    queued for the next flush."""
+    body = CHAT_STREAM_REQUEST if stream else CHAT_REQUEST
     scope = {
         "type": "http", "method": "POST", "path": "/v1/chat/completions", "client": ("127.0.0.1", 5),
         "headers": [(b"authorization", f"Bearer {secret}".encode()),
@@ -128,16 +131,16 @@ async def main_async(args: argparse.Namespace) -> None:
         gateway, secret, upstream = setup(Path(tmp))
         await gateway.pipeline.auth.refresh()
         await gateway.pipeline.money.refresh()
-        await run(gateway, secret, 500)  # warm-up: caches, compiled statements
+        await run(gateway, secret, 500, args.stream)  # warm-up: caches, compiled statements
         server.tune_gc()  # the collector as `keyplane serve` sets it
         if args.profile:
             profiler = cProfile.Profile()
             profiler.enable()
-            await run(gateway, secret, args.requests)
+            await run(gateway, secret, args.requests, args.stream)
             profiler.disable()
             pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(30)
             return
-        rounds = [await run(gateway, secret, args.requests) for _ in range(5)]
+        rounds = [await run(gateway, secret, args.requests, args.stream) for _ in range(5)]
         print(
             f"{statistics.median(rounds) * 1e6:.1f} µs of CPU per request "
             f"(rounds: {', '.join(f'{r * 1e6:.1f}' for r in rounds)}; "
@@ -150,6 +153,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--stream", action="store_true", help="ask for a stream (stream: true)")
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -1,6 +1,7 @@
 """The upstream serves the request keyplane read, held money for and billed: never a body another
 parser could read differently (a key given twice, a field name in another case, a form field or
-a boundary given twice, two Content-Type headers)."""
+a boundary given twice, a form field's name another parser decodes or shortens into one keyplane
+reads, a JSON body sent as another type, two Content-Type headers)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ class Recorder:
     """An OpenAI-compatible upstream that keeps every request's raw body and headers as it
     received them, and answers chat (a stream too), embeddings and images with their usage."""
 
-    models = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "dall-e-2")
+    models = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "dall-e-2", "whisper-1")
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[bytes, list[bytes]], bytes]] = []
@@ -64,6 +65,9 @@ class Recorder:
         usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
         if path.startswith("/v1/images/"):
             return b"application/json", orjson.dumps({"created": 1, "data": [{"url": "u"}]})
+        if path.startswith("/v1/audio/"):
+            heard = {"text": "hi", "usage": {"type": "duration", "seconds": 2}}
+            return b"application/json", orjson.dumps(heard)
         request = orjson.loads(body)
         if path == "/v1/embeddings":
             usage = {"prompt_tokens": 3, "total_tokens": 3}
@@ -325,6 +329,123 @@ def test_images_listed_under_one_name_are_still_served(
     assert upstream.bodies() == [body]
     (record,) = kp.usage(1)
     assert record.images == 1 and record.model == "dall-e-2"
+
+
+AUDIO = (b'Content-Disposition: form-data; name="file"; filename="a.mp3"\r\n'
+         b"Content-Type: audio/mpeg", b"\xff\xfb" * 2000)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param", "meant"),
+    [  # (a percent-decoding upstream, Rack's and PHP's brackets, PHP's underscores)
+        ("/images/edits", form(IMAGE, field(b"prompt", b"a key"), field(b"mod%65l",
+         b"gpt-image-1")), "mod%65l", "model"),
+        ("/images/edits", form(IMAGE, field(b"prompt", b"a key"), field(b"model", b"dall-e-2"),
+         field(b"model[]", b"gpt-image-1")), "model[]", "model"),
+        ("/images/edits", form(IMAGE, field(b"prompt", b"a key"), field(b"n[x]", b"10")), "n[x]",
+         "n"),
+        ("/images/edits", form(IMAGE, field(b"prompt", b"a key"), field(b"[size]", b"1792x1024")),
+         "[size]", "size"),
+        ("/images/edits", form(IMAGE, field(b"prompt", b"a key"), field(b"quality%5B%5D", b"hd")),
+         "quality%5B%5D", "quality"),
+        ("/images/edits", form(IMAGE, (IMAGE[0].replace(b'name="image"', b'name="image[0]"'),
+         PNG_1X1), field(b"prompt", b"a key")), "image[0]", "image"),
+        ("/images/edits", form(IMAGE, field(b"prompt", b"a key"),
+         (IMAGE[0].replace(b'name="image"', b'name="image%5B%5D"'), PNG_1X1)),
+         "image%5B%5D", "image[]"),
+        ("/audio/transcriptions", form(AUDIO, field(b"model", b"whisper-1"),
+         field(b"response.format", b"text")), "response.format", "response_format"),
+        ("/audio/transcriptions", form(AUDIO, field(b"model", b"whisper-1"),
+         field(b"response[format", b"text")), "response[format", "response_format"),
+        ("/audio/transcriptions", form(AUDIO, field(b"model", b"whisper-1"),
+         (AUDIO[0].replace(b'name="file"', b'name="fil%65"'), AUDIO[1])), "fil%65", "file"),
+    ],
+)  # fmt: skip
+def test_a_form_field_another_parser_reads_as_one_keyplane_reads_is_refused_before_any_hold(
+    kp: Keyplane, recorder: tuple[Recorder, ServerThread], path: str, body: bytes, param: str,
+    meant: str,
+) -> None:  # fmt: skip
+    """keyplane holds and bills what it reads under a field's exact name; an upstream that
+    percent-decodes names or reads ``model[]`` as ``model`` would serve another model, n, size or
+    answer format (or other files) than the ones held for."""
+    upstream, _ = recorder
+    resp = post(kp, path, body, **{"content-type": FORM})
+    error = assert_refused(kp, upstream, resp)
+    assert error["param"] == param
+    assert f"may be read as '{meant}'" in error["message"]
+
+
+def test_a_text_field_keyplane_reads_sent_as_a_file_is_refused(
+    kp: Keyplane, recorder: tuple[Recorder, ServerThread]
+) -> None:
+    """keyplane reads text fields only: a ``model`` part with a filename was left unread (the
+    default model held and added), and some parsers read a file's content as the field's value."""
+    upstream, _ = recorder
+    as_file = (b'Content-Disposition: form-data; name="model"; filename="m.txt"', b"gpt-image-1")
+    resp = post(kp, "/images/edits", form(IMAGE, field(b"prompt", b"a key"), as_file),
+                **{"content-type": FORM})  # fmt: skip
+    error = assert_refused(kp, upstream, resp)
+    assert error["param"] == "model" and "not a file" in error["message"]
+
+
+def test_the_sdks_lists_are_served_and_a_misnamed_field_keyplane_reads_is_not(
+    kp: Keyplane, recorder: tuple[Recorder, ServerThread]
+) -> None:
+    """The SDKs send a list as ``name[]`` parts (``timestamp_granularities[]``): forwarded as
+    they came. Only a name read as one keyplane reads is refused."""
+    upstream, _ = recorder
+    sdk = openai.OpenAI(base_url=kp.base_url, api_key=kp.key, max_retries=0)
+    asked: dict[str, Any] = {"model": "whisper-1", "file": ("a.mp3", AUDIO[1]),
+                             "response_format": "verbose_json",
+                             "timestamp_granularities": ["word", "segment"]}  # fmt: skip
+    with sdk:
+        with pytest.raises(openai.BadRequestError) as caught:
+            sdk.audio.transcriptions.create(**asked, extra_body={"response.format": "text"})
+        assert caught.value.param == "response.format" and upstream.requests == []
+        sdk.audio.transcriptions.create(**asked)
+    ((_, _, body),) = upstream.requests
+    assert body.count(b'name="timestamp_granularities[]"') == 2
+    (record,) = kp.usage(1)
+    assert record.model == "whisper-1" and record.audio_seconds == 2
+
+
+# --- a JSON body sent as another type ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=B",
+     "application/jsonx", "application/json; charset=latin-1", "application/vnd.api+json"],
+)  # fmt: skip
+def test_a_json_body_sent_as_another_type_is_refused_as_openai_does(
+    kp: Keyplane, recorder: tuple[Recorder, ServerThread], kind: str
+) -> None:
+    """An upstream could read it as a form, or refuse it otherwise than keyplane billed; OpenAI
+    answers it 400 unsupported_content_type."""
+    upstream, _ = recorder
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+    error = assert_refused(kp, upstream, post(kp, CHAT, body, **{"content-type": kind}))
+    assert error["code"] == "unsupported_content_type" and error["param"] is None
+    assert error["message"].startswith(f"Unsupported content type: '{kind}'.")
+
+
+def test_a_json_body_with_no_type_is_forwarded_as_json(
+    kp: Keyplane, recorder: tuple[Recorder, ServerThread]
+) -> None:
+    """With no Content-Type the upstream is told the body is JSON (the body keyplane read as
+    JSON); JSON named in any case, in UTF-8, is served and forwarded as named."""
+    upstream, _ = recorder
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+    for kind, sent in ((None, b"application/json"),
+                       ("Application/JSON; charset=UTF-8", b"Application/JSON; charset=UTF-8")):  # fmt: skip
+        upstream.requests.clear()
+        headers = [("authorization", f"Bearer {kp.key}")]
+        if kind is not None:
+            headers.append(("content-type", kind))
+        resp = kphttp.post(kp.base_url + CHAT, content=body, headers=headers)
+        assert resp.status_code == 200, resp.text
+        ((_, received_headers, _),) = upstream.requests
+        assert received_headers[b"content-type"] == [sent]
 
 
 # --- two Content-Type headers ----------------------------------------------------------------

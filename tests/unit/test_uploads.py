@@ -38,7 +38,7 @@ def test_a_form_naming_no_model_is_forwarded_naming_the_default() -> None:
     sent, content_type = form({"prompt": "a key", "n": "2"}, {"image": PNG})
     body, fields, files = media.image_form(sent, content_type, "dall-e-2", edit=True)
     assert (fields, files) == ({"model": "dall-e-2", "prompt": "a key", "n": 2}, 1)
-    forwarded = parse_form(body, content_type, media.IMAGE_FILES)
+    forwarded = parse_form(body, content_type, media.IMAGE_FIELDS, media.IMAGE_FILES)
     assert forwarded.fields == {"model": "dall-e-2", "prompt": "a key", "n": "2"}
     assert forwarded.files == [("image", len(PNG[1]))]
     named, content_type = form({"prompt": "a key", "model": "gpt-image-1"}, {"image": PNG})
@@ -75,7 +75,7 @@ def test_a_body_cut_short_is_malformed() -> None:
     body, content_type = form({"prompt": "x"}, {"image": PNG})
     for cut in (body[:-10], body[: len(body) // 2]):
         with pytest.raises(ApiError) as error:
-            parse_form(cut, content_type)
+            parse_form(cut, content_type, media.IMAGE_FIELDS)
         assert error.value.status == 400 and "malformed" in error.value.message
 
 

@@ -12,16 +12,24 @@ differently would serve another request than the one held for:
   name regardless of case, so it reads ``"MODEL"`` or ``"Max_Tokens"`` as ``model`` and
   ``max_tokens``, which keyplane, like OpenAI, does not.
 
+- **Another Content-Type**: a JSON body sent as ``text/plain`` or as a form
+  (``application/x-www-form-urlencoded`` is curl's default) may be read as a form, or refused
+  otherwise than keyplane billed. OpenAI refuses it (400 ``unsupported_content_type``), and so does
+  keyplane (``check_json_type``); a body with no type is forwarded as ``application/json``.
+
 So the body is forwarded as orjson writes back what it read (``canonical``): one value a key, the
-one keyplane saw, at every depth. That costs one ``orjson.dumps`` a request; it replaced two
-``bytes.count`` passes over the body that bounded its nesting, which cost more (a byte at a time:
-~100 µs for a 17 KB body against ~8 µs to write it). And a field keyplane reads, written in
-another case (or with the letters Go folds into ASCII ones: ``ſ``, ``ı``, ``İ``, the Kelvin sign),
-is refused with 400 (``check_fields``): no rewriting could say which of the two an upstream reads.
+one keyplane saw, at every depth. That costs one ``orjson.dumps`` a request, written once with
+what keyplane adds before the hold (a default model, a stream's ``include_usage``; only a cap the
+hold lowers writes it again); it replaced two ``bytes.count`` passes over the body that bounded
+its nesting, which cost more (a byte at a time: ~100 µs for a 17 KB body against ~8 µs to write
+it). And a field keyplane reads, written in another case (or with the letters Go folds into ASCII
+ones: ``ſ``, ``ı``, ``İ``, the Kelvin sign), is refused with 400 (``check_fields``): no rewriting
+could say which of the two an upstream reads. (An upload is forwarded as it came: what another
+multipart parser could read otherwise is refused by forms.parse_form.)
 
 orjson reads JSON nested up to 1,024 levels but writes at most 254 (its recursion limit): a body
-nested deeper is refused when it is read, before any money is held (it failed with a 500 after its
-hold was placed, when keyplane wrote it back).
+nested deeper is refused when it is written, before any money is held (it failed with a 500 after
+its hold was placed, when keyplane wrote it back after the hold).
 """
 
 from __future__ import annotations
@@ -169,6 +177,31 @@ def _refused(key: str, param: str) -> ApiError:
         f"did not check or hold money for. Send '{meant}', exactly so written.",
         param=param[:200],
     )
+
+
+def check_json_type(kind: bytes) -> None:
+    """Raises a 400 ApiError, as OpenAI answers it, unless Content-Type ``kind`` says JSON
+    (``application/json``, in any case, with parameters: a charset only if UTF-8, which is all
+    keyplane reads). An upstream may read a JSON body sent as another type otherwise than keyplane
+    did (a form, say: ``application/x-www-form-urlencoded`` is curl's default), or refuse it in
+    its own way."""
+    media, *params = kind.split(b";")
+    if media.strip().lower() == b"application/json" and all(_utf8(p) for p in params):
+        return
+    shown = kind[:100].decode("latin-1")
+    raise bad_request(
+        f"Unsupported content type: '{shown}'. This API method only accepts 'application/json' "
+        f"requests (in UTF-8), but you specified the header 'Content-Type: {shown}'. Please try "
+        "again with a supported content type.",
+        code="unsupported_content_type",
+    )
+
+
+def _utf8(param: bytes) -> bool:
+    """Whether a Content-Type parameter is not a charset, or is UTF-8."""
+    name, _, value = param.partition(b"=")
+    charset = value.strip().strip(b'"').lower()
+    return name.strip().lower() != b"charset" or charset in (b"utf-8", b"utf8")
 
 
 def content_type(headers: list[tuple[bytes, bytes]]) -> bytes | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
+from urllib.parse import unquote
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
@@ -24,6 +25,7 @@ logging.getLogger("python_multipart.multipart").setLevel(logging.ERROR)
 # A header parameter's name (``; boundary=``), wherever it is: in a quoted value too, which other
 # parsers may split differently (an odd value refused is the price of seeing every name they might).
 _PARAMETER = re.compile(rb";[ \t]*([^ \t=;]+)[ \t]*=")
+_PHP_UNDERSCORES = str.maketrans({" ": "_", ".": "_", "[": "_"})
 
 
 class Form:
@@ -45,11 +47,14 @@ class Form:
 
 
 def parse_form(
-    body: bytes, content_type: bytes | None, file_names: frozenset[str] = frozenset({"file"})
-) -> Form:
-    """Raises a 400 ApiError when the body is not a well-formed multipart/form-data body. A part
-    with a filename, or named in ``file_names`` (with or without one), is a file: measured, not
-    read."""
+    body: bytes, content_type: bytes | None, reads: frozenset[str],
+    file_names: frozenset[str] = frozenset({"file"}),
+) -> Form:  # fmt: skip
+    """Raises a 400 ApiError when the body is not a well-formed multipart/form-data body, or is
+    one another parser could read otherwise where keyplane reads it: a field of ``reads`` (the
+    names keyplane reads, as written) given twice (but a list's, named ``…[]``), sent as a file
+    when it is text, or under a name another parser reads as it (``_read_as``). A part with a
+    filename, or named in ``file_names`` (with or without one), is a file: measured, not read."""
     kind, params = parse_options_header(content_type or b"")
     _check_parameters(content_type or b"", b"boundary", "The Content-Type header")
     boundary = params.get(b"boundary")
@@ -110,6 +115,21 @@ def parse_form(
         if name in seen and not name.endswith("[]"):
             raise bad_request(f"The form field '{name[:100]}' appears more than once.", param=name)
         seen.add(name)
+        if name not in reads:
+            meant = _read_as(name, reads)
+            if meant is not None:
+                raise bad_request(
+                    f"The form field '{name[:100]}' may be read as '{meant}' by an upstream that "
+                    f"decodes or shortens field names, which keyplane reads only as written, so "
+                    f"it could serve a request keyplane did not check or hold money for. Send "
+                    f"'{meant}', exactly so written.",
+                    param=name[:100],
+                )  # fmt: skip
+        elif state["filename"] is not None and name not in file_names:
+            raise bad_request(
+                f"The form field '{name}' is text, not a file: send it without a filename.",
+                param=name,
+            )  # fmt: skip
         if state["filename"] is not None or name in file_names:
             form.files.append((name, state["size"]))
             return
@@ -138,6 +158,22 @@ def parse_form(
     if not complete:
         raise bad_request("The multipart/form-data body is malformed.")
     return form
+
+
+def _read_as(name: str, reads: frozenset[str]) -> str | None:
+    """The field of ``reads`` that some parser reads a part named ``name`` (not one of them) as,
+    if any: percent-decoded (``mod%65l``), stripped of brackets (Rack's and PHP's ``model[]``,
+    ``model[x]``, Rack's ``[model]``) and of spaces around it, or with PHP's underscores for the
+    spaces, dots and an unclosed bracket of a name (``response.format``, ``response[format``)."""
+    decoded = unquote(name)
+    for read in (
+        decoded,
+        decoded.strip().lstrip("[]").partition("[")[0].rstrip("]").strip(),
+        decoded.lstrip(" ").translate(_PHP_UNDERSCORES),
+    ):
+        if read in reads:
+            return read
+    return None
 
 
 def _check_parameters(value: bytes, read: bytes, what: str) -> None:

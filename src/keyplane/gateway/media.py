@@ -32,6 +32,10 @@ IMAGE_UPLOAD_MAX_BYTES = 50 * 1024 * 1024 + 256 * 1024
 # than uploaded to be refused.
 DALL_E_2_MAX_FILE_BYTES = 4 * 1024 * 1024
 IMAGE_FILES = frozenset({"image", "image[]", "mask"})  # file parts even without a filename
+# The form fields keyplane reads (the hold, the rate limits and the bill depend on them): another
+# name an upstream could read as one of them is refused (forms.parse_form).
+AUDIO_FIELDS = frozenset({"model", "file", "stream", "response_format", "prompt"})
+IMAGE_FIELDS = IMAGE_FILES | {"model", "prompt", "n", "stream", "quality", "size"}
 MAX_INPUT_IMAGES = 16  # an edit's images at most (OpenAI's limit; dall-e-2 takes one)
 MAX_IMAGES = 10  # n at most on edits and variations (OpenAI's limit)
 # The text tokens each uploaded image adds to an edit's input beyond its prompt (OpenAI's edits
@@ -43,7 +47,7 @@ def audio_form(body: bytes, content_type: bytes | None) -> tuple[dict[str, Any],
     """The fields of a speech-to-text upload, checked (its ``response_format`` once its model's
     price is known: ``audio_billing``); the size of its audio file; and the most seconds it may
     play (what its hold covers, and the most it is billed, on a model priced per minute)."""
-    form = parse_form(body, content_type)
+    form = parse_form(body, content_type, AUDIO_FIELDS)
     file_bytes = form.size("file")
     for name in ("model", "file"):
         if name not in form.fields and not (name == "file" and file_bytes is not None):
@@ -84,7 +88,7 @@ def image_form(
     priced by tokens. A 400 for what no upstream serves: no image, more than ``MAX_INPUT_IMAGES``,
     an ``n`` out of range, ``stream`` (an answer in events, not billed here yet), a file dall-e-2
     refuses for its size."""
-    form = parse_form(body, content_type, IMAGE_FILES)
+    form = parse_form(body, content_type, IMAGE_FIELDS, IMAGE_FILES)
     fields = form.fields
     images = sum(1 for name, _ in form.files if name in ("image", "image[]"))
     if not images:

@@ -27,7 +27,7 @@ from keyplane.errors import KeyplaneError
 from keyplane.gateway import media
 from keyplane.gateway.access import AccessGuard, Levels
 from keyplane.gateway.asgi import Receive, Send, header, send_bytes
-from keyplane.gateway.canonical import canonical, check_fields, content_type
+from keyplane.gateway.canonical import canonical, check_fields, check_json_type, content_type
 from keyplane.gateway.errors import (
     ApiError,
     bad_request,
@@ -73,6 +73,7 @@ _PASS_RESPONSE = frozenset(
 # enum metaclass's ``__getattr__`` hook (~80 ns, against ~10 ns for a global).
 _ADMIN = KeyKind.ADMIN
 _COMPLETED = Outcome.COMPLETED
+_JSON_TYPE = (b"content-type", b"application/json")
 MAX_CHOICES = 128  # n and best_of at most (OpenAI's limit for n)
 UNCAPPED_OUTPUT = 4096  # the output TPM counts for a request without max_tokens (corrected later)
 # The fields that cap chat's and completions' output.
@@ -303,16 +304,32 @@ class Pipeline:
     async def _handle(self, call: Call, scope: Any, receive: Receive, send: Send) -> None:
         audio, speech = call.endpoint.audio_in, call.endpoint.audio_out
         upload = call.endpoint.upload_bytes
-        kind = content_type(scope["headers"])  # (one: the upstream reads the body as keyplane)
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        kind = content_type(headers)  # (one: the upstream reads the body as keyplane)
+        if kind != b"application/json" and not upload:  # (what the SDKs send: one comparison)
+            if kind is None:  # the body is read as JSON: the upstream is told so
+                headers = [*headers, _JSON_TYPE]
+            else:
+                check_json_type(kind)  # (another type: refused, as OpenAI does)
         body = await self._read_body(scope, receive, upload)
+        client_wants_usage = False
         if upload:  # (a multipart upload of tens of megabytes: parsed on a worker thread)
             body, payload = await asyncio.to_thread(_upload, call, body, kind)
-        else:  # (its body from here on as keyplane read it: canonical.py)
-            body, payload = _parse(body, call.endpoint)
-        rewrite = False
-        if payload.get("model") is None:  # (_parse allowed it: the endpoint has a default)
-            payload["model"] = call.endpoint.default_model
-            rewrite = True
+        else:
+            payload = _parse(body, call.endpoint)
+            if payload.get("model") is None:  # (_parse allowed it: the endpoint has a default)
+                payload["model"] = call.endpoint.default_model
+            if call.endpoint.can_stream and payload.get("stream") is True:
+                call.stream = True
+                if call.endpoint.ask_usage:  # (its last event carries exact usage: asked for)
+                    options = payload.get("stream_options")
+                    options = options if type(options) is dict else {}
+                    client_wants_usage = options.get("include_usage") is True
+                    payload["stream_options"] = {**options, "include_usage": True}
+            # Its body from here on as keyplane read it, with what keyplane adds (canonical.py):
+            # written once, before the hold, which bounds its nesting too. (Only a cap the hold
+            # lowers is written after it: a second write, for a balance short of the whole cap.)
+            body = canonical(payload)
         key, model = call.key, payload["model"]
         call.model = model
         self.access.check_model(call.levels, key, model)
@@ -340,18 +357,11 @@ class Pipeline:
             call.estimated_input += (
                 call.carried if call.carried is not None else call.price.context_window or 0
             )
-        client_wants_usage = False
         # The output tokens the images it asks for, or the transcript it asks for, may cost on a
         # model priced by tokens: known up front.
         token_output = 0
-        if call.endpoint.can_stream and payload.get("stream") is True:
-            call.stream = True
-            if call.endpoint.ask_usage:
-                options = payload.get("stream_options")
-                options = options if isinstance(options, dict) else {}
-                client_wants_usage = options.get("include_usage") is True
-                payload["stream_options"] = {**options, "include_usage": True}
-                rewrite = True
+        if upload and call.endpoint.can_stream and payload.get("stream") is True:
+            call.stream = True  # (a transcription's: audio_billing turns it off where ignored)
         fields, asked = _output_cap(payload, call.endpoint.caps)
         # The most each output may be: the client's cap, else the model's (else a default).
         wanted = (
@@ -448,7 +458,7 @@ class Pipeline:
         else:
             self._rate_limit(call, scopes, wanted, choices, asked is None, now, images)
         try:
-            rewrite |= self._hold(
+            rewrite = self._hold(
                 call, call.price, org, payload, bound, fields, asked, wanted, choices, now
             )
         except BaseException:
@@ -463,7 +473,7 @@ class Pipeline:
             self.auth.used(key, call.client_ip, now)
             if rewrite:
                 body = orjson.dumps(payload)
-            await self._forward(call, upstreams, body, scope, receive, send, client_wants_usage)
+            await self._forward(call, upstreams, body, headers, receive, send, client_wants_usage)
         finally:
             if not call.metered:  # an unexpected error or cancellation: settle conservatively
                 if call.forwarded:
@@ -564,7 +574,7 @@ class Pipeline:
         return True
 
     async def _forward(
-        self, call: Call, upstreams: list[Any], body: bytes, scope: Any,
+        self, call: Call, upstreams: list[Any], body: bytes, headers: list[tuple[bytes, bytes]],
         receive: Receive, send: Send, client_wants_usage: bool,
     ) -> None:  # fmt: skip
         call.forwarded = True
@@ -572,7 +582,7 @@ class Pipeline:
         stream = call.stream or call.endpoint.audio_out
         try:  # (the router copies the headers it forwards)
             resp, content, up = await self.router.send(
-                upstreams, call.endpoint.upstream_path, body, scope["headers"], stream=stream
+                upstreams, call.endpoint.upstream_path, body, headers, stream=stream
             )
         except UpstreamUnavailable as exc:
             raise self._unavailable(call, exc) from None
@@ -1026,9 +1036,9 @@ def _too_large(limit: int) -> ApiError:
     )
 
 
-def _parse(body: bytes, endpoint: Endpoint) -> tuple[bytes, dict[str, Any]]:
-    """The body as keyplane read it, written back (what the upstream is sent: canonical.py), and
-    its fields. Checks the few fields keyplane itself relies on; the upstream validates the
+def _parse(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
+    """The fields of a JSON body (the upstream is sent them as keyplane read them, written back:
+    canonical.py). Checks the few fields keyplane itself relies on; the upstream validates the
     rest."""
     try:
         payload = orjson.loads(body)
@@ -1039,7 +1049,6 @@ def _parse(body: bytes, endpoint: Endpoint) -> tuple[bytes, dict[str, Any]]:
         ) from None
     if not isinstance(payload, dict):
         raise bad_request("The request body must be a JSON object.")
-    body = canonical(payload)
     check_fields(payload, "input" if endpoint.responses or endpoint.name == "moderations" else None)
     model = payload.get("model")
     if model is None and endpoint.default_model is not None:
@@ -1075,4 +1084,4 @@ def _parse(body: bytes, endpoint: Endpoint) -> tuple[bytes, dict[str, Any]]:
             not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_CHOICES
         ):
             raise bad_request(f"'{name}' must be an integer from 1 to {MAX_CHOICES}.", param=name)
-    return body, payload
+    return payload
