@@ -114,14 +114,19 @@ def moves(c: bootstrap.Container, txn: str) -> list[tuple[str, str | None, int]]
     return [(account, lot_id, int(amount)) for account, lot_id, amount in rows]
 
 
-def history_text(kp: Keyplane) -> str:
+def page_text(kp: Keyplane, path: str) -> str:
+    """A dashboard page's text, as the Owner sees it."""
     owner = owner_browser(kp)
     try:
-        page = owner.get("/billing/history")
+        page = owner.get(path)
         assert page.status_code == 200
         return text_of(page)
     finally:
         owner.close()
+
+
+def history_text(kp: Keyplane) -> str:
+    return page_text(kp, "/billing/history")
 
 
 def webhook_events(c: bootstrap.Container) -> list[dict[str, Any]]:
@@ -499,13 +504,7 @@ def admin_get(kp: Keyplane, path: str) -> dict[str, Any]:
 
 
 def limits_page(kp: Keyplane) -> str:
-    owner = owner_browser(kp)
-    try:
-        page = owner.get("/limits")
-        assert page.status_code == 200
-        return text_of(page)
-    finally:
-        owner.close()
+    return page_text(kp, "/limits")
 
 
 def test_refunded_or_disputed_credit_does_not_count_toward_the_next_usage_tier(
