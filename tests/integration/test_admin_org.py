@@ -694,7 +694,7 @@ async def test_audit_log_filters_and_cursors(env: OrgEnv) -> None:
     assert by_email["data"] == by_reader["data"]
     # keyplane's own parts say which acted (an auto-recharge, the payment provider's word...).
     recharge = Actor(ActorType.SYSTEM, "auto-recharge")
-    env.container.audit.record(env.org.id, recharge, "credit_purchase.created", target_id="pay_x")
+    env.container.audit.notice(env.org.id, recharge, "credit_purchase.created", target_id="pay_x")
     [system] = (await env.ok("GET", "/audit_logs?actor_ids[]=auto-recharge"))["data"]
     assert system["actor"] == {"type": "system", "system": {"id": "auto-recharge"}}
     in_project = await env.ok("GET", f"/audit_logs?project_ids[]={pid}")

@@ -231,7 +231,7 @@ async def test_the_admin_api_names_the_cli_actor(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("LOGNAME", "ops")
-    env.container.audit.record(env.org.id, operator(), "spend_limit.updated")
+    env.container.audit.notice(env.org.id, operator(), "spend_limit.updated")
     host = socket.gethostname()
     expected = {"type": "cli", "cli": {"id": f"ops@{host}", "os_user": "ops", "host": host}}
     [event] = (await env.ok("GET", "/audit_logs?event_types[]=spend_limit.updated"))["data"]

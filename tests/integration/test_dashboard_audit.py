@@ -42,7 +42,7 @@ def test_the_audit_log_names_the_cli_and_records_a_profile_name_change(
     browser_for: SignIn,  # noqa: F811
 ) -> None:
     cli = Actor(ActorType.CLI, "root@build-host")  # what `keyplane` commands record
-    kp.container.audit.record(kp.org.id, cli, "spend_limit.updated")
+    kp.container.audit.notice(kp.org.id, cli, "spend_limit.updated")
     owner = browser_for("owner@example.com", OWNER_PASSWORD)  # names themselves Olive
     renames = AuditFilter(event_types=["user.updated"])
     before = kp.container.audit.query(kp.org.id, renames).events
@@ -68,15 +68,15 @@ def test_details_read_as_changes_and_money_in_dollars(
 ) -> None:
     cli = Actor(ActorType.CLI, "root@build-host")
     audit = kp.container.audit
-    audit.record(kp.org.id, cli, "spend_limit.updated",
+    audit.notice(kp.org.id, cli, "spend_limit.updated",
                  details={"before": {"threshold_amount": None}, "after": {"threshold_amount": 2000}})  # fmt: skip
-    audit.record(kp.org.id, cli, "billing_settings.updated", details={
+    audit.notice(kp.org.id, cli, "billing_settings.updated", details={
         "before": {"auto_recharge": {"enabled": False, "target_micro_usd": 20_000_000}},
         "after": {"auto_recharge": {"enabled": True, "target_micro_usd": 25_500_000}},
     })  # fmt: skip
-    audit.record(kp.org.id, cli, "api_key.created",
+    audit.notice(kp.org.id, cli, "api_key.created",
                  details={"data": {"name": "ci", "scopes": [], "allowed_ips": ["10.0.0.0/8"]}})  # fmt: skip
-    audit.record(kp.org.id, Actor(ActorType.SYSTEM, "auto-recharge"), "credit_purchase.created")
+    audit.notice(kp.org.id, Actor(ActorType.SYSTEM, "auto-recharge"), "credit_purchase.created")
     page = browser_for("owner@example.com", OWNER_PASSWORD).get("/audit-log")
     assert "keyplane (auto-recharge)" in text_of(page)
     lines = re.findall(r"<div>([^<]*)</div>", page.text)

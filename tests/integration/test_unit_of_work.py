@@ -122,3 +122,16 @@ def test_a_throttled_attempt_stays_counted_when_the_unit_around_it_is_undone(
         org.create("Written")
         with pytest.raises(RuntimeError, match="has written"):  # (it would wait for itself)
             store.reserve_attempt({"acct:b@example.com": 5}, since=now - 60, at=now)
+
+
+def test_an_entry_written_outside_a_unit_warns_and_a_notice_does_not(engine: Engine) -> None:
+    """``record`` is for a change's entry, inside the change's unit: outside one it warns (an
+    error in the tests), so a new call site cannot forget its unit. A notice (a failed sign-in)
+    tells of no change and is written on its own."""
+    org = Org(engine)
+    with pytest.warns(RuntimeWarning, match="'project.created' written outside a unit of work"):
+        org.audit.record(org.id, ACTOR, "project.created", target_id="proj_x")
+    org.audit.notice(org.id, ACTOR, "login.failed", target_id="user-test")
+    with org.audit.atomic():
+        org.audit.record(org.id, ACTOR, "project.updated", target_id="proj_x")
+    assert org.events() == ["project.updated", "login.failed", "project.created"]

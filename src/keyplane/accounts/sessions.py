@@ -214,8 +214,9 @@ class LoginService:
             user_agent=user_agent[:MAX_USER_AGENT] or None,
         )  # fmt: skip
         details = {"data": {"error_code": error_code}} if error_code else None
+        write = self._audit.notice if event == "login.failed" else self._audit.record
         for membership in self._store.memberships(user.id):
-            self._audit.record(membership.org.id, actor, event, target_id=user.id, details=details)
+            write(membership.org.id, actor, event, target_id=user.id, details=details)
 
     def end_all_sessions(self, user_id: str) -> int:
         return self._store.delete_user_sessions(user_id)

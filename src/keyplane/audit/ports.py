@@ -20,6 +20,10 @@ class AuditLog(Protocol):
         (undone alone if it raises). Raises StoreUnavailable."""
         ...
 
+    def in_unit(self) -> bool:
+        """Whether this thread is inside a unit of work (``atomic``) on the log's database."""
+        ...
+
     def query(
         self,
         org_id: str,

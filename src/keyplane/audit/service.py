@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -57,6 +58,30 @@ class AuditService:
         details: Mapping[str, Any] | None = None,
     ) -> AuditEvent:
         """Appends one event and returns it: inside ``atomic()``, with the change it tells of.
+        Outside one it warns (RuntimeWarning, which the tests turn into a failure): a change
+        written before its entry can outlive a failed write of the entry. Raises
+        StoreUnavailable."""
+        if not self._log.in_unit():
+            warnings.warn(
+                f"audit entry {event_type!r} written outside a unit of work (AuditService.atomic)",
+                RuntimeWarning, stacklevel=2,
+            )  # fmt: skip
+        return self.notice(
+            org_id, actor, event_type, target_id=target_id, project_id=project_id, details=details
+        )
+
+    def notice(
+        self,
+        org_id: str,
+        actor: Actor,
+        event_type: str,
+        *,
+        target_id: str | None = None,
+        project_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditEvent:
+        """Appends one event that tells of no change (a failed sign-in, a key's use noticed), on
+        its own: nothing to be written with it, and a refusal raised after it must not undo it.
         Raises StoreUnavailable."""
         event = self.entry(
             org_id, actor, event_type, target_id=target_id, project_id=project_id, details=details

@@ -177,7 +177,7 @@ class AnomalyWatcher:
         recipients = list(self._owner_emails(key.org_id))
         emailed = not recipients or self._email(key, what, email_dedupe, recipients, now)
         if emailed or always_audit:
-            self._audit.record(
+            self._audit.notice(  # (a key's use noticed: no change to write it with)
                 key.org_id, WATCHER, event, target_id=key.id, project_id=key.project_id,
                 details={"data": data, "reason": what},
             )  # fmt: skip

@@ -162,6 +162,10 @@ class SqlStore:
             if token is not None:
                 _UNIT.reset(token)
 
+    def in_unit(self) -> bool:
+        """Whether this thread is inside a unit of work (``atomic``) on this database."""
+        return _unit_of(self._engine) is not None
+
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A write transaction of its own, or a part of the unit of work open (``atomic``)."""
