@@ -319,13 +319,12 @@ class Pipeline:
             payload = _parse(body, call.endpoint)
             if payload.get("model") is None:  # (_parse allowed it: the endpoint has a default)
                 payload["model"] = call.endpoint.default_model
-            if call.endpoint.can_stream and payload.get("stream") is True:
-                call.stream = True
-                if call.endpoint.ask_usage:  # (its last event carries exact usage: asked for)
-                    options = payload.get("stream_options")
-                    options = options if type(options) is dict else {}
-                    client_wants_usage = options.get("include_usage") is True
-                    payload["stream_options"] = {**options, "include_usage": True}
+            endpoint = call.endpoint  # (a stream's last event's exact usage: asked for)
+            if endpoint.can_stream and endpoint.ask_usage and payload.get("stream") is True:
+                options = payload.get("stream_options")
+                options = options if type(options) is dict else {}
+                client_wants_usage = options.get("include_usage") is True
+                payload["stream_options"] = {**options, "include_usage": True}
             # Its body from here on as keyplane read it, with what keyplane adds (canonical.py):
             # written once, before the hold, which bounds its nesting too. (Only a cap the hold
             # lowers is written after it: a second write, for a balance short of the whole cap.)
@@ -360,8 +359,8 @@ class Pipeline:
         # The output tokens the images it asks for, or the transcript it asks for, may cost on a
         # model priced by tokens: known up front.
         token_output = 0
-        if upload and call.endpoint.can_stream and payload.get("stream") is True:
-            call.stream = True  # (a transcription's: audio_billing turns it off where ignored)
+        # (read after audio_billing, which drops a transcription's where the model ignores it)
+        call.stream = call.endpoint.can_stream and payload.get("stream") is True
         fields, asked = _output_cap(payload, call.endpoint.caps)
         # The most each output may be: the client's cap, else the model's (else a default).
         wanted = (
