@@ -118,6 +118,16 @@ class Upstream:
     def answer(self, body: dict[str, Any]) -> bytes:
         raise NotImplementedError
 
+    def respond(
+        self, path: str, headers: list[tuple[bytes, bytes]], raw: bytes
+    ) -> tuple[int, bytes, bytes]:
+        """A POST's answer: (status, content type, body). Here its JSON body and headers are
+        recorded and ``answer`` makes the answer; a subclass may read the request otherwise."""
+        body = orjson.loads(raw)
+        self.bodies.append(body)
+        self.headers.append(dict(headers))
+        return self.status, self.content_type, self.answer(body)
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             while (message := await receive())["type"] != "lifespan.shutdown":
@@ -130,19 +140,39 @@ class Upstream:
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 break
-        status, content_type = 200, b"application/json"
         if scope["method"] == "GET":
+            status, content_type = 200, b"application/json"
             answer = orjson.dumps({"data": [{"id": model} for model in self.models]})
         else:
-            body = orjson.loads(b"".join(chunks))
-            self.bodies.append(body)
-            self.headers.append(dict(scope["headers"]))
-            answer, status, content_type = self.answer(body), self.status, self.content_type
+            status, content_type, answer = self.respond(
+                scope["path"], scope["headers"], b"".join(chunks)
+            )
         headers = [(b"content-type", content_type)]
         if scope["method"] != "GET":
             headers += self.extra_headers
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
+
+
+async def answer_models(send: Any, *models: str) -> None:
+    """Answers an upstream's ``GET /v1/models`` with ``models`` (for a hand-written ASGI upstream;
+    ``Upstream`` does it itself)."""
+    body = orjson.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in models]})
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+def watch_disconnect(receive: Any, left: threading.Event) -> asyncio.Task[None]:
+    """A task that sets ``left`` when the client (keyplane) closes the connection, for an ASGI
+    upstream that streams its answer; the upstream cancels it when done."""
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        left.set()
+
+    return asyncio.create_task(watch())
 
 
 class ChatRecorder(Upstream):

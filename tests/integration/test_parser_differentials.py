@@ -18,50 +18,34 @@ import pytest
 import kphttp
 from conftest import Keyplane, start_keyplane
 from keyplane.simulator.images import PNG_1X1
-from kptest import ServerThread
+from kptest import ServerThread, Upstream
 
 CHAT = "/chat/completions"
 
 
-class Recorder:
+class Recorder(Upstream):
     """An OpenAI-compatible upstream that keeps every request's raw body and headers as it
     received them, and answers chat (a stream too), embeddings and images with their usage."""
 
     models = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "dall-e-2", "whisper-1")
 
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[tuple[str, dict[bytes, list[bytes]], bytes]] = []
 
-    def bodies(self) -> list[bytes]:
+    def raw_bodies(self) -> list[bytes]:
         return [body for _, _, body in self.requests]
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        kind, answer = b"application/json", b""
-        path = scope["path"]
-        if scope["method"] == "GET":
-            answer = orjson.dumps({"data": [{"id": model} for model in self.models]})
-        else:
-            headers: dict[bytes, list[bytes]] = {}
-            for name, value in scope["headers"]:
-                headers.setdefault(name, []).append(value)
-            self.requests.append((path, headers, body))
-            kind, answer = self.answer(path, body)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", kind)]})  # fmt: skip
-        await send({"type": "http.response.body", "body": answer})
+    def respond(
+        self, path: str, headers: list[tuple[bytes, bytes]], raw: bytes
+    ) -> tuple[int, bytes, bytes]:
+        received: dict[bytes, list[bytes]] = {}
+        for name, value in headers:
+            received.setdefault(name, []).append(value)
+        self.requests.append((path, received, raw))
+        return (200, *self.answer_to(path, raw))
 
-    def answer(self, path: str, body: bytes) -> tuple[bytes, bytes]:
+    def answer_to(self, path: str, body: bytes) -> tuple[bytes, bytes]:
         usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
         if path.startswith("/v1/images/"):
             return b"application/json", orjson.dumps({"created": 1, "data": [{"url": "u"}]})
@@ -117,7 +101,7 @@ def pairs_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def received(upstream: Recorder) -> dict[str, Any]:
     """The one body the upstream received, read strictly: every key once, at every depth."""
-    (body,) = upstream.bodies()
+    (body,) = upstream.raw_bodies()
     result: dict[str, Any] = json.loads(body, object_pairs_hook=pairs_once)
     return result
 
@@ -326,7 +310,7 @@ def test_images_listed_under_one_name_are_still_served(
     body = form(listed, listed, field(b"prompt", b"a key"), field(b"model", b"dall-e-2"))
     resp = post(kp, "/images/edits", body, **{"content-type": FORM})
     assert resp.status_code == 200, resp.text
-    assert upstream.bodies() == [body]
+    assert upstream.raw_bodies() == [body]
     (record,) = kp.usage(1)
     assert record.images == 1 and record.model == "dall-e-2"
 

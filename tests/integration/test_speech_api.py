@@ -22,7 +22,7 @@ from conftest import Keyplane, start_keyplane
 from keyplane.keys.format import KeyKind
 from keyplane.simulator import speech_audio
 from keyplane.usage.records import Outcome
-from kptest import ServerThread, Upstream
+from kptest import ServerThread, Upstream, answer_models, watch_disconnect
 
 TTS_1 = 15  # micro-dollars a character: $15.00 per 1M
 TTS_1_HD = 30
@@ -194,19 +194,10 @@ class Speaker:
             return
         while (await receive()).get("more_body"):
             pass
-        if scope["method"] == "GET":  # /v1/models
-            body = orjson.dumps({"object": "list", "data": [{"id": "tts-1", "object": "model"}]})
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json")]})  # fmt: skip
-            await send({"type": "http.response.body", "body": body})
+        if scope["method"] == "GET":
+            await answer_models(send, "tts-1")
             return
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            self.client_left.set()
-
-        watcher = asyncio.create_task(watch())
+        watcher = watch_disconnect(receive, self.client_left)
         try:
             if self.silent:
                 await asyncio.to_thread(self.released.wait, 10)

@@ -8,13 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 import kphttp
 from conftest import Keyplane, start_keyplane
 from keyplane.usage.records import Outcome
-from kptest import ServerThread
+from kptest import ServerThread, answer_models, watch_disconnect
 
 CHUNK = b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"abcd"}}]}\n\n'
 
@@ -33,18 +32,8 @@ class GatedUpstream:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        if scope["method"] == "GET":  # /v1/models
-            body = orjson.dumps(
-                {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]}
-            )
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+        if scope["method"] == "GET":
+            await answer_models(send, "gpt-4o-mini")
             return
         while (await receive()).get("more_body"):
             pass
@@ -55,13 +44,7 @@ class GatedUpstream:
                 "headers": [(b"content-type", b"text/event-stream")],
             }
         )
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            self.client_left.set()
-
-        watcher = asyncio.create_task(watch())
+        watcher = watch_disconnect(receive, self.client_left)
         try:
             for _ in range(50):
                 await asyncio.to_thread(self.gate.acquire)

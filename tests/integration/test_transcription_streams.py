@@ -22,7 +22,7 @@ import kphttp
 from conftest import Keyplane, Start
 from keyplane import simulator as sim
 from keyplane.usage.records import Outcome
-from kptest import ServerThread
+from kptest import ServerThread, answer_models, watch_disconnect
 
 AUDIO = ("a.mp3", b"x" * 40_000)  # 3 s to the simulator: 30 audio tokens
 DELTA = b'data: {"type":"transcript.text.delta","delta":"Hello "}\n\n'
@@ -103,21 +103,12 @@ class Transcriber:
             return
         while (await receive()).get("more_body"):
             pass
-        if scope["method"] == "GET":  # /v1/models
-            body = orjson.dumps({"data": [{"id": "gpt-4o-transcribe"}]})
-            headers = [(b"content-type", b"application/json")]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+        if scope["method"] == "GET":
+            await answer_models(send, "gpt-4o-transcribe")
             return
         headers = [(b"content-type", b"text/event-stream")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            self.client_left.set()
-
-        watcher = asyncio.create_task(watch())
+        watcher = watch_disconnect(receive, self.client_left)
         try:
             for _ in range(self.deltas):
                 await asyncio.to_thread(self.gate.acquire)
